@@ -1,0 +1,116 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+]
+let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let lifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+
+let package = Package(
+    name: "farrier",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "farrier", targets: ["farrier"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+    ],
+    targets: [
+        // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
+        .target(name: "WireSupport", swiftSettings: swiftSettings),
+        .target(name: "DHCPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
+        .target(name: "TFTPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
+
+        // Domain: machines, leases, timeline, store protocols, iPXE script rendering. No NIO, no DB.
+        .target(name: "FarrierCore", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
+
+        // SQLite implementation of the store protocols.
+        .target(
+            name: "FarrierStore",
+            dependencies: ["FarrierCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+
+        // Protocol servers on top of the codecs.
+        .target(
+            name: "DHCPServer",
+            dependencies: ["DHCPWire", "FarrierCore", log, lifecycle] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TFTPServer",
+            dependencies: ["TFTPWire", "FarrierCore", log, lifecycle] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "FarrierHTTP",
+            dependencies: ["FarrierCore", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "FarrierAPI",
+            dependencies: [
+                "FarrierCore", log, lifecycle,
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["Generated/README.md"],
+            swiftSettings: swiftSettings
+        ),
+
+        // Wiring: configuration, logging, the service group; and the lab harness.
+        .target(
+            name: "FarrierApp",
+            dependencies: [
+                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "FarrierHTTP", "FarrierAPI",
+                log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "FarrierLab",
+            dependencies: ["FarrierCore", log],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "farrier",
+            dependencies: [
+                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // Tests.
+        .target(name: "TestSupport", dependencies: ["FarrierCore"], path: "Tests/TestSupport", swiftSettings: swiftSettings),
+        .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
+        .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),
+        .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
+        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "FarrierAppTests", dependencies: ["FarrierApp", "FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "FarrierCore"], swiftSettings: swiftSettings),
+    ]
+)

@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import FarrierCore
+
+/// The IPv4 address and network of a local interface, read with getifaddrs(3).
+public struct InterfaceAddress: Sendable, Hashable {
+    public var name: String
+    public var address: IPv4Address
+    public var network: IPv4Network
+
+    public static func lookup(_ name: String) -> InterfaceAddress? {
+        var head: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&head) == 0, let first = head else { return nil }
+        defer { freeifaddrs(head) }
+        var cursor: UnsafeMutablePointer<ifaddrs>? = first
+        while let ifa = cursor {
+            defer { cursor = ifa.pointee.ifa_next }
+            guard String(cString: ifa.pointee.ifa_name) == name, let addr = ifa.pointee.ifa_addr,
+                addr.pointee.sa_family == sa_family_t(AF_INET), let mask = ifa.pointee.ifa_netmask
+            else { continue }
+            let ip = addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { IPv4Address(UInt32(bigEndian: $0.pointee.sin_addr.s_addr)) }
+            let m = mask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+            return InterfaceAddress(name: name, address: ip, network: IPv4Network(address: ip, prefixLength: m.nonzeroBitCount))
+        }
+        return nil
+    }
+}
+
+public struct SocketError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// A UDP socket on 0.0.0.0:`port` that sees only traffic of `interface` (SO_BINDTODEVICE), can
+/// broadcast, and shares the port with other interfaces' sockets. Receiving DHCP broadcasts needs
+/// the wildcard address; SO_BINDTODEVICE keeps every other interface out.
+func makeInterfaceSocket(interface: String, port: Int) throws -> CInt {
+    #if os(Linux)
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    #else
+    let fd = socket(AF_INET, SOCK_DGRAM, 0)
+    #endif
+    guard fd >= 0 else { throw SocketError(description: "socket: \(String(cString: strerror(errno)))") }
+    var one: CInt = 1
+    func check(_ rc: CInt, _ what: String) throws {
+        if rc != 0 {
+            let e = String(cString: strerror(errno))
+            close(fd)
+            throw SocketError(description: "\(what) on \(interface):\(port): \(e)")
+        }
+    }
+    try check(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)), "SO_REUSEADDR")
+    try check(setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, socklen_t(MemoryLayout<CInt>.size)), "SO_BROADCAST")
+    #if os(Linux)
+    var name = Array(interface.utf8CString)
+    try check(setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, &name, socklen_t(name.count)), "SO_BINDTODEVICE")
+    #endif
+    var sin = sockaddr_in()
+    sin.sin_family = sa_family_t(AF_INET)
+    sin.sin_port = in_port_t(UInt16(port).bigEndian)
+    sin.sin_addr = in_addr(s_addr: INADDR_ANY)
+    let rc = withUnsafePointer(to: &sin) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    try check(rc, "bind")
+    return fd
+}

@@ -1,0 +1,105 @@
+import DHCPServer
+import FarrierAPI
+import FarrierCore
+import FarrierHTTP
+import FarrierStore
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TFTPServer
+import UnixSignals
+
+/// Bootstraps logging for the process. Call once, from the executable only.
+public func bootstrapLogging(level: Logger.Level, format: LineLogHandler.Format) {
+    LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: level, format: format) }
+}
+
+/// Copies the iPXE binaries into the boot root (when missing or changed), so TFTP and HTTP serve
+/// them from a directory Farrier owns rather than through links leading out of it.
+public func prepareBootRoot(_ root: String, ipxeSource: String, logger: Logger) throws {
+    let fm = FileManager.default
+    try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+    guard let names = try? fm.contentsOfDirectory(atPath: ipxeSource) else {
+        logger.warning("iPXE binaries not found; install Debian's ipxe package", metadata: ["ipxe.source": "\(ipxeSource)"])
+        return
+    }
+    var copied = 0
+    for name in names where name.hasSuffix(".kpxe") || name.hasSuffix(".efi") || name.hasSuffix(".pxe") {
+        let src = ipxeSource + "/" + name, dst = root + "/" + name
+        let srcSize = (try? fm.attributesOfItem(atPath: src)[.size] as? Int) ?? -1
+        let dstSize = (try? fm.attributesOfItem(atPath: dst)[.size] as? Int) ?? -2
+        if srcSize == dstSize, fm.contentsEqual(atPath: src, andPath: dst) { continue }
+        try? fm.removeItem(atPath: dst)
+        try fm.copyItem(atPath: src, toPath: dst)
+        copied += 1
+    }
+    logger.info("boot root ready", metadata: ["tftp.root": "\(root)", "ipxe.copied": "\(copied)"])
+}
+
+/// The running server's parts, built from a configuration.
+public struct FarrierServer: Sendable {
+    public let store: SQLiteStore
+    public let dhcp: DHCPService
+    public let tftp: TFTPService
+    public let services: [any Service]
+    let logger: Logger
+
+    public init(configuration c: ServerConfiguration, logger: Logger) throws {
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
+        store = try SQLiteStore(path: c.databasePath)
+        try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
+        let recorder = TimelineRecorder(store: store) { [logger] error in
+            logger.error("timeline write failed", metadata: ["error": "\(error)"])
+        }
+        let addressBook = AddressBook()
+        var tftpConfig = c.tftp
+        tftpConfig.root = c.tftpRoot
+        let (_, httpPort) = try splitHostPort(c.http.listen)
+        dhcp = try DHCPService(
+            configuration: c.dhcp, httpPort: httpPort, store: store, recorder: recorder, addressBook: addressBook,
+            logger: logger)
+        tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
+        let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
+        let http = try makeHTTPApplication(
+            configuration: c.http,
+            dependencies: HTTPDependencies(
+                store: store, recorder: recorder, addressBook: addressBook, bootRoot: BootRoot(path: c.tftpRoot),
+                metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics) }),
+            logger: logger)
+        let grpc = try GRPCService(listen: c.grpcListen, services: [MachineAPI(store: store)], logger: logger)
+        // ServiceGroup starts in order and stops in reverse: the API goes first, the boot path last.
+        services = [http, tftp, dhcp, grpc]
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    public func run() async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+}
+
+func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics) -> String {
+    let rows: [(String, String, Int)] = [
+        ("farrier_dhcp_packets_received_total", "DHCP datagrams received", dhcp.received.load(ordering: .relaxed)),
+        ("farrier_dhcp_packets_malformed_total", "DHCP datagrams dropped as malformed", dhcp.malformed.load(ordering: .relaxed)),
+        ("farrier_dhcp_packets_dropped_total", "DHCP requests not answered", dhcp.dropped.load(ordering: .relaxed)),
+        ("farrier_dhcp_offers_total", "DHCPOFFERs sent", dhcp.offers.load(ordering: .relaxed)),
+        ("farrier_dhcp_acks_total", "DHCPACKs sent", dhcp.acks.load(ordering: .relaxed)),
+        ("farrier_dhcp_naks_total", "DHCPNAKs sent", dhcp.naks.load(ordering: .relaxed)),
+        ("farrier_dhcp_lease_commit_failures_total", "lease commits that failed (ACK withheld)", dhcp.commitFailures.load(ordering: .relaxed)),
+        ("farrier_tftp_requests_total", "TFTP read requests", tftp.requests.load(ordering: .relaxed)),
+        ("farrier_tftp_packets_malformed_total", "TFTP datagrams dropped as malformed", tftp.malformed.load(ordering: .relaxed)),
+        ("farrier_tftp_transfers_completed_total", "TFTP transfers completed", tftp.completed.load(ordering: .relaxed)),
+        ("farrier_tftp_transfers_failed_total", "TFTP transfers that timed out or were aborted", tftp.failed.load(ordering: .relaxed)),
+        ("farrier_tftp_requests_refused_total", "TFTP requests answered with an error", tftp.refused.load(ordering: .relaxed)),
+        ("farrier_tftp_retransmissions_total", "TFTP packets retransmitted on timeout", tftp.retransmissions.load(ordering: .relaxed)),
+        ("farrier_tftp_transfers_active", "TFTP transfers in progress", tftp.active.load(ordering: .relaxed)),
+        ("farrier_tftp_bytes_sent_total", "TFTP payload bytes sent", tftp.bytesSent.load(ordering: .relaxed)),
+    ]
+    return rows.map { "# HELP \($0.0) \($0.1)\n# TYPE \($0.0) \($0.0.hasSuffix("_active") ? "gauge" : "counter")\n\($0.0) \($0.2)\n" }.joined()
+}

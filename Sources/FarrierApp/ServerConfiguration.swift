@@ -1,0 +1,238 @@
+import DHCPServer
+import FarrierCore
+import FarrierHTTP
+import Foundation
+import Logging
+import TFTPServer
+import Yams
+
+/// Every setting of `farrier server`, after layering defaults < YAML file < `FARRIER_*`
+/// environment < command-line flags.
+///
+/// Keys (YAML path / environment variable / flag):
+/// - `data-dir` / `FARRIER_DATA_DIR` / `--data-dir`: state directory (SQLite, boot root). Default `/var/lib/farrier`.
+/// - `log-level` / `FARRIER_LOG_LEVEL` / `--log-level`: trace, debug, info, notice, warning, error, critical. Default info.
+/// - `log-format` / `FARRIER_LOG_FORMAT` / `--log-format`: logfmt or json. Default logfmt.
+/// - `http.listen` / `FARRIER_HTTP_LISTEN` / `--http-listen`: HOST:PORT for iPXE scripts and files. Default 0.0.0.0:8080.
+/// - `grpc.listen` / `FARRIER_GRPC_LISTEN` / `--grpc-listen`: HOST:PORT for the API. Default 127.0.0.1:7700.
+/// - `tftp.listen` / `FARRIER_TFTP_LISTEN` / `--tftp-listen`: HOST:PORT, empty to disable. Default 0.0.0.0:69.
+/// - `tftp.root` / `FARRIER_TFTP_ROOT` / `--tftp-root`: boot root served by TFTP and under /tftp over HTTP. Default DATA-DIR/boot.
+/// - `ipxe.source` / `FARRIER_IPXE_SOURCE` / `--ipxe-source`: where the iPXE binaries are copied from into the boot root. Default /usr/lib/ipxe.
+/// - `dhcp.mode` / `FARRIER_DHCP_MODE` / `--dhcp-mode`: off, full or proxy. Default full (but off with no interfaces).
+/// - `dhcp.interfaces` / `FARRIER_DHCP_INTERFACES` (comma separated) / `--dhcp-interface` (repeatable).
+/// - `dhcp.subnets` / `FARRIER_DHCP_SUBNETS` (`;` separated) / `--dhcp-subnet` (repeatable):
+///   `NETWORK/LEN,pool=FIRST-LAST[,router=IP][,dns=IP[+IP…]][,domain=NAME][,lease=SECONDS]`.
+///   In YAML, a mapping with keys network, pool (string or list), router, dns (list), domain, lease-time.
+/// - `dhcp.reservations` / `FARRIER_DHCP_RESERVATIONS` (`;` separated) / `--dhcp-reservation` (repeatable):
+///   `MAC=IP[,HOSTNAME]`. In YAML, a mapping with keys mac, address, hostname.
+/// - `dhcp.proxy-port` / `FARRIER_DHCP_PROXY_PORT` / `--dhcp-proxy-port`: ProxyDHCP boot-server port. Default 4011.
+public struct ServerConfiguration: Sendable {
+    public var dataDir = "/var/lib/farrier"
+    public var logLevel: Logger.Level = .info
+    public var logFormat: LineLogHandler.Format = .logfmt
+    public var grpcListen = "127.0.0.1:7700"
+    public var ipxeSource = "/usr/lib/ipxe"
+    public var http = HTTPConfiguration()
+    public var tftp = TFTPConfiguration()
+    public var dhcp = DHCPConfiguration()
+    var tftpRootSet = false
+
+    public init() { dhcp.mode = .full }
+
+    public var tftpRoot: String { tftpRootSet ? tftp.root : dataDir + "/boot" }
+    public var databasePath: String { dataDir + "/farrier.sqlite" }
+
+    /// All keys, with their environment variable names, in documentation order.
+    public static let keys: [(key: String, env: String)] = [
+        "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "ipxe.source",
+        "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port",
+    ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
+
+    /// Builds the configuration. `flags` holds only values given on the command line.
+    public static func load(
+        file: String?, environment: [String: String], flags: [String: [String]]
+    ) throws -> ServerConfiguration {
+        var layered: [String: [String]] = [:]
+        if let file {
+            let text: String
+            do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+                throw ConfigurationError("cannot read config file \(file): \(error.localizedDescription)")
+            }
+            for (k, v) in try flattenYAML(text, file: file) { layered[k] = v }
+        }
+        for (key, env) in keys {
+            guard let value = environment[env] else { continue }
+            let separator: Character? =
+                switch key { case "dhcp.interfaces": ","
+                case "dhcp.subnets", "dhcp.reservations": ";"
+                default: nil }
+            layered[key] = separator.map { value.split(separator: $0).map { $0.trimmingCharacters(in: .whitespaces) } } ?? [value]
+        }
+        for (k, v) in flags { layered[k] = v }
+        var c = ServerConfiguration()
+        for (key, values) in layered { try c.apply(key, values) }
+        try c.validate()
+        return c
+    }
+
+    static func flattenYAML(_ text: String, file: String) throws -> [String: [String]] {
+        let node: Any?
+        do { node = try Yams.load(yaml: text) } catch { throw ConfigurationError("\(file): invalid YAML: \(error)") }
+        guard let root = node as? [String: Any] else {
+            if node == nil { return [:] }
+            throw ConfigurationError("\(file): expected a mapping at the top level")
+        }
+        var out: [String: [String]] = [:]
+        func walk(_ prefix: String, _ value: Any) throws {
+            if let map = value as? [String: Any], prefix != "dhcp.subnets", prefix != "dhcp.reservations" {
+                for (k, v) in map { try walk(prefix.isEmpty ? k : "\(prefix).\(k)", v) }
+                return
+            }
+            guard keys.contains(where: { $0.key == prefix }) else {
+                throw ConfigurationError("\(file): unknown key '\(prefix)'; known keys: \(keys.map(\.key).joined(separator: ", "))")
+            }
+            switch prefix {
+            case "dhcp.subnets":
+                guard let list = value as? [Any] else { throw ConfigurationError("\(file): dhcp.subnets must be a list") }
+                out[prefix] = try list.map { try subnetSpec(fromYAML: $0, file: file) }
+            case "dhcp.reservations":
+                guard let list = value as? [Any] else { throw ConfigurationError("\(file): dhcp.reservations must be a list") }
+                out[prefix] = try list.map { item in
+                    if let s = item as? String { return s }
+                    guard let m = item as? [String: Any], let mac = m["mac"], let addr = m["address"] else {
+                        throw ConfigurationError("\(file): a reservation needs mac and address")
+                    }
+                    return "\(mac)=\(addr)" + (m["hostname"].map { ",\($0)" } ?? "")
+                }
+            default:
+                if let list = value as? [Any] { out[prefix] = list.map { "\($0)" } } else { out[prefix] = ["\(value)"] }
+            }
+        }
+        try walk("", root)
+        return out
+    }
+
+    static func subnetSpec(fromYAML item: Any, file: String) throws -> String {
+        if let s = item as? String { return s }
+        guard let m = item as? [String: Any], let network = m["network"] else {
+            throw ConfigurationError("\(file): a subnet needs at least network and pool")
+        }
+        var parts = ["\(network)"]
+        let pools: [Any] = (m["pool"] as? [Any]) ?? (m["pool"].map { [$0] } ?? [])
+        for p in pools { parts.append("pool=\(p)") }
+        if let r = m["router"] { parts.append("router=\(r)") }
+        if let d = m["dns"] {
+            let list = (d as? [Any]) ?? [d]
+            parts.append("dns=" + list.map { "\($0)" }.joined(separator: "+"))
+        }
+        if let d = m["domain"] { parts.append("domain=\(d)") }
+        if let l = m["lease-time"] { parts.append("lease=\(l)") }
+        for k in m.keys where !["network", "pool", "router", "dns", "domain", "lease-time"].contains(k) {
+            throw ConfigurationError("\(file): unknown subnet key '\(k)'")
+        }
+        return parts.joined(separator: ",")
+    }
+
+    mutating func apply(_ key: String, _ values: [String]) throws {
+        let v = values.last ?? ""
+        switch key {
+        case "data-dir": dataDir = v
+        case "log-level":
+            guard let l = Logger.Level(rawValue: v) else {
+                throw ConfigurationError("log-level: '\(v)' is not one of trace, debug, info, notice, warning, error, critical")
+            }
+            logLevel = l
+        case "log-format":
+            guard let f = LineLogHandler.Format(rawValue: v) else { throw ConfigurationError("log-format: '\(v)' is not logfmt or json") }
+            logFormat = f
+        case "http.listen": http.listen = v
+        case "grpc.listen": grpcListen = v
+        case "tftp.listen": tftp.listen = v
+        case "tftp.root":
+            tftp.root = v
+            tftpRootSet = true
+        case "ipxe.source": ipxeSource = v
+        case "dhcp.mode":
+            guard let m = DHCPConfiguration.Mode(rawValue: v) else { throw ConfigurationError("dhcp.mode: '\(v)' is not off, full or proxy") }
+            dhcp.mode = m
+        case "dhcp.interfaces": dhcp.interfaces = values.filter { !$0.isEmpty }
+        case "dhcp.subnets": dhcp.subnets = try values.map(Self.parseSubnet)
+        case "dhcp.reservations": dhcp.reservations = try values.map(Self.parseReservation)
+        case "dhcp.proxy-port":
+            guard let p = Int(v), (0...65535).contains(p) else { throw ConfigurationError("dhcp.proxy-port: '\(v)' is not a port") }
+            dhcp.proxyPort = p
+        default: throw ConfigurationError("unknown key '\(key)'")
+        }
+    }
+
+    /// Parses `NETWORK/LEN,pool=A-B,router=IP,dns=IP+IP,domain=D,lease=S`.
+    public static func parseSubnet(_ spec: String) throws -> DHCPConfiguration.Subnet {
+        let parts = spec.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard let first = parts.first, let network = IPv4Network(first) else {
+            throw ConfigurationError("subnet '\(spec)': must start with a network like 198.18.0.0/24")
+        }
+        var s = DHCPConfiguration.Subnet(network: network, pools: [])
+        for part in parts.dropFirst() {
+            let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2 else { throw ConfigurationError("subnet '\(spec)': '\(part)' is not key=value") }
+            switch kv[0] {
+            case "pool":
+                let ends = kv[1].split(separator: "-").map(String.init)
+                guard ends.count == 2, let a = IPv4Address(ends[0]), let b = IPv4Address(ends[1]), a <= b else {
+                    throw ConfigurationError("subnet '\(spec)': pool '\(kv[1])' must be FIRST-LAST")
+                }
+                guard network.contains(a), network.contains(b) else {
+                    throw ConfigurationError("subnet '\(spec)': pool \(kv[1]) is not inside \(network)")
+                }
+                guard a != network.address, b != network.broadcast else {
+                    throw ConfigurationError("subnet '\(spec)': pool \(kv[1]) includes the network or broadcast address")
+                }
+                s.pools.append(a...b)
+            case "router":
+                guard let r = IPv4Address(kv[1]) else { throw ConfigurationError("subnet '\(spec)': bad router '\(kv[1])'") }
+                s.router = r
+            case "dns":
+                s.dnsServers = try kv[1].split(separator: "+").map {
+                    guard let ip = IPv4Address($0) else { throw ConfigurationError("subnet '\(spec)': bad dns '\($0)'") }
+                    return ip
+                }
+            case "domain": s.domainName = kv[1]
+            case "lease":
+                guard let l = Int(kv[1]), l >= 60, l <= 365 * 86400 else {
+                    throw ConfigurationError("subnet '\(spec)': lease must be 60 to 31536000 seconds")
+                }
+                s.leaseTime = l
+            default: throw ConfigurationError("subnet '\(spec)': unknown key '\(kv[0])'")
+            }
+        }
+        guard !s.pools.isEmpty else { throw ConfigurationError("subnet '\(spec)': needs at least one pool=FIRST-LAST") }
+        return s
+    }
+
+    /// Parses `MAC=IP[,HOSTNAME]`.
+    public static func parseReservation(_ spec: String) throws -> DHCPConfiguration.Reservation {
+        let kv = spec.split(separator: "=", maxSplits: 1).map(String.init)
+        guard kv.count == 2, let mac = MACAddress(kv[0]) else {
+            throw ConfigurationError("reservation '\(spec)': must be MAC=IP[,HOSTNAME]")
+        }
+        let rest = kv[1].split(separator: ",", maxSplits: 1).map(String.init)
+        guard let ip = IPv4Address(rest[0]) else { throw ConfigurationError("reservation '\(spec)': bad address '\(rest[0])'") }
+        return DHCPConfiguration.Reservation(mac: mac, address: ip, hostname: rest.count > 1 ? rest[1] : nil)
+    }
+
+    func validate() throws {
+        for r in dhcp.reservations where !dhcp.subnets.contains(where: { $0.network.contains(r.address) }) {
+            if dhcp.mode == .full { throw ConfigurationError("reservation \(r.mac)=\(r.address) is in no configured subnet") }
+        }
+        var seen: [IPv4Address: MACAddress] = [:]
+        for r in dhcp.reservations {
+            if let other = seen[r.address], other != r.mac {
+                throw ConfigurationError("address \(r.address) is reserved for both \(other) and \(r.mac)")
+            }
+            seen[r.address] = r.mac
+        }
+        if dhcp.mode == .full, !dhcp.interfaces.isEmpty, dhcp.subnets.isEmpty {
+            throw ConfigurationError("dhcp.mode is full with interfaces \(dhcp.interfaces) but no dhcp.subnets")
+        }
+    }
+}

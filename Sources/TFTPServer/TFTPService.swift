@@ -1,0 +1,346 @@
+import FarrierCore
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import TFTPWire
+import WireSupport
+
+/// TFTP configuration (RFC 1350, 2347–2349, 7440).
+public struct TFTPConfiguration: Sendable, Hashable {
+    /// Where to listen, e.g. `0.0.0.0:69`. Empty: TFTP is off.
+    public var listen = "0.0.0.0:69"
+    public var root = "/var/lib/farrier/boot"
+    public var limits = TFTPNegotiation.Limits()
+    /// Retransmit timeout when the client did not negotiate one.
+    public var retransmitTimeout: Duration = .seconds(1)
+    public var maxRetries = 5
+    public init() {}
+}
+
+public final class TFTPMetrics: Sendable {
+    public let requests = Atomic<Int>(0)
+    public let malformed = Atomic<Int>(0)
+    public let completed = Atomic<Int>(0)
+    public let failed = Atomic<Int>(0)
+    public let refused = Atomic<Int>(0)
+    public let retransmissions = Atomic<Int>(0)
+    public let active = Atomic<Int>(0)
+    public let bytesSent = Atomic<Int>(0)
+    public init() {}
+}
+
+struct TFTPContext: Sendable {
+    let configuration: TFTPConfiguration
+    let root: BootRoot
+    let recorder: TimelineRecorder?
+    let addressBook: AddressBook?
+    let metrics: TFTPMetrics
+    let logger: Logger
+
+    func timeline(_ ip: IPv4Address, _ event: String, _ detail: String) {
+        guard let recorder, let mac = addressBook?.mac(for: ip) else { return }
+        recorder.record(TimelineEvent(mac: mac, time: Date(), stage: .tftp, event: event, detail: detail))
+    }
+}
+
+/// A read-only TFTP server as a lifecycle `Service`.
+public final class TFTPService: Service, Sendable {
+    let context: TFTPContext
+    public var metrics: TFTPMetrics { context.metrics }
+    let boundPort = Mutex<Int?>(nil)
+
+    public init(
+        configuration: TFTPConfiguration, recorder: TimelineRecorder?, addressBook: AddressBook?, logger: Logger
+    ) {
+        context = TFTPContext(
+            configuration: configuration, root: BootRoot(path: configuration.root), recorder: recorder,
+            addressBook: addressBook, metrics: TFTPMetrics(), logger: logger)
+    }
+
+    /// The port actually bound (useful with port 0).
+    public var port: Int? { boundPort.withLock { $0 } }
+
+    public func run() async throws {
+        guard !context.configuration.listen.isEmpty else {
+            context.logger.notice("TFTP is off (tftp.listen is empty)")
+            try await gracefulShutdown()
+            return
+        }
+        let (host, port) = try splitHostPort(context.configuration.listen)
+        let ctx = context
+        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.receivePacketInfo, value: true)
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandler(TFTPListenerHandler(context: ctx))
+                }
+            }
+            .bind(host: host, port: port).get()
+        boundPort.withLock { $0 = channel.localAddress?.port }
+        context.logger.info(
+            "TFTP listening", metadata: ["tftp.listen": "\(host):\(channel.localAddress?.port ?? port)", "tftp.root": "\(context.configuration.root)"])
+        try? await gracefulShutdown()
+        try? await channel.close()
+        // Let transfers in flight finish, within a bound.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while context.metrics.active.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        context.logger.info("TFTP stopped")
+    }
+}
+
+public func splitHostPort(_ s: String) throws -> (String, Int) {
+    guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port)
+    else { throw ConfigurationError("expected HOST:PORT, got '\(s)'") }
+    var host = String(s[..<colon])
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    return (host.isEmpty ? "0.0.0.0" : host, port)
+}
+
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// Receives requests on the well-known port and starts a transfer for each on a new port (its TID).
+final class TFTPListenerHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+    let context: TFTPContext
+
+    init(context: TFTPContext) { self.context = context }
+
+    func channelRead(context ctx: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        let remote = envelope.remoteAddress
+        let bytes = Array(envelope.data.readableBytesView)
+        let log = context.logger
+        let packet: TFTPPacket
+        do {
+            packet = try TFTPPacket(decoding: bytes)
+        } catch {
+            context.metrics.malformed.add(1, ordering: .relaxed)
+            log.debug("dropped malformed TFTP packet", metadata: ["tftp.error": "\(error)", "tftp.src": "\(remote)"])
+            return
+        }
+        // The local address the request arrived on: replies must come from it.
+        var localHost = ctx.channel.localAddress?.ipAddress ?? "0.0.0.0"
+        if let dest = envelope.metadata?.packetInfo?.destinationAddress.ipAddress { localHost = dest }
+        let clientIP = remote.ipAddress.flatMap { IPv4Address($0) } ?? .any
+        switch packet {
+        case .readRequest(let request):
+            context.metrics.requests.add(1, ordering: .relaxed)
+            startTransfer(request, remote: remote, localHost: localHost, clientIP: clientIP, loop: ctx.eventLoop)
+        case .writeRequest(let request):
+            context.metrics.refused.add(1, ordering: .relaxed)
+            log.debug("refused write request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)"])
+            reply(.error(code: .accessViolation, message: "read-only server"), to: remote, ctx: ctx)
+        default:
+            // DATA/ACK/ERROR/OACK on the request port belong to no transfer (RFC 1350 §4).
+            reply(.error(code: .unknownTransferID, message: "unknown transfer ID"), to: remote, ctx: ctx)
+        }
+    }
+
+    func reply(_ packet: TFTPPacket, to remote: SocketAddress, ctx: ChannelHandlerContext) {
+        let buffer = ctx.channel.allocator.buffer(bytes: packet.encoded())
+        ctx.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: remote, data: buffer)), promise: nil)
+    }
+
+    func open(_ request: TFTPRequest) -> (BootFile?, (TFTPErrorCode, String)?) {
+        if request.mode != "octet" && request.mode != "netascii" {
+            return (nil, (.illegalOperation, "unsupported mode \(request.mode)"))
+        }
+        do {
+            return (try context.root.open(request.filename), nil)
+        } catch let refusal as BootRoot.Refusal {
+            return (nil, (refusal == .outsideRoot ? .accessViolation : .fileNotFound, refusal.description))
+        } catch {
+            return (nil, (.fileNotFound, "file not found"))
+        }
+    }
+
+    func startTransfer(
+        _ request: TFTPRequest, remote: SocketAddress, localHost: String, clientIP: IPv4Address, loop: any EventLoop
+    ) {
+        let ctx = context
+        let log = context.logger
+        let (file, error) = open(request)
+        ctx.timeline(clientIP, "RRQ", "file=\(request.filename) options=\(request.options.map { "\($0.name)=\($0.value)" }.joined(separator: ","))")
+        let negotiation = file.map { TFTPNegotiation(request: request, fileSize: $0.size, limits: context.configuration.limits) }
+        // Each transfer gets its own socket (its TID) on the address the request came in on.
+        DatagramBootstrap(group: loop)
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    if let file, let negotiation {
+                        try ch.pipeline.syncOperations.addHandler(TFTPTransferHandler(
+                            context: ctx, file: file, request: request, negotiation: negotiation, remote: remote,
+                            clientIP: clientIP))
+                    }
+                }
+            }
+            .bind(host: localHost, port: 0)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    if let error {
+                        ctx.metrics.refused.add(1, ordering: .relaxed)
+                        log.debug("refused read request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.error": "\(error.1)"])
+                        ctx.timeline(clientIP, "ERROR", "file=\(request.filename) \(error.1)")
+                        let packet = TFTPPacket.error(code: error.0, message: error.1).encoded()
+                        channel.writeAndFlush(AddressedEnvelope(remoteAddress: remote, data: channel.allocator.buffer(bytes: packet)))
+                            .whenComplete { _ in channel.close(promise: nil) }
+                    }
+                case .failure(let e):
+                    log.warning("could not open a transfer socket", metadata: ["tftp.error": "\(e)"])
+                }
+            }
+    }
+}
+
+/// One transfer: drives `TFTPTransferStateMachine` from packets and a timer.
+final class TFTPTransferHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    let context: TFTPContext
+    let file: BootFile
+    let request: TFTPRequest
+    let remote: SocketAddress
+    let clientIP: IPv4Address
+    var machine: TFTPTransferStateMachine
+    var timer: Scheduled<Void>?
+    let started = ContinuousClock.now
+    var scratch: [UInt8] = []
+
+    init(
+        context: TFTPContext, file: BootFile, request: TFTPRequest, negotiation: TFTPNegotiation,
+        remote: SocketAddress, clientIP: IPv4Address
+    ) {
+        self.context = context
+        self.file = file
+        self.request = request
+        self.remote = remote
+        self.clientIP = clientIP
+        let timeout: Duration? = negotiation.timeoutSeconds == nil ? context.configuration.retransmitTimeout : nil
+        machine = TFTPTransferStateMachine(
+            negotiation: negotiation, fileSize: file.size, retransmitTimeout: timeout,
+            maxRetries: context.configuration.maxRetries)
+    }
+
+    func channelActive(context ctx: ChannelHandlerContext) {
+        self.context.metrics.active.add(1, ordering: .relaxed)
+        perform(machine.start(now: .now), ctx: ctx)
+    }
+
+    func channelInactive(context ctx: ChannelHandlerContext) {
+        timer?.cancel()
+        self.context.metrics.active.subtract(1, ordering: .relaxed)
+    }
+
+    func channelRead(context ctx: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard envelope.remoteAddress == remote else {
+            // RFC 1350 §4: a packet from another TID gets ERROR 5; the transfer carries on.
+            let err = TFTPPacket.error(code: .unknownTransferID, message: "unknown transfer ID").encoded()
+            ctx.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: ctx.channel.allocator.buffer(bytes: err))), promise: nil)
+            return
+        }
+        let packet: TFTPPacket
+        do {
+            packet = try TFTPPacket(decoding: Array(envelope.data.readableBytesView))
+        } catch {
+            self.context.metrics.malformed.add(1, ordering: .relaxed)
+            return
+        }
+        switch packet {
+        case .ack(let block):
+            perform(machine.receiveAck(block, now: .now), ctx: ctx)
+        case .error(let code, let message):
+            // EDK2 probes the size with tsize, then aborts with ERROR 8 and asks again: normal.
+            self.context.logger.debug("client ended transfer", metadata: ["tftp.file": "\(request.filename)", "tftp.code": "\(code.rawValue)", "tftp.message": "\(message)"])
+            perform(machine.receiveError(), ctx: ctx)
+        default:
+            break
+        }
+    }
+
+    func perform(_ action: TFTPTransferStateMachine.Action, ctx: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .sendOptionAck(let options):
+            send(TFTPPacket.optionAck(options).encoded(), ctx: ctx)
+            ctx.flush()
+        case .sendData(let blocks):
+            for block in blocks {
+                scratch.removeAll(keepingCapacity: true)
+                scratch.append(0)
+                scratch.append(3)
+                scratch.appendUInt16(TFTPTransferStateMachine.wireBlock(block))
+                file.read(machine.byteRange(ofBlock: block), into: &scratch)
+                send(scratch, ctx: ctx)
+                self.context.metrics.bytesSent.add(scratch.count - 4, ordering: .relaxed)
+            }
+            ctx.flush()
+        case .finished:
+            let elapsed = ContinuousClock.now - started
+            self.context.metrics.completed.add(1, ordering: .relaxed)
+            self.context.timeline(clientIP, "COMPLETE", "file=\(request.filename) bytes=\(file.size) duration=\(format(elapsed))")
+            self.context.logger.debug("transfer complete", metadata: ["tftp.file": "\(request.filename)", "tftp.bytes": "\(file.size)"])
+            ctx.close(promise: nil)
+            return
+        case .failed(let reason):
+            self.context.metrics.failed.add(1, ordering: .relaxed)
+            self.context.timeline(clientIP, "FAILED", "file=\(request.filename) \(reason)")
+            self.context.logger.debug("transfer failed", metadata: ["tftp.file": "\(request.filename)", "tftp.reason": "\(reason)"])
+            ctx.close(promise: nil)
+            return
+        }
+        armTimer(ctx: ctx)
+    }
+
+    /// One timer per transfer: when it fires early (the deadline moved on), it re-arms itself
+    /// instead of being cancelled and rescheduled on every ACK.
+    func armTimer(ctx: ChannelHandlerContext) {
+        guard timer == nil, let deadline = machine.deadline else { return }
+        let delay = ContinuousClock.now.duration(to: deadline)
+        let loopBound = NIOLoopBound(self, eventLoop: ctx.eventLoop)
+        let ctxBound = NIOLoopBound(ctx, eventLoop: ctx.eventLoop)
+        timer = ctx.eventLoop.scheduleTask(in: .nanoseconds(max(0, delay.nanoseconds))) {
+            let handler = loopBound.value
+            handler.timer = nil
+            handler.fire(ctx: ctxBound.value)
+        }
+    }
+
+    func fire(ctx: ChannelHandlerContext) {
+        guard let deadline = machine.deadline else { return }
+        if ContinuousClock.now < deadline {
+            armTimer(ctx: ctx)
+            return
+        }
+        let before = machine.retransmissions
+        let action = machine.timeout(now: .now)
+        self.context.metrics.retransmissions.add(machine.retransmissions - before, ordering: .relaxed)
+        perform(action, ctx: ctx)
+    }
+
+    func send(_ bytes: [UInt8], ctx: ChannelHandlerContext) {
+        let buffer = ctx.channel.allocator.buffer(bytes: bytes)
+        ctx.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: remote, data: buffer)), promise: nil)
+    }
+}
+
+func format(_ d: Duration) -> String {
+    let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+    return String(format: "%.1fms", ms)
+}
+
+extension Duration {
+    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
+}

@@ -1,0 +1,53 @@
+/// What the server is willing to grant, and the result of negotiating a request against it.
+///
+/// Option negotiation (RFC 2347 §3): the OACK names only options the client asked for, each with
+/// a value the server accepts. Unknown options and out-of-range values are left out, which tells
+/// the client they were refused.
+public struct TFTPNegotiation: Hashable, Sendable {
+    public var blockSize: Int = 512
+    public var timeoutSeconds: Int?
+    public var windowSize: Int = 1
+    public var transferSize: Int?
+    /// The options to put in the OACK, in the client's order. Empty: send DATA 1 directly.
+    public var acknowledged: [TFTPOption] = []
+
+    public struct Limits: Hashable, Sendable {
+        /// RFC 2348: 8–65464.
+        public var maxBlockSize: Int = 65464
+        /// RFC 7440: 1–65535.
+        public var maxWindowSize: Int = 64
+        public init(maxBlockSize: Int = 65464, maxWindowSize: Int = 64) {
+            self.maxBlockSize = maxBlockSize
+            self.maxWindowSize = maxWindowSize
+        }
+    }
+
+    public init() {}
+
+    /// Negotiates `request`'s options for a file of `fileSize` bytes.
+    public init(request: TFTPRequest, fileSize: Int, limits: Limits = Limits()) {
+        for option in request.options {
+            guard let n = Int(option.value) else { continue }
+            switch option.name {
+            case "blksize":  // RFC 2348: the server may answer with a smaller size.
+                guard n >= 8 else { continue }
+                blockSize = min(n, min(limits.maxBlockSize, 65464))
+                acknowledged.append(TFTPOption("blksize", String(blockSize)))
+            case "timeout":  // RFC 2349 §2: 1–255 seconds, the server must accept the value as is.
+                guard (1...255).contains(n) else { continue }
+                timeoutSeconds = n
+                acknowledged.append(TFTPOption("timeout", String(n)))
+            case "tsize":  // RFC 2349 §4: the client sends 0 in an RRQ; the server returns the size.
+                guard n == 0 else { continue }
+                transferSize = fileSize
+                acknowledged.append(TFTPOption("tsize", String(fileSize)))
+            case "windowsize":  // RFC 7440: 1–65535; the server may answer with a smaller one.
+                guard (1...65535).contains(n) else { continue }
+                windowSize = min(n, max(1, limits.maxWindowSize))
+                acknowledged.append(TFTPOption("windowsize", String(windowSize)))
+            default:
+                continue
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct Farrier: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "farrier",
+        abstract: "Bare-metal provisioning: network boot, BMC control, deploy, in one binary.",
+        version: "0.1.0",
+        subcommands: [ServerCommand.self, MachineCommand.self, LabCommand.self]
+    )
+}

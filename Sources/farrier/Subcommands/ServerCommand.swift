@@ -1,0 +1,95 @@
+import ArgumentParser
+import FarrierApp
+import Foundation
+import Logging
+
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "Run the control plane: DHCP/ProxyDHCP, TFTP, HTTP (iPXE scripts, files) and the gRPC API.",
+        discussion: """
+            Every setting can come from the YAML file given with --config, from a FARRIER_* environment \
+            variable, or from a flag; a flag beats the environment, which beats the file. YAML keys are \
+            the dotted names shown in brackets (http.listen is `http: {listen: …}`).
+
+            DHCP answers only on the interfaces listed with --dhcp-interface. With none, it stays off \
+            and says so at startup: starting Farrier never takes over a network by accident.
+            """
+    )
+
+    @Option(help: "YAML configuration file. [FARRIER_CONFIG]")
+    var config: String?
+
+    @Option(help: "State directory: SQLite database and boot root. [data-dir, FARRIER_DATA_DIR; default /var/lib/farrier]")
+    var dataDir: String?
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical. [log-level, FARRIER_LOG_LEVEL; default info]")
+    var logLevel: String?
+
+    @Option(help: "logfmt or json, one line per event. [log-format, FARRIER_LOG_FORMAT; default logfmt]")
+    var logFormat: String?
+
+    @Option(help: "HOST:PORT for iPXE scripts and boot files. [http.listen, FARRIER_HTTP_LISTEN; default 0.0.0.0:8080]")
+    var httpListen: String?
+
+    @Option(help: "HOST:PORT for the gRPC API. [grpc.listen, FARRIER_GRPC_LISTEN; default 127.0.0.1:7700]")
+    var grpcListen: String?
+
+    @Option(help: "HOST:PORT for TFTP; empty disables it. [tftp.listen, FARRIER_TFTP_LISTEN; default 0.0.0.0:69]")
+    var tftpListen: String?
+
+    @Option(help: "Boot root served by TFTP and under /tftp/ over HTTP. [tftp.root, FARRIER_TFTP_ROOT; default DATA-DIR/boot]")
+    var tftpRoot: String?
+
+    @Option(help: "Directory the iPXE binaries are copied from. [ipxe.source, FARRIER_IPXE_SOURCE; default /usr/lib/ipxe]")
+    var ipxeSource: String?
+
+    @Option(help: "off, full (own the subnets) or proxy (beside another DHCP server). [dhcp.mode, FARRIER_DHCP_MODE; default full]")
+    var dhcpMode: String?
+
+    @Option(help: "Interface to serve DHCP on; repeat for more. [dhcp.interfaces, FARRIER_DHCP_INTERFACES comma separated]")
+    var dhcpInterface: [String] = []
+
+    @Option(
+        help: """
+            Subnet: NETWORK/LEN,pool=FIRST-LAST[,router=IP][,dns=IP+IP][,domain=NAME][,lease=SECONDS]; \
+            repeat for more. [dhcp.subnets, FARRIER_DHCP_SUBNETS ; separated]
+            """)
+    var dhcpSubnet: [String] = []
+
+    @Option(help: "Fixed address: MAC=IP[,HOSTNAME]; repeat for more. [dhcp.reservations, FARRIER_DHCP_RESERVATIONS ; separated]")
+    var dhcpReservation: [String] = []
+
+    @Option(help: "ProxyDHCP boot-server port. [dhcp.proxy-port, FARRIER_DHCP_PROXY_PORT; default 4011]")
+    var dhcpProxyPort: Int?
+
+    func flags() -> [String: [String]] {
+        var f: [String: [String]] = [:]
+        let single: [(String, String?)] = [
+            ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen),
+            ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
+            ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
+        ]
+        for (k, v) in single { if let v { f[k] = [v] } }
+        if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }
+        if !dhcpSubnet.isEmpty { f["dhcp.subnets"] = dhcpSubnet }
+        if !dhcpReservation.isEmpty { f["dhcp.reservations"] = dhcpReservation }
+        return f
+    }
+
+    func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let configuration: ServerConfiguration
+        do {
+            configuration = try ServerConfiguration.load(file: config ?? env["FARRIER_CONFIG"], environment: env, flags: flags())
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        bootstrapLogging(level: configuration.logLevel, format: configuration.logFormat)
+        let logger = Logger(label: "farrier")
+        logger.info("starting", metadata: ["data-dir": "\(configuration.dataDir)", "pid": "\(getpid())"])
+        let server = try FarrierServer(configuration: configuration, logger: logger)
+        try await server.run()
+        logger.info("stopped")
+    }
+}
