@@ -104,13 +104,13 @@ let package = Package(
         ),
 
         // Tests.
-        .target(name: "TestSupport", dependencies: ["FarrierCore"], path: "Tests/TestSupport", swiftSettings: swiftSettings),
-        .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
+        .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire", "WireSupport"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
-        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "FarrierAppTests", dependencies: ["FarrierApp", "FarrierCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "FarrierAppTests", dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", log], swiftSettings: swiftSettings),
+        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
     ]
 )

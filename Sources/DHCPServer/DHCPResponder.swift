@@ -75,6 +75,17 @@ public struct DHCPResponder: Sendable {
     }
 
     public mutating func handle(_ request: DHCPMessage, ingress: DHCPIngress, now: Date) -> DHCPOutcome {
+        var outcome = decide(request, ingress: ingress, now: now)
+        // Relay agent information goes last (RFC 3046 §2.0), after every option added above.
+        if var reply = outcome.reply, let relay = reply.options[.relayAgentInformation] {
+            reply.options[.relayAgentInformation] = nil
+            reply.options[.relayAgentInformation] = relay
+            outcome.reply = reply
+        }
+        return outcome
+    }
+
+    mutating func decide(_ request: DHCPMessage, ingress: DHCPIngress, now: Date) -> DHCPOutcome {
         guard request.op == .bootRequest else { return .drop("not a BOOTREQUEST") }
         guard let mac = request.clientMAC else { return .drop("not Ethernet (htype \(request.htype))") }
         guard let type = request.messageType else { return .drop("no message type (BOOTP is not served)") }
@@ -299,7 +310,6 @@ public struct DHCPResponder: Sendable {
     func echo(_ req: DHCPMessage, into m: inout DHCPMessage) {
         if let v = req.options[.clientIdentifier] { m.options[.clientIdentifier] = v }
         if let v = req.options.clientMachineIdentifier { m.options[.clientMachineIdentifier] = v }
-        // Option 82 goes last, as relays expect (RFC 3046 §2.0).
         if let v = req.options[.relayAgentInformation] { m.options[.relayAgentInformation] = v }
     }
 

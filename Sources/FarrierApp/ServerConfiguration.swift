@@ -75,14 +75,23 @@ public struct ServerConfiguration: Sendable {
         return c
     }
 
+    /// Flattens the YAML file into dotted keys. Scalars are read as the text written, never
+    /// through YAML 1.1 typing: an unquoted MAC such as 52:54:00:00:00:09 would otherwise become
+    /// a base-60 integer.
     static func flattenYAML(_ text: String, file: String) throws -> [String: [String]] {
-        let node: Any?
-        do { node = try Yams.load(yaml: text) } catch { throw ConfigurationError("\(file): invalid YAML: \(error)") }
-        guard let root = node as? [String: Any] else {
-            if node == nil { return [:] }
-            throw ConfigurationError("\(file): expected a mapping at the top level")
-        }
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch { throw ConfigurationError("\(file): invalid YAML: \(error)") }
+        guard let node else { return [:] }
+        guard case .mapping = node else { throw ConfigurationError("\(file): expected a mapping at the top level") }
         var out: [String: [String]] = [:]
+        func plain(_ n: Node) -> Any {
+            switch n {
+            case .scalar(let s): return s.string
+            case .mapping(let m): return Dictionary(m.map { (plain($0.key) as? String ?? "", plain($0.value)) }, uniquingKeysWith: { $1 })
+            case .sequence(let seq): return seq.map(plain)
+            case .alias: return ""
+            }
+        }
         func walk(_ prefix: String, _ value: Any) throws {
             if let map = value as? [String: Any], prefix != "dhcp.subnets", prefix != "dhcp.reservations" {
                 for (k, v) in map { try walk(prefix.isEmpty ? k : "\(prefix).\(k)", v) }
@@ -108,7 +117,7 @@ public struct ServerConfiguration: Sendable {
                 if let list = value as? [Any] { out[prefix] = list.map { "\($0)" } } else { out[prefix] = ["\(value)"] }
             }
         }
-        try walk("", root)
+        try walk("", plain(node))
         return out
     }
 

@@ -1,0 +1,90 @@
+import DHCPServer
+import FarrierApp
+import FarrierHTTP
+import Logging
+import FarrierCore
+import Foundation
+import Testing
+
+@Suite struct ServerConfigurationTests {
+    func withFile(_ text: String, _ body: (String) throws -> Void) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("farrier-\(UUID()).yaml").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try body(path)
+    }
+
+    @Test func defaultsKeepDHCPOff() throws {
+        let c = try ServerConfiguration.load(file: nil, environment: [:], flags: [:])
+        #expect(c.dhcp.interfaces.isEmpty)
+        #expect(c.grpcListen == "127.0.0.1:7700")
+        #expect(c.tftpRoot == "/var/lib/farrier/boot")
+    }
+
+    @Test func flagsBeatEnvironmentBeatsFile() throws {
+        try withFile("""
+            data-dir: /from/file
+            log-level: debug
+            http:
+              listen: 1.2.3.4:1
+            dhcp:
+              mode: full
+              interfaces: [br0]
+              subnets:
+                - network: 198.18.0.0/24
+                  pool: 198.18.0.100-198.18.0.199
+                  router: 198.18.0.1
+                  dns: [198.18.0.1, 198.18.0.2]
+                  lease-time: 600
+              reservations:
+                - mac: 52:54:00:00:00:09
+                  address: 198.18.0.9
+                  hostname: nine
+            """) { path in
+            let c = try ServerConfiguration.load(
+                file: path, environment: ["FARRIER_DATA_DIR": "/from/env", "FARRIER_HTTP_LISTEN": "5.6.7.8:2"],
+                flags: ["data-dir": ["/from/flag"]])
+            #expect(c.dataDir == "/from/flag")
+            #expect(c.http.listen == "5.6.7.8:2")
+            #expect(c.logLevel == .debug)
+            #expect(c.dhcp.interfaces == ["br0"])
+            #expect(c.dhcp.subnets.first?.leaseTime == 600)
+            #expect(c.dhcp.subnets.first?.dnsServers.count == 2)
+            #expect(c.dhcp.reservations.first?.hostname == "nine")
+        }
+    }
+
+    @Test func everyKeyHasAnEnvironmentVariable() {
+        #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
+        #expect(ServerConfiguration.keys.count == 13)
+    }
+
+    @Test(arguments: [
+        ("10.0.0.0/24", "needs at least one pool"),
+        ("10.0.0.0/24,pool=10.0.1.1-10.0.1.9", "is not inside"),
+        ("10.0.0.0/24,pool=10.0.0.0-10.0.0.9", "network or broadcast"),
+        ("10.0.0.0/24,pool=10.0.0.9-10.0.0.1", "FIRST-LAST"),
+        ("10.0.0.0/24,pool=10.0.0.2-10.0.0.9,lease=5", "lease must be"),
+        ("nonsense", "must start with a network"),
+    ])
+    func badSubnetsGetPreciseErrors(_ spec: String, _ message: String) {
+        let error = #expect(throws: (any Error).self) { try ServerConfiguration.parseSubnet(spec) }
+        #expect("\(error!)".contains(message))
+    }
+
+    @Test func unknownYAMLKeyIsRejected() throws {
+        try withFile("dhcp:\n  moed: full\n") { path in
+            let error = #expect(throws: (any Error).self) { try ServerConfiguration.load(file: path, environment: [:], flags: [:]) }
+            #expect("\(error!)".contains("unknown key 'dhcp.moed'"))
+        }
+    }
+
+    @Test func conflictingReservationsAreRejected() {
+        #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(
+                file: nil, environment: [:],
+                flags: ["dhcp.subnets": ["10.0.0.0/24,pool=10.0.0.2-10.0.0.9"],
+                        "dhcp.reservations": ["52:54:00:00:00:01=10.0.0.5", "52:54:00:00:00:02=10.0.0.5"]])
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import FarrierCore
+import FarrierStore
+import Foundation
+import Testing
+
+@Suite struct SQLiteStoreTests {
+    let mac = MACAddress("52:54:00:12:34:56")!
+
+    @Test func migrationsAreVersioned() throws {
+        let s = try SQLiteStore()
+        #expect(try s.appliedMigrations() == ["v1"])
+    }
+
+    @Test func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns() throws {
+        let s = try SQLiteStore()
+        let t = Date(timeIntervalSince1970: 1_800_000_000)
+        let a = try s.recordSighting(mac: mac, platform: .init(architecture: .unknown, firmware: .unknown), at: t)
+        #expect(a.state == .discovered && a.name == "m-525400123456")
+        let b = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .uefi), at: t.addingTimeInterval(5))
+        #expect(b.id == a.id)
+        #expect(b.firmware == .uefi && b.architecture == .x86_64)
+        #expect(b.firstSeen == t && b.lastSeen == t.addingTimeInterval(5))
+        #expect(try s.machines().count == 1)
+        #expect(try s.machine(nameOrMAC: "52-54-00-12-34-56")?.id == a.id)
+        #expect(try s.machine(nameOrMAC: "m-525400123456")?.id == a.id)
+        #expect(try s.machine(nameOrMAC: "nope") == nil)
+    }
+
+    @Test func timelineIsOrderedAndPruned() throws {
+        let s = try SQLiteStore(timelineLimit: 5)
+        let t = Date(timeIntervalSince1970: 1_800_000_000)
+        try s.appendTimeline((0..<8).map { TimelineEvent(mac: mac, time: t.addingTimeInterval(Double($0)), stage: .dhcp, event: "E\($0)") })
+        let events = try s.timeline(mac: mac, limit: 100)
+        #expect(events.map(\.event) == ["E3", "E4", "E5", "E6", "E7"])
+        #expect(try s.timeline(mac: mac, limit: 2).map(\.event) == ["E6", "E7"])
+    }
+
+    @Test func leasesSurviveReopeningAndAddressesStayUnique() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farrier-store-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("db.sqlite").path
+        let exp = Date(timeIntervalSince1970: 1_800_000_600)
+        do {
+            let s = try SQLiteStore(path: path)
+            try s.commit([Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
+        }
+        let s = try SQLiteStore(path: path)
+        #expect(try s.leases() == [Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
+        // The address moves to another MAC: the old row goes.
+        let other = MACAddress("52:54:00:00:00:02")!
+        try s.commit([Lease(mac: other, address: IPv4Address("198.18.0.100")!, expires: exp)])
+        #expect(try s.leases().map(\.mac) == [other])
+        try s.deleteLease(mac: other)
+        #expect(try s.leases().isEmpty)
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// DHCP against real clients: dhclient, udhcpc and perfdhcp, each in namespaces made here.
+@Suite(.serialized, .enabled(if: Harness.canRun, "needs root and the peers from .ci/setup"))
+struct DHCPIntegrationTests {
+    static let subnet = "198.18.10.0/24,pool=198.18.10.100-198.18.10.199,router=198.18.10.1,dns=198.18.10.1,lease=600"
+
+    func leasedAddress(_ h: Harness, _ ns: String, _ ifname: String) throws -> String? {
+        let out = try h.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", ifname]).stdout
+        return out.split(separator: " ").first(where: { $0.hasPrefix("198.18.10.") })?.split(separator: "/").first.map(String.init)
+    }
+
+    func dhclient(_ h: Harness, _ ns: String, _ ifname: String, tag: String) throws -> Harness.Result {
+        try h.run(
+            ["ip", "netns", "exec", ns, "dhclient", "-1", "-v", "-lf", "\(h.directory)/\(tag).leases", "-pf",
+             "\(h.directory)/\(tag).pid", ifname], timeout: 40, check: false)
+    }
+
+    func stopDhclient(_ h: Harness, tag: String) {
+        if let pid = try? String(contentsOfFile: "\(h.directory)/\(tag).pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+            let p = Int32(pid)
+        {
+            kill(p, SIGTERM)
+        }
+    }
+
+    func leaseRows(_ h: Harness) throws -> [(String, String)] {
+        let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(m,a) for m,a in c.execute('select mac,address from lease')]"
+        let out = try h.run(["python3", "-c", script, h.directory + "/data/farrier.sqlite"]).stdout
+        return out.split(separator: "\n").map { l in
+            let p = l.split(separator: " ")
+            return (String(p[0]), String(p[1]))
+        }
+    }
+
+    @Test func dhclientGetsALeaseThatSurvivesKill9() throws {
+        let h = try Harness("dhclient")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        try h.run(["ip", "-n", c, "link", "set", cif, "address", "52:54:00:0a:00:01"])
+        let server = try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet])
+        let r = try dhclient(h, c, cif, tag: "d1")
+        #expect(r.status == 0, "dhclient failed: \(r.stderr)")
+        let first = try #require(try leasedAddress(h, c, cif), "no address: \(r.stderr)")
+        #expect(r.stderr.contains("DHCPACK of \(first) from 198.18.10.1"))
+        // The lease is on disk before the ACK left: kill -9 now, restart, ask again.
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+        #expect(try leaseRows(h).map(\.1) == [first])
+        stopDhclient(h, tag: "d1")
+        try h.run(["ip", "-n", c, "addr", "flush", "dev", cif])
+        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet], log: "farrier2.log")
+        try? FileManager.default.removeItem(atPath: "\(h.directory)/d2.leases")
+        let again = try dhclient(h, c, cif, tag: "d2")
+        defer { stopDhclient(h, tag: "d2") }
+        #expect(try leasedAddress(h, c, cif) == first, "after restart: \(again.stderr)")
+    }
+
+    @Test func udhcpcGetsALeaseWithOptions() throws {
+        let h = try Harness("udhcpc")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet])
+        // udhcpc's script receives the options as environment; print them.
+        let script = h.directory + "/udhcpc.sh"
+        try "#!/bin/sh\n[ \"$1\" = bound ] && echo \"BOUND ip=$ip router=$router dns=$dns lease=$lease mask=$mask\"\nexit 0\n"
+            .write(toFile: script, atomically: true, encoding: .utf8)
+        try h.run(["chmod", "+x", script])
+        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", script], timeout: 40, check: false)
+        #expect(r.status == 0, "udhcpc: \(r.stdout) \(r.stderr)")
+        let bound = try #require(r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("BOUND") }).map(String.init))
+        #expect(bound.contains("ip=198.18.10.1"))  // from the pool 198.18.10.100-199
+        #expect(bound.contains("router=198.18.10.1 ") && bound.contains("dns=198.18.10.1") && bound.contains("lease=600"))
+        #expect(bound.contains("mask=24"))
+    }
+
+    @Test func malformedPacketsAreDroppedAndCounted() throws {
+        let h = try Harness("malformed")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        try h.run(["ip", "-n", c, "addr", "add", "198.18.10.9/24", "dev", cif])
+        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet])
+        let send = """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            for payload in [b'', b'\\x01' * 50, b'\\x01\\x01\\x06\\x00' + b'\\x00' * 232 + b'\\x63\\x82\\x53\\x64', b'\\x01\\x01\\x06\\x00' + b'\\x00' * 232 + b'\\x63\\x82\\x53\\x63\\x37\\x09\\x01']:
+                s.sendto(payload, ('198.18.10.1', 67))
+            """
+        try h.run(["ip", "netns", "exec", c, "python3", "-c", send])
+        try h.waitUntil("malformed counter", timeout: 10) { try h.metric(namespace: s, "farrier_dhcp_packets_malformed_total") == 4 }
+        // The server is still serving.
+        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", "/bin/true"], timeout: 40, check: false)
+        #expect(r.status == 0)
+        #expect(h.read("farrier.log").contains("dropped malformed DHCP packet"))
+    }
+
+    @Test func unconfiguredInterfaceGetsNoAnswer() throws {
+        let h = try Harness("off")
+        defer { h.cleanup() }
+        let (s, _, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        try h.startFarrier(namespace: s, flags: ["--dhcp-subnet", Self.subnet])
+        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "2", "-T", "1", "-i", cif, "-s", "/bin/true"], timeout: 20, check: false)
+        #expect(r.status != 0)
+        #expect(h.read("farrier.log").contains("DHCP is off: no interfaces are configured"))
+        #expect(try h.metric(namespace: s, "farrier_dhcp_packets_received_total") == 0)
+    }
+
+    @Test func perfdhcpNeverGetsOneAddressTwice() throws {
+        let h = try Harness("perfdhcp")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        try h.run(["ip", "-n", c, "addr", "add", "198.19.0.2/16", "dev", cif])
+        try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
+        // Relayed: perfdhcp sets giaddr 198.19.0.2, so leases come from the 198.19 subnet.
+        let relayed = "198.19.0.0/16,pool=198.19.1.0-198.19.1.255,lease=600"
+        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet, "--dhcp-subnet", relayed])
+        let r = try h.run(
+            ["ip", "netns", "exec", c, "timeout", "30", "perfdhcp", "-4", "-l", cif, "-r", "100", "-R", "200", "-p", "4", "198.19.0.1"],
+            timeout: 40, check: false)
+        let rows = try leaseRows(h)
+        #expect(rows.count >= 50, "perfdhcp: \(r.stdout)")
+        #expect(Set(rows.map(\.1)).count == rows.count, "an address was leased to two MACs")
+        #expect(Set(rows.map(\.0)).count == rows.count)
+        #expect(rows.allSatisfy { $0.1.hasPrefix("198.19.1.") })
+        #expect(r.stdout.contains("sent packets: "))
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+import Synchronization
+
+/// Runs commands and real peers for integration tests, and undoes everything it made.
+///
+/// Every process started is recorded by PID and killed (TERM, then KILL) at `cleanup()`; every
+/// namespace made is deleted; every temporary directory removed. Tests call `cleanup()` in a
+/// `defer`, so it runs on failure too.
+public final class Harness: @unchecked Sendable {
+    public let directory: String
+    let lock = Mutex<(processes: [Process], namespaces: [String])>(([], []))
+    public let id: String
+
+    public init(_ name: String) throws {
+        id = String(UInt32.random(in: 0..<UInt32.max), radix: 36)
+        directory = NSTemporaryDirectory() + "farrier-\(name)-\(id)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    /// Integration tests need root (namespaces, ports 67/69) and the peers installed by `.ci/setup`.
+    public static var canRun: Bool { getuid() == 0 && (FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") || FileManager.default.isExecutableFile(atPath: "/sbin/ip")) }
+
+    /// The farrier binary built by `swift build` (FARRIER_BIN overrides).
+    public static var farrierBinary: String {
+        if let b = ProcessInfo.processInfo.environment["FARRIER_BIN"] { return b }
+        var dir = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { dir.deleteLastPathComponent() }
+        return dir.appendingPathComponent(".build/debug/farrier").path
+    }
+
+    public struct Result: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+    }
+
+    public struct CommandError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Runs a command to completion, bounded by `timeout` seconds (then killed).
+    @discardableResult
+    public func run(_ args: [String], timeout: Double = 60, check: Bool = true) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let collected = Collected()
+        let group = DispatchGroup()
+        for (i, pipe) in [out, err].enumerated() {
+            group.enter()
+            DispatchQueue.global().async {
+                let d = pipe.fileHandleForReading.readDataToEndOfFile()
+                collected.data.withLock { $0[i] = d }
+                group.leave()
+            }
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(10_000) }
+        if p.isRunning {
+            p.terminate()
+            usleep(200_000)
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        }
+        p.waitUntilExit()
+        _ = group.wait(timeout: .now() + 5)
+        let r = Result(
+            status: p.terminationStatus, stdout: String(decoding: collected.data.withLock { $0[0] }, as: UTF8.self),
+            stderr: String(decoding: collected.data.withLock { $0[1] }, as: UTF8.self))
+        if check && r.status != 0 {
+            throw CommandError(description: "\(args.joined(separator: " ")) exited \(r.status): \(r.stderr) \(r.stdout)")
+        }
+        return r
+    }
+
+    /// Starts a long-running process with output to `log` (under the harness directory).
+    @discardableResult
+    public func start(_ args: [String], log: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let path = directory + "/" + log
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        p.standardOutput = h
+        p.standardError = h
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        lock.withLock { $0.processes.append(p) }
+        return p
+    }
+
+    public func read(_ log: String) -> String {
+        (try? String(contentsOfFile: directory + "/" + log, encoding: .utf8)) ?? ""
+    }
+
+    /// Polls `condition` every `interval` until it holds or `timeout` passes.
+    public func waitUntil(
+        _ what: String, timeout: Double = 30, interval: Double = 0.1, _ condition: () throws -> Bool
+    ) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(UInt32(interval * 1_000_000))
+        }
+        throw CommandError(description: "timed out after \(timeout)s waiting for \(what)")
+    }
+
+    /// Makes a network namespace (deleted at cleanup) with loopback up.
+    public func namespace(_ suffix: String) throws -> String {
+        let name = "frt\(id.prefix(6))\(suffix)"
+        try run(["ip", "netns", "add", name])
+        lock.withLock { $0.namespaces.append(name) }
+        try run(["ip", "-n", name, "link", "set", "lo", "up"])
+        return name
+    }
+
+    /// Two namespaces joined by a veth pair: the server side gets `serverIP/len`, the client side
+    /// none (DHCP clients configure it). Returns (server ns, server if, client ns, client if).
+    public func veth(serverIP: String) throws -> (String, String, String, String) {
+        let s = try namespace("s"), c = try namespace("c")
+        try run(["ip", "-n", s, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", c])
+        try run(["ip", "-n", s, "addr", "add", serverIP, "dev", "vs"])
+        try run(["ip", "-n", s, "link", "set", "vs", "up"])
+        try run(["ip", "-n", c, "link", "set", "vc", "up"])
+        return (s, "vs", c, "vc")
+    }
+
+    public func cleanup() {
+        let (procs, namespaces) = lock.withLock { ($0.processes, $0.namespaces) }
+        for p in procs where p.isRunning { p.terminate() }
+        for p in procs {
+            let deadline = Date().addingTimeInterval(5)
+            while p.isRunning && Date() < deadline { usleep(20_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+        for ns in namespaces.reversed() { _ = try? run(["ip", "netns", "del", ns], check: false) }
+        lock.withLock { $0 = ([], []) }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Starts `farrier server` inside `namespace` with the given extra flags; waits for /healthz.
+    @discardableResult
+    public func startFarrier(namespace: String, flags: [String], log: String = "farrier.log") throws -> Process {
+        let data = directory + "/data"
+        let p = try start(
+            ["ip", "netns", "exec", namespace, Harness.farrierBinary, "server", "--data-dir", data, "--log-level", "debug",
+             "--http-listen", "0.0.0.0:8080", "--grpc-listen", "127.0.0.1:7700"] + flags, log: log)
+        try waitUntil("farrier /healthz", timeout: 30) {
+            guard p.isRunning else { throw CommandError(description: "farrier exited: \(read(log))") }
+            return (try? run(["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:8080/healthz"], timeout: 5).stdout) == "ok\n"
+        }
+        return p
+    }
+
+    /// Runs the farrier CLI inside `namespace` and decodes its JSON output.
+    public func farrierJSON(namespace: String, _ args: [String]) throws -> Any {
+        let r = try run(["ip", "netns", "exec", namespace, Harness.farrierBinary] + args + ["-o", "json", "--server", "127.0.0.1:7700"], timeout: 30)
+        return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
+    }
+
+    /// Reads one counter from the server's /metrics.
+    public func metric(namespace: String, _ name: String) throws -> Int {
+        let text = try run(["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:8080/metrics"], timeout: 10).stdout
+        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+            return Int(line.split(separator: " ")[1]) ?? -1
+        }
+        return -1
+    }
+}
+
+final class Collected: Sendable {
+    let data = Mutex<[Data]>([Data(), Data()])
+}
