@@ -60,8 +60,14 @@ struct TFTPIntegrationTests {
         defer { h.cleanup() }
         let (s, c, expected) = try setUp(h)
         let n = 24
-        let cmd = (0..<n).map { "curl -sS --tftp-blksize 1468 -o \(h.directory)/c\($0).bin tftp://198.18.20.1/sub/blob.bin &" }.joined(separator: " ") + " wait"
-        try h.run(["ip", "netns", "exec", c, "sh", "-c", cmd], timeout: 120)
+        // Separate processes, not `sh -c '… & wait'`: children of the test runner inherit a
+        // blocked SIGCHLD, and a shell's `wait` then never returns.
+        let clients = try (0..<n).map {
+            try h.start(["ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "1468", "-o", "\(h.directory)/c\($0).bin",
+                         "tftp://198.18.20.1/sub/blob.bin"], log: "curl\($0).log")
+        }
+        try h.waitUntil("\(n) concurrent transfers", timeout: 120) { clients.allSatisfy { !$0.isRunning } }
+        #expect(clients.allSatisfy { $0.terminationStatus == 0 })
         for i in 0..<n { #expect(try sha(h, "\(h.directory)/c\(i).bin") == expected) }
         try h.waitUntil("completed counter") { try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == n }
     }

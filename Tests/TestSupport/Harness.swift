@@ -9,6 +9,11 @@ import Synchronization
 public final class Harness: @unchecked Sendable {
     public let directory: String
     let lock = Mutex<(processes: [Process], namespaces: [String])>(([], []))
+    let counter = Atomic<Int>(0)
+    let pidFiles = Mutex<[String]>([])
+
+    /// Records a pid file written by a daemon the test started (dhclient), so `cleanup()` ends it.
+    public func trackPIDFile(_ path: String) { pidFiles.withLock { $0.append(path) } }
     public let id: String
 
     public init(_ name: String) throws {
@@ -44,21 +49,24 @@ public final class Harness: @unchecked Sendable {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = args
-        let out = Pipe(), err = Pipe()
+        // Output goes to files, not pipes: a child that daemonizes (dhclient does, once bound)
+        // keeps inherited descriptors open, and a pipe would never reach end of file.
+        let n = counter.add(1, ordering: .relaxed).newValue
+        let outPath = "\(directory)/.run\(n).out", errPath = "\(directory)/.run\(n).err"
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        defer {
+            try? out.close()
+            try? err.close()
+            try? FileManager.default.removeItem(atPath: outPath)
+            try? FileManager.default.removeItem(atPath: errPath)
+        }
         p.standardOutput = out
         p.standardError = err
         p.standardInput = FileHandle.nullDevice
         try p.run()
-        let collected = Collected()
-        let group = DispatchGroup()
-        for (i, pipe) in [out, err].enumerated() {
-            group.enter()
-            DispatchQueue.global().async {
-                let d = pipe.fileHandleForReading.readDataToEndOfFile()
-                collected.data.withLock { $0[i] = d }
-                group.leave()
-            }
-        }
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(10_000) }
         if p.isRunning {
@@ -67,10 +75,9 @@ public final class Harness: @unchecked Sendable {
             if p.isRunning { kill(p.processIdentifier, SIGKILL) }
         }
         p.waitUntilExit()
-        _ = group.wait(timeout: .now() + 5)
         let r = Result(
-            status: p.terminationStatus, stdout: String(decoding: collected.data.withLock { $0[0] }, as: UTF8.self),
-            stderr: String(decoding: collected.data.withLock { $0[1] }, as: UTF8.self))
+            status: p.terminationStatus, stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
         if check && r.status != 0 {
             throw CommandError(description: "\(args.joined(separator: " ")) exited \(r.status): \(r.stderr) \(r.stdout)")
         }
@@ -131,6 +138,13 @@ public final class Harness: @unchecked Sendable {
     }
 
     public func cleanup() {
+        for path in pidFiles.withLock({ $0 }) {
+            if let text = try? String(contentsOfFile: path, encoding: .utf8),
+                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
+            {
+                kill(pid, SIGTERM)
+            }
+        }
         let (procs, namespaces) = lock.withLock { ($0.processes, $0.namespaces) }
         for p in procs where p.isRunning { p.terminate() }
         for p in procs {
@@ -174,6 +188,3 @@ public final class Harness: @unchecked Sendable {
     }
 }
 
-final class Collected: Sendable {
-    let data = Mutex<[Data]>([Data(), Data()])
-}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds Farrier and runs every test: unit tests, then the integration tests against real
+# clients (they need root for network namespaces; as another user they are skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
+swift build --product farrier
+swift build --build-tests
+swift test --skip-build --skip IntegrationTests
+swift test --skip-build --filter IntegrationTests
