@@ -28,11 +28,15 @@ final class DHCPEngine: Sendable {
     let addressBook: AddressBook
     let metrics: DHCPMetrics
     let logger: Logger
+    let proxyMode: Bool
+    let proxyPort: Int
 
     init(
         responder: DHCPResponder, store: any LeaseStore, recorder: TimelineRecorder, addressBook: AddressBook,
         metrics: DHCPMetrics, logger: Logger
     ) {
+        self.proxyMode = responder.configuration.mode == .proxy
+        self.proxyPort = responder.configuration.proxyPort
         self.responder = Mutex(responder)
         self.committer = LeaseCommitter(store: store)
         self.recorder = recorder
@@ -62,8 +66,7 @@ final class DHCPEngine: Sendable {
         let now = Date()
         let outcome = responder.withLock { $0.handle(request, ingress: ingress, now: now) }
         let mac = request.clientMAC
-        let stage: TimelineEvent.Stage =
-            ingress.port == 67 || responder.withLock({ $0.configuration.mode == .full }) ? .dhcp : .proxyDHCP
+        let stage: TimelineEvent.Stage = proxyMode || ingress.port == proxyPort ? .proxyDHCP : .dhcp
         let type = request.messageType?.description ?? "?"
 
         if let mac, outcome.client.isNetworkBoot || recorder.isKnown(mac) {

@@ -1,7 +1,100 @@
 import ArgumentParser
 import FarrierLab
+import Foundation
+import Yams
 
-struct LabCommand: AsyncParsableCommand {
+struct LabCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "lab", abstract: "A virtual lab of QEMU VMs with virtual BMCs on this host (root only).")
+        commandName: "lab", abstract: "A virtual lab of QEMU VMs with virtual BMCs on this host (root only).",
+        subcommands: [Up.self, Status.self, Down.self])
+
+    static func selfPath() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    struct Up: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start the lab: a namespace with a bridge, farrier server, VMs and their BMCs.")
+        @Option(help: "Number of VMs (1-50).") var machines = 2
+        @Option(help: "bios, uefi or mixed (odd VMs BIOS, even VMs UEFI).") var firmware = "mixed"
+        @Option(help: "full (Farrier hands out addresses) or proxy (dnsmasq does; Farrier answers PXE).") var dhcpMode = "full"
+        @Option(help: "auto (KVM only if a probe boot works), tcg or kvm.") var accel = "auto"
+        @Flag(help: "Leave the VMs powered off (power them on through their BMCs).") var noPowerOn = false
+
+        func validate() throws {
+            guard ["bios", "uefi", "mixed"].contains(firmware) else { throw ValidationError("--firmware must be bios, uefi or mixed") }
+            guard ["full", "proxy"].contains(dhcpMode) else { throw ValidationError("--dhcp-mode must be full or proxy") }
+            guard ["auto", "tcg", "kvm"].contains(accel) else { throw ValidationError("--accel must be auto, tcg or kvm") }
+        }
+
+        func run() throws {
+            var o = Lab.Options(farrierBinary: LabCommand.selfPath())
+            o.machines = machines
+            o.firmware = firmware
+            o.dhcpMode = dhcpMode
+            o.accelerator = accel
+            o.powerOn = !noPowerOn
+            let state = try Lab(log: { print($0) }).up(o)
+            print("lab is up: \(state.vms.count) VMs, DHCP \(state.dhcpMode), accelerator \(state.accelerator)")
+            print("server \(state.serverAddress) (the CLI finds it with no flags while the lab is up)")
+            print(LabCommand.table(state, power: nil))
+            print("BMC password: \(state.directory)/bmc-password; serial consoles: \(state.directory)/lab-N/serial.log")
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the lab's VMs, MACs, firmware and BMCs.")
+        @Option(name: .shortAndLong, help: "table, json or yaml.") var output: OutputFormat = .table
+
+        func run() throws {
+            guard let state = LabState.load() else {
+                if output == .json { print("{\"up\": false, \"vms\": []}") } else { print("the lab is down") }
+                return
+            }
+            let running = LabState.loadIfRunning() != nil
+            let power = Lab(log: { _ in }).powerStates(state)
+            let view = StatusView(
+                up: running, accelerator: state.accelerator, dhcpMode: state.dhcpMode, server: state.serverAddress,
+                directory: state.directory,
+                vms: state.vms.map {
+                    .init(name: $0.name, mac: $0.mac, firmware: $0.firmware, bmcAddress: "\($0.bmcAddress):\($0.bmcPort)",
+                          bmcUser: $0.bmcUser, power: power[$0.name] ?? "unknown", serialLog: $0.serialLog, disk: $0.disk)
+                })
+            switch output {
+            case .json: print(try json(view))
+            case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
+            case .table:
+                print("lab is \(running ? "up" : "DOWN (server not running)"): DHCP \(state.dhcpMode), accelerator \(state.accelerator), server \(state.serverAddress)")
+                print(LabCommand.table(state, power: power))
+            }
+        }
+    }
+
+    struct Down: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove every process, namespace, interface and file the lab made.")
+        func run() throws {
+            guard getuid() == 0 else { throw ValidationError("farrier lab needs root") }
+            try Lab(log: { print($0) }).down()
+            print("lab is down")
+        }
+    }
+
+    struct StatusView: Codable {
+        struct VM: Codable {
+            var name, mac, firmware, bmcAddress, bmcUser, power, serialLog, disk: String
+        }
+        var up: Bool
+        var accelerator, dhcpMode, server, directory: String
+        var vms: [VM]
+    }
+
+    static func table(_ s: LabState, power: [String: String]?) -> String {
+        var header = ["NAME", "MAC", "FIRMWARE", "BMC"]
+        if power != nil { header.append("POWER") }
+        return farrier.table(header, s.vms.map { vm in
+            var row = [vm.name, vm.mac, vm.firmware, "\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)"]
+            if let power { row.append(power[vm.name] ?? "unknown") }
+            return row
+        })
+    }
 }

@@ -154,7 +154,11 @@ struct CLIError: Error, CustomStringConvertible {
 func json<T: Encodable>(_ v: T) throws -> String {
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    e.dateEncodingStrategy = .iso8601
+    // Millisecond precision: the boot timeline's stages are often less than a second apart.
+    e.dateEncodingStrategy = .custom { date, encoder in
+        var c = encoder.singleValueContainer()
+        try c.encode(date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted)))
+    }
     return String(decoding: try e.encode(v), as: UTF8.self)
 }
 

@@ -1,0 +1,342 @@
+import Foundation
+
+/// `farrier lab`: a network namespace with a bridge, a `farrier server` serving it, and QEMU VMs
+/// that network-boot from it, each with an OpenIPMI `ipmi_sim` BMC on the lab network.
+///
+/// Containment: lab addresses come from 198.18.0.0/15 (RFC 2544 benchmarking). While the lab is
+/// up, a blackhole route for that range in the root namespace makes any lab-bound traffic from
+/// the host fail locally instead of leaving the machine; only the /30 host link and the lab's
+/// own /24 (through it) are reachable, both ending in the lab namespace.
+public struct Lab {
+    public struct Options {
+        public var machines = 2
+        public var firmware = "mixed"  // bios, uefi or mixed
+        public var dhcpMode = "full"  // full or proxy
+        public var accelerator = "auto"  // auto, tcg or kvm
+        public var powerOn = true
+        public var farrierBinary: String
+        public init(farrierBinary: String) { self.farrierBinary = farrierBinary }
+    }
+
+    public static let namespace = "farrier-lab"
+    public static let hostLink = ("frlab0", "frlab1")
+    public static let labRange = "198.18.0.0/15"
+    public static let network = "198.18.0.0/24"
+    static let serverIP = "198.18.0.1"
+    static let hostIP = "198.19.255.1", nsIP = "198.19.255.2"
+    static let bmcUser = "admin"
+
+    let log: (String) -> Void
+    public init(log: @escaping (String) -> Void) { self.log = log }
+
+    static func ip(_ args: String...) throws { try Spawn.run(["ip"] + args) }
+    static func inNS(_ args: [String]) -> [String] { ["ip", "netns", "exec", namespace] + args }
+
+    // MARK: up
+
+    public func up(_ o: Options) throws -> LabState {
+        guard getuid() == 0 else { throw Spawn.Failure(description: "farrier lab needs root (network namespaces, taps, QEMU)") }
+        guard (1...50).contains(o.machines) else { throw Spawn.Failure(description: "--machines must be 1 to 50") }
+        if let running = LabState.loadIfRunning() {
+            log("lab is already up (server pid \(running.serverPID ?? 0)); `farrier lab down` first to change it")
+            return running
+        }
+        try down()  // anything left from a lab that died half-way
+        let dir = LabState.defaultDirectory
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var state = LabState(
+            directory: dir, namespace: Self.namespace, bridge: "br0", dhcpMode: o.dhcpMode, accelerator: "tcg",
+            network: Self.network, serverAddress: "\(Self.nsIP):7700", hostLink: Self.hostLink.0,
+            blackholeRoute: Self.labRange, serverPID: nil, dnsmasqPID: nil, vms: [])
+        // Save early: a failure from here on leaves something `lab down` can find and remove.
+        try state.save()
+        do {
+            try network()
+            state.accelerator = try chooseAccelerator(o.accelerator, dir: dir)
+            log("accelerator: \(state.accelerator)\(state.accelerator == "tcg" ? " (software emulation)" : "")")
+            let password = String((0..<16).map { _ in "abcdefghijkmnpqrstuvwxyz23456789".randomElement()! })
+            try password.write(toFile: dir + "/bmc-password", atomically: true, encoding: .utf8)
+            chmod(dir + "/bmc-password", 0o600)
+            state.dnsmasqPID = try startDnsmasq(o.dhcpMode, dir: dir)
+            try state.save()
+            state.serverPID = try startServer(o, dir: dir)
+            try state.save()
+            for i in 1...o.machines {
+                let fw = o.firmware == "mixed" ? (i % 2 == 1 ? "bios" : "uefi") : o.firmware
+                state.vms.append(try makeVM(i, firmware: fw, accelerator: state.accelerator, password: password, dir: dir))
+                try state.save()
+            }
+            try waitForServer()
+            if o.powerOn {
+                for vm in state.vms {
+                    try Spawn.run(ipmitool(vm, password: password) + ["chassis", "power", "on"], timeout: 30)
+                }
+            }
+        } catch {
+            log("lab up failed: \(error); removing what was made")
+            try? down()
+            throw error
+        }
+        return state
+    }
+
+    func network() throws {
+        let ns = Self.namespace
+        try Self.ip("netns", "add", ns)
+        try Self.ip("-n", ns, "link", "set", "lo", "up")
+        try Self.ip("-n", ns, "link", "add", "br0", "type", "bridge")
+        try Self.ip("-n", ns, "addr", "add", "\(Self.serverIP)/24", "dev", "br0")
+        try Self.ip("-n", ns, "addr", "add", "fd98:18::1/64", "dev", "br0", "nodad")
+        try Self.ip("-n", ns, "link", "set", "br0", "up")
+        try Spawn.run(Self.inNS(["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
+        let (host, peer) = Self.hostLink
+        try Self.ip("link", "add", host, "type", "veth", "peer", "name", peer, "netns", ns)
+        try Self.ip("addr", "add", "\(Self.hostIP)/30", "dev", host)
+        try Self.ip("link", "set", host, "up")
+        try Self.ip("-n", ns, "addr", "add", "\(Self.nsIP)/30", "dev", peer)
+        try Self.ip("-n", ns, "link", "set", peer, "up")
+        // Containment first, then the one specific route into the lab namespace.
+        try Spawn.run(["ip", "route", "replace", "blackhole", Self.labRange])
+        try Self.ip("route", "replace", Self.network, "via", Self.nsIP, "dev", host)
+    }
+
+    /// TCG unless a probe boot under KVM gets iPXE as far as DHCP (on these machines /dev/kvm is
+    /// a paravirtual nested hypervisor that starts firmware and then hangs iPXE and Linux).
+    func chooseAccelerator(_ wanted: String, dir: String) throws -> String {
+        if wanted == "tcg" { return "tcg" }
+        guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
+            if wanted == "kvm" { throw Spawn.Failure(description: "--accel kvm: /dev/kvm does not exist") }
+            return "tcg"
+        }
+        let bootID = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8)) ?? ""
+        let cache = "/run/farrier-kvm-probe"
+        if let cached = try? String(contentsOfFile: cache, encoding: .utf8), cached.hasPrefix(bootID) {
+            let ok = cached.hasSuffix("ok")
+            if wanted == "kvm" && !ok { throw Spawn.Failure(description: "--accel kvm: the KVM probe boot failed on this host") }
+            return ok ? "kvm" : "tcg"
+        }
+        log("probing KVM with a short iPXE boot (up to 15 s)…")
+        try Self.ip("-n", Self.namespace, "tuntap", "add", "dev", "frprobe", "mode", "tap")
+        defer { _ = try? Spawn.run(["ip", "-n", Self.namespace, "link", "del", "frprobe"], check: false) }
+        let serial = dir + "/kvm-probe.log"
+        let pid = try Spawn.detached(
+            Self.inNS(["qemu-system-x86_64", "-accel", "kvm", "-m", "128", "-nographic", "-monitor", "none", "-no-reboot",
+                       "-boot", "n", "-netdev", "tap,id=n0,ifname=frprobe,script=no,downscript=no",
+                       "-device", "e1000,netdev=n0,mac=52:54:00:18:ff:ff"]), log: serial)
+        var ok = false
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline, Spawn.isAlive(pid) {
+            if let text = try? String(contentsOfFile: serial, encoding: .utf8), text.contains("Configuring (net0") {
+                ok = true
+                break
+            }
+            usleep(200_000)
+        }
+        Spawn.stop(pid, grace: 2)
+        try? (bootID + (ok ? "ok" : "failed")).write(toFile: cache, atomically: true, encoding: .utf8)
+        if wanted == "kvm" && !ok { throw Spawn.Failure(description: "--accel kvm: the KVM probe boot failed on this host") }
+        return ok ? "kvm" : "tcg"
+    }
+
+    /// dnsmasq sends IPv6 router advertisements (iPXE otherwise waits ~13 s for IPv6 after its
+    /// DHCPv4 ACK); in proxy mode it also plays the site's existing DHCP server.
+    func startDnsmasq(_ mode: String, dir: String) throws -> Int32 {
+        var args = [
+            "dnsmasq", "--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces", "--no-resolv",
+            "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only,64,1h", "--log-facility=\(dir)/dnsmasq.log",
+            "--dhcp-leasefile=\(dir)/dnsmasq.leases", "--pid-file=",
+        ]
+        if mode == "proxy" {
+            args += ["--dhcp-range=198.18.0.100,198.18.0.199,255.255.255.0,1h", "--no-ping", "--dhcp-authoritative", "--log-dhcp"]
+        }
+        let pid = try Spawn.detached(Self.inNS(args), log: dir + "/dnsmasq.out")
+        usleep(300_000)
+        guard Spawn.isAlive(pid) else {
+            throw Spawn.Failure(description: "dnsmasq exited: \((try? String(contentsOfFile: dir + "/dnsmasq.out", encoding: .utf8)) ?? "")")
+        }
+        return pid
+    }
+
+    func startServer(_ o: Options, dir: String) throws -> Int32 {
+        var args = [
+            o.farrierBinary, "server", "--data-dir", dir + "/data", "--http-listen", "0.0.0.0:8080", "--grpc-listen",
+            "0.0.0.0:7700", "--tftp-listen", "0.0.0.0:69", "--dhcp-interface", "br0", "--dhcp-mode", o.dhcpMode,
+        ]
+        if o.dhcpMode == "full" {
+            args += ["--dhcp-subnet", "\(Self.network),pool=198.18.0.100-198.18.0.199,router=\(Self.serverIP),dns=\(Self.serverIP),lease=3600"]
+        }
+        return try Spawn.detached(Self.inNS(args), log: dir + "/server.log")
+    }
+
+    func waitForServer() throws {
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if let r = try? Spawn.run(Self.inNS(["curl", "-sf", "http://127.0.0.1:8080/healthz"]), timeout: 5, check: false), r.output == "ok\n" {
+                return
+            }
+            usleep(200_000)
+        }
+        throw Spawn.Failure(description: "the lab's farrier server did not come up; see \(LabState.defaultDirectory)/server.log")
+    }
+
+    func makeVM(_ i: Int, firmware: String, accelerator: String, password: String, dir: String) throws -> LabState.VM {
+        let name = "lab-\(i)"
+        let vmDir = dir + "/" + name
+        try FileManager.default.createDirectory(atPath: vmDir, withIntermediateDirectories: true)
+        let mac = String(format: "52:54:00:18:00:%02x", i)
+        let bmcIP = "198.18.0.\(10 + i)"
+        let solPort = 9000 + i
+        let tap = "frtap\(i)"
+        try Self.ip("-n", Self.namespace, "tuntap", "add", "dev", tap, "mode", "tap")
+        try Self.ip("-n", Self.namespace, "link", "set", tap, "master", "br0", "up")
+        try Self.ip("-n", Self.namespace, "addr", "add", "\(bmcIP)/24", "dev", "br0")
+        try Spawn.run(["qemu-img", "create", "-q", "-f", "qcow2", vmDir + "/disk.qcow2", "8G"])
+        let bios = firmware == "uefi" ? " -bios /usr/share/ovmf/OVMF.fd" : ""
+        let accel = accelerator == "kvm" ? "kvm" : "tcg"
+        try write(vmDir + "/start-vm.sh", mode: 0o755, """
+            #!/bin/sh
+            # Started by vmctl.sh when the BMC powers \(name) on. exec: the pidfile names QEMU itself.
+            D=\(vmDir)
+            case "$(cat $D/bootdev 2>/dev/null)" in disk|default) B=c;; *) B=n;; esac
+            exec qemu-system-x86_64 -name \(name) -accel \(accel) -m 512 -nographic -monitor none -boot $B\(bios) \\
+              -drive file=$D/disk.qcow2,if=virtio,format=qcow2 \\
+              -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac) \\
+              -chardev socket,id=ser0,host=127.0.0.1,port=\(solPort),server=on,wait=off,logfile=$D/serial.log,logappend=on \\
+              -serial chardev:ser0 -qmp unix:$D/qmp.sock,server=on,wait=off -pidfile $D/qemu.pid
+
+            """)
+        try write(vmDir + "/vmctl.sh", mode: 0o755, """
+            #!/bin/sh
+            # ipmi_sim chassis_control program for \(name): <mc> get power|boot | <mc> set power 0|1, reset 1, shutdown 1, boot DEV
+            D=\(vmDir)
+            echo "$(date +%T.%N) $*" >> $D/vmctl.log
+            alive() { p=$(cat $D/qemu.pid 2>/dev/null); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+            qmp() { python3 -c 'import socket,sys,json
+            s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f=s.makefile("rw"); f.readline()
+            f.write(json.dumps({"execute":"qmp_capabilities"})+"\\n"); f.flush(); f.readline()
+            f.write(json.dumps({"execute":sys.argv[2]})+"\\n"); f.flush(); f.readline()' $D/qmp.sock "$1"; }
+            dev=$1; op=$2; shift 2
+            case $op in
+             get) while [ -n "$1" ]; do case $1 in
+                    power) if alive; then echo power:1; else echo power:0; fi;;
+                    boot) echo "boot:$(cat $D/bootdev 2>/dev/null || echo default)";;
+                    *) echo "Invalid parameter: $1"; exit 1;; esac; shift; done;;
+             set) while [ -n "$1" ]; do p=$1; v=$2; shift 2; case $p in
+                    power) if [ "$v" = 1 ]; then alive || setsid $D/start-vm.sh </dev/null >>$D/qemu.log 2>&1 &
+                           else if alive; then kill "$(cat $D/qemu.pid)"; fi; rm -f $D/qemu.pid; fi;;
+                    reset) alive && qmp system_reset;;
+                    shutdown) alive && qmp system_powerdown;;
+                    boot) echo "$v" > $D/bootdev;;
+                    identify) shift;;
+                    *) echo "Invalid parameter: $p"; exit 1;; esac; done;;
+             check) exit 0;;
+             *) echo "Unknown operation: $op"; exit 1;;
+            esac
+            exit 0
+
+            """)
+        try write(vmDir + "/bmc.emu", mode: 0o644, """
+            mc_setbmc 0x20
+            mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
+            sel_enable 0x20 1000 0x0a
+            mc_enable 0x20
+
+            """)
+        let guid = String(format: "%08x", i) + "a18b4c5d6e7f8091a2b3c4d5"
+        try write(vmDir + "/lan.conf", mode: 0o600, """
+            name "\(name)"
+            set_working_mc 0x20
+              startlan 1
+                addr \(bmcIP) 623
+                priv_limit admin
+                allowed_auths_callback none md2 md5 straight
+                allowed_auths_user none md2 md5 straight
+                allowed_auths_operator none md2 md5 straight
+                allowed_auths_admin none md2 md5 straight
+                guid \(guid)
+              endlan
+              chassis_control "\(vmDir)/vmctl.sh 0x20"
+              sol "telnet:127.0.0.1:\(solPort)" 115200
+              user 2 true "\(Self.bmcUser)" "\(password)" admin 10 none md2 md5 straight
+
+            """)
+        try FileManager.default.createDirectory(atPath: vmDir + "/bmc-state", withIntermediateDirectories: true)
+        let bmcPID = try Spawn.detached(
+            Self.inNS(["ipmi_sim", "-c", vmDir + "/lan.conf", "-f", vmDir + "/bmc.emu", "-s", vmDir + "/bmc-state", "-n"]),
+            log: vmDir + "/bmc.log")
+        var vm = LabState.VM(
+            name: name, mac: mac, firmware: firmware, bmcAddress: bmcIP, bmcPort: 623, bmcUser: Self.bmcUser,
+            disk: vmDir + "/disk.qcow2", serialLog: vmDir + "/serial.log", bmcPID: bmcPID)
+        // The BMC answers once its LAN channel is up.
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            guard Spawn.isAlive(bmcPID) else {
+                throw Spawn.Failure(description: "ipmi_sim for \(name) exited: \((try? String(contentsOfFile: vmDir + "/bmc.log", encoding: .utf8)) ?? "")")
+            }
+            if let r = try? Spawn.run(ipmitool(vm, password: password) + ["chassis", "power", "status"], timeout: 10, check: false),
+                r.status == 0
+            {
+                return vm
+            }
+            usleep(200_000)
+        }
+        vm.bmcPID = bmcPID
+        throw Spawn.Failure(description: "the BMC of \(name) did not answer ipmitool within 15 s")
+    }
+
+    /// ipmitool arguments for a VM's BMC; the password is passed through a file, never argv.
+    public func ipmitool(_ vm: LabState.VM, password: String) -> [String] {
+        ["ipmitool", "-I", "lanplus", "-C", "3", "-H", vm.bmcAddress, "-p", String(vm.bmcPort), "-U", vm.bmcUser,
+         "-f", LabState.defaultDirectory + "/bmc-password"]
+    }
+
+    func write(_ path: String, mode: mode_t, _ text: String) throws {
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, mode)
+    }
+
+    // MARK: down
+
+    /// Removes every process, namespace, interface, route and file the lab made. Safe with
+    /// nothing up.
+    public func down() throws {
+        let state = LabState.load()
+        for vm in state?.vms ?? [] {
+            let dir = LabState.defaultDirectory + "/" + vm.name
+            if let text = try? String(contentsOfFile: dir + "/qemu.pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                Spawn.stop(pid)
+            }
+            if let pid = vm.bmcPID { Spawn.stop(pid) }
+        }
+        if let pid = state?.serverPID { Spawn.stop(pid, grace: 15) }
+        if let pid = state?.dnsmasqPID { Spawn.stop(pid) }
+        // QEMUs started by a BMC that died before recording a pid: find them by their lab pidfiles.
+        if let names = try? FileManager.default.contentsOfDirectory(atPath: LabState.defaultDirectory) {
+            for n in names where n.hasPrefix("lab-") {
+                if let text = try? String(contentsOfFile: LabState.defaultDirectory + "/\(n)/qemu.pid", encoding: .utf8),
+                    let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+                {
+                    Spawn.stop(pid)
+                }
+            }
+        }
+        _ = try? Spawn.run(["ip", "netns", "del", Self.namespace], check: false)
+        _ = try? Spawn.run(["ip", "link", "del", Self.hostLink.0], check: false)
+        _ = try? Spawn.run(["ip", "route", "del", Self.network], check: false)
+        _ = try? Spawn.run(["ip", "route", "del", "blackhole", Self.labRange], check: false)
+        try? FileManager.default.removeItem(atPath: LabState.defaultDirectory)
+    }
+
+    // MARK: status
+
+    /// Power state of each VM, read from its BMC.
+    public func powerStates(_ state: LabState) -> [String: String] {
+        let password = (try? String(contentsOfFile: LabState.defaultDirectory + "/bmc-password", encoding: .utf8)) ?? ""
+        var out: [String: String] = [:]
+        for vm in state.vms {
+            let r = try? Spawn.run(ipmitool(vm, password: password) + ["chassis", "power", "status"], timeout: 10, check: false)
+            out[vm.name] = r.map { $0.output.contains("is on") ? "on" : $0.output.contains("is off") ? "off" : "unknown" } ?? "unknown"
+        }
+        return out
+    }
+}
