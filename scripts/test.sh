@@ -8,3 +8,5 @@ swift build --product farrier
 swift build --build-tests
 swift test --skip-build --skip IntegrationTests
 swift test --skip-build --filter IntegrationTests
+# Fuzz the DHCP and TFTP decoders for a bounded time (FARRIER_FUZZ_SECONDS each, default 30).
+bash fuzz/run.sh "${FARRIER_FUZZ_SECONDS:-30}"

@@ -120,6 +120,9 @@ extension DHCPMessage {
                 try Self.readOptions(sname[...], into: &message.options, requireEnd: true)
                 message.sname = Self.fixed([], 64)
             }
+            // Overload is meaningful only in the options field itself (RFC 2132 §9.3); one found
+            // inside file or sname is ignored.
+            message.options[.overload] = nil
         }
         self = message
     }

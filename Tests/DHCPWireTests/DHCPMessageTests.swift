@@ -176,3 +176,12 @@ func fixture(_ name: String) throws -> [UInt8] {
         #expect(o.clientArchitectures == nil)
     }
 }
+
+@Suite struct DHCPFuzzRegressionTests {
+    @Test(arguments: ["overload-inside-file"])
+    func decodedMessagesReencodeToTheSameMessage(_ name: String) throws {
+        let m = try DHCPMessage(decoding: fixture("fuzz/\(name)"))
+        #expect(m.options[.overload] == nil)
+        #expect(try DHCPMessage(decoding: m.encoded()) == m)
+    }
+}
