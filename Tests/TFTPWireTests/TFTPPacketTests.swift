@@ -2,8 +2,8 @@ import TFTPWire
 import Testing
 
 @Suite struct TFTPPacketTests {
-    // RRQ as sent by curl 7.88 (`curl --tftp-blksize 1468 tftp://…/undionly.kpxe`), from a capture
-    // on this machine: curl asks for tsize and blksize.
+    // An RRQ laid out as curl 7.88 sends one for `curl --tftp-blksize 1468 tftp://…/undionly.kpxe`
+    // (tsize, then blksize). Written by hand, not captured: captured TFTP fixtures are still to do.
     static let curlRRQ: [UInt8] =
         [0x00, 0x01] + Array("undionly.kpxe".utf8) + [0] + Array("octet".utf8) + [0] + Array("tsize".utf8) + [0]
         + Array("0".utf8) + [0] + Array("blksize".utf8) + [0] + Array("1468".utf8) + [0]
