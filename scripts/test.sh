@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
+# Fuzz the DHCP and TFTP decoders for a bounded time (FARRIER_FUZZ_SECONDS each, default 30).
+bash fuzz/run.sh "${FARRIER_FUZZ_SECONDS:-30}"
 swift build --product farrier
 swift build --build-tests
 swift test --skip-build --skip IntegrationTests
 swift test --skip-build --filter IntegrationTests
-# Fuzz the DHCP and TFTP decoders for a bounded time (FARRIER_FUZZ_SECONDS each, default 30).
-bash fuzz/run.sh "${FARRIER_FUZZ_SECONDS:-30}"
