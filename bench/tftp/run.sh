@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# TFTP throughput of a 64 MiB file on loopback inside a namespace of its own, in one run:
+#   lockstep  blksize 1468, curl as client:            Farrier vs tftpd-hpa
+#   windowed  blksize 1468 windowsize 8, atftp client: Farrier vs atftpd (the only Debian TFTP
+#             server with RFC 7440; tftpd-hpa and dnsmasq ignore windowsize)
+# Each transfer is checked with cmp; the best of REPEAT runs counts. Last line:
+#   ratio lockstep=<farrier/tftpd-hpa> windowed=<farrier/atftpd>
+# Needs root, tftpd-hpa, atftp and the farrier binary (swift build). atftpd conflicts with
+# tftpd-hpa in apt, so its binary is unpacked from the .deb into the work directory.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+farrier=${FARRIER_BIN:-$root/.build/debug/farrier}
+repeat=${REPEAT:-3}
+work=$(mktemp -d)
+ns=frbt$$
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+command -v in.tftpd >/dev/null || { echo "needs tftpd-hpa (in.tftpd)"; exit 1; }
+(cd "$work" && apt-get download -q atftpd >/dev/null 2>&1 && dpkg-deb -x atftpd_*.deb atftpd-root) \
+    || { echo "needs atftpd's .deb (apt-get download atftpd)"; exit 1; }
+atftpd=$work/atftpd-root/usr/sbin/atftpd
+mkdir -p "$work/root"
+head -c $((${BENCH_MIB:-64} << 20)) /dev/urandom > "$work/root/blob.bin"
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+inns() { ip netns exec "$ns" "$@"; }
+# Started directly (not through a shell function), so $! is the server itself: the cleanup
+# trap ends exactly these processes.
+ip netns exec "$ns" in.tftpd -L -a 127.0.0.1:6901 -s -B 65464 -u root "$work/root" >"$work/hpa.log" 2>&1 & pids+=($!)
+ip netns exec "$ns" "$atftpd" --daemon --no-fork --port 6902 --bind-address 127.0.0.1 --user root.root --logfile "$work/atftpd.log" "$work/root" </dev/null >/dev/null 2>&1 & pids+=($!)
+ip netns exec "$ns" "$farrier" server --data-dir "$work/data" --tftp-root "$work/root" --tftp-listen 127.0.0.1:6903 \
+    --http-listen 127.0.0.1:18080 --grpc-listen 127.0.0.1:17700 --log-level warning >"$work/farrier.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do inns curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+size=$(stat -c %s "$work/root/blob.bin")
+# Prints MB/s (10^6 bytes per second) of the best run.
+measure() {
+    local best=0
+    for _ in $(seq "$repeat"); do
+        rm -f "$work/out.bin"
+        local t0 t1
+        t0=$(date +%s.%N)
+        inns "$@" >/dev/null 2>&1
+        t1=$(date +%s.%N)
+        cmp -s "$work/out.bin" "$work/root/blob.bin" || { echo "transfer corrupted: $*" >&2; exit 1; }
+        best=$(python3 -c "print(max($best, $size / ($t1 - $t0) / 1e6))")
+    done
+    printf "%.1f" "$best"
+}
+curl_get() { curl -sS --tftp-blksize 1468 -o "$work/out.bin" "tftp://127.0.0.1:$1/blob.bin"; }
+atftp_get() { atftp --option "blksize 1468" --option "windowsize 8" -g -r blob.bin -l "$work/out.bin" 127.0.0.1 "$1"; }
+export -f curl_get atftp_get
+export work
+lock_peer=$(measure bash -c 'curl_get 6901'); lock_farrier=$(measure bash -c 'curl_get 6903')
+win_peer=$(measure bash -c 'atftp_get 6902'); win_farrier=$(measure bash -c 'atftp_get 6903')
+echo "64 MiB, best of $repeat, MB/s:"
+echo "  lockstep blksize 1468 (curl):          tftpd-hpa $lock_peer   farrier $lock_farrier"
+echo "  windowsize 8 blksize 1468 (atftp):     atftpd $win_peer   farrier $win_farrier"
+python3 -c "print(f'ratio lockstep={$lock_farrier/$lock_peer:.2f} windowed={$win_farrier/$win_peer:.2f}')"
