@@ -53,8 +53,8 @@ public struct DHCPOutcome: Sendable {
 public struct DHCPResponder: Sendable {
     public let configuration: DHCPConfiguration
     public private(set) var leases: LeaseTable
-    /// Base URL of Farrier's HTTP server as seen from this network, e.g. `http://198.18.0.1:8080`;
-    /// `%s` is not used: the ingress address is substituted per interface by `httpBase(for:)`.
+    /// Port of Farrier's HTTP server; URLs handed to clients use the address of the interface
+    /// the request arrived on (`httpBase(_:)`).
     public var httpPort: Int
 
     public init(configuration: DHCPConfiguration, httpPort: Int) {

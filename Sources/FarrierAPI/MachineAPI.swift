@@ -89,7 +89,7 @@ public struct GRPCService: Service {
     let listen: String
 
     public init(listen: String, services: [any RegistrableRPCService], logger: Logger) throws {
-        let (host, port) = try parseHostPort(listen)
+        let (host, port) = try splitHostPort(listen)
         server = GRPCServer(
             transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: .plaintext),
             services: services)
@@ -111,18 +111,11 @@ public struct GRPCService: Service {
     }
 }
 
-func parseHostPort(_ s: String) throws -> (String, Int) {
-    guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port)
-    else { throw RPCError(code: .invalidArgument, message: "expected HOST:PORT, got '\(s)'") }
-    let host = String(s[..<colon])
-    return (host.isEmpty ? "0.0.0.0" : host, port)
-}
-
 /// Connects to a Farrier server and runs `body` with a machine client.
 public func withMachineClient<R: Sendable>(
     server: String, _ body: @Sendable (Farrier_V1_MachineService.Client<HTTP2ClientTransport.Posix>) async throws -> R
 ) async throws -> R {
-    let (host, port) = try parseHostPort(server)
+    let (host, port) = try splitHostPort(server)
     let transport = try HTTP2ClientTransport.Posix(
         target: .ipv4(address: host, port: port), transportSecurity: .plaintext)
     return try await withGRPCClient(transport: transport) { client in

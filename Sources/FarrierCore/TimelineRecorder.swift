@@ -39,6 +39,10 @@ public final class TimelineRecorder: Sendable {
         enqueue { $0.events.append(event) }
     }
 
+    /// Notes that `mac` belongs to a machine already in the store, so its DHCP traffic goes on
+    /// the timeline too.
+    public func markKnown(_ mac: MACAddress) { known.withLock { _ = $0.insert(mac) } }
+
     /// Notes that a network-boot client was seen: it becomes a `discovered` machine if new.
     public func sighted(_ mac: MACAddress, platform: ClientPlatform) {
         known.withLock { _ = $0.insert(mac) }

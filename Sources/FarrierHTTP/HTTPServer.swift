@@ -82,7 +82,7 @@ public func buildRouter(
             client = ClientPlatform(optionArchitecture: arch)
         }
         let machine = try deps.store.recordSighting(mac: mac, platform: client, at: Date())
-        deps.recorder.sighted(mac, platform: client)
+        deps.recorder.markKnown(mac)
         deps.recorder.record(TimelineEvent(
             mac: mac, time: Date(), stage: .http, event: "script",
             detail: "state=\(machine.state.rawValue) platform=\(platform)"))

@@ -69,7 +69,7 @@ public struct Lab {
             try waitForServer()
             if o.powerOn {
                 for vm in state.vms {
-                    try Spawn.run(ipmitool(vm, password: password) + ["chassis", "power", "on"], timeout: 30)
+                    try Spawn.run(ipmitool(vm) + ["chassis", "power", "on"], timeout: 30)
                 }
             }
         } catch {
@@ -264,7 +264,7 @@ public struct Lab {
         let bmcPID = try Spawn.detached(
             Self.inNS(["ipmi_sim", "-c", vmDir + "/lan.conf", "-f", vmDir + "/bmc.emu", "-s", vmDir + "/bmc-state", "-n"]),
             log: vmDir + "/bmc.log")
-        var vm = LabState.VM(
+        let vm = LabState.VM(
             name: name, mac: mac, firmware: firmware, bmcAddress: bmcIP, bmcPort: 623, bmcUser: Self.bmcUser,
             disk: vmDir + "/disk.qcow2", serialLog: vmDir + "/serial.log", bmcPID: bmcPID)
         // The BMC answers once its LAN channel is up.
@@ -273,19 +273,18 @@ public struct Lab {
             guard Spawn.isAlive(bmcPID) else {
                 throw Spawn.Failure(description: "ipmi_sim for \(name) exited: \((try? String(contentsOfFile: vmDir + "/bmc.log", encoding: .utf8)) ?? "")")
             }
-            if let r = try? Spawn.run(ipmitool(vm, password: password) + ["chassis", "power", "status"], timeout: 10, check: false),
+            if let r = try? Spawn.run(ipmitool(vm) + ["chassis", "power", "status"], timeout: 10, check: false),
                 r.status == 0
             {
                 return vm
             }
             usleep(200_000)
         }
-        vm.bmcPID = bmcPID
         throw Spawn.Failure(description: "the BMC of \(name) did not answer ipmitool within 15 s")
     }
 
     /// ipmitool arguments for a VM's BMC; the password is passed through a file, never argv.
-    public func ipmitool(_ vm: LabState.VM, password: String) -> [String] {
+    public func ipmitool(_ vm: LabState.VM) -> [String] {
         ["ipmitool", "-I", "lanplus", "-C", "3", "-H", vm.bmcAddress, "-p", String(vm.bmcPort), "-U", vm.bmcUser,
          "-f", LabState.defaultDirectory + "/bmc-password"]
     }
@@ -331,10 +330,9 @@ public struct Lab {
 
     /// Power state of each VM, read from its BMC.
     public func powerStates(_ state: LabState) -> [String: String] {
-        let password = (try? String(contentsOfFile: LabState.defaultDirectory + "/bmc-password", encoding: .utf8)) ?? ""
         var out: [String: String] = [:]
         for vm in state.vms {
-            let r = try? Spawn.run(ipmitool(vm, password: password) + ["chassis", "power", "status"], timeout: 10, check: false)
+            let r = try? Spawn.run(ipmitool(vm) + ["chassis", "power", "status"], timeout: 10, check: false)
             out[vm.name] = r.map { $0.output.contains("is on") ? "on" : $0.output.contains("is off") ? "off" : "unknown" } ?? "unknown"
         }
         return out

@@ -94,19 +94,6 @@ public final class TFTPService: Service, Sendable {
     }
 }
 
-public func splitHostPort(_ s: String) throws -> (String, Int) {
-    guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port)
-    else { throw ConfigurationError("expected HOST:PORT, got '\(s)'") }
-    var host = String(s[..<colon])
-    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    return (host.isEmpty ? "0.0.0.0" : host, port)
-}
-
-public struct ConfigurationError: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ d: String) { description = d }
-}
-
 /// Receives requests on the well-known port and starts a transfer for each on a new port (its TID).
 final class TFTPListenerHandler: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
