@@ -180,6 +180,7 @@ public final class DHCPService: Service, Sendable {
                     let fd = try makeInterfaceSocket(interface: name, port: port)
                     let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                         .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 2048))
+                        .channelOption(.maxMessagesPerRead, value: 16)
                         .channelInitializer { ch in
                             ch.eventLoop.makeCompletedFuture {
                                 try ch.pipeline.syncOperations.addHandler(
@@ -217,6 +218,7 @@ final class DHCPChannelHandler: ChannelInboundHandler, Sendable {
         self.engine = engine
         self.interface = interface
         self.port = port
+        self.outbox = Outbox()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -231,12 +233,50 @@ final class DHCPChannelHandler: ChannelInboundHandler, Sendable {
         let ingress = DHCPIngress(
             interface: interface.name, address: interface.address, network: interface.network, port: port,
             sourceAddress: source, sourcePort: sourcePort)
-        let channel = context.channel
+        let outbox = self.outbox
         engine.handle(bytes, ingress: ingress) { reply, address, port in
-            guard let remote = try? SocketAddress(ipAddress: address.description, port: port) else { return }
-            let buffer = channel.allocator.buffer(bytes: reply)
-            channel.writeAndFlush(AddressedEnvelope(remoteAddress: remote, data: buffer), promise: nil)
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
+            sin.sin_addr = in_addr(s_addr: address.value.bigEndian)
+            outbox.send(AddressedEnvelope(remoteAddress: SocketAddress(sin, host: ""), data: ByteBuffer(bytes: reply)))
         }
+    }
+
+    let outbox: Outbox
+
+    /// Replies queue here from any thread (ACKs come from the lease committer's thread once the
+    /// batch is on disk) and leave in one event-loop task with one flush, so a commit batch goes
+    /// out as one sendmmsg instead of a task and a syscall per reply.
+    final class Outbox: Sendable {
+        let channel: Mutex<(any Channel)?> = Mutex(nil)
+        let pending = Mutex<(items: [AddressedEnvelope<ByteBuffer>], scheduled: Bool)>(([], false))
+
+        func send(_ envelope: AddressedEnvelope<ByteBuffer>) {
+            guard let channel = channel.withLock({ $0 }) else { return }
+            let schedule = pending.withLock { p -> Bool in
+                p.items.append(envelope)
+                defer { p.scheduled = true }
+                return !p.scheduled
+            }
+            guard schedule else { return }
+            channel.eventLoop.execute { [self] in
+                let items = pending.withLock { p -> [AddressedEnvelope<ByteBuffer>] in
+                    defer { p = ([], false) }
+                    return p.items
+                }
+                for item in items { channel.write(item, promise: nil) }
+                channel.flush()
+            }
+        }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        outbox.channel.withLock { $0 = context.channel }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        outbox.channel.withLock { $0 = nil }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

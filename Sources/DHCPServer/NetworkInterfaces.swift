@@ -53,6 +53,17 @@ func makeInterfaceSocket(interface: String, port: Int) throws -> CInt {
     }
     try check(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)), "SO_REUSEADDR")
     try check(setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, socklen_t(MemoryLayout<CInt>.size)), "SO_BROADCAST")
+    // A deep receive queue absorbs bursts (a rack powering on at once) while a lease commit is
+    // in flight. SO_RCVBUFFORCE passes net.core.rmem_max when we have CAP_NET_ADMIN; otherwise
+    // SO_RCVBUF gets what the limit allows. Neither failing is fatal.
+    var receiveBuffer: CInt = 4 << 20
+    #if os(Linux)
+    if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &receiveBuffer, socklen_t(MemoryLayout<CInt>.size)) != 0 {
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receiveBuffer, socklen_t(MemoryLayout<CInt>.size))
+    }
+    #else
+    _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receiveBuffer, socklen_t(MemoryLayout<CInt>.size))
+    #endif
     #if os(Linux)
     var name = Array(interface.utf8CString)
     try check(setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, &name, socklen_t(name.count)), "SO_BINDTODEVICE")

@@ -150,19 +150,23 @@ public final class SQLiteStore: StateStore {
     public func commit(_ leases: [Lease]) throws {
         guard !leases.isEmpty else { return }
         try db.write { db in
+            // Prepared once per connection and reused: at thousands of leases a second, parsing
+            // the SQL each time would cost more than the inserts.
+            let release = try db.cachedStatement(sql: "DELETE FROM lease WHERE address = ? AND mac <> ?")
+            let upsert = try db.cachedStatement(
+                sql: """
+                    INSERT INTO lease (mac, address, expires, hostname) VALUES (?, ?, ?, ?)
+                    ON CONFLICT(mac) DO UPDATE SET address = excluded.address, expires = excluded.expires,
+                      hostname = excluded.hostname
+                    """)
             for l in leases {
+                let mac = l.mac.description, address = l.address.description
                 // An address moves to a new MAC only after the lease table released it; drop any
                 // stale row that still holds it so the unique constraint reflects the table.
-                try db.execute(
-                    sql: "DELETE FROM lease WHERE address = ? AND mac <> ?",
-                    arguments: [l.address.description, l.mac.description])
-                try db.execute(
-                    sql: """
-                        INSERT INTO lease (mac, address, expires, hostname) VALUES (?, ?, ?, ?)
-                        ON CONFLICT(mac) DO UPDATE SET address = excluded.address, expires = excluded.expires,
-                          hostname = excluded.hostname
-                        """,
-                    arguments: [l.mac.description, l.address.description, l.expires, l.hostname])
+                try release.execute(arguments: [address, mac])
+                // Expiry as a Unix timestamp: GRDB reads it back as a Date like the text form,
+                // without a DateFormatter per lease.
+                try upsert.execute(arguments: [mac, address, l.expires.timeIntervalSince1970, l.hostname])
             }
         }
     }

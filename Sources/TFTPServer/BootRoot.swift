@@ -106,6 +106,28 @@ public struct BootFile: Sendable {
     public let size: Int
     let storage: Storage
 
+    /// Reads `range` (clamped to the file) straight into `out`'s free space: `out` must have
+    /// room for it. Returns the bytes written.
+    public func read(_ range: Range<Int>, into out: UnsafeMutableRawBufferPointer) -> Int {
+        let r = min(range.lowerBound, size)..<min(range.upperBound, size)
+        precondition(out.count >= r.count, "buffer too small")
+        switch storage {
+        case .memory(let data):
+            data.withUnsafeBytes { src in
+                out.baseAddress!.copyMemory(from: src.baseAddress! + r.lowerBound, byteCount: r.count)
+            }
+            return r.count
+        case .descriptor(let file):
+            var done = 0
+            while done < r.count {
+                let n = pread(file.fd, out.baseAddress! + done, r.count - done, off_t(r.lowerBound + done))
+                if n <= 0 { break }
+                done += n
+            }
+            return done
+        }
+    }
+
     /// Reads `range` (clamped to the file) and appends it to `out`.
     public func read(_ range: Range<Int>, into out: inout [UInt8]) {
         let r = min(range.lowerBound, size)..<min(range.upperBound, size)

@@ -171,10 +171,17 @@ final class TFTPListenerHandler: ChannelInboundHandler {
                 }
             }
             .bind(host: localHost, port: 0)
+            .flatMap { channel in
+                // Connected to the client: the kernel routes each DATA without a lookup and drops
+                // datagrams from any other TID before they reach us.
+                channel.connect(to: remote).map { channel }.flatMapError { e in channel.close().flatMapThrowing { throw e } }
+            }
             .whenComplete { result in
                 switch result {
                 case .success(let channel):
-                    if let error {
+                    if file != nil {
+                        channel.pipeline.fireUserInboundEventTriggered(TFTPTransferHandler.Start())
+                    } else if let error {
                         ctx.metrics.refused.add(1, ordering: .relaxed)
                         log.debug("refused read request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.error": "\(error.1)"])
                         ctx.timeline(clientIP, "ERROR", "file=\(request.filename) \(error.1)")
@@ -192,7 +199,10 @@ final class TFTPListenerHandler: ChannelInboundHandler {
 /// One transfer: drives `TFTPTransferStateMachine` from packets and a timer.
 final class TFTPTransferHandler: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = ByteBuffer
+
+    /// Sent down the pipeline once the socket is connected to the client: start sending.
+    struct Start: Sendable {}
 
     let context: TFTPContext
     let file: BootFile
@@ -201,8 +211,7 @@ final class TFTPTransferHandler: ChannelInboundHandler {
     let clientIP: IPv4Address
     var machine: TFTPTransferStateMachine
     var timer: Scheduled<Void>?
-    let started = ContinuousClock.now
-    var scratch: [UInt8] = []
+    let startTime = ContinuousClock.now
 
     init(
         context: TFTPContext, file: BootFile, request: TFTPRequest, negotiation: TFTPNegotiation,
@@ -219,22 +228,31 @@ final class TFTPTransferHandler: ChannelInboundHandler {
             maxRetries: context.configuration.maxRetries)
     }
 
-    func channelActive(context ctx: ChannelHandlerContext) {
+    var started = false
+
+    func userInboundEventTriggered(context ctx: ChannelHandlerContext, event: Any) {
+        guard event is Start, !started else {
+            ctx.fireUserInboundEventTriggered(event)
+            return
+        }
+        started = true
         self.context.metrics.active.add(1, ordering: .relaxed)
         perform(machine.start(now: .now), ctx: ctx)
     }
 
     func channelInactive(context ctx: ChannelHandlerContext) {
         timer?.cancel()
-        self.context.metrics.active.subtract(1, ordering: .relaxed)
+        if started { self.context.metrics.active.subtract(1, ordering: .relaxed) }
     }
 
     func channelRead(context ctx: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
-        guard envelope.remoteAddress == remote else {
-            // RFC 1350 §4: a packet from another TID gets ERROR 5; the transfer carries on.
-            let err = TFTPPacket.error(code: .unknownTransferID, message: "unknown transfer ID").encoded()
-            ctx.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: ctx.channel.allocator.buffer(bytes: err))), promise: nil)
+        // The socket is connected to the client's TID, so the kernel already dropped datagrams
+        // from any other (RFC 1350 §4 asks for an ERROR 5; a connected socket cannot send one).
+        guard envelope.remoteAddress == remote else { return }
+        // Fast path: a plain ACK (opcode 4, block), the packet of nearly every exchange.
+        if envelope.data.readableBytes == 4, let (opcode, block) = envelope.data.getMultipleIntegers(at: envelope.data.readerIndex, as: (UInt16, UInt16).self), opcode == 4 {
+            perform(machine.receiveAck(block, now: .now), ctx: ctx)
             return
         }
         let packet: TFTPPacket
@@ -264,18 +282,21 @@ final class TFTPTransferHandler: ChannelInboundHandler {
             send(TFTPPacket.optionAck(options).encoded(), ctx: ctx)
             ctx.flush()
         case .sendData(let blocks):
+            var sent = 0
             for block in blocks {
-                scratch.removeAll(keepingCapacity: true)
-                scratch.append(0)
-                scratch.append(3)
-                scratch.appendUInt16(TFTPTransferStateMachine.wireBlock(block))
-                file.read(machine.byteRange(ofBlock: block), into: &scratch)
-                send(scratch, ctx: ctx)
-                self.context.metrics.bytesSent.add(scratch.count - 4, ordering: .relaxed)
+                // Header and file bytes go straight into the outbound buffer: no copies.
+                let range = machine.byteRange(ofBlock: block)
+                var buffer = ctx.channel.allocator.buffer(capacity: 4 + range.count)
+                buffer.writeMultipleIntegers(UInt16(3), TFTPTransferStateMachine.wireBlock(block))
+                let file = self.file
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: range.count) { file.read(range, into: $0) }
+                sent += buffer.readableBytes - 4
+                ctx.write(wrapOutboundOut(buffer), promise: nil)
             }
+            self.context.metrics.bytesSent.add(sent, ordering: .relaxed)
             ctx.flush()
         case .finished:
-            let elapsed = ContinuousClock.now - started
+            let elapsed = ContinuousClock.now - startTime
             self.context.metrics.completed.add(1, ordering: .relaxed)
             self.context.timeline(clientIP, "COMPLETE", "file=\(request.filename) bytes=\(file.size) duration=\(format(elapsed))")
             self.context.logger.debug("transfer complete", metadata: ["tftp.file": "\(request.filename)", "tftp.bytes": "\(file.size)"])
@@ -318,8 +339,7 @@ final class TFTPTransferHandler: ChannelInboundHandler {
     }
 
     func send(_ bytes: [UInt8], ctx: ChannelHandlerContext) {
-        let buffer = ctx.channel.allocator.buffer(bytes: bytes)
-        ctx.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: remote, data: buffer)), promise: nil)
+        ctx.write(wrapOutboundOut(ctx.channel.allocator.buffer(bytes: bytes)), promise: nil)
     }
 }
 

@@ -12,7 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 export PATH="/opt/swift/usr/bin:$PATH"
 farrier=${FARRIER_BIN:-$root/.build/release/farrier}
-[ -x "$farrier" ] || (cd "$root" && swift build -c release --product farrier >/dev/null)
+[ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
 step=${STEP_SECONDS:-5}
 work=$(mktemp -d)
 s=frbds$$ c=frbdc$$
@@ -76,7 +76,7 @@ ramp() {  # server, rates…
     rm -rf "$work/farrier" "$work/kea-leases4.csv" "$work/dnsmasq.leases"
     echo "$best"
 }
-rates=(1000 2000 4000 6000 8000 10000 12000 14000 16000 20000 24000)
+rates=(1000 2000 3000 4000 5000 6000 7000 8000 9000 10000 11000 12000 13000 14000 16000 18000 20000 24000)
 farrier_rate=$(ramp farrier "${rates[@]}")
 kea_rate=$(ramp kea "${rates[@]}")
 dnsmasq_rate=$(ramp dnsmasq 100 200 400 600 800 1000 1500 2000 3000)

@@ -9,7 +9,8 @@
 # tftpd-hpa in apt, so its binary is unpacked from the .deb into the work directory.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-farrier=${FARRIER_BIN:-$root/.build/debug/farrier}
+farrier=${FARRIER_BIN:-$root/.build/release/farrier}
+[ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
 repeat=${REPEAT:-3}
 work=$(mktemp -d)
 ns=frbt$$
@@ -29,6 +30,13 @@ mkdir -p "$work/root"
 head -c $((${BENCH_MIB:-64} << 20)) /dev/urandom > "$work/root/blob.bin"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
+# tftpd-hpa resolves its -a address with AI_ADDRCONFIG, which finds nothing in a namespace that
+# has only loopback (it then exits 66). A veth pair with an address, both ends inside the
+# namespace, satisfies it; the transfers themselves still run over 127.0.0.1.
+ip -n "$ns" link add frbt0 type veth peer name frbt1
+ip -n "$ns" addr add 198.18.254.1/30 dev frbt0
+ip -n "$ns" link set frbt0 up
+ip -n "$ns" link set frbt1 up
 inns() { ip netns exec "$ns" "$@"; }
 # Started directly (not through a shell function), so $! is the server itself: the cleanup
 # trap ends exactly these processes.
@@ -58,7 +66,7 @@ export -f curl_get atftp_get
 export work
 lock_peer=$(measure bash -c 'curl_get 6901'); lock_farrier=$(measure bash -c 'curl_get 6903')
 win_peer=$(measure bash -c 'atftp_get 6902'); win_farrier=$(measure bash -c 'atftp_get 6903')
-echo "64 MiB, best of $repeat, MB/s:"
+echo "${BENCH_MIB:-64} MiB, best of $repeat, MB/s:"
 echo "  lockstep blksize 1468 (curl):          tftpd-hpa $lock_peer   farrier $lock_farrier"
 echo "  windowsize 8 blksize 1468 (atftp):     atftpd $win_peer   farrier $win_farrier"
 python3 -c "print(f'ratio lockstep={$lock_farrier/$lock_peer:.2f} windowed={$win_farrier/$win_peer:.2f}')"
