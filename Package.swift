@@ -32,12 +32,26 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        // Already built for grpc's TLS; IPMI's HMAC and AES-CBC come from it.
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        // Redfish client; NIOSSL is already built for grpc's TLS.
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
         .target(name: "WireSupport", swiftSettings: swiftSettings),
         .target(name: "DHCPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
         .target(name: "TFTPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
+        // IPMI v2.0 / RMCP+: pure value types too, with swift-crypto for HMAC and AES-CBC-128.
+        .target(
+            name: "IPMIWire",
+            dependencies: [
+                "WireSupport", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
 
         // Domain: machines, leases, timeline, store protocols, iPXE script rendering. No NIO, no DB.
         .target(name: "FarrierCore", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
@@ -58,6 +72,17 @@ let package = Package(
         .target(
             name: "TFTPServer",
             dependencies: ["TFTPWire", "FarrierCore", log, lifecycle] + nio,
+            swiftSettings: swiftSettings
+        ),
+        // BMC drivers: IPMI over LAN (on IPMIWire) and Redfish, behind one `BMC` interface.
+        .target(
+            name: "FarrierBMC",
+            dependencies: [
+                "IPMIWire", "FarrierCore", log,
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ] + nio,
             swiftSettings: swiftSettings
         ),
         .target(
@@ -106,11 +131,15 @@ let package = Package(
         // Tests.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire", "WireSupport"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
+        .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierAppTests", dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", log], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "BMCIntegrationTests", dependencies: ["FarrierBMC", "TestSupport"], exclude: ["redfish_strict.py"],
+            swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
     ]
 )

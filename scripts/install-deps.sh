@@ -11,10 +11,29 @@ packages=(
     tftp-hpa atftp            # TFTP clients (tests, bench)
     tcpdump                   # fixture capture
     qemu-system-x86 qemu-utils ipxe-qemu ovmf dnsmasq-base openipmi ipmitool   # lab, fixtures
+    openssl                   # AES known-answer checks (IPMI tests)
+    python3-venv              # the sushy-emulator venv (Redfish tests)
+    kea-dhcp4-server tftpd-hpa    # reference servers for bench/dhcp and bench/tftp
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # The reference servers are for benchmarks, run by hand in namespaces: never let their
+    # packages start them as system services answering DHCP or TFTP on this machine.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod 755 $policy; made_policy=1; fi
+    apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ $made_policy = 1 ] && rm -f $policy; exit 1; }
+    [ $made_policy = 1 ] && rm -f $policy
+    if command -v systemctl >/dev/null; then
+        systemctl disable --now tftpd-hpa kea-dhcp4-server >/dev/null 2>&1 || true
+    fi
+fi
+
+# Redfish peer: sushy-tools (PyPI) in a venv of its own.
+venv=/opt/farrier-peers/venv
+if [ ! -x $venv/bin/sushy-emulator ]; then
+    python3 -m venv $venv
+    $venv/bin/pip install -q --disable-pip-version-check sushy-tools
 fi

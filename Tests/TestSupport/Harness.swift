@@ -41,6 +41,7 @@ public final class Harness: @unchecked Sendable {
 
     public struct CommandError: Error, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     /// Runs a command to completion, bounded by `timeout` seconds (then killed).

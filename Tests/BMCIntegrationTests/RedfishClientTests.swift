@@ -1,0 +1,161 @@
+import FarrierBMC
+import Foundation
+import TestSupport
+import Testing
+
+/// sushy-emulator (fake driver) is the Redfish peer; a strict stand-in (redfish_strict.py) covers
+/// what sushy lacks: sessions, ETag/If-Match and 202 task monitors.
+enum RedfishPeers {
+    static let venv = ProcessInfo.processInfo.environment["FARRIER_PEERS_VENV"] ?? "/opt/farrier-peers/venv"
+    static var sushyAvailable: Bool { Harness.canRun && FileManager.default.isExecutableFile(atPath: venv + "/bin/sushy-emulator") }
+    static let user = "farrier"
+    static let password = "redfish-pw"
+    static let scriptDir: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        url.deleteLastPathComponent()
+        return url.path
+    }()
+
+    /// Starts sushy-emulator on a loopback port with two fake systems and basic auth.
+    static func startSushy(_ h: Harness) throws -> Int {
+        let port = Int.random(in: 41000..<49000)
+        let htpasswd = h.directory + "/htpasswd"
+        try h.run([venv + "/bin/python3", "-c", "import bcrypt,sys; open(sys.argv[1],'w').write(sys.argv[2]+':'+bcrypt.hashpw(sys.argv[3].encode(), bcrypt.gensalt()).decode()+'\\n')", htpasswd, user, password])
+        let config = h.directory + "/sushy.conf"
+        try """
+            SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'
+            SUSHY_EMULATOR_LISTEN_PORT = \(port)
+            SUSHY_EMULATOR_AUTH_FILE = '\(htpasswd)'
+            SUSHY_EMULATOR_FAKE_DRIVER = True
+            SUSHY_EMULATOR_FAKE_SYSTEMS = [
+                {'uuid': '27946b59-9e44-4fa7-8e91-f3527a1ef094', 'name': 'node-a', 'power_state': 'Off',
+                 'external_notifier': False, 'nics': [{'mac': '52:54:00:18:10:01', 'ip': '198.18.10.1'}]},
+                {'uuid': '48295ecf-3b1c-4e39-8d0a-4a5b5c6d7e8f', 'name': 'node-b', 'power_state': 'Off',
+                 'external_notifier': False, 'nics': [{'mac': '52:54:00:18:10:02', 'ip': '198.18.10.2'}]},
+            ]
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        try h.start([venv + "/bin/sushy-emulator", "--config", config, "--fake"], log: "sushy.log")
+        try h.waitUntil("sushy-emulator on \(port)", timeout: 30, interval: 0.2) {
+            (try? h.run(["curl", "-sf", "http://127.0.0.1:\(port)/redfish/v1/"], timeout: 5)) != nil
+        }
+        return port
+    }
+
+    static func startStrict(_ h: Harness) throws -> (port: Int, events: String) {
+        let port = Int.random(in: 49000..<57000)
+        let events = h.directory + "/strict-events.jsonl"
+        try h.start(["python3", scriptDir + "/redfish_strict.py", String(port), user, password, events], log: "strict.log")
+        try h.waitUntil("strict Redfish on \(port)", timeout: 15, interval: 0.1) {
+            (try? h.run(["curl", "-sf", "http://127.0.0.1:\(port)/redfish/v1/"], timeout: 5)) != nil
+        }
+        return (port, events)
+    }
+
+    static func events(_ path: String) -> [[String: Any]] {
+        ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+    }
+}
+
+@Suite(.serialized, .enabled(if: RedfishPeers.sushyAvailable, "needs root and sushy-emulator (scripts/install-deps.sh)"))
+struct RedfishSushyTests {
+    func client(_ port: Int, system: String? = nil, password: String = RedfishPeers.password) -> RedfishClient {
+        RedfishClient(RedfishEndpoint(
+            baseURL: "http://127.0.0.1:\(port)", user: RedfishPeers.user, password: password, system: system))
+    }
+
+    @Test func enumeratesSystemsAndNeverAssumesOne() async throws {
+        let h = try Harness("sushy-discover")
+        defer { h.cleanup() }
+        let port = try RedfishPeers.startSushy(h)
+        // Two systems and none named: a clear error listing them.
+        let anyClient = client(port)
+        let error = await #expect(throws: BMCError.self) { try await anyClient.powerState() }
+        #expect(error?.description.contains("manages 2 systems") == true)
+        await anyClient.close()
+        // Named by its UUID, or by its name (sushy redirects name paths to the UUID one).
+        for name in ["48295ecf-3b1c-4e39-8d0a-4a5b5c6d7e8f", "node-b"] {
+            let named = client(port, system: name)
+            let info = try await named.info()
+            #expect(info.details["uuid"] == "48295ecf-3b1c-4e39-8d0a-4a5b5c6d7e8f")
+            await named.close()
+        }
+    }
+
+    @Test func powerAndBootOverride() async throws {
+        let h = try Harness("sushy-power")
+        defer { h.cleanup() }
+        let port = try RedfishPeers.startSushy(h)
+        let bmc = client(port, system: "node-a")
+        try await bmc.power(.on)
+        // sushy's fake driver applies power changes 1–11 s later: poll, bounded.
+        let deadline = ContinuousClock.now + .seconds(20)
+        var state = try await bmc.powerState()
+        while state != .on, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(500))
+            state = try await bmc.powerState()
+        }
+        #expect(state == .on)
+        try await bmc.setBootOverride(BootOverride(device: .pxe, persistent: false, efi: true))
+        #expect(try await bmc.bootOverride()?.device == .pxe)
+        // Read back with curl, independently of the client.
+        let raw = try h.run(["curl", "-sfL", "-u", "\(RedfishPeers.user):\(RedfishPeers.password)", "http://127.0.0.1:\(port)/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094"]).stdout
+        #expect(raw.contains("\"BootSourceOverrideTarget\": \"Pxe\""))
+        try await bmc.setBootOverride(BootOverride(device: .disk))
+        #expect(try await bmc.bootOverride()?.device == .disk)
+        await bmc.close()
+    }
+
+    @Test func wrongPasswordAndUnsupportedOperations() async throws {
+        let h = try Harness("sushy-errors")
+        defer { h.cleanup() }
+        let port = try RedfishPeers.startSushy(h)
+        let bad = client(port, system: "node-a", password: "wrong")
+        let start = ContinuousClock.now
+        let error = await #expect(throws: BMCError.self) { try await bad.powerState() }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        #expect(error?.description == "authentication failed for BMC http://127.0.0.1:\(port)")
+        await bad.close()
+        let bmc = client(port, system: "node-a")
+        let unsupported = await #expect(throws: BMCError.self) { _ = try await bmc.openConsole() }
+        #expect(unsupported?.kind == .unsupported)
+        #expect(unsupported?.description.contains("serial console") == true)
+        await bmc.close()
+    }
+}
+
+@Suite(.serialized, .enabled(if: Harness.canRun, "needs root"))
+struct RedfishStrictServiceTests {
+    @Test func sessionsETagsAndTaskMonitors() async throws {
+        let h = try Harness("redfish-strict")
+        defer { h.cleanup() }
+        let (port, events) = try RedfishPeers.startStrict(h)
+        let bmc = RedfishClient(RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: RedfishPeers.user, password: RedfishPeers.password))
+        // One system, found by enumeration (its id is System.Embedded.1, not 1).
+        #expect(try await bmc.powerState() == .off)
+        // Reset answers 202: the client follows the task monitor to Completed.
+        try await bmc.power(.on)
+        #expect(try await bmc.powerState() == .on)
+        // The first PATCH meets a concurrent writer (412): re-read, retry with the new ETag.
+        try await bmc.setBootOverride(BootOverride(device: .pxe, persistent: true, efi: true))
+        #expect(try await bmc.bootOverride() == BootOverride(device: .pxe, persistent: true, efi: true))
+        // Cycle is not allowed here (no PowerCycle in ActionInfo): ForceRestart stands in.
+        try await bmc.power(.cycle)
+        await bmc.close()
+        let log = RedfishPeers.events(events)
+        let kinds = log.compactMap { $0["event"] as? String }
+        #expect(kinds.filter { $0 == "login" }.count == 1, "\(kinds)")
+        #expect(kinds.contains("patch-412"))
+        #expect(kinds.contains("patch"))
+        #expect(log.contains { $0["event"] as? String == "reset" && $0["type"] as? String == "ForceRestart" })
+        // Logged out at close: no session leaks.
+        #expect(kinds.last == "logout", "\(kinds)")
+
+        // Wrong password against the SessionService: the clear error, fast.
+        let bad = RedfishClient(RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: RedfishPeers.user, password: "nope"))
+        let error = await #expect(throws: BMCError.self) { try await bad.powerState() }
+        #expect(error?.kind == .authenticationFailed)
+        await bad.close()
+    }
+}
