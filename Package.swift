@@ -79,6 +79,7 @@ let package = Package(
             name: "FarrierBMC",
             dependencies: [
                 "IPMIWire", "FarrierCore", log,
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -93,7 +94,7 @@ let package = Package(
         .target(
             name: "FarrierAPI",
             dependencies: [
-                "FarrierCore", log, lifecycle,
+                "FarrierCore", "FarrierBMC", log, lifecycle,
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -107,7 +108,7 @@ let package = Package(
         .target(
             name: "FarrierApp",
             dependencies: [
-                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "FarrierHTTP", "FarrierAPI",
+                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "FarrierHTTP", "FarrierAPI", "FarrierBMC",
                 log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
             ] + nio,
@@ -121,7 +122,7 @@ let package = Package(
         .executableTarget(
             name: "farrier",
             dependencies: [
-                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore",
+                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],

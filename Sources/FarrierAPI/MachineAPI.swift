@@ -1,3 +1,4 @@
+import FarrierBMC
 import FarrierCore
 import Foundation
 @_exported import GRPCCore
@@ -9,8 +10,16 @@ import SwiftProtobuf
 /// `farrier.v1.MachineService` over the machine store.
 public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
     let store: any MachineStore
+    let vault: CredentialVault
+    let pool: BMCPool
+    let logger: Logger
 
-    public init(store: any MachineStore) { self.store = store }
+    public init(store: any MachineStore, vault: CredentialVault, pool: BMCPool, logger: Logger = Logger(label: "farrier.api")) {
+        self.store = store
+        self.vault = vault
+        self.pool = pool
+        self.logger = logger
+    }
 
     public func listMachines(
         request: Farrier_V1_ListMachinesRequest, context: ServerContext
@@ -59,6 +68,167 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
     }
 }
 
+// MARK: BMC operations
+
+/// The request iterator, handed to the one child task that reads it after the first message.
+final class InputBox: @unchecked Sendable {
+    var iterator: RPCAsyncSequence<Farrier_V1_ConsoleInput, any Error>.AsyncIterator
+    init(_ i: RPCAsyncSequence<Farrier_V1_ConsoleInput, any Error>.AsyncIterator) { iterator = i }
+    func next() async throws -> Farrier_V1_ConsoleInput? { try await iterator.next() }
+}
+
+extension MachineAPI {
+    public func enrollMachine(
+        request: Farrier_V1_EnrollMachineRequest, context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
+        if let problem = Machine.nameProblem(request.name) { throw RPCError(code: .invalidArgument, message: problem) }
+        guard let mac = MACAddress(request.mac) else {
+            throw RPCError(code: .invalidArgument, message: "mac '\(request.mac)' is not a MAC address (like 52:54:00:12:34:56)")
+        }
+        let reference: BMCReference
+        do {
+            reference = try BMCReference(url: request.bmcURL, insecureTLS: request.bmcInsecureTls)
+        } catch {
+            throw RPCError(code: .invalidArgument, message: error.description)
+        }
+        guard !request.bmcPassword.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "bmc_password is required")
+        }
+        // The password is sealed to the machine's ID: the existing one for a known MAC.
+        let id = try store.machine(mac: mac)?.id ?? UUID().uuidString.lowercased()
+        let sealed = try vault.seal(request.bmcPassword, machineID: id)
+        do {
+            var machine = try store.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed, at: Date())
+            if machine.id != id {
+                // A new machine got a new ID in the store: seal again under it.
+                machine = try store.enroll(
+                    name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id), at: Date())
+            }
+            logger.info("machine enrolled", metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"])
+            return Farrier_V1_Machine(machine, timeline: [])
+        } catch let conflict as StoreConflict {
+            throw RPCError(code: .alreadyExists, message: conflict.description)
+        }
+    }
+
+    /// The machine and its BMC driver, or a precise error.
+    func bmc(for name: String) async throws -> (Machine, any BMC) {
+        guard !name.isEmpty else { throw RPCError(code: .invalidArgument, message: "a machine name is required") }
+        guard let machine = try store.machine(nameOrMAC: name) else {
+            throw RPCError(code: .notFound, message: "no machine named or with MAC '\(name)'")
+        }
+        guard let reference = machine.bmc, let sealed = try store.sealedBMCPassword(machineID: machine.id) else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "machine \(machine.name) has no BMC; enroll it: farrier machine enroll \(machine.name) --mac \(machine.mac) --bmc ipmi://USER@HOST --bmc-password-file FILE")
+        }
+        do {
+            return (machine, try await pool.bmc(machineID: machine.id, reference: reference, sealedPassword: sealed))
+        } catch {
+            throw RPCError(code: .failedPrecondition, message: "\(error)")
+        }
+    }
+
+    /// Maps BMC errors to gRPC status codes a client can act on.
+    static func rpcError(_ error: any Error, machine: String) -> any Error {
+        guard let e = error as? BMCError else { return error }
+        let code: RPCError.Code =
+            switch e.kind {
+            case .authenticationFailed: .failedPrecondition
+            case .timeout, .unreachable: .unavailable
+            case .unsupported: .unimplemented
+            case .rejected: .failedPrecondition
+            case .protocolError: .internalError
+            }
+        return RPCError(code: code, message: "machine \(machine): \(e.description)")
+    }
+
+    public func power(request: Farrier_V1_PowerRequest, context: ServerContext) async throws -> Farrier_V1_PowerResponse {
+        let action: PowerAction?
+        if request.action == "status" {
+            action = nil
+        } else if let a = PowerAction(rawValue: request.action) {
+            action = a
+        } else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "unknown power action '\(request.action)'; valid: status, \(PowerAction.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let (machine, bmc) = try await bmc(for: request.name)
+        do {
+            if let action {
+                try await bmc.power(action)
+                logger.info("power action", metadata: ["machine": "\(machine.name)", "action": "\(action.rawValue)"])
+            }
+            var response = Farrier_V1_PowerResponse()
+            response.powerState = try await bmc.powerState().rawValue
+            return response
+        } catch {
+            throw Self.rpcError(error, machine: machine.name)
+        }
+    }
+
+    public func setBootDevice(
+        request: Farrier_V1_SetBootDeviceRequest, context: ServerContext
+    ) async throws -> Farrier_V1_SetBootDeviceResponse {
+        guard let device = BootDevice(rawValue: request.device) else {
+            throw RPCError(code: .invalidArgument, message: "unknown boot device '\(request.device)'; valid: pxe, disk")
+        }
+        let (machine, bmc) = try await bmc(for: request.name)
+        do {
+            try await bmc.setBootOverride(BootOverride(device: device, persistent: request.persistent, efi: request.efi))
+            logger.info("boot device set", metadata: ["machine": "\(machine.name)", "device": "\(device.rawValue)"])
+            return Farrier_V1_SetBootDeviceResponse()
+        } catch {
+            throw Self.rpcError(error, machine: machine.name)
+        }
+    }
+
+    public func console(
+        request: RPCAsyncSequence<Farrier_V1_ConsoleInput, any Error>, response: RPCWriter<Farrier_V1_ConsoleOutput>,
+        context: ServerContext
+    ) async throws {
+        let inputs = InputBox(request.makeAsyncIterator())
+        guard let first = try await inputs.next() else { return }
+        let (machine, bmc) = try await bmc(for: first.name)
+        let console: any ConsoleSession
+        do {
+            console = try await bmc.openConsole()
+        } catch {
+            throw Self.rpcError(error, machine: machine.name)
+        }
+        logger.info("console opened", metadata: ["machine": "\(machine.name)"])
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                // BMC → client. Ends when SOL ends (BMC deactivated it).
+                group.addTask {
+                    for await chunk in console.output {
+                        var out = Farrier_V1_ConsoleOutput()
+                        out.data = Data(chunk)
+                        try await response.write(out)
+                    }
+                }
+                // Client → BMC. Ends when the client half-closes (it detached).
+                group.addTask {
+                    if !first.data.isEmpty { try await console.write(Array(first.data)) }
+                    while let input = try await inputs.next() {
+                        if !input.data.isEmpty { try await console.write(Array(input.data)) }
+                    }
+                }
+                // Whichever side ends first ends the call.
+                try await group.next()
+                group.cancelAll()
+            }
+        } catch {
+            await console.close()
+            logger.info("console closed", metadata: ["machine": "\(machine.name)", "reason": "\(error)"])
+            throw Self.rpcError(error, machine: machine.name)
+        }
+        await console.close()
+        logger.info("console closed", metadata: ["machine": "\(machine.name)"])
+    }
+}
+
 extension Farrier_V1_Machine {
     init(_ m: Machine, timeline: [TimelineEvent]) {
         self.init()
@@ -70,6 +240,13 @@ extension Farrier_V1_Machine {
         state = m.state.rawValue
         firstSeen = Google_Protobuf_Timestamp(date: m.firstSeen)
         lastSeen = Google_Protobuf_Timestamp(date: m.lastSeen)
+        if let b = m.bmc {
+            var ref = Farrier_V1_BMC()
+            ref.driver = b.driver.rawValue
+            ref.url = b.url
+            ref.insecureTls = b.insecureTLS
+            bmc = ref
+        }
         self.timeline = timeline.map { e in
             var t = Farrier_V1_TimelineEvent()
             t.time = Google_Protobuf_Timestamp(date: e.time)

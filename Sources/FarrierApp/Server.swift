@@ -1,5 +1,6 @@
 import DHCPServer
 import FarrierAPI
+import FarrierBMC
 import FarrierCore
 import FarrierHTTP
 import FarrierStore
@@ -68,7 +69,9 @@ public struct FarrierServer: Sendable {
                 store: store, recorder: recorder, addressBook: addressBook, bootRoot: BootRoot(path: c.tftpRoot),
                 metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics) }),
             logger: logger)
-        let grpc = try GRPCService(listen: c.grpcListen, services: [MachineAPI(store: store)], logger: logger)
+        let vault = try CredentialVault.load(keyFile: c.bmcKeyFile.isEmpty ? nil : c.bmcKeyFile, dataDir: c.dataDir)
+        let api = MachineAPI(store: store, vault: vault, pool: BMCPool(vault: vault), logger: logger)
+        let grpc = try GRPCService(listen: c.grpcListen, services: [api], logger: logger)
         // ServiceGroup starts in order and stops in reverse: the API goes first, the boot path last.
         services = [http, tftp, dhcp, grpc]
     }

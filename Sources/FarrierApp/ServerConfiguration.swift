@@ -26,6 +26,8 @@ import Yams
 /// - `dhcp.reservations` / `FARRIER_DHCP_RESERVATIONS` (`;` separated) / `--dhcp-reservation` (repeatable):
 ///   `MAC=IP[,HOSTNAME]`. In YAML, a mapping with keys mac, address, hostname.
 /// - `dhcp.proxy-port` / `FARRIER_DHCP_PROXY_PORT` / `--dhcp-proxy-port`: ProxyDHCP boot-server port. Default 4011.
+/// - `bmc.key-file` / `FARRIER_BMC_KEY_FILE` / `--bmc-key-file`: the key (32 bytes, base64) that encrypts BMC
+///   passwords at rest. Default DATA-DIR/bmc.key, made 0600 on first start. `FARRIER_BMC_KEY` gives the key itself.
 public struct ServerConfiguration: Sendable {
     public var dataDir = "/var/lib/farrier"
     public var logLevel: Logger.Level = .info
@@ -35,6 +37,8 @@ public struct ServerConfiguration: Sendable {
     public var http = HTTPConfiguration()
     public var tftp = TFTPConfiguration()
     public var dhcp = DHCPConfiguration()
+    /// Empty: DATA-DIR/bmc.key.
+    public var bmcKeyFile = ""
     var tftpRootSet = false
 
     public init() { dhcp.mode = .full }
@@ -45,7 +49,7 @@ public struct ServerConfiguration: Sendable {
     /// All keys, with their environment variable names, in documentation order.
     public static let keys: [(key: String, env: String)] = [
         "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "ipxe.source",
-        "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port",
+        "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
 
     /// Builds the configuration. `flags` holds only values given on the command line.
@@ -161,6 +165,7 @@ public struct ServerConfiguration: Sendable {
             tftp.root = v
             tftpRootSet = true
         case "ipxe.source": ipxeSource = v
+        case "bmc.key-file": bmcKeyFile = v
         case "dhcp.mode":
             guard let m = DHCPConfiguration.Mode(rawValue: v) else { throw ConfigurationError("dhcp.mode: '\(v)' is not off, full or proxy") }
             dhcp.mode = m

@@ -18,9 +18,10 @@ public enum Architecture: String, Codable, Sendable, CaseIterable {
 }
 
 /// A lifecycle state. Later issues add the rest of the lifecycle; a MAC seen for the first time
-/// is `discovered`.
+/// is `discovered`, and a machine an operator enrolled before it ever booted is `enrolled`.
 public enum MachineState: String, Codable, Sendable, CaseIterable {
     case discovered
+    case enrolled
 }
 
 /// A physical (or lab) machine known to Farrier.
@@ -33,11 +34,14 @@ public struct Machine: Codable, Sendable, Hashable {
     public var state: MachineState
     public var firstSeen: Date
     public var lastSeen: Date
+    /// The BMC, once enrolled (its password lives apart, encrypted).
+    public var bmc: BMCReference?
 
     public init(
         id: String = UUID().uuidString.lowercased(), name: String, mac: MACAddress, architecture: Architecture,
-        firmware: Firmware, state: MachineState = .discovered, firstSeen: Date, lastSeen: Date
+        firmware: Firmware, state: MachineState = .discovered, firstSeen: Date, lastSeen: Date, bmc: BMCReference? = nil
     ) {
+        self.bmc = bmc
         self.id = id
         self.name = name
         self.mac = mac
@@ -46,6 +50,18 @@ public struct Machine: Codable, Sendable, Hashable {
         self.state = state
         self.firstSeen = firstSeen
         self.lastSeen = lastSeen
+    }
+
+    /// Names are DNS labels: lower-case letters, digits and '-', 1–63 characters, not starting or
+    /// ending with '-'. Returns why a name is not valid, or nil.
+    public static func nameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "a machine name is required" }
+        if name.count > 63 { return "machine name '\(name)' is longer than 63 characters" }
+        if name.hasPrefix("-") || name.hasSuffix("-") { return "machine name '\(name)' must not start or end with '-'" }
+        if !name.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" }) {
+            return "machine name '\(name)' may only contain lower-case letters, digits and '-'"
+        }
+        return nil
     }
 
     /// The name a discovered machine gets until an operator names it: `m-` and the MAC's hex digits.

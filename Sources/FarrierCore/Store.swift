@@ -8,6 +8,12 @@ public protocol MachineStore: Sendable {
     func machine(mac: MACAddress) throws -> Machine?
     func machine(name: String) throws -> Machine?
     func machines() throws -> [Machine]
+    /// Enrolls a machine with its BMC: the machine with this MAC is renamed and gets the BMC, or
+    /// a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
+    /// Throws `StoreConflict` when the name belongs to a machine with another MAC.
+    func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at: Date) throws -> Machine
+    /// The encrypted BMC password of a machine, as `enroll` stored it.
+    func sealedBMCPassword(machineID: String) throws -> [UInt8]?
     func appendTimeline(_ events: [TimelineEvent]) throws
     /// The most recent `limit` events of a machine, oldest first.
     func timeline(mac: MACAddress, limit: Int) throws -> [TimelineEvent]
@@ -29,4 +35,10 @@ extension MachineStore {
         if let mac = MACAddress(key), let m = try machine(mac: mac) { return m }
         return try machine(name: key)
     }
+}
+
+/// A write that would break a uniqueness rule the user can fix (a name already in use).
+public struct StoreConflict: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }

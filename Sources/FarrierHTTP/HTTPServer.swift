@@ -91,6 +91,9 @@ public func buildRouter(
         case .discovered:
             return ipxe(BootScript.wait(
                 scriptURL: selfURL, mac: mac, reason: "discovered (not enrolled)", pollSeconds: configuration.pollSeconds))
+        case .enrolled:
+            return ipxe(BootScript.wait(
+                scriptURL: selfURL, mac: mac, reason: "enrolled (nothing to do yet)", pollSeconds: configuration.pollSeconds))
         }
     }
     return router

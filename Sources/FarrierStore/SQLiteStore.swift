@@ -59,6 +59,13 @@ public final class SQLiteStore: StateStore {
                 t.column("hostname", .text)
             }
         }
+        m.registerMigration("v2-bmc") { db in
+            // The BMC reference as JSON (no secret in it), and the password sealed apart.
+            try db.alter(table: "machine") { t in
+                t.add(column: "bmc", .text)
+                t.add(column: "bmcSecret", .blob)
+            }
+        }
         return m
     }
 
@@ -100,6 +107,35 @@ public final class SQLiteStore: StateStore {
 
     public func machines() throws -> [Machine] {
         try db.read { try MachineRecord.order(Column("name")).fetchAll($0).map { try $0.machine() } }
+    }
+
+    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) throws -> Machine {
+        let bmcJSON = String(decoding: try JSONEncoder().encode(bmc), as: UTF8.self)
+        return try db.write { db in
+            let byName = try MachineRecord.filter(Column("name") == name).fetchOne(db)
+            if let byName, byName.mac != mac.description {
+                throw StoreConflict("machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
+            }
+            var row: MachineRecord
+            if let existing = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
+                row = existing
+                row.name = name
+            } else {
+                row = MachineRecord(Machine(
+                    name: name, mac: mac, architecture: .unknown, firmware: .unknown, state: .enrolled,
+                    firstSeen: time, lastSeen: time))
+            }
+            row.bmc = bmcJSON
+            try row.save(db)
+            try db.execute(sql: "UPDATE machine SET bmcSecret = ? WHERE id = ?", arguments: [Data(sealedPassword), row.id])
+            return try row.machine()
+        }
+    }
+
+    public func sealedBMCPassword(machineID: String) throws -> [UInt8]? {
+        try db.read { db in
+            try Data.fetchOne(db, sql: "SELECT bmcSecret FROM machine WHERE id = ?", arguments: [machineID]).map { Array($0) }
+        }
     }
 
     public func appendTimeline(_ events: [TimelineEvent]) throws {
@@ -186,6 +222,13 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var state: String
     var firstSeen: Date
     var lastSeen: Date
+    var bmc: String?
+
+    /// bmcSecret is read and written only by its own queries, never with the record.
+    static var databaseSelection: [any SQLSelectable] { [
+        Column("id"), Column("name"), Column("mac"), Column("architecture"), Column("firmware"), Column("state"),
+        Column("firstSeen"), Column("lastSeen"), Column("bmc"),
+    ] }
 
     init(_ m: Machine) {
         id = m.id
@@ -196,6 +239,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         state = m.state.rawValue
         firstSeen = m.firstSeen
         lastSeen = m.lastSeen
+        bmc = try? m.bmc.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
     }
 
     func machine() throws -> Machine {
@@ -203,7 +247,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         return Machine(
             id: id, name: name, mac: mac, architecture: Architecture(rawValue: architecture) ?? .unknown,
             firmware: Firmware(rawValue: firmware) ?? .unknown, state: MachineState(rawValue: state) ?? .discovered,
-            firstSeen: firstSeen, lastSeen: lastSeen)
+            firstSeen: firstSeen, lastSeen: lastSeen,
+            bmc: try bmc.map { try JSONDecoder().decode(BMCReference.self, from: Data($0.utf8)) })
     }
 }
 

@@ -4,7 +4,8 @@
 #
 # perfdhcp runs in relay mode (unicast to the server, giaddr set) from namespace frbdc; each
 # server runs alone in namespace frbds. The offered rate ramps up (STEP_SECONDS per step) until
-# more than 1 % of DISCOVER-OFFER or REQUEST-ACK exchanges drop; the last rate under 1 % counts.
+# more than 1 % of DISCOVER-OFFER or REQUEST-ACK exchanges drop twice in a row; the last rate
+# under 1 % counts.
 # Last line: ratio farrier/kea=… farrier/dnsmasq=…
 # Needs root, kea-dhcp4-server, kea-admin (perfdhcp), dnsmasq-base, and a release build of farrier
 # (built here if missing). perfdhcp and the server share this machine's cores.
@@ -68,9 +69,15 @@ ramp() {  # server, rates…
     local name=$1 best=0; shift
     start "$name"
     for r in "$@"; do
-        read -r got pct < <(step_at "$r")
-        echo "  $name offered $r/s: $got DORA/s, drops $pct %" >&2
-        if python3 -c "import sys; sys.exit(0 if $pct <= 1.0 else 1)"; then best=$got; else break; fi
+        # A step over 1 % is run once more before the ramp stops: on a shared 2-core machine
+        # one noisy step should not decide the result (the same rule for every server).
+        local ok=0
+        for _ in 1 2; do
+            read -r got pct < <(step_at "$r")
+            echo "  $name offered $r/s: $got DORA/s, drops $pct %" >&2
+            if python3 -c "import sys; sys.exit(0 if $pct <= 1.0 else 1)"; then ok=1; break; fi
+        done
+        if [ $ok = 1 ]; then best=$got; else break; fi
     done
     stop_servers
     rm -rf "$work/farrier" "$work/kea-leases4.csv" "$work/dnsmasq.leases"

@@ -24,8 +24,8 @@ struct ClientOptions: ParsableArguments {
 
 struct MachineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "machine", abstract: "List and inspect machines.",
-        subcommands: [List.self, Show.self])
+        commandName: "machine", abstract: "List, inspect and enroll machines; power, boot device and console through their BMCs.",
+        subcommands: [List.self, Show.self, Enroll.self, Power.self, Bootdev.self, Console.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List machines.")
@@ -89,6 +89,7 @@ struct MachineCommand: AsyncParsableCommand {
                     Firmware:      \(view.firmware)
                     First seen:    \(iso(view.firstSeen))
                     Last seen:     \(iso(view.lastSeen)) (\(ago(view.lastSeen)))
+                    BMC:           \(view.bmc ?? "-")
 
                     Boot timeline (+ time since the previous event):
                     """)
@@ -119,6 +120,8 @@ struct MachineView: Codable {
     var firmware: String
     var firstSeen: Date
     var lastSeen: Date
+    /// The BMC URL (never with a password).
+    var bmc: String?
     var timeline: [Event]
 
     init(_ m: Farrier_V1_Machine) {
@@ -129,6 +132,7 @@ struct MachineView: Codable {
         firmware = m.firmware
         firstSeen = m.firstSeen.date
         lastSeen = m.lastSeen.date
+        bmc = m.hasBmc ? m.bmc.url : nil
         timeline = m.timeline.map { Event(time: $0.time.date, stage: $0.stage, event: $0.event, detail: $0.detail) }
     }
 }
@@ -181,4 +185,8 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
         row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
             .joined(separator: "  ")
     }.joined(separator: "\n")
+}
+
+enum YAMLEncoderBridge {
+    static func encode<T: Encodable>(_ v: T) throws -> String { try YAMLEncoder().encode(v) }
 }

@@ -63,12 +63,19 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "ProxyDHCP boot-server port. [dhcp.proxy-port, FARRIER_DHCP_PROXY_PORT; default 4011]")
     var dhcpProxyPort: Int?
 
+    @Option(
+        help: """
+            Key that encrypts BMC passwords at rest (32 bytes, base64; FARRIER_BMC_KEY gives the key itself).             [bmc.key-file, FARRIER_BMC_KEY_FILE; default DATA-DIR/bmc.key, made 0600 on first start]
+            """)
+    var bmcKeyFile: String?
+
     func flags() -> [String: [String]] {
         var f: [String: [String]] = [:]
         let single: [(String, String?)] = [
             ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
             ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
+            ("bmc.key-file", bmcKeyFile),
         ]
         for (k, v) in single { if let v { f[k] = [v] } }
         if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }

@@ -48,10 +48,66 @@ public enum Farrier_V1_MachineService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "EnrollMachine" metadata.
+        public enum EnrollMachine: Sendable {
+            /// Request type for "EnrollMachine".
+            public typealias Input = Farrier_V1_EnrollMachineRequest
+            /// Response type for "EnrollMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "EnrollMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "EnrollMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "Power" metadata.
+        public enum Power: Sendable {
+            /// Request type for "Power".
+            public typealias Input = Farrier_V1_PowerRequest
+            /// Response type for "Power".
+            public typealias Output = Farrier_V1_PowerResponse
+            /// Descriptor for "Power".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "Power",
+                type: .unary
+            )
+        }
+        /// Namespace for "SetBootDevice" metadata.
+        public enum SetBootDevice: Sendable {
+            /// Request type for "SetBootDevice".
+            public typealias Input = Farrier_V1_SetBootDeviceRequest
+            /// Response type for "SetBootDevice".
+            public typealias Output = Farrier_V1_SetBootDeviceResponse
+            /// Descriptor for "SetBootDevice".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "SetBootDevice",
+                type: .unary
+            )
+        }
+        /// Namespace for "Console" metadata.
+        public enum Console: Sendable {
+            /// Request type for "Console".
+            public typealias Input = Farrier_V1_ConsoleInput
+            /// Response type for "Console".
+            public typealias Output = Farrier_V1_ConsoleOutput
+            /// Descriptor for "Console".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "Console",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.MachineService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ListMachines.descriptor,
-            GetMachine.descriptor
+            GetMachine.descriptor,
+            EnrollMachine.descriptor,
+            Power.descriptor,
+            SetBootDevice.descriptor,
+            Console.descriptor
         ]
     }
 }
@@ -117,6 +173,80 @@ extension Farrier_V1_MachineService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_GetMachineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "EnrollMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls a machine with its BMC. A machine already known by this MAC (say, discovered by
+        /// > network boot) is renamed and gets the BMC; otherwise a new machine is created.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_EnrollMachineRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func enrollMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_EnrollMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "Power" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power status or a power action, through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_PowerRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_PowerResponse` messages.
+        func power(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_PowerRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_PowerResponse>
+
+        /// Handle the "SetBootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the boot device override through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SetBootDeviceRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_SetBootDeviceResponse` messages.
+        func setBootDevice(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SetBootDeviceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SetBootDeviceResponse>
+
+        /// Handle the "Console" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The machine's serial console (IPMI Serial over LAN). The first message names the machine;
+        /// > later ones carry keyboard input. Output streams back until either side ends the call.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ConsoleInput` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_ConsoleOutput` messages.
+        func console(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ConsoleInput>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ConsoleOutput>
     }
 
     /// Service protocol for the "farrier.v1.MachineService" service.
@@ -166,6 +296,80 @@ extension Farrier_V1_MachineService {
             request: GRPCCore.ServerRequest<Farrier_V1_GetMachineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "EnrollMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls a machine with its BMC. A machine already known by this MAC (say, discovered by
+        /// > network boot) is renamed and gets the BMC; otherwise a new machine is created.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_EnrollMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func enrollMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_EnrollMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "Power" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power status or a power action, through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_PowerRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_PowerResponse` message.
+        func power(
+            request: GRPCCore.ServerRequest<Farrier_V1_PowerRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_PowerResponse>
+
+        /// Handle the "SetBootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the boot device override through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetBootDeviceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_SetBootDeviceResponse` message.
+        func setBootDevice(
+            request: GRPCCore.ServerRequest<Farrier_V1_SetBootDeviceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SetBootDeviceResponse>
+
+        /// Handle the "Console" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The machine's serial console (IPMI Serial over LAN). The first message names the machine;
+        /// > later ones carry keyboard input. Output streams back until either side ends the call.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ConsoleInput` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_ConsoleOutput` messages.
+        func console(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ConsoleInput>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ConsoleOutput>
     }
 
     /// Simple service protocol for the "farrier.v1.MachineService" service.
@@ -213,6 +417,81 @@ extension Farrier_V1_MachineService {
             request: Farrier_V1_GetMachineRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "EnrollMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls a machine with its BMC. A machine already known by this MAC (say, discovered by
+        /// > network boot) is renamed and gets the BMC; otherwise a new machine is created.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_EnrollMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func enrollMachine(
+            request: Farrier_V1_EnrollMachineRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "Power" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power status or a power action, through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_PowerRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_PowerResponse` to respond with.
+        func power(
+            request: Farrier_V1_PowerRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_PowerResponse
+
+        /// Handle the "SetBootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the boot device override through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_SetBootDeviceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_SetBootDeviceResponse` to respond with.
+        func setBootDevice(
+            request: Farrier_V1_SetBootDeviceRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_SetBootDeviceResponse
+
+        /// Handle the "Console" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The machine's serial console (IPMI Serial over LAN). The first message names the machine;
+        /// > later ones carry keyboard input. Output streams back until either side ends the call.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Farrier_V1_ConsoleInput` messages.
+        ///   - response: A response stream of `Farrier_V1_ConsoleOutput` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func console(
+            request: GRPCCore.RPCAsyncSequence<Farrier_V1_ConsoleInput, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Farrier_V1_ConsoleOutput>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -242,6 +521,50 @@ extension Farrier_V1_MachineService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.EnrollMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_EnrollMachineRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.enrollMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.Power.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_PowerRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_PowerResponse>(),
+            handler: { request, context in
+                try await self.power(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.SetBootDevice.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SetBootDeviceRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SetBootDeviceResponse>(),
+            handler: { request, context in
+                try await self.setBootDevice(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.Console.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ConsoleInput>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ConsoleOutput>(),
+            handler: { request, context in
+                try await self.console(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -264,6 +587,39 @@ extension Farrier_V1_MachineService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
         let response = try await self.getMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func enrollMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_EnrollMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.enrollMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func power(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_PowerRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_PowerResponse> {
+        let response = try await self.power(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func setBootDevice(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_SetBootDeviceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SetBootDeviceResponse> {
+        let response = try await self.setBootDevice(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -297,6 +653,62 @@ extension Farrier_V1_MachineService.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func enrollMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_EnrollMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.enrollMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func power(
+        request: GRPCCore.ServerRequest<Farrier_V1_PowerRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_PowerResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_PowerResponse>(
+            message: try await self.power(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func setBootDevice(
+        request: GRPCCore.ServerRequest<Farrier_V1_SetBootDeviceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SetBootDeviceResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_SetBootDeviceResponse>(
+            message: try await self.setBootDevice(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func console(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_ConsoleInput>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ConsoleOutput> {
+        return GRPCCore.StreamingServerResponse<Farrier_V1_ConsoleOutput>(
+            metadata: [:],
+            producer: { writer in
+                try await self.console(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -358,6 +770,100 @@ extension Farrier_V1_MachineService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "EnrollMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls a machine with its BMC. A machine already known by this MAC (say, discovered by
+        /// > network boot) is renamed and gets the BMC; otherwise a new machine is created.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_EnrollMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_EnrollMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func enrollMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_EnrollMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_EnrollMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Power" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power status or a power action, through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_PowerRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_PowerRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_PowerResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func power<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_PowerRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_PowerRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_PowerResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_PowerResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SetBootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the boot device override through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetBootDeviceRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SetBootDeviceRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SetBootDeviceResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func setBootDevice<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SetBootDeviceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SetBootDeviceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SetBootDeviceResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SetBootDeviceResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Console" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The machine's serial console (IPMI Serial over LAN). The first message names the machine;
+        /// > later ones carry keyboard input. Output streams back until either side ends the call.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_ConsoleInput` messages.
+        ///   - serializer: A serializer for `Farrier_V1_ConsoleInput` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ConsoleOutput` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func console<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_ConsoleInput>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ConsoleInput>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ConsoleOutput>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_ConsoleOutput>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -448,6 +954,142 @@ extension Farrier_V1_MachineService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "EnrollMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls a machine with its BMC. A machine already known by this MAC (say, discovered by
+        /// > network boot) is renamed and gets the BMC; otherwise a new machine is created.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_EnrollMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_EnrollMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func enrollMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_EnrollMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_EnrollMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.EnrollMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "Power" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power status or a power action, through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_PowerRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_PowerRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_PowerResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func power<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_PowerRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_PowerRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_PowerResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_PowerResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.Power.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "SetBootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the boot device override through the machine's BMC.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetBootDeviceRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SetBootDeviceRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SetBootDeviceResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func setBootDevice<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SetBootDeviceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SetBootDeviceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SetBootDeviceResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SetBootDeviceResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.SetBootDevice.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "Console" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The machine's serial console (IPMI Serial over LAN). The first message names the machine;
+        /// > later ones carry keyboard input. Output streams back until either side ends the call.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_ConsoleInput` messages.
+        ///   - serializer: A serializer for `Farrier_V1_ConsoleInput` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ConsoleOutput` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func console<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_ConsoleInput>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ConsoleInput>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ConsoleOutput>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_ConsoleOutput>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.Console.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -507,6 +1149,122 @@ extension Farrier_V1_MachineService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_GetMachineRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "EnrollMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Enrolls a machine with its BMC. A machine already known by this MAC (say, discovered by
+    /// > network boot) is renamed and gets the BMC; otherwise a new machine is created.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_EnrollMachineRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func enrollMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_EnrollMachineRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.enrollMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_EnrollMachineRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Power" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Power status or a power action, through the machine's BMC.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_PowerRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func power<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_PowerRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_PowerResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.power(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_PowerRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_PowerResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetBootDevice" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets the boot device override through the machine's BMC.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_SetBootDeviceRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setBootDevice<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_SetBootDeviceRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SetBootDeviceResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.setBootDevice(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SetBootDeviceRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SetBootDeviceResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Console" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The machine's serial console (IPMI Serial over LAN). The first message names the machine;
+    /// > later ones carry keyboard input. Output streams back until either side ends the call.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Farrier_V1_ConsoleInput` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func console<Result>(
+        request: GRPCCore.StreamingClientRequest<Farrier_V1_ConsoleInput>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_ConsoleOutput>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.console(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ConsoleInput>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ConsoleOutput>(),
             options: options,
             onResponse: handleResponse
         )
@@ -576,6 +1334,139 @@ extension Farrier_V1_MachineService.ClientProtocol {
             metadata: metadata
         )
         return try await self.getMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "EnrollMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Enrolls a machine with its BMC. A machine already known by this MAC (say, discovered by
+    /// > network boot) is renamed and gets the BMC; otherwise a new machine is created.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func enrollMachine<Result>(
+        _ message: Farrier_V1_EnrollMachineRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_EnrollMachineRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.enrollMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Power" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Power status or a power action, through the machine's BMC.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func power<Result>(
+        _ message: Farrier_V1_PowerRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_PowerResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_PowerRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.power(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetBootDevice" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets the boot device override through the machine's BMC.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setBootDevice<Result>(
+        _ message: Farrier_V1_SetBootDeviceRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SetBootDeviceResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_SetBootDeviceRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.setBootDevice(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Console" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The machine's serial console (IPMI Serial over LAN). The first message names the machine;
+    /// > later ones carry keyboard input. Output streams back until either side ends the call.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func console<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Farrier_V1_ConsoleInput>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_ConsoleOutput>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Farrier_V1_ConsoleInput>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.console(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -10,6 +10,11 @@
 
 /// Farrier's machine API. Later issues add enroll, deploy, release and the rest of the lifecycle.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -64,12 +69,42 @@ public nonisolated struct Farrier_V1_Machine: Sendable {
   /// Most recent boot events, oldest first. Only filled by GetMachine.
   public var timeline: [Farrier_V1_TimelineEvent] = []
 
+  /// The BMC, if the machine is enrolled. Never carries the password.
+  public var bmc: Farrier_V1_BMC {
+    get {_bmc ?? Farrier_V1_BMC()}
+    set {_bmc = newValue}
+  }
+  /// Returns true if `bmc` has been explicitly set.
+  public var hasBmc: Bool {self._bmc != nil}
+  /// Clears the value of `bmc`. Subsequent reads from it will return its default value.
+  public mutating func clearBmc() {self._bmc = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _firstSeen: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
   fileprivate var _lastSeen: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _bmc: Farrier_V1_BMC? = nil
+}
+
+public nonisolated struct Farrier_V1_BMC: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// ipmi or redfish.
+  public var driver: String = String()
+
+  /// The BMC URL without any password, e.g. ipmi://admin@198.18.0.11:623.
+  public var url: String = String()
+
+  /// Redfish over HTTPS without verifying the certificate (operator's choice, per BMC).
+  public var insecureTls: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Farrier_V1_TimelineEvent: Sendable {
@@ -150,13 +185,125 @@ public nonisolated struct Farrier_V1_GetMachineRequest: Sendable {
   public init() {}
 }
 
+public nonisolated struct Farrier_V1_EnrollMachineRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Machine name: lower-case letters, digits and '-', at most 63 characters.
+  public var name: String = String()
+
+  /// The MAC of the NIC it network-boots from.
+  public var mac: String = String()
+
+  /// ipmi://USER@HOST[:PORT], redfish://USER@HOST[:PORT][/SYSTEM-ID] or redfish+http://…
+  public var bmcURL: String = String()
+
+  /// Stored encrypted; never returned.
+  public var bmcPassword: String = String()
+
+  /// Redfish over HTTPS only: skip certificate verification for this BMC.
+  public var bmcInsecureTls: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_PowerRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A machine name or MAC.
+  public var name: String = String()
+
+  /// status, on, off, cycle, reset or soft-off.
+  public var action: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_PowerResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// on, off or unknown (after the action).
+  public var powerState: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_SetBootDeviceRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// pxe or disk.
+  public var device: String = String()
+
+  /// Every boot, not only the next one.
+  public var persistent: Bool = false
+
+  /// UEFI rather than legacy BIOS boot.
+  public var efi: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_SetBootDeviceResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_ConsoleInput: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// In the first message only: the machine name or MAC.
+  public var name: String = String()
+
+  public var data: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_ConsoleOutput: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var data: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -173,6 +320,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       case 7: try { try decoder.decodeSingularMessageField(value: &self._firstSeen) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._lastSeen) }()
       case 9: try { try decoder.decodeRepeatedMessageField(value: &self.timeline) }()
+      case 10: try { try decoder.decodeSingularMessageField(value: &self._bmc) }()
       default: break
       }
     }
@@ -210,6 +358,9 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.timeline.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.timeline, fieldNumber: 9)
     }
+    try { if let v = self._bmc {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -223,6 +374,47 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs._firstSeen != rhs._firstSeen {return false}
     if lhs._lastSeen != rhs._lastSeen {return false}
     if lhs.timeline != rhs.timeline {return false}
+    if lhs._bmc != rhs._bmc {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_BMC: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BMC"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}driver\0\u{1}url\0\u{3}insecure_tls\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.driver) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.url) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.insecureTls) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.driver.isEmpty {
+      try visitor.visitSingularStringField(value: self.driver, fieldNumber: 1)
+    }
+    if !self.url.isEmpty {
+      try visitor.visitSingularStringField(value: self.url, fieldNumber: 2)
+    }
+    if self.insecureTls != false {
+      try visitor.visitSingularBoolField(value: self.insecureTls, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_BMC, rhs: Farrier_V1_BMC) -> Bool {
+    if lhs.driver != rhs.driver {return false}
+    if lhs.url != rhs.url {return false}
+    if lhs.insecureTls != rhs.insecureTls {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -382,6 +574,250 @@ nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, Swift
   public static func ==(lhs: Farrier_V1_GetMachineRequest, rhs: Farrier_V1_GetMachineRequest) -> Bool {
     if lhs.nameOrMac != rhs.nameOrMac {return false}
     if lhs.timelineLimit != rhs.timelineLimit {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EnrollMachineRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.mac) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.bmcURL) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.bmcPassword) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.bmcInsecureTls) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.mac.isEmpty {
+      try visitor.visitSingularStringField(value: self.mac, fieldNumber: 2)
+    }
+    if !self.bmcURL.isEmpty {
+      try visitor.visitSingularStringField(value: self.bmcURL, fieldNumber: 3)
+    }
+    if !self.bmcPassword.isEmpty {
+      try visitor.visitSingularStringField(value: self.bmcPassword, fieldNumber: 4)
+    }
+    if self.bmcInsecureTls != false {
+      try visitor.visitSingularBoolField(value: self.bmcInsecureTls, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_EnrollMachineRequest, rhs: Farrier_V1_EnrollMachineRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.mac != rhs.mac {return false}
+    if lhs.bmcURL != rhs.bmcURL {return false}
+    if lhs.bmcPassword != rhs.bmcPassword {return false}
+    if lhs.bmcInsecureTls != rhs.bmcInsecureTls {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_PowerRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PowerRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}action\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.action) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.action.isEmpty {
+      try visitor.visitSingularStringField(value: self.action, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_PowerRequest, rhs: Farrier_V1_PowerRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.action != rhs.action {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_PowerResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PowerResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}power_state\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.powerState) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.powerState.isEmpty {
+      try visitor.visitSingularStringField(value: self.powerState, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_PowerResponse, rhs: Farrier_V1_PowerResponse) -> Bool {
+    if lhs.powerState != rhs.powerState {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_SetBootDeviceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetBootDeviceRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}device\0\u{1}persistent\0\u{1}efi\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.persistent) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.efi) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 2)
+    }
+    if self.persistent != false {
+      try visitor.visitSingularBoolField(value: self.persistent, fieldNumber: 3)
+    }
+    if self.efi != false {
+      try visitor.visitSingularBoolField(value: self.efi, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SetBootDeviceRequest, rhs: Farrier_V1_SetBootDeviceRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.device != rhs.device {return false}
+    if lhs.persistent != rhs.persistent {return false}
+    if lhs.efi != rhs.efi {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_SetBootDeviceResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetBootDeviceResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SetBootDeviceResponse, rhs: Farrier_V1_SetBootDeviceResponse) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_ConsoleInput: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConsoleInput"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}data\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.data) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_ConsoleInput, rhs: Farrier_V1_ConsoleInput) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.data != rhs.data {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_ConsoleOutput: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConsoleOutput"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.data) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_ConsoleOutput, rhs: Farrier_V1_ConsoleOutput) -> Bool {
+    if lhs.data != rhs.data {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,118 @@
+import Crypto
+import FarrierCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Encrypts BMC passwords at rest with AES-256-GCM. The key comes from `FARRIER_BMC_KEY`
+/// (base64), from a key file named by configuration, or from `bmc.key` in the data directory,
+/// made (0600) on first start. Each sealed password is bound to its machine: the machine ID is
+/// the additional authenticated data, so a sealed value copied to another row does not open.
+public struct CredentialVault: Sendable {
+    let key: SymmetricKey
+
+    public struct KeyError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public init(key: SymmetricKey) { self.key = key }
+
+    /// Loads the key: environment first, then `keyFile` if given, else `<dataDir>/bmc.key`
+    /// (created with a fresh random key when missing).
+    public static func load(environment: [String: String] = ProcessInfo.processInfo.environment, keyFile: String?, dataDir: String) throws -> CredentialVault {
+        if let text = environment["FARRIER_BMC_KEY"], !text.isEmpty {
+            return CredentialVault(key: try decode(text, from: "FARRIER_BMC_KEY"))
+        }
+        let path = keyFile.flatMap { $0.isEmpty ? nil : $0 } ?? dataDir + "/bmc.key"
+        if FileManager.default.fileExists(atPath: path) {
+            let attributes = try FileManager.default.attributesOfItem(atPath: path)
+            if let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0 {
+                throw KeyError(description: "BMC key file \(path) is readable by others (mode \(String(mode, radix: 8))); chmod 600 it")
+            }
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            return CredentialVault(key: try decode(text, from: path))
+        }
+        guard keyFile == nil || keyFile == "" else {
+            throw KeyError(description: "BMC key file \(path) does not exist")
+        }
+        let key = SymmetricKey(size: .bits256)
+        let encoded = key.withUnsafeBytes { Data($0).base64EncodedString() } + "\n"
+        try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+        // Created 0600 from the start: never a moment when the key is readable by others.
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard fd >= 0 else { throw KeyError(description: "cannot create BMC key file \(path): \(String(cString: strerror(errno)))") }
+        let bytes = Array(encoded.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fsync(fd)
+        close(fd)
+        guard written == bytes.count else { throw KeyError(description: "cannot write BMC key file \(path)") }
+        return CredentialVault(key: key)
+    }
+
+    static func decode(_ text: String, from source: String) throws -> SymmetricKey {
+        guard let data = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), data.count == 32 else {
+            throw KeyError(description: "BMC key from \(source) is not 32 bytes of base64")
+        }
+        return SymmetricKey(data: data)
+    }
+
+    public func seal(_ password: String, machineID: String) throws -> [UInt8] {
+        let box = try AES.GCM.seal(Data(password.utf8), using: key, authenticating: Data(machineID.utf8))
+        guard let combined = box.combined else { throw KeyError(description: "AES-GCM produced no combined form") }
+        return Array(combined)
+    }
+
+    public func open(_ sealed: [UInt8], machineID: String) throws -> String {
+        do {
+            let box = try AES.GCM.SealedBox(combined: sealed)
+            let plain = try AES.GCM.open(box, using: key, authenticating: Data(machineID.utf8))
+            return String(decoding: plain, as: UTF8.self)
+        } catch {
+            throw KeyError(description: "the stored BMC password of machine \(machineID) does not decrypt with this key (was the BMC key changed?)")
+        }
+    }
+}
+
+/// Builds a driver for a BMC reference and caches one per machine, so the per-BMC limits (one
+/// operation at a time, at most 2 sessions) hold across all API calls.
+public actor BMCPool {
+    struct Entry {
+        var reference: BMCReference
+        var sealed: [UInt8]
+        var bmc: any BMC
+    }
+    var entries: [String: Entry] = [:]
+    let vault: CredentialVault
+
+    public init(vault: CredentialVault) { self.vault = vault }
+
+    public func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) throws -> any BMC {
+        if let e = entries[machineID], e.reference == reference, e.sealed == sealedPassword { return e.bmc }
+        if let old = entries.removeValue(forKey: machineID) {
+            Task { await old.bmc.close() }
+        }
+        let password = try vault.open(sealedPassword, machineID: machineID)
+        let bmc = Self.make(reference, password: password)
+        entries[machineID] = Entry(reference: reference, sealed: sealedPassword, bmc: bmc)
+        return bmc
+    }
+
+    public static func make(_ r: BMCReference, password: String, timeouts: BMCTimeouts? = nil) -> any BMC {
+        switch r.driver {
+        case .ipmi:
+            return IPMIClient(IPMIEndpoint(host: r.host, port: r.port, user: r.user, password: password, timeouts: timeouts ?? BMCTimeouts()))
+        case .redfish:
+            let base = "\(r.tls ? "https" : "http")://\(r.host.contains(":") ? "[\(r.host)]" : r.host):\(r.port)"
+            var endpoint = RedfishEndpoint(baseURL: base, user: r.user, password: password, system: r.system, verifyTLS: !r.insecureTLS)
+            if let timeouts { endpoint.timeouts = timeouts }
+            return RedfishClient(endpoint)
+        }
+    }
+
+    public func closeAll() async {
+        let all = entries.values.map(\.bmc)
+        entries = [:]
+        for b in all { await b.close() }
+    }
+}
