@@ -13,12 +13,12 @@ public struct IPMIEndpoint: Sendable, Hashable {
     public var cipherSuite: UInt8?
     public var privilege: IPMIPrivilege
     public var timeouts: BMCTimeouts
-    /// Idle time after which the session gets a keep-alive (BMCs drop idle sessions after ~60 s).
+    /// Idle time after which the session gets a keep-alive (BMCs drop idle sessions; some after 30 s).
     public var keepAlive: Duration
 
     public init(
         host: String, port: Int = 623, user: String, password: String, cipherSuite: UInt8? = nil,
-        privilege: IPMIPrivilege = .administrator, timeouts: BMCTimeouts = BMCTimeouts(), keepAlive: Duration = .seconds(20)
+        privilege: IPMIPrivilege = .administrator, timeouts: BMCTimeouts = BMCTimeouts(), keepAlive: Duration = .seconds(10)
     ) {
         self.host = host
         self.port = port
@@ -154,8 +154,7 @@ public final class IPMIClient: BMC, Sendable {
 
     public func setBootOverride(_ override: BootOverride) async throws {
         let flags = IPMIBootFlags(device: override.device == .pxe ? .pxe : .disk, persistent: override.persistent, efi: override.efi)
-        try await gate.run {
-            let s = try await self.withSession()
+        try await withLiveSession { s in
             // ipmitool's sequence: set-in-progress, clear the boot-info acknowledge, the flags,
             // then done. Only the flags must succeed: some BMCs (ipmi_sim) refuse parameter 0.
             _ = try? await s.send({ IPMICommand.setSystemBootOptions(parameter: 0, data: [0x01], sequence: $0) }, what: "Set System Boot Options")
@@ -225,20 +224,25 @@ public final class IPMIClient: BMC, Sendable {
         }
     }
 
-    /// Runs one command in the main session, under the per-BMC gate and the operation bound.
-    /// If the session is dead (no answer), it is made again once and the command re-sent.
-    func command(_ what: String, unsupported: String? = nil, _ make: @escaping @Sendable (UInt8) -> IPMIRequest) async throws -> IPMIResponse {
-        let r: IPMIResponse = try await gate.run {
+    /// Runs `body` with the main session, under the per-BMC gate. If the session is dead (the
+    /// BMC stopped answering it, say after a restart or a session timeout), it is made again
+    /// once and `body` runs again: every operation here is idempotent.
+    func withLiveSession<T: Sendable>(_ body: @escaping @Sendable (IPMISession) async throws -> T) async throws -> T {
+        try await gate.run {
             let s = try await self.withSession()
             do {
-                return try await s.send(make, what: what)
+                return try await body(s)
             } catch let e as BMCError where e.kind == .timeout {
-                self.logger.info("BMC session stopped answering; making a new one", metadata: ["ipmi.command": "\(what)"])
+                self.logger.info("BMC session stopped answering; making a new one", metadata: ["error": "\(e)"])
                 self.drop(s)
-                let fresh = try await self.withSession()
-                return try await fresh.send(make, what: what)
+                return try await body(try await self.withSession())
             }
         }
+    }
+
+    /// Runs one command in the main session (see `withLiveSession`).
+    func command(_ what: String, unsupported: String? = nil, _ make: @escaping @Sendable (UInt8) -> IPMIRequest) async throws -> IPMIResponse {
+        let r: IPMIResponse = try await withLiveSession { s in try await s.send(make, what: what) }
         if let unsupported { try check(r, operation: unsupported) } else { try check(r, operation: what) }
         return r
     }
@@ -262,7 +266,7 @@ public final class IPMIClient: BMC, Sendable {
             guard task == nil else { return }
             task = Task { [weak self] in
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: interval / 2)
+                    try? await Task.sleep(for: interval / 3)
                     guard let self, let s = self.session.withLock({ $0 }) else { return }
                     guard ContinuousClock.now - s.lastUsed.withLock({ $0 }) >= interval else { continue }
                     // Get Device ID, as ipmitool's keep-alive does; errors surface on the next real command.

@@ -41,13 +41,19 @@ final class SOLConsole: ConsoleSession, Sendable {
     var chunkSize: Int { max(1, min(Int(activation.inboundPayloadSize) - 4, 200)) }
 
     func receive() async {
-        let idleKeepAlive: Duration = .seconds(15)
+        // BMCs time sessions out on IPMI inactivity, and SOL traffic does not count with all of
+        // them (ipmi_sim): like ipmitool, send Get Device ID on the console's session while it
+        // is quiet. Its answer arrives here and is ignored.
+        let idleKeepAlive: Duration = .seconds(10)
+        var lastKeepAlive = ContinuousClock.now
         while !Task.isCancelled {
+            if ContinuousClock.now - lastKeepAlive > idleKeepAlive {
+                lastKeepAlive = .now
+                let request = IPMICommand.getDeviceID(sequence: session.nextRequestSequence())
+                try? await session.endpoint.send(session.seal(.ipmi, request.encoded()))
+            }
             guard let bytes = await session.endpoint.next(timeout: .seconds(1)) else {
                 if Task.isCancelled || closed.load(ordering: .relaxed) { break }
-                // Keep the session alive while the console is quiet.
-                let idle = state.withLock { ContinuousClock.now - $0.lastSent }
-                if idle > idleKeepAlive { await sendRaw(SOLPacket(sequence: 0, ackSequence: 0, acceptedCount: 0)) }
                 continue
             }
             guard let (type, payload) = session.open(bytes), type == .sol, let packet = try? SOLPacket(decoding: payload) else {

@@ -89,8 +89,8 @@ public func buildRouter(
         let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
         switch machine.state {
         case .discovered:
-            return ipxe(BootScript.wait(
-                scriptURL: selfURL, mac: mac, reason: "discovered (not enrolled)", pollSeconds: configuration.pollSeconds))
+            let reason = machine.bmc == nil ? "discovered (not enrolled)" : "enrolled as \(machine.name) (nothing to do yet)"
+            return ipxe(BootScript.wait(scriptURL: selfURL, mac: mac, reason: reason, pollSeconds: configuration.pollSeconds))
         case .enrolled:
             return ipxe(BootScript.wait(
                 scriptURL: selfURL, mac: mac, reason: "enrolled (nothing to do yet)", pollSeconds: configuration.pollSeconds))

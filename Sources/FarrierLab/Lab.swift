@@ -67,9 +67,17 @@ public struct Lab {
                 try state.save()
             }
             try waitForServer()
+            // Each VM is enrolled with its BMC as an operator would, through the CLI and the API;
+            // the server then drives the BMC itself.
+            for vm in state.vms {
+                try Spawn.run(
+                    [o.farrierBinary, "machine", "enroll", vm.name, "--server", state.serverAddress, "--mac", vm.mac,
+                     "--bmc", "ipmi://\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)", "--bmc-password-file", dir + "/bmc-password"],
+                    timeout: 30)
+            }
             if o.powerOn {
                 for vm in state.vms {
-                    try Spawn.run(ipmitool(vm) + ["chassis", "power", "on"], timeout: 30)
+                    try Spawn.run([o.farrierBinary, "machine", "power", vm.name, "on", "--server", state.serverAddress], timeout: 60)
                 }
             }
         } catch {

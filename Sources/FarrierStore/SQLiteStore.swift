@@ -80,6 +80,8 @@ public final class SQLiteStore: StateStore {
         try db.write { db in
             if var row = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
                 row.lastSeen = time
+                // Enrolled by an operator before it ever booted: now it has been seen.
+                if row.state == MachineState.enrolled.rawValue { row.state = MachineState.discovered.rawValue }
                 if row.architecture == Architecture.unknown.rawValue, platform.architecture != .unknown {
                     row.architecture = platform.architecture.rawValue
                 }

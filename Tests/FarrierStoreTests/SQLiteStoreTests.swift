@@ -8,7 +8,7 @@ import Testing
 
     @Test func migrationsAreVersioned() throws {
         let s = try SQLiteStore()
-        #expect(try s.appliedMigrations() == ["v1"])
+        #expect(try s.appliedMigrations() == ["v1", "v2-bmc"])
     }
 
     @Test func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns() throws {
@@ -24,6 +24,30 @@ import Testing
         #expect(try s.machine(nameOrMAC: "52-54-00-12-34-56")?.id == a.id)
         #expect(try s.machine(nameOrMAC: "m-525400123456")?.id == a.id)
         #expect(try s.machine(nameOrMAC: "nope") == nil)
+    }
+
+    @Test func enrollNamesADiscoveredMachineOrMakesOne() throws {
+        let s = try SQLiteStore()
+        let t = Date(timeIntervalSince1970: 1_800_000_000)
+        let seen = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t)
+        let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
+        let enrolled = try s.enroll(name: "rack1-node1", mac: mac, bmc: bmc, sealedPassword: [1, 2, 3], at: t)
+        #expect(enrolled.id == seen.id && enrolled.name == "rack1-node1" && enrolled.state == .discovered)
+        #expect(try s.machine(name: "rack1-node1")?.bmc == bmc)
+        #expect(try s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
+        // A sighting later keeps the BMC and its secret (the record never carries the secret).
+        _ = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t.addingTimeInterval(9))
+        #expect(try s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
+        #expect(try s.machine(mac: mac)?.bmc == bmc)
+        // A new MAC makes an enrolled machine; its first sighting makes it discovered.
+        let other = MACAddress("52:54:00:00:00:02")!
+        let fresh = try s.enroll(name: "rack1-node2", mac: other, bmc: bmc, sealedPassword: [9], at: t)
+        #expect(fresh.state == .enrolled && fresh.firmware == .unknown)
+        #expect(try s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t).state == .discovered)
+        // A name held by another MAC is a conflict the user can fix.
+        #expect(throws: StoreConflict.self) {
+            try s.enroll(name: "rack1-node1", mac: other, bmc: bmc, sealedPassword: [9], at: t)
+        }
     }
 
     @Test func timelineIsOrderedAndPruned() throws {

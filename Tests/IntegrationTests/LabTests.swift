@@ -29,11 +29,24 @@ struct LabTests {
         let routes = try h.run(["ip", "route", "show"]).stdout
         #expect(routes.contains("blackhole 198.18.0.0/15"))
         let password = "/run/farrier-lab/bmc-password"
-        for vm in vms {
-            let bmc = try #require(vm["bmcAddress"] as? String).split(separator: ":")
-            try h.run(["ipmitool", "-I", "lanplus", "-C", "3", "-H", String(bmc[0]), "-p", String(bmc[1]), "-U", "admin",
-                       "-f", password, "chassis", "power", "on"], timeout: 30)
+        // lab up enrolled both VMs with their BMCs, through the CLI and the API.
+        let enrolled = (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "machine", "list", "-o", "json"]).stdout.utf8)) as? [[String: Any]]) ?? []
+        #expect(enrolled.map { $0["name"] as? String } == ["lab-1", "lab-2"])
+        #expect(enrolled.allSatisfy { $0["state"] as? String == "enrolled" })
+        #expect(enrolled.allSatisfy { ($0["bmc"] as? String)?.hasPrefix("ipmi://admin@198.18.0.") == true })
+        #expect(!(try h.run([bin, "machine", "list", "-o", "json"]).stdout.contains(try String(contentsOfFile: password, encoding: .utf8))))
+        // lab-1 is powered on by Farrier's own IPMI driver (through the server), lab-2 by ipmitool;
+        // ipmitool reads lab-1's state back.
+        func ipmitool(_ vm: [String: Any], _ args: [String]) throws -> String {
+            let bmc = (vm["bmcAddress"] as? String ?? "").split(separator: ":")
+            return try h.run(["ipmitool", "-I", "lanplus", "-C", "3", "-H", String(bmc[0]), "-p", String(bmc[1]), "-U", "admin",
+                              "-f", password] + args, timeout: 30).stdout
         }
+        #expect(try h.run([bin, "machine", "power", "lab-1", "on"], timeout: 60).stdout.contains("on: ok"))
+        try h.waitUntil("ipmitool to read lab-1 as on", timeout: 20, interval: 0.5) {
+            try ipmitool(vms[0], ["chassis", "power", "status"]).contains("Chassis Power is on")
+        }
+        _ = try ipmitool(vms[1], ["chassis", "power", "on"])
         let powered = Date()
         var machines: [[String: Any]] = []
         func scriptFetched(_ mac: String) throws -> Bool {
@@ -51,6 +64,7 @@ struct LabTests {
         for vm in vms {
             let m = try #require(byMAC[vm["mac"] as? String ?? ""], "VM \(vm["name"] ?? "") not discovered")
             #expect(m["state"] as? String == "discovered")
+            #expect(m["name"] as? String == vm["name"] as? String)
             #expect(m["firmware"] as? String == vm["firmware"] as? String)
             #expect(m["architecture"] as? String == "x86_64")
             // The boot path: first DISCOVER to the script fetch.
@@ -71,6 +85,7 @@ struct LabTests {
                 Issue.record("timeline lacks DISCOVER or script: \(timeline)")
             }
         }
+        if mode == "full" { try bmcThroughTheServer(h, bin: bin) }
         try h.run([bin, "lab", "down"], timeout: 120)
         #expect(!FileManager.default.fileExists(atPath: "/run/farrier-lab"))
         #expect(!(try h.run(["ip", "netns", "list"]).stdout.contains("farrier-lab")))
@@ -78,6 +93,33 @@ struct LabTests {
         try h.waitUntil("lab processes gone", timeout: 20) {
             !(try h.run(["ps", "-eo", "args"]).stdout.split(separator: "\n").contains {
                 $0.contains("/run/farrier-lab") || $0.hasPrefix("ipmi_sim") })
+        }
+    }
+
+    /// Issue 3 in the lab: the serial console through the server, bootdev pxe + cycle makes the
+    /// VM PXE-boot again, and power off stops the VM.
+    func bmcThroughTheServer(_ h: Harness, bin: String) throws {
+        // The console: SOL from ipmi_sim, wired to the VM's serial port, streamed over gRPC. The
+        // iPXE wait loop prints a line every 30 s; ipmi_sim connects to the port within 10 s.
+        let console = try h.run(
+            ["timeout", "90", "bash", "-c", "(sleep 50; printf '\\r~.') | \"$0\" machine console lab-1", bin], timeout: 100, check: false)
+        // iPXE wraps lines at 80 columns: match the start of its wait message.
+        #expect(console.stdout.contains("Farrier: 52:54:00:18:00:01 is enrolled as lab-1"), "console: \(console.stdout) \(console.stderr)")
+        #expect(console.stderr.contains("[detached]"))
+        func discovers() throws -> Int {
+            let show = try h.run([bin, "machine", "show", "lab-1", "-o", "json"]).stdout
+            let timeline = (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"] as? [[String: Any]] ?? []
+            return timeline.filter { $0["event"] as? String == "DISCOVER" }.count
+        }
+        let before = try discovers()
+        try h.run([bin, "machine", "bootdev", "lab-1", "pxe"], timeout: 60)
+        try h.run([bin, "machine", "power", "lab-1", "cycle"], timeout: 60)
+        try h.waitUntil("lab-1 to PXE-boot again after cycle", timeout: 90, interval: 1) { try discovers() > before }
+        #expect(try h.run([bin, "machine", "power", "lab-1", "off"], timeout: 60).stdout.contains("off: ok"))
+        try h.waitUntil("lab-1's QEMU to stop", timeout: 30, interval: 0.5) {
+            let status = try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any]
+            let vm = (status?["vms"] as? [[String: Any]])?.first { $0["name"] as? String == "lab-1" }
+            return vm?["power"] as? String == "off"
         }
     }
 }

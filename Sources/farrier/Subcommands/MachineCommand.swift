@@ -143,7 +143,8 @@ func rpc<R: Sendable>(
     do {
         return try await withMachineClient(server: server, body)
     } catch let error as RPCError {
-        if error.code == .unavailable {
+        // The server prefixes errors about a machine (its BMC unreachable, say) with "machine".
+        if error.code == .unavailable, !error.message.hasPrefix("machine ") {
             throw CLIError("cannot reach the Farrier server at \(server): \(error.message). Is `farrier server` running? Set --server or FARRIER_SERVER.")
         }
         throw CLIError("\(error.code): \(error.message)")
