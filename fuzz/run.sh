@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets for the DHCP and TFTP decoders and runs each for a bounded time.
+# Builds the libFuzzer targets for the DHCP, TFTP and IPMI decoders and runs each for a bounded time.
 #
 # SwiftPM cannot link a -sanitize=fuzzer executable (it renames the entry point), so the codec
 # modules are compiled here with swiftc, instrumented, and linked with each fuzz entry file.
@@ -21,7 +21,10 @@ quiet_link() { "$@" 2>&1 | { grep -v "ld.gold: warning" || true; }; return "${PI
 build_module WireSupport "$root"/Sources/WireSupport/*.swift
 build_module DHCPWire "$root"/Sources/DHCPWire/*.swift
 build_module TFTPWire "$root"/Sources/TFTPWire/*.swift
-for target in DHCP TFTP; do
+# IPMIWire's decoders, without the files that need swift-crypto (RAKP key derivation, the
+# session's integrity and encryption): those act only on packets that already decoded.
+build_module IPMIWire "$root"/Sources/IPMIWire/{Bytes,RMCP,Message,Commands,CipherSuite,RAKPMessages}.swift
+for target in DHCP TFTP IPMI; do
     quiet_link swiftc "${flags[@]}" -I "$out" "$root/fuzz/${target}Fuzz.swift" "$out/WireSupport.o" "$out/${target}Wire.o" \
         -o "$out/${target,,}-fuzz" 2> >(grep -v "ld.gold: warning" >&2)
     corpus="$out/${target,,}-corpus"

@@ -120,14 +120,16 @@ public protocol BMC: Sendable {
 
 /// Timeouts and retries for a BMC connection.
 public struct BMCTimeouts: Sendable, Hashable {
-    /// How long to wait for one answer before sending again.
-    public var attempt: Duration = .seconds(1)
-    /// Retransmissions per request (IPMI) or retries with backoff (Redfish).
-    public var retries: Int = 3
+    /// How long to wait for one answer before sending again. A BMC on a LAN answers in
+    /// milliseconds; half a second leaves room for a busy one.
+    public var attempt: Duration = .milliseconds(500)
+    /// Retransmissions per request (IPMI) or retries with backoff (Redfish). Seven keep a
+    /// session setup (about eight exchanges) reliable on a link losing 20 % each way.
+    public var retries: Int = 7
     /// Upper bound for a whole operation, session setup included.
-    public var operation: Duration = .seconds(15)
+    public var operation: Duration = .seconds(20)
 
-    public init(attempt: Duration = .seconds(1), retries: Int = 3, operation: Duration = .seconds(15)) {
+    public init(attempt: Duration = .milliseconds(500), retries: Int = 7, operation: Duration = .seconds(20)) {
         self.attempt = attempt
         self.retries = retries
         self.operation = operation

@@ -306,8 +306,9 @@ public final class IPMIClient: BMC, Sendable {
     }
 
     /// Sends `packet` and returns the first datagram `accept` takes, retransmitting on timeout.
-    func exchange<T>(_ udp: UDPEndpoint, _ packet: [UInt8], what: String, _ accept: ([UInt8]) throws -> T?) async throws -> T {
-        let t = endpointConfiguration.timeouts
+    func exchange<T>(_ udp: UDPEndpoint, _ packet: [UInt8], what: String, retries: Int? = nil, _ accept: ([UInt8]) throws -> T?) async throws -> T {
+        var t = endpointConfiguration.timeouts
+        if let retries { t.retries = retries }
         for _ in 0...t.retries {
             try await udp.send(packet)
             let deadline = ContinuousClock.now + t.attempt
@@ -368,15 +369,33 @@ public final class IPMIClient: BMC, Sendable {
         }
         logger.debug("IPMI session setup", metadata: ["ipmi.suite": "\(suite.id)"])
 
-        // 3. Open Session.
+        // 3–6. Open Session, RAKP and the privilege level. RAKP steps are not safely repeatable
+        // (a BMC that got our RAKP 3 but lost its RAKP 4 has moved on), so a lost exchange there
+        // restarts the setup from Open Session with new IDs, as ipmitool does; stale answers to
+        // earlier attempts are told apart by their tag and session IDs.
+        let attempts = max(2, ep.timeouts.retries + 1)
+        for attempt in 1...attempts {
+            do {
+                return try await openAndAuthenticate(udp, suite: &suite)
+            } catch let e as BMCError where e.kind == .timeout && attempt < attempts {
+                logger.debug("IPMI session setup restarts", metadata: ["ipmi.attempt": "\(attempt)", "error": "\(e)"])
+            }
+        }
+        throw BMCError.timeout(address, after: ep.timeouts.operation, doing: "session setup")
+    }
+
+    func openAndAuthenticate(_ udp: UDPEndpoint, suite: inout IPMICipherSuite) async throws -> IPMISession {
+        let ep = endpointConfiguration
+        // Each step gets one retransmission; a lost exchange restarts the setup (see above).
+        let stepRetries = min(1, ep.timeouts.retries)
         var rng = SystemRandomNumberGenerator()
         let consoleSID = UInt32.random(in: 1...UInt32.max, using: &rng)
         let tag = UInt8.random(in: 0...255, using: &rng)
         var open: OpenSessionResponse
-        open = try await openSession(udp, tag: tag, consoleSID: consoleSID, suite: suite)
+        open = try await openSession(udp, tag: tag, consoleSID: consoleSID, suite: suite, retries: stepRetries)
         if open.status == .noMatchingCipherSuite && suite == .suite17 && ep.cipherSuite == nil {
             suite = .suite3
-            open = try await openSession(udp, tag: tag, consoleSID: consoleSID, suite: suite)
+            open = try await openSession(udp, tag: tag, consoleSID: consoleSID, suite: suite, retries: stepRetries)
         }
         guard open.status == .ok else {
             if open.status.isAuthenticationFailure { throw BMCError.authenticationFailed(address) }
@@ -388,7 +407,7 @@ public final class IPMIClient: BMC, Sendable {
         let rakp = RAKPExchange(
             suite: suite, consoleSessionID: consoleSID, bmcSessionID: open.bmcSessionID, consoleRandom: rm,
             userName: ep.user, password: Array(ep.password.utf8), privilege: ep.privilege)
-        let m2 = try await exchange(udp, rmcpPlusPresession(.rakp1, payload: rakp.rakp1(tag: tag)), what: "RAKP 1") { bytes -> RAKPExchange.Message2? in
+        let m2 = try await exchange(udp, rmcpPlusPresession(.rakp1, payload: rakp.rakp1(tag: tag)), what: "RAKP 1", retries: stepRetries) { bytes -> RAKPExchange.Message2? in
             guard let p = payload(bytes, .rakp2), let m = try? RAKPExchange.Message2(decoding: p), m.tag == tag else { return nil }
             return m
         }
@@ -402,7 +421,7 @@ public final class IPMIClient: BMC, Sendable {
         }
 
         // 5. RAKP 3 and 4: we prove it, and both sides derive the session keys.
-        let m4 = try await exchange(udp, rmcpPlusPresession(.rakp3, payload: rakp.rakp3(tag: tag, after: m2)), what: "RAKP 3") { bytes -> RAKPExchange.Message4? in
+        let m4 = try await exchange(udp, rmcpPlusPresession(.rakp3, payload: rakp.rakp3(tag: tag, after: m2)), what: "RAKP 3", retries: stepRetries) { bytes -> RAKPExchange.Message4? in
             guard let p = payload(bytes, .rakp4), let m = try? RAKPExchange.Message4(decoding: p), m.tag == tag else { return nil }
             return m
         }
@@ -426,9 +445,9 @@ public final class IPMIClient: BMC, Sendable {
         return session
     }
 
-    func openSession(_ udp: UDPEndpoint, tag: UInt8, consoleSID: UInt32, suite: IPMICipherSuite) async throws -> OpenSessionResponse {
+    func openSession(_ udp: UDPEndpoint, tag: UInt8, consoleSID: UInt32, suite: IPMICipherSuite, retries: Int) async throws -> OpenSessionResponse {
         let request = OpenSessionRequest(tag: tag, consoleSessionID: consoleSID, suite: suite)
-        return try await exchange(udp, rmcpPlusPresession(.openSessionRequest, payload: request.encoded()), what: "Open Session") { bytes in
+        return try await exchange(udp, rmcpPlusPresession(.openSessionRequest, payload: request.encoded()), what: "Open Session", retries: retries) { bytes in
             guard let p = payload(bytes, .openSessionResponse), let r = try? OpenSessionResponse(decoding: p), r.tag == tag else { return nil }
             return r
         }

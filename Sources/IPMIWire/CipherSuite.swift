@@ -1,5 +1,3 @@
-import Crypto
-
 /// RMCP+ authentication algorithms (IPMI v2.0 §13.28).
 public enum IPMIAuthAlgorithm: UInt8, Sendable, Hashable {
     case none = 0x00
@@ -68,36 +66,6 @@ public struct IPMICipherSuite: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { "cipher suite \(id)" }
-
-    /// HMAC with this suite's authentication algorithm (RAKP codes, SIK, K1, K2).
-    func authHMAC(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
-        switch authentication {
-        case .none: []
-        case .hmacSHA1: Array(HMAC<Insecure.SHA1>.authenticationCode(for: message, using: SymmetricKey(data: key)))
-        case .hmacSHA256: Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
-        }
-    }
-
-    /// The truncated integrity HMAC of a packet (K1 is the key).
-    func integrityCode(k1: [UInt8], _ message: [UInt8]) -> [UInt8] {
-        switch integrity {
-        case .none: []
-        case .hmacSHA1_96:
-            Array(HMAC<Insecure.SHA1>.authenticationCode(for: message, using: SymmetricKey(data: k1)).prefix(12))
-        case .hmacSHA256_128:
-            Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: k1)).prefix(16))
-        }
-    }
-
-    /// Length of the RAKP4 integrity check value: the auth algorithm's HMAC truncated to 12 (SHA1)
-    /// or 16 (SHA256) bytes.
-    var rakp4ICVLength: Int {
-        switch authentication {
-        case .none: 0
-        case .hmacSHA1: 12
-        case .hmacSHA256: 16
-        }
-    }
 }
 
 /// One record from Get Channel Cipher Suites.

@@ -108,6 +108,37 @@ struct IPMIClientTests {
         await bmc.close()
     }
 
+    /// 20 % of datagrams lost in each direction (a relay that drops them: this kernel has no
+    /// sch_netem for `tc netem`). Every operation must still succeed within the retry budget.
+    @Test func survivesTwentyPercentPacketLoss() async throws {
+        let h = try Harness("ipmi-loss")
+        defer { h.cleanup() }
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let lossyPort = IPMISimulator.freePort(udp: true)
+        let counters = h.directory + "/loss-counters"
+        var dir = URL(fileURLWithPath: #filePath)
+        dir.deleteLastPathComponent()
+        try h.start(["python3", dir.path + "/lossy_udp_proxy.py", String(lossyPort), String(sim.port), "0.2", "7", counters], log: "proxy.log")
+        let bmc = client(sim, port: lossyPort)
+        for i in 0..<6 {
+            try await bmc.power(i % 2 == 0 ? .on : .off)
+            #expect(try await bmc.powerState() == (i % 2 == 0 ? .on : .off))
+            try await bmc.setBootOverride(BootOverride(device: i % 2 == 0 ? .pxe : .disk))
+        }
+        await bmc.close()
+        // Fresh sessions too, each through the lossy link.
+        for _ in 0..<3 {
+            let fresh = client(sim, port: lossyPort)
+            _ = try await fresh.info()
+            await fresh.close()
+        }
+        let parts = (try String(contentsOfFile: counters, encoding: .utf8)).split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let (forwarded, dropped) = (parts[0], parts[1])
+        let share = Double(dropped) / Double(forwarded + dropped)
+        #expect(share > 0.12 && share < 0.28, "the link dropped \(dropped) of \(forwarded + dropped)")
+    }
+
     @Test func oneOperationAtATime() async throws {
         let h = try Harness("ipmi-serial")
         defer { h.cleanup() }

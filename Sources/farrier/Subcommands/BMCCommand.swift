@@ -19,8 +19,8 @@ struct BMCCommand: AsyncParsableCommand {
         @Option(help: "BMC user.") var user: String = "admin"
         @Option(help: "File holding the BMC password ('-' for stdin).") var passwordFile: String
         @Option(help: "IPMI cipher suite: 3 or 17 (default: ask the BMC, prefer 17).") var cipherSuite: UInt8?
-        @Option(help: "Seconds to wait for one answer before retrying.") var timeout: Double = 1
-        @Option(help: "Retries per request.") var retries: Int = 3
+        @Option(help: "Seconds to wait for one answer before retrying.") var timeout: Double = 0.5
+        @Option(help: "Retries per request.") var retries: Int = 7
         @Flag(help: "Redfish over HTTPS: do not verify the certificate.") var insecureTLS = false
 
         func references() throws -> [BMCReference] {
