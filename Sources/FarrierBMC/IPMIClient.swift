@@ -127,10 +127,27 @@ public final class IPMIClient: BMC, Sendable {
     public func info() async throws -> BMCInfo {
         let r = try await command("Get Device ID") { IPMICommand.getDeviceID(sequence: $0) }
         let id = try decode { try DeviceID(decoding: r.data) }
+        var details = ["ipmi_version": id.ipmiVersionString, "cipher_suite": "\(session.withLock { $0?.suite.id } ?? 0)"]
+        details["asf_presence"] = await presence()
         return BMCInfo(
             driver: "ipmi", address: address, manufacturer: "IANA \(id.manufacturerID)",
-            model: "product \(id.productID) device \(id.deviceID)", firmware: id.firmwareString,
-            details: ["ipmi_version": id.ipmiVersionString, "cipher_suite": "\(session.withLock { $0?.suite.id } ?? 0)"])
+            model: "product \(id.productID) device \(id.deviceID)", firmware: id.firmwareString, details: details)
+    }
+
+    /// RMCP/ASF Presence Ping on a socket of its own: "ipmi" if the pong says IPMI is supported,
+    /// "no-ipmi" if it does not, "none" if nothing answers (many BMCs ignore ASF).
+    public func presence() async -> String {
+        guard let udp = try? await UDPEndpoint.connect(host: endpointConfiguration.host, port: endpointConfiguration.port) else {
+            return "none"
+        }
+        defer { Task { await udp.close() } }
+        let tag = UInt8.random(in: 0...254)
+        let pong = try? await exchange(udp, ASFPresencePing(tag: tag).encoded(), what: "ASF Presence Ping", retries: 1) { bytes in
+            guard case .asfPong(let p) = try? IPMIDatagram(decoding: bytes), p.tag == tag else { return nil as ASFPresencePong? }
+            return p
+        }
+        guard let pong else { return "none" }
+        return pong.supportsIPMI ? "ipmi" : "no-ipmi"
     }
 
     public func powerState() async throws -> PowerState {

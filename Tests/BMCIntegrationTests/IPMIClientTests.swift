@@ -22,6 +22,8 @@ struct IPMIClientTests {
         #expect(info.details["ipmi_version"] == "2.0")
         // ipmi_sim offers suites 0–14: the client must settle on 3, the best it has.
         #expect(info.details["cipher_suite"] == "3")
+        // ipmi_sim answers the RMCP/ASF Presence Ping, and says it supports IPMI.
+        #expect(info.details["asf_presence"] == "ipmi")
 
         try await bmc.power(.on)
         #expect(try await bmc.powerState() == .on)

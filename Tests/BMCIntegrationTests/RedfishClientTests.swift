@@ -16,8 +16,9 @@ enum RedfishPeers {
         return url.path
     }()
 
-    /// Starts sushy-emulator on a loopback port with two fake systems and basic auth.
-    static func startSushy(_ h: Harness) throws -> Int {
+    /// Starts sushy-emulator on a loopback port with two fake systems and basic auth (and HTTPS
+    /// with a self-signed certificate made here, when `tls`).
+    static func startSushy(_ h: Harness, tls: Bool = false) throws -> Int {
         let port = Int.random(in: 41000..<49000)
         let htpasswd = h.directory + "/htpasswd"
         try h.run([venv + "/bin/python3", "-c", "import bcrypt,sys; open(sys.argv[1],'w').write(sys.argv[2]+':'+bcrypt.hashpw(sys.argv[3].encode(), bcrypt.gensalt()).decode()+'\\n')", htpasswd, user, password])
@@ -34,9 +35,15 @@ enum RedfishPeers {
                  'external_notifier': False, 'nics': [{'mac': '52:54:00:18:10:02', 'ip': '198.18.10.2'}]},
             ]
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        try h.start([venv + "/bin/sushy-emulator", "--config", config, "--fake"], log: "sushy.log")
+        var args = [venv + "/bin/sushy-emulator", "--config", config, "--fake"]
+        if tls {
+            try h.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                       "-keyout", h.directory + "/tls.key", "-out", h.directory + "/tls.crt"], timeout: 60)
+            args += ["--ssl-certificate", h.directory + "/tls.crt", "--ssl-key", h.directory + "/tls.key"]
+        }
+        try h.start(args, log: "sushy.log")
         try h.waitUntil("sushy-emulator on \(port)", timeout: 30, interval: 0.2) {
-            (try? h.run(["curl", "-sf", "http://127.0.0.1:\(port)/redfish/v1/"], timeout: 5)) != nil
+            (try? h.run(["curl", "-sfk", "\(tls ? "https" : "http")://127.0.0.1:\(port)/redfish/v1/"], timeout: 5)) != nil
         }
         return port
     }
@@ -105,6 +112,25 @@ struct RedfishSushyTests {
         try await bmc.setBootOverride(BootOverride(device: .disk))
         #expect(try await bmc.bootOverride()?.device == .disk)
         await bmc.close()
+    }
+
+    @Test func tlsIsVerifiedUnlessThisBMCOptsOut() async throws {
+        let h = try Harness("sushy-tls")
+        defer { h.cleanup() }
+        let port = try RedfishPeers.startSushy(h, tls: true)
+        // A self-signed certificate: refused by default, with an error that says so.
+        let strict = RedfishClient(RedfishEndpoint(
+            baseURL: "https://127.0.0.1:\(port)", user: RedfishPeers.user, password: RedfishPeers.password, system: "node-a",
+            timeouts: BMCTimeouts(attempt: .seconds(5), retries: 0, operation: .seconds(10))))
+        let error = await #expect(throws: BMCError.self) { try await strict.powerState() }
+        #expect(error?.description.lowercased().contains("certificate") == true, "\(String(describing: error))")
+        await strict.close()
+        // The per-BMC opt-out.
+        let lax = RedfishClient(RedfishEndpoint(
+            baseURL: "https://127.0.0.1:\(port)", user: RedfishPeers.user, password: RedfishPeers.password, system: "node-a",
+            verifyTLS: false))
+        #expect(try await lax.powerState() != .unknown)
+        await lax.close()
     }
 
     @Test func wrongPasswordAndUnsupportedOperations() async throws {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Power status of N (default 200) OpenIPMI ipmi_sim BMCs: Farrier's sweep (one process, its own
 # RMCP+ client, PARALLEL BMCs at once) against ipmitool run once per BMC at the same parallelism
-# (xargs -P). Both pick their cipher suite by asking the BMC (ipmi_sim offers up to suite 14, so
-# both settle on suite 3). The BMCs listen on 127.0.0.1 inside a namespace made here.
+# (xargs -P). ipmitool is given -C 3: without it, ipmitool 1.8.19 asks ipmi_sim for its cipher
+# suites in a form ipmi_sim does not answer and waits 10 s per BMC, which would flatter Farrier.
+# Farrier asks the BMC (v1.5 framing, which ipmi_sim answers) and settles on suite 3 itself.
+# The BMCs listen on 127.0.0.1 inside a namespace made here.
 # Last line: ratio ipmitool/farrier=<wall-time ratio> p99_ms=<Farrier's p99 per-BMC latency>
 # Needs root, openipmi (ipmi_sim), ipmitool, and a release build of farrier (built if missing).
 set -euo pipefail
@@ -51,14 +53,14 @@ done
 for i in $(seq "$n"); do
     port=$((30000 + i))
     for _ in $(seq 50); do
-        inns ipmitool -I lanplus -H 127.0.0.1 -p $port -U admin -f "$work/password" -R 1 -N 1 chassis power status >/dev/null 2>&1 && break
+        inns ipmitool -I lanplus -C 3 -H 127.0.0.1 -p $port -U admin -f "$work/password" -R 1 -N 1 chassis power status >/dev/null 2>&1 && break
         sleep 0.1
     done
 done
 now() { date +%s.%N; }
 ipmitool_sweep() {
     sed 's/127.0.0.1://' "$work/targets" | inns xargs -P "$parallel" -I{} \
-        ipmitool -I lanplus -H 127.0.0.1 -p {} -U admin -f "$work/password" chassis power status >"$work/ipmitool.out" 2>&1
+        ipmitool -I lanplus -C 3 -H 127.0.0.1 -p {} -U admin -f "$work/password" chassis power status >"$work/ipmitool.out" 2>&1
     [ "$(grep -c 'Chassis Power is' "$work/ipmitool.out")" = "$n" ] || { echo "ipmitool: not every BMC answered" >&2; exit 1; }
 }
 farrier_sweep() {
