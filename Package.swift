@@ -132,6 +132,7 @@ let package = Package(
         // Tests.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire", "WireSupport"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
+        .testTarget(name: "FarrierCoreTests", dependencies: ["FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierBMCTests", dependencies: ["FarrierBMC", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),

@@ -17,11 +17,21 @@ public enum Architecture: String, Codable, Sendable, CaseIterable {
     case unknown
 }
 
-/// A lifecycle state. Later issues add the rest of the lifecycle; a MAC seen for the first time
-/// is `discovered`, and a machine an operator enrolled before it ever booted is `enrolled`.
+/// A lifecycle state (ARCHITECTURE.md: discovered ─enroll─▶ enrolled ─commission─▶ …). Later
+/// issues add the rest; a MAC first seen by network boot is `discovered`, and a machine an
+/// operator gave its BMC is `enrolled`, whether or not it has booted yet.
 public enum MachineState: String, Codable, Sendable, CaseIterable {
     case discovered
     case enrolled
+    case commissioning
+    case ready
+    case deploying
+    case deployed
+    case releasing
+    case rescuing
+    case rescue
+    case exitingRescue = "exiting-rescue"
+    case failed
 }
 
 /// A physical (or lab) machine known to Farrier.

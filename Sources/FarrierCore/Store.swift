@@ -8,8 +8,8 @@ public protocol MachineStore: Sendable {
     func machine(mac: MACAddress) throws -> Machine?
     func machine(name: String) throws -> Machine?
     func machines() throws -> [Machine]
-    /// Enrolls a machine with its BMC: the machine with this MAC is renamed and gets the BMC, or
-    /// a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
+    /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
+    /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
     /// Throws `StoreConflict` when the name belongs to a machine with another MAC.
     func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at: Date) throws -> Machine
     /// The encrypted BMC password of a machine, as `enroll` stored it.

@@ -89,11 +89,18 @@ public func buildRouter(
         let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
         switch machine.state {
         case .discovered:
-            let reason = machine.bmc == nil ? "discovered (not enrolled)" : "enrolled as \(machine.name) (nothing to do yet)"
-            return ipxe(BootScript.wait(scriptURL: selfURL, mac: mac, reason: reason, pollSeconds: configuration.pollSeconds))
+            return ipxe(BootScript.wait(
+                scriptURL: selfURL, mac: mac, reason: "discovered (not enrolled)", pollSeconds: configuration.pollSeconds))
         case .enrolled:
             return ipxe(BootScript.wait(
-                scriptURL: selfURL, mac: mac, reason: "enrolled (nothing to do yet)", pollSeconds: configuration.pollSeconds))
+                scriptURL: selfURL, mac: mac, reason: "enrolled as \(machine.name) (nothing to do yet)",
+                pollSeconds: configuration.pollSeconds))
+        default:
+            // The later states' boots (ramdisk, rescue, disk) come with the deploy agent; until
+            // then every one of them waits safely.
+            return ipxe(BootScript.wait(
+                scriptURL: selfURL, mac: mac, reason: "\(machine.name) is \(machine.state.rawValue)",
+                pollSeconds: configuration.pollSeconds))
         }
     }
     return router

@@ -80,8 +80,6 @@ public final class SQLiteStore: StateStore {
         try db.write { db in
             if var row = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
                 row.lastSeen = time
-                // Enrolled by an operator before it ever booted: now it has been seen.
-                if row.state == MachineState.enrolled.rawValue { row.state = MachineState.discovered.rawValue }
                 if row.architecture == Architecture.unknown.rawValue, platform.architecture != .unknown {
                     row.architecture = platform.architecture.rawValue
                 }
@@ -122,6 +120,8 @@ public final class SQLiteStore: StateStore {
             if let existing = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
                 row = existing
                 row.name = name
+                // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
+                if row.state == MachineState.discovered.rawValue { row.state = MachineState.enrolled.rawValue }
             } else {
                 row = MachineRecord(Machine(
                     name: name, mac: mac, architecture: .unknown, firmware: .unknown, state: .enrolled,

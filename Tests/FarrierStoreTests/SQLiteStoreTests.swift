@@ -32,18 +32,20 @@ import Testing
         let seen = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t)
         let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
         let enrolled = try s.enroll(name: "rack1-node1", mac: mac, bmc: bmc, sealedPassword: [1, 2, 3], at: t)
-        #expect(enrolled.id == seen.id && enrolled.name == "rack1-node1" && enrolled.state == .discovered)
+        #expect(enrolled.id == seen.id && enrolled.name == "rack1-node1" && enrolled.state == .enrolled)
         #expect(try s.machine(name: "rack1-node1")?.bmc == bmc)
         #expect(try s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
         // A sighting later keeps the BMC and its secret (the record never carries the secret).
         _ = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t.addingTimeInterval(9))
         #expect(try s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
         #expect(try s.machine(mac: mac)?.bmc == bmc)
-        // A new MAC makes an enrolled machine; its first sighting makes it discovered.
+        #expect(try s.machine(mac: mac)?.state == .enrolled)
+        // A new MAC makes an enrolled machine; booting fills in its platform and keeps it enrolled.
         let other = MACAddress("52:54:00:00:00:02")!
         let fresh = try s.enroll(name: "rack1-node2", mac: other, bmc: bmc, sealedPassword: [9], at: t)
         #expect(fresh.state == .enrolled && fresh.firmware == .unknown)
-        #expect(try s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t).state == .discovered)
+        let booted = try s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t)
+        #expect(booted.state == .enrolled && booted.firmware == .uefi)
         // A name held by another MAC is a conflict the user can fix.
         #expect(throws: StoreConflict.self) {
             try s.enroll(name: "rack1-node1", mac: other, bmc: bmc, sealedPassword: [9], at: t)

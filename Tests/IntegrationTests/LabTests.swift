@@ -4,7 +4,8 @@ import Testing
 
 /// End to end: `farrier lab up` with one BIOS and one UEFI VM left powered off; ipmitool powers
 /// them on through their ipmi_sim BMCs; both PXE-boot from Farrier and show up in
-/// `farrier machine list -o json` as discovered with the right firmware; `lab down` leaves nothing.
+/// `farrier machine list -o json` with the right firmware (as `enrolled`: `lab up` enrolls every
+/// VM with its BMC before it boots); `lab down` leaves nothing.
 @Suite(
     .serialized,
     .enabled(if: Harness.canRun && !FileManager.default.fileExists(atPath: "/run/farrier-lab/state.json"),
@@ -63,7 +64,8 @@ struct LabTests {
         let byMAC = Dictionary(uniqueKeysWithValues: machines.map { ($0["mac"] as? String ?? "", $0) })
         for vm in vms {
             let m = try #require(byMAC[vm["mac"] as? String ?? ""], "VM \(vm["name"] ?? "") not discovered")
-            #expect(m["state"] as? String == "discovered")
+            // Seen by network boot (platform filled in), and enrolled by `lab up` with its BMC.
+            #expect(m["state"] as? String == "enrolled")
             #expect(m["name"] as? String == vm["name"] as? String)
             #expect(m["firmware"] as? String == vm["firmware"] as? String)
             #expect(m["architecture"] as? String == "x86_64")
@@ -92,7 +94,7 @@ struct LabTests {
         #expect(!(try h.run(["ip", "route", "show"]).stdout.contains("198.18.")))
         try h.waitUntil("lab processes gone", timeout: 20) {
             !(try h.run(["ps", "-eo", "args"]).stdout.split(separator: "\n").contains {
-                $0.contains("/run/farrier-lab") || $0.hasPrefix("ipmi_sim") })
+                $0.contains("/run/farrier-lab") })
         }
     }
 

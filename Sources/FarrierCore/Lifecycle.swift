@@ -1,0 +1,165 @@
+/// The machine lifecycle as a pure state machine: states, events and the allowed transitions,
+/// each with a reason. No I/O: the reconciler commits a transition, then acts on it.
+///
+/// ```
+/// discovered ─enroll─▶ enrolled ─commission─▶ commissioning ─▶ ready
+/// ready ─deploy─▶ deploying ─▶ deployed ─release─▶ releasing (wipe) ─▶ ready
+/// deployed ─rescue─▶ rescuing ─▶ rescue ─exit─▶ exiting-rescue ─▶ deployed
+/// any step ─fail/timeout─▶ failed(step, reason) ─retry─▶ the step again
+///                                               ─abort─▶ the safe state before the step
+/// ```
+public enum Lifecycle {
+    /// The stages where work is in progress (a step the reconciler drives).
+    public static let steps: Set<MachineState> = [.commissioning, .deploying, .releasing, .rescuing, .exitingRescue]
+
+    public enum Event: Hashable, Sendable, CustomStringConvertible {
+        case enroll
+        case commission
+        case deploy
+        case release
+        case rescue
+        case exitRescue
+        /// The current step finished (agent reported success, power and boot applied).
+        case stepSucceeded
+        /// The current step failed or timed out.
+        case stepFailed(reason: String)
+        /// Out of `failed`: run the failed step again.
+        case retry
+        /// Out of `failed`: go back to the safe state before the step.
+        case abort
+
+        public var description: String {
+            switch self {
+            case .enroll: "enroll"
+            case .commission: "commission"
+            case .deploy: "deploy"
+            case .release: "release"
+            case .rescue: "rescue"
+            case .exitRescue: "exit-rescue"
+            case .stepSucceeded: "step-succeeded"
+            case .stepFailed: "step-failed"
+            case .retry: "retry"
+            case .abort: "abort"
+            }
+        }
+
+        /// One of each event, for exhaustive tests.
+        public static let all: [Event] = [
+            .enroll, .commission, .deploy, .release, .rescue, .exitRescue, .stepSucceeded, .stepFailed(reason: "x"),
+            .retry, .abort,
+        ]
+    }
+
+    /// Where a machine is: its state, and for `failed` the step that failed and why.
+    public struct Status: Hashable, Sendable, Codable {
+        public var state: MachineState
+        /// For `failed`: the step (an in-progress state) that failed.
+        public var failedStep: MachineState?
+        /// Why the last transition happened (shown to users).
+        public var reason: String
+
+        public init(state: MachineState, failedStep: MachineState? = nil, reason: String = "") {
+            self.state = state
+            self.failedStep = failedStep
+            self.reason = reason
+        }
+    }
+
+    public struct Refusal: Error, Hashable, Sendable, CustomStringConvertible {
+        public var state: MachineState
+        public var event: String
+        public var description: String
+    }
+
+    /// The next status for `event`, or a refusal that says what is allowed instead.
+    public static func apply(_ event: Event, to status: Status) -> Result<Status, Refusal> {
+        func to(_ s: MachineState, _ reason: String) -> Result<Status, Refusal> { .success(Status(state: s, reason: reason)) }
+        func refuse(_ why: String) -> Result<Status, Refusal> {
+            .failure(Refusal(state: status.state, event: event.description, description: "cannot \(event) a machine that is \(status.state.rawValue): \(why)"))
+        }
+        switch (status.state, event) {
+        case (.discovered, .enroll), (.enrolled, .enroll):
+            return to(.enrolled, "enrolled with its BMC")
+        case (_, .enroll):
+            return refuse("it is already enrolled and in use; release it first")
+
+        case (.enrolled, .commission), (.ready, .commission):
+            return to(.commissioning, "commissioning: inventory in the ramdisk")
+        case (.discovered, .commission):
+            return refuse("enroll it with its BMC first")
+
+        case (.ready, .deploy):
+            return to(.deploying, "deploying")
+        case (.discovered, .deploy), (.enrolled, .deploy):
+            return refuse("it must be commissioned and ready first")
+        case (.deployed, .deploy):
+            return refuse("it is already deployed; release it first")
+
+        case (.deployed, .release), (.rescue, .release):
+            return to(.releasing, "releasing: wiping the disks")
+        case (.ready, .release):
+            return refuse("it is not deployed")
+
+        case (.deployed, .rescue):
+            return to(.rescuing, "booting the rescue ramdisk")
+        case (.rescue, .exitRescue):
+            return to(.exitingRescue, "booting the deployed system again")
+
+        case (.commissioning, .stepSucceeded): return to(.ready, "commissioned")
+        case (.deploying, .stepSucceeded): return to(.deployed, "deployed")
+        case (.releasing, .stepSucceeded): return to(.ready, "released and wiped")
+        case (.rescuing, .stepSucceeded): return to(.rescue, "in rescue")
+        case (.exitingRescue, .stepSucceeded): return to(.deployed, "back from rescue")
+
+        case (let s, .stepFailed(let reason)) where steps.contains(s):
+            return .success(Status(state: .failed, failedStep: s, reason: "\(s.rawValue) failed: \(reason)"))
+
+        case (.failed, .retry):
+            guard let step = status.failedStep else { return refuse("it does not record which step failed") }
+            return to(step, "retrying \(step.rawValue)")
+        case (.failed, .abort):
+            guard let step = status.failedStep else { return to(.enrolled, "aborted") }
+            return to(abortTarget(of: step), "aborted \(step.rawValue)")
+        case (_, .retry), (_, .abort):
+            return refuse("only a failed machine can be retried or aborted")
+        case (_, .stepSucceeded), (_, .stepFailed):
+            return refuse("no step is in progress")
+        default:
+            return refuse("not allowed from this state")
+        }
+    }
+
+    /// The safe state an aborted step returns to. A machine whose deploy or wipe was cut short
+    /// may hold a half-written disk: it goes back through a wipe (`releasing` → ready is only
+    /// reached by a completed wipe), so abort of those steps lands on `enrolled`, to be
+    /// commissioned again, never on `ready` with unknown disk contents.
+    public static func abortTarget(of step: MachineState) -> MachineState {
+        switch step {
+        case .commissioning: .enrolled
+        case .deploying, .releasing: .enrolled
+        case .rescuing, .exitingRescue: .deployed
+        default: .enrolled
+        }
+    }
+
+    /// What a machine should boot next from the network, decided by its state alone.
+    public enum NextBoot: String, Sendable, Codable {
+        /// The Farrier ramdisk, for the agent (commission, deploy, wipe).
+        case ramdisk
+        /// The rescue ramdisk with SSH.
+        case rescue
+        /// The local disk: never the ramdisk by accident.
+        case disk
+        /// Hold in the iPXE wait loop: nothing to do.
+        case wait
+    }
+
+    public static func nextBoot(_ state: MachineState) -> NextBoot {
+        switch state {
+        case .commissioning, .deploying, .releasing: .ramdisk
+        case .rescuing, .rescue: .rescue
+        case .deployed, .exitingRescue: .disk
+        case .discovered, .enrolled, .ready, .failed: .wait
+        }
+    }
+}
