@@ -136,6 +136,7 @@ struct IPMIClientTests {
             await fresh.close()
         }
         let parts = (try String(contentsOfFile: counters, encoding: .utf8)).split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        try #require(parts.count == 2, "counters file: \(parts)")
         let (forwarded, dropped) = (parts[0], parts[1])
         let share = Double(dropped) / Double(forwarded + dropped)
         #expect(share > 0.12 && share < 0.28, "the link dropped \(dropped) of \(forwarded + dropped)")

@@ -3,7 +3,7 @@ client and a BMC, for kernels without sch_netem (this machine's has none).
 
 Usage: lossy_udp_proxy.py LISTEN_PORT TARGET_PORT LOSS SEED COUNTERS_FILE   (all on 127.0.0.1)
 COUNTERS_FILE gets "forwarded dropped" after every datagram, for the test to check."""
-import random, select, socket, sys
+import os, random, select, socket, sys
 
 listen_port, target_port, loss, seed, counters = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 rng = random.Random(seed)
@@ -18,8 +18,10 @@ def count(ok):
         forwarded += 1
     else:
         dropped += 1
-    with open(counters, "w") as f:
+    # Replaced whole, never truncated in place: the test may read it at any moment.
+    with open(counters + ".tmp", "w") as f:
         f.write(f"{forwarded} {dropped}\n")
+    os.replace(counters + ".tmp", counters)
 
 while True:
     ready, _, _ = select.select([front] + list(back.values()), [], [])

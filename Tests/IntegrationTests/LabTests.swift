@@ -23,7 +23,7 @@ struct LabTests {
         try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--dhcp-mode", mode, "--no-power-on"], timeout: 180)
         let status = try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any]
         let vms = try #require(status?["vms"] as? [[String: Any]])
-        #expect(vms.count == 2)
+        try #require(vms.count == 2)
         #expect(vms.map { $0["firmware"] as? String } == ["bios", "uefi"])
         #expect(vms.allSatisfy { ($0["power"] as? String) == "off" })
         // The lab's traffic stays in: a blackhole for the whole range, one route into the lab.
