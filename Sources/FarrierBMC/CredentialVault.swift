@@ -98,13 +98,15 @@ public actor BMCPool {
         return bmc
     }
 
-    public static func make(_ r: BMCReference, password: String, timeouts: BMCTimeouts? = nil) -> any BMC {
+    public static func make(_ r: BMCReference, password: String, timeouts: BMCTimeouts? = nil, cipherSuite: UInt8? = nil) -> any BMC {
         switch r.driver {
         case .ipmi:
-            return IPMIClient(IPMIEndpoint(host: r.host, port: r.port, user: r.user, password: password, timeouts: timeouts ?? BMCTimeouts()))
+            return IPMIClient(IPMIEndpoint(
+                host: r.host, port: r.port, user: r.user, password: password, cipherSuite: cipherSuite,
+                timeouts: timeouts ?? BMCTimeouts()))
         case .redfish:
-            let base = "\(r.tls ? "https" : "http")://\(r.host.contains(":") ? "[\(r.host)]" : r.host):\(r.port)"
-            var endpoint = RedfishEndpoint(baseURL: base, user: r.user, password: password, system: r.system, verifyTLS: !r.insecureTLS)
+            // For Redfish, the reference's address is its base URL.
+            var endpoint = RedfishEndpoint(baseURL: r.address, user: r.user, password: password, system: r.system, verifyTLS: !r.insecureTLS)
             if let timeouts { endpoint.timeouts = timeouts }
             return RedfishClient(endpoint)
         }

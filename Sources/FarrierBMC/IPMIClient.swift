@@ -93,10 +93,8 @@ final class IPMISession: Sendable {
     func close() async {
         let sid = bmcSessionID
         // Best effort, one try: the BMC frees the slot now instead of at its idle timeout.
-        if let bytes = Optional(seal(.ipmi, IPMICommand.closeSession(bmcSessionID: sid, sequence: nextRequestSequence()).encoded())) {
-            try? await endpoint.send(bytes)
-            _ = await endpoint.next(timeout: .milliseconds(300))
-        }
+        try? await endpoint.send(seal(.ipmi, IPMICommand.closeSession(bmcSessionID: sid, sequence: nextRequestSequence()).encoded()))
+        _ = await endpoint.next(timeout: .milliseconds(300))
         await endpoint.close()
     }
 }

@@ -24,7 +24,6 @@ final class SOLConsole: ConsoleSession, Sendable {
         var lastInbound: UInt8 = 0
         var pending: (sequence: UInt8, attempt: Int, continuation: CheckedContinuation<Bool, Never>)?
         var attempts = 0
-        var lastSent = ContinuousClock.now
     }
     let state = Mutex(State())
 
@@ -94,7 +93,6 @@ final class SOLConsole: ConsoleSession, Sendable {
     }
 
     func sendRaw(_ packet: SOLPacket) async {
-        state.withLock { $0.lastSent = .now }
         try? await session.endpoint.send(session.seal(.sol, packet.encoded()))
     }
 

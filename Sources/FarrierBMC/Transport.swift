@@ -39,9 +39,6 @@ final class UDPEndpoint: Sendable {
             waiter?.resume(returning: nil)
         }
 
-        /// Drops anything buffered (stale answers to requests that timed out).
-        func drain() { state.withLock { $0.buffered.removeAll() } }
-
         func next(timeout: Duration, on loop: any EventLoop) async -> [UInt8]? {
             let id = state.withLock { s -> UInt64 in
                 s.nextID += 1

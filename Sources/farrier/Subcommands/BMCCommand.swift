@@ -44,10 +44,7 @@ struct BMCCommand: AsyncParsableCommand {
             let timeouts = BMCTimeouts(
                 attempt: .milliseconds(Int(timeout * 1000)), retries: retries,
                 operation: .milliseconds(Int(timeout * 1000) * (retries + 1) * 4 + 2000))
-            if r.driver == .ipmi {
-                return IPMIClient(IPMIEndpoint(host: r.host, port: r.port, user: r.user, password: password, cipherSuite: cipherSuite, timeouts: timeouts))
-            }
-            return BMCPool.make(r, password: password, timeouts: timeouts)
+            return BMCPool.make(r, password: password, timeouts: timeouts, cipherSuite: cipherSuite)
         }
 
         func single() throws -> (any BMC) {

@@ -2,6 +2,7 @@ import ArgumentParser
 import FarrierAPI
 import FarrierCore
 import Foundation
+import Yams
 
 /// Reads a password from a file (first line, without its newline). "-" reads stdin.
 func readPasswordFile(_ path: String) throws -> String {
@@ -51,7 +52,7 @@ extension MachineCommand {
             let view = MachineView(m)
             switch output {
             case .json: print(try json(view))
-            case .yaml: print(try YAMLEncoderBridge.encode(view), terminator: "")
+            case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
             case .table: print("machine \(view.name) enrolled (\(view.mac), BMC \(view.bmc ?? "-"))")
             }
         }

@@ -187,7 +187,3 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
             .joined(separator: "  ")
     }.joined(separator: "\n")
 }
-
-enum YAMLEncoderBridge {
-    static func encode<T: Encodable>(_ v: T) throws -> String { try YAMLEncoder().encode(v) }
-}
