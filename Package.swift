@@ -86,15 +86,21 @@ let package = Package(
             ] + nio,
             swiftSettings: swiftSettings
         ),
+        // The lifecycle: transitions, the reconciler, agent tokens, the image repository.
+        .target(
+            name: "FarrierControl",
+            dependencies: ["FarrierCore", "FarrierBMC", log, lifecycle, .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "FarrierHTTP",
-            dependencies: ["FarrierCore", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird")],
+            dependencies: ["FarrierCore", "FarrierControl", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "FarrierAPI",
             dependencies: [
-                "FarrierCore", "FarrierBMC", log, lifecycle,
+                "FarrierCore", "FarrierBMC", "FarrierControl", log, lifecycle,
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -108,7 +114,7 @@ let package = Package(
         .target(
             name: "FarrierApp",
             dependencies: [
-                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "FarrierHTTP", "FarrierAPI", "FarrierBMC",
+                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
                 log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
             ] + nio,
@@ -133,6 +139,9 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire", "WireSupport"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierCoreTests", dependencies: ["FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FarrierControlTests", dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC"],
+            swiftSettings: swiftSettings),
         .testTarget(name: "FarrierBMCTests", dependencies: ["FarrierBMC", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),

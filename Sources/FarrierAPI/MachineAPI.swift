@@ -1,4 +1,5 @@
 import FarrierBMC
+import FarrierControl
 import FarrierCore
 import Foundation
 @_exported import GRPCCore
@@ -7,23 +8,24 @@ import Logging
 import ServiceLifecycle
 import SwiftProtobuf
 
-/// `farrier.v1.MachineService` over the machine store.
+/// `farrier.v1.MachineService`: the machine lifecycle, scoped by the caller's token.
 public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
-    let store: any MachineStore
+    let controller: Controller
     let vault: CredentialVault
-    let pool: BMCPool
     let logger: Logger
+    var store: any StateStore { controller.store }
+    var pool: BMCPool { controller.pool }
 
-    public init(store: any MachineStore, vault: CredentialVault, pool: BMCPool, logger: Logger = Logger(label: "farrier.api")) {
-        self.store = store
+    public init(controller: Controller, vault: CredentialVault, logger: Logger = Logger(label: "farrier.api")) {
+        self.controller = controller
         self.vault = vault
-        self.pool = pool
         self.logger = logger
     }
 
     public func listMachines(
         request: Farrier_V1_ListMachinesRequest, context: ServerContext
     ) async throws -> Farrier_V1_ListMachinesResponse {
+        let caller = try Caller.current()
         let pageSize = Int(request.pageSize == 0 ? 100 : request.pageSize)
         guard (1...1000).contains(pageSize) else {
             throw RPCError(code: .invalidArgument, message: "page_size must be between 1 and 1000, got \(request.pageSize)")
@@ -33,10 +35,17 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
                 code: .invalidArgument,
                 message: "unknown state '\(request.state)'; valid: \(MachineState.allCases.map(\.rawValue).joined(separator: ", "))")
         }
+        for (k, v) in request.tags { if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) } }
+        if !caller.isAdmin, !request.project.isEmpty, request.project != caller.project {
+            throw RPCError(code: .permissionDenied, message: "a member token of project \(caller.project ?? "-") lists only that project")
+        }
         // The page token is the name of the last machine of the previous page (names are unique
         // and the list is ordered by name).
-        var machines = try store.machines()
+        var machines = try store.machines().filter(caller.canSee)
         if !request.state.isEmpty { machines = machines.filter { $0.state.rawValue == request.state } }
+        if !request.project.isEmpty { machines = machines.filter { $0.project == request.project } }
+        if !request.zone.isEmpty { machines = machines.filter { $0.zone == request.zone } }
+        for (k, v) in request.tags { machines = machines.filter { $0.tags[k] == v || $0.deployment?.tags[k] == v } }
         if !request.pageToken.isEmpty {
             guard let after = String(data: Data(base64Encoded: request.pageToken) ?? Data(), encoding: .utf8) else {
                 throw RPCError(code: .invalidArgument, message: "page_token is not one this server issued")
@@ -54,18 +63,38 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
     public func getMachine(
         request: Farrier_V1_GetMachineRequest, context: ServerContext
     ) async throws -> Farrier_V1_Machine {
-        guard !request.nameOrMac.isEmpty else {
-            throw RPCError(code: .invalidArgument, message: "name_or_mac is required")
-        }
         let limit = Int(request.timelineLimit == 0 ? 100 : request.timelineLimit)
         guard (1...500).contains(limit) else {
             throw RPCError(code: .invalidArgument, message: "timeline_limit must be between 1 and 500, got \(request.timelineLimit)")
         }
-        guard let machine = try store.machine(nameOrMAC: request.nameOrMac) else {
-            throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.nameOrMac)'")
-        }
+        let machine = try visibleMachine(request.nameOrMac)
         return Farrier_V1_Machine(machine, timeline: try store.timeline(mac: machine.mac, limit: limit))
     }
+
+    /// The machine named (or with this MAC), if the caller may see it. A machine of another
+    /// project is reported exactly like a missing one: NOT_FOUND, so names do not leak.
+    func visibleMachine(_ key: String) throws -> Machine {
+        let caller = try Caller.current()
+        guard !key.isEmpty else { throw RPCError(code: .invalidArgument, message: "a machine name or MAC is required") }
+        guard key.count <= 100 else { throw RPCError(code: .invalidArgument, message: "machine name is longer than 100 characters") }
+        guard let machine = try store.machine(nameOrMAC: key), caller.canSee(machine) else {
+            throw RPCError(code: .notFound, message: "no machine named or with MAC '\(key)'")
+        }
+        return machine
+    }
+
+    /// Runs a lifecycle transition, mapping refusals to precise status codes.
+    func transition(
+        _ event: Lifecycle.Event, _ m: Machine, change: (inout Machine) throws -> Void = { _ in }
+    ) throws -> Farrier_V1_Machine {
+        do {
+            let updated = try controller.apply(event, machineID: m.id, change: change)
+            return Farrier_V1_Machine(updated, timeline: [])
+        } catch let e as ControlError {
+            throw e.rpc
+        }
+    }
+
 }
 
 // MARK: BMC operations
@@ -81,6 +110,7 @@ extension MachineAPI {
     public func enrollMachine(
         request: Farrier_V1_EnrollMachineRequest, context: ServerContext
     ) async throws -> Farrier_V1_Machine {
+        _ = try Caller.admin("enrolling a machine")
         if let problem = Machine.nameProblem(request.name) { throw RPCError(code: .invalidArgument, message: problem) }
         guard let mac = MACAddress(request.mac) else {
             throw RPCError(code: .invalidArgument, message: "mac '\(request.mac)' is not a MAC address (like 52:54:00:12:34:56)")
@@ -105,6 +135,9 @@ extension MachineAPI {
                     name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id), at: Date())
             }
             logger.info("machine enrolled", metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"])
+            if request.commission, machine.state == .enrolled || machine.state == .ready {
+                return try transition(.commission, machine)
+            }
             return Farrier_V1_Machine(machine, timeline: [])
         } catch let conflict as StoreConflict {
             throw RPCError(code: .alreadyExists, message: conflict.description)
@@ -113,10 +146,7 @@ extension MachineAPI {
 
     /// The machine and its BMC driver, or a precise error.
     func bmc(for name: String) async throws -> (Machine, any BMC) {
-        guard !name.isEmpty else { throw RPCError(code: .invalidArgument, message: "a machine name is required") }
-        guard let machine = try store.machine(nameOrMAC: name) else {
-            throw RPCError(code: .notFound, message: "no machine named or with MAC '\(name)'")
-        }
+        let machine = try visibleMachine(name)
         guard let reference = machine.bmc, let sealed = try store.sealedBMCPassword(machineID: machine.id) else {
             throw RPCError(
                 code: .failedPrecondition,
@@ -171,6 +201,7 @@ extension MachineAPI {
     public func setBootDevice(
         request: Farrier_V1_SetBootDeviceRequest, context: ServerContext
     ) async throws -> Farrier_V1_SetBootDeviceResponse {
+        _ = try Caller.admin("setting a boot device by hand (the lifecycle sets it)")
         guard let device = BootDevice(rawValue: request.device) else {
             throw RPCError(code: .invalidArgument, message: "unknown boot device '\(request.device)'; valid: pxe, disk")
         }
@@ -229,6 +260,30 @@ extension MachineAPI {
     }
 }
 
+extension ControlError {
+    var rpc: RPCError {
+        let code: RPCError.Code =
+            switch kind {
+            case .notFound: .notFound
+            case .invalid: .invalidArgument
+            case .conflict: .failedPrecondition
+            case .permission: .permissionDenied
+            case .unavailable: .unavailable
+            }
+        return RPCError(code: code, message: description)
+    }
+}
+
+extension Farrier_V1_Progress {
+    init(_ p: StepProgress) {
+        self.init()
+        stage = p.stage
+        bytesDone = p.bytesDone
+        bytesTotal = p.bytesTotal
+        updated = Google_Protobuf_Timestamp(date: p.updated)
+    }
+}
+
 extension Farrier_V1_Machine {
     init(_ m: Machine, timeline: [TimelineEvent]) {
         self.init()
@@ -247,6 +302,53 @@ extension Farrier_V1_Machine {
             ref.insecureTls = b.insecureTLS
             bmc = ref
         }
+        reason = m.reason
+        failedStep = m.failedStep?.rawValue ?? ""
+        phase = m.phase == .none ? "" : m.phase.rawValue
+        project = m.project ?? ""
+        tags = m.tags.merging(m.deployment?.tags ?? [:]) { a, _ in a }
+        labels = m.labels
+        zone = m.zone
+        rack = m.rack
+        nextBoot = Lifecycle.nextBoot(m.state).rawValue
+        if let inv = m.inventory {
+            var i = Farrier_V1_Inventory()
+            i.cpuModel = inv.cpuModel
+            i.cores = Int32(clamping: inv.cores)
+            i.memoryBytes = inv.memoryBytes
+            i.vendor = inv.vendor
+            i.product = inv.product
+            i.serial = inv.serial
+            i.firmware = inv.firmware.rawValue
+            i.disks = inv.disks.map { d in
+                var x = Farrier_V1_Disk()
+                x.name = d.name
+                x.sizeBytes = d.sizeBytes
+                x.model = d.model
+                x.serial = d.serial
+                x.rotational = d.rotational
+                return x
+            }
+            i.nics = inv.nics.map { n in
+                var x = Farrier_V1_NIC()
+                x.name = n.name
+                x.mac = n.mac
+                x.driver = n.driver
+                x.link = n.link
+                return x
+            }
+            inventory = i
+        }
+        if let d = m.deployment {
+            var x = Farrier_V1_Deployment()
+            x.image = d.image
+            x.imageSha256 = d.imageSHA256
+            x.hostname = d.hostname
+            x.sshKeyCount = Int32(d.sshKeys.count)
+            x.requestedBy = d.requestedBy
+            deployment = x
+        }
+        if let p = m.progress { progress = Farrier_V1_Progress(p) }
         self.timeline = timeline.map { e in
             var t = Farrier_V1_TimelineEvent()
             t.time = Google_Protobuf_Timestamp(date: e.time)
@@ -265,11 +367,20 @@ public struct GRPCService: Service {
     let logger: Logger
     let listen: String
 
-    public init(listen: String, services: [any RegistrableRPCService], logger: Logger) throws {
+    public init(
+        listen: String, services: [any RegistrableRPCService], interceptors: [any ServerInterceptor] = [],
+        tls: (certificate: String, key: String)? = nil, logger: Logger
+    ) throws {
         let (host, port) = try splitHostPort(listen)
+        let security: HTTP2ServerTransport.Posix.TransportSecurity =
+            if let tls {
+                .tls(
+                    certificateChain: [.file(path: tls.certificate, format: .pem)],
+                    privateKey: .file(path: tls.key, format: .pem))
+            } else { .plaintext }
         server = GRPCServer(
-            transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: .plaintext),
-            services: services)
+            transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: security),
+            services: services, interceptors: interceptors)
         self.logger = logger
         self.listen = listen
     }
@@ -288,14 +399,48 @@ public struct GRPCService: Service {
     }
 }
 
-/// Connects to a Farrier server and runs `body` with a machine client.
-public func withMachineClient<R: Sendable>(
-    server: String, _ body: @Sendable (Farrier_V1_MachineService.Client<HTTP2ClientTransport.Posix>) async throws -> R
-) async throws -> R {
-    let (host, port) = try splitHostPort(server)
-    let transport = try HTTP2ClientTransport.Posix(
-        target: .ipv4(address: host, port: port), transportSecurity: .plaintext)
-    return try await withGRPCClient(transport: transport) { client in
-        try await body(Farrier_V1_MachineService.Client(wrapping: client))
+/// Where and how the CLI reaches a server.
+public struct ClientConnection: Sendable {
+    public var server: String
+    public var token: String?
+    /// Use TLS; verify the server against this CA bundle (PEM), or the system roots when nil.
+    public var tls: Bool
+    public var caFile: String?
+
+    /// The certificate is verified against the host name in `server`.
+    public init(server: String, token: String?, tls: Bool = false, caFile: String? = nil) {
+        self.server = server
+        self.token = token
+        self.tls = tls
+        self.caFile = caFile
     }
+}
+
+/// Adds the bearer token to every call.
+struct BearerToken: ClientInterceptor {
+    let token: String
+    func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingClientRequest<Input>, context: ClientContext,
+        next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
+    ) async throws -> StreamingClientResponse<Output> {
+        var request = request
+        request.metadata.addString("Bearer \(token)", forKey: "authorization")
+        return try await next(request, context)
+    }
+}
+
+/// Connects to a Farrier server and runs `body` with a client.
+public func withFarrierClient<R: Sendable>(
+    _ c: ClientConnection, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> R
+) async throws -> R {
+    let (host, port) = try splitHostPort(c.server)
+    let security: HTTP2ClientTransport.Posix.TransportSecurity =
+        if c.tls {
+            .tls { config in
+                if let ca = c.caFile { config.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
+            }
+        } else { .plaintext }
+    let transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: security)
+    let interceptors: [any ClientInterceptor] = c.token.map { [BearerToken(token: $0)] } ?? []
+    return try await withGRPCClient(transport: transport, interceptors: interceptors) { client in try await body(client) }
 }

@@ -1,6 +1,7 @@
 import DHCPServer
 import FarrierAPI
 import FarrierBMC
+import FarrierControl
 import FarrierCore
 import FarrierHTTP
 import FarrierStore
@@ -63,17 +64,38 @@ public struct FarrierServer: Sendable {
             logger: logger)
         tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
+        let vault = try CredentialVault.load(keyFile: c.bmcKeyFile.isEmpty ? nil : c.bmcKeyFile, dataDir: c.dataDir)
+        let controller = Controller(
+            store: store, pool: BMCPool(vault: vault), agentKey: vault.derivedKey(purpose: "agent-token"),
+            configuration: c.control, logger: logger)
+        let images = try ImageRepository(root: c.dataDir + "/images")
         let http = try makeHTTPApplication(
             configuration: c.http,
             dependencies: HTTPDependencies(
                 store: store, recorder: recorder, addressBook: addressBook, bootRoot: BootRoot(path: c.tftpRoot),
-                metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics) }),
+                metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics) }, controller: controller,
+                imageDirectory: images.blobDirectory),
             logger: logger)
-        let vault = try CredentialVault.load(keyFile: c.bmcKeyFile.isEmpty ? nil : c.bmcKeyFile, dataDir: c.dataDir)
-        let api = MachineAPI(store: store, vault: vault, pool: BMCPool(vault: vault), logger: logger)
-        let grpc = try GRPCService(listen: c.grpcListen, services: [api], logger: logger)
-        // ServiceGroup starts in order and stops in reverse: the API goes first, the boot path last.
-        services = [http, tftp, dhcp, grpc]
+        if let secret = try bootstrapAdminToken(store: store, dataDir: c.dataDir) {
+            // Shown once; the file keeps it for the CLI on this host.
+            FileHandle.standardError.write(Data("""
+                Farrier: first start. Admin API token (also in \(c.dataDir)/admin.token, mode 0600):
+                  \(secret)
+
+                """.utf8))
+        }
+        let grpc = try GRPCService(
+            listen: c.grpcListen,
+            services: [
+                MachineAPI(controller: controller, vault: vault, logger: logger),
+                ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
+                TokenAPI(store: store, logger: logger),
+            ],
+            interceptors: [AuthInterceptor(store: store)],
+            tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey), logger: logger)
+        let reconciler = Reconciler(controller: controller, logger: logger)
+        // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
+        services = [http, tftp, dhcp, grpc, reconciler]
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

@@ -1,4 +1,5 @@
 import DHCPServer
+import FarrierControl
 import FarrierCore
 import FarrierHTTP
 import Foundation
@@ -28,6 +29,13 @@ import Yams
 /// - `dhcp.proxy-port` / `FARRIER_DHCP_PROXY_PORT` / `--dhcp-proxy-port`: ProxyDHCP boot-server port. Default 4011.
 /// - `bmc.key-file` / `FARRIER_BMC_KEY_FILE` / `--bmc-key-file`: the key (32 bytes, base64) that encrypts BMC
 ///   passwords at rest. Default DATA-DIR/bmc.key, made 0600 on first start. `FARRIER_BMC_KEY` gives the key itself.
+/// - `api.tls-cert` / `FARRIER_API_TLS_CERT` / `--api-tls-cert`, `api.tls-key` / `FARRIER_API_TLS_KEY` / `--api-tls-key`:
+///   PEM certificate chain and key; when set, the gRPC API serves TLS only.
+/// - `lifecycle.max-deploys` / `FARRIER_LIFECYCLE_MAX_DEPLOYS` / `--lifecycle-max-deploys`: deploys at once (others queue). Default 8.
+/// - `lifecycle.max-wipes` / `FARRIER_LIFECYCLE_MAX_WIPES` / `--lifecycle-max-wipes`: wipes at once. Default 8.
+/// - `lifecycle.step-timeouts` / `FARRIER_LIFECYCLE_STEP_TIMEOUTS` (comma separated) / `--lifecycle-step-timeout` (repeatable):
+///   `STEP=SECONDS`, STEP one of commissioning, deploying, releasing, rescuing, exiting-rescue.
+///   Defaults 1800, 3600, 3600, 1800, 900.
 public struct ServerConfiguration: Sendable {
     public var dataDir = "/var/lib/farrier"
     public var logLevel: Logger.Level = .info
@@ -39,6 +47,9 @@ public struct ServerConfiguration: Sendable {
     public var dhcp = DHCPConfiguration()
     /// Empty: DATA-DIR/bmc.key.
     public var bmcKeyFile = ""
+    public var apiTLSCert = ""
+    public var apiTLSKey = ""
+    public var control = ControlConfiguration()
     var tftpRootSet = false
 
     public init() { dhcp.mode = .full }
@@ -50,6 +61,7 @@ public struct ServerConfiguration: Sendable {
     public static let keys: [(key: String, env: String)] = [
         "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
+        "api.tls-cert", "api.tls-key", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
 
     /// Builds the configuration. `flags` holds only values given on the command line.
@@ -67,7 +79,7 @@ public struct ServerConfiguration: Sendable {
         for (key, env) in keys {
             guard let value = environment[env] else { continue }
             let separator: Character? =
-                switch key { case "dhcp.interfaces": ","
+                switch key { case "dhcp.interfaces", "lifecycle.step-timeouts": ","
                 case "dhcp.subnets", "dhcp.reservations": ";"
                 default: nil }
             layered[key] = separator.map { value.split(separator: $0).map { $0.trimmingCharacters(in: .whitespaces) } } ?? [value]
@@ -166,6 +178,22 @@ public struct ServerConfiguration: Sendable {
             tftpRootSet = true
         case "ipxe.source": ipxeSource = v
         case "bmc.key-file": bmcKeyFile = v
+        case "api.tls-cert": apiTLSCert = v
+        case "api.tls-key": apiTLSKey = v
+        case "lifecycle.max-deploys", "lifecycle.max-wipes":
+            guard let n = Int(v), (1...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000") }
+            if key == "lifecycle.max-deploys" { control.maxConcurrentDeploys = n } else { control.maxConcurrentWipes = n }
+        case "lifecycle.step-timeouts":
+            for item in values where !item.isEmpty {
+                let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2, let step = MachineState(rawValue: kv[0]), Lifecycle.steps.contains(step) else {
+                    throw ConfigurationError("lifecycle.step-timeouts: '\(item)' must be STEP=SECONDS, STEP one of \(Lifecycle.steps.map(\.rawValue).sorted().joined(separator: ", "))")
+                }
+                guard let seconds = Int(kv[1]), (1...7 * 86400).contains(seconds) else {
+                    throw ConfigurationError("lifecycle.step-timeouts: '\(kv[1])' is not a number of seconds from 1 to 604800")
+                }
+                control.timeouts[step] = .seconds(seconds)
+            }
         case "dhcp.mode":
             guard let m = DHCPConfiguration.Mode(rawValue: v) else { throw ConfigurationError("dhcp.mode: '\(v)' is not off, full or proxy") }
             dhcp.mode = m
@@ -235,6 +263,9 @@ public struct ServerConfiguration: Sendable {
     }
 
     func validate() throws {
+        if apiTLSCert.isEmpty != apiTLSKey.isEmpty {
+            throw ConfigurationError("api.tls-cert and api.tls-key go together: set both or neither")
+        }
         for r in dhcp.reservations where !dhcp.subnets.contains(where: { $0.network.contains(r.address) }) {
             if dhcp.mode == .full { throw ConfigurationError("reservation \(r.mac)=\(r.address) is in no configured subnet") }
         }

@@ -57,6 +57,12 @@ public struct CredentialVault: Sendable {
         return SymmetricKey(data: data)
     }
 
+    /// A key for another purpose (agent tokens), derived from this one with HKDF, so the
+    /// server keeps one secret at rest.
+    public func derivedKey(purpose: String) -> SymmetricKey {
+        HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Data("farrier:\(purpose)".utf8), outputByteCount: 32)
+    }
+
     public func seal(_ password: String, machineID: String) throws -> [UInt8] {
         let box = try AES.GCM.seal(Data(password.utf8), using: key, authenticating: Data(machineID.utf8))
         guard let combined = box.combined else { throw KeyError(description: "AES-GCM produced no combined form") }
@@ -110,6 +116,11 @@ public actor BMCPool {
             if let timeouts { endpoint.timeouts = timeouts }
             return RedfishClient(endpoint)
         }
+    }
+
+    /// Drops (and closes) the cached driver of a machine, after it is deleted.
+    public func forget(machineID: String) async {
+        if let e = entries.removeValue(forKey: machineID) { await e.bmc.close() }
     }
 
     public func closeAll() async {

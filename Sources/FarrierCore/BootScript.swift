@@ -19,4 +19,47 @@ public enum BootScript {
 
         """
     }
+
+    /// Boots the Farrier ramdisk (the agent, or rescue with SSH). The kernel command line
+    /// carries the server URL and the step's agent token. When the ramdisk cannot be loaded
+    /// the script retries through itself, never falling through to a local disk.
+    public static func ramdisk(
+        serverURL: String, scriptURL: String, machine: String, token: String, mode: String, consoleArgs: String = "console=tty0 console=ttyS0,115200n8"
+    ) -> String {
+        """
+        #!ipxe
+        echo Farrier: ${mac} (\(machine)) boots the Farrier ramdisk (\(mode)).
+        :load
+        kernel \(serverURL)/tftp/ramdisk/vmlinuz initrd=initrd.img farrier.url=\(serverURL) farrier.token=\(token) farrier.mode=\(mode) \(consoleArgs) || goto fail
+        initrd --name initrd.img \(serverURL)/tftp/ramdisk/initrd.img || goto fail
+        boot || goto fail
+        :fail
+        echo Farrier: could not boot the ramdisk; trying again in 10 s.
+        sleep 10
+        chain --replace --autofree \(scriptURL) || goto fail
+        goto fail
+
+        """
+    }
+
+    /// Boots the local disk: BIOS through INT 13h drive 0x80, UEFI by handing control back to
+    /// the firmware, which tries its next boot entry (the disk).
+    public static func localDisk(machine: String, firmware: Firmware) -> String {
+        switch firmware {
+        case .uefi:
+            """
+            #!ipxe
+            echo Farrier: ${mac} (\(machine)) boots its local disk.
+            exit
+
+            """
+        default:
+            """
+            #!ipxe
+            echo Farrier: ${mac} (\(machine)) boots its local disk.
+            sanboot --no-describe --drive 0x80 || exit
+
+            """
+        }
+    }
 }

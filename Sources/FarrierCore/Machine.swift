@@ -46,6 +46,31 @@ public struct Machine: Codable, Sendable, Hashable {
     public var lastSeen: Date
     /// The BMC, once enrolled (its password lives apart, encrypted).
     public var bmc: BMCReference?
+    /// For `failed`: the step that failed. For a step in progress, `nil`.
+    public var failedStep: MachineState?
+    /// Why the machine is in its state (the last transition's reason, shown to users).
+    public var reason: String = ""
+    /// The project the machine is allocated to (on deploy), or nil while in the pool.
+    public var project: String?
+    /// Free key=value tags, used for placement (`deploy --tag k=v`).
+    public var tags: [String: String] = [:]
+    /// Free key=value labels, for people and tools; never used for placement.
+    public var labels: [String: String] = [:]
+    public var zone: String = ""
+    public var rack: String = ""
+    /// What the agent found at commissioning.
+    public var inventory: Inventory?
+    /// What was asked at deploy: image, keys, user-data. Kept while deployed.
+    public var deployment: Deployment?
+    /// Where the reconciler is within the current step (see `StepPhase`).
+    public var phase: StepPhase = .none
+    /// Bumped at every transition into a step: the agent token is bound to it, so a token
+    /// from an earlier step (or an earlier attempt) is worthless.
+    public var generation: Int = 0
+    /// When the current step began, for its timeout.
+    public var stepStarted: Date?
+    /// The agent's last progress report for the current step.
+    public var progress: StepProgress?
 
     public init(
         id: String = UUID().uuidString.lowercased(), name: String, mac: MACAddress, architecture: Architecture,
@@ -72,6 +97,16 @@ public struct Machine: Codable, Sendable, Hashable {
             return "machine name '\(name)' may only contain lower-case letters, digits and '-'"
         }
         return nil
+    }
+
+    /// The lifecycle view of the machine.
+    public var status: Lifecycle.Status {
+        get { Lifecycle.Status(state: state, failedStep: failedStep, reason: reason) }
+        set {
+            state = newValue.state
+            failedStep = newValue.failedStep
+            reason = newValue.reason
+        }
     }
 
     /// The name a discovered machine gets until an operator names it: `m-` and the MAC's hex digits.
@@ -130,5 +165,127 @@ public struct ClientPlatform: Hashable, Sendable {
             case "arm32": .arm32
             default: .unknown }
         self.init(architecture: arch, firmware: firmware)
+    }
+}
+
+/// The reconciler's position inside a step. Each phase's action is idempotent and the phase is
+/// committed before the action runs, so a restart repeats at most the one action in flight.
+public enum StepPhase: String, Codable, Sendable, CaseIterable {
+    /// Not in a step.
+    case none
+    /// Waiting for a slot: deploys and wipes run at most N at a time.
+    case queued
+    /// Set the next boot (BMC boot device) and power the machine on or cycle it.
+    case boot
+    /// Wait for the agent: it said hello and works; the agent's report ends the phase.
+    case agent
+    /// The agent finished; apply the final boot/power (disk and cycle, or power off).
+    case finish
+}
+
+/// Agent progress within a step.
+public struct StepProgress: Codable, Sendable, Hashable {
+    /// What the agent is doing: inventory, download, write, verify, wipe, rescue.
+    public var stage: String
+    public var bytesDone: Int64
+    public var bytesTotal: Int64
+    public var updated: Date
+
+    public init(stage: String, bytesDone: Int64 = 0, bytesTotal: Int64 = 0, updated: Date) {
+        self.stage = stage
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+        self.updated = updated
+    }
+
+    public var percent: Double? { bytesTotal > 0 ? min(100, Double(bytesDone) * 100 / Double(bytesTotal)) : nil }
+}
+
+public enum WipeMode: String, Codable, Sendable, CaseIterable {
+    /// Signatures, first and last MiB of every disk, with discard where supported.
+    case quick
+    /// Overwrite every byte.
+    case full
+}
+
+/// What a user asked for at deploy time.
+public struct Deployment: Codable, Sendable, Hashable {
+    public var image: String
+    public var imageSHA256: String
+    public var sshKeys: [String]
+    public var userData: String
+    public var hostname: String
+    public var requestedBy: String
+    /// Deploy tags (checked against the project's required tags); dropped at release.
+    public var tags: [String: String]
+    /// How the release wipes the disks: quick or full.
+    public var wipe: WipeMode
+
+    public init(
+        image: String, imageSHA256: String, sshKeys: [String], userData: String, hostname: String, requestedBy: String,
+        tags: [String: String] = [:], wipe: WipeMode = .quick
+    ) {
+        self.tags = tags
+        self.wipe = wipe
+        self.image = image
+        self.imageSHA256 = imageSHA256
+        self.sshKeys = sshKeys
+        self.userData = userData
+        self.hostname = hostname
+        self.requestedBy = requestedBy
+    }
+}
+
+/// Hardware inventory, as the agent reports it at commissioning.
+public struct Inventory: Codable, Sendable, Hashable {
+    public struct Disk: Codable, Sendable, Hashable {
+        public var name: String
+        public var sizeBytes: Int64
+        public var model: String
+        public var serial: String
+        public var rotational: Bool
+        public init(name: String, sizeBytes: Int64, model: String, serial: String, rotational: Bool) {
+            self.name = name
+            self.sizeBytes = sizeBytes
+            self.model = model
+            self.serial = serial
+            self.rotational = rotational
+        }
+    }
+    public struct NIC: Codable, Sendable, Hashable {
+        public var name: String
+        public var mac: String
+        public var driver: String
+        public var link: Bool
+        public init(name: String, mac: String, driver: String, link: Bool) {
+            self.name = name
+            self.mac = mac
+            self.driver = driver
+            self.link = link
+        }
+    }
+    public var cpuModel: String
+    public var cores: Int
+    public var memoryBytes: Int64
+    public var disks: [Disk]
+    public var nics: [NIC]
+    public var vendor: String
+    public var product: String
+    public var serial: String
+    public var firmware: Firmware
+
+    public init(
+        cpuModel: String, cores: Int, memoryBytes: Int64, disks: [Disk], nics: [NIC], vendor: String, product: String,
+        serial: String, firmware: Firmware
+    ) {
+        self.cpuModel = cpuModel
+        self.cores = cores
+        self.memoryBytes = memoryBytes
+        self.disks = disks
+        self.nics = nics
+        self.vendor = vendor
+        self.product = product
+        self.serial = serial
+        self.firmware = firmware
     }
 }

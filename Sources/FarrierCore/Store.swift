@@ -6,6 +6,7 @@ public protocol MachineStore: Sendable {
     /// `lastSeen` (and the platform, when it was unknown).
     func recordSighting(mac: MACAddress, platform: ClientPlatform, at: Date) throws -> Machine
     func machine(mac: MACAddress) throws -> Machine?
+    func machine(id: String) throws -> Machine?
     func machine(name: String) throws -> Machine?
     func machines() throws -> [Machine]
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
@@ -14,6 +15,19 @@ public protocol MachineStore: Sendable {
     func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at: Date) throws -> Machine
     /// The encrypted BMC password of a machine, as `enroll` stored it.
     func sealedBMCPassword(machineID: String) throws -> [UInt8]?
+    /// Reads the machine, lets `body` change it, and writes it back with the events `body`
+    /// returns, in one transaction: this is the commit of a lifecycle transition. When `body`
+    /// throws, nothing is written and the error propagates. Returns the machine as written.
+    func update(machineID: String, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine
+    /// Picks one machine with `choose` and updates it with `body`, in one transaction, so two
+    /// concurrent allocations never get the same machine. Nil when `choose` picks none.
+    func allocate(_ choose: ([Machine]) -> Machine?, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine?
+    /// Removes a machine with its timeline and events.
+    func deleteMachine(id: String) throws
+    /// Events with an id above `after`, oldest first; of one machine, or of all when nil.
+    func events(after: Int64, machineID: String?, limit: Int) throws -> [MachineEvent]
+    /// The id of the newest event, 0 when there is none.
+    func lastEventID() throws -> Int64
     func appendTimeline(_ events: [TimelineEvent]) throws
     /// The most recent `limit` events of a machine, oldest first.
     func timeline(mac: MACAddress, limit: Int) throws -> [TimelineEvent]
@@ -27,7 +41,33 @@ public protocol LeaseStore: Sendable {
     func deleteLease(mac: MACAddress) throws
 }
 
-public typealias StateStore = MachineStore & LeaseStore
+/// Projects and API tokens.
+public protocol TenancyStore: Sendable {
+    /// Throws `StoreConflict` when the name is taken.
+    func createProject(_ project: Project) throws
+    func projects() throws -> [Project]
+    func project(name: String) throws -> Project?
+    /// Throws `StoreConflict` while machines are allocated to the project or tokens use it.
+    func deleteProject(name: String) throws -> Bool
+    func createToken(_ token: APIToken) throws
+    func token(secretSHA256: String) throws -> APIToken?
+    func tokens() throws -> [APIToken]
+    func revokeToken(id: String) throws -> Bool
+}
+
+/// Image metadata (the bytes live in the content-addressed image directory).
+public protocol ImageStore: Sendable {
+    /// Throws `StoreConflict` when the name is taken.
+    func addImage(_ image: ImageInfo) throws
+    func images() throws -> [ImageInfo]
+    func image(name: String) throws -> ImageInfo?
+    /// Throws `StoreConflict` while a machine is deploying or deployed with it.
+    func deleteImage(name: String) throws -> Bool
+    /// Whether any image row still refers to these bytes.
+    func imageReferenced(sha256: String) throws -> Bool
+}
+
+public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore
 
 extension MachineStore {
     /// Looks a machine up by MAC (any common notation) or by name.
@@ -39,6 +79,12 @@ extension MachineStore {
 
 /// A write that would break a uniqueness rule the user can fix (a name already in use).
 public struct StoreConflict: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A row the caller named does not exist.
+public struct StoreNotFound: Error, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }
 }

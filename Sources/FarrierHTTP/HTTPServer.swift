@@ -1,3 +1,4 @@
+import FarrierControl
 import FarrierCore
 import Foundation
 import Hummingbird
@@ -33,11 +34,17 @@ public struct HTTPDependencies: Sendable {
     public var addressBook: AddressBook
     public var bootRoot: BootRoot
     public var metrics: @Sendable () -> String
+    /// Agent endpoints and next-boot decisions; nil serves only the wait script (tests).
+    public var controller: Controller?
+    /// Content-addressed image bytes, served under /images/<sha256>.
+    public var imageDirectory: String?
 
     public init(
         store: any MachineStore, recorder: TimelineRecorder, addressBook: AddressBook, bootRoot: BootRoot,
-        metrics: @escaping @Sendable () -> String
+        metrics: @escaping @Sendable () -> String, controller: Controller? = nil, imageDirectory: String? = nil
     ) {
+        self.controller = controller
+        self.imageDirectory = imageDirectory
         self.store = store
         self.recorder = recorder
         self.addressBook = addressBook
@@ -55,6 +62,13 @@ public func buildRouter(
     router.add(
         middleware: FileMiddleware(
             fileProvider: BootRootFileProvider(root: deps.bootRoot, logger: logger), urlBasePath: "/tftp"))
+
+    if let dir = deps.imageDirectory {
+        router.add(
+            middleware: FileMiddleware(
+                fileProvider: BootRootFileProvider(root: BootRoot(path: dir), logger: logger), urlBasePath: "/images"))
+    }
+    if let controller = deps.controller { addAgentRoutes(router, controller: controller) }
 
     router.get("/healthz") { _, _ in "ok\n" }
 
@@ -87,6 +101,19 @@ public func buildRouter(
             mac: mac, time: Date(), stage: .http, event: "script",
             detail: "state=\(machine.state.rawValue) platform=\(platform)"))
         let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
+        if let controller = deps.controller {
+            switch Lifecycle.nextBoot(machine.state) {
+            case .ramdisk, .rescue:
+                let mode = Lifecycle.nextBoot(machine.state) == .rescue ? "rescue" : "agent"
+                return ipxe(BootScript.ramdisk(
+                    serverURL: "http://\(host)", scriptURL: selfURL, machine: machine.name,
+                    token: controller.agentToken(for: machine), mode: mode))
+            case .disk:
+                return ipxe(BootScript.localDisk(machine: machine.name, firmware: machine.firmware))
+            case .wait:
+                break
+            }
+        }
         switch machine.state {
         case .discovered:
             return ipxe(BootScript.wait(
@@ -96,14 +123,58 @@ public func buildRouter(
                 scriptURL: selfURL, mac: mac, reason: "enrolled as \(machine.name) (nothing to do yet)",
                 pollSeconds: configuration.pollSeconds))
         default:
-            // The later states' boots (ramdisk, rescue, disk) come with the deploy agent; until
-            // then every one of them waits safely.
+            // ready, failed: nothing to boot until a user asks for something.
             return ipxe(BootScript.wait(
                 scriptURL: selfURL, mac: mac, reason: "\(machine.name) is \(machine.state.rawValue)",
                 pollSeconds: configuration.pollSeconds))
         }
     }
     return router
+}
+
+/// The agent's endpoints (see `AgentAPI`): JSON in, JSON out, bearer token per machine and step.
+func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Controller) {
+    @Sendable func token(_ request: Request) throws -> String {
+        guard let h = request.headers[.authorization], h.lowercased().hasPrefix("bearer ") else {
+            throw HTTPError(.unauthorized, message: "agent token required\n")
+        }
+        return String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+    }
+    @Sendable func body<T: Decodable>(_ type: T.Type, _ request: Request) async throws -> T {
+        let buffer = try await request.body.collect(upTo: 1 << 20)
+        do { return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView)) } catch {
+            throw HTTPError(.badRequest, message: "bad JSON: \(error)\n")
+        }
+    }
+    @Sendable func run(_ work: () throws -> any Encodable) throws -> Response {
+        do {
+            let data = try JSONEncoder().encode(try work())
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        } catch let e as ControlError {
+            let status: HTTPResponse.Status =
+                switch e.kind {
+                case .permission: .forbidden
+                case .notFound: .notFound
+                case .invalid: .badRequest
+                case .conflict: .conflict
+                case .unavailable: .serviceUnavailable
+                }
+            throw HTTPError(status, message: e.description + "\n")
+        }
+    }
+    struct Empty: Encodable {}
+    router.post(RouterPath(AgentAPI.hello)) { request, _ -> Response in
+        let t = try token(request), hello = try await body(AgentHello.self, request)
+        return try run { try controller.agentHello(token: t, hello: hello) }
+    }
+    router.post(RouterPath(AgentAPI.progress)) { request, _ -> Response in
+        let t = try token(request), report = try await body(AgentProgress.self, request)
+        return try run { try controller.agentProgress(token: t, report: report); return Empty() }
+    }
+    router.post(RouterPath(AgentAPI.done)) { request, _ -> Response in
+        let t = try token(request), result = try await body(AgentResult.self, request)
+        return try run { try controller.agentDone(token: t, result: result); return Empty() }
+    }
 }
 
 func ipxe(_ text: String) -> Response {

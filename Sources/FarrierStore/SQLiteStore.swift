@@ -66,6 +66,52 @@ public final class SQLiteStore: StateStore {
                 t.add(column: "bmcSecret", .blob)
             }
         }
+        m.registerMigration("v3-lifecycle") { db in
+            try db.alter(table: "machine") { t in
+                t.add(column: "failedStep", .text)
+                t.add(column: "reason", .text).notNull().defaults(to: "")
+                t.add(column: "project", .text).indexed()
+                t.add(column: "tags", .text).notNull().defaults(to: "{}")
+                t.add(column: "labels", .text).notNull().defaults(to: "{}")
+                t.add(column: "zone", .text).notNull().defaults(to: "")
+                t.add(column: "rack", .text).notNull().defaults(to: "")
+                t.add(column: "inventory", .text)
+                t.add(column: "deployment", .text)
+                t.add(column: "phase", .text).notNull().defaults(to: "none")
+                t.add(column: "generation", .integer).notNull().defaults(to: 0)
+                t.add(column: "stepStarted", .datetime)
+                t.add(column: "progress", .text)
+            }
+            try db.create(table: "project") { t in
+                t.primaryKey("name", .text)
+                t.column("description", .text).notNull()
+                t.column("requiredTags", .text).notNull()
+                t.column("created", .datetime).notNull()
+            }
+            try db.create(table: "apiToken") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull()
+                t.column("role", .text).notNull()
+                t.column("project", .text).references("project", onDelete: .restrict)
+                t.column("secretSHA256", .text).notNull().unique()
+                t.column("created", .datetime).notNull()
+            }
+            try db.create(table: "image") { t in
+                t.primaryKey("name", .text)
+                t.column("sha256", .text).notNull().indexed()
+                t.column("size", .integer).notNull()
+                t.column("format", .text).notNull()
+                t.column("os", .text).notNull()
+                t.column("architecture", .text).notNull()
+                t.column("firmware", .text).notNull()
+                t.column("created", .datetime).notNull()
+            }
+            try db.create(table: "machineEvent") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("machineID", .text).notNull().indexed()
+                t.column("body", .text).notNull()
+            }
+        }
         return m
     }
 
@@ -99,6 +145,10 @@ public final class SQLiteStore: StateStore {
 
     public func machine(mac: MACAddress) throws -> Machine? {
         try db.read { try MachineRecord.filter(Column("mac") == mac.description).fetchOne($0)?.machine() }
+    }
+
+    public func machine(id: String) throws -> Machine? {
+        try db.read { try MachineRecord.fetchOne($0, key: id)?.machine() }
     }
 
     public func machine(name: String) throws -> Machine? {
@@ -138,6 +188,73 @@ public final class SQLiteStore: StateStore {
         try db.read { db in
             try Data.fetchOne(db, sql: "SELECT bmcSecret FROM machine WHERE id = ?", arguments: [machineID]).map { Array($0) }
         }
+    }
+
+    public func update(machineID: String, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine {
+        try db.write { db in
+            guard let row = try MachineRecord.fetchOne(db, key: machineID) else {
+                throw StoreNotFound("no machine with id \(machineID)")
+            }
+            return try Self.apply(body, to: row.machine(), db: db)
+        }
+    }
+
+    public func allocate(_ choose: ([Machine]) -> Machine?, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine? {
+        try db.write { db in
+            let all = try MachineRecord.order(Column("name")).fetchAll(db).map { try $0.machine() }
+            guard let picked = choose(all) else { return nil }
+            return try Self.apply(body, to: picked, db: db)
+        }
+    }
+
+    static func apply(_ body: (inout Machine) throws -> [MachineEvent], to machine: Machine, db: Database) throws -> Machine {
+        var m = machine
+        let events = try body(&m)
+        if m.name != machine.name, try MachineRecord.filter(Column("name") == m.name).fetchCount(db) > 0 {
+            throw StoreConflict("machine name '\(m.name)' is already in use")
+        }
+        try MachineRecord(m).update(db)
+        let encoder = JSONEncoder()
+        for e in events {
+            try db.execute(
+                sql: "INSERT INTO machineEvent (machineID, body) VALUES (?, ?)",
+                arguments: [e.machineID, String(decoding: try encoder.encode(e), as: UTF8.self)])
+        }
+        return m
+    }
+
+    public func deleteMachine(id: String) throws {
+        try db.write { db in
+            guard let row = try MachineRecord.fetchOne(db, key: id) else { return }
+            try db.execute(sql: "DELETE FROM timelineEvent WHERE mac = ?", arguments: [row.mac])
+            try db.execute(sql: "DELETE FROM machineEvent WHERE machineID = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM lease WHERE mac = ?", arguments: [row.mac])
+            try MachineRecord.deleteOne(db, key: id)
+        }
+    }
+
+    public func events(after: Int64, machineID: String?, limit: Int) throws -> [MachineEvent] {
+        try db.read { db in
+            let rows: [Row]
+            if let machineID {
+                rows = try Row.fetchAll(
+                    db, sql: "SELECT id, body FROM machineEvent WHERE id > ? AND machineID = ? ORDER BY id LIMIT ?",
+                    arguments: [after, machineID, limit])
+            } else {
+                rows = try Row.fetchAll(
+                    db, sql: "SELECT id, body FROM machineEvent WHERE id > ? ORDER BY id LIMIT ?", arguments: [after, limit])
+            }
+            let decoder = JSONDecoder()
+            return try rows.map { row in
+                var e = try decoder.decode(MachineEvent.self, from: Data((row["body"] as String).utf8))
+                e.id = row["id"]
+                return e
+            }
+        }
+    }
+
+    public func lastEventID() throws -> Int64 {
+        try db.read { try Int64.fetchOne($0, sql: "SELECT MAX(id) FROM machineEvent") ?? 0 }
     }
 
     public func appendTimeline(_ events: [TimelineEvent]) throws {
@@ -214,6 +331,139 @@ public final class SQLiteStore: StateStore {
     }
 }
 
+// MARK: TenancyStore, ImageStore
+
+extension SQLiteStore {
+    public func createProject(_ p: Project) throws {
+        try db.write { db in
+            if try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [p.name]) != nil {
+                throw StoreConflict("project '\(p.name)' already exists")
+            }
+            try db.execute(
+                sql: "INSERT INTO project (name, description, requiredTags, created) VALUES (?, ?, ?, ?)",
+                arguments: [p.name, p.description, try jsonText(p.requiredTags), p.created])
+        }
+    }
+
+    public func projects() throws -> [Project] {
+        try db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM project ORDER BY name").map(Self.project) }
+    }
+
+    public func project(name: String) throws -> Project? {
+        try db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM project WHERE name = ?", arguments: [name]).map(Self.project) }
+    }
+
+    static func project(_ row: Row) throws -> Project {
+        Project(
+            name: row["name"], description: row["description"],
+            requiredTags: try JSONDecoder().decode([String].self, from: Data((row["requiredTags"] as String).utf8)),
+            created: row["created"])
+    }
+
+    public func deleteProject(name: String) throws -> Bool {
+        try db.write { db in
+            let machines = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE project = ?", arguments: [name]) ?? 0
+            if machines > 0 {
+                throw StoreConflict("project '\(name)' still has \(machines) machine(s); release them first")
+            }
+            let tokens = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM apiToken WHERE project = ?", arguments: [name]) ?? 0
+            if tokens > 0 {
+                throw StoreConflict("project '\(name)' still has \(tokens) token(s); revoke them first")
+            }
+            try db.execute(sql: "DELETE FROM project WHERE name = ?", arguments: [name])
+            return db.changesCount > 0
+        }
+    }
+
+    public func createToken(_ t: APIToken) throws {
+        try db.write { db in
+            if let project = t.project, try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [project]) == nil {
+                throw StoreNotFound("no project named '\(project)'")
+            }
+            try db.execute(
+                sql: "INSERT INTO apiToken (id, name, role, project, secretSHA256, created) VALUES (?, ?, ?, ?, ?, ?)",
+                arguments: [t.id, t.name, t.role.rawValue, t.project, t.secretSHA256, t.created])
+        }
+    }
+
+    public func token(secretSHA256: String) throws -> APIToken? {
+        try db.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM apiToken WHERE secretSHA256 = ?", arguments: [secretSHA256]).map(Self.token)
+        }
+    }
+
+    public func tokens() throws -> [APIToken] {
+        try db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM apiToken ORDER BY created, id").map(Self.token) }
+    }
+
+    static func token(_ row: Row) -> APIToken {
+        APIToken(
+            id: row["id"], name: row["name"], role: Role(rawValue: row["role"]) ?? .member, project: row["project"],
+            secretSHA256: row["secretSHA256"], created: row["created"])
+    }
+
+    public func revokeToken(id: String) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "DELETE FROM apiToken WHERE id = ?", arguments: [id])
+            return db.changesCount > 0
+        }
+    }
+
+    public func addImage(_ i: ImageInfo) throws {
+        try db.write { db in
+            if try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE name = ?", arguments: [i.name]) != nil {
+                throw StoreConflict("image '\(i.name)' already exists; remove it first or pick another name")
+            }
+            try db.execute(
+                sql: "INSERT INTO image (name, sha256, size, format, os, architecture, firmware, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                arguments: [i.name, i.sha256, i.size, i.format.rawValue, i.os, i.architecture.rawValue, i.firmware.rawValue, i.created])
+        }
+    }
+
+    public func images() throws -> [ImageInfo] {
+        try db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM image ORDER BY name").map(Self.image) }
+    }
+
+    public func image(name: String) throws -> ImageInfo? {
+        try db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM image WHERE name = ?", arguments: [name]).map(Self.image) }
+    }
+
+    static func image(_ row: Row) -> ImageInfo {
+        ImageInfo(
+            name: row["name"], sha256: row["sha256"], size: row["size"],
+            format: ImageInfo.Format(rawValue: row["format"]) ?? .raw, os: row["os"],
+            architecture: Architecture(rawValue: row["architecture"]) ?? .unknown,
+            firmware: Firmware(rawValue: row["firmware"]) ?? .unknown, created: row["created"])
+    }
+
+    public func deleteImage(name: String) throws -> Bool {
+        try db.write { db in
+            let users = try String.fetchAll(
+                db, sql: "SELECT name FROM machine WHERE json_extract(deployment, '$.image') = ? ORDER BY name", arguments: [name])
+            if !users.isEmpty {
+                throw StoreConflict("image '\(name)' is in use by \(users.joined(separator: ", ")); release them first")
+            }
+            try db.execute(sql: "DELETE FROM image WHERE name = ?", arguments: [name])
+            return db.changesCount > 0
+        }
+    }
+
+    public func imageReferenced(sha256: String) throws -> Bool {
+        try db.read { db in try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE sha256 = ?", arguments: [sha256]) != nil }
+    }
+}
+
+func jsonText<T: Encodable>(_ value: T) throws -> String {
+    let e = JSONEncoder()
+    e.outputFormatting = .sortedKeys
+    return String(decoding: try e.encode(value), as: UTF8.self)
+}
+
+func jsonValue<T: Decodable>(_ type: T.Type, _ text: String?) throws -> T? {
+    guard let text else { return nil }
+    return try JSONDecoder().decode(T.self, from: Data(text.utf8))
+}
+
 struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     static let databaseTableName = "machine"
     var id: String
@@ -225,11 +475,26 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var firstSeen: Date
     var lastSeen: Date
     var bmc: String?
+    var failedStep: String?
+    var reason: String
+    var project: String?
+    var tags: String
+    var labels: String
+    var zone: String
+    var rack: String
+    var inventory: String?
+    var deployment: String?
+    var phase: String
+    var generation: Int
+    var stepStarted: Date?
+    var progress: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] { [
         Column("id"), Column("name"), Column("mac"), Column("architecture"), Column("firmware"), Column("state"),
-        Column("firstSeen"), Column("lastSeen"), Column("bmc"),
+        Column("firstSeen"), Column("lastSeen"), Column("bmc"), Column("failedStep"), Column("reason"), Column("project"),
+        Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
+        Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"),
     ] }
 
     init(_ m: Machine) {
@@ -242,15 +507,42 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         firstSeen = m.firstSeen
         lastSeen = m.lastSeen
         bmc = try? m.bmc.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+        failedStep = m.failedStep?.rawValue
+        reason = m.reason
+        project = m.project
+        tags = (try? jsonText(m.tags)) ?? "{}"
+        labels = (try? jsonText(m.labels)) ?? "{}"
+        zone = m.zone
+        rack = m.rack
+        inventory = try? m.inventory.map(jsonText)
+        deployment = try? m.deployment.map(jsonText)
+        phase = m.phase.rawValue
+        generation = m.generation
+        stepStarted = m.stepStarted
+        progress = try? m.progress.map(jsonText)
     }
 
     func machine() throws -> Machine {
         guard let mac = MACAddress(mac) else { throw StoreError.corruptRow("machine \(id): mac \(self.mac)") }
-        return Machine(
+        var m = Machine(
             id: id, name: name, mac: mac, architecture: Architecture(rawValue: architecture) ?? .unknown,
             firmware: Firmware(rawValue: firmware) ?? .unknown, state: MachineState(rawValue: state) ?? .discovered,
             firstSeen: firstSeen, lastSeen: lastSeen,
             bmc: try bmc.map { try JSONDecoder().decode(BMCReference.self, from: Data($0.utf8)) })
+        m.failedStep = failedStep.flatMap(MachineState.init(rawValue:))
+        m.reason = reason
+        m.project = project
+        m.tags = try jsonValue([String: String].self, tags) ?? [:]
+        m.labels = try jsonValue([String: String].self, labels) ?? [:]
+        m.zone = zone
+        m.rack = rack
+        m.inventory = try jsonValue(Inventory.self, inventory)
+        m.deployment = try jsonValue(Deployment.self, deployment)
+        m.phase = StepPhase(rawValue: phase) ?? .none
+        m.generation = generation
+        m.stepStarted = stepStarted
+        m.progress = try jsonValue(StepProgress.self, progress)
+        return m
     }
 }
 

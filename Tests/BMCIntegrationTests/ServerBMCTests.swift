@@ -21,10 +21,12 @@ struct ServerBMCTests {
              "--http-listen", "127.0.0.1:\(Int.random(in: 40000..<50000))", "--tftp-listen", ""], log: "server.log")
         try h.waitUntil("server up", timeout: 30) {
             guard server.isRunning else { throw Harness.CommandError(description: h.read("server.log")) }
-            return (try? h.run([bin, "machine", "list", "--server", grpc], timeout: 10)) != nil
+            guard let token = try? h.adminToken(dataDir: data) else { return false }
+            return (try? h.run([bin, "machine", "list", "--server", grpc, "--token", token], timeout: 10)) != nil
         }
+        let token = try h.adminToken(dataDir: data)
         func cli(_ args: [String], check: Bool = true) throws -> Harness.Result {
-            try h.run([bin, "machine"] + args + ["--server", grpc], timeout: 60, check: check)
+            try h.run([bin, "machine"] + args + ["--server", grpc, "--token", token], timeout: 60, check: check)
         }
         let url = "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)"
         _ = try cli(["enroll", "node-1", "--mac", "52:54:00:aa:00:01", "--bmc", url, "--bmc-password-file", sim.passwordFile])
@@ -46,7 +48,7 @@ struct ServerBMCTests {
         // Console through the server: wait for the serial port's greeting (ipmi_sim connects to
         // it within 10 s), type a line, see its echo, detach with ~.
         let console = try h.run(
-            ["timeout", "60", "bash", "-c", "(sleep 14; printf 'ping\\r'; sleep 3; printf '\\r~.') | \"$0\" machine console node-1 --server \"$1\"", bin, grpc],
+            ["timeout", "60", "bash", "-c", "(sleep 14; printf 'ping\\r'; sleep 3; printf '\\r~.') | \"$0\" machine console node-1 --server \"$1\" --token \"$2\"", bin, grpc, token],
             timeout: 70, check: false)
         #expect(console.stdout.contains("echo:PING"), "console: \(console.stdout) \(console.stderr)")
         #expect(console.stderr.contains("[detached]"))

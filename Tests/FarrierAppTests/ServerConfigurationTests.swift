@@ -56,7 +56,7 @@ import Testing
 
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
-        #expect(ServerConfiguration.keys.count == 14)
+        #expect(ServerConfiguration.keys.count == 19)
     }
 
     @Test(arguments: [

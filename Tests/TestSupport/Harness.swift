@@ -173,9 +173,20 @@ public final class Harness: @unchecked Sendable {
         return p
     }
 
+    /// The admin token a server made at first start in `dataDir` (default: the harness's).
+    public func adminToken(dataDir: String? = nil) throws -> String {
+        let path = (dataDir ?? directory + "/data") + "/admin.token"
+        guard let t = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw CommandError(description: "no admin token at \(path)")
+        }
+        return t.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     /// Runs the farrier CLI inside `namespace` and decodes its JSON output.
     public func farrierJSON(namespace: String, _ args: [String]) throws -> Any {
-        let r = try run(["ip", "netns", "exec", namespace, Harness.farrierBinary] + args + ["-o", "json", "--server", "127.0.0.1:7700"], timeout: 30)
+        let r = try run(
+            ["ip", "netns", "exec", namespace, Harness.farrierBinary] + args
+                + ["-o", "json", "--server", "127.0.0.1:7700", "--token", try adminToken()], timeout: 30)
         return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
     }
 

@@ -48,7 +48,7 @@ extension MachineCommand {
             req.bmcPassword = try readPasswordFile(bmcPasswordFile)
             req.bmcInsecureTls = bmcInsecureTLS
             let request = req
-            let m = try await rpc(client.resolvedServer) { try await $0.enrollMachine(request) }
+            let m = try await rpc(client) { try await $0.machines.enrollMachine(request) }
             let view = MachineView(m)
             switch output {
             case .json: print(try json(view))
@@ -69,7 +69,7 @@ extension MachineCommand {
             req.name = name
             req.action = action
             let request = req
-            let r = try await rpc(client.resolvedServer) { try await $0.power(request) }
+            let r = try await rpc(client) { try await $0.machines.power(request) }
             print(action == "status" ? "power \(r.powerState)" : "\(action): ok, power \(r.powerState)")
         }
     }
@@ -89,7 +89,7 @@ extension MachineCommand {
             req.persistent = persistent
             req.efi = efi
             let request = req
-            _ = try await rpc(client.resolvedServer) { try await $0.setBootDevice(request) }
+            _ = try await rpc(client) { try await $0.machines.setBootDevice(request) }
             print("boot device \(device)\(persistent ? " (persistent)" : " (next boot)")\(efi ? ", UEFI" : "")")
         }
     }
@@ -106,7 +106,7 @@ extension MachineCommand {
             terminal.note("[console of \(name); ~. detaches]")
             let name = self.name
             do {
-                try await rpc(client.resolvedServer) { c in
+                try await rpc(client) { c in
                     let request = StreamingClientRequest<Farrier_V1_ConsoleInput> { writer in
                         var first = Farrier_V1_ConsoleInput()
                         first.name = name
@@ -117,7 +117,7 @@ extension MachineCommand {
                             try await writer.write(m)
                         }
                     }
-                    try await c.console(request: request) { response in
+                    try await c.machines.console(request: request) { response in
                         for try await message in response.messages { terminal.show(Array(message.data)) }
                     }
                 }

@@ -9,19 +9,6 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case table, json, yaml
 }
 
-/// Where the CLI finds the server: --server, FARRIER_SERVER, a running lab, or the default.
-struct ClientOptions: ParsableArguments {
-    @Option(help: "Server gRPC address HOST:PORT. [FARRIER_SERVER; default: the running lab's server, else 127.0.0.1:7700]")
-    var server: String?
-
-    var resolvedServer: String {
-        if let server { return server }
-        if let env = ProcessInfo.processInfo.environment["FARRIER_SERVER"], !env.isEmpty { return env }
-        if let lab = LabState.loadIfRunning() { return lab.serverAddress }
-        return "127.0.0.1:7700"
-    }
-}
-
 struct MachineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "machine", abstract: "List, inspect and enroll machines; power, boot device and console through their BMCs.",
@@ -35,7 +22,7 @@ struct MachineCommand: AsyncParsableCommand {
 
         func run() async throws {
             let state = self.state
-            let machines = try await rpc(client.resolvedServer) { c in
+            let machines = try await rpc(client) { c in
                 var all: [Farrier_V1_Machine] = []
                 var token = ""
                 for _ in 0..<10_000 {  // bounded: 10 million machines at 1000 a page
@@ -43,7 +30,7 @@ struct MachineCommand: AsyncParsableCommand {
                     req.pageSize = 1000
                     req.pageToken = token
                     req.state = state ?? ""
-                    let page = try await c.listMachines(req)
+                    let page = try await c.machines.listMachines(req)
                     all += page.machines
                     token = page.nextPageToken
                     if token.isEmpty { break }
@@ -70,11 +57,11 @@ struct MachineCommand: AsyncParsableCommand {
 
         func run() async throws {
             let key = machine
-            let m = try await rpc(client.resolvedServer) { c in
+            let m = try await rpc(client) { c in
                 var req = Farrier_V1_GetMachineRequest()
                 req.nameOrMac = key
                 req.timelineLimit = 200
-                return try await c.getMachine(req)
+                return try await c.machines.getMachine(req)
             }
             let view = MachineView(m)
             switch output {
@@ -135,25 +122,6 @@ struct MachineView: Codable {
         bmc = m.hasBmc ? m.bmc.url : nil
         timeline = m.timeline.map { Event(time: $0.time.date, stage: $0.stage, event: $0.event, detail: $0.detail) }
     }
-}
-
-func rpc<R: Sendable>(
-    _ server: String, _ body: @Sendable (Farrier_V1_MachineService.Client<HTTP2ClientTransport.Posix>) async throws -> R
-) async throws -> R {
-    do {
-        return try await withMachineClient(server: server, body)
-    } catch let error as RPCError {
-        // The server prefixes errors about a machine (its BMC unreachable, say) with "machine".
-        if error.code == .unavailable, !error.message.hasPrefix("machine ") {
-            throw CLIError("cannot reach the Farrier server at \(server): \(error.message). Is `farrier server` running? Set --server or FARRIER_SERVER.")
-        }
-        throw CLIError("\(error.code): \(error.message)")
-    }
-}
-
-struct CLIError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
 }
 
 func json<T: Encodable>(_ v: T) throws -> String {

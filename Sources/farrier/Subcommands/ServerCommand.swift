@@ -65,9 +65,30 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(
         help: """
-            Key that encrypts BMC passwords at rest (32 bytes, base64; FARRIER_BMC_KEY gives the key itself).             [bmc.key-file, FARRIER_BMC_KEY_FILE; default DATA-DIR/bmc.key, made 0600 on first start]
+            Key that encrypts BMC passwords at rest (32 bytes, base64; FARRIER_BMC_KEY gives the key itself). \
+            [bmc.key-file, FARRIER_BMC_KEY_FILE; default DATA-DIR/bmc.key, made 0600 on first start]
             """)
     var bmcKeyFile: String?
+
+    @Option(help: "PEM certificate chain for the gRPC API; with --api-tls-key, the API serves TLS only. [api.tls-cert, FARRIER_API_TLS_CERT]")
+    var apiTLSCert: String?
+
+    @Option(help: "PEM private key for --api-tls-cert. [api.tls-key, FARRIER_API_TLS_KEY]")
+    var apiTLSKey: String?
+
+    @Option(help: "Deploys at once; more wait queued. [lifecycle.max-deploys, FARRIER_LIFECYCLE_MAX_DEPLOYS; default 8]")
+    var lifecycleMaxDeploys: Int?
+
+    @Option(help: "Wipes (releases) at once. [lifecycle.max-wipes, FARRIER_LIFECYCLE_MAX_WIPES; default 8]")
+    var lifecycleMaxWipes: Int?
+
+    @Option(
+        help: """
+            STEP=SECONDS: how long a step may take before the machine fails; repeat for more. STEP: commissioning (1800), \
+            deploying (3600), releasing (3600), rescuing (1800), exiting-rescue (900). \
+            [lifecycle.step-timeouts, FARRIER_LIFECYCLE_STEP_TIMEOUTS comma separated]
+            """)
+    var lifecycleStepTimeout: [String] = []
 
     func flags() -> [String: [String]] {
         var f: [String: [String]] = [:]
@@ -75,12 +96,15 @@ struct ServerCommand: AsyncParsableCommand {
             ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
             ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
-            ("bmc.key-file", bmcKeyFile),
+            ("bmc.key-file", bmcKeyFile), ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
+            ("lifecycle.max-deploys", lifecycleMaxDeploys.map(String.init)),
+            ("lifecycle.max-wipes", lifecycleMaxWipes.map(String.init)),
         ]
         for (k, v) in single { if let v { f[k] = [v] } }
         if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }
         if !dhcpSubnet.isEmpty { f["dhcp.subnets"] = dhcpSubnet }
         if !dhcpReservation.isEmpty { f["dhcp.reservations"] = dhcpReservation }
+        if !lifecycleStepTimeout.isEmpty { f["lifecycle.step-timeouts"] = lifecycleStepTimeout }
         return f
     }
 

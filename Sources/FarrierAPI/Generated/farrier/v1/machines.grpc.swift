@@ -1,4 +1,7 @@
-/// Farrier's machine API. Later issues add enroll, deploy, release and the rest of the lifecycle.
+/// Farrier's machine API: the lifecycle of machines, from enroll to deploy, rescue and release.
+///
+/// Every call carries `authorization: Bearer <token>`. Admin tokens see the whole fleet; member
+/// tokens see only their project's machines, and get NOT_FOUND for any other.
 
 // DO NOT EDIT.
 // swift-format-ignore-file
@@ -100,6 +103,149 @@ public enum Farrier_V1_MachineService: Sendable {
                 type: .bidirectionalStreaming
             )
         }
+        /// Namespace for "UpdateMachine" metadata.
+        public enum UpdateMachine: Sendable {
+            /// Request type for "UpdateMachine".
+            public typealias Input = Farrier_V1_UpdateMachineRequest
+            /// Response type for "UpdateMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "UpdateMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "UpdateMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "CommissionMachine" metadata.
+        public enum CommissionMachine: Sendable {
+            /// Request type for "CommissionMachine".
+            public typealias Input = Farrier_V1_MachineRef
+            /// Response type for "CommissionMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "CommissionMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "CommissionMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "DeployMachine" metadata.
+        public enum DeployMachine: Sendable {
+            /// Request type for "DeployMachine".
+            public typealias Input = Farrier_V1_DeployMachineRequest
+            /// Response type for "DeployMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "DeployMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "DeployMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "ReleaseMachine" metadata.
+        public enum ReleaseMachine: Sendable {
+            /// Request type for "ReleaseMachine".
+            public typealias Input = Farrier_V1_ReleaseMachineRequest
+            /// Response type for "ReleaseMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "ReleaseMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "ReleaseMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "RescueMachine" metadata.
+        public enum RescueMachine: Sendable {
+            /// Request type for "RescueMachine".
+            public typealias Input = Farrier_V1_MachineRef
+            /// Response type for "RescueMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "RescueMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "RescueMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "ExitRescueMachine" metadata.
+        public enum ExitRescueMachine: Sendable {
+            /// Request type for "ExitRescueMachine".
+            public typealias Input = Farrier_V1_MachineRef
+            /// Response type for "ExitRescueMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "ExitRescueMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "ExitRescueMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "RestartMachine" metadata.
+        public enum RestartMachine: Sendable {
+            /// Request type for "RestartMachine".
+            public typealias Input = Farrier_V1_MachineRef
+            /// Response type for "RestartMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "RestartMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "RestartMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "RetryMachine" metadata.
+        public enum RetryMachine: Sendable {
+            /// Request type for "RetryMachine".
+            public typealias Input = Farrier_V1_MachineRef
+            /// Response type for "RetryMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "RetryMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "RetryMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "AbortMachine" metadata.
+        public enum AbortMachine: Sendable {
+            /// Request type for "AbortMachine".
+            public typealias Input = Farrier_V1_MachineRef
+            /// Response type for "AbortMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "AbortMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "AbortMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "DeleteMachine" metadata.
+        public enum DeleteMachine: Sendable {
+            /// Request type for "DeleteMachine".
+            public typealias Input = Farrier_V1_MachineRef
+            /// Response type for "DeleteMachine".
+            public typealias Output = Farrier_V1_DeleteMachineResponse
+            /// Descriptor for "DeleteMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "DeleteMachine",
+                type: .unary
+            )
+        }
+        /// Namespace for "WatchEvents" metadata.
+        public enum WatchEvents: Sendable {
+            /// Request type for "WatchEvents".
+            public typealias Input = Farrier_V1_WatchEventsRequest
+            /// Response type for "WatchEvents".
+            public typealias Output = Farrier_V1_MachineEvent
+            /// Descriptor for "WatchEvents".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "WatchEvents",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.MachineService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ListMachines.descriptor,
@@ -107,7 +253,18 @@ public enum Farrier_V1_MachineService: Sendable {
             EnrollMachine.descriptor,
             Power.descriptor,
             SetBootDevice.descriptor,
-            Console.descriptor
+            Console.descriptor,
+            UpdateMachine.descriptor,
+            CommissionMachine.descriptor,
+            DeployMachine.descriptor,
+            ReleaseMachine.descriptor,
+            RescueMachine.descriptor,
+            ExitRescueMachine.descriptor,
+            RestartMachine.descriptor,
+            RetryMachine.descriptor,
+            AbortMachine.descriptor,
+            DeleteMachine.descriptor,
+            WatchEvents.descriptor
         ]
     }
 }
@@ -247,6 +404,206 @@ extension Farrier_V1_MachineService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_ConsoleInput>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ConsoleOutput>
+
+        /// Handle the "UpdateMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes labels (anyone who sees the machine), tags, zone and rack (admin).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_UpdateMachineRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func updateMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_UpdateMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "CommissionMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func commissionMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "DeployMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Allocates a ready machine to a project and deploys an image onto it. Returns at once with
+        /// > the machine in `deploying`; watch it with WatchEvents or GetMachine.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_DeployMachineRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func deployMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_DeployMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "ReleaseMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Wipes a deployed (or rescued) machine and returns it to the pool as `ready`.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ReleaseMachineRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func releaseMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ReleaseMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "RescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a deployed machine into the rescue ramdisk (SSH with the deploy keys).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func rescueMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "ExitRescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a machine in rescue back into its deployed system.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func exitRescueMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "RestartMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power-cycles a deployed machine through its BMC (it boots its disk again).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func restartMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "RetryMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Runs the failed step of a `failed` machine again.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func retryMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "AbortMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Takes a `failed` machine back to the safe state before its failed step.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func abortMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "DeleteMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a machine. Refused while it is allocated to a project or a step is running. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_DeleteMachineResponse` messages.
+        func deleteMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_DeleteMachineResponse>
+
+        /// Handle the "WatchEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
+        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_WatchEventsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_MachineEvent` messages.
+        func watchEvents(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_WatchEventsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_MachineEvent>
     }
 
     /// Service protocol for the "farrier.v1.MachineService" service.
@@ -370,6 +727,206 @@ extension Farrier_V1_MachineService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_ConsoleInput>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ConsoleOutput>
+
+        /// Handle the "UpdateMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes labels (anyone who sees the machine), tags, zone and rack (admin).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_UpdateMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func updateMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_UpdateMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "CommissionMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func commissionMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "DeployMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Allocates a ready machine to a project and deploys an image onto it. Returns at once with
+        /// > the machine in `deploying`; watch it with WatchEvents or GetMachine.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_DeployMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func deployMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_DeployMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "ReleaseMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Wipes a deployed (or rescued) machine and returns it to the pool as `ready`.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReleaseMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func releaseMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_ReleaseMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "RescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a deployed machine into the rescue ramdisk (SSH with the deploy keys).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func rescueMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "ExitRescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a machine in rescue back into its deployed system.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func exitRescueMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "RestartMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power-cycles a deployed machine through its BMC (it boots its disk again).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func restartMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "RetryMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Runs the failed step of a `failed` machine again.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func retryMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "AbortMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Takes a `failed` machine back to the safe state before its failed step.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func abortMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "DeleteMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a machine. Refused while it is allocated to a project or a step is running. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_DeleteMachineResponse` message.
+        func deleteMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_DeleteMachineResponse>
+
+        /// Handle the "WatchEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
+        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_MachineEvent` messages.
+        func watchEvents(
+            request: GRPCCore.ServerRequest<Farrier_V1_WatchEventsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_MachineEvent>
     }
 
     /// Simple service protocol for the "farrier.v1.MachineService" service.
@@ -492,6 +1049,207 @@ extension Farrier_V1_MachineService {
             response: GRPCCore.RPCWriter<Farrier_V1_ConsoleOutput>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "UpdateMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes labels (anyone who sees the machine), tags, zone and rack (admin).
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_UpdateMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func updateMachine(
+            request: Farrier_V1_UpdateMachineRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "CommissionMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func commissionMachine(
+            request: Farrier_V1_MachineRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "DeployMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Allocates a ready machine to a project and deploys an image onto it. Returns at once with
+        /// > the machine in `deploying`; watch it with WatchEvents or GetMachine.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_DeployMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func deployMachine(
+            request: Farrier_V1_DeployMachineRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "ReleaseMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Wipes a deployed (or rescued) machine and returns it to the pool as `ready`.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_ReleaseMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func releaseMachine(
+            request: Farrier_V1_ReleaseMachineRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "RescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a deployed machine into the rescue ramdisk (SSH with the deploy keys).
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func rescueMachine(
+            request: Farrier_V1_MachineRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "ExitRescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a machine in rescue back into its deployed system.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func exitRescueMachine(
+            request: Farrier_V1_MachineRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "RestartMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power-cycles a deployed machine through its BMC (it boots its disk again).
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func restartMachine(
+            request: Farrier_V1_MachineRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "RetryMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Runs the failed step of a `failed` machine again.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func retryMachine(
+            request: Farrier_V1_MachineRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "AbortMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Takes a `failed` machine back to the safe state before its failed step.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func abortMachine(
+            request: Farrier_V1_MachineRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
+        /// Handle the "DeleteMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a machine. Refused while it is allocated to a project or a step is running. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_DeleteMachineResponse` to respond with.
+        func deleteMachine(
+            request: Farrier_V1_MachineRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_DeleteMachineResponse
+
+        /// Handle the "WatchEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
+        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_WatchEventsRequest` message.
+        ///   - response: A response stream of `Farrier_V1_MachineEvent` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func watchEvents(
+            request: Farrier_V1_WatchEventsRequest,
+            response: GRPCCore.RPCWriter<Farrier_V1_MachineEvent>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -565,6 +1323,127 @@ extension Farrier_V1_MachineService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.UpdateMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_UpdateMachineRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.updateMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.CommissionMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.commissionMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.DeployMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_DeployMachineRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.deployMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.ReleaseMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReleaseMachineRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.releaseMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.RescueMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.rescueMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.ExitRescueMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.exitRescueMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.RestartMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.restartMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.RetryMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.retryMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.AbortMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.abortMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.DeleteMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_DeleteMachineResponse>(),
+            handler: { request, context in
+                try await self.deleteMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.WatchEvents.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_WatchEventsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineEvent>(),
+            handler: { request, context in
+                try await self.watchEvents(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -624,6 +1503,127 @@ extension Farrier_V1_MachineService.ServiceProtocol {
             context: context
         )
         return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func updateMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_UpdateMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.updateMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func commissionMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.commissionMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func deployMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_DeployMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.deployMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func releaseMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_ReleaseMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.releaseMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func rescueMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.rescueMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func exitRescueMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.exitRescueMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func restartMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.restartMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func retryMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.retryMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func abortMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.abortMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func deleteMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_DeleteMachineResponse> {
+        let response = try await self.deleteMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func watchEvents(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_WatchEventsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_MachineEvent> {
+        let response = try await self.watchEvents(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
     }
 }
 
@@ -704,6 +1704,153 @@ extension Farrier_V1_MachineService.SimpleServiceProtocol {
             producer: { writer in
                 try await self.console(
                     request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
+    public func updateMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_UpdateMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.updateMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func commissionMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.commissionMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func deployMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_DeployMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.deployMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func releaseMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_ReleaseMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.releaseMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func rescueMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.rescueMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func exitRescueMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.exitRescueMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func restartMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.restartMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func retryMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.retryMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func abortMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.abortMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func deleteMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_DeleteMachineResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_DeleteMachineResponse>(
+            message: try await self.deleteMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func watchEvents(
+        request: GRPCCore.ServerRequest<Farrier_V1_WatchEventsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_MachineEvent> {
+        return GRPCCore.StreamingServerResponse<Farrier_V1_MachineEvent>(
+            metadata: [:],
+            producer: { writer in
+                try await self.watchEvents(
+                    request: request.message,
                     response: writer,
                     context: context
                 )
@@ -864,6 +2011,261 @@ extension Farrier_V1_MachineService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ConsoleOutput>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_ConsoleOutput>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "UpdateMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes labels (anyone who sees the machine), tags, zone and rack (admin).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_UpdateMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_UpdateMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func updateMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_UpdateMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_UpdateMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CommissionMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func commissionMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DeployMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Allocates a ready machine to a project and deploys an image onto it. Returns at once with
+        /// > the machine in `deploying`; watch it with WatchEvents or GetMachine.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_DeployMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_DeployMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func deployMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_DeployMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_DeployMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReleaseMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Wipes a deployed (or rescued) machine and returns it to the pool as `ready`.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReleaseMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ReleaseMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func releaseMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ReleaseMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ReleaseMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a deployed machine into the rescue ramdisk (SSH with the deploy keys).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func rescueMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ExitRescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a machine in rescue back into its deployed system.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func exitRescueMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RestartMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power-cycles a deployed machine through its BMC (it boots its disk again).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func restartMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RetryMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Runs the failed step of a `failed` machine again.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func retryMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AbortMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Takes a `failed` machine back to the safe state before its failed step.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func abortMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DeleteMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a machine. Refused while it is allocated to a project or a step is running. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_DeleteMachineResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func deleteMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_DeleteMachineResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteMachineResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "WatchEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
+        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_WatchEventsRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_MachineEvent` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func watchEvents<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_WatchEventsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_WatchEventsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_MachineEvent>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_MachineEvent>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1090,6 +2492,380 @@ extension Farrier_V1_MachineService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "UpdateMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes labels (anyone who sees the machine), tags, zone and rack (admin).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_UpdateMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_UpdateMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func updateMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_UpdateMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_UpdateMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.UpdateMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "CommissionMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func commissionMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.CommissionMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "DeployMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Allocates a ready machine to a project and deploys an image onto it. Returns at once with
+        /// > the machine in `deploying`; watch it with WatchEvents or GetMachine.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_DeployMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_DeployMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func deployMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_DeployMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_DeployMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.DeployMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ReleaseMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Wipes a deployed (or rescued) machine and returns it to the pool as `ready`.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReleaseMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ReleaseMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func releaseMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ReleaseMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ReleaseMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.ReleaseMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a deployed machine into the rescue ramdisk (SSH with the deploy keys).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func rescueMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.RescueMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ExitRescueMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boots a machine in rescue back into its deployed system.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func exitRescueMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.ExitRescueMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RestartMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Power-cycles a deployed machine through its BMC (it boots its disk again).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func restartMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.RestartMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RetryMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Runs the failed step of a `failed` machine again.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func retryMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.RetryMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "AbortMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Takes a `failed` machine back to the safe state before its failed step.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func abortMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.AbortMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "DeleteMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Forgets a machine. Refused while it is allocated to a project or a step is running. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_DeleteMachineResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func deleteMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_DeleteMachineResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteMachineResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.DeleteMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "WatchEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
+        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_WatchEventsRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_MachineEvent` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func watchEvents<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_WatchEventsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_WatchEventsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_MachineEvent>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_MachineEvent>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.WatchEvents.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1265,6 +3041,325 @@ extension Farrier_V1_MachineService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ConsoleInput>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ConsoleOutput>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UpdateMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Changes labels (anyone who sees the machine), tags, zone and rack (admin).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_UpdateMachineRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_UpdateMachineRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.updateMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_UpdateMachineRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CommissionMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func commissionMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.commissionMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeployMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Allocates a ready machine to a project and deploys an image onto it. Returns at once with
+    /// > the machine in `deploying`; watch it with WatchEvents or GetMachine.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_DeployMachineRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deployMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_DeployMachineRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.deployMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_DeployMachineRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReleaseMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Wipes a deployed (or rescued) machine and returns it to the pool as `ready`.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_ReleaseMachineRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func releaseMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_ReleaseMachineRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.releaseMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReleaseMachineRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RescueMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Boots a deployed machine into the rescue ramdisk (SSH with the deploy keys).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rescueMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.rescueMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ExitRescueMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Boots a machine in rescue back into its deployed system.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func exitRescueMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.exitRescueMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RestartMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Power-cycles a deployed machine through its BMC (it boots its disk again).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func restartMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.restartMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RetryMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Runs the failed step of a `failed` machine again.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func retryMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.retryMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AbortMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Takes a `failed` machine back to the safe state before its failed step.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func abortMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.abortMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Forgets a machine. Refused while it is allocated to a project or a step is running. Admin.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteMachineResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.deleteMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_DeleteMachineResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WatchEvents" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
+    /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func watchEvents<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_WatchEventsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_MachineEvent>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.watchEvents(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_WatchEventsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineEvent>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1467,6 +3562,369 @@ extension Farrier_V1_MachineService.ClientProtocol {
             producer: producer
         )
         return try await self.console(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UpdateMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Changes labels (anyone who sees the machine), tags, zone and rack (admin).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func updateMachine<Result>(
+        _ message: Farrier_V1_UpdateMachineRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_UpdateMachineRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.updateMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CommissionMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func commissionMachine<Result>(
+        _ message: Farrier_V1_MachineRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.commissionMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeployMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Allocates a ready machine to a project and deploys an image onto it. Returns at once with
+    /// > the machine in `deploying`; watch it with WatchEvents or GetMachine.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deployMachine<Result>(
+        _ message: Farrier_V1_DeployMachineRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_DeployMachineRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.deployMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReleaseMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Wipes a deployed (or rescued) machine and returns it to the pool as `ready`.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func releaseMachine<Result>(
+        _ message: Farrier_V1_ReleaseMachineRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_ReleaseMachineRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.releaseMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RescueMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Boots a deployed machine into the rescue ramdisk (SSH with the deploy keys).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rescueMachine<Result>(
+        _ message: Farrier_V1_MachineRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.rescueMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ExitRescueMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Boots a machine in rescue back into its deployed system.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func exitRescueMachine<Result>(
+        _ message: Farrier_V1_MachineRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.exitRescueMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RestartMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Power-cycles a deployed machine through its BMC (it boots its disk again).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func restartMachine<Result>(
+        _ message: Farrier_V1_MachineRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.restartMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RetryMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Runs the failed step of a `failed` machine again.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func retryMachine<Result>(
+        _ message: Farrier_V1_MachineRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.retryMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AbortMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Takes a `failed` machine back to the safe state before its failed step.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func abortMachine<Result>(
+        _ message: Farrier_V1_MachineRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.abortMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Forgets a machine. Refused while it is allocated to a project or a step is running. Admin.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteMachine<Result>(
+        _ message: Farrier_V1_MachineRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteMachineResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.deleteMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WatchEvents" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
+    /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func watchEvents<Result>(
+        _ message: Farrier_V1_WatchEventsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_MachineEvent>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_WatchEventsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.watchEvents(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -8,7 +8,10 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// Farrier's machine API. Later issues add enroll, deploy, release and the rest of the lifecycle.
+/// Farrier's machine API: the lifecycle of machines, from enroll to deploy, rescue and release.
+///
+/// Every call carries `authorization: Bearer <token>`. Admin tokens see the whole fleet; member
+/// tokens see only their project's machines, and get NOT_FOUND for any other.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -27,65 +30,276 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-public nonisolated struct Farrier_V1_Machine: Sendable {
+public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var id: String = String()
+  public var id: String {
+    get {_storage._id}
+    set {_uniqueStorage()._id = newValue}
+  }
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
   /// Lower-case, colon separated: 52:54:00:12:34:56.
-  public var mac: String = String()
+  public var mac: String {
+    get {_storage._mac}
+    set {_uniqueStorage()._mac = newValue}
+  }
 
   /// x86_64, i386, arm64, arm32 or unknown.
-  public var architecture: String = String()
+  public var architecture: String {
+    get {_storage._architecture}
+    set {_uniqueStorage()._architecture = newValue}
+  }
 
   /// bios, uefi or unknown.
-  public var firmware: String = String()
+  public var firmware: String {
+    get {_storage._firmware}
+    set {_uniqueStorage()._firmware = newValue}
+  }
 
   /// Lifecycle state, e.g. discovered.
-  public var state: String = String()
+  public var state: String {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
 
   public var firstSeen: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_firstSeen ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_firstSeen = newValue}
+    get {_storage._firstSeen ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._firstSeen = newValue}
   }
   /// Returns true if `firstSeen` has been explicitly set.
-  public var hasFirstSeen: Bool {self._firstSeen != nil}
+  public var hasFirstSeen: Bool {_storage._firstSeen != nil}
   /// Clears the value of `firstSeen`. Subsequent reads from it will return its default value.
-  public mutating func clearFirstSeen() {self._firstSeen = nil}
+  public mutating func clearFirstSeen() {_uniqueStorage()._firstSeen = nil}
 
   public var lastSeen: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_lastSeen ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_lastSeen = newValue}
+    get {_storage._lastSeen ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._lastSeen = newValue}
   }
   /// Returns true if `lastSeen` has been explicitly set.
-  public var hasLastSeen: Bool {self._lastSeen != nil}
+  public var hasLastSeen: Bool {_storage._lastSeen != nil}
   /// Clears the value of `lastSeen`. Subsequent reads from it will return its default value.
-  public mutating func clearLastSeen() {self._lastSeen = nil}
+  public mutating func clearLastSeen() {_uniqueStorage()._lastSeen = nil}
 
   /// Most recent boot events, oldest first. Only filled by GetMachine.
-  public var timeline: [Farrier_V1_TimelineEvent] = []
+  public var timeline: [Farrier_V1_TimelineEvent] {
+    get {_storage._timeline}
+    set {_uniqueStorage()._timeline = newValue}
+  }
 
   /// The BMC, if the machine is enrolled. Never carries the password.
   public var bmc: Farrier_V1_BMC {
-    get {_bmc ?? Farrier_V1_BMC()}
-    set {_bmc = newValue}
+    get {_storage._bmc ?? Farrier_V1_BMC()}
+    set {_uniqueStorage()._bmc = newValue}
   }
   /// Returns true if `bmc` has been explicitly set.
-  public var hasBmc: Bool {self._bmc != nil}
+  public var hasBmc: Bool {_storage._bmc != nil}
   /// Clears the value of `bmc`. Subsequent reads from it will return its default value.
-  public mutating func clearBmc() {self._bmc = nil}
+  public mutating func clearBmc() {_uniqueStorage()._bmc = nil}
+
+  /// Why the machine is in its state (the last transition's reason).
+  public var reason: String {
+    get {_storage._reason}
+    set {_uniqueStorage()._reason = newValue}
+  }
+
+  /// For state `failed`: the step that failed (e.g. deploying).
+  public var failedStep: String {
+    get {_storage._failedStep}
+    set {_uniqueStorage()._failedStep = newValue}
+  }
+
+  /// Inside a step: boot, agent or finish.
+  public var phase: String {
+    get {_storage._phase}
+    set {_uniqueStorage()._phase = newValue}
+  }
+
+  /// The project it is allocated to; empty while in the pool.
+  public var project: String {
+    get {_storage._project}
+    set {_uniqueStorage()._project = newValue}
+  }
+
+  public var tags: Dictionary<String,String> {
+    get {_storage._tags}
+    set {_uniqueStorage()._tags = newValue}
+  }
+
+  public var labels: Dictionary<String,String> {
+    get {_storage._labels}
+    set {_uniqueStorage()._labels = newValue}
+  }
+
+  public var zone: String {
+    get {_storage._zone}
+    set {_uniqueStorage()._zone = newValue}
+  }
+
+  public var rack: String {
+    get {_storage._rack}
+    set {_uniqueStorage()._rack = newValue}
+  }
+
+  /// What it boots next from the network: ramdisk, rescue, disk or wait.
+  public var nextBoot: String {
+    get {_storage._nextBoot}
+    set {_uniqueStorage()._nextBoot = newValue}
+  }
+
+  public var inventory: Farrier_V1_Inventory {
+    get {_storage._inventory ?? Farrier_V1_Inventory()}
+    set {_uniqueStorage()._inventory = newValue}
+  }
+  /// Returns true if `inventory` has been explicitly set.
+  public var hasInventory: Bool {_storage._inventory != nil}
+  /// Clears the value of `inventory`. Subsequent reads from it will return its default value.
+  public mutating func clearInventory() {_uniqueStorage()._inventory = nil}
+
+  public var deployment: Farrier_V1_Deployment {
+    get {_storage._deployment ?? Farrier_V1_Deployment()}
+    set {_uniqueStorage()._deployment = newValue}
+  }
+  /// Returns true if `deployment` has been explicitly set.
+  public var hasDeployment: Bool {_storage._deployment != nil}
+  /// Clears the value of `deployment`. Subsequent reads from it will return its default value.
+  public mutating func clearDeployment() {_uniqueStorage()._deployment = nil}
+
+  public var progress: Farrier_V1_Progress {
+    get {_storage._progress ?? Farrier_V1_Progress()}
+    set {_uniqueStorage()._progress = newValue}
+  }
+  /// Returns true if `progress` has been explicitly set.
+  public var hasProgress: Bool {_storage._progress != nil}
+  /// Clears the value of `progress`. Subsequent reads from it will return its default value.
+  public mutating func clearProgress() {_uniqueStorage()._progress = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _firstSeen: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-  fileprivate var _lastSeen: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-  fileprivate var _bmc: Farrier_V1_BMC? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Farrier_V1_Inventory: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var cpuModel: String = String()
+
+  public var cores: Int32 = 0
+
+  public var memoryBytes: Int64 = 0
+
+  public var disks: [Farrier_V1_Disk] = []
+
+  public var nics: [Farrier_V1_NIC] = []
+
+  public var vendor: String = String()
+
+  public var product: String = String()
+
+  public var serial: String = String()
+
+  public var firmware: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_Disk: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var sizeBytes: Int64 = 0
+
+  public var model: String = String()
+
+  public var serial: String = String()
+
+  public var rotational: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_NIC: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var mac: String = String()
+
+  public var driver: String = String()
+
+  public var link: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_Deployment: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var image: String = String()
+
+  public var imageSha256: String = String()
+
+  public var hostname: String = String()
+
+  public var sshKeyCount: Int32 = 0
+
+  /// The token name of whoever deployed it.
+  public var requestedBy: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_Progress: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// inventory, download, write, verify, wipe or rescue.
+  public var stage: String = String()
+
+  public var bytesDone: Int64 = 0
+
+  public var bytesTotal: Int64 = 0
+
+  public var updated: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_updated ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_updated = newValue}
+  }
+  /// Returns true if `updated` has been explicitly set.
+  public var hasUpdated: Bool {self._updated != nil}
+  /// Clears the value of `updated`. Subsequent reads from it will return its default value.
+  public mutating func clearUpdated() {self._updated = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _updated: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 public nonisolated struct Farrier_V1_BMC: Sendable {
@@ -149,6 +363,14 @@ public nonisolated struct Farrier_V1_ListMachinesRequest: Sendable {
   /// From a previous response's next_page_token.
   public var pageToken: String = String()
 
+  /// Only machines carrying all these tags (key=value).
+  public var tags: Dictionary<String,String> = [:]
+
+  /// Only machines of this project (admin); members always see only their own.
+  public var project: String = String()
+
+  public var zone: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -204,6 +426,9 @@ public nonisolated struct Farrier_V1_EnrollMachineRequest: Sendable {
 
   /// Redfish over HTTPS only: skip certificate verification for this BMC.
   public var bmcInsecureTls: Bool = false
+
+  /// Start commissioning right away (inventory in the ramdisk, then `ready`).
+  public var commission: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -297,13 +522,447 @@ public nonisolated struct Farrier_V1_ConsoleOutput: Sendable {
   public init() {}
 }
 
+public nonisolated struct Farrier_V1_MachineRef: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A machine name or MAC.
+  public var name: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_UpdateMachineRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// Set (add or replace) these labels.
+  public var setLabels: Dictionary<String,String> = [:]
+
+  public var removeLabels: [String] = []
+
+  /// Admin only: tags, zone and rack.
+  public var setTags: Dictionary<String,String> = [:]
+
+  public var removeTags: [String] = []
+
+  public var zone: String {
+    get {_zone ?? String()}
+    set {_zone = newValue}
+  }
+  /// Returns true if `zone` has been explicitly set.
+  public var hasZone: Bool {self._zone != nil}
+  /// Clears the value of `zone`. Subsequent reads from it will return its default value.
+  public mutating func clearZone() {self._zone = nil}
+
+  public var rack: String {
+    get {_rack ?? String()}
+    set {_rack = newValue}
+  }
+  /// Returns true if `rack` has been explicitly set.
+  public var hasRack: Bool {self._rack != nil}
+  /// Clears the value of `rack`. Subsequent reads from it will return its default value.
+  public mutating func clearRack() {self._rack = nil}
+
+  /// Admin only: rename.
+  public var newName: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _zone: String? = nil
+  fileprivate var _rack: String? = nil
+}
+
+public nonisolated struct Farrier_V1_Constraints: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// x86_64, arm64, ...
+  public var architecture: String = String()
+
+  /// bios or uefi.
+  public var firmware: String = String()
+
+  public var minCores: Int32 = 0
+
+  public var minMemoryBytes: Int64 = 0
+
+  public var minDiskBytes: Int64 = 0
+
+  /// The machine must carry all these tags.
+  public var tags: Dictionary<String,String> = [:]
+
+  public var zone: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_DeployMachineRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The machine to deploy; empty to let Farrier pick one that meets `constraints`.
+  public var name: String = String()
+
+  public var constraints: Farrier_V1_Constraints {
+    get {_constraints ?? Farrier_V1_Constraints()}
+    set {_constraints = newValue}
+  }
+  /// Returns true if `constraints` has been explicitly set.
+  public var hasConstraints: Bool {self._constraints != nil}
+  /// Clears the value of `constraints`. Subsequent reads from it will return its default value.
+  public mutating func clearConstraints() {self._constraints = nil}
+
+  /// The project to allocate it to: required for admin tokens, implied for members.
+  public var project: String = String()
+
+  /// An image name (farrier image list).
+  public var image: String = String()
+
+  /// OpenSSH public keys for the default user and root.
+  public var sshKeys: [String] = []
+
+  /// cloud-init user-data (at most 64 KiB).
+  public var userData: String = String()
+
+  /// Defaults to the machine name.
+  public var hostname: String = String()
+
+  /// Deploy tags: checked against the project's required tags, kept while deployed.
+  public var tags: Dictionary<String,String> = [:]
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _constraints: Farrier_V1_Constraints? = nil
+}
+
+public nonisolated struct Farrier_V1_ReleaseMachineRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// quick (signatures, first and last MiB; default) or full (overwrite everything).
+  public var wipe: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_DeleteMachineResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_WatchEventsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A machine name or MAC; empty for every machine the caller may see.
+  public var name: String = String()
+
+  /// Replay stored events after this id first (0: none, only new ones).
+  public var afterID: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_MachineEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: Int64 = 0
+
+  public var time: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_time ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_time = newValue}
+  }
+  /// Returns true if `time` has been explicitly set.
+  public var hasTime: Bool {self._time != nil}
+  /// Clears the value of `time`. Subsequent reads from it will return its default value.
+  public mutating func clearTime() {self._time = nil}
+
+  public var machine: String = String()
+
+  /// transition, progress or action.
+  public var kind: String = String()
+
+  public var state: String = String()
+
+  public var phase: String = String()
+
+  public var message: String = String()
+
+  public var progress: Farrier_V1_Progress {
+    get {_progress ?? Farrier_V1_Progress()}
+    set {_progress = newValue}
+  }
+  /// Returns true if `progress` has been explicitly set.
+  public var hasProgress: Bool {self._progress != nil}
+  /// Clears the value of `progress`. Subsequent reads from it will return its default value.
+  public mutating func clearProgress() {self._progress = nil}
+
+  public var failedStep: String = String()
+
+  public var project: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _time: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _progress: Farrier_V1_Progress? = nil
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0")
+
+  fileprivate class _StorageClass {
+    var _id: String = String()
+    var _name: String = String()
+    var _mac: String = String()
+    var _architecture: String = String()
+    var _firmware: String = String()
+    var _state: String = String()
+    var _firstSeen: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _lastSeen: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _timeline: [Farrier_V1_TimelineEvent] = []
+    var _bmc: Farrier_V1_BMC? = nil
+    var _reason: String = String()
+    var _failedStep: String = String()
+    var _phase: String = String()
+    var _project: String = String()
+    var _tags: Dictionary<String,String> = [:]
+    var _labels: Dictionary<String,String> = [:]
+    var _zone: String = String()
+    var _rack: String = String()
+    var _nextBoot: String = String()
+    var _inventory: Farrier_V1_Inventory? = nil
+    var _deployment: Farrier_V1_Deployment? = nil
+    var _progress: Farrier_V1_Progress? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _id = source._id
+      _name = source._name
+      _mac = source._mac
+      _architecture = source._architecture
+      _firmware = source._firmware
+      _state = source._state
+      _firstSeen = source._firstSeen
+      _lastSeen = source._lastSeen
+      _timeline = source._timeline
+      _bmc = source._bmc
+      _reason = source._reason
+      _failedStep = source._failedStep
+      _phase = source._phase
+      _project = source._project
+      _tags = source._tags
+      _labels = source._labels
+      _zone = source._zone
+      _rack = source._rack
+      _nextBoot = source._nextBoot
+      _inventory = source._inventory
+      _deployment = source._deployment
+      _progress = source._progress
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._id) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._mac) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._architecture) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._firmware) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._firstSeen) }()
+        case 8: try { try decoder.decodeSingularMessageField(value: &_storage._lastSeen) }()
+        case 9: try { try decoder.decodeRepeatedMessageField(value: &_storage._timeline) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._bmc) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._reason) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._failedStep) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._phase) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._project) }()
+        case 15: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._tags) }()
+        case 16: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
+        case 17: try { try decoder.decodeSingularStringField(value: &_storage._zone) }()
+        case 18: try { try decoder.decodeSingularStringField(value: &_storage._rack) }()
+        case 19: try { try decoder.decodeSingularStringField(value: &_storage._nextBoot) }()
+        case 20: try { try decoder.decodeSingularMessageField(value: &_storage._inventory) }()
+        case 21: try { try decoder.decodeSingularMessageField(value: &_storage._deployment) }()
+        case 22: try { try decoder.decodeSingularMessageField(value: &_storage._progress) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._id.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._id, fieldNumber: 1)
+      }
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 2)
+      }
+      if !_storage._mac.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._mac, fieldNumber: 3)
+      }
+      if !_storage._architecture.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._architecture, fieldNumber: 4)
+      }
+      if !_storage._firmware.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._firmware, fieldNumber: 5)
+      }
+      if !_storage._state.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 6)
+      }
+      try { if let v = _storage._firstSeen {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
+      try { if let v = _storage._lastSeen {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+      } }()
+      if !_storage._timeline.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._timeline, fieldNumber: 9)
+      }
+      try { if let v = _storage._bmc {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
+      if !_storage._reason.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._reason, fieldNumber: 11)
+      }
+      if !_storage._failedStep.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._failedStep, fieldNumber: 12)
+      }
+      if !_storage._phase.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._phase, fieldNumber: 13)
+      }
+      if !_storage._project.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._project, fieldNumber: 14)
+      }
+      if !_storage._tags.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._tags, fieldNumber: 15)
+      }
+      if !_storage._labels.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 16)
+      }
+      if !_storage._zone.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._zone, fieldNumber: 17)
+      }
+      if !_storage._rack.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._rack, fieldNumber: 18)
+      }
+      if !_storage._nextBoot.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._nextBoot, fieldNumber: 19)
+      }
+      try { if let v = _storage._inventory {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      } }()
+      try { if let v = _storage._deployment {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      } }()
+      try { if let v = _storage._progress {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Machine, rhs: Farrier_V1_Machine) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._id != rhs_storage._id {return false}
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._mac != rhs_storage._mac {return false}
+        if _storage._architecture != rhs_storage._architecture {return false}
+        if _storage._firmware != rhs_storage._firmware {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._firstSeen != rhs_storage._firstSeen {return false}
+        if _storage._lastSeen != rhs_storage._lastSeen {return false}
+        if _storage._timeline != rhs_storage._timeline {return false}
+        if _storage._bmc != rhs_storage._bmc {return false}
+        if _storage._reason != rhs_storage._reason {return false}
+        if _storage._failedStep != rhs_storage._failedStep {return false}
+        if _storage._phase != rhs_storage._phase {return false}
+        if _storage._project != rhs_storage._project {return false}
+        if _storage._tags != rhs_storage._tags {return false}
+        if _storage._labels != rhs_storage._labels {return false}
+        if _storage._zone != rhs_storage._zone {return false}
+        if _storage._rack != rhs_storage._rack {return false}
+        if _storage._nextBoot != rhs_storage._nextBoot {return false}
+        if _storage._inventory != rhs_storage._inventory {return false}
+        if _storage._deployment != rhs_storage._deployment {return false}
+        if _storage._progress != rhs_storage._progress {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Inventory: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Inventory"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cpu_model\0\u{1}cores\0\u{3}memory_bytes\0\u{1}disks\0\u{1}nics\0\u{1}vendor\0\u{1}product\0\u{1}serial\0\u{1}firmware\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -311,16 +970,225 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.mac) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.architecture) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.firmware) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.state) }()
-      case 7: try { try decoder.decodeSingularMessageField(value: &self._firstSeen) }()
-      case 8: try { try decoder.decodeSingularMessageField(value: &self._lastSeen) }()
-      case 9: try { try decoder.decodeRepeatedMessageField(value: &self.timeline) }()
-      case 10: try { try decoder.decodeSingularMessageField(value: &self._bmc) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.cpuModel) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.cores) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.memoryBytes) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.disks) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.nics) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.vendor) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.product) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.serial) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.firmware) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.cpuModel.isEmpty {
+      try visitor.visitSingularStringField(value: self.cpuModel, fieldNumber: 1)
+    }
+    if self.cores != 0 {
+      try visitor.visitSingularInt32Field(value: self.cores, fieldNumber: 2)
+    }
+    if self.memoryBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.memoryBytes, fieldNumber: 3)
+    }
+    if !self.disks.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.disks, fieldNumber: 4)
+    }
+    if !self.nics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.nics, fieldNumber: 5)
+    }
+    if !self.vendor.isEmpty {
+      try visitor.visitSingularStringField(value: self.vendor, fieldNumber: 6)
+    }
+    if !self.product.isEmpty {
+      try visitor.visitSingularStringField(value: self.product, fieldNumber: 7)
+    }
+    if !self.serial.isEmpty {
+      try visitor.visitSingularStringField(value: self.serial, fieldNumber: 8)
+    }
+    if !self.firmware.isEmpty {
+      try visitor.visitSingularStringField(value: self.firmware, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Inventory, rhs: Farrier_V1_Inventory) -> Bool {
+    if lhs.cpuModel != rhs.cpuModel {return false}
+    if lhs.cores != rhs.cores {return false}
+    if lhs.memoryBytes != rhs.memoryBytes {return false}
+    if lhs.disks != rhs.disks {return false}
+    if lhs.nics != rhs.nics {return false}
+    if lhs.vendor != rhs.vendor {return false}
+    if lhs.product != rhs.product {return false}
+    if lhs.serial != rhs.serial {return false}
+    if lhs.firmware != rhs.firmware {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Disk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Disk"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{1}model\0\u{1}serial\0\u{1}rotational\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.sizeBytes) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.serial) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.rotational) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.sizeBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.sizeBytes, fieldNumber: 2)
+    }
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 3)
+    }
+    if !self.serial.isEmpty {
+      try visitor.visitSingularStringField(value: self.serial, fieldNumber: 4)
+    }
+    if self.rotational != false {
+      try visitor.visitSingularBoolField(value: self.rotational, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Disk, rhs: Farrier_V1_Disk) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.sizeBytes != rhs.sizeBytes {return false}
+    if lhs.model != rhs.model {return false}
+    if lhs.serial != rhs.serial {return false}
+    if lhs.rotational != rhs.rotational {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NIC"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{1}driver\0\u{1}link\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.mac) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.driver) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.link) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.mac.isEmpty {
+      try visitor.visitSingularStringField(value: self.mac, fieldNumber: 2)
+    }
+    if !self.driver.isEmpty {
+      try visitor.visitSingularStringField(value: self.driver, fieldNumber: 3)
+    }
+    if self.link != false {
+      try visitor.visitSingularBoolField(value: self.link, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_NIC, rhs: Farrier_V1_NIC) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.mac != rhs.mac {return false}
+    if lhs.driver != rhs.driver {return false}
+    if lhs.link != rhs.link {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Deployment"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}image\0\u{3}image_sha256\0\u{1}hostname\0\u{3}ssh_key_count\0\u{3}requested_by\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.image) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.imageSha256) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.sshKeyCount) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.requestedBy) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.image.isEmpty {
+      try visitor.visitSingularStringField(value: self.image, fieldNumber: 1)
+    }
+    if !self.imageSha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.imageSha256, fieldNumber: 2)
+    }
+    if !self.hostname.isEmpty {
+      try visitor.visitSingularStringField(value: self.hostname, fieldNumber: 3)
+    }
+    if self.sshKeyCount != 0 {
+      try visitor.visitSingularInt32Field(value: self.sshKeyCount, fieldNumber: 4)
+    }
+    if !self.requestedBy.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestedBy, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Deployment, rhs: Farrier_V1_Deployment) -> Bool {
+    if lhs.image != rhs.image {return false}
+    if lhs.imageSha256 != rhs.imageSha256 {return false}
+    if lhs.hostname != rhs.hostname {return false}
+    if lhs.sshKeyCount != rhs.sshKeyCount {return false}
+    if lhs.requestedBy != rhs.requestedBy {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Progress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Progress"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}stage\0\u{3}bytes_done\0\u{3}bytes_total\0\u{1}updated\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.stage) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.bytesDone) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.bytesTotal) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._updated) }()
       default: break
       }
     }
@@ -331,50 +1199,26 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.id.isEmpty {
-      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    if !self.stage.isEmpty {
+      try visitor.visitSingularStringField(value: self.stage, fieldNumber: 1)
     }
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    if self.bytesDone != 0 {
+      try visitor.visitSingularInt64Field(value: self.bytesDone, fieldNumber: 2)
     }
-    if !self.mac.isEmpty {
-      try visitor.visitSingularStringField(value: self.mac, fieldNumber: 3)
+    if self.bytesTotal != 0 {
+      try visitor.visitSingularInt64Field(value: self.bytesTotal, fieldNumber: 3)
     }
-    if !self.architecture.isEmpty {
-      try visitor.visitSingularStringField(value: self.architecture, fieldNumber: 4)
-    }
-    if !self.firmware.isEmpty {
-      try visitor.visitSingularStringField(value: self.firmware, fieldNumber: 5)
-    }
-    if !self.state.isEmpty {
-      try visitor.visitSingularStringField(value: self.state, fieldNumber: 6)
-    }
-    try { if let v = self._firstSeen {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
-    } }()
-    try { if let v = self._lastSeen {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
-    } }()
-    if !self.timeline.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.timeline, fieldNumber: 9)
-    }
-    try { if let v = self._bmc {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    try { if let v = self._updated {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Farrier_V1_Machine, rhs: Farrier_V1_Machine) -> Bool {
-    if lhs.id != rhs.id {return false}
-    if lhs.name != rhs.name {return false}
-    if lhs.mac != rhs.mac {return false}
-    if lhs.architecture != rhs.architecture {return false}
-    if lhs.firmware != rhs.firmware {return false}
-    if lhs.state != rhs.state {return false}
-    if lhs._firstSeen != rhs._firstSeen {return false}
-    if lhs._lastSeen != rhs._lastSeen {return false}
-    if lhs.timeline != rhs.timeline {return false}
-    if lhs._bmc != rhs._bmc {return false}
+  public static func ==(lhs: Farrier_V1_Progress, rhs: Farrier_V1_Progress) -> Bool {
+    if lhs.stage != rhs.stage {return false}
+    if lhs.bytesDone != rhs.bytesDone {return false}
+    if lhs.bytesTotal != rhs.bytesTotal {return false}
+    if lhs._updated != rhs._updated {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -471,7 +1315,7 @@ nonisolated extension Farrier_V1_TimelineEvent: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListMachinesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0\u{3}page_size\0\u{3}page_token\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0\u{3}page_size\0\u{3}page_token\0\u{1}tags\0\u{1}project\0\u{1}zone\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -482,6 +1326,9 @@ nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, Swi
       case 1: try { try decoder.decodeSingularStringField(value: &self.state) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.pageSize) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.pageToken) }()
+      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.project) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.zone) }()
       default: break
       }
     }
@@ -497,6 +1344,15 @@ nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, Swi
     if !self.pageToken.isEmpty {
       try visitor.visitSingularStringField(value: self.pageToken, fieldNumber: 3)
     }
+    if !self.tags.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.tags, fieldNumber: 4)
+    }
+    if !self.project.isEmpty {
+      try visitor.visitSingularStringField(value: self.project, fieldNumber: 5)
+    }
+    if !self.zone.isEmpty {
+      try visitor.visitSingularStringField(value: self.zone, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -504,6 +1360,9 @@ nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, Swi
     if lhs.state != rhs.state {return false}
     if lhs.pageSize != rhs.pageSize {return false}
     if lhs.pageToken != rhs.pageToken {return false}
+    if lhs.tags != rhs.tags {return false}
+    if lhs.project != rhs.project {return false}
+    if lhs.zone != rhs.zone {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -581,7 +1440,7 @@ nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnrollMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0\u{1}commission\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -594,6 +1453,7 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
       case 3: try { try decoder.decodeSingularStringField(value: &self.bmcURL) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.bmcPassword) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.bmcInsecureTls) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.commission) }()
       default: break
       }
     }
@@ -615,6 +1475,9 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if self.bmcInsecureTls != false {
       try visitor.visitSingularBoolField(value: self.bmcInsecureTls, fieldNumber: 5)
     }
+    if self.commission != false {
+      try visitor.visitSingularBoolField(value: self.commission, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -624,6 +1487,7 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if lhs.bmcURL != rhs.bmcURL {return false}
     if lhs.bmcPassword != rhs.bmcPassword {return false}
     if lhs.bmcInsecureTls != rhs.bmcInsecureTls {return false}
+    if lhs.commission != rhs.commission {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -818,6 +1682,402 @@ nonisolated extension Farrier_V1_ConsoleOutput: SwiftProtobuf.Message, SwiftProt
 
   public static func ==(lhs: Farrier_V1_ConsoleOutput, rhs: Farrier_V1_ConsoleOutput) -> Bool {
     if lhs.data != rhs.data {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_MachineRef: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MachineRef"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_MachineRef, rhs: Farrier_V1_MachineRef) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_UpdateMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UpdateMachineRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}set_labels\0\u{3}remove_labels\0\u{3}set_tags\0\u{3}remove_tags\0\u{1}zone\0\u{1}rack\0\u{3}new_name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.setLabels) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.removeLabels) }()
+      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.setTags) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.removeTags) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self._zone) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self._rack) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.newName) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.setLabels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.setLabels, fieldNumber: 2)
+    }
+    if !self.removeLabels.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.removeLabels, fieldNumber: 3)
+    }
+    if !self.setTags.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.setTags, fieldNumber: 4)
+    }
+    if !self.removeTags.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.removeTags, fieldNumber: 5)
+    }
+    try { if let v = self._zone {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 6)
+    } }()
+    try { if let v = self._rack {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 7)
+    } }()
+    if !self.newName.isEmpty {
+      try visitor.visitSingularStringField(value: self.newName, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_UpdateMachineRequest, rhs: Farrier_V1_UpdateMachineRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.setLabels != rhs.setLabels {return false}
+    if lhs.removeLabels != rhs.removeLabels {return false}
+    if lhs.setTags != rhs.setTags {return false}
+    if lhs.removeTags != rhs.removeTags {return false}
+    if lhs._zone != rhs._zone {return false}
+    if lhs._rack != rhs._rack {return false}
+    if lhs.newName != rhs.newName {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Constraints: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Constraints"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}architecture\0\u{1}firmware\0\u{3}min_cores\0\u{3}min_memory_bytes\0\u{3}min_disk_bytes\0\u{1}tags\0\u{1}zone\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.architecture) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.firmware) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.minCores) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.minMemoryBytes) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.minDiskBytes) }()
+      case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.zone) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.architecture.isEmpty {
+      try visitor.visitSingularStringField(value: self.architecture, fieldNumber: 1)
+    }
+    if !self.firmware.isEmpty {
+      try visitor.visitSingularStringField(value: self.firmware, fieldNumber: 2)
+    }
+    if self.minCores != 0 {
+      try visitor.visitSingularInt32Field(value: self.minCores, fieldNumber: 3)
+    }
+    if self.minMemoryBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.minMemoryBytes, fieldNumber: 4)
+    }
+    if self.minDiskBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.minDiskBytes, fieldNumber: 5)
+    }
+    if !self.tags.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.tags, fieldNumber: 6)
+    }
+    if !self.zone.isEmpty {
+      try visitor.visitSingularStringField(value: self.zone, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Constraints, rhs: Farrier_V1_Constraints) -> Bool {
+    if lhs.architecture != rhs.architecture {return false}
+    if lhs.firmware != rhs.firmware {return false}
+    if lhs.minCores != rhs.minCores {return false}
+    if lhs.minMemoryBytes != rhs.minMemoryBytes {return false}
+    if lhs.minDiskBytes != rhs.minDiskBytes {return false}
+    if lhs.tags != rhs.tags {return false}
+    if lhs.zone != rhs.zone {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeployMachineRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}constraints\0\u{1}project\0\u{1}image\0\u{3}ssh_keys\0\u{3}user_data\0\u{1}hostname\0\u{1}tags\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._constraints) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.project) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.image) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.sshKeys) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.userData) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
+      case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if let v = self._constraints {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.project.isEmpty {
+      try visitor.visitSingularStringField(value: self.project, fieldNumber: 3)
+    }
+    if !self.image.isEmpty {
+      try visitor.visitSingularStringField(value: self.image, fieldNumber: 4)
+    }
+    if !self.sshKeys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.sshKeys, fieldNumber: 5)
+    }
+    if !self.userData.isEmpty {
+      try visitor.visitSingularStringField(value: self.userData, fieldNumber: 6)
+    }
+    if !self.hostname.isEmpty {
+      try visitor.visitSingularStringField(value: self.hostname, fieldNumber: 7)
+    }
+    if !self.tags.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.tags, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_DeployMachineRequest, rhs: Farrier_V1_DeployMachineRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs._constraints != rhs._constraints {return false}
+    if lhs.project != rhs.project {return false}
+    if lhs.image != rhs.image {return false}
+    if lhs.sshKeys != rhs.sshKeys {return false}
+    if lhs.userData != rhs.userData {return false}
+    if lhs.hostname != rhs.hostname {return false}
+    if lhs.tags != rhs.tags {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_ReleaseMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReleaseMachineRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}wipe\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.wipe) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.wipe.isEmpty {
+      try visitor.visitSingularStringField(value: self.wipe, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_ReleaseMachineRequest, rhs: Farrier_V1_ReleaseMachineRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.wipe != rhs.wipe {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_DeleteMachineResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeleteMachineResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_DeleteMachineResponse, rhs: Farrier_V1_DeleteMachineResponse) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_WatchEventsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WatchEventsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}after_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.afterID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.afterID != 0 {
+      try visitor.visitSingularInt64Field(value: self.afterID, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_WatchEventsRequest, rhs: Farrier_V1_WatchEventsRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.afterID != rhs.afterID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_MachineEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MachineEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}time\0\u{1}machine\0\u{1}kind\0\u{1}state\0\u{1}phase\0\u{1}message\0\u{1}progress\0\u{3}failed_step\0\u{1}project\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._time) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.machine) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.phase) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._progress) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.failedStep) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.project) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.id != 0 {
+      try visitor.visitSingularInt64Field(value: self.id, fieldNumber: 1)
+    }
+    try { if let v = self._time {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.machine.isEmpty {
+      try visitor.visitSingularStringField(value: self.machine, fieldNumber: 3)
+    }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 4)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 5)
+    }
+    if !self.phase.isEmpty {
+      try visitor.visitSingularStringField(value: self.phase, fieldNumber: 6)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 7)
+    }
+    try { if let v = self._progress {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
+    if !self.failedStep.isEmpty {
+      try visitor.visitSingularStringField(value: self.failedStep, fieldNumber: 9)
+    }
+    if !self.project.isEmpty {
+      try visitor.visitSingularStringField(value: self.project, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_MachineEvent, rhs: Farrier_V1_MachineEvent) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs._time != rhs._time {return false}
+    if lhs.machine != rhs.machine {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.phase != rhs.phase {return false}
+    if lhs.message != rhs.message {return false}
+    if lhs._progress != rhs._progress {return false}
+    if lhs.failedStep != rhs.failedStep {return false}
+    if lhs.project != rhs.project {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

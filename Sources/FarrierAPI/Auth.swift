@@ -1,0 +1,94 @@
+import Crypto
+import FarrierCore
+import Foundation
+import GRPCCore
+
+/// The verified caller of the RPC being served.
+public enum Caller {
+    @TaskLocal public static var principal: Principal?
+
+    /// The caller, or UNAUTHENTICATED (the interceptor always sets one; this guards wiring).
+    static func current() throws -> Principal {
+        guard let p = principal else { throw RPCError(code: .unauthenticated, message: "no verified caller") }
+        return p
+    }
+
+    /// The caller, who must hold an admin token.
+    static func admin(_ what: String) throws -> Principal {
+        let p = try current()
+        guard p.isAdmin else {
+            throw RPCError(code: .permissionDenied, message: "\(what) needs an admin token; token '\(p.tokenName)' is a member of project \(p.project ?? "-")")
+        }
+        return p
+    }
+}
+
+/// Bearer-token secrets: 32 random bytes, base64url, with a `fa_` prefix so they are easy to
+/// recognise in logs and secret scanners. Only their SHA-256 is stored.
+public enum TokenSecret {
+    public static func generate() -> String {
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        return "fa_" + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+    }
+
+    public static func hash(_ secret: String) -> String {
+        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// Verifies `authorization: Bearer <token>` on every RPC and runs the handler, including the
+/// response producer of streaming RPCs, with `Caller.principal` set.
+public struct AuthInterceptor: ServerInterceptor {
+    let store: any TenancyStore
+
+    public init(store: any TenancyStore) { self.store = store }
+
+    public func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingServerRequest<Input>, context: ServerContext,
+        next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+    ) async throws -> StreamingServerResponse<Output> {
+        guard let header = request.metadata[stringValues: "authorization"].first(where: { _ in true }) else {
+            throw RPCError(
+                code: .unauthenticated,
+                message: "no API token: pass --token or set FARRIER_TOKEN (the first admin token is in DATA-DIR/admin.token)")
+        }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+            throw RPCError(code: .unauthenticated, message: "authorization must be 'Bearer <token>'")
+        }
+        guard let token = try store.token(secretSHA256: TokenSecret.hash(String(parts[1]))) else {
+            throw RPCError(code: .unauthenticated, message: "API token is not valid (revoked, or from another server)")
+        }
+        let principal = Principal(tokenID: token.id, tokenName: token.name, role: token.role, project: token.project)
+        var response = try await Caller.$principal.withValue(principal) { try await next(request, context) }
+        // Streaming producers run after the handler returned: bind the caller there too.
+        if case .success(var contents) = response.accepted {
+            let producer = contents.producer
+            contents.producer = { writer in try await Caller.$principal.withValue(principal) { try await producer(writer) } }
+            response.accepted = .success(contents)
+        }
+        return response
+    }
+}
+
+/// Makes the first admin token when the server has none: printed once on stderr and saved to
+/// `<dataDir>/admin.token` (0600), where the CLI on this host finds it.
+public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) throws -> String? {
+    guard try store.tokens().isEmpty else { return nil }
+    let secret = TokenSecret.generate()
+    let path = dataDir + "/admin.token"
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    guard fd >= 0 else { throw RPCError(code: .internalError, message: "cannot create \(path)") }
+    fchmod(fd, 0o600)
+    let bytes = Array((secret + "\n").utf8)
+    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    fsync(fd)
+    close(fd)
+    guard written == bytes.count else { throw RPCError(code: .internalError, message: "cannot write \(path)") }
+    try store.createToken(APIToken(
+        id: UUID().uuidString.lowercased(), name: "admin", role: .admin, project: nil, secretSHA256: TokenSecret.hash(secret),
+        created: Date()))
+    return secret
+}

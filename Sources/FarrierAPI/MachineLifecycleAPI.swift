@@ -1,0 +1,320 @@
+import FarrierBMC
+import FarrierControl
+import FarrierCore
+import Foundation
+import GRPCCore
+import Logging
+import SwiftProtobuf
+
+extension MachineAPI {
+    public func updateMachine(request: Farrier_V1_UpdateMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
+        let caller = try Caller.current()
+        let m = try visibleMachine(request.name)
+        let adminFields =
+            !request.setTags.isEmpty || !request.removeTags.isEmpty || request.hasZone || request.hasRack || !request.newName.isEmpty
+        if adminFields { _ = try Caller.admin("changing tags, zone, rack or name") }
+        for (k, v) in request.setLabels {
+            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: "label: \(p)") }
+        }
+        for (k, v) in request.setTags {
+            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
+        }
+        for field in [request.zone, request.rack] where field.count > Validation.maxFieldLength {
+            throw RPCError(code: .invalidArgument, message: "zone and rack are at most \(Validation.maxFieldLength) characters")
+        }
+        if !request.newName.isEmpty, let p = Machine.nameProblem(request.newName) {
+            throw RPCError(code: .invalidArgument, message: p)
+        }
+        do {
+            let updated = try store.update(machineID: m.id) { x in
+                for (k, v) in request.setLabels { x.labels[k] = v }
+                for k in request.removeLabels { x.labels[k] = nil }
+                for (k, v) in request.setTags { x.tags[k] = v }
+                for k in request.removeTags { x.tags[k] = nil }
+                if request.hasZone { x.zone = request.zone }
+                if request.hasRack { x.rack = request.rack }
+                if !request.newName.isEmpty { x.name = request.newName }
+                if x.labels.count > Validation.maxTags || x.tags.count > Validation.maxTags {
+                    throw RPCError(code: .invalidArgument, message: "a machine carries at most \(Validation.maxTags) tags and \(Validation.maxTags) labels")
+                }
+                return [MachineEvent(x, kind: .action, message: "updated by \(caller.tokenName)")]
+            }
+            controller.hub.notify()
+            return Farrier_V1_Machine(updated, timeline: [])
+        } catch let c as StoreConflict {
+            throw RPCError(code: .alreadyExists, message: c.description)
+        }
+    }
+
+    public func commissionMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+        _ = try Caller.admin("commissioning")
+        return try transition(.commission, try visibleMachine(request.name))
+    }
+
+    public func deployMachine(request: Farrier_V1_DeployMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
+        let caller = try Caller.current()
+        // Project: members deploy into their own; admins must say which.
+        let projectName: String
+        if caller.isAdmin {
+            guard !request.project.isEmpty else {
+                throw RPCError(code: .invalidArgument, message: "project is required with an admin token (--project NAME)")
+            }
+            projectName = request.project
+        } else {
+            guard let own = caller.project else { throw RPCError(code: .permissionDenied, message: "token has no project") }
+            if !request.project.isEmpty, request.project != own {
+                throw RPCError(code: .permissionDenied, message: "a member token of project \(own) deploys only into \(own)")
+            }
+            projectName = own
+        }
+        guard let project = try store.project(name: projectName) else {
+            throw RPCError(code: .notFound, message: "no project named '\(projectName)'")
+        }
+        // Image.
+        guard !request.image.isEmpty else { throw RPCError(code: .invalidArgument, message: "an image is required (--image NAME)") }
+        guard let image = try store.image(name: request.image) else {
+            let known = try store.images().map(\.name)
+            throw RPCError(
+                code: .notFound,
+                message: "no image named '\(request.image)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))")
+        }
+        // Keys, user-data, hostname, tags.
+        guard request.sshKeys.count <= Validation.maxSSHKeys else {
+            throw RPCError(code: .invalidArgument, message: "at most \(Validation.maxSSHKeys) SSH keys")
+        }
+        for (i, key) in request.sshKeys.enumerated() {
+            let fields = key.split(separator: " ")
+            let types = ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"]
+            guard fields.count >= 2, types.contains(String(fields[0])), Data(base64Encoded: String(fields[1])) != nil,
+                key.count <= 16384, !key.contains("\n")
+            else {
+                throw RPCError(code: .invalidArgument, message: "ssh key \(i + 1) is not an OpenSSH public key line (type base64 [comment])")
+            }
+        }
+        guard request.userData.utf8.count <= Validation.maxUserData else {
+            throw RPCError(code: .invalidArgument, message: "user_data is \(request.userData.utf8.count) bytes; at most \(Validation.maxUserData)")
+        }
+        if !request.hostname.isEmpty, let p = Machine.nameProblem(request.hostname) {
+            throw RPCError(code: .invalidArgument, message: "hostname: \(p)")
+        }
+        for (k, v) in request.tags {
+            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
+        }
+        let missing = project.requiredTags.filter { (request.tags[$0] ?? "").isEmpty }
+        if !missing.isEmpty {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "project \(project.name) requires the tags \(missing.joined(separator: ", ")) on every deploy; add --tag \(missing[0])=VALUE")
+        }
+        let placement = try Self.placement(request.constraints)
+        if let a = placement.architecture, image.architecture != .unknown, a != image.architecture {
+            throw RPCError(code: .invalidArgument, message: "image \(image.name) is \(image.architecture.rawValue), constraints ask \(a.rawValue)")
+        }
+        func fill(_ m: inout Machine) {
+            m.project = project.name
+            m.deployment = Deployment(
+                image: image.name, imageSHA256: image.sha256, sshKeys: request.sshKeys, userData: request.userData,
+                hostname: request.hostname.isEmpty ? m.name : request.hostname, requestedBy: caller.tokenName, tags: request.tags)
+        }
+        func compatible(_ m: Machine) -> String? {
+            if image.architecture != .unknown, m.architecture != .unknown, m.architecture != image.architecture {
+                return "image \(image.name) is \(image.architecture.rawValue) but machine \(m.name) is \(m.architecture.rawValue)"
+            }
+            if image.firmware != .unknown, m.firmware != .unknown, m.firmware != image.firmware {
+                return "image \(image.name) needs \(image.firmware.rawValue) but machine \(m.name) boots \(m.firmware.rawValue)"
+            }
+            return nil
+        }
+        do {
+            let deployed: Machine
+            if !request.name.isEmpty {
+                // By name: a pool machine (ready, unallocated) or one of the caller's.
+                guard let m = try store.machine(nameOrMAC: request.name), caller.canSee(m) || (m.project == nil && m.state == .ready)
+                else { throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.name)'") }
+                if let why = compatible(m) { throw RPCError(code: .failedPrecondition, message: why) }
+                deployed = try controller.apply(.deploy, machineID: m.id) { x in
+                    guard x.project == nil else {
+                        throw ControlError(.conflict, "machine \(x.name) is allocated to project \(x.project ?? ""); release it first")
+                    }
+                    fill(&x)
+                }
+            } else {
+                var chosen: Machine?
+                chosen = try store.allocate({ all in
+                    placement.choose(from: all.filter { compatible($0) == nil })
+                }) { x in
+                    try ControllerBridge.transition(&x, .deploy)
+                    fill(&x)
+                    return [MachineEvent(x, kind: .transition, message: x.reason)]
+                }
+                guard let chosen else {
+                    throw RPCError(code: .resourceExhausted, message: "no ready machine in the pool meets the constraints \(Self.describe(placement))")
+                }
+                controller.hub.notify()
+                deployed = chosen
+            }
+            logger.info("deploy", metadata: ["machine": "\(deployed.name)", "project": "\(project.name)", "image": "\(image.name)"])
+            return Farrier_V1_Machine(deployed, timeline: [])
+        } catch let e as ControlError {
+            throw e.rpc
+        }
+    }
+
+    static func placement(_ c: Farrier_V1_Constraints) throws -> Placement {
+        var p = Placement()
+        if !c.architecture.isEmpty {
+            guard let a = Architecture(rawValue: c.architecture) else {
+                throw RPCError(code: .invalidArgument, message: "unknown architecture '\(c.architecture)'; valid: x86_64, arm64, i386, arm32")
+            }
+            p.architecture = a
+        }
+        if !c.firmware.isEmpty {
+            guard let f = Firmware(rawValue: c.firmware), f != .unknown else {
+                throw RPCError(code: .invalidArgument, message: "unknown firmware '\(c.firmware)'; valid: bios, uefi")
+            }
+            p.firmware = f
+        }
+        guard c.minCores >= 0, c.minMemoryBytes >= 0, c.minDiskBytes >= 0 else {
+            throw RPCError(code: .invalidArgument, message: "minimum cores, memory and disk must not be negative")
+        }
+        p.minCores = Int(c.minCores)
+        p.minMemoryBytes = c.minMemoryBytes
+        p.minDiskBytes = c.minDiskBytes
+        for (k, v) in c.tags {
+            if let problem = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: problem) }
+        }
+        p.tags = c.tags
+        p.zone = c.zone.isEmpty ? nil : c.zone
+        return p
+    }
+
+    static func describe(_ p: Placement) -> String {
+        var parts: [String] = []
+        if let a = p.architecture { parts.append("arch=\(a.rawValue)") }
+        if let f = p.firmware { parts.append("firmware=\(f.rawValue)") }
+        if p.minCores > 0 { parts.append("cores>=\(p.minCores)") }
+        if p.minMemoryBytes > 0 { parts.append("memory>=\(p.minMemoryBytes)") }
+        if p.minDiskBytes > 0 { parts.append("disk>=\(p.minDiskBytes)") }
+        if let z = p.zone { parts.append("zone=\(z)") }
+        for (k, v) in p.tags.sorted(by: { $0.key < $1.key }) { parts.append("\(k)=\(v)") }
+        return parts.isEmpty ? "(none)" : parts.joined(separator: " ")
+    }
+
+    public func releaseMachine(request: Farrier_V1_ReleaseMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
+        let mode: WipeMode
+        if request.wipe.isEmpty { mode = .quick } else {
+            guard let m = WipeMode(rawValue: request.wipe) else {
+                throw RPCError(code: .invalidArgument, message: "unknown wipe '\(request.wipe)'; valid: quick, full")
+            }
+            mode = m
+        }
+        return try transition(.release, try visibleMachine(request.name)) { x in x.deployment?.wipe = mode }
+    }
+
+    public func rescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+        try transition(.rescue, try visibleMachine(request.name))
+    }
+
+    public func exitRescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+        try transition(.exitRescue, try visibleMachine(request.name))
+    }
+
+    public func retryMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+        try transition(.retry, try visibleMachine(request.name))
+    }
+
+    public func abortMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+        try transition(.abort, try visibleMachine(request.name))
+    }
+
+    public func restartMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+        let m = try visibleMachine(request.name)
+        guard m.state == .deployed || m.state == .rescue else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "machine \(m.name) is \(m.state.rawValue); restart is for deployed or rescue machines (use power for others)")
+        }
+        let (_, bmc) = try await bmc(for: request.name)
+        do {
+            // A deployed machine boots its disk: make sure of it before cycling.
+            if m.state == .deployed {
+                try await bmc.setBootOverride(BootOverride(device: .disk, persistent: true, efi: m.firmware == .uefi))
+            }
+            if try await bmc.powerState() == .off { try await bmc.power(.on) } else { try await bmc.power(.cycle) }
+        } catch {
+            throw Self.rpcError(error, machine: m.name)
+        }
+        let caller = try Caller.current()
+        let updated = try store.update(machineID: m.id) { x in [MachineEvent(x, kind: .action, message: "restarted by \(caller.tokenName)")] }
+        controller.hub.notify()
+        return Farrier_V1_Machine(updated, timeline: [])
+    }
+
+    public func deleteMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_DeleteMachineResponse {
+        _ = try Caller.admin("deleting a machine")
+        let m = try visibleMachine(request.name)
+        if let p = m.project {
+            throw RPCError(code: .failedPrecondition, message: "machine \(m.name) is allocated to project \(p); release it first")
+        }
+        if Lifecycle.steps.contains(m.state) {
+            throw RPCError(code: .failedPrecondition, message: "machine \(m.name) is \(m.state.rawValue); wait for it, or abort it once failed")
+        }
+        try store.deleteMachine(id: m.id)
+        await pool.forget(machineID: m.id)
+        logger.info("machine deleted", metadata: ["machine": "\(m.name)"])
+        return Farrier_V1_DeleteMachineResponse()
+    }
+
+    public func watchEvents(
+        request: Farrier_V1_WatchEventsRequest, response: RPCWriter<Farrier_V1_MachineEvent>, context: ServerContext
+    ) async throws {
+        let caller = try Caller.current()
+        let machineID = request.name.isEmpty ? nil : try visibleMachine(request.name).id
+        guard request.afterID >= 0 else { throw RPCError(code: .invalidArgument, message: "after_id must not be negative") }
+        let (wakeups, cancel) = controller.hub.subscribe()
+        defer { cancel() }
+        var last = request.afterID == 0 ? try store.lastEventID() : request.afterID
+        // Read what is stored after `last`, then sleep until the next commit; a wake-up that
+        // races a read only causes one more (empty) read. Ends when the client cancels.
+        var iterator = wakeups.makeAsyncIterator()
+        try await withRPCCancellationHandler {
+        while !Task.isCancelled {
+            for _ in 0..<1000 {  // bounded catch-up per wake-up
+                let batch = try store.events(after: last, machineID: machineID, limit: 500)
+                for e in batch where caller.isAdmin || (e.project != nil && e.project == caller.project) {
+                    try await response.write(Farrier_V1_MachineEvent(e))
+                }
+                last = batch.last?.id ?? last
+                if batch.count < 500 { break }
+            }
+            guard await iterator.next() != nil else { return }
+        }
+        } onCancelRPC: {
+            cancel()
+        }
+    }
+}
+
+/// The controller's pure transition, for the allocation transaction (which must choose the
+/// machine and transition it in one commit).
+enum ControllerBridge {
+    static func transition(_ m: inout Machine, _ event: Lifecycle.Event) throws {
+        try Controller.commitTransition(&m, event)
+    }
+}
+
+extension Farrier_V1_MachineEvent {
+    init(_ e: MachineEvent) {
+        self.init()
+        id = e.id
+        time = Google_Protobuf_Timestamp(date: e.time)
+        machine = e.machine
+        kind = e.kind.rawValue
+        state = e.state.rawValue
+        phase = e.phase == .none ? "" : e.phase.rawValue
+        message = e.message
+        project = e.project ?? ""
+        if let p = e.progress { progress = Farrier_V1_Progress(p) }
+    }
+}

@@ -1,0 +1,262 @@
+import Crypto
+import FarrierBMC
+import FarrierCore
+import Foundation
+import Logging
+
+/// Lifecycle settings of the server.
+public struct ControlConfiguration: Sendable, Hashable {
+    /// Deploys in their boot, agent or finish phase at once; more wait `queued`.
+    public var maxConcurrentDeploys = 8
+    /// Wipes (releases) at once.
+    public var maxConcurrentWipes = 8
+    /// How long each step may take, from its start (after any queueing) to its end.
+    public var timeouts: [MachineState: Duration] = [
+        .commissioning: .seconds(30 * 60), .deploying: .seconds(60 * 60), .releasing: .seconds(60 * 60),
+        .rescuing: .seconds(30 * 60), .exitingRescue: .seconds(15 * 60),
+    ]
+    /// How often the reconciler looks at every machine, besides being woken by transitions.
+    public var tick: Duration = .seconds(2)
+    /// Attempts of one BMC action before the step fails.
+    public var bmcAttempts = 3
+    public var bmcRetryDelay: Duration = .seconds(2)
+
+    public init() {}
+
+    public func timeout(_ step: MachineState) -> Duration { timeouts[step] ?? .seconds(60 * 60) }
+}
+
+/// A request that cannot be done as asked, with a message the user can act on.
+public struct ControlError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable { case notFound, invalid, conflict, permission, unavailable }
+    public var kind: Kind
+    public var description: String
+    public init(_ kind: Kind, _ description: String) {
+        self.kind = kind
+        self.description = description
+    }
+}
+
+/// The lifecycle's single writer of transitions: every transition is committed here (state,
+/// phase, generation and its event in one transaction) before anything acts on it. The API,
+/// the agent endpoints and the reconciler all go through it.
+public final class Controller: Sendable {
+    public let store: any StateStore
+    public let pool: BMCPool
+    public let hub: EventHub
+    public let configuration: ControlConfiguration
+    let agentKey: SymmetricKey
+    let logger: Logger
+
+    public init(
+        store: any StateStore, pool: BMCPool, agentKey: SymmetricKey, configuration: ControlConfiguration = .init(),
+        logger: Logger = Logger(label: "farrier.control")
+    ) {
+        self.store = store
+        self.pool = pool
+        self.agentKey = agentKey
+        self.configuration = configuration
+        self.hub = EventHub()
+        self.logger = logger
+    }
+
+    // MARK: Transitions
+
+    /// Applies a lifecycle event to a machine and commits it, with `change` for what else the
+    /// event carries (the deployment, inventory…). `guardGeneration` makes the commit conditional
+    /// on the step being the one the caller saw (a stale worker or agent changes nothing).
+    @discardableResult
+    public func apply(
+        _ event: Lifecycle.Event, machineID: String, guardGeneration: Int? = nil, reasonSuffix: String = "",
+        change: (inout Machine) throws -> Void = { _ in }
+    ) throws -> Machine {
+        let m = try store.update(machineID: machineID) { m in
+            if let g = guardGeneration, m.generation != g {
+                throw ControlError(.conflict, "machine \(m.name) moved on to another step")
+            }
+            try Self.transition(&m, event, reasonSuffix: reasonSuffix)
+            try change(&m)
+            return [MachineEvent(m, kind: .transition, message: m.reason)]
+        }
+        logger.info(
+            "transition",
+            metadata: ["machine": "\(m.name)", "event": "\(event)", "state": "\(m.state.rawValue)", "reason": "\(m.reason)"])
+        hub.notify()
+        return m
+    }
+
+    /// The pure part of a transition, on a machine value: state, and the step bookkeeping.
+    static func transition(_ m: inout Machine, _ event: Lifecycle.Event, reasonSuffix: String = "") throws {
+        let from = m.state
+        switch Lifecycle.apply(event, to: m.status) {
+        case .failure(let refusal): throw ControlError(.conflict, "machine \(m.name): \(refusal.description)")
+        case .success(var status):
+            status.reason += reasonSuffix
+            m.status = status
+        }
+        if Lifecycle.steps.contains(m.state) {
+            m.generation += 1
+            m.phase = .queued
+            m.stepStarted = nil
+            m.progress = nil
+        } else {
+            m.phase = .none
+            m.stepStarted = nil
+        }
+        // Back in the pool: no project, no deployment, no deploy tags.
+        if m.state == .ready || m.state == .enrolled {
+            m.project = nil
+            m.deployment = nil
+        }
+        if m.state != .failed { m.failedStep = nil }
+        _ = from
+    }
+
+    /// The pure transition, for callers that commit it in their own transaction (allocation).
+    public static func commitTransition(_ m: inout Machine, _ event: Lifecycle.Event) throws {
+        try transition(&m, event)
+    }
+
+    /// Moves a step to its next phase, if the machine is still in that step and phase.
+    @discardableResult
+    func advance(machineID: String, generation: Int, from: StepPhase, to: StepPhase, message: String) throws -> Machine? {
+        var moved = false
+        let m = try store.update(machineID: machineID) { m in
+            guard m.generation == generation, m.phase == from, Lifecycle.steps.contains(m.state) else { return [] }
+            m.phase = to
+            if to == .boot { m.stepStarted = Date() }
+            moved = true
+            return [MachineEvent(m, kind: .action, message: message)]
+        }
+        if moved { hub.notify() }
+        return moved ? m : nil
+    }
+
+    /// Fails the current step (if it is still `generation`) with a reason.
+    public func fail(machineID: String, generation: Int, reason: String) {
+        do {
+            try apply(.stepFailed(reason: reason), machineID: machineID, guardGeneration: generation)
+        } catch {
+            logger.debug("fail not applied", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Agent
+
+    /// The token the agent of this machine's current step authenticates with: bound to the
+    /// machine and the step's generation, so it is worthless for any other machine or step.
+    public func agentToken(for m: Machine) -> String {
+        "\(m.id).\(m.generation).\(Self.mac(agentKey, m.id, m.generation))"
+    }
+
+    static func mac(_ key: SymmetricKey, _ id: String, _ generation: Int) -> String {
+        let code = HMAC<SHA256>.authenticationCode(for: Data("farrier-agent:\(id):\(generation)".utf8), using: key)
+        return Data(code).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    /// Verifies an agent token: the machine it names, in the step it was made for.
+    public func agentMachine(token: String) throws -> Machine {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, let generation = Int(parts[1]) else {
+            throw ControlError(.permission, "malformed agent token")
+        }
+        let expected = Self.mac(agentKey, parts[0], generation)
+        // Constant-time comparison of the MACs.
+        guard expected.utf8.count == parts[2].utf8.count,
+            zip(expected.utf8, parts[2].utf8).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0
+        else { throw ControlError(.permission, "agent token is not valid") }
+        guard let m = try store.machine(id: parts[0]) else {
+            throw ControlError(.permission, "agent token names no machine")
+        }
+        guard m.generation == generation, Lifecycle.steps.contains(m.state) else {
+            throw ControlError(.permission, "agent token has expired: machine \(m.name) is \(m.state.rawValue)")
+        }
+        return m
+    }
+
+    /// The agent is up: the boot phase is over. Returns what it must do.
+    public func agentHello(token: String, hello: AgentHello) throws -> AgentTask {
+        let m = try agentMachine(token: token)
+        let updated = try store.update(machineID: m.id) { x in
+            guard x.generation == m.generation else { return [] }
+            if x.phase == .boot || x.phase == .queued { x.phase = .agent }
+            x.progress = StepProgress(stage: "started", updated: Date())
+            return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
+        }
+        hub.notify()
+        return try task(for: updated)
+    }
+
+    func task(for m: Machine) throws -> AgentTask {
+        switch m.state {
+        case .commissioning: return AgentTask(kind: .commission, machine: m.name)
+        case .deploying:
+            guard let d = m.deployment, let image = try store.image(name: d.image) else {
+                throw ControlError(.conflict, "machine \(m.name) has no deployable image")
+            }
+            return AgentTask(
+                kind: .deploy, machine: m.name,
+                image: .init(path: "/images/\(image.sha256)", sha256: image.sha256, size: image.size, format: image.format),
+                sshKeys: d.sshKeys, hostname: d.hostname, metadataURL: "/metadata/\(m.id)/")
+        case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .quick)
+        case .rescuing: return AgentTask(kind: .rescue, machine: m.name, sshKeys: m.deployment?.sshKeys ?? [])
+        default: throw ControlError(.conflict, "machine \(m.name) has no agent work (it is \(m.state.rawValue))")
+        }
+    }
+
+    public func agentProgress(token: String, report: AgentProgress) throws {
+        let m = try agentMachine(token: token)
+        _ = try store.update(machineID: m.id) { x in
+            guard x.generation == m.generation else { return [] }
+            x.progress = StepProgress(stage: report.stage, bytesDone: report.bytesDone, bytesTotal: report.bytesTotal, updated: Date())
+            return [MachineEvent(x, kind: .progress, message: report.stage)]
+        }
+        hub.notify()
+    }
+
+    /// The agent finished its task: on success the step moves to its finish phase (the
+    /// reconciler then sets the final boot device and power), on failure the step fails.
+    public func agentDone(token: String, result: AgentResult) throws {
+        let m = try agentMachine(token: token)
+        guard result.ok else {
+            try apply(.stepFailed(reason: "agent: \(result.error ?? "no reason given")"), machineID: m.id, guardGeneration: m.generation)
+            return
+        }
+        if m.state == .commissioning, result.inventory == nil {
+            throw ControlError(.invalid, "commissioning needs the inventory in the result")
+        }
+        _ = try store.update(machineID: m.id) { x in
+            guard x.generation == m.generation, x.phase == .agent || x.phase == .boot else { return [] }
+            if let inv = result.inventory, x.state == .commissioning {
+                x.inventory = inv
+                if inv.firmware != .unknown { x.firmware = inv.firmware }
+            }
+            x.phase = .finish
+            return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)")]
+        }
+        hub.notify()
+    }
+}
+
+/// Wakes watchers and the reconciler when something was committed. Holds no events itself:
+/// they are read from the store, so nothing is lost or duplicated between a wake-up and a read.
+public final class EventHub: Sendable {
+    let subscribers = Mutex<[UUID: AsyncStream<Void>.Continuation]>([:])
+
+    public init() {}
+
+    public func notify() {
+        for c in subscribers.withLock({ Array($0.values) }) { c.yield() }
+    }
+
+    /// A stream of wake-ups; coalesced (at most one pending).
+    public func subscribe() -> (AsyncStream<Void>, cancel: @Sendable () -> Void) {
+        let id = UUID()
+        let (stream, c) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        subscribers.withLock { $0[id] = c }
+        return (stream, { [weak self] in _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }; c.finish() })
+    }
+}
+
+import Synchronization

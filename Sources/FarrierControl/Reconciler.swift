@@ -1,0 +1,215 @@
+import FarrierBMC
+import FarrierCore
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Drives every machine in a step (commissioning, deploying, releasing, rescuing,
+/// exiting-rescue) through its phases:
+///
+/// ```
+/// queued ─slot free─▶ boot ─BMC: next boot + power─▶ agent ─agent done─▶ finish ─BMC: final boot/power─▶ next state
+/// ```
+///
+/// Each phase is committed before its action runs, and each action is idempotent (a boot
+/// device set twice is the same; a power cycle before the agent said hello only restarts a
+/// boot that had not begun its work), so after a crash the reconciler repeats at most the one
+/// action in flight. One worker per machine; at most N deploys and N wipes past `queued`.
+public actor Reconciler: Service {
+    let controller: Controller
+    let logger: Logger
+    var active: Set<String> = []
+
+    public init(controller: Controller, logger: Logger = Logger(label: "farrier.reconciler")) {
+        self.controller = controller
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let (wakeups, cancel) = controller.hub.subscribe()
+        defer { cancel() }
+        logger.info(
+            "reconciler running",
+            metadata: [
+                "deploys.max": "\(controller.configuration.maxConcurrentDeploys)",
+                "wipes.max": "\(controller.configuration.maxConcurrentWipes)",
+            ])
+        await withTaskGroup(of: Void.self) { group in
+            // Ticks, so timeouts fire even when nothing else happens.
+            let tick = controller.configuration.tick
+            let (ticks, tickSink) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: tick)
+                    tickSink.yield()
+                }
+                tickSink.finish()
+            }
+            group.addTask {
+                for await _ in wakeups { tickSink.yield() }
+            }
+            for await _ in ticks.cancelOnGracefulShutdown() {
+                self.scan(group: &group)
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// One pass over all machines: time out late steps, admit queued ones, start workers.
+    func scan(group: inout TaskGroup<Void>) {
+        let machines: [Machine]
+        do { machines = try controller.store.machines() } catch {
+            logger.error("reconciler cannot read machines", metadata: ["error": "\(error)"])
+            return
+        }
+        let now = Date()
+        let config = controller.configuration
+        var running: [MachineState: Int] = [:]
+        for m in machines where Lifecycle.steps.contains(m.state) && m.phase != .queued { running[m.state, default: 0] += 1 }
+        for m in machines where Lifecycle.steps.contains(m.state) {
+            let limit = config.timeout(m.state)
+            if let started = m.stepStarted, now.timeIntervalSince(started) > Double(limit.components.seconds) {
+                logger.warning("step timed out", metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "phase": "\(m.phase.rawValue)"])
+                controller.fail(
+                    machineID: m.id, generation: m.generation,
+                    reason: "timed out after \(limit.components.seconds) s in phase \(m.phase.rawValue)")
+                continue
+            }
+            switch m.phase {
+            case .queued:
+                let cap: Int? =
+                    switch m.state {
+                    case .deploying: config.maxConcurrentDeploys
+                    case .releasing: config.maxConcurrentWipes
+                    default: nil
+                    }
+                if let cap, running[m.state, default: 0] >= cap { continue }
+                do {
+                    if try controller.advance(
+                        machineID: m.id, generation: m.generation, from: .queued, to: .boot, message: "started \(m.state.rawValue)")
+                        != nil
+                    {
+                        running[m.state, default: 0] += 1
+                        start(m.id, &group)
+                    }
+                } catch {
+                    logger.error("admit failed", metadata: ["machine": "\(m.name)", "error": "\(error)"])
+                }
+            case .boot, .finish:
+                start(m.id, &group)
+            case .agent, .none:
+                break
+            }
+        }
+    }
+
+    func start(_ id: String, _ group: inout TaskGroup<Void>) {
+        guard !active.contains(id) else { return }
+        active.insert(id)
+        let controller = self.controller, logger = self.logger
+        group.addTask {
+            await Worker(controller: controller, logger: logger).run(machineID: id)
+            await self.finished(id)
+        }
+    }
+
+    func finished(_ id: String) {
+        active.remove(id)
+        controller.hub.notify()
+    }
+}
+
+/// Runs the boot and finish phases of one machine's step, then returns (the agent phase needs
+/// no worker: the agent's reports move it on).
+struct Worker {
+    let controller: Controller
+    let logger: Logger
+
+    func run(machineID: String) async {
+        // At most two phases per run (boot, or finish); bounded against surprises.
+        for _ in 0..<4 {
+            guard let m = try? controller.store.machine(id: machineID), Lifecycle.steps.contains(m.state) else { return }
+            switch m.phase {
+            case .boot: await boot(m)
+            case .finish: await finish(m)
+            default: return
+            }
+        }
+    }
+
+    /// Next boot from the network (or disk for exiting rescue), then power on or cycle.
+    func boot(_ m: Machine) async {
+        let device: BootDevice = Lifecycle.nextBoot(m.state) == .disk ? .disk : .pxe
+        Failpoint.hit("reconciler.boot.before-action")
+        let ok = await withBMC(m, action: "set next boot to \(device.rawValue) and power on") { bmc in
+            try await bmc.setBootOverride(
+                BootOverride(device: device, persistent: device == .disk, efi: m.firmware == .uefi))
+            try await Self.powerOnOrCycle(bmc)
+        }
+        guard ok else { return }
+        Failpoint.hit("reconciler.boot.after-action")
+        if m.state == .exitingRescue {
+            _ = try? controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
+        } else {
+            _ = try? controller.advance(
+                machineID: m.id, generation: m.generation, from: .boot, to: .agent, message: "booting the ramdisk; waiting for the agent")
+        }
+    }
+
+    /// The agent is done: deployed machines boot their disk (persistently), commissioned and
+    /// wiped ones are powered off, rescued ones stay up.
+    func finish(_ m: Machine) async {
+        Failpoint.hit("reconciler.finish.before-action")
+        let ok: Bool
+        switch m.state {
+        case .deploying:
+            ok = await withBMC(m, action: "boot from disk") { bmc in
+                try await bmc.setBootOverride(BootOverride(device: .disk, persistent: true, efi: m.firmware == .uefi))
+                try await Self.powerOnOrCycle(bmc)
+            }
+        case .commissioning, .releasing:
+            ok = await withBMC(m, action: "power off") { bmc in
+                if try await bmc.powerState() != .off { try await bmc.power(.off) }
+            }
+        default:
+            ok = true
+        }
+        guard ok else { return }
+        Failpoint.hit("reconciler.finish.after-action")
+        _ = try? controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
+    }
+
+    static func powerOnOrCycle(_ bmc: any BMC) async throws {
+        if try await bmc.powerState() == .off { try await bmc.power(.on) } else { try await bmc.power(.cycle) }
+    }
+
+    /// Runs a BMC action with bounded retries; on the last failure the step fails with the
+    /// BMC's error. Returns whether it succeeded.
+    func withBMC(_ m: Machine, action: String, _ body: (any BMC) async throws -> Void) async -> Bool {
+        let config = controller.configuration
+        var lastError = ""
+        for attempt in 1...max(1, config.bmcAttempts) {
+            do {
+                guard let reference = m.bmc, let sealed = try controller.store.sealedBMCPassword(machineID: m.id) else {
+                    lastError = "machine has no BMC"
+                    break
+                }
+                let bmc = try await controller.pool.bmc(machineID: m.id, reference: reference, sealedPassword: sealed)
+                try await body(bmc)
+                _ = try? controller.store.update(machineID: m.id) { x in
+                    [MachineEvent(x, kind: .action, message: "BMC: \(action)")]
+                }
+                controller.hub.notify()
+                return true
+            } catch {
+                lastError = "\(error)"
+                logger.warning(
+                    "BMC action failed",
+                    metadata: ["machine": "\(m.name)", "action": "\(action)", "attempt": "\(attempt)", "error": "\(error)"])
+                if attempt < config.bmcAttempts { try? await Task.sleep(for: config.bmcRetryDelay) }
+            }
+        }
+        controller.fail(machineID: m.id, generation: m.generation, reason: "BMC could not \(action): \(lastError)")
+        return false
+    }
+}

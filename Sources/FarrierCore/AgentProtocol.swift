@@ -1,0 +1,105 @@
+import Foundation
+
+/// The JSON the agent (in the Farrier ramdisk) and the server exchange over HTTP.
+///
+/// The agent learns the server's URL and its token from the kernel command line
+/// (`farrier.url=… farrier.token=…`), then:
+/// 1. `POST /agent/v1/hello` with `AgentHello` → `AgentTask` (what to do);
+/// 2. `POST /agent/v1/progress` with `AgentProgress`, about once a second while it works;
+/// 3. `POST /agent/v1/done` with `AgentResult`.
+/// Every request carries `Authorization: Bearer <token>`. The token is bound to one machine and
+/// one step: it stops working when the step ends.
+public enum AgentAPI {
+    public static let hello = "/agent/v1/hello"
+    public static let progress = "/agent/v1/progress"
+    public static let done = "/agent/v1/done"
+}
+
+public struct AgentHello: Codable, Sendable {
+    public var agentVersion: String
+    public var inventory: Inventory?
+    public init(agentVersion: String, inventory: Inventory?) {
+        self.agentVersion = agentVersion
+        self.inventory = inventory
+    }
+}
+
+public struct AgentTask: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        case commission, deploy, wipe, rescue
+    }
+    public struct Image: Codable, Sendable, Equatable {
+        /// Path on the server (`/images/<sha256>`), relative to the agent's server URL.
+        public var path: String
+        public var sha256: String
+        public var size: Int64
+        public var format: ImageInfo.Format
+        public init(path: String, sha256: String, size: Int64, format: ImageInfo.Format) {
+            self.path = path
+            self.sha256 = sha256
+            self.size = size
+            self.format = format
+        }
+    }
+    public var kind: Kind
+    public var machine: String
+    public var image: Image?
+    public var wipe: WipeMode?
+    public var sshKeys: [String]
+    public var hostname: String?
+    /// The NoCloud datasource URL for the installed OS (deploy only).
+    public var metadataURL: String?
+
+    public init(
+        kind: Kind, machine: String, image: Image? = nil, wipe: WipeMode? = nil, sshKeys: [String] = [], hostname: String? = nil,
+        metadataURL: String? = nil
+    ) {
+        self.kind = kind
+        self.machine = machine
+        self.image = image
+        self.wipe = wipe
+        self.sshKeys = sshKeys
+        self.hostname = hostname
+        self.metadataURL = metadataURL
+    }
+}
+
+public struct AgentProgress: Codable, Sendable {
+    public var stage: String
+    public var bytesDone: Int64
+    public var bytesTotal: Int64
+    public init(stage: String, bytesDone: Int64, bytesTotal: Int64) {
+        self.stage = stage
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+    }
+}
+
+public struct AgentResult: Codable, Sendable {
+    public var ok: Bool
+    /// Why it failed, for the user.
+    public var error: String?
+    /// Commissioning: the inventory.
+    public var inventory: Inventory?
+    public init(ok: Bool, error: String? = nil, inventory: Inventory? = nil) {
+        self.ok = ok
+        self.error = error
+        self.inventory = inventory
+    }
+}
+
+/// Named crash points for the kill -9 tests: `FARRIER_FAILPOINTS=reconciler.boot.after-action,…`
+/// makes the process SIGKILL itself when it reaches one. Unset (always, outside tests) it costs
+/// one dictionary lookup at start.
+public enum Failpoint {
+    static let armed: Set<String> = Set(
+        (ProcessInfo.processInfo.environment["FARRIER_FAILPOINTS"] ?? "").split(separator: ",").map {
+            $0.trimmingCharacters(in: .whitespaces)
+        })
+
+    public static func hit(_ name: String) {
+        guard !armed.isEmpty, armed.contains(name) else { return }
+        FileHandle.standardError.write(Data("failpoint \(name): killing the process\n".utf8))
+        kill(getpid(), SIGKILL)
+    }
+}
