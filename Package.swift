@@ -130,6 +130,7 @@ let package = Package(
             dependencies: [
                 "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings

@@ -53,7 +53,12 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             machines = machines.filter { $0.name > after }
         }
         var response = Farrier_V1_ListMachinesResponse()
-        response.machines = machines.prefix(pageSize).map { Farrier_V1_Machine($0, timeline: []) }
+        let addresses = try addressBook()
+        response.machines = machines.prefix(pageSize).map { m in
+            var v = Farrier_V1_Machine(m, timeline: [])
+            v.address = addresses[m.mac] ?? ""
+            return v
+        }
         if machines.count > pageSize, let last = response.machines.last {
             response.nextPageToken = Data(last.name.utf8).base64EncodedString()
         }
@@ -68,7 +73,17 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             throw RPCError(code: .invalidArgument, message: "timeline_limit must be between 1 and 500, got \(request.timelineLimit)")
         }
         let machine = try visibleMachine(request.nameOrMac)
-        return Farrier_V1_Machine(machine, timeline: try store.timeline(mac: machine.mac, limit: limit))
+        var v = Farrier_V1_Machine(machine, timeline: try store.timeline(mac: machine.mac, limit: limit))
+        v.address = try addressBook()[machine.mac] ?? ""
+        return v
+    }
+
+    /// Current DHCP leases by MAC.
+    func addressBook() throws -> [MACAddress: String] {
+        let now = Date()
+        var book: [MACAddress: String] = [:]
+        for l in try store.leases() where l.expires > now { book[l.mac] = l.address.description }
+        return book
     }
 
     /// The machine named (or with this MAC), if the caller may see it. A machine of another
@@ -310,7 +325,7 @@ extension Farrier_V1_Machine {
         labels = m.labels
         zone = m.zone
         rack = m.rack
-        nextBoot = Lifecycle.nextBoot(m.state).rawValue
+        nextBoot = Lifecycle.nextBoot(m.state, phase: m.phase).rawValue
         if let inv = m.inventory {
             var i = Farrier_V1_Inventory()
             i.cpuModel = inv.cpuModel

@@ -78,6 +78,7 @@ public final class Controller: Sendable {
             try change(&m)
             return [MachineEvent(m, kind: .transition, message: m.reason)]
         }
+        Failpoint.hit("controller.after-commit.\(m.state.rawValue)")
         logger.info(
             "transition",
             metadata: ["machine": "\(m.name)", "event": "\(event)", "state": "\(m.state.rawValue)", "reason": "\(m.reason)"])
@@ -178,12 +179,18 @@ public final class Controller: Sendable {
     /// The agent is up: the boot phase is over. Returns what it must do.
     public func agentHello(token: String, hello: AgentHello) throws -> AgentTask {
         let m = try agentMachine(token: token)
+        // The step's agent work is done (the disk written, the wipe finished): a ramdisk that
+        // booted again anyway gets no task, so nothing is done twice.
+        guard m.phase != .finish else {
+            throw ControlError(.conflict, "machine \(m.name): the agent already finished \(m.state.rawValue)")
+        }
         let updated = try store.update(machineID: m.id) { x in
             guard x.generation == m.generation else { return [] }
             if x.phase == .boot || x.phase == .queued { x.phase = .agent }
             x.progress = StepProgress(stage: "started", updated: Date())
             return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
         }
+        Failpoint.hit("agent.hello.after-commit")
         hub.notify()
         return try task(for: updated)
     }
@@ -235,6 +242,7 @@ public final class Controller: Sendable {
             x.phase = .finish
             return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)")]
         }
+        Failpoint.hit("agent.done.after-commit")
         hub.notify()
     }
 }

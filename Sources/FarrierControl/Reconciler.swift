@@ -168,9 +168,9 @@ struct Worker {
                 try await Self.powerOnOrCycle(bmc)
             }
         case .commissioning, .releasing:
-            ok = await withBMC(m, action: "power off") { bmc in
-                if try await bmc.powerState() != .off { try await bmc.power(.off) }
-            }
+            // Unconditional: a reading of "off" can be the transient off of a cycle still in
+            // progress (ipmi_sim and real BMCs alike), after which the machine would come back on.
+            ok = await withBMC(m, action: "power off") { bmc in try await bmc.power(.off) }
         default:
             ok = true
         }

@@ -154,6 +154,18 @@ public enum Lifecycle {
         case wait
     }
 
+    /// The next boot within a step: once the agent has finished (phase `finish`), a deploy's
+    /// next boot is the disk it wrote and a wipe's or inventory's is the wait loop, so a reboot
+    /// at that moment never runs the ramdisk (and its task) a second time.
+    public static func nextBoot(_ state: MachineState, phase: StepPhase) -> NextBoot {
+        guard phase == .finish else { return nextBoot(state) }
+        switch state {
+        case .deploying: return .disk
+        case .commissioning, .releasing: return .wait
+        default: return nextBoot(state)
+        }
+    }
+
     public static func nextBoot(_ state: MachineState) -> NextBoot {
         switch state {
         case .commissioning, .deploying, .releasing: .ramdisk

@@ -102,9 +102,9 @@ public func buildRouter(
             detail: "state=\(machine.state.rawValue) platform=\(platform)"))
         let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
         if let controller = deps.controller {
-            switch Lifecycle.nextBoot(machine.state) {
+            switch Lifecycle.nextBoot(machine.state, phase: machine.phase) {
             case .ramdisk, .rescue:
-                let mode = Lifecycle.nextBoot(machine.state) == .rescue ? "rescue" : "agent"
+                let mode = Lifecycle.nextBoot(machine.state, phase: machine.phase) == .rescue ? "rescue" : "agent"
                 return ipxe(BootScript.ramdisk(
                     serverURL: "http://\(host)", scriptURL: selfURL, machine: machine.name,
                     token: controller.agentToken(for: machine), mode: mode))

@@ -6,6 +6,9 @@ struct Farrier: AsyncParsableCommand {
         commandName: "farrier",
         abstract: "Bare-metal provisioning: network boot, BMC control, deploy, in one binary.",
         version: "0.1.0",
-        subcommands: [ServerCommand.self, MachineCommand.self, BMCCommand.self, LabCommand.self]
+        subcommands: [
+            ServerCommand.self, MachineCommand.self, ImageCommand.self, ProjectCommand.self, TokenCommand.self, BMCCommand.self,
+            LabCommand.self, CompletionCommand.self,
+        ]
     )
 }

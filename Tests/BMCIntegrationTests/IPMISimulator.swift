@@ -21,11 +21,11 @@ struct IPMISimulator {
         Int.random(in: 20000..<40000) + (udp ? 0 : 1)
     }
 
-    init(_ h: Harness) throws {
+    init(_ h: Harness, name: String = "bmc") throws {
         self.h = h
         port = Self.freePort(udp: true)
         solPort = Self.freePort(udp: false)
-        dir = h.directory + "/bmc"
+        dir = h.directory + "/" + name
         try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
         try write("chassis.sh", mode: 0o755, """
             #!/bin/sh
@@ -114,7 +114,8 @@ struct IPMISimulator {
     var passwordFile: String { dir + "/password" }
 
     @discardableResult
-    func start(log: String = "ipmi_sim.log") throws -> Process {
+    func start(log: String? = nil) throws -> Process {
+        let log = log ?? "ipmi_sim-\(port).log"
         let p = try h.start(["ipmi_sim", "-c", dir + "/lan.conf", "-f", dir + "/bmc.emu", "-s", dir + "/state", "-n"], log: log)
         // Up when ipmitool gets an answer.
         try h.waitUntil("ipmi_sim on port \(port)", timeout: 15, interval: 0.2) {

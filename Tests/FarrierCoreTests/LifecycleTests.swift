@@ -60,6 +60,11 @@ import Testing
         #expect(Lifecycle.nextBoot(.deploying) == .ramdisk)
         #expect(Lifecycle.nextBoot(.releasing) == .ramdisk)
         #expect(Lifecycle.nextBoot(.rescue) == .rescue)
+        // Once the agent finished, a reboot never runs the ramdisk again.
+        #expect(Lifecycle.nextBoot(.deploying, phase: .finish) == .disk)
+        #expect(Lifecycle.nextBoot(.releasing, phase: .finish) == .wait)
+        #expect(Lifecycle.nextBoot(.commissioning, phase: .finish) == .wait)
+        #expect(Lifecycle.nextBoot(.deploying, phase: .agent) == .ramdisk)
         for s in S.allCases where Lifecycle.steps.contains(s) && s != .exitingRescue {
             #expect(Lifecycle.nextBoot(s) != .disk, "\(s) would boot a stale disk")
         }

@@ -39,6 +39,7 @@ extension MachineCommand {
         @Option(help: "BMC URL, e.g. ipmi://admin@10.0.0.5 or redfish://root@bmc1/System.Embedded.1") var bmc: String
         @Option(help: "File holding the BMC password ('-' for stdin).") var bmcPasswordFile: String
         @Flag(help: "Redfish over HTTPS: do not verify this BMC's certificate (self-signed).") var bmcInsecureTLS = false
+        @Flag(help: "Commission right away: boot the ramdisk, take the inventory, end ready.") var commission = false
 
         func run() async throws {
             var req = Farrier_V1_EnrollMachineRequest()
@@ -47,6 +48,7 @@ extension MachineCommand {
             req.bmcURL = bmc
             req.bmcPassword = try readPasswordFile(bmcPasswordFile)
             req.bmcInsecureTls = bmcInsecureTLS
+            req.commission = commission
             let request = req
             let m = try await rpc(client) { try await $0.machines.enrollMachine(request) }
             let view = MachineView(m)

@@ -11,17 +11,25 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 struct MachineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "machine", abstract: "List, inspect and enroll machines; power, boot device and console through their BMCs.",
-        subcommands: [List.self, Show.self, Enroll.self, Power.self, Bootdev.self, Console.self])
+        commandName: "machine", abstract: "Machines: enroll, deploy, login, restart, debug (rescue), release.",
+        subcommands: [
+            List.self, Show.self, Enroll.self, Commission.self, Deploy.self, Release.self, Rescue.self, ExitRescue.self,
+            Restart.self, Power.self, Console.self, SSH.self, Retry.self, Abort.self, Update.self, Delete.self, Watch.self,
+            Bootdev.self,
+        ])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List machines.")
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Option(help: "Only machines in this state.") var state: String?
+        @Option(help: "Only machines with this tag (KEY=VALUE); repeat for more.") var tag: [String] = []
+        @Option(help: "Only machines of this project (admin).") var project: String?
+        @Option(help: "Only machines in this zone.") var zone: String?
 
         func run() async throws {
-            let state = self.state
+            let state = self.state, project = self.project ?? "", zone = self.zone ?? ""
+            let tags = try parseTags(tag)
             let machines = try await rpc(client) { c in
                 var all: [Farrier_V1_Machine] = []
                 var token = ""
@@ -30,6 +38,9 @@ struct MachineCommand: AsyncParsableCommand {
                     req.pageSize = 1000
                     req.pageToken = token
                     req.state = state ?? ""
+                    req.tags = tags
+                    req.project = project
+                    req.zone = zone
                     let page = try await c.machines.listMachines(req)
                     all += page.machines
                     token = page.nextPageToken
@@ -43,8 +54,11 @@ struct MachineCommand: AsyncParsableCommand {
             case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
             case .table:
                 print(table(
-                    ["NAME", "MAC", "STATE", "ARCH", "FIRMWARE", "LAST SEEN"],
-                    views.map { [$0.name, $0.mac, $0.state, $0.architecture, $0.firmware, ago($0.lastSeen)] }))
+                    ["NAME", "MAC", "STATE", "PROJECT", "ADDRESS", "ARCH", "FIRMWARE", "TAGS", "LAST SEEN"],
+                    views.map {
+                        [$0.name, $0.mac, $0.stateLine, $0.project ?? "-", $0.address ?? "-", $0.architecture, $0.firmware,
+                         tagsLine($0.tags), ago($0.lastSeen)]
+                    }))
             }
         }
     }
@@ -68,18 +82,37 @@ struct MachineCommand: AsyncParsableCommand {
             case .json: print(try json(view))
             case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
             case .table:
-                print("""
-                    Name:          \(view.name)
-                    MAC:           \(view.mac)
-                    State:         \(view.state)
-                    Architecture:  \(view.architecture)
-                    Firmware:      \(view.firmware)
-                    First seen:    \(iso(view.firstSeen))
-                    Last seen:     \(iso(view.lastSeen)) (\(ago(view.lastSeen)))
-                    BMC:           \(view.bmc ?? "-")
-
-                    Boot timeline (+ time since the previous event):
-                    """)
+                var lines = [
+                    "Name:          \(view.name)",
+                    "MAC:           \(view.mac)",
+                    "State:         \(view.stateLine)" + (view.failedStep.map { " (failed step: \($0))" } ?? ""),
+                    "Reason:        \(view.reason ?? "-")",
+                    "Next boot:     \(view.nextBoot)",
+                    "Project:       \(view.project ?? "-")",
+                    "Address:       \(view.address ?? "-")",
+                    "Architecture:  \(view.architecture)",
+                    "Firmware:      \(view.firmware)",
+                    "Zone/rack:     \(view.zone ?? "-") / \(view.rack ?? "-")",
+                    "Tags:          \(tagsLine(view.tags))",
+                    "Labels:        \(tagsLine(view.labels))",
+                    "First seen:    \(iso(view.firstSeen))",
+                    "Last seen:     \(iso(view.lastSeen)) (\(ago(view.lastSeen)))",
+                    "BMC:           \(view.bmc ?? "-")",
+                ]
+                if let d = view.deployment {
+                    lines.append("Deployment:    image \(d.image), hostname \(d.hostname), \(d.sshKeys) SSH key(s), by \(d.requestedBy)")
+                }
+                if let p = view.progressLine { lines.append("Progress:      \(p)") }
+                if let inv = view.inventory {
+                    lines.append("Inventory:     \(inv.vendor) \(inv.product) (serial \(inv.serial.isEmpty ? "-" : inv.serial)), \(inv.firmware)")
+                    lines.append("  CPU:         \(inv.cpuModel), \(inv.cores) cores; memory \(bytes(inv.memoryBytes))")
+                    for d in inv.disks {
+                        lines.append("  Disk:        \(d.name) \(bytes(d.sizeBytes)) \(d.model) serial \(d.serial.isEmpty ? "-" : d.serial)\(d.rotational ? " (rotational)" : "")")
+                    }
+                    for n in inv.nics { lines.append("  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")") }
+                }
+                print(lines.joined(separator: "\n"))
+                print("\nBoot timeline (+ time since the previous event):")
                 var previous: Date?
                 let rows = view.timeline.map { e -> [String] in
                     defer { previous = e.time }
@@ -99,29 +132,132 @@ struct MachineView: Codable {
         var event: String
         var detail: String
     }
+    struct ProgressView: Codable {
+        var stage: String
+        var bytesDone: Int64
+        var bytesTotal: Int64
+        var updated: Date
+    }
+    struct DeploymentView: Codable {
+        var image: String
+        var hostname: String
+        var sshKeys: Int
+        var requestedBy: String
+    }
+    struct InventoryView: Codable {
+        struct Disk: Codable {
+            var name: String
+            var sizeBytes: Int64
+            var model: String
+            var serial: String
+            var rotational: Bool
+        }
+        struct NIC: Codable {
+            var name: String
+            var mac: String
+            var driver: String
+            var link: Bool
+        }
+        var cpuModel: String
+        var cores: Int
+        var memoryBytes: Int64
+        var disks: [Disk]
+        var nics: [NIC]
+        var vendor: String
+        var product: String
+        var serial: String
+        var firmware: String
+    }
 
     var name: String
     var mac: String
     var state: String
+    var phase: String?
+    var reason: String?
+    var failedStep: String?
+    var nextBoot: String
+    var project: String?
+    var address: String?
     var architecture: String
     var firmware: String
+    var zone: String?
+    var rack: String?
+    var tags: [String: String]
+    var labels: [String: String]
     var firstSeen: Date
     var lastSeen: Date
     /// The BMC URL (never with a password).
     var bmc: String?
+    var deployment: DeploymentView?
+    var progress: ProgressView?
+    var inventory: InventoryView?
     var timeline: [Event]
 
     init(_ m: Farrier_V1_Machine) {
+        func opt(_ s: String) -> String? { s.isEmpty ? nil : s }
         name = m.name
         mac = m.mac
         state = m.state
+        phase = opt(m.phase)
+        reason = opt(m.reason)
+        failedStep = opt(m.failedStep)
+        nextBoot = m.nextBoot
+        project = opt(m.project)
+        address = opt(m.address)
         architecture = m.architecture
         firmware = m.firmware
+        zone = opt(m.zone)
+        rack = opt(m.rack)
+        tags = m.tags
+        labels = m.labels
         firstSeen = m.firstSeen.date
         lastSeen = m.lastSeen.date
         bmc = m.hasBmc ? m.bmc.url : nil
+        deployment = m.hasDeployment
+            ? DeploymentView(
+                image: m.deployment.image, hostname: m.deployment.hostname, sshKeys: Int(m.deployment.sshKeyCount),
+                requestedBy: m.deployment.requestedBy) : nil
+        progress = m.hasProgress
+            ? ProgressView(
+                stage: m.progress.stage, bytesDone: m.progress.bytesDone, bytesTotal: m.progress.bytesTotal,
+                updated: m.progress.updated.date) : nil
+        inventory = m.hasInventory
+            ? InventoryView(
+                cpuModel: m.inventory.cpuModel, cores: Int(m.inventory.cores), memoryBytes: m.inventory.memoryBytes,
+                disks: m.inventory.disks.map {
+                    .init(name: $0.name, sizeBytes: $0.sizeBytes, model: $0.model, serial: $0.serial, rotational: $0.rotational)
+                },
+                nics: m.inventory.nics.map { .init(name: $0.name, mac: $0.mac, driver: $0.driver, link: $0.link) },
+                vendor: m.inventory.vendor, product: m.inventory.product, serial: m.inventory.serial,
+                firmware: m.inventory.firmware) : nil
         timeline = m.timeline.map { Event(time: $0.time.date, stage: $0.stage, event: $0.event, detail: $0.detail) }
     }
+
+    /// State with its phase, e.g. `deploying/agent`.
+    var stateLine: String { phase.map { "\(state)/\($0)" } ?? state }
+
+    var progressLine: String? {
+        guard let p = progress else { return nil }
+        if p.bytesTotal > 0 {
+            let pct = Double(p.bytesDone) * 100 / Double(p.bytesTotal)
+            return "\(p.stage) \(bytes(p.bytesDone)) / \(bytes(p.bytesTotal)) (\(String(format: "%.0f", pct))%)"
+        }
+        return p.stage
+    }
+}
+
+func bytes(_ n: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n), i = 0
+    while v >= 1024, i < units.count - 1 {
+        v /= 1024
+        i += 1
+    }
+    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+}
+
+func tagsLine(_ t: [String: String]) -> String {
+    t.isEmpty ? "-" : t.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
 }
 
 func json<T: Encodable>(_ v: T) throws -> String {

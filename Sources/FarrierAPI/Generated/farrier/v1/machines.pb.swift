@@ -180,6 +180,12 @@ public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
   /// Clears the value of `progress`. Subsequent reads from it will return its default value.
   public mutating func clearProgress() {_uniqueStorage()._progress = nil}
 
+  /// Its IPv4 address, from its DHCP lease (full DHCP mode); empty when unknown.
+  public var address: String {
+    get {_storage._address}
+    set {_uniqueStorage()._address = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -745,7 +751,7 @@ fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -770,6 +776,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     var _inventory: Farrier_V1_Inventory? = nil
     var _deployment: Farrier_V1_Deployment? = nil
     var _progress: Farrier_V1_Progress? = nil
+    var _address: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -802,6 +809,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       _inventory = source._inventory
       _deployment = source._deployment
       _progress = source._progress
+      _address = source._address
     }
   }
 
@@ -842,6 +850,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         case 20: try { try decoder.decodeSingularMessageField(value: &_storage._inventory) }()
         case 21: try { try decoder.decodeSingularMessageField(value: &_storage._deployment) }()
         case 22: try { try decoder.decodeSingularMessageField(value: &_storage._progress) }()
+        case 23: try { try decoder.decodeSingularStringField(value: &_storage._address) }()
         default: break
         }
       }
@@ -920,6 +929,9 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       try { if let v = _storage._progress {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
       } }()
+      if !_storage._address.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._address, fieldNumber: 23)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -951,6 +963,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._inventory != rhs_storage._inventory {return false}
         if _storage._deployment != rhs_storage._deployment {return false}
         if _storage._progress != rhs_storage._progress {return false}
+        if _storage._address != rhs_storage._address {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -1,0 +1,375 @@
+import ArgumentParser
+import FarrierAPI
+import Foundation
+import SwiftProtobuf
+import Yams
+
+func parseTags(_ items: [String]) throws -> [String: String] {
+    var tags: [String: String] = [:]
+    for item in items {
+        guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+            throw ValidationError("tag '\(item)' is not KEY=VALUE")
+        }
+        let key = String(item[..<eq])
+        guard tags[key] == nil else { throw ValidationError("tag '\(key)' is given twice") }
+        tags[key] = String(item[item.index(after: eq)...])
+    }
+    return tags
+}
+
+/// `--wait`, `--timeout`: follow a machine until its step ends.
+struct WaitOptions: ParsableArguments {
+    @Flag(help: "Follow the machine until the step ends; exit 1 if it ends failed.") var wait = false
+    @Option(help: "With --wait: give up after this many seconds (exit 2).") var timeout: Int = 3600
+}
+
+func printMachine(_ m: Farrier_V1_Machine, _ output: OutputFormat, verb: String) throws {
+    let view = MachineView(m)
+    switch output {
+    case .json: print(try json(view))
+    case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
+    case .table: print("machine \(view.name) \(verb): \(view.stateLine)\(view.reason.map { " (\($0))" } ?? "")")
+    }
+}
+
+/// Polls the machine twice a second, showing state, phase and progress as they change (one
+/// rewritten line on a terminal, a line per change otherwise), until it leaves its step.
+/// Bounded by `timeout`. Exits non-zero when the machine ends `failed`.
+func follow(_ name: String, client: ClientOptions, timeout: Int) async throws -> Farrier_V1_Machine {
+    let steps: Set<String> = ["commissioning", "deploying", "releasing", "rescuing", "exiting-rescue"]
+    let tty = isatty(STDOUT_FILENO) == 1
+    let started = Date()
+    var last = ""
+    let deadline = started.addingTimeInterval(Double(timeout))
+    while Date() < deadline {
+        var req = Farrier_V1_GetMachineRequest()
+        req.nameOrMac = name
+        req.timelineLimit = 1
+        let request = req
+        let m = try await rpc(client) { try await $0.machines.getMachine(request) }
+        let view = MachineView(m)
+        let line = [
+            String(format: "[%5.1fs]", Date().timeIntervalSince(started)), view.name, view.stateLine, view.progressLine ?? "",
+        ].filter { !$0.isEmpty }.joined(separator: "  ")
+        let key = [view.stateLine, view.progressLine ?? ""].joined(separator: "|")
+        if key != last {
+            if tty { print("\r\u{1b}[2K" + line, terminator: "") } else { print(line) }
+            fflush(nil)
+            last = key
+        }
+        if !steps.contains(m.state) {
+            if tty { print("") }
+            if m.state == "failed" {
+                throw CLIError("machine \(m.name) failed in \(m.failedStep): \(m.reason)\n  retry: farrier machine retry \(m.name)   abort: farrier machine abort \(m.name)")
+            }
+            return m
+        }
+        try await Task.sleep(for: .milliseconds(500))
+    }
+    if tty { print("") }
+    throw ExitCode(2)
+}
+
+/// The shape shared by release, rescue, exit-rescue, retry, abort, commission: one machine, an
+/// RPC, optionally --wait.
+protocol MachineVerb: AsyncParsableCommand, Sendable {
+    var client: ClientOptions { get }
+    var output: OutputFormat { get }
+    var waitOptions: WaitOptions { get }
+    var name: String { get }
+    static var verb: String { get }
+    func call(_ c: Clients, _ ref: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine
+}
+
+extension MachineVerb {
+    func run() async throws {
+        var ref = Farrier_V1_MachineRef()
+        ref.name = name
+        let request = ref
+        let m = try await rpc(client) { c in try await self.call(c, request) }
+        if waitOptions.wait {
+            try printMachine(try await follow(m.name, client: client, timeout: waitOptions.timeout), output, verb: Self.verb)
+        } else {
+            try printMachine(m, output, verb: Self.verb)
+        }
+    }
+}
+
+extension MachineCommand {
+    struct Deploy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Deploy an image onto a machine (create).",
+            discussion: """
+                Names a machine, or lets Farrier pick a ready one that meets the constraints (--arch, \
+                --firmware, --min-cores, --min-memory-gib, --min-disk-gib, --match-tag). The machine is \
+                allocated to the project (a member token's own; admins give --project).
+                """)
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC; omit to pick by constraints.") var name: String?
+        @Option(help: "Image name (farrier image list).") var image: String
+        @Option(help: "SSH public key file; repeat for more.") var sshKey: [String] = []
+        @Option(help: "cloud-init user-data file.") var userData: String?
+        @Option(help: "Host name (default: the machine name).") var hostname: String?
+        @Option(help: "Project (admin tokens).") var project: String?
+        @Option(help: "Deploy tag KEY=VALUE (a project may require some); repeat for more.") var tag: [String] = []
+        @Option(help: "Constraint: architecture (x86_64, arm64).") var arch: String?
+        @Option(help: "Constraint: bios or uefi.") var firmware: String?
+        @Option(help: "Constraint: at least this many cores.") var minCores: Int?
+        @Option(help: "Constraint: at least this much memory, GiB.") var minMemoryGib: Int?
+        @Option(help: "Constraint: a disk of at least this size, GiB.") var minDiskGib: Int?
+        @Option(help: "Constraint: the machine carries tag KEY=VALUE; repeat for more.") var matchTag: [String] = []
+        @Option(help: "Constraint: zone.") var zone: String?
+
+        func run() async throws {
+            var req = Farrier_V1_DeployMachineRequest()
+            req.name = name ?? ""
+            req.image = image
+            req.project = project ?? ""
+            req.hostname = hostname ?? ""
+            req.tags = try parseTags(tag)
+            for path in sshKey {
+                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read SSH key file \(path)") }
+                req.sshKeys += text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            }
+            if let userData {
+                guard let text = try? String(contentsOfFile: userData, encoding: .utf8) else { throw CLIError("cannot read user-data file \(userData)") }
+                req.userData = text
+            }
+            var c = Farrier_V1_Constraints()
+            c.architecture = arch ?? ""
+            c.firmware = firmware ?? ""
+            c.minCores = Int32(minCores ?? 0)
+            c.minMemoryBytes = Int64(minMemoryGib ?? 0) << 30
+            c.minDiskBytes = Int64(minDiskGib ?? 0) << 30
+            c.tags = try parseTags(matchTag)
+            c.zone = zone ?? ""
+            req.constraints = c
+            let request = req
+            let m = try await rpc(client) { try await $0.machines.deployMachine(request) }
+            if waitOptions.wait {
+                try printMachine(try await follow(m.name, client: client, timeout: waitOptions.timeout), output, verb: "deployed")
+            } else {
+                try printMachine(m, output, verb: "deploying")
+            }
+        }
+    }
+
+    struct Release: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Wipe a machine and return it to the pool (destroy).")
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+        @Option(help: "quick (signatures, first and last MiB) or full (every byte).") var wipe: String = "quick"
+
+        func run() async throws {
+            var req = Farrier_V1_ReleaseMachineRequest()
+            req.name = name
+            req.wipe = wipe
+            let request = req
+            let m = try await rpc(client) { try await $0.machines.releaseMachine(request) }
+            try? FileManager.default.removeItem(atPath: knownHostsDirectory + "/" + m.id)
+            if waitOptions.wait {
+                try printMachine(try await follow(m.name, client: client, timeout: waitOptions.timeout), output, verb: "released")
+            } else {
+                try printMachine(m, output, verb: "releasing")
+            }
+        }
+    }
+
+    struct Commission: MachineVerb {
+        static let configuration = CommandConfiguration(abstract: "Commission a machine: inventory in the ramdisk, then ready.")
+        static let verb = "commissioning"
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.commissionMachine(r) }
+    }
+
+    struct Rescue: MachineVerb {
+        static let configuration = CommandConfiguration(abstract: "Boot a deployed machine into the rescue ramdisk (debug).")
+        static let verb = "rescue"
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.rescueMachine(r) }
+    }
+
+    struct ExitRescue: MachineVerb {
+        static let configuration = CommandConfiguration(commandName: "exit-rescue", abstract: "Boot a machine in rescue back into its deployed system.")
+        static let verb = "exit-rescue"
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.exitRescueMachine(r) }
+    }
+
+    struct Retry: MachineVerb {
+        static let configuration = CommandConfiguration(abstract: "Run the failed step of a failed machine again.")
+        static let verb = "retry"
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.retryMachine(r) }
+    }
+
+    struct Abort: MachineVerb {
+        static let configuration = CommandConfiguration(abstract: "Take a failed machine back to the safe state before its failed step.")
+        static let verb = "aborted"
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.abortMachine(r) }
+    }
+
+    struct Restart: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Power-cycle a deployed machine through its BMC (it boots its disk).")
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var waitOptions: WaitOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+
+        func run() async throws {
+            var ref = Farrier_V1_MachineRef()
+            ref.name = name
+            let request = ref
+            let m = try await rpc(client) { try await $0.machines.restartMachine(request) }
+            if waitOptions.wait {
+                // Restarted means powered on again; the BMC says so.
+                var p = Farrier_V1_PowerRequest()
+                p.name = name
+                p.action = "status"
+                let status = p
+                let deadline = Date().addingTimeInterval(Double(waitOptions.timeout))
+                while Date() < deadline {
+                    if try await rpc(client, { try await $0.machines.power(status) }).powerState == "on" { break }
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            try printMachine(m, output, verb: "restarted")
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Forget a machine (admin; not while allocated or in a step).")
+        @OptionGroup var client: ClientOptions
+        @Argument(help: "Machine name or MAC.") var name: String
+
+        func run() async throws {
+            var ref = Farrier_V1_MachineRef()
+            ref.name = name
+            let request = ref
+            _ = try await rpc(client) { try await $0.machines.deleteMachine(request) }
+            print("machine \(name) deleted")
+        }
+    }
+
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set or remove labels; tags, zone, rack and name (admin).",
+            discussion: "Examples: farrier machine update lab-1 --tag rack-row=a --label owner=ops --remove-tag old")
+        @OptionGroup var client: ClientOptions
+        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC.") var name: String
+        @Option(help: "Set tag KEY=VALUE; repeat for more.") var tag: [String] = []
+        @Option(help: "Remove tag KEY; repeat for more.") var removeTag: [String] = []
+        @Option(help: "Set label KEY=VALUE; repeat for more.") var label: [String] = []
+        @Option(help: "Remove label KEY; repeat for more.") var removeLabel: [String] = []
+        @Option(help: "Zone.") var zone: String?
+        @Option(help: "Rack.") var rack: String?
+        @Option(help: "New name.") var rename: String?
+
+        func run() async throws {
+            var req = Farrier_V1_UpdateMachineRequest()
+            req.name = name
+            req.setTags = try parseTags(tag)
+            req.removeTags = removeTag
+            req.setLabels = try parseTags(label)
+            req.removeLabels = removeLabel
+            if let zone { req.zone = zone }
+            if let rack { req.rack = rack }
+            req.newName = rename ?? ""
+            let request = req
+            try printMachine(try await rpc(client) { try await $0.machines.updateMachine(request) }, output, verb: "updated")
+        }
+    }
+
+    struct Watch: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stream lifecycle events: transitions, progress, BMC actions.")
+        @OptionGroup var client: ClientOptions
+        @Option(name: .shortAndLong, help: "Output format: table or json (one object per line).") var output: OutputFormat = .table
+        @Argument(help: "Machine name or MAC; omit for all you may see.") var name: String?
+        @Option(help: "Replay stored events after this id first.") var after: Int64 = 0
+
+        func run() async throws {
+            var req = Farrier_V1_WatchEventsRequest()
+            req.name = name ?? ""
+            req.afterID = after
+            let request = req, output = self.output
+            try await rpc(client) { c in
+                try await c.machines.watchEvents(request) { response in
+                    for try await e in response.messages {
+                        if output == .json {
+                            print(try e.jsonString())
+                        } else {
+                            let p = e.hasProgress && e.progress.bytesTotal > 0
+                                ? " \(bytes(e.progress.bytesDone))/\(bytes(e.progress.bytesTotal))" : ""
+                            print("\(iso(e.time.date))  #\(e.id)  \(e.machine)  \(e.state)\(e.phase.isEmpty ? "" : "/" + e.phase)  \(e.kind): \(e.message)\(p)")
+                        }
+                        fflush(nil)
+                    }
+                }
+            }
+        }
+    }
+
+    struct SSH: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ssh", abstract: "SSH to a deployed or rescued machine (login).",
+            discussion: "Example: farrier machine ssh lab-1 -- hostname")
+        @OptionGroup var client: ClientOptions
+        @Argument(help: "Machine name or MAC.") var name: String
+        @Option(name: .short, help: "Private key file.") var identity: String?
+        @Option(name: .shortAndLong, help: "Remote user.") var user: String = "root"
+        @Argument(parsing: .postTerminator, help: "Command to run (after --).") var command: [String] = []
+
+        func run() async throws {
+            var req = Farrier_V1_GetMachineRequest()
+            req.nameOrMac = name
+            req.timelineLimit = 1
+            let request = req
+            let m = try await rpc(client) { try await $0.machines.getMachine(request) }
+            guard m.state == "deployed" || m.state == "rescue" else {
+                throw CLIError("machine \(m.name) is \(m.state); ssh works when it is deployed or in rescue")
+            }
+            guard !m.address.isEmpty else {
+                throw CLIError("machine \(m.name) has no known address (no DHCP lease from Farrier)")
+            }
+            // Host keys are remembered per machine and per system (deployed OS, rescue ramdisk),
+            // and forgotten at release, so a redeployed machine is not a key mismatch.
+            let dir = knownHostsDirectory + "/" + m.id
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            var args = [
+                "ssh", "-o", "StrictHostKeyChecking=accept-new", "-o", "UserKnownHostsFile=\(dir)/\(m.state)",
+                "-o", "ConnectTimeout=10", "-o", "BatchMode=\(command.isEmpty ? "no" : "yes")",
+            ]
+            if let identity { args += ["-i", identity] }
+            args.append("\(user)@\(m.address)")
+            args += command
+            let argv = args.map { strdup($0) } + [nil]
+            execvp("ssh", argv)
+            throw CLIError("cannot run ssh: \(String(cString: strerror(errno))) (install openssh-client)")
+        }
+    }
+}
+
+var knownHostsDirectory: String {
+    (CLIConfig.path as NSString).deletingLastPathComponent + "/known_hosts"
+}

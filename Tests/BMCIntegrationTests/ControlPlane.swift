@@ -1,0 +1,155 @@
+import Foundation
+import TestSupport
+
+/// A real `farrier server` process for control-plane tests, the CLI against it, and a stand-in
+/// for the deploy agent that speaks the agent's HTTP protocol with curl, as the ramdisk will:
+/// it reads its token from the machine's iPXE script (the kernel command line it would boot).
+final class ControlPlane: @unchecked Sendable {
+    let h: Harness
+    let grpc: String
+    let httpPort: Int
+    let data: String
+    var server: Process?
+    let extraFlags: [String]
+    static let bin = Harness.farrierBinary
+
+    init(_ h: Harness, flags: [String] = []) {
+        self.h = h
+        grpc = "127.0.0.1:\(Int.random(in: 30000..<40000))"
+        httpPort = Int.random(in: 40000..<50000)
+        data = h.directory + "/data"
+        extraFlags = flags
+    }
+
+    var http: String { "http://127.0.0.1:\(httpPort)" }
+
+    /// Starts the server (optionally armed with failpoints) and waits until the API answers.
+    @discardableResult
+    func start(failpoints: [String] = [], log: String = "server.log") throws -> Process {
+        let env = failpoints.isEmpty ? [] : ["FARRIER_FAILPOINTS=" + failpoints.joined(separator: ",")]
+        let p = try h.start(
+            env + [Self.bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
+                "--http-listen", "127.0.0.1:\(httpPort)", "--tftp-listen", ""] + extraFlags, log: log)
+        server = p
+        try h.waitUntil("server up", timeout: 30, interval: 0.2) {
+            guard p.isRunning else { throw Harness.CommandError(description: "server exited: \(h.read(log))") }
+            guard let t = try? h.adminToken(dataDir: data) else { return false }
+            return (try? h.run([Self.bin, "token", "whoami", "--server", grpc, "--token", t], timeout: 10)) != nil
+        }
+        return p
+    }
+
+    /// Waits for the server to die (a failpoint SIGKILLed it) and checks that it was SIGKILL.
+    func waitForCrash(timeout: Double = 60) throws {
+        guard let p = server else { return }
+        try h.waitUntil("server killed by its failpoint", timeout: timeout, interval: 0.1) { !p.isRunning }
+        guard p.terminationReason == .uncaughtSignal, p.terminationStatus == SIGKILL else {
+            throw Harness.CommandError(description: "server ended with \(p.terminationStatus), not SIGKILL")
+        }
+    }
+
+    func stop() {
+        guard let p = server, p.isRunning else { return }
+        p.terminate()
+        p.waitUntilExit()
+    }
+
+    var adminToken: String { (try? h.adminToken(dataDir: data)) ?? "" }
+
+    @discardableResult
+    func cli(_ args: [String], token: String? = nil, check: Bool = true) throws -> Harness.Result {
+        try h.run([Self.bin] + args + ["--server", grpc, "--token", token ?? adminToken], timeout: 60, check: check)
+    }
+
+    func json(_ args: [String], token: String? = nil) throws -> [String: Any] {
+        let out = try cli(args + ["-o", "json"], token: token).stdout
+        guard let obj = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else {
+            throw Harness.CommandError(description: "not a JSON object: \(out)")
+        }
+        return obj
+    }
+
+    func machine(_ name: String) throws -> [String: Any] { try json(["machine", "show", name]) }
+
+    func state(_ name: String) throws -> String {
+        let m = try machine(name)
+        let phase = m["phase"] as? String
+        return (m["state"] as? String ?? "?") + (phase.map { "/" + $0 } ?? "")
+    }
+
+    /// Polls until the machine's state (with phase, `deploying/agent`) is `expected`.
+    func waitFor(_ name: String, _ expected: String, timeout: Double = 60) throws {
+        var last = ""
+        do {
+            try h.waitUntil("\(name) to be \(expected)", timeout: timeout, interval: 0.2) {
+                last = (try? state(name)) ?? last
+                return last == expected
+            }
+        } catch {
+            throw Harness.CommandError(description: "\(error); last seen \(last); reason: \((try? machine(name)["reason"]) as? String ?? "")")
+        }
+    }
+
+    // MARK: The stand-in agent
+
+    /// The agent token from the machine's iPXE script, or nil when the script boots no ramdisk.
+    func scriptToken(mac: String) throws -> String? {
+        let script = try h.run(
+            ["curl", "-sf", "\(http)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64"],
+            timeout: 10
+        ).stdout
+        guard let r = script.range(of: "farrier.token=") else { return nil }
+        return String(script[r.upperBound...].prefix { !$0.isWhitespace })
+    }
+
+    func script(mac: String) throws -> String {
+        try h.run(
+            ["curl", "-sf", "\(http)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64"],
+            timeout: 10
+        ).stdout
+    }
+
+    /// POSTs JSON to an agent endpoint; returns (HTTP status, body).
+    func agent(_ path: String, token: String, _ body: String) throws -> (Int, String) {
+        let out = try h.run(
+            ["curl", "-s", "-X", "POST", "-H", "Authorization: Bearer \(token)", "-H", "Content-Type: application/json",
+             "--data-binary", body, "-w", "\n%{http_code}", "\(http)\(path)"], timeout: 15
+        ).stdout
+        let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
+        return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+    }
+
+    static let inventory = """
+        {"cpuModel":"QEMU Virtual CPU","cores":4,"memoryBytes":4294967296,"vendor":"QEMU","product":"Standard PC","serial":"S1",\
+        "firmware":"bios","disks":[{"name":"vda","sizeBytes":21474836480,"model":"QEMU HARDDISK","serial":"D1","rotational":false}],\
+        "nics":[{"name":"ens3","mac":"52:54:00:00:00:01","driver":"virtio_net","link":true}]}
+        """
+
+    /// Plays the agent for one step: waits for the ramdisk script, says hello, reports progress,
+    /// and reports success (with the inventory when commissioning). Returns the task it got.
+    @discardableResult
+    func runAgent(mac: String, timeout: Double = 60, fail: String? = nil) throws -> [String: Any] {
+        var token: String?
+        try h.waitUntil("ramdisk script for \(mac)", timeout: timeout, interval: 0.2) {
+            token = try scriptToken(mac: mac)
+            return token != nil
+        }
+        let t = token!
+        let (status, body) = try agent("/agent/v1/hello", token: t, #"{"agentVersion":"stand-in"}"#)
+        guard status == 200, let task = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] else {
+            throw Harness.CommandError(description: "hello: \(status) \(body)")
+        }
+        _ = try agent("/agent/v1/progress", token: t, #"{"stage":"write","bytesDone":1048576,"bytesTotal":3145728}"#)
+        let result: String
+        if let fail {
+            result = #"{"ok":false,"error":"\#(fail)"}"#
+        } else if task["kind"] as? String == "commission" {
+            result = #"{"ok":true,"inventory":\#(Self.inventory)}"#
+        } else {
+            result = #"{"ok":true}"#
+        }
+        let (s2, b2) = try agent("/agent/v1/done", token: t, result)
+        guard s2 == 200 else { throw Harness.CommandError(description: "done: \(s2) \(b2)") }
+        return task
+    }
+}
