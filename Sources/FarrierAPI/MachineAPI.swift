@@ -455,7 +455,11 @@ public func withFarrierClient<R: Sendable>(
                 if let ca = c.caFile { config.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
             }
         } else { .plaintext }
-    let transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: security)
+    // An IP literal connects as one (TLS then checks the certificate's IP SANs against the
+    // peer address; SNI cannot carry an IP); a name resolves through DNS and is verified as one.
+    let target: any ResolvableTarget =
+        if IPv4Address(host) != nil { .ipv4(address: host, port: port) } else { .dns(host: host, port: port) }
+    let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security)
     let interceptors: [any ClientInterceptor] = c.token.map { [BearerToken(token: $0)] } ?? []
     return try await withGRPCClient(transport: transport, interceptors: interceptors) { client in try await body(client) }
 }

@@ -11,6 +11,8 @@ final class ControlPlane: @unchecked Sendable {
     let data: String
     var server: Process?
     let extraFlags: [String]
+    /// Flags every CLI call gets (e.g. --ca-file for a TLS server).
+    var clientFlags: [String] = []
     static let bin = Harness.farrierBinary
 
     init(_ h: Harness, flags: [String] = []) {
@@ -34,7 +36,7 @@ final class ControlPlane: @unchecked Sendable {
         try h.waitUntil("server up", timeout: 30, interval: 0.2) {
             guard p.isRunning else { throw Harness.CommandError(description: "server exited: \(h.read(log))") }
             guard let t = try? h.adminToken(dataDir: data) else { return false }
-            return (try? h.run([Self.bin, "token", "whoami", "--server", grpc, "--token", t], timeout: 10)) != nil
+            return (try? h.run([Self.bin, "token", "whoami", "--server", grpc, "--token", t] + clientFlags, timeout: 10)) != nil
         }
         return p
     }
@@ -58,7 +60,7 @@ final class ControlPlane: @unchecked Sendable {
 
     @discardableResult
     func cli(_ args: [String], token: String? = nil, check: Bool = true) throws -> Harness.Result {
-        try h.run([Self.bin] + args + ["--server", grpc, "--token", token ?? adminToken], timeout: 60, check: check)
+        try h.run([Self.bin] + args + ["--server", grpc, "--token", token ?? adminToken] + clientFlags, timeout: 60, check: check)
     }
 
     func json(_ args: [String], token: String? = nil) throws -> [String: Any] {
@@ -128,7 +130,7 @@ final class ControlPlane: @unchecked Sendable {
     /// Plays the agent for one step: waits for the ramdisk script, says hello, reports progress,
     /// and reports success (with the inventory when commissioning). Returns the task it got.
     @discardableResult
-    func runAgent(mac: String, timeout: Double = 60, fail: String? = nil) throws -> [String: Any] {
+    func runAgent(mac: String, timeout: Double = 60, fail: String? = nil, beforeDone: () throws -> Void = {}) throws -> [String: Any] {
         var token: String?
         try h.waitUntil("ramdisk script for \(mac)", timeout: timeout, interval: 0.2) {
             token = try scriptToken(mac: mac)
@@ -148,6 +150,7 @@ final class ControlPlane: @unchecked Sendable {
         } else {
             result = #"{"ok":true}"#
         }
+        try beforeDone()
         let (s2, b2) = try agent("/agent/v1/done", token: t, result)
         guard s2 == 200 else { throw Harness.CommandError(description: "done: \(s2) \(b2)") }
         return task

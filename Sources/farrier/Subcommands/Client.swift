@@ -100,8 +100,9 @@ func rpc<R: Sendable>(_ options: ClientOptions, _ body: @Sendable (Clients) asyn
     } catch let error as RPCError {
         // The server prefixes errors about a machine (its BMC unreachable, say) with "machine".
         if error.code == .unavailable, !error.message.hasPrefix("machine ") {
+            let tlsHint = c.tls ? " With TLS, also check --ca-file and that the server's certificate names \(c.server)." : ""
             throw CLIError(
-                "cannot reach the Farrier server at \(c.server): \(error.message). Is `farrier server` running? Set --server or FARRIER_SERVER.")
+                "cannot reach the Farrier server at \(c.server): \(error.message). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)")
         }
         if error.code == .unauthenticated {
             throw CLIError("\(error.message)")
