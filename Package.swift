@@ -92,6 +92,12 @@ let package = Package(
             dependencies: ["FarrierCore", "FarrierBMC", log, lifecycle, .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
+        // The deploy agent that runs in the Farrier ramdisk: blocking I/O, no event loops.
+        .target(
+            name: "FarrierAgent",
+            dependencies: ["FarrierCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "FarrierHTTP",
             dependencies: ["FarrierCore", "FarrierControl", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird")],
@@ -128,7 +134,7 @@ let package = Package(
         .executableTarget(
             name: "farrier",
             dependencies: [
-                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC",
+                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
@@ -140,6 +146,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire", "WireSupport"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierCoreTests", dependencies: ["FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "FarrierAgentTests", dependencies: ["FarrierAgent", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierControlTests", dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC"],
             swiftSettings: swiftSettings),

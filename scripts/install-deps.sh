@@ -13,6 +13,8 @@ packages=(
     qemu-system-x86 qemu-utils ipxe-qemu ovmf dnsmasq-base openipmi ipmitool   # lab, fixtures
     openssl                   # AES known-answer checks (IPMI tests)
     openssh-client            # farrier machine ssh; test keys
+    zstd                      # raw.zst images (agent, tests)
+    debootstrap fdisk dosfstools   # the test image (scripts/build-test-image.sh)
     python3-venv              # the sushy-emulator venv (Redfish tests)
     kea-dhcp4-server tftpd-hpa    # reference servers for bench/dhcp and bench/tftp
 )

@@ -52,6 +52,7 @@ public struct FarrierServer: Sendable {
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
         store = try SQLiteStore(path: c.databasePath)
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
+        reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger)
         let recorder = TimelineRecorder(store: store) { [logger] error in
             logger.error("timeline write failed", metadata: ["error": "\(error)"])
         }
@@ -105,6 +106,20 @@ public struct FarrierServer: Sendable {
                 services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
+    }
+}
+
+/// Says whether the Farrier ramdisk is in the boot root, and how big it is: without it,
+/// commissioning, deploys, wipes and rescue cannot boot.
+func reportRamdisk(_ dir: String, logger: Logger) {
+    let fm = FileManager.default
+    let sizes = ["vmlinuz", "initrd.img"].map { (try? fm.attributesOfItem(atPath: dir + "/" + $0)[.size] as? Int) ?? nil }
+    if let kernel = sizes[0], let initrd = sizes[1] {
+        logger.info("ramdisk ready", metadata: ["ramdisk.dir": "\(dir)", "vmlinuz.bytes": "\(kernel)", "initrd.bytes": "\(initrd)"])
+    } else {
+        logger.warning(
+            "no ramdisk: commissioning, deploys, wipes and rescue cannot boot until one is built (bash scripts/build-ramdisk.sh DIR)",
+            metadata: ["ramdisk.dir": "\(dir)"])
     }
 }
 

@@ -205,10 +205,55 @@ public final class Controller: Sendable {
             return AgentTask(
                 kind: .deploy, machine: m.name,
                 image: .init(path: "/images/\(image.sha256)", sha256: image.sha256, size: image.size, format: image.format),
-                sshKeys: d.sshKeys, hostname: d.hostname, metadataURL: "/metadata/\(m.id)/")
+                sshKeys: d.sshKeys, hostname: d.hostname, metadataURL: metadataPath(for: m))
         case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .quick)
         case .rescuing: return AgentTask(kind: .rescue, machine: m.name, sshKeys: m.deployment?.sshKeys ?? [])
         default: throw ControlError(.conflict, "machine \(m.name) has no agent work (it is \(m.state.rawValue))")
+        }
+    }
+
+    // MARK: Metadata (cloud-init NoCloud)
+
+    /// The machine's metadata path, `/metadata/<token>/`: the token is bound to the machine and
+    /// to this deployment, so it serves nothing once the machine is released or redeployed.
+    public func metadataPath(for m: Machine) -> String? {
+        guard let instance = m.deployment?.instanceID else { return nil }
+        return "/metadata/\(m.id).\(Self.mac(agentKey, "metadata:\(instance)", 0))/"
+    }
+
+    /// The deployment a metadata token belongs to, if it is still the current one.
+    public func metadataMachine(token: String) throws -> Machine {
+        let parts = token.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let m = try store.machine(id: parts[0]), let path = metadataPath(for: m),
+            path == "/metadata/\(token)/"
+        else { throw ControlError(.notFound, "no such metadata") }
+        guard [.deploying, .deployed, .rescuing, .rescue, .exitingRescue].contains(m.state) else {
+            throw ControlError(.notFound, "no such metadata")
+        }
+        return m
+    }
+
+    /// NoCloud files: meta-data (instance-id, hostname, keys), user-data (as given at deploy),
+    /// vendor-data (Farrier's defaults: root may log in with the deploy keys).
+    public func metadataFile(token: String, name: String) throws -> String {
+        let m = try metadataMachine(token: token)
+        let d = m.deployment!
+        switch name {
+        case "meta-data":
+            var text = "instance-id: \(d.instanceID ?? m.id)\nlocal-hostname: \(d.hostname)\n"
+            if !d.sshKeys.isEmpty {
+                text += "public-keys:\n" + d.sshKeys.map { "  - \"\($0.replacingOccurrences(of: "\"", with: ""))\"\n" }.joined()
+            }
+            return text
+        case "user-data":
+            return d.userData.isEmpty ? "#cloud-config\n{}\n" : d.userData
+        case "vendor-data":
+            let keys = d.sshKeys.map { "    - \"\($0.replacingOccurrences(of: "\"", with: ""))\"\n" }.joined()
+            return "#cloud-config\ndisable_root: false\nssh_pwauth: false\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n" + keys
+        case "network-config":
+            throw ControlError(.notFound, "no network-config: the image's default (DHCP) applies")
+        default:
+            throw ControlError(.notFound, "no such metadata file '\(name)'")
         }
     }
 

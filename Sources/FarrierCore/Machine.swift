@@ -220,6 +220,8 @@ public struct Deployment: Codable, Sendable, Hashable {
     public var tags: [String: String]
     /// How the release wipes the disks: quick or full.
     public var wipe: WipeMode
+    /// cloud-init's instance-id for this deployment (new at every deploy).
+    public var instanceID: String?
 
     public init(
         image: String, imageSHA256: String, sshKeys: [String], userData: String, hostname: String, requestedBy: String,
@@ -227,6 +229,7 @@ public struct Deployment: Codable, Sendable, Hashable {
     ) {
         self.tags = tags
         self.wipe = wipe
+        self.instanceID = "i-" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(17)
         self.image = image
         self.imageSHA256 = imageSHA256
         self.sshKeys = sshKeys

@@ -140,11 +140,8 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Control
         }
         return String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
     }
-    @Sendable func body<T: Decodable>(_ type: T.Type, _ request: Request) async throws -> T {
-        let buffer = try await request.body.collect(upTo: 1 << 20)
-        do { return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView)) } catch {
-            throw HTTPError(.badRequest, message: "bad JSON: \(error)\n")
-        }
+    @Sendable func body(_ request: Request) async throws -> Data {
+        Data(try await request.body.collect(upTo: 1 << 20).readableBytesView)
     }
     @Sendable func run(_ work: () throws -> any Encodable) throws -> Response {
         do {
@@ -164,16 +161,32 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Control
     }
     struct Empty: Encodable {}
     router.post(RouterPath(AgentAPI.hello)) { request, _ -> Response in
-        let t = try token(request), hello = try await body(AgentHello.self, request)
+        let t = try token(request), hello = try decode(AgentHello.self, try await body(request))
         return try run { try controller.agentHello(token: t, hello: hello) }
     }
     router.post(RouterPath(AgentAPI.progress)) { request, _ -> Response in
-        let t = try token(request), report = try await body(AgentProgress.self, request)
+        let t = try token(request), report = try decode(AgentProgress.self, try await body(request))
         return try run { try controller.agentProgress(token: t, report: report); return Empty() }
     }
+    // cloud-init NoCloud: /metadata/<token>/{meta-data,user-data,vendor-data}
+    router.get("/metadata/:token/:file") { request, context -> Response in
+        let t = try context.parameters.require("token"), file = try context.parameters.require("file")
+        do {
+            let text = try controller.metadataFile(token: t, name: file)
+            return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
+        } catch let e as ControlError {
+            throw HTTPError(e.kind == .notFound ? .notFound : .badRequest, message: e.description + "\n")
+        }
+    }
     router.post(RouterPath(AgentAPI.done)) { request, _ -> Response in
-        let t = try token(request), result = try await body(AgentResult.self, request)
+        let t = try token(request), result = try decode(AgentResult.self, try await body(request))
         return try run { try controller.agentDone(token: t, result: result); return Empty() }
+    }
+}
+
+func decode<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {
+    do { return try JSONDecoder().decode(T.self, from: data) } catch {
+        throw HTTPError(.badRequest, message: "bad JSON: \(error)\n")
     }
 }
 

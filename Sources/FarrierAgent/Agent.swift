@@ -1,0 +1,398 @@
+import Crypto
+import FarrierCore
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the agent finds its server and what it may touch.
+public struct AgentConfiguration: Sendable {
+    /// The server's HTTP base URL, e.g. http://198.18.0.1:8080.
+    public var serverURL: String
+    /// The step's token (bound to this machine and step).
+    public var token: String
+    /// agent or rescue (informational: the server's task decides).
+    public var mode: String
+    /// Write deploys and wipes to this file or device instead of the machine's disks (tests).
+    public var device: String?
+    /// Prefix for /proc and /sys (tests).
+    public var sysRoot: String
+    /// What rescue runs to serve SSH.
+    public var rescueCommand: [String]
+    /// Where rescue writes root's authorized_keys.
+    public var authorizedKeysPath: String
+    /// How many times the hello and done calls are tried (2 s apart) while the network comes up.
+    public var attempts: Int
+
+    public init(
+        serverURL: String, token: String, mode: String = "agent", device: String? = nil, sysRoot: String = "",
+        rescueCommand: [String] = ["dropbear", "-R", "-E", "-p", "22"], authorizedKeysPath: String = "/root/.ssh/authorized_keys",
+        attempts: Int = 60
+    ) {
+        self.serverURL = serverURL.hasSuffix("/") ? String(serverURL.dropLast()) : serverURL
+        self.token = token
+        self.mode = mode
+        self.device = device
+        self.sysRoot = sysRoot
+        self.rescueCommand = rescueCommand
+        self.authorizedKeysPath = authorizedKeysPath
+        self.attempts = attempts
+    }
+
+    /// Reads `farrier.url=`, `farrier.token=` and `farrier.mode=` from a kernel command line.
+    public static func fromKernelCommandLine(_ text: String) -> AgentConfiguration? {
+        var values: [String: String] = [:]
+        for word in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+            guard let eq = word.firstIndex(of: "="), word.hasPrefix("farrier.") else { continue }
+            values[String(word[..<eq])] = String(word[word.index(after: eq)...])
+        }
+        guard let url = values["farrier.url"], let token = values["farrier.token"] else { return nil }
+        return AgentConfiguration(serverURL: url, token: token, mode: values["farrier.mode"] ?? "agent")
+    }
+}
+
+public struct AgentFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// The deploy agent: says hello with the inventory, runs the task the server gives
+/// (commission, deploy, wipe, rescue), reports progress about once a second, and reports the
+/// result. Blocking I/O on plain threads; memory is a few fixed buffers whatever the image size.
+public final class Agent: Sendable {
+    public let configuration: AgentConfiguration
+    let progress = Mutex<AgentProgress?>(nil)
+    let log: @Sendable (String) -> Void
+
+    public init(_ configuration: AgentConfiguration, log: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("farrier-agent: " + $0 + "\n").utf8)) }) {
+        self.configuration = configuration
+        self.log = log
+    }
+
+    static let version = "0.1.0"
+
+    /// Runs one task end to end. Returns whether the task succeeded.
+    @discardableResult
+    public func run() throws -> Bool {
+        let inventory = InventoryCollector(root: configuration.sysRoot).collect()
+        let task: AgentTask = try withRetries("hello") {
+            try post(AgentAPI.hello, AgentHello(agentVersion: Self.version, inventory: inventory), as: AgentTask.self)
+        }
+        log("task \(task.kind.rawValue) for \(task.machine)")
+        let stop = Atomic<Bool>(false)
+        let reporter = Thread { [self] in
+            var last: String?
+            while !stop.load(ordering: .relaxed) {
+                if let p = progress.withLock({ $0 }) {
+                    let key = "\(p.stage)/\(p.bytesDone)"
+                    if key != last {
+                        _ = try? post(AgentAPI.progress, p, as: Empty.self)
+                        last = key
+                    }
+                }
+                for _ in 0..<10 where !stop.load(ordering: .relaxed) { usleep(100_000) }
+            }
+        }
+        reporter.start()
+        var result: AgentResult
+        do {
+            switch task.kind {
+            case .commission:
+                report("inventory", 0, 0)
+                result = AgentResult(ok: true, inventory: inventory)
+            case .deploy:
+                try deploy(task, inventory: inventory)
+                result = AgentResult(ok: true)
+            case .wipe:
+                try wipe(task.wipe ?? .quick, inventory: inventory)
+                result = AgentResult(ok: true)
+            case .rescue:
+                try rescue(keys: task.sshKeys)
+                result = AgentResult(ok: true)
+            }
+        } catch {
+            log("task failed: \(error)")
+            result = AgentResult(ok: false, error: "\(error)")
+        }
+        stop.store(true, ordering: .relaxed)
+        // The last progress goes out before the result.
+        if let p = progress.withLock({ $0 }) { _ = try? post(AgentAPI.progress, p, as: Empty.self) }
+        let final = result
+        _ = try withRetries("done") { try post(AgentAPI.done, final, as: Empty.self) }
+        log(result.ok ? "done" : "reported failure")
+        return result.ok
+    }
+
+    func report(_ stage: String, _ done: Int64, _ total: Int64) {
+        progress.withLock { $0 = AgentProgress(stage: stage, bytesDone: done, bytesTotal: total) }
+    }
+
+    struct Empty: Codable {}
+
+    func post<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type) throws -> R {
+        let r = try BlockingHTTP.request(
+            "POST", configuration.serverURL + path,
+            headers: ["Authorization": "Bearer \(configuration.token)", "Content-Type": "application/json"],
+            body: Array(try JSONEncoder().encode(body)))
+        let bytes = try r.readAll()
+        guard r.status == 200 else {
+            throw Rejected(status: r.status, message: String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        return try JSONDecoder().decode(R.self, from: Data(bytes))
+    }
+
+    /// The server said no (4xx): retrying will not help.
+    struct Rejected: Error, CustomStringConvertible {
+        var status: Int
+        var message: String
+        var description: String { "server answered \(status): \(message)" }
+    }
+
+    /// Retries network failures (not refusals), 2 s apart, a bounded number of times.
+    func withRetries<T>(_ what: String, _ body: () throws -> T) throws -> T {
+        var lastError: any Error = AgentFailure("\(what): no attempt made")
+        for attempt in 1...max(1, configuration.attempts) {
+            do { return try body() } catch let r as Rejected where r.status < 500 { throw r } catch {
+                lastError = error
+                log("\(what) attempt \(attempt) failed: \(error)")
+                if attempt < configuration.attempts { sleep(2) }
+            }
+        }
+        throw lastError
+    }
+
+    // MARK: Deploy
+
+    /// Streams the image from the server onto the disk: compressed images through `gzip -dc`
+    /// or `zstd -dc`, hashing the bytes as they arrive, then checks the SHA-256, re-reads the
+    /// partition table and points cloud-init at the metadata service.
+    func deploy(_ task: AgentTask, inventory: Inventory) throws {
+        guard let image = task.image else { throw AgentFailure("deploy task without an image") }
+        let target = try targetDisk(inventory, minimum: image.format == .raw ? image.size : 0)
+        log("writing \(image.path) (\(image.format.rawValue), \(image.size) bytes) to \(target)")
+        let response = try BlockingHTTP.request("GET", configuration.serverURL + image.path, timeoutSeconds: 60)
+        guard response.status == 200 else { throw AgentFailure("image download: HTTP \(response.status)") }
+        let fd = open(target, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentFailure("cannot open \(target): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var hasher = SHA256()
+        var downloaded: Int64 = 0
+        report("write", 0, image.size)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        switch image.format {
+        case .raw:
+            var offset: Int64 = 0
+            while true {
+                let n = try response.read(into: buffer)
+                if n == 0 { break }
+                hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: offset)
+                offset += Int64(n)
+                downloaded += Int64(n)
+                report("write", downloaded, image.size)
+            }
+        case .rawGzip, .rawZstd:
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = image.format == .rawGzip ? ["gzip", "-dc"] : ["zstd", "-dc", "-q"]
+            let input = Pipe(), output = Pipe(), errors = Pipe()
+            p.standardInput = input
+            p.standardOutput = output
+            p.standardError = errors
+            try p.run()
+            // The decompressed stream goes to the disk on a thread of its own.
+            let writeError = Mutex<String?>(nil)
+            let outFD = output.fileHandleForReading.fileDescriptor
+            let done = DispatchSemaphore(value: 0)
+            let writer = Thread {
+                defer { done.signal() }
+                let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+                defer { out.deallocate() }
+                var offset: Int64 = 0
+                while true {
+                    let n = Glibc.read(outFD, out.baseAddress, out.count)
+                    if n < 0, errno == EINTR { continue }
+                    if n <= 0 { break }
+                    do { try self.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: out[0..<n]), at: offset) } catch {
+                        writeError.withLock { $0 = "\(error)" }
+                        break
+                    }
+                    offset += Int64(n)
+                }
+            }
+            writer.start()
+            let inFD = input.fileHandleForWriting.fileDescriptor
+            var failure: String?
+            while failure == nil {
+                let n = try response.read(into: buffer)
+                if n == 0 { break }
+                hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                var off = 0
+                while off < n {
+                    let w = Glibc.write(inFD, buffer.baseAddress! + off, n - off)
+                    if w < 0 {
+                        if errno == EINTR { continue }
+                        failure = "decompressor stopped reading: \(String(cString: strerror(errno)))"
+                        break
+                    }
+                    off += w
+                }
+                downloaded += Int64(n)
+                report("write", downloaded, image.size)
+            }
+            try? input.fileHandleForWriting.close()
+            done.wait()
+            p.waitUntilExit()
+            if let e = writeError.withLock({ $0 }) { throw AgentFailure("writing \(target): \(e)") }
+            if let failure { throw AgentFailure(failure) }
+            guard p.terminationStatus == 0 else {
+                let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                throw AgentFailure("\(p.arguments?.first ?? "decompressor") failed: \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
+            }
+        }
+        guard downloaded == image.size else { throw AgentFailure("downloaded \(downloaded) bytes, expected \(image.size)") }
+        report("verify", downloaded, image.size)
+        let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        guard digest == image.sha256 else { throw AgentFailure("image sha256 \(digest) does not match \(image.sha256)") }
+        guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))") }
+        _ = ioctl(fd, 0x125F)  // BLKRRPART: the kernel re-reads the new partition table (not for files)
+        if let metadata = task.metadataURL {
+            log("metadata at \(configuration.serverURL + metadata)")
+            report("configure", downloaded, image.size)
+            configureDatasource(disk: target, url: configuration.serverURL + metadata)
+        }
+    }
+
+    func pwriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw AgentFailure("write: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+
+    /// The disk to deploy onto: the configured device, or the first whole disk (by name) big
+    /// enough for the image.
+    func targetDisk(_ inventory: Inventory, minimum: Int64) throws -> String {
+        if let d = configuration.device { return d }
+        guard let disk = inventory.disks.sorted(by: { $0.name < $1.name }).first(where: { $0.sizeBytes >= minimum }) else {
+            throw AgentFailure("no disk of at least \(minimum) bytes (disks: \(inventory.disks.map { "\($0.name) \($0.sizeBytes)" }))")
+        }
+        return "/dev/" + disk.name
+    }
+
+    /// Writes a cloud-init config into the deployed root filesystem that makes the NoCloud
+    /// datasource read Farrier's metadata service. Looks through the disk's partitions for the
+    /// one with /etc/cloud. Best effort: an image without cloud-init still deploys.
+    func configureDatasource(disk: String, url: String) {
+        guard disk.hasPrefix("/dev/") else { return }
+        let name = (disk as NSString).lastPathComponent
+        let parts = InventoryCollector(root: configuration.sysRoot).list("/sys/block/\(name)").filter { $0.hasPrefix(name) }
+        let mountPoint = "/run/farrier-root"
+        try? FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        for part in parts {
+            guard Self.run(["mount", "/dev/" + part, mountPoint]) else { continue }
+            defer { _ = Self.run(["umount", mountPoint]) }
+            let dir = mountPoint + "/etc/cloud/cloud.cfg.d"
+            guard FileManager.default.fileExists(atPath: dir) else { continue }
+            let config = """
+                # Written by the Farrier agent at deploy: Farrier serves this machine's metadata.
+                datasource_list: [ NoCloud, None ]
+                datasource:
+                  NoCloud:
+                    seedfrom: \(url)
+
+                """
+            do {
+                try config.write(toFile: dir + "/90-farrier-datasource.cfg", atomically: true, encoding: .utf8)
+                log("cloud-init datasource written on \(part)")
+            } catch {
+                log("cannot write the datasource on \(part): \(error)")
+            }
+            sync()
+            return
+        }
+        log("no partition of \(disk) holds /etc/cloud; the image gets no datasource config")
+    }
+
+    static func run(_ args: [String]) -> Bool {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        p.waitUntilExit()
+        return p.terminationStatus == 0
+    }
+
+    // MARK: Wipe
+
+    /// Quick: discard where supported, then zero the first and last MiB of every disk (partition
+    /// tables, the GPT backup, filesystem and RAID signatures). Full: zero every byte.
+    func wipe(_ mode: WipeMode, inventory: Inventory) throws {
+        let targets = configuration.device.map { [$0] } ?? inventory.disks.map { "/dev/" + $0.name }
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var total: Int64 = 0
+        var sizes: [(String, Int64)] = []
+        for t in targets {
+            let fd = open(t, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw AgentFailure("cannot open \(t): \(String(cString: strerror(errno)))") }
+            let size = lseek(fd, 0, SEEK_END)
+            close(fd)
+            sizes.append((t, Int64(size)))
+            total += mode == .full ? Int64(size) : min(Int64(size), 2 << 20)
+        }
+        var done: Int64 = 0
+        report("wipe", 0, total)
+        for (t, size) in sizes {
+            let fd = open(t, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw AgentFailure("cannot open \(t): \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
+            var range: (UInt64, UInt64) = (0, UInt64(size))
+            let discarded = ioctl(fd, 0x1277, &range) == 0  // BLKDISCARD
+            let mib: Int64 = 1 << 20
+            let head: (Int64, Int64) = (0, min(mib, size))
+            let tail: (Int64, Int64) = (max(Int64(0), size - mib), min(mib, size))
+            let spans: [(Int64, Int64)] = mode == .full ? [(Int64(0), size)] : [head, tail]
+            for (start, length) in spans {
+                var off: Int64 = 0
+                while off < length {
+                    let n = Int(min(Int64(zeros.count), length - off))
+                    try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), at: start + off)
+                    off += Int64(n)
+                    done += Int64(n)
+                    report("wipe", done, total)
+                }
+            }
+            guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(t): \(String(cString: strerror(errno)))") }
+            log("wiped \(t) (\(mode.rawValue)\(discarded ? ", discarded" : ""))")
+        }
+    }
+
+    // MARK: Rescue
+
+    /// Installs the deployer's keys for root and starts the SSH server.
+    func rescue(keys: [String]) throws {
+        guard !keys.isEmpty else { throw AgentFailure("rescue needs at least one SSH key (deploy with --ssh-key)") }
+        let dir = (configuration.authorizedKeysPath as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try (keys.joined(separator: "\n") + "\n").write(toFile: configuration.authorizedKeysPath, atomically: true, encoding: .utf8)
+        chmod(configuration.authorizedKeysPath, 0o600)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = configuration.rescueCommand
+        do { try p.run() } catch { throw AgentFailure("cannot start \(configuration.rescueCommand.first ?? "ssh server"): \(error)") }
+        report("rescue", 0, 0)
+        log("rescue: \(configuration.rescueCommand.joined(separator: " ")) started (pid \(p.processIdentifier))")
+    }
+}

@@ -1,0 +1,44 @@
+import ArgumentParser
+import FarrierAgent
+import Foundation
+
+struct AgentCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "The deploy agent (runs in the Farrier ramdisk): inventory, deploy, wipe, rescue.",
+        discussion: """
+            Reads farrier.url= and farrier.token= from the kernel command line (or --cmdline FILE, or \
+            --server and --token), asks the server for its task, runs it, reports progress every second \
+            and the result. Exits 0 when the task succeeded.
+            """)
+
+    @Option(help: "File with the kernel command line.") var cmdline: String = "/proc/cmdline"
+    @Option(help: "Server base URL (overrides the command line).") var server: String?
+    @Option(help: "Step token (overrides the command line).") var token: String?
+    @Option(help: "Deploy to and wipe this file or device instead of the machine's disks.") var device: String?
+    @Option(help: "Prefix for /proc and /sys when reading the inventory.") var sysRoot: String = ""
+    @Option(help: "Command that serves SSH in rescue.") var rescueCommand: String = "dropbear -R -E -p 22"
+    @Option(help: "Where rescue writes root's authorized_keys.") var authorizedKeys: String = "/root/.ssh/authorized_keys"
+    @Option(help: "Attempts (2 s apart) to reach the server.") var attempts: Int = 60
+
+    func run() throws {
+        var c: AgentConfiguration
+        if let server, let token {
+            c = AgentConfiguration(serverURL: server, token: token)
+        } else {
+            guard let text = try? String(contentsOfFile: cmdline, encoding: .utf8) else { throw ValidationError("cannot read \(cmdline)") }
+            guard let parsed = AgentConfiguration.fromKernelCommandLine(text) else {
+                throw ValidationError("\(cmdline) has no farrier.url= and farrier.token=")
+            }
+            c = parsed
+            if let server { c.serverURL = server }
+            if let token { c.token = token }
+        }
+        c.device = device
+        c.sysRoot = sysRoot
+        c.rescueCommand = rescueCommand.split(separator: " ").map(String.init)
+        c.authorizedKeysPath = authorizedKeys
+        c.attempts = attempts
+        guard try Agent(c).run() else { throw ExitCode(1) }
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The real `farrier agent`, run on this host against a real server and an ipmi_sim BMC, with
+/// its kernel command line taken from the machine's iPXE script and a file standing in for the
+/// disk: commissioning inventory, deploys of raw, raw.gz and raw.zst images with SHA-256
+/// verification, the cloud-init metadata, quick and full wipes, and a corrupted image.
+@Suite(.serialized, .enabled(if: IPMISimulator.available, "needs root, ipmi_sim and ipmitool"))
+struct AgentTests {
+    static let mac = "52:54:00:ee:00:01"
+
+    /// Runs the agent with the kernel line the iPXE script would boot, once a step wants it.
+    func agent(_ cp: ControlPlane, disk: String, log: String) throws -> Harness.Result {
+        var kernel: String?
+        try cp.h.waitUntil("ramdisk script", timeout: 60, interval: 0.2) {
+            kernel = try cp.script(mac: Self.mac).split(separator: "\n").first { $0.hasPrefix("kernel ") }.map(String.init)
+            return kernel != nil
+        }
+        let cmdline = cp.h.directory + "/cmdline"
+        try kernel!.write(toFile: cmdline, atomically: true, encoding: .utf8)
+        return try cp.h.run(
+            [ControlPlane.bin, "agent", "--cmdline", cmdline, "--device", disk, "--attempts", "3"], timeout: 120, check: false)
+    }
+
+    func sha(_ h: Harness, _ path: String, bytes: Int? = nil) throws -> String {
+        let cmd = bytes.map { "head -c \($0) '\(path)' | sha256sum" } ?? "sha256sum '\(path)'"
+        return String(try h.run(["bash", "-c", cmd]).stdout.prefix(64))
+    }
+
+    @Test func commissionDeployMetadataWipeWithTheRealAgent() throws {
+        let h = try Harness("agent")
+        defer { h.cleanup() }
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let cp = ControlPlane(h)
+        try cp.start()
+        let disk = h.directory + "/disk.img"
+        try h.run(["truncate", "-s", "16M", disk])
+
+        // Commissioning: the inventory is this host's.
+        try cp.cli([
+            "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",
+            "--bmc-password-file", sim.passwordFile, "--commission",
+        ])
+        let commission = try agent(cp, disk: disk, log: "agent-commission.log")
+        #expect(commission.status == 0, "\(commission.stderr)")
+        try cp.waitFor("a1", "ready")
+        let inventory = try #require(try cp.machine("a1")["inventory"] as? [String: Any])
+        let cpus = try h.run(["nproc", "--all"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect("\(inventory["cores"] ?? "")" == cpus)
+        #expect((inventory["memoryBytes"] as? Int ?? 0) > 0)
+
+        // Three encodings of one 8 MiB raw image.
+        let raw = h.directory + "/img.raw"
+        try h.run(["bash", "-c", "head -c 8388608 /dev/urandom > '\(raw)' && gzip -k '\(raw)' && zstd -q -k '\(raw)'"])
+        try cp.cli(["project", "create", "p"])
+        try cp.cli(["image", "add", "img-raw", raw])
+        try cp.cli(["image", "add", "img-gz", raw + ".gz"])
+        try cp.cli(["image", "add", "img-zst", raw + ".zst"])
+        let rawSHA = try sha(h, raw)
+        try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
+        try "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n".write(toFile: h.directory + "/user-data", atomically: true, encoding: .utf8)
+
+        for (image, wipe) in [("img-zst", "quick"), ("img-gz", "full"), ("img-raw", "quick")] {
+            try h.run(["bash", "-c", "head -c 16777216 /dev/urandom > '\(disk)'"])  // old contents
+            try cp.cli([
+                "machine", "deploy", "a1", "--image", image, "--project", "p", "--ssh-key", h.directory + "/id.pub",
+                "--user-data", h.directory + "/user-data",
+            ])
+            let run = try agent(cp, disk: disk, log: "agent-\(image).log")
+            #expect(run.status == 0, "\(image): \(run.stderr)")
+            try cp.waitFor("a1", "deployed")
+            #expect(try sha(h, disk, bytes: 8 << 20) == rawSHA, "\(image): the disk does not hold the image")
+
+            // The metadata service, at the URL the agent was given.
+            let url = try #require(run.stderr.split(separator: "\n").compactMap { line -> String? in
+                guard let r = line.range(of: "metadata at ") else { return nil }
+                return String(line[r.upperBound...])
+            }.first)
+            let meta = try h.run(["curl", "-sf", url + "meta-data"]).stdout
+            #expect(meta.contains("local-hostname: a1"))
+            #expect(meta.contains(String(try String(contentsOfFile: h.directory + "/id.pub", encoding: .utf8).split(separator: " ")[1])))
+            #expect(try h.run(["curl", "-sf", url + "user-data"]).stdout.contains("/farrier-was-here"))
+            #expect(try h.run(["curl", "-sf", url + "vendor-data"]).stdout.contains("disable_root: false"))
+            // Someone else's token gets nothing.
+            let forged = url.replacingOccurrences(of: "/metadata/", with: "/metadata/x")
+            #expect(try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", forged + "meta-data"]).stdout == "404")
+
+            // Release: the wipe runs through the agent.
+            try cp.cli(["machine", "release", "a1", "--wipe", wipe])
+            let w = try agent(cp, disk: disk, log: "agent-wipe-\(image).log")
+            #expect(w.status == 0, "\(w.stderr)")
+            try cp.waitFor("a1", "ready")
+            let zeroMiB = String(try h.run(["bash", "-c", "head -c 1048576 /dev/zero | sha256sum"]).stdout.prefix(64))
+            #expect(try sha(h, disk, bytes: 1 << 20) == zeroMiB, "first MiB not zero after a \(wipe) wipe")
+            let last = String(try h.run(["bash", "-c", "tail -c 1048576 '\(disk)' | sha256sum"]).stdout.prefix(64))
+            #expect(last == zeroMiB, "last MiB not zero after a \(wipe) wipe")
+            let middle = try h.run(["bash", "-c", "tail -c +1048577 '\(disk)' | head -c 1048576 | tr -d '\\000' | wc -c"]).stdout
+            if wipe == "full" {
+                #expect(middle.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "full wipe left data")
+            } else {
+                #expect(middle.trimmingCharacters(in: .whitespacesAndNewlines) != "0", "quick wipe wrote the middle")
+            }
+            // Released: the metadata is gone.
+            #expect(try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url + "meta-data"]).stdout == "404")
+        }
+
+        // A stored image whose bytes changed: the agent refuses it and the deploy fails.
+        let info = try cp.json(["image", "show", "img-raw"])
+        let blob = cp.data + "/images/sha256/" + (info["sha256"] as? String ?? "")
+        try h.run(["bash", "-c", "printf 'X' | dd of='\(blob)' bs=1 seek=4096 conv=notrunc status=none"])
+        try cp.cli(["machine", "deploy", "a1", "--image", "img-raw", "--project", "p", "--ssh-key", h.directory + "/id.pub"])
+        let bad = try agent(cp, disk: disk, log: "agent-bad.log")
+        #expect(bad.status != 0)
+        try cp.waitFor("a1", "failed")
+        #expect((try cp.machine("a1")["reason"] as? String ?? "").contains("does not match"))
+    }
+}
