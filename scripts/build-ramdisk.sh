@@ -33,7 +33,7 @@ fi
 work=$(mktemp -d /tmp/farrier-ramdisk.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$cache" "$out"
-(cd "$cache" && for p in "${pkgs[@]}"; do ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download -q "$p" >/dev/null; done)
+(cd "$cache" && for p in "${pkgs[@]}"; do ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download -q -o APT::Sandbox::User=root "$p" >/dev/null; done)
 ex="$work/extract"
 mkdir -p "$ex"
 for p in "${pkgs[@]}"; do dpkg-deb -x "$(ls -1 "$cache/${p}"_*.deb | sort | tail -1)" "$ex"; done

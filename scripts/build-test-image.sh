@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds the test image: Debian 12 (debootstrap) with cloud-init and openssh-server on a raw
-# disk that boots with BIOS (GRUB i386-pc, BIOS boot partition) and UEFI (GRUB x86_64-efi, the
-# removable path EFI/BOOT/BOOTX64.EFI, so no NVRAM entry is needed), compressed with zstd.
+# Builds the test image: Debian 12 (debootstrap) with cloud-init and openssh-server on a raw GPT
+# disk that boots with BIOS (syslinux's gptmbr and extlinux on the root partition) and with UEFI
+# (a standalone GRUB at the removable path EFI/BOOT/BOOTX64.EFI, so no NVRAM entry is needed),
+# compressed with zstd. Partitions are reached through offset loop devices, so it needs no
+# kernel partition scanning (not available in every container or VM).
 #
 #   bash scripts/build-test-image.sh [OUT-FILE]    (default: /var/cache/farrier/images/debian-12.raw.zst)
 #
 # Cached: an existing OUT-FILE whose recorded key (this script's hash) matches is kept.
-# Needs root, debootstrap, sfdisk, mkfs.vfat, losetup and the Debian mirror apt uses.
+# Needs root, debootstrap, sfdisk, mkfs.vfat, extlinux, losetup, zstd and the Debian mirror apt uses.
 set -euo pipefail
 out=${1:-/var/cache/farrier/images/debian-12.raw.zst}
 size=${FARRIER_TEST_IMAGE_SIZE:-2G}
@@ -17,74 +19,108 @@ if [ -s "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
     echo "build-test-image: up to date ($out)"
     exit 0
 fi
-for tool in debootstrap sfdisk mkfs.vfat mkfs.ext4 losetup zstd; do
+for tool in debootstrap sfdisk mkfs.vfat mkfs.ext4 losetup zstd extlinux blkid; do
     command -v $tool >/dev/null || { echo "build-test-image: needs $tool (bash scripts/install-deps.sh)" >&2; exit 1; }
 done
+gptmbr=/usr/lib/syslinux/mbr/gptmbr.bin
+[ -f $gptmbr ] || { echo "build-test-image: needs $gptmbr (syslinux-common)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/farrier-image.XXXXXX)
 mnt=$work/root
-loop=""
+loops=()
 cleanup() {
-    for m in dev/pts dev proc sys boot/efi ""; do mountpoint -q "$mnt/$m" 2>/dev/null && umount -l "$mnt/$m"; done
-    [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null
+    for m in dev/pts dev proc sys boot/efi ""; do
+        if mountpoint -q "$mnt/$m" 2>/dev/null; then umount -l "$mnt/$m"; fi
+    done
+    for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
 img=$work/disk.raw
 truncate -s "$size" "$img"
-# GPT: BIOS boot (GRUB core), EFI system, root.
+# GPT: EFI system partition, root (legacy-BIOS-bootable, for gptmbr).
 sfdisk -q "$img" <<'PARTS'
 label: gpt
-size=1MiB, type=21686148-6449-6E6F-744E-656564454649, name=bios
-size=100MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=efi
-type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root
+start=2048, size=100MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=efi
+type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root, attrs="LegacyBIOSBootable"
 PARTS
-loop=$(losetup --find --show --partscan "$img")
-mkfs.vfat -F 32 -n EFI "${loop}p2" >/dev/null
-mkfs.ext4 -q -L root "${loop}p3"
+dd if=$gptmbr of="$img" bs=440 count=1 conv=notrunc status=none
+part() {  # a loop device for partition N of the image
+    local line start sectors
+    line=$(sfdisk --dump "$img" | grep "^$img$1 ")
+    start=$(echo "$line" | sed -E 's/.*start= *([0-9]+).*/\1/')
+    sectors=$(echo "$line" | sed -E 's/.*size= *([0-9]+).*/\1/')
+    losetup --find --show --offset $((start * 512)) --sizelimit $((sectors * 512)) "$img"
+}
+efi=$(part 1); loops+=("$efi")
+rootdev=$(part 2); loops+=("$rootdev")
+mkfs.vfat -F 32 -n EFI "$efi" >/dev/null
+# extlinux reads ext4 without the 64bit feature.
+mkfs.ext4 -q -L root -O ^64bit "$rootdev"
 mkdir -p "$mnt"
-mount "${loop}p3" "$mnt"
+mount "$rootdev" "$mnt"
 echo "build-test-image: debootstrap bookworm from $mirror"
 debootstrap --variant=minbase \
-    --include=linux-image-amd64,systemd-sysv,udev,cloud-init,openssh-server,isc-dhcp-client,ifupdown,netbase,iproute2,grub-pc-bin,grub-efi-amd64-bin,grub2-common,e2fsprogs,dosfstools,ca-certificates \
+    --include=linux-image-amd64,systemd-sysv,udev,cloud-init,openssh-server,isc-dhcp-client,ifupdown,netbase,iproute2,grub-efi-amd64-bin,e2fsprogs,dosfstools,ca-certificates \
     bookworm "$mnt" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 mkdir -p "$mnt/boot/efi"
-mount "${loop}p2" "$mnt/boot/efi"
+mount "$efi" "$mnt/boot/efi"
 for m in dev dev/pts proc sys; do mount --bind "/$m" "$mnt/$m"; done
-root_uuid=$(blkid -s UUID -o value "${loop}p3")
-efi_uuid=$(blkid -s UUID -o value "${loop}p2")
-cat > "$mnt/etc/fstab" <<EOF
+root_uuid=$(blkid -s UUID -o value "$rootdev")
+efi_uuid=$(blkid -s UUID -o value "$efi")
+kver=$(ls "$mnt/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
+[ -f "$mnt/boot/initrd.img-$kver" ] || chroot "$mnt" update-initramfs -c -k "$kver" >/dev/null
+cmdline="root=UUID=$root_uuid ro console=tty0 console=ttyS0,115200n8 net.ifnames=0"
+cat > "$mnt/etc/fstab" <<FSTAB
 UUID=$root_uuid / ext4 errors=remount-ro 0 1
 UUID=$efi_uuid /boot/efi vfat umask=0077 0 2
-EOF
+FSTAB
 echo debian > "$mnt/etc/hostname"
-# Any first NIC gets DHCP (cloud-init also writes its fallback network config).
-cat > "$mnt/etc/network/interfaces" <<'EOF'
+cat > "$mnt/etc/network/interfaces" <<'IFACES'
 auto lo
 iface lo inet loopback
 source /etc/network/interfaces.d/*
-EOF
-# GRUB on the serial console too, with a short timeout.
-cat >> "$mnt/etc/default/grub" <<'EOF'
-GRUB_TIMEOUT=1
-GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8 net.ifnames=0"
-GRUB_TERMINAL="console serial"
-GRUB_SERIAL_COMMAND="serial --speed=115200"
-EOF
-chroot "$mnt" grub-install --target=i386-pc "$loop" >/dev/null 2>&1
-chroot "$mnt" grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram >/dev/null 2>&1
-chroot "$mnt" update-grub >/dev/null 2>&1
+IFACES
+# BIOS: gptmbr, then extlinux on the root partition.
+mkdir -p "$mnt/boot/extlinux"
+extlinux --install "$mnt/boot/extlinux" >/dev/null 2>&1
+cat > "$mnt/boot/extlinux/extlinux.conf" <<EXTLINUX
+SERIAL 0 115200
+DEFAULT debian
+TIMEOUT 10
+LABEL debian
+  KERNEL /boot/vmlinuz-$kver
+  INITRD /boot/initrd.img-$kver
+  APPEND $cmdline
+EXTLINUX
+# UEFI: a standalone GRUB that finds the root filesystem by its UUID.
+mkdir -p "$mnt/boot/grub" "$mnt/boot/efi/EFI/BOOT"
+cat > "$mnt/boot/grub/grub.cfg" <<GRUBCFG
+set timeout=1
+serial --speed=115200
+terminal_input console serial
+terminal_output console serial
+menuentry 'Debian GNU/Linux 12' {
+  search --no-floppy --fs-uuid --set=root $root_uuid
+  linux /boot/vmlinuz-$kver $cmdline
+  initrd /boot/initrd.img-$kver
+}
+GRUBCFG
+printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n' "$root_uuid" > "$mnt/tmp/early.cfg"
+chroot "$mnt" grub-mkstandalone -O x86_64-efi -o /boot/efi/EFI/BOOT/BOOTX64.EFI \
+    --modules="part_gpt ext2 fat normal linux search search_fs_uuid configfile serial terminal echo" \
+    "boot/grub/grub.cfg=/tmp/early.cfg" >/dev/null
+rm -f "$mnt/tmp/early.cfg"
 # Only the datasource Farrier configures at deploy; no waiting for clouds that are not there.
 echo 'datasource_list: [ NoCloud, None ]' > "$mnt/etc/cloud/cloud.cfg.d/01-farrier-datasources.cfg"
 chroot "$mnt" systemctl enable serial-getty@ttyS0.service >/dev/null 2>&1 || true
 chroot "$mnt" apt-get clean
-rm -f "$mnt"/etc/ssh/ssh_host_*  # made fresh on first boot by cloud-init
+rm -f "$mnt"/etc/ssh/ssh_host_*  # made fresh on first boot
 : > "$mnt/etc/machine-id"
 sync
-cleanup_mounts() { for m in dev/pts dev proc sys boot/efi ""; do umount "$mnt/$m"; done; }
-cleanup_mounts
-losetup -d "$loop"
-loop=""
+for m in dev/pts dev proc sys boot/efi ""; do umount "$mnt/$m"; done
+for l in "${loops[@]}"; do losetup -d "$l"; done
+loops=()
 mkdir -p "$(dirname "$out")"
 zstd -q -T0 -3 -f "$img" -o "$out.tmp"
 mv "$out.tmp" "$out"

@@ -15,6 +15,8 @@ packages=(
     openssh-client            # farrier machine ssh; test keys
     zstd                      # raw.zst images (agent, tests)
     debootstrap fdisk dosfstools   # the test image (scripts/build-test-image.sh)
+    cpio kmod binutils        # the ramdisk (scripts/build-ramdisk.sh): initramfs, depmod, strip
+    extlinux syslinux-common  # the test image: BIOS boot loader
     python3-venv              # the sushy-emulator venv (Redfish tests)
     kea-dhcp4-server tftpd-hpa    # reference servers for bench/dhcp and bench/tftp
 )

@@ -90,5 +90,9 @@ public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) throws
     try store.createToken(APIToken(
         id: UUID().uuidString.lowercased(), name: "admin", role: .admin, project: nil, secretSHA256: TokenSecret.hash(secret),
         created: Date()))
+    // Where an admin's deploys go when they name no project.
+    if try store.project(name: "default") == nil {
+        try store.createProject(Project(name: "default", description: "admin deploys that name no project", created: Date()))
+    }
     return secret
 }

@@ -56,10 +56,12 @@ extension MachineAPI {
         // Project: members deploy into their own; admins must say which.
         let projectName: String
         if caller.isAdmin {
-            guard !request.project.isEmpty else {
+            // Admins name the project, or get the `default` one made at first start.
+            let hasDefault = try store.project(name: "default") != nil
+            guard !request.project.isEmpty || hasDefault else {
                 throw RPCError(code: .invalidArgument, message: "project is required with an admin token (--project NAME)")
             }
-            projectName = request.project
+            projectName = request.project.isEmpty ? "default" : request.project
         } else {
             guard let own = caller.project else { throw RPCError(code: .permissionDenied, message: "token has no project") }
             if !request.project.isEmpty, request.project != own {

@@ -14,8 +14,26 @@ public struct Lab {
         public var dhcpMode = "full"  // full or proxy
         public var accelerator = "auto"  // auto, tcg or kvm
         public var powerOn = true
+        /// Boot the Farrier ramdisk to commission every VM (inventory, then `ready`).
+        public var commission = true
+        /// The ramdisk (vmlinuz, initrd.img); built with scripts/build-ramdisk.sh when missing.
+        public var ramdisk: String?
+        /// The test image, added as `debian-12`; built with scripts/build-test-image.sh when missing.
+        public var image: String? = "/var/cache/farrier/images/debian-12.raw.zst"
         public var farrierBinary: String
         public init(farrierBinary: String) { self.farrierBinary = farrierBinary }
+
+        /// The source checkout the binary was built in (…/.build/debug/farrier), if any.
+        var checkout: String? {
+            var url = URL(fileURLWithPath: farrierBinary).resolvingSymlinksInPath().deletingLastPathComponent()
+            for _ in 0..<5 {
+                if FileManager.default.fileExists(atPath: url.path + "/scripts/build-ramdisk.sh") { return url.path }
+                url.deleteLastPathComponent()
+            }
+            return nil
+        }
+
+        var ramdiskDirectory: String? { ramdisk ?? checkout.map { $0 + "/.build/ramdisk" } }
     }
 
     public static let namespace = "farrier-lab"
@@ -59,6 +77,7 @@ public struct Lab {
             chmod(dir + "/bmc-password", 0o600)
             state.dnsmasqPID = try startDnsmasq(o.dhcpMode, dir: dir)
             try state.save()
+            let commission = try o.commission && prepareRamdisk(o, dir: dir)
             state.serverPID = try startServer(o, dir: dir)
             try state.save()
             for i in 1...o.machines {
@@ -72,10 +91,13 @@ public struct Lab {
             for vm in state.vms {
                 try Spawn.run(
                     [o.farrierBinary, "machine", "enroll", vm.name, "--server", state.serverAddress, "--mac", vm.mac,
-                     "--bmc", "ipmi://\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)", "--bmc-password-file", dir + "/bmc-password"],
+                     "--bmc", "ipmi://\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)", "--bmc-password-file", dir + "/bmc-password"]
+                        + (commission ? ["--commission"] : []),
                     timeout: 30)
             }
-            if o.powerOn {
+            if let image = o.image { try addImage(o, image: image, server: state.serverAddress) }
+            // Commissioning powers the VMs on itself (through their BMCs).
+            if o.powerOn && !commission {
                 for vm in state.vms {
                     try Spawn.run([o.farrierBinary, "machine", "power", vm.name, "on", "--server", state.serverAddress], timeout: 60)
                 }
@@ -165,6 +187,46 @@ public struct Lab {
         return pid
     }
 
+    /// Puts the Farrier ramdisk into the lab server's boot root, building it first when the
+    /// checkout has the script and no ramdisk yet. Returns whether there is one.
+    func prepareRamdisk(_ o: Options, dir: String) throws -> Bool {
+        guard let source = o.ramdiskDirectory else {
+            log("no ramdisk (run from a checkout, or give --ramdisk DIR): machines stay enrolled")
+            return false
+        }
+        let fm = FileManager.default
+        if let checkout = o.checkout {
+            log("ramdisk: bash scripts/build-ramdisk.sh \(source) (cached when up to date)")
+            try Spawn.run(["env", "FARRIER_BIN=\(o.farrierBinary)", "bash", checkout + "/scripts/build-ramdisk.sh", source], timeout: 1800)
+        }
+        guard fm.fileExists(atPath: source + "/vmlinuz"), fm.fileExists(atPath: source + "/initrd.img") else {
+            log("no ramdisk in \(source): machines stay enrolled")
+            return false
+        }
+        let target = dir + "/data/boot/ramdisk"
+        try fm.createDirectory(atPath: target, withIntermediateDirectories: true)
+        for f in ["vmlinuz", "initrd.img"] {
+            try? fm.removeItem(atPath: target + "/" + f)
+            try fm.copyItem(atPath: source + "/" + f, toPath: target + "/" + f)
+        }
+        return true
+    }
+
+    /// Makes the test image available as `debian-12`, building it on first use (several minutes).
+    func addImage(_ o: Options, image: String, server: String) throws {
+        if !FileManager.default.fileExists(atPath: image), let checkout = o.checkout {
+            log("image: building \(image) with scripts/build-test-image.sh (first use; several minutes)")
+            try Spawn.run(["bash", checkout + "/scripts/build-test-image.sh", image], timeout: 3600)
+        }
+        guard FileManager.default.fileExists(atPath: image) else {
+            log("no test image at \(image): add one with farrier image add")
+            return
+        }
+        log("image: adding debian-12 from \(image)")
+        try Spawn.run(
+            [o.farrierBinary, "image", "add", "debian-12", image, "--os", "debian-12", "--server", server], timeout: 900)
+    }
+
     func startServer(_ o: Options, dir: String) throws -> Int32 {
         var args = [
             o.farrierBinary, "server", "--data-dir", dir + "/data", "--http-listen", "0.0.0.0:8080", "--grpc-listen",
@@ -206,7 +268,7 @@ public struct Lab {
             # Started by vmctl.sh when the BMC powers \(name) on. exec: the pidfile names QEMU itself.
             D=\(vmDir)
             case "$(cat $D/bootdev 2>/dev/null)" in disk|default) B=c;; *) B=n;; esac
-            exec qemu-system-x86_64 -name \(name) -accel \(accel) -m 512 -nographic -monitor none -boot $B\(bios) \\
+            exec qemu-system-x86_64 -name \(name) -accel \(accel) -m 1024 -nographic -monitor none -boot $B\(bios) \\
               -drive file=$D/disk.qcow2,if=virtio,format=qcow2 \\
               -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac) \\
               -chardev socket,id=ser0,host=127.0.0.1,port=\(solPort),server=on,wait=off,logfile=$D/serial.log,logappend=on \\

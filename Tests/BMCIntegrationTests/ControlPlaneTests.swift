@@ -153,7 +153,7 @@ struct ControlPlaneTests {
             (["machine", "enroll", "Bad_Name", "--mac", "52:54:00:cc:00:09", "--bmc", "ipmi://a@127.0.0.1", "--bmc-password-file", s1.passwordFile], "may only contain"),
             (["project", "create", "x-"], "must not start or end"),
             (["token", "create", "--role", "root"], "unknown role 'root'"),
-            (["machine", "deploy", "--image", "debian-12"], "project is required"),
+            (["machine", "deploy", "--image", "debian-12", "--project", "nope"], "no project named 'nope'"),
             (["machine", "deploy", nameA, "--image", "debian-12", "--project", "team-a", "--tag", "env=x"], "already deployed"),
             (["machine", "deploy", "--image", "debian-12", "--project", "team-b", "--min-cores", "64"], "no ready machine"),
             (["image", "add", "gz", image, "--format", "raw.gz"], "bytes are not compressed"),

@@ -20,7 +20,7 @@ struct LabTests {
             h.cleanup()
         }
         let started = Date()
-        try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--dhcp-mode", mode, "--no-power-on"], timeout: 180)
+        try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--dhcp-mode", mode, "--no-power-on", "--no-commission", "--no-image"], timeout: 180)
         let status = try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any]
         let vms = try #require(status?["vms"] as? [[String: Any]])
         try #require(vms.count == 2)

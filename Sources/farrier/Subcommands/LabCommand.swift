@@ -20,6 +20,12 @@ struct LabCommand: ParsableCommand {
         @Option(help: "full (Farrier hands out addresses) or proxy (dnsmasq does; Farrier answers PXE).") var dhcpMode = "full"
         @Option(help: "auto (KVM only if a probe boot works), tcg or kvm.") var accel = "auto"
         @Flag(help: "Leave the VMs powered off (power them on through their BMCs).") var noPowerOn = false
+        @Flag(help: "Enroll only: do not commission (no ramdisk boot).") var noCommission = false
+        @Option(help: "Ramdisk directory (vmlinuz, initrd.img). [default: the checkout's .build/ramdisk, built when missing]")
+        var ramdisk: String?
+        @Option(help: "Test image added as debian-12, built on first use. [default: /var/cache/farrier/images/debian-12.raw.zst]")
+        var image: String?
+        @Flag(help: "Add no image.") var noImage = false
 
         func validate() throws {
             guard ["bios", "uefi", "mixed"].contains(firmware) else { throw ValidationError("--firmware must be bios, uefi or mixed") }
@@ -34,6 +40,9 @@ struct LabCommand: ParsableCommand {
             o.dhcpMode = dhcpMode
             o.accelerator = accel
             o.powerOn = !noPowerOn
+            o.commission = !noCommission
+            o.ramdisk = ramdisk
+            if noImage { o.image = nil } else if let image { o.image = image }
             let state = try Lab(log: { print($0) }).up(o)
             print("lab is up: \(state.vms.count) VMs, DHCP \(state.dhcpMode), accelerator \(state.accelerator)")
             print("server \(state.serverAddress) (the CLI finds it with no flags while the lab is up)")
