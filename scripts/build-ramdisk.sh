@@ -14,7 +14,7 @@ out=${1:-$root/.build/ramdisk}
 bin=${FARRIER_BIN:-$root/.build/debug/farrier}
 cache=${FARRIER_RAMDISK_CACHE:-/var/cache/farrier/ramdisk-debs}
 [ -x "$bin" ] || { echo "build-ramdisk: $bin not found; run swift build --product farrier first" >&2; exit 1; }
-for tool in apt-get dpkg-deb cpio depmod ldd strip gzip; do
+for tool in apt-get dpkg-deb cpio depmod ldd strip gzip zstd; do
     command -v $tool >/dev/null || { echo "build-ramdisk: needs $tool (bash scripts/install-deps.sh)" >&2; exit 1; }
 done
 
@@ -46,8 +46,10 @@ cp "$ex/bin/busybox" "$rd/bin/busybox"
 for applet in $("$rd/bin/busybox" --list); do
     [ -e "$rd/bin/$applet" ] || ln -s busybox "$rd/bin/$applet"
 done
+ln -s ../../bin/busybox "$rd/usr/bin/env"  # the agent starts helpers through /usr/bin/env
 # Kernel modules: NICs and storage the issue lists, with what they depend on.
-mods="virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e igb ixgbe i40e mlx5_core ahci nvme sd_mod ext4 vfat af_packet"
+# ext4 needs crc32c at mount time (a soft dependency --show-depends does not list); vfat its code pages.
+mods="virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e igb ixgbe i40e mlx5_core ahci nvme sd_mod ext4 vfat af_packet crc32c_generic crc32c-intel libcrc32c nls_cp437 nls_ascii nls_utf8"
 mkdir -p "$rd/lib/modules/$kver"
 cp "$ex/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$rd/lib/modules/$kver/" 2>/dev/null || true
 depmod -b "$ex" "$kver"
@@ -65,14 +67,16 @@ copy_with_libs() {
     cp "$file" "$rd$dest"
     strip --strip-debug "$rd$dest" 2>/dev/null || true
     LD_LIBRARY_PATH="$ex/usr/lib/x86_64-linux-gnu" ldd "$file" | awk '/=> \// {print $3} /^\s*\/lib64/ {print $1}' | while read -r lib; do
-        [ -e "$rd$lib" ] && continue
-        mkdir -p "$rd$(dirname "$lib")"
-        cp -L "$lib" "$rd$lib"
-        strip --strip-debug "$rd$lib" 2>/dev/null || true
+        local target=${lib#"$ex"}  # libraries from the unpacked packages go where the package puts them
+        [ -e "$rd$target" ] && continue
+        mkdir -p "$rd$(dirname "$target")"
+        cp -L "$lib" "$rd$target"
+        strip --strip-debug "$rd$target" 2>/dev/null || true
     done
 }
 copy_with_libs "$bin" /usr/bin/farrier
 copy_with_libs "$ex/usr/sbin/dropbear" /usr/sbin/dropbear
+copy_with_libs "$(command -v zstd)" /usr/bin/zstd   # raw.zst images (busybox has no zstd)
 [ -e "$rd/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$rd/lib64/"
 # Name resolution and users for glibc and dropbear.
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rd/etc/passwd"
@@ -107,7 +111,7 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 echo "farrier-ramdisk: $(uname -r), loading modules"
-for m in virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e igb ixgbe i40e mlx5_core ahci nvme sd_mod ext4 vfat af_packet; do
+for m in crc32c_generic crc32c-intel libcrc32c virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e igb ixgbe i40e mlx5_core ahci nvme sd_mod ext4 vfat nls_cp437 nls_ascii nls_utf8 af_packet; do
     modprobe -q "$m" 2>/dev/null
 done
 ip link set lo up

@@ -19,7 +19,7 @@ if [ -s "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
     echo "build-test-image: up to date ($out)"
     exit 0
 fi
-for tool in debootstrap sfdisk mkfs.vfat mkfs.ext4 losetup zstd extlinux blkid; do
+for tool in debootstrap sfdisk mkfs.vfat mkfs.ext4 losetup zstd extlinux blkid mcopy; do
     command -v $tool >/dev/null || { echo "build-test-image: needs $tool (bash scripts/install-deps.sh)" >&2; exit 1; }
 done
 gptmbr=/usr/lib/syslinux/mbr/gptmbr.bin
@@ -60,12 +60,19 @@ mkfs.ext4 -q -L root -O ^64bit "$rootdev"
 mkdir -p "$mnt"
 mount "$rootdev" "$mnt"
 echo "build-test-image: debootstrap bookworm from $mirror"
-debootstrap --variant=minbase \
-    --include=linux-image-amd64,systemd-sysv,udev,cloud-init,openssh-server,isc-dhcp-client,ifupdown,netbase,iproute2,grub-efi-amd64-bin,e2fsprogs,dosfstools,ca-certificates \
-    bookworm "$mnt" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+debootstrap --variant=minbase bookworm "$mnt" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+    tail -20 "$work/debootstrap.log" >&2; tail -30 "$mnt/debootstrap/debootstrap.log" >&2 2>/dev/null; exit 1; }
 mkdir -p "$mnt/boot/efi"
-mount "$efi" "$mnt/boot/efi"
 for m in dev dev/pts proc sys; do mount --bind "/$m" "$mnt/$m"; done
+# The rest with apt inside the image, services kept from starting while it is built.
+printf '#!/bin/sh\nexit 101\n' > "$mnt/usr/sbin/policy-rc.d"
+chmod 755 "$mnt/usr/sbin/policy-rc.d"
+echo "build-test-image: installing the kernel, cloud-init, openssh-server"
+chroot "$mnt" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    linux-image-amd64 initramfs-tools systemd-sysv udev cloud-init openssh-server isc-dhcp-client ifupdown netbase \
+    iproute2 grub-efi-amd64-bin e2fsprogs dosfstools ca-certificates python3-requests >"$work/apt.log" 2>&1 || {
+    tail -30 "$work/apt.log" >&2; exit 1; }
+rm -f "$mnt/usr/sbin/policy-rc.d"
 root_uuid=$(blkid -s UUID -o value "$rootdev")
 efi_uuid=$(blkid -s UUID -o value "$efi")
 kver=$(ls "$mnt/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
@@ -73,7 +80,7 @@ kver=$(ls "$mnt/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
 cmdline="root=UUID=$root_uuid ro console=tty0 console=ttyS0,115200n8 net.ifnames=0"
 cat > "$mnt/etc/fstab" <<FSTAB
 UUID=$root_uuid / ext4 errors=remount-ro 0 1
-UUID=$efi_uuid /boot/efi vfat umask=0077 0 2
+UUID=$efi_uuid /boot/efi vfat umask=0077,nofail 0 2
 FSTAB
 echo debian > "$mnt/etc/hostname"
 cat > "$mnt/etc/network/interfaces" <<'IFACES'
@@ -94,7 +101,7 @@ LABEL debian
   APPEND $cmdline
 EXTLINUX
 # UEFI: a standalone GRUB that finds the root filesystem by its UUID.
-mkdir -p "$mnt/boot/grub" "$mnt/boot/efi/EFI/BOOT"
+mkdir -p "$mnt/boot/grub"
 cat > "$mnt/boot/grub/grub.cfg" <<GRUBCFG
 set timeout=1
 serial --speed=115200
@@ -107,10 +114,15 @@ menuentry 'Debian GNU/Linux 12' {
 }
 GRUBCFG
 printf 'search --no-floppy --fs-uuid --set=root %s\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n' "$root_uuid" > "$mnt/tmp/early.cfg"
-chroot "$mnt" grub-mkstandalone -O x86_64-efi -o /boot/efi/EFI/BOOT/BOOTX64.EFI \
+chroot "$mnt" grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI \
     --modules="part_gpt ext2 fat normal linux search search_fs_uuid configfile serial terminal echo" \
     "boot/grub/grub.cfg=/tmp/early.cfg" >/dev/null
 rm -f "$mnt/tmp/early.cfg"
+# The ESP is written with mtools, straight into the image: no vfat mount needed on the build host.
+esp="$img@@$(( $(sfdisk --dump "$img" | grep "^${img}1 " | sed -E 's/.*start= *([0-9]+).*/\1/') * 512 ))"
+mmd -i "$esp" ::/EFI ::/EFI/BOOT
+mcopy -i "$esp" "$mnt/tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+rm -f "$mnt/tmp/BOOTX64.EFI"
 # Only the datasource Farrier configures at deploy; no waiting for clouds that are not there.
 echo 'datasource_list: [ NoCloud, None ]' > "$mnt/etc/cloud/cloud.cfg.d/01-farrier-datasources.cfg"
 chroot "$mnt" systemctl enable serial-getty@ttyS0.service >/dev/null 2>&1 || true
@@ -118,7 +130,7 @@ chroot "$mnt" apt-get clean
 rm -f "$mnt"/etc/ssh/ssh_host_*  # made fresh on first boot
 : > "$mnt/etc/machine-id"
 sync
-for m in dev/pts dev proc sys boot/efi ""; do umount "$mnt/$m"; done
+for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
 for l in "${loops[@]}"; do losetup -d "$l"; done
 loops=()
 mkdir -p "$(dirname "$out")"

@@ -16,9 +16,9 @@ packages=(
     zstd                      # raw.zst images (agent, tests)
     debootstrap fdisk dosfstools   # the test image (scripts/build-test-image.sh)
     cpio kmod binutils        # the ramdisk (scripts/build-ramdisk.sh): initramfs, depmod, strip
-    extlinux syslinux-common  # the test image: BIOS boot loader
+    extlinux syslinux-common mtools   # the test image: BIOS boot loader, the ESP without mounting it
     python3-venv              # the sushy-emulator venv (Redfish tests)
-    kea-dhcp4-server tftpd-hpa    # reference servers for bench/dhcp and bench/tftp
+    kea-dhcp4-server tftpd-hpa nginx-light   # reference servers for bench/dhcp, bench/tftp, bench/http
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
@@ -32,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ $made_policy = 1 ] && rm -f $policy; exit 1; }
     [ $made_policy = 1 ] && rm -f $policy
     if command -v systemctl >/dev/null; then
-        systemctl disable --now tftpd-hpa kea-dhcp4-server >/dev/null 2>&1 || true
+        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx >/dev/null 2>&1 || true
     fi
 fi
 

@@ -28,7 +28,7 @@ public struct AgentConfiguration: Sendable {
 
     public init(
         serverURL: String, token: String, mode: String = "agent", device: String? = nil, sysRoot: String = "",
-        rescueCommand: [String] = ["dropbear", "-R", "-E", "-p", "22"], authorizedKeysPath: String = "/root/.ssh/authorized_keys",
+        rescueCommand: [String] = ["dropbear", "-F", "-R", "-E", "-p", "22"], authorizedKeysPath: String = "/root/.ssh/authorized_keys",
         attempts: Int = 60
     ) {
         self.serverURL = serverURL.hasSuffix("/") ? String(serverURL.dropLast()) : serverURL
@@ -97,6 +97,7 @@ public final class Agent: Sendable {
         }
         reporter.start()
         var result: AgentResult
+        let started = Date()
         do {
             switch task.kind {
             case .commission:
@@ -116,12 +117,16 @@ public final class Agent: Sendable {
             log("task failed: \(error)")
             result = AgentResult(ok: false, error: "\(error)")
         }
+        result.seconds = Date().timeIntervalSince(started)
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        result.peakRSSBytes = Int64(usage.ru_maxrss) * 1024
         stop.store(true, ordering: .relaxed)
         // The last progress goes out before the result.
         if let p = progress.withLock({ $0 }) { _ = try? post(AgentAPI.progress, p, as: Empty.self) }
         let final = result
         _ = try withRetries("done") { try post(AgentAPI.done, final, as: Empty.self) }
-        log(result.ok ? "done" : "reported failure")
+        log((result.ok ? "done" : "reported failure") + String(format: " in %.1f s, peak RSS %.1f MiB", result.seconds ?? 0, Double(result.peakRSSBytes ?? 0) / 1048576))
         return result.ok
     }
 
@@ -297,8 +302,12 @@ public final class Agent: Sendable {
         let parts = InventoryCollector(root: configuration.sysRoot).list("/sys/block/\(name)").filter { $0.hasPrefix(name) }
         let mountPoint = "/run/farrier-root"
         try? FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        log("looking for /etc/cloud on \(parts.isEmpty ? "no partitions" : parts.joined(separator: ", "))")
         for part in parts {
-            guard Self.run(["mount", "/dev/" + part, mountPoint]) else { continue }
+            guard Self.run(["mount", "/dev/" + part, mountPoint]) else {
+                log("cannot mount /dev/\(part)")
+                continue
+            }
             defer { _ = Self.run(["umount", mountPoint]) }
             let dir = mountPoint + "/etc/cloud/cloud.cfg.d"
             guard FileManager.default.fileExists(atPath: dir) else { continue }
@@ -320,6 +329,39 @@ public final class Agent: Sendable {
             return
         }
         log("no partition of \(disk) holds /etc/cloud; the image gets no datasource config")
+    }
+
+    /// posix_spawnp with an empty signal mask, default signal dispositions and a new session.
+    static func spawnDetached(_ args: [String]) throws -> pid_t {
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | 0x80))  // 0x80: POSIX_SPAWN_SETSID
+        let argv = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, args[0], nil, &attr, argv, environ)
+        guard rc == 0 else { throw AgentFailure("cannot start \(args[0]): \(String(cString: strerror(rc)))") }
+        return pid
+    }
+
+    static func canConnect(port: UInt16) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
     }
 
     static func run(_ args: [String]) -> Bool {
@@ -388,11 +430,24 @@ public final class Agent: Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try (keys.joined(separator: "\n") + "\n").write(toFile: configuration.authorizedKeysPath, atomically: true, encoding: .utf8)
         chmod(configuration.authorizedKeysPath, 0o600)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = configuration.rescueCommand
-        do { try p.run() } catch { throw AgentFailure("cannot start \(configuration.rescueCommand.first ?? "ssh server"): \(error)") }
+        // Started with a clean signal mask and default dispositions, in a session of its own:
+        // inheriting this process's blocked SIGCHLD, the SSH server would never notice a
+        // session's command ending, and every ssh would hang after its output.
+        let pid = try Self.spawnDetached(configuration.rescueCommand)
+        func alive() -> Bool { kill(pid, 0) == 0 && waitpid(pid, nil, WNOHANG) == 0 }
+        // Up means answering on port 22 (bounded: 10 s).
+        var listening = false
+        for _ in 0..<50 where alive() {
+            if Self.canConnect(port: 22) {
+                listening = true
+                break
+            }
+            usleep(200_000)
+        }
+        guard listening else {
+            throw AgentFailure("the SSH server (\(configuration.rescueCommand.joined(separator: " "))) \(alive() ? "does not answer on port 22" : "exited")")
+        }
         report("rescue", 0, 0)
-        log("rescue: \(configuration.rescueCommand.joined(separator: " ")) started (pid \(p.processIdentifier))")
+        log("rescue: \(configuration.rescueCommand.joined(separator: " ")) serving on port 22 (pid \(pid))")
     }
 }

@@ -285,7 +285,10 @@ public final class Controller: Sendable {
                 if inv.firmware != .unknown { x.firmware = inv.firmware }
             }
             x.phase = .finish
-            return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)")]
+            var note = ""
+            if let s = result.seconds { note += String(format: " in %.1f s", s) }
+            if let rss = result.peakRSSBytes { note += String(format: ", agent peak RSS %.1f MiB", Double(rss) / 1_048_576) }
+            return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")]
         }
         Failpoint.hit("agent.done.after-commit")
         hub.notify()

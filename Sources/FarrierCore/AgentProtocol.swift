@@ -81,10 +81,16 @@ public struct AgentResult: Codable, Sendable {
     public var error: String?
     /// Commissioning: the inventory.
     public var inventory: Inventory?
-    public init(ok: Bool, error: String? = nil, inventory: Inventory? = nil) {
+    /// The agent's peak resident memory during the task (bytes), for the record and the bench.
+    public var peakRSSBytes: Int64?
+    /// How long the task's data phase took (download and write, or wipe), in seconds.
+    public var seconds: Double?
+    public init(ok: Bool, error: String? = nil, inventory: Inventory? = nil, peakRSSBytes: Int64? = nil, seconds: Double? = nil) {
         self.ok = ok
         self.error = error
         self.inventory = inventory
+        self.peakRSSBytes = peakRSSBytes
+        self.seconds = seconds
     }
 }
 

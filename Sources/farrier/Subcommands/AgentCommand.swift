@@ -17,7 +17,7 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "Step token (overrides the command line).") var token: String?
     @Option(help: "Deploy to and wipe this file or device instead of the machine's disks.") var device: String?
     @Option(help: "Prefix for /proc and /sys when reading the inventory.") var sysRoot: String = ""
-    @Option(help: "Command that serves SSH in rescue.") var rescueCommand: String = "dropbear -R -E -p 22"
+    @Option(help: "Command that serves SSH in rescue.") var rescueCommand: String = "dropbear -F -R -E -p 22"
     @Option(help: "Where rescue writes root's authorized_keys.") var authorizedKeys: String = "/root/.ssh/authorized_keys"
     @Option(help: "Attempts (2 s apart) to reach the server.") var attempts: Int = 60
 

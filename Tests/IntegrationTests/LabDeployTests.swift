@@ -1,0 +1,112 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Farrier's main job, end to end in the lab, as a user runs it: `lab up` (both VMs commissioned
+/// by the real agent in the real ramdisk), then on a BIOS and a UEFI machine: deploy the
+/// debian-12 image with --wait, ssh in, restart, rescue and ssh into the ramdisk, exit rescue,
+/// release, and check the wipe on the VM's disk file. Prints the time of each phase.
+@Suite(
+    .serialized,
+    .enabled(
+        if: Harness.canRun && !FileManager.default.fileExists(atPath: "/run/farrier-lab/state.json")
+            && ProcessInfo.processInfo.environment["FARRIER_SKIP_LAB_DEPLOY"] == nil,
+        "needs root, the peers from install-deps.sh, and no lab already up"))
+struct LabDeployTests {
+    @Test func createLoginRestartDebugDestroy() throws {
+        let h = try Harness("lab-deploy")
+        let bin = Harness.farrierBinary
+        defer {
+            _ = try? h.run([bin, "lab", "down"], timeout: 120, check: false)
+            h.cleanup()
+        }
+        var phases: [(String, Double)] = []
+        @discardableResult func phase<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+            let start = Date()
+            defer {
+                let seconds = Date().timeIntervalSince(start)
+                phases.append((name, seconds))
+                print("lab-deploy phase \(name): \(String(format: "%.1f", seconds)) s")
+            }
+            return try body()
+        }
+        func state(_ name: String) throws -> String {
+            let out = try h.run([bin, "machine", "show", name, "-o", "json"], timeout: 30).stdout
+            let m = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+            return (m?["state"] as? String ?? "?") + ((m?["phase"] as? String).map { "/" + $0 } ?? "")
+        }
+        func machine(_ name: String) throws -> [String: Any] {
+            let out = try h.run([bin, "machine", "show", name, "-o", "json"], timeout: 30).stdout
+            return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]) ?? [:]
+        }
+
+        // 1. Both machines are discovered, commissioned and ready with their inventory.
+        try phase("lab up (image built or cached)") {
+            try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed"], timeout: 3600)
+        }
+        try phase("commissioned") {
+            try h.waitUntil("both machines ready", timeout: 300, interval: 2) {
+                try state("lab-1") == "ready" && state("lab-2") == "ready"
+            }
+        }
+        for name in ["lab-1", "lab-2"] {
+            let inv = try #require(try machine(name)["inventory"] as? [String: Any], "\(name) has no inventory")
+            #expect((inv["disks"] as? [[String: Any]])?.first?["name"] as? String == "vda")
+            #expect((inv["nics"] as? [[String: Any]])?.first?["mac"] as? String == (name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"))
+        }
+        try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
+        let key = h.directory + "/id"
+
+        func ssh(_ name: String, _ command: String, timeout: Double) throws -> String {
+            var out = ""
+            try h.waitUntil("ssh \(name) \(command)", timeout: timeout, interval: 3) {
+                let r = try h.run([bin, "machine", "ssh", name, "-i", key, "--", command], timeout: 30, check: false)
+                out = r.stdout
+                return r.status == 0
+            }
+            return out
+        }
+
+        for (name, firmware) in [("lab-1", "bios"), ("lab-2", "uefi")] {
+            // 2. Deploy with --wait: progress, then deployed.
+            let deploy = try phase("\(firmware) deploy --wait") {
+                try h.run(
+                    [bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait", "--timeout", "1200"],
+                    timeout: 1300, check: false)
+            }
+            #expect(deploy.status == 0, "\(deploy.stdout) \(deploy.stderr)")
+            #expect(deploy.stdout.contains("write"), "no progress shown: \(deploy.stdout)")
+            #expect(try state(name) == "deployed")
+            // 3. Login: the deployed OS has the machine's name.
+            let hostname = try phase("\(firmware) first boot to ssh") { try ssh(name, "hostname", timeout: 600) }
+            #expect(hostname.trimmingCharacters(in: .whitespacesAndNewlines) == name)
+            // 4. Restart through the BMC; ssh works again.
+            try phase("\(firmware) restart") {
+                try h.run([bin, "machine", "restart", name, "--wait"], timeout: 120)
+                _ = try ssh(name, "uptime", timeout: 600)
+            }
+            // 5. Rescue: the ramdisk's SSH sees the disk.
+            try phase("\(firmware) rescue") {
+                try h.run([bin, "machine", "rescue", name, "--wait", "--timeout", "600"], timeout: 700)
+                let size = try ssh(name, "cat /sys/block/vda/size", timeout: 300)
+                #expect(Int(size.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0, "rescue does not see vda: \(size)")
+            }
+            // 6. Exit rescue: deployed again.
+            try phase("\(firmware) exit-rescue") {
+                try h.run([bin, "machine", "exit-rescue", name, "--wait", "--timeout", "600"], timeout: 700)
+            }
+            #expect(try state(name) == "deployed")
+            // 7. Release: ready, and the disk's first MiB is zero (read from the host, VM off).
+            try phase("\(firmware) release --wait") {
+                try h.run([bin, "machine", "release", name, "--wait", "--timeout", "600"], timeout: 700)
+            }
+            #expect(try state(name) == "ready")
+            let disk = "/run/farrier-lab/\(name)/disk.qcow2"
+            let first = h.directory + "/\(name)-first-mib.raw"
+            try h.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1", "if=\(disk)", "of=\(first)"], timeout: 60)
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: first))
+            #expect(bytes.count == 1 << 20 && bytes.allSatisfy { $0 == 0 }, "\(name): first MiB not zero after release")
+        }
+        print("lab-deploy phases: " + phases.map { "\($0.0)=\(String(format: "%.1f", $0.1))s" }.joined(separator: " "))
+    }
+}

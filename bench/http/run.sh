@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# HTTP throughput serving a 1 GiB image over loopback, in one run, Farrier against nginx with
+# sendfile on the same file: 1 client, then 16 concurrent clients (curl). Farrier serves the
+# file as it serves images to the agent (/images/<sha256>, Hummingbird's file middleware).
+# Runs alternate; the median of REPEAT runs counts. Last line:
+#   ratio http/nginx=<1 client> http16/nginx16=<16 clients>
+# Needs root, nginx (apt) and the farrier binary (swift build -c release).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+farrier=${FARRIER_BIN:-$root/.build/release/farrier}
+[ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
+command -v nginx >/dev/null || { echo "needs nginx (bash scripts/install-deps.sh)"; exit 1; }
+repeat=${REPEAT:-3}
+mib=${BENCH_MIB:-1024}
+work=$(mktemp -d)
+ns=frbh$$
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+inns() { ip netns exec "$ns" "$@"; }
+
+head -c $((mib << 20)) /dev/urandom > "$work/blob"
+sha=$(sha256sum "$work/blob" | cut -d' ' -f1)
+mkdir -p "$work/data/images/sha256" "$work/www"
+cp "$work/blob" "$work/data/images/sha256/$sha"
+ln "$work/blob" "$work/www/$sha" 2>/dev/null || cp "$work/blob" "$work/www/$sha"
+inns "$farrier" server --data-dir "$work/data" --http-listen 127.0.0.1:8080 --grpc-listen 127.0.0.1:7700 \
+    --tftp-listen "" --log-level warning >"$work/farrier.log" 2>&1 &
+pids+=($!)
+cat > "$work/nginx.conf" <<CONF
+daemon off;
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    server { listen 127.0.0.1:8081; root $work/www; location / { } }
+}
+CONF
+inns nginx -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+for i in $(seq 100); do
+    inns curl -sf -o /dev/null http://127.0.0.1:8080/healthz && inns curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:8081/$sha" && break
+    sleep 0.1
+done
+
+# One run: N clients fetch the whole file at once; MB/s = total bytes / wall time.
+run() {
+    local port=$1 path=$2 n=$3 start end clients=()
+    start=$(date +%s.%N)
+    for i in $(seq "$n"); do
+        inns curl -sf -o /dev/null "http://127.0.0.1:$port$path" &
+        clients+=($!)
+    done
+    for c in "${clients[@]}"; do wait "$c" || { echo "a client failed" >&2; exit 1; }; done
+    end=$(date +%s.%N)
+    echo "$n $mib $start $end" | awk '{printf "%.1f", $1 * $2 * 1.048576 / ($4 - $3)}'
+}
+median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# Correctness first: both serve the same bytes.
+[ "$(inns curl -sf "http://127.0.0.1:8080/images/$sha" | sha256sum | cut -d' ' -f1)" = "$sha" ] || { echo "farrier served other bytes"; exit 1; }
+[ "$(inns curl -sf -r 1000-1999 "http://127.0.0.1:8080/images/$sha" | wc -c)" = 1000 ] || { echo "farrier Range failed"; exit 1; }
+for n in 1 16; do
+    f=(); g=()
+    for r in $(seq "$repeat"); do
+        g+=("$(run 8081 "/$sha" $n)")
+        f+=("$(run 8080 "/images/$sha" $n)")
+    done
+    fm=$(echo "${f[@]}" | median); gm=$(echo "${g[@]}" | median)
+    echo "clients=$n nginx MB/s: ${g[*]} (median $gm); farrier MB/s: ${f[*]} (median $fm)"
+    eval "f$n=$fm g$n=$gm"
+done
+awk -v f1="$f1" -v g1="$g1" -v f16="$f16" -v g16="$g16" 'BEGIN {printf "ratio http/nginx=%.2f http16/nginx16=%.2f\n", f1 / g1, f16 / g16}'
