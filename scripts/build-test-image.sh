@@ -127,7 +127,9 @@ rm -f "$mnt/tmp/BOOTX64.EFI"
 echo 'datasource_list: [ NoCloud, None ]' > "$mnt/etc/cloud/cloud.cfg.d/01-farrier-datasources.cfg"
 chroot "$mnt" systemctl enable serial-getty@ttyS0.service >/dev/null 2>&1 || true
 chroot "$mnt" apt-get clean
-rm -f "$mnt"/etc/ssh/ssh_host_*  # made fresh on first boot
+rm -f "$mnt"/etc/ssh/ssh_host_*  # made fresh on first boot (cloud-init; ssh-keygen -A if it did not)
+mkdir -p "$mnt/etc/systemd/system/ssh.service.d"
+printf '[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n' > "$mnt/etc/systemd/system/ssh.service.d/farrier-host-keys.conf"
 : > "$mnt/etc/machine-id"
 sync
 for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done

@@ -248,8 +248,9 @@ public final class Controller: Sendable {
         case "user-data":
             return d.userData.isEmpty ? "#cloud-config\n{}\n" : d.userData
         case "vendor-data":
-            let keys = d.sshKeys.map { "    - \"\($0.replacingOccurrences(of: "\"", with: ""))\"\n" }.joined()
-            return "#cloud-config\ndisable_root: false\nssh_pwauth: false\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n" + keys
+            // Root may log in with the deploy keys (meta-data's public-keys go to the default
+            // user, and to root when disable_root is false); no passwords over SSH.
+            return "#cloud-config\ndisable_root: false\nssh_pwauth: false\n"
         case "network-config":
             throw ControlError(.notFound, "no network-config: the image's default (DHCP) applies")
         default:
