@@ -280,7 +280,12 @@ public struct Lab {
             # ipmi_sim chassis_control program for \(name): <mc> get power|boot | <mc> set power 0|1, reset 1, shutdown 1, boot DEV
             D=\(vmDir)
             echo "$(date +%T.%N) $*" >> $D/vmctl.log
-            alive() { p=$(cat $D/qemu.pid 2>/dev/null); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+            alive() { p=$(cat $D/qemu.pid 2>/dev/null); [ -n "$p" ] && [ -e /proc/$p ] && ! grep -q '^State:.*zombie' /proc/$p/status 2>/dev/null; }
+            # Power off returns only once QEMU is gone (SIGTERM, then SIGKILL, each waited on for at
+            # most 5 s): a power on right after must not race the old QEMU for the disk's lock and tap.
+            off() { if alive; then kill "$p"; i=0; while alive && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+                      if alive; then kill -9 "$p"; i=0; while alive && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi; fi
+                    rm -f $D/qemu.pid; }
             qmp() { python3 -c 'import socket,sys,json
             s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f=s.makefile("rw"); f.readline()
             f.write(json.dumps({"execute":"qmp_capabilities"})+"\\n"); f.flush(); f.readline()
@@ -293,7 +298,7 @@ public struct Lab {
                     *) echo "Invalid parameter: $1"; exit 1;; esac; shift; done;;
              set) while [ -n "$1" ]; do p=$1; v=$2; shift 2; case $p in
                     power) if [ "$v" = 1 ]; then alive || setsid $D/start-vm.sh </dev/null >>$D/qemu.log 2>&1 &
-                           else if alive; then kill "$(cat $D/qemu.pid)"; fi; rm -f $D/qemu.pid; fi;;
+                           else off; fi;;
                     reset) alive && qmp system_reset;;
                     shutdown) alive && qmp system_powerdown;;
                     boot) echo "$v" > $D/bootdev;;
@@ -362,6 +367,33 @@ public struct Lab {
     func write(_ path: String, mode: mode_t, _ text: String) throws {
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         chmod(path, mode)
+    }
+
+    // MARK: restart-server
+
+    /// Stops the lab's server (if it still runs) and starts it again on the same data: after an
+    /// upgrade of the binary, or after a crash. The lab's network, VMs and BMCs are untouched.
+    public func restartServer(farrierBinary: String) throws -> LabState {
+        guard getuid() == 0 else { throw Spawn.Failure(description: "farrier lab needs root") }
+        guard var state = LabState.load() else { throw Spawn.Failure(description: "the lab is down; `farrier lab up` first") }
+        if let pid = state.serverPID, Self.isLabServer(pid) {
+            log("stopping the lab's server (pid \(pid))")
+            Spawn.stop(pid, grace: 15)
+        }
+        var o = Options(farrierBinary: farrierBinary)
+        o.dhcpMode = state.dhcpMode
+        state.serverPID = try startServer(o, dir: state.directory)
+        try state.save()
+        try waitForServer()
+        log("server started (pid \(state.serverPID ?? 0))")
+        return state
+    }
+
+    /// Whether `pid` is still a farrier server of this lab (and not a process that reused its pid).
+    static func isLabServer(_ pid: Int32) -> Bool {
+        guard pid > 1, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        return args.contains("server") && args.contains(LabState.defaultDirectory + "/data") && !Spawn.isZombie(pid)
     }
 
     // MARK: down

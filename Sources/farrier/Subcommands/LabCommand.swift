@@ -6,7 +6,7 @@ import Yams
 struct LabCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab", abstract: "A virtual lab of QEMU VMs with virtual BMCs on this host (root only).",
-        subcommands: [Up.self, Status.self, Down.self])
+        subcommands: [Up.self, Status.self, RestartServer.self, Down.self])
 
     static func selfPath() -> String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -76,6 +76,16 @@ struct LabCommand: ParsableCommand {
                 print("lab is \(running ? "up" : "DOWN (server not running)"): DHCP \(state.dhcpMode), accelerator \(state.accelerator), server \(state.serverAddress)")
                 print(LabCommand.table(state, power: power))
             }
+        }
+    }
+
+    struct RestartServer: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "restart-server",
+            abstract: "Restart the lab's farrier server on the same data (after a rebuild or a crash); VMs keep running.")
+        func run() throws {
+            let state = try Lab(log: { print($0) }).restartServer(farrierBinary: LabCommand.selfPath())
+            print("server \(state.serverAddress) is up")
         }
     }
 

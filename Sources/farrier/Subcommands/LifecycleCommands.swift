@@ -306,7 +306,7 @@ extension MachineCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table or json (one object per line).") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC; omit for all you may see.") var name: String?
-        @Option(help: "Replay stored events after this id first.") var after: Int64 = 0
+        @Option(help: "Replay the stored events with an id above this one first (0, the default: only new events).") var after: Int64 = 0
 
         func run() async throws {
             var req = Farrier_V1_WatchEventsRequest()
