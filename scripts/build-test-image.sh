@@ -129,7 +129,13 @@ chroot "$mnt" systemctl enable serial-getty@ttyS0.service >/dev/null 2>&1 || tru
 chroot "$mnt" apt-get clean
 rm -f "$mnt"/etc/ssh/ssh_host_*  # made fresh on first boot (cloud-init; ssh-keygen -A if it did not)
 mkdir -p "$mnt/etc/systemd/system/ssh.service.d"
-printf '[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n' > "$mnt/etc/systemd/system/ssh.service.d/farrier-host-keys.conf"
+# A hard power cycle soon after first boot (a BMC restart) can leave the keys cloud-init just
+# wrote empty (ext4 had not flushed them yet): sshd would then refuse to start on every boot.
+# Keys that do not parse are removed and made again, before each start.
+cat > "$mnt/etc/systemd/system/ssh.service.d/farrier-host-keys.conf" <<'UNIT'
+[Service]
+ExecStartPre=/bin/sh -c 'for k in /etc/ssh/ssh_host_*_key; do [ -e "$$k" ] || continue; ssh-keygen -l -f "$$k" >/dev/null 2>&1 && ssh-keygen -l -f "$$k.pub" >/dev/null 2>&1 || rm -f "$$k" "$$k.pub"; done; exec ssh-keygen -A'
+UNIT
 : > "$mnt/etc/machine-id"
 sync
 for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done

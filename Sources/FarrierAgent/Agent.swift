@@ -177,8 +177,7 @@ public final class Agent: Sendable {
         guard let image = task.image else { throw AgentFailure("deploy task without an image") }
         let target = try targetDisk(inventory, minimum: image.format == .raw ? image.size : 0)
         log("writing \(image.path) (\(image.format.rawValue), \(image.size) bytes) to \(target)")
-        let response = try BlockingHTTP.request("GET", configuration.serverURL + image.path, timeoutSeconds: 60)
-        guard response.status == 200 else { throw AgentFailure("image download: HTTP \(response.status)") }
+        let response = try ResumableDownload(url: configuration.serverURL + image.path, attempts: configuration.attempts, log: log)
         let fd = open(target, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw AgentFailure("cannot open \(target): \(String(cString: strerror(errno)))") }
         defer { close(fd) }

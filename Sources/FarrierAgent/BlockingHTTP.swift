@@ -170,3 +170,63 @@ struct BlockingHTTP {
         return nil
     }
 }
+
+/// A download that survives the server going away: when the connection drops before the whole
+/// body has arrived (the server was restarted, a link flapped), it asks again for the rest with
+/// `Range: bytes=N-` and carries on, up to `attempts` times, `delaySeconds` apart. The caller
+/// sees one stream of bytes; nothing is read twice or skipped (a server that answers the range
+/// with anything but the exact rest is an error).
+final class ResumableDownload {
+    let url: String
+    let attempts: Int
+    let delaySeconds: UInt32
+    let log: (String) -> Void
+    /// The body's full length, from the first response.
+    let total: Int64
+    private(set) var offset: Int64 = 0
+    private(set) var resumptions = 0
+    private var response: BlockingHTTP.Response?
+
+    init(url: String, attempts: Int, delaySeconds: UInt32 = 2, log: @escaping (String) -> Void) throws {
+        self.url = url
+        self.attempts = max(1, attempts)
+        self.delaySeconds = delaySeconds
+        self.log = log
+        let first = try BlockingHTTP.request("GET", url, timeoutSeconds: 60)
+        guard first.status == 200 else { throw BlockingHTTP.Failure(description: "GET \(url): HTTP \(first.status)") }
+        total = first.remaining
+        response = first
+    }
+
+    /// Reads up to `buffer.count` bytes; 0 at the end of the body.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        var failures = 0
+        while true {
+            do {
+                if response == nil { response = try reopen() }
+                let n = try response!.read(into: buffer)
+                offset += Int64(n)
+                return n
+            } catch {
+                response = nil
+                failures += 1
+                // Without a length there is no telling what is missing: no resuming.
+                guard total >= 0, failures < attempts else { throw error }
+                log("download of \(url) interrupted at byte \(offset) of \(total) (\(error)); resuming in \(delaySeconds) s")
+                sleep(delaySeconds)
+            }
+        }
+    }
+
+    private func reopen() throws -> BlockingHTTP.Response {
+        let r = try BlockingHTTP.request("GET", url, headers: ["Range": "bytes=\(offset)-"], timeoutSeconds: 60)
+        let expected = "bytes \(offset)-\(total - 1)/\(total)"
+        guard r.status == 206, r.headers["content-range"] == expected, r.remaining == total - offset else {
+            throw BlockingHTTP.Failure(
+                description: "GET \(url) from byte \(offset): HTTP \(r.status), content-range \(r.headers["content-range"] ?? "none") (wanted \(expected))")
+        }
+        resumptions += 1
+        log("resumed \(url) at byte \(offset)")
+        return r
+    }
+}

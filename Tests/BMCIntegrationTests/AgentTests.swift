@@ -10,17 +10,22 @@ import Testing
 struct AgentTests {
     static let mac = "52:54:00:ee:00:01"
 
-    /// Runs the agent with the kernel line the iPXE script would boot, once a step wants it.
-    func agent(_ cp: ControlPlane, disk: String, log: String) throws -> Harness.Result {
+    /// The kernel line the iPXE script would boot, once a step wants the ramdisk, in a file.
+    func cmdline(_ cp: ControlPlane) throws -> String {
         var kernel: String?
         try cp.h.waitUntil("ramdisk script", timeout: 60, interval: 0.2) {
             kernel = try cp.script(mac: Self.mac).split(separator: "\n").first { $0.hasPrefix("kernel ") }.map(String.init)
             return kernel != nil
         }
-        let cmdline = cp.h.directory + "/cmdline"
-        try kernel!.write(toFile: cmdline, atomically: true, encoding: .utf8)
-        return try cp.h.run(
-            [ControlPlane.bin, "agent", "--cmdline", cmdline, "--device", disk, "--attempts", "3"], timeout: 120, check: false)
+        let path = cp.h.directory + "/cmdline"
+        try kernel!.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Runs the agent with the kernel line the iPXE script would boot, once a step wants it.
+    func agent(_ cp: ControlPlane, disk: String, log: String) throws -> Harness.Result {
+        try cp.h.run(
+            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3"], timeout: 120, check: false)
     }
 
     func sha(_ h: Harness, _ path: String, bytes: Int? = nil) throws -> String {
@@ -115,5 +120,51 @@ struct AgentTests {
         #expect(bad.status != 0)
         try cp.waitFor("a1", "failed")
         #expect((try cp.machine("a1")["reason"] as? String ?? "").contains("does not match"))
+    }
+
+    /// kill -9 of the server in the middle of an image download: the agent asks for the rest
+    /// with a Range request once the server is back, and the deploy completes with the right bytes.
+    @Test func imageDownloadResumesAfterTheServerIsKilled() throws {
+        let h = try Harness("agent-resume")
+        defer { h.cleanup() }
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let cp = ControlPlane(h)
+        try cp.start()
+        let size = 512 << 20
+        let raw = h.directory + "/big.raw", disk = h.directory + "/disk.img"
+        try h.run(["bash", "-c", "{ head -c 8388608 /dev/urandom; head -c \(size - (8 << 20)) /dev/zero; } > '\(raw)'"])
+        try h.run(["truncate", "-s", String(size + (16 << 20)), disk])
+        try cp.cli([
+            "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",
+            "--bmc-password-file", sim.passwordFile, "--commission",
+        ])
+        let commission = try agent(cp, disk: disk, log: "agent-commission.log")
+        #expect(commission.status == 0, "\(commission.stderr)")
+        try cp.waitFor("a1", "ready")
+        try cp.cli(["project", "create", "p"])
+        try cp.cli(["image", "add", "big", raw])
+        try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
+        try cp.cli(["machine", "deploy", "a1", "--image", "big", "--project", "p", "--ssh-key", h.directory + "/id.pub"])
+        let agent = try h.start(
+            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "30"], log: "agent.log")
+        // Blocks written to the disk file so far (the image's zeros are written, not skipped).
+        func written() -> Int {
+            var st = stat()
+            return stat(disk, &st) == 0 ? Int(st.st_blocks) * 512 : 0
+        }
+        try h.waitUntil("the agent to be writing the image", timeout: 120, interval: 0.01) { written() > 32 << 20 }
+        let at = written()
+        let server = try #require(cp.server)
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+        try cp.start(log: "server-after.log")
+        try h.waitUntil("the agent to finish", timeout: 300, interval: 0.2) { !agent.isRunning }
+        let log = h.read("agent.log")
+        #expect(agent.terminationStatus == 0, "agent: \(log)")
+        #expect(at < size, "the image was already written when the server was killed")
+        #expect(log.contains("resumed"), "the download was not resumed: \(log)")
+        try cp.waitFor("a1", "deployed")
+        #expect(try sha(h, disk, bytes: size) == (try sha(h, raw)), "the disk does not hold the image")
     }
 }

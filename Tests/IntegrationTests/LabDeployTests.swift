@@ -60,7 +60,9 @@ struct LabDeployTests {
         /// The last lines of the lab's logs for a VM, for a failure message.
         func labLogs(_ name: String) -> String {
             ["vmctl.log", "qemu.log", "serial.log"].map { file in
-                let text = (try? String(contentsOfFile: "/run/farrier-lab/\(name)/\(file)", encoding: .utf8)) ?? ""
+                // Lossy: firmware writes bytes that are not UTF-8 to the serial log.
+                let data = FileManager.default.contents(atPath: "/run/farrier-lab/\(name)/\(file)") ?? Data()
+                let text = String(decoding: data, as: UTF8.self)
                 return "--- \(file)\n" + text.split(separator: "\n", omittingEmptySubsequences: false).suffix(25).joined(separator: "\n")
             }.joined(separator: "\n")
         }
