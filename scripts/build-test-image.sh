@@ -70,7 +70,8 @@ chmod 755 "$mnt/usr/sbin/policy-rc.d"
 echo "build-test-image: installing the kernel, cloud-init, openssh-server"
 chroot "$mnt" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     linux-image-amd64 initramfs-tools systemd-sysv udev cloud-init openssh-server isc-dhcp-client ifupdown netbase \
-    iproute2 grub-efi-amd64-bin e2fsprogs dosfstools ca-certificates python3-requests >"$work/apt.log" 2>&1 || {
+    iproute2 grub-efi-amd64-bin e2fsprogs dosfstools ca-certificates python3-requests \
+    dbus libpam-systemd >"$work/apt.log" 2>&1 || {  # logind: the BMC's soft off (ACPI power button) shuts down
     tail -30 "$work/apt.log" >&2; exit 1; }
 rm -f "$mnt/usr/sbin/policy-rc.d"
 root_uuid=$(blkid -s UUID -o value "$rootdev")
@@ -131,10 +132,15 @@ rm -f "$mnt"/etc/ssh/ssh_host_*  # made fresh on first boot (cloud-init; ssh-key
 mkdir -p "$mnt/etc/systemd/system/ssh.service.d"
 # A hard power cycle soon after first boot (a BMC restart) can leave the keys cloud-init just
 # wrote empty (ext4 had not flushed them yet): sshd would then refuse to start on every boot.
-# Keys that do not parse are removed and made again, before each start.
+# Keys that do not parse are removed and made again, before each start. The unit's own check
+# (sshd -t) fails on such keys, so the list is reset and the check goes after the repair. Then
+# sync: a host key (or authorized key) a client may have seen is on disk before sshd answers, so
+# a later hard cycle neither changes the key nor locks the user out.
 cat > "$mnt/etc/systemd/system/ssh.service.d/farrier-host-keys.conf" <<'UNIT'
 [Service]
-ExecStartPre=/bin/sh -c 'for k in /etc/ssh/ssh_host_*_key; do [ -e "$$k" ] || continue; ssh-keygen -l -f "$$k" >/dev/null 2>&1 && ssh-keygen -l -f "$$k.pub" >/dev/null 2>&1 || rm -f "$$k" "$$k.pub"; done; exec ssh-keygen -A'
+ExecStartPre=
+ExecStartPre=/bin/sh -c 'for k in /etc/ssh/ssh_host_*_key; do [ -e "$$k" ] || continue; ssh-keygen -l -f "$$k" >/dev/null 2>&1 && ssh-keygen -l -f "$$k.pub" >/dev/null 2>&1 || rm -f "$$k" "$$k.pub"; done; ssh-keygen -A && exec sync'
+ExecStartPre=/usr/sbin/sshd -t
 UNIT
 : > "$mnt/etc/machine-id"
 sync

@@ -230,9 +230,15 @@ extension MachineCommand {
     }
 
     struct Restart: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Power-cycle a deployed machine through its BMC (it boots its disk).")
+        static let configuration = CommandConfiguration(
+            abstract: "Restart a deployed or rescued machine through its BMC (it boots its disk, or the rescue ramdisk).",
+            discussion: """
+                A deployed machine is first asked to shut down (the ACPI power button, through the BMC), so                 its OS writes out what it has not yet; if it is still on after --shutdown-timeout seconds,                 or with --hard, it is power-cycled. A hard cycle can lose the last seconds of the OS's writes.
+                """)
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
+        @Flag(help: "Power-cycle at once, without asking the OS to shut down first.") var hard = false
+        @Option(help: "Seconds to wait for the OS to shut down before power-cycling it.") var shutdownTimeout: Int = 120
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
 
@@ -240,13 +246,35 @@ extension MachineCommand {
             var ref = Farrier_V1_MachineRef()
             ref.name = name
             let request = ref
+            var p = Farrier_V1_PowerRequest()
+            p.name = name
+            p.action = "status"
+            let status = p
+            var g = Farrier_V1_GetMachineRequest()
+            g.nameOrMac = name
+            g.timelineLimit = 1
+            let get = g
+            if !hard, try await rpc(client, { try await $0.machines.getMachine(get) }).state == "deployed",
+                try await rpc(client, { try await $0.machines.power(status) }).powerState == "on"
+            {
+                var soft = status
+                soft.action = "soft-off"
+                let request = soft
+                _ = try await rpc(client) { try await $0.machines.power(request) }
+                let deadline = Date().addingTimeInterval(Double(max(0, shutdownTimeout)))
+                var off = false
+                while !off, Date() < deadline {
+                    try await Task.sleep(for: .seconds(1))
+                    off = try await rpc(client, { try await $0.machines.power(status) }).powerState == "off"
+                }
+                if !off {
+                    FileHandle.standardError.write(Data("machine \(name) did not shut down within \(shutdownTimeout) s; power-cycling it\n".utf8))
+                }
+            }
+            // Powers on a machine that is off, cycles one that is on; a deployed one boots its disk.
             let m = try await rpc(client) { try await $0.machines.restartMachine(request) }
             if waitOptions.wait {
                 // Restarted means powered on again; the BMC says so.
-                var p = Farrier_V1_PowerRequest()
-                p.name = name
-                p.action = "status"
-                let status = p
                 let deadline = Date().addingTimeInterval(Double(waitOptions.timeout))
                 while Date() < deadline {
                     if try await rpc(client, { try await $0.machines.power(status) }).powerState == "on" { break }
