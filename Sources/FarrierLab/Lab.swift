@@ -267,10 +267,12 @@ public struct Lab {
             #!/bin/sh
             # Started by vmctl.sh when the BMC powers \(name) on. exec: the pidfile names QEMU itself.
             D=\(vmDir)
-            case "$(cat $D/bootdev 2>/dev/null)" in disk|default) B=c;; *) B=n;; esac
-            exec qemu-system-x86_64 -name \(name) -accel \(accel) -m 1024 -nographic -monitor none -boot $B\(bios) \\
-              -drive file=$D/disk.qcow2,if=virtio,format=qcow2 \\
-              -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac) \\
+            # The BMC's boot device as boot order. bootindex, not -boot: OVMF ignores -boot and
+            # would boot a bootable disk when the BMC said PXE (SeaBIOS honours both).
+            case "$(cat $D/bootdev 2>/dev/null)" in disk|default) DI=0 NI=1;; *) DI=1 NI=0;; esac
+            exec qemu-system-x86_64 -name \(name) -accel \(accel) -m 1024 -nographic -monitor none\(bios) \\
+              -drive file=$D/disk.qcow2,if=none,id=d0,format=qcow2 -device virtio-blk-pci,drive=d0,bootindex=$DI \\
+              -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac),bootindex=$NI \\
               -chardev socket,id=ser0,host=127.0.0.1,port=\(solPort),server=on,wait=off,logfile=$D/serial.log,logappend=on \\
               -serial chardev:ser0 -qmp unix:$D/qmp.sock,server=on,wait=off -pidfile $D/qemu.pid
 
