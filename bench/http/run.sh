@@ -13,6 +13,7 @@ command -v nginx >/dev/null || { echo "needs nginx (bash scripts/install-deps.sh
 repeat=${REPEAT:-3}
 mib=${BENCH_MIB:-1024}
 work=$(mktemp -d)
+chmod 755 "$work"  # nginx's workers (www-data) read the file too
 ns=frbh$$
 pids=()
 cleanup() {
@@ -31,7 +32,8 @@ sha=$(sha256sum "$work/blob" | cut -d' ' -f1)
 mkdir -p "$work/data/images/sha256" "$work/www"
 cp "$work/blob" "$work/data/images/sha256/$sha"
 ln "$work/blob" "$work/www/$sha" 2>/dev/null || cp "$work/blob" "$work/www/$sha"
-inns "$farrier" server --data-dir "$work/data" --http-listen 127.0.0.1:8080 --grpc-listen 127.0.0.1:7700 \
+# Started with ip netns exec itself (not the inns function, a subshell), so $! is the server.
+ip netns exec "$ns" "$farrier" server --data-dir "$work/data" --http-listen 127.0.0.1:8080 --grpc-listen 127.0.0.1:7700 \
     --tftp-listen "" --log-level warning >"$work/farrier.log" 2>&1 &
 pids+=($!)
 cat > "$work/nginx.conf" <<CONF
@@ -47,7 +49,7 @@ http {
     server { listen 127.0.0.1:8081; root $work/www; location / { } }
 }
 CONF
-inns nginx -c "$work/nginx.conf" -p "$work" &
+ip netns exec "$ns" nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 for i in $(seq 100); do
     inns curl -sf -o /dev/null http://127.0.0.1:8080/healthz && inns curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:8081/$sha" && break
