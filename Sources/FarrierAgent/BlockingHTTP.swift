@@ -173,24 +173,22 @@ struct BlockingHTTP {
 
 /// A download that survives the server going away: when the connection drops before the whole
 /// body has arrived (the server was restarted, a link flapped), it asks again for the rest with
-/// `Range: bytes=N-` and carries on, up to `attempts` times, `delaySeconds` apart. The caller
+/// `Range: bytes=N-` and carries on, up to `attempts` times, 2 s apart. The caller
 /// sees one stream of bytes; nothing is read twice or skipped (a server that answers the range
 /// with anything but the exact rest is an error).
 final class ResumableDownload {
     let url: String
     let attempts: Int
-    let delaySeconds: UInt32
+    let delaySeconds: UInt32 = 2
     let log: (String) -> Void
     /// The body's full length, from the first response.
     let total: Int64
     private(set) var offset: Int64 = 0
-    private(set) var resumptions = 0
     private var response: BlockingHTTP.Response?
 
-    init(url: String, attempts: Int, delaySeconds: UInt32 = 2, log: @escaping (String) -> Void) throws {
+    init(url: String, attempts: Int, log: @escaping (String) -> Void) throws {
         self.url = url
         self.attempts = max(1, attempts)
-        self.delaySeconds = delaySeconds
         self.log = log
         let first = try BlockingHTTP.request("GET", url, timeoutSeconds: 60)
         guard first.status == 200 else { throw BlockingHTTP.Failure(description: "GET \(url): HTTP \(first.status)") }
@@ -225,7 +223,6 @@ final class ResumableDownload {
             throw BlockingHTTP.Failure(
                 description: "GET \(url) from byte \(offset): HTTP \(r.status), content-range \(r.headers["content-range"] ?? "none") (wanted \(expected))")
         }
-        resumptions += 1
         log("resumed \(url) at byte \(offset)")
         return r
     }

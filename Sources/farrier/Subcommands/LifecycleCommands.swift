@@ -233,7 +233,9 @@ extension MachineCommand {
         static let configuration = CommandConfiguration(
             abstract: "Restart a deployed or rescued machine through its BMC (it boots its disk, or the rescue ramdisk).",
             discussion: """
-                A deployed machine is first asked to shut down (the ACPI power button, through the BMC), so                 its OS writes out what it has not yet; if it is still on after --shutdown-timeout seconds,                 or with --hard, it is power-cycled. A hard cycle can lose the last seconds of the OS's writes.
+                A deployed machine is first asked to shut down (the ACPI power button, through the BMC), so \
+                its OS writes out what it has not yet; if it is still on after --shutdown-timeout seconds, \
+                or with --hard, it is power-cycled. A hard cycle can lose the last seconds of the OS's writes.
                 """)
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
@@ -259,8 +261,8 @@ extension MachineCommand {
             {
                 var soft = status
                 soft.action = "soft-off"
-                let request = soft
-                _ = try await rpc(client) { try await $0.machines.power(request) }
+                let softOff = soft
+                _ = try await rpc(client) { try await $0.machines.power(softOff) }
                 let deadline = Date().addingTimeInterval(Double(max(0, shutdownTimeout)))
                 var off = false
                 while !off, Date() < deadline {
