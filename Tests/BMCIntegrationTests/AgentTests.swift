@@ -28,6 +28,23 @@ struct AgentTests {
             [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3"], timeout: 120, check: false)
     }
 
+    /// A server and an ipmi_sim BMC, with machine a1 enrolled and commissioned by the real agent
+    /// (its disk is the file `disk`): a1 is ready when this returns.
+    func commissioned(_ h: Harness, disk: String) throws -> ControlPlane {
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let cp = ControlPlane(h)
+        try cp.start()
+        try cp.cli([
+            "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",
+            "--bmc-password-file", sim.passwordFile, "--commission",
+        ])
+        let commission = try agent(cp, disk: disk, log: "agent-commission.log")
+        #expect(commission.status == 0, "\(commission.stderr)")
+        try cp.waitFor("a1", "ready")
+        return cp
+    }
+
     func sha(_ h: Harness, _ path: String, bytes: Int? = nil) throws -> String {
         let cmd = bytes.map { "head -c \($0) '\(path)' | sha256sum" } ?? "sha256sum '\(path)'"
         return String(try h.run(["bash", "-c", cmd]).stdout.prefix(64))
@@ -36,21 +53,11 @@ struct AgentTests {
     @Test func commissionDeployMetadataWipeWithTheRealAgent() throws {
         let h = try Harness("agent")
         defer { h.cleanup() }
-        let sim = try IPMISimulator(h)
-        try sim.start()
-        let cp = ControlPlane(h)
-        try cp.start()
         let disk = h.directory + "/disk.img"
         try h.run(["truncate", "-s", "16M", disk])
 
         // Commissioning: the inventory is this host's.
-        try cp.cli([
-            "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",
-            "--bmc-password-file", sim.passwordFile, "--commission",
-        ])
-        let commission = try agent(cp, disk: disk, log: "agent-commission.log")
-        #expect(commission.status == 0, "\(commission.stderr)")
-        try cp.waitFor("a1", "ready")
+        let cp = try commissioned(h, disk: disk)
         let inventory = try #require(try cp.machine("a1")["inventory"] as? [String: Any])
         let cpus = try h.run(["nproc", "--all"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect("\(inventory["cores"] ?? "")" == cpus)
@@ -127,21 +134,11 @@ struct AgentTests {
     @Test func imageDownloadResumesAfterTheServerIsKilled() throws {
         let h = try Harness("agent-resume")
         defer { h.cleanup() }
-        let sim = try IPMISimulator(h)
-        try sim.start()
-        let cp = ControlPlane(h)
-        try cp.start()
         let size = 512 << 20
         let raw = h.directory + "/big.raw", disk = h.directory + "/disk.img"
         try h.run(["bash", "-c", "{ head -c 8388608 /dev/urandom; head -c \(size - (8 << 20)) /dev/zero; } > '\(raw)'"])
         try h.run(["truncate", "-s", String(size + (16 << 20)), disk])
-        try cp.cli([
-            "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",
-            "--bmc-password-file", sim.passwordFile, "--commission",
-        ])
-        let commission = try agent(cp, disk: disk, log: "agent-commission.log")
-        #expect(commission.status == 0, "\(commission.stderr)")
-        try cp.waitFor("a1", "ready")
+        let cp = try commissioned(h, disk: disk)
         try cp.cli(["project", "create", "p"])
         try cp.cli(["image", "add", "big", raw])
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
