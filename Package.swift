@@ -22,6 +22,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
@@ -100,7 +101,12 @@ let package = Package(
         ),
         .target(
             name: "FarrierHTTP",
-            dependencies: ["FarrierCore", "FarrierControl", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird")],
+            dependencies: [
+                "FarrierCore", "FarrierControl", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+            ] + nio,
             swiftSettings: swiftSettings
         ),
         .target(
@@ -156,7 +162,10 @@ let package = Package(
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "FarrierAppTests", dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", log], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FarrierAppTests",
+            dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", log, .product(name: "NIOHTTP1", package: "swift-nio")],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "BMCIntegrationTests", dependencies: ["FarrierBMC", "TestSupport"], exclude: ["redfish_strict.py", "lossy_udp_proxy.py"],
             swiftSettings: swiftSettings),

@@ -2,6 +2,7 @@ import FarrierControl
 import FarrierCore
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import TFTPServer
@@ -221,6 +222,11 @@ public func makeHTTPApplication(
     let (host, port) = try splitHostPort(configuration.listen)
     return Application(
         router: buildRouter(configuration: configuration, dependencies: dependencies, logger: logger),
+        server: HTTPServerBuilder { responder in
+            FarrierHTTP1Channel(
+                inner: HTTP1Channel(responder: responder),
+                images: dependencies.imageDirectory.map { BootRoot(path: $0) })
+        },
         configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
         logger: logger)
 }

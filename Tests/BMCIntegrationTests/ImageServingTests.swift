@@ -1,0 +1,138 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Images over HTTP against curl and a raw socket: the sendfile path (whole files, ranges, HEAD,
+/// 416), what it leaves to the router (conditional requests, missing images), keep-alive across
+/// both, and pipelined requests answered in order.
+@Suite(.serialized, .enabled(if: Harness.canRun, "needs root and curl"))
+struct ImageServingTests {
+    let size = 3_000_000
+
+    func setUp(_ h: Harness) throws -> (ControlPlane, url: String, file: String) {
+        let cp = ControlPlane(h)
+        try cp.start()
+        let file = h.directory + "/img.raw"
+        try h.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=1000", "count=\(size / 1000)", "status=none"])
+        try cp.cli(["image", "add", "img", file])
+        let sha = try #require(try cp.json(["image", "show", "img"])["sha256"] as? String)
+        return (cp, cp.http + "/images/" + sha, file)
+    }
+
+    func sha(_ h: Harness, _ command: String) throws -> String {
+        String(try h.run(["bash", "-c", "\(command) | sha256sum"]).stdout.prefix(64))
+    }
+
+    /// Status line and headers (lowercased names) of one curl request.
+    func headers(_ h: Harness, _ args: [String]) throws -> (status: Int, headers: [String: String]) {
+        let out = try h.run(["curl", "-s", "-o", "/dev/null", "-D", "-"] + args).stdout
+        var lines = out.split(separator: "\r\n").map(String.init)
+        let status = Int(lines.removeFirst().split(separator: " ")[1]) ?? 0
+        var fields: [String: String] = [:]
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            fields[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        return (status, fields)
+    }
+
+    @Test func wholeFilesRangesAndHeadTakeTheSendfilePath() throws {
+        let h = try Harness("img-http")
+        defer { h.cleanup() }
+        let (cp, url, file) = try setUp(h)
+
+        #expect(try sha(h, "curl -sf '\(url)'") == sha(h, "cat '\(file)'"))
+        let whole = try headers(h, [url])
+        #expect(whole.status == 200)
+        #expect(whole.headers["content-length"] == "\(size)")
+        #expect(whole.headers["accept-ranges"] == "bytes")
+        // The agent resumes with an open-ended range and checks Content-Range exactly.
+        let part = try headers(h, ["-r", "1000000-", url])
+        #expect(part.status == 206)
+        #expect(part.headers["content-range"] == "bytes 1000000-\(size - 1)/\(size)")
+        #expect(part.headers["content-length"] == "\(size - 1_000_000)")
+        #expect(try sha(h, "curl -sf -r 1000000- '\(url)'") == sha(h, "tail -c +1000001 '\(file)'"))
+        #expect(try sha(h, "curl -sf -r 1000-1999 '\(url)'") == sha(h, "tail -c +1001 '\(file)' | head -c 1000"))
+        #expect(try sha(h, "curl -sf -r -100 '\(url)'") == sha(h, "tail -c 100 '\(file)'"))
+        let past = try headers(h, ["-r", "\(size)-", url])
+        #expect(past.status == 416)
+        #expect(past.headers["content-range"] == "bytes */\(size)")
+        let head = try h.run(["curl", "-sf", "-I", "-w", "%{size_download}", url]).stdout
+        #expect(head.contains("content-length: \(size)"))
+        #expect(head.hasSuffix("\r\n0"), "HEAD sent a body: \(head.suffix(40))")
+        // All of these went through the fast path, which logs each transfer.
+        let sent = h.read("server.log").components(separatedBy: "msg=\"image sent\"").count - 1
+        #expect(sent >= 8, "fast path transfers logged: \(sent)")
+        _ = cp
+    }
+
+    @Test func conditionalAndMissingRequestsGoToTheRouter() throws {
+        let h = try Harness("img-router")
+        defer { h.cleanup() }
+        let (cp, url, _) = try setUp(h)
+        // FileMiddleware answers conditionals: its ETag, then 304 for it.
+        let first = try headers(h, ["-H", "If-None-Match: \"other\"", url])
+        #expect(first.status == 200)
+        let etag = try #require(first.headers["etag"])
+        #expect(try headers(h, ["-H", "If-None-Match: \(etag)", url]).status == 304)
+        #expect(try headers(h, [cp.http + "/images/" + String(repeating: "0", count: 64)]).status == 404)
+        // A path out of the image store is refused by the router (Hummingbird answers 400).
+        #expect(try headers(h, [cp.http + "/images/..%2f..%2fetc%2fpasswd"]).status == 400)
+        #expect(try headers(h, ["--path-as-is", cp.http + "/images/../../etc/passwd"]).status == 400)
+    }
+
+    @Test func oneConnectionCarriesImagesAndRouterRequestsInOrder() throws {
+        let h = try Harness("img-pipeline")
+        defer { h.cleanup() }
+        let (cp, url, file) = try setUp(h)
+        let expected = try sha(h, "cat '\(file)'")
+        // curl reuses one connection for consecutive URLs: image, router, image.
+        let out = h.directory + "/out"
+        let r = try h.run([
+            "curl", "-sf", "-w", "%{http_code} %{num_connects}\\n", url, "-o", out + "1", cp.http + "/healthz", "-o", out + "2",
+            url, "-o", out + "3",
+        ]).stdout
+        #expect(r == "200 1\n200 0\n200 0\n", "status and new connections per request")
+        #expect(try sha(h, "cat '\(out)1'") == expected)
+        #expect(try String(contentsOfFile: out + "2", encoding: .utf8) == "ok\n")
+        #expect(try sha(h, "cat '\(out)3'") == expected)
+
+        // Pipelined in one write: each answer comes back in request order, whichever side gives it.
+        let script = """
+            import socket, sys
+            host, port, path, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+            s = socket.create_connection((host, port), timeout=20)
+            reqs = [("GET", path, "Range: bytes=0-9\\r\\n"), ("GET", "/healthz", ""), ("HEAD", path, ""),
+                    ("GET", path, "Range: bytes=10-19\\r\\nConnection: close\\r\\n")]
+            s.sendall("".join(f"{m} {p} HTTP/1.1\\r\\nHost: x\\r\\n{h}\\r\\n" for m, p, h in reqs).encode())
+            data = b""
+            while True:
+                b = s.recv(1 << 16)
+                if not b: break
+                data += b
+            for m, _, _ in reqs:
+                head, data = data.split(b"\\r\\n\\r\\n", 1)
+                lines = head.decode().split("\\r\\n")
+                fields = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+                n = 0 if m == "HEAD" else int(fields["content-length"])
+                body, data = data[:n], data[n:]
+                print(lines[0].split(" ")[1], fields.get("content-range", "-"), (body.hex() or "-") if n <= 10 else len(body))
+            print("left", len(data))
+            """
+        let py = h.directory + "/pipeline.py"
+        try script.write(toFile: py, atomically: true, encoding: .utf8)
+        let answer = try h.run(["python3", py, "127.0.0.1", "\(cp.httpPort)", String(url.dropFirst(cp.http.count)), "\(size)"],
+            timeout: 30).stdout
+        let hex = { (from: Int) in
+            try h.run(["bash", "-c", "tail -c +\(from + 1) '\(file)' | head -c 10 | od -An -tx1 | tr -d ' \\n'"]).stdout
+        }
+        #expect(answer == """
+            206 bytes 0-9/\(size) \(try hex(0))
+            200 - 6f6b0a
+            200 - -
+            206 bytes 10-19/\(size) \(try hex(10))
+            left 0
+
+            """)
+    }
+}
