@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP throughput serving a 1 GiB image over loopback, in one run, Farrier against nginx with
 # sendfile on the same file: 1 client, then 16 concurrent clients (curl). Farrier serves the
-# file as it serves images to the agent (/images/<sha256>, Hummingbird's file middleware).
+# file as it serves images to the agent (/images/<sha256>, its sendfile path).
 # Runs alternate; the median of REPEAT runs counts. Last line:
 #   ratio http/nginx=<1 client> http16/nginx16=<16 clients>
 # Needs root, nginx (apt) and the farrier binary (swift build -c release).
