@@ -161,7 +161,7 @@ let package = Package(
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "WireSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierAppTests",
             dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", log, .product(name: "NIOHTTP1", package: "swift-nio")],

@@ -14,11 +14,13 @@ public final class SQLiteStore: StateStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     public init(path: String, timelineLimit: Int = 500) throws {
         var config = Configuration()
-        config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
-        }
         config.busyMode = .timeout(10)
-        db = try DatabasePool(path: path, configuration: config)
+        let pool = try DatabasePool(path: path, configuration: config)
+        // After the pool exists: GRDB turns WAL on for the writer with `synchronous = NORMAL`
+        // (after any prepareDatabase hook), which syncs the WAL only at checkpoints, so a commit
+        // could be lost to a power cut. The pool keeps one writer connection, so this sticks.
+        try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
+        db = pool
         self.timelineLimit = timelineLimit
         try Self.migrator.migrate(db)
     }
