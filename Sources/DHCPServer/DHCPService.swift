@@ -234,13 +234,25 @@ final class DHCPChannelHandler: ChannelInboundHandler, Sendable {
             interface: interface.name, address: interface.address, network: interface.network, port: port,
             sourceAddress: source, sourcePort: sourcePort)
         let outbox = self.outbox
+        let loop = context.eventLoop
         engine.handle(bytes, ingress: ingress) { reply, address, port in
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
             sin.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
             sin.sin_addr = in_addr(s_addr: address.value.bigEndian)
-            outbox.send(AddressedEnvelope(remoteAddress: SocketAddress(sin, host: ""), data: ByteBuffer(bytes: reply)))
+            let envelope = AddressedEnvelope(remoteAddress: SocketAddress(sin, host: ""), data: ByteBuffer(bytes: reply))
+            if loop.inEventLoop {
+                // Answered during this read (an OFFER): written now, flushed once at read-complete.
+                outbox.writeNow(envelope)
+            } else {
+                outbox.send(envelope)
+            }
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        outbox.flushIfWritten()
+        context.fireChannelReadComplete()
     }
 
     let outbox: Outbox
@@ -251,6 +263,20 @@ final class DHCPChannelHandler: ChannelInboundHandler, Sendable {
     final class Outbox: Sendable {
         let channel: Mutex<(any Channel)?> = Mutex(nil)
         let pending = Mutex<(items: [AddressedEnvelope<ByteBuffer>], scheduled: Bool)>(([], false))
+        /// Written on the event loop since the last flush (touched only there).
+        let written = Atomic<Bool>(false)
+
+        /// On the event loop: write without a task; `flushIfWritten` sends the lot as one sendmmsg.
+        func writeNow(_ envelope: AddressedEnvelope<ByteBuffer>) {
+            guard let channel = channel.withLock({ $0 }) else { return }
+            channel.write(envelope, promise: nil)
+            written.store(true, ordering: .relaxed)
+        }
+
+        func flushIfWritten() {
+            guard written.exchange(false, ordering: .relaxed), let channel = channel.withLock({ $0 }) else { return }
+            channel.flush()
+        }
 
         func send(_ envelope: AddressedEnvelope<ByteBuffer>) {
             guard let channel = channel.withLock({ $0 }) else { return }

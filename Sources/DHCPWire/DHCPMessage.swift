@@ -54,7 +54,8 @@ public struct DHCPMessage: Hashable, Sendable {
     }
 
     static func fixed(_ bytes: [UInt8], _ n: Int) -> [UInt8] {
-        bytes.count >= n ? Array(bytes.prefix(n)) : bytes + [UInt8](repeating: 0, count: n - bytes.count)
+        if bytes.count == n { return bytes }  // decoding: already the right size, no copy
+        return bytes.count > n ? Array(bytes.prefix(n)) : bytes + [UInt8](repeating: 0, count: n - bytes.count)
     }
 
     public var messageType: DHCPMessageType? { options.messageType }

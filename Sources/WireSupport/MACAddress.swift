@@ -2,10 +2,23 @@
 public struct MACAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
     public var octets: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
 
+    @inlinable
     public init(_ bytes: some Collection<UInt8>) {
         precondition(bytes.count >= 6)
-        let b = Array(bytes.prefix(6))
-        octets = (b[0], b[1], b[2], b[3], b[4], b[5])
+        var i = bytes.startIndex
+        func next() -> UInt8 {
+            defer { i = bytes.index(after: i) }
+            return bytes[i]
+        }
+        octets = (next(), next(), next(), next(), next(), next())
+    }
+
+    /// The six octets in the low 48 bits, first octet highest: equality, hashing and ordering
+    /// use it, so a MAC keys a dictionary without allocating.
+    @inlinable
+    public var packed: UInt64 {
+        UInt64(octets.0) << 40 | UInt64(octets.1) << 32 | UInt64(octets.2) << 24 | UInt64(octets.3) << 16
+            | UInt64(octets.4) << 8 | UInt64(octets.5)
     }
 
     /// Parses `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabbccddeeff` (any case).
@@ -47,7 +60,7 @@ public struct MACAddress: Hashable, Sendable, Comparable, CustomStringConvertibl
     /// Lower-case, colon separated: the canonical form Farrier stores and prints.
     public var description: String { formatted(separator: ":") }
 
-    public static func == (a: MACAddress, b: MACAddress) -> Bool { a.bytes == b.bytes }
-    public func hash(into h: inout Hasher) { h.combine(bytes) }
-    public static func < (a: MACAddress, b: MACAddress) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+    @inlinable public static func == (a: MACAddress, b: MACAddress) -> Bool { a.packed == b.packed }
+    @inlinable public func hash(into h: inout Hasher) { h.combine(packed) }
+    @inlinable public static func < (a: MACAddress, b: MACAddress) -> Bool { a.packed < b.packed }
 }
