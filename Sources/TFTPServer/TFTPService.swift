@@ -122,7 +122,7 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         switch packet {
         case .readRequest(let request):
             context.metrics.requests.add(1, ordering: .relaxed)
-            startTransfer(request, remote: remote, localHost: localHost, clientIP: clientIP, loop: ctx.eventLoop)
+            startTransfer(request, remote: remote, localHost: localHost, clientIP: clientIP)
         case .writeRequest(let request):
             context.metrics.refused.add(1, ordering: .relaxed)
             log.debug("refused write request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)"])
@@ -152,194 +152,36 @@ final class TFTPListenerHandler: ChannelInboundHandler {
     }
 
     func startTransfer(
-        _ request: TFTPRequest, remote: SocketAddress, localHost: String, clientIP: IPv4Address, loop: any EventLoop
+        _ request: TFTPRequest, remote: SocketAddress, localHost: String, clientIP: IPv4Address
     ) {
         let ctx = context
         let log = context.logger
         let (file, error) = open(request)
         ctx.timeline(clientIP, "RRQ", "file=\(request.filename) options=\(request.options.map { "\($0.name)=\($0.value)" }.joined(separator: ","))")
-        let negotiation = file.map { TFTPNegotiation(request: request, fileSize: $0.size, limits: context.configuration.limits) }
-        // Each transfer gets its own socket (its TID) on the address the request came in on.
-        DatagramBootstrap(group: loop)
-            .channelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture {
-                    if let file, let negotiation {
-                        try ch.pipeline.syncOperations.addHandler(TFTPTransferHandler(
-                            context: ctx, file: file, request: request, negotiation: negotiation, remote: remote,
-                            clientIP: clientIP))
-                    }
-                }
-            }
-            .bind(host: localHost, port: 0)
-            .flatMap { channel in
-                // Connected to the client: the kernel routes each DATA without a lookup and drops
-                // datagrams from any other TID before they reach us.
-                channel.connect(to: remote).map { channel }.flatMapError { e in channel.close().flatMapThrowing { throw e } }
-            }
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    if file != nil {
-                        channel.pipeline.fireUserInboundEventTriggered(TFTPTransferHandler.Start())
-                    } else if let error {
-                        ctx.metrics.refused.add(1, ordering: .relaxed)
-                        log.debug("refused read request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.error": "\(error.1)"])
-                        ctx.timeline(clientIP, "ERROR", "file=\(request.filename) \(error.1)")
-                        let packet = TFTPPacket.error(code: error.0, message: error.1).encoded()
-                        channel.writeAndFlush(AddressedEnvelope(remoteAddress: remote, data: channel.allocator.buffer(bytes: packet)))
-                            .whenComplete { _ in channel.close(promise: nil) }
-                    }
-                case .failure(let e):
-                    log.warning("could not open a transfer socket", metadata: ["tftp.error": "\(e)"])
-                }
-            }
-    }
-}
-
-/// One transfer: drives `TFTPTransferStateMachine` from packets and a timer.
-final class TFTPTransferHandler: ChannelInboundHandler {
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    typealias OutboundOut = ByteBuffer
-
-    /// Sent down the pipeline once the socket is connected to the client: start sending.
-    struct Start: Sendable {}
-
-    let context: TFTPContext
-    let file: BootFile
-    let request: TFTPRequest
-    let remote: SocketAddress
-    let clientIP: IPv4Address
-    var machine: TFTPTransferStateMachine
-    var timer: Scheduled<Void>?
-    let startTime = ContinuousClock.now
-
-    init(
-        context: TFTPContext, file: BootFile, request: TFTPRequest, negotiation: TFTPNegotiation,
-        remote: SocketAddress, clientIP: IPv4Address
-    ) {
-        self.context = context
-        self.file = file
-        self.request = request
-        self.remote = remote
-        self.clientIP = clientIP
-        let timeout: Duration? = negotiation.timeoutSeconds == nil ? context.configuration.retransmitTimeout : nil
-        machine = TFTPTransferStateMachine(
-            negotiation: negotiation, fileSize: file.size, retransmitTimeout: timeout,
-            maxRetries: context.configuration.maxRetries)
-    }
-
-    var started = false
-
-    func userInboundEventTriggered(context ctx: ChannelHandlerContext, event: Any) {
-        guard event is Start, !started else {
-            ctx.fireUserInboundEventTriggered(event)
-            return
-        }
-        started = true
-        self.context.metrics.active.add(1, ordering: .relaxed)
-        perform(machine.start(now: .now), ctx: ctx)
-    }
-
-    func channelInactive(context ctx: ChannelHandlerContext) {
-        timer?.cancel()
-        if started { self.context.metrics.active.subtract(1, ordering: .relaxed) }
-    }
-
-    func channelRead(context ctx: ChannelHandlerContext, data: NIOAny) {
-        let envelope = unwrapInboundIn(data)
-        // The socket is connected to the client's TID, so the kernel already dropped datagrams
-        // from any other (RFC 1350 §4 asks for an ERROR 5; a connected socket cannot send one).
-        guard envelope.remoteAddress == remote else { return }
-        // Fast path: a plain ACK (opcode 4, block), the packet of nearly every exchange.
-        if envelope.data.readableBytes == 4, let (opcode, block) = envelope.data.getMultipleIntegers(at: envelope.data.readerIndex, as: (UInt16, UInt16).self), opcode == 4 {
-            perform(machine.receiveAck(block, now: .now), ctx: ctx)
-            return
-        }
-        let packet: TFTPPacket
+        let socket: CInt
         do {
-            packet = try TFTPPacket(decoding: Array(envelope.data.readableBytesView))
+            socket = try TFTPTransfer.openSocket(localHost: localHost, remote: remote)
         } catch {
-            self.context.metrics.malformed.add(1, ordering: .relaxed)
+            log.warning("could not open a transfer socket", metadata: ["tftp.error": "\(error)"])
             return
         }
-        switch packet {
-        case .ack(let block):
-            perform(machine.receiveAck(block, now: .now), ctx: ctx)
-        case .error(let code, let message):
-            // EDK2 probes the size with tsize, then aborts with ERROR 8 and asks again: normal.
-            self.context.logger.debug("client ended transfer", metadata: ["tftp.file": "\(request.filename)", "tftp.code": "\(code.rawValue)", "tftp.message": "\(message)"])
-            perform(machine.receiveError(), ctx: ctx)
-        default:
-            break
-        }
-    }
-
-    func perform(_ action: TFTPTransferStateMachine.Action, ctx: ChannelHandlerContext) {
-        switch action {
-        case .none:
-            break
-        case .sendOptionAck(let options):
-            send(TFTPPacket.optionAck(options).encoded(), ctx: ctx)
-            ctx.flush()
-        case .sendData(let blocks):
-            var sent = 0
-            for block in blocks {
-                // Header and file bytes go straight into the outbound buffer: no copies.
-                let range = machine.byteRange(ofBlock: block)
-                var buffer = ctx.channel.allocator.buffer(capacity: 4 + range.count)
-                buffer.writeMultipleIntegers(UInt16(3), TFTPTransferStateMachine.wireBlock(block))
-                let file = self.file
-                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: range.count) { file.read(range, into: $0) }
-                sent += buffer.readableBytes - 4
-                ctx.write(wrapOutboundOut(buffer), promise: nil)
-            }
-            self.context.metrics.bytesSent.add(sent, ordering: .relaxed)
-            ctx.flush()
-        case .finished:
-            let elapsed = ContinuousClock.now - startTime
-            self.context.metrics.completed.add(1, ordering: .relaxed)
-            self.context.timeline(clientIP, "COMPLETE", "file=\(request.filename) bytes=\(file.size) duration=\(format(elapsed))")
-            self.context.logger.debug("transfer complete", metadata: ["tftp.file": "\(request.filename)", "tftp.bytes": "\(file.size)"])
-            ctx.close(promise: nil)
-            return
-        case .failed(let reason):
-            self.context.metrics.failed.add(1, ordering: .relaxed)
-            self.context.timeline(clientIP, "FAILED", "file=\(request.filename) \(reason)")
-            self.context.logger.debug("transfer failed", metadata: ["tftp.file": "\(request.filename)", "tftp.reason": "\(reason)"])
-            ctx.close(promise: nil)
+        guard let file else {
+            let (code, message) = error ?? (.fileNotFound, "file not found")
+            ctx.metrics.refused.add(1, ordering: .relaxed)
+            log.debug("refused read request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.error": "\(message)"])
+            ctx.timeline(clientIP, "ERROR", "file=\(request.filename) \(message)")
+            TFTPTransfer.refuse(socket: socket, code: code, message: message)
             return
         }
-        armTimer(ctx: ctx)
-    }
-
-    /// One timer per transfer: when it fires early (the deadline moved on), it re-arms itself
-    /// instead of being cancelled and rescheduled on every ACK.
-    func armTimer(ctx: ChannelHandlerContext) {
-        guard timer == nil, let deadline = machine.deadline else { return }
-        let delay = ContinuousClock.now.duration(to: deadline)
-        let loopBound = NIOLoopBound(self, eventLoop: ctx.eventLoop)
-        let ctxBound = NIOLoopBound(ctx, eventLoop: ctx.eventLoop)
-        timer = ctx.eventLoop.scheduleTask(in: .nanoseconds(max(0, delay.nanoseconds))) {
-            let handler = loopBound.value
-            handler.timer = nil
-            handler.fire(ctx: ctxBound.value)
+        let negotiation = TFTPNegotiation(request: request, fileSize: file.size, limits: ctx.configuration.limits)
+        let thread = Thread {
+            var transfer = TFTPTransfer(
+                context: ctx, socket: socket, file: file, request: request, negotiation: negotiation, clientIP: clientIP)
+            transfer.run()
         }
-    }
-
-    func fire(ctx: ChannelHandlerContext) {
-        guard let deadline = machine.deadline else { return }
-        if ContinuousClock.now < deadline {
-            armTimer(ctx: ctx)
-            return
-        }
-        let before = machine.retransmissions
-        let action = machine.timeout(now: .now)
-        self.context.metrics.retransmissions.add(machine.retransmissions - before, ordering: .relaxed)
-        perform(action, ctx: ctx)
-    }
-
-    func send(_ bytes: [UInt8], ctx: ChannelHandlerContext) {
-        ctx.write(wrapOutboundOut(ctx.channel.allocator.buffer(bytes: bytes)), promise: nil)
+        thread.name = "tftp-transfer"
+        thread.stackSize = 256 << 10
+        thread.start()
     }
 }
 
