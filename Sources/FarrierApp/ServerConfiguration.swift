@@ -18,6 +18,8 @@ import Yams
 /// - `grpc.listen` / `FARRIER_GRPC_LISTEN` / `--grpc-listen`: HOST:PORT for the API. Default 127.0.0.1:7700.
 /// - `tftp.listen` / `FARRIER_TFTP_LISTEN` / `--tftp-listen`: HOST:PORT, empty to disable. Default 0.0.0.0:69.
 /// - `tftp.root` / `FARRIER_TFTP_ROOT` / `--tftp-root`: boot root served by TFTP and under /tftp over HTTP. Default DATA-DIR/boot.
+/// - `tftp.max-transfers` / `FARRIER_TFTP_MAX_TRANSFERS` / `--tftp-max-transfers`: TFTP transfers at once; more get
+///   ERROR 0 "server busy". Default 1024.
 /// - `ipxe.source` / `FARRIER_IPXE_SOURCE` / `--ipxe-source`: where the iPXE binaries are copied from into the boot root. Default /usr/lib/ipxe.
 /// - `dhcp.mode` / `FARRIER_DHCP_MODE` / `--dhcp-mode`: off, full or proxy. Default full (but off with no interfaces).
 /// - `dhcp.interfaces` / `FARRIER_DHCP_INTERFACES` (comma separated) / `--dhcp-interface` (repeatable).
@@ -59,7 +61,8 @@ public struct ServerConfiguration: Sendable {
 
     /// All keys, with their environment variable names, in documentation order.
     public static let keys: [(key: String, env: String)] = [
-        "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "ipxe.source",
+        "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
+        "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
         "api.tls-cert", "api.tls-key", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
@@ -176,6 +179,9 @@ public struct ServerConfiguration: Sendable {
         case "tftp.root":
             tftp.root = v
             tftpRootSet = true
+        case "tftp.max-transfers":
+            guard let n = Int(v), (1...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000") }
+            tftp.maxTransfers = n
         case "ipxe.source": ipxeSource = v
         case "bmc.key-file": bmcKeyFile = v
         case "api.tls-cert": apiTLSCert = v

@@ -17,6 +17,9 @@ public struct TFTPConfiguration: Sendable, Hashable {
     /// Retransmit timeout when the client did not negotiate one.
     public var retransmitTimeout: Duration = .seconds(1)
     public var maxRetries = 5
+    /// Transfers at once (each has a thread); a request beyond it gets ERROR 0 "server busy",
+    /// and the client retries. A rack booting at once is well under it; a flood of requests is not.
+    public var maxTransfers = 1024
     public init() {}
 }
 
@@ -171,6 +174,15 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             log.debug("refused read request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.error": "\(message)"])
             ctx.timeline(clientIP, "ERROR", "file=\(request.filename) \(message)")
             TFTPTransfer.refuse(socket: socket, code: code, message: message)
+            return
+        }
+        // Counted here, before the thread exists, so a burst of requests cannot overshoot.
+        let active = ctx.metrics.active.wrappingAdd(1, ordering: .relaxed).newValue
+        guard active <= ctx.configuration.maxTransfers else {
+            ctx.metrics.active.subtract(1, ordering: .relaxed)
+            ctx.metrics.refused.add(1, ordering: .relaxed)
+            log.warning("too many transfers; request refused", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.active": "\(active - 1)"])
+            TFTPTransfer.refuse(socket: socket, code: .undefined, message: "server busy, try again")
             return
         }
         let negotiation = TFTPNegotiation(request: request, fileSize: file.size, limits: ctx.configuration.limits)

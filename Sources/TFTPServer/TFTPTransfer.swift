@@ -85,9 +85,9 @@ struct TFTPTransfer {
         packet = [UInt8](repeating: 0, count: 4 + negotiation.blockSize)
     }
 
-    /// Runs the transfer to its end on the calling thread, then closes the socket.
+    /// Runs the transfer to its end on the calling thread, then closes the socket and leaves
+    /// the active count (which the caller entered it into).
     mutating func run() {
-        context.metrics.active.add(1, ordering: .relaxed)
         defer {
             context.metrics.active.subtract(1, ordering: .relaxed)
             close(socket)

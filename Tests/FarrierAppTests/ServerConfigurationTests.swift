@@ -56,7 +56,8 @@ import Testing
 
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
-        #expect(ServerConfiguration.keys.count == 19)
+        #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
+        #expect(ServerConfiguration.keys.count == 20)
     }
 
     @Test(arguments: [

@@ -6,7 +6,7 @@ import Testing
 @Suite(.serialized, .enabled(if: Harness.canRun, "needs root and the peers from .ci/setup"))
 struct TFTPIntegrationTests {
     /// A server namespace serving a root with a 3 MB random file, and a client namespace.
-    func setUp(_ h: Harness) throws -> (server: String, client: String, sha: String) {
+    func setUp(_ h: Harness, flags: [String] = []) throws -> (server: String, client: String, sha: String) {
         let root = h.directory + "/root"
         try FileManager.default.createDirectory(atPath: root + "/sub", withIntermediateDirectories: true)
         try h.run(["dd", "if=/dev/urandom", "of=\(root)/sub/blob.bin", "bs=1000", "count=3000", "status=none"])
@@ -15,7 +15,7 @@ struct TFTPIntegrationTests {
         let sha = try h.run(["sha256sum", root + "/sub/blob.bin"]).stdout.prefix(64)
         let (s, _, c, cif) = try h.veth(serverIP: "198.18.20.1/24")
         try h.run(["ip", "-n", c, "addr", "add", "198.18.20.2/24", "dev", cif])
-        try h.startFarrier(namespace: s, flags: ["--tftp-root", root, "--tftp-listen", "0.0.0.0:69"])
+        try h.startFarrier(namespace: s, flags: ["--tftp-root", root, "--tftp-listen", "0.0.0.0:69"] + flags)
         return (s, c, String(sha))
     }
 
@@ -144,6 +144,30 @@ struct TFTPIntegrationTests {
         #expect(lossy.count == 2 && Int(lossy[0]) ?? 0 >= 11, "blocks ignored once: \(lossy)")
         #expect(lossy.last.map(String.init) == expected)
         #expect(try h.metric(namespace: s, "farrier_tftp_retransmissions_total") >= 16)
+    }
+
+    /// Past --tftp-max-transfers, a request gets ERROR 0 "server busy" instead of a thread; once
+    /// the transfer holding the slot ends, requests are served again.
+    @Test func transfersBeyondTheLimitAreRefused() throws {
+        let h = try Harness("busy")
+        defer { h.cleanup() }
+        let (s, c, expected) = try setUp(h, flags: ["--tftp-max-transfers", "1"])
+        // Holds the one slot: asks for the file, then never acknowledges (the server gives up
+        // after its 5 retransmissions, about 6 s).
+        let holder = try h.start(
+            ["ip", "netns", "exec", c, "python3", "-c",
+             "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'\\x00\\x01sub/blob.bin\\x00octet\\x00',('198.18.20.1',69))\ntime.sleep(8)"],
+            log: "holder.log")
+        try h.waitUntil("the slot taken") { try h.metric(namespace: s, "farrier_tftp_transfers_active") == 1 }
+        let busy = try h.run(
+            ["ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "sub/blob.bin", h.directory + "/b"],
+            timeout: 30, check: false)
+        #expect((busy.stdout + busy.stderr).contains("server busy"), "tftp-hpa: \(busy.stdout) \(busy.stderr)")
+        try h.waitUntil("the slot freed", timeout: 20) { try h.metric(namespace: s, "farrier_tftp_transfers_active") == 0 }
+        let out = h.directory + "/after.bin"
+        try h.run(["ip", "netns", "exec", c, "curl", "-sS", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
+        #expect(try sha(h, out) == expected)
+        _ = holder
     }
 
     @Test func pathsOutsideTheRootGetAnError() throws {

@@ -41,6 +41,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Boot root served by TFTP and under /tftp/ over HTTP. [tftp.root, FARRIER_TFTP_ROOT; default DATA-DIR/boot]")
     var tftpRoot: String?
 
+    @Option(help: "TFTP transfers at once; more get ERROR 0 \"server busy\". [tftp.max-transfers, FARRIER_TFTP_MAX_TRANSFERS; default 1024]")
+    var tftpMaxTransfers: Int?
+
     @Option(help: "Directory the iPXE binaries are copied from. [ipxe.source, FARRIER_IPXE_SOURCE; default /usr/lib/ipxe]")
     var ipxeSource: String?
 
@@ -95,6 +98,7 @@ struct ServerCommand: AsyncParsableCommand {
         let single: [(String, String?)] = [
             ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
+            ("tftp.max-transfers", tftpMaxTransfers.map(String.init)),
             ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
             ("bmc.key-file", bmcKeyFile), ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
             ("lifecycle.max-deploys", lifecycleMaxDeploys.map(String.init)),
