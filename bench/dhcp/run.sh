@@ -66,6 +66,7 @@ drops = [int(x) for x in re.findall(r"drops: (\d+)", t)]
 pct = max((d * 100.0 / s if s else 100.0) for s, d in zip(sent, drops)) if sent else 100.0
 print(f"{float(rate.group(1)) if rate else 0:.0f} {pct:.2f}")'
 }
+rcvbuf_errors() { ip netns exec "$1" nstat -az UdpRcvbufErrors | awk '/UdpRcvbufErrors/ {print $2}'; }
 ramp() {  # server, rates…
     local name=$1 best=0; shift
     start "$name"
@@ -74,8 +75,12 @@ ramp() {  # server, rates…
         # one noisy step should not decide the result (the same rule for every server).
         local ok=0
         for _ in 1 2; do
+            local cb sb
+            cb=$(rcvbuf_errors $c) sb=$(rcvbuf_errors $s)
             read -r got pct < <(step_at "$r")
-            echo "  $name offered $r/s: $got DORA/s, drops $pct %" >&2
+            # Where packets were lost for want of socket buffer: the client's socket (replies
+            # arriving faster than perfdhcp reads them) or the server's (requests).
+            echo "  $name offered $r/s: $got DORA/s, drops $pct % (socket overflows: client $(( $(rcvbuf_errors $c) - cb )), server $(( $(rcvbuf_errors $s) - sb )))" >&2
             if python3 -c "import sys; sys.exit(0 if $pct <= 1.0 else 1)"; then ok=1; break; fi
         done
         if [ $ok = 1 ]; then best=$got; else break; fi
