@@ -159,7 +159,6 @@ final class TFTPListenerHandler: ChannelInboundHandler {
     ) {
         let ctx = context
         let log = context.logger
-        let (file, error) = open(request)
         ctx.timeline(clientIP, "RRQ", "file=\(request.filename) options=\(request.options.map { "\($0.name)=\($0.value)" }.joined(separator: ","))")
         let socket: CInt
         do {
@@ -168,6 +167,16 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             log.warning("could not open a transfer socket", metadata: ["tftp.error": "\(error)"])
             return
         }
+        // Checked before the file is opened, so a flood costs no file work. Only this handler
+        // (one channel, one event loop) adds to `active`, so the check cannot be overshot.
+        let active = ctx.metrics.active.load(ordering: .relaxed)
+        guard active < ctx.configuration.maxTransfers else {
+            ctx.metrics.refused.add(1, ordering: .relaxed)
+            log.warning("too many transfers; request refused", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.active": "\(active)"])
+            TFTPTransfer.refuse(socket: socket, code: .undefined, message: "server busy, try again")
+            return
+        }
+        let (file, error) = open(request)
         guard let file else {
             let (code, message) = error ?? (.fileNotFound, "file not found")
             ctx.metrics.refused.add(1, ordering: .relaxed)
@@ -176,15 +185,7 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             TFTPTransfer.refuse(socket: socket, code: code, message: message)
             return
         }
-        // Counted here, before the thread exists, so a burst of requests cannot overshoot.
-        let active = ctx.metrics.active.wrappingAdd(1, ordering: .relaxed).newValue
-        guard active <= ctx.configuration.maxTransfers else {
-            ctx.metrics.active.subtract(1, ordering: .relaxed)
-            ctx.metrics.refused.add(1, ordering: .relaxed)
-            log.warning("too many transfers; request refused", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.active": "\(active - 1)"])
-            TFTPTransfer.refuse(socket: socket, code: .undefined, message: "server busy, try again")
-            return
-        }
+        ctx.metrics.active.add(1, ordering: .relaxed)  // left by the transfer when it ends
         let negotiation = TFTPNegotiation(request: request, fileSize: file.size, limits: ctx.configuration.limits)
         let thread = Thread {
             var transfer = TFTPTransfer(
