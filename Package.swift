@@ -164,7 +164,7 @@ let package = Package(
         .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierAppTests",
-            dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", log, .product(name: "NIOHTTP1", package: "swift-nio")],
+            dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", log, .product(name: "NIOHTTP1", package: "swift-nio")],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "BMCIntegrationTests", dependencies: ["FarrierBMC", "TestSupport"], exclude: ["redfish_strict.py", "lossy_udp_proxy.py"],

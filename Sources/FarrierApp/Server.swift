@@ -140,6 +140,8 @@ func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics) -> String {
         ("farrier_tftp_retransmissions_total", "TFTP packets retransmitted on timeout", tftp.retransmissions.load(ordering: .relaxed)),
         ("farrier_tftp_transfers_active", "TFTP transfers in progress", tftp.active.load(ordering: .relaxed)),
         ("farrier_tftp_bytes_sent_total", "TFTP payload bytes sent", tftp.bytesSent.load(ordering: .relaxed)),
+        ("farrier_tftp_poll_hits_total", "TFTP waits whose packet arrived while polling", tftp.pollHits.load(ordering: .relaxed)),
+        ("farrier_tftp_poll_misses_total", "TFTP waits that polled, then slept", tftp.pollMisses.load(ordering: .relaxed)),
     ]
     return rows.map { "# HELP \($0.0) \($0.1)\n# TYPE \($0.0) \($0.0.hasSuffix("_active") ? "gauge" : "counter")\n\($0.0) \($0.2)\n" }.joined()
 }

@@ -20,6 +20,8 @@ import Yams
 /// - `tftp.root` / `FARRIER_TFTP_ROOT` / `--tftp-root`: boot root served by TFTP and under /tftp over HTTP. Default DATA-DIR/boot.
 /// - `tftp.max-transfers` / `FARRIER_TFTP_MAX_TRANSFERS` / `--tftp-max-transfers`: TFTP transfers at once; more get
 ///   ERROR 0 "server busy". Default 1024.
+/// - `tftp.busy-poll` / `FARRIER_TFTP_BUSY_POLL` / `--tftp-busy-poll`: microseconds a transfer polls for the client's
+///   ACK before it sleeps (0: never poll); only while transfers are fewer than half the CPUs. Default 50.
 /// - `ipxe.source` / `FARRIER_IPXE_SOURCE` / `--ipxe-source`: where the iPXE binaries are copied from into the boot root. Default /usr/lib/ipxe.
 /// - `dhcp.mode` / `FARRIER_DHCP_MODE` / `--dhcp-mode`: off, full or proxy. Default full (but off with no interfaces).
 /// - `dhcp.interfaces` / `FARRIER_DHCP_INTERFACES` (comma separated) / `--dhcp-interface` (repeatable).
@@ -62,7 +64,7 @@ public struct ServerConfiguration: Sendable {
     /// All keys, with their environment variable names, in documentation order.
     public static let keys: [(key: String, env: String)] = [
         "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
-        "ipxe.source",
+        "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
         "api.tls-cert", "api.tls-key", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
@@ -182,6 +184,9 @@ public struct ServerConfiguration: Sendable {
         case "tftp.max-transfers":
             guard let n = Int(v), (1...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000") }
             tftp.maxTransfers = n
+        case "tftp.busy-poll":
+            guard let n = Int(v), (0...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 10000") }
+            tftp.busyPoll = .microseconds(n)
         case "ipxe.source": ipxeSource = v
         case "bmc.key-file": bmcKeyFile = v
         case "api.tls-cert": apiTLSCert = v

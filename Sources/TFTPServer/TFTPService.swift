@@ -20,6 +20,9 @@ public struct TFTPConfiguration: Sendable, Hashable {
     /// Transfers at once (each has a thread); a request beyond it gets ERROR 0 "server busy",
     /// and the client retries. A rack booting at once is well under it; a flood of requests is not.
     public var maxTransfers = 1024
+    /// How long a transfer polls for the client's ACK before it sleeps in recv(2); zero turns
+    /// polling off. See `BusyPoll`.
+    public var busyPoll: Duration = .microseconds(50)
     public init() {}
 }
 
@@ -32,6 +35,9 @@ public final class TFTPMetrics: Sendable {
     public let retransmissions = Atomic<Int>(0)
     public let active = Atomic<Int>(0)
     public let bytesSent = Atomic<Int>(0)
+    /// Waits for a packet that polling caught, and waits that fell through to a sleep.
+    public let pollHits = Atomic<Int>(0)
+    public let pollMisses = Atomic<Int>(0)
     public init() {}
 }
 
@@ -42,6 +48,8 @@ struct TFTPContext: Sendable {
     let addressBook: AddressBook?
     let metrics: TFTPMetrics
     let logger: Logger
+    /// CPUs this process may run on (for `BusyPoll`).
+    let cpus = ProcessInfo.processInfo.activeProcessorCount
 
     func timeline(_ ip: IPv4Address, _ event: String, _ detail: String) {
         guard let recorder, let mac = addressBook?.mac(for: ip) else { return }

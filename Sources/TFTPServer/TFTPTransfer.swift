@@ -35,6 +35,7 @@ struct TFTPTransfer {
     /// The outgoing DATA packet, built in place for each block: header, then the file's bytes.
     var packet: [UInt8]
     var inbound = [UInt8](repeating: 0, count: 65536)
+    var poll: BusyPoll
 
     /// Opens the transfer's socket: bound to the address the request came in on (port 0: a new
     /// TID), connected to the client so the kernel drops datagrams from any other TID.
@@ -84,6 +85,7 @@ struct TFTPTransfer {
             negotiation: negotiation, fileSize: file.size, retransmitTimeout: timeout,
             maxRetries: context.configuration.maxRetries)
         packet = [UInt8](repeating: 0, count: 4 + negotiation.blockSize)
+        poll = BusyPoll(budget: context.configuration.busyPoll, cpus: context.cpus)
     }
 
     /// Runs the transfer to its end on the calling thread, then closes the socket and leaves
@@ -186,6 +188,17 @@ struct TFTPTransfer {
         _ = setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// Non-blocking receives until a datagram arrives or `until` passes (see `BusyPoll`).
+    /// Returns the datagram's length, or -1 with nothing received.
+    mutating func pollForPacket(until: ContinuousClock.Instant) -> Int {
+        let socket = self.socket
+        while true {
+            let n = inbound.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, CInt(MSG_DONTWAIT)) }
+            if n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) { return n }
+            if ContinuousClock.now >= until { return -1 }
+        }
+    }
+
     /// Sleeps until a datagram arrives or the retransmit deadline passes; returns what the state
     /// machine makes of it.
     mutating func waitForPacketOrDeadline() -> TFTPTransferStateMachine.Action {
@@ -202,8 +215,18 @@ struct TFTPTransfer {
             // would be two). The timeout is set only when it changes: nearly every wait starts
             // right after a send, a full retransmit timeout before the deadline.
             setReceiveTimeout(now.duration(to: deadline))
+            var n = -1
+            if poll.shouldPoll(active: context.metrics.active.load(ordering: .relaxed)) {
+                n = pollForPacket(until: min(now + poll.budget, deadline))
+                poll.record(hit: n >= 0)
+                if n >= 0 {
+                    context.metrics.pollHits.add(1, ordering: .relaxed)
+                } else {
+                    context.metrics.pollMisses.add(1, ordering: .relaxed)
+                }
+            }
             let socket = self.socket
-            let n = inbound.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+            if n < 0 { n = inbound.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) } }
             if n < 0 {
                 if errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK { continue }  // the deadline check handles it
                 // ECONNREFUSED: the client's port is gone (ICMP port unreachable).

@@ -4,6 +4,7 @@ import FarrierHTTP
 import Logging
 import FarrierCore
 import Foundation
+import TFTPServer
 import Testing
 
 @Suite struct ServerConfigurationTests {
@@ -57,7 +58,18 @@ import Testing
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
-        #expect(ServerConfiguration.keys.count == 20)
+        #expect(ServerConfiguration.keys.count == 21)
+    }
+
+    @Test func busyPollIsMicrosecondsWithinBounds() throws {
+        let c = try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "0"], flags: [:])
+        #expect(c.tftp.busyPoll == .zero)
+        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).tftp.busyPoll == .microseconds(50))
+        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: ["tftp.busy-poll": ["200"]]).tftp.busyPoll == .microseconds(200))
+        let error = #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "-1"], flags: [:])
+        }
+        #expect("\(error!)".contains("tftp.busy-poll: '-1' is not a number of microseconds"))
     }
 
     @Test(arguments: [

@@ -44,6 +44,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "TFTP transfers at once; more get ERROR 0 \"server busy\". [tftp.max-transfers, FARRIER_TFTP_MAX_TRANSFERS; default 1024]")
     var tftpMaxTransfers: Int?
 
+    @Option(help: "Microseconds a TFTP transfer polls for the client's ACK before it sleeps; 0 never polls. Only while transfers are fewer than half the CPUs. [tftp.busy-poll, FARRIER_TFTP_BUSY_POLL; default 50]")
+    var tftpBusyPoll: Int?
+
     @Option(help: "Directory the iPXE binaries are copied from. [ipxe.source, FARRIER_IPXE_SOURCE; default /usr/lib/ipxe]")
     var ipxeSource: String?
 
@@ -98,7 +101,7 @@ struct ServerCommand: AsyncParsableCommand {
         let single: [(String, String?)] = [
             ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
-            ("tftp.max-transfers", tftpMaxTransfers.map(String.init)),
+            ("tftp.max-transfers", tftpMaxTransfers.map(String.init)), ("tftp.busy-poll", tftpBusyPoll.map(String.init)),
             ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
             ("bmc.key-file", bmcKeyFile), ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
             ("lifecycle.max-deploys", lifecycleMaxDeploys.map(String.init)),
