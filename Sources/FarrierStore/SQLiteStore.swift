@@ -307,23 +307,17 @@ public final class SQLiteStore: StateStore {
     public func commit(_ leases: [Lease]) throws {
         guard !leases.isEmpty else { return }
         try db.write { db in
-            // Prepared once per connection and reused: at thousands of leases a second, parsing
-            // the SQL each time would cost more than the inserts.
-            let release = try db.cachedStatement(sql: "DELETE FROM lease WHERE address = ? AND mac <> ?")
-            let upsert = try db.cachedStatement(
-                sql: """
-                    INSERT INTO lease (mac, address, expires, hostname) VALUES (?, ?, ?, ?)
-                    ON CONFLICT(mac) DO UPDATE SET address = excluded.address, expires = excluded.expires,
-                      hostname = excluded.hostname
-                    """)
+            // One statement per lease, prepared once per connection: at thousands of leases a
+            // second, parsing the SQL each time would cost more than the inserts. REPLACE removes
+            // every row the new one conflicts with, on the MAC (the client's previous lease) and
+            // on the address (a stale row for an address the lease table released and gave to a
+            // new MAC), so the unique constraints always mirror the table.
+            let replace = try db.cachedStatement(
+                sql: "INSERT OR REPLACE INTO lease (mac, address, expires, hostname) VALUES (?, ?, ?, ?)")
             for l in leases {
-                let mac = l.mac.description, address = l.address.description
-                // An address moves to a new MAC only after the lease table released it; drop any
-                // stale row that still holds it so the unique constraint reflects the table.
-                try release.execute(arguments: [address, mac])
                 // Expiry as a Unix timestamp: GRDB reads it back as a Date like the text form,
                 // without a DateFormatter per lease.
-                try upsert.execute(arguments: [mac, address, l.expires.timeIntervalSince1970, l.hostname])
+                try replace.execute(arguments: [l.mac.description, l.address.description, l.expires.timeIntervalSince1970, l.hostname])
             }
         }
     }

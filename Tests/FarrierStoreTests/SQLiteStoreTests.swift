@@ -80,4 +80,21 @@ import Testing
         try s.deleteLease(mac: other)
         #expect(try s.leases().isEmpty)
     }
+
+    /// A renewal updates the row; a MAC that moves to a new address keeps one row; in one batch,
+    /// an address released by one MAC and given to another ends with the new holder only.
+    @Test func leaseCommitsKeepOneRowPerMACAndPerAddress() throws {
+        let s = try SQLiteStore()
+        let a = MACAddress("52:54:00:00:00:0a")!, b = MACAddress("52:54:00:00:00:0b")!
+        let ip1 = IPv4Address("198.18.0.101")!, ip2 = IPv4Address("198.18.0.102")!
+        let t1 = Date(timeIntervalSince1970: 1_800_000_000), t2 = Date(timeIntervalSince1970: 1_800_000_900)
+        try s.commit([Lease(mac: a, address: ip1, expires: t1), Lease(mac: b, address: ip2, expires: t1)])
+        try s.commit([Lease(mac: a, address: ip1, expires: t2, hostname: "renewed")])
+        #expect(Set(try s.leases()) == [Lease(mac: a, address: ip1, expires: t2, hostname: "renewed"), Lease(mac: b, address: ip2, expires: t1)])
+        // a moves to ip2, which b no longer holds: one row each for a; b's stale row goes.
+        try s.commit([Lease(mac: a, address: ip2, expires: t2)])
+        #expect(try s.leases() == [Lease(mac: a, address: ip2, expires: t2)])
+        try s.commit([Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+        #expect(Set(try s.leases()) == [Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+    }
 }
