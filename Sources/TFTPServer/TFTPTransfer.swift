@@ -190,15 +190,26 @@ struct TFTPTransfer {
         _ = setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    /// Non-blocking receives until a datagram arrives or `until` passes (see `BusyPoll`).
-    /// Returns the datagram's length, or -1 with nothing received.
-    mutating func pollForPacket(until: ContinuousClock.Instant) -> Int {
+    /// What one receive returned: the datagram's length, or -1 and the error.
+    typealias Received = (count: Int, error: CInt)
+
+    /// Non-blocking receives until a datagram or an error (such as ECONNREFUSED, the client's
+    /// port gone) arrives, or `until` passes: then nil, and the caller sleeps (see `BusyPoll`).
+    mutating func pollForPacket(until: ContinuousClock.Instant) -> Received? {
         let socket = self.socket
         while true {
             let n = inbound.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, CInt(MSG_DONTWAIT)) }
-            if n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) { return n }
-            if ContinuousClock.now >= until { return -1 }
+            let error = errno
+            if n >= 0 || (error != EAGAIN && error != EWOULDBLOCK && error != EINTR) { return (n, error) }
+            if ContinuousClock.now >= until { return nil }
         }
+    }
+
+    /// One receive that sleeps until a datagram, an error or the SO_RCVTIMEO timeout.
+    mutating func receiveBlocking() -> Received {
+        let socket = self.socket
+        let n = inbound.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+        return (n, errno)
     }
 
     /// Sleeps until a datagram arrives or the retransmit deadline passes; returns what the state
@@ -217,22 +228,21 @@ struct TFTPTransfer {
             // would be two). The timeout is set only when it changes: nearly every wait starts
             // right after a send, a full retransmit timeout before the deadline.
             setReceiveTimeout(now.duration(to: deadline))
-            var n = -1
+            var received: Received?
             if poll.shouldPoll(active: context.metrics.active.load(ordering: .relaxed)) {
-                n = pollForPacket(until: min(now + poll.budget, deadline))
-                poll.record(hit: n >= 0)
-                if n >= 0 {
+                received = pollForPacket(until: min(now + poll.budget, deadline))
+                poll.record(hit: received != nil)
+                if received != nil {
                     context.metrics.pollHits.add(1, ordering: .relaxed)
                 } else {
                     context.metrics.pollMisses.add(1, ordering: .relaxed)
                 }
             }
-            let socket = self.socket
-            if n < 0 { n = inbound.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) } }
+            let (n, error) = received ?? receiveBlocking()
             if n < 0 {
-                if errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK { continue }  // the deadline check handles it
+                if error == EINTR || error == EAGAIN || error == EWOULDBLOCK { continue }  // the deadline check handles it
                 // ECONNREFUSED: the client's port is gone (ICMP port unreachable).
-                return .failed("receive: \(String(cString: strerror(errno)))")
+                return .failed("receive: \(String(cString: strerror(error)))")
             }
             // Fast path: a plain ACK (opcode 4, block), the packet of nearly every exchange.
             if n == 4, inbound[0] == 0, inbound[1] == 4 {

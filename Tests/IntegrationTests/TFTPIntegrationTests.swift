@@ -169,6 +169,34 @@ struct TFTPIntegrationTests {
         #expect(try h.metric(namespace: s, "farrier_tftp_retransmissions_total") >= 16)
     }
 
+    /// A client that takes block 1 and closes its socket: the retransmission draws an ICMP port
+    /// unreachable, and the transfer ends on it (ECONNREFUSED) instead of retrying 5 times over
+    /// 5 s. Polling for the ACK (BusyPoll) meets that error first and must not swallow it.
+    @Test func aClientThatVanishesEndsTheTransferAtOnce() throws {
+        let h = try Harness("vanish")
+        defer { h.cleanup() }
+        let (s, c, _) = try setUp(h)
+        let script = """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(b"\\x00\\x01sub/blob.bin\\x00octet\\x00", ("198.18.20.1", 69))
+            data, peer = s.recvfrom(2048)
+            print(data[:4].hex())
+            s.close()
+            """
+        let py = h.directory + "/vanish.py"
+        try script.write(toFile: py, atomically: true, encoding: .utf8)
+        #expect(try h.run(["ip", "netns", "exec", c, "python3", py], timeout: 30).stdout.hasPrefix("00030001"))
+        let start = ContinuousClock.now
+        // The first retransmission is due 1 s after block 1; with the retry limit it would take 6 s.
+        try h.waitUntil("the transfer to fail on ICMP port unreachable", timeout: 3.5) {
+            try h.metric(namespace: s, "farrier_tftp_transfers_failed_total") == 1
+        }
+        print("transfer failed \(ContinuousClock.now - start) after the client vanished")
+        #expect(try h.metric(namespace: s, "farrier_tftp_retransmissions_total") <= 1)
+    }
+
     /// Past --tftp-max-transfers, a request gets ERROR 0 "server busy" instead of a thread; once
     /// the transfer holding the slot ends, requests are served again.
     @Test func transfersBeyondTheLimitAreRefused() throws {
