@@ -21,7 +21,7 @@ import Yams
 /// - `tftp.max-transfers` / `FARRIER_TFTP_MAX_TRANSFERS` / `--tftp-max-transfers`: TFTP transfers at once; more get
 ///   ERROR 0 "server busy". Default 1024.
 /// - `tftp.busy-poll` / `FARRIER_TFTP_BUSY_POLL` / `--tftp-busy-poll`: microseconds a transfer polls for the client's
-///   ACK before it sleeps (0: never poll); only while transfers are fewer than half the CPUs. Default 50.
+///   ACK before it sleeps (0: never poll); only while transfers are at most half the CPUs. Default 50.
 /// - `ipxe.source` / `FARRIER_IPXE_SOURCE` / `--ipxe-source`: where the iPXE binaries are copied from into the boot root. Default /usr/lib/ipxe.
 /// - `dhcp.mode` / `FARRIER_DHCP_MODE` / `--dhcp-mode`: off, full or proxy. Default full (but off with no interfaces).
 /// - `dhcp.interfaces` / `FARRIER_DHCP_INTERFACES` (comma separated) / `--dhcp-interface` (repeatable).

@@ -44,7 +44,7 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "TFTP transfers at once; more get ERROR 0 \"server busy\". [tftp.max-transfers, FARRIER_TFTP_MAX_TRANSFERS; default 1024]")
     var tftpMaxTransfers: Int?
 
-    @Option(help: "Microseconds a TFTP transfer polls for the client's ACK before it sleeps; 0 never polls. Only while transfers are fewer than half the CPUs. [tftp.busy-poll, FARRIER_TFTP_BUSY_POLL; default 50]")
+    @Option(help: "Microseconds a TFTP transfer polls for the client's ACK before it sleeps; 0 never polls. Only while transfers are at most half the CPUs. [tftp.busy-poll, FARRIER_TFTP_BUSY_POLL; default 50]")
     var tftpBusyPoll: Int?
 
     @Option(help: "Directory the iPXE binaries are copied from. [ipxe.source, FARRIER_IPXE_SOURCE; default /usr/lib/ipxe]")
