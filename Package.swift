@@ -64,10 +64,13 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // recvmmsg/sendmmsg for the DHCP socket threads (Swift's Glibc module does not export them).
+        .target(name: "CFarrierNet"),
+
         // Protocol servers on top of the codecs.
         .target(
             name: "DHCPServer",
-            dependencies: ["DHCPWire", "FarrierCore", log, lifecycle] + nio,
+            dependencies: ["DHCPWire", "FarrierCore", "CFarrierNet", log, lifecycle],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -160,7 +163,7 @@ let package = Package(
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
-        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "WireSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "FarrierStore", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierAppTests",

@@ -2,8 +2,6 @@ import DHCPWire
 import FarrierCore
 import Foundation
 import Logging
-import NIOCore
-import NIOPosix
 import ServiceLifecycle
 import Synchronization
 
@@ -16,14 +14,15 @@ public final class DHCPMetrics: Sendable {
     public let acks = Atomic<Int>(0)
     public let naks = Atomic<Int>(0)
     public let commitFailures = Atomic<Int>(0)
+    public let sendErrors = Atomic<Int>(0)
     public init() {}
 }
 
-/// Shared between the per-interface channels: the responder (and its lease table), durable
-/// commits, and the timeline.
+/// Shared between the socket threads: the responder (and its lease table), the lease store, and
+/// the timeline.
 final class DHCPEngine: Sendable {
     let responder: Mutex<DHCPResponder>
-    let committer: LeaseCommitter
+    let store: any LeaseStore
     let recorder: TimelineRecorder
     let addressBook: AddressBook
     let metrics: DHCPMetrics
@@ -38,18 +37,18 @@ final class DHCPEngine: Sendable {
         self.proxyMode = responder.configuration.mode == .proxy
         self.proxyPort = responder.configuration.proxyPort
         self.responder = Mutex(responder)
-        self.committer = LeaseCommitter(store: store)
+        self.store = store
         self.recorder = recorder
         self.addressBook = addressBook
         self.metrics = metrics
         self.logger = logger
     }
 
-    /// Decodes and answers one datagram. `send` is called (possibly on another thread) with the
-    /// encoded reply once anything it depends on is durable.
+    /// Decodes and answers one datagram. `send` gets the encoded reply: at once when it depends
+    /// on nothing unwritten, else from `leases.commit(to:)` once the lease is durable.
     func handle(
-        _ bytes: [UInt8], ingress: DHCPIngress,
-        send: @escaping @Sendable (_ reply: [UInt8], _ address: IPv4Address, _ port: Int) -> Void
+        _ bytes: [UInt8], ingress: DHCPIngress, leases: inout LeaseBatch,
+        send: @escaping (_ reply: [UInt8], _ address: IPv4Address, _ port: Int) -> Void
     ) {
         metrics.received.add(1, ordering: .relaxed)
         let request: DHCPMessage
@@ -81,14 +80,14 @@ final class DHCPEngine: Sendable {
                 "no reply", metadata: ["dhcp.xid": "\(hex(request.xid))", "dhcp.mac": "\(mac.map { "\($0)" } ?? "-")",
                                        "dhcp.type": "\(type)", "dhcp.reason": "\(outcome.dropReason ?? "")"])
             if outcome.forget != nil {
-                committer.submit(commit: nil, forget: outcome.forget) { _ in }
+                leases.add(commit: nil, forget: outcome.forget) { _ in }
             }
             return
         }
         let replyType = reply.messageType ?? .nak
         let encoded = reply.encoded()
         let destination = outcome.destinationAddress, port = outcome.destinationPort
-        let finish: @Sendable () -> Void = { [self] in
+        let finish = { [self] in
             switch replyType {
             case .offer: metrics.offers.add(1, ordering: .relaxed)
             case .ack: metrics.acks.add(1, ordering: .relaxed)
@@ -110,7 +109,7 @@ final class DHCPEngine: Sendable {
             send(encoded, destination, port)
         }
         if outcome.commit != nil || outcome.forget != nil {
-            committer.submit(commit: outcome.commit, forget: outcome.forget) { [self] result in
+            leases.add(commit: outcome.commit, forget: outcome.forget) { [self] result in
                 switch result {
                 case .success: finish()
                 case .failure(let error):
@@ -163,7 +162,7 @@ public final class DHCPService: Service, Sendable {
         }
         var ports = [configuration.serverPort]
         if configuration.mode == .proxy, configuration.proxyPort != 0 { ports.append(configuration.proxyPort) }
-        var channels: [any Channel] = []
+        var threads: [DHCPSocketThread] = []
         do {
             for name in configuration.interfaces {
                 guard let iface = InterfaceAddress.lookup(name) else {
@@ -178,17 +177,9 @@ public final class DHCPService: Service, Sendable {
                 }
                 for port in ports {
                     let fd = try makeInterfaceSocket(interface: name, port: port)
-                    let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                        .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 2048))
-                        .channelOption(.maxMessagesPerRead, value: 16)
-                        .channelInitializer { ch in
-                            ch.eventLoop.makeCompletedFuture {
-                                try ch.pipeline.syncOperations.addHandler(
-                                    DHCPChannelHandler(engine: engine, interface: iface, port: port))
-                            }
-                        }
-                        .withBoundSocket(fd).get()
-                    channels.append(channel)
+                    let thread = try DHCPSocketThread(engine: engine, interface: iface, port: port, socket: fd)
+                    threads.append(thread)
+                    thread.start()
                     logger.info(
                         "DHCP listening",
                         metadata: ["dhcp.mode": "\(configuration.mode.rawValue)", "dhcp.interface": "\(name)",
@@ -196,116 +187,12 @@ public final class DHCPService: Service, Sendable {
                 }
             }
         } catch {
-            for c in channels { try? await c.close() }
+            for t in threads { await t.stop() }
             throw error
         }
         try? await gracefulShutdown()
-        for c in channels { try? await c.close() }
+        for t in threads { await t.stop() }
         engine.recorder.drain()
         logger.info("DHCP stopped")
-    }
-}
-
-final class DHCPChannelHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
-
-    let engine: DHCPEngine
-    let interface: InterfaceAddress
-    let port: Int
-
-    init(engine: DHCPEngine, interface: InterfaceAddress, port: Int) {
-        self.engine = engine
-        self.interface = interface
-        self.port = port
-        self.outbox = Outbox()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let envelope = unwrapInboundIn(data)
-        let bytes = Array(envelope.data.readableBytesView)
-        var source = IPv4Address.any
-        var sourcePort = 0
-        if case .v4(let a) = envelope.remoteAddress {
-            source = IPv4Address(UInt32(bigEndian: a.address.sin_addr.s_addr))
-            sourcePort = envelope.remoteAddress.port ?? 0
-        }
-        let ingress = DHCPIngress(
-            interface: interface.name, address: interface.address, network: interface.network, port: port,
-            sourceAddress: source, sourcePort: sourcePort)
-        let outbox = self.outbox
-        let loop = context.eventLoop
-        engine.handle(bytes, ingress: ingress) { reply, address, port in
-            var sin = sockaddr_in()
-            sin.sin_family = sa_family_t(AF_INET)
-            sin.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
-            sin.sin_addr = in_addr(s_addr: address.value.bigEndian)
-            let envelope = AddressedEnvelope(remoteAddress: SocketAddress(sin, host: ""), data: ByteBuffer(bytes: reply))
-            if loop.inEventLoop {
-                // Answered during this read (an OFFER): written now, flushed once at read-complete.
-                outbox.writeNow(envelope)
-            } else {
-                outbox.send(envelope)
-            }
-        }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        outbox.flushIfWritten()
-        context.fireChannelReadComplete()
-    }
-
-    let outbox: Outbox
-
-    /// Replies queue here from any thread (ACKs come from the lease committer's thread once the
-    /// batch is on disk) and leave in one event-loop task with one flush, so a commit batch goes
-    /// out as one sendmmsg instead of a task and a syscall per reply.
-    final class Outbox: Sendable {
-        let channel: Mutex<(any Channel)?> = Mutex(nil)
-        let pending = Mutex<(items: [AddressedEnvelope<ByteBuffer>], scheduled: Bool)>(([], false))
-        /// Written on the event loop since the last flush (touched only there).
-        let written = Atomic<Bool>(false)
-
-        /// On the event loop: write without a task; `flushIfWritten` sends the lot as one sendmmsg.
-        func writeNow(_ envelope: AddressedEnvelope<ByteBuffer>) {
-            guard let channel = channel.withLock({ $0 }) else { return }
-            channel.write(envelope, promise: nil)
-            written.store(true, ordering: .relaxed)
-        }
-
-        func flushIfWritten() {
-            guard written.exchange(false, ordering: .relaxed), let channel = channel.withLock({ $0 }) else { return }
-            channel.flush()
-        }
-
-        func send(_ envelope: AddressedEnvelope<ByteBuffer>) {
-            guard let channel = channel.withLock({ $0 }) else { return }
-            let schedule = pending.withLock { p -> Bool in
-                p.items.append(envelope)
-                defer { p.scheduled = true }
-                return !p.scheduled
-            }
-            guard schedule else { return }
-            channel.eventLoop.execute { [self] in
-                let items = pending.withLock { p -> [AddressedEnvelope<ByteBuffer>] in
-                    defer { p = ([], false) }
-                    return p.items
-                }
-                for item in items { channel.write(item, promise: nil) }
-                channel.flush()
-            }
-        }
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        outbox.channel.withLock { $0 = context.channel }
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        outbox.channel.withLock { $0 = nil }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        engine.logger.debug("DHCP socket error", metadata: ["dhcp.error": "\(error)"])
     }
 }

@@ -38,7 +38,7 @@ public struct SocketError: Error, CustomStringConvertible {
 /// the wildcard address; SO_BINDTODEVICE keeps every other interface out.
 func makeInterfaceSocket(interface: String, port: Int) throws -> CInt {
     #if os(Linux)
-    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     #else
     let fd = socket(AF_INET, SOCK_DGRAM, 0)
     #endif

@@ -132,6 +132,7 @@ func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics) -> String {
         ("farrier_dhcp_acks_total", "DHCPACKs sent", dhcp.acks.load(ordering: .relaxed)),
         ("farrier_dhcp_naks_total", "DHCPNAKs sent", dhcp.naks.load(ordering: .relaxed)),
         ("farrier_dhcp_lease_commit_failures_total", "lease commits that failed (ACK withheld)", dhcp.commitFailures.load(ordering: .relaxed)),
+        ("farrier_dhcp_send_errors_total", "DHCP replies the kernel refused to send", dhcp.sendErrors.load(ordering: .relaxed)),
         ("farrier_tftp_requests_total", "TFTP read requests", tftp.requests.load(ordering: .relaxed)),
         ("farrier_tftp_packets_malformed_total", "TFTP datagrams dropped as malformed", tftp.malformed.load(ordering: .relaxed)),
         ("farrier_tftp_transfers_completed_total", "TFTP transfers completed", tftp.completed.load(ordering: .relaxed)),
