@@ -181,6 +181,7 @@ final class DHCPSocketThread: Sendable {
             iovecs.deallocate()
             headers.deallocate()
         }
+        names.initialize(repeating: sockaddr_in(), count: batch)
         for i in 0..<batch {
             iovecs[i] = iovec(iov_base: buffers.baseAddress! + i * size, iov_len: size)
             headers[i] = farrier_mmsghdr()
