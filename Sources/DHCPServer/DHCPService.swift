@@ -44,22 +44,27 @@ final class DHCPEngine: Sendable {
         self.logger = logger
     }
 
-    /// Decodes and answers one datagram. `send` gets the encoded reply: at once when it depends
+    /// Counts a datagram dropped before it could be answered (undecodable, or truncated by the
+    /// receive buffer) and logs it at debug level.
+    func dropMalformed(_ message: Logger.Message, reason: String, ingress: DHCPIngress, count: Int) {
+        metrics.malformed.add(1, ordering: .relaxed)
+        logger.debug(
+            message,
+            metadata: ["dhcp.error": "\(reason)", "dhcp.src": "\(ingress.sourceAddress):\(ingress.sourcePort)",
+                       "dhcp.interface": "\(ingress.interface)", "dhcp.bytes": "\(count)"])
+    }
+
+    /// Decodes and answers one datagram (already counted as received by the caller). `send` gets the encoded reply: at once when it depends
     /// on nothing unwritten, else from `leases.commit(to:)` once the lease is durable.
     func handle(
         _ bytes: [UInt8], ingress: DHCPIngress, leases: inout LeaseBatch,
         send: @escaping (_ reply: [UInt8], _ address: IPv4Address, _ port: Int) -> Void
     ) {
-        metrics.received.add(1, ordering: .relaxed)
         let request: DHCPMessage
         do {
             request = try DHCPMessage(decoding: bytes)
         } catch {
-            metrics.malformed.add(1, ordering: .relaxed)
-            logger.debug(
-                "dropped malformed DHCP packet",
-                metadata: ["dhcp.error": "\(error)", "dhcp.src": "\(ingress.sourceAddress):\(ingress.sourcePort)",
-                           "dhcp.interface": "\(ingress.interface)", "dhcp.bytes": "\(bytes.count)"])
+            dropMalformed("dropped malformed DHCP packet", reason: "\(error)", ingress: ingress, count: bytes.count)
             return
         }
         let now = Date()
@@ -176,8 +181,9 @@ public final class DHCPService: Service, Sendable {
                         metadata: ["dhcp.interface": "\(name)", "dhcp.address": "\(iface.address)"])
                 }
                 for port in ports {
-                    let fd = try makeInterfaceSocket(interface: name, port: port)
-                    let thread = try DHCPSocketThread(engine: engine, interface: iface, port: port, socket: fd)
+                    let fd = try makeInterfaceSocket(
+                        interface: name, port: port, receiveTimeout: DHCPSocketThread.receiveTimeout)
+                    let thread = DHCPSocketThread(engine: engine, interface: iface, port: port, socket: fd)
                     threads.append(thread)
                     thread.start()
                     logger.info(

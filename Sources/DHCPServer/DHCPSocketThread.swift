@@ -9,16 +9,13 @@ import Logging
 import Synchronization
 
 /// Replies waiting to leave one DHCP socket, sent together as one sendmmsg(2). Owned by the
-/// socket's thread.
+/// socket's thread. Replies are queued straight into the send buffer: their bytes end to end,
+/// where each starts, and where each goes.
 final class DHCPOutbox {
-    struct Reply {
-        var bytes: [UInt8]
-        var address: IPv4Address
-        var port: Int
-    }
-
     let socket: CInt
-    var pending: [Reply] = []
+    var bytes: [UInt8] = []
+    var starts: [Int] = []
+    var destinations: [sockaddr_in] = []
     let metrics: DHCPMetrics
     let logger: Logger
 
@@ -29,53 +26,46 @@ final class DHCPOutbox {
     }
 
     func enqueue(_ reply: [UInt8], _ address: IPv4Address, _ port: Int) {
-        pending.append(Reply(bytes: reply, address: address, port: port))
+        starts.append(bytes.count)
+        bytes.append(contentsOf: reply)
+        destinations.append(sockaddr_in(address, port: port))
     }
 
     /// Sends everything queued. A reply the kernel refuses is counted and skipped, so one bad
     /// destination never holds back the rest.
     func flush() {
-        guard !pending.isEmpty else { return }
-        let failed = Self.send(pending, on: socket)
-        pending.removeAll(keepingCapacity: true)
-        guard !failed.isEmpty else { return }
-        metrics.sendErrors.add(failed.count, ordering: .relaxed)
-        for (reply, code) in failed {
-            logger.debug(
-                "DHCP reply not sent",
-                metadata: ["dhcp.dst": "\(reply.address):\(reply.port)", "dhcp.error": "\(String(cString: strerror(code)))"])
+        guard !starts.isEmpty else { return }
+        let failed = send()
+        if !failed.isEmpty {
+            metrics.sendErrors.add(failed.count, ordering: .relaxed)
+            for (i, code) in failed {
+                logger.debug(
+                    "DHCP reply not sent",
+                    metadata: ["dhcp.dst": "\(destinations[i].address):\(destinations[i].port)",
+                               "dhcp.error": "\(String(cString: strerror(code)))"])
+            }
         }
+        bytes.removeAll(keepingCapacity: true)
+        starts.removeAll(keepingCapacity: true)
+        destinations.removeAll(keepingCapacity: true)
     }
 
-    /// One sendmmsg for the lot (more when the kernel takes fewer), each reply with its own
-    /// destination. Returns the replies that failed with their errno.
-    static func send(_ replies: [Reply], on fd: CInt) -> [(Reply, CInt)] {
-        let n = replies.count
-        var blob: [UInt8] = []
-        blob.reserveCapacity(replies.reduce(0) { $0 + $1.bytes.count })
-        var offsets: [Int] = []
-        offsets.reserveCapacity(n)
-        for r in replies {
-            offsets.append(blob.count)
-            blob.append(contentsOf: r.bytes)
-        }
-        var names = replies.map { r -> sockaddr_in in
-            var sin = sockaddr_in()
-            sin.sin_family = sa_family_t(AF_INET)
-            sin.sin_port = in_port_t(UInt16(truncatingIfNeeded: r.port).bigEndian)
-            sin.sin_addr = in_addr(s_addr: r.address.value.bigEndian)
-            return sin
-        }
+    /// One sendmmsg for the lot (more when the kernel takes fewer), each reply to its own
+    /// destination. Returns the index and errno of each reply that failed.
+    func send() -> [(Int, CInt)] {
+        let n = starts.count
+        let ends = starts.dropFirst() + [bytes.count]
         var iovecs = [iovec](repeating: iovec(), count: n)
         var headers = [farrier_mmsghdr](repeating: farrier_mmsghdr(), count: n)
-        var failed: [(Reply, CInt)] = []
-        blob.withUnsafeMutableBytes { bytes in
-            names.withUnsafeMutableBufferPointer { names in
+        var failed: [(Int, CInt)] = []
+        let fd = socket
+        bytes.withUnsafeMutableBytes { bytes in
+            destinations.withUnsafeMutableBufferPointer { destinations in
                 iovecs.withUnsafeMutableBufferPointer { iovecs in
                     headers.withUnsafeMutableBufferPointer { headers in
-                        for i in 0..<n {
-                            iovecs[i] = iovec(iov_base: bytes.baseAddress! + offsets[i], iov_len: replies[i].bytes.count)
-                            headers[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names.baseAddress! + i)
+                        for (i, (start, end)) in zip(starts, ends).enumerated() {
+                            iovecs[i] = iovec(iov_base: bytes.baseAddress! + start, iov_len: end - start)
+                            headers[i].msg_hdr.msg_name = UnsafeMutableRawPointer(destinations.baseAddress! + i)
                             headers[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
                             headers[i].msg_hdr.msg_iov = iovecs.baseAddress! + i
                             headers[i].msg_hdr.msg_iovlen = 1
@@ -91,7 +81,7 @@ final class DHCPOutbox {
                             } else if rc < 0, errno == EINTR, interrupted < 8 {
                                 interrupted += 1
                             } else {
-                                failed.append((replies[next], rc < 0 ? errno : EIO))
+                                failed.append((next, rc < 0 ? errno : EIO))
                                 next += 1
                             }
                         }
@@ -133,14 +123,9 @@ final class DHCPSocketThread: Sendable {
     let stopping = Atomic<Bool>(false)
     let finished = DispatchGroup()
 
-    /// Takes ownership of `socket` (closed by `stop()`, or here if setting it up fails).
-    init(engine: DHCPEngine, interface: InterfaceAddress, port: Int, socket: CInt) throws {
-        var timeout = Self.receiveTimeout
-        guard setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
-            let e = String(cString: strerror(errno))
-            Glibc.close(socket)
-            throw SocketError(description: "SO_RCVTIMEO on \(interface.name):\(port): \(e)")
-        }
+    /// Takes ownership of `socket` (from `makeInterfaceSocket`, with `receiveTimeout`); `stop()`
+    /// closes it.
+    init(engine: DHCPEngine, interface: InterfaceAddress, port: Int, socket: CInt) {
         self.engine = engine
         self.interface = interface
         self.port = port
@@ -213,26 +198,18 @@ final class DHCPSocketThread: Sendable {
                 usleep(10_000)
                 continue
             }
+            engine.metrics.received.add(Int(n), ordering: .relaxed)
             for i in 0..<Int(n) {
-                let length = Int(headers[i].msg_len)
-                var source = IPv4Address.any, sourcePort = 0
-                if names[i].sin_family == sa_family_t(AF_INET) {
-                    source = IPv4Address(UInt32(bigEndian: names[i].sin_addr.s_addr))
-                    sourcePort = Int(UInt16(bigEndian: names[i].sin_port))
-                }
-                if headers[i].msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 {
-                    engine.metrics.received.add(1, ordering: .relaxed)
-                    engine.metrics.malformed.add(1, ordering: .relaxed)
-                    engine.logger.debug(
-                        "dropped oversized DHCP packet",
-                        metadata: ["dhcp.src": "\(source):\(sourcePort)", "dhcp.interface": "\(interface.name)",
-                                   "dhcp.limit": "\(size)"])
-                    continue
-                }
-                let bytes = [UInt8](UnsafeRawBufferPointer(start: buffers.baseAddress! + i * size, count: length))
                 let ingress = DHCPIngress(
                     interface: interface.name, address: interface.address, network: interface.network, port: port,
-                    sourceAddress: source, sourcePort: sourcePort)
+                    sourceAddress: names[i].address, sourcePort: names[i].port)
+                if headers[i].msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 {
+                    engine.dropMalformed(
+                        "dropped oversized DHCP packet", reason: "longer than the \(size)-byte buffer (truncated)",
+                        ingress: ingress, count: Int(headers[i].msg_len))
+                    continue
+                }
+                let bytes = [UInt8](UnsafeRawBufferPointer(start: buffers.baseAddress! + i * size, count: Int(headers[i].msg_len)))
                 engine.handle(bytes, ingress: ingress, leases: &leases, send: send)
             }
             outbox.flush()

@@ -21,12 +21,24 @@ public struct InterfaceAddress: Sendable, Hashable {
             guard String(cString: ifa.pointee.ifa_name) == name, let addr = ifa.pointee.ifa_addr,
                 addr.pointee.sa_family == sa_family_t(AF_INET), let mask = ifa.pointee.ifa_netmask
             else { continue }
-            let ip = addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { IPv4Address(UInt32(bigEndian: $0.pointee.sin_addr.s_addr)) }
-            let m = mask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+            let ip = addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.address }
+            let m = mask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.address.value }
             return InterfaceAddress(name: name, address: ip, network: IPv4Network(address: ip, prefixLength: m.nonzeroBitCount))
         }
         return nil
     }
+}
+
+extension sockaddr_in {
+    init(_ address: IPv4Address, port: Int) {
+        self.init()
+        sin_family = sa_family_t(AF_INET)
+        sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
+        sin_addr = in_addr(s_addr: address.value.bigEndian)
+    }
+
+    var address: IPv4Address { IPv4Address(UInt32(bigEndian: sin_addr.s_addr)) }
+    var port: Int { Int(UInt16(bigEndian: sin_port)) }
 }
 
 public struct SocketError: Error, CustomStringConvertible {
@@ -35,8 +47,9 @@ public struct SocketError: Error, CustomStringConvertible {
 
 /// A UDP socket on 0.0.0.0:`port` that sees only traffic of `interface` (SO_BINDTODEVICE), can
 /// broadcast, and shares the port with other interfaces' sockets. Receiving DHCP broadcasts needs
-/// the wildcard address; SO_BINDTODEVICE keeps every other interface out.
-func makeInterfaceSocket(interface: String, port: Int) throws -> CInt {
+/// the wildcard address; SO_BINDTODEVICE keeps every other interface out. A blocked receive
+/// returns EAGAIN after `receiveTimeout`, so the thread reading it can check for shutdown.
+func makeInterfaceSocket(interface: String, port: Int, receiveTimeout: timeval) throws -> CInt {
     #if os(Linux)
     let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     #else
@@ -68,10 +81,9 @@ func makeInterfaceSocket(interface: String, port: Int) throws -> CInt {
     var name = Array(interface.utf8CString)
     try check(setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, &name, socklen_t(name.count)), "SO_BINDTODEVICE")
     #endif
-    var sin = sockaddr_in()
-    sin.sin_family = sa_family_t(AF_INET)
-    sin.sin_port = in_port_t(UInt16(port).bigEndian)
-    sin.sin_addr = in_addr(s_addr: INADDR_ANY)
+    var timeout = receiveTimeout
+    try check(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)), "SO_RCVTIMEO")
+    var sin = sockaddr_in(.any, port: port)
     let rc = withUnsafePointer(to: &sin) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
