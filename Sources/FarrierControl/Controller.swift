@@ -10,7 +10,8 @@ public struct ControlConfiguration: Sendable, Hashable {
     public var maxConcurrentDeploys = 8
     /// Wipes (releases) at once.
     public var maxConcurrentWipes = 8
-    /// How long each step may take, from its start (after any queueing) to its end.
+    /// How long each step may take, from the moment it is entered (time spent `queued` for a
+    /// slot counts) to its end: no phase, queued included, can outlive it.
     public var timeouts: [MachineState: Duration] = [
         .commissioning: .seconds(30 * 60), .deploying: .seconds(60 * 60), .releasing: .seconds(60 * 60),
         .rescuing: .seconds(30 * 60), .exitingRescue: .seconds(15 * 60),
@@ -87,8 +88,7 @@ public final class Controller: Sendable {
     }
 
     /// The pure part of a transition, on a machine value: state, and the step bookkeeping.
-    static func transition(_ m: inout Machine, _ event: Lifecycle.Event, reasonSuffix: String = "") throws {
-        let from = m.state
+    static func transition(_ m: inout Machine, _ event: Lifecycle.Event, reasonSuffix: String = "", now: Date = Date()) throws {
         switch Lifecycle.apply(event, to: m.status) {
         case .failure(let refusal): throw ControlError(.conflict, "machine \(m.name): \(refusal.description)")
         case .success(var status):
@@ -98,7 +98,8 @@ public final class Controller: Sendable {
         if Lifecycle.steps.contains(m.state) {
             m.generation += 1
             m.phase = .queued
-            m.stepStarted = nil
+            // The step's clock starts now: a step that waits for a slot times out like any other.
+            m.stepStarted = now
             m.progress = nil
         } else {
             m.phase = .none
@@ -110,7 +111,6 @@ public final class Controller: Sendable {
             m.deployment = nil
         }
         if m.state != .failed { m.failedStep = nil }
-        _ = from
     }
 
     /// The pure transition, for callers that commit it in their own transaction (allocation).
@@ -125,7 +125,6 @@ public final class Controller: Sendable {
         let m = try store.update(machineID: machineID) { m in
             guard m.generation == generation, m.phase == from, Lifecycle.steps.contains(m.state) else { return [] }
             m.phase = to
-            if to == .boot { m.stepStarted = Date() }
             moved = true
             return [MachineEvent(m, kind: .action, message: message)]
         }
@@ -184,9 +183,14 @@ public final class Controller: Sendable {
         guard m.phase != .finish else {
             throw ControlError(.conflict, "machine \(m.name): the agent already finished \(m.state.rawValue)")
         }
+        // A queued step has no slot yet: its agent may not start (the deploy and wipe caps, and
+        // the step's clock, apply from admission on).
+        guard m.phase != .queued else {
+            throw ControlError(.conflict, "machine \(m.name): \(m.state.rawValue) is queued for a free slot; the agent may not start yet")
+        }
         let updated = try store.update(machineID: m.id) { x in
-            guard x.generation == m.generation else { return [] }
-            if x.phase == .boot || x.phase == .queued { x.phase = .agent }
+            guard x.generation == m.generation, x.phase != .queued else { return [] }
+            if x.phase == .boot { x.phase = .agent }
             x.progress = StepProgress(stage: "started", updated: Date())
             return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
         }

@@ -68,7 +68,9 @@ public actor Reconciler: Service {
         for m in machines where Lifecycle.steps.contains(m.state) && m.phase != .queued { running[m.state, default: 0] += 1 }
         for m in machines where Lifecycle.steps.contains(m.state) {
             let limit = config.timeout(m.state)
-            if let started = m.stepStarted, now.timeIntervalSince(started) > Double(limit.components.seconds) {
+            // A step with no recorded start cannot escape its limit: it counts as started long ago.
+            let started = m.stepStarted ?? .distantPast
+            if now.timeIntervalSince(started) > Double(limit.components.seconds) {
                 logger.warning("step timed out", metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "phase": "\(m.phase.rawValue)"])
                 controller.fail(
                     machineID: m.id, generation: m.generation,

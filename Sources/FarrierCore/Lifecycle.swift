@@ -8,6 +8,11 @@
 /// any step ─fail/timeout─▶ failed(step, reason) ─retry─▶ the step again
 ///                                               ─abort─▶ the safe state before the step
 /// ```
+///
+/// The disk-dirty invariant: a machine whose disk may hold a tenant's data (a deploy began
+/// since its last completed wipe) never reaches `ready` without a completed wipe. Entering
+/// `deploying` marks the disk dirty; only `releasing ─step-succeeded─▶ ready` clears it; a
+/// dirty machine that is commissioned again goes on to `releasing` instead of `ready`.
 public enum Lifecycle {
     /// The stages where work is in progress (a step the reconciler drives).
     public static let steps: Set<MachineState> = [.commissioning, .deploying, .releasing, .rescuing, .exitingRescue]
@@ -57,11 +62,15 @@ public enum Lifecycle {
         public var failedStep: MachineState?
         /// Why the last transition happened (shown to users).
         public var reason: String
+        /// The disk may hold a tenant's data: set when a deploy begins, cleared only by a
+        /// completed wipe.
+        public var diskDirty: Bool
 
-        public init(state: MachineState, failedStep: MachineState? = nil, reason: String = "") {
+        public init(state: MachineState, failedStep: MachineState? = nil, reason: String = "", diskDirty: Bool = false) {
             self.state = state
             self.failedStep = failedStep
             self.reason = reason
+            self.diskDirty = diskDirty
         }
     }
 
@@ -73,7 +82,10 @@ public enum Lifecycle {
 
     /// The next status for `event`, or a refusal that says what is allowed instead.
     public static func apply(_ event: Event, to status: Status) -> Result<Status, Refusal> {
-        func to(_ s: MachineState, _ reason: String) -> Result<Status, Refusal> { .success(Status(state: s, reason: reason)) }
+        let dirty = status.diskDirty
+        func to(_ s: MachineState, _ reason: String, dirty: Bool = dirty) -> Result<Status, Refusal> {
+            .success(Status(state: s, reason: reason, diskDirty: dirty))
+        }
         func refuse(_ why: String) -> Result<Status, Refusal> {
             .failure(Refusal(state: status.state, event: event.description, description: "cannot \(event) a machine that is \(status.state.rawValue): \(why)"))
         }
@@ -89,7 +101,7 @@ public enum Lifecycle {
             return refuse("enroll it with its BMC first")
 
         case (.ready, .deploy):
-            return to(.deploying, "deploying")
+            return to(.deploying, "deploying", dirty: true)
         case (.discovered, .deploy), (.enrolled, .deploy):
             return refuse("it must be commissioned and ready first")
         case (.deployed, .deploy):
@@ -105,14 +117,18 @@ public enum Lifecycle {
         case (.rescue, .exitRescue):
             return to(.exitingRescue, "booting the deployed system again")
 
-        case (.commissioning, .stepSucceeded): return to(.ready, "commissioned")
+        case (.commissioning, .stepSucceeded):
+            // A machine that may still hold a tenant's data (an aborted deploy or wipe) is
+            // wiped before it joins the pool.
+            if dirty { return to(.releasing, "commissioned; wiping: the disk may hold a previous tenant's data") }
+            return to(.ready, "commissioned")
         case (.deploying, .stepSucceeded): return to(.deployed, "deployed")
-        case (.releasing, .stepSucceeded): return to(.ready, "released and wiped")
+        case (.releasing, .stepSucceeded): return to(.ready, "released and wiped", dirty: false)
         case (.rescuing, .stepSucceeded): return to(.rescue, "in rescue")
         case (.exitingRescue, .stepSucceeded): return to(.deployed, "back from rescue")
 
         case (let s, .stepFailed(let reason)) where steps.contains(s):
-            return .success(Status(state: .failed, failedStep: s, reason: "\(s.rawValue) failed: \(reason)"))
+            return .success(Status(state: .failed, failedStep: s, reason: "\(s.rawValue) failed: \(reason)", diskDirty: dirty))
 
         case (.failed, .retry):
             guard let step = status.failedStep else { return refuse("it does not record which step failed") }
@@ -130,9 +146,9 @@ public enum Lifecycle {
     }
 
     /// The safe state an aborted step returns to. A machine whose deploy or wipe was cut short
-    /// may hold a half-written disk: it goes back through a wipe (`releasing` → ready is only
-    /// reached by a completed wipe), so abort of those steps lands on `enrolled`, to be
-    /// commissioned again, never on `ready` with unknown disk contents.
+    /// may hold a half-written disk: abort of those steps lands on `enrolled` with the disk
+    /// still marked dirty, and commissioning it again ends in a wipe (`releasing`), never on
+    /// `ready` with unknown disk contents.
     public static func abortTarget(of step: MachineState) -> MachineState {
         switch step {
         case .commissioning: .enrolled
@@ -157,7 +173,11 @@ public enum Lifecycle {
     /// The next boot within a step: once the agent has finished (phase `finish`), a deploy's
     /// next boot is the disk it wrote and a wipe's or inventory's is the wait loop, so a reboot
     /// at that moment never runs the ramdisk (and its task) a second time.
+    ///
+    /// A step still `queued` (waiting for a deploy or wipe slot) holds the machine in the wait
+    /// loop: it gets no ramdisk, so its agent cannot start ahead of the concurrency cap.
     public static func nextBoot(_ state: MachineState, phase: StepPhase) -> NextBoot {
+        if phase == .queued, steps.contains(state), nextBoot(state) != .disk { return .wait }
         guard phase == .finish else { return nextBoot(state) }
         switch state {
         case .deploying: return .disk

@@ -71,6 +71,9 @@ public struct Machine: Codable, Sendable, Hashable {
     public var stepStarted: Date?
     /// The agent's last progress report for the current step.
     public var progress: StepProgress?
+    /// The disk may hold a tenant's data (see `Lifecycle`): set when a deploy begins, cleared
+    /// only by a completed wipe.
+    public var diskDirty: Bool = false
 
     public init(
         id: String = UUID().uuidString.lowercased(), name: String, mac: MACAddress, architecture: Architecture,
@@ -101,11 +104,12 @@ public struct Machine: Codable, Sendable, Hashable {
 
     /// The lifecycle view of the machine.
     public var status: Lifecycle.Status {
-        get { Lifecycle.Status(state: state, failedStep: failedStep, reason: reason) }
+        get { Lifecycle.Status(state: state, failedStep: failedStep, reason: reason, diskDirty: diskDirty) }
         set {
             state = newValue.state
             failedStep = newValue.failedStep
             reason = newValue.reason
+            diskDirty = newValue.diskDirty
         }
     }
 

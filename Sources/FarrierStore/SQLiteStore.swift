@@ -114,6 +114,25 @@ public final class SQLiteStore: StateStore {
                 t.column("body", .text).notNull()
             }
         }
+        m.registerMigration("v4-disk-dirty") { db in
+            try db.alter(table: "machine") { t in
+                t.add(column: "diskDirty", .boolean).notNull().defaults(to: false)
+            }
+            // Machines that were deployed, or are in a step or failure after a deploy began, may
+            // hold a tenant's data: only a completed wipe clears them.
+            try db.execute(sql: """
+                UPDATE machine SET diskDirty = 1
+                WHERE state IN ('deploying', 'deployed', 'releasing', 'rescuing', 'rescue', 'exiting-rescue')
+                   OR (state = 'failed' AND failedStep IN ('deploying', 'releasing', 'rescuing', 'exiting-rescue'))
+                   OR deployment IS NOT NULL
+                """)
+            // A step's clock starts when it is entered: a step without one starts it now.
+            try db.execute(sql: """
+                UPDATE machine SET stepStarted = strftime('%Y-%m-%d %H:%M:%f', 'now')
+                WHERE stepStarted IS NULL
+                  AND state IN ('commissioning', 'deploying', 'releasing', 'rescuing', 'exiting-rescue')
+                """)
+        }
         return m
     }
 
@@ -484,13 +503,14 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var generation: Int
     var stepStarted: Date?
     var progress: String?
+    var diskDirty: Bool
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] { [
         Column("id"), Column("name"), Column("mac"), Column("architecture"), Column("firmware"), Column("state"),
         Column("firstSeen"), Column("lastSeen"), Column("bmc"), Column("failedStep"), Column("reason"), Column("project"),
         Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
-        Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"),
+        Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"),
     ] }
 
     init(_ m: Machine) {
@@ -516,13 +536,18 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         generation = m.generation
         stepStarted = m.stepStarted
         progress = try? m.progress.map(jsonText)
+        diskDirty = m.diskDirty
     }
 
     func machine() throws -> Machine {
         guard let mac = MACAddress(mac) else { throw StoreError.corruptRow("machine \(id): mac \(self.mac)") }
+        // An unknown state or phase is a corrupt row, never a guess: a guess could hand a
+        // tenant's machine to the next one.
+        guard let state = MachineState(rawValue: state) else { throw StoreError.corruptRow("machine \(id): state \(self.state)") }
+        guard let phase = StepPhase(rawValue: phase) else { throw StoreError.corruptRow("machine \(id): phase \(self.phase)") }
         var m = Machine(
             id: id, name: name, mac: mac, architecture: Architecture(rawValue: architecture) ?? .unknown,
-            firmware: Firmware(rawValue: firmware) ?? .unknown, state: MachineState(rawValue: state) ?? .discovered,
+            firmware: Firmware(rawValue: firmware) ?? .unknown, state: state,
             firstSeen: firstSeen, lastSeen: lastSeen,
             bmc: try bmc.map { try JSONDecoder().decode(BMCReference.self, from: Data($0.utf8)) })
         m.failedStep = failedStep.flatMap(MachineState.init(rawValue:))
@@ -534,10 +559,11 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.rack = rack
         m.inventory = try jsonValue(Inventory.self, inventory)
         m.deployment = try jsonValue(Deployment.self, deployment)
-        m.phase = StepPhase(rawValue: phase) ?? .none
+        m.phase = phase
         m.generation = generation
         m.stepStarted = stepStarted
         m.progress = try jsonValue(StepProgress.self, progress)
+        m.diskDirty = diskDirty
         return m
     }
 }

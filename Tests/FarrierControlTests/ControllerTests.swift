@@ -59,8 +59,64 @@ import Testing
         #expect(throws: ControlError.self) { try controller.agentMachine(token: tokenA) }
     }
 
-    @Test func agentReportsDriveTheStep() throws {
+    /// Moves a queued step past its slot, as the reconciler's admission does.
+    func admitted(_ m: Machine, phase: StepPhase = .agent) throws -> Machine {
+        try store.update(machineID: m.id) { x in
+            x.phase = phase
+            return []
+        }
+    }
+
+    @Test func aQueuedStepRefusesTheAgentAndItsClockRuns() throws {
+        let before = Date()
         let m = try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id)
+        // The clock starts when the step is entered, not when it leaves the queue.
+        let started = try #require(m.stepStarted)
+        #expect(started >= before.addingTimeInterval(-1) && started <= Date())
+        let token = controller.agentToken(for: m)
+        let error = #expect(throws: ControlError.self) {
+            try controller.agentHello(token: token, hello: AgentHello(agentVersion: "test", inventory: nil))
+        }
+        #expect(error?.kind == .conflict && error?.description.contains("queued") == true)
+        let after = try #require(try store.machine(id: m.id))
+        #expect(after.phase == .queued && after.progress == nil)
+        #expect(try store.events(after: 0, machineID: m.id, limit: 10).count == 1)  // the transition only
+        // A queued step boots no ramdisk: the machine waits in iPXE.
+        #expect(Lifecycle.nextBoot(after.state, phase: after.phase) == .wait)
+    }
+
+    @Test func aStepThatNeverLeavesTheQueueTimesOut() async throws {
+        var config = ControlConfiguration()
+        config.maxConcurrentWipes = 0  // no slot, ever
+        config.timeouts[.releasing] = .seconds(1)
+        config.tick = .milliseconds(100)
+        let vault = CredentialVault(key: SymmetricKey(size: .bits256))
+        let controller = Controller(store: store, pool: BMCPool(vault: vault), agentKey: SymmetricKey(size: .bits256), configuration: config)
+        var m = try enrolled("a", mac: "52:54:00:00:00:01")
+        m = try store.update(machineID: m.id) { x in
+            x.state = .deployed
+            x.diskDirty = true
+            return []
+        }
+        m = try controller.apply(.release, machineID: m.id)
+        #expect(m.phase == .queued)
+        let reconciler = Reconciler(controller: controller)
+        let task = Task { try await reconciler.run() }
+        defer { task.cancel() }
+        let deadline = Date().addingTimeInterval(10)
+        var seen = m
+        while Date() < deadline {
+            seen = try #require(try store.machine(id: m.id))
+            if seen.state == .failed { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(seen.state == .failed && seen.failedStep == .releasing, "still \(seen.state) \(seen.phase)")
+        #expect(seen.reason.contains("timed out") && seen.reason.contains("queued"), "\(seen.reason)")
+        #expect(seen.diskDirty)
+    }
+
+    @Test func agentReportsDriveTheStep() throws {
+        let m = try admitted(try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id))
         let token = controller.agentToken(for: m)
         let task = try controller.agentHello(token: token, hello: AgentHello(agentVersion: "test", inventory: nil))
         #expect(task.kind == .commission)
@@ -81,7 +137,7 @@ import Testing
     }
 
     @Test func agentFailureFailsTheStepWithItsReason() throws {
-        let m = try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id)
+        let m = try admitted(try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id))
         let token = controller.agentToken(for: m)
         try controller.agentDone(token: token, result: AgentResult(ok: false, error: "disk on fire"))
         let failed = try #require(try store.machine(id: m.id))
@@ -104,5 +160,26 @@ import Testing
         #expect(m.state == .ready)
         #expect(m.project == nil)
         #expect(m.deployment == nil)
+        #expect(!m.diskDirty)
+    }
+
+    @Test func anAbortedDeployIsWipedBeforeItIsReadyAgain() throws {
+        var m = try enrolled("a", mac: "52:54:00:00:00:01")
+        m = try store.update(machineID: m.id) { x in
+            x.state = .ready
+            return []
+        }
+        m = try controller.apply(.deploy, machineID: m.id)
+        #expect(m.diskDirty)
+        try controller.apply(.stepFailed(reason: "agent: write error"), machineID: m.id)
+        m = try controller.apply(.abort, machineID: m.id)
+        #expect(m.state == .enrolled && m.diskDirty)
+        try controller.apply(.commission, machineID: m.id)
+        m = try controller.apply(.stepSucceeded, machineID: m.id)
+        #expect(m.state == .releasing && m.phase == .queued, "commissioned dirty machine went to \(m.state)")
+        // Durable: a fresh read keeps the flag.
+        #expect(try store.machine(id: m.id)?.diskDirty == true)
+        m = try controller.apply(.stepSucceeded, machineID: m.id)
+        #expect(m.state == .ready && !m.diskDirty)
     }
 }

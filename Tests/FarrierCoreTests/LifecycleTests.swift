@@ -71,3 +71,70 @@ import Testing
         for s in [S.discovered, .enrolled, .ready, .failed] { #expect(Lifecycle.nextBoot(s) == .wait) }
     }
 }
+
+/// The disk-dirty invariant, as a property over random event sequences: a machine that may
+/// hold a tenant's data never reaches `ready` without a completed wipe.
+///
+/// The test keeps its own account of the disk, independent of `Lifecycle`'s flag: the disk
+/// becomes the tenant's when a transition enters `deploying` (the agent may write from then
+/// on), and is clean again only when a transition leaves `releasing` by `step-succeeded` (the
+/// wipe completed). Each seeded walk starts from a clean enrolled machine or a dirty deployed
+/// one, and is checked after every accepted event.
+@Suite struct DiskDirtyPropertyTests {
+    /// SplitMix64: a small seeded generator, so a failure names a walk that can be replayed.
+    struct SplitMix64: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    @Test func noDirtyMachineReachesReadyWithoutAWipe() {
+        let walks = 20_000, length = 60
+        var readyAfterDeploy = 0, wipesViaCommission = 0, abortsOfDirtySteps = 0
+        for seed in 0..<UInt64(walks) {
+            var rng = SplitMix64(state: seed)
+            // Start from a clean enrolled machine or from a dirty deployed one.
+            let startDirty = Bool.random(using: &rng)
+            var status = Lifecycle.Status(state: startDirty ? .deployed : .enrolled, diskDirty: startDirty)
+            var tenantData = startDirty
+            var history: [String] = ["\(status.state.rawValue)\(startDirty ? "(dirty)" : "")"]
+            for _ in 0..<length {
+                let event = Lifecycle.Event.all.randomElement(using: &rng)!
+                guard case .success(let next) = Lifecycle.apply(event, to: status) else { continue }
+                history.append("\(event)→\(next.state.rawValue)")
+                if next.state == .deploying && status.state != .deploying { tenantData = true }
+                if status.state == .releasing, event == .stepSucceeded { tenantData = false }
+                if status.state == .commissioning, event == .stepSucceeded, next.state == .releasing { wipesViaCommission += 1 }
+                if case .abort = event, status.failedStep == .deploying || status.failedStep == .releasing { abortsOfDirtySteps += 1 }
+                if next.state == .ready {
+                    #expect(!tenantData, "seed \(seed): ready with a tenant's data on disk: \(history.joined(separator: " "))")
+                    if !tenantData, history.contains(where: { $0.hasPrefix("deploy→") }) { readyAfterDeploy += 1 }
+                    if tenantData { return }
+                }
+                // The flag the lifecycle keeps never says clean while the test's account says dirty.
+                #expect(next.diskDirty || !tenantData, "seed \(seed): flag clean, disk dirty: \(history.joined(separator: " "))")
+                status = next
+            }
+        }
+        // The walks reach the interesting paths: not a vacuous pass.
+        #expect(readyAfterDeploy > 1000, "only \(readyAfterDeploy) walks reached ready after a deploy")
+        #expect(wipesViaCommission > 100, "only \(wipesViaCommission) dirty commissions were routed to a wipe")
+        #expect(abortsOfDirtySteps > 100, "only \(abortsOfDirtySteps) aborts of a deploy or wipe")
+    }
+
+    /// The path the invariant closes: a release that fails and is aborted, then commissioned.
+    @Test func anAbortedWipeIsWipedBeforeReady() throws {
+        var s = Lifecycle.Status(state: .deployed, diskDirty: true)
+        for event: Lifecycle.Event in [.release, .stepFailed(reason: "agent: disk error"), .abort, .commission, .stepSucceeded] {
+            s = try Lifecycle.apply(event, to: s).get()
+        }
+        #expect(s.state == .releasing && s.diskDirty)
+        s = try Lifecycle.apply(.stepSucceeded, to: s).get()
+        #expect(s.state == .ready && !s.diskDirty)
+    }
+}
