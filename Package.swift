@@ -129,7 +129,7 @@ let package = Package(
         .target(
             name: "FarrierApp",
             dependencies: [
-                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
+                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
                 log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
             ] + nio,
@@ -167,7 +167,7 @@ let package = Package(
         .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierAppTests",
-            dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", log, .product(name: "NIOHTTP1", package: "swift-nio")],
+            dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log, .product(name: "NIOHTTP1", package: "swift-nio")],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "BMCIntegrationTests", dependencies: ["FarrierBMC", "TestSupport"], exclude: ["redfish_strict.py", "lossy_udp_proxy.py"],

@@ -69,7 +69,7 @@ public struct FarrierServer: Sendable {
         let controller = Controller(
             store: store, pool: BMCPool(vault: vault), agentKey: vault.derivedKey(purpose: "agent-token"),
             configuration: c.control, logger: logger)
-        let images = try ImageRepository(root: c.dataDir + "/images")
+        let images = try ImageRepository(root: c.dataDir + "/images", maxVirtualSize: c.imageMaxVirtualSize)
         let http = try makeHTTPApplication(
             configuration: c.http,
             dependencies: HTTPDependencies(
@@ -140,6 +140,7 @@ func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics) -> String {
         ("farrier_tftp_requests_refused_total", "TFTP requests answered with an error", tftp.refused.load(ordering: .relaxed)),
         ("farrier_tftp_retransmissions_total", "TFTP packets retransmitted on timeout", tftp.retransmissions.load(ordering: .relaxed)),
         ("farrier_tftp_transfers_active", "TFTP transfers in progress", tftp.active.load(ordering: .relaxed)),
+        ("farrier_tftp_refused_per_client_total", "TFTP requests refused: their client address had its share of transfers", tftp.refusedPerClient.load(ordering: .relaxed)),
         ("farrier_tftp_bytes_sent_total", "TFTP payload bytes sent", tftp.bytesSent.load(ordering: .relaxed)),
         ("farrier_tftp_poll_hits_total", "TFTP waits whose packet arrived while polling", tftp.pollHits.load(ordering: .relaxed)),
         ("farrier_tftp_poll_misses_total", "TFTP waits that polled, then slept", tftp.pollMisses.load(ordering: .relaxed)),

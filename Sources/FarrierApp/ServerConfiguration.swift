@@ -5,6 +5,7 @@ import FarrierHTTP
 import Foundation
 import Logging
 import TFTPServer
+import TFTPWire
 import Yams
 
 /// Every setting of `farrier server`, after layering defaults < YAML file < `FARRIER_*`
@@ -20,6 +21,10 @@ import Yams
 /// - `tftp.root` / `FARRIER_TFTP_ROOT` / `--tftp-root`: boot root served by TFTP and under /tftp over HTTP. Default DATA-DIR/boot.
 /// - `tftp.max-transfers` / `FARRIER_TFTP_MAX_TRANSFERS` / `--tftp-max-transfers`: TFTP transfers at once; more get
 ///   ERROR 0 "server busy". Default 1024.
+/// - `tftp.max-transfers-per-client` / `FARRIER_TFTP_MAX_TRANSFERS_PER_CLIENT` / `--tftp-max-transfers-per-client`:
+///   TFTP transfers at once from one client address. Default 4.
+/// - `tftp.max-timeout` / `FARRIER_TFTP_MAX_TIMEOUT` / `--tftp-max-timeout`: the largest RFC 2349 `timeout` option
+///   granted, in seconds (1–255); a client asking for more gets the default. Default 10.
 /// - `tftp.busy-poll` / `FARRIER_TFTP_BUSY_POLL` / `--tftp-busy-poll`: microseconds a transfer polls for the client's
 ///   ACK before it sleeps (0: never poll); only while transfers are at most half the CPUs. Default 50.
 /// - `ipxe.source` / `FARRIER_IPXE_SOURCE` / `--ipxe-source`: where the iPXE binaries are copied from into the boot root. Default /usr/lib/ipxe.
@@ -35,6 +40,8 @@ import Yams
 ///   passwords at rest. Default DATA-DIR/bmc.key, made 0600 on first start. `FARRIER_BMC_KEY` gives the key itself.
 /// - `api.tls-cert` / `FARRIER_API_TLS_CERT` / `--api-tls-cert`, `api.tls-key` / `FARRIER_API_TLS_KEY` / `--api-tls-key`:
 ///   PEM certificate chain and key; when set, the gRPC API serves TLS only.
+/// - `images.max-virtual-size` / `FARRIER_IMAGES_MAX_VIRTUAL_SIZE` / `--images-max-virtual-size`: the largest virtual
+///   size, in GiB, of a qcow2 upload (it is stored as that many raw bytes). Default 256.
 /// - `lifecycle.max-deploys` / `FARRIER_LIFECYCLE_MAX_DEPLOYS` / `--lifecycle-max-deploys`: deploys at once (others queue). Default 8.
 /// - `lifecycle.max-wipes` / `FARRIER_LIFECYCLE_MAX_WIPES` / `--lifecycle-max-wipes`: wipes at once. Default 8.
 /// - `lifecycle.step-timeouts` / `FARRIER_LIFECYCLE_STEP_TIMEOUTS` (comma separated) / `--lifecycle-step-timeout` (repeatable):
@@ -54,6 +61,8 @@ public struct ServerConfiguration: Sendable {
     public var apiTLSCert = ""
     public var apiTLSKey = ""
     public var control = ControlConfiguration()
+    /// The largest virtual size of a qcow2 upload, in bytes.
+    public var imageMaxVirtualSize: Int64 = ImageRepository.defaultMaxVirtualSize
     var tftpRootSet = false
 
     public init() { dhcp.mode = .full }
@@ -64,9 +73,9 @@ public struct ServerConfiguration: Sendable {
     /// All keys, with their environment variable names, in documentation order.
     public static let keys: [(key: String, env: String)] = [
         "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
-        "tftp.busy-poll", "ipxe.source",
+        "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
-        "api.tls-cert", "api.tls-key", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
+        "api.tls-cert", "api.tls-key", "images.max-virtual-size", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
 
     /// Builds the configuration. `flags` holds only values given on the command line.
@@ -184,6 +193,12 @@ public struct ServerConfiguration: Sendable {
         case "tftp.max-transfers":
             guard let n = Int(v), (1...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000") }
             tftp.maxTransfers = n
+        case "tftp.max-transfers-per-client":
+            guard let n = Int(v), (1...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000") }
+            tftp.maxTransfersPerClient = n
+        case "tftp.max-timeout":
+            guard let n = Int(v), (1...255).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 1 to 255") }
+            tftp.limits.maxTimeoutSeconds = n
         case "tftp.busy-poll":
             guard let n = Int(v), (0...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 10000") }
             tftp.busyPoll = .microseconds(n)
@@ -191,6 +206,9 @@ public struct ServerConfiguration: Sendable {
         case "bmc.key-file": bmcKeyFile = v
         case "api.tls-cert": apiTLSCert = v
         case "api.tls-key": apiTLSKey = v
+        case "images.max-virtual-size":
+            guard let n = Int64(v), (1...1 << 20).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of GiB from 1 to 1048576") }
+            imageMaxVirtualSize = n << 30
         case "lifecycle.max-deploys", "lifecycle.max-wipes":
             guard let n = Int(v), (1...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000") }
             if key == "lifecycle.max-deploys" { control.maxConcurrentDeploys = n } else { control.maxConcurrentWipes = n }

@@ -11,9 +11,14 @@ import Glibc
 /// leaves either no image or a whole one (and at most a temporary file, removed at start).
 public struct ImageRepository: Sendable {
     public let root: String
+    /// The largest virtual size a qcow2 upload may have: it becomes that many raw bytes here.
+    public let maxVirtualSize: Int64
 
-    public init(root: String) throws {
+    public static let defaultMaxVirtualSize: Int64 = 256 << 30
+
+    public init(root: String, maxVirtualSize: Int64 = ImageRepository.defaultMaxVirtualSize) throws {
         self.root = root
+        self.maxVirtualSize = maxVirtualSize
         let fm = FileManager.default
         try fm.createDirectory(atPath: root + "/sha256", withIntermediateDirectories: true)
         try? fm.removeItem(atPath: root + "/tmp")
@@ -56,9 +61,14 @@ public struct ImageRepository: Sendable {
         var source = upload.path, sha = digest, bytes = size
         var format = ImageInfo.Format(rawValue: declared) ?? .raw
         if declared == "qcow2" {
+            // A qcow2 file can name other files (a backing file, an external data file) that
+            // qemu-img would read: an upload could import any file this server can read. The
+            // header is inspected first and such images refused; the conversion then opens the
+            // image with no backing file at all, whatever its header says.
+            try Self.checkQcow2(Self.qcow2Info(upload.path), maxVirtualSize: maxVirtualSize)
             // Converted once, here; machines are always served raw bytes.
             let raw = upload.path + ".raw"
-            try Self.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", upload.path, raw])
+            try Self.run(["qemu-img", "convert", "-O", "raw", Self.qcow2WithoutBacking(upload.path), raw])
             (sha, bytes) = try Self.hashFile(raw)
             source = raw
             format = .raw
@@ -77,6 +87,56 @@ public struct ImageRepository: Sendable {
             close(dir)
         }
         return (sha, bytes, format)
+    }
+
+    /// What `qemu-img info --output=json` says of a qcow2 file that matters for intake.
+    public struct Qcow2Info: Sendable, Equatable {
+        public var virtualSize: Int64
+        public var backingFile: String?
+        public var dataFile: String?
+        public init(virtualSize: Int64, backingFile: String? = nil, dataFile: String? = nil) {
+            self.virtualSize = virtualSize
+            self.backingFile = backingFile
+            self.dataFile = dataFile
+        }
+
+        /// Parses qemu-img's JSON.
+        public init(json: Data) throws {
+            guard let o = try? JSONSerialization.jsonObject(with: json) as? [String: Any],
+                let size = (o["virtual-size"] as? NSNumber)?.int64Value
+            else { throw ControlError(.invalid, "qemu-img info gave no virtual size for the image") }
+            virtualSize = size
+            backingFile = (o["full-backing-filename"] as? String) ?? (o["backing-filename"] as? String)
+            let specific = (o["format-specific"] as? [String: Any])?["data"] as? [String: Any]
+            dataFile = specific?["data-file"] as? String
+        }
+    }
+
+    static func qcow2Info(_ path: String) throws -> Qcow2Info {
+        // info opens the image without its backing file (qemu-img sets BDRV_O_NO_BACKING).
+        try Qcow2Info(json: Data(try Self.run(["qemu-img", "info", "--output=json", "-f", "qcow2", path]).utf8))
+    }
+
+    /// Refuses qcow2 images that name another file or are larger than the cap, with a message
+    /// the uploader can act on.
+    public static func checkQcow2(_ info: Qcow2Info, maxVirtualSize: Int64) throws {
+        if let b = info.backingFile {
+            throw ControlError(.invalid, "the qcow2 image has a backing file ('\(b)'); upload a standalone image (qemu-img convert -O qcow2 it first)")
+        }
+        if let d = info.dataFile {
+            throw ControlError(.invalid, "the qcow2 image has an external data file ('\(d)'); upload a standalone image")
+        }
+        guard info.virtualSize <= maxVirtualSize else {
+            throw ControlError(
+                .invalid,
+                "the qcow2 image's virtual size is \(info.virtualSize) bytes, over the server's limit of \(maxVirtualSize) (images.max-virtual-size)")
+        }
+    }
+
+    /// The image as qemu-img's JSON pseudo-filename, opened with no backing file.
+    static func qcow2WithoutBacking(_ path: String) -> String {
+        let file = String(decoding: try! JSONSerialization.data(withJSONObject: path, options: .fragmentsAllowed), as: UTF8.self)
+        return #"json:{"driver":"qcow2","backing":null,"file":{"driver":"file","filename":"# + file + "}}"
     }
 
     public func remove(sha256: String) { try? FileManager.default.removeItem(atPath: path(sha256: sha256)) }
@@ -99,19 +159,29 @@ public struct ImageRepository: Sendable {
         return (hasher.finalize().map { String(format: "%02x", $0) }.joined(), size)
     }
 
-    static func run(_ args: [String]) throws {
+    /// Runs a command; returns its standard output (small: qemu-img's JSON). Standard error
+    /// goes to a file, so neither pipe can fill while the other is read.
+    @discardableResult
+    static func run(_ args: [String]) throws -> String {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = args
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
+        let errPath = NSTemporaryDirectory() + "farrier-run-" + UUID().uuidString
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: errPath) }
+        guard let errFile = FileHandle(forWritingAtPath: errPath) else { throw ControlError(.unavailable, "cannot create \(errPath)") }
+        defer { try? errFile.close() }
+        let out = Pipe()
+        p.standardError = errFile
+        p.standardOutput = out
         do { try p.run() } catch { throw ControlError(.unavailable, "cannot run \(args[0]): \(error)") }
-        let message = err.fileHandleForReading.readDataToEndOfFile()
+        let output = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
         guard p.terminationStatus == 0 else {
-            throw ControlError(.invalid, "\(args[0]) failed: \(String(decoding: message, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+            let message = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+            throw ControlError(.invalid, "\(args[0]) failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
+        return String(decoding: output, as: UTF8.self)
     }
 }
 

@@ -20,6 +20,9 @@ public struct TFTPConfiguration: Sendable, Hashable {
     /// Transfers at once (each has a thread); a request beyond it gets ERROR 0 "server busy",
     /// and the client retries. A rack booting at once is well under it; a flood of requests is not.
     public var maxTransfers = 1024
+    /// Transfers at once from one client address: a booting machine needs one at a time, so
+    /// one host cannot take the slots of a rack. Beyond it: ERROR 0 "too many transfers".
+    public var maxTransfersPerClient = 4
     /// How long a transfer polls for the client's ACK before it sleeps in recv(2); zero turns
     /// polling off. See `BusyPoll`.
     public var busyPoll: Duration = .microseconds(50)
@@ -34,6 +37,8 @@ public final class TFTPMetrics: Sendable {
     public let refused = Atomic<Int>(0)
     public let retransmissions = Atomic<Int>(0)
     public let active = Atomic<Int>(0)
+    /// Requests refused because their client address already had its share of transfers.
+    public let refusedPerClient = Atomic<Int>(0)
     public let bytesSent = Atomic<Int>(0)
     /// Waits for a packet that polling caught, and waits that fell through to a sleep.
     public let pollHits = Atomic<Int>(0)
@@ -50,6 +55,8 @@ struct TFTPContext: Sendable {
     let logger: Logger
     /// CPUs this process may run on (for `BusyPoll`).
     let cpus = ProcessInfo.processInfo.activeProcessorCount
+    /// Active transfers per client address.
+    let perClient = PerClientCount()
 
     func timeline(_ ip: IPv4Address, _ event: String, _ detail: String) {
         guard let recorder, let mac = addressBook?.mac(for: ip) else { return }
@@ -193,7 +200,17 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             TFTPTransfer.refuse(socket: socket, code: code, message: message)
             return
         }
-        ctx.metrics.active.add(1, ordering: .relaxed)  // left by the transfer when it ends
+        guard ctx.perClient.enter(clientIP, limit: ctx.configuration.maxTransfersPerClient) else {
+            ctx.metrics.refused.add(1, ordering: .relaxed)
+            ctx.metrics.refusedPerClient.add(1, ordering: .relaxed)
+            log.warning(
+                "too many transfers from one client; request refused",
+                metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.limit": "\(ctx.configuration.maxTransfersPerClient)"])
+            ctx.timeline(clientIP, "ERROR", "file=\(request.filename) too many transfers from this client")
+            TFTPTransfer.refuse(socket: socket, code: .undefined, message: "too many transfers from this client, try again")
+            return
+        }
+        ctx.metrics.active.add(1, ordering: .relaxed)  // left by the transfer when it ends, with its client's count
         let negotiation = TFTPNegotiation(request: request, fileSize: file.size, limits: ctx.configuration.limits)
         let thread = Thread {
             var transfer = TFTPTransfer(
@@ -203,6 +220,28 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         thread.name = "tftp-transfer"
         thread.stackSize = 256 << 10
         thread.start()
+    }
+}
+
+/// Active transfers per client address, entered before a transfer starts and left when it
+/// ends. A client at its limit is refused.
+final class PerClientCount: Sendable {
+    let counts = Mutex<[IPv4Address: Int]>([:])
+
+    func enter(_ ip: IPv4Address, limit: Int) -> Bool {
+        counts.withLock { c in
+            let n = c[ip, default: 0]
+            guard n < limit else { return false }
+            c[ip] = n + 1
+            return true
+        }
+    }
+
+    func leave(_ ip: IPv4Address) {
+        counts.withLock { c in
+            let n = c[ip, default: 0] - 1
+            c[ip] = n > 0 ? n : nil
+        }
     }
 }
 

@@ -95,6 +95,7 @@ struct TFTPTransfer {
     mutating func run() {
         defer {
             context.metrics.active.subtract(1, ordering: .relaxed)
+            context.perClient.leave(clientIP)
             close(socket)
         }
         var action = machine.start(now: .now)

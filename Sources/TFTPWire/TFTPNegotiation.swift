@@ -16,9 +16,14 @@ public struct TFTPNegotiation: Hashable, Sendable {
         public var maxBlockSize: Int = 65464
         /// RFC 7440: 1–65535.
         public var maxWindowSize: Int = 64
-        public init(maxBlockSize: Int = 65464, maxWindowSize: Int = 64) {
+        /// RFC 2349 allows 1–255 s, but a transfer holds a slot for up to its retries × the
+        /// timeout: a client asking for more than this is refused the option (and gets the
+        /// server's default), so a few packets cannot hold slots for many minutes.
+        public var maxTimeoutSeconds: Int = 10
+        public init(maxBlockSize: Int = 65464, maxWindowSize: Int = 64, maxTimeoutSeconds: Int = 10) {
             self.maxBlockSize = maxBlockSize
             self.maxWindowSize = maxWindowSize
+            self.maxTimeoutSeconds = maxTimeoutSeconds
         }
     }
 
@@ -33,8 +38,8 @@ public struct TFTPNegotiation: Hashable, Sendable {
                 guard n >= 8 else { continue }
                 blockSize = min(n, min(limits.maxBlockSize, 65464))
                 acknowledged.append(TFTPOption("blksize", String(blockSize)))
-            case "timeout":  // RFC 2349 §2: 1–255 seconds, the server must accept the value as is.
-                guard (1...255).contains(n) else { continue }
+            case "timeout":  // RFC 2349 §2: 1–255 seconds, accepted as is or refused (left out).
+                guard (1...min(255, max(1, limits.maxTimeoutSeconds))).contains(n) else { continue }
                 timeoutSeconds = n
                 acknowledged.append(TFTPOption("timeout", String(n)))
             case "tsize":  // RFC 2349 §4: the client sends 0 in an RRQ; the server returns the size.

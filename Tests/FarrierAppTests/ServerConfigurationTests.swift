@@ -5,6 +5,7 @@ import Logging
 import FarrierCore
 import Foundation
 import TFTPServer
+import TFTPWire
 import Testing
 
 @Suite struct ServerConfigurationTests {
@@ -58,7 +59,21 @@ import Testing
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
-        #expect(ServerConfiguration.keys.count == 21)
+        #expect(ServerConfiguration.keys.count == 24)
+    }
+
+    @Test func tftpClientLimitsAndImageCapAreBounded() throws {
+        let d = try ServerConfiguration.load(file: nil, environment: [:], flags: [:])
+        #expect(d.tftp.maxTransfersPerClient == 4 && d.tftp.limits.maxTimeoutSeconds == 10)
+        #expect(d.imageMaxVirtualSize == 256 << 30)
+        let c = try ServerConfiguration.load(
+            file: nil, environment: ["FARRIER_TFTP_MAX_TIMEOUT": "30", "FARRIER_IMAGES_MAX_VIRTUAL_SIZE": "8"],
+            flags: ["tftp.max-transfers-per-client": ["2"]])
+        #expect(c.tftp.maxTransfersPerClient == 2 && c.tftp.limits.maxTimeoutSeconds == 30 && c.imageMaxVirtualSize == 8 << 30)
+        for (key, value) in [("tftp.max-timeout", "256"), ("tftp.max-transfers-per-client", "0"), ("images.max-virtual-size", "x")] {
+            let error = #expect(throws: (any Error).self) { try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]]) }
+            #expect("\(error.map { "\($0)" } ?? "")".contains(key), "\(key)=\(value): \(String(describing: error))")
+        }
     }
 
     @Test func busyPollIsMicrosecondsWithinBounds() throws {

@@ -197,6 +197,53 @@ struct TFTPIntegrationTests {
         #expect(try h.metric(namespace: s, "farrier_tftp_retransmissions_total") <= 1)
     }
 
+    /// One client address holds at most --tftp-max-transfers-per-client transfers (default 4):
+    /// the fifth request from it, from a fifth port, gets ERROR 0, while another address is
+    /// served at once. A `timeout=255` option is refused (left out of the OACK), so a silent
+    /// client holds a slot for the default 1 s × 5 retries, not 255 s × 5.
+    @Test func oneClientCannotHoldTheSlots() throws {
+        let h = try Harness("per-client")
+        defer { h.cleanup() }
+        let (s, c, expected) = try setUp(h)
+        let script = """
+            import socket, time
+            socks, answers = [], []
+            for i in range(5):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("198.18.20.2", 0))
+                s.settimeout(3)
+                s.sendto(b"\\x00\\x01sub/blob.bin\\x00octet\\x00timeout\\x00255\\x00blksize\\x001468\\x00", ("198.18.20.1", 69))
+                data, peer = s.recvfrom(2048)
+                answers.append(data)
+                socks.append(s)
+            for a in answers:
+                if a[:2] == b"\\x00\\x06":
+                    print("OACK", a[2:].replace(b"\\x00", b" ").decode().strip())
+                elif a[:2] == b"\\x00\\x05":
+                    print("ERROR", a[4:-1].decode())
+                else:
+                    print("OTHER", a[:4].hex())
+            """
+        let py = h.directory + "/hold.py"
+        try script.write(toFile: py, atomically: true, encoding: .utf8)
+        let lines = try h.run(["ip", "netns", "exec", c, "python3", py], timeout: 30).stdout
+            .split(separator: "\n").map(String.init)
+        #expect(lines.count == 5, "\(lines)")
+        #expect(lines.prefix(4).allSatisfy { $0 == "OACK blksize 1468" }, "timeout=255 must be refused: \(lines)")
+        #expect(lines.last?.hasPrefix("ERROR too many transfers from this client") == true, "\(lines)")
+        #expect(try h.metric(namespace: s, "farrier_tftp_refused_per_client_total") == 1)
+        // Another address on the same segment is served while the first holds its four.
+        try h.run(["ip", "-n", c, "addr", "add", "198.18.20.3/24", "dev", "vc"])
+        let out = h.directory + "/other.bin"
+        try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--interface", "198.18.20.3", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
+        #expect(try sha(h, out) == expected)
+        // The holder has exited: its closed ports end the four transfers (ICMP port unreachable).
+        try h.waitUntil("the held transfers to end", timeout: 15) {
+            try h.metric(namespace: s, "farrier_tftp_transfers_active") == 0
+        }
+        #expect(try h.metric(namespace: s, "farrier_tftp_transfers_failed_total") == 4)
+    }
+
     /// Past --tftp-max-transfers, a request gets ERROR 0 "server busy" instead of a thread; once
     /// the transfer holding the slot ends, requests are served again.
     @Test func transfersBeyondTheLimitAreRefused() throws {

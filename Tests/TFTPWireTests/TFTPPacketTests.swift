@@ -100,4 +100,17 @@ import Testing
         #expect(tiny.acknowledged.isEmpty)
         #expect(tiny.blockSize == 512)
     }
+
+    /// A timeout over the cap (default 10 s) is refused, not clamped: RFC 2349 lets the server
+    /// only accept the value as is or leave it out, and the client then uses the default.
+    @Test func timeoutOverTheCapIsRefused() {
+        let long = TFTPNegotiation(request: request([("timeout", "255"), ("blksize", "1468")]), fileSize: 10)
+        #expect(long.timeoutSeconds == nil)
+        #expect(long.acknowledged == [TFTPOption("blksize", "1468")])
+        let atCap = TFTPNegotiation(request: request([("timeout", "10")]), fileSize: 10)
+        #expect(atCap.timeoutSeconds == 10 && atCap.acknowledged == [TFTPOption("timeout", "10")])
+        let raised = TFTPNegotiation(
+            request: request([("timeout", "30")]), fileSize: 10, limits: .init(maxTimeoutSeconds: 60))
+        #expect(raised.timeoutSeconds == 30)
+    }
 }

@@ -44,6 +44,12 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "TFTP transfers at once; more get ERROR 0 \"server busy\". [tftp.max-transfers, FARRIER_TFTP_MAX_TRANSFERS; default 1024]")
     var tftpMaxTransfers: Int?
 
+    @Option(help: "TFTP transfers at once from one client address. [tftp.max-transfers-per-client, FARRIER_TFTP_MAX_TRANSFERS_PER_CLIENT; default 4]")
+    var tftpMaxTransfersPerClient: Int?
+
+    @Option(help: "Largest TFTP timeout option granted, in seconds; a client asking for more gets the default. [tftp.max-timeout, FARRIER_TFTP_MAX_TIMEOUT; default 10]")
+    var tftpMaxTimeout: Int?
+
     @Option(help: "Microseconds a TFTP transfer polls for the client's ACK before it sleeps; 0 never polls. Only while transfers are at most half the CPUs. [tftp.busy-poll, FARRIER_TFTP_BUSY_POLL; default 50]")
     var tftpBusyPoll: Int?
 
@@ -96,14 +102,19 @@ struct ServerCommand: AsyncParsableCommand {
             """)
     var lifecycleStepTimeout: [String] = []
 
+    @Option(help: "Largest virtual size of a qcow2 upload, in GiB. [images.max-virtual-size, FARRIER_IMAGES_MAX_VIRTUAL_SIZE; default 256]")
+    var imagesMaxVirtualSize: Int?
+
     func flags() -> [String: [String]] {
         var f: [String: [String]] = [:]
         let single: [(String, String?)] = [
             ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
             ("tftp.max-transfers", tftpMaxTransfers.map(String.init)), ("tftp.busy-poll", tftpBusyPoll.map(String.init)),
+            ("tftp.max-transfers-per-client", tftpMaxTransfersPerClient.map(String.init)),
+            ("tftp.max-timeout", tftpMaxTimeout.map(String.init)),
             ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
-            ("bmc.key-file", bmcKeyFile), ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
+            ("bmc.key-file", bmcKeyFile), ("images.max-virtual-size", imagesMaxVirtualSize.map(String.init)), ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
             ("lifecycle.max-deploys", lifecycleMaxDeploys.map(String.init)),
             ("lifecycle.max-wipes", lifecycleMaxWipes.map(String.init)),
         ]
