@@ -9,11 +9,12 @@ import Testing
 @Suite(
     .serialized,
     .enabled(
-        if: Harness.canRun && !FileManager.default.fileExists(atPath: "/run/farrier-lab/state.json")
+        if: Harness.canRun
             && ProcessInfo.processInfo.environment["FARRIER_SKIP_LAB_DEPLOY"] == nil,
-        "needs root, the peers from install-deps.sh, and no lab already up"))
+        "needs root, the peers from install-deps.sh, and a clean lab (Harness.requireNoLab)"))
 struct LabDeployTests {
     @Test func createLoginRestartDebugDestroy() throws {
+        try Harness.requireNoLab()
         let h = try Harness("lab-deploy")
         let bin = Harness.farrierBinary
         defer {

@@ -10,9 +10,9 @@ import Testing
 @Suite(
     .serialized,
     .enabled(
-        if: Harness.canRun && !FileManager.default.fileExists(atPath: "/run/farrier-lab/state.json")
+        if: Harness.canRun
             && ProcessInfo.processInfo.environment["FARRIER_SKIP_LAB_DEPLOY"] == nil,
-        "needs root, the peers from install-deps.sh, and no lab already up"))
+        "needs root, the peers from install-deps.sh, and a clean lab (Harness.requireNoLab)"))
 struct LabKillNineTests {
     static let points = [
         "controller.after-commit.deploying", "reconciler.boot.before-action", "reconciler.boot.after-action",
@@ -21,6 +21,7 @@ struct LabKillNineTests {
     ]
 
     @Test func killNineAtEveryStepOfARealDeploy() throws {
+        try Harness.requireNoLab()
         let h = try Harness("lab-kill")
         let bin = Harness.farrierBinary
         defer {

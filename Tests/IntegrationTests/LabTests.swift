@@ -8,11 +8,12 @@ import Testing
 /// VM with its BMC before it boots); `lab down` leaves nothing.
 @Suite(
     .serialized,
-    .enabled(if: Harness.canRun && !FileManager.default.fileExists(atPath: "/run/farrier-lab/state.json"),
-             "needs root, the peers from .ci/setup, and no lab already up"))
+    .enabled(if: Harness.canRun,
+             "needs root, the peers from .ci/setup, and a clean lab (Harness.requireNoLab)"))
 struct LabTests {
     @Test(arguments: ["full", "proxy"])
     func biosAndUEFIMachinesAreDiscovered(_ mode: String) throws {
+        try Harness.requireNoLab()
         let h = try Harness("lab-\(mode)")
         let bin = Harness.farrierBinary
         defer {

@@ -25,6 +25,21 @@ public final class Harness: @unchecked Sendable {
     /// Integration tests need root (namespaces, ports 67/69) and the peers installed by `.ci/setup`.
     public static var canRun: Bool { getuid() == 0 && (FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") || FileManager.default.isExecutableFile(atPath: "/sbin/ip")) }
 
+    /// Where `farrier lab up` records a running lab.
+    public static let labStatePath = "/run/farrier-lab/state.json"
+
+    /// The lab suites need the lab to themselves. A state file left by a lab that is up, or by
+    /// one that died without `lab down`, is a clear failure, never a silent skip.
+    public static func requireNoLab() throws {
+        guard FileManager.default.fileExists(atPath: labStatePath) else { return }
+        let text = (try? String(contentsOfFile: labStatePath, encoding: .utf8)) ?? ""
+        throw CommandError(description: """
+            a lab is up, or a stale lab state is left behind: \(labStatePath) exists \
+            (\(text.prefix(200).replacingOccurrences(of: "\n", with: " "))). Run `farrier lab down` \
+            (it removes the state of a lab that died), then run the tests again.
+            """)
+    }
+
     /// The farrier binary built by `swift build` (FARRIER_BIN overrides).
     public static var farrierBinary: String {
         if let b = ProcessInfo.processInfo.environment["FARRIER_BIN"] { return b }
