@@ -9,6 +9,8 @@
 # Needs root, openipmi (ipmi_sim), ipmitool, and a release build of farrier (built if missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 farrier=${FARRIER_BIN:-$root/.build/release/farrier}
 [ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
 n=${BMCS:-200}
@@ -24,6 +26,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+bench_header "$root"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 inns() { ip netns exec "$ns" "$@"; }

@@ -7,12 +7,15 @@
 # Needs root and what `farrier lab up` needs; uses its own lab (fails if one is up).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 farrier=${FARRIER_BIN:-$root/.build/debug/farrier}
 [ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build --product farrier >/dev/null)
 work=$(mktemp -d)
 cleanup() { "$farrier" lab down >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 [ -e /run/farrier-lab/state.json ] && { echo "a lab is up; farrier lab down first"; exit 1; }
+bench_header "$root"
 "$farrier" lab up --machines 1 --firmware bios --no-image >/dev/null
 f() { "$farrier" "$@"; }
 for i in $(seq 120); do [ "$(f machine list -o json | grep -c '"state" : "ready"')" = 1 ] && break; sleep 2; done

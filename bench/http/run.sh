@@ -7,9 +7,12 @@
 # Needs root, nginx (apt) and the farrier binary (swift build -c release).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 farrier=${FARRIER_BIN:-$root/.build/release/farrier}
 [ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
 command -v nginx >/dev/null || { echo "needs nginx (bash scripts/install-deps.sh)"; exit 1; }
+bench_header "$root"
 repeat=${REPEAT:-3}
 mib=${BENCH_MIB:-1024}
 work=$(mktemp -d)
