@@ -125,7 +125,15 @@ public struct ProjectAPI: Farrier_V1_ProjectService.SimpleServiceProtocol {
         for key in request.requiredTags {
             if let p = Validation.tagProblem(key: key, value: "") { throw RPCError(code: .invalidArgument, message: "required tag: \(p)") }
         }
-        let p = Project(name: request.name, description: request.description_p, requiredTags: request.requiredTags, created: Date())
+        let wipe: WipeMode
+        if request.wipePolicy.isEmpty { wipe = .full } else {
+            guard let w = WipeMode(rawValue: request.wipePolicy) else {
+                throw RPCError(code: .invalidArgument, message: "unknown wipe policy '\(request.wipePolicy)'; valid: full, quick (unsafe between tenants)")
+            }
+            wipe = w
+        }
+        let p = Project(
+            name: request.name, description: request.description_p, requiredTags: request.requiredTags, created: Date(), wipePolicy: wipe)
         do { try store.createProject(p) } catch let c as StoreConflict { throw RPCError(code: .alreadyExists, message: c.description) }
         return try view(p)
     }
@@ -135,6 +143,7 @@ public struct ProjectAPI: Farrier_V1_ProjectService.SimpleServiceProtocol {
         v.name = p.name
         v.description_p = p.description
         v.requiredTags = p.requiredTags
+        v.wipePolicy = p.wipePolicy.rawValue
         v.created = Google_Protobuf_Timestamp(date: p.created)
         v.machineCount = Int32(try store.machines().filter { $0.project == p.name }.count)
         return v

@@ -310,7 +310,10 @@ extension Farrier_V1_Machine {
         state = m.state.rawValue
         firstSeen = Google_Protobuf_Timestamp(date: m.firstSeen)
         lastSeen = Google_Protobuf_Timestamp(date: m.lastSeen)
-        if let b = m.bmc {
+        // Members see their machine, not the fleet's plumbing: no BMC (its host and user
+        // name), and no timeline from before their project was given the machine.
+        let admin = Caller.principal?.isAdmin ?? false
+        if admin, let b = m.bmc {
             var ref = Farrier_V1_BMC()
             ref.driver = b.driver.rawValue
             ref.url = b.url
@@ -364,7 +367,8 @@ extension Farrier_V1_Machine {
             deployment = x
         }
         if let p = m.progress { progress = Farrier_V1_Progress(p) }
-        self.timeline = timeline.map { e in
+        let since = admin ? Date.distantPast : (m.deployment?.allocated ?? .distantFuture)
+        self.timeline = timeline.filter { $0.time >= since }.map { e in
             var t = Farrier_V1_TimelineEvent()
             t.time = Google_Protobuf_Timestamp(date: e.time)
             t.stage = e.stage.rawValue

@@ -204,14 +204,26 @@ extension MachineAPI {
     }
 
     public func releaseMachine(request: Farrier_V1_ReleaseMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
-        let mode: WipeMode
-        if request.wipe.isEmpty { mode = .quick } else {
-            guard let m = WipeMode(rawValue: request.wipe) else {
-                throw RPCError(code: .invalidArgument, message: "unknown wipe '\(request.wipe)'; valid: quick, full")
-            }
-            mode = m
+        let machine = try visibleMachine(request.name)
+        let policy = try machine.project.flatMap { try store.project(name: $0) }?.wipePolicy ?? .full
+        let mode = try Self.releaseWipe(requested: request.wipe, project: machine.project, policy: policy)
+        return try transition(.release, machine) { x in x.deployment?.wipe = mode }
+    }
+
+    /// The wipe a release runs: the project's policy unless the request names one. A quick
+    /// wipe leaves the tenant's data for the next one, so only a project whose policy is quick
+    /// may ask for it; full may always be asked for.
+    static func releaseWipe(requested: String, project: String?, policy: WipeMode) throws -> WipeMode {
+        if requested.isEmpty { return policy }
+        guard let mode = WipeMode(rawValue: requested) else {
+            throw RPCError(code: .invalidArgument, message: "unknown wipe '\(requested)'; valid: full, quick (only where the project's wipe policy is quick)")
         }
-        return try transition(.release, try visibleMachine(request.name)) { x in x.deployment?.wipe = mode }
+        if mode == .quick, policy != .quick {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "a quick wipe leaves this tenant's data on the disk for the next one; \(project.map { "project '\($0)'" } ?? "a machine in no project") has the full wipe policy (an admin can create a project with --wipe-policy quick, unsafe between tenants)")
+        }
+        return mode
     }
 
     public func rescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {

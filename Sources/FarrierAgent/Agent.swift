@@ -25,6 +25,9 @@ public struct AgentConfiguration: Sendable {
     public var authorizedKeysPath: String
     /// How many times the hello and done calls are tried (2 s apart) while the network comes up.
     public var attempts: Int
+    /// Where to write the task as received (secrets included), mode 0600, for debugging and
+    /// tests; the console never shows a secret.
+    public var taskFile: String?
 
     public init(
         serverURL: String, token: String, mode: String = "agent", device: String? = nil, sysRoot: String = "",
@@ -81,6 +84,14 @@ public final class Agent: Sendable {
             try post(AgentAPI.hello, AgentHello(agentVersion: Self.version, inventory: inventory), as: AgentTask.self)
         }
         log("task \(task.kind.rawValue) for \(task.machine)")
+        if let path = configuration.taskFile {
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            if fd >= 0 {
+                let data = (try? JSONEncoder().encode(task)) ?? Data()
+                _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                close(fd)
+            }
+        }
         let stop = Atomic<Bool>(false)
         let reporter = Thread { [self] in
             var last: String?
@@ -264,7 +275,8 @@ public final class Agent: Sendable {
         guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))") }
         _ = ioctl(fd, 0x125F)  // BLKRRPART: the kernel re-reads the new partition table (not for files)
         if let metadata = task.metadataURL {
-            log("metadata at \(configuration.serverURL + metadata)")
+            // The path carries the deployment's metadata secret: never on the console.
+            log("metadata at \(configuration.serverURL)/metadata/…/")
             report("configure", downloaded, image.size)
             configureDatasource(disk: target, url: configuration.serverURL + metadata)
         }
@@ -376,14 +388,12 @@ public final class Agent: Sendable {
 
     // MARK: Wipe
 
-    /// Quick: discard where supported, then zero the first and last MiB of every disk (partition
-    /// tables, the GPT backup, filesystem and RAID signatures). Full: zero every byte.
+    /// Full (the default): erase every byte of every disk, then read back random blocks (see
+    /// `DiskEraser`). Quick (a project's explicit, unsafe-between-tenants policy): discard
+    /// where supported, then zero the first and last MiB of every disk (partition tables, the
+    /// GPT backup, filesystem and RAID signatures); the rest keeps the last tenant's bytes.
     func wipe(_ mode: WipeMode, inventory: Inventory) throws {
         let targets = configuration.device.map { [$0] } ?? inventory.disks.map { "/dev/" + $0.name }
-        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
-        defer { zeros.deallocate() }
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
-        var total: Int64 = 0
         var sizes: [(String, Int64)] = []
         for t in targets {
             let fd = open(t, O_RDONLY | O_CLOEXEC)
@@ -391,8 +401,28 @@ public final class Agent: Sendable {
             let size = lseek(fd, 0, SEEK_END)
             close(fd)
             sizes.append((t, Int64(size)))
-            total += mode == .full ? Int64(size) : min(Int64(size), 2 << 20)
         }
+        switch mode {
+        case .full:
+            let total = sizes.reduce(Int64(0)) { $0 + $1.1 }
+            var before: Int64 = 0
+            report("wipe", 0, total)
+            for (t, size) in sizes {
+                let base = before
+                let outcome = try DiskEraser(path: t, size: size).erase { done in self.report("wipe", base + done, total) }
+                before += size
+                log("erased \(t) (\(size) bytes) by \(outcome.method.rawValue); \(outcome.verifiedBlocks) random 4 KiB blocks read back as zeroes")
+            }
+        case .quick:
+            try quickWipe(sizes)
+        }
+    }
+
+    func quickWipe(_ sizes: [(String, Int64)]) throws {
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        let total = sizes.reduce(Int64(0)) { $0 + min($1.1, 2 << 20) }
         var done: Int64 = 0
         report("wipe", 0, total)
         for (t, size) in sizes {
@@ -400,23 +430,17 @@ public final class Agent: Sendable {
             guard fd >= 0 else { throw AgentFailure("cannot open \(t): \(String(cString: strerror(errno)))") }
             defer { close(fd) }
             var range: (UInt64, UInt64) = (0, UInt64(size))
-            let discarded = ioctl(fd, 0x1277, &range) == 0  // BLKDISCARD
+            let discarded = ioctl(fd, DiskEraser.BLKDISCARD, &range) == 0
             let mib: Int64 = 1 << 20
             let head: (Int64, Int64) = (0, min(mib, size))
             let tail: (Int64, Int64) = (max(Int64(0), size - mib), min(mib, size))
-            let spans: [(Int64, Int64)] = mode == .full ? [(Int64(0), size)] : [head, tail]
-            for (start, length) in spans {
-                var off: Int64 = 0
-                while off < length {
-                    let n = Int(min(Int64(zeros.count), length - off))
-                    try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), at: start + off)
-                    off += Int64(n)
-                    done += Int64(n)
-                    report("wipe", done, total)
-                }
+            for (start, length) in [head, tail] {
+                try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<Int(length)]), at: start)
+                done += length
+                report("wipe", min(done, total), total)
             }
             guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(t): \(String(cString: strerror(errno)))") }
-            log("wiped \(t) (\(mode.rawValue)\(discarded ? ", discarded" : ""))")
+            log("wiped \(t) (quick: first and last MiB\(discarded ? ", discarded" : "")); the rest was not erased")
         }
     }
 

@@ -53,9 +53,17 @@ public struct FarrierServer: Sendable {
         store = try SQLiteStore(path: c.databasePath)
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
         reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger)
-        let recorder = TimelineRecorder(store: store) { [logger] error in
-            logger.error("timeline write failed", metadata: ["error": "\(error)"])
-        }
+        let recorder = TimelineRecorder(
+            store: store, maxDiscovered: c.discoveryMaxMachines,
+            onError: { [logger] error in logger.error("timeline write failed", metadata: ["error": "\(error)"]) },
+            onRefused: { [logger, cap = c.discoveryMaxMachines] mac, n in
+                // Logged for the first and then every 1000th: a flood must not flood the log too.
+                if n == 1 || n % 1000 == 0 {
+                    logger.warning(
+                        "new machine not recorded: discovered machines are at their limit (discovery.max-machines); enroll or delete some, or raise it",
+                        metadata: ["mac": "\(mac)", "discovery.max-machines": "\(cap)", "refused.total": "\(n)"])
+                }
+            })
         let addressBook = AddressBook()
         var tftpConfig = c.tftp
         tftpConfig.root = c.tftpRoot
@@ -74,7 +82,7 @@ public struct FarrierServer: Sendable {
             configuration: c.http,
             dependencies: HTTPDependencies(
                 store: store, recorder: recorder, addressBook: addressBook, bootRoot: BootRoot(path: c.tftpRoot),
-                metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics) }, controller: controller,
+                metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }, controller: controller,
                 imageDirectory: images.blobDirectory),
             logger: logger)
         if let secret = try bootstrapAdminToken(store: store, dataDir: c.dataDir) {
@@ -95,8 +103,9 @@ public struct FarrierServer: Sendable {
             interceptors: [AuthInterceptor(store: store)],
             tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey), logger: logger)
         let reconciler = Reconciler(controller: controller, logger: logger)
+        let pruner = DiscoveryPruner(store: store, unseenFor: c.discoveryPruneAfter, logger: logger)
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
-        services = [http, tftp, dhcp, grpc, reconciler]
+        services = [http, tftp, dhcp, grpc, reconciler, pruner]
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
@@ -123,8 +132,30 @@ func reportRamdisk(_ dir: String, logger: Logger) {
     }
 }
 
-func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics) -> String {
+/// Deletes `discovered` machines nobody enrolled that have not been seen for a while, once a
+/// minute, so the table holds what is on the network now.
+struct DiscoveryPruner: Service {
+    let store: any MachineStore
+    let unseenFor: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            do {
+                let cutoff = Date().addingTimeInterval(-Double(unseenFor.components.seconds))
+                let n = try store.pruneDiscovered(lastSeenBefore: cutoff)
+                if n > 0 { logger.info("pruned discovered machines not seen lately", metadata: ["count": "\(n)", "unseen.seconds": "\(unseenFor.components.seconds)"]) }
+            } catch {
+                logger.error("pruning discovered machines failed", metadata: ["error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(60)) }
+        }
+    }
+}
+
+func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics, recorder: TimelineRecorder) -> String {
     let rows: [(String, String, Int)] = [
+        ("farrier_discovery_refused_total", "new MACs not recorded: discovered machines at discovery.max-machines", recorder.refusedDiscoveries.load(ordering: .relaxed)),
         ("farrier_dhcp_packets_received_total", "DHCP datagrams received", dhcp.received.load(ordering: .relaxed)),
         ("farrier_dhcp_packets_malformed_total", "DHCP datagrams dropped as malformed", dhcp.malformed.load(ordering: .relaxed)),
         ("farrier_dhcp_packets_dropped_total", "DHCP requests not answered", dhcp.dropped.load(ordering: .relaxed)),

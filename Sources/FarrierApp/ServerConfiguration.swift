@@ -40,8 +40,14 @@ import Yams
 ///   passwords at rest. Default DATA-DIR/bmc.key, made 0600 on first start. `FARRIER_BMC_KEY` gives the key itself.
 /// - `api.tls-cert` / `FARRIER_API_TLS_CERT` / `--api-tls-cert`, `api.tls-key` / `FARRIER_API_TLS_KEY` / `--api-tls-key`:
 ///   PEM certificate chain and key; when set, the gRPC API serves TLS only.
+/// - `api.insecure` / `FARRIER_API_INSECURE` / `--api-insecure`: allow a grpc.listen off loopback without TLS (tokens
+///   in the clear). Without it such a configuration refuses to start.
 /// - `images.max-virtual-size` / `FARRIER_IMAGES_MAX_VIRTUAL_SIZE` / `--images-max-virtual-size`: the largest virtual
 ///   size, in GiB, of a qcow2 upload (it is stored as that many raw bytes). Default 256.
+/// - `discovery.max-machines` / `FARRIER_DISCOVERY_MAX_MACHINES` / `--discovery-max-machines`: at most this many
+///   `discovered` machines; a new MAC beyond it is not recorded (counted, logged). Default 4096.
+/// - `discovery.prune-after` / `FARRIER_DISCOVERY_PRUNE_AFTER` / `--discovery-prune-after`: seconds after which a
+///   `discovered` machine not seen again is deleted. Default 604800 (7 days).
 /// - `lifecycle.max-deploys` / `FARRIER_LIFECYCLE_MAX_DEPLOYS` / `--lifecycle-max-deploys`: deploys at once (others queue). Default 8.
 /// - `lifecycle.max-wipes` / `FARRIER_LIFECYCLE_MAX_WIPES` / `--lifecycle-max-wipes`: wipes at once. Default 8.
 /// - `lifecycle.step-timeouts` / `FARRIER_LIFECYCLE_STEP_TIMEOUTS` (comma separated) / `--lifecycle-step-timeout` (repeatable):
@@ -60,7 +66,11 @@ public struct ServerConfiguration: Sendable {
     public var bmcKeyFile = ""
     public var apiTLSCert = ""
     public var apiTLSKey = ""
+    /// Serve the API without TLS off loopback (refused unless asked for).
+    public var apiInsecure = false
     public var control = ControlConfiguration()
+    public var discoveryMaxMachines = 4096
+    public var discoveryPruneAfter: Duration = .seconds(7 * 86400)
     /// The largest virtual size of a qcow2 upload, in bytes.
     public var imageMaxVirtualSize: Int64 = ImageRepository.defaultMaxVirtualSize
     var tftpRootSet = false
@@ -75,7 +85,7 @@ public struct ServerConfiguration: Sendable {
         "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
-        "api.tls-cert", "api.tls-key", "images.max-virtual-size", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
+        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
 
     /// Builds the configuration. `flags` holds only values given on the command line.
@@ -206,6 +216,17 @@ public struct ServerConfiguration: Sendable {
         case "bmc.key-file": bmcKeyFile = v
         case "api.tls-cert": apiTLSCert = v
         case "api.tls-key": apiTLSKey = v
+        case "api.insecure":
+            guard let b = ["true": true, "false": false, "1": true, "0": false, "yes": true, "no": false][v.lowercased()] else {
+                throw ConfigurationError("api.insecure: '\(v)' is not true or false")
+            }
+            apiInsecure = b
+        case "discovery.max-machines":
+            guard let n = Int(v), (0...10_000_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 0 to 10000000") }
+            discoveryMaxMachines = n
+        case "discovery.prune-after":
+            guard let n = Int(v), (60...366 * 86400).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 60 to 31622400") }
+            discoveryPruneAfter = .seconds(n)
         case "images.max-virtual-size":
             guard let n = Int64(v), (1...1 << 20).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of GiB from 1 to 1048576") }
             imageMaxVirtualSize = n << 30
@@ -234,6 +255,17 @@ public struct ServerConfiguration: Sendable {
             dhcp.proxyPort = p
         default: throw ConfigurationError("unknown key '\(key)'")
         }
+    }
+
+    /// Whether a HOST:PORT listens on loopback only (127.0.0.0/8, ::1 or localhost).
+    static func isLoopback(_ hostPort: String) -> Bool {
+        var host = hostPort
+        if host.hasPrefix("["), let end = host.firstIndex(of: "]") {
+            host = String(host[host.index(after: host.startIndex)..<end])
+        } else if let colon = host.lastIndex(of: ":") {
+            host = String(host[..<colon])
+        }
+        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 
     /// Parses `NETWORK/LEN,pool=A-B,router=IP,dns=IP+IP,domain=D,lease=S`.
@@ -294,6 +326,11 @@ public struct ServerConfiguration: Sendable {
     func validate() throws {
         if apiTLSCert.isEmpty != apiTLSKey.isEmpty {
             throw ConfigurationError("api.tls-cert and api.tls-key go together: set both or neither")
+        }
+        // Tokens cross the API in the clear without TLS: off loopback, that has to be asked for.
+        if apiTLSCert.isEmpty, !apiInsecure, !Self.isLoopback(grpcListen) {
+            throw ConfigurationError(
+                "grpc.listen \(grpcListen) is not loopback and the API has no TLS: API tokens would cross the network in the clear. Give api.tls-cert and api.tls-key, listen on 127.0.0.1, or pass --api-insecure to accept it")
         }
         for r in dhcp.reservations where !dhcp.subnets.contains(where: { $0.network.contains(r.address) }) {
             if dhcp.mode == .full { throw ConfigurationError("reservation \(r.mac)=\(r.address) is in no configured subnet") }

@@ -55,7 +55,7 @@ public final class RedfishClient: BMC, Sendable {
         var tls = TLSConfiguration.makeClientConfiguration()
         if !endpoint.verifyTLS { tls.certificateVerification = .none }
         var config = HTTPClient.Configuration(
-            tlsConfiguration: tls, redirectConfiguration: .follow(max: 3, allowCycles: false),
+            tlsConfiguration: tls, redirectConfiguration: .disallow,
             timeout: .init(connect: .nanoseconds(endpoint.timeouts.attempt.nanosecondsClamped)))
         config.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 2)
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
@@ -77,8 +77,25 @@ public final class RedfishClient: BMC, Sendable {
 
     enum Auth { case none, current }
 
-    func url(_ path: String) -> String {
-        path.hasPrefix("http://") || path.hasPrefix("https://") ? path : endpoint.baseURL + path
+    /// A path or URL the BMC gave, as a URL on the BMC's own origin. Credentials go only to the
+    /// BMC: an absolute URL (a `Location`, an `@odata.id`) on any other scheme, host or port is
+    /// refused, so a BMC (or whoever answers for it) cannot send the password elsewhere.
+    func url(_ path: String) throws -> String {
+        guard path.lowercased().hasPrefix("http://") || path.lowercased().hasPrefix("https://") else {
+            guard path.hasPrefix("/") else { throw BMCError(.protocolError, address: address, "the BMC gave a relative reference '\(path.prefix(200))'") }
+            return endpoint.baseURL + path
+        }
+        guard Self.origin(path) == Self.origin(endpoint.baseURL) else {
+            throw BMCError(.protocolError, address: address, "the BMC pointed to '\(path.prefix(200))', off its own origin; not followed (credentials stay on \(endpoint.baseURL))")
+        }
+        return path
+    }
+
+    /// scheme://host:port of a URL, lower-cased, with the scheme's default port made explicit.
+    static func origin(_ url: String) -> String? {
+        guard let u = URLComponents(string: url), let scheme = u.scheme?.lowercased(), let host = u.host?.lowercased() else { return nil }
+        let port = u.port ?? (scheme == "https" ? 443 : scheme == "http" ? 80 : -1)
+        return "\(scheme)://\(host):\(port)"
     }
 
     /// One HTTP exchange; retries with backoff on connection errors and 5xx/503, within bounds.
@@ -108,8 +125,22 @@ public final class RedfishClient: BMC, Sendable {
         }
     }
 
+    /// One request; a redirect is followed by hand (at most 3), and only on the BMC's origin.
     func sendOnce(_ method: HTTPMethod, _ path: String, body: [String: Any]?, headers extra: [(String, String)], auth: Auth) async throws -> Reply {
-        var request = HTTPClientRequest(url: url(path))
+        var target = path
+        for _ in 0..<4 {
+            let reply = try await sendOne(method, target, body: body, headers: extra, auth: auth)
+            guard [301, 302, 303, 307, 308].contains(reply.status.code), let location = reply.headers.first(name: "Location") else {
+                return reply
+            }
+            target = location.hasPrefix("/") || location.lowercased().hasPrefix("http") ? location : "/" + location
+            _ = try url(target)  // off-origin: refused before anything is sent
+        }
+        throw BMCError(.protocolError, address: address, "more than 3 redirects for \(method) \(path)")
+    }
+
+    func sendOne(_ method: HTTPMethod, _ path: String, body: [String: Any]?, headers extra: [(String, String)], auth: Auth) async throws -> Reply {
+        var request = HTTPClientRequest(url: try url(path))
         request.method = method
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "OData-Version", value: "4.0")
@@ -382,8 +413,8 @@ public final class RedfishClient: BMC, Sendable {
             if case .some(.some(let session)) = s { return session }
             return nil
         }
-        if let s, let location = s.location {
-            var request = HTTPClientRequest(url: url(location))
+        if let s, let location = s.location, let target = try? url(location) {
+            var request = HTTPClientRequest(url: target)
             request.method = .DELETE
             request.headers.add(name: "X-Auth-Token", value: s.token)
             _ = try? await http.execute(request, timeout: .seconds(5))

@@ -161,11 +161,9 @@ public final class Controller: Sendable {
         guard parts.count == 3, let generation = Int(parts[1]) else {
             throw ControlError(.permission, "malformed agent token")
         }
-        let expected = Self.mac(agentKey, parts[0], generation)
-        // Constant-time comparison of the MACs.
-        guard expected.utf8.count == parts[2].utf8.count,
-            zip(expected.utf8, parts[2].utf8).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0
-        else { throw ControlError(.permission, "agent token is not valid") }
+        guard ConstantTime.equal(Self.mac(agentKey, parts[0], generation), parts[2]) else {
+            throw ControlError(.permission, "agent token is not valid")
+        }
         guard let m = try store.machine(id: parts[0]) else {
             throw ControlError(.permission, "agent token names no machine")
         }
@@ -210,7 +208,7 @@ public final class Controller: Sendable {
                 kind: .deploy, machine: m.name,
                 image: .init(path: "/images/\(image.sha256)", sha256: image.sha256, size: image.size, format: image.format),
                 sshKeys: d.sshKeys, hostname: d.hostname, metadataURL: metadataPath(for: m))
-        case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .quick)
+        case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .full)
         case .rescuing: return AgentTask(kind: .rescue, machine: m.name, sshKeys: m.deployment?.sshKeys ?? [])
         default: throw ControlError(.conflict, "machine \(m.name) has no agent work (it is \(m.state.rawValue))")
         }
@@ -229,7 +227,7 @@ public final class Controller: Sendable {
     public func metadataMachine(token: String) throws -> Machine {
         let parts = token.split(separator: ".", maxSplits: 1).map(String.init)
         guard parts.count == 2, let m = try store.machine(id: parts[0]), let path = metadataPath(for: m),
-            path == "/metadata/\(token)/"
+            ConstantTime.equal(path, "/metadata/\(token)/")
         else { throw ControlError(.notFound, "no such metadata") }
         guard [.deploying, .deployed, .rescuing, .rescue, .exitingRescue].contains(m.state) else {
             throw ControlError(.notFound, "no such metadata")

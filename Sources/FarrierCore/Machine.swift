@@ -205,10 +205,14 @@ public struct StepProgress: Codable, Sendable, Hashable {
     public var percent: Double? { bytesTotal > 0 ? min(100, Double(bytesDone) * 100 / Double(bytesTotal)) : nil }
 }
 
+/// How a release wipes a machine's disks.
 public enum WipeMode: String, Codable, Sendable, CaseIterable {
-    /// Signatures, first and last MiB of every disk, with discard where supported.
+    /// Unsafe between tenants: discard where supported, then zero the first and last MiB of
+    /// every disk (signatures, partition tables); the rest keeps the tenant's bytes. Only as a
+    /// project's explicit policy.
     case quick
-    /// Overwrite every byte.
+    /// The default: erase every byte (the device's secure erase where it has one, then
+    /// write-zeroes or an overwrite), then read back random blocks to prove it.
     case full
 }
 
@@ -226,6 +230,8 @@ public struct Deployment: Codable, Sendable, Hashable {
     public var wipe: WipeMode
     /// cloud-init's instance-id for this deployment (new at every deploy).
     public var instanceID: String?
+    /// When the machine was given to the project: its members see nothing from before.
+    public var allocated: Date?
 
     public init(
         image: String, imageSHA256: String, sshKeys: [String], userData: String, hostname: String, requestedBy: String,
@@ -233,6 +239,7 @@ public struct Deployment: Codable, Sendable, Hashable {
     ) {
         self.tags = tags
         self.wipe = wipe
+        self.allocated = Date()
         self.instanceID = "i-" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(17)
         self.image = image
         self.imageSHA256 = imageSHA256

@@ -2,9 +2,14 @@ import Foundation
 
 /// Machine records and their boot timelines. SQLite implements it now; PostgreSQL later.
 public protocol MachineStore: Sendable {
-    /// Returns the machine with this MAC, creating it as `discovered` if it is new, and updates
-    /// `lastSeen` (and the platform, when it was unknown).
-    func recordSighting(mac: MACAddress, platform: ClientPlatform, at: Date) throws -> Machine
+    /// Updates `lastSeen` (and the platform, when it was unknown) of the machine with this MAC
+    /// and returns it. A MAC no machine has becomes a `discovered` machine only when `create`
+    /// is given and fewer than `create` machines are `discovered`; otherwise nothing is written
+    /// and the result is nil (what unauthenticated traffic can create is bounded).
+    func recordSighting(mac: MACAddress, platform: ClientPlatform, at: Date, create: Int?) throws -> Machine?
+    /// Deletes `discovered` machines (never enrolled: no BMC, no project) last seen before
+    /// `before`, with their timelines. Returns how many.
+    func pruneDiscovered(lastSeenBefore before: Date) throws -> Int
     func machine(mac: MACAddress) throws -> Machine?
     func machine(id: String) throws -> Machine?
     func machine(name: String) throws -> Machine?

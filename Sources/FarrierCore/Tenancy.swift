@@ -7,12 +7,17 @@ public struct Project: Codable, Sendable, Hashable {
     /// Tag keys every deploy in this project must carry (say `department`, `environment`).
     public var requiredTags: [String]
     public var created: Date
+    /// How its machines are wiped at release: `full` (the default) erases and verifies the
+    /// whole disk; `quick` leaves most of the tenant's bytes for the next one, so it is only
+    /// for a project whose machines never go to another tenant.
+    public var wipePolicy: WipeMode
 
-    public init(name: String, description: String = "", requiredTags: [String] = [], created: Date) {
+    public init(name: String, description: String = "", requiredTags: [String] = [], created: Date, wipePolicy: WipeMode = .full) {
         self.name = name
         self.description = description
         self.requiredTags = requiredTags
         self.created = created
+        self.wipePolicy = wipePolicy
     }
 }
 
@@ -237,5 +242,18 @@ public struct MachineEvent: Codable, Sendable, Hashable {
         self.init(
             machineID: m.id, machine: m.name, project: m.project, time: time, kind: kind, state: m.state, phase: m.phase,
             message: message, progress: kind == .progress ? m.progress : nil)
+    }
+}
+
+/// Comparisons of secrets: every byte is looked at whatever the first difference, so the time
+/// taken says nothing about how much of a guess was right.
+public enum ConstantTime {
+    public static func equal(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        var diff = UInt8(truncatingIfNeeded: x.count ^ y.count) | (x.count == y.count ? 0 : 1)
+        for i in 0..<max(x.count, y.count) {
+            diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
+        }
+        return diff == 0
     }
 }

@@ -20,14 +20,22 @@ public final class TimelineRecorder: Sendable {
     let known: Mutex<Set<MACAddress>>
     let flushInterval: DispatchTimeInterval
     let onError: @Sendable (any Error) -> Void
+    /// At most this many `discovered` machines: a sighting of a new MAC beyond it creates none.
+    public let maxDiscovered: Int
+    /// New MACs refused for the cap.
+    public let refusedDiscoveries = Atomic<Int>(0)
+    let onRefused: @Sendable (MACAddress, Int) -> Void
 
     public init(
-        store: any MachineStore, flushInterval: DispatchTimeInterval = .milliseconds(100),
-        onError: @escaping @Sendable (any Error) -> Void = { _ in }
+        store: any MachineStore, flushInterval: DispatchTimeInterval = .milliseconds(100), maxDiscovered: Int = 4096,
+        onError: @escaping @Sendable (any Error) -> Void = { _ in },
+        onRefused: @escaping @Sendable (_ mac: MACAddress, _ refusedSoFar: Int) -> Void = { _, _ in }
     ) {
         self.store = store
         self.flushInterval = flushInterval
+        self.maxDiscovered = maxDiscovered
         self.onError = onError
+        self.onRefused = onRefused
         let macs = (try? store.machines().map(\.mac)) ?? []
         known = Mutex(Set(macs))
     }
@@ -43,9 +51,10 @@ public final class TimelineRecorder: Sendable {
     /// the timeline too.
     public func markKnown(_ mac: MACAddress) { known.withLock { _ = $0.insert(mac) } }
 
-    /// Notes that a network-boot client was seen: it becomes a `discovered` machine if new.
+    /// Notes that a network-boot client was seen by DHCP: it becomes a `discovered` machine if
+    /// new, while fewer than `maxDiscovered` are (DHCP traffic is the only thing that creates
+    /// machines).
     public func sighted(_ mac: MACAddress, platform: ClientPlatform) {
-        known.withLock { _ = $0.insert(mac) }
         enqueue { p in
             if let old = p.sightings[mac], old.firmware != .unknown, platform.firmware == .unknown { return }
             p.sightings[mac] = platform
@@ -72,9 +81,17 @@ public final class TimelineRecorder: Sendable {
         do {
             let now = Date()
             for (mac, platform) in batch.sightings {
-                _ = try store.recordSighting(mac: mac, platform: platform, at: now)
+                if try store.recordSighting(mac: mac, platform: platform, at: now, create: maxDiscovered) != nil {
+                    known.withLock { _ = $0.insert(mac) }
+                } else {
+                    let n = refusedDiscoveries.add(1, ordering: .relaxed).newValue
+                    onRefused(mac, n)
+                }
             }
-            try store.appendTimeline(batch.events)
+            // Only machines that exist get a timeline: a flood of made-up MACs past the cap
+            // writes nothing.
+            let known = self.known.withLock { $0 }
+            try store.appendTimeline(batch.events.filter { known.contains($0.mac) })
         } catch {
             onError(error)
         }

@@ -96,7 +96,13 @@ public func buildRouter(
         if client.firmware == .unknown, let arch = q["arch"].flatMap({ UInt16(String($0)) }) {
             client = ClientPlatform(optionArchitecture: arch)
         }
-        let machine = try deps.store.recordSighting(mac: mac, platform: client, at: Date())
+        // HTTP creates no machine (only DHCP traffic does, under its cap): a MAC Farrier does
+        // not know gets the wait loop, which names no machine and no state, and nothing is written.
+        guard let machine = try deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil) else {
+            return ipxe(BootScript.wait(
+                scriptURL: "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")", mac: mac,
+                reason: "not known to Farrier", pollSeconds: configuration.pollSeconds))
+        }
         deps.recorder.markKnown(mac)
         deps.recorder.record(TimelineEvent(
             mac: mac, time: Date(), stage: .http, event: "script",

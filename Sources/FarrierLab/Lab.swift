@@ -231,6 +231,9 @@ public struct Lab {
         var args = [
             o.farrierBinary, "server", "--data-dir", dir + "/data", "--http-listen", "0.0.0.0:8080", "--grpc-listen",
             "0.0.0.0:7700", "--tftp-listen", "0.0.0.0:69", "--dhcp-interface", "br0", "--dhcp-mode", o.dhcpMode,
+            // The CLI on the host reaches the API over the lab's host link; the lab is one
+            // host's demo, so its API goes without TLS, as asked for here.
+            "--api-insecure",
         ]
         if o.dhcpMode == "full" {
             args += ["--dhcp-subnet", "\(Self.network),pool=198.18.0.100-198.18.0.199,router=\(Self.serverIP),dns=\(Self.serverIP),lease=3600"]

@@ -126,6 +126,10 @@ public final class SQLiteStore: StateStore {
                    OR (state = 'failed' AND failedStep IN ('deploying', 'releasing', 'rescuing', 'exiting-rescue'))
                    OR deployment IS NOT NULL
                 """)
+            // Each project's release wipe: full unless an admin chose quick for it.
+            try db.alter(table: "project") { t in
+                t.add(column: "wipePolicy", .text).notNull().defaults(to: "full")
+            }
             // A step's clock starts when it is entered: a step without one starts it now.
             try db.execute(sql: """
                 UPDATE machine SET stepStarted = strftime('%Y-%m-%d %H:%M:%f', 'now')
@@ -143,7 +147,7 @@ public final class SQLiteStore: StateStore {
 
     // MARK: MachineStore
 
-    public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date) throws -> Machine {
+    public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) throws -> Machine? {
         try db.write { db in
             if var row = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
                 row.lastSeen = time
@@ -156,11 +160,27 @@ public final class SQLiteStore: StateStore {
                 try row.update(db)
                 return try row.machine()
             }
+            guard let create else { return nil }
+            let discovered = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE state = 'discovered'") ?? 0
+            guard discovered < create else { return nil }
             let machine = Machine(
                 name: Machine.defaultName(for: mac), mac: mac, architecture: platform.architecture,
                 firmware: platform.firmware, firstSeen: time, lastSeen: time)
             try MachineRecord(machine).insert(db)
             return machine
+        }
+    }
+
+    public func pruneDiscovered(lastSeenBefore before: Date) throws -> Int {
+        try db.write { db in
+            let macs = try String.fetchAll(
+                db, sql: "SELECT mac FROM machine WHERE state = 'discovered' AND bmc IS NULL AND project IS NULL AND lastSeen < ?",
+                arguments: [before])
+            for mac in macs {
+                try db.execute(sql: "DELETE FROM timelineEvent WHERE mac = ?", arguments: [mac])
+                try db.execute(sql: "DELETE FROM machine WHERE mac = ? AND state = 'discovered'", arguments: [mac])
+            }
+            return macs.count
         }
     }
 
@@ -355,8 +375,8 @@ extension SQLiteStore {
                 throw StoreConflict("project '\(p.name)' already exists")
             }
             try db.execute(
-                sql: "INSERT INTO project (name, description, requiredTags, created) VALUES (?, ?, ?, ?)",
-                arguments: [p.name, p.description, try jsonText(p.requiredTags), p.created])
+                sql: "INSERT INTO project (name, description, requiredTags, created, wipePolicy) VALUES (?, ?, ?, ?, ?)",
+                arguments: [p.name, p.description, try jsonText(p.requiredTags), p.created, p.wipePolicy.rawValue])
         }
     }
 
@@ -369,10 +389,12 @@ extension SQLiteStore {
     }
 
     static func project(_ row: Row) throws -> Project {
-        Project(
+        let policy: String = row["wipePolicy"]
+        guard let wipe = WipeMode(rawValue: policy) else { throw StoreError.corruptRow("project \(row["name"] as String): wipe policy \(policy)") }
+        return Project(
             name: row["name"], description: row["description"],
             requiredTags: try JSONDecoder().decode([String].self, from: Data((row["requiredTags"] as String).utf8)),
-            created: row["created"])
+            created: row["created"], wipePolicy: wipe)
     }
 
     public func deleteProject(name: String) throws -> Bool {

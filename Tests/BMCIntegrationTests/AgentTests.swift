@@ -25,7 +25,8 @@ struct AgentTests {
     /// Runs the agent with the kernel line the iPXE script would boot, once a step wants it.
     func agent(_ cp: ControlPlane, disk: String, log: String) throws -> Harness.Result {
         try cp.h.run(
-            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3"], timeout: 120, check: false)
+            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3",
+             "--task-file", cp.h.directory + "/task.json"], timeout: 120, check: false)
     }
 
     /// A server and an ipmi_sim BMC, with machine a1 enrolled and commissioned by the real agent
@@ -67,6 +68,7 @@ struct AgentTests {
         let raw = h.directory + "/img.raw"
         try h.run(["bash", "-c", "head -c 8388608 /dev/urandom > '\(raw)' && gzip -k '\(raw)' && zstd -q -k '\(raw)'"])
         try cp.cli(["project", "create", "p"])
+        try cp.cli(["project", "create", "pq", "--wipe-policy", "quick"])
         try cp.cli(["image", "add", "img-raw", raw])
         try cp.cli(["image", "add", "img-gz", raw + ".gz"])
         try cp.cli(["image", "add", "img-zst", raw + ".zst"])
@@ -74,10 +76,13 @@ struct AgentTests {
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         try "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n".write(toFile: h.directory + "/user-data", atomically: true, encoding: .utf8)
 
-        for (image, wipe) in [("img-zst", "quick"), ("img-gz", "full"), ("img-raw", "quick")] {
+        // (image, project, --wipe given or nil for the project's policy, the wipe that runs)
+        for (image, project, asked, wipe) in [
+            ("img-zst", "p", nil, "full"), ("img-gz", "pq", "full", "full"), ("img-raw", "pq", nil, "quick"),
+        ] {
             try h.run(["bash", "-c", "head -c 16777216 /dev/urandom > '\(disk)'"])  // old contents
             try cp.cli([
-                "machine", "deploy", "a1", "--image", image, "--project", "p", "--ssh-key", h.directory + "/id.pub",
+                "machine", "deploy", "a1", "--image", image, "--project", project, "--ssh-key", h.directory + "/id.pub",
                 "--user-data", h.directory + "/user-data",
             ])
             let run = try agent(cp, disk: disk, log: "agent-\(image).log")
@@ -86,10 +91,11 @@ struct AgentTests {
             #expect(try sha(h, disk, bytes: 8 << 20) == rawSHA, "\(image): the disk does not hold the image")
 
             // The metadata service, at the URL the agent was given.
-            let url = try #require(run.stderr.split(separator: "\n").compactMap { line -> String? in
-                guard let r = line.range(of: "metadata at ") else { return nil }
-                return String(line[r.upperBound...])
-            }.first)
+            // It is in the task the agent got, and nowhere on the agent's console.
+            let task = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task.json"))) as? [String: Any]
+            let path = try #require(task?["metadataURL"] as? String)
+            let url = cp.http + path
+            #expect(!run.stderr.contains(path), "the agent printed the metadata secret")
             let meta = try h.run(["curl", "-sf", url + "meta-data"]).stdout
             #expect(meta.contains("local-hostname: a1"))
             #expect(meta.contains(String(try String(contentsOfFile: h.directory + "/id.pub", encoding: .utf8).split(separator: " ")[1])))
@@ -99,8 +105,14 @@ struct AgentTests {
             let forged = url.replacingOccurrences(of: "/metadata/", with: "/metadata/x")
             #expect(try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", forged + "meta-data"]).stdout == "404")
 
-            // Release: the wipe runs through the agent.
-            try cp.cli(["machine", "release", "a1", "--wipe", wipe])
+            // Release: the wipe runs through the agent. A quick wipe is refused where the
+            // project's policy is full, and changes nothing.
+            if project == "p" {
+                let refused = try cp.cli(["machine", "release", "a1", "--wipe", "quick"], check: false)
+                #expect(refused.status != 0 && refused.stderr.contains("quick wipe leaves this tenant's data"), "\(refused.stderr)")
+                #expect(try cp.machine("a1")["state"] as? String == "deployed")
+            }
+            try cp.cli(["machine", "release", "a1"] + (asked.map { ["--wipe", $0] } ?? []))
             let w = try agent(cp, disk: disk, log: "agent-wipe-\(image).log")
             #expect(w.status == 0, "\(w.stderr)")
             try cp.waitFor("a1", "ready")
@@ -111,6 +123,9 @@ struct AgentTests {
             let middle = try h.run(["bash", "-c", "tail -c +1048577 '\(disk)' | head -c 1048576 | tr -d '\\000' | wc -c"]).stdout
             if wipe == "full" {
                 #expect(middle.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "full wipe left data")
+                let left = try h.run(["bash", "-c", "tr -d '\\000' < '\(disk)' | wc -c"]).stdout
+                #expect(left.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "full wipe left \(left) non-zero bytes")
+                #expect(w.stderr.contains("random 4 KiB blocks read back as zeroes"), "\(w.stderr)")
             } else {
                 #expect(middle.trimmingCharacters(in: .whitespacesAndNewlines) != "0", "quick wipe wrote the middle")
             }

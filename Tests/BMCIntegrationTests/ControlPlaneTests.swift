@@ -127,6 +127,15 @@ struct ControlPlaneTests {
         // Lists show only the member's own.
         let listA = try cp.cli(["machine", "list", "-o", "json"], token: tokenA).stdout
         #expect(listA.contains("\"\(nameA)\"") && !listA.contains("\"\(nameB)\""))
+        // A member sees their machine, not its BMC, and no timeline from before their tenure;
+        // the admin sees both.
+        let asMember = try cp.json(["machine", "show", nameA], token: tokenA)
+        let asAdmin = try cp.json(["machine", "show", nameA])
+        #expect(asMember["bmc"] == nil || (asMember["bmc"] as? String ?? "").isEmpty, "member sees the BMC: \(asMember["bmc"] ?? "")")
+        #expect((asAdmin["bmc"] as? String ?? "").hasPrefix("ipmi://"), "\(asAdmin["bmc"] ?? "")")
+        let adminTimeline = asAdmin["timeline"] as? [[String: Any]] ?? []
+        let memberTimeline = asMember["timeline"] as? [[String: Any]] ?? []
+        #expect(memberTimeline.count < adminTimeline.count, "member \(memberTimeline.count), admin \(adminTimeline.count) events")
         // Nothing about B changed.
         let after = try cp.machine(nameB)
         #expect(after["state"] as? String == before["state"] as? String)

@@ -185,3 +185,63 @@ struct RedfishStrictServiceTests {
         await bad.close()
     }
 }
+
+/// A BMC (or whoever answers in its place) that points the client elsewhere, by an absolute
+/// `@odata.id` or by a redirect: the client refuses to leave the BMC's origin, and nothing,
+/// least of all the password, reaches the other listener.
+@Suite(.serialized, .enabled(if: Harness.canRun, "needs root"))
+struct RedfishOriginTests {
+    static let script = """
+        import json, sys, threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        mode, log = sys.argv[1], sys.argv[2]
+        class Thief(BaseHTTPRequestHandler):
+            def log_message(self, *a): pass
+            def do_GET(self):
+                with open(log, "a") as f: f.write(json.dumps({"path": self.path, "auth": self.headers.get("Authorization")}) + "\\n")
+                self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
+            do_POST = do_PATCH = do_GET
+        thief = ThreadingHTTPServer(("127.0.0.2", 0), Thief)
+        elsewhere = "http://127.0.0.2:%d" % thief.server_address[1]
+        class BMC(BaseHTTPRequestHandler):
+            def log_message(self, *a): pass
+            def reply(self, code, body, headers=()):
+                data = json.dumps(body).encode()
+                self.send_response(code); self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers: self.send_header(k, v)
+                self.end_headers(); self.wfile.write(data)
+            def do_GET(self):
+                if self.path.rstrip("/") == "/redfish/v1":
+                    systems = elsewhere + "/redfish/v1/Systems" if mode == "odata" else "/redfish/v1/Systems"
+                    self.reply(200, {"Systems": {"@odata.id": systems}})
+                elif mode == "redirect":
+                    self.reply(307, {}, [("Location", elsewhere + self.path)])
+                else:
+                    self.reply(404, {})
+            def do_POST(self): self.reply(404, {})
+        bmc = ThreadingHTTPServer(("127.0.0.1", 0), BMC)
+        print(bmc.server_address[1], flush=True)
+        threading.Thread(target=thief.serve_forever, daemon=True).start()
+        bmc.serve_forever()
+        """
+
+    @Test(arguments: ["odata", "redirect"])
+    func credentialsStayOnTheBMCsOrigin(_ mode: String) async throws {
+        let h = try Harness("redfish-origin-\(mode)")
+        defer { h.cleanup() }
+        let py = h.directory + "/bmc.py", log = h.directory + "/thief.log"
+        try Self.script.write(toFile: py, atomically: true, encoding: .utf8)
+        try h.start(["python3", py, mode, log], log: "bmc.out")
+        var port = 0
+        try h.waitUntil("the fake BMC's port", timeout: 10, interval: 0.1) {
+            port = Int((try? String(contentsOfFile: h.directory + "/bmc.out", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+            return port > 0
+        }
+        let bmc = RedfishClient(RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: "admin", password: "hunter2"))
+        let error = await #expect(throws: BMCError.self) { try await bmc.powerState() }
+        #expect(error?.kind == .protocolError && "\(error.map { "\($0)" } ?? "")".contains("off its own origin"), "\(String(describing: error))")
+        await bmc.close()
+        #expect(!FileManager.default.fileExists(atPath: log), "a request left the BMC's origin: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+    }
+}

@@ -55,3 +55,80 @@ import Testing
         #expect(inv.firmware == .bios)
     }
 }
+
+/// The release wipe on real files and a real block device: every byte zero afterwards, and a
+/// disk that did not take the erase fails the read-back.
+@Suite(.serialized) struct DiskEraserTests {
+    /// A file of `bytes` non-zero bytes (an old tenant's data).
+    func tempFile(_ bytes: Int) throws -> String {
+        let path = NSTemporaryDirectory() + "farrier-erase-\(UInt32.random(in: 0..<UInt32.max))"
+        var data = Data(count: bytes)
+        var rng = SystemRandomNumberGenerator()
+        data.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            for i in 0..<words.count { words[i] = rng.next() | 0x0101_0101_0101_0101 }
+            for i in (words.count * 8)..<raw.count { raw[i] = 0x5A }
+        }
+        try data.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    @Test func aFileIsOverwrittenAndVerified() throws {
+        let size: Int64 = 9 * 1_048_576 + 123  // not a whole number of blocks
+        let path = try tempFile(Int(size))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var seen: [Int64] = []
+        let outcome = try DiskEraser(path: path, size: size).erase { seen.append($0) }
+        #expect(outcome.method == .overwrite)
+        #expect(outcome.verifiedBlocks == 258)
+        #expect(seen.last.map { $0 == size } == true, "progress ended at \(String(describing: seen.last))")
+        let back = try Data(contentsOf: URL(fileURLWithPath: path))
+        #expect(back.count == Int(size) && !back.contains { $0 != 0 })
+    }
+
+    @Test func aByteLeftBehindFailsTheReadBack() throws {
+        let path = try tempFile(1 << 20)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // Zero all of it but one byte in the last block, which the read-back always looks at.
+        var data = Data(count: 1 << 20)
+        data[(1 << 20) - 5] = 0x42
+        try data.write(to: URL(fileURLWithPath: path))
+        let error = #expect(throws: AgentFailure.self) { try DiskEraser.verifyZeroes(path: path, size: 1 << 20, samples: 0) }
+        #expect(error?.description.contains("byte \((1 << 20) - 5) is not zero") == true, "\(String(describing: error))")
+        // And random sampling finds a dirty region: half the disk left, 256 samples.
+        data = Data(count: 1 << 20)
+        for i in (1 << 19)..<(1 << 20) { data[i] = 1 }
+        data[(1 << 20) - 5] = 0
+        for i in ((1 << 20) - 4096)..<(1 << 20) { data[i] = 0 }
+        try data.write(to: URL(fileURLWithPath: path))
+        #expect(throws: AgentFailure.self) { try DiskEraser.verifyZeroes(path: path, size: 1 << 20, samples: 256) }
+    }
+
+    /// A loop device takes BLKZEROOUT: the erase goes through the kernel's write-zeroes, and
+    /// the backing file holds zeroes only.
+    @Test(.enabled(if: getuid() == 0, "needs root for a loop device"))
+    func aBlockDeviceIsZeroedByTheKernel() throws {
+        let path = try tempFile(32 << 20)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func run(_ args: [String]) throws -> String {
+            let p = Process(), out = Pipe()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = args
+            p.standardOutput = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            guard p.terminationStatus == 0 else { throw AgentFailure("\(args) exited \(p.terminationStatus)") }
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let loop = try run(["losetup", "--find", "--show", path])
+        var attached = true
+        defer { if attached { _ = try? run(["losetup", "-d", loop]) } }
+        let outcome = try DiskEraser(path: loop, size: 32 << 20).erase()
+        #expect(outcome.method == .zeroes || outcome.method == .secureDiscardThenZeroes, "\(outcome)")
+        _ = try run(["losetup", "-d", loop])
+        attached = false
+        let back = try Data(contentsOf: URL(fileURLWithPath: path))
+        #expect(!back.contains { $0 != 0 })
+    }
+}

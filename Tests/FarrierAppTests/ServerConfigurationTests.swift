@@ -59,7 +59,7 @@ import Testing
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
-        #expect(ServerConfiguration.keys.count == 24)
+        #expect(ServerConfiguration.keys.count == 27)
     }
 
     @Test func tftpClientLimitsAndImageCapAreBounded() throws {
@@ -113,6 +113,21 @@ import Testing
                 file: nil, environment: [:],
                 flags: ["dhcp.subnets": ["10.0.0.0/24,pool=10.0.0.2-10.0.0.9"],
                         "dhcp.reservations": ["52:54:00:00:00:01=10.0.0.5", "52:54:00:00:00:02=10.0.0.5"]])
+        }
+    }
+}
+
+@Suite struct APIListenerTests {
+    @Test func offLoopbackWithoutTLSRefusesToStartUnlessInsecureIsAsked() throws {
+        let error = #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": ["0.0.0.0:7700"]])
+        }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("--api-insecure"), "\(String(describing: error))")
+        #expect(throws: (any Error).self) { try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": ["[::]:7700"]]) }
+        let insecure = try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": ["0.0.0.0:7700"], "api.insecure": ["true"]])
+        #expect(insecure.apiInsecure)
+        for loopback in ["127.0.0.1:7700", "localhost:7700", "[::1]:7700", "127.0.0.9:1"] {
+            #expect(throws: Never.self) { try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": [loopback]]) }
         }
     }
 }

@@ -138,3 +138,16 @@ import Testing
         #expect(s.state == .ready && !s.diskDirty)
     }
 }
+
+@Suite struct ConstantTimeTests {
+    @Test func equalOnlyForTheSameBytes() {
+        #expect(ConstantTime.equal("abc", "abc"))
+        #expect(ConstantTime.equal("", ""))
+        #expect(!ConstantTime.equal("abc", "abd"))
+        #expect(!ConstantTime.equal("abc", "ab"))
+        #expect(!ConstantTime.equal("ab", "abc"))
+        #expect(!ConstantTime.equal("", "a"))
+        // A length that differs by 256 still differs (the count is not only compared mod 256).
+        #expect(!ConstantTime.equal(String(repeating: "a", count: 256), ""))
+    }
+}

@@ -14,9 +14,9 @@ import Testing
     @Test func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns() throws {
         let s = try SQLiteStore()
         let t = Date(timeIntervalSince1970: 1_800_000_000)
-        let a = try s.recordSighting(mac: mac, platform: .init(architecture: .unknown, firmware: .unknown), at: t)
+        let a = try #require(try s.recordSighting(mac: mac, platform: .init(architecture: .unknown, firmware: .unknown), at: t, create: 100))
         #expect(a.state == .discovered && a.name == "m-525400123456")
-        let b = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .uefi), at: t.addingTimeInterval(5))
+        let b = try #require(try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .uefi), at: t.addingTimeInterval(5), create: 100))
         #expect(b.id == a.id)
         #expect(b.firmware == .uefi && b.architecture == .x86_64)
         #expect(b.firstSeen == t && b.lastSeen == t.addingTimeInterval(5))
@@ -29,14 +29,14 @@ import Testing
     @Test func enrollNamesADiscoveredMachineOrMakesOne() throws {
         let s = try SQLiteStore()
         let t = Date(timeIntervalSince1970: 1_800_000_000)
-        let seen = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t)
+        let seen = try #require(try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t, create: 100))
         let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
         let enrolled = try s.enroll(name: "rack1-node1", mac: mac, bmc: bmc, sealedPassword: [1, 2, 3], at: t)
         #expect(enrolled.id == seen.id && enrolled.name == "rack1-node1" && enrolled.state == .enrolled)
         #expect(try s.machine(name: "rack1-node1")?.bmc == bmc)
         #expect(try s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
         // A sighting later keeps the BMC and its secret (the record never carries the secret).
-        _ = try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t.addingTimeInterval(9))
+        _ = try #require(try s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t.addingTimeInterval(9), create: 100))
         #expect(try s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
         #expect(try s.machine(mac: mac)?.bmc == bmc)
         #expect(try s.machine(mac: mac)?.state == .enrolled)
@@ -44,12 +44,36 @@ import Testing
         let other = MACAddress("52:54:00:00:00:02")!
         let fresh = try s.enroll(name: "rack1-node2", mac: other, bmc: bmc, sealedPassword: [9], at: t)
         #expect(fresh.state == .enrolled && fresh.firmware == .unknown)
-        let booted = try s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t)
+        let booted = try #require(try s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t, create: 100))
         #expect(booted.state == .enrolled && booted.firmware == .uefi)
         // A name held by another MAC is a conflict the user can fix.
         #expect(throws: StoreConflict.self) {
             try s.enroll(name: "rack1-node1", mac: other, bmc: bmc, sealedPassword: [9], at: t)
         }
+    }
+
+    /// New MACs become discovered machines only while fewer than the cap are; an unknown MAC
+    /// with no creation allowed writes nothing; old unenrolled ones are pruned with their timeline.
+    @Test func discoveryIsCappedAndPruned() throws {
+        let s = try SQLiteStore()
+        let t = Date(timeIntervalSince1970: 1_800_000_000)
+        let p = ClientPlatform(architecture: .x86_64, firmware: .bios)
+        for i in 1...3 {
+            #expect(try s.recordSighting(mac: MACAddress("52:54:00:00:01:0\(i)")!, platform: p, at: t, create: 3) != nil)
+        }
+        #expect(try s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) == nil)
+        #expect(try s.recordSighting(mac: MACAddress("52:54:00:00:01:0a")!, platform: p, at: t, create: nil) == nil)
+        #expect(try s.machines().count == 3)
+        // A known machine is still seen at the cap.
+        #expect(try s.recordSighting(mac: MACAddress("52:54:00:00:01:01")!, platform: p, at: t.addingTimeInterval(100), create: 3) != nil)
+        // Enrolled machines do not count against the cap and are never pruned.
+        _ = try s.enroll(name: "kept", mac: MACAddress("52:54:00:00:01:02")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
+        #expect(try s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) != nil)
+        try s.appendTimeline([TimelineEvent(mac: MACAddress("52:54:00:00:01:03")!, time: t, stage: .dhcp, event: "DISCOVER", detail: "")])
+        // Unseen since t+50: 01:03 and 01:09 (seen at t) go, 01:01 (seen at t+100) and the enrolled one stay.
+        #expect(try s.pruneDiscovered(lastSeenBefore: t.addingTimeInterval(50)) == 2)
+        #expect(try s.machines().map(\.mac.description).sorted() == ["52:54:00:00:01:01", "52:54:00:00:01:02"])
+        #expect(try s.timeline(mac: MACAddress("52:54:00:00:01:03")!, limit: 10).isEmpty)
     }
 
     @Test func timelineIsOrderedAndPruned() throws {

@@ -129,4 +129,43 @@ struct DHCPIntegrationTests {
         #expect(rows.allSatisfy { $0.1.hasPrefix("198.19.1.") })
         #expect(r.stdout.contains("sent packets: "))
     }
+
+    /// What unauthenticated boot traffic can create is bounded: 40 PXE clients (perfdhcp with
+    /// a PXE vendor class and client architecture) with --discovery-max-machines 5 make exactly
+    /// five discovered machines, the rest counted and logged as refused; an iPXE script request
+    /// for a MAC nobody knows creates nothing and names no machine.
+    @Test func discoveryIsCappedAndHTTPCreatesNothing() throws {
+        let h = try Harness("discovery-cap")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        try h.run(["ip", "-n", c, "addr", "add", "198.19.0.2/16", "dev", cif])
+        try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
+        try h.startFarrier(namespace: s, flags: [
+            "--dhcp-interface", sif, "--dhcp-subnet", Self.subnet, "--dhcp-subnet", "198.19.0.0/16,pool=198.19.1.0-198.19.1.255,lease=600",
+            "--discovery-max-machines", "5",
+        ])
+        // Vendor class "PXEClient:Arch:00000:UNDI:002001", client architecture 0 (BIOS).
+        let pxe = Array("PXEClient:Arch:00000:UNDI:002001".utf8).map { String(format: "%02x", $0) }.joined()
+        let r = try h.run(
+            ["ip", "netns", "exec", c, "timeout", "20", "perfdhcp", "-4", "-l", cif, "-r", "20", "-R", "40", "-n", "40",
+             "-o", "60,\(pxe)", "-o", "93,0000", "198.19.0.1"],
+            timeout: 30, check: false)
+        #expect(r.stdout.contains("sent packets: "), "perfdhcp: \(r.stdout) \(r.stderr)")
+        func machines() throws -> [String] {
+            let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(m, s) for m,s in c.execute('select mac,state from machine')]"
+            return try h.run(["python3", "-c", script, h.directory + "/data/farrier.sqlite"]).stdout.split(separator: "\n").map(String.init)
+        }
+        try h.waitUntil("refusals counted", timeout: 15) { try h.metric(namespace: s, "farrier_discovery_refused_total") >= 30 }
+        let rows = try machines()
+        #expect(rows.count == 5 && rows.allSatisfy { $0.hasSuffix(" discovered") }, "\(rows)")
+        #expect(h.read("farrier.log").contains("new machine not recorded: discovered machines are at their limit"))
+        // A made-up MAC over HTTP: the generic wait loop, no name, no state, no row.
+        let script = try h.run(["ip", "netns", "exec", c, "curl", "-sf", "http://198.19.0.1:8080/boot/02-00-00-00-00-99.ipxe?platform=pcbios&buildarch=i386"]).stdout
+        #expect(script.contains("not known to Farrier") && !script.contains("m-0200"), "\(script)")
+        #expect(try machines().count == 5)
+        // A discovered one gets its own script (its name, its state).
+        let mac = try #require(rows.first?.split(separator: " ").first).replacingOccurrences(of: ":", with: "-")
+        let known = try h.run(["ip", "netns", "exec", c, "curl", "-sf", "http://198.19.0.1:8080/boot/\(mac).ipxe?platform=pcbios&buildarch=i386"]).stdout
+        #expect(known.contains("discovered (not enrolled)"), "\(known)")
+    }
 }

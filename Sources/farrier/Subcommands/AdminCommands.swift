@@ -154,11 +154,13 @@ struct ProjectCommand: AsyncParsableCommand {
         var description: String
         var requiredTags: [String]
         var machines: Int
+        var wipePolicy: String
         var created: Date
         init(_ p: Farrier_V1_Project) {
             name = p.name
             description = p.description_p
             requiredTags = p.requiredTags
+            wipePolicy = p.wipePolicy
             machines = Int(p.machineCount)
             created = p.created.date
         }
@@ -171,8 +173,11 @@ struct ProjectCommand: AsyncParsableCommand {
         case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
         case .table:
             print(table(
-                ["NAME", "MACHINES", "REQUIRED TAGS", "DESCRIPTION"],
-                views.map { [$0.name, "\($0.machines)", $0.requiredTags.isEmpty ? "-" : $0.requiredTags.joined(separator: ","), $0.description] }))
+                ["NAME", "MACHINES", "REQUIRED TAGS", "WIPE", "DESCRIPTION"],
+                views.map {
+                    [$0.name, "\($0.machines)", $0.requiredTags.isEmpty ? "-" : $0.requiredTags.joined(separator: ","),
+                     $0.wipePolicy == "quick" ? "quick (unsafe between tenants)" : $0.wipePolicy, $0.description]
+                }))
         }
     }
 
@@ -183,11 +188,14 @@ struct ProjectCommand: AsyncParsableCommand {
         @Argument(help: "Project name.") var name: String
         @Option(help: "Description.") var description: String = ""
         @Option(help: "A tag key every deploy must carry; repeat for more.") var requireTag: [String] = []
+        @Option(help: "How releases wipe: full (erase and verify every byte) or quick (first and last MiB only: UNSAFE between tenants, the next one can read this project's data).")
+        var wipePolicy: String = "full"
         func run() async throws {
             var req = Farrier_V1_CreateProjectRequest()
             req.name = name
             req.description_p = description
             req.requiredTags = requireTag
+            req.wipePolicy = wipePolicy
             let request = req
             try ProjectCommand.show([try await rpc(client) { try await $0.projects.createProject(request) }], output, single: true)
         }

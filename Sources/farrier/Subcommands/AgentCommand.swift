@@ -20,6 +20,8 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "Command that serves SSH in rescue.") var rescueCommand: String = "dropbear -F -R -E -p 22"
     @Option(help: "Where rescue writes root's authorized_keys.") var authorizedKeys: String = "/root/.ssh/authorized_keys"
     @Option(help: "Attempts (2 s apart) to reach the server.") var attempts: Int = 60
+    @Option(help: "Also write the task the server gave, secrets included, to this file (mode 0600), for debugging; never on the console.")
+    var taskFile: String?
 
     func run() throws {
         var c: AgentConfiguration
@@ -39,6 +41,7 @@ struct AgentCommand: ParsableCommand {
         c.rescueCommand = rescueCommand.split(separator: " ").map(String.init)
         c.authorizedKeysPath = authorizedKeys
         c.attempts = attempts
+        c.taskFile = taskFile
         guard try Agent(c).run() else { throw ExitCode(1) }
     }
 }

@@ -162,7 +162,8 @@ extension MachineCommand {
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
-        @Option(help: "quick (signatures, first and last MiB) or full (every byte).") var wipe: String = "quick"
+        @Option(help: "full (erase and verify every byte) or quick (first and last MiB; only where the project's wipe policy is quick). Default: the project's policy.")
+        var wipe: String = ""
 
         func run() async throws {
             var req = Farrier_V1_ReleaseMachineRequest()

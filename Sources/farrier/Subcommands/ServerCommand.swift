@@ -105,6 +105,15 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Largest virtual size of a qcow2 upload, in GiB. [images.max-virtual-size, FARRIER_IMAGES_MAX_VIRTUAL_SIZE; default 256]")
     var imagesMaxVirtualSize: Int?
 
+    @Option(help: "At most this many discovered (not enrolled) machines; more new MACs are not recorded. [discovery.max-machines, FARRIER_DISCOVERY_MAX_MACHINES; default 4096]")
+    var discoveryMaxMachines: Int?
+
+    @Option(help: "Seconds after which a discovered machine not seen again is deleted. [discovery.prune-after, FARRIER_DISCOVERY_PRUNE_AFTER; default 604800]")
+    var discoveryPruneAfter: Int?
+
+    @Flag(help: "Serve the gRPC API off loopback without TLS (API tokens cross the network in the clear). [api.insecure, FARRIER_API_INSECURE]")
+    var apiInsecure = false
+
     func flags() -> [String: [String]] {
         var f: [String: [String]] = [:]
         let single: [(String, String?)] = [
@@ -114,6 +123,9 @@ struct ServerCommand: AsyncParsableCommand {
             ("tftp.max-transfers-per-client", tftpMaxTransfersPerClient.map(String.init)),
             ("tftp.max-timeout", tftpMaxTimeout.map(String.init)),
             ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
+            ("api.insecure", apiInsecure ? "true" : nil),
+            ("discovery.max-machines", discoveryMaxMachines.map(String.init)),
+            ("discovery.prune-after", discoveryPruneAfter.map(String.init)),
             ("bmc.key-file", bmcKeyFile), ("images.max-virtual-size", imagesMaxVirtualSize.map(String.init)), ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
             ("lifecycle.max-deploys", lifecycleMaxDeploys.map(String.init)),
             ("lifecycle.max-wipes", lifecycleMaxWipes.map(String.init)),

@@ -195,6 +195,10 @@ public nonisolated struct Farrier_V1_Project: Sendable {
   /// Machines allocated to it now.
   public var machineCount: Int32 = 0
 
+  /// How its machines are wiped at release: "full" (erase and verify the whole disk, the
+  /// default) or "quick" (first and last MiB only: unsafe between tenants).
+  public var wipePolicy: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -212,6 +216,9 @@ public nonisolated struct Farrier_V1_CreateProjectRequest: Sendable {
   public var description_p: String = String()
 
   public var requiredTags: [String] = []
+
+  /// "full" (empty: the default) or "quick" (unsafe between tenants).
+  public var wipePolicy: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -683,7 +690,7 @@ nonisolated extension Farrier_V1_DeleteImageResponse: SwiftProtobuf.Message, Swi
 
 nonisolated extension Farrier_V1_Project: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Project"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}description\0\u{3}required_tags\0\u{1}created\0\u{3}machine_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}description\0\u{3}required_tags\0\u{1}created\0\u{3}machine_count\0\u{3}wipe_policy\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -696,6 +703,7 @@ nonisolated extension Farrier_V1_Project: SwiftProtobuf.Message, SwiftProtobuf._
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.requiredTags) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._created) }()
       case 5: try { try decoder.decodeSingularInt32Field(value: &self.machineCount) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.wipePolicy) }()
       default: break
       }
     }
@@ -721,6 +729,9 @@ nonisolated extension Farrier_V1_Project: SwiftProtobuf.Message, SwiftProtobuf._
     if self.machineCount != 0 {
       try visitor.visitSingularInt32Field(value: self.machineCount, fieldNumber: 5)
     }
+    if !self.wipePolicy.isEmpty {
+      try visitor.visitSingularStringField(value: self.wipePolicy, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -730,6 +741,7 @@ nonisolated extension Farrier_V1_Project: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.requiredTags != rhs.requiredTags {return false}
     if lhs._created != rhs._created {return false}
     if lhs.machineCount != rhs.machineCount {return false}
+    if lhs.wipePolicy != rhs.wipePolicy {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -737,7 +749,7 @@ nonisolated extension Farrier_V1_Project: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Farrier_V1_CreateProjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateProjectRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}description\0\u{3}required_tags\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}description\0\u{3}required_tags\0\u{3}wipe_policy\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -748,6 +760,7 @@ nonisolated extension Farrier_V1_CreateProjectRequest: SwiftProtobuf.Message, Sw
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.description_p) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.requiredTags) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.wipePolicy) }()
       default: break
       }
     }
@@ -763,6 +776,9 @@ nonisolated extension Farrier_V1_CreateProjectRequest: SwiftProtobuf.Message, Sw
     if !self.requiredTags.isEmpty {
       try visitor.visitRepeatedStringField(value: self.requiredTags, fieldNumber: 3)
     }
+    if !self.wipePolicy.isEmpty {
+      try visitor.visitSingularStringField(value: self.wipePolicy, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -770,6 +786,7 @@ nonisolated extension Farrier_V1_CreateProjectRequest: SwiftProtobuf.Message, Sw
     if lhs.name != rhs.name {return false}
     if lhs.description_p != rhs.description_p {return false}
     if lhs.requiredTags != rhs.requiredTags {return false}
+    if lhs.wipePolicy != rhs.wipePolicy {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -663,7 +663,8 @@ public nonisolated struct Farrier_V1_ReleaseMachineRequest: Sendable {
 
   public var name: String = String()
 
-  /// quick (signatures, first and last MiB; default) or full (overwrite everything).
+  /// Empty: the project's wipe policy. "full" (erase and verify every byte) or "quick" (first
+  /// and last MiB; only where the project's policy is quick).
   public var wipe: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
