@@ -120,6 +120,10 @@ extension MachineAPI {
                 hostname: request.hostname.isEmpty ? m.name : request.hostname, requestedBy: caller.tokenName, tags: request.tags)
         }
         func compatible(_ m: Machine) -> String? {
+            // A quick-wiped machine still holds its last project's data: only that project gets it.
+            if let owner = m.dirtyFor, owner != project.name {
+                return "machine \(m.name) may still hold another project's data (it was quick-wiped); an admin can commission it, which wipes it fully"
+            }
             if image.architecture != .unknown, m.architecture != .unknown, m.architecture != image.architecture {
                 return "image \(image.name) is \(image.architecture.rawValue) but machine \(m.name) is \(m.architecture.rawValue)"
             }
@@ -139,6 +143,7 @@ extension MachineAPI {
                     guard x.project == nil else {
                         throw ControlError(.conflict, "machine \(x.name) is allocated to project \(x.project ?? ""); release it first")
                     }
+                    if let why = compatible(x) { throw ControlError(.conflict, why) }
                     fill(&x)
                 }
             } else {
@@ -273,6 +278,13 @@ extension MachineAPI {
         }
         if Lifecycle.steps.contains(m.state) {
             throw RPCError(code: .failedPrecondition, message: "machine \(m.name) is \(m.state.rawValue); wait for it, or abort it once failed")
+        }
+        // Deleted and found again by DHCP, it would come back clean: a disk that may hold a
+        // tenant's data is wiped first.
+        if m.diskDirty {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "machine \(m.name) may still hold a tenant's data; commission it (which wipes it) before deleting it")
         }
         try store.deleteMachine(id: m.id)
         await pool.forget(machineID: m.id)

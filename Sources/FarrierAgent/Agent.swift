@@ -118,7 +118,7 @@ public final class Agent: Sendable {
                 try deploy(task, inventory: inventory)
                 result = AgentResult(ok: true)
             case .wipe:
-                try wipe(task.wipe ?? .quick, inventory: inventory)
+                try wipe(task.wipe ?? .full, inventory: inventory)
                 result = AgentResult(ok: true)
             case .rescue:
                 try rescue(keys: task.sshKeys)
@@ -394,12 +394,15 @@ public final class Agent: Sendable {
     /// GPT backup, filesystem and RAID signatures); the rest keeps the last tenant's bytes.
     func wipe(_ mode: WipeMode, inventory: Inventory) throws {
         let targets = configuration.device.map { [$0] } ?? inventory.disks.map { "/dev/" + $0.name }
+        // No disk seen (a missing driver) is a failed wipe, never a wipe of nothing.
+        guard !targets.isEmpty else { throw AgentFailure("no disk to wipe: the ramdisk sees no disk (a missing storage driver?)") }
         var sizes: [(String, Int64)] = []
         for t in targets {
             let fd = open(t, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw AgentFailure("cannot open \(t): \(String(cString: strerror(errno)))") }
             let size = lseek(fd, 0, SEEK_END)
             close(fd)
+            guard size > 0 else { throw AgentFailure("cannot wipe \(t): its size reads as \(size)") }
             sizes.append((t, Int64(size)))
         }
         switch mode {

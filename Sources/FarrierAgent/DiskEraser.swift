@@ -58,6 +58,7 @@ public struct DiskEraser: Sendable {
 
     /// Erases, then verifies. `progress` gets the bytes done so far.
     public func erase(progress: (Int64) -> Void = { _ in }) throws -> Outcome {
+        guard size > 0 else { throw AgentFailure("cannot erase \(path): its size is \(size)") }
         let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw AgentFailure("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -113,10 +114,11 @@ public struct DiskEraser: Sendable {
         }
     }
 
-    /// Reads back the first, the last and `samples` random 4 KiB blocks; throws at the first
-    /// byte that is not zero. Returns how many blocks were read.
+    /// Reads back the first 4 KiB, the last 4 KiB (ending at the last byte, on a 512-byte
+    /// boundary) and `samples` random 4 KiB blocks; throws at the first byte that is not zero.
+    /// Returns how many blocks were read.
     public static func verifyZeroes(path: String, size: Int64, samples: Int) throws -> Int {
-        guard size > 0 else { return 0 }
+        guard size > 0 else { throw AgentFailure("cannot verify \(path): its size is \(size)") }
         // O_DIRECT reads the device, not a cached copy; a file system without it (tmpfs) is
         // read through the cache, after the cache is dropped for the file.
         var fd = open(path, O_RDONLY | O_CLOEXEC | Self.O_DIRECT)
@@ -129,7 +131,10 @@ public struct DiskEraser: Sendable {
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: blockSize)
         defer { block.deallocate() }
         let count = max(1, size / Int64(blockSize))
-        var offsets: [Int64] = [0, (count - 1) * Int64(blockSize)]
+        // The tail: the last 4 KiB, rounded down to a sector so O_DIRECT takes it (a device's
+        // size is a whole number of sectors, so the read reaches its last byte).
+        let tail = max(0, size - Int64(blockSize)) & ~Int64(511)
+        var offsets: [Int64] = [0, tail]
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<samples { offsets.append(Int64.random(in: 0..<count, using: &rng) * Int64(blockSize)) }
         for offset in offsets {

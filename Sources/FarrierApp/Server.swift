@@ -103,7 +103,7 @@ public struct FarrierServer: Sendable {
             interceptors: [AuthInterceptor(store: store)],
             tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey), logger: logger)
         let reconciler = Reconciler(controller: controller, logger: logger)
-        let pruner = DiscoveryPruner(store: store, unseenFor: c.discoveryPruneAfter, logger: logger)
+        let pruner = DiscoveryPruner(store: store, recorder: recorder, unseenFor: c.discoveryPruneAfter, logger: logger)
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
         services = [http, tftp, dhcp, grpc, reconciler, pruner]
     }
@@ -136,6 +136,7 @@ func reportRamdisk(_ dir: String, logger: Logger) {
 /// minute, so the table holds what is on the network now.
 struct DiscoveryPruner: Service {
     let store: any MachineStore
+    let recorder: TimelineRecorder
     let unseenFor: Duration
     let logger: Logger
 
@@ -143,7 +144,9 @@ struct DiscoveryPruner: Service {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
                 let cutoff = Date().addingTimeInterval(-Double(unseenFor.components.seconds))
-                let n = try store.pruneDiscovered(lastSeenBefore: cutoff)
+                let pruned = try store.pruneDiscovered(lastSeenBefore: cutoff)
+                recorder.forget(pruned)
+                let n = pruned.count
                 if n > 0 { logger.info("pruned discovered machines not seen lately", metadata: ["count": "\(n)", "unseen.seconds": "\(unseenFor.components.seconds)"]) }
             } catch {
                 logger.error("pruning discovered machines failed", metadata: ["error": "\(error)"])

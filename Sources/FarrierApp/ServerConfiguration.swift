@@ -52,7 +52,8 @@ import Yams
 /// - `lifecycle.max-wipes` / `FARRIER_LIFECYCLE_MAX_WIPES` / `--lifecycle-max-wipes`: wipes at once. Default 8.
 /// - `lifecycle.step-timeouts` / `FARRIER_LIFECYCLE_STEP_TIMEOUTS` (comma separated) / `--lifecycle-step-timeout` (repeatable):
 ///   `STEP=SECONDS`, STEP one of commissioning, deploying, releasing, rescuing, exiting-rescue.
-///   Defaults 1800, 3600, 3600, 1800, 900.
+///   Defaults 1800, 3600, 86400, 1800, 900. Whatever the limit, an agent that reported progress and then
+///   nothing for 900 s fails its step.
 public struct ServerConfiguration: Sendable {
     public var dataDir = "/var/lib/farrier"
     public var logLevel: Logger.Level = .info
@@ -265,7 +266,10 @@ public struct ServerConfiguration: Sendable {
         } else if let colon = host.lastIndex(of: ":") {
             host = String(host[..<colon])
         }
-        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        if host == "localhost" || host == "::1" { return true }
+        // An address in 127.0.0.0/8, not a name that merely starts with "127.".
+        guard let ip = IPv4Address(host) else { return false }
+        return ip.description.hasPrefix("127.")
     }
 
     /// Parses `NETWORK/LEN,pool=A-B,router=IP,dns=IP+IP,domain=D,lease=S`.

@@ -127,14 +127,22 @@ public final class RedfishClient: BMC, Sendable {
 
     /// One request; a redirect is followed by hand (at most 3), and only on the BMC's origin.
     func sendOnce(_ method: HTTPMethod, _ path: String, body: [String: Any]?, headers extra: [(String, String)], auth: Auth) async throws -> Reply {
-        var target = path
+        var target = try url(path), method = method, body = body
         for _ in 0..<4 {
             let reply = try await sendOne(method, target, body: body, headers: extra, auth: auth)
             guard [301, 302, 303, 307, 308].contains(reply.status.code), let location = reply.headers.first(name: "Location") else {
                 return reply
             }
-            target = location.hasPrefix("/") || location.lowercased().hasPrefix("http") ? location : "/" + location
-            _ = try url(target)  // off-origin: refused before anything is sent
+            // Resolved against the request's URL (RFC 3986), then held to the BMC's origin.
+            guard let resolved = URL(string: location, relativeTo: URL(string: target))?.absoluteString else {
+                throw BMCError(.protocolError, address: address, "the BMC redirected to '\(location.prefix(200))', which is not a URL")
+            }
+            target = try url(resolved)  // off-origin: refused before anything is sent
+            // 303, and 301/302 after a POST, turn into a GET without the body (RFC 9110 15.4).
+            if reply.status.code == 303 || ([301, 302].contains(reply.status.code) && method == .POST) {
+                method = .GET
+                body = nil
+            }
         }
         throw BMCError(.protocolError, address: address, "more than 3 redirects for \(method) \(path)")
     }

@@ -12,10 +12,14 @@ public struct ControlConfiguration: Sendable, Hashable {
     public var maxConcurrentWipes = 8
     /// How long each step may take, from the moment it is entered (time spent `queued` for a
     /// slot counts) to its end: no phase, queued included, can outlive it.
+    /// A full wipe writes every byte (a 4 TB disk at 200 MB/s is over 5 hours), so releasing
+    /// gets a long limit; a stalled agent is caught sooner by `progressStall`.
     public var timeouts: [MachineState: Duration] = [
-        .commissioning: .seconds(30 * 60), .deploying: .seconds(60 * 60), .releasing: .seconds(60 * 60),
+        .commissioning: .seconds(30 * 60), .deploying: .seconds(60 * 60), .releasing: .seconds(24 * 3600),
         .rescuing: .seconds(30 * 60), .exitingRescue: .seconds(15 * 60),
     ]
+    /// An agent that reported progress, then nothing for this long, has stalled: the step fails.
+    public var progressStall: Duration = .seconds(15 * 60)
     /// How often the reconciler looks at every machine, besides being woken by transitions.
     public var tick: Duration = .seconds(2)
     /// Attempts of one BMC action before the step fails.
@@ -89,6 +93,7 @@ public final class Controller: Sendable {
 
     /// The pure part of a transition, on a machine value: state, and the step bookkeeping.
     static func transition(_ m: inout Machine, _ event: Lifecycle.Event, reasonSuffix: String = "", now: Date = Date()) throws {
+        let from = m.state
         switch Lifecycle.apply(event, to: m.status) {
         case .failure(let refusal): throw ControlError(.conflict, "machine \(m.name): \(refusal.description)")
         case .success(var status):
@@ -104,6 +109,14 @@ public final class Controller: Sendable {
         } else {
             m.phase = .none
             m.stepStarted = nil
+        }
+        // A quick wipe completed the step but erased almost nothing: the disk stays dirty and
+        // the machine stays the project's to reuse, never another's.
+        if from == .releasing, m.state == .ready, m.deployment?.wipe == .quick {
+            m.diskDirty = true
+            m.dirtyFor = m.project
+        } else if !m.diskDirty {
+            m.dirtyFor = nil
         }
         // Back in the pool: no project, no deployment, no deploy tags.
         if m.state == .ready || m.state == .enrolled {
@@ -196,6 +209,9 @@ public final class Controller: Sendable {
         hub.notify()
         return try task(for: updated)
     }
+
+    /// The task an agent would get for this machine now (tests).
+    public func task(forTesting m: Machine) throws -> AgentTask { try task(for: m) }
 
     func task(for m: Machine) throws -> AgentTask {
         switch m.state {

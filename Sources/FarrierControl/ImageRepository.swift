@@ -113,8 +113,12 @@ public struct ImageRepository: Sendable {
     }
 
     static func qcow2Info(_ path: String) throws -> Qcow2Info {
-        // info opens the image without its backing file (qemu-img sets BDRV_O_NO_BACKING).
-        try Qcow2Info(json: Data(try Self.run(["qemu-img", "info", "--output=json", "-f", "qcow2", path]).utf8))
+        // info opens the image without its backing file (qemu-img sets BDRV_O_NO_BACKING), with
+        // shared locks (-U), bounded in wall time, CPU and memory: a crafted header must not
+        // hang or exhaust the server.
+        try Qcow2Info(json: Data(try Self.run([
+            "timeout", "60", "prlimit", "--as=\(1 << 30)", "--cpu=30", "qemu-img", "info", "-U", "--output=json", "-f", "qcow2", path,
+        ]).utf8))
     }
 
     /// Refuses qcow2 images that name another file or are larger than the cap, with a message

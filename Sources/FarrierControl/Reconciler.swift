@@ -66,7 +66,10 @@ public actor Reconciler: Service {
         let config = controller.configuration
         var running: [MachineState: Int] = [:]
         for m in machines where Lifecycle.steps.contains(m.state) && m.phase != .queued { running[m.state, default: 0] += 1 }
-        for m in machines where Lifecycle.steps.contains(m.state) {
+        // Oldest step first, so slots go to machines in the order their steps began.
+        let inSteps = machines.filter { Lifecycle.steps.contains($0.state) }
+            .sorted { ($0.stepStarted ?? .distantPast, $0.name) < ($1.stepStarted ?? .distantPast, $1.name) }
+        for m in inSteps {
             let limit = config.timeout(m.state)
             // A step with no recorded start cannot escape its limit: it counts as started long ago.
             let started = m.stepStarted ?? .distantPast
@@ -75,6 +78,13 @@ public actor Reconciler: Service {
                 controller.fail(
                     machineID: m.id, generation: m.generation,
                     reason: "timed out after \(limit.components.seconds) s in phase \(m.phase.rawValue)")
+                continue
+            }
+            if m.phase == .agent, let p = m.progress, now.timeIntervalSince(p.updated) > Double(config.progressStall.components.seconds) {
+                logger.warning("agent stalled", metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "stage": "\(p.stage)"])
+                controller.fail(
+                    machineID: m.id, generation: m.generation,
+                    reason: "the agent reported no progress for \(config.progressStall.components.seconds) s (last: \(p.stage))")
                 continue
             }
             switch m.phase {
@@ -204,7 +214,9 @@ struct Worker {
                 controller.hub.notify()
                 return true
             } catch {
-                lastError = "\(error)"
+                // The reason is shown to the machine's project: it names what went wrong, not
+                // the BMC's address or its replies (those are in the server log).
+                lastError = (error as? BMCError).map { "\($0.kind.rawValue) (details in the server log)" } ?? "error (details in the server log)"
                 logger.warning(
                     "BMC action failed",
                     metadata: ["machine": "\(m.name)", "action": "\(action)", "attempt": "\(attempt)", "error": "\(error)"])

@@ -74,6 +74,10 @@ public struct Machine: Codable, Sendable, Hashable {
     /// The disk may hold a tenant's data (see `Lifecycle`): set when a deploy begins, cleared
     /// only by a completed wipe.
     public var diskDirty: Bool = false
+    /// After a quick wipe (a project's unsafe-between-tenants policy): the project whose data
+    /// may remain. Such a machine is ready, still dirty, and goes only to that project until a
+    /// full wipe (commissioning it) cleans it.
+    public var dirtyFor: String?
 
     public init(
         id: String = UUID().uuidString.lowercased(), name: String, mac: MACAddress, architecture: Architecture,
@@ -235,7 +239,7 @@ public struct Deployment: Codable, Sendable, Hashable {
 
     public init(
         image: String, imageSHA256: String, sshKeys: [String], userData: String, hostname: String, requestedBy: String,
-        tags: [String: String] = [:], wipe: WipeMode = .quick
+        tags: [String: String] = [:], wipe: WipeMode = .full
     ) {
         self.tags = tags
         self.wipe = wipe

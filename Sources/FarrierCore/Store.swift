@@ -8,8 +8,8 @@ public protocol MachineStore: Sendable {
     /// and the result is nil (what unauthenticated traffic can create is bounded).
     func recordSighting(mac: MACAddress, platform: ClientPlatform, at: Date, create: Int?) throws -> Machine?
     /// Deletes `discovered` machines (never enrolled: no BMC, no project) last seen before
-    /// `before`, with their timelines. Returns how many.
-    func pruneDiscovered(lastSeenBefore before: Date) throws -> Int
+    /// `before`, with their timelines. Returns their MACs.
+    func pruneDiscovered(lastSeenBefore before: Date) throws -> [MACAddress]
     func machine(mac: MACAddress) throws -> Machine?
     func machine(id: String) throws -> Machine?
     func machine(name: String) throws -> Machine?

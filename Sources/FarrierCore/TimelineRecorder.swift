@@ -47,6 +47,11 @@ public final class TimelineRecorder: Sendable {
         enqueue { $0.events.append(event) }
     }
 
+    /// Forgets machines that were deleted (pruned): their traffic is no longer recorded.
+    public func forget(_ macs: [MACAddress]) {
+        known.withLock { for m in macs { $0.remove(m) } }
+    }
+
     /// Notes that `mac` belongs to a machine already in the store, so its DHCP traffic goes on
     /// the timeline too.
     public func markKnown(_ mac: MACAddress) { known.withLock { _ = $0.insert(mac) } }

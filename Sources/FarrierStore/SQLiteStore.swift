@@ -117,14 +117,24 @@ public final class SQLiteStore: StateStore {
         m.registerMigration("v4-disk-dirty") { db in
             try db.alter(table: "machine") { t in
                 t.add(column: "diskDirty", .boolean).notNull().defaults(to: false)
+                t.add(column: "dirtyFor", .text)
             }
-            // Machines that were deployed, or are in a step or failure after a deploy began, may
-            // hold a tenant's data: only a completed wipe clears them.
+            // A machine that was ever deployed may hold a tenant's data: until now a release
+            // wiped only the first and last MiB by default, and an aborted deploy or wipe went
+            // back through commissioning unwiped. Its events say whether a deploy ever began.
             try db.execute(sql: """
                 UPDATE machine SET diskDirty = 1
                 WHERE state IN ('deploying', 'deployed', 'releasing', 'rescuing', 'rescue', 'exiting-rescue')
                    OR (state = 'failed' AND failedStep IN ('deploying', 'releasing', 'rescuing', 'exiting-rescue'))
                    OR deployment IS NOT NULL
+                   OR EXISTS (SELECT 1 FROM machineEvent e WHERE e.machineID = machine.id AND e.body LIKE '%"state":"deploying"%')
+                """)
+            // Such a machine in the pool goes back to enrolled: commissioning it wipes it (fully)
+            // before it is ready again.
+            try db.execute(sql: """
+                UPDATE machine SET state = 'enrolled', phase = 'none', project = NULL,
+                    reason = 'held back from the pool: it may hold a previous tenant''s data; commission it to wipe it'
+                WHERE state = 'ready' AND diskDirty = 1
                 """)
             // Each project's release wipe: full unless an admin chose quick for it.
             try db.alter(table: "project") { t in
@@ -150,6 +160,11 @@ public final class SQLiteStore: StateStore {
     public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) throws -> Machine? {
         try db.write { db in
             if var row = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
+                // A sighting that may not create (an HTTP script fetch, which anyone can make)
+                // writes at most once a minute per machine, unless it fills in the platform.
+                let fills = (row.architecture == Architecture.unknown.rawValue && platform.architecture != .unknown)
+                    || (row.firmware == Firmware.unknown.rawValue && platform.firmware != .unknown)
+                if create == nil, !fills, time.timeIntervalSince(row.lastSeen) < 60 { return try row.machine() }
                 row.lastSeen = time
                 if row.architecture == Architecture.unknown.rawValue, platform.architecture != .unknown {
                     row.architecture = platform.architecture.rawValue
@@ -171,7 +186,7 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func pruneDiscovered(lastSeenBefore before: Date) throws -> Int {
+    public func pruneDiscovered(lastSeenBefore before: Date) throws -> [MACAddress] {
         try db.write { db in
             let macs = try String.fetchAll(
                 db, sql: "SELECT mac FROM machine WHERE state = 'discovered' AND bmc IS NULL AND project IS NULL AND lastSeen < ?",
@@ -180,7 +195,7 @@ public final class SQLiteStore: StateStore {
                 try db.execute(sql: "DELETE FROM timelineEvent WHERE mac = ?", arguments: [mac])
                 try db.execute(sql: "DELETE FROM machine WHERE mac = ? AND state = 'discovered'", arguments: [mac])
             }
-            return macs.count
+            return macs.compactMap { MACAddress($0) }
         }
     }
 
@@ -526,13 +541,14 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var stepStarted: Date?
     var progress: String?
     var diskDirty: Bool
+    var dirtyFor: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] { [
         Column("id"), Column("name"), Column("mac"), Column("architecture"), Column("firmware"), Column("state"),
         Column("firstSeen"), Column("lastSeen"), Column("bmc"), Column("failedStep"), Column("reason"), Column("project"),
         Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
-        Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"),
+        Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"), Column("dirtyFor"),
     ] }
 
     init(_ m: Machine) {
@@ -559,6 +575,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         stepStarted = m.stepStarted
         progress = try? m.progress.map(jsonText)
         diskDirty = m.diskDirty
+        dirtyFor = m.dirtyFor
     }
 
     func machine() throws -> Machine {
@@ -586,6 +603,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.stepStarted = stepStarted
         m.progress = try jsonValue(StepProgress.self, progress)
         m.diskDirty = diskDirty
+        m.dirtyFor = dirtyFor
         return m
     }
 }

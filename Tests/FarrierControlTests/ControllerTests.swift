@@ -163,6 +163,29 @@ import Testing
         #expect(!m.diskDirty)
     }
 
+    /// A quick wipe (a project's policy) leaves the disk dirty and the machine its project's;
+    /// commissioning it wipes it fully and clears that.
+    @Test func aQuickWipeKeepsTheDiskDirtyForItsProject() throws {
+        var m = try enrolled("a", mac: "52:54:00:00:00:01")
+        m = try store.update(machineID: m.id) { x in
+            x.state = .deployed
+            x.diskDirty = true
+            x.project = "quick"
+            x.deployment = Deployment(image: "i", imageSHA256: "", sshKeys: [], userData: "", hostname: "a", requestedBy: "t", wipe: .quick)
+            return []
+        }
+        m = try controller.apply(.release, machineID: m.id)
+        m = try controller.apply(.stepSucceeded, machineID: m.id)
+        #expect(m.state == .ready && m.diskDirty && m.dirtyFor == "quick" && m.project == nil)
+        #expect(try store.machine(id: m.id)?.dirtyFor == "quick")
+        try controller.apply(.commission, machineID: m.id)
+        m = try controller.apply(.stepSucceeded, machineID: m.id)
+        #expect(m.state == .releasing, "a dirty machine's commissioning ends in a wipe")
+        #expect(try controller.task(forTesting: m).wipe == .full)
+        m = try controller.apply(.stepSucceeded, machineID: m.id)
+        #expect(m.state == .ready && !m.diskDirty && m.dirtyFor == nil)
+    }
+
     @Test func anAbortedDeployIsWipedBeforeItIsReadyAgain() throws {
         var m = try enrolled("a", mac: "52:54:00:00:00:01")
         m = try store.update(machineID: m.id) { x in

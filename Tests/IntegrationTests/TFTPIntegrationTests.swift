@@ -83,11 +83,14 @@ struct TFTPIntegrationTests {
         defer { h.cleanup() }
         let (s, c, expected) = try setUp(h)
         let n = 24
+        // 24 machines booting at once: each client from an address of its own (one address
+        // gets at most 4 transfers at once, --tftp-max-transfers-per-client).
+        for i in 0..<n { try h.run(["ip", "-n", c, "addr", "add", "198.18.20.\(100 + i)/24", "dev", "vc"]) }
         // Separate processes, not `sh -c '… & wait'`: children of the test runner inherit a
         // blocked SIGCHLD, and a shell's `wait` then never returns.
         let clients = try (0..<n).map {
-            try h.start(["ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "1468", "-o", "\(h.directory)/c\($0).bin",
-                         "tftp://198.18.20.1/sub/blob.bin"], log: "curl\($0).log")
+            try h.start(["ip", "netns", "exec", c, "curl", "-sS", "--interface", "198.18.20.\(100 + $0)", "--tftp-blksize", "1468",
+                         "-o", "\(h.directory)/c\($0).bin", "tftp://198.18.20.1/sub/blob.bin"], log: "curl\($0).log")
         }
         try h.waitUntil("\(n) concurrent transfers", timeout: 120) { clients.allSatisfy { !$0.isRunning } }
         #expect(clients.allSatisfy { $0.terminationStatus == 0 })
@@ -205,6 +208,8 @@ struct TFTPIntegrationTests {
         let h = try Harness("per-client")
         defer { h.cleanup() }
         let (s, c, expected) = try setUp(h)
+        // Asks five times from five ports of one address, reports the answers, then holds its
+        // four transfers without acknowledging anything for 12 s.
         let script = """
             import socket, time
             socks, answers = [], []
@@ -218,29 +223,38 @@ struct TFTPIntegrationTests {
                 socks.append(s)
             for a in answers:
                 if a[:2] == b"\\x00\\x06":
-                    print("OACK", a[2:].replace(b"\\x00", b" ").decode().strip())
+                    print("OACK", a[2:].replace(b"\\x00", b" ").decode().strip(), flush=True)
                 elif a[:2] == b"\\x00\\x05":
-                    print("ERROR", a[4:-1].decode())
+                    print("ERROR", a[4:-1].decode(), flush=True)
                 else:
-                    print("OTHER", a[:4].hex())
+                    print("OTHER", a[:4].hex(), flush=True)
+            time.sleep(12)
             """
         let py = h.directory + "/hold.py"
         try script.write(toFile: py, atomically: true, encoding: .utf8)
-        let lines = try h.run(["ip", "netns", "exec", c, "python3", py], timeout: 30).stdout
-            .split(separator: "\n").map(String.init)
-        #expect(lines.count == 5, "\(lines)")
+        try h.start(["ip", "netns", "exec", c, "python3", py], log: "hold.out")
+        var lines: [String] = []
+        try h.waitUntil("the holder's five answers", timeout: 20, interval: 0.1) {
+            lines = h.read("hold.out").split(separator: "\n").map(String.init)
+            return lines.count >= 5
+        }
         #expect(lines.prefix(4).allSatisfy { $0 == "OACK blksize 1468" }, "timeout=255 must be refused: \(lines)")
         #expect(lines.last?.hasPrefix("ERROR too many transfers from this client") == true, "\(lines)")
         #expect(try h.metric(namespace: s, "farrier_tftp_refused_per_client_total") == 1)
-        // Another address on the same segment is served while the first holds its four.
+        #expect(try h.metric(namespace: s, "farrier_tftp_transfers_active") == 4)
+        // Another address on the same segment is served while the first still holds its four.
         try h.run(["ip", "-n", c, "addr", "add", "198.18.20.3/24", "dev", "vc"])
         let out = h.directory + "/other.bin"
         try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--interface", "198.18.20.3", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
         #expect(try sha(h, out) == expected)
-        // The holder has exited: its closed ports end the four transfers (ICMP port unreachable).
-        try h.waitUntil("the held transfers to end", timeout: 15) {
+        #expect(try h.metric(namespace: s, "farrier_tftp_transfers_active") == 4, "the holder's transfers ended early")
+        // The silent holder's transfers give up at the default 1 s × 5 retries (the 255 s it
+        // asked for was refused), well before it closes its sockets at 12 s.
+        let held = Date()
+        try h.waitUntil("the held transfers to give up", timeout: 10) {
             try h.metric(namespace: s, "farrier_tftp_transfers_active") == 0
         }
+        #expect(Date().timeIntervalSince(held) < 9)
         #expect(try h.metric(namespace: s, "farrier_tftp_transfers_failed_total") == 4)
     }
 

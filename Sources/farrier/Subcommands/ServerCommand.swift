@@ -97,7 +97,7 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(
         help: """
             STEP=SECONDS: how long a step may take before the machine fails; repeat for more. STEP: commissioning (1800), \
-            deploying (3600), releasing (3600), rescuing (1800), exiting-rescue (900). \
+            deploying (3600), releasing (86400), rescuing (1800), exiting-rescue (900); an agent with no progress for 900 s fails its step. \
             [lifecycle.step-timeouts, FARRIER_LIFECYCLE_STEP_TIMEOUTS comma separated]
             """)
     var lifecycleStepTimeout: [String] = []
