@@ -69,6 +69,11 @@ public struct Lab {
         // Save early: a failure from here on leaves something `lab down` can find and remove.
         try state.save()
         do {
+            // Built before the lab's network exists: the builds fetch Debian packages, and the
+            // blackhole route for the lab's range must not stand between them and the mirror
+            // (or a resolver that sits in 198.18.0.0/15, as on some CI machines).
+            let commission = try o.commission && prepareRamdisk(o, dir: dir)
+            if let image = o.image { try buildImageIfMissing(o, image: image) }
             try network()
             state.accelerator = try chooseAccelerator(o.accelerator, dir: dir)
             log("accelerator: \(state.accelerator)\(state.accelerator == "tcg" ? " (software emulation)" : "")")
@@ -77,7 +82,6 @@ public struct Lab {
             chmod(dir + "/bmc-password", 0o600)
             state.dnsmasqPID = try startDnsmasq(o.dhcpMode, dir: dir)
             try state.save()
-            let commission = try o.commission && prepareRamdisk(o, dir: dir)
             state.serverPID = try startServer(o, dir: dir)
             try state.save()
             for i in 1...o.machines {
@@ -213,11 +217,14 @@ public struct Lab {
     }
 
     /// Makes the test image available as `debian-12`, building it on first use (several minutes).
-    func addImage(_ o: Options, image: String, server: String) throws {
+    func buildImageIfMissing(_ o: Options, image: String) throws {
         if !FileManager.default.fileExists(atPath: image), let checkout = o.checkout {
             log("image: building \(image) with scripts/build-test-image.sh (first use; several minutes)")
             try Spawn.run(["bash", checkout + "/scripts/build-test-image.sh", image], timeout: 3600)
         }
+    }
+
+    func addImage(_ o: Options, image: String, server: String) throws {
         guard FileManager.default.fileExists(atPath: image) else {
             log("no test image at \(image): add one with farrier image add")
             return

@@ -130,6 +130,19 @@ struct LabDeployTests {
             try h.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1", "if=\(disk)", "of=\(first)"], timeout: 60)
             let bytes = try Data(contentsOf: URL(fileURLWithPath: first))
             #expect(bytes.count == 1 << 20 && bytes.allSatisfy { $0 == 0 }, "\(name): first MiB not zero after release")
+            // The whole disk was erased (the default full wipe): 1024 random 4 KiB blocks of
+            // the disk file, a quarter of them inside the 2 GiB the image was written to, read
+            // back by qemu-io against a pattern of zeroes.
+            let size = Int64(try h.run(["qemu-img", "info", "-U", "--output=json", disk]).stdout
+                .split(separator: "\"virtual-size\": ").dropFirst().first?.prefix { $0.isNumber } ?? "0") ?? 0
+            try #require(size >= 2 << 30, "\(name): disk size \(size)")
+            let offsets = (0..<256).map { _ in Int64.random(in: 0..<(2 << 30) / 4096) * 4096 }
+                + (0..<768).map { _ in Int64.random(in: 0..<size / 4096) * 4096 }
+            let reads = offsets.flatMap { ["-c", "read -P 0 \($0) 4k"] }
+            let checked = try h.run(["qemu-io", "-U", "-r", "-f", "qcow2"] + reads + [disk], timeout: 120, check: false)
+            let ok = checked.stdout.components(separatedBy: "read 4096/4096 bytes").count - 1
+            #expect(ok == 1024 && !checked.stdout.contains("Pattern verification failed"),
+                    "\(name): \(ok) of 1024 random blocks read back as zeroes: \(checked.stdout.prefix(600)) \(checked.stderr.prefix(300))")
         }
         print("lab-deploy phases: " + phases.map { "\($0.0)=\(String(format: "%.1f", $0.1))s" }.joined(separator: " "))
     }
