@@ -61,6 +61,19 @@ public struct AgentFailure: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
+/// Writes all of `bytes` at `offset`, retrying short writes and EINTR.
+func pwriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+    var done = 0
+    while done < bytes.count {
+        let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw AgentFailure("write: \(String(cString: strerror(errno)))")
+        }
+        done += n
+    }
+}
+
 /// The deploy agent: says hello with the inventory, runs the task the server gives
 /// (commission, deploy, wipe, rescue), reports progress about once a second, and reports the
 /// result. Blocking I/O on plain threads; memory is a few fixed buffers whatever the image size.
@@ -231,7 +244,7 @@ public final class Agent: Sendable {
                     let n = Glibc.read(outFD, out.baseAddress, out.count)
                     if n < 0, errno == EINTR { continue }
                     if n <= 0 { break }
-                    do { try self.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: out[0..<n]), at: offset) } catch {
+                    do { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: out[0..<n]), at: offset) } catch {
                         writeError.withLock { $0 = "\(error)" }
                         break
                     }
@@ -279,18 +292,6 @@ public final class Agent: Sendable {
             log("metadata at \(configuration.serverURL)/metadata/…/")
             report("configure", downloaded, image.size)
             configureDatasource(disk: target, url: configuration.serverURL + metadata)
-        }
-    }
-
-    func pwriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AgentFailure("write: \(String(cString: strerror(errno)))")
-            }
-            done += n
         }
     }
 

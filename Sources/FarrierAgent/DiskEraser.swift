@@ -100,14 +100,8 @@ public struct DiskEraser: Sendable {
         var offset: Int64 = 0
         while offset < size {
             let n = Int(min(Int64(zeros.count), size - offset))
-            var written = 0
-            while written < n {
-                let w = pwrite(fd, zeros.baseAddress! + written, n - written, off_t(offset) + off_t(written))
-                if w < 0 {
-                    if errno == EINTR { continue }
-                    throw AgentFailure("overwriting \(path) at \(offset + Int64(written)): \(String(cString: strerror(errno)))")
-                }
-                written += w
+            do { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), at: offset) } catch {
+                throw AgentFailure("overwriting \(path) at \(offset): \(error)")
             }
             offset += Int64(n)
             progress(offset)

@@ -27,13 +27,27 @@ struct DHCPIntegrationTests {
         return (address, h.read("\(tag).log"))
     }
 
-    func leaseRows(_ h: Harness) throws -> [(String, String)] {
-        let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(m,a) for m,a in c.execute('select mac,address from lease')]"
-        let out = try h.run(["python3", "-c", script, h.directory + "/data/farrier.sqlite"]).stdout
+    /// Two columns of every row of a query on the server's database, read by Python's sqlite3.
+    func rows(_ h: Harness, _ sql: String) throws -> [(String, String)] {
+        let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(a,b) for a,b in c.execute(sys.argv[2])]"
+        let out = try h.run(["python3", "-c", script, h.directory + "/data/farrier.sqlite", sql]).stdout
         return out.split(separator: "\n").map { l in
             let p = l.split(separator: " ")
             return (String(p[0]), String(p[1]))
         }
+    }
+
+    func leaseRows(_ h: Harness) throws -> [(String, String)] { try rows(h, "select mac,address from lease") }
+
+    /// A server with a veth to a client namespace, serving `subnet` on its side and, for
+    /// perfdhcp's relayed requests (giaddr 198.19.0.2), 198.19.0.0/16 from 198.19.1.0-255.
+    func relayedServer(_ h: Harness, flags: [String] = []) throws -> (server: String, client: String, clientInterface: String) {
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        try h.run(["ip", "-n", c, "addr", "add", "198.19.0.2/16", "dev", cif])
+        try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
+        let relayed = "198.19.0.0/16,pool=198.19.1.0-198.19.1.255,lease=600"
+        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet, "--dhcp-subnet", relayed] + flags)
+        return (s, c, cif)
     }
 
     @Test func dhclientGetsALeaseThatSurvivesKill9() throws {
@@ -113,12 +127,8 @@ struct DHCPIntegrationTests {
     @Test func perfdhcpNeverGetsOneAddressTwice() throws {
         let h = try Harness("perfdhcp")
         defer { h.cleanup() }
-        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
-        try h.run(["ip", "-n", c, "addr", "add", "198.19.0.2/16", "dev", cif])
-        try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
         // Relayed: perfdhcp sets giaddr 198.19.0.2, so leases come from the 198.19 subnet.
-        let relayed = "198.19.0.0/16,pool=198.19.1.0-198.19.1.255,lease=600"
-        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet, "--dhcp-subnet", relayed])
+        let (_, c, cif) = try relayedServer(h)
         let r = try h.run(
             ["ip", "netns", "exec", c, "timeout", "30", "perfdhcp", "-4", "-l", cif, "-r", "100", "-R", "200", "-p", "4", "198.19.0.1"],
             timeout: 40, check: false)
@@ -137,13 +147,7 @@ struct DHCPIntegrationTests {
     @Test func discoveryIsCappedAndHTTPCreatesNothing() throws {
         let h = try Harness("discovery-cap")
         defer { h.cleanup() }
-        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
-        try h.run(["ip", "-n", c, "addr", "add", "198.19.0.2/16", "dev", cif])
-        try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
-        try h.startFarrier(namespace: s, flags: [
-            "--dhcp-interface", sif, "--dhcp-subnet", Self.subnet, "--dhcp-subnet", "198.19.0.0/16,pool=198.19.1.0-198.19.1.255,lease=600",
-            "--discovery-max-machines", "5",
-        ])
+        let (s, c, cif) = try relayedServer(h, flags: ["--discovery-max-machines", "5"])
         // Vendor class "PXEClient:Arch:00000:UNDI:002001", client architecture 0 (BIOS).
         let pxe = Array("PXEClient:Arch:00000:UNDI:002001".utf8).map { String(format: "%02x", $0) }.joined()
         let r = try h.run(
@@ -151,20 +155,17 @@ struct DHCPIntegrationTests {
              "-o", "60,\(pxe)", "-o", "93,0000", "198.19.0.1"],
             timeout: 30, check: false)
         #expect(r.stdout.contains("sent packets: "), "perfdhcp: \(r.stdout) \(r.stderr)")
-        func machines() throws -> [String] {
-            let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(m, s) for m,s in c.execute('select mac,state from machine')]"
-            return try h.run(["python3", "-c", script, h.directory + "/data/farrier.sqlite"]).stdout.split(separator: "\n").map(String.init)
-        }
+        func machines() throws -> [String] { try rows(h, "select mac,state from machine").map { "\($0.0) \($0.1)" } }
         try h.waitUntil("refusals counted", timeout: 15) { try h.metric(namespace: s, "farrier_discovery_refused_total") >= 30 }
-        let rows = try machines()
-        #expect(rows.count == 5 && rows.allSatisfy { $0.hasSuffix(" discovered") }, "\(rows)")
+        let found = try machines()
+        #expect(found.count == 5 && found.allSatisfy { $0.hasSuffix(" discovered") }, "\(found)")
         #expect(h.read("farrier.log").contains("new machine not recorded: discovered machines are at their limit"))
         // A made-up MAC over HTTP: the generic wait loop, no name, no state, no row.
         let script = try h.run(["ip", "netns", "exec", c, "curl", "-sf", "http://198.19.0.1:8080/boot/02-00-00-00-00-99.ipxe?platform=pcbios&buildarch=i386"]).stdout
         #expect(script.contains("not known to Farrier") && !script.contains("m-0200"), "\(script)")
         #expect(try machines().count == 5)
         // A discovered one gets its own script (its name, its state).
-        let mac = try #require(rows.first?.split(separator: " ").first).replacingOccurrences(of: ":", with: "-")
+        let mac = try #require(found.first?.split(separator: " ").first).replacingOccurrences(of: ":", with: "-")
         let known = try h.run(["ip", "netns", "exec", c, "curl", "-sf", "http://198.19.0.1:8080/boot/\(mac).ipxe?platform=pcbios&buildarch=i386"]).stdout
         #expect(known.contains("discovered (not enrolled)"), "\(known)")
     }
