@@ -38,6 +38,9 @@ let package = Package(
         // Redfish client; NIOSSL is already built for grpc's TLS.
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        // Already built for grpc's TLS: the agent channel's certificate is made with it.
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
@@ -96,10 +99,14 @@ let package = Package(
             dependencies: ["FarrierCore", "FarrierBMC", log, lifecycle, .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
-        // The deploy agent that runs in the Farrier ramdisk: blocking I/O, no event loops.
+        // The deploy agent that runs in the Farrier ramdisk: blocking I/O, and one event loop for
+        // its pinned TLS tunnel to the server.
         .target(
             name: "FarrierAgent",
-            dependencies: ["FarrierCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "FarrierCore", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ] + nio,
             swiftSettings: swiftSettings
         ),
         .target(
@@ -107,6 +114,8 @@ let package = Package(
             dependencies: [
                 "FarrierCore", "FarrierControl", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
             ] + nio,
@@ -132,6 +141,8 @@ let package = Package(
                 "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
                 log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ] + nio,
             swiftSettings: swiftSettings
         ),

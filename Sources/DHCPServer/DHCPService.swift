@@ -79,6 +79,15 @@ final class DHCPEngine: Sendable {
                 mac: mac, time: now, stage: stage, event: type,
                 detail: "client=\(outcome.client.label) via=\(ingress.interface):\(ingress.port)"))
         }
+        // Which address a MAC holds, for the agent channel's and the boot script's address
+        // checks. In full mode only what Farrier itself acknowledged counts (a client's own
+        // ciaddr could name anyone's address). In proxy mode another server leases: the
+        // address the client's own DHCP traffic shows (ciaddr, or the address it requests from
+        // that server) is the best there is.
+        if proxyMode, let mac, request.messageType == .request {
+            if request.ciaddr != .any { addressBook.record(request.ciaddr, mac) }
+            else if let asked = request.options.requestedIPAddress { addressBook.record(asked, mac) }
+        }
         guard let reply = outcome.reply else {
             metrics.dropped.add(1, ordering: .relaxed)
             logger.debug(
@@ -99,8 +108,7 @@ final class DHCPEngine: Sendable {
             default: metrics.naks.add(1, ordering: .relaxed)
             }
             if let mac {
-                if reply.yiaddr != .any { addressBook.record(reply.yiaddr, mac) }
-                if request.ciaddr != .any { addressBook.record(request.ciaddr, mac) }
+                if replyType == .ack, reply.yiaddr != .any { addressBook.record(reply.yiaddr, mac) }
                 if outcome.client.isNetworkBoot || recorder.isKnown(mac) {
                     var detail = reply.yiaddr != .any ? "address=\(reply.yiaddr)" : "proxy"
                     if !reply.bootFileName.isEmpty { detail += " file=\(reply.bootFileName)" }

@@ -202,6 +202,10 @@ extension MachineAPI {
         let (machine, bmc) = try await bmc(for: request.name)
         do {
             if let action {
+                // Powering on or cycling starts a new boot: an agent of the old one loses its token.
+                if action == .on || action == .cycle || action == .reset {
+                    try controller.beginBoot(machineID: machine.id, generation: machine.generation)
+                }
                 try await bmc.power(action)
                 logger.info("power action", metadata: ["machine": "\(machine.name)", "action": "\(action.rawValue)"])
             }

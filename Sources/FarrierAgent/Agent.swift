@@ -9,10 +9,10 @@ import Glibc
 
 /// How the agent finds its server and what it may touch.
 public struct AgentConfiguration: Sendable {
-    /// The server's HTTP base URL, e.g. http://198.18.0.1:8080.
+    /// The server's agent channel, e.g. https://198.18.0.1:8443.
     public var serverURL: String
-    /// The step's token (bound to this machine and step).
-    public var token: String
+    /// SHA-256 of the server's certificate (hex, optionally `sha256:`), which the agent pins.
+    public var certificateSHA256: String
     /// agent or rescue (informational: the server's task decides).
     public var mode: String
     /// Write deploys and wipes to this file or device instead of the machine's disks (tests).
@@ -28,31 +28,35 @@ public struct AgentConfiguration: Sendable {
     /// Where to write the task as received (secrets included), mode 0600, for debugging and
     /// tests; the console never shows a secret.
     public var taskFile: String?
+    /// Where the agent keeps its nonce for this boot (the ramdisk's tmpfs): an agent restarted
+    /// within the boot says hello with the same nonce and gets the same token.
+    public var stateDirectory: String
 
     public init(
-        serverURL: String, token: String, mode: String = "agent", device: String? = nil, sysRoot: String = "",
+        serverURL: String, certificateSHA256: String, mode: String = "agent", device: String? = nil, sysRoot: String = "",
         rescueCommand: [String] = ["dropbear", "-F", "-R", "-E", "-p", "22"], authorizedKeysPath: String = "/root/.ssh/authorized_keys",
-        attempts: Int = 60
+        attempts: Int = 60, stateDirectory: String = "/run/farrier-agent"
     ) {
         self.serverURL = serverURL.hasSuffix("/") ? String(serverURL.dropLast()) : serverURL
-        self.token = token
+        self.certificateSHA256 = certificateSHA256
         self.mode = mode
         self.device = device
         self.sysRoot = sysRoot
         self.rescueCommand = rescueCommand
         self.authorizedKeysPath = authorizedKeysPath
         self.attempts = attempts
+        self.stateDirectory = stateDirectory
     }
 
-    /// Reads `farrier.url=`, `farrier.token=` and `farrier.mode=` from a kernel command line.
+    /// Reads `farrier.url=`, `farrier.cert=` and `farrier.mode=` from a kernel command line.
     public static func fromKernelCommandLine(_ text: String) -> AgentConfiguration? {
         var values: [String: String] = [:]
         for word in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
             guard let eq = word.firstIndex(of: "="), word.hasPrefix("farrier.") else { continue }
             values[String(word[..<eq])] = String(word[word.index(after: eq)...])
         }
-        guard let url = values["farrier.url"], let token = values["farrier.token"] else { return nil }
-        return AgentConfiguration(serverURL: url, token: token, mode: values["farrier.mode"] ?? "agent")
+        guard let url = values["farrier.url"], let cert = values["farrier.cert"] else { return nil }
+        return AgentConfiguration(serverURL: url, certificateSHA256: cert, mode: values["farrier.mode"] ?? "agent")
     }
 }
 
@@ -80,6 +84,10 @@ func pwriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) t
 public final class Agent: Sendable {
     public let configuration: AgentConfiguration
     let progress = Mutex<AgentProgress?>(nil)
+    /// This boot's token, from the hello answer.
+    let token = Mutex<String>("")
+    /// Where BlockingHTTP sends requests: the local end of the pinned TLS tunnel.
+    let base = Mutex<String>("")
     let log: @Sendable (String) -> Void
 
     public init(_ configuration: AgentConfiguration, log: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("farrier-agent: " + $0 + "\n").utf8)) }) {
@@ -93,9 +101,14 @@ public final class Agent: Sendable {
     @discardableResult
     public func run() throws -> Bool {
         let inventory = InventoryCollector(root: configuration.sysRoot).collect()
+        let tunnel = try openTunnel()
+        defer { tunnel.close() }
+        base.withLock { $0 = tunnel.localURL }
+        let nonce = try bootNonce()
         let task: AgentTask = try withRetries("hello") {
-            try post(AgentAPI.hello, AgentHello(agentVersion: Self.version, inventory: inventory), as: AgentTask.self)
+            try post(AgentAPI.hello, AgentHello(agentVersion: Self.version, inventory: inventory, nonce: nonce), as: AgentTask.self)
         }
+        token.withLock { $0 = task.token }
         log("task \(task.kind.rawValue) for \(task.machine)")
         if let path = configuration.taskFile {
             let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -160,11 +173,43 @@ public final class Agent: Sendable {
 
     struct Empty: Codable {}
 
+    /// The TLS tunnel to the server's agent channel, pinned to the certificate the kernel
+    /// command line names.
+    func openTunnel() throws -> PinnedTunnel {
+        let url = configuration.serverURL
+        guard url.hasPrefix("https://") else { throw AgentFailure("the agent channel is HTTPS only; farrier.url is \(url)") }
+        let rest = url.dropFirst("https://".count)
+        let authority = rest.prefix { $0 != "/" }
+        guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]) else {
+            throw AgentFailure("farrier.url needs a port: \(url)")
+        }
+        return try PinnedTunnel(host: String(authority[..<colon]), port: port, fingerprint: configuration.certificateSHA256)
+    }
+
+    /// The nonce of this boot: made by the first agent of the boot and kept in the ramdisk's
+    /// memory (tmpfs), so an agent restarted within the boot says hello as the same agent.
+    func bootNonce() throws -> String {
+        let path = configuration.stateDirectory + "/nonce"
+        if let text = try? String(contentsOfFile: path, encoding: .utf8), text.count >= 32 {
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        try FileManager.default.createDirectory(
+            atPath: configuration.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var rng = SystemRandomNumberGenerator()
+        let nonce = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentFailure("cannot keep the boot nonce in \(path): \(String(cString: strerror(errno)))") }
+        _ = nonce.utf8CString.withUnsafeBytes { write(fd, $0.baseAddress, $0.count - 1) }
+        close(fd)
+        return nonce
+    }
+
     func post<B: Encodable, R: Decodable>(_ path: String, _ body: B, as: R.Type) throws -> R {
+        var headers = ["Content-Type": "application/json"]
+        let t = token.withLock { $0 }
+        if !t.isEmpty { headers["Authorization"] = "Bearer \(t)" }
         let r = try BlockingHTTP.request(
-            "POST", configuration.serverURL + path,
-            headers: ["Authorization": "Bearer \(configuration.token)", "Content-Type": "application/json"],
-            body: Array(try JSONEncoder().encode(body)))
+            "POST", base.withLock { $0 } + path, headers: headers, body: Array(try JSONEncoder().encode(body)))
         let bytes = try r.readAll()
         guard r.status == 200 else {
             throw Rejected(status: r.status, message: String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
@@ -201,7 +246,9 @@ public final class Agent: Sendable {
         guard let image = task.image else { throw AgentFailure("deploy task without an image") }
         let target = try targetDisk(inventory, minimum: image.format == .raw ? image.size : 0)
         log("writing \(image.path) (\(image.format.rawValue), \(image.size) bytes) to \(target)")
-        let response = try ResumableDownload(url: configuration.serverURL + image.path, attempts: configuration.attempts, log: log)
+        let response = try ResumableDownload(
+            url: base.withLock { $0 } + image.path, headers: ["Authorization": "Bearer \(token.withLock { $0 })"],
+            attempts: configuration.attempts, log: log)
         let fd = open(target, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw AgentFailure("cannot open \(target): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -287,11 +334,9 @@ public final class Agent: Sendable {
         guard digest == image.sha256 else { throw AgentFailure("image sha256 \(digest) does not match \(image.sha256)") }
         guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))") }
         _ = ioctl(fd, 0x125F)  // BLKRRPART: the kernel re-reads the new partition table (not for files)
-        if let metadata = task.metadataURL {
-            // The path carries the deployment's metadata secret: never on the console.
-            log("metadata at \(configuration.serverURL)/metadata/…/")
+        if let seed = task.seed {
             report("configure", downloaded, image.size)
-            configureDatasource(disk: target, url: configuration.serverURL + metadata)
+            try ConfigDrive(disk: target, log: log).write(seed)
         }
     }
 
@@ -303,44 +348,6 @@ public final class Agent: Sendable {
             throw AgentFailure("no disk of at least \(minimum) bytes (disks: \(inventory.disks.map { "\($0.name) \($0.sizeBytes)" }))")
         }
         return "/dev/" + disk.name
-    }
-
-    /// Writes a cloud-init config into the deployed root filesystem that makes the NoCloud
-    /// datasource read Farrier's metadata service. Looks through the disk's partitions for the
-    /// one with /etc/cloud. Best effort: an image without cloud-init still deploys.
-    func configureDatasource(disk: String, url: String) {
-        guard disk.hasPrefix("/dev/") else { return }
-        let name = (disk as NSString).lastPathComponent
-        let parts = InventoryCollector(root: configuration.sysRoot).list("/sys/block/\(name)").filter { $0.hasPrefix(name) }
-        let mountPoint = "/run/farrier-root"
-        try? FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        log("looking for /etc/cloud on \(parts.isEmpty ? "no partitions" : parts.joined(separator: ", "))")
-        for part in parts {
-            guard Self.run(["mount", "/dev/" + part, mountPoint]) else {
-                log("cannot mount /dev/\(part)")
-                continue
-            }
-            defer { _ = Self.run(["umount", mountPoint]) }
-            let dir = mountPoint + "/etc/cloud/cloud.cfg.d"
-            guard FileManager.default.fileExists(atPath: dir) else { continue }
-            let config = """
-                # Written by the Farrier agent at deploy: Farrier serves this machine's metadata.
-                datasource_list: [ NoCloud, None ]
-                datasource:
-                  NoCloud:
-                    seedfrom: \(url)
-
-                """
-            do {
-                try config.write(toFile: dir + "/90-farrier-datasource.cfg", atomically: true, encoding: .utf8)
-                log("cloud-init datasource written on \(part)")
-            } catch {
-                log("cannot write the datasource on \(part): \(error)")
-            }
-            sync()
-            return
-        }
-        log("no partition of \(disk) holds /etc/cloud; the image gets no datasource config")
     }
 
     /// posix_spawnp with an empty signal mask, default signal dispositions and a new session.

@@ -181,16 +181,19 @@ final class ResumableDownload {
     let attempts: Int
     let delaySeconds: UInt32 = 2
     let log: (String) -> Void
+    /// Sent with every request (the agent token).
+    let headers: [String: String]
     /// The body's full length, from the first response.
     let total: Int64
     private(set) var offset: Int64 = 0
     private var response: BlockingHTTP.Response?
 
-    init(url: String, attempts: Int, log: @escaping (String) -> Void) throws {
+    init(url: String, headers: [String: String] = [:], attempts: Int, log: @escaping (String) -> Void) throws {
         self.url = url
+        self.headers = headers
         self.attempts = max(1, attempts)
         self.log = log
-        let first = try BlockingHTTP.request("GET", url, timeoutSeconds: 60)
+        let first = try BlockingHTTP.request("GET", url, headers: headers, timeoutSeconds: 60)
         guard first.status == 200 else { throw BlockingHTTP.Failure(description: "GET \(url): HTTP \(first.status)") }
         total = first.remaining
         response = first
@@ -217,7 +220,8 @@ final class ResumableDownload {
     }
 
     private func reopen() throws -> BlockingHTTP.Response {
-        let r = try BlockingHTTP.request("GET", url, headers: ["Range": "bytes=\(offset)-"], timeoutSeconds: 60)
+        let r = try BlockingHTTP.request(
+            "GET", url, headers: headers.merging(["Range": "bytes=\(offset)-"]) { $1 }, timeoutSeconds: 60)
         let expected = "bytes \(offset)-\(total - 1)/\(total)"
         guard r.status == 206, r.headers["content-range"] == expected, r.remaining == total - offset else {
             throw BlockingHTTP.Failure(

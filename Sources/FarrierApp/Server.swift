@@ -65,6 +65,9 @@ public struct FarrierServer: Sendable {
                 }
             })
         let addressBook = AddressBook()
+        // A reservation is where its machine is, whoever hands out the address (Farrier's DHCP in
+        // full mode; in proxy mode or with DHCP off, the operator vouches for it).
+        for r in c.dhcp.reservations { addressBook.record(r.address, r.mac) }
         var tftpConfig = c.tftp
         tftpConfig.root = c.tftpRoot
         let (_, httpPort) = try splitHostPort(c.http.listen)
@@ -78,13 +81,17 @@ public struct FarrierServer: Sendable {
             store: store, pool: BMCPool(vault: vault), agentKey: vault.derivedKey(purpose: "agent-token"),
             configuration: c.control, logger: logger)
         let images = try ImageRepository(root: c.dataDir + "/images", maxVirtualSize: c.imageMaxVirtualSize)
-        let http = try makeHTTPApplication(
-            configuration: c.http,
-            dependencies: HTTPDependencies(
-                store: store, recorder: recorder, addressBook: addressBook, bootRoot: BootRoot(path: c.tftpRoot),
-                metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }, controller: controller,
-                imageDirectory: images.blobDirectory),
-            logger: logger)
+        let agentTLS = try AgentCertificate.load(
+            certificate: c.agentTLSCert, key: c.agentTLSKey, dataDir: c.dataDir, port: try splitHostPort(c.http.agentListen).1)
+        logger.info("agent channel", metadata: ["agent.listen": "\(c.http.agentListen)", "agent.tls-sha256": "\(agentTLS.fingerprint)"])
+        var httpDependencies = HTTPDependencies(
+            store: store, recorder: recorder, addressBook: addressBook, bootRoot: BootRoot(path: c.tftpRoot),
+            metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }, controller: controller,
+            imageDirectory: images.blobDirectory)
+        httpDependencies.agentTLS = agentTLS
+        let http = try makeHTTPApplication(configuration: c.http, dependencies: httpDependencies, logger: logger)
+        let agentChannel = try makeAgentApplication(
+            configuration: c.http, dependencies: httpDependencies, tls: agentTLS, logger: logger)
         if let secret = try bootstrapAdminToken(store: store, dataDir: c.dataDir) {
             // Shown once; the file keeps it for the CLI on this host.
             FileHandle.standardError.write(Data("""
@@ -105,7 +112,7 @@ public struct FarrierServer: Sendable {
         let reconciler = Reconciler(controller: controller, logger: logger)
         let pruner = DiscoveryPruner(store: store, recorder: recorder, unseenFor: c.discoveryPruneAfter, logger: logger)
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
-        services = [http, tftp, dhcp, grpc, reconciler, pruner]
+        services = [http, agentChannel, tftp, dhcp, grpc, reconciler, pruner]
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

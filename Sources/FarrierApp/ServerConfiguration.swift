@@ -16,6 +16,11 @@ import Yams
 /// - `log-level` / `FARRIER_LOG_LEVEL` / `--log-level`: trace, debug, info, notice, warning, error, critical. Default info.
 /// - `log-format` / `FARRIER_LOG_FORMAT` / `--log-format`: logfmt or json. Default logfmt.
 /// - `http.listen` / `FARRIER_HTTP_LISTEN` / `--http-listen`: HOST:PORT for iPXE scripts and files. Default 0.0.0.0:8080.
+/// - `agent.listen` / `FARRIER_AGENT_LISTEN` / `--agent-listen`: HOST:PORT for the agent channel (HTTPS: the
+///   ramdisk agent's calls, image downloads). Default 0.0.0.0:8443.
+/// - `agent.tls-cert`, `agent.tls-key` / `FARRIER_AGENT_TLS_CERT`, `FARRIER_AGENT_TLS_KEY` / `--agent-tls-cert`,
+///   `--agent-tls-key`: PEM certificate chain and key for the agent channel. Default: a self-signed
+///   certificate made at first start in DATA-DIR (agent-tls.crt, agent-tls.key). Agents pin its SHA-256.
 /// - `grpc.listen` / `FARRIER_GRPC_LISTEN` / `--grpc-listen`: HOST:PORT for the API. Default 127.0.0.1:7700.
 /// - `tftp.listen` / `FARRIER_TFTP_LISTEN` / `--tftp-listen`: HOST:PORT, empty to disable. Default 0.0.0.0:69.
 /// - `tftp.root` / `FARRIER_TFTP_ROOT` / `--tftp-root`: boot root served by TFTP and under /tftp over HTTP. Default DATA-DIR/boot.
@@ -67,6 +72,9 @@ public struct ServerConfiguration: Sendable {
     public var bmcKeyFile = ""
     public var apiTLSCert = ""
     public var apiTLSKey = ""
+    /// Empty: DATA-DIR/agent-tls.crt and .key, made at first start.
+    public var agentTLSCert = ""
+    public var agentTLSKey = ""
     /// Serve the API without TLS off loopback (refused unless asked for).
     public var apiInsecure = false
     public var control = ControlConfiguration()
@@ -83,7 +91,7 @@ public struct ServerConfiguration: Sendable {
 
     /// All keys, with their environment variable names, in documentation order.
     public static let keys: [(key: String, env: String)] = [
-        "data-dir", "log-level", "log-format", "http.listen", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
+        "data-dir", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert", "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
         "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
@@ -196,6 +204,9 @@ public struct ServerConfiguration: Sendable {
             guard let f = LineLogHandler.Format(rawValue: v) else { throw ConfigurationError("log-format: '\(v)' is not logfmt or json") }
             logFormat = f
         case "http.listen": http.listen = v
+        case "agent.listen": http.agentListen = v
+        case "agent.tls-cert": agentTLSCert = v
+        case "agent.tls-key": agentTLSKey = v
         case "grpc.listen": grpcListen = v
         case "tftp.listen": tftp.listen = v
         case "tftp.root":
@@ -328,6 +339,9 @@ public struct ServerConfiguration: Sendable {
     }
 
     func validate() throws {
+        if agentTLSCert.isEmpty != agentTLSKey.isEmpty {
+            throw ConfigurationError("agent.tls-cert and agent.tls-key go together: set both or neither")
+        }
         if apiTLSCert.isEmpty != apiTLSKey.isEmpty {
             throw ConfigurationError("api.tls-cert and api.tls-key go together: set both or neither")
         }

@@ -102,6 +102,7 @@ public final class Controller: Sendable {
         }
         if Lifecycle.steps.contains(m.state) {
             m.generation += 1
+            m.agentNonce = nil
             m.phase = .queued
             // The step's clock starts now: a step that waits for a slot times out like any other.
             m.stepStarted = now
@@ -156,39 +157,74 @@ public final class Controller: Sendable {
 
     // MARK: Agent
 
-    /// The token the agent of this machine's current step authenticates with: bound to the
-    /// machine and the step's generation, so it is worthless for any other machine or step.
-    public func agentToken(for m: Machine) -> String {
-        "\(m.id).\(m.generation).\(Self.mac(agentKey, m.id, m.generation))"
+    /// The token of this machine's current boot: bound to the machine, the step's generation,
+    /// the boot (Farrier's power action) and the nonce of the agent that said hello first, so
+    /// it is worthless for any other machine, step, boot or agent. Never stored: the machine
+    /// keeps only the nonce's hash, and the token is recomputed from it.
+    func agentToken(for m: Machine, nonceHash: String) -> String {
+        "\(m.id).\(m.generation).\(m.agentBoot).\(Self.mac(agentKey, "farrier-agent-v2:\(m.id):\(m.generation):\(m.agentBoot):\(nonceHash)"))"
     }
 
-    static func mac(_ key: SymmetricKey, _ id: String, _ generation: Int) -> String {
-        let code = HMAC<SHA256>.authenticationCode(for: Data("farrier-agent:\(id):\(generation)".utf8), using: key)
+    static func mac(_ key: SymmetricKey, _ message: String) -> String {
+        let code = HMAC<SHA256>.authenticationCode(for: Data(message.utf8), using: key)
         return Data(code).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
     }
 
-    /// Verifies an agent token: the machine it names, in the step it was made for.
-    public func agentMachine(token: String) throws -> Machine {
+    static func sha256Hex(_ text: String) -> String {
+        SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Agent calls come only from the address Farrier's DHCP leased to the machine's MAC:
+    /// `peer` is the MAC that holds the request's source address, if any.
+    func requireLeasedAddress(_ m: Machine, peer: MACAddress?) throws {
+        guard peer == m.mac else {
+            throw ControlError(
+                .permission, "agent calls for a machine are accepted only from the address leased to its MAC")
+        }
+    }
+
+    /// Verifies an agent token: the machine it names, in the step and boot it was issued for,
+    /// called from that machine's leased address.
+    public func agentMachine(token: String, peer: MACAddress?) throws -> Machine {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 3, let generation = Int(parts[1]) else {
+        guard parts.count == 4, let generation = Int(parts[1]), let boot = Int(parts[2]) else {
             throw ControlError(.permission, "malformed agent token")
         }
-        guard ConstantTime.equal(Self.mac(agentKey, parts[0], generation), parts[2]) else {
-            throw ControlError(.permission, "agent token is not valid")
+        guard let m = try store.machine(id: parts[0]), let nonceHash = m.agentNonce, m.generation == generation,
+            m.agentBoot == boot, Lifecycle.steps.contains(m.state),
+            ConstantTime.equal(agentToken(for: m, nonceHash: nonceHash), token)
+        else {
+            throw ControlError(.permission, "agent token is not valid (or no longer: its step or boot is over)")
         }
-        guard let m = try store.machine(id: parts[0]) else {
-            throw ControlError(.permission, "agent token names no machine")
-        }
-        guard m.generation == generation, Lifecycle.steps.contains(m.state) else {
-            throw ControlError(.permission, "agent token has expired: machine \(m.name) is \(m.state.rawValue)")
-        }
+        try requireLeasedAddress(m, peer: peer)
         return m
     }
 
-    /// The agent is up: the boot phase is over. Returns what it must do.
-    public func agentHello(token: String, hello: AgentHello) throws -> AgentTask {
-        let m = try agentMachine(token: token)
+    /// A new boot of the machine for its current step: Farrier is about to power it on or cycle
+    /// it. The previous boot's agent token dies here, and the next agent to say hello gets one.
+    public func beginBoot(machineID: String, generation: Int) throws {
+        _ = try store.update(machineID: machineID) { m in
+            guard m.generation == generation, Lifecycle.steps.contains(m.state) else { return [] }
+            m.agentBoot += 1
+            m.agentNonce = nil
+            return []
+        }
+    }
+
+    /// The agent is up: the boot phase is over. Returns what it must do, with this boot's token.
+    ///
+    /// `peer` is the MAC holding the request's source address: the machine is the one with that
+    /// MAC, so only the address leased to it can say hello for it. The first hello of a boot
+    /// binds the boot to its nonce; the same nonce again (the agent restarted, or the answer was
+    /// lost) gets the same token; another nonce is refused until Farrier boots the machine again.
+    public func agentHello(peer: MACAddress?, hello: AgentHello) throws -> AgentTask {
+        guard let mac = peer, let m = try store.machine(mac: mac), Lifecycle.steps.contains(m.state) else {
+            throw ControlError(.permission, "no machine in a step holds this address: agents say hello only from the address leased to their machine")
+        }
+        guard hello.nonce.utf8.count >= 16, hello.nonce.utf8.count <= 256 else {
+            throw ControlError(.invalid, "hello needs a nonce of 16 to 256 characters")
+        }
         // The step's agent work is done (the disk written, the wipe finished): a ramdisk that
         // booted again anyway gets no task, so nothing is done twice.
         guard m.phase != .finish else {
@@ -199,15 +235,36 @@ public final class Controller: Sendable {
         guard m.phase != .queued else {
             throw ControlError(.conflict, "machine \(m.name): \(m.state.rawValue) is queued for a free slot; the agent may not start yet")
         }
+        let nonceHash = Self.sha256Hex(hello.nonce)
+        var refused: ControlError?
         let updated = try store.update(machineID: m.id) { x in
-            guard x.generation == m.generation, x.phase != .queued else { return [] }
+            guard x.generation == m.generation, x.phase == .boot || x.phase == .agent else {
+                refused = ControlError(.conflict, "machine \(x.name) moved on to another step or phase")
+                return []
+            }
+            if let bound = x.agentNonce {
+                guard ConstantTime.equal(bound, nonceHash) else {
+                    refused = ControlError(
+                        .conflict,
+                        "machine \(x.name): an agent already said hello in this boot; another agent needs a new boot (Farrier powers the machine again when the step is retried)")
+                    return []
+                }
+                return []
+            }
+            x.agentNonce = nonceHash
             if x.phase == .boot { x.phase = .agent }
             x.progress = StepProgress(stage: "started", updated: Date())
             return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
         }
+        if let refused {
+            logger.warning("agent hello refused", metadata: ["machine": "\(m.name)", "reason": "\(refused.description)"])
+            throw refused
+        }
         Failpoint.hit("agent.hello.after-commit")
         hub.notify()
-        return try task(for: updated)
+        var t = try task(for: updated)
+        t.token = agentToken(for: updated, nonceHash: nonceHash)
+        return t
     }
 
     /// The task an agent would get for this machine now (tests).
@@ -223,61 +280,46 @@ public final class Controller: Sendable {
             return AgentTask(
                 kind: .deploy, machine: m.name,
                 image: .init(path: "/images/\(image.sha256)", sha256: image.sha256, size: image.size, format: image.format),
-                sshKeys: d.sshKeys, hostname: d.hostname, metadataURL: metadataPath(for: m))
+                sshKeys: d.sshKeys, hostname: d.hostname, seed: seed(for: m))
         case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .full)
         case .rescuing: return AgentTask(kind: .rescue, machine: m.name, sshKeys: m.deployment?.sshKeys ?? [])
         default: throw ControlError(.conflict, "machine \(m.name) has no agent work (it is \(m.state.rawValue))")
         }
     }
 
-    // MARK: Metadata (cloud-init NoCloud)
-
-    /// The machine's metadata path, `/metadata/<token>/`: the token is bound to the machine and
-    /// to this deployment, so it serves nothing once the machine is released or redeployed.
-    public func metadataPath(for m: Machine) -> String? {
-        guard let instance = m.deployment?.instanceID else { return nil }
-        return "/metadata/\(m.id).\(Self.mac(agentKey, "metadata:\(instance)", 0))/"
-    }
-
-    /// The deployment a metadata token belongs to, if it is still the current one.
-    public func metadataMachine(token: String) throws -> Machine {
-        let parts = token.split(separator: ".", maxSplits: 1).map(String.init)
-        guard parts.count == 2, let m = try store.machine(id: parts[0]), let path = metadataPath(for: m),
-            ConstantTime.equal(path, "/metadata/\(token)/")
-        else { throw ControlError(.notFound, "no such metadata") }
-        guard [.deploying, .deployed, .rescuing, .rescue, .exitingRescue].contains(m.state) else {
-            throw ControlError(.notFound, "no such metadata")
+    /// May this bearer download the image with this SHA-256? The agent of a machine whose
+    /// current step deploys that image (from its leased address), or an admin API token.
+    public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) -> Bool {
+        guard let bearer, !bearer.isEmpty else { return false }
+        if let m = try? agentMachine(token: bearer, peer: peer) {
+            guard m.state == .deploying, let name = m.deployment?.image, let image = try? store.image(name: name) else { return false }
+            return ConstantTime.equal(image.sha256, sha256)
         }
-        return m
+        guard let t = try? store.token(secretSHA256: Self.sha256Hex(bearer)) else { return false }
+        return t.role == .admin
     }
 
-    /// NoCloud files: meta-data (instance-id, hostname, keys), user-data (as given at deploy),
-    /// vendor-data (Farrier's defaults: root may log in with the deploy keys).
-    public func metadataFile(token: String, name: String) throws -> String {
-        let m = try metadataMachine(token: token)
-        let d = m.deployment!
-        switch name {
-        case "meta-data":
-            var text = "instance-id: \(d.instanceID ?? m.id)\nlocal-hostname: \(d.hostname)\n"
-            if !d.sshKeys.isEmpty {
-                text += "public-keys:\n" + d.sshKeys.map { "  - \"\($0.replacingOccurrences(of: "\"", with: ""))\"\n" }.joined()
-            }
-            return text
-        case "user-data":
-            return d.userData.isEmpty ? "#cloud-config\n{}\n" : d.userData
-        case "vendor-data":
+    // MARK: cloud-init NoCloud
+
+    /// The deployed OS's NoCloud files: meta-data (instance-id, hostname, keys), user-data (as
+    /// given at deploy), vendor-data (Farrier's defaults: root may log in with the deploy keys).
+    /// They reach the machine only inside its agent's authenticated task, which writes them to
+    /// a `cidata` config drive: no network fetch, nothing for a neighbour to ask for.
+    func seed(for m: Machine) -> NoCloudSeed? {
+        guard let d = m.deployment else { return nil }
+        var meta = "instance-id: \(d.instanceID ?? m.id)\nlocal-hostname: \(d.hostname)\n"
+        if !d.sshKeys.isEmpty {
+            meta += "public-keys:\n" + d.sshKeys.map { "  - \"\($0.replacingOccurrences(of: "\"", with: ""))\"\n" }.joined()
+        }
+        return NoCloudSeed(
+            metaData: meta, userData: d.userData.isEmpty ? "#cloud-config\n{}\n" : d.userData,
             // Root may log in with the deploy keys (meta-data's public-keys go to the default
             // user, and to root when disable_root is false); no passwords over SSH.
-            return "#cloud-config\ndisable_root: false\nssh_pwauth: false\n"
-        case "network-config":
-            throw ControlError(.notFound, "no network-config: the image's default (DHCP) applies")
-        default:
-            throw ControlError(.notFound, "no such metadata file '\(name)'")
-        }
+            vendorData: "#cloud-config\ndisable_root: false\nssh_pwauth: false\n")
     }
 
-    public func agentProgress(token: String, report: AgentProgress) throws {
-        let m = try agentMachine(token: token)
+    public func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) throws {
+        let m = try agentMachine(token: token, peer: peer)
         _ = try store.update(machineID: m.id) { x in
             guard x.generation == m.generation else { return [] }
             x.progress = StepProgress(stage: report.stage, bytesDone: report.bytesDone, bytesTotal: report.bytesTotal, updated: Date())
@@ -288,8 +330,8 @@ public final class Controller: Sendable {
 
     /// The agent finished its task: on success the step moves to its finish phase (the
     /// reconciler then sets the final boot device and power), on failure the step fails.
-    public func agentDone(token: String, result: AgentResult) throws {
-        let m = try agentMachine(token: token)
+    public func agentDone(token: String, peer: MACAddress?, result: AgentResult) throws {
+        let m = try agentMachine(token: token, peer: peer)
         guard result.ok else {
             try apply(.stepFailed(reason: "agent: \(result.error ?? "no reason given")"), machineID: m.id, guardGeneration: m.generation)
             return

@@ -153,6 +153,11 @@ struct Worker {
     func boot(_ m: Machine) async {
         let device: BootDevice = Lifecycle.nextBoot(m.state) == .disk ? .disk : .pxe
         Failpoint.hit("reconciler.boot.before-action")
+        // A new boot: the agent of any earlier one (a ramdisk still up) loses its token now.
+        do { try controller.beginBoot(machineID: m.id, generation: m.generation) } catch {
+            logger.error("cannot begin a boot", metadata: ["machine": "\(m.name)", "error": "\(error)"])
+            return
+        }
         let ok = await withBMC(m, action: "set next boot to \(device.rawValue) and power on") { bmc in
             try await bmc.setBootOverride(
                 BootOverride(device: device, persistent: device == .disk, efi: m.firmware == .uefi))

@@ -2,13 +2,17 @@ import Foundation
 
 /// The JSON the agent (in the Farrier ramdisk) and the server exchange over HTTP.
 ///
-/// The agent learns the server's URL and its token from the kernel command line
-/// (`farrier.url=… farrier.token=…`), then:
-/// 1. `POST /agent/v1/hello` with `AgentHello` → `AgentTask` (what to do);
+/// The agent learns the server's HTTPS URL and the SHA-256 fingerprint of its certificate from
+/// the kernel command line (`farrier.url=https://… farrier.cert=sha256:…`): nothing on it is a
+/// credential. It pins that certificate, then:
+/// 1. `POST /agent/v1/hello` with `AgentHello` (its nonce) → `AgentTask` (what to do, and the
+///    token of this boot);
 /// 2. `POST /agent/v1/progress` with `AgentProgress`, about once a second while it works;
 /// 3. `POST /agent/v1/done` with `AgentResult`.
-/// Every request carries `Authorization: Bearer <token>`. The token is bound to one machine and
-/// one step: it stops working when the step ends.
+/// Every call is accepted only from the address Farrier's DHCP leased to the machine's MAC. The
+/// token is issued once per boot, to the first hello's nonce; a hello with another nonce in the
+/// same boot is refused. Calls after hello carry `Authorization: Bearer <token>`, as do image
+/// downloads; the token stops working when the step ends or Farrier powers the machine again.
 public enum AgentAPI {
     public static let hello = "/agent/v1/hello"
     public static let progress = "/agent/v1/progress"
@@ -18,9 +22,26 @@ public enum AgentAPI {
 public struct AgentHello: Codable, Sendable {
     public var agentVersion: String
     public var inventory: Inventory?
-    public init(agentVersion: String, inventory: Inventory?) {
+    /// Random, made once per boot by the first agent and kept in the ramdisk's memory: an agent
+    /// restarted within the boot (or retrying a hello whose answer was lost) says hello with the
+    /// same nonce and gets the same token; any other nonce is refused.
+    public var nonce: String
+    public init(agentVersion: String, inventory: Inventory?, nonce: String) {
         self.agentVersion = agentVersion
         self.inventory = inventory
+        self.nonce = nonce
+    }
+}
+
+/// cloud-init NoCloud files for the deployed OS, which the agent writes to a `cidata` partition.
+public struct NoCloudSeed: Codable, Sendable, Equatable {
+    public var metaData: String
+    public var userData: String
+    public var vendorData: String
+    public init(metaData: String, userData: String, vendorData: String) {
+        self.metaData = metaData
+        self.userData = userData
+        self.vendorData = vendorData
     }
 }
 
@@ -47,12 +68,14 @@ public struct AgentTask: Codable, Sendable, Equatable {
     public var wipe: WipeMode?
     public var sshKeys: [String]
     public var hostname: String?
-    /// The NoCloud datasource URL for the installed OS (deploy only).
-    public var metadataURL: String?
+    /// The installed OS's cloud-init data (deploy only), written to a config drive.
+    public var seed: NoCloudSeed?
+    /// This boot's agent token, for every later call.
+    public var token: String
 
     public init(
         kind: Kind, machine: String, image: Image? = nil, wipe: WipeMode? = nil, sshKeys: [String] = [], hostname: String? = nil,
-        metadataURL: String? = nil
+        seed: NoCloudSeed? = nil, token: String = ""
     ) {
         self.kind = kind
         self.machine = machine
@@ -60,7 +83,8 @@ public struct AgentTask: Codable, Sendable, Equatable {
         self.wipe = wipe
         self.sshKeys = sshKeys
         self.hostname = hostname
-        self.metadataURL = metadataURL
+        self.seed = seed
+        self.token = token
     }
 }
 

@@ -21,16 +21,19 @@ public enum BootScript {
     }
 
     /// Boots the Farrier ramdisk (the agent, or rescue with SSH). The kernel command line
-    /// carries the server URL and the step's agent token. When the ramdisk cannot be loaded
-    /// the script retries through itself, never falling through to a local disk.
+    /// carries the agent channel's HTTPS URL and the SHA-256 fingerprint of its certificate,
+    /// which the agent pins: no credential (the agent gets its token at its first hello). When
+    /// the ramdisk cannot be loaded the script retries through itself, never falling through
+    /// to a local disk.
     public static func ramdisk(
-        serverURL: String, scriptURL: String, machine: String, token: String, mode: String, consoleArgs: String = "console=tty0 console=ttyS0,115200n8"
+        serverURL: String, scriptURL: String, machine: String, agentURL: String, certificateSHA256: String, mode: String,
+        consoleArgs: String = "console=tty0 console=ttyS0,115200n8"
     ) -> String {
         """
         #!ipxe
         echo Farrier: ${mac} (\(machine)) boots the Farrier ramdisk (\(mode)).
         :load
-        kernel \(serverURL)/tftp/ramdisk/vmlinuz initrd=initrd.img farrier.url=\(serverURL) farrier.token=\(token) farrier.mode=\(mode) \(consoleArgs) || goto fail
+        kernel \(serverURL)/tftp/ramdisk/vmlinuz initrd=initrd.img farrier.url=\(agentURL) farrier.cert=sha256:\(certificateSHA256) farrier.mode=\(mode) \(consoleArgs) || goto fail
         initrd --name initrd.img \(serverURL)/tftp/ramdisk/initrd.img || goto fail
         boot || goto fail
         :fail

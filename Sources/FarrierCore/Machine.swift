@@ -78,6 +78,12 @@ public struct Machine: Codable, Sendable, Hashable {
     /// may remain. Such a machine is ready, still dirty, and goes only to that project until a
     /// full wipe (commissioning it) cleans it.
     public var dirtyFor: String?
+    /// Bumped each time Farrier powers the machine on or cycles it for a step: each is a new
+    /// boot, whose agent must say hello afresh. The agent token is bound to it.
+    public var agentBoot: Int = 0
+    /// SHA-256 (hex) of the nonce the first agent of this boot said hello with: that agent,
+    /// and only it, holds the boot's token. Nil until then.
+    public var agentNonce: String?
 
     public init(
         id: String = UUID().uuidString.lowercased(), name: String, mac: MACAddress, architecture: Architecture,

@@ -3,8 +3,10 @@ import FarrierCore
 import Foundation
 import Hummingbird
 import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOSSL
 import TFTPServer
 
 /// HTTP configuration.
@@ -13,7 +15,25 @@ public struct HTTPConfiguration: Sendable, Hashable {
     public var listen = "0.0.0.0:8080"
     /// How often a waiting machine re-fetches its script.
     public var pollSeconds = 30
+    /// Where the agent channel (HTTPS) listens, e.g. `0.0.0.0:8443`.
+    public var agentListen = "0.0.0.0:8443"
     public init() {}
+}
+
+/// The agent channel's TLS identity: what its listener serves, and the fingerprint the boot
+/// script hands the agent to pin.
+public struct AgentTLS: Sendable {
+    public var certificateChainPEM: String
+    public var privateKeyPEM: String
+    /// SHA-256 of the leaf certificate's DER, lowercase hex.
+    public var fingerprint: String
+    public var port: Int
+    public init(certificateChainPEM: String, privateKeyPEM: String, fingerprint: String, port: Int) {
+        self.certificateChainPEM = certificateChainPEM
+        self.privateKeyPEM = privateKeyPEM
+        self.fingerprint = fingerprint
+        self.port = port
+    }
 }
 
 /// Per-request context that remembers the peer address, to put static-file fetches on the
@@ -39,6 +59,8 @@ public struct HTTPDependencies: Sendable {
     public var controller: Controller?
     /// Content-addressed image bytes, served under /images/<sha256>.
     public var imageDirectory: String?
+    /// The agent channel; nil: no ramdisk boots (tests of the plain listener alone).
+    public var agentTLS: AgentTLS?
 
     public init(
         store: any MachineStore, recorder: TimelineRecorder, addressBook: AddressBook, bootRoot: BootRoot,
@@ -54,22 +76,43 @@ public struct HTTPDependencies: Sendable {
     }
 }
 
-/// Builds the router: iPXE scripts under `/boot`, boot-root files under `/tftp`, `/healthz`, `/metrics`.
+extension HTTPDependencies {
+    /// The MAC that holds this source address (a lease Farrier's DHCP made, or a reservation).
+    func peerMAC(_ address: SocketAddress?) -> MACAddress? {
+        address?.ipAddress.flatMap { IPv4Address($0) }.flatMap { addressBook.mac(for: $0) }
+    }
+
+    /// Whether a request for `/images/<name>` may have it (see `Controller.imageAccess`).
+    func imageAllowed(name: String, authorization: String?, remote: SocketAddress?) -> Bool {
+        guard let controller, let h = authorization, h.lowercased().hasPrefix("bearer ") else { return false }
+        let bearer = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        return controller.imageAccess(sha256: name, bearer: bearer, peer: peerMAC(remote))
+    }
+}
+
+/// Builds a router. The plain-HTTP one (`agentChannel` false) serves iPXE scripts under
+/// `/boot`, boot-root files under `/tftp`, `/healthz`, `/metrics` and images to whoever may
+/// have them; the HTTPS one (`agentChannel` true) serves the agent's calls and images.
 public func buildRouter(
-    configuration: HTTPConfiguration, dependencies deps: HTTPDependencies, logger: Logger
+    configuration: HTTPConfiguration, dependencies deps: HTTPDependencies, logger: Logger, agentChannel: Bool = false
 ) -> Router<FarrierRequestContext> {
     let router = Router(context: FarrierRequestContext.self)
-    router.add(middleware: TimelineMiddleware(deps: deps))
-    router.add(
-        middleware: FileMiddleware(
-            fileProvider: BootRootFileProvider(root: deps.bootRoot, logger: logger), urlBasePath: "/tftp"))
-
     if let dir = deps.imageDirectory {
+        // Images are tenants' bytes: only an agent deploying one, or an admin, gets it.
+        router.add(middleware: ImageAccessMiddleware(deps: deps))
         router.add(
             middleware: FileMiddleware(
                 fileProvider: BootRootFileProvider(root: BootRoot(path: dir), logger: logger), urlBasePath: "/images"))
     }
-    if let controller = deps.controller { addAgentRoutes(router, controller: controller) }
+    if agentChannel {
+        if let controller = deps.controller { addAgentRoutes(router, controller: controller, deps: deps) }
+        router.get("/healthz") { _, _ in "ok\n" }
+        return router
+    }
+    router.add(middleware: TimelineMiddleware(deps: deps))
+    router.add(
+        middleware: FileMiddleware(
+            fileProvider: BootRootFileProvider(root: deps.bootRoot, logger: logger), urlBasePath: "/tftp"))
 
     router.get("/healthz") { _, _ in "ok\n" }
 
@@ -96,25 +139,28 @@ public func buildRouter(
         if client.firmware == .unknown, let arch = q["arch"].flatMap({ UInt16(String($0)) }) {
             client = ClientPlatform(optionArchitecture: arch)
         }
-        // HTTP creates no machine (only DHCP traffic does, under its cap): a MAC Farrier does
-        // not know gets the wait loop, which names no machine and no state, and nothing is written.
-        guard let machine = try deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil) else {
-            return ipxe(BootScript.wait(
-                scriptURL: "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")", mac: mac,
-                reason: "not known to Farrier", pollSeconds: configuration.pollSeconds))
-        }
+        // A script is for the address leased to its MAC: anyone else gets the same wait loop as
+        // an unknown MAC, which names no machine and no state, and nothing is written.
+        // HTTP creates no machine either (only DHCP traffic does, under its cap).
+        let unknown = ipxe(BootScript.wait(
+            scriptURL: "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")", mac: mac,
+            reason: "not known to Farrier", pollSeconds: configuration.pollSeconds))
+        guard deps.peerMAC(context.remoteAddress) == mac,
+            let machine = try deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil)
+        else { return unknown }
         deps.recorder.markKnown(mac)
         deps.recorder.record(TimelineEvent(
             mac: mac, time: Date(), stage: .http, event: "script",
             detail: "state=\(machine.state.rawValue) platform=\(platform)"))
         let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
-        if let controller = deps.controller {
+        if deps.controller != nil {
             switch Lifecycle.nextBoot(machine.state, phase: machine.phase) {
             case .ramdisk, .rescue:
+                guard let tls = deps.agentTLS else { break }
                 let mode = Lifecycle.nextBoot(machine.state, phase: machine.phase) == .rescue ? "rescue" : "agent"
                 return ipxe(BootScript.ramdisk(
                     serverURL: "http://\(host)", scriptURL: selfURL, machine: machine.name,
-                    token: controller.agentToken(for: machine), mode: mode))
+                    agentURL: "https://\(hostOnly(host)):\(tls.port)", certificateSHA256: tls.fingerprint, mode: mode))
             case .disk:
                 return ipxe(BootScript.localDisk(machine: machine.name, firmware: machine.firmware))
             case .wait:
@@ -139,8 +185,9 @@ public func buildRouter(
     return router
 }
 
-/// The agent's endpoints (see `AgentAPI`): JSON in, JSON out, bearer token per machine and step.
-func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Controller) {
+/// The agent's endpoints (see `AgentAPI`): JSON in, JSON out; from the machine's leased
+/// address only; hello binds the boot's token to the agent's nonce, the rest carry the token.
+func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Controller, deps: HTTPDependencies) {
     @Sendable func token(_ request: Request) throws -> String {
         guard let h = request.headers[.authorization], h.lowercased().hasPrefix("bearer ") else {
             throw HTTPError(.unauthorized, message: "agent token required\n")
@@ -167,28 +214,50 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Control
         }
     }
     struct Empty: Encodable {}
-    router.post(RouterPath(AgentAPI.hello)) { request, _ -> Response in
-        let t = try token(request), hello = try decode(AgentHello.self, try await body(request))
-        return try run { try controller.agentHello(token: t, hello: hello) }
+    router.post(RouterPath(AgentAPI.hello)) { request, context -> Response in
+        let hello = try decode(AgentHello.self, try await body(request)), peer = deps.peerMAC(context.remoteAddress)
+        return try run { try controller.agentHello(peer: peer, hello: hello) }
     }
-    router.post(RouterPath(AgentAPI.progress)) { request, _ -> Response in
+    router.post(RouterPath(AgentAPI.progress)) { request, context -> Response in
         let t = try token(request), report = try decode(AgentProgress.self, try await body(request))
-        return try run { try controller.agentProgress(token: t, report: report); return Empty() }
+        let peer = deps.peerMAC(context.remoteAddress)
+        return try run { try controller.agentProgress(token: t, peer: peer, report: report); return Empty() }
     }
-    // cloud-init NoCloud: /metadata/<token>/{meta-data,user-data,vendor-data}
-    router.get("/metadata/:token/:file") { request, context -> Response in
-        let t = try context.parameters.require("token"), file = try context.parameters.require("file")
-        do {
-            let text = try controller.metadataFile(token: t, name: file)
-            return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
-        } catch let e as ControlError {
-            throw HTTPError(e.kind == .notFound ? .notFound : .badRequest, message: e.description + "\n")
-        }
-    }
-    router.post(RouterPath(AgentAPI.done)) { request, _ -> Response in
+    router.post(RouterPath(AgentAPI.done)) { request, context -> Response in
         let t = try token(request), result = try decode(AgentResult.self, try await body(request))
-        return try run { try controller.agentDone(token: t, result: result); return Empty() }
+        let peer = deps.peerMAC(context.remoteAddress)
+        return try run { try controller.agentDone(token: t, peer: peer, result: result); return Empty() }
     }
+}
+
+/// Refuses `/images/...` to a request without the right token (see `Controller.imageAccess`):
+/// 401 without one, 403 with one that does not open this image. The sendfile fast path asks
+/// the same question and leaves refusals to this middleware.
+struct ImageAccessMiddleware: RouterMiddleware {
+    let deps: HTTPDependencies
+
+    func handle(
+        _ request: Request, context: FarrierRequestContext,
+        next: (Request, FarrierRequestContext) async throws -> Response
+    ) async throws -> Response {
+        guard request.uri.path.hasPrefix("/images/") else { return try await next(request, context) }
+        let auth = request.headers[.authorization]
+        guard auth != nil else {
+            throw HTTPError(.unauthorized, message: "images need a token: the agent token of a machine deploying it, or an admin token\n")
+        }
+        let name = String(request.uri.path.dropFirst("/images/".count))
+        guard deps.imageAllowed(name: name, authorization: auth, remote: context.remoteAddress) else {
+            throw HTTPError(.forbidden, message: "this token does not open this image\n")
+        }
+        return try await next(request, context)
+    }
+}
+
+/// `host:port` or `[v6]:port` → the host part.
+func hostOnly(_ authority: String) -> String {
+    if authority.hasPrefix("["), let end = authority.firstIndex(of: "]") { return String(authority[...end]) }
+    if let colon = authority.lastIndex(of: ":"), authority.firstIndex(of: ":") == colon { return String(authority[..<colon]) }
+    return authority
 }
 
 func decode<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {
@@ -231,8 +300,27 @@ public func makeHTTPApplication(
         server: HTTPServerBuilder { responder in
             FarrierHTTP1Channel(
                 inner: HTTP1Channel(responder: responder),
-                images: dependencies.imageDirectory.map { BootRoot(path: $0) })
+                images: dependencies.imageDirectory.map { BootRoot(path: $0) },
+                authorize: { name, authorization, remote in
+                    dependencies.imageAllowed(name: name, authorization: authorization, remote: remote)
+                })
         },
+        configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
+        logger: logger)
+}
+
+/// The agent channel: HTTPS with the agent TLS identity, the agent's calls and images.
+public func makeAgentApplication(
+    configuration: HTTPConfiguration, dependencies: HTTPDependencies, tls: AgentTLS, logger: Logger
+) throws -> some ApplicationProtocol {
+    let (host, port) = try splitHostPort(configuration.agentListen)
+    let key = try NIOSSLPrivateKey(bytes: Array(tls.privateKeyPEM.utf8), format: .pem)
+    let chain = try NIOSSLCertificate.fromPEMBytes(Array(tls.certificateChainPEM.utf8)).map { NIOSSLCertificateSource.certificate($0) }
+    var tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+    tlsConfiguration.minimumTLSVersion = .tlsv12
+    return Application(
+        router: buildRouter(configuration: configuration, dependencies: dependencies, logger: logger, agentChannel: true),
+        server: try .tls(.http1(), tlsConfiguration: tlsConfiguration),
         configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
         logger: logger)
 }

@@ -23,6 +23,9 @@ struct FarrierHTTP1Channel: HTTPChannelHandler {
 
     let inner: HTTP1Channel
     let images: BootRoot?
+    /// Whether a request (image name, Authorization header, peer) may have the image; the
+    /// router's `ImageAccessMiddleware` answers the refusals.
+    let authorize: @Sendable (String, String?, SocketAddress?) -> Bool
 
     var responder: Responder { inner.responder }
 
@@ -32,7 +35,7 @@ struct FarrierHTTP1Channel: HTTPChannelHandler {
                 let ops = channel.pipeline.syncOperations
                 let codec = try ops.handler(type: HTTP1ToHTTPServerCodec.self)
                 try ops.addHandler(
-                    ImageSendfileHandler(images: images, logger: logger), position: .before(codec))
+                    ImageSendfileHandler(images: images, authorize: authorize, logger: logger), position: .before(codec))
             }
             return value
         }
@@ -118,6 +121,7 @@ final class ImageSendfileHandler: ChannelDuplexHandler, RemovableChannelHandler 
     typealias OutboundOut = HTTPServerResponsePart
 
     private let images: BootRoot
+    private let authorize: @Sendable (String, String?, SocketAddress?) -> Bool
     private let fileIO = NonBlockingFileIO(threadPool: .singleton)
     private let logger: Logger
 
@@ -130,8 +134,9 @@ final class ImageSendfileHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var held: [HTTPServerRequestPart] = []
     private var readHeld = false
 
-    init(images: BootRoot, logger: Logger) {
+    init(images: BootRoot, authorize: @escaping @Sendable (String, String?, SocketAddress?) -> Bool, logger: Logger) {
         self.images = images
+        self.authorize = authorize
         self.logger = logger
     }
 
@@ -152,7 +157,9 @@ final class ImageSendfileHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
-            if routerRequests == 0, let request = ImageRequest(head) {
+            if routerRequests == 0, let request = ImageRequest(head),
+                authorize(request.name, head.headers["authorization"].first, context.channel.remoteAddress)
+            {
                 currentIsMine = true
                 busy = true
                 serve(request, head: head, context: context)

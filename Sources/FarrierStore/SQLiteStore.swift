@@ -147,6 +147,13 @@ public final class SQLiteStore: StateStore {
                   AND state IN ('commissioning', 'deploying', 'releasing', 'rescuing', 'exiting-rescue')
                 """)
         }
+        m.registerMigration("v5-agent-boot") { db in
+            // The agent's token is issued at its first hello, once per boot (see Controller).
+            try db.alter(table: "machine") { t in
+                t.add(column: "agentBoot", .integer).notNull().defaults(to: 0)
+                t.add(column: "agentNonce", .text)
+            }
+        }
         return m
     }
 
@@ -542,6 +549,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var progress: String?
     var diskDirty: Bool
     var dirtyFor: String?
+    var agentBoot: Int
+    var agentNonce: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] { [
@@ -549,6 +558,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         Column("firstSeen"), Column("lastSeen"), Column("bmc"), Column("failedStep"), Column("reason"), Column("project"),
         Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
         Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"), Column("dirtyFor"),
+        Column("agentBoot"), Column("agentNonce"),
     ] }
 
     init(_ m: Machine) {
@@ -576,6 +586,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         progress = try? m.progress.map(jsonText)
         diskDirty = m.diskDirty
         dirtyFor = m.dirtyFor
+        agentBoot = m.agentBoot
+        agentNonce = m.agentNonce
     }
 
     func machine() throws -> Machine {
@@ -604,6 +616,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.progress = try jsonValue(StepProgress.self, progress)
         m.diskDirty = diskDirty
         m.dirtyFor = dirtyFor
+        m.agentBoot = agentBoot
+        m.agentNonce = agentNonce
         return m
     }
 }

@@ -6,11 +6,13 @@ import Testing
 @Suite struct AgentUnitTests {
     @Test func kernelCommandLine() throws {
         let c = try #require(AgentConfiguration.fromKernelCommandLine(
-            "initrd=initrd.img farrier.url=http://198.18.0.1:8080 farrier.token=abc.3.XYZ_- farrier.mode=rescue console=ttyS0\n"))
-        #expect(c.serverURL == "http://198.18.0.1:8080")
-        #expect(c.token == "abc.3.XYZ_-")
+            "initrd=initrd.img farrier.url=https://198.18.0.1:8443 farrier.cert=sha256:00ff farrier.mode=rescue console=ttyS0\n"))
+        #expect(c.serverURL == "https://198.18.0.1:8443")
+        #expect(c.certificateSHA256 == "sha256:00ff")
         #expect(c.mode == "rescue")
         #expect(AgentConfiguration.fromKernelCommandLine("quiet console=ttyS0") == nil)
+        // A token on the command line is no longer read: the agent gets its token at hello.
+        #expect(AgentConfiguration.fromKernelCommandLine("farrier.url=https://h:1 farrier.token=abc") == nil)
     }
 
     /// Inventory from a tree laid out like a QEMU VM's /proc and /sys.

@@ -41,23 +41,79 @@ import Testing
         #expect(try store.events(after: 0, machineID: m.id, limit: 10).isEmpty)
     }
 
-    @Test func agentTokenIsBoundToMachineAndStep() throws {
-        let a = try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id)
-        let b = try controller.apply(.commission, machineID: try enrolled("b", mac: "52:54:00:00:00:02").id)
-        let tokenA = controller.agentToken(for: a)
-        #expect(try controller.agentMachine(token: tokenA).id == a.id)
-        // Another machine's id with A's MAC does not verify.
+    func hello(_ nonce: String = String(repeating: "n", count: 32)) -> AgentHello {
+        AgentHello(agentVersion: "test", inventory: nil, nonce: nonce)
+    }
+
+    @Test func agentTokenIsIssuedOncePerBootToTheLeasedAddress() throws {
+        let a = try admitted(try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id))
+        let b = try admitted(try controller.apply(.commission, machineID: try enrolled("b", mac: "52:54:00:00:00:02").id))
+        // No address, or one that no machine in a step holds: no hello.
+        #expect(throws: ControlError.self) { try controller.agentHello(peer: nil, hello: hello()) }
+        #expect(throws: ControlError.self) { try controller.agentHello(peer: MACAddress("52:54:00:00:00:09")!, hello: hello()) }
+        let first = try controller.agentHello(peer: a.mac, hello: hello("first-agent-nonce-0123456789abcdef"))
+        let tokenA = first.token
+        #expect(!tokenA.isEmpty)
+        #expect(try controller.agentMachine(token: tokenA, peer: a.mac).id == a.id)
+        // The token works only from A's address.
+        #expect(throws: ControlError.self) { try controller.agentMachine(token: tokenA, peer: b.mac) }
+        #expect(throws: ControlError.self) { try controller.agentMachine(token: tokenA, peer: nil) }
+        // Another machine's id in A's token does not verify; nor does garbage.
         let forged = tokenA.replacingOccurrences(of: a.id, with: b.id)
-        #expect(throws: ControlError.self) { try controller.agentMachine(token: forged) }
-        #expect(throws: ControlError.self) { try controller.agentMachine(token: "garbage") }
+        #expect(throws: ControlError.self) { try controller.agentMachine(token: forged, peer: b.mac) }
+        #expect(throws: ControlError.self) { try controller.agentMachine(token: "garbage", peer: a.mac) }
+        // The same agent again (restarted, or its answer lost): the same token. Another agent: refused.
+        #expect(try controller.agentHello(peer: a.mac, hello: hello("first-agent-nonce-0123456789abcdef")).token == tokenA)
+        let second = #expect(throws: ControlError.self) {
+            try controller.agentHello(peer: a.mac, hello: hello("second-agent-nonce-0123456789abcd"))
+        }
+        #expect(second?.kind == .conflict && second?.description.contains("already said hello") == true)
+        #expect(throws: ControlError.self) { try controller.agentHello(peer: a.mac, hello: hello("short")) }
+        // Farrier powers the machine again: a new boot. The old token dies; a new agent may say hello.
+        try controller.beginBoot(machineID: a.id, generation: a.generation)
+        #expect(throws: ControlError.self) { try controller.agentMachine(token: tokenA, peer: a.mac) }
+        let rebooted = try controller.agentHello(peer: a.mac, hello: hello("second-agent-nonce-0123456789abcd"))
+        #expect(rebooted.token != tokenA)
         // The step ends (it fails): the token expires with it.
         try controller.apply(.stepFailed(reason: "test"), machineID: a.id)
-        #expect(throws: ControlError.self) { try controller.agentMachine(token: tokenA) }
-        // Retry starts a new step, whose token differs.
-        let retried = try controller.apply(.retry, machineID: a.id)
-        #expect(controller.agentToken(for: retried) != tokenA)
-        #expect(throws: ControlError.self) { try controller.agentMachine(token: tokenA) }
+        #expect(throws: ControlError.self) { try controller.agentMachine(token: rebooted.token, peer: a.mac) }
+        // Retry starts a new step: an agent of the old one cannot say hello with its old nonce
+        // and get the old token back.
+        let retried = try admitted(try controller.apply(.retry, machineID: a.id))
+        #expect(retried.agentNonce == nil)
+        let again = try controller.agentHello(peer: a.mac, hello: hello("second-agent-nonce-0123456789abcd"))
+        #expect(again.token != rebooted.token)
     }
+
+    @Test func imagesOpenToTheDeployingAgentAndAdminsOnly() throws {
+        let sha = String(repeating: "ab", count: 32)
+        try store.addImage(ImageInfo(name: "img", sha256: sha, size: 10, format: .raw, os: "test", architecture: .x86_64, firmware: .uefi, created: Date()))
+        var m = try enrolled("a", mac: "52:54:00:00:00:01")
+        m = try store.update(machineID: m.id) { x in
+            x.state = .ready
+            return []
+        }
+        m = try store.update(machineID: m.id) { x in
+            try Controller.commitTransition(&x, .deploy)
+            x.deployment = Deployment(image: "img", imageSHA256: sha, sshKeys: [], userData: "", hostname: "a", requestedBy: "t")
+            x.phase = .agent
+            return []
+        }
+        let token = try controller.agentHello(peer: m.mac, hello: hello()).token
+        #expect(controller.imageAccess(sha256: sha, bearer: token, peer: m.mac))
+        #expect(!controller.imageAccess(sha256: String(repeating: "cd", count: 32), bearer: token, peer: m.mac))
+        #expect(!controller.imageAccess(sha256: sha, bearer: token, peer: MACAddress("52:54:00:00:00:02")))
+        #expect(!controller.imageAccess(sha256: sha, bearer: nil, peer: m.mac))
+        #expect(!controller.imageAccess(sha256: sha, bearer: "garbage", peer: m.mac))
+        let admin = "admin-secret", member = "member-secret"
+        try store.createToken(APIToken(id: "1", name: "root", role: .admin, project: nil, secretSHA256: sha256Hex(admin), created: Date()))
+        try store.createProject(Project(name: "p", created: Date()))
+        try store.createToken(APIToken(id: "2", name: "m", role: .member, project: "p", secretSHA256: sha256Hex(member), created: Date()))
+        #expect(controller.imageAccess(sha256: sha, bearer: admin, peer: nil))
+        #expect(!controller.imageAccess(sha256: sha, bearer: member, peer: nil))
+    }
+
+    func sha256Hex(_ s: String) -> String { SHA256.hash(data: Data(s.utf8)).map { String(format: "%02x", $0) }.joined() }
 
     /// Moves a queued step past its slot, as the reconciler's admission does.
     func admitted(_ m: Machine, phase: StepPhase = .agent) throws -> Machine {
@@ -73,9 +129,8 @@ import Testing
         // The clock starts when the step is entered, not when it leaves the queue.
         let started = try #require(m.stepStarted)
         #expect(started >= before.addingTimeInterval(-1) && started <= Date())
-        let token = controller.agentToken(for: m)
         let error = #expect(throws: ControlError.self) {
-            try controller.agentHello(token: token, hello: AgentHello(agentVersion: "test", inventory: nil))
+            try controller.agentHello(peer: m.mac, hello: hello())
         }
         #expect(error?.kind == .conflict && error?.description.contains("queued") == true)
         let after = try #require(try store.machine(id: m.id))
@@ -117,19 +172,19 @@ import Testing
 
     @Test func agentReportsDriveTheStep() throws {
         let m = try admitted(try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id))
-        let token = controller.agentToken(for: m)
-        let task = try controller.agentHello(token: token, hello: AgentHello(agentVersion: "test", inventory: nil))
+        let task = try controller.agentHello(peer: m.mac, hello: hello())
+        let token = task.token
         #expect(task.kind == .commission)
         #expect(try store.machine(id: m.id)?.phase == .agent)
-        try controller.agentProgress(token: token, report: AgentProgress(stage: "inventory", bytesDone: 1, bytesTotal: 2))
+        try controller.agentProgress(token: token, peer: m.mac, report: AgentProgress(stage: "inventory", bytesDone: 1, bytesTotal: 2))
         #expect(try store.machine(id: m.id)?.progress?.stage == "inventory")
         // Commissioning without an inventory is refused and changes nothing.
-        #expect(throws: ControlError.self) { try controller.agentDone(token: token, result: AgentResult(ok: true)) }
+        #expect(throws: ControlError.self) { try controller.agentDone(token: token, peer: m.mac, result: AgentResult(ok: true)) }
         #expect(try store.machine(id: m.id)?.phase == .agent)
         let inv = Inventory(
             cpuModel: "QEMU", cores: 2, memoryBytes: 1 << 30, disks: [], nics: [], vendor: "QEMU", product: "pc", serial: "",
             firmware: .uefi)
-        try controller.agentDone(token: token, result: AgentResult(ok: true, inventory: inv))
+        try controller.agentDone(token: token, peer: m.mac, result: AgentResult(ok: true, inventory: inv))
         let done = try #require(try store.machine(id: m.id))
         #expect(done.phase == .finish)
         #expect(done.inventory == inv)
@@ -138,8 +193,8 @@ import Testing
 
     @Test func agentFailureFailsTheStepWithItsReason() throws {
         let m = try admitted(try controller.apply(.commission, machineID: try enrolled("a", mac: "52:54:00:00:00:01").id))
-        let token = controller.agentToken(for: m)
-        try controller.agentDone(token: token, result: AgentResult(ok: false, error: "disk on fire"))
+        let token = try controller.agentHello(peer: m.mac, hello: hello()).token
+        try controller.agentDone(token: token, peer: m.mac, result: AgentResult(ok: false, error: "disk on fire"))
         let failed = try #require(try store.machine(id: m.id))
         #expect(failed.state == .failed)
         #expect(failed.failedStep == .commissioning)

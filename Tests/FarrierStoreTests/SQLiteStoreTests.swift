@@ -8,7 +8,7 @@ import Testing
 
     @Test func migrationsAreVersioned() throws {
         let s = try SQLiteStore()
-        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty"])
+        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot"])
     }
 
     @Test func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns() throws {

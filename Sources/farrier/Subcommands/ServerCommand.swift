@@ -32,6 +32,15 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "HOST:PORT for iPXE scripts and boot files. [http.listen, FARRIER_HTTP_LISTEN; default 0.0.0.0:8080]")
     var httpListen: String?
 
+    @Option(help: "HOST:PORT for the agent channel (HTTPS). [agent.listen, FARRIER_AGENT_LISTEN; default 0.0.0.0:8443]")
+    var agentListen: String?
+
+    @Option(help: "PEM certificate chain for the agent channel. [agent.tls-cert, FARRIER_AGENT_TLS_CERT; default: made at first start in DATA-DIR]")
+    var agentTLSCert: String?
+
+    @Option(help: "PEM private key for the agent channel. [agent.tls-key, FARRIER_AGENT_TLS_KEY]")
+    var agentTLSKey: String?
+
     @Option(help: "HOST:PORT for the gRPC API. [grpc.listen, FARRIER_GRPC_LISTEN; default 127.0.0.1:7700]")
     var grpcListen: String?
 
@@ -117,7 +126,8 @@ struct ServerCommand: AsyncParsableCommand {
     func flags() -> [String: [String]] {
         var f: [String: [String]] = [:]
         let single: [(String, String?)] = [
-            ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen),
+            ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen), ("agent.listen", agentListen),
+            ("agent.tls-cert", agentTLSCert), ("agent.tls-key", agentTLSKey),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
             ("tftp.max-transfers", tftpMaxTransfers.map(String.init)), ("tftp.busy-poll", tftpBusyPoll.map(String.init)),
             ("tftp.max-transfers-per-client", tftpMaxTransfersPerClient.map(String.init)),

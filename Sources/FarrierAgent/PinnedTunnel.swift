@@ -1,0 +1,125 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// The agent's HTTPS: a local TLS tunnel. It listens on 127.0.0.1 (an ephemeral port) inside
+/// the ramdisk, and carries each connection to the server over TLS, accepting only the
+/// certificate whose SHA-256 the kernel command line names (pinned: no CA, no hostname).
+/// `BlockingHTTP` speaks plain HTTP/1.1 to the tunnel, so the agent's blocking, one-buffer
+/// streaming stays as it is; only the wire to the server is encrypted and authenticated.
+/// A certificate that does not match closes the connection before a byte of the request leaves.
+public final class PinnedTunnel: Sendable {
+    let group: MultiThreadedEventLoopGroup
+    let listener: any Channel
+    /// Where `BlockingHTTP` connects: `http://127.0.0.1:<port>`.
+    public let localURL: String
+
+    /// - Parameters:
+    ///   - host, port: the server's agent channel.
+    ///   - fingerprint: SHA-256 of the server certificate's DER, hex (an optional `sha256:` prefix).
+    public init(host: String, port: Int, fingerprint: String) throws {
+        let pin = fingerprint.lowercased().replacingOccurrences(of: "sha256:", with: "").replacingOccurrences(of: ":", with: "")
+        guard pin.count == 64, pin.allSatisfy(\.isHexDigit) else {
+            throw AgentFailure("farrier.cert must be sha256:<64 hex digits>, got '\(fingerprint)'")
+        }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        // Verification is the pin alone (the callback below replaces BoringSSL's chain checks).
+        tls.certificateVerification = .noHostnameVerification
+        tls.minimumTLSVersion = .tlsv12
+        let context = try NIOSSLContext(configuration: tls)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.group = group
+        do {
+            listener = try ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.autoRead, value: false)
+                .childChannelInitializer { inbound in
+                    ClientBootstrap(group: inbound.eventLoop)
+                        .connectTimeout(.seconds(10))
+                        .channelInitializer { outbound in
+                            outbound.eventLoop.makeCompletedFuture {
+                                let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) { certificates, promise in
+                                    let der = certificates.first.flatMap { try? $0.toDERBytes() } ?? []
+                                    let seen = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+                                    promise.succeed(!der.isEmpty && seen == pin ? .certificateVerified : .failed)
+                                }
+                                try outbound.pipeline.syncOperations.addHandler(handler)
+                            }
+                        }
+                        .connect(host: host, port: port)
+                        .flatMap { outbound in
+                            let (a, b) = GlueHandler.matchedPair()
+                            return inbound.eventLoop.makeCompletedFuture {
+                                try inbound.pipeline.syncOperations.addHandler(a)
+                                try outbound.pipeline.syncOperations.addHandler(b)
+                                inbound.read()
+                            }
+                        }
+                        .flatMapError { error in inbound.close().flatMapThrowing { throw error } }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw error
+        }
+        localURL = "http://127.0.0.1:\(listener.localAddress?.port ?? 0)"
+    }
+
+    public func close() {
+        try? listener.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+/// Joins two channels on one event loop: what one reads the other writes, with backpressure
+/// (a side reads only while its partner can write), and a close on either closes both.
+final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+    typealias OutboundOut = NIOAny
+
+    private var partner: GlueHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+
+    static func matchedPair() -> (GlueHandler, GlueHandler) {
+        let a = GlueHandler(), b = GlueHandler()
+        a.partner = b
+        b.partner = a
+        return (a, b)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        partner = nil
+    }
+
+    private func partnerWrite(_ data: NIOAny) { context?.write(data, promise: nil) }
+    private func partnerFlush() { context?.flush() }
+    private func partnerClose() { context?.close(promise: nil) }
+    private var partnerWritable: Bool { context?.channel.isWritable ?? false }
+    private func partnerBecameWritable() {
+        if pendingRead {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { partner?.partnerWrite(data) }
+    func channelReadComplete(context: ChannelHandlerContext) { partner?.partnerFlush() }
+    func channelInactive(context: ChannelHandlerContext) { partner?.partnerClose() }
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        partner?.partnerClose()
+        context.close(promise: nil)
+    }
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { partner?.partnerBecameWritable() }
+    }
+    func read(context: ChannelHandlerContext) {
+        if partner?.partnerWritable ?? false { context.read() } else { pendingRead = true }
+    }
+}
