@@ -14,7 +14,7 @@ out=${1:-$root/.build/ramdisk}
 bin=${FARRIER_BIN:-$root/.build/debug/farrier}
 cache=${FARRIER_RAMDISK_CACHE:-/var/cache/farrier/ramdisk-debs}
 [ -x "$bin" ] || { echo "build-ramdisk: $bin not found; run swift build --product farrier first" >&2; exit 1; }
-for tool in apt-get dpkg-deb cpio depmod ldd strip gzip zstd; do
+for tool in apt-get dpkg-deb cpio depmod ldd strip gzip zstd mtools; do
     command -v $tool >/dev/null || { echo "build-ramdisk: needs $tool (bash scripts/install-deps.sh)" >&2; exit 1; }
 done
 
@@ -77,6 +77,8 @@ copy_with_libs() {
 copy_with_libs "$bin" /usr/bin/farrier
 copy_with_libs "$ex/usr/sbin/dropbear" /usr/sbin/dropbear
 copy_with_libs "$(command -v zstd)" /usr/bin/zstd   # raw.zst images (busybox has no zstd)
+copy_with_libs "$(command -v mtools)" /usr/bin/mtools   # the config drive's files, written without mounting it
+ln -s mtools "$rd/usr/bin/mcopy"
 [ -e "$rd/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$rd/lib64/"
 # Name resolution and users for glibc and dropbear.
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rd/etc/passwd"

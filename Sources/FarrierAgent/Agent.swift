@@ -31,6 +31,8 @@ public struct AgentConfiguration: Sendable {
     /// Where the agent keeps its nonce for this boot (the ramdisk's tmpfs): an agent restarted
     /// within the boot says hello with the same nonce and gets the same token.
     public var stateDirectory: String
+    /// The source address of connections to the server (a machine with several addresses).
+    public var sourceAddress: String?
 
     public init(
         serverURL: String, certificateSHA256: String, mode: String = "agent", device: String? = nil, sysRoot: String = "",
@@ -183,7 +185,8 @@ public final class Agent: Sendable {
         guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]) else {
             throw AgentFailure("farrier.url needs a port: \(url)")
         }
-        return try PinnedTunnel(host: String(authority[..<colon]), port: port, fingerprint: configuration.certificateSHA256)
+        return try PinnedTunnel(host: String(authority[..<colon]), port: port, fingerprint: configuration.certificateSHA256,
+            sourceAddress: configuration.sourceAddress, log: log)
     }
 
     /// The nonce of this boot: made by the first agent of the boot and kept in the ramdisk's

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// The deployed OS's cloud-init data as a config drive: a partition at the end of the disk
-/// with a FAT filesystem labelled `CIDATA` holding the NoCloud files, which cloud-init's NoCloud
+/// with a FAT filesystem labelled `CIDATA` (mkdosfs) holding the NoCloud files (mcopy), which cloud-init's NoCloud
 /// datasource finds by its label (as Ironic's config drive is found). Nothing is fetched over
 /// the network at first boot, so nothing on the boot network can ask for a tenant's data.
 ///
@@ -54,19 +54,19 @@ struct ConfigDrive {
             loop = device
         }
         defer { if let loop { _ = Agent.run(["losetup", "-d", loop]) } }
-        _ = try Self.output(["mkfs.vfat", "-n", "CIDATA", device])
-        let mountPoint = "/run/farrier-cidata"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        _ = try Self.output(["mount", "-t", "vfat", device, mountPoint])
-        var failure: (any Error)?
-        do {
-            for (name, text) in [("meta-data", seed.metaData), ("user-data", seed.userData), ("vendor-data", seed.vendorData)] {
-                try text.write(toFile: mountPoint + "/" + name, atomically: false, encoding: .utf8)
-            }
-            sync()
-        } catch { failure = error }
-        guard Agent.run(["umount", mountPoint]) else { throw AgentFailure("config drive: cannot unmount \(mountPoint)") }
-        if let failure { throw AgentFailure("config drive: writing the seed: \(failure)") }
+        _ = try Self.output(["mkdosfs", "-n", "CIDATA", device])
+        // The files go in with mtools: no mount, so no filesystem driver is needed, and nothing
+        // of the deployed disk is ever mounted in the ramdisk.
+        let staging = "/run/farrier-cidata"
+        try? FileManager.default.removeItem(atPath: staging)
+        try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+        var names: [String] = []
+        for (name, text) in [("meta-data", seed.metaData), ("user-data", seed.userData), ("vendor-data", seed.vendorData)] {
+            try text.write(toFile: staging + "/" + name, atomically: false, encoding: .utf8)
+            names.append(staging + "/" + name)
+        }
+        _ = try Self.output(["env", "MTOOLS_SKIP_CHECK=1", "mcopy", "-o", "-i", device] + names + ["::"])
         log("config drive: NoCloud seed (meta-data, user-data, vendor-data) written on \(device), label CIDATA")
     }
 

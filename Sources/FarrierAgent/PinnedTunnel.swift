@@ -19,7 +19,10 @@ public final class PinnedTunnel: Sendable {
     /// - Parameters:
     ///   - host, port: the server's agent channel.
     ///   - fingerprint: SHA-256 of the server certificate's DER, hex (an optional `sha256:` prefix).
-    public init(host: String, port: Int, fingerprint: String) throws {
+    public init(
+        host: String, port: Int, fingerprint: String, sourceAddress: String? = nil,
+        log: @escaping @Sendable (String) -> Void = { _ in }
+    ) throws {
         let pin = fingerprint.lowercased().replacingOccurrences(of: "sha256:", with: "").replacingOccurrences(of: ":", with: "")
         guard pin.count == 64, pin.allSatisfy(\.isHexDigit) else {
             throw AgentFailure("farrier.cert must be sha256:<64 hex digits>, got '\(fingerprint)'")
@@ -29,6 +32,7 @@ public final class PinnedTunnel: Sendable {
         tls.certificateVerification = .noHostnameVerification
         tls.minimumTLSVersion = .tlsv12
         let context = try NIOSSLContext(configuration: tls)
+        let source = try sourceAddress.map { try SocketAddress(ipAddress: $0, port: 0) }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group
         do {
@@ -36,14 +40,20 @@ public final class PinnedTunnel: Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.autoRead, value: false)
                 .childChannelInitializer { inbound in
-                    ClientBootstrap(group: inbound.eventLoop)
-                        .connectTimeout(.seconds(10))
+                    var client = ClientBootstrap(group: inbound.eventLoop).connectTimeout(.seconds(10))
+                    if let source { client = client.bind(to: source) }
+                    return client
                         .channelInitializer { outbound in
                             outbound.eventLoop.makeCompletedFuture {
                                 let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) { certificates, promise in
                                     let der = certificates.first.flatMap { try? $0.toDERBytes() } ?? []
                                     let seen = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
-                                    promise.succeed(!der.isEmpty && seen == pin ? .certificateVerified : .failed)
+                                    if !der.isEmpty, seen == pin {
+                                        promise.succeed(.certificateVerified)
+                                    } else {
+                                        log("TLS: the server's certificate is sha256:\(seen), not the pinned sha256:\(pin); refused")
+                                        promise.succeed(.failed)
+                                    }
                                 }
                                 try outbound.pipeline.syncOperations.addHandler(handler)
                             }
@@ -54,7 +64,6 @@ public final class PinnedTunnel: Sendable {
                             return inbound.eventLoop.makeCompletedFuture {
                                 try inbound.pipeline.syncOperations.addHandler(a)
                                 try outbound.pipeline.syncOperations.addHandler(b)
-                                inbound.read()
                             }
                         }
                         .flatMapError { error in inbound.close().flatMapThrowing { throw error } }
@@ -91,7 +100,16 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
         return (a, b)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { context.read() }
+    }
+
+    /// The accepted side reads nothing by itself (no auto-read) until both ends are joined.
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        context.read()
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil

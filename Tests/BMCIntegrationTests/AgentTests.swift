@@ -5,7 +5,9 @@ import Testing
 /// The real `farrier agent`, run on this host against a real server and an ipmi_sim BMC, with
 /// its kernel command line taken from the machine's iPXE script and a file standing in for the
 /// disk: commissioning inventory, deploys of raw, raw.gz and raw.zst images with SHA-256
-/// verification, the cloud-init metadata, quick and full wipes, and a corrupted image.
+/// verification, the cloud-init config drive (checked with sfdisk, blkid and mtools), quick and
+/// full wipes, and a corrupted image. The agent speaks from the machine's reserved address
+/// (`--bind`) over the HTTPS channel, pinning the certificate the script names.
 @Suite(.serialized, .enabled(if: IPMISimulator.available, "needs root, ipmi_sim and ipmitool"))
 struct AgentTests {
     static let mac = "52:54:00:ee:00:01"
@@ -26,7 +28,18 @@ struct AgentTests {
     func agent(_ cp: ControlPlane, disk: String, log: String) throws -> Harness.Result {
         try cp.h.run(
             [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3",
-             "--task-file", cp.h.directory + "/task.json"], timeout: 120, check: false)
+             "--task-file", cp.h.directory + "/task.json", "--bind", ControlPlane.address(of: Self.mac),
+             "--state-dir", cp.h.directory + "/agent-state"], timeout: 120, check: false)
+    }
+
+    /// Gives a raw image file a GPT with one Linux partition from 1 MiB to its end, as real images have.
+    func partition(_ h: Harness, _ raw: String) throws {
+        try h.run(["bash", "-c", "printf 'label: gpt\\nstart=2048, type=L\\n' | sfdisk -q '\(raw)'"])
+    }
+
+    /// SHA-256 of `count` bytes of a file from byte `from`.
+    func sha(_ h: Harness, _ path: String, from: Int, count: Int) throws -> String {
+        String(try h.run(["bash", "-c", "tail -c +\(from + 1) '\(path)' | head -c \(count) | sha256sum"]).stdout.prefix(64))
     }
 
     /// A server and an ipmi_sim BMC, with machine a1 enrolled and commissioned by the real agent
@@ -40,6 +53,17 @@ struct AgentTests {
             "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",
             "--bmc-password-file", sim.passwordFile, "--commission",
         ])
+        // An agent that is pointed at a server with another certificate says nothing to it.
+        let line = try String(contentsOfFile: try cmdline(cp), encoding: .utf8)
+        let pin = try #require(line.range(of: "farrier.cert=sha256:")).upperBound
+        let flipped = line[pin] == "0" ? "1" : "0"
+        let tampered = h.directory + "/cmdline-tampered"
+        try (String(line[..<pin]) + flipped + String(line[line.index(after: pin)...])).write(toFile: tampered, atomically: true, encoding: .utf8)
+        let refused = try h.run(
+            [ControlPlane.bin, "agent", "--cmdline", tampered, "--device", disk, "--attempts", "1",
+             "--bind", ControlPlane.address(of: Self.mac), "--state-dir", h.directory + "/agent-state"], timeout: 60, check: false)
+        #expect(refused.status != 0 && refused.stderr.contains("not the pinned"), "\(refused.stderr)")
+        #expect(try cp.state("a1").hasPrefix("commissioning"))
         let commission = try agent(cp, disk: disk, log: "agent-commission.log")
         #expect(commission.status == 0, "\(commission.stderr)")
         try cp.waitFor("a1", "ready")
@@ -55,7 +79,8 @@ struct AgentTests {
         let h = try Harness("agent")
         defer { h.cleanup() }
         let disk = h.directory + "/disk.img"
-        try h.run(["truncate", "-s", "16M", disk])
+        let diskBytes = 96 << 20  // the 8 MiB image, and the 64 MiB config drive at the end
+        try h.run(["truncate", "-s", "\(diskBytes)", disk])
 
         // Commissioning: the inventory is this host's.
         let cp = try commissioned(h, disk: disk)
@@ -66,13 +91,16 @@ struct AgentTests {
 
         // Three encodings of one 8 MiB raw image.
         let raw = h.directory + "/img.raw"
-        try h.run(["bash", "-c", "head -c 8388608 /dev/urandom > '\(raw)' && gzip -k '\(raw)' && zstd -q -k '\(raw)'"])
+        try h.run(["bash", "-c", "head -c 8388608 /dev/urandom > '\(raw)'"])
+        try partition(h, raw)
+        try h.run(["bash", "-c", "gzip -k '\(raw)' && zstd -q -k '\(raw)'"])
         try cp.cli(["project", "create", "p"])
         try cp.cli(["project", "create", "pq", "--wipe-policy", "quick"])
         try cp.cli(["image", "add", "img-raw", raw])
         try cp.cli(["image", "add", "img-gz", raw + ".gz"])
         try cp.cli(["image", "add", "img-zst", raw + ".zst"])
-        let rawSHA = try sha(h, raw)
+        // The partition's bytes (the agent then adds the config drive to the GPT around them).
+        let rawSHA = try sha(h, raw, from: 1 << 20, count: 6 << 20)
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         try "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n".write(toFile: h.directory + "/user-data", atomically: true, encoding: .utf8)
 
@@ -80,7 +108,7 @@ struct AgentTests {
         for (image, project, asked, wipe) in [
             ("img-zst", "p", nil, "full"), ("img-gz", "pq", "full", "full"), ("img-raw", "pq", nil, "quick"),
         ] {
-            try h.run(["bash", "-c", "head -c 16777216 /dev/urandom > '\(disk)'"])  // old contents
+            try h.run(["bash", "-c", "head -c \(diskBytes) /dev/urandom > '\(disk)'"])  // old contents
             try cp.cli([
                 "machine", "deploy", "a1", "--image", image, "--project", project, "--ssh-key", h.directory + "/id.pub",
                 "--user-data", h.directory + "/user-data",
@@ -88,22 +116,35 @@ struct AgentTests {
             let run = try agent(cp, disk: disk, log: "agent-\(image).log")
             #expect(run.status == 0, "\(image): \(run.stderr)")
             try cp.waitFor("a1", "deployed")
-            #expect(try sha(h, disk, bytes: 8 << 20) == rawSHA, "\(image): the disk does not hold the image")
+            #expect(try sha(h, disk, from: 1 << 20, count: 6 << 20) == rawSHA, "\(image): the disk does not hold the image")
 
-            // The metadata service, at the URL the agent was given.
-            // It is in the task the agent got, and nowhere on the agent's console.
-            let task = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task.json"))) as? [String: Any]
-            let path = try #require(task?["metadataURL"] as? String)
-            let url = cp.http + path
-            #expect(!run.stderr.contains(path), "the agent printed the metadata secret")
-            let meta = try h.run(["curl", "-sf", url + "meta-data"]).stdout
+            // The config drive: a GPT partition at the disk's end (sfdisk reads the table back
+            // whole, its backup header moved to the disk's end), FAT labelled CIDATA (blkid),
+            // holding the NoCloud files (mtools).
+            let check = try h.run(["sfdisk", "--verify", disk], check: false)
+            #expect(check.status == 0 && !check.stdout.contains("differ"), "sfdisk --verify: \(check.stdout) \(check.stderr)")
+            let dump = try h.run(["sfdisk", "--dump", disk]).stdout
+            let line = try #require(dump.split(separator: "\n").first { $0.contains("config-2") }, "no config drive: \(dump)")
+            let start = try #require(line.split(separator: ",").first { $0.contains("start=") }.flatMap {
+                Int($0.split(separator: "=")[1].trimmingCharacters(in: .whitespaces)) })
+            let size = try #require(line.split(separator: ",").first { $0.contains("size=") }.flatMap {
+                Int($0.split(separator: "=")[1].trimmingCharacters(in: .whitespaces)) })
+            #expect((start + size) * 512 <= diskBytes - 33 * 512 && (start + size) * 512 >= diskBytes - 34 * 512 - (1 << 20))
+            let label = try h.run(["blkid", "-p", "-O", "\(start * 512)", "-s", "LABEL", "-o", "value", disk]).stdout
+            #expect(label.trimmingCharacters(in: .whitespacesAndNewlines) == "CIDATA")
+            func file(_ name: String) throws -> String {
+                try h.run(["env", "MTOOLS_SKIP_CHECK=1", "mtype", "-i", "\(disk)@@\(start * 512)", "::\(name)"]).stdout
+            }
+            let meta = try file("meta-data")
             #expect(meta.contains("local-hostname: a1"))
             #expect(meta.contains(String(try String(contentsOfFile: h.directory + "/id.pub", encoding: .utf8).split(separator: " ")[1])))
-            #expect(try h.run(["curl", "-sf", url + "user-data"]).stdout.contains("/farrier-was-here"))
-            #expect(try h.run(["curl", "-sf", url + "vendor-data"]).stdout.contains("disable_root: false"))
-            // Someone else's token gets nothing.
-            let forged = url.replacingOccurrences(of: "/metadata/", with: "/metadata/x")
-            #expect(try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", forged + "meta-data"]).stdout == "404")
+            #expect(try file("user-data").contains("/farrier-was-here"))
+            #expect(try file("vendor-data").contains("disable_root: false"))
+            // The seed came in the task over the agent channel; the console never shows it.
+            let task = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task.json"))) as? [String: Any]
+            #expect((task?["seed"] as? [String: Any])?["userData"] as? String == "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n")
+            let token = try #require(task?["token"] as? String)
+            #expect(!run.stderr.contains(token) && !run.stderr.contains("farrier-was-here"), "the agent printed a secret")
 
             // Release: the wipe runs through the agent. A quick wipe is refused where the
             // project's policy is full, and changes nothing.
@@ -129,8 +170,9 @@ struct AgentTests {
             } else {
                 #expect(middle.trimmingCharacters(in: .whitespacesAndNewlines) != "0", "quick wipe wrote the middle")
             }
-            // Released: the metadata is gone.
-            #expect(try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url + "meta-data"]).stdout == "404")
+            // Released: the deploy's token is dead.
+            let (dead, _) = try cp.agent("/agent/v1/progress", mac: Self.mac, token: token, #"{"stage":"x","bytesDone":0,"bytesTotal":0}"#)
+            #expect(dead == 403)
         }
 
         // A stored image whose bytes changed: the agent refuses it and the deploy fails.
@@ -156,14 +198,16 @@ struct AgentTests {
         let size = 512 << 20
         let raw = h.directory + "/big.raw", disk = h.directory + "/disk.img"
         try h.run(["bash", "-c", "{ head -c 8388608 /dev/urandom; head -c \(size - (8 << 20)) /dev/zero; } > '\(raw)'"])
-        try h.run(["truncate", "-s", String(size + (16 << 20)), disk])
+        try partition(h, raw)
+        try h.run(["truncate", "-s", String(size + (80 << 20)), disk])
         let cp = try commissioned(h, disk: disk)
         try cp.cli(["project", "create", "p"])
         try cp.cli(["image", "add", "big", raw])
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         try cp.cli(["machine", "deploy", "a1", "--image", "big", "--project", "p", "--ssh-key", h.directory + "/id.pub"])
         let agent = try h.start(
-            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "30"], log: "agent.log")
+            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "30",
+             "--bind", ControlPlane.address(of: Self.mac), "--state-dir", h.directory + "/agent-state"], log: "agent.log")
         // Blocks written to the disk file so far (the image's zeros are written, not skipped).
         func written() -> Int {
             var st = stat()
@@ -181,6 +225,8 @@ struct AgentTests {
         #expect(at < size, "the image was already written when the server was killed")
         #expect(log.contains("resumed"), "the download was not resumed: \(log)")
         try cp.waitFor("a1", "deployed")
-        #expect(try sha(h, disk, bytes: size) == (try sha(h, raw)), "the disk does not hold the image")
+        // The image's bytes, between its GPT and the backup header the config drive moved.
+        #expect(try sha(h, disk, from: 1 << 20, count: size - (2 << 20)) == (try sha(h, raw, from: 1 << 20, count: size - (2 << 20))),
+            "the disk does not hold the image")
     }
 }

@@ -2,12 +2,16 @@ import Foundation
 import TestSupport
 
 /// A real `farrier server` process for control-plane tests, the CLI against it, and a stand-in
-/// for the deploy agent that speaks the agent's HTTP protocol with curl, as the ramdisk will:
-/// it reads its token from the machine's iPXE script (the kernel command line it would boot).
+/// for the deploy agent that speaks the agent's protocol with curl over the HTTPS agent channel.
+///
+/// Agent calls and boot scripts are answered only for the address a machine's MAC holds. Here
+/// no DHCP runs: each test MAC gets a reservation on a loopback address of its own
+/// (127.x.y.z from the MAC's last three bytes), and curl speaks for a machine from that address.
 final class ControlPlane: @unchecked Sendable {
     let h: Harness
     let grpc: String
     let httpPort: Int
+    let agentPort: Int
     let data: String
     var server: Process?
     let extraFlags: [String]
@@ -18,12 +22,27 @@ final class ControlPlane: @unchecked Sendable {
     init(_ h: Harness, flags: [String] = []) {
         self.h = h
         grpc = "127.0.0.1:\(Int.random(in: 30000..<40000))"
-        httpPort = Int.random(in: 40000..<50000)
+        httpPort = Int.random(in: 40000..<45000)
+        agentPort = Int.random(in: 45000..<50000)
         data = h.directory + "/data"
         extraFlags = flags
     }
 
     var http: String { "http://127.0.0.1:\(httpPort)" }
+    var agentURL: String { "https://127.0.0.1:\(agentPort)" }
+
+    /// Every MAC the control-plane tests use: each gets a reservation (see `address(of:)`).
+    static let testMACs = [
+        "52:54:00:cc:00:01", "52:54:00:cc:00:02", "52:54:00:cc:00:09", "52:54:00:ee:00:01", "52:54:00:00:00:01",
+        "52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03", "52:54:00:18:10:01", "52:54:00:18:10:02",
+        "52:54:00:dd:00:01",
+    ]
+
+    /// The loopback address reserved for a test MAC: 127 and its last three bytes.
+    static func address(of mac: String) -> String {
+        let b = mac.split(separator: ":").suffix(3).map { Int($0, radix: 16) ?? 0 }
+        return "127.\(b[0]).\(b[1]).\(max(1, b[2]))"
+    }
 
     /// Starts the server (optionally armed with failpoints) and waits until the API answers.
     @discardableResult
@@ -31,7 +50,9 @@ final class ControlPlane: @unchecked Sendable {
         let env = failpoints.isEmpty ? [] : ["FARRIER_FAILPOINTS=" + failpoints.joined(separator: ",")]
         let p = try h.start(
             env + [Self.bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
-                "--http-listen", "127.0.0.1:\(httpPort)", "--tftp-listen", ""] + extraFlags, log: log)
+                "--http-listen", "127.0.0.1:\(httpPort)", "--agent-listen", "127.0.0.1:\(agentPort)", "--tftp-listen", "",
+                "--dhcp-mode", "off"] + Self.testMACs.flatMap { ["--dhcp-reservation", "\($0)=\(Self.address(of: $0))"] }
+                + extraFlags, log: log)
         server = p
         try h.waitUntil("server up", timeout: 30, interval: 0.2) {
             guard p.isRunning else { throw Harness.CommandError(description: "server exited: \(h.read(log))") }
@@ -94,32 +115,34 @@ final class ControlPlane: @unchecked Sendable {
 
     // MARK: The stand-in agent
 
-    /// The agent token from the machine's iPXE script, or nil when the script boots no ramdisk.
-    func scriptToken(mac: String) throws -> String? {
-        let script = try h.run(
-            ["curl", "-sf", "\(http)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64"],
-            timeout: 10
-        ).stdout
-        guard let r = script.range(of: "farrier.token=") else { return nil }
-        return String(script[r.upperBound...].prefix { !$0.isWhitespace })
-    }
-
-    func script(mac: String) throws -> String {
+    /// The machine's iPXE script, fetched from its reserved address (or `from`).
+    func script(mac: String, from: String? = nil) throws -> String {
         try h.run(
-            ["curl", "-sf", "\(http)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64"],
+            ["curl", "-sf", "--interface", from ?? Self.address(of: mac),
+             "\(http)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64"],
             timeout: 10
         ).stdout
     }
 
-    /// POSTs JSON to an agent endpoint; returns (HTTP status, body).
-    func agent(_ path: String, token: String, _ body: String) throws -> (Int, String) {
+    /// Whether the script boots the ramdisk (the agent or rescue).
+    func offersRamdisk(mac: String) throws -> Bool { try script(mac: mac).contains("farrier.mode=") }
+
+    /// POSTs JSON to an agent endpoint over the agent channel, from the machine's reserved
+    /// address (or `from`); returns (HTTP status, body). The stand-in does not pin the
+    /// certificate (-k): the real agent's pinning is tested in AgentTests.
+    func agent(_ path: String, mac: String, token: String?, _ body: String, from: String? = nil) throws -> (Int, String) {
         let out = try h.run(
-            ["curl", "-s", "-X", "POST", "-H", "Authorization: Bearer \(token)", "-H", "Content-Type: application/json",
-             "--data-binary", body, "-w", "\n%{http_code}", "\(http)\(path)"], timeout: 15
+            ["curl", "-s", "-k", "--interface", from ?? Self.address(of: mac), "-X", "POST", "-H", "Content-Type: application/json"]
+                + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
+                + ["--data-binary", body, "-w", "\n%{http_code}", "\(agentURL)\(path)"], timeout: 15
         ).stdout
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
         return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
     }
+
+    var nonces: [String: String] = [:]
+
+    static func hello(nonce: String) -> String { #"{"agentVersion":"stand-in","nonce":"\#(nonce)"}"# }
 
     static let inventory = """
         {"cpuModel":"QEMU Virtual CPU","cores":4,"memoryBytes":4294967296,"vendor":"QEMU","product":"Standard PC","serial":"S1",\
@@ -130,18 +153,23 @@ final class ControlPlane: @unchecked Sendable {
     /// Plays the agent for one step: waits for the ramdisk script, says hello, reports progress,
     /// and reports success (with the inventory when commissioning). Returns the task it got.
     @discardableResult
-    func runAgent(mac: String, timeout: Double = 60, fail: String? = nil, beforeDone: () throws -> Void = {}) throws -> [String: Any] {
-        var token: String?
-        try h.waitUntil("ramdisk script for \(mac)", timeout: timeout, interval: 0.2) {
-            token = try scriptToken(mac: mac)
-            return token != nil
-        }
-        let t = token!
-        let (status, body) = try agent("/agent/v1/hello", token: t, #"{"agentVersion":"stand-in"}"#)
-        guard status == 200, let task = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] else {
+    func runAgent(
+        mac: String, timeout: Double = 60, fail: String? = nil, beforeDone: () throws -> Void = {},
+        withTask: ([String: Any]) throws -> Void = { _ in }
+    ) throws -> [String: Any] {
+        try h.waitUntil("ramdisk script for \(mac)", timeout: timeout, interval: 0.2) { try offersRamdisk(mac: mac) }
+        // Like the ramdisk's agent, the stand-in keeps one nonce: said again after a lost answer
+        // (a server killed after committing the hello), it gets the same token back.
+        let nonce = nonces[mac] ?? UUID().uuidString
+        nonces[mac] = nonce
+        let (status, body) = try agent("/agent/v1/hello", mac: mac, token: nil, Self.hello(nonce: nonce))
+        guard status == 200, let task = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+            let t = task["token"] as? String, !t.isEmpty
+        else {
             throw Harness.CommandError(description: "hello: \(status) \(body)")
         }
-        _ = try agent("/agent/v1/progress", token: t, #"{"stage":"write","bytesDone":1048576,"bytesTotal":3145728}"#)
+        try withTask(task)
+        _ = try agent("/agent/v1/progress", mac: mac, token: t, #"{"stage":"write","bytesDone":1048576,"bytesTotal":3145728}"#)
         let result: String
         if let fail {
             result = #"{"ok":false,"error":"\#(fail)"}"#
@@ -151,7 +179,7 @@ final class ControlPlane: @unchecked Sendable {
             result = #"{"ok":true}"#
         }
         try beforeDone()
-        let (s2, b2) = try agent("/agent/v1/done", token: t, result)
+        let (s2, b2) = try agent("/agent/v1/done", mac: mac, token: t, result)
         guard s2 == 200 else { throw Harness.CommandError(description: "done: \(s2) \(b2)") }
         return task
     }

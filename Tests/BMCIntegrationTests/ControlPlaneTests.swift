@@ -80,12 +80,37 @@ struct ControlPlaneTests {
         #expect(try cp.state(nameB) == "deploying/queued")  // max-deploys 1
         // Being deployed: the script boots the ramdisk, never the disk.
         #expect(try cp.script(mac: macA).contains("farrier.mode=agent"))
-        let task = try cp.runAgent(mac: macA)
+        // The script carries no credential: the agent channel's URL and certificate fingerprint only.
+        let script = try cp.script(mac: macA)
+        #expect(script.contains("farrier.cert=sha256:") && script.contains("farrier.url=https://"))
+        #expect(!script.contains("token"), "\(script)")
+        // From any other address the script names nothing and boots nothing.
+        let elsewhere = try cp.script(mac: macA, from: "127.0.0.1")
+        #expect(!elsewhere.contains(nameA) && !elsewhere.contains("deploying") && !elsewhere.contains("farrier.mode"))
+        #expect(elsewhere.contains("not known to Farrier"))
+        // Nor may another address say hello for it.
+        let (foreign, _) = try cp.agent("/agent/v1/hello", mac: macA, token: nil, ControlPlane.hello(nonce: UUID().uuidString), from: "127.0.0.1")
+        #expect(foreign == 403)
+        #expect(try cp.state(nameA) == "deploying/agent")
+        let task = try cp.runAgent(mac: macA, withTask: { task in
+            #expect(task["kind"] as? String == "deploy")
+            let img = try #require(task["image"] as? [String: Any])
+            let path = try #require(img["path"] as? String), token = try #require(task["token"] as? String)
+            // The image is served with Range, to this agent (its token, its address) only.
+            func get(_ args: [String]) throws -> String {
+                try h.run(["curl", "-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-r", "0-1023"] + args + [cp.agentURL + path]).stdout
+            }
+            #expect(try get(["--interface", ControlPlane.address(of: macA), "-H", "Authorization: Bearer \(token)"]) == "206")
+            #expect(try get(["--interface", "127.0.0.1", "-H", "Authorization: Bearer \(token)"]) == "403")
+            #expect(try get(["--interface", ControlPlane.address(of: macA)]) == "401")
+            // A second agent in the same boot (another nonce) is refused; the first keeps its token.
+            let (again, body) = try cp.agent("/agent/v1/hello", mac: macA, token: nil, ControlPlane.hello(nonce: UUID().uuidString))
+            #expect(again == 409 && body.contains("already said hello"), "\(again) \(body)")
+            // The seed for the config drive is in the task, not behind a URL.
+            let seed = try #require(task["seed"] as? [String: Any])
+            #expect((seed["metaData"] as? String)?.contains("instance-id:") == true)
+        })
         #expect(task["kind"] as? String == "deploy")
-        let img = try #require(task["image"] as? [String: Any])
-        // The image is served with Range.
-        let range = try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-r", "0-1023", cp.http + (img["path"] as? String ?? "")])
-        #expect(range.stdout == "206")
         try cp.waitFor(nameA, "deployed")
         // Deployed: disk persistently, and the script boots the disk too.
         #expect(try simA.ipmitool(["chassis", "bootparam", "get", "5"]).contains("Hard-Drive"))
@@ -98,7 +123,7 @@ struct ControlPlaneTests {
         _ = simB
 
         // The finished step's agent token is dead.
-        #expect(try cp.scriptToken(mac: macA) == nil)
+        #expect(try !cp.offersRamdisk(mac: macA))
 
         // Tenant isolation, RPC by RPC: member A on B's machine gets NOT_FOUND or PERMISSION_DENIED.
         let before = try cp.machine(nameB)
@@ -295,7 +320,7 @@ struct ControlPlaneTests {
                 "controller.after-commit.deployed"].contains(point)
             {
                 // The image was written: the ramdisk is never offered again for this deploy.
-                #expect(try cp.scriptToken(mac: Self.mac1) == nil, "\(point): ramdisk offered again after the agent finished")
+                #expect(try !cp.offersRamdisk(mac: Self.mac1), "\(point): ramdisk offered again after the agent finished")
             }
             if (try? cp.state("m1")) == "ready" {
                 Issue.record("\(point): the committed deploy was lost (\(deploy.stderr))")

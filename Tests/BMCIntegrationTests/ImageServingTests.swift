@@ -4,10 +4,13 @@ import Testing
 
 /// Images over HTTP against curl and a raw socket: the sendfile path (whole files, ranges, HEAD,
 /// 416), what it leaves to the router (conditional requests, missing images), keep-alive across
-/// both, and pipelined requests answered in order.
+/// both, and pipelined requests answered in order. Images are tenants' bytes: every request
+/// carries the admin token, and one without it, or with a member's, gets nothing.
 @Suite(.serialized, .enabled(if: Harness.canRun, "needs root and curl"))
 struct ImageServingTests {
     let size = 3_000_000
+    /// Set by `setUp`: curl's `-H` for the admin token.
+    nonisolated(unsafe) static var auth = ""
 
     func setUp(_ h: Harness) throws -> (ControlPlane, url: String, file: String) {
         let cp = ControlPlane(h)
@@ -16,16 +19,17 @@ struct ImageServingTests {
         try h.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=1000", "count=\(size / 1000)", "status=none"])
         try cp.cli(["image", "add", "img", file])
         let sha = try #require(try cp.json(["image", "show", "img"])["sha256"] as? String)
+        Self.auth = "Authorization: Bearer \(cp.adminToken)"
         return (cp, cp.http + "/images/" + sha, file)
     }
 
     func sha(_ h: Harness, _ command: String) throws -> String {
-        String(try h.run(["bash", "-c", "\(command) | sha256sum"]).stdout.prefix(64))
+        String(try h.run(["bash", "-c", "\(command.replacingOccurrences(of: "curl ", with: "curl -H '\(Self.auth)' ")) | sha256sum"]).stdout.prefix(64))
     }
 
     /// Status line and headers (lowercased names) of one curl request.
     func headers(_ h: Harness, _ args: [String]) throws -> (status: Int, headers: [String: String]) {
-        let out = try h.run(["curl", "-s", "-o", "/dev/null", "-D", "-"] + args).stdout
+        let out = try h.run(["curl", "-s", "-o", "/dev/null", "-D", "-", "-H", Self.auth] + args).stdout
         var lines = out.split(separator: "\r\n").map(String.init)
         let status = Int(lines.removeFirst().split(separator: " ")[1]) ?? 0
         var fields: [String: String] = [:]
@@ -57,12 +61,30 @@ struct ImageServingTests {
         let past = try headers(h, ["-r", "\(size)-", url])
         #expect(past.status == 416)
         #expect(past.headers["content-range"] == "bytes */\(size)")
-        let head = try h.run(["curl", "-sf", "-I", "-w", "%{size_download}", url]).stdout
+        let head = try h.run(["curl", "-sf", "-I", "-H", Self.auth, "-w", "%{size_download}", url]).stdout
         #expect(head.contains("content-length: \(size)"))
         #expect(head.hasSuffix("\r\n0"), "HEAD sent a body: \(head.suffix(40))")
         // All of these went through the fast path, which logs each transfer.
         let sent = h.read("server.log").components(separatedBy: "msg=\"image sent\"").count - 1
         #expect(sent >= 8, "fast path transfers logged: \(sent)")
+    }
+
+    @Test func imagesNeedAnAdminOrDeployingAgentToken() throws {
+        let h = try Harness("img-auth")
+        defer { h.cleanup() }
+        let (cp, url, _) = try setUp(h)
+        func status(_ args: [String]) throws -> String {
+            try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"] + args + [url]).stdout
+        }
+        #expect(try status([]) == "401")
+        #expect(try status(["-r", "0-9"]) == "401")
+        #expect(try status(["-I"]) == "401")
+        #expect(try status(["-H", "Authorization: Bearer not-a-token"]) == "403")
+        try cp.cli(["project", "create", "p"])
+        let member = try cp.cli(["token", "create", "--project", "p"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let secret = try #require(member.split(separator: "\n").last.map(String.init))
+        #expect(try status(["-H", "Authorization: Bearer \(secret)"]) == "403")
+        #expect(try status(["-H", Self.auth]) == "200")
     }
 
     @Test func conditionalAndMissingRequestsGoToTheRouter() throws {
@@ -88,7 +110,7 @@ struct ImageServingTests {
         // curl reuses one connection for consecutive URLs: image, router, image.
         let out = h.directory + "/out"
         let r = try h.run([
-            "curl", "-sf", "-w", "%{http_code} %{num_connects}\\n", url, "-o", out + "1", cp.http + "/healthz", "-o", out + "2",
+            "curl", "-sf", "-H", Self.auth, "-w", "%{http_code} %{num_connects}\\n", url, "-o", out + "1", cp.http + "/healthz", "-o", out + "2",
             url, "-o", out + "3",
         ]).stdout
         #expect(r == "200 1\n200 0\n200 0\n", "status and new connections per request")
@@ -99,11 +121,11 @@ struct ImageServingTests {
         // Pipelined in one write: each answer comes back in request order, whichever side gives it.
         let script = """
             import socket, sys
-            host, port, path, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+            host, port, path, size, auth = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
             s = socket.create_connection((host, port), timeout=20)
             reqs = [("GET", path, "Range: bytes=0-9\\r\\n"), ("GET", "/healthz", ""), ("HEAD", path, ""),
                     ("GET", path, "Range: bytes=10-19\\r\\nConnection: close\\r\\n")]
-            s.sendall("".join(f"{m} {p} HTTP/1.1\\r\\nHost: x\\r\\n{h}\\r\\n" for m, p, h in reqs).encode())
+            s.sendall("".join(f"{m} {p} HTTP/1.1\\r\\nHost: x\\r\\n{auth}\\r\\n{h}\\r\\n" for m, p, h in reqs).encode())
             data = b""
             while True:
                 b = s.recv(1 << 16)
@@ -120,7 +142,7 @@ struct ImageServingTests {
             """
         let py = h.directory + "/pipeline.py"
         try script.write(toFile: py, atomically: true, encoding: .utf8)
-        let answer = try h.run(["python3", py, "127.0.0.1", "\(cp.httpPort)", String(url.dropFirst(cp.http.count)), "\(size)"],
+        let answer = try h.run(["python3", py, "127.0.0.1", "\(cp.httpPort)", String(url.dropFirst(cp.http.count)), "\(size)", Self.auth],
             timeout: 30).stdout
         let hex = { (from: Int) in
             try h.run(["bash", "-c", "tail -c +\(from + 1) '\(file)' | head -c 10 | od -An -tx1 | tr -d ' \\n'"]).stdout

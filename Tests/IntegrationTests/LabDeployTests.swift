@@ -6,6 +6,11 @@ import Testing
 /// by the real agent in the real ramdisk), then on a BIOS and a UEFI machine: deploy the
 /// debian-12 image with --wait, ssh in, restart, rescue and ssh into the ramdisk, exit rescue,
 /// release, and check the wipe on the VM's disk file. Prints the time of each phase.
+///
+/// On lab-1 a hostile tenant (`HostileTenant`: a namespace on the lab's bridge that knows the
+/// MACs) tries every unauthenticated path while lab-1 is deploying, in rescue and releasing, with
+/// lab-1's VM paused so that any change is the tenant's; and from rescue lab-1's whole disk is
+/// overwritten with a pattern before the release, whose wipe is then checked block by block.
 @Suite(
     .serialized,
     .enabled(
@@ -83,15 +88,59 @@ struct LabDeployTests {
             return out
         }
 
-        for (name, firmware) in [("lab-1", "bios"), ("lab-2", "uefi")] {
-            // 2. Deploy with --wait: progress, then deployed.
-            let deploy = try phase("\(firmware) deploy --wait") {
-                try h.run(
-                    [bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait", "--timeout", "1200"],
-                    timeout: 1300, check: false)
+        let tenant = try HostileTenant(h, bin: bin)
+        defer { tenant.remove() }
+        let imageSHA = try #require(
+            (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "image", "show", "debian-12", "-o", "json"]).stdout.utf8))
+                as? [String: Any])?["sha256"] as? String)
+        /// lab-1's id and step generation, as if they had leaked (read from the lab's database).
+        func leaked(_ name: String) throws -> (id: String, generation: Int) {
+            let out = try h.run([
+                "python3", "-c",
+                "import sqlite3,sys; c=sqlite3.connect('file:/run/farrier-lab/data/farrier.sqlite?mode=ro', uri=True); "
+                    + "print(*c.execute('select id, generation from machine where name=?', (sys.argv[1],)).fetchone())", name,
+            ]).stdout.split(separator: " ")
+            return (String(out[0]), Int(out[1].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0)
+        }
+        /// While `name`'s VM is paused: every attack, and its disk file unchanged around them.
+        func hostile(_ name: String, mac: String, during: String) throws {
+            try LabVM.qmp(h, name, "stop")
+            defer { _ = try? LabVM.qmp(h, name, "cont") }
+            let disk = try LabVM.diskDigest(h, name)
+            let (id, generation) = try leaked(name)
+            try phase("\(name) hostile tenant while \(during)") {
+                try tenant.attack(victim: name, mac: mac, id: id, generation: generation, image: imageSHA, phase: during)
             }
-            #expect(deploy.status == 0, "\(deploy.stdout) \(deploy.stderr)")
-            #expect(deploy.stdout.contains("write"), "no progress shown: \(deploy.stdout)")
+            #expect(try LabVM.diskDigest(h, name) == disk, "\(during): lab-1's disk changed during the attacks")
+        }
+        /// Runs a `--wait` command in the background; while it runs and `name` is at `atState`
+        /// (a step's agent at work), the tenant attacks. Returns the command's output.
+        func underAttack(_ name: String, mac: String, during: String, atState: String, _ args: [String], timeout: Double) throws -> (Int32, String) {
+            let log = "\(name)-\(during).log"
+            let p = try h.start(args, log: log)
+            try h.waitUntil("\(name) to be \(atState) with its agent at work", timeout: timeout, interval: 1) {
+                guard p.isRunning else { return true }
+                let m = try machine(name)
+                return try state(name) == atState && ((m["progress"] as? [String: Any])?["bytesDone"] as? Int ?? 0) > 0
+            }
+            if p.isRunning { try hostile(name, mac: mac, during: during) } else { Issue.record("\(during): the step ended before the tenant could attack") }
+            try h.waitUntil("\(args.dropFirst().prefix(2).joined(separator: " ")) to finish", timeout: timeout, interval: 1) { !p.isRunning }
+            return (p.terminationStatus, h.read(log))
+        }
+
+        for (name, firmware) in [("lab-1", "bios"), ("lab-2", "uefi")] {
+            let mac = name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"
+            // 2. Deploy with --wait: progress, then deployed. lab-1 deploys under attack.
+            let deployArgs = [bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait", "--timeout", "1200"]
+            let (deployStatus, deployOut) = try phase("\(firmware) deploy --wait") {
+                if name == "lab-1" {
+                    return try underAttack(name, mac: mac, during: "deploying", atState: "deploying/agent", deployArgs, timeout: 1300)
+                }
+                let r = try h.run(deployArgs, timeout: 1300, check: false)
+                return (r.status, r.stdout + r.stderr)
+            }
+            #expect(deployStatus == 0, "\(deployOut)")
+            #expect(deployOut.contains("write"), "no progress shown: \(deployOut)")
             #expect(try state(name) == "deployed")
             // 3. Login: the deployed OS has the machine's name.
             let hostname = try phase("\(firmware) first boot to ssh") { try ssh(name, "hostname", timeout: 600) }
@@ -115,6 +164,26 @@ struct LabDeployTests {
                 let size = try ssh(name, "cat /sys/block/vda/size", timeout: 300)
                 #expect(Int(size.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0, "rescue does not see vda: \(size)")
             }
+            if name == "lab-1" {
+                try hostile(name, mac: mac, during: "rescue")
+                // The tenant's data: 0xAA over the whole disk, written from rescue in 64 MiB pieces.
+                try phase("\(name) pattern over the whole disk from rescue") {
+                    let wrote = try ssh(name, """
+                        dd if=/dev/zero bs=1M count=1 2>/dev/null | tr '\\000' '\\252' > /tmp/p1 && \
+                        for i in $(seq 64); do cat /tmp/p1; done > /tmp/p64 && rm /tmp/p1 && \
+                        n=$(( $(cat /sys/block/vda/size) / 131072 )); i=0; \
+                        while [ $i -lt $n ]; do dd if=/tmp/p64 of=/dev/vda bs=64M seek=$i conv=notrunc 2>/dev/null || break; i=$((i+1)); done; \
+                        sync; echo $i $n
+                        """, timeout: 1200)
+                    let parts = wrote.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+                    #expect(parts.count == 2 && parts[0] == parts[1] && (Int(parts[0]) ?? 0) > 0, "pattern pieces written: \(wrote)")
+                }
+                let disk = "/run/farrier-lab/\(name)/disk.qcow2"
+                let samples = (0..<64).flatMap { _ in ["-c", "read -P 0xaa \(Int64.random(in: 0..<(8 << 30) / 4096) * 4096) 4k"] }
+                let seen = try h.run(["qemu-io", "-U", "-r", "-f", "qcow2"] + samples + [disk], timeout: 120, check: false).stdout
+                #expect(seen.components(separatedBy: "read 4096/4096 bytes").count - 1 == 64 && !seen.contains("Pattern verification failed"),
+                        "the pattern is not on lab-1's disk: \(seen.prefix(400))")
+            }
             // 6. Exit rescue: deployed again.
             try phase("\(firmware) exit-rescue") {
                 try h.run([bin, "machine", "exit-rescue", name, "--wait", "--timeout", "600"], timeout: 700)
@@ -122,7 +191,13 @@ struct LabDeployTests {
             #expect(try state(name) == "deployed")
             // 7. Release: ready, and the disk's first MiB is zero (read from the host, VM off).
             try phase("\(firmware) release --wait") {
-                try h.run([bin, "machine", "release", name, "--wait", "--timeout", "600"], timeout: 700)
+                let args = [bin, "machine", "release", name, "--wait", "--timeout", "600"]
+                if name == "lab-1" {
+                    let (status, out) = try underAttack(name, mac: mac, during: "releasing", atState: "releasing/agent", args, timeout: 700)
+                    #expect(status == 0, "\(out)")
+                } else {
+                    try h.run(args, timeout: 700)
+                }
             }
             #expect(try state(name) == "ready")
             let disk = "/run/farrier-lab/\(name)/disk.qcow2"

@@ -58,13 +58,15 @@ for i in $(seq 100); do
     inns curl -sf -o /dev/null http://127.0.0.1:8080/healthz && inns curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:8081/$sha" && break
     sleep 0.1
 done
+# Images need a token (an admin's here; the agent's in a deploy): every farrier request sends it.
+auth="Authorization: Bearer $(cat "$work/data/admin.token")"
 
 # One run: N clients fetch the whole file at once; MB/s = total bytes / wall time.
 run() {
     local port=$1 path=$2 n=$3 start end clients=()
     start=$(date +%s.%N)
     for i in $(seq "$n"); do
-        inns curl -sf -o /dev/null "http://127.0.0.1:$port$path" &
+        inns curl -sf -o /dev/null -H "$auth" "http://127.0.0.1:$port$path" &
         clients+=($!)
     done
     for c in "${clients[@]}"; do wait "$c" || { echo "a client failed" >&2; exit 1; }; done
@@ -73,8 +75,8 @@ run() {
 }
 median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Correctness first: both serve the same bytes.
-[ "$(inns curl -sf "http://127.0.0.1:8080/images/$sha" | sha256sum | cut -d' ' -f1)" = "$sha" ] || { echo "farrier served other bytes"; exit 1; }
-[ "$(inns curl -sf -r 1000-1999 "http://127.0.0.1:8080/images/$sha" | wc -c)" = 1000 ] || { echo "farrier Range failed"; exit 1; }
+[ "$(inns curl -sf -H "$auth" "http://127.0.0.1:8080/images/$sha" | sha256sum | cut -d' ' -f1)" = "$sha" ] || { echo "farrier served other bytes"; exit 1; }
+[ "$(inns curl -sf -H "$auth" -r 1000-1999 "http://127.0.0.1:8080/images/$sha" | wc -c)" = 1000 ] || { echo "farrier Range failed"; exit 1; }
 for n in 1 16; do
     f=(); g=()
     for r in $(seq "$repeat"); do

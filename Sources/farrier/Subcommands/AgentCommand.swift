@@ -17,6 +17,7 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "The agent channel's URL, https://HOST:PORT (overrides the command line).") var server: String?
     @Option(help: "sha256:HEX of the agent channel's certificate (overrides the command line).") var cert: String?
     @Option(help: "Where this boot's nonce is kept (tmpfs in the ramdisk).") var stateDir: String = "/run/farrier-agent"
+    @Option(help: "Source address for connections to the server (a machine with several addresses).") var bind: String?
     @Option(help: "Deploy to and wipe this file or device instead of the machine's disks.") var device: String?
     @Option(help: "Prefix for /proc and /sys when reading the inventory.") var sysRoot: String = ""
     @Option(help: "Command that serves SSH in rescue.") var rescueCommand: String = "dropbear -F -R -E -p 22"
@@ -39,6 +40,7 @@ struct AgentCommand: ParsableCommand {
             if let cert { c.certificateSHA256 = cert }
         }
         c.stateDirectory = stateDir
+        c.sourceAddress = bind
         c.device = device
         c.sysRoot = sysRoot
         c.rescueCommand = rescueCommand.split(separator: " ").map(String.init)
