@@ -63,7 +63,9 @@ struct HostileTenant {
         ).stdout.split(separator: "\n").count
         let machines = (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "machine", "list", "-o", "json"]).stdout.utf8))
             as? [[String: Any]])?.count ?? -1
-        return "state=\(m["state"] ?? "") phase=\(m["phase"] ?? "") reason=\(m["reason"] ?? "") progress=\(m["progress"] ?? "-") "
+        let progress = (m["progress"] as? [String: Any]).flatMap { try? JSONSerialization.data(withJSONObject: $0, options: .sortedKeys) }
+            .map { String(decoding: $0, as: UTF8.self) } ?? "-"
+        return "state=\(m["state"] ?? "") phase=\(m["phase"] ?? "") reason=\(m["reason"] ?? "") progress=\(progress) "
             + "timeline=\(timeline.count) last=\(timeline.last.map { "\($0["event"] ?? "")@\($0["time"] ?? "")" } ?? "-") "
             + "events=\(events) machines=\(machines)"
     }
