@@ -7,8 +7,9 @@ import Glibc
 
 /// Erases a whole disk and proves it: the release wipe between tenants.
 ///
-/// 1. The device's own secure erase when it has one: `BLKSECDISCARD` (the kernel asks the
-///    device to discard the blocks and every copy of them it holds).
+/// 1. The device's own secure erase when it has one: on an NVMe namespace, Format NVM with a
+///    cryptographic or user data erase (`NVMeFormat`); otherwise `BLKSECDISCARD` (the kernel
+///    asks the device to discard the blocks and every copy of them it holds).
 /// 2. Then zeroes over the whole device with `BLKZEROOUT`: the kernel uses the device's
 ///    write-zeroes command where the device guarantees the blocks read back as zeroes (an
 ///    unmapping write-zeroes on NVMe, SCSI WRITE SAME, virtio-blk), and otherwise writes zero
@@ -18,10 +19,12 @@ import Glibc
 ///    cache bypassed where the device allows (`O_DIRECT`): any byte that is not zero fails
 ///    the wipe, so a device that ignored the erase cannot pass as wiped.
 ///
-/// Not done here yet: NVMe Format with Secure Erase and ATA Security Erase (they need the
-/// device's admin command set); a device with either still gets 2 and 3.
+/// Not done: ATA Security Erase (a password set on the drive first, and a drive left locked if
+/// the erase is interrupted); an ATA drive gets 2 and 3, with `BLKSECDISCARD` where it offers it.
 public struct DiskEraser: Sendable {
     public enum Method: String, Sendable {
+        case nvmeCryptoThenZeroes = "NVMe Format NVM (cryptographic erase), then write-zeroes (BLKZEROOUT)"
+        case nvmeUserDataThenZeroes = "NVMe Format NVM (user data erase), then write-zeroes (BLKZEROOUT)"
         case secureDiscardThenZeroes = "secure discard (BLKSECDISCARD), then write-zeroes (BLKZEROOUT)"
         case zeroes = "write-zeroes (BLKZEROOUT)"
         case overwrite = "overwrite with zeroes"
@@ -59,14 +62,21 @@ public struct DiskEraser: Sendable {
     /// Erases, then verifies. `progress` gets the bytes done so far.
     public func erase(progress: (Int64) -> Void = { _ in }) throws -> Outcome {
         guard size > 0 else { throw AgentFailure("cannot erase \(path): its size is \(size)") }
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        let fd = open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw AgentFailure("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var method: Method
         var whole: (UInt64, UInt64) = (0, UInt64(size))
-        let secure = ioctl(fd, Self.BLKSECDISCARD, &whole) == 0
+        // The device's own erase first; write-zeroes after it either way, since what an erased
+        // block reads back as is the device's choice, and the read-back wants zeroes.
+        let nvme = try NVMeFormat(fd: fd, path: path).run()
+        let secure = nvme == nil && ioctl(fd, Self.BLKSECDISCARD, &whole) == 0
         if try zeroOut(fd, progress: progress) {
-            method = secure ? .secureDiscardThenZeroes : .zeroes
+            switch nvme {
+            case .cryptographic: method = .nvmeCryptoThenZeroes
+            case .userData: method = .nvmeUserDataThenZeroes
+            case nil: method = secure ? .secureDiscardThenZeroes : .zeroes
+            }
         } else {
             try overwrite(fd, progress: progress)
             method = .overwrite

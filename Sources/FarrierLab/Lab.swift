@@ -11,6 +11,8 @@ public struct Lab {
     public struct Options {
         public var machines = 2
         public var firmware = "mixed"  // bios, uefi or mixed
+        /// The VMs' disk controller: virtio, nvme, or mixed (odd VMs virtio, even VMs NVMe).
+        public var diskBus = "virtio"
         public var dhcpMode = "full"  // full or proxy
         public var accelerator = "auto"  // auto, tcg or kvm
         public var powerOn = true
@@ -86,7 +88,8 @@ public struct Lab {
             try state.save()
             for i in 1...o.machines {
                 let fw = o.firmware == "mixed" ? (i % 2 == 1 ? "bios" : "uefi") : o.firmware
-                state.vms.append(try makeVM(i, firmware: fw, accelerator: state.accelerator, password: password, dir: dir))
+                let bus = o.diskBus == "mixed" ? (i % 2 == 1 ? "virtio" : "nvme") : o.diskBus
+                state.vms.append(try makeVM(i, firmware: fw, diskBus: bus, accelerator: state.accelerator, password: password, dir: dir))
                 try state.save()
             }
             try waitForServer()
@@ -259,7 +262,7 @@ public struct Lab {
         throw Spawn.Failure(description: "the lab's farrier server did not come up; see \(LabState.defaultDirectory)/server.log")
     }
 
-    func makeVM(_ i: Int, firmware: String, accelerator: String, password: String, dir: String) throws -> LabState.VM {
+    func makeVM(_ i: Int, firmware: String, diskBus: String, accelerator: String, password: String, dir: String) throws -> LabState.VM {
         let name = "lab-\(i)"
         let vmDir = dir + "/" + name
         try FileManager.default.createDirectory(atPath: vmDir, withIntermediateDirectories: true)
@@ -273,6 +276,8 @@ public struct Lab {
         try Spawn.run(["qemu-img", "create", "-q", "-f", "qcow2", vmDir + "/disk.qcow2", "8G"])
         let bios = firmware == "uefi" ? " -bios /usr/share/ovmf/OVMF.fd" : ""
         let accel = accelerator == "kvm" ? "kvm" : "tcg"
+        // NVMe: the ramdisk's release wipe then formats it with a secure erase (NVMe Format NVM).
+        let disk = diskBus == "nvme" ? "nvme,serial=farrier-\(name)" : "virtio-blk-pci"
         try write(vmDir + "/start-vm.sh", mode: 0o755, """
             #!/bin/sh
             # Started by vmctl.sh when the BMC powers \(name) on. exec: the pidfile names QEMU itself.
@@ -281,7 +286,7 @@ public struct Lab {
             # would boot a bootable disk when the BMC said PXE (SeaBIOS honours both).
             case "$(cat $D/bootdev 2>/dev/null)" in disk|default) DI=0 NI=1;; *) DI=1 NI=0;; esac
             exec qemu-system-x86_64 -name \(name) -accel \(accel) -m 1024 -nographic -monitor none\(bios) \\
-              -drive file=$D/disk.qcow2,if=none,id=d0,format=qcow2 -device virtio-blk-pci,drive=d0,bootindex=$DI \\
+              -drive file=$D/disk.qcow2,if=none,id=d0,format=qcow2 -device \(disk),drive=d0,bootindex=$DI \\
               -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac),bootindex=$NI \\
               -chardev socket,id=ser0,host=127.0.0.1,port=\(solPort),server=on,wait=off,logfile=$D/serial.log,logappend=on \\
               -serial chardev:ser0 -qmp unix:$D/qmp.sock,server=on,wait=off -pidfile $D/qemu.pid

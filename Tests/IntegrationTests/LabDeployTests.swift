@@ -48,7 +48,7 @@ struct LabDeployTests {
 
         // 1. Both machines are discovered, commissioned and ready with their inventory.
         try phase("lab up (image built or cached)") {
-            try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed"], timeout: 3600)
+            try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--disk-bus", "mixed"], timeout: 3600)
         }
         try phase("commissioned") {
             try h.waitUntil("both machines ready", timeout: 300, interval: 2) {
@@ -57,7 +57,8 @@ struct LabDeployTests {
         }
         for name in ["lab-1", "lab-2"] {
             let inv = try #require(try machine(name)["inventory"] as? [String: Any], "\(name) has no inventory")
-            #expect((inv["disks"] as? [[String: Any]])?.first?["name"] as? String == "vda")
+            // lab-1's disk is virtio, lab-2's NVMe.
+            #expect((inv["disks"] as? [[String: Any]])?.first?["name"] as? String == (name == "lab-1" ? "vda" : "nvme0n1"))
             #expect((inv["nics"] as? [[String: Any]])?.first?["mac"] as? String == (name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"))
         }
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
@@ -161,8 +162,9 @@ struct LabDeployTests {
             // 5. Rescue: the ramdisk's SSH sees the disk.
             try phase("\(firmware) rescue") {
                 try h.run([bin, "machine", "rescue", name, "--wait", "--timeout", "600"], timeout: 700)
-                let size = try ssh(name, "cat /sys/block/vda/size", timeout: 300)
-                #expect(Int(size.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0, "rescue does not see vda: \(size)")
+                let dev = name == "lab-1" ? "vda" : "nvme0n1"
+                let size = try ssh(name, "cat /sys/block/\(dev)/size", timeout: 300)
+                #expect(Int(size.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0, "rescue does not see \(dev): \(size)")
             }
             if name == "lab-1" {
                 try hostile(name, mac: mac, during: "rescue")
@@ -200,6 +202,11 @@ struct LabDeployTests {
                 }
             }
             #expect(try state(name) == "ready")
+            if name == "lab-2" {
+                // The NVMe disk was erased by the device itself (Format NVM with a secure erase) first.
+                let serial = String(decoding: FileManager.default.contents(atPath: "/run/farrier-lab/lab-2/serial.log") ?? Data(), as: UTF8.self)
+                #expect(serial.contains("by NVMe Format NVM"), "lab-2's wipe: \(serial.split(separator: "\n").filter { $0.contains("erased") })")
+            }
             let disk = "/run/farrier-lab/\(name)/disk.qcow2"
             let first = h.directory + "/\(name)-first-mib.raw"
             try h.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1", "if=\(disk)", "of=\(first)"], timeout: 60)

@@ -17,6 +17,7 @@ struct LabCommand: ParsableCommand {
             abstract: "Start the lab: a namespace with a bridge, farrier server, VMs and their BMCs.")
         @Option(help: "Number of VMs (1-50).") var machines = 2
         @Option(help: "bios, uefi or mixed (odd VMs BIOS, even VMs UEFI).") var firmware = "mixed"
+        @Option(help: "The VMs' disks: virtio, nvme or mixed (odd VMs virtio, even VMs NVMe).") var diskBus = "virtio"
         @Option(help: "full (Farrier hands out addresses) or proxy (dnsmasq does; Farrier answers PXE).") var dhcpMode = "full"
         @Option(help: "auto (KVM only if a probe boot works), tcg or kvm.") var accel = "auto"
         @Flag(help: "Leave the VMs powered off (power them on through their BMCs).") var noPowerOn = false
@@ -29,6 +30,7 @@ struct LabCommand: ParsableCommand {
 
         func validate() throws {
             guard ["bios", "uefi", "mixed"].contains(firmware) else { throw ValidationError("--firmware must be bios, uefi or mixed") }
+            guard ["virtio", "nvme", "mixed"].contains(diskBus) else { throw ValidationError("--disk-bus must be virtio, nvme or mixed") }
             guard ["full", "proxy"].contains(dhcpMode) else { throw ValidationError("--dhcp-mode must be full or proxy") }
             guard ["auto", "tcg", "kvm"].contains(accel) else { throw ValidationError("--accel must be auto, tcg or kvm") }
         }
@@ -37,6 +39,7 @@ struct LabCommand: ParsableCommand {
             var o = Lab.Options(farrierBinary: LabCommand.selfPath())
             o.machines = machines
             o.firmware = firmware
+            o.diskBus = diskBus
             o.dhcpMode = dhcpMode
             o.accelerator = accel
             o.powerOn = !noPowerOn
