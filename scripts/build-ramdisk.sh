@@ -79,6 +79,11 @@ copy_with_libs "$ex/usr/sbin/dropbear" /usr/sbin/dropbear
 copy_with_libs "$(command -v zstd)" /usr/bin/zstd   # raw.zst images (busybox has no zstd)
 copy_with_libs "$(command -v mtools)" /usr/bin/mtools   # the config drive's files, written without mounting it
 ln -s mtools "$rd/usr/bin/mcopy"
+# mtools converts file names to the FAT's code page (850) with iconv: glibc's module for it.
+gconv=$(ls -d /usr/lib/*-linux-gnu/gconv | head -1)  # where glibc looks (its built-in GCONV path)
+mkdir -p "$rd$gconv"
+cp "$gconv/IBM850.so" "$rd$gconv/"
+printf 'alias\tCP850//\tIBM850//\nalias\t850//\tIBM850//\nmodule\tIBM850//\tINTERNAL\tIBM850\t1\nmodule\tINTERNAL\tIBM850//\tIBM850\t1\n' > "$rd$gconv/gconv-modules"
 [ -e "$rd/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$rd/lib64/"
 # Name resolution and users for glibc and dropbear.
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rd/etc/passwd"

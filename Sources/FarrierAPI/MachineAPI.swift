@@ -200,6 +200,13 @@ extension MachineAPI {
                 message: "unknown power action '\(request.action)'; valid: status, \(PowerAction.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         let (machine, bmc) = try await bmc(for: request.name)
+        // During a step the power is Farrier's: a tenant cycling a wipe or a deploy would restart
+        // its boot under the agent's feet. Admins may (a hung machine), which starts a new boot.
+        if action != nil, Lifecycle.steps.contains(machine.state), !(Caller.principal?.isAdmin ?? false) {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "machine \(machine.name) is \(machine.state.rawValue): Farrier controls its power until the step ends (an admin may override)")
+        }
         do {
             if let action {
                 // Powering on or cycling starts a new boot: an agent of the old one loses its token.

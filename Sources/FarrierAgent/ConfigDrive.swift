@@ -199,15 +199,27 @@ struct PartitionTableEdit {
         var pmbr = mbr
         put32(&pmbr, 446 + 12, UInt32(min(sectors - 1, 0xFFFF_FFFF)))
         let pad = { (b: [UInt8]) in b + [UInt8](repeating: 0, count: ss - b.count) }
+        // The image's own backup header (at the image's end, now inside the disk): zeroed, so
+        // nothing finds a stale GPT there.
+        var stale: [(Int64, [UInt8])] = []
+        let oldBackup = Int64(le64(header, 32))
+        if oldBackup > highest, oldBackup < sectors - 1 - entrySectors {
+            stale.append((oldBackup * Int64(ss), [UInt8](repeating: 0, count: ss)))
+        }
         return PartitionTableEdit(
             scheme: "gpt", number: slot + 1, start: first * Int64(ss), length: (lastUsable - first + 1) * Int64(ss),
             writes: [
                 (0, pmbr), (Int64(ss), pad(primary)), (entriesLBA * Int64(ss), entries),
                 ((sectors - 1 - entrySectors) * Int64(ss), entries), ((sectors - 1) * Int64(ss), pad(backup)),
-            ])
+            ] + stale)
     }
 
     static func msdos(mbr: [UInt8], sectors: Int64, ss: Int, partitionBytes: Int64) throws -> PartitionTableEdit {
+        // A protective MBR without a GPT where this disk's sectors put it: a GPT made for
+        // another sector size (a 512-byte image on a 4Kn disk). Not an MBR to add to.
+        if (0..<4).contains(where: { mbr[446 + 16 * $0 + 4] == 0xEE }) {
+            throw AgentFailure("config drive: the image's GPT is not where this disk's \(ss)-byte sectors put it (an image for another sector size)")
+        }
         var table = mbr
         var highest: Int64 = 0
         var free: Int?

@@ -25,12 +25,17 @@ struct NVMeFormat {
         /// The namespace's current LBA format index, and whether its metadata is extended.
         var lbaFormat: UInt32
         var extendedMetadata: Bool
+        /// End-to-end protection (Identify Namespace DPS): its type (0: none) and whether it is
+        /// in the metadata's first bytes; kept as they are.
+        var protection: UInt32 = 0
+        var protectionFirst = false
 
         /// CDW10 of Format NVM for this namespace: its LBA format and metadata setting kept,
         /// and the secure erase setting (1: user data erase, 2: cryptographic erase).
         func cdw10(_ erase: Erase) -> UInt32 {
             let ses: UInt32 = erase == .cryptographic ? 2 : 1
-            return (lbaFormat & 0xF) | ((lbaFormat & 0x30) << 8) | (extendedMetadata ? 1 << 4 : 0) | (ses << 9)
+            return (lbaFormat & 0xF) | ((lbaFormat & 0x30) << 8) | (extendedMetadata ? 1 << 4 : 0) | ((protection & 0x7) << 5)
+                | (protectionFirst ? 1 << 8 : 0) | (ses << 9)
         }
 
         /// From the Identify Controller and Identify Namespace data (4096 bytes each).
@@ -41,6 +46,8 @@ struct NVMeFormat {
             let flbas = n[26]
             lbaFormat = UInt32(flbas & 0xF) | UInt32((flbas >> 5) & 0x3) << 4
             extendedMetadata = flbas & 0x10 != 0
+            protection = UInt32(n[29] & 0x7)
+            protectionFirst = n[29] & 0x8 != 0
         }
 
         init(formatSupported: Bool, cryptographicErase: Bool, lbaFormat: UInt32, extendedMetadata: Bool) {

@@ -21,8 +21,10 @@ enum AgentCertificate {
         }
         let chain = try String(contentsOfFile: certPath, encoding: .utf8)
         let keyPEM = try String(contentsOfFile: keyPath, encoding: .utf8)
+        // The leaf is the chain's first certificate.
+        let first = chain.range(of: "-----END CERTIFICATE-----").map { String(chain[..<$0.upperBound]) } ?? chain
         let leaf: Certificate
-        do { leaf = try Certificate(pemEncoded: chain) } catch {
+        do { leaf = try Certificate(pemEncoded: first) } catch {
             throw ConfigurationError("agent TLS certificate \(certPath): not a PEM certificate (\(error))")
         }
         return AgentTLS(certificateChainPEM: chain, privateKeyPEM: keyPEM, fingerprint: try fingerprint(leaf), port: port)

@@ -192,7 +192,7 @@ public final class Controller: Sendable {
             throw ControlError(.permission, "malformed agent token")
         }
         guard let m = try store.machine(id: parts[0]), let nonceHash = m.agentNonce, m.generation == generation,
-            m.agentBoot == boot, Lifecycle.steps.contains(m.state),
+            m.agentBoot == boot, Lifecycle.steps.contains(m.state), m.phase == .agent || m.phase == .finish,
             ConstantTime.equal(agentToken(for: m, nonceHash: nonceHash), token)
         else {
             throw ControlError(.permission, "agent token is not valid (or no longer: its step or boot is over)")
@@ -235,10 +235,17 @@ public final class Controller: Sendable {
         guard m.phase != .queued else {
             throw ControlError(.conflict, "machine \(m.name): \(m.state.rawValue) is queued for a free slot; the agent may not start yet")
         }
+        // Until Farrier has powered the machine off and on for this step, whatever answers from
+        // its address is the old boot (a tenant's OS, an old ramdisk), not this step's agent.
+        guard m.phase == .agent else {
+            throw ControlError(.unavailable, "machine \(m.name): Farrier has not booted it for \(m.state.rawValue) yet; no agent may start until it has")
+        }
+        // A step with no agent work (exiting rescue) takes no hello.
+        _ = try task(for: m)
         let nonceHash = Self.sha256Hex(hello.nonce)
         var refused: ControlError?
         let updated = try store.update(machineID: m.id) { x in
-            guard x.generation == m.generation, x.phase == .boot || x.phase == .agent else {
+            guard x.generation == m.generation, x.phase == .agent else {
                 refused = ControlError(.conflict, "machine \(x.name) moved on to another step or phase")
                 return []
             }
@@ -252,7 +259,6 @@ public final class Controller: Sendable {
                 return []
             }
             x.agentNonce = nonceHash
-            if x.phase == .boot { x.phase = .agent }
             x.progress = StepProgress(stage: "started", updated: Date())
             return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
         }
@@ -292,7 +298,8 @@ public final class Controller: Sendable {
     public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) -> Bool {
         guard let bearer, !bearer.isEmpty else { return false }
         if let m = try? agentMachine(token: bearer, peer: peer) {
-            guard m.state == .deploying, let name = m.deployment?.image, let image = try? store.image(name: name) else { return false }
+            guard m.state == .deploying, m.phase == .agent, let name = m.deployment?.image, let image = try? store.image(name: name)
+            else { return false }
             return ConstantTime.equal(image.sha256, sha256)
         }
         guard let t = try? store.token(secretSHA256: Self.sha256Hex(bearer)) else { return false }
@@ -320,8 +327,9 @@ public final class Controller: Sendable {
 
     public func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) throws {
         let m = try agentMachine(token: token, peer: peer)
+        guard m.phase == .agent else { return }  // the agent's work is over: nothing to record
         _ = try store.update(machineID: m.id) { x in
-            guard x.generation == m.generation else { return [] }
+            guard x.generation == m.generation, x.phase == .agent else { return [] }
             x.progress = StepProgress(stage: report.stage, bytesDone: report.bytesDone, bytesTotal: report.bytesTotal, updated: Date())
             return [MachineEvent(x, kind: .progress, message: report.stage)]
         }
@@ -332,6 +340,8 @@ public final class Controller: Sendable {
     /// reconciler then sets the final boot device and power), on failure the step fails.
     public func agentDone(token: String, peer: MACAddress?, result: AgentResult) throws {
         let m = try agentMachine(token: token, peer: peer)
+        // Said again after the step's agent work was committed (its answer lost): already done.
+        guard m.phase == .agent else { return }
         guard result.ok else {
             try apply(.stepFailed(reason: "agent: \(result.error ?? "no reason given")"), machineID: m.id, guardGeneration: m.generation)
             return
@@ -340,7 +350,7 @@ public final class Controller: Sendable {
             throw ControlError(.invalid, "commissioning needs the inventory in the result")
         }
         _ = try store.update(machineID: m.id) { x in
-            guard x.generation == m.generation, x.phase == .agent || x.phase == .boot else { return [] }
+            guard x.generation == m.generation, x.agentBoot == m.agentBoot, x.phase == .agent else { return [] }
             if let inv = result.inventory, x.state == .commissioning {
                 x.inventory = inv
                 if inv.firmware != .unknown { x.firmware = inv.firmware }

@@ -149,19 +149,23 @@ struct Worker {
         }
     }
 
-    /// Next boot from the network (or disk for exiting rescue), then power on or cycle.
+    /// Next boot from the network (or disk for exiting rescue), then a new boot: power off and
+    /// seen off, then on. The boot's agent token is reset only once the machine is seen off, so
+    /// nothing from the old boot (a tenant's OS still up for the seconds a cycle takes, an old
+    /// ramdisk) can say hello as the new boot's agent; and hello is accepted only once the
+    /// machine is past this phase (`agent`).
     func boot(_ m: Machine) async {
         let device: BootDevice = Lifecycle.nextBoot(m.state) == .disk ? .disk : .pxe
         Failpoint.hit("reconciler.boot.before-action")
-        // A new boot: the agent of any earlier one (a ramdisk still up) loses its token now.
-        do { try controller.beginBoot(machineID: m.id, generation: m.generation) } catch {
-            logger.error("cannot begin a boot", metadata: ["machine": "\(m.name)", "error": "\(error)"])
-            return
-        }
-        let ok = await withBMC(m, action: "set next boot to \(device.rawValue) and power on") { bmc in
+        let ok = await withBMC(m, action: "set next boot to \(device.rawValue), power off and on") { bmc in
             try await bmc.setBootOverride(
                 BootOverride(device: device, persistent: device == .disk, efi: m.firmware == .uefi))
-            try await Self.powerOnOrCycle(bmc)
+            if try await bmc.powerState() != .off {
+                try await bmc.power(.off)
+                try await Self.waitUntilOff(bmc, machine: m.name)
+            }
+            try controller.beginBoot(machineID: m.id, generation: m.generation)
+            try await bmc.power(.on)
         }
         guard ok else { return }
         Failpoint.hit("reconciler.boot.after-action")
@@ -170,6 +174,18 @@ struct Worker {
         } else {
             _ = try? controller.advance(
                 machineID: m.id, generation: m.generation, from: .boot, to: .agent, message: "booting the ramdisk; waiting for the agent")
+        }
+    }
+
+    /// Polls the power state until it reads off (a BMC may act on "off" after answering it):
+    /// at most 60 s.
+    static func waitUntilOff(_ bmc: any BMC, machine: String) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while try await bmc.powerState() != .off {
+            guard ContinuousClock.now < deadline else {
+                throw ControlError(.unavailable, "\(machine) still reads as powered on 60 s after power off")
+            }
+            try await Task.sleep(for: .milliseconds(500))
         }
     }
 

@@ -91,20 +91,18 @@ extension HTTPDependencies {
 }
 
 /// Builds a router. The plain-HTTP one (`agentChannel` false) serves iPXE scripts under
-/// `/boot`, boot-root files under `/tftp`, `/healthz`, `/metrics` and images to whoever may
-/// have them; the HTTPS one (`agentChannel` true) serves the agent's calls and images.
+/// `/boot`, boot-root files under `/tftp`, `/healthz` and `/metrics`: nothing secret. The HTTPS
+/// one (`agentChannel` true) serves the agent's calls and images, to those who may have them.
 public func buildRouter(
     configuration: HTTPConfiguration, dependencies deps: HTTPDependencies, logger: Logger, agentChannel: Bool = false
 ) -> Router<FarrierRequestContext> {
     let router = Router(context: FarrierRequestContext.self)
-    if let dir = deps.imageDirectory {
-        // Images are tenants' bytes: only an agent deploying one, or an admin, gets it.
-        router.add(middleware: ImageAccessMiddleware(deps: deps))
-        router.add(
-            middleware: FileMiddleware(
-                fileProvider: BootRootFileProvider(root: BootRoot(path: dir), logger: logger), urlBasePath: "/images"))
-    }
     if agentChannel {
+        // Images are tenants' bytes: only over TLS, and only to an agent deploying one or an admin.
+        if let dir = deps.imageDirectory {
+            router.add(middleware: ImageAccessMiddleware(deps: deps))
+            addImageRoute(router, directory: dir)
+        }
         if let controller = deps.controller { addAgentRoutes(router, controller: controller, deps: deps) }
         router.get("/healthz") { _, _ in "ok\n" }
         return router
@@ -231,8 +229,7 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Control
 }
 
 /// Refuses `/images/...` to a request without the right token (see `Controller.imageAccess`):
-/// 401 without one, 403 with one that does not open this image. The sendfile fast path asks
-/// the same question and leaves refusals to this middleware.
+/// 401 without one, 403 with one that does not open this image.
 struct ImageAccessMiddleware: RouterMiddleware {
     let deps: HTTPDependencies
 
@@ -240,12 +237,14 @@ struct ImageAccessMiddleware: RouterMiddleware {
         _ request: Request, context: FarrierRequestContext,
         next: (Request, FarrierRequestContext) async throws -> Response
     ) async throws -> Response {
-        guard request.uri.path.hasPrefix("/images/") else { return try await next(request, context) }
+        // The path as FileMiddleware will see it (percent-decoded): `/%69mages/…` is an image too.
+        let path = request.uri.path.removingPercentEncoding ?? request.uri.path
+        guard path.hasPrefix("/images") else { return try await next(request, context) }
         let auth = request.headers[.authorization]
         guard auth != nil else {
             throw HTTPError(.unauthorized, message: "images need a token: the agent token of a machine deploying it, or an admin token\n")
         }
-        let name = String(request.uri.path.dropFirst("/images/".count))
+        let name = String(path.dropFirst("/images/".count))
         guard deps.imageAllowed(name: name, authorization: auth, remote: context.remoteAddress) else {
             throw HTTPError(.forbidden, message: "this token does not open this image\n")
         }
@@ -297,14 +296,7 @@ public func makeHTTPApplication(
     let (host, port) = try splitHostPort(configuration.listen)
     return Application(
         router: buildRouter(configuration: configuration, dependencies: dependencies, logger: logger),
-        server: HTTPServerBuilder { responder in
-            FarrierHTTP1Channel(
-                inner: HTTP1Channel(responder: responder),
-                images: dependencies.imageDirectory.map { BootRoot(path: $0) },
-                authorize: { name, authorization, remote in
-                    dependencies.imageAllowed(name: name, authorization: authorization, remote: remote)
-                })
-        },
+        server: .http1(),
         configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
         logger: logger)
 }

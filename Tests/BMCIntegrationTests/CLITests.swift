@@ -47,7 +47,7 @@ struct CLITests {
         cp.stop()
         let other = ControlPlane(h, flags: ["--api-tls-cert", d + "/other.pem", "--api-tls-key", d + "/server.key"])
         let otherServer = try h.start(
-            [ControlPlane.bin, "server", "--data-dir", cp.data, "--grpc-listen", other.grpc, "--http-listen", "127.0.0.1:\(other.httpPort)",
+            [ControlPlane.bin, "server", "--data-dir", cp.data, "--grpc-listen", other.grpc, "--http-listen", "127.0.0.1:\(other.httpPort)", "--agent-listen", "127.0.0.1:\(other.agentPort)",
              "--tftp-listen", "", "--api-tls-cert", d + "/other.pem", "--api-tls-key", d + "/server.key"], log: "server3.log")
         try h.waitUntil("server 3 up", timeout: 30) { h.read("server3.log").contains("gRPC listening") }
         let wrongName = try h.run(

@@ -162,7 +162,12 @@ final class ControlPlane: @unchecked Sendable {
         // (a server killed after committing the hello), it gets the same token back.
         let nonce = nonces[mac] ?? UUID().uuidString
         nonces[mac] = nonce
-        let (status, body) = try agent("/agent/v1/hello", mac: mac, token: nil, Self.hello(nonce: nonce))
+        // 503 while Farrier is still powering the machine for the step (the real agent retries too).
+        var (status, body) = (0, "")
+        try h.waitUntil("hello from \(mac) past the boot phase", timeout: timeout, interval: 0.2) {
+            (status, body) = try agent("/agent/v1/hello", mac: mac, token: nil, Self.hello(nonce: nonce))
+            return status != 503
+        }
         guard status == 200, let task = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
             let t = task["token"] as? String, !t.isEmpty
         else {

@@ -18,7 +18,8 @@ struct ServerBMCTests {
         let data = h.directory + "/data"
         let server = try h.start(
             [bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
-             "--http-listen", "127.0.0.1:\(Int.random(in: 40000..<50000))", "--tftp-listen", ""], log: "server.log")
+             "--http-listen", "127.0.0.1:\(Int.random(in: 40000..<45000))", "--agent-listen", "127.0.0.1:\(Int.random(in: 45000..<50000))",
+             "--tftp-listen", ""], log: "server.log")
         try h.waitUntil("server up", timeout: 30) {
             guard server.isRunning else { throw Harness.CommandError(description: h.read("server.log")) }
             guard let token = try? h.adminToken(dataDir: data) else { return false }

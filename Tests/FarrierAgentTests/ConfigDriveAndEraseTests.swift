@@ -60,6 +60,10 @@ import Testing
         namespace[26] = 0x21
         caps = NVMeFormat.Capabilities(controller: controller, namespace: namespace)
         #expect(caps.lbaFormat == 0x11 && caps.cdw10(.cryptographic) & 0x3000 == 0x1000)
+        // Protection information stays as it is (DPS: type 1, in the first bytes).
+        namespace[29] = 0x9
+        caps = NVMeFormat.Capabilities(controller: controller, namespace: namespace)
+        #expect(caps.cdw10(.userData) & 0x1E0 == 1 << 5 | 1 << 8)
         controller[256] = 0
         #expect(!NVMeFormat.Capabilities(controller: controller, namespace: namespace).formatSupported)
     }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# HTTP throughput serving a 1 GiB image over loopback, in one run, Farrier against nginx with
-# sendfile on the same file: 1 client, then 16 concurrent clients (curl). Farrier serves the
-# file as it serves images to the agent (/images/<sha256>, its sendfile path).
+# Image throughput over loopback, in one run: Farrier's agent channel (HTTPS, /images/<sha256>,
+# as the agent downloads images) against nginx serving the same file over HTTPS with the same
+# kind of key (P-256) and TLS 1.3: 1 client, then 16 concurrent clients (curl).
 # Runs alternate; the median of REPEAT runs counts. Last line:
-#   ratio http/nginx=<1 client> http16/nginx16=<16 clients>
+#   ratio https/nginx=<1 client> https16/nginx16=<16 clients>
 # Needs root, nginx (apt) and the farrier binary (swift build -c release).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,7 +37,7 @@ cp "$work/blob" "$work/data/images/sha256/$sha"
 ln "$work/blob" "$work/www/$sha" 2>/dev/null || cp "$work/blob" "$work/www/$sha"
 # Started with ip netns exec itself (not the inns function, a subshell), so $! is the server.
 ip netns exec "$ns" "$farrier" server --data-dir "$work/data" --http-listen 127.0.0.1:8080 --grpc-listen 127.0.0.1:7700 \
-    --tftp-listen "" --log-level warning >"$work/farrier.log" 2>&1 &
+    --agent-listen 127.0.0.1:8443 --tftp-listen "" --log-level warning >"$work/farrier.log" 2>&1 &
 pids+=($!)
 cat > "$work/nginx.conf" <<CONF
 daemon off;
@@ -49,13 +49,18 @@ http {
     access_log off;
     sendfile on;
     tcp_nopush on;
-    server { listen 127.0.0.1:8081; root $work/www; location / { } }
+    server {
+        listen 127.0.0.1:8081 ssl; root $work/www; location / { }
+        ssl_certificate $work/nginx.crt; ssl_certificate_key $work/nginx.key; ssl_protocols TLSv1.3;
+    }
 }
 CONF
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench \
+    -keyout "$work/nginx.key" -out "$work/nginx.crt" 2>/dev/null
 ip netns exec "$ns" nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 for i in $(seq 100); do
-    inns curl -sf -o /dev/null http://127.0.0.1:8080/healthz && inns curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:8081/$sha" && break
+    inns curl -sfk -o /dev/null https://127.0.0.1:8443/healthz && inns curl -sfk -o /dev/null -r 0-0 "https://127.0.0.1:8081/$sha" && break
     sleep 0.1
 done
 # Images need a token (an admin's here; the agent's in a deploy): every farrier request sends it.
@@ -66,7 +71,7 @@ run() {
     local port=$1 path=$2 n=$3 start end clients=()
     start=$(date +%s.%N)
     for i in $(seq "$n"); do
-        inns curl -sf -o /dev/null -H "$auth" "http://127.0.0.1:$port$path" &
+        inns curl -sfk -o /dev/null -H "$auth" "https://127.0.0.1:$port$path" &
         clients+=($!)
     done
     for c in "${clients[@]}"; do wait "$c" || { echo "a client failed" >&2; exit 1; }; done
@@ -75,16 +80,16 @@ run() {
 }
 median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Correctness first: both serve the same bytes.
-[ "$(inns curl -sf -H "$auth" "http://127.0.0.1:8080/images/$sha" | sha256sum | cut -d' ' -f1)" = "$sha" ] || { echo "farrier served other bytes"; exit 1; }
-[ "$(inns curl -sf -H "$auth" -r 1000-1999 "http://127.0.0.1:8080/images/$sha" | wc -c)" = 1000 ] || { echo "farrier Range failed"; exit 1; }
+[ "$(inns curl -sfk -H "$auth" "https://127.0.0.1:8443/images/$sha" | sha256sum | cut -d' ' -f1)" = "$sha" ] || { echo "farrier served other bytes"; exit 1; }
+[ "$(inns curl -sfk -H "$auth" -r 1000-1999 "https://127.0.0.1:8443/images/$sha" | wc -c)" = 1000 ] || { echo "farrier Range failed"; exit 1; }
 for n in 1 16; do
     f=(); g=()
     for r in $(seq "$repeat"); do
         g+=("$(run 8081 "/$sha" $n)")
-        f+=("$(run 8080 "/images/$sha" $n)")
+        f+=("$(run 8443 "/images/$sha" $n)")
     done
     fm=$(echo "${f[@]}" | median); gm=$(echo "${g[@]}" | median)
     echo "clients=$n nginx MB/s: ${g[*]} (median $gm); farrier MB/s: ${f[*]} (median $fm)"
     eval "f$n=$fm g$n=$gm"
 done
-awk -v f1="$f1" -v g1="$g1" -v f16="$f16" -v g16="$g16" 'BEGIN {printf "ratio http/nginx=%.2f http16/nginx16=%.2f\n", f1 / g1, f16 / g16}'
+awk -v f1="$f1" -v g1="$g1" -v f16="$f16" -v g16="$g16" 'BEGIN {printf "ratio https/nginx=%.2f https16/nginx16=%.2f\n", f1 / g1, f16 / g16}'
