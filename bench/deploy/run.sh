@@ -22,6 +22,8 @@ for i in $(seq 120); do [ "$(f machine list -o json | grep -c '"state" : "ready"
 ssh-keygen -q -t ed25519 -N "" -f "$work/id"
 for g in 1 2 4; do
     head -c $((g << 30)) /dev/urandom > "$work/img-$g.raw"
+    # A partition table, as real images have: the agent adds the config drive to it.
+    printf 'label: gpt\nstart=2048, type=L\n' | sfdisk -q "$work/img-$g.raw"
     f image add "bench-${g}g" "$work/img-$g.raw" >/dev/null
 done
 # The agent's own report: "agent finished deploying in S s, agent peak RSS M MiB".
