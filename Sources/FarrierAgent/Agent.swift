@@ -423,7 +423,7 @@ public final class Agent: Sendable {
             report("wipe", 0, total)
             for (t, size) in sizes {
                 let base = before
-                let outcome = try DiskEraser(path: t, size: size).erase { done in self.report("wipe", base + done, total) }
+                let outcome = try DiskEraser(path: t, size: size).erase(log: log) { done in self.report("wipe", base + done, total) }
                 before += size
                 log("erased \(t) (\(size) bytes) by \(outcome.method.rawValue); \(outcome.verifiedBlocks) random 4 KiB blocks read back as zeroes")
             }

@@ -25,6 +25,7 @@ public struct DiskEraser: Sendable {
     public enum Method: String, Sendable {
         case nvmeCryptoThenZeroes = "NVMe Format NVM (cryptographic erase), then write-zeroes (BLKZEROOUT)"
         case nvmeUserDataThenZeroes = "NVMe Format NVM (user data erase), then write-zeroes (BLKZEROOUT)"
+        case nvmeThenOverwrite = "NVMe Format NVM (secure erase), then overwrite with zeroes"
         case secureDiscardThenZeroes = "secure discard (BLKSECDISCARD), then write-zeroes (BLKZEROOUT)"
         case zeroes = "write-zeroes (BLKZEROOUT)"
         case overwrite = "overwrite with zeroes"
@@ -60,7 +61,7 @@ public struct DiskEraser: Sendable {
     }
 
     /// Erases, then verifies. `progress` gets the bytes done so far.
-    public func erase(progress: (Int64) -> Void = { _ in }) throws -> Outcome {
+    public func erase(log: (String) -> Void = { _ in }, progress: (Int64) -> Void = { _ in }) throws -> Outcome {
         guard size > 0 else { throw AgentFailure("cannot erase \(path): its size is \(size)") }
         let fd = open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw AgentFailure("cannot open \(path): \(String(cString: strerror(errno)))") }
@@ -71,12 +72,22 @@ public struct DiskEraser: Sendable {
         // block reads back as is the device's choice, and the read-back wants zeroes.
         let nvme = try NVMeFormat(fd: fd, path: path).run()
         let secure = nvme == nil && ioctl(fd, Self.BLKSECDISCARD, &whole) == 0
-        if try zeroOut(fd, progress: progress) {
+        var zeroed: Bool
+        do { zeroed = try zeroOut(fd, progress: progress) } catch {
+            // A device that fails write-zeroes part way (seen on QEMU's NVMe after a format)
+            // still gets every byte written, the slow way.
+            log("\(error); overwriting \(path) with zeroes instead")
+            zeroed = false
+        }
+        if zeroed {
             switch nvme {
             case .cryptographic: method = .nvmeCryptoThenZeroes
             case .userData: method = .nvmeUserDataThenZeroes
             case nil: method = secure ? .secureDiscardThenZeroes : .zeroes
             }
+        } else if nvme != nil {
+            try overwrite(fd, progress: progress)
+            method = .nvmeThenOverwrite
         } else {
             try overwrite(fd, progress: progress)
             method = .overwrite

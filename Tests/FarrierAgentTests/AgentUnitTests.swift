@@ -80,7 +80,7 @@ import Testing
         let path = try tempFile(Int(size))
         defer { try? FileManager.default.removeItem(atPath: path) }
         var seen: [Int64] = []
-        let outcome = try DiskEraser(path: path, size: size).erase { seen.append($0) }
+        let outcome = try DiskEraser(path: path, size: size).erase(progress: { seen.append($0) })
         #expect(outcome.method == .overwrite)
         #expect(outcome.verifiedBlocks == 258)
         #expect(seen.last.map { $0 == size } == true, "progress ended at \(String(describing: seen.last))")

@@ -186,9 +186,12 @@ struct LabDeployTests {
                 }
                 let disk = "/run/farrier-lab/\(name)/disk.qcow2"
                 let reads = pieces.flatMap { ["-c", "read -P 0xaa \($0) 1M"] }
+                // Read with the VM paused: QMP stop drains and flushes QEMU's writes and caches.
+                try LabVM.qmp(h, name, "stop")
                 let seen = try h.run(["qemu-io", "-U", "-r", "-f", "qcow2"] + reads + [disk], timeout: 120, check: false).stdout
+                try LabVM.qmp(h, name, "cont")
                 #expect(seen.components(separatedBy: "read 1048576/1048576 bytes").count - 1 == pieces.count && !seen.contains("Pattern verification failed"),
-                        "the pattern is not on lab-1's disk: \(seen.prefix(400))")
+                        "the pattern is not on lab-1's disk: \(seen.components(separatedBy: "\n").filter { $0.contains("fail") || $0.contains("offset") }.suffix(6))")
                 patterned = pieces
             }
             // 6. Exit rescue: deployed again.
