@@ -1,4 +1,5 @@
 import Crypto
+import FarrierControl
 import FarrierCore
 import Foundation
 import GRPCCore
@@ -20,21 +21,6 @@ public enum Caller {
             throw RPCError(code: .permissionDenied, message: "\(what) needs an admin token; token '\(p.tokenName)' is a member of project \(p.project ?? "-")")
         }
         return p
-    }
-}
-
-/// Bearer-token secrets: 32 random bytes, base64url, with a `fa_` prefix so they are easy to
-/// recognise in logs and secret scanners. Only their SHA-256 is stored.
-public enum TokenSecret {
-    public static func generate() -> String {
-        var rng = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
-        return "fa_" + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
-    }
-
-    public static func hash(_ secret: String) -> String {
-        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 }
 

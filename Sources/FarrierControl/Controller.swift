@@ -171,10 +171,6 @@ public final class Controller: Sendable {
             .replacingOccurrences(of: "=", with: "")
     }
 
-    static func sha256Hex(_ text: String) -> String {
-        SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
-    }
-
     /// Agent calls come only from the address Farrier's DHCP leased to the machine's MAC:
     /// `peer` is the MAC that holds the request's source address, if any.
     func requireLeasedAddress(_ m: Machine, peer: MACAddress?) throws {
@@ -242,7 +238,7 @@ public final class Controller: Sendable {
         }
         // A step with no agent work (exiting rescue) takes no hello.
         _ = try task(for: m)
-        let nonceHash = Self.sha256Hex(hello.nonce)
+        let nonceHash = TokenSecret.hash(hello.nonce)
         var refused: ControlError?
         let updated = try store.update(machineID: m.id) { x in
             guard x.generation == m.generation, x.phase == .agent else {
@@ -302,7 +298,7 @@ public final class Controller: Sendable {
             else { return false }
             return ConstantTime.equal(image.sha256, sha256)
         }
-        guard let t = try? store.token(secretSHA256: Self.sha256Hex(bearer)) else { return false }
+        guard let t = try? store.token(secretSHA256: TokenSecret.hash(bearer)) else { return false }
         return t.role == .admin
     }
 

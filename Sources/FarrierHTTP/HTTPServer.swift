@@ -278,8 +278,7 @@ struct TimelineMiddleware: RouterMiddleware {
         next: (Request, FarrierRequestContext) async throws -> Response
     ) async throws -> Response {
         let response = try await next(request, context)
-        if request.uri.path.hasPrefix("/tftp/"), let ip = context.remoteAddress?.ipAddress.flatMap({ IPv4Address($0) }),
-            let mac = deps.addressBook.mac(for: ip)
+        if request.uri.path.hasPrefix("/tftp/"), let mac = deps.peerMAC(context.remoteAddress)
         {
             deps.recorder.record(TimelineEvent(
                 mac: mac, time: Date(), stage: .http, event: "GET",
