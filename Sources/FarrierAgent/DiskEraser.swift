@@ -9,7 +9,13 @@ import Glibc
 ///
 /// 1. The device's own secure erase when it has one: on an NVMe namespace, Format NVM with a
 ///    cryptographic or user data erase (`NVMeFormat`); otherwise `BLKSECDISCARD` (the kernel
-///    asks the device to discard the blocks and every copy of them it holds).
+///    asks the device to discard the blocks and every copy of them it holds). After an NVMe
+///    format the read-back (3) runs first: a namespace that reads back as zeroes is done, since
+///    the device has erased every block (what an erased block reads as is the device's choice;
+///    a cryptographic erase often leaves noise, which then gets 2). Zeroing a formatted
+///    namespace again would only cost time: hours on a large drive, and on QEMU's emulated NVMe
+///    under load a write-zeroes that stalled past the kernel's I/O timeout and took the
+///    namespace away (CI, twice).
 /// 2. Then zeroes over the whole device with `BLKZEROOUT`: the kernel uses the device's
 ///    write-zeroes command where the device guarantees the blocks read back as zeroes (an
 ///    unmapping write-zeroes on NVMe, SCSI WRITE SAME, virtio-blk), and otherwise writes zero
@@ -23,6 +29,8 @@ import Glibc
 /// the erase is interrupted); an ATA drive gets 2 and 3, with `BLKSECDISCARD` where it offers it.
 public struct DiskEraser: Sendable {
     public enum Method: String, Sendable {
+        case nvmeCryptographic = "NVMe Format NVM (cryptographic erase), read back as zeroes"
+        case nvmeUserData = "NVMe Format NVM (user data erase), read back as zeroes"
         case nvmeCryptoThenZeroes = "NVMe Format NVM (cryptographic erase), then write-zeroes (BLKZEROOUT)"
         case nvmeUserDataThenZeroes = "NVMe Format NVM (user data erase), then write-zeroes (BLKZEROOUT)"
         case nvmeThenOverwrite = "NVMe Format NVM (secure erase), then overwrite with zeroes"
@@ -71,6 +79,15 @@ public struct DiskEraser: Sendable {
         // The device's own erase first; write-zeroes after it either way, since what an erased
         // block reads back as is the device's choice, and the read-back wants zeroes.
         let nvme = try NVMeFormat(fd: fd, path: path).run()
+        if let nvme {
+            do {
+                let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
+                progress(size)
+                return Outcome(method: nvme == .cryptographic ? .nvmeCryptographic : .nvmeUserData, verifiedBlocks: blocks)
+            } catch {
+                log("after the NVMe format: \(error); zeroing \(path) as well")
+            }
+        }
         let secure = nvme == nil && ioctl(fd, Self.BLKSECDISCARD, &whole) == 0
         var zeroed: Bool
         do { zeroed = try zeroOut(fd, progress: progress) } catch {

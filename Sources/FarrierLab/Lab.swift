@@ -443,6 +443,7 @@ public struct Lab {
         _ = try? Spawn.run(["ip", "route", "del", Self.network], check: false)
         _ = try? Spawn.run(["ip", "route", "del", "blackhole", Self.labRange], check: false)
         try? FileManager.default.removeItem(atPath: LabState.defaultDirectory)
+        try? FileManager.default.removeItem(atPath: LabState.runDirectory)
     }
 
     // MARK: status

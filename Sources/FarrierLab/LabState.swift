@@ -29,9 +29,14 @@ public struct LabState: Codable, Sendable {
     public var dnsmasqPID: Int32?
     public var vms: [VM]
 
-    /// The lab lives here while it is up.
-    public static let defaultDirectory = "/run/farrier-lab"
-    public static var statePath: String { defaultDirectory + "/state.json" }
+    /// The lab's files live here while it is up: VM disks (8 GiB each, filled by deploys), the
+    /// server's data directory with its images, logs. On disk, not in /run: /run is a tmpfs on
+    /// most hosts, sized at a fifth of RAM, and the lab's disks outgrew it in CI.
+    public static let defaultDirectory = "/var/lib/farrier-lab"
+    /// What is up (pids, addresses) is runtime state, in /run: gone after a reboot, like the
+    /// processes it names.
+    public static let runDirectory = "/run/farrier-lab"
+    public static var statePath: String { runDirectory + "/state.json" }
 
     public static func load(from path: String = statePath) -> LabState? {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
@@ -45,6 +50,7 @@ public struct LabState: Codable, Sendable {
     }
 
     public func save(to path: String = statePath) throws {
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try e.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)

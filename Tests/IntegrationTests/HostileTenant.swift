@@ -159,11 +159,11 @@ enum LabVM {
                     if "return" in r: break
                     if "error" in r: sys.exit(r["error"]["desc"])
             """
-        try h.run(["python3", "-c", script, "/run/farrier-lab/\(name)/qmp.sock", command], timeout: 20)
+        try h.run(["python3", "-c", script, "/var/lib/farrier-lab/\(name)/qmp.sock", command], timeout: 20)
     }
 
     /// SHA-256 of the VM's disk file (the VM paused: nothing writes it meanwhile).
     static func diskDigest(_ h: Harness, _ name: String) throws -> String {
-        String(try h.run(["sha256sum", "/run/farrier-lab/\(name)/disk.qcow2"], timeout: 300).stdout.prefix(64))
+        String(try h.run(["sha256sum", "/var/lib/farrier-lab/\(name)/disk.qcow2"], timeout: 300).stdout.prefix(64))
     }
 }

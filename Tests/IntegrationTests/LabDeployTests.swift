@@ -68,7 +68,7 @@ struct LabDeployTests {
         func labLogs(_ name: String) -> String {
             ["vmctl.log", "qemu.log", "serial.log"].map { file in
                 // Lossy: firmware writes bytes that are not UTF-8 to the serial log.
-                let data = FileManager.default.contents(atPath: "/run/farrier-lab/\(name)/\(file)") ?? Data()
+                let data = FileManager.default.contents(atPath: "/var/lib/farrier-lab/\(name)/\(file)") ?? Data()
                 let text = String(decoding: data, as: UTF8.self)
                 return "--- \(file)\n" + text.split(separator: "\n", omittingEmptySubsequences: false).suffix(25).joined(separator: "\n")
             }.joined(separator: "\n")
@@ -98,7 +98,7 @@ struct LabDeployTests {
         func leaked(_ name: String) throws -> (id: String, generation: Int) {
             let out = try h.run([
                 "python3", "-c",
-                "import sqlite3,sys; c=sqlite3.connect('file:/run/farrier-lab/data/farrier.sqlite?mode=ro', uri=True); "
+                "import sqlite3,sys; c=sqlite3.connect('file:/var/lib/farrier-lab/data/farrier.sqlite?mode=ro', uri=True); "
                     + "print(*c.execute('select id, generation from machine where name=?', (sys.argv[1],)).fetchone())", name,
             ]).stdout.split(separator: " ")
             return (String(out[0]), Int(out[1].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0)
@@ -184,7 +184,7 @@ struct LabDeployTests {
                         """], timeout: 600)
                     #expect(wrote.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "\(pieces.count)", "pattern pieces written: \(wrote.stdout) \(wrote.stderr)")
                 }
-                let disk = "/run/farrier-lab/\(name)/disk.qcow2"
+                let disk = "/var/lib/farrier-lab/\(name)/disk.qcow2"
                 let reads = pieces.flatMap { ["-c", "read -P 0xaa \($0) 1M"] }
                 // Read with the VM paused: QMP stop drains and flushes QEMU's writes and caches.
                 try LabVM.qmp(h, name, "stop")
@@ -212,10 +212,10 @@ struct LabDeployTests {
             #expect(try state(name) == "ready")
             if name == "lab-2" {
                 // The NVMe disk was erased by the device itself (Format NVM with a secure erase) first.
-                let serial = String(decoding: FileManager.default.contents(atPath: "/run/farrier-lab/lab-2/serial.log") ?? Data(), as: UTF8.self)
+                let serial = String(decoding: FileManager.default.contents(atPath: "/var/lib/farrier-lab/lab-2/serial.log") ?? Data(), as: UTF8.self)
                 #expect(serial.contains("by NVMe Format NVM"), "lab-2's wipe: \(serial.split(separator: "\n").filter { $0.contains("erased") })")
             }
-            let disk = "/run/farrier-lab/\(name)/disk.qcow2"
+            let disk = "/var/lib/farrier-lab/\(name)/disk.qcow2"
             let first = h.directory + "/\(name)-first-mib.raw"
             try h.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1", "if=\(disk)", "of=\(first)"], timeout: 60)
             let bytes = try Data(contentsOf: URL(fileURLWithPath: first))

@@ -61,7 +61,7 @@ struct LabKillNineTests {
             if let point { args = ["env", "FARRIER_FAILPOINTS=\(point)"] + args }
             try h.run(args, timeout: 120)
         }
-        let serverLog = "/run/farrier-lab/server.log"
+        let serverLog = "/var/lib/farrier-lab/server.log"
 
         // Each life dies at its point; the next life resumes the deploy and dies at the next one.
         try restart(armed: Self.points[0])
@@ -91,18 +91,18 @@ struct LabKillNineTests {
         ).first
         let bmc = (vm?["bmcAddress"] as? String ?? "").split(separator: ":").map(String.init)
         let boot = try h.run(
-            ["ipmitool", "-I", "lanplus", "-C", "3", "-H", bmc[0], "-p", bmc[1], "-U", "admin", "-f", "/run/farrier-lab/bmc-password",
+            ["ipmitool", "-I", "lanplus", "-C", "3", "-H", bmc[0], "-p", bmc[1], "-U", "admin", "-f", "/var/lib/farrier-lab/bmc-password",
              "chassis", "bootparam", "get", "5"], timeout: 30).stdout
         #expect(boot.contains("Hard-Drive") || boot.contains("Disk"), "BMC boot device: \(boot)")
 
         // The image's bytes are on the disk (read from the host with the VM off).
         try h.run([bin, "machine", "power", "lab-1", "off"], timeout: 60)
         try h.waitUntil("lab-1's QEMU to stop", timeout: 60, interval: 0.5) {
-            !FileManager.default.fileExists(atPath: "/run/farrier-lab/lab-1/qemu.pid")
+            !FileManager.default.fileExists(atPath: "/var/lib/farrier-lab/lab-1/qemu.pid")
         }
         let onDisk = h.directory + "/on-disk.raw"
         try h.run(
-            ["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=8", "if=/run/farrier-lab/lab-1/disk.qcow2", "of=\(onDisk)"],
+            ["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=8", "if=/var/lib/farrier-lab/lab-1/disk.qcow2", "of=\(onDisk)"],
             timeout: 60)
         // The image's partition (its GPT now also lists the config drive at the disk's end).
         func partition(_ file: String) throws -> Substring {

@@ -30,7 +30,7 @@ struct LabTests {
         // The lab's traffic stays in: a blackhole for the whole range, one route into the lab.
         let routes = try h.run(["ip", "route", "show"]).stdout
         #expect(routes.contains("blackhole 198.18.0.0/15"))
-        let password = "/run/farrier-lab/bmc-password"
+        let password = "/var/lib/farrier-lab/bmc-password"
         // lab up enrolled both VMs with their BMCs, through the CLI and the API.
         let enrolled = (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "machine", "list", "-o", "json"]).stdout.utf8)) as? [[String: Any]]) ?? []
         #expect(enrolled.map { $0["name"] as? String } == ["lab-1", "lab-2"])
@@ -91,11 +91,12 @@ struct LabTests {
         if mode == "full" { try bmcThroughTheServer(h, bin: bin) }
         try h.run([bin, "lab", "down"], timeout: 120)
         #expect(!FileManager.default.fileExists(atPath: "/run/farrier-lab"))
+        #expect(!FileManager.default.fileExists(atPath: "/var/lib/farrier-lab"))
         #expect(!(try h.run(["ip", "netns", "list"]).stdout.contains("farrier-lab")))
         #expect(!(try h.run(["ip", "route", "show"]).stdout.contains("198.18.")))
         try h.waitUntil("lab processes gone", timeout: 20) {
             !(try h.run(["ps", "-eo", "args"]).stdout.split(separator: "\n").contains {
-                $0.contains("/run/farrier-lab") })
+                $0.contains("/var/lib/farrier-lab") })
         }
     }
 

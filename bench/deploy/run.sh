@@ -44,7 +44,7 @@ sha=$(f image show bench-2g -o json | sed -n 's/.*"sha256" : "\([0-9a-f]*\)".*/\
 floor=""
 for i in $(seq 60); do
     floor=$(f machine ssh lab-1 -i "$work/id" -- \
-        "s=\$(date +%s.%N); wget -q -O - --no-check-certificate --header 'Authorization: Bearer $(cat /run/farrier-lab/data/admin.token)' https://198.18.0.1:8443/images/$sha | dd of=/dev/vda bs=4M 2>/dev/null; sync; e=\$(date +%s.%N); echo \"\$s \$e\" | awk '{printf \"%.1f\", \$2 - \$1}'" 2>/dev/null) && break
+        "s=\$(date +%s.%N); wget -q -O - --no-check-certificate --header 'Authorization: Bearer $(cat /var/lib/farrier-lab/data/admin.token)' https://198.18.0.1:8443/images/$sha | dd of=/dev/vda bs=4M 2>/dev/null; sync; e=\$(date +%s.%N); echo \"\$s \$e\" | awk '{printf \"%.1f\", \$2 - \$1}'" 2>/dev/null) && break
     sleep 5
 done
 echo "floor (wget | dd, sync): 2 GiB ${floor} s"
