@@ -8,6 +8,10 @@ _Static_assert(sizeof(farrier_mmsghdr) == sizeof(struct mmsghdr), "farrier_mmsgh
 _Static_assert(offsetof(farrier_mmsghdr, msg_len) == offsetof(struct mmsghdr, msg_len),
                "farrier_mmsghdr.msg_len must match struct mmsghdr");
 
+int farrier_recvmmsg_nowait(int fd, farrier_mmsghdr *msgvec, unsigned int vlen) {
+    return recvmmsg(fd, (struct mmsghdr *)msgvec, vlen, MSG_DONTWAIT, NULL);
+}
+
 int farrier_recvmmsg_waitforone(int fd, farrier_mmsghdr *msgvec, unsigned int vlen) {
     return recvmmsg(fd, (struct mmsghdr *)msgvec, vlen, MSG_WAITFORONE, NULL);
 }

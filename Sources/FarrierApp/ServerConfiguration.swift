@@ -41,6 +41,8 @@ import Yams
 /// - `dhcp.reservations` / `FARRIER_DHCP_RESERVATIONS` (`;` separated) / `--dhcp-reservation` (repeatable):
 ///   `MAC=IP[,HOSTNAME]`. In YAML, a mapping with keys mac, address, hostname.
 /// - `dhcp.proxy-port` / `FARRIER_DHCP_PROXY_PORT` / `--dhcp-proxy-port`: ProxyDHCP boot-server port. Default 4011.
+/// - `dhcp.commit-delay` / `FARRIER_DHCP_COMMIT_DELAY` / `--dhcp-commit-delay`: microseconds a batch that bound leases
+///   waits for more exchanges to share its fsync before its ACKs leave; 0 commits at once. Default 2000.
 /// - `bmc.key-file` / `FARRIER_BMC_KEY_FILE` / `--bmc-key-file`: the key (32 bytes, base64) that encrypts BMC
 ///   passwords at rest. Default DATA-DIR/bmc.key, made 0600 on first start. `FARRIER_BMC_KEY` gives the key itself.
 /// - `api.tls-cert` / `FARRIER_API_TLS_CERT` / `--api-tls-cert`, `api.tls-key` / `FARRIER_API_TLS_KEY` / `--api-tls-key`:
@@ -93,7 +95,7 @@ public struct ServerConfiguration: Sendable {
     public static let keys: [(key: String, env: String)] = [
         "data-dir", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert", "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
-        "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "bmc.key-file",
+        "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "dhcp.commit-delay", "bmc.key-file",
         "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
 
@@ -221,6 +223,9 @@ public struct ServerConfiguration: Sendable {
         case "tftp.max-timeout":
             guard let n = Int(v), (1...255).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 1 to 255") }
             tftp.limits.maxTimeoutSeconds = n
+        case "dhcp.commit-delay":
+            guard let n = Int(v), (0...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 100000") }
+            dhcp.commitDelay = .microseconds(n)
         case "tftp.busy-poll":
             guard let n = Int(v), (0...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 10000") }
             tftp.busyPoll = .microseconds(n)

@@ -59,7 +59,7 @@ import Testing
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
-        #expect(ServerConfiguration.keys.count == 30)
+        #expect(ServerConfiguration.keys.count == 31)
         #expect(ServerConfiguration.keys.first(where: { $0.key == "agent.tls-cert" })?.env == "FARRIER_AGENT_TLS_CERT")
     }
 
@@ -86,6 +86,17 @@ import Testing
             try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "-1"], flags: [:])
         }
         #expect("\(error!)".contains("tftp.busy-poll: '-1' is not a number of microseconds"))
+    }
+
+    @Test func commitDelayIsMicrosecondsWithinBounds() throws {
+        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).dhcp.commitDelay == .milliseconds(2))
+        let c = try ServerConfiguration.load(file: nil, environment: ["FARRIER_DHCP_COMMIT_DELAY": "0"], flags: [:])
+        #expect(c.dhcp.commitDelay == .zero)
+        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: ["dhcp.commit-delay": ["500"]]).dhcp.commitDelay == .microseconds(500))
+        let error = #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["dhcp.commit-delay": ["200000"]])
+        }
+        #expect("\(error!)".contains("dhcp.commit-delay: '200000' is not a number of microseconds"))
     }
 
     @Test(arguments: [

@@ -84,6 +84,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "ProxyDHCP boot-server port. [dhcp.proxy-port, FARRIER_DHCP_PROXY_PORT; default 4011]")
     var dhcpProxyPort: Int?
 
+    @Option(help: "Microseconds a DHCP batch that bound leases waits for more exchanges to share its fsync before its ACKs leave; 0 commits at once. [dhcp.commit-delay, FARRIER_DHCP_COMMIT_DELAY; default 2000]")
+    var dhcpCommitDelay: Int?
+
     @Option(
         help: """
             Key that encrypts BMC passwords at rest (32 bytes, base64; FARRIER_BMC_KEY gives the key itself). \
@@ -133,6 +136,7 @@ struct ServerCommand: AsyncParsableCommand {
             ("tftp.max-transfers-per-client", tftpMaxTransfersPerClient.map(String.init)),
             ("tftp.max-timeout", tftpMaxTimeout.map(String.init)),
             ("ipxe.source", ipxeSource), ("dhcp.mode", dhcpMode), ("dhcp.proxy-port", dhcpProxyPort.map(String.init)),
+            ("dhcp.commit-delay", dhcpCommitDelay.map(String.init)),
             ("api.insecure", apiInsecure ? "true" : nil),
             ("discovery.max-machines", discoveryMaxMachines.map(String.init)),
             ("discovery.prune-after", discoveryPruneAfter.map(String.init)),
