@@ -29,6 +29,8 @@ final class DHCPEngine: Sendable {
     let logger: Logger
     let proxyMode: Bool
     let proxyPort: Int
+    /// How long an address seen in proxy mode is kept in the lease table.
+    static let proxySeenLifetime: TimeInterval = 86_400
 
     init(
         responder: DHCPResponder, store: any LeaseStore, recorder: TimelineRecorder, addressBook: AddressBook,
@@ -84,9 +86,18 @@ final class DHCPEngine: Sendable {
         // ciaddr could name anyone's address). In proxy mode another server leases: the
         // address the client's own DHCP traffic shows (ciaddr, or the address it requests from
         // that server) is the best there is.
-        if proxyMode, let mac, request.messageType == .request {
-            if request.ciaddr != .any { addressBook.record(request.ciaddr, mac) }
-            else if let asked = request.options.requestedIPAddress { addressBook.record(asked, mac) }
+        // What proxy mode learns this way is also written to the lease table (with a day's
+        // expiry, only when it changes), so a server restarted while an agent runs still knows
+        // that agent's address: the agent asks for nothing again until it renews, hours later.
+        if proxyMode, let mac, request.messageType == .request,
+            let seen = request.ciaddr != .any ? request.ciaddr : request.options.requestedIPAddress,
+            addressBook.record(seen, mac)
+        {
+            leases.add(commit: Lease(mac: mac, address: seen, expires: now.addingTimeInterval(Self.proxySeenLifetime)), forget: nil) { [self] result in
+                if case .failure(let error) = result {
+                    logger.warning("address seen in proxy mode not written", metadata: ["dhcp.mac": "\(mac)", "dhcp.error": "\(error)"])
+                }
+            }
         }
         guard let reply = outcome.reply else {
             metrics.dropped.add(1, ordering: .relaxed)
@@ -191,7 +202,8 @@ public final class DHCPService: Service, Sendable {
                 for port in ports {
                     let fd = try makeInterfaceSocket(
                         interface: name, port: port, receiveTimeout: DHCPSocketThread.receiveTimeout)
-                    let thread = DHCPSocketThread(engine: engine, interface: iface, port: port, socket: fd)
+                    let thread = DHCPSocketThread(
+                        engine: engine, interface: iface, port: port, socket: fd, commitDelay: configuration.commitDelay)
                     threads.append(thread)
                     thread.start()
                     logger.info(

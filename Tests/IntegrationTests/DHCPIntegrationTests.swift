@@ -171,4 +171,63 @@ struct DHCPIntegrationTests {
         let known = try h.run(["ip", "netns", "exec", c, "curl", "-sf", "http://198.19.0.1:8080/boot/\(mac).ipxe?platform=pcbios&buildarch=i386"]).stdout
         #expect(known.contains("not known to Farrier") && !known.contains("discovered"), "\(known)")
     }
+
+    /// Proxy mode: dnsmasq leases, Farrier only watches. The address a machine's own REQUEST
+    /// shows is what its boot script (and its agent's calls) are bound to, and it survives a
+    /// kill -9 of Farrier: an agent booted before the restart asks for nothing again until it
+    /// renews, hours later.
+    @Test func proxyModeKeepsTheAddressItSawAcrossARestart() throws {
+        let h = try Harness("proxy-seen")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        // dnsmasq daemonizes and is ended through its pid file (the harness's cleanup): as a
+        // child of this process it stopped Foundation from reaping the test's later commands.
+        let pidFile = h.directory + "/dnsmasq.pid"
+        h.trackPIDFile(pidFile)
+        try h.run(
+            ["ip", "netns", "exec", s, "dnsmasq", "--port=0", "--interface=\(sif)", "--bind-interfaces",
+             "--no-resolv", "--no-ping", "--dhcp-authoritative", "--dhcp-range=198.18.10.100,198.18.10.199,255.255.255.0,10m",
+             "--dhcp-leasefile=\(h.directory)/dnsmasq.leases", "--pid-file=\(pidFile)", "--log-facility=\(h.directory)/dnsmasq.log", "--log-dhcp"],
+            timeout: 20)
+        let flags = ["--dhcp-mode", "proxy", "--dhcp-interface", sif]
+        let server = try h.startFarrier(namespace: s, flags: flags)
+        #expect(FileManager.default.fileExists(atPath: pidFile), "dnsmasq wrote no pid file")
+        // A PXE client is discovered (perfdhcp, relayed from 198.19.0.2, PXE vendor class and
+        // architecture); its MAC then takes a lease from dnsmasq with udhcpc.
+        try h.run(["ip", "-n", c, "addr", "add", "198.19.0.2/16", "dev", cif])
+        try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
+        let pxe = Array("PXEClient:Arch:00000:UNDI:002001".utf8).map { String(format: "%02x", $0) }.joined()
+        _ = try h.run(
+            ["ip", "netns", "exec", c, "timeout", "10", "perfdhcp", "-4", "-l", cif, "-r", "1", "-R", "1", "-n", "1",
+             "-o", "60,\(pxe)", "-o", "93,0000", "198.19.0.1"], timeout: 20, check: false)
+        var mac = ""
+        try h.waitUntil("the PXE client discovered", timeout: 15) {
+            mac = try rows(h, "select mac,state from machine").first?.0 ?? ""
+            return !mac.isEmpty
+        }
+        try h.run(["ip", "-n", c, "addr", "flush", "dev", cif])
+        try h.run(["ip", "-n", c, "link", "set", cif, "address", mac])
+        let script = h.directory + "/udhcpc.sh"
+        try "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\" && echo \"BOUND ip=$ip\"\nexit 0\n"
+            .write(toFile: script, atomically: true, encoding: .utf8)
+        try h.run(["chmod", "+x", script])
+        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", script], timeout: 40, check: false)
+        let leased = try #require(r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("BOUND ip=") })?.dropFirst(9).description,
+                                  "udhcpc: \(r.stdout) \(r.stderr)")
+        #expect(leased.hasPrefix("198.18.10.1") && leased != "198.18.10.1", "dnsmasq's pool: \(leased)")
+        let url = "http://198.18.10.1:8080/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=i386"
+        func bootScript() throws -> String { try h.run(["ip", "netns", "exec", c, "curl", "-sf", url]).stdout }
+        try h.waitUntil("the lease seen", timeout: 10) { try leaseRows(h).contains { $0 == (mac, leased) } }
+        #expect(try bootScript().contains("discovered"), "from the address dnsmasq leased to \(mac)")
+        // kill -9, restart, no DHCP in between: the binding is still there.
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+        try h.startFarrier(namespace: s, flags: flags, log: "farrier2.log")
+        #expect(try bootScript().contains("discovered"), "after the restart, from \(leased)")
+        // Another address in the same namespace holds no lease for that MAC: nothing revealed.
+        try h.run(["ip", "-n", c, "addr", "flush", "dev", cif])
+        try h.run(["ip", "-n", c, "addr", "add", "198.18.10.250/24", "dev", cif])
+        let other = try bootScript()
+        #expect(other.contains("not known to Farrier") && !other.contains("discovered"), "\(other)")
+    }
 }

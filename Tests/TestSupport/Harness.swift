@@ -153,12 +153,23 @@ public final class Harness: @unchecked Sendable {
         return (s, "vs", c, "vc")
     }
 
+    /// Whether `pid` is a process that has not exited (a zombie has).
+    static func isLive(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0, let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+        return !status.contains("State:\tZ")
+    }
+
     public func cleanup() {
         for path in pidFiles.withLock({ $0 }) {
             if let text = try? String(contentsOfFile: path, encoding: .utf8),
                 let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
             {
                 kill(pid, SIGTERM)
+                // A process started from here inherits a test thread's blocked signals and may
+                // never see the TERM (dnsmasq does not unblock them): KILL after 3 s.
+                let deadline = Date().addingTimeInterval(3)
+                while Self.isLive(pid) && Date() < deadline { usleep(20_000) }
+                if Self.isLive(pid) { kill(pid, SIGKILL) }
             }
         }
         let (procs, namespaces) = lock.withLock { ($0.processes, $0.namespaces) }
