@@ -29,13 +29,17 @@ final class DHCPEngine: Sendable {
     let logger: Logger
     let proxyMode: Bool
     let proxyPort: Int
-    /// How long an address seen in proxy mode is kept in the lease table.
-    static let proxySeenLifetime: TimeInterval = 86_400
+    /// How long an address seen in proxy mode is kept (seen_address), and how many MACs at most.
+    static let seenLifetime: TimeInterval = 86_400
+    static let seenLimit = 65_536
+    /// Proxy mode: the address last written for each MAC.
+    let seenWritten: Mutex<[MACAddress: IPv4Address]>
 
     init(
         responder: DHCPResponder, store: any LeaseStore, recorder: TimelineRecorder, addressBook: AddressBook,
-        metrics: DHCPMetrics, logger: Logger
+        metrics: DHCPMetrics, logger: Logger, seen: [MACAddress: IPv4Address] = [:]
     ) {
+        self.seenWritten = Mutex(seen)
         self.proxyMode = responder.configuration.mode == .proxy
         self.proxyPort = responder.configuration.proxyPort
         self.responder = Mutex(responder)
@@ -86,16 +90,26 @@ final class DHCPEngine: Sendable {
         // ciaddr could name anyone's address). In proxy mode another server leases: the
         // address the client's own DHCP traffic shows (ciaddr, or the address it requests from
         // that server) is the best there is.
-        // What proxy mode learns this way is also written to the lease table (with a day's
-        // expiry, only when it changes), so a server restarted while an agent runs still knows
-        // that agent's address: the agent asks for nothing again until it renews, hours later.
+        // What proxy mode learns this way is also written down (the seen_address table, not
+        // leases), so a server restarted while an agent runs still knows that agent's address:
+        // the agent asks for nothing again until it renews, hours later. Only for network-boot
+        // clients and known machines, only when the MAC's address changes, and at most
+        // `seenLimit` MACs, so a flood of made-up MACs cannot grow the table or cost fsyncs.
         if proxyMode, let mac, request.messageType == .request,
-            let seen = request.ciaddr != .any ? request.ciaddr : request.options.requestedIPAddress,
-            addressBook.record(seen, mac)
+            let seen = request.ciaddr != .any ? request.ciaddr : request.options.requestedIPAddress
         {
-            leases.add(commit: Lease(mac: mac, address: seen, expires: now.addingTimeInterval(Self.proxySeenLifetime)), forget: nil) { [self] result in
-                if case .failure(let error) = result {
-                    logger.warning("address seen in proxy mode not written", metadata: ["dhcp.mac": "\(mac)", "dhcp.error": "\(error)"])
+            addressBook.record(seen, mac)
+            if outcome.client.isNetworkBoot || recorder.isKnown(mac) {
+                let write = seenWritten.withLock { written -> Bool in
+                    guard written[mac] != seen, written[mac] != nil || written.count < Self.seenLimit else { return false }
+                    written[mac] = seen
+                    return true
+                }
+                if write {
+                    do { try store.recordSeenAddress(mac: mac, address: seen, at: now) } catch {
+                        seenWritten.withLock { $0[mac] = nil }
+                        logger.warning("address seen in proxy mode not written", metadata: ["dhcp.mac": "\(mac)", "dhcp.error": "\(error)"])
+                    }
                 }
             }
         }
@@ -172,9 +186,20 @@ public final class DHCPService: Service, Sendable {
         let stored = try store.leases()
         responder.loadLeases(stored)
         for l in stored { addressBook.record(l.address, l.mac) }
+        // Proxy mode: what earlier runs saw, newest last, except where a reservation (recorded
+        // before this) already names the address: the operator's word outranks a client's.
+        var seen: [MACAddress: IPv4Address] = [:]
+        if configuration.mode == .proxy {
+            for (mac, ip) in try store.seenAddresses(since: Date().addingTimeInterval(-DHCPEngine.seenLifetime)) {
+                seen[mac] = ip
+                if addressBook.mac(for: ip) == nil || !configuration.reservations.contains(where: { $0.address == ip }) {
+                    addressBook.record(ip, mac)
+                }
+            }
+        }
         engine = DHCPEngine(
             responder: responder, store: store, recorder: recorder, addressBook: addressBook, metrics: metrics,
-            logger: logger)
+            logger: logger, seen: seen)
     }
 
     public func run() async throws {

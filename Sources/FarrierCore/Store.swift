@@ -44,6 +44,18 @@ public protocol LeaseStore: Sendable {
     /// Writes the leases and makes them durable (fsync) before returning.
     func commit(_ leases: [Lease]) throws
     func deleteLease(mac: MACAddress) throws
+    /// Proxy mode: the address a MAC's own DHCPREQUEST showed (ciaddr, or the address it asked
+    /// the other server for), one per MAC, kept apart from leases: a client's claim, used only
+    /// to bind its agent's calls and boot script to that address after a restart, never as a
+    /// lease, an API address or an ssh target. Written durably before returning.
+    func recordSeenAddress(mac: MACAddress, address: IPv4Address, at time: Date) throws
+    /// Deletes those seen before `cutoff`, then returns the rest, oldest first.
+    func seenAddresses(since cutoff: Date) throws -> [(mac: MACAddress, address: IPv4Address)]
+}
+
+extension LeaseStore {
+    public func recordSeenAddress(mac: MACAddress, address: IPv4Address, at time: Date) throws {}
+    public func seenAddresses(since cutoff: Date) throws -> [(mac: MACAddress, address: IPv4Address)] { [] }
 }
 
 /// Projects and API tokens.

@@ -154,6 +154,15 @@ public final class SQLiteStore: StateStore {
                 t.add(column: "agentNonce", .text)
             }
         }
+        m.registerMigration("v6-seen-address") { db in
+            // Proxy mode's record of the address each MAC's own DHCP traffic showed (see
+            // LeaseStore.recordSeenAddress): apart from `lease`, which holds what Farrier leased.
+            try db.create(table: "seen_address") { t in
+                t.primaryKey("mac", .text)
+                t.column("address", .text).notNull()
+                t.column("seen", .double).notNull()
+            }
+        }
         return m
     }
 
@@ -385,6 +394,24 @@ public final class SQLiteStore: StateStore {
 
     public func deleteLease(mac: MACAddress) throws {
         try db.write { try $0.execute(sql: "DELETE FROM lease WHERE mac = ?", arguments: [mac.description]) }
+    }
+
+    public func recordSeenAddress(mac: MACAddress, address: IPv4Address, at time: Date) throws {
+        try db.write {
+            try $0.execute(
+                sql: "INSERT OR REPLACE INTO seen_address (mac, address, seen) VALUES (?, ?, ?)",
+                arguments: [mac.description, address.description, time.timeIntervalSince1970])
+        }
+    }
+
+    public func seenAddresses(since cutoff: Date) throws -> [(mac: MACAddress, address: IPv4Address)] {
+        try db.write { db in
+            try db.execute(sql: "DELETE FROM seen_address WHERE seen < ?", arguments: [cutoff.timeIntervalSince1970])
+            return try Row.fetchAll(db, sql: "SELECT mac, address FROM seen_address ORDER BY seen").compactMap { row in
+                guard let mac = MACAddress(row["mac"] as String), let ip = IPv4Address(row["address"] as String) else { return nil }
+                return (mac, ip)
+            }
+        }
     }
 }
 

@@ -8,7 +8,23 @@ import Testing
 
     @Test func migrationsAreVersioned() throws {
         let s = try SQLiteStore()
-        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot"])
+        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address"])
+    }
+
+    /// Proxy mode's seen addresses: one per MAC (the newest wins), apart from leases, and pruned
+    /// by age when read.
+    @Test func seenAddressesAreOnePerMACAndPruned() throws {
+        let s = try SQLiteStore()
+        let other = MACAddress("52:54:00:12:34:57")!
+        let t = Date(timeIntervalSince1970: 1_800_000_000)
+        try s.recordSeenAddress(mac: mac, address: IPv4Address("198.18.0.10")!, at: t)
+        try s.recordSeenAddress(mac: other, address: IPv4Address("198.18.0.11")!, at: t.addingTimeInterval(10))
+        try s.recordSeenAddress(mac: mac, address: IPv4Address("198.18.0.12")!, at: t.addingTimeInterval(20))
+        let all = try s.seenAddresses(since: t)
+        #expect(all.map { "\($0.mac) \($0.address)" } == ["\(other) 198.18.0.11", "\(mac) 198.18.0.12"])
+        #expect(try s.leases().isEmpty)
+        #expect(try s.seenAddresses(since: t.addingTimeInterval(15)).map(\.mac) == [mac])
+        #expect(try s.seenAddresses(since: t).map(\.mac) == [mac])  // the older one was deleted
     }
 
     @Test func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns() throws {

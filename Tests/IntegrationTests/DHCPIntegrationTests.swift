@@ -174,8 +174,8 @@ struct DHCPIntegrationTests {
 
     /// Proxy mode: dnsmasq leases, Farrier only watches. The address a machine's own REQUEST
     /// shows is what its boot script (and its agent's calls) are bound to, and it survives a
-    /// kill -9 of Farrier: an agent booted before the restart asks for nothing again until it
-    /// renews, hours later.
+    /// kill -9 of Farrier (kept in seen_address, not as a lease): an agent booted before the
+    /// restart asks for nothing again until it renews, hours later.
     @Test func proxyModeKeepsTheAddressItSawAcrossARestart() throws {
         let h = try Harness("proxy-seen")
         defer { h.cleanup() }
@@ -217,7 +217,9 @@ struct DHCPIntegrationTests {
         #expect(leased.hasPrefix("198.18.10.1") && leased != "198.18.10.1", "dnsmasq's pool: \(leased)")
         let url = "http://198.18.10.1:8080/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=i386"
         func bootScript() throws -> String { try h.run(["ip", "netns", "exec", c, "curl", "-sf", url]).stdout }
-        try h.waitUntil("the lease seen", timeout: 10) { try leaseRows(h).contains { $0 == (mac, leased) } }
+        // Written to seen_address, never to the lease table: a client's claim is not a lease.
+        try h.waitUntil("the address seen", timeout: 10) { try rows(h, "select mac,address from seen_address").contains { $0 == (mac, leased) } }
+        #expect(try leaseRows(h).isEmpty)
         #expect(try bootScript().contains("discovered"), "from the address dnsmasq leased to \(mac)")
         // kill -9, restart, no DHCP in between: the binding is still there.
         kill(server.processIdentifier, SIGKILL)
