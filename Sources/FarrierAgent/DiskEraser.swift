@@ -12,7 +12,9 @@ import Glibc
 ///    asks the device to discard the blocks and every copy of them it holds). After an NVMe
 ///    format the read-back (3) runs first: a namespace that reads back as zeroes is done, since
 ///    the device has erased every block (what an erased block reads as is the device's choice;
-///    a cryptographic erase often leaves noise, which then gets 2). Zeroing a formatted
+///    a cryptographic erase often leaves noise, which then gets 2). This trusts the device's
+///    Format NVM, as Ironic trusts a secure erase: 258 sampled blocks catch a device that
+///    ignored the command, not one that erased only part of the namespace. Zeroing a formatted
 ///    namespace again would only cost time: hours on a large drive, and on QEMU's emulated NVMe
 ///    under load a write-zeroes that stalled past the kernel's I/O timeout and took the
 ///    namespace away (CI, twice).

@@ -393,7 +393,7 @@ public struct Lab {
     public func restartServer(farrierBinary: String) throws -> LabState {
         guard getuid() == 0 else { throw Spawn.Failure(description: "farrier lab needs root") }
         guard var state = LabState.load() else { throw Spawn.Failure(description: "the lab is down; `farrier lab up` first") }
-        if let pid = state.serverPID, Self.isLabServer(pid) {
+        if let pid = state.serverPID, Self.isLabServer(pid, directory: state.directory) {
             log("stopping the lab's server (pid \(pid))")
             Spawn.stop(pid, grace: 15)
         }
@@ -407,10 +407,11 @@ public struct Lab {
     }
 
     /// Whether `pid` is still a farrier server of this lab (and not a process that reused its pid).
-    static func isLabServer(_ pid: Int32) -> Bool {
+    /// `directory` is the lab's, from its state: a lab started by an older binary may live elsewhere.
+    static func isLabServer(_ pid: Int32, directory: String) -> Bool {
         guard pid > 1, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
         let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        return args.contains("server") && args.contains(LabState.defaultDirectory + "/data") && !Spawn.isZombie(pid)
+        return args.contains("server") && args.contains(directory + "/data") && !Spawn.isZombie(pid)
     }
 
     // MARK: down
@@ -419,8 +420,11 @@ public struct Lab {
     /// nothing up.
     public func down() throws {
         let state = LabState.load()
+        // The lab's own directory, from its state (one made by an older binary lived in /run);
+        // both are searched for QEMUs below.
+        let directories = Array(Set([state?.directory ?? LabState.defaultDirectory, LabState.defaultDirectory]))
         for vm in state?.vms ?? [] {
-            let dir = LabState.defaultDirectory + "/" + vm.name
+            let dir = (state?.directory ?? LabState.defaultDirectory) + "/" + vm.name
             if let text = try? String(contentsOfFile: dir + "/qemu.pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
                 Spawn.stop(pid)
             }
@@ -429,9 +433,9 @@ public struct Lab {
         if let pid = state?.serverPID { Spawn.stop(pid, grace: 15) }
         if let pid = state?.dnsmasqPID { Spawn.stop(pid) }
         // QEMUs started by a BMC that died before recording a pid: find them by their lab pidfiles.
-        if let names = try? FileManager.default.contentsOfDirectory(atPath: LabState.defaultDirectory) {
-            for n in names where n.hasPrefix("lab-") {
-                if let text = try? String(contentsOfFile: LabState.defaultDirectory + "/\(n)/qemu.pid", encoding: .utf8),
+        for directory in directories {
+            for n in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where n.hasPrefix("lab-") {
+                if let text = try? String(contentsOfFile: directory + "/\(n)/qemu.pid", encoding: .utf8),
                     let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
                 {
                     Spawn.stop(pid)
@@ -442,7 +446,7 @@ public struct Lab {
         _ = try? Spawn.run(["ip", "link", "del", Self.hostLink.0], check: false)
         _ = try? Spawn.run(["ip", "route", "del", Self.network], check: false)
         _ = try? Spawn.run(["ip", "route", "del", "blackhole", Self.labRange], check: false)
-        try? FileManager.default.removeItem(atPath: LabState.defaultDirectory)
+        for directory in directories { try? FileManager.default.removeItem(atPath: directory) }
         try? FileManager.default.removeItem(atPath: LabState.runDirectory)
     }
 

@@ -164,12 +164,16 @@ public final class Harness: @unchecked Sendable {
             if let text = try? String(contentsOfFile: path, encoding: .utf8),
                 let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
             {
+                let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
                 kill(pid, SIGTERM)
                 // A process started from here inherits a test thread's blocked signals and may
-                // never see the TERM (dnsmasq does not unblock them): KILL after 3 s.
+                // never see the TERM (dnsmasq does not unblock them): KILL after 3 s, if the pid
+                // still names the same program.
                 let deadline = Date().addingTimeInterval(3)
                 while Self.isLive(pid) && Date() < deadline { usleep(20_000) }
-                if Self.isLive(pid) { kill(pid, SIGKILL) }
+                if Self.isLive(pid), comm != nil, (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) == comm {
+                    kill(pid, SIGKILL)
+                }
             }
         }
         let (procs, namespaces) = lock.withLock { ($0.processes, $0.namespaces) }
