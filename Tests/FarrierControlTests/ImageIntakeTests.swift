@@ -6,7 +6,8 @@ import Testing
 /// qcow2 intake against the real qemu-img: an upload that names another file (a backing file,
 /// an external data file) or is larger than the cap is refused before any conversion, with a
 /// message that says why; a standalone image is converted to raw.
-@Suite(.serialized) struct ImageIntakeTests {
+/// A class so that each test's directory is removed when the test ends (deinit).
+@Suite(.serialized) final class ImageIntakeTests {
     let dir: String
     let repo: ImageRepository
 
@@ -15,6 +16,8 @@ import Testing
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         repo = try ImageRepository(root: dir + "/images", maxVirtualSize: 64 << 20)
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
 
     func qemuImg(_ args: [String]) throws {
         let p = Process()
