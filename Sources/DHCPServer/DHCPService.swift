@@ -190,11 +190,10 @@ public final class DHCPService: Service, Sendable {
         // before this) already names the address: the operator's word outranks a client's.
         var seen: [MACAddress: IPv4Address] = [:]
         if configuration.mode == .proxy {
+            let reserved = Set(configuration.reservations.map(\.address))
             for (mac, ip) in try store.seenAddresses(since: Date().addingTimeInterval(-DHCPEngine.seenLifetime)) {
                 seen[mac] = ip
-                if addressBook.mac(for: ip) == nil || !configuration.reservations.contains(where: { $0.address == ip }) {
-                    addressBook.record(ip, mac)
-                }
+                if !reserved.contains(ip) { addressBook.record(ip, mac) }
             }
         }
         engine = DHCPEngine(

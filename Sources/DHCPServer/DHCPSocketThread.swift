@@ -187,7 +187,7 @@ final class DHCPSocketThread: Sendable {
         var leases = LeaseBatch()
         var failures = 0
         let (delaySeconds, delayAttoseconds) = commitDelay.components
-        var delay = timespec(tv_sec: Int(delaySeconds), tv_nsec: Int(delayAttoseconds / 1_000_000_000))
+        let delay = timespec(tv_sec: Int(delaySeconds), tv_nsec: Int(delayAttoseconds / 1_000_000_000))
 
         /// Takes up to `batch` datagrams (waiting for the first, up to `receiveTimeout`, when
         /// `wait`) and answers each. Returns how many came, or -1 with errno set.
@@ -233,12 +233,11 @@ final class DHCPSocketThread: Sendable {
             }
             outbox.flush()
             guard !leases.isEmpty else { continue }
-            if n < batch, delay.tv_sec > 0 || delay.tv_nsec > 0 {
+            if commitDelay > .zero, n < batch {
                 // Gather: one sleep, then everything that came meanwhile (bounded: one more
                 // batch), answered now; its leases join this commit.
-                var rest = timespec()
-                while nanosleep(&delay, &rest) != 0, errno == EINTR { delay = rest }
-                delay = timespec(tv_sec: Int(delaySeconds), tv_nsec: Int(delayAttoseconds / 1_000_000_000))
+                var left = delay, rest = timespec()
+                while nanosleep(&left, &rest) != 0, errno == EINTR { left = rest }
                 if receiveAndAnswer(wait: false) > 0 { outbox.flush() }
             }
             leases.commit(to: engine.store)

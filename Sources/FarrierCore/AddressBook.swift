@@ -7,15 +7,9 @@ public final class AddressBook: Sendable {
 
     public init() {}
 
-    /// Returns whether this changed what the book held for `ip`.
-    @discardableResult
-    public func record(_ ip: IPv4Address, _ mac: MACAddress) -> Bool {
-        guard ip != .any else { return false }
-        return table.withLock { t in
-            if t[ip] == mac { return false }
-            t[ip] = mac
-            return true
-        }
+    public func record(_ ip: IPv4Address, _ mac: MACAddress) {
+        guard ip != .any else { return }
+        table.withLock { $0[ip] = mac }
     }
 
     public func mac(for ip: IPv4Address) -> MACAddress? { table.withLock { $0[ip] } }

@@ -422,9 +422,10 @@ public struct Lab {
         let state = LabState.load()
         // The lab's own directory, from its state (one made by an older binary lived in /run);
         // both are searched for QEMUs below.
-        let directories = Array(Set([state?.directory ?? LabState.defaultDirectory, LabState.defaultDirectory]))
+        let home = state?.directory ?? LabState.defaultDirectory
+        let directories = Array(Set([home, LabState.defaultDirectory]))
         for vm in state?.vms ?? [] {
-            let dir = (state?.directory ?? LabState.defaultDirectory) + "/" + vm.name
+            let dir = home + "/" + vm.name
             if let text = try? String(contentsOfFile: dir + "/qemu.pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
                 Spawn.stop(pid)
             }
