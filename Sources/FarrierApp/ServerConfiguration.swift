@@ -31,7 +31,7 @@ import Yams
 /// - `tftp.max-timeout` / `FARRIER_TFTP_MAX_TIMEOUT` / `--tftp-max-timeout`: the largest RFC 2349 `timeout` option
 ///   granted, in seconds (1–255); a client asking for more gets the default. Default 10.
 /// - `tftp.busy-poll` / `FARRIER_TFTP_BUSY_POLL` / `--tftp-busy-poll`: microseconds a transfer polls for the client's
-///   ACK before it sleeps (0: never poll); only while transfers are at most half the CPUs. Default 50.
+///   ACK before it sleeps (0: never poll); only while transfers are at most half the CPUs. Default 0.
 /// - `ipxe.source` / `FARRIER_IPXE_SOURCE` / `--ipxe-source`: where the iPXE binaries are copied from into the boot root. Default /usr/lib/ipxe.
 /// - `dhcp.mode` / `FARRIER_DHCP_MODE` / `--dhcp-mode`: off, full or proxy. Default full (but off with no interfaces).
 /// - `dhcp.interfaces` / `FARRIER_DHCP_INTERFACES` (comma separated) / `--dhcp-interface` (repeatable).

@@ -23,9 +23,9 @@ public struct TFTPConfiguration: Sendable, Hashable {
     /// Transfers at once from one client address: a booting machine needs one at a time, so
     /// one host cannot take the slots of a rack. Beyond it: ERROR 0 "too many transfers".
     public var maxTransfersPerClient = 4
-    /// How long a transfer polls for the client's ACK before it sleeps in recv(2); zero turns
-    /// polling off. See `BusyPoll`.
-    public var busyPoll: Duration = .microseconds(50)
+    /// How long a transfer polls for the client's ACK before it sleeps in recv(2); zero (the
+    /// default) never polls. See `BusyPoll` for what polling buys and costs.
+    public var busyPoll: Duration = .zero
     public init() {}
 }
 

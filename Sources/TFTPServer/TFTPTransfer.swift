@@ -17,8 +17,9 @@ struct TransferSocketError: Error, CustomStringConvertible {
 /// One transfer on a thread of its own with a blocking socket connected to the client (its TID):
 /// send the window, wait for the ACK or the retransmit deadline, repeat; driving the pure
 /// `TFTPTransferStateMachine`. The wait is the loop tftpd-hpa and atftpd run, a sleep in recv(2)
-/// with SO_RCVTIMEO, except that a lone transfer first polls for the ACK for a few microseconds
-/// (`BusyPoll`), which on a virtual machine takes most of the round trip's time out.
+/// with SO_RCVTIMEO. An operator can have a lone transfer first poll for the ACK for a few
+/// microseconds (`BusyPoll`, off by default), which on a virtual machine takes most of the round
+/// trip's time out at the price of a CPU.
 ///
 /// Why not an event loop: TFTP is lockstep (or a small window), so its speed is the round trip,
 /// and per packet an event loop adds a readiness wait, a failed read and its own bookkeeping to

@@ -78,9 +78,9 @@ import Testing
     }
 
     @Test func busyPollIsMicrosecondsWithinBounds() throws {
-        let c = try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "0"], flags: [:])
-        #expect(c.tftp.busyPoll == .zero)
-        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).tftp.busyPoll == .microseconds(50))
+        let c = try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "50"], flags: [:])
+        #expect(c.tftp.busyPoll == .microseconds(50))
+        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).tftp.busyPoll == .zero)
         #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: ["tftp.busy-poll": ["200"]]).tftp.busyPoll == .microseconds(200))
         let error = #expect(throws: (any Error).self) {
             try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "-1"], flags: [:])

@@ -36,13 +36,13 @@ struct TFTPIntegrationTests {
     func curlWithBlockSizes(_ blksize: Int) throws {
         let h = try Harness("curl\(blksize)")
         defer { h.cleanup() }
-        let (s, c, expected) = try setUp(h)
+        let (s, c, expected) = try setUp(h, flags: ["--tftp-busy-poll", "50"])
         let out = h.directory + "/curl.bin"
         try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "\(blksize)", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
         #expect(try sha(h, out) == expected)
         try h.waitUntil("completed counter") { try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == 1 }
         #expect(try h.metric(namespace: s, "farrier_tftp_retransmissions_total") == 0)
-        // One transfer on a machine of two or more CPUs polls for its ACKs (BusyPoll); with small
+        // Polling turned on, one transfer on a machine of two or more CPUs polls for its ACKs (BusyPoll); with small
         // blocks over a veth pair, some ACKs land within the 50 µs it polls. (A 64 KB block takes
         // curl longer than that to take in, so those polls miss and back off.)
         if ProcessInfo.processInfo.activeProcessorCount >= 2 {
@@ -54,11 +54,11 @@ struct TFTPIntegrationTests {
         }
     }
 
-    /// With --tftp-busy-poll 0 every wait sleeps in recv(2), and the transfer is the same.
-    @Test func busyPollOff() throws {
+    /// By default (tftp.busy-poll 0) every wait sleeps in recv(2), and the transfer is the same.
+    @Test func busyPollOffByDefault() throws {
         let h = try Harness("nopoll")
         defer { h.cleanup() }
-        let (s, c, expected) = try setUp(h, flags: ["--tftp-busy-poll", "0"])
+        let (s, c, expected) = try setUp(h)
         let out = h.directory + "/curl.bin"
         try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "1468", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
         #expect(try sha(h, out) == expected)

@@ -59,7 +59,7 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Largest TFTP timeout option granted, in seconds; a client asking for more gets the default. [tftp.max-timeout, FARRIER_TFTP_MAX_TIMEOUT; default 10]")
     var tftpMaxTimeout: Int?
 
-    @Option(help: "Microseconds a TFTP transfer polls for the client's ACK before it sleeps; 0 never polls. Only while transfers are at most half the CPUs. [tftp.busy-poll, FARRIER_TFTP_BUSY_POLL; default 50]")
+    @Option(help: "Microseconds a TFTP transfer polls for the client's ACK before it sleeps; 0 never polls. Only while transfers are at most half the CPUs. [tftp.busy-poll, FARRIER_TFTP_BUSY_POLL; default 0]")
     var tftpBusyPoll: Int?
 
     @Option(help: "Directory the iPXE binaries are copied from. [ipxe.source, FARRIER_IPXE_SOURCE; default /usr/lib/ipxe]")
