@@ -57,12 +57,9 @@ public struct ImageAPI: Farrier_V1_ImageService.SimpleServiceProtocol {
             let info = ImageInfo(
                 name: header.name, sha256: stored.sha256, size: stored.size, format: stored.format,
                 os: header.os.isEmpty ? header.name : header.os, architecture: architecture, firmware: firmware, created: Date())
-            do { try store.addImage(info) } catch let c as StoreConflict { throw RPCError(code: .alreadyExists, message: c.description) }
+            try store.addImage(info)
             logger.info("image stored", metadata: ["image": "\(info.name)", "sha256": "\(info.sha256)", "bytes": "\(info.size)"])
             return Farrier_V1_Image(info)
-        } catch let e as ControlError {
-            upload.abort()
-            throw e.rpc
         } catch {
             upload.abort()
             throw error
@@ -89,9 +86,7 @@ public struct ImageAPI: Farrier_V1_ImageService.SimpleServiceProtocol {
         guard let i = try store.image(name: request.name) else {
             throw RPCError(code: .notFound, message: "no image named '\(request.name)'")
         }
-        do { _ = try store.deleteImage(name: i.name) } catch let c as StoreConflict {
-            throw RPCError(code: .failedPrecondition, message: c.description)
-        }
+        _ = try store.deleteImage(name: i.name)
         if try !store.imageReferenced(sha256: i.sha256) { repository.remove(sha256: i.sha256) }
         logger.info("image removed", metadata: ["image": "\(i.name)"])
         return Farrier_V1_DeleteImageResponse()
@@ -134,7 +129,7 @@ public struct ProjectAPI: Farrier_V1_ProjectService.SimpleServiceProtocol {
         }
         let p = Project(
             name: request.name, description: request.description_p, requiredTags: request.requiredTags, created: Date(), wipePolicy: wipe)
-        do { try store.createProject(p) } catch let c as StoreConflict { throw RPCError(code: .alreadyExists, message: c.description) }
+        try store.createProject(p)
         return try view(p)
     }
 
@@ -167,12 +162,8 @@ public struct ProjectAPI: Farrier_V1_ProjectService.SimpleServiceProtocol {
 
     public func deleteProject(request: Farrier_V1_GetProjectRequest, context: ServerContext) async throws -> Farrier_V1_DeleteProjectResponse {
         _ = try Caller.admin("removing a project")
-        do {
-            guard try store.deleteProject(name: request.name) else {
-                throw RPCError(code: .notFound, message: "no project named '\(request.name)'")
-            }
-        } catch let c as StoreConflict {
-            throw RPCError(code: .failedPrecondition, message: c.description)
+        guard try store.deleteProject(name: request.name) else {
+            throw RPCError(code: .notFound, message: "no project named '\(request.name)'")
         }
         return Farrier_V1_DeleteProjectResponse()
     }

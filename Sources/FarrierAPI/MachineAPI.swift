@@ -98,16 +98,11 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         return machine
     }
 
-    /// Runs a lifecycle transition, mapping refusals to precise status codes.
+    /// Runs a lifecycle transition (a refusal ends the call with its code: ErrorMapping.swift).
     func transition(
         _ event: Lifecycle.Event, _ m: Machine, change: (inout Machine) throws -> Void = { _ in }
     ) throws -> Farrier_V1_Machine {
-        do {
-            let updated = try controller.apply(event, machineID: m.id, change: change)
-            return Farrier_V1_Machine(updated, timeline: [])
-        } catch let e as ControlError {
-            throw e.rpc
-        }
+        Farrier_V1_Machine(try controller.apply(event, machineID: m.id, change: change), timeline: [])
     }
 
 }
@@ -142,21 +137,17 @@ extension MachineAPI {
         // The password is sealed to the machine's ID: the existing one for a known MAC.
         let id = try store.machine(mac: mac)?.id ?? UUID().uuidString.lowercased()
         let sealed = try vault.seal(request.bmcPassword, machineID: id)
-        do {
-            var machine = try store.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed, at: Date())
-            if machine.id != id {
-                // A new machine got a new ID in the store: seal again under it.
-                machine = try store.enroll(
-                    name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id), at: Date())
-            }
-            logger.info("machine enrolled", metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"])
-            if request.commission, machine.state == .enrolled || machine.state == .ready {
-                return try transition(.commission, machine)
-            }
-            return Farrier_V1_Machine(machine, timeline: [])
-        } catch let conflict as StoreConflict {
-            throw RPCError(code: .alreadyExists, message: conflict.description)
+        var machine = try store.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed, at: Date())
+        if machine.id != id {
+            // A new machine got a new ID in the store: seal again under it.
+            machine = try store.enroll(
+                name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id), at: Date())
         }
+        logger.info("machine enrolled", metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"])
+        if request.commission, machine.state == .enrolled || machine.state == .ready {
+            return try transition(.commission, machine)
+        }
+        return Farrier_V1_Machine(machine, timeline: [])
     }
 
     /// The machine and its BMC driver, or a precise error.
@@ -286,19 +277,6 @@ extension MachineAPI {
     }
 }
 
-extension ControlError {
-    var rpc: RPCError {
-        let code: RPCError.Code =
-            switch kind {
-            case .notFound: .notFound
-            case .invalid: .invalidArgument
-            case .conflict: .failedPrecondition
-            case .permission: .permissionDenied
-            case .unavailable: .unavailable
-            }
-        return RPCError(code: code, message: description)
-    }
-}
 
 extension Farrier_V1_Progress {
     init(_ p: StepProgress) {

@@ -25,25 +25,21 @@ extension MachineAPI {
         if !request.newName.isEmpty, let p = Machine.nameProblem(request.newName) {
             throw RPCError(code: .invalidArgument, message: p)
         }
-        do {
-            let updated = try store.update(machineID: m.id) { x in
-                for (k, v) in request.setLabels { x.labels[k] = v }
-                for k in request.removeLabels { x.labels[k] = nil }
-                for (k, v) in request.setTags { x.tags[k] = v }
-                for k in request.removeTags { x.tags[k] = nil }
-                if request.hasZone { x.zone = request.zone }
-                if request.hasRack { x.rack = request.rack }
-                if !request.newName.isEmpty { x.name = request.newName }
-                if x.labels.count > Validation.maxTags || x.tags.count > Validation.maxTags {
-                    throw RPCError(code: .invalidArgument, message: "a machine carries at most \(Validation.maxTags) tags and \(Validation.maxTags) labels")
-                }
-                return [MachineEvent(x, kind: .action, message: "updated by \(caller.tokenName)")]
+        let updated = try store.update(machineID: m.id) { x in
+            for (k, v) in request.setLabels { x.labels[k] = v }
+            for k in request.removeLabels { x.labels[k] = nil }
+            for (k, v) in request.setTags { x.tags[k] = v }
+            for k in request.removeTags { x.tags[k] = nil }
+            if request.hasZone { x.zone = request.zone }
+            if request.hasRack { x.rack = request.rack }
+            if !request.newName.isEmpty { x.name = request.newName }
+            if x.labels.count > Validation.maxTags || x.tags.count > Validation.maxTags {
+                throw RPCError(code: .invalidArgument, message: "a machine carries at most \(Validation.maxTags) tags and \(Validation.maxTags) labels")
             }
-            controller.hub.notify()
-            return Farrier_V1_Machine(updated, timeline: [])
-        } catch let c as StoreConflict {
-            throw RPCError(code: .alreadyExists, message: c.description)
+            return [MachineEvent(x, kind: .action, message: "updated by \(caller.tokenName)")]
         }
+        controller.hub.notify()
+        return Farrier_V1_Machine(updated, timeline: [])
     }
 
     public func commissionMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
@@ -132,40 +128,36 @@ extension MachineAPI {
             }
             return nil
         }
-        do {
-            let deployed: Machine
-            if !request.name.isEmpty {
-                // By name: a pool machine (ready, unallocated) or one of the caller's.
-                guard let m = try store.machine(nameOrMAC: request.name), caller.canSee(m) || (m.project == nil && m.state == .ready)
-                else { throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.name)'") }
-                if let why = compatible(m) { throw RPCError(code: .failedPrecondition, message: why) }
-                deployed = try controller.apply(.deploy, machineID: m.id) { x in
-                    guard x.project == nil else {
-                        throw ControlError(.conflict, "machine \(x.name) is allocated to project \(x.project ?? ""); release it first")
-                    }
-                    if let why = compatible(x) { throw ControlError(.conflict, why) }
-                    fill(&x)
+        let deployed: Machine
+        if !request.name.isEmpty {
+            // By name: a pool machine (ready, unallocated) or one of the caller's.
+            guard let m = try store.machine(nameOrMAC: request.name), caller.canSee(m) || (m.project == nil && m.state == .ready)
+            else { throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.name)'") }
+            if let why = compatible(m) { throw RPCError(code: .failedPrecondition, message: why) }
+            deployed = try controller.apply(.deploy, machineID: m.id) { x in
+                guard x.project == nil else {
+                    throw ControlError(.conflict, "machine \(x.name) is allocated to project \(x.project ?? ""); release it first")
                 }
-            } else {
-                var chosen: Machine?
-                chosen = try store.allocate({ all in
-                    placement.choose(from: all.filter { compatible($0) == nil })
-                }) { x in
-                    try ControllerBridge.transition(&x, .deploy)
-                    fill(&x)
-                    return [MachineEvent(x, kind: .transition, message: x.reason)]
-                }
-                guard let chosen else {
-                    throw RPCError(code: .resourceExhausted, message: "no ready machine in the pool meets the constraints \(Self.describe(placement))")
-                }
-                controller.hub.notify()
-                deployed = chosen
+                if let why = compatible(x) { throw ControlError(.conflict, why) }
+                fill(&x)
             }
-            logger.info("deploy", metadata: ["machine": "\(deployed.name)", "project": "\(project.name)", "image": "\(image.name)"])
-            return Farrier_V1_Machine(deployed, timeline: [])
-        } catch let e as ControlError {
-            throw e.rpc
+        } else {
+            var chosen: Machine?
+            chosen = try store.allocate({ all in
+                placement.choose(from: all.filter { compatible($0) == nil })
+            }) { x in
+                try ControllerBridge.transition(&x, .deploy)
+                fill(&x)
+                return [MachineEvent(x, kind: .transition, message: x.reason)]
+            }
+            guard let chosen else {
+                throw RPCError(code: .resourceExhausted, message: "no ready machine in the pool meets the constraints \(Self.describe(placement))")
+            }
+            controller.hub.notify()
+            deployed = chosen
         }
+        logger.info("deploy", metadata: ["machine": "\(deployed.name)", "project": "\(project.name)", "image": "\(image.name)"])
+        return Farrier_V1_Machine(deployed, timeline: [])
     }
 
     static func placement(_ c: Farrier_V1_Constraints) throws -> Placement {

@@ -16,7 +16,7 @@ public protocol MachineStore: Sendable {
     func machines() throws -> [Machine]
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
     /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
-    /// Throws `StoreConflict` when the name belongs to a machine with another MAC.
+    /// Throws `StoreError.Code.alreadyExists` when the name belongs to a machine with another MAC.
     func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at: Date) throws -> Machine
     /// The encrypted BMC password of a machine, as `enroll` stored it.
     func sealedBMCPassword(machineID: String) throws -> [UInt8]?
@@ -60,11 +60,11 @@ extension LeaseStore {
 
 /// Projects and API tokens.
 public protocol TenancyStore: Sendable {
-    /// Throws `StoreConflict` when the name is taken.
+    /// Throws `StoreError.Code.alreadyExists` when the name is taken.
     func createProject(_ project: Project) throws
     func projects() throws -> [Project]
     func project(name: String) throws -> Project?
-    /// Throws `StoreConflict` while machines are allocated to the project or tokens use it.
+    /// Throws `StoreError.Code.inUse` while machines are allocated to the project or tokens use it.
     func deleteProject(name: String) throws -> Bool
     func createToken(_ token: APIToken) throws
     func token(secretSHA256: String) throws -> APIToken?
@@ -74,11 +74,11 @@ public protocol TenancyStore: Sendable {
 
 /// Image metadata (the bytes live in the content-addressed image directory).
 public protocol ImageStore: Sendable {
-    /// Throws `StoreConflict` when the name is taken.
+    /// Throws `StoreError.Code.alreadyExists` when the name is taken.
     func addImage(_ image: ImageInfo) throws
     func images() throws -> [ImageInfo]
     func image(name: String) throws -> ImageInfo?
-    /// Throws `StoreConflict` while a machine is deploying or deployed with it.
+    /// Throws `StoreError.Code.inUse` while a machine is deploying or deployed with it.
     func deleteImage(name: String) throws -> Bool
     /// Whether any image row still refers to these bytes.
     func imageReferenced(sha256: String) throws -> Bool
@@ -94,14 +94,27 @@ extension MachineStore {
     }
 }
 
-/// A write that would break a uniqueness rule the user can fix (a name already in use).
-public struct StoreConflict: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ description: String) { self.description = description }
-}
-
-/// A row the caller named does not exist.
-public struct StoreNotFound: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ description: String) { self.description = description }
+/// Every error a store throws about its data or its database. Callers branch on `code`, never on
+/// the message; the API edges map the code to a status in one place (FarrierAPI's and
+/// FarrierHTTP's error mappings).
+public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Code: String, Sendable, Hashable {
+        /// The name (or other unique key) is taken: pick another.
+        case alreadyExists
+        /// The row is still used by others (a project with machines, an image being deployed).
+        case inUse
+        /// The row the caller named does not exist.
+        case notFound
+        /// The database cannot do the work now (unreachable, busy, shutting down); retry.
+        case unavailable
+        /// A row cannot be read back as what was written.
+        case corrupt
+    }
+    public var code: Code
+    public var message: String
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { message }
 }

@@ -196,20 +196,9 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Control
         Data(try await request.body.collect(upTo: 1 << 20).readableBytesView)
     }
     @Sendable func run(_ work: () throws -> any Encodable) throws -> Response {
-        do {
-            let data = try JSONEncoder().encode(try work())
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
-        } catch let e as ControlError {
-            let status: HTTPResponse.Status =
-                switch e.kind {
-                case .permission: .forbidden
-                case .notFound: .notFound
-                case .invalid: .badRequest
-                case .conflict: .conflict
-                case .unavailable: .serviceUnavailable
-                }
-            throw HTTPError(status, message: e.description + "\n")
-        }
+        // A ControlError or StoreError answers with its own status (ErrorMapping.swift).
+        let data = try JSONEncoder().encode(try work())
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
     struct Empty: Encodable {}
     router.post(RouterPath(AgentAPI.hello)) { request, context -> Response in

@@ -236,7 +236,7 @@ public final class SQLiteStore: StateStore {
         return try db.write { db in
             let byName = try MachineRecord.filter(Column("name") == name).fetchOne(db)
             if let byName, byName.mac != mac.description {
-                throw StoreConflict("machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
+                throw StoreError(.alreadyExists, "machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
             }
             var row: MachineRecord
             if let existing = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
@@ -265,7 +265,7 @@ public final class SQLiteStore: StateStore {
     public func update(machineID: String, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine {
         try db.write { db in
             guard let row = try MachineRecord.fetchOne(db, key: machineID) else {
-                throw StoreNotFound("no machine with id \(machineID)")
+                throw StoreError(.notFound, "no machine with id \(machineID)")
             }
             return try Self.apply(body, to: row.machine(), db: db)
         }
@@ -283,7 +283,7 @@ public final class SQLiteStore: StateStore {
         var m = machine
         let events = try body(&m)
         if m.name != machine.name, try MachineRecord.filter(Column("name") == m.name).fetchCount(db) > 0 {
-            throw StoreConflict("machine name '\(m.name)' is already in use")
+            throw StoreError(.alreadyExists, "machine name '\(m.name)' is already in use")
         }
         try MachineRecord(m).update(db)
         let encoder = JSONEncoder()
@@ -421,7 +421,7 @@ extension SQLiteStore {
     public func createProject(_ p: Project) throws {
         try db.write { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [p.name]) != nil {
-                throw StoreConflict("project '\(p.name)' already exists")
+                throw StoreError(.alreadyExists, "project '\(p.name)' already exists")
             }
             try db.execute(
                 sql: "INSERT INTO project (name, description, requiredTags, created, wipePolicy) VALUES (?, ?, ?, ?, ?)",
@@ -439,7 +439,7 @@ extension SQLiteStore {
 
     static func project(_ row: Row) throws -> Project {
         let policy: String = row["wipePolicy"]
-        guard let wipe = WipeMode(rawValue: policy) else { throw StoreError.corruptRow("project \(row["name"] as String): wipe policy \(policy)") }
+        guard let wipe = WipeMode(rawValue: policy) else { throw StoreError(.corrupt, "corrupt row: project \(row["name"] as String): wipe policy \(policy)") }
         return Project(
             name: row["name"], description: row["description"],
             requiredTags: try JSONDecoder().decode([String].self, from: Data((row["requiredTags"] as String).utf8)),
@@ -450,11 +450,11 @@ extension SQLiteStore {
         try db.write { db in
             let machines = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE project = ?", arguments: [name]) ?? 0
             if machines > 0 {
-                throw StoreConflict("project '\(name)' still has \(machines) machine(s); release them first")
+                throw StoreError(.inUse, "project '\(name)' still has \(machines) machine(s); release them first")
             }
             let tokens = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM apiToken WHERE project = ?", arguments: [name]) ?? 0
             if tokens > 0 {
-                throw StoreConflict("project '\(name)' still has \(tokens) token(s); revoke them first")
+                throw StoreError(.inUse, "project '\(name)' still has \(tokens) token(s); revoke them first")
             }
             try db.execute(sql: "DELETE FROM project WHERE name = ?", arguments: [name])
             return db.changesCount > 0
@@ -464,7 +464,7 @@ extension SQLiteStore {
     public func createToken(_ t: APIToken) throws {
         try db.write { db in
             if let project = t.project, try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [project]) == nil {
-                throw StoreNotFound("no project named '\(project)'")
+                throw StoreError(.notFound, "no project named '\(project)'")
             }
             try db.execute(
                 sql: "INSERT INTO apiToken (id, name, role, project, secretSHA256, created) VALUES (?, ?, ?, ?, ?, ?)",
@@ -498,7 +498,7 @@ extension SQLiteStore {
     public func addImage(_ i: ImageInfo) throws {
         try db.write { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE name = ?", arguments: [i.name]) != nil {
-                throw StoreConflict("image '\(i.name)' already exists; remove it first or pick another name")
+                throw StoreError(.alreadyExists, "image '\(i.name)' already exists; remove it first or pick another name")
             }
             try db.execute(
                 sql: "INSERT INTO image (name, sha256, size, format, os, architecture, firmware, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -527,7 +527,7 @@ extension SQLiteStore {
             let users = try String.fetchAll(
                 db, sql: "SELECT name FROM machine WHERE json_extract(deployment, '$.image') = ? ORDER BY name", arguments: [name])
             if !users.isEmpty {
-                throw StoreConflict("image '\(name)' is in use by \(users.joined(separator: ", ")); release them first")
+                throw StoreError(.inUse, "image '\(name)' is in use by \(users.joined(separator: ", ")); release them first")
             }
             try db.execute(sql: "DELETE FROM image WHERE name = ?", arguments: [name])
             return db.changesCount > 0
@@ -618,11 +618,11 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     }
 
     func machine() throws -> Machine {
-        guard let mac = MACAddress(mac) else { throw StoreError.corruptRow("machine \(id): mac \(self.mac)") }
+        guard let mac = MACAddress(mac) else { throw StoreError(.corrupt, "corrupt row: machine \(id): mac \(self.mac)") }
         // An unknown state or phase is a corrupt row, never a guess: a guess could hand a
         // tenant's machine to the next one.
-        guard let state = MachineState(rawValue: state) else { throw StoreError.corruptRow("machine \(id): state \(self.state)") }
-        guard let phase = StepPhase(rawValue: phase) else { throw StoreError.corruptRow("machine \(id): phase \(self.phase)") }
+        guard let state = MachineState(rawValue: state) else { throw StoreError(.corrupt, "corrupt row: machine \(id): state \(self.state)") }
+        guard let phase = StepPhase(rawValue: phase) else { throw StoreError(.corrupt, "corrupt row: machine \(id): phase \(self.phase)") }
         var m = Machine(
             id: id, name: name, mac: mac, architecture: Architecture(rawValue: architecture) ?? .unknown,
             firmware: Firmware(rawValue: firmware) ?? .unknown, state: state,
@@ -646,12 +646,5 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.agentBoot = agentBoot
         m.agentNonce = agentNonce
         return m
-    }
-}
-
-public enum StoreError: Error, CustomStringConvertible {
-    case corruptRow(String)
-    public var description: String {
-        switch self { case .corruptRow(let s): "corrupt row: \(s)" }
     }
 }

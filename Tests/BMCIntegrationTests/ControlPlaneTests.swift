@@ -191,7 +191,9 @@ struct ControlPlaneTests {
             (["machine", "deploy", nameA, "--image", "debian-12", "--project", "team-a", "--tag", "env=x"], "already deployed"),
             (["machine", "deploy", "--image", "debian-12", "--project", "team-b", "--min-cores", "64"], "no ready machine"),
             (["image", "add", "gz", image, "--format", "raw.gz"], "bytes are not compressed"),
-            (["project", "rm", "team-a"], "still has 1 machine"),
+            // Store errors end the call with their code (the API's one error mapping).
+            (["project", "rm", "team-a"], "failedPrecondition: project 'team-a' still has 1 machine"),
+            (["project", "create", "team-a"], "alreadyExists: project 'team-a' already exists"),
         ]
         for (args, message) in badAdmin {
             let r = try cp.cli(args, check: false)

@@ -63,9 +63,10 @@ import Testing
         let booted = try #require(try s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t, create: 100))
         #expect(booted.state == .enrolled && booted.firmware == .uefi)
         // A name held by another MAC is a conflict the user can fix.
-        #expect(throws: StoreConflict.self) {
+        let taken = #expect(throws: StoreError.self) {
             try s.enroll(name: "rack1-node1", mac: other, bmc: bmc, sealedPassword: [9], at: t)
         }
+        #expect(taken?.code == .alreadyExists)
     }
 
     /// New MACs become discovered machines only while fewer than the cap are; an unknown MAC

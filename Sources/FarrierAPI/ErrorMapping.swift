@@ -1,0 +1,33 @@
+import FarrierControl
+import FarrierCore
+import GRPCCore
+
+// The gRPC edge's one mapping from Farrier's errors to status codes: a handler throws the
+// store's or the controller's error as it is, and grpc-swift ends the call with the code below
+// and the error's message. Nothing here looks at message text.
+
+extension StoreError: RPCErrorConvertible {
+    public var rpcErrorCode: RPCError.Code {
+        switch code {
+        case .alreadyExists: .alreadyExists
+        case .inUse: .failedPrecondition
+        case .notFound: .notFound
+        case .unavailable: .unavailable
+        case .corrupt: .internalError
+        }
+    }
+    public var rpcErrorMessage: String { message }
+}
+
+extension ControlError: RPCErrorConvertible {
+    public var rpcErrorCode: RPCError.Code {
+        switch kind {
+        case .notFound: .notFound
+        case .invalid: .invalidArgument
+        case .conflict: .failedPrecondition
+        case .permission: .permissionDenied
+        case .unavailable: .unavailable
+        }
+    }
+    public var rpcErrorMessage: String { description }
+}
