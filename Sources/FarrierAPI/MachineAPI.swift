@@ -176,7 +176,7 @@ extension MachineAPI {
             case .rejected: .failedPrecondition
             case .protocolError: .internalError
             }
-        return RPCError(code: code, message: "machine \(machine): \(e.description)")
+        return RPCError(code: code, message: "machine \(machine): \(e.description)", metadata: [farrierErrorMetadataKey: "bmc-\(e.kind)"])
     }
 
     public func power(request: Farrier_V1_PowerRequest, context: ServerContext) async throws -> Farrier_V1_PowerResponse {

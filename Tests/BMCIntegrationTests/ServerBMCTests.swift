@@ -71,6 +71,14 @@ struct ServerBMCTests {
         #expect(Date().timeIntervalSince(start) < 5)
         #expect(refused.stderr.contains("authentication failed for BMC 127.0.0.1:\(sim.port)"), "\(refused.stderr)")
 
+        // A BMC nobody answers for: the server's `unavailable` names the machine, and the CLI
+        // (which tells the server's errors by their farrier-error metadata) does not call it an
+        // unreachable server.
+        _ = try cli(["enroll", "node-4", "--mac", "52:54:00:aa:00:04", "--bmc", "ipmi://admin@127.0.0.1:9", "--bmc-password-file", sim.passwordFile])
+        let silent = try cli(["power", "node-4"], check: false)
+        #expect(silent.status != 0 && silent.stderr.contains("unavailable: machine node-4:"), "\(silent.stderr)")
+        #expect(!silent.stderr.contains("cannot reach the Farrier server"), "\(silent.stderr)")
+
         // The password is nowhere: API answers, logs, the database file (encrypted at rest).
         let everything = try cli(["list", "-o", "yaml"]).stdout + (try cli(["show", "node-1", "-o", "json"]).stdout) + h.read("server.log")
         #expect(!everything.contains(IPMISimulator.password))

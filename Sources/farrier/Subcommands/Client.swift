@@ -98,8 +98,9 @@ func rpc<R: Sendable>(_ options: ClientOptions, _ body: @Sendable (Clients) asyn
                 tokens: .init(wrapping: client)))
         }
     } catch let error as RPCError {
-        // The server prefixes errors about a machine (its BMC unreachable, say) with "machine".
-        if error.code == .unavailable, !error.message.hasPrefix("machine ") {
+        // An error the server sent (a BMC or the database unreachable, say) names its kind in
+        // farrier-error metadata; without it, `unavailable` is the transport's: no server.
+        if error.code == .unavailable, error.metadata[stringValues: farrierErrorMetadataKey].first(where: { _ in true }) == nil {
             let tlsHint = c.tls ? " With TLS, also check --ca-file and that the server's certificate names \(c.server)." : ""
             throw CLIError(
                 "cannot reach the Farrier server at \(c.server): \(error.message). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)")
