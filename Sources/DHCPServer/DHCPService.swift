@@ -242,7 +242,7 @@ public final class DHCPService: Service, Sendable {
         }
         try? await gracefulShutdown()
         for t in threads { await t.stop() }
-        engine.recorder.drain()
+        await engine.recorder.drain()
         logger.info("DHCP stopped")
     }
 }

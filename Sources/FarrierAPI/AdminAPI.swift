@@ -26,7 +26,7 @@ public struct ImageAPI: Farrier_V1_ImageService.SimpleServiceProtocol {
             throw RPCError(code: .invalidArgument, message: "the first upload message must carry the image header")
         }
         if let p = Validation.nameProblem(header.name, kind: "image") { throw RPCError(code: .invalidArgument, message: p) }
-        if try store.image(name: header.name) != nil {
+        if try await store.image(name: header.name) != nil {
             throw RPCError(code: .alreadyExists, message: "image '\(header.name)' already exists; remove it first (farrier image rm \(header.name))")
         }
         let architecture = header.architecture.isEmpty ? Architecture.x86_64 : Architecture(rawValue: header.architecture)
@@ -57,7 +57,7 @@ public struct ImageAPI: Farrier_V1_ImageService.SimpleServiceProtocol {
             let info = ImageInfo(
                 name: header.name, sha256: stored.sha256, size: stored.size, format: stored.format,
                 os: header.os.isEmpty ? header.name : header.os, architecture: architecture, firmware: firmware, created: Date())
-            try store.addImage(info)
+            try await store.addImage(info)
             logger.info("image stored", metadata: ["image": "\(info.name)", "sha256": "\(info.sha256)", "bytes": "\(info.size)"])
             return Farrier_V1_Image(info)
         } catch {
@@ -69,13 +69,13 @@ public struct ImageAPI: Farrier_V1_ImageService.SimpleServiceProtocol {
     public func listImages(request: Farrier_V1_ListImagesRequest, context: ServerContext) async throws -> Farrier_V1_ListImagesResponse {
         _ = try Caller.current()
         var r = Farrier_V1_ListImagesResponse()
-        r.images = try store.images().map(Farrier_V1_Image.init)
+        r.images = try await store.images().map(Farrier_V1_Image.init)
         return r
     }
 
     public func getImage(request: Farrier_V1_GetImageRequest, context: ServerContext) async throws -> Farrier_V1_Image {
         _ = try Caller.current()
-        guard let i = try store.image(name: request.name) else {
+        guard let i = try await store.image(name: request.name) else {
             throw RPCError(code: .notFound, message: "no image named '\(request.name)'")
         }
         return Farrier_V1_Image(i)
@@ -83,11 +83,11 @@ public struct ImageAPI: Farrier_V1_ImageService.SimpleServiceProtocol {
 
     public func deleteImage(request: Farrier_V1_GetImageRequest, context: ServerContext) async throws -> Farrier_V1_DeleteImageResponse {
         _ = try Caller.admin("removing an image")
-        guard let i = try store.image(name: request.name) else {
+        guard let i = try await store.image(name: request.name) else {
             throw RPCError(code: .notFound, message: "no image named '\(request.name)'")
         }
-        _ = try store.deleteImage(name: i.name)
-        if try !store.imageReferenced(sha256: i.sha256) { repository.remove(sha256: i.sha256) }
+        _ = try await store.deleteImage(name: i.name)
+        if try await !store.imageReferenced(sha256: i.sha256) { repository.remove(sha256: i.sha256) }
         logger.info("image removed", metadata: ["image": "\(i.name)"])
         return Farrier_V1_DeleteImageResponse()
     }
@@ -129,40 +129,46 @@ public struct ProjectAPI: Farrier_V1_ProjectService.SimpleServiceProtocol {
         }
         let p = Project(
             name: request.name, description: request.description_p, requiredTags: request.requiredTags, created: Date(), wipePolicy: wipe)
-        try store.createProject(p)
-        return try view(p)
+        try await store.createProject(p)
+        return try await view(p)
     }
 
-    func view(_ p: Project) throws -> Farrier_V1_Project {
+    func view(_ p: Project) async throws -> Farrier_V1_Project {
+        Self.view(p, machines: try await store.machines().filter { $0.project == p.name }.count)
+    }
+
+    static func view(_ p: Project, machines: Int) -> Farrier_V1_Project {
         var v = Farrier_V1_Project()
         v.name = p.name
         v.description_p = p.description
         v.requiredTags = p.requiredTags
         v.wipePolicy = p.wipePolicy.rawValue
         v.created = Google_Protobuf_Timestamp(date: p.created)
-        v.machineCount = Int32(try store.machines().filter { $0.project == p.name }.count)
+        v.machineCount = Int32(machines)
         return v
     }
 
     public func listProjects(request: Farrier_V1_ListProjectsRequest, context: ServerContext) async throws -> Farrier_V1_ListProjectsResponse {
         _ = try Caller.admin("listing projects")
         var r = Farrier_V1_ListProjectsResponse()
-        r.projects = try store.projects().map(view)
+        var counts: [String: Int] = [:]
+        for m in try await store.machines() { if let p = m.project { counts[p, default: 0] += 1 } }
+        r.projects = try await store.projects().map { Self.view($0, machines: counts[$0.name] ?? 0) }
         return r
     }
 
     public func getProject(request: Farrier_V1_GetProjectRequest, context: ServerContext) async throws -> Farrier_V1_Project {
         let caller = try Caller.current()
         // Members may read their own project (its required tags tell them how to deploy).
-        guard caller.isAdmin || caller.project == request.name, let p = try store.project(name: request.name) else {
+        guard caller.isAdmin || caller.project == request.name, let p = try await store.project(name: request.name) else {
             throw RPCError(code: .notFound, message: "no project named '\(request.name)'")
         }
-        return try view(p)
+        return try await view(p)
     }
 
     public func deleteProject(request: Farrier_V1_GetProjectRequest, context: ServerContext) async throws -> Farrier_V1_DeleteProjectResponse {
         _ = try Caller.admin("removing a project")
-        guard try store.deleteProject(name: request.name) else {
+        guard try await store.deleteProject(name: request.name) else {
             throw RPCError(code: .notFound, message: "no project named '\(request.name)'")
         }
         return Farrier_V1_DeleteProjectResponse()
@@ -187,7 +193,7 @@ public struct TokenAPI: Farrier_V1_TokenService.SimpleServiceProtocol {
         switch role {
         case .member:
             guard !request.project.isEmpty else { throw RPCError(code: .invalidArgument, message: "a member token needs a project (--project NAME)") }
-            guard try store.project(name: request.project) != nil else {
+            guard try await store.project(name: request.project) != nil else {
                 throw RPCError(code: .notFound, message: "no project named '\(request.project)'")
             }
         case .admin:
@@ -199,7 +205,7 @@ public struct TokenAPI: Farrier_V1_TokenService.SimpleServiceProtocol {
         let token = APIToken(
             id: UUID().uuidString.lowercased(), name: name, role: role, project: role == .member ? request.project : nil,
             secretSHA256: TokenSecret.hash(secret), created: Date())
-        try store.createToken(token)
+        try await store.createToken(token)
         logger.info("token created", metadata: ["token.id": "\(token.id)", "role": "\(role.rawValue)", "by": "\(caller.tokenName)"])
         var r = Farrier_V1_CreateTokenResponse()
         r.token = Farrier_V1_Token(token)
@@ -210,29 +216,29 @@ public struct TokenAPI: Farrier_V1_TokenService.SimpleServiceProtocol {
     public func listTokens(request: Farrier_V1_ListTokensRequest, context: ServerContext) async throws -> Farrier_V1_ListTokensResponse {
         _ = try Caller.admin("listing tokens")
         var r = Farrier_V1_ListTokensResponse()
-        r.tokens = try store.tokens().map(Farrier_V1_Token.init)
+        r.tokens = try await store.tokens().map(Farrier_V1_Token.init)
         return r
     }
 
     public func revokeToken(request: Farrier_V1_RevokeTokenRequest, context: ServerContext) async throws -> Farrier_V1_RevokeTokenResponse {
         let caller = try Caller.admin("revoking a token")
         guard request.id.count >= 4 else { throw RPCError(code: .invalidArgument, message: "give the token id, or at least its first 4 characters") }
-        let matches = try store.tokens().filter { $0.id.hasPrefix(request.id.lowercased()) }
+        let matches = try await store.tokens().filter { $0.id.hasPrefix(request.id.lowercased()) }
         guard let token = matches.first else { throw RPCError(code: .notFound, message: "no token with id '\(request.id)'") }
         guard matches.count == 1 else {
             throw RPCError(code: .invalidArgument, message: "'\(request.id)' matches \(matches.count) tokens; give more of the id")
         }
-        if token.role == .admin, try store.tokens().filter({ $0.role == .admin }).count == 1 {
+        if token.role == .admin, try await store.tokens().filter({ $0.role == .admin }).count == 1 {
             throw RPCError(code: .failedPrecondition, message: "this is the last admin token; create another admin token first")
         }
-        _ = try store.revokeToken(id: token.id)
+        _ = try await store.revokeToken(id: token.id)
         logger.info("token revoked", metadata: ["token.id": "\(token.id)", "by": "\(caller.tokenName)"])
         return Farrier_V1_RevokeTokenResponse()
     }
 
     public func whoAmI(request: Farrier_V1_WhoAmIRequest, context: ServerContext) async throws -> Farrier_V1_Token {
         let caller = try Caller.current()
-        guard let t = try store.tokens().first(where: { $0.id == caller.tokenID }) else {
+        guard let t = try await store.tokens().first(where: { $0.id == caller.tokenID }) else {
             throw RPCError(code: .unauthenticated, message: "token was revoked")
         }
         return Farrier_V1_Token(t)

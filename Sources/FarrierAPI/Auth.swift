@@ -44,7 +44,7 @@ public struct AuthInterceptor: ServerInterceptor {
         guard parts.count == 2, parts[0].lowercased() == "bearer" else {
             throw RPCError(code: .unauthenticated, message: "authorization must be 'Bearer <token>'")
         }
-        guard let token = try store.token(secretSHA256: TokenSecret.hash(String(parts[1]))) else {
+        guard let token = try await store.token(secretSHA256: TokenSecret.hash(String(parts[1]))) else {
             throw RPCError(code: .unauthenticated, message: "API token is not valid (revoked, or from another server)")
         }
         let principal = Principal(tokenID: token.id, tokenName: token.name, role: token.role, project: token.project)
@@ -61,8 +61,8 @@ public struct AuthInterceptor: ServerInterceptor {
 
 /// Makes the first admin token when the server has none: printed once on stderr and saved to
 /// `<dataDir>/admin.token` (0600), where the CLI on this host finds it.
-public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) throws -> String? {
-    guard try store.tokens().isEmpty else { return nil }
+public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) async throws -> String? {
+    guard try await store.tokens().isEmpty else { return nil }
     let secret = TokenSecret.generate()
     let path = dataDir + "/admin.token"
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
@@ -73,12 +73,12 @@ public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) throws
     fsync(fd)
     close(fd)
     guard written == bytes.count else { throw RPCError(code: .internalError, message: "cannot write \(path)") }
-    try store.createToken(APIToken(
+    try await store.createToken(APIToken(
         id: UUID().uuidString.lowercased(), name: "admin", role: .admin, project: nil, secretSHA256: TokenSecret.hash(secret),
         created: Date()))
     // Where an admin's deploys go when they name no project.
-    if try store.project(name: "default") == nil {
-        try store.createProject(Project(name: "default", description: "admin deploys that name no project", created: Date()))
+    if try await store.project(name: "default") == nil {
+        try await store.createProject(Project(name: "default", description: "admin deploys that name no project", created: Date()))
     }
     return secret
 }

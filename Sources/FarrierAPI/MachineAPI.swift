@@ -41,7 +41,7 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         }
         // The page token is the name of the last machine of the previous page (names are unique
         // and the list is ordered by name).
-        var machines = try store.machines().filter(caller.canSee)
+        var machines = try await store.machines().filter(caller.canSee)
         if !request.state.isEmpty { machines = machines.filter { $0.state.rawValue == request.state } }
         if !request.project.isEmpty { machines = machines.filter { $0.project == request.project } }
         if !request.zone.isEmpty { machines = machines.filter { $0.zone == request.zone } }
@@ -72,8 +72,8 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         guard (1...500).contains(limit) else {
             throw RPCError(code: .invalidArgument, message: "timeline_limit must be between 1 and 500, got \(request.timelineLimit)")
         }
-        let machine = try visibleMachine(request.nameOrMac)
-        var v = Farrier_V1_Machine(machine, timeline: try store.timeline(mac: machine.mac, limit: limit))
+        let machine = try await visibleMachine(request.nameOrMac)
+        var v = Farrier_V1_Machine(machine, timeline: try await store.timeline(mac: machine.mac, limit: limit))
         v.address = try addressBook()[machine.mac] ?? ""
         return v
     }
@@ -88,11 +88,11 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
 
     /// The machine named (or with this MAC), if the caller may see it. A machine of another
     /// project is reported exactly like a missing one: NOT_FOUND, so names do not leak.
-    func visibleMachine(_ key: String) throws -> Machine {
+    func visibleMachine(_ key: String) async throws -> Machine {
         let caller = try Caller.current()
         guard !key.isEmpty else { throw RPCError(code: .invalidArgument, message: "a machine name or MAC is required") }
         guard key.count <= 100 else { throw RPCError(code: .invalidArgument, message: "machine name is longer than 100 characters") }
-        guard let machine = try store.machine(nameOrMAC: key), caller.canSee(machine) else {
+        guard let machine = try await store.machine(nameOrMAC: key), caller.canSee(machine) else {
             throw RPCError(code: .notFound, message: "no machine named or with MAC '\(key)'")
         }
         return machine
@@ -100,9 +100,9 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
 
     /// Runs a lifecycle transition (a refusal ends the call with its code: ErrorMapping.swift).
     func transition(
-        _ event: Lifecycle.Event, _ m: Machine, change: (inout Machine) throws -> Void = { _ in }
-    ) throws -> Farrier_V1_Machine {
-        Farrier_V1_Machine(try controller.apply(event, machineID: m.id, change: change), timeline: [])
+        _ event: Lifecycle.Event, _ m: Machine, change: @Sendable (inout Machine) throws -> Void = { _ in }
+    ) async throws -> Farrier_V1_Machine {
+        Farrier_V1_Machine(try await controller.apply(event, machineID: m.id, change: change), timeline: [])
     }
 
 }
@@ -135,25 +135,25 @@ extension MachineAPI {
             throw RPCError(code: .invalidArgument, message: "bmc_password is required")
         }
         // The password is sealed to the machine's ID: the existing one for a known MAC.
-        let id = try store.machine(mac: mac)?.id ?? UUID().uuidString.lowercased()
+        let id = try await store.machine(mac: mac)?.id ?? UUID().uuidString.lowercased()
         let sealed = try vault.seal(request.bmcPassword, machineID: id)
-        var machine = try store.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed, at: Date())
+        var machine = try await store.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed, at: Date())
         if machine.id != id {
             // A new machine got a new ID in the store: seal again under it.
-            machine = try store.enroll(
+            machine = try await store.enroll(
                 name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id), at: Date())
         }
         logger.info("machine enrolled", metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"])
         if request.commission, machine.state == .enrolled || machine.state == .ready {
-            return try transition(.commission, machine)
+            return try await transition(.commission, machine)
         }
         return Farrier_V1_Machine(machine, timeline: [])
     }
 
     /// The machine and its BMC driver, or a precise error.
     func bmc(for name: String) async throws -> (Machine, any BMC) {
-        let machine = try visibleMachine(name)
-        guard let reference = machine.bmc, let sealed = try store.sealedBMCPassword(machineID: machine.id) else {
+        let machine = try await visibleMachine(name)
+        guard let reference = machine.bmc, let sealed = try await store.sealedBMCPassword(machineID: machine.id) else {
             throw RPCError(
                 code: .failedPrecondition,
                 message: "machine \(machine.name) has no BMC; enroll it: farrier machine enroll \(machine.name) --mac \(machine.mac) --bmc ipmi://USER@HOST --bmc-password-file FILE")
@@ -202,7 +202,7 @@ extension MachineAPI {
             if let action {
                 // Powering on or cycling starts a new boot: an agent of the old one loses its token.
                 if action == .on || action == .cycle || action == .reset {
-                    try controller.beginBoot(machineID: machine.id, generation: machine.generation)
+                    try await controller.beginBoot(machineID: machine.id, generation: machine.generation)
                 }
                 try await bmc.power(action)
                 logger.info("power action", metadata: ["machine": "\(machine.name)", "action": "\(action.rawValue)"])

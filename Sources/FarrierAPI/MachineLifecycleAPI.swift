@@ -9,7 +9,7 @@ import SwiftProtobuf
 extension MachineAPI {
     public func updateMachine(request: Farrier_V1_UpdateMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
         let caller = try Caller.current()
-        let m = try visibleMachine(request.name)
+        let m = try await visibleMachine(request.name)
         let adminFields =
             !request.setTags.isEmpty || !request.removeTags.isEmpty || request.hasZone || request.hasRack || !request.newName.isEmpty
         if adminFields { _ = try Caller.admin("changing tags, zone, rack or name") }
@@ -25,7 +25,7 @@ extension MachineAPI {
         if !request.newName.isEmpty, let p = Machine.nameProblem(request.newName) {
             throw RPCError(code: .invalidArgument, message: p)
         }
-        let updated = try store.update(machineID: m.id) { x in
+        let updated = try await store.update(machineID: m.id) { x in
             for (k, v) in request.setLabels { x.labels[k] = v }
             for k in request.removeLabels { x.labels[k] = nil }
             for (k, v) in request.setTags { x.tags[k] = v }
@@ -44,7 +44,7 @@ extension MachineAPI {
 
     public func commissionMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
         _ = try Caller.admin("commissioning")
-        return try transition(.commission, try visibleMachine(request.name))
+        return try await transition(.commission, try await visibleMachine(request.name))
     }
 
     public func deployMachine(request: Farrier_V1_DeployMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
@@ -53,7 +53,7 @@ extension MachineAPI {
         let projectName: String
         if caller.isAdmin {
             // Admins name the project, or get the `default` one made at first start.
-            let hasDefault = try store.project(name: "default") != nil
+            let hasDefault = try await store.project(name: "default") != nil
             guard !request.project.isEmpty || hasDefault else {
                 throw RPCError(code: .invalidArgument, message: "project is required with an admin token (--project NAME)")
             }
@@ -65,13 +65,13 @@ extension MachineAPI {
             }
             projectName = own
         }
-        guard let project = try store.project(name: projectName) else {
+        guard let project = try await store.project(name: projectName) else {
             throw RPCError(code: .notFound, message: "no project named '\(projectName)'")
         }
         // Image.
         guard !request.image.isEmpty else { throw RPCError(code: .invalidArgument, message: "an image is required (--image NAME)") }
-        guard let image = try store.image(name: request.image) else {
-            let known = try store.images().map(\.name)
+        guard let image = try await store.image(name: request.image) else {
+            let known = try await store.images().map(\.name)
             throw RPCError(
                 code: .notFound,
                 message: "no image named '\(request.image)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))")
@@ -109,13 +109,13 @@ extension MachineAPI {
         if let a = placement.architecture, image.architecture != .unknown, a != image.architecture {
             throw RPCError(code: .invalidArgument, message: "image \(image.name) is \(image.architecture.rawValue), constraints ask \(a.rawValue)")
         }
-        func fill(_ m: inout Machine) {
+        @Sendable func fill(_ m: inout Machine) {
             m.project = project.name
             m.deployment = Deployment(
                 image: image.name, imageSHA256: image.sha256, sshKeys: request.sshKeys, userData: request.userData,
                 hostname: request.hostname.isEmpty ? m.name : request.hostname, requestedBy: caller.tokenName, tags: request.tags)
         }
-        func compatible(_ m: Machine) -> String? {
+        @Sendable func compatible(_ m: Machine) -> String? {
             // A quick-wiped machine still holds its last project's data: only that project gets it.
             if let owner = m.dirtyFor, owner != project.name {
                 return "machine \(m.name) may still hold another project's data (it was quick-wiped); an admin can commission it, which wipes it fully"
@@ -131,10 +131,10 @@ extension MachineAPI {
         let deployed: Machine
         if !request.name.isEmpty {
             // By name: a pool machine (ready, unallocated) or one of the caller's.
-            guard let m = try store.machine(nameOrMAC: request.name), caller.canSee(m) || (m.project == nil && m.state == .ready)
+            guard let m = try await store.machine(nameOrMAC: request.name), caller.canSee(m) || (m.project == nil && m.state == .ready)
             else { throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.name)'") }
             if let why = compatible(m) { throw RPCError(code: .failedPrecondition, message: why) }
-            deployed = try controller.apply(.deploy, machineID: m.id) { x in
+            deployed = try await controller.apply(.deploy, machineID: m.id) { x in
                 guard x.project == nil else {
                     throw ControlError(.conflict, "machine \(x.name) is allocated to project \(x.project ?? ""); release it first")
                 }
@@ -143,7 +143,7 @@ extension MachineAPI {
             }
         } else {
             var chosen: Machine?
-            chosen = try store.allocate({ all in
+            chosen = try await store.allocate({ all in
                 placement.choose(from: all.filter { compatible($0) == nil })
             }) { x in
                 try ControllerBridge.transition(&x, .deploy)
@@ -201,10 +201,11 @@ extension MachineAPI {
     }
 
     public func releaseMachine(request: Farrier_V1_ReleaseMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
-        let machine = try visibleMachine(request.name)
-        let policy = try machine.project.flatMap { try store.project(name: $0) }?.wipePolicy ?? .full
+        let machine = try await visibleMachine(request.name)
+        var policy = WipeMode.full
+        if let p = machine.project, let project = try await store.project(name: p) { policy = project.wipePolicy }
         let mode = try Self.releaseWipe(requested: request.wipe, project: machine.project, policy: policy)
-        return try transition(.release, machine) { x in x.deployment?.wipe = mode }
+        return try await transition(.release, machine) { x in x.deployment?.wipe = mode }
     }
 
     /// The wipe a release runs: the project's policy unless the request names one. A quick
@@ -224,23 +225,23 @@ extension MachineAPI {
     }
 
     public func rescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
-        try transition(.rescue, try visibleMachine(request.name))
+        try await transition(.rescue, try await visibleMachine(request.name))
     }
 
     public func exitRescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
-        try transition(.exitRescue, try visibleMachine(request.name))
+        try await transition(.exitRescue, try await visibleMachine(request.name))
     }
 
     public func retryMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
-        try transition(.retry, try visibleMachine(request.name))
+        try await transition(.retry, try await visibleMachine(request.name))
     }
 
     public func abortMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
-        try transition(.abort, try visibleMachine(request.name))
+        try await transition(.abort, try await visibleMachine(request.name))
     }
 
     public func restartMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
-        let m = try visibleMachine(request.name)
+        let m = try await visibleMachine(request.name)
         guard m.state == .deployed || m.state == .rescue else {
             throw RPCError(
                 code: .failedPrecondition,
@@ -257,14 +258,14 @@ extension MachineAPI {
             throw Self.rpcError(error, machine: m.name)
         }
         let caller = try Caller.current()
-        let updated = try store.update(machineID: m.id) { x in [MachineEvent(x, kind: .action, message: "restarted by \(caller.tokenName)")] }
+        let updated = try await store.update(machineID: m.id) { x in [MachineEvent(x, kind: .action, message: "restarted by \(caller.tokenName)")] }
         controller.hub.notify()
         return Farrier_V1_Machine(updated, timeline: [])
     }
 
     public func deleteMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_DeleteMachineResponse {
         _ = try Caller.admin("deleting a machine")
-        let m = try visibleMachine(request.name)
+        let m = try await visibleMachine(request.name)
         if let p = m.project {
             throw RPCError(code: .failedPrecondition, message: "machine \(m.name) is allocated to project \(p); release it first")
         }
@@ -278,7 +279,7 @@ extension MachineAPI {
                 code: .failedPrecondition,
                 message: "machine \(m.name) may still hold a tenant's data; commission it (which wipes it) before deleting it")
         }
-        try store.deleteMachine(id: m.id)
+        try await store.deleteMachine(id: m.id)
         await pool.forget(machineID: m.id)
         logger.info("machine deleted", metadata: ["machine": "\(m.name)"])
         return Farrier_V1_DeleteMachineResponse()
@@ -288,18 +289,18 @@ extension MachineAPI {
         request: Farrier_V1_WatchEventsRequest, response: RPCWriter<Farrier_V1_MachineEvent>, context: ServerContext
     ) async throws {
         let caller = try Caller.current()
-        let machineID = request.name.isEmpty ? nil : try visibleMachine(request.name).id
+        let machineID = request.name.isEmpty ? nil : try await visibleMachine(request.name).id
         guard request.afterID >= 0 else { throw RPCError(code: .invalidArgument, message: "after_id must not be negative") }
         let (wakeups, cancel) = controller.hub.subscribe()
         defer { cancel() }
-        var last = request.afterID == 0 ? try store.lastEventID() : request.afterID
+        var last = request.afterID == 0 ? try await store.lastEventID() : request.afterID
         // Read what is stored after `last`, then sleep until the next commit; a wake-up that
         // races a read only causes one more (empty) read. Ends when the client cancels.
         var iterator = wakeups.makeAsyncIterator()
         try await withRPCCancellationHandler {
         while !Task.isCancelled {
             for _ in 0..<1000 {  // bounded catch-up per wake-up
-                let batch = try store.events(after: last, machineID: machineID, limit: 500)
+                let batch = try await store.events(after: last, machineID: machineID, limit: 500)
                 for e in batch where caller.isAdmin || (e.project != nil && e.project == caller.project) {
                     try await response.write(Farrier_V1_MachineEvent(e))
                 }

@@ -47,14 +47,14 @@ public struct FarrierServer: Sendable {
     public let services: [any Service]
     let logger: Logger
 
-    public init(configuration c: ServerConfiguration, logger: Logger) throws {
+    public init(configuration c: ServerConfiguration, logger: Logger) async throws {
         self.logger = logger
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
         store = try SQLiteStore(path: c.databasePath)
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
         reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger)
         let recorder = TimelineRecorder(
-            store: store, maxDiscovered: c.discoveryMaxMachines,
+            store: store, known: try await store.machines().map(\.mac), maxDiscovered: c.discoveryMaxMachines,
             onError: { [logger] error in logger.error("timeline write failed", metadata: ["error": "\(error)"]) },
             onRefused: { [logger, cap = c.discoveryMaxMachines] mac, n in
                 // Logged for the first and then every 1000th: a flood must not flood the log too.
@@ -92,7 +92,7 @@ public struct FarrierServer: Sendable {
         let http = try makeHTTPApplication(configuration: c.http, dependencies: httpDependencies, logger: logger)
         let agentChannel = try makeAgentApplication(
             configuration: c.http, dependencies: httpDependencies, tls: agentTLS, logger: logger)
-        if let secret = try bootstrapAdminToken(store: store, dataDir: c.dataDir) {
+        if let secret = try await bootstrapAdminToken(store: store, dataDir: c.dataDir) {
             // Shown once; the file keeps it for the CLI on this host.
             FileHandle.standardError.write(Data("""
                 Farrier: first start. Admin API token (also in \(c.dataDir)/admin.token, mode 0600):
@@ -151,7 +151,7 @@ struct DiscoveryPruner: Service {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
                 let cutoff = Date().addingTimeInterval(-Double(unseenFor.components.seconds))
-                let pruned = try store.pruneDiscovered(lastSeenBefore: cutoff)
+                let pruned = try await store.pruneDiscovered(lastSeenBefore: cutoff)
                 recorder.forget(pruned)
                 let n = pruned.count
                 if n > 0 { logger.info("pruned discovered machines not seen lately", metadata: ["count": "\(n)", "unseen.seconds": "\(unseenFor.components.seconds)"]) }

@@ -73,9 +73,9 @@ public final class Controller: Sendable {
     @discardableResult
     public func apply(
         _ event: Lifecycle.Event, machineID: String, guardGeneration: Int? = nil, reasonSuffix: String = "",
-        change: (inout Machine) throws -> Void = { _ in }
-    ) throws -> Machine {
-        let m = try store.update(machineID: machineID) { m in
+        change: @Sendable (inout Machine) throws -> Void = { _ in }
+    ) async throws -> Machine {
+        let m = try await store.update(machineID: machineID) { m in
             if let g = guardGeneration, m.generation != g {
                 throw ControlError(.conflict, "machine \(m.name) moved on to another step")
             }
@@ -134,22 +134,25 @@ public final class Controller: Sendable {
 
     /// Moves a step to its next phase, if the machine is still in that step and phase.
     @discardableResult
-    func advance(machineID: String, generation: Int, from: StepPhase, to: StepPhase, message: String) throws -> Machine? {
-        var moved = false
-        let m = try store.update(machineID: machineID) { m in
-            guard m.generation == generation, m.phase == from, Lifecycle.steps.contains(m.state) else { return [] }
+    func advance(machineID: String, generation: Int, from: StepPhase, to: StepPhase, message: String) async throws -> Machine? {
+        let moved = TransactionNote(false)
+        let m = try await store.update(machineID: machineID) { m in
+            guard m.generation == generation, m.phase == from, Lifecycle.steps.contains(m.state) else {
+                moved.set(false)
+                return []
+            }
             m.phase = to
-            moved = true
+            moved.set(true)
             return [MachineEvent(m, kind: .action, message: message)]
         }
-        if moved { hub.notify() }
-        return moved ? m : nil
+        if moved.value { hub.notify() }
+        return moved.value ? m : nil
     }
 
     /// Fails the current step (if it is still `generation`) with a reason.
-    public func fail(machineID: String, generation: Int, reason: String) {
+    public func fail(machineID: String, generation: Int, reason: String) async {
         do {
-            try apply(.stepFailed(reason: reason), machineID: machineID, guardGeneration: generation)
+            try await apply(.stepFailed(reason: reason), machineID: machineID, guardGeneration: generation)
         } catch {
             logger.debug("fail not applied", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
         }
@@ -182,12 +185,12 @@ public final class Controller: Sendable {
 
     /// Verifies an agent token: the machine it names, in the step and boot it was issued for,
     /// called from that machine's leased address.
-    public func agentMachine(token: String, peer: MACAddress?) throws -> Machine {
+    public func agentMachine(token: String, peer: MACAddress?) async throws -> Machine {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 4, let generation = Int(parts[1]), let boot = Int(parts[2]) else {
             throw ControlError(.permission, "malformed agent token")
         }
-        guard let m = try store.machine(id: parts[0]), let nonceHash = m.agentNonce, m.generation == generation,
+        guard let m = try await store.machine(id: parts[0]), let nonceHash = m.agentNonce, m.generation == generation,
             m.agentBoot == boot, Lifecycle.steps.contains(m.state), m.phase == .agent || m.phase == .finish,
             ConstantTime.equal(agentToken(for: m, nonceHash: nonceHash), token)
         else {
@@ -199,8 +202,8 @@ public final class Controller: Sendable {
 
     /// A new boot of the machine for its current step: Farrier is about to power it on or cycle
     /// it. The previous boot's agent token dies here, and the next agent to say hello gets one.
-    public func beginBoot(machineID: String, generation: Int) throws {
-        _ = try store.update(machineID: machineID) { m in
+    public func beginBoot(machineID: String, generation: Int) async throws {
+        _ = try await store.update(machineID: machineID) { m in
             guard m.generation == generation, Lifecycle.steps.contains(m.state) else { return [] }
             m.agentBoot += 1
             m.agentNonce = nil
@@ -214,8 +217,8 @@ public final class Controller: Sendable {
     /// MAC, so only the address leased to it can say hello for it. The first hello of a boot
     /// binds the boot to its nonce; the same nonce again (the agent restarted, or the answer was
     /// lost) gets the same token; another nonce is refused until Farrier boots the machine again.
-    public func agentHello(peer: MACAddress?, hello: AgentHello) throws -> AgentTask {
-        guard let mac = peer, let m = try store.machine(mac: mac), Lifecycle.steps.contains(m.state) else {
+    public func agentHello(peer: MACAddress?, hello: AgentHello) async throws -> AgentTask {
+        guard let mac = peer, let m = try await store.machine(mac: mac), Lifecycle.steps.contains(m.state) else {
             throw ControlError(.permission, "no machine in a step holds this address: agents say hello only from the address leased to their machine")
         }
         guard hello.nonce.utf8.count >= 16, hello.nonce.utf8.count <= 256 else {
@@ -237,19 +240,20 @@ public final class Controller: Sendable {
             throw ControlError(.unavailable, "machine \(m.name): Farrier has not booted it for \(m.state.rawValue) yet; no agent may start until it has")
         }
         // A step with no agent work (exiting rescue) takes no hello.
-        _ = try task(for: m)
+        _ = try await task(for: m)
         let nonceHash = TokenSecret.hash(hello.nonce)
-        var refused: ControlError?
-        let updated = try store.update(machineID: m.id) { x in
+        let refusal = TransactionNote<ControlError?>(nil)
+        let updated = try await store.update(machineID: m.id) { x in
+            refusal.set(nil)
             guard x.generation == m.generation, x.phase == .agent else {
-                refused = ControlError(.conflict, "machine \(x.name) moved on to another step or phase")
+                refusal.set(ControlError(.conflict, "machine \(x.name) moved on to another step or phase"))
                 return []
             }
             if let bound = x.agentNonce {
                 guard ConstantTime.equal(bound, nonceHash) else {
-                    refused = ControlError(
+                    refusal.set(ControlError(
                         .conflict,
-                        "machine \(x.name): an agent already said hello in this boot; another agent needs a new boot (Farrier powers the machine again when the step is retried)")
+                        "machine \(x.name): an agent already said hello in this boot; another agent needs a new boot (Farrier powers the machine again when the step is retried)"))
                     return []
                 }
                 return []
@@ -258,25 +262,25 @@ public final class Controller: Sendable {
             x.progress = StepProgress(stage: "started", updated: Date())
             return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
         }
-        if let refused {
+        if let refused = refusal.value {
             logger.warning("agent hello refused", metadata: ["machine": "\(m.name)", "reason": "\(refused.description)"])
             throw refused
         }
         Failpoint.hit("agent.hello.after-commit")
         hub.notify()
-        var t = try task(for: updated)
+        var t = try await task(for: updated)
         t.token = agentToken(for: updated, nonceHash: nonceHash)
         return t
     }
 
     /// The task an agent would get for this machine now (tests).
-    public func task(forTesting m: Machine) throws -> AgentTask { try task(for: m) }
+    public func task(forTesting m: Machine) async throws -> AgentTask { try await task(for: m) }
 
-    func task(for m: Machine) throws -> AgentTask {
+    func task(for m: Machine) async throws -> AgentTask {
         switch m.state {
         case .commissioning: return AgentTask(kind: .commission, machine: m.name)
         case .deploying:
-            guard let d = m.deployment, let image = try store.image(name: d.image) else {
+            guard let d = m.deployment, let image = try await store.image(name: d.image) else {
                 throw ControlError(.conflict, "machine \(m.name) has no deployable image")
             }
             return AgentTask(
@@ -291,14 +295,14 @@ public final class Controller: Sendable {
 
     /// May this bearer download the image with this SHA-256? The agent of a machine whose
     /// current step deploys that image (from its leased address), or an admin API token.
-    public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) -> Bool {
+    public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async -> Bool {
         guard let bearer, !bearer.isEmpty else { return false }
-        if let m = try? agentMachine(token: bearer, peer: peer) {
-            guard m.state == .deploying, m.phase == .agent, let name = m.deployment?.image, let image = try? store.image(name: name)
+        if let m = try? await agentMachine(token: bearer, peer: peer) {
+            guard m.state == .deploying, m.phase == .agent, let name = m.deployment?.image, let image = try? await store.image(name: name)
             else { return false }
             return ConstantTime.equal(image.sha256, sha256)
         }
-        guard let t = try? store.token(secretSHA256: TokenSecret.hash(bearer)) else { return false }
+        guard let t = try? await store.token(secretSHA256: TokenSecret.hash(bearer)) else { return false }
         return t.role == .admin
     }
 
@@ -321,10 +325,10 @@ public final class Controller: Sendable {
             vendorData: "#cloud-config\ndisable_root: false\nssh_pwauth: false\n")
     }
 
-    public func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) throws {
-        let m = try agentMachine(token: token, peer: peer)
+    public func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) async throws {
+        let m = try await agentMachine(token: token, peer: peer)
         guard m.phase == .agent else { return }  // the agent's work is over: nothing to record
-        _ = try store.update(machineID: m.id) { x in
+        _ = try await store.update(machineID: m.id) { x in
             guard x.generation == m.generation, x.phase == .agent else { return [] }
             x.progress = StepProgress(stage: report.stage, bytesDone: report.bytesDone, bytesTotal: report.bytesTotal, updated: Date())
             return [MachineEvent(x, kind: .progress, message: report.stage)]
@@ -334,18 +338,18 @@ public final class Controller: Sendable {
 
     /// The agent finished its task: on success the step moves to its finish phase (the
     /// reconciler then sets the final boot device and power), on failure the step fails.
-    public func agentDone(token: String, peer: MACAddress?, result: AgentResult) throws {
-        let m = try agentMachine(token: token, peer: peer)
+    public func agentDone(token: String, peer: MACAddress?, result: AgentResult) async throws {
+        let m = try await agentMachine(token: token, peer: peer)
         // Said again after the step's agent work was committed (its answer lost): already done.
         guard m.phase == .agent else { return }
         guard result.ok else {
-            try apply(.stepFailed(reason: "agent: \(result.error ?? "no reason given")"), machineID: m.id, guardGeneration: m.generation)
+            try await apply(.stepFailed(reason: "agent: \(result.error ?? "no reason given")"), machineID: m.id, guardGeneration: m.generation)
             return
         }
         if m.state == .commissioning, result.inventory == nil {
             throw ControlError(.invalid, "commissioning needs the inventory in the result")
         }
-        _ = try store.update(machineID: m.id) { x in
+        _ = try await store.update(machineID: m.id) { x in
             guard x.generation == m.generation, x.agentBoot == m.agentBoot, x.phase == .agent else { return [] }
             if let inv = result.inventory, x.state == .commissioning {
                 x.inventory = inv
@@ -360,6 +364,17 @@ public final class Controller: Sendable {
         Failpoint.hit("agent.done.after-commit")
         hub.notify()
     }
+}
+
+/// A value set inside a store transaction's body and read after the commit: the body is
+/// `@Sendable` (it runs where the store runs it), so it reports through this box, not a
+/// captured `var`. The body sets it on every path, so a store that ran the body again would
+/// leave the last run's value.
+final class TransactionNote<Value: Sendable>: Sendable {
+    private let box: Mutex<Value>
+    init(_ value: Value) { box = Mutex(value) }
+    func set(_ value: Value) { box.withLock { $0 = value } }
+    var value: Value { box.withLock { $0 } }
 }
 
 /// Wakes watchers and the reconciler when something was committed. Holds no events itself:

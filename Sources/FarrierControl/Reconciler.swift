@@ -49,16 +49,16 @@ public actor Reconciler: Service {
                 for await _ in wakeups { tickSink.yield() }
             }
             for await _ in ticks.cancelOnGracefulShutdown() {
-                self.scan(group: &group)
+                await self.scan(group: &group)
             }
             group.cancelAll()
         }
     }
 
     /// One pass over all machines: time out late steps, admit queued ones, start workers.
-    func scan(group: inout TaskGroup<Void>) {
+    func scan(group: inout TaskGroup<Void>) async {
         let machines: [Machine]
-        do { machines = try controller.store.machines() } catch {
+        do { machines = try await controller.store.machines() } catch {
             logger.error("reconciler cannot read machines", metadata: ["error": "\(error)"])
             return
         }
@@ -75,14 +75,14 @@ public actor Reconciler: Service {
             let started = m.stepStarted ?? .distantPast
             if now.timeIntervalSince(started) > Double(limit.components.seconds) {
                 logger.warning("step timed out", metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "phase": "\(m.phase.rawValue)"])
-                controller.fail(
+                await controller.fail(
                     machineID: m.id, generation: m.generation,
                     reason: "timed out after \(limit.components.seconds) s in phase \(m.phase.rawValue)")
                 continue
             }
             if m.phase == .agent, let p = m.progress, now.timeIntervalSince(p.updated) > Double(config.progressStall.components.seconds) {
                 logger.warning("agent stalled", metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "stage": "\(p.stage)"])
-                controller.fail(
+                await controller.fail(
                     machineID: m.id, generation: m.generation,
                     reason: "the agent reported no progress for \(config.progressStall.components.seconds) s (last: \(p.stage))")
                 continue
@@ -97,7 +97,7 @@ public actor Reconciler: Service {
                     }
                 if let cap, running[m.state, default: 0] >= cap { continue }
                 do {
-                    if try controller.advance(
+                    if try await controller.advance(
                         machineID: m.id, generation: m.generation, from: .queued, to: .boot, message: "started \(m.state.rawValue)")
                         != nil
                     {
@@ -140,7 +140,7 @@ struct Worker {
     func run(machineID: String) async {
         // At most two phases per run (boot, or finish); bounded against surprises.
         for _ in 0..<4 {
-            guard let m = try? controller.store.machine(id: machineID), Lifecycle.steps.contains(m.state) else { return }
+            guard let m = try? await controller.store.machine(id: machineID), Lifecycle.steps.contains(m.state) else { return }
             switch m.phase {
             case .boot: await boot(m)
             case .finish: await finish(m)
@@ -164,15 +164,15 @@ struct Worker {
                 try await bmc.power(.off)
                 try await Self.waitUntilOff(bmc, machine: m.name)
             }
-            try controller.beginBoot(machineID: m.id, generation: m.generation)
+            try await controller.beginBoot(machineID: m.id, generation: m.generation)
             try await bmc.power(.on)
         }
         guard ok else { return }
         Failpoint.hit("reconciler.boot.after-action")
         if m.state == .exitingRescue {
-            _ = try? controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
+            _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
         } else {
-            _ = try? controller.advance(
+            _ = try? await controller.advance(
                 machineID: m.id, generation: m.generation, from: .boot, to: .agent, message: "booting the ramdisk; waiting for the agent")
         }
     }
@@ -209,7 +209,7 @@ struct Worker {
         }
         guard ok else { return }
         Failpoint.hit("reconciler.finish.after-action")
-        _ = try? controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
+        _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
     }
 
     static func powerOnOrCycle(_ bmc: any BMC) async throws {
@@ -223,13 +223,13 @@ struct Worker {
         var lastError = ""
         for attempt in 1...max(1, config.bmcAttempts) {
             do {
-                guard let reference = m.bmc, let sealed = try controller.store.sealedBMCPassword(machineID: m.id) else {
+                guard let reference = m.bmc, let sealed = try await controller.store.sealedBMCPassword(machineID: m.id) else {
                     lastError = "machine has no BMC"
                     break
                 }
                 let bmc = try await controller.pool.bmc(machineID: m.id, reference: reference, sealedPassword: sealed)
                 try await body(bmc)
-                _ = try? controller.store.update(machineID: m.id) { x in
+                _ = try? await controller.store.update(machineID: m.id) { x in
                     [MachineEvent(x, kind: .action, message: "BMC: \(action)")]
                 }
                 controller.hub.notify()
@@ -244,7 +244,7 @@ struct Worker {
                 if attempt < config.bmcAttempts { try? await Task.sleep(for: config.bmcRetryDelay) }
             }
         }
-        controller.fail(machineID: m.id, generation: m.generation, reason: "BMC could not \(action): \(lastError)")
+        await controller.fail(machineID: m.id, generation: m.generation, reason: "BMC could not \(action): \(lastError)")
         return false
     }
 }

@@ -1,41 +1,46 @@
 import Foundation
 
 /// Machine records and their boot timelines. SQLite implements it now; PostgreSQL later.
+///
+/// The control plane's stores (machines, projects and tokens, images) are async: a gRPC
+/// handler, an HTTP route or the reconciler awaits the database and never blocks a thread of
+/// the cooperative pool or an event loop on a write. `LeaseStore` stays synchronous: the DHCP
+/// socket threads own their threads and group-commit leases on them.
 public protocol MachineStore: Sendable {
     /// Updates `lastSeen` (and the platform, when it was unknown) of the machine with this MAC
     /// and returns it. A MAC no machine has becomes a `discovered` machine only when `create`
     /// is given and fewer than `create` machines are `discovered`; otherwise nothing is written
     /// and the result is nil (what unauthenticated traffic can create is bounded).
-    func recordSighting(mac: MACAddress, platform: ClientPlatform, at: Date, create: Int?) throws -> Machine?
+    func recordSighting(mac: MACAddress, platform: ClientPlatform, at: Date, create: Int?) async throws -> Machine?
     /// Deletes `discovered` machines (never enrolled: no BMC, no project) last seen before
     /// `before`, with their timelines. Returns their MACs.
-    func pruneDiscovered(lastSeenBefore before: Date) throws -> [MACAddress]
-    func machine(mac: MACAddress) throws -> Machine?
-    func machine(id: String) throws -> Machine?
-    func machine(name: String) throws -> Machine?
-    func machines() throws -> [Machine]
+    func pruneDiscovered(lastSeenBefore before: Date) async throws -> [MACAddress]
+    func machine(mac: MACAddress) async throws -> Machine?
+    func machine(id: String) async throws -> Machine?
+    func machine(name: String) async throws -> Machine?
+    func machines() async throws -> [Machine]
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
     /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
     /// Throws `StoreError.Code.alreadyExists` when the name belongs to a machine with another MAC.
-    func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at: Date) throws -> Machine
+    func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at: Date) async throws -> Machine
     /// The encrypted BMC password of a machine, as `enroll` stored it.
-    func sealedBMCPassword(machineID: String) throws -> [UInt8]?
+    func sealedBMCPassword(machineID: String) async throws -> [UInt8]?
     /// Reads the machine, lets `body` change it, and writes it back with the events `body`
     /// returns, in one transaction: this is the commit of a lifecycle transition. When `body`
     /// throws, nothing is written and the error propagates. Returns the machine as written.
-    func update(machineID: String, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine
+    func update(machineID: String, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine
     /// Picks one machine with `choose` and updates it with `body`, in one transaction, so two
     /// concurrent allocations never get the same machine. Nil when `choose` picks none.
-    func allocate(_ choose: ([Machine]) -> Machine?, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine?
+    func allocate(_ choose: @Sendable ([Machine]) -> Machine?, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
     /// Removes a machine with its timeline and events.
-    func deleteMachine(id: String) throws
+    func deleteMachine(id: String) async throws
     /// Events with an id above `after`, oldest first; of one machine, or of all when nil.
-    func events(after: Int64, machineID: String?, limit: Int) throws -> [MachineEvent]
+    func events(after: Int64, machineID: String?, limit: Int) async throws -> [MachineEvent]
     /// The id of the newest event, 0 when there is none.
-    func lastEventID() throws -> Int64
-    func appendTimeline(_ events: [TimelineEvent]) throws
+    func lastEventID() async throws -> Int64
+    func appendTimeline(_ events: [TimelineEvent]) async throws
     /// The most recent `limit` events of a machine, oldest first.
-    func timeline(mac: MACAddress, limit: Int) throws -> [TimelineEvent]
+    func timeline(mac: MACAddress, limit: Int) async throws -> [TimelineEvent]
 }
 
 /// Durable DHCP leases.
@@ -61,36 +66,36 @@ extension LeaseStore {
 /// Projects and API tokens.
 public protocol TenancyStore: Sendable {
     /// Throws `StoreError.Code.alreadyExists` when the name is taken.
-    func createProject(_ project: Project) throws
-    func projects() throws -> [Project]
-    func project(name: String) throws -> Project?
+    func createProject(_ project: Project) async throws
+    func projects() async throws -> [Project]
+    func project(name: String) async throws -> Project?
     /// Throws `StoreError.Code.inUse` while machines are allocated to the project or tokens use it.
-    func deleteProject(name: String) throws -> Bool
-    func createToken(_ token: APIToken) throws
-    func token(secretSHA256: String) throws -> APIToken?
-    func tokens() throws -> [APIToken]
-    func revokeToken(id: String) throws -> Bool
+    func deleteProject(name: String) async throws -> Bool
+    func createToken(_ token: APIToken) async throws
+    func token(secretSHA256: String) async throws -> APIToken?
+    func tokens() async throws -> [APIToken]
+    func revokeToken(id: String) async throws -> Bool
 }
 
 /// Image metadata (the bytes live in the content-addressed image directory).
 public protocol ImageStore: Sendable {
     /// Throws `StoreError.Code.alreadyExists` when the name is taken.
-    func addImage(_ image: ImageInfo) throws
-    func images() throws -> [ImageInfo]
-    func image(name: String) throws -> ImageInfo?
+    func addImage(_ image: ImageInfo) async throws
+    func images() async throws -> [ImageInfo]
+    func image(name: String) async throws -> ImageInfo?
     /// Throws `StoreError.Code.inUse` while a machine is deploying or deployed with it.
-    func deleteImage(name: String) throws -> Bool
+    func deleteImage(name: String) async throws -> Bool
     /// Whether any image row still refers to these bytes.
-    func imageReferenced(sha256: String) throws -> Bool
+    func imageReferenced(sha256: String) async throws -> Bool
 }
 
 public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore
 
 extension MachineStore {
     /// Looks a machine up by MAC (any common notation) or by name.
-    public func machine(nameOrMAC key: String) throws -> Machine? {
-        if let mac = MACAddress(key), let m = try machine(mac: mac) { return m }
-        return try machine(name: key)
+    public func machine(nameOrMAC key: String) async throws -> Machine? {
+        if let mac = MACAddress(key), let m = try await machine(mac: mac) { return m }
+        return try await machine(name: key)
     }
 }
 

@@ -1,9 +1,10 @@
-import Dispatch
 import Foundation
 import Synchronization
 
 /// Collects timeline events and machine sightings from the protocol servers and writes them to
-/// the store in batches, off the network event loops.
+/// the store in batches, off the network event loops and the DHCP threads: a write is a task
+/// that awaits the store, and each batch's task waits for the one before, so batches land in
+/// order.
 ///
 /// Timeline events are diagnostics, not committed state: a crash may lose the last batch
 /// (at most `flushInterval` worth), never a lease or a machine record already written.
@@ -15,10 +16,11 @@ public final class TimelineRecorder: Sendable {
     }
 
     let store: any MachineStore
-    let queue = DispatchQueue(label: "farrier.timeline")
     let pending = Mutex(Pending())
+    /// The last batch's write: the next one starts after it.
+    let tail = Mutex<Task<Void, Never>?>(nil)
     let known: Mutex<Set<MACAddress>>
-    let flushInterval: DispatchTimeInterval
+    let flushInterval: Duration
     let onError: @Sendable (any Error) -> Void
     /// At most this many `discovered` machines: a sighting of a new MAC beyond it creates none.
     public let maxDiscovered: Int
@@ -26,8 +28,9 @@ public final class TimelineRecorder: Sendable {
     public let refusedDiscoveries = Atomic<Int>(0)
     let onRefused: @Sendable (MACAddress, Int) -> Void
 
+    /// `known`: the MACs of the machines already in the store.
     public init(
-        store: any MachineStore, flushInterval: DispatchTimeInterval = .milliseconds(100), maxDiscovered: Int = 4096,
+        store: any MachineStore, known: some Sequence<MACAddress>, flushInterval: Duration = .milliseconds(100), maxDiscovered: Int = 4096,
         onError: @escaping @Sendable (any Error) -> Void = { _ in },
         onRefused: @escaping @Sendable (_ mac: MACAddress, _ refusedSoFar: Int) -> Void = { _, _ in }
     ) {
@@ -36,8 +39,7 @@ public final class TimelineRecorder: Sendable {
         self.maxDiscovered = maxDiscovered
         self.onError = onError
         self.onRefused = onRefused
-        let macs = (try? store.machines().map(\.mac)) ?? []
-        known = Mutex(Set(macs))
+        self.known = Mutex(Set(known))
     }
 
     /// Whether this MAC belongs to a machine Farrier knows.
@@ -73,11 +75,26 @@ public final class TimelineRecorder: Sendable {
             p.scheduled = true
             return true
         }
-        if schedule { queue.asyncAfter(deadline: .now() + flushInterval) { self.flushNow() } }
+        if schedule { _ = write(after: flushInterval) }
     }
 
-    /// Writes everything pending. Called by the timer, and at shutdown.
-    public func flushNow() {
+    /// Starts a task that sleeps `delay`, waits for the previous batch's write, then writes
+    /// everything pending.
+    func write(after delay: Duration?) -> Task<Void, Never> {
+        tail.withLock { last in
+            let previous = last
+            let task = Task {
+                if let delay { try? await Task.sleep(for: delay) }
+                await previous?.value
+                await self.flushNow()
+            }
+            last = task
+            return task
+        }
+    }
+
+    /// Writes everything pending.
+    func flushNow() async {
         let batch = pending.withLock { p -> Pending in
             let b = p
             p = Pending()
@@ -86,7 +103,7 @@ public final class TimelineRecorder: Sendable {
         do {
             let now = Date()
             for (mac, platform) in batch.sightings {
-                if try store.recordSighting(mac: mac, platform: platform, at: now, create: maxDiscovered) != nil {
+                if try await store.recordSighting(mac: mac, platform: platform, at: now, create: maxDiscovered) != nil {
                     known.withLock { _ = $0.insert(mac) }
                 } else {
                     let n = refusedDiscoveries.add(1, ordering: .relaxed).newValue
@@ -96,14 +113,15 @@ public final class TimelineRecorder: Sendable {
             // Only machines that exist get a timeline: a flood of made-up MACs past the cap
             // writes nothing.
             let known = self.known.withLock { $0 }
-            try store.appendTimeline(batch.events.filter { known.contains($0.mac) })
+            try await store.appendTimeline(batch.events.filter { known.contains($0.mac) })
         } catch {
             onError(error)
         }
     }
 
-    /// Waits for scheduled writes, then flushes.
-    public func drain() {
-        queue.sync { self.flushNow() }
+    /// Writes everything pending now, after the writes already started; returns when it is
+    /// written (at shutdown, and in tests).
+    public func drain() async {
+        await write(after: nil).value
     }
 }

@@ -83,10 +83,10 @@ extension HTTPDependencies {
     }
 
     /// Whether a request for `/images/<name>` may have it (see `Controller.imageAccess`).
-    func imageAllowed(name: String, authorization: String?, remote: SocketAddress?) -> Bool {
+    func imageAllowed(name: String, authorization: String?, remote: SocketAddress?) async -> Bool {
         guard let controller, let h = authorization, h.lowercased().hasPrefix("bearer ") else { return false }
         let bearer = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
-        return controller.imageAccess(sha256: name, bearer: bearer, peer: peerMAC(remote))
+        return await controller.imageAccess(sha256: name, bearer: bearer, peer: peerMAC(remote))
     }
 }
 
@@ -144,7 +144,7 @@ public func buildRouter(
             scriptURL: "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")", mac: mac,
             reason: "not known to Farrier", pollSeconds: configuration.pollSeconds))
         guard deps.peerMAC(context.remoteAddress) == mac,
-            let machine = try deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil)
+            let machine = try await deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil)
         else { return unknown }
         deps.recorder.markKnown(mac)
         deps.recorder.record(TimelineEvent(
@@ -195,25 +195,25 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Control
     @Sendable func body(_ request: Request) async throws -> Data {
         Data(try await request.body.collect(upTo: 1 << 20).readableBytesView)
     }
-    @Sendable func run(_ work: () throws -> any Encodable) throws -> Response {
+    @Sendable func run(_ work: () async throws -> any Encodable) async throws -> Response {
         // A ControlError or StoreError answers with its own status (ErrorMapping.swift).
-        let data = try JSONEncoder().encode(try work())
+        let data = try JSONEncoder().encode(try await work())
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
     struct Empty: Encodable {}
     router.post(RouterPath(AgentAPI.hello)) { request, context -> Response in
         let hello = try decode(AgentHello.self, try await body(request)), peer = deps.peerMAC(context.remoteAddress)
-        return try run { try controller.agentHello(peer: peer, hello: hello) }
+        return try await run { try await controller.agentHello(peer: peer, hello: hello) }
     }
     router.post(RouterPath(AgentAPI.progress)) { request, context -> Response in
         let t = try token(request), report = try decode(AgentProgress.self, try await body(request))
         let peer = deps.peerMAC(context.remoteAddress)
-        return try run { try controller.agentProgress(token: t, peer: peer, report: report); return Empty() }
+        return try await run { try await controller.agentProgress(token: t, peer: peer, report: report); return Empty() }
     }
     router.post(RouterPath(AgentAPI.done)) { request, context -> Response in
         let t = try token(request), result = try decode(AgentResult.self, try await body(request))
         let peer = deps.peerMAC(context.remoteAddress)
-        return try run { try controller.agentDone(token: t, peer: peer, result: result); return Empty() }
+        return try await run { try await controller.agentDone(token: t, peer: peer, result: result); return Empty() }
     }
 }
 
@@ -234,7 +234,7 @@ struct ImageAccessMiddleware: RouterMiddleware {
             throw HTTPError(.unauthorized, message: "images need a token: the agent token of a machine deploying it, or an admin token\n")
         }
         let name = String(path.dropFirst("/images/".count))
-        guard deps.imageAllowed(name: name, authorization: auth, remote: context.remoteAddress) else {
+        guard await deps.imageAllowed(name: name, authorization: auth, remote: context.remoteAddress) else {
             throw HTTPError(.forbidden, message: "this token does not open this image\n")
         }
         return try await next(request, context)

@@ -173,8 +173,8 @@ public final class SQLiteStore: StateStore {
 
     // MARK: MachineStore
 
-    public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) throws -> Machine? {
-        try db.write { db in
+    public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) async throws -> Machine? {
+        try await db.write { db in
             if var row = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
                 // A sighting that may not create (an HTTP script fetch, which anyone can make)
                 // writes at most once a minute per machine, unless it fills in the platform.
@@ -202,8 +202,8 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func pruneDiscovered(lastSeenBefore before: Date) throws -> [MACAddress] {
-        try db.write { db in
+    public func pruneDiscovered(lastSeenBefore before: Date) async throws -> [MACAddress] {
+        try await db.write { db in
             let macs = try String.fetchAll(
                 db, sql: "SELECT mac FROM machine WHERE state = 'discovered' AND bmc IS NULL AND project IS NULL AND lastSeen < ?",
                 arguments: [before])
@@ -215,25 +215,25 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func machine(mac: MACAddress) throws -> Machine? {
-        try db.read { try MachineRecord.filter(Column("mac") == mac.description).fetchOne($0)?.machine() }
+    public func machine(mac: MACAddress) async throws -> Machine? {
+        try await db.read { try MachineRecord.filter(Column("mac") == mac.description).fetchOne($0)?.machine() }
     }
 
-    public func machine(id: String) throws -> Machine? {
-        try db.read { try MachineRecord.fetchOne($0, key: id)?.machine() }
+    public func machine(id: String) async throws -> Machine? {
+        try await db.read { try MachineRecord.fetchOne($0, key: id)?.machine() }
     }
 
-    public func machine(name: String) throws -> Machine? {
-        try db.read { try MachineRecord.filter(Column("name") == name).fetchOne($0)?.machine() }
+    public func machine(name: String) async throws -> Machine? {
+        try await db.read { try MachineRecord.filter(Column("name") == name).fetchOne($0)?.machine() }
     }
 
-    public func machines() throws -> [Machine] {
-        try db.read { try MachineRecord.order(Column("name")).fetchAll($0).map { try $0.machine() } }
+    public func machines() async throws -> [Machine] {
+        try await db.read { try MachineRecord.order(Column("name")).fetchAll($0).map { try $0.machine() } }
     }
 
-    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) throws -> Machine {
+    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) async throws -> Machine {
         let bmcJSON = String(decoding: try JSONEncoder().encode(bmc), as: UTF8.self)
-        return try db.write { db in
+        return try await db.write { db in
             let byName = try MachineRecord.filter(Column("name") == name).fetchOne(db)
             if let byName, byName.mac != mac.description {
                 throw StoreError(.alreadyExists, "machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
@@ -256,14 +256,14 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func sealedBMCPassword(machineID: String) throws -> [UInt8]? {
-        try db.read { db in
+    public func sealedBMCPassword(machineID: String) async throws -> [UInt8]? {
+        try await db.read { db in
             try Data.fetchOne(db, sql: "SELECT bmcSecret FROM machine WHERE id = ?", arguments: [machineID]).map { Array($0) }
         }
     }
 
-    public func update(machineID: String, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine {
-        try db.write { db in
+    public func update(machineID: String, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
+        try await db.write { db in
             guard let row = try MachineRecord.fetchOne(db, key: machineID) else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
@@ -271,8 +271,8 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func allocate(_ choose: ([Machine]) -> Machine?, _ body: (inout Machine) throws -> [MachineEvent]) throws -> Machine? {
-        try db.write { db in
+    public func allocate(_ choose: @Sendable ([Machine]) -> Machine?, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
+        try await db.write { db in
             let all = try MachineRecord.order(Column("name")).fetchAll(db).map { try $0.machine() }
             guard let picked = choose(all) else { return nil }
             return try Self.apply(body, to: picked, db: db)
@@ -295,8 +295,8 @@ public final class SQLiteStore: StateStore {
         return m
     }
 
-    public func deleteMachine(id: String) throws {
-        try db.write { db in
+    public func deleteMachine(id: String) async throws {
+        try await db.write { db in
             guard let row = try MachineRecord.fetchOne(db, key: id) else { return }
             try db.execute(sql: "DELETE FROM timelineEvent WHERE mac = ?", arguments: [row.mac])
             try db.execute(sql: "DELETE FROM machineEvent WHERE machineID = ?", arguments: [id])
@@ -305,8 +305,8 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func events(after: Int64, machineID: String?, limit: Int) throws -> [MachineEvent] {
-        try db.read { db in
+    public func events(after: Int64, machineID: String?, limit: Int) async throws -> [MachineEvent] {
+        try await db.read { db in
             let rows: [Row]
             if let machineID {
                 rows = try Row.fetchAll(
@@ -325,13 +325,13 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func lastEventID() throws -> Int64 {
-        try db.read { try Int64.fetchOne($0, sql: "SELECT MAX(id) FROM machineEvent") ?? 0 }
+    public func lastEventID() async throws -> Int64 {
+        try await db.read { try Int64.fetchOne($0, sql: "SELECT MAX(id) FROM machineEvent") ?? 0 }
     }
 
-    public func appendTimeline(_ events: [TimelineEvent]) throws {
+    public func appendTimeline(_ events: [TimelineEvent]) async throws {
         guard !events.isEmpty else { return }
-        try db.write { db in
+        try await db.write { db in
             for e in events {
                 try db.execute(
                     sql: "INSERT INTO timelineEvent (mac, time, stage, event, detail) VALUES (?, ?, ?, ?, ?)",
@@ -348,8 +348,8 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func timeline(mac: MACAddress, limit: Int) throws -> [TimelineEvent] {
-        try db.read { db in
+    public func timeline(mac: MACAddress, limit: Int) async throws -> [TimelineEvent] {
+        try await db.read { db in
             let rows = try Row.fetchAll(
                 db,
                 sql: "SELECT time, stage, event, detail FROM timelineEvent WHERE mac = ? ORDER BY id DESC LIMIT ?",
@@ -418,8 +418,8 @@ public final class SQLiteStore: StateStore {
 // MARK: TenancyStore, ImageStore
 
 extension SQLiteStore {
-    public func createProject(_ p: Project) throws {
-        try db.write { db in
+    public func createProject(_ p: Project) async throws {
+        try await db.write { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [p.name]) != nil {
                 throw StoreError(.alreadyExists, "project '\(p.name)' already exists")
             }
@@ -429,12 +429,12 @@ extension SQLiteStore {
         }
     }
 
-    public func projects() throws -> [Project] {
-        try db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM project ORDER BY name").map(Self.project) }
+    public func projects() async throws -> [Project] {
+        try await db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM project ORDER BY name").map(Self.project) }
     }
 
-    public func project(name: String) throws -> Project? {
-        try db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM project WHERE name = ?", arguments: [name]).map(Self.project) }
+    public func project(name: String) async throws -> Project? {
+        try await db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM project WHERE name = ?", arguments: [name]).map(Self.project) }
     }
 
     static func project(_ row: Row) throws -> Project {
@@ -446,8 +446,8 @@ extension SQLiteStore {
             created: row["created"], wipePolicy: wipe)
     }
 
-    public func deleteProject(name: String) throws -> Bool {
-        try db.write { db in
+    public func deleteProject(name: String) async throws -> Bool {
+        try await db.write { db in
             let machines = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE project = ?", arguments: [name]) ?? 0
             if machines > 0 {
                 throw StoreError(.inUse, "project '\(name)' still has \(machines) machine(s); release them first")
@@ -461,8 +461,8 @@ extension SQLiteStore {
         }
     }
 
-    public func createToken(_ t: APIToken) throws {
-        try db.write { db in
+    public func createToken(_ t: APIToken) async throws {
+        try await db.write { db in
             if let project = t.project, try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [project]) == nil {
                 throw StoreError(.notFound, "no project named '\(project)'")
             }
@@ -472,14 +472,14 @@ extension SQLiteStore {
         }
     }
 
-    public func token(secretSHA256: String) throws -> APIToken? {
-        try db.read { db in
+    public func token(secretSHA256: String) async throws -> APIToken? {
+        try await db.read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM apiToken WHERE secretSHA256 = ?", arguments: [secretSHA256]).map(Self.token)
         }
     }
 
-    public func tokens() throws -> [APIToken] {
-        try db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM apiToken ORDER BY created, id").map(Self.token) }
+    public func tokens() async throws -> [APIToken] {
+        try await db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM apiToken ORDER BY created, id").map(Self.token) }
     }
 
     static func token(_ row: Row) -> APIToken {
@@ -488,15 +488,15 @@ extension SQLiteStore {
             secretSHA256: row["secretSHA256"], created: row["created"])
     }
 
-    public func revokeToken(id: String) throws -> Bool {
-        try db.write { db in
+    public func revokeToken(id: String) async throws -> Bool {
+        try await db.write { db in
             try db.execute(sql: "DELETE FROM apiToken WHERE id = ?", arguments: [id])
             return db.changesCount > 0
         }
     }
 
-    public func addImage(_ i: ImageInfo) throws {
-        try db.write { db in
+    public func addImage(_ i: ImageInfo) async throws {
+        try await db.write { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE name = ?", arguments: [i.name]) != nil {
                 throw StoreError(.alreadyExists, "image '\(i.name)' already exists; remove it first or pick another name")
             }
@@ -506,12 +506,12 @@ extension SQLiteStore {
         }
     }
 
-    public func images() throws -> [ImageInfo] {
-        try db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM image ORDER BY name").map(Self.image) }
+    public func images() async throws -> [ImageInfo] {
+        try await db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM image ORDER BY name").map(Self.image) }
     }
 
-    public func image(name: String) throws -> ImageInfo? {
-        try db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM image WHERE name = ?", arguments: [name]).map(Self.image) }
+    public func image(name: String) async throws -> ImageInfo? {
+        try await db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM image WHERE name = ?", arguments: [name]).map(Self.image) }
     }
 
     static func image(_ row: Row) -> ImageInfo {
@@ -522,8 +522,8 @@ extension SQLiteStore {
             firmware: Firmware(rawValue: row["firmware"]) ?? .unknown, created: row["created"])
     }
 
-    public func deleteImage(name: String) throws -> Bool {
-        try db.write { db in
+    public func deleteImage(name: String) async throws -> Bool {
+        try await db.write { db in
             let users = try String.fetchAll(
                 db, sql: "SELECT name FROM machine WHERE json_extract(deployment, '$.image') = ? ORDER BY name", arguments: [name])
             if !users.isEmpty {
@@ -534,8 +534,8 @@ extension SQLiteStore {
         }
     }
 
-    public func imageReferenced(sha256: String) throws -> Bool {
-        try db.read { db in try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE sha256 = ?", arguments: [sha256]) != nil }
+    public func imageReferenced(sha256: String) async throws -> Bool {
+        try await db.read { db in try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE sha256 = ?", arguments: [sha256]) != nil }
     }
 }
 

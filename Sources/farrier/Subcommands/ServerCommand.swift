@@ -163,7 +163,7 @@ struct ServerCommand: AsyncParsableCommand {
         bootstrapLogging(level: configuration.logLevel, format: configuration.logFormat)
         let logger = Logger(label: "farrier")
         logger.info("starting", metadata: ["data-dir": "\(configuration.dataDir)", "pid": "\(getpid())"])
-        let server = try FarrierServer(configuration: configuration, logger: logger)
+        let server = try await FarrierServer(configuration: configuration, logger: logger)
         try await server.run()
         logger.info("stopped")
     }
