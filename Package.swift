@@ -41,6 +41,8 @@ let package = Package(
         // Already built for grpc's TLS: the agent channel's certificate is made with it.
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        // The shared store for several server replicas (issue 15); SQLite stays the default.
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
@@ -64,6 +66,16 @@ let package = Package(
         .target(
             name: "FarrierStore",
             dependencies: ["FarrierCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+
+        // PostgreSQL implementation of the store protocols, for several replicas on one database.
+        .target(
+            name: "FarrierPostgres",
+            dependencies: [
+                "FarrierCore", log, .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ] + nio,
             swiftSettings: swiftSettings
         ),
 
@@ -138,7 +150,7 @@ let package = Package(
         .target(
             name: "FarrierApp",
             dependencies: [
-                "FarrierCore", "FarrierStore", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
+                "FarrierCore", "FarrierStore", "FarrierPostgres", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
                 log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -175,7 +187,9 @@ let package = Package(
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "FarrierStore", "WireSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierCore", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierPostgres", "FarrierCore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierAppTests",
             dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log, .product(name: "NIOHTTP1", package: "swift-nio")],

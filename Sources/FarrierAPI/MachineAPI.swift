@@ -100,7 +100,7 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
 
     /// Runs a lifecycle transition (a refusal ends the call with its code: ErrorMapping.swift).
     func transition(
-        _ event: Lifecycle.Event, _ m: Machine, change: @Sendable (inout Machine) throws -> Void = { _ in }
+        _ event: Lifecycle.Event, _ m: Machine, change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Farrier_V1_Machine {
         Farrier_V1_Machine(try await controller.apply(event, machineID: m.id, change: change), timeline: [])
     }

@@ -4,6 +4,7 @@ import FarrierBMC
 import FarrierControl
 import FarrierCore
 import FarrierHTTP
+import FarrierPostgres
 import FarrierStore
 import Foundation
 import Logging
@@ -41,7 +42,7 @@ public func prepareBootRoot(_ root: String, ipxeSource: String, logger: Logger) 
 
 /// The running server's parts, built from a configuration.
 public struct FarrierServer: Sendable {
-    public let store: SQLiteStore
+    public let store: any StateStore
     public let dhcp: DHCPService
     public let tftp: TFTPService
     public let services: [any Service]
@@ -50,7 +51,12 @@ public struct FarrierServer: Sendable {
     public init(configuration c: ServerConfiguration, logger: Logger) async throws {
         self.logger = logger
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
-        store = try SQLiteStore(path: c.databasePath)
+        if c.databaseURL.isEmpty {
+            store = try SQLiteStore(path: c.databasePath)
+        } else {
+            store = try await PostgresStore(url: c.databaseURL, logger: logger)
+            logger.info("state in PostgreSQL", metadata: ["database": "\(PostgresStore.redacted(c.databaseURL))"])
+        }
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
         reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger)
         let recorder = TimelineRecorder(
@@ -122,6 +128,7 @@ public struct FarrierServer: Sendable {
                 services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
+        (store as? PostgresStore)?.close()
     }
 }
 

@@ -13,6 +13,9 @@ import Yams
 ///
 /// Keys (YAML path / environment variable / flag):
 /// - `data-dir` / `FARRIER_DATA_DIR` / `--data-dir`: state directory (SQLite, boot root). Default `/var/lib/farrier`.
+/// - `database.url` / `FARRIER_DATABASE_URL` / `--database`: `postgres://USER:PASSWORD@HOST:PORT/DATABASE`
+///   (`?sslmode=disable|prefer|require`, default prefer) to keep the state in PostgreSQL, shared by
+///   every replica given the same URL. Default empty: SQLite in DATA-DIR.
 /// - `log-level` / `FARRIER_LOG_LEVEL` / `--log-level`: trace, debug, info, notice, warning, error, critical. Default info.
 /// - `log-format` / `FARRIER_LOG_FORMAT` / `--log-format`: logfmt or json. Default logfmt.
 /// - `http.listen` / `FARRIER_HTTP_LISTEN` / `--http-listen`: HOST:PORT for iPXE scripts and files. Default 0.0.0.0:8080.
@@ -63,6 +66,8 @@ import Yams
 ///   nothing for 900 s fails its step.
 public struct ServerConfiguration: Sendable {
     public var dataDir = "/var/lib/farrier"
+    /// Empty: SQLite in `dataDir`.
+    public var databaseURL = ""
     public var logLevel: Logger.Level = .info
     public var logFormat: LineLogHandler.Format = .logfmt
     public var grpcListen = "127.0.0.1:7700"
@@ -93,7 +98,7 @@ public struct ServerConfiguration: Sendable {
 
     /// All keys, with their environment variable names, in documentation order.
     public static let keys: [(key: String, env: String)] = [
-        "data-dir", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert", "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
+        "data-dir", "database.url", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert", "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "dhcp.commit-delay", "bmc.key-file",
         "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
@@ -197,6 +202,11 @@ public struct ServerConfiguration: Sendable {
         let v = values.last ?? ""
         switch key {
         case "data-dir": dataDir = v
+        case "database.url":
+            guard v.isEmpty || v.hasPrefix("postgres://") || v.hasPrefix("postgresql://") else {
+                throw ConfigurationError("database.url: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE (or nothing, for SQLite in data-dir)")
+            }
+            databaseURL = v
         case "log-level":
             guard let l = Logger.Level(rawValue: v) else {
                 throw ConfigurationError("log-level: '\(v)' is not one of trace, debug, info, notice, warning, error, critical")

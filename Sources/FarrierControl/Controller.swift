@@ -73,7 +73,7 @@ public final class Controller: Sendable {
     @discardableResult
     public func apply(
         _ event: Lifecycle.Event, machineID: String, guardGeneration: Int? = nil, reasonSuffix: String = "",
-        change: @Sendable (inout Machine) throws -> Void = { _ in }
+        change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Machine {
         let m = try await store.update(machineID: machineID) { m in
             if let g = guardGeneration, m.generation != g {

@@ -28,10 +28,10 @@ public protocol MachineStore: Sendable {
     /// Reads the machine, lets `body` change it, and writes it back with the events `body`
     /// returns, in one transaction: this is the commit of a lifecycle transition. When `body`
     /// throws, nothing is written and the error propagates. Returns the machine as written.
-    func update(machineID: String, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine
+    func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine
     /// Picks one machine with `choose` and updates it with `body`, in one transaction, so two
     /// concurrent allocations never get the same machine. Nil when `choose` picks none.
-    func allocate(_ choose: @Sendable ([Machine]) -> Machine?, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
+    func allocate(_ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
     /// Removes a machine with its timeline and events.
     func deleteMachine(id: String) async throws
     /// Events with an id above `after`, oldest first; of one machine, or of all when nil.

@@ -262,7 +262,7 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func update(machineID: String, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
+    public func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
         try await db.write { db in
             guard let row = try MachineRecord.fetchOne(db, key: machineID) else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
@@ -271,7 +271,7 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func allocate(_ choose: @Sendable ([Machine]) -> Machine?, _ body: @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
+    public func allocate(_ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
         try await db.write { db in
             let all = try MachineRecord.order(Column("name")).fetchAll(db).map { try $0.machine() }
             guard let picked = choose(all) else { return nil }

@@ -36,10 +36,24 @@ struct ControlPlaneTests {
         return (cp, s1, s2)
     }
 
-    @Test func lifecycleTenancyAndBadRequests() throws {
+    /// The state in SQLite (the default) or in a PostgreSQL 15 of the test's own (`--database`).
+    static let databases = ["sqlite", "postgres"]
+
+    /// A PostgreSQL server for a test on "postgres", and the flags that point farrier at it.
+    func database(_ kind: String, _ h: Harness) throws -> (PostgresServer?, [String]) {
+        guard kind == "postgres" else { return (nil, []) }
+        let pg = try PostgresServer(h)
+        return (pg, ["--database", try pg.createDatabase("farrier")])
+    }
+
+    @Test(arguments: Self.databases) func lifecycleTenancyAndBadRequests(_ databaseKind: String) throws {
         let h = try Harness("control-plane")
-        defer { h.cleanup() }
-        let (cp, s1, s2) = try setUp(h, flags: ["--lifecycle-max-deploys", "1", "--lifecycle-step-timeout", "rescuing=4"])
+        let (pg, dbFlags) = try database(databaseKind, h)
+        defer {
+            pg?.stop()
+            h.cleanup()
+        }
+        let (cp, s1, s2) = try setUp(h, flags: ["--lifecycle-max-deploys", "1", "--lifecycle-step-timeout", "rescuing=4"] + dbFlags)
         let m1 = try cp.machine("m1")
         let inventory = m1["inventory"] as? [String: Any]
         #expect(inventory?["cores"] as? Int == 4)
@@ -53,8 +67,10 @@ struct ControlPlaneTests {
         let tokenB = try cp.cli(["token", "create", "--project", "team-b"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(tokenA.hasPrefix("fa_") && tokenA != tokenB)
         // Tokens are stored hashed: the secret is nowhere in the database.
-        let db = try Data(contentsOf: URL(fileURLWithPath: cp.data + "/farrier.sqlite"))
-        #expect(db.range(of: Data(tokenA.utf8)) == nil)
+        let db =
+            try pg.map { Data(try h.run(["pg_dump", "-h", "127.0.0.1", "-p", "\($0.port)", "-U", "farrier", "farrier"]).stdout.utf8) }
+            ?? Data(contentsOf: URL(fileURLWithPath: cp.data + "/farrier.sqlite"))
+        #expect(db.count > 1000 && db.range(of: Data(tokenA.utf8)) == nil)
         let image = h.directory + "/img.raw"
         try Data((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }).write(to: URL(fileURLWithPath: image))
         try cp.cli(["image", "add", "debian-12", image, "--os", "debian-12"])
@@ -248,10 +264,14 @@ struct ControlPlaneTests {
     /// kill -9 of the server at every step of a deploy and a release: after a restart the work
     /// resumes, the machine ends where it should, and the only action ever repeated is the one
     /// that was in flight.
-    @Test func killNineAtEveryStepResumes() throws {
+    @Test(arguments: Self.databases) func killNineAtEveryStepResumes(_ databaseKind: String) throws {
         let h = try Harness("kill-nine")
-        defer { h.cleanup() }
-        let (cp, s1, _) = try setUp(h, flags: [])
+        let (pg, dbFlags) = try database(databaseKind, h)
+        defer {
+            pg?.stop()
+            h.cleanup()
+        }
+        let (cp, s1, _) = try setUp(h, flags: dbFlags)
         try cp.cli(["project", "create", "p"])
         let image = h.directory + "/img.raw"
         try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))

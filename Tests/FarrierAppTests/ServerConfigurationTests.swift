@@ -59,7 +59,8 @@ import Testing
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
-        #expect(ServerConfiguration.keys.count == 31)
+        #expect(ServerConfiguration.keys.count == 32)
+        #expect(ServerConfiguration.keys.first(where: { $0.key == "database.url" })?.env == "FARRIER_DATABASE_URL")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "agent.tls-cert" })?.env == "FARRIER_AGENT_TLS_CERT")
     }
 
@@ -75,6 +76,19 @@ import Testing
             let error = #expect(throws: (any Error).self) { try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]]) }
             #expect("\(error.map { "\($0)" } ?? "")".contains(key), "\(key)=\(value): \(String(describing: error))")
         }
+    }
+
+    /// No database URL: SQLite in the data directory; a postgres:// URL from any layer; anything
+    /// else is refused with what was expected.
+    @Test func databaseURLSelectsPostgres() throws {
+        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).databaseURL == "")
+        let url = "postgres://farrier:pw@127.0.0.1:5432/farrier?sslmode=disable"
+        #expect(try ServerConfiguration.load(file: nil, environment: ["FARRIER_DATABASE_URL": url], flags: [:]).databaseURL == url)
+        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: ["database.url": [url]]).databaseURL == url)
+        let error = #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(file: nil, environment: ["FARRIER_DATABASE_URL": "mysql://x@y/z"], flags: [:])
+        }
+        #expect("\(error!)".contains("database.url: expected postgres://"))
     }
 
     @Test func busyPollIsMicrosecondsWithinBounds() throws {

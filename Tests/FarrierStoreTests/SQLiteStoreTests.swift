@@ -1,7 +1,9 @@
 import FarrierCore
+import FarrierPostgres
 import FarrierStore
 import Foundation
 import Testing
+import TestSupport
 
 @Suite struct SQLiteStoreTests {
     let mac = MACAddress("52:54:00:12:34:56")!
@@ -10,11 +12,18 @@ import Testing
         let s = try SQLiteStore()
         #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address"])
     }
+}
+
+/// The store contract: every test runs against SQLite and against a real PostgreSQL 15.
+@Suite struct StoreContractTests {
+    let mac = MACAddress("52:54:00:12:34:56")!
 
     /// Proxy mode's seen addresses: one per MAC (the newest wins), apart from leases, and pruned
     /// by age when read.
-    @Test func seenAddressesAreOnePerMACAndPruned() async throws {
-        let s = try SQLiteStore()
+    @Test(arguments: StoreKind.allCases) func seenAddressesAreOnePerMACAndPruned(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
+        let s = under.store
         let other = MACAddress("52:54:00:12:34:57")!
         let t = Date(timeIntervalSince1970: 1_800_000_000)
         try s.recordSeenAddress(mac: mac, address: IPv4Address("198.18.0.10")!, at: t)
@@ -27,8 +36,10 @@ import Testing
         #expect(try s.seenAddresses(since: t).map(\.mac) == [mac])  // the older one was deleted
     }
 
-    @Test func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns() async throws {
-        let s = try SQLiteStore()
+    @Test(arguments: StoreKind.allCases) func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
+        let s = under.store
         let t = Date(timeIntervalSince1970: 1_800_000_000)
         let a = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .unknown, firmware: .unknown), at: t, create: 100))
         #expect(a.state == .discovered && a.name == "m-525400123456")
@@ -42,8 +53,10 @@ import Testing
         #expect(try await s.machine(nameOrMAC: "nope") == nil)
     }
 
-    @Test func enrollNamesADiscoveredMachineOrMakesOne() async throws {
-        let s = try SQLiteStore()
+    @Test(arguments: StoreKind.allCases) func enrollNamesADiscoveredMachineOrMakesOne(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
+        let s = under.store
         let t = Date(timeIntervalSince1970: 1_800_000_000)
         let seen = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t, create: 100))
         let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
@@ -71,8 +84,10 @@ import Testing
 
     /// New MACs become discovered machines only while fewer than the cap are; an unknown MAC
     /// with no creation allowed writes nothing; old unenrolled ones are pruned with their timeline.
-    @Test func discoveryIsCappedAndPruned() async throws {
-        let s = try SQLiteStore()
+    @Test(arguments: StoreKind.allCases) func discoveryIsCappedAndPruned(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
+        let s = under.store
         let t = Date(timeIntervalSince1970: 1_800_000_000)
         let p = ClientPlatform(architecture: .x86_64, firmware: .bios)
         for i in 1...3 {
@@ -93,8 +108,10 @@ import Testing
         #expect(try await s.timeline(mac: MACAddress("52:54:00:00:01:03")!, limit: 10).isEmpty)
     }
 
-    @Test func timelineIsOrderedAndPruned() async throws {
-        let s = try SQLiteStore(timelineLimit: 5)
+    @Test(arguments: StoreKind.allCases) func timelineIsOrderedAndPruned(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind, timelineLimit: 5)
+        defer { under.close() }
+        let s = under.store
         let t = Date(timeIntervalSince1970: 1_800_000_000)
         try await s.appendTimeline((0..<8).map { TimelineEvent(mac: mac, time: t.addingTimeInterval(Double($0)), stage: .dhcp, event: "E\($0)") })
         let events = try await s.timeline(mac: mac, limit: 100)
@@ -102,17 +119,12 @@ import Testing
         #expect(try await s.timeline(mac: mac, limit: 2).map(\.event) == ["E6", "E7"])
     }
 
-    @Test func leasesSurviveReopeningAndAddressesStayUnique() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farrier-store-\(UUID())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("db.sqlite").path
+    @Test(arguments: StoreKind.allCases) func leasesSurviveReopeningAndAddressesStayUnique(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
         let exp = Date(timeIntervalSince1970: 1_800_000_600)
-        do {
-            let s = try SQLiteStore(path: path)
-            try s.commit([Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
-        }
-        let s = try SQLiteStore(path: path)
+        try under.store.commit([Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
+        let s = try await under.reopen()
         #expect(try s.leases() == [Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
         // The address moves to another MAC: the old row goes.
         let other = MACAddress("52:54:00:00:00:02")!
@@ -124,8 +136,10 @@ import Testing
 
     /// A renewal updates the row; a MAC that moves to a new address keeps one row; in one batch,
     /// an address released by one MAC and given to another ends with the new holder only.
-    @Test func leaseCommitsKeepOneRowPerMACAndPerAddress() async throws {
-        let s = try SQLiteStore()
+    @Test(arguments: StoreKind.allCases) func leaseCommitsKeepOneRowPerMACAndPerAddress(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
+        let s = under.store
         let a = MACAddress("52:54:00:00:00:0a")!, b = MACAddress("52:54:00:00:00:0b")!
         let ip1 = IPv4Address("198.18.0.101")!, ip2 = IPv4Address("198.18.0.102")!
         let t1 = Date(timeIntervalSince1970: 1_800_000_000), t2 = Date(timeIntervalSince1970: 1_800_000_900)
@@ -137,5 +151,154 @@ import Testing
         #expect(try s.leases() == [Lease(mac: a, address: ip2, expires: t2)])
         try s.commit([Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
         #expect(Set(try s.leases()) == [Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+    }
+
+    /// Two stores on one database (two replicas): allocations racing from both never hand out a
+    /// machine twice, and updates racing on one machine lose none.
+    @Test(arguments: StoreKind.allCases) func twoStoresOnOneDatabaseNeitherDoubleAllocateNorLoseUpdates(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
+        let a = under.store, b = try await under.reopen()
+        let t = Date(timeIntervalSince1970: 1_800_000_000)
+        let bmc = try BMCReference(url: "ipmi://admin@198.18.0.9")
+        var ids: [String] = []
+        for i in 0..<6 {
+            let m = try await a.enroll(name: "n\(i)", mac: MACAddress("52:54:00:00:02:0\(i)")!, bmc: bmc, sealedPassword: [1], at: t)
+            _ = try await a.update(machineID: m.id) { x in
+                x.state = .ready
+                return []
+            }
+            ids.append(m.id)
+        }
+        let results = try await withThrowingTaskGroup(of: String?.self) { group in
+            for i in 0..<10 {
+                let s = i % 2 == 0 ? a : b
+                group.addTask {
+                    try await s.allocate({ $0.first { $0.state == .ready && $0.project == nil } }) { x in
+                        x.state = .deploying
+                        x.project = "p\(i)"
+                        return [MachineEvent(x, kind: .transition, message: "allocated to p\(i)")]
+                    }?.id
+                }
+            }
+            var out: [String?] = []
+            for try await r in group { out.append(r) }
+            return out
+        }
+        let got = results.compactMap { $0 }
+        #expect(got.count == 6 && Set(got) == Set(ids), "\(results)")
+        #expect(try await b.machines().allSatisfy { $0.state == .deploying && $0.project != nil })
+        // 2 × 15 increments of one machine's generation from both stores: none lost.
+        let target = ids[0]
+        let before = try #require(try await a.machine(id: target)).generation
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<30 {
+                let s = i % 2 == 0 ? a : b
+                group.addTask {
+                    _ = try await s.update(machineID: target) { x in
+                        x.generation += 1
+                        return [MachineEvent(x, kind: .action, message: "bump \(x.generation)")]
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await b.machine(id: target)?.generation == before + 30)
+        // Its events: one per commit, in commit order, ids increasing, seen alike from both.
+        let events = try await a.events(after: 0, machineID: target, limit: 100)
+        #expect(events.count == 31)
+        #expect(events.map(\.id) == events.map(\.id).sorted() && Set(events.map(\.id)).count == 31)
+        #expect(events.suffix(30).map(\.message) == (1...30).map { "bump \(before + $0)" })
+        #expect(try await b.events(after: events[9].id, machineID: nil, limit: 1000).count >= 21)
+        #expect(try await b.lastEventID() == (try await a.events(after: 0, machineID: nil, limit: 1000).last?.id ?? -1))
+        // A machine that does not exist is notFound.
+        let missing = await #expect(throws: StoreError.self) { try await b.update(machineID: "nope") { _ in [] } }
+        #expect(missing?.code == .notFound)
+    }
+
+    /// Projects, tokens and images: names are unique, and what is in use cannot be removed; the
+    /// errors carry codes.
+    @Test(arguments: StoreKind.allCases) func tenancyAndImagesKeepTheirRules(_ kind: StoreKind) async throws {
+        let under = try await StoreUnderTest(kind)
+        defer { under.close() }
+        let s = under.store
+        let t = Date(timeIntervalSince1970: 1_800_000_000)
+        try await s.createProject(Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
+        #expect(try await s.project(name: "team") == Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
+        #expect(await #expect(throws: StoreError.self) { try await s.createProject(Project(name: "team", created: t)) }?.code == .alreadyExists)
+        let orphan = APIToken(id: "1", name: "x", role: .member, project: "none", secretSHA256: "aa", created: t)
+        #expect(await #expect(throws: StoreError.self) { try await s.createToken(orphan) }?.code == .notFound)
+        let token = APIToken(id: "2", name: "m", role: .member, project: "team", secretSHA256: "bb", created: t)
+        try await s.createToken(token)
+        #expect(try await s.token(secretSHA256: "bb") == token)
+        #expect(try await s.tokens() == [token])
+        #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteProject(name: "team") }?.code == .inUse)
+        #expect(try await s.revokeToken(id: "2"))
+        #expect(try await !s.revokeToken(id: "2"))
+        #expect(try await s.deleteProject(name: "team"))
+        #expect(try await !s.deleteProject(name: "team"))
+
+        let image = ImageInfo(name: "deb", sha256: String(repeating: "ab", count: 32), size: 42, format: .raw, os: "debian", architecture: .x86_64, firmware: .uefi, created: t)
+        try await s.addImage(image)
+        #expect(try await s.image(name: "deb") == image)
+        #expect(try await s.images() == [image])
+        #expect(await #expect(throws: StoreError.self) { try await s.addImage(image) }?.code == .alreadyExists)
+        let m = try await s.enroll(name: "n1", mac: mac, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
+        _ = try await s.update(machineID: m.id) { x in
+            x.deployment = Deployment(image: "deb", imageSHA256: image.sha256, sshKeys: [], userData: "", hostname: "h", requestedBy: "t")
+            return []
+        }
+        #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteImage(name: "deb") }?.code == .inUse)
+        _ = try await s.update(machineID: m.id) { x in
+            x.deployment = nil
+            return []
+        }
+        #expect(try await s.imageReferenced(sha256: image.sha256))
+        #expect(try await s.deleteImage(name: "deb"))
+        #expect(try await !s.imageReferenced(sha256: image.sha256))
+        // A machine's rename onto a taken name is refused; delete removes it with its events.
+        let other = try await s.enroll(name: "n2", mac: MACAddress("52:54:00:00:00:09")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [2], at: t)
+        #expect(await #expect(throws: StoreError.self) { _ = try await s.update(machineID: other.id) { x in x.name = "n1"; return [] } }?.code == .alreadyExists)
+        try await s.deleteMachine(id: other.id)
+        #expect(try await s.machine(id: other.id) == nil)
+        #expect(try await s.sealedBMCPassword(machineID: other.id) == nil)
+    }
+}
+
+/// What only the PostgreSQL store has.
+@Suite struct PostgresStoreTests {
+    /// Replicas starting together on an empty database migrate it once.
+    @Test func replicasStartingTogetherMigrateOnce() async throws {
+        let under = try await StoreUnderTest(.postgres)
+        defer { under.close() }
+        let opened = try await withThrowingTaskGroup(of: (any StateStore).self) { group in
+            for _ in 0..<3 { group.addTask { try await under.reopen() } }
+            var n = 0
+            for try await _ in group { n += 1 }
+            return n
+        }
+        #expect(opened == 3)
+        let store = try #require(under.store as? PostgresStore)
+        #expect(try await store.appliedMigrations() == ["v1"])
+        #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "1\n")
+    }
+
+    /// A URL that is not one, or names an unknown sslmode, is a clear error; the password is
+    /// never in it.
+    @Test func badURLsAreClearErrors() async throws {
+        for (url, message) in [
+            ("mysql://u@h/db", "is not a URL like postgres://"),
+            ("postgres://u:secret@h/db?sslmode=maybe", "sslmode 'maybe' is not one of"),
+            ("postgres:///db", "is not a URL like postgres://"),
+        ] {
+            let error = await #expect(throws: (any Error).self) { _ = try await PostgresStore(url: url) }
+            #expect("\(error.map { "\($0)" } ?? "")".contains(message), "\(url): \(String(describing: error))")
+            #expect(!"\(error.map { "\($0)" } ?? "")".contains("secret"))
+        }
+        // Nothing listens: unavailable, promptly.
+        let down = await #expect(throws: StoreError.self) {
+            _ = try await PostgresStore(url: "postgres://farrier@127.0.0.1:1/x?sslmode=disable", timeout: .seconds(2))
+        }
+        #expect(down?.code == .unavailable)
     }
 }

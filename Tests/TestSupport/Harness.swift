@@ -159,6 +159,17 @@ public final class Harness: @unchecked Sendable {
         return !status.contains("State:\tZ")
     }
 
+    /// Whether `pid` is a live child of this process (a process the harness started: env,
+    /// setpriv and ip netns exec exec in place, so the program keeps that pid).
+    static func isLiveChild(_ pid: Int32) -> Bool {
+        guard isLive(pid), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        // Fields after the command's closing parenthesis: state, ppid, ...
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == getpid()
+    }
+
     public func cleanup() {
         for path in pidFiles.withLock({ $0 }) {
             if let text = try? String(contentsOfFile: path, encoding: .utf8),
@@ -177,11 +188,15 @@ public final class Harness: @unchecked Sendable {
             }
         }
         let (procs, namespaces) = lock.withLock { ($0.processes, $0.namespaces) }
-        for p in procs where p.isRunning { p.terminate() }
+        // Liveness by pid and /proc, not Process.isRunning: that has been seen false for a live
+        // child (a PostgreSQL server) while several tests started processes at once.
+        // Only our own children are signalled (a pid reused by another process is not).
+        for p in procs where Self.isLiveChild(p.processIdentifier) { kill(p.processIdentifier, SIGTERM) }
         for p in procs {
+            let pid = p.processIdentifier
             let deadline = Date().addingTimeInterval(5)
-            while p.isRunning && Date() < deadline { usleep(20_000) }
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            while Self.isLiveChild(pid) && Date() < deadline { usleep(20_000) }
+            if Self.isLiveChild(pid) { kill(pid, SIGKILL) }
             p.waitUntilExit()
         }
         for ns in namespaces.reversed() { _ = try? run(["ip", "netns", "del", ns], check: false) }

@@ -23,6 +23,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "State directory: SQLite database and boot root. [data-dir, FARRIER_DATA_DIR; default /var/lib/farrier]")
     var dataDir: String?
 
+    @Option(help: "PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE[?sslmode=disable|prefer|require], for state shared by replicas. [database.url, FARRIER_DATABASE_URL; default: SQLite in the data directory]")
+    var database: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. [log-level, FARRIER_LOG_LEVEL; default info]")
     var logLevel: String?
 
@@ -129,7 +132,7 @@ struct ServerCommand: AsyncParsableCommand {
     func flags() -> [String: [String]] {
         var f: [String: [String]] = [:]
         let single: [(String, String?)] = [
-            ("data-dir", dataDir), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen), ("agent.listen", agentListen),
+            ("data-dir", dataDir), ("database.url", database), ("log-level", logLevel), ("log-format", logFormat), ("http.listen", httpListen), ("agent.listen", agentListen),
             ("agent.tls-cert", agentTLSCert), ("agent.tls-key", agentTLSKey),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
             ("tftp.max-transfers", tftpMaxTransfers.map(String.init)), ("tftp.busy-poll", tftpBusyPoll.map(String.init)),

@@ -1,0 +1,828 @@
+import FarrierCore
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresNIO
+import Synchronization
+
+/// Farrier's state in PostgreSQL, for several server replicas sharing one database (SQLite
+/// stays the embedded default).
+///
+/// Each record is a row with the columns the store looks things up by, and the record itself as
+/// JSON (`body`): the columns are what constraints and indexes need (unique names and MACs, a
+/// machine's project and state), the body is the value the domain defines. A transaction that
+/// changes a machine locks its row (`SELECT … FOR UPDATE`), so two replicas never commit
+/// conflicting changes to one machine; allocation also takes a transaction-scoped advisory lock.
+///
+/// PostgreSQL's default `synchronous_commit = on` flushes the WAL before COMMIT returns, so a
+/// lease or a transition is durable when a method returns, as with SQLite.
+///
+/// The control-plane stores are async, on a `PostgresClient` pool. `LeaseStore` is synchronous
+/// (the DHCP socket threads call it on their own threads): it runs on one dedicated connection
+/// through NIO futures it waits for, so it never waits on the cooperative thread pool.
+public final class PostgresStore: StateStore {
+    let client: PostgresClient
+    let runner: Task<Void, Never>
+    let leaseConnection: LeaseConnection
+    let logger: Logger
+    /// Timeline rows kept per machine; older rows are pruned as new ones arrive.
+    public let timelineLimit: Int
+    /// The longest any one call waits for the database (a connection, then its statements)
+    /// before it fails with `StoreError.Code.unavailable`: an unreachable database fails calls,
+    /// it does not hang them.
+    public let timeout: Duration
+
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, with
+    /// `?sslmode=disable|prefer|require`; the default is prefer) and runs pending migrations.
+    public init(
+        url: String, timelineLimit: Int = 500, timeout: Duration = .seconds(30), logger: Logger = Logger(label: "farrier.postgres")
+    ) async throws {
+        let config = try PostgresURL(url)
+        let client = PostgresClient(configuration: config.client, backgroundLogger: logger)
+        self.client = client
+        runner = Task { await client.run() }
+        leaseConnection = LeaseConnection(configuration: config.connection, timeout: timeout, logger: logger)
+        self.logger = logger
+        self.timelineLimit = timelineLimit
+        self.timeout = timeout
+        do {
+            try await migrate()
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    /// The URL without its password, for logs.
+    public static func redacted(_ url: String) -> String { PostgresURL.redacted(url) }
+
+    /// Closes the pool and the lease connection.
+    public func close() {
+        runner.cancel()
+        leaseConnection.close()
+    }
+
+    deinit { close() }
+
+    // MARK: Transactions and errors
+
+    /// Runs `body` in a transaction on a pooled connection: COMMIT when it returns, ROLLBACK
+    /// when it throws. Database errors become `StoreError`s.
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await bounded { [client, logger] in try await client.withConnection { conn in
+                try await conn.query("BEGIN", logger: logger)
+                do {
+                    let result = try await body(conn)
+                    try await conn.query("COMMIT", logger: logger)
+                    return result
+                } catch {
+                    _ = try? await conn.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+            } }
+        } catch {
+            throw Self.storeError(error)
+        }
+    }
+
+    /// One statement outside a transaction.
+    func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await bounded { [client] in try await client.withConnection { conn in try await body(conn) } }
+        } catch {
+            throw Self.storeError(error)
+        }
+    }
+
+    /// `work`'s result, or `unavailable` once `timeout` has passed: the caller returns then,
+    /// and the work is cancelled (the pool drops its wait for a connection; a statement in
+    /// flight ends when its connection does).
+    func bounded<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        let outcome = Outcome<T>()
+        return try await withCheckedThrowingContinuation { continuation in
+            outcome.start(continuation)
+            let task = Task { outcome.finish(with: await Result(catching: { try await work() })) }
+            Task { [timeout] in
+                try? await Task.sleep(for: timeout)
+                if outcome.finish(with: .failure(StoreError(.unavailable, "PostgreSQL did not answer within \(timeout.components.seconds) s"))) {
+                    task.cancel()
+                }
+            }
+        }
+    }
+
+    /// A `StoreError` for any error: store errors pass, a unique violation (SQLSTATE 23505) is
+    /// `alreadyExists`, everything else from the database is `unavailable`.
+    static func storeError(_ error: any Error) -> any Error {
+        if error is StoreError { return error }
+        if let e = error as? PSQLError {
+            if e.serverInfo?[.sqlState] == "23505" {
+                return StoreError(.alreadyExists, "already exists: \(e.serverInfo?[.detail] ?? "a unique value is taken")")
+            }
+            return StoreError(.unavailable, "PostgreSQL: \(e.serverInfo?[.message] ?? "\(e.code)")")
+        }
+        if error is DecodingError || error is EncodingError { return StoreError(.corrupt, "corrupt row: \(error)") }
+        return StoreError(.unavailable, "PostgreSQL: \(error)")
+    }
+
+    // MARK: Migrations
+
+    /// Versioned migrations: each runs once, in order, in one transaction with the others
+    /// pending, under an advisory lock (replicas starting together migrate once). A migration
+    /// is never edited once shipped; add a new one.
+    static let migrations: [(name: String, statements: [String])] = [
+        (
+            "v1",
+            [
+                """
+                CREATE TABLE machine (
+                  id text PRIMARY KEY, name text NOT NULL UNIQUE, mac text NOT NULL UNIQUE,
+                  state text NOT NULL, project text, last_seen timestamptz NOT NULL,
+                  body jsonb NOT NULL, bmc_secret bytea)
+                """,
+                "CREATE INDEX machine_state ON machine (state)",
+                "CREATE INDEX machine_project ON machine (project)",
+                "CREATE TABLE machine_event (id bigserial PRIMARY KEY, machine_id text NOT NULL, body jsonb NOT NULL)",
+                "CREATE INDEX machine_event_machine ON machine_event (machine_id, id)",
+                """
+                CREATE TABLE timeline_event (
+                  id bigserial PRIMARY KEY, mac text NOT NULL, time timestamptz NOT NULL,
+                  stage text NOT NULL, event text NOT NULL, detail text NOT NULL)
+                """,
+                "CREATE INDEX timeline_event_mac ON timeline_event (mac, id)",
+                """
+                CREATE TABLE lease (
+                  mac text PRIMARY KEY, address text NOT NULL UNIQUE, expires timestamptz NOT NULL, hostname text)
+                """,
+                "CREATE TABLE seen_address (mac text PRIMARY KEY, address text NOT NULL, seen timestamptz NOT NULL)",
+                "CREATE TABLE project (name text PRIMARY KEY, body jsonb NOT NULL)",
+                """
+                CREATE TABLE api_token (
+                  id text PRIMARY KEY, secret_sha256 text NOT NULL UNIQUE, project text REFERENCES project (name),
+                  created timestamptz NOT NULL, body jsonb NOT NULL)
+                """,
+                "CREATE TABLE image (name text PRIMARY KEY, sha256 text NOT NULL, body jsonb NOT NULL)",
+                "CREATE INDEX image_sha256 ON image (sha256)",
+            ]
+        )
+    ]
+
+    /// An arbitrary constant: the advisory lock migrations take.
+    static let migrationLock: Int64 = 0x4641_5252_4945_5201
+
+    func migrate() async throws {
+        try await transaction { [self] conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
+            try await conn.query(
+                "CREATE TABLE IF NOT EXISTS farrier_migration (name text PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())",
+                logger: logger)
+            var applied = Set<String>()
+            for try await name in try await conn.query("SELECT name FROM farrier_migration", logger: logger).decode(String.self) {
+                applied.insert(name)
+            }
+            for m in Self.migrations where !applied.contains(m.name) {
+                for s in m.statements { try await conn.query(PostgresQuery(unsafeSQL: s), logger: logger) }
+                try await conn.query("INSERT INTO farrier_migration (name) VALUES (\(m.name))", logger: logger)
+                logger.info("database migrated", metadata: ["migration": "\(m.name)"])
+            }
+        }
+    }
+
+    /// The names of the migrations applied, in order.
+    public func appliedMigrations() async throws -> [String] {
+        try await run { [self] conn in
+            var names: [String] = []
+            for try await n in try await conn.query("SELECT name FROM farrier_migration ORDER BY applied, name", logger: logger)
+                .decode(String.self)
+            {
+                names.append(n)
+            }
+            return names
+        }
+    }
+
+    // MARK: JSON bodies
+
+    static func json<T: Encodable>(_ value: T) throws -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = .sortedKeys
+        return String(decoding: try e.encode(value), as: UTF8.self)
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ text: String) throws -> T {
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(text.utf8))
+        } catch {
+            throw StoreError(.corrupt, "corrupt row: \(T.self): \(error)")
+        }
+    }
+
+    func machines(_ conn: PostgresConnection, _ query: PostgresQuery) async throws -> [Machine] {
+        var out: [Machine] = []
+        for try await body in try await conn.query(query, logger: logger).decode(String.self) {
+            out.append(try Self.decode(Machine.self, body))
+        }
+        return out
+    }
+
+    func one<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws -> T? {
+        try await run { [self] conn in
+            for try await body in try await conn.query(query, logger: logger).decode(String.self) {
+                return try Self.decode(T.self, body)
+            }
+            return nil
+        }
+    }
+
+    func all<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws -> [T] {
+        try await run { [self] conn in
+            var out: [T] = []
+            for try await body in try await conn.query(query, logger: logger).decode(String.self) {
+                out.append(try Self.decode(T.self, body))
+            }
+            return out
+        }
+    }
+
+    /// Inserts or rewrites a machine's row from its value (the BMC secret is kept apart).
+    func write(_ m: Machine, conn: PostgresConnection, insert: Bool) async throws {
+        let body = try Self.json(m)
+        if insert {
+            try await conn.query(
+                """
+                INSERT INTO machine (id, name, mac, state, project, last_seen, body)
+                VALUES (\(m.id), \(m.name), \(m.mac.description), \(m.state.rawValue), \(m.project), \(m.lastSeen), \(body)::jsonb)
+                """, logger: logger)
+        } else {
+            try await conn.query(
+                """
+                UPDATE machine SET name = \(m.name), mac = \(m.mac.description), state = \(m.state.rawValue),
+                  project = \(m.project), last_seen = \(m.lastSeen), body = \(body)::jsonb
+                WHERE id = \(m.id)
+                """, logger: logger)
+        }
+    }
+}
+
+// MARK: MachineStore
+
+extension PostgresStore {
+    public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) async throws -> Machine? {
+        try await transaction { [self] conn in
+            if var m = try await machines(conn, "SELECT body::text FROM machine WHERE mac = \(mac.description) FOR UPDATE").first {
+                // A sighting that may not create (an HTTP script fetch, which anyone can make)
+                // writes at most once a minute per machine, unless it fills in the platform.
+                let fills = (m.architecture == .unknown && platform.architecture != .unknown)
+                    || (m.firmware == .unknown && platform.firmware != .unknown)
+                if create == nil, !fills, time.timeIntervalSince(m.lastSeen) < 60 { return m }
+                m.lastSeen = time
+                if m.architecture == .unknown, platform.architecture != .unknown { m.architecture = platform.architecture }
+                if m.firmware == .unknown, platform.firmware != .unknown { m.firmware = platform.firmware }
+                try await write(m, conn: conn, insert: false)
+                return m
+            }
+            guard let create else { return nil }
+            var discovered = 0
+            for try await n in try await conn.query("SELECT count(*) FROM machine WHERE state = 'discovered'", logger: logger).decode(Int.self) {
+                discovered = n
+            }
+            guard discovered < create else { return nil }
+            let m = Machine(
+                name: Machine.defaultName(for: mac), mac: mac, architecture: platform.architecture,
+                firmware: platform.firmware, firstSeen: time, lastSeen: time)
+            try await write(m, conn: conn, insert: true)
+            return m
+        }
+    }
+
+    public func pruneDiscovered(lastSeenBefore before: Date) async throws -> [MACAddress] {
+        try await transaction { [self] conn in
+            var macs: [String] = []
+            let rows = try await conn.query(
+                """
+                DELETE FROM machine WHERE state = 'discovered' AND project IS NULL AND body->'bmc' IS NULL
+                  AND last_seen < \(before) RETURNING mac
+                """, logger: logger)
+            for try await mac in rows.decode(String.self) { macs.append(mac) }
+            if !macs.isEmpty { try await conn.query("DELETE FROM timeline_event WHERE mac = ANY(\(macs))", logger: logger) }
+            return macs.compactMap { MACAddress($0) }
+        }
+    }
+
+    public func machine(mac: MACAddress) async throws -> Machine? {
+        try await one(Machine.self, "SELECT body::text FROM machine WHERE mac = \(mac.description)")
+    }
+
+    public func machine(id: String) async throws -> Machine? {
+        try await one(Machine.self, "SELECT body::text FROM machine WHERE id = \(id)")
+    }
+
+    public func machine(name: String) async throws -> Machine? {
+        try await one(Machine.self, "SELECT body::text FROM machine WHERE name = \(name)")
+    }
+
+    public func machines() async throws -> [Machine] {
+        try await all(Machine.self, "SELECT body::text FROM machine ORDER BY name")
+    }
+
+    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) async throws -> Machine {
+        try await transaction { [self] conn in
+            if let byName = try await machines(conn, "SELECT body::text FROM machine WHERE name = \(name) FOR UPDATE").first,
+                byName.mac != mac
+            {
+                throw StoreError(.alreadyExists, "machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
+            }
+            var m: Machine
+            let insert: Bool
+            if let existing = try await machines(conn, "SELECT body::text FROM machine WHERE mac = \(mac.description) FOR UPDATE").first {
+                m = existing
+                m.name = name
+                // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
+                if m.state == .discovered { m.state = .enrolled }
+                insert = false
+            } else {
+                m = Machine(name: name, mac: mac, architecture: .unknown, firmware: .unknown, state: .enrolled, firstSeen: time, lastSeen: time)
+                insert = true
+            }
+            m.bmc = bmc
+            try await write(m, conn: conn, insert: insert)
+            try await conn.query("UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: sealedPassword)) WHERE id = \(m.id)", logger: logger)
+            return m
+        }
+    }
+
+    public func sealedBMCPassword(machineID: String) async throws -> [UInt8]? {
+        try await run { [self] conn in
+            for try await secret in try await conn.query("SELECT bmc_secret FROM machine WHERE id = \(machineID)", logger: logger)
+                .decode(ByteBuffer?.self)
+            {
+                return secret.map { Array($0.readableBytesView) }
+            }
+            return nil
+        }
+    }
+
+    public func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
+        try await transaction { [self] conn in
+            guard let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE").first else {
+                throw StoreError(.notFound, "no machine with id \(machineID)")
+            }
+            return try await apply(body, to: m, conn: conn)
+        }
+    }
+
+    /// The advisory lock allocations take: they choose among all machines, so two at once
+    /// would choose alike.
+    static let allocationLock: Int64 = 0x4641_5252_4945_5202
+
+    public func allocate(
+        _ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+    ) async throws -> Machine? {
+        try await transaction { [self] conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.allocationLock))", logger: logger)
+            let all = try await machines(conn, "SELECT body::text FROM machine ORDER BY name")
+            guard let picked = choose(all) else { return nil }
+            // Lock the chosen row and make sure nothing changed it since it was read (a transition
+            // by name, on this replica or another, does not take the allocation lock).
+            guard let current = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(picked.id) FOR UPDATE").first,
+                current == picked
+            else {
+                throw StoreError(.unavailable, "machine \(picked.name) changed while it was being allocated; try again")
+            }
+            return try await apply(body, to: current, conn: conn)
+        }
+    }
+
+    func apply(_ body: @Sendable (inout Machine) throws -> [MachineEvent], to machine: Machine, conn: PostgresConnection) async throws -> Machine {
+        var m = machine
+        let events = try body(&m)
+        if m.name != machine.name {
+            for try await _ in try await conn.query("SELECT 1 FROM machine WHERE name = \(m.name)", logger: logger).decode(Int.self) {
+                throw StoreError(.alreadyExists, "machine name '\(m.name)' is already in use")
+            }
+        }
+        try await write(m, conn: conn, insert: false)
+        for e in events {
+            try await conn.query(
+                "INSERT INTO machine_event (machine_id, body) VALUES (\(e.machineID), \(try Self.json(e))::jsonb)", logger: logger)
+        }
+        return m
+    }
+
+    public func deleteMachine(id: String) async throws {
+        try await transaction { [self] conn in
+            let rows = try await conn.query("DELETE FROM machine WHERE id = \(id) RETURNING mac", logger: logger)
+            for try await mac in rows.decode(String.self) {
+                try await conn.query("DELETE FROM timeline_event WHERE mac = \(mac)", logger: logger)
+                try await conn.query("DELETE FROM lease WHERE mac = \(mac)", logger: logger)
+            }
+            try await conn.query("DELETE FROM machine_event WHERE machine_id = \(id)", logger: logger)
+        }
+    }
+
+    public func events(after: Int64, machineID: String?, limit: Int) async throws -> [MachineEvent] {
+        try await run { [self] conn in
+            let rows: PostgresRowSequence
+            if let machineID {
+                rows = try await conn.query(
+                    "SELECT id, body::text FROM machine_event WHERE id > \(after) AND machine_id = \(machineID) ORDER BY id LIMIT \(limit)",
+                    logger: logger)
+            } else {
+                rows = try await conn.query(
+                    "SELECT id, body::text FROM machine_event WHERE id > \(after) ORDER BY id LIMIT \(limit)", logger: logger)
+            }
+            var out: [MachineEvent] = []
+            for try await (id, body) in rows.decode((Int64, String).self) {
+                var e = try Self.decode(MachineEvent.self, body)
+                e.id = id
+                out.append(e)
+            }
+            return out
+        }
+    }
+
+    public func lastEventID() async throws -> Int64 {
+        try await run { [self] conn in
+            for try await id in try await conn.query("SELECT max(id) FROM machine_event", logger: logger).decode(Int64?.self) {
+                return id ?? 0
+            }
+            return 0
+        }
+    }
+
+    public func appendTimeline(_ events: [TimelineEvent]) async throws {
+        guard !events.isEmpty else { return }
+        try await transaction { [self] conn in
+            for e in events {
+                try await conn.query(
+                    """
+                    INSERT INTO timeline_event (mac, time, stage, event, detail)
+                    VALUES (\(e.mac.description), \(e.time), \(e.stage.rawValue), \(e.event), \(e.detail))
+                    """, logger: logger)
+            }
+            for mac in Set(events.map(\.mac.description)) {
+                try await conn.query(
+                    """
+                    DELETE FROM timeline_event WHERE mac = \(mac) AND id <= (
+                      SELECT id FROM timeline_event WHERE mac = \(mac) ORDER BY id DESC LIMIT 1 OFFSET \(timelineLimit))
+                    """, logger: logger)
+            }
+        }
+    }
+
+    public func timeline(mac: MACAddress, limit: Int) async throws -> [TimelineEvent] {
+        try await run { [self] conn in
+            var out: [TimelineEvent] = []
+            let rows = try await conn.query(
+                "SELECT time, stage, event, detail FROM timeline_event WHERE mac = \(mac.description) ORDER BY id DESC LIMIT \(limit)",
+                logger: logger)
+            for try await (time, stage, event, detail) in rows.decode((Date, String, String, String).self) {
+                out.append(TimelineEvent(mac: mac, time: time, stage: TimelineEvent.Stage(rawValue: stage) ?? .dhcp, event: event, detail: detail))
+            }
+            return out.reversed()
+        }
+    }
+}
+
+// MARK: TenancyStore, ImageStore
+
+extension PostgresStore {
+    public func createProject(_ p: Project) async throws {
+        try await transaction { [self] conn in
+            for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(p.name)", logger: logger).decode(Int.self) {
+                throw StoreError(.alreadyExists, "project '\(p.name)' already exists")
+            }
+            try await conn.query("INSERT INTO project (name, body) VALUES (\(p.name), \(try Self.json(p))::jsonb)", logger: logger)
+        }
+    }
+
+    public func projects() async throws -> [Project] {
+        try await all(Project.self, "SELECT body::text FROM project ORDER BY name")
+    }
+
+    public func project(name: String) async throws -> Project? {
+        try await one(Project.self, "SELECT body::text FROM project WHERE name = \(name)")
+    }
+
+    public func deleteProject(name: String) async throws -> Bool {
+        try await transaction { [self] conn in
+            // Locks the project's row first, so a deploy into it cannot slip in between.
+            var exists = false
+            for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(name) FOR UPDATE", logger: logger).decode(Int.self) {
+                exists = true
+            }
+            guard exists else { return false }
+            let machines = try await count(conn, "SELECT count(*) FROM machine WHERE project = \(name)")
+            if machines > 0 { throw StoreError(.inUse, "project '\(name)' still has \(machines) machine(s); release them first") }
+            let tokens = try await count(conn, "SELECT count(*) FROM api_token WHERE project = \(name)")
+            if tokens > 0 { throw StoreError(.inUse, "project '\(name)' still has \(tokens) token(s); revoke them first") }
+            try await conn.query("DELETE FROM project WHERE name = \(name)", logger: logger)
+            return true
+        }
+    }
+
+    func count(_ conn: PostgresConnection, _ query: PostgresQuery) async throws -> Int {
+        for try await n in try await conn.query(query, logger: logger).decode(Int.self) { return n }
+        return 0
+    }
+
+    public func createToken(_ t: APIToken) async throws {
+        try await transaction { [self] conn in
+            if let project = t.project, try await count(conn, "SELECT count(*) FROM project WHERE name = \(project)") == 0 {
+                throw StoreError(.notFound, "no project named '\(project)'")
+            }
+            try await conn.query(
+                """
+                INSERT INTO api_token (id, secret_sha256, project, created, body)
+                VALUES (\(t.id), \(t.secretSHA256), \(t.project), \(t.created), \(try Self.json(t))::jsonb)
+                """, logger: logger)
+        }
+    }
+
+    public func token(secretSHA256: String) async throws -> APIToken? {
+        try await one(APIToken.self, "SELECT body::text FROM api_token WHERE secret_sha256 = \(secretSHA256)")
+    }
+
+    public func tokens() async throws -> [APIToken] {
+        try await all(APIToken.self, "SELECT body::text FROM api_token ORDER BY created, id")
+    }
+
+    public func revokeToken(id: String) async throws -> Bool {
+        try await run { [self] conn in
+            let rows = try await conn.query("DELETE FROM api_token WHERE id = \(id) RETURNING id", logger: logger)
+            for try await _ in rows.decode(String.self) { return true }
+            return false
+        }
+    }
+
+    public func addImage(_ i: ImageInfo) async throws {
+        try await transaction { [self] conn in
+            if try await count(conn, "SELECT count(*) FROM image WHERE name = \(i.name)") > 0 {
+                throw StoreError(.alreadyExists, "image '\(i.name)' already exists; remove it first or pick another name")
+            }
+            try await conn.query(
+                "INSERT INTO image (name, sha256, body) VALUES (\(i.name), \(i.sha256), \(try Self.json(i))::jsonb)", logger: logger)
+        }
+    }
+
+    public func images() async throws -> [ImageInfo] {
+        try await all(ImageInfo.self, "SELECT body::text FROM image ORDER BY name")
+    }
+
+    public func image(name: String) async throws -> ImageInfo? {
+        try await one(ImageInfo.self, "SELECT body::text FROM image WHERE name = \(name)")
+    }
+
+    public func deleteImage(name: String) async throws -> Bool {
+        try await transaction { [self] conn in
+            var users: [String] = []
+            let rows = try await conn.query(
+                "SELECT name FROM machine WHERE body->'deployment'->>'image' = \(name) ORDER BY name FOR UPDATE", logger: logger)
+            for try await user in rows.decode(String.self) { users.append(user) }
+            if !users.isEmpty {
+                throw StoreError(.inUse, "image '\(name)' is in use by \(users.joined(separator: ", ")); release them first")
+            }
+            let deleted = try await conn.query("DELETE FROM image WHERE name = \(name) RETURNING name", logger: logger)
+            for try await _ in deleted.decode(String.self) { return true }
+            return false
+        }
+    }
+
+    public func imageReferenced(sha256: String) async throws -> Bool {
+        try await run { [self] conn in try await count(conn, "SELECT count(*) FROM image WHERE sha256 = \(sha256)") > 0 }
+    }
+}
+
+// MARK: LeaseStore
+
+extension PostgresStore {
+    public func leases() throws -> [Lease] {
+        try leaseConnection.run { session in
+            let result = try session.query("SELECT mac, address, expires, hostname FROM lease")
+            return try result.rows.compactMap { row in
+                let (mac, address, expires, hostname) = try row.decode((String, String, Date, String?).self)
+                guard let m = MACAddress(mac), let ip = IPv4Address(address) else { return nil }
+                return Lease(mac: m, address: ip, expires: expires, hostname: hostname)
+            }
+        }
+    }
+
+    public func commit(_ batch: [Lease]) throws {
+        guard !batch.isEmpty else { return }
+        // The last lease per MAC and per address wins, as SQLite's INSERT OR REPLACE does row by
+        // row: the rows a new lease conflicts with, on its MAC or its address, are deleted first.
+        var byAddress: [String: Lease] = [:]
+        for l in batch { byAddress[l.address.description] = l }
+        var byMAC: [String: Lease] = [:]
+        for l in batch where byAddress[l.address.description] == l { byMAC[l.mac.description] = l }
+        let leases = Array(byMAC.values)
+        let macs = leases.map(\.mac.description), addresses = leases.map(\.address.description)
+        try leaseConnection.transaction { session in
+            try session.query("DELETE FROM lease WHERE mac = ANY(\(macs)) OR address = ANY(\(addresses))")
+            // Sent back to back; NIO queues them on the connection in order.
+            let inserts = leases.map { l in
+                session.send(
+                    "INSERT INTO lease (mac, address, expires, hostname) VALUES (\(l.mac.description), \(l.address.description), \(l.expires), \(l.hostname))")
+            }
+            for f in inserts { _ = try session.wait(f) }
+        }
+    }
+
+    public func deleteLease(mac: MACAddress) throws {
+        _ = try leaseConnection.run { session in
+            try session.query("DELETE FROM lease WHERE mac = \(mac.description)")
+        }
+    }
+
+    public func recordSeenAddress(mac: MACAddress, address: IPv4Address, at time: Date) throws {
+        _ = try leaseConnection.run { session in
+            try session.query(
+                """
+                INSERT INTO seen_address (mac, address, seen) VALUES (\(mac.description), \(address.description), \(time))
+                ON CONFLICT (mac) DO UPDATE SET address = EXCLUDED.address, seen = EXCLUDED.seen
+                """)
+        }
+    }
+
+    public func seenAddresses(since cutoff: Date) throws -> [(mac: MACAddress, address: IPv4Address)] {
+        try leaseConnection.run { session in
+            try session.query("DELETE FROM seen_address WHERE seen < \(cutoff)")
+            let result = try session.query("SELECT mac, address FROM seen_address ORDER BY seen")
+            return try result.rows.compactMap { row in
+                let (mac, address) = try row.decode((String, String).self)
+                guard let m = MACAddress(mac), let ip = IPv4Address(address) else { return nil }
+                return (m, ip)
+            }
+        }
+    }
+}
+
+/// The first of a bounded call's outcomes (its result or its timeout) resumes the caller.
+final class Outcome<T: Sendable>: Sendable {
+    let state = Mutex<(continuation: CheckedContinuation<T, any Error>?, done: Bool)>((nil, false))
+
+    func start(_ c: CheckedContinuation<T, any Error>) {
+        let early = state.withLock { s -> Bool in
+            if s.done { return true }
+            s.continuation = c
+            return false
+        }
+        // Never: finish cannot run before start hands the continuation over.
+        if early { c.resume(throwing: StoreError(.unavailable, "PostgreSQL call ended before it began")) }
+    }
+
+    /// Resumes the caller if nothing did yet; says whether this call did.
+    @discardableResult
+    func finish(with result: Result<T, any Error>) -> Bool {
+        let c = state.withLock { s -> CheckedContinuation<T, any Error>? in
+            guard !s.done else { return nil }
+            s.done = true
+            defer { s.continuation = nil }
+            return s.continuation
+        }
+        c?.resume(with: result)
+        return c != nil
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+/// The DHCP threads' connection: one, opened on first use and again after a failure, used by
+/// one thread at a time. Its calls wait on NIO futures, never on the cooperative pool, so they
+/// may be made from any thread that is not an event loop.
+final class LeaseConnection: Sendable {
+    let configuration: PostgresConnection.Configuration
+    let timeout: Duration
+    let logger: Logger
+    let state = Mutex<PostgresConnection?>(nil)
+    let ids = Atomic<Int>(0)
+
+    init(configuration: PostgresConnection.Configuration, timeout: Duration, logger: Logger) {
+        var c = configuration
+        c.options.connectTimeout = .init(timeout)
+        self.configuration = c
+        self.timeout = timeout
+        self.logger = logger
+    }
+
+    /// Waits for `future`, at most `timeout`: then the connection is closed (which fails what
+    /// is in flight on it) and the wait fails.
+    func wait<T: Sendable>(_ future: EventLoopFuture<T>, on conn: PostgresConnection) throws -> T {
+        let promise = future.eventLoop.makePromise(of: T.self)
+        future.cascade(to: promise)
+        let timer = future.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
+            promise.fail(StoreError(.unavailable, "PostgreSQL did not answer within \(self.timeout.components.seconds) s"))
+            Self.close(conn)
+        }
+        defer { timer.cancel() }
+        return try promise.futureResult.wait()
+    }
+
+    /// One connection's statements, each waited for at most `timeout`.
+    struct Session {
+        let owner: LeaseConnection
+        let conn: PostgresConnection
+        func send(_ q: PostgresQuery) -> EventLoopFuture<PostgresQueryResult> { conn.query(q, logger: owner.logger) }
+        func wait<T: Sendable>(_ f: EventLoopFuture<T>) throws -> T { try owner.wait(f, on: conn) }
+        @discardableResult
+        func query(_ q: PostgresQuery) throws -> PostgresQueryResult { try wait(send(q)) }
+    }
+
+    func run<T>(_ body: (Session) throws -> T) throws -> T {
+        do {
+            return try state.withLock { current -> T in
+                let conn: PostgresConnection
+                if let c = current, !c.isClosed {
+                    conn = c
+                } else {
+                    let id = ids.add(1, ordering: .relaxed).newValue
+                    conn = try PostgresConnection.connect(
+                        on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration, id: id, logger: logger
+                    ).wait()  // bounded by the configuration's connect timeout
+                    current = conn
+                }
+                do {
+                    return try body(Session(owner: self, conn: conn))
+                } catch {
+                    // A failed statement may leave the connection mid-transaction: start afresh.
+                    Self.close(conn)
+                    current = nil
+                    throw error
+                }
+            }
+        } catch {
+            throw PostgresStore.storeError(error)
+        }
+    }
+
+    func transaction<T>(_ body: (Session) throws -> T) throws -> T {
+        try run { session in
+            try session.query("BEGIN")
+            let result = try body(session)
+            try session.query("COMMIT")
+            return result
+        }
+    }
+
+    /// Closes without waiting; the connection is kept until it is closed (PostgresNIO requires
+    /// a connection to be closed before it is released).
+    static func close(_ conn: PostgresConnection) {
+        let closing: EventLoopFuture<Void> = conn.close()
+        closing.whenComplete { _ in withExtendedLifetime(conn) {} }
+    }
+
+    func close() {
+        state.withLock { current in
+            if let c = current { Self.close(c) }
+            current = nil
+        }
+    }
+}
+
+/// A `postgres://` URL, as libpq takes it: user, password, host, port, database and `sslmode`.
+struct PostgresURL {
+    var client: PostgresClient.Configuration
+    var connection: PostgresConnection.Configuration
+
+    init(_ text: String) throws {
+        guard let url = URLComponents(string: text), url.scheme == "postgres" || url.scheme == "postgresql",
+            let host = url.host, !host.isEmpty, let user = url.user, !user.isEmpty
+        else {
+            throw ConfigurationError("database.url: '\(Self.redacted(text))' is not a URL like postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+        }
+        let port = url.port ?? 5432
+        let database = url.path.hasPrefix("/") ? String(url.path.dropFirst()) : url.path
+        let password = url.password?.removingPercentEncoding ?? url.password
+        let mode = url.queryItems?.first(where: { $0.name == "sslmode" })?.value ?? "prefer"
+        let clientTLS: PostgresClient.Configuration.TLS
+        let connectionTLS: PostgresConnection.Configuration.TLS
+        switch mode {
+        case "disable":
+            (clientTLS, connectionTLS) = (.disable, .disable)
+        case "prefer", "allow":
+            let tls = try NIOSSLContext(configuration: .makeClientConfiguration())
+            (clientTLS, connectionTLS) = (.prefer(.makeClientConfiguration()), .prefer(tls))
+        case "require", "verify-full":
+            let tls = try NIOSSLContext(configuration: .makeClientConfiguration())
+            (clientTLS, connectionTLS) = (.require(.makeClientConfiguration()), .require(tls))
+        default:
+            throw ConfigurationError("database.url: sslmode '\(mode)' is not one of disable, prefer, require")
+        }
+        client = .init(host: host, port: port, username: user, password: password, database: database.isEmpty ? nil : database, tls: clientTLS)
+        connection = .init(host: host, port: port, username: user, password: password, database: database.isEmpty ? nil : database, tls: connectionTLS)
+    }
+
+    /// The URL without its password, for messages and logs.
+    static func redacted(_ text: String) -> String {
+        guard var url = URLComponents(string: text), url.password != nil else { return text }
+        url.password = "***"
+        return url.string ?? "postgres://…"
+    }
+}
