@@ -171,10 +171,33 @@ public final class SQLiteStore: StateStore {
         try db.read { try Self.migrator.appliedMigrations($0) }
     }
 
+    // MARK: Errors
+
+    /// A write transaction whose errors are `StoreError`s.
+    func writing<T: Sendable>(_ body: @Sendable (Database) throws -> T) async throws -> T {
+        do { return try await db.write(body) } catch { throw Self.storeError(error) }
+    }
+
+    func reading<T: Sendable>(_ body: @Sendable (Database) throws -> T) async throws -> T {
+        do { return try await db.read(body) } catch { throw Self.storeError(error) }
+    }
+
+    /// SQLite's errors by result code: a uniqueness violation is `alreadyExists`, a damaged
+    /// file `corrupt`, anything else from the database (busy past the timeout, I/O, a full
+    /// disk) `unavailable`. Store errors and cancellation pass as they are.
+    static func storeError(_ error: any Error) -> any Error {
+        guard let e = error as? DatabaseError else { return error }
+        switch e.resultCode {
+        case .SQLITE_CONSTRAINT: return StoreError(.alreadyExists, "already exists: \(e.message ?? "a unique value is taken")")
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB: return StoreError(.corrupt, "the database is damaged: \(e.message ?? "\(e.resultCode)")")
+        default: return StoreError(.unavailable, "SQLite: \(e.message ?? "\(e.resultCode)")")
+        }
+    }
+
     // MARK: MachineStore
 
     public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) async throws -> Machine? {
-        try await db.write { db in
+        try await writing { db in
             if var row = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
                 // A sighting that may not create (an HTTP script fetch, which anyone can make)
                 // writes at most once a minute per machine, unless it fills in the platform.
@@ -203,7 +226,7 @@ public final class SQLiteStore: StateStore {
     }
 
     public func pruneDiscovered(lastSeenBefore before: Date) async throws -> [MACAddress] {
-        try await db.write { db in
+        try await writing { db in
             let macs = try String.fetchAll(
                 db, sql: "SELECT mac FROM machine WHERE state = 'discovered' AND bmc IS NULL AND project IS NULL AND lastSeen < ?",
                 arguments: [before])
@@ -216,24 +239,24 @@ public final class SQLiteStore: StateStore {
     }
 
     public func machine(mac: MACAddress) async throws -> Machine? {
-        try await db.read { try MachineRecord.filter(Column("mac") == mac.description).fetchOne($0)?.machine() }
+        try await reading { try MachineRecord.filter(Column("mac") == mac.description).fetchOne($0)?.machine() }
     }
 
     public func machine(id: String) async throws -> Machine? {
-        try await db.read { try MachineRecord.fetchOne($0, key: id)?.machine() }
+        try await reading { try MachineRecord.fetchOne($0, key: id)?.machine() }
     }
 
     public func machine(name: String) async throws -> Machine? {
-        try await db.read { try MachineRecord.filter(Column("name") == name).fetchOne($0)?.machine() }
+        try await reading { try MachineRecord.filter(Column("name") == name).fetchOne($0)?.machine() }
     }
 
     public func machines() async throws -> [Machine] {
-        try await db.read { try MachineRecord.order(Column("name")).fetchAll($0).map { try $0.machine() } }
+        try await reading { try MachineRecord.order(Column("name")).fetchAll($0).map { try $0.machine() } }
     }
 
     public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) async throws -> Machine {
         let bmcJSON = String(decoding: try JSONEncoder().encode(bmc), as: UTF8.self)
-        return try await db.write { db in
+        return try await writing { db in
             let byName = try MachineRecord.filter(Column("name") == name).fetchOne(db)
             if let byName, byName.mac != mac.description {
                 throw StoreError(.alreadyExists, "machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
@@ -257,13 +280,13 @@ public final class SQLiteStore: StateStore {
     }
 
     public func sealedBMCPassword(machineID: String) async throws -> [UInt8]? {
-        try await db.read { db in
+        try await reading { db in
             try Data.fetchOne(db, sql: "SELECT bmcSecret FROM machine WHERE id = ?", arguments: [machineID]).map { Array($0) }
         }
     }
 
     public func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
-        try await db.write { db in
+        try await writing { db in
             guard let row = try MachineRecord.fetchOne(db, key: machineID) else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
@@ -272,7 +295,7 @@ public final class SQLiteStore: StateStore {
     }
 
     public func allocate(_ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
-        try await db.write { db in
+        try await writing { db in
             let all = try MachineRecord.order(Column("name")).fetchAll(db).map { try $0.machine() }
             guard let picked = choose(all) else { return nil }
             return try Self.apply(body, to: picked, db: db)
@@ -296,7 +319,7 @@ public final class SQLiteStore: StateStore {
     }
 
     public func deleteMachine(id: String) async throws {
-        try await db.write { db in
+        try await writing { db in
             guard let row = try MachineRecord.fetchOne(db, key: id) else { return }
             try db.execute(sql: "DELETE FROM timelineEvent WHERE mac = ?", arguments: [row.mac])
             try db.execute(sql: "DELETE FROM machineEvent WHERE machineID = ?", arguments: [id])
@@ -306,7 +329,7 @@ public final class SQLiteStore: StateStore {
     }
 
     public func events(after: Int64, machineID: String?, limit: Int) async throws -> [MachineEvent] {
-        try await db.read { db in
+        try await reading { db in
             let rows: [Row]
             if let machineID {
                 rows = try Row.fetchAll(
@@ -326,12 +349,12 @@ public final class SQLiteStore: StateStore {
     }
 
     public func lastEventID() async throws -> Int64 {
-        try await db.read { try Int64.fetchOne($0, sql: "SELECT MAX(id) FROM machineEvent") ?? 0 }
+        try await reading { try Int64.fetchOne($0, sql: "SELECT MAX(id) FROM machineEvent") ?? 0 }
     }
 
     public func appendTimeline(_ events: [TimelineEvent]) async throws {
         guard !events.isEmpty else { return }
-        try await db.write { db in
+        try await writing { db in
             for e in events {
                 try db.execute(
                     sql: "INSERT INTO timelineEvent (mac, time, stage, event, detail) VALUES (?, ?, ?, ?, ?)",
@@ -349,7 +372,7 @@ public final class SQLiteStore: StateStore {
     }
 
     public func timeline(mac: MACAddress, limit: Int) async throws -> [TimelineEvent] {
-        try await db.read { db in
+        try await reading { db in
             let rows = try Row.fetchAll(
                 db,
                 sql: "SELECT time, stage, event, detail FROM timelineEvent WHERE mac = ? ORDER BY id DESC LIMIT ?",
@@ -419,7 +442,7 @@ public final class SQLiteStore: StateStore {
 
 extension SQLiteStore {
     public func createProject(_ p: Project) async throws {
-        try await db.write { db in
+        try await writing { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [p.name]) != nil {
                 throw StoreError(.alreadyExists, "project '\(p.name)' already exists")
             }
@@ -430,11 +453,11 @@ extension SQLiteStore {
     }
 
     public func projects() async throws -> [Project] {
-        try await db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM project ORDER BY name").map(Self.project) }
+        try await reading { db in try Row.fetchAll(db, sql: "SELECT * FROM project ORDER BY name").map(Self.project) }
     }
 
     public func project(name: String) async throws -> Project? {
-        try await db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM project WHERE name = ?", arguments: [name]).map(Self.project) }
+        try await reading { db in try Row.fetchOne(db, sql: "SELECT * FROM project WHERE name = ?", arguments: [name]).map(Self.project) }
     }
 
     static func project(_ row: Row) throws -> Project {
@@ -447,7 +470,7 @@ extension SQLiteStore {
     }
 
     public func deleteProject(name: String) async throws -> Bool {
-        try await db.write { db in
+        try await writing { db in
             let machines = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE project = ?", arguments: [name]) ?? 0
             if machines > 0 {
                 throw StoreError(.inUse, "project '\(name)' still has \(machines) machine(s); release them first")
@@ -462,7 +485,7 @@ extension SQLiteStore {
     }
 
     public func createToken(_ t: APIToken) async throws {
-        try await db.write { db in
+        try await writing { db in
             if let project = t.project, try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [project]) == nil {
                 throw StoreError(.notFound, "no project named '\(project)'")
             }
@@ -473,13 +496,13 @@ extension SQLiteStore {
     }
 
     public func token(secretSHA256: String) async throws -> APIToken? {
-        try await db.read { db in
+        try await reading { db in
             try Row.fetchOne(db, sql: "SELECT * FROM apiToken WHERE secretSHA256 = ?", arguments: [secretSHA256]).map(Self.token)
         }
     }
 
     public func tokens() async throws -> [APIToken] {
-        try await db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM apiToken ORDER BY created, id").map(Self.token) }
+        try await reading { db in try Row.fetchAll(db, sql: "SELECT * FROM apiToken ORDER BY created, id").map(Self.token) }
     }
 
     static func token(_ row: Row) -> APIToken {
@@ -489,14 +512,14 @@ extension SQLiteStore {
     }
 
     public func revokeToken(id: String) async throws -> Bool {
-        try await db.write { db in
+        try await writing { db in
             try db.execute(sql: "DELETE FROM apiToken WHERE id = ?", arguments: [id])
             return db.changesCount > 0
         }
     }
 
     public func addImage(_ i: ImageInfo) async throws {
-        try await db.write { db in
+        try await writing { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE name = ?", arguments: [i.name]) != nil {
                 throw StoreError(.alreadyExists, "image '\(i.name)' already exists; remove it first or pick another name")
             }
@@ -507,11 +530,11 @@ extension SQLiteStore {
     }
 
     public func images() async throws -> [ImageInfo] {
-        try await db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM image ORDER BY name").map(Self.image) }
+        try await reading { db in try Row.fetchAll(db, sql: "SELECT * FROM image ORDER BY name").map(Self.image) }
     }
 
     public func image(name: String) async throws -> ImageInfo? {
-        try await db.read { db in try Row.fetchOne(db, sql: "SELECT * FROM image WHERE name = ?", arguments: [name]).map(Self.image) }
+        try await reading { db in try Row.fetchOne(db, sql: "SELECT * FROM image WHERE name = ?", arguments: [name]).map(Self.image) }
     }
 
     static func image(_ row: Row) -> ImageInfo {
@@ -523,7 +546,7 @@ extension SQLiteStore {
     }
 
     public func deleteImage(name: String) async throws -> Bool {
-        try await db.write { db in
+        try await writing { db in
             let users = try String.fetchAll(
                 db, sql: "SELECT name FROM machine WHERE json_extract(deployment, '$.image') = ? ORDER BY name", arguments: [name])
             if !users.isEmpty {
@@ -535,7 +558,7 @@ extension SQLiteStore {
     }
 
     public func imageReferenced(sha256: String) async throws -> Bool {
-        try await db.read { db in try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE sha256 = ?", arguments: [sha256]) != nil }
+        try await reading { db in try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE sha256 = ?", arguments: [sha256]) != nil }
     }
 }
 
