@@ -21,6 +21,7 @@ extension StoreError: RPCErrorConvertible {
         case .notFound: .notFound
         case .unavailable: .unavailable
         case .corrupt: .internalError
+        case .fenced: .aborted
         }
     }
     public var rpcErrorMessage: String { message }

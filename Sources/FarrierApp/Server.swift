@@ -86,6 +86,9 @@ public struct FarrierServer: Sendable {
         let controller = Controller(
             store: store, pool: BMCPool(vault: vault), agentKey: vault.derivedKey(purpose: "agent-token"),
             configuration: c.control, logger: logger)
+        // Other replicas' commits wake this one's watchers and reconciler (LISTEN/NOTIFY).
+        (store as? PostgresStore)?.onEvents { [hub = controller.hub] in hub.notify() }
+        logger.info("replica", metadata: ["replica": "\(c.control.replica)", "claim-ttl.seconds": "\(c.control.claimTTL.components.seconds)"])
         let images = try ImageRepository(root: c.dataDir + "/images", maxVirtualSize: c.imageMaxVirtualSize)
         let agentTLS = try AgentCertificate.load(
             certificate: c.agentTLSCert, key: c.agentTLSKey, dataDir: c.dataDir, port: try splitHostPort(c.http.agentListen).1)

@@ -60,6 +60,9 @@ import Yams
 ///   `discovered` machine not seen again is deleted. Default 604800 (7 days).
 /// - `lifecycle.max-deploys` / `FARRIER_LIFECYCLE_MAX_DEPLOYS` / `--lifecycle-max-deploys`: deploys at once (others queue). Default 8.
 /// - `lifecycle.max-wipes` / `FARRIER_LIFECYCLE_MAX_WIPES` / `--lifecycle-max-wipes`: wipes at once. Default 8.
+/// - `lifecycle.claim-ttl` / `FARRIER_LIFECYCLE_CLAIM_TTL` / `--lifecycle-claim-ttl`: seconds a replica's claim on a
+///   machine's work lasts unrenewed (3–600): with several replicas on one database, how long a
+///   dead replica's machines wait before another takes them over. Default 20.
 /// - `lifecycle.step-timeouts` / `FARRIER_LIFECYCLE_STEP_TIMEOUTS` (comma separated) / `--lifecycle-step-timeout` (repeatable):
 ///   `STEP=SECONDS`, STEP one of commissioning, deploying, releasing, rescuing, exiting-rescue.
 ///   Defaults 1800, 3600, 86400, 1800, 900. Whatever the limit, an agent that reported progress and then
@@ -101,7 +104,7 @@ public struct ServerConfiguration: Sendable {
         "data-dir", "database.url", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert", "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "dhcp.commit-delay", "bmc.key-file",
-        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.step-timeouts",
+        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.claim-ttl", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
 
     /// Builds the configuration. `flags` holds only values given on the command line.
@@ -260,6 +263,9 @@ public struct ServerConfiguration: Sendable {
         case "lifecycle.max-deploys", "lifecycle.max-wipes":
             guard let n = Int(v), (1...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000") }
             if key == "lifecycle.max-deploys" { control.maxConcurrentDeploys = n } else { control.maxConcurrentWipes = n }
+        case "lifecycle.claim-ttl":
+            guard let n = Int(v), (3...600).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 3 to 600") }
+            control.claimTTL = .seconds(n)
         case "lifecycle.step-timeouts":
             for item in values where !item.isEmpty {
                 let kv = item.split(separator: "=", maxSplits: 1).map(String.init)

@@ -25,6 +25,11 @@ public struct ControlConfiguration: Sendable, Hashable {
     /// Attempts of one BMC action before the step fails.
     public var bmcAttempts = 3
     public var bmcRetryDelay: Duration = .seconds(2)
+    /// This server's name among the replicas sharing a database: the owner of its work claims.
+    public var replica = "replica-\(ProcessInfo.processInfo.hostName)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    /// How long a replica's claim on a machine's work lasts without renewal (a worker renews it
+    /// every third of this): a replica that dies leaves its machines to the others after it.
+    public var claimTTL: Duration = .seconds(20)
 
     public init() {}
 
@@ -72,10 +77,10 @@ public final class Controller: Sendable {
     /// on the step being the one the caller saw (a stale worker or agent changes nothing).
     @discardableResult
     public func apply(
-        _ event: Lifecycle.Event, machineID: String, guardGeneration: Int? = nil, reasonSuffix: String = "",
+        _ event: Lifecycle.Event, machineID: String, guardGeneration: Int? = nil, reasonSuffix: String = "", fence: WorkClaim? = nil,
         change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Machine {
-        let m = try await store.update(machineID: machineID) { m in
+        let m = try await store.update(machineID: machineID, fence: fence) { m in
             if let g = guardGeneration, m.generation != g {
                 throw ControlError(.conflict, "machine \(m.name) moved on to another step")
             }
@@ -134,9 +139,11 @@ public final class Controller: Sendable {
 
     /// Moves a step to its next phase, if the machine is still in that step and phase.
     @discardableResult
-    func advance(machineID: String, generation: Int, from: StepPhase, to: StepPhase, message: String) async throws -> Machine? {
+    func advance(
+        machineID: String, generation: Int, from: StepPhase, to: StepPhase, message: String, fence: WorkClaim? = nil
+    ) async throws -> Machine? {
         let moved = TransactionNote(false)
-        let m = try await store.update(machineID: machineID) { m in
+        let m = try await store.update(machineID: machineID, fence: fence) { m in
             guard m.generation == generation, m.phase == from, Lifecycle.steps.contains(m.state) else {
                 moved.set(false)
                 return []
@@ -149,10 +156,27 @@ public final class Controller: Sendable {
         return moved.value ? m : nil
     }
 
+    /// Admits a queued step (moves it to `boot`) if its step has a free slot: fewer than `cap`
+    /// machines in the same step past `queued`, counted across all replicas in the commit's own
+    /// transaction. Returns the machine when admitted.
+    func admit(machineID: String, generation: Int, cap: Int?) async throws -> Machine? {
+        let admitted = TransactionNote(false)
+        let m = try await store.updateCounting(machineID: machineID, fence: nil) { m, running in
+            admitted.set(false)
+            guard m.generation == generation, m.phase == .queued, Lifecycle.steps.contains(m.state) else { return [] }
+            if let cap, running[m.state, default: 0] >= cap { return [] }
+            m.phase = .boot
+            admitted.set(true)
+            return [MachineEvent(m, kind: .action, message: "started \(m.state.rawValue)")]
+        }
+        if admitted.value { hub.notify() }
+        return admitted.value ? m : nil
+    }
+
     /// Fails the current step (if it is still `generation`) with a reason.
-    public func fail(machineID: String, generation: Int, reason: String) async {
+    public func fail(machineID: String, generation: Int, reason: String, fence: WorkClaim? = nil) async {
         do {
-            try await apply(.stepFailed(reason: reason), machineID: machineID, guardGeneration: generation)
+            try await apply(.stepFailed(reason: reason), machineID: machineID, guardGeneration: generation, fence: fence)
         } catch {
             logger.debug("fail not applied", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
         }
@@ -202,8 +226,8 @@ public final class Controller: Sendable {
 
     /// A new boot of the machine for its current step: Farrier is about to power it on or cycle
     /// it. The previous boot's agent token dies here, and the next agent to say hello gets one.
-    public func beginBoot(machineID: String, generation: Int) async throws {
-        _ = try await store.update(machineID: machineID) { m in
+    public func beginBoot(machineID: String, generation: Int, fence: WorkClaim? = nil) async throws {
+        _ = try await store.update(machineID: machineID, fence: fence) { m in
             guard m.generation == generation, Lifecycle.steps.contains(m.state) else { return [] }
             m.agentBoot += 1
             m.agentNonce = nil

@@ -15,6 +15,14 @@ import ServiceLifecycle
 /// device set twice is the same; a power cycle before the agent said hello only restarts a
 /// boot that had not begun its work), so after a crash the reconciler repeats at most the one
 /// action in flight. One worker per machine; at most N deploys and N wipes past `queued`.
+///
+/// Several replicas on one database share the work through it: a worker first claims its
+/// machine (`WorkClaimStore`), renews the claim while it works, renews it again right before
+/// every BMC action, and fences each commit with it, so a replica that lost a machine (it
+/// stalled past the claim's lifetime, and another took over) neither acts on it nor commits.
+/// A replica that dies leaves its claims to lapse; another's next scan claims the machine and
+/// resumes it from the committed phase, as a restarted server would. Admission counts the
+/// running steps of every replica in the admitting transaction, so the caps hold across them.
 public actor Reconciler: Service {
     let controller: Controller
     let logger: Logger
@@ -97,10 +105,7 @@ public actor Reconciler: Service {
                     }
                 if let cap, running[m.state, default: 0] >= cap { continue }
                 do {
-                    if try await controller.advance(
-                        machineID: m.id, generation: m.generation, from: .queued, to: .boot, message: "started \(m.state.rawValue)")
-                        != nil
-                    {
+                    if try await controller.admit(machineID: m.id, generation: m.generation, cap: cap) != nil {
                         running[m.state, default: 0] += 1
                         start(m.id, &group)
                     }
@@ -138,15 +143,44 @@ struct Worker {
     let logger: Logger
 
     func run(machineID: String) async {
-        // At most two phases per run (boot, or finish); bounded against surprises.
-        for _ in 0..<4 {
-            guard let m = try? await controller.store.machine(id: machineID), Lifecycle.steps.contains(m.state) else { return }
-            switch m.phase {
-            case .boot: await boot(m)
-            case .finish: await finish(m)
-            default: return
+        let config = controller.configuration, store = controller.store
+        // Another replica working this machine holds its claim: leave it to that one.
+        let claim: WorkClaim
+        do {
+            guard let c = try await store.claimWork(machineID: machineID, owner: config.replica, ttl: config.claimTTL) else { return }
+            claim = c
+        } catch {
+            logger.warning("cannot claim a machine's work", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
+            return
+        }
+        // Renewed every third of its lifetime while the worker runs (bounded by the worker).
+        let keeper = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: config.claimTTL / 3)
+                guard !Task.isCancelled else { return }
+                if (try? await store.renewWork(claim, ttl: config.claimTTL)) != true { return }
             }
         }
+        // At most two phases per run (boot, or finish); bounded against surprises.
+        for _ in 0..<4 {
+            guard let m = try? await store.machine(id: machineID), Lifecycle.steps.contains(m.state) else { break }
+            switch m.phase {
+            case .boot: await boot(m, claim)
+            case .finish: await finish(m, claim)
+            default: break
+            }
+            if m.phase != .boot && m.phase != .finish { break }
+        }
+        keeper.cancel()
+        try? await store.releaseWork(claim)
+    }
+
+    /// Whether this worker still holds its claim, renewed now: asked right before every BMC
+    /// action, so a worker that lost its machine to another replica does not act on it.
+    func holds(_ claim: WorkClaim, _ m: Machine) async -> Bool {
+        if (try? await controller.store.renewWork(claim, ttl: controller.configuration.claimTTL)) == true { return true }
+        logger.warning("lost the claim on a machine to another replica; leaving it", metadata: ["machine": "\(m.name)", "claim": "\(claim)"])
+        return false
     }
 
     /// Next boot from the network (or disk for exiting rescue), then a new boot: power off and
@@ -154,26 +188,28 @@ struct Worker {
     /// nothing from the old boot (a tenant's OS still up for the seconds a cycle takes, an old
     /// ramdisk) can say hello as the new boot's agent; and hello is accepted only once the
     /// machine is past this phase (`agent`).
-    func boot(_ m: Machine) async {
+    func boot(_ m: Machine, _ claim: WorkClaim) async {
         let device: BootDevice = Lifecycle.nextBoot(m.state) == .disk ? .disk : .pxe
         Failpoint.hit("reconciler.boot.before-action")
-        let ok = await withBMC(m, action: "set next boot to \(device.rawValue), power off and on") { bmc in
+        let ok = await withBMC(m, claim, action: "set next boot to \(device.rawValue), power off and on") { bmc in
             try await bmc.setBootOverride(
                 BootOverride(device: device, persistent: device == .disk, efi: m.firmware == .uefi))
             if try await bmc.powerState() != .off {
                 try await bmc.power(.off)
                 try await Self.waitUntilOff(bmc, machine: m.name)
             }
-            try await controller.beginBoot(machineID: m.id, generation: m.generation)
+            try await controller.beginBoot(machineID: m.id, generation: m.generation, fence: claim)
+            guard await holds(claim, m) else { throw ClaimLost() }
             try await bmc.power(.on)
         }
         guard ok else { return }
         Failpoint.hit("reconciler.boot.after-action")
         if m.state == .exitingRescue {
-            _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
+            _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation, fence: claim)
         } else {
             _ = try? await controller.advance(
-                machineID: m.id, generation: m.generation, from: .boot, to: .agent, message: "booting the ramdisk; waiting for the agent")
+                machineID: m.id, generation: m.generation, from: .boot, to: .agent, message: "booting the ramdisk; waiting for the agent",
+                fence: claim)
         }
     }
 
@@ -191,25 +227,25 @@ struct Worker {
 
     /// The agent is done: deployed machines boot their disk (persistently), commissioned and
     /// wiped ones are powered off, rescued ones stay up.
-    func finish(_ m: Machine) async {
+    func finish(_ m: Machine, _ claim: WorkClaim) async {
         Failpoint.hit("reconciler.finish.before-action")
         let ok: Bool
         switch m.state {
         case .deploying:
-            ok = await withBMC(m, action: "boot from disk") { bmc in
+            ok = await withBMC(m, claim, action: "boot from disk") { bmc in
                 try await bmc.setBootOverride(BootOverride(device: .disk, persistent: true, efi: m.firmware == .uefi))
                 try await Self.powerOnOrCycle(bmc)
             }
         case .commissioning, .releasing:
             // Unconditional: a reading of "off" can be the transient off of a cycle still in
             // progress (ipmi_sim and real BMCs alike), after which the machine would come back on.
-            ok = await withBMC(m, action: "power off") { bmc in try await bmc.power(.off) }
+            ok = await withBMC(m, claim, action: "power off") { bmc in try await bmc.power(.off) }
         default:
             ok = true
         }
         guard ok else { return }
         Failpoint.hit("reconciler.finish.after-action")
-        _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation)
+        _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation, fence: claim)
     }
 
     static func powerOnOrCycle(_ bmc: any BMC) async throws {
@@ -217,11 +253,13 @@ struct Worker {
     }
 
     /// Runs a BMC action with bounded retries; on the last failure the step fails with the
-    /// BMC's error. Returns whether it succeeded.
-    func withBMC(_ m: Machine, action: String, _ body: (any BMC) async throws -> Void) async -> Bool {
+    /// BMC's error. Returns whether it succeeded. Each attempt first renews the worker's claim:
+    /// a worker that lost it returns false at once, acting on nothing and failing nothing.
+    func withBMC(_ m: Machine, _ claim: WorkClaim, action: String, _ body: (any BMC) async throws -> Void) async -> Bool {
         let config = controller.configuration
         var lastError = ""
         for attempt in 1...max(1, config.bmcAttempts) {
+            guard await holds(claim, m) else { return false }
             do {
                 guard let reference = m.bmc, let sealed = try await controller.store.sealedBMCPassword(machineID: m.id) else {
                     lastError = "machine has no BMC"
@@ -229,11 +267,15 @@ struct Worker {
                 }
                 let bmc = try await controller.pool.bmc(machineID: m.id, reference: reference, sealedPassword: sealed)
                 try await body(bmc)
-                _ = try? await controller.store.update(machineID: m.id) { x in
+                _ = try? await controller.store.update(machineID: m.id, fence: claim) { x in
                     [MachineEvent(x, kind: .action, message: "BMC: \(action)")]
                 }
                 controller.hub.notify()
                 return true
+            } catch is ClaimLost {
+                return false
+            } catch let e as StoreError where e.code == .fenced {
+                return false
             } catch {
                 // The reason is shown to the machine's project: it names what went wrong, not
                 // the BMC's address or its replies (those are in the server log).
@@ -244,7 +286,10 @@ struct Worker {
                 if attempt < config.bmcAttempts { try? await Task.sleep(for: config.bmcRetryDelay) }
             }
         }
-        await controller.fail(machineID: m.id, generation: m.generation, reason: "BMC could not \(action): \(lastError)")
+        await controller.fail(machineID: m.id, generation: m.generation, reason: "BMC could not \(action): \(lastError)", fence: claim)
         return false
     }
 }
+
+/// A worker found, in the middle of an action, that another replica took its machine.
+struct ClaimLost: Error {}

@@ -28,7 +28,19 @@ public protocol MachineStore: Sendable {
     /// Reads the machine, lets `body` change it, and writes it back with the events `body`
     /// returns, in one transaction: this is the commit of a lifecycle transition. When `body`
     /// throws, nothing is written and the error propagates. Returns the machine as written.
-    func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine
+    ///
+    /// With a `fence`, the commit happens only while that claim on the machine is held (see
+    /// `WorkClaimStore`); otherwise it throws `StoreError.Code.fenced` and writes nothing.
+    func update(
+        machineID: String, fence: WorkClaim?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+    ) async throws -> Machine
+    /// Like `update`, with `running`: how many machines are in each step past `queued`, counted
+    /// in the same transaction under a lock that every such update takes, so two replicas
+    /// admitting at once cannot both take the last slot of a cap.
+    func updateCounting(
+        machineID: String, fence: WorkClaim?,
+        _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
+    ) async throws -> Machine
     /// Picks one machine with `choose` and updates it with `body`, in one transaction, so two
     /// concurrent allocations never get the same machine. Nil when `choose` picks none.
     func allocate(_ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
@@ -89,9 +101,45 @@ public protocol ImageStore: Sendable {
     func imageReferenced(sha256: String) async throws -> Bool
 }
 
-public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore
+/// A replica's claim on driving one machine's step: its BMC actions, and the commits that follow
+/// them. At most one replica holds a machine's claim at a time. A claim lapses `ttl` after it
+/// was taken or last renewed (a replica that died holds nothing for long), and every new holder
+/// gets a higher `token`, so a commit fenced with an old claim is refused.
+public struct WorkClaim: Sendable, Hashable, CustomStringConvertible {
+    public var machineID: String
+    public var owner: String
+    /// The fencing token: higher for every new holder of this machine's claim.
+    public var token: Int64
+    public init(machineID: String, owner: String, token: Int64) {
+        self.machineID = machineID
+        self.owner = owner
+        self.token = token
+    }
+    public var description: String { "\(owner)#\(token)" }
+}
+
+/// Claims on machines' work, shared by the replicas through the database (its clock decides
+/// when a claim has lapsed).
+public protocol WorkClaimStore: Sendable {
+    /// Takes the machine's claim for `owner` if nobody holds a live one (a lapsed claim is taken
+    /// over with a higher token), or renews the live one `owner` already holds (same token).
+    /// Nil when another owner holds a live claim.
+    func claimWork(machineID: String, owner: String, ttl: Duration) async throws -> WorkClaim?
+    /// Extends a claim still held with its token; false when it lapsed or was taken over.
+    func renewWork(_ claim: WorkClaim, ttl: Duration) async throws -> Bool
+    /// Gives a claim up at once (the work is done), if it is still held.
+    func releaseWork(_ claim: WorkClaim) async throws
+}
+
+public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore & WorkClaimStore
 
 extension MachineStore {
+    /// `update` without a fence: API requests, agents' reports, timeouts (each guarded by the
+    /// step's generation instead).
+    public func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
+        try await update(machineID: machineID, fence: nil, body)
+    }
+
     /// Looks a machine up by MAC (any common notation) or by name.
     public func machine(nameOrMAC key: String) async throws -> Machine? {
         if let mac = MACAddress(key), let m = try await machine(mac: mac) { return m }
@@ -114,6 +162,9 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         case unavailable
         /// A row cannot be read back as what was written.
         case corrupt
+        /// The caller's claim on the machine lapsed or was taken over (`WorkClaim`): it must not
+        /// act on the machine any more.
+        case fenced
     }
     public var code: Code
     public var message: String

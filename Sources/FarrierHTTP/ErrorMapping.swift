@@ -14,6 +14,7 @@ extension StoreError: ResponseGenerator, HTTPResponseError {
         case .notFound: .notFound
         case .unavailable: .serviceUnavailable
         case .corrupt: .internalServerError
+        case .fenced: .conflict
         }
     }
     public func response(from request: Request, context: some RequestContext) throws -> Response {

@@ -26,6 +26,7 @@ public final class PostgresStore: StateStore {
     let client: PostgresClient
     let runner: Task<Void, Never>
     let leaseConnection: LeaseConnection
+    let listener: EventListener
     let logger: Logger
     /// Timeline rows kept per machine; older rows are pruned as new ones arrive.
     public let timelineLimit: Int
@@ -44,6 +45,7 @@ public final class PostgresStore: StateStore {
         self.client = client
         runner = Task { await client.run() }
         leaseConnection = LeaseConnection(configuration: config.connection, timeout: timeout, logger: logger)
+        listener = EventListener(configuration: config.connection, channel: Self.channel, logger: logger)
         self.logger = logger
         self.timelineLimit = timelineLimit
         self.timeout = timeout
@@ -58,10 +60,21 @@ public final class PostgresStore: StateStore {
     /// The URL without its password, for logs.
     public static func redacted(_ url: String) -> String { PostgresURL.redacted(url) }
 
-    /// Closes the pool and the lease connection.
+    /// The channel a commit with machine events is announced on (NOTIFY, delivered at commit).
+    static let channel = "farrier_events"
+
+    /// Calls `handler` whenever any replica (this one included) commits machine events, and
+    /// each time the listening connection is made again (something may have been missed while
+    /// it was down): a replica's watchers and reconciler wake for what another replica did.
+    public func onEvents(_ handler: @escaping @Sendable () -> Void) {
+        listener.add(handler)
+    }
+
+    /// Closes the pool, the lease connection and the listener.
     public func close() {
         runner.cancel()
         leaseConnection.close()
+        listener.close()
     }
 
     deinit { close() }
@@ -167,7 +180,15 @@ public final class PostgresStore: StateStore {
                 "CREATE TABLE image (name text PRIMARY KEY, sha256 text NOT NULL, body jsonb NOT NULL)",
                 "CREATE INDEX image_sha256 ON image (sha256)",
             ]
-        )
+        ),
+        (
+            "v2-work-claim",
+            [
+                // Claims on machines' work (WorkClaimStore); `until` is on the database's clock.
+                "CREATE TABLE work_claim (machine_id text PRIMARY KEY, owner text NOT NULL, token bigint NOT NULL, until timestamptz NOT NULL)",
+                "CREATE INDEX machine_phase ON machine ((body->>'phase'))",
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -365,13 +386,52 @@ extension PostgresStore {
         }
     }
 
-    public func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
+    public func update(
+        machineID: String, fence: WorkClaim?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+    ) async throws -> Machine {
         try await transaction { [self] conn in
+            if let fence { try await check(fence, conn: conn) }
             guard let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE").first else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
             return try await apply(body, to: m, conn: conn)
         }
+    }
+
+    /// The advisory lock every counting update takes: admissions serialize, so the count each
+    /// sees includes the others'.
+    static let admissionLock: Int64 = 0x4641_5252_4945_5203
+
+    public func updateCounting(
+        machineID: String, fence: WorkClaim?,
+        _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
+    ) async throws -> Machine {
+        try await transaction { [self] conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.admissionLock))", logger: logger)
+            if let fence { try await check(fence, conn: conn) }
+            guard let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE").first else {
+                throw StoreError(.notFound, "no machine with id \(machineID)")
+            }
+            var running: [MachineState: Int] = [:]
+            let rows = try await conn.query(
+                "SELECT state, count(*)::bigint FROM machine WHERE body->>'phase' NOT IN ('queued', 'none') GROUP BY state", logger: logger)
+            for try await (state, n) in rows.decode((String, Int64).self) {
+                if let s = MachineState(rawValue: state) { running[s] = Int(n) }
+            }
+            let counted = running
+            return try await apply({ x in try body(&x, counted) }, to: m, conn: conn)
+        }
+    }
+
+    /// Throws `fenced` unless the claim is live and still this holder's.
+    func check(_ claim: WorkClaim, conn: PostgresConnection) async throws {
+        let rows = try await conn.query(
+            """
+            SELECT 1 FROM work_claim WHERE machine_id = \(claim.machineID) AND owner = \(claim.owner)
+              AND token = \(claim.token) AND until > now()
+            """, logger: logger)
+        for try await _ in rows.decode(Int.self) { return }
+        throw StoreError(.fenced, "the claim \(claim) on machine \(claim.machineID) lapsed or was taken over")
     }
 
     /// The advisory lock allocations take: they choose among all machines, so two at once
@@ -409,7 +469,53 @@ extension PostgresStore {
             try await conn.query(
                 "INSERT INTO machine_event (machine_id, body) VALUES (\(e.machineID), \(try Self.json(e))::jsonb)", logger: logger)
         }
+        // Every replica listening hears it when (and only if) this transaction commits.
+        if !events.isEmpty { try await conn.query("NOTIFY \(unescaped: Self.channel)", logger: logger) }
         return m
+    }
+
+    public func claimWork(machineID: String, owner: String, ttl: Duration) async throws -> WorkClaim? {
+        let seconds = Double(ttl.components.seconds)
+        return try await run { [self] conn in
+            // Renewing a live claim keeps its token; taking a lapsed one (even one's own) bumps it.
+            let rows = try await conn.query(
+                """
+                INSERT INTO work_claim AS c (machine_id, owner, token, until)
+                VALUES (\(machineID), \(owner), 1, now() + \(seconds) * interval '1 second')
+                ON CONFLICT (machine_id) DO UPDATE SET
+                  owner = EXCLUDED.owner,
+                  token = CASE WHEN c.until > now() THEN c.token ELSE c.token + 1 END,
+                  until = EXCLUDED.until
+                WHERE c.owner = EXCLUDED.owner OR c.until <= now()
+                RETURNING token
+                """, logger: logger)
+            for try await token in rows.decode(Int64.self) { return WorkClaim(machineID: machineID, owner: owner, token: token) }
+            return nil
+        }
+    }
+
+    public func renewWork(_ claim: WorkClaim, ttl: Duration) async throws -> Bool {
+        let seconds = Double(ttl.components.seconds)
+        return try await run { [self] conn in
+            let rows = try await conn.query(
+                """
+                UPDATE work_claim SET until = now() + \(seconds) * interval '1 second'
+                WHERE machine_id = \(claim.machineID) AND owner = \(claim.owner) AND token = \(claim.token) AND until > now()
+                RETURNING 1
+                """, logger: logger)
+            for try await _ in rows.decode(Int.self) { return true }
+            return false
+        }
+    }
+
+    public func releaseWork(_ claim: WorkClaim) async throws {
+        _ = try await run { [self] conn in
+            try await conn.query(
+                """
+                UPDATE work_claim SET until = 'epoch'
+                WHERE machine_id = \(claim.machineID) AND owner = \(claim.owner) AND token = \(claim.token)
+                """, logger: logger)
+        }
     }
 
     public func deleteMachine(id: String) async throws {
@@ -657,6 +763,63 @@ extension PostgresStore {
                 return (m, ip)
             }
         }
+    }
+}
+
+/// LISTEN on a connection of its own, from the first handler on until closed; the connection
+/// is made again (after a second) whenever it fails.
+final class EventListener: Sendable {
+    let configuration: PostgresConnection.Configuration
+    let channel: String
+    let logger: Logger
+    let state = Mutex<(handlers: [@Sendable () -> Void], task: Task<Void, Never>?, closed: Bool)>(([], nil, false))
+
+    init(configuration: PostgresConnection.Configuration, channel: String, logger: Logger) {
+        self.configuration = configuration
+        self.channel = channel
+        self.logger = logger
+    }
+
+    func add(_ handler: @escaping @Sendable () -> Void) {
+        state.withLock { s in
+            guard !s.closed else { return }
+            s.handlers.append(handler)
+            if s.task == nil { s.task = Task { await self.listen() } }
+        }
+    }
+
+    func fire() {
+        for h in state.withLock({ $0.handlers }) { h() }
+    }
+
+    func listen() async {
+        while !Task.isCancelled {
+            do {
+                let conn = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+                do {
+                    try await conn.listen(on: channel) { notifications in
+                        fire()  // caught up: whatever was committed while not listening is read now
+                        for try await _ in notifications { fire() }
+                    }
+                } catch {
+                    if !Task.isCancelled { logger.warning("listening for other replicas' events failed", metadata: ["error": "\(error)"]) }
+                }
+                try? await conn.close()
+            } catch {
+                if !Task.isCancelled { logger.warning("cannot connect to listen for other replicas' events", metadata: ["error": "\(error)"]) }
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    func close() {
+        let task = state.withLock { s -> Task<Void, Never>? in
+            s.closed = true
+            s.handlers = []
+            defer { s.task = nil }
+            return s.task
+        }
+        task?.cancel()
     }
 }
 

@@ -163,6 +163,16 @@ public final class SQLiteStore: StateStore {
                 t.column("seen", .double).notNull()
             }
         }
+        m.registerMigration("v7-work-claim") { db in
+            // Claims on machines' work (WorkClaimStore). One process uses a SQLite file, so the
+            // claim is always its own; the table keeps the contract (and the fencing) the same.
+            try db.create(table: "work_claim") { t in
+                t.primaryKey("machineID", .text)
+                t.column("owner", .text).notNull()
+                t.column("token", .integer).notNull()
+                t.column("until", .double).notNull()
+            }
+        }
         return m
     }
 
@@ -285,12 +295,80 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
+    public func update(
+        machineID: String, fence: WorkClaim?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+    ) async throws -> Machine {
         try await writing { db in
+            if let fence { try Self.check(fence, db: db) }
             guard let row = try MachineRecord.fetchOne(db, key: machineID) else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
             return try Self.apply(body, to: row.machine(), db: db)
+        }
+    }
+
+    public func updateCounting(
+        machineID: String, fence: WorkClaim?,
+        _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
+    ) async throws -> Machine {
+        // SQLite runs one write transaction at a time: the count cannot change under it.
+        try await writing { db in
+            if let fence { try Self.check(fence, db: db) }
+            guard let row = try MachineRecord.fetchOne(db, key: machineID) else {
+                throw StoreError(.notFound, "no machine with id \(machineID)")
+            }
+            var running: [MachineState: Int] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM machine WHERE phase NOT IN ('queued', 'none') GROUP BY state") {
+                if let s = MachineState(rawValue: r["state"]) { running[s] = r["n"] }
+            }
+            return try Self.apply({ m in try body(&m, running) }, to: row.machine(), db: db)
+        }
+    }
+
+    /// Throws `fenced` unless the claim is live and still this holder's.
+    static func check(_ claim: WorkClaim, db: Database) throws {
+        let live = try Row.fetchOne(
+            db, sql: "SELECT 1 FROM work_claim WHERE machineID = ? AND owner = ? AND token = ? AND until > ?",
+            arguments: [claim.machineID, claim.owner, claim.token, Date().timeIntervalSince1970])
+        guard live != nil else {
+            throw StoreError(.fenced, "the claim \(claim) on machine \(claim.machineID) lapsed or was taken over")
+        }
+    }
+
+    public func claimWork(machineID: String, owner: String, ttl: Duration) async throws -> WorkClaim? {
+        try await writing { db in
+            let now = Date().timeIntervalSince1970, until = now + Double(ttl.components.seconds)
+            guard let row = try Row.fetchOne(db, sql: "SELECT owner, token, until FROM work_claim WHERE machineID = ?", arguments: [machineID])
+            else {
+                try db.execute(
+                    sql: "INSERT INTO work_claim (machineID, owner, token, until) VALUES (?, ?, 1, ?)", arguments: [machineID, owner, until])
+                return WorkClaim(machineID: machineID, owner: owner, token: 1)
+            }
+            let (holder, token, held): (String, Int64, Double) = (row["owner"], row["token"], row["until"])
+            if held > now, holder != owner { return nil }
+            // Renewing a live claim keeps its token; taking a lapsed one (even one's own) bumps it.
+            let next = held > now ? token : token + 1
+            try db.execute(
+                sql: "UPDATE work_claim SET owner = ?, token = ?, until = ? WHERE machineID = ?", arguments: [owner, next, until, machineID])
+            return WorkClaim(machineID: machineID, owner: owner, token: next)
+        }
+    }
+
+    public func renewWork(_ claim: WorkClaim, ttl: Duration) async throws -> Bool {
+        try await writing { db in
+            let now = Date().timeIntervalSince1970
+            try db.execute(
+                sql: "UPDATE work_claim SET until = ? WHERE machineID = ? AND owner = ? AND token = ? AND until > ?",
+                arguments: [now + Double(ttl.components.seconds), claim.machineID, claim.owner, claim.token, now])
+            return db.changesCount > 0
+        }
+    }
+
+    public func releaseWork(_ claim: WorkClaim) async throws {
+        try await writing { db in
+            try db.execute(
+                sql: "UPDATE work_claim SET until = 0 WHERE machineID = ? AND owner = ? AND token = ?",
+                arguments: [claim.machineID, claim.owner, claim.token])
         }
     }
 

@@ -10,7 +10,7 @@ import TestSupport
 
     @Test func migrationsAreVersioned() async throws {
         let s = try SQLiteStore()
-        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address"])
+        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim"])
     }
 }
 
@@ -21,247 +21,327 @@ import TestSupport
     /// Proxy mode's seen addresses: one per MAC (the newest wins), apart from leases, and pruned
     /// by age when read.
     @Test(arguments: StoreKind.allCases) func seenAddressesAreOnePerMACAndPruned(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let s = under.store
-        let other = MACAddress("52:54:00:12:34:57")!
-        let t = Date(timeIntervalSince1970: 1_800_000_000)
-        try s.recordSeenAddress(mac: mac, address: IPv4Address("198.18.0.10")!, at: t)
-        try s.recordSeenAddress(mac: other, address: IPv4Address("198.18.0.11")!, at: t.addingTimeInterval(10))
-        try s.recordSeenAddress(mac: mac, address: IPv4Address("198.18.0.12")!, at: t.addingTimeInterval(20))
-        let all = try s.seenAddresses(since: t)
-        #expect(all.map { "\($0.mac) \($0.address)" } == ["\(other) 198.18.0.11", "\(mac) 198.18.0.12"])
-        #expect(try s.leases().isEmpty)
-        #expect(try s.seenAddresses(since: t.addingTimeInterval(15)).map(\.mac) == [mac])
-        #expect(try s.seenAddresses(since: t).map(\.mac) == [mac])  // the older one was deleted
+        try await withStore(kind) { under in
+            let s = under.store
+            let other = MACAddress("52:54:00:12:34:57")!
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            try s.recordSeenAddress(mac: mac, address: IPv4Address("198.18.0.10")!, at: t)
+            try s.recordSeenAddress(mac: other, address: IPv4Address("198.18.0.11")!, at: t.addingTimeInterval(10))
+            try s.recordSeenAddress(mac: mac, address: IPv4Address("198.18.0.12")!, at: t.addingTimeInterval(20))
+            let all = try s.seenAddresses(since: t)
+            #expect(all.map { "\($0.mac) \($0.address)" } == ["\(other) 198.18.0.11", "\(mac) 198.18.0.12"])
+            #expect(try s.leases().isEmpty)
+            #expect(try s.seenAddresses(since: t.addingTimeInterval(15)).map(\.mac) == [mac])
+            #expect(try s.seenAddresses(since: t).map(\.mac) == [mac])  // the older one was deleted
+        }
     }
 
     @Test(arguments: StoreKind.allCases) func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let s = under.store
-        let t = Date(timeIntervalSince1970: 1_800_000_000)
-        let a = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .unknown, firmware: .unknown), at: t, create: 100))
-        #expect(a.state == .discovered && a.name == "m-525400123456")
-        let b = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .uefi), at: t.addingTimeInterval(5), create: 100))
-        #expect(b.id == a.id)
-        #expect(b.firmware == .uefi && b.architecture == .x86_64)
-        #expect(b.firstSeen == t && b.lastSeen == t.addingTimeInterval(5))
-        #expect(try await s.machines().count == 1)
-        #expect(try await s.machine(nameOrMAC: "52-54-00-12-34-56")?.id == a.id)
-        #expect(try await s.machine(nameOrMAC: "m-525400123456")?.id == a.id)
-        #expect(try await s.machine(nameOrMAC: "nope") == nil)
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let a = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .unknown, firmware: .unknown), at: t, create: 100))
+            #expect(a.state == .discovered && a.name == "m-525400123456")
+            let b = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .uefi), at: t.addingTimeInterval(5), create: 100))
+            #expect(b.id == a.id)
+            #expect(b.firmware == .uefi && b.architecture == .x86_64)
+            #expect(b.firstSeen == t && b.lastSeen == t.addingTimeInterval(5))
+            #expect(try await s.machines().count == 1)
+            #expect(try await s.machine(nameOrMAC: "52-54-00-12-34-56")?.id == a.id)
+            #expect(try await s.machine(nameOrMAC: "m-525400123456")?.id == a.id)
+            #expect(try await s.machine(nameOrMAC: "nope") == nil)
+        }
     }
 
     @Test(arguments: StoreKind.allCases) func enrollNamesADiscoveredMachineOrMakesOne(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let s = under.store
-        let t = Date(timeIntervalSince1970: 1_800_000_000)
-        let seen = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t, create: 100))
-        let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
-        let enrolled = try await s.enroll(name: "rack1-node1", mac: mac, bmc: bmc, sealedPassword: [1, 2, 3], at: t)
-        #expect(enrolled.id == seen.id && enrolled.name == "rack1-node1" && enrolled.state == .enrolled)
-        #expect(try await s.machine(name: "rack1-node1")?.bmc == bmc)
-        #expect(try await s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
-        // A sighting later keeps the BMC and its secret (the record never carries the secret).
-        _ = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t.addingTimeInterval(9), create: 100))
-        #expect(try await s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
-        #expect(try await s.machine(mac: mac)?.bmc == bmc)
-        #expect(try await s.machine(mac: mac)?.state == .enrolled)
-        // A new MAC makes an enrolled machine; booting fills in its platform and keeps it enrolled.
-        let other = MACAddress("52:54:00:00:00:02")!
-        let fresh = try await s.enroll(name: "rack1-node2", mac: other, bmc: bmc, sealedPassword: [9], at: t)
-        #expect(fresh.state == .enrolled && fresh.firmware == .unknown)
-        let booted = try #require(try await s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t, create: 100))
-        #expect(booted.state == .enrolled && booted.firmware == .uefi)
-        // A name held by another MAC is a conflict the user can fix.
-        let taken = await #expect(throws: StoreError.self) {
-            try await s.enroll(name: "rack1-node1", mac: other, bmc: bmc, sealedPassword: [9], at: t)
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let seen = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t, create: 100))
+            let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
+            let enrolled = try await s.enroll(name: "rack1-node1", mac: mac, bmc: bmc, sealedPassword: [1, 2, 3], at: t)
+            #expect(enrolled.id == seen.id && enrolled.name == "rack1-node1" && enrolled.state == .enrolled)
+            #expect(try await s.machine(name: "rack1-node1")?.bmc == bmc)
+            #expect(try await s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
+            // A sighting later keeps the BMC and its secret (the record never carries the secret).
+            _ = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t.addingTimeInterval(9), create: 100))
+            #expect(try await s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
+            #expect(try await s.machine(mac: mac)?.bmc == bmc)
+            #expect(try await s.machine(mac: mac)?.state == .enrolled)
+            // A new MAC makes an enrolled machine; booting fills in its platform and keeps it enrolled.
+            let other = MACAddress("52:54:00:00:00:02")!
+            let fresh = try await s.enroll(name: "rack1-node2", mac: other, bmc: bmc, sealedPassword: [9], at: t)
+            #expect(fresh.state == .enrolled && fresh.firmware == .unknown)
+            let booted = try #require(try await s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t, create: 100))
+            #expect(booted.state == .enrolled && booted.firmware == .uefi)
+            // A name held by another MAC is a conflict the user can fix.
+            let taken = await #expect(throws: StoreError.self) {
+                try await s.enroll(name: "rack1-node1", mac: other, bmc: bmc, sealedPassword: [9], at: t)
+            }
+            #expect(taken?.code == .alreadyExists)
         }
-        #expect(taken?.code == .alreadyExists)
     }
 
     /// New MACs become discovered machines only while fewer than the cap are; an unknown MAC
     /// with no creation allowed writes nothing; old unenrolled ones are pruned with their timeline.
     @Test(arguments: StoreKind.allCases) func discoveryIsCappedAndPruned(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let s = under.store
-        let t = Date(timeIntervalSince1970: 1_800_000_000)
-        let p = ClientPlatform(architecture: .x86_64, firmware: .bios)
-        for i in 1...3 {
-            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0\(i)")!, platform: p, at: t, create: 3) != nil)
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let p = ClientPlatform(architecture: .x86_64, firmware: .bios)
+            for i in 1...3 {
+                #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0\(i)")!, platform: p, at: t, create: 3) != nil)
+            }
+            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) == nil)
+            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0a")!, platform: p, at: t, create: nil) == nil)
+            #expect(try await s.machines().count == 3)
+            // A known machine is still seen at the cap.
+            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:01")!, platform: p, at: t.addingTimeInterval(100), create: 3) != nil)
+            // Enrolled machines do not count against the cap and are never pruned.
+            _ = try await s.enroll(name: "kept", mac: MACAddress("52:54:00:00:01:02")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
+            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) != nil)
+            try await s.appendTimeline([TimelineEvent(mac: MACAddress("52:54:00:00:01:03")!, time: t, stage: .dhcp, event: "DISCOVER", detail: "")])
+            // Unseen since t+50: 01:03 and 01:09 (seen at t) go, 01:01 (seen at t+100) and the enrolled one stay.
+            #expect(try await s.pruneDiscovered(lastSeenBefore: t.addingTimeInterval(50)).map(\.description).sorted() == ["52:54:00:00:01:03", "52:54:00:00:01:09"])
+            #expect(try await s.machines().map(\.mac.description).sorted() == ["52:54:00:00:01:01", "52:54:00:00:01:02"])
+            #expect(try await s.timeline(mac: MACAddress("52:54:00:00:01:03")!, limit: 10).isEmpty)
         }
-        #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) == nil)
-        #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0a")!, platform: p, at: t, create: nil) == nil)
-        #expect(try await s.machines().count == 3)
-        // A known machine is still seen at the cap.
-        #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:01")!, platform: p, at: t.addingTimeInterval(100), create: 3) != nil)
-        // Enrolled machines do not count against the cap and are never pruned.
-        _ = try await s.enroll(name: "kept", mac: MACAddress("52:54:00:00:01:02")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
-        #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) != nil)
-        try await s.appendTimeline([TimelineEvent(mac: MACAddress("52:54:00:00:01:03")!, time: t, stage: .dhcp, event: "DISCOVER", detail: "")])
-        // Unseen since t+50: 01:03 and 01:09 (seen at t) go, 01:01 (seen at t+100) and the enrolled one stay.
-        #expect(try await s.pruneDiscovered(lastSeenBefore: t.addingTimeInterval(50)).map(\.description).sorted() == ["52:54:00:00:01:03", "52:54:00:00:01:09"])
-        #expect(try await s.machines().map(\.mac.description).sorted() == ["52:54:00:00:01:01", "52:54:00:00:01:02"])
-        #expect(try await s.timeline(mac: MACAddress("52:54:00:00:01:03")!, limit: 10).isEmpty)
     }
 
     @Test(arguments: StoreKind.allCases) func timelineIsOrderedAndPruned(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind, timelineLimit: 5)
-        defer { under.close() }
-        let s = under.store
-        let t = Date(timeIntervalSince1970: 1_800_000_000)
-        try await s.appendTimeline((0..<8).map { TimelineEvent(mac: mac, time: t.addingTimeInterval(Double($0)), stage: .dhcp, event: "E\($0)") })
-        let events = try await s.timeline(mac: mac, limit: 100)
-        #expect(events.map(\.event) == ["E3", "E4", "E5", "E6", "E7"])
-        #expect(try await s.timeline(mac: mac, limit: 2).map(\.event) == ["E6", "E7"])
+        try await withStore(kind, timelineLimit: 5) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            try await s.appendTimeline((0..<8).map { TimelineEvent(mac: mac, time: t.addingTimeInterval(Double($0)), stage: .dhcp, event: "E\($0)") })
+            let events = try await s.timeline(mac: mac, limit: 100)
+            #expect(events.map(\.event) == ["E3", "E4", "E5", "E6", "E7"])
+            #expect(try await s.timeline(mac: mac, limit: 2).map(\.event) == ["E6", "E7"])
+        }
     }
 
     @Test(arguments: StoreKind.allCases) func leasesSurviveReopeningAndAddressesStayUnique(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let exp = Date(timeIntervalSince1970: 1_800_000_600)
-        try under.store.commit([Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
-        let s = try await under.reopen()
-        #expect(try s.leases() == [Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
-        // The address moves to another MAC: the old row goes.
-        let other = MACAddress("52:54:00:00:00:02")!
-        try s.commit([Lease(mac: other, address: IPv4Address("198.18.0.100")!, expires: exp)])
-        #expect(try s.leases().map(\.mac) == [other])
-        try s.deleteLease(mac: other)
-        #expect(try s.leases().isEmpty)
+        try await withStore(kind) { under in
+            let exp = Date(timeIntervalSince1970: 1_800_000_600)
+            try under.store.commit([Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
+            let s = try await under.reopen()
+            #expect(try s.leases() == [Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
+            // The address moves to another MAC: the old row goes.
+            let other = MACAddress("52:54:00:00:00:02")!
+            try s.commit([Lease(mac: other, address: IPv4Address("198.18.0.100")!, expires: exp)])
+            #expect(try s.leases().map(\.mac) == [other])
+            try s.deleteLease(mac: other)
+            #expect(try s.leases().isEmpty)
+        }
     }
 
     /// A renewal updates the row; a MAC that moves to a new address keeps one row; in one batch,
     /// an address released by one MAC and given to another ends with the new holder only.
     @Test(arguments: StoreKind.allCases) func leaseCommitsKeepOneRowPerMACAndPerAddress(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let s = under.store
-        let a = MACAddress("52:54:00:00:00:0a")!, b = MACAddress("52:54:00:00:00:0b")!
-        let ip1 = IPv4Address("198.18.0.101")!, ip2 = IPv4Address("198.18.0.102")!
-        let t1 = Date(timeIntervalSince1970: 1_800_000_000), t2 = Date(timeIntervalSince1970: 1_800_000_900)
-        try s.commit([Lease(mac: a, address: ip1, expires: t1), Lease(mac: b, address: ip2, expires: t1)])
-        try s.commit([Lease(mac: a, address: ip1, expires: t2, hostname: "renewed")])
-        #expect(Set(try s.leases()) == [Lease(mac: a, address: ip1, expires: t2, hostname: "renewed"), Lease(mac: b, address: ip2, expires: t1)])
-        // a moves to ip2, which b no longer holds: one row each for a; b's stale row goes.
-        try s.commit([Lease(mac: a, address: ip2, expires: t2)])
-        #expect(try s.leases() == [Lease(mac: a, address: ip2, expires: t2)])
-        try s.commit([Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
-        #expect(Set(try s.leases()) == [Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+        try await withStore(kind) { under in
+            let s = under.store
+            let a = MACAddress("52:54:00:00:00:0a")!, b = MACAddress("52:54:00:00:00:0b")!
+            let ip1 = IPv4Address("198.18.0.101")!, ip2 = IPv4Address("198.18.0.102")!
+            let t1 = Date(timeIntervalSince1970: 1_800_000_000), t2 = Date(timeIntervalSince1970: 1_800_000_900)
+            try s.commit([Lease(mac: a, address: ip1, expires: t1), Lease(mac: b, address: ip2, expires: t1)])
+            try s.commit([Lease(mac: a, address: ip1, expires: t2, hostname: "renewed")])
+            #expect(Set(try s.leases()) == [Lease(mac: a, address: ip1, expires: t2, hostname: "renewed"), Lease(mac: b, address: ip2, expires: t1)])
+            // a moves to ip2, which b no longer holds: one row each for a; b's stale row goes.
+            try s.commit([Lease(mac: a, address: ip2, expires: t2)])
+            #expect(try s.leases() == [Lease(mac: a, address: ip2, expires: t2)])
+            try s.commit([Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+            #expect(Set(try s.leases()) == [Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+        }
     }
 
     /// Two stores on one database (two replicas): allocations racing from both never hand out a
     /// machine twice, and updates racing on one machine lose none.
     @Test(arguments: StoreKind.allCases) func twoStoresOnOneDatabaseNeitherDoubleAllocateNorLoseUpdates(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let a = under.store, b = try await under.reopen()
-        let t = Date(timeIntervalSince1970: 1_800_000_000)
-        let bmc = try BMCReference(url: "ipmi://admin@198.18.0.9")
-        var ids: [String] = []
-        for i in 0..<6 {
-            let m = try await a.enroll(name: "n\(i)", mac: MACAddress("52:54:00:00:02:0\(i)")!, bmc: bmc, sealedPassword: [1], at: t)
-            _ = try await a.update(machineID: m.id) { x in
-                x.state = .ready
-                return []
-            }
-            ids.append(m.id)
-        }
-        let results = try await withThrowingTaskGroup(of: String?.self) { group in
-            for i in 0..<10 {
-                let s = i % 2 == 0 ? a : b
-                group.addTask {
-                    try await s.allocate({ $0.first { $0.state == .ready && $0.project == nil } }) { x in
-                        x.state = .deploying
-                        x.project = "p\(i)"
-                        return [MachineEvent(x, kind: .transition, message: "allocated to p\(i)")]
-                    }?.id
+        try await withStore(kind) { under in
+            let a = under.store, b = try await under.reopen()
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let bmc = try BMCReference(url: "ipmi://admin@198.18.0.9")
+            var ids: [String] = []
+            for i in 0..<6 {
+                let m = try await a.enroll(name: "n\(i)", mac: MACAddress("52:54:00:00:02:0\(i)")!, bmc: bmc, sealedPassword: [1], at: t)
+                _ = try await a.update(machineID: m.id) { x in
+                    x.state = .ready
+                    return []
                 }
+                ids.append(m.id)
             }
-            var out: [String?] = []
-            for try await r in group { out.append(r) }
-            return out
-        }
-        let got = results.compactMap { $0 }
-        #expect(got.count == 6 && Set(got) == Set(ids), "\(results)")
-        #expect(try await b.machines().allSatisfy { $0.state == .deploying && $0.project != nil })
-        // 2 × 15 increments of one machine's generation from both stores: none lost.
-        let target = ids[0]
-        let before = try #require(try await a.machine(id: target)).generation
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for i in 0..<30 {
-                let s = i % 2 == 0 ? a : b
-                group.addTask {
-                    _ = try await s.update(machineID: target) { x in
-                        x.generation += 1
-                        return [MachineEvent(x, kind: .action, message: "bump \(x.generation)")]
+            let results = try await withThrowingTaskGroup(of: String?.self) { group in
+                for i in 0..<10 {
+                    let s = i % 2 == 0 ? a : b
+                    group.addTask {
+                        try await s.allocate({ $0.first { $0.state == .ready && $0.project == nil } }) { x in
+                            x.state = .deploying
+                            x.project = "p\(i)"
+                            return [MachineEvent(x, kind: .transition, message: "allocated to p\(i)")]
+                        }?.id
                     }
                 }
+                var out: [String?] = []
+                for try await r in group { out.append(r) }
+                return out
             }
-            try await group.waitForAll()
+            let got = results.compactMap { $0 }
+            #expect(got.count == 6 && Set(got) == Set(ids), "\(results)")
+            #expect(try await b.machines().allSatisfy { $0.state == .deploying && $0.project != nil })
+            // 2 × 15 increments of one machine's generation from both stores: none lost.
+            let target = ids[0]
+            let before = try #require(try await a.machine(id: target)).generation
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<30 {
+                    let s = i % 2 == 0 ? a : b
+                    group.addTask {
+                        _ = try await s.update(machineID: target) { x in
+                            x.generation += 1
+                            return [MachineEvent(x, kind: .action, message: "bump \(x.generation)")]
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await b.machine(id: target)?.generation == before + 30)
+            // Its events: one per commit, in commit order, ids increasing, seen alike from both.
+            let events = try await a.events(after: 0, machineID: target, limit: 100)
+            #expect(events.count == 31)
+            #expect(events.map(\.id) == events.map(\.id).sorted() && Set(events.map(\.id)).count == 31)
+            #expect(events.suffix(30).map(\.message) == (1...30).map { "bump \(before + $0)" })
+            #expect(try await b.events(after: events[9].id, machineID: nil, limit: 1000).count >= 21)
+            #expect(try await b.lastEventID() == (try await a.events(after: 0, machineID: nil, limit: 1000).last?.id ?? -1))
+            // A machine that does not exist is notFound.
+            let missing = await #expect(throws: StoreError.self) { try await b.update(machineID: "nope") { _ in [] } }
+            #expect(missing?.code == .notFound)
         }
-        #expect(try await b.machine(id: target)?.generation == before + 30)
-        // Its events: one per commit, in commit order, ids increasing, seen alike from both.
-        let events = try await a.events(after: 0, machineID: target, limit: 100)
-        #expect(events.count == 31)
-        #expect(events.map(\.id) == events.map(\.id).sorted() && Set(events.map(\.id)).count == 31)
-        #expect(events.suffix(30).map(\.message) == (1...30).map { "bump \(before + $0)" })
-        #expect(try await b.events(after: events[9].id, machineID: nil, limit: 1000).count >= 21)
-        #expect(try await b.lastEventID() == (try await a.events(after: 0, machineID: nil, limit: 1000).last?.id ?? -1))
-        // A machine that does not exist is notFound.
-        let missing = await #expect(throws: StoreError.self) { try await b.update(machineID: "nope") { _ in [] } }
-        #expect(missing?.code == .notFound)
     }
 
     /// Projects, tokens and images: names are unique, and what is in use cannot be removed; the
     /// errors carry codes.
     @Test(arguments: StoreKind.allCases) func tenancyAndImagesKeepTheirRules(_ kind: StoreKind) async throws {
-        let under = try await StoreUnderTest(kind)
-        defer { under.close() }
-        let s = under.store
-        let t = Date(timeIntervalSince1970: 1_800_000_000)
-        try await s.createProject(Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
-        #expect(try await s.project(name: "team") == Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
-        #expect(await #expect(throws: StoreError.self) { try await s.createProject(Project(name: "team", created: t)) }?.code == .alreadyExists)
-        let orphan = APIToken(id: "1", name: "x", role: .member, project: "none", secretSHA256: "aa", created: t)
-        #expect(await #expect(throws: StoreError.self) { try await s.createToken(orphan) }?.code == .notFound)
-        let token = APIToken(id: "2", name: "m", role: .member, project: "team", secretSHA256: "bb", created: t)
-        try await s.createToken(token)
-        #expect(try await s.token(secretSHA256: "bb") == token)
-        #expect(try await s.tokens() == [token])
-        #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteProject(name: "team") }?.code == .inUse)
-        #expect(try await s.revokeToken(id: "2"))
-        #expect(try await !s.revokeToken(id: "2"))
-        #expect(try await s.deleteProject(name: "team"))
-        #expect(try await !s.deleteProject(name: "team"))
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            try await s.createProject(Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
+            #expect(try await s.project(name: "team") == Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
+            #expect(await #expect(throws: StoreError.self) { try await s.createProject(Project(name: "team", created: t)) }?.code == .alreadyExists)
+            let orphan = APIToken(id: "1", name: "x", role: .member, project: "none", secretSHA256: "aa", created: t)
+            #expect(await #expect(throws: StoreError.self) { try await s.createToken(orphan) }?.code == .notFound)
+            let token = APIToken(id: "2", name: "m", role: .member, project: "team", secretSHA256: "bb", created: t)
+            try await s.createToken(token)
+            #expect(try await s.token(secretSHA256: "bb") == token)
+            #expect(try await s.tokens() == [token])
+            #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteProject(name: "team") }?.code == .inUse)
+            #expect(try await s.revokeToken(id: "2"))
+            #expect(try await !s.revokeToken(id: "2"))
+            #expect(try await s.deleteProject(name: "team"))
+            #expect(try await !s.deleteProject(name: "team"))
 
-        let image = ImageInfo(name: "deb", sha256: String(repeating: "ab", count: 32), size: 42, format: .raw, os: "debian", architecture: .x86_64, firmware: .uefi, created: t)
-        try await s.addImage(image)
-        #expect(try await s.image(name: "deb") == image)
-        #expect(try await s.images() == [image])
-        #expect(await #expect(throws: StoreError.self) { try await s.addImage(image) }?.code == .alreadyExists)
-        let m = try await s.enroll(name: "n1", mac: mac, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
-        _ = try await s.update(machineID: m.id) { x in
-            x.deployment = Deployment(image: "deb", imageSHA256: image.sha256, sshKeys: [], userData: "", hostname: "h", requestedBy: "t")
-            return []
+            let image = ImageInfo(name: "deb", sha256: String(repeating: "ab", count: 32), size: 42, format: .raw, os: "debian", architecture: .x86_64, firmware: .uefi, created: t)
+            try await s.addImage(image)
+            #expect(try await s.image(name: "deb") == image)
+            #expect(try await s.images() == [image])
+            #expect(await #expect(throws: StoreError.self) { try await s.addImage(image) }?.code == .alreadyExists)
+            let m = try await s.enroll(name: "n1", mac: mac, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
+            _ = try await s.update(machineID: m.id) { x in
+                x.deployment = Deployment(image: "deb", imageSHA256: image.sha256, sshKeys: [], userData: "", hostname: "h", requestedBy: "t")
+                return []
+            }
+            #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteImage(name: "deb") }?.code == .inUse)
+            _ = try await s.update(machineID: m.id) { x in
+                x.deployment = nil
+                return []
+            }
+            #expect(try await s.imageReferenced(sha256: image.sha256))
+            #expect(try await s.deleteImage(name: "deb"))
+            #expect(try await !s.imageReferenced(sha256: image.sha256))
+            // A machine's rename onto a taken name is refused; delete removes it with its events.
+            let other = try await s.enroll(name: "n2", mac: MACAddress("52:54:00:00:00:09")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [2], at: t)
+            #expect(await #expect(throws: StoreError.self) { _ = try await s.update(machineID: other.id) { x in x.name = "n1"; return [] } }?.code == .alreadyExists)
+            try await s.deleteMachine(id: other.id)
+            #expect(try await s.machine(id: other.id) == nil)
+            #expect(try await s.sealedBMCPassword(machineID: other.id) == nil)
         }
-        #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteImage(name: "deb") }?.code == .inUse)
-        _ = try await s.update(machineID: m.id) { x in
-            x.deployment = nil
-            return []
+    }
+
+    /// Work claims: one live holder; renewal keeps the token, a takeover after the lapse bumps
+    /// it; a commit fenced with a lost claim writes nothing.
+    @Test(arguments: StoreKind.allCases) func workClaimsHaveOneHolderAndFenceCommits(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let a = under.store, b = try await under.reopen()
+            let m = try await a.enroll(name: "n1", mac: mac, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: Date())
+            let first = try #require(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(1)))
+            #expect(try await b.claimWork(machineID: m.id, owner: "B", ttl: .seconds(30)) == nil)
+            #expect(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(1)) == first)  // renewal: same token
+            #expect(try await a.renewWork(first, ttl: .seconds(1)))
+            _ = try await a.update(machineID: m.id, fence: first) { x in
+                x.labels["by"] = "A"
+                return []
+            }
+            // A stops renewing; once the claim lapses B takes it over with a higher token.
+            var taken: WorkClaim?
+            let deadline = Date().addingTimeInterval(10)
+            while taken == nil, Date() < deadline {
+                taken = try await b.claimWork(machineID: m.id, owner: "B", ttl: .seconds(30))
+                if taken == nil { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            let second = try #require(taken)
+            #expect(second.token > first.token)
+            #expect(try await !a.renewWork(first, ttl: .seconds(30)))
+            let fenced = await #expect(throws: StoreError.self) {
+                _ = try await a.update(machineID: m.id, fence: first) { x in
+                    x.labels["by"] = "stale A"
+                    return [MachineEvent(x, kind: .action, message: "must not be written")]
+                }
+            }
+            #expect(fenced?.code == .fenced)
+            #expect(try await b.machine(id: m.id)?.labels["by"] == "A")
+            #expect(try await b.events(after: 0, machineID: m.id, limit: 10).isEmpty)
+            _ = try await b.update(machineID: m.id, fence: second) { x in
+                x.labels["by"] = "B"
+                return []
+            }
+            // Released: anyone may claim at once, with a higher token again.
+            try await b.releaseWork(second)
+            let third = try #require(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(30)))
+            #expect(third.token > second.token)
         }
-        #expect(try await s.imageReferenced(sha256: image.sha256))
-        #expect(try await s.deleteImage(name: "deb"))
-        #expect(try await !s.imageReferenced(sha256: image.sha256))
-        // A machine's rename onto a taken name is refused; delete removes it with its events.
-        let other = try await s.enroll(name: "n2", mac: MACAddress("52:54:00:00:00:09")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [2], at: t)
-        #expect(await #expect(throws: StoreError.self) { _ = try await s.update(machineID: other.id) { x in x.name = "n1"; return [] } }?.code == .alreadyExists)
-        try await s.deleteMachine(id: other.id)
-        #expect(try await s.machine(id: other.id) == nil)
-        #expect(try await s.sealedBMCPassword(machineID: other.id) == nil)
+    }
+
+    /// Admissions from two stores at once respect one cap: the count is taken in the admitting
+    /// transaction, under a lock every admission takes.
+    @Test(arguments: StoreKind.allCases) func countingUpdatesHoldACapAcrossStores(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let a = under.store, b = try await under.reopen()
+            var ids: [String] = []
+            for i in 0..<8 {
+                let m = try await a.enroll(name: "q\(i)", mac: MACAddress("52:54:00:00:03:0\(i)")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: Date())
+                _ = try await a.update(machineID: m.id) { x in
+                    x.state = .deploying
+                    x.phase = .queued
+                    return []
+                }
+                ids.append(m.id)
+            }
+            let cap = 3
+            let admitted = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for (i, id) in ids.enumerated() {
+                    let s = i % 2 == 0 ? a : b
+                    group.addTask {
+                        try await s.updateCounting(machineID: id, fence: nil) { x, running in
+                            guard running[.deploying, default: 0] < cap else { return [] }
+                            x.phase = .boot
+                            return [MachineEvent(x, kind: .action, message: "admitted")]
+                        }.phase == .boot
+                    }
+                }
+                var n = 0
+                for try await ok in group where ok { n += 1 }
+                return n
+            }
+            #expect(admitted == cap)
+            #expect(try await b.machines().filter { $0.phase == .boot }.count == cap)
+        }
     }
 }
 
@@ -269,18 +349,18 @@ import TestSupport
 @Suite struct PostgresStoreTests {
     /// Replicas starting together on an empty database migrate it once.
     @Test func replicasStartingTogetherMigrateOnce() async throws {
-        let under = try await StoreUnderTest(.postgres)
-        defer { under.close() }
-        let opened = try await withThrowingTaskGroup(of: (any StateStore).self) { group in
-            for _ in 0..<3 { group.addTask { try await under.reopen() } }
-            var n = 0
-            for try await _ in group { n += 1 }
-            return n
+        try await withStore(.postgres) { under in
+            let opened = try await withThrowingTaskGroup(of: (any StateStore).self) { group in
+                for _ in 0..<3 { group.addTask { try await under.reopen() } }
+                var n = 0
+                for try await _ in group { n += 1 }
+                return n
+            }
+            #expect(opened == 3)
+            let store = try #require(under.store as? PostgresStore)
+            #expect(try await store.appliedMigrations() == ["v1", "v2-work-claim"])
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "2\n")
         }
-        #expect(opened == 3)
-        let store = try #require(under.store as? PostgresStore)
-        #expect(try await store.appliedMigrations() == ["v1"])
-        #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "1\n")
     }
 
     /// A URL that is not one, or names an unknown sslmode, is a clear error; the password is

@@ -12,9 +12,26 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     var testDescription: String { rawValue }
 }
 
+/// Runs `body` with a store of `kind`, then closes it (stores, server, files), also when `body`
+/// throws.
+func withStore<T>(_ kind: StoreKind, timelineLimit: Int = 500, _ body: (StoreUnderTest) async throws -> T) async throws -> T {
+    let under = try await StoreUnderTest(kind, timelineLimit: timelineLimit)
+    do {
+        let result = try await body(under)
+        await under.close()
+        return result
+    } catch {
+        await under.close()
+        throw error
+    }
+}
+
 /// One store for one test: SQLite in a temporary file, or a PostgreSQL 15 server of its own
 /// (TestSupport.PostgresServer) with a fresh database. `close()` closes every store opened on it,
 /// stops the server and removes the files.
+///
+/// Starting and stopping the server waits on processes: that runs on a thread of its own
+/// (`offPool`), never on the cooperative pool the other tests' async work needs.
 final class StoreUnderTest: @unchecked Sendable {
     let kind: StoreKind
     let harness: Harness
@@ -33,12 +50,16 @@ final class StoreUnderTest: @unchecked Sendable {
             postgres = nil
             location = harness.directory + "/farrier.sqlite"
         case .postgres:
+            let harness = self.harness
             do {
-                let server = try PostgresServer(harness)
+                let (server, url) = try await offPool { () throws -> (PostgresServer, String) in
+                    let server = try PostgresServer(harness)
+                    return (server, try server.createDatabase("farrier"))
+                }
                 postgres = server
-                location = try server.createDatabase("farrier")
+                location = url
             } catch {
-                harness.cleanup()
+                await offPool { harness.cleanup() }
                 throw error
             }
         }
@@ -61,10 +82,13 @@ final class StoreUnderTest: @unchecked Sendable {
         return s
     }
 
-    func close() {
+    func close() async {
         for s in opened { (s as? PostgresStore)?.close() }
         opened = []
-        postgres?.stop()
-        harness.cleanup()
+        let (postgres, harness) = (self.postgres, self.harness)
+        await offPool {
+            postgres?.stop()
+            harness.cleanup()
+        }
     }
 }

@@ -94,3 +94,21 @@ public final class PostgresServer: Sendable {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 }
+
+/// Runs blocking work (waiting on processes) on a thread of its own and awaits it, so a test's
+/// waiting does not hold one of the cooperative pool's few threads (two on a two-core machine)
+/// that every other test's async work shares.
+public func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+public func offPool(_ work: @escaping @Sendable () -> Void) async {
+    await withCheckedContinuation { continuation in
+        Thread {
+            work()
+            continuation.resume()
+        }.start()
+    }
+}

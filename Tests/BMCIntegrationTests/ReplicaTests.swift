@@ -1,0 +1,91 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Two `farrier server` replicas on one PostgreSQL 15 (started by the test, as nobody), with
+/// real BMCs (ipmi_sim) and the stand-in agent: either replica answers the API and sees the
+/// other's events as they are committed (LISTEN/NOTIFY); work started on one is finished by the
+/// other; and a replica killed while it holds a machine's claim leaves the machine to the other
+/// once the claim lapses, with only the action in flight repeated.
+@Suite(.serialized, .enabled(if: IPMISimulator.available, "needs root, ipmi_sim and ipmitool"))
+struct ReplicaTests {
+    @Test func twoReplicasShareOneControlPlaneAndTakeOverFromADeadOne() throws {
+        let h = try Harness("replicas")
+        let pg = try PostgresServer(h)
+        defer {
+            pg.stop()
+            h.cleanup()
+        }
+        let ttl = 5
+        let flags = ["--database", try pg.createDatabase("farrier"), "--lifecycle-claim-ttl", "\(ttl)"]
+        // Replica A commissions both machines (ControlPlaneTests' set-up).
+        let (a, s1, _) = try ControlPlaneTests().setUp(h, flags: flags)
+        // Replica B: the same database and the same data directory (the BMC key, the agent
+        // certificate and the image store, which every replica shares), its own ports.
+        let b = ControlPlane(h, flags: flags)
+        try b.start(log: "server-b.log")
+        #expect(try b.state("m1") == "ready" && b.state("m2") == "ready")
+
+        /// m1's events after `id`, as B streams them for a few seconds; and the last id.
+        func eventsSince(_ id: Int64, on cp: ControlPlane) throws -> (text: String, last: Int64) {
+            let text = try h.run(
+                ["timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server", cp.grpc, "--token", cp.adminToken],
+                timeout: 20, check: false
+            ).stdout
+            let ids = text.split(separator: "\n").compactMap { line in
+                line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
+            }
+            return (text, ids.max() ?? id)
+        }
+
+        // B's watchers see what A commits, as it is committed (nothing on B wakes them but the
+        // notification: A's change to a ready machine gives B's reconciler nothing to do). The
+        // watch follows from the last event it was shown, so it cannot miss the change.
+        let before = try eventsSince(1, on: b).last
+        let watch = try h.start(
+            ["timeout", "60", ControlPlane.bin, "machine", "watch", "m1", "--after", String(before), "--server", b.grpc, "--token", b.adminToken],
+            log: "watch-b.log")
+        defer { if watch.isRunning { watch.terminate() } }
+        try a.cli(["machine", "update", "m1", "--label", "seen-by=a"])
+        let sent = Date()
+        try h.waitUntil("A's update to reach B's watch", timeout: 10, interval: 0.05) { h.read("watch-b.log").contains("updated by") }
+        let latency = Date().timeIntervalSince(sent)
+        print("replicas: A's commit reached B's watch in \(String(format: "%.2f", latency)) s")
+        #expect(latency < 5)
+
+        // Work spans replicas: a deploy asked of B, its agent answering A.
+        try a.cli(["project", "create", "p"])
+        let image = h.directory + "/img.raw"
+        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
+        try a.cli(["image", "add", "img", image])
+        try b.cli(["machine", "deploy", "m2", "--image", "img", "--project", "p"])
+        try a.runAgent(mac: ControlPlaneTests.mac2)
+        try a.waitFor("m2", "deployed")
+        #expect(try b.state("m2") == "deployed")
+
+        // A dies holding m1's claim: its failpoint SIGKILLs it right after its boot action. B is
+        // stopped meanwhile, so the claim is A's; B then starts and must wait out the claim.
+        b.stop()
+        a.stop()
+        try a.start(failpoints: ["reconciler.boot.after-action"], log: "server-a2.log")
+        let beforeDeploy = try eventsSince(1, on: a).last
+        try a.cli(["machine", "deploy", "m1", "--image", "img", "--project", "p"])
+        try a.waitForCrash()
+        let died = Date()
+        try b.start(log: "server-b2.log")
+        try b.waitFor("m1", "deploying/agent", timeout: 60)
+        let takeover = Date().timeIntervalSince(died)
+        print("replicas: B took m1 over \(String(format: "%.1f", takeover)) s after A died (claim ttl \(ttl) s)")
+        #expect(takeover >= Double(ttl) - 1.5, "B acted before A's claim could have lapsed")
+        #expect(takeover < 30)
+        // A committed its boot action, then died; B did it once more (the one action in flight),
+        // and nothing else twice.
+        let events = try eventsSince(beforeDeploy, on: b).text
+        let boots = events.components(separatedBy: "BMC: set next boot to pxe").count - 1
+        #expect(boots == 2, "boot actions committed since the deploy: \(boots)\n\(events)")
+        _ = s1
+        try b.runAgent(mac: ControlPlaneTests.mac1)
+        try b.waitFor("m1", "deployed")
+        #expect(h.read("server-b2.log").contains("replica"))
+    }
+}
