@@ -87,5 +87,28 @@ struct ReplicaTests {
         try b.runAgent(mac: ControlPlaneTests.mac1)
         try b.waitFor("m1", "deployed")
         #expect(h.read("server-b2.log").contains("replica"))
+
+        // The CLI takes every replica's address and fails over: A is dead, B answers.
+        let both = "\(a.grpc),\(b.grpc)"
+        let show = try h.run([ControlPlane.bin, "machine", "show", "m1", "--server", both, "--token", b.adminToken, "-o", "json"])
+        #expect(show.stdout.contains("\"deployed\""))
+        let none = try h.run([ControlPlane.bin, "machine", "show", "m1", "--server", a.grpc, "--token", b.adminToken], check: false)
+        #expect(none.status != 0 && none.stderr.contains("cannot reach the Farrier server at \(a.grpc)"), "\(none.stderr)")
+
+        // A running --wait survives the replica it talks to being killed: A comes back, a
+        // release is followed through A, A is killed mid-step, and the wait goes on through B.
+        try a.start(log: "server-a3.log")
+        let waiter = try h.start(
+            ["timeout", "120", ControlPlane.bin, "machine", "release", "m1", "--wait", "--server", both, "--token", b.adminToken],
+            log: "wait.log")
+        try b.waitFor("m1", "releasing/agent", timeout: 60)
+        let aPid = try #require(a.server?.processIdentifier)
+        kill(aPid, SIGKILL)
+        try h.waitUntil("A to be gone", timeout: 10) { !a.server!.isRunning || kill(aPid, 0) != 0 }
+        try b.runAgent(mac: ControlPlaneTests.mac1)
+        try h.waitUntil("the --wait to end", timeout: 60) { !waiter.isRunning }
+        #expect(waiter.terminationStatus == 0, "\(h.read("wait.log"))")
+        #expect(h.read("wait.log").contains("ready"), "\(h.read("wait.log"))")
+        #expect(try b.state("m1") == "ready")
     }
 }

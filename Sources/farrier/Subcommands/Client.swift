@@ -2,6 +2,7 @@ import ArgumentParser
 import FarrierAPI
 import FarrierLab
 import Foundation
+import Synchronization
 import Yams
 
 /// `~/.config/farrier/config.yaml` (or `$XDG_CONFIG_HOME/farrier/config.yaml`):
@@ -42,7 +43,7 @@ struct CLIConfig: Codable {
 /// environment (FARRIER_SERVER, FARRIER_TOKEN), the config file, a running lab, the defaults
 /// (127.0.0.1:7700 and /var/lib/farrier/admin.token when readable).
 struct ClientOptions: ParsableArguments {
-    @Option(help: "Server gRPC address HOST:PORT. [FARRIER_SERVER; config 'server'; default: the running lab's, else 127.0.0.1:7700]")
+    @Option(help: "Server gRPC address HOST:PORT, or several replicas' as A,B,… (tried in turn while one cannot be reached). [FARRIER_SERVER; config 'server'; default: the running lab's, else 127.0.0.1:7700]")
     var server: String?
 
     @Option(help: "API token. [FARRIER_TOKEN; config 'token'; default: the lab's or this host's admin token file]")
@@ -88,28 +89,48 @@ struct Clients: Sendable {
     let tokens: Farrier_V1_TokenService.Client<HTTP2ClientTransport.Posix>
 }
 
-/// Runs `body` against the server, turning gRPC errors into one-line messages.
+/// The replica that answered last (an index into the server list): later calls of this process
+/// start there, so a `--wait` that failed over does not knock on the dead one first every time.
+let preferredReplica = Mutex(0)
+
+/// Runs `body` against the server, turning gRPC errors into one-line messages. With several
+/// servers (replicas of one control plane), a call that cannot reach one is made to the next:
+/// only the transport's `unavailable` (no farrier-error metadata) moves on; an error a server
+/// sent is that server's answer.
 func rpc<R: Sendable>(_ options: ClientOptions, _ body: @Sendable (Clients) async throws -> R) async throws -> R {
     let c = try options.connection()
-    do {
-        return try await withFarrierClient(c) { client in
-            try await body(Clients(
-                machines: .init(wrapping: client), images: .init(wrapping: client), projects: .init(wrapping: client),
-                tokens: .init(wrapping: client)))
+    let servers = c.server.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    guard !servers.isEmpty else { throw CLIError("no server address (--server HOST:PORT)") }
+    let first = preferredReplica.withLock { $0 } % servers.count
+    var unreachable: [String] = []
+    for k in 0..<servers.count {
+        let index = (first + k) % servers.count
+        var one = c
+        one.server = servers[index]
+        do {
+            let result = try await withFarrierClient(one) { client in
+                try await body(Clients(
+                    machines: .init(wrapping: client), images: .init(wrapping: client), projects: .init(wrapping: client),
+                    tokens: .init(wrapping: client)))
+            }
+            preferredReplica.withLock { $0 = index }
+            return result
+        } catch let error as RPCError {
+            // An error the server sent (a BMC or the database unreachable, say) names its kind in
+            // farrier-error metadata; without it, `unavailable` is the transport's: no server.
+            if error.code == .unavailable, error.metadata[stringValues: farrierErrorMetadataKey].first(where: { _ in true }) == nil {
+                unreachable.append("\(one.server) (\(error.message))")
+                continue
+            }
+            if error.code == .unauthenticated {
+                throw CLIError("\(error.message)")
+            }
+            throw CLIError("\(error.code): \(error.message)")
         }
-    } catch let error as RPCError {
-        // An error the server sent (a BMC or the database unreachable, say) names its kind in
-        // farrier-error metadata; without it, `unavailable` is the transport's: no server.
-        if error.code == .unavailable, error.metadata[stringValues: farrierErrorMetadataKey].first(where: { _ in true }) == nil {
-            let tlsHint = c.tls ? " With TLS, also check --ca-file and that the server's certificate names \(c.server)." : ""
-            throw CLIError(
-                "cannot reach the Farrier server at \(c.server): \(error.message). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)")
-        }
-        if error.code == .unauthenticated {
-            throw CLIError("\(error.message)")
-        }
-        throw CLIError("\(error.code): \(error.message)")
     }
+    let tlsHint = c.tls ? " With TLS, also check --ca-file and that the server's certificate names the host." : ""
+    throw CLIError(
+        "cannot reach the Farrier server at \(unreachable.joined(separator: ", ")). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)")
 }
 
 struct CLIError: Error, CustomStringConvertible {
