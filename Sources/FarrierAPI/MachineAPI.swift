@@ -14,7 +14,7 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
     let vault: CredentialVault
     let logger: Logger
     var store: any StateStore { controller.store }
-    var pool: BMCPool { controller.pool }
+    var pool: any BMCProvider { controller.pool }
 
     public init(controller: Controller, vault: CredentialVault, logger: Logger = Logger(label: "farrier.api")) {
         self.controller = controller
@@ -53,7 +53,7 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             machines = machines.filter { $0.name > after }
         }
         var response = Farrier_V1_ListMachinesResponse()
-        let addresses = try addressBook()
+        let addresses = try await addressBook()
         response.machines = machines.prefix(pageSize).map { m in
             var v = Farrier_V1_Machine(m, timeline: [])
             v.address = addresses[m.mac] ?? ""
@@ -74,15 +74,15 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         }
         let machine = try await visibleMachine(request.nameOrMac)
         var v = Farrier_V1_Machine(machine, timeline: try await store.timeline(mac: machine.mac, limit: limit))
-        v.address = try addressBook()[machine.mac] ?? ""
+        v.address = try await addressBook()[machine.mac] ?? ""
         return v
     }
 
     /// Current DHCP leases by MAC.
-    func addressBook() throws -> [MACAddress: String] {
+    func addressBook() async throws -> [MACAddress: String] {
         let now = Date()
         var book: [MACAddress: String] = [:]
-        for l in try store.leases() where l.expires > now { book[l.mac] = l.address.description }
+        for l in try await store.currentLeases() where l.expires > now { book[l.mac] = l.address.description }
         return book
     }
 
@@ -137,11 +137,11 @@ extension MachineAPI {
         // The password is sealed to the machine's ID: the existing one for a known MAC.
         let id = try await store.machine(mac: mac)?.id ?? UUID().uuidString.lowercased()
         let sealed = try vault.seal(request.bmcPassword, machineID: id)
-        var machine = try await store.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed, at: Date())
+        var machine = try await controller.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed)
         if machine.id != id {
             // A new machine got a new ID in the store: seal again under it.
-            machine = try await store.enroll(
-                name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id), at: Date())
+            machine = try await controller.enroll(
+                name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id))
         }
         logger.info("machine enrolled", metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"])
         if request.commission, machine.state == .enrolled || machine.state == .ready {

@@ -25,7 +25,7 @@ extension MachineAPI {
         if !request.newName.isEmpty, let p = Machine.nameProblem(request.newName) {
             throw RPCError(code: .invalidArgument, message: p)
         }
-        let updated = try await store.update(machineID: m.id) { x in
+        let updated = try await controller.record("updated by \(caller.tokenName)", machineID: m.id) { x in
             for (k, v) in request.setLabels { x.labels[k] = v }
             for k in request.removeLabels { x.labels[k] = nil }
             for (k, v) in request.setTags { x.tags[k] = v }
@@ -36,9 +36,7 @@ extension MachineAPI {
             if x.labels.count > Validation.maxTags || x.tags.count > Validation.maxTags {
                 throw RPCError(code: .invalidArgument, message: "a machine carries at most \(Validation.maxTags) tags and \(Validation.maxTags) labels")
             }
-            return [MachineEvent(x, kind: .action, message: "updated by \(caller.tokenName)")]
         }
-        controller.hub.notify()
         return Farrier_V1_Machine(updated, timeline: [])
     }
 
@@ -142,18 +140,10 @@ extension MachineAPI {
                 fill(&x)
             }
         } else {
-            var chosen: Machine?
-            chosen = try await store.allocate({ all in
-                placement.choose(from: all.filter { compatible($0) == nil })
-            }) { x in
-                try ControllerBridge.transition(&x, .deploy)
-                fill(&x)
-                return [MachineEvent(x, kind: .transition, message: x.reason)]
-            }
+            let chosen = try await controller.allocate({ all in placement.choose(from: all.filter { compatible($0) == nil }) }, fill: fill)
             guard let chosen else {
                 throw RPCError(code: .resourceExhausted, message: "no ready machine in the pool meets the constraints \(Self.describe(placement))")
             }
-            controller.hub.notify()
             deployed = chosen
         }
         logger.info("deploy", metadata: ["machine": "\(deployed.name)", "project": "\(project.name)", "image": "\(image.name)"])
@@ -258,9 +248,7 @@ extension MachineAPI {
             throw Self.rpcError(error, machine: m.name)
         }
         let caller = try Caller.current()
-        let updated = try await store.update(machineID: m.id) { x in [MachineEvent(x, kind: .action, message: "restarted by \(caller.tokenName)")] }
-        controller.hub.notify()
-        return Farrier_V1_Machine(updated, timeline: [])
+        return Farrier_V1_Machine(try await controller.record("restarted by \(caller.tokenName)", machineID: m.id), timeline: [])
     }
 
     public func deleteMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_DeleteMachineResponse {
@@ -279,8 +267,7 @@ extension MachineAPI {
                 code: .failedPrecondition,
                 message: "machine \(m.name) may still hold a tenant's data; commission it (which wipes it) before deleting it")
         }
-        try await store.deleteMachine(id: m.id)
-        await pool.forget(machineID: m.id)
+        try await controller.delete(machineID: m.id)
         logger.info("machine deleted", metadata: ["machine": "\(m.name)"])
         return Farrier_V1_DeleteMachineResponse()
     }
@@ -312,14 +299,6 @@ extension MachineAPI {
         } onCancelRPC: {
             cancel()
         }
-    }
-}
-
-/// The controller's pure transition, for the allocation transaction (which must choose the
-/// machine and transition it in one commit).
-enum ControllerBridge {
-    static func transition(_ m: inout Machine, _ event: Lifecycle.Event) throws {
-        try Controller.commitTransition(&m, event)
     }
 }
 

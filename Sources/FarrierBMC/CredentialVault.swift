@@ -80,9 +80,18 @@ public struct CredentialVault: Sendable {
     }
 }
 
+/// Where the control plane gets a machine's BMC driver. `BMCPool` builds the real IPMI and
+/// Redfish drivers; tests inject fakes, and a fleet simulator simulated BMCs.
+public protocol BMCProvider: Sendable {
+    /// The driver for this machine's BMC, opened with its sealed password.
+    func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) async throws -> any BMC
+    /// Drops (and closes) the cached driver of a machine, after it is deleted.
+    func forget(machineID: String) async
+}
+
 /// Builds a driver for a BMC reference and caches one per machine, so the per-BMC limits (one
 /// operation at a time, at most 2 sessions) hold across all API calls.
-public actor BMCPool {
+public actor BMCPool: BMCProvider {
     struct Entry {
         var reference: BMCReference
         var sealed: [UInt8]

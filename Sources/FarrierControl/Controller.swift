@@ -52,14 +52,14 @@ public struct ControlError: Error, CustomStringConvertible, Sendable {
 /// the agent endpoints and the reconciler all go through it.
 public final class Controller: Sendable {
     public let store: any StateStore
-    public let pool: BMCPool
+    public let pool: any BMCProvider
     public let hub: EventHub
     public let configuration: ControlConfiguration
     let agentKey: SymmetricKey
     let logger: Logger
 
     public init(
-        store: any StateStore, pool: BMCPool, agentKey: SymmetricKey, configuration: ControlConfiguration = .init(),
+        store: any StateStore, pool: any BMCProvider, agentKey: SymmetricKey, configuration: ControlConfiguration = .init(),
         logger: Logger = Logger(label: "farrier.control")
     ) {
         self.store = store
@@ -96,6 +96,54 @@ public final class Controller: Sendable {
         return m
     }
 
+    /// Changes what is not lifecycle state (labels, tags, zone, rack, name) and records it as an
+    /// action event; or, with no change, only records the action (a restart, a BMC action).
+    @discardableResult
+    public func record(
+        _ message: String, machineID: String, fence: WorkClaim? = nil, change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
+    ) async throws -> Machine {
+        let m = try await store.update(machineID: machineID, fence: fence) { x in
+            try change(&x)
+            return [MachineEvent(x, kind: .action, message: message)]
+        }
+        hub.notify()
+        return m
+    }
+
+    /// Picks a machine with `choose` and deploys it (the `deploy` transition, then `fill`), in
+    /// one transaction: two allocations never get the same machine. Nil when none is chosen.
+    public func allocate(
+        _ choose: @escaping @Sendable ([Machine]) -> Machine?, fill: @escaping @Sendable (inout Machine) -> Void
+    ) async throws -> Machine? {
+        let m = try await store.allocate(choose) { x in
+            try Self.transition(&x, .deploy)
+            fill(&x)
+            return [MachineEvent(x, kind: .transition, message: x.reason)]
+        }
+        if let m {
+            logger.info("transition", metadata: ["machine": "\(m.name)", "event": "deploy", "state": "\(m.state.rawValue)", "reason": "\(m.reason)"])
+            hub.notify()
+        }
+        return m
+    }
+
+    /// Enrolls a machine with its BMC (see `MachineStore.enroll`).
+    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8]) async throws -> Machine {
+        let m = try await store.enroll(name: name, mac: mac, bmc: bmc, sealedPassword: sealedPassword, at: Date())
+        hub.notify()
+        return m
+    }
+
+    /// Removes a machine with its timeline and events, and forgets its BMC driver.
+    public func delete(machineID: String) async throws {
+        try await store.deleteMachine(id: machineID)
+        await pool.forget(machineID: machineID)
+        hub.notify()
+    }
+
+    /// Wakes the reconciler and watchers without a commit (a worker finished).
+    func wake() { hub.notify() }
+
     /// The pure part of a transition, on a machine value: state, and the step bookkeeping.
     static func transition(_ m: inout Machine, _ event: Lifecycle.Event, reasonSuffix: String = "", now: Date = Date()) throws {
         let from = m.state
@@ -130,11 +178,6 @@ public final class Controller: Sendable {
             m.deployment = nil
         }
         if m.state != .failed { m.failedStep = nil }
-    }
-
-    /// The pure transition, for callers that commit it in their own transaction (allocation).
-    public static func commitTransition(_ m: inout Machine, _ event: Lifecycle.Event) throws {
-        try transition(&m, event)
     }
 
     /// Moves a step to its next phase, if the machine is still in that step and phase.

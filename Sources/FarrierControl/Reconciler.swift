@@ -125,14 +125,17 @@ public actor Reconciler: Service {
         active.insert(id)
         let controller = self.controller, logger = self.logger
         group.addTask {
-            await Worker(controller: controller, logger: logger).run(machineID: id)
-            await self.finished(id)
+            let worked = await Worker(controller: controller, logger: logger).run(machineID: id)
+            await self.finished(id, worked: worked)
         }
     }
 
-    func finished(_ id: String) {
+    /// A worker ended. Only one that worked (it held the claim) wakes the next scan at once:
+    /// one that found the machine claimed by another replica waits for the next tick, or it
+    /// would be started again and again for as long as the other holds the claim.
+    func finished(_ id: String, worked: Bool) {
         active.remove(id)
-        controller.hub.notify()
+        if worked { controller.wake() }
     }
 }
 
@@ -142,23 +145,26 @@ struct Worker {
     let controller: Controller
     let logger: Logger
 
-    func run(machineID: String) async {
+    /// Works the machine's current phase if this replica gets its claim; returns whether it did.
+    func run(machineID: String) async -> Bool {
         let config = controller.configuration, store = controller.store
         // Another replica working this machine holds its claim: leave it to that one.
         let claim: WorkClaim
         do {
-            guard let c = try await store.claimWork(machineID: machineID, owner: config.replica, ttl: config.claimTTL) else { return }
+            guard let c = try await store.claimWork(machineID: machineID, owner: config.replica, ttl: config.claimTTL) else { return false }
             claim = c
         } catch {
             logger.warning("cannot claim a machine's work", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
-            return
+            return false
         }
-        // Renewed every third of its lifetime while the worker runs (bounded by the worker).
+        // Renewed every third of its lifetime while the worker runs (bounded by the worker). A
+        // renewal that fails to reach the database is tried again at the next third; only an
+        // answer that the claim is gone ends the renewals.
         let keeper = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: config.claimTTL / 3)
                 guard !Task.isCancelled else { return }
-                if (try? await store.renewWork(claim, ttl: config.claimTTL)) != true { return }
+                if let held = try? await store.renewWork(claim, ttl: config.claimTTL), !held { return }
             }
         }
         // At most two phases per run (boot, or finish); bounded against surprises.
@@ -173,6 +179,7 @@ struct Worker {
         }
         keeper.cancel()
         try? await store.releaseWork(claim)
+        return true
     }
 
     /// Whether this worker still holds its claim, renewed now: asked right before every BMC
@@ -267,10 +274,7 @@ struct Worker {
                 }
                 let bmc = try await controller.pool.bmc(machineID: m.id, reference: reference, sealedPassword: sealed)
                 try await body(bmc)
-                _ = try? await controller.store.update(machineID: m.id, fence: claim) { x in
-                    [MachineEvent(x, kind: .action, message: "BMC: \(action)")]
-                }
-                controller.hub.notify()
+                _ = try? await controller.record("BMC: \(action)", machineID: m.id, fence: claim)
                 return true
             } catch is ClaimLost {
                 return false

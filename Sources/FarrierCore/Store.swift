@@ -58,6 +58,8 @@ public protocol MachineStore: Sendable {
 /// Durable DHCP leases.
 public protocol LeaseStore: Sendable {
     func leases() throws -> [Lease]
+    /// The same, awaited (for the API; see the default below).
+    func currentLeases() async throws -> [Lease]
     /// Writes the leases and makes them durable (fsync) before returning.
     func commit(_ leases: [Lease]) throws
     func deleteLease(mac: MACAddress) throws
@@ -71,6 +73,10 @@ public protocol LeaseStore: Sendable {
 }
 
 extension LeaseStore {
+    /// The leases, read without holding a thread (the API reads them; the DHCP threads use
+    /// `leases()`). By default the synchronous read, where that is quick (SQLite's).
+    public func currentLeases() async throws -> [Lease] { try leases() }
+
     public func recordSeenAddress(mac: MACAddress, address: IPv4Address, at time: Date) throws {}
     public func seenAddresses(since cutoff: Date) throws -> [(mac: MACAddress, address: IPv4Address)] { [] }
 }

@@ -40,7 +40,14 @@ public final class PostgresStore: StateStore {
     public init(
         url: String, timelineLimit: Int = 500, timeout: Duration = .seconds(30), logger: Logger = Logger(label: "farrier.postgres")
     ) async throws {
-        let config = try PostgresURL(url)
+        var config = try PostgresURL(url)
+        // The server ends what the client stopped waiting for: a statement, a lock wait or an
+        // idle transaction past the bound is cancelled there too, so a timed-out call cannot
+        // commit later or hold a pooled connection.
+        let ms = String(timeout.components.seconds * 1000)
+        let limits = [("statement_timeout", ms), ("lock_timeout", ms), ("idle_in_transaction_session_timeout", ms)]
+        config.client.options.additionalStartupParameters += limits
+        config.connection.options.additionalStartupParameters += limits
         let client = PostgresClient(configuration: config.client, backgroundLogger: logger)
         self.client = client
         runner = Task { await client.run() }
@@ -111,19 +118,20 @@ public final class PostgresStore: StateStore {
     }
 
     /// `work`'s result, or `unavailable` once `timeout` has passed: the caller returns then,
-    /// and the work is cancelled (the pool drops its wait for a connection; a statement in
-    /// flight ends when its connection does).
+    /// and the work is cancelled (the pool drops its wait for a connection; the server's own
+    /// statement, lock and idle-transaction timeouts, set to the same bound, end a statement in
+    /// flight and roll its transaction back).
     func bounded<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async throws -> T {
         let outcome = Outcome<T>()
         return try await withCheckedThrowingContinuation { continuation in
             outcome.start(continuation)
             let task = Task { outcome.finish(with: await Result(catching: { try await work() })) }
-            Task { [timeout] in
+            outcome.setTimer(Task { [timeout] in
                 try? await Task.sleep(for: timeout)
                 if outcome.finish(with: .failure(StoreError(.unavailable, "PostgreSQL did not answer within \(timeout.components.seconds) s"))) {
                     task.cancel()
                 }
-            }
+            })
         }
     }
 
@@ -390,10 +398,10 @@ extension PostgresStore {
         machineID: String, fence: WorkClaim?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine {
         try await transaction { [self] conn in
-            if let fence { try await check(fence, conn: conn) }
             guard let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE").first else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
+            if let fence { try await check(fence, conn: conn) }
             return try await apply(body, to: m, conn: conn)
         }
     }
@@ -408,10 +416,10 @@ extension PostgresStore {
     ) async throws -> Machine {
         try await transaction { [self] conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.admissionLock))", logger: logger)
-            if let fence { try await check(fence, conn: conn) }
             guard let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE").first else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
+            if let fence { try await check(fence, conn: conn) }
             var running: [MachineState: Int] = [:]
             let rows = try await conn.query(
                 "SELECT state, count(*)::bigint FROM machine WHERE body->>'phase' NOT IN ('queued', 'none') GROUP BY state", logger: logger)
@@ -423,16 +431,23 @@ extension PostgresStore {
         }
     }
 
-    /// Throws `fenced` unless the claim is live and still this holder's.
+    /// Throws `fenced` unless the claim is live and still this holder's. Checked after the
+    /// machine's row is locked, against the clock now (not the transaction's start), and the
+    /// claim's row stays share-locked to the commit: a takeover (which updates that row) waits
+    /// until this transaction has committed, and then acts on what it committed.
     func check(_ claim: WorkClaim, conn: PostgresConnection) async throws {
         let rows = try await conn.query(
             """
             SELECT 1 FROM work_claim WHERE machine_id = \(claim.machineID) AND owner = \(claim.owner)
-              AND token = \(claim.token) AND until > now()
+              AND token = \(claim.token) AND until > clock_timestamp()
+            FOR SHARE
             """, logger: logger)
         for try await _ in rows.decode(Int.self) { return }
         throw StoreError(.fenced, "the claim \(claim) on machine \(claim.machineID) lapsed or was taken over")
     }
+
+    /// The advisory lock event inserts take (see `apply`).
+    static let eventLock: Int64 = 0x4641_5252_4945_5204
 
     /// The advisory lock allocations take: they choose among all machines, so two at once
     /// would choose alike.
@@ -465,6 +480,10 @@ extension PostgresStore {
             }
         }
         try await write(m, conn: conn, insert: false)
+        // Event ids are handed out at insert, and a watcher reads "after the last id it saw": so
+        // transactions that insert events take this lock first and hold it to their commit,
+        // which makes ids commit in order (no watcher skips a later-committed lower id).
+        if !events.isEmpty { try await conn.query("SELECT pg_advisory_xact_lock(\(Self.eventLock))", logger: logger) }
         for e in events {
             try await conn.query(
                 "INSERT INTO machine_event (machine_id, body) VALUES (\(e.machineID), \(try Self.json(e))::jsonb)", logger: logger)
@@ -526,6 +545,7 @@ extension PostgresStore {
                 try await conn.query("DELETE FROM lease WHERE mac = \(mac)", logger: logger)
             }
             try await conn.query("DELETE FROM machine_event WHERE machine_id = \(id)", logger: logger)
+            try await conn.query("DELETE FROM work_claim WHERE machine_id = \(id)", logger: logger)
         }
     }
 
@@ -716,16 +736,33 @@ extension PostgresStore {
         }
     }
 
+    /// On the pool, for the API: never waits on the DHCP threads' connection.
+    public func currentLeases() async throws -> [Lease] {
+        try await run { [self] conn in
+            var out: [Lease] = []
+            let rows = try await conn.query("SELECT mac, address, expires, hostname FROM lease", logger: logger)
+            for try await (mac, address, expires, hostname) in rows.decode((String, String, Date, String?).self) {
+                if let m = MACAddress(mac), let ip = IPv4Address(address) { out.append(Lease(mac: m, address: ip, expires: expires, hostname: hostname)) }
+            }
+            return out
+        }
+    }
+
     public func commit(_ batch: [Lease]) throws {
         guard !batch.isEmpty else { return }
-        // The last lease per MAC and per address wins, as SQLite's INSERT OR REPLACE does row by
-        // row: the rows a new lease conflicts with, on its MAC or its address, are deleted first.
-        var byAddress: [String: Lease] = [:]
-        for l in batch { byAddress[l.address.description] = l }
-        var byMAC: [String: Lease] = [:]
-        for l in batch where byAddress[l.address.description] == l { byMAC[l.mac.description] = l }
+        // As SQLite's INSERT OR REPLACE does row by row: each lease displaces the rows it
+        // conflicts with, on its MAC or on its address. Played through here, then every stored
+        // row any lease of the batch conflicts with is deleted and what remains is inserted.
+        var byMAC: [String: Lease] = [:], holder: [String: String] = [:]
+        for l in batch {
+            let mac = l.mac.description, address = l.address.description
+            if let old = byMAC[mac] { holder[old.address.description] = nil }
+            if let displaced = holder[address] { byMAC[displaced] = nil }
+            byMAC[mac] = l
+            holder[address] = mac
+        }
         let leases = Array(byMAC.values)
-        let macs = leases.map(\.mac.description), addresses = leases.map(\.address.description)
+        let macs = batch.map(\.mac.description), addresses = batch.map(\.address.description)
         try leaseConnection.transaction { session in
             try session.query("DELETE FROM lease WHERE mac = ANY(\(macs)) OR address = ANY(\(addresses))")
             // Sent back to back; NIO queues them on the connection in order.
@@ -826,6 +863,17 @@ final class EventListener: Sendable {
 /// The first of a bounded call's outcomes (its result or its timeout) resumes the caller.
 final class Outcome<T: Sendable>: Sendable {
     let state = Mutex<(continuation: CheckedContinuation<T, any Error>?, done: Bool)>((nil, false))
+    let timer = Mutex<(task: Task<Void, Never>?, done: Bool)>((nil, false))
+
+    /// The timeout's task, cancelled (no longer sleeping) once the call has finished.
+    func setTimer(_ t: Task<Void, Never>) {
+        let cancelNow = timer.withLock { s -> Bool in
+            if s.done { return true }
+            s.task = t
+            return false
+        }
+        if cancelNow { t.cancel() }
+    }
 
     func start(_ c: CheckedContinuation<T, any Error>) {
         let early = state.withLock { s -> Bool in
@@ -847,6 +895,13 @@ final class Outcome<T: Sendable>: Sendable {
             return s.continuation
         }
         c?.resume(with: result)
+        if c != nil {
+            timer.withLock { s in
+                s.done = true
+                s.task?.cancel()
+                s.task = nil
+            }
+        }
         return c != nil
     }
 }

@@ -23,6 +23,9 @@ public final class SQLiteStore: StateStore {
         db = pool
         self.timelineLimit = timelineLimit
         try Self.migrator.migrate(db)
+        // One server uses a SQLite file: claims left by a server that died (kill -9) are its
+        // own, and must not hold this one back for their lifetime.
+        try db.write { try $0.execute(sql: "DELETE FROM work_claim") }
     }
 
     /// An in-memory database, for tests.
@@ -164,8 +167,9 @@ public final class SQLiteStore: StateStore {
             }
         }
         m.registerMigration("v7-work-claim") { db in
-            // Claims on machines' work (WorkClaimStore). One process uses a SQLite file, so the
-            // claim is always its own; the table keeps the contract (and the fencing) the same.
+            // Claims on machines' work (WorkClaimStore). One server uses a SQLite file (its
+            // claims are cleared when it opens the file); the table keeps the contract, and the
+            // fencing, the same as PostgreSQL's.
             try db.create(table: "work_claim") { t in
                 t.primaryKey("machineID", .text)
                 t.column("owner", .text).notNull()
@@ -198,7 +202,10 @@ public final class SQLiteStore: StateStore {
     static func storeError(_ error: any Error) -> any Error {
         guard let e = error as? DatabaseError else { return error }
         switch e.resultCode {
-        case .SQLITE_CONSTRAINT: return StoreError(.alreadyExists, "already exists: \(e.message ?? "a unique value is taken")")
+        case .SQLITE_CONSTRAINT where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY:
+            return StoreError(.alreadyExists, "already exists: \(e.message ?? "a unique value is taken")")
+        case .SQLITE_CONSTRAINT where e.extendedResultCode == .SQLITE_CONSTRAINT_FOREIGNKEY:
+            return StoreError(.inUse, "still referred to: \(e.message ?? "a foreign key")")
         case .SQLITE_CORRUPT, .SQLITE_NOTADB: return StoreError(.corrupt, "the database is damaged: \(e.message ?? "\(e.resultCode)")")
         default: return StoreError(.unavailable, "SQLite: \(e.message ?? "\(e.resultCode)")")
         }
@@ -402,6 +409,7 @@ public final class SQLiteStore: StateStore {
             try db.execute(sql: "DELETE FROM timelineEvent WHERE mac = ?", arguments: [row.mac])
             try db.execute(sql: "DELETE FROM machineEvent WHERE machineID = ?", arguments: [id])
             try db.execute(sql: "DELETE FROM lease WHERE mac = ?", arguments: [row.mac])
+            try db.execute(sql: "DELETE FROM work_claim WHERE machineID = ?", arguments: [id])
             try MachineRecord.deleteOne(db, key: id)
         }
     }

@@ -93,12 +93,10 @@ import Testing
             x.state = .ready
             return []
         }
-        m = try await store.update(machineID: m.id) { x in
-            try Controller.commitTransition(&x, .deploy)
+        m = try await controller.apply(.deploy, machineID: m.id) { x in
             x.deployment = Deployment(image: "img", imageSHA256: sha, sshKeys: [], userData: "", hostname: "a", requestedBy: "t")
-            x.phase = .agent
-            return []
         }
+        m = try await admitted(m)
         let token = try await controller.agentHello(peer: m.mac, hello: hello()).token
         #expect((await controller.imageAccess(sha256: sha, bearer: token, peer: m.mac)))
         #expect(!(await controller.imageAccess(sha256: String(repeating: "cd", count: 32), bearer: token, peer: m.mac)))

@@ -150,6 +150,10 @@ import TestSupport
             #expect(try s.leases() == [Lease(mac: a, address: ip2, expires: t2)])
             try s.commit([Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
             #expect(Set(try s.leases()) == [Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+            // Row by row in one batch: a takes ip1, then moves to ip2, which b then takes;
+            // a is left with nothing.
+            try s.commit([Lease(mac: a, address: ip1, expires: t2), Lease(mac: a, address: ip2, expires: t2), Lease(mac: b, address: ip2, expires: t2)])
+            #expect(try s.leases() == [Lease(mac: b, address: ip2, expires: t2)])
         }
     }
 

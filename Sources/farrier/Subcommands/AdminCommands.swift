@@ -112,7 +112,7 @@ struct ImageCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            let r = try await rpc(client) { try await $0.images.listImages(Farrier_V1_ListImagesRequest()) }
+            let r = try await rpc(client, idempotent: true) { try await $0.images.listImages(Farrier_V1_ListImagesRequest()) }
             try ImageCommand.show(r.images, output)
         }
     }
@@ -126,7 +126,7 @@ struct ImageCommand: AsyncParsableCommand {
             var req = Farrier_V1_GetImageRequest()
             req.name = name
             let request = req
-            try ImageCommand.show([try await rpc(client) { try await $0.images.getImage(request) }], output)
+            try ImageCommand.show([try await rpc(client, idempotent: true) { try await $0.images.getImage(request) }], output)
         }
     }
 
@@ -206,7 +206,7 @@ struct ProjectCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            try ProjectCommand.show(try await rpc(client) { try await $0.projects.listProjects(Farrier_V1_ListProjectsRequest()) }.projects, output)
+            try ProjectCommand.show(try await rpc(client, idempotent: true) { try await $0.projects.listProjects(Farrier_V1_ListProjectsRequest()) }.projects, output)
         }
     }
 
@@ -219,7 +219,7 @@ struct ProjectCommand: AsyncParsableCommand {
             var req = Farrier_V1_GetProjectRequest()
             req.name = name
             let request = req
-            try ProjectCommand.show([try await rpc(client) { try await $0.projects.getProject(request) }], output, single: true)
+            try ProjectCommand.show([try await rpc(client, idempotent: true) { try await $0.projects.getProject(request) }], output, single: true)
         }
     }
 
@@ -290,7 +290,7 @@ struct TokenCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            let views = try await rpc(client) { try await $0.tokens.listTokens(Farrier_V1_ListTokensRequest()) }.tokens.map(TokenView.init)
+            let views = try await rpc(client, idempotent: true) { try await $0.tokens.listTokens(Farrier_V1_ListTokensRequest()) }.tokens.map(TokenView.init)
             switch output {
             case .json: print(try json(views))
             case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
@@ -318,7 +318,7 @@ struct TokenCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            let t = TokenView(try await rpc(client) { try await $0.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) })
+            let t = TokenView(try await rpc(client, idempotent: true) { try await $0.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) })
             switch output {
             case .json: print(try json(t))
             case .yaml: print(try YAMLEncoder().encode(t), terminator: "")

@@ -97,7 +97,14 @@ let preferredReplica = Mutex(0)
 /// servers (replicas of one control plane), a call that cannot reach one is made to the next:
 /// only the transport's `unavailable` (no farrier-error metadata) moves on; an error a server
 /// sent is that server's answer.
-func rpc<R: Sendable>(_ options: ClientOptions, _ body: @Sendable (Clients) async throws -> R) async throws -> R {
+///
+/// A call that changes something (`idempotent` false: a deploy, a power action, a token) is
+/// made only to a replica that has just answered a `whoami` on the same connection, and is
+/// never made twice: if that replica dies during the call, the call may have been done, so the
+/// error is reported, not retried elsewhere. Reads (`idempotent`) move on whenever they fail.
+func rpc<R: Sendable>(
+    _ options: ClientOptions, idempotent: Bool = false, _ body: @Sendable (Clients) async throws -> R
+) async throws -> R {
     let c = try options.connection()
     let servers = c.server.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     guard !servers.isEmpty else { throw CLIError("no server address (--server HOST:PORT)") }
@@ -107,11 +114,15 @@ func rpc<R: Sendable>(_ options: ClientOptions, _ body: @Sendable (Clients) asyn
         let index = (first + k) % servers.count
         var one = c
         one.server = servers[index]
+        let sent = Mutex(false)
         do {
             let result = try await withFarrierClient(one) { client in
-                try await body(Clients(
+                let clients = Clients(
                     machines: .init(wrapping: client), images: .init(wrapping: client), projects: .init(wrapping: client),
-                    tokens: .init(wrapping: client)))
+                    tokens: .init(wrapping: client))
+                if !idempotent, servers.count > 1 { _ = try await clients.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) }
+                sent.withLock { $0 = true }
+                return try await body(clients)
             }
             preferredReplica.withLock { $0 = index }
             return result
@@ -120,7 +131,9 @@ func rpc<R: Sendable>(_ options: ClientOptions, _ body: @Sendable (Clients) asyn
             // farrier-error metadata; without it, `unavailable` is the transport's: no server.
             if error.code == .unavailable, error.metadata[stringValues: farrierErrorMetadataKey].first(where: { _ in true }) == nil {
                 unreachable.append("\(one.server) (\(error.message))")
-                continue
+                if idempotent || !sent.withLock({ $0 }) { continue }
+                throw CLIError(
+                    "the Farrier server at \(one.server) went away during the call, which may have been done: not retried on another replica; check with `farrier machine show` (\(error.message))")
             }
             if error.code == .unauthenticated {
                 throw CLIError("\(error.message)")

@@ -46,7 +46,7 @@ func follow(_ name: String, client: ClientOptions, timeout: Int) async throws ->
         req.nameOrMac = name
         req.timelineLimit = 1
         let request = req
-        let m = try await rpc(client) { try await $0.machines.getMachine(request) }
+        let m = try await rpc(client, idempotent: true) { try await $0.machines.getMachine(request) }
         let view = MachineView(m)
         let line = [
             String(format: "[%5.1fs]", Date().timeIntervalSince(started)), view.name, view.stateLine, view.progressLine ?? "",
@@ -257,7 +257,7 @@ extension MachineCommand {
             g.nameOrMac = name
             g.timelineLimit = 1
             let get = g
-            if !hard, try await rpc(client, { try await $0.machines.getMachine(get) }).state == "deployed",
+            if !hard, try await rpc(client, idempotent: true, { try await $0.machines.getMachine(get) }).state == "deployed",
                 try await rpc(client, { try await $0.machines.power(status) }).powerState == "on"
             {
                 var soft = status
@@ -376,7 +376,7 @@ extension MachineCommand {
             req.nameOrMac = name
             req.timelineLimit = 1
             let request = req
-            let m = try await rpc(client) { try await $0.machines.getMachine(request) }
+            let m = try await rpc(client, idempotent: true) { try await $0.machines.getMachine(request) }
             guard m.state == "deployed" || m.state == "rescue" else {
                 throw CLIError("machine \(m.name) is \(m.state); ssh works when it is deployed or in rescue")
             }

@@ -30,7 +30,7 @@ struct MachineCommand: AsyncParsableCommand {
         func run() async throws {
             let state = self.state, project = self.project ?? "", zone = self.zone ?? ""
             let tags = try parseTags(tag)
-            let machines = try await rpc(client) { c in
+            let machines = try await rpc(client, idempotent: true) { c in
                 var all: [Farrier_V1_Machine] = []
                 var token = ""
                 for _ in 0..<10_000 {  // bounded: 10 million machines at 1000 a page
@@ -71,7 +71,7 @@ struct MachineCommand: AsyncParsableCommand {
 
         func run() async throws {
             let key = machine
-            let m = try await rpc(client) { c in
+            let m = try await rpc(client, idempotent: true) { c in
                 var req = Farrier_V1_GetMachineRequest()
                 req.nameOrMac = key
                 req.timelineLimit = 200

@@ -1,0 +1,225 @@
+import Crypto
+import FarrierBMC
+import FarrierControl
+import FarrierCore
+import FarrierStore
+import Foundation
+import Synchronization
+import Testing
+
+/// A BMC that records what it is told, with a power state that follows it, and a number of
+/// calls to fail first (as a BMC that times out would).
+final class FakeBMC: BMC, Sendable {
+    struct State {
+        var power = PowerState.off
+        var calls: [String] = []
+        var failNext = 0
+    }
+    let state = Mutex(State())
+    let address: String
+
+    init(address: String) { self.address = address }
+
+    var calls: [String] { state.withLock { $0.calls } }
+    func failNext(_ n: Int) { state.withLock { $0.failNext = n } }
+
+    func record(_ call: String) throws {
+        try state.withLock { s in
+            if s.failNext > 0 {
+                s.failNext -= 1
+                s.calls.append("failed " + call)
+                throw BMCError.timeout(address, after: .seconds(1), doing: call)
+            }
+            s.calls.append(call)
+        }
+    }
+
+    func info() async throws -> BMCInfo { BMCInfo(driver: "fake", address: address, manufacturer: "", model: "", firmware: "") }
+    func powerState() async throws -> PowerState {
+        try record("status")
+        return state.withLock { $0.power }
+    }
+    func power(_ action: PowerAction) async throws {
+        try record("power \(action.rawValue)")
+        state.withLock { s in
+            switch action {
+            case .on, .cycle, .reset: s.power = .on
+            case .off, .softOff: s.power = .off
+            }
+        }
+    }
+    func setBootOverride(_ override: BootOverride) async throws { try record("boot \(override.device.rawValue)") }
+    func bootOverride() async throws -> BootOverride? { nil }
+    func openConsole() async throws -> any ConsoleSession { throw BMCError.unsupported(address, operation: "console") }
+    func close() async {}
+}
+
+/// One fake BMC per machine, injected where the server has its BMCPool.
+final class FakeBMCs: BMCProvider, Sendable {
+    let bmcs = Mutex<[String: FakeBMC]>([:])
+    func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) async throws -> any BMC { fake(machineID) }
+    func fake(_ machineID: String) -> FakeBMC {
+        bmcs.withLock { all in
+            if let b = all[machineID] { return b }
+            let b = FakeBMC(address: "fake-\(machineID.prefix(8))")
+            all[machineID] = b
+            return b
+        }
+    }
+    func forget(machineID: String) async {}
+}
+
+/// The reconciler against fake BMCs: retries, caps, timeouts, and claims (fencing, takeover).
+@Suite struct ReconcilerTests {
+    let store: SQLiteStore
+    let bmcs = FakeBMCs()
+
+    init() throws { store = try SQLiteStore() }
+
+    func controller(_ configure: (inout ControlConfiguration) -> Void = { _ in }) -> Controller {
+        var c = ControlConfiguration()
+        c.tick = .milliseconds(100)
+        c.bmcRetryDelay = .milliseconds(10)
+        c.replica = "this-replica"
+        configure(&c)
+        return Controller(store: store, pool: bmcs, agentKey: SymmetricKey(size: .bits256), configuration: c)
+    }
+
+    func enrolled(_ name: String, _ n: Int) async throws -> Machine {
+        try await store.enroll(
+            name: name, mac: MACAddress("52:54:00:00:05:\(String(format: "%02x", n))")!, bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9"),
+            sealedPassword: [1], at: Date())
+    }
+
+    /// Runs the reconciler while `body` runs.
+    func reconciling<T>(_ controller: Controller, _ body: () async throws -> T) async throws -> T {
+        let reconciler = Reconciler(controller: controller)
+        let task = Task { try await reconciler.run() }
+        defer { task.cancel() }
+        return try await body()
+    }
+
+    /// Polls the machine until `condition` holds (10 s at most).
+    func waitFor(_ id: String, _ what: String, _ condition: (Machine) -> Bool) async throws -> Machine {
+        let deadline = Date().addingTimeInterval(10)
+        var last: Machine?
+        while Date() < deadline {
+            last = try await store.machine(id: id)
+            if let m = last, condition(m) { return m }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("timed out waiting for \(what); last \(String(describing: last.map { "\($0.state)/\($0.phase) \($0.reason)" }))")
+        throw CancellationError()
+    }
+
+    @Test func aBMCThatFailsTwiceIsRetriedAndTheStepGoesOn() async throws {
+        let c = controller()
+        let m = try await enrolled("a", 1)
+        bmcs.fake(m.id).failNext(2)
+        try await reconciling(c) {
+            _ = try await c.apply(.commission, machineID: m.id)
+            _ = try await waitFor(m.id, "the agent phase") { $0.phase == .agent }
+        }
+        let calls = bmcs.fake(m.id).calls
+        #expect(calls.prefix(2) == ["failed boot pxe", "failed boot pxe"], "\(calls)")
+        #expect(calls.contains("boot pxe") && calls.last == "power on", "\(calls)")
+        let events = try await store.events(after: 0, machineID: m.id, limit: 50).map(\.message)
+        #expect(events.contains { $0.hasPrefix("BMC: set next boot to pxe") })
+    }
+
+    @Test func aBMCThatKeepsFailingFailsTheStepWithItsKind() async throws {
+        let c = controller()
+        let m = try await enrolled("a", 1)
+        bmcs.fake(m.id).failNext(100)
+        let failed = try await reconciling(c) {
+            _ = try await c.apply(.commission, machineID: m.id)
+            return try await waitFor(m.id, "the step to fail") { $0.state == .failed }
+        }
+        #expect(failed.failedStep == .commissioning)
+        #expect(failed.reason.contains("BMC could not set next boot") && failed.reason.contains("timeout"), "\(failed.reason)")
+        #expect(bmcs.fake(m.id).calls == ["failed boot pxe", "failed boot pxe", "failed boot pxe"])  // bmcAttempts = 3
+    }
+
+    /// With a cap of one deploy, three deploys run one at a time.
+    @Test func theDeployCapHoldsWhileStepsRun() async throws {
+        let c = controller { $0.maxConcurrentDeploys = 1 }
+        var ids: [String] = []
+        for i in 0..<3 {
+            let m = try await enrolled("d\(i)", 10 + i)
+            _ = try await store.update(machineID: m.id) { x in
+                x.state = .ready
+                return []
+            }
+            ids.append(m.id)
+        }
+        try await reconciling(c) {
+            for id in ids { _ = try await c.apply(.deploy, machineID: id) }
+            // One reaches the agent phase; the others stay queued while it holds the slot.
+            let deadline = Date().addingTimeInterval(10)
+            var sawOne = false
+            while Date() < deadline {
+                let running = try await store.machines().filter { $0.state == .deploying && $0.phase != .queued }
+                #expect(running.count <= 1)
+                if running.count == 1, running[0].phase == .agent { sawOne = true }
+                if sawOne { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(sawOne)
+            // A few more ticks: still one.
+            for _ in 0..<10 {
+                try await Task.sleep(for: .milliseconds(50))
+                #expect(try await store.machines().filter { $0.state == .deploying && $0.phase != .queued }.count == 1)
+            }
+        }
+    }
+
+    /// A machine whose claim another replica holds is left alone; once that claim is released,
+    /// this replica works it.
+    @Test func aMachineClaimedByAnotherReplicaIsLeftToIt() async throws {
+        let c = controller()
+        let m = try await enrolled("a", 1)
+        let moved = try await c.apply(.commission, machineID: m.id)
+        // Admitted (boot phase) while another replica holds the claim.
+        _ = try await store.update(machineID: m.id) { x in
+            x.phase = .boot
+            return []
+        }
+        let other = try #require(try await store.claimWork(machineID: m.id, owner: "other-replica", ttl: .seconds(60)))
+        try await reconciling(c) {
+            for _ in 0..<10 { try await Task.sleep(for: .milliseconds(50)) }  // 5 ticks
+            #expect(bmcs.fake(m.id).calls.isEmpty)
+            #expect(try await store.machine(id: m.id)?.phase == .boot)
+            try await store.releaseWork(other)
+            _ = try await waitFor(m.id, "this replica to work it") { $0.phase == .agent }
+        }
+        #expect(bmcs.fake(m.id).calls.contains("power on"))
+        _ = moved
+    }
+
+    /// A replica that died holding the claim: once the claim lapses (never renewed), this
+    /// replica takes the machine over with a higher fencing token, and the dead one's claim
+    /// fences its commits.
+    @Test func aLapsedClaimIsTakenOverAndTheOldHolderIsFenced() async throws {
+        let c = controller()
+        let m = try await enrolled("a", 1)
+        _ = try await c.apply(.commission, machineID: m.id)
+        _ = try await store.update(machineID: m.id) { x in
+            x.phase = .boot
+            return []
+        }
+        let dead = try #require(try await store.claimWork(machineID: m.id, owner: "dead-replica", ttl: .seconds(1)))
+        let started = Date()
+        try await reconciling(c) {
+            _ = try await waitFor(m.id, "the takeover") { $0.phase == .agent }
+        }
+        #expect(Date().timeIntervalSince(started) >= 0.5)  // not before the claim could lapse
+        let fenced = await #expect(throws: StoreError.self) {
+            _ = try await store.update(machineID: m.id, fence: dead) { x in
+                x.reason = "the dead replica's late commit"
+                return []
+            }
+        }
+        #expect(fenced?.code == .fenced)
+        #expect(try await store.machine(id: m.id)?.reason != "the dead replica's late commit")
+    }
+}
