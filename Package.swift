@@ -192,7 +192,10 @@ let package = Package(
             swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierAppTests",
-            dependencies: ["FarrierApp", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log, .product(name: "NIOHTTP1", package: "swift-nio")],
+            dependencies: [
+                "FarrierApp", "FarrierAPI", "FarrierStore", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log,
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "BMCIntegrationTests", dependencies: ["FarrierBMC", "TestSupport"], exclude: ["redfish_strict.py", "lossy_udp_proxy.py"],

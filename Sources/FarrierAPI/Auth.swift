@@ -62,23 +62,37 @@ public struct AuthInterceptor: ServerInterceptor {
 /// Makes the first admin token when the server has none: printed once on stderr and saved to
 /// `<dataDir>/admin.token` (0600), where the CLI on this host finds it.
 public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) async throws -> String? {
+    // Where an admin's deploys go when they name no project. Replicas starting together on an
+    // empty database race to make it; one does, and the others find it made.
+    if try await store.project(name: "default") == nil {
+        do {
+            try await store.createProject(Project(name: "default", description: "admin deploys that name no project", created: Date()))
+        } catch let e as StoreError where e.code == .alreadyExists {}
+    }
     guard try await store.tokens().isEmpty else { return nil }
     let secret = TokenSecret.generate()
-    let path = dataDir + "/admin.token"
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    guard fd >= 0 else { throw RPCError(code: .internalError, message: "cannot create \(path)") }
+    let path = dataDir + "/admin.token", pending = path + ".new-\(getpid())"
+    let fd = open(pending, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    guard fd >= 0 else { throw RPCError(code: .internalError, message: "cannot create \(pending)") }
     fchmod(fd, 0o600)
     let bytes = Array((secret + "\n").utf8)
     let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     fsync(fd)
     close(fd)
-    guard written == bytes.count else { throw RPCError(code: .internalError, message: "cannot write \(path)") }
-    try await store.createToken(APIToken(
-        id: UUID().uuidString.lowercased(), name: "admin", role: .admin, project: nil, secretSHA256: TokenSecret.hash(secret),
-        created: Date()))
-    // Where an admin's deploys go when they name no project.
-    if try await store.project(name: "default") == nil {
-        try await store.createProject(Project(name: "default", description: "admin deploys that name no project", created: Date()))
+    guard written == bytes.count else {
+        unlink(pending)
+        throw RPCError(code: .internalError, message: "cannot write \(pending)")
     }
+    do {
+        // One id for the first admin token: of replicas starting together on an empty database
+        // (sharing a data directory), exactly one creates it and puts its secret in the file.
+        try await store.createToken(APIToken(
+            id: "bootstrap-admin", name: "admin", role: .admin, project: nil, secretSHA256: TokenSecret.hash(secret), created: Date()))
+    } catch {
+        unlink(pending)
+        if let e = error as? StoreError, e.code == .alreadyExists { return nil }
+        throw error
+    }
+    guard rename(pending, path) == 0 else { throw RPCError(code: .internalError, message: "cannot rename \(pending) to \(path)") }
     return secret
 }

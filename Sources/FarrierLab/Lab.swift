@@ -14,6 +14,10 @@ public struct Lab {
         /// The VMs' disk controller: virtio, nvme, or mixed (odd VMs virtio, even VMs NVMe).
         public var diskBus = "virtio"
         public var dhcpMode = "full"  // full or proxy
+        /// sqlite, or postgres: a PostgreSQL 15 the lab starts in its namespace (and removes).
+        public var database = "sqlite"
+        /// farrier servers on the lab's PostgreSQL (more than 1 needs database postgres).
+        public var replicas = 1
         public var accelerator = "auto"  // auto, tcg or kvm
         public var powerOn = true
         /// Boot the Farrier ramdisk to commission every VM (inventory, then `ready`).
@@ -57,6 +61,10 @@ public struct Lab {
     public func up(_ o: Options) throws -> LabState {
         guard getuid() == 0 else { throw Spawn.Failure(description: "farrier lab needs root (network namespaces, taps, QEMU)") }
         guard (1...50).contains(o.machines) else { throw Spawn.Failure(description: "--machines must be 1 to 50") }
+        guard ["sqlite", "postgres"].contains(o.database) else { throw Spawn.Failure(description: "--database must be sqlite or postgres") }
+        guard (1...4).contains(o.replicas), o.replicas == 1 || o.database == "postgres" else {
+            throw Spawn.Failure(description: "--replicas must be 1 to 4, and more than 1 needs --database postgres (replicas share one database)")
+        }
         if let running = LabState.loadIfRunning() {
             log("lab is already up (server pid \(running.serverPID ?? 0)); `farrier lab down` first to change it")
             return running
@@ -66,8 +74,9 @@ public struct Lab {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var state = LabState(
             directory: dir, namespace: Self.namespace, bridge: "br0", dhcpMode: o.dhcpMode, accelerator: "tcg",
-            network: Self.network, serverAddress: "\(Self.nsIP):7700", hostLink: Self.hostLink.0,
-            blackholeRoute: Self.labRange, serverPID: nil, dnsmasqPID: nil, vms: [])
+            network: Self.network, serverAddress: (0..<o.replicas).map { "\(Self.nsIP):\(7700 + $0)" }.joined(separator: ","),
+            hostLink: Self.hostLink.0, blackholeRoute: Self.labRange, serverPID: nil, dnsmasqPID: nil, vms: [],
+            database: o.database)
         // Save early: a failure from here on leaves something `lab down` can find and remove.
         try state.save()
         do {
@@ -84,8 +93,17 @@ public struct Lab {
             chmod(dir + "/bmc-password", 0o600)
             state.dnsmasqPID = try startDnsmasq(o.dhcpMode, dir: dir)
             try state.save()
+            if o.database == "postgres" {
+                state.postgresPID = try startPostgres(dir: dir)
+                try state.save()
+            }
             state.serverPID = try startServer(o, dir: dir)
             try state.save()
+            for r in 1..<o.replicas {
+                let pid = try startServer(o, dir: dir, replica: r)
+                state.extraReplicas = (state.extraReplicas ?? []) + [.init(address: "\(Self.nsIP):\(7700 + r)", pid: pid)]
+                try state.save()
+            }
             for i in 1...o.machines {
                 let fw = o.firmware == "mixed" ? (i % 2 == 1 ? "bios" : "uefi") : o.firmware
                 let bus = o.diskBus == "mixed" ? (i % 2 == 1 ? "virtio" : "nvme") : o.diskBus
@@ -237,18 +255,60 @@ public struct Lab {
             [o.farrierBinary, "image", "add", "debian-12", image, "--os", "debian-12", "--server", server], timeout: 900)
     }
 
-    func startServer(_ o: Options, dir: String) throws -> Int32 {
+    /// Starts replica `replica` (0: the one on the boot network, with DHCP and TFTP; others:
+    /// the API and the reconciler only, on ports 7700+N, 8080+N and 8443+N).
+    func startServer(_ o: Options, dir: String, replica: Int = 0) throws -> Int32 {
         var args = [
-            o.farrierBinary, "server", "--data-dir", dir + "/data", "--http-listen", "0.0.0.0:8080", "--grpc-listen",
-            "0.0.0.0:7700", "--tftp-listen", "0.0.0.0:69", "--dhcp-interface", "br0", "--dhcp-mode", o.dhcpMode,
+            o.farrierBinary, "server", "--data-dir", dir + "/data", "--http-listen", "0.0.0.0:\(8080 + replica)",
+            "--agent-listen", "0.0.0.0:\(8443 + replica)", "--grpc-listen", "0.0.0.0:\(7700 + replica)",
             // The CLI on the host reaches the API over the lab's host link; the lab is one
             // host's demo, so its API goes without TLS, as asked for here.
             "--api-insecure",
         ]
-        if o.dhcpMode == "full" {
-            args += ["--dhcp-subnet", "\(Self.network),pool=198.18.0.100-198.18.0.199,router=\(Self.serverIP),dns=\(Self.serverIP),lease=3600"]
+        if replica == 0 {
+            args += ["--tftp-listen", "0.0.0.0:69", "--dhcp-interface", "br0", "--dhcp-mode", o.dhcpMode]
+            if o.dhcpMode == "full" {
+                args += ["--dhcp-subnet", "\(Self.network),pool=198.18.0.100-198.18.0.199,router=\(Self.serverIP),dns=\(Self.serverIP),lease=3600"]
+            }
+        } else {
+            args += ["--tftp-listen", "", "--dhcp-mode", "off"]
         }
-        return try Spawn.detached(Self.inNS(args), log: dir + "/server.log")
+        if o.database == "postgres" { args += ["--database", Self.postgresURL] }
+        return try Spawn.detached(Self.inNS(args), log: dir + (replica == 0 ? "/server.log" : "/server-\(replica + 1).log"))
+    }
+
+    static let postgresBin = "/usr/lib/postgresql/15/bin"
+    static let postgresURL = "postgres://farrier@127.0.0.1:5432/farrier?sslmode=disable"
+
+    /// A PostgreSQL 15 in the lab's namespace (127.0.0.1:5432 there), its files in the lab's
+    /// directory, run as nobody (it refuses root); trust on its loopback, which nothing outside
+    /// the namespace reaches.
+    func startPostgres(dir: String) throws -> Int32 {
+        guard FileManager.default.isExecutableFile(atPath: Self.postgresBin + "/postgres") else {
+            throw Spawn.Failure(description: "--database postgres needs PostgreSQL 15 (apt-get install postgresql-15; scripts/install-deps.sh does)")
+        }
+        let data = dir + "/postgres"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        chmod(dir, 0o755)
+        try Spawn.run(["chown", "nobody:nogroup", data])
+        chmod(data, 0o700)
+        let asNobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+        try Spawn.run(asNobody + [Self.postgresBin + "/initdb", "-D", data, "-U", "farrier", "-A", "trust", "-E", "UTF8"], timeout: 120)
+        let pid = try Spawn.detached(
+            Self.inNS(asNobody + [Self.postgresBin + "/postgres", "-D", data, "-k", data, "-p", "5432", "-c", "listen_addresses=127.0.0.1"]),
+            log: dir + "/postgres.log")
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if let r = try? Spawn.run(Self.inNS([Self.postgresBin + "/pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", "farrier", "-d", "postgres"]), timeout: 5, check: false),
+                r.status == 0
+            {
+                try Spawn.run(Self.inNS(["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "farrier", "-d", "postgres", "-c", "CREATE DATABASE farrier"]))
+                log("PostgreSQL up (pid \(pid)), \(Self.postgresURL)")
+                return pid
+            }
+            usleep(200_000)
+        }
+        throw Spawn.Failure(description: "the lab's PostgreSQL did not come up; see \(dir)/postgres.log")
     }
 
     func waitForServer() throws {
@@ -399,8 +459,14 @@ public struct Lab {
         }
         var o = Options(farrierBinary: farrierBinary)
         o.dhcpMode = state.dhcpMode
+        o.database = state.database ?? "sqlite"
         state.serverPID = try startServer(o, dir: state.directory)
         try state.save()
+        for (i, r) in (state.extraReplicas ?? []).enumerated() {
+            if let pid = r.pid, Self.isLabServer(pid, directory: state.directory) { Spawn.stop(pid, grace: 15) }
+            state.extraReplicas?[i].pid = try startServer(o, dir: state.directory, replica: i + 1)
+            try state.save()
+        }
         try waitForServer()
         log("server started (pid \(state.serverPID ?? 0))")
         return state
@@ -432,6 +498,9 @@ public struct Lab {
             if let pid = vm.bmcPID { Spawn.stop(pid) }
         }
         if let pid = state?.serverPID { Spawn.stop(pid, grace: 15) }
+        for r in state?.extraReplicas ?? [] { if let pid = r.pid { Spawn.stop(pid, grace: 15) } }
+        // After the servers, so no client holds it open: a clean shutdown.
+        if let pid = state?.postgresPID { Spawn.stop(pid, grace: 15) }
         if let pid = state?.dnsmasqPID { Spawn.stop(pid) }
         // QEMUs started by a BMC that died before recording a pid: find them by their lab pidfiles.
         for directory in directories {

@@ -16,18 +16,33 @@ public struct LabState: Codable, Sendable {
         public var bmcPID: Int32?
     }
 
+    /// A `farrier server` of the lab: the first serves the boot network (DHCP, TFTP, boot
+    /// scripts, the agent channel); the others, on the same PostgreSQL, serve the API and share
+    /// the reconciler's work.
+    public struct Replica: Codable, Sendable {
+        public var address: String
+        public var pid: Int32?
+    }
+
     public var directory: String
     public var namespace: String
     public var bridge: String
     public var dhcpMode: String
     public var accelerator: String
     public var network: String
+    /// Every replica's API address, comma-separated (the CLI fails over between them).
     public var serverAddress: String
     public var hostLink: String
     public var blackholeRoute: String
     public var serverPID: Int32?
     public var dnsmasqPID: Int32?
     public var vms: [VM]
+    /// sqlite (the default) or postgres; nil in a state from an older binary.
+    public var database: String?
+    /// The lab's PostgreSQL server, with `database` postgres.
+    public var postgresPID: Int32?
+    /// The servers beyond the first (with `database` postgres).
+    public var extraReplicas: [Replica]?
 
     /// The lab's files live here while it is up: VM disks (8 GiB each, filled by deploys), the
     /// server's data directory with its images, logs. On disk, not in /run: /run is a tmpfs on
@@ -43,9 +58,11 @@ public struct LabState: Codable, Sendable {
         return try? JSONDecoder().decode(LabState.self, from: data)
     }
 
-    /// The state of a lab whose server process is alive, if any.
+    /// The state of a lab with a server process alive (any replica), if any.
     public static func loadIfRunning() -> LabState? {
-        guard let s = load(), let pid = s.serverPID, kill(pid, 0) == 0 else { return nil }
+        guard let s = load() else { return nil }
+        let pids = [s.serverPID] + (s.extraReplicas ?? []).map(\.pid)
+        guard pids.contains(where: { $0.map { kill($0, 0) == 0 } ?? false }) else { return nil }
         return s
     }
 

@@ -100,6 +100,47 @@ struct LabTests {
         }
     }
 
+    /// The lab on PostgreSQL with two replicas: the second replica's API drives the VM's BMC,
+    /// the first serves its network boot, both read the same state; the CLI (pointed at both by
+    /// the lab's state) goes on when one replica is killed; `lab down` removes PostgreSQL too.
+    @Test func labOnPostgresWithTwoReplicas() throws {
+        try Harness.requireNoLab()
+        let h = try Harness("lab-postgres")
+        let bin = Harness.farrierBinary
+        defer {
+            _ = try? h.run([bin, "lab", "down"], timeout: 120, check: false)
+            h.cleanup()
+        }
+        try h.run(
+            [bin, "lab", "up", "--machines", "1", "--firmware", "bios", "--database", "postgres", "--replicas", "2", "--no-power-on",
+             "--no-commission", "--no-image"], timeout: 240)
+        let status = try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any]
+        #expect(status?["database"] as? String == "postgres")
+        let replicas = try #require(status?["replicas"] as? [[String: Any]])
+        #expect(replicas.count == 2 && replicas.allSatisfy { $0["up"] as? Bool == true }, "\(replicas)")
+        #expect(status?["server"] as? String == "198.19.255.2:7700,198.19.255.2:7701")
+        // The second replica's API powers the VM on; the first answers its PXE boot; the boot
+        // timeline (written by the first) is read through the second.
+        let second = "198.19.255.2:7701"
+        try h.run([bin, "machine", "power", "lab-1", "on", "--server", second], timeout: 60)
+        try h.waitUntil("lab-1's DISCOVER in the timeline, read through the second replica", timeout: 120, interval: 1) {
+            let show = try h.run([bin, "machine", "show", "lab-1", "-o", "json", "--server", second]).stdout
+            let timeline = (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"] as? [[String: Any]] ?? []
+            return timeline.contains { $0["event"] as? String == "DISCOVER" }
+        }
+        // Kill -9 the second replica: the CLI, given both by the lab, goes on through the first.
+        let pid = try #require(replicas[1]["pid"] as? Int)
+        kill(Int32(pid), SIGKILL)
+        try h.waitUntil("the second replica gone", timeout: 10) { kill(Int32(pid), 0) != 0 }
+        let list = try h.run([bin, "machine", "list", "-o", "json"]).stdout
+        #expect(list.contains("\"lab-1\""))
+        try h.run([bin, "lab", "down"], timeout: 120)
+        try h.waitUntil("PostgreSQL and the servers gone", timeout: 20) {
+            !(try h.run(["ps", "-eo", "args"]).stdout.split(separator: "\n").contains { $0.contains("/var/lib/farrier-lab") })
+        }
+        #expect(!FileManager.default.fileExists(atPath: "/var/lib/farrier-lab"))
+    }
+
     /// Issue 3 in the lab: the serial console through the server, bootdev pxe + cycle makes the
     /// VM PXE-boot again, and power off stops the VM.
     func bmcThroughTheServer(_ h: Harness, bin: String) throws {

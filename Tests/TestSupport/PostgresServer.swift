@@ -41,7 +41,7 @@ public final class PostgresServer: Sendable {
             guard process.isRunning else {
                 throw Harness.CommandError(description: "postgres exited: \(h.read("postgres.log").suffix(2000))")
             }
-            return try h.run([Self.bin + "/pg_isready", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-t", "1"], check: false).status == 0
+            return try h.run([Self.bin + "/pg_isready", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres", "-t", "1"], check: false).status == 0
         }
     }
 

@@ -19,6 +19,8 @@ struct LabCommand: ParsableCommand {
         @Option(help: "bios, uefi or mixed (odd VMs BIOS, even VMs UEFI).") var firmware = "mixed"
         @Option(help: "The VMs' disks: virtio, nvme or mixed (odd VMs virtio, even VMs NVMe).") var diskBus = "virtio"
         @Option(help: "full (Farrier hands out addresses) or proxy (dnsmasq does; Farrier answers PXE).") var dhcpMode = "full"
+        @Option(help: "sqlite, or postgres: a PostgreSQL 15 the lab starts in its namespace and `lab down` removes.") var database = "sqlite"
+        @Option(help: "farrier servers sharing the lab's PostgreSQL (1-4; more than 1 needs --database postgres).") var replicas = 1
         @Option(help: "auto (KVM only if a probe boot works), tcg or kvm.") var accel = "auto"
         @Flag(help: "Leave the VMs powered off (power them on through their BMCs).") var noPowerOn = false
         @Flag(help: "Enroll only: do not commission (no ramdisk boot).") var noCommission = false
@@ -33,6 +35,11 @@ struct LabCommand: ParsableCommand {
             guard ["virtio", "nvme", "mixed"].contains(diskBus) else { throw ValidationError("--disk-bus must be virtio, nvme or mixed") }
             guard ["full", "proxy"].contains(dhcpMode) else { throw ValidationError("--dhcp-mode must be full or proxy") }
             guard ["auto", "tcg", "kvm"].contains(accel) else { throw ValidationError("--accel must be auto, tcg or kvm") }
+            guard ["sqlite", "postgres"].contains(database) else { throw ValidationError("--database must be sqlite or postgres") }
+            guard (1...4).contains(replicas) else { throw ValidationError("--replicas must be 1 to 4") }
+            guard replicas == 1 || database == "postgres" else {
+                throw ValidationError("--replicas \(replicas) needs --database postgres: replicas share one database")
+            }
         }
 
         func run() throws {
@@ -41,6 +48,8 @@ struct LabCommand: ParsableCommand {
             o.firmware = firmware
             o.diskBus = diskBus
             o.dhcpMode = dhcpMode
+            o.database = database
+            o.replicas = replicas
             o.accelerator = accel
             o.powerOn = !noPowerOn
             o.commission = !noCommission
@@ -48,7 +57,7 @@ struct LabCommand: ParsableCommand {
             if noImage { o.image = nil } else if let image { o.image = image }
             let state = try Lab(log: { print($0) }).up(o)
             print("lab is up: \(state.vms.count) VMs, DHCP \(state.dhcpMode), accelerator \(state.accelerator)")
-            print("server \(state.serverAddress) (the CLI finds it with no flags while the lab is up)")
+            print("server \(state.serverAddress) (the CLI finds it with no flags while the lab is up)\(state.database == "postgres" ? "; state in PostgreSQL" : "")")
             print(LabCommand.table(state, power: nil))
             print("BMC password: \(state.directory)/bmc-password; serial consoles: \(state.directory)/lab-N/serial.log")
         }
@@ -67,7 +76,12 @@ struct LabCommand: ParsableCommand {
             let power = Lab(log: { _ in }).powerStates(state)
             let view = StatusView(
                 up: running, accelerator: state.accelerator, dhcpMode: state.dhcpMode, server: state.serverAddress,
-                directory: state.directory,
+                directory: state.directory, database: state.database ?? "sqlite",
+                replicas: [.init(address: state.serverAddress.split(separator: ",").first.map(String.init) ?? "", pid: state.serverPID,
+                                 up: state.serverPID.map { kill($0, 0) == 0 } ?? false, role: "boot network, API, reconciler")]
+                    + (state.extraReplicas ?? []).map {
+                        .init(address: $0.address, pid: $0.pid, up: $0.pid.map { kill($0, 0) == 0 } ?? false, role: "API, reconciler")
+                    },
                 vms: state.vms.map {
                     .init(name: $0.name, mac: $0.mac, firmware: $0.firmware, bmcAddress: "\($0.bmcAddress):\($0.bmcPort)",
                           bmcUser: $0.bmcUser, power: power[$0.name] ?? "unknown", serialLog: $0.serialLog, disk: $0.disk)
@@ -76,7 +90,10 @@ struct LabCommand: ParsableCommand {
             case .json: print(try json(view))
             case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
             case .table:
-                print("lab is \(running ? "up" : "DOWN (server not running)"): DHCP \(state.dhcpMode), accelerator \(state.accelerator), server \(state.serverAddress)")
+                print("lab is \(running ? "up" : "DOWN (server not running)"): DHCP \(state.dhcpMode), accelerator \(state.accelerator), database \(view.database), server \(state.serverAddress)")
+                if view.replicas.count > 1 {
+                    print(farrier.table(["REPLICA", "PID", "UP", "SERVES"], view.replicas.map { [$0.address, $0.pid.map(String.init) ?? "-", $0.up ? "yes" : "no", $0.role] }))
+                }
                 print(LabCommand.table(state, power: power))
             }
         }
@@ -105,8 +122,15 @@ struct LabCommand: ParsableCommand {
         struct VM: Codable {
             var name, mac, firmware, bmcAddress, bmcUser, power, serialLog, disk: String
         }
+        struct Replica: Codable {
+            var address: String
+            var pid: Int32?
+            var up: Bool
+            var role: String
+        }
         var up: Bool
-        var accelerator, dhcpMode, server, directory: String
+        var accelerator, dhcpMode, server, directory, database: String
+        var replicas: [Replica]
         var vms: [VM]
     }
 
