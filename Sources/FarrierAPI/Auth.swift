@@ -71,7 +71,8 @@ public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) async 
     }
     guard try await store.tokens().isEmpty else { return nil }
     let secret = TokenSecret.generate()
-    let path = dataDir + "/admin.token", pending = path + ".new-\(getpid())"
+    // A pending file of this call's own (pid and a random part: calls in one process too).
+    let path = dataDir + "/admin.token", pending = path + ".new-\(getpid())-\(UUID().uuidString.prefix(8))"
     let fd = open(pending, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
     guard fd >= 0 else { throw RPCError(code: .internalError, message: "cannot create \(pending)") }
     fchmod(fd, 0o600)
