@@ -635,7 +635,8 @@ extension PostgresStore {
 
     public func deleteProject(name: String) async throws -> Bool {
         try await transaction { [self] conn in
-            // Locks the project's row first, so a deploy into it cannot slip in between.
+            // Locks the project's row against a concurrent delete or rename of it. A deploy does
+            // not take this lock, so one racing this delete can still land in the project (known gap).
             var exists = false
             for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(name) FOR UPDATE", logger: logger).decode(Int.self) {
                 exists = true
