@@ -111,6 +111,16 @@ let package = Package(
             dependencies: ["FarrierCore", "FarrierBMC", log, lifecycle, .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
+        // `farrier sim`: simulated machines (a Redfish service, iPXE script fetches, agents) that
+        // drive a real server at fleet scale, for the scale bench and tests.
+        .target(
+            name: "FarrierSim",
+            dependencies: [
+                "FarrierCore", "WireSupport", log, .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
         // The deploy agent that runs in the Farrier ramdisk: blocking I/O, and one event loop for
         // its pinned TLS tunnel to the server.
         .target(
@@ -166,10 +176,11 @@ let package = Package(
         .executableTarget(
             name: "farrier",
             dependencies: [
-                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent",
+                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent", "FarrierSim", "WireSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

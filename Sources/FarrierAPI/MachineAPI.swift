@@ -40,17 +40,28 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             throw RPCError(code: .permissionDenied, message: "a member token of project \(caller.project ?? "-") lists only that project")
         }
         // The page token is the name of the last machine of the previous page (names are unique
-        // and the list is ordered by name).
-        var machines = try await store.machines().filter(caller.canSee)
-        if !request.state.isEmpty { machines = machines.filter { $0.state.rawValue == request.state } }
-        if !request.project.isEmpty { machines = machines.filter { $0.project == request.project } }
-        if !request.zone.isEmpty { machines = machines.filter { $0.zone == request.zone } }
-        for (k, v) in request.tags { machines = machines.filter { $0.tags[k] == v || $0.deployment?.tags[k] == v } }
+        // and the list is ordered by name). The database filters by state, project and zone and
+        // reads from the token on, a page (and one more, to know whether another follows) at a
+        // time: a page costs a page, not the fleet. Tags are filtered here, reading on until the
+        // page is full (bounded by the fleet).
+        var after: String?
         if !request.pageToken.isEmpty {
-            guard let after = String(data: Data(base64Encoded: request.pageToken) ?? Data(), encoding: .utf8) else {
+            guard let token = String(data: Data(base64Encoded: request.pageToken) ?? Data(), encoding: .utf8), !token.isEmpty else {
                 throw RPCError(code: .invalidArgument, message: "page_token is not one this server issued")
             }
-            machines = machines.filter { $0.name > after }
+            after = token
+        }
+        guard caller.isAdmin || caller.project != nil else { return Farrier_V1_ListMachinesResponse() }
+        var query = MachineQuery(
+            states: request.state.isEmpty ? nil : MachineState(rawValue: request.state).map { [$0] },
+            project: caller.isAdmin ? (request.project.isEmpty ? nil : request.project) : caller.project,
+            zone: request.zone.isEmpty ? nil : request.zone, after: after, limit: pageSize + 1)
+        var machines: [Machine] = []
+        while machines.count <= pageSize {
+            let batch = try await store.machines(query)
+            machines += batch.filter { m in caller.canSee(m) && request.tags.allSatisfy { m.tags[$0.key] == $0.value || m.deployment?.tags[$0.key] == $0.value } }
+            guard batch.count == query.limit, let last = batch.last else { break }
+            query.after = last.name
         }
         var response = Farrier_V1_ListMachinesResponse()
         let addresses = try await addressBook()

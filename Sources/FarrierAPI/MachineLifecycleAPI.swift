@@ -140,7 +140,7 @@ extension MachineAPI {
                 fill(&x)
             }
         } else {
-            let chosen = try await controller.allocate({ all in placement.choose(from: all.filter { compatible($0) == nil }) }, fill: fill)
+            let chosen = try await controller.allocate({ placement.matches($0) && compatible($0) == nil }, fill: fill)
             guard let chosen else {
                 throw RPCError(code: .resourceExhausted, message: "no ready machine in the pool meets the constraints \(Self.describe(placement))")
             }

@@ -46,6 +46,8 @@ public struct FarrierServer: Sendable {
     public let dhcp: DHCPService
     public let tftp: TFTPService
     public let services: [any Service]
+    /// The BMC drivers; closed at shutdown (Redfish sessions logged out, HTTP clients shut down).
+    let bmcPool: BMCPool
     let logger: Logger
 
     public init(configuration c: ServerConfiguration, logger: Logger) async throws {
@@ -83,8 +85,9 @@ public struct FarrierServer: Sendable {
         tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
         let vault = try CredentialVault.load(keyFile: c.bmcKeyFile.isEmpty ? nil : c.bmcKeyFile, dataDir: c.dataDir)
+        bmcPool = BMCPool(vault: vault)
         let controller = Controller(
-            store: store, pool: BMCPool(vault: vault), agentKey: vault.derivedKey(purpose: "agent-token"),
+            store: store, pool: bmcPool, agentKey: vault.derivedKey(purpose: "agent-token"),
             configuration: c.control, logger: logger)
         // Other replicas' commits wake this one's watchers and reconciler (LISTEN/NOTIFY).
         (store as? PostgresStore)?.onEvents { [hub = controller.hub] in hub.notify() }
@@ -130,8 +133,11 @@ public struct FarrierServer: Sendable {
             configuration: .init(
                 services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
-        try await group.run()
+        let result: Result<Void, any Error>
+        do { result = .success(try await group.run()) } catch { result = .failure(error) }
+        await bmcPool.closeAll()
         (store as? PostgresStore)?.close()
+        try result.get()
     }
 }
 

@@ -60,6 +60,8 @@ import Yams
 ///   `discovered` machine not seen again is deleted. Default 604800 (7 days).
 /// - `lifecycle.max-deploys` / `FARRIER_LIFECYCLE_MAX_DEPLOYS` / `--lifecycle-max-deploys`: deploys at once (others queue). Default 8.
 /// - `lifecycle.max-wipes` / `FARRIER_LIFECYCLE_MAX_WIPES` / `--lifecycle-max-wipes`: wipes at once. Default 8.
+/// - `lifecycle.max-workers` / `FARRIER_LIFECYCLE_MAX_WORKERS` / `--lifecycle-max-workers`: BMC workers (a step's
+///   boot and finish actions) at once on this server; more wait for the next scan. Default 100.
 /// - `lifecycle.claim-ttl` / `FARRIER_LIFECYCLE_CLAIM_TTL` / `--lifecycle-claim-ttl`: seconds a replica's claim on a
 ///   machine's work lasts unrenewed (3–600): with several replicas on one database, how long a
 ///   dead replica's machines wait before another takes them over. Default 20.
@@ -104,7 +106,7 @@ public struct ServerConfiguration: Sendable {
         "data-dir", "database.url", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert", "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "dhcp.commit-delay", "bmc.key-file",
-        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.claim-ttl", "lifecycle.step-timeouts",
+        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers", "lifecycle.claim-ttl", "lifecycle.step-timeouts",
     ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
 
     /// Builds the configuration. `flags` holds only values given on the command line.
@@ -263,6 +265,9 @@ public struct ServerConfiguration: Sendable {
         case "lifecycle.max-deploys", "lifecycle.max-wipes":
             guard let n = Int(v), (1...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000") }
             if key == "lifecycle.max-deploys" { control.maxConcurrentDeploys = n } else { control.maxConcurrentWipes = n }
+        case "lifecycle.max-workers":
+            guard let n = Int(v), (1...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000") }
+            control.maxWorkers = n
         case "lifecycle.claim-ttl":
             guard let n = Int(v), (3...600).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 3 to 600") }
             control.claimTTL = .seconds(n)

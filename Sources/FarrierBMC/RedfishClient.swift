@@ -232,6 +232,16 @@ public final class RedfishClient: BMC, Sendable {
         if let s = systemPath.withLock({ $0 }) { return s }
         let root = try await send(.GET, "/redfish/v1/", auth: .none)
         let systemsPath = (root.json["Systems"] as? [String: Any])?["@odata.id"] as? String ?? "/redfish/v1/Systems"
+        // A named system is read directly first: a service with thousands of systems (a
+        // chassis manager, a simulator) would otherwise send its whole collection to each client.
+        if let wanted = endpoint.system, !wanted.isEmpty {
+            let direct = wanted.hasPrefix("/") ? wanted : systemsPath + "/" + wanted
+            let probe = try await authorized(.GET, direct)
+            if probe.status == .ok, let id = probe.json["@odata.id"] as? String, id == direct || id.hasPrefix(systemsPath + "/") {
+                systemPath.withLock { $0 = id }
+                return id
+            }
+        }
         let collection = try await authorized(.GET, systemsPath)
         guard collection.status == .ok else { throw failure(collection, doing: "listing systems") }
         let members = (collection.json["Members"] as? [[String: Any]] ?? []).compactMap { $0["@odata.id"] as? String }

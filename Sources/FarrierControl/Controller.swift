@@ -30,6 +30,9 @@ public struct ControlConfiguration: Sendable, Hashable {
     /// How long a replica's claim on a machine's work lasts without renewal (a worker renews it
     /// every third of this): a replica that dies leaves its machines to the others after it.
     public var claimTTL: Duration = .seconds(20)
+    /// BMC workers (the boot and finish phases) running at once on this replica; machines past
+    /// it wait for the next scan. Ironic's conductor has 100 workers by default.
+    public var maxWorkers = 100
 
     public init() {}
 
@@ -110,12 +113,12 @@ public final class Controller: Sendable {
         return m
     }
 
-    /// Picks a machine with `choose` and deploys it (the `deploy` transition, then `fill`), in
-    /// one transaction: two allocations never get the same machine. Nil when none is chosen.
+    /// Deploys the smallest pool machine that `accept` takes (the `deploy` transition, then
+    /// `fill`), in one transaction: two allocations never get the same machine. Nil when none fits.
     public func allocate(
-        _ choose: @escaping @Sendable ([Machine]) -> Machine?, fill: @escaping @Sendable (inout Machine) -> Void
+        _ accept: @escaping @Sendable (Machine) -> Bool, fill: @escaping @Sendable (inout Machine) -> Void
     ) async throws -> Machine? {
-        let m = try await store.allocate(choose) { x in
+        let m = try await store.allocate(accept) { x in
             try Self.transition(&x, .deploy)
             fill(&x)
             return [MachineEvent(x, kind: .transition, message: x.reason)]

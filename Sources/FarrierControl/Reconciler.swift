@@ -14,7 +14,8 @@ import ServiceLifecycle
 /// Each phase is committed before its action runs, and each action is idempotent (a boot
 /// device set twice is the same; a power cycle before the agent said hello only restarts a
 /// boot that had not begun its work), so after a crash the reconciler repeats at most the one
-/// action in flight. One worker per machine; at most N deploys and N wipes past `queued`.
+/// action in flight. One worker per machine, at most `maxWorkers` at once; at most N deploys
+/// and N wipes past `queued`.
 ///
 /// Several replicas on one database share the work through it: a worker first claims its
 /// machine (`WorkClaimStore`), renews the claim while it works, renews it again right before
@@ -57,7 +58,13 @@ public actor Reconciler: Service {
                 for await _ in wakeups { tickSink.yield() }
             }
             for await _ in ticks.cancelOnGracefulShutdown() {
+                let began = ContinuousClock.now
                 await self.scan(group: &group)
+                // Commits wake the scan, and a fleet's agents commit many times a second: after
+                // a scan, wait as long as it took, so scanning takes at most half the time
+                // whatever the fleet's size (a small fleet's scan takes a millisecond).
+                let took = ContinuousClock.now - began
+                if took > .milliseconds(5) { try? await Task.sleep(for: min(took, .seconds(2))) }
             }
             group.cancelAll()
         }
@@ -66,7 +73,7 @@ public actor Reconciler: Service {
     /// One pass over all machines: time out late steps, admit queued ones, start workers.
     func scan(group: inout TaskGroup<Void>) async {
         let machines: [Machine]
-        do { machines = try await controller.store.machines() } catch {
+        do { machines = try await controller.store.machines(MachineQuery(states: Lifecycle.steps)) } catch {
             logger.error("reconciler cannot read machines", metadata: ["error": "\(error)"])
             return
         }
@@ -104,6 +111,7 @@ public actor Reconciler: Service {
                     default: nil
                     }
                 if let cap, running[m.state, default: 0] >= cap { continue }
+                guard active.count < config.maxWorkers else { continue }
                 do {
                     if try await controller.admit(machineID: m.id, generation: m.generation, cap: cap) != nil {
                         running[m.state, default: 0] += 1
@@ -113,6 +121,8 @@ public actor Reconciler: Service {
                     logger.error("admit failed", metadata: ["machine": "\(m.name)", "error": "\(error)"])
                 }
             case .boot, .finish:
+                // At most `maxWorkers` BMC workers at once; the rest wait for the next scan.
+                guard active.count < config.maxWorkers else { continue }
                 start(m.id, &group)
             case .agent, .none:
                 break

@@ -19,6 +19,9 @@ public protocol MachineStore: Sendable {
     func machine(id: String) async throws -> Machine?
     func machine(name: String) async throws -> Machine?
     func machines() async throws -> [Machine]
+    /// The machines `query` selects, ordered by name, filtered in the database: the API's
+    /// pages and the reconciler's scan read only what they need, not the whole fleet.
+    func machines(_ query: MachineQuery) async throws -> [Machine]
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
     /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
     /// Throws `StoreError.Code.alreadyExists` when the name belongs to a machine with another MAC.
@@ -41,9 +44,12 @@ public protocol MachineStore: Sendable {
         machineID: String, fence: WorkClaim?,
         _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
     ) async throws -> Machine
-    /// Picks one machine with `choose` and updates it with `body`, in one transaction, so two
-    /// concurrent allocations never get the same machine. Nil when `choose` picks none.
-    func allocate(_ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
+    /// Picks the first pool machine (`ready`, in no project) that `accept` takes, smallest
+    /// first (fewest cores, then least memory, then name: `Placement.choose`'s order), and
+    /// updates it with `body`, in one transaction, so two concurrent allocations never get the
+    /// same machine. Reads the pool in batches in that order (the database sorts it), so an
+    /// allocation costs a batch, not the fleet. Nil when `accept` takes none.
+    func allocate(_ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
     /// Removes a machine with its timeline and events.
     func deleteMachine(id: String) async throws
     /// Events with an id above `after`, oldest first; of one machine, or of all when nil.
@@ -53,6 +59,37 @@ public protocol MachineStore: Sendable {
     func appendTimeline(_ events: [TimelineEvent]) async throws
     /// The most recent `limit` events of a machine, oldest first.
     func timeline(mac: MACAddress, limit: Int) async throws -> [TimelineEvent]
+}
+
+/// Which machines a `MachineStore.machines(_:)` call reads: every field set narrows it.
+public struct MachineQuery: Sendable, Hashable {
+    /// Only machines in one of these states.
+    public var states: Set<MachineState>?
+    /// Only machines of this project.
+    public var project: String?
+    /// Only machines in this zone.
+    public var zone: String?
+    /// Only machines whose name sorts after this one (a page's start).
+    public var after: String?
+    /// At most this many.
+    public var limit: Int?
+
+    public init(states: Set<MachineState>? = nil, project: String? = nil, zone: String? = nil, after: String? = nil, limit: Int? = nil) {
+        self.states = states
+        self.project = project
+        self.zone = zone
+        self.after = after
+        self.limit = limit
+    }
+
+    /// Whether `m` is one this query selects (limit aside): the stores' SQL says the same.
+    public func matches(_ m: Machine) -> Bool {
+        if let states, !states.contains(m.state) { return false }
+        if let project, m.project != project { return false }
+        if let zone, m.zone != zone { return false }
+        if let after, m.name <= after { return false }
+        return true
+    }
 }
 
 /// Durable DHCP leases.

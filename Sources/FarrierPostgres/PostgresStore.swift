@@ -354,7 +354,36 @@ extension PostgresStore {
     }
 
     public func machines() async throws -> [Machine] {
-        try await all(Machine.self, "SELECT body::text FROM machine ORDER BY name")
+        try await all(Machine.self, "SELECT body::text FROM machine ORDER BY name COLLATE \"C\"")
+    }
+
+    public func machines(_ query: MachineQuery) async throws -> [Machine] {
+        // Names compare bytewise ("C"), as Swift and SQLite compare them, whatever the
+        // database's locale: a page token is the last name of the previous page.
+        var sql = "SELECT body::text FROM machine WHERE true"
+        var binds = PostgresBindings()
+        if let states = query.states {
+            binds.append(states.map(\.rawValue).sorted())
+            sql += " AND state = ANY($\(binds.count))"
+        }
+        if let project = query.project {
+            binds.append(project)
+            sql += " AND project = $\(binds.count)"
+        }
+        if let zone = query.zone {
+            binds.append(zone)
+            sql += " AND body->>'zone' = $\(binds.count)"
+        }
+        if let after = query.after {
+            binds.append(after)
+            sql += " AND name COLLATE \"C\" > $\(binds.count)"
+        }
+        sql += " ORDER BY name COLLATE \"C\""
+        if let limit = query.limit {
+            binds.append(max(0, limit))
+            sql += " LIMIT $\(binds.count)"
+        }
+        return try await all(Machine.self, PostgresQuery(unsafeSQL: sql, binds: binds))
     }
 
     public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) async throws -> Machine {
@@ -454,12 +483,30 @@ extension PostgresStore {
     static let allocationLock: Int64 = 0x4641_5252_4945_5202
 
     public func allocate(
-        _ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+        _ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine? {
         try await transaction { [self] conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.allocationLock))", logger: logger)
-            let all = try await machines(conn, "SELECT body::text FROM machine ORDER BY name")
-            guard let picked = choose(all) else { return nil }
+            // The pool, smallest first (Placement.choose's order), a batch at a time; the
+            // allocation lock keeps other allocations out while the batches are read.
+            let batch = 100
+            var picked: Machine?
+            search: for offset in stride(from: 0, to: Int.max, by: batch) {
+                let rows = try await machines(
+                    conn,
+                    """
+                    SELECT body::text FROM machine WHERE state = 'ready' AND project IS NULL
+                    ORDER BY COALESCE((body->'inventory'->>'cores')::bigint, 0), COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0),
+                      name COLLATE "C"
+                    LIMIT \(batch) OFFSET \(offset)
+                    """)
+                for m in rows where accept(m) {
+                    picked = m
+                    break search
+                }
+                if rows.count < batch { break }
+            }
+            guard let picked else { return nil }
             // Lock the chosen row and make sure nothing changed it since it was read (a transition
             // by name, on this replica or another, does not take the allocation lock).
             guard let current = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(picked.id) FOR UPDATE").first,

@@ -177,6 +177,10 @@ public final class SQLiteStore: StateStore {
                 t.column("until", .double).notNull()
             }
         }
+        m.registerMigration("v8-machine-state-index") { db in
+            // The reconciler's scan and the API's filtered pages select by state.
+            try db.create(index: "machine_state", on: "machine", columns: ["state"])
+        }
         return m
     }
 
@@ -269,6 +273,18 @@ public final class SQLiteStore: StateStore {
 
     public func machines() async throws -> [Machine] {
         try await reading { try MachineRecord.order(Column("name")).fetchAll($0).map { try $0.machine() } }
+    }
+
+    public func machines(_ query: MachineQuery) async throws -> [Machine] {
+        try await reading { db in
+            var request = MachineRecord.order(Column("name"))
+            if let states = query.states { request = request.filter(states.map(\.rawValue).contains(Column("state"))) }
+            if let project = query.project { request = request.filter(Column("project") == project) }
+            if let zone = query.zone { request = request.filter(Column("zone") == zone) }
+            if let after = query.after { request = request.filter(Column("name") > after) }
+            if let limit = query.limit { request = request.limit(max(0, limit)) }
+            return try request.fetchAll(db).map { try $0.machine() }
+        }
     }
 
     public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) async throws -> Machine {
@@ -379,11 +395,26 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func allocate(_ choose: @escaping @Sendable ([Machine]) -> Machine?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
+    public func allocate(_ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
         try await writing { db in
-            let all = try MachineRecord.order(Column("name")).fetchAll(db).map { try $0.machine() }
-            guard let picked = choose(all) else { return nil }
-            return try Self.apply(body, to: picked, db: db)
+            // The pool, smallest first (Placement.choose's order), a batch at a time: the write
+            // transaction holds the file, so the offsets stay put between batches.
+            let batch = 100
+            for offset in stride(from: 0, to: Int.max, by: batch) {
+                let rows = try MachineRecord.fetchAll(
+                    db,
+                    sql: """
+                        SELECT \(MachineRecord.columnList) FROM machine WHERE state = 'ready' AND project IS NULL
+                        ORDER BY COALESCE(json_extract(inventory, '$.cores'), 0), COALESCE(json_extract(inventory, '$.memoryBytes'), 0), name
+                        LIMIT ? OFFSET ?
+                        """, arguments: [batch, offset])
+                for row in rows {
+                    let m = try row.machine()
+                    if accept(m) { return try Self.apply(body, to: m, db: db) }
+                }
+                if rows.count < batch { break }
+            }
+            return nil
         }
     }
 
@@ -687,6 +718,10 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var dirtyFor: String?
     var agentBoot: Int
     var agentNonce: String?
+
+    /// The selection as SQL, for hand-written queries.
+    static let columnList = "id, name, mac, architecture, firmware, state, firstSeen, lastSeen, bmc, failedStep, reason, project, "
+        + "tags, labels, zone, rack, inventory, deployment, phase, generation, stepStarted, progress, diskDirty, dirtyFor, agentBoot, agentNonce"
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] { [

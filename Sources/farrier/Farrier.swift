@@ -8,7 +8,7 @@ struct Farrier: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             ServerCommand.self, MachineCommand.self, ImageCommand.self, ProjectCommand.self, TokenCommand.self, BMCCommand.self,
-            LabCommand.self, AgentCommand.self, CompletionCommand.self,
+            LabCommand.self, AgentCommand.self, SimCommand.self, CompletionCommand.self,
         ]
     )
 }

@@ -59,7 +59,8 @@ import Testing
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
-        #expect(ServerConfiguration.keys.count == 33)
+        #expect(ServerConfiguration.keys.count == 34)
+        #expect(ServerConfiguration.keys.first(where: { $0.key == "lifecycle.max-workers" })?.env == "FARRIER_LIFECYCLE_MAX_WORKERS")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "database.url" })?.env == "FARRIER_DATABASE_URL")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "agent.tls-cert" })?.env == "FARRIER_AGENT_TLS_CERT")
     }

@@ -10,7 +10,7 @@ import TestSupport
 
     @Test func migrationsAreVersioned() async throws {
         let s = try SQLiteStore()
-        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim"])
+        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim", "v8-machine-state-index"])
     }
 }
 
@@ -79,6 +79,61 @@ import TestSupport
                 try await s.enroll(name: "rack1-node1", mac: other, bmc: bmc, sealedPassword: [9], at: t)
             }
             #expect(taken?.code == .alreadyExists)
+        }
+    }
+
+    /// Pages and filters come from the database, in bytewise name order whatever the
+    /// database's locale ('-' sorts before digits and letters); allocation takes the smallest
+    /// pool machine that fits, read a batch at a time, past machines `accept` refuses.
+    @Test(arguments: StoreKind.allCases) func queriesPageInNameOrderAndAllocationTakesTheSmallestThatFits(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
+            // 150 machines (120 ready): names with '-' and digits; every third in zone b; cores 64 down to 1.
+            var names: [String] = []
+            for i in 0..<150 {
+                let name = i % 2 == 0 ? "n-\(i)" : "n\(i)"
+                names.append(name)
+                let m = try await s.enroll(name: name, mac: MACAddress([0x52, 0x54, 0, 9, UInt8(i >> 8), UInt8(i & 0xff)]), bmc: bmc, sealedPassword: [1], at: t)
+                _ = try await s.update(machineID: m.id, fence: nil) { x in
+                    x.state = i < 120 ? .ready : .deploying
+                    x.zone = i % 3 == 0 ? "b" : "a"
+                    x.inventory = Inventory(
+                        cpuModel: "c", cores: 64 - (i % 64), memoryBytes: Int64(i) << 30, disks: [], nics: [], vendor: "", product: "", serial: "",
+                        firmware: .bios)
+                    return []
+                }
+            }
+            let sorted = names.sorted()
+            var paged: [String] = []
+            var after: String?
+            for _ in 0..<100 {
+                let page = try await s.machines(MachineQuery(after: after, limit: 7))
+                paged += page.map(\.name)
+                guard page.count == 7 else { break }
+                after = page.last?.name
+            }
+            #expect(paged == sorted)
+            let zoneB = try await s.machines(MachineQuery(states: [.ready], zone: "b"))
+            #expect(zoneB.map(\.name) == sorted.filter { n in zoneB.contains { $0.name == n } })
+            #expect(zoneB.count == (0..<120).filter { $0 % 3 == 0 }.count && zoneB.allSatisfy { $0.zone == "b" && $0.state == .ready })
+            #expect(try await s.machines(MachineQuery(states: [.deploying, .releasing])).count == 30)
+            #expect(try await s.machines(MachineQuery(project: "nobody")).isEmpty)
+            // The smallest that fits: fewest cores (1: i = 63; 127 is not ready), then least memory.
+            let first = try #require(try await s.allocate({ _ in true }) { x in
+                x.project = "p"
+                return []
+            })
+            #expect(first.name == names[63] && first.project == "p")
+            // Refusing everything with few cores reads past the first batches (100 a batch):
+            // the smallest with at least 60 cores is i = 4 (60 cores; i = 68 has more memory).
+            let big = try #require(try await s.allocate({ ($0.inventory?.cores ?? 0) >= 60 }) { x in
+                x.project = "p"
+                return []
+            })
+            #expect(big.name == names[4])
+            #expect(try await s.allocate({ _ in false }) { _ in [] } == nil)
         }
     }
 
@@ -177,7 +232,7 @@ import TestSupport
                 for i in 0..<10 {
                     let s = i % 2 == 0 ? a : b
                     group.addTask {
-                        try await s.allocate({ $0.first { $0.state == .ready && $0.project == nil } }) { x in
+                        try await s.allocate({ $0.state == .ready && $0.project == nil }) { x in
                             x.state = .deploying
                             x.project = "p\(i)"
                             return [MachineEvent(x, kind: .transition, message: "allocated to p\(i)")]
@@ -274,17 +329,17 @@ import TestSupport
         try await withStore(kind) { under in
             let a = under.store, b = try await under.reopen()
             let m = try await a.enroll(name: "n1", mac: mac, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: Date())
-            let first = try #require(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(1)))
+            let first = try #require(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(3)))
             #expect(try await b.claimWork(machineID: m.id, owner: "B", ttl: .seconds(30)) == nil)
-            #expect(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(1)) == first)  // renewal: same token
-            #expect(try await a.renewWork(first, ttl: .seconds(1)))
+            #expect(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(3)) == first)  // renewal: same token
+            #expect(try await a.renewWork(first, ttl: .seconds(3)))
             _ = try await a.update(machineID: m.id, fence: first) { x in
                 x.labels["by"] = "A"
                 return []
             }
             // A stops renewing; once the claim lapses B takes it over with a higher token.
             var taken: WorkClaim?
-            let deadline = Date().addingTimeInterval(10)
+            let deadline = Date().addingTimeInterval(20)
             while taken == nil, Date() < deadline {
                 taken = try await b.claimWork(machineID: m.id, owner: "B", ttl: .seconds(30))
                 if taken == nil { try await Task.sleep(for: .milliseconds(100)) }

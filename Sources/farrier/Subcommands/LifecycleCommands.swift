@@ -102,7 +102,9 @@ extension MachineCommand {
             discussion: """
                 Names a machine, or lets Farrier pick a ready one that meets the constraints (--arch, \
                 --firmware, --min-cores, --min-memory-gib, --min-disk-gib, --match-tag). The machine is \
-                allocated to the project (a member token's own; admins give --project).
+                allocated to the project (a member token's own; admins give --project). --count N picks N \
+                machines that way, one after another over one connection, and prints each (a failure \
+                stops it, saying how many were deployed).
                 """)
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
@@ -121,6 +123,16 @@ extension MachineCommand {
         @Option(help: "Constraint: a disk of at least this size, GiB.") var minDiskGib: Int?
         @Option(help: "Constraint: the machine carries tag KEY=VALUE; repeat for more.") var matchTag: [String] = []
         @Option(help: "Constraint: zone.") var zone: String?
+        @Option(help: "Deploy this many machines picked by the constraints (no machine name).") var count: Int = 1
+
+        func validate() throws {
+            guard (1...10_000).contains(count) else { throw ValidationError("--count must be from 1 to 10000") }
+            if count > 1 {
+                guard name == nil else { throw ValidationError("--count picks machines by constraints; give no machine name") }
+                guard hostname == nil else { throw ValidationError("--count deploys several machines; --hostname would name them all alike") }
+                guard !waitOptions.wait else { throw ValidationError("--count does not wait; follow the machines with `farrier machine list`") }
+            }
+        }
 
         func run() async throws {
             var req = Farrier_V1_DeployMachineRequest()
@@ -147,6 +159,23 @@ extension MachineCommand {
             c.zone = zone ?? ""
             req.constraints = c
             let request = req
+            if count > 1 {
+                let n = count, output = self.output
+                let deployed = try await rpc(client) { c in
+                    var done = 0
+                    do {
+                        for _ in 0..<n {
+                            try printMachine(try await c.machines.deployMachine(request), output, verb: "deploying")
+                            done += 1
+                        }
+                    } catch {
+                        throw CLIError("deployed \(done) of \(n) machines, then: \(error)")
+                    }
+                    return done
+                }
+                if output == .table { print("\(deployed) machines deploying") }
+                return
+            }
             let m = try await rpc(client) { try await $0.machines.deployMachine(request) }
             if waitOptions.wait {
                 try printMachine(try await follow(m.name, client: client, timeout: waitOptions.timeout), output, verb: "deployed")
@@ -161,14 +190,38 @@ extension MachineCommand {
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
-        @Argument(help: "Machine name or MAC.") var name: String
+        @Argument(help: "Machine names or MACs (several: released one after another over one connection, no --wait).") var names: [String]
         @Option(help: "full (erase and verify every byte) or quick (first and last MiB; only where the project's wipe policy is quick). Default: the project's policy.")
         var wipe: String = ""
 
+        func validate() throws {
+            guard !names.isEmpty else { throw ValidationError("name the machine to release") }
+            guard names.count == 1 || !waitOptions.wait else { throw ValidationError("--wait follows one machine; release several without it") }
+        }
+
         func run() async throws {
             var req = Farrier_V1_ReleaseMachineRequest()
-            req.name = name
             req.wipe = wipe
+            if names.count > 1 {
+                let all = names, output = self.output, template = req
+                try await rpc(client) { c in
+                    var done = 0
+                    do {
+                        for name in all {
+                            var r = template
+                            r.name = name
+                            let m = try await c.machines.releaseMachine(r)
+                            try? FileManager.default.removeItem(atPath: knownHostsDirectory + "/" + m.id)
+                            try printMachine(m, output, verb: "releasing")
+                            done += 1
+                        }
+                    } catch {
+                        throw CLIError("released \(done) of \(all.count) machines, then: \(error)")
+                    }
+                }
+                return
+            }
+            req.name = names[0]
             let request = req
             let m = try await rpc(client) { try await $0.machines.releaseMachine(request) }
             try? FileManager.default.removeItem(atPath: knownHostsDirectory + "/" + m.id)

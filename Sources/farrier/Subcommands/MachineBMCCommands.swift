@@ -25,28 +25,45 @@ func readPasswordFile(_ path: String) throws -> String {
 extension MachineCommand {
     struct Enroll: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Enroll a machine with its BMC.",
+            abstract: "Enroll a machine with its BMC, or many from a file.",
             discussion: """
                 The BMC is a URL: ipmi://USER@HOST[:PORT], redfish://USER@HOST[:PORT][/SYSTEM-ID] (HTTPS, \
                 certificate verified) or redfish+http://USER@HOST[:PORT]. The password comes from a file and \
                 is stored encrypted; no command or API answer ever shows it. A machine already discovered \
                 with this MAC takes the new name.
+
+                --from FILE enrolls every machine a YAML or JSON list names, 16 at a time: each entry has \
+                name, mac and bmc, and optionally bmc-password-file (else --bmc-password-file's) and \
+                bmc-insecure-tls. Enrolling a machine again with the same name and MAC changes nothing, so \
+                a file can be enrolled again after a failure; the failures are listed and the exit status is 1.
                 """)
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
-        @Argument(help: "Machine name (lower-case letters, digits, '-').") var name: String
-        @Option(help: "MAC of the NIC the machine network-boots from.") var mac: String
-        @Option(help: "BMC URL, e.g. ipmi://admin@10.0.0.5 or redfish://root@bmc1/System.Embedded.1") var bmc: String
-        @Option(help: "File holding the BMC password ('-' for stdin).") var bmcPasswordFile: String
+        @Argument(help: "Machine name (lower-case letters, digits, '-').") var name: String?
+        @Option(help: "MAC of the NIC the machine network-boots from.") var mac: String?
+        @Option(help: "BMC URL, e.g. ipmi://admin@10.0.0.5 or redfish://root@bmc1/System.Embedded.1") var bmc: String?
+        @Option(help: "File holding the BMC password ('-' for stdin).") var bmcPasswordFile: String?
         @Flag(help: "Redfish over HTTPS: do not verify this BMC's certificate (self-signed).") var bmcInsecureTLS = false
         @Flag(help: "Commission right away: boot the ramdisk, take the inventory, end ready.") var commission = false
+        @Option(help: "Enroll every machine this YAML or JSON list names (see above).") var from: String?
+
+        func validate() throws {
+            if from != nil {
+                guard name == nil, mac == nil, bmc == nil else { throw ValidationError("--from takes no machine name, --mac or --bmc: the file names them") }
+            } else {
+                guard name != nil, mac != nil, bmc != nil, bmcPasswordFile != nil else {
+                    throw ValidationError("enroll needs NAME, --mac, --bmc and --bmc-password-file (or --from FILE)")
+                }
+            }
+        }
 
         func run() async throws {
+            if let from { return try await enrollAll(from) }
             var req = Farrier_V1_EnrollMachineRequest()
-            req.name = name
-            req.mac = mac
-            req.bmcURL = bmc
-            req.bmcPassword = try readPasswordFile(bmcPasswordFile)
+            req.name = name ?? ""
+            req.mac = mac ?? ""
+            req.bmcURL = bmc ?? ""
+            req.bmcPassword = try readPasswordFile(bmcPasswordFile ?? "-")
             req.bmcInsecureTls = bmcInsecureTLS
             req.commission = commission
             let request = req
@@ -57,6 +74,74 @@ extension MachineCommand {
             case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
             case .table: print("machine \(view.name) enrolled (\(view.mac), BMC \(view.bmc ?? "-"))")
             }
+        }
+
+        struct FileEntry: Decodable {
+            var name: String
+            var mac: String
+            var bmc: String
+            var bmcPasswordFile: String?
+            var bmcInsecureTLS: Bool?
+            enum CodingKeys: String, CodingKey {
+                case name, mac, bmc
+                case bmcPasswordFile = "bmc-password-file"
+                case bmcInsecureTLS = "bmc-insecure-tls"
+            }
+        }
+
+        func enrollAll(_ path: String) async throws {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read \(path)") }
+            let entries: [FileEntry]
+            do { entries = try YAMLDecoder().decode([FileEntry].self, from: text) } catch {
+                throw CLIError("\(path): expected a list of {name, mac, bmc[, bmc-password-file, bmc-insecure-tls]}: \(error)")
+            }
+            var passwords: [String: String] = [:]
+            var requests: [Farrier_V1_EnrollMachineRequest] = []
+            for (n, e) in entries.enumerated() {
+                guard let file = e.bmcPasswordFile ?? bmcPasswordFile else {
+                    throw CLIError("\(path): entry \(n + 1) (\(e.name)) has no bmc-password-file, and --bmc-password-file is not given")
+                }
+                if passwords[file] == nil { passwords[file] = try readPasswordFile(file) }
+                var req = Farrier_V1_EnrollMachineRequest()
+                req.name = e.name
+                req.mac = e.mac
+                req.bmcURL = e.bmc
+                req.bmcPassword = passwords[file] ?? ""
+                req.bmcInsecureTls = e.bmcInsecureTLS ?? bmcInsecureTLS
+                req.commission = commission
+                requests.append(req)
+            }
+            let all = requests
+            // Re-enrolling the same name and MAC is a no-op, so the batch may be retried on another
+            // replica; commissioning is not, so with --commission it is sent once.
+            let failures = try await rpc(client, idempotent: !commission) { clients in
+                try await withThrowingTaskGroup(of: String?.self) { group in
+                    var failures: [String] = []
+                    var next = 0
+                    func add() {
+                        guard next < all.count else { return }
+                        let req = all[next]
+                        next += 1
+                        group.addTask {
+                            do {
+                                _ = try await clients.machines.enrollMachine(req)
+                                return nil
+                            } catch let e as RPCError where e.code != .unavailable {
+                                return "\(req.name): \(e.code): \(e.message)"
+                            }
+                        }
+                    }
+                    for _ in 0..<16 { add() }
+                    while let r = try await group.next() {
+                        if let r { failures.append(r) }
+                        add()
+                    }
+                    return failures
+                }
+            }
+            for f in failures { FileHandle.standardError.write(Data("enroll failed: \(f)\n".utf8)) }
+            print("enrolled \(entries.count - failures.count) of \(entries.count) machines from \(path)")
+            if !failures.isEmpty { throw ExitCode(1) }
         }
     }
 

@@ -109,6 +109,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Wipes (releases) at once. [lifecycle.max-wipes, FARRIER_LIFECYCLE_MAX_WIPES; default 8]")
     var lifecycleMaxWipes: Int?
 
+    @Option(help: "BMC workers (a step's boot and finish actions) at once; more wait. [lifecycle.max-workers, FARRIER_LIFECYCLE_MAX_WORKERS; default 100]")
+    var lifecycleMaxWorkers: Int?
+
     @Option(name: .customLong("lifecycle-claim-ttl"), help: "Seconds a replica's claim on a machine's work lasts unrenewed: how soon another replica takes over a dead one's machines. [lifecycle.claim-ttl, FARRIER_LIFECYCLE_CLAIM_TTL; default 20]")
     var lifecycleClaimTTL: Int?
 
@@ -149,6 +152,7 @@ struct ServerCommand: AsyncParsableCommand {
             ("bmc.key-file", bmcKeyFile), ("images.max-virtual-size", imagesMaxVirtualSize.map(String.init)), ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
             ("lifecycle.max-deploys", lifecycleMaxDeploys.map(String.init)),
             ("lifecycle.max-wipes", lifecycleMaxWipes.map(String.init)), ("lifecycle.claim-ttl", lifecycleClaimTTL.map(String.init)),
+            ("lifecycle.max-workers", lifecycleMaxWorkers.map(String.init)),
         ]
         for (k, v) in single { if let v { f[k] = [v] } }
         if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }

@@ -1,0 +1,115 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `farrier sim` against two real `farrier server` replicas on one PostgreSQL 15: a small
+/// simulated fleet is enrolled from one file and commissioned (two of its BMCs refuse their
+/// password and fail), deployed by `--count` into two projects while one replica is killed, and
+/// released in one call; the simulator's counters show what the machines did.
+@Suite(.serialized, .enabled(if: getuid() == 0, "needs root (PostgreSQL runs as nobody)"))
+struct SimTests {
+    static let bin = Harness.farrierBinary
+
+    @Test func aSimulatedFleetGoesThroughItsLifecycleAcrossReplicas() throws {
+        let h = try Harness("sim")
+        let pg = try PostgresServer(h)
+        defer {
+            pg.stop()
+            h.cleanup()
+        }
+        let url = try pg.createDatabase("farrier")
+        let base = Int.random(in: 300..<390) * 100
+        let (grpcA, grpcB, httpA, redfish) = ("127.0.0.1:\(base)", "127.0.0.1:\(base + 1)", base + 2, base + 10)
+        let config = h.directory + "/sim.yaml", enroll = h.directory + "/enroll.yaml", password = h.directory + "/bmc.pw"
+        let sim = try h.start(
+            [Self.bin, "sim", "--machines", "12", "--redfish-listen", "127.0.0.1:\(redfish)", "--boot-url", "http://127.0.0.1:\(httpA)",
+             "--first-address", "127.77.0.1", "--boot-seconds", "0.3", "--agent-seconds", "0.5", "--poll-seconds", "1",
+             "--wrong-password-every", "6", "--image-share", "0.5", "--write-config", config, "--write-enroll", enroll,
+             "--write-password", password], log: "sim.log")
+        try h.waitUntil("the simulator's files", timeout: 30) {
+            guard sim.isRunning else { throw Harness.CommandError(description: "sim exited: \(h.read("sim.log"))") }
+            return FileManager.default.fileExists(atPath: password) && (try? String(contentsOfFile: enroll, encoding: .utf8))?.contains("sim-00012") == true
+        }
+        #expect(try String(contentsOfFile: config, encoding: .utf8).contains("02:fa:00:00:00:0c=127.77.0.12"))
+
+        let data = h.directory + "/data"
+        func replica(_ r: Int, log: String) throws -> Process {
+            try h.start(
+                [Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen", r == 0 ? grpcA : grpcB,
+                 "--http-listen", "127.0.0.1:\(httpA + r * 3)", "--agent-listen", "127.0.0.1:\(httpA + 1 + r * 3)", "--tftp-listen", "",
+                 "--dhcp-mode", "off", "--config", config, "--database", url, "--lifecycle-max-deploys", "4",
+                 "--lifecycle-max-wipes", "4", "--lifecycle-claim-ttl", "5"], log: log)
+        }
+        let a = try replica(0, log: "server-a.log")
+        try h.waitUntil("replica A's admin token", timeout: 30) {
+            guard a.isRunning else { throw Harness.CommandError(description: "server exited: \(h.read("server-a.log"))") }
+            return (try? h.adminToken(dataDir: data)) != nil
+        }
+        let b = try replica(1, log: "server-b.log")
+        let token = try h.adminToken(dataDir: data)
+        let both = "\(grpcA),\(grpcB)"
+        @discardableResult
+        func cli(_ args: [String], server: String = both, check: Bool = true) throws -> Harness.Result {
+            try h.run([Self.bin] + args + ["--server", server, "--token", token], timeout: 120, check: check)
+        }
+        for server in [grpcA, grpcB] {
+            try h.waitUntil("\(server) to answer", timeout: 30, interval: 0.2) { (try? cli(["token", "whoami"], server: server)) != nil }
+        }
+        func machines(_ args: [String] = []) throws -> [[String: Any]] {
+            let out = try cli(["machine", "list", "-o", "json"] + args).stdout
+            return try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+        }
+        func count(_ state: String) throws -> Int { try machines().filter { $0["state"] as? String == state }.count }
+        func stats() throws -> [String: Any] {
+            let out = try h.run(["curl", "-sf", "http://127.0.0.1:\(redfish)/sim/v1/stats"], timeout: 10).stdout
+            return try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] ?? [:]
+        }
+
+        // Enrolled from one file and commissioned: ten ready, the two whose BMC refuses the
+        // password failed, saying so.
+        let enrolled = try cli(["machine", "enroll", "--from", enroll, "--bmc-password-file", password, "--commission"])
+        #expect(enrolled.stdout.contains("enrolled 12 of 12 machines"))
+        try h.waitUntil("10 machines ready and 2 failed", timeout: 120, interval: 1) { try count("ready") == 10 && count("failed") == 2 }
+        let failed = try machines().filter { $0["state"] as? String == "failed" }
+        #expect(Set(failed.compactMap { $0["name"] as? String }) == ["sim-00006", "sim-00012"])
+        #expect(failed.allSatisfy { ($0["reason"] as? String ?? "").contains("authentication") }, "\(failed)")
+        #expect(try machines().map { $0["name"] as? String ?? "" } == (1...12).map { String(format: "sim-%05d", $0) })
+        #expect(try stats()["tasks"] as? [String: Int] == ["commission": 10])
+
+        // Deployed by count into two projects; replica B is killed while they deploy, and A
+        // finishes its machines once B's claims lapse.
+        let image = h.directory + "/img.raw"
+        try Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }).write(to: URL(fileURLWithPath: image))
+        try cli(["image", "add", "img", image])
+        try cli(["project", "create", "p1"])
+        try cli(["project", "create", "p2"])
+        let d1 = try cli(["machine", "deploy", "--project", "p1", "--image", "img", "--count", "5"], server: grpcB)
+        #expect(d1.stdout.contains("5 machines deploying"))
+        try h.waitUntil("a deploy past its boot", timeout: 60, interval: 0.2) {
+            try machines().contains { ($0["state"] as? String) == "deploying" && ($0["phase"] as? String) == "agent" }
+        }
+        kill(b.processIdentifier, SIGKILL)
+        try cli(["machine", "deploy", "--project", "p2", "--image", "img", "--count", "5"], server: grpcA)
+        let none = try cli(["machine", "deploy", "--project", "p2", "--image", "img", "--count", "2"], server: grpcA, check: false)
+        #expect(none.status != 0 && none.stderr.contains("deployed 0 of 2 machines") && none.stderr.contains("no ready machine"), "\(none.stderr)")
+        try h.waitUntil("10 machines deployed", timeout: 180, interval: 1) { try count("deployed") == 10 }
+        #expect(try machines(["--project", "p1"]).count == 5)
+        var s = try stats()
+        #expect(s["deployed"] as? Int == 10)
+        #expect((s["tasks"] as? [String: Int])?["deploy"] ?? 0 >= 10)
+        #expect((s["imageBytes"] as? Int ?? 0) >= 10 * (1 << 19))
+        #expect(s["helloRefusals"] as? Int == 0, "\(s)")
+
+        // Released in one call (replica A alone now): the simulated disks are blank again.
+        let names = try machines().filter { $0["state"] as? String == "deployed" }.compactMap { $0["name"] as? String }
+        try cli(["machine", "release"] + names, server: grpcA)
+        try h.waitUntil("10 machines ready again", timeout: 180, interval: 1) { try count("ready") == 10 }
+        s = try stats()
+        #expect(s["deployed"] as? Int == 0 && s["poweredOn"] as? Int == 0, "\(s)")
+        #expect((s["tasks"] as? [String: Int])?["wipe"] ?? 0 >= 10)
+        sim.terminate()
+        try h.waitUntil("the simulator to end", timeout: 20) { !sim.isRunning }
+        #expect(h.read("sim.log").contains("\"dones\""))
+        _ = a
+    }
+}

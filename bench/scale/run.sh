@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The fleet at scale: MACHINES (default 10000) simulated machines (`farrier sim`: one simulated
+# Redfish service, the machines' script fetches and agents from 127.x addresses) against two
+# `farrier server` replicas on one PostgreSQL 15, then the same run on one server on SQLite.
+# Each run: enroll all machines from one file (with --commission) and wait until all are ready;
+# deploy them, PROJECT_SIZE (100) per project, through the API, as fast as the caps let them go,
+# and wait until all are deployed; release them all and wait until all are ready. In the
+# PostgreSQL run, replica B (API and reconciler; A also serves the boot path and the agents) is
+# killed with SIGKILL halfway through the deploys and restarted a minute later.
+# While it runs, the simulator times a page of `machine list` (100) and a `machine show` every
+# second (against both replicas, failing over). Everything runs in a network namespace made
+# here (its own loopback); nothing leaves it.
+# Prints minutes per phase, machines stuck (not where they should be at the end), BMC resets per
+# machine and phase (the repeats after a kill show there), list/show p50/p99, peak RSS of each
+# server, PostgreSQL's size. Last line:
+#   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M
+# Knobs: MACHINES, PROJECT_SIZE, MAX_DEPLOYS/MAX_WIPES (the caps, default 500), AGENT_SECONDS
+# (simulated agent work, default 5), IMAGE_MIB (default 4), PHASE_TIMEOUT (minutes, default 60),
+# SKIP_SQLITE=1. Needs root, postgresql-15, python3, and a release build (built if missing).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+farrier=${FARRIER_BIN:-$root/.build/release/farrier}
+[ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
+n=${MACHINES:-10000}
+per_project=${PROJECT_SIZE:-100}
+max_deploys=${MAX_DEPLOYS:-500}
+max_wipes=${MAX_WIPES:-500}
+agent_seconds=${AGENT_SECONDS:-5}
+image_mib=${IMAGE_MIB:-4}
+phase_timeout=${PHASE_TIMEOUT:-60}
+pgbin=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/farrier-scale.XXXXXX)
+chmod 755 "$work"
+ns=frsc$$
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+inns() { ip netns exec "$ns" "$@"; }
+bench_header "$root"
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+head -c $((image_mib << 20)) /dev/urandom > "$work/image.raw"
+
+# PostgreSQL 15 as nobody, in the namespace, durable as shipped (fsync, synchronous_commit on).
+mkdir -p "$work/pg"
+chown nobody:nogroup "$work/pg"
+chmod 700 "$work/pg"
+asnobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$@"; }
+asnobody "$pgbin/initdb" -D "$work/pg" -U farrier -A trust -E UTF8 --no-sync >/dev/null
+inns setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$pgbin/postgres" -D "$work/pg" -k "$work/pg" -p 5432 \
+    -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=128MB >"$work/postgres.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do inns "$pgbin/pg_isready" -h 127.0.0.1 -p 5432 -U farrier -t 1 >/dev/null 2>&1 && break; sleep 0.2; done
+psql_() { inns psql -h 127.0.0.1 -p 5432 -U farrier -At -v ON_ERROR_STOP=1 "$@"; }
+
+# $1: "postgres" or "sqlite"; prints "key=value" lines into $work/$1.result.
+run_fleet() {
+    local kind=$1 dir="$work/$1" url="" replicas=1
+    mkdir -p "$dir/data"
+    if [ "$kind" = postgres ]; then
+        psql_ -d postgres -c "CREATE DATABASE scale" >/dev/null
+        url="postgres://farrier@127.0.0.1:5432/scale?sslmode=disable"
+        replicas=2
+    fi
+    inns "$farrier" sim --machines "$n" --redfish-listen 127.0.0.1:8200 --boot-url http://127.0.0.1:8080 \
+        --boot-seconds 2 --agent-seconds "$agent_seconds" --poll-seconds 5 \
+        --write-enroll "$dir/enroll.yaml" --write-config "$dir/sim.yaml" --write-password "$dir/bmc.pw" \
+        --probe --server 127.0.0.1:7700,127.0.0.1:7701 --probe-token-file "$dir/data/admin.token" >"$dir/sim.log" 2>&1 & local sim=$!
+    pids+=($sim)
+    for _ in $(seq 600); do [ -s "$dir/sim.yaml" ] && [ -s "$dir/enroll.yaml" ] && break; sleep 0.1; done
+    local server_pids=()
+    start_replica() {  # $1: replica number (0: A, with the boot path; 1: B)
+        local r=$1 args=(--data-dir "$dir/data" --config "$dir/sim.yaml" --dhcp-mode off --tftp-listen ""
+            --http-listen "127.0.0.1:$((8080 + r))" --agent-listen "127.0.0.1:$((8443 + r))" --grpc-listen "127.0.0.1:$((7700 + r))"
+            --api-insecure --log-level warning --lifecycle-max-deploys "$max_deploys" --lifecycle-max-wipes "$max_wipes")
+        [ -n "$url" ] && args+=(--database "$url")
+        inns "$farrier" server "${args[@]}" >>"$dir/server-$r.log" 2>&1 &
+        echo $!
+    }
+    local a b=""
+    a=$(start_replica 0); pids+=("$a")
+    for _ in $(seq 300); do [ -s "$dir/data/admin.token" ] && break; sleep 0.1; done
+    if [ "$replicas" = 2 ]; then b=$(start_replica 1); pids+=("$b"); fi
+    local token
+    token=$(cat "$dir/data/admin.token")
+    cli() { inns "$farrier" "$@" --server "127.0.0.1:7700$( [ "$replicas" = 2 ] && echo ,127.0.0.1:7701)" --token "$token"; }
+    for _ in $(seq 300); do cli token whoami >/dev/null 2>&1 && break; sleep 0.2; done
+    # Peak RSS (VmHWM) of each server process: read while it runs (a killed one's is its last reading).
+    hwm() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
+    declare -A peak=([a]=0 [b]=0)
+    sample_rss() {
+        local v
+        v=$(hwm "$a"); [ "$v" -gt "${peak[a]}" ] && peak[a]=$v
+        if [ -n "$b" ]; then v=$(hwm "$b"); [ "$v" -gt "${peak[b]}" ] && peak[b]=$v; fi
+        return 0
+    }
+    count_state() {  # machines in state $1
+        cli machine list --state "$1" -o json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
+    }
+    wait_all() {  # $1: state; $2: phase name; runs $3 (a function) once at half way, if given
+        local state=$1 phase=$2 hook=${3:-} start=$SECONDS got=0 hooked=0
+        while :; do
+            sample_rss
+            got=$(count_state "$state" 2>/dev/null || echo "$got")
+            [ "$got" -ge "$n" ] && break
+            if [ -n "$hook" ] && [ "$hooked" = 0 ] && [ "$got" -ge $((n / 2)) ]; then "$hook"; hooked=1; fi
+            if [ $((SECONDS - start)) -gt $((phase_timeout * 60)) ]; then
+                echo "$phase: timed out with $got of $n $state" >&2
+                break
+            fi
+            sleep 5
+        done
+        echo "$phase.seconds=$((SECONDS - start))" >>"$dir/result"
+        echo "$phase.done=$got" >>"$dir/result"
+    }
+    resets() { inns curl -sf http://127.0.0.1:8200/sim/v1/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["resets"])'; }
+    kill_b() {
+        [ -n "$b" ] || return 0
+        echo "killing replica B (pid $b) with SIGKILL" >&2
+        kill -KILL "$b"; wait "$b" 2>/dev/null || true
+        echo "killed_at_deployed=$(count_state deployed)" >>"$dir/result"
+        (sleep 60; start_replica 1 >"$dir/b2.pid") & pids+=($!)
+    }
+    : >"$dir/result"
+    local r0 r1 r2 r3
+    r0=$(resets)
+    local t0=$SECONDS
+    cli machine enroll --from "$dir/enroll.yaml" --bmc-password-file "$dir/bmc.pw" --commission >/dev/null
+    wait_all ready commission
+    r1=$(resets)
+    cli image add img "$work/image.raw" >/dev/null
+    local projects=$(((n + per_project - 1) / per_project)) p
+    for p in $(seq "$projects"); do cli project create "p$p" >/dev/null; done
+    local deploy_start=$SECONDS
+    (
+        for p in $(seq "$projects"); do
+            left=$((n - (p - 1) * per_project)); count=$((left < per_project ? left : per_project))
+            cli machine deploy --project "p$p" --image img --count "$count" -o json >/dev/null || echo "deploy into p$p failed" >&2
+        done
+    ) & local deployer=$!
+    wait_all deployed deploy kill_b
+    wait "$deployer" || true
+    echo "deploy.api_seconds_inside=$((SECONDS - deploy_start))" >>"$dir/result"
+    if [ -s "$dir/b2.pid" ]; then b=$(cat "$dir/b2.pid"); pids+=("$b"); fi
+    r2=$(resets)
+    cli machine list --state deployed -o json | python3 -c 'import json,sys; [print(m["name"]) for m in json.load(sys.stdin)]' >"$dir/deployed"
+    split -l 500 "$dir/deployed" "$dir/release."
+    for f in "$dir"/release.*; do
+        # shellcheck disable=SC2046  # names, one per line
+        cli machine release $(cat "$f") >/dev/null || echo "release batch $f failed" >&2
+    done
+    wait_all ready release
+    r3=$(resets)
+    local stuck=0 s
+    for s in commissioning deploying releasing failed enrolled deployed; do
+        c=$(count_state "$s"); stuck=$((stuck + c)); [ "$c" = 0 ] || echo "stuck.$s=$c" >>"$dir/result"
+    done
+    echo "stuck=$stuck" >>"$dir/result"
+    echo "total.seconds=$((SECONDS - t0))" >>"$dir/result"
+    python3 - "$n" "$r0" "$r1" "$r2" "$r3" >>"$dir/result" <<'PY'
+import sys
+n, r0, r1, r2, r3 = map(int, sys.argv[1:])
+print(f"resets_per_machine.commission={(r1 - r0) / n:.2f}")
+print(f"resets_per_machine.deploy={(r2 - r1) / n:.2f}")
+print(f"resets_per_machine.release={(r3 - r2) / n:.2f}")
+PY
+    inns curl -sf http://127.0.0.1:8200/sim/v1/stats >"$dir/sim-stats.json"
+    python3 - "$dir/sim-stats.json" >>"$dir/result" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+for call in ("list", "show"):
+    p = s.get("probes", {}).get(call, {})
+    print(f"{call}.count={p.get('count', 0)} {call}.failures={p.get('failures', 0)} {call}.p50_ms={p.get('p50Ms', 0):.1f} {call}.p99_ms={p.get('p99Ms', 0):.1f} {call}.max_ms={p.get('maxMs', 0):.1f}")
+print(f"agent_errors={s['agentErrors']} hello_refusals={s['helloRefusals']} image_mib={s['imageBytes'] / 1048576:.0f}")
+PY
+    sample_rss
+    echo "rss_mb.a=${peak[a]} rss_mb.b=${peak[b]}" >>"$dir/result"
+    if [ "$kind" = postgres ]; then echo "postgres_mb=$(psql_ -d scale -c "SELECT pg_database_size('scale') / 1048576")" >>"$dir/result"; fi
+    stop_pid "$sim"
+    stop_pid "$a"; [ -n "$b" ] && stop_pid "$b"
+    sed "s/^/$kind: /" "$dir/result"
+}
+
+run_fleet postgres
+pg_total=$(awk -F= '/^total.seconds=/ {print $2}' "$work/postgres/result")
+stuck=$(awk -F= '/^stuck=/ {print $2}' "$work/postgres/result")
+list_p99=$(grep -o 'list.p99_ms=[0-9.]*' "$work/postgres/result" | cut -d= -f2)
+rss=$(grep -o 'rss_mb.a=[0-9]* rss_mb.b=[0-9]*' "$work/postgres/result" | awk '{split($1,a,"="); split($2,b,"="); print (a[2] > b[2] ? a[2] : b[2])}')
+sqlite_minutes=skipped
+if [ -z "${SKIP_SQLITE:-}" ]; then
+    run_fleet sqlite
+    sqlite_minutes=$(awk -F= '/^total.seconds=/ {printf "%.1f", $2 / 60}' "$work/sqlite/result")
+fi
+echo "scale machines=$n stuck=$stuck minutes=$(awk -v s="$pg_total" 'BEGIN {printf "%.1f", s / 60}') list_p99_ms=$list_p99 rss_mb=$rss sqlite_minutes=$sqlite_minutes"
