@@ -96,22 +96,54 @@ public actor BMCPool: BMCProvider {
         var reference: BMCReference
         var sealed: [UInt8]
         var bmc: any BMC
+        var lastUsed: ContinuousClock.Instant
     }
     var entries: [String: Entry] = [:]
     let vault: CredentialVault
+    /// A driver not handed out for this long is closed (its Redfish session logged out, its
+    /// HTTP client shut down) once the pool holds more than `keepIdle`: a fleet's machines use
+    /// their BMCs at the start and end of a step, and 10 000 idle clients would hold memory
+    /// and sessions for nothing. Longer than any one BMC operation is bounded to.
+    let idleLimit: Duration
+    let keepIdle: Int
+    var lastSweep = ContinuousClock.now
 
-    public init(vault: CredentialVault) { self.vault = vault }
+    public init(vault: CredentialVault, idleLimit: Duration = .seconds(300), keepIdle: Int = 64) {
+        self.vault = vault
+        self.idleLimit = idleLimit
+        self.keepIdle = keepIdle
+    }
 
     public func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) throws -> any BMC {
-        if let e = entries[machineID], e.reference == reference, e.sealed == sealedPassword { return e.bmc }
+        let now = ContinuousClock.now
+        sweep(now)
+        if var e = entries[machineID], e.reference == reference, e.sealed == sealedPassword {
+            e.lastUsed = now
+            entries[machineID] = e
+            return e.bmc
+        }
         if let old = entries.removeValue(forKey: machineID) {
             Task { await old.bmc.close() }
         }
         let password = try vault.open(sealedPassword, machineID: machineID)
         let bmc = Self.make(reference, password: password)
-        entries[machineID] = Entry(reference: reference, sealed: sealedPassword, bmc: bmc)
+        entries[machineID] = Entry(reference: reference, sealed: sealedPassword, bmc: bmc, lastUsed: now)
         return bmc
     }
+
+    /// Closes drivers idle past `idleLimit`, at most every 10 s, while the pool is over `keepIdle`.
+    func sweep(_ now: ContinuousClock.Instant) {
+        guard entries.count > keepIdle, now - lastSweep > .seconds(10) else { return }
+        lastSweep = now
+        let idle = entries.filter { now - $0.value.lastUsed > idleLimit }
+        for (id, e) in idle {
+            entries.removeValue(forKey: id)
+            Task { await e.bmc.close() }
+        }
+    }
+
+    /// How many drivers are open (tests).
+    public var count: Int { entries.count }
 
     public static func make(_ r: BMCReference, password: String, timeouts: BMCTimeouts? = nil, cipherSuite: UInt8? = nil) -> any BMC {
         switch r.driver {

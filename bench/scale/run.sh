@@ -16,7 +16,7 @@
 #   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M
 # Knobs: MACHINES, PROJECT_SIZE, MAX_DEPLOYS/MAX_WIPES (the caps, default 500), AGENT_SECONDS
 # (simulated agent work, default 5), IMAGE_MIB (default 4), PHASE_TIMEOUT (minutes, default 60),
-# SKIP_SQLITE=1. Needs root, postgresql-15, python3, and a release build (built if missing).
+# SKIP_SQLITE=1, WRAP_A (see start_replica). Needs root, postgresql-15, python3, and a release build (built if missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=bench/lib.sh
@@ -54,7 +54,8 @@ chown nobody:nogroup "$work/pg"
 chmod 700 "$work/pg"
 asnobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$@"; }
 asnobody "$pgbin/initdb" -D "$work/pg" -U farrier -A trust -E UTF8 --no-sync >/dev/null
-inns setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$pgbin/postgres" -D "$work/pg" -k "$work/pg" -p 5432 \
+# Started with `ip netns exec` itself, not through a function, so $! is the process (ip execs it).
+ip netns exec "$ns" setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$pgbin/postgres" -D "$work/pg" -k "$work/pg" -p 5432 \
     -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=128MB >"$work/postgres.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do inns "$pgbin/pg_isready" -h 127.0.0.1 -p 5432 -U farrier -t 1 >/dev/null 2>&1 && break; sleep 0.2; done
 psql_() { inns psql -h 127.0.0.1 -p 5432 -U farrier -At -v ON_ERROR_STOP=1 "$@"; }
@@ -68,7 +69,7 @@ run_fleet() {
         url="postgres://farrier@127.0.0.1:5432/scale?sslmode=disable"
         replicas=2
     fi
-    inns "$farrier" sim --machines "$n" --redfish-listen 127.0.0.1:8200 --boot-url http://127.0.0.1:8080 \
+    ip netns exec "$ns" "$farrier" sim --machines "$n" --redfish-listen 127.0.0.1:8200 --boot-url http://127.0.0.1:8080 \
         --boot-seconds 2 --agent-seconds "$agent_seconds" --poll-seconds 5 \
         --write-enroll "$dir/enroll.yaml" --write-config "$dir/sim.yaml" --write-password "$dir/bmc.pw" \
         --probe --server 127.0.0.1:7700,127.0.0.1:7701 --probe-token-file "$dir/data/admin.token" >"$dir/sim.log" 2>&1 & local sim=$!
@@ -76,11 +77,15 @@ run_fleet() {
     for _ in $(seq 600); do [ -s "$dir/sim.yaml" ] && [ -s "$dir/enroll.yaml" ] && break; sleep 0.1; done
     local server_pids=()
     start_replica() {  # $1: replica number (0: A, with the boot path; 1: B)
-        local r=$1 args=(--data-dir "$dir/data" --config "$dir/sim.yaml" --dhcp-mode off --tftp-listen ""
+        local r=$1 args
+        args=(--data-dir "$dir/data" --config "$dir/sim.yaml" --dhcp-mode off --tftp-listen ""
             --http-listen "127.0.0.1:$((8080 + r))" --agent-listen "127.0.0.1:$((8443 + r))" --grpc-listen "127.0.0.1:$((7700 + r))"
             --api-insecure --log-level warning --lifecycle-max-deploys "$max_deploys" --lifecycle-max-wipes "$max_wipes")
         [ -n "$url" ] && args+=(--database "$url")
-        inns "$farrier" server "${args[@]}" >>"$dir/server-$r.log" 2>&1 &
+        local wrap=()
+        # WRAP_A: a command to run replica A under (heaptrack -o FILE, perf record …), to see where its time and memory go.
+        [ "$r" = 0 ] && [ -n "${WRAP_A:-}" ] && read -r -a wrap <<<"$WRAP_A"
+        ip netns exec "$ns" "${wrap[@]}" "$farrier" server "${args[@]}" >>"$dir/server-$r.log" 2>&1 &
         echo $!
     }
     local a b=""
