@@ -64,8 +64,9 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             query.after = last.name
         }
         var response = Farrier_V1_ListMachinesResponse()
-        let addresses = try await addressBook()
-        response.machines = machines.prefix(pageSize).map { m in
+        let page = machines.prefix(pageSize)
+        let addresses = try await addressBook(page.map(\.mac))
+        response.machines = page.map { m in
             var v = Farrier_V1_Machine(m, timeline: [])
             v.address = addresses[m.mac] ?? ""
             return v
@@ -85,15 +86,15 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         }
         let machine = try await visibleMachine(request.nameOrMac)
         var v = Farrier_V1_Machine(machine, timeline: try await store.timeline(mac: machine.mac, limit: limit))
-        v.address = try await addressBook()[machine.mac] ?? ""
+        v.address = try await addressBook([machine.mac])[machine.mac] ?? ""
         return v
     }
 
     /// Current DHCP leases by MAC.
-    func addressBook() async throws -> [MACAddress: String] {
+    func addressBook(_ macs: [MACAddress]) async throws -> [MACAddress: String] {
         let now = Date()
         var book: [MACAddress: String] = [:]
-        for l in try await store.currentLeases() where l.expires > now { book[l.mac] = l.address.description }
+        for l in try await store.currentLeases(macs: macs) where l.expires > now { book[l.mac] = l.address.description }
         return book
     }
 

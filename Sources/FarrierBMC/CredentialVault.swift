@@ -103,12 +103,14 @@ public actor BMCPool: BMCProvider {
     /// A driver not handed out for this long is closed (its Redfish session logged out, its
     /// HTTP client shut down) once the pool holds more than `keepIdle`: a fleet's machines use
     /// their BMCs at the start and end of a step, and 10 000 idle clients would hold memory
-    /// and sessions for nothing. Longer than any one BMC operation is bounded to.
+    /// and sessions for nothing. Far longer than a BMC action takes (each attempt is bounded by
+    /// the driver's timeouts, a minute or two); a driver closed under a late user fails that
+    /// attempt, which the reconciler retries with a new one.
     let idleLimit: Duration
     let keepIdle: Int
     var lastSweep = ContinuousClock.now
 
-    public init(vault: CredentialVault, idleLimit: Duration = .seconds(300), keepIdle: Int = 64) {
+    public init(vault: CredentialVault, idleLimit: Duration = .seconds(900), keepIdle: Int = 64) {
         self.vault = vault
         self.idleLimit = idleLimit
         self.keepIdle = keepIdle
@@ -164,9 +166,12 @@ public actor BMCPool: BMCProvider {
         if let e = entries.removeValue(forKey: machineID) { await e.bmc.close() }
     }
 
+    /// Closes every driver, concurrently (each logs its Redfish session out, bounded by 5 s).
     public func closeAll() async {
         let all = entries.values.map(\.bmc)
         entries = [:]
-        for b in all { await b.close() }
+        await withDiscardingTaskGroup { group in
+            for b in all { group.addTask { await b.close() } }
+        }
     }
 }

@@ -236,10 +236,17 @@ public final class RedfishClient: BMC, Sendable {
         // chassis manager, a simulator) would otherwise send its whole collection to each client.
         if let wanted = endpoint.system, !wanted.isEmpty {
             let direct = wanted.hasPrefix("/") ? wanted : systemsPath + "/" + wanted
-            let probe = try await authorized(.GET, direct)
-            if probe.status == .ok, let id = probe.json["@odata.id"] as? String, id == direct || id.hasPrefix(systemsPath + "/") {
-                systemPath.withLock { $0 = id }
-                return id
+            do {
+                let probe = try await authorized(.GET, direct)
+                if probe.status == .ok, let id = probe.json["@odata.id"] as? String, id == direct || id.hasPrefix(systemsPath + "/") {
+                    systemPath.withLock { $0 = id }
+                    return id
+                }
+            } catch let e as BMCError where e.kind == .authenticationFailed {
+                throw e
+            } catch {
+                // Anything else (a service that does not answer names this way): the collection decides.
+                logger.debug("Redfish system read directly failed; listing the systems", metadata: ["system": "\(direct)", "error": "\(error)"])
             }
         }
         let collection = try await authorized(.GET, systemsPath)

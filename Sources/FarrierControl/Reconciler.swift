@@ -64,8 +64,10 @@ public actor Reconciler: Service {
                 let began = ContinuousClock.now
                 await self.scan(group: &group)
                 // Commits wake the scan, and a fleet's agents commit many times a second: after
-                // a scan, wait as long as it took, so scanning takes at most half the time
-                // whatever the fleet's size (a small fleet's scan takes a millisecond).
+                // a scan, wait as long as it took (at most 2 s, so events are still acted on
+                // within seconds), so scanning takes at most half the time while a scan takes
+                // under 2 s (a small fleet's scan takes a millisecond; 10 000 machines in steps,
+                // a few hundred).
                 let took = ContinuousClock.now - began
                 if took > .milliseconds(5) { try? await Task.sleep(for: min(took, .seconds(2))) }
             }

@@ -97,6 +97,8 @@ public protocol LeaseStore: Sendable {
     func leases() throws -> [Lease]
     /// The same, awaited (for the API; see the default below).
     func currentLeases() async throws -> [Lease]
+    /// The leases of these MACs only (a page of machines), awaited.
+    func currentLeases(macs: [MACAddress]) async throws -> [Lease]
     /// Writes the leases and makes them durable (fsync) before returning.
     func commit(_ leases: [Lease]) throws
     func deleteLease(mac: MACAddress) throws
@@ -113,6 +115,10 @@ extension LeaseStore {
     /// The leases, read without holding a thread (the API reads them; the DHCP threads use
     /// `leases()`). By default the synchronous read, where that is quick (SQLite's).
     public func currentLeases() async throws -> [Lease] { try leases() }
+    public func currentLeases(macs: [MACAddress]) async throws -> [Lease] {
+        let wanted = Set(macs)
+        return try await currentLeases().filter { wanted.contains($0.mac) }
+    }
 
     public func recordSeenAddress(mac: MACAddress, address: IPv4Address, at time: Date) throws {}
     public func seenAddresses(since cutoff: Date) throws -> [(mac: MACAddress, address: IPv4Address)] { [] }

@@ -197,6 +197,20 @@ public final class PostgresStore: StateStore {
                 "CREATE INDEX machine_phase ON machine ((body->>'phase'))",
             ]
         ),
+        (
+            "v3-pages-and-pool",
+            [
+                // Pages are in bytewise name order (COLLATE "C"), whatever the database's locale.
+                "CREATE INDEX machine_name_c ON machine (name COLLATE \"C\")",
+                // The pool in allocation order (fewest cores, least memory, name).
+                """
+                CREATE INDEX machine_pool ON machine (
+                  (COALESCE((body->'inventory'->>'cores')::bigint, 0)), (COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0)),
+                  (name COLLATE "C"))
+                WHERE state = 'ready' AND project IS NULL
+                """,
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -487,24 +501,31 @@ extension PostgresStore {
     ) async throws -> Machine? {
         try await transaction { [self] conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.allocationLock))", logger: logger)
-            // The pool, smallest first (Placement.choose's order), a batch at a time; the
-            // allocation lock keeps other allocations out while the batches are read.
+            // The pool, smallest first (Placement.choose's order), a batch at a time, each batch
+            // starting after the last one read (keyset, on the index machine_pool): a machine
+            // that leaves or joins the pool meanwhile (a deploy by name, a release, which do not
+            // take the allocation lock) moves no other machine out of the way.
             let batch = 100
             var picked: Machine?
-            search: for offset in stride(from: 0, to: Int.max, by: batch) {
-                let rows = try await machines(
-                    conn,
-                    """
-                    SELECT body::text FROM machine WHERE state = 'ready' AND project IS NULL
-                    ORDER BY COALESCE((body->'inventory'->>'cores')::bigint, 0), COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0),
-                      name COLLATE "C"
-                    LIMIT \(batch) OFFSET \(offset)
-                    """)
+            var after: (cores: Int64, memory: Int64, name: String)?
+            search: for _ in 0..<1_000_000 {
+                let order = "COALESCE((body->'inventory'->>'cores')::bigint, 0), COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0), name COLLATE \"C\""
+                var sql = "SELECT body::text FROM machine WHERE state = 'ready' AND project IS NULL"
+                var binds = PostgresBindings()
+                if let after {
+                    binds.append(after.cores)
+                    binds.append(after.memory)
+                    binds.append(after.name)
+                    sql += " AND (\(order)) > ($1, $2, $3)"
+                }
+                sql += " ORDER BY \(order) LIMIT \(batch)"
+                let rows = try await machines(conn, PostgresQuery(unsafeSQL: sql, binds: binds))
                 for m in rows where accept(m) {
                     picked = m
                     break search
                 }
-                if rows.count < batch { break }
+                guard rows.count == batch, let last = rows.last else { break }
+                after = (Int64(last.inventory?.cores ?? 0), last.inventory?.memoryBytes ?? 0, last.name)
             }
             guard let picked else { return nil }
             // Lock the chosen row and make sure nothing changed it since it was read (a transition
@@ -789,6 +810,18 @@ extension PostgresStore {
         try await run { [self] conn in
             var out: [Lease] = []
             let rows = try await conn.query("SELECT mac, address, expires, hostname FROM lease", logger: logger)
+            for try await (mac, address, expires, hostname) in rows.decode((String, String, Date, String?).self) {
+                if let m = MACAddress(mac), let ip = IPv4Address(address) { out.append(Lease(mac: m, address: ip, expires: expires, hostname: hostname)) }
+            }
+            return out
+        }
+    }
+
+    public func currentLeases(macs: [MACAddress]) async throws -> [Lease] {
+        let keys = macs.map(\.description)
+        return try await run { [self] conn in
+            var out: [Lease] = []
+            let rows = try await conn.query("SELECT mac, address, expires, hostname FROM lease WHERE mac = ANY(\(keys))", logger: logger)
             for try await (mac, address, expires, hostname) in rows.decode((String, String, Date, String?).self) {
                 if let m = MACAddress(mac), let ip = IPv4Address(address) { out.append(Lease(mac: m, address: ip, expires: expires, hostname: hostname)) }
             }

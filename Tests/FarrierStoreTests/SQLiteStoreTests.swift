@@ -417,8 +417,8 @@ import TestSupport
             }
             #expect(opened == 3)
             let store = try #require(under.store as? PostgresStore)
-            #expect(try await store.appliedMigrations() == ["v1", "v2-work-claim"])
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "2\n")
+            #expect(try await store.appliedMigrations() == ["v1", "v2-work-claim", "v3-pages-and-pool"])
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "3\n")
         }
     }
 

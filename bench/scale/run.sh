@@ -16,7 +16,9 @@
 #   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M
 # Knobs: MACHINES, PROJECT_SIZE, MAX_DEPLOYS/MAX_WIPES (the caps, default 500), AGENT_SECONDS
 # (simulated agent work, default 5), IMAGE_MIB (default 4), PHASE_TIMEOUT (minutes, default 60),
-# SKIP_SQLITE=1, WRAP_A (see start_replica). Needs root, postgresql-15, python3, and a release build (built if missing).
+# SKIP_SQLITE=1, WRAP_A (a command to run replica A under, e.g. "heaptrack -o FILE": A's RSS is
+# then the wrapper's). Every process is started by this shell (its child: reaped, killed by its
+# own PID). Needs root, postgresql-15, python3, and a release build (built if missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=bench/lib.sh
@@ -36,8 +38,9 @@ chmod 755 "$work"
 ns=frsc$$
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    # Newest first: the servers and the simulator before PostgreSQL (which waits for its clients).
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
 }
@@ -75,8 +78,8 @@ run_fleet() {
         --probe --server 127.0.0.1:7700,127.0.0.1:7701 --probe-token-file "$dir/data/admin.token" >"$dir/sim.log" 2>&1 & local sim=$!
     pids+=($sim)
     for _ in $(seq 600); do [ -s "$dir/sim.yaml" ] && [ -s "$dir/enroll.yaml" ] && break; sleep 0.1; done
-    local server_pids=()
-    start_replica() {  # $1: replica number (0: A, with the boot path; 1: B)
+    started=""
+    start_replica() {  # $1: replica number (0: A, with the boot path; 1: B); sets $started to its PID
         local r=$1 args
         args=(--data-dir "$dir/data" --config "$dir/sim.yaml" --dhcp-mode off --tftp-listen ""
             --http-listen "127.0.0.1:$((8080 + r))" --agent-listen "127.0.0.1:$((8443 + r))" --grpc-listen "127.0.0.1:$((7700 + r))"
@@ -86,12 +89,19 @@ run_fleet() {
         # WRAP_A: a command to run replica A under (heaptrack -o FILE, perf record …), to see where its time and memory go.
         [ "$r" = 0 ] && [ -n "${WRAP_A:-}" ] && read -r -a wrap <<<"$WRAP_A"
         ip netns exec "$ns" "${wrap[@]}" "$farrier" server "${args[@]}" >>"$dir/server-$r.log" 2>&1 &
-        echo $!
+        started=$!
+        pids+=("$started")
     }
-    local a b=""
-    a=$(start_replica 0); pids+=("$a")
+    local a b="" restart_b_at=""
+    start_replica 0; a=$started
     for _ in $(seq 300); do [ -s "$dir/data/admin.token" ] && break; sleep 0.1; done
-    if [ "$replicas" = 2 ]; then b=$(start_replica 1); pids+=("$b"); fi
+    if [ "$replicas" = 2 ]; then start_replica 1; b=$started; fi
+    restart_b() {  # B comes back a minute after its kill (or when the phase ends, if sooner)
+        [ -n "$restart_b_at" ] || return 0
+        [ "${1:-}" = now ] || [ "$SECONDS" -ge "$restart_b_at" ] || return 0
+        echo "restarting replica B" >&2
+        start_replica 1; b=$started; restart_b_at=""
+    }
     local token
     token=$(cat "$dir/data/admin.token")
     cli() { inns "$farrier" "$@" --server "127.0.0.1:7700$( [ "$replicas" = 2 ] && echo ,127.0.0.1:7701)" --token "$token"; }
@@ -112,6 +122,7 @@ run_fleet() {
         local state=$1 phase=$2 hook=${3:-} start=$SECONDS got=0 hooked=0
         while :; do
             sample_rss
+            restart_b
             got=$(count_state "$state" 2>/dev/null || echo "$got")
             [ "$got" -ge "$n" ] && break
             if [ -n "$hook" ] && [ "$hooked" = 0 ] && [ "$got" -ge $((n / 2)) ]; then "$hook"; hooked=1; fi
@@ -129,14 +140,15 @@ run_fleet() {
         [ -n "$b" ] || return 0
         echo "killing replica B (pid $b) with SIGKILL" >&2
         kill -KILL "$b"; wait "$b" 2>/dev/null || true
-        echo "killed_at_deployed=$(count_state deployed)" >>"$dir/result"
-        (sleep 60; start_replica 1 >"$dir/b2.pid") & pids+=($!)
+        echo "killed_at_deployed=$(count_state deployed || echo unknown)" >>"$dir/result"
+        b=""
+        restart_b_at=$((SECONDS + 60))
     }
     : >"$dir/result"
     local r0 r1 r2 r3
     r0=$(resets)
     local t0=$SECONDS
-    cli machine enroll --from "$dir/enroll.yaml" --bmc-password-file "$dir/bmc.pw" --commission >/dev/null
+    cli machine enroll --from "$dir/enroll.yaml" --bmc-password-file "$dir/bmc.pw" --commission >/dev/null || echo "enroll: some failed" >&2
     wait_all ready commission
     r1=$(resets)
     cli image add img "$work/image.raw" >/dev/null
@@ -152,7 +164,7 @@ run_fleet() {
     wait_all deployed deploy kill_b
     wait "$deployer" || true
     echo "deploy.api_seconds_inside=$((SECONDS - deploy_start))" >>"$dir/result"
-    if [ -s "$dir/b2.pid" ]; then b=$(cat "$dir/b2.pid"); pids+=("$b"); fi
+    restart_b now
     r2=$(resets)
     cli machine list --state deployed -o json | python3 -c 'import json,sys; [print(m["name"]) for m in json.load(sys.stdin)]' >"$dir/deployed"
     split -l 500 "$dir/deployed" "$dir/release."
@@ -164,7 +176,7 @@ run_fleet() {
     r3=$(resets)
     local stuck=0 s
     for s in commissioning deploying releasing failed enrolled deployed; do
-        c=$(count_state "$s"); stuck=$((stuck + c)); [ "$c" = 0 ] || echo "stuck.$s=$c" >>"$dir/result"
+        c=$(count_state "$s" || count_state "$s" || echo 1000000000); stuck=$((stuck + c)); [ "$c" = 0 ] || echo "stuck.$s=$c" >>"$dir/result"
     done
     echo "stuck=$stuck" >>"$dir/result"
     echo "total.seconds=$((SECONDS - t0))" >>"$dir/result"
@@ -188,7 +200,7 @@ PY
     echo "rss_mb.a=${peak[a]} rss_mb.b=${peak[b]}" >>"$dir/result"
     if [ "$kind" = postgres ]; then echo "postgres_mb=$(psql_ -d scale -c "SELECT pg_database_size('scale') / 1048576")" >>"$dir/result"; fi
     stop_pid "$sim"
-    stop_pid "$a"; [ -n "$b" ] && stop_pid "$b"
+    stop_pid "$a"; [ -z "$b" ] || stop_pid "$b"
     sed "s/^/$kind: /" "$dir/result"
 }
 

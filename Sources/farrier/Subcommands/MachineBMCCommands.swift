@@ -34,8 +34,10 @@ extension MachineCommand {
 
                 --from FILE enrolls every machine a YAML or JSON list names, 16 at a time: each entry has \
                 name, mac and bmc, and optionally bmc-password-file (else --bmc-password-file's) and \
-                bmc-insecure-tls. Enrolling a machine again with the same name and MAC changes nothing, so \
-                a file can be enrolled again after a failure; the failures are listed and the exit status is 1.
+                bmc-insecure-tls. Enrolling a machine again with the same name and MAC keeps it as it is \
+                (its BMC password is stored again), so a file can be enrolled again after a failure; with \
+                --commission, machines already ready are commissioned again. The failures are listed and \
+                the exit status is 1.
                 """)
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
@@ -112,8 +114,8 @@ extension MachineCommand {
                 requests.append(req)
             }
             let all = requests
-            // Re-enrolling the same name and MAC is a no-op, so the batch may be retried on another
-            // replica; commissioning is not, so with --commission it is sent once.
+            // Re-enrolling the same name and MAC keeps the machine, so the batch may be retried on
+            // another replica; commissioning is not, so with --commission it is sent once.
             let failures = try await rpc(client, idempotent: !commission) { clients in
                 try await withThrowingTaskGroup(of: String?.self) { group in
                     var failures: [String] = []

@@ -3,6 +3,7 @@ import FarrierAPI
 import FarrierCore
 import FarrierSim
 import Foundation
+import Synchronization
 import UnixSignals
 import WireSupport
 
@@ -70,6 +71,7 @@ struct SimCommand: AsyncParsableCommand {
     /// failing over between the servers as the CLI does; runs until cancelled.
     static func probe(_ options: ClientOptions, tokenFile: String?, fleet: SimFleet, names: [String], interval: Double) async {
         var client = options
+        let calling = Mutex("list")
         for _ in 0..<1_000_000 where !Task.isCancelled {
             if let tokenFile {
                 guard let t = try? String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !t.isEmpty else {
@@ -86,19 +88,21 @@ struct SimCommand: AsyncParsableCommand {
                         if let start = names.randomElement() { list.pageToken = Data(start.utf8).base64EncodedString() }
                         let request = list
                         let t0 = ContinuousClock.now
+                        calling.withLock { $0 = "list" }
                         _ = try await c.machines.listMachines(request)
                         await fleet.recordProbe("list", milliseconds: (ContinuousClock.now - t0) / .milliseconds(1))
                         var show = Farrier_V1_GetMachineRequest()
                         show.nameOrMac = names.randomElement() ?? ""
                         let showRequest = show
                         let t1 = ContinuousClock.now
+                        calling.withLock { $0 = "show" }
                         _ = try await c.machines.getMachine(showRequest)
                         await fleet.recordProbe("show", milliseconds: (ContinuousClock.now - t1) / .milliseconds(1))
                         try await Task.sleep(for: .milliseconds(Int(interval * 1000)))
                     }
                 }
             } catch {
-                await fleet.recordProbe("list", milliseconds: nil)
+                await fleet.recordProbe(calling.withLock { $0 }, milliseconds: nil)
                 try? await Task.sleep(for: .seconds(1))
             }
         }
@@ -134,16 +138,16 @@ struct SimCommand: AsyncParsableCommand {
         let fleet = SimFleet(c)
         let port = try await fleet.start()
         let entries = await fleet.entries(port: port)
+        if let writeConfig {
+            let text = "dhcp:\n  reservations:\n" + entries.map { "    - \"\($0.mac)=\($0.address)\"\n" }.joined()
+            try text.write(toFile: writeConfig, atomically: true, encoding: .utf8)
+        }
         if let writePassword {
             _ = FileManager.default.createFile(atPath: writePassword, contents: Data((c.password + "\n").utf8), attributes: [.posixPermissions: 0o600])
         }
         if let writeEnroll {
             let text = entries.map { "- name: \($0.name)\n  mac: \"\($0.mac)\"\n  bmc: \($0.bmcURL)\n" }.joined()
             try text.write(toFile: writeEnroll, atomically: true, encoding: .utf8)
-        }
-        if let writeConfig {
-            let text = "dhcp:\n  reservations:\n" + entries.map { "    - \"\($0.mac)=\($0.address)\"\n" }.joined()
-            try text.write(toFile: writeConfig, atomically: true, encoding: .utf8)
         }
         FileHandle.standardOutput.write(Data("sim: \(machines) machines; Redfish on \(c.redfishHost):\(port); booting from \(bootURL)\n".utf8))
 
