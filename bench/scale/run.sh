@@ -186,6 +186,7 @@ n, r0, r1, r2, r3 = map(int, sys.argv[1:])
 print(f"resets_per_machine.commission={(r1 - r0) / n:.2f}")
 print(f"resets_per_machine.deploy={(r2 - r1) / n:.2f}")
 print(f"resets_per_machine.release={(r3 - r2) / n:.2f}")
+print(f"resets.commission={r1 - r0} resets.deploy={r2 - r1} resets.release={r3 - r2} (undisturbed: {2 * n}, {2 * n}, {3 * n})")
 PY
     inns curl -sf http://127.0.0.1:8200/sim/v1/stats >"$dir/sim-stats.json"
     python3 - "$dir/sim-stats.json" >>"$dir/result" <<'PY'
