@@ -144,9 +144,6 @@ public actor BMCPool: BMCProvider {
         }
     }
 
-    /// How many drivers are open (tests).
-    public var count: Int { entries.count }
-
     public static func make(_ r: BMCReference, password: String, timeouts: BMCTimeouts? = nil, cipherSuite: UInt8? = nil) -> any BMC {
         switch r.driver {
         case .ipmi:

@@ -45,8 +45,8 @@ public protocol MachineStore: Sendable {
         _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
     ) async throws -> Machine
     /// Picks the first pool machine (`ready`, in no project) that `accept` takes, smallest
-    /// first (fewest cores, then least memory, then name: `Placement.choose`'s order), and
-    /// updates it with `body`, in one transaction, so two concurrent allocations never get the
+    /// first (fewest cores, then least memory, then name: big machines stay free for big
+    /// requests), and updates it with `body`, in one transaction, so two concurrent allocations never get the
     /// same machine. Reads the pool in batches in that order (the database sorts it), so an
     /// allocation costs a batch, not the fleet. Nil when `accept` takes none.
     func allocate(_ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
@@ -80,15 +80,6 @@ public struct MachineQuery: Sendable, Hashable {
         self.zone = zone
         self.after = after
         self.limit = limit
-    }
-
-    /// Whether `m` is one this query selects (limit aside): the stores' SQL says the same.
-    public func matches(_ m: Machine) -> Bool {
-        if let states, !states.contains(m.state) { return false }
-        if let project, m.project != project { return false }
-        if let zone, m.zone != zone { return false }
-        if let after, m.name <= after { return false }
-        return true
     }
 }
 

@@ -160,16 +160,6 @@ public struct Placement: Sendable, Hashable {
         }
         return true
     }
-
-    /// Picks a machine: the smallest that fits (fewest cores, then least memory), then by name,
-    /// so big machines stay free for big requests.
-    public func choose(from machines: [Machine]) -> Machine? {
-        machines.filter(matches).min { a, b in
-            let ka = (a.inventory?.cores ?? 0, a.inventory?.memoryBytes ?? 0, a.name)
-            let kb = (b.inventory?.cores ?? 0, b.inventory?.memoryBytes ?? 0, b.name)
-            return ka < kb
-        }
-    }
 }
 
 /// An OS image in the store, content-addressed by the SHA-256 of the stored file.
