@@ -501,15 +501,15 @@ extension PostgresStore {
     ) async throws -> Machine? {
         try await transaction { [self] conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.allocationLock))", logger: logger)
-            // The pool, smallest first (Placement.choose's order), a batch at a time, each batch
+            // The pool, smallest first (MachineStore.allocate's order), a batch at a time, each batch
             // starting after the last one read (keyset, on the index machine_pool): a machine
             // that leaves or joins the pool meanwhile (a deploy by name, a release, which do not
             // take the allocation lock) moves no other machine out of the way.
             let batch = 100
             var picked: Machine?
             var after: (cores: Int64, memory: Int64, name: String)?
+            let order = "COALESCE((body->'inventory'->>'cores')::bigint, 0), COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0), name COLLATE \"C\""
             search: for _ in 0..<1_000_000 {
-                let order = "COALESCE((body->'inventory'->>'cores')::bigint, 0), COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0), name COLLATE \"C\""
                 var sql = "SELECT body::text FROM machine WHERE state = 'ready' AND project IS NULL"
                 var binds = PostgresBindings()
                 if let after {
@@ -799,34 +799,36 @@ extension PostgresStore {
             let result = try session.query("SELECT mac, address, expires, hostname FROM lease")
             return try result.rows.compactMap { row in
                 let (mac, address, expires, hostname) = try row.decode((String, String, Date, String?).self)
-                guard let m = MACAddress(mac), let ip = IPv4Address(address) else { return nil }
-                return Lease(mac: m, address: ip, expires: expires, hostname: hostname)
+                return Self.lease(mac, address, expires, hostname)
             }
         }
     }
 
     /// On the pool, for the API: never waits on the DHCP threads' connection.
     public func currentLeases() async throws -> [Lease] {
+        try await pooledLeases("SELECT mac, address, expires, hostname FROM lease")
+    }
+
+    public func currentLeases(macs: [MACAddress]) async throws -> [Lease] {
+        try await pooledLeases("SELECT mac, address, expires, hostname FROM lease WHERE mac = ANY(\(macs.map(\.description)))")
+    }
+
+    /// The leases a query of (mac, address, expires, hostname) selects, on the pool.
+    func pooledLeases(_ query: PostgresQuery) async throws -> [Lease] {
         try await run { [self] conn in
             var out: [Lease] = []
-            let rows = try await conn.query("SELECT mac, address, expires, hostname FROM lease", logger: logger)
+            let rows = try await conn.query(query, logger: logger)
             for try await (mac, address, expires, hostname) in rows.decode((String, String, Date, String?).self) {
-                if let m = MACAddress(mac), let ip = IPv4Address(address) { out.append(Lease(mac: m, address: ip, expires: expires, hostname: hostname)) }
+                if let lease = Self.lease(mac, address, expires, hostname) { out.append(lease) }
             }
             return out
         }
     }
 
-    public func currentLeases(macs: [MACAddress]) async throws -> [Lease] {
-        let keys = macs.map(\.description)
-        return try await run { [self] conn in
-            var out: [Lease] = []
-            let rows = try await conn.query("SELECT mac, address, expires, hostname FROM lease WHERE mac = ANY(\(keys))", logger: logger)
-            for try await (mac, address, expires, hostname) in rows.decode((String, String, Date, String?).self) {
-                if let m = MACAddress(mac), let ip = IPv4Address(address) { out.append(Lease(mac: m, address: ip, expires: expires, hostname: hostname)) }
-            }
-            return out
-        }
+    /// A lease row as a value; nil for a row whose MAC or address does not parse.
+    static func lease(_ mac: String, _ address: String, _ expires: Date, _ hostname: String?) -> Lease? {
+        guard let m = MACAddress(mac), let ip = IPv4Address(address) else { return nil }
+        return Lease(mac: m, address: ip, expires: expires, hostname: hostname)
     }
 
     public func commit(_ batch: [Lease]) throws {

@@ -397,17 +397,15 @@ public final class SQLiteStore: StateStore {
 
     public func allocate(_ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
         try await writing { db in
-            // The pool, smallest first (Placement.choose's order), a batch at a time: the write
+            // The pool, smallest first (MachineStore.allocate's order), a batch at a time: the write
             // transaction holds the file, so the offsets stay put between batches.
             let batch = 100
             for offset in stride(from: 0, to: Int.max, by: batch) {
-                let rows = try MachineRecord.fetchAll(
-                    db,
-                    sql: """
-                        SELECT \(MachineRecord.columnList) FROM machine WHERE state = 'ready' AND project IS NULL
-                        ORDER BY COALESCE(json_extract(inventory, '$.cores'), 0), COALESCE(json_extract(inventory, '$.memoryBytes'), 0), name
-                        LIMIT ? OFFSET ?
-                        """, arguments: [batch, offset])
+                let rows = try MachineRecord
+                    .filter(sql: "state = 'ready' AND project IS NULL")
+                    .order(sql: "COALESCE(json_extract(inventory, '$.cores'), 0), COALESCE(json_extract(inventory, '$.memoryBytes'), 0), name")
+                    .limit(batch, offset: offset)
+                    .fetchAll(db)
                 for row in rows {
                     let m = try row.machine()
                     if accept(m) { return try Self.apply(body, to: m, db: db) }
@@ -718,10 +716,6 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var dirtyFor: String?
     var agentBoot: Int
     var agentNonce: String?
-
-    /// The selection as SQL, for hand-written queries.
-    static let columnList = "id, name, mac, architecture, firmware, state, firstSeen, lastSeen, bmc, failedStep, reason, project, "
-        + "tags, labels, zone, rack, inventory, deployment, phase, generation, stepStarted, progress, diskDirty, dirtyFor, agentBoot, agentNonce"
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] { [
