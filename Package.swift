@@ -116,7 +116,7 @@ let package = Package(
         .target(
             name: "FarrierSim",
             dependencies: [
-                "FarrierCore", "WireSupport", log, .product(name: "Crypto", package: "swift-crypto"),
+                "FarrierCore", "FarrierAgent", "WireSupport", log,
                 .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ] + nio,
             swiftSettings: swiftSettings

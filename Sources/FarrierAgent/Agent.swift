@@ -50,6 +50,18 @@ public struct AgentConfiguration: Sendable {
         self.stateDirectory = stateDirectory
     }
 
+    /// The agent channel's host and port, from `serverURL` (https://HOST:PORT).
+    public func channelAddress() throws -> (host: String, port: Int) {
+        let url = serverURL
+        guard url.hasPrefix("https://") else { throw AgentFailure("the agent channel is HTTPS only; farrier.url is \(url)") }
+        let rest = url.dropFirst("https://".count)
+        let authority = rest.prefix { $0 != "/" }
+        guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]) else {
+            throw AgentFailure("farrier.url needs a port: \(url)")
+        }
+        return (String(authority[..<colon]), port)
+    }
+
     /// Reads `farrier.url=`, `farrier.cert=` and `farrier.mode=` from a kernel command line.
     public static func fromKernelCommandLine(_ text: String) -> AgentConfiguration? {
         var values: [String: String] = [:]
@@ -178,14 +190,8 @@ public final class Agent: Sendable {
     /// The TLS tunnel to the server's agent channel, pinned to the certificate the kernel
     /// command line names.
     func openTunnel() throws -> PinnedTunnel {
-        let url = configuration.serverURL
-        guard url.hasPrefix("https://") else { throw AgentFailure("the agent channel is HTTPS only; farrier.url is \(url)") }
-        let rest = url.dropFirst("https://".count)
-        let authority = rest.prefix { $0 != "/" }
-        guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]) else {
-            throw AgentFailure("farrier.url needs a port: \(url)")
-        }
-        return try PinnedTunnel(host: String(authority[..<colon]), port: port, fingerprint: configuration.certificateSHA256,
+        let (host, port) = try configuration.channelAddress()
+        return try PinnedTunnel(host: host, port: port, fingerprint: configuration.certificateSHA256,
             sourceAddress: configuration.sourceAddress, log: log)
     }
 

@@ -23,18 +23,8 @@ public final class PinnedTunnel: Sendable {
         host: String, port: Int, fingerprint: String, sourceAddress: String? = nil,
         log: @escaping @Sendable (String) -> Void = { _ in }
     ) throws {
-        let pin = fingerprint.lowercased().replacingOccurrences(of: "sha256:", with: "").replacingOccurrences(of: ":", with: "")
-        guard pin.count == 64, pin.allSatisfy(\.isHexDigit) else {
-            throw AgentFailure("farrier.cert must be sha256:<64 hex digits>, got '\(fingerprint)'")
-        }
-        var tls = TLSConfiguration.makeClientConfiguration()
-        // Verification is the pin alone (the callback below replaces BoringSSL's chain checks).
-        tls.certificateVerification = .noHostnameVerification
-        // No CA store either: the ramdisk has none (loading the default one fails there), and
-        // the pin alone decides.
-        tls.trustRoots = .certificates([])
-        tls.minimumTLSVersion = .tlsv12
-        let context = try NIOSSLContext(configuration: tls)
+        let pin = try CertificatePin.normalized(fingerprint)
+        let context = try CertificatePin.clientContext()
         let source = try sourceAddress.map { try SocketAddress(ipAddress: $0, port: 0) }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group
@@ -49,14 +39,9 @@ public final class PinnedTunnel: Sendable {
                         .channelInitializer { outbound in
                             outbound.eventLoop.makeCompletedFuture {
                                 let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) { certificates, promise in
-                                    let der = certificates.first.flatMap { try? $0.toDERBytes() } ?? []
-                                    let seen = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
-                                    if !der.isEmpty, seen == pin {
-                                        promise.succeed(.certificateVerified)
-                                    } else {
-                                        log("TLS: the server's certificate is sha256:\(seen), not the pinned sha256:\(pin); refused")
-                                        promise.succeed(.failed)
-                                    }
+                                    let (ok, seen) = CertificatePin.check(certificates, pin: pin)
+                                    if !ok { log("TLS: the server's certificate is sha256:\(seen), not the pinned sha256:\(pin); refused") }
+                                    promise.succeed(ok ? .certificateVerified : .failed)
                                 }
                                 try outbound.pipeline.syncOperations.addHandler(handler)
                             }
@@ -85,6 +70,37 @@ public final class PinnedTunnel: Sendable {
     public func close() {
         try? listener.close().wait()
         try? group.syncShutdownGracefully()
+    }
+}
+
+/// The agent channel's certificate pin: what the agent's tunnel (and the simulator's agents)
+/// accept from the server.
+public enum CertificatePin {
+    /// The 64 hex digits of `sha256:HEX` (or HEX; colons allowed), lower-cased.
+    public static func normalized(_ fingerprint: String) throws -> String {
+        let pin = fingerprint.lowercased().replacingOccurrences(of: "sha256:", with: "").replacingOccurrences(of: ":", with: "")
+        guard pin.count == 64, pin.allSatisfy(\.isHexDigit) else {
+            throw AgentFailure("farrier.cert must be sha256:<64 hex digits>, got '\(fingerprint)'")
+        }
+        return pin
+    }
+
+    /// A TLS client context whose verification is the pin alone (`check` in the handler's
+    /// callback replaces BoringSSL's chain checks), with no CA store either: the ramdisk has
+    /// none (loading the default one fails there).
+    public static func clientContext() throws -> NIOSSLContext {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .noHostnameVerification
+        tls.trustRoots = .certificates([])
+        tls.minimumTLSVersion = .tlsv12
+        return try NIOSSLContext(configuration: tls)
+    }
+
+    /// Whether the server's leaf certificate has the pinned SHA-256; and the one it has.
+    public static func check(_ certificates: [NIOSSLCertificate], pin: String) -> (ok: Bool, seen: String) {
+        let der = certificates.first.flatMap { try? $0.toDERBytes() } ?? []
+        let seen = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+        return (!der.isEmpty && seen == pin, seen)
     }
 }
 

@@ -1,3 +1,4 @@
+import FarrierAgent
 import FarrierCore
 import Foundation
 import Logging
@@ -341,8 +342,9 @@ public actor SimFleet {
                 try? await Task.sleep(for: .seconds(2))
                 continue
             }
-            if let agent = Self.agentChannel(script) {
-                await runAgent(i, epoch: epoch, url: agent.url, pin: agent.pin)
+            // The ramdisk's kernel line, read as the real agent reads /proc/cmdline.
+            if let agent = AgentConfiguration.fromKernelCommandLine(script) {
+                await runAgent(i, epoch: epoch, channel: agent)
                 return
             }
             if script.contains("sanboot") || script.contains("\nexit") {
@@ -352,17 +354,6 @@ public actor SimFleet {
             let wait = Self.sleepSeconds(script).map { min($0, configuration.pollSeconds) } ?? configuration.pollSeconds
             try? await Task.sleep(for: Self.jittered(wait))
         }
-    }
-
-    /// farrier.url= and farrier.cert= from a ramdisk script's kernel line.
-    static func agentChannel(_ script: String) -> (url: String, pin: String)? {
-        var url: String?, pin: String?
-        for word in script.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
-            if word.hasPrefix("farrier.url=") { url = String(word.dropFirst("farrier.url=".count)) }
-            if word.hasPrefix("farrier.cert=sha256:") { pin = String(word.dropFirst("farrier.cert=sha256:".count)).lowercased() }
-        }
-        guard let url, let pin else { return nil }
-        return (url, pin)
     }
 
     static func sleepSeconds(_ script: String) -> Double? {
@@ -379,15 +370,16 @@ public actor SimFleet {
 
     /// The agent of one boot. Nonisolated: it runs beside the fleet and asks it (await) only
     /// for the machine's power and to record what it did.
-    nonisolated func runAgent(_ i: Int, epoch: Int, url: String, pin: String) async {
+    nonisolated func runAgent(_ i: Int, epoch: Int, channel: AgentConfiguration) async {
         let m = await machine(i)
-        guard url.hasPrefix("https://"), let colon = url.dropFirst(8).lastIndex(of: ":"), let port = Int(url[url.index(after: colon)...].prefix { $0.isNumber })
-        else {
-            await note("\(m.name): agent URL \(url) is not https://HOST:PORT")
+        let client: SimHTTPClient
+        do {
+            let (host, port) = try channel.channelAddress()
+            client = SimHTTPClient(host: host, port: port, source: m.address.description, pin: try CertificatePin.normalized(channel.certificateSHA256))
+        } catch {
+            await note("\(m.name): \(error)")
             return
         }
-        let host = String(url.dropFirst(8)[..<colon])
-        let client = SimHTTPClient(host: host, port: port, source: m.address.description, pin: pin)
         var rng = SystemRandomNumberGenerator()
         let nonce = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
         let inventory = Self.inventory(i, m)

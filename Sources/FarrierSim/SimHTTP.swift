@@ -1,4 +1,4 @@
-import Crypto
+import FarrierAgent
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -116,14 +116,8 @@ struct SimHTTPClient: Sendable {
     var pin: String?
     var timeout: TimeAmount = .seconds(30)
 
-    static let tlsContext: NIOSSLContext = {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.certificateVerification = .noHostnameVerification
-        tls.trustRoots = .certificates([])
-        tls.minimumTLSVersion = .tlsv12
-        // Built once: the context carries no per-connection state, and the pin is checked per connection.
-        return try! NIOSSLContext(configuration: tls)
-    }()
+    /// Built once: the context carries no per-connection state, and the pin is checked per connection.
+    static let tlsContext: NIOSSLContext? = try? CertificatePin.clientContext()
 
     typealias Connection = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
 
@@ -135,10 +129,9 @@ struct SimHTTPClient: Sendable {
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let pin {
-                        let handler = try NIOSSLClientHandler(context: Self.tlsContext, serverHostname: nil) { certificates, promise in
-                            let der = certificates.first.flatMap { try? $0.toDERBytes() } ?? []
-                            let seen = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
-                            promise.succeed(!der.isEmpty && seen == pin ? .certificateVerified : .failed)
+                        guard let context = Self.tlsContext else { throw SimHTTPError("cannot make a TLS client context") }
+                        let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) { certificates, promise in
+                            promise.succeed(CertificatePin.check(certificates, pin: pin).ok ? .certificateVerified : .failed)
                         }
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }

@@ -60,7 +60,7 @@ struct SimCommand: AsyncParsableCommand {
             throw ValidationError("--first-address must be a loopback address above 127.0.0.1 (127.x.y.z)")
         }
         guard (first.value & 0x00ff_ffff) + UInt32(machines) < 0x00ff_ffff else { throw ValidationError("--first-address leaves too few loopback addresses") }
-        let (host, _) = try hostPort(redfishListen)
+        let (host, _) = try splitHostPort(redfishListen)
         guard host.hasPrefix("127.") || host == "::1" else { throw ValidationError("--redfish-listen must be a loopback address") }
         for (name, rate) in [("--bmc-error-rate", bmcErrorRate), ("--bmc-timeout-rate", bmcTimeoutRate), ("--agent-fail-rate", agentFailRate), ("--image-share", imageShare)] {
             guard (0...1).contains(rate) else { throw ValidationError("\(name) must be from 0 to 1") }
@@ -108,19 +108,12 @@ struct SimCommand: AsyncParsableCommand {
         }
     }
 
-    func hostPort(_ text: String) throws -> (String, Int) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
-            throw ValidationError("'\(text)' is not HOST:PORT")
-        }
-        return (String(text[..<colon]), port)
-    }
-
     func run() async throws {
         var c = SimConfiguration()
         c.machines = machines
-        (c.redfishHost, c.redfishPort) = try hostPort(redfishListen)
+        (c.redfishHost, c.redfishPort) = try splitHostPort(redfishListen)
         guard bootURL.hasPrefix("http://") else { throw ValidationError("--boot-url must be http://HOST:PORT") }
-        (c.bootHost, c.bootPort) = try hostPort(String(bootURL.dropFirst(7).prefix { $0 != "/" }))
+        (c.bootHost, c.bootPort) = try splitHostPort(String(bootURL.dropFirst(7).prefix { $0 != "/" }))
         c.firstAddress = IPv4Address(firstAddress) ?? c.firstAddress
         c.namePrefix = namePrefix
         c.bmcLatency = .milliseconds(bmcLatencyMs)
