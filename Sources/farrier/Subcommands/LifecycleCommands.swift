@@ -23,6 +23,26 @@ struct WaitOptions: ParsableArguments {
     @Option(help: "With --wait: give up after this many seconds (exit 2).") var timeout: Int = 3600
 }
 
+/// Makes `n` changing calls (call i of `call`) one after another over one connection, printing
+/// each machine as `verb`; a failure stops them, saying how many were `done`. Returns how many.
+func oneAfterAnother(
+    _ client: ClientOptions, _ n: Int, output: OutputFormat, verb: String, done: String,
+    _ call: @escaping @Sendable (Clients, Int) async throws -> Farrier_V1_Machine
+) async throws -> Int {
+    try await rpc(client) { c in
+        var finished = 0
+        do {
+            for i in 0..<n {
+                try printMachine(try await call(c, i), output, verb: verb)
+                finished += 1
+            }
+        } catch {
+            throw CLIError("\(done) \(finished) of \(n) machines, then: \(error)")
+        }
+        return finished
+    }
+}
+
 func printMachine(_ m: Farrier_V1_Machine, _ output: OutputFormat, verb: String) throws {
     let view = MachineView(m)
     switch output {
@@ -160,18 +180,8 @@ extension MachineCommand {
             req.constraints = c
             let request = req
             if count > 1 {
-                let n = count, output = self.output
-                let deployed = try await rpc(client) { c in
-                    var done = 0
-                    do {
-                        for _ in 0..<n {
-                            try printMachine(try await c.machines.deployMachine(request), output, verb: "deploying")
-                            done += 1
-                        }
-                    } catch {
-                        throw CLIError("deployed \(done) of \(n) machines, then: \(error)")
-                    }
-                    return done
+                let deployed = try await oneAfterAnother(client, count, output: output, verb: "deploying", done: "deployed") { c, _ in
+                    try await c.machines.deployMachine(request)
                 }
                 if output == .table { print("\(deployed) machines deploying") }
                 return
@@ -203,21 +213,13 @@ extension MachineCommand {
             var req = Farrier_V1_ReleaseMachineRequest()
             req.wipe = wipe
             if names.count > 1 {
-                let all = names, output = self.output, template = req
-                try await rpc(client) { c in
-                    var done = 0
-                    do {
-                        for name in all {
-                            var r = template
-                            r.name = name
-                            let m = try await c.machines.releaseMachine(r)
-                            try? FileManager.default.removeItem(atPath: knownHostsDirectory + "/" + m.id)
-                            try printMachine(m, output, verb: "releasing")
-                            done += 1
-                        }
-                    } catch {
-                        throw CLIError("released \(done) of \(all.count) machines, then: \(error)")
-                    }
+                let all = names, template = req
+                _ = try await oneAfterAnother(client, all.count, output: output, verb: "releasing", done: "released") { c, i in
+                    var r = template
+                    r.name = all[i]
+                    let m = try await c.machines.releaseMachine(r)
+                    try? FileManager.default.removeItem(atPath: knownHostsDirectory + "/" + m.id)
+                    return m
                 }
                 return
             }
