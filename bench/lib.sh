@@ -16,6 +16,14 @@ bench_header() {
     echo "machine: nproc=$(nproc) cpu=\"${model:-unknown}\" kernel=$(uname -r) commit=$commit date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
 
+# The farrier binary a bench runs: $FARRIER_BIN, or the release build of repository $1, built
+# first if it is missing. Prints its path.
+bench_farrier() {
+    local bin=${FARRIER_BIN:-$1/.build/release/farrier}
+    [ -x "$bin" ] || (cd "$1" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
+    echo "$bin"
+}
+
 # CPU time of process $1 in clock ticks (getconf CLK_TCK a second), as two numbers: its own,
 # utime + stime of all its threads, live and exited; and its children's, cutime + cstime, which
 # counts only children it has waited for. Fields 14-17 of /proc/PID/stat, counted after the ")"

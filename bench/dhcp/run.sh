@@ -44,9 +44,7 @@ source "$root/bench/lib.sh"
 export PATH="/opt/swift/usr/bin:$PATH"
 servers=${SERVERS:-farrier kea dnsmasq}
 farrier=${FARRIER_BIN:-$root/.build/release/farrier}
-if [[ " $servers " == *" farrier "* ]] && [ ! -x "$farrier" ]; then
-    (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
-fi
+if [[ " $servers " == *" farrier "* ]]; then farrier=$(bench_farrier "$root"); fi
 step=${STEP_SECONDS:-5}
 repeat=${REPEAT:-3}
 clients=${CLIENTS:-2}

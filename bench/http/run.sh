@@ -10,8 +10,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$root/bench/lib.sh"
-farrier=${FARRIER_BIN:-$root/.build/release/farrier}
-[ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
+farrier=$(bench_farrier "$root")
 command -v nginx >/dev/null || { echo "needs nginx (bash scripts/install-deps.sh)"; exit 1; }
 bench_header "$root"
 repeat=${REPEAT:-3}

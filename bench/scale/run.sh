@@ -23,8 +23,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$root/bench/lib.sh"
-farrier=${FARRIER_BIN:-$root/.build/release/farrier}
-[ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
+farrier=$(bench_farrier "$root")
 n=${MACHINES:-10000}
 per_project=${PROJECT_SIZE:-100}
 max_deploys=${MAX_DEPLOYS:-500}

@@ -22,8 +22,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$root/bench/lib.sh"
-farrier=${FARRIER_BIN:-$root/.build/release/farrier}
-[ -x "$farrier" ] || (cd "$root" && /opt/swift/usr/bin/swift build -c release --product farrier >/dev/null)
+farrier=$(bench_farrier "$root")
 repeat=${REPEAT:-5}
 clk=$(getconf CLK_TCK)
 work=$(mktemp -d)
