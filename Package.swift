@@ -47,6 +47,8 @@ let package = Package(
     targets: [
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
         .target(name: "WireSupport", swiftSettings: swiftSettings),
+        // POSIX helpers shared by the server, the agent and the lab: secret files, durations.
+        .target(name: "SystemSupport", swiftSettings: swiftSettings),
         .target(name: "DHCPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
         .target(name: "TFTPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
         // IPMI v2.0 / RMCP+: pure value types too, with swift-crypto for HMAC and AES-CBC-128.
@@ -73,7 +75,7 @@ let package = Package(
         .target(
             name: "FarrierPostgres",
             dependencies: [
-                "FarrierCore", log, .product(name: "PostgresNIO", package: "postgres-nio"),
+                "FarrierCore", "SystemSupport", log, .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ] + nio,
             swiftSettings: swiftSettings
@@ -90,14 +92,14 @@ let package = Package(
         ),
         .target(
             name: "TFTPServer",
-            dependencies: ["TFTPWire", "FarrierCore", log, lifecycle] + nio,
+            dependencies: ["TFTPWire", "FarrierCore", "SystemSupport", log, lifecycle] + nio,
             swiftSettings: swiftSettings
         ),
         // BMC drivers: IPMI over LAN (on IPMIWire) and Redfish, behind one `BMC` interface.
         .target(
             name: "FarrierBMC",
             dependencies: [
-                "IPMIWire", "FarrierCore", log,
+                "IPMIWire", "FarrierCore", "SystemSupport", log,
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -126,7 +128,7 @@ let package = Package(
         .target(
             name: "FarrierAgent",
             dependencies: [
-                "FarrierCore", .product(name: "Crypto", package: "swift-crypto"),
+                "FarrierCore", "SystemSupport", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ] + nio,
             swiftSettings: swiftSettings
@@ -134,7 +136,7 @@ let package = Package(
         .target(
             name: "FarrierHTTP",
             dependencies: [
-                "FarrierCore", "FarrierControl", "TFTPServer", log, .product(name: "Hummingbird", package: "hummingbird"),
+                "FarrierCore", "FarrierControl", log, .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -146,12 +148,12 @@ let package = Package(
         .target(
             name: "FarrierAPI",
             dependencies: [
-                "FarrierCore", "FarrierBMC", "FarrierControl", log, lifecycle,
+                "FarrierCore", "FarrierBMC", "FarrierControl", "SystemSupport", log, lifecycle,
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-            ],
+            ] + nio,
             exclude: ["Generated/README.md"],
             swiftSettings: swiftSettings
         ),
@@ -161,7 +163,7 @@ let package = Package(
             name: "FarrierApp",
             dependencies: [
                 "FarrierCore", "FarrierStore", "FarrierPostgres", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
-                log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                "SystemSupport", log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -170,7 +172,7 @@ let package = Package(
         ),
         .target(
             name: "FarrierLab",
-            dependencies: ["FarrierCore", log],
+            dependencies: ["FarrierCore", "SystemSupport", log],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -178,6 +180,8 @@ let package = Package(
             dependencies: [
                 "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent", "FarrierSim", "WireSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -194,8 +198,8 @@ let package = Package(
             name: "FarrierControlTests", dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC"],
             swiftSettings: swiftSettings),
         .testTarget(name: "FarrierBMCTests", dependencies: ["FarrierBMC", "FarrierCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire"], swiftSettings: swiftSettings),
-        .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire"], swiftSettings: swiftSettings),
+        .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire", "WireSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
         .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "FarrierStore", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(

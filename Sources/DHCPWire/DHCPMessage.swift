@@ -86,9 +86,9 @@ extension DHCPMessage {
     /// Options are read up to the END option (a missing END at the very end of the datagram is
     /// tolerated). Option overload (option 52, RFC 2132 §9.3) is resolved: options found in `file`
     /// and `sname` are merged, those fields are cleared, and option 52 is removed.
-    public init(decoding bytes: [UInt8]) throws(DHCPWireError) {
+    public init(decoding bytes: [UInt8]) throws(WireError) {
         guard bytes.count >= Self.headerLength else {
-            throw DHCPWireError(.truncatedHeader, "\(bytes.count) bytes")
+            throw WireError(.truncatedHeader, "\(bytes.count) bytes")
         }
         var r = ByteReader(bytes)
         // The header length was checked above, so these reads cannot fail.
@@ -99,8 +99,8 @@ extension DHCPMessage {
         let siaddr = IPv4Address(r.readUInt32()!), giaddr = IPv4Address(r.readUInt32()!)
         let chaddr = Array(r.readBytes(16)!), sname = Array(r.readBytes(64)!), file = Array(r.readBytes(128)!)
         let cookie = r.readUInt32()!
-        guard cookie == Self.magicCookie else { throw DHCPWireError(.badMagicCookie) }
-        guard hlen <= 16 else { throw DHCPWireError(.badHardwareAddressLength, "\(hlen)") }
+        guard cookie == Self.magicCookie else { throw WireError(.badMagicCookie) }
+        guard hlen <= 16 else { throw WireError(.badHardwareAddressLength, "\(hlen)") }
 
         var options = DHCPOptions()
         try Self.readOptions(bytes[Self.headerLength...], into: &options, requireEnd: false)
@@ -110,7 +110,7 @@ extension DHCPMessage {
             file: file, options: options)
         if let overload = options[.overload] {
             guard overload.count == 1, (1...3).contains(overload[0]) else {
-                throw DHCPWireError(.badOptionLength, "option 52")
+                throw WireError(.badOptionLength, "option 52")
             }
             message.options[.overload] = nil
             if overload[0] & 1 != 0 {
@@ -129,7 +129,7 @@ extension DHCPMessage {
     }
 
     static func readOptions(_ area: ArraySlice<UInt8>, into options: inout DHCPOptions, requireEnd: Bool)
-        throws(DHCPWireError)
+        throws(WireError)
     {
         var i = area.startIndex
         while i < area.endIndex {
@@ -139,15 +139,15 @@ extension DHCPMessage {
                 continue
             }
             if code == 255 { return }
-            guard i + 1 < area.endIndex else { throw DHCPWireError(.truncatedOption, "code \(code)") }
+            guard i + 1 < area.endIndex else { throw WireError(.truncatedOption, "code \(code)") }
             let length = Int(area[i + 1])
             guard i + 2 + length <= area.endIndex else {
-                throw DHCPWireError(.truncatedOption, "code \(code) length \(length)")
+                throw WireError(.truncatedOption, "code \(code) length \(length)")
             }
             options.append(DHCPOptionCode(code), area[(i + 2)..<(i + 2 + length)])
             i += 2 + length
         }
-        if requireEnd { throw DHCPWireError(.missingEndOption) }
+        if requireEnd { throw WireError(.missingEndOption) }
     }
 }
 

@@ -3,6 +3,7 @@ import FarrierCore
 import Foundation
 import GRPCCore
 import Logging
+import NIOPosix
 import SwiftProtobuf
 
 /// `farrier.v1.ImageService`: uploads are admin only; every token may list and read images.
@@ -48,12 +49,16 @@ public struct ImageAPI: Farrier_V1_ImageService.SimpleServiceProtocol {
                 guard case .chunk(let bytes)? = message.part else {
                     throw RPCError(code: .invalidArgument, message: "only the first upload message may carry a header")
                 }
-                try upload.write(bytes)
+                // File writes, hashing and qemu-img run on NIO's thread pool, never on the
+                // cooperative pool that the API and the reconciler share (docs/concurrency.md).
+                try await NIOThreadPool.singleton.runIfActive { try upload.write(bytes) }
             }
             if header.size > 0, upload.size != header.size {
                 throw RPCError(code: .invalidArgument, message: "received \(upload.size) bytes, the header said \(header.size)")
             }
-            let stored = try repository.commit(upload, declared: header.format, expectedSHA256: header.sha256)
+            let stored = try await NIOThreadPool.singleton.runIfActive { [repository] in
+                try repository.commit(upload, declared: header.format, expectedSHA256: header.sha256)
+            }
             let info = ImageInfo(
                 name: header.name, sha256: stored.sha256, size: stored.size, format: stored.format,
                 os: header.os.isEmpty ? header.name : header.os, architecture: architecture, firmware: firmware, created: Date())

@@ -3,6 +3,7 @@ import FarrierControl
 import FarrierCore
 import Foundation
 import GRPCCore
+import SystemSupport
 
 /// The verified caller of the RPC being served.
 public enum Caller {
@@ -73,16 +74,9 @@ public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) async 
     let secret = TokenSecret.generate()
     // A pending file of this call's own (pid and a random part: calls in one process too).
     let path = dataDir + "/admin.token", pending = path + ".new-\(getpid())-\(UUID().uuidString.prefix(8))"
-    let fd = open(pending, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    guard fd >= 0 else { throw RPCError(code: .internalError, message: "cannot create \(pending)") }
-    fchmod(fd, 0o600)
-    let bytes = Array((secret + "\n").utf8)
-    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    fsync(fd)
-    close(fd)
-    guard written == bytes.count else {
+    do { try SecretFile.create(pending, Array((secret + "\n").utf8), exclusive: true) } catch {
         unlink(pending)
-        throw RPCError(code: .internalError, message: "cannot write \(pending)")
+        throw RPCError(code: .internalError, message: error.description)
     }
     do {
         // One id for the first admin token: of replicas starting together on an empty database

@@ -2,10 +2,8 @@ import FarrierBMC
 import FarrierControl
 import FarrierCore
 import Foundation
-@_exported import GRPCCore
-@_exported import GRPCNIOTransportHTTP2
+import GRPCCore
 import Logging
-import ServiceLifecycle
 import SwiftProtobuf
 
 /// `farrier.v1.MachineService`: the machine lifecycle, scoped by the caller's token.
@@ -378,93 +376,4 @@ extension Farrier_V1_Machine {
             return t
         }
     }
-}
-
-/// Runs a gRPC server inside a ServiceGroup: graceful shutdown stops accepting RPCs and lets
-/// those in flight finish.
-public struct GRPCService: Service {
-    let server: GRPCServer<HTTP2ServerTransport.Posix>
-    let logger: Logger
-    let listen: String
-
-    public init(
-        listen: String, services: [any RegistrableRPCService], interceptors: [any ServerInterceptor] = [],
-        tls: (certificate: String, key: String)? = nil, logger: Logger
-    ) throws {
-        let (host, port) = try splitHostPort(listen)
-        let security: HTTP2ServerTransport.Posix.TransportSecurity =
-            if let tls {
-                .tls(
-                    certificateChain: [.file(path: tls.certificate, format: .pem)],
-                    privateKey: .file(path: tls.key, format: .pem))
-            } else { .plaintext }
-        server = GRPCServer(
-            transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: security),
-            services: services, interceptors: interceptors)
-        self.logger = logger
-        self.listen = listen
-    }
-
-    public func run() async throws {
-        try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await server.serve() }
-                if let address = try await server.listeningAddress {
-                    logger.info("gRPC listening", metadata: ["grpc.listen": "\(address)"])
-                }
-            }
-        } onGracefulShutdown: {
-            server.beginGracefulShutdown()
-        }
-    }
-}
-
-/// Where and how the CLI reaches a server.
-public struct ClientConnection: Sendable {
-    public var server: String
-    public var token: String?
-    /// Use TLS; verify the server against this CA bundle (PEM), or the system roots when nil.
-    public var tls: Bool
-    public var caFile: String?
-
-    /// The certificate is verified against the host name in `server`.
-    public init(server: String, token: String?, tls: Bool = false, caFile: String? = nil) {
-        self.server = server
-        self.token = token
-        self.tls = tls
-        self.caFile = caFile
-    }
-}
-
-/// Adds the bearer token to every call.
-struct BearerToken: ClientInterceptor {
-    let token: String
-    func intercept<Input: Sendable, Output: Sendable>(
-        request: StreamingClientRequest<Input>, context: ClientContext,
-        next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
-    ) async throws -> StreamingClientResponse<Output> {
-        var request = request
-        request.metadata.addString("Bearer \(token)", forKey: "authorization")
-        return try await next(request, context)
-    }
-}
-
-/// Connects to a Farrier server and runs `body` with a client.
-public func withFarrierClient<R: Sendable>(
-    _ c: ClientConnection, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> R
-) async throws -> R {
-    let (host, port) = try splitHostPort(c.server)
-    let security: HTTP2ClientTransport.Posix.TransportSecurity =
-        if c.tls {
-            .tls { config in
-                if let ca = c.caFile { config.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
-            }
-        } else { .plaintext }
-    // An IP literal connects as one (TLS then checks the certificate's IP SANs against the
-    // peer address; SNI cannot carry an IP); a name resolves through DNS and is verified as one.
-    let target: any ResolvableTarget =
-        if IPv4Address(host) != nil { .ipv4(address: host, port: port) } else { .dns(host: host, port: port) }
-    let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security)
-    let interceptors: [any ClientInterceptor] = c.token.map { [BearerToken(token: $0)] } ?? []
-    return try await withGRPCClient(transport: transport, interceptors: interceptors) { client in try await body(client) }
 }

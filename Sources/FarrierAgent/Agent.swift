@@ -5,6 +5,7 @@ import Synchronization
 
 #if canImport(Glibc)
 import Glibc
+import SystemSupport
 #endif
 
 /// How the agent finds its server and what it may touch.
@@ -125,12 +126,8 @@ public final class Agent: Sendable {
         token.withLock { $0 = task.token }
         log("task \(task.kind.rawValue) for \(task.machine)")
         if let path = configuration.taskFile {
-            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            if fd >= 0 {
-                let data = (try? JSONEncoder().encode(task)) ?? Data()
-                _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                close(fd)
-            }
+            // For debugging only: a task that cannot be written there does not stop the agent.
+            try? SecretFile.create(path, Array((try? JSONEncoder().encode(task)) ?? Data()), exclusive: false)
         }
         let stop = Atomic<Bool>(false)
         let reporter = Thread { [self] in
@@ -206,10 +203,9 @@ public final class Agent: Sendable {
             atPath: configuration.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var rng = SystemRandomNumberGenerator()
         let nonce = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw AgentFailure("cannot keep the boot nonce in \(path): \(String(cString: strerror(errno)))") }
-        _ = nonce.utf8CString.withUnsafeBytes { write(fd, $0.baseAddress, $0.count - 1) }
-        close(fd)
+        do { try SecretFile.create(path, Array(nonce.utf8), exclusive: true) } catch {
+            throw AgentFailure("cannot keep the boot nonce: \(error)")
+        }
         return nonce
     }
 

@@ -3,6 +3,7 @@ import FarrierCore
 import FarrierHTTP
 import Foundation
 import SwiftASN1
+import SystemSupport
 import X509
 
 /// The agent channel's TLS identity. Given as `agent.tls-cert` and `agent.tls-key` (PEM), or
@@ -55,16 +56,6 @@ enum AgentCertificate {
     }
 
     static func writeFile(_ path: String, _ text: String, mode: mode_t) throws {
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw ConfigurationError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
-        let data = Array(text.utf8)
-        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard written == data.count, synced, rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw ConfigurationError("cannot write \(path): \(String(cString: strerror(errno)))")
-        }
+        do { try SecretFile.replace(path, Array(text.utf8), mode: mode) } catch { throw ConfigurationError(error.description) }
     }
 }

@@ -3,6 +3,7 @@ import FarrierCore
 import Foundation
 #if canImport(Glibc)
 import Glibc
+import SystemSupport
 #endif
 
 /// Encrypts BMC passwords at rest with AES-256-GCM. The key comes from `FARRIER_BMC_KEY`
@@ -40,13 +41,9 @@ public struct CredentialVault: Sendable {
         let encoded = key.withUnsafeBytes { Data($0).base64EncodedString() } + "\n"
         try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
         // Created 0600 from the start: never a moment when the key is readable by others.
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-        guard fd >= 0 else { throw KeyError(description: "cannot create BMC key file \(path): \(String(cString: strerror(errno)))") }
-        let bytes = Array(encoded.utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
-        close(fd)
-        guard written == bytes.count else { throw KeyError(description: "cannot write BMC key file \(path)") }
+        do { try SecretFile.create(path, Array(encoded.utf8), exclusive: true) } catch {
+            throw KeyError(description: "BMC key file: \(error)")
+        }
         return CredentialVault(key: key)
     }
 

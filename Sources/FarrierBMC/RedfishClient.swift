@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import Synchronization
+import SystemSupport
 
 /// Where and how to reach one Redfish service.
 public struct RedfishEndpoint: Sendable, Hashable {

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import Synchronization
+import SystemSupport
 
 /// A connected UDP socket: datagrams from one peer, received by awaiting `next(timeout:)`.
 final class UDPEndpoint: Sendable {
@@ -121,14 +122,6 @@ final class UDPEndpoint: Sendable {
     func close() async {
         try? await channel.close()
         inbox.close()
-    }
-}
-
-extension Duration {
-    var nanosecondsClamped: Int64 {
-        let (s, a) = components
-        if s > Int64.max / 1_000_000_000 { return .max }
-        return max(0, s * 1_000_000_000 + a / 1_000_000_000)
     }
 }
 

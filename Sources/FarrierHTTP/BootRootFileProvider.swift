@@ -1,7 +1,7 @@
+import FarrierCore
 import Hummingbird
 import Logging
 import NIOPosix
-import TFTPServer
 
 /// Serves files of the boot root to Hummingbird's FileMiddleware (which brings Range, ETag and
 /// conditional requests), resolving every path through `BootRoot` so nothing outside the root,

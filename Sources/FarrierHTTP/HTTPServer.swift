@@ -7,7 +7,6 @@ import HummingbirdTLS
 import Logging
 import NIOCore
 import NIOSSL
-import TFTPServer
 
 /// HTTP configuration.
 public struct HTTPConfiguration: Sendable, Hashable {

@@ -1,4 +1,5 @@
 import Foundation
+import SystemSupport
 
 /// `farrier lab`: a network namespace with a bridge, a `farrier server` serving it, and QEMU VMs
 /// that network-boot from it, each with an OpenIPMI `ipmi_sim` BMC on the lab network.
@@ -89,8 +90,7 @@ public struct Lab {
             state.accelerator = try chooseAccelerator(o.accelerator, dir: dir)
             log("accelerator: \(state.accelerator)\(state.accelerator == "tcg" ? " (software emulation)" : "")")
             let password = String((0..<16).map { _ in "abcdefghijkmnpqrstuvwxyz23456789".randomElement()! })
-            try password.write(toFile: dir + "/bmc-password", atomically: true, encoding: .utf8)
-            chmod(dir + "/bmc-password", 0o600)
+            try write(dir + "/bmc-password", mode: 0o600, password)
             state.dnsmasqPID = try startDnsmasq(o.dhcpMode, dir: dir)
             try state.save()
             if o.database == "postgres" {
@@ -441,9 +441,9 @@ public struct Lab {
          "-f", LabState.defaultDirectory + "/bmc-password"]
     }
 
+    /// Writes a lab file with its mode from the start (passwords are in some).
     func write(_ path: String, mode: mode_t, _ text: String) throws {
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        chmod(path, mode)
+        do { try SecretFile.replace(path, Array(text.utf8), mode: mode) } catch { throw Spawn.Failure(description: error.description) }
     }
 
     // MARK: restart-server

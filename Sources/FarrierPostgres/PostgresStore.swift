@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import PostgresNIO
 import Synchronization
+import SystemSupport
 
 /// Farrier's state in PostgreSQL, for several server replicas sharing one database (SQLite
 /// stays the embedded default).
@@ -1018,7 +1019,7 @@ final class LeaseConnection: Sendable {
     func wait<T: Sendable>(_ future: EventLoopFuture<T>, on conn: PostgresConnection) throws -> T {
         let promise = future.eventLoop.makePromise(of: T.self)
         future.cascade(to: promise)
-        let timer = future.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
+        let timer = future.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) {
             promise.fail(StoreError(.unavailable, "PostgreSQL did not answer within \(self.timeout.components.seconds) s"))
             Self.close(conn)
         }

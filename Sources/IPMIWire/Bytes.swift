@@ -27,19 +27,10 @@ func le32(_ v: UInt32) -> [UInt8] {
     return out
 }
 
-/// Why bytes could not be decoded as an IPMI/RMCP structure.
-public enum IPMIDecodeError: Error, Equatable, CustomStringConvertible {
-    case truncated(String)
-    case invalid(String)
-    case integrityCheckFailed
-    case decryptionFailed
-
-    public var description: String {
-        switch self {
-        case .truncated(let what): "truncated \(what)"
-        case .invalid(let what): "invalid \(what)"
-        case .integrityCheckFailed: "integrity check failed (AuthCode mismatch)"
-        case .decryptionFailed: "payload could not be decrypted"
-        }
-    }
+/// IPMI's own codes; structures too short or fields out of range are WireSupport's
+/// `.truncated` and `.invalid`.
+extension WireError.Code {
+    /// The AuthCode did not match: a wrong key, or a forged or corrupted packet.
+    public static let integrityCheckFailed = Self("integrity check failed (AuthCode mismatch)")
+    public static let decryptionFailed = Self("payload could not be decrypted")
 }

@@ -81,7 +81,7 @@ public struct ChannelAuthCapabilities: Sendable, Hashable {
     public var nonDefaultKG: Bool
     public var anonymousLogin: Bool
 
-    public init(decoding data: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding data: [UInt8]) throws(WireError) {
         guard data.count >= 8 else { throw .truncated("Get Channel Authentication Capabilities response") }
         channel = data[0]
         let extended = data[1] & 0x80 != 0
@@ -108,7 +108,7 @@ public struct DeviceID: Sendable, Hashable {
         return "\(firmwareMajor & 0x7F).\(minor)"
     }
 
-    public init(decoding data: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding data: [UInt8]) throws(WireError) {
         guard data.count >= 11 else { throw .truncated("Get Device ID response") }
         deviceID = data[0]
         deviceRevision = data[1] & 0x0F
@@ -130,7 +130,7 @@ public struct ChassisStatus: Sendable, Hashable {
     /// 0 stays off, 1 restores previous state, 2 powers up, 3 unknown.
     public var restorePolicy: UInt8
 
-    public init(decoding data: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding data: [UInt8]) throws(WireError) {
         guard data.count >= 3 else { throw .truncated("Get Chassis Status response") }
         powerOn = data[0] & 0x01 != 0
         powerOverload = data[0] & 0x02 != 0
@@ -180,7 +180,7 @@ public struct IPMIBootFlags: Sendable, Hashable {
     }
 
     /// Decodes a Get System Boot Options response for parameter 5: version, parameter, data.
-    public init(decodingResponse data: [UInt8]) throws(IPMIDecodeError) {
+    public init(decodingResponse data: [UInt8]) throws(WireError) {
         guard data.count >= 4 else { throw .truncated("boot flags") }
         guard data[1] & 0x7F == 5 else { throw .invalid("boot options parameter \(data[1] & 0x7F)") }
         let b1 = data[2]
@@ -199,7 +199,7 @@ public struct SOLActivation: Sendable, Hashable {
     public var outboundPayloadSize: UInt16
     public var port: UInt16
 
-    public init(decoding data: [UInt8], requestPort: UInt16 = 623) throws(IPMIDecodeError) {
+    public init(decoding data: [UInt8], requestPort: UInt16 = 623) throws(WireError) {
         guard data.count >= 10 else { throw .truncated("Activate Payload response") }
         inboundPayloadSize = UInt16(data[4]) | UInt16(data[5]) << 8
         outboundPayloadSize = UInt16(data[6]) | UInt16(data[7]) << 8
@@ -236,7 +236,7 @@ public struct SOLPacket: Sendable, Hashable {
 
     public func encoded() -> [UInt8] { [sequence, ackSequence, acceptedCount, control] + data }
 
-    public init(decoding payload: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding payload: [UInt8]) throws(WireError) {
         guard payload.count >= 4 else { throw .truncated("SOL packet") }
         sequence = payload[0] & 0x0F
         ackSequence = payload[1] & 0x0F

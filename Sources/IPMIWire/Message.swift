@@ -78,7 +78,7 @@ public struct IPMIResponse: Sendable, Hashable {
     public var completionCode: IPMICompletionCode
     public var data: [UInt8]
 
-    public init(decoding bytes: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding bytes: [UInt8]) throws(WireError) {
         // rqSA netFn|LUN chk1 rsSA rqSeq|LUN cmd cc data chk2
         guard bytes.count >= 8 else { throw .truncated("IPMI response") }
         guard checksum(bytes[0..<2]) == bytes[2] else { throw .invalid("IPMI header checksum") }

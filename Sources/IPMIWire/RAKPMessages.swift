@@ -90,7 +90,7 @@ public struct OpenSessionResponse: Sendable, Hashable {
     public var integrity: UInt8
     public var confidentiality: UInt8
 
-    public init(decoding payload: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding payload: [UInt8]) throws(WireError) {
         var r = ByteReader(payload)
         guard let tag = r.readUInt8(), let status = r.readUInt8() else { throw .truncated("Open Session Response") }
         self.tag = tag
@@ -125,7 +125,7 @@ public struct RAKPMessage2: Sendable, Hashable {
     public var bmcGUID: [UInt8]
     public var keyExchangeCode: [UInt8]
 
-    public init(decoding payload: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding payload: [UInt8]) throws(WireError) {
         var r = ByteReader(payload)
         guard let tag = r.readUInt8(), let status = r.readUInt8() else { throw .truncated("RAKP 2") }
         self.tag = tag
@@ -154,7 +154,7 @@ public struct RAKPMessage4: Sendable, Hashable {
     public var consoleSessionID: UInt32
     public var integrityCheckValue: [UInt8]
 
-    public init(decoding payload: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding payload: [UInt8]) throws(WireError) {
         var r = ByteReader(payload)
         guard let tag = r.readUInt8(), let status = r.readUInt8() else { throw .truncated("RAKP 4") }
         self.tag = tag

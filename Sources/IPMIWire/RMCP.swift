@@ -22,7 +22,7 @@ public struct RMCPHeader: Sendable, Hashable {
         out += [0x06, 0x00, sequence, messageClass.rawValue]
     }
 
-    public init(decoding reader: inout ByteReader) throws(IPMIDecodeError) {
+    public init(decoding reader: inout ByteReader) throws(WireError) {
         guard let version = reader.readUInt8(), reader.readUInt8() != nil, let seq = reader.readUInt8(),
             let cls = reader.readUInt8()
         else { throw .truncated("RMCP header") }
@@ -61,7 +61,7 @@ public struct ASFPresencePong: Sendable, Hashable {
     /// b7 of the supported entities: IPMI is supported.
     public var supportsIPMI: Bool { supportedEntities & 0x80 != 0 }
 
-    public init(decoding bytes: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding bytes: [UInt8]) throws(WireError) {
         var r = ByteReader(bytes)
         let header = try RMCPHeader(decoding: &r)
         guard header.messageClass == .asf else { throw .invalid("not an ASF message") }
@@ -119,7 +119,7 @@ public enum IPMIDatagram: Sendable, Hashable {
     case v15(message: [UInt8])
     case v2(RMCPPlusEnvelope)
 
-    public init(decoding bytes: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding bytes: [UInt8]) throws(WireError) {
         var r = ByteReader(bytes)
         let header = try RMCPHeader(decoding: &r)
         switch header.messageClass {
@@ -156,7 +156,7 @@ public struct RMCPPlusEnvelope: Sendable, Hashable {
     public var covered: [UInt8]
     public var authCode: [UInt8]
 
-    public init(decoding bytes: [UInt8]) throws(IPMIDecodeError) {
+    public init(decoding bytes: [UInt8]) throws(WireError) {
         var r = ByteReader(bytes)
         _ = try RMCPHeader(decoding: &r)
         let start = r.offset

@@ -66,14 +66,14 @@ public struct IPMISessionCrypto: Sendable {
 
     /// Checks and decrypts a packet from the BMC. Rejects a wrong session ID, a bad AuthCode,
     /// a replayed or far-out sequence number, and undecryptable payloads.
-    public mutating func open(_ envelope: RMCPPlusEnvelope) throws(IPMIDecodeError) -> [UInt8] {
+    public mutating func open(_ envelope: RMCPPlusEnvelope) throws(WireError) -> [UInt8] {
         guard envelope.sessionID == consoleSessionID else { throw .invalid("session ID \(envelope.sessionID)") }
         if authenticating {
             guard envelope.authenticated else { throw .invalid("unauthenticated packet in an authenticated session") }
             let expected = keys.suite.integrityCode(k1: keys.k1, envelope.covered)
             guard expected.count == envelope.authCode.count,
                 zip(expected, envelope.authCode).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0
-            else { throw .integrityCheckFailed }
+            else { throw WireError(.integrityCheckFailed) }
         }
         // Sliding window (IPMI v2.0 §6.12.13): accept up to 16 behind the highest seen and up to
         // 15 ahead; never the same number twice.
@@ -87,16 +87,16 @@ public struct IPMISessionCrypto: Sendable {
         var payload = envelope.payload
         if encrypting {
             guard envelope.encrypted else { throw .invalid("unencrypted packet in an encrypted session") }
-            guard payload.count >= 32, (payload.count - 16) % 16 == 0 else { throw .decryptionFailed }
+            guard payload.count >= 32, (payload.count - 16) % 16 == 0 else { throw WireError(.decryptionFailed) }
             let plain: [UInt8]
             do {
                 let iv = try AES._CBC.IV(ivBytes: payload[0..<16])
                 plain = Array(try AES._CBC.decrypt(payload[16...], using: SymmetricKey(data: keys.aesKey), iv: iv, noPadding: true))
             } catch {
-                throw .decryptionFailed
+                throw WireError(.decryptionFailed)
             }
             let n = Int(plain[plain.count - 1])
-            guard n < 16, n + 1 <= plain.count else { throw .decryptionFailed }
+            guard n < 16, n + 1 <= plain.count else { throw WireError(.decryptionFailed) }
             payload = Array(plain[0..<(plain.count - 1 - n)])
         }
         if seq > highestInbound || highestInbound == 0 { highestInbound = seq }

@@ -57,6 +57,9 @@ struct TFTPContext: Sendable {
     let cpus = ProcessInfo.processInfo.activeProcessorCount
     /// Active transfers per client address.
     let perClient = PerClientCount()
+    /// Told each time the last active transfer ends, so shutdown waits for that instead of
+    /// polling the count. Only the newest signal is kept: the waiter re-reads the count anyway.
+    let idle = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
     func timeline(_ ip: IPv4Address, _ event: String, _ detail: String) {
         guard let recorder, let mac = addressBook?.mac(for: ip) else { return }
@@ -103,10 +106,17 @@ public final class TFTPService: Service, Sendable {
             "TFTP listening", metadata: ["tftp.listen": "\(host):\(channel.localAddress?.port ?? port)", "tftp.root": "\(context.configuration.root)"])
         try? await gracefulShutdown()
         try? await channel.close()
-        // Let transfers in flight finish, within a bound.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while context.metrics.active.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
+        // Let transfers in flight finish, within a bound: woken when the last one ends.
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                var signals = ctx.idle.stream.makeAsyncIterator()
+                while ctx.metrics.active.load(ordering: .relaxed) > 0 {
+                    guard await signals.next() != nil else { return }  // cancelled: the bound passed
+                }
+            }
+            group.addTask { try? await Task.sleep(for: .seconds(10)) }
+            await group.next()
+            group.cancelAll()
         }
         context.logger.info("TFTP stopped")
     }
@@ -248,8 +258,4 @@ final class PerClientCount: Sendable {
 func format(_ d: Duration) -> String {
     let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
     return String(format: "%.1fms", ms)
-}
-
-extension Duration {
-    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
 }

@@ -3,10 +3,12 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import FarrierCore
 import Foundation
 import Logging
 import NIOCore
 import Synchronization
+import SystemSupport
 import TFTPWire
 import WireSupport
 
@@ -95,9 +97,9 @@ struct TFTPTransfer {
     /// the active count (which the caller entered it into).
     mutating func run() {
         defer {
-            context.metrics.active.subtract(1, ordering: .relaxed)
             context.perClient.leave(clientIP)
             close(socket)
+            if context.metrics.active.subtract(1, ordering: .relaxed).newValue == 0 { context.idle.continuation.yield() }
         }
         var action = machine.start(now: .now)
         while true {
@@ -167,7 +169,7 @@ struct TFTPTransfer {
     static let aheadSize = 64 << 10
 
     mutating func readAhead(_ range: Range<Int>, into out: UnsafeMutableRawBufferPointer) -> Int {
-        if case .memory = file.storage { return file.read(range, into: out) }
+        if file.isInMemory { return file.read(range, into: out) }
         let r = min(range.lowerBound, file.size)..<min(range.upperBound, file.size)
         if r.lowerBound < aheadStart || r.upperBound > aheadStart + ahead.count {
             aheadStart = r.lowerBound
@@ -184,7 +186,7 @@ struct TFTPTransfer {
     var receiveTimeoutMS = -1
 
     mutating func setReceiveTimeout(_ d: Duration) {
-        let ms = Int(max(1, (d.nanoseconds + 999_999) / 1_000_000))
+        let ms = Int(max(1, (d.nanosecondsClamped + 999_999) / 1_000_000))
         // Within 2 ms of the current setting is close enough: the deadline is rechecked anyway.
         guard abs(ms - receiveTimeoutMS) > 2 else { return }
         receiveTimeoutMS = ms

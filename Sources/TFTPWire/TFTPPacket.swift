@@ -63,53 +63,38 @@ public enum TFTPPacket: Hashable, Sendable {
     case optionAck([TFTPOption])
 }
 
-public struct TFTPWireError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Code: String, Hashable, Sendable {
-        case truncated = "truncated packet"
-        case unknownOpcode = "unknown opcode"
-        case unterminatedString = "unterminated string"
-        case badOptionList = "option without value"
-        case badText = "non-ASCII text"
-        case trailingBytes = "trailing bytes"
-        case requestTooLong = "request longer than 512 bytes"
-    }
-
-    public let code: Code
-    public let detail: String
-
-    @inline(never)
-    public init(_ code: Code, _ detail: String = "") {
-        self.code = code
-        self.detail = detail
-    }
-
-    public var description: String { detail.isEmpty ? code.rawValue : "\(code.rawValue): \(detail)" }
-    public static func == (a: Self, b: Self) -> Bool { a.code == b.code }
-    public func hash(into h: inout Hasher) { h.combine(code) }
+/// Why a TFTP packet could not be decoded (`.truncated` is WireSupport's).
+extension WireError.Code {
+    public static let unknownOpcode = Self("unknown opcode")
+    public static let unterminatedString = Self("unterminated string")
+    public static let badOptionList = Self("option without value")
+    public static let badText = Self("non-ASCII text")
+    public static let trailingBytes = Self("trailing bytes")
+    public static let requestTooLong = Self("request longer than 512 bytes")
 }
 
 extension TFTPPacket {
-    public init(decoding bytes: [UInt8]) throws(TFTPWireError) {
+    public init(decoding bytes: [UInt8]) throws(WireError) {
         var r = ByteReader(bytes)
-        guard let raw = r.readUInt16() else { throw TFTPWireError(.truncated) }
+        guard let raw = r.readUInt16() else { throw WireError(.truncated, "packet") }
         switch TFTPOpcode(rawValue: raw) {
         case .readRequest, .writeRequest:
             // RFC 1350 + RFC 2347 §2: the whole request must fit in a 512-byte packet.
-            guard bytes.count <= 512 else { throw TFTPWireError(.requestTooLong) }
+            guard bytes.count <= 512 else { throw WireError(.requestTooLong) }
             let filename = try Self.readText(&r)
             let mode = try Self.readText(&r).lowercased()
             let options = try Self.readOptions(&r)
             let request = TFTPRequest(filename: filename, mode: mode, options: options)
             self = raw == 1 ? .readRequest(request) : .writeRequest(request)
         case .data:
-            guard let block = r.readUInt16() else { throw TFTPWireError(.truncated) }
+            guard let block = r.readUInt16() else { throw WireError(.truncated, "packet") }
             self = .data(block: block, payload: bytes[r.offset...])
         case .ack:
-            guard let block = r.readUInt16() else { throw TFTPWireError(.truncated) }
+            guard let block = r.readUInt16() else { throw WireError(.truncated, "packet") }
             // Some clients pad; RFC 1350 ACKs are exactly 4 bytes, extra bytes are ignored.
             self = .ack(block: block)
         case .error:
-            guard let code = r.readUInt16() else { throw TFTPWireError(.truncated) }
+            guard let code = r.readUInt16() else { throw WireError(.truncated, "packet") }
             // A missing terminating NUL is common from embedded clients; accept the rest as text.
             let message: String
             if let text = r.readCString() {
@@ -121,26 +106,26 @@ extension TFTPPacket {
         case .optionAck:
             self = .optionAck(try Self.readOptions(&r))
         default:
-            throw TFTPWireError(.unknownOpcode, "\(raw)")
+            throw WireError(.unknownOpcode, "\(raw)")
         }
     }
 
-    static func readText(_ r: inout ByteReader) throws(TFTPWireError) -> String {
-        guard let raw = r.readCString() else { throw TFTPWireError(.unterminatedString) }
-        guard raw.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else { throw TFTPWireError(.badText) }
+    static func readText(_ r: inout ByteReader) throws(WireError) -> String {
+        guard let raw = r.readCString() else { throw WireError(.unterminatedString) }
+        guard raw.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else { throw WireError(.badText) }
         return String(decoding: raw, as: UTF8.self)
     }
 
-    static func readOptions(_ r: inout ByteReader) throws(TFTPWireError) -> [TFTPOption] {
+    static func readOptions(_ r: inout ByteReader) throws(WireError) -> [TFTPOption] {
         var options: [TFTPOption] = []
         while !r.isAtEnd {
             // Some clients pad requests with trailing NULs; an empty name ends the list.
             if r.bytes[r.offset] == 0 {
-                guard r.bytes[r.offset...].allSatisfy({ $0 == 0 }) else { throw TFTPWireError(.trailingBytes) }
+                guard r.bytes[r.offset...].allSatisfy({ $0 == 0 }) else { throw WireError(.trailingBytes) }
                 break
             }
             let name = try readText(&r).lowercased()
-            guard !r.isAtEnd else { throw TFTPWireError(.badOptionList, name) }
+            guard !r.isAtEnd else { throw WireError(.badOptionList, name) }
             let value = try readText(&r)
             options.append(TFTPOption(name, value))
         }

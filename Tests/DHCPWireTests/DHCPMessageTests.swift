@@ -130,25 +130,25 @@ func fixture(_ name: String) throws -> [UInt8] {
 
 @Suite struct DHCPMalformedTests {
     @Test func rejectsShortHeader() {
-        #expect(throws: DHCPWireError(.truncatedHeader)) { try DHCPMessage(decoding: [UInt8](repeating: 0, count: 239)) }
+        #expect(throws: WireError(.truncatedHeader)) { try DHCPMessage(decoding: [UInt8](repeating: 0, count: 239)) }
     }
 
     @Test func rejectsBadCookie() throws {
         var b = try fixture("dhclient-discover")
         b[236] = 0
-        #expect(throws: DHCPWireError(.badMagicCookie)) { try DHCPMessage(decoding: b) }
+        #expect(throws: WireError(.badMagicCookie)) { try DHCPMessage(decoding: b) }
     }
 
     @Test func rejectsTruncatedOption() throws {
         var b = Array(try fixture("dhclient-discover")[0..<240])
         b += [55, 13, 1, 2, 3]
-        #expect(throws: DHCPWireError(.truncatedOption)) { try DHCPMessage(decoding: b) }
+        #expect(throws: WireError(.truncatedOption)) { try DHCPMessage(decoding: b) }
     }
 
     @Test func rejectsBadHardwareLength() throws {
         var b = try fixture("dhclient-discover")
         b[2] = 17
-        #expect(throws: DHCPWireError(.badHardwareAddressLength)) { try DHCPMessage(decoding: b) }
+        #expect(throws: WireError(.badHardwareAddressLength)) { try DHCPMessage(decoding: b) }
     }
 
     @Test func resolvesOptionOverload() throws {
@@ -165,7 +165,7 @@ func fixture(_ name: String) throws -> [UInt8] {
     @Test func rejectsInvalidOverloadValue() {
         var m = DHCPMessage(op: .bootRequest, xid: 9, chaddr: [1, 2, 3, 4, 5, 6])
         m.options[.overload] = [9]
-        #expect(throws: DHCPWireError(.badOptionLength)) { try DHCPMessage(decoding: m.encoded()) }
+        #expect(throws: WireError(.badOptionLength)) { try DHCPMessage(decoding: m.encoded()) }
     }
 
     @Test func machineIdentifierOfWrongLengthIsIgnored() {

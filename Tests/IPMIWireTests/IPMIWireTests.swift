@@ -1,6 +1,7 @@
 import Foundation
 import IPMIWire
 import Testing
+import WireSupport
 
 func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
 func bytes(_ s: String) -> [UInt8] {
@@ -49,7 +50,7 @@ func bytes(_ s: String) -> [UInt8] {
         #expect(try ChassisStatus(decoding: response.data).powerOn)
         var corrupt = msg
         corrupt[7] ^= 1
-        #expect(throws: IPMIDecodeError.self) { try IPMIResponse(decoding: corrupt) }
+        #expect(throws: WireError.self) { try IPMIResponse(decoding: corrupt) }
     }
 
     @Test func v15PresessionLayout() throws {
@@ -91,10 +92,10 @@ func bytes(_ s: String) -> [UInt8] {
     @Test func truncatedInputsThrow() {
         for n in 0..<12 {
             let short = Array(rmcpPlusPresession(.openSessionRequest, payload: [1, 2, 3, 4]).prefix(n))
-            #expect(throws: IPMIDecodeError.self) { try IPMIDatagram(decoding: short) }
+            #expect(throws: WireError.self) { try IPMIDatagram(decoding: short) }
         }
-        #expect(throws: IPMIDecodeError.self) { try OpenSessionResponse(decoding: [1]) }
-        #expect(throws: IPMIDecodeError.self) { try RAKPExchange.Message2(decoding: [1, 0, 0]) }
+        #expect(throws: WireError.self) { try OpenSessionResponse(decoding: [1]) }
+        #expect(throws: WireError.self) { try RAKPExchange.Message2(decoding: [1, 0, 0]) }
     }
 }
 
@@ -207,11 +208,11 @@ func bytes(_ s: String) -> [UInt8] {
             #expect(envelope.payloadType == .sol)
             #expect(try console.open(envelope) == payload)
             // Replays and tampering are refused.
-            #expect(throws: IPMIDecodeError.self) { try console.open(envelope) }
+            #expect(throws: WireError.self) { try console.open(envelope) }
             var tampered = wire
             tampered[20] ^= 0x01
             if case .v2(let bad) = try IPMIDatagram(decoding: tampered) {
-                #expect(throws: IPMIDecodeError.integrityCheckFailed) { try console.open(bad) }
+                #expect(throws: WireError(.integrityCheckFailed)) { try console.open(bad) }
             }
         }
     }

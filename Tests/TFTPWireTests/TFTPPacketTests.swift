@@ -1,5 +1,6 @@
 import TFTPWire
 import Testing
+import WireSupport
 
 @Suite struct TFTPPacketTests {
     // An RRQ laid out as curl 7.88 sends one for `curl --tftp-blksize 1468 tftp://…/undionly.kpxe`
@@ -41,8 +42,8 @@ import Testing
         #expect(TFTPPacket.optionAck([TFTPOption("tsize", "9")]).encoded() == [0, 6] + Array("tsize\09\0".utf8))
     }
 
-    static let malformed: [([UInt8], TFTPWireError.Code)] = {
-        var cases: [([UInt8], TFTPWireError.Code)] = []
+    static let malformed: [([UInt8], WireError.Code)] = {
+        var cases: [([UInt8], WireError.Code)] = []
         cases.append(([], .truncated))
         cases.append(([0], .truncated))
         cases.append(([0, 9], .unknownOpcode))
@@ -56,8 +57,8 @@ import Testing
     }()
 
     @Test(arguments: malformed)
-    func rejectsMalformed(_ bytes: [UInt8], _ code: TFTPWireError.Code) {
-        #expect(throws: TFTPWireError(code)) { try TFTPPacket(decoding: bytes) }
+    func rejectsMalformed(_ bytes: [UInt8], _ code: WireError.Code) {
+        #expect(throws: WireError(code)) { try TFTPPacket(decoding: bytes) }
     }
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import FarrierAPI
 import Foundation
+import GRPCCore
 import SwiftProtobuf
 import Yams
 

@@ -2,6 +2,8 @@ import ArgumentParser
 import FarrierAPI
 import FarrierLab
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
 import Synchronization
 import Yams
 

@@ -1,20 +1,17 @@
 import ArgumentParser
 import FarrierAPI
+import FarrierCore
 import Foundation
+import GRPCCore
 import SwiftProtobuf
 import Yams
 
+/// `--tag KEY=VALUE` options, checked by the same rules as the server's (`Validation`).
 func parseTags(_ items: [String]) throws -> [String: String] {
-    var tags: [String: String] = [:]
-    for item in items {
-        guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
-            throw ValidationError("tag '\(item)' is not KEY=VALUE")
-        }
-        let key = String(item[..<eq])
-        guard tags[key] == nil else { throw ValidationError("tag '\(key)' is given twice") }
-        tags[key] = String(item[item.index(after: eq)...])
+    switch Validation.parseTags(items) {
+    case .success(let tags): return tags
+    case .failure(let problem): throw ValidationError(problem.description)
     }
-    return tags
 }
 
 /// `--wait`, `--timeout`: follow a machine until its step ends.

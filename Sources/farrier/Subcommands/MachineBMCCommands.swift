@@ -2,6 +2,7 @@ import ArgumentParser
 import FarrierAPI
 import FarrierCore
 import Foundation
+import GRPCCore
 import Yams
 
 /// Reads a password from a file (first line, without its newline). "-" reads stdin.

@@ -106,6 +106,12 @@ public struct BootFile: Sendable {
     public let size: Int
     let storage: Storage
 
+    /// Whether the bytes are held in memory (small files), so reads cost no system call.
+    public var isInMemory: Bool {
+        if case .memory = storage { return true }
+        return false
+    }
+
     /// Reads `range` (clamped to the file) straight into `out`'s free space: `out` must have
     /// room for it. Returns the bytes written.
     public func read(_ range: Range<Int>, into out: UnsafeMutableRawBufferPointer) -> Int {

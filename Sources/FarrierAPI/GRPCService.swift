@@ -1,0 +1,44 @@
+import FarrierCore
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import ServiceLifecycle
+
+/// Runs a gRPC server inside a ServiceGroup: graceful shutdown stops accepting RPCs and lets
+/// those in flight finish.
+public struct GRPCService: Service {
+    let server: GRPCServer<HTTP2ServerTransport.Posix>
+    let logger: Logger
+    let listen: String
+
+    public init(
+        listen: String, services: [any RegistrableRPCService], interceptors: [any ServerInterceptor] = [],
+        tls: (certificate: String, key: String)? = nil, logger: Logger
+    ) throws {
+        let (host, port) = try splitHostPort(listen)
+        let security: HTTP2ServerTransport.Posix.TransportSecurity =
+            if let tls {
+                .tls(
+                    certificateChain: [.file(path: tls.certificate, format: .pem)],
+                    privateKey: .file(path: tls.key, format: .pem))
+            } else { .plaintext }
+        server = GRPCServer(
+            transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: security),
+            services: services, interceptors: interceptors)
+        self.logger = logger
+        self.listen = listen
+    }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await server.serve() }
+                if let address = try await server.listeningAddress {
+                    logger.info("gRPC listening", metadata: ["grpc.listen": "\(address)"])
+                }
+            }
+        } onGracefulShutdown: {
+            server.beginGracefulShutdown()
+        }
+    }
+}
