@@ -548,6 +548,17 @@ extension PostgresStore {
                 throw StoreError(.alreadyExists, "machine name '\(m.name)' is already in use")
             }
         }
+        // A machine joins only a project that exists when it commits. The share lock waits for
+        // a delete of that project in flight (then finds no row), and a delete waits for this
+        // commit (then counts this machine and refuses): a deploy and a project's delete racing
+        // on two replicas cannot leave a machine in a project that is gone.
+        if let project = m.project, project != machine.project {
+            var exists = false
+            for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(project) FOR SHARE", logger: logger).decode(Int.self) {
+                exists = true
+            }
+            guard exists else { throw StoreError(.notFound, "no project named '\(project)'") }
+        }
         try await write(m, conn: conn, insert: false)
         // Event ids are handed out at insert, and a watcher reads "after the last id it saw": so
         // transactions that insert events take this lock first and hold it to their commit,
@@ -704,8 +715,9 @@ extension PostgresStore {
 
     public func deleteProject(name: String) async throws -> Bool {
         try await transaction { [self] conn in
-            // Locks the project's row against a concurrent delete or rename of it. A deploy does
-            // not take this lock, so one racing this delete can still land in the project (known gap).
+            // Locks the project's row against a concurrent delete of it, and against a machine
+            // joining it: a deploy share-locks the row it joins (apply), so it commits before
+            // this count or finds the project gone.
             var exists = false
             for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(name) FOR UPDATE", logger: logger).decode(Int.self) {
                 exists = true

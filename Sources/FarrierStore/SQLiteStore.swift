@@ -422,6 +422,13 @@ public final class SQLiteStore: StateStore {
         if m.name != machine.name, try MachineRecord.filter(Column("name") == m.name).fetchCount(db) > 0 {
             throw StoreError(.alreadyExists, "machine name '\(m.name)' is already in use")
         }
+        // A machine joins only a project that exists when it commits: a project deleted between
+        // a deploy's check and its allocation gets no machine (writes are serialised here).
+        if let project = m.project, project != machine.project,
+            try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [project]) == nil
+        {
+            throw StoreError(.notFound, "no project named '\(project)'")
+        }
         try MachineRecord(m).update(db)
         let encoder = JSONEncoder()
         for e in events {

@@ -201,6 +201,7 @@ import Testing
 
     @Test func releaseToReadyClearsTheAllocation() async throws {
         var m = try await enrolled("a", mac: "52:54:00:00:00:01")
+        try await store.createProject(Project(name: "p", created: Date()))
         m = try await store.update(machineID: m.id) { x in
             x.state = .deployed
             x.project = "p"
@@ -220,6 +221,7 @@ import Testing
     /// commissioning it wipes it fully and clears that.
     @Test func aQuickWipeKeepsTheDiskDirtyForItsProject() async throws {
         var m = try await enrolled("a", mac: "52:54:00:00:00:01")
+        try await store.createProject(Project(name: "quick", created: Date()))
         m = try await store.update(machineID: m.id) { x in
             x.state = .deployed
             x.diskDirty = true

@@ -120,6 +120,15 @@ import TestSupport
             #expect(zoneB.count == (0..<120).filter { $0 % 3 == 0 }.count && zoneB.allSatisfy { $0.zone == "b" && $0.state == .ready })
             #expect(try await s.machines(MachineQuery(states: [.deploying, .releasing])).count == 30)
             #expect(try await s.machines(MachineQuery(project: "nobody")).isEmpty)
+            // A machine joins only a project that exists.
+            let noProject = await #expect(throws: StoreError.self) {
+                try await s.allocate({ _ in true }) { x in
+                    x.project = "p"
+                    return []
+                }
+            }
+            #expect(noProject?.code == .notFound)
+            try await s.createProject(Project(name: "p", created: t))
             // The smallest that fits: fewest cores (1: i = 63; 127 is not ready), then least memory.
             let first = try #require(try await s.allocate({ _ in true }) { x in
                 x.project = "p"
@@ -219,6 +228,7 @@ import TestSupport
             let a = under.store, b = try await under.reopen()
             let t = Date(timeIntervalSince1970: 1_800_000_000)
             let bmc = try BMCReference(url: "ipmi://admin@198.18.0.9")
+            for i in 0..<10 { try await a.createProject(Project(name: "p\(i)", created: t)) }
             var ids: [String] = []
             for i in 0..<6 {
                 let m = try await a.enroll(name: "n\(i)", mac: MACAddress("52:54:00:00:02:0\(i)")!, bmc: bmc, sealedPassword: [1], at: t)
@@ -272,6 +282,47 @@ import TestSupport
             // A machine that does not exist is notFound.
             let missing = await #expect(throws: StoreError.self) { try await b.update(machineID: "nope") { _ in [] } }
             #expect(missing?.code == .notFound)
+        }
+    }
+
+    /// A deploy on one store and the deletion of its project on another, racing: either the
+    /// machine joined and the delete was refused, or the project went and the deploy was
+    /// refused; never a machine left in a project that no longer exists.
+    @Test(arguments: StoreKind.allCases) func aDeployAndItsProjectsDeleteRacingLeaveNoOrphan(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let a = under.store, b = try await under.reopen()
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let bmc = try BMCReference(url: "ipmi://admin@198.18.0.9")
+            let m = try await a.enroll(name: "n", mac: MACAddress("52:54:00:00:03:01")!, bmc: bmc, sealedPassword: [1], at: t)
+            var joined = 0, deleted = 0
+            for round in 0..<20 {
+                let project = "race\(round)"
+                try await a.createProject(Project(name: project, created: t))
+                _ = try await a.update(machineID: m.id) { x in
+                    x.state = .ready
+                    x.project = nil
+                    return []
+                }
+                async let deploy: Bool = {
+                    do {
+                        return try await a.allocate({ $0.project == nil }) { x in
+                            x.state = .deploying
+                            x.project = project
+                            return []
+                        } != nil
+                    } catch let e as StoreError where e.code == .notFound { return false }
+                }()
+                async let delete: Bool = {
+                    do { return try await b.deleteProject(name: project) } catch let e as StoreError where e.code == .inUse { return false }
+                }()
+                let (d, g) = try await (deploy, delete)
+                let now = try #require(try await b.machine(id: m.id))
+                let exists = try await b.project(name: project) != nil
+                #expect(d != g, "round \(round): deploy \(d), delete \(g)")
+                #expect(d == (now.project == project) && g == !exists, "round \(round): machine in \(now.project ?? "none"), project exists \(exists)")
+                if d { joined += 1 } else { deleted += 1 }
+            }
+            #expect(joined + deleted == 20)
         }
     }
 
