@@ -213,8 +213,29 @@ let package = Package(
             ],
             swiftSettings: swiftSettings),
         .testTarget(
+            name: "FarrierAPITests",
+            dependencies: [
+                "FarrierAPI", "FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
+            ],
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FarrierHTTPTests",
+            dependencies: [
+                "FarrierHTTP", "FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", log,
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings),
+        .testTarget(
             name: "BMCIntegrationTests", dependencies: ["FarrierBMC", "TestSupport"], exclude: ["redfish_strict.py", "lossy_udp_proxy.py"],
             swiftSettings: swiftSettings),
+        // The server binary with its real peers (ipmi_sim, sushy-emulator, PostgreSQL, curl): the
+        // control plane, the CLI, the agent, image serving, replicas and the simulator.
+        .testTarget(name: "ServerIntegrationTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -1,27 +1,26 @@
 import Foundation
-import TestSupport
 
 /// An OpenIPMI `ipmi_sim` BMC on 127.0.0.1, with a chassis_control program that keeps power and
 /// boot device in files, and a serial port (for SOL) that is a small TCP echo service.
-struct IPMISimulator {
-    let h: Harness
-    let port: Int
-    let solPort: Int
-    let dir: String
-    static let user = "admin"
-    static let password = "s3cret-pw"
+public struct IPMISimulator: Sendable {
+    public let h: Harness
+    public let port: Int
+    public let solPort: Int
+    public let dir: String
+    public static let user = "admin"
+    public static let password = "s3cret-pw"
 
-    static var available: Bool {
+    public static var available: Bool {
         Harness.canRun && FileManager.default.isExecutableFile(atPath: "/usr/bin/ipmi_sim")
             && FileManager.default.isExecutableFile(atPath: "/usr/bin/ipmitool")
     }
 
-    static func freePort(udp: Bool) -> Int {
+    public static func freePort(udp: Bool) -> Int {
         // Ephemeral range, random: collisions are retried by the caller's start check.
         Int.random(in: 20000..<40000) + (udp ? 0 : 1)
     }
 
-    init(_ h: Harness, name: String = "bmc") throws {
+    public init(_ h: Harness, name: String = "bmc") throws {
         self.h = h
         port = Self.freePort(udp: true)
         solPort = Self.freePort(udp: false)
@@ -111,10 +110,10 @@ struct IPMISimulator {
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: dir + "/" + name)
     }
 
-    var passwordFile: String { dir + "/password" }
+    public var passwordFile: String { dir + "/password" }
 
     @discardableResult
-    func start(log: String? = nil) throws -> Process {
+    public func start(log: String? = nil) throws -> Process {
         let log = log ?? "ipmi_sim-\(port).log"
         let p = try h.start(["ipmi_sim", "-c", dir + "/lan.conf", "-f", dir + "/bmc.emu", "-s", dir + "/state", "-n"], log: log)
         // Up when ipmitool gets an answer.
@@ -125,13 +124,13 @@ struct IPMISimulator {
         return p
     }
 
-    func startSerial() throws {
+    public func startSerial() throws {
         try h.start(["python3", dir + "/serial.py", String(solPort)], log: "serial.log")
     }
 
     /// Runs ipmitool against the simulator with cipher suite 3, the independent check.
     @discardableResult
-    func ipmitool(_ args: [String], timeout: Double = 15) throws -> String {
+    public func ipmitool(_ args: [String], timeout: Double = 15) throws -> String {
         try h.run(
             ["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", String(port), "-U", Self.user, "-f", passwordFile,
              "-R", "2", "-N", "1"] + args,
@@ -139,6 +138,6 @@ struct IPMISimulator {
         ).stdout
     }
 
-    var chassisLog: String { (try? String(contentsOfFile: dir + "/chassis.log", encoding: .utf8)) ?? "" }
-    var events: String { (try? String(contentsOfFile: dir + "/events", encoding: .utf8)) ?? "" }
+    public var chassisLog: String { (try? String(contentsOfFile: dir + "/chassis.log", encoding: .utf8)) ?? "" }
+    public var events: String { (try? String(contentsOfFile: dir + "/events", encoding: .utf8)) ?? "" }
 }

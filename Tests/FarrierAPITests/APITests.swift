@@ -1,0 +1,187 @@
+import Crypto
+import FarrierBMC
+import FarrierControl
+import FarrierCore
+@testable import FarrierAPI
+import FarrierStore
+import Foundation
+import GRPCCore
+import GRPCInProcessTransport
+import Testing
+
+/// The gRPC API as a client sees it, over grpc-swift's in-process transport: the real services
+/// and the real token interceptor on an in-memory store, without a socket or a server process.
+/// Tenancy (what a member token sees and may do), paging, and the status code of each kind of
+/// refusal.
+@Suite struct APITests {
+    let store: SQLiteStore
+    let controller: Controller
+    let adminSecret = TokenSecret.generate()
+
+    init() async throws {
+        store = try SQLiteStore()
+        let vault = CredentialVault(key: SymmetricKey(size: .bits256))
+        controller = Controller(store: store, pool: BMCPool(vault: vault), agentKey: SymmetricKey(size: .bits256))
+        try await store.createToken(APIToken(
+            id: "admin", name: "root", role: .admin, project: nil, secretSHA256: TokenSecret.hash(adminSecret), created: Date()))
+        // 25 machines, m00…m24; the first five deployed in project blue.
+        try await store.createProject(Project(name: "blue", created: Date()))
+        for i in 0..<25 {
+            let m = try await store.enroll(
+                name: String(format: "m%02d", i), mac: MACAddress([0x52, 0x54, 0, 0, 0x0A, UInt8(i)]),
+                bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"), sealedPassword: [1], at: Date())
+            _ = try await store.update(machineID: m.id) { x in
+                x.state = i < 5 ? .deployed : .ready
+                x.project = i < 5 ? "blue" : nil
+                return []
+            }
+        }
+    }
+
+    /// Runs `body` with clients of the three services, calling with `token` (none: nil).
+    func withAPI<R: Sendable>(
+        token: String?,
+        _ body: @Sendable (Farrier_V1_MachineService.Client<InProcessTransport.Client>, Farrier_V1_ProjectService.Client<InProcessTransport.Client>,
+            Farrier_V1_TokenService.Client<InProcessTransport.Client>) async throws -> R
+    ) async throws -> R {
+        let transport = InProcessTransport()
+        let server = GRPCServer(
+            transport: transport.server,
+            services: [MachineAPI(controller: controller, vault: CredentialVault(key: SymmetricKey(size: .bits256))), ProjectAPI(store: store), TokenAPI(store: store)],
+            interceptors: [AuthInterceptor(store: store)])
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.serve() }
+            defer { server.beginGracefulShutdown() }
+            let interceptors: [any ClientInterceptor] = token.map { [BearerToken(token: $0)] } ?? []
+            return try await withGRPCClient(transport: transport.client, interceptors: interceptors) { client in
+                try await body(.init(wrapping: client), .init(wrapping: client), .init(wrapping: client))
+            }
+        }
+    }
+
+    /// A member token of project `project`, made through the API by the admin.
+    func member(of project: String) async throws -> String {
+        try await withAPI(token: adminSecret) { _, _, tokens in
+            var r = Farrier_V1_CreateTokenRequest()
+            r.name = "member-\(project)"
+            r.role = "member"
+            r.project = project
+            return try await tokens.createToken(r).secret
+        }
+    }
+
+    func code(_ body: () async throws -> Void) async -> RPCError.Code? {
+        do {
+            try await body()
+            return nil
+        } catch let e as RPCError {
+            return e.code
+        } catch {
+            Issue.record("not an RPCError: \(error)")
+            return nil
+        }
+    }
+
+    @Test func callsWithoutAValidTokenAreUnauthenticated() async throws {
+        for token in [nil, "fa_not-a-token", "Bearer", ""] as [String?] {
+            try await withAPI(token: token) { machines, projects, _ in
+                #expect(await code { _ = try await machines.listMachines(.init()) } == .unauthenticated, "\(token ?? "none")")
+                #expect(await code { _ = try await projects.listProjects(.init()) } == .unauthenticated)
+            }
+        }
+    }
+
+    @Test func aMemberSeesAndActsOnlyInItsProject() async throws {
+        let blue = try await member(of: "blue")
+        try await withAPI(token: blue) { machines, projects, tokens in
+            let listed = try await machines.listMachines(.init())
+            #expect(listed.machines.map(\.name) == ["m00", "m01", "m02", "m03", "m04"])
+            #expect(listed.machines.allSatisfy { $0.project == "blue" })
+            var get = Farrier_V1_GetMachineRequest()
+            get.nameOrMac = "m00"
+            #expect(try await machines.getMachine(get).name == "m00")
+            // Another project's machine, or one in the pool, does not exist for this token.
+            get.nameOrMac = "m10"
+            #expect(await code { _ = try await machines.getMachine(get) } == .notFound)
+            var ref = Farrier_V1_MachineRef()
+            ref.name = "m10"
+            #expect(await code { _ = try await machines.restartMachine(ref) } == .notFound)
+            var other = Farrier_V1_ListMachinesRequest()
+            other.project = "red"
+            #expect(await code { _ = try await machines.listMachines(other) } == .permissionDenied)
+            // Administration needs an admin token.
+            var project = Farrier_V1_CreateProjectRequest()
+            project.name = "green"
+            #expect(await code { _ = try await projects.createProject(project) } == .permissionDenied)
+            #expect(await code { _ = try await tokens.listTokens(.init()) } == .permissionDenied)
+            var enroll = Farrier_V1_EnrollMachineRequest()
+            enroll.name = "m99"
+            enroll.mac = "52:54:00:00:0a:99"
+            enroll.bmcURL = "ipmi://admin@127.0.0.1:9623"
+            enroll.bmcPassword = "x"
+            #expect(await code { _ = try await machines.enrollMachine(enroll) } == .permissionDenied)
+        }
+        #expect(try await store.project(name: "green") == nil)
+        #expect(try await store.machine(mac: MACAddress("52:54:00:00:0a:99")!) == nil)
+    }
+
+    @Test func pagesCoverTheFleetOnceInNameOrder() async throws {
+        try await withAPI(token: adminSecret) { machines, _, _ in
+            var seen: [String] = []
+            var request = Farrier_V1_ListMachinesRequest()
+            request.pageSize = 7
+            for _ in 0..<10 {
+                let page = try await machines.listMachines(request)
+                #expect(page.machines.count <= 7)
+                seen += page.machines.map(\.name)
+                guard !page.nextPageToken.isEmpty else { break }
+                request.pageToken = page.nextPageToken
+            }
+            #expect(seen == (0..<25).map { String(format: "m%02d", $0) })
+            // A state filter pages the same way.
+            var ready = Farrier_V1_ListMachinesRequest()
+            ready.state = "ready"
+            ready.pageSize = 1000
+            #expect(try await machines.listMachines(ready).machines.count == 20)
+            var bad = Farrier_V1_ListMachinesRequest()
+            bad.pageSize = 1001
+            #expect(await code { _ = try await machines.listMachines(bad) } == .invalidArgument)
+            bad = .init()
+            bad.pageToken = "!!"
+            #expect(await code { _ = try await machines.listMachines(bad) } == .invalidArgument)
+            bad = .init()
+            bad.state = "sleeping"
+            #expect(await code { _ = try await machines.listMachines(bad) } == .invalidArgument)
+        }
+    }
+
+    /// Each kind of refusal has its code: the CLI and scripts branch on them.
+    @Test func refusalsCarryTheirStatusCodes() async throws {
+        try await withAPI(token: adminSecret) { machines, projects, tokens in
+            var get = Farrier_V1_GetMachineRequest()
+            get.nameOrMac = "nothing-here"
+            #expect(await code { _ = try await machines.getMachine(get) } == .notFound)
+            var project = Farrier_V1_CreateProjectRequest()
+            project.name = "blue"
+            #expect(await code { _ = try await projects.createProject(project) } == .alreadyExists)
+            // A project that still has machines cannot go.
+            var delete = Farrier_V1_GetProjectRequest()
+            delete.name = "blue"
+            #expect(await code { _ = try await projects.deleteProject(delete) } == .failedPrecondition)
+            // A transition the lifecycle does not allow: commissioning a deployed machine.
+            var ref = Farrier_V1_MachineRef()
+            ref.name = "m00"
+            #expect(await code { _ = try await machines.commissionMachine(ref) } == .failedPrecondition)
+            var enroll = Farrier_V1_EnrollMachineRequest()
+            enroll.name = "Not A Name"
+            enroll.mac = "52:54:00:00:0a:98"
+            enroll.bmcURL = "ipmi://admin@127.0.0.1:9623"
+            #expect(await code { _ = try await machines.enrollMachine(enroll) } == .invalidArgument)
+            var token = Farrier_V1_CreateTokenRequest()
+            token.name = "t"
+            token.role = "member"
+            token.project = "no-such-project"
+            #expect(await code { _ = try await tokens.createToken(token) } == .notFound)
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import Crypto
+import FarrierBMC
+import FarrierControl
+import FarrierCore
+@testable import FarrierHTTP
+import FarrierStore
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import Testing
+
+/// The plain-HTTP router on a loopback socket (Hummingbird's live test server), so requests
+/// come from 127.0.0.1 and the address book decides whose lease that is: which iPXE script each
+/// state and phase gets, what an address without the lease learns, and that nothing on this
+/// path writes a machine.
+@Suite struct BootScriptTests {
+    let store: SQLiteStore
+    let controller: Controller
+    let book = AddressBook()
+    let mac = MACAddress("52:54:00:00:07:01")!
+    static let fingerprint = String(repeating: "ab", count: 32)
+
+    init() throws {
+        store = try SQLiteStore()
+        controller = Controller(
+            store: store, pool: BMCPool(vault: CredentialVault(key: SymmetricKey(size: .bits256))), agentKey: SymmetricKey(size: .bits256))
+    }
+
+    func withServer(_ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+        var deps = HTTPDependencies(
+            store: store, recorder: TimelineRecorder(store: store, known: []), addressBook: book,
+            bootRoot: BootRoot(path: NSTemporaryDirectory()), metrics: { "" }, controller: controller)
+        deps.agentTLS = AgentTLS(certificateChainPEM: "", privateKeyPEM: "", fingerprint: Self.fingerprint, port: 8443)
+        let router = buildRouter(configuration: HTTPConfiguration(), dependencies: deps, logger: Logger(label: "test"))
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(.live) { client in try await test(client) }
+    }
+
+    /// A machine named "m1" in `state` and `phase`, its MAC leased 127.0.0.1 (the test's client).
+    func machine(_ state: MachineState, _ phase: StepPhase, leased: Bool = true) async throws {
+        let m = try await store.enroll(
+            name: "m1", mac: mac, bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"), sealedPassword: [1], at: Date())
+        _ = try await store.update(machineID: m.id) { x in
+            x.state = state
+            x.phase = phase
+            return []
+        }
+        if leased { book.record(IPv4Address("127.0.0.1")!, mac) }
+    }
+
+    func script(_ client: any TestClientProtocol, platform: String? = "pcbios", mac: MACAddress? = nil) async throws -> String {
+        let name = (mac ?? self.mac).formatted(separator: "-")
+        let query = platform.map { "?platform=\($0)&buildarch=x86_64" } ?? ""
+        return try await client.execute(uri: "/boot/\(name).ipxe\(query)", method: .get) { response in
+            #expect(response.status == .ok)
+            return String(buffer: response.body)
+        }
+    }
+
+    @Test func theFirstFetchAsksIPXEForItsPlatform() async throws {
+        try await machine(.deployed, .none)
+        try await withServer { client in
+            let text = try await script(client, platform: nil)
+            #expect(text.contains("chain --replace --autofree"))
+            #expect(text.contains("platform=${platform}&buildarch=${buildarch}"))
+            #expect(!text.contains("m1"))
+        }
+    }
+
+    enum Expected: Sendable { case ramdisk(mode: String), disk, wait }
+
+    @Test(arguments: [
+        (MachineState.commissioning, StepPhase.queued, Expected.wait),  // no slot yet: nothing to boot
+        (.commissioning, .boot, .ramdisk(mode: "agent")),
+        (.commissioning, .agent, .ramdisk(mode: "agent")),
+        (.commissioning, .finish, .wait),
+        (.deploying, .queued, .wait),
+        (.deploying, .boot, .ramdisk(mode: "agent")),
+        (.deploying, .finish, .disk),  // written: the next boot is the new OS
+        (.releasing, .agent, .ramdisk(mode: "agent")),
+        (.rescuing, .boot, .ramdisk(mode: "rescue")),
+        (.rescue, .none, .ramdisk(mode: "rescue")),
+        (.deployed, .none, .disk),
+        (.exitingRescue, .boot, .disk),
+        (.ready, .none, .wait),
+        (.failed, .none, .wait),
+        (.enrolled, .none, .wait),
+    ] as [(MachineState, StepPhase, Expected)])
+    func theScriptFollowsTheStateAndPhase(_ state: MachineState, _ phase: StepPhase, _ expected: Expected) async throws {
+        try await machine(state, phase)
+        try await withServer { client in
+            let text = try await script(client)
+            switch expected {
+            case .ramdisk(let mode):
+                #expect(text.contains("/tftp/ramdisk/vmlinuz initrd=initrd.img farrier.url=https://"), "\(text)")
+                #expect(text.contains(":8443 farrier.cert=sha256:\(Self.fingerprint) farrier.mode=\(mode) "))
+                #expect(text.contains("initrd --name initrd.img"))
+            case .disk:
+                #expect(text.contains("sanboot --no-describe --drive 0x80"), "\(text)")
+                #expect(!text.contains("kernel"))
+            case .wait:
+                #expect(text.contains("sleep 30"), "\(text)")
+                #expect(!text.contains("kernel") && !text.contains("sanboot"))
+            }
+        }
+        // A script changes no state.
+        #expect(try await store.machine(mac: mac)?.state == state)
+    }
+
+    /// From an address that does not hold the MAC's lease, a script names no machine and no
+    /// state, carries no agent channel, and writes nothing; an unknown MAC is the same.
+    @Test func anAddressWithoutTheLeaseLearnsNothing() async throws {
+        try await machine(.deploying, .boot, leased: false)
+        let before = try await store.machines().count
+        try await withServer { client in
+            let text = try await script(client)
+            #expect(text.contains("not known to Farrier"))
+            #expect(!text.contains("m1") && !text.contains("deploying") && !text.contains("farrier.url") && !text.contains(Self.fingerprint))
+            let stranger = try await script(client, mac: MACAddress("52:54:00:00:07:99")!)
+            #expect(stranger.contains("not known to Farrier"))
+        }
+        #expect(try await store.machines().count == before)
+        #expect(try await store.machine(mac: MACAddress("52:54:00:00:07:99")!) == nil)
+    }
+
+    @Test func aPathThatIsNotAScriptIsNotFound() async throws {
+        try await withServer { client in
+            try await client.execute(uri: "/boot/nonsense.txt", method: .get) { response in
+                #expect(response.status == .notFound)
+                // Hummingbird's error body: {"error":{"message":…}}.
+                let body = try JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8)) as? [String: [String: String]]
+                #expect(body?["error"]?["message"]?.hasPrefix("expected /boot/<mac>.ipxe") == true, "\(String(describing: body))")
+            }
+        }
+    }
+
+    /// The agent's calls are on the HTTPS router only; on this one they do not exist.
+    @Test func thePlainRouterHasNoAgentRoutes() async throws {
+        try await machine(.deploying, .boot)
+        try await withServer { client in
+            try await client.execute(uri: AgentAPI.hello, method: .post, body: ByteBuffer(string: "{}")) { response in
+                #expect(response.status == .notFound)
+            }
+        }
+    }
+}
