@@ -20,7 +20,10 @@ public enum BootClient: Hashable, Sendable {
 
     public init(_ message: DHCPMessage) {
         let vendor = message.options.vendorClassIdentifier ?? ""
-        let arch = message.options.clientArchitectures?.first(where: { ClientPlatform(optionArchitecture: $0).firmware != .unknown })
+        let arch =
+            message.options.clientArchitectures?.first(where: {
+                ClientPlatform(optionArchitecture: $0).firmware != .unknown
+            })
             ?? message.options.clientArchitectures?.first
         let platform = arch.map { ClientPlatform(optionArchitecture: $0) }
         let isIPXE =

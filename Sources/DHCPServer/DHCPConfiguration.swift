@@ -25,8 +25,12 @@ public struct DHCPConfiguration: Sendable, Hashable {
         public var leaseTime: Int
 
         public init(
-            network: IPv4Network, pools: [ClosedRange<IPv4Address>], router: IPv4Address? = nil,
-            dnsServers: [IPv4Address] = [], domainName: String? = nil, leaseTime: Int = 3600
+            network: IPv4Network,
+            pools: [ClosedRange<IPv4Address>],
+            router: IPv4Address? = nil,
+            dnsServers: [IPv4Address] = [],
+            domainName: String? = nil,
+            leaseTime: Int = 3600
         ) {
             self.network = network
             self.pools = pools

@@ -14,7 +14,11 @@ public struct DHCPIngress: Sendable, Hashable {
     public var sourcePort: Int
 
     public init(
-        interface: String, address: IPv4Address, network: IPv4Network, port: Int, sourceAddress: IPv4Address,
+        interface: String,
+        address: IPv4Address,
+        network: IPv4Network,
+        port: Int,
+        sourceAddress: IPv4Address,
         sourcePort: Int
     ) {
         self.interface = interface
@@ -106,7 +110,11 @@ public struct DHCPResponder: Sendable {
     // MARK: Full mode
 
     mutating func full(
-        _ req: DHCPMessage, type: DHCPMessageType, mac: MACAddress, client: BootClient, ingress: DHCPIngress,
+        _ req: DHCPMessage,
+        type: DHCPMessageType,
+        mac: MACAddress,
+        client: BootClient,
+        ingress: DHCPIngress,
         now: Date
     ) -> DHCPOutcome {
         let locator = req.giaddr != .any ? req.giaddr : ingress.address
@@ -117,7 +125,11 @@ public struct DHCPResponder: Sendable {
         case .discover:
             guard
                 let ip = leases.offer(
-                    mac: mac, subnet: subnet.network, requested: req.options.requestedIPAddress, now: now)
+                    mac: mac,
+                    subnet: subnet.network,
+                    requested: req.options.requestedIPAddress,
+                    now: now
+                )
             else { return .drop("no free address in \(subnet.network)", client) }
             var out = reply(to: req, type: .offer, ingress: ingress, client: client, mac: mac)
             out.reply!.yiaddr = ip
@@ -134,7 +146,15 @@ public struct DHCPResponder: Sendable {
                 guard let requested = req.options.requestedIPAddress ?? (req.ciaddr != .any ? req.ciaddr : nil) else {
                     return nak(req, ingress: ingress, client: client, "no requested address")
                 }
-                return ack(req, address: requested, subnet: subnet, mac: mac, client: client, ingress: ingress, now: now)
+                return ack(
+                    req,
+                    address: requested,
+                    subnet: subnet,
+                    mac: mac,
+                    client: client,
+                    ingress: ingress,
+                    now: now
+                )
             }
             if req.ciaddr == .any {
                 // INIT-REBOOT: the client asks to keep an address it remembers.
@@ -144,7 +164,15 @@ public struct DHCPResponder: Sendable {
                 guard subnet.network.contains(requested) else {
                     return nak(req, ingress: ingress, client: client, "\(requested) is not on \(subnet.network)")
                 }
-                return ack(req, address: requested, subnet: subnet, mac: mac, client: client, ingress: ingress, now: now)
+                return ack(
+                    req,
+                    address: requested,
+                    subnet: subnet,
+                    mac: mac,
+                    client: client,
+                    ingress: ingress,
+                    now: now
+                )
             }
             // RENEWING / REBINDING: extend the lease on ciaddr.
             guard leases.lease(for: mac)?.address == req.ciaddr else {
@@ -183,8 +211,13 @@ public struct DHCPResponder: Sendable {
     }
 
     mutating func ack(
-        _ req: DHCPMessage, address: IPv4Address, subnet: DHCPConfiguration.Subnet, mac: MACAddress,
-        client: BootClient, ingress: DHCPIngress, now: Date
+        _ req: DHCPMessage,
+        address: IPv4Address,
+        subnet: DHCPConfiguration.Subnet,
+        mac: MACAddress,
+        client: BootClient,
+        ingress: DHCPIngress,
+        now: Date
     ) -> DHCPOutcome {
         guard let lease = leases.bind(mac: mac, address: address, leaseTime: subnet.leaseTime, now: now) else {
             return nak(req, ingress: ingress, client: client, "\(address) is not available to \(mac)")
@@ -198,8 +231,14 @@ public struct DHCPResponder: Sendable {
 
     func nak(_ req: DHCPMessage, ingress: DHCPIngress, client: BootClient, _ reason: String) -> DHCPOutcome {
         var m = DHCPMessage(
-            op: .bootReply, htype: req.htype, hlen: req.hlen, xid: req.xid, flags: req.flags, giaddr: req.giaddr,
-            chaddr: req.chaddr)
+            op: .bootReply,
+            htype: req.htype,
+            hlen: req.hlen,
+            xid: req.xid,
+            flags: req.flags,
+            giaddr: req.giaddr,
+            chaddr: req.chaddr
+        )
         m.options.messageType = .nak
         m.options.set(.serverIdentifier, ipv4: ingress.address)
         m.options.set(.message, string: reason)
@@ -220,7 +259,10 @@ public struct DHCPResponder: Sendable {
     }
 
     func addLeaseOptions(
-        _ m: inout DHCPMessage, subnet: DHCPConfiguration.Subnet, mac: MACAddress, includeLeaseTime: Bool = true
+        _ m: inout DHCPMessage,
+        subnet: DHCPConfiguration.Subnet,
+        mac: MACAddress,
+        includeLeaseTime: Bool = true
     ) {
         if includeLeaseTime {
             m.options.set(.leaseTime, uint32: UInt32(subnet.leaseTime))
@@ -238,7 +280,11 @@ public struct DHCPResponder: Sendable {
     // MARK: Proxy mode
 
     func proxy(
-        _ req: DHCPMessage, type: DHCPMessageType, mac: MACAddress, client: BootClient, ingress: DHCPIngress
+        _ req: DHCPMessage,
+        type: DHCPMessageType,
+        mac: MACAddress,
+        client: BootClient,
+        ingress: DHCPIngress
     ) -> DHCPOutcome {
         // Answer only network-boot clients that name their architecture (option 93).
         guard client.isNetworkBoot, req.options.clientArchitectures != nil else {
@@ -279,11 +325,21 @@ public struct DHCPResponder: Sendable {
 
     /// A reply skeleton: header fields echoed, server identifier, echoed options, boot data.
     func reply(
-        to req: DHCPMessage, type: DHCPMessageType, ingress: DHCPIngress, client: BootClient, mac: MACAddress
+        to req: DHCPMessage,
+        type: DHCPMessageType,
+        ingress: DHCPIngress,
+        client: BootClient,
+        mac: MACAddress
     ) -> DHCPOutcome {
         var m = DHCPMessage(
-            op: .bootReply, htype: req.htype, hlen: req.hlen, xid: req.xid, flags: req.flags, giaddr: req.giaddr,
-            chaddr: req.chaddr)
+            op: .bootReply,
+            htype: req.htype,
+            hlen: req.hlen,
+            xid: req.xid,
+            flags: req.flags,
+            giaddr: req.giaddr,
+            chaddr: req.chaddr
+        )
         m.options.messageType = type
         m.options.set(.serverIdentifier, ipv4: ingress.address)
         addBootOptions(&m, request: req, client: client, server: ingress.address, mac: mac)
@@ -314,7 +370,11 @@ public struct DHCPResponder: Sendable {
     }
 
     func addBootOptions(
-        _ m: inout DHCPMessage, request req: DHCPMessage, client: BootClient, server: IPv4Address, mac: MACAddress
+        _ m: inout DHCPMessage,
+        request req: DHCPMessage,
+        client: BootClient,
+        server: IPv4Address,
+        mac: MACAddress
     ) {
         let wantsBootFileOption = req.options.parameterRequestList.contains(DHCPOptionCode.bootfileName.rawValue)
         func setFile(_ name: String) {

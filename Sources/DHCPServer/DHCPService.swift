@@ -36,8 +36,13 @@ final class DHCPEngine: Sendable {
     let seenWritten: Mutex<[MACAddress: IPv4Address]>
 
     init(
-        responder: DHCPResponder, store: any LeaseStore, recorder: TimelineRecorder, addressBook: AddressBook,
-        metrics: DHCPMetrics, logger: Logger, seen: [MACAddress: IPv4Address] = [:]
+        responder: DHCPResponder,
+        store: any LeaseStore,
+        recorder: TimelineRecorder,
+        addressBook: AddressBook,
+        metrics: DHCPMetrics,
+        logger: Logger,
+        seen: [MACAddress: IPv4Address] = [:]
     ) {
         self.seenWritten = Mutex(seen)
         self.proxyMode = responder.configuration.mode == .proxy
@@ -56,14 +61,19 @@ final class DHCPEngine: Sendable {
         metrics.malformed.add(1, ordering: .relaxed)
         logger.debug(
             message,
-            metadata: ["dhcp.error": "\(reason)", "dhcp.src": "\(ingress.sourceAddress):\(ingress.sourcePort)",
-                       "dhcp.interface": "\(ingress.interface)", "dhcp.bytes": "\(count)"])
+            metadata: [
+                "dhcp.error": "\(reason)", "dhcp.src": "\(ingress.sourceAddress):\(ingress.sourcePort)",
+                "dhcp.interface": "\(ingress.interface)", "dhcp.bytes": "\(count)",
+            ]
+        )
     }
 
     /// Decodes and answers one datagram (already counted as received by the caller). `send` gets the encoded reply: at once when it depends
     /// on nothing unwritten, else from `leases.commit(to:)` once the lease is durable.
     func handle(
-        _ bytes: [UInt8], ingress: DHCPIngress, leases: inout LeaseBatch,
+        _ bytes: [UInt8],
+        ingress: DHCPIngress,
+        leases: inout LeaseBatch,
         send: @escaping (_ reply: [UInt8], _ address: IPv4Address, _ port: Int) -> Void
     ) {
         let request: DHCPMessage
@@ -80,10 +90,18 @@ final class DHCPEngine: Sendable {
         let type = request.messageType?.description ?? "?"
 
         if let mac, outcome.client.isNetworkBoot || recorder.isKnown(mac) {
-            if let p = outcome.client.platform, case .discover? = request.messageType { recorder.sighted(mac, platform: p) }
-            recorder.record(TimelineEvent(
-                mac: mac, time: now, stage: stage, event: type,
-                detail: "client=\(outcome.client.label) via=\(ingress.interface):\(ingress.port)"))
+            if let p = outcome.client.platform, case .discover? = request.messageType {
+                recorder.sighted(mac, platform: p)
+            }
+            recorder.record(
+                TimelineEvent(
+                    mac: mac,
+                    time: now,
+                    stage: stage,
+                    event: type,
+                    detail: "client=\(outcome.client.label) via=\(ingress.interface):\(ingress.port)"
+                )
+            )
         }
         // Which address a MAC holds, for the agent channel's and the boot script's address
         // checks. In full mode only what Farrier itself acknowledged counts (a client's own
@@ -101,14 +119,19 @@ final class DHCPEngine: Sendable {
             addressBook.record(seen, mac)
             if outcome.client.isNetworkBoot || recorder.isKnown(mac) {
                 let write = seenWritten.withLock { written -> Bool in
-                    guard written[mac] != seen, written[mac] != nil || written.count < Self.seenLimit else { return false }
+                    guard written[mac] != seen, written[mac] != nil || written.count < Self.seenLimit else {
+                        return false
+                    }
                     written[mac] = seen
                     return true
                 }
                 if write {
                     do { try store.recordSeenAddress(mac: mac, address: seen, at: now) } catch {
                         seenWritten.withLock { $0[mac] = nil }
-                        logger.warning("address seen in proxy mode not written", metadata: ["dhcp.mac": "\(mac)", "dhcp.error": "\(error)"])
+                        logger.warning(
+                            "address seen in proxy mode not written",
+                            metadata: ["dhcp.mac": "\(mac)", "dhcp.error": "\(error)"]
+                        )
                     }
                 }
             }
@@ -116,8 +139,12 @@ final class DHCPEngine: Sendable {
         guard let reply = outcome.reply else {
             metrics.dropped.add(1, ordering: .relaxed)
             logger.debug(
-                "no reply", metadata: ["dhcp.xid": "\(hex(request.xid))", "dhcp.mac": "\(mac.map { "\($0)" } ?? "-")",
-                                       "dhcp.type": "\(type)", "dhcp.reason": "\(outcome.dropReason ?? "")"])
+                "no reply",
+                metadata: [
+                    "dhcp.xid": "\(hex(request.xid))", "dhcp.mac": "\(mac.map { "\($0)" } ?? "-")",
+                    "dhcp.type": "\(type)", "dhcp.reason": "\(outcome.dropReason ?? "")",
+                ]
+            )
             if outcome.forget != nil {
                 leases.add(commit: nil, forget: outcome.forget) { _ in }
             }
@@ -125,7 +152,8 @@ final class DHCPEngine: Sendable {
         }
         let replyType = reply.messageType ?? .nak
         let encoded = reply.encoded()
-        let destination = outcome.destinationAddress, port = outcome.destinationPort
+        let destination = outcome.destinationAddress
+        let port = outcome.destinationPort
         let finish = { [self] in
             switch replyType {
             case .offer: metrics.offers.add(1, ordering: .relaxed)
@@ -137,13 +165,25 @@ final class DHCPEngine: Sendable {
                 if outcome.client.isNetworkBoot || recorder.isKnown(mac) {
                     var detail = reply.yiaddr != .any ? "address=\(reply.yiaddr)" : "proxy"
                     if !reply.bootFileName.isEmpty { detail += " file=\(reply.bootFileName)" }
-                    recorder.record(TimelineEvent(mac: mac, time: Date(), stage: stage, event: replyType.description, detail: detail))
+                    recorder.record(
+                        TimelineEvent(
+                            mac: mac,
+                            time: Date(),
+                            stage: stage,
+                            event: replyType.description,
+                            detail: detail
+                        )
+                    )
                 }
             }
             logger.debug(
-                "reply", metadata: ["dhcp.xid": "\(hex(request.xid))", "dhcp.mac": "\(mac.map { "\($0)" } ?? "-")",
-                                    "dhcp.type": "\(replyType)", "dhcp.yiaddr": "\(reply.yiaddr)",
-                                    "dhcp.file": "\(reply.bootFileName)", "dhcp.client": "\(outcome.client.label)"])
+                "reply",
+                metadata: [
+                    "dhcp.xid": "\(hex(request.xid))", "dhcp.mac": "\(mac.map { "\($0)" } ?? "-")",
+                    "dhcp.type": "\(replyType)", "dhcp.yiaddr": "\(reply.yiaddr)",
+                    "dhcp.file": "\(reply.bootFileName)", "dhcp.client": "\(outcome.client.label)",
+                ]
+            )
             send(encoded, destination, port)
         }
         if outcome.commit != nil || outcome.forget != nil {
@@ -172,8 +212,12 @@ public final class DHCPService: Service, Sendable {
     public let metrics: DHCPMetrics
 
     public init(
-        configuration: DHCPConfiguration, httpPort: Int, store: any LeaseStore, recorder: TimelineRecorder,
-        addressBook: AddressBook, logger: Logger
+        configuration: DHCPConfiguration,
+        httpPort: Int,
+        store: any LeaseStore,
+        recorder: TimelineRecorder,
+        addressBook: AddressBook,
+        logger: Logger
     ) throws {
         self.configuration = configuration
         self.logger = logger
@@ -197,8 +241,14 @@ public final class DHCPService: Service, Sendable {
             }
         }
         engine = DHCPEngine(
-            responder: responder, store: store, recorder: recorder, addressBook: addressBook, metrics: metrics,
-            logger: logger, seen: seen)
+            responder: responder,
+            store: store,
+            recorder: recorder,
+            addressBook: addressBook,
+            metrics: metrics,
+            logger: logger,
+            seen: seen
+        )
     }
 
     public func run() async throws {
@@ -221,19 +271,31 @@ public final class DHCPService: Service, Sendable {
                 {
                     logger.warning(
                         "no subnet configured for the interface's own network: only relayed requests will be answered",
-                        metadata: ["dhcp.interface": "\(name)", "dhcp.address": "\(iface.address)"])
+                        metadata: ["dhcp.interface": "\(name)", "dhcp.address": "\(iface.address)"]
+                    )
                 }
                 for port in ports {
                     let fd = try makeInterfaceSocket(
-                        interface: name, port: port, receiveTimeout: DHCPSocketThread.receiveTimeout)
+                        interface: name,
+                        port: port,
+                        receiveTimeout: DHCPSocketThread.receiveTimeout
+                    )
                     let thread = DHCPSocketThread(
-                        engine: engine, interface: iface, port: port, socket: fd, commitDelay: configuration.commitDelay)
+                        engine: engine,
+                        interface: iface,
+                        port: port,
+                        socket: fd,
+                        commitDelay: configuration.commitDelay
+                    )
                     threads.append(thread)
                     thread.start()
                     logger.info(
                         "DHCP listening",
-                        metadata: ["dhcp.mode": "\(configuration.mode.rawValue)", "dhcp.interface": "\(name)",
-                                   "dhcp.address": "\(iface.address)", "dhcp.port": "\(port)"])
+                        metadata: [
+                            "dhcp.mode": "\(configuration.mode.rawValue)", "dhcp.interface": "\(name)",
+                            "dhcp.address": "\(iface.address)", "dhcp.port": "\(port)",
+                        ]
+                    )
                 }
             }
         } catch {

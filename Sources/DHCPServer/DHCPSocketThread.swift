@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CFarrierNet
 import Dispatch
 import FarrierCore
 import Foundation
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Replies waiting to leave one DHCP socket, sent together as one sendmmsg(2). Owned by the
 /// socket's thread. Replies are queued straight into the send buffer: their bytes end to end,
@@ -41,8 +42,11 @@ final class DHCPOutbox {
             for (i, code) in failed {
                 logger.debug(
                     "DHCP reply not sent",
-                    metadata: ["dhcp.dst": "\(destinations[i].address):\(destinations[i].port)",
-                               "dhcp.error": "\(String(cString: strerror(code)))"])
+                    metadata: [
+                        "dhcp.dst": "\(destinations[i].address):\(destinations[i].port)",
+                        "dhcp.error": "\(String(cString: strerror(code)))",
+                    ]
+                )
             }
         }
         bytes.removeAll(keepingCapacity: true)
@@ -163,7 +167,8 @@ final class DHCPSocketThread: Sendable {
     }
 
     func run() {
-        let batch = Self.batch, size = Self.bufferSize
+        let batch = Self.batch
+        let size = Self.bufferSize
         let buffers = UnsafeMutableRawBufferPointer.allocate(byteCount: batch * size, alignment: 16)
         let names = UnsafeMutablePointer<sockaddr_in>.allocate(capacity: batch)
         let iovecs = UnsafeMutablePointer<iovec>.allocate(capacity: batch)
@@ -196,20 +201,34 @@ final class DHCPSocketThread: Sendable {
                 headers[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
                 headers[i].msg_hdr.msg_flags = 0
             }
-            let n = Int(wait ? farrier_recvmmsg_waitforone(socket, headers, UInt32(batch)) : farrier_recvmmsg_nowait(socket, headers, UInt32(batch)))
+            let n = Int(
+                wait
+                    ? farrier_recvmmsg_waitforone(socket, headers, UInt32(batch))
+                    : farrier_recvmmsg_nowait(socket, headers, UInt32(batch))
+            )
             guard n > 0 else { return n }
             engine.metrics.received.add(n, ordering: .relaxed)
             for i in 0..<n {
                 let ingress = DHCPIngress(
-                    interface: interface.name, address: interface.address, network: interface.network, port: port,
-                    sourceAddress: names[i].address, sourcePort: names[i].port)
+                    interface: interface.name,
+                    address: interface.address,
+                    network: interface.network,
+                    port: port,
+                    sourceAddress: names[i].address,
+                    sourcePort: names[i].port
+                )
                 if headers[i].msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0 {
                     engine.dropMalformed(
-                        "dropped oversized DHCP packet", reason: "longer than the \(size)-byte buffer (truncated)",
-                        ingress: ingress, count: Int(headers[i].msg_len))
+                        "dropped oversized DHCP packet",
+                        reason: "longer than the \(size)-byte buffer (truncated)",
+                        ingress: ingress,
+                        count: Int(headers[i].msg_len)
+                    )
                     continue
                 }
-                let bytes = [UInt8](UnsafeRawBufferPointer(start: buffers.baseAddress! + i * size, count: Int(headers[i].msg_len)))
+                let bytes = [UInt8](
+                    UnsafeRawBufferPointer(start: buffers.baseAddress! + i * size, count: Int(headers[i].msg_len))
+                )
                 engine.handle(bytes, ingress: ingress, leases: &leases, send: send)
             }
             return n
@@ -225,8 +244,11 @@ final class DHCPSocketThread: Sendable {
                 if failures == 1 || failures % 100 == 0 {
                     engine.logger.error(
                         "DHCP receive failed",
-                        metadata: ["dhcp.interface": "\(interface.name)", "dhcp.port": "\(port)",
-                                   "dhcp.error": "\(String(cString: strerror(code)))", "dhcp.failures": "\(failures)"])
+                        metadata: [
+                            "dhcp.interface": "\(interface.name)", "dhcp.port": "\(port)",
+                            "dhcp.error": "\(String(cString: strerror(code)))", "dhcp.failures": "\(failures)",
+                        ]
+                    )
                 }
                 usleep(10_000)
                 continue
@@ -236,7 +258,8 @@ final class DHCPSocketThread: Sendable {
             if commitDelay > .zero, n < batch {
                 // Gather: one sleep, then everything that came meanwhile (bounded: one more
                 // batch), answered now; its leases join this commit.
-                var left = delay, rest = timespec()
+                var left = delay
+                var rest = timespec()
                 while nanosleep(&left, &rest) != 0, errno == EINTR { left = rest }
                 if receiveAndAnswer(wait: false) > 0 { outbox.flush() }
             }

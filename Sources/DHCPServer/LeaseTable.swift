@@ -84,15 +84,23 @@ public struct LeaseTable: Sendable {
 
     /// Chooses an address for `mac` on `subnet` and holds it for the offer period.
     public mutating func offer(
-        mac: MACAddress, subnet network: IPv4Network, requested: IPv4Address?, now: Date
+        mac: MACAddress,
+        subnet network: IPv4Network,
+        requested: IPv4Address?,
+        now: Date
     ) -> IPv4Address? {
         guard let p = pools.firstIndex(where: { $0.subnet.network == network }) else { return nil }
         guard let ip = choose(mac: mac, pool: p, requested: requested, now: now) else { return nil }
         if let e = byMAC[mac], e.address == ip, e.status == .bound, e.expires > now {
             return ip  // already bound: the offer repeats the lease
         }
-        assign(ip, to: mac, expires: now.addingTimeInterval(offerHold), status: .offered,
-               hostname: reservationsByMAC[mac]?.hostname)
+        assign(
+            ip,
+            to: mac,
+            expires: now.addingTimeInterval(offerHold),
+            status: .offered,
+            hostname: reservationsByMAC[mac]?.hostname
+        )
         return ip
     }
 

@@ -1,9 +1,10 @@
+import FarrierCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import FarrierCore
 
 /// The IPv4 address and network of a local interface, read with getifaddrs(3).
 public struct InterfaceAddress: Sendable, Hashable {
@@ -23,7 +24,11 @@ public struct InterfaceAddress: Sendable, Hashable {
             else { continue }
             let ip = addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.address }
             let m = mask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.address.value }
-            return InterfaceAddress(name: name, address: ip, network: IPv4Network(address: ip, prefixLength: m.nonzeroBitCount))
+            return InterfaceAddress(
+                name: name,
+                address: ip,
+                network: IPv4Network(address: ip, prefixLength: m.nonzeroBitCount)
+            )
         }
         return nil
     }

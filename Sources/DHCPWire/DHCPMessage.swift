@@ -31,9 +31,20 @@ public struct DHCPMessage: Hashable, Sendable {
     public static let broadcastFlag: UInt16 = 0x8000
 
     public init(
-        op: DHCPOp, htype: UInt8 = 1, hlen: UInt8 = 6, hops: UInt8 = 0, xid: UInt32, secs: UInt16 = 0,
-        flags: UInt16 = 0, ciaddr: IPv4Address = .any, yiaddr: IPv4Address = .any, siaddr: IPv4Address = .any,
-        giaddr: IPv4Address = .any, chaddr: [UInt8], sname: [UInt8] = [], file: [UInt8] = [],
+        op: DHCPOp,
+        htype: UInt8 = 1,
+        hlen: UInt8 = 6,
+        hops: UInt8 = 0,
+        xid: UInt32,
+        secs: UInt16 = 0,
+        flags: UInt16 = 0,
+        ciaddr: IPv4Address = .any,
+        yiaddr: IPv4Address = .any,
+        siaddr: IPv4Address = .any,
+        giaddr: IPv4Address = .any,
+        chaddr: [UInt8],
+        sname: [UInt8] = [],
+        file: [UInt8] = [],
         options: DHCPOptions = DHCPOptions()
     ) {
         self.op = op
@@ -92,12 +103,20 @@ extension DHCPMessage {
         }
         var r = ByteReader(bytes)
         // The header length was checked above, so these reads cannot fail.
-        let op = r.readUInt8()!, htype = r.readUInt8()!, hlen = r.readUInt8()!, hops = r.readUInt8()!
+        let op = r.readUInt8()!
+        let htype = r.readUInt8()!
+        let hlen = r.readUInt8()!
+        let hops = r.readUInt8()!
         let xid = r.readUInt32()!
-        let secs = r.readUInt16()!, flags = r.readUInt16()!
-        let ciaddr = IPv4Address(r.readUInt32()!), yiaddr = IPv4Address(r.readUInt32()!)
-        let siaddr = IPv4Address(r.readUInt32()!), giaddr = IPv4Address(r.readUInt32()!)
-        let chaddr = Array(r.readBytes(16)!), sname = Array(r.readBytes(64)!), file = Array(r.readBytes(128)!)
+        let secs = r.readUInt16()!
+        let flags = r.readUInt16()!
+        let ciaddr = IPv4Address(r.readUInt32()!)
+        let yiaddr = IPv4Address(r.readUInt32()!)
+        let siaddr = IPv4Address(r.readUInt32()!)
+        let giaddr = IPv4Address(r.readUInt32()!)
+        let chaddr = Array(r.readBytes(16)!)
+        let sname = Array(r.readBytes(64)!)
+        let file = Array(r.readBytes(128)!)
         let cookie = r.readUInt32()!
         guard cookie == Self.magicCookie else { throw WireError(.badMagicCookie) }
         guard hlen <= 16 else { throw WireError(.badHardwareAddressLength, "\(hlen)") }
@@ -105,9 +124,22 @@ extension DHCPMessage {
         var options = DHCPOptions()
         try Self.readOptions(bytes[Self.headerLength...], into: &options, requireEnd: false)
         var message = DHCPMessage(
-            op: DHCPOp(rawValue: op), htype: htype, hlen: hlen, hops: hops, xid: xid, secs: secs, flags: flags,
-            ciaddr: ciaddr, yiaddr: yiaddr, siaddr: siaddr, giaddr: giaddr, chaddr: chaddr, sname: sname,
-            file: file, options: options)
+            op: DHCPOp(rawValue: op),
+            htype: htype,
+            hlen: hlen,
+            hops: hops,
+            xid: xid,
+            secs: secs,
+            flags: flags,
+            ciaddr: ciaddr,
+            yiaddr: yiaddr,
+            siaddr: siaddr,
+            giaddr: giaddr,
+            chaddr: chaddr,
+            sname: sname,
+            file: file,
+            options: options
+        )
         if let overload = options[.overload] {
             guard overload.count == 1, (1...3).contains(overload[0]) else {
                 throw WireError(.badOptionLength, "option 52")
@@ -128,7 +160,11 @@ extension DHCPMessage {
         self = message
     }
 
-    static func readOptions(_ area: ArraySlice<UInt8>, into options: inout DHCPOptions, requireEnd: Bool)
+    static func readOptions(
+        _ area: ArraySlice<UInt8>,
+        into options: inout DHCPOptions,
+        requireEnd: Bool
+    )
         throws(WireError)
     {
         var i = area.startIndex

@@ -149,7 +149,10 @@ extension DHCPOptions {
         var i = 0
         while i < v.count {
             let sub = v[i]
-            if sub == 0 { i += 1; continue }
+            if sub == 0 {
+                i += 1
+                continue
+            }
             if sub == 255 { break }
             guard i + 1 < v.count else { return nil }
             let n = Int(v[i + 1])

@@ -19,7 +19,11 @@ public enum Caller {
     static func admin(_ what: String) throws -> Principal {
         let p = try current()
         guard p.isAdmin else {
-            throw RPCError(code: .permissionDenied, message: "\(what) needs an admin token; token '\(p.tokenName)' is a member of project \(p.project ?? "-")")
+            throw RPCError(
+                code: .permissionDenied,
+                message:
+                    "\(what) needs an admin token; token '\(p.tokenName)' is a member of project \(p.project ?? "-")"
+            )
         }
         return p
     }
@@ -33,13 +37,16 @@ public struct AuthInterceptor: ServerInterceptor {
     public init(store: any TenancyStore) { self.store = store }
 
     public func intercept<Input: Sendable, Output: Sendable>(
-        request: StreamingServerRequest<Input>, context: ServerContext,
+        request: StreamingServerRequest<Input>,
+        context: ServerContext,
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
         guard let header = request.metadata[stringValues: "authorization"].first(where: { _ in true }) else {
             throw RPCError(
                 code: .unauthenticated,
-                message: "no API token: pass --token or set FARRIER_TOKEN (the first admin token is in DATA-DIR/admin.token)")
+                message:
+                    "no API token: pass --token or set FARRIER_TOKEN (the first admin token is in DATA-DIR/admin.token)"
+            )
         }
         let parts = header.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else {
@@ -53,7 +60,9 @@ public struct AuthInterceptor: ServerInterceptor {
         // Streaming producers run after the handler returned: bind the caller there too.
         if case .success(var contents) = response.accepted {
             let producer = contents.producer
-            contents.producer = { writer in try await Caller.$principal.withValue(principal) { try await producer(writer) } }
+            contents.producer = { writer in
+                try await Caller.$principal.withValue(principal) { try await producer(writer) }
+            }
             response.accepted = .success(contents)
         }
         return response
@@ -67,13 +76,16 @@ public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) async 
     // empty database race to make it; one does, and the others find it made.
     if try await store.project(name: "default") == nil {
         do {
-            try await store.createProject(Project(name: "default", description: "admin deploys that name no project", created: Date()))
+            try await store.createProject(
+                Project(name: "default", description: "admin deploys that name no project", created: Date())
+            )
         } catch let e as StoreError where e.code == .alreadyExists {}
     }
     guard try await store.tokens().isEmpty else { return nil }
     let secret = TokenSecret.generate()
     // A pending file of this call's own (pid and a random part: calls in one process too).
-    let path = dataDir + "/admin.token", pending = path + ".new-\(getpid())-\(UUID().uuidString.prefix(8))"
+    let path = dataDir + "/admin.token"
+    let pending = path + ".new-\(getpid())-\(UUID().uuidString.prefix(8))"
     do { try SecretFile.create(pending, Array((secret + "\n").utf8), exclusive: true) } catch {
         unlink(pending)
         throw RPCError(code: .internalError, message: error.description)
@@ -81,13 +93,23 @@ public func bootstrapAdminToken(store: any TenancyStore, dataDir: String) async 
     do {
         // One id for the first admin token: of replicas starting together on an empty database
         // (sharing a data directory), exactly one creates it and puts its secret in the file.
-        try await store.createToken(APIToken(
-            id: "bootstrap-admin", name: "admin", role: .admin, project: nil, secretSHA256: TokenSecret.hash(secret), created: Date()))
+        try await store.createToken(
+            APIToken(
+                id: "bootstrap-admin",
+                name: "admin",
+                role: .admin,
+                project: nil,
+                secretSHA256: TokenSecret.hash(secret),
+                created: Date()
+            )
+        )
     } catch {
         unlink(pending)
         if let e = error as? StoreError, e.code == .alreadyExists { return nil }
         throw error
     }
-    guard rename(pending, path) == 0 else { throw RPCError(code: .internalError, message: "cannot rename \(pending) to \(path)") }
+    guard rename(pending, path) == 0 else {
+        throw RPCError(code: .internalError, message: "cannot rename \(pending) to \(path)")
+    }
     return secret
 }

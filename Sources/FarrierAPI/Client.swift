@@ -26,7 +26,8 @@ public struct ClientConnection: Sendable {
 struct BearerToken: ClientInterceptor {
     let token: String
     func intercept<Input: Sendable, Output: Sendable>(
-        request: StreamingClientRequest<Input>, context: ClientContext,
+        request: StreamingClientRequest<Input>,
+        context: ClientContext,
         next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
     ) async throws -> StreamingClientResponse<Output> {
         var request = request
@@ -37,7 +38,8 @@ struct BearerToken: ClientInterceptor {
 
 /// Connects to a Farrier server and runs `body` with a client.
 public func withFarrierClient<R: Sendable>(
-    _ c: ClientConnection, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> R
+    _ c: ClientConnection,
+    _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> R
 ) async throws -> R {
     let (host, port) = try splitHostPort(c.server)
     let security: HTTP2ClientTransport.Posix.TransportSecurity =
@@ -52,5 +54,6 @@ public func withFarrierClient<R: Sendable>(
         if IPv4Address(host) != nil { .ipv4(address: host, port: port) } else { .dns(host: host, port: port) }
     let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security)
     let interceptors: [any ClientInterceptor] = c.token.map { [BearerToken(token: $0)] } ?? []
-    return try await withGRPCClient(transport: transport, interceptors: interceptors) { client in try await body(client) }
+    return try await withGRPCClient(transport: transport, interceptors: interceptors) { client in try await body(client)
+    }
 }

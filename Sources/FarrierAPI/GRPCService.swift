@@ -12,19 +12,25 @@ public struct GRPCService: Service {
     let listen: String
 
     public init(
-        listen: String, services: [any RegistrableRPCService], interceptors: [any ServerInterceptor] = [],
-        tls: (certificate: String, key: String)? = nil, logger: Logger
+        listen: String,
+        services: [any RegistrableRPCService],
+        interceptors: [any ServerInterceptor] = [],
+        tls: (certificate: String, key: String)? = nil,
+        logger: Logger
     ) throws {
         let (host, port) = try splitHostPort(listen)
         let security: HTTP2ServerTransport.Posix.TransportSecurity =
             if let tls {
                 .tls(
                     certificateChain: [.file(path: tls.certificate, format: .pem)],
-                    privateKey: .file(path: tls.key, format: .pem))
+                    privateKey: .file(path: tls.key, format: .pem)
+                )
             } else { .plaintext }
         server = GRPCServer(
             transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: security),
-            services: services, interceptors: interceptors)
+            services: services,
+            interceptors: interceptors
+        )
         self.logger = logger
         self.listen = listen
     }

@@ -21,21 +21,32 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
     }
 
     public func listMachines(
-        request: Farrier_V1_ListMachinesRequest, context: ServerContext
+        request: Farrier_V1_ListMachinesRequest,
+        context: ServerContext
     ) async throws -> Farrier_V1_ListMachinesResponse {
         let caller = try Caller.current()
         let pageSize = Int(request.pageSize == 0 ? 100 : request.pageSize)
         guard (1...1000).contains(pageSize) else {
-            throw RPCError(code: .invalidArgument, message: "page_size must be between 1 and 1000, got \(request.pageSize)")
+            throw RPCError(
+                code: .invalidArgument,
+                message: "page_size must be between 1 and 1000, got \(request.pageSize)"
+            )
         }
         if !request.state.isEmpty, MachineState(rawValue: request.state) == nil {
             throw RPCError(
                 code: .invalidArgument,
-                message: "unknown state '\(request.state)'; valid: \(MachineState.allCases.map(\.rawValue).joined(separator: ", "))")
+                message:
+                    "unknown state '\(request.state)'; valid: \(MachineState.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
-        for (k, v) in request.tags { if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) } }
+        for (k, v) in request.tags {
+            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
+        }
         if !caller.isAdmin, !request.project.isEmpty, request.project != caller.project {
-            throw RPCError(code: .permissionDenied, message: "a member token of project \(caller.project ?? "-") lists only that project")
+            throw RPCError(
+                code: .permissionDenied,
+                message: "a member token of project \(caller.project ?? "-") lists only that project"
+            )
         }
         // The page token is the name of the last machine of the previous page (names are unique
         // and the list is ordered by name). The database filters by state, project and zone and
@@ -44,7 +55,9 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         // page is full (bounded by the fleet).
         var after: String?
         if !request.pageToken.isEmpty {
-            guard let token = String(data: Data(base64Encoded: request.pageToken) ?? Data(), encoding: .utf8), !token.isEmpty else {
+            guard let token = String(data: Data(base64Encoded: request.pageToken) ?? Data(), encoding: .utf8),
+                !token.isEmpty
+            else {
                 throw RPCError(code: .invalidArgument, message: "page_token is not one this server issued")
             }
             after = token
@@ -53,11 +66,17 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         var query = MachineQuery(
             states: request.state.isEmpty ? nil : MachineState(rawValue: request.state).map { [$0] },
             project: caller.isAdmin ? (request.project.isEmpty ? nil : request.project) : caller.project,
-            zone: request.zone.isEmpty ? nil : request.zone, after: after, limit: pageSize + 1)
+            zone: request.zone.isEmpty ? nil : request.zone,
+            after: after,
+            limit: pageSize + 1
+        )
         var machines: [Machine] = []
         while machines.count <= pageSize {
             let batch = try await store.machines(query)
-            machines += batch.filter { m in caller.canSee(m) && request.tags.allSatisfy { m.tags[$0.key] == $0.value || m.deployment?.tags[$0.key] == $0.value } }
+            machines += batch.filter { m in
+                caller.canSee(m)
+                    && request.tags.allSatisfy { m.tags[$0.key] == $0.value || m.deployment?.tags[$0.key] == $0.value }
+            }
             guard batch.count == query.limit, let last = batch.last else { break }
             query.after = last.name
         }
@@ -76,11 +95,15 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
     }
 
     public func getMachine(
-        request: Farrier_V1_GetMachineRequest, context: ServerContext
+        request: Farrier_V1_GetMachineRequest,
+        context: ServerContext
     ) async throws -> Farrier_V1_Machine {
         let limit = Int(request.timelineLimit == 0 ? 100 : request.timelineLimit)
         guard (1...500).contains(limit) else {
-            throw RPCError(code: .invalidArgument, message: "timeline_limit must be between 1 and 500, got \(request.timelineLimit)")
+            throw RPCError(
+                code: .invalidArgument,
+                message: "timeline_limit must be between 1 and 500, got \(request.timelineLimit)"
+            )
         }
         let machine = try await visibleMachine(request.nameOrMac)
         var v = Farrier_V1_Machine(machine, timeline: try await store.timeline(mac: machine.mac, limit: limit))
@@ -101,7 +124,9 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
     func visibleMachine(_ key: String) async throws -> Machine {
         let caller = try Caller.current()
         guard !key.isEmpty else { throw RPCError(code: .invalidArgument, message: "a machine name or MAC is required") }
-        guard key.count <= 100 else { throw RPCError(code: .invalidArgument, message: "machine name is longer than 100 characters") }
+        guard key.count <= 100 else {
+            throw RPCError(code: .invalidArgument, message: "machine name is longer than 100 characters")
+        }
         guard let machine = try await store.machine(nameOrMAC: key), caller.canSee(machine) else {
             throw RPCError(code: .notFound, message: "no machine named or with MAC '\(key)'")
         }
@@ -110,7 +135,9 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
 
     /// Runs a lifecycle transition (a refusal ends the call with its code: ErrorMapping.swift).
     func transition(
-        _ event: Lifecycle.Event, _ m: Machine, change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
+        _ event: Lifecycle.Event,
+        _ m: Machine,
+        change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Farrier_V1_Machine {
         Farrier_V1_Machine(try await controller.apply(event, machineID: m.id, change: change), timeline: [])
     }
@@ -128,12 +155,16 @@ final class InputBox: @unchecked Sendable {
 
 extension MachineAPI {
     public func enrollMachine(
-        request: Farrier_V1_EnrollMachineRequest, context: ServerContext
+        request: Farrier_V1_EnrollMachineRequest,
+        context: ServerContext
     ) async throws -> Farrier_V1_Machine {
         _ = try Caller.admin("enrolling a machine")
         if let problem = Machine.nameProblem(request.name) { throw RPCError(code: .invalidArgument, message: problem) }
         guard let mac = MACAddress(request.mac) else {
-            throw RPCError(code: .invalidArgument, message: "mac '\(request.mac)' is not a MAC address (like 52:54:00:12:34:56)")
+            throw RPCError(
+                code: .invalidArgument,
+                message: "mac '\(request.mac)' is not a MAC address (like 52:54:00:12:34:56)"
+            )
         }
         let reference: BMCReference
         do {
@@ -151,9 +182,16 @@ extension MachineAPI {
         if machine.id != id {
             // A new machine got a new ID in the store: seal again under it.
             machine = try await controller.enroll(
-                name: request.name, mac: mac, bmc: reference, sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id))
+                name: request.name,
+                mac: mac,
+                bmc: reference,
+                sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id)
+            )
         }
-        logger.info("machine enrolled", metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"])
+        logger.info(
+            "machine enrolled",
+            metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"]
+        )
         if request.commission, machine.state == .enrolled || machine.state == .ready {
             return try await transition(.commission, machine)
         }
@@ -166,7 +204,9 @@ extension MachineAPI {
         guard let reference = machine.bmc, let sealed = try await store.sealedBMCPassword(machineID: machine.id) else {
             throw RPCError(
                 code: .failedPrecondition,
-                message: "machine \(machine.name) has no BMC; enroll it: farrier machine enroll \(machine.name) --mac \(machine.mac) --bmc ipmi://USER@HOST --bmc-password-file FILE")
+                message:
+                    "machine \(machine.name) has no BMC; enroll it: farrier machine enroll \(machine.name) --mac \(machine.mac) --bmc ipmi://USER@HOST --bmc-password-file FILE"
+            )
         }
         do {
             return (machine, try await pool.bmc(machineID: machine.id, reference: reference, sealedPassword: sealed))
@@ -186,10 +226,15 @@ extension MachineAPI {
             case .rejected: .failedPrecondition
             case .protocolError: .internalError
             }
-        return RPCError(code: code, message: "machine \(machine): \(e.description)", metadata: [farrierErrorMetadataKey: "bmc-\(e.kind)"])
+        return RPCError(
+            code: code,
+            message: "machine \(machine): \(e.description)",
+            metadata: [farrierErrorMetadataKey: "bmc-\(e.kind)"]
+        )
     }
 
-    public func power(request: Farrier_V1_PowerRequest, context: ServerContext) async throws -> Farrier_V1_PowerResponse {
+    public func power(request: Farrier_V1_PowerRequest, context: ServerContext) async throws -> Farrier_V1_PowerResponse
+    {
         let action: PowerAction?
         if request.action == "status" {
             action = nil
@@ -198,7 +243,9 @@ extension MachineAPI {
         } else {
             throw RPCError(
                 code: .invalidArgument,
-                message: "unknown power action '\(request.action)'; valid: status, \(PowerAction.allCases.map(\.rawValue).joined(separator: ", "))")
+                message:
+                    "unknown power action '\(request.action)'; valid: status, \(PowerAction.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         let (machine, bmc) = try await bmc(for: request.name)
         // During a step the power is Farrier's: a tenant cycling a wipe or a deploy would restart
@@ -206,7 +253,9 @@ extension MachineAPI {
         if action != nil, Lifecycle.steps.contains(machine.state), !(Caller.principal?.isAdmin ?? false) {
             throw RPCError(
                 code: .failedPrecondition,
-                message: "machine \(machine.name) is \(machine.state.rawValue): Farrier controls its power until the step ends (an admin may override)")
+                message:
+                    "machine \(machine.name) is \(machine.state.rawValue): Farrier controls its power until the step ends (an admin may override)"
+            )
         }
         do {
             if let action {
@@ -226,7 +275,8 @@ extension MachineAPI {
     }
 
     public func setBootDevice(
-        request: Farrier_V1_SetBootDeviceRequest, context: ServerContext
+        request: Farrier_V1_SetBootDeviceRequest,
+        context: ServerContext
     ) async throws -> Farrier_V1_SetBootDeviceResponse {
         _ = try Caller.admin("setting a boot device by hand (the lifecycle sets it)")
         guard let device = BootDevice(rawValue: request.device) else {
@@ -234,7 +284,9 @@ extension MachineAPI {
         }
         let (machine, bmc) = try await bmc(for: request.name)
         do {
-            try await bmc.setBootOverride(BootOverride(device: device, persistent: request.persistent, efi: request.efi))
+            try await bmc.setBootOverride(
+                BootOverride(device: device, persistent: request.persistent, efi: request.efi)
+            )
             logger.info("boot device set", metadata: ["machine": "\(machine.name)", "device": "\(device.rawValue)"])
             return Farrier_V1_SetBootDeviceResponse()
         } catch {
@@ -243,7 +295,8 @@ extension MachineAPI {
     }
 
     public func console(
-        request: RPCAsyncSequence<Farrier_V1_ConsoleInput, any Error>, response: RPCWriter<Farrier_V1_ConsoleOutput>,
+        request: RPCAsyncSequence<Farrier_V1_ConsoleInput, any Error>,
+        response: RPCWriter<Farrier_V1_ConsoleOutput>,
         context: ServerContext
     ) async throws {
         let inputs = InputBox(request.makeAsyncIterator())
@@ -286,7 +339,6 @@ extension MachineAPI {
         logger.info("console closed", metadata: ["machine": "\(machine.name)"])
     }
 }
-
 
 extension Farrier_V1_Progress {
     init(_ p: StepProgress) {

@@ -7,20 +7,29 @@ import Logging
 import SwiftProtobuf
 
 extension MachineAPI {
-    public func updateMachine(request: Farrier_V1_UpdateMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func updateMachine(
+        request: Farrier_V1_UpdateMachineRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
         let caller = try Caller.current()
         let m = try await visibleMachine(request.name)
         let adminFields =
-            !request.setTags.isEmpty || !request.removeTags.isEmpty || request.hasZone || request.hasRack || !request.newName.isEmpty
+            !request.setTags.isEmpty || !request.removeTags.isEmpty || request.hasZone || request.hasRack
+            || !request.newName.isEmpty
         if adminFields { _ = try Caller.admin("changing tags, zone, rack or name") }
         for (k, v) in request.setLabels {
-            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: "label: \(p)") }
+            if let p = Validation.tagProblem(key: k, value: v) {
+                throw RPCError(code: .invalidArgument, message: "label: \(p)")
+            }
         }
         for (k, v) in request.setTags {
             if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
         }
         for field in [request.zone, request.rack] where field.count > Validation.maxFieldLength {
-            throw RPCError(code: .invalidArgument, message: "zone and rack are at most \(Validation.maxFieldLength) characters")
+            throw RPCError(
+                code: .invalidArgument,
+                message: "zone and rack are at most \(Validation.maxFieldLength) characters"
+            )
         }
         if !request.newName.isEmpty, let p = Machine.nameProblem(request.newName) {
             throw RPCError(code: .invalidArgument, message: p)
@@ -34,18 +43,27 @@ extension MachineAPI {
             if request.hasRack { x.rack = request.rack }
             if !request.newName.isEmpty { x.name = request.newName }
             if x.labels.count > Validation.maxTags || x.tags.count > Validation.maxTags {
-                throw RPCError(code: .invalidArgument, message: "a machine carries at most \(Validation.maxTags) tags and \(Validation.maxTags) labels")
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "a machine carries at most \(Validation.maxTags) tags and \(Validation.maxTags) labels"
+                )
             }
         }
         return Farrier_V1_Machine(updated, timeline: [])
     }
 
-    public func commissionMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func commissionMachine(
+        request: Farrier_V1_MachineRef,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
         _ = try Caller.admin("commissioning")
         return try await transition(.commission, try await visibleMachine(request.name))
     }
 
-    public func deployMachine(request: Farrier_V1_DeployMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func deployMachine(
+        request: Farrier_V1_DeployMachineRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
         let caller = try Caller.current()
         // Project: members deploy into their own; admins must say which.
         let projectName: String
@@ -53,13 +71,21 @@ extension MachineAPI {
             // Admins name the project, or get the `default` one made at first start.
             let hasDefault = try await store.project(name: "default") != nil
             guard !request.project.isEmpty || hasDefault else {
-                throw RPCError(code: .invalidArgument, message: "project is required with an admin token (--project NAME)")
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "project is required with an admin token (--project NAME)"
+                )
             }
             projectName = request.project.isEmpty ? "default" : request.project
         } else {
-            guard let own = caller.project else { throw RPCError(code: .permissionDenied, message: "token has no project") }
+            guard let own = caller.project else {
+                throw RPCError(code: .permissionDenied, message: "token has no project")
+            }
             if !request.project.isEmpty, request.project != own {
-                throw RPCError(code: .permissionDenied, message: "a member token of project \(own) deploys only into \(own)")
+                throw RPCError(
+                    code: .permissionDenied,
+                    message: "a member token of project \(own) deploys only into \(own)"
+                )
             }
             projectName = own
         }
@@ -67,12 +93,16 @@ extension MachineAPI {
             throw RPCError(code: .notFound, message: "no project named '\(projectName)'")
         }
         // Image.
-        guard !request.image.isEmpty else { throw RPCError(code: .invalidArgument, message: "an image is required (--image NAME)") }
+        guard !request.image.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "an image is required (--image NAME)")
+        }
         guard let image = try await store.image(name: request.image) else {
             let known = try await store.images().map(\.name)
             throw RPCError(
                 code: .notFound,
-                message: "no image named '\(request.image)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))")
+                message:
+                    "no image named '\(request.image)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))"
+            )
         }
         // Keys, user-data, hostname, tags.
         guard request.sshKeys.count <= Validation.maxSSHKeys else {
@@ -80,16 +110,24 @@ extension MachineAPI {
         }
         for (i, key) in request.sshKeys.enumerated() {
             let fields = key.split(separator: " ")
-            let types = ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-                "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"]
+            let types = [
+                "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+            ]
             guard fields.count >= 2, types.contains(String(fields[0])), Data(base64Encoded: String(fields[1])) != nil,
                 key.count <= 16384, !key.contains("\n")
             else {
-                throw RPCError(code: .invalidArgument, message: "ssh key \(i + 1) is not an OpenSSH public key line (type base64 [comment])")
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "ssh key \(i + 1) is not an OpenSSH public key line (type base64 [comment])"
+                )
             }
         }
         guard request.userData.utf8.count <= Validation.maxUserData else {
-            throw RPCError(code: .invalidArgument, message: "user_data is \(request.userData.utf8.count) bytes; at most \(Validation.maxUserData)")
+            throw RPCError(
+                code: .invalidArgument,
+                message: "user_data is \(request.userData.utf8.count) bytes; at most \(Validation.maxUserData)"
+            )
         }
         if !request.hostname.isEmpty, let p = Machine.nameProblem(request.hostname) {
             throw RPCError(code: .invalidArgument, message: "hostname: \(p)")
@@ -101,40 +139,58 @@ extension MachineAPI {
         if !missing.isEmpty {
             throw RPCError(
                 code: .failedPrecondition,
-                message: "project \(project.name) requires the tags \(missing.joined(separator: ", ")) on every deploy; add --tag \(missing[0])=VALUE")
+                message:
+                    "project \(project.name) requires the tags \(missing.joined(separator: ", ")) on every deploy; add --tag \(missing[0])=VALUE"
+            )
         }
         let placement = try Self.placement(request.constraints)
         if let a = placement.architecture, image.architecture != .unknown, a != image.architecture {
-            throw RPCError(code: .invalidArgument, message: "image \(image.name) is \(image.architecture.rawValue), constraints ask \(a.rawValue)")
+            throw RPCError(
+                code: .invalidArgument,
+                message: "image \(image.name) is \(image.architecture.rawValue), constraints ask \(a.rawValue)"
+            )
         }
         @Sendable func fill(_ m: inout Machine) {
             m.project = project.name
             m.deployment = Deployment(
-                image: image.name, imageSHA256: image.sha256, sshKeys: request.sshKeys, userData: request.userData,
-                hostname: request.hostname.isEmpty ? m.name : request.hostname, requestedBy: caller.tokenName, tags: request.tags)
+                image: image.name,
+                imageSHA256: image.sha256,
+                sshKeys: request.sshKeys,
+                userData: request.userData,
+                hostname: request.hostname.isEmpty ? m.name : request.hostname,
+                requestedBy: caller.tokenName,
+                tags: request.tags
+            )
         }
         @Sendable func compatible(_ m: Machine) -> String? {
             // A quick-wiped machine still holds its last project's data: only that project gets it.
             if let owner = m.dirtyFor, owner != project.name {
-                return "machine \(m.name) may still hold another project's data (it was quick-wiped); an admin can commission it, which wipes it fully"
+                return
+                    "machine \(m.name) may still hold another project's data (it was quick-wiped); an admin can commission it, which wipes it fully"
             }
             if image.architecture != .unknown, m.architecture != .unknown, m.architecture != image.architecture {
-                return "image \(image.name) is \(image.architecture.rawValue) but machine \(m.name) is \(m.architecture.rawValue)"
+                return
+                    "image \(image.name) is \(image.architecture.rawValue) but machine \(m.name) is \(m.architecture.rawValue)"
             }
             if image.firmware != .unknown, m.firmware != .unknown, m.firmware != image.firmware {
-                return "image \(image.name) needs \(image.firmware.rawValue) but machine \(m.name) boots \(m.firmware.rawValue)"
+                return
+                    "image \(image.name) needs \(image.firmware.rawValue) but machine \(m.name) boots \(m.firmware.rawValue)"
             }
             return nil
         }
         let deployed: Machine
         if !request.name.isEmpty {
             // By name: a pool machine (ready, unallocated) or one of the caller's.
-            guard let m = try await store.machine(nameOrMAC: request.name), caller.canSee(m) || (m.project == nil && m.state == .ready)
+            guard let m = try await store.machine(nameOrMAC: request.name),
+                caller.canSee(m) || (m.project == nil && m.state == .ready)
             else { throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.name)'") }
             if let why = compatible(m) { throw RPCError(code: .failedPrecondition, message: why) }
             deployed = try await controller.apply(.deploy, machineID: m.id) { x in
                 guard x.project == nil else {
-                    throw ControlError(.conflict, "machine \(x.name) is allocated to project \(x.project ?? ""); release it first")
+                    throw ControlError(
+                        .conflict,
+                        "machine \(x.name) is allocated to project \(x.project ?? ""); release it first"
+                    )
                 }
                 if let why = compatible(x) { throw ControlError(.conflict, why) }
                 fill(&x)
@@ -142,11 +198,17 @@ extension MachineAPI {
         } else {
             let chosen = try await controller.allocate({ placement.matches($0) && compatible($0) == nil }, fill: fill)
             guard let chosen else {
-                throw RPCError(code: .resourceExhausted, message: "no ready machine in the pool meets the constraints \(Self.describe(placement))")
+                throw RPCError(
+                    code: .resourceExhausted,
+                    message: "no ready machine in the pool meets the constraints \(Self.describe(placement))"
+                )
             }
             deployed = chosen
         }
-        logger.info("deploy", metadata: ["machine": "\(deployed.name)", "project": "\(project.name)", "image": "\(image.name)"])
+        logger.info(
+            "deploy",
+            metadata: ["machine": "\(deployed.name)", "project": "\(project.name)", "image": "\(image.name)"]
+        )
         return Farrier_V1_Machine(deployed, timeline: [])
     }
 
@@ -154,7 +216,10 @@ extension MachineAPI {
         var p = Placement()
         if !c.architecture.isEmpty {
             guard let a = Architecture(rawValue: c.architecture) else {
-                throw RPCError(code: .invalidArgument, message: "unknown architecture '\(c.architecture)'; valid: x86_64, arm64, i386, arm32")
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "unknown architecture '\(c.architecture)'; valid: x86_64, arm64, i386, arm32"
+                )
             }
             p.architecture = a
         }
@@ -171,7 +236,9 @@ extension MachineAPI {
         p.minMemoryBytes = c.minMemoryBytes
         p.minDiskBytes = c.minDiskBytes
         for (k, v) in c.tags {
-            if let problem = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: problem) }
+            if let problem = Validation.tagProblem(key: k, value: v) {
+                throw RPCError(code: .invalidArgument, message: problem)
+            }
         }
         p.tags = c.tags
         p.zone = c.zone.isEmpty ? nil : c.zone
@@ -190,7 +257,10 @@ extension MachineAPI {
         return parts.isEmpty ? "(none)" : parts.joined(separator: " ")
     }
 
-    public func releaseMachine(request: Farrier_V1_ReleaseMachineRequest, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func releaseMachine(
+        request: Farrier_V1_ReleaseMachineRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
         let machine = try await visibleMachine(request.name)
         var policy = WipeMode.full
         if let p = machine.project, let project = try await store.project(name: p) { policy = project.wipePolicy }
@@ -204,38 +274,55 @@ extension MachineAPI {
     static func releaseWipe(requested: String, project: String?, policy: WipeMode) throws -> WipeMode {
         if requested.isEmpty { return policy }
         guard let mode = WipeMode(rawValue: requested) else {
-            throw RPCError(code: .invalidArgument, message: "unknown wipe '\(requested)'; valid: full, quick (only where the project's wipe policy is quick)")
+            throw RPCError(
+                code: .invalidArgument,
+                message:
+                    "unknown wipe '\(requested)'; valid: full, quick (only where the project's wipe policy is quick)"
+            )
         }
         if mode == .quick, policy != .quick {
             throw RPCError(
                 code: .failedPrecondition,
-                message: "a quick wipe leaves this tenant's data on the disk for the next one; \(project.map { "project '\($0)'" } ?? "a machine in no project") has the full wipe policy (an admin can create a project with --wipe-policy quick, unsafe between tenants)")
+                message:
+                    "a quick wipe leaves this tenant's data on the disk for the next one; \(project.map { "project '\($0)'" } ?? "a machine in no project") has the full wipe policy (an admin can create a project with --wipe-policy quick, unsafe between tenants)"
+            )
         }
         return mode
     }
 
-    public func rescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func rescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine
+    {
         try await transition(.rescue, try await visibleMachine(request.name))
     }
 
-    public func exitRescueMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func exitRescueMachine(
+        request: Farrier_V1_MachineRef,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
         try await transition(.exitRescue, try await visibleMachine(request.name))
     }
 
-    public func retryMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func retryMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine
+    {
         try await transition(.retry, try await visibleMachine(request.name))
     }
 
-    public func abortMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func abortMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine
+    {
         try await transition(.abort, try await visibleMachine(request.name))
     }
 
-    public func restartMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_Machine {
+    public func restartMachine(
+        request: Farrier_V1_MachineRef,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
         let m = try await visibleMachine(request.name)
         guard m.state == .deployed || m.state == .rescue else {
             throw RPCError(
                 code: .failedPrecondition,
-                message: "machine \(m.name) is \(m.state.rawValue); restart is for deployed or rescue machines (use power for others)")
+                message:
+                    "machine \(m.name) is \(m.state.rawValue); restart is for deployed or rescue machines (use power for others)"
+            )
         }
         let (_, bmc) = try await bmc(for: request.name)
         do {
@@ -248,24 +335,38 @@ extension MachineAPI {
             throw Self.rpcError(error, machine: m.name)
         }
         let caller = try Caller.current()
-        return Farrier_V1_Machine(try await controller.record("restarted by \(caller.tokenName)", machineID: m.id), timeline: [])
+        return Farrier_V1_Machine(
+            try await controller.record("restarted by \(caller.tokenName)", machineID: m.id),
+            timeline: []
+        )
     }
 
-    public func deleteMachine(request: Farrier_V1_MachineRef, context: ServerContext) async throws -> Farrier_V1_DeleteMachineResponse {
+    public func deleteMachine(
+        request: Farrier_V1_MachineRef,
+        context: ServerContext
+    ) async throws -> Farrier_V1_DeleteMachineResponse {
         _ = try Caller.admin("deleting a machine")
         let m = try await visibleMachine(request.name)
         if let p = m.project {
-            throw RPCError(code: .failedPrecondition, message: "machine \(m.name) is allocated to project \(p); release it first")
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "machine \(m.name) is allocated to project \(p); release it first"
+            )
         }
         if Lifecycle.steps.contains(m.state) {
-            throw RPCError(code: .failedPrecondition, message: "machine \(m.name) is \(m.state.rawValue); wait for it, or abort it once failed")
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "machine \(m.name) is \(m.state.rawValue); wait for it, or abort it once failed"
+            )
         }
         // Deleted and found again by DHCP, it would come back clean: a disk that may hold a
         // tenant's data is wiped first.
         if m.diskDirty {
             throw RPCError(
                 code: .failedPrecondition,
-                message: "machine \(m.name) may still hold a tenant's data; commission it (which wipes it) before deleting it")
+                message:
+                    "machine \(m.name) may still hold a tenant's data; commission it (which wipes it) before deleting it"
+            )
         }
         try await controller.delete(machineID: m.id)
         logger.info("machine deleted", metadata: ["machine": "\(m.name)"])
@@ -273,11 +374,15 @@ extension MachineAPI {
     }
 
     public func watchEvents(
-        request: Farrier_V1_WatchEventsRequest, response: RPCWriter<Farrier_V1_MachineEvent>, context: ServerContext
+        request: Farrier_V1_WatchEventsRequest,
+        response: RPCWriter<Farrier_V1_MachineEvent>,
+        context: ServerContext
     ) async throws {
         let caller = try Caller.current()
         let machineID = request.name.isEmpty ? nil : try await visibleMachine(request.name).id
-        guard request.afterID >= 0 else { throw RPCError(code: .invalidArgument, message: "after_id must not be negative") }
+        guard request.afterID >= 0 else {
+            throw RPCError(code: .invalidArgument, message: "after_id must not be negative")
+        }
         let (wakeups, cancel) = controller.hub.subscribe()
         defer { cancel() }
         var last = request.afterID == 0 ? try await store.lastEventID() : request.afterID
@@ -285,17 +390,17 @@ extension MachineAPI {
         // races a read only causes one more (empty) read. Ends when the client cancels.
         var iterator = wakeups.makeAsyncIterator()
         try await withRPCCancellationHandler {
-        while !Task.isCancelled {
-            for _ in 0..<1000 {  // bounded catch-up per wake-up
-                let batch = try await store.events(after: last, machineID: machineID, limit: 500)
-                for e in batch where caller.isAdmin || (e.project != nil && e.project == caller.project) {
-                    try await response.write(Farrier_V1_MachineEvent(e))
+            while !Task.isCancelled {
+                for _ in 0..<1000 {  // bounded catch-up per wake-up
+                    let batch = try await store.events(after: last, machineID: machineID, limit: 500)
+                    for e in batch where caller.isAdmin || (e.project != nil && e.project == caller.project) {
+                        try await response.write(Farrier_V1_MachineEvent(e))
+                    }
+                    last = batch.last?.id ?? last
+                    if batch.count < 500 { break }
                 }
-                last = batch.last?.id ?? last
-                if batch.count < 500 { break }
+                guard await iterator.next() != nil else { return }
             }
-            guard await iterator.next() != nil else { return }
-        }
         } onCancelRPC: {
             cancel()
         }

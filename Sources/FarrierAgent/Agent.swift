@@ -36,9 +36,15 @@ public struct AgentConfiguration: Sendable {
     public var sourceAddress: String?
 
     public init(
-        serverURL: String, certificateSHA256: String, mode: String = "agent", device: String? = nil, sysRoot: String = "",
-        rescueCommand: [String] = ["dropbear", "-F", "-R", "-E", "-p", "22"], authorizedKeysPath: String = "/root/.ssh/authorized_keys",
-        attempts: Int = 60, stateDirectory: String = "/run/farrier-agent"
+        serverURL: String,
+        certificateSHA256: String,
+        mode: String = "agent",
+        device: String? = nil,
+        sysRoot: String = "",
+        rescueCommand: [String] = ["dropbear", "-F", "-R", "-E", "-p", "22"],
+        authorizedKeysPath: String = "/root/.ssh/authorized_keys",
+        attempts: Int = 60,
+        stateDirectory: String = "/run/farrier-agent"
     ) {
         self.serverURL = serverURL.hasSuffix("/") ? String(serverURL.dropLast()) : serverURL
         self.certificateSHA256 = certificateSHA256
@@ -54,10 +60,13 @@ public struct AgentConfiguration: Sendable {
     /// The agent channel's host and port, from `serverURL` (https://HOST:PORT).
     public func channelAddress() throws -> (host: String, port: Int) {
         let url = serverURL
-        guard url.hasPrefix("https://") else { throw AgentFailure("the agent channel is HTTPS only; farrier.url is \(url)") }
+        guard url.hasPrefix("https://") else {
+            throw AgentFailure("the agent channel is HTTPS only; farrier.url is \(url)")
+        }
         let rest = url.dropFirst("https://".count)
         let authority = rest.prefix { $0 != "/" }
-        guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]) else {
+        guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...])
+        else {
             throw AgentFailure("farrier.url needs a port: \(url)")
         }
         return (String(authority[..<colon]), port)
@@ -105,7 +114,12 @@ public final class Agent: Sendable {
     let base = Mutex<String>("")
     let log: @Sendable (String) -> Void
 
-    public init(_ configuration: AgentConfiguration, log: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("farrier-agent: " + $0 + "\n").utf8)) }) {
+    public init(
+        _ configuration: AgentConfiguration,
+        log: @escaping @Sendable (String) -> Void = {
+            FileHandle.standardError.write(Data(("farrier-agent: " + $0 + "\n").utf8))
+        }
+    ) {
         self.configuration = configuration
         self.log = log
     }
@@ -121,7 +135,11 @@ public final class Agent: Sendable {
         base.withLock { $0 = tunnel.localURL }
         let nonce = try bootNonce()
         let task: AgentTask = try withRetries("hello") {
-            try post(AgentAPI.hello, AgentHello(agentVersion: Self.version, inventory: inventory, nonce: nonce), as: AgentTask.self)
+            try post(
+                AgentAPI.hello,
+                AgentHello(agentVersion: Self.version, inventory: inventory, nonce: nonce),
+                as: AgentTask.self
+            )
         }
         token.withLock { $0 = task.token }
         log("task \(task.kind.rawValue) for \(task.machine)")
@@ -174,7 +192,14 @@ public final class Agent: Sendable {
         if let p = progress.withLock({ $0 }) { _ = try? post(AgentAPI.progress, p, as: Empty.self) }
         let final = result
         _ = try withRetries("done") { try post(AgentAPI.done, final, as: Empty.self) }
-        log((result.ok ? "done" : "reported failure") + String(format: " in %.1f s, peak RSS %.1f MiB", result.seconds ?? 0, Double(result.peakRSSBytes ?? 0) / 1048576))
+        log(
+            (result.ok ? "done" : "reported failure")
+                + String(
+                    format: " in %.1f s, peak RSS %.1f MiB",
+                    result.seconds ?? 0,
+                    Double(result.peakRSSBytes ?? 0) / 1_048_576
+                )
+        )
         return result.ok
     }
 
@@ -188,8 +213,13 @@ public final class Agent: Sendable {
     /// command line names.
     func openTunnel() throws -> PinnedTunnel {
         let (host, port) = try configuration.channelAddress()
-        return try PinnedTunnel(host: host, port: port, fingerprint: configuration.certificateSHA256,
-            sourceAddress: configuration.sourceAddress, log: log)
+        return try PinnedTunnel(
+            host: host,
+            port: port,
+            fingerprint: configuration.certificateSHA256,
+            sourceAddress: configuration.sourceAddress,
+            log: log
+        )
     }
 
     /// The nonce of this boot: made by the first agent of the boot and kept in the ramdisk's
@@ -200,7 +230,10 @@ public final class Agent: Sendable {
             return text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         try FileManager.default.createDirectory(
-            atPath: configuration.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            atPath: configuration.stateDirectory,
+            withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700]
+        )
         var rng = SystemRandomNumberGenerator()
         let nonce = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
         do { try SecretFile.create(path, Array(nonce.utf8), exclusive: true) } catch {
@@ -214,10 +247,17 @@ public final class Agent: Sendable {
         let t = token.withLock { $0 }
         if !t.isEmpty { headers["Authorization"] = "Bearer \(t)" }
         let r = try BlockingHTTP.request(
-            "POST", base.withLock { $0 } + path, headers: headers, body: Array(try JSONEncoder().encode(body)))
+            "POST",
+            base.withLock { $0 } + path,
+            headers: headers,
+            body: Array(try JSONEncoder().encode(body))
+        )
         let bytes = try r.readAll()
         guard r.status == 200 else {
-            throw Rejected(status: r.status, message: String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            throw Rejected(
+                status: r.status,
+                message: String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            )
         }
         return try JSONDecoder().decode(R.self, from: Data(bytes))
     }
@@ -252,8 +292,11 @@ public final class Agent: Sendable {
         let target = try targetDisk(inventory, minimum: image.format == .raw ? image.size : 0)
         log("writing \(image.path) (\(image.format.rawValue), \(image.size) bytes) to \(target)")
         let response = try ResumableDownload(
-            url: base.withLock { $0 } + image.path, headers: ["Authorization": "Bearer \(token.withLock { $0 })"],
-            attempts: configuration.attempts, log: log)
+            url: base.withLock { $0 } + image.path,
+            headers: ["Authorization": "Bearer \(token.withLock { $0 })"],
+            attempts: configuration.attempts,
+            log: log
+        )
         let fd = open(target, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw AgentFailure("cannot open \(target): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -278,7 +321,9 @@ public final class Agent: Sendable {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             p.arguments = image.format == .rawGzip ? ["gzip", "-dc"] : ["zstd", "-dc", "-q"]
-            let input = Pipe(), output = Pipe(), errors = Pipe()
+            let input = Pipe()
+            let output = Pipe()
+            let errors = Pipe()
             p.standardInput = input
             p.standardOutput = output
             p.standardError = errors
@@ -330,14 +375,22 @@ public final class Agent: Sendable {
             if let failure { throw AgentFailure(failure) }
             guard p.terminationStatus == 0 else {
                 let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                throw AgentFailure("\(p.arguments?.first ?? "decompressor") failed: \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
+                throw AgentFailure(
+                    "\(p.arguments?.first ?? "decompressor") failed: \(text.trimmingCharacters(in: .whitespacesAndNewlines))"
+                )
             }
         }
-        guard downloaded == image.size else { throw AgentFailure("downloaded \(downloaded) bytes, expected \(image.size)") }
+        guard downloaded == image.size else {
+            throw AgentFailure("downloaded \(downloaded) bytes, expected \(image.size)")
+        }
         report("verify", downloaded, image.size)
         let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
-        guard digest == image.sha256 else { throw AgentFailure("image sha256 \(digest) does not match \(image.sha256)") }
-        guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))") }
+        guard digest == image.sha256 else {
+            throw AgentFailure("image sha256 \(digest) does not match \(image.sha256)")
+        }
+        guard fsync(fd) == 0 || errno == EINVAL else {
+            throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))")
+        }
         _ = ioctl(fd, 0x125F)  // BLKRRPART: the kernel re-reads the new partition table (not for files)
         if let seed = task.seed {
             report("configure", downloaded, image.size)
@@ -349,8 +402,11 @@ public final class Agent: Sendable {
     /// enough for the image.
     func targetDisk(_ inventory: Inventory, minimum: Int64) throws -> String {
         if let d = configuration.device { return d }
-        guard let disk = inventory.disks.sorted(by: { $0.name < $1.name }).first(where: { $0.sizeBytes >= minimum }) else {
-            throw AgentFailure("no disk of at least \(minimum) bytes (disks: \(inventory.disks.map { "\($0.name) \($0.sizeBytes)" }))")
+        guard let disk = inventory.disks.sorted(by: { $0.name < $1.name }).first(where: { $0.sizeBytes >= minimum })
+        else {
+            throw AgentFailure(
+                "no disk of at least \(minimum) bytes (disks: \(inventory.disks.map { "\($0.name) \($0.sizeBytes)" }))"
+            )
         }
         return "/dev/" + disk.name
     }
@@ -366,9 +422,10 @@ public final class Agent: Sendable {
         sigfillset(&all)
         posix_spawnattr_setsigmask(&attr, &empty)
         posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | 0x80))  // 0x80: POSIX_SPAWN_SETSID
+        // 0x80: POSIX_SPAWN_SETSID.
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | 0x80))
         let argv = args.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
+        defer { for arg in argv { free(arg) } }
         var pid: pid_t = 0
         let rc = posix_spawnp(&pid, args[0], nil, &attr, argv, environ)
         guard rc == 0 else { throw AgentFailure("cannot start \(args[0]): \(String(cString: strerror(rc)))") }
@@ -384,7 +441,9 @@ public final class Agent: Sendable {
         addr.sin_port = port.bigEndian
         addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
         return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
         }
     }
 
@@ -408,7 +467,9 @@ public final class Agent: Sendable {
     func wipe(_ mode: WipeMode, inventory: Inventory) throws {
         let targets = configuration.device.map { [$0] } ?? inventory.disks.map { "/dev/" + $0.name }
         // No disk seen (a missing driver) is a failed wipe, never a wipe of nothing.
-        guard !targets.isEmpty else { throw AgentFailure("no disk to wipe: the ramdisk sees no disk (a missing storage driver?)") }
+        guard !targets.isEmpty else {
+            throw AgentFailure("no disk to wipe: the ramdisk sees no disk (a missing storage driver?)")
+        }
         var sizes: [(String, Int64)] = []
         for t in targets {
             let fd = open(t, O_RDONLY | O_CLOEXEC)
@@ -425,9 +486,13 @@ public final class Agent: Sendable {
             report("wipe", 0, total)
             for (t, size) in sizes {
                 let base = before
-                let outcome = try DiskEraser(path: t, size: size).erase(log: log) { done in self.report("wipe", base + done, total) }
+                let outcome = try DiskEraser(path: t, size: size).erase(log: log) { done in
+                    self.report("wipe", base + done, total)
+                }
                 before += size
-                log("erased \(t) (\(size) bytes) by \(outcome.method.rawValue); \(outcome.verifiedBlocks) random 4 KiB blocks read back as zeroes")
+                log(
+                    "erased \(t) (\(size) bytes) by \(outcome.method.rawValue); \(outcome.verifiedBlocks) random 4 KiB blocks read back as zeroes"
+                )
             }
         case .quick:
             try quickWipe(sizes)
@@ -455,7 +520,9 @@ public final class Agent: Sendable {
                 done += length
                 report("wipe", min(done, total), total)
             }
-            guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(t): \(String(cString: strerror(errno)))") }
+            guard fsync(fd) == 0 || errno == EINVAL else {
+                throw AgentFailure("fsync \(t): \(String(cString: strerror(errno)))")
+            }
             log("wiped \(t) (quick: first and last MiB\(discarded ? ", discarded" : "")); the rest was not erased")
         }
     }
@@ -466,8 +533,16 @@ public final class Agent: Sendable {
     func rescue(keys: [String]) throws {
         guard !keys.isEmpty else { throw AgentFailure("rescue needs at least one SSH key (deploy with --ssh-key)") }
         let dir = (configuration.authorizedKeysPath as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        try (keys.joined(separator: "\n") + "\n").write(toFile: configuration.authorizedKeysPath, atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(
+            atPath: dir,
+            withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700]
+        )
+        try (keys.joined(separator: "\n") + "\n").write(
+            toFile: configuration.authorizedKeysPath,
+            atomically: true,
+            encoding: .utf8
+        )
         chmod(configuration.authorizedKeysPath, 0o600)
         // Started with a clean signal mask and default dispositions, in a session of its own:
         // inheriting this process's blocked SIGCHLD, the SSH server would never notice a
@@ -484,7 +559,9 @@ public final class Agent: Sendable {
             usleep(200_000)
         }
         guard listening else {
-            throw AgentFailure("the SSH server (\(configuration.rescueCommand.joined(separator: " "))) \(alive() ? "does not answer on port 22" : "exited")")
+            throw AgentFailure(
+                "the SSH server (\(configuration.rescueCommand.joined(separator: " "))) \(alive() ? "does not answer on port 22" : "exited")"
+            )
         }
         report("rescue", 0, 0)
         log("rescue: \(configuration.rescueCommand.joined(separator: " ")) serving on port 22 (pid \(pid))")

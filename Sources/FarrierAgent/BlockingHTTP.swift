@@ -20,15 +20,20 @@ struct BlockingHTTP {
     }
 
     static func parse(_ url: String) throws -> URLParts {
-        guard url.hasPrefix("http://") else { throw Failure(description: "only http:// URLs are supported, got \(url)") }
+        guard url.hasPrefix("http://") else {
+            throw Failure(description: "only http:// URLs are supported, got \(url)")
+        }
         let rest = url.dropFirst(7)
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
         let authority = rest[..<slash]
         let path = slash == rest.endIndex ? "/" : String(rest[slash...])
-        var host = String(authority), port: UInt16 = 80
+        var host = String(authority)
+        var port: UInt16 = 80
         if let colon = authority.lastIndex(of: ":") {
             host = String(authority[..<colon])
-            guard let p = UInt16(authority[authority.index(after: colon)...]) else { throw Failure(description: "bad port in \(url)") }
+            guard let p = UInt16(authority[authority.index(after: colon)...]) else {
+                throw Failure(description: "bad port in \(url)")
+            }
             port = p
         }
         return URLParts(host: host, port: port, path: path)
@@ -66,7 +71,9 @@ struct BlockingHTTP {
                 repeat { n = Glibc.read(fd, buffer.baseAddress, want) } while n < 0 && errno == EINTR
                 if n < 0 { throw Failure(description: "read: \(String(cString: strerror(errno)))") }
                 if n == 0 {
-                    if remaining > 0 { throw Failure(description: "connection closed with \(remaining) body bytes missing") }
+                    if remaining > 0 {
+                        throw Failure(description: "connection closed with \(remaining) body bytes missing")
+                    }
                     remaining = 0
                     return 0
                 }
@@ -90,7 +97,11 @@ struct BlockingHTTP {
 
     /// Sends a request and reads the status line and headers.
     static func request(
-        _ method: String, _ url: String, headers: [String: String] = [:], body: [UInt8] = [], timeoutSeconds: Int = 30
+        _ method: String,
+        _ url: String,
+        headers: [String: String] = [:],
+        body: [UInt8] = [],
+        timeoutSeconds: Int = 30
     ) throws -> Response {
         let u = try parse(url)
         var hints = addrinfo()
@@ -111,7 +122,8 @@ struct BlockingHTTP {
             close(fd)
             throw Failure(description: "connect \(u.host):\(u.port): \(e)")
         }
-        var head = "\(method) \(u.path) HTTP/1.1\r\nHost: \(u.host):\(u.port)\r\nConnection: close\r\nUser-Agent: farrier-agent\r\n"
+        var head =
+            "\(method) \(u.path) HTTP/1.1\r\nHost: \(u.host):\(u.port)\r\nConnection: close\r\nUser-Agent: farrier-agent\r\n"
         for (k, v) in headers { head += "\(k): \(v)\r\n" }
         if method != "GET" || !body.isEmpty { head += "Content-Length: \(body.count)\r\n" }
         head += "\r\n"
@@ -124,7 +136,9 @@ struct BlockingHTTP {
             while end == nil {
                 let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
                 if n < 0, errno == EINTR { continue }
-                guard n > 0 else { throw Failure(description: "\(method) \(url): connection closed before the response") }
+                guard n > 0 else {
+                    throw Failure(description: "\(method) \(url): connection closed before the response")
+                }
                 buf += chunk[0..<n]
                 end = find(buf, [13, 10, 13, 10])
                 if end == nil, buf.count > 65536 { throw Failure(description: "response headers too long") }
@@ -132,7 +146,9 @@ struct BlockingHTTP {
             let headText = String(decoding: buf[0..<end!], as: UTF8.self)
             var lines = headText.components(separatedBy: "\r\n")
             let statusLine = lines.removeFirst().split(separator: " ")
-            guard statusLine.count >= 2, let status = Int(statusLine[1]) else { throw Failure(description: "bad status line") }
+            guard statusLine.count >= 2, let status = Int(statusLine[1]) else {
+                throw Failure(description: "bad status line")
+            }
             var hs: [String: String] = [:]
             for l in lines {
                 guard let c = l.firstIndex(of: ":") else { continue }
@@ -213,7 +229,9 @@ final class ResumableDownload {
                 failures += 1
                 // Without a length there is no telling what is missing: no resuming.
                 guard total >= 0, failures < attempts else { throw error }
-                log("download of \(url) interrupted at byte \(offset) of \(total) (\(error)); resuming in \(delaySeconds) s")
+                log(
+                    "download of \(url) interrupted at byte \(offset) of \(total) (\(error)); resuming in \(delaySeconds) s"
+                )
                 sleep(delaySeconds)
             }
         }
@@ -221,11 +239,17 @@ final class ResumableDownload {
 
     private func reopen() throws -> BlockingHTTP.Response {
         let r = try BlockingHTTP.request(
-            "GET", url, headers: headers.merging(["Range": "bytes=\(offset)-"]) { $1 }, timeoutSeconds: 60)
+            "GET",
+            url,
+            headers: headers.merging(["Range": "bytes=\(offset)-"]) { $1 },
+            timeoutSeconds: 60
+        )
         let expected = "bytes \(offset)-\(total - 1)/\(total)"
         guard r.status == 206, r.headers["content-range"] == expected, r.remaining == total - offset else {
             throw BlockingHTTP.Failure(
-                description: "GET \(url) from byte \(offset): HTTP \(r.status), content-range \(r.headers["content-range"] ?? "none") (wanted \(expected))")
+                description:
+                    "GET \(url) from byte \(offset): HTTP \(r.status), content-range \(r.headers["content-range"] ?? "none") (wanted \(expected))"
+            )
         }
         log("resumed \(url) at byte \(offset)")
         return r

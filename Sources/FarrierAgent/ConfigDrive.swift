@@ -22,7 +22,9 @@ struct ConfigDrive {
     /// Adds the partition, formats it and writes the seed.
     func write(_ seed: NoCloudSeed) throws {
         let fd = open(disk, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw AgentFailure("config drive: cannot open \(disk): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw AgentFailure("config drive: cannot open \(disk): \(String(cString: strerror(errno)))")
+        }
         var st = stat()
         fstat(fd, &st)
         let isBlock = (st.st_mode & S_IFMT) == S_IFBLK
@@ -32,24 +34,33 @@ struct ConfigDrive {
         let table: PartitionTableEdit
         do {
             table = try PartitionTableEdit.addPartition(
-                read: { offset, count in try Self.pread(fd, offset, count) }, diskBytes: Int64(diskSize),
-                sectorSize: Int(sectorSize), partitionBytes: Self.size)
+                read: { offset, count in try Self.pread(fd, offset, count) },
+                diskBytes: Int64(diskSize),
+                sectorSize: Int(sectorSize),
+                partitionBytes: Self.size
+            )
             for (offset, bytes) in table.writes { try bytes.withUnsafeBytes { try pwriteAll(fd, $0, at: offset) } }
-            guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("config drive: fsync: \(String(cString: strerror(errno)))") }
+            guard fsync(fd) == 0 || errno == EINVAL else {
+                throw AgentFailure("config drive: fsync: \(String(cString: strerror(errno)))")
+            }
         } catch {
             close(fd)
             throw error
         }
         if isBlock { _ = ioctl(fd, 0x125F) }  // BLKRRPART
         close(fd)
-        log("config drive: partition \(table.number) of \(disk) (\(table.scheme)), bytes \(table.start)–\(table.start + table.length - 1)")
+        log(
+            "config drive: partition \(table.number) of \(disk) (\(table.scheme)), bytes \(table.start)–\(table.start + table.length - 1)"
+        )
         // The partition's device: the kernel's node for a disk, a loop device over the range for a file.
         var device: String
         var loop: String?
         if isBlock {
             device = try partitionNode(number: table.number)
         } else {
-            let out = try Self.output(["losetup", "-f", "--show", "-o", "\(table.start)", "--sizelimit", "\(table.length)", disk])
+            let out = try Self.output([
+                "losetup", "-f", "--show", "-o", "\(table.start)", "--sizelimit", "\(table.length)", disk,
+            ])
             device = out.trimmingCharacters(in: .whitespacesAndNewlines)
             loop = device
         }
@@ -59,10 +70,16 @@ struct ConfigDrive {
         // of the deployed disk is ever mounted in the ramdisk.
         let staging = "/run/farrier-cidata"
         try? FileManager.default.removeItem(atPath: staging)
-        try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            atPath: staging,
+            withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700]
+        )
         defer { try? FileManager.default.removeItem(atPath: staging) }
         var names: [String] = []
-        for (name, text) in [("meta-data", seed.metaData), ("user-data", seed.userData), ("vendor-data", seed.vendorData)] {
+        for (name, text) in [
+            ("meta-data", seed.metaData), ("user-data", seed.userData), ("vendor-data", seed.vendorData),
+        ] {
             try text.write(toFile: staging + "/" + name, atomically: false, encoding: .utf8)
             names.append(staging + "/" + name)
         }
@@ -85,7 +102,9 @@ struct ConfigDrive {
         var bytes = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
+            let n = bytes.withUnsafeMutableBytes {
+                Glibc.pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+            }
             if n < 0, errno == EINTR { continue }
             guard n > 0 else { throw AgentFailure("config drive: short read at \(offset)") }
             done += n
@@ -98,7 +117,8 @@ struct ConfigDrive {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = args
-        let out = Pipe(), err = Pipe()
+        let out = Pipe()
+        let err = Pipe()
         p.standardOutput = out
         p.standardError = err
         try p.run()
@@ -106,7 +126,9 @@ struct ConfigDrive {
         let errors = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
         guard p.terminationStatus == 0 else {
-            throw AgentFailure("config drive: \(args.joined(separator: " ")) failed: \(String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw AgentFailure(
+                "config drive: \(args.joined(separator: " ")) failed: \(String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))"
+            )
         }
         return String(decoding: data, as: UTF8.self)
     }
@@ -122,31 +144,58 @@ struct PartitionTableEdit {
     /// (byte offset, bytes) to write.
     var writes: [(Int64, [UInt8])]
 
-    static let basicDataType: [UInt8] = [0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99, 0xC7]
+    static let basicDataType: [UInt8] = [
+        0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99, 0xC7,
+    ]
 
     static func addPartition(
-        read: (Int64, Int) throws -> [UInt8], diskBytes: Int64, sectorSize ss: Int, partitionBytes: Int64
+        read: (Int64, Int) throws -> [UInt8],
+        diskBytes: Int64,
+        sectorSize ss: Int,
+        partitionBytes: Int64
     ) throws -> PartitionTableEdit {
         let sectors = diskBytes / Int64(ss)
         let mbr = try read(0, 512)
-        guard mbr[510] == 0x55, mbr[511] == 0xAA else { throw AgentFailure("config drive: the image has no partition table") }
+        guard mbr[510] == 0x55, mbr[511] == 0xAA else {
+            throw AgentFailure("config drive: the image has no partition table")
+        }
         let header = try read(Int64(ss), ss)
         if Array(header[0..<8]) == Array("EFI PART".utf8) {
-            return try gpt(mbr: mbr, header: header, read: read, sectors: sectors, ss: ss, partitionBytes: partitionBytes)
+            return try gpt(
+                mbr: mbr,
+                header: header,
+                read: read,
+                sectors: sectors,
+                ss: ss,
+                partitionBytes: partitionBytes
+            )
         }
         return try msdos(mbr: mbr, sectors: sectors, ss: ss, partitionBytes: partitionBytes)
     }
 
     static func gpt(
-        mbr: [UInt8], header: [UInt8], read: (Int64, Int) throws -> [UInt8], sectors: Int64, ss: Int, partitionBytes: Int64
+        mbr: [UInt8],
+        header: [UInt8],
+        read: (Int64, Int) throws -> [UInt8],
+        sectors: Int64,
+        ss: Int,
+        partitionBytes: Int64
     ) throws -> PartitionTableEdit {
         let headerSize = Int(le32(header, 12))
-        guard headerSize >= 92, headerSize <= ss else { throw AgentFailure("config drive: GPT header size \(headerSize)") }
+        guard headerSize >= 92, headerSize <= ss else {
+            throw AgentFailure("config drive: GPT header size \(headerSize)")
+        }
         var check = Array(header[0..<headerSize])
         put32(&check, 16, 0)
-        guard crc32(check) == le32(header, 16) else { throw AgentFailure("config drive: the GPT header's CRC does not match") }
-        let entriesLBA = Int64(le64(header, 72)), count = Int(le32(header, 80)), entrySize = Int(le32(header, 84))
-        guard entrySize >= 128, count > 0, count <= 1024 else { throw AgentFailure("config drive: GPT with \(count) entries of \(entrySize) bytes") }
+        guard crc32(check) == le32(header, 16) else {
+            throw AgentFailure("config drive: the GPT header's CRC does not match")
+        }
+        let entriesLBA = Int64(le64(header, 72))
+        let count = Int(le32(header, 80))
+        let entrySize = Int(le32(header, 84))
+        guard entrySize >= 128, count > 0, count <= 1024 else {
+            throw AgentFailure("config drive: GPT with \(count) entries of \(entrySize) bytes")
+        }
         var entries = try read(entriesLBA * Int64(ss), count * entrySize)
         let entrySectors = Int64((count * entrySize + ss - 1) / ss)
         var highest: Int64 = 0
@@ -164,7 +213,9 @@ struct PartitionTableEdit {
         let align = Int64(1 << 20) / Int64(ss)
         let first = (lastUsable + 1 - partitionBytes / Int64(ss)) / align * align
         guard first > highest else {
-            throw AgentFailure("config drive: no room after the image's partitions (the disk is \(sectors * Int64(ss)) bytes)")
+            throw AgentFailure(
+                "config drive: no room after the image's partitions (the disk is \(sectors * Int64(ss)) bytes)"
+            )
         }
         let e = slot * entrySize
         for i in 0..<entrySize { entries[e + i] = 0 }
@@ -207,18 +258,24 @@ struct PartitionTableEdit {
             stale.append((oldBackup * Int64(ss), [UInt8](repeating: 0, count: ss)))
         }
         return PartitionTableEdit(
-            scheme: "gpt", number: slot + 1, start: first * Int64(ss), length: (lastUsable - first + 1) * Int64(ss),
+            scheme: "gpt",
+            number: slot + 1,
+            start: first * Int64(ss),
+            length: (lastUsable - first + 1) * Int64(ss),
             writes: [
                 (0, pmbr), (Int64(ss), pad(primary)), (entriesLBA * Int64(ss), entries),
                 ((sectors - 1 - entrySectors) * Int64(ss), entries), ((sectors - 1) * Int64(ss), pad(backup)),
-            ] + stale)
+            ] + stale
+        )
     }
 
     static func msdos(mbr: [UInt8], sectors: Int64, ss: Int, partitionBytes: Int64) throws -> PartitionTableEdit {
         // A protective MBR without a GPT where this disk's sectors put it: a GPT made for
         // another sector size (a 512-byte image on a 4Kn disk). Not an MBR to add to.
         if (0..<4).contains(where: { mbr[446 + 16 * $0 + 4] == 0xEE }) {
-            throw AgentFailure("config drive: the image's GPT is not where this disk's \(ss)-byte sectors put it (an image for another sector size)")
+            throw AgentFailure(
+                "config drive: the image's GPT is not where this disk's \(ss)-byte sectors put it (an image for another sector size)"
+            )
         }
         var table = mbr
         var highest: Int64 = 0
@@ -241,13 +298,22 @@ struct PartitionTableEdit {
         put32(&table, e + 8, UInt32(first))
         put32(&table, e + 12, UInt32(end - first + 1))
         return PartitionTableEdit(
-            scheme: "mbr", number: slot + 1, start: first * Int64(ss), length: (end - first + 1) * Int64(ss), writes: [(0, table)])
+            scheme: "mbr",
+            number: slot + 1,
+            start: first * Int64(ss),
+            length: (end - first + 1) * Int64(ss),
+            writes: [(0, table)]
+        )
     }
 
     static func le32(_ b: [UInt8], _ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[o + $1]) << (8 * $1) } }
     static func le64(_ b: [UInt8], _ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * $1) } }
-    static func put32(_ b: inout [UInt8], _ o: Int, _ v: UInt32) { for i in 0..<4 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-    static func put64(_ b: inout [UInt8], _ o: Int, _ v: UInt64) { for i in 0..<8 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+    static func put32(_ b: inout [UInt8], _ o: Int, _ v: UInt32) {
+        for i in 0..<4 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+    }
+    static func put64(_ b: inout [UInt8], _ o: Int, _ v: UInt64) {
+        for i in 0..<8 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+    }
 
     /// CRC-32 (IEEE 802.3, reflected), as GPT uses.
     static func crc32(_ bytes: [UInt8]) -> UInt32 {

@@ -85,7 +85,10 @@ public struct DiskEraser: Sendable {
             do {
                 let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
                 progress(size)
-                return Outcome(method: nvme == .cryptographic ? .nvmeCryptographic : .nvmeUserData, verifiedBlocks: blocks)
+                return Outcome(
+                    method: nvme == .cryptographic ? .nvmeCryptographic : .nvmeUserData,
+                    verifiedBlocks: blocks
+                )
             } catch {
                 log("after the NVMe format: \(error); zeroing \(path) as well")
             }
@@ -111,7 +114,9 @@ public struct DiskEraser: Sendable {
             try overwrite(fd, progress: progress)
             method = .overwrite
         }
-        guard fsync(fd) == 0 || errno == EINVAL else { throw AgentFailure("fsync \(path): \(String(cString: strerror(errno)))") }
+        guard fsync(fd) == 0 || errno == EINVAL else {
+            throw AgentFailure("fsync \(path): \(String(cString: strerror(errno)))")
+        }
         let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
         return Outcome(method: method, verifiedBlocks: blocks)
     }
@@ -178,12 +183,16 @@ public struct DiskEraser: Sendable {
                 let n = pread(fd, block.baseAddress! + got, blockSize - got, off_t(offset) + off_t(got))
                 if n < 0, errno == EINTR { continue }
                 guard n > 0 else {
-                    throw AgentFailure("verifying \(path): cannot read the block at \(offset): \(n < 0 ? String(cString: strerror(errno)) : "end of device")")
+                    throw AgentFailure(
+                        "verifying \(path): cannot read the block at \(offset): \(n < 0 ? String(cString: strerror(errno)) : "end of device")"
+                    )
                 }
                 got += n
             }
             if let i = block[0..<want].firstIndex(where: { $0 != 0 }) {
-                throw AgentFailure("verifying \(path): byte \(offset + Int64(i)) is not zero after the erase; the disk is not wiped")
+                throw AgentFailure(
+                    "verifying \(path): byte \(offset + Int64(i)) is not zero after the erase; the disk is not wiped"
+                )
             }
         }
         return offsets.count

@@ -34,7 +34,8 @@ struct NVMeFormat {
         /// and the secure erase setting (1: user data erase, 2: cryptographic erase).
         func cdw10(_ erase: Erase) -> UInt32 {
             let ses: UInt32 = erase == .cryptographic ? 2 : 1
-            return (lbaFormat & 0xF) | ((lbaFormat & 0x30) << 8) | (extendedMetadata ? 1 << 4 : 0) | ((protection & 0x7) << 5)
+            return (lbaFormat & 0xF) | ((lbaFormat & 0x30) << 8) | (extendedMetadata ? 1 << 4 : 0)
+                | ((protection & 0x7) << 5)
                 | (protectionFirst ? 1 << 8 : 0) | (ses << 9)
         }
 
@@ -78,9 +79,18 @@ struct NVMeFormat {
         let erase: Erase = caps.cryptographicErase ? .cryptographic : .userData
         // A format can take minutes on a large device; the admin command waits up to an hour.
         var status: Int32 = 0
-        _ = try admin(opcode: 0x80, nsid: nsid, cdw10: caps.cdw10(erase), data: nil, timeoutMs: 3_600_000, status: &status)
+        _ = try admin(
+            opcode: 0x80,
+            nsid: nsid,
+            cdw10: caps.cdw10(erase),
+            data: nil,
+            timeoutMs: 3_600_000,
+            status: &status
+        )
         guard status == 0 else {
-            throw AgentFailure("NVMe Format NVM (\(erase.rawValue)) of \(path) failed: status 0x\(String(status, radix: 16))")
+            throw AgentFailure(
+                "NVMe Format NVM (\(erase.rawValue)) of \(path) failed: status 0x\(String(status, radix: 16))"
+            )
         }
         return erase
     }
@@ -88,17 +98,30 @@ struct NVMeFormat {
     func identify(cns: UInt32, nsid: UInt32) throws -> [UInt8] {
         var status: Int32 = 0
         let data = try admin(opcode: 0x06, nsid: nsid, cdw10: cns, data: 4096, timeoutMs: 10_000, status: &status)
-        guard status == 0 else { throw AgentFailure("NVMe Identify (CNS \(cns)) of \(path) failed: status 0x\(String(status, radix: 16))") }
+        guard status == 0 else {
+            throw AgentFailure("NVMe Identify (CNS \(cns)) of \(path) failed: status 0x\(String(status, radix: 16))")
+        }
         return data
     }
 
     /// One admin command (struct nvme_admin_cmd, 72 bytes, laid out by hand). `status` gets the
     /// NVMe status (ioctl's positive return); a failed ioctl throws.
-    func admin(opcode: UInt8, nsid: UInt32, cdw10: UInt32, data length: Int?, timeoutMs: UInt32, status: inout Int32) throws -> [UInt8] {
+    func admin(
+        opcode: UInt8,
+        nsid: UInt32,
+        cdw10: UInt32,
+        data length: Int?,
+        timeoutMs: UInt32,
+        status: inout Int32
+    ) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: length ?? 0)
         var cmd = [UInt8](repeating: 0, count: 72)
-        func put32(_ offset: Int, _ v: UInt32) { for i in 0..<4 { cmd[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-        func put64(_ offset: Int, _ v: UInt64) { for i in 0..<8 { cmd[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+        func put32(_ offset: Int, _ v: UInt32) {
+            for i in 0..<4 { cmd[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+        }
+        func put64(_ offset: Int, _ v: UInt64) {
+            for i in 0..<8 { cmd[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+        }
         cmd[0] = opcode
         put32(4, nsid)
         put32(40, cdw10)
@@ -111,7 +134,9 @@ struct NVMeFormat {
             return cmd.withUnsafeMutableBytes { ioctl(fd, Self.NVME_IOCTL_ADMIN_CMD, $0.baseAddress!) }
         }
         guard rc >= 0 else {
-            throw AgentFailure("NVMe admin command 0x\(String(opcode, radix: 16)) on \(path): \(String(cString: strerror(errno)))")
+            throw AgentFailure(
+                "NVMe admin command 0x\(String(opcode, radix: 16)) on \(path): \(String(cString: strerror(errno)))"
+            )
         }
         status = rc
         return buffer

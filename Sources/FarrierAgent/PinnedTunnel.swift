@@ -20,7 +20,10 @@ public final class PinnedTunnel: Sendable {
     ///   - host, port: the server's agent channel.
     ///   - fingerprint: SHA-256 of the server certificate's DER, hex (an optional `sha256:` prefix).
     public init(
-        host: String, port: Int, fingerprint: String, sourceAddress: String? = nil,
+        host: String,
+        port: Int,
+        fingerprint: String,
+        sourceAddress: String? = nil,
         log: @escaping @Sendable (String) -> Void = { _ in }
     ) throws {
         let pin = try CertificatePin.normalized(fingerprint)
@@ -35,12 +38,19 @@ public final class PinnedTunnel: Sendable {
                 .childChannelInitializer { inbound in
                     var client = ClientBootstrap(group: inbound.eventLoop).connectTimeout(.seconds(10))
                     if let source { client = client.bind(to: source) }
-                    return client
+                    return
+                        client
                         .channelInitializer { outbound in
                             outbound.eventLoop.makeCompletedFuture {
-                                let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) { certificates, promise in
+                                let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) {
+                                    certificates,
+                                    promise in
                                     let (ok, seen) = CertificatePin.check(certificates, pin: pin)
-                                    if !ok { log("TLS: the server's certificate is sha256:\(seen), not the pinned sha256:\(pin); refused") }
+                                    if !ok {
+                                        log(
+                                            "TLS: the server's certificate is sha256:\(seen), not the pinned sha256:\(pin); refused"
+                                        )
+                                    }
                                     promise.succeed(ok ? .certificateVerified : .failed)
                                 }
                                 try outbound.pipeline.syncOperations.addHandler(handler)
@@ -78,7 +88,10 @@ public final class PinnedTunnel: Sendable {
 public enum CertificatePin {
     /// The 64 hex digits of `sha256:HEX` (or HEX; colons allowed), lower-cased.
     public static func normalized(_ fingerprint: String) throws -> String {
-        let pin = fingerprint.lowercased().replacingOccurrences(of: "sha256:", with: "").replacingOccurrences(of: ":", with: "")
+        let pin = fingerprint.lowercased().replacingOccurrences(of: "sha256:", with: "").replacingOccurrences(
+            of: ":",
+            with: ""
+        )
         guard pin.count == 64, pin.allSatisfy(\.isHexDigit) else {
             throw AgentFailure("farrier.cert must be sha256:<64 hex digits>, got '\(fingerprint)'")
         }
@@ -116,7 +129,8 @@ final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {
     private var pendingRead = false
 
     static func matchedPair() -> (GlueHandler, GlueHandler) {
-        let a = GlueHandler(), b = GlueHandler()
+        let a = GlueHandler()
+        let b = GlueHandler()
         a.partner = b
         b.partner = a
         return (a, b)

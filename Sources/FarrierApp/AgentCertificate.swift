@@ -11,8 +11,15 @@ import X509
 /// `agent-tls.key` mode 0600), kept across restarts so a ramdisk booted before a restart still
 /// pins the right certificate. The agent pins the leaf's SHA-256, which the boot script carries.
 enum AgentCertificate {
-    static func load(certificate: String, key: String, dataDir: String, port: Int, now: Date = Date()) throws -> AgentTLS {
-        var certPath = certificate, keyPath = key
+    static func load(
+        certificate: String,
+        key: String,
+        dataDir: String,
+        port: Int,
+        now: Date = Date()
+    ) throws -> AgentTLS {
+        var certPath = certificate
+        var keyPath = key
         if certPath.isEmpty {
             certPath = dataDir + "/agent-tls.crt"
             keyPath = dataDir + "/agent-tls.key"
@@ -28,7 +35,12 @@ enum AgentCertificate {
         do { leaf = try Certificate(pemEncoded: first) } catch {
             throw ConfigurationError("agent TLS certificate \(certPath): not a PEM certificate (\(error))")
         }
-        return AgentTLS(certificateChainPEM: chain, privateKeyPEM: keyPEM, fingerprint: try fingerprint(leaf), port: port)
+        return AgentTLS(
+            certificateChainPEM: chain,
+            privateKeyPEM: keyPEM,
+            fingerprint: try fingerprint(leaf),
+            port: port
+        )
     }
 
     /// SHA-256 of the certificate's DER encoding, lowercase hex (what `openssl x509 -fingerprint -sha256` shows).
@@ -42,20 +54,28 @@ enum AgentCertificate {
         let key = P256.Signing.PrivateKey()
         let name = try DistinguishedName { CommonName("Farrier agent channel") }
         let certificate = try Certificate(
-            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(20 * 365 * 86400),
-            issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
+            version: .v3,
+            serialNumber: Certificate.SerialNumber(),
+            publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600),
+            notValidAfter: now.addingTimeInterval(20 * 365 * 86400),
+            issuer: name,
+            subject: name,
+            signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.notCertificateAuthority)
                 SubjectAlternativeNames([.dnsName("farrier-agent-channel")])
             },
-            issuerPrivateKey: .init(key))
+            issuerPrivateKey: .init(key)
+        )
         // The key first, created 0600, so no moment exists where it is readable by others.
         try writeFile(keyPath, key.pemRepresentation + "\n", mode: 0o600)
         try writeFile(certificatePath, try certificate.serializeAsPEM().pemString + "\n", mode: 0o644)
     }
 
     static func writeFile(_ path: String, _ text: String, mode: mode_t) throws {
-        do { try SecretFile.replace(path, Array(text.utf8), mode: mode) } catch { throw ConfigurationError(error.description) }
+        do { try SecretFile.replace(path, Array(text.utf8), mode: mode) } catch {
+            throw ConfigurationError(error.description)
+        }
     }
 }

@@ -24,12 +24,16 @@ public func prepareBootRoot(_ root: String, ipxeSource: String, logger: Logger) 
     let fm = FileManager.default
     try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
     guard let names = try? fm.contentsOfDirectory(atPath: ipxeSource) else {
-        logger.warning("iPXE binaries not found; install Debian's ipxe package", metadata: ["ipxe.source": "\(ipxeSource)"])
+        logger.warning(
+            "iPXE binaries not found; install Debian's ipxe package",
+            metadata: ["ipxe.source": "\(ipxeSource)"]
+        )
         return
     }
     var copied = 0
     for name in names where name.hasSuffix(".kpxe") || name.hasSuffix(".efi") || name.hasSuffix(".pxe") {
-        let src = ipxeSource + "/" + name, dst = root + "/" + name
+        let src = ipxeSource + "/" + name
+        let dst = root + "/" + name
         let srcSize = (try? fm.attributesOfItem(atPath: src)[.size] as? Int) ?? -1
         let dstSize = (try? fm.attributesOfItem(atPath: dst)[.size] as? Int) ?? -2
         if srcSize == dstSize, fm.contentsEqual(atPath: src, andPath: dst) { continue }
@@ -62,16 +66,20 @@ public struct FarrierServer: Sendable {
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
         reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger)
         let recorder = TimelineRecorder(
-            store: store, known: try await store.machines().map(\.mac), maxDiscovered: c.discoveryMaxMachines,
+            store: store,
+            known: try await store.machines().map(\.mac),
+            maxDiscovered: c.discoveryMaxMachines,
             onError: { [logger] error in logger.error("timeline write failed", metadata: ["error": "\(error)"]) },
             onRefused: { [logger, cap = c.discoveryMaxMachines] mac, n in
                 // Logged for the first and then every 1000th: a flood must not flood the log too.
                 if n == 1 || n % 1000 == 0 {
                     logger.warning(
                         "new machine not recorded: discovered machines are at their limit (discovery.max-machines); enroll or delete some, or raise it",
-                        metadata: ["mac": "\(mac)", "discovery.max-machines": "\(cap)", "refused.total": "\(n)"])
+                        metadata: ["mac": "\(mac)", "discovery.max-machines": "\(cap)", "refused.total": "\(n)"]
+                    )
                 }
-            })
+            }
+        )
         let addressBook = AddressBook()
         // A reservation is where its machine is, whoever hands out the address (Farrier's DHCP in
         // full mode; in proxy mode or with DHCP off, the operator vouches for it).
@@ -80,37 +88,71 @@ public struct FarrierServer: Sendable {
         tftpConfig.root = c.tftpRoot
         let (_, httpPort) = try splitHostPort(c.http.listen)
         dhcp = try DHCPService(
-            configuration: c.dhcp, httpPort: httpPort, store: store, recorder: recorder, addressBook: addressBook,
-            logger: logger)
+            configuration: c.dhcp,
+            httpPort: httpPort,
+            store: store,
+            recorder: recorder,
+            addressBook: addressBook,
+            logger: logger
+        )
         tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
         let vault = try CredentialVault.load(keyFile: c.bmcKeyFile.isEmpty ? nil : c.bmcKeyFile, dataDir: c.dataDir)
         bmcPool = BMCPool(vault: vault)
         let controller = Controller(
-            store: store, pool: bmcPool, agentKey: vault.derivedKey(purpose: "agent-token"),
-            configuration: c.control, logger: logger)
+            store: store,
+            pool: bmcPool,
+            agentKey: vault.derivedKey(purpose: "agent-token"),
+            configuration: c.control,
+            logger: logger
+        )
         // Other replicas' commits wake this one's watchers and reconciler (LISTEN/NOTIFY).
         (store as? PostgresStore)?.onEvents { [hub = controller.hub] in hub.notify() }
-        logger.info("replica", metadata: ["replica": "\(c.control.replica)", "claim-ttl.seconds": "\(c.control.claimTTL.components.seconds)"])
+        logger.info(
+            "replica",
+            metadata: [
+                "replica": "\(c.control.replica)", "claim-ttl.seconds": "\(c.control.claimTTL.components.seconds)",
+            ]
+        )
         let images = try ImageRepository(root: c.dataDir + "/images", maxVirtualSize: c.imageMaxVirtualSize)
         let agentTLS = try AgentCertificate.load(
-            certificate: c.agentTLSCert, key: c.agentTLSKey, dataDir: c.dataDir, port: try splitHostPort(c.http.agentListen).1)
-        logger.info("agent channel", metadata: ["agent.listen": "\(c.http.agentListen)", "agent.tls-sha256": "\(agentTLS.fingerprint)"])
+            certificate: c.agentTLSCert,
+            key: c.agentTLSKey,
+            dataDir: c.dataDir,
+            port: try splitHostPort(c.http.agentListen).1
+        )
+        logger.info(
+            "agent channel",
+            metadata: ["agent.listen": "\(c.http.agentListen)", "agent.tls-sha256": "\(agentTLS.fingerprint)"]
+        )
         var httpDependencies = HTTPDependencies(
-            store: store, recorder: recorder, addressBook: addressBook, bootRoot: BootRoot(path: c.tftpRoot),
-            metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }, controller: controller,
-            imageDirectory: images.blobDirectory)
+            store: store,
+            recorder: recorder,
+            addressBook: addressBook,
+            bootRoot: BootRoot(path: c.tftpRoot),
+            metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) },
+            controller: controller,
+            imageDirectory: images.blobDirectory
+        )
         httpDependencies.agentTLS = agentTLS
         let http = try makeHTTPApplication(configuration: c.http, dependencies: httpDependencies, logger: logger)
         let agentChannel = try makeAgentApplication(
-            configuration: c.http, dependencies: httpDependencies, tls: agentTLS, logger: logger)
+            configuration: c.http,
+            dependencies: httpDependencies,
+            tls: agentTLS,
+            logger: logger
+        )
         if let secret = try await bootstrapAdminToken(store: store, dataDir: c.dataDir) {
             // Shown once; the file keeps it for the CLI on this host.
-            FileHandle.standardError.write(Data("""
-                Farrier: first start. Admin API token (also in \(c.dataDir)/admin.token, mode 0600):
-                  \(secret)
+            FileHandle.standardError.write(
+                Data(
+                    """
+                    Farrier: first start. Admin API token (also in \(c.dataDir)/admin.token, mode 0600):
+                      \(secret)
 
-                """.utf8))
+                    """.utf8
+                )
+            )
         }
         let grpc = try GRPCService(
             listen: c.grpcListen,
@@ -120,7 +162,9 @@ public struct FarrierServer: Sendable {
                 TokenAPI(store: store, logger: logger),
             ],
             interceptors: [AuthInterceptor(store: store)],
-            tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey), logger: logger)
+            tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey),
+            logger: logger
+        )
         let reconciler = Reconciler(controller: controller, logger: logger)
         let pruner = DiscoveryPruner(store: store, recorder: recorder, unseenFor: c.discoveryPruneAfter, logger: logger)
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
@@ -131,8 +175,11 @@ public struct FarrierServer: Sendable {
     public func run() async throws {
         let group = ServiceGroup(
             configuration: .init(
-                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
         let result: Result<Void, any Error>
         do { result = .success(try await group.run()) } catch { result = .failure(error) }
         await bmcPool.closeAll()
@@ -145,13 +192,19 @@ public struct FarrierServer: Sendable {
 /// commissioning, deploys, wipes and rescue cannot boot.
 func reportRamdisk(_ dir: String, logger: Logger) {
     let fm = FileManager.default
-    let sizes = ["vmlinuz", "initrd.img"].map { (try? fm.attributesOfItem(atPath: dir + "/" + $0)[.size] as? Int) ?? nil }
+    let sizes = ["vmlinuz", "initrd.img"].map {
+        (try? fm.attributesOfItem(atPath: dir + "/" + $0)[.size] as? Int) ?? nil
+    }
     if let kernel = sizes[0], let initrd = sizes[1] {
-        logger.info("ramdisk ready", metadata: ["ramdisk.dir": "\(dir)", "vmlinuz.bytes": "\(kernel)", "initrd.bytes": "\(initrd)"])
+        logger.info(
+            "ramdisk ready",
+            metadata: ["ramdisk.dir": "\(dir)", "vmlinuz.bytes": "\(kernel)", "initrd.bytes": "\(initrd)"]
+        )
     } else {
         logger.warning(
             "no ramdisk: commissioning, deploys, wipes and rescue cannot boot until one is built (bash scripts/build-ramdisk.sh DIR)",
-            metadata: ["ramdisk.dir": "\(dir)"])
+            metadata: ["ramdisk.dir": "\(dir)"]
+        )
     }
 }
 
@@ -170,7 +223,12 @@ struct DiscoveryPruner: Service {
                 let pruned = try await store.pruneDiscovered(lastSeenBefore: cutoff)
                 recorder.forget(pruned)
                 let n = pruned.count
-                if n > 0 { logger.info("pruned discovered machines not seen lately", metadata: ["count": "\(n)", "unseen.seconds": "\(unseenFor.components.seconds)"]) }
+                if n > 0 {
+                    logger.info(
+                        "pruned discovered machines not seen lately",
+                        metadata: ["count": "\(n)", "unseen.seconds": "\(unseenFor.components.seconds)"]
+                    )
+                }
             } catch {
                 logger.error("pruning discovered machines failed", metadata: ["error": "\(error)"])
             }
@@ -181,26 +239,62 @@ struct DiscoveryPruner: Service {
 
 func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics, recorder: TimelineRecorder) -> String {
     let rows: [(String, String, Int)] = [
-        ("farrier_discovery_refused_total", "new MACs not recorded: discovered machines at discovery.max-machines", recorder.refusedDiscoveries.load(ordering: .relaxed)),
+        (
+            "farrier_discovery_refused_total", "new MACs not recorded: discovered machines at discovery.max-machines",
+            recorder.refusedDiscoveries.load(ordering: .relaxed)
+        ),
         ("farrier_dhcp_packets_received_total", "DHCP datagrams received", dhcp.received.load(ordering: .relaxed)),
-        ("farrier_dhcp_packets_malformed_total", "DHCP datagrams dropped as malformed", dhcp.malformed.load(ordering: .relaxed)),
+        (
+            "farrier_dhcp_packets_malformed_total", "DHCP datagrams dropped as malformed",
+            dhcp.malformed.load(ordering: .relaxed)
+        ),
         ("farrier_dhcp_packets_dropped_total", "DHCP requests not answered", dhcp.dropped.load(ordering: .relaxed)),
         ("farrier_dhcp_offers_total", "DHCPOFFERs sent", dhcp.offers.load(ordering: .relaxed)),
         ("farrier_dhcp_acks_total", "DHCPACKs sent", dhcp.acks.load(ordering: .relaxed)),
         ("farrier_dhcp_naks_total", "DHCPNAKs sent", dhcp.naks.load(ordering: .relaxed)),
-        ("farrier_dhcp_lease_commit_failures_total", "lease commits that failed (ACK withheld)", dhcp.commitFailures.load(ordering: .relaxed)),
-        ("farrier_dhcp_send_errors_total", "DHCP replies the kernel refused to send", dhcp.sendErrors.load(ordering: .relaxed)),
+        (
+            "farrier_dhcp_lease_commit_failures_total", "lease commits that failed (ACK withheld)",
+            dhcp.commitFailures.load(ordering: .relaxed)
+        ),
+        (
+            "farrier_dhcp_send_errors_total", "DHCP replies the kernel refused to send",
+            dhcp.sendErrors.load(ordering: .relaxed)
+        ),
         ("farrier_tftp_requests_total", "TFTP read requests", tftp.requests.load(ordering: .relaxed)),
-        ("farrier_tftp_packets_malformed_total", "TFTP datagrams dropped as malformed", tftp.malformed.load(ordering: .relaxed)),
+        (
+            "farrier_tftp_packets_malformed_total", "TFTP datagrams dropped as malformed",
+            tftp.malformed.load(ordering: .relaxed)
+        ),
         ("farrier_tftp_transfers_completed_total", "TFTP transfers completed", tftp.completed.load(ordering: .relaxed)),
-        ("farrier_tftp_transfers_failed_total", "TFTP transfers that timed out or were aborted", tftp.failed.load(ordering: .relaxed)),
-        ("farrier_tftp_requests_refused_total", "TFTP requests answered with an error", tftp.refused.load(ordering: .relaxed)),
-        ("farrier_tftp_retransmissions_total", "TFTP packets retransmitted on timeout", tftp.retransmissions.load(ordering: .relaxed)),
+        (
+            "farrier_tftp_transfers_failed_total", "TFTP transfers that timed out or were aborted",
+            tftp.failed.load(ordering: .relaxed)
+        ),
+        (
+            "farrier_tftp_requests_refused_total", "TFTP requests answered with an error",
+            tftp.refused.load(ordering: .relaxed)
+        ),
+        (
+            "farrier_tftp_retransmissions_total", "TFTP packets retransmitted on timeout",
+            tftp.retransmissions.load(ordering: .relaxed)
+        ),
         ("farrier_tftp_transfers_active", "TFTP transfers in progress", tftp.active.load(ordering: .relaxed)),
-        ("farrier_tftp_refused_per_client_total", "TFTP requests refused: their client address had its share of transfers", tftp.refusedPerClient.load(ordering: .relaxed)),
+        (
+            "farrier_tftp_refused_per_client_total",
+            "TFTP requests refused: their client address had its share of transfers",
+            tftp.refusedPerClient.load(ordering: .relaxed)
+        ),
         ("farrier_tftp_bytes_sent_total", "TFTP payload bytes sent", tftp.bytesSent.load(ordering: .relaxed)),
-        ("farrier_tftp_poll_hits_total", "TFTP waits whose packet arrived while polling", tftp.pollHits.load(ordering: .relaxed)),
-        ("farrier_tftp_poll_misses_total", "TFTP waits that polled, then slept", tftp.pollMisses.load(ordering: .relaxed)),
+        (
+            "farrier_tftp_poll_hits_total", "TFTP waits whose packet arrived while polling",
+            tftp.pollHits.load(ordering: .relaxed)
+        ),
+        (
+            "farrier_tftp_poll_misses_total", "TFTP waits that polled, then slept",
+            tftp.pollMisses.load(ordering: .relaxed)
+        ),
     ]
-    return rows.map { "# HELP \($0.0) \($0.1)\n# TYPE \($0.0) \($0.0.hasSuffix("_active") ? "gauge" : "counter")\n\($0.0) \($0.2)\n" }.joined()
+    return rows.map {
+        "# HELP \($0.0) \($0.1)\n# TYPE \($0.0) \($0.0.hasSuffix("_active") ? "gauge" : "counter")\n\($0.0) \($0.2)\n"
+    }.joined()
 }

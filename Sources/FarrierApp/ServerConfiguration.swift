@@ -103,15 +103,27 @@ public struct ServerConfiguration: Sendable {
 
     /// All keys, with their environment variable names, in documentation order.
     public static let keys: [(key: String, env: String)] = [
-        "data-dir", "database.url", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert", "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
+        "data-dir", "database.url", "log-level", "log-format", "http.listen", "agent.listen", "agent.tls-cert",
+        "agent.tls-key", "grpc.listen", "tftp.listen", "tftp.root", "tftp.max-transfers",
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
-        "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "dhcp.commit-delay", "bmc.key-file",
-        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines", "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers", "lifecycle.claim-ttl", "lifecycle.step-timeouts",
-    ].map { ($0, "FARRIER_" + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")) }
+        "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "dhcp.commit-delay",
+        "bmc.key-file",
+        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines",
+        "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
+        "lifecycle.claim-ttl", "lifecycle.step-timeouts",
+    ].map {
+        (
+            $0,
+            "FARRIER_"
+                + $0.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")
+        )
+    }
 
     /// Builds the configuration. `flags` holds only values given on the command line.
     public static func load(
-        file: String?, environment: [String: String], flags: [String: [String]]
+        file: String?,
+        environment: [String: String],
+        flags: [String: [String]]
     ) throws -> ServerConfiguration {
         var layered: [String: [String]] = [:]
         if let file {
@@ -124,10 +136,13 @@ public struct ServerConfiguration: Sendable {
         for (key, env) in keys {
             guard let value = environment[env] else { continue }
             let separator: Character? =
-                switch key { case "dhcp.interfaces", "lifecycle.step-timeouts": ","
+                switch key {
+                case "dhcp.interfaces", "lifecycle.step-timeouts": ","
                 case "dhcp.subnets", "dhcp.reservations": ";"
-                default: nil }
-            layered[key] = separator.map { value.split(separator: $0).map { $0.trimmingCharacters(in: .whitespaces) } } ?? [value]
+                default: nil
+                }
+            layered[key] =
+                separator.map { value.split(separator: $0).map { $0.trimmingCharacters(in: .whitespaces) } } ?? [value]
         }
         for (k, v) in flags { layered[k] = v }
         var c = ServerConfiguration()
@@ -148,7 +163,8 @@ public struct ServerConfiguration: Sendable {
         func plain(_ n: Node) -> Any {
             switch n {
             case .scalar(let s): return s.string
-            case .mapping(let m): return Dictionary(m.map { (plain($0.key) as? String ?? "", plain($0.value)) }, uniquingKeysWith: { $1 })
+            case .mapping(let m):
+                return Dictionary(m.map { (plain($0.key) as? String ?? "", plain($0.value)) }, uniquingKeysWith: { $1 })
             case .sequence(let seq): return seq.map(plain)
             case .alias: return ""
             }
@@ -159,14 +175,20 @@ public struct ServerConfiguration: Sendable {
                 return
             }
             guard keys.contains(where: { $0.key == prefix }) else {
-                throw ConfigurationError("\(file): unknown key '\(prefix)'; known keys: \(keys.map(\.key).joined(separator: ", "))")
+                throw ConfigurationError(
+                    "\(file): unknown key '\(prefix)'; known keys: \(keys.map(\.key).joined(separator: ", "))"
+                )
             }
             switch prefix {
             case "dhcp.subnets":
-                guard let list = value as? [Any] else { throw ConfigurationError("\(file): dhcp.subnets must be a list") }
+                guard let list = value as? [Any] else {
+                    throw ConfigurationError("\(file): dhcp.subnets must be a list")
+                }
                 out[prefix] = try list.map { try subnetSpec(fromYAML: $0, file: file) }
             case "dhcp.reservations":
-                guard let list = value as? [Any] else { throw ConfigurationError("\(file): dhcp.reservations must be a list") }
+                guard let list = value as? [Any] else {
+                    throw ConfigurationError("\(file): dhcp.reservations must be a list")
+                }
                 out[prefix] = try list.map { item in
                     if let s = item as? String { return s }
                     guard let m = item as? [String: Any], let mac = m["mac"], let addr = m["address"] else {
@@ -209,16 +231,22 @@ public struct ServerConfiguration: Sendable {
         case "data-dir": dataDir = v
         case "database.url":
             guard v.isEmpty || v.hasPrefix("postgres://") || v.hasPrefix("postgresql://") else {
-                throw ConfigurationError("database.url: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE (or nothing, for SQLite in data-dir)")
+                throw ConfigurationError(
+                    "database.url: expected postgres://USER:PASSWORD@HOST:PORT/DATABASE (or nothing, for SQLite in data-dir)"
+                )
             }
             databaseURL = v
         case "log-level":
             guard let l = Logger.Level(rawValue: v) else {
-                throw ConfigurationError("log-level: '\(v)' is not one of trace, debug, info, notice, warning, error, critical")
+                throw ConfigurationError(
+                    "log-level: '\(v)' is not one of trace, debug, info, notice, warning, error, critical"
+                )
             }
             logLevel = l
         case "log-format":
-            guard let f = LineLogHandler.Format(rawValue: v) else { throw ConfigurationError("log-format: '\(v)' is not logfmt or json") }
+            guard let f = LineLogHandler.Format(rawValue: v) else {
+                throw ConfigurationError("log-format: '\(v)' is not logfmt or json")
+            }
             logFormat = f
         case "http.listen": http.listen = v
         case "agent.listen": http.agentListen = v
@@ -230,66 +258,102 @@ public struct ServerConfiguration: Sendable {
             tftp.root = v
             tftpRootSet = true
         case "tftp.max-transfers":
-            guard let n = Int(v), (1...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000") }
+            guard let n = Int(v), (1...100_000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000")
+            }
             tftp.maxTransfers = n
         case "tftp.max-transfers-per-client":
-            guard let n = Int(v), (1...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000") }
+            guard let n = Int(v), (1...100_000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 100000")
+            }
             tftp.maxTransfersPerClient = n
         case "tftp.max-timeout":
-            guard let n = Int(v), (1...255).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 1 to 255") }
+            guard let n = Int(v), (1...255).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 1 to 255")
+            }
             tftp.limits.maxTimeoutSeconds = n
         case "dhcp.commit-delay":
-            guard let n = Int(v), (0...100_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 100000") }
+            guard let n = Int(v), (0...100_000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 100000")
+            }
             dhcp.commitDelay = .microseconds(n)
         case "tftp.busy-poll":
-            guard let n = Int(v), (0...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 10000") }
+            guard let n = Int(v), (0...10_000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of microseconds from 0 to 10000")
+            }
             tftp.busyPoll = .microseconds(n)
         case "ipxe.source": ipxeSource = v
         case "bmc.key-file": bmcKeyFile = v
         case "api.tls-cert": apiTLSCert = v
         case "api.tls-key": apiTLSKey = v
         case "api.insecure":
-            guard let b = ["true": true, "false": false, "1": true, "0": false, "yes": true, "no": false][v.lowercased()] else {
+            guard
+                let b = ["true": true, "false": false, "1": true, "0": false, "yes": true, "no": false][v.lowercased()]
+            else {
                 throw ConfigurationError("api.insecure: '\(v)' is not true or false")
             }
             apiInsecure = b
         case "discovery.max-machines":
-            guard let n = Int(v), (0...10_000_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 0 to 10000000") }
+            guard let n = Int(v), (0...10_000_000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number from 0 to 10000000")
+            }
             discoveryMaxMachines = n
         case "discovery.prune-after":
-            guard let n = Int(v), (60...366 * 86400).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 60 to 31622400") }
+            guard let n = Int(v), (60...366 * 86400).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 60 to 31622400")
+            }
             discoveryPruneAfter = .seconds(n)
         case "images.max-virtual-size":
-            guard let n = Int64(v), (1...1 << 20).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of GiB from 1 to 1048576") }
+            guard let n = Int64(v), (1...1 << 20).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of GiB from 1 to 1048576")
+            }
             imageMaxVirtualSize = n << 30
         case "lifecycle.max-deploys", "lifecycle.max-wipes":
-            guard let n = Int(v), (1...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000") }
-            if key == "lifecycle.max-deploys" { control.maxConcurrentDeploys = n } else { control.maxConcurrentWipes = n }
+            guard let n = Int(v), (1...10_000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000")
+            }
+            if key == "lifecycle.max-deploys" {
+                control.maxConcurrentDeploys = n
+            } else {
+                control.maxConcurrentWipes = n
+            }
         case "lifecycle.max-workers":
-            guard let n = Int(v), (1...10_000).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000") }
+            guard let n = Int(v), (1...10_000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000")
+            }
             control.maxWorkers = n
         case "lifecycle.claim-ttl":
-            guard let n = Int(v), (3...600).contains(n) else { throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 3 to 600") }
+            guard let n = Int(v), (3...600).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 3 to 600")
+            }
             control.claimTTL = .seconds(n)
         case "lifecycle.step-timeouts":
             for item in values where !item.isEmpty {
                 let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
                 guard kv.count == 2, let step = MachineState(rawValue: kv[0]), Lifecycle.steps.contains(step) else {
-                    throw ConfigurationError("lifecycle.step-timeouts: '\(item)' must be STEP=SECONDS, STEP one of \(Lifecycle.steps.map(\.rawValue).sorted().joined(separator: ", "))")
+                    throw ConfigurationError(
+                        "lifecycle.step-timeouts: '\(item)' must be STEP=SECONDS, STEP one of \(Lifecycle.steps.map(\.rawValue).sorted().joined(separator: ", "))"
+                    )
                 }
                 guard let seconds = Int(kv[1]), (1...7 * 86400).contains(seconds) else {
-                    throw ConfigurationError("lifecycle.step-timeouts: '\(kv[1])' is not a number of seconds from 1 to 604800")
+                    throw ConfigurationError(
+                        "lifecycle.step-timeouts: '\(kv[1])' is not a number of seconds from 1 to 604800"
+                    )
                 }
                 control.timeouts[step] = .seconds(seconds)
             }
         case "dhcp.mode":
-            guard let m = DHCPConfiguration.Mode(rawValue: v) else { throw ConfigurationError("dhcp.mode: '\(v)' is not off, full or proxy") }
+            guard let m = DHCPConfiguration.Mode(rawValue: v) else {
+                throw ConfigurationError("dhcp.mode: '\(v)' is not off, full or proxy")
+            }
             dhcp.mode = m
         case "dhcp.interfaces": dhcp.interfaces = values.filter { !$0.isEmpty }
         case "dhcp.subnets": dhcp.subnets = try values.map(Self.parseSubnet)
         case "dhcp.reservations": dhcp.reservations = try values.map(Self.parseReservation)
         case "dhcp.proxy-port":
-            guard let p = Int(v), (0...65535).contains(p) else { throw ConfigurationError("dhcp.proxy-port: '\(v)' is not a port") }
+            guard let p = Int(v), (0...65535).contains(p) else {
+                throw ConfigurationError("dhcp.proxy-port: '\(v)' is not a port")
+            }
             dhcp.proxyPort = p
         default: throw ConfigurationError("unknown key '\(key)'")
         }
@@ -329,15 +393,21 @@ public struct ServerConfiguration: Sendable {
                     throw ConfigurationError("subnet '\(spec)': pool \(kv[1]) is not inside \(network)")
                 }
                 guard a != network.address, b != network.broadcast else {
-                    throw ConfigurationError("subnet '\(spec)': pool \(kv[1]) includes the network or broadcast address")
+                    throw ConfigurationError(
+                        "subnet '\(spec)': pool \(kv[1]) includes the network or broadcast address"
+                    )
                 }
                 s.pools.append(a...b)
             case "router":
-                guard let r = IPv4Address(kv[1]) else { throw ConfigurationError("subnet '\(spec)': bad router '\(kv[1])'") }
+                guard let r = IPv4Address(kv[1]) else {
+                    throw ConfigurationError("subnet '\(spec)': bad router '\(kv[1])'")
+                }
                 s.router = r
             case "dns":
                 s.dnsServers = try kv[1].split(separator: "+").map {
-                    guard let ip = IPv4Address($0) else { throw ConfigurationError("subnet '\(spec)': bad dns '\($0)'") }
+                    guard let ip = IPv4Address($0) else {
+                        throw ConfigurationError("subnet '\(spec)': bad dns '\($0)'")
+                    }
                     return ip
                 }
             case "domain": s.domainName = kv[1]
@@ -360,7 +430,9 @@ public struct ServerConfiguration: Sendable {
             throw ConfigurationError("reservation '\(spec)': must be MAC=IP[,HOSTNAME]")
         }
         let rest = kv[1].split(separator: ",", maxSplits: 1).map(String.init)
-        guard let ip = IPv4Address(rest[0]) else { throw ConfigurationError("reservation '\(spec)': bad address '\(rest[0])'") }
+        guard let ip = IPv4Address(rest[0]) else {
+            throw ConfigurationError("reservation '\(spec)': bad address '\(rest[0])'")
+        }
         return DHCPConfiguration.Reservation(mac: mac, address: ip, hostname: rest.count > 1 ? rest[1] : nil)
     }
 
@@ -374,10 +446,13 @@ public struct ServerConfiguration: Sendable {
         // Tokens cross the API in the clear without TLS: off loopback, that has to be asked for.
         if apiTLSCert.isEmpty, !apiInsecure, !Self.isLoopback(grpcListen) {
             throw ConfigurationError(
-                "grpc.listen \(grpcListen) is not loopback and the API has no TLS: API tokens would cross the network in the clear. Give api.tls-cert and api.tls-key, listen on 127.0.0.1, or pass --api-insecure to accept it")
+                "grpc.listen \(grpcListen) is not loopback and the API has no TLS: API tokens would cross the network in the clear. Give api.tls-cert and api.tls-key, listen on 127.0.0.1, or pass --api-insecure to accept it"
+            )
         }
         for r in dhcp.reservations where !dhcp.subnets.contains(where: { $0.network.contains(r.address) }) {
-            if dhcp.mode == .full { throw ConfigurationError("reservation \(r.mac)=\(r.address) is in no configured subnet") }
+            if dhcp.mode == .full {
+                throw ConfigurationError("reservation \(r.mac)=\(r.address) is in no configured subnet")
+            }
         }
         var seen: [IPv4Address: MACAddress] = [:]
         for r in dhcp.reservations {

@@ -40,7 +40,14 @@ public struct BMCInfo: Sendable, Hashable, Codable {
     public var firmware: String
     public var details: [String: String]
 
-    public init(driver: String, address: String, manufacturer: String, model: String, firmware: String, details: [String: String] = [:]) {
+    public init(
+        driver: String,
+        address: String,
+        manufacturer: String,
+        model: String,
+        firmware: String,
+        details: [String: String] = [:]
+    ) {
         self.driver = driver
         self.address = address
         self.manufacturer = manufacturer
@@ -80,7 +87,11 @@ public struct BMCError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public static func unsupported(_ address: String, operation: String, detail: String = "") -> BMCError {
-        BMCError(.unsupported, address: address, "BMC \(address) does not support \(operation)\(detail.isEmpty ? "" : ": \(detail)")")
+        BMCError(
+            .unsupported,
+            address: address,
+            "BMC \(address) does not support \(operation)\(detail.isEmpty ? "" : ": \(detail)")"
+        )
     }
 
     public var description: String { message }

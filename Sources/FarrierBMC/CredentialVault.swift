@@ -1,6 +1,7 @@
 import Crypto
 import FarrierCore
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 import SystemSupport
@@ -21,7 +22,11 @@ public struct CredentialVault: Sendable {
 
     /// Loads the key: environment first, then `keyFile` if given, else `<dataDir>/bmc.key`
     /// (created with a fresh random key when missing).
-    public static func load(environment: [String: String] = ProcessInfo.processInfo.environment, keyFile: String?, dataDir: String) throws -> CredentialVault {
+    public static func load(
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        keyFile: String?,
+        dataDir: String
+    ) throws -> CredentialVault {
         if let text = environment["FARRIER_BMC_KEY"], !text.isEmpty {
             return CredentialVault(key: try decode(text, from: "FARRIER_BMC_KEY"))
         }
@@ -29,7 +34,10 @@ public struct CredentialVault: Sendable {
         if FileManager.default.fileExists(atPath: path) {
             let attributes = try FileManager.default.attributesOfItem(atPath: path)
             if let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0 {
-                throw KeyError(description: "BMC key file \(path) is readable by others (mode \(String(mode, radix: 8))); chmod 600 it")
+                throw KeyError(
+                    description:
+                        "BMC key file \(path) is readable by others (mode \(String(mode, radix: 8))); chmod 600 it"
+                )
             }
             let text = try String(contentsOfFile: path, encoding: .utf8)
             return CredentialVault(key: try decode(text, from: path))
@@ -48,7 +56,8 @@ public struct CredentialVault: Sendable {
     }
 
     static func decode(_ text: String, from source: String) throws -> SymmetricKey {
-        guard let data = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), data.count == 32 else {
+        guard let data = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), data.count == 32
+        else {
             throw KeyError(description: "BMC key from \(source) is not 32 bytes of base64")
         }
         return SymmetricKey(data: data)
@@ -72,7 +81,10 @@ public struct CredentialVault: Sendable {
             let plain = try AES.GCM.open(box, using: key, authenticating: Data(machineID.utf8))
             return String(decoding: plain, as: UTF8.self)
         } catch {
-            throw KeyError(description: "the stored BMC password of machine \(machineID) does not decrypt with this key (was the BMC key changed?)")
+            throw KeyError(
+                description:
+                    "the stored BMC password of machine \(machineID) does not decrypt with this key (was the BMC key changed?)"
+            )
         }
     }
 }
@@ -141,15 +153,33 @@ public actor BMCPool: BMCProvider {
         }
     }
 
-    public static func make(_ r: BMCReference, password: String, timeouts: BMCTimeouts? = nil, cipherSuite: UInt8? = nil) -> any BMC {
+    public static func make(
+        _ r: BMCReference,
+        password: String,
+        timeouts: BMCTimeouts? = nil,
+        cipherSuite: UInt8? = nil
+    ) -> any BMC {
         switch r.driver {
         case .ipmi:
-            return IPMIClient(IPMIEndpoint(
-                host: r.host, port: r.port, user: r.user, password: password, cipherSuite: cipherSuite,
-                timeouts: timeouts ?? BMCTimeouts()))
+            return IPMIClient(
+                IPMIEndpoint(
+                    host: r.host,
+                    port: r.port,
+                    user: r.user,
+                    password: password,
+                    cipherSuite: cipherSuite,
+                    timeouts: timeouts ?? BMCTimeouts()
+                )
+            )
         case .redfish:
             // For Redfish, the reference's address is its base URL.
-            var endpoint = RedfishEndpoint(baseURL: r.address, user: r.user, password: password, system: r.system, verifyTLS: !r.insecureTLS)
+            var endpoint = RedfishEndpoint(
+                baseURL: r.address,
+                user: r.user,
+                password: password,
+                system: r.system,
+                verifyTLS: !r.insecureTLS
+            )
             if let timeouts { endpoint.timeouts = timeouts }
             return RedfishClient(endpoint)
         }

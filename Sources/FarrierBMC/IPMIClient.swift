@@ -17,8 +17,14 @@ public struct IPMIEndpoint: Sendable, Hashable {
     public var keepAlive: Duration
 
     public init(
-        host: String, port: Int = 623, user: String, password: String, cipherSuite: UInt8? = nil,
-        privilege: IPMIPrivilege = .administrator, timeouts: BMCTimeouts = BMCTimeouts(), keepAlive: Duration = .seconds(10)
+        host: String,
+        port: Int = 623,
+        user: String,
+        password: String,
+        cipherSuite: UInt8? = nil,
+        privilege: IPMIPrivilege = .administrator,
+        timeouts: BMCTimeouts = BMCTimeouts(),
+        keepAlive: Duration = .seconds(10)
     ) {
         self.host = host
         self.port = port
@@ -59,23 +65,35 @@ public final class IPMIClient: BMC, Sendable {
     public func info() async throws -> BMCInfo {
         let r = try await command("Get Device ID") { IPMICommand.getDeviceID(sequence: $0) }
         let id = try decode { try DeviceID(decoding: r.data) }
-        var details = ["ipmi_version": id.ipmiVersionString, "cipher_suite": "\(session.withLock { $0?.suite.id } ?? 0)"]
+        var details = [
+            "ipmi_version": id.ipmiVersionString, "cipher_suite": "\(session.withLock { $0?.suite.id } ?? 0)",
+        ]
         details["asf_presence"] = await presence()
         return BMCInfo(
-            driver: "ipmi", address: address, manufacturer: "IANA \(id.manufacturerID)",
-            model: "product \(id.productID) device \(id.deviceID)", firmware: id.firmwareString, details: details)
+            driver: "ipmi",
+            address: address,
+            manufacturer: "IANA \(id.manufacturerID)",
+            model: "product \(id.productID) device \(id.deviceID)",
+            firmware: id.firmwareString,
+            details: details
+        )
     }
 
     /// RMCP/ASF Presence Ping on a socket of its own: "ipmi" if the pong says IPMI is supported,
     /// "no-ipmi" if it does not, "none" if nothing answers (many BMCs ignore ASF).
     public func presence() async -> String {
-        guard let udp = try? await UDPEndpoint.connect(host: endpointConfiguration.host, port: endpointConfiguration.port) else {
+        guard
+            let udp = try? await UDPEndpoint.connect(host: endpointConfiguration.host, port: endpointConfiguration.port)
+        else {
             return "none"
         }
         defer { Task { await udp.close() } }
         let tag = UInt8.random(in: 0...254)
-        let pong = try? await exchange(udp, ASFPresencePing(tag: tag).encoded(), what: "ASF Presence Ping", retries: 1) { bytes in
-            guard case .asfPong(let p) = try? IPMIDatagram(decoding: bytes), p.tag == tag else { return nil as ASFPresencePong? }
+        let pong = try? await exchange(udp, ASFPresencePing(tag: tag).encoded(), what: "ASF Presence Ping", retries: 1)
+        { bytes in
+            guard case .asfPong(let p) = try? IPMIDatagram(decoding: bytes), p.tag == tag else {
+                return nil as ASFPresencePong?
+            }
             return p
         }
         guard let pong else { return "none" }
@@ -102,15 +120,31 @@ public final class IPMIClient: BMC, Sendable {
     }
 
     public func setBootOverride(_ override: BootOverride) async throws {
-        let flags = IPMIBootFlags(device: override.device == .pxe ? .pxe : .disk, persistent: override.persistent, efi: override.efi)
+        let flags = IPMIBootFlags(
+            device: override.device == .pxe ? .pxe : .disk,
+            persistent: override.persistent,
+            efi: override.efi
+        )
         try await withLiveSession { s in
             // ipmitool's sequence: set-in-progress, clear the boot-info acknowledge, the flags,
             // then done. Only the flags must succeed: some BMCs (ipmi_sim) refuse parameter 0.
-            _ = try? await s.send({ IPMICommand.setSystemBootOptions(parameter: 0, data: [0x01], sequence: $0) }, what: "Set System Boot Options")
-            _ = try? await s.send({ IPMICommand.setSystemBootOptions(parameter: 4, data: [0x01, 0x01], sequence: $0) }, what: "Set System Boot Options")
-            let r = try await s.send({ IPMICommand.setSystemBootOptions(parameter: 5, data: flags.encoded(), sequence: $0) }, what: "Set System Boot Options")
+            _ = try? await s.send(
+                { IPMICommand.setSystemBootOptions(parameter: 0, data: [0x01], sequence: $0) },
+                what: "Set System Boot Options"
+            )
+            _ = try? await s.send(
+                { IPMICommand.setSystemBootOptions(parameter: 4, data: [0x01, 0x01], sequence: $0) },
+                what: "Set System Boot Options"
+            )
+            let r = try await s.send(
+                { IPMICommand.setSystemBootOptions(parameter: 5, data: flags.encoded(), sequence: $0) },
+                what: "Set System Boot Options"
+            )
             try self.check(r, operation: "boot device \(override.device.rawValue)")
-            _ = try? await s.send({ IPMICommand.setSystemBootOptions(parameter: 0, data: [0x00], sequence: $0) }, what: "Set System Boot Options")
+            _ = try? await s.send(
+                { IPMICommand.setSystemBootOptions(parameter: 0, data: [0x00], sequence: $0) },
+                what: "Set System Boot Options"
+            )
         }
     }
 
@@ -130,12 +164,23 @@ public final class IPMIClient: BMC, Sendable {
         // A session of its own: SOL traffic must not queue behind power operations.
         let s = try await establish()
         do {
-            let r = try await s.send({ IPMICommand.activateSOL(encrypted: s.suite.confidentiality != .none, authenticated: true, sequence: $0) }, what: "Activate Payload")
+            let r = try await s.send(
+                {
+                    IPMICommand.activateSOL(
+                        encrypted: s.suite.confidentiality != .none,
+                        authenticated: true,
+                        sequence: $0
+                    )
+                },
+                what: "Activate Payload"
+            )
             if r.completionCode.rawValue == 0x80 {
                 throw BMCError(.rejected, address: address, "BMC \(address): a serial console is already active on it")
             }
             try check(r, operation: "serial over LAN")
-            let activation = try decode { try SOLActivation(decoding: r.data, requestPort: UInt16(endpointConfiguration.port)) }
+            let activation = try decode {
+                try SOLActivation(decoding: r.data, requestPort: UInt16(endpointConfiguration.port))
+            }
             return SOLConsole(session: s, activation: activation, logger: logger)
         } catch {
             await s.close()
@@ -168,7 +213,12 @@ public final class IPMIClient: BMC, Sendable {
         case 0xC1: throw BMCError.unsupported(address, operation: operation, detail: "\(r.completionCode)")
         case 0xCC where operation.hasPrefix("power"):
             throw BMCError.unsupported(address, operation: operation, detail: "\(r.completionCode)")
-        case 0xD4: throw BMCError(.rejected, address: address, "BMC \(address) refused \(operation): insufficient privilege for user \(endpointConfiguration.user)")
+        case 0xD4:
+            throw BMCError(
+                .rejected,
+                address: address,
+                "BMC \(address) refused \(operation): insufficient privilege for user \(endpointConfiguration.user)"
+            )
         default: throw BMCError(.rejected, address: address, "BMC \(address) refused \(operation): \(r.completionCode)")
         }
     }
@@ -190,7 +240,11 @@ public final class IPMIClient: BMC, Sendable {
     }
 
     /// Runs one command in the main session (see `withLiveSession`).
-    func command(_ what: String, unsupported: String? = nil, _ make: @escaping @Sendable (UInt8) -> IPMIRequest) async throws -> IPMIResponse {
+    func command(
+        _ what: String,
+        unsupported: String? = nil,
+        _ make: @escaping @Sendable (UInt8) -> IPMIRequest
+    ) async throws -> IPMIResponse {
         let r: IPMIResponse = try await withLiveSession { s in try await s.send(make, what: what) }
         if let unsupported { try check(r, operation: unsupported) } else { try check(r, operation: what) }
         return r
@@ -219,7 +273,9 @@ public final class IPMIClient: BMC, Sendable {
                     guard let self, let s = self.session.withLock({ $0 }) else { return }
                     guard ContinuousClock.now - s.lastUsed.withLock({ $0 }) >= interval else { continue }
                     // Get Device ID, as ipmitool's keep-alive does; errors surface on the next real command.
-                    _ = try? await self.gate.run { try await s.send({ IPMICommand.getDeviceID(sequence: $0) }, what: "keep-alive") }
+                    _ = try? await self.gate.run {
+                        try await s.send({ IPMICommand.getDeviceID(sequence: $0) }, what: "keep-alive")
+                    }
                 }
             }
         }

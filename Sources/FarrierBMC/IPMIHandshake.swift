@@ -19,7 +19,11 @@ extension IPMIClient {
         }
     }
 
-    func withBound<T: Sendable>(_ limit: Duration, what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    func withBound<T: Sendable>(
+        _ limit: Duration,
+        what: String,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
         try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { try await body() }
             group.addTask {
@@ -35,7 +39,13 @@ extension IPMIClient {
     }
 
     /// Sends `packet` and returns the first datagram `accept` takes, retransmitting on timeout.
-    func exchange<T>(_ udp: UDPEndpoint, _ packet: [UInt8], what: String, retries: Int? = nil, _ accept: ([UInt8]) throws -> T?) async throws -> T {
+    func exchange<T>(
+        _ udp: UDPEndpoint,
+        _ packet: [UInt8],
+        what: String,
+        retries: Int? = nil,
+        _ accept: ([UInt8]) throws -> T?
+    ) async throws -> T {
         var t = endpointConfiguration.timeouts
         if let retries { t.retries = retries }
         for _ in 0...t.retries {
@@ -55,11 +65,17 @@ extension IPMIClient {
         let ep = endpointConfiguration
         var machine = IPMISessionStateMachine(
             configuration: .init(
-                user: ep.user, password: Array(ep.password.utf8), privilege: ep.privilege, cipherSuite: ep.cipherSuite, retries: ep.timeouts.retries),
+                user: ep.user,
+                password: Array(ep.password.utf8),
+                privilege: ep.privilege,
+                cipherSuite: ep.cipherSuite,
+                retries: ep.timeouts.retries
+            ),
             random: { n in
                 var rng = SystemRandomNumberGenerator()
                 return (0..<n).map { _ in rng.next() }
-            })
+            }
+        )
         var action = machine.start()
         var attempt = 0
         // Bounded by the machine (at most 64 cipher-suite pages, retries and restarts), and by
@@ -68,7 +84,10 @@ extension IPMIClient {
             switch action {
             case .send(let packet, let step):
                 if machine.attempt > 1, machine.attempt != attempt {
-                    logger.debug("IPMI session setup restarts", metadata: ["ipmi.attempt": "\(machine.attempt)", "ipmi.step": "\(step)"])
+                    logger.debug(
+                        "IPMI session setup restarts",
+                        metadata: ["ipmi.attempt": "\(machine.attempt)", "ipmi.step": "\(step)"]
+                    )
                 }
                 attempt = machine.attempt
                 try await udp.send(packet)
@@ -81,12 +100,26 @@ extension IPMIClient {
                 action = next ?? machine.timedOut()
             case .established(let crypto, let suite):
                 logger.debug("IPMI session established", metadata: ["ipmi.suite": "\(suite.id)"])
-                return IPMISession(endpoint: udp, crypto: crypto, suite: suite, address: address, timeouts: ep.timeouts, sequenceUsed: 1)
+                return IPMISession(
+                    endpoint: udp,
+                    crypto: crypto,
+                    suite: suite,
+                    address: address,
+                    timeouts: ep.timeouts,
+                    sequenceUsed: 1
+                )
             case .fail(let failure, let close):
                 if let close {
                     // A session was opened (the privilege was refused): free the BMC's slot now.
-                    await IPMISession(endpoint: udp, crypto: close, suite: .suite3, address: address, timeouts: ep.timeouts, sequenceUsed: 1)
-                        .close()
+                    await IPMISession(
+                        endpoint: udp,
+                        crypto: close,
+                        suite: .suite3,
+                        address: address,
+                        timeouts: ep.timeouts,
+                        sequenceUsed: 1
+                    )
+                    .close()
                 }
                 throw error(for: failure)
             }
@@ -98,24 +131,47 @@ extension IPMIClient {
         let ep = endpointConfiguration
         switch failure {
         case .refused(.capabilities, let why):
-            return BMCError(.protocolError, address: address, "BMC \(address) refused Get Channel Authentication Capabilities: \(why)")
+            return BMCError(
+                .protocolError,
+                address: address,
+                "BMC \(address) refused Get Channel Authentication Capabilities: \(why)"
+            )
         case .refused(.privilege, let why):
-            return BMCError(.rejected, address: address, "BMC \(address) refused privilege \(ep.privilege) for user \(ep.user): \(why)")
+            return BMCError(
+                .rejected,
+                address: address,
+                "BMC \(address) refused privilege \(ep.privilege) for user \(ep.user): \(why)"
+            )
         case .refused(let step, let why):
             return BMCError(.rejected, address: address, "BMC \(address) refused \(step): \(why)")
         case .onlyIPMIv15:
-            return BMCError.unsupported(address, operation: "IPMI v2.0 (RMCP+)", detail: "the BMC only speaks IPMI v1.5")
+            return BMCError.unsupported(
+                address,
+                operation: "IPMI v2.0 (RMCP+)",
+                detail: "the BMC only speaks IPMI v1.5"
+            )
         case .unsupportedSuite(let id):
-            return BMCError.unsupported(address, operation: "cipher suite \(id)", detail: "Farrier speaks suites 3 and 17")
+            return BMCError.unsupported(
+                address,
+                operation: "cipher suite \(id)",
+                detail: "Farrier speaks suites 3 and 17"
+            )
         case .noSecureSuite(let offered):
             return BMCError.unsupported(
-                address, operation: "a secure cipher suite", detail: "it offers \(offered.map(String.init).joined(separator: ",")), Farrier needs 3 or 17")
+                address,
+                operation: "a secure cipher suite",
+                detail: "it offers \(offered.map(String.init).joined(separator: ",")), Farrier needs 3 or 17"
+            )
         case .authenticationFailed:
             return BMCError.authenticationFailed(address)
         case .rakp4DoesNotVerify:
             return BMCError(.protocolError, address: address, "BMC \(address) sent a RAKP 4 that does not verify")
         case .timedOut(let step) where step == .capabilities || step == .cipherSuites:
-            return BMCError.timeout(address, after: ep.timeouts.attempt * (ep.timeouts.retries + 1), doing: step.description)
+            return BMCError.timeout(
+                address,
+                after: ep.timeouts.attempt * (ep.timeouts.retries + 1),
+                doing: step.description
+            )
         case .timedOut:
             return BMCError.timeout(address, after: ep.timeouts.operation, doing: "session setup")
         }

@@ -14,7 +14,14 @@ final class IPMISession: Sendable {
 
     /// `sequenceUsed`: the last request sequence number the setup used (its Set Session
     /// Privilege Level).
-    init(endpoint: UDPEndpoint, crypto: IPMISessionCrypto, suite: IPMICipherSuite, address: String, timeouts: BMCTimeouts, sequenceUsed: UInt8) {
+    init(
+        endpoint: UDPEndpoint,
+        crypto: IPMISessionCrypto,
+        suite: IPMICipherSuite,
+        address: String,
+        timeouts: BMCTimeouts,
+        sequenceUsed: UInt8
+    ) {
         self.endpoint = endpoint
         self.requestSequence = Atomic(sequenceUsed)
         self.crypto = Mutex(crypto)
@@ -52,7 +59,9 @@ final class IPMISession: Sendable {
             try await endpoint.send(seal(.ipmi, message))
             let deadline = ContinuousClock.now + timeouts.attempt
             while ContinuousClock.now < deadline {
-                guard let bytes = await endpoint.next(timeout: ContinuousClock.now.duration(to: deadline)) else { break }
+                guard let bytes = await endpoint.next(timeout: ContinuousClock.now.duration(to: deadline)) else {
+                    break
+                }
                 guard let (type, payload) = open(bytes), type == .ipmi,
                     let response = try? IPMIResponse(decoding: payload), response.answers(request)
                 else { continue }
@@ -65,7 +74,9 @@ final class IPMISession: Sendable {
     func close() async {
         let sid = bmcSessionID
         // Best effort, one try: the BMC frees the slot now instead of at its idle timeout.
-        try? await endpoint.send(seal(.ipmi, IPMICommand.closeSession(bmcSessionID: sid, sequence: nextRequestSequence()).encoded()))
+        try? await endpoint.send(
+            seal(.ipmi, IPMICommand.closeSession(bmcSessionID: sid, sequence: nextRequestSequence()).encoded())
+        )
         _ = await endpoint.next(timeout: .milliseconds(300))
         await endpoint.close()
     }

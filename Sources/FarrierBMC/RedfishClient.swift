@@ -20,7 +20,11 @@ public struct RedfishEndpoint: Sendable, Hashable {
     public var timeouts: BMCTimeouts
 
     public init(
-        baseURL: String, user: String, password: String, system: String? = nil, verifyTLS: Bool = true,
+        baseURL: String,
+        user: String,
+        password: String,
+        system: String? = nil,
+        verifyTLS: Bool = true,
         timeouts: BMCTimeouts = BMCTimeouts(attempt: .seconds(10), retries: 2, operation: .seconds(60))
     ) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
@@ -56,8 +60,10 @@ public final class RedfishClient: BMC, Sendable {
         var tls = TLSConfiguration.makeClientConfiguration()
         if !endpoint.verifyTLS { tls.certificateVerification = .none }
         var config = HTTPClient.Configuration(
-            tlsConfiguration: tls, redirectConfiguration: .disallow,
-            timeout: .init(connect: .nanoseconds(endpoint.timeouts.attempt.nanosecondsClamped)))
+            tlsConfiguration: tls,
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: .nanoseconds(endpoint.timeouts.attempt.nanosecondsClamped))
+        )
         config.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 2)
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         var l = logger
@@ -83,24 +89,41 @@ public final class RedfishClient: BMC, Sendable {
     /// refused, so a BMC (or whoever answers for it) cannot send the password elsewhere.
     func url(_ path: String) throws -> String {
         guard path.lowercased().hasPrefix("http://") || path.lowercased().hasPrefix("https://") else {
-            guard path.hasPrefix("/") else { throw BMCError(.protocolError, address: address, "the BMC gave a relative reference '\(path.prefix(200))'") }
+            guard path.hasPrefix("/") else {
+                throw BMCError(
+                    .protocolError,
+                    address: address,
+                    "the BMC gave a relative reference '\(path.prefix(200))'"
+                )
+            }
             return endpoint.baseURL + path
         }
         guard Self.origin(path) == Self.origin(endpoint.baseURL) else {
-            throw BMCError(.protocolError, address: address, "the BMC pointed to '\(path.prefix(200))', off its own origin; not followed (credentials stay on \(endpoint.baseURL))")
+            throw BMCError(
+                .protocolError,
+                address: address,
+                "the BMC pointed to '\(path.prefix(200))', off its own origin; not followed (credentials stay on \(endpoint.baseURL))"
+            )
         }
         return path
     }
 
     /// scheme://host:port of a URL, lower-cased, with the scheme's default port made explicit.
     static func origin(_ url: String) -> String? {
-        guard let u = URLComponents(string: url), let scheme = u.scheme?.lowercased(), let host = u.host?.lowercased() else { return nil }
+        guard let u = URLComponents(string: url), let scheme = u.scheme?.lowercased(), let host = u.host?.lowercased()
+        else { return nil }
         let port = u.port ?? (scheme == "https" ? 443 : scheme == "http" ? 80 : -1)
         return "\(scheme)://\(host):\(port)"
     }
 
     /// One HTTP exchange; retries with backoff on connection errors and 5xx/503, within bounds.
-    func send(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers extra: [(String, String)] = [], auth: Auth = .current) async throws -> Reply {
+    func send(
+        _ method: HTTPMethod,
+        _ path: String,
+        body: [String: Any]? = nil,
+        headers extra: [(String, String)] = [],
+        auth: Auth = .current
+    ) async throws -> Reply {
         var attempt = 0
         var delay: Duration = .milliseconds(250)
         while true {
@@ -117,7 +140,11 @@ public final class RedfishClient: BMC, Sendable {
                 throw e
             } catch {
                 if attempt >= endpoint.timeouts.retries {
-                    throw BMCError.timeout(address, after: endpoint.timeouts.attempt * (endpoint.timeouts.retries + 1), doing: "\(method) \(path) (\(error))")
+                    throw BMCError.timeout(
+                        address,
+                        after: endpoint.timeouts.attempt * (endpoint.timeouts.retries + 1),
+                        doing: "\(method) \(path) (\(error))"
+                    )
                 }
                 attempt += 1
                 try await Task.sleep(for: delay)
@@ -127,16 +154,30 @@ public final class RedfishClient: BMC, Sendable {
     }
 
     /// One request; a redirect is followed by hand (at most 3), and only on the BMC's origin.
-    func sendOnce(_ method: HTTPMethod, _ path: String, body: [String: Any]?, headers extra: [(String, String)], auth: Auth) async throws -> Reply {
-        var target = try url(path), method = method, body = body
+    func sendOnce(
+        _ method: HTTPMethod,
+        _ path: String,
+        body: [String: Any]?,
+        headers extra: [(String, String)],
+        auth: Auth
+    ) async throws -> Reply {
+        var target = try url(path)
+        var method = method
+        var body = body
         for _ in 0..<4 {
             let reply = try await sendOne(method, target, body: body, headers: extra, auth: auth)
-            guard [301, 302, 303, 307, 308].contains(reply.status.code), let location = reply.headers.first(name: "Location") else {
+            guard [301, 302, 303, 307, 308].contains(reply.status.code),
+                let location = reply.headers.first(name: "Location")
+            else {
                 return reply
             }
             // Resolved against the request's URL (RFC 3986), then held to the BMC's origin.
             guard let resolved = URL(string: location, relativeTo: URL(string: target))?.absoluteString else {
-                throw BMCError(.protocolError, address: address, "the BMC redirected to '\(location.prefix(200))', which is not a URL")
+                throw BMCError(
+                    .protocolError,
+                    address: address,
+                    "the BMC redirected to '\(location.prefix(200))', which is not a URL"
+                )
             }
             target = try url(resolved)  // off-origin: refused before anything is sent
             // 303, and 301/302 after a POST, turn into a GET without the body (RFC 9110 15.4).
@@ -148,7 +189,13 @@ public final class RedfishClient: BMC, Sendable {
         throw BMCError(.protocolError, address: address, "more than 3 redirects for \(method) \(path)")
     }
 
-    func sendOne(_ method: HTTPMethod, _ path: String, body: [String: Any]?, headers extra: [(String, String)], auth: Auth) async throws -> Reply {
+    func sendOne(
+        _ method: HTTPMethod,
+        _ path: String,
+        body: [String: Any]?,
+        headers extra: [(String, String)],
+        auth: Auth
+    ) async throws -> Reply {
         var request = HTTPClientRequest(url: try url(path))
         request.method = method
         request.headers.add(name: "Accept", value: "application/json")
@@ -167,7 +214,10 @@ public final class RedfishClient: BMC, Sendable {
             }
         }
         for (k, v) in extra { request.headers.add(name: k, value: v) }
-        let response = try await http.execute(request, timeout: .nanoseconds(endpoint.timeouts.attempt.nanosecondsClamped))
+        let response = try await http.execute(
+            request,
+            timeout: .nanoseconds(endpoint.timeouts.attempt.nanosecondsClamped)
+        )
         let data = try await response.body.collect(upTo: 4 << 20)
         let text = String(buffer: data)
         let json = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
@@ -175,7 +225,12 @@ public final class RedfishClient: BMC, Sendable {
     }
 
     /// Sends with the current credentials; on 401 with a session token, logs in again once.
-    func authorized(_ method: HTTPMethod, _ path: String, body: [String: Any]? = nil, headers: [(String, String)] = []) async throws -> Reply {
+    func authorized(
+        _ method: HTTPMethod,
+        _ path: String,
+        body: [String: Any]? = nil,
+        headers: [(String, String)] = []
+    ) async throws -> Reply {
         try await login()
         var reply = try await send(method, path, body: body, headers: headers)
         if reply.status == .unauthorized, case .some(.some) = session.withLock({ $0 }) {
@@ -192,7 +247,8 @@ public final class RedfishClient: BMC, Sendable {
     func failure(_ reply: Reply, doing what: String) -> BMCError {
         var message = "HTTP \(reply.status.code)"
         if let error = reply.json["error"] as? [String: Any] {
-            let extended = (error["@Message.ExtendedInfo"] as? [[String: Any]])?.compactMap { $0["Message"] as? String } ?? []
+            let extended =
+                (error["@Message.ExtendedInfo"] as? [[String: Any]])?.compactMap { $0["Message"] as? String } ?? []
             message += ": " + ([error["message"] as? String].compactMap { $0 } + extended).joined(separator: "; ")
         }
         if reply.status == .notImplemented || reply.status == .methodNotAllowed {
@@ -214,13 +270,22 @@ public final class RedfishClient: BMC, Sendable {
             session.withLock { $0 = .some(nil) }
             return
         }
-        let reply = try await send(.POST, sessionsPath, body: ["UserName": endpoint.user, "Password": endpoint.password], auth: .none)
+        let reply = try await send(
+            .POST,
+            sessionsPath,
+            body: ["UserName": endpoint.user, "Password": endpoint.password],
+            auth: .none
+        )
         if reply.status == .unauthorized || reply.status == .forbidden || reply.status == .badRequest {
             throw BMCError.authenticationFailed(address)
         }
-        guard reply.status == .created || reply.status == .ok, let token = reply.headers.first(name: "X-Auth-Token") else {
+        guard reply.status == .created || reply.status == .ok, let token = reply.headers.first(name: "X-Auth-Token")
+        else {
             // A SessionService that does not work: fall back to basic auth.
-            logger.debug("Redfish session login failed; using basic auth", metadata: ["http.status": "\(reply.status.code)"])
+            logger.debug(
+                "Redfish session login failed; using basic auth",
+                metadata: ["http.status": "\(reply.status.code)"]
+            )
             session.withLock { $0 = .some(nil) }
             return
         }
@@ -239,7 +304,9 @@ public final class RedfishClient: BMC, Sendable {
             let direct = wanted.hasPrefix("/") ? wanted : systemsPath + "/" + wanted
             do {
                 let probe = try await authorized(.GET, direct)
-                if probe.status == .ok, let id = probe.json["@odata.id"] as? String, id == direct || id.hasPrefix(systemsPath + "/") {
+                if probe.status == .ok, let id = probe.json["@odata.id"] as? String,
+                    id == direct || id.hasPrefix(systemsPath + "/")
+                {
                     systemPath.withLock { $0 = id }
                     return id
                 }
@@ -247,7 +314,10 @@ public final class RedfishClient: BMC, Sendable {
                 throw e
             } catch {
                 // Anything else (a service that does not answer names this way): the collection decides.
-                logger.debug("Redfish system read directly failed; listing the systems", metadata: ["system": "\(direct)", "error": "\(error)"])
+                logger.debug(
+                    "Redfish system read directly failed; listing the systems",
+                    metadata: ["system": "\(direct)", "error": "\(error)"]
+                )
             }
         }
         let collection = try await authorized(.GET, systemsPath)
@@ -255,12 +325,20 @@ public final class RedfishClient: BMC, Sendable {
         let members = (collection.json["Members"] as? [[String: Any]] ?? []).compactMap { $0["@odata.id"] as? String }
         let chosen: String
         if let wanted = endpoint.system {
-            guard let match = members.first(where: { $0 == wanted || $0.split(separator: "/").last.map(String.init) == wanted }) else {
+            guard
+                let match = members.first(where: {
+                    $0 == wanted || $0.split(separator: "/").last.map(String.init) == wanted
+                })
+            else {
                 // Some services redirect name paths to UUID paths: try it directly.
                 let direct = wanted.hasPrefix("/") ? wanted : systemsPath + "/" + wanted
                 let probe = try await authorized(.GET, direct)
                 guard probe.status == .ok, let id = probe.json["@odata.id"] as? String else {
-                    throw BMCError(.rejected, address: address, "BMC \(address) has no system \(wanted); it has \(members.joined(separator: ", "))")
+                    throw BMCError(
+                        .rejected,
+                        address: address,
+                        "BMC \(address) has no system \(wanted); it has \(members.joined(separator: ", "))"
+                    )
                 }
                 systemPath.withLock { $0 = id }
                 return id
@@ -269,9 +347,12 @@ public final class RedfishClient: BMC, Sendable {
         } else {
             guard members.count == 1 else {
                 throw BMCError(
-                    .rejected, address: address,
-                    members.isEmpty ? "BMC \(address) lists no systems"
-                        : "BMC \(address) manages \(members.count) systems (\(members.joined(separator: ", "))); name one with ?system=ID in the BMC URL")
+                    .rejected,
+                    address: address,
+                    members.isEmpty
+                        ? "BMC \(address) lists no systems"
+                        : "BMC \(address) manages \(members.count) systems (\(members.joined(separator: ", "))); name one with ?system=ID in the BMC URL"
+                )
             }
             chosen = members[0]
         }
@@ -287,9 +368,16 @@ public final class RedfishClient: BMC, Sendable {
             let s = try await self.authorized(.GET, path)
             guard s.status == .ok else { throw self.failure(s, doing: "reading \(path)") }
             return BMCInfo(
-                driver: "redfish", address: self.address, manufacturer: s.json["Manufacturer"] as? String ?? "",
-                model: s.json["Model"] as? String ?? "", firmware: s.json["BiosVersion"] as? String ?? "",
-                details: ["system": path, "uuid": s.json["UUID"] as? String ?? "", "power_state": s.json["PowerState"] as? String ?? ""])
+                driver: "redfish",
+                address: self.address,
+                manufacturer: s.json["Manufacturer"] as? String ?? "",
+                model: s.json["Model"] as? String ?? "",
+                firmware: s.json["BiosVersion"] as? String ?? "",
+                details: [
+                    "system": path, "uuid": s.json["UUID"] as? String ?? "",
+                    "power_state": s.json["PowerState"] as? String ?? "",
+                ]
+            )
         }
     }
 
@@ -325,7 +413,11 @@ public final class RedfishClient: BMC, Sendable {
             guard let reset = (s.json["Actions"] as? [String: Any])?["#ComputerSystem.Reset"] as? [String: Any],
                 let target = reset["target"] as? String
             else {
-                throw BMCError.unsupported(self.address, operation: "power \(action.rawValue)", detail: "\(path) has no ComputerSystem.Reset action")
+                throw BMCError.unsupported(
+                    self.address,
+                    operation: "power \(action.rawValue)",
+                    detail: "\(path) has no ComputerSystem.Reset action"
+                )
             }
             var allowed = reset["ResetType@Redfish.AllowableValues"] as? [String]
             if allowed == nil, let infoPath = reset["@Redfish.ActionInfo"] as? String {
@@ -335,10 +427,13 @@ public final class RedfishClient: BMC, Sendable {
             }
             let candidates = Self.resetTypes(for: action)
             // Without a list, try the first candidate and let the BMC say no.
-            guard let resetType = allowed.map({ list in candidates.first { list.contains($0) } }) ?? candidates.first else {
+            guard let resetType = allowed.map({ list in candidates.first { list.contains($0) } }) ?? candidates.first
+            else {
                 throw BMCError.unsupported(
-                    self.address, operation: "power \(action.rawValue)",
-                    detail: "it allows ResetType \((allowed ?? []).joined(separator: ", "))")
+                    self.address,
+                    operation: "power \(action.rawValue)",
+                    detail: "it allows ResetType \((allowed ?? []).joined(separator: ", "))"
+                )
             }
             let reply = try await self.authorized(.POST, target, body: ["ResetType": resetType])
             try await self.finish(reply, doing: "power \(action.rawValue) (ResetType \(resetType))")
@@ -361,8 +456,14 @@ public final class RedfishClient: BMC, Sendable {
                 if poll.status == .notFound { return }  // monitor gone: done
                 let state = poll.json["TaskState"] as? String
                 if let state, ["Exception", "Killed", "Cancelled"].contains(state) {
-                    let messages = (poll.json["Messages"] as? [[String: Any]] ?? []).compactMap { $0["Message"] as? String }
-                    throw BMCError(.rejected, address: address, "BMC \(address) task for \(what) ended \(state): \(messages.joined(separator: "; "))")
+                    let messages = (poll.json["Messages"] as? [[String: Any]] ?? []).compactMap {
+                        $0["Message"] as? String
+                    }
+                    throw BMCError(
+                        .rejected,
+                        address: address,
+                        "BMC \(address) task for \(what) ended \(state): \(messages.joined(separator: "; "))"
+                    )
                 }
                 if let state, state != "Completed" { continue }
                 guard poll.status.code < 300 else { throw failure(poll, doing: what) }
@@ -391,7 +492,11 @@ public final class RedfishClient: BMC, Sendable {
                 let targets = boot["BootSourceOverrideTarget@Redfish.AllowableValues"] as? [String],
                 !targets.contains(override.device == .pxe ? "Pxe" : "Hdd")
             {
-                throw BMCError.unsupported(self.address, operation: what, detail: "it allows \(targets.joined(separator: ", "))")
+                throw BMCError.unsupported(
+                    self.address,
+                    operation: what,
+                    detail: "it allows \(targets.joined(separator: ", "))"
+                )
             }
             for attempt in 0..<2 {
                 var headers: [(String, String)] = []
@@ -400,7 +505,7 @@ public final class RedfishClient: BMC, Sendable {
                 }
                 let reply = try await self.authorized(.PATCH, path, body: body, headers: headers)
                 // 412: our ETag is stale; 428: the service wants If-Match. Read again, once.
-                if (reply.status.code == 412 || reply.status.code == 428), attempt == 0 {
+                if reply.status.code == 412 || reply.status.code == 428, attempt == 0 {
                     current = try await self.authorized(.GET, path)
                     continue
                 }
@@ -414,7 +519,9 @@ public final class RedfishClient: BMC, Sendable {
         try await gate.run {
             let path = try await self.system()
             let s = try await self.authorized(.GET, path)
-            guard s.status == .ok, let boot = s.json["Boot"] as? [String: Any] else { throw self.failure(s, doing: "reading \(path)") }
+            guard s.status == .ok, let boot = s.json["Boot"] as? [String: Any] else {
+                throw self.failure(s, doing: "reading \(path)")
+            }
             let device: BootDevice
             switch boot["BootSourceOverrideTarget"] as? String {
             case "Pxe": device = .pxe
@@ -423,13 +530,19 @@ public final class RedfishClient: BMC, Sendable {
             }
             if boot["BootSourceOverrideEnabled"] as? String == "Disabled" { return nil }
             return BootOverride(
-                device: device, persistent: boot["BootSourceOverrideEnabled"] as? String == "Continuous",
-                efi: boot["BootSourceOverrideMode"] as? String == "UEFI")
+                device: device,
+                persistent: boot["BootSourceOverrideEnabled"] as? String == "Continuous",
+                efi: boot["BootSourceOverrideMode"] as? String == "UEFI"
+            )
         }
     }
 
     public func openConsole() async throws -> any ConsoleSession {
-        throw BMCError.unsupported(address, operation: "serial console", detail: "Redfish has no standard serial console; enroll the machine with ipmi:// for SOL")
+        throw BMCError.unsupported(
+            address,
+            operation: "serial console",
+            detail: "Redfish has no standard serial console; enroll the machine with ipmi:// for SOL"
+        )
     }
 
     /// Logs the session out (BMCs cap sessions; a leaked one locks users out) and shuts the client down.

@@ -55,7 +55,9 @@ final class SOLConsole: ConsoleSession, Sendable {
                 if Task.isCancelled || closed.load(ordering: .relaxed) { break }
                 continue
             }
-            guard let (type, payload) = session.open(bytes), type == .sol, let packet = try? SOLPacket(decoding: payload) else {
+            guard let (type, payload) = session.open(bytes), type == .sol,
+                let packet = try? SOLPacket(decoding: payload)
+            else {
                 continue
             }
             if packet.ackSequence != 0 {
@@ -73,7 +75,13 @@ final class SOLConsole: ConsoleSession, Sendable {
                     return true
                 }
                 if fresh, !packet.data.isEmpty { continuation.yield(packet.data) }
-                await sendRaw(SOLPacket(sequence: 0, ackSequence: packet.sequence, acceptedCount: UInt8(truncatingIfNeeded: packet.data.count)))
+                await sendRaw(
+                    SOLPacket(
+                        sequence: 0,
+                        ackSequence: packet.sequence,
+                        acceptedCount: UInt8(truncatingIfNeeded: packet.data.count)
+                    )
+                )
             }
             if packet.control & SOLPacket.deactivating != 0 {
                 logger.info("BMC ended the serial console")
@@ -113,7 +121,9 @@ final class SOLConsole: ConsoleSession, Sendable {
         }
         let timeouts = session.timeouts
         for _ in 0...timeouts.retries {
-            guard !closed.load(ordering: .relaxed) else { throw BMCError(.rejected, address: session.address, "console is closed") }
+            guard !closed.load(ordering: .relaxed) else {
+                throw BMCError(.rejected, address: session.address, "console is closed")
+            }
             let acked = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
                 let attempt = state.withLock { s -> Int in
                     s.attempts += 1
@@ -133,7 +143,11 @@ final class SOLConsole: ConsoleSession, Sendable {
             }
             if acked { return }
         }
-        throw BMCError.timeout(session.address, after: timeouts.attempt * (timeouts.retries + 1), doing: "serial console input")
+        throw BMCError.timeout(
+            session.address,
+            after: timeouts.attempt * (timeouts.retries + 1),
+            doing: "serial console input"
+        )
     }
 
     func close() async {

@@ -3,6 +3,7 @@ import FarrierBMC
 import FarrierCore
 import Foundation
 import Logging
+import Synchronization
 
 /// Lifecycle settings of the server.
 public struct ControlConfiguration: Sendable, Hashable {
@@ -62,7 +63,10 @@ public final class Controller: Sendable {
     let logger: Logger
 
     public init(
-        store: any StateStore, pool: any BMCProvider, agentKey: SymmetricKey, configuration: ControlConfiguration = .init(),
+        store: any StateStore,
+        pool: any BMCProvider,
+        agentKey: SymmetricKey,
+        configuration: ControlConfiguration = .init(),
         logger: Logger = Logger(label: "farrier.control")
     ) {
         self.store = store
@@ -80,7 +84,11 @@ public final class Controller: Sendable {
     /// on the step being the one the caller saw (a stale worker or agent changes nothing).
     @discardableResult
     public func apply(
-        _ event: Lifecycle.Event, machineID: String, guardGeneration: Int? = nil, reasonSuffix: String = "", fence: WorkClaim? = nil,
+        _ event: Lifecycle.Event,
+        machineID: String,
+        guardGeneration: Int? = nil,
+        reasonSuffix: String = "",
+        fence: WorkClaim? = nil,
         change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Machine {
         let m = try await store.update(machineID: machineID, fence: fence) { m in
@@ -94,7 +102,10 @@ public final class Controller: Sendable {
         Failpoint.hit("controller.after-commit.\(m.state.rawValue)")
         logger.info(
             "transition",
-            metadata: ["machine": "\(m.name)", "event": "\(event)", "state": "\(m.state.rawValue)", "reason": "\(m.reason)"])
+            metadata: [
+                "machine": "\(m.name)", "event": "\(event)", "state": "\(m.state.rawValue)", "reason": "\(m.reason)",
+            ]
+        )
         hub.notify()
         return m
     }
@@ -103,7 +114,10 @@ public final class Controller: Sendable {
     /// action event; or, with no change, only records the action (a restart, a BMC action).
     @discardableResult
     public func record(
-        _ message: String, machineID: String, fence: WorkClaim? = nil, change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
+        _ message: String,
+        machineID: String,
+        fence: WorkClaim? = nil,
+        change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Machine {
         let m = try await store.update(machineID: machineID, fence: fence) { x in
             try change(&x)
@@ -116,7 +130,8 @@ public final class Controller: Sendable {
     /// Deploys the smallest pool machine that `accept` takes (the `deploy` transition, then
     /// `fill`), in one transaction: two allocations never get the same machine. Nil when none fits.
     public func allocate(
-        _ accept: @escaping @Sendable (Machine) -> Bool, fill: @escaping @Sendable (inout Machine) -> Void
+        _ accept: @escaping @Sendable (Machine) -> Bool,
+        fill: @escaping @Sendable (inout Machine) -> Void
     ) async throws -> Machine? {
         let m = try await store.allocate(accept) { x in
             try Self.transition(&x, .deploy)
@@ -124,14 +139,24 @@ public final class Controller: Sendable {
             return [MachineEvent(x, kind: .transition, message: x.reason)]
         }
         if let m {
-            logger.info("transition", metadata: ["machine": "\(m.name)", "event": "deploy", "state": "\(m.state.rawValue)", "reason": "\(m.reason)"])
+            logger.info(
+                "transition",
+                metadata: [
+                    "machine": "\(m.name)", "event": "deploy", "state": "\(m.state.rawValue)", "reason": "\(m.reason)",
+                ]
+            )
             hub.notify()
         }
         return m
     }
 
     /// Enrolls a machine with its BMC (see `MachineStore.enroll`).
-    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8]) async throws -> Machine {
+    public func enroll(
+        name: String,
+        mac: MACAddress,
+        bmc: BMCReference,
+        sealedPassword: [UInt8]
+    ) async throws -> Machine {
         let m = try await store.enroll(name: name, mac: mac, bmc: bmc, sealedPassword: sealedPassword, at: Date())
         hub.notify()
         return m
@@ -148,7 +173,12 @@ public final class Controller: Sendable {
     func wake() { hub.notify() }
 
     /// The pure part of a transition, on a machine value: state, and the step bookkeeping.
-    static func transition(_ m: inout Machine, _ event: Lifecycle.Event, reasonSuffix: String = "", now: Date = Date()) throws {
+    static func transition(
+        _ m: inout Machine,
+        _ event: Lifecycle.Event,
+        reasonSuffix: String = "",
+        now: Date = Date()
+    ) throws {
         let from = m.state
         switch Lifecycle.apply(event, to: m.status) {
         case .failure(let refusal): throw ControlError(.conflict, "machine \(m.name): \(refusal.description)")
@@ -186,7 +216,12 @@ public final class Controller: Sendable {
     /// Moves a step to its next phase, if the machine is still in that step and phase.
     @discardableResult
     func advance(
-        machineID: String, generation: Int, from: StepPhase, to: StepPhase, message: String, fence: WorkClaim? = nil
+        machineID: String,
+        generation: Int,
+        from: StepPhase,
+        to: StepPhase,
+        message: String,
+        fence: WorkClaim? = nil
     ) async throws -> Machine? {
         let moved = TransactionNote(false)
         let m = try await store.update(machineID: machineID, fence: fence) { m in
@@ -222,7 +257,12 @@ public final class Controller: Sendable {
     /// Fails the current step (if it is still `generation`) with a reason.
     public func fail(machineID: String, generation: Int, reason: String, fence: WorkClaim? = nil) async {
         do {
-            try await apply(.stepFailed(reason: reason), machineID: machineID, guardGeneration: generation, fence: fence)
+            try await apply(
+                .stepFailed(reason: reason),
+                machineID: machineID,
+                guardGeneration: generation,
+                fence: fence
+            )
         } catch {
             logger.debug("fail not applied", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
         }
@@ -240,8 +280,11 @@ public final class Controller: Sendable {
 
     static func mac(_ key: SymmetricKey, _ message: String) -> String {
         let code = HMAC<SHA256>.authenticationCode(for: Data(message.utf8), using: key)
-        return Data(code).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
+        return Data(code).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(
+            of: "/",
+            with: "_"
+        )
+        .replacingOccurrences(of: "=", with: "")
     }
 
     /// Agent calls come only from the address Farrier's DHCP leased to the machine's MAC:
@@ -249,7 +292,9 @@ public final class Controller: Sendable {
     func requireLeasedAddress(_ m: Machine, peer: MACAddress?) throws {
         guard peer == m.mac else {
             throw ControlError(
-                .permission, "agent calls for a machine are accepted only from the address leased to its MAC")
+                .permission,
+                "agent calls for a machine are accepted only from the address leased to its MAC"
+            )
         }
     }
 
@@ -289,7 +334,10 @@ public final class Controller: Sendable {
     /// lost) gets the same token; another nonce is refused until Farrier boots the machine again.
     public func agentHello(peer: MACAddress?, hello: AgentHello) async throws -> AgentTask {
         guard let mac = peer, let m = try await store.machine(mac: mac), Lifecycle.steps.contains(m.state) else {
-            throw ControlError(.permission, "no machine in a step holds this address: agents say hello only from the address leased to their machine")
+            throw ControlError(
+                .permission,
+                "no machine in a step holds this address: agents say hello only from the address leased to their machine"
+            )
         }
         guard hello.nonce.utf8.count >= 16, hello.nonce.utf8.count <= 256 else {
             throw ControlError(.invalid, "hello needs a nonce of 16 to 256 characters")
@@ -302,12 +350,18 @@ public final class Controller: Sendable {
         // A queued step has no slot yet: its agent may not start (the deploy and wipe caps, and
         // the step's clock, apply from admission on).
         guard m.phase != .queued else {
-            throw ControlError(.conflict, "machine \(m.name): \(m.state.rawValue) is queued for a free slot; the agent may not start yet")
+            throw ControlError(
+                .conflict,
+                "machine \(m.name): \(m.state.rawValue) is queued for a free slot; the agent may not start yet"
+            )
         }
         // Until Farrier has powered the machine off and on for this step, whatever answers from
         // its address is the old boot (a tenant's OS, an old ramdisk), not this step's agent.
         guard m.phase == .agent else {
-            throw ControlError(.unavailable, "machine \(m.name): Farrier has not booted it for \(m.state.rawValue) yet; no agent may start until it has")
+            throw ControlError(
+                .unavailable,
+                "machine \(m.name): Farrier has not booted it for \(m.state.rawValue) yet; no agent may start until it has"
+            )
         }
         // A step with no agent work (exiting rescue) takes no hello.
         _ = try await task(for: m)
@@ -321,9 +375,12 @@ public final class Controller: Sendable {
             }
             if let bound = x.agentNonce {
                 guard ConstantTime.equal(bound, nonceHash) else {
-                    refusal.set(ControlError(
-                        .conflict,
-                        "machine \(x.name): an agent already said hello in this boot; another agent needs a new boot (Farrier powers the machine again when the step is retried)"))
+                    refusal.set(
+                        ControlError(
+                            .conflict,
+                            "machine \(x.name): an agent already said hello in this boot; another agent needs a new boot (Farrier powers the machine again when the step is retried)"
+                        )
+                    )
                     return []
                 }
                 return []
@@ -333,7 +390,10 @@ public final class Controller: Sendable {
             return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
         }
         if let refused = refusal.value {
-            logger.warning("agent hello refused", metadata: ["machine": "\(m.name)", "reason": "\(refused.description)"])
+            logger.warning(
+                "agent hello refused",
+                metadata: ["machine": "\(m.name)", "reason": "\(refused.description)"]
+            )
             throw refused
         }
         Failpoint.hit("agent.hello.after-commit")
@@ -354,9 +414,18 @@ public final class Controller: Sendable {
                 throw ControlError(.conflict, "machine \(m.name) has no deployable image")
             }
             return AgentTask(
-                kind: .deploy, machine: m.name,
-                image: .init(path: "/images/\(image.sha256)", sha256: image.sha256, size: image.size, format: image.format),
-                sshKeys: d.sshKeys, hostname: d.hostname, seed: seed(for: m))
+                kind: .deploy,
+                machine: m.name,
+                image: .init(
+                    path: "/images/\(image.sha256)",
+                    sha256: image.sha256,
+                    size: image.size,
+                    format: image.format
+                ),
+                sshKeys: d.sshKeys,
+                hostname: d.hostname,
+                seed: seed(for: m)
+            )
         case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .full)
         case .rescuing: return AgentTask(kind: .rescue, machine: m.name, sshKeys: m.deployment?.sshKeys ?? [])
         default: throw ControlError(.conflict, "machine \(m.name) has no agent work (it is \(m.state.rawValue))")
@@ -368,7 +437,8 @@ public final class Controller: Sendable {
     public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async -> Bool {
         guard let bearer, !bearer.isEmpty else { return false }
         if let m = try? await agentMachine(token: bearer, peer: peer) {
-            guard m.state == .deploying, m.phase == .agent, let name = m.deployment?.image, let image = try? await store.image(name: name)
+            guard m.state == .deploying, m.phase == .agent, let name = m.deployment?.image,
+                let image = try? await store.image(name: name)
             else { return false }
             return ConstantTime.equal(image.sha256, sha256)
         }
@@ -386,13 +456,16 @@ public final class Controller: Sendable {
         guard let d = m.deployment else { return nil }
         var meta = "instance-id: \(d.instanceID ?? m.id)\nlocal-hostname: \(d.hostname)\n"
         if !d.sshKeys.isEmpty {
-            meta += "public-keys:\n" + d.sshKeys.map { "  - \"\($0.replacingOccurrences(of: "\"", with: ""))\"\n" }.joined()
+            meta +=
+                "public-keys:\n" + d.sshKeys.map { "  - \"\($0.replacingOccurrences(of: "\"", with: ""))\"\n" }.joined()
         }
         return NoCloudSeed(
-            metaData: meta, userData: d.userData.isEmpty ? "#cloud-config\n{}\n" : d.userData,
+            metaData: meta,
+            userData: d.userData.isEmpty ? "#cloud-config\n{}\n" : d.userData,
             // Root may log in with the deploy keys (meta-data's public-keys go to the default
             // user, and to root when disable_root is false); no passwords over SSH.
-            vendorData: "#cloud-config\ndisable_root: false\nssh_pwauth: false\n")
+            vendorData: "#cloud-config\ndisable_root: false\nssh_pwauth: false\n"
+        )
     }
 
     public func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) async throws {
@@ -400,7 +473,12 @@ public final class Controller: Sendable {
         guard m.phase == .agent else { return }  // the agent's work is over: nothing to record
         _ = try await store.update(machineID: m.id) { x in
             guard x.generation == m.generation, x.phase == .agent else { return [] }
-            x.progress = StepProgress(stage: report.stage, bytesDone: report.bytesDone, bytesTotal: report.bytesTotal, updated: Date())
+            x.progress = StepProgress(
+                stage: report.stage,
+                bytesDone: report.bytesDone,
+                bytesTotal: report.bytesTotal,
+                updated: Date()
+            )
             return [MachineEvent(x, kind: .progress, message: report.stage)]
         }
         hub.notify()
@@ -413,7 +491,11 @@ public final class Controller: Sendable {
         // Said again after the step's agent work was committed (its answer lost): already done.
         guard m.phase == .agent else { return }
         guard result.ok else {
-            try await apply(.stepFailed(reason: "agent: \(result.error ?? "no reason given")"), machineID: m.id, guardGeneration: m.generation)
+            try await apply(
+                .stepFailed(reason: "agent: \(result.error ?? "no reason given")"),
+                machineID: m.id,
+                guardGeneration: m.generation
+            )
             return
         }
         if m.state == .commissioning, result.inventory == nil {
@@ -428,7 +510,9 @@ public final class Controller: Sendable {
             x.phase = .finish
             var note = ""
             if let s = result.seconds { note += String(format: " in %.1f s", s) }
-            if let rss = result.peakRSSBytes { note += String(format: ", agent peak RSS %.1f MiB", Double(rss) / 1_048_576) }
+            if let rss = result.peakRSSBytes {
+                note += String(format: ", agent peak RSS %.1f MiB", Double(rss) / 1_048_576)
+            }
             return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")]
         }
         Failpoint.hit("agent.done.after-commit")
@@ -463,8 +547,12 @@ public final class EventHub: Sendable {
         let id = UUID()
         let (stream, c) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         subscribers.withLock { $0[id] = c }
-        return (stream, { [weak self] in _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }; c.finish() })
+        return (
+            stream,
+            { [weak self] in
+                _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }
+                c.finish()
+            }
+        )
     }
 }
-
-import Synchronization

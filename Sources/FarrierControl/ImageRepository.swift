@@ -35,7 +35,9 @@ public struct ImageRepository: Sendable {
     /// Checks the upload against its declared format and expected digest, converts qcow2 to
     /// raw, and moves the bytes into place. Returns the stored digest, size and format.
     public func commit(
-        _ upload: ImageUpload, declared: String, expectedSHA256: String?
+        _ upload: ImageUpload,
+        declared: String,
+        expectedSHA256: String?
     ) throws -> (sha256: String, size: Int64, format: ImageInfo.Format) {
         let (digest, size) = try upload.finish()
         defer { try? FileManager.default.removeItem(atPath: upload.path) }
@@ -50,15 +52,25 @@ public struct ImageRepository: Sendable {
             } else if magic.starts(with: [0x51, 0x46, 0x49, 0xfb]) { "qcow2" } else { nil }
         switch declared {
         case "raw":
-            if let detected { throw ControlError(.invalid, "the image is declared raw but its bytes are \(detected); say --format \(detected)") }
+            if let detected {
+                throw ControlError(
+                    .invalid,
+                    "the image is declared raw but its bytes are \(detected); say --format \(detected)"
+                )
+            }
         case "raw.gz", "raw.zst", "qcow2":
             if detected != declared {
-                throw ControlError(.invalid, "the image is declared \(declared) but its bytes are \(detected ?? "not compressed (raw?)")")
+                throw ControlError(
+                    .invalid,
+                    "the image is declared \(declared) but its bytes are \(detected ?? "not compressed (raw?)")"
+                )
             }
         default:
             throw ControlError(.invalid, "unknown image format '\(declared)'; valid: raw, raw.gz, raw.zst, qcow2")
         }
-        var source = upload.path, sha = digest, bytes = size
+        var source = upload.path
+        var sha = digest
+        var bytes = size
         var format = ImageInfo.Format(rawValue: declared) ?? .raw
         if declared == "qcow2" {
             // A qcow2 file can name other files (a backing file, an external data file) that
@@ -116,43 +128,62 @@ public struct ImageRepository: Sendable {
         // info opens the image without its backing file (qemu-img sets BDRV_O_NO_BACKING), with
         // shared locks (-U), bounded in wall time, CPU and memory: a crafted header must not
         // hang or exhaust the server.
-        try Qcow2Info(json: Data(try Self.run([
-            "timeout", "60", "prlimit", "--as=\(1 << 30)", "--cpu=30", "qemu-img", "info", "-U", "--output=json", "-f", "qcow2", path,
-        ]).utf8))
+        try Qcow2Info(
+            json: Data(
+                try Self.run([
+                    "timeout", "60", "prlimit", "--as=\(1 << 30)", "--cpu=30", "qemu-img", "info", "-U",
+                    "--output=json", "-f", "qcow2", path,
+                ]).utf8
+            )
+        )
     }
 
     /// Refuses qcow2 images that name another file or are larger than the cap, with a message
     /// the uploader can act on.
     public static func checkQcow2(_ info: Qcow2Info, maxVirtualSize: Int64) throws {
         if let b = info.backingFile {
-            throw ControlError(.invalid, "the qcow2 image has a backing file ('\(b)'); upload a standalone image (qemu-img convert -O qcow2 it first)")
+            throw ControlError(
+                .invalid,
+                "the qcow2 image has a backing file ('\(b)'); upload a standalone image (qemu-img convert -O qcow2 it first)"
+            )
         }
         if let d = info.dataFile {
-            throw ControlError(.invalid, "the qcow2 image has an external data file ('\(d)'); upload a standalone image")
+            throw ControlError(
+                .invalid,
+                "the qcow2 image has an external data file ('\(d)'); upload a standalone image"
+            )
         }
         guard info.virtualSize <= maxVirtualSize else {
             throw ControlError(
                 .invalid,
-                "the qcow2 image's virtual size is \(info.virtualSize) bytes, over the server's limit of \(maxVirtualSize) (images.max-virtual-size)")
+                "the qcow2 image's virtual size is \(info.virtualSize) bytes, over the server's limit of \(maxVirtualSize) (images.max-virtual-size)"
+            )
         }
     }
 
     /// The image as qemu-img's JSON pseudo-filename, opened with no backing file.
     static func qcow2WithoutBacking(_ path: String) -> String {
-        let file = String(decoding: try! JSONSerialization.data(withJSONObject: path, options: .fragmentsAllowed), as: UTF8.self)
+        let file = String(
+            decoding: try! JSONSerialization.data(withJSONObject: path, options: .fragmentsAllowed),
+            as: UTF8.self
+        )
         return #"json:{"driver":"qcow2","backing":null,"file":{"driver":"file","filename":"# + file + "}}"
     }
 
     public func remove(sha256: String) { try? FileManager.default.removeItem(atPath: path(sha256: sha256)) }
 
     static func magic(_ path: String) throws -> [UInt8] {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw ControlError(.unavailable, "cannot read \(path)") }
+        guard let h = FileHandle(forReadingAtPath: path) else {
+            throw ControlError(.unavailable, "cannot read \(path)")
+        }
         defer { try? h.close() }
         return Array(try h.read(upToCount: 8) ?? Data())
     }
 
     static func hashFile(_ path: String) throws -> (String, Int64) {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw ControlError(.unavailable, "cannot read \(path)") }
+        guard let h = FileHandle(forReadingAtPath: path) else {
+            throw ControlError(.unavailable, "cannot read \(path)")
+        }
         defer { try? h.close() }
         var hasher = SHA256()
         var size: Int64 = 0
@@ -173,7 +204,9 @@ public struct ImageRepository: Sendable {
         let errPath = NSTemporaryDirectory() + "farrier-run-" + UUID().uuidString
         _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: errPath) }
-        guard let errFile = FileHandle(forWritingAtPath: errPath) else { throw ControlError(.unavailable, "cannot create \(errPath)") }
+        guard let errFile = FileHandle(forWritingAtPath: errPath) else {
+            throw ControlError(.unavailable, "cannot create \(errPath)")
+        }
         defer { try? errFile.close() }
         let out = Pipe()
         p.standardError = errFile
@@ -183,7 +216,10 @@ public struct ImageRepository: Sendable {
         p.waitUntilExit()
         guard p.terminationStatus == 0 else {
             let message = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-            throw ControlError(.invalid, "\(args[0]) failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw ControlError(
+                .invalid,
+                "\(args[0]) failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines))"
+            )
         }
         return String(decoding: output, as: UTF8.self)
     }
@@ -200,7 +236,9 @@ public final class ImageUpload: @unchecked Sendable {
     init(path: String) throws {
         self.path = path
         fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL, 0o640)
-        guard fd >= 0 else { throw ControlError(.unavailable, "cannot create \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw ControlError(.unavailable, "cannot create \(path): \(String(cString: strerror(errno)))")
+        }
     }
 
     public func write(_ bytes: Data) throws {
@@ -222,7 +260,9 @@ public final class ImageUpload: @unchecked Sendable {
     /// Flushes to disk and closes; returns the digest and size.
     func finish() throws -> (String, Int64) {
         defer { closeOnce() }
-        guard fsync(fd) == 0 else { throw ControlError(.unavailable, "cannot fsync image: \(String(cString: strerror(errno)))") }
+        guard fsync(fd) == 0 else {
+            throw ControlError(.unavailable, "cannot fsync image: \(String(cString: strerror(errno)))")
+        }
         return (hasher.finalize().map { String(format: "%02x", $0) }.joined(), size)
     }
 

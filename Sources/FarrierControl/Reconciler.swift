@@ -42,7 +42,8 @@ public actor Reconciler: Service {
             metadata: [
                 "deploys.max": "\(controller.configuration.maxConcurrentDeploys)",
                 "wipes.max": "\(controller.configuration.maxConcurrentWipes)",
-            ])
+            ]
+        )
         // A discarding group: a finished worker's task is freed at once. (A plain task group
         // keeps every finished child until its result is read, which here it never is: at
         // fleet scale that held every worker that ever ran, ~100 KB each.)
@@ -85,7 +86,9 @@ public actor Reconciler: Service {
         let now = Date()
         let config = controller.configuration
         var running: [MachineState: Int] = [:]
-        for m in machines where Lifecycle.steps.contains(m.state) && m.phase != .queued { running[m.state, default: 0] += 1 }
+        for m in machines where Lifecycle.steps.contains(m.state) && m.phase != .queued {
+            running[m.state, default: 0] += 1
+        }
         // Oldest step first, so slots go to machines in the order their steps began.
         let inSteps = machines.filter { Lifecycle.steps.contains($0.state) }
             .sorted { ($0.stepStarted ?? .distantPast, $0.name) < ($1.stepStarted ?? .distantPast, $1.name) }
@@ -94,17 +97,30 @@ public actor Reconciler: Service {
             // A step with no recorded start cannot escape its limit: it counts as started long ago.
             let started = m.stepStarted ?? .distantPast
             if now.timeIntervalSince(started) > Double(limit.components.seconds) {
-                logger.warning("step timed out", metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "phase": "\(m.phase.rawValue)"])
+                logger.warning(
+                    "step timed out",
+                    metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "phase": "\(m.phase.rawValue)"]
+                )
                 await controller.fail(
-                    machineID: m.id, generation: m.generation,
-                    reason: "timed out after \(limit.components.seconds) s in phase \(m.phase.rawValue)")
+                    machineID: m.id,
+                    generation: m.generation,
+                    reason: "timed out after \(limit.components.seconds) s in phase \(m.phase.rawValue)"
+                )
                 continue
             }
-            if m.phase == .agent, let p = m.progress, now.timeIntervalSince(p.updated) > Double(config.progressStall.components.seconds) {
-                logger.warning("agent stalled", metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "stage": "\(p.stage)"])
+            if m.phase == .agent, let p = m.progress,
+                now.timeIntervalSince(p.updated) > Double(config.progressStall.components.seconds)
+            {
+                logger.warning(
+                    "agent stalled",
+                    metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "stage": "\(p.stage)"]
+                )
                 await controller.fail(
-                    machineID: m.id, generation: m.generation,
-                    reason: "the agent reported no progress for \(config.progressStall.components.seconds) s (last: \(p.stage))")
+                    machineID: m.id,
+                    generation: m.generation,
+                    reason:
+                        "the agent reported no progress for \(config.progressStall.components.seconds) s (last: \(p.stage))"
+                )
                 continue
             }
             switch m.phase {
@@ -138,7 +154,8 @@ public actor Reconciler: Service {
     func start(_ id: String, _ group: inout DiscardingTaskGroup) {
         guard !active.contains(id) else { return }
         active.insert(id)
-        let controller = self.controller, logger = self.logger
+        let controller = self.controller
+        let logger = self.logger
         group.addTask {
             let worked = await Worker(controller: controller, logger: logger).run(machineID: id)
             await self.finished(id, worked: worked)
@@ -162,14 +179,19 @@ struct Worker {
 
     /// Works the machine's current phase if this replica gets its claim; returns whether it did.
     func run(machineID: String) async -> Bool {
-        let config = controller.configuration, store = controller.store
+        let config = controller.configuration
+        let store = controller.store
         // Another replica working this machine holds its claim: leave it to that one.
         let claim: WorkClaim
         do {
-            guard let c = try await store.claimWork(machineID: machineID, owner: config.replica, ttl: config.claimTTL) else { return false }
+            guard let c = try await store.claimWork(machineID: machineID, owner: config.replica, ttl: config.claimTTL)
+            else { return false }
             claim = c
         } catch {
-            logger.warning("cannot claim a machine's work", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
+            logger.warning(
+                "cannot claim a machine's work",
+                metadata: ["machine.id": "\(machineID)", "error": "\(error)"]
+            )
             return false
         }
         // Renewed every third of its lifetime while the worker runs (bounded by the worker). A
@@ -200,8 +222,13 @@ struct Worker {
     /// Whether this worker still holds its claim, renewed now: asked right before every BMC
     /// action, so a worker that lost its machine to another replica does not act on it.
     func holds(_ claim: WorkClaim, _ m: Machine) async -> Bool {
-        if (try? await controller.store.renewWork(claim, ttl: controller.configuration.claimTTL)) == true { return true }
-        logger.warning("lost the claim on a machine to another replica; leaving it", metadata: ["machine": "\(m.name)", "claim": "\(claim)"])
+        if (try? await controller.store.renewWork(claim, ttl: controller.configuration.claimTTL)) == true {
+            return true
+        }
+        logger.warning(
+            "lost the claim on a machine to another replica; leaving it",
+            metadata: ["machine": "\(m.name)", "claim": "\(claim)"]
+        )
         return false
     }
 
@@ -215,7 +242,8 @@ struct Worker {
         Failpoint.hit("reconciler.boot.before-action")
         let ok = await withBMC(m, claim, action: "set next boot to \(device.rawValue), power off and on") { bmc in
             try await bmc.setBootOverride(
-                BootOverride(device: device, persistent: device == .disk, efi: m.firmware == .uefi))
+                BootOverride(device: device, persistent: device == .disk, efi: m.firmware == .uefi)
+            )
             if try await bmc.powerState() != .off {
                 try await bmc.power(.off)
                 try await Self.waitUntilOff(bmc, machine: m.name)
@@ -227,11 +255,21 @@ struct Worker {
         guard ok else { return }
         Failpoint.hit("reconciler.boot.after-action")
         if m.state == .exitingRescue {
-            _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation, fence: claim)
+            _ = try? await controller.apply(
+                .stepSucceeded,
+                machineID: m.id,
+                guardGeneration: m.generation,
+                fence: claim
+            )
         } else {
             _ = try? await controller.advance(
-                machineID: m.id, generation: m.generation, from: .boot, to: .agent, message: "booting the ramdisk; waiting for the agent",
-                fence: claim)
+                machineID: m.id,
+                generation: m.generation,
+                from: .boot,
+                to: .agent,
+                message: "booting the ramdisk; waiting for the agent",
+                fence: claim
+            )
         }
     }
 
@@ -277,13 +315,15 @@ struct Worker {
     /// Runs a BMC action with bounded retries; on the last failure the step fails with the
     /// BMC's error. Returns whether it succeeded. Each attempt first renews the worker's claim:
     /// a worker that lost it returns false at once, acting on nothing and failing nothing.
-    func withBMC(_ m: Machine, _ claim: WorkClaim, action: String, _ body: (any BMC) async throws -> Void) async -> Bool {
+    func withBMC(_ m: Machine, _ claim: WorkClaim, action: String, _ body: (any BMC) async throws -> Void) async -> Bool
+    {
         let config = controller.configuration
         var lastError = ""
         for attempt in 1...max(1, config.bmcAttempts) {
             guard await holds(claim, m) else { return false }
             do {
-                guard let reference = m.bmc, let sealed = try await controller.store.sealedBMCPassword(machineID: m.id) else {
+                guard let reference = m.bmc, let sealed = try await controller.store.sealedBMCPassword(machineID: m.id)
+                else {
                     lastError = "machine has no BMC"
                     break
                 }
@@ -298,14 +338,24 @@ struct Worker {
             } catch {
                 // The reason is shown to the machine's project: it names what went wrong, not
                 // the BMC's address or its replies (those are in the server log).
-                lastError = (error as? BMCError).map { "\($0.kind.rawValue) (details in the server log)" } ?? "error (details in the server log)"
+                lastError =
+                    (error as? BMCError).map { "\($0.kind.rawValue) (details in the server log)" }
+                    ?? "error (details in the server log)"
                 logger.warning(
                     "BMC action failed",
-                    metadata: ["machine": "\(m.name)", "action": "\(action)", "attempt": "\(attempt)", "error": "\(error)"])
+                    metadata: [
+                        "machine": "\(m.name)", "action": "\(action)", "attempt": "\(attempt)", "error": "\(error)",
+                    ]
+                )
                 if attempt < config.bmcAttempts { try? await Task.sleep(for: config.bmcRetryDelay) }
             }
         }
-        await controller.fail(machineID: m.id, generation: m.generation, reason: "BMC could not \(action): \(lastError)", fence: claim)
+        await controller.fail(
+            machineID: m.id,
+            generation: m.generation,
+            reason: "BMC could not \(action): \(lastError)",
+            fence: claim
+        )
         return false
     }
 }

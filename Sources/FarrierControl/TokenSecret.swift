@@ -7,7 +7,8 @@ public enum TokenSecret {
     public static func generate() -> String {
         var rng = SystemRandomNumberGenerator()
         let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
-        return "fa_" + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+        return "fa_"
+            + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
             .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 

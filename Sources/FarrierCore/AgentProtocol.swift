@@ -74,8 +74,14 @@ public struct AgentTask: Codable, Sendable, Equatable {
     public var token: String
 
     public init(
-        kind: Kind, machine: String, image: Image? = nil, wipe: WipeMode? = nil, sshKeys: [String] = [], hostname: String? = nil,
-        seed: NoCloudSeed? = nil, token: String = ""
+        kind: Kind,
+        machine: String,
+        image: Image? = nil,
+        wipe: WipeMode? = nil,
+        sshKeys: [String] = [],
+        hostname: String? = nil,
+        seed: NoCloudSeed? = nil,
+        token: String = ""
     ) {
         self.kind = kind
         self.machine = machine
@@ -109,7 +115,13 @@ public struct AgentResult: Codable, Sendable {
     public var peakRSSBytes: Int64?
     /// How long the task's data phase took (download and write, or wipe), in seconds.
     public var seconds: Double?
-    public init(ok: Bool, error: String? = nil, inventory: Inventory? = nil, peakRSSBytes: Int64? = nil, seconds: Double? = nil) {
+    public init(
+        ok: Bool,
+        error: String? = nil,
+        inventory: Inventory? = nil,
+        peakRSSBytes: Int64? = nil,
+        seconds: Double? = nil
+    ) {
         self.ok = ok
         self.error = error
         self.inventory = inventory
@@ -125,7 +137,8 @@ public enum Failpoint {
     static let armed: Set<String> = Set(
         (ProcessInfo.processInfo.environment["FARRIER_FAILPOINTS"] ?? "").split(separator: ",").map {
             $0.trimmingCharacters(in: .whitespaces)
-        })
+        }
+    )
 
     public static func hit(_ name: String) {
         guard !armed.isEmpty, armed.contains(name) else { return }

@@ -20,7 +20,15 @@ public struct BMCReference: Codable, Sendable, Hashable, CustomStringConvertible
     /// Redfish over https: do not verify the certificate (per BMC, operator's choice).
     public var insecureTLS: Bool
 
-    public init(driver: Driver, host: String, port: Int, user: String, tls: Bool = true, system: String? = nil, insecureTLS: Bool = false) {
+    public init(
+        driver: Driver,
+        host: String,
+        port: Int,
+        user: String,
+        tls: Bool = true,
+        system: String? = nil,
+        insecureTLS: Bool = false
+    ) {
         self.driver = driver
         self.host = host
         self.port = port
@@ -36,14 +44,23 @@ public struct BMCReference: Codable, Sendable, Hashable, CustomStringConvertible
 
     public init(url text: String, insecureTLS: Bool = false) throws(ParseError) {
         guard let schemeEnd = text.range(of: "://") else {
-            throw ParseError(description: "BMC URL '\(text)' has no scheme; use ipmi://USER@HOST, redfish://USER@HOST or redfish+http://USER@HOST")
+            throw ParseError(
+                description:
+                    "BMC URL '\(text)' has no scheme; use ipmi://USER@HOST, redfish://USER@HOST or redfish+http://USER@HOST"
+            )
         }
         let scheme = text[..<schemeEnd.lowerBound].lowercased()
         var rest = String(text[schemeEnd.upperBound...])
         switch scheme {
-        case "ipmi": driver = .ipmi; tls = false
-        case "redfish", "redfish+https": driver = .redfish; tls = true
-        case "redfish+http": driver = .redfish; tls = false
+        case "ipmi":
+            driver = .ipmi
+            tls = false
+        case "redfish", "redfish+https":
+            driver = .redfish
+            tls = true
+        case "redfish+http":
+            driver = .redfish
+            tls = false
         default:
             throw ParseError(description: "unknown BMC scheme '\(scheme)'; use ipmi, redfish or redfish+http")
         }
@@ -64,7 +81,9 @@ public struct BMCReference: Codable, Sendable, Hashable, CustomStringConvertible
         let hostPort = String(rest[rest.index(after: at)...])
         let defaultPort = driver == .ipmi ? 623 : (tls ? 443 : 80)
         if hostPort.hasPrefix("[") {
-            guard let close = hostPort.firstIndex(of: "]") else { throw ParseError(description: "BMC URL '\(text)': unclosed [") }
+            guard let close = hostPort.firstIndex(of: "]") else {
+                throw ParseError(description: "BMC URL '\(text)': unclosed [")
+            }
             host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
             let after = hostPort[hostPort.index(after: close)...]
             if after.isEmpty {
@@ -77,7 +96,9 @@ public struct BMCReference: Codable, Sendable, Hashable, CustomStringConvertible
         } else if let colon = hostPort.lastIndex(of: ":") {
             host = String(hostPort[..<colon])
             guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else {
-                throw ParseError(description: "BMC URL '\(text)': bad port '\(hostPort[hostPort.index(after: colon)...])'")
+                throw ParseError(
+                    description: "BMC URL '\(text)': bad port '\(hostPort[hostPort.index(after: colon)...])'"
+                )
             }
             port = p
         } else {

@@ -26,7 +26,12 @@ public enum BootScript {
     /// the ramdisk cannot be loaded the script retries through itself, never falling through
     /// to a local disk.
     public static func ramdisk(
-        serverURL: String, scriptURL: String, machine: String, agentURL: String, certificateSHA256: String, mode: String,
+        serverURL: String,
+        scriptURL: String,
+        machine: String,
+        agentURL: String,
+        certificateSHA256: String,
+        mode: String,
         consoleArgs: String = "console=tty0 console=ttyS0,115200n8"
     ) -> String {
         """

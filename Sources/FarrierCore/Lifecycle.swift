@@ -66,7 +66,8 @@ public enum Lifecycle {
         /// completed wipe.
         public var diskDirty: Bool
 
-        public init(state: MachineState, failedStep: MachineState? = nil, reason: String = "", diskDirty: Bool = false) {
+        public init(state: MachineState, failedStep: MachineState? = nil, reason: String = "", diskDirty: Bool = false)
+        {
             self.state = state
             self.failedStep = failedStep
             self.reason = reason
@@ -87,7 +88,13 @@ public enum Lifecycle {
             .success(Status(state: s, reason: reason, diskDirty: dirty))
         }
         func refuse(_ why: String) -> Result<Status, Refusal> {
-            .failure(Refusal(state: status.state, event: event.description, description: "cannot \(event) a machine that is \(status.state.rawValue): \(why)"))
+            .failure(
+                Refusal(
+                    state: status.state,
+                    event: event.description,
+                    description: "cannot \(event) a machine that is \(status.state.rawValue): \(why)"
+                )
+            )
         }
         switch (status.state, event) {
         case (.discovered, .enroll), (.enrolled, .enroll):
@@ -128,7 +135,9 @@ public enum Lifecycle {
         case (.exitingRescue, .stepSucceeded): return to(.deployed, "back from rescue")
 
         case (let s, .stepFailed(let reason)) where steps.contains(s):
-            return .success(Status(state: .failed, failedStep: s, reason: "\(s.rawValue) failed: \(reason)", diskDirty: dirty))
+            return .success(
+                Status(state: .failed, failedStep: s, reason: "\(s.rawValue) failed: \(reason)", diskDirty: dirty)
+            )
 
         case (.failed, .retry):
             guard let step = status.failedStep else { return refuse("it does not record which step failed") }

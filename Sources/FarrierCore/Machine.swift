@@ -86,8 +86,15 @@ public struct Machine: Codable, Sendable, Hashable {
     public var agentNonce: String?
 
     public init(
-        id: String = UUID().uuidString.lowercased(), name: String, mac: MACAddress, architecture: Architecture,
-        firmware: Firmware, state: MachineState = .discovered, firstSeen: Date, lastSeen: Date, bmc: BMCReference? = nil
+        id: String = UUID().uuidString.lowercased(),
+        name: String,
+        mac: MACAddress,
+        architecture: Architecture,
+        firmware: Firmware,
+        state: MachineState = .discovered,
+        firstSeen: Date,
+        lastSeen: Date,
+        bmc: BMCReference? = nil
     ) {
         self.bmc = bmc
         self.id = id
@@ -133,7 +140,9 @@ extension MACAddress: Codable {
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
         guard let mac = MACAddress(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad MAC \(text)"))
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "bad MAC \(text)")
+            )
         }
         self = mac
     }
@@ -157,7 +166,8 @@ public struct ClientPlatform: Hashable, Sendable {
     /// Maps an RFC 4578 / IANA processor architecture type (DHCP option 93).
     public init(optionArchitecture value: UInt16) {
         switch value {
-        case 0: self.init(architecture: .x86_64, firmware: .bios)  // x86 BIOS; iPXE's undionly runs 32-bit but the CPU is not known
+        // x86 BIOS; iPXE's undionly runs 32-bit but the CPU is not known.
+        case 0: self.init(architecture: .x86_64, firmware: .bios)
         case 6, 15: self.init(architecture: .i386, firmware: .uefi)
         case 7, 9, 16: self.init(architecture: .x86_64, firmware: .uefi)
         case 10, 18: self.init(architecture: .arm32, firmware: .uefi)
@@ -169,15 +179,19 @@ public struct ClientPlatform: Hashable, Sendable {
     /// Maps iPXE's `${platform}` and `${buildarch}`.
     public init(ipxePlatform: String?, buildArch: String?) {
         let firmware: Firmware =
-            switch ipxePlatform { case "pcbios": .bios
+            switch ipxePlatform {
+            case "pcbios": .bios
             case "efi": .uefi
-            default: .unknown }
+            default: .unknown
+            }
         let arch: Architecture =
-            switch buildArch { case "x86_64": .x86_64
+            switch buildArch {
+            case "x86_64": .x86_64
             case "i386": .i386
             case "arm64": .arm64
             case "arm32": .arm32
-            default: .unknown }
+            default: .unknown
+            }
         self.init(architecture: arch, firmware: firmware)
     }
 }
@@ -244,8 +258,14 @@ public struct Deployment: Codable, Sendable, Hashable {
     public var allocated: Date?
 
     public init(
-        image: String, imageSHA256: String, sshKeys: [String], userData: String, hostname: String, requestedBy: String,
-        tags: [String: String] = [:], wipe: WipeMode = .full
+        image: String,
+        imageSHA256: String,
+        sshKeys: [String],
+        userData: String,
+        hostname: String,
+        requestedBy: String,
+        tags: [String: String] = [:],
+        wipe: WipeMode = .full
     ) {
         self.tags = tags
         self.wipe = wipe
@@ -299,8 +319,15 @@ public struct Inventory: Codable, Sendable, Hashable {
     public var firmware: Firmware
 
     public init(
-        cpuModel: String, cores: Int, memoryBytes: Int64, disks: [Disk], nics: [NIC], vendor: String, product: String,
-        serial: String, firmware: Firmware
+        cpuModel: String,
+        cores: Int,
+        memoryBytes: Int64,
+        disks: [Disk],
+        nics: [NIC],
+        vendor: String,
+        product: String,
+        serial: String,
+        firmware: Firmware
     ) {
         self.cpuModel = cpuModel
         self.cores = cores

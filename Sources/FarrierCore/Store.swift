@@ -25,7 +25,13 @@ public protocol MachineStore: Sendable {
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
     /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
     /// Throws `StoreError.Code.alreadyExists` when the name belongs to a machine with another MAC.
-    func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at: Date) async throws -> Machine
+    func enroll(
+        name: String,
+        mac: MACAddress,
+        bmc: BMCReference,
+        sealedPassword: [UInt8],
+        at: Date
+    ) async throws -> Machine
     /// The encrypted BMC password of a machine, as `enroll` stored it.
     func sealedBMCPassword(machineID: String) async throws -> [UInt8]?
     /// Reads the machine, lets `body` change it, and writes it back with the events `body`
@@ -35,13 +41,16 @@ public protocol MachineStore: Sendable {
     /// With a `fence`, the commit happens only while that claim on the machine is held (see
     /// `WorkClaimStore`); otherwise it throws `StoreError.Code.fenced` and writes nothing.
     func update(
-        machineID: String, fence: WorkClaim?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+        machineID: String,
+        fence: WorkClaim?,
+        _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine
     /// Like `update`, with `running`: how many machines are in each step past `queued`, counted
     /// in the same transaction under a lock that every such update takes, so two replicas
     /// admitting at once cannot both take the last slot of a cap.
     func updateCounting(
-        machineID: String, fence: WorkClaim?,
+        machineID: String,
+        fence: WorkClaim?,
         _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
     ) async throws -> Machine
     /// Picks the first pool machine (`ready`, in no project) that `accept` takes, smallest
@@ -49,7 +58,10 @@ public protocol MachineStore: Sendable {
     /// requests), and updates it with `body`, in one transaction, so two concurrent allocations never get the
     /// same machine. Reads the pool in batches in that order (the database sorts it), so an
     /// allocation costs a batch, not the fleet. Nil when `accept` takes none.
-    func allocate(_ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine?
+    func allocate(
+        _ accept: @escaping @Sendable (Machine) -> Bool,
+        _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+    ) async throws -> Machine?
     /// Removes a machine with its timeline and events.
     func deleteMachine(id: String) async throws
     /// Events with an id above `after`, oldest first; of one machine, or of all when nil.
@@ -74,7 +86,13 @@ public struct MachineQuery: Sendable, Hashable {
     /// At most this many.
     public var limit: Int?
 
-    public init(states: Set<MachineState>? = nil, project: String? = nil, zone: String? = nil, after: String? = nil, limit: Int? = nil) {
+    public init(
+        states: Set<MachineState>? = nil,
+        project: String? = nil,
+        zone: String? = nil,
+        after: String? = nil,
+        limit: Int? = nil
+    ) {
         self.states = states
         self.project = project
         self.zone = zone
@@ -176,7 +194,10 @@ public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageSt
 extension MachineStore {
     /// `update` without a fence: API requests, agents' reports, timeouts (each guarded by the
     /// step's generation instead).
-    public func update(machineID: String, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine {
+    public func update(
+        machineID: String,
+        _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+    ) async throws -> Machine {
         try await update(machineID: machineID, fence: nil, body)
     }
 

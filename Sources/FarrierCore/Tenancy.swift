@@ -12,7 +12,13 @@ public struct Project: Codable, Sendable, Hashable {
     /// for a project whose machines never go to another tenant.
     public var wipePolicy: WipeMode
 
-    public init(name: String, description: String = "", requiredTags: [String] = [], created: Date, wipePolicy: WipeMode = .full) {
+    public init(
+        name: String,
+        description: String = "",
+        requiredTags: [String] = [],
+        created: Date,
+        wipePolicy: WipeMode = .full
+    ) {
         self.name = name
         self.description = description
         self.requiredTags = requiredTags
@@ -104,7 +110,8 @@ public enum Validation {
             guard let eq = item.firstIndex(of: "=") else {
                 return .failure(InputProblem("tag '\(item)' is not key=value"))
             }
-            let key = String(item[..<eq]), value = String(item[item.index(after: eq)...])
+            let key = String(item[..<eq])
+            let value = String(item[item.index(after: eq)...])
             if let p = tagProblem(key: key, value: value) { return .failure(InputProblem(p)) }
             if tags[key] != nil { return .failure(InputProblem("tag '\(key)' is given twice")) }
             tags[key] = value
@@ -134,8 +141,13 @@ public struct Placement: Sendable, Hashable {
     public var zone: String?
 
     public init(
-        architecture: Architecture? = nil, firmware: Firmware? = nil, minCores: Int = 0, minMemoryBytes: Int64 = 0,
-        minDiskBytes: Int64 = 0, tags: [String: String] = [:], zone: String? = nil
+        architecture: Architecture? = nil,
+        firmware: Firmware? = nil,
+        minCores: Int = 0,
+        minMemoryBytes: Int64 = 0,
+        minDiskBytes: Int64 = 0,
+        tags: [String: String] = [:],
+        zone: String? = nil
     ) {
         self.architecture = architecture
         self.firmware = firmware
@@ -182,8 +194,14 @@ public struct ImageInfo: Codable, Sendable, Hashable {
     public var created: Date
 
     public init(
-        name: String, sha256: String, size: Int64, format: Format, os: String, architecture: Architecture,
-        firmware: Firmware, created: Date
+        name: String,
+        sha256: String,
+        size: Int64,
+        format: Format,
+        os: String,
+        architecture: Architecture,
+        firmware: Firmware,
+        created: Date
     ) {
         self.name = name
         self.sha256 = sha256
@@ -213,8 +231,16 @@ public struct MachineEvent: Codable, Sendable, Hashable {
     public var progress: StepProgress?
 
     public init(
-        id: Int64 = 0, machineID: String, machine: String, project: String?, time: Date, kind: Kind, state: MachineState,
-        phase: StepPhase, message: String, progress: StepProgress? = nil
+        id: Int64 = 0,
+        machineID: String,
+        machine: String,
+        project: String?,
+        time: Date,
+        kind: Kind,
+        state: MachineState,
+        phase: StepPhase,
+        message: String,
+        progress: StepProgress? = nil
     ) {
         self.id = id
         self.machineID = machineID
@@ -230,8 +256,16 @@ public struct MachineEvent: Codable, Sendable, Hashable {
 
     public init(_ m: Machine, kind: Kind, message: String, time: Date = Date()) {
         self.init(
-            machineID: m.id, machine: m.name, project: m.project, time: time, kind: kind, state: m.state, phase: m.phase,
-            message: message, progress: kind == .progress ? m.progress : nil)
+            machineID: m.id,
+            machine: m.name,
+            project: m.project,
+            time: time,
+            kind: kind,
+            state: m.state,
+            phase: m.phase,
+            message: message,
+            progress: kind == .progress ? m.progress : nil
+        )
     }
 }
 
@@ -239,7 +273,8 @@ public struct MachineEvent: Codable, Sendable, Hashable {
 /// taken says nothing about how much of a guess was right.
 public enum ConstantTime {
     public static func equal(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
+        let x = Array(a.utf8)
+        let y = Array(b.utf8)
         var diff = UInt8(truncatingIfNeeded: x.count ^ y.count) | (x.count == y.count ? 0 : 1)
         for i in 0..<max(x.count, y.count) {
             diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)

@@ -30,7 +30,10 @@ public final class TimelineRecorder: Sendable {
 
     /// `known`: the MACs of the machines already in the store.
     public init(
-        store: any MachineStore, known: some Sequence<MACAddress>, flushInterval: Duration = .milliseconds(100), maxDiscovered: Int = 4096,
+        store: any MachineStore,
+        known: some Sequence<MACAddress>,
+        flushInterval: Duration = .milliseconds(100),
+        maxDiscovered: Int = 4096,
         onError: @escaping @Sendable (any Error) -> Void = { _ in },
         onRefused: @escaping @Sendable (_ mac: MACAddress, _ refusedSoFar: Int) -> Void = { _, _ in }
     ) {

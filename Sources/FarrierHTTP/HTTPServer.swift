@@ -62,8 +62,13 @@ public struct HTTPDependencies: Sendable {
     public var agentTLS: AgentTLS?
 
     public init(
-        store: any MachineStore, recorder: TimelineRecorder, addressBook: AddressBook, bootRoot: BootRoot,
-        metrics: @escaping @Sendable () -> String, controller: Controller? = nil, imageDirectory: String? = nil
+        store: any MachineStore,
+        recorder: TimelineRecorder,
+        addressBook: AddressBook,
+        bootRoot: BootRoot,
+        metrics: @escaping @Sendable () -> String,
+        controller: Controller? = nil,
+        imageDirectory: String? = nil
     ) {
         self.controller = controller
         self.imageDirectory = imageDirectory
@@ -93,7 +98,10 @@ extension HTTPDependencies {
 /// `/boot`, boot-root files under `/tftp`, `/healthz` and `/metrics`: nothing secret. The HTTPS
 /// one (`agentChannel` true) serves the agent's calls and images, to those who may have them.
 public func buildRouter(
-    configuration: HTTPConfiguration, dependencies deps: HTTPDependencies, logger: Logger, agentChannel: Bool = false
+    configuration: HTTPConfiguration,
+    dependencies deps: HTTPDependencies,
+    logger: Logger,
+    agentChannel: Bool = false
 ) -> Router<FarrierRequestContext> {
     let router = Router(context: FarrierRequestContext.self)
     if agentChannel {
@@ -109,14 +117,19 @@ public func buildRouter(
     router.add(middleware: TimelineMiddleware(deps: deps))
     router.add(
         middleware: FileMiddleware(
-            fileProvider: BootRootFileProvider(root: deps.bootRoot, logger: logger), urlBasePath: "/tftp"))
+            fileProvider: BootRootFileProvider(root: deps.bootRoot, logger: logger),
+            urlBasePath: "/tftp"
+        )
+    )
 
     router.get("/healthz") { _, _ in "ok\n" }
 
     router.get("/metrics") { _, _ in
         Response(
-            status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-            body: .init(byteBuffer: ByteBuffer(string: deps.metrics())))
+            status: .ok,
+            headers: [.contentType: "text/plain; version=0.0.4"],
+            body: .init(byteBuffer: ByteBuffer(string: deps.metrics()))
+        )
     }
 
     // The per-machine iPXE script, keyed by MAC: /boot/52-54-00-12-34-56.ipxe
@@ -139,25 +152,43 @@ public func buildRouter(
         // A script is for the address leased to its MAC: anyone else gets the same wait loop as
         // an unknown MAC, which names no machine and no state, and nothing is written.
         // HTTP creates no machine either (only DHCP traffic does, under its cap).
-        let unknown = ipxe(BootScript.wait(
-            scriptURL: "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")", mac: mac,
-            reason: "not known to Farrier", pollSeconds: configuration.pollSeconds))
+        let unknown = ipxe(
+            BootScript.wait(
+                scriptURL: "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")",
+                mac: mac,
+                reason: "not known to Farrier",
+                pollSeconds: configuration.pollSeconds
+            )
+        )
         guard deps.peerMAC(context.remoteAddress) == mac,
             let machine = try await deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil)
         else { return unknown }
         deps.recorder.markKnown(mac)
-        deps.recorder.record(TimelineEvent(
-            mac: mac, time: Date(), stage: .http, event: "script",
-            detail: "state=\(machine.state.rawValue) platform=\(platform)"))
+        deps.recorder.record(
+            TimelineEvent(
+                mac: mac,
+                time: Date(),
+                stage: .http,
+                event: "script",
+                detail: "state=\(machine.state.rawValue) platform=\(platform)"
+            )
+        )
         let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
         if deps.controller != nil {
             switch Lifecycle.nextBoot(machine.state, phase: machine.phase) {
             case .ramdisk, .rescue:
                 guard let tls = deps.agentTLS else { break }
                 let mode = Lifecycle.nextBoot(machine.state, phase: machine.phase) == .rescue ? "rescue" : "agent"
-                return ipxe(BootScript.ramdisk(
-                    serverURL: "http://\(host)", scriptURL: selfURL, machine: machine.name,
-                    agentURL: "https://\(hostOnly(host)):\(tls.port)", certificateSHA256: tls.fingerprint, mode: mode))
+                return ipxe(
+                    BootScript.ramdisk(
+                        serverURL: "http://\(host)",
+                        scriptURL: selfURL,
+                        machine: machine.name,
+                        agentURL: "https://\(hostOnly(host)):\(tls.port)",
+                        certificateSHA256: tls.fingerprint,
+                        mode: mode
+                    )
+                )
             case .disk:
                 return ipxe(BootScript.localDisk(machine: machine.name, firmware: machine.firmware))
             case .wait:
@@ -166,17 +197,33 @@ public func buildRouter(
         }
         switch machine.state {
         case .discovered:
-            return ipxe(BootScript.wait(
-                scriptURL: selfURL, mac: mac, reason: "discovered (not enrolled)", pollSeconds: configuration.pollSeconds))
+            return ipxe(
+                BootScript.wait(
+                    scriptURL: selfURL,
+                    mac: mac,
+                    reason: "discovered (not enrolled)",
+                    pollSeconds: configuration.pollSeconds
+                )
+            )
         case .enrolled:
-            return ipxe(BootScript.wait(
-                scriptURL: selfURL, mac: mac, reason: "enrolled as \(machine.name) (nothing to do yet)",
-                pollSeconds: configuration.pollSeconds))
+            return ipxe(
+                BootScript.wait(
+                    scriptURL: selfURL,
+                    mac: mac,
+                    reason: "enrolled as \(machine.name) (nothing to do yet)",
+                    pollSeconds: configuration.pollSeconds
+                )
+            )
         default:
             // ready, failed: nothing to boot until a user asks for something.
-            return ipxe(BootScript.wait(
-                scriptURL: selfURL, mac: mac, reason: "\(machine.name) is \(machine.state.rawValue)",
-                pollSeconds: configuration.pollSeconds))
+            return ipxe(
+                BootScript.wait(
+                    scriptURL: selfURL,
+                    mac: mac,
+                    reason: "\(machine.name) is \(machine.state.rawValue)",
+                    pollSeconds: configuration.pollSeconds
+                )
+            )
         }
     }
     return router
@@ -197,22 +244,35 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Control
     @Sendable func run(_ work: () async throws -> any Encodable) async throws -> Response {
         // A ControlError or StoreError answers with its own status (ErrorMapping.swift).
         let data = try JSONEncoder().encode(try await work())
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data))
+        )
     }
     struct Empty: Encodable {}
     router.post(RouterPath(AgentAPI.hello)) { request, context -> Response in
-        let hello = try decode(AgentHello.self, try await body(request)), peer = deps.peerMAC(context.remoteAddress)
+        let hello = try decode(AgentHello.self, try await body(request))
+        let peer = deps.peerMAC(context.remoteAddress)
         return try await run { try await controller.agentHello(peer: peer, hello: hello) }
     }
     router.post(RouterPath(AgentAPI.progress)) { request, context -> Response in
-        let t = try token(request), report = try decode(AgentProgress.self, try await body(request))
+        let t = try token(request)
+        let report = try decode(AgentProgress.self, try await body(request))
         let peer = deps.peerMAC(context.remoteAddress)
-        return try await run { try await controller.agentProgress(token: t, peer: peer, report: report); return Empty() }
+        return try await run {
+            try await controller.agentProgress(token: t, peer: peer, report: report)
+            return Empty()
+        }
     }
     router.post(RouterPath(AgentAPI.done)) { request, context -> Response in
-        let t = try token(request), result = try decode(AgentResult.self, try await body(request))
+        let t = try token(request)
+        let result = try decode(AgentResult.self, try await body(request))
         let peer = deps.peerMAC(context.remoteAddress)
-        return try await run { try await controller.agentDone(token: t, peer: peer, result: result); return Empty() }
+        return try await run {
+            try await controller.agentDone(token: t, peer: peer, result: result)
+            return Empty()
+        }
     }
 }
 
@@ -222,7 +282,8 @@ struct ImageAccessMiddleware: RouterMiddleware {
     let deps: HTTPDependencies
 
     func handle(
-        _ request: Request, context: FarrierRequestContext,
+        _ request: Request,
+        context: FarrierRequestContext,
         next: (Request, FarrierRequestContext) async throws -> Response
     ) async throws -> Response {
         // The path as FileMiddleware will see it (percent-decoded): `/%69mages/…` is an image too.
@@ -230,7 +291,10 @@ struct ImageAccessMiddleware: RouterMiddleware {
         guard path.hasPrefix("/images") else { return try await next(request, context) }
         let auth = request.headers[.authorization]
         guard auth != nil else {
-            throw HTTPError(.unauthorized, message: "images need a token: the agent token of a machine deploying it, or an admin token\n")
+            throw HTTPError(
+                .unauthorized,
+                message: "images need a token: the agent token of a machine deploying it, or an admin token\n"
+            )
         }
         let name = String(path.dropFirst("/images/".count))
         guard await deps.imageAllowed(name: name, authorization: auth, remote: context.remoteAddress) else {
@@ -243,7 +307,9 @@ struct ImageAccessMiddleware: RouterMiddleware {
 /// `host:port` or `[v6]:port` → the host part.
 func hostOnly(_ authority: String) -> String {
     if authority.hasPrefix("["), let end = authority.firstIndex(of: "]") { return String(authority[...end]) }
-    if let colon = authority.lastIndex(of: ":"), authority.firstIndex(of: ":") == colon { return String(authority[..<colon]) }
+    if let colon = authority.lastIndex(of: ":"), authority.firstIndex(of: ":") == colon {
+        return String(authority[..<colon])
+    }
     return authority
 }
 
@@ -254,7 +320,11 @@ func decode<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {
 }
 
 func ipxe(_ text: String) -> Response {
-    Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    Response(
+        status: .ok,
+        headers: [.contentType: "text/plain; charset=utf-8"],
+        body: .init(byteBuffer: ByteBuffer(string: text))
+    )
 }
 
 /// Records boot-root fetches on the timeline of the machine holding the client's address.
@@ -262,15 +332,21 @@ struct TimelineMiddleware: RouterMiddleware {
     let deps: HTTPDependencies
 
     func handle(
-        _ request: Request, context: FarrierRequestContext,
+        _ request: Request,
+        context: FarrierRequestContext,
         next: (Request, FarrierRequestContext) async throws -> Response
     ) async throws -> Response {
         let response = try await next(request, context)
-        if request.uri.path.hasPrefix("/tftp/"), let mac = deps.peerMAC(context.remoteAddress)
-        {
-            deps.recorder.record(TimelineEvent(
-                mac: mac, time: Date(), stage: .http, event: "GET",
-                detail: "path=\(request.uri.path) status=\(response.status.code)"))
+        if request.uri.path.hasPrefix("/tftp/"), let mac = deps.peerMAC(context.remoteAddress) {
+            deps.recorder.record(
+                TimelineEvent(
+                    mac: mac,
+                    time: Date(),
+                    stage: .http,
+                    event: "GET",
+                    detail: "path=\(request.uri.path) status=\(response.status.code)"
+                )
+            )
         }
         return response
     }
@@ -278,28 +354,45 @@ struct TimelineMiddleware: RouterMiddleware {
 
 /// The HTTP server as a lifecycle service.
 public func makeHTTPApplication(
-    configuration: HTTPConfiguration, dependencies: HTTPDependencies, logger: Logger
+    configuration: HTTPConfiguration,
+    dependencies: HTTPDependencies,
+    logger: Logger
 ) throws -> some ApplicationProtocol {
     let (host, port) = try splitHostPort(configuration.listen)
     return Application(
         router: buildRouter(configuration: configuration, dependencies: dependencies, logger: logger),
         server: .http1(),
         configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
-        logger: logger)
+        logger: logger
+    )
 }
 
 /// The agent channel: HTTPS with the agent TLS identity, the agent's calls and images.
 public func makeAgentApplication(
-    configuration: HTTPConfiguration, dependencies: HTTPDependencies, tls: AgentTLS, logger: Logger
+    configuration: HTTPConfiguration,
+    dependencies: HTTPDependencies,
+    tls: AgentTLS,
+    logger: Logger
 ) throws -> some ApplicationProtocol {
     let (host, port) = try splitHostPort(configuration.agentListen)
     let key = try NIOSSLPrivateKey(bytes: Array(tls.privateKeyPEM.utf8), format: .pem)
-    let chain = try NIOSSLCertificate.fromPEMBytes(Array(tls.certificateChainPEM.utf8)).map { NIOSSLCertificateSource.certificate($0) }
-    var tlsConfiguration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+    let chain = try NIOSSLCertificate.fromPEMBytes(Array(tls.certificateChainPEM.utf8)).map {
+        NIOSSLCertificateSource.certificate($0)
+    }
+    var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
+        certificateChain: chain,
+        privateKey: .privateKey(key)
+    )
     tlsConfiguration.minimumTLSVersion = .tlsv12
     return Application(
-        router: buildRouter(configuration: configuration, dependencies: dependencies, logger: logger, agentChannel: true),
+        router: buildRouter(
+            configuration: configuration,
+            dependencies: dependencies,
+            logger: logger,
+            agentChannel: true
+        ),
         server: try .tls(.http1(), tlsConfiguration: tlsConfiguration),
         configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
-        logger: logger)
+        logger: logger
+    )
 }

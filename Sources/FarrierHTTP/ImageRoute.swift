@@ -16,11 +16,17 @@ func addImageRoute(_ router: Router<FarrierRequestContext>, directory: String) {
         }
         let path = directory + "/" + name
         var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw HTTPError(.notFound, message: "no such image\n") }
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw HTTPError(.notFound, message: "no such image\n")
+        }
         let size = Int64(st.st_size)
         let etag = "\"\(name)\""
         var headers: HTTPFields = [.acceptRanges: "bytes", .eTag: etag, .contentType: "application/octet-stream"]
-        if let match = request.headers[.ifNoneMatch], match.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == etag || $0.trimmingCharacters(in: .whitespaces) == "*" }) {
+        if let match = request.headers[.ifNoneMatch],
+            match.split(separator: ",").contains(where: {
+                $0.trimmingCharacters(in: .whitespaces) == etag || $0.trimmingCharacters(in: .whitespaces) == "*"
+            })
+        {
             return Response(status: .notModified, headers: headers)
         }
         // If-Range with another validator: the whole file (RFC 9110 13.1.5).
@@ -49,7 +55,11 @@ func addImageRoute(_ router: Router<FarrierRequestContext>, directory: String) {
         // spend their CPU sealing (AES-GCM) and copying into the socket, as sendfile cannot
         // apply under TLS without kernel TLS; 1 and 4 MiB chunks measured within the noise of
         // 128 KiB (README, Benchmarks), so the default stays.
-        let body = try await files.loadFile(path: path, range: Int(range.lowerBound)...Int(range.upperBound), context: context)
+        let body = try await files.loadFile(
+            path: path,
+            range: Int(range.lowerBound)...Int(range.upperBound),
+            context: context
+        )
         return Response(status: status, headers: headers, body: body)
     }
     router.get("/images/:name") { request, context in try await answer(request, context, head: false) }
@@ -73,7 +83,8 @@ enum ByteRange: Equatable {
         guard h.lowercased().hasPrefix("bytes=") else { return .whole }
         let spec = h.dropFirst(6).trimmingCharacters(in: .whitespaces)
         guard !spec.contains(","), let dash = spec.firstIndex(of: "-") else { return .whole }
-        let first = spec[..<dash], last = spec[spec.index(after: dash)...]
+        let first = spec[..<dash]
+        let last = spec[spec.index(after: dash)...]
         let digits = { (s: Substring) in s.allSatisfy { $0.isASCII && $0.isNumber } }
         guard digits(first), digits(last), !(first.isEmpty && last.isEmpty) else { return .whole }
         if first.isEmpty {

@@ -60,11 +60,18 @@ public struct Lab {
     // MARK: up
 
     public func up(_ o: Options) throws -> LabState {
-        guard getuid() == 0 else { throw Spawn.Failure(description: "farrier lab needs root (network namespaces, taps, QEMU)") }
+        guard getuid() == 0 else {
+            throw Spawn.Failure(description: "farrier lab needs root (network namespaces, taps, QEMU)")
+        }
         guard (1...50).contains(o.machines) else { throw Spawn.Failure(description: "--machines must be 1 to 50") }
-        guard ["sqlite", "postgres"].contains(o.database) else { throw Spawn.Failure(description: "--database must be sqlite or postgres") }
+        guard ["sqlite", "postgres"].contains(o.database) else {
+            throw Spawn.Failure(description: "--database must be sqlite or postgres")
+        }
         guard (1...4).contains(o.replicas), o.replicas == 1 || o.database == "postgres" else {
-            throw Spawn.Failure(description: "--replicas must be 1 to 4, and more than 1 needs --database postgres (replicas share one database)")
+            throw Spawn.Failure(
+                description:
+                    "--replicas must be 1 to 4, and more than 1 needs --database postgres (replicas share one database)"
+            )
         }
         if let running = LabState.loadIfRunning() {
             log("lab is already up (server pid \(running.serverPID ?? 0)); `farrier lab down` first to change it")
@@ -74,10 +81,20 @@ public struct Lab {
         let dir = LabState.defaultDirectory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var state = LabState(
-            directory: dir, namespace: Self.namespace, bridge: "br0", dhcpMode: o.dhcpMode, accelerator: "tcg",
-            network: Self.network, serverAddress: (0..<o.replicas).map { "\(Self.nsIP):\(7700 + $0)" }.joined(separator: ","),
-            hostLink: Self.hostLink.0, blackholeRoute: Self.labRange, serverPID: nil, dnsmasqPID: nil, vms: [],
-            database: o.database)
+            directory: dir,
+            namespace: Self.namespace,
+            bridge: "br0",
+            dhcpMode: o.dhcpMode,
+            accelerator: "tcg",
+            network: Self.network,
+            serverAddress: (0..<o.replicas).map { "\(Self.nsIP):\(7700 + $0)" }.joined(separator: ","),
+            hostLink: Self.hostLink.0,
+            blackholeRoute: Self.labRange,
+            serverPID: nil,
+            dnsmasqPID: nil,
+            vms: [],
+            database: o.database
+        )
         // Save early: a failure from here on leaves something `lab down` can find and remove.
         try state.save()
         do {
@@ -101,13 +118,23 @@ public struct Lab {
             try state.save()
             for r in 1..<o.replicas {
                 let pid = try startServer(o, dir: dir, replica: r)
-                state.extraReplicas = (state.extraReplicas ?? []) + [.init(address: "\(Self.nsIP):\(7700 + r)", pid: pid)]
+                state.extraReplicas =
+                    (state.extraReplicas ?? []) + [.init(address: "\(Self.nsIP):\(7700 + r)", pid: pid)]
                 try state.save()
             }
             for i in 1...o.machines {
                 let fw = o.firmware == "mixed" ? (i % 2 == 1 ? "bios" : "uefi") : o.firmware
                 let bus = o.diskBus == "mixed" ? (i % 2 == 1 ? "virtio" : "nvme") : o.diskBus
-                state.vms.append(try makeVM(i, firmware: fw, diskBus: bus, accelerator: state.accelerator, password: password, dir: dir))
+                state.vms.append(
+                    try makeVM(
+                        i,
+                        firmware: fw,
+                        diskBus: bus,
+                        accelerator: state.accelerator,
+                        password: password,
+                        dir: dir
+                    )
+                )
                 try state.save()
             }
             try waitForServer()
@@ -115,16 +142,23 @@ public struct Lab {
             // the server then drives the BMC itself.
             for vm in state.vms {
                 try Spawn.run(
-                    [o.farrierBinary, "machine", "enroll", vm.name, "--server", state.serverAddress, "--mac", vm.mac,
-                     "--bmc", "ipmi://\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)", "--bmc-password-file", dir + "/bmc-password"]
+                    [
+                        o.farrierBinary, "machine", "enroll", vm.name, "--server", state.serverAddress, "--mac", vm.mac,
+                        "--bmc", "ipmi://\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)", "--bmc-password-file",
+                        dir + "/bmc-password",
+                    ]
                         + (commission ? ["--commission"] : []),
-                    timeout: 30)
+                    timeout: 30
+                )
             }
             if let image = o.image { try addImage(o, image: image, server: state.serverAddress) }
             // Commissioning powers the VMs on itself (through their BMCs).
             if o.powerOn && !commission {
                 for vm in state.vms {
-                    try Spawn.run([o.farrierBinary, "machine", "power", vm.name, "on", "--server", state.serverAddress], timeout: 60)
+                    try Spawn.run(
+                        [o.farrierBinary, "machine", "power", vm.name, "on", "--server", state.serverAddress],
+                        timeout: 60
+                    )
                 }
             }
         } catch {
@@ -167,7 +201,9 @@ public struct Lab {
         let cache = "/run/farrier-kvm-probe"
         if let cached = try? String(contentsOfFile: cache, encoding: .utf8), cached.hasPrefix(bootID) {
             let ok = cached.hasSuffix("ok")
-            if wanted == "kvm" && !ok { throw Spawn.Failure(description: "--accel kvm: the KVM probe boot failed on this host") }
+            if wanted == "kvm" && !ok {
+                throw Spawn.Failure(description: "--accel kvm: the KVM probe boot failed on this host")
+            }
             return ok ? "kvm" : "tcg"
         }
         log("probing KVM with a short iPXE boot (up to 15 s)…")
@@ -175,9 +211,13 @@ public struct Lab {
         defer { _ = try? Spawn.run(["ip", "-n", Self.namespace, "link", "del", "frprobe"], check: false) }
         let serial = dir + "/kvm-probe.log"
         let pid = try Spawn.detached(
-            Self.inNS(["qemu-system-x86_64", "-accel", "kvm", "-m", "128", "-nographic", "-monitor", "none", "-no-reboot",
-                       "-boot", "n", "-netdev", "tap,id=n0,ifname=frprobe,script=no,downscript=no",
-                       "-device", "e1000,netdev=n0,mac=52:54:00:18:ff:ff"]), log: serial)
+            Self.inNS([
+                "qemu-system-x86_64", "-accel", "kvm", "-m", "128", "-nographic", "-monitor", "none", "-no-reboot",
+                "-boot", "n", "-netdev", "tap,id=n0,ifname=frprobe,script=no,downscript=no",
+                "-device", "e1000,netdev=n0,mac=52:54:00:18:ff:ff",
+            ]),
+            log: serial
+        )
         var ok = false
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline, Spawn.isAlive(pid) {
@@ -189,7 +229,9 @@ public struct Lab {
         }
         Spawn.stop(pid, grace: 2)
         try? (bootID + (ok ? "ok" : "failed")).write(toFile: cache, atomically: true, encoding: .utf8)
-        if wanted == "kvm" && !ok { throw Spawn.Failure(description: "--accel kvm: the KVM probe boot failed on this host") }
+        if wanted == "kvm" && !ok {
+            throw Spawn.Failure(description: "--accel kvm: the KVM probe boot failed on this host")
+        }
         return ok ? "kvm" : "tcg"
     }
 
@@ -202,12 +244,18 @@ public struct Lab {
             "--dhcp-leasefile=\(dir)/dnsmasq.leases", "--pid-file=",
         ]
         if mode == "proxy" {
-            args += ["--dhcp-range=198.18.0.100,198.18.0.199,255.255.255.0,1h", "--no-ping", "--dhcp-authoritative", "--log-dhcp"]
+            args += [
+                "--dhcp-range=198.18.0.100,198.18.0.199,255.255.255.0,1h", "--no-ping", "--dhcp-authoritative",
+                "--log-dhcp",
+            ]
         }
         let pid = try Spawn.detached(Self.inNS(args), log: dir + "/dnsmasq.out")
         usleep(300_000)
         guard Spawn.isAlive(pid) else {
-            throw Spawn.Failure(description: "dnsmasq exited: \((try? String(contentsOfFile: dir + "/dnsmasq.out", encoding: .utf8)) ?? "")")
+            throw Spawn.Failure(
+                description:
+                    "dnsmasq exited: \((try? String(contentsOfFile: dir + "/dnsmasq.out", encoding: .utf8)) ?? "")"
+            )
         }
         return pid
     }
@@ -222,7 +270,10 @@ public struct Lab {
         let fm = FileManager.default
         if let checkout = o.checkout {
             log("ramdisk: bash scripts/build-ramdisk.sh \(source) (cached when up to date)")
-            try Spawn.run(["env", "FARRIER_BIN=\(o.farrierBinary)", "bash", checkout + "/scripts/build-ramdisk.sh", source], timeout: 1800)
+            try Spawn.run(
+                ["env", "FARRIER_BIN=\(o.farrierBinary)", "bash", checkout + "/scripts/build-ramdisk.sh", source],
+                timeout: 1800
+            )
         }
         guard fm.fileExists(atPath: source + "/vmlinuz"), fm.fileExists(atPath: source + "/initrd.img") else {
             log("no ramdisk in \(source): machines stay enrolled")
@@ -252,7 +303,9 @@ public struct Lab {
         }
         log("image: adding debian-12 from \(image)")
         try Spawn.run(
-            [o.farrierBinary, "image", "add", "debian-12", image, "--os", "debian-12", "--server", server], timeout: 900)
+            [o.farrierBinary, "image", "add", "debian-12", image, "--os", "debian-12", "--server", server],
+            timeout: 900
+        )
     }
 
     /// Starts replica `replica` (0: the one on the boot network, with DHCP and TFTP; others:
@@ -268,13 +321,19 @@ public struct Lab {
         if replica == 0 {
             args += ["--tftp-listen", "0.0.0.0:69", "--dhcp-interface", "br0", "--dhcp-mode", o.dhcpMode]
             if o.dhcpMode == "full" {
-                args += ["--dhcp-subnet", "\(Self.network),pool=198.18.0.100-198.18.0.199,router=\(Self.serverIP),dns=\(Self.serverIP),lease=3600"]
+                args += [
+                    "--dhcp-subnet",
+                    "\(Self.network),pool=198.18.0.100-198.18.0.199,router=\(Self.serverIP),dns=\(Self.serverIP),lease=3600",
+                ]
             }
         } else {
             args += ["--tftp-listen", "", "--dhcp-mode", "off"]
         }
         if o.database == "postgres" { args += ["--database", Self.postgresURL] }
-        return try Spawn.detached(Self.inNS(args), log: dir + (replica == 0 ? "/server.log" : "/server-\(replica + 1).log"))
+        return try Spawn.detached(
+            Self.inNS(args),
+            log: dir + (replica == 0 ? "/server.log" : "/server-\(replica + 1).log")
+        )
     }
 
     static let postgresBin = "/usr/lib/postgresql/15/bin"
@@ -285,7 +344,10 @@ public struct Lab {
     /// the namespace reaches.
     func startPostgres(dir: String) throws -> Int32 {
         guard FileManager.default.isExecutableFile(atPath: Self.postgresBin + "/postgres") else {
-            throw Spawn.Failure(description: "--database postgres needs PostgreSQL 15 (apt-get install postgresql-15; scripts/install-deps.sh does)")
+            throw Spawn.Failure(
+                description:
+                    "--database postgres needs PostgreSQL 15 (apt-get install postgresql-15; scripts/install-deps.sh does)"
+            )
         }
         let data = dir + "/postgres"
         try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
@@ -293,16 +355,37 @@ public struct Lab {
         try Spawn.run(["chown", "nobody:nogroup", data])
         chmod(data, 0o700)
         let asNobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-        try Spawn.run(asNobody + [Self.postgresBin + "/initdb", "-D", data, "-U", "farrier", "-A", "trust", "-E", "UTF8"], timeout: 120)
+        try Spawn.run(
+            asNobody + [Self.postgresBin + "/initdb", "-D", data, "-U", "farrier", "-A", "trust", "-E", "UTF8"],
+            timeout: 120
+        )
         let pid = try Spawn.detached(
-            Self.inNS(asNobody + [Self.postgresBin + "/postgres", "-D", data, "-k", data, "-p", "5432", "-c", "listen_addresses=127.0.0.1"]),
-            log: dir + "/postgres.log")
+            Self.inNS(
+                asNobody + [
+                    Self.postgresBin + "/postgres", "-D", data, "-k", data, "-p", "5432", "-c",
+                    "listen_addresses=127.0.0.1",
+                ]
+            ),
+            log: dir + "/postgres.log"
+        )
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
-            if let r = try? Spawn.run(Self.inNS([Self.postgresBin + "/pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", "farrier", "-d", "postgres"]), timeout: 5, check: false),
+            if let r = try? Spawn.run(
+                Self.inNS([
+                    Self.postgresBin + "/pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", "farrier", "-d",
+                    "postgres",
+                ]),
+                timeout: 5,
+                check: false
+            ),
                 r.status == 0
             {
-                try Spawn.run(Self.inNS(["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "farrier", "-d", "postgres", "-c", "CREATE DATABASE farrier"]))
+                try Spawn.run(
+                    Self.inNS([
+                        "psql", "-h", "127.0.0.1", "-p", "5432", "-U", "farrier", "-d", "postgres", "-c",
+                        "CREATE DATABASE farrier",
+                    ])
+                )
                 log("PostgreSQL up (pid \(pid)), \(Self.postgresURL)")
                 return pid
             }
@@ -314,15 +397,28 @@ public struct Lab {
     func waitForServer() throws {
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
-            if let r = try? Spawn.run(Self.inNS(["curl", "-sf", "http://127.0.0.1:8080/healthz"]), timeout: 5, check: false), r.output == "ok\n" {
+            if let r = try? Spawn.run(
+                Self.inNS(["curl", "-sf", "http://127.0.0.1:8080/healthz"]),
+                timeout: 5,
+                check: false
+            ), r.output == "ok\n" {
                 return
             }
             usleep(200_000)
         }
-        throw Spawn.Failure(description: "the lab's farrier server did not come up; see \(LabState.defaultDirectory)/server.log")
+        throw Spawn.Failure(
+            description: "the lab's farrier server did not come up; see \(LabState.defaultDirectory)/server.log"
+        )
     }
 
-    func makeVM(_ i: Int, firmware: String, diskBus: String, accelerator: String, password: String, dir: String) throws -> LabState.VM {
+    func makeVM(
+        _ i: Int,
+        firmware: String,
+        diskBus: String,
+        accelerator: String,
+        password: String,
+        dir: String
+    ) throws -> LabState.VM {
         let name = "lab-\(i)"
         let vmDir = dir + "/" + name
         try FileManager.default.createDirectory(atPath: vmDir, withIntermediateDirectories: true)
@@ -338,7 +434,10 @@ public struct Lab {
         let accel = accelerator == "kvm" ? "kvm" : "tcg"
         // NVMe: the ramdisk's release wipe then formats it with a secure erase (NVMe Format NVM).
         let disk = diskBus == "nvme" ? "nvme,serial=farrier-\(name)" : "virtio-blk-pci"
-        try write(vmDir + "/start-vm.sh", mode: 0o755, """
+        try write(
+            vmDir + "/start-vm.sh",
+            mode: 0o755,
+            """
             #!/bin/sh
             # Started by vmctl.sh when the BMC powers \(name) on. exec: the pidfile names QEMU itself.
             D=\(vmDir)
@@ -351,8 +450,12 @@ public struct Lab {
               -chardev socket,id=ser0,host=127.0.0.1,port=\(solPort),server=on,wait=off,logfile=$D/serial.log,logappend=on \\
               -serial chardev:ser0 -qmp unix:$D/qmp.sock,server=on,wait=off -pidfile $D/qemu.pid
 
-            """)
-        try write(vmDir + "/vmctl.sh", mode: 0o755, """
+            """
+        )
+        try write(
+            vmDir + "/vmctl.sh",
+            mode: 0o755,
+            """
             #!/bin/sh
             # ipmi_sim chassis_control program for \(name): <mc> get power|boot | <mc> set power 0|1, reset 1, shutdown 1, boot DEV
             D=\(vmDir)
@@ -386,16 +489,24 @@ public struct Lab {
             esac
             exit 0
 
-            """)
-        try write(vmDir + "/bmc.emu", mode: 0o644, """
+            """
+        )
+        try write(
+            vmDir + "/bmc.emu",
+            mode: 0o644,
+            """
             mc_setbmc 0x20
             mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
             sel_enable 0x20 1000 0x0a
             mc_enable 0x20
 
-            """)
+            """
+        )
         let guid = String(format: "%08x", i) + "a18b4c5d6e7f8091a2b3c4d5"
-        try write(vmDir + "/lan.conf", mode: 0o600, """
+        try write(
+            vmDir + "/lan.conf",
+            mode: 0o600,
+            """
             name "\(name)"
             set_working_mc 0x20
               startlan 1
@@ -411,19 +522,34 @@ public struct Lab {
               sol "telnet:127.0.0.1:\(solPort)" 115200
               user 2 true "\(Self.bmcUser)" "\(password)" admin 10 none md2 md5 straight
 
-            """)
+            """
+        )
         try FileManager.default.createDirectory(atPath: vmDir + "/bmc-state", withIntermediateDirectories: true)
         let bmcPID = try Spawn.detached(
-            Self.inNS(["ipmi_sim", "-c", vmDir + "/lan.conf", "-f", vmDir + "/bmc.emu", "-s", vmDir + "/bmc-state", "-n"]),
-            log: vmDir + "/bmc.log")
+            Self.inNS([
+                "ipmi_sim", "-c", vmDir + "/lan.conf", "-f", vmDir + "/bmc.emu", "-s", vmDir + "/bmc-state", "-n",
+            ]),
+            log: vmDir + "/bmc.log"
+        )
         let vm = LabState.VM(
-            name: name, mac: mac, firmware: firmware, bmcAddress: bmcIP, bmcPort: 623, bmcUser: Self.bmcUser,
-            disk: vmDir + "/disk.qcow2", serialLog: vmDir + "/serial.log", bmcPID: bmcPID)
+            name: name,
+            mac: mac,
+            firmware: firmware,
+            bmcAddress: bmcIP,
+            bmcPort: 623,
+            bmcUser: Self.bmcUser,
+            disk: vmDir + "/disk.qcow2",
+            serialLog: vmDir + "/serial.log",
+            bmcPID: bmcPID
+        )
         // The BMC answers once its LAN channel is up.
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             guard Spawn.isAlive(bmcPID) else {
-                throw Spawn.Failure(description: "ipmi_sim for \(name) exited: \((try? String(contentsOfFile: vmDir + "/bmc.log", encoding: .utf8)) ?? "")")
+                throw Spawn.Failure(
+                    description:
+                        "ipmi_sim for \(name) exited: \((try? String(contentsOfFile: vmDir + "/bmc.log", encoding: .utf8)) ?? "")"
+                )
             }
             if let r = try? Spawn.run(ipmitool(vm) + ["chassis", "power", "status"], timeout: 10, check: false),
                 r.status == 0
@@ -437,13 +563,17 @@ public struct Lab {
 
     /// ipmitool arguments for a VM's BMC; the password is passed through a file, never argv.
     public func ipmitool(_ vm: LabState.VM) -> [String] {
-        ["ipmitool", "-I", "lanplus", "-C", "3", "-H", vm.bmcAddress, "-p", String(vm.bmcPort), "-U", vm.bmcUser,
-         "-f", LabState.defaultDirectory + "/bmc-password"]
+        [
+            "ipmitool", "-I", "lanplus", "-C", "3", "-H", vm.bmcAddress, "-p", String(vm.bmcPort), "-U", vm.bmcUser,
+            "-f", LabState.defaultDirectory + "/bmc-password",
+        ]
     }
 
     /// Writes a lab file with its mode from the start (passwords are in some).
     func write(_ path: String, mode: mode_t, _ text: String) throws {
-        do { try SecretFile.replace(path, Array(text.utf8), mode: mode) } catch { throw Spawn.Failure(description: error.description) }
+        do { try SecretFile.replace(path, Array(text.utf8), mode: mode) } catch {
+            throw Spawn.Failure(description: error.description)
+        }
     }
 
     // MARK: restart-server
@@ -452,7 +582,9 @@ public struct Lab {
     /// upgrade of the binary, or after a crash. The lab's network, VMs and BMCs are untouched.
     public func restartServer(farrierBinary: String) throws -> LabState {
         guard getuid() == 0 else { throw Spawn.Failure(description: "farrier lab needs root") }
-        guard var state = LabState.load() else { throw Spawn.Failure(description: "the lab is down; `farrier lab up` first") }
+        guard var state = LabState.load() else {
+            throw Spawn.Failure(description: "the lab is down; `farrier lab up` first")
+        }
         if let pid = state.serverPID, Self.isLabServer(pid, directory: state.directory) {
             log("stopping the lab's server (pid \(pid))")
             Spawn.stop(pid, grace: 15)
@@ -492,7 +624,9 @@ public struct Lab {
         let directories = Array(Set([home, LabState.defaultDirectory]))
         for vm in state?.vms ?? [] {
             let dir = home + "/" + vm.name
-            if let text = try? String(contentsOfFile: dir + "/qemu.pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            if let text = try? String(contentsOfFile: dir + "/qemu.pid", encoding: .utf8),
+                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            {
                 Spawn.stop(pid)
             }
             if let pid = vm.bmcPID { Spawn.stop(pid) }
@@ -527,7 +661,9 @@ public struct Lab {
         var out: [String: String] = [:]
         for vm in state.vms {
             let r = try? Spawn.run(ipmitool(vm) + ["chassis", "power", "status"], timeout: 10, check: false)
-            out[vm.name] = r.map { $0.output.contains("is on") ? "on" : $0.output.contains("is off") ? "off" : "unknown" } ?? "unknown"
+            out[vm.name] =
+                r.map { $0.output.contains("is on") ? "on" : $0.output.contains("is off") ? "off" : "unknown" }
+                ?? "unknown"
         }
         return out
     }

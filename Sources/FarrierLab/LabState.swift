@@ -67,7 +67,10 @@ public struct LabState: Codable, Sendable {
     }
 
     public func save(to path: String = statePath) throws {
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent,
+            withIntermediateDirectories: true
+        )
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]
         try e.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)

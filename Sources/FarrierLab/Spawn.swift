@@ -1,7 +1,8 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
 
 /// Starting and running programs for the lab, with `posix_spawn`: each child gets an empty signal
 /// mask and default signal dispositions (the async runtime's threads block signals, and a child
@@ -45,7 +46,7 @@ public enum Spawn {
         posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         let argv = args.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
+        defer { for arg in argv { free(arg) } }
         var pid: pid_t = 0
         let rc = posix_spawnp(&pid, args[0], &actions, &attr, argv, environ)
         guard rc == 0 else { throw Failure(description: "cannot run \(args[0]): \(String(cString: strerror(rc)))") }
@@ -59,7 +60,11 @@ public enum Spawn {
 
     /// Runs a program to completion (killed after `timeout` seconds) and returns its status and output.
     @discardableResult
-    public static func run(_ args: [String], timeout: Double = 60, check: Bool = true) throws -> (status: Int32, output: String) {
+    public static func run(
+        _ args: [String],
+        timeout: Double = 60,
+        check: Bool = true
+    ) throws -> (status: Int32, output: String) {
         let out = NSTemporaryDirectory() + "farrier-run-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { unlink(out) }
         let pid = try spawn(args, stdout: out, detached: false)
@@ -78,7 +83,10 @@ public enum Spawn {
         let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         if check && code != 0 {
-            throw Failure(description: "\(args.joined(separator: " ")) failed (\(code)): \(output.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw Failure(
+                description:
+                    "\(args.joined(separator: " ")) failed (\(code)): \(output.trimmingCharacters(in: .whitespacesAndNewlines))"
+            )
         }
         return (code, output)
     }

@@ -39,7 +39,10 @@ public final class PostgresStore: StateStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`, with
     /// `?sslmode=disable|prefer|require`; the default is prefer) and runs pending migrations.
     public init(
-        url: String, timelineLimit: Int = 500, timeout: Duration = .seconds(30), logger: Logger = Logger(label: "farrier.postgres")
+        url: String,
+        timelineLimit: Int = 500,
+        timeout: Duration = .seconds(30),
+        logger: Logger = Logger(label: "farrier.postgres")
     ) async throws {
         var config = try PostgresURL(url)
         // The server ends what the client stopped waiting for: a statement, a lock wait or an
@@ -91,19 +94,22 @@ public final class PostgresStore: StateStore {
 
     /// Runs `body` in a transaction on a pooled connection: COMMIT when it returns, ROLLBACK
     /// when it throws. Database errors become `StoreError`s.
-    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T
+    {
         do {
-            return try await bounded { [client, logger] in try await client.withConnection { conn in
-                try await conn.query("BEGIN", logger: logger)
-                do {
-                    let result = try await body(conn)
-                    try await conn.query("COMMIT", logger: logger)
-                    return result
-                } catch {
-                    _ = try? await conn.query("ROLLBACK", logger: logger)
-                    throw error
+            return try await bounded { [client, logger] in
+                try await client.withConnection { conn in
+                    try await conn.query("BEGIN", logger: logger)
+                    do {
+                        let result = try await body(conn)
+                        try await conn.query("COMMIT", logger: logger)
+                        return result
+                    } catch {
+                        _ = try? await conn.query("ROLLBACK", logger: logger)
+                        throw error
+                    }
                 }
-            } }
+            }
         } catch {
             throw Self.storeError(error)
         }
@@ -127,12 +133,18 @@ public final class PostgresStore: StateStore {
         return try await withCheckedThrowingContinuation { continuation in
             outcome.start(continuation)
             let task = Task { outcome.finish(with: await Result(catching: { try await work() })) }
-            outcome.setTimer(Task { [timeout] in
-                try? await Task.sleep(for: timeout)
-                if outcome.finish(with: .failure(StoreError(.unavailable, "PostgreSQL did not answer within \(timeout.components.seconds) s"))) {
-                    task.cancel()
+            outcome.setTimer(
+                Task { [timeout] in
+                    try? await Task.sleep(for: timeout)
+                    if outcome.finish(
+                        with: .failure(
+                            StoreError(.unavailable, "PostgreSQL did not answer within \(timeout.components.seconds) s")
+                        )
+                    ) {
+                        task.cancel()
+                    }
                 }
-            })
+            )
         }
     }
 
@@ -142,7 +154,10 @@ public final class PostgresStore: StateStore {
         if error is StoreError { return error }
         if let e = error as? PSQLError {
             if e.serverInfo?[.sqlState] == "23505" {
-                return StoreError(.alreadyExists, "already exists: \(e.serverInfo?[.detail] ?? "a unique value is taken")")
+                return StoreError(
+                    .alreadyExists,
+                    "already exists: \(e.serverInfo?[.detail] ?? "a unique value is taken")"
+                )
             }
             return StoreError(.unavailable, "PostgreSQL: \(e.serverInfo?[.message] ?? "\(e.code)")")
         }
@@ -222,9 +237,12 @@ public final class PostgresStore: StateStore {
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
             try await conn.query(
                 "CREATE TABLE IF NOT EXISTS farrier_migration (name text PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())",
-                logger: logger)
+                logger: logger
+            )
             var applied = Set<String>()
-            for try await name in try await conn.query("SELECT name FROM farrier_migration", logger: logger).decode(String.self) {
+            for try await name in try await conn.query("SELECT name FROM farrier_migration", logger: logger).decode(
+                String.self
+            ) {
                 applied.insert(name)
             }
             for m in Self.migrations where !applied.contains(m.name) {
@@ -239,9 +257,11 @@ public final class PostgresStore: StateStore {
     public func appliedMigrations() async throws -> [String] {
         try await run { [self] conn in
             var names: [String] = []
-            for try await n in try await conn.query("SELECT name FROM farrier_migration ORDER BY applied, name", logger: logger)
-                .decode(String.self)
-            {
+            for try await n in try await conn.query(
+                "SELECT name FROM farrier_migration ORDER BY applied, name",
+                logger: logger
+            )
+            .decode(String.self) {
                 names.append(n)
             }
             return names
@@ -299,14 +319,18 @@ public final class PostgresStore: StateStore {
                 """
                 INSERT INTO machine (id, name, mac, state, project, last_seen, body)
                 VALUES (\(m.id), \(m.name), \(m.mac.description), \(m.state.rawValue), \(m.project), \(m.lastSeen), \(body)::jsonb)
-                """, logger: logger)
+                """,
+                logger: logger
+            )
         } else {
             try await conn.query(
                 """
                 UPDATE machine SET name = \(m.name), mac = \(m.mac.description), state = \(m.state.rawValue),
                   project = \(m.project), last_seen = \(m.lastSeen), body = \(body)::jsonb
                 WHERE id = \(m.id)
-                """, logger: logger)
+                """,
+                logger: logger
+            )
         }
     }
 }
@@ -314,29 +338,48 @@ public final class PostgresStore: StateStore {
 // MARK: MachineStore
 
 extension PostgresStore {
-    public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) async throws -> Machine? {
+    public func recordSighting(
+        mac: MACAddress,
+        platform: ClientPlatform,
+        at time: Date,
+        create: Int?
+    ) async throws -> Machine? {
         try await transaction { [self] conn in
-            if var m = try await machines(conn, "SELECT body::text FROM machine WHERE mac = \(mac.description) FOR UPDATE").first {
+            if var m = try await machines(
+                conn,
+                "SELECT body::text FROM machine WHERE mac = \(mac.description) FOR UPDATE"
+            ).first {
                 // A sighting that may not create (an HTTP script fetch, which anyone can make)
                 // writes at most once a minute per machine, unless it fills in the platform.
-                let fills = (m.architecture == .unknown && platform.architecture != .unknown)
+                let fills =
+                    (m.architecture == .unknown && platform.architecture != .unknown)
                     || (m.firmware == .unknown && platform.firmware != .unknown)
                 if create == nil, !fills, time.timeIntervalSince(m.lastSeen) < 60 { return m }
                 m.lastSeen = time
-                if m.architecture == .unknown, platform.architecture != .unknown { m.architecture = platform.architecture }
+                if m.architecture == .unknown, platform.architecture != .unknown {
+                    m.architecture = platform.architecture
+                }
                 if m.firmware == .unknown, platform.firmware != .unknown { m.firmware = platform.firmware }
                 try await write(m, conn: conn, insert: false)
                 return m
             }
             guard let create else { return nil }
             var discovered = 0
-            for try await n in try await conn.query("SELECT count(*) FROM machine WHERE state = 'discovered'", logger: logger).decode(Int.self) {
+            for try await n in try await conn.query(
+                "SELECT count(*) FROM machine WHERE state = 'discovered'",
+                logger: logger
+            ).decode(Int.self) {
                 discovered = n
             }
             guard discovered < create else { return nil }
             let m = Machine(
-                name: Machine.defaultName(for: mac), mac: mac, architecture: platform.architecture,
-                firmware: platform.firmware, firstSeen: time, lastSeen: time)
+                name: Machine.defaultName(for: mac),
+                mac: mac,
+                architecture: platform.architecture,
+                firmware: platform.firmware,
+                firstSeen: time,
+                lastSeen: time
+            )
             try await write(m, conn: conn, insert: true)
             return m
         }
@@ -349,9 +392,13 @@ extension PostgresStore {
                 """
                 DELETE FROM machine WHERE state = 'discovered' AND project IS NULL AND body->'bmc' IS NULL
                   AND last_seen < \(before) RETURNING mac
-                """, logger: logger)
+                """,
+                logger: logger
+            )
             for try await mac in rows.decode(String.self) { macs.append(mac) }
-            if !macs.isEmpty { try await conn.query("DELETE FROM timeline_event WHERE mac = ANY(\(macs))", logger: logger) }
+            if !macs.isEmpty {
+                try await conn.query("DELETE FROM timeline_event WHERE mac = ANY(\(macs))", logger: logger)
+            }
             return macs.compactMap { MACAddress($0) }
         }
     }
@@ -401,37 +448,63 @@ extension PostgresStore {
         return try await all(Machine.self, PostgresQuery(unsafeSQL: sql, binds: binds))
     }
 
-    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) async throws -> Machine {
+    public func enroll(
+        name: String,
+        mac: MACAddress,
+        bmc: BMCReference,
+        sealedPassword: [UInt8],
+        at time: Date
+    ) async throws -> Machine {
         try await transaction { [self] conn in
-            if let byName = try await machines(conn, "SELECT body::text FROM machine WHERE name = \(name) FOR UPDATE").first,
+            if let byName = try await machines(conn, "SELECT body::text FROM machine WHERE name = \(name) FOR UPDATE")
+                .first,
                 byName.mac != mac
             {
-                throw StoreError(.alreadyExists, "machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
+                throw StoreError(
+                    .alreadyExists,
+                    "machine name '\(name)' is already used by the machine with MAC \(byName.mac)"
+                )
             }
             var m: Machine
             let insert: Bool
-            if let existing = try await machines(conn, "SELECT body::text FROM machine WHERE mac = \(mac.description) FOR UPDATE").first {
+            if let existing = try await machines(
+                conn,
+                "SELECT body::text FROM machine WHERE mac = \(mac.description) FOR UPDATE"
+            ).first {
                 m = existing
                 m.name = name
                 // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
                 if m.state == .discovered { m.state = .enrolled }
                 insert = false
             } else {
-                m = Machine(name: name, mac: mac, architecture: .unknown, firmware: .unknown, state: .enrolled, firstSeen: time, lastSeen: time)
+                m = Machine(
+                    name: name,
+                    mac: mac,
+                    architecture: .unknown,
+                    firmware: .unknown,
+                    state: .enrolled,
+                    firstSeen: time,
+                    lastSeen: time
+                )
                 insert = true
             }
             m.bmc = bmc
             try await write(m, conn: conn, insert: insert)
-            try await conn.query("UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: sealedPassword)) WHERE id = \(m.id)", logger: logger)
+            try await conn.query(
+                "UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: sealedPassword)) WHERE id = \(m.id)",
+                logger: logger
+            )
             return m
         }
     }
 
     public func sealedBMCPassword(machineID: String) async throws -> [UInt8]? {
         try await run { [self] conn in
-            for try await secret in try await conn.query("SELECT bmc_secret FROM machine WHERE id = \(machineID)", logger: logger)
-                .decode(ByteBuffer?.self)
-            {
+            for try await secret in try await conn.query(
+                "SELECT bmc_secret FROM machine WHERE id = \(machineID)",
+                logger: logger
+            )
+            .decode(ByteBuffer?.self) {
                 return secret.map { Array($0.readableBytesView) }
             }
             return nil
@@ -439,10 +512,15 @@ extension PostgresStore {
     }
 
     public func update(
-        machineID: String, fence: WorkClaim?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+        machineID: String,
+        fence: WorkClaim?,
+        _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine {
         try await transaction { [self] conn in
-            guard let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE").first else {
+            guard
+                let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE")
+                    .first
+            else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
             if let fence { try await check(fence, conn: conn) }
@@ -455,18 +533,24 @@ extension PostgresStore {
     static let admissionLock: Int64 = 0x4641_5252_4945_5203
 
     public func updateCounting(
-        machineID: String, fence: WorkClaim?,
+        machineID: String,
+        fence: WorkClaim?,
         _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
     ) async throws -> Machine {
         try await transaction { [self] conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.admissionLock))", logger: logger)
-            guard let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE").first else {
+            guard
+                let m = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(machineID) FOR UPDATE")
+                    .first
+            else {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
             if let fence { try await check(fence, conn: conn) }
             var running: [MachineState: Int] = [:]
             let rows = try await conn.query(
-                "SELECT state, count(*)::bigint FROM machine WHERE body->>'phase' NOT IN ('queued', 'none') GROUP BY state", logger: logger)
+                "SELECT state, count(*)::bigint FROM machine WHERE body->>'phase' NOT IN ('queued', 'none') GROUP BY state",
+                logger: logger
+            )
             for try await (state, n) in rows.decode((String, Int64).self) {
                 if let s = MachineState(rawValue: state) { running[s] = Int(n) }
             }
@@ -485,7 +569,9 @@ extension PostgresStore {
             SELECT 1 FROM work_claim WHERE machine_id = \(claim.machineID) AND owner = \(claim.owner)
               AND token = \(claim.token) AND until > clock_timestamp()
             FOR SHARE
-            """, logger: logger)
+            """,
+            logger: logger
+        )
         for try await _ in rows.decode(Int.self) { return }
         throw StoreError(.fenced, "the claim \(claim) on machine \(claim.machineID) lapsed or was taken over")
     }
@@ -498,7 +584,8 @@ extension PostgresStore {
     static let allocationLock: Int64 = 0x4641_5252_4945_5202
 
     public func allocate(
-        _ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+        _ accept: @escaping @Sendable (Machine) -> Bool,
+        _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine? {
         try await transaction { [self] conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.allocationLock))", logger: logger)
@@ -509,7 +596,8 @@ extension PostgresStore {
             let batch = 100
             var picked: Machine?
             var after: (cores: Int64, memory: Int64, name: String)?
-            let order = "COALESCE((body->'inventory'->>'cores')::bigint, 0), COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0), name COLLATE \"C\""
+            let order =
+                "COALESCE((body->'inventory'->>'cores')::bigint, 0), COALESCE((body->'inventory'->>'memoryBytes')::bigint, 0), name COLLATE \"C\""
             search: for _ in 0..<1_000_000 {
                 var sql = "SELECT body::text FROM machine WHERE state = 'ready' AND project IS NULL"
                 var binds = PostgresBindings()
@@ -531,7 +619,11 @@ extension PostgresStore {
             guard let picked else { return nil }
             // Lock the chosen row and make sure nothing changed it since it was read (a transition
             // by name, on this replica or another, does not take the allocation lock).
-            guard let current = try await machines(conn, "SELECT body::text FROM machine WHERE id = \(picked.id) FOR UPDATE").first,
+            guard
+                let current = try await machines(
+                    conn,
+                    "SELECT body::text FROM machine WHERE id = \(picked.id) FOR UPDATE"
+                ).first,
                 current == picked
             else {
                 throw StoreError(.unavailable, "machine \(picked.name) changed while it was being allocated; try again")
@@ -540,11 +632,17 @@ extension PostgresStore {
         }
     }
 
-    func apply(_ body: @Sendable (inout Machine) throws -> [MachineEvent], to machine: Machine, conn: PostgresConnection) async throws -> Machine {
+    func apply(
+        _ body: @Sendable (inout Machine) throws -> [MachineEvent],
+        to machine: Machine,
+        conn: PostgresConnection
+    ) async throws -> Machine {
         var m = machine
         let events = try body(&m)
         if m.name != machine.name {
-            for try await _ in try await conn.query("SELECT 1 FROM machine WHERE name = \(m.name)", logger: logger).decode(Int.self) {
+            for try await _ in try await conn.query("SELECT 1 FROM machine WHERE name = \(m.name)", logger: logger)
+                .decode(Int.self)
+            {
                 throw StoreError(.alreadyExists, "machine name '\(m.name)' is already in use")
             }
         }
@@ -554,7 +652,10 @@ extension PostgresStore {
         // on two replicas cannot leave a machine in a project that is gone.
         if let project = m.project, project != machine.project {
             var exists = false
-            for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(project) FOR SHARE", logger: logger).decode(Int.self) {
+            for try await _ in try await conn.query(
+                "SELECT 1 FROM project WHERE name = \(project) FOR SHARE",
+                logger: logger
+            ).decode(Int.self) {
                 exists = true
             }
             guard exists else { throw StoreError(.notFound, "no project named '\(project)'") }
@@ -566,7 +667,9 @@ extension PostgresStore {
         if !events.isEmpty { try await conn.query("SELECT pg_advisory_xact_lock(\(Self.eventLock))", logger: logger) }
         for e in events {
             try await conn.query(
-                "INSERT INTO machine_event (machine_id, body) VALUES (\(e.machineID), \(try Self.json(e))::jsonb)", logger: logger)
+                "INSERT INTO machine_event (machine_id, body) VALUES (\(e.machineID), \(try Self.json(e))::jsonb)",
+                logger: logger
+            )
         }
         // Every replica listening hears it when (and only if) this transaction commits.
         if !events.isEmpty { try await conn.query("NOTIFY \(unescaped: Self.channel)", logger: logger) }
@@ -587,8 +690,12 @@ extension PostgresStore {
                   until = EXCLUDED.until
                 WHERE c.owner = EXCLUDED.owner OR c.until <= now()
                 RETURNING token
-                """, logger: logger)
-            for try await token in rows.decode(Int64.self) { return WorkClaim(machineID: machineID, owner: owner, token: token) }
+                """,
+                logger: logger
+            )
+            for try await token in rows.decode(Int64.self) {
+                return WorkClaim(machineID: machineID, owner: owner, token: token)
+            }
             return nil
         }
     }
@@ -601,7 +708,9 @@ extension PostgresStore {
                 UPDATE work_claim SET until = now() + \(seconds) * interval '1 second'
                 WHERE machine_id = \(claim.machineID) AND owner = \(claim.owner) AND token = \(claim.token) AND until > now()
                 RETURNING 1
-                """, logger: logger)
+                """,
+                logger: logger
+            )
             for try await _ in rows.decode(Int.self) { return true }
             return false
         }
@@ -613,7 +722,9 @@ extension PostgresStore {
                 """
                 UPDATE work_claim SET until = 'epoch'
                 WHERE machine_id = \(claim.machineID) AND owner = \(claim.owner) AND token = \(claim.token)
-                """, logger: logger)
+                """,
+                logger: logger
+            )
         }
     }
 
@@ -635,10 +746,13 @@ extension PostgresStore {
             if let machineID {
                 rows = try await conn.query(
                     "SELECT id, body::text FROM machine_event WHERE id > \(after) AND machine_id = \(machineID) ORDER BY id LIMIT \(limit)",
-                    logger: logger)
+                    logger: logger
+                )
             } else {
                 rows = try await conn.query(
-                    "SELECT id, body::text FROM machine_event WHERE id > \(after) ORDER BY id LIMIT \(limit)", logger: logger)
+                    "SELECT id, body::text FROM machine_event WHERE id > \(after) ORDER BY id LIMIT \(limit)",
+                    logger: logger
+                )
             }
             var out: [MachineEvent] = []
             for try await (id, body) in rows.decode((Int64, String).self) {
@@ -652,7 +766,9 @@ extension PostgresStore {
 
     public func lastEventID() async throws -> Int64 {
         try await run { [self] conn in
-            for try await id in try await conn.query("SELECT max(id) FROM machine_event", logger: logger).decode(Int64?.self) {
+            for try await id in try await conn.query("SELECT max(id) FROM machine_event", logger: logger).decode(
+                Int64?.self
+            ) {
                 return id ?? 0
             }
             return 0
@@ -667,14 +783,18 @@ extension PostgresStore {
                     """
                     INSERT INTO timeline_event (mac, time, stage, event, detail)
                     VALUES (\(e.mac.description), \(e.time), \(e.stage.rawValue), \(e.event), \(e.detail))
-                    """, logger: logger)
+                    """,
+                    logger: logger
+                )
             }
             for mac in Set(events.map(\.mac.description)) {
                 try await conn.query(
                     """
                     DELETE FROM timeline_event WHERE mac = \(mac) AND id <= (
                       SELECT id FROM timeline_event WHERE mac = \(mac) ORDER BY id DESC LIMIT 1 OFFSET \(timelineLimit))
-                    """, logger: logger)
+                    """,
+                    logger: logger
+                )
             }
         }
     }
@@ -684,9 +804,18 @@ extension PostgresStore {
             var out: [TimelineEvent] = []
             let rows = try await conn.query(
                 "SELECT time, stage, event, detail FROM timeline_event WHERE mac = \(mac.description) ORDER BY id DESC LIMIT \(limit)",
-                logger: logger)
+                logger: logger
+            )
             for try await (time, stage, event, detail) in rows.decode((Date, String, String, String).self) {
-                out.append(TimelineEvent(mac: mac, time: time, stage: TimelineEvent.Stage(rawValue: stage) ?? .dhcp, event: event, detail: detail))
+                out.append(
+                    TimelineEvent(
+                        mac: mac,
+                        time: time,
+                        stage: TimelineEvent.Stage(rawValue: stage) ?? .dhcp,
+                        event: event,
+                        detail: detail
+                    )
+                )
             }
             return out.reversed()
         }
@@ -698,10 +827,15 @@ extension PostgresStore {
 extension PostgresStore {
     public func createProject(_ p: Project) async throws {
         try await transaction { [self] conn in
-            for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(p.name)", logger: logger).decode(Int.self) {
+            for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(p.name)", logger: logger)
+                .decode(Int.self)
+            {
                 throw StoreError(.alreadyExists, "project '\(p.name)' already exists")
             }
-            try await conn.query("INSERT INTO project (name, body) VALUES (\(p.name), \(try Self.json(p))::jsonb)", logger: logger)
+            try await conn.query(
+                "INSERT INTO project (name, body) VALUES (\(p.name), \(try Self.json(p))::jsonb)",
+                logger: logger
+            )
         }
     }
 
@@ -719,14 +853,21 @@ extension PostgresStore {
             // joining it: a deploy share-locks the row it joins (apply), so it commits before
             // this count or finds the project gone.
             var exists = false
-            for try await _ in try await conn.query("SELECT 1 FROM project WHERE name = \(name) FOR UPDATE", logger: logger).decode(Int.self) {
+            for try await _ in try await conn.query(
+                "SELECT 1 FROM project WHERE name = \(name) FOR UPDATE",
+                logger: logger
+            ).decode(Int.self) {
                 exists = true
             }
             guard exists else { return false }
             let machines = try await count(conn, "SELECT count(*) FROM machine WHERE project = \(name)")
-            if machines > 0 { throw StoreError(.inUse, "project '\(name)' still has \(machines) machine(s); release them first") }
+            if machines > 0 {
+                throw StoreError(.inUse, "project '\(name)' still has \(machines) machine(s); release them first")
+            }
             let tokens = try await count(conn, "SELECT count(*) FROM api_token WHERE project = \(name)")
-            if tokens > 0 { throw StoreError(.inUse, "project '\(name)' still has \(tokens) token(s); revoke them first") }
+            if tokens > 0 {
+                throw StoreError(.inUse, "project '\(name)' still has \(tokens) token(s); revoke them first")
+            }
             try await conn.query("DELETE FROM project WHERE name = \(name)", logger: logger)
             return true
         }
@@ -739,14 +880,18 @@ extension PostgresStore {
 
     public func createToken(_ t: APIToken) async throws {
         try await transaction { [self] conn in
-            if let project = t.project, try await count(conn, "SELECT count(*) FROM project WHERE name = \(project)") == 0 {
+            if let project = t.project,
+                try await count(conn, "SELECT count(*) FROM project WHERE name = \(project)") == 0
+            {
                 throw StoreError(.notFound, "no project named '\(project)'")
             }
             try await conn.query(
                 """
                 INSERT INTO api_token (id, secret_sha256, project, created, body)
                 VALUES (\(t.id), \(t.secretSHA256), \(t.project), \(t.created), \(try Self.json(t))::jsonb)
-                """, logger: logger)
+                """,
+                logger: logger
+            )
         }
     }
 
@@ -769,10 +914,15 @@ extension PostgresStore {
     public func addImage(_ i: ImageInfo) async throws {
         try await transaction { [self] conn in
             if try await count(conn, "SELECT count(*) FROM image WHERE name = \(i.name)") > 0 {
-                throw StoreError(.alreadyExists, "image '\(i.name)' already exists; remove it first or pick another name")
+                throw StoreError(
+                    .alreadyExists,
+                    "image '\(i.name)' already exists; remove it first or pick another name"
+                )
             }
             try await conn.query(
-                "INSERT INTO image (name, sha256, body) VALUES (\(i.name), \(i.sha256), \(try Self.json(i))::jsonb)", logger: logger)
+                "INSERT INTO image (name, sha256, body) VALUES (\(i.name), \(i.sha256), \(try Self.json(i))::jsonb)",
+                logger: logger
+            )
         }
     }
 
@@ -788,10 +938,15 @@ extension PostgresStore {
         try await transaction { [self] conn in
             var users: [String] = []
             let rows = try await conn.query(
-                "SELECT name FROM machine WHERE body->'deployment'->>'image' = \(name) ORDER BY name FOR UPDATE", logger: logger)
+                "SELECT name FROM machine WHERE body->'deployment'->>'image' = \(name) ORDER BY name FOR UPDATE",
+                logger: logger
+            )
             for try await user in rows.decode(String.self) { users.append(user) }
             if !users.isEmpty {
-                throw StoreError(.inUse, "image '\(name)' is in use by \(users.joined(separator: ", ")); release them first")
+                throw StoreError(
+                    .inUse,
+                    "image '\(name)' is in use by \(users.joined(separator: ", ")); release them first"
+                )
             }
             let deleted = try await conn.query("DELETE FROM image WHERE name = \(name) RETURNING name", logger: logger)
             for try await _ in deleted.decode(String.self) { return true }
@@ -800,7 +955,8 @@ extension PostgresStore {
     }
 
     public func imageReferenced(sha256: String) async throws -> Bool {
-        try await run { [self] conn in try await count(conn, "SELECT count(*) FROM image WHERE sha256 = \(sha256)") > 0 }
+        try await run { [self] conn in try await count(conn, "SELECT count(*) FROM image WHERE sha256 = \(sha256)") > 0
+        }
     }
 }
 
@@ -823,7 +979,9 @@ extension PostgresStore {
     }
 
     public func currentLeases(macs: [MACAddress]) async throws -> [Lease] {
-        try await pooledLeases("SELECT mac, address, expires, hostname FROM lease WHERE mac = ANY(\(macs.map(\.description)))")
+        try await pooledLeases(
+            "SELECT mac, address, expires, hostname FROM lease WHERE mac = ANY(\(macs.map(\.description)))"
+        )
     }
 
     /// The leases a query of (mac, address, expires, hostname) selects, on the pool.
@@ -849,22 +1007,26 @@ extension PostgresStore {
         // As SQLite's INSERT OR REPLACE does row by row: each lease displaces the rows it
         // conflicts with, on its MAC or on its address. Played through here, then every stored
         // row any lease of the batch conflicts with is deleted and what remains is inserted.
-        var byMAC: [String: Lease] = [:], holder: [String: String] = [:]
+        var byMAC: [String: Lease] = [:]
+        var holder: [String: String] = [:]
         for l in batch {
-            let mac = l.mac.description, address = l.address.description
+            let mac = l.mac.description
+            let address = l.address.description
             if let old = byMAC[mac] { holder[old.address.description] = nil }
             if let displaced = holder[address] { byMAC[displaced] = nil }
             byMAC[mac] = l
             holder[address] = mac
         }
         let leases = Array(byMAC.values)
-        let macs = batch.map(\.mac.description), addresses = batch.map(\.address.description)
+        let macs = batch.map(\.mac.description)
+        let addresses = batch.map(\.address.description)
         try leaseConnection.transaction { session in
             try session.query("DELETE FROM lease WHERE mac = ANY(\(macs)) OR address = ANY(\(addresses))")
             // Sent back to back; NIO queues them on the connection in order.
             let inserts = leases.map { l in
                 session.send(
-                    "INSERT INTO lease (mac, address, expires, hostname) VALUES (\(l.mac.description), \(l.address.description), \(l.expires), \(l.hostname))")
+                    "INSERT INTO lease (mac, address, expires, hostname) VALUES (\(l.mac.description), \(l.address.description), \(l.expires), \(l.hostname))"
+                )
             }
             for f in inserts { _ = try session.wait(f) }
         }
@@ -882,7 +1044,8 @@ extension PostgresStore {
                 """
                 INSERT INTO seen_address (mac, address, seen) VALUES (\(mac.description), \(address.description), \(time))
                 ON CONFLICT (mac) DO UPDATE SET address = EXCLUDED.address, seen = EXCLUDED.seen
-                """)
+                """
+            )
         }
     }
 
@@ -935,11 +1098,18 @@ final class EventListener: Sendable {
                         for try await _ in notifications { fire() }
                     }
                 } catch {
-                    if !Task.isCancelled { logger.warning("listening for other replicas' events failed", metadata: ["error": "\(error)"]) }
+                    if !Task.isCancelled {
+                        logger.warning("listening for other replicas' events failed", metadata: ["error": "\(error)"])
+                    }
                 }
                 try? await conn.close()
             } catch {
-                if !Task.isCancelled { logger.warning("cannot connect to listen for other replicas' events", metadata: ["error": "\(error)"]) }
+                if !Task.isCancelled {
+                    logger.warning(
+                        "cannot connect to listen for other replicas' events",
+                        metadata: ["error": "\(error)"]
+                    )
+                }
             }
             try? await Task.sleep(for: .seconds(1))
         }
@@ -1032,7 +1202,9 @@ final class LeaseConnection: Sendable {
         let promise = future.eventLoop.makePromise(of: T.self)
         future.cascade(to: promise)
         let timer = future.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) {
-            promise.fail(StoreError(.unavailable, "PostgreSQL did not answer within \(self.timeout.components.seconds) s"))
+            promise.fail(
+                StoreError(.unavailable, "PostgreSQL did not answer within \(self.timeout.components.seconds) s")
+            )
             Self.close(conn)
         }
         defer { timer.cancel() }
@@ -1058,7 +1230,10 @@ final class LeaseConnection: Sendable {
                 } else {
                     let id = ids.add(1, ordering: .relaxed).newValue
                     conn = try PostgresConnection.connect(
-                        on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration, id: id, logger: logger
+                        on: MultiThreadedEventLoopGroup.singleton.next(),
+                        configuration: configuration,
+                        id: id,
+                        logger: logger
                     ).wait()  // bounded by the configuration's connect timeout
                     current = conn
                 }
@@ -1109,7 +1284,9 @@ struct PostgresURL {
         guard let url = URLComponents(string: text), url.scheme == "postgres" || url.scheme == "postgresql",
             let host = url.host, !host.isEmpty, let user = url.user, !user.isEmpty
         else {
-            throw ConfigurationError("database.url: '\(Self.redacted(text))' is not a URL like postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+            throw ConfigurationError(
+                "database.url: '\(Self.redacted(text))' is not a URL like postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+            )
         }
         let port = url.port ?? 5432
         let database = url.path.hasPrefix("/") ? String(url.path.dropFirst()) : url.path
@@ -1129,8 +1306,22 @@ struct PostgresURL {
         default:
             throw ConfigurationError("database.url: sslmode '\(mode)' is not one of disable, prefer, require")
         }
-        client = .init(host: host, port: port, username: user, password: password, database: database.isEmpty ? nil : database, tls: clientTLS)
-        connection = .init(host: host, port: port, username: user, password: password, database: database.isEmpty ? nil : database, tls: connectionTLS)
+        client = .init(
+            host: host,
+            port: port,
+            username: user,
+            password: password,
+            database: database.isEmpty ? nil : database,
+            tls: clientTLS
+        )
+        connection = .init(
+            host: host,
+            port: port,
+            username: user,
+            password: password,
+            database: database.isEmpty ? nil : database,
+            tls: connectionTLS
+        )
     }
 
     /// The URL without its password, for messages and logs.

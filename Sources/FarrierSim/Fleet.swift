@@ -114,10 +114,15 @@ public actor SimFleet {
         self.logger = logger
         for i in 0..<configuration.machines {
             let n = UInt32(i + 1)
-            let mac = MACAddress([0x02, 0xfa, UInt8(truncatingIfNeeded: n >> 24), UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n)])
+            let mac = MACAddress([
+                0x02, 0xfa, UInt8(truncatingIfNeeded: n >> 24), UInt8(truncatingIfNeeded: n >> 16),
+                UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n),
+            ])
             var m = Machine(
-                name: "\(configuration.namePrefix)-\(String(format: "%05d", i + 1))", mac: mac,
-                address: IPv4Address(configuration.firstAddress.value &+ UInt32(i)))
+                name: "\(configuration.namePrefix)-\(String(format: "%05d", i + 1))",
+                mac: mac,
+                address: IPv4Address(configuration.firstAddress.value &+ UInt32(i))
+            )
             m.wrongPassword = configuration.wrongPasswordEvery > 0 && (i + 1) % configuration.wrongPasswordEvery == 0
             index[m.name] = i
             machines.append(m)
@@ -136,8 +141,11 @@ public actor SimFleet {
     public func entries(port: Int) -> [Entry] {
         machines.map { m in
             Entry(
-                name: m.name, mac: m.mac, address: m.address,
-                bmcURL: "redfish+http://\(configuration.user)@\(configuration.redfishHost):\(port)/\(m.name)")
+                name: m.name,
+                mac: m.mac,
+                address: m.address,
+                bmcURL: "redfish+http://\(configuration.user)@\(configuration.redfishHost):\(port)/\(m.name)"
+            )
         }
     }
 
@@ -160,8 +168,16 @@ public actor SimFleet {
         s.deployed = machines.count { $0.disk != nil }
         for (call, samples) in probeSamples {
             let sorted = samples.sorted()
-            func at(_ q: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)] }
-            s.probes[call] = .init(count: sorted.count, failures: probeFailures[call] ?? 0, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: sorted.last ?? 0)
+            func at(_ q: Double) -> Double {
+                sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)]
+            }
+            s.probes[call] = .init(
+                count: sorted.count,
+                failures: probeFailures[call] ?? 0,
+                p50Ms: at(0.5),
+                p99Ms: at(0.99),
+                maxMs: sorted.last ?? 0
+            )
         }
         return s
     }
@@ -171,7 +187,11 @@ public actor SimFleet {
 
     /// One API call the probe timed (milliseconds), or its failure (nil).
     public func recordProbe(_ call: String, milliseconds: Double?) {
-        if let milliseconds { probeSamples[call, default: []].append(milliseconds) } else { probeFailures[call, default: 0] += 1 }
+        if let milliseconds {
+            probeSamples[call, default: []].append(milliseconds)
+        } else {
+            probeFailures[call, default: 0] += 1
+        }
     }
 
     /// The machines' names (for the probe's `show` calls).
@@ -185,7 +205,11 @@ public actor SimFleet {
         stats.redfishRequests += 1
         if r.path == "/sim/v1/stats" {
             let data = (try? JSONEncoder().encode(snapshot())) ?? Data()
-            return SimResponse(status: .ok, headers: [("Content-Type", "application/json")], body: String(decoding: data, as: UTF8.self))
+            return SimResponse(
+                status: .ok,
+                headers: [("Content-Type", "application/json")],
+                body: String(decoding: data, as: UTF8.self)
+            )
         }
         if configuration.bmcLatency > .zero { try? await Task.sleep(for: configuration.bmcLatency) }
         var rng = SystemRandomNumberGenerator()
@@ -196,22 +220,30 @@ public actor SimFleet {
         }
         if configuration.bmcErrorRate > 0, Double.random(in: 0..<1, using: &rng) < configuration.bmcErrorRate {
             stats.redfishFaults += 1
-            return .json(["error": ["code": "Base.1.8.InternalError", "message": "simulated BMC fault"]], status: .internalServerError)
+            return .json(
+                ["error": ["code": "Base.1.8.InternalError", "message": "simulated BMC fault"]],
+                status: .internalServerError
+            )
         }
         if r.path == "/redfish/v1" || r.path == "/redfish/v1/" {
             return .json([
-                "@odata.id": "/redfish/v1/", "Id": "RootService", "Name": "Farrier fleet simulator", "RedfishVersion": "1.6.0",
+                "@odata.id": "/redfish/v1/", "Id": "RootService", "Name": "Farrier fleet simulator",
+                "RedfishVersion": "1.6.0",
                 "Systems": ["@odata.id": Self.systems],
             ])
         }
-        guard authorized(r.headers) else { return .json(["error": ["message": "bad credentials"]], status: .unauthorized) }
+        guard authorized(r.headers) else {
+            return .json(["error": ["message": "bad credentials"]], status: .unauthorized)
+        }
         if r.path == Self.systems, r.method == .GET {
             return .json([
                 "@odata.id": Self.systems, "Name": "Systems", "Members@odata.count": machines.count,
                 "Members": machines.map { ["@odata.id": "\(Self.systems)/\($0.name)"] },
             ])
         }
-        guard r.path.hasPrefix(Self.systems + "/") else { return .json(["error": ["message": "no such resource"]], status: .notFound) }
+        guard r.path.hasPrefix(Self.systems + "/") else {
+            return .json(["error": ["message": "no such resource"]], status: .notFound)
+        }
         let rest = r.path.dropFirst(Self.systems.count + 1)
         let id = String(rest.prefix { $0 != "/" })
         guard let i = index[id] else { return .json(["error": ["message": "no system \(id)"]], status: .notFound) }
@@ -225,7 +257,9 @@ public actor SimFleet {
                 let boot = body["Boot"] as? [String: Any]
             else { return .json(["error": ["message": "expected a JSON object with Boot"]], status: .badRequest) }
             if let t = boot["BootSourceOverrideTarget"] as? String {
-                guard ["None", "Pxe", "Hdd"].contains(t) else { return .json(["error": ["message": "target \(t) not allowed"]], status: .badRequest) }
+                guard ["None", "Pxe", "Hdd"].contains(t) else {
+                    return .json(["error": ["message": "target \(t) not allowed"]], status: .badRequest)
+                }
                 machines[i].overrideTarget = t
             }
             if let e = boot["BootSourceOverrideEnabled"] as? String { machines[i].overrideEnabled = e }
@@ -263,16 +297,21 @@ public actor SimFleet {
     func system(_ i: Int) -> [String: Any] {
         let m = machines[i]
         return [
-            "@odata.id": "\(Self.systems)/\(m.name)", "Id": m.name, "Name": m.name, "UUID": "00000000-0000-4000-8000-\(m.mac.formatted(separator: "-").replacingOccurrences(of: "-", with: ""))",
+            "@odata.id": "\(Self.systems)/\(m.name)", "Id": m.name, "Name": m.name,
+            "UUID":
+                "00000000-0000-4000-8000-\(m.mac.formatted(separator: "-").replacingOccurrences(of: "-", with: ""))",
             "Manufacturer": "Farrier", "Model": "Simulated", "BiosVersion": "sim-1", "PowerState": m.on ? "On" : "Off",
             "Boot": [
                 "BootSourceOverrideTarget": m.overrideTarget, "BootSourceOverrideEnabled": m.overrideEnabled,
-                "BootSourceOverrideMode": m.overrideMode, "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Hdd"],
+                "BootSourceOverrideMode": m.overrideMode,
+                "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Hdd"],
             ],
             "Actions": [
                 "#ComputerSystem.Reset": [
                     "target": "\(Self.systems)/\(m.name)/Actions/ComputerSystem.Reset",
-                    "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "GracefulShutdown", "ForceRestart", "GracefulRestart", "PowerCycle"],
+                    "ResetType@Redfish.AllowableValues": [
+                        "On", "ForceOff", "GracefulShutdown", "ForceRestart", "GracefulRestart", "PowerCycle",
+                    ],
                 ]
             ],
         ]
@@ -327,7 +366,12 @@ public actor SimFleet {
             device = "Pxe"  // a blank disk: the firmware falls through to the network
         }
         let m = machines[i]
-        let client = SimHTTPClient(host: configuration.bootHost, port: configuration.bootPort, source: m.address.description, pin: nil)
+        let client = SimHTTPClient(
+            host: configuration.bootHost,
+            port: configuration.bootPort,
+            source: m.address.description,
+            pin: nil
+        )
         let path = "/boot/\(m.mac.formatted(separator: "-")).ipxe?platform=pcbios&buildarch=x86_64"
         // iPXE's loop: fetch the script; wait and fetch again while Farrier holds the machine.
         // Bounded by the boot: a power change ends it.
@@ -375,7 +419,12 @@ public actor SimFleet {
         let client: SimHTTPClient
         do {
             let (host, port) = try channel.channelAddress()
-            client = SimHTTPClient(host: host, port: port, source: m.address.description, pin: try CertificatePin.normalized(channel.certificateSHA256))
+            client = SimHTTPClient(
+                host: host,
+                port: port,
+                source: m.address.description,
+                pin: try CertificatePin.normalized(channel.certificateSHA256)
+            )
         } catch {
             await note("\(m.name): \(error)")
             return
@@ -395,7 +444,11 @@ public actor SimFleet {
                 var task: AgentTask?
                 for _ in 0..<60 {
                     guard await self.current(i, epoch) else { return }
-                    let r = try await post(AgentAPI.hello, AgentHello(agentVersion: "sim-1", inventory: inventory, nonce: nonce), token: "")
+                    let r = try await post(
+                        AgentAPI.hello,
+                        AgentHello(agentVersion: "sim-1", inventory: inventory, nonce: nonce),
+                        token: ""
+                    )
                     if r.status == 200 {
                         task = try JSONDecoder().decode(AgentTask.self, from: Data(r.body))
                         break
@@ -409,12 +462,20 @@ public actor SimFleet {
                 }
                 guard let task else { throw SimHTTPError("no task after 60 hellos") }
                 await self.tookTask(task.kind.rawValue)
-                _ = try await post(AgentAPI.progress, AgentProgress(stage: "started", bytesDone: 0, bytesTotal: 0), token: task.token)
+                _ = try await post(
+                    AgentAPI.progress,
+                    AgentProgress(stage: "started", bytesDone: 0, bytesTotal: 0),
+                    token: task.token
+                )
                 var ok = true
                 var error: String?
                 if task.kind == .deploy, let image = task.image {
                     let bytes = try await self.download(client, image, token: task.token)
-                    _ = try await post(AgentAPI.progress, AgentProgress(stage: "write", bytesDone: bytes, bytesTotal: image.size), token: task.token)
+                    _ = try await post(
+                        AgentAPI.progress,
+                        AgentProgress(stage: "write", bytesDone: bytes, bytesTotal: image.size),
+                        token: task.token
+                    )
                 }
                 try await Task.sleep(for: Self.jittered(self.configuration.agentSeconds))
                 if self.configuration.agentFailRate > 0, Double.random(in: 0..<1) < self.configuration.agentFailRate {
@@ -425,7 +486,12 @@ public actor SimFleet {
                 guard await self.current(i, epoch) else { return }
                 if ok { await self.finished(i, task) }
                 let seconds = (ContinuousClock.now - started) / .seconds(1)
-                let result = AgentResult(ok: ok, error: error, inventory: task.kind == .commission ? inventory : nil, seconds: seconds)
+                let result = AgentResult(
+                    ok: ok,
+                    error: error,
+                    inventory: task.kind == .commission ? inventory : nil,
+                    seconds: seconds
+                )
                 let r = try await post(AgentAPI.done, result, token: task.token)
                 guard r.status == 200 else { throw SimHTTPError("done answered \(r.status): \(r.text.prefix(200))") }
                 await self.count(\.dones)
@@ -469,9 +535,23 @@ public actor SimFleet {
     static func inventory(_ i: Int, _ m: Machine) -> Inventory {
         let cores = [8, 16, 32][i % 3]
         return Inventory(
-            cpuModel: "Simulated CPU", cores: cores, memoryBytes: Int64(cores) * 4 << 30,
-            disks: [.init(name: "sda", sizeBytes: 480_000_000_000, model: "SimDisk", serial: "SIM\(i + 1)", rotational: false)],
+            cpuModel: "Simulated CPU",
+            cores: cores,
+            memoryBytes: Int64(cores) * 4 << 30,
+            disks: [
+                .init(
+                    name: "sda",
+                    sizeBytes: 480_000_000_000,
+                    model: "SimDisk",
+                    serial: "SIM\(i + 1)",
+                    rotational: false
+                )
+            ],
             nics: [.init(name: "eth0", mac: m.mac.description, driver: "sim", link: true)],
-            vendor: "Farrier", product: "Simulated", serial: "SIM\(i + 1)", firmware: .bios)
+            vendor: "Farrier",
+            product: "Simulated",
+            serial: "SIM\(i + 1)",
+            firmware: .bios
+        )
     }
 }

@@ -21,9 +21,17 @@ struct SimResponse: Sendable {
     /// Delay the answer by this long (a slow BMC), or never answer and close (a BMC that times out).
     var dropConnection = false
 
-    static func json(_ object: [String: Any], status: HTTPResponseStatus = .ok, headers: [(String, String)] = []) -> SimResponse {
+    static func json(
+        _ object: [String: Any],
+        status: HTTPResponseStatus = .ok,
+        headers: [(String, String)] = []
+    ) -> SimResponse {
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
-        return SimResponse(status: status, headers: [("Content-Type", "application/json")] + headers, body: String(decoding: data, as: UTF8.self))
+        return SimResponse(
+            status: status,
+            headers: [("Content-Type", "application/json")] + headers,
+            body: String(decoding: data, as: UTF8.self)
+        )
     }
 }
 
@@ -40,7 +48,9 @@ final class SimHTTPServer: Sendable {
             .bind(host: host, port: port) { child in
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.configureHTTPServerPipeline()
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: child)
+                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+                        wrappingChannelSynchronously: child
+                    )
                 }
             }
         self.port = channel.channel.localAddress?.port ?? port
@@ -75,11 +85,15 @@ final class SimHTTPServer: Sendable {
                 case .end:
                     guard let h = head else { return }
                     let path = String(h.uri.prefix { $0 != "?" })
-                    let response = await handler(SimRequest(method: h.method, path: path, headers: h.headers, body: body))
+                    let response = await handler(
+                        SimRequest(method: h.method, path: path, headers: h.headers, body: body)
+                    )
                     if response.dropConnection { return }
                     var headers = HTTPHeaders(response.headers)
                     headers.replaceOrAdd(name: "Content-Length", value: "\(response.body.utf8.count)")
-                    try await outbound.write(.head(HTTPResponseHead(version: h.version, status: response.status, headers: headers)))
+                    try await outbound.write(
+                        .head(HTTPResponseHead(version: h.version, status: response.status, headers: headers))
+                    )
                     try await outbound.write(.body(.byteBuffer(ByteBuffer(string: response.body))))
                     try await outbound.write(.end(nil))
                     head = nil
@@ -129,9 +143,15 @@ struct SimHTTPClient: Sendable {
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let pin {
-                        guard let context = Self.tlsContext else { throw SimHTTPError("cannot make a TLS client context") }
-                        let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) { certificates, promise in
-                            promise.succeed(CertificatePin.check(certificates, pin: pin).ok ? .certificateVerified : .failed)
+                        guard let context = Self.tlsContext else {
+                            throw SimHTTPError("cannot make a TLS client context")
+                        }
+                        let handler = try NIOSSLClientHandler(context: context, serverHostname: nil) {
+                            certificates,
+                            promise in
+                            promise.succeed(
+                                CertificatePin.check(certificates, pin: pin).ok ? .certificateVerified : .failed
+                            )
                         }
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }
@@ -142,9 +162,13 @@ struct SimHTTPClient: Sendable {
     }
 
     /// Runs `body` with one keep-alive connection; `send` makes one request on it.
-    func session<T: Sendable>(_ body: (_ send: (HTTPMethod, String, [(String, String)], [UInt8]?, Int) async throws -> SimReply) async throws -> T) async throws -> T {
+    func session<T: Sendable>(
+        _ body: (_ send: (HTTPMethod, String, [(String, String)], [UInt8]?, Int) async throws -> SimReply) async throws
+            -> T
+    ) async throws -> T {
         let connection = try await connect()
-        let host = self.host, port = self.port
+        let host = self.host
+        let port = self.port
         let timeout = self.timeout
         let channel = connection.channel
         return try await connection.executeThenClose { inbound, outbound in
@@ -153,7 +177,9 @@ struct SimHTTPClient: Sendable {
                 var h = HTTPHeaders(headers)
                 h.replaceOrAdd(name: "Host", value: "\(host):\(port)")
                 h.replaceOrAdd(name: "Content-Length", value: "\(payload?.count ?? 0)")
-                try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: h)))
+                try await outbound.write(
+                    .head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: h))
+                )
                 if let payload { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: payload)))) }
                 // A request unanswered for `timeout` closes the connection, which ends the read.
                 let timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
@@ -167,7 +193,10 @@ struct SimHTTPClient: Sendable {
     /// Reads one response; its body up to `limit` bytes is kept (the rest is counted and dropped).
     /// A `limit` below 0 stops reading at that many bytes (a partial download) and leaves the
     /// connection unusable.
-    static func read(_ iterator: inout NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator, limit: Int) async throws -> SimReply {
+    static func read(
+        _ iterator: inout NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator,
+        limit: Int
+    ) async throws -> SimReply {
         var status = 0
         var body: [UInt8] = []
         var received = 0

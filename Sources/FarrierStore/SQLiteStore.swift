@@ -125,30 +125,36 @@ public final class SQLiteStore: StateStore {
             // A machine that was ever deployed may hold a tenant's data: until now a release
             // wiped only the first and last MiB by default, and an aborted deploy or wipe went
             // back through commissioning unwiped. Its events say whether a deploy ever began.
-            try db.execute(sql: """
-                UPDATE machine SET diskDirty = 1
-                WHERE state IN ('deploying', 'deployed', 'releasing', 'rescuing', 'rescue', 'exiting-rescue')
-                   OR (state = 'failed' AND failedStep IN ('deploying', 'releasing', 'rescuing', 'exiting-rescue'))
-                   OR deployment IS NOT NULL
-                   OR EXISTS (SELECT 1 FROM machineEvent e WHERE e.machineID = machine.id AND e.body LIKE '%"state":"deploying"%')
-                """)
+            try db.execute(
+                sql: """
+                    UPDATE machine SET diskDirty = 1
+                    WHERE state IN ('deploying', 'deployed', 'releasing', 'rescuing', 'rescue', 'exiting-rescue')
+                       OR (state = 'failed' AND failedStep IN ('deploying', 'releasing', 'rescuing', 'exiting-rescue'))
+                       OR deployment IS NOT NULL
+                       OR EXISTS (SELECT 1 FROM machineEvent e WHERE e.machineID = machine.id AND e.body LIKE '%"state":"deploying"%')
+                    """
+            )
             // Such a machine in the pool goes back to enrolled: commissioning it wipes it (fully)
             // before it is ready again.
-            try db.execute(sql: """
-                UPDATE machine SET state = 'enrolled', phase = 'none', project = NULL,
-                    reason = 'held back from the pool: it may hold a previous tenant''s data; commission it to wipe it'
-                WHERE state = 'ready' AND diskDirty = 1
-                """)
+            try db.execute(
+                sql: """
+                    UPDATE machine SET state = 'enrolled', phase = 'none', project = NULL,
+                        reason = 'held back from the pool: it may hold a previous tenant''s data; commission it to wipe it'
+                    WHERE state = 'ready' AND diskDirty = 1
+                    """
+            )
             // Each project's release wipe: full unless an admin chose quick for it.
             try db.alter(table: "project") { t in
                 t.add(column: "wipePolicy", .text).notNull().defaults(to: "full")
             }
             // A step's clock starts when it is entered: a step without one starts it now.
-            try db.execute(sql: """
-                UPDATE machine SET stepStarted = strftime('%Y-%m-%d %H:%M:%f', 'now')
-                WHERE stepStarted IS NULL
-                  AND state IN ('commissioning', 'deploying', 'releasing', 'rescuing', 'exiting-rescue')
-                """)
+            try db.execute(
+                sql: """
+                    UPDATE machine SET stepStarted = strftime('%Y-%m-%d %H:%M:%f', 'now')
+                    WHERE stepStarted IS NULL
+                      AND state IN ('commissioning', 'deploying', 'releasing', 'rescuing', 'exiting-rescue')
+                    """
+            )
         }
         m.registerMigration("v5-agent-boot") { db in
             // The agent's token is issued at its first hello, once per boot (see Controller).
@@ -206,23 +212,31 @@ public final class SQLiteStore: StateStore {
     static func storeError(_ error: any Error) -> any Error {
         guard let e = error as? DatabaseError else { return error }
         switch e.resultCode {
-        case .SQLITE_CONSTRAINT where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY:
+        case .SQLITE_CONSTRAINT
+        where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY:
             return StoreError(.alreadyExists, "already exists: \(e.message ?? "a unique value is taken")")
         case .SQLITE_CONSTRAINT where e.extendedResultCode == .SQLITE_CONSTRAINT_FOREIGNKEY:
             return StoreError(.inUse, "still referred to: \(e.message ?? "a foreign key")")
-        case .SQLITE_CORRUPT, .SQLITE_NOTADB: return StoreError(.corrupt, "the database is damaged: \(e.message ?? "\(e.resultCode)")")
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB:
+            return StoreError(.corrupt, "the database is damaged: \(e.message ?? "\(e.resultCode)")")
         default: return StoreError(.unavailable, "SQLite: \(e.message ?? "\(e.resultCode)")")
         }
     }
 
     // MARK: MachineStore
 
-    public func recordSighting(mac: MACAddress, platform: ClientPlatform, at time: Date, create: Int?) async throws -> Machine? {
+    public func recordSighting(
+        mac: MACAddress,
+        platform: ClientPlatform,
+        at time: Date,
+        create: Int?
+    ) async throws -> Machine? {
         try await writing { db in
             if var row = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
                 // A sighting that may not create (an HTTP script fetch, which anyone can make)
                 // writes at most once a minute per machine, unless it fills in the platform.
-                let fills = (row.architecture == Architecture.unknown.rawValue && platform.architecture != .unknown)
+                let fills =
+                    (row.architecture == Architecture.unknown.rawValue && platform.architecture != .unknown)
                     || (row.firmware == Firmware.unknown.rawValue && platform.firmware != .unknown)
                 if create == nil, !fills, time.timeIntervalSince(row.lastSeen) < 60 { return try row.machine() }
                 row.lastSeen = time
@@ -239,8 +253,13 @@ public final class SQLiteStore: StateStore {
             let discovered = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE state = 'discovered'") ?? 0
             guard discovered < create else { return nil }
             let machine = Machine(
-                name: Machine.defaultName(for: mac), mac: mac, architecture: platform.architecture,
-                firmware: platform.firmware, firstSeen: time, lastSeen: time)
+                name: Machine.defaultName(for: mac),
+                mac: mac,
+                architecture: platform.architecture,
+                firmware: platform.firmware,
+                firstSeen: time,
+                lastSeen: time
+            )
             try MachineRecord(machine).insert(db)
             return machine
         }
@@ -249,8 +268,11 @@ public final class SQLiteStore: StateStore {
     public func pruneDiscovered(lastSeenBefore before: Date) async throws -> [MACAddress] {
         try await writing { db in
             let macs = try String.fetchAll(
-                db, sql: "SELECT mac FROM machine WHERE state = 'discovered' AND bmc IS NULL AND project IS NULL AND lastSeen < ?",
-                arguments: [before])
+                db,
+                sql:
+                    "SELECT mac FROM machine WHERE state = 'discovered' AND bmc IS NULL AND project IS NULL AND lastSeen < ?",
+                arguments: [before]
+            )
             for mac in macs {
                 try db.execute(sql: "DELETE FROM timelineEvent WHERE mac = ?", arguments: [mac])
                 try db.execute(sql: "DELETE FROM machine WHERE mac = ? AND state = 'discovered'", arguments: [mac])
@@ -287,12 +309,21 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func enroll(name: String, mac: MACAddress, bmc: BMCReference, sealedPassword: [UInt8], at time: Date) async throws -> Machine {
+    public func enroll(
+        name: String,
+        mac: MACAddress,
+        bmc: BMCReference,
+        sealedPassword: [UInt8],
+        at time: Date
+    ) async throws -> Machine {
         let bmcJSON = String(decoding: try JSONEncoder().encode(bmc), as: UTF8.self)
         return try await writing { db in
             let byName = try MachineRecord.filter(Column("name") == name).fetchOne(db)
             if let byName, byName.mac != mac.description {
-                throw StoreError(.alreadyExists, "machine name '\(name)' is already used by the machine with MAC \(byName.mac)")
+                throw StoreError(
+                    .alreadyExists,
+                    "machine name '\(name)' is already used by the machine with MAC \(byName.mac)"
+                )
             }
             var row: MachineRecord
             if let existing = try MachineRecord.filter(Column("mac") == mac.description).fetchOne(db) {
@@ -301,25 +332,40 @@ public final class SQLiteStore: StateStore {
                 // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
                 if row.state == MachineState.discovered.rawValue { row.state = MachineState.enrolled.rawValue }
             } else {
-                row = MachineRecord(Machine(
-                    name: name, mac: mac, architecture: .unknown, firmware: .unknown, state: .enrolled,
-                    firstSeen: time, lastSeen: time))
+                row = MachineRecord(
+                    Machine(
+                        name: name,
+                        mac: mac,
+                        architecture: .unknown,
+                        firmware: .unknown,
+                        state: .enrolled,
+                        firstSeen: time,
+                        lastSeen: time
+                    )
+                )
             }
             row.bmc = bmcJSON
             try row.save(db)
-            try db.execute(sql: "UPDATE machine SET bmcSecret = ? WHERE id = ?", arguments: [Data(sealedPassword), row.id])
+            try db.execute(
+                sql: "UPDATE machine SET bmcSecret = ? WHERE id = ?",
+                arguments: [Data(sealedPassword), row.id]
+            )
             return try row.machine()
         }
     }
 
     public func sealedBMCPassword(machineID: String) async throws -> [UInt8]? {
         try await reading { db in
-            try Data.fetchOne(db, sql: "SELECT bmcSecret FROM machine WHERE id = ?", arguments: [machineID]).map { Array($0) }
+            try Data.fetchOne(db, sql: "SELECT bmcSecret FROM machine WHERE id = ?", arguments: [machineID]).map {
+                Array($0)
+            }
         }
     }
 
     public func update(
-        machineID: String, fence: WorkClaim?, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+        machineID: String,
+        fence: WorkClaim?,
+        _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine {
         try await writing { db in
             if let fence { try Self.check(fence, db: db) }
@@ -331,7 +377,8 @@ public final class SQLiteStore: StateStore {
     }
 
     public func updateCounting(
-        machineID: String, fence: WorkClaim?,
+        machineID: String,
+        fence: WorkClaim?,
         _ body: @escaping @Sendable (inout Machine, _ running: [MachineState: Int]) throws -> [MachineEvent]
     ) async throws -> Machine {
         // SQLite runs one write transaction at a time: the count cannot change under it.
@@ -341,7 +388,10 @@ public final class SQLiteStore: StateStore {
                 throw StoreError(.notFound, "no machine with id \(machineID)")
             }
             var running: [MachineState: Int] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM machine WHERE phase NOT IN ('queued', 'none') GROUP BY state") {
+            for r in try Row.fetchAll(
+                db,
+                sql: "SELECT state, COUNT(*) AS n FROM machine WHERE phase NOT IN ('queued', 'none') GROUP BY state"
+            ) {
                 if let s = MachineState(rawValue: r["state"]) { running[s] = r["n"] }
             }
             return try Self.apply({ m in try body(&m, running) }, to: row.machine(), db: db)
@@ -351,8 +401,10 @@ public final class SQLiteStore: StateStore {
     /// Throws `fenced` unless the claim is live and still this holder's.
     static func check(_ claim: WorkClaim, db: Database) throws {
         let live = try Row.fetchOne(
-            db, sql: "SELECT 1 FROM work_claim WHERE machineID = ? AND owner = ? AND token = ? AND until > ?",
-            arguments: [claim.machineID, claim.owner, claim.token, Date().timeIntervalSince1970])
+            db,
+            sql: "SELECT 1 FROM work_claim WHERE machineID = ? AND owner = ? AND token = ? AND until > ?",
+            arguments: [claim.machineID, claim.owner, claim.token, Date().timeIntervalSince1970]
+        )
         guard live != nil else {
             throw StoreError(.fenced, "the claim \(claim) on machine \(claim.machineID) lapsed or was taken over")
         }
@@ -360,11 +412,19 @@ public final class SQLiteStore: StateStore {
 
     public func claimWork(machineID: String, owner: String, ttl: Duration) async throws -> WorkClaim? {
         try await writing { db in
-            let now = Date().timeIntervalSince1970, until = now + Double(ttl.components.seconds)
-            guard let row = try Row.fetchOne(db, sql: "SELECT owner, token, until FROM work_claim WHERE machineID = ?", arguments: [machineID])
+            let now = Date().timeIntervalSince1970
+            let until = now + Double(ttl.components.seconds)
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT owner, token, until FROM work_claim WHERE machineID = ?",
+                    arguments: [machineID]
+                )
             else {
                 try db.execute(
-                    sql: "INSERT INTO work_claim (machineID, owner, token, until) VALUES (?, ?, 1, ?)", arguments: [machineID, owner, until])
+                    sql: "INSERT INTO work_claim (machineID, owner, token, until) VALUES (?, ?, 1, ?)",
+                    arguments: [machineID, owner, until]
+                )
                 return WorkClaim(machineID: machineID, owner: owner, token: 1)
             }
             let (holder, token, held): (String, Int64, Double) = (row["owner"], row["token"], row["until"])
@@ -372,7 +432,9 @@ public final class SQLiteStore: StateStore {
             // Renewing a live claim keeps its token; taking a lapsed one (even one's own) bumps it.
             let next = held > now ? token : token + 1
             try db.execute(
-                sql: "UPDATE work_claim SET owner = ?, token = ?, until = ? WHERE machineID = ?", arguments: [owner, next, until, machineID])
+                sql: "UPDATE work_claim SET owner = ?, token = ?, until = ? WHERE machineID = ?",
+                arguments: [owner, next, until, machineID]
+            )
             return WorkClaim(machineID: machineID, owner: owner, token: next)
         }
     }
@@ -382,7 +444,8 @@ public final class SQLiteStore: StateStore {
             let now = Date().timeIntervalSince1970
             try db.execute(
                 sql: "UPDATE work_claim SET until = ? WHERE machineID = ? AND owner = ? AND token = ? AND until > ?",
-                arguments: [now + Double(ttl.components.seconds), claim.machineID, claim.owner, claim.token, now])
+                arguments: [now + Double(ttl.components.seconds), claim.machineID, claim.owner, claim.token, now]
+            )
             return db.changesCount > 0
         }
     }
@@ -391,19 +454,27 @@ public final class SQLiteStore: StateStore {
         try await writing { db in
             try db.execute(
                 sql: "UPDATE work_claim SET until = 0 WHERE machineID = ? AND owner = ? AND token = ?",
-                arguments: [claim.machineID, claim.owner, claim.token])
+                arguments: [claim.machineID, claim.owner, claim.token]
+            )
         }
     }
 
-    public func allocate(_ accept: @escaping @Sendable (Machine) -> Bool, _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]) async throws -> Machine? {
+    public func allocate(
+        _ accept: @escaping @Sendable (Machine) -> Bool,
+        _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
+    ) async throws -> Machine? {
         try await writing { db in
             // The pool, smallest first (MachineStore.allocate's order), a batch at a time: the write
             // transaction holds the file, so the offsets stay put between batches.
             let batch = 100
             for offset in stride(from: 0, to: Int.max, by: batch) {
-                let rows = try MachineRecord
+                let rows =
+                    try MachineRecord
                     .filter(sql: "state = 'ready' AND project IS NULL")
-                    .order(sql: "COALESCE(json_extract(inventory, '$.cores'), 0), COALESCE(json_extract(inventory, '$.memoryBytes'), 0), name")
+                    .order(
+                        sql:
+                            "COALESCE(json_extract(inventory, '$.cores'), 0), COALESCE(json_extract(inventory, '$.memoryBytes'), 0), name"
+                    )
                     .limit(batch, offset: offset)
                     .fetchAll(db)
                 for row in rows {
@@ -416,7 +487,11 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    static func apply(_ body: (inout Machine) throws -> [MachineEvent], to machine: Machine, db: Database) throws -> Machine {
+    static func apply(
+        _ body: (inout Machine) throws -> [MachineEvent],
+        to machine: Machine,
+        db: Database
+    ) throws -> Machine {
         var m = machine
         let events = try body(&m)
         if m.name != machine.name, try MachineRecord.filter(Column("name") == m.name).fetchCount(db) > 0 {
@@ -434,7 +509,8 @@ public final class SQLiteStore: StateStore {
         for e in events {
             try db.execute(
                 sql: "INSERT INTO machineEvent (machineID, body) VALUES (?, ?)",
-                arguments: [e.machineID, String(decoding: try encoder.encode(e), as: UTF8.self)])
+                arguments: [e.machineID, String(decoding: try encoder.encode(e), as: UTF8.self)]
+            )
         }
         return m
     }
@@ -455,11 +531,16 @@ public final class SQLiteStore: StateStore {
             let rows: [Row]
             if let machineID {
                 rows = try Row.fetchAll(
-                    db, sql: "SELECT id, body FROM machineEvent WHERE id > ? AND machineID = ? ORDER BY id LIMIT ?",
-                    arguments: [after, machineID, limit])
+                    db,
+                    sql: "SELECT id, body FROM machineEvent WHERE id > ? AND machineID = ? ORDER BY id LIMIT ?",
+                    arguments: [after, machineID, limit]
+                )
             } else {
                 rows = try Row.fetchAll(
-                    db, sql: "SELECT id, body FROM machineEvent WHERE id > ? ORDER BY id LIMIT ?", arguments: [after, limit])
+                    db,
+                    sql: "SELECT id, body FROM machineEvent WHERE id > ? ORDER BY id LIMIT ?",
+                    arguments: [after, limit]
+                )
             }
             let decoder = JSONDecoder()
             return try rows.map { row in
@@ -480,7 +561,8 @@ public final class SQLiteStore: StateStore {
             for e in events {
                 try db.execute(
                     sql: "INSERT INTO timelineEvent (mac, time, stage, event, detail) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [e.mac.description, e.time, e.stage.rawValue, e.event, e.detail])
+                    arguments: [e.mac.description, e.time, e.stage.rawValue, e.event, e.detail]
+                )
             }
             for mac in Set(events.map(\.mac)) {
                 try db.execute(
@@ -488,7 +570,8 @@ public final class SQLiteStore: StateStore {
                         DELETE FROM timelineEvent WHERE mac = ? AND id <= (
                           SELECT id FROM timelineEvent WHERE mac = ? ORDER BY id DESC LIMIT 1 OFFSET ?)
                         """,
-                    arguments: [mac.description, mac.description, timelineLimit])
+                    arguments: [mac.description, mac.description, timelineLimit]
+                )
             }
         }
     }
@@ -498,11 +581,16 @@ public final class SQLiteStore: StateStore {
             let rows = try Row.fetchAll(
                 db,
                 sql: "SELECT time, stage, event, detail FROM timelineEvent WHERE mac = ? ORDER BY id DESC LIMIT ?",
-                arguments: [mac.description, limit])
+                arguments: [mac.description, limit]
+            )
             return rows.reversed().map { row in
                 TimelineEvent(
-                    mac: mac, time: row["time"], stage: TimelineEvent.Stage(rawValue: row["stage"]) ?? .dhcp,
-                    event: row["event"], detail: row["detail"])
+                    mac: mac,
+                    time: row["time"],
+                    stage: TimelineEvent.Stage(rawValue: row["stage"]) ?? .dhcp,
+                    event: row["event"],
+                    detail: row["detail"]
+                )
             }
         }
     }
@@ -528,11 +616,14 @@ public final class SQLiteStore: StateStore {
             // on the address (a stale row for an address the lease table released and gave to a
             // new MAC), so the unique constraints always mirror the table.
             let replace = try db.cachedStatement(
-                sql: "INSERT OR REPLACE INTO lease (mac, address, expires, hostname) VALUES (?, ?, ?, ?)")
+                sql: "INSERT OR REPLACE INTO lease (mac, address, expires, hostname) VALUES (?, ?, ?, ?)"
+            )
             for l in leases {
                 // Expiry as a Unix timestamp: GRDB reads it back as a Date like the text form,
                 // without a DateFormatter per lease.
-                try replace.execute(arguments: [l.mac.description, l.address.description, l.expires.timeIntervalSince1970, l.hostname])
+                try replace.execute(arguments: [
+                    l.mac.description, l.address.description, l.expires.timeIntervalSince1970, l.hostname,
+                ])
             }
         }
     }
@@ -545,7 +636,8 @@ public final class SQLiteStore: StateStore {
         try db.write {
             try $0.execute(
                 sql: "INSERT OR REPLACE INTO seen_address (mac, address, seen) VALUES (?, ?, ?)",
-                arguments: [mac.description, address.description, time.timeIntervalSince1970])
+                arguments: [mac.description, address.description, time.timeIntervalSince1970]
+            )
         }
     }
 
@@ -553,7 +645,9 @@ public final class SQLiteStore: StateStore {
         try db.write { db in
             try db.execute(sql: "DELETE FROM seen_address WHERE seen < ?", arguments: [cutoff.timeIntervalSince1970])
             return try Row.fetchAll(db, sql: "SELECT mac, address FROM seen_address ORDER BY seen").compactMap { row in
-                guard let mac = MACAddress(row["mac"] as String), let ip = IPv4Address(row["address"] as String) else { return nil }
+                guard let mac = MACAddress(row["mac"] as String), let ip = IPv4Address(row["address"] as String) else {
+                    return nil
+                }
                 return (mac, ip)
             }
         }
@@ -569,8 +663,10 @@ extension SQLiteStore {
                 throw StoreError(.alreadyExists, "project '\(p.name)' already exists")
             }
             try db.execute(
-                sql: "INSERT INTO project (name, description, requiredTags, created, wipePolicy) VALUES (?, ?, ?, ?, ?)",
-                arguments: [p.name, p.description, try jsonText(p.requiredTags), p.created, p.wipePolicy.rawValue])
+                sql:
+                    "INSERT INTO project (name, description, requiredTags, created, wipePolicy) VALUES (?, ?, ?, ?, ?)",
+                arguments: [p.name, p.description, try jsonText(p.requiredTags), p.created, p.wipePolicy.rawValue]
+            )
         }
     }
 
@@ -579,25 +675,34 @@ extension SQLiteStore {
     }
 
     public func project(name: String) async throws -> Project? {
-        try await reading { db in try Row.fetchOne(db, sql: "SELECT * FROM project WHERE name = ?", arguments: [name]).map(Self.project) }
+        try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM project WHERE name = ?", arguments: [name]).map(Self.project)
+        }
     }
 
     static func project(_ row: Row) throws -> Project {
         let policy: String = row["wipePolicy"]
-        guard let wipe = WipeMode(rawValue: policy) else { throw StoreError(.corrupt, "corrupt row: project \(row["name"] as String): wipe policy \(policy)") }
+        guard let wipe = WipeMode(rawValue: policy) else {
+            throw StoreError(.corrupt, "corrupt row: project \(row["name"] as String): wipe policy \(policy)")
+        }
         return Project(
-            name: row["name"], description: row["description"],
+            name: row["name"],
+            description: row["description"],
             requiredTags: try JSONDecoder().decode([String].self, from: Data((row["requiredTags"] as String).utf8)),
-            created: row["created"], wipePolicy: wipe)
+            created: row["created"],
+            wipePolicy: wipe
+        )
     }
 
     public func deleteProject(name: String) async throws -> Bool {
         try await writing { db in
-            let machines = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE project = ?", arguments: [name]) ?? 0
+            let machines =
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE project = ?", arguments: [name]) ?? 0
             if machines > 0 {
                 throw StoreError(.inUse, "project '\(name)' still has \(machines) machine(s); release them first")
             }
-            let tokens = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM apiToken WHERE project = ?", arguments: [name]) ?? 0
+            let tokens =
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM apiToken WHERE project = ?", arguments: [name]) ?? 0
             if tokens > 0 {
                 throw StoreError(.inUse, "project '\(name)' still has \(tokens) token(s); revoke them first")
             }
@@ -608,29 +713,41 @@ extension SQLiteStore {
 
     public func createToken(_ t: APIToken) async throws {
         try await writing { db in
-            if let project = t.project, try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [project]) == nil {
+            if let project = t.project,
+                try Row.fetchOne(db, sql: "SELECT 1 FROM project WHERE name = ?", arguments: [project]) == nil
+            {
                 throw StoreError(.notFound, "no project named '\(project)'")
             }
             try db.execute(
                 sql: "INSERT INTO apiToken (id, name, role, project, secretSHA256, created) VALUES (?, ?, ?, ?, ?, ?)",
-                arguments: [t.id, t.name, t.role.rawValue, t.project, t.secretSHA256, t.created])
+                arguments: [t.id, t.name, t.role.rawValue, t.project, t.secretSHA256, t.created]
+            )
         }
     }
 
     public func token(secretSHA256: String) async throws -> APIToken? {
         try await reading { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM apiToken WHERE secretSHA256 = ?", arguments: [secretSHA256]).map(Self.token)
+            try Row.fetchOne(db, sql: "SELECT * FROM apiToken WHERE secretSHA256 = ?", arguments: [secretSHA256]).map(
+                Self.token
+            )
         }
     }
 
     public func tokens() async throws -> [APIToken] {
-        try await reading { db in try Row.fetchAll(db, sql: "SELECT * FROM apiToken ORDER BY created, id").map(Self.token) }
+        try await reading { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM apiToken ORDER BY created, id").map(Self.token)
+        }
     }
 
     static func token(_ row: Row) -> APIToken {
         APIToken(
-            id: row["id"], name: row["name"], role: Role(rawValue: row["role"]) ?? .member, project: row["project"],
-            secretSHA256: row["secretSHA256"], created: row["created"])
+            id: row["id"],
+            name: row["name"],
+            role: Role(rawValue: row["role"]) ?? .member,
+            project: row["project"],
+            secretSHA256: row["secretSHA256"],
+            created: row["created"]
+        )
     }
 
     public func revokeToken(id: String) async throws -> Bool {
@@ -643,11 +760,19 @@ extension SQLiteStore {
     public func addImage(_ i: ImageInfo) async throws {
         try await writing { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE name = ?", arguments: [i.name]) != nil {
-                throw StoreError(.alreadyExists, "image '\(i.name)' already exists; remove it first or pick another name")
+                throw StoreError(
+                    .alreadyExists,
+                    "image '\(i.name)' already exists; remove it first or pick another name"
+                )
             }
             try db.execute(
-                sql: "INSERT INTO image (name, sha256, size, format, os, architecture, firmware, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                arguments: [i.name, i.sha256, i.size, i.format.rawValue, i.os, i.architecture.rawValue, i.firmware.rawValue, i.created])
+                sql:
+                    "INSERT INTO image (name, sha256, size, format, os, architecture, firmware, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    i.name, i.sha256, i.size, i.format.rawValue, i.os, i.architecture.rawValue, i.firmware.rawValue,
+                    i.created,
+                ]
+            )
         }
     }
 
@@ -656,23 +781,36 @@ extension SQLiteStore {
     }
 
     public func image(name: String) async throws -> ImageInfo? {
-        try await reading { db in try Row.fetchOne(db, sql: "SELECT * FROM image WHERE name = ?", arguments: [name]).map(Self.image) }
+        try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM image WHERE name = ?", arguments: [name]).map(Self.image)
+        }
     }
 
     static func image(_ row: Row) -> ImageInfo {
         ImageInfo(
-            name: row["name"], sha256: row["sha256"], size: row["size"],
-            format: ImageInfo.Format(rawValue: row["format"]) ?? .raw, os: row["os"],
+            name: row["name"],
+            sha256: row["sha256"],
+            size: row["size"],
+            format: ImageInfo.Format(rawValue: row["format"]) ?? .raw,
+            os: row["os"],
             architecture: Architecture(rawValue: row["architecture"]) ?? .unknown,
-            firmware: Firmware(rawValue: row["firmware"]) ?? .unknown, created: row["created"])
+            firmware: Firmware(rawValue: row["firmware"]) ?? .unknown,
+            created: row["created"]
+        )
     }
 
     public func deleteImage(name: String) async throws -> Bool {
         try await writing { db in
             let users = try String.fetchAll(
-                db, sql: "SELECT name FROM machine WHERE json_extract(deployment, '$.image') = ? ORDER BY name", arguments: [name])
+                db,
+                sql: "SELECT name FROM machine WHERE json_extract(deployment, '$.image') = ? ORDER BY name",
+                arguments: [name]
+            )
             if !users.isEmpty {
-                throw StoreError(.inUse, "image '\(name)' is in use by \(users.joined(separator: ", ")); release them first")
+                throw StoreError(
+                    .inUse,
+                    "image '\(name)' is in use by \(users.joined(separator: ", ")); release them first"
+                )
             }
             try db.execute(sql: "DELETE FROM image WHERE name = ?", arguments: [name])
             return db.changesCount > 0
@@ -680,7 +818,9 @@ extension SQLiteStore {
     }
 
     public func imageReferenced(sha256: String) async throws -> Bool {
-        try await reading { db in try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE sha256 = ?", arguments: [sha256]) != nil }
+        try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE sha256 = ?", arguments: [sha256]) != nil
+        }
     }
 }
 
@@ -725,13 +865,17 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var agentNonce: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
-    static var databaseSelection: [any SQLSelectable] { [
-        Column("id"), Column("name"), Column("mac"), Column("architecture"), Column("firmware"), Column("state"),
-        Column("firstSeen"), Column("lastSeen"), Column("bmc"), Column("failedStep"), Column("reason"), Column("project"),
-        Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
-        Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"), Column("dirtyFor"),
-        Column("agentBoot"), Column("agentNonce"),
-    ] }
+    static var databaseSelection: [any SQLSelectable] {
+        [
+            Column("id"), Column("name"), Column("mac"), Column("architecture"), Column("firmware"), Column("state"),
+            Column("firstSeen"), Column("lastSeen"), Column("bmc"), Column("failedStep"), Column("reason"),
+            Column("project"),
+            Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
+            Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"),
+            Column("dirtyFor"),
+            Column("agentBoot"), Column("agentNonce"),
+        ]
+    }
 
     init(_ m: Machine) {
         id = m.id
@@ -763,16 +907,28 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     }
 
     func machine() throws -> Machine {
-        guard let mac = MACAddress(mac) else { throw StoreError(.corrupt, "corrupt row: machine \(id): mac \(self.mac)") }
+        guard let mac = MACAddress(mac) else {
+            throw StoreError(.corrupt, "corrupt row: machine \(id): mac \(self.mac)")
+        }
         // An unknown state or phase is a corrupt row, never a guess: a guess could hand a
         // tenant's machine to the next one.
-        guard let state = MachineState(rawValue: state) else { throw StoreError(.corrupt, "corrupt row: machine \(id): state \(self.state)") }
-        guard let phase = StepPhase(rawValue: phase) else { throw StoreError(.corrupt, "corrupt row: machine \(id): phase \(self.phase)") }
+        guard let state = MachineState(rawValue: state) else {
+            throw StoreError(.corrupt, "corrupt row: machine \(id): state \(self.state)")
+        }
+        guard let phase = StepPhase(rawValue: phase) else {
+            throw StoreError(.corrupt, "corrupt row: machine \(id): phase \(self.phase)")
+        }
         var m = Machine(
-            id: id, name: name, mac: mac, architecture: Architecture(rawValue: architecture) ?? .unknown,
-            firmware: Firmware(rawValue: firmware) ?? .unknown, state: state,
-            firstSeen: firstSeen, lastSeen: lastSeen,
-            bmc: try bmc.map { try JSONDecoder().decode(BMCReference.self, from: Data($0.utf8)) })
+            id: id,
+            name: name,
+            mac: mac,
+            architecture: Architecture(rawValue: architecture) ?? .unknown,
+            firmware: Firmware(rawValue: firmware) ?? .unknown,
+            state: state,
+            firstSeen: firstSeen,
+            lastSeen: lastSeen,
+            bmc: try bmc.map { try JSONDecoder().decode(BMCReference.self, from: Data($0.utf8)) }
+        )
         m.failedStep = failedStep.flatMap(MachineState.init(rawValue:))
         m.reason = reason
         m.project = project

@@ -36,7 +36,9 @@ public struct IPMICipherSuite: Sendable, Hashable, CustomStringConvertible {
     public var confidentiality: IPMIConfidentialityAlgorithm
 
     public init(
-        id: UInt8, authentication: IPMIAuthAlgorithm, integrity: IPMIIntegrityAlgorithm,
+        id: UInt8,
+        authentication: IPMIAuthAlgorithm,
+        integrity: IPMIIntegrityAlgorithm,
         confidentiality: IPMIConfidentialityAlgorithm
     ) {
         self.id = id
@@ -46,9 +48,19 @@ public struct IPMICipherSuite: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// RAKP-HMAC-SHA1, HMAC-SHA1-96, AES-CBC-128.
-    public static let suite3 = IPMICipherSuite(id: 3, authentication: .hmacSHA1, integrity: .hmacSHA1_96, confidentiality: .aesCBC128)
+    public static let suite3 = IPMICipherSuite(
+        id: 3,
+        authentication: .hmacSHA1,
+        integrity: .hmacSHA1_96,
+        confidentiality: .aesCBC128
+    )
     /// RAKP-HMAC-SHA256, HMAC-SHA256-128, AES-CBC-128.
-    public static let suite17 = IPMICipherSuite(id: 17, authentication: .hmacSHA256, integrity: .hmacSHA256_128, confidentiality: .aesCBC128)
+    public static let suite17 = IPMICipherSuite(
+        id: 17,
+        authentication: .hmacSHA256,
+        integrity: .hmacSHA256_128,
+        confidentiality: .aesCBC128
+    )
 
     public static func supported(id: UInt8) -> IPMICipherSuite? {
         switch id {
@@ -98,7 +110,14 @@ public struct IPMICipherSuiteRecord: Sendable, Hashable {
                 if tag < 3, algorithms[tag] == 0 { algorithms[tag] = data[j] & 0x3F }
                 j += 1
             }
-            out.append(IPMICipherSuiteRecord(id: id, authentication: algorithms[0], integrity: algorithms[1], confidentiality: algorithms[2]))
+            out.append(
+                IPMICipherSuiteRecord(
+                    id: id,
+                    authentication: algorithms[0],
+                    integrity: algorithms[1],
+                    confidentiality: algorithms[2]
+                )
+            )
             i = j
         }
         return out

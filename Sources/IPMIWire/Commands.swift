@@ -6,7 +6,10 @@ public enum IPMICommand {
 
     /// Get Channel Authentication Capabilities (App 0x38), asking for v2.0 data, for the
     /// current channel at `privilege`.
-    public static func getChannelAuthCapabilities(privilege: IPMIPrivilege = .administrator, sequence: UInt8 = 0) -> IPMIRequest {
+    public static func getChannelAuthCapabilities(
+        privilege: IPMIPrivilege = .administrator,
+        sequence: UInt8 = 0
+    ) -> IPMIRequest {
         IPMIRequest(netFn: .app, command: 0x38, data: [0x8E, privilege.rawValue], sequence: sequence)
     }
 

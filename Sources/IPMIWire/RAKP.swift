@@ -18,8 +18,14 @@ public struct RAKPExchange: Sendable {
     public typealias Message4 = RAKPMessage4
 
     public init(
-        suite: IPMICipherSuite, consoleSessionID: UInt32, bmcSessionID: UInt32, consoleRandom: [UInt8],
-        userName: String, password: [UInt8], privilege: IPMIPrivilege, bmcKey: [UInt8]? = nil
+        suite: IPMICipherSuite,
+        consoleSessionID: UInt32,
+        bmcSessionID: UInt32,
+        consoleRandom: [UInt8],
+        userName: String,
+        password: [UInt8],
+        privilege: IPMIPrivilege,
+        bmcKey: [UInt8]? = nil
     ) {
         precondition(consoleRandom.count == 16, "Rm is 16 bytes")
         self.suite = suite

@@ -39,7 +39,11 @@ public struct IPMISessionCrypto: Sendable {
             plain.append(UInt8(n))
             // Cannot fail: the key is 16 bytes, the IV 16, and the input a multiple of 16.
             let cipher = try! AES._CBC.encrypt(
-                plain, using: SymmetricKey(data: keys.aesKey), iv: AES._CBC.IV(ivBytes: iv), noPadding: true)
+                plain,
+                using: SymmetricKey(data: keys.aesKey),
+                iv: AES._CBC.IV(ivBytes: iv),
+                noPadding: true
+            )
             body = iv + Array(cipher)
         }
         let seq = nextSequence
@@ -91,7 +95,14 @@ public struct IPMISessionCrypto: Sendable {
             let plain: [UInt8]
             do {
                 let iv = try AES._CBC.IV(ivBytes: payload[0..<16])
-                plain = Array(try AES._CBC.decrypt(payload[16...], using: SymmetricKey(data: keys.aesKey), iv: iv, noPadding: true))
+                plain = Array(
+                    try AES._CBC.decrypt(
+                        payload[16...],
+                        using: SymmetricKey(data: keys.aesKey),
+                        iv: iv,
+                        noPadding: true
+                    )
+                )
             } catch {
                 throw WireError(.decryptionFailed)
             }

@@ -75,7 +75,8 @@ public struct IPMISessionStateMachine: Sendable {
             case .refused(let step, let why): "refused \(step): \(why)"
             case .onlyIPMIv15: "speaks only IPMI v1.5"
             case .unsupportedSuite(let id): "cipher suite \(id) is not one Farrier speaks (3 and 17)"
-            case .noSecureSuite(let offered): "offers cipher suites \(offered.map(String.init).joined(separator: ",")); Farrier needs 3 or 17"
+            case .noSecureSuite(let offered):
+                "offers cipher suites \(offered.map(String.init).joined(separator: ",")); Farrier needs 3 or 17"
             case .authenticationFailed: "authentication failed (user name or password)"
             case .rakp4DoesNotVerify: "sent a RAKP 4 that does not verify"
             case .timedOut(let step): "did not answer \(step)"
@@ -159,10 +160,13 @@ public struct IPMISessionStateMachine: Sendable {
             guard r.completionCode == .ok, r.data.count >= 1 else { return chooseSuite(offered: []) }
             let all = data + r.data.dropFirst()
             // Records come 16 at a time; a shorter answer is the last (64 requests at most).
-            if r.data.count < 17 || index == 63 { return chooseSuite(offered: IPMICipherSuiteRecord.parse(all).map(\.id)) }
+            if r.data.count < 17 || index == 63 {
+                return chooseSuite(offered: IPMICipherSuiteRecord.parse(all).map(\.id))
+            }
             return askCipherSuites(index: index + 1, data: all)
         case .openSession(let session):
-            guard let p = Self.payload(datagram, .openSessionResponse), let open = try? OpenSessionResponse(decoding: p),
+            guard let p = Self.payload(datagram, .openSessionResponse),
+                let open = try? OpenSessionResponse(decoding: p),
                 open.tag == session.tag, open.status != .ok || open.consoleSessionID == session.consoleSessionID
             else { return nil }
             if open.status == .noMatchingCipherSuite, suite == .suite17, configuration.cipherSuite == nil {
@@ -171,41 +175,60 @@ public struct IPMISessionStateMachine: Sendable {
                 return openSession(session)
             }
             guard open.status == .ok else {
-                return finish(open.status.isAuthenticationFailure ? .authenticationFailed : .refused(.openSession, "\(open.status)"))
+                return finish(
+                    open.status.isAuthenticationFailure
+                        ? .authenticationFailed : .refused(.openSession, "\(open.status)")
+                )
             }
             let exchange = RAKPExchange(
-                suite: suite, consoleSessionID: session.consoleSessionID, bmcSessionID: open.bmcSessionID, consoleRandom: random(16),
-                userName: configuration.user, password: configuration.password, privilege: configuration.privilege)
+                suite: suite,
+                consoleSessionID: session.consoleSessionID,
+                bmcSessionID: open.bmcSessionID,
+                consoleRandom: random(16),
+                userName: configuration.user,
+                password: configuration.password,
+                privilege: configuration.privilege
+            )
             state = .rakp1(session, bmcSessionID: open.bmcSessionID, exchange: exchange)
             return send(rmcpPlusPresession(.rakp1, payload: exchange.rakp1(tag: session.tag)), .rakp1)
         case .rakp1(let session, let bmcSessionID, let exchange):
-            guard let p = Self.payload(datagram, .rakp2), let m2 = try? RAKPMessage2(decoding: p), m2.tag == session.tag,
+            guard let p = Self.payload(datagram, .rakp2), let m2 = try? RAKPMessage2(decoding: p),
+                m2.tag == session.tag,
                 m2.status != .ok || m2.consoleSessionID == session.consoleSessionID
             else { return nil }
             guard m2.status == .ok else {
-                return finish(m2.status.isAuthenticationFailure ? .authenticationFailed : .refused(.rakp1, "\(m2.status)"))
+                return finish(
+                    m2.status.isAuthenticationFailure ? .authenticationFailed : .refused(.rakp1, "\(m2.status)")
+                )
             }
             // A wrong password shows here: the BMC's code was made with a different key.
             guard m2.keyExchangeCode == exchange.expectedRAKP2Code(m2) else { return finish(.authenticationFailed) }
             state = .rakp3(session, bmcSessionID: bmcSessionID, exchange: exchange, m2: m2)
             return send(rmcpPlusPresession(.rakp3, payload: exchange.rakp3(tag: session.tag, after: m2)), .rakp3)
         case .rakp3(let session, let bmcSessionID, let exchange, let m2):
-            guard let p = Self.payload(datagram, .rakp4), let m4 = try? RAKPMessage4(decoding: p), m4.tag == session.tag,
+            guard let p = Self.payload(datagram, .rakp4), let m4 = try? RAKPMessage4(decoding: p),
+                m4.tag == session.tag,
                 m4.status != .ok || m4.consoleSessionID == session.consoleSessionID
             else { return nil }
             guard m4.status == .ok else {
-                return finish(m4.status.isAuthenticationFailure ? .authenticationFailed : .refused(.rakp3, "\(m4.status)"))
+                return finish(
+                    m4.status.isAuthenticationFailure ? .authenticationFailed : .refused(.rakp3, "\(m4.status)")
+                )
             }
             guard m4.integrityCheckValue == exchange.expectedRAKP4ICV(m2) else { return finish(.rakp4DoesNotVerify) }
             var crypto = IPMISessionCrypto(
-                keys: exchange.sessionKeys(after: m2), bmcSessionID: bmcSessionID, consoleSessionID: session.consoleSessionID)
+                keys: exchange.sessionKeys(after: m2),
+                bmcSessionID: bmcSessionID,
+                consoleSessionID: session.consoleSessionID
+            )
             let request = IPMICommand.setSessionPrivilege(configuration.privilege, sequence: 1)
             let packet = crypto.seal(.ipmi, payload: request.encoded(), iv: random(16))
             state = .privilege(crypto, request)
             return send(packet, .privilege)
         case .privilege(var crypto, let request):
             guard case .v2(let envelope)? = try? IPMIDatagram(decoding: datagram), envelope.payloadType == .ipmi,
-                let payload = try? crypto.open(envelope), let r = try? IPMIResponse(decoding: payload), r.answers(request)
+                let payload = try? crypto.open(envelope), let r = try? IPMIResponse(decoding: payload),
+                r.answers(request)
             else { return nil }
             guard r.completionCode == .ok else {
                 state = .done
@@ -271,7 +294,8 @@ public struct IPMISessionStateMachine: Sendable {
     /// Open Session with a new console session ID and tag.
     mutating func beginSetup() -> Action {
         attempt += 1
-        let id = random(4), tag = random(1)
+        let id = random(4)
+        let tag = random(1)
         var sid = UInt32(id[0]) | UInt32(id[1]) << 8 | UInt32(id[2]) << 16 | UInt32(id[3]) << 24
         if sid == 0 { sid = 1 }  // 0 means "no session"
         return openSession(Session(consoleSessionID: sid, tag: tag[0]))

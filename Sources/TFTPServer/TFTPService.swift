@@ -74,11 +74,19 @@ public final class TFTPService: Service, Sendable {
     let boundPort = Mutex<Int?>(nil)
 
     public init(
-        configuration: TFTPConfiguration, recorder: TimelineRecorder?, addressBook: AddressBook?, logger: Logger
+        configuration: TFTPConfiguration,
+        recorder: TimelineRecorder?,
+        addressBook: AddressBook?,
+        logger: Logger
     ) {
         context = TFTPContext(
-            configuration: configuration, root: BootRoot(path: configuration.root), recorder: recorder,
-            addressBook: addressBook, metrics: TFTPMetrics(), logger: logger)
+            configuration: configuration,
+            root: BootRoot(path: configuration.root),
+            recorder: recorder,
+            addressBook: addressBook,
+            metrics: TFTPMetrics(),
+            logger: logger
+        )
     }
 
     /// The port actually bound (useful with port 0).
@@ -103,7 +111,12 @@ public final class TFTPService: Service, Sendable {
             .bind(host: host, port: port).get()
         boundPort.withLock { $0 = channel.localAddress?.port }
         context.logger.info(
-            "TFTP listening", metadata: ["tftp.listen": "\(host):\(channel.localAddress?.port ?? port)", "tftp.root": "\(context.configuration.root)"])
+            "TFTP listening",
+            metadata: [
+                "tftp.listen": "\(host):\(channel.localAddress?.port ?? port)",
+                "tftp.root": "\(context.configuration.root)",
+            ]
+        )
         try? await gracefulShutdown()
         try? await channel.close()
         // Let transfers in flight finish, within a bound: woken when the last one ends.
@@ -180,11 +193,18 @@ final class TFTPListenerHandler: ChannelInboundHandler {
     }
 
     func startTransfer(
-        _ request: TFTPRequest, remote: SocketAddress, localHost: String, clientIP: IPv4Address
+        _ request: TFTPRequest,
+        remote: SocketAddress,
+        localHost: String,
+        clientIP: IPv4Address
     ) {
         let ctx = context
         let log = context.logger
-        ctx.timeline(clientIP, "RRQ", "file=\(request.filename) options=\(request.options.map { "\($0.name)=\($0.value)" }.joined(separator: ","))")
+        ctx.timeline(
+            clientIP,
+            "RRQ",
+            "file=\(request.filename) options=\(request.options.map { "\($0.name)=\($0.value)" }.joined(separator: ","))"
+        )
         let socket: CInt
         do {
             socket = try TFTPTransfer.openSocket(localHost: localHost, remote: remote)
@@ -197,7 +217,10 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         let active = ctx.metrics.active.load(ordering: .relaxed)
         guard active < ctx.configuration.maxTransfers else {
             ctx.metrics.refused.add(1, ordering: .relaxed)
-            log.warning("too many transfers; request refused", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.active": "\(active)"])
+            log.warning(
+                "too many transfers; request refused",
+                metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.active": "\(active)"]
+            )
             TFTPTransfer.refuse(socket: socket, code: .undefined, message: "server busy, try again")
             return
         }
@@ -205,7 +228,10 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         guard let file else {
             let (code, message) = error ?? (.fileNotFound, "file not found")
             ctx.metrics.refused.add(1, ordering: .relaxed)
-            log.debug("refused read request", metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.error": "\(message)"])
+            log.debug(
+                "refused read request",
+                metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.error": "\(message)"]
+            )
             ctx.timeline(clientIP, "ERROR", "file=\(request.filename) \(message)")
             TFTPTransfer.refuse(socket: socket, code: code, message: message)
             return
@@ -215,16 +241,30 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             ctx.metrics.refusedPerClient.add(1, ordering: .relaxed)
             log.warning(
                 "too many transfers from one client; request refused",
-                metadata: ["tftp.file": "\(request.filename)", "tftp.src": "\(remote)", "tftp.limit": "\(ctx.configuration.maxTransfersPerClient)"])
+                metadata: [
+                    "tftp.file": "\(request.filename)", "tftp.src": "\(remote)",
+                    "tftp.limit": "\(ctx.configuration.maxTransfersPerClient)",
+                ]
+            )
             ctx.timeline(clientIP, "ERROR", "file=\(request.filename) too many transfers from this client")
-            TFTPTransfer.refuse(socket: socket, code: .undefined, message: "too many transfers from this client, try again")
+            TFTPTransfer.refuse(
+                socket: socket,
+                code: .undefined,
+                message: "too many transfers from this client, try again"
+            )
             return
         }
         ctx.metrics.active.add(1, ordering: .relaxed)  // left by the transfer when it ends, with its client's count
         let negotiation = TFTPNegotiation(request: request, fileSize: file.size, limits: ctx.configuration.limits)
         let thread = Thread {
             var transfer = TFTPTransfer(
-                context: ctx, socket: socket, file: file, request: request, negotiation: negotiation, clientIP: clientIP)
+                context: ctx,
+                socket: socket,
+                file: file,
+                request: request,
+                negotiation: negotiation,
+                clientIP: clientIP
+            )
             transfer.run()
         }
         thread.name = "tftp-transfer"

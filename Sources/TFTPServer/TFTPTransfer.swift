@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import FarrierCore
 import Foundation
 import Logging
@@ -11,6 +6,12 @@ import Synchronization
 import SystemSupport
 import TFTPWire
 import WireSupport
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 struct TransferSocketError: Error, CustomStringConvertible {
     var description: String
@@ -77,9 +78,14 @@ struct TFTPTransfer {
         close(fd)
     }
 
-    init(context: TFTPContext, socket: CInt, file: BootFile, request: TFTPRequest, negotiation: TFTPNegotiation,
-        clientIP: IPv4Address)
-    {
+    init(
+        context: TFTPContext,
+        socket: CInt,
+        file: BootFile,
+        request: TFTPRequest,
+        negotiation: TFTPNegotiation,
+        clientIP: IPv4Address
+    ) {
         self.context = context
         self.socket = socket
         self.file = file
@@ -87,8 +93,11 @@ struct TFTPTransfer {
         self.clientIP = clientIP
         let timeout: Duration? = negotiation.timeoutSeconds == nil ? context.configuration.retransmitTimeout : nil
         machine = TFTPTransferStateMachine(
-            negotiation: negotiation, fileSize: file.size, retransmitTimeout: timeout,
-            maxRetries: context.configuration.maxRetries)
+            negotiation: negotiation,
+            fileSize: file.size,
+            retransmitTimeout: timeout,
+            maxRetries: context.configuration.maxRetries
+        )
         packet = [UInt8](repeating: 0, count: 4 + negotiation.blockSize)
         poll = BusyPoll(budget: context.configuration.busyPoll, cpus: context.cpus)
     }
@@ -99,7 +108,9 @@ struct TFTPTransfer {
         defer {
             context.perClient.leave(clientIP)
             close(socket)
-            if context.metrics.active.subtract(1, ordering: .relaxed).newValue == 0 { context.idle.continuation.yield() }
+            if context.metrics.active.subtract(1, ordering: .relaxed).newValue == 0 {
+                context.idle.continuation.yield()
+            }
         }
         var action = machine.start(now: .now)
         while true {
@@ -129,14 +140,22 @@ struct TFTPTransfer {
         case .finished:
             context.metrics.completed.add(1, ordering: .relaxed)
             context.timeline(
-                clientIP, "COMPLETE",
-                "file=\(request.filename) bytes=\(file.size) duration=\(format(ContinuousClock.now - startTime))")
-            context.logger.debug("transfer complete", metadata: ["tftp.file": "\(request.filename)", "tftp.bytes": "\(file.size)"])
+                clientIP,
+                "COMPLETE",
+                "file=\(request.filename) bytes=\(file.size) duration=\(format(ContinuousClock.now - startTime))"
+            )
+            context.logger.debug(
+                "transfer complete",
+                metadata: ["tftp.file": "\(request.filename)", "tftp.bytes": "\(file.size)"]
+            )
             return .stop
         case .failed(let reason):
             context.metrics.failed.add(1, ordering: .relaxed)
             context.timeline(clientIP, "FAILED", "file=\(request.filename) \(reason)")
-            context.logger.debug("transfer failed", metadata: ["tftp.file": "\(request.filename)", "tftp.reason": "\(reason)"])
+            context.logger.debug(
+                "transfer failed",
+                metadata: ["tftp.file": "\(request.filename)", "tftp.reason": "\(reason)"]
+            )
             return .stop
         }
     }
@@ -244,7 +263,8 @@ struct TFTPTransfer {
             }
             let (n, error) = received ?? receiveBlocking()
             if n < 0 {
-                if error == EINTR || error == EAGAIN || error == EWOULDBLOCK { continue }  // the deadline check handles it
+                // The deadline check handles it.
+                if error == EINTR || error == EAGAIN || error == EWOULDBLOCK { continue }
                 // ECONNREFUSED: the client's port is gone (ICMP port unreachable).
                 return .failed("receive: \(String(cString: strerror(error)))")
             }
@@ -259,7 +279,11 @@ struct TFTPTransfer {
                 // EDK2 probes the size with tsize, then aborts with ERROR 8 and asks again: normal.
                 context.logger.debug(
                     "client ended transfer",
-                    metadata: ["tftp.file": "\(request.filename)", "tftp.code": "\(code.rawValue)", "tftp.message": "\(message)"])
+                    metadata: [
+                        "tftp.file": "\(request.filename)", "tftp.code": "\(code.rawValue)",
+                        "tftp.message": "\(message)",
+                    ]
+                )
                 return machine.receiveError()
             case nil:
                 context.metrics.malformed.add(1, ordering: .relaxed)

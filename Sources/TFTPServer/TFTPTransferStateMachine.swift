@@ -48,7 +48,10 @@ public struct TFTPTransferStateMachine: Sendable {
     public private(set) var retransmissions = 0
 
     public init(
-        negotiation: TFTPNegotiation, fileSize: Int, retransmitTimeout: Duration? = nil, maxRetries: Int = 5
+        negotiation: TFTPNegotiation,
+        fileSize: Int,
+        retransmitTimeout: Duration? = nil,
+        maxRetries: Int = 5
     ) {
         self.negotiation = negotiation
         self.fileSize = fileSize
@@ -90,9 +93,11 @@ public struct TFTPTransferStateMachine: Sendable {
             return sendWindow()
         case .transferring:
             // Find the absolute block this ACK names among those sent and not yet acknowledged.
-            guard let block = (acknowledged + 1...max(acknowledged + 1, sentThrough)).first(where: {
-                $0 <= sentThrough && Self.wireBlock($0) == wireBlock
-            }) else {
+            guard
+                let block = (acknowledged + 1...max(acknowledged + 1, sentThrough)).first(where: {
+                    $0 <= sentThrough && Self.wireBlock($0) == wireBlock
+                })
+            else {
                 return .none  // duplicate or stale ACK: never retransmit on it
             }
             acknowledged = block

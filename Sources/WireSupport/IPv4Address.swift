@@ -24,8 +24,10 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
     public static let broadcast = IPv4Address(0xFFFF_FFFF)
 
     public var bytes: [UInt8] {
-        [UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8),
-         UInt8(truncatingIfNeeded: value)]
+        [
+            UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8),
+            UInt8(truncatingIfNeeded: value),
+        ]
     }
 
     public var description: String {

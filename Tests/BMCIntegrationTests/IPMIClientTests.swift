@@ -7,8 +7,21 @@ import Testing
 /// back as the independent check.
 @Suite(.serialized, .enabled(if: IPMISimulator.available, "needs root, ipmi_sim and ipmitool"))
 struct IPMIClientTests {
-    func client(_ sim: IPMISimulator, password: String = IPMISimulator.password, port: Int? = nil, timeouts: BMCTimeouts = BMCTimeouts()) -> IPMIClient {
-        IPMIClient(IPMIEndpoint(host: "127.0.0.1", port: port ?? sim.port, user: IPMISimulator.user, password: password, timeouts: timeouts))
+    func client(
+        _ sim: IPMISimulator,
+        password: String = IPMISimulator.password,
+        port: Int? = nil,
+        timeouts: BMCTimeouts = BMCTimeouts()
+    ) -> IPMIClient {
+        IPMIClient(
+            IPMIEndpoint(
+                host: "127.0.0.1",
+                port: port ?? sim.port,
+                user: IPMISimulator.user,
+                password: password,
+                timeouts: timeouts
+            )
+        )
     }
 
     @Test func powerOperationsMatchIpmitool() async throws {
@@ -81,9 +94,15 @@ struct IPMIClientTests {
 
     @Test func unreachableTimesOutWithinItsBound() async throws {
         // Nothing listens on this loopback port.
-        let bmc = IPMIClient(IPMIEndpoint(
-            host: "127.0.0.1", port: IPMISimulator.freePort(udp: true), user: "admin", password: "x",
-            timeouts: BMCTimeouts(attempt: .milliseconds(300), retries: 2, operation: .seconds(3))))
+        let bmc = IPMIClient(
+            IPMIEndpoint(
+                host: "127.0.0.1",
+                port: IPMISimulator.freePort(udp: true),
+                user: "admin",
+                password: "x",
+                timeouts: BMCTimeouts(attempt: .milliseconds(300), retries: 2, operation: .seconds(3))
+            )
+        )
         let start = ContinuousClock.now
         let error = await #expect(throws: BMCError.self) { try await bmc.powerState() }
         let elapsed = ContinuousClock.now - start
@@ -121,7 +140,10 @@ struct IPMIClientTests {
         let counters = h.directory + "/loss-counters"
         var dir = URL(fileURLWithPath: #filePath)
         dir.deleteLastPathComponent()
-        try h.start(["python3", dir.path + "/lossy_udp_proxy.py", String(lossyPort), String(sim.port), "0.2", "7", counters], log: "proxy.log")
+        try h.start(
+            ["python3", dir.path + "/lossy_udp_proxy.py", String(lossyPort), String(sim.port), "0.2", "7", counters],
+            log: "proxy.log"
+        )
         let bmc = client(sim, port: lossyPort)
         for i in 0..<6 {
             try await bmc.power(i % 2 == 0 ? .on : .off)
@@ -135,7 +157,9 @@ struct IPMIClientTests {
             _ = try await fresh.info()
             await fresh.close()
         }
-        let parts = (try String(contentsOfFile: counters, encoding: .utf8)).split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let parts = (try String(contentsOfFile: counters, encoding: .utf8)).split(separator: " ").compactMap {
+            Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
         try #require(parts.count == 2, "counters file: \(parts)")
         let (forwarded, dropped) = (parts[0], parts[1])
         let share = Double(dropped) / Double(forwarded + dropped)
@@ -181,7 +205,10 @@ struct IPMIClientTests {
         try h.waitUntil("serial port connected", timeout: 25) { collected.text.contains("farrier-serial ready") }
         try await console.write(Array("hello farrier\r".utf8))
         try? h.waitUntil("echo through SOL", timeout: 10) { collected.text.contains("echo:HELLO FARRIER") }
-        #expect(collected.text.contains("echo:HELLO FARRIER"), "console: \(collected.text) bmc: \(h.read("ipmi_sim.log")) serial: \(h.read("serial.log"))")
+        #expect(
+            collected.text.contains("echo:HELLO FARRIER"),
+            "console: \(collected.text) bmc: \(h.read("ipmi_sim.log")) serial: \(h.read("serial.log"))"
+        )
         #expect(collected.text.contains("farrier-serial ready"))
         await console.close()
         reader.cancel()

@@ -7,7 +7,9 @@ import Testing
 /// what sushy lacks: sessions, ETag/If-Match and 202 task monitors.
 enum RedfishPeers {
     static let venv = ProcessInfo.processInfo.environment["FARRIER_PEERS_VENV"] ?? "/opt/farrier-peers/venv"
-    static var sushyAvailable: Bool { Harness.canRun && FileManager.default.isExecutableFile(atPath: venv + "/bin/sushy-emulator") }
+    static var sushyAvailable: Bool {
+        Harness.canRun && FileManager.default.isExecutableFile(atPath: venv + "/bin/sushy-emulator")
+    }
     static let user = "farrier"
     static let password = "redfish-pw"
     static let scriptDir: String = {
@@ -21,29 +23,39 @@ enum RedfishPeers {
     static func startSushy(_ h: Harness, tls: Bool = false) throws -> Int {
         let port = Int.random(in: 41000..<49000)
         let htpasswd = h.directory + "/htpasswd"
-        try h.run([venv + "/bin/python3", "-c", "import bcrypt,sys; open(sys.argv[1],'w').write(sys.argv[2]+':'+bcrypt.hashpw(sys.argv[3].encode(), bcrypt.gensalt()).decode()+'\\n')", htpasswd, user, password])
+        try h.run([
+            venv + "/bin/python3", "-c",
+            "import bcrypt,sys; open(sys.argv[1],'w').write(sys.argv[2]+':'+bcrypt.hashpw(sys.argv[3].encode(), bcrypt.gensalt()).decode()+'\\n')",
+            htpasswd, user, password,
+        ])
         let config = h.directory + "/sushy.conf"
         try """
-            SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'
-            SUSHY_EMULATOR_LISTEN_PORT = \(port)
-            SUSHY_EMULATOR_AUTH_FILE = '\(htpasswd)'
-            SUSHY_EMULATOR_FAKE_DRIVER = True
-            SUSHY_EMULATOR_FAKE_SYSTEMS = [
-                {'uuid': '27946b59-9e44-4fa7-8e91-f3527a1ef094', 'name': 'node-a', 'power_state': 'Off',
-                 'external_notifier': False, 'nics': [{'mac': '52:54:00:18:10:01', 'ip': '198.18.10.1'}]},
-                {'uuid': '48295ecf-3b1c-4e39-8d0a-4a5b5c6d7e8f', 'name': 'node-b', 'power_state': 'Off',
-                 'external_notifier': False, 'nics': [{'mac': '52:54:00:18:10:02', 'ip': '198.18.10.2'}]},
-            ]
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'
+        SUSHY_EMULATOR_LISTEN_PORT = \(port)
+        SUSHY_EMULATOR_AUTH_FILE = '\(htpasswd)'
+        SUSHY_EMULATOR_FAKE_DRIVER = True
+        SUSHY_EMULATOR_FAKE_SYSTEMS = [
+            {'uuid': '27946b59-9e44-4fa7-8e91-f3527a1ef094', 'name': 'node-a', 'power_state': 'Off',
+             'external_notifier': False, 'nics': [{'mac': '52:54:00:18:10:01', 'ip': '198.18.10.1'}]},
+            {'uuid': '48295ecf-3b1c-4e39-8d0a-4a5b5c6d7e8f', 'name': 'node-b', 'power_state': 'Off',
+             'external_notifier': False, 'nics': [{'mac': '52:54:00:18:10:02', 'ip': '198.18.10.2'}]},
+        ]
+        """.write(toFile: config, atomically: true, encoding: .utf8)
         var args = [venv + "/bin/sushy-emulator", "--config", config, "--fake"]
         if tls {
-            try h.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                       "-keyout", h.directory + "/tls.key", "-out", h.directory + "/tls.crt"], timeout: 60)
+            try h.run(
+                [
+                    "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", h.directory + "/tls.key", "-out", h.directory + "/tls.crt",
+                ],
+                timeout: 60
+            )
             args += ["--ssl-certificate", h.directory + "/tls.crt", "--ssl-key", h.directory + "/tls.key"]
         }
         try h.start(args, log: "sushy.log")
         try h.waitUntil("sushy-emulator on \(port)", timeout: 30, interval: 0.2) {
-            (try? h.run(["curl", "-sfk", "\(tls ? "https" : "http")://127.0.0.1:\(port)/redfish/v1/"], timeout: 5)) != nil
+            (try? h.run(["curl", "-sfk", "\(tls ? "https" : "http")://127.0.0.1:\(port)/redfish/v1/"], timeout: 5))
+                != nil
         }
         return port
     }
@@ -51,7 +63,10 @@ enum RedfishPeers {
     static func startStrict(_ h: Harness) throws -> (port: Int, events: String) {
         let port = Int.random(in: 49000..<57000)
         let events = h.directory + "/strict-events.jsonl"
-        try h.start(["python3", scriptDir + "/redfish_strict.py", String(port), user, password, events], log: "strict.log")
+        try h.start(
+            ["python3", scriptDir + "/redfish_strict.py", String(port), user, password, events],
+            log: "strict.log"
+        )
         try h.waitUntil("strict Redfish on \(port)", timeout: 15, interval: 0.1) {
             (try? h.run(["curl", "-sf", "http://127.0.0.1:\(port)/redfish/v1/"], timeout: 5)) != nil
         }
@@ -65,11 +80,20 @@ enum RedfishPeers {
     }
 }
 
-@Suite(.serialized, .enabled(if: RedfishPeers.sushyAvailable, "needs root and sushy-emulator (scripts/install-deps.sh)"))
+@Suite(
+    .serialized,
+    .enabled(if: RedfishPeers.sushyAvailable, "needs root and sushy-emulator (scripts/install-deps.sh)")
+)
 struct RedfishSushyTests {
     func client(_ port: Int, system: String? = nil, password: String = RedfishPeers.password) -> RedfishClient {
-        RedfishClient(RedfishEndpoint(
-            baseURL: "http://127.0.0.1:\(port)", user: RedfishPeers.user, password: password, system: system))
+        RedfishClient(
+            RedfishEndpoint(
+                baseURL: "http://127.0.0.1:\(port)",
+                user: RedfishPeers.user,
+                password: password,
+                system: system
+            )
+        )
     }
 
     @Test func enumeratesSystemsAndNeverAssumesOne() async throws {
@@ -107,7 +131,10 @@ struct RedfishSushyTests {
         try await bmc.setBootOverride(BootOverride(device: .pxe, persistent: false, efi: true))
         #expect(try await bmc.bootOverride()?.device == .pxe)
         // Read back with curl, independently of the client.
-        let raw = try h.run(["curl", "-sfL", "-u", "\(RedfishPeers.user):\(RedfishPeers.password)", "http://127.0.0.1:\(port)/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094"]).stdout
+        let raw = try h.run([
+            "curl", "-sfL", "-u", "\(RedfishPeers.user):\(RedfishPeers.password)",
+            "http://127.0.0.1:\(port)/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094",
+        ]).stdout
         #expect(raw.contains("\"BootSourceOverrideTarget\": \"Pxe\""))
         try await bmc.setBootOverride(BootOverride(device: .disk))
         #expect(try await bmc.bootOverride()?.device == .disk)
@@ -119,16 +146,28 @@ struct RedfishSushyTests {
         defer { h.cleanup() }
         let port = try RedfishPeers.startSushy(h, tls: true)
         // A self-signed certificate: refused by default, with an error that says so.
-        let strict = RedfishClient(RedfishEndpoint(
-            baseURL: "https://127.0.0.1:\(port)", user: RedfishPeers.user, password: RedfishPeers.password, system: "node-a",
-            timeouts: BMCTimeouts(attempt: .seconds(5), retries: 0, operation: .seconds(10))))
+        let strict = RedfishClient(
+            RedfishEndpoint(
+                baseURL: "https://127.0.0.1:\(port)",
+                user: RedfishPeers.user,
+                password: RedfishPeers.password,
+                system: "node-a",
+                timeouts: BMCTimeouts(attempt: .seconds(5), retries: 0, operation: .seconds(10))
+            )
+        )
         let error = await #expect(throws: BMCError.self) { try await strict.powerState() }
         #expect(error?.description.lowercased().contains("certificate") == true, "\(String(describing: error))")
         await strict.close()
         // The per-BMC opt-out.
-        let lax = RedfishClient(RedfishEndpoint(
-            baseURL: "https://127.0.0.1:\(port)", user: RedfishPeers.user, password: RedfishPeers.password, system: "node-a",
-            verifyTLS: false))
+        let lax = RedfishClient(
+            RedfishEndpoint(
+                baseURL: "https://127.0.0.1:\(port)",
+                user: RedfishPeers.user,
+                password: RedfishPeers.password,
+                system: "node-a",
+                verifyTLS: false
+            )
+        )
         #expect(try await lax.powerState() != .unknown)
         await lax.close()
     }
@@ -157,7 +196,13 @@ struct RedfishStrictServiceTests {
         let h = try Harness("redfish-strict")
         defer { h.cleanup() }
         let (port, events) = try RedfishPeers.startStrict(h)
-        let bmc = RedfishClient(RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: RedfishPeers.user, password: RedfishPeers.password))
+        let bmc = RedfishClient(
+            RedfishEndpoint(
+                baseURL: "http://127.0.0.1:\(port)",
+                user: RedfishPeers.user,
+                password: RedfishPeers.password
+            )
+        )
         // One system, found by enumeration (its id is System.Embedded.1, not 1).
         #expect(try await bmc.powerState() == .off)
         // Reset answers 202: the client follows the task monitor to Completed.
@@ -179,7 +224,9 @@ struct RedfishStrictServiceTests {
         #expect(kinds.last == "logout", "\(kinds)")
 
         // Wrong password against the SessionService: the clear error, fast.
-        let bad = RedfishClient(RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: RedfishPeers.user, password: "nope"))
+        let bad = RedfishClient(
+            RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: RedfishPeers.user, password: "nope")
+        )
         let error = await #expect(throws: BMCError.self) { try await bad.powerState() }
         #expect(error?.kind == .authenticationFailed)
         await bad.close()
@@ -230,18 +277,32 @@ struct RedfishOriginTests {
     func credentialsStayOnTheBMCsOrigin(_ mode: String) async throws {
         let h = try Harness("redfish-origin-\(mode)")
         defer { h.cleanup() }
-        let py = h.directory + "/bmc.py", log = h.directory + "/thief.log"
+        let py = h.directory + "/bmc.py"
+        let log = h.directory + "/thief.log"
         try Self.script.write(toFile: py, atomically: true, encoding: .utf8)
         try h.start(["python3", py, mode, log], log: "bmc.out")
         var port = 0
         try h.waitUntil("the fake BMC's port", timeout: 10, interval: 0.1) {
-            port = Int((try? String(contentsOfFile: h.directory + "/bmc.out", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+            port =
+                Int(
+                    (try? String(contentsOfFile: h.directory + "/bmc.out", encoding: .utf8))?.trimmingCharacters(
+                        in: .whitespacesAndNewlines
+                    ) ?? ""
+                ) ?? 0
             return port > 0
         }
-        let bmc = RedfishClient(RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: "admin", password: "hunter2"))
+        let bmc = RedfishClient(
+            RedfishEndpoint(baseURL: "http://127.0.0.1:\(port)", user: "admin", password: "hunter2")
+        )
         let error = await #expect(throws: BMCError.self) { try await bmc.powerState() }
-        #expect(error?.kind == .protocolError && "\(error.map { "\($0)" } ?? "")".contains("off its own origin"), "\(String(describing: error))")
+        #expect(
+            error?.kind == .protocolError && "\(error.map { "\($0)" } ?? "")".contains("off its own origin"),
+            "\(String(describing: error))"
+        )
         await bmc.close()
-        #expect(!FileManager.default.fileExists(atPath: log), "a request left the BMC's origin: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        #expect(
+            !FileManager.default.fileExists(atPath: log),
+            "a request left the BMC's origin: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")"
+        )
     }
 }

@@ -1,9 +1,9 @@
 import DHCPServer
 import DHCPWire
-import WireSupport
 import FarrierCore
 import Foundation
 import Testing
+import WireSupport
 
 func makeConfig(mode: DHCPConfiguration.Mode = .full, pool: ClosedRange<IPv4Address>? = nil) -> DHCPConfiguration {
     var c = DHCPConfiguration()
@@ -13,21 +13,36 @@ func makeConfig(mode: DHCPConfiguration.Mode = .full, pool: ClosedRange<IPv4Addr
         .init(
             network: IPv4Network("198.18.0.0/24")!,
             pools: [pool ?? IPv4Address("198.18.0.100")!...IPv4Address("198.18.0.199")!],
-            router: IPv4Address("198.18.0.1"), dnsServers: [IPv4Address("198.18.0.1")!], leaseTime: 600)
+            router: IPv4Address("198.18.0.1"),
+            dnsServers: [IPv4Address("198.18.0.1")!],
+            leaseTime: 600
+        )
     ]
     return c
 }
 
 let server = IPv4Address("198.18.0.1")!
 let ingress = DHCPIngress(
-    interface: "br0", address: server, network: IPv4Network("198.18.0.0/24")!, port: 67, sourceAddress: .any,
-    sourcePort: 68)
+    interface: "br0",
+    address: server,
+    network: IPv4Network("198.18.0.0/24")!,
+    port: 67,
+    sourceAddress: .any,
+    sourcePort: 68
+)
 
 func mac(_ n: UInt8) -> MACAddress { MACAddress([0x52, 0x54, 0, 0, 0, n]) }
 
 func request(
-    _ type: DHCPMessageType, mac m: MACAddress, xid: UInt32 = 1, arch: UInt16? = nil, vendor: String? = nil,
-    userClass: String? = nil, requested: IPv4Address? = nil, serverID: IPv4Address? = nil, ciaddr: IPv4Address = .any,
+    _ type: DHCPMessageType,
+    mac m: MACAddress,
+    xid: UInt32 = 1,
+    arch: UInt16? = nil,
+    vendor: String? = nil,
+    userClass: String? = nil,
+    requested: IPv4Address? = nil,
+    serverID: IPv4Address? = nil,
+    ciaddr: IPv4Address = .any,
     giaddr: IPv4Address = .any
 ) -> DHCPMessage {
     var msg = DHCPMessage(op: .bootRequest, xid: xid, ciaddr: ciaddr, giaddr: giaddr, chaddr: m.bytes)
@@ -58,7 +73,11 @@ func request(
         // A plain client gets no boot options and no PXEClient.
         #expect(o.options[.vendorClassIdentifier] == nil && o.bootFileName.isEmpty)
 
-        let ack = r.handle(request(.request, mac: mac(1), requested: o.yiaddr, serverID: server), ingress: ingress, now: now)
+        let ack = r.handle(
+            request(.request, mac: mac(1), requested: o.yiaddr, serverID: server),
+            ingress: ingress,
+            now: now
+        )
         let a = try #require(ack.reply)
         #expect(a.messageType == .ack)
         #expect(a.yiaddr == o.yiaddr)
@@ -72,7 +91,13 @@ func request(
         var given: [IPv4Address: MACAddress] = [:]
         for n in 1...10 {
             let o = try #require(r.handle(request(.discover, mac: mac(UInt8(n))), ingress: ingress, now: now).reply)
-            let a = try #require(r.handle(request(.request, mac: mac(UInt8(n)), requested: o.yiaddr, serverID: server), ingress: ingress, now: now).reply)
+            let a = try #require(
+                r.handle(
+                    request(.request, mac: mac(UInt8(n)), requested: o.yiaddr, serverID: server),
+                    ingress: ingress,
+                    now: now
+                ).reply
+            )
             #expect(a.messageType == .ack)
             #expect(given[a.yiaddr] == nil, "address \(a.yiaddr) given twice")
             given[a.yiaddr] = mac(UInt8(n))
@@ -81,7 +106,11 @@ func request(
         let eleventh = r.handle(request(.discover, mac: mac(11)), ingress: ingress, now: now)
         #expect(eleventh.reply == nil)
         // It cannot take an address by requesting it either.
-        let steal = r.handle(request(.request, mac: mac(11), requested: IPv4Address("198.18.0.100")), ingress: ingress, now: now)
+        let steal = r.handle(
+            request(.request, mac: mac(11), requested: IPv4Address("198.18.0.100")),
+            ingress: ingress,
+            now: now
+        )
         #expect(steal.reply?.messageType == .nak)
         #expect(steal.commit == nil)
         // Once the leases expire, addresses are reused.
@@ -94,7 +123,10 @@ func request(
         _ = r.handle(request(.discover, mac: mac(1)), ingress: ingress, now: now)
         _ = r.handle(request(.discover, mac: mac(2)), ingress: ingress, now: now)
         let o = try #require(r.handle(request(.discover, mac: mac(2)), ingress: ingress, now: now).reply)
-        let lease = try #require(r.handle(request(.request, mac: mac(2), requested: o.yiaddr, serverID: server), ingress: ingress, now: now).commit)
+        let lease = try #require(
+            r.handle(request(.request, mac: mac(2), requested: o.yiaddr, serverID: server), ingress: ingress, now: now)
+                .commit
+        )
         // A restarted server knows only the durable leases.
         var restarted = DHCPResponder(configuration: makeConfig(), httpPort: 8080)
         restarted.loadLeases([lease])
@@ -120,23 +152,40 @@ func request(
         let o = try #require(r.handle(request(.discover, mac: mac(1)), ingress: ingress, now: now).reply)
         _ = r.handle(request(.request, mac: mac(1), requested: o.yiaddr, serverID: server), ingress: ingress, now: now)
         // RENEWING: ciaddr set, unicast reply to ciaddr.
-        let renew = r.handle(request(.request, mac: mac(1), ciaddr: o.yiaddr), ingress: ingress, now: now.addingTimeInterval(300))
+        let renew = r.handle(
+            request(.request, mac: mac(1), ciaddr: o.yiaddr),
+            ingress: ingress,
+            now: now.addingTimeInterval(300)
+        )
         #expect(renew.reply?.messageType == .ack)
         #expect(renew.destinationAddress == o.yiaddr)
         #expect(renew.commit?.expires == now.addingTimeInterval(900))
         // INIT-REBOOT with a wrong-network address gets a NAK.
-        let bad = r.handle(request(.request, mac: mac(1), requested: IPv4Address("10.0.0.5")), ingress: ingress, now: now)
+        let bad = r.handle(
+            request(.request, mac: mac(1), requested: IPv4Address("10.0.0.5")),
+            ingress: ingress,
+            now: now
+        )
         #expect(bad.reply?.messageType == .nak)
         // A REQUEST naming another server withdraws our offer silently.
         _ = r.handle(request(.discover, mac: mac(2)), ingress: ingress, now: now)
-        let other = r.handle(request(.request, mac: mac(2), serverID: IPv4Address("198.18.0.254")), ingress: ingress, now: now)
+        let other = r.handle(
+            request(.request, mac: mac(2), serverID: IPv4Address("198.18.0.254")),
+            ingress: ingress,
+            now: now
+        )
         #expect(other.reply == nil)
         #expect(r.leases.lease(for: mac(2)) == nil)
     }
 
     @Test func relayedRequestsUseGiaddrSubnetAndReplyToTheRelay() throws {
         var c = makeConfig()
-        c.subnets.append(.init(network: IPv4Network("198.19.0.0/16")!, pools: [IPv4Address("198.19.1.0")!...IPv4Address("198.19.1.255")!]))
+        c.subnets.append(
+            .init(
+                network: IPv4Network("198.19.0.0/16")!,
+                pools: [IPv4Address("198.19.1.0")!...IPv4Address("198.19.1.255")!]
+            )
+        )
         var r = DHCPResponder(configuration: c, httpPort: 8080)
         var d = request(.discover, mac: mac(1), giaddr: IPv4Address("198.19.0.2")!)
         d.options[.relayAgentInformation] = [1, 3, 0x61, 0x62, 0x63]
@@ -154,9 +203,18 @@ func request(
     ])
     func bootFileByArchitecture(_ arch: UInt16, _ file: String) throws {
         var r = DHCPResponder(configuration: makeConfig(), httpPort: 8080)
-        let o = try #require(r.handle(
-            request(.discover, mac: mac(1), arch: arch, vendor: String(format: "PXEClient:Arch:%05d:UNDI:002001", arch)),
-            ingress: ingress, now: now).reply)
+        let o = try #require(
+            r.handle(
+                request(
+                    .discover,
+                    mac: mac(1),
+                    arch: arch,
+                    vendor: String(format: "PXEClient:Arch:%05d:UNDI:002001", arch)
+                ),
+                ingress: ingress,
+                now: now
+            ).reply
+        )
         #expect(o.bootFileName == file)
         #expect(o.siaddr == server)
         #expect(o.options.vendorClassIdentifier == "PXEClient")
@@ -165,9 +223,19 @@ func request(
 
     @Test func iPXEGetsItsScriptURLNotAnotherBinary() throws {
         var r = DHCPResponder(configuration: makeConfig(), httpPort: 8080)
-        let o = try #require(r.handle(
-            request(.discover, mac: mac(0x56), arch: 0, vendor: "PXEClient:Arch:00000:UNDI:002001", userClass: "iPXE"),
-            ingress: ingress, now: now).reply)
+        let o = try #require(
+            r.handle(
+                request(
+                    .discover,
+                    mac: mac(0x56),
+                    arch: 0,
+                    vendor: "PXEClient:Arch:00000:UNDI:002001",
+                    userClass: "iPXE"
+                ),
+                ingress: ingress,
+                now: now
+            ).reply
+        )
         #expect(o.bootFileName == "http://198.18.0.1:8080/boot/52-54-00-00-00-56.ipxe?arch=0")
         // 60 PXEClient with a boot file: iPXE does not wait for ProxyDHCP offers.
         #expect(o.options.vendorClassIdentifier == "PXEClient")
@@ -175,17 +243,26 @@ func request(
 
     @Test func uefiHTTPBootGetsAnHTTPURL() throws {
         var r = DHCPResponder(configuration: makeConfig(), httpPort: 8080)
-        let o = try #require(r.handle(
-            request(.discover, mac: mac(1), arch: 16, vendor: "HTTPClient:Arch:00016:UNDI:003001"),
-            ingress: ingress, now: now).reply)
+        let o = try #require(
+            r.handle(
+                request(.discover, mac: mac(1), arch: 16, vendor: "HTTPClient:Arch:00016:UNDI:003001"),
+                ingress: ingress,
+                now: now
+            ).reply
+        )
         #expect(o.options.vendorClassIdentifier == "HTTPClient")
         #expect(o.bootFileName == "http://198.18.0.1:8080/tftp/ipxe.efi")
     }
 
     @Test func unknownArchitectureGetsAddressButNoBootFile() throws {
         var r = DHCPResponder(configuration: makeConfig(), httpPort: 8080)
-        let o = try #require(r.handle(
-            request(.discover, mac: mac(1), arch: 99, vendor: "PXEClient:Arch:00099:UNDI:002001"), ingress: ingress, now: now).reply)
+        let o = try #require(
+            r.handle(
+                request(.discover, mac: mac(1), arch: 99, vendor: "PXEClient:Arch:00099:UNDI:002001"),
+                ingress: ingress,
+                now: now
+            ).reply
+        )
         #expect(o.yiaddr != .any)
         #expect(o.bootFileName.isEmpty && o.options[.vendorClassIdentifier] == nil)
     }
@@ -193,7 +270,13 @@ func request(
     @Test func proxyModeAnswersOnlyPXEClientsWithoutAddresses() throws {
         var r = DHCPResponder(configuration: makeConfig(mode: .proxy), httpPort: 8080)
         #expect(r.handle(request(.discover, mac: mac(1)), ingress: ingress, now: now).reply == nil)
-        #expect(r.handle(request(.discover, mac: mac(1), vendor: "PXEClient:Arch:00000:UNDI:002001"), ingress: ingress, now: now).reply == nil)
+        #expect(
+            r.handle(
+                request(.discover, mac: mac(1), vendor: "PXEClient:Arch:00000:UNDI:002001"),
+                ingress: ingress,
+                now: now
+            ).reply == nil
+        )
         var d = request(.discover, mac: mac(1), arch: 0, vendor: "PXEClient:Arch:00000:UNDI:002001")
         d.options[.clientMachineIdentifier] = [0] + [UInt8](repeating: 7, count: 16)
         let out = r.handle(d, ingress: ingress, now: now)
@@ -209,7 +292,13 @@ func request(
         port4011.port = 4011
         port4011.sourceAddress = IPv4Address("198.18.0.150")!
         port4011.sourcePort = 68
-        let req = request(.request, mac: mac(1), arch: 0, vendor: "PXEClient:Arch:00000:UNDI:002001", ciaddr: IPv4Address("198.18.0.150")!)
+        let req = request(
+            .request,
+            mac: mac(1),
+            arch: 0,
+            vendor: "PXEClient:Arch:00000:UNDI:002001",
+            ciaddr: IPv4Address("198.18.0.150")!
+        )
         let ack = r.handle(req, ingress: port4011, now: now)
         #expect(ack.reply?.messageType == .ack)
         #expect(ack.reply?.bootFileName == "undionly.kpxe")
@@ -223,10 +312,17 @@ func request(
     }
 
     @Test func declineQuarantinesTheAddress() throws {
-        var r = DHCPResponder(configuration: makeConfig(pool: IPv4Address("198.18.0.100")!...IPv4Address("198.18.0.101")!), httpPort: 8080)
+        var r = DHCPResponder(
+            configuration: makeConfig(pool: IPv4Address("198.18.0.100")!...IPv4Address("198.18.0.101")!),
+            httpPort: 8080
+        )
         let o = try #require(r.handle(request(.discover, mac: mac(1)), ingress: ingress, now: now).reply)
         _ = r.handle(request(.request, mac: mac(1), requested: o.yiaddr, serverID: server), ingress: ingress, now: now)
-        let d = r.handle(request(.decline, mac: mac(1), requested: o.yiaddr, serverID: server), ingress: ingress, now: now)
+        let d = r.handle(
+            request(.decline, mac: mac(1), requested: o.yiaddr, serverID: server),
+            ingress: ingress,
+            now: now
+        )
         #expect(d.forget == mac(1))
         let next = try #require(r.handle(request(.discover, mac: mac(2)), ingress: ingress, now: now).reply)
         #expect(next.yiaddr != o.yiaddr)

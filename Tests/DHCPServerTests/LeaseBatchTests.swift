@@ -1,9 +1,10 @@
-@testable import DHCPServer
 import FarrierCore
 import FarrierStore
 import Foundation
 import Testing
 import WireSupport
+
+@testable import DHCPServer
 
 /// Group commit as the socket thread uses it: what a batch writes, and that no reply waiting on
 /// it runs before the write (or runs as a success when the write failed).
@@ -43,7 +44,7 @@ import WireSupport
         try store.commit([lease(a, "198.18.0.100"), lease(b, "198.18.0.101")])
         var batch = LeaseBatch()
         batch.add(commit: lease(a, "198.18.0.110"), forget: nil) { _ in }
-        batch.add(commit: nil, forget: a) { _ in }          // a: released after the new lease
+        batch.add(commit: nil, forget: a) { _ in }  // a: released after the new lease
         batch.add(commit: nil, forget: b) { _ in }
         batch.add(commit: lease(b, "198.18.0.111"), forget: nil) { _ in }  // b: bound again after release
         batch.commit(to: store)

@@ -1,7 +1,7 @@
 import DHCPWire
-import WireSupport
 import Foundation
 import Testing
+import WireSupport
 
 func fixture(_ name: String) throws -> [UInt8] {
     let url = try #require(Bundle.module.url(forResource: "Fixtures/\(name)", withExtension: "bin"))
@@ -79,8 +79,13 @@ func fixture(_ name: String) throws -> [UInt8] {
 @Suite struct DHCPEncodingTests {
     func offer() -> DHCPMessage {
         var m = DHCPMessage(
-            op: .bootReply, xid: 0x0102_0304, flags: 0x8000, yiaddr: IPv4Address("198.18.0.100")!,
-            siaddr: IPv4Address("198.18.0.1")!, chaddr: [0x52, 0x54, 0, 0x12, 0x34, 0x56])
+            op: .bootReply,
+            xid: 0x0102_0304,
+            flags: 0x8000,
+            yiaddr: IPv4Address("198.18.0.100")!,
+            siaddr: IPv4Address("198.18.0.1")!,
+            chaddr: [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+        )
         m.options.messageType = .offer
         m.options.set(.serverIdentifier, ipv4: IPv4Address("198.18.0.1")!)
         m.options.set(.leaseTime, uint32: 3600)
@@ -97,10 +102,12 @@ func fixture(_ name: String) throws -> [UInt8] {
         #expect(Array(b[108..<121]) == Array("undionly.kpxe".utf8))
         #expect(b[121] == 0)
         #expect(Array(b[236..<240]) == [0x63, 0x82, 0x53, 0x63])
-        #expect(Array(b[240..<264]) == [
-            53, 1, 2, 54, 4, 198, 18, 0, 1, 51, 4, 0, 0, 0x0e, 0x10, 60, 9,
-            0x50, 0x58, 0x45, 0x43, 0x6c, 0x69, 0x65,
-        ])
+        #expect(
+            Array(b[240..<264]) == [
+                53, 1, 2, 54, 4, 198, 18, 0, 1, 51, 4, 0, 0, 0x0e, 0x10, 60, 9,
+                0x50, 0x58, 0x45, 0x43, 0x6c, 0x69, 0x65,
+            ]
+        )
         #expect(b[240 + 3 + 6 + 6 + 11] == 255)
     }
 
@@ -117,12 +124,20 @@ func fixture(_ name: String) throws -> [UInt8] {
     @Test(arguments: 0..<64)
     func roundTripsVariedMessages(_ seed: Int) throws {
         var m = DHCPMessage(
-            op: .bootRequest, hops: UInt8(seed % 4), xid: UInt32(seed * 7919), secs: UInt16(seed), flags: seed % 2 == 0 ? 0 : 0x8000,
-            ciaddr: IPv4Address(UInt32(seed)), giaddr: IPv4Address(UInt32(seed * 3)),
-            chaddr: (0..<6).map { UInt8(($0 + seed) & 0xFF) })
+            op: .bootRequest,
+            hops: UInt8(seed % 4),
+            xid: UInt32(seed * 7919),
+            secs: UInt16(seed),
+            flags: seed % 2 == 0 ? 0 : 0x8000,
+            ciaddr: IPv4Address(UInt32(seed)),
+            giaddr: IPv4Address(UInt32(seed * 3)),
+            chaddr: (0..<6).map { UInt8(($0 + seed) & 0xFF) }
+        )
         m.options.messageType = DHCPMessageType(rawValue: UInt8(seed % 8 + 1))
         for k in 0..<(seed % 9) {
-            m.options[DHCPOptionCode(UInt8(100 + k))] = (0..<((seed * (k + 1)) % 300)).map { UInt8(($0 * 31 + k) & 0xFF) }
+            m.options[DHCPOptionCode(UInt8(100 + k))] = (0..<((seed * (k + 1)) % 300)).map {
+                UInt8(($0 * 31 + k) & 0xFF)
+            }
         }
         #expect(try DHCPMessage(decoding: m.encoded()) == m)
     }

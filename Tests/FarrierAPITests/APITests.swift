@@ -2,12 +2,13 @@ import Crypto
 import FarrierBMC
 import FarrierControl
 import FarrierCore
-@testable import FarrierAPI
 import FarrierStore
 import Foundation
 import GRPCCore
 import GRPCInProcessTransport
 import Testing
+
+@testable import FarrierAPI
 
 /// The gRPC API as a client sees it, over grpc-swift's in-process transport: the real services
 /// and the real token interceptor on an in-memory store, without a socket or a server process.
@@ -22,14 +23,26 @@ import Testing
         store = try SQLiteStore()
         let vault = CredentialVault(key: SymmetricKey(size: .bits256))
         controller = Controller(store: store, pool: BMCPool(vault: vault), agentKey: SymmetricKey(size: .bits256))
-        try await store.createToken(APIToken(
-            id: "admin", name: "root", role: .admin, project: nil, secretSHA256: TokenSecret.hash(adminSecret), created: Date()))
+        try await store.createToken(
+            APIToken(
+                id: "admin",
+                name: "root",
+                role: .admin,
+                project: nil,
+                secretSHA256: TokenSecret.hash(adminSecret),
+                created: Date()
+            )
+        )
         // 25 machines, m00…m24; the first five deployed in project blue.
         try await store.createProject(Project(name: "blue", created: Date()))
         for i in 0..<25 {
             let m = try await store.enroll(
-                name: String(format: "m%02d", i), mac: MACAddress([0x52, 0x54, 0, 0, 0x0A, UInt8(i)]),
-                bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"), sealedPassword: [1], at: Date())
+                name: String(format: "m%02d", i),
+                mac: MACAddress([0x52, 0x54, 0, 0, 0x0A, UInt8(i)]),
+                bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"),
+                sealedPassword: [1],
+                at: Date()
+            )
             _ = try await store.update(machineID: m.id) { x in
                 x.state = i < 5 ? .deployed : .ready
                 x.project = i < 5 ? "blue" : nil
@@ -41,14 +54,22 @@ import Testing
     /// Runs `body` with clients of the three services, calling with `token` (none: nil).
     func withAPI<R: Sendable>(
         token: String?,
-        _ body: @Sendable (Farrier_V1_MachineService.Client<InProcessTransport.Client>, Farrier_V1_ProjectService.Client<InProcessTransport.Client>,
-            Farrier_V1_TokenService.Client<InProcessTransport.Client>) async throws -> R
+        _ body:
+            @Sendable (
+                Farrier_V1_MachineService.Client<InProcessTransport.Client>,
+                Farrier_V1_ProjectService.Client<InProcessTransport.Client>,
+                Farrier_V1_TokenService.Client<InProcessTransport.Client>
+            ) async throws -> R
     ) async throws -> R {
         let transport = InProcessTransport()
         let server = GRPCServer(
             transport: transport.server,
-            services: [MachineAPI(controller: controller, vault: CredentialVault(key: SymmetricKey(size: .bits256))), ProjectAPI(store: store), TokenAPI(store: store)],
-            interceptors: [AuthInterceptor(store: store)])
+            services: [
+                MachineAPI(controller: controller, vault: CredentialVault(key: SymmetricKey(size: .bits256))),
+                ProjectAPI(store: store), TokenAPI(store: store),
+            ],
+            interceptors: [AuthInterceptor(store: store)]
+        )
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await server.serve() }
             defer { server.beginGracefulShutdown() }
@@ -85,7 +106,10 @@ import Testing
     @Test func callsWithoutAValidTokenAreUnauthenticated() async throws {
         for token in [nil, "fa_not-a-token", "Bearer", ""] as [String?] {
             try await withAPI(token: token) { machines, projects, _ in
-                #expect(await code { _ = try await machines.listMachines(.init()) } == .unauthenticated, "\(token ?? "none")")
+                #expect(
+                    await code { _ = try await machines.listMachines(.init()) } == .unauthenticated,
+                    "\(token ?? "none")"
+                )
                 #expect(await code { _ = try await projects.listProjects(.init()) } == .unauthenticated)
             }
         }

@@ -5,8 +5,11 @@ import Testing
 
 @Suite struct AgentUnitTests {
     @Test func kernelCommandLine() throws {
-        let c = try #require(AgentConfiguration.fromKernelCommandLine(
-            "initrd=initrd.img farrier.url=https://198.18.0.1:8443 farrier.cert=sha256:00ff farrier.mode=rescue console=ttyS0\n"))
+        let c = try #require(
+            AgentConfiguration.fromKernelCommandLine(
+                "initrd=initrd.img farrier.url=https://198.18.0.1:8443 farrier.cert=sha256:00ff farrier.mode=rescue console=ttyS0\n"
+            )
+        )
         #expect(c.serverURL == "https://198.18.0.1:8443")
         #expect(c.certificateSHA256 == "sha256:00ff")
         #expect(c.mode == "rescue")
@@ -20,10 +23,16 @@ import Testing
         let root = NSTemporaryDirectory() + "farrier-sys-\(UInt32.random(in: 0..<UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: root) }
         func put(_ path: String, _ text: String) throws {
-            try FileManager.default.createDirectory(atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                atPath: root + (path as NSString).deletingLastPathComponent,
+                withIntermediateDirectories: true
+            )
             try text.write(toFile: root + path, atomically: true, encoding: .utf8)
         }
-        try put("/proc/cpuinfo", "processor\t: 0\nmodel name\t: QEMU Virtual CPU version 2.5+\n\nprocessor\t: 1\nmodel name\t: QEMU Virtual CPU version 2.5+\n")
+        try put(
+            "/proc/cpuinfo",
+            "processor\t: 0\nmodel name\t: QEMU Virtual CPU version 2.5+\n\nprocessor\t: 1\nmodel name\t: QEMU Virtual CPU version 2.5+\n"
+        )
         try put("/proc/meminfo", "MemTotal:        2014520 kB\nMemFree:          100 kB\n")
         try put("/sys/block/vda/size", "41943040\n")
         try put("/sys/block/vda/serial", "farrier-disk-1\n")
@@ -36,9 +45,18 @@ import Testing
         try put("/sys/block/sr0/size", "100\n")
         try put("/sys/class/net/ens3/address", "52:54:00:18:00:01\n")
         try put("/sys/class/net/ens3/carrier", "1\n")
-        try FileManager.default.createDirectory(atPath: root + "/sys/class/net/ens3/device", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: root + "/sys/bus/virtio/drivers/virtio_net", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: root + "/sys/class/net/ens3/device/driver", withDestinationPath: "../../../../bus/virtio/drivers/virtio_net")
+        try FileManager.default.createDirectory(
+            atPath: root + "/sys/class/net/ens3/device",
+            withIntermediateDirectories: true
+        )
+        try FileManager.default.createDirectory(
+            atPath: root + "/sys/bus/virtio/drivers/virtio_net",
+            withIntermediateDirectories: true
+        )
+        try FileManager.default.createSymbolicLink(
+            atPath: root + "/sys/class/net/ens3/device/driver",
+            withDestinationPath: "../../../../bus/virtio/drivers/virtio_net"
+        )
         try put("/sys/class/net/lo/address", "00:00:00:00:00:00\n")
         try put("/sys/class/dmi/id/sys_vendor", "QEMU\n")
         try put("/sys/class/dmi/id/product_name", "Standard PC (i440FX + PIIX, 1996)\n")
@@ -46,9 +64,9 @@ import Testing
         let inv = InventoryCollector(root: root).collect()
         #expect(inv.cpuModel == "QEMU Virtual CPU version 2.5+")
         #expect(inv.cores == 2)
-        #expect(inv.memoryBytes == 2014520 * 1024)
+        #expect(inv.memoryBytes == 2_014_520 * 1024)
         #expect(inv.disks.map(\.name) == ["sda", "vda"])
-        #expect(inv.disks.first { $0.name == "vda" }?.sizeBytes == Int64(41943040) * 512)
+        #expect(inv.disks.first { $0.name == "vda" }?.sizeBytes == Int64(41_943_040) * 512)
         #expect(inv.disks.first { $0.name == "vda" }?.serial == "farrier-disk-1")
         #expect(inv.disks.first { $0.name == "sda" }?.model == "QEMU HARDDISK")
         #expect(inv.disks.first { $0.name == "sda" }?.rotational == true)
@@ -95,8 +113,13 @@ import Testing
         var data = Data(count: 1 << 20)
         data[(1 << 20) - 5] = 0x42
         try data.write(to: URL(fileURLWithPath: path))
-        let error = #expect(throws: AgentFailure.self) { try DiskEraser.verifyZeroes(path: path, size: 1 << 20, samples: 0) }
-        #expect(error?.description.contains("byte \((1 << 20) - 5) is not zero") == true, "\(String(describing: error))")
+        let error = #expect(throws: AgentFailure.self) {
+            try DiskEraser.verifyZeroes(path: path, size: 1 << 20, samples: 0)
+        }
+        #expect(
+            error?.description.contains("byte \((1 << 20) - 5) is not zero") == true,
+            "\(String(describing: error))"
+        )
         // And random sampling finds a dirty region: half the disk left, 256 samples.
         data = Data(count: 1 << 20)
         for i in (1 << 19)..<(1 << 20) { data[i] = 1 }
@@ -113,7 +136,8 @@ import Testing
         let path = try tempFile(32 << 20)
         defer { try? FileManager.default.removeItem(atPath: path) }
         func run(_ args: [String]) throws -> String {
-            let p = Process(), out = Pipe()
+            let p = Process()
+            let out = Pipe()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             p.arguments = args
             p.standardOutput = out

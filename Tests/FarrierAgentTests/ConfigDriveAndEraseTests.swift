@@ -1,5 +1,6 @@
-@testable import FarrierAgent
 import Testing
+
+@testable import FarrierAgent
 
 /// The pure parts of the config drive's partition edit and of NVMe Format (the real paths run
 /// against sfdisk, blkid and mtools in AgentTests, and in the lab's VMs).
@@ -19,8 +20,11 @@ import Testing
         PartitionTableEdit.put32(&mbr, 446 + 12, 40960)
         let disk: Int64 = 200 << 20
         let edit = try PartitionTableEdit.addPartition(
-            read: { offset, count in offset == 0 ? mbr : [UInt8](repeating: 0, count: count) }, diskBytes: disk, sectorSize: 512,
-            partitionBytes: 64 << 20)
+            read: { offset, count in offset == 0 ? mbr : [UInt8](repeating: 0, count: count) },
+            diskBytes: disk,
+            sectorSize: 512,
+            partitionBytes: 64 << 20
+        )
         #expect(edit.scheme == "mbr" && edit.number == 2)
         #expect(edit.start == disk - (64 << 20) && edit.length == 64 << 20)
         let table = try #require(edit.writes.first?.1)
@@ -33,7 +37,12 @@ import Testing
     @Test func noRoomOrNoTableIsAClearFailure() {
         var mbr = [UInt8](repeating: 0, count: 512)
         #expect(throws: AgentFailure.self) {
-            try PartitionTableEdit.addPartition(read: { _, c in [UInt8](repeating: 0, count: c) }, diskBytes: 1 << 30, sectorSize: 512, partitionBytes: 64 << 20)
+            try PartitionTableEdit.addPartition(
+                read: { _, c in [UInt8](repeating: 0, count: c) },
+                diskBytes: 1 << 30,
+                sectorSize: 512,
+                partitionBytes: 64 << 20
+            )
         }
         mbr[510] = 0x55
         mbr[511] = 0xAA
@@ -42,14 +51,20 @@ import Testing
         PartitionTableEdit.put32(&mbr, 446 + 12, UInt32((100 << 20) / 512))  // fills the disk
         let full = mbr
         #expect(throws: AgentFailure.self) {
-            try PartitionTableEdit.addPartition(read: { o, c in o == 0 ? full : [UInt8](repeating: 0, count: c) }, diskBytes: 101 << 20, sectorSize: 512, partitionBytes: 64 << 20)
+            try PartitionTableEdit.addPartition(
+                read: { o, c in o == 0 ? full : [UInt8](repeating: 0, count: c) },
+                diskBytes: 101 << 20,
+                sectorSize: 512,
+                partitionBytes: 64 << 20
+            )
         }
     }
 
     @Test func nvmeFormatKeepsTheLBAFormatAndPicksTheErase() {
-        var controller = [UInt8](repeating: 0, count: 4096), namespace = [UInt8](repeating: 0, count: 4096)
+        var controller = [UInt8](repeating: 0, count: 4096)
+        var namespace = [UInt8](repeating: 0, count: 4096)
         controller[256] = 0x2  // OACS: Format NVM
-        namespace[26] = 0x13   // FLBAS: format 3, extended metadata
+        namespace[26] = 0x13  // FLBAS: format 3, extended metadata
         var caps = NVMeFormat.Capabilities(controller: controller, namespace: namespace)
         #expect(caps.formatSupported && !caps.cryptographicErase && caps.lbaFormat == 3 && caps.extendedMetadata)
         #expect(caps.cdw10(.userData) == 3 | 1 << 4 | 1 << 9)

@@ -25,7 +25,9 @@ import Testing
         #expect(made.count == 1, "\(secrets)")
         let tokens = try await stores[0].tokens()
         #expect(tokens.count == 1 && tokens.first?.role == .admin)
-        let file = try String(contentsOfFile: dir + "/admin.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let file = try String(contentsOfFile: dir + "/admin.token", encoding: .utf8).trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
         #expect(file == made.first)
         #expect(try await stores[0].token(secretSHA256: TokenSecret.hash(file)) != nil)
         #expect(try await stores[0].projects().map(\.name) == ["default"])

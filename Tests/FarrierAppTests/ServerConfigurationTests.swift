@@ -1,9 +1,9 @@
 import DHCPServer
 import FarrierApp
-import FarrierHTTP
-import Logging
 import FarrierCore
+import FarrierHTTP
 import Foundation
+import Logging
 import TFTPServer
 import TFTPWire
 import Testing
@@ -24,7 +24,8 @@ import Testing
     }
 
     @Test func flagsBeatEnvironmentBeatsFile() throws {
-        try withFile("""
+        try withFile(
+            """
             data-dir: /from/file
             log-level: debug
             http:
@@ -42,10 +43,13 @@ import Testing
                 - mac: 52:54:00:00:00:09
                   address: 198.18.0.9
                   hostname: nine
-            """) { path in
+            """
+        ) { path in
             let c = try ServerConfiguration.load(
-                file: path, environment: ["FARRIER_DATA_DIR": "/from/env", "FARRIER_HTTP_LISTEN": "5.6.7.8:2"],
-                flags: ["data-dir": ["/from/flag"]])
+                file: path,
+                environment: ["FARRIER_DATA_DIR": "/from/env", "FARRIER_HTTP_LISTEN": "5.6.7.8:2"],
+                flags: ["data-dir": ["/from/flag"]]
+            )
             #expect(c.dataDir == "/from/flag")
             #expect(c.http.listen == "5.6.7.8:2")
             #expect(c.logLevel == .debug)
@@ -57,10 +61,18 @@ import Testing
     }
 
     @Test func everyKeyHasAnEnvironmentVariable() {
-        #expect(ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT")
-        #expect(ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env == "FARRIER_TFTP_MAX_TRANSFERS")
+        #expect(
+            ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT"
+        )
+        #expect(
+            ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
+                == "FARRIER_TFTP_MAX_TRANSFERS"
+        )
         #expect(ServerConfiguration.keys.count == 34)
-        #expect(ServerConfiguration.keys.first(where: { $0.key == "lifecycle.max-workers" })?.env == "FARRIER_LIFECYCLE_MAX_WORKERS")
+        #expect(
+            ServerConfiguration.keys.first(where: { $0.key == "lifecycle.max-workers" })?.env
+                == "FARRIER_LIFECYCLE_MAX_WORKERS"
+        )
         #expect(ServerConfiguration.keys.first(where: { $0.key == "database.url" })?.env == "FARRIER_DATABASE_URL")
         #expect(ServerConfiguration.keys.first(where: { $0.key == "agent.tls-cert" })?.env == "FARRIER_AGENT_TLS_CERT")
     }
@@ -70,11 +82,20 @@ import Testing
         #expect(d.tftp.maxTransfersPerClient == 4 && d.tftp.limits.maxTimeoutSeconds == 10)
         #expect(d.imageMaxVirtualSize == 256 << 30)
         let c = try ServerConfiguration.load(
-            file: nil, environment: ["FARRIER_TFTP_MAX_TIMEOUT": "30", "FARRIER_IMAGES_MAX_VIRTUAL_SIZE": "8"],
-            flags: ["tftp.max-transfers-per-client": ["2"]])
-        #expect(c.tftp.maxTransfersPerClient == 2 && c.tftp.limits.maxTimeoutSeconds == 30 && c.imageMaxVirtualSize == 8 << 30)
-        for (key, value) in [("tftp.max-timeout", "256"), ("tftp.max-transfers-per-client", "0"), ("images.max-virtual-size", "x")] {
-            let error = #expect(throws: (any Error).self) { try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]]) }
+            file: nil,
+            environment: ["FARRIER_TFTP_MAX_TIMEOUT": "30", "FARRIER_IMAGES_MAX_VIRTUAL_SIZE": "8"],
+            flags: ["tftp.max-transfers-per-client": ["2"]]
+        )
+        #expect(
+            c.tftp.maxTransfersPerClient == 2 && c.tftp.limits.maxTimeoutSeconds == 30
+                && c.imageMaxVirtualSize == 8 << 30
+        )
+        for (key, value) in [
+            ("tftp.max-timeout", "256"), ("tftp.max-transfers-per-client", "0"), ("images.max-virtual-size", "x"),
+        ] {
+            let error = #expect(throws: (any Error).self) {
+                try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]])
+            }
             #expect("\(error.map { "\($0)" } ?? "")".contains(key), "\(key)=\(value): \(String(describing: error))")
         }
     }
@@ -84,8 +105,13 @@ import Testing
     @Test func databaseURLSelectsPostgres() throws {
         #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).databaseURL == "")
         let url = "postgres://farrier:pw@127.0.0.1:5432/farrier?sslmode=disable"
-        #expect(try ServerConfiguration.load(file: nil, environment: ["FARRIER_DATABASE_URL": url], flags: [:]).databaseURL == url)
-        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: ["database.url": [url]]).databaseURL == url)
+        #expect(
+            try ServerConfiguration.load(file: nil, environment: ["FARRIER_DATABASE_URL": url], flags: [:]).databaseURL
+                == url
+        )
+        #expect(
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["database.url": [url]]).databaseURL == url
+        )
         let error = #expect(throws: (any Error).self) {
             try ServerConfiguration.load(file: nil, environment: ["FARRIER_DATABASE_URL": "mysql://x@y/z"], flags: [:])
         }
@@ -96,7 +122,10 @@ import Testing
         let c = try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "50"], flags: [:])
         #expect(c.tftp.busyPoll == .microseconds(50))
         #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).tftp.busyPoll == .zero)
-        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: ["tftp.busy-poll": ["200"]]).tftp.busyPoll == .microseconds(200))
+        #expect(
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["tftp.busy-poll": ["200"]]).tftp.busyPoll
+                == .microseconds(200)
+        )
         let error = #expect(throws: (any Error).self) {
             try ServerConfiguration.load(file: nil, environment: ["FARRIER_TFTP_BUSY_POLL": "-1"], flags: [:])
         }
@@ -104,10 +133,15 @@ import Testing
     }
 
     @Test func commitDelayIsMicrosecondsWithinBounds() throws {
-        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).dhcp.commitDelay == .milliseconds(2))
+        #expect(
+            try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).dhcp.commitDelay == .milliseconds(2)
+        )
         let c = try ServerConfiguration.load(file: nil, environment: ["FARRIER_DHCP_COMMIT_DELAY": "0"], flags: [:])
         #expect(c.dhcp.commitDelay == .zero)
-        #expect(try ServerConfiguration.load(file: nil, environment: [:], flags: ["dhcp.commit-delay": ["500"]]).dhcp.commitDelay == .microseconds(500))
+        #expect(
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["dhcp.commit-delay": ["500"]]).dhcp
+                .commitDelay == .microseconds(500)
+        )
         let error = #expect(throws: (any Error).self) {
             try ServerConfiguration.load(file: nil, environment: [:], flags: ["dhcp.commit-delay": ["200000"]])
         }
@@ -129,7 +163,9 @@ import Testing
 
     @Test func unknownYAMLKeyIsRejected() throws {
         try withFile("dhcp:\n  moed: full\n") { path in
-            let error = #expect(throws: (any Error).self) { try ServerConfiguration.load(file: path, environment: [:], flags: [:]) }
+            let error = #expect(throws: (any Error).self) {
+                try ServerConfiguration.load(file: path, environment: [:], flags: [:])
+            }
             #expect("\(error!)".contains("unknown key 'dhcp.moed'"))
         }
     }
@@ -137,9 +173,13 @@ import Testing
     @Test func conflictingReservationsAreRejected() {
         #expect(throws: (any Error).self) {
             try ServerConfiguration.load(
-                file: nil, environment: [:],
-                flags: ["dhcp.subnets": ["10.0.0.0/24,pool=10.0.0.2-10.0.0.9"],
-                        "dhcp.reservations": ["52:54:00:00:00:01=10.0.0.5", "52:54:00:00:00:02=10.0.0.5"]])
+                file: nil,
+                environment: [:],
+                flags: [
+                    "dhcp.subnets": ["10.0.0.0/24,pool=10.0.0.2-10.0.0.9"],
+                    "dhcp.reservations": ["52:54:00:00:00:01=10.0.0.5", "52:54:00:00:00:02=10.0.0.5"],
+                ]
+            )
         }
     }
 }
@@ -150,11 +190,19 @@ import Testing
             try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": ["0.0.0.0:7700"]])
         }
         #expect("\(error.map { "\($0)" } ?? "")".contains("--api-insecure"), "\(String(describing: error))")
-        #expect(throws: (any Error).self) { try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": ["[::]:7700"]]) }
-        let insecure = try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": ["0.0.0.0:7700"], "api.insecure": ["true"]])
+        #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": ["[::]:7700"]])
+        }
+        let insecure = try ServerConfiguration.load(
+            file: nil,
+            environment: [:],
+            flags: ["grpc.listen": ["0.0.0.0:7700"], "api.insecure": ["true"]]
+        )
         #expect(insecure.apiInsecure)
         for loopback in ["127.0.0.1:7700", "localhost:7700", "[::1]:7700", "127.0.0.9:1"] {
-            #expect(throws: Never.self) { try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": [loopback]]) }
+            #expect(throws: Never.self) {
+                try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": [loopback]])
+            }
         }
     }
 }

@@ -58,7 +58,10 @@ import Testing
         #expect(try again.open(sealed, machineID: "m1") == "hunter2-very-secret")
         // Another key (from the environment) cannot open it.
         let other = try CredentialVault.load(
-            environment: ["FARRIER_BMC_KEY": Data((0..<32).map { UInt8($0) }).base64EncodedString()], keyFile: nil, dataDir: dir)
+            environment: ["FARRIER_BMC_KEY": Data((0..<32).map { UInt8($0) }).base64EncodedString()],
+            keyFile: nil,
+            dataDir: dir
+        )
         #expect(throws: CredentialVault.KeyError.self) { try other.open(sealed, machineID: "m1") }
     }
 
@@ -66,7 +69,11 @@ import Testing
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/key"
-        try (Data((0..<32).map { UInt8($0) }).base64EncodedString() + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        try (Data((0..<32).map { UInt8($0) }).base64EncodedString() + "\n").write(
+            toFile: path,
+            atomically: true,
+            encoding: .utf8
+        )
         chmod(path, 0o644)
         #expect {
             _ = try CredentialVault.load(environment: [:], keyFile: path, dataDir: dir)

@@ -18,8 +18,12 @@ import Testing
 
     func enrolled(_ name: String, mac: String) async throws -> Machine {
         try await store.enroll(
-            name: name, mac: MACAddress(mac)!, bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"), sealedPassword: [1],
-            at: Date())
+            name: name,
+            mac: MACAddress(mac)!,
+            bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"),
+            sealedPassword: [1],
+            at: Date()
+        )
     }
 
     @Test func stepEntryBumpsGenerationAndQueues() async throws {
@@ -46,11 +50,17 @@ import Testing
     }
 
     @Test func agentTokenIsIssuedOncePerBootToTheLeasedAddress() async throws {
-        let a = try await admitted(try await controller.apply(.commission, machineID: try await enrolled("a", mac: "52:54:00:00:00:01").id))
-        let b = try await admitted(try await controller.apply(.commission, machineID: try await enrolled("b", mac: "52:54:00:00:00:02").id))
+        let a = try await admitted(
+            try await controller.apply(.commission, machineID: try await enrolled("a", mac: "52:54:00:00:00:01").id)
+        )
+        let b = try await admitted(
+            try await controller.apply(.commission, machineID: try await enrolled("b", mac: "52:54:00:00:00:02").id)
+        )
         // No address, or one that no machine in a step holds: no hello.
         await #expect(throws: ControlError.self) { try await controller.agentHello(peer: nil, hello: hello()) }
-        await #expect(throws: ControlError.self) { try await controller.agentHello(peer: MACAddress("52:54:00:00:00:09")!, hello: hello()) }
+        await #expect(throws: ControlError.self) {
+            try await controller.agentHello(peer: MACAddress("52:54:00:00:00:09")!, hello: hello())
+        }
         let first = try await controller.agentHello(peer: a.mac, hello: hello("first-agent-nonce-0123456789abcdef"))
         let tokenA = first.token
         #expect(!tokenA.isEmpty)
@@ -63,7 +73,10 @@ import Testing
         await #expect(throws: ControlError.self) { try await controller.agentMachine(token: forged, peer: b.mac) }
         await #expect(throws: ControlError.self) { try await controller.agentMachine(token: "garbage", peer: a.mac) }
         // The same agent again (restarted, or its answer lost): the same token. Another agent: refused.
-        #expect(try await controller.agentHello(peer: a.mac, hello: hello("first-agent-nonce-0123456789abcdef")).token == tokenA)
+        #expect(
+            try await controller.agentHello(peer: a.mac, hello: hello("first-agent-nonce-0123456789abcdef")).token
+                == tokenA
+        )
         let second = await #expect(throws: ControlError.self) {
             try await controller.agentHello(peer: a.mac, hello: hello("second-agent-nonce-0123456789abcd"))
         }
@@ -76,7 +89,9 @@ import Testing
         #expect(rebooted.token != tokenA)
         // The step ends (it fails): the token expires with it.
         try await controller.apply(.stepFailed(reason: "test"), machineID: a.id)
-        await #expect(throws: ControlError.self) { try await controller.agentMachine(token: rebooted.token, peer: a.mac) }
+        await #expect(throws: ControlError.self) {
+            try await controller.agentMachine(token: rebooted.token, peer: a.mac)
+        }
         // Retry starts a new step: an agent of the old one cannot say hello with its old nonce
         // and get the old token back.
         let retried = try await admitted(try await controller.apply(.retry, machineID: a.id))
@@ -87,14 +102,32 @@ import Testing
 
     @Test func imagesOpenToTheDeployingAgentAndAdminsOnly() async throws {
         let sha = String(repeating: "ab", count: 32)
-        try await store.addImage(ImageInfo(name: "img", sha256: sha, size: 10, format: .raw, os: "test", architecture: .x86_64, firmware: .uefi, created: Date()))
+        try await store.addImage(
+            ImageInfo(
+                name: "img",
+                sha256: sha,
+                size: 10,
+                format: .raw,
+                os: "test",
+                architecture: .x86_64,
+                firmware: .uefi,
+                created: Date()
+            )
+        )
         var m = try await enrolled("a", mac: "52:54:00:00:00:01")
         m = try await store.update(machineID: m.id) { x in
             x.state = .ready
             return []
         }
         m = try await controller.apply(.deploy, machineID: m.id) { x in
-            x.deployment = Deployment(image: "img", imageSHA256: sha, sshKeys: [], userData: "", hostname: "a", requestedBy: "t")
+            x.deployment = Deployment(
+                image: "img",
+                imageSHA256: sha,
+                sshKeys: [],
+                userData: "",
+                hostname: "a",
+                requestedBy: "t"
+            )
         }
         m = try await admitted(m)
         let token = try await controller.agentHello(peer: m.mac, hello: hello()).token
@@ -103,15 +136,22 @@ import Testing
         #expect(!(await controller.imageAccess(sha256: sha, bearer: token, peer: MACAddress("52:54:00:00:00:02"))))
         #expect(!(await controller.imageAccess(sha256: sha, bearer: nil, peer: m.mac)))
         #expect(!(await controller.imageAccess(sha256: sha, bearer: "garbage", peer: m.mac)))
-        let admin = "admin-secret", member = "member-secret"
-        try await store.createToken(APIToken(id: "1", name: "root", role: .admin, project: nil, secretSHA256: sha256Hex(admin), created: Date()))
+        let admin = "admin-secret"
+        let member = "member-secret"
+        try await store.createToken(
+            APIToken(id: "1", name: "root", role: .admin, project: nil, secretSHA256: sha256Hex(admin), created: Date())
+        )
         try await store.createProject(Project(name: "p", created: Date()))
-        try await store.createToken(APIToken(id: "2", name: "m", role: .member, project: "p", secretSHA256: sha256Hex(member), created: Date()))
+        try await store.createToken(
+            APIToken(id: "2", name: "m", role: .member, project: "p", secretSHA256: sha256Hex(member), created: Date())
+        )
         #expect((await controller.imageAccess(sha256: sha, bearer: admin, peer: nil)))
         #expect(!(await controller.imageAccess(sha256: sha, bearer: member, peer: nil)))
     }
 
-    func sha256Hex(_ s: String) -> String { SHA256.hash(data: Data(s.utf8)).map { String(format: "%02x", $0) }.joined() }
+    func sha256Hex(_ s: String) -> String {
+        SHA256.hash(data: Data(s.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
 
     /// Moves a queued step past its slot, as the reconciler's admission does.
     func admitted(_ m: Machine, phase: StepPhase = .agent) async throws -> Machine {
@@ -144,7 +184,12 @@ import Testing
         config.timeouts[.releasing] = .seconds(1)
         config.tick = .milliseconds(100)
         let vault = CredentialVault(key: SymmetricKey(size: .bits256))
-        let controller = Controller(store: store, pool: BMCPool(vault: vault), agentKey: SymmetricKey(size: .bits256), configuration: config)
+        let controller = Controller(
+            store: store,
+            pool: BMCPool(vault: vault),
+            agentKey: SymmetricKey(size: .bits256),
+            configuration: config
+        )
         var m = try await enrolled("a", mac: "52:54:00:00:00:01")
         m = try await store.update(machineID: m.id) { x in
             x.state = .deployed
@@ -169,19 +214,35 @@ import Testing
     }
 
     @Test func agentReportsDriveTheStep() async throws {
-        let m = try await admitted(try await controller.apply(.commission, machineID: try await enrolled("a", mac: "52:54:00:00:00:01").id))
+        let m = try await admitted(
+            try await controller.apply(.commission, machineID: try await enrolled("a", mac: "52:54:00:00:00:01").id)
+        )
         let task = try await controller.agentHello(peer: m.mac, hello: hello())
         let token = task.token
         #expect(task.kind == .commission)
         #expect(try await store.machine(id: m.id)?.phase == .agent)
-        try await controller.agentProgress(token: token, peer: m.mac, report: AgentProgress(stage: "inventory", bytesDone: 1, bytesTotal: 2))
+        try await controller.agentProgress(
+            token: token,
+            peer: m.mac,
+            report: AgentProgress(stage: "inventory", bytesDone: 1, bytesTotal: 2)
+        )
         #expect(try await store.machine(id: m.id)?.progress?.stage == "inventory")
         // Commissioning without an inventory is refused and changes nothing.
-        await #expect(throws: ControlError.self) { try await controller.agentDone(token: token, peer: m.mac, result: AgentResult(ok: true)) }
+        await #expect(throws: ControlError.self) {
+            try await controller.agentDone(token: token, peer: m.mac, result: AgentResult(ok: true))
+        }
         #expect(try await store.machine(id: m.id)?.phase == .agent)
         let inv = Inventory(
-            cpuModel: "QEMU", cores: 2, memoryBytes: 1 << 30, disks: [], nics: [], vendor: "QEMU", product: "pc", serial: "",
-            firmware: .uefi)
+            cpuModel: "QEMU",
+            cores: 2,
+            memoryBytes: 1 << 30,
+            disks: [],
+            nics: [],
+            vendor: "QEMU",
+            product: "pc",
+            serial: "",
+            firmware: .uefi
+        )
         try await controller.agentDone(token: token, peer: m.mac, result: AgentResult(ok: true, inventory: inv))
         let done = try #require(try await store.machine(id: m.id))
         #expect(done.phase == .finish)
@@ -190,7 +251,9 @@ import Testing
     }
 
     @Test func agentFailureFailsTheStepWithItsReason() async throws {
-        let m = try await admitted(try await controller.apply(.commission, machineID: try await enrolled("a", mac: "52:54:00:00:00:01").id))
+        let m = try await admitted(
+            try await controller.apply(.commission, machineID: try await enrolled("a", mac: "52:54:00:00:00:01").id)
+        )
         let token = try await controller.agentHello(peer: m.mac, hello: hello()).token
         try await controller.agentDone(token: token, peer: m.mac, result: AgentResult(ok: false, error: "disk on fire"))
         let failed = try #require(try await store.machine(id: m.id))
@@ -205,7 +268,14 @@ import Testing
         m = try await store.update(machineID: m.id) { x in
             x.state = .deployed
             x.project = "p"
-            x.deployment = Deployment(image: "i", imageSHA256: "", sshKeys: [], userData: "", hostname: "a", requestedBy: "t")
+            x.deployment = Deployment(
+                image: "i",
+                imageSHA256: "",
+                sshKeys: [],
+                userData: "",
+                hostname: "a",
+                requestedBy: "t"
+            )
             return []
         }
         m = try await controller.apply(.release, machineID: m.id)
@@ -226,7 +296,15 @@ import Testing
             x.state = .deployed
             x.diskDirty = true
             x.project = "quick"
-            x.deployment = Deployment(image: "i", imageSHA256: "", sshKeys: [], userData: "", hostname: "a", requestedBy: "t", wipe: .quick)
+            x.deployment = Deployment(
+                image: "i",
+                imageSHA256: "",
+                sshKeys: [],
+                userData: "",
+                hostname: "a",
+                requestedBy: "t",
+                wipe: .quick
+            )
             return []
         }
         m = try await controller.apply(.release, machineID: m.id)

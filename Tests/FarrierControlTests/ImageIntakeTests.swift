@@ -50,14 +50,19 @@ import Testing
         try qemuImg(["create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", dir + "/evil.qcow2", "1M"])
         let error = #expect(throws: ControlError.self) { try upload(dir + "/evil.qcow2") }
         #expect(error?.kind == .invalid)
-        #expect(error?.description.contains("backing file") == true && error?.description.contains(secret) == true, "\(String(describing: error))")
+        #expect(
+            error?.description.contains("backing file") == true && error?.description.contains(secret) == true,
+            "\(String(describing: error))"
+        )
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo.blobDirectory).isEmpty)
     }
 
     @Test func anExternalDataFileIsRefused() throws {
         defer { cleanup() }
         let secret = try secret()
-        try qemuImg(["create", "-q", "-f", "qcow2", "-o", "data_file=\(secret),data_file_raw=on", dir + "/evil.qcow2", "1M"])
+        try qemuImg([
+            "create", "-q", "-f", "qcow2", "-o", "data_file=\(secret),data_file_raw=on", dir + "/evil.qcow2", "1M",
+        ])
         let error = #expect(throws: ControlError.self) { try upload(dir + "/evil.qcow2") }
         #expect(error?.description.contains("external data file") == true, "\(String(describing: error))")
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo.blobDirectory).isEmpty)
@@ -67,7 +72,10 @@ import Testing
         defer { cleanup() }
         try qemuImg(["create", "-q", "-f", "qcow2", dir + "/huge.qcow2", "10T"])
         let error = #expect(throws: ControlError.self) { try upload(dir + "/huge.qcow2") }
-        #expect(error?.description.contains("virtual size is 10995116277760 bytes") == true, "\(String(describing: error))")
+        #expect(
+            error?.description.contains("virtual size is 10995116277760 bytes") == true,
+            "\(String(describing: error))"
+        )
     }
 
     @Test func aStandaloneImageIsConvertedToRaw() throws {
@@ -85,10 +93,13 @@ import Testing
 
     /// The check itself, on qemu-img's JSON: the fields it reads.
     @Test func infoJSONIsRead() throws {
-        let json = #"{"virtual-size": 1048576, "format": "qcow2", "full-backing-filename": "/etc/shadow", "format-specific": {"type": "qcow2", "data": {"data-file": "/x"}}}"#
+        let json =
+            #"{"virtual-size": 1048576, "format": "qcow2", "full-backing-filename": "/etc/shadow", "format-specific": {"type": "qcow2", "data": {"data-file": "/x"}}}"#
         let info = try ImageRepository.Qcow2Info(json: Data(json.utf8))
         #expect(info == .init(virtualSize: 1 << 20, backingFile: "/etc/shadow", dataFile: "/x"))
         #expect(throws: ControlError.self) { try ImageRepository.Qcow2Info(json: Data("{}".utf8)) }
-        #expect(throws: Never.self) { try ImageRepository.checkQcow2(.init(virtualSize: 1 << 20), maxVirtualSize: 1 << 20) }
+        #expect(throws: Never.self) {
+            try ImageRepository.checkQcow2(.init(virtualSize: 1 << 20), maxVirtualSize: 1 << 20)
+        }
     }
 }

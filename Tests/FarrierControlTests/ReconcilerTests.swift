@@ -34,7 +34,9 @@ final class FakeBMC: BMC, Sendable {
         }
     }
 
-    func info() async throws -> BMCInfo { BMCInfo(driver: "fake", address: address, manufacturer: "", model: "", firmware: "") }
+    func info() async throws -> BMCInfo {
+        BMCInfo(driver: "fake", address: address, manufacturer: "", model: "", firmware: "")
+    }
     func powerState() async throws -> PowerState {
         try record("status")
         return state.withLock { $0.power }
@@ -57,7 +59,9 @@ final class FakeBMC: BMC, Sendable {
 /// One fake BMC per machine, injected where the server has its BMCPool.
 final class FakeBMCs: BMCProvider, Sendable {
     let bmcs = Mutex<[String: FakeBMC]>([:])
-    func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) async throws -> any BMC { fake(machineID) }
+    func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) async throws -> any BMC {
+        fake(machineID)
+    }
     func fake(_ machineID: String) -> FakeBMC {
         bmcs.withLock { all in
             if let b = all[machineID] { return b }
@@ -87,8 +91,12 @@ final class FakeBMCs: BMCProvider, Sendable {
 
     func enrolled(_ name: String, _ n: Int) async throws -> Machine {
         try await store.enroll(
-            name: name, mac: MACAddress("52:54:00:00:05:\(String(format: "%02x", n))")!, bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9"),
-            sealedPassword: [1], at: Date())
+            name: name,
+            mac: MACAddress("52:54:00:00:05:\(String(format: "%02x", n))")!,
+            bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9"),
+            sealedPassword: [1],
+            at: Date()
+        )
     }
 
     /// Runs the reconciler while `body` runs.
@@ -108,7 +116,9 @@ final class FakeBMCs: BMCProvider, Sendable {
             if let m = last, condition(m) { return m }
             try await Task.sleep(for: .milliseconds(20))
         }
-        Issue.record("timed out waiting for \(what); last \(String(describing: last.map { "\($0.state)/\($0.phase) \($0.reason)" }))")
+        Issue.record(
+            "timed out waiting for \(what); last \(String(describing: last.map { "\($0.state)/\($0.phase) \($0.reason)" }))"
+        )
         throw CancellationError()
     }
 
@@ -136,7 +146,10 @@ final class FakeBMCs: BMCProvider, Sendable {
             return try await waitFor(m.id, "the step to fail") { $0.state == .failed }
         }
         #expect(failed.failedStep == .commissioning)
-        #expect(failed.reason.contains("BMC could not set next boot") && failed.reason.contains("timeout"), "\(failed.reason)")
+        #expect(
+            failed.reason.contains("BMC could not set next boot") && failed.reason.contains("timeout"),
+            "\(failed.reason)"
+        )
         #expect(bmcs.fake(m.id).calls == ["failed boot pxe", "failed boot pxe", "failed boot pxe"])  // bmcAttempts = 3
     }
 

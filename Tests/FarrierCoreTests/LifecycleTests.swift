@@ -29,11 +29,16 @@ import Testing
                 let expected = Self.allowed[state]?[event.description]
                 switch result {
                 case .success(let next):
-                    #expect(next.state == expected, "\(state) --\(event)--> \(next.state), expected \(String(describing: expected))")
+                    #expect(
+                        next.state == expected,
+                        "\(state) --\(event)--> \(next.state), expected \(String(describing: expected))"
+                    )
                     #expect(!next.reason.isEmpty)
                 case .failure(let refusal):
                     #expect(expected == nil, "\(state) --\(event)--> refused: \(refusal)")
-                    #expect(refusal.description.contains(state.rawValue) && refusal.description.contains(event.description))
+                    #expect(
+                        refusal.description.contains(state.rawValue) && refusal.description.contains(event.description)
+                    )
                 }
                 checked += 1
             }
@@ -94,8 +99,11 @@ import Testing
     }
 
     @Test func noDirtyMachineReachesReadyWithoutAWipe() {
-        let walks = 20_000, length = 60
-        var readyAfterDeploy = 0, wipesViaCommission = 0, abortsOfDirtySteps = 0
+        let walks = 20_000
+        let length = 60
+        var readyAfterDeploy = 0
+        var wipesViaCommission = 0
+        var abortsOfDirtySteps = 0
         for seed in 0..<UInt64(walks) {
             var rng = SplitMix64(state: seed)
             // Start from a clean enrolled machine or from a dirty deployed one.
@@ -109,15 +117,25 @@ import Testing
                 history.append("\(event)→\(next.state.rawValue)")
                 if next.state == .deploying && status.state != .deploying { tenantData = true }
                 if status.state == .releasing, event == .stepSucceeded { tenantData = false }
-                if status.state == .commissioning, event == .stepSucceeded, next.state == .releasing { wipesViaCommission += 1 }
-                if case .abort = event, status.failedStep == .deploying || status.failedStep == .releasing { abortsOfDirtySteps += 1 }
+                if status.state == .commissioning, event == .stepSucceeded, next.state == .releasing {
+                    wipesViaCommission += 1
+                }
+                if case .abort = event, status.failedStep == .deploying || status.failedStep == .releasing {
+                    abortsOfDirtySteps += 1
+                }
                 if next.state == .ready {
-                    #expect(!tenantData, "seed \(seed): ready with a tenant's data on disk: \(history.joined(separator: " "))")
+                    #expect(
+                        !tenantData,
+                        "seed \(seed): ready with a tenant's data on disk: \(history.joined(separator: " "))"
+                    )
                     if !tenantData, history.contains(where: { $0.hasPrefix("deploy→") }) { readyAfterDeploy += 1 }
                     if tenantData { return }
                 }
                 // The flag the lifecycle keeps never says clean while the test's account says dirty.
-                #expect(next.diskDirty || !tenantData, "seed \(seed): flag clean, disk dirty: \(history.joined(separator: " "))")
+                #expect(
+                    next.diskDirty || !tenantData,
+                    "seed \(seed): flag clean, disk dirty: \(history.joined(separator: " "))"
+                )
                 status = next
             }
         }
@@ -130,7 +148,9 @@ import Testing
     /// The path the invariant closes: a release that fails and is aborted, then commissioned.
     @Test func anAbortedWipeIsWipedBeforeReady() throws {
         var s = Lifecycle.Status(state: .deployed, diskDirty: true)
-        for event: Lifecycle.Event in [.release, .stepFailed(reason: "agent: disk error"), .abort, .commission, .stepSucceeded] {
+        for event: Lifecycle.Event in [
+            .release, .stepFailed(reason: "agent: disk error"), .abort, .commission, .stepSucceeded,
+        ] {
             s = try Lifecycle.apply(event, to: s).get()
         }
         #expect(s.state == .releasing && s.diskDirty)

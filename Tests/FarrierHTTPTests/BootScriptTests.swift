@@ -2,13 +2,14 @@ import Crypto
 import FarrierBMC
 import FarrierControl
 import FarrierCore
-@testable import FarrierHTTP
 import FarrierStore
 import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
 import Testing
+
+@testable import FarrierHTTP
 
 /// The plain-HTTP router on a loopback socket (Hummingbird's live test server), so requests
 /// come from 127.0.0.1 and the address book decides whose lease that is: which iPXE script each
@@ -24,13 +25,21 @@ import Testing
     init() throws {
         store = try SQLiteStore()
         controller = Controller(
-            store: store, pool: BMCPool(vault: CredentialVault(key: SymmetricKey(size: .bits256))), agentKey: SymmetricKey(size: .bits256))
+            store: store,
+            pool: BMCPool(vault: CredentialVault(key: SymmetricKey(size: .bits256))),
+            agentKey: SymmetricKey(size: .bits256)
+        )
     }
 
     func withServer(_ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         var deps = HTTPDependencies(
-            store: store, recorder: TimelineRecorder(store: store, known: []), addressBook: book,
-            bootRoot: BootRoot(path: NSTemporaryDirectory()), metrics: { "" }, controller: controller)
+            store: store,
+            recorder: TimelineRecorder(store: store, known: []),
+            addressBook: book,
+            bootRoot: BootRoot(path: NSTemporaryDirectory()),
+            metrics: { "" },
+            controller: controller
+        )
         deps.agentTLS = AgentTLS(certificateChainPEM: "", privateKeyPEM: "", fingerprint: Self.fingerprint, port: 8443)
         let router = buildRouter(configuration: HTTPConfiguration(), dependencies: deps, logger: Logger(label: "test"))
         let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
@@ -40,7 +49,12 @@ import Testing
     /// A machine named "m1" in `state` and `phase`, its MAC leased 127.0.0.1 (the test's client).
     func machine(_ state: MachineState, _ phase: StepPhase, leased: Bool = true) async throws {
         let m = try await store.enroll(
-            name: "m1", mac: mac, bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"), sealedPassword: [1], at: Date())
+            name: "m1",
+            mac: mac,
+            bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"),
+            sealedPassword: [1],
+            at: Date()
+        )
         _ = try await store.update(machineID: m.id) { x in
             x.state = state
             x.phase = phase
@@ -49,7 +63,11 @@ import Testing
         if leased { book.record(IPv4Address("127.0.0.1")!, mac) }
     }
 
-    func script(_ client: any TestClientProtocol, platform: String? = "pcbios", mac: MACAddress? = nil) async throws -> String {
+    func script(
+        _ client: any TestClientProtocol,
+        platform: String? = "pcbios",
+        mac: MACAddress? = nil
+    ) async throws -> String {
         let name = (mac ?? self.mac).formatted(separator: "-")
         let query = platform.map { "?platform=\($0)&buildarch=x86_64" } ?? ""
         return try await client.execute(uri: "/boot/\(name).ipxe\(query)", method: .get) { response in
@@ -68,26 +86,32 @@ import Testing
         }
     }
 
-    enum Expected: Sendable { case ramdisk(mode: String), disk, wait }
+    enum Expected: Sendable {
+        case ramdisk(mode: String)
+        case disk, wait
+    }
 
-    @Test(arguments: [
-        (MachineState.commissioning, StepPhase.queued, Expected.wait),  // no slot yet: nothing to boot
-        (.commissioning, .boot, .ramdisk(mode: "agent")),
-        (.commissioning, .agent, .ramdisk(mode: "agent")),
-        (.commissioning, .finish, .wait),
-        (.deploying, .queued, .wait),
-        (.deploying, .boot, .ramdisk(mode: "agent")),
-        (.deploying, .finish, .disk),  // written: the next boot is the new OS
-        (.releasing, .agent, .ramdisk(mode: "agent")),
-        (.rescuing, .boot, .ramdisk(mode: "rescue")),
-        (.rescue, .none, .ramdisk(mode: "rescue")),
-        (.deployed, .none, .disk),
-        (.exitingRescue, .boot, .disk),
-        (.ready, .none, .wait),
-        (.failed, .none, .wait),
-        (.enrolled, .none, .wait),
-    ] as [(MachineState, StepPhase, Expected)])
-    func theScriptFollowsTheStateAndPhase(_ state: MachineState, _ phase: StepPhase, _ expected: Expected) async throws {
+    @Test(
+        arguments: [
+            (MachineState.commissioning, StepPhase.queued, Expected.wait),  // no slot yet: nothing to boot
+            (.commissioning, .boot, .ramdisk(mode: "agent")),
+            (.commissioning, .agent, .ramdisk(mode: "agent")),
+            (.commissioning, .finish, .wait),
+            (.deploying, .queued, .wait),
+            (.deploying, .boot, .ramdisk(mode: "agent")),
+            (.deploying, .finish, .disk),  // written: the next boot is the new OS
+            (.releasing, .agent, .ramdisk(mode: "agent")),
+            (.rescuing, .boot, .ramdisk(mode: "rescue")),
+            (.rescue, .none, .ramdisk(mode: "rescue")),
+            (.deployed, .none, .disk),
+            (.exitingRescue, .boot, .disk),
+            (.ready, .none, .wait),
+            (.failed, .none, .wait),
+            (.enrolled, .none, .wait),
+        ] as [(MachineState, StepPhase, Expected)]
+    )
+    func theScriptFollowsTheStateAndPhase(_ state: MachineState, _ phase: StepPhase, _ expected: Expected) async throws
+    {
         try await machine(state, phase)
         try await withServer { client in
             let text = try await script(client)
@@ -116,7 +140,10 @@ import Testing
         try await withServer { client in
             let text = try await script(client)
             #expect(text.contains("not known to Farrier"))
-            #expect(!text.contains("m1") && !text.contains("deploying") && !text.contains("farrier.url") && !text.contains(Self.fingerprint))
+            #expect(
+                !text.contains("m1") && !text.contains("deploying") && !text.contains("farrier.url")
+                    && !text.contains(Self.fingerprint)
+            )
             let stranger = try await script(client, mac: MACAddress("52:54:00:00:07:99")!)
             #expect(stranger.contains("not known to Farrier"))
         }
@@ -129,8 +156,13 @@ import Testing
             try await client.execute(uri: "/boot/nonsense.txt", method: .get) { response in
                 #expect(response.status == .notFound)
                 // Hummingbird's error body: {"error":{"message":…}}.
-                let body = try JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8)) as? [String: [String: String]]
-                #expect(body?["error"]?["message"]?.hasPrefix("expected /boot/<mac>.ipxe") == true, "\(String(describing: body))")
+                let body =
+                    try JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8))
+                    as? [String: [String: String]]
+                #expect(
+                    body?["error"]?["message"]?.hasPrefix("expected /boot/<mac>.ipxe") == true,
+                    "\(String(describing: body))"
+                )
             }
         }
     }

@@ -1,8 +1,9 @@
 import FarrierCore
-@testable import FarrierStore
 import Foundation
 import GRDB
 import Testing
+
+@testable import FarrierStore
 
 /// What "on disk before the ACK" rests on: the writer connection runs in WAL mode with
 /// synchronous = FULL, so every commit fsyncs the WAL.

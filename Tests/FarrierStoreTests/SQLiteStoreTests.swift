@@ -2,15 +2,20 @@ import FarrierCore
 import FarrierPostgres
 import FarrierStore
 import Foundation
-import Testing
 import TestSupport
+import Testing
 
 @Suite struct SQLiteStoreTests {
     let mac = MACAddress("52:54:00:12:34:56")!
 
     @Test func migrationsAreVersioned() async throws {
         let s = try SQLiteStore()
-        #expect(try s.appliedMigrations() == ["v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim", "v8-machine-state-index"])
+        #expect(
+            try s.appliedMigrations() == [
+                "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
+                "v8-machine-state-index",
+            ]
+        )
     }
 }
 
@@ -36,13 +41,29 @@ import TestSupport
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.allCases) func sightingCreatesADiscoveredMachineOnceAndFillsUnknowns(
+        _ kind: StoreKind
+    ) async throws {
         try await withStore(kind) { under in
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
-            let a = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .unknown, firmware: .unknown), at: t, create: 100))
+            let a = try #require(
+                try await s.recordSighting(
+                    mac: mac,
+                    platform: .init(architecture: .unknown, firmware: .unknown),
+                    at: t,
+                    create: 100
+                )
+            )
             #expect(a.state == .discovered && a.name == "m-525400123456")
-            let b = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .uefi), at: t.addingTimeInterval(5), create: 100))
+            let b = try #require(
+                try await s.recordSighting(
+                    mac: mac,
+                    platform: .init(architecture: .x86_64, firmware: .uefi),
+                    at: t.addingTimeInterval(5),
+                    create: 100
+                )
+            )
             #expect(b.id == a.id)
             #expect(b.firmware == .uefi && b.architecture == .x86_64)
             #expect(b.firstSeen == t && b.lastSeen == t.addingTimeInterval(5))
@@ -57,14 +78,34 @@ import TestSupport
         try await withStore(kind) { under in
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
-            let seen = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t, create: 100))
+            let seen = try #require(
+                try await s.recordSighting(
+                    mac: mac,
+                    platform: .init(architecture: .x86_64, firmware: .bios),
+                    at: t,
+                    create: 100
+                )
+            )
             let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
-            let enrolled = try await s.enroll(name: "rack1-node1", mac: mac, bmc: bmc, sealedPassword: [1, 2, 3], at: t)
+            let enrolled = try await s.enroll(
+                name: "rack1-node1",
+                mac: mac,
+                bmc: bmc,
+                sealedPassword: [1, 2, 3],
+                at: t
+            )
             #expect(enrolled.id == seen.id && enrolled.name == "rack1-node1" && enrolled.state == .enrolled)
             #expect(try await s.machine(name: "rack1-node1")?.bmc == bmc)
             #expect(try await s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
             // A sighting later keeps the BMC and its secret (the record never carries the secret).
-            _ = try #require(try await s.recordSighting(mac: mac, platform: .init(architecture: .x86_64, firmware: .bios), at: t.addingTimeInterval(9), create: 100))
+            _ = try #require(
+                try await s.recordSighting(
+                    mac: mac,
+                    platform: .init(architecture: .x86_64, firmware: .bios),
+                    at: t.addingTimeInterval(9),
+                    create: 100
+                )
+            )
             #expect(try await s.sealedBMCPassword(machineID: seen.id) == [1, 2, 3])
             #expect(try await s.machine(mac: mac)?.bmc == bmc)
             #expect(try await s.machine(mac: mac)?.state == .enrolled)
@@ -72,7 +113,14 @@ import TestSupport
             let other = MACAddress("52:54:00:00:00:02")!
             let fresh = try await s.enroll(name: "rack1-node2", mac: other, bmc: bmc, sealedPassword: [9], at: t)
             #expect(fresh.state == .enrolled && fresh.firmware == .unknown)
-            let booted = try #require(try await s.recordSighting(mac: other, platform: .init(architecture: .x86_64, firmware: .uefi), at: t, create: 100))
+            let booted = try #require(
+                try await s.recordSighting(
+                    mac: other,
+                    platform: .init(architecture: .x86_64, firmware: .uefi),
+                    at: t,
+                    create: 100
+                )
+            )
             #expect(booted.state == .enrolled && booted.firmware == .uefi)
             // A name held by another MAC is a conflict the user can fix.
             let taken = await #expect(throws: StoreError.self) {
@@ -85,7 +133,9 @@ import TestSupport
     /// Pages and filters come from the database, in bytewise name order whatever the
     /// database's locale ('-' sorts before digits and letters); allocation takes the smallest
     /// pool machine that fits, read a batch at a time, past machines `accept` refuses.
-    @Test(arguments: StoreKind.allCases) func queriesPageInNameOrderAndAllocationTakesTheSmallestThatFits(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.allCases) func queriesPageInNameOrderAndAllocationTakesTheSmallestThatFits(
+        _ kind: StoreKind
+    ) async throws {
         try await withStore(kind) { under in
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
@@ -95,13 +145,27 @@ import TestSupport
             for i in 0..<150 {
                 let name = i % 2 == 0 ? "n-\(i)" : "n\(i)"
                 names.append(name)
-                let m = try await s.enroll(name: name, mac: MACAddress([0x52, 0x54, 0, 9, UInt8(i >> 8), UInt8(i & 0xff)]), bmc: bmc, sealedPassword: [1], at: t)
+                let m = try await s.enroll(
+                    name: name,
+                    mac: MACAddress([0x52, 0x54, 0, 9, UInt8(i >> 8), UInt8(i & 0xff)]),
+                    bmc: bmc,
+                    sealedPassword: [1],
+                    at: t
+                )
                 _ = try await s.update(machineID: m.id, fence: nil) { x in
                     x.state = i < 120 ? .ready : .deploying
                     x.zone = i % 3 == 0 ? "b" : "a"
                     x.inventory = Inventory(
-                        cpuModel: "c", cores: 64 - (i % 64), memoryBytes: Int64(i) << 30, disks: [], nics: [], vendor: "", product: "", serial: "",
-                        firmware: .bios)
+                        cpuModel: "c",
+                        cores: 64 - (i % 64),
+                        memoryBytes: Int64(i) << 30,
+                        disks: [],
+                        nics: [],
+                        vendor: "",
+                        product: "",
+                        serial: "",
+                        firmware: .bios
+                    )
                     return []
                 }
             }
@@ -117,7 +181,10 @@ import TestSupport
             #expect(paged == sorted)
             let zoneB = try await s.machines(MachineQuery(states: [.ready], zone: "b"))
             #expect(zoneB.map(\.name) == sorted.filter { n in zoneB.contains { $0.name == n } })
-            #expect(zoneB.count == (0..<120).filter { $0 % 3 == 0 }.count && zoneB.allSatisfy { $0.zone == "b" && $0.state == .ready })
+            #expect(
+                zoneB.count == (0..<120).filter { $0 % 3 == 0 }.count
+                    && zoneB.allSatisfy { $0.zone == "b" && $0.state == .ready }
+            )
             #expect(try await s.machines(MachineQuery(states: [.deploying, .releasing])).count == 30)
             #expect(try await s.machines(MachineQuery(project: "nobody")).isEmpty)
             // A machine joins only a project that exists.
@@ -130,17 +197,21 @@ import TestSupport
             #expect(noProject?.code == .notFound)
             try await s.createProject(Project(name: "p", created: t))
             // The smallest that fits: fewest cores (1: i = 63; 127 is not ready), then least memory.
-            let first = try #require(try await s.allocate({ _ in true }) { x in
-                x.project = "p"
-                return []
-            })
+            let first = try #require(
+                try await s.allocate({ _ in true }) { x in
+                    x.project = "p"
+                    return []
+                }
+            )
             #expect(first.name == names[63] && first.project == "p")
             // Refusing everything with few cores reads past the first batches (100 a batch):
             // the smallest with at least 60 cores is i = 4 (60 cores; i = 68 has more memory).
-            let big = try #require(try await s.allocate({ ($0.inventory?.cores ?? 0) >= 60 }) { x in
-                x.project = "p"
-                return []
-            })
+            let big = try #require(
+                try await s.allocate({ ($0.inventory?.cores ?? 0) >= 60 }) { x in
+                    x.project = "p"
+                    return []
+                }
+            )
             #expect(big.name == names[4])
             #expect(try await s.allocate({ _ in false }) { _ in [] } == nil)
         }
@@ -154,20 +225,57 @@ import TestSupport
             let t = Date(timeIntervalSince1970: 1_800_000_000)
             let p = ClientPlatform(architecture: .x86_64, firmware: .bios)
             for i in 1...3 {
-                #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0\(i)")!, platform: p, at: t, create: 3) != nil)
+                #expect(
+                    try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0\(i)")!, platform: p, at: t, create: 3)
+                        != nil
+                )
             }
-            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) == nil)
-            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0a")!, platform: p, at: t, create: nil) == nil)
+            #expect(
+                try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) == nil
+            )
+            #expect(
+                try await s.recordSighting(mac: MACAddress("52:54:00:00:01:0a")!, platform: p, at: t, create: nil)
+                    == nil
+            )
             #expect(try await s.machines().count == 3)
             // A known machine is still seen at the cap.
-            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:01")!, platform: p, at: t.addingTimeInterval(100), create: 3) != nil)
+            #expect(
+                try await s.recordSighting(
+                    mac: MACAddress("52:54:00:00:01:01")!,
+                    platform: p,
+                    at: t.addingTimeInterval(100),
+                    create: 3
+                ) != nil
+            )
             // Enrolled machines do not count against the cap and are never pruned.
-            _ = try await s.enroll(name: "kept", mac: MACAddress("52:54:00:00:01:02")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
-            #expect(try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) != nil)
-            try await s.appendTimeline([TimelineEvent(mac: MACAddress("52:54:00:00:01:03")!, time: t, stage: .dhcp, event: "DISCOVER", detail: "")])
+            _ = try await s.enroll(
+                name: "kept",
+                mac: MACAddress("52:54:00:00:01:02")!,
+                bmc: try BMCReference(url: "ipmi://a@198.18.0.9"),
+                sealedPassword: [1],
+                at: t
+            )
+            #expect(
+                try await s.recordSighting(mac: MACAddress("52:54:00:00:01:09")!, platform: p, at: t, create: 3) != nil
+            )
+            try await s.appendTimeline([
+                TimelineEvent(
+                    mac: MACAddress("52:54:00:00:01:03")!,
+                    time: t,
+                    stage: .dhcp,
+                    event: "DISCOVER",
+                    detail: ""
+                )
+            ])
             // Unseen since t+50: 01:03 and 01:09 (seen at t) go, 01:01 (seen at t+100) and the enrolled one stay.
-            #expect(try await s.pruneDiscovered(lastSeenBefore: t.addingTimeInterval(50)).map(\.description).sorted() == ["52:54:00:00:01:03", "52:54:00:00:01:09"])
-            #expect(try await s.machines().map(\.mac.description).sorted() == ["52:54:00:00:01:01", "52:54:00:00:01:02"])
+            #expect(
+                try await s.pruneDiscovered(lastSeenBefore: t.addingTimeInterval(50)).map(\.description).sorted() == [
+                    "52:54:00:00:01:03", "52:54:00:00:01:09",
+                ]
+            )
+            #expect(
+                try await s.machines().map(\.mac.description).sorted() == ["52:54:00:00:01:01", "52:54:00:00:01:02"]
+            )
             #expect(try await s.timeline(mac: MACAddress("52:54:00:00:01:03")!, limit: 10).isEmpty)
         }
     }
@@ -176,19 +284,29 @@ import TestSupport
         try await withStore(kind, timelineLimit: 5) { under in
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
-            try await s.appendTimeline((0..<8).map { TimelineEvent(mac: mac, time: t.addingTimeInterval(Double($0)), stage: .dhcp, event: "E\($0)") })
+            try await s.appendTimeline(
+                (0..<8).map {
+                    TimelineEvent(mac: mac, time: t.addingTimeInterval(Double($0)), stage: .dhcp, event: "E\($0)")
+                }
+            )
             let events = try await s.timeline(mac: mac, limit: 100)
             #expect(events.map(\.event) == ["E3", "E4", "E5", "E6", "E7"])
             #expect(try await s.timeline(mac: mac, limit: 2).map(\.event) == ["E6", "E7"])
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func leasesSurviveReopeningAndAddressesStayUnique(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.allCases) func leasesSurviveReopeningAndAddressesStayUnique(
+        _ kind: StoreKind
+    ) async throws {
         try await withStore(kind) { under in
             let exp = Date(timeIntervalSince1970: 1_800_000_600)
-            try under.store.commit([Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
+            try under.store.commit([
+                Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")
+            ])
             let s = try await under.reopen()
-            #expect(try s.leases() == [Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")])
+            #expect(
+                try s.leases() == [Lease(mac: mac, address: IPv4Address("198.18.0.100")!, expires: exp, hostname: "n1")]
+            )
             // The address moves to another MAC: the old row goes.
             let other = MACAddress("52:54:00:00:00:02")!
             try s.commit([Lease(mac: other, address: IPv4Address("198.18.0.100")!, expires: exp)])
@@ -200,38 +318,63 @@ import TestSupport
 
     /// A renewal updates the row; a MAC that moves to a new address keeps one row; in one batch,
     /// an address released by one MAC and given to another ends with the new holder only.
-    @Test(arguments: StoreKind.allCases) func leaseCommitsKeepOneRowPerMACAndPerAddress(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.allCases) func leaseCommitsKeepOneRowPerMACAndPerAddress(_ kind: StoreKind) async throws
+    {
         try await withStore(kind) { under in
             let s = under.store
-            let a = MACAddress("52:54:00:00:00:0a")!, b = MACAddress("52:54:00:00:00:0b")!
-            let ip1 = IPv4Address("198.18.0.101")!, ip2 = IPv4Address("198.18.0.102")!
-            let t1 = Date(timeIntervalSince1970: 1_800_000_000), t2 = Date(timeIntervalSince1970: 1_800_000_900)
+            let a = MACAddress("52:54:00:00:00:0a")!
+            let b = MACAddress("52:54:00:00:00:0b")!
+            let ip1 = IPv4Address("198.18.0.101")!
+            let ip2 = IPv4Address("198.18.0.102")!
+            let t1 = Date(timeIntervalSince1970: 1_800_000_000)
+            let t2 = Date(timeIntervalSince1970: 1_800_000_900)
             try s.commit([Lease(mac: a, address: ip1, expires: t1), Lease(mac: b, address: ip2, expires: t1)])
             try s.commit([Lease(mac: a, address: ip1, expires: t2, hostname: "renewed")])
-            #expect(Set(try s.leases()) == [Lease(mac: a, address: ip1, expires: t2, hostname: "renewed"), Lease(mac: b, address: ip2, expires: t1)])
+            #expect(
+                Set(try s.leases()) == [
+                    Lease(mac: a, address: ip1, expires: t2, hostname: "renewed"),
+                    Lease(mac: b, address: ip2, expires: t1),
+                ]
+            )
             // a moves to ip2, which b no longer holds: one row each for a; b's stale row goes.
             try s.commit([Lease(mac: a, address: ip2, expires: t2)])
             #expect(try s.leases() == [Lease(mac: a, address: ip2, expires: t2)])
             try s.commit([Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
-            #expect(Set(try s.leases()) == [Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1)])
+            #expect(
+                Set(try s.leases()) == [
+                    Lease(mac: b, address: ip1, expires: t1), Lease(mac: a, address: ip2, expires: t1),
+                ]
+            )
             // Row by row in one batch: a takes ip1, then moves to ip2, which b then takes;
             // a is left with nothing.
-            try s.commit([Lease(mac: a, address: ip1, expires: t2), Lease(mac: a, address: ip2, expires: t2), Lease(mac: b, address: ip2, expires: t2)])
+            try s.commit([
+                Lease(mac: a, address: ip1, expires: t2), Lease(mac: a, address: ip2, expires: t2),
+                Lease(mac: b, address: ip2, expires: t2),
+            ])
             #expect(try s.leases() == [Lease(mac: b, address: ip2, expires: t2)])
         }
     }
 
     /// Two stores on one database (two replicas): allocations racing from both never hand out a
     /// machine twice, and updates racing on one machine lose none.
-    @Test(arguments: StoreKind.allCases) func twoStoresOnOneDatabaseNeitherDoubleAllocateNorLoseUpdates(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.allCases) func twoStoresOnOneDatabaseNeitherDoubleAllocateNorLoseUpdates(
+        _ kind: StoreKind
+    ) async throws {
         try await withStore(kind) { under in
-            let a = under.store, b = try await under.reopen()
+            let a = under.store
+            let b = try await under.reopen()
             let t = Date(timeIntervalSince1970: 1_800_000_000)
             let bmc = try BMCReference(url: "ipmi://admin@198.18.0.9")
             for i in 0..<10 { try await a.createProject(Project(name: "p\(i)", created: t)) }
             var ids: [String] = []
             for i in 0..<6 {
-                let m = try await a.enroll(name: "n\(i)", mac: MACAddress("52:54:00:00:02:0\(i)")!, bmc: bmc, sealedPassword: [1], at: t)
+                let m = try await a.enroll(
+                    name: "n\(i)",
+                    mac: MACAddress("52:54:00:00:02:0\(i)")!,
+                    bmc: bmc,
+                    sealedPassword: [1],
+                    at: t
+                )
                 _ = try await a.update(machineID: m.id) { x in
                     x.state = .ready
                     return []
@@ -278,7 +421,9 @@ import TestSupport
             #expect(events.map(\.id) == events.map(\.id).sorted() && Set(events.map(\.id)).count == 31)
             #expect(events.suffix(30).map(\.message) == (1...30).map { "bump \(before + $0)" })
             #expect(try await b.events(after: events[9].id, machineID: nil, limit: 1000).count >= 21)
-            #expect(try await b.lastEventID() == (try await a.events(after: 0, machineID: nil, limit: 1000).last?.id ?? -1))
+            #expect(
+                try await b.lastEventID() == (try await a.events(after: 0, machineID: nil, limit: 1000).last?.id ?? -1)
+            )
             // A machine that does not exist is notFound.
             let missing = await #expect(throws: StoreError.self) { try await b.update(machineID: "nope") { _ in [] } }
             #expect(missing?.code == .notFound)
@@ -288,13 +433,23 @@ import TestSupport
     /// A deploy on one store and the deletion of its project on another, racing: either the
     /// machine joined and the delete was refused, or the project went and the deploy was
     /// refused; never a machine left in a project that no longer exists.
-    @Test(arguments: StoreKind.allCases) func aDeployAndItsProjectsDeleteRacingLeaveNoOrphan(_ kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.allCases) func aDeployAndItsProjectsDeleteRacingLeaveNoOrphan(
+        _ kind: StoreKind
+    ) async throws {
         try await withStore(kind) { under in
-            let a = under.store, b = try await under.reopen()
+            let a = under.store
+            let b = try await under.reopen()
             let t = Date(timeIntervalSince1970: 1_800_000_000)
             let bmc = try BMCReference(url: "ipmi://admin@198.18.0.9")
-            let m = try await a.enroll(name: "n", mac: MACAddress("52:54:00:00:03:01")!, bmc: bmc, sealedPassword: [1], at: t)
-            var joined = 0, deleted = 0
+            let m = try await a.enroll(
+                name: "n",
+                mac: MACAddress("52:54:00:00:03:01")!,
+                bmc: bmc,
+                sealedPassword: [1],
+                at: t
+            )
+            var joined = 0
+            var deleted = 0
             for round in 0..<20 {
                 let project = "race\(round)"
                 try await a.createProject(Project(name: project, created: t))
@@ -313,13 +468,18 @@ import TestSupport
                     } catch let e as StoreError where e.code == .notFound { return false }
                 }()
                 async let delete: Bool = {
-                    do { return try await b.deleteProject(name: project) } catch let e as StoreError where e.code == .inUse { return false }
+                    do { return try await b.deleteProject(name: project) } catch let e as StoreError
+                        where e.code == .inUse
+                    { return false }
                 }()
                 let (d, g) = try await (deploy, delete)
                 let now = try #require(try await b.machine(id: m.id))
                 let exists = try await b.project(name: project) != nil
                 #expect(d != g, "round \(round): deploy \(d), delete \(g)")
-                #expect(d == (now.project == project) && g == !exists, "round \(round): machine in \(now.project ?? "none"), project exists \(exists)")
+                #expect(
+                    d == (now.project == project) && g == !exists,
+                    "round \(round): machine in \(now.project ?? "none"), project exists \(exists)"
+                )
                 if d { joined += 1 } else { deleted += 1 }
             }
             #expect(joined + deleted == 20)
@@ -332,29 +492,61 @@ import TestSupport
         try await withStore(kind) { under in
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
-            try await s.createProject(Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
-            #expect(try await s.project(name: "team") == Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick))
-            #expect(await #expect(throws: StoreError.self) { try await s.createProject(Project(name: "team", created: t)) }?.code == .alreadyExists)
+            try await s.createProject(
+                Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick)
+            )
+            #expect(
+                try await s.project(name: "team")
+                    == Project(name: "team", description: "d", requiredTags: ["env"], created: t, wipePolicy: .quick)
+            )
+            #expect(
+                await #expect(throws: StoreError.self) { try await s.createProject(Project(name: "team", created: t)) }?
+                    .code == .alreadyExists
+            )
             let orphan = APIToken(id: "1", name: "x", role: .member, project: "none", secretSHA256: "aa", created: t)
             #expect(await #expect(throws: StoreError.self) { try await s.createToken(orphan) }?.code == .notFound)
             let token = APIToken(id: "2", name: "m", role: .member, project: "team", secretSHA256: "bb", created: t)
             try await s.createToken(token)
             #expect(try await s.token(secretSHA256: "bb") == token)
             #expect(try await s.tokens() == [token])
-            #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteProject(name: "team") }?.code == .inUse)
+            #expect(
+                await #expect(throws: StoreError.self) { _ = try await s.deleteProject(name: "team") }?.code == .inUse
+            )
             #expect(try await s.revokeToken(id: "2"))
             #expect(try await !s.revokeToken(id: "2"))
             #expect(try await s.deleteProject(name: "team"))
             #expect(try await !s.deleteProject(name: "team"))
 
-            let image = ImageInfo(name: "deb", sha256: String(repeating: "ab", count: 32), size: 42, format: .raw, os: "debian", architecture: .x86_64, firmware: .uefi, created: t)
+            let image = ImageInfo(
+                name: "deb",
+                sha256: String(repeating: "ab", count: 32),
+                size: 42,
+                format: .raw,
+                os: "debian",
+                architecture: .x86_64,
+                firmware: .uefi,
+                created: t
+            )
             try await s.addImage(image)
             #expect(try await s.image(name: "deb") == image)
             #expect(try await s.images() == [image])
             #expect(await #expect(throws: StoreError.self) { try await s.addImage(image) }?.code == .alreadyExists)
-            let m = try await s.enroll(name: "n1", mac: mac, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: t)
+            let m = try await s.enroll(
+                name: "n1",
+                mac: mac,
+                bmc: try BMCReference(url: "ipmi://a@198.18.0.9"),
+                sealedPassword: [1],
+                at: t
+            )
             _ = try await s.update(machineID: m.id) { x in
-                x.deployment = Deployment(image: "deb", imageSHA256: image.sha256, sshKeys: [], userData: "", hostname: "h", requestedBy: "t")
+                x.deployment = Deployment(
+                    image: "deb",
+                    imageSHA256: image.sha256,
+                    sshKeys: [],
+                    userData: "",
+                    hostname: "h",
+                    requestedBy: "t"
+                )
                 return []
             }
             #expect(await #expect(throws: StoreError.self) { _ = try await s.deleteImage(name: "deb") }?.code == .inUse)
@@ -366,8 +558,21 @@ import TestSupport
             #expect(try await s.deleteImage(name: "deb"))
             #expect(try await !s.imageReferenced(sha256: image.sha256))
             // A machine's rename onto a taken name is refused; delete removes it with its events.
-            let other = try await s.enroll(name: "n2", mac: MACAddress("52:54:00:00:00:09")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [2], at: t)
-            #expect(await #expect(throws: StoreError.self) { _ = try await s.update(machineID: other.id) { x in x.name = "n1"; return [] } }?.code == .alreadyExists)
+            let other = try await s.enroll(
+                name: "n2",
+                mac: MACAddress("52:54:00:00:00:09")!,
+                bmc: try BMCReference(url: "ipmi://a@198.18.0.9"),
+                sealedPassword: [2],
+                at: t
+            )
+            #expect(
+                await #expect(throws: StoreError.self) {
+                    _ = try await s.update(machineID: other.id) { x in
+                        x.name = "n1"
+                        return []
+                    }
+                }?.code == .alreadyExists
+            )
             try await s.deleteMachine(id: other.id)
             #expect(try await s.machine(id: other.id) == nil)
             #expect(try await s.sealedBMCPassword(machineID: other.id) == nil)
@@ -378,11 +583,19 @@ import TestSupport
     /// it; a commit fenced with a lost claim writes nothing.
     @Test(arguments: StoreKind.allCases) func workClaimsHaveOneHolderAndFenceCommits(_ kind: StoreKind) async throws {
         try await withStore(kind) { under in
-            let a = under.store, b = try await under.reopen()
-            let m = try await a.enroll(name: "n1", mac: mac, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: Date())
+            let a = under.store
+            let b = try await under.reopen()
+            let m = try await a.enroll(
+                name: "n1",
+                mac: mac,
+                bmc: try BMCReference(url: "ipmi://a@198.18.0.9"),
+                sealedPassword: [1],
+                at: Date()
+            )
             let first = try #require(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(3)))
             #expect(try await b.claimWork(machineID: m.id, owner: "B", ttl: .seconds(30)) == nil)
-            #expect(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(3)) == first)  // renewal: same token
+            // Renewal: the same token.
+            #expect(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(3)) == first)
             #expect(try await a.renewWork(first, ttl: .seconds(3)))
             _ = try await a.update(machineID: m.id, fence: first) { x in
                 x.labels["by"] = "A"
@@ -422,10 +635,17 @@ import TestSupport
     /// transaction, under a lock every admission takes.
     @Test(arguments: StoreKind.allCases) func countingUpdatesHoldACapAcrossStores(_ kind: StoreKind) async throws {
         try await withStore(kind) { under in
-            let a = under.store, b = try await under.reopen()
+            let a = under.store
+            let b = try await under.reopen()
             var ids: [String] = []
             for i in 0..<8 {
-                let m = try await a.enroll(name: "q\(i)", mac: MACAddress("52:54:00:00:03:0\(i)")!, bmc: try BMCReference(url: "ipmi://a@198.18.0.9"), sealedPassword: [1], at: Date())
+                let m = try await a.enroll(
+                    name: "q\(i)",
+                    mac: MACAddress("52:54:00:00:03:0\(i)")!,
+                    bmc: try BMCReference(url: "ipmi://a@198.18.0.9"),
+                    sealedPassword: [1],
+                    at: Date()
+                )
                 _ = try await a.update(machineID: m.id) { x in
                     x.state = .deploying
                     x.phase = .queued

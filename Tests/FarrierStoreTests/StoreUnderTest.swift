@@ -3,8 +3,8 @@ import FarrierPostgres
 import FarrierStore
 import Foundation
 import Logging
-import Testing
 import TestSupport
+import Testing
 
 /// The stores the contract tests run against.
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
@@ -14,7 +14,11 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
 
 /// Runs `body` with a store of `kind`, then closes it (stores, server, files), also when `body`
 /// throws.
-func withStore<T>(_ kind: StoreKind, timelineLimit: Int = 500, _ body: (StoreUnderTest) async throws -> T) async throws -> T {
+func withStore<T>(
+    _ kind: StoreKind,
+    timelineLimit: Int = 500,
+    _ body: (StoreUnderTest) async throws -> T
+) async throws -> T {
     let under = try await StoreUnderTest(kind, timelineLimit: timelineLimit)
     do {
         let result = try await body(under)

@@ -65,7 +65,9 @@ func bytes(_ s: String) -> [UInt8] {
 
     @Test func cipherSuiteRecordsParse() {
         // Suites 3 and 17 as a BMC lists them, then an OEM record.
-        let data = bytes("c003014181" + "c011034481" + "c1 80 a2 02 00 01 41 81".replacingOccurrences(of: " ", with: ""))
+        let data = bytes(
+            "c003014181" + "c011034481" + "c1 80 a2 02 00 01 41 81".replacingOccurrences(of: " ", with: "")
+        )
         let records = IPMICipherSuiteRecord.parse(data)
         #expect(records.map(\.id) == [3, 17, 0x80])
         #expect(records[1].authentication == 3 && records[1].integrity == 4 && records[1].confidentiality == 1)
@@ -109,7 +111,12 @@ func bytes(_ s: String) -> [UInt8] {
     static let sidc: UInt32 = 0x0a0b_0c0d
 
     /// Runs Python to compute RAKP values for `digest` ("sha1" or "sha256").
-    static func python(_ digest: String, icvLength: Int, integLength: Int, packetPrefix: String) throws -> [String: String] {
+    static func python(
+        _ digest: String,
+        icvLength: Int,
+        integLength: Int,
+        packetPrefix: String
+    ) throws -> [String: String] {
         let script = """
             import hmac, hashlib, json, struct, sys
             H = lambda k, m: hmac.new(k, m, hashlib.\(digest)).digest()
@@ -143,7 +150,10 @@ func bytes(_ s: String) -> [UInt8] {
         try Data(plaintext).write(to: URL(fileURLWithPath: dir + "/in"))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["openssl", "enc", "-aes-128-cbc", "-nopad", "-K", hex(key), "-iv", hex(iv), "-in", dir + "/in", "-out", dir + "/out"]
+        p.arguments = [
+            "openssl", "enc", "-aes-128-cbc", "-nopad", "-K", hex(key), "-iv", hex(iv), "-in", dir + "/in", "-out",
+            dir + "/out",
+        ]
         try p.run()
         p.waitUntilExit()
         return Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/out")))
@@ -153,13 +163,20 @@ func bytes(_ s: String) -> [UInt8] {
 
     @Test(arguments: suites) func keysMatchPython(suite: IPMICipherSuite) throws {
         let exchange = RAKPExchange(
-            suite: suite, consoleSessionID: Self.sidm, bmcSessionID: Self.sidc, consoleRandom: Self.rm,
-            userName: "admin", password: Array("secret".utf8), privilege: .administrator)
+            suite: suite,
+            consoleSessionID: Self.sidm,
+            bmcSessionID: Self.sidc,
+            consoleRandom: Self.rm,
+            userName: "admin",
+            password: Array("secret".utf8),
+            privilege: .administrator
+        )
         // The BMC's RAKP2, built as the BMC would, with the code Python computes.
         let digest = suite == .suite17 ? "sha256" : "sha1"
         // A sealed packet to check the integrity AuthCode: encrypt "Get Device ID" with a fixed IV.
         let m2Shell = try RAKPExchange.Message2(
-            decoding: [0, 0, 0, 0] + le32(Self.sidm) + Self.rc + Self.guid + [UInt8](repeating: 0, count: 20))
+            decoding: [0, 0, 0, 0] + le32(Self.sidm) + Self.rc + Self.guid + [UInt8](repeating: 0, count: 20)
+        )
         let keys = exchange.sessionKeys(after: m2Shell)
         var crypto = IPMISessionCrypto(keys: keys, bmcSessionID: Self.sidc, consoleSessionID: Self.sidm)
         let iv = bytes("00112233445566778899aabbccddeeff")
@@ -167,8 +184,11 @@ func bytes(_ s: String) -> [UInt8] {
         let sealed = crypto.seal(.ipmi, payload: message, iv: iv)
         let covered = Array(sealed[4..<(sealed.count - suite.integrity.authCodeLength)])
         let py = try Self.python(
-            digest, icvLength: suite == .suite17 ? 16 : 12, integLength: suite.integrity.authCodeLength,
-            packetPrefix: hex(covered))
+            digest,
+            icvLength: suite == .suite17 ? 16 : 12,
+            integLength: suite.integrity.authCodeLength,
+            packetPrefix: hex(covered)
+        )
 
         #expect(hex(exchange.expectedRAKP2Code(m2Shell)) == py["rakp2"])
         #expect(hex(Array(exchange.rakp3(tag: 0, after: m2Shell).dropFirst(8))) == py["rakp3"])
@@ -191,8 +211,14 @@ func bytes(_ s: String) -> [UInt8] {
 
     @Test(arguments: suites) func sealedPacketsOpenOnTheOtherSide(suite: IPMICipherSuite) throws {
         let exchange = RAKPExchange(
-            suite: suite, consoleSessionID: Self.sidm, bmcSessionID: Self.sidc, consoleRandom: Self.rm,
-            userName: "admin", password: Array("secret".utf8), privilege: .administrator)
+            suite: suite,
+            consoleSessionID: Self.sidm,
+            bmcSessionID: Self.sidc,
+            consoleRandom: Self.rm,
+            userName: "admin",
+            password: Array("secret".utf8),
+            privilege: .administrator
+        )
         let m2 = try RAKPExchange.Message2(decoding: [0, 0, 0, 0] + le32(Self.sidm) + Self.rc + Self.guid)
         let keys = exchange.sessionKeys(after: m2)
         // The "BMC" side: the same keys with the session IDs swapped.
@@ -218,4 +244,6 @@ func bytes(_ s: String) -> [UInt8] {
     }
 }
 
-func le32(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF), UInt8((v >> 16) & 0xFF), UInt8(v >> 24)] }
+func le32(_ v: UInt32) -> [UInt8] {
+    [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF), UInt8((v >> 16) & 0xFF), UInt8(v >> 24)]
+}

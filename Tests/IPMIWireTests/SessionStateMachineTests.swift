@@ -28,13 +28,28 @@ import WireSupport
         (.console, "0600ff070000000000000000000a2018c88110540e008489"),
         (.bmc, "0600ff0700000000000000000014811c63201054000181c00d024382c00e024383d0"),
         (.console, "0600ff07061000000000000000002000e0000000aadadb9b000000080100000001000008010000000200000801000000"),
-        (.bmc, "0600ff07061100000000000000002400e0000000aadadb9b02000000000000080100000001000008010000000200000801000000"),
-        (.console, "0600ff07061200000000000000002100e0000000020000004c49467ca1e2d5e000f5bcbd72a532491400000561646d696e"),
-        (.bmc, "0600ff07061300000000000000003c00e0000000aadadb9bfc5fa976341023f22620337ed18ee713a1a2a3a4b1b2c1c2d1d2e1e2e3e4e5e6e509b61613fcc57c80a564917c1484433394f383"),
+        (
+            .bmc,
+            "0600ff07061100000000000000002400e0000000aadadb9b02000000000000080100000001000008010000000200000801000000"
+        ),
+        (
+            .console,
+            "0600ff07061200000000000000002100e0000000020000004c49467ca1e2d5e000f5bcbd72a532491400000561646d696e"
+        ),
+        (
+            .bmc,
+            "0600ff07061300000000000000003c00e0000000aadadb9bfc5fa976341023f22620337ed18ee713a1a2a3a4b1b2c1c2d1d2e1e2e3e4e5e6e509b61613fcc57c80a564917c1484433394f383"
+        ),
         (.console, "0600ff07061400000000000000001c00e000000002000000efccda9158eea019b45d8fe60fe10f49ebb795d2"),
         (.bmc, "0600ff07061500000000000000001400e0000000aadadb9b44572e92bfde471d906d1c2f"),
-        (.console, "0600ff0706c002000000010000002000eea5a488e37e4eea9b8fea740674a9a5ca31434ee105355ccbaa01fb37810c00ffff0207a827a2696a48593471c6c081"),
-        (.bmc, "0600ff0706c0aadadb9b010000002000298e725aa7678be1c77b789e2fb54806e1039da872dd14e20122b6b62c10e144ffff02076ce0efe27a6817886dce9e08"),
+        (
+            .console,
+            "0600ff0706c002000000010000002000eea5a488e37e4eea9b8fea740674a9a5ca31434ee105355ccbaa01fb37810c00ffff0207a827a2696a48593471c6c081"
+        ),
+        (
+            .bmc,
+            "0600ff0706c0aadadb9b010000002000298e725aa7678be1c77b789e2fb54806e1039da872dd14e20122b6b62c10e144ffff02076ce0efe27a6817886dce9e08"
+        ),
     ]
 
     /// Suite 3 forced (--cipher-suite 3): no listing.
@@ -42,13 +57,28 @@ import WireSupport
         (.console, "0600ff07000000000000000000092018c88100388e04b5"),
         (.bmc, "0600ff0700000000000000000010811c6320003800019704030000000009"),
         (.console, "0600ff0706100000000000000000200035000000b4e8a086000000080100000001000008010000000200000801000000"),
-        (.bmc, "0600ff0706110000000000000000240035000000b4e8a08682000000000000080100000001000008010000000200000801000000"),
-        (.console, "0600ff0706120000000000000000210035000000820000007b8121e953f8a14f6218cdab1fdfc2bf1400000561646d696e"),
-        (.bmc, "0600ff07061300000000000000003c0035000000b4e8a086e34a5fff0155506b9a21ee6117d3be73a1a2a3a4b1b2c1c2d1d2e1e2e3e4e5e635881a013c66e4593661372e641fd5f496c26e10"),
+        (
+            .bmc,
+            "0600ff0706110000000000000000240035000000b4e8a08682000000000000080100000001000008010000000200000801000000"
+        ),
+        (
+            .console,
+            "0600ff0706120000000000000000210035000000820000007b8121e953f8a14f6218cdab1fdfc2bf1400000561646d696e"
+        ),
+        (
+            .bmc,
+            "0600ff07061300000000000000003c0035000000b4e8a086e34a5fff0155506b9a21ee6117d3be73a1a2a3a4b1b2c1c2d1d2e1e2e3e4e5e635881a013c66e4593661372e641fd5f496c26e10"
+        ),
         (.console, "0600ff07061400000000000000001c003500000082000000a265484dc37f42b792e16900cd4844d47bcfac8a"),
         (.bmc, "0600ff0706150000000000000000140035000000b4e8a0860e614199d6245ccb5ad170bd"),
-        (.console, "0600ff0706c082000000010000002000a1e516b353d3cdf75be3f8afdeba8e6cdd4466cac032dd9ab854a958490f18a9ffff0207700d651e6621846605472e81"),
-        (.bmc, "0600ff0706c0b4e8a086010000002000bc9ff3654eab24529ba2de00f4477d2c1165addbcce9aaebd26dec7c9c382139ffff020702b5e122d2644e63b57c9603"),
+        (
+            .console,
+            "0600ff0706c082000000010000002000a1e516b353d3cdf75be3f8afdeba8e6cdd4466cac032dd9ab854a958490f18a9ffff0207700d651e6621846605472e81"
+        ),
+        (
+            .bmc,
+            "0600ff0706c0b4e8a086010000002000bc9ff3654eab24529ba2de00f4477d2c1165addbcce9aaebd26dec7c9c382139ffff020702b5e122d2644e63b57c9603"
+        ),
     ]
 
     static func bytes(_ hex: String) -> [UInt8] {
@@ -69,7 +99,9 @@ import WireSupport
         func next(_ n: Int) -> [UInt8] {
             values.withLock { v in
                 guard let first = v.first, first.count == n else {
-                    Issue.record("asked for \(n) random bytes, the table has \(v.first.map { "\($0.count)" } ?? "none")")
+                    Issue.record(
+                        "asked for \(n) random bytes, the table has \(v.first.map { "\($0.count)" } ?? "none")"
+                    )
                     return [UInt8](repeating: 0x5A, count: n)
                 }
                 v.removeFirst()
@@ -89,19 +121,33 @@ import WireSupport
     }
 
     static func machine(
-        _ capture: [(from: Side, hex: String)], password: String = "s3cret-pw", suite: UInt8? = nil, retries: Int = 1,
+        _ capture: [(from: Side, hex: String)],
+        password: String = "s3cret-pw",
+        suite: UInt8? = nil,
+        retries: Int = 1,
         randoms: [[UInt8]]? = nil
     ) -> IPMISessionStateMachine {
         let table = RandomTable(randoms ?? Self.randoms(capture))
         return IPMISessionStateMachine(
-            configuration: .init(user: "admin", password: Array(password.utf8), privilege: .administrator, cipherSuite: suite, retries: retries),
-            random: { table.next($0) })
+            configuration: .init(
+                user: "admin",
+                password: Array(password.utf8),
+                privilege: .administrator,
+                cipherSuite: suite,
+                retries: retries
+            ),
+            random: { table.next($0) }
+        )
     }
 
     /// Plays a capture: each datagram the machine sends must be the console's next one, and the
     /// BMC's answer is fed back. Returns the last action.
     @discardableResult
-    static func play(_ m: inout IPMISessionStateMachine, _ capture: [(from: Side, hex: String)], upTo count: Int? = nil) -> IPMISessionStateMachine.Action {
+    static func play(
+        _ m: inout IPMISessionStateMachine,
+        _ capture: [(from: Side, hex: String)],
+        upTo count: Int? = nil
+    ) -> IPMISessionStateMachine.Action {
         var action = m.start()
         var i = 0
         let end = count ?? capture.count
@@ -123,7 +169,9 @@ import WireSupport
         return action
     }
 
-    @Test(arguments: [(SessionStateMachineTests.listed, nil as UInt8?, 3 as UInt8), (SessionStateMachineTests.forced3, 3, 3)])
+    @Test(arguments: [
+        (SessionStateMachineTests.listed, nil as UInt8?, 3 as UInt8), (SessionStateMachineTests.forced3, 3, 3),
+    ])
     func aCapturedSetupReplaysByteForByte(_ capture: [(from: Side, hex: String)], _ forced: UInt8?, _ suite: UInt8) {
         var m = Self.machine(capture, suite: forced)
         var action = Self.play(&m, capture, upTo: capture.count - 1)
@@ -155,7 +203,8 @@ import WireSupport
     /// new session ID and tag; the first attempt's RAKP 2, arriving late, is ignored; the BMC
     /// answers the new Open Session with a session ID of its own, which RAKP 1 then carries.
     @Test func aLostRAKP2RestartsWithNewIDsAndStaleAnswersAreIgnored() {
-        let newSID: [UInt8] = [0x11, 0x22, 0x33, 0x44], newTag: [UInt8] = [0x7E]
+        let newSID: [UInt8] = [0x11, 0x22, 0x33, 0x44]
+        let newTag: [UInt8] = [0x7E]
         // The capture's session ID, tag and random for the first attempt; new ones for the second.
         let table = Array(Self.randoms(Self.forced3).prefix(3)) + [newSID, newTag, [UInt8](repeating: 0xC3, count: 16)]
         var m = Self.machine(Self.forced3, suite: 3, randoms: table)
@@ -271,11 +320,21 @@ import WireSupport
         let openResponse = try OpenSessionResponse(decoding: Array(Self.bytes(capture[3].hex)[16...]))
         let m2 = try RAKPMessage2(decoding: Array(Self.bytes(capture[5].hex)[16...]))
         let exchange = RAKPExchange(
-            suite: .suite3, consoleSessionID: consoleSID, bmcSessionID: openResponse.bmcSessionID, consoleRandom: r[2],
-            userName: "admin", password: Array("s3cret-pw".utf8), privilege: .administrator)
+            suite: .suite3,
+            consoleSessionID: consoleSID,
+            bmcSessionID: openResponse.bmcSessionID,
+            consoleRandom: r[2],
+            userName: "admin",
+            password: Array("s3cret-pw".utf8),
+            privilege: .administrator
+        )
         let keys = exchange.sessionKeys(after: m2)
         // The BMC's genuine answer, opened, its completion code changed, sealed again as the BMC would.
-        var reader = IPMISessionCrypto(keys: keys, bmcSessionID: openResponse.bmcSessionID, consoleSessionID: consoleSID)
+        var reader = IPMISessionCrypto(
+            keys: keys,
+            bmcSessionID: openResponse.bmcSessionID,
+            consoleSessionID: consoleSID
+        )
         guard case .v2(let envelope) = try IPMIDatagram(decoding: Self.bytes(capture[9].hex)) else {
             Issue.record("the capture's last datagram is not RMCP+")
             return

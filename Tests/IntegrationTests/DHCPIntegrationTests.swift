@@ -9,15 +9,21 @@ struct DHCPIntegrationTests {
 
     func leasedAddress(_ h: Harness, _ ns: String, _ ifname: String) throws -> String? {
         let out = try h.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", ifname]).stdout
-        return out.split(separator: " ").first(where: { $0.hasPrefix("198.18.10.") })?.split(separator: "/").first.map(String.init)
+        return out.split(separator: " ").first(where: { $0.hasPrefix("198.18.10.") })?.split(separator: "/").first.map(
+            String.init
+        )
     }
 
     /// Runs dhclient in the foreground (a daemonizing dhclient would outlive the test) until it
     /// has bound an address, then stops it. Returns the address and dhclient's log.
     func dhclient(_ h: Harness, _ ns: String, _ ifname: String, tag: String) throws -> (String?, String) {
         let p = try h.start(
-            ["ip", "netns", "exec", ns, "dhclient", "-d", "-1", "-v", "-lf", "\(h.directory)/\(tag).leases", "-pf",
-             "\(h.directory)/\(tag).pid", ifname], log: "\(tag).log")
+            [
+                "ip", "netns", "exec", ns, "dhclient", "-d", "-1", "-v", "-lf", "\(h.directory)/\(tag).leases", "-pf",
+                "\(h.directory)/\(tag).pid", ifname,
+            ],
+            log: "\(tag).log"
+        )
         var address: String?
         try? h.waitUntil("dhclient lease", timeout: 30) {
             address = try leasedAddress(h, ns, ifname)
@@ -29,7 +35,8 @@ struct DHCPIntegrationTests {
 
     /// Two columns of every row of a query on the server's database, read by Python's sqlite3.
     func rows(_ h: Harness, _ sql: String) throws -> [(String, String)] {
-        let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(a,b) for a,b in c.execute(sys.argv[2])]"
+        let script =
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(a,b) for a,b in c.execute(sys.argv[2])]"
         let out = try h.run(["python3", "-c", script, h.directory + "/data/farrier.sqlite", sql]).stdout
         return out.split(separator: "\n").map { l in
             let p = l.split(separator: " ")
@@ -41,12 +48,18 @@ struct DHCPIntegrationTests {
 
     /// A server with a veth to a client namespace, serving `subnet` on its side and, for
     /// perfdhcp's relayed requests (giaddr 198.19.0.2), 198.19.0.0/16 from 198.19.1.0-255.
-    func relayedServer(_ h: Harness, flags: [String] = []) throws -> (server: String, client: String, clientInterface: String) {
+    func relayedServer(
+        _ h: Harness,
+        flags: [String] = []
+    ) throws -> (server: String, client: String, clientInterface: String) {
         let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
         try h.run(["ip", "-n", c, "addr", "add", "198.19.0.2/16", "dev", cif])
         try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
         let relayed = "198.19.0.0/16,pool=198.19.1.0-198.19.1.255,lease=600"
-        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet, "--dhcp-subnet", relayed] + flags)
+        try h.startFarrier(
+            namespace: s,
+            flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet, "--dhcp-subnet", relayed] + flags
+        )
         return (s, c, cif)
     }
 
@@ -64,7 +77,11 @@ struct DHCPIntegrationTests {
         server.waitUntilExit()
         #expect(try leaseRows(h).map(\.1) == [first])
         try h.run(["ip", "-n", c, "addr", "flush", "dev", cif])
-        try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet], log: "farrier2.log")
+        try h.startFarrier(
+            namespace: s,
+            flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet],
+            log: "farrier2.log"
+        )
         try? FileManager.default.removeItem(atPath: "\(h.directory)/d2.leases")
         let (again, log2) = try dhclient(h, c, cif, tag: "d2")
         #expect(again == first, "after restart: \(log2)")
@@ -77,14 +94,23 @@ struct DHCPIntegrationTests {
         try h.startFarrier(namespace: s, flags: ["--dhcp-interface", sif, "--dhcp-subnet", Self.subnet])
         // udhcpc's script receives the options as environment; print them.
         let script = h.directory + "/udhcpc.sh"
-        try "#!/bin/sh\n[ \"$1\" = bound ] && echo \"BOUND ip=$ip router=$router dns=$dns lease=$lease mask=$mask\"\nexit 0\n"
+        try
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"BOUND ip=$ip router=$router dns=$dns lease=$lease mask=$mask\"\nexit 0\n"
             .write(toFile: script, atomically: true, encoding: .utf8)
         try h.run(["chmod", "+x", script])
-        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", script], timeout: 40, check: false)
+        let r = try h.run(
+            ["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", script],
+            timeout: 40,
+            check: false
+        )
         #expect(r.status == 0, "udhcpc: \(r.stdout) \(r.stderr)")
-        let bound = try #require(r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("BOUND") }).map(String.init))
+        let bound = try #require(
+            r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("BOUND") }).map(String.init)
+        )
         #expect(bound.contains("ip=198.18.10.1"))  // from the pool 198.18.10.100-199
-        #expect(bound.contains("router=198.18.10.1 ") && bound.contains("dns=198.18.10.1") && bound.contains("lease=600"))
+        #expect(
+            bound.contains("router=198.18.10.1 ") && bound.contains("dns=198.18.10.1") && bound.contains("lease=600")
+        )
         #expect(bound.contains("mask=24"))
     }
 
@@ -104,9 +130,15 @@ struct DHCPIntegrationTests {
             s.sendto(b'\\x01\\x01\\x06\\x00' + b'\\x00' * 232 + b'\\x63\\x82\\x53\\x63' + b'\\x00' * 3000, ('198.18.10.1', 67))
             """
         try h.run(["ip", "netns", "exec", c, "python3", "-c", send])
-        try h.waitUntil("malformed counter", timeout: 10) { try h.metric(namespace: s, "farrier_dhcp_packets_malformed_total") == 5 }
+        try h.waitUntil("malformed counter", timeout: 10) {
+            try h.metric(namespace: s, "farrier_dhcp_packets_malformed_total") == 5
+        }
         // The server is still serving.
-        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", "/bin/true"], timeout: 40, check: false)
+        let r = try h.run(
+            ["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", "/bin/true"],
+            timeout: 40,
+            check: false
+        )
         #expect(r.status == 0)
         #expect(h.read("farrier.log").contains("dropped malformed DHCP packet"))
         #expect(h.read("farrier.log").contains("dropped oversized DHCP packet"))
@@ -118,7 +150,11 @@ struct DHCPIntegrationTests {
         defer { h.cleanup() }
         let (s, _, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
         try h.startFarrier(namespace: s, flags: ["--dhcp-subnet", Self.subnet])
-        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "2", "-T", "1", "-i", cif, "-s", "/bin/true"], timeout: 20, check: false)
+        let r = try h.run(
+            ["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "2", "-T", "1", "-i", cif, "-s", "/bin/true"],
+            timeout: 20,
+            check: false
+        )
         #expect(r.status != 0)
         #expect(h.read("farrier.log").contains("DHCP is off: no interfaces are configured"))
         #expect(try h.metric(namespace: s, "farrier_dhcp_packets_received_total") == 0)
@@ -130,8 +166,13 @@ struct DHCPIntegrationTests {
         // Relayed: perfdhcp sets giaddr 198.19.0.2, so leases come from the 198.19 subnet.
         let (_, c, cif) = try relayedServer(h)
         let r = try h.run(
-            ["ip", "netns", "exec", c, "timeout", "30", "perfdhcp", "-4", "-l", cif, "-r", "100", "-R", "200", "-p", "4", "198.19.0.1"],
-            timeout: 40, check: false)
+            [
+                "ip", "netns", "exec", c, "timeout", "30", "perfdhcp", "-4", "-l", cif, "-r", "100", "-R", "200", "-p",
+                "4", "198.19.0.1",
+            ],
+            timeout: 40,
+            check: false
+        )
         let rows = try leaseRows(h)
         #expect(rows.count >= 50, "perfdhcp: \(r.stdout)")
         #expect(Set(rows.map(\.1)).count == rows.count, "an address was leased to two MACs")
@@ -152,23 +193,36 @@ struct DHCPIntegrationTests {
         // Vendor class "PXEClient:Arch:00000:UNDI:002001", client architecture 0 (BIOS).
         let pxe = Array("PXEClient:Arch:00000:UNDI:002001".utf8).map { String(format: "%02x", $0) }.joined()
         let r = try h.run(
-            ["ip", "netns", "exec", c, "timeout", "20", "perfdhcp", "-4", "-l", cif, "-r", "20", "-R", "40", "-n", "40",
-             "-o", "60,\(pxe)", "-o", "93,0000", "198.19.0.1"],
-            timeout: 30, check: false)
+            [
+                "ip", "netns", "exec", c, "timeout", "20", "perfdhcp", "-4", "-l", cif, "-r", "20", "-R", "40", "-n",
+                "40",
+                "-o", "60,\(pxe)", "-o", "93,0000", "198.19.0.1",
+            ],
+            timeout: 30,
+            check: false
+        )
         #expect(r.stdout.contains("sent packets: "), "perfdhcp: \(r.stdout) \(r.stderr)")
         func machines() throws -> [String] { try rows(h, "select mac,state from machine").map { "\($0.0) \($0.1)" } }
-        try h.waitUntil("refusals counted", timeout: 15) { try h.metric(namespace: s, "farrier_discovery_refused_total") >= 30 }
+        try h.waitUntil("refusals counted", timeout: 15) {
+            try h.metric(namespace: s, "farrier_discovery_refused_total") >= 30
+        }
         let found = try machines()
         #expect(found.count == 5 && found.allSatisfy { $0.hasSuffix(" discovered") }, "\(found)")
         #expect(h.read("farrier.log").contains("new machine not recorded: discovered machines are at their limit"))
         // A made-up MAC over HTTP: the generic wait loop, no name, no state, no row.
-        let script = try h.run(["ip", "netns", "exec", c, "curl", "-sf", "http://198.19.0.1:8080/boot/02-00-00-00-00-99.ipxe?platform=pcbios&buildarch=i386"]).stdout
+        let script = try h.run([
+            "ip", "netns", "exec", c, "curl", "-sf",
+            "http://198.19.0.1:8080/boot/02-00-00-00-00-99.ipxe?platform=pcbios&buildarch=i386",
+        ]).stdout
         #expect(script.contains("not known to Farrier") && !script.contains("m-0200"), "\(script)")
         #expect(try machines().count == 5)
         // A discovered MAC's script, asked for from an address that MAC was not leased (the
         // client namespace's own): the same wait loop as for an unknown MAC.
         let mac = try #require(found.first?.split(separator: " ").first).replacingOccurrences(of: ":", with: "-")
-        let known = try h.run(["ip", "netns", "exec", c, "curl", "-sf", "http://198.19.0.1:8080/boot/\(mac).ipxe?platform=pcbios&buildarch=i386"]).stdout
+        let known = try h.run([
+            "ip", "netns", "exec", c, "curl", "-sf",
+            "http://198.19.0.1:8080/boot/\(mac).ipxe?platform=pcbios&buildarch=i386",
+        ]).stdout
         #expect(known.contains("not known to Farrier") && !known.contains("discovered"), "\(known)")
     }
 
@@ -185,10 +239,15 @@ struct DHCPIntegrationTests {
         let pidFile = h.directory + "/dnsmasq.pid"
         h.trackPIDFile(pidFile)
         try h.run(
-            ["ip", "netns", "exec", s, "dnsmasq", "--port=0", "--interface=\(sif)", "--bind-interfaces",
-             "--no-resolv", "--no-ping", "--dhcp-authoritative", "--dhcp-range=198.18.10.100,198.18.10.199,255.255.255.0,10m",
-             "--dhcp-leasefile=\(h.directory)/dnsmasq.leases", "--pid-file=\(pidFile)", "--log-facility=\(h.directory)/dnsmasq.log", "--log-dhcp"],
-            timeout: 20)
+            [
+                "ip", "netns", "exec", s, "dnsmasq", "--port=0", "--interface=\(sif)", "--bind-interfaces",
+                "--no-resolv", "--no-ping", "--dhcp-authoritative",
+                "--dhcp-range=198.18.10.100,198.18.10.199,255.255.255.0,10m",
+                "--dhcp-leasefile=\(h.directory)/dnsmasq.leases", "--pid-file=\(pidFile)",
+                "--log-facility=\(h.directory)/dnsmasq.log", "--log-dhcp",
+            ],
+            timeout: 20
+        )
         let flags = ["--dhcp-mode", "proxy", "--dhcp-interface", sif]
         let server = try h.startFarrier(namespace: s, flags: flags)
         #expect(FileManager.default.fileExists(atPath: pidFile), "dnsmasq wrote no pid file")
@@ -198,8 +257,13 @@ struct DHCPIntegrationTests {
         try h.run(["ip", "-n", s, "addr", "add", "198.19.0.1/16", "dev", sif])
         let pxe = Array("PXEClient:Arch:00000:UNDI:002001".utf8).map { String(format: "%02x", $0) }.joined()
         _ = try h.run(
-            ["ip", "netns", "exec", c, "timeout", "10", "perfdhcp", "-4", "-l", cif, "-r", "1", "-R", "1", "-n", "1",
-             "-o", "60,\(pxe)", "-o", "93,0000", "198.19.0.1"], timeout: 20, check: false)
+            [
+                "ip", "netns", "exec", c, "timeout", "10", "perfdhcp", "-4", "-l", cif, "-r", "1", "-R", "1", "-n", "1",
+                "-o", "60,\(pxe)", "-o", "93,0000", "198.19.0.1",
+            ],
+            timeout: 20,
+            check: false
+        )
         var mac = ""
         try h.waitUntil("the PXE client discovered", timeout: 15) {
             mac = try rows(h, "select mac,state from machine").first?.0 ?? ""
@@ -208,17 +272,27 @@ struct DHCPIntegrationTests {
         try h.run(["ip", "-n", c, "addr", "flush", "dev", cif])
         try h.run(["ip", "-n", c, "link", "set", cif, "address", mac])
         let script = h.directory + "/udhcpc.sh"
-        try "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\" && echo \"BOUND ip=$ip\"\nexit 0\n"
+        try
+            "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\" && echo \"BOUND ip=$ip\"\nexit 0\n"
             .write(toFile: script, atomically: true, encoding: .utf8)
         try h.run(["chmod", "+x", script])
-        let r = try h.run(["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", script], timeout: 40, check: false)
-        let leased = try #require(r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("BOUND ip=") })?.dropFirst(9).description,
-                                  "udhcpc: \(r.stdout) \(r.stderr)")
+        let r = try h.run(
+            ["ip", "netns", "exec", c, "udhcpc", "-f", "-q", "-n", "-t", "5", "-i", cif, "-s", script],
+            timeout: 40,
+            check: false
+        )
+        let leased = try #require(
+            r.stdout.split(separator: "\n").first(where: { $0.hasPrefix("BOUND ip=") })?.dropFirst(9).description,
+            "udhcpc: \(r.stdout) \(r.stderr)"
+        )
         #expect(leased.hasPrefix("198.18.10.1") && leased != "198.18.10.1", "dnsmasq's pool: \(leased)")
-        let url = "http://198.18.10.1:8080/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=i386"
+        let url =
+            "http://198.18.10.1:8080/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=i386"
         func bootScript() throws -> String { try h.run(["ip", "netns", "exec", c, "curl", "-sf", url]).stdout }
         // Written to seen_address, never to the lease table: a client's claim is not a lease.
-        try h.waitUntil("the address seen", timeout: 10) { try rows(h, "select mac,address from seen_address").contains { $0 == (mac, leased) } }
+        try h.waitUntil("the address seen", timeout: 10) {
+            try rows(h, "select mac,address from seen_address").contains { $0 == (mac, leased) }
+        }
         #expect(try leaseRows(h).isEmpty)
         #expect(try bootScript().contains("discovered"), "from the address dnsmasq leased to \(mac)")
         // kill -9, restart, no DHCP in between: the binding is still there.

@@ -20,7 +20,8 @@ struct HostileTenant {
     init(_ h: Harness, bin: String) throws {
         self.h = h
         self.bin = bin
-        let ns = Self.namespace, lab = "farrier-lab"
+        let ns = Self.namespace
+        let lab = "farrier-lab"
         _ = try? h.run(["ip", "netns", "del", ns], check: false)
         try h.run(["ip", "netns", "add", ns])
         try h.run(["ip", "link", "add", "fh-lab", "type", "veth", "peer", "name", "fh-tenant"])
@@ -59,11 +60,19 @@ struct HostileTenant {
         let m = (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any]) ?? [:]
         let timeline = (m["timeline"] as? [[String: Any]]) ?? []
         let events = try h.run(
-            ["timeout", "3", bin, "machine", "watch", name, "--after", "0"], timeout: 20, check: false
+            ["timeout", "3", bin, "machine", "watch", name, "--after", "0"],
+            timeout: 20,
+            check: false
         ).stdout.split(separator: "\n").count
-        let machines = (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "machine", "list", "-o", "json"]).stdout.utf8))
+        let machines =
+            (try JSONSerialization.jsonObject(
+                with: Data(try h.run([bin, "machine", "list", "-o", "json"]).stdout.utf8)
+            )
             as? [[String: Any]])?.count ?? -1
-        let progress = (m["progress"] as? [String: Any]).flatMap { try? JSONSerialization.data(withJSONObject: $0, options: .sortedKeys) }
+        let progress =
+            (m["progress"] as? [String: Any]).flatMap {
+                try? JSONSerialization.data(withJSONObject: $0, options: .sortedKeys)
+            }
             .map { String(decoding: $0, as: UTF8.self) } ?? "-"
         return "state=\(m["state"] ?? "") phase=\(m["phase"] ?? "") reason=\(m["reason"] ?? "") progress=\(progress) "
             + "timeline=\(timeline.count) last=\(timeline.last.map { "\($0["event"] ?? "")@\($0["time"] ?? "")" } ?? "-") "
@@ -74,7 +83,8 @@ struct HostileTenant {
     /// victim's (the id too, as if it had leaked), `image` an image's SHA-256.
     func attack(victim name: String, mac: String, id: String, generation: Int, image: String, phase: String) throws {
         let dashed = mac.replacingOccurrences(of: ":", with: "-")
-        let http = "http://\(Self.server):8080", agent = "https://\(Self.server):8443"
+        let http = "http://\(Self.server):8080"
+        let agent = "https://\(Self.server):8443"
         let forged = "\(id).\(generation).\(Int.random(in: 0..<4)).\(String(repeating: "A", count: 43))"
         let before = try snapshot(name)
         func unchanged(_ what: String) throws {
@@ -86,36 +96,52 @@ struct HostileTenant {
         let (s1, script) = try curl(["\(http)/boot/\(dashed).ipxe?platform=pcbios&buildarch=x86_64"])
         #expect(s1 == 200 && script.contains("not known to Farrier"), "\(phase): \(s1) \(script)")
         for secret in [name, "farrier.", "token", "deploying", "releasing", "rescue", "kernel"] {
-            #expect(!script.contains(secret), "\(phase): the victim's script shows '\(secret)' to the tenant: \(script)")
+            #expect(
+                !script.contains(secret),
+                "\(phase): the victim's script shows '\(secret)' to the tenant: \(script)"
+            )
         }
         try unchanged("fetching the victim's boot script")
         // A random MAC's script creates no machine.
-        let random = (0..<6).map { i in String(format: "%02x", Int.random(in: 0..<256) & (i == 0 ? 0xfe : 0xff)) }.joined(separator: "-")
+        let random = (0..<6).map { i in String(format: "%02x", Int.random(in: 0..<256) & (i == 0 ? 0xfe : 0xff)) }
+            .joined(separator: "-")
         _ = try curl(["\(http)/boot/\(random).ipxe?platform=efi&buildarch=x86_64"])
         try unchanged("a random MAC's boot script")
 
         // The agent channel: hello for the victim from the tenant's address; progress and a
         // successful `done` with a forged token (the victim's id and generation, a made-up MAC).
-        let (s2, b2) = try curl(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
-            #"{"agentVersion":"x","nonce":"0123456789abcdef0123456789abcdef"}"#, "\(agent)/agent/v1/hello"])
+        let (s2, b2) = try curl([
+            "-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
+            #"{"agentVersion":"x","nonce":"0123456789abcdef0123456789abcdef"}"#, "\(agent)/agent/v1/hello",
+        ])
         #expect(s2 == 403, "\(phase): hello from the tenant: \(s2) \(b2)")
         try unchanged("hello from the tenant")
         for (path, body) in [
             ("progress", #"{"stage":"wipe","bytesDone":1,"bytesTotal":1}"#), ("done", #"{"ok":true}"#),
         ] {
-            let (s, b) = try curl(["-X", "POST", "-H", "Content-Type: application/json", "-H", "Authorization: Bearer \(forged)",
-                "--data-binary", body, "\(agent)/agent/v1/\(path)"])
+            let (s, b) = try curl([
+                "-X", "POST", "-H", "Content-Type: application/json", "-H", "Authorization: Bearer \(forged)",
+                "--data-binary", body, "\(agent)/agent/v1/\(path)",
+            ])
             #expect(s == 403, "\(phase): \(path) with a forged token: \(s) \(b)")
             try unchanged("\(path) with a forged token")
-            let (plain, _) = try curl(["-X", "POST", "-H", "Authorization: Bearer \(forged)", "--data-binary", body, "\(http)/agent/v1/\(path)"])
+            let (plain, _) = try curl([
+                "-X", "POST", "-H", "Authorization: Bearer \(forged)", "--data-binary", body,
+                "\(http)/agent/v1/\(path)",
+            ])
             #expect(plain == 404, "\(phase): the agent API answers on plain HTTP: \(plain)")
         }
         // Image bytes: without a token (however the path is spelled), with a forged one; and
         // never on plain HTTP.
         #expect(try curl(["-o", "/dev/null", "\(agent)/images/\(image)"]).0 == 401, "\(phase): image without a token")
-        #expect(try curl(["-o", "/dev/null", "--path-as-is", "\(agent)/%69mages/\(image)"]).0 == 401, "\(phase): image by another spelling")
-        #expect(try curl(["-o", "/dev/null", "-H", "Authorization: Bearer \(forged)", "\(agent)/images/\(image)"]).0 == 403,
-                "\(phase): image with a forged token")
+        #expect(
+            try curl(["-o", "/dev/null", "--path-as-is", "\(agent)/%69mages/\(image)"]).0 == 401,
+            "\(phase): image by another spelling"
+        )
+        #expect(
+            try curl(["-o", "/dev/null", "-H", "Authorization: Bearer \(forged)", "\(agent)/images/\(image)"]).0 == 403,
+            "\(phase): image with a forged token"
+        )
         #expect(try curl(["-o", "/dev/null", "\(http)/images/\(image)"]).0 == 404, "\(phase): image over plain HTTP")
         // No metadata service to ask.
         #expect(try curl(["\(http)/metadata/\(id).x/meta-data"]).0 == 404)
@@ -125,7 +151,10 @@ struct HostileTenant {
         // The API (listening on the lab's network) with made-up tokens. (Without one, the CLI
         // would read the lab's admin token file on this host, which the tenant has not got.)
         for token in ["fa_0123456789abcdef0123456789abcdef", "garbage"] {
-            let r = try inNS([bin, "machine", "show", name, "--server", "\(Self.server):7700", "--token", token], timeout: 30)
+            let r = try inNS(
+                [bin, "machine", "show", name, "--server", "\(Self.server):7700", "--token", token],
+                timeout: 30
+            )
             #expect(r.status != 0 && !r.stdout.contains(mac), "\(phase): the API answered the tenant: \(r.stdout)")
         }
         try unchanged("API calls")
@@ -139,7 +168,10 @@ struct HostileTenant {
             print(data[:2].hex(), data[2:].replace(b"\\x00", b" ").decode(errors="replace"))
             """
         let tftp = try inNS(["python3", "-c", probe, Self.server]).stdout
-        #expect(!tftp.isEmpty && !(tftp.hasPrefix("0006") && tftp.contains("timeout 255")), "\(phase): TFTP granted 255 s: \(tftp)")
+        #expect(
+            !tftp.isEmpty && !(tftp.hasPrefix("0006") && tftp.contains("timeout 255")),
+            "\(phase): TFTP granted 255 s: \(tftp)"
+        )
         try unchanged("a TFTP request with a long timeout")
     }
 }

@@ -16,7 +16,9 @@ import Testing
     .enabled(
         if: Harness.canRun
             && ProcessInfo.processInfo.environment["FARRIER_SKIP_LAB_DEPLOY"] == nil,
-        "needs root, the peers from install-deps.sh, and a clean lab (Harness.requireNoLab)"))
+        "needs root, the peers from install-deps.sh, and a clean lab (Harness.requireNoLab)"
+    )
+)
 struct LabDeployTests {
     @Test func createLoginRestartDebugDestroy() throws {
         try Harness.requireNoLab()
@@ -48,7 +50,10 @@ struct LabDeployTests {
 
         // 1. Both machines are discovered, commissioned and ready with their inventory.
         try phase("lab up (image built or cached)") {
-            try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--disk-bus", "mixed"], timeout: 3600)
+            try h.run(
+                [bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--disk-bus", "mixed"],
+                timeout: 3600
+            )
         }
         try phase("commissioned") {
             try h.waitUntil("both machines ready", timeout: 300, interval: 2) {
@@ -58,8 +63,13 @@ struct LabDeployTests {
         for name in ["lab-1", "lab-2"] {
             let inv = try #require(try machine(name)["inventory"] as? [String: Any], "\(name) has no inventory")
             // lab-1's disk is virtio, lab-2's NVMe.
-            #expect((inv["disks"] as? [[String: Any]])?.first?["name"] as? String == (name == "lab-1" ? "vda" : "nvme0n1"))
-            #expect((inv["nics"] as? [[String: Any]])?.first?["mac"] as? String == (name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"))
+            #expect(
+                (inv["disks"] as? [[String: Any]])?.first?["name"] as? String == (name == "lab-1" ? "vda" : "nvme0n1")
+            )
+            #expect(
+                (inv["nics"] as? [[String: Any]])?.first?["mac"] as? String
+                    == (name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02")
+            )
         }
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         let key = h.directory + "/id"
@@ -70,14 +80,20 @@ struct LabDeployTests {
                 // Lossy: firmware writes bytes that are not UTF-8 to the serial log.
                 let data = FileManager.default.contents(atPath: "/var/lib/farrier-lab/\(name)/\(file)") ?? Data()
                 let text = String(decoding: data, as: UTF8.self)
-                return "--- \(file)\n" + text.split(separator: "\n", omittingEmptySubsequences: false).suffix(25).joined(separator: "\n")
+                return "--- \(file)\n"
+                    + text.split(separator: "\n", omittingEmptySubsequences: false).suffix(25).joined(separator: "\n")
             }.joined(separator: "\n")
         }
         func ssh(_ name: String, _ command: String, timeout: Double) throws -> String {
-            var out = "", err = ""
+            var out = ""
+            var err = ""
             do {
                 try h.waitUntil("ssh \(name) \(command)", timeout: timeout, interval: 3) {
-                    let r = try h.run([bin, "machine", "ssh", name, "-i", key, "--", command], timeout: 30, check: false)
+                    let r = try h.run(
+                        [bin, "machine", "ssh", name, "-i", key, "--", command],
+                        timeout: 30,
+                        check: false
+                    )
                     (out, err) = (r.stdout, r.stderr)
                     return r.status == 0
                 }
@@ -92,14 +108,18 @@ struct LabDeployTests {
         let tenant = try HostileTenant(h, bin: bin)
         defer { tenant.remove() }
         let imageSHA = try #require(
-            (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "image", "show", "debian-12", "-o", "json"]).stdout.utf8))
-                as? [String: Any])?["sha256"] as? String)
+            (try JSONSerialization.jsonObject(
+                with: Data(try h.run([bin, "image", "show", "debian-12", "-o", "json"]).stdout.utf8)
+            )
+                as? [String: Any])?["sha256"] as? String
+        )
         /// lab-1's id and step generation, as if they had leaked (read from the lab's database).
         func leaked(_ name: String) throws -> (id: String, generation: Int) {
             let out = try h.run([
                 "python3", "-c",
                 "import sqlite3,sys; c=sqlite3.connect('file:/var/lib/farrier-lab/data/farrier.sqlite?mode=ro', uri=True); "
-                    + "print(*c.execute('select id, generation from machine where name=?', (sys.argv[1],)).fetchone())", name,
+                    + "print(*c.execute('select id, generation from machine where name=?', (sys.argv[1],)).fetchone())",
+                name,
             ]).stdout.split(separator: " ")
             return (String(out[0]), Int(out[1].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0)
         }
@@ -110,13 +130,27 @@ struct LabDeployTests {
             let disk = try LabVM.diskDigest(h, name)
             let (id, generation) = try leaked(name)
             try phase("\(name) hostile tenant while \(during)") {
-                try tenant.attack(victim: name, mac: mac, id: id, generation: generation, image: imageSHA, phase: during)
+                try tenant.attack(
+                    victim: name,
+                    mac: mac,
+                    id: id,
+                    generation: generation,
+                    image: imageSHA,
+                    phase: during
+                )
             }
             #expect(try LabVM.diskDigest(h, name) == disk, "\(during): lab-1's disk changed during the attacks")
         }
         /// Runs a `--wait` command in the background; while it runs and `name` is at `atState`
         /// (a step's agent at work), the tenant attacks. Returns the command's output.
-        func underAttack(_ name: String, mac: String, during: String, atState: String, _ args: [String], timeout: Double) throws -> (Int32, String) {
+        func underAttack(
+            _ name: String,
+            mac: String,
+            during: String,
+            atState: String,
+            _ args: [String],
+            timeout: Double
+        ) throws -> (Int32, String) {
             let log = "\(name)-\(during).log"
             let p = try h.start(args, log: log)
             try h.waitUntil("\(name) to be \(atState) with its agent at work", timeout: timeout, interval: 1) {
@@ -124,8 +158,16 @@ struct LabDeployTests {
                 let m = try machine(name)
                 return try state(name) == atState && ((m["progress"] as? [String: Any])?["bytesDone"] as? Int ?? 0) > 0
             }
-            if p.isRunning { try hostile(name, mac: mac, during: during) } else { Issue.record("\(during): the step ended before the tenant could attack") }
-            try h.waitUntil("\(args.dropFirst().prefix(2).joined(separator: " ")) to finish", timeout: timeout, interval: 1) { !p.isRunning }
+            if p.isRunning {
+                try hostile(name, mac: mac, during: during)
+            } else {
+                Issue.record("\(during): the step ended before the tenant could attack")
+            }
+            try h.waitUntil(
+                "\(args.dropFirst().prefix(2).joined(separator: " ")) to finish",
+                timeout: timeout,
+                interval: 1
+            ) { !p.isRunning }
             return (p.terminationStatus, h.read(log))
         }
 
@@ -134,10 +176,20 @@ struct LabDeployTests {
         for (name, firmware) in [("lab-1", "bios"), ("lab-2", "uefi")] {
             let mac = name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"
             // 2. Deploy with --wait: progress, then deployed. lab-1 deploys under attack.
-            let deployArgs = [bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait", "--timeout", "1200"]
+            let deployArgs = [
+                bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait",
+                "--timeout", "1200",
+            ]
             let (deployStatus, deployOut) = try phase("\(firmware) deploy --wait") {
                 if name == "lab-1" {
-                    return try underAttack(name, mac: mac, during: "deploying", atState: "deploying/agent", deployArgs, timeout: 1300)
+                    return try underAttack(
+                        name,
+                        mac: mac,
+                        during: "deploying",
+                        atState: "deploying/agent",
+                        deployArgs,
+                        timeout: 1300
+                    )
                 }
                 let r = try h.run(deployArgs, timeout: 1300, check: false)
                 return (r.status, r.stdout + r.stderr)
@@ -154,11 +206,17 @@ struct LabDeployTests {
             for hard in [true, false] {
                 try phase("\(firmware) restart\(hard ? " --hard" : "")") {
                     let restarted = Date()
-                    let r = try h.run([bin, "machine", "restart", name, "--wait"] + (hard ? ["--hard"] : []), timeout: 300)
+                    let r = try h.run(
+                        [bin, "machine", "restart", name, "--wait"] + (hard ? ["--hard"] : []),
+                        timeout: 300
+                    )
                     #expect(!r.stderr.contains("did not shut down"), "the OS ignored the BMC's soft off: \(r.stderr)")
                     let up = try ssh(name, "cut -d' ' -f1 /proc/uptime", timeout: 600)
                     let since = Date().timeIntervalSince(restarted)
-                    #expect((Double(up.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .infinity) < since, "\(name) did not reboot: up \(up) s, restarted \(since) s ago")
+                    #expect(
+                        (Double(up.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .infinity) < since,
+                        "\(name) did not reboot: up \(up) s, restarted \(since) s ago"
+                    )
                 }
             }
             // 5. Rescue: the ramdisk's SSH sees the disk.
@@ -166,7 +224,10 @@ struct LabDeployTests {
                 try h.run([bin, "machine", "rescue", name, "--wait", "--timeout", "600"], timeout: 700)
                 let dev = name == "lab-1" ? "vda" : "nvme0n1"
                 let size = try ssh(name, "cat /sys/block/\(dev)/size", timeout: 300)
-                #expect(Int(size.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0, "rescue does not see \(dev): \(size)")
+                #expect(
+                    Int(size.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 > 0,
+                    "rescue does not see \(dev): \(size)"
+                )
             }
             if name == "lab-1" {
                 try hostile(name, mac: mac, during: "rescue")
@@ -177,27 +238,45 @@ struct LabDeployTests {
                 // the same blocks must read back as zeroes after it.
                 let size: Int64 = 8 << 30
                 try phase("\(name) pattern over the whole disk from rescue") {
-                    let wrote = try h.run([bin, "machine", "ssh", name, "-i", key, "--", """
-                        dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\\000' '\\252' > /tmp/p4 && \
-                        { while cat /tmp/p4; do :; done | dd of=/dev/vda bs=4M iflag=fullblock oflag=direct 2>&1 | tail -n 3; }; \
-                        sync; cat /sys/block/vda/size
-                        """], timeout: 1500, check: false)
+                    let wrote = try h.run(
+                        [
+                            bin, "machine", "ssh", name, "-i", key, "--",
+                            """
+                            dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\\000' '\\252' > /tmp/p4 && \
+                            { while cat /tmp/p4; do :; done | dd of=/dev/vda bs=4M iflag=fullblock oflag=direct 2>&1 | tail -n 3; }; \
+                            sync; cat /sys/block/vda/size
+                            """,
+                        ],
+                        timeout: 1500,
+                        check: false
+                    )
                     // dd stops at the end of the device (No space left on device) after the last
                     // block; busybox's dd reports records ("2048+0 records out"), and a bytes line
                     // only when built with it.
-                    #expect(wrote.stdout.contains("\(size >> 22)+0 records out") && wrote.stdout.hasSuffix("\(size / 512)\n"),
-                            "the pattern over lab-1's disk: \(wrote.stdout.suffix(300)) \(wrote.stderr.suffix(300))")
+                    #expect(
+                        wrote.stdout.contains("\(size >> 22)+0 records out")
+                            && wrote.stdout.hasSuffix("\(size / 512)\n"),
+                        "the pattern over lab-1's disk: \(wrote.stdout.suffix(300)) \(wrote.stderr.suffix(300))"
+                    )
                 }
                 let pieces = [0, size - (1 << 20)] + (0..<1024).map { _ in Int64.random(in: 0..<size / 4096) * 4096 }
                 let disk = "/var/lib/farrier-lab/\(name)/disk.qcow2"
                 let reads = pieces.enumerated().flatMap { ["-c", "read -P 0xaa \($1) \($0 < 2 ? "1M" : "4k")"] }
                 // Read with the VM paused: QMP stop drains and flushes QEMU's writes and caches.
                 try LabVM.qmp(h, name, "stop")
-                let seen = try h.run(["qemu-io", "-U", "-r", "-f", "qcow2"] + reads + [disk], timeout: 300, check: false).stdout
+                let seen = try h.run(
+                    ["qemu-io", "-U", "-r", "-f", "qcow2"] + reads + [disk],
+                    timeout: 300,
+                    check: false
+                ).stdout
                 try LabVM.qmp(h, name, "cont")
-                let read = seen.components(separatedBy: "read 1048576/1048576 bytes").count - 1 + seen.components(separatedBy: "read 4096/4096 bytes").count - 1
-                #expect(read == pieces.count && !seen.contains("Pattern verification failed"),
-                        "the pattern is not on lab-1's disk (\(read) of \(pieces.count) reads held it): \(seen.components(separatedBy: "\n").filter { $0.contains("fail") || $0.contains("offset") }.suffix(6))")
+                let read =
+                    seen.components(separatedBy: "read 1048576/1048576 bytes").count - 1
+                    + seen.components(separatedBy: "read 4096/4096 bytes").count - 1
+                #expect(
+                    read == pieces.count && !seen.contains("Pattern verification failed"),
+                    "the pattern is not on lab-1's disk (\(read) of \(pieces.count) reads held it): \(seen.components(separatedBy: "\n").filter { $0.contains("fail") || $0.contains("offset") }.suffix(6))"
+                )
                 patterned = pieces
             }
             // 6. Exit rescue: deployed again.
@@ -209,7 +288,14 @@ struct LabDeployTests {
             try phase("\(firmware) release --wait") {
                 let args = [bin, "machine", "release", name, "--wait", "--timeout", "600"]
                 if name == "lab-1" {
-                    let (status, out) = try underAttack(name, mac: mac, during: "releasing", atState: "releasing/agent", args, timeout: 700)
+                    let (status, out) = try underAttack(
+                        name,
+                        mac: mac,
+                        during: "releasing",
+                        atState: "releasing/agent",
+                        args,
+                        timeout: 700
+                    )
                     #expect(status == 0, "\(out)")
                 } else {
                     try h.run(args, timeout: 700)
@@ -218,34 +304,62 @@ struct LabDeployTests {
             #expect(try state(name) == "ready")
             if name == "lab-2" {
                 // The NVMe disk was erased by the device itself (Format NVM with a secure erase) first.
-                let serial = String(decoding: FileManager.default.contents(atPath: "/var/lib/farrier-lab/lab-2/serial.log") ?? Data(), as: UTF8.self)
-                #expect(serial.contains("by NVMe Format NVM"), "lab-2's wipe: \(serial.split(separator: "\n").filter { $0.contains("erased") })")
+                let serial = String(
+                    decoding: FileManager.default.contents(atPath: "/var/lib/farrier-lab/lab-2/serial.log") ?? Data(),
+                    as: UTF8.self
+                )
+                #expect(
+                    serial.contains("by NVMe Format NVM"),
+                    "lab-2's wipe: \(serial.split(separator: "\n").filter { $0.contains("erased") })"
+                )
             }
             let disk = "/var/lib/farrier-lab/\(name)/disk.qcow2"
             let first = h.directory + "/\(name)-first-mib.raw"
-            try h.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1", "if=\(disk)", "of=\(first)"], timeout: 60)
+            try h.run(
+                ["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1", "if=\(disk)", "of=\(first)"],
+                timeout: 60
+            )
             let bytes = try Data(contentsOf: URL(fileURLWithPath: first))
             #expect(bytes.count == 1 << 20 && bytes.allSatisfy { $0 == 0 }, "\(name): first MiB not zero after release")
             // The whole disk was erased (the default full wipe): 1024 random 4 KiB blocks of
             // the disk file, a quarter of them inside the 2 GiB the image was written to, read
             // back by qemu-io against a pattern of zeroes.
-            let size = Int64(try h.run(["qemu-img", "info", "-U", "--output=json", disk]).stdout
-                .split(separator: "\"virtual-size\": ").dropFirst().first?.prefix { $0.isNumber } ?? "0") ?? 0
+            let size =
+                Int64(
+                    try h.run(["qemu-img", "info", "-U", "--output=json", disk]).stdout
+                        .split(separator: "\"virtual-size\": ").dropFirst().first?.prefix { $0.isNumber } ?? "0"
+                ) ?? 0
             try #require(size >= 2 << 30, "\(name): disk size \(size)")
-            let offsets = (0..<256).map { _ in Int64.random(in: 0..<(2 << 30) / 4096) * 4096 }
+            let offsets =
+                (0..<256).map { _ in Int64.random(in: 0..<(2 << 30) / 4096) * 4096 }
                 + (0..<768).map { _ in Int64.random(in: 0..<size / 4096) * 4096 }
             let reads = offsets.flatMap { ["-c", "read -P 0 \($0) 4k"] }
-            let checked = try h.run(["qemu-io", "-U", "-r", "-f", "qcow2"] + reads + [disk], timeout: 120, check: false)
+            let checked = try h.run(
+                ["qemu-io", "-U", "-r", "-f", "qcow2"] + reads + [disk],
+                timeout: 120,
+                check: false
+            )
             let ok = checked.stdout.components(separatedBy: "read 4096/4096 bytes").count - 1
-            #expect(ok == 1024 && !checked.stdout.contains("Pattern verification failed"),
-                    "\(name): \(ok) of 1024 random blocks read back as zeroes: \(checked.stdout.prefix(600)) \(checked.stderr.prefix(300))")
+            #expect(
+                ok == 1024 && !checked.stdout.contains("Pattern verification failed"),
+                "\(name): \(ok) of 1024 random blocks read back as zeroes: \(checked.stdout.prefix(600)) \(checked.stderr.prefix(300))"
+            )
             if name == "lab-1" {
                 // Every block the tenant's pattern was checked in before the release reads back as zeroes.
                 let pieces = patterned.enumerated().flatMap { ["-c", "read -P 0 \($1) \($0 < 2 ? "1M" : "4k")"] }
-                let erased = try h.run(["qemu-io", "-U", "-r", "-f", "qcow2"] + pieces + [disk], timeout: 300, check: false).stdout
-                let zeroed = erased.components(separatedBy: "read 1048576/1048576 bytes").count - 1 + erased.components(separatedBy: "read 4096/4096 bytes").count - 1
-                #expect(!patterned.isEmpty && zeroed == patterned.count
-                        && !erased.contains("Pattern verification failed"), "lab-1: the tenant's pattern survived the release (\(zeroed) of \(patterned.count) zero): \(erased.prefix(400))")
+                let erased = try h.run(
+                    ["qemu-io", "-U", "-r", "-f", "qcow2"] + pieces + [disk],
+                    timeout: 300,
+                    check: false
+                ).stdout
+                let zeroed =
+                    erased.components(separatedBy: "read 1048576/1048576 bytes").count - 1
+                    + erased.components(separatedBy: "read 4096/4096 bytes").count - 1
+                #expect(
+                    !patterned.isEmpty && zeroed == patterned.count
+                        && !erased.contains("Pattern verification failed"),
+                    "lab-1: the tenant's pattern survived the release (\(zeroed) of \(patterned.count) zero): \(erased.prefix(400))"
+                )
             }
         }
         print("lab-deploy phases: " + phases.map { "\($0.0)=\(String(format: "%.1f", $0.1))s" }.joined(separator: " "))

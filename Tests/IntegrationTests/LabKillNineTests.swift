@@ -12,7 +12,9 @@ import Testing
     .enabled(
         if: Harness.canRun
             && ProcessInfo.processInfo.environment["FARRIER_SKIP_LAB_DEPLOY"] == nil,
-        "needs root, the peers from install-deps.sh, and a clean lab (Harness.requireNoLab)"))
+        "needs root, the peers from install-deps.sh, and a clean lab (Harness.requireNoLab)"
+    )
+)
 struct LabKillNineTests {
     static let points = [
         "controller.after-commit.deploying", "reconciler.boot.before-action", "reconciler.boot.after-action",
@@ -34,11 +36,14 @@ struct LabKillNineTests {
             let out = try h.run([bin, "machine", "show", "lab-1", "-o", "json"], timeout: 30).stdout
             return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]) ?? [:]
         }
-        try h.waitUntil("lab-1 commissioned", timeout: 300, interval: 2) { try machine()["state"] as? String == "ready" }
+        try h.waitUntil("lab-1 commissioned", timeout: 300, interval: 2) {
+            try machine()["state"] as? String == "ready"
+        }
         print("lab-kill: lab up and commissioned in \(Int(Date().timeIntervalSince(started))) s")
 
         // A small image, uploaded as qcow2: the server converts it to raw once, at upload.
-        let raw = h.directory + "/tiny.raw", qcow2 = h.directory + "/tiny.qcow2"
+        let raw = h.directory + "/tiny.raw"
+        let qcow2 = h.directory + "/tiny.qcow2"
         try h.run(["dd", "if=/dev/urandom", "of=\(raw)", "bs=1M", "count=8", "status=none"])
         // With a partition table, as real images have (the config drive is added to it).
         try h.run(["bash", "-c", "printf 'label: gpt\\nstart=2048, type=L\\n' | sfdisk -q '\(raw)'"])
@@ -49,7 +54,10 @@ struct LabKillNineTests {
         #expect(shown.contains(String(rawSHA)), "the stored image is not the converted raw: \(shown)")
 
         func serverPID() throws -> Int32 {
-            let state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "/run/farrier-lab/state.json"))) as? [String: Any]
+            let state =
+                try JSONSerialization.jsonObject(
+                    with: Data(contentsOf: URL(fileURLWithPath: "/run/farrier-lab/state.json"))
+                ) as? [String: Any]
             return try #require(state?["serverPID"] as? Int32 ?? (state?["serverPID"] as? Int).map(Int32.init))
         }
         func dead(_ pid: Int32) -> Bool {
@@ -67,7 +75,11 @@ struct LabKillNineTests {
         try restart(armed: Self.points[0])
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         // The server dies right after committing the deploy: the CLI may or may not see its answer.
-        _ = try h.run([bin, "machine", "deploy", "lab-1", "--image", "tiny", "--ssh-key", h.directory + "/id.pub"], timeout: 60, check: false)
+        _ = try h.run(
+            [bin, "machine", "deploy", "lab-1", "--image", "tiny", "--ssh-key", h.directory + "/id.pub"],
+            timeout: 60,
+            check: false
+        )
         for (i, point) in Self.points.enumerated() {
             let pid = try serverPID()
             let t = Date()
@@ -80,19 +92,29 @@ struct LabKillNineTests {
         try h.waitUntil("lab-1 deployed", timeout: 120, interval: 1) { try machine()["state"] as? String == "deployed" }
 
         // Entered once, never failed; the next boot is the disk, in the script and at the BMC.
-        let events = try h.run(["timeout", "5", bin, "machine", "watch", "lab-1", "--after", "1"], timeout: 30, check: false).stdout
+        let events = try h.run(
+            ["timeout", "5", bin, "machine", "watch", "lab-1", "--after", "1"],
+            timeout: 30,
+            check: false
+        ).stdout
         let entered = events.split(separator: "\n").filter { $0.contains("deploying/queued  transition:") }.count
         #expect(entered == 1, "deploy entered \(entered) times:\n\(events)")
         #expect(!events.contains("failed"), "a step failed:\n\(events)")
         #expect(try machine()["nextBoot"] as? String == "disk")
         let vm = try #require(
-            (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any])?["vms"]
+            (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8))
+                as? [String: Any])?["vms"]
                 as? [[String: Any]]
         ).first
         let bmc = (vm?["bmcAddress"] as? String ?? "").split(separator: ":").map(String.init)
         let boot = try h.run(
-            ["ipmitool", "-I", "lanplus", "-C", "3", "-H", bmc[0], "-p", bmc[1], "-U", "admin", "-f", "/var/lib/farrier-lab/bmc-password",
-             "chassis", "bootparam", "get", "5"], timeout: 30).stdout
+            [
+                "ipmitool", "-I", "lanplus", "-C", "3", "-H", bmc[0], "-p", bmc[1], "-U", "admin", "-f",
+                "/var/lib/farrier-lab/bmc-password",
+                "chassis", "bootparam", "get", "5",
+            ],
+            timeout: 30
+        ).stdout
         #expect(boot.contains("Hard-Drive") || boot.contains("Disk"), "BMC boot device: \(boot)")
 
         // The image's bytes are on the disk (read from the host with the VM off).
@@ -102,8 +124,12 @@ struct LabKillNineTests {
         }
         let onDisk = h.directory + "/on-disk.raw"
         try h.run(
-            ["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=8", "if=/var/lib/farrier-lab/lab-1/disk.qcow2", "of=\(onDisk)"],
-            timeout: 60)
+            [
+                "qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=8",
+                "if=/var/lib/farrier-lab/lab-1/disk.qcow2", "of=\(onDisk)",
+            ],
+            timeout: 60
+        )
         // The image's partition (its GPT now also lists the config drive at the disk's end).
         func partition(_ file: String) throws -> Substring {
             try h.run(["bash", "-c", "tail -c +1048577 '\(file)' | head -c 6291456 | sha256sum"]).stdout.prefix(64)

@@ -8,8 +8,11 @@ import Testing
 /// VM with its BMC before it boots); `lab down` leaves nothing.
 @Suite(
     .serialized,
-    .enabled(if: Harness.canRun,
-             "needs root, the peers from .ci/setup, and a clean lab (Harness.requireNoLab)"))
+    .enabled(
+        if: Harness.canRun,
+        "needs root, the peers from .ci/setup, and a clean lab (Harness.requireNoLab)"
+    )
+)
 struct LabTests {
     @Test(arguments: ["full", "proxy"])
     func biosAndUEFIMachinesAreDiscovered(_ mode: String) throws {
@@ -21,8 +24,16 @@ struct LabTests {
             h.cleanup()
         }
         let started = Date()
-        try h.run([bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--dhcp-mode", mode, "--no-power-on", "--no-commission", "--no-image"], timeout: 180)
-        let status = try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any]
+        try h.run(
+            [
+                bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--dhcp-mode", mode, "--no-power-on",
+                "--no-commission", "--no-image",
+            ],
+            timeout: 180
+        )
+        let status =
+            try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8))
+            as? [String: Any]
         let vms = try #require(status?["vms"] as? [[String: Any]])
         try #require(vms.count == 2)
         #expect(vms.map { $0["firmware"] as? String } == ["bios", "uefi"])
@@ -32,17 +43,29 @@ struct LabTests {
         #expect(routes.contains("blackhole 198.18.0.0/15"))
         let password = "/var/lib/farrier-lab/bmc-password"
         // lab up enrolled both VMs with their BMCs, through the CLI and the API.
-        let enrolled = (try JSONSerialization.jsonObject(with: Data(try h.run([bin, "machine", "list", "-o", "json"]).stdout.utf8)) as? [[String: Any]]) ?? []
+        let enrolled =
+            (try JSONSerialization.jsonObject(
+                with: Data(try h.run([bin, "machine", "list", "-o", "json"]).stdout.utf8)
+            ) as? [[String: Any]]) ?? []
         #expect(enrolled.map { $0["name"] as? String } == ["lab-1", "lab-2"])
         #expect(enrolled.allSatisfy { $0["state"] as? String == "enrolled" })
         #expect(enrolled.allSatisfy { ($0["bmc"] as? String)?.hasPrefix("ipmi://admin@198.18.0.") == true })
-        #expect(!(try h.run([bin, "machine", "list", "-o", "json"]).stdout.contains(try String(contentsOfFile: password, encoding: .utf8))))
+        #expect(
+            !(try h.run([bin, "machine", "list", "-o", "json"]).stdout.contains(
+                try String(contentsOfFile: password, encoding: .utf8)
+            ))
+        )
         // lab-1 is powered on by Farrier's own IPMI driver (through the server), lab-2 by ipmitool;
         // ipmitool reads lab-1's state back.
         func ipmitool(_ vm: [String: Any], _ args: [String]) throws -> String {
             let bmc = (vm["bmcAddress"] as? String ?? "").split(separator: ":")
-            return try h.run(["ipmitool", "-I", "lanplus", "-C", "3", "-H", String(bmc[0]), "-p", String(bmc[1]), "-U", "admin",
-                              "-f", password] + args, timeout: 30).stdout
+            return try h.run(
+                [
+                    "ipmitool", "-I", "lanplus", "-C", "3", "-H", String(bmc[0]), "-p", String(bmc[1]), "-U", "admin",
+                    "-f", password,
+                ] + args,
+                timeout: 30
+            ).stdout
         }
         #expect(try h.run([bin, "machine", "power", "lab-1", "on"], timeout: 60).stdout.contains("on: ok"))
         try h.waitUntil("ipmitool to read lab-1 as on", timeout: 20, interval: 0.5) {
@@ -54,7 +77,9 @@ struct LabTests {
         func scriptFetched(_ mac: String) throws -> Bool {
             let out = try h.run([bin, "machine", "show", mac, "-o", "json"], timeout: 30, check: false)
             guard out.status == 0 else { return false }
-            let events = (try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [String: Any])?["timeline"] as? [[String: Any]]
+            let events =
+                (try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [String: Any])?["timeline"]
+                as? [[String: Any]]
             return events?.contains { $0["event"] as? String == "script" } ?? false
         }
         try h.waitUntil("both VMs to fetch their iPXE scripts", timeout: 120, interval: 1) {
@@ -72,7 +97,10 @@ struct LabTests {
             #expect(m["architecture"] as? String == "x86_64")
             // The boot path: first DISCOVER to the script fetch.
             let show = try h.run([bin, "machine", "show", m["mac"] as? String ?? "", "-o", "json"]).stdout
-            let timeline = try #require((try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"] as? [[String: Any]])
+            let timeline = try #require(
+                (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"]
+                    as? [[String: Any]]
+            )
             let iso = ISO8601DateFormatter()
             iso.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
             func time(_ e: [String: Any]) -> Date? { (e["time"] as? String).flatMap { iso.date(from: $0) } }
@@ -82,7 +110,9 @@ struct LabTests {
             #expect(stage == (mode == "full" ? "dhcp" : "proxydhcp"))
             if let discover, let script {
                 let seconds = script.timeIntervalSince(discover)
-                print("lab \(mode) \(vm["firmware"] ?? ""): DISCOVER→script \(String(format: "%.2f", seconds)) s; power-on→discovered \(String(format: "%.1f", Date().timeIntervalSince(powered))) s; lab up \(String(format: "%.1f", powered.timeIntervalSince(started))) s")
+                print(
+                    "lab \(mode) \(vm["firmware"] ?? ""): DISCOVER→script \(String(format: "%.2f", seconds)) s; power-on→discovered \(String(format: "%.1f", Date().timeIntervalSince(powered))) s; lab up \(String(format: "%.1f", powered.timeIntervalSince(started))) s"
+                )
                 #expect(seconds < 2, "DISCOVER→script took \(seconds) s")
             } else {
                 Issue.record("timeline lacks DISCOVER or script: \(timeline)")
@@ -96,7 +126,8 @@ struct LabTests {
         #expect(!(try h.run(["ip", "route", "show"]).stdout.contains("198.18.")))
         try h.waitUntil("lab processes gone", timeout: 20) {
             !(try h.run(["ps", "-eo", "args"]).stdout.split(separator: "\n").contains {
-                $0.contains("/var/lib/farrier-lab") })
+                $0.contains("/var/lib/farrier-lab")
+            })
         }
     }
 
@@ -112,9 +143,16 @@ struct LabTests {
             h.cleanup()
         }
         try h.run(
-            [bin, "lab", "up", "--machines", "1", "--firmware", "bios", "--database", "postgres", "--replicas", "2", "--no-power-on",
-             "--no-commission", "--no-image"], timeout: 240)
-        let status = try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any]
+            [
+                bin, "lab", "up", "--machines", "1", "--firmware", "bios", "--database", "postgres", "--replicas", "2",
+                "--no-power-on",
+                "--no-commission", "--no-image",
+            ],
+            timeout: 240
+        )
+        let status =
+            try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8))
+            as? [String: Any]
         #expect(status?["database"] as? String == "postgres")
         let replicas = try #require(status?["replicas"] as? [[String: Any]])
         #expect(replicas.count == 2 && replicas.allSatisfy { $0["up"] as? Bool == true }, "\(replicas)")
@@ -123,9 +161,12 @@ struct LabTests {
         // timeline (written by the first) is read through the second.
         let second = "198.19.255.2:7701"
         try h.run([bin, "machine", "power", "lab-1", "on", "--server", second], timeout: 60)
-        try h.waitUntil("lab-1's DISCOVER in the timeline, read through the second replica", timeout: 120, interval: 1) {
+        try h.waitUntil("lab-1's DISCOVER in the timeline, read through the second replica", timeout: 120, interval: 1)
+        {
             let show = try h.run([bin, "machine", "show", "lab-1", "-o", "json", "--server", second]).stdout
-            let timeline = (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"] as? [[String: Any]] ?? []
+            let timeline =
+                (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"]
+                as? [[String: Any]] ?? []
             return timeline.contains { $0["event"] as? String == "DISCOVER" }
         }
         // Kill -9 the second replica: the CLI, given both by the lab, goes on through the first.
@@ -136,7 +177,9 @@ struct LabTests {
         #expect(list.contains("\"lab-1\""))
         try h.run([bin, "lab", "down"], timeout: 120)
         try h.waitUntil("PostgreSQL and the servers gone", timeout: 20) {
-            !(try h.run(["ps", "-eo", "args"]).stdout.split(separator: "\n").contains { $0.contains("/var/lib/farrier-lab") })
+            !(try h.run(["ps", "-eo", "args"]).stdout.split(separator: "\n").contains {
+                $0.contains("/var/lib/farrier-lab")
+            })
         }
         #expect(!FileManager.default.fileExists(atPath: "/var/lib/farrier-lab"))
     }
@@ -147,13 +190,21 @@ struct LabTests {
         // The console: SOL from ipmi_sim, wired to the VM's serial port, streamed over gRPC. The
         // iPXE wait loop prints a line every 30 s; ipmi_sim connects to the port within 10 s.
         let console = try h.run(
-            ["timeout", "90", "bash", "-c", "(sleep 50; printf '\\r~.') | \"$0\" machine console lab-1", bin], timeout: 100, check: false)
+            ["timeout", "90", "bash", "-c", "(sleep 50; printf '\\r~.') | \"$0\" machine console lab-1", bin],
+            timeout: 100,
+            check: false
+        )
         // iPXE wraps lines at 80 columns: match the start of its wait message.
-        #expect(console.stdout.contains("Farrier: 52:54:00:18:00:01 is enrolled as lab-1"), "console: \(console.stdout) \(console.stderr)")
+        #expect(
+            console.stdout.contains("Farrier: 52:54:00:18:00:01 is enrolled as lab-1"),
+            "console: \(console.stdout) \(console.stderr)"
+        )
         #expect(console.stderr.contains("[detached]"))
         func discovers() throws -> Int {
             let show = try h.run([bin, "machine", "show", "lab-1", "-o", "json"]).stdout
-            let timeline = (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"] as? [[String: Any]] ?? []
+            let timeline =
+                (try JSONSerialization.jsonObject(with: Data(show.utf8)) as? [String: Any])?["timeline"]
+                as? [[String: Any]] ?? []
             return timeline.filter { $0["event"] as? String == "DISCOVER" }.count
         }
         let before = try discovers()
@@ -162,7 +213,10 @@ struct LabTests {
         try h.waitUntil("lab-1 to PXE-boot again after cycle", timeout: 90, interval: 1) { try discovers() > before }
         #expect(try h.run([bin, "machine", "power", "lab-1", "off"], timeout: 60).stdout.contains("off: ok"))
         try h.waitUntil("lab-1's QEMU to stop", timeout: 30, interval: 0.5) {
-            let status = try JSONSerialization.jsonObject(with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)) as? [String: Any]
+            let status =
+                try JSONSerialization.jsonObject(
+                    with: Data(try h.run([bin, "lab", "status", "-o", "json"]).stdout.utf8)
+                ) as? [String: Any]
             let vm = (status?["vms"] as? [[String: Any]])?.first { $0["name"] as? String == "lab-1" }
             return vm?["power"] as? String == "off"
         }

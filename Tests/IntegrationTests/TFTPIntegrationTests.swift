@@ -28,7 +28,10 @@ struct TFTPIntegrationTests {
         defer { h.cleanup() }
         let (_, c, expected) = try setUp(h)
         let out = h.directory + "/hpa.bin"
-        try h.run(["ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "sub/blob.bin", out], timeout: 60)
+        try h.run(
+            ["ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "sub/blob.bin", out],
+            timeout: 60
+        )
         #expect(try sha(h, out) == expected)
     }
 
@@ -38,9 +41,17 @@ struct TFTPIntegrationTests {
         defer { h.cleanup() }
         let (s, c, expected) = try setUp(h, flags: ["--tftp-busy-poll", "50"])
         let out = h.directory + "/curl.bin"
-        try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "\(blksize)", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
+        try h.run(
+            [
+                "ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "\(blksize)", "-o", out,
+                "tftp://198.18.20.1/sub/blob.bin",
+            ],
+            timeout: 60
+        )
         #expect(try sha(h, out) == expected)
-        try h.waitUntil("completed counter") { try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == 1 }
+        try h.waitUntil("completed counter") {
+            try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == 1
+        }
         #expect(try h.metric(namespace: s, "farrier_tftp_retransmissions_total") == 0)
         // Polling turned on, one transfer on a machine of two or more CPUs polls for its ACKs (BusyPoll); with small
         // blocks over a veth pair, some ACKs land within the 50 µs it polls. (A 64 KB block takes
@@ -60,9 +71,17 @@ struct TFTPIntegrationTests {
         defer { h.cleanup() }
         let (s, c, expected) = try setUp(h)
         let out = h.directory + "/curl.bin"
-        try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "1468", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
+        try h.run(
+            [
+                "ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "1468", "-o", out,
+                "tftp://198.18.20.1/sub/blob.bin",
+            ],
+            timeout: 60
+        )
         #expect(try sha(h, out) == expected)
-        try h.waitUntil("completed counter") { try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == 1 }
+        try h.waitUntil("completed counter") {
+            try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == 1
+        }
         #expect(try h.metric(namespace: s, "farrier_tftp_poll_hits_total") == 0)
         #expect(try h.metric(namespace: s, "farrier_tftp_poll_misses_total") == 0)
     }
@@ -73,8 +92,13 @@ struct TFTPIntegrationTests {
         let (_, c, expected) = try setUp(h)
         let out = h.directory + "/atftp.bin"
         try h.run(
-            ["ip", "netns", "exec", c, "atftp", "--option", "blksize 1468", "--option", "windowsize 8", "--option", "tsize 0",
-             "-g", "-r", "sub/blob.bin", "-l", out, "198.18.20.1"], timeout: 60)
+            [
+                "ip", "netns", "exec", c, "atftp", "--option", "blksize 1468", "--option", "windowsize 8", "--option",
+                "tsize 0",
+                "-g", "-r", "sub/blob.bin", "-l", out, "198.18.20.1",
+            ],
+            timeout: 60
+        )
         #expect(try sha(h, out) == expected)
     }
 
@@ -89,13 +113,21 @@ struct TFTPIntegrationTests {
         // Separate processes, not `sh -c '… & wait'`: children of the test runner inherit a
         // blocked SIGCHLD, and a shell's `wait` then never returns.
         let clients = try (0..<n).map {
-            try h.start(["ip", "netns", "exec", c, "curl", "-sS", "--interface", "198.18.20.\(100 + $0)", "--tftp-blksize", "1468",
-                         "-o", "\(h.directory)/c\($0).bin", "tftp://198.18.20.1/sub/blob.bin"], log: "curl\($0).log")
+            try h.start(
+                [
+                    "ip", "netns", "exec", c, "curl", "-sS", "--interface", "198.18.20.\(100 + $0)", "--tftp-blksize",
+                    "1468",
+                    "-o", "\(h.directory)/c\($0).bin", "tftp://198.18.20.1/sub/blob.bin",
+                ],
+                log: "curl\($0).log"
+            )
         }
         try h.waitUntil("\(n) concurrent transfers", timeout: 120) { clients.allSatisfy { !$0.isRunning } }
         #expect(clients.allSatisfy { $0.terminationStatus == 0 })
         for i in 0..<n { #expect(try sha(h, "\(h.directory)/c\(i).bin") == expected) }
-        try h.waitUntil("completed counter") { try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == n }
+        try h.waitUntil("completed counter") {
+            try h.metric(namespace: s, "farrier_tftp_transfers_completed_total") == n
+        }
     }
 
     /// Files over the in-memory cache limit (4 MiB) are read from disk, ahead of the client;
@@ -109,13 +141,24 @@ struct TFTPIntegrationTests {
         let expected = try sha(h, big)
         for blksize in [512, 1468] {
             let out = h.directory + "/big\(blksize).bin"
-            try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "\(blksize)", "-o", out, "tftp://198.18.20.1/big.bin"], timeout: 120)
+            try h.run(
+                [
+                    "ip", "netns", "exec", c, "curl", "-sS", "--tftp-blksize", "\(blksize)", "-o", out,
+                    "tftp://198.18.20.1/big.bin",
+                ],
+                timeout: 120
+            )
             #expect(try sha(h, out) == expected, "curl blksize \(blksize)")
         }
         let out = h.directory + "/bigw.bin"
         try h.run(
-            ["ip", "netns", "exec", c, "atftp", "--option", "blksize 1468", "--option", "windowsize 8", "-g", "-r", "big.bin",
-             "-l", out, "198.18.20.1"], timeout: 120)
+            [
+                "ip", "netns", "exec", c, "atftp", "--option", "blksize 1468", "--option", "windowsize 8", "-g", "-r",
+                "big.bin",
+                "-l", out, "198.18.20.1",
+            ],
+            timeout: 120
+        )
         #expect(try sha(h, out) == expected, "atftp windowsize 8")
     }
 
@@ -160,10 +203,15 @@ struct TFTPIntegrationTests {
             """
         let py = h.directory + "/client.py"
         try script.write(toFile: py, atomically: true, encoding: .utf8)
-        let silent = try h.run(["ip", "netns", "exec", c, "python3", py, "silent"], timeout: 30).stdout.split(separator: " ")
+        let silent = try h.run(["ip", "netns", "exec", c, "python3", py, "silent"], timeout: 30).stdout.split(
+            separator: " "
+        )
         #expect(silent.first == "6", "first DATA + 5 retransmissions: \(silent)")
-        #expect((Double(silent[1]) ?? 0) >= 0.9 && (Double(silent[2].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 9) <= 1.5,
-            "one retransmission per second: \(silent)")
+        #expect(
+            (Double(silent[1]) ?? 0) >= 0.9
+                && (Double(silent[2].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 9) <= 1.5,
+            "one retransmission per second: \(silent)"
+        )
         try h.waitUntil("failed counter") { try h.metric(namespace: s, "farrier_tftp_transfers_failed_total") == 1 }
         let lossy = try h.run(["ip", "netns", "exec", c, "python3", py, "lossy"], timeout: 120).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ")
@@ -245,7 +293,13 @@ struct TFTPIntegrationTests {
         // Another address on the same segment is served while the first still holds its four.
         try h.run(["ip", "-n", c, "addr", "add", "198.18.20.3/24", "dev", "vc"])
         let out = h.directory + "/other.bin"
-        try h.run(["ip", "netns", "exec", c, "curl", "-sS", "--interface", "198.18.20.3", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
+        try h.run(
+            [
+                "ip", "netns", "exec", c, "curl", "-sS", "--interface", "198.18.20.3", "-o", out,
+                "tftp://198.18.20.1/sub/blob.bin",
+            ],
+            timeout: 60
+        )
         #expect(try sha(h, out) == expected)
         #expect(try h.metric(namespace: s, "farrier_tftp_transfers_active") == 4, "the holder's transfers ended early")
         // The silent holder's transfers give up at the default 1 s × 5 retries (the 255 s it
@@ -267,15 +321,25 @@ struct TFTPIntegrationTests {
         // Holds the one slot: asks for the file, then never acknowledges (the server gives up
         // after its 5 retransmissions, about 6 s).
         try h.start(
-            ["ip", "netns", "exec", c, "python3", "-c",
-             "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'\\x00\\x01sub/blob.bin\\x00octet\\x00',('198.18.20.1',69))\ntime.sleep(8)"],
-            log: "holder.log")
+            [
+                "ip", "netns", "exec", c, "python3", "-c",
+                "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'\\x00\\x01sub/blob.bin\\x00octet\\x00',('198.18.20.1',69))\ntime.sleep(8)",
+            ],
+            log: "holder.log"
+        )
         try h.waitUntil("the slot taken") { try h.metric(namespace: s, "farrier_tftp_transfers_active") == 1 }
         let busy = try h.run(
-            ["ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "sub/blob.bin", h.directory + "/b"],
-            timeout: 30, check: false)
+            [
+                "ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "sub/blob.bin",
+                h.directory + "/b",
+            ],
+            timeout: 30,
+            check: false
+        )
         #expect((busy.stdout + busy.stderr).contains("server busy"), "tftp-hpa: \(busy.stdout) \(busy.stderr)")
-        try h.waitUntil("the slot freed", timeout: 20) { try h.metric(namespace: s, "farrier_tftp_transfers_active") == 0 }
+        try h.waitUntil("the slot freed", timeout: 20) {
+            try h.metric(namespace: s, "farrier_tftp_transfers_active") == 0
+        }
         let out = h.directory + "/after.bin"
         try h.run(["ip", "netns", "exec", c, "curl", "-sS", "-o", out, "tftp://198.18.20.1/sub/blob.bin"], timeout: 60)
         #expect(try sha(h, out) == expected)
@@ -287,16 +351,41 @@ struct TFTPIntegrationTests {
         let (s, c, _) = try setUp(h)
         for path in ["../outside.txt", "sub/../../outside.txt", "link.txt", "/etc/passwd", "../../../../etc/passwd"] {
             let r = try h.run(
-                ["ip", "netns", "exec", c, "curl", "-sS", "--path-as-is", "-o", h.directory + "/x", "tftp://198.18.20.1/\(path)"],
-                timeout: 30, check: false)
+                [
+                    "ip", "netns", "exec", c, "curl", "-sS", "--path-as-is", "-o", h.directory + "/x",
+                    "tftp://198.18.20.1/\(path)",
+                ],
+                timeout: 30,
+                check: false
+            )
             #expect(r.status != 0, "\(path) was served")
             let got = (try? String(contentsOfFile: h.directory + "/x", encoding: .utf8)) ?? ""
             #expect(!got.contains("secret"))
         }
-        let hpa = try h.run(["ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "../outside.txt", h.directory + "/y"], timeout: 30, check: false)
-        #expect(hpa.stdout.contains("Error code 2") || hpa.stderr.contains("Error code 2"), "tftp-hpa: \(hpa.stdout) \(hpa.stderr)")
-        let missing = try h.run(["ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "nope.bin", h.directory + "/z"], timeout: 30, check: false)
-        #expect(missing.stdout.contains("Error code 1") || missing.stderr.contains("Error code 1"), "tftp-hpa: \(missing.stdout) \(missing.stderr)")
+        let hpa = try h.run(
+            [
+                "ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "../outside.txt",
+                h.directory + "/y",
+            ],
+            timeout: 30,
+            check: false
+        )
+        #expect(
+            hpa.stdout.contains("Error code 2") || hpa.stderr.contains("Error code 2"),
+            "tftp-hpa: \(hpa.stdout) \(hpa.stderr)"
+        )
+        let missing = try h.run(
+            [
+                "ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "-c", "get", "nope.bin",
+                h.directory + "/z",
+            ],
+            timeout: 30,
+            check: false
+        )
+        #expect(
+            missing.stdout.contains("Error code 1") || missing.stderr.contains("Error code 1"),
+            "tftp-hpa: \(missing.stdout) \(missing.stderr)"
+        )
         #expect(try h.metric(namespace: s, "farrier_tftp_requests_refused_total") >= 6)
     }
 }

@@ -16,7 +16,9 @@ struct AgentTests {
     func cmdline(_ cp: ControlPlane) throws -> String {
         var kernel: String?
         try cp.h.waitUntil("ramdisk script", timeout: 60, interval: 0.2) {
-            kernel = try cp.script(mac: Self.mac).split(separator: "\n").first { $0.hasPrefix("kernel ") }.map(String.init)
+            kernel = try cp.script(mac: Self.mac).split(separator: "\n").first { $0.hasPrefix("kernel ") }.map(
+                String.init
+            )
             return kernel != nil
         }
         let path = cp.h.directory + "/cmdline"
@@ -27,9 +29,14 @@ struct AgentTests {
     /// Runs the agent with the kernel line the iPXE script would boot, once a step wants it.
     func agent(_ cp: ControlPlane, disk: String, log: String) throws -> Harness.Result {
         try cp.h.run(
-            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3",
-             "--task-file", cp.h.directory + "/task.json", "--bind", ControlPlane.address(of: Self.mac),
-             "--state-dir", cp.h.directory + "/agent-state"], timeout: 120, check: false)
+            [
+                ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3",
+                "--task-file", cp.h.directory + "/task.json", "--bind", ControlPlane.address(of: Self.mac),
+                "--state-dir", cp.h.directory + "/agent-state",
+            ],
+            timeout: 120,
+            check: false
+        )
     }
 
     /// Gives a raw image file a GPT with one Linux partition from 1 MiB to its end, as real images have.
@@ -39,7 +46,9 @@ struct AgentTests {
 
     /// SHA-256 of `count` bytes of a file from byte `from`.
     func sha(_ h: Harness, _ path: String, from: Int, count: Int) throws -> String {
-        String(try h.run(["bash", "-c", "tail -c +\(from + 1) '\(path)' | head -c \(count) | sha256sum"]).stdout.prefix(64))
+        String(
+            try h.run(["bash", "-c", "tail -c +\(from + 1) '\(path)' | head -c \(count) | sha256sum"]).stdout.prefix(64)
+        )
     }
 
     /// A server and an ipmi_sim BMC, with machine a1 enrolled and commissioned by the real agent
@@ -58,10 +67,19 @@ struct AgentTests {
         let pin = try #require(line.range(of: "farrier.cert=sha256:")).upperBound
         let flipped = line[pin] == "0" ? "1" : "0"
         let tampered = h.directory + "/cmdline-tampered"
-        try (String(line[..<pin]) + flipped + String(line[line.index(after: pin)...])).write(toFile: tampered, atomically: true, encoding: .utf8)
+        try (String(line[..<pin]) + flipped + String(line[line.index(after: pin)...])).write(
+            toFile: tampered,
+            atomically: true,
+            encoding: .utf8
+        )
         let refused = try h.run(
-            [ControlPlane.bin, "agent", "--cmdline", tampered, "--device", disk, "--attempts", "1",
-             "--bind", ControlPlane.address(of: Self.mac), "--state-dir", h.directory + "/agent-state"], timeout: 60, check: false)
+            [
+                ControlPlane.bin, "agent", "--cmdline", tampered, "--device", disk, "--attempts", "1",
+                "--bind", ControlPlane.address(of: Self.mac), "--state-dir", h.directory + "/agent-state",
+            ],
+            timeout: 60,
+            check: false
+        )
         #expect(refused.status != 0 && refused.stderr.contains("not the pinned"), "\(refused.stderr)")
         #expect(try cp.state("a1").hasPrefix("commissioning"))
         let commission = try agent(cp, disk: disk, log: "agent-commission.log")
@@ -102,7 +120,11 @@ struct AgentTests {
         // The partition's bytes (the agent then adds the config drive to the GPT around them).
         let rawSHA = try sha(h, raw, from: 1 << 20, count: 6 << 20)
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
-        try "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n".write(toFile: h.directory + "/user-data", atomically: true, encoding: .utf8)
+        try "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n".write(
+            toFile: h.directory + "/user-data",
+            atomically: true,
+            encoding: .utf8
+        )
 
         // (image, project, --wipe given or nil for the project's policy, the wipe that runs)
         for (image, project, asked, wipe) in [
@@ -116,20 +138,37 @@ struct AgentTests {
             let run = try agent(cp, disk: disk, log: "agent-\(image).log")
             #expect(run.status == 0, "\(image): \(run.stderr)")
             try cp.waitFor("a1", "deployed")
-            #expect(try sha(h, disk, from: 1 << 20, count: 6 << 20) == rawSHA, "\(image): the disk does not hold the image")
+            #expect(
+                try sha(h, disk, from: 1 << 20, count: 6 << 20) == rawSHA,
+                "\(image): the disk does not hold the image"
+            )
 
             // The config drive: a GPT partition at the disk's end (sfdisk reads the table back
             // whole, its backup header moved to the disk's end), FAT labelled CIDATA (blkid),
             // holding the NoCloud files (mtools).
             let check = try h.run(["sfdisk", "--verify", disk], check: false)
-            #expect(check.status == 0 && !check.stdout.contains("differ"), "sfdisk --verify: \(check.stdout) \(check.stderr)")
+            #expect(
+                check.status == 0 && !check.stdout.contains("differ"),
+                "sfdisk --verify: \(check.stdout) \(check.stderr)"
+            )
             let dump = try h.run(["sfdisk", "--dump", disk]).stdout
-            let line = try #require(dump.split(separator: "\n").first { $0.contains("config-2") }, "no config drive: \(dump)")
-            let start = try #require(line.split(separator: ",").first { $0.contains("start=") }.flatMap {
-                Int($0.split(separator: "=")[1].trimmingCharacters(in: .whitespaces)) })
-            let size = try #require(line.split(separator: ",").first { $0.contains("size=") }.flatMap {
-                Int($0.split(separator: "=")[1].trimmingCharacters(in: .whitespaces)) })
-            #expect((start + size) * 512 <= diskBytes - 33 * 512 && (start + size) * 512 >= diskBytes - 34 * 512 - (1 << 20))
+            let line = try #require(
+                dump.split(separator: "\n").first { $0.contains("config-2") },
+                "no config drive: \(dump)"
+            )
+            let start = try #require(
+                line.split(separator: ",").first { $0.contains("start=") }.flatMap {
+                    Int($0.split(separator: "=")[1].trimmingCharacters(in: .whitespaces))
+                }
+            )
+            let size = try #require(
+                line.split(separator: ",").first { $0.contains("size=") }.flatMap {
+                    Int($0.split(separator: "=")[1].trimmingCharacters(in: .whitespaces))
+                }
+            )
+            #expect(
+                (start + size) * 512 <= diskBytes - 33 * 512 && (start + size) * 512 >= diskBytes - 34 * 512 - (1 << 20)
+            )
             let label = try h.run(["blkid", "-p", "-O", "\(start * 512)", "-s", "LABEL", "-o", "value", disk]).stdout
             #expect(label.trimmingCharacters(in: .whitespacesAndNewlines) == "CIDATA")
             func file(_ name: String) throws -> String {
@@ -137,20 +176,38 @@ struct AgentTests {
             }
             let meta = try file("meta-data")
             #expect(meta.contains("local-hostname: a1"))
-            #expect(meta.contains(String(try String(contentsOfFile: h.directory + "/id.pub", encoding: .utf8).split(separator: " ")[1])))
+            #expect(
+                meta.contains(
+                    String(
+                        try String(contentsOfFile: h.directory + "/id.pub", encoding: .utf8).split(separator: " ")[1]
+                    )
+                )
+            )
             #expect(try file("user-data").contains("/farrier-was-here"))
             #expect(try file("vendor-data").contains("disable_root: false"))
             // The seed came in the task over the agent channel; the console never shows it.
-            let task = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task.json"))) as? [String: Any]
-            #expect((task?["seed"] as? [String: Any])?["userData"] as? String == "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n")
+            let task =
+                try JSONSerialization.jsonObject(
+                    with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task.json"))
+                ) as? [String: Any]
+            #expect(
+                (task?["seed"] as? [String: Any])?["userData"] as? String
+                    == "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n"
+            )
             let token = try #require(task?["token"] as? String)
-            #expect(!run.stderr.contains(token) && !run.stderr.contains("farrier-was-here"), "the agent printed a secret")
+            #expect(
+                !run.stderr.contains(token) && !run.stderr.contains("farrier-was-here"),
+                "the agent printed a secret"
+            )
 
             // Release: the wipe runs through the agent. A quick wipe is refused where the
             // project's policy is full, and changes nothing.
             if project == "p" {
                 let refused = try cp.cli(["machine", "release", "a1", "--wipe", "quick"], check: false)
-                #expect(refused.status != 0 && refused.stderr.contains("quick wipe leaves this tenant's data"), "\(refused.stderr)")
+                #expect(
+                    refused.status != 0 && refused.stderr.contains("quick wipe leaves this tenant's data"),
+                    "\(refused.stderr)"
+                )
                 #expect(try cp.machine("a1")["state"] as? String == "deployed")
             }
             try cp.cli(["machine", "release", "a1"] + (asked.map { ["--wipe", $0] } ?? []))
@@ -161,17 +218,27 @@ struct AgentTests {
             #expect(try sha(h, disk, bytes: 1 << 20) == zeroMiB, "first MiB not zero after a \(wipe) wipe")
             let last = String(try h.run(["bash", "-c", "tail -c 1048576 '\(disk)' | sha256sum"]).stdout.prefix(64))
             #expect(last == zeroMiB, "last MiB not zero after a \(wipe) wipe")
-            let middle = try h.run(["bash", "-c", "tail -c +1048577 '\(disk)' | head -c 1048576 | tr -d '\\000' | wc -c"]).stdout
+            let middle = try h.run([
+                "bash", "-c", "tail -c +1048577 '\(disk)' | head -c 1048576 | tr -d '\\000' | wc -c",
+            ]).stdout
             if wipe == "full" {
                 #expect(middle.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "full wipe left data")
                 let left = try h.run(["bash", "-c", "tr -d '\\000' < '\(disk)' | wc -c"]).stdout
-                #expect(left.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "full wipe left \(left) non-zero bytes")
+                #expect(
+                    left.trimmingCharacters(in: .whitespacesAndNewlines) == "0",
+                    "full wipe left \(left) non-zero bytes"
+                )
                 #expect(w.stderr.contains("random 4 KiB blocks read back as zeroes"), "\(w.stderr)")
             } else {
                 #expect(middle.trimmingCharacters(in: .whitespacesAndNewlines) != "0", "quick wipe wrote the middle")
             }
             // Released: the deploy's token is dead.
-            let (dead, _) = try cp.agent("/agent/v1/progress", mac: Self.mac, token: token, #"{"stage":"x","bytesDone":0,"bytesTotal":0}"#)
+            let (dead, _) = try cp.agent(
+                "/agent/v1/progress",
+                mac: Self.mac,
+                token: token,
+                #"{"stage":"x","bytesDone":0,"bytesTotal":0}"#
+            )
             #expect(dead == 403)
         }
 
@@ -181,9 +248,14 @@ struct AgentTests {
         try h.run(["bash", "-c", "printf 'X' | dd of='\(blob)' bs=1 seek=4096 conv=notrunc status=none"])
         // The last release was quick (project pq's policy): a1 still holds pq's data, so no
         // other project gets it.
-        let other = try cp.cli(["machine", "deploy", "a1", "--image", "img-raw", "--project", "p", "--ssh-key", h.directory + "/id.pub"], check: false)
+        let other = try cp.cli(
+            ["machine", "deploy", "a1", "--image", "img-raw", "--project", "p", "--ssh-key", h.directory + "/id.pub"],
+            check: false
+        )
         #expect(other.status != 0 && other.stderr.contains("may still hold another project's data"), "\(other.stderr)")
-        try cp.cli(["machine", "deploy", "a1", "--image", "img-raw", "--project", "pq", "--ssh-key", h.directory + "/id.pub"])
+        try cp.cli([
+            "machine", "deploy", "a1", "--image", "img-raw", "--project", "pq", "--ssh-key", h.directory + "/id.pub",
+        ])
         let bad = try agent(cp, disk: disk, log: "agent-bad.log")
         #expect(bad.status != 0, "the agent deployed a changed image: \(bad.stderr.suffix(1500))")
         try cp.waitFor("a1", "failed")
@@ -196,7 +268,8 @@ struct AgentTests {
         let h = try Harness("agent-resume")
         defer { h.cleanup() }
         let size = 512 << 20
-        let raw = h.directory + "/big.raw", disk = h.directory + "/disk.img"
+        let raw = h.directory + "/big.raw"
+        let disk = h.directory + "/disk.img"
         try h.run(["bash", "-c", "{ head -c 8388608 /dev/urandom; head -c \(size - (8 << 20)) /dev/zero; } > '\(raw)'"])
         try partition(h, raw)
         try h.run(["truncate", "-s", String(size + (80 << 20)), disk])
@@ -204,10 +277,16 @@ struct AgentTests {
         try cp.cli(["project", "create", "p"])
         try cp.cli(["image", "add", "big", raw])
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
-        try cp.cli(["machine", "deploy", "a1", "--image", "big", "--project", "p", "--ssh-key", h.directory + "/id.pub"])
+        try cp.cli([
+            "machine", "deploy", "a1", "--image", "big", "--project", "p", "--ssh-key", h.directory + "/id.pub",
+        ])
         let agent = try h.start(
-            [ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "30",
-             "--bind", ControlPlane.address(of: Self.mac), "--state-dir", h.directory + "/agent-state"], log: "agent.log")
+            [
+                ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "30",
+                "--bind", ControlPlane.address(of: Self.mac), "--state-dir", h.directory + "/agent-state",
+            ],
+            log: "agent.log"
+        )
         // Blocks written to the disk file so far (the image's zeros are written, not skipped).
         func written() -> Int {
             var st = stat()
@@ -226,7 +305,10 @@ struct AgentTests {
         #expect(log.contains("resumed"), "the download was not resumed: \(log)")
         try cp.waitFor("a1", "deployed")
         // The image's bytes, between its GPT and the backup header the config drive moved.
-        #expect(try sha(h, disk, from: 1 << 20, count: size - (2 << 20)) == (try sha(h, raw, from: 1 << 20, count: size - (2 << 20))),
-            "the disk does not hold the image")
+        #expect(
+            try sha(h, disk, from: 1 << 20, count: size - (2 << 20))
+                == (try sha(h, raw, from: 1 << 20, count: size - (2 << 20))),
+            "the disk does not hold the image"
+        )
     }
 }

@@ -11,13 +11,23 @@ struct CLITests {
         defer { h.cleanup() }
         // A CA and a server certificate for 127.0.0.1, made with openssl.
         let d = h.directory
-        try h.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", d + "/ca.key", "-out", d + "/ca.pem", "-days", "1", "-subj", "/CN=farrier-test-ca"])
-        try h.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", d + "/server.key", "-out", d + "/server.csr", "-subj", "/CN=farrier-test"])
-        try "subjectAltName=IP:127.0.0.1,DNS:localhost\n".write(toFile: d + "/san.ext", atomically: true, encoding: .utf8)
-        try h.run(["openssl", "x509", "-req", "-in", d + "/server.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key",
-            "-CAcreateserial", "-out", d + "/server.pem", "-days", "1", "-extfile", d + "/san.ext"])
+        try h.run([
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", d + "/ca.key", "-out", d + "/ca.pem", "-days", "1", "-subj", "/CN=farrier-test-ca",
+        ])
+        try h.run([
+            "openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", d + "/server.key", "-out", d + "/server.csr", "-subj", "/CN=farrier-test",
+        ])
+        try "subjectAltName=IP:127.0.0.1,DNS:localhost\n".write(
+            toFile: d + "/san.ext",
+            atomically: true,
+            encoding: .utf8
+        )
+        try h.run([
+            "openssl", "x509", "-req", "-in", d + "/server.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key",
+            "-CAcreateserial", "-out", d + "/server.pem", "-days", "1", "-extfile", d + "/san.ext",
+        ])
         let cp = ControlPlane(h, flags: ["--api-tls-cert", d + "/server.pem", "--api-tls-key", d + "/server.key"])
         cp.clientFlags = ["--ca-file", d + "/ca.pem"]
         try cp.start()
@@ -35,23 +45,41 @@ struct CLITests {
 
         // TLS: verified against the CA it works; without the CA, or in plaintext, it does not.
         #expect(try cp.cli(["token", "whoami"]).stdout.contains("admin"))
-        let unverified = try h.run([ControlPlane.bin, "token", "whoami", "--server", cp.grpc, "--token", token, "--tls"], check: false)
+        let unverified = try h.run(
+            [ControlPlane.bin, "token", "whoami", "--server", cp.grpc, "--token", token, "--tls"],
+            check: false
+        )
         #expect(unverified.status != 0, "a certificate from an unknown CA was accepted")
-        let plain = try h.run([ControlPlane.bin, "token", "whoami", "--server", cp.grpc, "--token", token], check: false)
+        let plain = try h.run(
+            [ControlPlane.bin, "token", "whoami", "--server", cp.grpc, "--token", token],
+            check: false
+        )
         #expect(plain.status != 0, "a plaintext client was served by a TLS server")
 
         // A certificate that does not name this address is refused even from the right CA.
         try "subjectAltName=IP:10.9.9.9\n".write(toFile: d + "/other.ext", atomically: true, encoding: .utf8)
-        try h.run(["openssl", "x509", "-req", "-in", d + "/server.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key",
-            "-CAcreateserial", "-out", d + "/other.pem", "-days", "1", "-extfile", d + "/other.ext"])
+        try h.run([
+            "openssl", "x509", "-req", "-in", d + "/server.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key",
+            "-CAcreateserial", "-out", d + "/other.pem", "-days", "1", "-extfile", d + "/other.ext",
+        ])
         cp.stop()
         let other = ControlPlane(h, flags: ["--api-tls-cert", d + "/other.pem", "--api-tls-key", d + "/server.key"])
         let otherServer = try h.start(
-            [ControlPlane.bin, "server", "--data-dir", cp.data, "--grpc-listen", other.grpc, "--http-listen", "127.0.0.1:\(other.httpPort)", "--agent-listen", "127.0.0.1:\(other.agentPort)",
-             "--tftp-listen", "", "--api-tls-cert", d + "/other.pem", "--api-tls-key", d + "/server.key"], log: "server3.log")
+            [
+                ControlPlane.bin, "server", "--data-dir", cp.data, "--grpc-listen", other.grpc, "--http-listen",
+                "127.0.0.1:\(other.httpPort)", "--agent-listen", "127.0.0.1:\(other.agentPort)",
+                "--tftp-listen", "", "--api-tls-cert", d + "/other.pem", "--api-tls-key", d + "/server.key",
+            ],
+            log: "server3.log"
+        )
         try h.waitUntil("server 3 up", timeout: 30) { h.read("server3.log").contains("gRPC listening") }
         let wrongName = try h.run(
-            [ControlPlane.bin, "token", "whoami", "--server", other.grpc, "--token", token, "--ca-file", d + "/ca.pem"], check: false)
+            [
+                ControlPlane.bin, "token", "whoami", "--server", other.grpc, "--token", token, "--ca-file",
+                d + "/ca.pem",
+            ],
+            check: false
+        )
         #expect(wrongName.status != 0, "a certificate for 10.9.9.9 was accepted for 127.0.0.1")
         otherServer.terminate()
         otherServer.waitUntilExit()
@@ -59,11 +87,21 @@ struct CLITests {
 
         // The config file gives server, token and CA: no flags needed.
         let config = d + "/config.yaml"
-        try "server: \(cp.grpc)\ntoken: \(token)\nca-file: \(d)/ca.pem\n".write(toFile: config, atomically: true, encoding: .utf8)
-        let viaConfig = try h.run(["env", "FARRIER_CONFIG_FILE=\(config)", ControlPlane.bin, "token", "whoami"], check: false)
+        try "server: \(cp.grpc)\ntoken: \(token)\nca-file: \(d)/ca.pem\n".write(
+            toFile: config,
+            atomically: true,
+            encoding: .utf8
+        )
+        let viaConfig = try h.run(
+            ["env", "FARRIER_CONFIG_FILE=\(config)", ControlPlane.bin, "token", "whoami"],
+            check: false
+        )
         #expect(viaConfig.status == 0 && viaConfig.stdout.contains("admin"), "\(viaConfig.stderr)")
         // FARRIER_TOKEN beats the file.
-        let bad = try h.run(["env", "FARRIER_CONFIG_FILE=\(config)", "FARRIER_TOKEN=fa_nope", ControlPlane.bin, "token", "whoami"], check: false)
+        let bad = try h.run(
+            ["env", "FARRIER_CONFIG_FILE=\(config)", "FARRIER_TOKEN=fa_nope", ControlPlane.bin, "token", "whoami"],
+            check: false
+        )
         #expect(bad.status != 0 && bad.stderr.contains("not valid"))
 
         // Completions name the commands.
@@ -93,11 +131,18 @@ struct CLITests {
         try cp.cli(["image", "add", "img", image])
         // `deploy --wait` in the background, the agent in the foreground.
         let waiter = try h.start(
-            [ControlPlane.bin, "machine", "deploy", "w1", "--image", "img", "--project", "p", "--wait", "--timeout", "60",
-             "--server", cp.grpc, "--token", cp.adminToken], log: "wait.log")
+            [
+                ControlPlane.bin, "machine", "deploy", "w1", "--image", "img", "--project", "p", "--wait", "--timeout",
+                "60",
+                "--server", cp.grpc, "--token", cp.adminToken,
+            ],
+            log: "wait.log"
+        )
         // The agent reports its progress, and says done only once --wait has shown it.
         try cp.runAgent(mac: mac) {
-            try h.waitUntil("--wait to show the progress", timeout: 20) { h.read("wait.log").contains("write 1.0 MiB / 3.0 MiB (33%)") }
+            try h.waitUntil("--wait to show the progress", timeout: 20) {
+                h.read("wait.log").contains("write 1.0 MiB / 3.0 MiB (33%)")
+            }
         }
         try h.waitUntil("deploy --wait to end", timeout: 60) { !waiter.isRunning }
         #expect(waiter.terminationStatus == 0, "\(h.read("wait.log"))")

@@ -49,15 +49,22 @@ final class ControlPlane: @unchecked Sendable {
     func start(failpoints: [String] = [], log: String = "server.log") throws -> Process {
         let env = failpoints.isEmpty ? [] : ["FARRIER_FAILPOINTS=" + failpoints.joined(separator: ",")]
         let p = try h.start(
-            env + [Self.bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
-                "--http-listen", "127.0.0.1:\(httpPort)", "--agent-listen", "127.0.0.1:\(agentPort)", "--tftp-listen", "",
-                "--dhcp-mode", "off"] + Self.testMACs.flatMap { ["--dhcp-reservation", "\($0)=\(Self.address(of: $0))"] }
-                + extraFlags, log: log)
+            env + [
+                Self.bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
+                "--http-listen", "127.0.0.1:\(httpPort)", "--agent-listen", "127.0.0.1:\(agentPort)", "--tftp-listen",
+                "",
+                "--dhcp-mode", "off",
+            ] + Self.testMACs.flatMap { ["--dhcp-reservation", "\($0)=\(Self.address(of: $0))"] }
+                + extraFlags,
+            log: log
+        )
         server = p
         try h.waitUntil("server up", timeout: 30, interval: 0.2) {
             guard p.isRunning else { throw Harness.CommandError(description: "server exited: \(h.read(log))") }
             guard let t = try? h.adminToken(dataDir: data) else { return false }
-            return (try? h.run([Self.bin, "token", "whoami", "--server", grpc, "--token", t] + clientFlags, timeout: 10)) != nil
+            return
+                (try? h.run([Self.bin, "token", "whoami", "--server", grpc, "--token", t] + clientFlags, timeout: 10))
+                != nil
         }
         return p
     }
@@ -81,7 +88,11 @@ final class ControlPlane: @unchecked Sendable {
 
     @discardableResult
     func cli(_ args: [String], token: String? = nil, check: Bool = true) throws -> Harness.Result {
-        try h.run([Self.bin] + args + ["--server", grpc, "--token", token ?? adminToken] + clientFlags, timeout: 60, check: check)
+        try h.run(
+            [Self.bin] + args + ["--server", grpc, "--token", token ?? adminToken] + clientFlags,
+            timeout: 60,
+            check: check
+        )
     }
 
     func json(_ args: [String], token: String? = nil) throws -> [String: Any] {
@@ -109,7 +120,9 @@ final class ControlPlane: @unchecked Sendable {
                 return last == expected
             }
         } catch {
-            throw Harness.CommandError(description: "\(error); last seen \(last); reason: \((try? machine(name)["reason"]) as? String ?? "")")
+            throw Harness.CommandError(
+                description: "\(error); last seen \(last); reason: \((try? machine(name)["reason"]) as? String ?? "")"
+            )
         }
     }
 
@@ -118,8 +131,10 @@ final class ControlPlane: @unchecked Sendable {
     /// The machine's iPXE script, fetched from its reserved address (or `from`).
     func script(mac: String, from: String? = nil) throws -> String {
         try h.run(
-            ["curl", "-sf", "--interface", from ?? Self.address(of: mac),
-             "\(http)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64"],
+            [
+                "curl", "-sf", "--interface", from ?? Self.address(of: mac),
+                "\(http)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64",
+            ],
             timeout: 10
         ).stdout
     }
@@ -130,11 +145,16 @@ final class ControlPlane: @unchecked Sendable {
     /// POSTs JSON to an agent endpoint over the agent channel, from the machine's reserved
     /// address (or `from`); returns (HTTP status, body). The stand-in does not pin the
     /// certificate (-k): the real agent's pinning is tested in AgentTests.
-    func agent(_ path: String, mac: String, token: String?, _ body: String, from: String? = nil) throws -> (Int, String) {
+    func agent(_ path: String, mac: String, token: String?, _ body: String, from: String? = nil) throws -> (Int, String)
+    {
         let out = try h.run(
-            ["curl", "-s", "-k", "--interface", from ?? Self.address(of: mac), "-X", "POST", "-H", "Content-Type: application/json"]
+            [
+                "curl", "-s", "-k", "--interface", from ?? Self.address(of: mac), "-X", "POST", "-H",
+                "Content-Type: application/json",
+            ]
                 + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
-                + ["--data-binary", body, "-w", "\n%{http_code}", "\(agentURL)\(path)"], timeout: 15
+                + ["--data-binary", body, "-w", "\n%{http_code}", "\(agentURL)\(path)"],
+            timeout: 15
         ).stdout
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
         return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
@@ -154,7 +174,10 @@ final class ControlPlane: @unchecked Sendable {
     /// and reports success (with the inventory when commissioning). Returns the task it got.
     @discardableResult
     func runAgent(
-        mac: String, timeout: Double = 60, fail: String? = nil, beforeDone: () throws -> Void = {},
+        mac: String,
+        timeout: Double = 60,
+        fail: String? = nil,
+        beforeDone: () throws -> Void = {},
         withTask: ([String: Any]) throws -> Void = { _ in }
     ) throws -> [String: Any] {
         try h.waitUntil("ramdisk script for \(mac)", timeout: timeout, interval: 0.2) { try offersRamdisk(mac: mac) }
@@ -174,7 +197,12 @@ final class ControlPlane: @unchecked Sendable {
             throw Harness.CommandError(description: "hello: \(status) \(body)")
         }
         try withTask(task)
-        _ = try agent("/agent/v1/progress", mac: mac, token: t, #"{"stage":"write","bytesDone":1048576,"bytesTotal":3145728}"#)
+        _ = try agent(
+            "/agent/v1/progress",
+            mac: mac,
+            token: t,
+            #"{"stage":"write","bytesDone":1048576,"bytesTotal":3145728}"#
+        )
         let result: String
         if let fail {
             result = #"{"ok":false,"error":"\#(fail)"}"#

@@ -11,7 +11,8 @@ struct ControlPlaneTests {
 
     /// Two ipmi_sim BMCs, two machines enrolled and commissioned to `ready` through the agent.
     func setUp(_ h: Harness, flags: [String]) throws -> (ControlPlane, IPMISimulator, IPMISimulator) {
-        let s1 = try IPMISimulator(h, name: "bmc1"), s2 = try IPMISimulator(h, name: "bmc2")
+        let s1 = try IPMISimulator(h, name: "bmc1")
+        let s2 = try IPMISimulator(h, name: "bmc2")
         try s1.start()
         try s2.start()
         let cp = ControlPlane(h, flags: flags)
@@ -53,7 +54,10 @@ struct ControlPlaneTests {
             pg?.stop()
             h.cleanup()
         }
-        let (cp, s1, s2) = try setUp(h, flags: ["--lifecycle-max-deploys", "1", "--lifecycle-step-timeout", "rescuing=4"] + dbFlags)
+        let (cp, s1, s2) = try setUp(
+            h,
+            flags: ["--lifecycle-max-deploys", "1", "--lifecycle-step-timeout", "rescuing=4"] + dbFlags
+        )
         let m1 = try cp.machine("m1")
         let inventory = m1["inventory"] as? [String: Any]
         #expect(inventory?["cores"] as? Int == 4)
@@ -63,12 +67,21 @@ struct ControlPlaneTests {
         // Admin: projects, tokens, an image.
         try cp.cli(["project", "create", "team-a", "--require-tag", "env"])
         try cp.cli(["project", "create", "team-b"])
-        let tokenA = try cp.cli(["token", "create", "--project", "team-a"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        let tokenB = try cp.cli(["token", "create", "--project", "team-b"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let tokenA = try cp.cli(["token", "create", "--project", "team-a"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let tokenB = try cp.cli(["token", "create", "--project", "team-b"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
         #expect(tokenA.hasPrefix("fa_") && tokenA != tokenB)
         // Tokens are stored hashed: the secret is nowhere in the database.
         let db =
-            try pg.map { Data(try h.run(["pg_dump", "-h", "127.0.0.1", "-p", "\($0.port)", "-U", "farrier", "farrier"]).stdout.utf8) }
+            try pg.map {
+                Data(
+                    try h.run(["pg_dump", "-h", "127.0.0.1", "-p", "\($0.port)", "-U", "farrier", "farrier"]).stdout
+                        .utf8
+                )
+            }
             ?? Data(contentsOf: URL(fileURLWithPath: cp.data + "/farrier.sqlite"))
         #expect(db.count > 1000 && db.range(of: Data(tokenA.utf8)) == nil)
         let image = h.directory + "/img.raw"
@@ -85,7 +98,12 @@ struct ControlPlaneTests {
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         let keyFile = h.directory + "/id.pub"
         let a = try cp.json(
-            ["machine", "deploy", "--image", "debian-12", "--tag", "env=dev", "--min-cores", "2", "--ssh-key", keyFile], token: tokenA)
+            [
+                "machine", "deploy", "--image", "debian-12", "--tag", "env=dev", "--min-cores", "2", "--ssh-key",
+                keyFile,
+            ],
+            token: tokenA
+        )
         let nameA = try #require(a["name"] as? String)
         let b = try cp.json(["machine", "deploy", "--image", "debian-12"], token: tokenB)
         let nameB = try #require(b["name"] as? String)
@@ -105,27 +123,49 @@ struct ControlPlaneTests {
         #expect(!elsewhere.contains(nameA) && !elsewhere.contains("deploying") && !elsewhere.contains("farrier.mode"))
         #expect(elsewhere.contains("not known to Farrier"))
         // Nor may another address say hello for it.
-        let (foreign, _) = try cp.agent("/agent/v1/hello", mac: macA, token: nil, ControlPlane.hello(nonce: UUID().uuidString), from: "127.0.0.1")
+        let (foreign, _) = try cp.agent(
+            "/agent/v1/hello",
+            mac: macA,
+            token: nil,
+            ControlPlane.hello(nonce: UUID().uuidString),
+            from: "127.0.0.1"
+        )
         #expect(foreign == 403)
         #expect(try cp.state(nameA) == "deploying/agent")
-        let task = try cp.runAgent(mac: macA, withTask: { task in
-            #expect(task["kind"] as? String == "deploy")
-            let img = try #require(task["image"] as? [String: Any])
-            let path = try #require(img["path"] as? String), token = try #require(task["token"] as? String)
-            // The image is served with Range, to this agent (its token, its address) only.
-            func get(_ args: [String]) throws -> String {
-                try h.run(["curl", "-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-r", "0-1023"] + args + [cp.agentURL + path]).stdout
+        let task = try cp.runAgent(
+            mac: macA,
+            withTask: { task in
+                #expect(task["kind"] as? String == "deploy")
+                let img = try #require(task["image"] as? [String: Any])
+                let path = try #require(img["path"] as? String)
+                let token = try #require(task["token"] as? String)
+                // The image is served with Range, to this agent (its token, its address) only.
+                func get(_ args: [String]) throws -> String {
+                    try h.run(
+                        ["curl", "-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-r", "0-1023"] + args + [
+                            cp.agentURL + path
+                        ]
+                    ).stdout
+                }
+                #expect(
+                    try get(["--interface", ControlPlane.address(of: macA), "-H", "Authorization: Bearer \(token)"])
+                        == "206"
+                )
+                #expect(try get(["--interface", "127.0.0.1", "-H", "Authorization: Bearer \(token)"]) == "403")
+                #expect(try get(["--interface", ControlPlane.address(of: macA)]) == "401")
+                // A second agent in the same boot (another nonce) is refused; the first keeps its token.
+                let (again, body) = try cp.agent(
+                    "/agent/v1/hello",
+                    mac: macA,
+                    token: nil,
+                    ControlPlane.hello(nonce: UUID().uuidString)
+                )
+                #expect(again == 409 && body.contains("already said hello"), "\(again) \(body)")
+                // The seed for the config drive is in the task, not behind a URL.
+                let seed = try #require(task["seed"] as? [String: Any])
+                #expect((seed["metaData"] as? String)?.contains("instance-id:") == true)
             }
-            #expect(try get(["--interface", ControlPlane.address(of: macA), "-H", "Authorization: Bearer \(token)"]) == "206")
-            #expect(try get(["--interface", "127.0.0.1", "-H", "Authorization: Bearer \(token)"]) == "403")
-            #expect(try get(["--interface", ControlPlane.address(of: macA)]) == "401")
-            // A second agent in the same boot (another nonce) is refused; the first keeps its token.
-            let (again, body) = try cp.agent("/agent/v1/hello", mac: macA, token: nil, ControlPlane.hello(nonce: UUID().uuidString))
-            #expect(again == 409 && body.contains("already said hello"), "\(again) \(body)")
-            // The seed for the config drive is in the task, not behind a URL.
-            let seed = try #require(task["seed"] as? [String: Any])
-            #expect((seed["metaData"] as? String)?.contains("instance-id:") == true)
-        })
+        )
         #expect(task["kind"] as? String == "deploy")
         try cp.waitFor(nameA, "deployed")
         // Deployed: disk persistently, and the script boots the disk too.
@@ -149,7 +189,10 @@ struct ControlPlaneTests {
             ["machine", "exit-rescue", nameB], ["machine", "restart", nameB], ["machine", "retry", nameB],
             ["machine", "abort", nameB], ["machine", "update", nameB, "--label", "x=y"], ["machine", "delete", nameB],
             ["machine", "commission", nameB], ["machine", "deploy", nameB, "--image", "debian-12", "--tag", "env=x"],
-            ["machine", "enroll", nameB, "--mac", macB, "--bmc", "ipmi://a@127.0.0.1", "--bmc-password-file", s1.passwordFile],
+            [
+                "machine", "enroll", nameB, "--mac", macB, "--bmc", "ipmi://a@127.0.0.1", "--bmc-password-file",
+                s1.passwordFile,
+            ],
             ["machine", "list", "--project", "team-b"], ["project", "show", "team-b"], ["project", "list"],
             ["token", "list"], ["token", "create", "--project", "team-a"], ["image", "rm", "debian-12"],
         ]
@@ -160,8 +203,13 @@ struct ControlPlaneTests {
         }
         // Console (a stream) and watch (a stream) too.
         let console = try h.run(
-            ["bash", "-c", "echo | \"$0\" machine console \"$1\" --server \"$2\" --token \"$3\"", ControlPlane.bin, nameB, cp.grpc, tokenA],
-            timeout: 30, check: false)
+            [
+                "bash", "-c", "echo | \"$0\" machine console \"$1\" --server \"$2\" --token \"$3\"", ControlPlane.bin,
+                nameB, cp.grpc, tokenA,
+            ],
+            timeout: 30,
+            check: false
+        )
         #expect(console.status != 0 && console.stderr.contains("notFound"), "\(console.stderr)")
         let watch = try cp.cli(["machine", "watch", nameB], token: tokenA, check: false)
         #expect(watch.status != 0 && watch.stderr.contains("notFound"))
@@ -172,11 +220,17 @@ struct ControlPlaneTests {
         // the admin sees both.
         let asMember = try cp.json(["machine", "show", nameA], token: tokenA)
         let asAdmin = try cp.json(["machine", "show", nameA])
-        #expect(asMember["bmc"] == nil || (asMember["bmc"] as? String ?? "").isEmpty, "member sees the BMC: \(asMember["bmc"] ?? "")")
+        #expect(
+            asMember["bmc"] == nil || (asMember["bmc"] as? String ?? "").isEmpty,
+            "member sees the BMC: \(asMember["bmc"] ?? "")"
+        )
         #expect((asAdmin["bmc"] as? String ?? "").hasPrefix("ipmi://"), "\(asAdmin["bmc"] ?? "")")
         let adminTimeline = asAdmin["timeline"] as? [[String: Any]] ?? []
         let memberTimeline = asMember["timeline"] as? [[String: Any]] ?? []
-        #expect(memberTimeline.count < adminTimeline.count, "member \(memberTimeline.count), admin \(adminTimeline.count) events")
+        #expect(
+            memberTimeline.count < adminTimeline.count,
+            "member \(memberTimeline.count), admin \(adminTimeline.count) events"
+        )
         // Nothing about B changed.
         let after = try cp.machine(nameB)
         #expect(after["state"] as? String == before["state"] as? String)
@@ -200,12 +254,23 @@ struct ControlPlaneTests {
             #expect(r.status != 0 && r.stderr.contains(message), "\(args): \(r.stderr)")
         }
         let badAdmin: [([String], String)] = [
-            (["machine", "enroll", "Bad_Name", "--mac", "52:54:00:cc:00:09", "--bmc", "ipmi://a@127.0.0.1", "--bmc-password-file", s1.passwordFile], "may only contain"),
+            (
+                [
+                    "machine", "enroll", "Bad_Name", "--mac", "52:54:00:cc:00:09", "--bmc", "ipmi://a@127.0.0.1",
+                    "--bmc-password-file", s1.passwordFile,
+                ], "may only contain"
+            ),
             (["project", "create", "x-"], "must not start or end"),
             (["token", "create", "--role", "root"], "unknown role 'root'"),
             (["machine", "deploy", "--image", "debian-12", "--project", "nope"], "no project named 'nope'"),
-            (["machine", "deploy", nameA, "--image", "debian-12", "--project", "team-a", "--tag", "env=x"], "already deployed"),
-            (["machine", "deploy", "--image", "debian-12", "--project", "team-b", "--min-cores", "64"], "no ready machine"),
+            (
+                ["machine", "deploy", nameA, "--image", "debian-12", "--project", "team-a", "--tag", "env=x"],
+                "already deployed"
+            ),
+            (
+                ["machine", "deploy", "--image", "debian-12", "--project", "team-b", "--min-cores", "64"],
+                "no ready machine"
+            ),
             (["image", "add", "gz", image, "--format", "raw.gz"], "bytes are not compressed"),
             // Store errors end the call with their code (the API's one error mapping).
             (["project", "rm", "team-a"], "failedPrecondition: project 'team-a' still has 1 machine"),
@@ -225,7 +290,11 @@ struct ControlPlaneTests {
         let failed = try cp.machine(nameA)
         #expect(failed["failedStep"] as? String == "rescuing")
         #expect((failed["reason"] as? String ?? "").contains("timed out"))
-        let waitFail = try cp.cli(["machine", "retry", nameA, "--wait", "--timeout", "30"], token: tokenA, check: false)
+        let waitFail = try cp.cli(
+            ["machine", "retry", nameA, "--wait", "--timeout", "30"],
+            token: tokenA,
+            check: false
+        )
         #expect(waitFail.status != 0 && waitFail.stderr.contains("failed in rescuing"), "\(waitFail.stderr)")
         try cp.cli(["machine", "abort", nameA], token: tokenA)
         #expect(try cp.state(nameA) == "deployed")
@@ -248,8 +317,12 @@ struct ControlPlaneTests {
 
         // The event stream replays the story in order (then follows live; `timeout` ends it).
         let events = try h.run(
-            ["timeout", "5", ControlPlane.bin, "machine", "watch", nameA, "--after", "1", "--server", cp.grpc, "--token", cp.adminToken],
-            timeout: 20, check: false
+            [
+                "timeout", "5", ControlPlane.bin, "machine", "watch", nameA, "--after", "1", "--server", cp.grpc,
+                "--token", cp.adminToken,
+            ],
+            timeout: 20,
+            check: false
         ).stdout
         let states = events.split(separator: "\n").compactMap { line -> String? in
             guard line.contains("transition:") else { return nil }
@@ -286,7 +359,8 @@ struct ControlPlaneTests {
         // ipmi_sim runs its chassis program asynchronously (a cycle's on edge comes later), so
         // each round is counted once the peer's log has been quiet for 2 s (bounded).
         func quietLog() throws -> String {
-            var last = s1.chassisLog, quietSince = Date()
+            var last = s1.chassisLog
+            var quietSince = Date()
             try h.waitUntil("ipmi_sim chassis log to settle", timeout: 30, interval: 0.25) {
                 let now = s1.chassisLog
                 if now != last {
@@ -303,8 +377,13 @@ struct ControlPlaneTests {
         /// The stored events of m1 after `id` (the watch replays them, then `timeout` ends it).
         func eventsSince(_ id: Int64) throws -> (text: String, last: Int64) {
             let text = try h.run(
-                ["timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server", cp.grpc,
-                 "--token", cp.adminToken], timeout: 20, check: false
+                [
+                    "timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server",
+                    cp.grpc,
+                    "--token", cp.adminToken,
+                ],
+                timeout: 20,
+                check: false
             ).stdout
             let ids = text.split(separator: "\n").compactMap { line in
                 line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
@@ -338,18 +417,24 @@ struct ControlPlaneTests {
             try cp.waitForCrash()
             // Restart without failpoints: the deploy resumes and completes.
             try cp.start(log: "server-after-\(point).log")
-            if ["agent.done.after-commit", "reconciler.finish.before-action", "reconciler.finish.after-action",
-                "controller.after-commit.deployed"].contains(point)
-            {
+            if [
+                "agent.done.after-commit", "reconciler.finish.before-action", "reconciler.finish.after-action",
+                "controller.after-commit.deployed",
+            ].contains(point) {
                 // The image was written: the ramdisk is never offered again for this deploy.
-                #expect(try !cp.offersRamdisk(mac: Self.mac1), "\(point): ramdisk offered again after the agent finished")
+                #expect(
+                    try !cp.offersRamdisk(mac: Self.mac1),
+                    "\(point): ramdisk offered again after the agent finished"
+                )
             }
             if (try? cp.state("m1")) == "ready" {
                 Issue.record("\(point): the committed deploy was lost (\(deploy.stderr))")
                 continue
             }
             if try cp.state("m1") != "deployed" {
-                if try cp.machine("m1")["phase"] as? String != "finish" { _ = try? cp.runAgent(mac: Self.mac1, timeout: 30) }
+                if try cp.machine("m1")["phase"] as? String != "finish" {
+                    _ = try? cp.runAgent(mac: Self.mac1, timeout: 30)
+                }
                 try cp.waitFor("m1", "deployed", timeout: 60)
             }
             #expect(try s1.ipmitool(["chassis", "bootparam", "get", "5"]).contains("Hard-Drive"), "\(point)")

@@ -24,7 +24,12 @@ struct ImageServingTests {
     }
 
     func sha(_ h: Harness, _ command: String) throws -> String {
-        String(try h.run(["bash", "-c", "\(command.replacingOccurrences(of: "curl ", with: "curl -k -H '\(Self.auth)' ")) | sha256sum"]).stdout.prefix(64))
+        String(
+            try h.run([
+                "bash", "-c",
+                "\(command.replacingOccurrences(of: "curl ", with: "curl -k -H '\(Self.auth)' ")) | sha256sum",
+            ]).stdout.prefix(64)
+        )
     }
 
     /// Status line and headers (lowercased names) of one curl request.
@@ -84,7 +89,9 @@ struct ImageServingTests {
         #expect(try status(["-I"]) == "401")
         #expect(try status(["-H", "Authorization: Bearer not-a-token"]) == "403")
         try cp.cli(["project", "create", "p"])
-        let member = try cp.cli(["token", "create", "--project", "p"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let member = try cp.cli(["token", "create", "--project", "p"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
         let secret = try #require(member.split(separator: "\n").last.map(String.init))
         #expect(try status(["-H", "Authorization: Bearer \(secret)"]) == "403")
         #expect(try status(["-H", Self.auth]) == "200")
@@ -102,7 +109,9 @@ struct ImageServingTests {
         #expect(try headers(h, [cp.agentURL + "/images/" + String(repeating: "0", count: 64)]).status == 404)
         // A path out of the image store is refused: a name that is not a SHA-256 (400), or no route (404).
         #expect(try headers(h, [cp.agentURL + "/images/..%2f..%2fetc%2fpasswd"]).status == 400)
-        #expect([400, 404].contains(try headers(h, ["--path-as-is", cp.agentURL + "/images/../../etc/passwd"]).status))
+        #expect(
+            [400, 404].contains(try headers(h, ["--path-as-is", cp.agentURL + "/images/../../etc/passwd"]).status)
+        )
     }
 
     @Test func oneConnectionCarriesImagesAndRouterRequestsInOrder() throws {
@@ -113,7 +122,8 @@ struct ImageServingTests {
         // curl reuses one connection for consecutive URLs: image, router, image.
         let out = h.directory + "/out"
         let r = try h.run([
-            "curl", "-sf", "-k", "-H", Self.auth, "-w", "%{http_code} %{num_connects}\\n", url, "-o", out + "1", cp.agentURL + "/healthz", "-o", out + "2",
+            "curl", "-sf", "-k", "-H", Self.auth, "-w", "%{http_code} %{num_connects}\\n", url, "-o", out + "1",
+            cp.agentURL + "/healthz", "-o", out + "2",
             url, "-o", out + "3",
         ]).stdout
         #expect(r == "200 1\n200 0\n200 0\n", "status and new connections per request")
@@ -149,18 +159,25 @@ struct ImageServingTests {
             """
         let py = h.directory + "/pipeline.py"
         try script.write(toFile: py, atomically: true, encoding: .utf8)
-        let answer = try h.run(["python3", py, "127.0.0.1", "\(cp.agentPort)", String(url.dropFirst(cp.agentURL.count)), "\(size)", Self.auth],
-            timeout: 30).stdout
+        let answer = try h.run(
+            [
+                "python3", py, "127.0.0.1", "\(cp.agentPort)", String(url.dropFirst(cp.agentURL.count)), "\(size)",
+                Self.auth,
+            ],
+            timeout: 30
+        ).stdout
         let hex = { (from: Int) in
             try h.run(["bash", "-c", "tail -c +\(from + 1) '\(file)' | head -c 10 | od -An -tx1 | tr -d ' \\n'"]).stdout
         }
-        #expect(answer == """
-            206 bytes 0-9/\(size) \(try hex(0))
-            200 - 6f6b0a
-            200 - -
-            206 bytes 10-19/\(size) \(try hex(10))
-            left 0
+        #expect(
+            answer == """
+                206 bytes 0-9/\(size) \(try hex(0))
+                200 - 6f6b0a
+                200 - -
+                206 bytes 10-19/\(size) \(try hex(10))
+                left 0
 
-            """)
+                """
+        )
     }
 }

@@ -29,8 +29,12 @@ struct ReplicaTests {
         /// m1's events after `id`, as B streams them for a few seconds; and the last id.
         func eventsSince(_ id: Int64, on cp: ControlPlane) throws -> (text: String, last: Int64) {
             let text = try h.run(
-                ["timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server", cp.grpc, "--token", cp.adminToken],
-                timeout: 20, check: false
+                [
+                    "timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server",
+                    cp.grpc, "--token", cp.adminToken,
+                ],
+                timeout: 20,
+                check: false
             ).stdout
             let ids = text.split(separator: "\n").compactMap { line in
                 line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
@@ -43,12 +47,18 @@ struct ReplicaTests {
         // watch follows from the last event it was shown, so it cannot miss the change.
         let before = try eventsSince(1, on: b).last
         let watch = try h.start(
-            ["timeout", "60", ControlPlane.bin, "machine", "watch", "m1", "--after", String(before), "--server", b.grpc, "--token", b.adminToken],
-            log: "watch-b.log")
+            [
+                "timeout", "60", ControlPlane.bin, "machine", "watch", "m1", "--after", String(before), "--server",
+                b.grpc, "--token", b.adminToken,
+            ],
+            log: "watch-b.log"
+        )
         defer { if watch.isRunning { watch.terminate() } }
         try a.cli(["machine", "update", "m1", "--label", "seen-by=a"])
         let sent = Date()
-        try h.waitUntil("A's update to reach B's watch", timeout: 10, interval: 0.05) { h.read("watch-b.log").contains("updated by") }
+        try h.waitUntil("A's update to reach B's watch", timeout: 10, interval: 0.05) {
+            h.read("watch-b.log").contains("updated by")
+        }
         let latency = Date().timeIntervalSince(sent)
         print("replicas: A's commit reached B's watch in \(String(format: "%.2f", latency)) s")
         #expect(latency < 5)
@@ -90,17 +100,29 @@ struct ReplicaTests {
 
         // The CLI takes every replica's address and fails over: A is dead, B answers.
         let both = "\(a.grpc),\(b.grpc)"
-        let show = try h.run([ControlPlane.bin, "machine", "show", "m1", "--server", both, "--token", b.adminToken, "-o", "json"])
+        let show = try h.run([
+            ControlPlane.bin, "machine", "show", "m1", "--server", both, "--token", b.adminToken, "-o", "json",
+        ])
         #expect(show.stdout.contains("\"deployed\""))
-        let none = try h.run([ControlPlane.bin, "machine", "show", "m1", "--server", a.grpc, "--token", b.adminToken], check: false)
-        #expect(none.status != 0 && none.stderr.contains("cannot reach the Farrier server at \(a.grpc)"), "\(none.stderr)")
+        let none = try h.run(
+            [ControlPlane.bin, "machine", "show", "m1", "--server", a.grpc, "--token", b.adminToken],
+            check: false
+        )
+        #expect(
+            none.status != 0 && none.stderr.contains("cannot reach the Farrier server at \(a.grpc)"),
+            "\(none.stderr)"
+        )
 
         // A running --wait survives the replica it talks to being killed: A comes back, a
         // release is followed through A, A is killed mid-step, and the wait goes on through B.
         try a.start(log: "server-a3.log")
         let waiter = try h.start(
-            ["timeout", "120", ControlPlane.bin, "machine", "release", "m1", "--wait", "--server", both, "--token", b.adminToken],
-            log: "wait.log")
+            [
+                "timeout", "120", ControlPlane.bin, "machine", "release", "m1", "--wait", "--server", both, "--token",
+                b.adminToken,
+            ],
+            log: "wait.log"
+        )
         try b.waitFor("m1", "releasing/agent", timeout: 60)
         let aPid = try #require(a.server?.processIdentifier)
         kill(aPid, SIGKILL)

@@ -17,9 +17,14 @@ struct ServerBMCTests {
         let grpc = "127.0.0.1:\(Int.random(in: 30000..<40000))"
         let data = h.directory + "/data"
         let server = try h.start(
-            [bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
-             "--http-listen", "127.0.0.1:\(Int.random(in: 40000..<45000))", "--agent-listen", "127.0.0.1:\(Int.random(in: 45000..<50000))",
-             "--tftp-listen", ""], log: "server.log")
+            [
+                bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
+                "--http-listen", "127.0.0.1:\(Int.random(in: 40000..<45000))", "--agent-listen",
+                "127.0.0.1:\(Int.random(in: 45000..<50000))",
+                "--tftp-listen", "",
+            ],
+            log: "server.log"
+        )
         try h.waitUntil("server up", timeout: 30) {
             guard server.isRunning else { throw Harness.CommandError(description: h.read("server.log")) }
             guard let token = try? h.adminToken(dataDir: data) else { return false }
@@ -30,7 +35,9 @@ struct ServerBMCTests {
             try h.run([bin, "machine"] + args + ["--server", grpc, "--token", token], timeout: 60, check: check)
         }
         let url = "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)"
-        _ = try cli(["enroll", "node-1", "--mac", "52:54:00:aa:00:01", "--bmc", url, "--bmc-password-file", sim.passwordFile])
+        _ = try cli([
+            "enroll", "node-1", "--mac", "52:54:00:aa:00:01", "--bmc", url, "--bmc-password-file", sim.passwordFile,
+        ])
         let shown = try cli(["show", "node-1", "-o", "json"]).stdout
         let machine = try JSONSerialization.jsonObject(with: Data(shown.utf8)) as? [String: Any]
         #expect(machine?["bmc"] as? String == url + "")
@@ -49,8 +56,14 @@ struct ServerBMCTests {
         // Console through the server: wait for the serial port's greeting (ipmi_sim connects to
         // it within 10 s), type a line, see its echo, detach with ~.
         let console = try h.run(
-            ["timeout", "60", "bash", "-c", "(sleep 14; printf 'ping\\r'; sleep 3; printf '\\r~.') | \"$0\" machine console node-1 --server \"$1\" --token \"$2\"", bin, grpc, token],
-            timeout: 70, check: false)
+            [
+                "timeout", "60", "bash", "-c",
+                "(sleep 14; printf 'ping\\r'; sleep 3; printf '\\r~.') | \"$0\" machine console node-1 --server \"$1\" --token \"$2\"",
+                bin, grpc, token,
+            ],
+            timeout: 70,
+            check: false
+        )
         #expect(console.stdout.contains("echo:PING"), "console: \(console.stdout) \(console.stderr)")
         #expect(console.stderr.contains("[detached]"))
 
@@ -59,7 +72,13 @@ struct ServerBMCTests {
         #expect(unknown.status != 0 && unknown.stderr.contains("no machine named or with MAC 'nope'"))
         let badAction = try cli(["power", "node-1", "explode"], check: false)
         #expect(badAction.stderr.contains("unknown power action 'explode'"))
-        let passwordInURL = try cli(["enroll", "node-2", "--mac", "52:54:00:aa:00:02", "--bmc", "ipmi://admin:pw@127.0.0.1", "--bmc-password-file", sim.passwordFile], check: false)
+        let passwordInURL = try cli(
+            [
+                "enroll", "node-2", "--mac", "52:54:00:aa:00:02", "--bmc", "ipmi://admin:pw@127.0.0.1",
+                "--bmc-password-file", sim.passwordFile,
+            ],
+            check: false
+        )
         #expect(passwordInURL.stderr.contains("must not contain a password"))
 
         // Wrong password: enrolled fine (the BMC is not asked), refused clearly on first use.
@@ -74,13 +93,18 @@ struct ServerBMCTests {
         // A BMC nobody answers for: the server's `unavailable` names the machine, and the CLI
         // (which tells the server's errors by their farrier-error metadata) does not call it an
         // unreachable server.
-        _ = try cli(["enroll", "node-4", "--mac", "52:54:00:aa:00:04", "--bmc", "ipmi://admin@127.0.0.1:9", "--bmc-password-file", sim.passwordFile])
+        _ = try cli([
+            "enroll", "node-4", "--mac", "52:54:00:aa:00:04", "--bmc", "ipmi://admin@127.0.0.1:9",
+            "--bmc-password-file", sim.passwordFile,
+        ])
         let silent = try cli(["power", "node-4"], check: false)
         #expect(silent.status != 0 && silent.stderr.contains("unavailable: machine node-4:"), "\(silent.stderr)")
         #expect(!silent.stderr.contains("cannot reach the Farrier server"), "\(silent.stderr)")
 
         // The password is nowhere: API answers, logs, the database file (encrypted at rest).
-        let everything = try cli(["list", "-o", "yaml"]).stdout + (try cli(["show", "node-1", "-o", "json"]).stdout) + h.read("server.log")
+        let everything =
+            try cli(["list", "-o", "yaml"]).stdout + (try cli(["show", "node-1", "-o", "json"]).stdout)
+            + h.read("server.log")
         #expect(!everything.contains(IPMISimulator.password))
         #expect(!everything.contains("not-it"))
         let files = try FileManager.default.contentsOfDirectory(atPath: data).filter { $0.hasPrefix("farrier.sqlite") }

@@ -20,12 +20,21 @@ struct SimTests {
         let url = try pg.createDatabase("farrier")
         let base = Int.random(in: 300..<390) * 100
         let (grpcA, grpcB, httpA, redfish) = ("127.0.0.1:\(base)", "127.0.0.1:\(base + 1)", base + 2, base + 10)
-        let config = h.directory + "/sim.yaml", enroll = h.directory + "/enroll.yaml", password = h.directory + "/bmc.pw"
+        let config = h.directory + "/sim.yaml"
+        let enroll = h.directory + "/enroll.yaml"
+        let password = h.directory + "/bmc.pw"
         let sim = try h.start(
-            [Self.bin, "sim", "--machines", "12", "--redfish-listen", "127.0.0.1:\(redfish)", "--boot-url", "http://127.0.0.1:\(httpA)",
-             "--first-address", "127.77.0.1", "--boot-seconds", "0.3", "--agent-seconds", "0.5", "--poll-seconds", "1",
-             "--wrong-password-every", "6", "--image-share", "0.5", "--write-config", config, "--write-enroll", enroll,
-             "--write-password", password], log: "sim.log")
+            [
+                Self.bin, "sim", "--machines", "12", "--redfish-listen", "127.0.0.1:\(redfish)", "--boot-url",
+                "http://127.0.0.1:\(httpA)",
+                "--first-address", "127.77.0.1", "--boot-seconds", "0.3", "--agent-seconds", "0.5", "--poll-seconds",
+                "1",
+                "--wrong-password-every", "6", "--image-share", "0.5", "--write-config", config, "--write-enroll",
+                enroll,
+                "--write-password", password,
+            ],
+            log: "sim.log"
+        )
         try h.waitUntil("the simulator's files", timeout: 30) {
             guard sim.isRunning else { throw Harness.CommandError(description: "sim exited: \(h.read("sim.log"))") }
             // The simulator writes the reservations, the password, then the enrollment file.
@@ -37,14 +46,22 @@ struct SimTests {
         let data = h.directory + "/data"
         func replica(_ r: Int, log: String) throws -> Process {
             try h.start(
-                [Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen", r == 0 ? grpcA : grpcB,
-                 "--http-listen", "127.0.0.1:\(httpA + r * 3)", "--agent-listen", "127.0.0.1:\(httpA + 1 + r * 3)", "--tftp-listen", "",
-                 "--dhcp-mode", "off", "--config", config, "--database", url, "--lifecycle-max-deploys", "4",
-                 "--lifecycle-max-wipes", "4", "--lifecycle-claim-ttl", "5"], log: log)
+                [
+                    Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen",
+                    r == 0 ? grpcA : grpcB,
+                    "--http-listen", "127.0.0.1:\(httpA + r * 3)", "--agent-listen", "127.0.0.1:\(httpA + 1 + r * 3)",
+                    "--tftp-listen", "",
+                    "--dhcp-mode", "off", "--config", config, "--database", url, "--lifecycle-max-deploys", "4",
+                    "--lifecycle-max-wipes", "4", "--lifecycle-claim-ttl", "5",
+                ],
+                log: log
+            )
         }
         let a = try replica(0, log: "server-a.log")
         try h.waitUntil("replica A's admin token", timeout: 30) {
-            guard a.isRunning else { throw Harness.CommandError(description: "server exited: \(h.read("server-a.log"))") }
+            guard a.isRunning else {
+                throw Harness.CommandError(description: "server exited: \(h.read("server-a.log"))")
+            }
             return (try? h.adminToken(dataDir: data)) != nil
         }
         let b = try replica(1, log: "server-b.log")
@@ -55,7 +72,9 @@ struct SimTests {
             try h.run([Self.bin] + args + ["--server", server, "--token", token], timeout: 120, check: check)
         }
         for server in [grpcA, grpcB] {
-            try h.waitUntil("\(server) to answer", timeout: 30, interval: 0.2) { (try? cli(["token", "whoami"], server: server)) != nil }
+            try h.waitUntil("\(server) to answer", timeout: 30, interval: 0.2) {
+                (try? cli(["token", "whoami"], server: server)) != nil
+            }
         }
         func machines(_ args: [String] = []) throws -> [[String: Any]] {
             let out = try cli(["machine", "list", "-o", "json"] + args).stdout
@@ -71,7 +90,9 @@ struct SimTests {
         // password failed, saying so.
         let enrolled = try cli(["machine", "enroll", "--from", enroll, "--bmc-password-file", password, "--commission"])
         #expect(enrolled.stdout.contains("enrolled 12 of 12 machines"))
-        try h.waitUntil("10 machines ready and 2 failed", timeout: 120, interval: 1) { try count("ready") == 10 && count("failed") == 2 }
+        try h.waitUntil("10 machines ready and 2 failed", timeout: 120, interval: 1) {
+            try count("ready") == 10 && count("failed") == 2
+        }
         let failed = try machines().filter { $0["state"] as? String == "failed" }
         #expect(Set(failed.compactMap { $0["name"] as? String }) == ["sim-00006", "sim-00012"])
         #expect(failed.allSatisfy { ($0["reason"] as? String ?? "").contains("authentication") }, "\(failed)")
@@ -90,8 +111,16 @@ struct SimTests {
         #expect(try count("deploying") + count("deployed") == 5)
         kill(b.processIdentifier, SIGKILL)
         try cli(["machine", "deploy", "--project", "p2", "--image", "img", "--count", "5"], server: grpcA)
-        let none = try cli(["machine", "deploy", "--project", "p2", "--image", "img", "--count", "2"], server: grpcA, check: false)
-        #expect(none.status != 0 && none.stderr.contains("deployed 0 of 2 machines") && none.stderr.contains("no ready machine"), "\(none.stderr)")
+        let none = try cli(
+            ["machine", "deploy", "--project", "p2", "--image", "img", "--count", "2"],
+            server: grpcA,
+            check: false
+        )
+        #expect(
+            none.status != 0 && none.stderr.contains("deployed 0 of 2 machines")
+                && none.stderr.contains("no ready machine"),
+            "\(none.stderr)"
+        )
         try h.waitUntil("10 machines deployed", timeout: 180, interval: 1) { try count("deployed") == 10 }
         #expect(try machines(["--project", "p1"]).count == 5)
         var s = try stats()

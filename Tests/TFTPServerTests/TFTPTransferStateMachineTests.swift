@@ -8,8 +8,11 @@ import Testing
     func machine(size: Int, options: [(String, String)] = [], retries: Int = 3) -> TFTPTransferStateMachine {
         let req = TFTPRequest(filename: "f", options: options.map { TFTPOption($0.0, $0.1) })
         return TFTPTransferStateMachine(
-            negotiation: TFTPNegotiation(request: req, fileSize: size), fileSize: size, retransmitTimeout: .seconds(1),
-            maxRetries: retries)
+            negotiation: TFTPNegotiation(request: req, fileSize: size),
+            fileSize: size,
+            retransmitTimeout: .seconds(1),
+            maxRetries: retries
+        )
     }
 
     @Test func lockstepWithoutOptions() {
@@ -107,7 +110,10 @@ import Testing
     @Test func clientErrorEndsTheTransfer() {
         var m = machine(size: 10, options: [("tsize", "0")])
         _ = m.start(now: t0)
-        guard case .failed = m.receiveError() else { Issue.record("expected failure"); return }
+        guard case .failed = m.receiveError() else {
+            Issue.record("expected failure")
+            return
+        }
         #expect(m.timeout(now: t0 + .seconds(5)) == TFTPTransferStateMachine.Action.none)
     }
 }

@@ -11,7 +11,10 @@ import WireSupport
 
     @Test func decodesReadRequestWithOptions() throws {
         let p = try TFTPPacket(decoding: Self.curlRRQ)
-        guard case .readRequest(let r) = p else { Issue.record("not an RRQ: \(p)"); return }
+        guard case .readRequest(let r) = p else {
+            Issue.record("not an RRQ: \(p)")
+            return
+        }
         #expect(r.filename == "undionly.kpxe")
         #expect(r.mode == "octet")
         #expect(r.options == [TFTPOption("tsize", "0"), TFTPOption("blksize", "1468")])
@@ -20,7 +23,10 @@ import WireSupport
 
     @Test func modeAndOptionNamesAreCaseInsensitive() throws {
         let bytes: [UInt8] = [0, 1] + Array("a\0OCTET\0BlkSize\0512\0".utf8)
-        guard case .readRequest(let r) = try TFTPPacket(decoding: bytes) else { Issue.record("not RRQ"); return }
+        guard case .readRequest(let r) = try TFTPPacket(decoding: bytes) else {
+            Issue.record("not RRQ")
+            return
+        }
         #expect(r.mode == "octet")
         #expect(r.option("blksize") == "512")
     }
@@ -83,11 +89,17 @@ import WireSupport
 
     @Test func allFourOptionsInClientOrder() {
         let n = TFTPNegotiation(
-            request: request([("windowsize", "8"), ("tsize", "0"), ("timeout", "3"), ("blksize", "1432"), ("multicast", "")]),
-            fileSize: 67584)
-        #expect(n.acknowledged == [
-            TFTPOption("windowsize", "8"), TFTPOption("tsize", "67584"), TFTPOption("timeout", "3"), TFTPOption("blksize", "1432"),
-        ])
+            request: request([
+                ("windowsize", "8"), ("tsize", "0"), ("timeout", "3"), ("blksize", "1432"), ("multicast", ""),
+            ]),
+            fileSize: 67584
+        )
+        #expect(
+            n.acknowledged == [
+                TFTPOption("windowsize", "8"), TFTPOption("tsize", "67584"), TFTPOption("timeout", "3"),
+                TFTPOption("blksize", "1432"),
+            ]
+        )
         #expect(n.windowSize == 8 && n.timeoutSeconds == 3 && n.blockSize == 1432 && n.transferSize == 67584)
     }
 
@@ -95,7 +107,9 @@ import WireSupport
         let limits = TFTPNegotiation.Limits(maxBlockSize: 8192, maxWindowSize: 16)
         let n = TFTPNegotiation(
             request: request([("blksize", "65464"), ("windowsize", "64"), ("timeout", "0"), ("tsize", "5")]),
-            fileSize: 10, limits: limits)
+            fileSize: 10,
+            limits: limits
+        )
         #expect(n.acknowledged == [TFTPOption("blksize", "8192"), TFTPOption("windowsize", "16")])
         let tiny = TFTPNegotiation(request: request([("blksize", "7"), ("timeout", "256")]), fileSize: 10)
         #expect(tiny.acknowledged.isEmpty)
@@ -111,7 +125,10 @@ import WireSupport
         let atCap = TFTPNegotiation(request: request([("timeout", "10")]), fileSize: 10)
         #expect(atCap.timeoutSeconds == 10 && atCap.acknowledged == [TFTPOption("timeout", "10")])
         let raised = TFTPNegotiation(
-            request: request([("timeout", "30")]), fileSize: 10, limits: .init(maxTimeoutSeconds: 60))
+            request: request([("timeout", "30")]),
+            fileSize: 10,
+            limits: .init(maxTimeoutSeconds: 60)
+        )
         #expect(raised.timeoutSeconds == 30)
     }
 }

@@ -23,7 +23,11 @@ public final class Harness: @unchecked Sendable {
     }
 
     /// Integration tests need root (namespaces, ports 67/69) and the peers installed by `.ci/setup`.
-    public static var canRun: Bool { getuid() == 0 && (FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") || FileManager.default.isExecutableFile(atPath: "/sbin/ip")) }
+    public static var canRun: Bool {
+        getuid() == 0
+            && (FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
+                || FileManager.default.isExecutableFile(atPath: "/sbin/ip"))
+    }
 
     /// Where `farrier lab up` records a running lab.
     public static let labStatePath = "/run/farrier-lab/state.json"
@@ -33,11 +37,13 @@ public final class Harness: @unchecked Sendable {
     public static func requireNoLab() throws {
         guard FileManager.default.fileExists(atPath: labStatePath) else { return }
         let text = (try? String(contentsOfFile: labStatePath, encoding: .utf8)) ?? ""
-        throw CommandError(description: """
-            a lab is up, or a stale lab state is left behind: \(labStatePath) exists \
-            (\(text.prefix(200).replacingOccurrences(of: "\n", with: " "))). Run `farrier lab down` \
-            (it removes the state of a lab that died), then run the tests again.
-            """)
+        throw CommandError(
+            description: """
+                a lab is up, or a stale lab state is left behind: \(labStatePath) exists \
+                (\(text.prefix(200).replacingOccurrences(of: "\n", with: " "))). Run `farrier lab down` \
+                (it removes the state of a lab that died), then run the tests again.
+                """
+        )
     }
 
     /// The farrier binary built by `swift build` (FARRIER_BIN overrides).
@@ -68,7 +74,8 @@ public final class Harness: @unchecked Sendable {
         // Output goes to files, not pipes: a child that daemonizes (dhclient does, once bound)
         // keeps inherited descriptors open, and a pipe would never reach end of file.
         let n = counter.add(1, ordering: .relaxed).newValue
-        let outPath = "\(directory)/.run\(n).out", errPath = "\(directory)/.run\(n).err"
+        let outPath = "\(directory)/.run\(n).out"
+        let errPath = "\(directory)/.run\(n).err"
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
@@ -92,10 +99,14 @@ public final class Harness: @unchecked Sendable {
         }
         p.waitUntilExit()
         let r = Result(
-            status: p.terminationStatus, stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+            status: p.terminationStatus,
+            stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        )
         if check && r.status != 0 {
-            throw CommandError(description: "\(args.joined(separator: " ")) exited \(r.status): \(r.stderr) \(r.stdout)")
+            throw CommandError(
+                description: "\(args.joined(separator: " ")) exited \(r.status): \(r.stderr) \(r.stdout)"
+            )
         }
         return r
     }
@@ -123,7 +134,10 @@ public final class Harness: @unchecked Sendable {
 
     /// Polls `condition` every `interval` until it holds or `timeout` passes.
     public func waitUntil(
-        _ what: String, timeout: Double = 30, interval: Double = 0.1, _ condition: () throws -> Bool
+        _ what: String,
+        timeout: Double = 30,
+        interval: Double = 0.1,
+        _ condition: () throws -> Bool
     ) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
@@ -145,7 +159,8 @@ public final class Harness: @unchecked Sendable {
     /// Two namespaces joined by a veth pair: the server side gets `serverIP/len`, the client side
     /// none (DHCP clients configure it). Returns (server ns, server if, client ns, client if).
     public func veth(serverIP: String) throws -> (String, String, String, String) {
-        let s = try namespace("s"), c = try namespace("c")
+        let s = try namespace("s")
+        let c = try namespace("c")
         try run(["ip", "-n", s, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", c])
         try run(["ip", "-n", s, "addr", "add", serverIP, "dev", "vs"])
         try run(["ip", "-n", s, "link", "set", "vs", "up"])
@@ -155,7 +170,9 @@ public final class Harness: @unchecked Sendable {
 
     /// Whether `pid` is a process that has not exited (a zombie has).
     static func isLive(_ pid: Int32) -> Bool {
-        guard kill(pid, 0) == 0, let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+        guard kill(pid, 0) == 0, let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else {
+            return false
+        }
         return !status.contains("State:\tZ")
     }
 
@@ -182,7 +199,9 @@ public final class Harness: @unchecked Sendable {
                 // still names the same program.
                 let deadline = Date().addingTimeInterval(3)
                 while Self.isLive(pid) && Date() < deadline { usleep(20_000) }
-                if Self.isLive(pid), comm != nil, (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) == comm {
+                if Self.isLive(pid), comm != nil,
+                    (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) == comm
+                {
                     kill(pid, SIGKILL)
                 }
             }
@@ -209,11 +228,20 @@ public final class Harness: @unchecked Sendable {
     public func startFarrier(namespace: String, flags: [String], log: String = "farrier.log") throws -> Process {
         let data = directory + "/data"
         let p = try start(
-            ["ip", "netns", "exec", namespace, Harness.farrierBinary, "server", "--data-dir", data, "--log-level", "debug",
-             "--http-listen", "0.0.0.0:8080", "--grpc-listen", "127.0.0.1:7700"] + flags, log: log)
+            [
+                "ip", "netns", "exec", namespace, Harness.farrierBinary, "server", "--data-dir", data, "--log-level",
+                "debug",
+                "--http-listen", "0.0.0.0:8080", "--grpc-listen", "127.0.0.1:7700",
+            ] + flags,
+            log: log
+        )
         try waitUntil("farrier /healthz", timeout: 30) {
             guard p.isRunning else { throw CommandError(description: "farrier exited: \(read(log))") }
-            return (try? run(["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:8080/healthz"], timeout: 5).stdout) == "ok\n"
+            return
+                (try? run(
+                    ["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:8080/healthz"],
+                    timeout: 5
+                ).stdout) == "ok\n"
         }
         return p
     }
@@ -231,17 +259,21 @@ public final class Harness: @unchecked Sendable {
     public func farrierJSON(namespace: String, _ args: [String]) throws -> Any {
         let r = try run(
             ["ip", "netns", "exec", namespace, Harness.farrierBinary] + args
-                + ["-o", "json", "--server", "127.0.0.1:7700", "--token", try adminToken()], timeout: 30)
+                + ["-o", "json", "--server", "127.0.0.1:7700", "--token", try adminToken()],
+            timeout: 30
+        )
         return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
     }
 
     /// Reads one counter from the server's /metrics.
     public func metric(namespace: String, _ name: String) throws -> Int {
-        let text = try run(["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:8080/metrics"], timeout: 10).stdout
+        let text = try run(
+            ["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:8080/metrics"],
+            timeout: 10
+        ).stdout
         for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
             return Int(line.split(separator: " ")[1]) ?? -1
         }
         return -1
     }
 }
-

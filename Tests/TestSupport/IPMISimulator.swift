@@ -26,7 +26,10 @@ public struct IPMISimulator: Sendable {
         solPort = Self.freePort(udp: false)
         dir = h.directory + "/" + name
         try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
-        try write("chassis.sh", mode: 0o755, """
+        try write(
+            "chassis.sh",
+            mode: 0o755,
+            """
             #!/bin/sh
             # ipmi_sim chassis_control: <mc> get power|boot, <mc> set power 0|1 reset 1 shutdown 1 boot DEV
             D=\(dir)
@@ -49,14 +52,22 @@ public struct IPMISimulator: Sendable {
             esac
             exit 0
 
-            """)
-        try write("bmc.emu", mode: 0o644, """
+            """
+        )
+        try write(
+            "bmc.emu",
+            mode: 0o644,
+            """
             mc_setbmc 0x20
             mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
             mc_enable 0x20
 
-            """)
-        try write("lan.conf", mode: 0o600, """
+            """
+        )
+        try write(
+            "lan.conf",
+            mode: 0o600,
+            """
             name "farrier-test"
             set_working_mc 0x20
               startlan 1
@@ -72,10 +83,14 @@ public struct IPMISimulator: Sendable {
               sol "telnet:127.0.0.1:\(solPort)" 115200
               user 2 true "\(Self.user)" "\(Self.password)" admin 10 none md2 md5 straight
 
-            """)
+            """
+        )
         try write("password", mode: 0o600, Self.password)
         // The serial port's far end: says hello, then echoes each line back upper-cased.
-        try write("serial.py", mode: 0o644, """
+        try write(
+            "serial.py",
+            mode: 0o644,
+            """
             import socket, sys
             srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(4)
@@ -102,7 +117,8 @@ public struct IPMISimulator: Sendable {
                         if line: c.sendall(b"echo:" + line.upper() + b"\\r\\n")
                 c.close()
 
-            """)
+            """
+        )
     }
 
     func write(_ name: String, mode: Int, _ text: String) throws {
@@ -115,7 +131,10 @@ public struct IPMISimulator: Sendable {
     @discardableResult
     public func start(log: String? = nil) throws -> Process {
         let log = log ?? "ipmi_sim-\(port).log"
-        let p = try h.start(["ipmi_sim", "-c", dir + "/lan.conf", "-f", dir + "/bmc.emu", "-s", dir + "/state", "-n"], log: log)
+        let p = try h.start(
+            ["ipmi_sim", "-c", dir + "/lan.conf", "-f", dir + "/bmc.emu", "-s", dir + "/state", "-n"],
+            log: log
+        )
         // Up when ipmitool gets an answer.
         try h.waitUntil("ipmi_sim on port \(port)", timeout: 15, interval: 0.2) {
             guard p.isRunning else { throw Harness.CommandError(description: "ipmi_sim exited: \(h.read(log))") }
@@ -132,8 +151,11 @@ public struct IPMISimulator: Sendable {
     @discardableResult
     public func ipmitool(_ args: [String], timeout: Double = 15) throws -> String {
         try h.run(
-            ["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", String(port), "-U", Self.user, "-f", passwordFile,
-             "-R", "2", "-N", "1"] + args,
+            [
+                "ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", String(port), "-U", Self.user, "-f",
+                passwordFile,
+                "-R", "2", "-N", "1",
+            ] + args,
             timeout: timeout
         ).stdout
     }

@@ -18,7 +18,10 @@ public final class PostgresServer: Sendable {
 
     public init(_ h: Harness) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.bin + "/postgres") else {
-            throw Harness.CommandError(description: "PostgreSQL 15 is not installed at \(Self.bin): apt-get install postgresql-15 (scripts/install-deps.sh does)")
+            throw Harness.CommandError(
+                description:
+                    "PostgreSQL 15 is not installed at \(Self.bin): apt-get install postgresql-15 (scripts/install-deps.sh does)"
+            )
         }
         harness = h
         dataDirectory = h.directory + "/pg"
@@ -29,19 +32,32 @@ public final class PostgresServer: Sendable {
             try h.run(["chown", "nobody:nogroup", dataDirectory])
         }
         chmod(dataDirectory, 0o700)
-        try h.run(Self.asUnprivileged([Self.bin + "/initdb", "-D", dataDirectory, "-U", "farrier", "-A", "trust", "-E", "UTF8", "--no-sync"]), timeout: 120)
+        try h.run(
+            Self.asUnprivileged([
+                Self.bin + "/initdb", "-D", dataDirectory, "-U", "farrier", "-A", "trust", "-E", "UTF8", "--no-sync",
+            ]),
+            timeout: 120
+        )
         port = try Self.freePort()
         process = try h.start(
             Self.asUnprivileged([
                 Self.bin + "/postgres", "-D", dataDirectory, "-k", dataDirectory, "-p", "\(port)",
                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
-            ]), log: "postgres.log")
+            ]),
+            log: "postgres.log"
+        )
         let port = self.port
         try h.waitUntil("PostgreSQL accepting connections on 127.0.0.1:\(port)", timeout: 60, interval: 0.2) {
             guard process.isRunning else {
                 throw Harness.CommandError(description: "postgres exited: \(h.read("postgres.log").suffix(2000))")
             }
-            return try h.run([Self.bin + "/pg_isready", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres", "-t", "1"], check: false).status == 0
+            return try h.run(
+                [
+                    Self.bin + "/pg_isready", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres",
+                    "-t", "1",
+                ],
+                check: false
+            ).status == 0
         }
     }
 
@@ -52,7 +68,10 @@ public final class PostgresServer: Sendable {
 
     /// A new empty database; returns its URL.
     public func createDatabase(_ name: String) throws -> String {
-        try harness.run(["psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE \(name)"])
+        try harness.run([
+            "psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+            "-c", "CREATE DATABASE \(name)",
+        ])
         return url(name)
     }
 
@@ -60,7 +79,10 @@ public final class PostgresServer: Sendable {
 
     /// Runs SQL with psql; returns its unaligned, tuples-only output.
     public func psql(_ database: String, _ sql: String) throws -> String {
-        try harness.run(["psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql]).stdout
+        try harness.run([
+            "psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", database, "-v", "ON_ERROR_STOP=1", "-At",
+            "-c", sql,
+        ]).stdout
     }
 
     /// Fast shutdown (clients disconnected, then a clean stop), bounded; then the postmaster is
@@ -88,7 +110,9 @@ public final class PostgresServer: Sendable {
         addr.sin_port = 0
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
+            }
         }
         guard bound else { throw Harness.CommandError(description: "cannot find a free port: \(errno)") }
         return Int(UInt16(bigEndian: addr.sin_port))

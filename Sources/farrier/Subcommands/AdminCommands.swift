@@ -8,8 +8,10 @@ import Yams
 
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "image", abstract: "OS images: add (upload), list, show, rm.",
-        subcommands: [Add.self, List.self, Show.self, Remove.self])
+        commandName: "image",
+        abstract: "OS images: add (upload), list, show, rm.",
+        subcommands: [Add.self, List.self, Show.self, Remove.self]
+    )
 
     struct ImageView: Codable {
         var name: String
@@ -38,15 +40,24 @@ struct ImageCommand: AsyncParsableCommand {
         case .json: print(try json(views.count == 1 ? AnyEncodable(views[0]) : AnyEncodable(views)))
         case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
         case .table:
-            print(table(
-                ["NAME", "OS", "ARCH", "FIRMWARE", "FORMAT", "SIZE", "SHA256"],
-                views.map { [$0.name, $0.os, $0.architecture, $0.firmware, $0.format, bytes($0.size), String($0.sha256.prefix(16))] }))
+            print(
+                table(
+                    ["NAME", "OS", "ARCH", "FIRMWARE", "FORMAT", "SIZE", "SHA256"],
+                    views.map {
+                        [
+                            $0.name, $0.os, $0.architecture, $0.firmware, $0.format, bytes($0.size),
+                            String($0.sha256.prefix(16)),
+                        ]
+                    }
+                )
+            )
         }
     }
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Upload an image: raw, raw.gz, raw.zst or qcow2 (converted to raw by the server, once).")
+            abstract: "Upload an image: raw, raw.gz, raw.zst or qcow2 (converted to raw by the server, once)."
+        )
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Image name.") var name: String
@@ -77,13 +88,15 @@ struct ImageCommand: AsyncParsableCommand {
             header.firmware = firmware ?? ""
             header.sha256 = digest
             header.size = size
-            let first = header, total = size
+            let first = header
+            let total = size
             let image = try await rpc(client) { c in
                 let request = StreamingClientRequest<Farrier_V1_UploadImageRequest> { writer in
                     var m = Farrier_V1_UploadImageRequest()
                     m.header = first
                     try await writer.write(m)
-                    var sent: Int64 = 0, shown = Date()
+                    var sent: Int64 = 0
+                    var shown = Date()
                     while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
                         var part = Farrier_V1_UploadImageRequest()
                         part.chunk = chunk
@@ -113,7 +126,9 @@ struct ImageCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            let r = try await rpc(client, idempotent: true) { try await $0.images.listImages(Farrier_V1_ListImagesRequest()) }
+            let r = try await rpc(client, idempotent: true) {
+                try await $0.images.listImages(Farrier_V1_ListImagesRequest())
+            }
             try ImageCommand.show(r.images, output)
         }
     }
@@ -127,12 +142,18 @@ struct ImageCommand: AsyncParsableCommand {
             var req = Farrier_V1_GetImageRequest()
             req.name = name
             let request = req
-            try ImageCommand.show([try await rpc(client, idempotent: true) { try await $0.images.getImage(request) }], output)
+            try ImageCommand.show(
+                [try await rpc(client, idempotent: true) { try await $0.images.getImage(request) }],
+                output
+            )
         }
     }
 
     struct Remove: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove an image (not while deployed).")
+        static let configuration = CommandConfiguration(
+            commandName: "rm",
+            abstract: "Remove an image (not while deployed)."
+        )
         @OptionGroup var client: ClientOptions
         @Argument(help: "Image name.") var name: String
         func run() async throws {
@@ -147,8 +168,10 @@ struct ImageCommand: AsyncParsableCommand {
 
 struct ProjectCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "project", abstract: "Projects (admin): create, list, show, rm.",
-        subcommands: [Create.self, List.self, Show.self, Remove.self])
+        commandName: "project",
+        abstract: "Projects (admin): create, list, show, rm.",
+        subcommands: [Create.self, List.self, Show.self, Remove.self]
+    )
 
     struct ProjectView: Codable {
         var name: String
@@ -173,12 +196,18 @@ struct ProjectCommand: AsyncParsableCommand {
         case .json: print(try json(single && views.count == 1 ? AnyEncodable(views[0]) : AnyEncodable(views)))
         case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
         case .table:
-            print(table(
-                ["NAME", "MACHINES", "REQUIRED TAGS", "WIPE", "DESCRIPTION"],
-                views.map {
-                    [$0.name, "\($0.machines)", $0.requiredTags.isEmpty ? "-" : $0.requiredTags.joined(separator: ","),
-                     $0.wipePolicy == "quick" ? "quick (unsafe between tenants)" : $0.wipePolicy, $0.description]
-                }))
+            print(
+                table(
+                    ["NAME", "MACHINES", "REQUIRED TAGS", "WIPE", "DESCRIPTION"],
+                    views.map {
+                        [
+                            $0.name, "\($0.machines)",
+                            $0.requiredTags.isEmpty ? "-" : $0.requiredTags.joined(separator: ","),
+                            $0.wipePolicy == "quick" ? "quick (unsafe between tenants)" : $0.wipePolicy, $0.description,
+                        ]
+                    }
+                )
+            )
         }
     }
 
@@ -189,7 +218,10 @@ struct ProjectCommand: AsyncParsableCommand {
         @Argument(help: "Project name.") var name: String
         @Option(help: "Description.") var description: String = ""
         @Option(help: "A tag key every deploy must carry; repeat for more.") var requireTag: [String] = []
-        @Option(help: "How releases wipe: full (erase and verify every byte) or quick (first and last MiB only: UNSAFE between tenants, the next one can read this project's data).")
+        @Option(
+            help:
+                "How releases wipe: full (erase and verify every byte) or quick (first and last MiB only: UNSAFE between tenants, the next one can read this project's data)."
+        )
         var wipePolicy: String = "full"
         func run() async throws {
             var req = Farrier_V1_CreateProjectRequest()
@@ -198,7 +230,11 @@ struct ProjectCommand: AsyncParsableCommand {
             req.requiredTags = requireTag
             req.wipePolicy = wipePolicy
             let request = req
-            try ProjectCommand.show([try await rpc(client) { try await $0.projects.createProject(request) }], output, single: true)
+            try ProjectCommand.show(
+                [try await rpc(client) { try await $0.projects.createProject(request) }],
+                output,
+                single: true
+            )
         }
     }
 
@@ -207,7 +243,12 @@ struct ProjectCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            try ProjectCommand.show(try await rpc(client, idempotent: true) { try await $0.projects.listProjects(Farrier_V1_ListProjectsRequest()) }.projects, output)
+            try ProjectCommand.show(
+                try await rpc(client, idempotent: true) {
+                    try await $0.projects.listProjects(Farrier_V1_ListProjectsRequest())
+                }.projects,
+                output
+            )
         }
     }
 
@@ -220,12 +261,19 @@ struct ProjectCommand: AsyncParsableCommand {
             var req = Farrier_V1_GetProjectRequest()
             req.name = name
             let request = req
-            try ProjectCommand.show([try await rpc(client, idempotent: true) { try await $0.projects.getProject(request) }], output, single: true)
+            try ProjectCommand.show(
+                [try await rpc(client, idempotent: true) { try await $0.projects.getProject(request) }],
+                output,
+                single: true
+            )
         }
     }
 
     struct Remove: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a project (no machines, no tokens left).")
+        static let configuration = CommandConfiguration(
+            commandName: "rm",
+            abstract: "Remove a project (no machines, no tokens left)."
+        )
         @OptionGroup var client: ClientOptions
         @Argument(help: "Project name.") var name: String
         func run() async throws {
@@ -240,8 +288,10 @@ struct ProjectCommand: AsyncParsableCommand {
 
 struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "token", abstract: "API tokens (admin): create (shown once), list, revoke; whoami.",
-        subcommands: [Create.self, List.self, Revoke.self, WhoAmI.self])
+        commandName: "token",
+        abstract: "API tokens (admin): create (shown once), list, revoke; whoami.",
+        subcommands: [Create.self, List.self, Revoke.self, WhoAmI.self]
+    )
 
     struct TokenView: Codable {
         var id: String
@@ -261,7 +311,8 @@ struct TokenCommand: AsyncParsableCommand {
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a token; prints its secret once.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table (the secret alone), json or yaml.") var output: OutputFormat = .table
+        @Option(name: .shortAndLong, help: "Output format: table (the secret alone), json or yaml.") var output:
+            OutputFormat = .table
         @Option(help: "member (one project) or admin (the fleet).") var role: String = "member"
         @Option(help: "The project of a member token.") var project: String?
         @Option(help: "A name to recognise it by.") var name: String?
@@ -278,10 +329,16 @@ struct TokenCommand: AsyncParsableCommand {
             }
             switch output {
             case .table:
-                FileHandle.standardError.write(Data("token \(r.token.id) (\(r.token.role)\(r.token.project.isEmpty ? "" : ", project " + r.token.project)); the secret is shown once:\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "token \(r.token.id) (\(r.token.role)\(r.token.project.isEmpty ? "" : ", project " + r.token.project)); the secret is shown once:\n"
+                            .utf8
+                    )
+                )
                 print(r.secret)
             case .json: print(try json(Created(token: TokenView(r.token), secret: r.secret)))
-            case .yaml: print(try YAMLEncoder().encode(Created(token: TokenView(r.token), secret: r.secret)), terminator: "")
+            case .yaml:
+                print(try YAMLEncoder().encode(Created(token: TokenView(r.token), secret: r.secret)), terminator: "")
             }
         }
     }
@@ -291,12 +348,19 @@ struct TokenCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            let views = try await rpc(client, idempotent: true) { try await $0.tokens.listTokens(Farrier_V1_ListTokensRequest()) }.tokens.map(TokenView.init)
+            let views = try await rpc(client, idempotent: true) {
+                try await $0.tokens.listTokens(Farrier_V1_ListTokensRequest())
+            }.tokens.map(TokenView.init)
             switch output {
             case .json: print(try json(views))
             case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
             case .table:
-                print(table(["ID", "NAME", "ROLE", "PROJECT", "CREATED"], views.map { [$0.id, $0.name, $0.role, $0.project ?? "-", iso($0.created)] }))
+                print(
+                    table(
+                        ["ID", "NAME", "ROLE", "PROJECT", "CREATED"],
+                        views.map { [$0.id, $0.name, $0.role, $0.project ?? "-", iso($0.created)] }
+                    )
+                )
             }
         }
     }
@@ -319,7 +383,9 @@ struct TokenCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         func run() async throws {
-            let t = TokenView(try await rpc(client, idempotent: true) { try await $0.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) })
+            let t = TokenView(
+                try await rpc(client, idempotent: true) { try await $0.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) }
+            )
             switch output {
             case .json: print(try json(t))
             case .yaml: print(try YAMLEncoder().encode(t), terminator: "")
@@ -331,12 +397,17 @@ struct TokenCommand: AsyncParsableCommand {
 
 struct CompletionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "completion", abstract: "Print a shell completion script.",
-        discussion: "bash: source <(farrier completion bash)   zsh: farrier completion zsh > \"${fpath[1]}/_farrier\"   fish: farrier completion fish > ~/.config/fish/completions/farrier.fish")
+        commandName: "completion",
+        abstract: "Print a shell completion script.",
+        discussion:
+            "bash: source <(farrier completion bash)   zsh: farrier completion zsh > \"${fpath[1]}/_farrier\"   fish: farrier completion fish > ~/.config/fish/completions/farrier.fish"
+    )
     @Argument(help: "bash, zsh or fish.") var shell: String
 
     func run() throws {
-        guard let kind = CompletionShell(rawValue: shell) else { throw ValidationError("unknown shell '\(shell)'; valid: bash, zsh, fish") }
+        guard let kind = CompletionShell(rawValue: shell) else {
+            throw ValidationError("unknown shell '\(shell)'; valid: bash, zsh, fish")
+        }
         print(Farrier.completionScript(for: kind))
     }
 }

@@ -11,7 +11,8 @@ struct AgentCommand: ParsableCommand {
             certificate, which it pins) from the kernel command line (or --cmdline FILE, or --server and \
             --cert), says hello with this boot's nonce, gets its task and token, runs the task, reports \
             progress every second and the result. Exits 0 when the task succeeded.
-            """)
+            """
+    )
 
     @Option(help: "File with the kernel command line.") var cmdline: String = "/proc/cmdline"
     @Option(help: "The agent channel's URL, https://HOST:PORT (overrides the command line).") var server: String?
@@ -21,9 +22,13 @@ struct AgentCommand: ParsableCommand {
     @Option(help: "Deploy to and wipe this file or device instead of the machine's disks.") var device: String?
     @Option(help: "Prefix for /proc and /sys when reading the inventory.") var sysRoot: String = ""
     @Option(help: "Command that serves SSH in rescue.") var rescueCommand: String = "dropbear -F -R -E -p 22"
-    @Option(help: "Where rescue writes root's authorized_keys.") var authorizedKeys: String = "/root/.ssh/authorized_keys"
+    @Option(help: "Where rescue writes root's authorized_keys.") var authorizedKeys: String =
+        "/root/.ssh/authorized_keys"
     @Option(help: "Attempts (2 s apart) to reach the server.") var attempts: Int = 60
-    @Option(help: "Also write the task the server gave, secrets included, to this file (mode 0600), for debugging; never on the console.")
+    @Option(
+        help:
+            "Also write the task the server gave, secrets included, to this file (mode 0600), for debugging; never on the console."
+    )
     var taskFile: String?
 
     func run() throws {
@@ -31,7 +36,9 @@ struct AgentCommand: ParsableCommand {
         if let server, let cert {
             c = AgentConfiguration(serverURL: server, certificateSHA256: cert)
         } else {
-            guard let text = try? String(contentsOfFile: cmdline, encoding: .utf8) else { throw ValidationError("cannot read \(cmdline)") }
+            guard let text = try? String(contentsOfFile: cmdline, encoding: .utf8) else {
+                throw ValidationError("cannot read \(cmdline)")
+            }
             guard let parsed = AgentConfiguration.fromKernelCommandLine(text) else {
                 throw ValidationError("\(cmdline) has no farrier.url= and farrier.cert=")
             }

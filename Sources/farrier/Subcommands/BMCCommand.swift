@@ -7,13 +7,17 @@ import Foundation
 /// sweeping many at once.
 struct BMCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bmc", abstract: "Talk to a BMC directly (no server): power, boot device, console, info.",
-        subcommands: [Power.self, Bootdev.self, Console.self, Info.self])
+        commandName: "bmc",
+        abstract: "Talk to a BMC directly (no server): power, boot device, console, info.",
+        subcommands: [Power.self, Bootdev.self, Console.self, Info.self]
+    )
 
     struct Target: ParsableArguments {
         @Option(
             name: .customLong("address"),
-            help: "BMC: HOST[:PORT] for IPMI, or a URL (ipmi://, redfish://, redfish+http://). Repeat to act on several.")
+            help:
+                "BMC: HOST[:PORT] for IPMI, or a URL (ipmi://, redfish://, redfish+http://). Repeat to act on several."
+        )
         var addresses: [String] = []
         @Option(help: "File with one BMC address per line (for sweeps).") var targetsFile: String?
         @Option(help: "BMC user.") var user: String = "admin"
@@ -29,21 +33,27 @@ struct BMCCommand: AsyncParsableCommand {
                 guard let text = try? String(contentsOfFile: targetsFile, encoding: .utf8) else {
                     throw CLIError("cannot read targets file \(targetsFile)")
                 }
-                all += text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+                all += text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                    !$0.isEmpty && !$0.hasPrefix("#")
+                }
             }
             guard !all.isEmpty else { throw ValidationError("give --address (or --targets-file)") }
             return try all.map { a in
                 let url = a.contains("://") ? a : "ipmi://\(user)@\(a)"
                 // A URL with its own user keeps it; one without gets --user.
                 let withUser = url.contains("@") ? url : url.replacingOccurrences(of: "://", with: "://\(user)@")
-                do { return try BMCReference(url: withUser, insecureTLS: insecureTLS) } catch { throw ValidationError("\(error)") }
+                do { return try BMCReference(url: withUser, insecureTLS: insecureTLS) } catch {
+                    throw ValidationError("\(error)")
+                }
             }
         }
 
         func make(_ r: BMCReference, password: String) -> any BMC {
             let timeouts = BMCTimeouts(
-                attempt: .milliseconds(Int(timeout * 1000)), retries: retries,
-                operation: .milliseconds(Int(timeout * 1000) * (retries + 1) * 4 + 2000))
+                attempt: .milliseconds(Int(timeout * 1000)),
+                retries: retries,
+                operation: .milliseconds(Int(timeout * 1000) * (retries + 1) * 4 + 2000)
+            )
             return BMCPool.make(r, password: password, timeouts: timeouts, cipherSuite: cipherSuite)
         }
 
@@ -56,7 +66,8 @@ struct BMCCommand: AsyncParsableCommand {
 
     struct Power: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Power status or action. With several BMCs, runs them in parallel and prints one line each.")
+            abstract: "Power status or action. With several BMCs, runs them in parallel and prints one line each."
+        )
         @OptionGroup var target: Target
         @Argument(help: "status, on, off, cycle, reset or soft-off.") var action: String = "status"
         @Option(help: "BMCs handled at once when there are several.") var parallel: Int = 32
@@ -64,7 +75,9 @@ struct BMCCommand: AsyncParsableCommand {
         func run() async throws {
             let act: PowerAction? = action == "status" ? nil : PowerAction(rawValue: action)
             guard action == "status" || act != nil else {
-                throw ValidationError("unknown action '\(action)'; valid: status, \(PowerAction.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw ValidationError(
+                    "unknown action '\(action)'; valid: status, \(PowerAction.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
             }
             let refs = try target.references()
             let password = try readPasswordFile(target.passwordFile)
@@ -99,7 +112,8 @@ struct BMCCommand: AsyncParsableCommand {
                         }
                         let elapsed = ContinuousClock.now - start
                         await bmc.close()
-                        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+                        let ms =
+                            Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
                         return (r.address, line, ms)
                     }
                 }
@@ -113,7 +127,9 @@ struct BMCCommand: AsyncParsableCommand {
             }
             latencies.sort()
             let p99 = latencies[min(latencies.count - 1, Int((Double(latencies.count) * 0.99).rounded(.up)) - 1)]
-            FileHandle.standardError.write(Data("\(refs.count) BMCs, \(failures) failed, p99 \(String(format: "%.1f", p99)) ms\n".utf8))
+            FileHandle.standardError.write(
+                Data("\(refs.count) BMCs, \(failures) failed, p99 \(String(format: "%.1f", p99)) ms\n".utf8)
+            )
             if failures > 0 { throw ExitCode(1) }
         }
     }
@@ -126,7 +142,9 @@ struct BMCCommand: AsyncParsableCommand {
         @Flag(help: "UEFI boot (default: legacy BIOS).") var efi = false
 
         func run() async throws {
-            guard let dev = BootDevice(rawValue: device) else { throw ValidationError("boot device must be pxe or disk") }
+            guard let dev = BootDevice(rawValue: device) else {
+                throw ValidationError("boot device must be pxe or disk")
+            }
             let bmc = try target.single()
             do {
                 try await bmc.setBootOverride(BootOverride(device: dev, persistent: persistent, efi: efi))
@@ -156,7 +174,9 @@ struct BMCCommand: AsyncParsableCommand {
     }
 
     struct Console: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Attach to the serial console (IPMI SOL). ~. detaches.")
+        static let configuration = CommandConfiguration(
+            abstract: "Attach to the serial console (IPMI SOL). ~. detaches."
+        )
         @OptionGroup var target: Target
 
         func run() async throws {

@@ -45,7 +45,10 @@ struct CLIConfig: Codable {
 /// environment (FARRIER_SERVER, FARRIER_TOKEN), the config file, a running lab, the defaults
 /// (127.0.0.1:7700 and /var/lib/farrier/admin.token when readable).
 struct ClientOptions: ParsableArguments {
-    @Option(help: "Server gRPC address HOST:PORT, or several replicas' as A,B,… (tried in turn while one cannot be reached). [FARRIER_SERVER; config 'server'; default: the running lab's, else 127.0.0.1:7700]")
+    @Option(
+        help:
+            "Server gRPC address HOST:PORT, or several replicas' as A,B,… (tried in turn while one cannot be reached). [FARRIER_SERVER; config 'server'; default: the running lab's, else 127.0.0.1:7700]"
+    )
     var server: String?
 
     @Option(help: "API token. [FARRIER_TOKEN; config 'token'; default: the lab's or this host's admin token file]")
@@ -54,7 +57,10 @@ struct ClientOptions: ParsableArguments {
     @Flag(help: "Connect with TLS and verify the server's certificate. [FARRIER_TLS=1; config 'tls']")
     var tls = false
 
-    @Option(help: "CA bundle (PEM) to verify the server with, instead of the system roots. Implies --tls. [FARRIER_CA_FILE; config 'ca-file']")
+    @Option(
+        help:
+            "CA bundle (PEM) to verify the server with, instead of the system roots. Implies --tls. [FARRIER_CA_FILE; config 'ca-file']"
+    )
     var caFile: String?
 
     var resolvedServer: String {
@@ -66,12 +72,16 @@ struct ClientOptions: ParsableArguments {
         func nonEmpty(_ s: String?) -> String? { s.flatMap { $0.isEmpty ? nil : $0 } }
         let config = try CLIConfig.load()
         let lab = LabState.loadIfRunning()
-        let server = nonEmpty(server) ?? nonEmpty(env["FARRIER_SERVER"]) ?? nonEmpty(config.server) ?? lab?.serverAddress ?? "127.0.0.1:7700"
+        let server =
+            nonEmpty(server) ?? nonEmpty(env["FARRIER_SERVER"]) ?? nonEmpty(config.server) ?? lab?.serverAddress
+            ?? "127.0.0.1:7700"
         var token = nonEmpty(token) ?? nonEmpty(env["FARRIER_TOKEN"]) ?? nonEmpty(config.token)
         if token == nil {
             let files = (lab.map { [$0.directory + "/data/admin.token"] } ?? []) + ["/var/lib/farrier/admin.token"]
             for f in files {
-                if let t = try? String(contentsOfFile: f, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !t.isEmpty {
+                if let t = try? String(contentsOfFile: f, encoding: .utf8).trimmingCharacters(
+                    in: .whitespacesAndNewlines
+                ), !t.isEmpty {
                     token = t
                     break
                 }
@@ -105,7 +115,9 @@ let preferredReplica = Mutex(0)
 /// never made twice: if that replica dies during the call, the call may have been done, so the
 /// error is reported, not retried elsewhere. Reads (`idempotent`) move on whenever they fail.
 func rpc<R: Sendable>(
-    _ options: ClientOptions, idempotent: Bool = false, _ body: @Sendable (Clients) async throws -> R
+    _ options: ClientOptions,
+    idempotent: Bool = false,
+    _ body: @Sendable (Clients) async throws -> R
 ) async throws -> R {
     let c = try options.connection()
     let servers = c.server.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -120,8 +132,11 @@ func rpc<R: Sendable>(
         do {
             let result = try await withFarrierClient(one) { client in
                 let clients = Clients(
-                    machines: .init(wrapping: client), images: .init(wrapping: client), projects: .init(wrapping: client),
-                    tokens: .init(wrapping: client))
+                    machines: .init(wrapping: client),
+                    images: .init(wrapping: client),
+                    projects: .init(wrapping: client),
+                    tokens: .init(wrapping: client)
+                )
                 if !idempotent, servers.count > 1 { _ = try await clients.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) }
                 sent.withLock { $0 = true }
                 return try await body(clients)
@@ -131,11 +146,14 @@ func rpc<R: Sendable>(
         } catch let error as RPCError {
             // An error the server sent (a BMC or the database unreachable, say) names its kind in
             // farrier-error metadata; without it, `unavailable` is the transport's: no server.
-            if error.code == .unavailable, error.metadata[stringValues: farrierErrorMetadataKey].first(where: { _ in true }) == nil {
+            if error.code == .unavailable,
+                error.metadata[stringValues: farrierErrorMetadataKey].first(where: { _ in true }) == nil
+            {
                 unreachable.append("\(one.server) (\(error.message))")
                 if idempotent || !sent.withLock({ $0 }) { continue }
                 throw CLIError(
-                    "the Farrier server at \(one.server) went away during the call, which may have been done: not retried on another replica; check with `farrier machine show` (\(error.message))")
+                    "the Farrier server at \(one.server) went away during the call, which may have been done: not retried on another replica; check with `farrier machine show` (\(error.message))"
+                )
             }
             if error.code == .unauthenticated {
                 throw CLIError("\(error.message)")
@@ -145,7 +163,8 @@ func rpc<R: Sendable>(
     }
     let tlsHint = c.tls ? " With TLS, also check --ca-file and that the server's certificate names the host." : ""
     throw CLIError(
-        "cannot reach the Farrier server at \(unreachable.joined(separator: ", ")). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)")
+        "cannot reach the Farrier server at \(unreachable.joined(separator: ", ")). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)"
+    )
 }
 
 struct CLIError: Error, CustomStringConvertible {

@@ -37,7 +37,10 @@ final class TerminalConsole: @unchecked Sendable {
                             return
                         }
                         out.append(UInt8(ascii: "~"))
-                        if b == UInt8(ascii: "~") { atLineStart = false; continue }  // ~~ sends one ~
+                        if b == UInt8(ascii: "~") {
+                            atLineStart = false
+                            continue
+                        }  // ~~ sends one ~
                     }
                     if atLineStart && b == UInt8(ascii: "~") {
                         sawTilde = true

@@ -5,8 +5,10 @@ import Yams
 
 struct LabCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "lab", abstract: "A virtual lab of QEMU VMs with virtual BMCs on this host (root only).",
-        subcommands: [Up.self, Status.self, RestartServer.self, Down.self])
+        commandName: "lab",
+        abstract: "A virtual lab of QEMU VMs with virtual BMCs on this host (root only).",
+        subcommands: [Up.self, Status.self, RestartServer.self, Down.self]
+    )
 
     static func selfPath() -> String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -14,28 +16,48 @@ struct LabCommand: ParsableCommand {
 
     struct Up: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Start the lab: a namespace with a bridge, farrier server, VMs and their BMCs.")
+            abstract: "Start the lab: a namespace with a bridge, farrier server, VMs and their BMCs."
+        )
         @Option(help: "Number of VMs (1-50).") var machines = 2
         @Option(help: "bios, uefi or mixed (odd VMs BIOS, even VMs UEFI).") var firmware = "mixed"
         @Option(help: "The VMs' disks: virtio, nvme or mixed (odd VMs virtio, even VMs NVMe).") var diskBus = "virtio"
-        @Option(help: "full (Farrier hands out addresses) or proxy (dnsmasq does; Farrier answers PXE).") var dhcpMode = "full"
-        @Option(help: "sqlite, or postgres: a PostgreSQL 15 the lab starts in its namespace and `lab down` removes.") var database = "sqlite"
-        @Option(help: "farrier servers sharing the lab's PostgreSQL (1-4; more than 1 needs --database postgres).") var replicas = 1
+        @Option(help: "full (Farrier hands out addresses) or proxy (dnsmasq does; Farrier answers PXE).") var dhcpMode =
+            "full"
+        @Option(help: "sqlite, or postgres: a PostgreSQL 15 the lab starts in its namespace and `lab down` removes.")
+        var database = "sqlite"
+        @Option(help: "farrier servers sharing the lab's PostgreSQL (1-4; more than 1 needs --database postgres).")
+        var replicas = 1
         @Option(help: "auto (KVM only if a probe boot works), tcg or kvm.") var accel = "auto"
         @Flag(help: "Leave the VMs powered off (power them on through their BMCs).") var noPowerOn = false
         @Flag(help: "Enroll only: do not commission (no ramdisk boot).") var noCommission = false
-        @Option(help: "Ramdisk directory (vmlinuz, initrd.img). [default: the checkout's .build/ramdisk, built when missing]")
+        @Option(
+            help:
+                "Ramdisk directory (vmlinuz, initrd.img). [default: the checkout's .build/ramdisk, built when missing]"
+        )
         var ramdisk: String?
-        @Option(help: "Test image added as debian-12, built on first use. [default: /var/cache/farrier/images/debian-12.raw.zst]")
+        @Option(
+            help:
+                "Test image added as debian-12, built on first use. [default: /var/cache/farrier/images/debian-12.raw.zst]"
+        )
         var image: String?
         @Flag(help: "Add no image.") var noImage = false
 
         func validate() throws {
-            guard ["bios", "uefi", "mixed"].contains(firmware) else { throw ValidationError("--firmware must be bios, uefi or mixed") }
-            guard ["virtio", "nvme", "mixed"].contains(diskBus) else { throw ValidationError("--disk-bus must be virtio, nvme or mixed") }
-            guard ["full", "proxy"].contains(dhcpMode) else { throw ValidationError("--dhcp-mode must be full or proxy") }
-            guard ["auto", "tcg", "kvm"].contains(accel) else { throw ValidationError("--accel must be auto, tcg or kvm") }
-            guard ["sqlite", "postgres"].contains(database) else { throw ValidationError("--database must be sqlite or postgres") }
+            guard ["bios", "uefi", "mixed"].contains(firmware) else {
+                throw ValidationError("--firmware must be bios, uefi or mixed")
+            }
+            guard ["virtio", "nvme", "mixed"].contains(diskBus) else {
+                throw ValidationError("--disk-bus must be virtio, nvme or mixed")
+            }
+            guard ["full", "proxy"].contains(dhcpMode) else {
+                throw ValidationError("--dhcp-mode must be full or proxy")
+            }
+            guard ["auto", "tcg", "kvm"].contains(accel) else {
+                throw ValidationError("--accel must be auto, tcg or kvm")
+            }
+            guard ["sqlite", "postgres"].contains(database) else {
+                throw ValidationError("--database must be sqlite or postgres")
+            }
             guard (1...4).contains(replicas) else { throw ValidationError("--replicas must be 1 to 4") }
             guard replicas == 1 || database == "postgres" else {
                 throw ValidationError("--replicas \(replicas) needs --database postgres: replicas share one database")
@@ -57,7 +79,9 @@ struct LabCommand: ParsableCommand {
             if noImage { o.image = nil } else if let image { o.image = image }
             let state = try Lab(log: { print($0) }).up(o)
             print("lab is up: \(state.vms.count) VMs, DHCP \(state.dhcpMode), accelerator \(state.accelerator)")
-            print("server \(state.serverAddress) (the CLI finds it with no flags while the lab is up)\(state.database == "postgres" ? "; state in PostgreSQL" : "")")
+            print(
+                "server \(state.serverAddress) (the CLI finds it with no flags while the lab is up)\(state.database == "postgres" ? "; state in PostgreSQL" : "")"
+            )
             print(LabCommand.table(state, power: nil))
             print("BMC password: \(state.directory)/bmc-password; serial consoles: \(state.directory)/lab-N/serial.log")
         }
@@ -75,24 +99,57 @@ struct LabCommand: ParsableCommand {
             let running = LabState.loadIfRunning() != nil
             let power = Lab(log: { _ in }).powerStates(state)
             let view = StatusView(
-                up: running, accelerator: state.accelerator, dhcpMode: state.dhcpMode, server: state.serverAddress,
-                directory: state.directory, database: state.database ?? "sqlite",
-                replicas: [.init(address: state.serverAddress.split(separator: ",").first.map(String.init) ?? "", pid: state.serverPID,
-                                 up: state.serverPID.map { kill($0, 0) == 0 } ?? false, role: "boot network, API, reconciler")]
+                up: running,
+                accelerator: state.accelerator,
+                dhcpMode: state.dhcpMode,
+                server: state.serverAddress,
+                directory: state.directory,
+                database: state.database ?? "sqlite",
+                replicas: [
+                    .init(
+                        address: state.serverAddress.split(separator: ",").first.map(String.init) ?? "",
+                        pid: state.serverPID,
+                        up: state.serverPID.map { kill($0, 0) == 0 } ?? false,
+                        role: "boot network, API, reconciler"
+                    )
+                ]
                     + (state.extraReplicas ?? []).map {
-                        .init(address: $0.address, pid: $0.pid, up: $0.pid.map { kill($0, 0) == 0 } ?? false, role: "API, reconciler")
+                        .init(
+                            address: $0.address,
+                            pid: $0.pid,
+                            up: $0.pid.map { kill($0, 0) == 0 } ?? false,
+                            role: "API, reconciler"
+                        )
                     },
                 vms: state.vms.map {
-                    .init(name: $0.name, mac: $0.mac, firmware: $0.firmware, bmcAddress: "\($0.bmcAddress):\($0.bmcPort)",
-                          bmcUser: $0.bmcUser, power: power[$0.name] ?? "unknown", serialLog: $0.serialLog, disk: $0.disk)
-                })
+                    .init(
+                        name: $0.name,
+                        mac: $0.mac,
+                        firmware: $0.firmware,
+                        bmcAddress: "\($0.bmcAddress):\($0.bmcPort)",
+                        bmcUser: $0.bmcUser,
+                        power: power[$0.name] ?? "unknown",
+                        serialLog: $0.serialLog,
+                        disk: $0.disk
+                    )
+                }
+            )
             switch output {
             case .json: print(try json(view))
             case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
             case .table:
-                print("lab is \(running ? "up" : "DOWN (server not running)"): DHCP \(state.dhcpMode), accelerator \(state.accelerator), database \(view.database), server \(state.serverAddress)")
+                print(
+                    "lab is \(running ? "up" : "DOWN (server not running)"): DHCP \(state.dhcpMode), accelerator \(state.accelerator), database \(view.database), server \(state.serverAddress)"
+                )
                 if view.replicas.count > 1 {
-                    print(farrier.table(["REPLICA", "PID", "UP", "SERVES"], view.replicas.map { [$0.address, $0.pid.map(String.init) ?? "-", $0.up ? "yes" : "no", $0.role] }))
+                    print(
+                        farrier.table(
+                            ["REPLICA", "PID", "UP", "SERVES"],
+                            view.replicas.map {
+                                [$0.address, $0.pid.map(String.init) ?? "-", $0.up ? "yes" : "no", $0.role]
+                            }
+                        )
+                    )
                 }
                 print(LabCommand.table(state, power: power))
             }
@@ -102,7 +159,9 @@ struct LabCommand: ParsableCommand {
     struct RestartServer: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "restart-server",
-            abstract: "Restart the lab's farrier server on the same data (after a rebuild or a crash); VMs keep running.")
+            abstract:
+                "Restart the lab's farrier server on the same data (after a rebuild or a crash); VMs keep running."
+        )
         func run() throws {
             let state = try Lab(log: { print($0) }).restartServer(farrierBinary: LabCommand.selfPath())
             print("server \(state.serverAddress) is up")
@@ -110,7 +169,9 @@ struct LabCommand: ParsableCommand {
     }
 
     struct Down: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Remove every process, namespace, interface and file the lab made.")
+        static let configuration = CommandConfiguration(
+            abstract: "Remove every process, namespace, interface and file the lab made."
+        )
         func run() throws {
             guard getuid() == 0 else { throw ValidationError("farrier lab needs root") }
             try Lab(log: { print($0) }).down()
@@ -137,10 +198,13 @@ struct LabCommand: ParsableCommand {
     static func table(_ s: LabState, power: [String: String]?) -> String {
         var header = ["NAME", "MAC", "FIRMWARE", "BMC"]
         if power != nil { header.append("POWER") }
-        return farrier.table(header, s.vms.map { vm in
-            var row = [vm.name, vm.mac, vm.firmware, "\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)"]
-            if let power { row.append(power[vm.name] ?? "unknown") }
-            return row
-        })
+        return farrier.table(
+            header,
+            s.vms.map { vm in
+                var row = [vm.name, vm.mac, vm.firmware, "\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)"]
+                if let power { row.append(power[vm.name] ?? "unknown") }
+                return row
+            }
+        )
     }
 }

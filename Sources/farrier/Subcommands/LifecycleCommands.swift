@@ -23,7 +23,11 @@ struct WaitOptions: ParsableArguments {
 /// Makes `n` changing calls (call i of `call`) one after another over one connection, printing
 /// each machine as `verb`; a failure stops them, saying how many were `done`. Returns how many.
 func oneAfterAnother(
-    _ client: ClientOptions, _ n: Int, output: OutputFormat, verb: String, done: String,
+    _ client: ClientOptions,
+    _ n: Int,
+    output: OutputFormat,
+    verb: String,
+    done: String,
     _ call: @escaping @Sendable (Clients, Int) async throws -> Farrier_V1_Machine
 ) async throws -> Int {
     try await rpc(client) { c in
@@ -66,7 +70,8 @@ func follow(_ name: String, client: ClientOptions, timeout: Int) async throws ->
         let m = try await rpc(client, idempotent: true) { try await $0.machines.getMachine(request) }
         let view = MachineView(m)
         let line = [
-            String(format: "[%5.1fs]", Date().timeIntervalSince(started)), view.name, view.stateLine, view.progressLine ?? "",
+            String(format: "[%5.1fs]", Date().timeIntervalSince(started)), view.name, view.stateLine,
+            view.progressLine ?? "",
         ].filter { !$0.isEmpty }.joined(separator: "  ")
         let key = [view.stateLine, view.progressLine ?? ""].joined(separator: "|")
         if key != last {
@@ -77,7 +82,9 @@ func follow(_ name: String, client: ClientOptions, timeout: Int) async throws ->
         if !steps.contains(m.state) {
             if tty { print("") }
             if m.state == "failed" {
-                throw CLIError("machine \(m.name) failed in \(m.failedStep): \(m.reason)\n  retry: farrier machine retry \(m.name)   abort: farrier machine abort \(m.name)")
+                throw CLIError(
+                    "machine \(m.name) failed in \(m.failedStep): \(m.reason)\n  retry: farrier machine retry \(m.name)   abort: farrier machine abort \(m.name)"
+                )
             }
             return m
         }
@@ -105,7 +112,11 @@ extension MachineVerb {
         let request = ref
         let m = try await rpc(client) { c in try await self.call(c, request) }
         if waitOptions.wait {
-            try printMachine(try await follow(m.name, client: client, timeout: waitOptions.timeout), output, verb: Self.verb)
+            try printMachine(
+                try await follow(m.name, client: client, timeout: waitOptions.timeout),
+                output,
+                verb: Self.verb
+            )
         } else {
             try printMachine(m, output, verb: Self.verb)
         }
@@ -122,7 +133,8 @@ extension MachineCommand {
                 allocated to the project (a member token's own; admins give --project). --count N picks N \
                 machines that way, one after another over one connection, and prints each (a failure \
                 stops it, saying how many were deployed).
-                """)
+                """
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
@@ -145,9 +157,15 @@ extension MachineCommand {
         func validate() throws {
             guard (1...10_000).contains(count) else { throw ValidationError("--count must be from 1 to 10000") }
             if count > 1 {
-                guard name == nil else { throw ValidationError("--count picks machines by constraints; give no machine name") }
-                guard hostname == nil else { throw ValidationError("--count deploys several machines; --hostname would name them all alike") }
-                guard !waitOptions.wait else { throw ValidationError("--count does not wait; follow the machines with `farrier machine list`") }
+                guard name == nil else {
+                    throw ValidationError("--count picks machines by constraints; give no machine name")
+                }
+                guard hostname == nil else {
+                    throw ValidationError("--count deploys several machines; --hostname would name them all alike")
+                }
+                guard !waitOptions.wait else {
+                    throw ValidationError("--count does not wait; follow the machines with `farrier machine list`")
+                }
             }
         }
 
@@ -159,11 +177,17 @@ extension MachineCommand {
             req.hostname = hostname ?? ""
             req.tags = try parseTags(tag)
             for path in sshKey {
-                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read SSH key file \(path)") }
-                req.sshKeys += text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                    throw CLIError("cannot read SSH key file \(path)")
+                }
+                req.sshKeys += text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                    !$0.isEmpty && !$0.hasPrefix("#")
+                }
             }
             if let userData {
-                guard let text = try? String(contentsOfFile: userData, encoding: .utf8) else { throw CLIError("cannot read user-data file \(userData)") }
+                guard let text = try? String(contentsOfFile: userData, encoding: .utf8) else {
+                    throw CLIError("cannot read user-data file \(userData)")
+                }
                 req.userData = text
             }
             var c = Farrier_V1_Constraints()
@@ -177,7 +201,13 @@ extension MachineCommand {
             req.constraints = c
             let request = req
             if count > 1 {
-                let deployed = try await oneAfterAnother(client, count, output: output, verb: "deploying", done: "deployed") { c, _ in
+                let deployed = try await oneAfterAnother(
+                    client,
+                    count,
+                    output: output,
+                    verb: "deploying",
+                    done: "deployed"
+                ) { c, _ in
                     try await c.machines.deployMachine(request)
                 }
                 if output == .table { print("\(deployed) machines deploying") }
@@ -185,7 +215,11 @@ extension MachineCommand {
             }
             let m = try await rpc(client) { try await $0.machines.deployMachine(request) }
             if waitOptions.wait {
-                try printMachine(try await follow(m.name, client: client, timeout: waitOptions.timeout), output, verb: "deployed")
+                try printMachine(
+                    try await follow(m.name, client: client, timeout: waitOptions.timeout),
+                    output,
+                    verb: "deployed"
+                )
             } else {
                 try printMachine(m, output, verb: "deploying")
             }
@@ -197,21 +231,30 @@ extension MachineCommand {
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
-        @Argument(help: "Machine names or MACs (several: released one after another over one connection, no --wait).") var names: [String]
-        @Option(help: "full (erase and verify every byte) or quick (first and last MiB; only where the project's wipe policy is quick). Default: the project's policy.")
+        @Argument(help: "Machine names or MACs (several: released one after another over one connection, no --wait).")
+        var names: [String]
+        @Option(
+            help:
+                "full (erase and verify every byte) or quick (first and last MiB; only where the project's wipe policy is quick). Default: the project's policy."
+        )
         var wipe: String = ""
 
         func validate() throws {
             guard !names.isEmpty else { throw ValidationError("name the machine to release") }
-            guard names.count == 1 || !waitOptions.wait else { throw ValidationError("--wait follows one machine; release several without it") }
+            guard names.count == 1 || !waitOptions.wait else {
+                throw ValidationError("--wait follows one machine; release several without it")
+            }
         }
 
         func run() async throws {
             var req = Farrier_V1_ReleaseMachineRequest()
             req.wipe = wipe
             if names.count > 1 {
-                let all = names, template = req
-                _ = try await oneAfterAnother(client, all.count, output: output, verb: "releasing", done: "released") { c, i in
+                let all = names
+                let template = req
+                _ = try await oneAfterAnother(client, all.count, output: output, verb: "releasing", done: "released") {
+                    c,
+                    i in
                     var r = template
                     r.name = all[i]
                     let m = try await c.machines.releaseMachine(r)
@@ -225,7 +268,11 @@ extension MachineCommand {
             let m = try await rpc(client) { try await $0.machines.releaseMachine(request) }
             try? FileManager.default.removeItem(atPath: knownHostsDirectory + "/" + m.id)
             if waitOptions.wait {
-                try printMachine(try await follow(m.name, client: client, timeout: waitOptions.timeout), output, verb: "released")
+                try printMachine(
+                    try await follow(m.name, client: client, timeout: waitOptions.timeout),
+                    output,
+                    verb: "released"
+                )
             } else {
                 try printMachine(m, output, verb: "releasing")
             }
@@ -233,33 +280,46 @@ extension MachineCommand {
     }
 
     struct Commission: MachineVerb {
-        static let configuration = CommandConfiguration(abstract: "Commission a machine: inventory in the ramdisk, then ready.")
+        static let configuration = CommandConfiguration(
+            abstract: "Commission a machine: inventory in the ramdisk, then ready."
+        )
         static let verb = "commissioning"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
-        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.commissionMachine(r) }
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
+            try await c.machines.commissionMachine(r)
+        }
     }
 
     struct Rescue: MachineVerb {
-        static let configuration = CommandConfiguration(abstract: "Boot a deployed machine into the rescue ramdisk (debug).")
+        static let configuration = CommandConfiguration(
+            abstract: "Boot a deployed machine into the rescue ramdisk (debug)."
+        )
         static let verb = "rescue"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
-        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.rescueMachine(r) }
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
+            try await c.machines.rescueMachine(r)
+        }
     }
 
     struct ExitRescue: MachineVerb {
-        static let configuration = CommandConfiguration(commandName: "exit-rescue", abstract: "Boot a machine in rescue back into its deployed system.")
+        static let configuration = CommandConfiguration(
+            commandName: "exit-rescue",
+            abstract: "Boot a machine in rescue back into its deployed system."
+        )
         static let verb = "exit-rescue"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
-        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.exitRescueMachine(r) }
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
+            try await c.machines.exitRescueMachine(r)
+        }
     }
 
     struct Retry: MachineVerb {
@@ -269,27 +329,35 @@ extension MachineCommand {
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
-        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.retryMachine(r) }
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
+            try await c.machines.retryMachine(r)
+        }
     }
 
     struct Abort: MachineVerb {
-        static let configuration = CommandConfiguration(abstract: "Take a failed machine back to the safe state before its failed step.")
+        static let configuration = CommandConfiguration(
+            abstract: "Take a failed machine back to the safe state before its failed step."
+        )
         static let verb = "aborted"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
-        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine { try await c.machines.abortMachine(r) }
+        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
+            try await c.machines.abortMachine(r)
+        }
     }
 
     struct Restart: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Restart a deployed or rescued machine through its BMC (it boots its disk, or the rescue ramdisk).",
+            abstract:
+                "Restart a deployed or rescued machine through its BMC (it boots its disk, or the rescue ramdisk).",
             discussion: """
                 A deployed machine is first asked to shut down (the ACPI power button, through the BMC), so \
                 its OS writes out what it has not yet; if it is still on after --shutdown-timeout seconds, \
                 or with --hard, it is power-cycled. A hard cycle can lose the last seconds of the OS's writes.
-                """)
+                """
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @Flag(help: "Power-cycle at once, without asking the OS to shut down first.") var hard = false
@@ -309,7 +377,8 @@ extension MachineCommand {
             g.nameOrMac = name
             g.timelineLimit = 1
             let get = g
-            if !hard, try await rpc(client, idempotent: true, { try await $0.machines.getMachine(get) }).state == "deployed",
+            if !hard,
+                try await rpc(client, idempotent: true, { try await $0.machines.getMachine(get) }).state == "deployed",
                 try await rpc(client, { try await $0.machines.power(status) }).powerState == "on"
             {
                 var soft = status
@@ -323,7 +392,9 @@ extension MachineCommand {
                     off = try await rpc(client, { try await $0.machines.power(status) }).powerState == "off"
                 }
                 if !off {
-                    FileHandle.standardError.write(Data("machine \(name) did not shut down within \(shutdownTimeout) s; power-cycling it\n".utf8))
+                    FileHandle.standardError.write(
+                        Data("machine \(name) did not shut down within \(shutdownTimeout) s; power-cycling it\n".utf8)
+                    )
                 }
             }
             // Powers on a machine that is off, cycles one that is on; a deployed one boots its disk.
@@ -341,7 +412,9 @@ extension MachineCommand {
     }
 
     struct Delete: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Forget a machine (admin; not while allocated or in a step).")
+        static let configuration = CommandConfiguration(
+            abstract: "Forget a machine (admin; not while allocated or in a step)."
+        )
         @OptionGroup var client: ClientOptions
         @Argument(help: "Machine name or MAC.") var name: String
 
@@ -357,7 +430,8 @@ extension MachineCommand {
     struct Update: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Set or remove labels; tags, zone, rack and name (admin).",
-            discussion: "Examples: farrier machine update lab-1 --tag rack-row=a --label owner=ops --remove-tag old")
+            discussion: "Examples: farrier machine update lab-1 --tag rack-row=a --label owner=ops --remove-tag old"
+        )
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name or MAC.") var name: String
@@ -380,31 +454,43 @@ extension MachineCommand {
             if let rack { req.rack = rack }
             req.newName = rename ?? ""
             let request = req
-            try printMachine(try await rpc(client) { try await $0.machines.updateMachine(request) }, output, verb: "updated")
+            try printMachine(
+                try await rpc(client) { try await $0.machines.updateMachine(request) },
+                output,
+                verb: "updated"
+            )
         }
     }
 
     struct Watch: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Stream lifecycle events: transitions, progress, BMC actions.")
+        static let configuration = CommandConfiguration(
+            abstract: "Stream lifecycle events: transitions, progress, BMC actions."
+        )
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table or json (one object per line).") var output: OutputFormat = .table
+        @Option(name: .shortAndLong, help: "Output format: table or json (one object per line).") var output:
+            OutputFormat = .table
         @Argument(help: "Machine name or MAC; omit for all you may see.") var name: String?
-        @Option(help: "Replay the stored events with an id above this one first (0, the default: only new events).") var after: Int64 = 0
+        @Option(help: "Replay the stored events with an id above this one first (0, the default: only new events).")
+        var after: Int64 = 0
 
         func run() async throws {
             var req = Farrier_V1_WatchEventsRequest()
             req.name = name ?? ""
             req.afterID = after
-            let request = req, output = self.output
+            let request = req
+            let output = self.output
             try await rpc(client) { c in
                 try await c.machines.watchEvents(request) { response in
                     for try await e in response.messages {
                         if output == .json {
                             print(try e.jsonString())
                         } else {
-                            let p = e.hasProgress && e.progress.bytesTotal > 0
+                            let p =
+                                e.hasProgress && e.progress.bytesTotal > 0
                                 ? " \(bytes(e.progress.bytesDone))/\(bytes(e.progress.bytesTotal))" : ""
-                            print("\(iso(e.time.date))  #\(e.id)  \(e.machine)  \(e.state)\(e.phase.isEmpty ? "" : "/" + e.phase)  \(e.kind): \(e.message)\(p)")
+                            print(
+                                "\(iso(e.time.date))  #\(e.id)  \(e.machine)  \(e.state)\(e.phase.isEmpty ? "" : "/" + e.phase)  \(e.kind): \(e.message)\(p)"
+                            )
                         }
                         fflush(nil)
                     }
@@ -415,8 +501,10 @@ extension MachineCommand {
 
     struct SSH: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "ssh", abstract: "SSH to a deployed or rescued machine (login).",
-            discussion: "Example: farrier machine ssh lab-1 -- hostname")
+            commandName: "ssh",
+            abstract: "SSH to a deployed or rescued machine (login).",
+            discussion: "Example: farrier machine ssh lab-1 -- hostname"
+        )
         @OptionGroup var client: ClientOptions
         @Argument(help: "Machine name or MAC.") var name: String
         @Option(name: .short, help: "Private key file.") var identity: String?

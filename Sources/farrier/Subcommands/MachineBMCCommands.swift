@@ -39,20 +39,24 @@ extension MachineCommand {
                 (its BMC password is stored again), so a file can be enrolled again after a failure; with \
                 --commission, machines already ready are commissioned again. The failures are listed and \
                 the exit status is 1.
-                """)
+                """
+        )
         @OptionGroup var client: ClientOptions
         @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
         @Argument(help: "Machine name (lower-case letters, digits, '-').") var name: String?
         @Option(help: "MAC of the NIC the machine network-boots from.") var mac: String?
         @Option(help: "BMC URL, e.g. ipmi://admin@10.0.0.5 or redfish://root@bmc1/System.Embedded.1") var bmc: String?
         @Option(help: "File holding the BMC password ('-' for stdin).") var bmcPasswordFile: String?
-        @Flag(help: "Redfish over HTTPS: do not verify this BMC's certificate (self-signed).") var bmcInsecureTLS = false
+        @Flag(help: "Redfish over HTTPS: do not verify this BMC's certificate (self-signed).") var bmcInsecureTLS =
+            false
         @Flag(help: "Commission right away: boot the ramdisk, take the inventory, end ready.") var commission = false
         @Option(help: "Enroll every machine this YAML or JSON list names (see above).") var from: String?
 
         func validate() throws {
             if from != nil {
-                guard name == nil, mac == nil, bmc == nil else { throw ValidationError("--from takes no machine name, --mac or --bmc: the file names them") }
+                guard name == nil, mac == nil, bmc == nil else {
+                    throw ValidationError("--from takes no machine name, --mac or --bmc: the file names them")
+                }
             } else {
                 guard name != nil, mac != nil, bmc != nil, bmcPasswordFile != nil else {
                     throw ValidationError("enroll needs NAME, --mac, --bmc and --bmc-password-file (or --from FILE)")
@@ -93,16 +97,22 @@ extension MachineCommand {
         }
 
         func enrollAll(_ path: String) async throws {
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read \(path)") }
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw CLIError("cannot read \(path)")
+            }
             let entries: [FileEntry]
             do { entries = try YAMLDecoder().decode([FileEntry].self, from: text) } catch {
-                throw CLIError("\(path): expected a list of {name, mac, bmc[, bmc-password-file, bmc-insecure-tls]}: \(error)")
+                throw CLIError(
+                    "\(path): expected a list of {name, mac, bmc[, bmc-password-file, bmc-insecure-tls]}: \(error)"
+                )
             }
             var passwords: [String: String] = [:]
             var requests: [Farrier_V1_EnrollMachineRequest] = []
             for (n, e) in entries.enumerated() {
                 guard let file = e.bmcPasswordFile ?? bmcPasswordFile else {
-                    throw CLIError("\(path): entry \(n + 1) (\(e.name)) has no bmc-password-file, and --bmc-password-file is not given")
+                    throw CLIError(
+                        "\(path): entry \(n + 1) (\(e.name)) has no bmc-password-file, and --bmc-password-file is not given"
+                    )
                 }
                 if passwords[file] == nil { passwords[file] = try readPasswordFile(file) }
                 var req = Farrier_V1_EnrollMachineRequest()
@@ -186,7 +196,8 @@ extension MachineCommand {
 
     struct Console: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Attach to the machine's serial console (IPMI SOL, through the server). ~. detaches.")
+            abstract: "Attach to the machine's serial console (IPMI SOL, through the server). ~. detaches."
+        )
         @OptionGroup var client: ClientOptions
         @Argument(help: "Machine name or MAC.") var name: String
 

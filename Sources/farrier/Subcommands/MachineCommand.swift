@@ -11,12 +11,15 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 struct MachineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "machine", abstract: "Machines: enroll, deploy, login, restart, debug (rescue), release.",
+        commandName: "machine",
+        abstract: "Machines: enroll, deploy, login, restart, debug (rescue), release.",
         subcommands: [
             List.self, Show.self, Enroll.self, Commission.self, Deploy.self, Release.self, Rescue.self, ExitRescue.self,
-            Restart.self, Power.self, Console.self, SSH.self, Retry.self, Abort.self, Update.self, Delete.self, Watch.self,
+            Restart.self, Power.self, Console.self, SSH.self, Retry.self, Abort.self, Update.self, Delete.self,
+            Watch.self,
             Bootdev.self,
-        ])
+        ]
+    )
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List machines.")
@@ -28,7 +31,9 @@ struct MachineCommand: AsyncParsableCommand {
         @Option(help: "Only machines in this zone.") var zone: String?
 
         func run() async throws {
-            let state = self.state, project = self.project ?? "", zone = self.zone ?? ""
+            let state = self.state
+            let project = self.project ?? ""
+            let zone = self.zone ?? ""
             let tags = try parseTags(tag)
             let machines = try await rpc(client, idempotent: true) { c in
                 var all: [Farrier_V1_Machine] = []
@@ -53,12 +58,18 @@ struct MachineCommand: AsyncParsableCommand {
             case .json: print(try json(views))
             case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
             case .table:
-                print(table(
-                    ["NAME", "MAC", "STATE", "PROJECT", "ADDRESS", "ARCH", "FIRMWARE", "TAGS", "LAST SEEN"],
-                    views.map {
-                        [$0.name, $0.mac, $0.stateLine, $0.project ?? "-", $0.address ?? "-", $0.architecture, $0.firmware,
-                         tagsLine($0.tags), ago($0.lastSeen)]
-                    }))
+                print(
+                    table(
+                        ["NAME", "MAC", "STATE", "PROJECT", "ADDRESS", "ARCH", "FIRMWARE", "TAGS", "LAST SEEN"],
+                        views.map {
+                            [
+                                $0.name, $0.mac, $0.stateLine, $0.project ?? "-", $0.address ?? "-", $0.architecture,
+                                $0.firmware,
+                                tagsLine($0.tags), ago($0.lastSeen),
+                            ]
+                        }
+                    )
+                )
             }
         }
     }
@@ -100,16 +111,24 @@ struct MachineCommand: AsyncParsableCommand {
                     "BMC:           \(view.bmc ?? "-")",
                 ]
                 if let d = view.deployment {
-                    lines.append("Deployment:    image \(d.image), hostname \(d.hostname), \(d.sshKeys) SSH key(s), by \(d.requestedBy)")
+                    lines.append(
+                        "Deployment:    image \(d.image), hostname \(d.hostname), \(d.sshKeys) SSH key(s), by \(d.requestedBy)"
+                    )
                 }
                 if let p = view.progressLine { lines.append("Progress:      \(p)") }
                 if let inv = view.inventory {
-                    lines.append("Inventory:     \(inv.vendor) \(inv.product) (serial \(inv.serial.isEmpty ? "-" : inv.serial)), \(inv.firmware)")
+                    lines.append(
+                        "Inventory:     \(inv.vendor) \(inv.product) (serial \(inv.serial.isEmpty ? "-" : inv.serial)), \(inv.firmware)"
+                    )
                     lines.append("  CPU:         \(inv.cpuModel), \(inv.cores) cores; memory \(bytes(inv.memoryBytes))")
                     for d in inv.disks {
-                        lines.append("  Disk:        \(d.name) \(bytes(d.sizeBytes)) \(d.model) serial \(d.serial.isEmpty ? "-" : d.serial)\(d.rotational ? " (rotational)" : "")")
+                        lines.append(
+                            "  Disk:        \(d.name) \(bytes(d.sizeBytes)) \(d.model) serial \(d.serial.isEmpty ? "-" : d.serial)\(d.rotational ? " (rotational)" : "")"
+                        )
                     }
-                    for n in inv.nics { lines.append("  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")") }
+                    for n in inv.nics {
+                        lines.append("  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")")
+                    }
                 }
                 print(lines.joined(separator: "\n"))
                 print("\nBoot timeline (+ time since the previous event):")
@@ -213,23 +232,43 @@ struct MachineView: Codable {
         firstSeen = m.firstSeen.date
         lastSeen = m.lastSeen.date
         bmc = m.hasBmc ? m.bmc.url : nil
-        deployment = m.hasDeployment
+        deployment =
+            m.hasDeployment
             ? DeploymentView(
-                image: m.deployment.image, hostname: m.deployment.hostname, sshKeys: Int(m.deployment.sshKeyCount),
-                requestedBy: m.deployment.requestedBy) : nil
-        progress = m.hasProgress
+                image: m.deployment.image,
+                hostname: m.deployment.hostname,
+                sshKeys: Int(m.deployment.sshKeyCount),
+                requestedBy: m.deployment.requestedBy
+            ) : nil
+        progress =
+            m.hasProgress
             ? ProgressView(
-                stage: m.progress.stage, bytesDone: m.progress.bytesDone, bytesTotal: m.progress.bytesTotal,
-                updated: m.progress.updated.date) : nil
-        inventory = m.hasInventory
+                stage: m.progress.stage,
+                bytesDone: m.progress.bytesDone,
+                bytesTotal: m.progress.bytesTotal,
+                updated: m.progress.updated.date
+            ) : nil
+        inventory =
+            m.hasInventory
             ? InventoryView(
-                cpuModel: m.inventory.cpuModel, cores: Int(m.inventory.cores), memoryBytes: m.inventory.memoryBytes,
+                cpuModel: m.inventory.cpuModel,
+                cores: Int(m.inventory.cores),
+                memoryBytes: m.inventory.memoryBytes,
                 disks: m.inventory.disks.map {
-                    .init(name: $0.name, sizeBytes: $0.sizeBytes, model: $0.model, serial: $0.serial, rotational: $0.rotational)
+                    .init(
+                        name: $0.name,
+                        sizeBytes: $0.sizeBytes,
+                        model: $0.model,
+                        serial: $0.serial,
+                        rotational: $0.rotational
+                    )
                 },
                 nics: m.inventory.nics.map { .init(name: $0.name, mac: $0.mac, driver: $0.driver, link: $0.link) },
-                vendor: m.inventory.vendor, product: m.inventory.product, serial: m.inventory.serial,
-                firmware: m.inventory.firmware) : nil
+                vendor: m.inventory.vendor,
+                product: m.inventory.product,
+                serial: m.inventory.serial,
+                firmware: m.inventory.firmware
+            ) : nil
         timeline = m.timeline.map { Event(time: $0.time.date, stage: $0.stage, event: $0.event, detail: $0.detail) }
     }
 
@@ -248,7 +287,8 @@ struct MachineView: Codable {
 
 func bytes(_ n: Int64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = Double(n), i = 0
+    var v = Double(n)
+    var i = 0
     while v >= 1024, i < units.count - 1 {
         v /= 1024
         i += 1
@@ -266,13 +306,21 @@ func json<T: Encodable>(_ v: T) throws -> String {
     // Millisecond precision: the boot timeline's stages are often less than a second apart.
     e.dateEncodingStrategy = .custom { date, encoder in
         var c = encoder.singleValueContainer()
-        try c.encode(date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted)))
+        try c.encode(
+            date.formatted(
+                .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(
+                    .colon
+                ).timeZone(separator: .omitted)
+            )
+        )
     }
     return String(decoding: try e.encode(v), as: UTF8.self)
 }
 
 func iso(_ d: Date) -> String {
-    d.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon))
+    d.formatted(
+        .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon)
+    )
 }
 
 func ago(_ d: Date) -> String {
@@ -287,7 +335,9 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
     let all = [header] + rows
     let widths = header.indices.map { i in all.map { $0[i].count }.max() ?? 0 }
     return all.map { row in
-        row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
-            .joined(separator: "  ")
+        row.enumerated().map { i, cell in
+            i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+        }
+        .joined(separator: "  ")
     }.joined(separator: "\n")
 }

@@ -28,7 +28,8 @@ struct SimCommand: AsyncParsableCommand {
 
             Counters are served at GET /sim/v1/stats on the Redfish port and printed as JSON on exit \\
             (SIGINT or SIGTERM).
-            """)
+            """
+    )
 
     @Option(help: "Number of machines.") var machines = 100
     @Option(help: "HOST:PORT of the simulated Redfish service (loopback only).") var redfishListen = "127.0.0.1:8200"
@@ -47,7 +48,10 @@ struct SimCommand: AsyncParsableCommand {
     @Option(help: "Write the machines for `farrier machine enroll --from` here.") var writeEnroll: String?
     @Option(help: "Write a server configuration file with the address reservations here.") var writeConfig: String?
     @Option(help: "Write the BMCs' password here (mode 0600).") var writePassword: String?
-    @Flag(help: "Time `machine list` (a page of 100) and `machine show` on the server (--server, --token) every --probe-interval; p50/p99 go in the counters.")
+    @Flag(
+        help:
+            "Time `machine list` (a page of 100) and `machine show` on the server (--server, --token) every --probe-interval; p50/p99 go in the counters."
+    )
     var probe = false
     @Option(help: "Seconds between probes.") var probeInterval = 1.0
     @Option(help: "Read the probe's API token from this file once it exists (a server not yet started writes it).")
@@ -59,22 +63,39 @@ struct SimCommand: AsyncParsableCommand {
         guard let first = IPv4Address(firstAddress), first.value >> 24 == 127, (first.value & 0x00ff_ffff) >= 2 else {
             throw ValidationError("--first-address must be a loopback address above 127.0.0.1 (127.x.y.z)")
         }
-        guard (first.value & 0x00ff_ffff) + UInt32(machines) < 0x00ff_ffff else { throw ValidationError("--first-address leaves too few loopback addresses") }
+        guard (first.value & 0x00ff_ffff) + UInt32(machines) < 0x00ff_ffff else {
+            throw ValidationError("--first-address leaves too few loopback addresses")
+        }
         let (host, _) = try splitHostPort(redfishListen)
-        guard host.hasPrefix("127.") || host == "::1" else { throw ValidationError("--redfish-listen must be a loopback address") }
-        for (name, rate) in [("--bmc-error-rate", bmcErrorRate), ("--bmc-timeout-rate", bmcTimeoutRate), ("--agent-fail-rate", agentFailRate), ("--image-share", imageShare)] {
+        guard host.hasPrefix("127.") || host == "::1" else {
+            throw ValidationError("--redfish-listen must be a loopback address")
+        }
+        for (name, rate) in [
+            ("--bmc-error-rate", bmcErrorRate), ("--bmc-timeout-rate", bmcTimeoutRate),
+            ("--agent-fail-rate", agentFailRate), ("--image-share", imageShare),
+        ] {
             guard (0...1).contains(rate) else { throw ValidationError("\(name) must be from 0 to 1") }
         }
     }
 
     /// Times a page of `machine list` and a `machine show` every `interval` over one connection,
     /// failing over between the servers as the CLI does; runs until cancelled.
-    static func probe(_ options: ClientOptions, tokenFile: String?, fleet: SimFleet, names: [String], interval: Double) async {
+    static func probe(
+        _ options: ClientOptions,
+        tokenFile: String?,
+        fleet: SimFleet,
+        names: [String],
+        interval: Double
+    ) async {
         var client = options
         let calling = Mutex("list")
         for _ in 0..<1_000_000 where !Task.isCancelled {
             if let tokenFile {
-                guard let t = try? String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !t.isEmpty else {
+                guard
+                    let t = try? String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(
+                        in: .whitespacesAndNewlines
+                    ), !t.isEmpty
+                else {
                     try? await Task.sleep(for: .seconds(1))
                     continue
                 }
@@ -136,13 +157,19 @@ struct SimCommand: AsyncParsableCommand {
             try text.write(toFile: writeConfig, atomically: true, encoding: .utf8)
         }
         if let writePassword {
-            _ = FileManager.default.createFile(atPath: writePassword, contents: Data((c.password + "\n").utf8), attributes: [.posixPermissions: 0o600])
+            _ = FileManager.default.createFile(
+                atPath: writePassword,
+                contents: Data((c.password + "\n").utf8),
+                attributes: [.posixPermissions: 0o600]
+            )
         }
         if let writeEnroll {
             let text = entries.map { "- name: \($0.name)\n  mac: \"\($0.mac)\"\n  bmc: \($0.bmcURL)\n" }.joined()
             try text.write(toFile: writeEnroll, atomically: true, encoding: .utf8)
         }
-        FileHandle.standardOutput.write(Data("sim: \(machines) machines; Redfish on \(c.redfishHost):\(port); booting from \(bootURL)\n".utf8))
+        FileHandle.standardOutput.write(
+            Data("sim: \(machines) machines; Redfish on \(c.redfishHost):\(port); booting from \(bootURL)\n".utf8)
+        )
 
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -152,8 +179,12 @@ struct SimCommand: AsyncParsableCommand {
             }
             if probe {
                 let names = await fleet.names()
-                let client = self.client, interval = probeInterval, tokenFile = probeTokenFile
-                group.addTask { await Self.probe(client, tokenFile: tokenFile, fleet: fleet, names: names, interval: interval) }
+                let client = self.client
+                let interval = probeInterval
+                let tokenFile = probeTokenFile
+                group.addTask {
+                    await Self.probe(client, tokenFile: tokenFile, fleet: fleet, names: names, interval: interval)
+                }
             }
             _ = try await group.next()
             group.cancelAll()
