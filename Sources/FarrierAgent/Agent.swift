@@ -2,10 +2,10 @@ import Crypto
 import FarrierCore
 import Foundation
 import Synchronization
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
-import SystemSupport
 #endif
 
 /// How the agent finds its server and what it may touch.
@@ -411,25 +411,11 @@ public final class Agent: Sendable {
         return "/dev/" + disk.name
     }
 
-    /// posix_spawnp with an empty signal mask, default signal dispositions and a new session.
+    /// Starts a program in a session of its own, with clean signal state (`ProcessSpawn`).
     static func spawnDetached(_ args: [String]) throws -> pid_t {
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        // 0x80: POSIX_SPAWN_SETSID.
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | 0x80))
-        let argv = args.map { strdup($0) } + [nil]
-        defer { for arg in argv { free(arg) } }
-        var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, args[0], nil, &attr, argv, environ)
-        guard rc == 0 else { throw AgentFailure("cannot start \(args[0]): \(String(cString: strerror(rc)))") }
-        return pid
+        do { return try ProcessSpawn.spawn(args, output: nil, newSession: true) } catch {
+            throw AgentFailure(error.description)
+        }
     }
 
     static func canConnect(port: UInt16) -> Bool {

@@ -1,10 +1,10 @@
 import Crypto
 import FarrierCore
 import Foundation
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
-import SystemSupport
 #endif
 
 /// Encrypts BMC passwords at rest with AES-256-GCM. The key comes from `FARRIER_BMC_KEY`

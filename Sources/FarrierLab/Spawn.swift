@@ -1,12 +1,11 @@
 import Foundation
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Starting and running programs for the lab, with `posix_spawn`: each child gets an empty signal
-/// mask and default signal dispositions (the async runtime's threads block signals, and a child
-/// inheriting that mask would ignore SIGTERM and never reap its own children), and detached
+/// Starting and running programs for the lab (`ProcessSpawn`: clean signal state); detached
 /// children get a session of their own so they outlive `farrier lab up`.
 public enum Spawn {
     public struct Failure: Error, CustomStringConvertible {
@@ -27,30 +26,9 @@ public enum Spawn {
 
     static func spawn(_ args: [String], stdout: String, detached: Bool) throws -> pid_t {
         closeInheritedDescriptors()
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
-        if detached { flags |= 0x80 }  // POSIX_SPAWN_SETSID (glibc 2.26+), not exported to Swift
-        posix_spawnattr_setflags(&attr, Int16(flags))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = args.map { strdup($0) } + [nil]
-        defer { for arg in argv { free(arg) } }
-        var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, args[0], &actions, &attr, argv, environ)
-        guard rc == 0 else { throw Failure(description: "cannot run \(args[0]): \(String(cString: strerror(rc)))") }
-        return pid
+        do { return try ProcessSpawn.spawn(args, output: stdout, newSession: detached) } catch {
+            throw Failure(description: error.description)
+        }
     }
 
     /// Starts a long-running program detached from this process; output goes to `log`.
