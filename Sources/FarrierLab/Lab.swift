@@ -137,7 +137,7 @@ public struct Lab {
                 )
                 try state.save()
             }
-            try waitForServer()
+            try waitForServer(replicas: o.replicas)
             // Each VM is enrolled with its BMC as an operator would, through the CLI and the API;
             // the server then drives the BMC itself.
             for vm in state.vms {
@@ -394,21 +394,36 @@ public struct Lab {
         throw Spawn.Failure(description: "the lab's PostgreSQL did not come up; see \(dir)/postgres.log")
     }
 
-    func waitForServer() throws {
+    /// Waits until every replica answers its health check: the first serves the boot network,
+    /// and a caller may use any of them (the lab's state names them all) as soon as this returns.
+    func waitForServer(replicas: Int = 1) throws {
         let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline {
-            if let r = try? Spawn.run(
-                Self.inNS(["curl", "-sf", "http://127.0.0.1:8080/healthz"]),
-                timeout: 5,
-                check: false
-            ), r.output == "ok\n" {
-                return
+        for replica in 0..<replicas {
+            while true {
+                // Its HTTP health check, and its gRPC port taking connections (the API the CLI uses).
+                if let r = try? Spawn.run(
+                    Self.inNS(["curl", "-sf", "http://127.0.0.1:\(8080 + replica)/healthz"]),
+                    timeout: 5,
+                    check: false
+                ), r.output == "ok\n",
+                    let g = try? Spawn.run(
+                        Self.inNS(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(7700 + replica)"]),
+                        timeout: 5,
+                        check: false
+                    ), g.status == 0
+                {
+                    break
+                }
+                guard Date() < deadline else {
+                    let log = replica == 0 ? "server.log" : "server-\(replica + 1).log"
+                    throw Spawn.Failure(
+                        description:
+                            "the lab's farrier server (replica \(replica + 1)) did not come up; see \(LabState.defaultDirectory)/\(log)"
+                    )
+                }
+                usleep(200_000)
             }
-            usleep(200_000)
         }
-        throw Spawn.Failure(
-            description: "the lab's farrier server did not come up; see \(LabState.defaultDirectory)/server.log"
-        )
     }
 
     func makeVM(
@@ -599,7 +614,7 @@ public struct Lab {
             state.extraReplicas?[i].pid = try startServer(o, dir: state.directory, replica: i + 1)
             try state.save()
         }
-        try waitForServer()
+        try waitForServer(replicas: 1 + (state.extraReplicas?.count ?? 0))
         log("server started (pid \(state.serverPID ?? 0))")
         return state
     }

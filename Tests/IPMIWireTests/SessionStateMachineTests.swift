@@ -81,16 +81,8 @@ import WireSupport
         ),
     ]
 
-    static func bytes(_ hex: String) -> [UInt8] {
-        var out: [UInt8] = []
-        var i = hex.startIndex
-        while i < hex.endIndex {
-            let j = hex.index(i, offsetBy: 2)
-            out.append(UInt8(hex[i..<j], radix: 16)!)
-            i = j
-        }
-        return out
-    }
+    /// The module's hex decoder (IPMIWireTests.swift).
+    static func bytes(_ hex: String) -> [UInt8] { IPMIWireTests.bytes(hex) }
 
     /// Random bytes handed out in order; a test that asks for more than it gave fails.
     final class RandomTable: Sendable {
