@@ -81,6 +81,9 @@ extension IPMIClient {
         // Bounded by the machine (at most 64 cipher-suite pages, retries and restarts), and by
         // the caller's operation timeout (withBound).
         while true {
+            // The operation's bound passed (withBound cancels): stop at once, not after the
+            // machine's remaining retries.
+            try Task.checkCancellation()
             switch action {
             case .send(let packet, let step):
                 if machine.attempt > 1, machine.attempt != attempt {
