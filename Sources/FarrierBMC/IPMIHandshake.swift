@@ -81,11 +81,12 @@ extension IPMIClient {
         // Bounded by the machine (at most 64 cipher-suite pages, retries and restarts), and by
         // the caller's operation timeout (withBound).
         while true {
-            // The operation's bound passed (withBound cancels): stop at once, not after the
-            // machine's remaining retries.
-            try Task.checkCancellation()
             switch action {
             case .send(let packet, let step):
+                // The operation's bound passed (withBound cancels): stop at once, not after the
+                // machine's remaining retries. (Only here: an established or refused session is
+                // still handed over or closed.)
+                try Task.checkCancellation()
                 if machine.attempt > 1, machine.attempt != attempt {
                     logger.debug(
                         "IPMI session setup restarts",

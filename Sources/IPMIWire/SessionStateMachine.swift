@@ -170,9 +170,11 @@ public struct IPMISessionStateMachine: Sendable {
                 open.tag == session.tag, open.status != .ok || open.consoleSessionID == session.consoleSessionID
             else { return nil }
             if open.status == .noMatchingCipherSuite, suite == .suite17, configuration.cipherSuite == nil {
-                // Suite 17 listed but refused: offer 3 in the same attempt.
+                // Suite 17 listed but refused: offer 3 in the same attempt, under a new tag and
+                // session ID, so a second refusal (the answer to a retransmitted suite-17
+                // request) cannot be taken for the answer to this one.
                 suite = .suite3
-                return openSession(session)
+                return openSession(newSession())
             }
             guard open.status == .ok else {
                 return finish(
@@ -255,6 +257,12 @@ public struct IPMISessionStateMachine: Sendable {
         }
         if sends <= retries {
             sends += 1
+            if case .privilege(var crypto, let request) = state {
+                // Inside the session every packet needs a new sequence number (a BMC drops a
+                // repeated one as a replay): seal the request again rather than resend the bytes.
+                lastSent = crypto.seal(.ipmi, payload: request.encoded(), iv: random(16))
+                state = .privilege(crypto, request)
+            }
             return .send(lastSent, step)
         }
         if step.restartsSetup, attempt < configuration.attempts { return beginSetup() }
@@ -294,11 +302,15 @@ public struct IPMISessionStateMachine: Sendable {
     /// Open Session with a new console session ID and tag.
     mutating func beginSetup() -> Action {
         attempt += 1
+        return openSession(newSession())
+    }
+
+    /// A new console session ID (never 0, which means "no session") and tag.
+    func newSession() -> Session {
         let id = random(4)
         let tag = random(1)
-        var sid = UInt32(id[0]) | UInt32(id[1]) << 8 | UInt32(id[2]) << 16 | UInt32(id[3]) << 24
-        if sid == 0 { sid = 1 }  // 0 means "no session"
-        return openSession(Session(consoleSessionID: sid, tag: tag[0]))
+        let sid = UInt32(id[0]) | UInt32(id[1]) << 8 | UInt32(id[2]) << 16 | UInt32(id[3]) << 24
+        return Session(consoleSessionID: sid == 0 ? 1 : sid, tag: tag[0])
     }
 
     mutating func openSession(_ session: Session) -> Action {

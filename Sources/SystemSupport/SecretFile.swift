@@ -15,35 +15,47 @@ public enum SecretFile {
     }
 
     /// Creates `path` with `mode` and writes `bytes`. `exclusive`: fail if it exists (O_EXCL);
-    /// otherwise an existing file is truncated, and its mode set to `mode`.
+    /// otherwise an existing file is truncated, and its mode set to `mode`. A write or sync that
+    /// fails removes the file: half a key is worse than none (a later exclusive create would
+    /// find it and fail for good).
     public static func create(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600, exclusive: Bool) throws(Failure) {
         let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC), mode)
         guard fd >= 0 else { throw Failure(path: path, operation: "create", errno: errno) }
-        defer { close(fd) }
+        func fail(_ operation: String, _ code: Int32) -> Failure {
+            close(fd)
+            unlink(path)
+            return Failure(path: path, operation: operation, errno: code)
+        }
         // An existing file keeps its mode through O_TRUNC: narrow (or set) it before writing.
-        guard fchmod(fd, mode) == 0 else { throw Failure(path: path, operation: "set the mode of", errno: errno) }
+        guard fchmod(fd, mode) == 0 else { throw fail("set the mode of", errno) }
         var done = 0
         while done < bytes.count {
             let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
             if n < 0, errno == EINTR { continue }
-            guard n > 0 else { throw Failure(path: path, operation: "write", errno: n < 0 ? errno : EIO) }
+            guard n > 0 else { throw fail("write", n < 0 ? errno : EIO) }
             done += n
         }
-        guard fsync(fd) == 0 else { throw Failure(path: path, operation: "sync", errno: errno) }
+        guard fsync(fd) == 0 else { throw fail("sync", errno) }
+        close(fd)
     }
 
-    /// Replaces `path` atomically: the bytes go to `path.tmp` (created with `mode`), then a
-    /// rename puts them in place, so a reader sees the old file or the whole new one.
+    /// Replaces `path` atomically: the bytes go to a temporary file of this call's own next to
+    /// it (created with `mode`), a rename puts them in place, and the directory is synced, so a
+    /// reader sees the old file or the whole new one, also after a crash.
     public static func replace(_ path: String, _ bytes: [UInt8], mode: mode_t) throws(Failure) {
-        let tmp = path + ".tmp"
-        do { try create(tmp, bytes, mode: mode, exclusive: false) } catch {
-            unlink(tmp)
-            throw error
-        }
+        var rng = SystemRandomNumberGenerator()
+        let tmp = path + ".tmp-\(getpid())-\(String(rng.next() as UInt32, radix: 16))"
+        try create(tmp, bytes, mode: mode, exclusive: true)
         guard rename(tmp, path) == 0 else {
             let e = errno
             unlink(tmp)
             throw Failure(path: path, operation: "rename \(tmp) to", errno: e)
         }
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dfd >= 0 else { throw Failure(path: directory, operation: "open the directory", errno: errno) }
+        defer { close(dfd) }
+        guard fsync(dfd) == 0 else { throw Failure(path: directory, operation: "sync the directory", errno: errno) }
     }
 }

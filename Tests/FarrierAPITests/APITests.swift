@@ -198,6 +198,7 @@ import Testing
             #expect(await code { _ = try await machines.commissionMachine(ref) } == .failedPrecondition)
             var enroll = Farrier_V1_EnrollMachineRequest()
             enroll.name = "Not A Name"
+            enroll.bmcPassword = "x"
             enroll.mac = "52:54:00:00:0a:98"
             enroll.bmcURL = "ipmi://admin@127.0.0.1:9623"
             #expect(await code { _ = try await machines.enrollMachine(enroll) } == .invalidArgument)

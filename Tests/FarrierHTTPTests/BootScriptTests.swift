@@ -113,6 +113,7 @@ import Testing
     func theScriptFollowsTheStateAndPhase(_ state: MachineState, _ phase: StepPhase, _ expected: Expected) async throws
     {
         try await machine(state, phase)
+        let before = try #require(try await store.machine(mac: mac))
         try await withServer { client in
             let text = try await script(client)
             switch expected {
@@ -128,8 +129,10 @@ import Testing
                 #expect(!text.contains("kernel") && !text.contains("sanboot"))
             }
         }
-        // A script changes no state.
-        #expect(try await store.machine(mac: mac)?.state == state)
+        // A script changes nothing of the lifecycle: state, phase, generation, project.
+        let after = try #require(try await store.machine(mac: mac))
+        #expect(after.state == state && after.phase == phase && after.generation == before.generation)
+        #expect(after.project == before.project && after.deployment == before.deployment)
     }
 
     /// From an address that does not hold the MAC's lease, a script names no machine and no

@@ -196,7 +196,9 @@ import WireSupport
     /// answers the new Open Session with a session ID of its own, which RAKP 1 then carries.
     @Test func aLostRAKP2RestartsWithNewIDsAndStaleAnswersAreIgnored() {
         let newSID: [UInt8] = [0x11, 0x22, 0x33, 0x44]
-        let newTag: [UInt8] = [0x7E]
+        // The same tag as the first attempt's (1 in 256 by chance): only the console session ID
+        // tells the first attempt's late answers from the second's.
+        let newTag = Self.randoms(Self.forced3)[1]
         // The capture's session ID, tag and random for the first attempt; new ones for the second.
         let table = Array(Self.randoms(Self.forced3).prefix(3)) + [newSID, newTag, [UInt8](repeating: 0xC3, count: 16)]
         var m = Self.machine(Self.forced3, suite: 3, randoms: table)
@@ -234,6 +236,50 @@ import WireSupport
         #expect(rakp1b[16] == newTag[0])
         #expect(Array(rakp1b[20..<24]) == [0xAB, 0xCD, 0xEF, 0x01])  // the BMC's new session ID
         #expect(Array(rakp1b[24..<40]) == [UInt8](repeating: 0xC3, count: 16))
+        // The first attempt's RAKP 2 (the right tag, the old console session ID), arriving now.
+        #expect(m.received(Self.bytes(Self.forced3[5].hex)) == nil)
+    }
+
+    /// Suite 17 listed, and refused at Open Session ("no matching cipher suite"): the setup offers
+    /// suite 3 under a new tag and session ID, and a second refusal (the answer to a retransmitted
+    /// suite-17 request) is not taken for the answer to it.
+    @Test func aRefusedSuite17FallsBackTo3UnderNewIDs() {
+        let capture = Self.listed
+        let first = Self.randoms(capture)
+        let sid2: [UInt8] = [0x21, 0x43, 0x65, 0x07]
+        let tag2: [UInt8] = [0x99]
+        var m = Self.machine(capture, randoms: [first[0], first[1], sid2, tag2])
+        // The BMC's first page of cipher suites, with its first record's ID changed to 17.
+        var page = Self.bytes(capture[3].hex)
+        let record = page.firstIndex(of: 0xC0, after: 21)
+        page[record + 1] = 0x11
+        page[page.count - 1] = 0 &- page[17..<(page.count - 1)].reduce(0, &+)
+        guard case .send = m.start() else {
+            Issue.record("expected capabilities")
+            return
+        }
+        _ = m.received(Self.bytes(capture[1].hex))
+        var action = m.received(page)
+        for i in [5, 7, 9, 11] { action = m.received(Self.bytes(capture[i].hex)) }
+        guard case .send(let open17, .openSession)? = action else {
+            Issue.record("expected Open Session, got \(String(describing: action))")
+            return
+        }
+        let open3Captured = Self.bytes(capture[12].hex)
+        // Suite 17's algorithms (HMAC-SHA256, HMAC-SHA256-128, AES) instead of suite 3's.
+        #expect(Array(open17[24...]) != Array(open3Captured[24...]))
+        #expect(open17[16] == first[1][0] && Array(open17[20..<24]) == first[0])
+        var refusal = Self.bytes(capture[13].hex)
+        refusal[17] = 0x11  // no matching cipher suite
+        guard case .send(let open3, .openSession)? = m.received(refusal) else {
+            Issue.record("expected Open Session with suite 3")
+            return
+        }
+        #expect(Array(open3[24...]) == Array(open3Captured[24...]))
+        #expect(open3[16] == tag2[0] && Array(open3[20..<24]) == sid2)
+        #expect(m.attempt == 1)
+        // The refusal again (its request was retransmitted): the old tag, ignored.
+        #expect(m.received(refusal) == nil)
     }
 
     /// A datagram replayed (the same Open Session response, RAKP 2 again while RAKP 4 is awaited,
@@ -282,7 +328,7 @@ import WireSupport
 
     /// Set Session Privilege Level lost: sent once more, then the setup restarts.
     @Test func aLostPrivilegeAnswerRestartsTheSetup() {
-        let table = Self.randoms(Self.forced3) + [[1, 2, 3, 4], [9]]
+        let table = Self.randoms(Self.forced3) + [[UInt8](repeating: 0x77, count: 16), [1, 2, 3, 4], [9]]
         var m = Self.machine(Self.forced3, suite: 3, randoms: table)
         guard case .send(let first, .privilege) = Self.play(&m, Self.forced3, upTo: 9) else {
             Issue.record("expected Set Session Privilege Level")
@@ -292,7 +338,10 @@ import WireSupport
             Issue.record("expected a retransmission")
             return
         }
-        #expect(again == first)
+        // Sealed again: the next session sequence number (bytes 10-13), a new IV, never the
+        // same bytes (a BMC drops a repeated sequence number as a replay).
+        #expect(Array(first[10..<14]) == [1, 0, 0, 0] && Array(again[10..<14]) == [2, 0, 0, 0])
+        #expect(again != first)
         guard case .send(_, .openSession) = m.timedOut() else {
             Issue.record("expected a restart from Open Session")
             return
@@ -342,5 +391,12 @@ import WireSupport
         }
         #expect(why.contains("0xD4"))
         #expect(close.bmcSessionID == openResponse.bmcSessionID && close.consoleSessionID == consoleSID)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// The index of the first `byte` at or after `start`.
+    func firstIndex(of byte: UInt8, after start: Int) -> Int {
+        self[start...].firstIndex(of: byte)!
     }
 }
