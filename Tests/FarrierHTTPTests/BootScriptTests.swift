@@ -154,6 +154,69 @@ import Testing
         #expect(try await store.machine(mac: MACAddress("52:54:00:00:07:99")!) == nil)
     }
 
+    /// A deployed machine boots its disk the way its firmware does: INT 13h on BIOS, handing
+    /// back to the firmware (its next boot entry) on UEFI.
+    @Test(arguments: [("pcbios", "sanboot --no-describe --drive 0x80"), ("efi", "boots its local disk.\nexit")])
+    func theLocalDiskBootFollowsThePlatform(_ platform: String, _ expected: String) async throws {
+        try await machine(.deployed, .none)
+        try await withServer { client in
+            let text = try await script(client, platform: platform)
+            #expect(text.contains(expected), "\(text)")
+            #expect(platform == "efi" ? !text.contains("sanboot") : true)
+        }
+    }
+
+    /// The agent channel's router (HTTPS in the server; here without TLS and without a peer
+    /// address, as a request from nowhere): agent calls and images are refused without a lease
+    /// and a token, before anything is read or written.
+    @Test func theAgentChannelRefusesCallsWithoutALeaseOrAToken() async throws {
+        try await machine(.deploying, .agent)
+        let before = try #require(try await store.machine(mac: mac))
+        var deps = HTTPDependencies(
+            store: store,
+            recorder: TimelineRecorder(store: store, known: []),
+            addressBook: book,
+            bootRoot: BootRoot(path: NSTemporaryDirectory()),
+            metrics: { "" },
+            controller: controller,
+            imageDirectory: NSTemporaryDirectory()
+        )
+        deps.agentTLS = AgentTLS(certificateChainPEM: "", privateKeyPEM: "", fingerprint: Self.fingerprint, port: 8443)
+        let router = buildRouter(
+            configuration: HTTPConfiguration(),
+            dependencies: deps,
+            logger: Logger(label: "test"),
+            agentChannel: true
+        )
+        let app = Application(router: router)
+        let hello = #"{"agentVersion":"0.1.0","nonce":"0123456789abcdef0123456789abcdef","inventory":null}"#
+        try await app.test(.router) { client in
+            try await client.execute(uri: AgentAPI.hello, method: .post, body: ByteBuffer(string: hello)) { r in
+                #expect(r.status == .forbidden, "\(r.status)")
+            }
+            try await client.execute(uri: AgentAPI.done, method: .post, body: ByteBuffer(string: #"{"ok":true}"#)) {
+                r in
+                #expect(r.status == .unauthorized)
+            }
+            try await client.execute(
+                uri: AgentAPI.done,
+                method: .post,
+                headers: [.authorization: "Bearer forged"],
+                body: ByteBuffer(string: #"{"ok":true}"#)
+            ) { r in
+                #expect(r.status == .forbidden, "\(r.status)")
+            }
+            let image = "/images/" + String(repeating: "ab", count: 32)
+            try await client.execute(uri: image, method: .get) { r in #expect(r.status == .unauthorized) }
+            try await client.execute(uri: image, method: .get, headers: [.authorization: "Bearer forged"]) { r in
+                #expect(r.status == .forbidden)
+            }
+        }
+        let after = try #require(try await store.machine(mac: mac))
+        #expect(after.state == before.state && after.phase == before.phase && after.generation == before.generation)
+        #expect(after.agentNonce == nil)
+    }
+
     @Test func aPathThatIsNotAScriptIsNotFound() async throws {
         try await withServer { client in
             try await client.execute(uri: "/boot/nonsense.txt", method: .get) { response in
