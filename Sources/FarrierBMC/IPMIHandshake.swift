@@ -94,6 +94,8 @@ extension IPMIClient {
                     )
                 }
                 attempt = machine.attempt
+                // A session the machine gave up on (its last answer lost): closed, best effort.
+                if let bye = machine.takeCloseAbandoned() { try? await udp.send(bye) }
                 try await udp.send(packet)
                 let deadline = ContinuousClock.now + ep.timeouts.attempt
                 var next: IPMISessionStateMachine.Action?
@@ -113,6 +115,7 @@ extension IPMIClient {
                     sequenceUsed: 1
                 )
             case .fail(let failure, let close):
+                if let bye = machine.takeCloseAbandoned() { try? await udp.send(bye) }
                 if let close {
                     // A session was opened (the privilege was refused): free the BMC's slot now.
                     await IPMISession(

@@ -123,6 +123,10 @@ public struct IPMISessionStateMachine: Sendable {
     var sends = 0
     /// Setups started from Open Session so far.
     public private(set) var attempt = 0
+    /// A sealed Close Session for a session this setup abandons (its RAKP 4 or privilege answer
+    /// was lost, so the BMC may hold it open): the driver sends it once, before what `timedOut`
+    /// returned, so the BMC frees the slot now rather than at its idle timeout.
+    public private(set) var closeAbandoned: [UInt8]?
 
     public init(configuration: Configuration, random: @escaping RandomBytes) {
         self.configuration = configuration
@@ -265,8 +269,38 @@ public struct IPMISessionStateMachine: Sendable {
             }
             return .send(lastSent, step)
         }
-        if step.restartsSetup, attempt < configuration.attempts { return beginSetup() }
+        if step.restartsSetup, attempt < configuration.attempts {
+            abandon()
+            return beginSetup()
+        }
+        abandon()
         return finish(.timedOut(step))
+    }
+
+    /// Takes the Close Session datagram for an abandoned session, if there is one.
+    public mutating func takeCloseAbandoned() -> [UInt8]? {
+        defer { closeAbandoned = nil }
+        return closeAbandoned
+    }
+
+    /// A session the BMC may have opened (after RAKP 3 or during the privilege step) is about
+    /// to be left: seal its Close Session.
+    mutating func abandon() {
+        var crypto: IPMISessionCrypto
+        switch state {
+        case .rakp3(let session, let bmcSessionID, let exchange, let m2):
+            crypto = IPMISessionCrypto(
+                keys: exchange.sessionKeys(after: m2),
+                bmcSessionID: bmcSessionID,
+                consoleSessionID: session.consoleSessionID
+            )
+        case .privilege(let c, _):
+            crypto = c
+        default:
+            return
+        }
+        let bye = IPMICommand.closeSession(bmcSessionID: crypto.bmcSessionID, sequence: 2)
+        closeAbandoned = crypto.seal(.ipmi, payload: bye.encoded(), iv: random(16))
     }
 
     // MARK: Transitions

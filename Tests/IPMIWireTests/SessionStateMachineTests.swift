@@ -327,8 +327,13 @@ import WireSupport
     }
 
     /// Set Session Privilege Level lost: sent once more, then the setup restarts.
-    @Test func aLostPrivilegeAnswerRestartsTheSetup() {
-        let table = Self.randoms(Self.forced3) + [[UInt8](repeating: 0x77, count: 16), [1, 2, 3, 4], [9]]
+    @Test func aLostPrivilegeAnswerRestartsTheSetup() throws {
+        // The capture's randoms, then: the resealed request's IV, the Close Session's IV, and the
+        // second attempt's session ID and tag.
+        let table =
+            Self.randoms(Self.forced3) + [
+                [UInt8](repeating: 0x77, count: 16), [UInt8](repeating: 0x88, count: 16), [1, 2, 3, 4], [9],
+            ]
         var m = Self.machine(Self.forced3, suite: 3, randoms: table)
         guard case .send(let first, .privilege) = Self.play(&m, Self.forced3, upTo: 9) else {
             Issue.record("expected Set Session Privilege Level")
@@ -347,6 +352,13 @@ import WireSupport
             return
         }
         #expect(m.attempt == 2)
+        // The abandoned session is closed first: sealed in it (the BMC's session ID, the next
+        // sequence number, 3), once.
+        let taken = m.takeCloseAbandoned()
+        let bye = try #require(taken)
+        #expect(Array(bye[6..<10]) == Array(first[6..<10]) && Array(bye[10..<14]) == [3, 0, 0, 0])
+        #expect(Array(bye[16..<32]) == [UInt8](repeating: 0x88, count: 16))
+        #expect(m.takeCloseAbandoned() == nil)
     }
 
     /// Set Session Privilege Level refused (completion code 0xD4, insufficient privilege): the
