@@ -104,6 +104,7 @@ import Glibc
     }
 
     @Test func durationsClampForTimers() {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(Duration.milliseconds(1500).nanosecondsClamped == 1_500_000_000)
         #expect(Duration.seconds(-3).nanosecondsClamped == 0)
         #expect(Duration.seconds(Int64.max).nanosecondsClamped == .max)
