@@ -55,17 +55,27 @@ public final class RedfishClient: BMC, Sendable {
     let session = Mutex<Session??>(nil)
     let systemPath = Mutex<String?>(nil)
 
+    /// The HTTP client every Redfish driver in the process shares: a connection pool per BMC
+    /// address (and TLS configuration), and one TLS context per TLS configuration, where a
+    /// client per driver held a pool, a state machine and, over https, a TLS context with the
+    /// system's trust store for each of a fleet's machines (10 000 of them while a fleet
+    /// commissions; README, Benchmarks). Idle connections close after 10 s: a machine uses its
+    /// BMC at the start and end of a step, and BMCs have few connection slots. The per-host
+    /// limit bounds what one address sees when it serves many systems (an aggregator, the
+    /// simulator); each driver still runs one operation at a time. Never shut down.
+    static let sharedHTTP: HTTPClient = {
+        var config = HTTPClient.Configuration(redirectConfiguration: .disallow)
+        config.connectionPool = .init(idleTimeout: .seconds(10), concurrentHTTP1ConnectionsPerHostSoftLimit: 16)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }()
+    let tls: TLSConfiguration
+
     public init(_ endpoint: RedfishEndpoint, logger: Logger = Logger(label: "farrier.redfish")) {
         self.endpoint = endpoint
         var tls = TLSConfiguration.makeClientConfiguration()
         if !endpoint.verifyTLS { tls.certificateVerification = .none }
-        var config = HTTPClient.Configuration(
-            tlsConfiguration: tls,
-            redirectConfiguration: .disallow,
-            timeout: .init(connect: .nanoseconds(endpoint.timeouts.attempt.nanosecondsClamped))
-        )
-        config.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 2)
-        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        self.tls = tls
+        http = Self.sharedHTTP
         var l = logger
         l[metadataKey: "bmc"] = "\(endpoint.baseURL)"
         self.logger = l
@@ -197,6 +207,7 @@ public final class RedfishClient: BMC, Sendable {
         auth: Auth
     ) async throws -> Reply {
         var request = HTTPClientRequest(url: try url(path))
+        request.tlsConfiguration = tls
         request.method = method
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "OData-Version", value: "4.0")
@@ -545,7 +556,7 @@ public final class RedfishClient: BMC, Sendable {
         )
     }
 
-    /// Logs the session out (BMCs cap sessions; a leaked one locks users out) and shuts the client down.
+    /// Logs the session out (BMCs cap sessions; a leaked one locks users out).
     public func close() async {
         let s = session.withLock { s -> Session? in
             defer { s = nil }
@@ -554,10 +565,10 @@ public final class RedfishClient: BMC, Sendable {
         }
         if let s, let location = s.location, let target = try? url(location) {
             var request = HTTPClientRequest(url: target)
+            request.tlsConfiguration = tls
             request.method = .DELETE
             request.headers.add(name: "X-Auth-Token", value: s.token)
             _ = try? await http.execute(request, timeout: .seconds(5))
         }
-        try? await http.shutdown()
     }
 }
