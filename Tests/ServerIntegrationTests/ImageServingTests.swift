@@ -71,6 +71,41 @@ struct ImageServingTests {
         #expect(head.hasSuffix("\r\n0"), "HEAD sent a body: \(head.suffix(40))")
     }
 
+    /// Clients that hang up mid-body leave nothing behind: the server closes its descriptor of
+    /// the image (and so its read ahead) for each, and still serves the whole file afterwards.
+    @Test func abandonedDownloadsLetGoOfTheImage() throws {
+        let h = try Harness("img-abandon")
+        defer { h.cleanup() }
+        let cp = ControlPlane(h)
+        let server = try cp.start()
+        let file = h.directory + "/big.raw"
+        // 32 MiB: more than loopback's socket buffers hold, so every client leaves mid-body.
+        try h.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=1048576", "count=32", "status=none"])
+        try cp.cli(["image", "add", "big", file])
+        let sha = try #require(try cp.json(["image", "show", "big"])["sha256"] as? String)
+        let url = cp.agentURL + "/images/" + sha
+        let auth = "Authorization: Bearer \(cp.adminToken)"
+        /// The server's open descriptors of the image file.
+        func open() -> Int {
+            let dir = "/proc/\(server.processIdentifier)/fd"
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+            return fds.filter {
+                ((try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + $0)) ?? "").hasSuffix(sha)
+            }
+            .count
+        }
+        // Each client takes the first MiB and hangs up (head exits, curl dies of SIGPIPE).
+        let got = try h.run([
+            "bash", "-c",
+            "for i in 1 2 3 4 5 6 7 8; do curl -sk -H '\(auth)' '\(url)' | head -c 1048576 | wc -c; done",
+        ]).stdout
+        #expect(got.split(separator: "\n") == Array(repeating: "1048576", count: 8))
+        try h.waitUntil("the server to close the abandoned image streams", timeout: 20) { open() == 0 }
+        let whole = try h.run(["bash", "-c", "curl -sfk -H '\(auth)' '\(url)' | sha256sum"]).stdout
+        #expect(whole.prefix(64) == Substring(sha))
+        try h.waitUntil("the server to close the finished image stream", timeout: 20) { open() == 0 }
+    }
+
     @Test func imagesNeedAnAdminOrDeployingAgentToken() throws {
         let h = try Harness("img-auth")
         defer { h.cleanup() }
