@@ -86,7 +86,7 @@ public struct DHCPConfiguration: Sendable, Hashable {
     /// their ACKs leave (PostgreSQL's `commit_delay`). An ACK waits at most this much longer;
     /// in exchange a few hundred exchanges a second share transactions and wakeups instead of
     /// paying one fsync each. Zero commits each batch at once.
-    public var commitDelay: Duration = .milliseconds(2)
+    public var commitDelay: Duration = .milliseconds(8)
 
     public init() {}
 }

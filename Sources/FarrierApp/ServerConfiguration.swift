@@ -45,7 +45,7 @@ import Yams
 ///   `MAC=IP[,HOSTNAME]`. In YAML, a mapping with keys mac, address, hostname.
 /// - `dhcp.proxy-port` / `FARRIER_DHCP_PROXY_PORT` / `--dhcp-proxy-port`: ProxyDHCP boot-server port. Default 4011.
 /// - `dhcp.commit-delay` / `FARRIER_DHCP_COMMIT_DELAY` / `--dhcp-commit-delay`: microseconds a batch that bound leases
-///   waits for more exchanges to share its fsync before its ACKs leave; 0 commits at once. Default 2000.
+///   waits for more exchanges to share its fsync before its ACKs leave; 0 commits at once. Default 8000.
 /// - `bmc.key-file` / `FARRIER_BMC_KEY_FILE` / `--bmc-key-file`: the key (32 bytes, base64) that encrypts BMC
 ///   passwords at rest. Default DATA-DIR/bmc.key, made 0600 on first start. `FARRIER_BMC_KEY` gives the key itself.
 /// - `api.tls-cert` / `FARRIER_API_TLS_CERT` / `--api-tls-cert`, `api.tls-key` / `FARRIER_API_TLS_KEY` / `--api-tls-key`:

@@ -134,7 +134,7 @@ import Testing
 
     @Test func commitDelayIsMicrosecondsWithinBounds() throws {
         #expect(
-            try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).dhcp.commitDelay == .milliseconds(2)
+            try ServerConfiguration.load(file: nil, environment: [:], flags: [:]).dhcp.commitDelay == .milliseconds(8)
         )
         let c = try ServerConfiguration.load(file: nil, environment: ["FARRIER_DHCP_COMMIT_DELAY": "0"], flags: [:])
         #expect(c.dhcp.commitDelay == .zero)

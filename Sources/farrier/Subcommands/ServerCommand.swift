@@ -125,7 +125,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Microseconds a DHCP batch that bound leases waits for more exchanges to share its fsync before its ACKs leave; 0 commits at once. [dhcp.commit-delay, FARRIER_DHCP_COMMIT_DELAY; default 2000]"
+            "Microseconds a DHCP batch that bound leases waits for more exchanges to share its fsync before its ACKs leave; 0 commits at once. [dhcp.commit-delay, FARRIER_DHCP_COMMIT_DELAY; default 8000]"
     )
     var dhcpCommitDelay: Int?
 
