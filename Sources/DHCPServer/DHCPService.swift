@@ -205,11 +205,24 @@ final class DHCPEngine: Sendable {
 func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16) }
 
 /// DHCP (full or proxy) on the configured interfaces, as a lifecycle `Service`.
+///
+/// With a fence (replicas on PostgreSQL), it answers only while it holds the fence's key for
+/// every interface's network (`DHCPFence`): one replica per boot network. The others stand by,
+/// trying again every `fenceRetry`; the one that takes over waits `fenceGrace` first (longer
+/// than a holder takes to notice it lost its hold: `fenceCheck` plus the fence's 2 s timeout),
+/// then reads the leases afresh from the database, since the last holder wrote them.
 public final class DHCPService: Service, Sendable {
     let configuration: DHCPConfiguration
+    /// Builds the engine from the store (leases, seen addresses); nil when DHCP is off.
+    let makeEngine: (@Sendable () throws -> DHCPEngine)?
+    /// Built at start when there is no fence.
     let engine: DHCPEngine?
+    let fence: (any DHCPFence)?
     let logger: Logger
     public let metrics: DHCPMetrics
+    static let fenceRetry: Duration = .seconds(2)
+    static let fenceCheck: Duration = .seconds(1)
+    static let fenceGrace: Duration = .seconds(4)
 
     public init(
         configuration: DHCPConfiguration,
@@ -217,47 +230,153 @@ public final class DHCPService: Service, Sendable {
         store: any LeaseStore,
         recorder: TimelineRecorder,
         addressBook: AddressBook,
+        fence: (any DHCPFence)? = nil,
         logger: Logger
     ) throws {
         self.configuration = configuration
         self.logger = logger
-        self.metrics = DHCPMetrics()
+        self.fence = fence
+        let metrics = DHCPMetrics()
+        self.metrics = metrics
         if configuration.mode == .off || configuration.interfaces.isEmpty {
+            makeEngine = nil
             engine = nil
             return
         }
-        var responder = DHCPResponder(configuration: configuration, httpPort: httpPort)
-        let stored = try store.leases()
-        responder.loadLeases(stored)
-        for l in stored { addressBook.record(l.address, l.mac) }
-        // Proxy mode: what earlier runs saw, newest last, except where a reservation (recorded
-        // before this) already names the address: the operator's word outranks a client's.
-        var seen: [MACAddress: IPv4Address] = [:]
-        if configuration.mode == .proxy {
-            let reserved = Set(configuration.reservations.map(\.address))
-            for (mac, ip) in try store.seenAddresses(since: Date().addingTimeInterval(-DHCPEngine.seenLifetime)) {
-                seen[mac] = ip
-                if !reserved.contains(ip) { addressBook.record(ip, mac) }
+        let make: @Sendable () throws -> DHCPEngine = {
+            var responder = DHCPResponder(configuration: configuration, httpPort: httpPort)
+            let stored = try store.leases()
+            responder.loadLeases(stored)
+            for l in stored { addressBook.record(l.address, l.mac) }
+            // Proxy mode: what earlier runs saw, newest last, except where a reservation (recorded
+            // before this) already names the address: the operator's word outranks a client's.
+            var seen: [MACAddress: IPv4Address] = [:]
+            if configuration.mode == .proxy {
+                let reserved = Set(configuration.reservations.map(\.address))
+                for (mac, ip) in try store.seenAddresses(since: Date().addingTimeInterval(-DHCPEngine.seenLifetime)) {
+                    seen[mac] = ip
+                    if !reserved.contains(ip) { addressBook.record(ip, mac) }
+                }
             }
+            return DHCPEngine(
+                responder: responder,
+                store: store,
+                recorder: recorder,
+                addressBook: addressBook,
+                metrics: metrics,
+                logger: logger,
+                seen: seen
+            )
         }
-        engine = DHCPEngine(
-            responder: responder,
-            store: store,
-            recorder: recorder,
-            addressBook: addressBook,
-            metrics: metrics,
-            logger: logger,
-            seen: seen
-        )
+        makeEngine = make
+        engine = fence == nil ? try make() : nil
     }
 
     public func run() async throws {
-        guard let engine else {
+        guard let makeEngine else {
             let why = configuration.mode == .off ? "mode is off" : "no interfaces are configured (dhcp.interfaces)"
             logger.notice("DHCP is off: \(why); nothing will be answered")
             try await gracefulShutdown()
             return
         }
+        guard let fence else {
+            let engine = try engine ?? makeEngine()
+            let threads = try await start(engine)
+            try? await gracefulShutdown()
+            await stop(threads, engine)
+            return
+        }
+        try await runFenced(fence, makeEngine)
+    }
+
+    /// Stands by until the fence gives this replica every interface's network, answers until
+    /// it loses them or shuts down, and stands by again after a loss.
+    func runFenced(_ fence: any DHCPFence, _ makeEngine: @Sendable () throws -> DHCPEngine) async throws {
+        let keys = try configuration.interfaces.map { name -> String in
+            guard let iface = InterfaceAddress.lookup(name) else {
+                throw SocketError(description: "DHCP interface \(name) does not exist or has no IPv4 address")
+            }
+            return "dhcp \(iface.network)"
+        }
+        let networks: Logger.MetadataValue = "\(keys.map { $0.dropFirst(5) }.joined(separator: ","))"
+        var standingBy = false
+        while !Task.isShuttingDownGracefully {
+            let held: Bool
+            do {
+                held = try await fence.acquire(keys)
+            } catch {
+                logger.warning(
+                    "DHCP cannot reach the database to take its boot network; trying again",
+                    metadata: ["dhcp.networks": networks, "error": "\(error)"]
+                )
+                held = false
+            }
+            guard held else {
+                if !standingBy {
+                    logger.notice(
+                        "DHCP standing by: another replica answers on this boot network",
+                        metadata: ["dhcp.networks": networks]
+                    )
+                    standingBy = true
+                }
+                if await Self.pause(Self.fenceRetry) { break }
+                continue
+            }
+            standingBy = false
+            // A holder that lost the network stops within fenceCheck and its timeout.
+            if await Self.pause(Self.fenceGrace) { break }
+            let engine: DHCPEngine
+            let threads: [DHCPSocketThread]
+            do {
+                engine = try makeEngine()
+                threads = try await start(engine)
+            } catch {
+                await fence.release()
+                throw error
+            }
+            logger.notice("DHCP holds its boot network", metadata: ["dhcp.networks": networks])
+            var lost = false
+            while !lost, await !Self.pause(Self.fenceCheck) {
+                do {
+                    try await fence.check()
+                } catch {
+                    logger.error(
+                        "DHCP lost its hold on the boot network (the database is unreachable): stopping until it holds it again",
+                        metadata: ["dhcp.networks": networks, "error": "\(error)"]
+                    )
+                    lost = true
+                }
+            }
+            await stop(threads, engine)
+            if !lost { break }
+        }
+        await fence.release()
+    }
+
+    /// Waits `duration`, or less if a graceful shutdown begins: true when it did.
+    static func pause(_ duration: Duration) async -> Bool {
+        if Task.isShuttingDownGracefully { return true }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: duration)
+                return Task.isShuttingDownGracefully
+            }
+            group.addTask {
+                do {
+                    try await gracefulShutdown()
+                    return true
+                } catch {
+                    return false
+                }
+            }
+            let first = await group.next() ?? true
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Opens every interface's sockets and starts their threads (all or none).
+    func start(_ engine: DHCPEngine) async throws -> [DHCPSocketThread] {
         var ports = [configuration.serverPort]
         if configuration.mode == .proxy, configuration.proxyPort != 0 { ports.append(configuration.proxyPort) }
         var threads: [DHCPSocketThread] = []
@@ -302,7 +421,10 @@ public final class DHCPService: Service, Sendable {
             for t in threads { await t.stop() }
             throw error
         }
-        try? await gracefulShutdown()
+        return threads
+    }
+
+    func stop(_ threads: [DHCPSocketThread], _ engine: DHCPEngine) async {
         for t in threads { await t.stop() }
         await engine.recorder.drain()
         logger.info("DHCP stopped")

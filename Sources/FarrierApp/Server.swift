@@ -93,6 +93,7 @@ public struct FarrierServer: Sendable {
             store: store,
             recorder: recorder,
             addressBook: addressBook,
+            fence: (store as? PostgresStore)?.dhcpFence(),
             logger: logger
         )
         tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)

@@ -101,6 +101,23 @@ public struct MachineQuery: Sendable, Hashable {
     }
 }
 
+/// One DHCP server per boot network when replicas share a database: a replica answers DHCP on
+/// its interfaces only while it holds a key for each interface's network. PostgreSQL's
+/// session advisory locks hold them, on a connection of their own: when the holder dies or
+/// loses the database, the database lets go and another replica takes over. The embedded
+/// store has one process, and no fence.
+public protocol DHCPFence: Sendable {
+    /// Takes every key or none (it lets go of what it took when one is held elsewhere): true
+    /// when this process now holds them all, until `release()` or until the fence's
+    /// connection ends.
+    func acquire(_ keys: [String]) async throws -> Bool
+    /// Throws when the keys may no longer be held: the connection ended or the database did
+    /// not answer in time (then the connection is closed, so the database lets go too).
+    func check() async throws
+    /// Lets go of every key (closes the connection).
+    func release() async
+}
+
 /// Durable DHCP leases.
 public protocol LeaseStore: Sendable {
     func leases() throws -> [Lease]

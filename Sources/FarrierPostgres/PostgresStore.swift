@@ -28,6 +28,8 @@ public final class PostgresStore: StateStore {
     let runner: Task<Void, Never>
     let leaseConnection: LeaseConnection
     let listener: EventListener
+    /// For connections of their own (the DHCP fence).
+    let connectionConfiguration: PostgresConnection.Configuration
     let logger: Logger
     /// Timeline rows kept per machine; older rows are pruned as new ones arrive.
     public let timelineLimit: Int
@@ -57,6 +59,7 @@ public final class PostgresStore: StateStore {
         runner = Task { await client.run() }
         leaseConnection = LeaseConnection(configuration: config.connection, timeout: timeout, logger: logger)
         listener = EventListener(configuration: config.connection, channel: Self.channel, logger: logger)
+        connectionConfiguration = config.connection
         self.logger = logger
         self.timelineLimit = timelineLimit
         self.timeout = timeout
@@ -79,6 +82,13 @@ public final class PostgresStore: StateStore {
     /// it was down): a replica's watchers and reconciler wake for what another replica did.
     public func onEvents(_ handler: @escaping @Sendable () -> Void) {
         listener.add(handler)
+    }
+
+    /// A fence for DHCP between the replicas on this database (`DHCPFence`), on a connection
+    /// of its own, bounded by the store's timeout but at most 2 s per statement: a holder that
+    /// stops hearing from the database stops answering DHCP within that.
+    public func dhcpFence() -> any DHCPFence {
+        AdvisoryFence(configuration: connectionConfiguration, timeout: min(timeout, .seconds(2)), logger: logger)
     }
 
     /// Closes the pool, the lease connection and the listener.

@@ -689,6 +689,35 @@ import Testing
         }
     }
 
+    /// The DHCP fence: one holder per key, all keys or none, and a holder whose connection the
+    /// database ends holds nothing (and learns it from `check()`).
+    @Test func theDHCPFenceGivesEachKeyToOneHolder() async throws {
+        try await withStore(.postgres) { under in
+            let store = try #require(under.store as? PostgresStore)
+            let a = store.dhcpFence()
+            let b = store.dhcpFence()
+            #expect(try await a.acquire(["dhcp 198.18.10.0/24", "dhcp 198.18.11.0/24"]))
+            try await a.check()
+            #expect(try await !b.acquire(["dhcp 198.18.11.0/24"]))
+            // Not half of it: B's try at both leaves B holding neither.
+            #expect(try await !b.acquire(["dhcp 198.18.12.0/24", "dhcp 198.18.10.0/24"]))
+            let locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            #expect(try under.postgres?.psql("farrier", locks) == "2\n")
+            #expect(try await b.acquire(["dhcp 198.18.12.0/24"]))
+            // The database ends A's session (as when A dies): its keys are free, and A knows.
+            _ = try under.postgres?.psql(
+                "farrier",
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = hashtext('dhcp 198.18.10.0/24')::oid"
+            )
+            await #expect(throws: StoreError.self) { try await a.check() }
+            #expect(try await b.acquire(["dhcp 198.18.10.0/24", "dhcp 198.18.11.0/24"]))
+            await b.release()
+            #expect(try await a.acquire(["dhcp 198.18.11.0/24"]))
+            await a.release()
+            #expect(try under.postgres?.psql("farrier", locks) == "0\n")
+        }
+    }
+
     /// A URL that is not one, or names an unknown sslmode, is a clear error; the password is
     /// never in it.
     @Test func badURLsAreClearErrors() async throws {

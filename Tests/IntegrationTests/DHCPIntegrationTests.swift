@@ -87,6 +87,55 @@ struct DHCPIntegrationTests {
         #expect(again == first, "after restart: \(log2)")
     }
 
+    /// Two replicas on one PostgreSQL, both configured for the same boot network: one answers,
+    /// the other stands by without opening a DHCP socket; when the one answering is killed with
+    /// SIGKILL, the other takes the network and gives the client the lease the first wrote.
+    @Test func oneReplicaAnswersDHCPAndAnotherTakesOverWhenItDies() throws {
+        let h = try Harness("dhcp-fence")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.10.1/24")
+        let pg = try PostgresServer(h, namespace: s)
+        defer { pg.stop() }
+        let url = try pg.createDatabase("farrier")
+        try h.run(["ip", "-n", c, "link", "set", cif, "address", "52:54:00:0a:00:05"])
+        func replica(_ n: Int) throws -> Process {
+            try h.start(
+                [
+                    "ip", "netns", "exec", s, Harness.farrierBinary, "server", "--data-dir", h.directory + "/data",
+                    "--log-level", "debug", "--database", url, "--http-listen", "0.0.0.0:\(8080 + n)",
+                    "--agent-listen", "127.0.0.1:\(8443 + n)", "--grpc-listen", "127.0.0.1:\(7700 + n)",
+                    "--tftp-listen", "", "--dhcp-interface", sif, "--dhcp-subnet", Self.subnet,
+                ],
+                log: "replica-\(n).log"
+            )
+        }
+        func waitForLog(_ n: Int, _ process: Process, _ text: String) throws {
+            try h.waitUntil("replica \(n): \(text)", timeout: 30) {
+                let log = h.read("replica-\(n).log")
+                guard process.isRunning else { throw Harness.CommandError(description: "replica \(n) exited: \(log)") }
+                return log.contains(text)
+            }
+        }
+        let a = try replica(0)
+        try waitForLog(0, a, "DHCP holds its boot network")
+        let b = try replica(1)
+        try waitForLog(1, b, "DHCP standing by")
+        let (address, log) = try dhclient(h, c, cif, tag: "d1")
+        let first = try #require(address, "no address: \(log)")
+        #expect(h.read("replica-0.log").contains("DHCP listening"))
+        #expect(!h.read("replica-1.log").contains("DHCP listening"), "the standby opened a DHCP socket")
+
+        kill(a.processIdentifier, SIGKILL)
+        a.waitUntilExit()
+        try waitForLog(1, b, "DHCP holds its boot network")
+        #expect(h.read("replica-1.log").contains("DHCP listening"))
+        try h.run(["ip", "-n", c, "addr", "flush", "dev", cif])
+        try? FileManager.default.removeItem(atPath: "\(h.directory)/d2.leases")
+        let (again, log2) = try dhclient(h, c, cif, tag: "d2")
+        #expect(again == first, "after the takeover: \(log2)")
+        #expect(log2.contains("DHCPACK of \(first) from 198.18.10.1"))
+    }
+
     @Test func udhcpcGetsALeaseWithOptions() throws {
         let h = try Harness("udhcpc")
         defer { h.cleanup() }

@@ -14,9 +14,12 @@ public final class PostgresServer: Sendable {
     public let port: Int
     public let dataDirectory: String
     let harness: Harness
+    /// `ip netns exec NS` when it runs in a namespace.
+    let inNamespace: [String]
     let process: Process
 
-    public init(_ h: Harness) throws {
+    /// `namespace`: run it in that network namespace (made by the test), for servers there.
+    public init(_ h: Harness, namespace: String? = nil) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.bin + "/postgres") else {
             throw Harness.CommandError(
                 description:
@@ -24,6 +27,7 @@ public final class PostgresServer: Sendable {
             )
         }
         harness = h
+        inNamespace = namespace.map { ["ip", "netns", "exec", $0] } ?? []
         dataDirectory = h.directory + "/pg"
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
         if getuid() == 0 {
@@ -40,10 +44,11 @@ public final class PostgresServer: Sendable {
         )
         port = try Self.freePort()
         process = try h.start(
-            Self.asUnprivileged([
-                Self.bin + "/postgres", "-D", dataDirectory, "-k", dataDirectory, "-p", "\(port)",
-                "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
-            ]),
+            inNamespace
+                + Self.asUnprivileged([
+                    Self.bin + "/postgres", "-D", dataDirectory, "-k", dataDirectory, "-p", "\(port)",
+                    "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+                ]),
             log: "postgres.log"
         )
         let port = self.port
@@ -52,7 +57,7 @@ public final class PostgresServer: Sendable {
                 throw Harness.CommandError(description: "postgres exited: \(h.read("postgres.log").suffix(2000))")
             }
             return try h.run(
-                [
+                inNamespace + [
                     Self.bin + "/pg_isready", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres",
                     "-t", "1",
                 ],
@@ -68,10 +73,12 @@ public final class PostgresServer: Sendable {
 
     /// A new empty database; returns its URL.
     public func createDatabase(_ name: String) throws -> String {
-        try harness.run([
-            "psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
-            "-c", "CREATE DATABASE \(name)",
-        ])
+        try harness.run(
+            inNamespace + [
+                "psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                "-c", "CREATE DATABASE \(name)",
+            ]
+        )
         return url(name)
     }
 
@@ -79,10 +86,13 @@ public final class PostgresServer: Sendable {
 
     /// Runs SQL with psql; returns its unaligned, tuples-only output.
     public func psql(_ database: String, _ sql: String) throws -> String {
-        try harness.run([
-            "psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", database, "-v", "ON_ERROR_STOP=1", "-At",
-            "-c", sql,
-        ]).stdout
+        try harness.run(
+            inNamespace + [
+                "psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "farrier", "-d", database, "-v", "ON_ERROR_STOP=1",
+                "-At",
+                "-c", sql,
+            ]
+        ).stdout
     }
 
     /// Fast shutdown (clients disconnected, then a clean stop), bounded; then the postmaster is
