@@ -374,6 +374,8 @@ extension PostgresStore {
                 return m
             }
             guard let create else { return nil }
+            // Replicas count and insert one at a time, so together they stay under the cap.
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.discoveryLock))", logger: logger)
             var discovered = 0
             for try await n in try await conn.query(
                 "SELECT count(*) FROM machine WHERE state = 'discovered'",
@@ -592,6 +594,9 @@ extension PostgresStore {
     /// The advisory lock allocations take: they choose among all machines, so two at once
     /// would choose alike.
     static let allocationLock: Int64 = 0x4641_5252_4945_5202
+    /// Taken by a sighting that would create a discovered machine, around the count of
+    /// discovered machines and the insert (the cap, `discovery.max-machines`, across replicas).
+    static let discoveryLock: Int64 = 0x4641_5252_4945_5205
 
     public func allocate(
         _ accept: @escaping @Sendable (Machine) -> Bool,

@@ -689,6 +689,31 @@ import Testing
         }
     }
 
+    /// Two replicas recording new MACs at once create no more discovered machines than the cap
+    /// between them.
+    @Test func theDiscoveryCapHoldsAcrossReplicas() async throws {
+        try await withStore(.postgres) { under in
+            let stores = [under.store, try await under.reopen()]
+            let cap = 5
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<40 {
+                    let store = stores[i % 2]
+                    group.addTask {
+                        let mac = try #require(MACAddress(String(format: "52:54:00:dc:00:%02x", i)))
+                        _ = try await store.recordSighting(
+                            mac: mac,
+                            platform: ClientPlatform(architecture: .unknown, firmware: .unknown),
+                            at: Date(),
+                            create: cap
+                        )
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM machine") == "\(cap)\n")
+        }
+    }
+
     /// The DHCP fence: one holder per key, all keys or none, and a holder whose connection the
     /// database ends holds nothing (and learns it from `check()`).
     @Test func theDHCPFenceGivesEachKeyToOneHolder() async throws {
