@@ -106,6 +106,26 @@ struct ImageServingTests {
         try h.waitUntil("the server to close the finished image stream", timeout: 20) { open() == 0 }
     }
 
+    /// Boot files over plain HTTP (paced like images): whole, a range, and four at once.
+    @Test func bootFilesOverPlainHTTP() throws {
+        let h = try Harness("img-bootfile")
+        defer { h.cleanup() }
+        let cp = ControlPlane(h)
+        try cp.start()
+        let file = cp.data + "/boot/big.bin"
+        try h.run(["dd", "if=/dev/urandom", "of=\(file)", "bs=1048576", "count=8", "status=none"])
+        let url = cp.http + "/tftp/big.bin"
+        let whole = try sha(h, "cat '\(file)'")
+        #expect(try sha(h, "curl -sf '\(url)'") == whole)
+        #expect(
+            try sha(h, "curl -sf -r 1000000-2999999 '\(url)'") == sha(h, "tail -c +1000001 '\(file)' | head -c 2000000")
+        )
+        let four = try h.run([
+            "bash", "-c", "for i in 1 2 3 4; do curl -sf '\(url)' | sha256sum & done; wait",
+        ]).stdout
+        #expect(four.split(separator: "\n").map { String($0.prefix(64)) } == Array(repeating: whole, count: 4))
+    }
+
     @Test func imagesNeedAnAdminOrDeployingAgentToken() throws {
         let h = try Harness("img-auth")
         defer { h.cleanup() }
