@@ -77,7 +77,8 @@ enum ImageStream {
     static let chunk = 512 * 1024
 
     static func body(path: String, range: ClosedRange<Int64>, eventLoop: any EventLoop) -> ResponseBody {
-        ResponseBody(contentLength: Int(range.count)) { writer in
+        ResponseBody(contentLength: Int(range.count)) { body in
+            var writer = PacedBodyWriter(inner: body, eventLoop: eventLoop)
             let pool = NIOThreadPool.singleton
             let fd = try await pool.runIfActive { () throws -> CInt in
                 let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -96,7 +97,6 @@ enum ImageStream {
                     offset += Int64(buffer.readableBytes)
                     next = offset <= range.upperBound ? read(at: offset) : nil
                     try await writer.write(buffer)
-                    try await eventLoop.submit {}.get()
                 }
                 close(fd)
                 try await writer.finish(nil)
