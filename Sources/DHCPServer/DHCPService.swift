@@ -292,13 +292,14 @@ public final class DHCPService: Service, Sendable {
     /// Stands by until the fence gives this replica every interface's network, answers until
     /// it loses them or shuts down, and stands by again after a loss.
     func runFenced(_ fence: any DHCPFence, _ makeEngine: @Sendable () throws -> DHCPEngine) async throws {
-        let keys = try configuration.interfaces.map { name -> String in
+        let names = try configuration.interfaces.map { name -> String in
             guard let iface = InterfaceAddress.lookup(name) else {
                 throw SocketError(description: "DHCP interface \(name) does not exist or has no IPv4 address")
             }
-            return "dhcp \(iface.network)"
+            return "\(iface.network)"
         }
-        let networks: Logger.MetadataValue = "\(keys.map { $0.dropFirst(5) }.joined(separator: ","))"
+        let keys = names.map { "dhcp " + $0 }
+        let networks: Logger.MetadataValue = "\(names.joined(separator: ","))"
         var standingBy = false
         while !Task.isShuttingDownGracefully {
             let held: Bool
