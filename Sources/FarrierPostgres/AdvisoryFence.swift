@@ -20,9 +20,7 @@ final class AdvisoryFence: DHCPFence {
     let state = Mutex<PostgresConnection?>(nil)
 
     init(configuration: PostgresConnection.Configuration, timeout: Duration, logger: Logger) {
-        var c = configuration
-        c.options.connectTimeout = .init(timeout)
-        self.configuration = c
+        self.configuration = configuration.connecting(within: timeout)
         self.timeout = timeout
         self.logger = logger
     }

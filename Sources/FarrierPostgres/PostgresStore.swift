@@ -1204,9 +1204,7 @@ final class LeaseConnection: Sendable {
     let ids = Atomic<Int>(0)
 
     init(configuration: PostgresConnection.Configuration, timeout: Duration, logger: Logger) {
-        var c = configuration
-        c.options.connectTimeout = .init(timeout)
-        self.configuration = c
+        self.configuration = configuration.connecting(within: timeout)
         self.timeout = timeout
         self.logger = logger
     }
@@ -1287,6 +1285,15 @@ final class LeaseConnection: Sendable {
             if let c = current { Self.close(c) }
             current = nil
         }
+    }
+}
+
+extension PostgresConnection.Configuration {
+    /// The same, with connecting bounded by `timeout` (the store's bound on every call).
+    func connecting(within timeout: Duration) -> Self {
+        var c = self
+        c.options.connectTimeout = .init(timeout)
+        return c
     }
 }
 
