@@ -47,8 +47,10 @@ let package = Package(
     targets: [
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
         .target(name: "WireSupport", swiftSettings: swiftSettings),
-        // POSIX helpers shared by the server, the agent and the lab: secret files, durations.
-        .target(name: "SystemSupport", swiftSettings: swiftSettings),
+        // POSIX helpers shared by the server, the agent and the lab: secret files, durations,
+        // process memory (glibc's malloc controls through a small C shim).
+        .target(name: "CFarrierMemory"),
+        .target(name: "SystemSupport", dependencies: ["CFarrierMemory"], swiftSettings: swiftSettings),
         .target(name: "DHCPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
         .target(name: "TFTPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
         // IPMI v2.0 / RMCP+: pure value types too, with swift-crypto for HMAC and AES-CBC-128.
@@ -179,6 +181,7 @@ let package = Package(
             name: "farrier",
             dependencies: [
                 "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent", "FarrierSim", "WireSupport",
+                "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

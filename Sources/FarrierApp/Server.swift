@@ -10,6 +10,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
+import SystemSupport
 import TFTPServer
 import UnixSignals
 
@@ -169,7 +170,9 @@ public struct FarrierServer: Sendable {
         let reconciler = Reconciler(controller: controller, logger: logger)
         let pruner = DiscoveryPruner(store: store, recorder: recorder, unseenFor: c.discoveryPruneAfter, logger: logger)
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
-        services = [http, agentChannel, tftp, dhcp, grpc, reconciler, pruner]
+        services = [
+            http, agentChannel, tftp, dhcp, grpc, reconciler, pruner, MemoryTrimmer(interval: c.memoryTrimInterval),
+        ]
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
@@ -295,7 +298,56 @@ func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics, recorder: TimelineRecor
             tftp.pollMisses.load(ordering: .relaxed)
         ),
     ]
-    return rows.map {
+    var text = rows.map {
         "# HELP \($0.0) \($0.1)\n# TYPE \($0.0) \($0.0.hasSuffix("_active") ? "gauge" : "counter")\n\($0.0) \($0.2)\n"
     }.joined()
+    for (name, help, type, value) in processMetrics() {
+        text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+    }
+    return text
+}
+
+/// The process's own gauges and counters, named as Prometheus's process collectors name them,
+/// plus what malloc holds (resident memory is mostly malloc's arenas; see `ProcessMemory`).
+func processMetrics() -> [(name: String, help: String, type: String, value: String)] {
+    var rows: [(String, String, String, String)] = []
+    if let rss = ProcessMemory.resident() {
+        rows.append(("process_resident_memory_bytes", "Resident memory size in bytes", "gauge", "\(rss.current)"))
+        rows.append(
+            ("farrier_process_resident_memory_peak_bytes", "Peak resident memory size in bytes", "gauge", "\(rss.peak)")
+        )
+    }
+    let heap = ProcessMemory.heap()
+    rows.append(("farrier_heap_in_use_bytes", "Bytes malloc has handed out and not had back", "gauge", "\(heap.inUse)"))
+    rows.append(("farrier_heap_arena_bytes", "Bytes malloc's arenas span, in use or free", "gauge", "\(heap.arenas)"))
+    if let fds = ProcessMemory.fileDescriptors() {
+        rows.append(("process_open_fds", "Number of open file descriptors", "gauge", "\(fds.open)"))
+        rows.append(("process_max_fds", "Maximum number of open file descriptors", "gauge", "\(fds.limit)"))
+    }
+    var usage = rusage()
+    if getrusage(RUSAGE_SELF.rawValue, &usage) == 0 {
+        let seconds =
+            Double(usage.ru_utime.tv_sec) + Double(usage.ru_stime.tv_sec)
+            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        rows.append(
+            ("process_cpu_seconds_total", "Total user and system CPU time spent in seconds", "counter", "\(seconds)")
+        )
+    }
+    return rows
+}
+
+/// Returns malloc's free pages to the kernel every `interval`. Memory freed inside an arena stays
+/// resident until the arena's top shrinks, so after a burst (10 000 machines commissioning) the
+/// process keeps its peak; a trim costs a walk of the free lists and, later, a page fault for each
+/// page used again, so it runs seldom.
+struct MemoryTrimmer: Service {
+    let interval: Duration
+
+    func run() async throws {
+        guard interval > .zero else { return }
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            ProcessMemory.trim()
+        }
+    }
 }

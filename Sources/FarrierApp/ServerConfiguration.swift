@@ -69,6 +69,10 @@ import Yams
 ///   `STEP=SECONDS`, STEP one of commissioning, deploying, releasing, rescuing, exiting-rescue.
 ///   Defaults 1800, 3600, 86400, 1800, 900. Whatever the limit, an agent that reported progress and then
 ///   nothing for 900 s fails its step.
+/// - `memory.arenas` / `FARRIER_MEMORY_ARENAS` / `--memory-arenas`: at most this many malloc arenas (glibc makes
+///   up to eight per core, and memory freed in one stays resident); 0 keeps glibc's default. Default 2.
+/// - `memory.trim-interval` / `FARRIER_MEMORY_TRIM_INTERVAL` / `--memory-trim-interval`: seconds between returns of
+///   malloc's free pages to the kernel (malloc_trim); 0 never. Default 30.
 public struct ServerConfiguration: Sendable {
     public var dataDir = "/var/lib/farrier"
     /// Empty: SQLite in `dataDir`.
@@ -94,6 +98,9 @@ public struct ServerConfiguration: Sendable {
     public var discoveryPruneAfter: Duration = .seconds(7 * 86400)
     /// The largest virtual size of a qcow2 upload, in bytes.
     public var imageMaxVirtualSize: Int64 = ImageRepository.defaultMaxVirtualSize
+    /// Cap on malloc arenas (0: glibc's default) and the interval between trims (zero: none).
+    public var memoryArenas = 2
+    public var memoryTrimInterval: Duration = .seconds(30)
     var tftpRootSet = false
 
     public init() { dhcp.mode = .full }
@@ -110,7 +117,7 @@ public struct ServerConfiguration: Sendable {
         "bmc.key-file",
         "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines",
         "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
-        "lifecycle.claim-ttl", "lifecycle.step-timeouts",
+        "lifecycle.claim-ttl", "lifecycle.step-timeouts", "memory.arenas", "memory.trim-interval",
     ].map {
         (
             $0,
@@ -327,6 +334,16 @@ public struct ServerConfiguration: Sendable {
                 throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 3 to 600")
             }
             control.claimTTL = .seconds(n)
+        case "memory.arenas":
+            guard let n = Int(v), (0...64).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number from 0 (glibc's default) to 64")
+            }
+            memoryArenas = n
+        case "memory.trim-interval":
+            guard let n = Int(v), (0...86400).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 0 (never) to 86400")
+            }
+            memoryTrimInterval = .seconds(n)
         case "lifecycle.step-timeouts":
             for item in values where !item.isEmpty {
                 let kv = item.split(separator: "=", maxSplits: 1).map(String.init)

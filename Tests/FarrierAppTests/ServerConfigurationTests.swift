@@ -68,7 +68,8 @@ import Testing
             ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
                 == "FARRIER_TFTP_MAX_TRANSFERS"
         )
-        #expect(ServerConfiguration.keys.count == 34)
+        #expect(ServerConfiguration.keys.count == 36)
+        #expect(ServerConfiguration.keys.first(where: { $0.key == "memory.arenas" })?.env == "FARRIER_MEMORY_ARENAS")
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "lifecycle.max-workers" })?.env
                 == "FARRIER_LIFECYCLE_MAX_WORKERS"
@@ -146,6 +147,28 @@ import Testing
             try ServerConfiguration.load(file: nil, environment: [:], flags: ["dhcp.commit-delay": ["200000"]])
         }
         #expect("\(error!)".contains("dhcp.commit-delay: '200000' is not a number of microseconds"))
+    }
+
+    @Test func memorySettingsHaveDefaultsAndBounds() throws {
+        let d = try ServerConfiguration.load(file: nil, environment: [:], flags: [:])
+        #expect(d.memoryArenas == 2)
+        #expect(d.memoryTrimInterval == .seconds(30))
+        let c = try ServerConfiguration.load(
+            file: nil,
+            environment: ["FARRIER_MEMORY_ARENAS": "0"],
+            flags: ["memory.trim-interval": ["0"]]
+        )
+        #expect(c.memoryArenas == 0)
+        #expect(c.memoryTrimInterval == .zero)
+        for (key, value, message) in [
+            ("memory.arenas", "65", "memory.arenas: '65' is not a number from 0"),
+            ("memory.trim-interval", "-1", "memory.trim-interval: '-1' is not a number of seconds"),
+        ] {
+            let error = #expect(throws: (any Error).self) {
+                try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]])
+            }
+            #expect("\(error!)".contains(message))
+        }
     }
 
     @Test(arguments: [

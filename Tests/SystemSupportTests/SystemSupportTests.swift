@@ -110,4 +110,30 @@ import Glibc
         #expect(Duration.seconds(Int64.max).nanosecondsClamped == .max)
         #expect(Duration.nanoseconds(7).nanosecondsClamped == 7)
     }
+
+    @Test func heapAndResidentMemoryMoveWithWhatTheProcessHolds() throws {
+        let before = ProcessMemory.heap()
+        // 64 MiB in 4 KiB blocks, touched: inside malloc's arenas, not mapped on their own.
+        var blocks: [UnsafeMutableRawPointer] = []
+        for _ in 0..<16384 {
+            guard let p = malloc(4096) else { break }
+            memset(p, 1, 4096)
+            blocks.append(p)
+        }
+        #expect(blocks.count == 16384)
+        let held = ProcessMemory.heap()
+        #expect(held.inUse - before.inUse >= 48 << 20, "heap in use rose by \(held.inUse - before.inUse) bytes")
+        let rssHeld = try #require(ProcessMemory.resident())
+        #expect(rssHeld.peak >= rssHeld.current)
+        // Freed all but the last block, so the arena's top cannot shrink: the pages stay resident
+        // until a trim gives them back.
+        for p in blocks.dropLast() { free(p) }
+        let rssFreed = try #require(ProcessMemory.resident()).current
+        ProcessMemory.trim()
+        let rssTrimmed = try #require(ProcessMemory.resident()).current
+        free(blocks.last)
+        #expect(rssFreed - rssTrimmed >= 32 << 20, "a trim gave back \(rssFreed - rssTrimmed) bytes")
+        let fds = try #require(ProcessMemory.fileDescriptors())
+        #expect(fds.open >= 3 && fds.limit >= fds.open)
+    }
 }

@@ -7,12 +7,13 @@
 # and wait until all are deployed; release them all and wait until all are ready. In the
 # PostgreSQL run, replica B (API and reconciler; A also serves the boot path and the agents) is
 # killed with SIGKILL halfway through the deploys and restarted a minute later.
-# While it runs, the simulator times a page of `machine list` (100) and a `machine show` every
-# second (against both replicas, failing over). Everything runs in a network namespace made
+# While it runs, a probe process times a page of `machine list` (100) and a `machine show` every
+# second (against both replicas, failing over), and so does the simulator (in_sim: its calls wait
+# behind its own agents), and then for 30 s with the fleet at rest (idle). Everything runs in a network namespace made
 # here (its own loopback); nothing leaves it.
 # Prints minutes per phase, machines stuck (not where they should be at the end), BMC resets per
 # machine and phase (the repeats after a kill show there), list/show p50/p99, peak RSS of each
-# server, PostgreSQL's size. Last line:
+# server and the most malloc held in it at once (sampled), PostgreSQL's size. Last line:
 #   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M
 # Knobs: MACHINES, PROJECT_SIZE, MAX_DEPLOYS/MAX_WIPES (the caps, default 500), AGENT_SECONDS
 # (simulated agent work, default 5), IMAGE_MIB (default 4), PHASE_TIMEOUT (minutes, default 60),
@@ -76,6 +77,12 @@ run_fleet() {
         --write-enroll "$dir/enroll.yaml" --write-config "$dir/sim.yaml" --write-password "$dir/bmc.pw" \
         --probe --server 127.0.0.1:7700,127.0.0.1:7701 --probe-token-file "$dir/data/admin.token" >"$dir/sim.log" 2>&1 & local sim=$!
     pids+=($sim)
+    # The same probe in a process of its own, as an operator's CLI is: the simulator's thousands of
+    # agents share its process's threads with the probe above, and delay its calls.
+    ip netns exec "$ns" "$farrier" sim --machines "$n" --probe --probe-only \
+        --server 127.0.0.1:7700,127.0.0.1:7701 --probe-token-file "$dir/data/admin.token" >"$dir/probe.out" 2>"$dir/probe.log" &
+    local prober=$!
+    pids+=($prober)
     for _ in $(seq 600); do [ -s "$dir/sim.yaml" ] && [ -s "$dir/enroll.yaml" ] && break; sleep 0.1; done
     started=""
     start_replica() {  # $1: replica number (0: A, with the boot path; 1: B); sets $started to its PID
@@ -107,11 +114,18 @@ run_fleet() {
     for _ in $(seq 300); do cli token whoami >/dev/null 2>&1 && break; sleep 0.2; done
     # Peak RSS (VmHWM) of each server process: read while it runs (a killed one's is its last reading).
     hwm() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
-    declare -A peak=([a]=0 [b]=0)
+    # And the most malloc held for each at once (farrier_heap_in_use_bytes on its /metrics): what
+    # of the RSS is live memory, and what is arenas, stacks and the binary.
+    heap() { inns curl -sf "http://127.0.0.1:$1/metrics" | awk '/^farrier_heap_in_use_bytes / {print int($2 / 1048576)}' || echo 0; }
+    declare -A peak=([a]=0 [b]=0) heap_peak=([a]=0 [b]=0)
     sample_rss() {
         local v
         v=$(hwm "$a"); [ "$v" -gt "${peak[a]}" ] && peak[a]=$v
-        if [ -n "$b" ]; then v=$(hwm "$b"); [ "$v" -gt "${peak[b]}" ] && peak[b]=$v; fi
+        v=$(heap 8080); [ "${v:-0}" -gt "${heap_peak[a]}" ] && heap_peak[a]=$v
+        if [ -n "$b" ]; then
+            v=$(hwm "$b"); [ "$v" -gt "${peak[b]}" ] && peak[b]=$v
+            v=$(heap 8081); [ "${v:-0}" -gt "${heap_peak[b]}" ] && heap_peak[b]=$v
+        fi
         return 0
     }
     count_state() {  # machines in state $1
@@ -173,6 +187,17 @@ run_fleet() {
     done
     wait_all ready release
     r3=$(resets)
+    # The same calls with the fleet at rest, 30 s at 10 a second: what they cost the server
+    # itself, apart from the load the run put on the machine.
+    stop_pid "$prober"
+    tail -n 1 "$dir/probe.out" >"$dir/probe-stats.json"
+    ip netns exec "$ns" "$farrier" sim --machines "$n" --probe --probe-only --probe-interval 0.1 \
+        --server 127.0.0.1:7700,127.0.0.1:7701 --probe-token-file "$dir/data/admin.token" >"$dir/idle-probe.out" 2>&1 &
+    local idle_prober=$!
+    pids+=($idle_prober)
+    sleep 30
+    stop_pid "$idle_prober"
+    tail -n 1 "$dir/idle-probe.out" >"$dir/idle-probe-stats.json"
     local stuck=0 s
     for s in commissioning deploying releasing failed enrolled deployed; do
         c=$(count_state "$s" || count_state "$s" || echo 1000000000); stuck=$((stuck + c)); [ "$c" = 0 ] || echo "stuck.$s=$c" >>"$dir/result"
@@ -188,16 +213,21 @@ print(f"resets_per_machine.release={(r3 - r2) / n:.2f}")
 print(f"resets.commission={r1 - r0} resets.deploy={r2 - r1} resets.release={r3 - r2} (undisturbed: {2 * n}, {2 * n}, {3 * n})")
 PY
     inns curl -sf http://127.0.0.1:8200/sim/v1/stats >"$dir/sim-stats.json"
-    python3 - "$dir/sim-stats.json" >>"$dir/result" <<'PY'
+    # list/show: the probe in its own process; in_sim.list/show: the one inside the simulator;
+    # idle.list/show: after the run.
+    python3 - "$dir/probe-stats.json" "$dir/sim-stats.json" "$dir/idle-probe-stats.json" >>"$dir/result" <<'PY'
 import json, sys
-s = json.load(open(sys.argv[1]))
-for call in ("list", "show"):
-    p = s.get("probes", {}).get(call, {})
-    print(f"{call}.count={p.get('count', 0)} {call}.failures={p.get('failures', 0)} {call}.p50_ms={p.get('p50Ms', 0):.1f} {call}.p99_ms={p.get('p99Ms', 0):.1f} {call}.max_ms={p.get('maxMs', 0):.1f}")
-print(f"agent_errors={s['agentErrors']} hello_refusals={s['helloRefusals']} image_mib={s['imageBytes'] / 1048576:.0f}")
+own, sim, idle = (json.load(open(f)) for f in sys.argv[1:4])
+for prefix, s in (("", own), ("in_sim.", sim), ("idle.", idle)):
+    for call in ("list", "show"):
+        p = s.get("probes", {}).get(call, {})
+        k = prefix + call
+        print(f"{k}.count={p.get('count', 0)} {k}.failures={p.get('failures', 0)} {k}.p50_ms={p.get('p50Ms', 0):.1f} {k}.p99_ms={p.get('p99Ms', 0):.1f} {k}.max_ms={p.get('maxMs', 0):.1f}")
+print(f"agent_errors={sim['agentErrors']} hello_refusals={sim['helloRefusals']} image_mib={sim['imageBytes'] / 1048576:.0f}")
 PY
     sample_rss
     echo "rss_mb.a=${peak[a]} rss_mb.b=${peak[b]}" >>"$dir/result"
+    echo "heap_in_use_peak_mb.a=${heap_peak[a]} heap_in_use_peak_mb.b=${heap_peak[b]}" >>"$dir/result"
     if [ "$kind" = postgres ]; then echo "postgres_mb=$(psql_ -d scale -c "SELECT pg_database_size('scale') / 1048576")" >>"$dir/result"; fi
     stop_pid "$sim"
     stop_pid "$a"; [ -z "$b" ] || stop_pid "$b"
@@ -207,7 +237,7 @@ PY
 run_fleet postgres
 pg_total=$(awk -F= '/^total.seconds=/ {print $2}' "$work/postgres/result")
 stuck=$(awk -F= '/^stuck=/ {print $2}' "$work/postgres/result")
-list_p99=$(grep -o 'list.p99_ms=[0-9.]*' "$work/postgres/result" | cut -d= -f2)
+list_p99=$(grep -o '^list.count=.* list.p99_ms=[0-9.]*' "$work/postgres/result" | grep -o 'list.p99_ms=[0-9.]*' | cut -d= -f2)
 rss=$(grep -o 'rss_mb.a=[0-9]* rss_mb.b=[0-9]*' "$work/postgres/result" | awk '{split($1,a,"="); split($2,b,"="); print (a[2] > b[2] ? a[2] : b[2])}')
 sqlite_minutes=skipped
 if [ -z "${SKIP_SQLITE:-}" ]; then

@@ -2,6 +2,7 @@ import ArgumentParser
 import FarrierApp
 import Foundation
 import Logging
+import SystemSupport
 
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -168,6 +169,18 @@ struct ServerCommand: AsyncParsableCommand {
     var lifecycleClaimTTL: Int?
 
     @Option(
+        help:
+            "At most this many malloc arenas; 0 keeps glibc's default (eight per core). [memory.arenas, FARRIER_MEMORY_ARENAS; default 2]"
+    )
+    var memoryArenas: Int?
+
+    @Option(
+        help:
+            "Seconds between returns of malloc's free pages to the kernel; 0 never. [memory.trim-interval, FARRIER_MEMORY_TRIM_INTERVAL; default 30]"
+    )
+    var memoryTrimInterval: Int?
+
+    @Option(
         help: """
             STEP=SECONDS: how long a step may take before the machine fails; repeat for more. STEP: commissioning (1800), \
             deploying (3600), releasing (86400), rescuing (1800), exiting-rescue (900); an agent with no progress for 900 s fails its step. \
@@ -222,6 +235,8 @@ struct ServerCommand: AsyncParsableCommand {
             ("lifecycle.max-wipes", lifecycleMaxWipes.map(String.init)),
             ("lifecycle.claim-ttl", lifecycleClaimTTL.map(String.init)),
             ("lifecycle.max-workers", lifecycleMaxWorkers.map(String.init)),
+            ("memory.arenas", memoryArenas.map(String.init)),
+            ("memory.trim-interval", memoryTrimInterval.map(String.init)),
         ]
         for (k, v) in single { if let v { f[k] = [v] } }
         if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }
@@ -243,6 +258,8 @@ struct ServerCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
+        // Before the server starts its threads: arenas made before the cap stay.
+        if configuration.memoryArenas > 0 { ProcessMemory.limitArenas(configuration.memoryArenas) }
         bootstrapLogging(level: configuration.logLevel, format: configuration.logFormat)
         let logger = Logger(label: "farrier")
         logger.info("starting", metadata: ["data-dir": "\(configuration.dataDir)", "pid": "\(getpid())"])

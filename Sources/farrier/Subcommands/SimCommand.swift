@@ -53,12 +53,20 @@ struct SimCommand: AsyncParsableCommand {
             "Time `machine list` (a page of 100) and `machine show` on the server (--server, --token) every --probe-interval; p50/p99 go in the counters."
     )
     var probe = false
+    @Flag(
+        help:
+            "Run no machines, only the probe (over the names --machines and --name-prefix give), in a process of its own: the fleet's work then does not delay the client. Its counters are printed on exit."
+    )
+    var probeOnly = false
     @Option(help: "Seconds between probes.") var probeInterval = 1.0
     @Option(help: "Read the probe's API token from this file once it exists (a server not yet started writes it).")
     var probeTokenFile: String?
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
+        if probeOnly, !probe {
+            throw ValidationError("--probe-only needs --probe (and --server, --token or --probe-token-file)")
+        }
         guard (1...60_000).contains(machines) else { throw ValidationError("--machines must be from 1 to 60000") }
         guard let first = IPv4Address(firstAddress), first.value >> 24 == 127, (first.value & 0x00ff_ffff) >= 2 else {
             throw ValidationError("--first-address must be a loopback address above 127.0.0.1 (127.x.y.z)")
@@ -150,6 +158,10 @@ struct SimCommand: AsyncParsableCommand {
         c.password = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
 
         let fleet = SimFleet(c)
+        if probeOnly {
+            try await runProbeOnly(fleet)
+            return
+        }
         let port = try await fleet.start()
         let entries = await fleet.entries(port: port)
         if let writeConfig {
@@ -189,6 +201,33 @@ struct SimCommand: AsyncParsableCommand {
             _ = try await group.next()
             group.cancelAll()
         }
+        try await printStats(fleet)
+    }
+
+    /// The probe alone, until SIGTERM or SIGINT; then its counters.
+    func runProbeOnly(_ fleet: SimFleet) async throws {
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        let names = await fleet.names()
+        let client = self.client
+        let interval = probeInterval
+        let tokenFile = probeTokenFile
+        FileHandle.standardOutput.write(
+            Data("sim: probing \(client.server ?? "the default server") every \(interval) s\n".utf8)
+        )
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await Self.probe(client, tokenFile: tokenFile, fleet: fleet, names: names, interval: interval)
+            }
+            group.addTask {
+                for await _ in signals { return }
+            }
+            _ = await group.next()
+            group.cancelAll()
+        }
+        try await printStats(fleet)
+    }
+
+    func printStats(_ fleet: SimFleet) async throws {
         let stats = await fleet.snapshot()
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]

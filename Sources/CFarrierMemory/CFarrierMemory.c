@@ -1,0 +1,13 @@
+#include "CFarrierMemory.h"
+
+#include <malloc.h>
+
+int farrier_malloc_set_arena_max(int arenas) { return mallopt(M_ARENA_MAX, arenas); }
+
+int farrier_malloc_trim(void) { return malloc_trim(0); }
+
+farrier_heap_info farrier_heap_info_now(void) {
+    struct mallinfo2 m = mallinfo2();
+    farrier_heap_info info = {.in_use = m.uordblks + m.hblkhd, .arenas = m.arena, .mapped = m.hblkhd};
+    return info;
+}

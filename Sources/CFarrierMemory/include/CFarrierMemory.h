@@ -1,0 +1,24 @@
+#ifndef C_FARRIER_MEMORY_H
+#define C_FARRIER_MEMORY_H
+
+#include <stddef.h>
+
+/// glibc's malloc controls from <malloc.h>, which Swift's Glibc module does not export.
+
+/// What malloc holds, in bytes (mallinfo2): in use by the program, in its arenas (in use or
+/// free), and in chunks mapped on their own.
+typedef struct {
+    size_t in_use;
+    size_t arenas;
+    size_t mapped;
+} farrier_heap_info;
+
+/// Caps the number of malloc arenas (mallopt M_ARENA_MAX); returns 1 on success.
+int farrier_malloc_set_arena_max(int arenas);
+
+/// Gives free memory inside every arena back to the kernel (malloc_trim(0)); returns 1 if some was.
+int farrier_malloc_trim(void);
+
+farrier_heap_info farrier_heap_info_now(void);
+
+#endif
