@@ -105,7 +105,23 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
                 message: "timeline_limit must be between 1 and 500, got \(request.timelineLimit)"
             )
         }
-        let machine = try await visibleMachine(request.nameOrMac)
+        let machine: Machine
+        do {
+            machine = try await visibleMachine(request.nameOrMac)
+        } catch let error as RPCError where error.code == .notFound {
+            // Released from the caller's project and not moved since: how the release ended,
+            // and nothing about the machine now in the pool.
+            let caller = try Caller.current()
+            guard let project = caller.project,
+                let m = try await store.machine(nameOrMAC: request.nameOrMac), m.releasedFrom == project
+            else { throw error }
+            var v = Farrier_V1_Machine()
+            v.id = m.id
+            v.name = m.name
+            v.state = m.state.rawValue
+            v.reason = m.reason
+            return v
+        }
         var v = Farrier_V1_Machine(machine, timeline: try await store.timeline(mac: machine.mac, limit: limit))
         v.address = try await addressBook([machine.mac])[machine.mac] ?? ""
         return v

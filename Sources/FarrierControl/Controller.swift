@@ -95,9 +95,14 @@ public final class Controller: Sendable {
             if let g = guardGeneration, m.generation != g {
                 throw ControlError(.conflict, "machine \(m.name) moved on to another step")
             }
+            let project = m.project
             try Self.transition(&m, event, reasonSuffix: reasonSuffix)
             try change(&m)
-            return [MachineEvent(m, kind: .transition, message: m.reason)]
+            // A transition out of a project (the end of a release, an abort) is that project's
+            // event: its members' watches see how their machine left them.
+            var e = MachineEvent(m, kind: .transition, message: m.reason)
+            e.project = m.project ?? project
+            return [e]
         }
         Failpoint.hit("controller.after-commit.\(m.state.rawValue)")
         logger.info(
@@ -205,6 +210,7 @@ public final class Controller: Sendable {
         } else if !m.diskDirty {
             m.dirtyFor = nil
         }
+        m.releasedFrom = from == .releasing && m.state == .ready ? m.project : nil
         // Back in the pool: no project, no deployment, no deploy tags.
         if m.state == .ready || m.state == .enrolled {
             m.project = nil
@@ -242,7 +248,7 @@ public final class Controller: Sendable {
     /// transaction. Returns the machine when admitted.
     func admit(machineID: String, generation: Int, cap: Int?) async throws -> Machine? {
         let admitted = TransactionNote(false)
-        let m = try await store.updateCounting(machineID: machineID, fence: nil) { m, running in
+        @Sendable func start(_ m: inout Machine, _ running: [MachineState: Int]) -> [MachineEvent] {
             admitted.set(false)
             guard m.generation == generation, m.phase == .queued, Lifecycle.steps.contains(m.state) else { return [] }
             if let cap, running[m.state, default: 0] >= cap { return [] }
@@ -250,6 +256,15 @@ public final class Controller: Sendable {
             admitted.set(true)
             return [MachineEvent(m, kind: .action, message: "started \(m.state.rawValue)")]
         }
+        // Only a capped step needs the count, and the lock that serializes admissions to keep
+        // it true: an uncapped one (commissioning) is admitted by a plain update, or 10 000
+        // machines commissioning at once queue behind one lock.
+        let m =
+            if cap == nil {
+                try await store.update(machineID: machineID, fence: nil) { m in start(&m, [:]) }
+            } else {
+                try await store.updateCounting(machineID: machineID, fence: nil) { m, running in start(&m, running) }
+            }
         if admitted.value { hub.notify() }
         return admitted.value ? m : nil
     }

@@ -78,8 +78,8 @@ public actor Reconciler: Service {
 
     /// One pass over all machines: time out late steps, admit queued ones, start workers.
     func scan(group: inout DiscardingTaskGroup) async {
-        let machines: [Machine]
-        do { machines = try await controller.store.machines(MachineQuery(states: Lifecycle.steps)) } catch {
+        let machines: [MachineStep]
+        do { machines = try await controller.store.machineSteps() } catch {
             logger.error("reconciler cannot read machines", metadata: ["error": "\(error)"])
             return
         }
@@ -89,9 +89,27 @@ public actor Reconciler: Service {
         for m in machines where Lifecycle.steps.contains(m.state) && m.phase != .queued {
             running[m.state, default: 0] += 1
         }
-        // Oldest step first, so slots go to machines in the order their steps began.
+        // Steps nearest their end first (finish, then boot, then admissions), so a worker slot
+        // goes to finishing a step before starting another: with 10 000 machines commissioning
+        // at once, admissions took the slots as fast as they freed and finished steps piled up.
+        // Within a phase, oldest step first, so slots go in the order steps began.
+        func rank(_ p: StepPhase) -> Int {
+            switch p {
+            case .finish: 0
+            case .boot: 1
+            case .queued: 2
+            case .agent, .none: 3
+            }
+        }
         let inSteps = machines.filter { Lifecycle.steps.contains($0.state) }
-            .sorted { ($0.stepStarted ?? .distantPast, $0.name) < ($1.stepStarted ?? .distantPast, $1.name) }
+            .sorted {
+                (rank($0.phase), $0.stepStarted ?? .distantPast, $0.name)
+                    < (rank($1.phase), $1.stepStarted ?? .distantPast, $1.name)
+            }
+        // The worker slots free when the scan began: it starts at most that many. Slots that
+        // free while it awaits admissions wait for the next scan, which offers them to finishes
+        // first; a scan that kept admitting into them ran for minutes while finishes waited.
+        var slots = max(0, config.maxWorkers - active.count)
         for m in inSteps {
             let limit = config.timeout(m.state)
             // A step with no recorded start cannot escape its limit: it counts as started long ago.
@@ -132,10 +150,11 @@ public actor Reconciler: Service {
                     default: nil
                     }
                 if let cap, running[m.state, default: 0] >= cap { continue }
-                guard active.count < config.maxWorkers else { continue }
+                guard slots > 0, !active.contains(m.id) else { continue }
                 do {
                     if try await controller.admit(machineID: m.id, generation: m.generation, cap: cap) != nil {
                         running[m.state, default: 0] += 1
+                        slots -= 1
                         start(m.id, &group)
                     }
                 } catch {
@@ -143,7 +162,8 @@ public actor Reconciler: Service {
                 }
             case .boot, .finish:
                 // At most `maxWorkers` BMC workers at once; the rest wait for the next scan.
-                guard active.count < config.maxWorkers else { continue }
+                guard slots > 0, !active.contains(m.id) else { continue }
+                slots -= 1
                 start(m.id, &group)
             case .agent, .none:
                 break
@@ -185,8 +205,12 @@ struct Worker {
         let claim: WorkClaim
         do {
             guard let c = try await store.claimWork(machineID: machineID, owner: config.replica, ttl: config.claimTTL)
-            else { return false }
+            else {
+                logger.debug("machine claimed by another replica", metadata: ["machine.id": "\(machineID)"])
+                return false
+            }
             claim = c
+            logger.debug("worker claimed machine", metadata: ["machine.id": "\(machineID)", "claim": "\(claim)"])
         } catch {
             logger.warning(
                 "cannot claim a machine's work",

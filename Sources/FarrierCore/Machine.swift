@@ -78,6 +78,10 @@ public struct Machine: Codable, Sendable, Hashable {
     /// may remain. Such a machine is ready, still dirty, and goes only to that project until a
     /// full wipe (commissioning it) cleans it.
     public var dirtyFor: String?
+    /// The project a completed release took the machine from, until it next changes state: that
+    /// project's members can still read how their release ended (`machine show`, and so
+    /// `release --wait`), and nothing more.
+    public var releasedFrom: String?
     /// Bumped each time Farrier powers the machine on or cycles it for a step: each is a new
     /// boot, whose agent must say hello afresh. The agent token is bound to it.
     public var agentBoot: Int = 0
@@ -212,6 +216,50 @@ public enum StepPhase: String, Codable, Sendable, CaseIterable {
 }
 
 /// Agent progress within a step.
+/// What the reconciler's scan reads of a machine in a step: enough to time the step out, admit
+/// it or start its worker, and no more. (At 10 000 machines in steps, decoding whole machines,
+/// inventories and all, on every scan was most of a replica's CPU and its peak memory.) The
+/// keys are `Machine`'s, so a store can decode it from the same JSON.
+public struct MachineStep: Codable, Sendable, Hashable {
+    public var id: String
+    public var name: String
+    public var state: MachineState
+    public var phase: StepPhase
+    public var generation: Int
+    public var stepStarted: Date?
+    public var progress: StepProgress?
+
+    public init(
+        id: String,
+        name: String,
+        state: MachineState,
+        phase: StepPhase,
+        generation: Int,
+        stepStarted: Date?,
+        progress: StepProgress?
+    ) {
+        self.id = id
+        self.name = name
+        self.state = state
+        self.phase = phase
+        self.generation = generation
+        self.stepStarted = stepStarted
+        self.progress = progress
+    }
+
+    public init(_ m: Machine) {
+        self.init(
+            id: m.id,
+            name: m.name,
+            state: m.state,
+            phase: m.phase,
+            generation: m.generation,
+            stepStarted: m.stepStarted,
+            progress: m.progress
+        )
+    }
+}
+
 public struct StepProgress: Codable, Sendable, Hashable {
     /// What the agent is doing: inventory, download, write, verify, wipe, rescue.
     public var stage: String

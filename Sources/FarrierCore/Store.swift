@@ -22,6 +22,8 @@ public protocol MachineStore: Sendable {
     /// The machines `query` selects, ordered by name, filtered in the database: the API's
     /// pages and the reconciler's scan read only what they need, not the whole fleet.
     func machines(_ query: MachineQuery) async throws -> [Machine]
+    /// Every machine in a lifecycle step (`Lifecycle.steps`), as the reconciler's scan reads it.
+    func machineSteps() async throws -> [MachineStep]
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
     /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
     /// Throws `StoreError.Code.alreadyExists` when the name belongs to a machine with another MAC.

@@ -187,6 +187,16 @@ public final class SQLiteStore: StateStore {
             // The reconciler's scan and the API's filtered pages select by state.
             try db.create(index: "machine_state", on: "machine", columns: ["state"])
         }
+        m.registerMigration("v9-released-from") { db in
+            // The project a completed release took a machine from (Machine.releasedFrom).
+            try db.alter(table: "machine") { t in t.add(column: "releasedFrom", .text) }
+        }
+        m.registerMigration("v10-running-index") { db in
+            // Admission's count of the machines past `queued` (updateCounting) reads only those.
+            try db.execute(
+                sql: "CREATE INDEX machine_running ON machine (state) WHERE phase NOT IN ('queued', 'none')"
+            )
+        }
         return m
     }
 
@@ -306,6 +316,34 @@ public final class SQLiteStore: StateStore {
             if let after = query.after { request = request.filter(Column("name") > after) }
             if let limit = query.limit { request = request.limit(max(0, limit)) }
             return try request.fetchAll(db).map { try $0.machine() }
+        }
+    }
+
+    public func machineSteps() async throws -> [MachineStep] {
+        let states = Lifecycle.steps.map(\.rawValue).sorted()
+        return try await reading { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, name, state, phase, generation, stepStarted, progress FROM machine
+                    WHERE state IN (\(states.map { _ in "?" }.joined(separator: ", ")))
+                    """,
+                arguments: StatementArguments(states)
+            )
+            return try rows.map { row in
+                let id: String = row["id"]
+                guard let state = MachineState(rawValue: row["state"]), let phase = StepPhase(rawValue: row["phase"])
+                else { throw StoreError(.corrupt, "corrupt row: machine \(id): state or phase") }
+                return MachineStep(
+                    id: id,
+                    name: row["name"],
+                    state: state,
+                    phase: phase,
+                    generation: row["generation"],
+                    stepStarted: row["stepStarted"],
+                    progress: try jsonValue(StepProgress.self, row["progress"])
+                )
+            }
         }
     }
 
@@ -861,6 +899,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var progress: String?
     var diskDirty: Bool
     var dirtyFor: String?
+    var releasedFrom: String?
     var agentBoot: Int
     var agentNonce: String?
 
@@ -872,7 +911,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
             Column("project"),
             Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
             Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"),
-            Column("dirtyFor"),
+            Column("dirtyFor"), Column("releasedFrom"),
             Column("agentBoot"), Column("agentNonce"),
         ]
     }
@@ -902,6 +941,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         progress = try? m.progress.map(jsonText)
         diskDirty = m.diskDirty
         dirtyFor = m.dirtyFor
+        releasedFrom = m.releasedFrom
         agentBoot = m.agentBoot
         agentNonce = m.agentNonce
     }
@@ -944,6 +984,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.progress = try jsonValue(StepProgress.self, progress)
         m.diskDirty = diskDirty
         m.dirtyFor = dirtyFor
+        m.releasedFrom = releasedFrom
         m.agentBoot = agentBoot
         m.agentNonce = agentNonce
         return m

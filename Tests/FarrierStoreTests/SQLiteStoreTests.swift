@@ -13,7 +13,7 @@ import Testing
         #expect(
             try s.appliedMigrations() == [
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
-                "v8-machine-state-index",
+                "v8-machine-state-index", "v9-released-from", "v10-running-index",
             ]
         )
     }
@@ -669,6 +669,54 @@ import Testing
             #expect(try await b.machines().filter { $0.phase == .boot }.count == cap)
         }
     }
+
+    /// The reconciler's scan reads machines in steps as the whole machine would show them,
+    /// and no machine outside a step; several events of one commit keep their order and ids.
+    @Test(arguments: StoreKind.allCases) func stepsReadAsTheMachinesShowThem(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let states: [MachineState] = [.ready, .commissioning, .deploying, .releasing, .deployed, .rescuing]
+            let started = Date(timeIntervalSince1970: 1_800_000_123.25)
+            for (i, state) in states.enumerated() {
+                let m = try await s.enroll(
+                    name: "st\(i)",
+                    mac: MACAddress("52:54:00:00:04:0\(i)")!,
+                    bmc: try BMCReference(url: "ipmi://a@198.18.0.9"),
+                    sealedPassword: [1],
+                    at: Date()
+                )
+                _ = try await s.update(machineID: m.id, fence: nil) { x in
+                    x.state = state
+                    x.phase = Lifecycle.steps.contains(state) ? (i % 2 == 0 ? .agent : .queued) : .none
+                    x.generation = 10 + i
+                    x.stepStarted = Lifecycle.steps.contains(state) ? started.addingTimeInterval(Double(i)) : nil
+                    x.progress =
+                        i == 2 ? StepProgress(stage: "write", bytesDone: 7, bytesTotal: 9, updated: started) : nil
+                    x.inventory = Inventory(
+                        cpuModel: "c",
+                        cores: 4,
+                        memoryBytes: 1 << 30,
+                        disks: [],
+                        nics: [],
+                        vendor: "",
+                        product: "",
+                        serial: "",
+                        firmware: .uefi
+                    )
+                    return (0..<3).map { MachineEvent(x, kind: .action, message: "e\($0)") }
+                }
+            }
+            let steps = try await s.machineSteps().sorted { $0.name < $1.name }
+            let whole = try await s.machines(MachineQuery(states: Lifecycle.steps))
+            #expect(steps.map(\.name) == ["st1", "st2", "st3", "st5"])
+            #expect(steps == whole.map(MachineStep.init))
+            #expect(steps.first { $0.name == "st2" }?.progress?.bytesDone == 7)
+            #expect(steps.first { $0.name == "st1" }?.stepStarted == started.addingTimeInterval(1))
+            let events = try await s.events(after: 0, machineID: nil, limit: 100).filter { $0.kind == .action }
+            #expect(events.map(\.message) == Array(repeating: ["e0", "e1", "e2"], count: states.count).flatMap { $0 })
+            #expect(events.map(\.id) == events.map(\.id).sorted() && Set(events.map(\.id)).count == events.count)
+        }
+    }
 }
 
 /// What only the PostgreSQL store has.
@@ -684,8 +732,10 @@ import Testing
             }
             #expect(opened == 3)
             let store = try #require(under.store as? PostgresStore)
-            #expect(try await store.appliedMigrations() == ["v1", "v2-work-claim", "v3-pages-and-pool"])
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "3\n")
+            #expect(
+                try await store.appliedMigrations() == ["v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index"]
+            )
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "4\n")
         }
     }
 

@@ -312,8 +312,15 @@ struct ControlPlaneTests {
         #expect(try simA.ipmitool(["chassis", "power", "status"]).contains("off"))
         let released = try cp.machine(nameA)
         #expect(released["project"] == nil && released["deployment"] == nil)
-        // Released: member A no longer sees it.
-        #expect(try cp.cli(["machine", "show", nameA], token: tokenA, check: false).stderr.contains("notFound"))
+        // Released: member A reads how the release ended and nothing else (no MAC, no BMC, no
+        // project), does not list it, and cannot act on it.
+        let releasedView = try cp.json(["machine", "show", nameA], token: tokenA)
+        #expect(
+            releasedView["state"] as? String == "ready" && releasedView["mac"] as? String ?? "" == ""
+                && releasedView["bmc"] == nil
+        )
+        #expect(!(try cp.cli(["machine", "list"], token: tokenA).stdout.contains(nameA)))
+        #expect(try cp.cli(["machine", "rescue", nameA], token: tokenA, check: false).stderr.contains("notFound"))
 
         // The event stream replays the story in order (then follows live; `timeout` ends it).
         let events = try h.run(

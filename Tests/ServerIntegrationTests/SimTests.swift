@@ -141,4 +141,109 @@ struct SimTests {
         #expect(h.read("sim.log").contains("\"dones\""))
         _ = a
     }
+
+    /// A member's `release --wait` follows the release to its end, though the machine leaves
+    /// the project when its wipe completes: the member can read how it ended, and nothing else
+    /// about the machine now in the pool. One server on SQLite, two simulated machines.
+    @Test func aMembersReleaseWaitEndsInSuccess() throws {
+        let h = try Harness("sim-member")
+        defer { h.cleanup() }
+        let base = Int.random(in: 400..<490) * 100
+        let (grpc, http, redfish) = ("127.0.0.1:\(base)", base + 2, base + 10)
+        let config = h.directory + "/sim.yaml"
+        let enroll = h.directory + "/enroll.yaml"
+        let password = h.directory + "/bmc.pw"
+        let sim = try h.start(
+            [
+                Self.bin, "sim", "--machines", "2", "--redfish-listen", "127.0.0.1:\(redfish)", "--boot-url",
+                "http://127.0.0.1:\(http)", "--first-address", "127.78.0.1", "--boot-seconds", "0.3",
+                "--agent-seconds", "2", "--poll-seconds", "1", "--write-config", config, "--write-enroll", enroll,
+                "--write-password", password,
+            ],
+            log: "sim.log"
+        )
+        try h.waitUntil("the simulator's files", timeout: 30) {
+            guard sim.isRunning else { throw Harness.CommandError(description: "sim exited: \(h.read("sim.log"))") }
+            return FileManager.default.fileExists(atPath: config) && FileManager.default.fileExists(atPath: password)
+                && (try? String(contentsOfFile: enroll, encoding: .utf8))?.contains("sim-00002") == true
+        }
+        let data = h.directory + "/data"
+        let server = try h.start(
+            [
+                Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen", grpc,
+                "--http-listen", "127.0.0.1:\(http)", "--agent-listen", "127.0.0.1:\(http + 1)", "--tftp-listen", "",
+                "--dhcp-mode", "off", "--config", config,
+            ],
+            log: "server.log"
+        )
+        try h.waitUntil("the admin token", timeout: 30) {
+            guard server.isRunning else {
+                throw Harness.CommandError(description: "server exited: \(h.read("server.log"))")
+            }
+            return (try? h.adminToken(dataDir: data)) != nil
+        }
+        let admin = try h.adminToken(dataDir: data)
+        @discardableResult
+        func cli(_ args: [String], token: String = admin, check: Bool = true) throws -> Harness.Result {
+            try h.run([Self.bin] + args + ["--server", grpc, "--token", token], timeout: 120, check: check)
+        }
+        try h.waitUntil("the API", timeout: 30, interval: 0.2) { (try? cli(["token", "whoami"])) != nil }
+        func state(_ name: String, token: String = admin) throws -> String {
+            let out = try cli(["machine", "show", name, "-o", "json"], token: token).stdout
+            let m = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] ?? [:]
+            return m["state"] as? String ?? "?"
+        }
+        try cli(["machine", "enroll", "--from", enroll, "--bmc-password-file", password, "--commission"])
+        try h.waitUntil("both machines ready", timeout: 120, interval: 1) {
+            try state("sim-00001") == "ready" && state("sim-00002") == "ready"
+        }
+        let image = h.directory + "/img.raw"
+        try Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: image))
+        try cli(["image", "add", "img", image])
+        try cli(["project", "create", "p1"])
+        try cli(["project", "create", "p2"])
+        let member = try cli(["token", "create", "--project", "p1"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let other = try cli(["token", "create", "--project", "p2"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        try cli(["machine", "deploy", "sim-00001", "--image", "img", "--wait"], token: member)
+        #expect(try state("sim-00001", token: member) == "deployed")
+
+        // The member's release --wait follows the wipe to its end and succeeds.
+        let released = try cli(
+            ["machine", "release", "sim-00001", "--wait", "-o", "json"],
+            token: member,
+            check: false
+        )
+        #expect(released.status == 0, "release --wait: \(released.stdout) \(released.stderr)")
+        // Progress lines while it waits, then the machine as JSON.
+        let json = released.stdout.range(of: "\n{").map { String(released.stdout[$0.lowerBound...]) } ?? released.stdout
+        let end = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+        #expect(end?["state"] as? String == "ready", "\(released.stdout)")
+        #expect(released.stdout.contains("releasing"), "the wait showed no progress: \(released.stdout)")
+        #expect(try state("sim-00001") == "ready")
+
+        // Afterwards the member reads how it ended, and nothing more: no inventory, no
+        // project, no place in their list, no action; another project sees nothing at all.
+        let view =
+            try JSONSerialization.jsonObject(
+                with: Data(try cli(["machine", "show", "sim-00001", "-o", "json"], token: member).stdout.utf8)
+            ) as? [String: Any] ?? [:]
+        #expect(view["state"] as? String == "ready" && view["inventory"] == nil && view["mac"] as? String ?? "" == "")
+        let listed = try cli(["machine", "list", "-o", "json"], token: member).stdout
+        #expect(!listed.contains("sim-00001"), "\(listed)")
+        let power = try cli(["machine", "power", "sim-00001", "on"], token: member, check: false)
+        #expect(power.status != 0 && power.stderr.contains("no machine named"), "\(power.stderr)")
+        let seen = try cli(["machine", "show", "sim-00001"], token: other, check: false)
+        #expect(seen.status != 0 && seen.stderr.contains("no machine named"), "\(seen.stderr)")
+
+        // Once the machine moves on (deployed into another project), the former one loses even that.
+        try cli(["machine", "deploy", "sim-00001", "--image", "img"], token: other)
+        let gone = try cli(["machine", "show", "sim-00001"], token: member, check: false)
+        #expect(gone.status != 0 && gone.stderr.contains("no machine named"), "\(gone.stderr)")
+        sim.terminate()
+        server.terminate()
+    }
 }

@@ -17,7 +17,7 @@
 #   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M
 # Knobs: MACHINES, PROJECT_SIZE, MAX_DEPLOYS/MAX_WIPES (the caps, default 500), AGENT_SECONDS
 # (simulated agent work, default 5), IMAGE_MIB (default 4), PHASE_TIMEOUT (minutes, default 60),
-# SKIP_SQLITE=1, WRAP_A (a command to run replica A under, e.g. "heaptrack -o FILE": A's RSS is
+# SKIP_SQLITE=1, LOG_LEVEL (the servers', default warning), WRAP_A (a command to run replica A under, e.g. "heaptrack -o FILE": A's RSS is
 # then the wrapper's). Every process is started by this shell (its child: reaped, killed by its
 # own PID). Needs root, postgresql-15, python3, and a release build (built if missing).
 set -euo pipefail
@@ -89,7 +89,7 @@ run_fleet() {
         local r=$1 args
         args=(--data-dir "$dir/data" --config "$dir/sim.yaml" --dhcp-mode off --tftp-listen ""
             --http-listen "127.0.0.1:$((8080 + r))" --agent-listen "127.0.0.1:$((8443 + r))" --grpc-listen "127.0.0.1:$((7700 + r))"
-            --api-insecure --log-level warning --lifecycle-max-deploys "$max_deploys" --lifecycle-max-wipes "$max_wipes")
+            --api-insecure --log-level "${LOG_LEVEL:-warning}" --lifecycle-max-deploys "$max_deploys" --lifecycle-max-wipes "$max_wipes")
         [ -n "$url" ] && args+=(--database "$url")
         local wrap=()
         # WRAP_A: a command to run replica A under (heaptrack -o FILE, perf record …), to see where its time and memory go.
