@@ -41,6 +41,9 @@ public struct DHCPOutcome: Sendable {
     public var forget: MACAddress?
     /// Why nothing is sent, for the debug log.
     public var dropReason: String?
+    /// Set when a DISCOVER went unanswered because this subnet's pool had no free address: an
+    /// operator's problem, logged at warning and counted, not only a debug line.
+    public var exhaustedSubnet: IPv4Network?
     /// The client kind, for the timeline.
     public var client: BootClient = .plain
 
@@ -130,7 +133,11 @@ public struct DHCPResponder: Sendable {
                     requested: req.options.requestedIPAddress,
                     now: now
                 )
-            else { return .drop("no free address in \(subnet.network)", client) }
+            else {
+                var out = DHCPOutcome.drop("no free address in \(subnet.network)", client)
+                out.exhaustedSubnet = subnet.network
+                return out
+            }
             var out = reply(to: req, type: .offer, ingress: ingress, client: client, mac: mac)
             out.reply!.yiaddr = ip
             addLeaseOptions(&out.reply!, subnet: subnet, mac: mac)

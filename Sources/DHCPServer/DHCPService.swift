@@ -15,7 +15,31 @@ public final class DHCPMetrics: Sendable {
     public let naks = Atomic<Int>(0)
     public let commitFailures = Atomic<Int>(0)
     public let sendErrors = Atomic<Int>(0)
+    /// DISCOVERs unanswered because their subnet's pool had no free address.
+    public let poolExhausted = Atomic<Int>(0)
     public init() {}
+}
+
+/// Lets one warning per key through per interval, and says how many occurrences it stands for.
+public struct WarningLimiter<Key: Hashable & Sendable>: Sendable {
+    public let interval: Duration
+    var last: [Key: (warned: ContinuousClock.Instant, since: Int)] = [:]
+
+    public init(interval: Duration) { self.interval = interval }
+
+    /// Counts one occurrence of `key`; returns how many occurrences (this one included) the
+    /// warning to log now stands for, or nil when one was logged for `key` less than
+    /// `interval` ago.
+    public mutating func note(_ key: Key, at now: ContinuousClock.Instant) -> Int? {
+        var entry = last[key] ?? (warned: now - interval, since: 0)
+        entry.since += 1
+        guard now - entry.warned >= interval else {
+            last[key] = entry
+            return nil
+        }
+        last[key] = (warned: now, since: 0)
+        return entry.since
+    }
 }
 
 /// Shared between the socket threads: the responder (and its lease table), the lease store, and
@@ -34,6 +58,9 @@ final class DHCPEngine: Sendable {
     static let seenLimit = 65_536
     /// Proxy mode: the address last written for each MAC.
     let seenWritten: Mutex<[MACAddress: IPv4Address]>
+    /// At most one warning per exhausted subnet a minute: a full pool under a PXE storm is
+    /// thousands of DISCOVERs a minute.
+    let exhaustionWarnings = Mutex(WarningLimiter<IPv4Network>(interval: .seconds(60)))
 
     init(
         responder: DHCPResponder,
@@ -53,6 +80,18 @@ final class DHCPEngine: Sendable {
         self.addressBook = addressBook
         self.metrics = metrics
         self.logger = logger
+    }
+
+    /// Counts a DISCOVER that found its subnet's pool full, and warns about the subnet at most
+    /// once a minute, saying how many went unanswered since the last warning.
+    func poolExhausted(_ network: IPv4Network) {
+        metrics.poolExhausted.add(1, ordering: .relaxed)
+        let now = ContinuousClock.now
+        guard let unwarned = exhaustionWarnings.withLock({ $0.note(network, at: now) }) else { return }
+        logger.warning(
+            "DHCP pool exhausted: no free address to offer; widen the pool, shorten leases or reserve addresses",
+            metadata: ["dhcp.subnet": "\(network)", "dhcp.unanswered": "\(unwarned)"]
+        )
     }
 
     /// Counts a datagram dropped before it could be answered (undecodable, or truncated by the
@@ -138,6 +177,7 @@ final class DHCPEngine: Sendable {
         }
         guard let reply = outcome.reply else {
             metrics.dropped.add(1, ordering: .relaxed)
+            if let network = outcome.exhaustedSubnet { poolExhausted(network) }
             logger.debug(
                 "no reply",
                 metadata: [

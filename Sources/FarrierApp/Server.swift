@@ -264,6 +264,10 @@ func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics, recorder: TimelineRecor
             "farrier_dhcp_send_errors_total", "DHCP replies the kernel refused to send",
             dhcp.sendErrors.load(ordering: .relaxed)
         ),
+        (
+            "farrier_dhcp_pool_exhausted_total", "DHCPDISCOVERs unanswered: their subnet's pool had no free address",
+            dhcp.poolExhausted.load(ordering: .relaxed)
+        ),
         ("farrier_tftp_requests_total", "TFTP read requests", tftp.requests.load(ordering: .relaxed)),
         (
             "farrier_tftp_packets_malformed_total", "TFTP datagrams dropped as malformed",

@@ -145,6 +145,24 @@ func request(
         let b = try #require(r.handle(request(.discover, mac: mac(9)), ingress: ingress, now: now).reply)
         #expect(b.yiaddr == IPv4Address("198.18.0.100"))
         #expect(b.options.string(.hostName) == "node9")
+        // The pool is full: a third client gets nothing, and the outcome names the subnet.
+        let c3 = r.handle(request(.discover, mac: mac(3)), ingress: ingress, now: now)
+        #expect(c3.reply == nil && c3.exhaustedSubnet == IPv4Network("198.18.0.0/24"))
+        // A client that holds an offer is still answered.
+        let again = r.handle(request(.discover, mac: mac(1)), ingress: ingress, now: now)
+        #expect(again.reply?.yiaddr == a.yiaddr && again.exhaustedSubnet == nil)
+    }
+
+    @Test func warningsAreLimitedPerKeyAndCountWhatTheyStandFor() {
+        var limiter = WarningLimiter<String>(interval: .seconds(60))
+        let t0 = ContinuousClock.now
+        #expect(limiter.note("a", at: t0) == 1)
+        #expect(limiter.note("a", at: t0 + .seconds(1)) == nil)
+        #expect(limiter.note("b", at: t0 + .seconds(2)) == 1)
+        #expect(limiter.note("a", at: t0 + .seconds(59)) == nil)
+        // A minute after the first: one warning for the three since it.
+        #expect(limiter.note("a", at: t0 + .seconds(60)) == 3)
+        #expect(limiter.note("a", at: t0 + .seconds(61)) == nil)
     }
 
     @Test func renewAndRebootAndWrongServer() throws {
