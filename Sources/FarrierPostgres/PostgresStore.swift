@@ -26,6 +26,11 @@ import SystemSupport
 public final class PostgresStore: StateStore {
     let client: PostgresClient
     let runner: Task<Void, Never>
+    /// A pool of its own for single-statement reads (a page of machines, a machine, a token):
+    /// the API's and the agents' reads do not queue for a connection behind transactions that
+    /// wait their turn for a lock (every lifecycle commit takes the event lock).
+    let reader: PostgresClient
+    let readerRunner: Task<Void, Never>
     let leaseConnection: LeaseConnection
     let listener: EventListener
     /// For connections of their own (the DHCP fence).
@@ -57,6 +62,11 @@ public final class PostgresStore: StateStore {
         let client = PostgresClient(configuration: config.client, backgroundLogger: logger)
         self.client = client
         runner = Task { await client.run() }
+        var readerConfiguration = config.client
+        readerConfiguration.options.maximumConnections = 8
+        let reader = PostgresClient(configuration: readerConfiguration, backgroundLogger: logger)
+        self.reader = reader
+        readerRunner = Task { await reader.run() }
         leaseConnection = LeaseConnection(configuration: config.connection, timeout: timeout, logger: logger)
         listener = EventListener(configuration: config.connection, channel: Self.channel, logger: logger)
         connectionConfiguration = config.connection
@@ -94,6 +104,7 @@ public final class PostgresStore: StateStore {
     /// Closes the pool, the lease connection and the listener.
     public func close() {
         runner.cancel()
+        readerRunner.cancel()
         leaseConnection.close()
         listener.close()
     }
@@ -129,6 +140,15 @@ public final class PostgresStore: StateStore {
     func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         do {
             return try await bounded { [client] in try await client.withConnection { conn in try await body(conn) } }
+        } catch {
+            throw Self.storeError(error)
+        }
+    }
+
+    /// One read-only statement, on the reader pool.
+    func read<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await bounded { [reader] in try await reader.withConnection { conn in try await body(conn) } }
         } catch {
             throw Self.storeError(error)
         }
@@ -312,7 +332,7 @@ public final class PostgresStore: StateStore {
     }
 
     func one<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws -> T? {
-        try await run { [self] conn in
+        try await read { [self] conn in
             for try await body in try await conn.query(query, logger: logger).decode(String.self) {
                 return try Self.decode(T.self, body)
             }
@@ -321,7 +341,7 @@ public final class PostgresStore: StateStore {
     }
 
     func all<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws -> [T] {
-        try await run { [self] conn in
+        try await read { [self] conn in
             var out: [T] = []
             for try await body in try await conn.query(query, logger: logger).decode(String.self) {
                 out.append(try Self.decode(T.self, body))
@@ -1037,7 +1057,7 @@ extension PostgresStore {
 
     /// The leases a query of (mac, address, expires, hostname) selects, on the pool.
     func pooledLeases(_ query: PostgresQuery) async throws -> [Lease] {
-        try await run { [self] conn in
+        try await read { [self] conn in
             var out: [Lease] = []
             let rows = try await conn.query(query, logger: logger)
             for try await (mac, address, expires, hostname) in rows.decode((String, String, Date, String?).self) {

@@ -118,10 +118,11 @@ run_fleet() {
     # of the RSS is live memory, and what is arenas, stacks and the binary.
     heap() { inns curl -sf "http://127.0.0.1:$1/metrics" | awk '/^farrier_heap_in_use_bytes / {print int($2 / 1048576)}' || echo 0; }
     declare -A peak=([a]=0 [b]=0) heap_peak=([a]=0 [b]=0)
+    local phase=setup heap_phase=setup
     sample_rss() {
         local v
         v=$(hwm "$a"); [ "$v" -gt "${peak[a]}" ] && peak[a]=$v
-        v=$(heap 8080); [ "${v:-0}" -gt "${heap_peak[a]}" ] && heap_peak[a]=$v
+        v=$(heap 8080); [ "${v:-0}" -gt "${heap_peak[a]}" ] && heap_peak[a]=$v && heap_phase=$phase
         if [ -n "$b" ]; then
             v=$(hwm "$b"); [ "$v" -gt "${peak[b]}" ] && peak[b]=$v
             v=$(heap 8081); [ "${v:-0}" -gt "${heap_peak[b]}" ] && heap_peak[b]=$v
@@ -132,7 +133,8 @@ run_fleet() {
         cli machine list --state "$1" -o json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
     }
     wait_all() {  # $1: state; $2: phase name; runs $3 (a function) once at half way, if given
-        local state=$1 phase=$2 hook=${3:-} start=$SECONDS got=0 hooked=0
+        local state=$1 hook=${3:-} start=$SECONDS got=0 hooked=0
+        phase=$2
         while :; do
             sample_rss
             restart_b
@@ -227,7 +229,7 @@ print(f"agent_errors={sim['agentErrors']} hello_refusals={sim['helloRefusals']} 
 PY
     sample_rss
     echo "rss_mb.a=${peak[a]} rss_mb.b=${peak[b]}" >>"$dir/result"
-    echo "heap_in_use_peak_mb.a=${heap_peak[a]} heap_in_use_peak_mb.b=${heap_peak[b]}" >>"$dir/result"
+    echo "heap_in_use_peak_mb.a=${heap_peak[a]} (in $heap_phase) heap_in_use_peak_mb.b=${heap_peak[b]}" >>"$dir/result"
     if [ "$kind" = postgres ]; then echo "postgres_mb=$(psql_ -d scale -c "SELECT pg_database_size('scale') / 1048576")" >>"$dir/result"; fi
     stop_pid "$sim"
     stop_pid "$a"; [ -z "$b" ] || stop_pid "$b"
