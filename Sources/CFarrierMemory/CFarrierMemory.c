@@ -8,6 +8,6 @@ int farrier_malloc_trim(void) { return malloc_trim(0); }
 
 farrier_heap_info farrier_heap_info_now(void) {
     struct mallinfo2 m = mallinfo2();
-    farrier_heap_info info = {.in_use = m.uordblks + m.hblkhd, .arenas = m.arena, .mapped = m.hblkhd};
+    farrier_heap_info info = {.in_use = m.uordblks + m.hblkhd, .arenas = m.arena};
     return info;
 }

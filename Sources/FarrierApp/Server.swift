@@ -302,13 +302,10 @@ func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics, recorder: TimelineRecor
             tftp.pollMisses.load(ordering: .relaxed)
         ),
     ]
-    var text = rows.map {
-        "# HELP \($0.0) \($0.1)\n# TYPE \($0.0) \($0.0.hasSuffix("_active") ? "gauge" : "counter")\n\($0.0) \($0.2)\n"
+    let counters = rows.map { ($0.0, $0.1, $0.0.hasSuffix("_active") ? "gauge" : "counter", "\($0.2)") }
+    return (counters + processMetrics()).map { name, help, type, value in
+        "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
     }.joined()
-    for (name, help, type, value) in processMetrics() {
-        text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
-    }
-    return text
 }
 
 /// The process's own gauges and counters, named as Prometheus's process collectors name them,

@@ -86,7 +86,7 @@ public actor Reconciler: Service {
         let now = Date()
         let config = controller.configuration
         var running: [MachineState: Int] = [:]
-        for m in machines where Lifecycle.steps.contains(m.state) && m.phase != .queued {
+        for m in machines where m.phase != .queued {
             running[m.state, default: 0] += 1
         }
         // Steps nearest their end first (finish, then boot, then admissions), so a worker slot
@@ -101,11 +101,10 @@ public actor Reconciler: Service {
             case .agent, .none: 3
             }
         }
-        let inSteps = machines.filter { Lifecycle.steps.contains($0.state) }
-            .sorted {
-                (rank($0.phase), $0.stepStarted ?? .distantPast, $0.name)
-                    < (rank($1.phase), $1.stepStarted ?? .distantPast, $1.name)
-            }
+        let inSteps = machines.sorted {
+            (rank($0.phase), $0.stepStarted ?? .distantPast, $0.name)
+                < (rank($1.phase), $1.stepStarted ?? .distantPast, $1.name)
+        }
         // The worker slots free when the scan began: it starts at most that many. Slots that
         // free while it awaits admissions wait for the next scan, which offers them to finishes
         // first; a scan that kept admitting into them ran for minutes while finishes waited.

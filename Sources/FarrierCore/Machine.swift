@@ -215,7 +215,6 @@ public enum StepPhase: String, Codable, Sendable, CaseIterable {
     case finish
 }
 
-/// Agent progress within a step.
 /// What the reconciler's scan reads of a machine in a step: enough to time the step out, admit
 /// it or start its worker, and no more. (At 10 000 machines in steps, decoding whole machines,
 /// inventories and all, on every scan was most of a replica's CPU and its peak memory.) The
@@ -260,6 +259,7 @@ public struct MachineStep: Codable, Sendable, Hashable {
     }
 }
 
+/// Agent progress within a step.
 public struct StepProgress: Codable, Sendable, Hashable {
     /// What the agent is doing: inventory, download, write, verify, wipe, rescue.
     public var stage: String

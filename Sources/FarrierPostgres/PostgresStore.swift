@@ -138,17 +138,21 @@ public final class PostgresStore: StateStore {
 
     /// One statement outside a transaction.
     func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        do {
-            return try await bounded { [client] in try await client.withConnection { conn in try await body(conn) } }
-        } catch {
-            throw Self.storeError(error)
-        }
+        try await pooled(client, body)
     }
 
     /// One read-only statement, on the reader pool.
     func read<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await pooled(reader, body)
+    }
+
+    /// `body` on a connection of `pool`, bounded by the store's timeout, its errors `StoreError`s.
+    func pooled<T: Sendable>(
+        _ pool: PostgresClient,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
         do {
-            return try await bounded { [reader] in try await reader.withConnection { conn in try await body(conn) } }
+            return try await bounded { try await pool.withConnection { conn in try await body(conn) } }
         } catch {
             throw Self.storeError(error)
         }

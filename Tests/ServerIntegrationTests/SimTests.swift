@@ -10,6 +10,37 @@ import Testing
 struct SimTests {
     static let bin = Harness.farrierBinary
 
+    /// Starts `farrier sim` (booting from the server's HTTP port `http`) and waits until it has
+    /// written its files: the server configuration, the BMC password, and the enrollment list.
+    static func startSim(
+        _ h: Harness,
+        machines: Int,
+        redfish: Int,
+        http: Int,
+        firstAddress: String,
+        flags: [String]
+    ) throws -> (sim: Process, config: String, enroll: String, password: String) {
+        let config = h.directory + "/sim.yaml"
+        let enroll = h.directory + "/enroll.yaml"
+        let password = h.directory + "/bmc.pw"
+        let sim = try h.start(
+            [
+                bin, "sim", "--machines", "\(machines)", "--redfish-listen", "127.0.0.1:\(redfish)", "--boot-url",
+                "http://127.0.0.1:\(http)", "--first-address", firstAddress, "--boot-seconds", "0.3",
+                "--poll-seconds", "1", "--write-config", config, "--write-enroll", enroll, "--write-password", password,
+            ] + flags,
+            log: "sim.log"
+        )
+        let last = String(format: "sim-%05d", machines)
+        try h.waitUntil("the simulator's files", timeout: 30) {
+            guard sim.isRunning else { throw Harness.CommandError(description: "sim exited: \(h.read("sim.log"))") }
+            // The simulator writes the reservations, the password, then the enrollment file.
+            return FileManager.default.fileExists(atPath: config) && FileManager.default.fileExists(atPath: password)
+                && (try? String(contentsOfFile: enroll, encoding: .utf8))?.contains(last) == true
+        }
+        return (sim, config, enroll, password)
+    }
+
     @Test func aSimulatedFleetGoesThroughItsLifecycleAcrossReplicas() throws {
         let h = try Harness("sim")
         let pg = try PostgresServer(h)
@@ -20,27 +51,14 @@ struct SimTests {
         let url = try pg.createDatabase("farrier")
         let base = Int.random(in: 300..<390) * 100
         let (grpcA, grpcB, httpA, redfish) = ("127.0.0.1:\(base)", "127.0.0.1:\(base + 1)", base + 2, base + 10)
-        let config = h.directory + "/sim.yaml"
-        let enroll = h.directory + "/enroll.yaml"
-        let password = h.directory + "/bmc.pw"
-        let sim = try h.start(
-            [
-                Self.bin, "sim", "--machines", "12", "--redfish-listen", "127.0.0.1:\(redfish)", "--boot-url",
-                "http://127.0.0.1:\(httpA)",
-                "--first-address", "127.77.0.1", "--boot-seconds", "0.3", "--agent-seconds", "0.5", "--poll-seconds",
-                "1",
-                "--wrong-password-every", "6", "--image-share", "0.5", "--write-config", config, "--write-enroll",
-                enroll,
-                "--write-password", password,
-            ],
-            log: "sim.log"
+        let (sim, config, enroll, password) = try Self.startSim(
+            h,
+            machines: 12,
+            redfish: redfish,
+            http: httpA,
+            firstAddress: "127.77.0.1",
+            flags: ["--agent-seconds", "0.5", "--wrong-password-every", "6", "--image-share", "0.5"]
         )
-        try h.waitUntil("the simulator's files", timeout: 30) {
-            guard sim.isRunning else { throw Harness.CommandError(description: "sim exited: \(h.read("sim.log"))") }
-            // The simulator writes the reservations, the password, then the enrollment file.
-            return FileManager.default.fileExists(atPath: config) && FileManager.default.fileExists(atPath: password)
-                && (try? String(contentsOfFile: enroll, encoding: .utf8))?.contains("sim-00012") == true
-        }
         #expect(try String(contentsOfFile: config, encoding: .utf8).contains("02:fa:00:00:00:0c=127.77.0.12"))
 
         let data = h.directory + "/data"
@@ -150,23 +168,14 @@ struct SimTests {
         defer { h.cleanup() }
         let base = Int.random(in: 400..<490) * 100
         let (grpc, http, redfish) = ("127.0.0.1:\(base)", base + 2, base + 10)
-        let config = h.directory + "/sim.yaml"
-        let enroll = h.directory + "/enroll.yaml"
-        let password = h.directory + "/bmc.pw"
-        let sim = try h.start(
-            [
-                Self.bin, "sim", "--machines", "2", "--redfish-listen", "127.0.0.1:\(redfish)", "--boot-url",
-                "http://127.0.0.1:\(http)", "--first-address", "127.78.0.1", "--boot-seconds", "0.3",
-                "--agent-seconds", "2", "--poll-seconds", "1", "--write-config", config, "--write-enroll", enroll,
-                "--write-password", password,
-            ],
-            log: "sim.log"
+        let (sim, config, enroll, password) = try Self.startSim(
+            h,
+            machines: 2,
+            redfish: redfish,
+            http: http,
+            firstAddress: "127.78.0.1",
+            flags: ["--agent-seconds", "2"]
         )
-        try h.waitUntil("the simulator's files", timeout: 30) {
-            guard sim.isRunning else { throw Harness.CommandError(description: "sim exited: \(h.read("sim.log"))") }
-            return FileManager.default.fileExists(atPath: config) && FileManager.default.fileExists(atPath: password)
-                && (try? String(contentsOfFile: enroll, encoding: .utf8))?.contains("sim-00002") == true
-        }
         let data = h.directory + "/data"
         let server = try h.start(
             [

@@ -5,12 +5,11 @@
 
 /// glibc's malloc controls from <malloc.h>, which Swift's Glibc module does not export.
 
-/// What malloc holds, in bytes (mallinfo2): in use by the program, in its arenas (in use or
-/// free), and in chunks mapped on their own.
+/// What malloc holds, in bytes (mallinfo2): in use by the program (chunks mapped on their own
+/// included), and what its arenas span (in use or free).
 typedef struct {
     size_t in_use;
     size_t arenas;
-    size_t mapped;
 } farrier_heap_info;
 
 /// Caps the number of malloc arenas (mallopt M_ARENA_MAX); returns 1 on success.
