@@ -320,7 +320,8 @@ public final class DHCPService: Service, Sendable {
             return
         }
         guard let fence else {
-            let engine = try engine ?? makeEngine()
+            let engine: DHCPEngine
+            if let made = self.engine { engine = made } else { engine = try await Self.onThreadOfItsOwn(makeEngine) }
             let threads = try await start(engine)
             try? await gracefulShutdown()
             await stop(threads, engine)
@@ -331,7 +332,7 @@ public final class DHCPService: Service, Sendable {
 
     /// Stands by until the fence gives this replica every interface's network, answers until
     /// it loses them or shuts down, and stands by again after a loss.
-    func runFenced(_ fence: any DHCPFence, _ makeEngine: @Sendable () throws -> DHCPEngine) async throws {
+    func runFenced(_ fence: any DHCPFence, _ makeEngine: @escaping @Sendable () throws -> DHCPEngine) async throws {
         let names = try configuration.interfaces.map { name -> String in
             guard let iface = InterfaceAddress.lookup(name) else {
                 throw SocketError(description: "DHCP interface \(name) does not exist or has no IPv4 address")
@@ -369,7 +370,7 @@ public final class DHCPService: Service, Sendable {
             let engine: DHCPEngine
             let threads: [DHCPSocketThread]
             do {
-                engine = try makeEngine()
+                engine = try await Self.onThreadOfItsOwn(makeEngine)
                 threads = try await start(engine)
             } catch {
                 await fence.release()
@@ -392,6 +393,15 @@ public final class DHCPService: Service, Sendable {
             if !lost { break }
         }
         await fence.release()
+    }
+
+    /// Runs a blocking call (making the engine reads every lease synchronously) on a thread of
+    /// its own: a task that blocks holds one of the cooperative pool's threads, as many as the
+    /// machine has cores, and the tasks it waits on may need them.
+    static func onThreadOfItsOwn<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
     }
 
     /// Waits `duration`, or less if a graceful shutdown begins: true when it did.

@@ -122,8 +122,13 @@ public protocol DHCPFence: Sendable {
 
 /// Durable DHCP leases.
 public protocol LeaseStore: Sendable {
+    /// The leases, read on the calling thread: for the DHCP threads (and their engine's start),
+    /// never from a task on Swift's cooperative pool.
     func leases() throws -> [Lease]
-    /// The same, awaited (for the API; see the default below).
+    /// The same, awaited, for the API. It must not block a thread of the cooperative pool: with
+    /// SQLite, two list calls (as many as this machine has cores) each blocked in a synchronous
+    /// read waiting for a reader connection, while the tasks holding every reader waited for a
+    /// pool thread to finish and give theirs back, and the whole server stopped.
     func currentLeases() async throws -> [Lease]
     /// The leases of these MACs only (a page of machines), awaited.
     func currentLeases(macs: [MACAddress]) async throws -> [Lease]
@@ -140,9 +145,6 @@ public protocol LeaseStore: Sendable {
 }
 
 extension LeaseStore {
-    /// The leases, read without holding a thread (the API reads them; the DHCP threads use
-    /// `leases()`). By default the synchronous read, where that is quick (SQLite's).
-    public func currentLeases() async throws -> [Lease] { try leases() }
     public func currentLeases(macs: [MACAddress]) async throws -> [Lease] {
         let wanted = Set(macs)
         return try await currentLeases().filter { wanted.contains($0.mac) }

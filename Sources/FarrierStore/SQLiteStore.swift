@@ -636,12 +636,30 @@ public final class SQLiteStore: StateStore {
     // MARK: LeaseStore
 
     public func leases() throws -> [Lease] {
-        try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT mac, address, expires, hostname FROM lease").compactMap { row in
-                guard let mac = MACAddress(row["mac"] as String), let ip = IPv4Address(row["address"] as String)
-                else { return nil }
-                return Lease(mac: mac, address: ip, expires: row["expires"], hostname: row["hostname"])
-            }
+        try db.read { db in try Self.leases(db, sql: "SELECT mac, address, expires, hostname FROM lease") }
+    }
+
+    public func currentLeases() async throws -> [Lease] {
+        try await reading { db in try Self.leases(db, sql: "SELECT mac, address, expires, hostname FROM lease") }
+    }
+
+    public func currentLeases(macs: [MACAddress]) async throws -> [Lease] {
+        guard !macs.isEmpty else { return [] }
+        let names = macs.map(\.description)
+        let sql =
+            "SELECT mac, address, expires, hostname FROM lease WHERE mac IN (\(databaseQuestionMarks(count: names.count)))"
+        return try await reading { db in try Self.leases(db, sql: sql, arguments: StatementArguments(names)) }
+    }
+
+    static func leases(
+        _ db: Database,
+        sql: String,
+        arguments: StatementArguments = StatementArguments()
+    ) throws -> [Lease] {
+        try Row.fetchAll(db, sql: sql, arguments: arguments).compactMap { row in
+            guard let mac = MACAddress(row["mac"] as String), let ip = IPv4Address(row["address"] as String)
+            else { return nil }
+            return Lease(mac: mac, address: ip, expires: row["expires"], hostname: row["hostname"])
         }
     }
 

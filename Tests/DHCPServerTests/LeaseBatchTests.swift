@@ -56,6 +56,7 @@ import WireSupport
     struct FailingStore: LeaseStore {
         struct Down: Error {}
         func leases() throws -> [Lease] { [] }
+        func currentLeases() async throws -> [Lease] { [] }
         func commit(_ leases: [Lease]) throws { throw Down() }
         func deleteLease(mac: MACAddress) throws { throw Down() }
     }

@@ -2,6 +2,7 @@ import FarrierCore
 import FarrierPostgres
 import FarrierStore
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 
@@ -313,6 +314,57 @@ import Testing
             #expect(try s.leases().map(\.mac) == [other])
             try s.deleteLease(mac: other)
             #expect(try s.leases().isEmpty)
+        }
+    }
+
+    /// The API's reads (leases, a page's leases, machines) from many tasks at once finish: none
+    /// blocks a thread of the cooperative pool. SQLite's lease read once did (a synchronous
+    /// read): with every pool thread blocked waiting for a reader connection while the tasks that
+    /// held the readers waited for a pool thread, the 10 000-machine run stopped dead. A pool
+    /// that deadlocks cannot run the test's own timeout, so a watchdog thread ends the process
+    /// with the reason.
+    @Test(arguments: StoreKind.allCases) func manyConcurrentAPIReadsFinish(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let exp = Date(timeIntervalSince1970: 1_800_000_000)
+            let leases = (0..<200).map { i in
+                Lease(
+                    mac: MACAddress("52:54:00:01:\(String(format: "%02x:%02x", i / 256, i % 256))")!,
+                    address: IPv4Address("198.18.1.\(i + 1)")!,
+                    expires: exp
+                )
+            }
+            try await offPool { try s.commit(leases) }
+            let page = Array(leases.prefix(50).map(\.mac))
+            #expect(Set(try await s.currentLeases(macs: page).map(\.mac)) == Set(page))
+            #expect(try await s.currentLeases(macs: []).isEmpty)
+            let done = Mutex(false)
+            Thread {
+                let deadline = Date().addingTimeInterval(60)
+                while !done.withLock({ $0 }) {
+                    if Date() > deadline {
+                        fatalError(
+                            "\(kind): concurrent API reads did not finish in 60 s: the cooperative pool is blocked"
+                        )
+                    }
+                    Thread.sleep(forTimeInterval: 0.1)
+                }
+            }.start()
+            defer { done.withLock { $0 = true } }
+            let counts = try await withThrowingTaskGroup(of: Int.self) { group in
+                for i in 0..<400 {
+                    group.addTask {
+                        switch i % 3 {
+                        case 0: try await s.currentLeases().count
+                        case 1: try await s.currentLeases(macs: page).count
+                        default: try await s.machines().count + 200
+                        }
+                    }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(counts.count == 400)
+            #expect(counts.allSatisfy { $0 == 200 || $0 == 50 })
         }
     }
 

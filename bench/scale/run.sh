@@ -17,7 +17,7 @@
 #   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M
 # Knobs: MACHINES, PROJECT_SIZE, MAX_DEPLOYS/MAX_WIPES (the caps, default 500), AGENT_SECONDS
 # (simulated agent work, default 5), IMAGE_MIB (default 4), PHASE_TIMEOUT (minutes, default 60),
-# SKIP_SQLITE=1, LOG_LEVEL (the servers', default warning), WRAP_A (a command to run replica A under, e.g. "heaptrack -o FILE": A's RSS is
+# SKIP_SQLITE=1, SKIP_POSTGRES=1, LOG_LEVEL (the servers', default warning), WRAP_A (a command to run replica A under, e.g. "heaptrack -o FILE": A's RSS is
 # then the wrapper's). Every process is started by this shell (its child: reaped, killed by its
 # own PID). Needs root, postgresql-15, python3, and a release build (built if missing).
 set -euo pipefail
@@ -236,14 +236,17 @@ PY
     sed "s/^/$kind: /" "$dir/result"
 }
 
-run_fleet postgres
-pg_total=$(awk -F= '/^total.seconds=/ {print $2}' "$work/postgres/result")
-stuck=$(awk -F= '/^stuck=/ {print $2}' "$work/postgres/result")
-list_p99=$(grep -o '^list.count=.* list.p99_ms=[0-9.]*' "$work/postgres/result" | grep -o 'list.p99_ms=[0-9.]*' | cut -d= -f2)
-rss=$(grep -o 'rss_mb.a=[0-9]* rss_mb.b=[0-9]*' "$work/postgres/result" | awk '{split($1,a,"="); split($2,b,"="); print (a[2] > b[2] ? a[2] : b[2])}')
+pg_minutes=skipped stuck=skipped list_p99=skipped rss=skipped
+if [ -z "${SKIP_POSTGRES:-}" ]; then
+    run_fleet postgres
+    pg_minutes=$(awk -F= '/^total.seconds=/ {printf "%.1f", $2 / 60}' "$work/postgres/result")
+    stuck=$(awk -F= '/^stuck=/ {print $2}' "$work/postgres/result")
+    list_p99=$(grep -o '^list.count=.* list.p99_ms=[0-9.]*' "$work/postgres/result" | grep -o 'list.p99_ms=[0-9.]*' | cut -d= -f2)
+    rss=$(grep -o 'rss_mb.a=[0-9]* rss_mb.b=[0-9]*' "$work/postgres/result" | awk '{split($1,a,"="); split($2,b,"="); print (a[2] > b[2] ? a[2] : b[2])}')
+fi
 sqlite_minutes=skipped
 if [ -z "${SKIP_SQLITE:-}" ]; then
     run_fleet sqlite
     sqlite_minutes=$(awk -F= '/^total.seconds=/ {printf "%.1f", $2 / 60}' "$work/sqlite/result")
 fi
-echo "scale machines=$n stuck=$stuck minutes=$(awk -v s="$pg_total" 'BEGIN {printf "%.1f", s / 60}') list_p99_ms=$list_p99 rss_mb=$rss sqlite_minutes=$sqlite_minutes"
+echo "scale machines=$n stuck=$stuck minutes=$pg_minutes list_p99_ms=$list_p99 rss_mb=$rss sqlite_minutes=$sqlite_minutes"
