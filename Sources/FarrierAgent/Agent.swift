@@ -86,7 +86,12 @@ public struct AgentConfiguration: Sendable {
 
 public struct AgentFailure: Error, CustomStringConvertible {
     public var description: String
-    public init(_ d: String) { description = d }
+    /// The kind, where the server acts on it (see `AgentFailureCode`).
+    public var code: AgentFailureCode?
+    public init(_ d: String, code: AgentFailureCode? = nil) {
+        description = d
+        self.code = code
+    }
 }
 
 /// Writes all of `bytes` at `offset`, retrying short writes and EINTR.
@@ -181,7 +186,7 @@ public final class Agent: Sendable {
             }
         } catch {
             log("task failed: \(error)")
-            result = AgentResult(ok: false, error: "\(error)")
+            result = AgentResult(ok: false, error: "\(error)", failure: (error as? AgentFailure)?.code)
         }
         result.seconds = Date().timeIntervalSince(started)
         var usage = rusage()

@@ -191,7 +191,8 @@ public struct DiskEraser: Sendable {
             }
             if let i = block[0..<want].firstIndex(where: { $0 != 0 }) {
                 throw AgentFailure(
-                    "verifying \(path): byte \(offset + Int64(i)) is not zero after the erase; the disk is not wiped"
+                    "verifying \(path): byte \(offset + Int64(i)) is not zero after the erase; the disk is not wiped",
+                    code: .wipeNotVerified
                 )
             }
         }

@@ -132,7 +132,9 @@ public struct FarrierServer: Sendable {
             recorder: recorder,
             addressBook: addressBook,
             bootRoot: BootRoot(path: c.tftpRoot),
-            metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) },
+            metrics: { [lifecycle = controller.metrics] in
+                renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) + lifecycle.render()
+            },
             controller: controller,
             imageDirectory: images.blobDirectory
         )

@@ -59,6 +59,8 @@ public final class Controller: Sendable {
     public let pool: any BMCProvider
     public let hub: EventHub
     public let configuration: ControlConfiguration
+    /// Failed steps by step and class, for `/metrics`.
+    public let metrics = LifecycleMetrics()
     let agentKey: SymmetricKey
     let logger: Logger
 
@@ -269,15 +271,25 @@ public final class Controller: Sendable {
         return admitted.value ? m : nil
     }
 
-    /// Fails the current step (if it is still `generation`) with a reason.
-    public func fail(machineID: String, generation: Int, reason: String, fence: WorkClaim? = nil) async {
+    /// Fails the current step (if it is still `generation`) with a reason, and counts it by its
+    /// class.
+    public func fail(
+        machineID: String,
+        generation: Int,
+        reason: String,
+        failure: FailureClass,
+        fence: WorkClaim? = nil
+    ) async {
         do {
+            let step = TransactionNote<MachineState?>(nil)
             try await apply(
                 .stepFailed(reason: reason),
                 machineID: machineID,
                 guardGeneration: generation,
-                fence: fence
+                fence: fence,
+                change: { m in step.set(m.failedStep) }
             )
+            if let s = step.value { metrics.failed(s, failure) }
         } catch {
             logger.debug("fail not applied", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
         }
@@ -506,11 +518,20 @@ public final class Controller: Sendable {
         // Said again after the step's agent work was committed (its answer lost): already done.
         guard m.phase == .agent else { return }
         guard result.ok else {
+            let failure: FailureClass = result.failure == .wipeNotVerified ? .wipeNotVerified : .agent
             try await apply(
                 .stepFailed(reason: "agent: \(result.error ?? "no reason given")"),
                 machineID: m.id,
                 guardGeneration: m.generation
             )
+            metrics.failed(m.state, failure)
+            if failure == .wipeNotVerified {
+                // A machine that would go to the next tenant with the last one's data: worth a page.
+                logger.warning(
+                    "wipe verification failed: the machine's disks are not clean; it stays failed",
+                    metadata: ["machine": "\(m.name)", "reason": "\(result.error ?? "")"]
+                )
+            }
             return
         }
         if m.state == .commissioning, result.inventory == nil {

@@ -121,7 +121,8 @@ public actor Reconciler: Service {
                 await controller.fail(
                     machineID: m.id,
                     generation: m.generation,
-                    reason: "timed out after \(limit.components.seconds) s in phase \(m.phase.rawValue)"
+                    reason: "timed out after \(limit.components.seconds) s in phase \(m.phase.rawValue)",
+                    failure: .timeout
                 )
                 continue
             }
@@ -136,7 +137,8 @@ public actor Reconciler: Service {
                     machineID: m.id,
                     generation: m.generation,
                     reason:
-                        "the agent reported no progress for \(config.progressStall.components.seconds) s (last: \(p.stage))"
+                        "the agent reported no progress for \(config.progressStall.components.seconds) s (last: \(p.stage))",
+                    failure: .stalled
                 )
                 continue
             }
@@ -373,10 +375,20 @@ struct Worker {
                 if attempt < config.bmcAttempts { try? await Task.sleep(for: config.bmcRetryDelay) }
             }
         }
+        // Every attempt failed: the BMC has stopped answering (or refuses). Once per failed
+        // step, at warning, with the BMC's address for whoever is paged.
+        logger.warning(
+            "BMC stopped answering: the step fails",
+            metadata: [
+                "machine": "\(m.name)", "bmc": "\(m.bmc?.address ?? "-")", "action": "\(action)",
+                "attempts": "\(config.bmcAttempts)", "error": "\(lastError)",
+            ]
+        )
         await controller.fail(
             machineID: m.id,
             generation: m.generation,
             reason: "BMC could not \(action): \(lastError)",
+            failure: .bmc,
             fence: claim
         )
         return false

@@ -105,10 +105,21 @@ public struct AgentProgress: Codable, Sendable {
     }
 }
 
+/// What kind of failure an agent reports, where the server acts on the kind (counts it, warns):
+/// a string on the wire, so a newer agent's kind reads as one this server does not know.
+public struct AgentFailureCode: RawRepresentable, Codable, Hashable, Sendable {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+    /// A disk read back a non-zero byte after its erase: it is not wiped.
+    public static let wipeNotVerified = AgentFailureCode(rawValue: "wipe-not-verified")
+}
+
 public struct AgentResult: Codable, Sendable {
     public var ok: Bool
     /// Why it failed, for the user.
     public var error: String?
+    /// The kind of failure, when it is one the server acts on.
+    public var failure: AgentFailureCode?
     /// Commissioning: the inventory.
     public var inventory: Inventory?
     /// The agent's peak resident memory during the task (bytes), for the record and the bench.
@@ -120,10 +131,12 @@ public struct AgentResult: Codable, Sendable {
         error: String? = nil,
         inventory: Inventory? = nil,
         peakRSSBytes: Int64? = nil,
-        seconds: Double? = nil
+        seconds: Double? = nil,
+        failure: AgentFailureCode? = nil
     ) {
         self.ok = ok
         self.error = error
+        self.failure = failure
         self.inventory = inventory
         self.peakRSSBytes = peakRSSBytes
         self.seconds = seconds

@@ -211,6 +211,16 @@ import Testing
         #expect(seen.state == .failed && seen.failedStep == .releasing, "still \(seen.state) \(seen.phase)")
         #expect(seen.reason.contains("timed out") && seen.reason.contains("queued"), "\(seen.reason)")
         #expect(seen.diskDirty)
+        // Counted by step and class (just after the commit the poll above saw).
+        while Date() < deadline, controller.metrics.failures(.releasing, .timeout) == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(controller.metrics.failures(.releasing, .timeout) == 1)
+        #expect(
+            controller.metrics.render().contains(
+                "farrier_lifecycle_step_failures_total{step=\"releasing\",failure=\"timeout\"} 1"
+            )
+        )
     }
 
     @Test func agentReportsDriveTheStep() async throws {
@@ -260,6 +270,36 @@ import Testing
         #expect(failed.state == .failed)
         #expect(failed.failedStep == .commissioning)
         #expect(failed.reason.contains("disk on fire"))
+        #expect(controller.metrics.failures(.commissioning, .agent) == 1)
+    }
+
+    /// A wipe whose read-back found a non-zero byte fails the release, and is counted as such
+    /// (and logged at warning): the machine does not go back to the pool.
+    @Test func aWipeThatFailsItsVerificationIsCountedApart() async throws {
+        var m = try await enrolled("a", mac: "52:54:00:00:00:01")
+        m = try await store.update(machineID: m.id) { x in
+            x.state = .deployed
+            x.diskDirty = true
+            return []
+        }
+        m = try await admitted(try await controller.apply(.release, machineID: m.id))
+        let token = try await controller.agentHello(peer: m.mac, hello: hello()).token
+        let result = AgentResult(
+            ok: false,
+            error: "verifying /dev/vda: byte 4096 is not zero",
+            failure: .wipeNotVerified
+        )
+        try await controller.agentDone(token: token, peer: m.mac, result: result)
+        let failed = try #require(try await store.machine(id: m.id))
+        #expect(failed.state == .failed && failed.failedStep == .releasing && failed.diskDirty)
+        #expect(controller.metrics.failures(.releasing, .wipeNotVerified) == 1)
+        #expect(controller.metrics.failures(.releasing, .agent) == 0)
+        // A newer agent's kind this server does not know reads as a plain agent failure.
+        let decoded = try JSONDecoder().decode(
+            AgentResult.self,
+            from: Data(#"{"ok": false, "error": "x", "failure": "disk-melted"}"#.utf8)
+        )
+        #expect(decoded.failure?.rawValue == "disk-melted" && decoded.failure != .wipeNotVerified)
     }
 
     @Test func releaseToReadyClearsTheAllocation() async throws {

@@ -151,6 +151,11 @@ final class FakeBMCs: BMCProvider, Sendable {
             "\(failed.reason)"
         )
         #expect(bmcs.fake(m.id).calls == ["failed boot pxe", "failed boot pxe", "failed boot pxe"])  // bmcAttempts = 3
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, c.metrics.failures(.commissioning, .bmc) == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(c.metrics.failures(.commissioning, .bmc) == 1)
     }
 
     /// With a cap of one deploy, three deploys run one at a time.
