@@ -26,3 +26,42 @@ public struct TimelineEvent: Codable, Sendable, Hashable {
         self.detail = detail
     }
 }
+
+/// A boot's timeline drawn as text: one row per event, a bar from the event to the next one on a
+/// scale of the whole boot, so the slow stage stands out at a glance (`farrier machine show`).
+public enum Waterfall {
+    /// The events of the last boot: from the last event that follows a quiet spell of more than
+    /// `gap` seconds (a boot's stages, ROM DHCP to the ramdisk's, follow each other within
+    /// seconds), in time order.
+    public static func lastBoot<E>(_ events: [E], time: (E) -> Date, gap: TimeInterval = 30) -> [E] {
+        let sorted = events.sorted { time($0) < time($1) }
+        guard var start = sorted.indices.first else { return [] }
+        for i in sorted.indices.dropFirst() where time(sorted[i]).timeIntervalSince(time(sorted[i - 1])) > gap {
+            start = i
+        }
+        return Array(sorted[start...])
+    }
+
+    /// Rows for events already in time order: offset from the first, label, the bar (`width`
+    /// columns for the whole span), and the time to the next event.
+    public static func render(_ events: [(time: Date, label: String)], width: Int = 40) -> [String] {
+        guard let first = events.first?.time, let last = events.last?.time else { return [] }
+        let span = max(last.timeIntervalSince(first), 0.001)
+        let width = max(width, 10)
+        let labelWidth = min(32, events.map(\.label.count).max() ?? 0)
+        func column(_ t: Date) -> Int { min(width - 1, Int(t.timeIntervalSince(first) / span * Double(width - 1))) }
+        return events.indices.map { i in
+            let e = events[i]
+            let next = i + 1 < events.count ? events[i + 1].time : e.time
+            let from = column(e.time)
+            let to = max(from + 1, column(next))
+            let bar =
+                String(repeating: " ", count: from) + String(repeating: "#", count: to - from)
+                + String(repeating: " ", count: width - to)
+            let label = e.label.count > labelWidth ? String(e.label.prefix(labelWidth - 1)) + "~" : e.label
+            let offset = String(format: "%8.3fs", e.time.timeIntervalSince(first))
+            let took = i + 1 < events.count ? String(format: "%.3fs", next.timeIntervalSince(e.time)) : "end"
+            return "\(offset)  \(label.padding(toLength: labelWidth, withPad: " ", startingAt: 0))  |\(bar)|  \(took)"
+        }
+    }
+}

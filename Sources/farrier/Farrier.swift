@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct Farrier: AsyncParsableCommand {
@@ -9,7 +10,26 @@ struct Farrier: AsyncParsableCommand {
         subcommands: [
             ServerCommand.self, MachineCommand.self, ImageCommand.self, ProjectCommand.self, TokenCommand.self,
             BMCCommand.self,
-            LabCommand.self, AgentCommand.self, SimCommand.self, CompletionCommand.self,
+            LabCommand.self, AgentCommand.self, SimCommand.self, CompletionCommand.self, ContextCommand.self,
+            ExitCodesCommand.self,
         ]
     )
+
+    /// The library's entry point, except that a `CLIError` ends the process with its own status
+    /// (`farrier exit-codes`), not always 1.
+    static func main() async {
+        do {
+            var command = try await asyncParseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as CLIError {
+            FileHandle.standardError.write(Data("Error: \(error.description)\n".utf8))
+            Foundation.exit(error.status)
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -38,6 +38,14 @@ struct LabTests {
         try #require(vms.count == 2)
         #expect(vms.map { $0["firmware"] as? String } == ["bios", "uefi"])
         #expect(vms.allSatisfy { ($0["power"] as? String) == "off" })
+        // A script finds the metrics and the admin token of the running lab in its status.
+        let metricsURL = try #require(status?["metrics_url"] as? String)
+        #expect(try h.run(["curl", "-sf", metricsURL]).stdout.contains("farrier_heap_in_use_bytes"))
+        let tokenFile = try #require(status?["admin_token_file"] as? String)
+        let adminToken = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        #expect(try h.run([bin, "token", "whoami", "--token", adminToken, "-o", "json"]).stdout.contains("admin"))
         // The lab's traffic stays in: a blackhole for the whole range, one route into the lab.
         let routes = try h.run(["ip", "route", "show"]).stdout
         #expect(routes.contains("blackhole 198.18.0.0/15"))

@@ -151,4 +151,110 @@ struct CLITests {
         #expect(out.contains("write 1.0 MiB / 3.0 MiB (33%)"), "\(out)")
         #expect(out.contains("machine w1 deployed: deployed"), "\(out)")
     }
+
+    /// One output group on every command (-o name, --no-headers, --columns), exit statuses a
+    /// script can tell apart (`farrier exit-codes`), enumerated arguments refused with their
+    /// valid values, and named contexts.
+    @Test func outputExitStatusesArgumentsAndContexts() throws {
+        let h = try Harness("cli-output")
+        defer { h.cleanup() }
+        let cp = ControlPlane(h)
+        try cp.start()
+        try cp.cli(["project", "create", "alpha", "--description", "first"])
+        try cp.cli(["project", "create", "beta"])
+        func words(_ text: String) -> [[String]] {
+            text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        }
+
+        // Output: the names alone; a table without its header, with the columns asked for, in
+        // their order; JSON lists stay lists. (The server also has its default project.)
+        let listed = try #require(
+            try JSONSerialization.jsonObject(with: Data(try cp.cli(["project", "list", "-o", "json"]).stdout.utf8))
+                as? [[String: Any]]
+        )
+        let names = listed.compactMap { $0["name"] as? String }
+        #expect(names.contains("alpha") && names.contains("beta"), "\(names)")
+        #expect(try cp.cli(["project", "list", "-o", "name"]).stdout == names.map { $0 + "\n" }.joined())
+        let rows = words(try cp.cli(["project", "list", "--no-headers", "--columns", "machines,NAME"]).stdout)
+        #expect(rows == names.map { ["0", $0] }, "\(rows)")
+        #expect(
+            words(try cp.cli(["project", "show", "alpha", "--columns", "name,description"]).stdout) == [
+                ["NAME", "DESCRIPTION"], ["alpha", "first"],
+            ]
+        )
+        #expect(try cp.cli(["project", "show", "alpha", "-o", "name"]).stdout == "alpha\n")
+
+        // A bad column is refused before anything is done, naming the columns there are.
+        let badColumn = try cp.cli(["project", "create", "gamma", "--columns", "name,colour"], check: false)
+        #expect(badColumn.status == 64, "\(badColumn.status) \(badColumn.stderr)")
+        #expect(badColumn.stderr.contains("no column 'colour'") && badColumn.stderr.contains("required-tags"))
+        #expect(!(try cp.cli(["project", "list", "-o", "name"]).stdout.contains("gamma")))
+        let jsonColumns = try cp.cli(["project", "list", "-o", "json", "--columns", "name"], check: false)
+        #expect(jsonColumns.status == 64 && jsonColumns.stderr.contains("shape table output"))
+
+        // Enumerated arguments: refused with the valid values (and offered by completion).
+        let badPower = try cp.cli(["machine", "power", "nosuch", "sideways"], check: false)
+        #expect(badPower.status == 64 && badPower.stderr.contains("soft-off"), "\(badPower.stderr)")
+        let badState = try cp.cli(["machine", "list", "--state", "asleep"], check: false)
+        #expect(badState.status == 64 && badState.stderr.contains("exiting-rescue"), "\(badState.stderr)")
+        let badWipe = try cp.cli(["project", "create", "delta", "--wipe-policy", "sloppy"], check: false)
+        #expect(badWipe.status == 64 && badWipe.stderr.contains("quick"), "\(badWipe.stderr)")
+        let bash = try h.run([ControlPlane.bin, "completion", "bash"]).stdout
+        #expect(bash.contains("soft-off") && bash.contains("exiting-rescue"))
+
+        // Exit statuses: 10 + the gRPC status code, as `farrier exit-codes` documents.
+        let missing = try cp.cli(["machine", "show", "nosuch"], check: false)
+        #expect(missing.status == 15 && missing.stderr.contains("notFound"), "\(missing.status) \(missing.stderr)")
+        #expect(try cp.cli(["project", "create", "alpha"], check: false).status == 16)
+        #expect(try cp.cli(["token", "whoami"], token: "fa_nope", check: false).status == 26)
+        let member = try cp.cli(["token", "create", "--project", "alpha"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let denied = try cp.cli(["project", "create", "epsilon"], token: member, check: false)
+        #expect(denied.status == 17 && denied.stderr.contains("permissionDenied"), "\(denied.status) \(denied.stderr)")
+        let down = try h.run(
+            [ControlPlane.bin, "token", "whoami", "--server", "127.0.0.1:1", "--token", cp.adminToken],
+            check: false
+        )
+        #expect(down.status == 24 && down.stderr.contains("cannot reach"), "\(down.status) \(down.stderr)")
+        let help = try h.run([ControlPlane.bin, "help", "exit-codes"]).stdout
+        #expect(help.contains("15") && help.contains("notFound") && help.contains("64"), "\(help)")
+
+        // Contexts: in the config file (owner-only), the token by file; the current one applies,
+        // --context and FARRIER_CONTEXT pick another, --server beats it.
+        let config = h.directory + "/cfg/config.yaml"
+        let tokenFile = h.directory + "/admin.token"
+        try (cp.adminToken + "\n").write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        func farrier(_ args: [String], env: [String] = []) throws -> Harness.Result {
+            try h.run(["env", "FARRIER_CONFIG_FILE=\(config)"] + env + [ControlPlane.bin] + args, check: false)
+        }
+        #expect(
+            try farrier(["context", "add", "here", "--server", cp.grpc, "--token-file", tokenFile, "--use"]).status == 0
+        )
+        #expect(
+            try farrier(["context", "add", "gone", "--server", "127.0.0.1:1", "--token-file", tokenFile]).status == 0
+        )
+        let mode = try FileManager.default.attributesOfItem(atPath: config)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        #expect(!(try String(contentsOfFile: config, encoding: .utf8)).contains(cp.adminToken), "the token was copied")
+        #expect(try farrier(["token", "whoami", "-o", "json"]).stdout.contains("\"role\" : \"admin\""))
+        #expect(try farrier(["token", "whoami", "--context", "gone"]).status == 24)
+        #expect(try farrier(["token", "whoami"], env: ["FARRIER_CONTEXT=gone"]).status == 24)
+        #expect(try farrier(["context", "list", "-o", "name"]).stdout == "gone\nhere\n")
+        #expect(
+            words(try farrier(["context", "list", "--no-headers", "--columns", "current,name"]).stdout) == [
+                ["gone"], ["*", "here"],
+            ]
+        )
+        #expect(try farrier(["context", "use", "gone"]).status == 0)
+        #expect(try farrier(["token", "whoami"]).status == 24)
+        #expect(try farrier(["token", "whoami", "--server", cp.grpc]).status == 0)
+        let unknown = try farrier(["context", "use", "nowhere"])
+        #expect(unknown.status == 64 && unknown.stderr.contains("gone, here"), "\(unknown.stderr)")
+        #expect(try farrier(["context", "add", "Bad Name", "--server", cp.grpc]).status == 64)
+        #expect(try farrier(["context", "add", "x", "--server", cp.grpc, "--token-file", "/nonexistent"]).status == 64)
+        #expect(try farrier(["context", "rm", "gone"]).status == 0)
+        #expect(try farrier(["context", "show", "here", "-o", "name"]).stdout == "here\n")
+        #expect(try farrier(["context", "show"]).status == 1, "no current context after removing it")
+    }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Crypto
 import FarrierAPI
+import FarrierCore
 import Foundation
 import GRPCCore
 import SwiftProtobuf
@@ -34,24 +35,20 @@ struct ImageCommand: AsyncParsableCommand {
         }
     }
 
-    static func show(_ images: [Farrier_V1_Image], _ output: OutputFormat) throws {
-        let views = images.map(ImageView.init)
-        switch output {
-        case .json: print(try json(views.count == 1 ? AnyEncodable(views[0]) : AnyEncodable(views)))
-        case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
-        case .table:
-            print(
-                table(
-                    ["NAME", "OS", "ARCH", "FIRMWARE", "FORMAT", "SIZE", "SHA256"],
-                    views.map {
-                        [
-                            $0.name, $0.os, $0.architecture, $0.firmware, $0.format, bytes($0.size),
-                            String($0.sha256.prefix(16)),
-                        ]
-                    }
-                )
-            )
-        }
+    static let columns: [Column<ImageView>] = [
+        Column("NAME") { $0.name }, Column("OS") { $0.os }, Column("ARCH") { $0.architecture },
+        Column("FIRMWARE") { $0.firmware }, Column("FORMAT") { $0.format }, Column("SIZE") { bytes($0.size) },
+        Column("SHA256") { String($0.sha256.prefix(16)) }, Column("CREATED", byDefault: false) { iso($0.created) },
+    ]
+
+    static func printer(_ output: OutputOptions) throws -> Printer<ImageView> {
+        try output.printer(columns, name: \.name)
+    }
+
+    /// One image, as a one-row table for people too.
+    static func show(_ image: Farrier_V1_Image, _ printer: Printer<ImageView>) throws {
+        let view = ImageView(image)
+        try printer.one(view) { printer.rendered([view]) ?? "" }
     }
 
     struct Add: AsyncParsableCommand {
@@ -59,15 +56,16 @@ struct ImageCommand: AsyncParsableCommand {
             abstract: "Upload an image: raw, raw.gz, raw.zst or qcow2 (converted to raw by the server, once)."
         )
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Image name.") var name: String
         @Argument(help: "Image file.") var file: String
         @Option(help: "raw, raw.gz, raw.zst or qcow2 (default: from the file name).") var format: String?
         @Option(help: "OS, e.g. debian-12 (default: the image name).") var os: String?
-        @Option(help: "x86_64 or arm64.") var arch: String = "x86_64"
-        @Option(help: "bios or uefi, when the image boots only one way.") var firmware: String?
+        @Option(help: "The architecture the image runs on.") var arch: Architecture = .x86_64
+        @Option(help: "The firmware, when the image boots only one way.") var firmware: Firmware?
 
         func run() async throws {
+            let printer = try ImageCommand.printer(output)
             let format = self.format ?? Self.guessFormat(file)
             guard let handle = FileHandle(forReadingAtPath: file) else { throw CLIError("cannot read \(file)") }
             defer { try? handle.close() }
@@ -84,8 +82,8 @@ struct ImageCommand: AsyncParsableCommand {
             header.name = name
             header.format = format
             header.os = os ?? ""
-            header.architecture = arch
-            header.firmware = firmware ?? ""
+            header.architecture = arch.rawValue
+            header.firmware = firmware?.rawValue ?? ""
             header.sha256 = digest
             header.size = size
             let first = header
@@ -110,7 +108,7 @@ struct ImageCommand: AsyncParsableCommand {
                 }
                 return try await c.images.uploadImage(request: request) { try $0.message }
             }
-            try ImageCommand.show([image], output)
+            try ImageCommand.show(image, printer)
         }
 
         static func guessFormat(_ file: String) -> String {
@@ -124,27 +122,29 @@ struct ImageCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List images.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         func run() async throws {
+            let printer = try ImageCommand.printer(output)
             let r = try await rpc(client, idempotent: true) {
                 try await $0.images.listImages(Farrier_V1_ListImagesRequest())
             }
-            try ImageCommand.show(r.images, output)
+            try printer.list(r.images.map(ImageView.init))
         }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show an image.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Image name.") var name: String
         func run() async throws {
+            let printer = try ImageCommand.printer(output)
             var req = Farrier_V1_GetImageRequest()
             req.name = name
             let request = req
             try ImageCommand.show(
-                [try await rpc(client, idempotent: true) { try await $0.images.getImage(request) }],
-                output
+                try await rpc(client, idempotent: true) { try await $0.images.getImage(request) },
+                printer
             )
         }
     }
@@ -190,31 +190,27 @@ struct ProjectCommand: AsyncParsableCommand {
         }
     }
 
-    static func show(_ projects: [Farrier_V1_Project], _ output: OutputFormat, single: Bool = false) throws {
-        let views = projects.map(ProjectView.init)
-        switch output {
-        case .json: print(try json(single && views.count == 1 ? AnyEncodable(views[0]) : AnyEncodable(views)))
-        case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
-        case .table:
-            print(
-                table(
-                    ["NAME", "MACHINES", "REQUIRED TAGS", "WIPE", "DESCRIPTION"],
-                    views.map {
-                        [
-                            $0.name, "\($0.machines)",
-                            $0.requiredTags.isEmpty ? "-" : $0.requiredTags.joined(separator: ","),
-                            $0.wipePolicy == "quick" ? "quick (unsafe between tenants)" : $0.wipePolicy, $0.description,
-                        ]
-                    }
-                )
-            )
-        }
+    static let columns: [Column<ProjectView>] = [
+        Column("NAME") { $0.name }, Column("MACHINES") { "\($0.machines)" },
+        Column("REQUIRED TAGS") { $0.requiredTags.isEmpty ? "-" : $0.requiredTags.joined(separator: ",") },
+        Column("WIPE") { $0.wipePolicy == "quick" ? "quick (unsafe between tenants)" : $0.wipePolicy },
+        Column("DESCRIPTION") { $0.description }, Column("CREATED", byDefault: false) { iso($0.created) },
+    ]
+
+    static func printer(_ output: OutputOptions) throws -> Printer<ProjectView> {
+        try output.printer(columns, name: \.name)
+    }
+
+    /// One project, as a one-row table for people too.
+    static func show(_ project: Farrier_V1_Project, _ printer: Printer<ProjectView>) throws {
+        let view = ProjectView(project)
+        try printer.one(view) { printer.rendered([view]) ?? "" }
     }
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a project.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Project name.") var name: String
         @Option(help: "Description.") var description: String = ""
         @Option(help: "A tag key every deploy must carry; repeat for more.") var requireTag: [String] = []
@@ -222,32 +218,29 @@ struct ProjectCommand: AsyncParsableCommand {
             help:
                 "How releases wipe: full (erase and verify every byte) or quick (first and last MiB only: UNSAFE between tenants, the next one can read this project's data)."
         )
-        var wipePolicy: String = "full"
+        var wipePolicy: WipeMode = .full
         func run() async throws {
+            let printer = try ProjectCommand.printer(output)
             var req = Farrier_V1_CreateProjectRequest()
             req.name = name
             req.description_p = description
             req.requiredTags = requireTag
-            req.wipePolicy = wipePolicy
+            req.wipePolicy = wipePolicy.rawValue
             let request = req
-            try ProjectCommand.show(
-                [try await rpc(client) { try await $0.projects.createProject(request) }],
-                output,
-                single: true
-            )
+            try ProjectCommand.show(try await rpc(client) { try await $0.projects.createProject(request) }, printer)
         }
     }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List projects.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         func run() async throws {
-            try ProjectCommand.show(
+            let printer = try ProjectCommand.printer(output)
+            try printer.list(
                 try await rpc(client, idempotent: true) {
                     try await $0.projects.listProjects(Farrier_V1_ListProjectsRequest())
-                }.projects,
-                output
+                }.projects.map(ProjectView.init)
             )
         }
     }
@@ -255,16 +248,16 @@ struct ProjectCommand: AsyncParsableCommand {
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a project.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Project name.") var name: String
         func run() async throws {
+            let printer = try ProjectCommand.printer(output)
             var req = Farrier_V1_GetProjectRequest()
             req.name = name
             let request = req
             try ProjectCommand.show(
-                [try await rpc(client, idempotent: true) { try await $0.projects.getProject(request) }],
-                output,
-                single: true
+                try await rpc(client, idempotent: true) { try await $0.projects.getProject(request) },
+                printer
             )
         }
     }
@@ -308,17 +301,30 @@ struct TokenCommand: AsyncParsableCommand {
         }
     }
 
+    static let columns: [Column<TokenView>] = [
+        Column("ID") { $0.id }, Column("NAME") { $0.name }, Column("ROLE") { $0.role },
+        Column("PROJECT") { $0.project ?? "-" }, Column("CREATED") { iso($0.created) },
+    ]
+
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a token; prints its secret once.")
+        static let configuration = CommandConfiguration(
+            abstract: "Create a token; prints its secret once.",
+            discussion: "The table output (the default) and -o name print the secret alone, on stdout."
+        )
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table (the secret alone), json or yaml.") var output:
-            OutputFormat = .table
-        @Option(help: "member (one project) or admin (the fleet).") var role: String = "member"
+        @OptionGroup var output: OutputOptions
+        @Option(help: "member (one project) or admin (the fleet).") var role: Role = .member
         @Option(help: "The project of a member token.") var project: String?
         @Option(help: "A name to recognise it by.") var name: String?
+        func validate() throws {
+            if output.columns != nil || output.noHeaders {
+                throw ValidationError("token create prints the secret once, alone or in JSON or YAML: no columns")
+            }
+        }
+
         func run() async throws {
             var req = Farrier_V1_CreateTokenRequest()
-            req.role = role
+            req.role = role.rawValue
             req.project = project ?? ""
             req.name = name ?? ""
             let request = req
@@ -327,8 +333,8 @@ struct TokenCommand: AsyncParsableCommand {
                 var token: TokenView
                 var secret: String
             }
-            switch output {
-            case .table:
+            switch output.output {
+            case .table, .name:
                 FileHandle.standardError.write(
                     Data(
                         "token \(r.token.id) (\(r.token.role)\(r.token.project.isEmpty ? "" : ", project " + r.token.project)); the secret is shown once:\n"
@@ -346,22 +352,14 @@ struct TokenCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List tokens (never their secrets).")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         func run() async throws {
-            let views = try await rpc(client, idempotent: true) {
-                try await $0.tokens.listTokens(Farrier_V1_ListTokensRequest())
-            }.tokens.map(TokenView.init)
-            switch output {
-            case .json: print(try json(views))
-            case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
-            case .table:
-                print(
-                    table(
-                        ["ID", "NAME", "ROLE", "PROJECT", "CREATED"],
-                        views.map { [$0.id, $0.name, $0.role, $0.project ?? "-", iso($0.created)] }
-                    )
-                )
-            }
+            let printer = try output.printer(TokenCommand.columns, name: \.id)
+            try printer.list(
+                try await rpc(client, idempotent: true) {
+                    try await $0.tokens.listTokens(Farrier_V1_ListTokensRequest())
+                }.tokens.map(TokenView.init)
+            )
         }
     }
 
@@ -381,16 +379,13 @@ struct TokenCommand: AsyncParsableCommand {
     struct WhoAmI: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "whoami", abstract: "Show the token in use.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         func run() async throws {
+            let printer = try output.printer(TokenCommand.columns, name: \.name)
             let t = TokenView(
                 try await rpc(client, idempotent: true) { try await $0.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) }
             )
-            switch output {
-            case .json: print(try json(t))
-            case .yaml: print(try YAMLEncoder().encode(t), terminator: "")
-            case .table: print("\(t.name) (\(t.role)\(t.project.map { ", project \($0)" } ?? ""), id \(t.id))")
-            }
+            try printer.one(t) { "\(t.name) (\(t.role)\(t.project.map { ", project \($0)" } ?? ""), id \(t.id))" }
         }
     }
 }
@@ -410,11 +405,4 @@ struct CompletionCommand: ParsableCommand {
         }
         print(Farrier.completionScript(for: kind))
     }
-}
-
-/// Lets `json` print either one object or a list.
-struct AnyEncodable: Encodable {
-    let value: any Encodable
-    init(_ v: any Encodable) { value = v }
-    func encode(to encoder: any Encoder) throws { try value.encode(to: encoder) }
 }

@@ -69,16 +69,11 @@ struct BMCCommand: AsyncParsableCommand {
             abstract: "Power status or action. With several BMCs, runs them in parallel and prints one line each."
         )
         @OptionGroup var target: Target
-        @Argument(help: "status, on, off, cycle, reset or soft-off.") var action: String = "status"
+        @Argument(help: "The power reading (status) or an action.") var action: PowerVerb = .status
         @Option(help: "BMCs handled at once when there are several.") var parallel: Int = 32
 
         func run() async throws {
-            let act: PowerAction? = action == "status" ? nil : PowerAction(rawValue: action)
-            guard action == "status" || act != nil else {
-                throw ValidationError(
-                    "unknown action '\(action)'; valid: status, \(PowerAction.allCases.map(\.rawValue).joined(separator: ", "))"
-                )
-            }
+            let act = action.action
             let refs = try target.references()
             let password = try readPasswordFile(target.passwordFile)
             let target = self.target
@@ -87,7 +82,7 @@ struct BMCCommand: AsyncParsableCommand {
                 defer { Task { await bmc.close() } }
                 if let act { try await bmc.power(act) }
                 let state = try await bmc.powerState()
-                print(act == nil ? "power \(state.rawValue)" : "\(action): ok, power \(state.rawValue)")
+                print(act == nil ? "power \(state.rawValue)" : "\(action.rawValue): ok, power \(state.rawValue)")
                 await bmc.close()
                 return
             }
@@ -137,14 +132,12 @@ struct BMCCommand: AsyncParsableCommand {
     struct Bootdev: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set the boot device override.")
         @OptionGroup var target: Target
-        @Argument(help: "pxe or disk.") var device: String
+        @Argument(help: "The device to boot from.") var device: BootDevice
         @Flag(help: "Every boot, not only the next one.") var persistent = false
         @Flag(help: "UEFI boot (default: legacy BIOS).") var efi = false
 
         func run() async throws {
-            guard let dev = BootDevice(rawValue: device) else {
-                throw ValidationError("boot device must be pxe or disk")
-            }
+            let dev = device
             let bmc = try target.single()
             do {
                 try await bmc.setBootOverride(BootOverride(device: dev, persistent: persistent, efi: efi))
@@ -153,7 +146,9 @@ struct BMCCommand: AsyncParsableCommand {
                 throw error
             }
             await bmc.close()
-            print("boot device \(device)\(persistent ? " (persistent)" : " (next boot)")\(efi ? ", UEFI" : "")")
+            print(
+                "boot device \(device.rawValue)\(persistent ? " (persistent)" : " (next boot)")\(efi ? ", UEFI" : "")"
+            )
         }
     }
 

@@ -14,16 +14,36 @@ import Yams
 /// token: fa_…
 /// tls: true
 /// ca-file: /etc/farrier/ca.pem
+/// current-context: eu
+/// contexts:
+///   eu: {server: "eu-a:7700,eu-b:7700", token-file: /home/ops/.farrier/eu.token, ca-file: /etc/farrier/eu-ca.pem}
 /// ```
 struct CLIConfig: Codable {
     var server: String?
     var token: String?
     var tls: Bool?
     var caFile: String?
+    var currentContext: String?
+    var contexts: [String: Context]?
+
+    /// A named server (or replicas) and the token file to use with it (`farrier context`).
+    struct Context: Codable {
+        var server: String
+        var tokenFile: String?
+        var tls: Bool?
+        var caFile: String?
+
+        enum CodingKeys: String, CodingKey {
+            case server, tls
+            case tokenFile = "token-file"
+            case caFile = "ca-file"
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
-        case server, token, tls
+        case server, token, tls, contexts
         case caFile = "ca-file"
+        case currentContext = "current-context"
     }
 
     static var path: String {
@@ -39,27 +59,70 @@ struct CLIConfig: Codable {
             throw CLIError("\(path): \(error)")
         }
     }
+
+    /// Writes the file whole (a new file renamed over the old), readable by its owner only: it
+    /// may hold a token.
+    func save() throws {
+        let path = Self.path
+        let dir = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(
+            atPath: dir,
+            withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700]
+        )
+        let text = try YAMLEncoder().encode(self)
+        let temporary = path + ".new"
+        guard
+            FileManager.default.createFile(
+                atPath: temporary,
+                contents: Data(text.utf8),
+                attributes: [.posixPermissions: 0o600]
+            )
+        else { throw CLIError("cannot write \(temporary)") }
+        guard rename(temporary, path) == 0 else {
+            throw CLIError("cannot replace \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// The context `name` names, or (nil) the current one; nil when neither is set.
+    func context(_ name: String?) throws -> (name: String, context: Context)? {
+        guard let name = name ?? currentContext else { return nil }
+        guard let c = contexts?[name] else {
+            throw CLIError(
+                "no context named '\(name)' in \(Self.path); the contexts are: \((contexts ?? [:]).keys.sorted().joined(separator: ", "))",
+                status: ExitStatus.usage
+            )
+        }
+        return (name, c)
+    }
 }
 
 /// Where the CLI finds the server and its token. Each comes from, in order: the flag, the
-/// environment (FARRIER_SERVER, FARRIER_TOKEN), the config file, a running lab, the defaults
-/// (127.0.0.1:7700 and /var/lib/farrier/admin.token when readable).
+/// environment (FARRIER_SERVER, FARRIER_TOKEN, …), the context (--context, FARRIER_CONTEXT, or
+/// the config file's current-context), the config file's top level, a running lab, the
+/// defaults (127.0.0.1:7700 and /var/lib/farrier/admin.token when readable).
 struct ClientOptions: ParsableArguments {
     @Option(
         help:
-            "Server gRPC address HOST:PORT, or several replicas' as A,B,… (tried in turn while one cannot be reached). [FARRIER_SERVER; config 'server'; default: the running lab's, else 127.0.0.1:7700]"
+            "Server gRPC address HOST:PORT, or several replicas' as A,B,… (tried in turn while one cannot be reached). [FARRIER_SERVER; the context's; config 'server'; default: the running lab's, else 127.0.0.1:7700]"
     )
     var server: String?
 
-    @Option(help: "API token. [FARRIER_TOKEN; config 'token'; default: the lab's or this host's admin token file]")
+    @Option(
+        help:
+            "API token. [FARRIER_TOKEN; the context's token file; config 'token'; default: the lab's or this host's admin token file]"
+    )
     var token: String?
 
-    @Flag(help: "Connect with TLS and verify the server's certificate. [FARRIER_TLS=1; config 'tls']")
+    @Option(help: "Use this named context (farrier context list). [FARRIER_CONTEXT; config 'current-context']")
+    var context: String?
+
+    @Flag(help: "Connect with TLS and verify the server's certificate. [FARRIER_TLS=1; the context's; config 'tls']")
     var tls = false
 
     @Option(
         help:
-            "CA bundle (PEM) to verify the server with, instead of the system roots. Implies --tls. [FARRIER_CA_FILE; config 'ca-file']"
+            "CA bundle (PEM) to verify the server with, instead of the system roots. Implies --tls. [FARRIER_CA_FILE; the context's; config 'ca-file']"
     )
     var caFile: String?
 
@@ -71,25 +134,33 @@ struct ClientOptions: ParsableArguments {
         let env = ProcessInfo.processInfo.environment
         func nonEmpty(_ s: String?) -> String? { s.flatMap { $0.isEmpty ? nil : $0 } }
         let config = try CLIConfig.load()
+        let named = try config.context(nonEmpty(context) ?? nonEmpty(env["FARRIER_CONTEXT"]))?.context
         let lab = LabState.loadIfRunning()
         let server =
-            nonEmpty(server) ?? nonEmpty(env["FARRIER_SERVER"]) ?? nonEmpty(config.server) ?? lab?.serverAddress
-            ?? "127.0.0.1:7700"
-        var token = nonEmpty(token) ?? nonEmpty(env["FARRIER_TOKEN"]) ?? nonEmpty(config.token)
+            nonEmpty(server) ?? nonEmpty(env["FARRIER_SERVER"]) ?? named?.server ?? nonEmpty(config.server)
+            ?? lab?.serverAddress ?? "127.0.0.1:7700"
+        var token = nonEmpty(token) ?? nonEmpty(env["FARRIER_TOKEN"])
+        if token == nil, let file = named?.tokenFile {
+            guard let t = Self.readToken(file) else {
+                throw CLIError("cannot read the context's token file \(file)")
+            }
+            token = t
+        }
+        token = token ?? nonEmpty(config.token)
         if token == nil {
             let files = (lab.map { [$0.directory + "/data/admin.token"] } ?? []) + ["/var/lib/farrier/admin.token"]
-            for f in files {
-                if let t = try? String(contentsOfFile: f, encoding: .utf8).trimmingCharacters(
-                    in: .whitespacesAndNewlines
-                ), !t.isEmpty {
-                    token = t
-                    break
-                }
-            }
+            token = files.lazy.compactMap(Self.readToken).first
         }
-        let ca = nonEmpty(caFile) ?? nonEmpty(env["FARRIER_CA_FILE"]) ?? nonEmpty(config.caFile)
-        let useTLS = tls || ca != nil || env["FARRIER_TLS"] == "1" || (config.tls ?? false)
+        let ca = nonEmpty(caFile) ?? nonEmpty(env["FARRIER_CA_FILE"]) ?? named?.caFile ?? nonEmpty(config.caFile)
+        let useTLS = tls || ca != nil || env["FARRIER_TLS"] == "1" || (named?.tls ?? config.tls ?? false)
         return ClientConnection(server: server, token: token, tls: useTLS, caFile: ca)
+    }
+
+    /// A token file's first line, or nil when it cannot be read or is empty.
+    static func readToken(_ path: String) -> String? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        return t.isEmpty ? nil : t
     }
 }
 
@@ -152,22 +223,34 @@ func rpc<R: Sendable>(
                 unreachable.append("\(one.server) (\(error.message))")
                 if idempotent || !sent.withLock({ $0 }) { continue }
                 throw CLIError(
-                    "the Farrier server at \(one.server) went away during the call, which may have been done: not retried on another replica; check with `farrier machine show` (\(error.message))"
+                    "the Farrier server at \(one.server) went away during the call, which may have been done: not retried on another replica; check with `farrier machine show` (\(error.message))",
+                    code: .unavailable
                 )
             }
             if error.code == .unauthenticated {
-                throw CLIError("\(error.message)")
+                throw CLIError("\(error.message)", code: error.code)
             }
-            throw CLIError("\(error.code): \(error.message)")
+            throw CLIError("\(error.code): \(error.message)", code: error.code)
         }
     }
     let tlsHint = c.tls ? " With TLS, also check --ca-file and that the server's certificate names the host." : ""
     throw CLIError(
-        "cannot reach the Farrier server at \(unreachable.joined(separator: ", ")). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)"
+        "cannot reach the Farrier server at \(unreachable.joined(separator: ", ")). Is `farrier server` running? Set --server or FARRIER_SERVER.\(tlsHint)",
+        code: .unavailable
     )
 }
 
+/// A failure to report in one line, with the exit status it ends the process with (see
+/// `ExitStatus`).
 struct CLIError: Error, CustomStringConvertible {
     var description: String
-    init(_ d: String) { description = d }
+    var status: Int32
+    init(_ d: String, status: Int32 = ExitStatus.failed) {
+        description = d
+        self.status = status
+    }
+    init(_ d: String, code: RPCError.Code) {
+        description = d
+        status = ExitStatus.of(code)
+    }
 }

@@ -89,11 +89,25 @@ struct LabCommand: ParsableCommand {
 
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show the lab's VMs, MACs, firmware and BMCs.")
-        @Option(name: .shortAndLong, help: "table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
+
+        static let columns: [Column<StatusView.VM>] = [
+            Column("NAME") { $0.name }, Column("MAC") { $0.mac }, Column("FIRMWARE") { $0.firmware },
+            Column("BMC") { "\($0.bmcUser)@\($0.bmcAddress)" }, Column("POWER") { $0.power },
+            Column("SERIAL LOG", byDefault: false) { $0.serialLog }, Column("DISK", byDefault: false) { $0.disk },
+        ]
 
         func run() throws {
+            // JSON and YAML: the whole status; a table shaped by --columns or --no-headers, and
+            // -o name: the VMs.
+            let printer = try output.printer(Self.columns, name: \.name)
             guard let state = LabState.load() else {
-                if output == .json { print("{\"up\": false, \"vms\": []}") } else { print("the lab is down") }
+                switch output.output {
+                case .json: print("{\"up\": false, \"vms\": []}")
+                case .yaml: print("up: false\nvms: []")
+                case .name: break
+                case .table: if !printer.shaped { print("the lab is down") }
+                }
                 return
             }
             let running = LabState.loadIfRunning() != nil
@@ -105,6 +119,10 @@ struct LabCommand: ParsableCommand {
                 server: state.serverAddress,
                 directory: state.directory,
                 database: state.database ?? "sqlite",
+                metricsURL: StatusView.metricsURL(
+                    state.serverAddress.split(separator: ",").first.map(String.init) ?? ""
+                ),
+                adminTokenFile: state.directory + "/data/admin.token",
                 replicas: [
                     .init(
                         address: state.serverAddress.split(separator: ",").first.map(String.init) ?? "",
@@ -134,9 +152,11 @@ struct LabCommand: ParsableCommand {
                     )
                 }
             )
-            switch output {
+            switch output.output {
             case .json: print(try json(view))
             case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
+            case .name: try printer.list(view.vms)
+            case .table where printer.shaped: try printer.list(view.vms)
             case .table:
                 print(
                     "lab is \(running ? "up" : "DOWN (server not running)"): DHCP \(state.dhcpMode), accelerator \(state.accelerator), database \(view.database), server \(state.serverAddress)"
@@ -188,11 +208,43 @@ struct LabCommand: ParsableCommand {
             var pid: Int32?
             var up: Bool
             var role: String
+            var metricsURL: String
+
+            init(address: String, pid: Int32?, up: Bool, role: String) {
+                self.address = address
+                self.pid = pid
+                self.up = up
+                self.role = role
+                metricsURL = StatusView.metricsURL(address)
+            }
+
+            enum CodingKeys: String, CodingKey {
+                case address, pid, up, role
+                case metricsURL = "metrics_url"
+            }
         }
         var up: Bool
         var accelerator, dhcpMode, server, directory, database: String
+        /// Replica A's Prometheus endpoint (each replica's is in `replicas`), and the admin token
+        /// the lab's CLI uses: for a script that scrapes or calls a running lab.
+        var metricsURL: String
+        var adminTokenFile: String
         var replicas: [Replica]
         var vms: [VM]
+
+        enum CodingKeys: String, CodingKey {
+            case up, accelerator, dhcpMode, server, directory, database, replicas, vms
+            case metricsURL = "metrics_url"
+            case adminTokenFile = "admin_token_file"
+        }
+
+        /// A replica's /metrics, from its gRPC address: its HTTP port is 8080+N to gRPC's 7700+N.
+        static func metricsURL(_ grpcAddress: String) -> String {
+            guard let colon = grpcAddress.lastIndex(of: ":"),
+                let port = Int(grpcAddress[grpcAddress.index(after: colon)...])
+            else { return "" }
+            return "http://\(grpcAddress[..<colon]):\(port - 7700 + 8080)/metrics"
+        }
     }
 
     static func table(_ s: LabState, power: [String: String]?) -> String {

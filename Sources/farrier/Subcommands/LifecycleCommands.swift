@@ -25,7 +25,7 @@ struct WaitOptions: ParsableArguments {
 func oneAfterAnother(
     _ client: ClientOptions,
     _ n: Int,
-    output: OutputFormat,
+    printer: Printer<MachineView>,
     verb: String,
     done: String,
     _ call: @escaping @Sendable (Clients, Int) async throws -> Farrier_V1_Machine
@@ -34,7 +34,7 @@ func oneAfterAnother(
         var finished = 0
         do {
             for i in 0..<n {
-                try printMachine(try await call(c, i), output, verb: verb)
+                try printMachine(try await call(c, i), printer, verb: verb)
                 finished += 1
             }
         } catch {
@@ -44,13 +44,9 @@ func oneAfterAnother(
     }
 }
 
-func printMachine(_ m: Farrier_V1_Machine, _ output: OutputFormat, verb: String) throws {
+func printMachine(_ m: Farrier_V1_Machine, _ printer: Printer<MachineView>, verb: String) throws {
     let view = MachineView(m)
-    switch output {
-    case .json: print(try json(view))
-    case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
-    case .table: print("machine \(view.name) \(verb): \(view.stateLine)\(view.reason.map { " (\($0))" } ?? "")")
-    }
+    try printer.one(view) { "machine \(view.name) \(verb): \(view.stateLine)\(view.reason.map { " (\($0))" } ?? "")" }
 }
 
 /// Polls the machine twice a second, showing state, phase and progress as they change (one
@@ -98,7 +94,7 @@ func follow(_ name: String, client: ClientOptions, timeout: Int) async throws ->
 /// RPC, optionally --wait.
 protocol MachineVerb: AsyncParsableCommand, Sendable {
     var client: ClientOptions { get }
-    var output: OutputFormat { get }
+    var output: OutputOptions { get }
     var waitOptions: WaitOptions { get }
     var name: String { get }
     static var verb: String { get }
@@ -107,6 +103,7 @@ protocol MachineVerb: AsyncParsableCommand, Sendable {
 
 extension MachineVerb {
     func run() async throws {
+        let printer = try MachineView.printer(output)
         var ref = Farrier_V1_MachineRef()
         ref.name = name
         let request = ref
@@ -114,11 +111,11 @@ extension MachineVerb {
         if waitOptions.wait {
             try printMachine(
                 try await follow(m.name, client: client, timeout: waitOptions.timeout),
-                output,
+                printer,
                 verb: Self.verb
             )
         } else {
-            try printMachine(m, output, verb: Self.verb)
+            try printMachine(m, printer, verb: Self.verb)
         }
     }
 }
@@ -137,7 +134,7 @@ extension MachineCommand {
         )
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC; omit to pick by constraints.") var name: String?
         @Option(help: "Image name (farrier image list).") var image: String
         @Option(help: "SSH public key file; repeat for more.") var sshKey: [String] = []
@@ -145,8 +142,8 @@ extension MachineCommand {
         @Option(help: "Host name (default: the machine name).") var hostname: String?
         @Option(help: "Project (admin tokens).") var project: String?
         @Option(help: "Deploy tag KEY=VALUE (a project may require some); repeat for more.") var tag: [String] = []
-        @Option(help: "Constraint: architecture (x86_64, arm64).") var arch: String?
-        @Option(help: "Constraint: bios or uefi.") var firmware: String?
+        @Option(help: "Constraint: architecture.") var arch: Architecture?
+        @Option(help: "Constraint: firmware.") var firmware: Firmware?
         @Option(help: "Constraint: at least this many cores.") var minCores: Int?
         @Option(help: "Constraint: at least this much memory, GiB.") var minMemoryGib: Int?
         @Option(help: "Constraint: a disk of at least this size, GiB.") var minDiskGib: Int?
@@ -170,6 +167,7 @@ extension MachineCommand {
         }
 
         func run() async throws {
+            let printer = try MachineView.printer(output)
             var req = Farrier_V1_DeployMachineRequest()
             req.name = name ?? ""
             req.image = image
@@ -191,8 +189,8 @@ extension MachineCommand {
                 req.userData = text
             }
             var c = Farrier_V1_Constraints()
-            c.architecture = arch ?? ""
-            c.firmware = firmware ?? ""
+            c.architecture = arch?.rawValue ?? ""
+            c.firmware = firmware?.rawValue ?? ""
             c.minCores = Int32(minCores ?? 0)
             c.minMemoryBytes = Int64(minMemoryGib ?? 0) << 30
             c.minDiskBytes = Int64(minDiskGib ?? 0) << 30
@@ -204,24 +202,24 @@ extension MachineCommand {
                 let deployed = try await oneAfterAnother(
                     client,
                     count,
-                    output: output,
+                    printer: printer,
                     verb: "deploying",
                     done: "deployed"
                 ) { c, _ in
                     try await c.machines.deployMachine(request)
                 }
-                if output == .table { print("\(deployed) machines deploying") }
+                if output.output == .table, !printer.shaped { print("\(deployed) machines deploying") }
                 return
             }
             let m = try await rpc(client) { try await $0.machines.deployMachine(request) }
             if waitOptions.wait {
                 try printMachine(
                     try await follow(m.name, client: client, timeout: waitOptions.timeout),
-                    output,
+                    printer,
                     verb: "deployed"
                 )
             } else {
-                try printMachine(m, output, verb: "deploying")
+                try printMachine(m, printer, verb: "deploying")
             }
         }
     }
@@ -230,14 +228,14 @@ extension MachineCommand {
         static let configuration = CommandConfiguration(abstract: "Wipe a machine and return it to the pool (destroy).")
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine names or MACs (several: released one after another over one connection, no --wait).")
         var names: [String]
         @Option(
             help:
                 "full (erase and verify every byte) or quick (first and last MiB; only where the project's wipe policy is quick). Default: the project's policy."
         )
-        var wipe: String = ""
+        var wipe: WipeMode?
 
         func validate() throws {
             guard !names.isEmpty else { throw ValidationError("name the machine to release") }
@@ -247,12 +245,14 @@ extension MachineCommand {
         }
 
         func run() async throws {
+            let printer = try MachineView.printer(output)
             var req = Farrier_V1_ReleaseMachineRequest()
-            req.wipe = wipe
+            req.wipe = wipe?.rawValue ?? ""
             if names.count > 1 {
                 let all = names
                 let template = req
-                _ = try await oneAfterAnother(client, all.count, output: output, verb: "releasing", done: "released") {
+                _ = try await oneAfterAnother(client, all.count, printer: printer, verb: "releasing", done: "released")
+                {
                     c,
                     i in
                     var r = template
@@ -270,11 +270,11 @@ extension MachineCommand {
             if waitOptions.wait {
                 try printMachine(
                     try await follow(m.name, client: client, timeout: waitOptions.timeout),
-                    output,
+                    printer,
                     verb: "released"
                 )
             } else {
-                try printMachine(m, output, verb: "releasing")
+                try printMachine(m, printer, verb: "releasing")
             }
         }
     }
@@ -286,7 +286,7 @@ extension MachineCommand {
         static let verb = "commissioning"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
         func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
             try await c.machines.commissionMachine(r)
@@ -300,7 +300,7 @@ extension MachineCommand {
         static let verb = "rescue"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
         func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
             try await c.machines.rescueMachine(r)
@@ -315,7 +315,7 @@ extension MachineCommand {
         static let verb = "exit-rescue"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
         func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
             try await c.machines.exitRescueMachine(r)
@@ -327,7 +327,7 @@ extension MachineCommand {
         static let verb = "retry"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
         func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
             try await c.machines.retryMachine(r)
@@ -341,7 +341,7 @@ extension MachineCommand {
         static let verb = "aborted"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
         func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
             try await c.machines.abortMachine(r)
@@ -362,10 +362,11 @@ extension MachineCommand {
         @OptionGroup var waitOptions: WaitOptions
         @Flag(help: "Power-cycle at once, without asking the OS to shut down first.") var hard = false
         @Option(help: "Seconds to wait for the OS to shut down before power-cycling it.") var shutdownTimeout: Int = 120
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
 
         func run() async throws {
+            let printer = try MachineView.printer(output)
             var ref = Farrier_V1_MachineRef()
             ref.name = name
             let request = ref
@@ -407,7 +408,7 @@ extension MachineCommand {
                     try await Task.sleep(for: .milliseconds(500))
                 }
             }
-            try printMachine(m, output, verb: "restarted")
+            try printMachine(m, printer, verb: "restarted")
         }
     }
 
@@ -433,7 +434,7 @@ extension MachineCommand {
             discussion: "Examples: farrier machine update lab-1 --tag rack-row=a --label owner=ops --remove-tag old"
         )
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
         @Option(help: "Set tag KEY=VALUE; repeat for more.") var tag: [String] = []
         @Option(help: "Remove tag KEY; repeat for more.") var removeTag: [String] = []
@@ -444,6 +445,7 @@ extension MachineCommand {
         @Option(help: "New name.") var rename: String?
 
         func run() async throws {
+            let printer = try MachineView.printer(output)
             var req = Farrier_V1_UpdateMachineRequest()
             req.name = name
             req.setTags = try parseTags(tag)
@@ -456,7 +458,7 @@ extension MachineCommand {
             let request = req
             try printMachine(
                 try await rpc(client) { try await $0.machines.updateMachine(request) },
-                output,
+                printer,
                 verb: "updated"
             )
         }
@@ -467,36 +469,68 @@ extension MachineCommand {
             abstract: "Stream lifecycle events: transitions, progress, BMC actions."
         )
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table or json (one object per line).") var output:
-            OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC; omit for all you may see.") var name: String?
         @Option(help: "Replay the stored events with an id above this one first (0, the default: only new events).")
         var after: Int64 = 0
 
         func run() async throws {
+            // Streamed: JSON is one object a line, YAML one document an event, a table one row
+            // (tab-separated) an event.
+            let printer = try output.printer(EventView.columns, name: \.machine)
             var req = Farrier_V1_WatchEventsRequest()
             req.name = name ?? ""
             req.afterID = after
             let request = req
-            let output = self.output
             try await rpc(client) { c in
                 try await c.machines.watchEvents(request) { response in
+                    var first = true
                     for try await e in response.messages {
-                        if output == .json {
-                            print(try e.jsonString())
-                        } else {
-                            let p =
-                                e.hasProgress && e.progress.bytesTotal > 0
-                                ? " \(bytes(e.progress.bytesDone))/\(bytes(e.progress.bytesTotal))" : ""
-                            print(
-                                "\(iso(e.time.date))  #\(e.id)  \(e.machine)  \(e.state)\(e.phase.isEmpty ? "" : "/" + e.phase)  \(e.kind): \(e.message)\(p)"
-                            )
+                        let view = EventView(e)
+                        try printer.streamed(view, first: first) {
+                            "\(iso(view.time))  #\(view.id)  \(view.machine)  \(EventView.stateLine(view))  \(view.kind): \(EventView.messageLine(view))"
                         }
-                        fflush(nil)
+                        first = false
                     }
                 }
             }
         }
+    }
+
+    struct EventView: Codable {
+        var id: Int64
+        var time: Date
+        var machine: String
+        var state: String
+        var phase: String?
+        var kind: String
+        var message: String
+        var bytesDone: Int64?
+        var bytesTotal: Int64?
+
+        init(_ e: Farrier_V1_MachineEvent) {
+            id = e.id
+            time = e.time.date
+            machine = e.machine
+            state = e.state
+            phase = e.phase.isEmpty ? nil : e.phase
+            kind = e.kind
+            message = e.message
+            bytesDone = e.hasProgress ? e.progress.bytesDone : nil
+            bytesTotal = e.hasProgress ? e.progress.bytesTotal : nil
+        }
+
+        static func stateLine(_ e: EventView) -> String { e.state + (e.phase.map { "/" + $0 } ?? "") }
+
+        static func messageLine(_ e: EventView) -> String {
+            guard let done = e.bytesDone, let total = e.bytesTotal, total > 0 else { return e.message }
+            return e.message + " \(bytes(done))/\(bytes(total))"
+        }
+
+        static let columns: [Column<EventView>] = [
+            Column("TIME") { iso($0.time) }, Column("ID") { "\($0.id)" }, Column("MACHINE") { $0.machine },
+            Column("STATE", stateLine), Column("KIND") { $0.kind }, Column("MESSAGE", messageLine),
+        ]
     }
 
     struct SSH: AsyncParsableCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FarrierAPI
+import FarrierBMC
 import FarrierCore
 import Foundation
 import GRPCCore
@@ -42,7 +43,7 @@ extension MachineCommand {
                 """
         )
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name (lower-case letters, digits, '-').") var name: String?
         @Option(help: "MAC of the NIC the machine network-boots from.") var mac: String?
         @Option(help: "BMC URL, e.g. ipmi://admin@10.0.0.5 or redfish://root@bmc1/System.Embedded.1") var bmc: String?
@@ -65,6 +66,7 @@ extension MachineCommand {
         }
 
         func run() async throws {
+            let printer = try MachineView.printer(output)
             if let from { return try await enrollAll(from) }
             var req = Farrier_V1_EnrollMachineRequest()
             req.name = name ?? ""
@@ -76,11 +78,7 @@ extension MachineCommand {
             let request = req
             let m = try await rpc(client) { try await $0.machines.enrollMachine(request) }
             let view = MachineView(m)
-            switch output {
-            case .json: print(try json(view))
-            case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
-            case .table: print("machine \(view.name) enrolled (\(view.mac), BMC \(view.bmc ?? "-"))")
-            }
+            try printer.one(view) { "machine \(view.name) enrolled (\(view.mac), BMC \(view.bmc ?? "-"))" }
         }
 
         struct FileEntry: Decodable {
@@ -158,39 +156,69 @@ extension MachineCommand {
         }
     }
 
+    struct PowerView: Codable {
+        var machine: String
+        var action: String
+        var power: String
+        static let columns: [Column<PowerView>] = [
+            Column("MACHINE") { $0.machine }, Column("ACTION") { $0.action }, Column("POWER") { $0.power },
+        ]
+    }
+
     struct Power: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Power status or action through the machine's BMC.")
         @OptionGroup var client: ClientOptions
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
-        @Argument(help: "status, on, off, cycle, reset or soft-off.") var action: String = "status"
+        @Argument(help: "The power reading (status) or an action.") var action: PowerVerb = .status
 
         func run() async throws {
+            let printer = try output.printer(PowerView.columns, name: \.machine)
             var req = Farrier_V1_PowerRequest()
             req.name = name
-            req.action = action
+            req.action = action.rawValue
             let request = req
             let r = try await rpc(client) { try await $0.machines.power(request) }
-            print(action == "status" ? "power \(r.powerState)" : "\(action): ok, power \(r.powerState)")
+            let view = PowerView(machine: name, action: action.rawValue, power: r.powerState)
+            try printer.one(view) {
+                action == .status ? "power \(r.powerState)" : "\(action.rawValue): ok, power \(r.powerState)"
+            }
         }
+    }
+
+    struct BootDeviceView: Codable {
+        var machine: String
+        var device: String
+        var persistent: Bool
+        var efi: Bool
+        static let columns: [Column<BootDeviceView>] = [
+            Column("MACHINE") { $0.machine }, Column("DEVICE") { $0.device },
+            Column("PERSISTENT") { $0.persistent ? "yes" : "no" }, Column("EFI") { $0.efi ? "yes" : "no" },
+        ]
     }
 
     struct Bootdev: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set the boot device through the machine's BMC.")
         @OptionGroup var client: ClientOptions
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
-        @Argument(help: "pxe or disk.") var device: String
+        @Argument(help: "The device to boot from.") var device: BootDevice
         @Flag(help: "Every boot, not only the next one.") var persistent = false
         @Flag(help: "UEFI boot (default: legacy BIOS).") var efi = false
 
         func run() async throws {
+            let printer = try output.printer(BootDeviceView.columns, name: \.machine)
             var req = Farrier_V1_SetBootDeviceRequest()
             req.name = name
-            req.device = device
+            req.device = device.rawValue
             req.persistent = persistent
             req.efi = efi
             let request = req
             _ = try await rpc(client) { try await $0.machines.setBootDevice(request) }
-            print("boot device \(device)\(persistent ? " (persistent)" : " (next boot)")\(efi ? ", UEFI" : "")")
+            let view = BootDeviceView(machine: name, device: device.rawValue, persistent: persistent, efi: efi)
+            try printer.one(view) {
+                "boot device \(device.rawValue)\(persistent ? " (persistent)" : " (next boot)")\(efi ? ", UEFI" : "")"
+            }
         }
     }
 

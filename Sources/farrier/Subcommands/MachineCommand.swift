@@ -1,13 +1,10 @@
 import ArgumentParser
 import FarrierAPI
+import FarrierCore
 import FarrierLab
 import Foundation
 import SwiftProtobuf
 import Yams
-
-enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-    case table, json, yaml
-}
 
 struct MachineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -24,14 +21,15 @@ struct MachineCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List machines.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
-        @Option(help: "Only machines in this state.") var state: String?
+        @OptionGroup var output: OutputOptions
+        @Option(help: "Only machines in this state.") var state: MachineState?
         @Option(help: "Only machines with this tag (KEY=VALUE); repeat for more.") var tag: [String] = []
         @Option(help: "Only machines of this project (admin).") var project: String?
         @Option(help: "Only machines in this zone.") var zone: String?
 
         func run() async throws {
-            let state = self.state
+            let printer = try MachineView.printer(output)
+            let state = self.state?.rawValue
             let project = self.project ?? ""
             let zone = self.zone ?? ""
             let tags = try parseTags(tag)
@@ -53,34 +51,18 @@ struct MachineCommand: AsyncParsableCommand {
                 }
                 return all
             }
-            let views = machines.map(MachineView.init)
-            switch output {
-            case .json: print(try json(views))
-            case .yaml: print(try YAMLEncoder().encode(views), terminator: "")
-            case .table:
-                print(
-                    table(
-                        ["NAME", "MAC", "STATE", "PROJECT", "ADDRESS", "ARCH", "FIRMWARE", "TAGS", "LAST SEEN"],
-                        views.map {
-                            [
-                                $0.name, $0.mac, $0.stateLine, $0.project ?? "-", $0.address ?? "-", $0.architecture,
-                                $0.firmware,
-                                tagsLine($0.tags), ago($0.lastSeen),
-                            ]
-                        }
-                    )
-                )
-            }
+            try printer.list(machines.map(MachineView.init))
         }
     }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a machine and its boot timeline.")
         @OptionGroup var client: ClientOptions
-        @Option(name: .shortAndLong, help: "Output format: table, json or yaml.") var output: OutputFormat = .table
+        @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var machine: String
 
         func run() async throws {
+            let printer = try MachineView.printer(output)
             let key = machine
             let m = try await rpc(client, idempotent: true) { c in
                 var req = Farrier_V1_GetMachineRequest()
@@ -89,10 +71,7 @@ struct MachineCommand: AsyncParsableCommand {
                 return try await c.machines.getMachine(req)
             }
             let view = MachineView(m)
-            switch output {
-            case .json: print(try json(view))
-            case .yaml: print(try YAMLEncoder().encode(view), terminator: "")
-            case .table:
+            try printer.one(view) {
                 var lines = [
                     "Name:          \(view.name)",
                     "MAC:           \(view.mac)",
@@ -130,15 +109,29 @@ struct MachineCommand: AsyncParsableCommand {
                         lines.append("  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")")
                     }
                 }
-                print(lines.joined(separator: "\n"))
-                print("\nBoot timeline (+ time since the previous event):")
+                let boot = Waterfall.lastBoot(view.timeline, time: \.time)
+                if boot.count > 1, let first = boot.first, let last = boot.last {
+                    lines.append(
+                        String(
+                            format: "\nLast boot, %.3f s (a bar runs from each event to the next):",
+                            last.time.timeIntervalSince(first.time)
+                        )
+                    )
+                    lines += Waterfall.render(boot.map { (time: $0.time, label: "\($0.stage) \($0.event)") }).map {
+                        "  " + $0
+                    }
+                }
+                lines.append("\nBoot timeline (+ time since the previous event):")
                 var previous: Date?
                 let rows = view.timeline.map { e -> [String] in
                     defer { previous = e.time }
                     let delta = previous.map { String(format: "+%.3fs", e.time.timeIntervalSince($0)) } ?? ""
                     return [iso(e.time), delta, e.stage, e.event, e.detail]
                 }
-                print(rows.isEmpty ? "  (no events)" : table(["TIME", "DELTA", "STAGE", "EVENT", "DETAIL"], rows))
+                lines.append(
+                    rows.isEmpty ? "  (no events)" : table(["TIME", "DELTA", "STAGE", "EVENT", "DETAIL"], rows)
+                )
+                return lines.joined(separator: "\n")
             }
         }
     }
@@ -272,6 +265,23 @@ struct MachineView: Codable {
         timeline = m.timeline.map { Event(time: $0.time.date, stage: $0.stage, event: $0.event, detail: $0.detail) }
     }
 
+    /// `machine list`'s table; the ones not shown by default are for `--columns`.
+    static let columns: [Column<MachineView>] = [
+        Column("NAME") { $0.name }, Column("MAC") { $0.mac }, Column("STATE") { $0.stateLine },
+        Column("PROJECT") { $0.project ?? "-" }, Column("ADDRESS") { $0.address ?? "-" },
+        Column("ARCH") { $0.architecture }, Column("FIRMWARE") { $0.firmware }, Column("TAGS") { tagsLine($0.tags) },
+        Column("LAST SEEN") { ago($0.lastSeen) }, Column("REASON", byDefault: false) { $0.reason ?? "-" },
+        Column("ZONE", byDefault: false) { $0.zone ?? "-" }, Column("RACK", byDefault: false) { $0.rack ?? "-" },
+        Column("LABELS", byDefault: false) { tagsLine($0.labels) }, Column("BMC", byDefault: false) { $0.bmc ?? "-" },
+        Column("NEXT BOOT", byDefault: false) { $0.nextBoot },
+        Column("PROGRESS", byDefault: false) { $0.progressLine ?? "-" },
+        Column("IMAGE", byDefault: false) { $0.deployment?.image ?? "-" },
+    ]
+
+    static func printer(_ output: OutputOptions) throws -> Printer<MachineView> {
+        try output.printer(columns, name: \.name)
+    }
+
     /// State with its phase, e.g. `deploying/agent`.
     var stateLine: String { phase.map { "\(state)/\($0)" } ?? state }
 
@@ -300,23 +310,6 @@ func tagsLine(_ t: [String: String]) -> String {
     t.isEmpty ? "-" : t.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
 }
 
-func json<T: Encodable>(_ v: T) throws -> String {
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    // Millisecond precision: the boot timeline's stages are often less than a second apart.
-    e.dateEncodingStrategy = .custom { date, encoder in
-        var c = encoder.singleValueContainer()
-        try c.encode(
-            date.formatted(
-                .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(
-                    .colon
-                ).timeZone(separator: .omitted)
-            )
-        )
-    }
-    return String(decoding: try e.encode(v), as: UTF8.self)
-}
-
 func iso(_ d: Date) -> String {
     d.formatted(
         .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon)
@@ -329,15 +322,4 @@ func ago(_ d: Date) -> String {
     if s < 3600 { return "\(s / 60)m ago" }
     if s < 86400 { return "\(s / 3600)h ago" }
     return "\(s / 86400)d ago"
-}
-
-func table(_ header: [String], _ rows: [[String]]) -> String {
-    let all = [header] + rows
-    let widths = header.indices.map { i in all.map { $0[i].count }.max() ?? 0 }
-    return all.map { row in
-        row.enumerated().map { i, cell in
-            i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
-        }
-        .joined(separator: "  ")
-    }.joined(separator: "\n")
 }
