@@ -60,7 +60,7 @@ final class ControlPlane: @unchecked Sendable {
         )
         server = p
         try h.waitUntil("server up", timeout: 30, interval: 0.2) {
-            guard p.isRunning else { throw Harness.CommandError(description: "server exited: \(h.read(log))") }
+            guard p.isRunning else { throw Harness.CommandError(description: "server exited (\(log)): \(h.read(log))") }
             guard let t = try? h.adminToken(dataDir: data) else { return false }
             return
                 (try? h.run([Self.bin, "token", "whoami", "--server", grpc, "--token", t] + clientFlags, timeout: 10))

@@ -133,4 +133,84 @@ struct ReplicaTests {
         #expect(h.read("wait.log").contains("ready"), "\(h.read("wait.log"))")
         #expect(try b.state("m1") == "ready")
     }
+
+    /// A replica killed at every failpoint of a deploy leaves it to the other: A, armed to
+    /// SIGKILL itself at one point, dies there holding the machine's claim (B is stopped
+    /// meanwhile, so the work is A's); B starts, waits out the claim, and finishes the deploy,
+    /// repeating at most the action in flight; the deploy is entered once; B releases the
+    /// machine for the next round.
+    @Test func aReplicaKilledAtEveryFailpointLeavesItsDeployToTheOther() throws {
+        let h = try Harness("replica-failpoints")
+        let pg = try PostgresServer(h)
+        defer {
+            pg.stop()
+            h.cleanup()
+        }
+        let flags = ["--database", try pg.createDatabase("farrier"), "--lifecycle-claim-ttl", "3"]
+        let (a, s1, _) = try ControlPlaneTests().setUp(h, flags: flags)
+        let b = ControlPlane(h, flags: flags)
+        try a.cli(["project", "create", "p"])
+        let image = h.directory + "/img.raw"
+        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
+        try a.cli(["image", "add", "img", image])
+        let mac = ControlPlaneTests.mac1
+        let points = [
+            "controller.after-commit.deploying", "reconciler.boot.before-action", "reconciler.boot.after-action",
+            "agent.hello.after-commit", "agent.done.after-commit", "reconciler.finish.before-action",
+            "reconciler.finish.after-action", "controller.after-commit.deployed",
+        ]
+        var lastEvent: Int64 = 1
+        for (i, point) in points.enumerated() {
+            a.stop()
+            b.stop()
+            try a.start(failpoints: [point], log: "server-a-\(i).log")
+            let deploy = try a.cli(["machine", "deploy", "m1", "--image", "img", "--project", "p"], check: false)
+            if point != "controller.after-commit.deploying" { _ = try? a.runAgent(mac: mac, timeout: 30) }
+            try a.waitForCrash()
+            // The machine's agent is one process whichever replica answers it: it keeps its nonce
+            // (so a hello whose answer A took down with it is answered again by B).
+            b.nonces = a.nonces
+            try b.start(log: "server-b-\(i).log")
+            if (try? b.state("m1")) == "ready" {
+                Issue.record("\(point): the committed deploy was lost (\(deploy.stderr))")
+                continue
+            }
+            if try b.state("m1") != "deployed" {
+                var agent = ""
+                if try b.machine("m1")["phase"] as? String != "finish" {
+                    do { _ = try b.runAgent(mac: mac, timeout: 60) } catch { agent = "\(error)" }
+                }
+                do { try b.waitFor("m1", "deployed", timeout: 60) } catch {
+                    let log = h.read("server-b-\(i).log").split(separator: "\n").suffix(40).joined(separator: "\n")
+                    Issue.record("\(point): \(error)\nthe stand-in agent: \(agent)\nB's log:\n\(log)")
+                    throw error
+                }
+            }
+            #expect(try s1.ipmitool(["chassis", "bootparam", "get", "5"]).contains("Hard-Drive"), "\(point)")
+            #expect(try b.script(mac: mac).contains("sanboot"), "\(point)")
+            // B followed what A had committed: the deploy was entered once, and no boot action
+            // ran more than twice (A's in flight, then B's).
+            let events = try h.run(
+                [
+                    "timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(lastEvent),
+                    "--server", b.grpc, "--token", b.adminToken,
+                ],
+                timeout: 20,
+                check: false
+            ).stdout
+            let entered = events.split(separator: "\n").filter { $0.contains("deploying/queued  transition:") }.count
+            #expect(entered == 1, "\(point): deploy entered \(entered) times:\n\(events)")
+            // This deploy's events only (the watch also replays the last round's release).
+            let thisDeploy = events.split(separator: "\n").drop { !$0.contains("deploying/queued  transition:") }
+            let boots = thisDeploy.filter { $0.contains("BMC: set next boot to pxe") }.count
+            #expect(boots <= 2, "\(point): \(boots) boot actions:\n\(events)")
+            try b.cli(["machine", "release", "m1"])
+            try b.runAgent(mac: mac)
+            try b.waitFor("m1", "ready")
+            lastEvent =
+                events.split(separator: "\n").compactMap { line in
+                    line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
+                }.max() ?? lastEvent
+        }
+    }
 }

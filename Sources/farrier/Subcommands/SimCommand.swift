@@ -131,6 +131,8 @@ struct SimCommand: AsyncParsableCommand {
                     }
                 }
             } catch {
+                // A call cut short by the probe's own stop is not the server's failure.
+                if Task.isCancelled { break }
                 await fleet.recordProbe(calling.withLock { $0 }, milliseconds: nil)
                 try? await Task.sleep(for: .seconds(1))
             }
