@@ -255,7 +255,8 @@ public final class DHCPService: Service, Sendable {
     let configuration: DHCPConfiguration
     /// Builds the engine from the store (leases, seen addresses); nil when DHCP is off.
     let makeEngine: (@Sendable () throws -> DHCPEngine)?
-    /// Built at start when there is no fence.
+    /// Built at start (in init) when there is no fence; with one, at each takeover, on a thread of
+    /// its own.
     let engine: DHCPEngine?
     let fence: (any DHCPFence)?
     let logger: Logger
@@ -320,8 +321,10 @@ public final class DHCPService: Service, Sendable {
             return
         }
         guard let fence else {
-            let engine: DHCPEngine
-            if let made = self.engine { engine = made } else { engine = try await Self.onThreadOfItsOwn(makeEngine) }
+            // Built in init, at the server's start, before anything else holds a database
+            // connection (so its synchronous read cannot wait on the pool's threads), and so the
+            // address book knows every leased address before the boot path serves.
+            guard let engine else { return }
             let threads = try await start(engine)
             try? await gracefulShutdown()
             await stop(threads, engine)

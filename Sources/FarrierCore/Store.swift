@@ -122,8 +122,9 @@ public protocol DHCPFence: Sendable {
 
 /// Durable DHCP leases.
 public protocol LeaseStore: Sendable {
-    /// The leases, read on the calling thread: for the DHCP threads (and their engine's start),
-    /// never from a task on Swift's cooperative pool.
+    /// The leases, read on the calling thread: for the DHCP engine, built at the server's start
+    /// (before anything else holds a connection) or, at a takeover, on a thread of its own;
+    /// never from a task on Swift's cooperative pool while the server runs.
     func leases() throws -> [Lease]
     /// The same, awaited, for the API. It must not block a thread of the cooperative pool: with
     /// SQLite, two list calls (as many as this machine has cores) each blocked in a synchronous

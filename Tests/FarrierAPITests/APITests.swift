@@ -209,4 +209,48 @@ import Testing
             #expect(await code { _ = try await tokens.createToken(token) } == .notFound)
         }
     }
+
+    /// Values the CLI refuses before sending (its arguments are enumerations) are refused by the
+    /// server too, naming the valid ones: other clients send any string.
+    @Test func unknownEnumeratedValuesAreRefusedWithTheValidOnes() async throws {
+        try await withAPI(token: adminSecret) { machines, projects, tokens in
+            func refusal(_ body: () async throws -> Void) async -> String? {
+                do {
+                    try await body()
+                    return nil
+                } catch let e as RPCError where e.code == .invalidArgument {
+                    return e.message
+                } catch {
+                    return "\(error)"
+                }
+            }
+            var list = Farrier_V1_ListMachinesRequest()
+            list.state = "sleeping"
+            let state = await refusal { _ = try await machines.listMachines(list) }
+            #expect(state?.contains("unknown state 'sleeping'") == true && state?.contains("exiting-rescue") == true)
+            var power = Farrier_V1_PowerRequest()
+            power.name = "m05"
+            power.action = "explode"
+            let action = await refusal { _ = try await machines.power(power) }
+            #expect(action?.contains("unknown power action 'explode'") == true, "\(action ?? "accepted")")
+            var release = Farrier_V1_ReleaseMachineRequest()
+            release.name = "m00"
+            release.wipe = "sideways"
+            let wipe = await refusal { _ = try await machines.releaseMachine(release) }
+            #expect(wipe?.contains("unknown wipe 'sideways'") == true, "\(wipe ?? "accepted")")
+            var token = Farrier_V1_CreateTokenRequest()
+            token.name = "t"
+            token.role = "root"
+            let role = await refusal { _ = try await tokens.createToken(token) }
+            #expect(role?.contains("unknown role 'root'") == true, "\(role ?? "accepted")")
+            var project = Farrier_V1_CreateProjectRequest()
+            project.name = "green"
+            project.wipePolicy = "sloppy"
+            let policy = await refusal { _ = try await projects.createProject(project) }
+            #expect(policy?.contains("unknown wipe policy 'sloppy'") == true, "\(policy ?? "accepted")")
+        }
+        // Nothing was changed by them.
+        #expect(try await store.machine(name: "m00")?.state == .deployed)
+        #expect(try await store.project(name: "green") == nil)
+    }
 }

@@ -248,7 +248,14 @@ struct CLITests {
         )
         #expect(try farrier(["context", "use", "gone"]).status == 0)
         #expect(try farrier(["token", "whoami"]).status == 24)
-        #expect(try farrier(["token", "whoami", "--server", cp.grpc]).status == 0)
+        // A server given otherwise sets the current context aside: its token is not sent there.
+        #expect(try farrier(["token", "whoami", "--server", cp.grpc]).status == 26)
+        #expect(try farrier(["token", "whoami", "--server", cp.grpc, "--token", cp.adminToken]).status == 0)
+        #expect(
+            try farrier(["token", "whoami"], env: ["FARRIER_SERVER=\(cp.grpc)", "FARRIER_TOKEN=\(cp.adminToken)"])
+                .status == 0
+        )
+        #expect(try farrier(["token", "whoami", "--context", "here", "--server", cp.grpc]).status == 64)
         let unknown = try farrier(["context", "use", "nowhere"])
         #expect(unknown.status == 64 && unknown.stderr.contains("gone, here"), "\(unknown.stderr)")
         #expect(try farrier(["context", "add", "Bad Name", "--server", cp.grpc]).status == 64)

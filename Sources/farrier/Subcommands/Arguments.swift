@@ -6,8 +6,23 @@ import FarrierCore
 // offered by shell completion.
 
 extension MachineState: ExpressibleByArgument {}
-extension Firmware: ExpressibleByArgument {}
-extension Architecture: ExpressibleByArgument {}
+
+// `unknown` is what inventory reports when it cannot tell; it is not a value to ask for.
+extension Firmware: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard argument != Firmware.unknown.rawValue else { return nil }
+        self.init(rawValue: argument)
+    }
+    public static var allValueStrings: [String] { allCases.filter { $0 != .unknown }.map(\.rawValue) }
+}
+
+extension Architecture: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard argument != Architecture.unknown.rawValue else { return nil }
+        self.init(rawValue: argument)
+    }
+    public static var allValueStrings: [String] { allCases.filter { $0 != .unknown }.map(\.rawValue) }
+}
 extension WipeMode: ExpressibleByArgument {}
 extension BootDevice: ExpressibleByArgument {}
 extension Role: ExpressibleByArgument {}

@@ -54,7 +54,10 @@ struct CLIConfig: Codable {
     }
 
     static func load() throws -> CLIConfig {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return CLIConfig() }
+        guard FileManager.default.fileExists(atPath: path) else { return CLIConfig() }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw CLIError("cannot read \(path)")
+        }
         do { return try YAMLDecoder().decode(CLIConfig.self, from: text) } catch {
             throw CLIError("\(path): \(error)")
         }
@@ -97,24 +100,32 @@ struct CLIConfig: Codable {
     }
 }
 
-/// Where the CLI finds the server and its token. Each comes from, in order: the flag, the
-/// environment (FARRIER_SERVER, FARRIER_TOKEN, …), the context (--context, FARRIER_CONTEXT, or
-/// the config file's current-context), the config file's top level, a running lab, the
+/// Where the CLI finds the server and its token.
+///
+/// A context (`farrier context`) is used whole: when one is named (`--context`,
+/// FARRIER_CONTEXT), or is the config file's current one and no server is given otherwise
+/// (`--server`, FARRIER_SERVER), its server, token file, TLS and CA apply, and only flags
+/// (`--token`, `--tls`, `--ca-file`) override them; its token never goes to another server.
+/// Without a context each setting comes from, in order: the flag, the environment
+/// (FARRIER_SERVER, FARRIER_TOKEN, …), the config file's top level, a running lab, the
 /// defaults (127.0.0.1:7700 and /var/lib/farrier/admin.token when readable).
 struct ClientOptions: ParsableArguments {
     @Option(
         help:
-            "Server gRPC address HOST:PORT, or several replicas' as A,B,… (tried in turn while one cannot be reached). [FARRIER_SERVER; the context's; config 'server'; default: the running lab's, else 127.0.0.1:7700]"
+            "Server gRPC address HOST:PORT, or several replicas' as A,B,… (tried in turn while one cannot be reached). [FARRIER_SERVER; the current context's; config 'server'; default: the running lab's, else 127.0.0.1:7700]"
     )
     var server: String?
 
     @Option(
         help:
-            "API token. [FARRIER_TOKEN; the context's token file; config 'token'; default: the lab's or this host's admin token file]"
+            "API token. [the context's token file; FARRIER_TOKEN; config 'token'; default: the lab's or this host's admin token file]"
     )
     var token: String?
 
-    @Option(help: "Use this named context (farrier context list). [FARRIER_CONTEXT; config 'current-context']")
+    @Option(
+        help:
+            "Use this named context (farrier context list): its server and token file, as a whole. [FARRIER_CONTEXT; config 'current-context' when no server is given]"
+    )
     var context: String?
 
     @Flag(help: "Connect with TLS and verify the server's certificate. [FARRIER_TLS=1; the context's; config 'tls']")
@@ -134,25 +145,42 @@ struct ClientOptions: ParsableArguments {
         let env = ProcessInfo.processInfo.environment
         func nonEmpty(_ s: String?) -> String? { s.flatMap { $0.isEmpty ? nil : $0 } }
         let config = try CLIConfig.load()
-        let named = try config.context(nonEmpty(context) ?? nonEmpty(env["FARRIER_CONTEXT"]))?.context
-        let lab = LabState.loadIfRunning()
-        let server =
-            nonEmpty(server) ?? nonEmpty(env["FARRIER_SERVER"]) ?? named?.server ?? nonEmpty(config.server)
-            ?? lab?.serverAddress ?? "127.0.0.1:7700"
-        var token = nonEmpty(token) ?? nonEmpty(env["FARRIER_TOKEN"])
-        if token == nil, let file = named?.tokenFile {
-            guard let t = Self.readToken(file) else {
-                throw CLIError("cannot read the context's token file \(file)")
-            }
-            token = t
+        let namedContext = nonEmpty(context) ?? nonEmpty(env["FARRIER_CONTEXT"])
+        if namedContext != nil, nonEmpty(server) != nil {
+            throw CLIError(
+                "--server and a context (--context or FARRIER_CONTEXT) each name a server: give one of them",
+                status: ExitStatus.usage
+            )
         }
-        token = token ?? nonEmpty(config.token)
+        let givenServer = nonEmpty(server) ?? nonEmpty(env["FARRIER_SERVER"])
+        // The current context applies only when nothing else names the server (a stale one then
+        // fails the call, saying so); a named one always.
+        let chosen = try namedContext.map { try config.context($0) } ?? (givenServer == nil ? config.context(nil) : nil)
+        if let c = chosen?.context {
+            var token = nonEmpty(token)
+            if token == nil, let file = c.tokenFile {
+                guard let t = Self.readToken(file) else {
+                    throw CLIError("cannot read the token file \(file) of context \(chosen?.name ?? "")")
+                }
+                token = t
+            }
+            let ca = nonEmpty(caFile) ?? c.caFile
+            return ClientConnection(
+                server: c.server,
+                token: token,
+                tls: tls || ca != nil || (c.tls ?? false),
+                caFile: ca
+            )
+        }
+        let lab = LabState.loadIfRunning()
+        let server = givenServer ?? nonEmpty(config.server) ?? lab?.serverAddress ?? "127.0.0.1:7700"
+        var token = nonEmpty(token) ?? nonEmpty(env["FARRIER_TOKEN"]) ?? nonEmpty(config.token)
         if token == nil {
             let files = (lab.map { [$0.directory + "/data/admin.token"] } ?? []) + ["/var/lib/farrier/admin.token"]
             token = files.lazy.compactMap(Self.readToken).first
         }
-        let ca = nonEmpty(caFile) ?? nonEmpty(env["FARRIER_CA_FILE"]) ?? named?.caFile ?? nonEmpty(config.caFile)
-        let useTLS = tls || ca != nil || env["FARRIER_TLS"] == "1" || (named?.tls ?? config.tls ?? false)
+        let ca = nonEmpty(caFile) ?? nonEmpty(env["FARRIER_CA_FILE"]) ?? nonEmpty(config.caFile)
+        let useTLS = tls || ca != nil || env["FARRIER_TLS"] == "1" || (config.tls ?? false)
         return ClientConnection(server: server, token: token, tls: useTLS, caFile: ca)
     }
 

@@ -30,17 +30,23 @@ func oneAfterAnother(
     done: String,
     _ call: @escaping @Sendable (Clients, Int) async throws -> Farrier_V1_Machine
 ) async throws -> Int {
-    try await rpc(client) { c in
-        var finished = 0
+    // A line a machine as each is done; JSON, YAML and a shaped table print one list (of
+    // those done) at the end, also when a failure stopped the batch.
+    let streams = printer.format == .name || (printer.format == .table && !printer.shaped)
+    return try await rpc(client) { c in
+        var finished: [MachineView] = []
         do {
             for i in 0..<n {
-                try printMachine(try await call(c, i), printer, verb: verb)
-                finished += 1
+                let m = try await call(c, i)
+                if streams { try printMachine(m, printer, verb: verb) }
+                finished.append(MachineView(m))
             }
         } catch {
-            throw CLIError("\(done) \(finished) of \(n) machines, then: \(error)")
+            if !streams, !finished.isEmpty { try printer.list(finished) }
+            throw CLIError("\(done) \(finished.count) of \(n) machines, then: \(error)")
         }
-        return finished
+        if !streams { try printer.list(finished) }
+        return finished.count
     }
 }
 
@@ -497,34 +503,44 @@ extension MachineCommand {
         }
     }
 
+    /// One event, with every field the API sends (as `machine show`'s JSON names them).
     struct EventView: Codable {
         var id: Int64
         var time: Date
         var machine: String
+        var kind: String
         var state: String
         var phase: String?
-        var kind: String
         var message: String
-        var bytesDone: Int64?
-        var bytesTotal: Int64?
+        var progress: MachineView.ProgressView?
+        var failedStep: String?
+        var project: String?
 
         init(_ e: Farrier_V1_MachineEvent) {
             id = e.id
             time = e.time.date
             machine = e.machine
+            kind = e.kind
             state = e.state
             phase = e.phase.isEmpty ? nil : e.phase
-            kind = e.kind
             message = e.message
-            bytesDone = e.hasProgress ? e.progress.bytesDone : nil
-            bytesTotal = e.hasProgress ? e.progress.bytesTotal : nil
+            progress =
+                e.hasProgress
+                ? MachineView.ProgressView(
+                    stage: e.progress.stage,
+                    bytesDone: e.progress.bytesDone,
+                    bytesTotal: e.progress.bytesTotal,
+                    updated: e.progress.updated.date
+                ) : nil
+            failedStep = e.failedStep.isEmpty ? nil : e.failedStep
+            project = e.project.isEmpty ? nil : e.project
         }
 
         static func stateLine(_ e: EventView) -> String { e.state + (e.phase.map { "/" + $0 } ?? "") }
 
         static func messageLine(_ e: EventView) -> String {
-            guard let done = e.bytesDone, let total = e.bytesTotal, total > 0 else { return e.message }
-            return e.message + " \(bytes(done))/\(bytes(total))"
+            guard let p = e.progress, p.bytesTotal > 0 else { return e.message }
+            return e.message + " \(bytes(p.bytesDone))/\(bytes(p.bytesTotal))"
         }
 
         static let columns: [Column<EventView>] = [

@@ -67,7 +67,7 @@ extension MachineCommand {
 
         func run() async throws {
             let printer = try MachineView.printer(output)
-            if let from { return try await enrollAll(from) }
+            if let from { return try await enrollAll(from, output) }
             var req = Farrier_V1_EnrollMachineRequest()
             req.name = name ?? ""
             req.mac = mac ?? ""
@@ -94,7 +94,19 @@ extension MachineCommand {
             }
         }
 
-        func enrollAll(_ path: String) async throws {
+        /// What `enroll --from` did, for -o json|yaml|name.
+        struct Summary: Codable {
+            var file: String
+            var enrolled: [String]
+            var failed: [String: String]
+            static let columns: [Column<Summary>] = [
+                Column("FILE") { $0.file }, Column("ENROLLED") { "\($0.enrolled.count)" },
+                Column("FAILED") { "\($0.failed.count)" },
+            ]
+        }
+
+        func enrollAll(_ path: String, _ output: OutputOptions) async throws {
+            let printer = try output.printer(Summary.columns, name: { $0.enrolled.joined(separator: "\n") })
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                 throw CLIError("cannot read \(path)")
             }
@@ -126,8 +138,8 @@ extension MachineCommand {
             // Re-enrolling the same name and MAC keeps the machine, so the batch may be retried on
             // another replica; commissioning is not, so with --commission it is sent once.
             let failures = try await rpc(client, idempotent: !commission) { clients in
-                try await withThrowingTaskGroup(of: String?.self) { group in
-                    var failures: [String] = []
+                try await withThrowingTaskGroup(of: (String, String?).self) { group in
+                    var failures: [String: String] = [:]
                     var next = 0
                     func add() {
                         guard next < all.count else { return }
@@ -136,22 +148,31 @@ extension MachineCommand {
                         group.addTask {
                             do {
                                 _ = try await clients.machines.enrollMachine(req)
-                                return nil
+                                return (req.name, nil)
                             } catch let e as RPCError where e.code != .unavailable {
-                                return "\(req.name): \(e.code): \(e.message)"
+                                return (req.name, "\(e.code): \(e.message)")
                             }
                         }
                     }
                     for _ in 0..<16 { add() }
-                    while let r = try await group.next() {
-                        if let r { failures.append(r) }
+                    while let (name, failure) = try await group.next() {
+                        if let failure { failures[name] = failure }
                         add()
                     }
                     return failures
                 }
             }
-            for f in failures { FileHandle.standardError.write(Data("enroll failed: \(f)\n".utf8)) }
-            print("enrolled \(entries.count - failures.count) of \(entries.count) machines from \(path)")
+            for (name, f) in failures.sorted(by: { $0.key < $1.key }) {
+                FileHandle.standardError.write(Data("enroll failed: \(name): \(f)\n".utf8))
+            }
+            let summary = Summary(
+                file: path,
+                enrolled: entries.map(\.name).filter { failures[$0] == nil },
+                failed: failures
+            )
+            try printer.one(summary) {
+                "enrolled \(entries.count - failures.count) of \(entries.count) machines from \(path)"
+            }
             if !failures.isEmpty { throw ExitCode(1) }
         }
     }
