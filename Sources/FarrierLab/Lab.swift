@@ -116,6 +116,10 @@ public struct Lab {
             }
             state.serverPID = try startServer(o, dir: dir)
             try state.save()
+            // The replicas share the data directory: the first makes its keys (the agent channel's
+            // certificate, the BMC key, the admin token) before the others read them. Started
+            // together, one read a half-written key and exited (failedToLoadPrivateKey).
+            if o.replicas > 1 { try waitForServer(replicas: 1) }
             for r in 1..<o.replicas {
                 let pid = try startServer(o, dir: dir, replica: r)
                 state.extraReplicas =
@@ -162,7 +166,15 @@ public struct Lab {
                 }
             }
         } catch {
-            log("lab up failed: \(error); removing what was made")
+            log("lab up failed: \(error)")
+            // The logs go with the lab: show their ends first, or the error points at removed files.
+            for name in ["server.log", "server-2.log", "server-3.log", "server-4.log", "postgres.log"] {
+                let path = dir + "/" + name
+                guard let data = FileManager.default.contents(atPath: path) else { continue }
+                let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").suffix(30)
+                log("--- the last lines of \(path):\n" + lines.joined(separator: "\n"))
+            }
+            log("removing what was made")
             try? down()
             throw error
         }

@@ -321,8 +321,8 @@ import Testing
     /// blocks a thread of the cooperative pool. SQLite's lease read once did (a synchronous
     /// read): with every pool thread blocked waiting for a reader connection while the tasks that
     /// held the readers waited for a pool thread, the 10 000-machine run stopped dead. A pool
-    /// that deadlocks cannot run the test's own timeout, so a watchdog thread ends the process
-    /// with the reason.
+    /// that deadlocks cannot run the test's own timeout, so a watchdog thread stops the test's
+    /// PostgreSQL, removes its files and ends the process with the reason.
     @Test(arguments: StoreKind.allCases) func manyConcurrentAPIReadsFinish(_ kind: StoreKind) async throws {
         try await withStore(kind) { under in
             let s = under.store
@@ -343,6 +343,9 @@ import Testing
                 let deadline = Date().addingTimeInterval(60)
                 while !done.withLock({ $0 }) {
                     if Date() > deadline {
+                        // The process ends here, so what the test started goes first.
+                        under.postgres?.stop()
+                        under.harness.cleanup()
                         fatalError(
                             "\(kind): concurrent API reads did not finish in 60 s: the cooperative pool is blocked"
                         )
