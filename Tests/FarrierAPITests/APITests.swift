@@ -91,17 +91,21 @@ import Testing
         }
     }
 
-    func code(_ body: () async throws -> Void) async -> RPCError.Code? {
+    /// The call's refusal; nil when it succeeded (or failed with something not an RPCError,
+    /// which is recorded as an issue).
+    func refusal(_ body: () async throws -> Void) async -> RPCError? {
         do {
             try await body()
             return nil
         } catch let e as RPCError {
-            return e.code
+            return e
         } catch {
             Issue.record("not an RPCError: \(error)")
             return nil
         }
     }
+
+    func code(_ body: () async throws -> Void) async -> RPCError.Code? { await refusal(body)?.code }
 
     @Test func callsWithoutAValidTokenAreUnauthenticated() async throws {
         for token in [nil, "fa_not-a-token", "Bearer", ""] as [String?] {
@@ -214,39 +218,34 @@ import Testing
     /// server too, naming the valid ones: other clients send any string.
     @Test func unknownEnumeratedValuesAreRefusedWithTheValidOnes() async throws {
         try await withAPI(token: adminSecret) { machines, projects, tokens in
-            func refusal(_ body: () async throws -> Void) async -> String? {
-                do {
-                    try await body()
-                    return nil
-                } catch let e as RPCError where e.code == .invalidArgument {
-                    return e.message
-                } catch {
-                    return "\(error)"
-                }
+            /// The refusal's message, when it is an invalid argument.
+            func invalid(_ body: () async throws -> Void) async -> String? {
+                guard let e = await refusal(body) else { return nil }
+                return e.code == .invalidArgument ? e.message : "\(e.code): \(e.message)"
             }
             var list = Farrier_V1_ListMachinesRequest()
             list.state = "sleeping"
-            let state = await refusal { _ = try await machines.listMachines(list) }
+            let state = await invalid { _ = try await machines.listMachines(list) }
             #expect(state?.contains("unknown state 'sleeping'") == true && state?.contains("exiting-rescue") == true)
             var power = Farrier_V1_PowerRequest()
             power.name = "m05"
             power.action = "explode"
-            let action = await refusal { _ = try await machines.power(power) }
+            let action = await invalid { _ = try await machines.power(power) }
             #expect(action?.contains("unknown power action 'explode'") == true, "\(action ?? "accepted")")
             var release = Farrier_V1_ReleaseMachineRequest()
             release.name = "m00"
             release.wipe = "sideways"
-            let wipe = await refusal { _ = try await machines.releaseMachine(release) }
+            let wipe = await invalid { _ = try await machines.releaseMachine(release) }
             #expect(wipe?.contains("unknown wipe 'sideways'") == true, "\(wipe ?? "accepted")")
             var token = Farrier_V1_CreateTokenRequest()
             token.name = "t"
             token.role = "root"
-            let role = await refusal { _ = try await tokens.createToken(token) }
+            let role = await invalid { _ = try await tokens.createToken(token) }
             #expect(role?.contains("unknown role 'root'") == true, "\(role ?? "accepted")")
             var project = Farrier_V1_CreateProjectRequest()
             project.name = "green"
             project.wipePolicy = "sloppy"
-            let policy = await refusal { _ = try await projects.createProject(project) }
+            let policy = await invalid { _ = try await projects.createProject(project) }
             #expect(policy?.contains("unknown wipe policy 'sloppy'") == true, "\(policy ?? "accepted")")
         }
         // Nothing was changed by them.

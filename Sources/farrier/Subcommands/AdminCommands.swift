@@ -48,7 +48,7 @@ struct ImageCommand: AsyncParsableCommand {
     /// One image, as a one-row table for people too.
     static func show(_ image: Farrier_V1_Image, _ printer: Printer<ImageView>) throws {
         let view = ImageView(image)
-        try printer.one(view) { printer.rendered([view]) ?? "" }
+        try printer.row(view)
     }
 
     struct Add: AsyncParsableCommand {
@@ -204,7 +204,7 @@ struct ProjectCommand: AsyncParsableCommand {
     /// One project, as a one-row table for people too.
     static func show(_ project: Farrier_V1_Project, _ printer: Printer<ProjectView>) throws {
         let view = ProjectView(project)
-        try printer.one(view) { printer.rendered([view]) ?? "" }
+        try printer.row(view)
     }
 
     struct Create: AsyncParsableCommand {

@@ -138,7 +138,7 @@ struct ContextCommand: ParsableCommand {
                 throw CLIError("no current context (farrier context use NAME)")
             }
             let view = View(found.name, found.context, current: found.name == config.currentContext)
-            try printer.one(view) { printer.rendered([view]) ?? "" }
+            try printer.row(view)
         }
     }
 

@@ -524,14 +524,7 @@ extension MachineCommand {
             state = e.state
             phase = e.phase.isEmpty ? nil : e.phase
             message = e.message
-            progress =
-                e.hasProgress
-                ? MachineView.ProgressView(
-                    stage: e.progress.stage,
-                    bytesDone: e.progress.bytesDone,
-                    bytesTotal: e.progress.bytesTotal,
-                    updated: e.progress.updated.date
-                ) : nil
+            progress = e.hasProgress ? MachineView.ProgressView(e.progress) : nil
             failedStep = e.failedStep.isEmpty ? nil : e.failedStep
             project = e.project.isEmpty ? nil : e.project
         }

@@ -149,6 +149,12 @@ struct MachineView: Codable {
         var bytesDone: Int64
         var bytesTotal: Int64
         var updated: Date
+        init(_ p: Farrier_V1_Progress) {
+            stage = p.stage
+            bytesDone = p.bytesDone
+            bytesTotal = p.bytesTotal
+            updated = p.updated.date
+        }
     }
     struct DeploymentView: Codable {
         var image: String
@@ -233,14 +239,7 @@ struct MachineView: Codable {
                 sshKeys: Int(m.deployment.sshKeyCount),
                 requestedBy: m.deployment.requestedBy
             ) : nil
-        progress =
-            m.hasProgress
-            ? ProgressView(
-                stage: m.progress.stage,
-                bytesDone: m.progress.bytesDone,
-                bytesTotal: m.progress.bytesTotal,
-                updated: m.progress.updated.date
-            ) : nil
+        progress = m.hasProgress ? ProgressView(m.progress) : nil
         inventory =
             m.hasInventory
             ? InventoryView(

@@ -117,16 +117,17 @@ struct Printer<Item: Encodable>: Sendable {
         }
     }
 
+    /// One item that people read as a one-row table too (an image, a project, a context).
+    func row(_ item: Item) throws {
+        try one(item) { rendered([item]) ?? "" }
+    }
+
     /// One item of a stream (watch): `text` (a line for people) unless the table was shaped,
     /// then a row of tab-separated cells (the widths are not known ahead) under a header line;
     /// one JSON object a line; one YAML document; its name.
     func streamed(_ item: Item, first: Bool, text: () -> String) throws {
         switch format {
-        case .json:
-            let e = JSONEncoder()
-            e.outputFormatting = [.sortedKeys]
-            e.dateEncodingStrategy = jsonDateEncoding
-            print(String(decoding: try e.encode(item), as: UTF8.self))
+        case .json: print(try json(item, pretty: false))
         case .yaml: print("---\n" + (try YAMLEncoder().encode(item)), terminator: "")
         case .name: print(name(item))
         case .table:
@@ -160,21 +161,20 @@ func table(_ header: [String]?, _ rows: [[String]]) -> String {
     }.joined(separator: "\n")
 }
 
-/// Millisecond precision: the boot timeline's stages are often less than a second apart.
-let jsonDateEncoding = JSONEncoder.DateEncodingStrategy.custom { date, encoder in
-    var c = encoder.singleValueContainer()
-    try c.encode(
-        date.formatted(
-            .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(
-                .colon
-            ).timeZone(separator: .omitted)
-        )
-    )
-}
-
-func json<T: Encodable>(_ v: T) throws -> String {
+/// JSON with sorted keys and millisecond dates (the boot timeline's stages are often less than a
+/// second apart); `pretty` false gives one line (a stream's item).
+func json<T: Encodable>(_ v: T, pretty: Bool = true) throws -> String {
     let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    e.dateEncodingStrategy = jsonDateEncoding
+    e.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+    e.dateEncodingStrategy = .custom { date, encoder in
+        var c = encoder.singleValueContainer()
+        try c.encode(
+            date.formatted(
+                .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(
+                    .colon
+                ).timeZone(separator: .omitted)
+            )
+        )
+    }
     return String(decoding: try e.encode(v), as: UTF8.self)
 }
