@@ -99,7 +99,7 @@ public struct FarrierServer: Sendable {
         )
         tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
-        let vault = try CredentialVault.load(keyFile: c.bmcKeyFile.isEmpty ? nil : c.bmcKeyFile, dataDir: c.dataDir)
+        let (vault, agentTLS) = try Self.loadKeys(c)
         bmcPool = BMCPool(vault: vault)
         let controller = Controller(
             store: store,
@@ -117,12 +117,6 @@ public struct FarrierServer: Sendable {
             ]
         )
         let images = try ImageRepository(root: c.dataDir + "/images", maxVirtualSize: c.imageMaxVirtualSize)
-        let agentTLS = try AgentCertificate.load(
-            certificate: c.agentTLSCert,
-            key: c.agentTLSKey,
-            dataDir: c.dataDir,
-            port: try splitHostPort(c.http.agentListen).1
-        )
         logger.info(
             "agent channel",
             metadata: ["agent.listen": "\(c.http.agentListen)", "agent.tls-sha256": "\(agentTLS.fingerprint)"]
@@ -175,6 +169,25 @@ public struct FarrierServer: Sendable {
         services = [
             http, agentChannel, tftp, dhcp, grpc, reconciler, pruner, MemoryTrimmer(interval: c.memoryTrimInterval),
         ]
+    }
+
+    /// The keys kept in the data directory: the BMC vault's and the agent channel's TLS identity,
+    /// each loaded, or made at the first start. Replicas that share the directory and start
+    /// together make them once, under a lock there: made apart, one could read a key file another
+    /// had not finished writing, or pair one's certificate with the other's key.
+    static func loadKeys(_ c: ServerConfiguration) throws -> (CredentialVault, AgentTLS) {
+        let port = try splitHostPort(c.http.agentListen).1
+        return try SecretFile.withExclusiveLock(c.dataDir + "/keys.lock") {
+            (
+                try CredentialVault.load(keyFile: c.bmcKeyFile.isEmpty ? nil : c.bmcKeyFile, dataDir: c.dataDir),
+                try AgentCertificate.load(
+                    certificate: c.agentTLSCert,
+                    key: c.agentTLSKey,
+                    dataDir: c.dataDir,
+                    port: port
+                )
+            )
+        }
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

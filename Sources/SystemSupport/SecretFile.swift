@@ -59,3 +59,19 @@ public enum SecretFile {
         guard fsync(dfd) == 0 else { throw Failure(path: directory, operation: "sync the directory", errno: errno) }
     }
 }
+
+extension SecretFile {
+    /// Runs `body` holding an exclusive `flock` on `path` (created 0600 when missing, never
+    /// removed: removing a lock file lets two holders lock two different files). Processes that
+    /// share a directory, and threads of one process, take turns; the kernel drops the lock if
+    /// the holder dies.
+    public static func withExclusiveLock<T>(_ path: String, _ body: () throws -> T) throws -> T {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Failure(path: path, operation: "open the lock", errno: errno) }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw Failure(path: path, operation: "lock", errno: errno) }
+        }
+        return try body()
+    }
+}
