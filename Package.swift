@@ -199,7 +199,8 @@ let package = Package(
         .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierAgentTests", dependencies: ["FarrierAgent", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "FarrierControlTests", dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC"],
+            name: "FarrierControlTests",
+            dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "TestSupport", log],
             swiftSettings: swiftSettings),
         .testTarget(name: "FarrierBMCTests", dependencies: ["FarrierBMC", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire", "WireSupport"], swiftSettings: swiftSettings),

@@ -361,6 +361,10 @@ struct Worker {
             } catch let e as StoreError where e.code == .fenced {
                 return false
             } catch {
+                // Shutting down (a graceful stop cancels the workers): the action was cut off,
+                // not refused. The step stays as it is for the next life or another replica;
+                // failing it here failed a deploy on every rolling restart.
+                if error is CancellationError || Task.isCancelled { return false }
                 // The reason is shown to the machine's project: it names what went wrong, not
                 // the BMC's address or its replies (those are in the server log).
                 lastError =

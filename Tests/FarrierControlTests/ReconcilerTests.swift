@@ -2,9 +2,12 @@ import Crypto
 import FarrierBMC
 import FarrierControl
 import FarrierCore
+import FarrierPostgres
 import FarrierStore
 import Foundation
+import Logging
 import Synchronization
+import TestSupport
 import Testing
 
 /// A BMC that records what it is told, with a power state that follows it, and a number of
@@ -14,6 +17,9 @@ final class FakeBMC: BMC, Sendable {
         var power = PowerState.off
         var calls: [String] = []
         var failNext = 0
+        /// Boot-device calls wait until cancelled (a BMC call in flight when the server stops).
+        var hang = false
+        var hanging = 0
     }
     let state = Mutex(State())
     let address: String
@@ -50,7 +56,15 @@ final class FakeBMC: BMC, Sendable {
             }
         }
     }
-    func setBootOverride(_ override: BootOverride) async throws { try record("boot \(override.device.rawValue)") }
+    func setBootOverride(_ override: BootOverride) async throws {
+        if state.withLock({ s in
+            if s.hang { s.hanging += 1 }
+            return s.hang
+        }) {
+            try await Task.sleep(for: .seconds(60))
+        }
+        try record("boot \(override.device.rawValue)")
+    }
     func bootOverride() async throws -> BootOverride? { nil }
     func openConsole() async throws -> any ConsoleSession { throw BMCError.unsupported(address, operation: "console") }
     func close() async {}
@@ -239,5 +253,92 @@ final class FakeBMCs: BMCProvider, Sendable {
         }
         #expect(fenced?.code == .fenced)
         #expect(try await store.machine(id: m.id)?.reason != "the dead replica's late commit")
+    }
+}
+
+/// A graceful stop (SIGTERM: the service group cancels the reconciler) cuts off a BMC action in
+/// flight. The step must be left as it was, for the next life or another replica: no failure
+/// committed or counted. On both stores, since they differ here: PostgreSQL commits what a
+/// cancelled task asks (a commit is never cut in half), while SQLite's async writes refuse to
+/// start once cancelled, which used to hide the failure a stopping replica committed.
+@Suite struct ReconcilerStopTests {
+    @Test(arguments: ["sqlite", "postgres"]) func aBMCActionCutOffByAStopFailsNothing(_ kind: String) async throws {
+        let h = try Harness("reconciler-stop-\(kind)")
+        var postgres: PostgresServer?
+        let store: any StateStore
+        do {
+            if kind == "postgres" {
+                let (server, url) = try await offPool { () throws -> (PostgresServer, String) in
+                    let server = try PostgresServer(h)
+                    return (server, try server.createDatabase("farrier"))
+                }
+                postgres = server
+                store = try await PostgresStore(url: url, logger: Logger(label: "test.postgres"))
+            } else {
+                store = try SQLiteStore(path: h.directory + "/farrier.sqlite")
+            }
+        } catch {
+            let server = postgres
+            await offPool {
+                server?.stop()
+                h.cleanup()
+            }
+            throw error
+        }
+        let result: Result<Void, any Error>
+        do { result = .success(try await Self.cutOff(store)) } catch { result = .failure(error) }
+        (store as? PostgresStore)?.close()
+        let server = postgres
+        await offPool {
+            server?.stop()
+            h.cleanup()
+        }
+        try result.get()
+    }
+
+    static func cutOff(_ store: any StateStore) async throws {
+        let bmcs = FakeBMCs()
+        func controller() -> Controller {
+            var c = ControlConfiguration()
+            c.tick = .milliseconds(100)
+            c.bmcRetryDelay = .milliseconds(10)
+            c.replica = "this-replica"
+            return Controller(store: store, pool: bmcs, agentKey: SymmetricKey(size: .bits256), configuration: c)
+        }
+        let c = controller()
+        let m = try await store.enroll(
+            name: "a",
+            mac: MACAddress("52:54:00:00:06:01")!,
+            bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9"),
+            sealedPassword: [1],
+            at: Date()
+        )
+        bmcs.fake(m.id).state.withLock { $0.hang = true }
+        let task = Task { try await Reconciler(controller: c).run() }
+        _ = try await c.apply(.commission, machineID: m.id)
+        var deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, bmcs.fake(m.id).state.withLock({ $0.hanging }) == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let started = bmcs.fake(m.id).state.withLock { $0.hanging } == 1
+        task.cancel()
+        _ = try? await task.value
+        try #require(started, "the BMC action never started")
+        let after = try #require(try await store.machine(id: m.id))
+        #expect(after.state == .commissioning && after.phase == .boot, "\(after.state)/\(after.phase): \(after.reason)")
+        #expect(c.metrics.failures(.commissioning, .bmc) == 0)
+        let events = try await store.events(after: 0, machineID: m.id, limit: 50).map(\.message)
+        #expect(!events.contains { $0.contains("failed") }, "\(events)")
+        // The next life goes on from the same phase.
+        bmcs.fake(m.id).state.withLock { $0.hang = false }
+        let next = Task { try await Reconciler(controller: controller()).run() }
+        defer { next.cancel() }
+        deadline = Date().addingTimeInterval(30)
+        var phase = after.phase
+        while Date() < deadline, phase != .agent {
+            phase = try await store.machine(id: m.id)?.phase ?? phase
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(phase == .agent, "the next reconciler did not take the step on")
     }
 }
