@@ -8,14 +8,15 @@ import Glibc
 /// Erases a whole disk and proves it: the release wipe between tenants.
 ///
 /// 1. The device's own secure erase when it has one: on an NVMe namespace, Format NVM with a
-///    cryptographic or user data erase (`NVMeFormat`); otherwise `BLKSECDISCARD` (the kernel
-///    asks the device to discard the blocks and every copy of them it holds). After an NVMe
-///    format the read-back (3) runs first: a namespace that reads back as zeroes is done, since
-///    the device has erased every block (what an erased block reads as is the device's choice;
-///    a cryptographic erase often leaves noise, which then gets 2). This trusts the device's
-///    Format NVM, as Ironic trusts a secure erase: 258 sampled blocks catch a device that
-///    ignored the command, not one that erased only part of the namespace. Zeroing a formatted
-///    namespace again would only cost time: hours on a large drive, and on QEMU's emulated NVMe
+///    cryptographic or user data erase (`NVMeFormat`); on a SATA drive with the ATA security
+///    feature set, not frozen, Security Erase Unit (`ATASecurityErase`); otherwise
+///    `BLKSECDISCARD` (the kernel asks the device to discard the blocks and every copy of them
+///    it holds). After a device's own erase the read-back (3) runs first: a disk that reads
+///    back as zeroes is done, since the device has erased every block (what an erased block
+///    reads as is the device's choice; a cryptographic or enhanced erase often leaves noise,
+///    which then gets 2). This trusts the device's erase, as Ironic does: 258 sampled blocks
+///    catch a device that ignored the command, not one that erased only part of it. Zeroing an
+///    erased disk again would only cost time: hours on a large drive, and on QEMU's emulated NVMe
 ///    under load a write-zeroes that stalled past the kernel's I/O timeout and took the
 ///    namespace away (CI, twice).
 /// 2. Then zeroes over the whole device with `BLKZEROOUT`: the kernel uses the device's
@@ -27,8 +28,7 @@ import Glibc
 ///    cache bypassed where the device allows (`O_DIRECT`): any byte that is not zero fails
 ///    the wipe, so a device that ignored the erase cannot pass as wiped.
 ///
-/// Not done: ATA Security Erase (a password set on the drive first, and a drive left locked if
-/// the erase is interrupted); an ATA drive gets 2 and 3, with `BLKSECDISCARD` where it offers it.
+/// The device's own erase is tried only on a block device, not on a file (tests).
 public struct DiskEraser: Sendable {
     public enum Method: String, Sendable {
         case nvmeCryptographic = "NVMe Format NVM (cryptographic erase), read back as zeroes"
@@ -36,6 +36,10 @@ public struct DiskEraser: Sendable {
         case nvmeCryptoThenZeroes = "NVMe Format NVM (cryptographic erase), then write-zeroes (BLKZEROOUT)"
         case nvmeUserDataThenZeroes = "NVMe Format NVM (user data erase), then write-zeroes (BLKZEROOUT)"
         case nvmeThenOverwrite = "NVMe Format NVM (secure erase), then overwrite with zeroes"
+        case ataSecurityErase = "ATA Security Erase Unit, read back as zeroes"
+        case ataEnhancedSecurityErase = "ATA enhanced Security Erase Unit, read back as zeroes"
+        case ataThenZeroes = "ATA Security Erase Unit, then write-zeroes (BLKZEROOUT)"
+        case ataThenOverwrite = "ATA Security Erase Unit, then overwrite with zeroes"
         case secureDiscardThenZeroes = "secure discard (BLKSECDISCARD), then write-zeroes (BLKZEROOUT)"
         case zeroes = "write-zeroes (BLKZEROOUT)"
         case overwrite = "overwrite with zeroes"
@@ -81,6 +85,21 @@ public struct DiskEraser: Sendable {
         // The device's own erase first; write-zeroes after it either way, since what an erased
         // block reads back as is the device's choice, and the read-back wants zeroes.
         let nvme = try NVMeFormat(fd: fd, path: path).run()
+        let ata =
+            nvme == nil && isBlockDevice(fd)
+            ? try ATASecurityErase(device: SGIODevice(fd: fd), path: path).run(log: log) : nil
+        if let ata {
+            do {
+                let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
+                progress(size)
+                return Outcome(
+                    method: ata == .enhanced ? .ataEnhancedSecurityErase : .ataSecurityErase,
+                    verifiedBlocks: blocks
+                )
+            } catch {
+                log("after the ATA \(ata.rawValue): \(error); zeroing \(path) as well")
+            }
+        }
         if let nvme {
             do {
                 let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
@@ -93,7 +112,7 @@ public struct DiskEraser: Sendable {
                 log("after the NVMe format: \(error); zeroing \(path) as well")
             }
         }
-        let secure = nvme == nil && ioctl(fd, Self.BLKSECDISCARD, &whole) == 0
+        let secure = nvme == nil && ata == nil && ioctl(fd, Self.BLKSECDISCARD, &whole) == 0
         var zeroed: Bool
         do { zeroed = try zeroOut(fd, progress: progress) } catch {
             // A device that fails write-zeroes part way (seen on QEMU's NVMe after a format)
@@ -105,8 +124,11 @@ public struct DiskEraser: Sendable {
             switch nvme {
             case .cryptographic: method = .nvmeCryptoThenZeroes
             case .userData: method = .nvmeUserDataThenZeroes
-            case nil: method = secure ? .secureDiscardThenZeroes : .zeroes
+            case nil: method = ata != nil ? .ataThenZeroes : secure ? .secureDiscardThenZeroes : .zeroes
             }
+        } else if ata != nil {
+            try overwrite(fd, progress: progress)
+            method = .ataThenOverwrite
         } else if nvme != nil {
             try overwrite(fd, progress: progress)
             method = .nvmeThenOverwrite
@@ -119,6 +141,11 @@ public struct DiskEraser: Sendable {
         }
         let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
         return Outcome(method: method, verifiedBlocks: blocks)
+    }
+
+    func isBlockDevice(_ fd: Int32) -> Bool {
+        var st = stat()
+        return fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFBLK
     }
 
     /// BLKZEROOUT in chunks. False when the device (or a file) does not take the ioctl at all.
