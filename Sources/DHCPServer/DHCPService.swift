@@ -284,10 +284,10 @@ public final class DHCPService: Service, Sendable {
             engine = nil
             return
         }
-        let make: @Sendable () throws -> DHCPEngine = {
-            var responder = DHCPResponder(configuration: configuration, httpPort: httpPort)
+        /// The stored leases (and in proxy mode the addresses seen), each also recorded in the
+        /// address book, which the boot path and the agent channel check peers against.
+        let load: @Sendable () throws -> ([Lease], [MACAddress: IPv4Address]) = {
             let stored = try store.leases()
-            responder.loadLeases(stored)
             for l in stored { addressBook.record(l.address, l.mac) }
             // Proxy mode: what earlier runs saw, newest last, except where a reservation (recorded
             // before this) already names the address: the operator's word outranks a client's.
@@ -299,6 +299,12 @@ public final class DHCPService: Service, Sendable {
                     if !reserved.contains(ip) { addressBook.record(ip, mac) }
                 }
             }
+            return (stored, seen)
+        }
+        let make: @Sendable () throws -> DHCPEngine = {
+            var responder = DHCPResponder(configuration: configuration, httpPort: httpPort)
+            let (stored, seen) = try load()
+            responder.loadLeases(stored)
             return DHCPEngine(
                 responder: responder,
                 store: store,
@@ -311,6 +317,10 @@ public final class DHCPService: Service, Sendable {
         }
         makeEngine = make
         engine = fence == nil ? try make() : nil
+        // With a fence, DHCP answers only from the takeover on (seconds after the start), but
+        // the address book is filled now, as without one: an agent in the middle of a step whose
+        // server restarted must not be refused ("no machine holds this address") meanwhile.
+        if fence != nil { _ = try load() }
     }
 
     public func run() async throws {
