@@ -119,7 +119,7 @@ public struct Lab {
             // The replicas share the data directory: the first makes its keys (the agent channel's
             // certificate, the BMC key, the admin token) before the others read them. Started
             // together, one read a half-written key and exited (failedToLoadPrivateKey).
-            if o.replicas > 1 { try waitForServer(replicas: 1) }
+            if o.replicas > 1 { try waitForServer(replicas: [0]) }
             for r in 1..<o.replicas {
                 let pid = try startServer(o, dir: dir, replica: r)
                 state.extraReplicas =
@@ -141,7 +141,7 @@ public struct Lab {
                 )
                 try state.save()
             }
-            try waitForServer(replicas: o.replicas)
+            try waitForServer(replicas: Array(0..<o.replicas))
             // Each VM is enrolled with its BMC as an operator would, through the CLI and the API;
             // the server then drives the BMC itself.
             for vm in state.vms {
@@ -408,9 +408,9 @@ public struct Lab {
 
     /// Waits until every replica answers its health check: the first serves the boot network,
     /// and a caller may use any of them (the lab's state names them all) as soon as this returns.
-    func waitForServer(replicas: Int = 1) throws {
+    func waitForServer(replicas: [Int] = [0]) throws {
         let deadline = Date().addingTimeInterval(30)
-        for replica in 0..<replicas {
+        for replica in replicas {
             while true {
                 // Its HTTP health check, and its gRPC port taking connections (the API the CLI uses).
                 if let r = try? Spawn.run(
@@ -607,27 +607,34 @@ public struct Lab {
 
     /// Stops the lab's server (if it still runs) and starts it again on the same data: after an
     /// upgrade of the binary, or after a crash. The lab's network, VMs and BMCs are untouched.
-    public func restartServer(farrierBinary: String) throws -> LabState {
+    /// `only`: that replica alone (0: the one on the boot network), the others left as they are,
+    /// running or not.
+    public func restartServer(farrierBinary: String, only: Int? = nil) throws -> LabState {
         guard getuid() == 0 else { throw Spawn.Failure(description: "farrier lab needs root") }
         guard var state = LabState.load() else {
             throw Spawn.Failure(description: "the lab is down; `farrier lab up` first")
         }
-        if let pid = state.serverPID, Self.isLabServer(pid, directory: state.directory) {
-            log("stopping the lab's server (pid \(pid))")
-            Spawn.stop(pid, grace: 15)
+        let count = 1 + (state.extraReplicas?.count ?? 0)
+        if let only, !(0..<count).contains(only) {
+            throw Spawn.Failure(description: "the lab runs \(count) replica(s); there is no replica \(only + 1)")
         }
         var o = Options(farrierBinary: farrierBinary)
         o.dhcpMode = state.dhcpMode
         o.database = state.database ?? "sqlite"
-        state.serverPID = try startServer(o, dir: state.directory)
-        try state.save()
-        for (i, r) in (state.extraReplicas ?? []).enumerated() {
-            if let pid = r.pid, Self.isLabServer(pid, directory: state.directory) { Spawn.stop(pid, grace: 15) }
-            state.extraReplicas?[i].pid = try startServer(o, dir: state.directory, replica: i + 1)
+        var started: [String] = []
+        for replica in 0..<count where only == nil || only == replica {
+            let old = replica == 0 ? state.serverPID : state.extraReplicas?[replica - 1].pid
+            if let pid = old, Self.isLabServer(pid, directory: state.directory) {
+                log("stopping the lab's server replica \(replica + 1) (pid \(pid))")
+                Spawn.stop(pid, grace: 15)
+            }
+            let pid = try startServer(o, dir: state.directory, replica: replica)
+            if replica == 0 { state.serverPID = pid } else { state.extraReplicas?[replica - 1].pid = pid }
             try state.save()
+            started.append("replica \(replica + 1) pid \(pid)")
         }
-        try waitForServer(replicas: 1 + (state.extraReplicas?.count ?? 0))
-        log("server started (pid \(state.serverPID ?? 0))")
+        try waitForServer(replicas: only.map { [$0] } ?? Array(0..<count))
+        log("server started (\(started.joined(separator: ", ")))")
         return state
     }
 

@@ -11,6 +11,11 @@ import Testing
 /// MACs) tries every unauthenticated path while lab-1 is deploying, in rescue and releasing, with
 /// lab-1's VM paused so that any change is the tenant's; and from rescue a pattern is written
 /// across lab-1's disk before the release, whose wipe is then checked on the disk file.
+///
+/// The lab runs on PostgreSQL with two replicas (the CLI given both): either may work a step,
+/// and while lab-2 deploys, the replica off the boot network is killed with SIGKILL; the
+/// `--wait` and the deploy carry on (its claims taken over by the other). The kill -9 and lab
+/// suites run the same lab on SQLite.
 @Suite(
     .serialized,
     .enabled(
@@ -51,7 +56,10 @@ struct LabDeployTests {
         // 1. Both machines are discovered, commissioned and ready with their inventory.
         try phase("lab up (image built or cached)") {
             try h.run(
-                [bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--disk-bus", "mixed"],
+                [
+                    bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--disk-bus", "mixed",
+                    "--database", "postgres", "--replicas", "2",
+                ],
                 timeout: 3600
             )
         }
@@ -113,15 +121,22 @@ struct LabDeployTests {
             )
                 as? [String: Any])?["sha256"] as? String
         )
-        /// lab-1's id and step generation, as if they had leaked (read from the lab's database).
+        /// lab-1's id and step generation, as if they had leaked (read from the lab's PostgreSQL,
+        /// on its namespace's loopback).
         func leaked(_ name: String) throws -> (id: String, generation: Int) {
             let out = try h.run([
-                "python3", "-c",
-                "import sqlite3,sys; c=sqlite3.connect('file:/var/lib/farrier-lab/data/farrier.sqlite?mode=ro', uri=True); "
-                    + "print(*c.execute('select id, generation from machine where name=?', (sys.argv[1],)).fetchone())",
-                name,
+                "ip", "netns", "exec", "farrier-lab", "/usr/lib/postgresql/15/bin/psql", "-h", "127.0.0.1",
+                "-U", "farrier", "-d", "farrier", "-AtF", " ", "-c",
+                "select id, body->>'generation' from machine where name = '\(name)'",
             ]).stdout.split(separator: " ")
+            try #require(out.count == 2, "\(name)'s row: \(out)")
             return (String(out[0]), Int(out[1].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0)
+        }
+        /// The lab's state file: the replicas' process ids.
+        func labState() throws -> [String: Any] {
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: "/run/farrier-lab/state.json"))
+            ) as? [String: Any] ?? [:]
         }
         /// While `name`'s VM is paused: every attack, and its disk file unchanged around them.
         func hostile(_ name: String, mac: String, during: String) throws {
@@ -191,8 +206,28 @@ struct LabDeployTests {
                         timeout: 1300
                     )
                 }
-                let r = try h.run(deployArgs, timeout: 1300, check: false)
-                return (r.status, r.stdout + r.stderr)
+                // The replica off the boot network dies while the agent writes; whatever it held
+                // (the step's claim, the CLI's connection) the other takes over.
+                let p = try h.start(deployArgs, log: "\(name)-deploy.log")
+                try h.waitUntil("\(name) to be deploying/agent with its agent at work", timeout: 1300, interval: 1) {
+                    guard p.isRunning else { return true }
+                    let m = try machine(name)
+                    return try state(name) == "deploying/agent"
+                        && ((m["progress"] as? [String: Any])?["bytesDone"] as? Int ?? 0) > 0
+                }
+                #expect(
+                    p.isRunning,
+                    "the deploy ended before a replica could be killed: \(h.read("\(name)-deploy.log"))"
+                )
+                let replicas = try #require(try labState()["extraReplicas"] as? [[String: Any]])
+                let replica2: Int32? = (replicas.first?["pid"] as? Int).map { Int32($0) }
+                let pid = try #require(replica2, "replica 2's pid: \(replicas)")
+                #expect(kill(pid, SIGKILL) == 0, "replica 2 (pid \(pid)) was not running")
+                print("lab-deploy: replica 2 (pid \(pid)) killed while \(name) deployed")
+                try h.waitUntil("the deploy --wait to finish", timeout: 1300, interval: 1) { !p.isRunning }
+                // Both replicas again for the rest.
+                try h.run([bin, "lab", "restart-server"], timeout: 300)
+                return (p.terminationStatus, h.read("\(name)-deploy.log"))
             }
             #expect(deployStatus == 0, "\(deployOut)")
             #expect(deployOut.contains("write"), "no progress shown: \(deployOut)")

@@ -7,6 +7,11 @@ import Testing
 /// right there), restarted with `farrier lab restart-server` armed with the next one, and so on
 /// through the whole deploy; the last life has none. The deploy then ends `deployed`, was entered
 /// once, never failed, boots the disk, and the image's bytes are on the VM's disk.
+///
+/// On PostgreSQL the lab runs two replicas, one life at a time, alternating: each point's life
+/// is one replica armed with it, and the next life is the other replica (the agent's points
+/// are the boot network's replica's), which takes over what the dead one left: its claims after
+/// their 5 s, and an action done but not committed. At the end both run.
 @Suite(
     .serialized,
     .enabled(
@@ -22,7 +27,7 @@ struct LabKillNineTests {
         "reconciler.finish.after-action", "controller.after-commit.deployed",
     ]
 
-    @Test func killNineAtEveryStepOfARealDeploy() throws {
+    @Test(arguments: ["sqlite", "postgres"]) func killNineAtEveryStepOfARealDeploy(database: String) throws {
         try Harness.requireNoLab()
         let h = try Harness("lab-kill")
         let bin = Harness.farrierBinary
@@ -31,7 +36,11 @@ struct LabKillNineTests {
             h.cleanup()
         }
         let started = Date()
-        try h.run([bin, "lab", "up", "--machines", "1", "--firmware", "bios", "--no-image"], timeout: 1800)
+        try h.run(
+            [bin, "lab", "up", "--machines", "1", "--firmware", "bios", "--no-image", "--database", database]
+                + (database == "postgres" ? ["--replicas", "2"] : []),
+            timeout: 1800
+        )
         func machine() throws -> [String: Any] {
             let out = try h.run([bin, "machine", "show", "lab-1", "-o", "json"], timeout: 30).stdout
             return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]) ?? [:]
@@ -53,26 +62,56 @@ struct LabKillNineTests {
         let shown = try h.run([bin, "image", "show", "tiny", "-o", "json"]).stdout
         #expect(shown.contains(String(rawSHA)), "the stored image is not the converted raw: \(shown)")
 
-        func serverPID() throws -> Int32 {
+        /// The replicas' process ids (one on SQLite), the boot network's first.
+        func serverPIDs() throws -> [Int32] {
             let state =
                 try JSONSerialization.jsonObject(
                     with: Data(contentsOf: URL(fileURLWithPath: "/run/farrier-lab/state.json"))
                 ) as? [String: Any]
-            return try #require(state?["serverPID"] as? Int32 ?? (state?["serverPID"] as? Int).map(Int32.init))
+            let boot: Int32? = (state?["serverPID"] as? Int).map { Int32($0) }
+            let first = try #require(boot, "the lab's server pid: \(String(describing: state))")
+            let others = (state?["extraReplicas"] as? [[String: Any]] ?? []).compactMap {
+                ($0["pid"] as? Int).map(Int32.init)
+            }
+            try #require(others.count == (database == "postgres" ? 1 : 0), "replicas: \(String(describing: state))")
+            return [first] + others
         }
         func dead(_ pid: Int32) -> Bool {
             guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return true }
             return status.contains("State:\tZ")
         }
-        func restart(armed point: String?) throws {
-            var args = [bin, "lab", "restart-server"]
-            if let point { args = ["env", "FARRIER_FAILPOINTS=\(point)"] + args }
+        /// Starts the next life: one replica armed with `point`, or every replica, unarmed.
+        func restart(armed point: String?, replica: Int?) throws {
+            // A short claim: a dead replica's machines wait 5 s for another, not the default 20 s.
+            let args =
+                ["env", "FARRIER_LIFECYCLE_CLAIM_TTL=5"] + (point.map { ["FARRIER_FAILPOINTS=\($0)"] } ?? [])
+                + [bin, "lab", "restart-server"] + (replica.map { ["--replica", String($0)] } ?? [])
             try h.run(args, timeout: 120)
         }
-        let serverLog = "/var/lib/farrier-lab/server.log"
+        let serverLogs = ["/var/lib/farrier-lab/server.log", "/var/lib/farrier-lab/server-2.log"]
+        /// The tail of every replica's log, for a failure message.
+        func logTails() -> String {
+            (serverLogs + ["/var/lib/farrier-lab/lab-1/serial.log"]).map { path in
+                // Lossy: firmware writes bytes that are not UTF-8 to the serial log.
+                let text = String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+                return "--- \(path)\n" + text.split(separator: "\n").suffix(25).joined(separator: "\n")
+            }.joined(separator: "\n")
+        }
+        // Which replica lives each point's life (1: the one on the boot network). On SQLite the
+        // one server. On PostgreSQL one replica runs at a time and the lives alternate, so what a
+        // dead one left (its claims, a half-done action) the other takes over; the agent's points
+        // are the boot network's replica's, which serves the agent channel.
+        let owners = database == "postgres" ? [2, 1, 2, 1, 1, 2, 1, 2] : [1, 1, 1, 1, 1, 1, 1, 1]
+        if database == "postgres" {
+            // The boot network's replica dies first: the deploy goes to replica 2 (the CLI,
+            // given both, moves on from the one that does not answer).
+            let first = try serverPIDs()[0]
+            #expect(kill(first, SIGKILL) == 0)
+            try h.waitUntil("replica 1 to die", timeout: 30, interval: 0.2) { dead(first) }
+        }
 
         // Each life dies at its point; the next life resumes the deploy and dies at the next one.
-        try restart(armed: Self.points[0])
+        try restart(armed: Self.points[0], replica: database == "postgres" ? owners[0] : nil)
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         // The server dies right after committing the deploy: the CLI may or may not see its answer.
         _ = try h.run(
@@ -81,13 +120,28 @@ struct LabKillNineTests {
             check: false
         )
         for (i, point) in Self.points.enumerated() {
-            let pid = try serverPID()
+            let owner = owners[i]
+            let pid = try serverPIDs()[owner - 1]
             let t = Date()
-            try h.waitUntil("the server to die at \(point)", timeout: 300, interval: 0.5) { dead(pid) }
-            let log = (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? ""
-            #expect(log.contains("failpoint \(point): killing the process"), "the server died, but not at \(point)")
-            print("lab-kill: killed at \(point) after \(String(format: "%.1f", Date().timeIntervalSince(t))) s")
-            try restart(armed: i + 1 < Self.points.count ? Self.points[i + 1] : nil)
+            do {
+                try h.waitUntil("replica \(owner) to die at \(point)", timeout: 300, interval: 0.5) { dead(pid) }
+            } catch {
+                print(logTails())
+                throw error
+            }
+            let died = serverLogs.indices.filter {
+                ((try? String(contentsOfFile: serverLogs[$0], encoding: .utf8)) ?? "")
+                    .contains("failpoint \(point): killing the process")
+            }
+            #expect(died == [owner - 1], "replica \(owner) died, but not at \(point) (logs naming it: \(died))")
+            print(
+                "lab-kill \(database): replica \(owner) killed at \(point) after \(String(format: "%.1f", Date().timeIntervalSince(t))) s"
+            )
+            if i + 1 < Self.points.count {
+                try restart(armed: Self.points[i + 1], replica: database == "postgres" ? owners[i + 1] : nil)
+            } else {
+                try restart(armed: nil, replica: nil)
+            }
         }
         try h.waitUntil("lab-1 deployed", timeout: 120, interval: 1) { try machine()["state"] as? String == "deployed" }
 
@@ -135,6 +189,8 @@ struct LabKillNineTests {
             try h.run(["bash", "-c", "tail -c +1048577 '\(file)' | head -c 6291456 | sha256sum"]).stdout.prefix(64)
         }
         #expect(try partition(onDisk) == (try partition(raw)), "the disk does not hold the image")
-        print("lab-kill: \(Self.points.count) kills, deployed in \(Int(Date().timeIntervalSince(started))) s in all")
+        print(
+            "lab-kill \(database): \(Self.points.count) kills, deployed in \(Int(Date().timeIntervalSince(started))) s in all"
+        )
     }
 }

@@ -182,8 +182,18 @@ struct LabCommand: ParsableCommand {
             abstract:
                 "Restart the lab's farrier server on the same data (after a rebuild or a crash); VMs keep running."
         )
+        @Option(help: "Restart only this replica (1: the one on the boot network); the others are left as they are.")
+        var replica: Int?
+
+        func validate() throws {
+            if let replica, !(1...4).contains(replica) { throw ValidationError("--replica must be 1 to 4") }
+        }
+
         func run() throws {
-            let state = try Lab(log: { print($0) }).restartServer(farrierBinary: LabCommand.selfPath())
+            let state = try Lab(log: { print($0) }).restartServer(
+                farrierBinary: LabCommand.selfPath(),
+                only: replica.map { $0 - 1 }
+            )
             print("server \(state.serverAddress) is up")
         }
     }
