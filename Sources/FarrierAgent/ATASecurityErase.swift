@@ -243,7 +243,17 @@ struct ATASecurityErase {
             throw AgentFailure("\(path): the ATA security password is still set after it was disabled")
         case .erase(let erase, let timeout):
             log("\(path): ATA \(erase.rawValue) (the drive may take up to \(timeout / 60) minutes)")
-            try command(Self.setPassword, data: Self.passwordBlock(Self.password))
+            do { try command(Self.setPassword, data: Self.passwordBlock(Self.password)) } catch {
+                // A drive that says it has the feature set but refuses a password: if none took,
+                // nothing changed and the other erases go on.
+                let now = try identify()
+                guard !now.enabled else {
+                    try disableOwnPassword(unlock: now.locked)
+                    throw AgentFailure("ATA security erase of \(path): setting the password failed (\(error))")
+                }
+                log("no ATA security erase on \(path): the drive refused a password (\(error))")
+                return nil
+            }
             do {
                 try command(Self.erasePrepare, data: nil)
                 try command(

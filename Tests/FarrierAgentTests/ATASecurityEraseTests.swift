@@ -26,6 +26,7 @@ import Glibc
             var attemptsLeft = 5
             var prepared = false
             var failErase = false
+            var refusePassword = false
             var contents = [UInt8](repeating: 0xAA, count: 4096)
             var commands: [UInt8] = []
         }
@@ -93,6 +94,7 @@ import Glibc
                 guard s.featureSet, !s.frozen, !s.locked || op == 0xF2 else { throw Aborted() }
                 switch op {
                 case 0xF1:  // SET PASSWORD (user, high)
+                    guard !s.refusePassword else { throw Aborted() }
                     s.password = Array(given.reversed().drop { $0 == 0 }.reversed())
                 case 0xF2:  // UNLOCK
                     guard s.attemptsLeft > 0 else { throw Aborted() }
@@ -152,6 +154,14 @@ import Glibc
             #expect(drive.snapshot.contents.allSatisfy { $0 == 0xAA })
             #expect(log.contains { $0.contains("frozen") || $0.contains("no ATA security feature set") }, "\(log)")
         }
+    }
+
+    @Test func aDriveThatRefusesAPasswordIsLeftToTheOtherErases() throws {
+        let drive = SimulatedDrive { $0.refusePassword = true }
+        let (erase, log) = try run(drive)
+        #expect(erase == nil && drive.commands == [0xEC, 0xF1, 0xEC], "\(drive.commands)")
+        #expect(log.last?.contains("refused a password") == true, "\(log)")
+        #expect(drive.snapshot.contents.allSatisfy { $0 == 0xAA } && drive.snapshot.password == nil)
     }
 
     @Test func aFailedEraseNeverLeavesFarriersPasswordOnTheDrive() throws {
