@@ -19,7 +19,9 @@ import Glibc
 /// 3. SECURITY SET PASSWORD (the user password, high security), SECURITY ERASE PREPARE, and
 ///    SECURITY ERASE UNIT (enhanced when offered), which may take hours on a large drive.
 /// 4. IDENTIFY again: the password must be gone. If the erase failed, the password is disabled
-///    again, so the drive is never left locked by Farrier.
+///    again. A power loss during the erase leaves it on (the drive comes back locked): the next
+///    try unlocks it, as in 2; firmware that stops at boot to ask for it needs an operator
+///    (`hdparm --security-disable farrier-erase`).
 ///
 /// A frozen drive (firmware froze it at boot, as most do) or one without the feature set is left
 /// to the other erases: `run` returns nil and says why.
@@ -149,8 +151,9 @@ struct ATASecurityErase {
         c[0] = 0x85
         switch transfer {
         case .none:
-            c[1] = 3 << 1  // non-data
-            c[2] = 0x20  // CK_COND: the ATA registers come back in the sense data
+            // Non-data, without CK_COND: success is a plain GOOD status, whatever sense format
+            // the kernel or the adapter would have used for the registers.
+            c[1] = 3 << 1
         case .fromDevice(let n):
             c[1] = 4 << 1  // PIO data-in
             c[2] = 0x0E  // T_DIR from the device, BYT_BLOK blocks, T_LENGTH in the count field
@@ -211,7 +214,7 @@ struct ATASecurityErase {
             try command(Self.disablePassword, data: Self.passwordBlock(Self.password))
         } catch {
             throw AgentFailure(
-                "\(path) has an ATA security password that is not Farrier's; it cannot be erased without it (\(error))"
+                "\(path) has an ATA security password that Farrier's did not remove (someone else's, or the drive did not answer); it cannot be erased without it: \(error)"
             )
         }
     }
@@ -262,8 +265,9 @@ struct ATASecurityErase {
                     timeoutSeconds: timeout
                 )
             } catch {
-                // Never leave the drive with Farrier's password on it.
-                let left = (try? identify()) ?? security
+                // Do not leave the drive with Farrier's password on it. A drive that does not
+                // answer IDENTIFY now is taken to hold the password, locked.
+                let left = (try? identify()) ?? Security(supported: true, enabled: true, locked: true)
                 if left.enabled { try? disableOwnPassword(unlock: left.locked) }
                 throw AgentFailure("ATA \(erase.rawValue) of \(path) failed: \(error)")
             }
@@ -334,10 +338,10 @@ struct SGIODevice: ATASecurityErase.Device {
         return data
     }
 
-    /// Why a completed SG_IO failed, or nil when the command succeeded (pure). With CK_COND, a
-    /// non-data command that succeeded comes back as CHECK CONDITION carrying the ATA status
-    /// descriptor with no error bit (sense key 0 or RECOVERED ERROR, "ATA pass through
-    /// information available").
+    /// Why a completed SG_IO failed, or nil when the command succeeded (pure). A command that
+    /// succeeded may still come back as CHECK CONDITION with "ATA pass through information
+    /// available" (sense key 0 or RECOVERED ERROR), in descriptor format with the ATA status
+    /// descriptor's error bit clear, or in fixed format.
     static func failure(status: UInt8, hostStatus: UInt16, driverStatus: UInt16, sense: [UInt8]) -> String? {
         guard hostStatus == 0 else { return "host status 0x\(String(hostStatus, radix: 16))" }
         // DRIVER_SENSE (0x08) only says sense data came with the answer.
@@ -370,7 +374,9 @@ struct SGIODevice: ATASecurityErase.Device {
             }
         }
         // ATA PASS-THROUGH INFORMATION AVAILABLE (00/1D) with the registers clean: success.
-        if found, asc == 0x00, ascq == 0x1D, ataStatus & 0x21 == 0, key == 0 || key == 1 { return nil }
+        // In fixed format (some kernels and bridges answer so) the registers are not all there:
+        // the sense key says it (no sense, or recovered error).
+        if asc == 0x00, ascq == 0x1D, key == 0 || key == 1, !found || ataStatus & 0x21 == 0 { return nil }
         let registers =
             found ? ", ATA error 0x\(String(ataError, radix: 16)) status 0x\(String(ataStatus, radix: 16))" : ""
         return

@@ -155,12 +155,17 @@ public final class Agent: Sendable {
         let stop = Atomic<Bool>(false)
         let reporter = Thread { [self] in
             var last: String?
+            var sent = Date.distantPast
             while !stop.load(ordering: .relaxed) {
                 if let p = progress.withLock({ $0 }) {
                     let key = "\(p.stage)/\(p.bytesDone)"
-                    if key != last {
+                    // Unchanged progress is sent again every few minutes: a device's own erase
+                    // (NVMe Format, ATA Security Erase) reports nothing for up to hours, and the
+                    // server fails a step whose agent is silent for `progressStall` (15 min).
+                    if key != last || Date().timeIntervalSince(sent) >= Self.heartbeat {
                         _ = try? post(AgentAPI.progress, p, as: Empty.self)
                         last = key
+                        sent = Date()
                     }
                 }
                 for _ in 0..<10 where !stop.load(ordering: .relaxed) { usleep(100_000) }
@@ -207,6 +212,9 @@ public final class Agent: Sendable {
         )
         return result.ok
     }
+
+    /// Seconds between two reports of the same progress (a third of the server's stall limit).
+    static let heartbeat: TimeInterval = 300
 
     func report(_ stage: String, _ done: Int64, _ total: Int64) {
         progress.withLock { $0 = AgentProgress(stage: stage, bytesDone: done, bytesTotal: total) }

@@ -27,6 +27,8 @@ import Glibc
             var prepared = false
             var failErase = false
             var refusePassword = false
+            var silentIdentifyAfterErase = false
+            var eraseTried = false
             var contents = [UInt8](repeating: 0xAA, count: 4096)
             var commands: [UInt8] = []
         }
@@ -70,10 +72,17 @@ import Glibc
             // What a SAT layer checks: the opcode, the protocol for the transfer, the length.
             let proto = (cdb[1] >> 1) & 0xF
             let ok: Bool
+            // Byte 2: T_DIR (0x08, from the device), BYT_BLOK (0x04, count in blocks), T_LENGTH
+            // (0x03; 2: the length is in the sector count field, 0: no data).
+            let fromDevice = cdb[2] & 0x08 != 0
+            let blocks = cdb[2] & 0x04 != 0
+            let lengthField = cdb[2] & 0x03
             switch transfer {
-            case .none: ok = proto == 3
-            case .fromDevice(let n): ok = proto == 4 && cdb[2] == 0x0E && Int(cdb[6]) * 512 == n
-            case .toDevice(let b): ok = proto == 5 && cdb[2] == 0x06 && Int(cdb[6]) * 512 == b.count
+            case .none: ok = proto == 3 && lengthField == 0
+            case .fromDevice(let n):
+                ok = proto == 4 && fromDevice && blocks && lengthField == 2 && Int(cdb[6]) * 512 == n
+            case .toDevice(let b):
+                ok = proto == 5 && !fromDevice && blocks && lengthField == 2 && Int(cdb[6]) * 512 == b.count
             }
             guard cdb.count == 16, cdb[0] == 0x85, ok, timeoutSeconds > 0 else {
                 throw ATASecurityErase.CommandFailed(description: "SAT: invalid field in CDB \(cdb)")
@@ -90,7 +99,10 @@ import Glibc
                     guard let p = s.password else { return false }
                     return given == p + [UInt8](repeating: 0, count: 32 - p.count)
                 }
-                if op == 0xEC { return identify(s) }
+                if op == 0xEC {
+                    guard !(s.silentIdentifyAfterErase && s.eraseTried) else { throw Aborted() }
+                    return identify(s)
+                }
                 guard s.featureSet, !s.frozen, !s.locked || op == 0xF2 else { throw Aborted() }
                 switch op {
                 case 0xF1:  // SET PASSWORD (user, high)
@@ -106,6 +118,7 @@ import Glibc
                 case 0xF3:  // ERASE PREPARE
                     s.prepared = true
                 case 0xF4:  // ERASE UNIT
+                    s.eraseTried = true
                     guard wasPrepared, matches(), !s.failErase else {
                         // Power lost mid-erase: the password stays, and the drive comes back locked.
                         if s.failErase { s.locked = true }
@@ -173,6 +186,18 @@ import Glibc
         #expect(drive.commands.suffix(3) == [0xEC, 0xF2, 0xF6], "\(drive.commands)")
     }
 
+    /// The erase fails and the drive then does not answer IDENTIFY: it is taken to be locked
+    /// with Farrier's password, which is removed.
+    @Test func aDriveSilentAfterAFailedEraseStillLosesFarriersPassword() throws {
+        let drive = SimulatedDrive {
+            $0.failErase = true
+            $0.silentIdentifyAfterErase = true
+        }
+        #expect(throws: AgentFailure.self) { try run(drive) }
+        #expect(drive.snapshot.password == nil && !drive.snapshot.locked, "\(drive.commands)")
+        #expect(drive.commands.suffix(3) == [0xEC, 0xF2, 0xF6], "\(drive.commands)")
+    }
+
     @Test func aDriveLeftLockedByAnEarlierEraseIsRecoveredThenErased() throws {
         let drive = SimulatedDrive {
             $0.password = ATASecurityErase.password
@@ -191,7 +216,7 @@ import Glibc
             $0.locked = true
         }
         let error = #expect(throws: AgentFailure.self) { try run(drive) }
-        #expect(error?.description.contains("not Farrier's") == true, "\(String(describing: error))")
+        #expect(error?.description.contains("did not remove") == true, "\(String(describing: error))")
         #expect(drive.snapshot.contents.allSatisfy { $0 == 0xAA } && drive.snapshot.password == Array("tenant".utf8))
         // Used up unlock attempts: refused without trying.
         let expired = SimulatedDrive {
@@ -242,7 +267,7 @@ import Glibc
         )
         #expect(
             ATASecurityErase.cdb(command: 0xF3, transfer: .none)
-                == [0x85, 0x06, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0xF3, 0]
+                == [0x85, 0x06, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0xF3, 0]
         )
     }
 
@@ -262,6 +287,9 @@ import Glibc
             SGIODevice.failure(status: 0x02, hostStatus: 0, driverStatus: 0x08, sense: aborted)
                 == "sense key 0xb ASC/ASCQ 0x0/0x1d, ATA error 0x4 status 0x51"
         )
+        // The same success in fixed format (no registers to read): still a success.
+        let fixed: [UInt8] = [0x70, 0, 0x01, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x00, 0x1D]
+        #expect(SGIODevice.failure(status: 0x02, hostStatus: 0, driverStatus: 0x08, sense: fixed) == nil)
         // Not an ATA device behind the SCSI layer: fixed-format ILLEGAL REQUEST, invalid opcode.
         let illegal: [UInt8] = [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x00]
         #expect(
