@@ -379,6 +379,8 @@ struct Worker {
                 if attempt < config.bmcAttempts { try? await Task.sleep(for: config.bmcRetryDelay) }
             }
         }
+        // A stop that came after the last attempt's answer: not the BMC's failure either.
+        guard !Task.isCancelled else { return false }
         // Every attempt failed: the BMC has stopped answering (or refuses). Once per failed
         // step, at warning, with the BMC's address for whoever is paged.
         logger.warning(

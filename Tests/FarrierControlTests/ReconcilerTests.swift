@@ -239,8 +239,10 @@ final class FakeBMCs: BMCProvider, Sendable {
             x.phase = .boot
             return []
         }
-        let dead = try #require(try await store.claimWork(machineID: m.id, owner: "dead-replica", ttl: .seconds(1)))
+        // Taken before the claim is made: the claim lapses a second after its own start, which is
+        // later, however long the write waits on a loaded machine.
         let started = Date()
+        let dead = try #require(try await store.claimWork(machineID: m.id, owner: "dead-replica", ttl: .seconds(1)))
         try await reconciling(c) {
             _ = try await waitFor(m.id, "the takeover") { $0.phase == .agent }
         }
@@ -298,14 +300,16 @@ final class FakeBMCs: BMCProvider, Sendable {
 
     static func cutOff(_ store: any StateStore) async throws {
         let bmcs = FakeBMCs()
-        func controller() -> Controller {
+        // Each life a replica of its own: the next must take the step on as another replica would.
+        func controller(_ replica: String) -> Controller {
             var c = ControlConfiguration()
             c.tick = .milliseconds(100)
             c.bmcRetryDelay = .milliseconds(10)
-            c.replica = "this-replica"
+            c.claimTTL = .seconds(3)
+            c.replica = replica
             return Controller(store: store, pool: bmcs, agentKey: SymmetricKey(size: .bits256), configuration: c)
         }
-        let c = controller()
+        let c = controller("first-life")
         let m = try await store.enroll(
             name: "a",
             mac: MACAddress("52:54:00:00:06:01")!,
@@ -315,7 +319,11 @@ final class FakeBMCs: BMCProvider, Sendable {
         )
         bmcs.fake(m.id).state.withLock { $0.hang = true }
         let task = Task { try await Reconciler(controller: c).run() }
-        _ = try await c.apply(.commission, machineID: m.id)
+        do { _ = try await c.apply(.commission, machineID: m.id) } catch {
+            task.cancel()
+            _ = try? await task.value
+            throw error
+        }
         var deadline = Date().addingTimeInterval(10)
         while Date() < deadline, bmcs.fake(m.id).state.withLock({ $0.hanging }) == 0 {
             try await Task.sleep(for: .milliseconds(10))
@@ -331,14 +339,15 @@ final class FakeBMCs: BMCProvider, Sendable {
         #expect(!events.contains { $0.contains("failed") }, "\(events)")
         // The next life goes on from the same phase.
         bmcs.fake(m.id).state.withLock { $0.hang = false }
-        let next = Task { try await Reconciler(controller: controller()).run() }
-        defer { next.cancel() }
+        let next = Task { try await Reconciler(controller: controller("next-life")).run() }
         deadline = Date().addingTimeInterval(30)
         var phase = after.phase
         while Date() < deadline, phase != .agent {
-            phase = try await store.machine(id: m.id)?.phase ?? phase
-            try await Task.sleep(for: .milliseconds(20))
+            phase = (try? await store.machine(id: m.id))?.phase ?? phase
+            try? await Task.sleep(for: .milliseconds(20))
         }
+        next.cancel()
+        _ = try? await next.value
         #expect(phase == .agent, "the next reconciler did not take the step on")
     }
 }
