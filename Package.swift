@@ -206,7 +206,7 @@ let package = Package(
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
-        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "FarrierStore", "WireSupport", log], swiftSettings: swiftSettings),
+        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "FarrierStore", "WireSupport", log, lifecycle], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierPostgres", "FarrierCore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings),

@@ -255,6 +255,9 @@ public final class DHCPService: Service, Sendable {
     let configuration: DHCPConfiguration
     /// Builds the engine from the store (leases, seen addresses); nil when DHCP is off.
     let makeEngine: (@Sendable () throws -> DHCPEngine)?
+    /// Records the stored leases (and seen addresses) in the address book again: a replica
+    /// standing by for the fence follows what the one that holds it leases.
+    let loadAddresses: (@Sendable () throws -> Void)?
     /// Built at start (in init) when there is no fence; with one, at each takeover, on a thread of
     /// its own.
     let engine: DHCPEngine?
@@ -281,6 +284,7 @@ public final class DHCPService: Service, Sendable {
         self.metrics = metrics
         if configuration.mode == .off || configuration.interfaces.isEmpty {
             makeEngine = nil
+            loadAddresses = nil
             engine = nil
             return
         }
@@ -316,6 +320,7 @@ public final class DHCPService: Service, Sendable {
             )
         }
         makeEngine = make
+        loadAddresses = { _ = try load() }
         engine = fence == nil ? try make() : nil
         // With a fence, DHCP answers only from the takeover on (seconds after the start), but
         // the address book is filled now, as without one: an agent in the middle of a step whose
@@ -373,6 +378,17 @@ public final class DHCPService: Service, Sendable {
                         metadata: ["dhcp.networks": networks]
                     )
                     standingBy = true
+                }
+                // Another replica leases: its new leases (an address given to another MAC) reach
+                // this one's address book within a retry, so the boot path and agent channel
+                // here never pair an address with the machine that held it before.
+                if let loadAddresses {
+                    do { try await Self.onThreadOfItsOwn(loadAddresses) } catch {
+                        logger.warning(
+                            "DHCP standing by cannot read the leases",
+                            metadata: ["dhcp.networks": networks, "error": "\(error)"]
+                        )
+                    }
                 }
                 if await Self.pause(Self.fenceRetry) { break }
                 continue

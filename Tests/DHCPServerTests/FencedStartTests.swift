@@ -3,6 +3,7 @@ import FarrierCore
 import FarrierStore
 import Foundation
 import Logging
+import ServiceLifecycle
 import Testing
 import WireSupport
 
@@ -36,5 +37,37 @@ import WireSupport
             logger: Logger(label: "test")
         )
         #expect(book.mac(for: address) == mac)
+    }
+
+    /// Standing by (another replica holds the fence), the address book follows the leases the
+    /// holder writes: an address given to another MAC is paired with that MAC within a retry.
+    @Test func aReplicaStandingByFollowsTheHoldersLeases() async throws {
+        let store = try SQLiteStore()
+        let (a, b) = (MACAddress("52:54:00:00:07:0a")!, MACAddress("52:54:00:00:07:0b")!)
+        let address = IPv4Address("198.18.0.151")!
+        try store.commit([Lease(mac: a, address: address, expires: Date().addingTimeInterval(3600))])
+        var config = makeConfig()
+        config.interfaces = ["lo"]  // the fence's key names the interface's network; nothing is sent
+        let book = AddressBook()
+        let service = try DHCPService(
+            configuration: config,
+            httpPort: 8080,
+            store: store,
+            recorder: TimelineRecorder(store: store, known: []),
+            addressBook: book,
+            fence: HeldElsewhere(),
+            logger: Logger(label: "test")
+        )
+        #expect(book.mac(for: address) == a)
+        let group = ServiceGroup(services: [service], logger: Logger(label: "test"))
+        let running = Task { try await group.run() }
+        // The holder gives the address to B (A's lease expired and went).
+        try store.deleteLease(mac: a)
+        try store.commit([Lease(mac: b, address: address, expires: Date().addingTimeInterval(3600))])
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, book.mac(for: address) != b { try await Task.sleep(for: .milliseconds(50)) }
+        await group.triggerGracefulShutdown()
+        try await running.value
+        #expect(book.mac(for: address) == b)
     }
 }
