@@ -9,9 +9,9 @@ import TestSupport
 /// (127.x.y.z from the MAC's last three bytes), and curl speaks for a machine from that address.
 final class ControlPlane: @unchecked Sendable {
     let h: Harness
-    let grpc: String
-    let httpPort: Int
-    let agentPort: Int
+    private(set) var grpc: String
+    private(set) var httpPort: Int
+    private(set) var agentPort: Int
     let data: String
     var server: Process?
     let extraFlags: [String]
@@ -21,11 +21,16 @@ final class ControlPlane: @unchecked Sendable {
 
     init(_ h: Harness, flags: [String] = []) {
         self.h = h
-        grpc = "127.0.0.1:\(Int.random(in: 30000..<40000))"
-        httpPort = Int.random(in: 40000..<45000)
-        agentPort = Int.random(in: 45000..<50000)
+        (grpc, httpPort, agentPort) = Self.randomPorts()
         data = h.directory + "/data"
         extraFlags = flags
+    }
+
+    /// Below Linux's ephemeral range (32768–60999 by default), where any outgoing connection
+    /// (a PostgreSQL client's, a curl's) may hold a port for a while: a server told to listen on
+    /// one such port failed its first start in CI (`Address already in use`).
+    static func randomPorts() -> (String, Int, Int) {
+        ("127.0.0.1:\(Int.random(in: 20000..<24000))", Int.random(in: 24000..<28000), Int.random(in: 28000..<32000))
     }
 
     var http: String { "http://127.0.0.1:\(httpPort)" }
@@ -47,6 +52,21 @@ final class ControlPlane: @unchecked Sendable {
     /// Starts the server (optionally armed with failpoints) and waits until the API answers.
     @discardableResult
     func start(failpoints: [String] = [], log: String = "server.log") throws -> Process {
+        // A first start whose port another process took (two tests' random picks can still
+        // meet) is tried again on other ports, at most twice; later starts keep their ports, which
+        // agents and clients already know.
+        let first = server == nil
+        for attempt in 1...3 {
+            do { return try startOnce(failpoints: failpoints, log: log) } catch {
+                guard first, attempt < 3, h.read(log).contains("Address already in use") else { throw error }
+                (grpc, httpPort, agentPort) = Self.randomPorts()
+                server = nil
+            }
+        }
+        throw Harness.CommandError(description: "unreachable")
+    }
+
+    func startOnce(failpoints: [String], log: String) throws -> Process {
         let env = failpoints.isEmpty ? [] : ["FARRIER_FAILPOINTS=" + failpoints.joined(separator: ",")]
         let p = try h.start(
             env + [
