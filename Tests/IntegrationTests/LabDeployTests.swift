@@ -206,9 +206,15 @@ struct LabDeployTests {
                         timeout: 1300
                     )
                 }
-                // The replica off the boot network dies while the agent writes; whatever it held
-                // (the step's claim, the CLI's connection) the other takes over.
-                let p = try h.start(deployArgs, log: "\(name)-deploy.log")
+                // The replica off the boot network dies while the agent writes. The CLI is given
+                // it first, so the deploy and its --wait talk to it: the --wait must move on to
+                // the other. (In this phase no work claim is held; LabKillNineTests covers those.)
+                let servers = (try labState()["serverAddress"] as? String ?? "").split(separator: ",")
+                try #require(servers.count == 2, "the lab's servers: \(servers)")
+                let p = try h.start(
+                    deployArgs + ["--server", "\(servers[1]),\(servers[0])"],
+                    log: "\(name)-deploy.log"
+                )
                 try h.waitUntil("\(name) to be deploying/agent with its agent at work", timeout: 1300, interval: 1) {
                     guard p.isRunning else { return true }
                     let m = try machine(name)
@@ -222,6 +228,15 @@ struct LabDeployTests {
                 let replicas = try #require(try labState()["extraReplicas"] as? [[String: Any]])
                 let replica2: Int32? = (replicas.first?["pid"] as? Int).map { Int32($0) }
                 let pid = try #require(replica2, "replica 2's pid: \(replicas)")
+                // Still the lab's server (not a process that reused the pid) before it is killed.
+                let cmdline = String(
+                    decoding: FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data(),
+                    as: UTF8.self
+                )
+                try #require(
+                    cmdline.contains("server") && cmdline.contains("/var/lib/farrier-lab/data"),
+                    "pid \(pid) is not the lab's replica 2: \(cmdline)"
+                )
                 #expect(kill(pid, SIGKILL) == 0, "replica 2 (pid \(pid)) was not running")
                 print("lab-deploy: replica 2 (pid \(pid)) killed while \(name) deployed")
                 try h.waitUntil("the deploy --wait to finish", timeout: 1300, interval: 1) { !p.isRunning }
