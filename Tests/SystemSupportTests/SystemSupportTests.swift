@@ -7,13 +7,17 @@ import Glibc
 #endif
 
 /// The POSIX helpers the server, the agent and the lab share, against the kernel itself.
-@Suite struct SystemSupportTests {
+/// A class so that each test's directory is removed when the test ends (deinit), whichever test
+/// it was: the heap test made one per run and left it in /tmp.
+@Suite final class SystemSupportTests {
     let dir: String
 
     init() throws {
         dir = NSTemporaryDirectory() + "farrier-system-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
 
     func mode(_ path: String) -> mode_t {
         var st = stat()
