@@ -46,51 +46,6 @@ struct ATASecurityErase {
         /// Minutes the drive says each erase takes (0: not given).
         var normalMinutes = 0
         var enhancedMinutes = 0
-
-        init(
-            supported: Bool = false,
-            enabled: Bool = false,
-            locked: Bool = false,
-            frozen: Bool = false,
-            countExpired: Bool = false,
-            enhancedSupported: Bool = false,
-            normalMinutes: Int = 0,
-            enhancedMinutes: Int = 0
-        ) {
-            self.supported = supported
-            self.enabled = enabled
-            self.locked = locked
-            self.frozen = frozen
-            self.countExpired = countExpired
-            self.enhancedSupported = enhancedSupported
-            self.normalMinutes = normalMinutes
-            self.enhancedMinutes = enhancedMinutes
-        }
-
-        /// From IDENTIFY DEVICE's 512 bytes (little-endian words). Word 82 bit 1 and word 128
-        /// bit 0 both say "supported"; word 128 holds the state. Words 89 and 90: time in units
-        /// of 2 minutes (bit 15 set: units of 2 minutes in bits 14:0, else bits 7:0); 255 or
-        /// 32767 means "more than that".
-        init(identify: [UInt8]) {
-            func word(_ n: Int) -> UInt16 {
-                identify.count >= 2 * n + 2 ? UInt16(identify[2 * n]) | UInt16(identify[2 * n + 1]) << 8 : 0
-            }
-            let w128 = word(128)
-            // 0x0000 and 0xFFFF are "not reported" for the command set words.
-            let w82 = word(82)
-            supported = w82 != 0xFFFF && w82 & 0x2 != 0 && w128 & 0x1 != 0
-            enabled = w128 & 0x2 != 0
-            locked = w128 & 0x4 != 0
-            frozen = w128 & 0x8 != 0
-            countExpired = w128 & 0x10 != 0
-            enhancedSupported = w128 & 0x20 != 0
-            func minutes(_ w: UInt16) -> Int {
-                let units = w & 0x8000 != 0 ? Int(w & 0x7FFF) : Int(w & 0xFF)
-                return units * 2
-            }
-            normalMinutes = minutes(word(89))
-            enhancedMinutes = minutes(word(90))
-        }
     }
 
     /// What to do about a drive, from its IDENTIFY (pure).
@@ -188,23 +143,18 @@ struct ATASecurityErase {
     let device: any Device
     let path: String
 
-    func identify() throws -> Security {
-        Security(
-            identify: try device.send(
-                Self.cdb(command: Self.identifyDevice, transfer: .fromDevice(512)),
-                transfer: .fromDevice(512),
-                timeoutSeconds: 15
-            )
-        )
-    }
-
-    func command(_ opcode: UInt8, data: [UInt8]?, timeoutSeconds: Int = 15) throws {
-        let transfer: Transfer = data.map { .toDevice($0) } ?? .none
-        _ = try device.send(
+    func send(_ opcode: UInt8, _ transfer: Transfer, timeoutSeconds: Int = 15) throws -> [UInt8] {
+        try device.send(
             Self.cdb(command: opcode, transfer: transfer),
             transfer: transfer,
             timeoutSeconds: timeoutSeconds
         )
+    }
+
+    func identify() throws -> Security { Security(identify: try send(Self.identifyDevice, .fromDevice(512))) }
+
+    func command(_ opcode: UInt8, data: [UInt8]?, timeoutSeconds: Int = 15) throws {
+        _ = try send(opcode, data.map { .toDevice($0) } ?? .none, timeoutSeconds: timeoutSeconds)
     }
 
     /// Removes Farrier's password (unlocking first when locked); fails when it is someone else's.
@@ -281,6 +231,33 @@ struct ATASecurityErase {
     }
 }
 
+extension ATASecurityErase.Security {
+    /// From IDENTIFY DEVICE's 512 bytes (little-endian words). Word 82 bit 1 and word 128
+    /// bit 0 both say "supported"; word 128 holds the state. Words 89 and 90: time in units
+    /// of 2 minutes (bit 15 set: units of 2 minutes in bits 14:0, else bits 7:0); 255 or
+    /// 32767 means "more than that".
+    init(identify: [UInt8]) {
+        func word(_ n: Int) -> UInt16 {
+            identify.count >= 2 * n + 2 ? UInt16(identify[2 * n]) | UInt16(identify[2 * n + 1]) << 8 : 0
+        }
+        let w128 = word(128)
+        // 0x0000 and 0xFFFF are "not reported" for the command set words.
+        let w82 = word(82)
+        supported = w82 != 0xFFFF && w82 & 0x2 != 0 && w128 & 0x1 != 0
+        enabled = w128 & 0x2 != 0
+        locked = w128 & 0x4 != 0
+        frozen = w128 & 0x8 != 0
+        countExpired = w128 & 0x10 != 0
+        enhancedSupported = w128 & 0x20 != 0
+        func minutes(_ w: UInt16) -> Int {
+            let units = w & 0x8000 != 0 ? Int(w & 0x7FFF) : Int(w & 0xFF)
+            return units * 2
+        }
+        normalMinutes = minutes(word(89))
+        enhancedMinutes = minutes(word(90))
+    }
+}
+
 /// SG_IO on a block device (struct sg_io_hdr, 88 bytes on 64-bit Linux, laid out by hand).
 /// Anything but a clean completion is a `CommandFailed` naming the SCSI status, the sense key
 /// and, from ATA PASS-THROUGH's status descriptor, the ATA error and status registers.
@@ -290,12 +267,6 @@ struct SGIODevice: ATASecurityErase.Device {
 
     func send(_ cdb: [UInt8], transfer: ATASecurityErase.Transfer, timeoutSeconds: Int) throws -> [UInt8] {
         var header = [UInt8](repeating: 0, count: 88)
-        func put32(_ offset: Int, _ v: UInt32) {
-            for i in 0..<4 { header[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
-        }
-        func put64(_ offset: Int, _ v: UInt64) {
-            for i in 0..<8 { header[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
-        }
         var data: [UInt8]
         let direction: Int32
         switch transfer {
@@ -305,18 +276,18 @@ struct SGIODevice: ATASecurityErase.Device {
         }
         var command = cdb
         var sense = [UInt8](repeating: 0, count: 32)
-        put32(0, UInt32(UInt8(ascii: "S")))
-        put32(4, UInt32(bitPattern: direction))
+        LittleEndian.put32(&header, 0, UInt32(UInt8(ascii: "S")))
+        LittleEndian.put32(&header, 4, UInt32(bitPattern: direction))
         header[8] = UInt8(command.count)
         header[9] = UInt8(sense.count)
-        put32(12, UInt32(data.count))
-        put32(40, UInt32(clamping: timeoutSeconds * 1000))
+        LittleEndian.put32(&header, 12, UInt32(data.count))
+        LittleEndian.put32(&header, 40, UInt32(clamping: timeoutSeconds * 1000))
         let rc: Int32 = data.withUnsafeMutableBytes { d in
             command.withUnsafeMutableBytes { c in
                 sense.withUnsafeMutableBytes { s in
-                    put64(16, d.baseAddress.map { UInt64(UInt(bitPattern: $0)) } ?? 0)
-                    put64(24, UInt64(UInt(bitPattern: c.baseAddress!)))
-                    put64(32, UInt64(UInt(bitPattern: s.baseAddress!)))
+                    LittleEndian.put64(&header, 16, d.baseAddress.map { UInt64(UInt(bitPattern: $0)) } ?? 0)
+                    LittleEndian.put64(&header, 24, UInt64(UInt(bitPattern: c.baseAddress!)))
+                    LittleEndian.put64(&header, 32, UInt64(UInt(bitPattern: s.baseAddress!)))
                     return header.withUnsafeMutableBytes { ioctl(fd, Self.SG_IO, $0.baseAddress!) }
                 }
             }

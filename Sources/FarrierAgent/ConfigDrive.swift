@@ -181,18 +181,18 @@ struct PartitionTableEdit {
         ss: Int,
         partitionBytes: Int64
     ) throws -> PartitionTableEdit {
-        let headerSize = Int(le32(header, 12))
+        let headerSize = Int(LittleEndian.get32(header, 12))
         guard headerSize >= 92, headerSize <= ss else {
             throw AgentFailure("config drive: GPT header size \(headerSize)")
         }
         var check = Array(header[0..<headerSize])
-        put32(&check, 16, 0)
-        guard crc32(check) == le32(header, 16) else {
+        LittleEndian.put32(&check, 16, 0)
+        guard crc32(check) == LittleEndian.get32(header, 16) else {
             throw AgentFailure("config drive: the GPT header's CRC does not match")
         }
-        let entriesLBA = Int64(le64(header, 72))
-        let count = Int(le32(header, 80))
-        let entrySize = Int(le32(header, 84))
+        let entriesLBA = Int64(LittleEndian.get64(header, 72))
+        let count = Int(LittleEndian.get32(header, 80))
+        let entrySize = Int(LittleEndian.get32(header, 84))
         guard entrySize >= 128, count > 0, count <= 1024 else {
             throw AgentFailure("config drive: GPT with \(count) entries of \(entrySize) bytes")
         }
@@ -206,7 +206,7 @@ struct PartitionTableEdit {
                 if free == nil { free = i }
                 continue
             }
-            highest = max(highest, Int64(le64(entries, e + 40)))
+            highest = max(highest, Int64(LittleEndian.get64(entries, e + 40)))
         }
         guard let slot = free else { throw AgentFailure("config drive: the GPT has no free entry") }
         let lastUsable = sectors - 1 - entrySectors - 1
@@ -225,35 +225,35 @@ struct PartitionTableEdit {
         unique[7] = (unique[7] & 0x0F) | 0x40  // version 4 (mixed-endian field 3)
         unique[8] = (unique[8] & 0x3F) | 0x80
         entries.replaceSubrange(e + 16..<e + 32, with: unique)
-        put64(&entries, e + 32, UInt64(first))
-        put64(&entries, e + 40, UInt64(lastUsable))
+        LittleEndian.put64(&entries, e + 32, UInt64(first))
+        LittleEndian.put64(&entries, e + 40, UInt64(lastUsable))
         for (i, u) in "config-2".utf16.enumerated() {
             entries[e + 56 + 2 * i] = UInt8(u & 0xFF)
             entries[e + 57 + 2 * i] = UInt8(u >> 8)
         }
         let entriesCRC = crc32(entries)
         var primary = Array(header[0..<headerSize])
-        put64(&primary, 32, UInt64(sectors - 1))
-        put64(&primary, 48, UInt64(lastUsable))
-        put32(&primary, 88, entriesCRC)
+        LittleEndian.put64(&primary, 32, UInt64(sectors - 1))
+        LittleEndian.put64(&primary, 48, UInt64(lastUsable))
+        LittleEndian.put32(&primary, 88, entriesCRC)
         var backup = primary
-        put64(&backup, 24, UInt64(sectors - 1))
-        put64(&backup, 32, 1)
-        put64(&backup, 72, UInt64(sectors - 1 - entrySectors))
+        LittleEndian.put64(&backup, 24, UInt64(sectors - 1))
+        LittleEndian.put64(&backup, 32, 1)
+        LittleEndian.put64(&backup, 72, UInt64(sectors - 1 - entrySectors))
         for h in [0, 1] {
             var x = h == 0 ? primary : backup
-            put32(&x, 16, 0)
-            put32(&x, 16, crc32(x))
+            LittleEndian.put32(&x, 16, 0)
+            LittleEndian.put32(&x, 16, crc32(x))
             if h == 0 { primary = x } else { backup = x }
         }
         // The protective MBR covers the whole disk again.
         var pmbr = mbr
-        put32(&pmbr, 446 + 12, UInt32(min(sectors - 1, 0xFFFF_FFFF)))
+        LittleEndian.put32(&pmbr, 446 + 12, UInt32(min(sectors - 1, 0xFFFF_FFFF)))
         let pad = { (b: [UInt8]) in b + [UInt8](repeating: 0, count: ss - b.count) }
         // The image's own backup header (at the image's end, now inside the disk): zeroed, so
         // nothing finds a stale GPT there.
         var stale: [(Int64, [UInt8])] = []
-        let oldBackup = Int64(le64(header, 32))
+        let oldBackup = Int64(LittleEndian.get64(header, 32))
         if oldBackup > highest, oldBackup < sectors - 1 - entrySectors {
             stale.append((oldBackup * Int64(ss), [UInt8](repeating: 0, count: ss)))
         }
@@ -286,7 +286,10 @@ struct PartitionTableEdit {
                 if free == nil { free = i }
                 continue
             }
-            highest = max(highest, Int64(le32(table, e + 8)) + Int64(le32(table, e + 12)) - 1)
+            highest = max(
+                highest,
+                Int64(LittleEndian.get32(table, e + 8)) + Int64(LittleEndian.get32(table, e + 12)) - 1
+            )
         }
         guard let slot = free else { throw AgentFailure("config drive: the MBR has no free primary entry") }
         let end = min(sectors, 0xFFFF_FFFF) - 1
@@ -295,8 +298,8 @@ struct PartitionTableEdit {
         guard first > highest else { throw AgentFailure("config drive: no room after the image's partitions") }
         let e = 446 + 16 * slot
         table.replaceSubrange(e..<e + 8, with: [0x00, 0xFE, 0xFF, 0xFF, 0x0C, 0xFE, 0xFF, 0xFF])
-        put32(&table, e + 8, UInt32(first))
-        put32(&table, e + 12, UInt32(end - first + 1))
+        LittleEndian.put32(&table, e + 8, UInt32(first))
+        LittleEndian.put32(&table, e + 12, UInt32(end - first + 1))
         return PartitionTableEdit(
             scheme: "mbr",
             number: slot + 1,
@@ -304,15 +307,6 @@ struct PartitionTableEdit {
             length: (end - first + 1) * Int64(ss),
             writes: [(0, table)]
         )
-    }
-
-    static func le32(_ b: [UInt8], _ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[o + $1]) << (8 * $1) } }
-    static func le64(_ b: [UInt8], _ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * $1) } }
-    static func put32(_ b: inout [UInt8], _ o: Int, _ v: UInt32) {
-        for i in 0..<4 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
-    }
-    static func put64(_ b: inout [UInt8], _ o: Int, _ v: UInt64) {
-        for i in 0..<8 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
     }
 
     /// CRC-32 (IEEE 802.3, reflected), as GPT uses.

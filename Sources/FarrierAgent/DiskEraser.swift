@@ -88,28 +88,18 @@ public struct DiskEraser: Sendable {
         let ata =
             nvme == nil && isBlockDevice(fd)
             ? try ATASecurityErase(device: SGIODevice(fd: fd), path: path).run(log: log) : nil
-        if let ata {
+        // The device erased itself: done if it reads back as zeroes (the method it then is, and
+        // the erase's name for the log).
+        let own: (method: Method, name: String)? =
+            nvme.map { ($0 == .cryptographic ? .nvmeCryptographic : .nvmeUserData, "NVMe format") }
+            ?? ata.map { ($0 == .enhanced ? .ataEnhancedSecurityErase : .ataSecurityErase, "ATA \($0.rawValue)") }
+        if let own {
             do {
                 let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
                 progress(size)
-                return Outcome(
-                    method: ata == .enhanced ? .ataEnhancedSecurityErase : .ataSecurityErase,
-                    verifiedBlocks: blocks
-                )
+                return Outcome(method: own.method, verifiedBlocks: blocks)
             } catch {
-                log("after the ATA \(ata.rawValue): \(error); zeroing \(path) as well")
-            }
-        }
-        if let nvme {
-            do {
-                let blocks = try Self.verifyZeroes(path: path, size: size, samples: samples)
-                progress(size)
-                return Outcome(
-                    method: nvme == .cryptographic ? .nvmeCryptographic : .nvmeUserData,
-                    verifiedBlocks: blocks
-                )
-            } catch {
-                log("after the NVMe format: \(error); zeroing \(path) as well")
+                log("after the \(own.name): \(error); zeroing \(path) as well")
             }
         }
         let secure = nvme == nil && ata == nil && ioctl(fd, Self.BLKSECDISCARD, &whole) == 0

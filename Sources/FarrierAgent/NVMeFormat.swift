@@ -116,20 +116,14 @@ struct NVMeFormat {
     ) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: length ?? 0)
         var cmd = [UInt8](repeating: 0, count: 72)
-        func put32(_ offset: Int, _ v: UInt32) {
-            for i in 0..<4 { cmd[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
-        }
-        func put64(_ offset: Int, _ v: UInt64) {
-            for i in 0..<8 { cmd[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
-        }
         cmd[0] = opcode
-        put32(4, nsid)
-        put32(40, cdw10)
-        put32(64, timeoutMs)
+        LittleEndian.put32(&cmd, 4, nsid)
+        LittleEndian.put32(&cmd, 40, cdw10)
+        LittleEndian.put32(&cmd, 64, timeoutMs)
         let rc: Int32 = buffer.withUnsafeMutableBytes { data in
             if let base = data.baseAddress, !data.isEmpty {
-                put64(24, UInt64(UInt(bitPattern: base)))
-                put32(36, UInt32(data.count))
+                LittleEndian.put64(&cmd, 24, UInt64(UInt(bitPattern: base)))
+                LittleEndian.put32(&cmd, 36, UInt32(data.count))
             }
             return cmd.withUnsafeMutableBytes { ioctl(fd, Self.NVME_IOCTL_ADMIN_CMD, $0.baseAddress!) }
         }

@@ -16,8 +16,8 @@ import Testing
         mbr[511] = 0xAA
         // One Linux partition: sectors 2048 ..< 2048 + 40960 (20 MiB).
         mbr[446 + 4] = 0x83
-        PartitionTableEdit.put32(&mbr, 446 + 8, 2048)
-        PartitionTableEdit.put32(&mbr, 446 + 12, 40960)
+        LittleEndian.put32(&mbr, 446 + 8, 2048)
+        LittleEndian.put32(&mbr, 446 + 12, 40960)
         let disk: Int64 = 200 << 20
         let edit = try PartitionTableEdit.addPartition(
             read: { offset, count in offset == 0 ? mbr : [UInt8](repeating: 0, count: count) },
@@ -29,7 +29,7 @@ import Testing
         #expect(edit.start == disk - (64 << 20) && edit.length == 64 << 20)
         let table = try #require(edit.writes.first?.1)
         #expect(table[446 + 16 + 4] == 0x0C)
-        #expect(PartitionTableEdit.le32(table, 446 + 16 + 8) == UInt32((disk - (64 << 20)) / 512))
+        #expect(LittleEndian.get32(table, 446 + 16 + 8) == UInt32((disk - (64 << 20)) / 512))
         // The existing entry is untouched.
         #expect(Array(table[446..<462]) == Array(mbr[446..<462]))
     }
@@ -47,8 +47,8 @@ import Testing
         mbr[510] = 0x55
         mbr[511] = 0xAA
         mbr[446 + 4] = 0x83
-        PartitionTableEdit.put32(&mbr, 446 + 8, 2048)
-        PartitionTableEdit.put32(&mbr, 446 + 12, UInt32((100 << 20) / 512))  // fills the disk
+        LittleEndian.put32(&mbr, 446 + 8, 2048)
+        LittleEndian.put32(&mbr, 446 + 12, UInt32((100 << 20) / 512))  // fills the disk
         let full = mbr
         #expect(throws: AgentFailure.self) {
             try PartitionTableEdit.addPartition(
