@@ -21,14 +21,10 @@ import WireSupport
         func release() async {}
     }
 
-    @Test func theAddressBookKnowsEveryLeaseBeforeTheFenceIsHeld() throws {
-        let store = try SQLiteStore()
-        let mac = MACAddress("52:54:00:00:07:01")!
-        let address = IPv4Address("198.18.0.150")!
-        try store.commit([Lease(mac: mac, address: address, expires: Date().addingTimeInterval(3600))])
-        let book = AddressBook()
-        _ = try DHCPService(
-            configuration: makeConfig(),
+    /// A DHCP service on `store` whose fence another replica holds.
+    func service(_ config: DHCPConfiguration, _ store: SQLiteStore, _ book: AddressBook) throws -> DHCPService {
+        try DHCPService(
+            configuration: config,
             httpPort: 8080,
             store: store,
             recorder: TimelineRecorder(store: store, known: []),
@@ -36,6 +32,15 @@ import WireSupport
             fence: HeldElsewhere(),
             logger: Logger(label: "test")
         )
+    }
+
+    @Test func theAddressBookKnowsEveryLeaseBeforeTheFenceIsHeld() throws {
+        let store = try SQLiteStore()
+        let mac = MACAddress("52:54:00:00:07:01")!
+        let address = IPv4Address("198.18.0.150")!
+        try store.commit([Lease(mac: mac, address: address, expires: Date().addingTimeInterval(3600))])
+        let book = AddressBook()
+        _ = try service(makeConfig(), store, book)
         #expect(book.mac(for: address) == mac)
     }
 
@@ -49,17 +54,9 @@ import WireSupport
         var config = makeConfig()
         config.interfaces = ["lo"]  // the fence's key names the interface's network; nothing is sent
         let book = AddressBook()
-        let service = try DHCPService(
-            configuration: config,
-            httpPort: 8080,
-            store: store,
-            recorder: TimelineRecorder(store: store, known: []),
-            addressBook: book,
-            fence: HeldElsewhere(),
-            logger: Logger(label: "test")
-        )
+        let standingBy = try service(config, store, book)
         #expect(book.mac(for: address) == a)
-        let group = ServiceGroup(services: [service], logger: Logger(label: "test"))
+        let group = ServiceGroup(services: [standingBy], logger: Logger(label: "test"))
         let running = Task { try await group.run() }
         // The holder gives the address to B (A's lease expired and went).
         try store.deleteLease(mac: a)
