@@ -160,6 +160,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // A site's boot services (issue 16): for now the cache of the region's content-addressed files.
+        .target(
+            name: "FarrierSite",
+            dependencies: [
+                "FarrierCore", log, .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
+
         // Wiring: configuration, logging, the service group; and the lab harness.
         .target(
             name: "FarrierApp",
@@ -202,6 +213,7 @@ let package = Package(
             name: "FarrierControlTests",
             dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "TestSupport", log],
             swiftSettings: swiftSettings),
+        .testTarget(name: "FarrierSiteTests", dependencies: ["FarrierSite", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierBMCTests", dependencies: ["FarrierBMC", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire", "WireSupport"], swiftSettings: swiftSettings),
