@@ -164,7 +164,7 @@ let package = Package(
         .target(
             name: "FarrierSite",
             dependencies: [
-                "FarrierCore", log, .product(name: "Crypto", package: "swift-crypto"),
+                "FarrierCore", "FarrierHTTP", log, .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ] + nio,
@@ -213,7 +213,13 @@ let package = Package(
             name: "FarrierControlTests",
             dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "TestSupport", log],
             swiftSettings: swiftSettings),
-        .testTarget(name: "FarrierSiteTests", dependencies: ["FarrierSite", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FarrierSiteTests",
+            dependencies: [
+                "FarrierSite", "FarrierHTTP", "TestSupport", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings),
         .testTarget(name: "FarrierBMCTests", dependencies: ["FarrierBMC", "FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire", "WireSupport"], swiftSettings: swiftSettings),

@@ -111,7 +111,7 @@ public func buildRouter(
         // Images are tenants' bytes: only over TLS, and only to an agent deploying one or an admin.
         if let dir = deps.imageDirectory {
             router.add(middleware: ImageAccessMiddleware(deps: deps))
-            addImageRoute(router, directory: dir)
+            addImageRoute(router, source: DirectoryImageSource(directory: dir))
         }
         if let controller = deps.controller { addAgentRoutes(router, controller: controller, deps: deps) }
         router.get("/healthz") { _, _ in "ok\n" }

@@ -3,23 +3,65 @@ import Foundation
 import Hummingbird
 import NIOCore
 import NIOPosix
+import Synchronization
+
+/// Where `/images/<sha256>` finds its bytes: the region's blob directory, or a site's cache of
+/// the region's files.
+public protocol ImageSource: Sendable {
+    /// The file named `name` (a SHA-256), held until its `release` runs; nil when there is none.
+    /// An error is the source's own failure (a site that could not pull the file): 502.
+    func open(_ name: String) async throws -> ImageFile?
+}
+
+/// An image file held open for one response.
+public struct ImageFile: Sendable {
+    public var path: String
+    public var size: Int64
+    /// Called once the response no longer needs the file (sent, refused or cut off).
+    public var release: @Sendable () async -> Void
+
+    public init(path: String, size: Int64, release: @escaping @Sendable () async -> Void) {
+        self.path = path
+        self.size = size
+        self.release = release
+    }
+}
+
+/// The region's images: files named by their SHA-256 in one directory.
+public struct DirectoryImageSource: ImageSource {
+    public let directory: String
+    public init(directory: String) { self.directory = directory }
+
+    public func open(_ name: String) async throws -> ImageFile? {
+        let path = directory + "/" + name
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return ImageFile(path: path, size: Int64(st.st_size), release: {})
+    }
+}
 
 /// `GET`/`HEAD /images/<sha256>` on the agent channel (after `ImageAccessMiddleware` let the
 /// request through): the whole file or one `bytes=` range (416 when it cannot be met), a
 /// strong ETag (the name is the content's SHA-256) and `If-None-Match`.
-func addImageRoute(_ router: Router<FarrierRequestContext>, directory: String) {
-    @Sendable func answer(_ request: Request, _ context: FarrierRequestContext, head: Bool) async throws -> Response {
+public func addImageRoute(_ router: Router<some RequestContext>, source: any ImageSource) {
+    @Sendable func answer(_ request: Request, _ context: some RequestContext, head: Bool) async throws -> Response {
         let name = try context.parameters.require("name")
         // Content-addressed names only: nothing to resolve, nowhere else to reach.
         guard name.count == 64, name.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
             throw HTTPError(.badRequest, message: "an image is named by its SHA-256 (64 lowercase hex digits)\n")
         }
-        let path = directory + "/" + name
-        var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
-            throw HTTPError(.notFound, message: "no such image\n")
+        let opened: ImageFile?
+        do {
+            opened = try await source.open(name)
+        } catch {
+            throw HTTPError(.badGateway, message: "image \(name.prefix(12))…: \(error)\n")
         }
-        let size = Int64(st.st_size)
+        guard let file = opened else { throw HTTPError(.notFound, message: "no such image\n") }
+        // Released when the last holder lets go: at the end of this function for an answer
+        // without a body; for a body, once it is sent or cut off, or dropped unsent.
+        let hold = ReleaseOnce(file.release)
+        let path = file.path
+        let size = file.size
         let etag = "\"\(name)\""
         var headers: HTTPFields = [.acceptRanges: "bytes", .eTag: etag, .contentType: "application/octet-stream"]
         if let match = request.headers[.ifNoneMatch],
@@ -50,7 +92,8 @@ func addImageRoute(_ router: Router<FarrierRequestContext>, directory: String) {
             headers[.contentLength] = "\(r.count)"
         }
         guard !head, let range else { return Response(status: status, headers: headers, body: .init()) }
-        let body = ImageStream.body(path: path, range: range, eventLoop: context.eventLoop)
+        let loop = (context as? FarrierRequestContext)?.eventLoop
+        let body = ImageStream.body(path: path, range: range, eventLoop: loop, hold: hold)
         return Response(status: status, headers: headers, body: body)
     }
     router.get("/images/:name") { request, context in try await answer(request, context, head: false) }
@@ -76,9 +119,16 @@ func addImageRoute(_ router: Router<FarrierRequestContext>, directory: String) {
 enum ImageStream {
     static let chunk = 512 * 1024
 
-    static func body(path: String, range: ClosedRange<Int64>, eventLoop: any EventLoop) -> ResponseBody {
+    static func body(
+        path: String,
+        range: ClosedRange<Int64>,
+        eventLoop: (any EventLoop)?,
+        hold: ReleaseOnce? = nil
+    ) -> ResponseBody {
         ResponseBody(contentLength: Int(range.count)) { body in
-            var writer = PacedBodyWriter(inner: body, eventLoop: eventLoop)
+            defer { hold?.run() }
+            var writer: any ResponseBodyWriter =
+                if let eventLoop { PacedBodyWriter(inner: body, eventLoop: eventLoop) } else { body }
             let pool = NIOThreadPool.singleton
             let fd = try await pool.runIfActive { () throws -> CInt in
                 let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -123,6 +173,23 @@ enum ImageStream {
         }
         return buffer
     }
+}
+
+/// Runs a file's release once: when asked, or when the last reference goes (a response dropped
+/// before its body ran).
+final class ReleaseOnce: Sendable {
+    let action: @Sendable () async -> Void
+    let done = Atomic<Bool>(false)
+
+    init(_ action: @escaping @Sendable () async -> Void) { self.action = action }
+
+    func run() {
+        guard !done.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let action = action
+        Task { await action() }
+    }
+
+    deinit { run() }
 }
 
 struct ImageReadError: Error, CustomStringConvertible {

@@ -42,6 +42,7 @@ public final class HTTPOrigin: CacheOrigin {
         if let authorization { request.headers.add(name: "Authorization", value: authorization) }
         requests.add(1, ordering: .relaxed)
         let response = try await Self.client.execute(request, timeout: .hours(6))
+        if response.status == .notFound { throw SiteCache.Failure.notFound(digest) }
         guard response.status == .ok else {
             let text = String(buffer: (try? await response.body.collect(upTo: 4096)) ?? ByteBuffer())
             throw SiteCache.Failure.origin(

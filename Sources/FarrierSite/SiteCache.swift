@@ -105,6 +105,8 @@ public actor SiteCache {
         case mismatch(expected: String, got: String)
         case short(expected: Int64, got: Int64)
         case origin(String)
+        /// The origin has no file of that name.
+        case notFound(String)
         case io(String)
 
         public var description: String {
@@ -116,6 +118,7 @@ public actor SiteCache {
             case .mismatch(let e, let g): "the origin's bytes for \(e) have SHA-256 \(g); dropped"
             case .short(let e, let g): "the origin announced \(e) bytes and sent \(g)"
             case .origin(let m): "origin: \(m)"
+            case .notFound(let d): "the origin has no file \(d)"
             case .io(let m): m
             }
         }

@@ -1,6 +1,9 @@
 import Crypto
+import FarrierHTTP
 import FarrierSite
 import Foundation
+import Hummingbird
+import Synchronization
 import TestSupport
 import Testing
 
@@ -68,8 +71,7 @@ import Testing
     }
 
     static func random(_ count: Int) -> Data {
-        var g = SystemRandomNumberGenerator()
-        return Data((0..<count).map { _ in UInt8.random(in: 0...255, using: &g) })
+        FileHandle(forReadingAtPath: "/dev/urandom")?.readData(ofLength: count) ?? Data()
     }
 
     static func files(_ dir: String) -> [String] {
@@ -221,11 +223,7 @@ import Testing
             origin: HTTPOrigin(baseURL: o.url, authorization: nil)
         )
         let missing = String(repeating: "ab", count: 32)
-        await #expect {
-            try await cache.acquire(missing)
-        } throws: { error in
-            "\(error)".contains("404")
-        }
+        await #expect(throws: SiteCache.Failure.notFound(missing)) { try await cache.acquire(missing) }
         #expect(Self.files(dir).isEmpty)
         // Nobody listening.
         let closed = try SiteCache(
@@ -235,5 +233,62 @@ import Testing
         )
         await #expect(throws: (any Error).self) { try await closed.acquire(missing) }
         #expect(Self.files(dir).isEmpty)
+    }
+}
+
+/// The image route serving from the cache, fetched by curl: ten machines at once get the same
+/// bytes from one pull, ranges work, an unknown image is a 404, and once the responses are
+/// sent no file stays leased.
+@Suite struct CacheImageSourceTests {
+    @Test func tenDownloadsOnePull() async throws {
+        let h = try Harness("site-serve")
+        defer { h.cleanup() }
+        let o = try SiteCacheTests.Origin(h)
+        let bytes = SiteCacheTests.random(5_000_000)
+        let d = try o.put(bytes)
+        let cache = try SiteCache(
+            directory: h.directory + "/cache",
+            capacity: 50_000_000,
+            origin: HTTPOrigin(baseURL: o.url, authorization: nil)
+        )
+        let router = Router()
+        addImageRoute(router, source: CacheImageSource(cache: cache))
+        let port = Mutex<Int?>(nil)
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } }
+        )
+        let server = Task { try await app.runService() }
+        defer { server.cancel() }
+        let deadline = Date().addingTimeInterval(10)
+        while port.withLock({ $0 }) == nil, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        let url = "http://127.0.0.1:\(try #require(port.withLock { $0 }))/images/"
+        let want = SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+        let script = (0..<10).map { "curl -sf '\(url)\(d)' | sha256sum > \(h.directory)/sum\($0) &" }.joined(
+            separator: "\n"
+        )
+        _ = try await offPool { try h.run(["bash", "-c", script + "\nwait"], timeout: 120) }
+        for i in 0..<10 {
+            #expect(h.read("sum\(i)").hasPrefix(want), "download \(i): \(h.read("sum\(i)"))")
+        }
+        #expect(o.gets(d) == 1, "the origin saw \(o.gets(d)) GETs")
+        let part = try await offPool {
+            try h.run([
+                "curl", "-sf", "-r", "1000-1999", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url + d,
+            ])
+            .stdout
+        }
+        #expect(part == "206 1000")
+        let status = try await offPool {
+            try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url + String(repeating: "cd", count: 32)])
+                .stdout
+        }
+        #expect(status == "404")
+        let released = Date().addingTimeInterval(10)
+        while await cache.contents.first?.readers != 0, Date() < released {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(await cache.contents.map(\.readers) == [0])
     }
 }
