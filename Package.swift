@@ -160,11 +160,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // A site's boot services (issue 16): for now the cache of the region's content-addressed files.
+        // A site's boot services (issue 16): the cache of the region's content-addressed files, the sites' CA.
         .target(
             name: "FarrierSite",
             dependencies: [
-                "FarrierCore", "FarrierHTTP", log, .product(name: "Crypto", package: "swift-crypto"),
+                "FarrierCore", "FarrierHTTP", "SystemSupport", log, .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ] + nio,
@@ -217,6 +218,7 @@ let package = Package(
             name: "FarrierSiteTests",
             dependencies: [
                 "FarrierSite", "FarrierHTTP", "TestSupport", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings),

@@ -1,10 +1,7 @@
 import Crypto
 import Foundation
-import NIOPosix
-
-#if canImport(Glibc)
 import Glibc
-#endif
+import NIOPosix
 
 /// Where a site's cache gets a file it does not hold: the region. The file is named by the
 /// SHA-256 of its bytes, so whoever serves it, the cache checks what it got.
@@ -149,13 +146,12 @@ public actor SiteCache {
                 continue
             }
             guard Self.isDigest(name) else { continue }
-            var st = stat()
-            guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
-            let mtime = Date(
-                timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
-            )
-            entries[name] = Entry(digest: name, size: Int64(st.st_size), lastUsed: mtime, readers: 0)
-            used += Int64(st.st_size)
+            let a = try FileManager.default.attributesOfItem(atPath: path)
+            guard a[.type] as? FileAttributeType == .typeRegular, let size = (a[.size] as? NSNumber)?.int64Value,
+                let mtime = a[.modificationDate] as? Date
+            else { continue }
+            entries[name] = Entry(digest: name, size: size, lastUsed: mtime, readers: 0)
+            used += size
         }
         while used > capacity, let victim = entries.values.min(by: { $0.lastUsed < $1.lastUsed }) {
             unlink(directory + "/" + victim.digest)

@@ -1,0 +1,185 @@
+import Crypto
+import Foundation
+import SwiftASN1
+import SystemSupport
+import X509
+
+/// The region's certificate authority for its sites (issue 16).
+///
+/// A site proves who it is to the region with a certificate this authority signed, over mutual
+/// TLS. A site joins with a one-time token an admin made (`farrier site add NAME`): it makes its
+/// own P-256 key, which never leaves it, and sends a certificate signing request; the region
+/// checks the token and signs. The certificate names the site twice: its subject's common name,
+/// and a `farrier-site:NAME` URI in its subject alternative names, which is what `verify` reads.
+///
+/// The CA is made once, in DATA-DIR (`site-ca.crt`, and `site-ca.key` mode 0600); callers hold
+/// the data directory's keys lock, so replicas sharing it make one. Revocation is the region's
+/// sites table (each site's current serial), checked after `verify`.
+public struct SiteAuthority: Sendable {
+    public let certificate: Certificate
+    let key: P256.Signing.PrivateKey
+
+    public struct Failure: Error, CustomStringConvertible, Equatable {
+        public let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// A site's identity as its certificate states it.
+    public struct SiteIdentity: Sendable, Equatable {
+        public let site: String
+        /// Lowercase hex of the certificate's serial number.
+        public let serial: String
+        public let notAfter: Date
+    }
+
+    static let uriPrefix = "farrier-site:"
+
+    /// A site name: 1 to 63 of a-z, 0-9 and '-', starting with a letter or digit (a DNS label).
+    public static func validName(_ name: String) -> Bool {
+        guard let first = name.utf8.first, name.utf8.count <= 63 else { return false }
+        let ok = { (c: UInt8) in (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) }
+        return ok(first) && name.utf8.allSatisfy { ok($0) || $0 == 0x2d }
+    }
+
+    /// The CA in `dataDir`, made there first if missing.
+    public static func loadOrMake(dataDir: String, now: Date = Date()) throws -> SiteAuthority {
+        let certPath = dataDir + "/site-ca.crt"
+        let keyPath = dataDir + "/site-ca.key"
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: certPath) || !fm.fileExists(atPath: keyPath) {
+            let made = try make(now: now)
+            // The key first, created 0600, so no moment exists where it is readable by others.
+            try SecretFile.replace(keyPath, Array((made.key.pemRepresentation + "\n").utf8), mode: 0o600)
+            try SecretFile.replace(
+                certPath,
+                Array((try made.certificate.serializeAsPEM().pemString + "\n").utf8),
+                mode: 0o644
+            )
+            return made
+        }
+        let key = try P256.Signing.PrivateKey(pemRepresentation: String(contentsOfFile: keyPath, encoding: .utf8))
+        let certificate = try Certificate(pemEncoded: String(contentsOfFile: certPath, encoding: .utf8))
+        guard certificate.publicKey == Certificate.PublicKey(key.publicKey) else {
+            throw Failure("\(certPath) and \(keyPath) do not belong together")
+        }
+        return SiteAuthority(certificate: certificate, key: key)
+    }
+
+    static func make(now: Date) throws -> SiteAuthority {
+        let key = P256.Signing.PrivateKey()
+        let name = try DistinguishedName { CommonName("Farrier site CA") }
+        let certificate = try Certificate(
+            version: .v3,
+            serialNumber: Certificate.SerialNumber(),
+            publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600),
+            notValidAfter: now.addingTimeInterval(20 * 365 * 86400),
+            issuer: name,
+            subject: name,
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+            },
+            issuerPrivateKey: .init(key)
+        )
+        return SiteAuthority(certificate: certificate, key: key)
+    }
+
+    /// Signs the certificate of site `site` from its CSR (PEM). The CSR must be signed by the
+    /// key it carries (the site holds that key), be a P-256 key, and name the site as its
+    /// common name. The certificate is valid from an hour ago for `validity` seconds, for
+    /// client and server authentication (the site serves its machines with it too).
+    public func issue(
+        csrPEM: String,
+        site: String,
+        now: Date = Date(),
+        validity: TimeInterval = 365 * 86400
+    )
+        throws -> Certificate
+    {
+        guard Self.validName(site) else { throw Failure("\(site.prefix(80)) is not a site name") }
+        let csr: CertificateSigningRequest
+        do { csr = try CertificateSigningRequest(pemEncoded: csrPEM) } catch {
+            throw Failure("not a PEM certificate signing request (\(error))")
+        }
+        guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
+            throw Failure("the signing request's signature does not match its key")
+        }
+        guard P256.Signing.PublicKey(csr.publicKey) != nil else {
+            throw Failure("the signing request's key is not a P-256 key")
+        }
+        let names = Self.commonNames(csr.subject)
+        guard names == [site] else {
+            throw Failure("the signing request names \(names) as its common name, not \(site)")
+        }
+        return try Certificate(
+            version: .v3,
+            serialNumber: Certificate.SerialNumber(),
+            publicKey: csr.publicKey,
+            notValidBefore: now.addingTimeInterval(-3600),
+            notValidAfter: now.addingTimeInterval(validity),
+            issuer: certificate.subject,
+            subject: try DistinguishedName { CommonName(site) },
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true))
+                try ExtendedKeyUsage([.clientAuth, .serverAuth])
+                SubjectAlternativeNames([.uniformResourceIdentifier(Self.uriPrefix + site)])
+            },
+            issuerPrivateKey: .init(key)
+        )
+    }
+
+    /// The site a certificate presented to the region belongs to: signed by this CA, within its
+    /// validity at `now`, for client authentication, naming one site. Whether that site still
+    /// exists with that serial (not removed, not re-joined since) is the caller's check.
+    public func verify(_ leaf: Certificate, now: Date = Date()) throws -> SiteIdentity {
+        guard leaf.issuer == certificate.subject,
+            certificate.publicKey.isValidSignature(leaf.signature, for: leaf)
+        else {
+            throw Failure("the certificate was not issued by this region's site CA")
+        }
+        guard leaf.notValidBefore <= now, now <= leaf.notValidAfter else {
+            throw Failure("the certificate is not valid now (\(leaf.notValidBefore) to \(leaf.notValidAfter))")
+        }
+        guard let eku = try? leaf.extensions.extendedKeyUsage, eku.contains(.clientAuth) else {
+            throw Failure("the certificate is not for client authentication")
+        }
+        let sites =
+            (try? leaf.extensions.subjectAlternativeNames)?.compactMap { name -> String? in
+                guard case .uniformResourceIdentifier(let uri) = name, uri.hasPrefix(Self.uriPrefix) else { return nil }
+                return String(uri.dropFirst(Self.uriPrefix.count))
+            } ?? []
+        guard sites.count == 1, let site = sites.first, Self.validName(site) else {
+            throw Failure("the certificate does not name one site (\(sites))")
+        }
+        return SiteIdentity(site: site, serial: Self.hex(leaf.serialNumber), notAfter: leaf.notValidAfter)
+    }
+
+    static func hex(_ serial: Certificate.SerialNumber) -> String {
+        serial.bytes.map { String(format: "%02x", $0) }.joined()
+    }
+
+    static func commonNames(_ name: DistinguishedName) -> [String] {
+        name.flatMap { rdn in
+            rdn.compactMap { $0.type == .RDNAttributeType.commonName ? String($0.value) : nil }
+        }
+    }
+
+    /// The site's side of joining: a fresh P-256 key (PEM, to keep 0600) and a signing request
+    /// for it naming `site`.
+    public static func makeKeyAndRequest(site: String) throws -> (keyPEM: String, csrPEM: String) {
+        guard validName(site) else { throw Failure("\(site.prefix(80)) is not a site name") }
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1,
+            subject: try DistinguishedName { CommonName(site) },
+            privateKey: .init(key),
+            attributes: .init(),
+            signatureAlgorithm: .ecdsaWithSHA256
+        )
+        return (key.pemRepresentation, try csr.serializeAsPEM().pemString)
+    }
+}
