@@ -82,15 +82,28 @@ struct LabDeployTests {
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         let key = h.directory + "/id"
 
-        /// The last lines of the lab's logs for a VM, for a failure message.
+        /// The last lines of the lab's logs for a VM, for a failure message. CI shows only the
+        /// end of the output, so the shortest and most telling come last: the serial log's tail,
+        /// then its kernel lines about disks and errors (since the last boot), the BMC's power
+        /// commands, and QEMU's own messages.
         func labLogs(_ name: String) -> String {
-            ["vmctl.log", "qemu.log", "serial.log"].map { file in
+            func lines(_ file: String) -> [Substring] {
                 // Lossy: firmware writes bytes that are not UTF-8 to the serial log.
                 let data = FileManager.default.contents(atPath: "/var/lib/farrier-lab/\(name)/\(file)") ?? Data()
-                let text = String(decoding: data, as: UTF8.self)
-                return "--- \(file)\n"
-                    + text.split(separator: "\n", omittingEmptySubsequences: false).suffix(25).joined(separator: "\n")
-            }.joined(separator: "\n")
+                return String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+            }
+            let serial = lines("serial.log")
+            let lastBoot = serial.lastIndex { $0.contains("Linux version") } ?? serial.startIndex
+            let telling = serial[lastBoot...].filter { line in
+                ["nvme", "I/O", "error", "timeout", "EXT4", "JBD2", "blk_update", "reset"].contains {
+                    line.contains($0)
+                }
+            }
+            return "--- serial.log\n" + serial.suffix(25).joined(separator: "\n")
+                + "\n--- serial.log since the last kernel start, disk and error lines\n"
+                + telling.suffix(30).joined(separator: "\n")
+                + "\n--- vmctl.log\n" + lines("vmctl.log").suffix(12).joined(separator: "\n")
+                + "\n--- qemu.log\n" + lines("qemu.log").suffix(12).joined(separator: "\n")
         }
         func ssh(_ name: String, _ command: String, timeout: Double) throws -> String {
             var out = ""
