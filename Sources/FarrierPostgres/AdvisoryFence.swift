@@ -70,7 +70,9 @@ final class AdvisoryFence: DHCPFence {
                 return c
             })
         else { return }
-        try? await conn.close()
+        // Awaited, so the keys are free when this returns, but bounded: a close the server
+        // never answers must not hold a replica stepping down.
+        _ = try? await bounded(conn) { try await conn.close() }
     }
 
     func connection() async throws -> PostgresConnection {
@@ -90,24 +92,31 @@ final class AdvisoryFence: DHCPFence {
         LeaseConnection.close(conn)
     }
 
-    /// `work` on `conn`, at most `timeout`: then the connection is closed, which fails the
-    /// statement in flight (and lets go of the locks at the database).
+    /// `work`'s result, or `unavailable` once `timeout` has passed: then the connection is
+    /// closed (which fails the statement in flight and lets go of the locks at the database) and
+    /// the caller returns at once, whether or not the statement has noticed. (A task group would
+    /// wait for the statement's task: one that never ended held the fence's caller for good.)
     func bounded<T: Sendable>(
         _ conn: PostgresConnection,
         _ work: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await work() }
-            group.addTask { [timeout] in
-                try await Task.sleep(for: timeout)
-                LeaseConnection.close(conn)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw StoreError(.unavailable, "PostgreSQL did not answer within \(timeout) (DHCP fence)")
-            }
-            return value
+        let outcome = Outcome<T>()
+        return try await withCheckedThrowingContinuation { continuation in
+            outcome.start(continuation)
+            let task = Task { outcome.finish(with: await Result(catching: { try await work() })) }
+            outcome.setTimer(
+                Task { [timeout] in
+                    try? await Task.sleep(for: timeout)
+                    if outcome.finish(
+                        with: .failure(
+                            StoreError(.unavailable, "PostgreSQL did not answer within \(timeout) (DHCP fence)")
+                        )
+                    ) {
+                        LeaseConnection.close(conn)
+                        task.cancel()
+                    }
+                }
+            )
         }
     }
 }
