@@ -150,7 +150,8 @@ let package = Package(
         .target(
             name: "FarrierAPI",
             dependencies: [
-                "FarrierCore", "FarrierBMC", "FarrierControl", "SystemSupport", log, lifecycle,
+                "FarrierCore", "FarrierBMC", "FarrierControl", "FarrierSite", "SystemSupport", log, lifecycle,
+                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -177,6 +178,7 @@ let package = Package(
             name: "FarrierApp",
             dependencies: [
                 "FarrierCore", "FarrierStore", "FarrierPostgres", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
+                "FarrierSite",
                 "SystemSupport", log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -193,6 +195,7 @@ let package = Package(
             name: "farrier",
             dependencies: [
                 "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent", "FarrierSim", "WireSupport",
+                "FarrierSite",
                 "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -234,6 +237,7 @@ let package = Package(
             name: "FarrierAppTests",
             dependencies: [
                 "FarrierApp", "FarrierAPI", "FarrierStore", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log,
+                "FarrierSite",
                 "FarrierBMC", .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),

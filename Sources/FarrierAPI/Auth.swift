@@ -41,6 +41,11 @@ public struct AuthInterceptor: ServerInterceptor {
         context: ServerContext,
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
+        // A joining site has no API token yet: its one-time join token, checked by the handler,
+        // is its credential. Every other RPC needs a token.
+        if context.descriptor == Farrier_V1_SiteService.Method.JoinSite.descriptor {
+            return try await next(request, context)
+        }
         guard let header = request.metadata[stringValues: "authorization"].first(where: { _ in true }) else {
             throw RPCError(
                 code: .unauthenticated,

@@ -5,6 +5,7 @@ import FarrierControl
 import FarrierCore
 import FarrierHTTP
 import FarrierPostgres
+import FarrierSite
 import FarrierStore
 import Foundation
 import Logging
@@ -99,7 +100,7 @@ public struct FarrierServer: Sendable {
         )
         tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
-        let (vault, agentTLS) = try Self.loadKeys(c)
+        let (vault, agentTLS, siteAuthority) = try Self.loadKeys(c)
         bmcPool = BMCPool(vault: vault)
         let controller = Controller(
             store: store,
@@ -157,7 +158,7 @@ public struct FarrierServer: Sendable {
             services: [
                 MachineAPI(controller: controller, vault: vault, logger: logger),
                 ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
-                TokenAPI(store: store, logger: logger),
+                TokenAPI(store: store, logger: logger), SiteAPI(store: store, authority: siteAuthority, logger: logger),
             ],
             interceptors: [AuthInterceptor(store: store)],
             tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey),
@@ -171,11 +172,11 @@ public struct FarrierServer: Sendable {
         ]
     }
 
-    /// The keys kept in the data directory: the BMC vault's and the agent channel's TLS identity,
-    /// each loaded, or made at the first start. Replicas that share the directory and start
-    /// together make them once, under a lock there: made apart, one could read a key file another
-    /// had not finished writing, or pair one's certificate with the other's key.
-    static func loadKeys(_ c: ServerConfiguration) throws -> (CredentialVault, AgentTLS) {
+    /// The keys kept in the data directory: the BMC vault's, the agent channel's TLS identity and
+    /// the sites' CA, each loaded, or made at the first start. Replicas that share the directory
+    /// and start together make them once, under a lock there: made apart, one could read a key
+    /// file another had not finished writing, or pair one's certificate with the other's key.
+    static func loadKeys(_ c: ServerConfiguration) throws -> (CredentialVault, AgentTLS, SiteAuthority) {
         let port = try splitHostPort(c.http.agentListen).1
         return try SecretFile.withExclusiveLock(c.dataDir + "/keys.lock") {
             (
@@ -185,7 +186,8 @@ public struct FarrierServer: Sendable {
                     key: c.agentTLSKey,
                     dataDir: c.dataDir,
                     port: port
-                )
+                ),
+                try SiteAuthority.loadOrMake(dataDir: c.dataDir)
             )
         }
     }

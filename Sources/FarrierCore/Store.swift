@@ -211,7 +211,7 @@ public protocol WorkClaimStore: Sendable {
     func releaseWork(_ claim: WorkClaim) async throws
 }
 
-public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore & WorkClaimStore
+public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore & WorkClaimStore & SiteStore
 
 extension MachineStore {
     /// `update` without a fence: API requests, agents' reports, timeouts (each guarded by the

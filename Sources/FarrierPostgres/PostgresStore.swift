@@ -270,6 +270,14 @@ public final class PostgresStore: StateStore {
                 "CREATE INDEX machine_running ON machine (state) WHERE body->>'phase' NOT IN ('queued', 'none')"
             ]
         ),
+        (
+            "v5-site",
+            [
+                // Sites (issue 16); a join token's hash is a column so that spending it is one
+                // conditional UPDATE.
+                "CREATE TABLE site (name text PRIMARY KEY, join_token_sha256 text UNIQUE, body jsonb NOT NULL)"
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -981,6 +989,72 @@ extension PostgresStore {
     public func revokeToken(id: String) async throws -> Bool {
         try await run { [self] conn in
             let rows = try await conn.query("DELETE FROM api_token WHERE id = \(id) RETURNING id", logger: logger)
+            for try await _ in rows.decode(String.self) { return true }
+            return false
+        }
+    }
+
+    // MARK: Sites
+
+    public func createSite(_ site: Site) async throws {
+        try await transaction { [self] conn in
+            if try await count(conn, "SELECT count(*) FROM site WHERE name = \(site.name)") > 0 {
+                throw StoreError(.alreadyExists, "site '\(site.name)' already exists")
+            }
+            try await conn.query(
+                """
+                INSERT INTO site (name, join_token_sha256, body)
+                VALUES (\(site.name), \(site.joinTokenSHA256), \(try Self.json(site))::jsonb)
+                """,
+                logger: logger
+            )
+        }
+    }
+
+    public func sites() async throws -> [Site] {
+        try await all(Site.self, "SELECT body::text FROM site ORDER BY name COLLATE \"C\"")
+    }
+
+    public func site(name: String) async throws -> Site? {
+        try await one(Site.self, "SELECT body::text FROM site WHERE name = \(name)")
+    }
+
+    public func site(joinTokenSHA256: String) async throws -> Site? {
+        try await one(Site.self, "SELECT body::text FROM site WHERE join_token_sha256 = \(joinTokenSHA256)")
+    }
+
+    public func completeJoin(
+        name: String,
+        joinTokenSHA256: String,
+        certificateSerial: String,
+        certificateNotAfter: Date,
+        at: Date
+    ) async throws -> Bool {
+        try await transaction { [self] conn in
+            var site: Site?
+            for try await body in try await conn.query(
+                "SELECT body::text FROM site WHERE name = \(name) AND join_token_sha256 = \(joinTokenSHA256) FOR UPDATE",
+                logger: logger
+            ).decode(String.self) {
+                site = try Self.decode(Site.self, body)
+            }
+            guard var s = site else { return false }
+            s.joinTokenSHA256 = nil
+            s.joinExpires = nil
+            s.certificateSerial = certificateSerial
+            s.certificateNotAfter = certificateNotAfter
+            s.joined = at
+            try await conn.query(
+                "UPDATE site SET join_token_sha256 = NULL, body = \(try Self.json(s))::jsonb WHERE name = \(name)",
+                logger: logger
+            )
+            return true
+        }
+    }
+
+    public func deleteSite(name: String) async throws -> Bool {
+        try await run { [self] conn in
+            let rows = try await conn.query("DELETE FROM site WHERE name = \(name) RETURNING name", logger: logger)
             for try await _ in rows.decode(String.self) { return true }
             return false
         }

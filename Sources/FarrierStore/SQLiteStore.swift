@@ -197,6 +197,18 @@ public final class SQLiteStore: StateStore {
                 sql: "CREATE INDEX machine_running ON machine (state) WHERE phase NOT IN ('queued', 'none')"
             )
         }
+        m.registerMigration("v11-site") { db in
+            // Sites (issue 16): the pending join token's hash, then the joined certificate's serial.
+            try db.create(table: "site") { t in
+                t.primaryKey("name", .text)
+                t.column("created", .datetime).notNull()
+                t.column("joinTokenSHA256", .text).unique()
+                t.column("joinExpires", .datetime)
+                t.column("certificateSerial", .text)
+                t.column("certificateNotAfter", .datetime)
+                t.column("joined", .datetime)
+            }
+        }
         return m
     }
 
@@ -809,6 +821,82 @@ extension SQLiteStore {
     public func revokeToken(id: String) async throws -> Bool {
         try await writing { db in
             try db.execute(sql: "DELETE FROM apiToken WHERE id = ?", arguments: [id])
+            return db.changesCount > 0
+        }
+    }
+
+    // MARK: Sites
+
+    public func createSite(_ site: Site) async throws {
+        try await writing { db in
+            if try Row.fetchOne(db, sql: "SELECT 1 FROM site WHERE name = ?", arguments: [site.name]) != nil {
+                throw StoreError(.alreadyExists, "site '\(site.name)' already exists")
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO site (name, created, joinTokenSHA256, joinExpires, certificateSerial, certificateNotAfter, joined)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    site.name, site.created, site.joinTokenSHA256, site.joinExpires, site.certificateSerial,
+                    site.certificateNotAfter, site.joined,
+                ]
+            )
+        }
+    }
+
+    public func sites() async throws -> [Site] {
+        try await reading { db in try Row.fetchAll(db, sql: "SELECT * FROM site ORDER BY name").map(Self.site) }
+    }
+
+    public func site(name: String) async throws -> Site? {
+        try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM site WHERE name = ?", arguments: [name]).map(Self.site)
+        }
+    }
+
+    public func site(joinTokenSHA256: String) async throws -> Site? {
+        try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM site WHERE joinTokenSHA256 = ?", arguments: [joinTokenSHA256])
+                .map(Self.site)
+        }
+    }
+
+    static func site(_ row: Row) -> Site {
+        Site(
+            name: row["name"],
+            created: row["created"],
+            joinTokenSHA256: row["joinTokenSHA256"],
+            joinExpires: row["joinExpires"],
+            certificateSerial: row["certificateSerial"],
+            certificateNotAfter: row["certificateNotAfter"],
+            joined: row["joined"]
+        )
+    }
+
+    public func completeJoin(
+        name: String,
+        joinTokenSHA256: String,
+        certificateSerial: String,
+        certificateNotAfter: Date,
+        at: Date
+    ) async throws -> Bool {
+        try await writing { db in
+            try db.execute(
+                sql: """
+                    UPDATE site SET joinTokenSHA256 = NULL, joinExpires = NULL, certificateSerial = ?,
+                      certificateNotAfter = ?, joined = ?
+                    WHERE name = ? AND joinTokenSHA256 = ?
+                    """,
+                arguments: [certificateSerial, certificateNotAfter, at, name, joinTokenSHA256]
+            )
+            return db.changesCount == 1
+        }
+    }
+
+    public func deleteSite(name: String) async throws -> Bool {
+        try await writing { db in
+            try db.execute(sql: "DELETE FROM site WHERE name = ?", arguments: [name])
             return db.changesCount > 0
         }
     }

@@ -9,7 +9,7 @@ struct Farrier: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             ServerCommand.self, MachineCommand.self, ImageCommand.self, ProjectCommand.self, TokenCommand.self,
-            BMCCommand.self,
+            BMCCommand.self, SiteCommand.self,
             LabCommand.self, AgentCommand.self, SimCommand.self, CompletionCommand.self, ContextCommand.self,
             ExitCodesCommand.self,
         ]

@@ -14,7 +14,7 @@ import Testing
         #expect(
             try s.appliedMigrations() == [
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
-                "v8-machine-state-index", "v9-released-from", "v10-running-index",
+                "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site",
             ]
         )
     }
@@ -537,6 +537,64 @@ import Testing
         }
     }
 
+    /// Sites: unique names; a join token is found by its hash and spent once, even by joins
+    /// racing with it; a removed site is gone with its token.
+    @Test(arguments: StoreKind.allCases) func sitesJoinOnce(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let site = Site(name: "site-1", created: t, joinTokenSHA256: "aa", joinExpires: t.addingTimeInterval(3600))
+            try await s.createSite(site)
+            #expect(
+                await #expect(throws: StoreError.self) {
+                    try await s.createSite(Site(name: "site-1", created: t, joinTokenSHA256: "bb"))
+                }?.code == .alreadyExists
+            )
+            try await s.createSite(Site(name: "site-0", created: t, joinTokenSHA256: "cc"))
+            #expect(try await s.sites().map(\.name) == ["site-0", "site-1"])
+            #expect(try await s.site(name: "site-1") == site)
+            #expect(try await s.site(joinTokenSHA256: "aa") == site)
+            #expect(try await s.site(joinTokenSHA256: "zz") == nil)
+            // Eight joins race with one token: one wins.
+            let wins = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<8 {
+                    group.addTask {
+                        try await s.completeJoin(
+                            name: "site-1",
+                            joinTokenSHA256: "aa",
+                            certificateSerial: "0\(i)",
+                            certificateNotAfter: t.addingTimeInterval(86400),
+                            at: t.addingTimeInterval(60)
+                        )
+                    }
+                }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            #expect(wins == 1)
+            let joined = try #require(try await s.site(name: "site-1"))
+            #expect(joined.joinTokenSHA256 == nil && joined.joinExpires == nil)
+            #expect(joined.certificateSerial?.hasPrefix("0") == true && joined.joined == t.addingTimeInterval(60))
+            #expect(joined.certificateNotAfter == t.addingTimeInterval(86400))
+            #expect(try await s.site(joinTokenSHA256: "aa") == nil)
+            // The wrong token for a site spends nothing.
+            #expect(
+                try await !s.completeJoin(
+                    name: "site-0",
+                    joinTokenSHA256: "aa",
+                    certificateSerial: "ff",
+                    certificateNotAfter: t,
+                    at: t
+                )
+            )
+            #expect(try await s.site(name: "site-0")?.joinTokenSHA256 == "cc")
+            #expect(try await s.deleteSite(name: "site-0"))
+            #expect(try await !s.deleteSite(name: "site-0"))
+            #expect(try await s.site(joinTokenSHA256: "cc") == nil)
+            // Kept across a reopen.
+            #expect(try await under.reopen().site(name: "site-1") == joined)
+        }
+    }
+
     /// Projects, tokens and images: names are unique, and what is in use cannot be removed; the
     /// errors carry codes.
     @Test(arguments: StoreKind.allCases) func tenancyAndImagesKeepTheirRules(_ kind: StoreKind) async throws {
@@ -643,18 +701,22 @@ import Testing
                 sealedPassword: [1],
                 at: Date()
             )
-            let first = try #require(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(3)))
+            // Live for a minute while it is checked (the suite shares two cores: a short TTL
+            // lapsed under load before the checks were done).
+            let first = try #require(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(60)))
             #expect(try await b.claimWork(machineID: m.id, owner: "B", ttl: .seconds(30)) == nil)
             // Renewal: the same token.
-            #expect(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(3)) == first)
-            #expect(try await a.renewWork(first, ttl: .seconds(3)))
+            #expect(try await a.claimWork(machineID: m.id, owner: "A", ttl: .seconds(60)) == first)
+            #expect(try await a.renewWork(first, ttl: .seconds(60)))
             _ = try await a.update(machineID: m.id, fence: first) { x in
                 x.labels["by"] = "A"
                 return []
             }
-            // A stops renewing; once the claim lapses B takes it over with a higher token.
+            // A's last renewal is short, then it stops; once the claim lapses B takes it over
+            // with a higher token.
+            #expect(try await a.renewWork(first, ttl: .seconds(1)))
             var taken: WorkClaim?
-            let deadline = Date().addingTimeInterval(20)
+            let deadline = Date().addingTimeInterval(30)
             while taken == nil, Date() < deadline {
                 taken = try await b.claimWork(machineID: m.id, owner: "B", ttl: .seconds(30))
                 if taken == nil { try await Task.sleep(for: .milliseconds(100)) }
@@ -788,9 +850,11 @@ import Testing
             #expect(opened == 3)
             let store = try #require(under.store as? PostgresStore)
             #expect(
-                try await store.appliedMigrations() == ["v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index"]
+                try await store.appliedMigrations() == [
+                    "v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index", "v5-site",
+                ]
             )
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "4\n")
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "5\n")
         }
     }
 

@@ -1,0 +1,58 @@
+import Foundation
+
+/// A site (issue 16): boot services near a set of racks, run by `farrier site` and known to the
+/// region by the certificate it got when it joined. An admin adds it (`farrier site add`), which
+/// makes a one-time join token; the site joins with it once.
+public struct Site: Codable, Sendable, Hashable {
+    public var name: String
+    public var created: Date
+    /// SHA-256 (hex) of the join token not yet used; nil once the site joined.
+    public var joinTokenSHA256: String?
+    /// When the unused join token stops working.
+    public var joinExpires: Date?
+    /// Serial (lowercase hex) of the certificate issued when the site joined: the one
+    /// certificate the region accepts from it.
+    public var certificateSerial: String?
+    public var certificateNotAfter: Date?
+    public var joined: Date?
+
+    public init(
+        name: String,
+        created: Date,
+        joinTokenSHA256: String? = nil,
+        joinExpires: Date? = nil,
+        certificateSerial: String? = nil,
+        certificateNotAfter: Date? = nil,
+        joined: Date? = nil
+    ) {
+        self.name = name
+        self.created = created
+        self.joinTokenSHA256 = joinTokenSHA256
+        self.joinExpires = joinExpires
+        self.certificateSerial = certificateSerial
+        self.certificateNotAfter = certificateNotAfter
+        self.joined = joined
+    }
+}
+
+/// Sites and their join tokens.
+public protocol SiteStore: Sendable {
+    /// Records a new site; `alreadyExists` if the name is taken.
+    func createSite(_ site: Site) async throws
+    func sites() async throws -> [Site]
+    func site(name: String) async throws -> Site?
+    /// The site whose unused join token has this hash (expiry is the caller's to check).
+    func site(joinTokenSHA256: String) async throws -> Site?
+    /// Spends a join token: the site still waiting on it records its certificate and forgets
+    /// the token, in one write. False when the token was spent (or the site removed) meanwhile,
+    /// so of two joins racing with one token, one wins.
+    func completeJoin(
+        name: String,
+        joinTokenSHA256: String,
+        certificateSerial: String,
+        certificateNotAfter: Date,
+        at: Date
+    ) async throws -> Bool
+    /// Forgets a site (its certificate is refused from then on); false if there was none.
+    func deleteSite(name: String) async throws -> Bool
+}
