@@ -121,9 +121,9 @@ final class FakeBMCs: BMCProvider, Sendable {
         return try await body()
     }
 
-    /// Polls the machine until `condition` holds (10 s at most).
+    /// Polls the machine until `condition` holds (30 s at most: the unit suite shares two cores).
     func waitFor(_ id: String, _ what: String, _ condition: (Machine) -> Bool) async throws -> Machine {
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(30)
         var last: Machine?
         while Date() < deadline {
             last = try await store.machine(id: id)
@@ -187,7 +187,7 @@ final class FakeBMCs: BMCProvider, Sendable {
         try await reconciling(c) {
             for id in ids { _ = try await c.apply(.deploy, machineID: id) }
             // One reaches the agent phase; the others stay queued while it holds the slot.
-            let deadline = Date().addingTimeInterval(10)
+            let deadline = Date().addingTimeInterval(30)
             var sawOne = false
             while Date() < deadline {
                 let running = try await store.machines().filter { $0.state == .deploying && $0.phase != .queued }
@@ -324,7 +324,8 @@ final class FakeBMCs: BMCProvider, Sendable {
             _ = try? await task.value
             throw error
         }
-        var deadline = Date().addingTimeInterval(10)
+        // Generous: the unit suite shares two cores with this reconciler's 100 ms ticks.
+        var deadline = Date().addingTimeInterval(60)
         while Date() < deadline, bmcs.fake(m.id).state.withLock({ $0.hanging }) == 0 {
             try await Task.sleep(for: .milliseconds(10))
         }

@@ -10,14 +10,18 @@ import Testing
 /// The site cache against a real HTTP server nobody here wrote (Python's `http.server`) as the
 /// region: one pull for many requests, bytes checked against their name, eviction least
 /// recently used first (never a file being served), bounds, a restart, and an origin that fails.
-@Suite struct SiteCacheTests {
+@Suite(.serialized) struct SiteCacheTests {
     /// Python's http.server on a loopback port, serving `root` (files under `root/images/`).
     /// It logs each request on stderr: the test counts the GETs the origin saw.
-    final class Origin {
+    final class Origin: Sendable {
         let h: Harness
         let root: String
         let port: Int
         let log: String
+
+        /// Started on a thread of its own: waiting for Python must not hold one of the
+        /// cooperative pool's two threads, which the rest of the unit suite shares.
+        static func start(_ h: Harness) async throws -> Origin { try await offPool { try Origin(h) } }
 
         init(_ h: Harness) throws {
             self.h = h
@@ -33,7 +37,7 @@ import Testing
                     ["python3", "-m", "http.server", "\(port)", "--bind", "127.0.0.1", "--directory", root],
                     log: log
                 )
-                let deadline = Date().addingTimeInterval(10)
+                let deadline = Date().addingTimeInterval(30)
                 while p.isRunning, Date() < deadline, !Self.accepts(port) { usleep(50_000) }
                 if p.isRunning, Self.accepts(port) { started = (port, log) }
             }
@@ -81,7 +85,7 @@ import Testing
     @Test func manyRequestsOnePull() async throws {
         let h = try Harness("site-cache-one")
         defer { h.cleanup() }
-        let o = try Origin(h)
+        let o = try await Origin.start(h)
         let bytes = Self.random(3_000_000)
         let d = try o.put(bytes)
         let origin = HTTPOrigin(baseURL: o.url, authorization: nil)
@@ -110,7 +114,7 @@ import Testing
     @Test func bytesThatDoNotMatchTheirNameAreDropped() async throws {
         let h = try Harness("site-cache-bad")
         defer { h.cleanup() }
-        let o = try Origin(h)
+        let o = try await Origin.start(h)
         let good = Self.random(100_000)
         let name = SHA256.hash(data: good).map { String(format: "%02x", $0) }.joined()
         try o.put(Self.random(100_000), as: name)
@@ -137,7 +141,7 @@ import Testing
     @Test func leastRecentlyUsedGoesFirstAndServedFilesStay() async throws {
         let h = try Harness("site-cache-lru")
         defer { h.cleanup() }
-        let o = try Origin(h)
+        let o = try await Origin.start(h)
         let (a, b, c, e) = (
             try o.put(Self.random(1_000_000)), try o.put(Self.random(1_000_000)),
             try o.put(Self.random(1_000_000)), try o.put(Self.random(1_000_000))
@@ -181,7 +185,7 @@ import Testing
     @Test func aRestartKeepsFilesAndTheirOrder() async throws {
         let h = try Harness("site-cache-restart")
         defer { h.cleanup() }
-        let o = try Origin(h)
+        let o = try await Origin.start(h)
         let (a, b, c) = (
             try o.put(Self.random(500_000)), try o.put(Self.random(500_000)), try o.put(Self.random(500_000))
         )
@@ -215,7 +219,7 @@ import Testing
     @Test func anOriginThatFailsLeavesNothing() async throws {
         let h = try Harness("site-cache-fail")
         defer { h.cleanup() }
-        let o = try Origin(h)
+        let o = try await Origin.start(h)
         let dir = h.directory + "/cache"
         let cache = try SiteCache(
             directory: dir,
@@ -239,11 +243,11 @@ import Testing
 /// The image route serving from the cache, fetched by curl: ten machines at once get the same
 /// bytes from one pull, ranges work, an unknown image is a 404, and once the responses are
 /// sent no file stays leased.
-@Suite struct CacheImageSourceTests {
+@Suite(.serialized) struct CacheImageSourceTests {
     @Test func tenDownloadsOnePull() async throws {
         let h = try Harness("site-serve")
         defer { h.cleanup() }
-        let o = try SiteCacheTests.Origin(h)
+        let o = try await SiteCacheTests.Origin.start(h)
         let bytes = SiteCacheTests.random(5_000_000)
         let d = try o.put(bytes)
         let cache = try SiteCache(
@@ -261,7 +265,8 @@ import Testing
         )
         let server = Task { try await app.runService() }
         defer { server.cancel() }
-        let deadline = Date().addingTimeInterval(10)
+        // Bounded generously: the whole unit suite shares two cores with this.
+        let deadline = Date().addingTimeInterval(60)
         while port.withLock({ $0 }) == nil, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
         let url = "http://127.0.0.1:\(try #require(port.withLock { $0 }))/images/"
         let want = SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
