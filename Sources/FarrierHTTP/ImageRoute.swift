@@ -148,14 +148,16 @@ enum ImageStream {
                     next = offset <= range.upperBound ? read(at: offset) : nil
                     try await writer.write(buffer)
                 }
-                close(fd)
-                try await writer.finish(nil)
             } catch {
                 // The read in flight uses the descriptor: it ends before the descriptor closes.
                 _ = try? await next?.value
                 close(fd)
                 throw error
             }
+            // Closed once, before the end is written: a finish that fails (the client hung up
+            // as the body ended) must not close the number again, by then maybe another file's.
+            close(fd)
+            try await writer.finish(nil)
         }
     }
 
