@@ -46,7 +46,15 @@ public struct SiteAuthority: Sendable {
         let certPath = dataDir + "/site-ca.crt"
         let keyPath = dataDir + "/site-ca.key"
         let fm = FileManager.default
-        if !fm.fileExists(atPath: certPath) || !fm.fileExists(atPath: keyPath) {
+        let (haveCert, haveKey) = (fm.fileExists(atPath: certPath), fm.fileExists(atPath: keyPath))
+        // One without the other (a partial restore) is an error, never a new CA: a new one
+        // would silently disown every site that has joined.
+        guard haveCert == haveKey else {
+            throw Failure(
+                "\(haveCert ? keyPath : certPath) is missing but \(haveCert ? certPath : keyPath) is there: restore both, or remove both to make a new site CA (every site must then join again)"
+            )
+        }
+        if !haveCert {
             let made = try make(now: now)
             // The key first, created 0600, so no moment exists where it is readable by others.
             try SecretFile.replace(keyPath, Array((made.key.pemRepresentation + "\n").utf8), mode: 0o600)

@@ -118,6 +118,12 @@ import X509
         let short = try ca.issue(csrPEM: csr, site: "site-1", now: now, validity: 86400)
         #expect(try ca.verify(short, now: now).site == "site-1")
         #expect(throws: SiteAuthority.Failure.self) { try ca.verify(short, now: now.addingTimeInterval(2 * 86400)) }
+        // Half a CA (a partial restore) is refused, not replaced by a new one.
+        try FileManager.default.moveItem(atPath: dir + "/site-ca.key", toPath: dir + "/site-ca.key.away")
+        #expect(throws: SiteAuthority.Failure.self) { try SiteAuthority.loadOrMake(dataDir: dir) }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/site-ca.key"))
+        try FileManager.default.moveItem(atPath: dir + "/site-ca.key.away", toPath: dir + "/site-ca.key")
+        #expect(try SiteAuthority.loadOrMake(dataDir: dir).certificate == ca.certificate)
         // A CA key that is not its certificate's is refused at load.
         try FileManager.default.removeItem(atPath: dir + "/site-ca.key")
         try FileManager.default.copyItem(atPath: dir + "/other/site-ca.key", toPath: dir + "/site-ca.key")
