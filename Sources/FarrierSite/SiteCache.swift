@@ -174,9 +174,9 @@ public actor SiteCache {
     /// lease when done reading.
     public func acquire(_ digest: String) async throws -> Lease {
         guard Self.isDigest(digest) else { throw Failure.badName(digest) }
-        var pulledHere = false
-        // A file pulled for us can be evicted before we get it back only if the cache filled
-        // with served files meanwhile; a few rounds, then the pull's own answer stands.
+        // A request that waited for another's pull can find the file evicted again when every
+        // other file is being served: a few rounds, then `full`. The pulling request itself
+        // cannot: the pull admits the file already leased to it.
         for _ in 0..<3 {
             if var e = entries[digest] {
                 e.readers += 1
@@ -184,8 +184,8 @@ public actor SiteCache {
                 entries[digest] = e
                 // Recency on disk, for the next start; a failure only loses that.
                 _ = utimensat(AT_FDCWD, directory + "/" + digest, nil, 0)
-                if !pulledHere { counters.hits += 1 }
-                return Lease(digest: digest, path: directory + "/" + digest, size: e.size, pulled: pulledHere)
+                counters.hits += 1
+                return Lease(digest: digest, path: directory + "/" + digest, size: e.size, pulled: false)
             }
             if let pending = pulls[digest] {
                 try await pending.value
@@ -200,7 +200,8 @@ public actor SiteCache {
                 counters.failedPulls += 1
                 throw error
             }
-            pulledHere = true
+            guard let e = entries[digest] else { continue }
+            return Lease(digest: digest, path: directory + "/" + digest, size: e.size, pulled: true)
         }
         throw Failure.full(needed: 0, capacity: capacity, pinned: pinnedBytes)
     }
@@ -234,7 +235,9 @@ public actor SiteCache {
     func admit(_ digest: String, size: Int64) {
         reserved -= size
         used += size
-        entries[digest] = Entry(digest: digest, size: size, lastUsed: Date(), readers: 0)
+        // Leased to the request that pulled it, so nothing evicts it before that request
+        // takes it back.
+        entries[digest] = Entry(digest: digest, size: size, lastUsed: Date(), readers: 1)
         counters.pulls += 1
         counters.pulledBytes += size
     }
