@@ -100,23 +100,11 @@ final class AdvisoryFence: DHCPFence {
         _ conn: PostgresConnection,
         _ work: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let outcome = Outcome<T>()
-        return try await withCheckedThrowingContinuation { continuation in
-            outcome.start(continuation)
-            let task = Task { outcome.finish(with: await Result(catching: { try await work() })) }
-            outcome.setTimer(
-                Task { [timeout] in
-                    try? await Task.sleep(for: timeout)
-                    if outcome.finish(
-                        with: .failure(
-                            StoreError(.unavailable, "PostgreSQL did not answer within \(timeout) (DHCP fence)")
-                        )
-                    ) {
-                        LeaseConnection.close(conn)
-                        task.cancel()
-                    }
-                }
-            )
-        }
+        try await Outcome.first(
+            of: work,
+            within: timeout,
+            or: StoreError(.unavailable, "PostgreSQL did not answer within \(timeout) (DHCP fence)"),
+            onTimeout: { LeaseConnection.close(conn) }
+        )
     }
 }

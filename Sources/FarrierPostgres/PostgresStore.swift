@@ -163,23 +163,11 @@ public final class PostgresStore: StateStore {
     /// statement, lock and idle-transaction timeouts, set to the same bound, end a statement in
     /// flight and roll its transaction back).
     func bounded<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async throws -> T {
-        let outcome = Outcome<T>()
-        return try await withCheckedThrowingContinuation { continuation in
-            outcome.start(continuation)
-            let task = Task { outcome.finish(with: await Result(catching: { try await work() })) }
-            outcome.setTimer(
-                Task { [timeout] in
-                    try? await Task.sleep(for: timeout)
-                    if outcome.finish(
-                        with: .failure(
-                            StoreError(.unavailable, "PostgreSQL did not answer within \(timeout.components.seconds) s")
-                        )
-                    ) {
-                        task.cancel()
-                    }
-                }
-            )
-        }
+        try await Outcome.first(
+            of: work,
+            within: timeout,
+            or: StoreError(.unavailable, "PostgreSQL did not answer within \(timeout.components.seconds) s")
+        )
     }
 
     /// A `StoreError` for any error: store errors pass, a unique violation (SQLSTATE 23505) is
@@ -1298,6 +1286,31 @@ final class Outcome<T: Sendable>: Sendable {
         }
         // Never: finish cannot run before start hands the continuation over.
         if early { c.resume(throwing: StoreError(.unavailable, "PostgreSQL call ended before it began")) }
+    }
+
+    /// `work`'s result, or `timedOut` once `timeout` has passed, whichever comes first: the
+    /// caller is resumed then, whether or not `work` has ended (a task group would wait for it).
+    /// On the timeout, `work`'s task is cancelled and `onTimeout` runs.
+    static func first(
+        of work: @escaping @Sendable () async throws -> T,
+        within timeout: Duration,
+        or timedOut: StoreError,
+        onTimeout: @escaping @Sendable () -> Void = {}
+    ) async throws -> T {
+        let outcome = Outcome<T>()
+        return try await withCheckedThrowingContinuation { continuation in
+            outcome.start(continuation)
+            let task = Task { outcome.finish(with: await Result(catching: { try await work() })) }
+            outcome.setTimer(
+                Task {
+                    try? await Task.sleep(for: timeout)
+                    if outcome.finish(with: .failure(timedOut)) {
+                        onTimeout()
+                        task.cancel()
+                    }
+                }
+            )
+        }
     }
 
     /// Resumes the caller if nothing did yet; says whether this call did.
