@@ -123,7 +123,7 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
         do { certificate = try authority.issue(csrPEM: request.csrPem, site: site.name, now: at) } catch {
             throw RPCError(code: .invalidArgument, message: "certificate signing request: \(error)")
         }
-        let serial = certificate.serialNumber.bytes.map { String(format: "%02x", $0) }.joined()
+        let serial = SiteAuthority.hex(certificate.serialNumber)
         // Spent here, once: of two joins racing with one token, the other finds it gone.
         guard
             try await store.completeJoin(

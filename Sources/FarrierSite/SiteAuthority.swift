@@ -166,7 +166,8 @@ public struct SiteAuthority: Sendable {
         return SiteIdentity(site: site, serial: Self.hex(leaf.serialNumber), notAfter: leaf.notValidAfter)
     }
 
-    static func hex(_ serial: Certificate.SerialNumber) -> String {
+    /// A certificate's serial as the sites table and `verify` name it: lowercase hex.
+    public static func hex(_ serial: Certificate.SerialNumber) -> String {
         serial.bytes.map { String(format: "%02x", $0) }.joined()
     }
 
