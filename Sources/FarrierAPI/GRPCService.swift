@@ -10,6 +10,8 @@ public struct GRPCService: Service {
     let server: GRPCServer<HTTP2ServerTransport.Posix>
     let logger: Logger
     let listen: String
+    /// What the log calls this listener.
+    let name: String
 
     public init(
         listen: String,
@@ -18,7 +20,6 @@ public struct GRPCService: Service {
         tls: (certificate: String, key: String)? = nil,
         logger: Logger
     ) throws {
-        let (host, port) = try splitHostPort(listen)
         let security: HTTP2ServerTransport.Posix.TransportSecurity =
             if let tls {
                 .tls(
@@ -26,6 +27,24 @@ public struct GRPCService: Service {
                     privateKey: .file(path: tls.key, format: .pem)
                 )
             } else { .plaintext }
+        try self.init(
+            listen: listen,
+            services: services,
+            interceptors: interceptors,
+            security: security,
+            logger: logger
+        )
+    }
+
+    public init(
+        listen: String,
+        services: [any RegistrableRPCService],
+        interceptors: [any ServerInterceptor] = [],
+        security: HTTP2ServerTransport.Posix.TransportSecurity,
+        name: String = "gRPC",
+        logger: Logger
+    ) throws {
+        let (host, port) = try splitHostPort(listen)
         server = GRPCServer(
             transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: security),
             services: services,
@@ -33,6 +52,7 @@ public struct GRPCService: Service {
         )
         self.logger = logger
         self.listen = listen
+        self.name = name
     }
 
     public func run() async throws {
@@ -40,7 +60,7 @@ public struct GRPCService: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await server.serve() }
                 if let address = try await server.listeningAddress {
-                    logger.info("gRPC listening", metadata: ["grpc.listen": "\(address)"])
+                    logger.info("\(name) listening", metadata: ["listen": "\(address)"])
                 }
             }
         } onGracefulShutdown: {

@@ -3,6 +3,7 @@ import FarrierCore
 import FarrierSite
 import Foundation
 import GRPCCore
+import GRPCNIOTransportHTTP2
 import Logging
 import SwiftASN1
 import SwiftProtobuf
@@ -82,7 +83,8 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
     {
         _ = try Caller.admin("listing sites")
         var r = Farrier_V1_ListSitesResponse()
-        r.sites = try await store.sites().map(Farrier_V1_Site.init)
+        let at = now()
+        r.sites = try await store.sites().map { Farrier_V1_Site($0, now: at) }
         return r
     }
 
@@ -144,7 +146,7 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
 }
 
 extension Farrier_V1_Site {
-    init(_ s: Site) {
+    init(_ s: Site, now: Date = Date()) {
         self.init()
         name = s.name
         created = Google_Protobuf_Timestamp(date: s.created)
@@ -153,5 +155,118 @@ extension Farrier_V1_Site {
         if let j = s.joined { joined = Google_Protobuf_Timestamp(date: j) }
         certificateSerial = s.certificateSerial ?? ""
         if let n = s.certificateNotAfter { certificateNotAfter = Google_Protobuf_Timestamp(date: n) }
+        link = s.link?.state(at: now) ?? "never"
+        if let l = s.link {
+            lastSeen = Google_Protobuf_Timestamp(date: l.lastSeen)
+            linkAddress = l.address
+            queueDepth = l.queueDepth
+            cachedFiles = l.cachedFiles
+            cachedBytes = l.cachedBytes
+            version = l.version
+        }
+    }
+}
+
+/// `farrier.v1.SiteLinkService` (issue 16): served only on the site link's listener, where mutual
+/// TLS has checked that the caller's certificate chains to the region's site CA. Each call then
+/// names its site from that certificate and is answered only while it is the site's current one
+/// (the sites table is the revocation list: `site remove` deletes the row, a new join replaces the
+/// serial).
+public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
+    let store: any StateStore
+    let authority: SiteAuthority
+    let logger: Logger
+    let now: @Sendable () -> Date
+
+    public init(
+        store: any StateStore,
+        authority: SiteAuthority,
+        logger: Logger = Logger(label: "farrier.site-link"),
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) {
+        self.store = store
+        self.authority = authority
+        self.logger = logger
+        self.now = now
+    }
+
+    /// The site link's listener: mutual TLS with the site CA on both sides. The region's
+    /// certificate is made at each start for `names`; a client must present a certificate
+    /// chaining to the site CA, and each call then checks it is its site's current one.
+    public static func listener(
+        listen: String,
+        names: [String],
+        authority: SiteAuthority,
+        store: any StateStore,
+        logger: Logger
+    ) throws -> GRPCService {
+        let (certificate, keyPEM) = try authority.issueLinkCertificate(names: names)
+        let caPEM = try authority.certificate.serializeAsPEM().pemString
+        let security = HTTP2ServerTransport.Posix.TransportSecurity.mTLS(
+            certificateChain: [.bytes(Array(try certificate.serializeAsPEM().pemString.utf8), format: .pem)],
+            privateKey: .bytes(Array(keyPEM.utf8), format: .pem)
+        ) { tls in
+            tls.trustRoots = .certificates([.bytes(Array(caPEM.utf8), format: .pem)])
+            tls.clientCertificateVerification = .noHostnameVerification
+        }
+        logger.info("site link", metadata: ["site.listen": "\(listen)", "site.link-names": "\(names)"])
+        return try GRPCService(
+            listen: listen,
+            services: [SiteLinkAPI(store: store, authority: authority, logger: logger)],
+            security: security,
+            name: "site link",
+            logger: logger
+        )
+    }
+
+    public func heartbeat(
+        request: Farrier_V1_HeartbeatRequest,
+        context: ServerContext
+    ) async throws
+        -> Farrier_V1_HeartbeatResponse
+    {
+        let at = now()
+        let site = try identify(context, at: at)
+        let link = SiteLink(
+            lastSeen: at,
+            address: String(context.remotePeer.prefix(200)),
+            queueDepth: max(0, request.queueDepth),
+            cachedFiles: max(0, request.cachedFiles),
+            cachedBytes: max(0, request.cachedBytes),
+            version: String(request.version.prefix(64))
+        )
+        guard try await store.recordSiteLink(name: site.site, certificateSerial: site.serial, link: link) else {
+            logger.warning(
+                "site refused: its certificate is not its current one",
+                metadata: ["site": "\(site.site)", "certificate.serial": "\(site.serial)", "peer": "\(link.address)"]
+            )
+            throw Self.revoked(site)
+        }
+        var r = Farrier_V1_HeartbeatResponse()
+        r.site = site.site
+        r.regionTime = Google_Protobuf_Timestamp(date: at)
+        return r
+    }
+
+    static func revoked(_ site: SiteAuthority.SiteIdentity) -> RPCError {
+        RPCError(
+            code: .permissionDenied,
+            message:
+                "site \(site.site)'s certificate (serial \(site.serial)) is not its current one: the site was removed, or joined again with another key"
+        )
+    }
+
+    /// The calling site, from the client certificate it presented. The TLS layer has checked its
+    /// chain already; this checks it again (issuer, signature, validity, use) and reads the site's
+    /// name, so that a listener set up without mutual TLS cannot let anything through.
+    func identify(_ context: ServerContext, at: Date) throws -> SiteAuthority.SiteIdentity {
+        guard let tls = context.transportSpecific as? HTTP2ServerTransport.Posix.Context,
+            let leaf = tls.peerCertificate
+        else {
+            throw RPCError(code: .unauthenticated, message: "the site link needs a site certificate (mutual TLS)")
+        }
+        do { return try authority.verify(leaf, now: at) } catch {
+            throw RPCError(code: .unauthenticated, message: "site certificate refused: \(error)")
+        }
     }
 }

@@ -164,12 +164,25 @@ public struct FarrierServer: Sendable {
             tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey),
             logger: logger
         )
+        var siteLink: [any Service] = []
+        if !c.siteListen.isEmpty {
+            siteLink.append(
+                try SiteLinkAPI.listener(
+                    listen: c.siteListen,
+                    names: c.siteLinkNamesOrDefault,
+                    authority: siteAuthority,
+                    store: store,
+                    logger: logger
+                )
+            )
+        }
         let reconciler = Reconciler(controller: controller, logger: logger)
         let pruner = DiscoveryPruner(store: store, recorder: recorder, unseenFor: c.discoveryPruneAfter, logger: logger)
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
-        services = [
-            http, agentChannel, tftp, dhcp, grpc, reconciler, pruner, MemoryTrimmer(interval: c.memoryTrimInterval),
-        ]
+        services =
+            [
+                http, agentChannel, tftp, dhcp, grpc, reconciler, pruner, MemoryTrimmer(interval: c.memoryTrimInterval),
+            ] + siteLink
     }
 
     /// The keys kept in the data directory: the BMC vault's, the agent channel's TLS identity and

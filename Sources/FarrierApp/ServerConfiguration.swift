@@ -52,6 +52,11 @@ import Yams
 ///   PEM certificate chain and key; when set, the gRPC API serves TLS only.
 /// - `api.insecure` / `FARRIER_API_INSECURE` / `--api-insecure`: allow a grpc.listen off loopback without TLS (tokens
 ///   in the clear). Without it such a configuration refuses to start.
+/// - `site.listen` / `FARRIER_SITE_LISTEN` / `--site-listen`: where sites reach the region (issue 16), mutual TLS
+///   only: each site presents the certificate it got when it joined. Empty: no site link. Default empty.
+/// - `site.link-names` / `FARRIER_SITE_LINK_NAMES` (comma separated) / `--site-link-name` (repeatable): the host
+///   names and IP addresses sites dial the region by, put in the link's certificate (made at each start from the
+///   site CA). Default: site.listen's host, unless that is 0.0.0.0.
 /// - `images.max-virtual-size` / `FARRIER_IMAGES_MAX_VIRTUAL_SIZE` / `--images-max-virtual-size`: the largest virtual
 ///   size, in GiB, of a qcow2 upload (it is stored as that many raw bytes). Default 256.
 /// - `discovery.max-machines` / `FARRIER_DISCOVERY_MAX_MACHINES` / `--discovery-max-machines`: at most this many
@@ -93,6 +98,9 @@ public struct ServerConfiguration: Sendable {
     public var agentTLSKey = ""
     /// Serve the API without TLS off loopback (refused unless asked for).
     public var apiInsecure = false
+    /// The site link's listener (empty: none) and the names in its certificate.
+    public var siteListen = ""
+    public var siteLinkNames: [String] = []
     public var control = ControlConfiguration()
     public var discoveryMaxMachines = 4096
     public var discoveryPruneAfter: Duration = .seconds(7 * 86400)
@@ -105,6 +113,13 @@ public struct ServerConfiguration: Sendable {
 
     public init() { dhcp.mode = .full }
 
+    /// The names in the site link's certificate: site.link-names, or site.listen's host.
+    public var siteLinkNamesOrDefault: [String] {
+        guard siteLinkNames.isEmpty else { return siteLinkNames }
+        guard let host = try? splitHostPort(siteListen).0, host != "0.0.0.0", !host.isEmpty else { return [] }
+        return [host]
+    }
+
     public var tftpRoot: String { tftpRootSet ? tftp.root : dataDir + "/boot" }
     public var databasePath: String { dataDir + "/farrier.sqlite" }
 
@@ -115,7 +130,8 @@ public struct ServerConfiguration: Sendable {
         "tftp.max-transfers-per-client", "tftp.max-timeout", "tftp.busy-poll", "ipxe.source",
         "dhcp.mode", "dhcp.interfaces", "dhcp.subnets", "dhcp.reservations", "dhcp.proxy-port", "dhcp.commit-delay",
         "bmc.key-file",
-        "api.tls-cert", "api.tls-key", "api.insecure", "images.max-virtual-size", "discovery.max-machines",
+        "api.tls-cert", "api.tls-key", "api.insecure", "site.listen", "site.link-names", "images.max-virtual-size",
+        "discovery.max-machines",
         "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
         "lifecycle.claim-ttl", "lifecycle.step-timeouts", "memory.arenas", "memory.trim-interval",
     ].map {
@@ -144,7 +160,7 @@ public struct ServerConfiguration: Sendable {
             guard let value = environment[env] else { continue }
             let separator: Character? =
                 switch key {
-                case "dhcp.interfaces", "lifecycle.step-timeouts": ","
+                case "dhcp.interfaces", "lifecycle.step-timeouts", "site.link-names": ","
                 case "dhcp.subnets", "dhcp.reservations": ";"
                 default: nil
                 }
@@ -365,6 +381,10 @@ public struct ServerConfiguration: Sendable {
             }
             dhcp.mode = m
         case "dhcp.interfaces": dhcp.interfaces = values.filter { !$0.isEmpty }
+        case "site.listen":
+            if !v.isEmpty { _ = try splitHostPort(v) }
+            siteListen = v
+        case "site.link-names": siteLinkNames = values.filter { !$0.isEmpty }
         case "dhcp.subnets": dhcp.subnets = try values.map(Self.parseSubnet)
         case "dhcp.reservations": dhcp.reservations = try values.map(Self.parseReservation)
         case "dhcp.proxy-port":
@@ -464,6 +484,11 @@ public struct ServerConfiguration: Sendable {
         if apiTLSCert.isEmpty, !apiInsecure, !Self.isLoopback(grpcListen) {
             throw ConfigurationError(
                 "grpc.listen \(grpcListen) is not loopback and the API has no TLS: API tokens would cross the network in the clear. Give api.tls-cert and api.tls-key, listen on 127.0.0.1, or pass --api-insecure to accept it"
+            )
+        }
+        if !siteListen.isEmpty, siteLinkNamesOrDefault.isEmpty {
+            throw ConfigurationError(
+                "site.listen \(siteListen) is a wildcard address: give site.link-names, the names sites dial the region by"
             )
         }
         for r in dhcp.reservations where !dhcp.subnets.contains(where: { $0.network.contains(r.address) }) {

@@ -15,6 +15,8 @@ public struct Site: Codable, Sendable, Hashable {
     public var certificateSerial: String?
     public var certificateNotAfter: Date?
     public var joined: Date?
+    /// What the site's last call over its link said, and when it came (nil: never called).
+    public var link: SiteLink?
 
     public init(
         name: String,
@@ -23,7 +25,8 @@ public struct Site: Codable, Sendable, Hashable {
         joinExpires: Date? = nil,
         certificateSerial: String? = nil,
         certificateNotAfter: Date? = nil,
-        joined: Date? = nil
+        joined: Date? = nil,
+        link: SiteLink? = nil
     ) {
         self.name = name
         self.created = created
@@ -32,7 +35,43 @@ public struct Site: Codable, Sendable, Hashable {
         self.certificateSerial = certificateSerial
         self.certificateNotAfter = certificateNotAfter
         self.joined = joined
+        self.link = link
     }
+}
+
+/// A site's last heartbeat over its mutual-TLS link to the region: when, from where, and what
+/// it reported of itself.
+public struct SiteLink: Codable, Sendable, Hashable {
+    public var lastSeen: Date
+    /// The address the call came from (host:port as the region saw it).
+    public var address: String
+    /// Events and reports the site holds that the region has not acknowledged.
+    public var queueDepth: Int64
+    public var cachedFiles: Int64
+    public var cachedBytes: Int64
+    /// The site agent's Farrier version.
+    public var version: String
+
+    public init(
+        lastSeen: Date,
+        address: String,
+        queueDepth: Int64 = 0,
+        cachedFiles: Int64 = 0,
+        cachedBytes: Int64 = 0,
+        version: String = ""
+    ) {
+        self.lastSeen = lastSeen
+        self.address = address
+        self.queueDepth = queueDepth
+        self.cachedFiles = cachedFiles
+        self.cachedBytes = cachedBytes
+        self.version = version
+    }
+
+    /// A link is up while heartbeats keep coming; after this long without one it is down.
+    public static let downAfter: TimeInterval = 30
+
+    public func state(at now: Date) -> String { now.timeIntervalSince(lastSeen) <= Self.downAfter ? "up" : "down" }
 }
 
 /// Sites and their join tokens.
@@ -55,4 +94,8 @@ public protocol SiteStore: Sendable {
     ) async throws -> Bool
     /// Forgets a site (its certificate is refused from then on); false if there was none.
     func deleteSite(name: String) async throws -> Bool
+    /// Records a heartbeat from site `name` presenting the certificate `certificateSerial`;
+    /// false (and nothing written) unless that is the site's current certificate, so a removed
+    /// site, or one joined again since with another key, is refused.
+    func recordSiteLink(name: String, certificateSerial: String, link: SiteLink) async throws -> Bool
 }

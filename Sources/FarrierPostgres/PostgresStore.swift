@@ -1040,6 +1040,21 @@ extension PostgresStore {
         }
     }
 
+    public func recordSiteLink(name: String, certificateSerial: String, link: SiteLink) async throws -> Bool {
+        let body = try Self.json(link)
+        return try await run { [self] conn in
+            let rows = try await conn.query(
+                """
+                UPDATE site SET body = jsonb_set(body, '{link}', \(body)::jsonb)
+                WHERE name = \(name) AND body->>'certificateSerial' = \(certificateSerial) RETURNING name
+                """,
+                logger: logger
+            )
+            for try await _ in rows.decode(String.self) { return true }
+            return false
+        }
+    }
+
     public func deleteSite(name: String) async throws -> Bool {
         try await run { [self] conn in
             let rows = try await conn.query("DELETE FROM site WHERE name = \(name) RETURNING name", logger: logger)

@@ -21,7 +21,7 @@ public struct SiteAuthority: Sendable {
 
     public struct Failure: Error, CustomStringConvertible, Equatable {
         public let description: String
-        init(_ description: String) { self.description = description }
+        public init(_ description: String) { self.description = description }
     }
 
     /// A site's identity as its certificate states it.
@@ -140,6 +140,52 @@ public struct SiteAuthority: Sendable {
         )
     }
 
+    /// The region's side of the site link: a fresh key and a certificate for it, signed by this
+    /// CA (the key as PEM), for server authentication under `names` (DNS names or IPv4/IPv6 literals), the names
+    /// sites dial the region by. Sites trust it through the CA they got when they joined.
+    public func issueLinkCertificate(
+        names: [String],
+        now: Date = Date(),
+        validity: TimeInterval = 365 * 86400
+    ) throws -> (certificate: Certificate, keyPEM: String) {
+        guard !names.isEmpty else { throw Failure("the site link's certificate needs at least one name") }
+        let sans: [GeneralName] = try names.map { name in
+            if let bytes = Self.ipAddressBytes(name) { return .ipAddress(ASN1OctetString(contentBytes: bytes[...])) }
+            guard !name.isEmpty, name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "/") }) else {
+                throw Failure("'\(name.prefix(80))' is neither a host name nor an IP address")
+            }
+            return .dnsName(name)
+        }
+        let key = P256.Signing.PrivateKey()
+        let certificate = try Certificate(
+            version: .v3,
+            serialNumber: Certificate.SerialNumber(),
+            publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600),
+            notValidAfter: now.addingTimeInterval(validity),
+            issuer: certificate.subject,
+            subject: try DistinguishedName { CommonName("Farrier region (site link)") },
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true))
+                try ExtendedKeyUsage([.serverAuth])
+                SubjectAlternativeNames(sans)
+            },
+            issuerPrivateKey: .init(self.key)
+        )
+        return (certificate, key.pemRepresentation)
+    }
+
+    /// The bytes of an IPv4 or IPv6 literal; nil for anything else.
+    static func ipAddressBytes(_ text: String) -> [UInt8]? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: &v4) { Array($0) } }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: &v6) { Array($0) } }
+        return nil
+    }
+
     /// The site a certificate presented to the region belongs to: signed by this CA, within its
     /// validity at `now`, for client authentication, naming one site. Whether that site still
     /// exists with that serial (not removed, not re-joined since) is the caller's check.
@@ -155,15 +201,19 @@ public struct SiteAuthority: Sendable {
         guard let eku = try? leaf.extensions.extendedKeyUsage, eku.contains(.clientAuth) else {
             throw Failure("the certificate is not for client authentication")
         }
-        let sites =
-            (try? leaf.extensions.subjectAlternativeNames)?.compactMap { name -> String? in
-                guard case .uniformResourceIdentifier(let uri) = name, uri.hasPrefix(Self.uriPrefix) else { return nil }
-                return String(uri.dropFirst(Self.uriPrefix.count))
-            } ?? []
+        let sites = Self.siteNames(leaf)
         guard sites.count == 1, let site = sites.first, Self.validName(site) else {
             throw Failure("the certificate does not name one site (\(sites))")
         }
         return SiteIdentity(site: site, serial: Self.hex(leaf.serialNumber), notAfter: leaf.notValidAfter)
+    }
+
+    /// The sites a certificate names: its `farrier-site:NAME` subject alternative names.
+    public static func siteNames(_ certificate: Certificate) -> [String] {
+        (try? certificate.extensions.subjectAlternativeNames)?.compactMap { name -> String? in
+            guard case .uniformResourceIdentifier(let uri) = name, uri.hasPrefix(uriPrefix) else { return nil }
+            return String(uri.dropFirst(uriPrefix.count))
+        } ?? []
     }
 
     /// A certificate's serial as the sites table and `verify` name it: lowercase hex.

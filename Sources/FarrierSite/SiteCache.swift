@@ -139,19 +139,12 @@ public actor SiteCache {
         self.capacity = capacity
         self.origin = origin
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
-            let path = directory + "/" + name
-            if name.hasSuffix(".partial") {
-                unlink(path)
-                continue
-            }
-            guard Self.isDigest(name) else { continue }
-            let a = try FileManager.default.attributesOfItem(atPath: path)
-            guard a[.type] as? FileAttributeType == .typeRegular, let size = (a[.size] as? NSNumber)?.int64Value,
-                let mtime = a[.modificationDate] as? Date
-            else { continue }
-            entries[name] = Entry(digest: name, size: size, lastUsed: mtime, readers: 0)
-            used += size
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory) where name.hasSuffix(".partial") {
+            unlink(directory + "/" + name)
+        }
+        for e in try Self.entries(in: directory) {
+            entries[e.digest] = e
+            used += e.size
         }
         while used > capacity, let victim = entries.values.min(by: { $0.lastUsed < $1.lastUsed }) {
             unlink(directory + "/" + victim.digest)
@@ -159,6 +152,20 @@ public actor SiteCache {
             used -= victim.size
             counters.evictions += 1
         }
+    }
+
+    /// The whole files in a cache directory, most recently used first, read without opening the
+    /// cache (for `farrier site status`).
+    public static func entries(in directory: String) throws -> [Entry] {
+        var found: [Entry] = []
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory) where isDigest(name) {
+            let a = try FileManager.default.attributesOfItem(atPath: directory + "/" + name)
+            guard a[.type] as? FileAttributeType == .typeRegular, let size = (a[.size] as? NSNumber)?.int64Value,
+                let mtime = a[.modificationDate] as? Date
+            else { continue }
+            found.append(Entry(digest: name, size: size, lastUsed: mtime, readers: 0))
+        }
+        return found.sorted { $0.lastUsed > $1.lastUsed }
     }
 
     static func isDigest(_ name: String) -> Bool {

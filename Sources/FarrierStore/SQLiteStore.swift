@@ -209,6 +209,17 @@ public final class SQLiteStore: StateStore {
                 t.column("joined", .datetime)
             }
         }
+        m.registerMigration("v12-site-link") { db in
+            // The last heartbeat over the site's link, and what it reported.
+            try db.alter(table: "site") { t in
+                t.add(column: "linkSeen", .datetime)
+                t.add(column: "linkAddress", .text)
+                t.add(column: "linkQueueDepth", .integer)
+                t.add(column: "linkCachedFiles", .integer)
+                t.add(column: "linkCachedBytes", .integer)
+                t.add(column: "linkVersion", .text)
+            }
+        }
         return m
     }
 
@@ -870,8 +881,35 @@ extension SQLiteStore {
             joinExpires: row["joinExpires"],
             certificateSerial: row["certificateSerial"],
             certificateNotAfter: row["certificateNotAfter"],
-            joined: row["joined"]
+            joined: row["joined"],
+            link: (row["linkSeen"] as Date?).map {
+                SiteLink(
+                    lastSeen: $0,
+                    address: row["linkAddress"] ?? "",
+                    queueDepth: row["linkQueueDepth"] ?? 0,
+                    cachedFiles: row["linkCachedFiles"] ?? 0,
+                    cachedBytes: row["linkCachedBytes"] ?? 0,
+                    version: row["linkVersion"] ?? ""
+                )
+            }
         )
+    }
+
+    public func recordSiteLink(name: String, certificateSerial: String, link: SiteLink) async throws -> Bool {
+        try await writing { db in
+            try db.execute(
+                sql: """
+                    UPDATE site SET linkSeen = ?, linkAddress = ?, linkQueueDepth = ?, linkCachedFiles = ?,
+                      linkCachedBytes = ?, linkVersion = ?
+                    WHERE name = ? AND certificateSerial = ?
+                    """,
+                arguments: [
+                    link.lastSeen, link.address, link.queueDepth, link.cachedFiles, link.cachedBytes, link.version,
+                    name, certificateSerial,
+                ]
+            )
+            return db.changesCount == 1
+        }
     }
 
     public func completeJoin(

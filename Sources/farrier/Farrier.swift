@@ -1,12 +1,15 @@
 import ArgumentParser
 import Foundation
 
+/// The version `--version` prints, and the one a site agent reports to its region.
+let farrierVersion = "0.1.0"
+
 @main
 struct Farrier: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "farrier",
         abstract: "Bare-metal provisioning: network boot, BMC control, deploy, in one binary.",
-        version: "0.1.0",
+        version: farrierVersion,
         subcommands: [
             ServerCommand.self, MachineCommand.self, ImageCommand.self, ProjectCommand.self, TokenCommand.self,
             BMCCommand.self, SiteCommand.self,

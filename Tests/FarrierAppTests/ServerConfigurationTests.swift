@@ -68,7 +68,7 @@ import Testing
             ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
                 == "FARRIER_TFTP_MAX_TRANSFERS"
         )
-        #expect(ServerConfiguration.keys.count == 36)
+        #expect(ServerConfiguration.keys.count == 38)
         #expect(ServerConfiguration.keys.first(where: { $0.key == "memory.arenas" })?.env == "FARRIER_MEMORY_ARENAS")
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "lifecycle.max-workers" })?.env
@@ -226,6 +226,28 @@ import Testing
             #expect(throws: Never.self) {
                 try ServerConfiguration.load(file: nil, environment: [:], flags: ["grpc.listen": [loopback]])
             }
+        }
+    }
+}
+
+@Suite struct SiteLinkListenerTests {
+    @Test func offByDefaultAndNamedForWildcards() throws {
+        let none = try ServerConfiguration.load(file: nil, environment: [:], flags: [:])
+        #expect(none.siteListen.isEmpty)
+        let one = try ServerConfiguration.load(file: nil, environment: [:], flags: ["site.listen": ["10.1.2.3:7710"]])
+        #expect(one.siteLinkNamesOrDefault == ["10.1.2.3"])
+        let error = #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["site.listen": ["0.0.0.0:7710"]])
+        }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("site.link-names"), "\(String(describing: error))")
+        let named = try ServerConfiguration.load(
+            file: nil,
+            environment: ["FARRIER_SITE_LINK_NAMES": "region.example.net, 10.1.2.3"],
+            flags: ["site.listen": ["0.0.0.0:7710"]]
+        )
+        #expect(named.siteLinkNamesOrDefault == ["region.example.net", "10.1.2.3"])
+        #expect(throws: (any Error).self) {
+            try ServerConfiguration.load(file: nil, environment: [:], flags: ["site.listen": ["nowhere"]])
         }
     }
 }

@@ -129,4 +129,31 @@ import X509
         try FileManager.default.copyItem(atPath: dir + "/other/site-ca.key", toPath: dir + "/site-ca.key")
         #expect(throws: (any Error).self) { try SiteAuthority.loadOrMake(dataDir: dir) }
     }
+
+    /// The region's link certificate: OpenSSL verifies it against the CA for a server, under the
+    /// names and addresses given and no other; it is not one a site could present as a client.
+    @Test func linkCertificateForTheRegionsNames() throws {
+        let h = try Harness("site-link-cert")
+        defer { h.cleanup() }
+        let dir = h.directory
+        let ca = try SiteAuthority.loadOrMake(dataDir: dir)
+        let (cert, _) = try ca.issueLinkCertificate(names: ["region.example.net", "10.1.2.3", "fd00::7"])
+        try (try cert.serializeAsPEM().pemString + "\n").write(
+            toFile: dir + "/link.crt",
+            atomically: true,
+            encoding: .utf8
+        )
+        let base = ["verify", "-CAfile", dir + "/site-ca.crt", "-purpose", "sslserver"]
+        #expect(try openssl(h, base + ["-verify_hostname", "region.example.net", dir + "/link.crt"]).contains("OK"))
+        #expect(try openssl(h, base + ["-verify_ip", "10.1.2.3", dir + "/link.crt"]).contains("link.crt: OK"))
+        #expect(try openssl(h, base + ["-verify_ip", "fd00::7", dir + "/link.crt"]).contains("link.crt: OK"))
+        #expect(!(try openssl(h, base + ["-verify_ip", "10.1.2.4", dir + "/link.crt"]).contains("link.crt: OK")))
+        #expect(
+            !(try openssl(h, base + ["-verify_hostname", "other.example.net", dir + "/link.crt"]).contains(": OK"))
+        )
+        // Not a client certificate, and it names no site: `verify` refuses it.
+        #expect(throws: SiteAuthority.Failure.self) { try ca.verify(cert) }
+        #expect(throws: SiteAuthority.Failure.self) { try ca.issueLinkCertificate(names: []) }
+        #expect(throws: SiteAuthority.Failure.self) { try ca.issueLinkCertificate(names: ["a b"]) }
+    }
 }

@@ -14,7 +14,7 @@ import Testing
         #expect(
             try s.appliedMigrations() == [
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
-                "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site",
+                "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
             ]
         )
     }
@@ -592,6 +592,46 @@ import Testing
             #expect(try await s.site(joinTokenSHA256: "cc") == nil)
             // Kept across a reopen.
             #expect(try await under.reopen().site(name: "site-1") == joined)
+        }
+    }
+
+    /// A heartbeat over a site's link is recorded only for the certificate the site holds now:
+    /// not for another serial, not for a site still waiting to join, not for a removed one.
+    @Test(arguments: StoreKind.allCases) func siteLinkOnlyForTheCurrentCertificate(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            try await s.createSite(Site(name: "site-1", created: t, joinTokenSHA256: "aa"))
+            let link = SiteLink(
+                lastSeen: t.addingTimeInterval(5),
+                address: "ipv4:127.0.0.1:40000",
+                queueDepth: 3,
+                cachedFiles: 2,
+                cachedBytes: 1 << 33,
+                version: "test"
+            )
+            #expect(try await !s.recordSiteLink(name: "site-1", certificateSerial: "", link: link))
+            #expect(
+                try await s.completeJoin(
+                    name: "site-1",
+                    joinTokenSHA256: "aa",
+                    certificateSerial: "0a",
+                    certificateNotAfter: t.addingTimeInterval(86400),
+                    at: t
+                )
+            )
+            #expect(try await s.site(name: "site-1")?.link == nil)
+            #expect(try await !s.recordSiteLink(name: "site-1", certificateSerial: "0b", link: link))
+            #expect(try await !s.recordSiteLink(name: "site-2", certificateSerial: "0a", link: link))
+            #expect(try await s.site(name: "site-1")?.link == nil)
+            #expect(try await s.recordSiteLink(name: "site-1", certificateSerial: "0a", link: link))
+            #expect(try await s.site(name: "site-1")?.link == link)
+            #expect(try await s.sites().first?.link == link)
+            #expect(link.state(at: t.addingTimeInterval(30)) == "up")
+            #expect(link.state(at: t.addingTimeInterval(36)) == "down")
+            #expect(try await under.reopen().site(name: "site-1")?.link == link)
+            #expect(try await s.deleteSite(name: "site-1"))
+            #expect(try await !s.recordSiteLink(name: "site-1", certificateSerial: "0a", link: link))
         }
     }
 

@@ -213,6 +213,20 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var apiInsecure = false
 
+    @Option(
+        help:
+            "Where sites reach the region, mutual TLS only (empty: no site link). [site.listen, FARRIER_SITE_LISTEN]"
+    )
+    var siteListen: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "A host name or IP address sites dial the region by, for the site link's certificate (repeatable).",
+            discussion: "[site.link-names, FARRIER_SITE_LINK_NAMES; default site.listen's host]"
+        )
+    )
+    var siteLinkName: [String] = []
+
     func flags() -> [String: [String]] {
         var f: [String: [String]] = [:]
         let single: [(String, String?)] = [
@@ -230,7 +244,7 @@ struct ServerCommand: AsyncParsableCommand {
             ("discovery.max-machines", discoveryMaxMachines.map(String.init)),
             ("discovery.prune-after", discoveryPruneAfter.map(String.init)),
             ("bmc.key-file", bmcKeyFile), ("images.max-virtual-size", imagesMaxVirtualSize.map(String.init)),
-            ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey),
+            ("api.tls-cert", apiTLSCert), ("api.tls-key", apiTLSKey), ("site.listen", siteListen),
             ("lifecycle.max-deploys", lifecycleMaxDeploys.map(String.init)),
             ("lifecycle.max-wipes", lifecycleMaxWipes.map(String.init)),
             ("lifecycle.claim-ttl", lifecycleClaimTTL.map(String.init)),
@@ -243,6 +257,7 @@ struct ServerCommand: AsyncParsableCommand {
         if !dhcpSubnet.isEmpty { f["dhcp.subnets"] = dhcpSubnet }
         if !dhcpReservation.isEmpty { f["dhcp.reservations"] = dhcpReservation }
         if !lifecycleStepTimeout.isEmpty { f["lifecycle.step-timeouts"] = lifecycleStepTimeout }
+        if !siteLinkName.isEmpty { f["site.link-names"] = siteLinkName }
         return f
     }
 

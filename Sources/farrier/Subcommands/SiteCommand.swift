@@ -1,8 +1,12 @@
 import ArgumentParser
 import FarrierAPI
+import FarrierApp
 import FarrierSite
 import Foundation
+import GRPCCore
+import Logging
 import SwiftProtobuf
+import Synchronization
 import SystemSupport
 import Yams
 
@@ -12,8 +16,8 @@ import Yams
 struct SiteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "site",
-        abstract: "Sites: boot services near the racks (admin: add, list, remove; at the site: join).",
-        subcommands: [Add.self, List.self, Remove.self, Join.self]
+        abstract: "Sites: boot services near the racks (admin: add, list, remove; at the site: join, run, status).",
+        subcommands: [Add.self, List.self, Remove.self, Join.self, Run.self, Status.self]
     )
 
     struct SiteView: Codable {
@@ -24,6 +28,13 @@ struct SiteCommand: AsyncParsableCommand {
         var joined: Date?
         var certificateSerial: String?
         var certificateNotAfter: Date?
+        var link: String
+        var lastSeen: Date?
+        var linkAddress: String?
+        var queueDepth: Int64
+        var cachedFiles: Int64
+        var cachedBytes: Int64
+        var version: String?
         init(_ s: Farrier_V1_Site) {
             name = s.name
             status = s.status
@@ -32,11 +43,20 @@ struct SiteCommand: AsyncParsableCommand {
             joined = s.hasJoined ? s.joined.date : nil
             certificateSerial = s.certificateSerial.isEmpty ? nil : s.certificateSerial
             certificateNotAfter = s.hasCertificateNotAfter ? s.certificateNotAfter.date : nil
+            link = s.link.isEmpty ? "never" : s.link
+            lastSeen = s.hasLastSeen ? s.lastSeen.date : nil
+            linkAddress = s.linkAddress.isEmpty ? nil : s.linkAddress
+            queueDepth = s.queueDepth
+            cachedFiles = s.cachedFiles
+            cachedBytes = s.cachedBytes
+            version = s.version.isEmpty ? nil : s.version
         }
     }
 
     static let columns: [Column<SiteView>] = [
-        Column("NAME") { $0.name }, Column("STATUS") { $0.status },
+        Column("NAME") { $0.name }, Column("STATUS") { $0.status }, Column("LINK") { $0.link },
+        Column("LAST-SEEN") { $0.lastSeen.map(iso) ?? "-" }, Column("QUEUE") { "\($0.queueDepth)" },
+        Column("CACHED") { $0.lastSeen == nil ? "-" : "\($0.cachedFiles) files, \(bytes($0.cachedBytes))" },
         Column("JOINED") { $0.joined.map(iso) ?? "-" },
         Column("JOIN-EXPIRES") { $0.joinExpires.map(iso) ?? "-" },
         Column("CERT-EXPIRES") { $0.certificateNotAfter.map(iso) ?? "-" },
@@ -149,5 +169,203 @@ struct SiteCommand: AsyncParsableCommand {
             }
             print("site \(r.site.name) joined; its certificate (serial \(r.site.certificateSerial)) is in \(dataDir)")
         }
+    }
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "At the site: run the site agent, linked to the region over mutual TLS.",
+            discussion: """
+                Connects to the region's site link (its site.listen) with the key and certificate \
+                `farrier site join` left in DATA-DIR, verifying the region against the CA it got then, \
+                and calls in every --interval seconds; the region's `site list` shows the link. The \
+                link's state is kept in DATA-DIR/link.json for `farrier site status`. A region that \
+                cannot be reached is tried again at the next interval; a region that refuses the \
+                site's certificate (the site was removed, or joined again elsewhere) ends the run \
+                with status 17.
+                """
+        )
+        @Option(help: "The region's site link, HOST:PORT (a name or IP in its link certificate).") var region: String
+        @Option(help: "Where the site keeps its key and certificates.") var dataDir = "/var/lib/farrier-site"
+        @Option(help: "Seconds between calls to the region (1 to 60).") var interval = 10
+        @Flag(help: "Call the region once and exit: 0 if it answered, its refusal's status if not.") var once = false
+        @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
+
+        func validate() throws {
+            guard (1...60).contains(interval) else { throw ValidationError("--interval is 1 to 60 seconds") }
+            guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: '\(logLevel)'") }
+        }
+
+        func run() async throws {
+            bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info, format: .logfmt)
+            let logger = Logger(label: "farrier.site")
+            let credentials: SiteCredentials
+            do { credentials = try SiteCredentials(dataDir: dataDir) } catch { throw CLIError("\(error)") }
+            let status = LinkStatusFile(path: dataDir + "/link.json", site: credentials.site, region: region)
+            logger.info(
+                "site agent",
+                metadata: [
+                    "site": "\(credentials.site)", "region": "\(region)", "certificate.serial": "\(credentials.serial)",
+                ]
+            )
+            let (region, dataDir, interval, once) = (region, dataDir, interval, once)
+            try await withSiteLink(region: region, credentials: credentials) { link in
+                var up: Bool? = nil
+                while true {
+                    var request = Farrier_V1_HeartbeatRequest()
+                    let cached = (try? SiteCache.entries(in: dataDir + "/cache")) ?? []
+                    request.cachedFiles = Int64(cached.count)
+                    request.cachedBytes = cached.reduce(0) { $0 + $1.size }
+                    request.version = farrierVersion
+                    var options = CallOptions.defaults
+                    options.timeout = .seconds(10)
+                    do {
+                        let r = try await link.heartbeat(request, options: options)
+                        if up != true {
+                            logger.info("link up", metadata: ["region": "\(region)", "site": "\(r.site)"])
+                        }
+                        up = true
+                        status.record(up: true, error: nil)
+                        if once { return }
+                    } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
+                        logger.error("the region refused this site", metadata: ["error": "\(e.message)"])
+                        status.record(up: false, error: "refused: \(e.message)")
+                        throw CLIError("the region refused site \(credentials.site): \(e.message)", code: e.code)
+                    } catch {
+                        if up != false {
+                            logger.warning("link down", metadata: ["region": "\(region)", "error": "\(error)"])
+                        }
+                        up = false
+                        status.record(up: false, error: "\(error)")
+                        if once {
+                            throw CLIError("the region at \(region) did not answer: \(error)", code: .unavailable)
+                        }
+                    }
+                    try await Task.sleep(for: .seconds(interval))
+                }
+            }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "At the site: its identity, its link to the region, and what its cache holds."
+        )
+        @Option(help: "Where the site keeps its key and certificates.") var dataDir = "/var/lib/farrier-site"
+        @Option(
+            name: .shortAndLong,
+            help: "Output format: table or json."
+        ) var output = "table"
+
+        struct View: Codable {
+            var site: String
+            var certificateSerial: String
+            var certificateNotAfter: Date
+            var link: LinkStatus?
+            var cachedFiles: Int
+            var cachedBytes: Int64
+            var cache: [CacheEntry]
+        }
+        struct CacheEntry: Codable {
+            var sha256: String
+            var size: Int64
+            var lastUsed: Date
+        }
+
+        func validate() throws {
+            guard ["table", "json"].contains(output) else { throw ValidationError("-o is table or json") }
+        }
+
+        func run() async throws {
+            let credentials: SiteCredentials
+            do { credentials = try SiteCredentials(dataDir: dataDir) } catch { throw CLIError("\(error)") }
+            let link = LinkStatusFile.read(dataDir + "/link.json")
+            let cached = (try? SiteCache.entries(in: dataDir + "/cache")) ?? []
+            let view = View(
+                site: credentials.site,
+                certificateSerial: credentials.serial,
+                certificateNotAfter: credentials.notAfter,
+                link: link,
+                cachedFiles: cached.count,
+                cachedBytes: cached.reduce(0) { $0 + $1.size },
+                cache: cached.map { CacheEntry(sha256: $0.digest, size: $0.size, lastUsed: $0.lastUsed) }
+            )
+            if output == "json" {
+                print(try json(view))
+                return
+            }
+            var lines = [
+                "site:         \(view.site)",
+                "certificate:  serial \(view.certificateSerial), valid until \(iso(view.certificateNotAfter))",
+            ]
+            if let l = link {
+                lines.append("region:       \(l.region)")
+                lines.append(
+                    "link:         \(l.state) since \(iso(l.since))"
+                        + (l.lastContact.map { ", last answer \(iso($0))" } ?? ", never answered")
+                )
+                if let e = l.lastError { lines.append("last error:   \(e)") }
+            } else {
+                lines.append("link:         never run (farrier site run --region HOST:PORT)")
+            }
+            lines.append("cache:        \(view.cachedFiles) files, \(bytes(view.cachedBytes))")
+            print(lines.joined(separator: "\n"))
+            if !cached.isEmpty {
+                print(
+                    table(
+                        ["SHA256", "SIZE", "LAST-USED"],
+                        cached.map { [$0.digest, bytes($0.size), iso($0.lastUsed)] }
+                    )
+                )
+            }
+        }
+    }
+}
+
+/// What `farrier site run` last knew of its link, for `farrier site status`.
+struct LinkStatus: Codable {
+    var site: String
+    var region: String
+    /// "up", or "down" (not answering, or refusing: see lastError).
+    var state: String
+    /// When the link entered this state.
+    var since: Date
+    /// The region's last answer.
+    var lastContact: Date?
+    var lastError: String?
+}
+
+/// DATA-DIR/link.json, replaced whole at each change of state and at each answer.
+final class LinkStatusFile: @unchecked Sendable {
+    let path: String
+    let state: Mutex<LinkStatus>
+
+    init(path: String, site: String, region: String) {
+        self.path = path
+        state = Mutex(LinkStatus(site: site, region: region, state: "down", since: Date()))
+    }
+
+    func record(up: Bool, error: String?) {
+        let now = Date()
+        let snapshot = state.withLock { s -> LinkStatus in
+            let new = up ? "up" : "down"
+            if s.state != new || (s.lastContact == nil && up) { s.since = now }
+            s.state = new
+            if up { s.lastContact = now }
+            s.lastError = error
+            return s
+        }
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.dateEncodingStrategy = .iso8601
+        if let data = try? e.encode(snapshot) {
+            try? SecretFile.replace(path, Array(data) + [0x0a], mode: 0o644)
+        }
+    }
+
+    static func read(_ path: String) -> LinkStatus? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return try? d.decode(LinkStatus.self, from: data)
     }
 }

@@ -994,3 +994,371 @@ extension Farrier_V1_SiteService.ClientProtocol {
         )
     }
 }
+
+// MARK: - farrier.v1.SiteLinkService
+
+/// Namespace containing generated types for the "farrier.v1.SiteLinkService" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Farrier_V1_SiteLinkService: Sendable {
+    /// Service descriptor for the "farrier.v1.SiteLinkService" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "Heartbeat" metadata.
+        public enum Heartbeat: Sendable {
+            /// Request type for "Heartbeat".
+            public typealias Input = Farrier_V1_HeartbeatRequest
+            /// Response type for "Heartbeat".
+            public typealias Output = Farrier_V1_HeartbeatResponse
+            /// Descriptor for "Heartbeat".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "Heartbeat",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            Heartbeat.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "farrier.v1.SiteLinkService" service.
+    public static let farrier_v1_SiteLinkService = GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService")
+}
+
+// MARK: farrier.v1.SiteLinkService (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_SiteLinkService {
+    /// Streaming variant of the service protocol for the "farrier.v1.SiteLinkService" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The link between a joined site and its region. It is served on its own listener (site.listen),
+    /// > mutual TLS only: the region presents a certificate from its site CA, the site presents the one
+    /// > it got when it joined, and the region accepts it only while it is the site's current one (not
+    /// > after `site remove`, nor after the site joined again with another key). Which site calls is
+    /// > known from its certificate alone.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "Heartbeat" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's periodic call: it says how it is, the region records when it heard from it.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_HeartbeatRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_HeartbeatResponse` messages.
+        func heartbeat(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_HeartbeatRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_HeartbeatResponse>
+    }
+
+    /// Service protocol for the "farrier.v1.SiteLinkService" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The link between a joined site and its region. It is served on its own listener (site.listen),
+    /// > mutual TLS only: the region presents a certificate from its site CA, the site presents the one
+    /// > it got when it joined, and the region accepts it only while it is the site's current one (not
+    /// > after `site remove`, nor after the site joined again with another key). Which site calls is
+    /// > known from its certificate alone.
+    public protocol ServiceProtocol: Farrier_V1_SiteLinkService.StreamingServiceProtocol {
+        /// Handle the "Heartbeat" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's periodic call: it says how it is, the region records when it heard from it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_HeartbeatRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_HeartbeatResponse` message.
+        func heartbeat(
+            request: GRPCCore.ServerRequest<Farrier_V1_HeartbeatRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_HeartbeatResponse>
+    }
+
+    /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The link between a joined site and its region. It is served on its own listener (site.listen),
+    /// > mutual TLS only: the region presents a certificate from its site CA, the site presents the one
+    /// > it got when it joined, and the region accepts it only while it is the site's current one (not
+    /// > after `site remove`, nor after the site joined again with another key). Which site calls is
+    /// > known from its certificate alone.
+    public protocol SimpleServiceProtocol: Farrier_V1_SiteLinkService.ServiceProtocol {
+        /// Handle the "Heartbeat" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's periodic call: it says how it is, the region records when it heard from it.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_HeartbeatRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_HeartbeatResponse` to respond with.
+        func heartbeat(
+            request: Farrier_V1_HeartbeatRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_HeartbeatResponse
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.Heartbeat.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_HeartbeatRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_HeartbeatResponse>(),
+            handler: { request, context in
+                try await self.heartbeat(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_SiteLinkService.ServiceProtocol {
+    public func heartbeat(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_HeartbeatRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_HeartbeatResponse> {
+        let response = try await self.heartbeat(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
+    public func heartbeat(
+        request: GRPCCore.ServerRequest<Farrier_V1_HeartbeatRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_HeartbeatResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_HeartbeatResponse>(
+            message: try await self.heartbeat(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: farrier.v1.SiteLinkService (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_SiteLinkService {
+    /// Generated client protocol for the "farrier.v1.SiteLinkService" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The link between a joined site and its region. It is served on its own listener (site.listen),
+    /// > mutual TLS only: the region presents a certificate from its site CA, the site presents the one
+    /// > it got when it joined, and the region accepts it only while it is the site's current one (not
+    /// > after `site remove`, nor after the site joined again with another key). Which site calls is
+    /// > known from its certificate alone.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "Heartbeat" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's periodic call: it says how it is, the region records when it heard from it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_HeartbeatRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_HeartbeatRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_HeartbeatResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func heartbeat<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_HeartbeatRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_HeartbeatRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_HeartbeatResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_HeartbeatResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "farrier.v1.SiteLinkService" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The link between a joined site and its region. It is served on its own listener (site.listen),
+    /// > mutual TLS only: the region presents a certificate from its site CA, the site presents the one
+    /// > it got when it joined, and the region accepts it only while it is the site's current one (not
+    /// > after `site remove`, nor after the site joined again with another key). Which site calls is
+    /// > known from its certificate alone.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "Heartbeat" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's periodic call: it says how it is, the region records when it heard from it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_HeartbeatRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_HeartbeatRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_HeartbeatResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func heartbeat<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_HeartbeatRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_HeartbeatRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_HeartbeatResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_HeartbeatResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.Heartbeat.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_SiteLinkService.ClientProtocol {
+    /// Call the "Heartbeat" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The site's periodic call: it says how it is, the region records when it heard from it.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_HeartbeatRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func heartbeat<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_HeartbeatRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_HeartbeatResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.heartbeat(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_HeartbeatRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_HeartbeatResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_SiteLinkService.ClientProtocol {
+    /// Call the "Heartbeat" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The site's periodic call: it says how it is, the region records when it heard from it.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func heartbeat<Result>(
+        _ message: Farrier_V1_HeartbeatRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_HeartbeatResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_HeartbeatRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.heartbeat(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}

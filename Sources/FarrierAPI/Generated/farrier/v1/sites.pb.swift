@@ -24,63 +24,155 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-public nonisolated struct Farrier_V1_Site: Sendable {
+public nonisolated struct Farrier_V1_HeartbeatRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var name: String = String()
+  /// Events and reports the site holds that the region has not acknowledged yet.
+  public var queueDepth: Int64 = 0
 
-  public var created: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_created ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_created = newValue}
+  /// What the site's cache holds.
+  public var cachedFiles: Int64 = 0
+
+  public var cachedBytes: Int64 = 0
+
+  /// The site agent's Farrier version.
+  public var version: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_HeartbeatResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The site the region knows the caller as (from its certificate).
+  public var site: String = String()
+
+  public var regionTime: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_regionTime ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_regionTime = newValue}
   }
-  /// Returns true if `created` has been explicitly set.
-  public var hasCreated: Bool {self._created != nil}
-  /// Clears the value of `created`. Subsequent reads from it will return its default value.
-  public mutating func clearCreated() {self._created = nil}
-
-  /// "waiting" (added, not joined; join_expires says until when) or "joined".
-  public var status: String = String()
-
-  public var joinExpires: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_joinExpires ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_joinExpires = newValue}
-  }
-  /// Returns true if `joinExpires` has been explicitly set.
-  public var hasJoinExpires: Bool {self._joinExpires != nil}
-  /// Clears the value of `joinExpires`. Subsequent reads from it will return its default value.
-  public mutating func clearJoinExpires() {self._joinExpires = nil}
-
-  public var joined: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_joined ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_joined = newValue}
-  }
-  /// Returns true if `joined` has been explicitly set.
-  public var hasJoined: Bool {self._joined != nil}
-  /// Clears the value of `joined`. Subsequent reads from it will return its default value.
-  public mutating func clearJoined() {self._joined = nil}
-
-  /// The joined site's certificate: serial (hex) and end of validity.
-  public var certificateSerial: String = String()
-
-  public var certificateNotAfter: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_certificateNotAfter ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_certificateNotAfter = newValue}
-  }
-  /// Returns true if `certificateNotAfter` has been explicitly set.
-  public var hasCertificateNotAfter: Bool {self._certificateNotAfter != nil}
-  /// Clears the value of `certificateNotAfter`. Subsequent reads from it will return its default value.
-  public mutating func clearCertificateNotAfter() {self._certificateNotAfter = nil}
+  /// Returns true if `regionTime` has been explicitly set.
+  public var hasRegionTime: Bool {self._regionTime != nil}
+  /// Clears the value of `regionTime`. Subsequent reads from it will return its default value.
+  public mutating func clearRegionTime() {self._regionTime = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _created: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-  fileprivate var _joinExpires: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-  fileprivate var _joined: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-  fileprivate var _certificateNotAfter: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _regionTime: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Farrier_V1_Site: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
+
+  public var created: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._created ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._created = newValue}
+  }
+  /// Returns true if `created` has been explicitly set.
+  public var hasCreated: Bool {_storage._created != nil}
+  /// Clears the value of `created`. Subsequent reads from it will return its default value.
+  public mutating func clearCreated() {_uniqueStorage()._created = nil}
+
+  /// "waiting" (added, not joined; join_expires says until when) or "joined".
+  public var status: String {
+    get {_storage._status}
+    set {_uniqueStorage()._status = newValue}
+  }
+
+  public var joinExpires: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._joinExpires ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._joinExpires = newValue}
+  }
+  /// Returns true if `joinExpires` has been explicitly set.
+  public var hasJoinExpires: Bool {_storage._joinExpires != nil}
+  /// Clears the value of `joinExpires`. Subsequent reads from it will return its default value.
+  public mutating func clearJoinExpires() {_uniqueStorage()._joinExpires = nil}
+
+  public var joined: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._joined ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._joined = newValue}
+  }
+  /// Returns true if `joined` has been explicitly set.
+  public var hasJoined: Bool {_storage._joined != nil}
+  /// Clears the value of `joined`. Subsequent reads from it will return its default value.
+  public mutating func clearJoined() {_uniqueStorage()._joined = nil}
+
+  /// The joined site's certificate: serial (hex) and end of validity.
+  public var certificateSerial: String {
+    get {_storage._certificateSerial}
+    set {_uniqueStorage()._certificateSerial = newValue}
+  }
+
+  public var certificateNotAfter: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._certificateNotAfter ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._certificateNotAfter = newValue}
+  }
+  /// Returns true if `certificateNotAfter` has been explicitly set.
+  public var hasCertificateNotAfter: Bool {_storage._certificateNotAfter != nil}
+  /// Clears the value of `certificateNotAfter`. Subsequent reads from it will return its default value.
+  public mutating func clearCertificateNotAfter() {_uniqueStorage()._certificateNotAfter = nil}
+
+  /// The link: "up" while heartbeats come (at most 30 s apart), "down" after, "never" before the
+  /// first. The other fields are from the last heartbeat.
+  public var link: String {
+    get {_storage._link}
+    set {_uniqueStorage()._link = newValue}
+  }
+
+  public var lastSeen: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._lastSeen ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._lastSeen = newValue}
+  }
+  /// Returns true if `lastSeen` has been explicitly set.
+  public var hasLastSeen: Bool {_storage._lastSeen != nil}
+  /// Clears the value of `lastSeen`. Subsequent reads from it will return its default value.
+  public mutating func clearLastSeen() {_uniqueStorage()._lastSeen = nil}
+
+  public var linkAddress: String {
+    get {_storage._linkAddress}
+    set {_uniqueStorage()._linkAddress = newValue}
+  }
+
+  public var queueDepth: Int64 {
+    get {_storage._queueDepth}
+    set {_uniqueStorage()._queueDepth = newValue}
+  }
+
+  public var cachedFiles: Int64 {
+    get {_storage._cachedFiles}
+    set {_uniqueStorage()._cachedFiles = newValue}
+  }
+
+  public var cachedBytes: Int64 {
+    get {_storage._cachedBytes}
+    set {_uniqueStorage()._cachedBytes = newValue}
+  }
+
+  public var version: String {
+    get {_storage._version}
+    set {_uniqueStorage()._version = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Farrier_V1_AddSiteRequest: Sendable {
@@ -211,9 +303,9 @@ public nonisolated struct Farrier_V1_JoinSiteResponse: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
-nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".Site"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}created\0\u{1}status\0\u{3}join_expires\0\u{1}joined\0\u{3}certificate_serial\0\u{3}certificate_not_after\0")
+nonisolated extension Farrier_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HeartbeatRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}queue_depth\0\u{3}cached_files\0\u{3}cached_bytes\0\u{1}version\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -221,13 +313,53 @@ nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._Mes
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._created) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.status) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._joinExpires) }()
-      case 5: try { try decoder.decodeSingularMessageField(value: &self._joined) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.certificateSerial) }()
-      case 7: try { try decoder.decodeSingularMessageField(value: &self._certificateNotAfter) }()
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.queueDepth) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.cachedFiles) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.cachedBytes) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.version) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.queueDepth != 0 {
+      try visitor.visitSingularInt64Field(value: self.queueDepth, fieldNumber: 1)
+    }
+    if self.cachedFiles != 0 {
+      try visitor.visitSingularInt64Field(value: self.cachedFiles, fieldNumber: 2)
+    }
+    if self.cachedBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.cachedBytes, fieldNumber: 3)
+    }
+    if !self.version.isEmpty {
+      try visitor.visitSingularStringField(value: self.version, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_HeartbeatRequest, rhs: Farrier_V1_HeartbeatRequest) -> Bool {
+    if lhs.queueDepth != rhs.queueDepth {return false}
+    if lhs.cachedFiles != rhs.cachedFiles {return false}
+    if lhs.cachedBytes != rhs.cachedBytes {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_HeartbeatResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HeartbeatResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}site\0\u{3}region_time\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.site) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._regionTime) }()
       default: break
       }
     }
@@ -238,38 +370,179 @@ nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._Mes
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    if !self.site.isEmpty {
+      try visitor.visitSingularStringField(value: self.site, fieldNumber: 1)
     }
-    try { if let v = self._created {
+    try { if let v = self._regionTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
-    if !self.status.isEmpty {
-      try visitor.visitSingularStringField(value: self.status, fieldNumber: 3)
-    }
-    try { if let v = self._joinExpires {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    } }()
-    try { if let v = self._joined {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
-    } }()
-    if !self.certificateSerial.isEmpty {
-      try visitor.visitSingularStringField(value: self.certificateSerial, fieldNumber: 6)
-    }
-    try { if let v = self._certificateNotAfter {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
+  public static func ==(lhs: Farrier_V1_HeartbeatResponse, rhs: Farrier_V1_HeartbeatResponse) -> Bool {
+    if lhs.site != rhs.site {return false}
+    if lhs._regionTime != rhs._regionTime {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Site"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}created\0\u{1}status\0\u{3}join_expires\0\u{1}joined\0\u{3}certificate_serial\0\u{3}certificate_not_after\0\u{1}link\0\u{3}last_seen\0\u{3}link_address\0\u{3}queue_depth\0\u{3}cached_files\0\u{3}cached_bytes\0\u{1}version\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _created: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _status: String = String()
+    var _joinExpires: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _joined: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _certificateSerial: String = String()
+    var _certificateNotAfter: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _link: String = String()
+    var _lastSeen: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _linkAddress: String = String()
+    var _queueDepth: Int64 = 0
+    var _cachedFiles: Int64 = 0
+    var _cachedBytes: Int64 = 0
+    var _version: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _created = source._created
+      _status = source._status
+      _joinExpires = source._joinExpires
+      _joined = source._joined
+      _certificateSerial = source._certificateSerial
+      _certificateNotAfter = source._certificateNotAfter
+      _link = source._link
+      _lastSeen = source._lastSeen
+      _linkAddress = source._linkAddress
+      _queueDepth = source._queueDepth
+      _cachedFiles = source._cachedFiles
+      _cachedBytes = source._cachedBytes
+      _version = source._version
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._created) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._status) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._joinExpires) }()
+        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._joined) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._certificateSerial) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._certificateNotAfter) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._link) }()
+        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._lastSeen) }()
+        case 10: try { try decoder.decodeSingularStringField(value: &_storage._linkAddress) }()
+        case 11: try { try decoder.decodeSingularInt64Field(value: &_storage._queueDepth) }()
+        case 12: try { try decoder.decodeSingularInt64Field(value: &_storage._cachedFiles) }()
+        case 13: try { try decoder.decodeSingularInt64Field(value: &_storage._cachedBytes) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._version) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      try { if let v = _storage._created {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      if !_storage._status.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._status, fieldNumber: 3)
+      }
+      try { if let v = _storage._joinExpires {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      try { if let v = _storage._joined {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+      } }()
+      if !_storage._certificateSerial.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._certificateSerial, fieldNumber: 6)
+      }
+      try { if let v = _storage._certificateNotAfter {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
+      if !_storage._link.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._link, fieldNumber: 8)
+      }
+      try { if let v = _storage._lastSeen {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+      } }()
+      if !_storage._linkAddress.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._linkAddress, fieldNumber: 10)
+      }
+      if _storage._queueDepth != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._queueDepth, fieldNumber: 11)
+      }
+      if _storage._cachedFiles != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._cachedFiles, fieldNumber: 12)
+      }
+      if _storage._cachedBytes != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._cachedBytes, fieldNumber: 13)
+      }
+      if !_storage._version.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._version, fieldNumber: 14)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
   public static func ==(lhs: Farrier_V1_Site, rhs: Farrier_V1_Site) -> Bool {
-    if lhs.name != rhs.name {return false}
-    if lhs._created != rhs._created {return false}
-    if lhs.status != rhs.status {return false}
-    if lhs._joinExpires != rhs._joinExpires {return false}
-    if lhs._joined != rhs._joined {return false}
-    if lhs.certificateSerial != rhs.certificateSerial {return false}
-    if lhs._certificateNotAfter != rhs._certificateNotAfter {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._created != rhs_storage._created {return false}
+        if _storage._status != rhs_storage._status {return false}
+        if _storage._joinExpires != rhs_storage._joinExpires {return false}
+        if _storage._joined != rhs_storage._joined {return false}
+        if _storage._certificateSerial != rhs_storage._certificateSerial {return false}
+        if _storage._certificateNotAfter != rhs_storage._certificateNotAfter {return false}
+        if _storage._link != rhs_storage._link {return false}
+        if _storage._lastSeen != rhs_storage._lastSeen {return false}
+        if _storage._linkAddress != rhs_storage._linkAddress {return false}
+        if _storage._queueDepth != rhs_storage._queueDepth {return false}
+        if _storage._cachedFiles != rhs_storage._cachedFiles {return false}
+        if _storage._cachedBytes != rhs_storage._cachedBytes {return false}
+        if _storage._version != rhs_storage._version {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,69 @@
+import FarrierCore
+import FarrierSite
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import SwiftASN1
+import X509
+
+/// The site's side of its link to the region (issue 16): the key, certificate and region CA that
+/// `farrier site join` left in the site's data directory, and a mutual-TLS connection with them.
+public struct SiteCredentials: Sendable {
+    public let dataDir: String
+    /// The site's name and its certificate's serial, as the region reads them.
+    public let site: String
+    public let serial: String
+    public let notAfter: Date
+
+    public var keyPath: String { dataDir + "/site.key" }
+    public var certificatePath: String { dataDir + "/site.crt" }
+    public var regionCAPath: String { dataDir + "/region-ca.crt" }
+
+    /// Reads what joining left in `dataDir`; an error names what is missing or wrong.
+    public init(dataDir: String) throws {
+        self.dataDir = dataDir
+        let fm = FileManager.default
+        for path in [dataDir + "/site.key", dataDir + "/site.crt", dataDir + "/region-ca.crt"]
+        where !fm.fileExists(atPath: path) {
+            throw SiteAuthority.Failure("\(path) is missing: run `farrier site join` with this data directory first")
+        }
+        let pem: String
+        do { pem = try String(contentsOfFile: dataDir + "/site.crt", encoding: .utf8) } catch {
+            throw SiteAuthority.Failure("reading \(dataDir)/site.crt: \(error)")
+        }
+        let certificate: Certificate
+        do { certificate = try Certificate(pemEncoded: pem) } catch {
+            throw SiteAuthority.Failure("\(dataDir)/site.crt is not a PEM certificate (\(error))")
+        }
+        let sites = SiteAuthority.siteNames(certificate)
+        guard sites.count == 1, let site = sites.first else {
+            throw SiteAuthority.Failure("\(dataDir)/site.crt does not name one site (\(sites))")
+        }
+        self.site = site
+        serial = SiteAuthority.hex(certificate.serialNumber)
+        notAfter = certificate.notValidAfter
+    }
+}
+
+/// Connects to the region's site link (`site.listen`) as the site in `credentials`, and runs
+/// `body` with a client. The region is verified against the CA the site got when it joined, and
+/// by the host name or IP address in `region`.
+public func withSiteLink<R: Sendable>(
+    region: String,
+    credentials: SiteCredentials,
+    _ body: @Sendable (Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) async throws -> R
+) async throws -> R {
+    let (host, port) = try splitHostPort(region)
+    let security = HTTP2ClientTransport.Posix.TransportSecurity.mTLS(
+        certificateChain: [.file(path: credentials.certificatePath, format: .pem)],
+        privateKey: .file(path: credentials.keyPath, format: .pem)
+    ) { tls in
+        tls.trustRoots = .certificates([.file(path: credentials.regionCAPath, format: .pem)])
+    }
+    let target: any ResolvableTarget =
+        if IPv4Address(host) != nil { .ipv4(address: host, port: port) } else { .dns(host: host, port: port) }
+    let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security)
+    return try await withGRPCClient(transport: transport) { client in
+        try await body(Farrier_V1_SiteLinkService.Client(wrapping: client))
+    }
+}

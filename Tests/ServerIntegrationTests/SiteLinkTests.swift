@@ -1,0 +1,142 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The site link (issue 16) between a real server and `farrier site run`, over mutual TLS: a
+/// joined site calls in and the region's `site list` shows the link; OpenSSL checks the region's
+/// link certificate against the CA the site got, for the address it dials; a removed site is
+/// refused at once, and so is a site's old certificate after it joined again, a certificate from
+/// another CA, and a client with no certificate.
+@Suite(.serialized, .enabled(if: Harness.canRun, "needs root and openssl"))
+struct SiteLinkTests {
+    @Test func onlyTheSitesCurrentCertificateGetsThrough() throws {
+        let h = try Harness("site-link")
+        defer { h.cleanup() }
+        let linkPort = Int.random(in: 32000..<32700)
+        let link = "127.0.0.1:\(linkPort)"
+        let cp = ControlPlane(h, flags: ["--site-listen", link])
+        try cp.start()
+        #expect(h.read("server.log").contains("site link listening"), "\(h.read("server.log").suffix(2000))")
+
+        func join(_ name: String, _ dir: String) throws {
+            let token = try #require(try cp.json(["site", "add", name])["joinToken"] as? String)
+            let r = try h.run(
+                [
+                    "env", "-u", "FARRIER_TOKEN", "FARRIER_CONFIG_FILE=/nonexistent", ControlPlane.bin, "site", "join",
+                    "--join-token", token, "--name", name, "--data-dir", dir, "--server", cp.grpc,
+                ],
+                check: false
+            )
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        func once(_ dir: String) throws -> Harness.Result {
+            try h.run(
+                [ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dir, "--once"],
+                timeout: 30,
+                check: false
+            )
+        }
+        func listed(_ name: String) throws -> [String: Any]? {
+            let out = try cp.cli(["site", "list", "-o", "json"]).stdout
+            let all = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])
+            return all.first { $0["name"] as? String == name }
+        }
+
+        let dir1 = h.directory + "/site-1"
+        try join("site-1", dir1)
+        #expect(try listed("site-1")?["link"] as? String == "never")
+
+        // OpenSSL, as a site would: the region's link certificate chains to the CA the site got
+        // at join and names the address the site dials; the site's own certificate is accepted.
+        let verified = try h.run(
+            [
+                "bash", "-c",
+                "openssl s_client -connect \(link) -CAfile \(dir1)/region-ca.crt -verify_return_error -verify_ip 127.0.0.1 -cert \(dir1)/site.crt -key \(dir1)/site.key -brief < /dev/null 2>&1",
+            ],
+            timeout: 20,
+            check: false
+        )
+        #expect(verified.stdout.contains("Verification: OK"), "\(verified.stdout)")
+        // Without a client certificate, the region ends the handshake. (TLS 1.2: in 1.3 the
+        // refusal comes after the client's side of the handshake, which s_client does not wait for.)
+        let anonymous = try h.run(
+            [
+                "bash", "-c",
+                "openssl s_client -tls1_2 -connect \(link) -CAfile \(dir1)/region-ca.crt -brief < /dev/null 2>&1; echo \"exit=$?\"",
+            ],
+            timeout: 20,
+            check: false
+        )
+        #expect(
+            anonymous.stdout.contains("alert handshake failure") && !anonymous.stdout.contains("exit=0"),
+            "\(anonymous.stdout)"
+        )
+
+        // The site calls in; the region records it, with what the site says of its cache.
+        let digest = String(repeating: "ab", count: 32)
+        try FileManager.default.createDirectory(atPath: dir1 + "/cache", withIntermediateDirectories: true)
+        try Data(count: 1000).write(to: URL(fileURLWithPath: dir1 + "/cache/" + digest))
+        let first = try once(dir1)
+        #expect(first.status == 0, "\(first.stdout) \(first.stderr)")
+        let seen = try #require(try listed("site-1"))
+        #expect(seen["link"] as? String == "up", "\(seen)")
+        #expect(seen["lastSeen"] as? String != nil && seen["version"] as? String == "0.1.0", "\(seen)")
+        #expect(seen["cachedFiles"] as? Int == 1 && seen["cachedBytes"] as? Int == 1000, "\(seen)")
+        #expect((seen["linkAddress"] as? String)?.contains("127.0.0.1") == true, "\(seen)")
+        let table = try cp.cli(["site", "list"]).stdout
+        #expect(table.contains("LINK") && table.contains(" up "), "\(table)")
+        let status = try h.run([ControlPlane.bin, "site", "status", "--data-dir", dir1, "-o", "json"]).stdout
+        let view = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        #expect(view["site"] as? String == "site-1" && view["cachedFiles"] as? Int == 1, "\(status)")
+        #expect((view["link"] as? [String: Any])?["state"] as? String == "up", "\(status)")
+        #expect(((view["cache"] as? [[String: Any]])?.first?["sha256"] as? String) == digest, "\(status)")
+
+        // Running: it keeps calling in.
+        let agent = try h.start(
+            [ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dir1, "--interval", "1"],
+            log: "site-1.log"
+        )
+        let before = seen["lastSeen"] as? String
+        try h.waitUntil("a later heartbeat", timeout: 20, interval: 0.3) {
+            try listed("site-1")?["lastSeen"] as? String != before
+        }
+        #expect(h.read("site-1.log").contains("link up"), "\(h.read("site-1.log"))")
+
+        // Removed: its next call is refused and the agent stops, saying why.
+        _ = try cp.cli(["site", "remove", "site-1"])
+        try h.waitUntil("the removed site's agent to stop", timeout: 20, interval: 0.2) { !agent.isRunning }
+        #expect(agent.terminationStatus == 17, "\(agent.terminationStatus) \(h.read("site-1.log"))")
+        #expect(h.read("site-1.log").contains("not its current one"), "\(h.read("site-1.log"))")
+        let after = try h.run([ControlPlane.bin, "site", "status", "--data-dir", dir1, "-o", "json"]).stdout
+        #expect(after.contains("refused"), "\(after)")
+
+        // Added and joined again with another key: the new certificate works, the old one not.
+        let dir2 = h.directory + "/site-1-again"
+        try join("site-1", dir2)
+        #expect(try once(dir2).status == 0)
+        let old = try once(dir1)
+        #expect(old.status == 17 && old.stderr.contains("not its current one"), "\(old.status) \(old.stderr)")
+
+        // A certificate for site-1 from another CA: the handshake fails, nothing is recorded.
+        let dir3 = h.directory + "/forged"
+        try FileManager.default.createDirectory(atPath: dir3, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: dir1 + "/region-ca.crt", toPath: dir3 + "/region-ca.crt")
+        let ext = dir3 + "/ext.cnf"
+        try "subjectAltName=URI:farrier-site:site-1\nextendedKeyUsage=clientAuth,serverAuth\n".write(
+            toFile: ext,
+            atomically: true,
+            encoding: .utf8
+        )
+        for command in [
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout \(dir3)/ca.key -out \(dir3)/ca.crt -subj '/CN=Farrier site CA' -days 2",
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout \(dir3)/site.key -out \(dir3)/site.csr -subj /CN=site-1",
+            "openssl x509 -req -in \(dir3)/site.csr -CA \(dir3)/ca.crt -CAkey \(dir3)/ca.key -CAcreateserial -out \(dir3)/site.crt -days 2 -extfile \(ext)",
+        ] {
+            _ = try h.run(["bash", "-c", command + " 2>&1"])
+        }
+        let lastSeen = try listed("site-1")?["lastSeen"] as? String
+        let forged = try once(dir3)
+        #expect(forged.status != 0, "\(forged.stdout) \(forged.stderr)")
+        #expect(try listed("site-1")?["lastSeen"] as? String == lastSeen)
+    }
+}
