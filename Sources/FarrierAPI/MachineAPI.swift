@@ -67,6 +67,7 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             states: request.state.isEmpty ? nil : MachineState(rawValue: request.state).map { [$0] },
             project: caller.isAdmin ? (request.project.isEmpty ? nil : request.project) : caller.project,
             zone: request.zone.isEmpty ? nil : request.zone,
+            site: request.site.isEmpty ? nil : request.site,
             after: after,
             limit: pageSize + 1
         )
@@ -191,6 +192,7 @@ extension MachineAPI {
         guard !request.bmcPassword.isEmpty else {
             throw RPCError(code: .invalidArgument, message: "bmc_password is required")
         }
+        let site = try await knownSite(request.site)
         // The password is sealed to the machine's ID: the existing one for a known MAC.
         let id = try await store.machine(mac: mac)?.id ?? UUID().uuidString.lowercased()
         let sealed = try vault.seal(request.bmcPassword, machineID: id)
@@ -204,14 +206,34 @@ extension MachineAPI {
                 sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id)
             )
         }
+        if machine.site != site {
+            machine = try await controller.record("enrolled at site \(site ?? "-")", machineID: machine.id) {
+                $0.site = site
+            }
+        }
         logger.info(
             "machine enrolled",
-            metadata: ["machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)"]
+            metadata: [
+                "machine": "\(machine.name)", "mac": "\(mac)", "bmc": "\(reference.url)", "site": "\(site ?? "-")",
+            ]
         )
         if request.commission, machine.state == .enrolled || machine.state == .ready {
             return try await transition(.commission, machine)
         }
         return Farrier_V1_Machine(machine, timeline: [])
+    }
+
+    /// The site a request names: nil for none (the region's own boot network), or one that
+    /// `site add` made; any other name is a precise error.
+    func knownSite(_ name: String) async throws -> String? {
+        guard !name.isEmpty else { return nil }
+        guard try await store.site(name: name) != nil else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "no site named '\(name.prefix(80))' (farrier site list; add one with farrier site add)"
+            )
+        }
+        return name
     }
 
     /// The machine and its BMC driver, or a precise error.
@@ -395,6 +417,7 @@ extension Farrier_V1_Machine {
         labels = m.labels
         zone = m.zone
         rack = m.rack
+        site = m.site ?? ""
         nextBoot = Lifecycle.nextBoot(m.state, phase: m.phase).rawValue
         if let inv = m.inventory {
             var i = Farrier_V1_Inventory()

@@ -15,8 +15,8 @@ extension MachineAPI {
         let m = try await visibleMachine(request.name)
         let adminFields =
             !request.setTags.isEmpty || !request.removeTags.isEmpty || request.hasZone || request.hasRack
-            || !request.newName.isEmpty
-        if adminFields { _ = try Caller.admin("changing tags, zone, rack or name") }
+            || !request.newName.isEmpty || request.hasSite
+        if adminFields { _ = try Caller.admin("changing tags, zone, rack, site or name") }
         for (k, v) in request.setLabels {
             if let p = Validation.tagProblem(key: k, value: v) {
                 throw RPCError(code: .invalidArgument, message: "label: \(p)")
@@ -34,6 +34,7 @@ extension MachineAPI {
         if !request.newName.isEmpty, let p = Machine.nameProblem(request.newName) {
             throw RPCError(code: .invalidArgument, message: p)
         }
+        let site = request.hasSite ? try await knownSite(request.site) : nil
         let updated = try await controller.record("updated by \(caller.tokenName)", machineID: m.id) { x in
             for (k, v) in request.setLabels { x.labels[k] = v }
             for k in request.removeLabels { x.labels[k] = nil }
@@ -41,6 +42,7 @@ extension MachineAPI {
             for k in request.removeTags { x.tags[k] = nil }
             if request.hasZone { x.zone = request.zone }
             if request.hasRack { x.rack = request.rack }
+            if request.hasSite { x.site = site }
             if !request.newName.isEmpty { x.name = request.newName }
             if x.labels.count > Validation.maxTags || x.tags.count > Validation.maxTags {
                 throw RPCError(

@@ -95,6 +95,15 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
         -> Farrier_V1_RemoveSiteResponse
     {
         let caller = try Caller.admin("removing a site")
+        // Its machines would be left on a boot network nobody serves: move or delete them first.
+        let machines = try await store.machines(MachineQuery(site: request.name, limit: 4))
+        if !machines.isEmpty {
+            throw RPCError(
+                code: .failedPrecondition,
+                message:
+                    "site '\(request.name.prefix(80))' still has machines (\(machines.prefix(3).map(\.name).joined(separator: ", "))\(machines.count > 3 ? ", …" : "")): move them (farrier machine update NAME --site OTHER, or --site '' for the region's own) or delete them first"
+            )
+        }
         guard try await store.deleteSite(name: request.name) else {
             throw RPCError(code: .notFound, message: "no site named '\(request.name.prefix(80))'")
         }

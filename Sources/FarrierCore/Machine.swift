@@ -58,6 +58,8 @@ public struct Machine: Codable, Sendable, Hashable {
     public var labels: [String: String] = [:]
     public var zone: String = ""
     public var rack: String = ""
+    /// The site whose boot network it is on (issue 16); nil: the region's own.
+    public var site: String?
     /// What the agent found at commissioning.
     public var inventory: Inventory?
     /// What was asked at deploy: image, keys, user-data. Kept while deployed.

@@ -83,6 +83,8 @@ public struct MachineQuery: Sendable, Hashable {
     public var project: String?
     /// Only machines in this zone.
     public var zone: String?
+    /// Only machines of this site.
+    public var site: String?
     /// Only machines whose name sorts after this one (a page's start).
     public var after: String?
     /// At most this many.
@@ -92,12 +94,14 @@ public struct MachineQuery: Sendable, Hashable {
         states: Set<MachineState>? = nil,
         project: String? = nil,
         zone: String? = nil,
+        site: String? = nil,
         after: String? = nil,
         limit: Int? = nil
     ) {
         self.states = states
         self.project = project
         self.zone = zone
+        self.site = site
         self.after = after
         self.limit = limit
     }

@@ -220,6 +220,11 @@ public final class SQLiteStore: StateStore {
                 t.add(column: "linkVersion", .text)
             }
         }
+        m.registerMigration("v13-machine-site") { db in
+            // Which site's boot network a machine is on (NULL: the region's own).
+            try db.alter(table: "machine") { t in t.add(column: "site", .text) }
+            try db.create(index: "machine_site", on: "machine", columns: ["site"])
+        }
         return m
     }
 
@@ -336,6 +341,7 @@ public final class SQLiteStore: StateStore {
             if let states = query.states { request = request.filter(states.map(\.rawValue).contains(Column("state"))) }
             if let project = query.project { request = request.filter(Column("project") == project) }
             if let zone = query.zone { request = request.filter(Column("zone") == zone) }
+            if let site = query.site { request = request.filter(Column("site") == site) }
             if let after = query.after { request = request.filter(Column("name") > after) }
             if let limit = query.limit { request = request.limit(max(0, limit)) }
             return try request.fetchAll(db).map { try $0.machine() }
@@ -1035,6 +1041,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var labels: String
     var zone: String
     var rack: String
+    var site: String?
     var inventory: String?
     var deployment: String?
     var phase: String
@@ -1053,8 +1060,9 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
             Column("id"), Column("name"), Column("mac"), Column("architecture"), Column("firmware"), Column("state"),
             Column("firstSeen"), Column("lastSeen"), Column("bmc"), Column("failedStep"), Column("reason"),
             Column("project"),
-            Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("inventory"), Column("deployment"),
-            Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"), Column("diskDirty"),
+            Column("tags"), Column("labels"), Column("zone"), Column("rack"), Column("site"), Column("inventory"),
+            Column("deployment"), Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"),
+            Column("diskDirty"),
             Column("dirtyFor"), Column("releasedFrom"),
             Column("agentBoot"), Column("agentNonce"),
         ]
@@ -1077,6 +1085,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         labels = (try? jsonText(m.labels)) ?? "{}"
         zone = m.zone
         rack = m.rack
+        site = m.site
         inventory = try? m.inventory.map(jsonText)
         deployment = try? m.deployment.map(jsonText)
         phase = m.phase.rawValue
@@ -1120,6 +1129,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.labels = try jsonValue([String: String].self, labels) ?? [:]
         m.zone = zone
         m.rack = rack
+        m.site = site
         m.inventory = try jsonValue(Inventory.self, inventory)
         m.deployment = try jsonValue(Deployment.self, deployment)
         m.phase = phase

@@ -15,6 +15,7 @@ import Testing
             try s.appliedMigrations() == [
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
+                "v13-machine-site",
             ]
         )
     }
@@ -156,6 +157,7 @@ import Testing
                 _ = try await s.update(machineID: m.id, fence: nil) { x in
                     x.state = i < 120 ? .ready : .deploying
                     x.zone = i % 3 == 0 ? "b" : "a"
+                    x.site = i % 5 == 0 ? "site-1" : (i % 5 == 1 ? "site-2" : nil)
                     x.inventory = Inventory(
                         cpuModel: "c",
                         cores: 64 - (i % 64),
@@ -187,6 +189,15 @@ import Testing
                     && zoneB.allSatisfy { $0.zone == "b" && $0.state == .ready }
             )
             #expect(try await s.machines(MachineQuery(states: [.deploying, .releasing])).count == 30)
+            // By site: each machine in one site, or in none.
+            let site1 = try await s.machines(MachineQuery(site: "site-1"))
+            #expect(
+                site1.count == names.indices.filter { $0 % 5 == 0 }.count && site1.allSatisfy { $0.site == "site-1" }
+            )
+            #expect(
+                try await s.machines(MachineQuery(states: [.ready], site: "site-2")).allSatisfy { $0.site == "site-2" }
+            )
+            #expect(try await s.machines(MachineQuery(site: "site-9")).isEmpty)
             #expect(try await s.machines(MachineQuery(project: "nobody")).isEmpty)
             // A machine joins only a project that exists.
             let noProject = await #expect(throws: StoreError.self) {
@@ -891,10 +902,10 @@ import Testing
             let store = try #require(under.store as? PostgresStore)
             #expect(
                 try await store.appliedMigrations() == [
-                    "v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index", "v5-site",
+                    "v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index", "v5-site", "v6-machine-site",
                 ]
             )
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "5\n")
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "6\n")
         }
     }
 

@@ -100,4 +100,65 @@ struct SiteJoinTests {
         #expect(!(try cp.cli(["site", "list", "-o", "name"]).stdout.split(separator: "\n").contains("site-1")))
         #expect(try cp.cli(["site", "remove", "site-1"], check: false).status == 15)
     }
+
+    /// Machines belong to a site (or to none: the region's own boot network). Enroll and update
+    /// take only a site that exists; list filters by site and show names it; members cannot move
+    /// a machine; a site with machines cannot be removed.
+    @Test func machinesBelongToASite() throws {
+        let h = try Harness("site-machines")
+        defer { h.cleanup() }
+        let cp = ControlPlane(h)
+        try cp.start()
+        let password = h.directory + "/bmc.pass"
+        try "secret\n".write(toFile: password, atomically: true, encoding: .utf8)
+        for site in ["site-1", "site-2"] { _ = try cp.cli(["site", "add", site]) }
+        func enroll(_ name: String, _ mac: String, _ site: String?) throws -> Harness.Result {
+            try cp.cli(
+                [
+                    "machine", "enroll", name, "--mac", mac, "--bmc", "ipmi://a@127.0.0.1", "--bmc-password-file",
+                    password,
+                ]
+                    + (site.map { ["--site", $0] } ?? []),
+                check: false
+            )
+        }
+        #expect(try enroll("s1-a", "52:54:00:5e:00:01", "site-1").status == 0)
+        #expect(try enroll("s1-b", "52:54:00:5e:00:02", "site-1").status == 0)
+        #expect(try enroll("s2-a", "52:54:00:5e:00:03", "site-2").status == 0)
+        #expect(try enroll("home", "52:54:00:5e:00:04", nil).status == 0)
+        // A site nobody added: refused, and nothing enrolled.
+        let unknown = try enroll("lost", "52:54:00:5e:00:05", "site-9")
+        #expect(unknown.status == 13 && unknown.stderr.contains("no site named 'site-9'"), "\(unknown.stderr)")
+        #expect(try cp.cli(["machine", "show", "lost"], check: false).status == 15)
+
+        func names(_ args: [String]) throws -> [String] {
+            try cp.cli(["machine", "list", "-o", "name"] + args).stdout.split(separator: "\n").map(String.init).sorted()
+        }
+        #expect(try names(["--site", "site-1"]) == ["s1-a", "s1-b"])
+        #expect(try names(["--site", "site-2"]) == ["s2-a"])
+        #expect(try names(["--site", "site-9"]).isEmpty)
+        #expect(try names([]).count == 4)
+        #expect((try cp.json(["machine", "show", "s2-a"]))["site"] as? String == "site-2")
+        #expect((try cp.json(["machine", "show", "home"]))["site"] == nil)
+        let table = try cp.cli(["machine", "list", "--columns", "name,site"]).stdout
+        #expect(table.contains("SITE") && table.contains("s1-a  site-1"), "\(table)")
+
+        // A site with machines stays until they move; moving to an unknown site changes nothing.
+        let busy = try cp.cli(["site", "remove", "site-2"], check: false)
+        #expect(busy.status == 19 && busy.stderr.contains("s2-a"), "\(busy.status) \(busy.stderr)")
+        let bad = try cp.cli(["machine", "update", "s2-a", "--site", "site-9"], check: false)
+        #expect(bad.status == 13 && bad.stderr.contains("site-9"), "\(bad.stderr)")
+        #expect((try cp.json(["machine", "show", "s2-a"]))["site"] as? String == "site-2")
+        try cp.cli(["project", "create", "alpha"])
+        let member = try cp.cli(["token", "create", "--project", "alpha"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let moved = try cp.cli(["machine", "update", "s2-a", "--site", "site-1"], token: member, check: false)
+        #expect(moved.status != 0, "\(moved.stderr)")
+        #expect(try cp.cli(["machine", "update", "s2-a", "--site", ""]).status == 0)
+        #expect((try cp.json(["machine", "show", "s2-a"]))["site"] == nil)
+        #expect(try cp.cli(["site", "remove", "site-2"]).status == 0)
+        #expect(try cp.cli(["machine", "update", "home", "--site", "site-1"]).status == 0)
+        #expect(try names(["--site", "site-1"]) == ["home", "s1-a", "s1-b"])
+    }
 }

@@ -448,6 +448,7 @@ extension MachineCommand {
         @Option(help: "Remove label KEY; repeat for more.") var removeLabel: [String] = []
         @Option(help: "Zone.") var zone: String?
         @Option(help: "Rack.") var rack: String?
+        @Option(help: "Site (one `farrier site add` made; '' for the region's own boot network).") var site: String?
         @Option(help: "New name.") var rename: String?
 
         func run() async throws {
@@ -460,6 +461,7 @@ extension MachineCommand {
             req.removeLabels = removeLabel
             if let zone { req.zone = zone }
             if let rack { req.rack = rack }
+            if let site { req.site = site }
             req.newName = rename ?? ""
             let request = req
             try printMachine(

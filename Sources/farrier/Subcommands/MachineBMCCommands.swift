@@ -35,8 +35,8 @@ extension MachineCommand {
                 with this MAC takes the new name.
 
                 --from FILE enrolls every machine a YAML or JSON list names, 16 at a time: each entry has \
-                name, mac and bmc, and optionally bmc-password-file (else --bmc-password-file's) and \
-                bmc-insecure-tls. Enrolling a machine again with the same name and MAC keeps it as it is \
+                name, mac and bmc, and optionally bmc-password-file (else --bmc-password-file's), \
+                bmc-insecure-tls and site (else --site's). Enrolling a machine again with the same name and MAC keeps it as it is \
                 (its BMC password is stored again), so a file can be enrolled again after a failure; with \
                 --commission, machines already ready are commissioned again. The failures are listed and \
                 the exit status is 1.
@@ -52,6 +52,7 @@ extension MachineCommand {
             false
         @Flag(help: "Commission right away: boot the ramdisk, take the inventory, end ready.") var commission = false
         @Option(help: "Enroll every machine this YAML or JSON list names (see above).") var from: String?
+        @Option(help: "The site whose boot network the machine is on (default: the region's own).") var site: String?
 
         func validate() throws {
             if from != nil {
@@ -75,6 +76,7 @@ extension MachineCommand {
             req.bmcPassword = try readPasswordFile(bmcPasswordFile ?? "-")
             req.bmcInsecureTls = bmcInsecureTLS
             req.commission = commission
+            req.site = site ?? ""
             let request = req
             let m = try await rpc(client) { try await $0.machines.enrollMachine(request) }
             let view = MachineView(m)
@@ -87,8 +89,9 @@ extension MachineCommand {
             var bmc: String
             var bmcPasswordFile: String?
             var bmcInsecureTLS: Bool?
+            var site: String?
             enum CodingKeys: String, CodingKey {
-                case name, mac, bmc
+                case name, mac, bmc, site
                 case bmcPasswordFile = "bmc-password-file"
                 case bmcInsecureTLS = "bmc-insecure-tls"
             }
@@ -113,7 +116,7 @@ extension MachineCommand {
             let entries: [FileEntry]
             do { entries = try YAMLDecoder().decode([FileEntry].self, from: text) } catch {
                 throw CLIError(
-                    "\(path): expected a list of {name, mac, bmc[, bmc-password-file, bmc-insecure-tls]}: \(error)"
+                    "\(path): expected a list of {name, mac, bmc[, bmc-password-file, bmc-insecure-tls, site]}: \(error)"
                 )
             }
             var passwords: [String: String] = [:]
@@ -132,6 +135,7 @@ extension MachineCommand {
                 req.bmcPassword = passwords[file] ?? ""
                 req.bmcInsecureTls = e.bmcInsecureTLS ?? bmcInsecureTLS
                 req.commission = commission
+                req.site = e.site ?? site ?? ""
                 requests.append(req)
             }
             let all = requests

@@ -26,12 +26,14 @@ struct MachineCommand: AsyncParsableCommand {
         @Option(help: "Only machines with this tag (KEY=VALUE); repeat for more.") var tag: [String] = []
         @Option(help: "Only machines of this project (admin).") var project: String?
         @Option(help: "Only machines in this zone.") var zone: String?
+        @Option(help: "Only machines of this site.") var site: String?
 
         func run() async throws {
             let printer = try MachineView.printer(output)
             let state = self.state?.rawValue
             let project = self.project ?? ""
             let zone = self.zone ?? ""
+            let site = self.site ?? ""
             let tags = try parseTags(tag)
             let machines = try await rpc(client, idempotent: true) { c in
                 var all: [Farrier_V1_Machine] = []
@@ -44,6 +46,7 @@ struct MachineCommand: AsyncParsableCommand {
                     req.tags = tags
                     req.project = project
                     req.zone = zone
+                    req.site = site
                     let page = try await c.machines.listMachines(req)
                     all += page.machines
                     token = page.nextPageToken
@@ -82,6 +85,7 @@ struct MachineCommand: AsyncParsableCommand {
                     "Address:       \(view.address ?? "-")",
                     "Architecture:  \(view.architecture)",
                     "Firmware:      \(view.firmware)",
+                    "Site:          \(view.site ?? "- (the region's own)")",
                     "Zone/rack:     \(view.zone ?? "-") / \(view.rack ?? "-")",
                     "Tags:          \(tagsLine(view.tags))",
                     "Labels:        \(tagsLine(view.labels))",
@@ -198,6 +202,7 @@ struct MachineView: Codable {
     var address: String?
     var architecture: String
     var firmware: String
+    var site: String?
     var zone: String?
     var rack: String?
     var tags: [String: String]
@@ -224,6 +229,7 @@ struct MachineView: Codable {
         address = opt(m.address)
         architecture = m.architecture
         firmware = m.firmware
+        site = opt(m.site)
         zone = opt(m.zone)
         rack = opt(m.rack)
         tags = m.tags
@@ -270,7 +276,8 @@ struct MachineView: Codable {
         Column("PROJECT") { $0.project ?? "-" }, Column("ADDRESS") { $0.address ?? "-" },
         Column("ARCH") { $0.architecture }, Column("FIRMWARE") { $0.firmware }, Column("TAGS") { tagsLine($0.tags) },
         Column("LAST SEEN") { ago($0.lastSeen) }, Column("REASON", byDefault: false) { $0.reason ?? "-" },
-        Column("ZONE", byDefault: false) { $0.zone ?? "-" }, Column("RACK", byDefault: false) { $0.rack ?? "-" },
+        Column("SITE", byDefault: false) { $0.site ?? "-" }, Column("ZONE", byDefault: false) { $0.zone ?? "-" },
+        Column("RACK", byDefault: false) { $0.rack ?? "-" },
         Column("LABELS", byDefault: false) { tagsLine($0.labels) }, Column("BMC", byDefault: false) { $0.bmc ?? "-" },
         Column("NEXT BOOT", byDefault: false) { $0.nextBoot },
         Column("PROGRESS", byDefault: false) { $0.progressLine ?? "-" },

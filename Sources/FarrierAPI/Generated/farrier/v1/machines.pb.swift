@@ -186,6 +186,12 @@ public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
     set {_uniqueStorage()._address = newValue}
   }
 
+  /// The site whose boot network it is on (issue 16); empty: the region's own.
+  public var site: String {
+    get {_storage._site}
+    set {_uniqueStorage()._site = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -377,6 +383,9 @@ public nonisolated struct Farrier_V1_ListMachinesRequest: Sendable {
 
   public var zone: String = String()
 
+  /// Only machines of this site.
+  public var site: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -435,6 +444,9 @@ public nonisolated struct Farrier_V1_EnrollMachineRequest: Sendable {
 
   /// Start commissioning right away (inventory in the ramdisk, then `ready`).
   public var commission: Bool = false
+
+  /// The site whose boot network it is on (one `farrier site add` made); empty: the region's own.
+  public var site: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -579,12 +591,23 @@ public nonisolated struct Farrier_V1_UpdateMachineRequest: Sendable {
   /// Admin only: rename.
   public var newName: String = String()
 
+  /// Admin only: move it to this site (one `farrier site add` made); empty: the region's own.
+  public var site: String {
+    get {_site ?? String()}
+    set {_site = newValue}
+  }
+  /// Returns true if `site` has been explicitly set.
+  public var hasSite: Bool {self._site != nil}
+  /// Clears the value of `site`. Subsequent reads from it will return its default value.
+  public mutating func clearSite() {self._site = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _zone: String? = nil
   fileprivate var _rack: String? = nil
+  fileprivate var _site: String? = nil
 }
 
 public nonisolated struct Farrier_V1_Constraints: Sendable {
@@ -752,7 +775,7 @@ fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -778,6 +801,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     var _deployment: Farrier_V1_Deployment? = nil
     var _progress: Farrier_V1_Progress? = nil
     var _address: String = String()
+    var _site: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -811,6 +835,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       _deployment = source._deployment
       _progress = source._progress
       _address = source._address
+      _site = source._site
     }
   }
 
@@ -852,6 +877,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         case 21: try { try decoder.decodeSingularMessageField(value: &_storage._deployment) }()
         case 22: try { try decoder.decodeSingularMessageField(value: &_storage._progress) }()
         case 23: try { try decoder.decodeSingularStringField(value: &_storage._address) }()
+        case 24: try { try decoder.decodeSingularStringField(value: &_storage._site) }()
         default: break
         }
       }
@@ -933,6 +959,9 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._address.isEmpty {
         try visitor.visitSingularStringField(value: _storage._address, fieldNumber: 23)
       }
+      if !_storage._site.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._site, fieldNumber: 24)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -965,6 +994,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._deployment != rhs_storage._deployment {return false}
         if _storage._progress != rhs_storage._progress {return false}
         if _storage._address != rhs_storage._address {return false}
+        if _storage._site != rhs_storage._site {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1329,7 +1359,7 @@ nonisolated extension Farrier_V1_TimelineEvent: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListMachinesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0\u{3}page_size\0\u{3}page_token\0\u{1}tags\0\u{1}project\0\u{1}zone\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0\u{3}page_size\0\u{3}page_token\0\u{1}tags\0\u{1}project\0\u{1}zone\0\u{1}site\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1343,6 +1373,7 @@ nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, Swi
       case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.project) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.zone) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.site) }()
       default: break
       }
     }
@@ -1367,6 +1398,9 @@ nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, Swi
     if !self.zone.isEmpty {
       try visitor.visitSingularStringField(value: self.zone, fieldNumber: 6)
     }
+    if !self.site.isEmpty {
+      try visitor.visitSingularStringField(value: self.site, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1377,6 +1411,7 @@ nonisolated extension Farrier_V1_ListMachinesRequest: SwiftProtobuf.Message, Swi
     if lhs.tags != rhs.tags {return false}
     if lhs.project != rhs.project {return false}
     if lhs.zone != rhs.zone {return false}
+    if lhs.site != rhs.site {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1454,7 +1489,7 @@ nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnrollMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0\u{1}commission\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0\u{1}commission\0\u{1}site\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1468,6 +1503,7 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
       case 4: try { try decoder.decodeSingularStringField(value: &self.bmcPassword) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.bmcInsecureTls) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.commission) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.site) }()
       default: break
       }
     }
@@ -1492,6 +1528,9 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if self.commission != false {
       try visitor.visitSingularBoolField(value: self.commission, fieldNumber: 6)
     }
+    if !self.site.isEmpty {
+      try visitor.visitSingularStringField(value: self.site, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1502,6 +1541,7 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if lhs.bmcPassword != rhs.bmcPassword {return false}
     if lhs.bmcInsecureTls != rhs.bmcInsecureTls {return false}
     if lhs.commission != rhs.commission {return false}
+    if lhs.site != rhs.site {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1733,7 +1773,7 @@ nonisolated extension Farrier_V1_MachineRef: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Farrier_V1_UpdateMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UpdateMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}set_labels\0\u{3}remove_labels\0\u{3}set_tags\0\u{3}remove_tags\0\u{1}zone\0\u{1}rack\0\u{3}new_name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}set_labels\0\u{3}remove_labels\0\u{3}set_tags\0\u{3}remove_tags\0\u{1}zone\0\u{1}rack\0\u{3}new_name\0\u{1}site\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1749,6 +1789,7 @@ nonisolated extension Farrier_V1_UpdateMachineRequest: SwiftProtobuf.Message, Sw
       case 6: try { try decoder.decodeSingularStringField(value: &self._zone) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self._rack) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.newName) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self._site) }()
       default: break
       }
     }
@@ -1783,6 +1824,9 @@ nonisolated extension Farrier_V1_UpdateMachineRequest: SwiftProtobuf.Message, Sw
     if !self.newName.isEmpty {
       try visitor.visitSingularStringField(value: self.newName, fieldNumber: 8)
     }
+    try { if let v = self._site {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 9)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1795,6 +1839,7 @@ nonisolated extension Farrier_V1_UpdateMachineRequest: SwiftProtobuf.Message, Sw
     if lhs._zone != rhs._zone {return false}
     if lhs._rack != rhs._rack {return false}
     if lhs.newName != rhs.newName {return false}
+    if lhs._site != rhs._site {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
