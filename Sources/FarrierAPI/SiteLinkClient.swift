@@ -60,8 +60,15 @@ public func withSiteLink<R: Sendable>(
     ) { tls in
         tls.trustRoots = .certificates([.file(path: credentials.regionCAPath, format: .pem)])
     }
+    // An IP literal connects as one, and TLS checks the link certificate's IP names for it.
     let target: any ResolvableTarget =
-        if IPv4Address(host) != nil { .ipv4(address: host, port: port) } else { .dns(host: host, port: port) }
+        if IPv4Address(host) != nil {
+            .ipv4(address: host, port: port)
+        } else if host.contains(":") {
+            .ipv6(address: host, port: port)
+        } else {
+            .dns(host: host, port: port)
+        }
     let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security)
     return try await withGRPCClient(transport: transport) { client in
         try await body(Farrier_V1_SiteLinkService.Client(wrapping: client))

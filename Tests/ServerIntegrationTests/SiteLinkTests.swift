@@ -16,7 +16,9 @@ struct SiteLinkTests {
         let link = "127.0.0.1:\(linkPort)"
         let cp = ControlPlane(h, flags: ["--site-listen", link])
         try cp.start()
-        #expect(h.read("server.log").contains("site link listening"), "\(h.read("server.log").suffix(2000))")
+        try h.waitUntil("the site link to listen", timeout: 20, interval: 0.1) {
+            h.read("server.log").contains("site link listening")
+        }
 
         func join(_ name: String, _ dir: String) throws {
             let token = try #require(try cp.json(["site", "add", name])["joinToken"] as? String)
@@ -51,12 +53,15 @@ struct SiteLinkTests {
         let verified = try h.run(
             [
                 "bash", "-c",
-                "openssl s_client -connect \(link) -CAfile \(dir1)/region-ca.crt -verify_return_error -verify_ip 127.0.0.1 -cert \(dir1)/site.crt -key \(dir1)/site.key -brief < /dev/null 2>&1",
+                "openssl s_client -connect \(link) -CAfile \(dir1)/region-ca.crt -verify_return_error -verify_ip 127.0.0.1 -cert \(dir1)/site.crt -key \(dir1)/site.key -brief < /dev/null 2>&1; echo \"exit=$?\"",
             ],
             timeout: 20,
             check: false
         )
-        #expect(verified.stdout.contains("Verification: OK"), "\(verified.stdout)")
+        #expect(
+            verified.stdout.contains("Verification: OK"),
+            "\(verified.status) \(verified.stdout) \(verified.stderr)"
+        )
         // Without a client certificate, the region ends the handshake. (TLS 1.2: in 1.3 the
         // refusal comes after the client's side of the handshake, which s_client does not wait for.)
         let anonymous = try h.run(
@@ -114,6 +119,13 @@ struct SiteLinkTests {
         let dir2 = h.directory + "/site-1-again"
         try join("site-1", dir2)
         #expect(try once(dir2).status == 0)
+        // What `site status` read from a run that stopped answering long ago is stale, not up.
+        let lastWeek = ISO8601DateFormatter().string(from: Date().addingTimeInterval(-7 * 86400))
+        try
+            "{\"site\":\"site-1\",\"region\":\"\(link)\",\"state\":\"up\",\"since\":\"\(lastWeek)\",\"lastContact\":\"\(lastWeek)\"}"
+            .write(toFile: dir2 + "/link.json", atomically: true, encoding: .utf8)
+        let stale = try h.run([ControlPlane.bin, "site", "status", "--data-dir", dir2]).stdout
+        #expect(stale.contains("link:         stale") && stale.contains("is `farrier site run` running?"), "\(stale)")
         let old = try once(dir1)
         #expect(old.status == 17 && old.stderr.contains("not its current one"), "\(old.status) \(old.stderr)")
 
@@ -136,7 +148,21 @@ struct SiteLinkTests {
         }
         let lastSeen = try listed("site-1")?["lastSeen"] as? String
         let forged = try once(dir3)
-        #expect(forged.status != 0, "\(forged.stdout) \(forged.stderr)")
+        #expect(forged.status == 24, "\(forged.status) \(forged.stdout) \(forged.stderr)")
+        let handshake = try h.run(
+            [
+                "bash", "-c",
+                "openssl s_client -tls1_2 -connect \(link) -CAfile \(dir3)/region-ca.crt -cert \(dir3)/site.crt -key \(dir3)/site.key -brief < /dev/null 2>&1; echo \"exit=$?\"",
+            ],
+            timeout: 20,
+            check: false
+        )
+        #expect(
+            // The forged CA has the real one's name: the region finds its own CA by that name, and
+            // the signature does not check out.
+            handshake.stdout.contains("alert decrypt error") && !handshake.stdout.contains("exit=0"),
+            "\(handshake.stdout)"
+        )
         #expect(try listed("site-1")?["lastSeen"] as? String == lastSeen)
     }
 }

@@ -100,8 +100,9 @@ public final class Harness: @unchecked Sendable {
         p.waitUntilExit()
         let r = Result(
             status: p.terminationStatus,
-            stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+            // Bytes that are not UTF-8 are shown replaced, not lost with the rest of the output.
+            stdout: FileManager.default.contents(atPath: outPath).map { String(decoding: $0, as: UTF8.self) } ?? "",
+            stderr: FileManager.default.contents(atPath: errPath).map { String(decoding: $0, as: UTF8.self) } ?? ""
         )
         if check && r.status != 0 {
             throw CommandError(

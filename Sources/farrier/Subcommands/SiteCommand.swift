@@ -1,6 +1,7 @@
 import ArgumentParser
 import FarrierAPI
 import FarrierApp
+import FarrierCore
 import FarrierSite
 import Foundation
 import GRPCCore
@@ -186,12 +187,13 @@ struct SiteCommand: AsyncParsableCommand {
         )
         @Option(help: "The region's site link, HOST:PORT (a name or IP in its link certificate).") var region: String
         @Option(help: "Where the site keeps its key and certificates.") var dataDir = "/var/lib/farrier-site"
-        @Option(help: "Seconds between calls to the region (1 to 60).") var interval = 10
+        @Option(help: "Seconds between calls to the region (1 to 15; the region calls a link down after 30).")
+        var interval = 10
         @Flag(help: "Call the region once and exit: 0 if it answered, its refusal's status if not.") var once = false
         @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
 
         func validate() throws {
-            guard (1...60).contains(interval) else { throw ValidationError("--interval is 1 to 60 seconds") }
+            guard (1...15).contains(interval) else { throw ValidationError("--interval is 1 to 15 seconds") }
             guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: '\(logLevel)'") }
         }
 
@@ -229,7 +231,11 @@ struct SiteCommand: AsyncParsableCommand {
                     } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
                         logger.error("the region refused this site", metadata: ["error": "\(e.message)"])
                         status.record(up: false, error: "refused: \(e.message)")
-                        throw CLIError("the region refused site \(credentials.site): \(e.message)", code: e.code)
+                        // One status for a refusal, whichever code the region refused with.
+                        throw CLIError(
+                            "the region refused site \(credentials.site): \(e.message)",
+                            code: .permissionDenied
+                        )
                     } catch {
                         if up != false {
                             logger.warning("link down", metadata: ["region": "\(region)", "error": "\(error)"])
@@ -278,7 +284,14 @@ struct SiteCommand: AsyncParsableCommand {
         func run() async throws {
             let credentials: SiteCredentials
             do { credentials = try SiteCredentials(dataDir: dataDir) } catch { throw CLIError("\(error)") }
-            let link = LinkStatusFile.read(dataDir + "/link.json")
+            var link = LinkStatusFile.read(dataDir + "/link.json")
+            // The file holds what `site run` last knew: with no answer for longer than the region
+            // waits before calling the link down, that is stale (the agent stopped, or hangs).
+            if let l = link, l.state == "up", Date().timeIntervalSince(l.lastContact ?? l.since) > SiteLink.downAfter {
+                link?.state = "stale"
+                link?.lastError =
+                    "no answer recorded since \(iso(l.lastContact ?? l.since)): is `farrier site run` running?"
+            }
             let cached = (try? SiteCache.entries(in: dataDir + "/cache")) ?? []
             let view = View(
                 site: credentials.site,
@@ -325,7 +338,8 @@ struct SiteCommand: AsyncParsableCommand {
 struct LinkStatus: Codable {
     var site: String
     var region: String
-    /// "up", or "down" (not answering, or refusing: see lastError).
+    /// "up", or "down" (not answering, or refusing: see lastError); `site status` shows "stale"
+    /// for an "up" with no answer in the last 30 s.
     var state: String
     /// When the link entered this state.
     var since: Date
@@ -335,7 +349,7 @@ struct LinkStatus: Codable {
 }
 
 /// DATA-DIR/link.json, replaced whole at each change of state and at each answer.
-final class LinkStatusFile: @unchecked Sendable {
+final class LinkStatusFile: Sendable {
     let path: String
     let state: Mutex<LinkStatus>
 
