@@ -257,6 +257,36 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         return r
     }
 
+    public func siteMachines(
+        request: Farrier_V1_SiteMachinesRequest,
+        context: ServerContext
+    ) async throws
+        -> Farrier_V1_SiteMachinesResponse
+    {
+        let at = now()
+        let site = try identify(context, at: at)
+        guard try await store.site(name: site.site)?.certificateSerial == site.serial else { throw Self.revoked(site) }
+        var r = Farrier_V1_SiteMachinesResponse()
+        // A page at a time, bounded: a site of a million machines is 1000 pages.
+        var query = MachineQuery(site: site.site, limit: 1000)
+        for _ in 0..<1000 {
+            let page = try await store.machines(query)
+            r.machines += page.map { m in
+                var v = Farrier_V1_SiteMachine()
+                v.name = m.name
+                v.mac = m.mac.description
+                v.state = m.state.rawValue
+                v.nextBoot = Lifecycle.nextBoot(m.state, phase: m.phase).rawValue
+                v.firmware = m.firmware.rawValue
+                return v
+            }
+            guard page.count == query.limit, let last = page.last else { break }
+            query.after = last.name
+        }
+        r.asOf = Google_Protobuf_Timestamp(date: at)
+        return r
+    }
+
     static func revoked(_ site: SiteAuthority.SiteIdentity) -> RPCError {
         RPCError(
             code: .permissionDenied,

@@ -96,6 +96,41 @@ struct SiteLinkTests {
         #expect((view["link"] as? [String: Any])?["state"] as? String == "up", "\(status)")
         #expect(((view["cache"] as? [[String: Any]])?.first?["sha256"] as? String) == digest, "\(status)")
 
+        // Each site gets its own machines and what they boot next, never another site's.
+        let dirB = h.directory + "/site-b"
+        try join("site-b", dirB)
+        let password = h.directory + "/bmc.pass"
+        try "secret\n".write(toFile: password, atomically: true, encoding: .utf8)
+        for (name, mac, site) in [
+            ("m1", "52:54:00:5f:00:01", "site-1"), ("m2", "52:54:00:5f:00:02", "site-1"),
+            ("m3", "52:54:00:5f:00:03", "site-b"), ("m4", "52:54:00:5f:00:04", ""),
+        ] {
+            _ = try cp.cli(
+                [
+                    "machine", "enroll", name, "--mac", mac, "--bmc", "ipmi://a@127.0.0.1", "--bmc-password-file",
+                    password,
+                ]
+                    + (site.isEmpty ? [] : ["--site", site])
+            )
+        }
+        func machines(_ dir: String) throws -> [String] {
+            let r = try once(dir)
+            #expect(r.status == 0, "\(r.stderr)")
+            let out = try h.run([ControlPlane.bin, "site", "status", "--data-dir", dir, "-o", "json"]).stdout
+            let view = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+            let list = (view["machines"] as? [String: Any])?["machines"] as? [[String: Any]] ?? []
+            #expect(list.allSatisfy { $0["nextBoot"] as? String == "wait" || $0["nextBoot"] as? String == "disk" })
+            return list.compactMap { $0["name"] as? String }.sorted()
+        }
+        #expect(try machines(dir1) == ["m1", "m2"])
+        #expect(try machines(dirB) == ["m3"])
+        _ = try cp.cli(["machine", "update", "m2", "--site", "site-b"])
+        #expect(try machines(dir1) == ["m1"])
+        #expect(try machines(dirB) == ["m2", "m3"])
+        let page = try h.run([ControlPlane.bin, "site", "status", "--data-dir", dirB]).stdout
+        #expect(page.contains("machines:     2") && page.contains("52:54:00:5f:00:03"), "\(page)")
+        for name in ["m1", "m2", "m3", "m4"] { _ = try cp.cli(["machine", "delete", name]) }
+
         // Running: it keeps calling in.
         let agent = try h.start(
             [ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dir1, "--interval", "1"],

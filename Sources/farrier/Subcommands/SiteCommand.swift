@@ -203,6 +203,7 @@ struct SiteCommand: AsyncParsableCommand {
             let credentials: SiteCredentials
             do { credentials = try SiteCredentials(dataDir: dataDir) } catch { throw CLIError("\(error)") }
             let status = LinkStatusFile(path: dataDir + "/link.json", site: credentials.site, region: region)
+            let machines = SiteMachinesFile(path: dataDir + "/machines.json")
             logger.info(
                 "site agent",
                 metadata: [
@@ -220,22 +221,27 @@ struct SiteCommand: AsyncParsableCommand {
                     request.version = farrierVersion
                     var options = CallOptions.defaults
                     options.timeout = .seconds(10)
+                    /// A refusal ends the run: the certificate will not be accepted again.
+                    func refused(_ e: RPCError) -> CLIError {
+                        logger.error("the region refused this site", metadata: ["error": "\(e.message)"])
+                        status.record(up: false, error: "refused: \(e.message)")
+                        // One status for a refusal, whichever code the region refused with.
+                        return CLIError(
+                            "the region refused site \(credentials.site): \(e.message)",
+                            code: .permissionDenied
+                        )
+                    }
+                    var answered = false
                     do {
                         let r = try await link.heartbeat(request, options: options)
                         if up != true {
                             logger.info("link up", metadata: ["region": "\(region)", "site": "\(r.site)"])
                         }
                         up = true
+                        answered = true
                         status.record(up: true, error: nil)
-                        if once { return }
                     } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
-                        logger.error("the region refused this site", metadata: ["error": "\(e.message)"])
-                        status.record(up: false, error: "refused: \(e.message)")
-                        // One status for a refusal, whichever code the region refused with.
-                        throw CLIError(
-                            "the region refused site \(credentials.site): \(e.message)",
-                            code: .permissionDenied
-                        )
+                        throw refused(e)
                     } catch {
                         if up != false {
                             logger.warning("link down", metadata: ["region": "\(region)", "error": "\(error)"])
@@ -245,6 +251,19 @@ struct SiteCommand: AsyncParsableCommand {
                         if once {
                             throw CLIError("the region at \(region) did not answer: \(error)", code: .unavailable)
                         }
+                    }
+                    if answered {
+                        // The list the site boots from; a failure keeps the last one.
+                        do {
+                            let list = try await link.siteMachines(Farrier_V1_SiteMachinesRequest(), options: options)
+                            try machines.record(list)
+                        } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
+                            throw refused(e)
+                        } catch {
+                            logger.warning("listing the site's machines failed", metadata: ["error": "\(error)"])
+                            if once { throw CLIError("listing the site's machines: \(error)") }
+                        }
+                        if once { return }
                     }
                     try await Task.sleep(for: .seconds(interval))
                 }
@@ -267,6 +286,8 @@ struct SiteCommand: AsyncParsableCommand {
             var certificateSerial: String
             var certificateNotAfter: Date
             var link: LinkStatus?
+            /// The site's machines as the region last listed them.
+            var machines: SiteMachines?
             var cachedFiles: Int
             var cachedBytes: Int64
             var cache: [CacheEntry]
@@ -298,6 +319,7 @@ struct SiteCommand: AsyncParsableCommand {
                 certificateSerial: credentials.serial,
                 certificateNotAfter: credentials.notAfter,
                 link: link,
+                machines: SiteMachinesFile.read(dataDir + "/machines.json"),
                 cachedFiles: cached.count,
                 cachedBytes: cached.reduce(0) { $0 + $1.size },
                 cache: cached.map { CacheEntry(sha256: $0.digest, size: $0.size, lastUsed: $0.lastUsed) }
@@ -320,8 +342,21 @@ struct SiteCommand: AsyncParsableCommand {
             } else {
                 lines.append("link:         never run (farrier site run --region HOST:PORT)")
             }
+            if let m = view.machines {
+                lines.append("machines:     \(m.machines.count) (the region's list; it last changed at \(iso(m.asOf)))")
+            } else {
+                lines.append("machines:     not listed yet")
+            }
             lines.append("cache:        \(view.cachedFiles) files, \(bytes(view.cachedBytes))")
             print(lines.joined(separator: "\n"))
+            if let m = view.machines, !m.machines.isEmpty {
+                print(
+                    table(
+                        ["NAME", "MAC", "STATE", "NEXT-BOOT", "FIRMWARE"],
+                        m.machines.map { [$0.name, $0.mac, $0.state, $0.nextBoot, $0.firmware] }
+                    )
+                )
+            }
             if !cached.isEmpty {
                 print(
                     table(
@@ -331,6 +366,54 @@ struct SiteCommand: AsyncParsableCommand {
                 )
             }
         }
+    }
+}
+
+/// The site's machines as the region last listed them (DATA-DIR/machines.json): what the site
+/// boots them with, and keeps booting them with while the region is away.
+struct SiteMachines: Codable, Equatable {
+    struct Machine: Codable, Equatable {
+        var name: String
+        var mac: String
+        var state: String
+        var nextBoot: String
+        var firmware: String
+    }
+    var asOf: Date
+    var machines: [Machine]
+}
+
+/// DATA-DIR/machines.json, replaced whole (and synced) when the list changes.
+final class SiteMachinesFile: Sendable {
+    let path: String
+    let last: Mutex<[SiteMachines.Machine]?> = Mutex(nil)
+
+    init(path: String) { self.path = path }
+
+    func record(_ r: Farrier_V1_SiteMachinesResponse) throws {
+        let list = r.machines.map {
+            SiteMachines.Machine(
+                name: $0.name,
+                mac: $0.mac,
+                state: $0.state,
+                nextBoot: $0.nextBoot,
+                firmware: $0.firmware
+            )
+        }
+        guard last.withLock({ $0 != list }) else { return }
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.dateEncodingStrategy = .iso8601
+        let data = try e.encode(SiteMachines(asOf: r.asOf.date, machines: list))
+        try SecretFile.replace(path, Array(data) + [0x0a], mode: 0o644)
+        last.withLock { $0 = list }
+    }
+
+    static func read(_ path: String) -> SiteMachines? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return try? d.decode(SiteMachines.self, from: data)
     }
 }
 

@@ -1017,9 +1017,23 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "SiteMachines" metadata.
+        public enum SiteMachines: Sendable {
+            /// Request type for "SiteMachines".
+            public typealias Input = Farrier_V1_SiteMachinesRequest
+            /// Response type for "SiteMachines".
+            public typealias Output = Farrier_V1_SiteMachinesResponse
+            /// Descriptor for "SiteMachines".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "SiteMachines",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
-            Heartbeat.descriptor
+            Heartbeat.descriptor,
+            SiteMachines.descriptor
         ]
     }
 }
@@ -1071,6 +1085,25 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_HeartbeatRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_HeartbeatResponse>
+
+        /// Handle the "SiteMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The calling site's machines, and what each boots next: what the site serves from, and keeps
+        /// > serving while the region is away. A site gets its own machines, never another's.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SiteMachinesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_SiteMachinesResponse` messages.
+        func siteMachines(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteMachinesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteMachinesResponse>
     }
 
     /// Service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1106,6 +1139,25 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.ServerRequest<Farrier_V1_HeartbeatRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_HeartbeatResponse>
+
+        /// Handle the "SiteMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The calling site's machines, and what each boots next: what the site serves from, and keeps
+        /// > serving while the region is away. A site gets its own machines, never another's.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SiteMachinesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_SiteMachinesResponse` message.
+        func siteMachines(
+            request: GRPCCore.ServerRequest<Farrier_V1_SiteMachinesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SiteMachinesResponse>
     }
 
     /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1139,6 +1191,25 @@ extension Farrier_V1_SiteLinkService {
             request: Farrier_V1_HeartbeatRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_HeartbeatResponse
+
+        /// Handle the "SiteMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The calling site's machines, and what each boots next: what the site serves from, and keeps
+        /// > serving while the region is away. A site gets its own machines, never another's.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_SiteMachinesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_SiteMachinesResponse` to respond with.
+        func siteMachines(
+            request: Farrier_V1_SiteMachinesRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_SiteMachinesResponse
     }
 }
 
@@ -1152,6 +1223,17 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_HeartbeatResponse>(),
             handler: { request, context in
                 try await self.heartbeat(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.SiteMachines.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteMachinesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteMachinesResponse>(),
+            handler: { request, context in
+                try await self.siteMachines(
                     request: request,
                     context: context
                 )
@@ -1173,6 +1255,17 @@ extension Farrier_V1_SiteLinkService.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func siteMachines(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteMachinesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteMachinesResponse> {
+        let response = try await self.siteMachines(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -1184,6 +1277,19 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_HeartbeatResponse> {
         return GRPCCore.ServerResponse<Farrier_V1_HeartbeatResponse>(
             message: try await self.heartbeat(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func siteMachines(
+        request: GRPCCore.ServerRequest<Farrier_V1_SiteMachinesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SiteMachinesResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_SiteMachinesResponse>(
+            message: try await self.siteMachines(
                 request: request.message,
                 context: context
             ),
@@ -1230,6 +1336,30 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_HeartbeatResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_HeartbeatResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SiteMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The calling site's machines, and what each boots next: what the site serves from, and keeps
+        /// > serving while the region is away. A site gets its own machines, never another's.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SiteMachinesRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SiteMachinesRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteMachinesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func siteMachines<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SiteMachinesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteMachinesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteMachinesResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachinesResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1290,6 +1420,41 @@ extension Farrier_V1_SiteLinkService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "SiteMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The calling site's machines, and what each boots next: what the site serves from, and keeps
+        /// > serving while the region is away. A site gets its own machines, never another's.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SiteMachinesRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SiteMachinesRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteMachinesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func siteMachines<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SiteMachinesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteMachinesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteMachinesResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachinesResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.SiteMachines.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1320,6 +1485,36 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_HeartbeatRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_HeartbeatResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SiteMachines" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The calling site's machines, and what each boots next: what the site serves from, and keeps
+    /// > serving while the region is away. A site gets its own machines, never another's.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_SiteMachinesRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func siteMachines<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_SiteMachinesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachinesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.siteMachines(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteMachinesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteMachinesResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1356,6 +1551,40 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             metadata: metadata
         )
         return try await self.heartbeat(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SiteMachines" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The calling site's machines, and what each boots next: what the site serves from, and keeps
+    /// > serving while the region is away. A site gets its own machines, never another's.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func siteMachines<Result>(
+        _ message: Farrier_V1_SiteMachinesRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachinesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_SiteMachinesRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.siteMachines(
             request: request,
             options: options,
             onResponse: handleResponse
