@@ -184,19 +184,80 @@ extension Farrier_V1_Site {
 public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     let store: any StateStore
     let authority: SiteAuthority
+    /// The region's images, named by their SHA-256 (FetchFile's files).
+    let imageDirectory: String
     let logger: Logger
     let now: @Sendable () -> Date
 
     public init(
         store: any StateStore,
         authority: SiteAuthority,
+        imageDirectory: String,
         logger: Logger = Logger(label: "farrier.site-link"),
         now: @escaping @Sendable () -> Date = { Date() }
     ) {
         self.store = store
         self.authority = authority
+        self.imageDirectory = imageDirectory
         self.logger = logger
         self.now = now
+    }
+
+    /// The calling site, answered only while its certificate is the site's current one.
+    func authorize(_ context: ServerContext, at: Date) async throws -> SiteAuthority.SiteIdentity {
+        let site = try identify(context, at: at)
+        guard try await store.site(name: site.site)?.certificateSerial == site.serial else { throw Self.revoked(site) }
+        return site
+    }
+
+    public func fetchFile(
+        request: Farrier_V1_FetchFileRequest,
+        response: RPCWriter<Farrier_V1_FileChunk>,
+        context: ServerContext
+    ) async throws {
+        let site = try await authorize(context, at: now())
+        let digest = request.sha256
+        guard digest.utf8.count == 64,
+            digest.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })
+        else {
+            throw RPCError(code: .invalidArgument, message: "a file is named by its SHA-256 (64 lowercase hex digits)")
+        }
+        // Only what the image table names: the directory may hold uploads not yet committed.
+        guard try await store.images().contains(where: { $0.sha256 == digest }) else {
+            throw RPCError(code: .notFound, message: "the region has no image \(digest.prefix(12))…")
+        }
+        let path = imageDirectory + "/" + digest
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw RPCError(code: .notFound, message: "image \(digest.prefix(12))… is not on this replica")
+        }
+        defer { close(fd) }
+        let size = Int64(lseek(fd, 0, SEEK_END))
+        guard size >= 0 else { throw RPCError(code: .internalError, message: "seeking \(digest.prefix(12))…") }
+        var first = Farrier_V1_FileChunk()
+        first.size = size
+        try await response.write(first)
+        // 256 KiB a message (gRPC's default limit is 4 MiB). Reads come from the page cache
+        // mostly; a slow disk holds this task, not the event loop.
+        var offset: Int64 = 0
+        var buffer = [UInt8](repeating: 0, count: 256 * 1024)
+        while offset < size {
+            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
+            guard n > 0 else {
+                throw RPCError(
+                    code: .internalError,
+                    message: "reading \(digest.prefix(12))… at \(offset): errno \(errno)"
+                )
+            }
+            var chunk = Farrier_V1_FileChunk()
+            chunk.data = Data(buffer[0..<n])
+            try await response.write(chunk)
+            offset += Int64(n)
+        }
+        logger.info(
+            "file sent to site",
+            metadata: ["site": "\(site.site)", "sha256": "\(digest)", "bytes": "\(offset)"]
+        )
     }
 
     /// The site link's listener: mutual TLS with the site CA on both sides. The region's
@@ -207,6 +268,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         names: [String],
         authority: SiteAuthority,
         store: any StateStore,
+        imageDirectory: String,
         logger: Logger
     ) throws -> GRPCService {
         let (certificate, keyPEM) = try authority.issueLinkCertificate(names: names)
@@ -221,7 +283,9 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         logger.info("site link", metadata: ["site.listen": "\(listen)", "site.link-names": "\(names)"])
         return try GRPCService(
             listen: listen,
-            services: [SiteLinkAPI(store: store, authority: authority, logger: logger)],
+            services: [
+                SiteLinkAPI(store: store, authority: authority, imageDirectory: imageDirectory, logger: logger)
+            ],
             security: security,
             name: "site link",
             logger: logger
@@ -264,9 +328,15 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         -> Farrier_V1_SiteMachinesResponse
     {
         let at = now()
-        let site = try identify(context, at: at)
-        guard try await store.site(name: site.site)?.certificateSerial == site.serial else { throw Self.revoked(site) }
+        let site = try await authorize(context, at: at)
         var r = Farrier_V1_SiteMachinesResponse()
+        r.images = try await store.images().map { i in
+            var v = Farrier_V1_SiteImage()
+            v.name = i.name
+            v.sha256 = i.sha256
+            v.size = i.size
+            return v
+        }
         // A page at a time, bounded: a site of a million machines is 1000 pages.
         var query = MachineQuery(site: site.site, limit: 1000)
         for _ in 0..<1000 {
@@ -278,6 +348,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                 v.state = m.state.rawValue
                 v.nextBoot = Lifecycle.nextBoot(m.state, phase: m.phase).rawValue
                 v.firmware = m.firmware.rawValue
+                v.imageSha256 = m.deployment?.imageSHA256 ?? ""
                 return v
             }
             guard page.count == query.limit, let last = page.last else { break }

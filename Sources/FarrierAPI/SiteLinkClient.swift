@@ -4,6 +4,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import SwiftASN1
+import Synchronization
 import X509
 
 /// The site's side of its link to the region (issue 16): the key, certificate and region CA that
@@ -72,5 +73,43 @@ public func withSiteLink<R: Sendable>(
     let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security)
     return try await withGRPCClient(transport: transport) { client in
         try await body(Farrier_V1_SiteLinkService.Client(wrapping: client))
+    }
+}
+
+/// The region as a site cache's origin, over the site link: `FetchFile` streams the file (its
+/// size first). Counts what it received: the bytes out of the region for the site.
+public final class LinkOrigin: CacheOrigin {
+    let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    let received = Atomic<Int64>(0)
+    let pulls = Atomic<Int>(0)
+
+    public init(link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) { self.link = link }
+
+    public var bytesReceived: Int64 { received.load(ordering: .relaxed) }
+    public var pullCount: Int { pulls.load(ordering: .relaxed) }
+
+    public func fetch(_ digest: String, into sink: PullSink) async throws {
+        var request = Farrier_V1_FetchFileRequest()
+        request.sha256 = digest
+        pulls.add(1, ordering: .relaxed)
+        do {
+            try await link.fetchFile(request) { response in
+                var begun = false
+                for try await chunk in response.messages {
+                    if !begun {
+                        try await sink.begin(size: chunk.size)
+                        begun = true
+                    }
+                    guard !chunk.data.isEmpty else { continue }
+                    self.received.add(Int64(chunk.data.count), ordering: .relaxed)
+                    try chunk.data.withUnsafeBytes { try sink.write($0) }
+                }
+                if !begun { throw SiteCache.Failure.origin("FetchFile \(digest.prefix(12))…: no answer") }
+            }
+        } catch let e as RPCError where e.code == .notFound {
+            throw SiteCache.Failure.notFound(digest)
+        } catch let e as RPCError {
+            throw SiteCache.Failure.origin("FetchFile \(digest.prefix(12))…: \(e.code): \(e.message)")
+        }
     }
 }

@@ -172,6 +172,7 @@ public struct FarrierServer: Sendable {
                     names: c.siteLinkNamesOrDefault,
                     authority: siteAuthority,
                     store: store,
+                    imageDirectory: images.blobDirectory,
                     logger: logger
                 )
             )

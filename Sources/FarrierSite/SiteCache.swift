@@ -12,8 +12,10 @@ public protocol CacheOrigin: Sendable {
 }
 
 /// What a pull writes into: a `.partial` file in the cache's directory, hashed as it is written.
-/// Used by one pull task at a time.
-public final class PullSink {
+/// Used by one pull at a time: the cache makes one for a pull, hands it to its origin's `fetch`
+/// and touches it again only after `fetch` returned. That hand-over is what makes it Sendable
+/// (an origin may stream into it from a closure the transport runs, like gRPC's).
+public final class PullSink: @unchecked Sendable {
     let fd: CInt
     let path: String
     var hasher = SHA256()

@@ -131,6 +131,38 @@ struct SiteLinkTests {
         #expect(page.contains("machines:     2") && page.contains("52:54:00:5f:00:03"), "\(page)")
         for name in ["m1", "m2", "m3", "m4"] { _ = try cp.cli(["machine", "delete", name]) }
 
+        // An image kept cached by name: pulled from the region over the link once, checked, and
+        // not pulled again; a name the region does not have is said so.
+        let raw = h.directory + "/img.raw"
+        try h.run(["bash", "-c", "head -c 12582912 /dev/urandom > '\(raw)'"])
+        try h.run(["bash", "-c", "printf 'label: gpt\\nstart=2048, type=L\\n' | sfdisk -q '\(raw)'"])
+        try cp.cli(["image", "add", "img-1", raw])
+        let imageSHA = try #require(
+            (try JSONSerialization.jsonObject(with: Data(try cp.cli(["image", "list", "-o", "json"]).stdout.utf8))
+                as? [[String: Any]])?.first?["sha256"] as? String
+        )
+        func sync(_ images: [String]) throws -> Harness.Result {
+            try h.run(
+                [ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dirB, "--once"]
+                    + images.flatMap { ["--sync-image", $0] },
+                timeout: 60,
+                check: false
+            )
+        }
+        let pulled = try sync(["img-1", "img-9"])
+        #expect(pulled.status == 0 && pulled.stderr.contains("cached from the region"), "\(pulled.stderr)")
+        #expect(pulled.stderr.contains("--sync-image names no image") && pulled.stderr.contains("img-9"))
+        let cachedFile = dirB + "/cache/" + imageSHA
+        let cachedSHA = try h.run(["sha256sum", cachedFile]).stdout.prefix(64)
+        #expect(String(cachedSHA) == imageSHA)
+        let regionSize = try FileManager.default.attributesOfItem(atPath: cachedFile)[.size] as? Int
+        #expect(pulled.stderr.contains("bytes=\(regionSize ?? -1)"), "\(pulled.stderr)")
+        let again = try sync(["img-1"])
+        #expect(again.status == 0 && !again.stderr.contains("cached from the region"), "\(again.stderr)")
+        let withCache = try h.run([ControlPlane.bin, "site", "status", "--data-dir", dirB]).stdout
+        #expect(withCache.contains("cache:        1 files") && withCache.contains(imageSHA), "\(withCache)")
+        #expect(try listed("site-b")?["cachedFiles"] as? Int == 1)
+
         // Running: it keeps calling in.
         let agent = try h.start(
             [ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dir1, "--interval", "1"],

@@ -191,9 +191,13 @@ struct SiteCommand: AsyncParsableCommand {
         var interval = 10
         @Flag(help: "Call the region once and exit: 0 if it answered, its refusal's status if not.") var once = false
         @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
+        @Option(help: "The cache's size in GiB (DATA-DIR/cache; least recently used out first).") var cacheSize = 100
+        @Option(help: "Keep this image of the region's cached (by name; repeatable), besides those its machines use.")
+        var syncImage: [String] = []
 
         func validate() throws {
             guard (1...15).contains(interval) else { throw ValidationError("--interval is 1 to 15 seconds") }
+            guard (1...1_000_000).contains(cacheSize) else { throw ValidationError("--cache-size is 1 to 1000000 GiB") }
             guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: '\(logLevel)'") }
         }
 
@@ -210,8 +214,19 @@ struct SiteCommand: AsyncParsableCommand {
                     "site": "\(credentials.site)", "region": "\(region)", "certificate.serial": "\(credentials.serial)",
                 ]
             )
-            let (region, dataDir, interval, once) = (region, dataDir, interval, once)
+            let (region, dataDir, interval, once, cacheSize) = (region, dataDir, interval, once, cacheSize)
+            let syncImage = Set(syncImage)
             try await withSiteLink(region: region, credentials: credentials) { link in
+                let origin = LinkOrigin(link: link)
+                let cache: SiteCache
+                do {
+                    cache = try SiteCache(
+                        directory: dataDir + "/cache",
+                        capacity: Int64(cacheSize) << 30,
+                        origin: origin
+                    )
+                } catch { throw CLIError("opening the cache in \(dataDir)/cache: \(error)") }
+                let prefetcher = Prefetcher(cache: cache, origin: origin, logger: logger)
                 var up: Bool? = nil
                 while true {
                     var request = Farrier_V1_HeartbeatRequest()
@@ -257,6 +272,17 @@ struct SiteCommand: AsyncParsableCommand {
                         do {
                             let list = try await link.siteMachines(Farrier_V1_SiteMachinesRequest(), options: options)
                             try machines.record(list)
+                            // What to keep cached: its machines' images, and those named.
+                            var wanted = Set(list.machines.map(\.imageSha256).filter { !$0.isEmpty })
+                            for name in syncImage {
+                                if let image = list.images.first(where: { $0.name == name }) {
+                                    wanted.insert(image.sha256)
+                                } else {
+                                    prefetcher.unknown(name)
+                                }
+                            }
+                            let pulling = prefetcher.start(wanted.sorted())
+                            if once { await pulling?.value }
                         } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
                             throw refused(e)
                         } catch {
@@ -364,6 +390,60 @@ struct SiteCommand: AsyncParsableCommand {
                         cached.map { [$0.digest, bytes($0.size), iso($0.lastUsed)] }
                     )
                 )
+            }
+        }
+    }
+}
+
+/// Pulls what the site should hold into its cache, one file at a time, off the heartbeat loop
+/// (a long pull must not hold the link's calls back); a new start while one runs is skipped, and
+/// the next heartbeat's list is tried again.
+final class Prefetcher: Sendable {
+    let cache: SiteCache
+    let origin: LinkOrigin
+    let logger: Logger
+    let busy = Atomic<Bool>(false)
+    let warned: Mutex<Set<String>> = Mutex([])
+
+    init(cache: SiteCache, origin: LinkOrigin, logger: Logger) {
+        self.cache = cache
+        self.origin = origin
+        self.logger = logger
+    }
+
+    func unknown(_ name: String) {
+        guard warned.withLock({ $0.insert(name).inserted }) else { return }
+        logger.warning("--sync-image names no image of the region", metadata: ["image": "\(name)"])
+    }
+
+    /// Starts pulling the files of `digests` the cache lacks; the task, or nil if one runs.
+    func start(_ digests: [String]) -> Task<Void, Never>? {
+        guard busy.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+            return nil
+        }
+        return Task { [self] in
+            defer { busy.store(false, ordering: .releasing) }
+            let held = Set(await cache.contents.map(\.digest))
+            for digest in digests where !held.contains(digest) {
+                let started = ContinuousClock.now
+                let before = origin.bytesReceived
+                do {
+                    let lease = try await cache.acquire(digest)
+                    await cache.release(lease)
+                    logger.info(
+                        "cached from the region",
+                        metadata: [
+                            "sha256": "\(digest)", "bytes": "\(origin.bytesReceived - before)",
+                            "seconds": "\((ContinuousClock.now - started).components.seconds)",
+                            "region.bytes.total": "\(origin.bytesReceived)",
+                        ]
+                    )
+                } catch {
+                    logger.warning(
+                        "caching from the region failed",
+                        metadata: ["sha256": "\(digest)", "error": "\(error)"]
+                    )
+                }
             }
         }
     }

@@ -1030,10 +1030,24 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "FetchFile" metadata.
+        public enum FetchFile: Sendable {
+            /// Request type for "FetchFile".
+            public typealias Input = Farrier_V1_FetchFileRequest
+            /// Response type for "FetchFile".
+            public typealias Output = Farrier_V1_FileChunk
+            /// Descriptor for "FetchFile".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "FetchFile",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Heartbeat.descriptor,
-            SiteMachines.descriptor
+            SiteMachines.descriptor,
+            FetchFile.descriptor
         ]
     }
 }
@@ -1104,6 +1118,25 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteMachinesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteMachinesResponse>
+
+        /// Handle the "FetchFile" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > message carries its size, the next its bytes in order. The site checks the digest.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_FetchFileRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_FileChunk` messages.
+        func fetchFile(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_FetchFileRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_FileChunk>
     }
 
     /// Service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1158,6 +1191,25 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.ServerRequest<Farrier_V1_SiteMachinesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SiteMachinesResponse>
+
+        /// Handle the "FetchFile" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > message carries its size, the next its bytes in order. The site checks the digest.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_FetchFileRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_FileChunk` messages.
+        func fetchFile(
+            request: GRPCCore.ServerRequest<Farrier_V1_FetchFileRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_FileChunk>
     }
 
     /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1210,6 +1262,26 @@ extension Farrier_V1_SiteLinkService {
             request: Farrier_V1_SiteMachinesRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_SiteMachinesResponse
+
+        /// Handle the "FetchFile" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > message carries its size, the next its bytes in order. The site checks the digest.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_FetchFileRequest` message.
+        ///   - response: A response stream of `Farrier_V1_FileChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func fetchFile(
+            request: Farrier_V1_FetchFileRequest,
+            response: GRPCCore.RPCWriter<Farrier_V1_FileChunk>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -1234,6 +1306,17 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteMachinesResponse>(),
             handler: { request, context in
                 try await self.siteMachines(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.FetchFile.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_FetchFileRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_FileChunk>(),
+            handler: { request, context in
+                try await self.fetchFile(
                     request: request,
                     context: context
                 )
@@ -1266,6 +1349,17 @@ extension Farrier_V1_SiteLinkService.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func fetchFile(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_FetchFileRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_FileChunk> {
+        let response = try await self.fetchFile(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -1294,6 +1388,23 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func fetchFile(
+        request: GRPCCore.ServerRequest<Farrier_V1_FetchFileRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_FileChunk> {
+        return GRPCCore.StreamingServerResponse<Farrier_V1_FileChunk>(
+            metadata: [:],
+            producer: { writer in
+                try await self.fetchFile(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -1360,6 +1471,30 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteMachinesResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachinesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "FetchFile" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > message carries its size, the next its bytes in order. The site checks the digest.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_FetchFileRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_FetchFileRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_FileChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func fetchFile<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_FetchFileRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_FetchFileRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_FileChunk>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_FileChunk>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1455,6 +1590,39 @@ extension Farrier_V1_SiteLinkService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "FetchFile" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > message carries its size, the next its bytes in order. The site checks the digest.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_FetchFileRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_FetchFileRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_FileChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func fetchFile<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_FetchFileRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_FetchFileRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_FileChunk>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_FileChunk>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.FetchFile.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1515,6 +1683,34 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteMachinesRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteMachinesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "FetchFile" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+    /// > message carries its size, the next its bytes in order. The site checks the digest.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_FetchFileRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func fetchFile<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_FetchFileRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_FileChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.fetchFile(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_FetchFileRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_FileChunk>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1585,6 +1781,38 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             metadata: metadata
         )
         return try await self.siteMachines(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "FetchFile" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+    /// > message carries its size, the next its bytes in order. The site checks the digest.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func fetchFile<Result>(
+        _ message: Farrier_V1_FetchFileRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_FileChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_FetchFileRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.fetchFile(
             request: request,
             options: options,
             onResponse: handleResponse
