@@ -206,8 +206,9 @@ extension MachineAPI {
                 sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id)
             )
         }
-        if machine.site != site {
-            machine = try await controller.record("enrolled at site \(site ?? "-")", machineID: machine.id) {
+        // Enrolling again without a site keeps the machine's (`update --site ''` clears it).
+        if let site, machine.site != site {
+            machine = try await controller.record("enrolled at site \(site)", machineID: machine.id) {
                 $0.site = site
             }
         }

@@ -171,10 +171,14 @@ public final class PostgresStore: StateStore {
     }
 
     /// A `StoreError` for any error: store errors pass, a unique violation (SQLSTATE 23505) is
-    /// `alreadyExists`, everything else from the database is `unavailable`.
+    /// `alreadyExists`, a foreign key violation (23503) `inUse`, everything else from the
+    /// database is `unavailable`.
     static func storeError(_ error: any Error) -> any Error {
         if error is StoreError { return error }
         if let e = error as? PSQLError {
+            if e.serverInfo?[.sqlState] == "23503" {
+                return StoreError(.inUse, "still referred to: \(e.serverInfo?[.detail] ?? "a foreign key")")
+            }
             if e.serverInfo?[.sqlState] == "23505" {
                 return StoreError(
                     .alreadyExists,
@@ -269,8 +273,11 @@ public final class PostgresStore: StateStore {
         (
             "v6-machine-site",
             [
-                // `machine list --site` and a site's own machines, without reading the fleet.
-                "CREATE INDEX machine_site ON machine ((body->>'site'))"
+                // A machine's site, as a column of its body that the database keeps and checks:
+                // a site with machines cannot be deleted, and a machine cannot name a site that
+                // is gone, whatever runs at the same time. Indexed for `machine list --site`.
+                "ALTER TABLE machine ADD COLUMN site text GENERATED ALWAYS AS (body->>'site') STORED REFERENCES site (name)",
+                "CREATE INDEX machine_site ON machine (site)",
             ]
         ),
     ]
@@ -486,7 +493,7 @@ extension PostgresStore {
         }
         if let site = query.site {
             binds.append(site)
-            sql += " AND body->>'site' = $\(binds.count)"
+            sql += " AND site = $\(binds.count)"
         }
         if let after = query.after {
             binds.append(after)

@@ -123,8 +123,8 @@ public actor SiteCache {
         }
     }
 
-    public let directory: String
-    public let capacity: Int64
+    public nonisolated let directory: String
+    public nonisolated let capacity: Int64
     let origin: any CacheOrigin
     var entries: [String: Entry] = [:]
     /// Bytes on disk in whole files, and bytes set aside for pulls in flight.

@@ -221,8 +221,10 @@ public final class SQLiteStore: StateStore {
             }
         }
         m.registerMigration("v13-machine-site") { db in
-            // Which site's boot network a machine is on (NULL: the region's own).
-            try db.alter(table: "machine") { t in t.add(column: "site", .text) }
+            // Which site's boot network a machine is on (NULL: the region's own). A foreign key:
+            // a site with machines cannot be deleted, and a machine cannot name a site that is
+            // gone, whatever runs at the same time.
+            try db.alter(table: "machine") { t in t.add(column: "site", .text).references("site", onDelete: .restrict) }
             try db.create(index: "machine_site", on: "machine", columns: ["site"])
         }
         return m
@@ -253,7 +255,9 @@ public final class SQLiteStore: StateStore {
         case .SQLITE_CONSTRAINT
         where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY:
             return StoreError(.alreadyExists, "already exists: \(e.message ?? "a unique value is taken")")
-        case .SQLITE_CONSTRAINT where e.extendedResultCode == .SQLITE_CONSTRAINT_FOREIGNKEY:
+        // ON DELETE RESTRICT fails with the plain constraint code; its message names the key.
+        case .SQLITE_CONSTRAINT
+        where e.extendedResultCode == .SQLITE_CONSTRAINT_FOREIGNKEY || (e.message ?? "").contains("FOREIGN KEY"):
             return StoreError(.inUse, "still referred to: \(e.message ?? "a foreign key")")
         case .SQLITE_CORRUPT, .SQLITE_NOTADB:
             return StoreError(.corrupt, "the database is damaged: \(e.message ?? "\(e.resultCode)")")

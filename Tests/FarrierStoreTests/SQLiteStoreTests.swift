@@ -142,6 +142,7 @@ import Testing
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
             let bmc = try BMCReference(url: "ipmi://admin@198.18.0.11")
+            for site in ["site-1", "site-2"] { try await s.createSite(Site(name: site, created: t)) }
             // 150 machines (120 ready): names with '-' and digits; every third in zone b; cores 64 down to 1.
             var names: [String] = []
             for i in 0..<150 {
@@ -603,6 +604,43 @@ import Testing
             #expect(try await s.site(joinTokenSHA256: "cc") == nil)
             // Kept across a reopen.
             #expect(try await under.reopen().site(name: "site-1") == joined)
+        }
+    }
+
+    /// A machine's site is a foreign key: a site with machines cannot be deleted, and a machine
+    /// cannot name a site that does not exist, whatever the API checked before.
+    @Test(arguments: StoreKind.allCases) func aSiteWithMachinesStays(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            try await s.createSite(Site(name: "site-1", created: t, joinTokenSHA256: "aa"))
+            let m = try await s.enroll(
+                name: "m1",
+                mac: MACAddress([0x52, 0x54, 0, 8, 0, 1]),
+                bmc: try BMCReference(url: "ipmi://admin@198.18.0.11"),
+                sealedPassword: [1],
+                at: t
+            )
+            _ = try await s.update(machineID: m.id, fence: nil) { x in
+                x.site = "site-1"
+                return []
+            }
+            let kept = await #expect(throws: StoreError.self) { try await s.deleteSite(name: "site-1") }
+            #expect(kept?.code == .inUse, "\(String(describing: kept))")
+            #expect(try await s.site(name: "site-1") != nil)
+            let moved = await #expect(throws: StoreError.self) {
+                try await s.update(machineID: m.id, fence: nil) { x in
+                    x.site = "site-9"
+                    return []
+                }
+            }
+            #expect(moved?.code == .inUse)
+            #expect(try await s.machine(id: m.id)?.site == "site-1")
+            _ = try await s.update(machineID: m.id, fence: nil) { x in
+                x.site = nil
+                return []
+            }
+            #expect(try await s.deleteSite(name: "site-1"))
         }
     }
 

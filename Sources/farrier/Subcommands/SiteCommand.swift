@@ -269,27 +269,42 @@ struct SiteCommand: AsyncParsableCommand {
                     }
                     if answered {
                         // The list the site boots from; a failure keeps the last one.
+                        var pulling: Task<Int, Never>?
                         do {
                             let list = try await link.siteMachines(Farrier_V1_SiteMachinesRequest(), options: options)
                             try machines.record(list)
-                            // What to keep cached: its machines' images, and those named.
-                            var wanted = Set(list.machines.map(\.imageSha256).filter { !$0.isEmpty })
-                            for name in syncImage {
+                            // What to keep cached: its machines' images first, then those named.
+                            let sizes = Dictionary(
+                                list.images.map { ($0.sha256, $0.size) },
+                                uniquingKeysWith: { a, _ in a }
+                            )
+                            var wanted: [(String, Int64)] = []
+                            for digest in list.machines.map(\.imageSha256) where !digest.isEmpty {
+                                if !wanted.contains(where: { $0.0 == digest }) {
+                                    wanted.append((digest, sizes[digest] ?? 0))
+                                }
+                            }
+                            for name in syncImage.sorted() {
                                 if let image = list.images.first(where: { $0.name == name }) {
-                                    wanted.insert(image.sha256)
+                                    if !wanted.contains(where: { $0.0 == image.sha256 }) {
+                                        wanted.append((image.sha256, image.size))
+                                    }
                                 } else {
                                     prefetcher.unknown(name)
                                 }
                             }
-                            let pulling = prefetcher.start(wanted.sorted())
-                            if once { await pulling?.value }
+                            pulling = prefetcher.start(wanted)
                         } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
                             throw refused(e)
                         } catch {
                             logger.warning("listing the site's machines failed", metadata: ["error": "\(error)"])
                             if once { throw CLIError("listing the site's machines: \(error)") }
                         }
-                        if once { return }
+                        if once {
+                            let failed = await pulling?.value ?? 0
+                            if failed > 0 { throw CLIError("\(failed) image(s) could not be cached (see the log)") }
+                            return
+                        }
                     }
                     try await Task.sleep(for: .seconds(interval))
                 }
@@ -404,6 +419,7 @@ final class Prefetcher: Sendable {
     let logger: Logger
     let busy = Atomic<Bool>(false)
     let warned: Mutex<Set<String>> = Mutex([])
+    let retryAfter: Mutex<[String: ContinuousClock.Instant]> = Mutex([:])
 
     init(cache: SiteCache, origin: LinkOrigin, logger: Logger) {
         self.cache = cache
@@ -412,20 +428,38 @@ final class Prefetcher: Sendable {
     }
 
     func unknown(_ name: String) {
-        guard warned.withLock({ $0.insert(name).inserted }) else { return }
-        logger.warning("--sync-image names no image of the region", metadata: ["image": "\(name)"])
+        warnOnce("image:" + name, "--sync-image names no image of the region", ["image": "\(name)"])
     }
 
-    /// Starts pulling the files of `digests` the cache lacks; the task, or nil if one runs.
-    func start(_ digests: [String]) -> Task<Void, Never>? {
+    /// Starts pulling the files of `wanted` (digests and sizes, first wanted first) that the cache
+    /// lacks; the task (its value: how many pulls failed), or nil if one runs. Only what fits in
+    /// the cache is wanted (a cache too small would evict one wanted file for the next, and pull
+    /// them again forever); a file that failed waits 5 minutes before it is tried again.
+    func start(_ wanted: [(digest: String, size: Int64)]) -> Task<Int, Never>? {
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
             return nil
         }
         return Task { [self] in
             defer { busy.store(false, ordering: .releasing) }
             let held = Set(await cache.contents.map(\.digest))
+            var total: Int64 = 0
+            var digests: [String] = []
+            for (digest, size) in wanted {
+                total += size
+                if total > cache.capacity {
+                    warnOnce(
+                        "cache-full",
+                        "the images to keep cached exceed the cache (--cache-size): the rest are not pulled ahead",
+                        ["first-left-out": "\(digest)", "cache.bytes": "\(cache.capacity)"]
+                    )
+                    break
+                }
+                digests.append(digest)
+            }
+            var failures = 0
+            let now = ContinuousClock.now
             for digest in digests where !held.contains(digest) {
-                let started = ContinuousClock.now
+                if let after = retryAfter.withLock({ $0[digest] }), now < after { continue }
                 let before = origin.bytesReceived
                 do {
                     let lease = try await cache.acquire(digest)
@@ -434,18 +468,27 @@ final class Prefetcher: Sendable {
                         "cached from the region",
                         metadata: [
                             "sha256": "\(digest)", "bytes": "\(origin.bytesReceived - before)",
-                            "seconds": "\((ContinuousClock.now - started).components.seconds)",
+                            "seconds": "\((ContinuousClock.now - now).components.seconds)",
                             "region.bytes.total": "\(origin.bytesReceived)",
                         ]
                     )
+                    retryAfter.withLock { $0[digest] = nil }
                 } catch {
+                    failures += 1
+                    retryAfter.withLock { $0[digest] = ContinuousClock.now + .seconds(300) }
                     logger.warning(
                         "caching from the region failed",
-                        metadata: ["sha256": "\(digest)", "error": "\(error)"]
+                        metadata: ["sha256": "\(digest)", "error": "\(error)", "retry.seconds": "300"]
                     )
                 }
             }
+            return failures
         }
+    }
+
+    func warnOnce(_ key: String, _ message: Logger.Message, _ metadata: Logger.Metadata) {
+        guard warned.withLock({ $0.insert(key).inserted }) else { return }
+        logger.warning(message, metadata: metadata)
     }
 }
 
