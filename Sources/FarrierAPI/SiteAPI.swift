@@ -219,9 +219,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     ) async throws {
         let site = try await authorize(context, at: now())
         let digest = request.sha256
-        guard digest.utf8.count == 64,
-            digest.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })
-        else {
+        guard SiteCache.isDigest(digest) else {
             throw RPCError(code: .invalidArgument, message: "a file is named by its SHA-256 (64 lowercase hex digits)")
         }
         // Only what the image table names: the directory may hold uploads not yet committed.

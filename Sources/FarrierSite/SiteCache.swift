@@ -170,7 +170,8 @@ public actor SiteCache {
         return found.sorted { $0.lastUsed > $1.lastUsed }
     }
 
-    static func isDigest(_ name: String) -> Bool {
+    /// Whether `name` can name a cached file: a SHA-256 in 64 lowercase hex digits.
+    public static func isDigest(_ name: String) -> Bool {
         name.utf8.count == 64 && name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
     }
 

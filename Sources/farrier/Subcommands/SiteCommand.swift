@@ -524,20 +524,28 @@ final class SiteMachinesFile: Sendable {
             )
         }
         guard last.withLock({ $0 != list }) else { return }
-        let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        e.dateEncodingStrategy = .iso8601
-        let data = try e.encode(SiteMachines(asOf: r.asOf.date, machines: list))
-        try SecretFile.replace(path, Array(data) + [0x0a], mode: 0o644)
+        try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: list))
         last.withLock { $0 = list }
     }
 
-    static func read(_ path: String) -> SiteMachines? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        let d = JSONDecoder()
-        d.dateDecodingStrategy = .iso8601
-        return try? d.decode(SiteMachines.self, from: data)
-    }
+    static func read(_ path: String) -> SiteMachines? { readStateFile(path) }
+}
+
+/// The site's state files (link.json, machines.json): JSON with ISO 8601 dates, replaced whole
+/// and synced, so a reader sees the old file or the new one.
+func writeStateFile(_ path: String, _ value: some Encodable) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    e.dateEncodingStrategy = .iso8601
+    try SecretFile.replace(path, Array(try e.encode(value)) + [0x0a], mode: 0o644)
+}
+
+/// A state file `writeStateFile` wrote; nil when it is missing or unreadable.
+func readStateFile<T: Decodable>(_ path: String) -> T? {
+    guard let data = FileManager.default.contents(atPath: path) else { return nil }
+    let d = JSONDecoder()
+    d.dateDecodingStrategy = .iso8601
+    return try? d.decode(T.self, from: data)
 }
 
 /// What `farrier site run` last knew of its link, for `farrier site status`.
@@ -574,18 +582,8 @@ final class LinkStatusFile: Sendable {
             s.lastError = error
             return s
         }
-        let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        e.dateEncodingStrategy = .iso8601
-        if let data = try? e.encode(snapshot) {
-            try? SecretFile.replace(path, Array(data) + [0x0a], mode: 0o644)
-        }
+        try? writeStateFile(path, snapshot)
     }
 
-    static func read(_ path: String) -> LinkStatus? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        let d = JSONDecoder()
-        d.dateDecodingStrategy = .iso8601
-        return try? d.decode(LinkStatus.self, from: data)
-    }
+    static func read(_ path: String) -> LinkStatus? { readStateFile(path) }
 }
