@@ -176,7 +176,10 @@ struct SiteLinkTests {
         try h.waitUntil("a later heartbeat", timeout: 20, interval: 0.3) {
             try listed("site-1")?["lastSeen"] as? String != before
         }
-        #expect(h.read("site-1.log").contains("link up"), "\(h.read("site-1.log"))")
+        // The region records the call before the agent logs its answer: wait for the line.
+        try h.waitUntil("the agent to log its link up", timeout: 20, interval: 0.1) {
+            h.read("site-1.log").contains("link up")
+        }
 
         // Removed: its next call is refused and the agent stops, saying why.
         _ = try cp.cli(["site", "remove", "site-1"])
