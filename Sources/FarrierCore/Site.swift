@@ -99,3 +99,38 @@ public protocol SiteStore: Sendable {
     /// site, or one joined again since with another key, is refused.
     func recordSiteLink(name: String, certificateSerial: String, link: SiteLink) async throws -> Bool
 }
+
+/// What a site boots one of its machines with, as the region last said: enough to render the
+/// machine's iPXE script at the site, with or without the region.
+public struct SiteBootEntry: Sendable, Hashable {
+    public var name: String
+    /// The machine's lifecycle state (as text: a site may be older or newer than its region).
+    public var state: String
+    public var nextBoot: Lifecycle.NextBoot
+    public var firmware: Firmware
+
+    public init(name: String, state: String, nextBoot: Lifecycle.NextBoot, firmware: Firmware) {
+        self.name = name
+        self.state = state
+        self.nextBoot = nextBoot
+        self.firmware = firmware
+    }
+
+    /// The machine's script. A deployed machine boots its disk; one waiting waits. The ramdisk
+    /// (deploys, wipes, rescue) needs the agent channel, which sites do not serve yet: such a
+    /// machine waits, never falling through to its disk, and moves on when it is served.
+    public func script(selfURL: String, mac: MACAddress, pollSeconds: Int) -> String {
+        switch nextBoot {
+        case .disk: return BootScript.localDisk(machine: name, firmware: firmware)
+        case .wait:
+            return BootScript.wait(scriptURL: selfURL, mac: mac, reason: "\(name) (\(state))", pollSeconds: pollSeconds)
+        case .ramdisk, .rescue:
+            return BootScript.wait(
+                scriptURL: selfURL,
+                mac: mac,
+                reason: "\(name) (\(state)): its site does not serve the ramdisk yet",
+                pollSeconds: pollSeconds
+            )
+        }
+    }
+}

@@ -63,6 +63,10 @@ public struct HTTPDependencies: Sendable {
     public var imageDirectory: String?
     /// The agent channel; nil: no ramdisk boots (tests of the plain listener alone).
     public var agentTLS: AgentTLS?
+    /// At a site: what the region last said each of the site's machines boots next (nil: the
+    /// MAC is not one of them). Set, it decides `/boot` scripts instead of the store and
+    /// controller, so they keep coming while the region is away.
+    public var siteBoot: (@Sendable (MACAddress) -> SiteBootEntry?)?
 
     public init(
         store: any MachineStore,
@@ -163,6 +167,20 @@ public func buildRouter(
                 pollSeconds: configuration.pollSeconds
             )
         )
+        let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
+        if let siteBoot = deps.siteBoot {
+            guard deps.peerMAC(context.remoteAddress) == mac, let entry = siteBoot(mac) else { return unknown }
+            deps.recorder.record(
+                TimelineEvent(
+                    mac: mac,
+                    time: Date(),
+                    stage: .http,
+                    event: "script",
+                    detail: "state=\(entry.state) platform=\(platform) at=site"
+                )
+            )
+            return ipxe(entry.script(selfURL: selfURL, mac: mac, pollSeconds: configuration.pollSeconds))
+        }
         guard deps.peerMAC(context.remoteAddress) == mac,
             let machine = try await deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil)
         else { return unknown }
@@ -176,7 +194,6 @@ public func buildRouter(
                 detail: "state=\(machine.state.rawValue) platform=\(platform)"
             )
         )
-        let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
         if deps.controller != nil {
             switch Lifecycle.nextBoot(machine.state, phase: machine.phase) {
             case .ramdisk, .rescue:

@@ -76,6 +76,37 @@ import Testing
         }
     }
 
+    /// At a site: scripts come from the region's last word on each machine (`siteBoot`), never
+    /// from the store, and only to the MAC's leased address.
+    @Test(arguments: [
+        (Lifecycle.NextBoot.disk, "boots its local disk"), (.wait, "m1 (deployed)"),
+        (.ramdisk, "does not serve the ramdisk"),
+        (.rescue, "does not serve the ramdisk"),
+    ])
+    func aSiteScriptFollowsTheRegionsLastWord(_ next: Lifecycle.NextBoot, _ expected: String) async throws {
+        book.record(IPv4Address("127.0.0.1")!, mac)
+        let entry = SiteBootEntry(name: "m1", state: "deployed", nextBoot: next, firmware: .bios)
+        var deps = HTTPDependencies(
+            store: store,
+            recorder: TimelineRecorder(store: store, known: []),
+            addressBook: book,
+            bootRoot: BootRoot(path: NSTemporaryDirectory()),
+            metrics: { "" }
+        )
+        deps.siteBoot = { [mac] in $0 == mac ? entry : nil }
+        let router = buildRouter(configuration: HTTPConfiguration(), dependencies: deps, logger: Logger(label: "test"))
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(.live) { client in
+            let text = try await script(client)
+            #expect(text.contains(expected), "\(text)")
+            #expect(!text.contains("farrier.mode="), "\(text)")
+            // Another MAC from this address: the unknown wait loop.
+            let other = try await script(client, mac: MACAddress("52:54:00:00:07:02")!)
+            #expect(other.contains("not known to Farrier") && !other.contains("m1"), "\(other)")
+        }
+        #expect(try await store.machines().isEmpty)
+    }
+
     @Test func theFirstFetchAsksIPXEForItsPlatform() async throws {
         try await machine(.deployed, .none)
         try await withServer { client in

@@ -8,29 +8,11 @@ struct DHCPIntegrationTests {
     static let subnet = "198.18.10.0/24,pool=198.18.10.100-198.18.10.199,router=198.18.10.1,dns=198.18.10.1,lease=600"
 
     func leasedAddress(_ h: Harness, _ ns: String, _ ifname: String) throws -> String? {
-        let out = try h.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", ifname]).stdout
-        return out.split(separator: " ").first(where: { $0.hasPrefix("198.18.10.") })?.split(separator: "/").first.map(
-            String.init
-        )
+        try h.leasedAddress(ns, ifname, prefix: "198.18.10.")
     }
 
-    /// Runs dhclient in the foreground (a daemonizing dhclient would outlive the test) until it
-    /// has bound an address, then stops it. Returns the address and dhclient's log.
     func dhclient(_ h: Harness, _ ns: String, _ ifname: String, tag: String) throws -> (String?, String) {
-        let p = try h.start(
-            [
-                "ip", "netns", "exec", ns, "dhclient", "-d", "-1", "-v", "-lf", "\(h.directory)/\(tag).leases", "-pf",
-                "\(h.directory)/\(tag).pid", ifname,
-            ],
-            log: "\(tag).log"
-        )
-        var address: String?
-        try? h.waitUntil("dhclient lease", timeout: 30) {
-            address = try leasedAddress(h, ns, ifname)
-            return address != nil || !p.isRunning
-        }
-        p.terminate()
-        return (address, h.read("\(tag).log"))
+        try h.dhclient(ns, ifname, tag: tag, prefix: "198.18.10.")
     }
 
     /// Two columns of every row of a query on the server's database, read by Python's sqlite3.

@@ -277,4 +277,34 @@ public final class Harness: @unchecked Sendable {
         }
         return -1
     }
+
+    /// The IPv4 address `ifname` in `namespace` has in `prefix` (e.g. "198.18.10."), if any.
+    public func leasedAddress(_ namespace: String, _ ifname: String, prefix: String) throws -> String? {
+        let out = try run(["ip", "-n", namespace, "-4", "-o", "addr", "show", "dev", ifname]).stdout
+        return out.split(separator: " ").first(where: { $0.hasPrefix(prefix) })?.split(separator: "/").first.map(
+            String.init
+        )
+    }
+
+    /// Runs dhclient in the foreground (a daemonizing dhclient would outlive the test) until it
+    /// has bound an address in `prefix` (30 s at most), then stops it. Returns the address and
+    /// dhclient's log.
+    public func dhclient(_ namespace: String, _ ifname: String, tag: String, prefix: String) throws -> (String?, String)
+    {
+        let p = try start(
+            [
+                "ip", "netns", "exec", namespace, "dhclient", "-d", "-1", "-v", "-lf", "\(directory)/\(tag).leases",
+                "-pf", "\(directory)/\(tag).pid", ifname,
+            ],
+            log: "\(tag).log"
+        )
+        var address: String?
+        try? waitUntil("dhclient lease", timeout: 30) {
+            address = try leasedAddress(namespace, ifname, prefix: prefix)
+            return address != nil || !p.isRunning
+        }
+        p.terminate()
+        try? waitUntil("dhclient to stop", timeout: 5) { !p.isRunning }
+        return (address, read("\(tag).log"))
+    }
 }

@@ -194,8 +194,46 @@ struct SiteCommand: AsyncParsableCommand {
         @Option(help: "The cache's size in GiB (DATA-DIR/cache; least recently used out first).") var cacheSize = 100
         @Option(help: "Keep this image of the region's cached (by name; repeatable), besides those its machines use.")
         var syncImage: [String] = []
+        @Flag(
+            help: """
+                Serve boot at the site: DHCP on the --dhcp-interface interfaces only, TFTP and HTTP \
+                (iPXE scripts, boot files), from what the region last said, with or without the region.
+                """
+        )
+        var boot = false
+        @Option(help: "With --boot: YAML file of boot settings (dhcp.*, tftp.*, http.listen, ipxe.source).")
+        var config: String?
+        @Option(help: "With --boot: HOST:PORT for iPXE scripts and boot files. [http.listen; default 0.0.0.0:8080]")
+        var httpListen: String?
+        @Option(help: "With --boot: HOST:PORT for TFTP; empty disables it. [tftp.listen; default 0.0.0.0:69]")
+        var tftpListen: String?
+        @Option(help: "With --boot: where the iPXE binaries are copied from. [ipxe.source; default /usr/lib/ipxe]")
+        var ipxeSource: String?
+        @Option(help: "With --boot: off, full or proxy. [dhcp.mode; default full]") var dhcpMode: String?
+        @Option(help: "With --boot: interface to serve DHCP on; repeat for more. [dhcp.interfaces]")
+        var dhcpInterface: [String] = []
+        @Option(help: "With --boot: subnet, as for farrier server --dhcp-subnet; repeat for more. [dhcp.subnets]")
+        var dhcpSubnet: [String] = []
+        @Option(help: "With --boot: fixed address MAC=IP[,HOSTNAME]; repeat for more. [dhcp.reservations]")
+        var dhcpReservation: [String] = []
+
+        /// The boot settings given on the command line, as `farrier server`'s keys.
+        var bootFlags: [String: [String]] {
+            var f: [String: [String]] = ["data-dir": [dataDir]]
+            if let httpListen { f["http.listen"] = [httpListen] }
+            if let tftpListen { f["tftp.listen"] = [tftpListen] }
+            if let ipxeSource { f["ipxe.source"] = [ipxeSource] }
+            if let dhcpMode { f["dhcp.mode"] = [dhcpMode] }
+            if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }
+            if !dhcpSubnet.isEmpty { f["dhcp.subnets"] = dhcpSubnet }
+            if !dhcpReservation.isEmpty { f["dhcp.reservations"] = dhcpReservation }
+            return f
+        }
 
         func validate() throws {
+            if !boot, config != nil || bootFlags.count > 1 {
+                throw ValidationError("--config, --http-listen, --tftp-listen, --ipxe-source and --dhcp-* need --boot")
+            }
             guard (1...15).contains(interval) else { throw ValidationError("--interval is 1 to 15 seconds") }
             guard (1...1_000_000).contains(cacheSize) else { throw ValidationError("--cache-size is 1 to 1000000 GiB") }
             guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: '\(logLevel)'") }
@@ -216,6 +254,44 @@ struct SiteCommand: AsyncParsableCommand {
             )
             let (region, dataDir, interval, once, cacheSize) = (region, dataDir, interval, once, cacheSize)
             let syncImage = Set(syncImage)
+            let link: @Sendable () async throws -> Void = {
+                try await Self.link(
+                    region: region,
+                    credentials: credentials,
+                    dataDir: dataDir,
+                    interval: interval,
+                    once: once,
+                    cacheSize: cacheSize,
+                    syncImage: syncImage,
+                    status: status,
+                    machines: machines,
+                    logger: logger
+                )
+            }
+            guard boot else { return try await link() }
+            let siteBoot: SiteBoot
+            do {
+                let c = try ServerConfiguration.load(file: config, environment: [:], flags: bootFlags)
+                siteBoot = try await SiteBoot(configuration: c, machine: { machines.entry($0) }, logger: logger)
+                logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
+            } catch { throw CLIError("boot services: \(error)") }
+            try await runServices(siteBoot.services, alongside: link, logger: logger)
+        }
+
+        /// Calls the region every `interval` seconds until it refuses the site (or once): the
+        /// heartbeat, then the site's machines (kept in `machines`) and the images to cache.
+        static func link(
+            region: String,
+            credentials: SiteCredentials,
+            dataDir: String,
+            interval: Int,
+            once: Bool,
+            cacheSize: Int,
+            syncImage: Set<String>,
+            status: LinkStatusFile,
+            machines: SiteMachinesFile,
+            logger: Logger
+        ) async throws {
             try await withSiteLink(region: region, credentials: credentials) { link in
                 let origin = LinkOrigin(link: link)
                 let cache: SiteCache
@@ -509,9 +585,34 @@ struct SiteMachines: Codable, Equatable {
 /// DATA-DIR/machines.json, replaced whole (and synced) when the list changes.
 final class SiteMachinesFile: Sendable {
     let path: String
-    let last: Mutex<[SiteMachines.Machine]?> = Mutex(nil)
+    /// The last list, and what it boots each MAC with.
+    let last: Mutex<(list: [SiteMachines.Machine], boot: [MACAddress: SiteBootEntry])?>
 
-    init(path: String) { self.path = path }
+    /// Starts from the list in `path`, if any: a site restarted while the region is away boots
+    /// what it was last told.
+    init(path: String) {
+        self.path = path
+        last = Mutex(Self.read(path).map { ($0.machines, Self.index($0.machines)) })
+    }
+
+    var count: Int { last.withLock { $0?.list.count ?? 0 } }
+
+    func entry(_ mac: MACAddress) -> SiteBootEntry? { last.withLock { $0?.boot[mac] } }
+
+    static func index(_ list: [SiteMachines.Machine]) -> [MACAddress: SiteBootEntry] {
+        var boot: [MACAddress: SiteBootEntry] = [:]
+        for m in list {
+            // A value this site does not know (a newer region) waits: never the disk by accident.
+            guard let mac = MACAddress(m.mac) else { continue }
+            boot[mac] = SiteBootEntry(
+                name: m.name,
+                state: m.state,
+                nextBoot: Lifecycle.NextBoot(rawValue: m.nextBoot) ?? .wait,
+                firmware: Firmware(rawValue: m.firmware) ?? .unknown
+            )
+        }
+        return boot
+    }
 
     func record(_ r: Farrier_V1_SiteMachinesResponse) throws {
         let list = r.machines.map {
@@ -523,9 +624,10 @@ final class SiteMachinesFile: Sendable {
                 firmware: $0.firmware
             )
         }
-        guard last.withLock({ $0 != list }) else { return }
+        guard last.withLock({ $0?.list != list }) else { return }
         try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: list))
-        last.withLock { $0 = list }
+        let boot = Self.index(list)
+        last.withLock { $0 = (list, boot) }
     }
 
     static func read(_ path: String) -> SiteMachines? { readStateFile(path) }

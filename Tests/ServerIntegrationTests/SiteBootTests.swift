@@ -1,0 +1,141 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// A site's boot services (issue 16) against real clients: dhclient gets its lease from the
+/// site, curl its iPXE script, tftp-hpa a boot file; then the region goes away and the site
+/// keeps going: the machine's renewal is ACKed and its script served, also after the site
+/// agent itself restarted. The region and the site run in a namespace made here, the machine
+/// in another, joined by a veth.
+@Suite(.serialized, .enabled(if: Harness.canRun, "needs root, dhclient, curl and tftp-hpa"))
+struct SiteBootTests {
+    static let mac = "52:54:00:5e:00:01"
+    static let scriptPath = "/boot/52-54-00-5e-00-01.ipxe?platform=pcbios&buildarch=x86_64"
+
+    @Test func aSiteBootsItsMachinesWithOrWithoutTheRegion() throws {
+        let h = try Harness("site-boot")
+        defer { h.cleanup() }
+        let (s, sif, c, cif) = try h.veth(serverIP: "198.18.20.1/24")
+        try h.run(["ip", "-n", c, "link", "set", cif, "address", Self.mac])
+        let region = try h.startFarrier(namespace: s, flags: ["--site-listen", "127.0.0.1:7800"], log: "region.log")
+        try h.waitUntil("the site link to listen", timeout: 20) { h.read("region.log").contains("site link listening") }
+        let token = try h.adminToken()
+        @discardableResult func cli(_ args: [String], check: Bool = true) throws -> Harness.Result {
+            try h.run(
+                ["ip", "netns", "exec", s, "env", "-u", "FARRIER_TOKEN", "FARRIER_CONFIG_FILE=/nonexistent"]
+                    + [Harness.farrierBinary] + args,
+                timeout: 30,
+                check: check
+            )
+        }
+        let api = ["--server", "127.0.0.1:7700", "--token", token]
+
+        // The site is added and joins; a machine is enrolled at it.
+        let added = try cli(["site", "add", "site-a", "-o", "json"] + api).stdout
+        let join = try #require(
+            (try JSONSerialization.jsonObject(with: Data(added.utf8)) as? [String: Any])?["joinToken"] as? String
+        )
+        let dir = h.directory + "/site-a"
+        try cli([
+            "site", "join", "--join-token", join, "--name", "site-a", "--data-dir", dir, "--server", "127.0.0.1:7700",
+        ])
+        let password = h.directory + "/bmc.pass"
+        try "secret\n".write(toFile: password, atomically: true, encoding: .utf8)
+        try cli(
+            [
+                "machine", "enroll", "m1", "--mac", Self.mac, "--bmc", "ipmi://a@127.0.0.1", "--bmc-password-file",
+                password, "--site", "site-a",
+            ] + api
+        )
+
+        // Boot services without --boot are refused, not ignored.
+        let refused = try cli(
+            ["site", "run", "--region", "127.0.0.1:7800", "--data-dir", dir, "--http-listen", ":1"],
+            check: false
+        )
+        #expect(refused.status != 0 && refused.stderr.contains("need --boot"), "\(refused.stderr)")
+
+        let siteArgs = [
+            "ip", "netns", "exec", s, Harness.farrierBinary, "site", "run", "--region", "127.0.0.1:7800", "--data-dir",
+            dir, "--interval", "1", "--log-level", "debug", "--boot", "--dhcp-interface", sif, "--dhcp-subnet",
+            "198.18.20.0/24,pool=198.18.20.100-198.18.20.150,lease=600", "--http-listen", "198.18.20.1:8090",
+            "--tftp-listen", "198.18.20.1:6969",
+        ]
+        var site = try h.start(siteArgs, log: "site.log")
+        try h.waitUntil("the site to list its machine", timeout: 30) {
+            guard site.isRunning else { throw Harness.CommandError(description: "site exited: \(h.read("site.log"))") }
+            return (try? String(contentsOfFile: dir + "/machines.json", encoding: .utf8))?.contains("\"m1\"") == true
+        }
+
+        // The site, not the region (whose DHCP is off), leases the machine its address.
+        let (first, log1) = try h.dhclient(c, cif, tag: "d1", prefix: "198.18.20.")
+        let address = try #require(first, "no lease: \(log1) \(h.read("site.log"))")
+        #expect(log1.contains("DHCPACK of \(address) from 198.18.20.1"), "\(log1)")
+        func leases() throws -> [String] {
+            let script =
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(a) for (a,) in c.execute('select address from lease')]"
+            return try h.run(["python3", "-c", script, dir + "/site.sqlite"]).stdout.split(separator: "\n").map(
+                String.init
+            )
+        }
+        #expect(try leases() == [address])
+
+        // Its script, from its leased address; any other address gets the unknown wait loop.
+        func script(from ns: String) throws -> String {
+            try h.run(
+                ["ip", "netns", "exec", ns, "curl", "-sf", "http://198.18.20.1:8090" + Self.scriptPath],
+                timeout: 10
+            )
+            .stdout
+        }
+        let mine = try script(from: c)
+        #expect(mine.contains("m1 (enrolled)") && mine.contains("chain --replace"), "\(mine)")
+        let other = try script(from: s)
+        #expect(other.contains("not known to Farrier") && !other.contains("m1"), "\(other)")
+        // A boot file over TFTP, byte for byte.
+        try h.run(
+            [
+                "ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "6969", "-c", "get", "undionly.kpxe",
+                h.directory + "/undionly.kpxe",
+            ],
+            timeout: 20
+        )
+        #expect(
+            try h.run(["cmp", h.directory + "/undionly.kpxe", "/usr/lib/ipxe/undionly.kpxe"], check: false).status == 0
+        )
+
+        // The region goes away. The machine reboots: its lease is ACKed and its script served.
+        kill(region.processIdentifier, SIGKILL)
+        region.waitUntilExit()
+        try h.waitUntil("the site to see the link down", timeout: 20) { h.read("site.log").contains("link down") }
+        func reboot(_ tag: String) throws {
+            try h.run(["ip", "-n", c, "addr", "flush", "dev", cif])
+            try FileManager.default.copyItem(atPath: h.directory + "/d1.leases", toPath: h.directory + "/\(tag).leases")
+            let (again, log) = try h.dhclient(c, cif, tag: tag, prefix: "198.18.20.")
+            #expect(again == address, "\(log) \(h.read("site.log"))")
+            #expect(log.contains("DHCPACK of \(address) from 198.18.20.1"), "\(log)")
+            let s = try script(from: c)
+            #expect(s.contains("m1 (enrolled)"), "\(s)")
+        }
+        try reboot("d2")
+
+        // The site agent itself restarts while the region is away: it boots from what it kept
+        // (the machine list, the leases), not from the region.
+        kill(site.processIdentifier, SIGKILL)
+        site.waitUntilExit()
+        site = try h.start(siteArgs, log: "site-2.log")
+        try h.waitUntil("the restarted site to serve", timeout: 30) {
+            guard site.isRunning else {
+                throw Harness.CommandError(description: "site exited: \(h.read("site-2.log"))")
+            }
+            return (try? script(from: c))?.contains("m1 (enrolled)") == true
+        }
+        try reboot("d3")
+        #expect(try leases() == [address])
+        let status = try h.run([Harness.farrierBinary, "site", "status", "--data-dir", dir, "-o", "json"]).stdout
+        let view = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        #expect((view["link"] as? [String: Any])?["state"] as? String == "down", "\(status)")
+        site.terminate()
+        try h.waitUntil("the site agent to stop at SIGTERM", timeout: 20) { !site.isRunning }
+    }
+}
