@@ -188,6 +188,8 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     let authority: SiteAuthority
     /// The region's images, named by their SHA-256 (FetchFile's files).
     let imageDirectory: String
+    /// Agent calls and image access relayed by sites; nil refuses them (Unavailable).
+    let controller: Controller?
     let logger: Logger
     let now: @Sendable () -> Date
 
@@ -195,9 +197,11 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         store: any StateStore,
         authority: SiteAuthority,
         imageDirectory: String,
+        controller: Controller? = nil,
         logger: Logger = Logger(label: "farrier.site-link"),
         now: @escaping @Sendable () -> Date = { Date() }
     ) {
+        self.controller = controller
         self.store = store
         self.authority = authority
         self.imageDirectory = imageDirectory
@@ -287,6 +291,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         authority: SiteAuthority,
         store: any StateStore,
         imageDirectory: String,
+        controller: Controller?,
         logger: Logger
     ) throws -> GRPCService {
         let (certificate, keyPEM) = try authority.issueLinkCertificate(names: names)
@@ -302,12 +307,76 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         return try GRPCService(
             listen: listen,
             services: [
-                SiteLinkAPI(store: store, authority: authority, imageDirectory: imageDirectory, logger: logger)
+                SiteLinkAPI(
+                    store: store,
+                    authority: authority,
+                    imageDirectory: imageDirectory,
+                    controller: controller,
+                    logger: logger
+                )
             ],
             security: security,
             name: "site link",
             logger: logger
         )
+    }
+
+    /// The site's machine with this MAC, for a relayed call: a site vouches only for its own.
+    func relayed(_ macText: String, site: SiteAuthority.SiteIdentity) async throws -> (Controller, MACAddress) {
+        guard let controller else { throw RPCError(code: .unavailable, message: "this region relays no agent calls") }
+        guard let mac = MACAddress(macText) else {
+            throw RPCError(code: .invalidArgument, message: "'\(macText)' is not a MAC address")
+        }
+        guard let m = try await store.machine(mac: mac), m.site == site.site else {
+            logger.warning(
+                "a site relayed a call for a machine that is not its own",
+                metadata: ["site": "\(site.site)", "mac": "\(mac)"]
+            )
+            throw RPCError(code: .permissionDenied, message: "no machine of site \(site.site) has MAC \(mac)")
+        }
+        return (controller, mac)
+    }
+
+    public func agentCall(
+        request: Farrier_V1_AgentCallRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_AgentCallResponse {
+        let site = try await authorize(context, at: now())
+        let (controller, mac) = try await relayed(request.mac, site: site)
+        func decode<T: Decodable>(_ type: T.Type) throws -> T {
+            do { return try JSONDecoder().decode(T.self, from: request.body) } catch {
+                throw RPCError(code: .invalidArgument, message: "bad JSON: \(error)")
+            }
+        }
+        struct Empty: Encodable {}
+        let answer: any Encodable
+        switch request.call {
+        case "hello": answer = try await controller.agentHello(peer: mac, hello: try decode(AgentHello.self))
+        case "progress":
+            try await controller.agentProgress(token: request.token, peer: mac, report: try decode(AgentProgress.self))
+            answer = Empty()
+        case "done":
+            try await controller.agentDone(token: request.token, peer: mac, result: try decode(AgentResult.self))
+            answer = Empty()
+        default: throw RPCError(code: .invalidArgument, message: "unknown agent call '\(request.call)'")
+        }
+        var r = Farrier_V1_AgentCallResponse()
+        r.body = try JSONEncoder().encode(answer)
+        return r
+    }
+
+    public func imageAccess(
+        request: Farrier_V1_ImageAccessRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_ImageAccessResponse {
+        let site = try await authorize(context, at: now())
+        let (controller, mac) = try await relayed(request.mac, site: site)
+        var r = Farrier_V1_ImageAccessResponse()
+        // Only an agent's token: an admin token has no business on a site's boot network.
+        let agent = (try? await controller.agentMachine(token: request.token, peer: mac)) != nil
+        r.allowed =
+            agent ? await controller.imageAccess(sha256: request.sha256, bearer: request.token, peer: mac) : false
+        return r
     }
 
     public func heartbeat(

@@ -173,6 +173,7 @@ public struct FarrierServer: Sendable {
                     authority: siteAuthority,
                     store: store,
                     imageDirectory: images.blobDirectory,
+                    controller: controller,
                     logger: logger
                 )
             )

@@ -1,8 +1,13 @@
 import DHCPServer
+import FarrierAPI
 import FarrierCore
 import FarrierHTTP
 import FarrierStore
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import HTTPTypes
+import Hummingbird
 import Logging
 import ServiceLifecycle
 import TFTPServer
@@ -25,14 +30,22 @@ public struct SiteBoot: Sendable {
 
     /// `c` supplies the boot settings (dhcp.*, tftp.*, http.listen, ipxe.source); its data
     /// directory is the site's.
+    ///
+    /// With `agent`, the site also serves the agent channel (HTTPS on agent.listen, with a
+    /// certificate made at first start in the data directory, which its ramdisk scripts pin):
+    /// the agents' calls go to `agent` (the region, over the link) and images come from
+    /// `images` (the site's cache) to those `agent` says may have them.
     public init(
         configuration c: ServerConfiguration,
         machine: @escaping @Sendable (MACAddress) -> SiteBootEntry?,
+        agent: (any AgentBackend)? = nil,
+        images: (any ImageSource)? = nil,
         logger: Logger
     ) async throws {
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
         store = try SQLiteStore(path: c.dataDir + "/site.sqlite")
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
+        if agent != nil { reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger) }
         let recorder = TimelineRecorder(
             store: store,
             // Machines DHCP saw network-booting here: the region's list is not the site's
@@ -64,8 +77,27 @@ public struct SiteBoot: Sendable {
             metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }
         )
         deps.siteBoot = machine
+        var services: [any Service] = []
+        if let agent {
+            let tls = try AgentCertificate.load(
+                certificate: c.agentTLSCert,
+                key: c.agentTLSKey,
+                dataDir: c.dataDir,
+                port: try splitHostPort(c.http.agentListen).1
+            )
+            deps.agentTLS = tls
+            deps.agentBackend = agent
+            deps.imageSource = images
+            services.append(
+                try makeAgentApplication(configuration: c.http, dependencies: deps, tls: tls, logger: logger)
+            )
+            logger.info(
+                "agent channel",
+                metadata: ["agent.listen": "\(c.http.agentListen)", "agent.tls-sha256": "\(tls.fingerprint)"]
+            )
+        }
         let http = try makeHTTPApplication(configuration: c.http, dependencies: deps, logger: logger)
-        services = [http, tftp, dhcp]
+        self.services = [http] + services + [tftp, dhcp]
         logger.info(
             "boot services",
             metadata: [
@@ -73,6 +105,78 @@ public struct SiteBoot: Sendable {
                 "dhcp.interfaces": "\(c.dhcp.interfaces.joined(separator: ","))",
             ]
         )
+    }
+}
+
+/// The agent channel's calls at a site, relayed to the region over the site link with the MAC
+/// the site leased the caller's address to. The region's refusals keep their meaning (403, 409,
+/// 400); a region that cannot be reached is 503, which agents retry.
+public struct LinkAgentBackend: AgentBackend {
+    let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    let logger: Logger
+
+    public init(link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>, logger: Logger) {
+        self.link = link
+        self.logger = logger
+    }
+
+    func call(_ name: String, peer: MACAddress?, token: String = "", body: some Encodable) async throws -> Data {
+        guard let peer else {
+            throw HTTPError(.forbidden, message: "agent calls come only from an address this site leased\n")
+        }
+        var request = Farrier_V1_AgentCallRequest()
+        request.call = name
+        request.mac = peer.description
+        request.token = token
+        request.body = try JSONEncoder().encode(body)
+        var options = CallOptions.defaults
+        options.timeout = .seconds(30)
+        do {
+            return try await link.agentCall(request, options: options).body
+        } catch let e as RPCError {
+            throw Self.httpError(e)
+        }
+    }
+
+    static func httpError(_ e: RPCError) -> HTTPError {
+        let status: HTTPResponse.Status =
+            switch e.code {
+            case .permissionDenied, .unauthenticated: .forbidden
+            case .invalidArgument: .badRequest
+            case .notFound: .notFound
+            case .failedPrecondition, .aborted, .alreadyExists: .conflict
+            default: .serviceUnavailable
+            }
+        return HTTPError(status, message: "\(e.message)\n")
+    }
+
+    public func agentHello(peer: MACAddress?, hello: AgentHello) async throws -> AgentTask {
+        let data = try await call("hello", peer: peer, body: hello)
+        do { return try JSONDecoder().decode(AgentTask.self, from: data) } catch {
+            throw HTTPError(.badGateway, message: "the region's answer was not a task: \(error)\n")
+        }
+    }
+
+    public func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) async throws {
+        _ = try await call("progress", peer: peer, token: token, body: report)
+    }
+
+    public func agentDone(token: String, peer: MACAddress?, result: AgentResult) async throws {
+        _ = try await call("done", peer: peer, token: token, body: result)
+    }
+
+    public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async -> Bool {
+        guard let bearer, let peer else { return false }
+        var request = Farrier_V1_ImageAccessRequest()
+        request.sha256 = sha256
+        request.mac = peer.description
+        request.token = bearer
+        var options = CallOptions.defaults
+        options.timeout = .seconds(30)
+        do { return try await link.imageAccess(request, options: options).allowed } catch {
+            logger.warning("image access: the region did not answer", metadata: ["error": "\(error)"])
+            return false
+        }
     }
 }
 

@@ -116,21 +116,45 @@ public struct SiteBootEntry: Sendable, Hashable {
         self.firmware = firmware
     }
 
-    /// The machine's script. A deployed machine boots its disk; one waiting waits. The ramdisk
-    /// (deploys, wipes, rescue) needs the agent channel, which sites do not serve yet: such a
-    /// machine waits, never falling through to its disk, and moves on when it is served.
-    public func script(selfURL: String, mac: MACAddress, pollSeconds: Int) -> String {
+    /// The machine's script. A deployed machine boots its disk; one waiting waits; a ramdisk
+    /// step boots the ramdisk with the site's agent channel (`ramdisk`). Without one, such a
+    /// machine waits, never falling through to its disk.
+    public func script(selfURL: String, mac: MACAddress, pollSeconds: Int, ramdisk: RamdiskEndpoint? = nil) -> String {
         switch nextBoot {
         case .disk: return BootScript.localDisk(machine: name, firmware: firmware)
         case .wait:
             return BootScript.wait(scriptURL: selfURL, mac: mac, reason: "\(name) (\(state))", pollSeconds: pollSeconds)
         case .ramdisk, .rescue:
-            return BootScript.wait(
+            guard let ramdisk else {
+                return BootScript.wait(
+                    scriptURL: selfURL,
+                    mac: mac,
+                    reason: "\(name) (\(state)): its site serves no agent channel",
+                    pollSeconds: pollSeconds
+                )
+            }
+            return BootScript.ramdisk(
+                serverURL: ramdisk.serverURL,
                 scriptURL: selfURL,
-                mac: mac,
-                reason: "\(name) (\(state)): its site does not serve the ramdisk yet",
-                pollSeconds: pollSeconds
+                machine: name,
+                agentURL: ramdisk.agentURL,
+                certificateSHA256: ramdisk.certificateSHA256,
+                mode: nextBoot == .rescue ? "rescue" : "agent"
             )
         }
+    }
+}
+
+/// Where a ramdisk boot gets its files (`serverURL`/tftp/ramdisk/…) and its agent channel, and
+/// the channel's certificate's SHA-256, which the agent pins.
+public struct RamdiskEndpoint: Sendable, Hashable {
+    public var serverURL: String
+    public var agentURL: String
+    public var certificateSHA256: String
+
+    public init(serverURL: String, agentURL: String, certificateSHA256: String) {
+        self.serverURL = serverURL
+        self.agentURL = agentURL
+        self.certificateSHA256 = certificateSHA256
     }
 }

@@ -35,6 +35,17 @@ public struct AgentTLS: Sendable {
     }
 }
 
+/// What answers the agent channel's calls and image checks: the controller at the region; at a
+/// site, the region over the site link. `peer` is the MAC holding the caller's address.
+public protocol AgentBackend: Sendable {
+    func agentHello(peer: MACAddress?, hello: AgentHello) async throws -> AgentTask
+    func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) async throws
+    func agentDone(token: String, peer: MACAddress?, result: AgentResult) async throws
+    func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async -> Bool
+}
+
+extension Controller: AgentBackend {}
+
 /// Per-request context that remembers the peer address, to put static-file fetches on the
 /// timeline of the machine that holds that address.
 public struct FarrierRequestContext: RequestContext {
@@ -67,6 +78,13 @@ public struct HTTPDependencies: Sendable {
     /// MAC is not one of them). Set, it decides `/boot` scripts instead of the store and
     /// controller, so they keep coming while the region is away.
     public var siteBoot: (@Sendable (MACAddress) -> SiteBootEntry?)?
+    /// At a site: the agent channel's calls and image checks, relayed to the region (else the
+    /// controller answers them).
+    public var agentBackend: (any AgentBackend)?
+    /// At a site: images from its cache (else `imageDirectory`).
+    public var imageSource: (any ImageSource)?
+
+    var backend: (any AgentBackend)? { agentBackend ?? controller }
 
     public init(
         store: any MachineStore,
@@ -95,9 +113,9 @@ extension HTTPDependencies {
 
     /// Whether a request for `/images/<name>` may have it (see `Controller.imageAccess`).
     func imageAllowed(name: String, authorization: String?, remote: SocketAddress?) async -> Bool {
-        guard let controller, let h = authorization, h.lowercased().hasPrefix("bearer ") else { return false }
+        guard let backend, let h = authorization, h.lowercased().hasPrefix("bearer ") else { return false }
         let bearer = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
-        return await controller.imageAccess(sha256: name, bearer: bearer, peer: peerMAC(remote))
+        return await backend.imageAccess(sha256: name, bearer: bearer, peer: peerMAC(remote))
     }
 }
 
@@ -113,11 +131,11 @@ public func buildRouter(
     let router = Router(context: FarrierRequestContext.self)
     if agentChannel {
         // Images are tenants' bytes: only over TLS, and only to an agent deploying one or an admin.
-        if let dir = deps.imageDirectory {
+        if let source = deps.imageSource ?? deps.imageDirectory.map({ DirectoryImageSource(directory: $0) }) {
             router.add(middleware: ImageAccessMiddleware(deps: deps))
-            addImageRoute(router, source: DirectoryImageSource(directory: dir))
+            addImageRoute(router, source: source)
         }
-        if let controller = deps.controller { addAgentRoutes(router, controller: controller, deps: deps) }
+        if let backend = deps.backend { addAgentRoutes(router, controller: backend, deps: deps) }
         router.get("/healthz") { _, _ in "ok\n" }
         return router
     }
@@ -179,7 +197,16 @@ public func buildRouter(
                     detail: "state=\(entry.state) platform=\(platform) at=site"
                 )
             )
-            return ipxe(entry.script(selfURL: selfURL, mac: mac, pollSeconds: configuration.pollSeconds))
+            let ramdisk = deps.agentTLS.map {
+                RamdiskEndpoint(
+                    serverURL: "http://\(host)",
+                    agentURL: "https://\(hostOnly(host)):\($0.port)",
+                    certificateSHA256: $0.fingerprint
+                )
+            }
+            return ipxe(
+                entry.script(selfURL: selfURL, mac: mac, pollSeconds: configuration.pollSeconds, ramdisk: ramdisk)
+            )
         }
         guard deps.peerMAC(context.remoteAddress) == mac,
             let machine = try await deps.store.recordSighting(mac: mac, platform: client, at: Date(), create: nil)
@@ -251,7 +278,7 @@ public func buildRouter(
 
 /// The agent's endpoints (see `AgentAPI`): JSON in, JSON out; from the machine's leased
 /// address only; hello binds the boot's token to the agent's nonce, the rest carry the token.
-func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: Controller, deps: HTTPDependencies) {
+func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: any AgentBackend, deps: HTTPDependencies) {
     @Sendable func token(_ request: Request) throws -> String {
         guard let h = request.headers[.authorization], h.lowercased().hasPrefix("bearer ") else {
             throw HTTPError(.unauthorized, message: "agent token required\n")

@@ -80,8 +80,8 @@ import Testing
     /// from the store, and only to the MAC's leased address.
     @Test(arguments: [
         (Lifecycle.NextBoot.disk, "boots its local disk"), (.wait, "m1 (deployed)"),
-        (.ramdisk, "does not serve the ramdisk"),
-        (.rescue, "does not serve the ramdisk"),
+        (.ramdisk, "serves no agent channel"),
+        (.rescue, "serves no agent channel"),
     ])
     func aSiteScriptFollowsTheRegionsLastWord(_ next: Lifecycle.NextBoot, _ expected: String) async throws {
         book.record(IPv4Address("127.0.0.1")!, mac)

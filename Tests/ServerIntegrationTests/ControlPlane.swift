@@ -1,5 +1,6 @@
 import Foundation
 import TestSupport
+import Testing
 
 /// A real `farrier server` process for control-plane tests, the CLI against it, and a stand-in
 /// for the deploy agent that speaks the agent's protocol with curl over the HTTPS agent channel.
@@ -235,5 +236,18 @@ final class ControlPlane: @unchecked Sendable {
         let (s2, b2) = try agent("/agent/v1/done", mac: mac, token: t, result)
         guard s2 == 200 else { throw Harness.CommandError(description: "done: \(s2) \(b2)") }
         return task
+    }
+
+    /// Adds site `name` at the region and joins it with its key in `dir`, as an operator would.
+    func joinSite(_ name: String, dir: String) throws {
+        let token = try #require(try json(["site", "add", name])["joinToken"] as? String)
+        let r = try h.run(
+            [
+                "env", "-u", "FARRIER_TOKEN", "FARRIER_CONFIG_FILE=/nonexistent", Self.bin, "site", "join",
+                "--join-token", token, "--name", name, "--data-dir", dir, "--server", grpc,
+            ],
+            check: false
+        )
+        #expect(r.status == 0, "\(r.stderr)")
     }
 }

@@ -59,7 +59,7 @@ struct SiteBootTests {
             "ip", "netns", "exec", s, Harness.farrierBinary, "site", "run", "--region", "127.0.0.1:7800", "--data-dir",
             dir, "--interval", "1", "--log-level", "debug", "--boot", "--dhcp-interface", sif, "--dhcp-subnet",
             "198.18.20.0/24,pool=198.18.20.100-198.18.20.150,lease=600", "--http-listen", "198.18.20.1:8090",
-            "--tftp-listen", "198.18.20.1:6969",
+            "--tftp-listen", "198.18.20.1:6969", "--agent-listen", "198.18.20.1:8444",
         ]
         var site = try h.start(siteArgs, log: "site.log")
         try h.waitUntil("the site to list its machine", timeout: 30) {

@@ -20,17 +20,7 @@ struct SiteLinkTests {
             h.read("server.log").contains("site link listening")
         }
 
-        func join(_ name: String, _ dir: String) throws {
-            let token = try #require(try cp.json(["site", "add", name])["joinToken"] as? String)
-            let r = try h.run(
-                [
-                    "env", "-u", "FARRIER_TOKEN", "FARRIER_CONFIG_FILE=/nonexistent", ControlPlane.bin, "site", "join",
-                    "--join-token", token, "--name", name, "--data-dir", dir, "--server", cp.grpc,
-                ],
-                check: false
-            )
-            #expect(r.status == 0, "\(r.stderr)")
-        }
+        func join(_ name: String, _ dir: String) throws { try cp.joinSite(name, dir: dir) }
         func once(_ dir: String) throws -> Harness.Result {
             try h.run(
                 [ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dir, "--once"],

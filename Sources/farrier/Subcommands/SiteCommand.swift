@@ -5,6 +5,7 @@ import FarrierCore
 import FarrierSite
 import Foundation
 import GRPCCore
+import GRPCNIOTransportHTTP2
 import Logging
 import SwiftProtobuf
 import Synchronization
@@ -205,6 +206,13 @@ struct SiteCommand: AsyncParsableCommand {
         var config: String?
         @Option(help: "With --boot: HOST:PORT for iPXE scripts and boot files. [http.listen; default 0.0.0.0:8080]")
         var httpListen: String?
+        @Option(
+            help: """
+                With --boot: HOST:PORT for the agent channel (HTTPS; ramdisk agents' calls, relayed to \
+                the region, and images from the cache). [agent.listen; default 0.0.0.0:8443]
+                """
+        )
+        var agentListen: String?
         @Option(help: "With --boot: HOST:PORT for TFTP; empty disables it. [tftp.listen; default 0.0.0.0:69]")
         var tftpListen: String?
         @Option(help: "With --boot: where the iPXE binaries are copied from. [ipxe.source; default /usr/lib/ipxe]")
@@ -222,6 +230,7 @@ struct SiteCommand: AsyncParsableCommand {
             var f: [String: [String]] = ["data-dir": [dataDir]]
             if let httpListen { f["http.listen"] = [httpListen] }
             if let tftpListen { f["tftp.listen"] = [tftpListen] }
+            if let agentListen { f["agent.listen"] = [agentListen] }
             if let ipxeSource { f["ipxe.source"] = [ipxeSource] }
             if let dhcpMode { f["dhcp.mode"] = [dhcpMode] }
             if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }
@@ -232,7 +241,9 @@ struct SiteCommand: AsyncParsableCommand {
 
         func validate() throws {
             if !boot, config != nil || bootFlags.count > 1 {
-                throw ValidationError("--config, --http-listen, --tftp-listen, --ipxe-source and --dhcp-* need --boot")
+                throw ValidationError(
+                    "--config, --http-listen, --agent-listen, --tftp-listen, --ipxe-source and --dhcp-* need --boot"
+                )
             }
             guard (1...15).contains(interval) else { throw ValidationError("--interval is 1 to 15 seconds") }
             guard (1...1_000_000).contains(cacheSize) else { throw ValidationError("--cache-size is 1 to 1000000 GiB") }
@@ -252,47 +263,15 @@ struct SiteCommand: AsyncParsableCommand {
                     "site": "\(credentials.site)", "region": "\(region)", "certificate.serial": "\(credentials.serial)",
                 ]
             )
-            let (region, dataDir, interval, once, cacheSize) = (region, dataDir, interval, once, cacheSize)
+            let (dataDir, interval, once, cacheSize) = (dataDir, interval, once, cacheSize)
             let syncImage = Set(syncImage)
-            let link: @Sendable () async throws -> Void = {
-                try await Self.link(
-                    region: region,
-                    credentials: credentials,
-                    dataDir: dataDir,
-                    interval: interval,
-                    once: once,
-                    cacheSize: cacheSize,
-                    syncImage: syncImage,
-                    status: status,
-                    machines: machines,
-                    logger: logger
-                )
+            var bootConfiguration: ServerConfiguration?
+            if boot {
+                do {
+                    bootConfiguration = try ServerConfiguration.load(file: config, environment: [:], flags: bootFlags)
+                } catch { throw CLIError("boot services: \(error)") }
             }
-            guard boot else { return try await link() }
-            let siteBoot: SiteBoot
-            do {
-                let c = try ServerConfiguration.load(file: config, environment: [:], flags: bootFlags)
-                siteBoot = try await SiteBoot(configuration: c, machine: { machines.entry($0) }, logger: logger)
-                logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
-            } catch { throw CLIError("boot services: \(error)") }
-            try await runServices(siteBoot.services, alongside: link, logger: logger)
-        }
-
-        /// Calls the region every `interval` seconds until it refuses the site (or once): the
-        /// heartbeat, then the site's machines (kept in `machines`) and the images to cache.
-        static func link(
-            region: String,
-            credentials: SiteCredentials,
-            dataDir: String,
-            interval: Int,
-            once: Bool,
-            cacheSize: Int,
-            syncImage: Set<String>,
-            status: LinkStatusFile,
-            machines: SiteMachinesFile,
-            logger: Logger
-        ) async throws {
-            try await withSiteLink(region: region, credentials: credentials) { link in
+            try await withSiteLink(region: region, credentials: credentials) { [bootConfiguration] link in
                 let origin = LinkOrigin(link: link)
                 let cache: SiteCache
                 do {
@@ -302,6 +281,55 @@ struct SiteCommand: AsyncParsableCommand {
                         origin: origin
                     )
                 } catch { throw CLIError("opening the cache in \(dataDir)/cache: \(error)") }
+                let calls: @Sendable () async throws -> Void = {
+                    try await Self.callIn(
+                        link: link,
+                        region: region,
+                        origin: origin,
+                        cache: cache,
+                        credentials: credentials,
+                        dataDir: dataDir,
+                        interval: interval,
+                        once: once,
+                        syncImage: syncImage,
+                        status: status,
+                        machines: machines,
+                        logger: logger
+                    )
+                }
+                guard let bootConfiguration else { return try await calls() }
+                let siteBoot: SiteBoot
+                do {
+                    siteBoot = try await SiteBoot(
+                        configuration: bootConfiguration,
+                        machine: { machines.entry($0) },
+                        agent: LinkAgentBackend(link: link, logger: logger),
+                        images: CacheImageSource(cache: cache),
+                        logger: logger
+                    )
+                } catch { throw CLIError("boot services: \(error)") }
+                logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
+                try await runServices(siteBoot.services, alongside: calls, logger: logger)
+            }
+        }
+
+        /// Calls the region every `interval` seconds until it refuses the site (or once): the
+        /// heartbeat, then the site's machines (kept in `machines`) and the images to cache.
+        static func callIn(
+            link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+            region: String,
+            origin: LinkOrigin,
+            cache: SiteCache,
+            credentials: SiteCredentials,
+            dataDir: String,
+            interval: Int,
+            once: Bool,
+            syncImage: Set<String>,
+            status: LinkStatusFile,
+            machines: SiteMachinesFile,
+            logger: Logger
+        ) async throws {
+            do {
                 let prefetcher = Prefetcher(cache: cache, origin: origin, logger: logger)
                 var up: Bool? = nil
                 while true {

@@ -1043,11 +1043,39 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "AgentCall" metadata.
+        public enum AgentCall: Sendable {
+            /// Request type for "AgentCall".
+            public typealias Input = Farrier_V1_AgentCallRequest
+            /// Response type for "AgentCall".
+            public typealias Output = Farrier_V1_AgentCallResponse
+            /// Descriptor for "AgentCall".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "AgentCall",
+                type: .unary
+            )
+        }
+        /// Namespace for "ImageAccess" metadata.
+        public enum ImageAccess: Sendable {
+            /// Request type for "ImageAccess".
+            public typealias Input = Farrier_V1_ImageAccessRequest
+            /// Response type for "ImageAccess".
+            public typealias Output = Farrier_V1_ImageAccessResponse
+            /// Descriptor for "ImageAccess".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "ImageAccess",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Heartbeat.descriptor,
             SiteMachines.descriptor,
-            FetchFile.descriptor
+            FetchFile.descriptor,
+            AgentCall.descriptor,
+            ImageAccess.descriptor
         ]
     }
 }
@@ -1137,6 +1165,45 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_FetchFileRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_FileChunk>
+
+        /// Handle the "AgentCall" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A call of a ramdisk agent at the site (hello, progress, done), relayed: the site vouches
+        /// > for the MAC its DHCP leased the caller's address to, and only for its own machines; the
+        /// > region decides as it does for agents on its own boot network.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_AgentCallRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_AgentCallResponse` messages.
+        func agentCall(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_AgentCallRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_AgentCallResponse>
+
+        /// Handle the "ImageAccess" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Whether a bearer at the site (an agent's token, from the machine with this MAC) may have
+        /// > an image: asked before the site serves one from its cache.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ImageAccessRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_ImageAccessResponse` messages.
+        func imageAccess(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ImageAccessRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ImageAccessResponse>
     }
 
     /// Service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1210,6 +1277,45 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.ServerRequest<Farrier_V1_FetchFileRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_FileChunk>
+
+        /// Handle the "AgentCall" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A call of a ramdisk agent at the site (hello, progress, done), relayed: the site vouches
+        /// > for the MAC its DHCP leased the caller's address to, and only for its own machines; the
+        /// > region decides as it does for agents on its own boot network.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AgentCallRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_AgentCallResponse` message.
+        func agentCall(
+            request: GRPCCore.ServerRequest<Farrier_V1_AgentCallRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_AgentCallResponse>
+
+        /// Handle the "ImageAccess" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Whether a bearer at the site (an agent's token, from the machine with this MAC) may have
+        /// > an image: asked before the site serves one from its cache.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ImageAccessRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_ImageAccessResponse` message.
+        func imageAccess(
+            request: GRPCCore.ServerRequest<Farrier_V1_ImageAccessRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ImageAccessResponse>
     }
 
     /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1282,6 +1388,45 @@ extension Farrier_V1_SiteLinkService {
             response: GRPCCore.RPCWriter<Farrier_V1_FileChunk>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "AgentCall" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A call of a ramdisk agent at the site (hello, progress, done), relayed: the site vouches
+        /// > for the MAC its DHCP leased the caller's address to, and only for its own machines; the
+        /// > region decides as it does for agents on its own boot network.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_AgentCallRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_AgentCallResponse` to respond with.
+        func agentCall(
+            request: Farrier_V1_AgentCallRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_AgentCallResponse
+
+        /// Handle the "ImageAccess" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Whether a bearer at the site (an agent's token, from the machine with this MAC) may have
+        /// > an image: asked before the site serves one from its cache.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_ImageAccessRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_ImageAccessResponse` to respond with.
+        func imageAccess(
+            request: Farrier_V1_ImageAccessRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_ImageAccessResponse
     }
 }
 
@@ -1317,6 +1462,28 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_FileChunk>(),
             handler: { request, context in
                 try await self.fetchFile(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.AgentCall.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_AgentCallRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_AgentCallResponse>(),
+            handler: { request, context in
+                try await self.agentCall(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.ImageAccess.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ImageAccessRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ImageAccessResponse>(),
+            handler: { request, context in
+                try await self.imageAccess(
                     request: request,
                     context: context
                 )
@@ -1359,6 +1526,28 @@ extension Farrier_V1_SiteLinkService.ServiceProtocol {
             context: context
         )
         return response
+    }
+
+    public func agentCall(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_AgentCallRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_AgentCallResponse> {
+        let response = try await self.agentCall(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func imageAccess(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_ImageAccessRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ImageAccessResponse> {
+        let response = try await self.imageAccess(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
     }
 }
 
@@ -1405,6 +1594,32 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                 )
                 return [:]
             }
+        )
+    }
+
+    public func agentCall(
+        request: GRPCCore.ServerRequest<Farrier_V1_AgentCallRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_AgentCallResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_AgentCallResponse>(
+            message: try await self.agentCall(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func imageAccess(
+        request: GRPCCore.ServerRequest<Farrier_V1_ImageAccessRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ImageAccessResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_ImageAccessResponse>(
+            message: try await self.imageAccess(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
         )
     }
 }
@@ -1495,6 +1710,55 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_FileChunk>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_FileChunk>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AgentCall" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A call of a ramdisk agent at the site (hello, progress, done), relayed: the site vouches
+        /// > for the MAC its DHCP leased the caller's address to, and only for its own machines; the
+        /// > region decides as it does for agents on its own boot network.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AgentCallRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_AgentCallRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_AgentCallResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func agentCall<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_AgentCallRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_AgentCallRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_AgentCallResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_AgentCallResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ImageAccess" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Whether a bearer at the site (an agent's token, from the machine with this MAC) may have
+        /// > an image: asked before the site serves one from its cache.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ImageAccessRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ImageAccessRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ImageAccessResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func imageAccess<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ImageAccessRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ImageAccessRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ImageAccessResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ImageAccessResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1623,6 +1887,77 @@ extension Farrier_V1_SiteLinkService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "AgentCall" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A call of a ramdisk agent at the site (hello, progress, done), relayed: the site vouches
+        /// > for the MAC its DHCP leased the caller's address to, and only for its own machines; the
+        /// > region decides as it does for agents on its own boot network.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AgentCallRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_AgentCallRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_AgentCallResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func agentCall<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_AgentCallRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_AgentCallRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_AgentCallResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_AgentCallResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.AgentCall.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ImageAccess" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Whether a bearer at the site (an agent's token, from the machine with this MAC) may have
+        /// > an image: asked before the site serves one from its cache.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ImageAccessRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ImageAccessRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ImageAccessResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func imageAccess<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ImageAccessRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ImageAccessRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ImageAccessResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ImageAccessResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.ImageAccess.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1711,6 +2046,67 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_FetchFileRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_FileChunk>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AgentCall" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A call of a ramdisk agent at the site (hello, progress, done), relayed: the site vouches
+    /// > for the MAC its DHCP leased the caller's address to, and only for its own machines; the
+    /// > region decides as it does for agents on its own boot network.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_AgentCallRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func agentCall<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_AgentCallRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_AgentCallResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.agentCall(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_AgentCallRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_AgentCallResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ImageAccess" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Whether a bearer at the site (an agent's token, from the machine with this MAC) may have
+    /// > an image: asked before the site serves one from its cache.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_ImageAccessRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func imageAccess<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_ImageAccessRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ImageAccessResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.imageAccess(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ImageAccessRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ImageAccessResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1813,6 +2209,75 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             metadata: metadata
         )
         return try await self.fetchFile(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AgentCall" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A call of a ramdisk agent at the site (hello, progress, done), relayed: the site vouches
+    /// > for the MAC its DHCP leased the caller's address to, and only for its own machines; the
+    /// > region decides as it does for agents on its own boot network.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func agentCall<Result>(
+        _ message: Farrier_V1_AgentCallRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_AgentCallResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_AgentCallRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.agentCall(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ImageAccess" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Whether a bearer at the site (an agent's token, from the machine with this MAC) may have
+    /// > an image: asked before the site serves one from its cache.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func imageAccess<Result>(
+        _ message: Farrier_V1_ImageAccessRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ImageAccessResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_ImageAccessRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.imageAccess(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -1,0 +1,160 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// A machine at a site commissioned and deployed by the real `farrier agent` through the site
+/// (issue 16): the site's script boots the ramdisk with the site's agent channel, the site
+/// relays the agent's calls to the region over the site link, vouching for the MAC it holds the
+/// caller's address for, and serves the image from its cache, pulled once from the region. The
+/// region has no reservation for this MAC, so only the site can speak for it. A site cannot
+/// speak for a machine that is not its own.
+@Suite(.serialized, .enabled(if: IPMISimulator.available, "needs root, ipmi_sim and ipmitool"))
+struct SiteAgentTests {
+    static let mac = "52:54:00:5a:00:01"
+    static let address = "127.90.0.1"
+    static let strangerMAC = "52:54:00:5a:00:02"
+    static let strangerAddress = "127.90.0.2"
+
+    @Test func aSiteRelaysItsAgentsAndServesTheirImage() throws {
+        let h = try Harness("site-agent")
+        defer { h.cleanup() }
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let link = "127.0.0.1:\(Int.random(in: 32000..<32700))"
+        let cp = ControlPlane(h, flags: ["--site-listen", link])
+        try cp.start()
+        let dir = h.directory + "/site-a"
+        try cp.joinSite("site-a", dir: dir)
+        let (httpPort, agentPort) = (Int.random(in: 20000..<24000), Int.random(in: 28000..<32000))
+        let site = try h.start(
+            [
+                ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dir, "--interval", "1", "--log-level",
+                "debug", "--boot", "--http-listen", "127.0.0.1:\(httpPort)", "--agent-listen",
+                "127.0.0.1:\(agentPort)", "--tftp-listen", "", "--dhcp-mode", "off", "--dhcp-reservation",
+                "\(Self.mac)=\(Self.address)", "--dhcp-reservation", "\(Self.strangerMAC)=\(Self.strangerAddress)",
+            ],
+            log: "site.log"
+        )
+        try h.waitUntil("the site agent's link", timeout: 30, interval: 0.2) {
+            guard site.isRunning else { throw Harness.CommandError(description: "site exited: \(h.read("site.log"))") }
+            return h.read("site.log").contains("link up")
+        }
+
+        func script(_ mac: String, from: String) throws -> String {
+            try h.run(
+                [
+                    "curl", "-sf", "--interface", from,
+                    "http://127.0.0.1:\(httpPort)/boot/\(mac.replacingOccurrences(of: ":", with: "-")).ipxe?platform=pcbios&buildarch=x86_64",
+                ],
+                timeout: 10
+            ).stdout
+        }
+        /// The kernel line of the site's ramdisk script for the machine, in a file for the agent.
+        func cmdline() throws -> String {
+            var kernel: String?
+            try h.waitUntil("the site's ramdisk script", timeout: 60, interval: 0.2) {
+                kernel = try script(Self.mac, from: Self.address).split(separator: "\n").first {
+                    $0.hasPrefix("kernel ")
+                }.map(String.init)
+                return kernel != nil
+            }
+            let line = try #require(kernel)
+            #expect(line.contains("farrier.url=https://127.0.0.1:\(agentPort)"), "\(line)")
+            let path = h.directory + "/cmdline"
+            try line.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let disk = h.directory + "/disk.img"
+        try h.run(["truncate", "-s", "\(96 << 20)", disk])
+        func agent(_ tag: String) throws -> Harness.Result {
+            try h.run(
+                [
+                    ControlPlane.bin, "agent", "--cmdline", try cmdline(), "--device", disk, "--attempts", "3",
+                    "--task-file", h.directory + "/task-\(tag).json", "--bind", Self.address, "--state-dir",
+                    h.directory + "/agent-state-\(tag)",
+                ],
+                timeout: 180,
+                check: false
+            )
+        }
+
+        // Commissioning, through the site: the region never hears from the machine itself.
+        try cp.cli([
+            "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",
+            "--bmc-password-file", sim.passwordFile, "--site", "site-a", "--commission",
+        ])
+        let commission = try agent("commission")
+        #expect(commission.status == 0, "\(commission.stderr)")
+        try cp.waitFor("a1", "ready")
+        #expect(try cp.machine("a1")["inventory"] as? [String: Any] != nil)
+
+        // A deploy: the image comes from the site's cache, pulled from the region once.
+        let raw = h.directory + "/img.raw"
+        try h.run(["bash", "-c", "head -c 8388608 /dev/urandom > '\(raw)'"])
+        try h.run(["bash", "-c", "printf 'label: gpt\\nstart=2048, type=L\\n' | sfdisk -q '\(raw)'"])
+        try cp.cli(["image", "add", "img-1", raw])
+        try cp.cli(["project", "create", "p"])
+        try cp.cli(["machine", "deploy", "a1", "--image", "img-1", "--project", "p"])
+        let deploy = try agent("deploy")
+        #expect(deploy.status == 0, "\(deploy.stderr)")
+        try cp.waitFor("a1", "deployed")
+        let imageSHA = String(try h.run(["sha256sum", raw]).stdout.prefix(64))
+        let partition = String(
+            try h.run(["bash", "-c", "tail -c +\((1 << 20) + 1) '\(disk)' | head -c \(6 << 20) | sha256sum"]).stdout
+                .prefix(64)
+        )
+        let expected = String(
+            try h.run(["bash", "-c", "tail -c +\((1 << 20) + 1) '\(raw)' | head -c \(6 << 20) | sha256sum"]).stdout
+                .prefix(64)
+        )
+        #expect(partition == expected, "the disk does not hold the image")
+        #expect(FileManager.default.fileExists(atPath: dir + "/cache/" + imageSHA), "not in the site's cache")
+        // Deployed: the site boots it from its disk once the region's list says so.
+        try h.waitUntil("the site's disk script", timeout: 30, interval: 0.2) {
+            try script(Self.mac, from: Self.address).contains("boots its local disk")
+        }
+
+        // What the site does not do: speak for a machine that is not its own (the region
+        // refuses: the stranger is enrolled without a site), or for an address it did not lease.
+        try cp.cli([
+            "machine", "enroll", "a2", "--mac", Self.strangerMAC, "--bmc",
+            "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)", "--bmc-password-file", sim.passwordFile,
+        ])
+        func post(_ path: String, from: String, token: String? = nil, _ body: String) throws -> (Int, String) {
+            let out = try h.run(
+                [
+                    "curl", "-s", "-k", "--interface", from, "-X", "POST", "-H", "Content-Type: application/json",
+                ] + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
+                    + ["--data-binary", body, "-w", "\n%{http_code}", "https://127.0.0.1:\(agentPort)\(path)"],
+                timeout: 15
+            ).stdout
+            let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
+            return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+        }
+        let hello = #"{"agentVersion":"stand-in","nonce":"0123456789abcdef0123"}"#
+        let (strangerStatus, strangerBody) = try post("/agent/v1/hello", from: Self.strangerAddress, hello)
+        #expect(strangerStatus == 403 && strangerBody.contains("no machine of site site-a"), "\(strangerBody)")
+        let (anonStatus, _) = try post("/agent/v1/hello", from: "127.0.0.1", hello)
+        #expect(anonStatus == 403)
+        // Images: no token, 401; a made-up one, 403.
+        func image(token: String?) throws -> String {
+            try h.run(
+                ["curl", "-s", "-k", "-o", "/dev/null", "-w", "%{http_code}", "--interface", Self.address]
+                    + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
+                    + ["https://127.0.0.1:\(agentPort)/images/\(imageSHA)"],
+                timeout: 15
+            ).stdout
+        }
+        #expect(try image(token: nil) == "401")
+        #expect(try image(token: "a1.1.1.made-up") == "403")
+        // The deploy's own token is spent: its step is over.
+        let task =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task-deploy.json"))
+            )
+            as? [String: Any]
+        #expect(try image(token: try #require(task?["token"] as? String)) == "403")
+        site.terminate()
+        try h.waitUntil("the site agent to stop", timeout: 20) { !site.isRunning }
+    }
+}
