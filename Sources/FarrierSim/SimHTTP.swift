@@ -181,11 +181,20 @@ struct SimHTTPClient: Sendable {
                     .head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: h))
                 )
                 if let payload { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: payload)))) }
-                // A request unanswered for `timeout` closes the connection, which ends the read.
-                let timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+                // A request with no answer, or an answer that stalls, for `timeout` closes the
+                // connection, which ends the read. A long download that keeps coming goes on.
+                var timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+                var armed = NIODeadline.now()
                 defer { timer.cancel() }
                 try await outbound.write(.end(nil))
-                return try await Self.read(&iterator, limit: limit)
+                return try await Self.read(&iterator, limit: limit) {
+                    // Pushed back at most once a second: not for every chunk of a large body.
+                    let now = NIODeadline.now()
+                    guard now - armed >= .seconds(1) else { return }
+                    timer.cancel()
+                    timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+                    armed = now
+                }
             }
         }
     }
@@ -195,13 +204,15 @@ struct SimHTTPClient: Sendable {
     /// connection unusable.
     static func read(
         _ iterator: inout NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator,
-        limit: Int
+        limit: Int,
+        progress: () -> Void = {}
     ) async throws -> SimReply {
         var status = 0
         var body: [UInt8] = []
         var received = 0
         let stopAt = limit < 0 ? -limit : Int.max
         while let part = try await iterator.next() {
+            progress()
             switch part {
             case .head(let h): status = Int(h.status.code)
             case .body(let b):
@@ -211,6 +222,6 @@ struct SimHTTPClient: Sendable {
             case .end: return SimReply(status: status, body: body)
             }
         }
-        throw SimHTTPError("the connection closed before a complete answer (or none came within the timeout)")
+        throw SimHTTPError("the connection closed before a complete answer (or the answer stalled for the timeout)")
     }
 }
