@@ -98,6 +98,24 @@ public protocol SiteStore: Sendable {
     /// false (and nothing written) unless that is the site's current certificate, so a removed
     /// site, or one joined again since with another key, is refused.
     func recordSiteLink(name: String, certificateSerial: String, link: SiteLink) async throws -> Bool
+    /// Appends boot timeline events site `name` recorded, once and in order. Each carries the
+    /// site's own increasing number: those at or below the site's delivery mark (sent again
+    /// after a lost answer) are skipped, those for a MAC that is none of the site's machines are
+    /// dropped (a site speaks only for its own), the rest are appended, and the mark moves to the
+    /// highest number given, all in one transaction. Nil, with nothing written, unless
+    /// `certificateSerial` is the site's current certificate; else the mark after.
+    func appendSiteEvents(name: String, certificateSerial: String, events: [SiteEvent]) async throws -> Int64?
+}
+
+/// A boot timeline event as a site recorded it, with the site's own number for it.
+public struct SiteEvent: Sendable, Hashable {
+    public var id: Int64
+    public var event: TimelineEvent
+
+    public init(id: Int64, event: TimelineEvent) {
+        self.id = id
+        self.event = event
+    }
 }
 
 /// What a site boots one of its machines with, as the region last said: enough to render the

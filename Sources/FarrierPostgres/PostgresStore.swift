@@ -280,6 +280,14 @@ public final class PostgresStore: StateStore {
                 "CREATE INDEX machine_site ON machine (site)",
             ]
         ),
+        (
+            "v7-site-events",
+            [
+                // The highest number of the site's own timeline events appended here: each is
+                // delivered once, whatever is sent again.
+                "ALTER TABLE site ADD COLUMN event_mark bigint NOT NULL DEFAULT 0"
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -866,25 +874,51 @@ extension PostgresStore {
 
     public func appendTimeline(_ events: [TimelineEvent]) async throws {
         guard !events.isEmpty else { return }
+        try await transaction { [self] conn in try await insertTimeline(conn, events) }
+    }
+
+    /// Appends events, keeping the newest `timelineLimit` of each MAC.
+    func insertTimeline(_ conn: PostgresConnection, _ events: [TimelineEvent]) async throws {
+        for e in events {
+            try await conn.query(
+                """
+                INSERT INTO timeline_event (mac, time, stage, event, detail)
+                VALUES (\(e.mac.description), \(e.time), \(e.stage.rawValue), \(e.event), \(e.detail))
+                """,
+                logger: logger
+            )
+        }
+        for mac in Set(events.map(\.mac.description)) {
+            try await conn.query(
+                """
+                DELETE FROM timeline_event WHERE mac = \(mac) AND id <= (
+                  SELECT id FROM timeline_event WHERE mac = \(mac) ORDER BY id DESC LIMIT 1 OFFSET \(timelineLimit))
+                """,
+                logger: logger
+            )
+        }
+    }
+
+    public func appendSiteEvents(name: String, certificateSerial: String, events: [SiteEvent]) async throws -> Int64? {
         try await transaction { [self] conn in
-            for e in events {
-                try await conn.query(
-                    """
-                    INSERT INTO timeline_event (mac, time, stage, event, detail)
-                    VALUES (\(e.mac.description), \(e.time), \(e.stage.rawValue), \(e.event), \(e.detail))
-                    """,
-                    logger: logger
-                )
-            }
-            for mac in Set(events.map(\.mac.description)) {
-                try await conn.query(
-                    """
-                    DELETE FROM timeline_event WHERE mac = \(mac) AND id <= (
-                      SELECT id FROM timeline_event WHERE mac = \(mac) ORDER BY id DESC LIMIT 1 OFFSET \(timelineLimit))
-                    """,
-                    logger: logger
-                )
-            }
+            var mark: Int64?
+            let rows = try await conn.query(
+                """
+                SELECT event_mark FROM site WHERE name = \(name) AND body->>'certificateSerial' = \(certificateSerial)
+                FOR UPDATE
+                """,
+                logger: logger
+            )
+            for try await m in rows.decode(Int64.self) { mark = m }
+            guard let mark else { return nil }
+            let fresh = events.filter { $0.id > mark }.sorted { $0.id < $1.id }
+            guard let last = fresh.last else { return mark }
+            var macs = Set<String>()
+            let machines = try await conn.query("SELECT mac FROM machine WHERE site = \(name)", logger: logger)
+            for try await mac in machines.decode(String.self) { macs.insert(mac) }
+            try await insertTimeline(conn, fresh.map(\.event).filter { macs.contains($0.mac.description) })
+            try await conn.query("UPDATE site SET event_mark = \(last.id) WHERE name = \(name)", logger: logger)
+            return last.id
         }
     }
 

@@ -227,6 +227,10 @@ public final class SQLiteStore: StateStore {
             try db.alter(table: "machine") { t in t.add(column: "site", .text).references("site", onDelete: .restrict) }
             try db.create(index: "machine_site", on: "machine", columns: ["site"])
         }
+        m.registerMigration("v14-site-events") { db in
+            // The highest number of the site's own timeline events appended here (delivery is once).
+            try db.alter(table: "site") { t in t.add(column: "eventMark", .integer).notNull().defaults(to: 0) }
+        }
         return m
     }
 
@@ -628,22 +632,56 @@ public final class SQLiteStore: StateStore {
 
     public func appendTimeline(_ events: [TimelineEvent]) async throws {
         guard !events.isEmpty else { return }
-        try await writing { db in
-            for e in events {
-                try db.execute(
-                    sql: "INSERT INTO timelineEvent (mac, time, stage, event, detail) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [e.mac.description, e.time, e.stage.rawValue, e.event, e.detail]
+        try await writing { [timelineLimit] db in try Self.insertTimeline(db, events, limit: timelineLimit) }
+    }
+
+    /// Appends events, keeping the newest `limit` of each MAC.
+    static func insertTimeline(_ db: Database, _ events: [TimelineEvent], limit: Int) throws {
+        for e in events {
+            try db.execute(
+                sql: "INSERT INTO timelineEvent (mac, time, stage, event, detail) VALUES (?, ?, ?, ?, ?)",
+                arguments: [e.mac.description, e.time, e.stage.rawValue, e.event, e.detail]
+            )
+        }
+        for mac in Set(events.map(\.mac)) {
+            try db.execute(
+                sql: """
+                    DELETE FROM timelineEvent WHERE mac = ? AND id <= (
+                      SELECT id FROM timelineEvent WHERE mac = ? ORDER BY id DESC LIMIT 1 OFFSET ?)
+                    """,
+                arguments: [mac.description, mac.description, limit]
+            )
+        }
+    }
+
+    /// The timeline events after number `id`, oldest first, at most `limit`, with their numbers:
+    /// a site's queue for the region.
+    public func timelineEvents(after id: Int64, limit: Int) async throws -> [SiteEvent] {
+        try await reading { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT id, mac, time, stage, event, detail FROM timelineEvent WHERE id > ? ORDER BY id LIMIT ?",
+                arguments: [id, limit]
+            ).compactMap { row in
+                guard let mac = MACAddress(row["mac"] as String) else { return nil }
+                return SiteEvent(
+                    id: row["id"],
+                    event: TimelineEvent(
+                        mac: mac,
+                        time: row["time"],
+                        stage: TimelineEvent.Stage(rawValue: row["stage"]) ?? .dhcp,
+                        event: row["event"],
+                        detail: row["detail"]
+                    )
                 )
             }
-            for mac in Set(events.map(\.mac)) {
-                try db.execute(
-                    sql: """
-                        DELETE FROM timelineEvent WHERE mac = ? AND id <= (
-                          SELECT id FROM timelineEvent WHERE mac = ? ORDER BY id DESC LIMIT 1 OFFSET ?)
-                        """,
-                    arguments: [mac.description, mac.description, timelineLimit]
-                )
-            }
+        }
+    }
+
+    /// How many timeline events are numbered after `id` (a site's queue depth).
+    public func timelineCount(after id: Int64) async throws -> Int64 {
+        try await reading {
+            try Int64.fetchOne($0, sql: "SELECT COUNT(*) FROM timelineEvent WHERE id > ?", arguments: [id]) ?? 0
         }
     }
 
@@ -939,6 +977,28 @@ extension SQLiteStore {
                 arguments: [certificateSerial, certificateNotAfter, at, name, joinTokenSHA256]
             )
             return db.changesCount == 1
+        }
+    }
+
+    public func appendSiteEvents(name: String, certificateSerial: String, events: [SiteEvent]) async throws -> Int64? {
+        try await writing { [timelineLimit] db in
+            guard
+                let mark = try Int64.fetchOne(
+                    db,
+                    sql: "SELECT eventMark FROM site WHERE name = ? AND certificateSerial = ?",
+                    arguments: [name, certificateSerial]
+                )
+            else { return nil }
+            let fresh = events.filter { $0.id > mark }.sorted { $0.id < $1.id }
+            guard let last = fresh.last else { return mark }
+            let macs = Set(try String.fetchAll(db, sql: "SELECT mac FROM machine WHERE site = ?", arguments: [name]))
+            try Self.insertTimeline(
+                db,
+                fresh.map(\.event).filter { macs.contains($0.mac.description) },
+                limit: timelineLimit
+            )
+            try db.execute(sql: "UPDATE site SET eventMark = ? WHERE name = ?", arguments: [last.id, name])
+            return last.id
         }
     }
 

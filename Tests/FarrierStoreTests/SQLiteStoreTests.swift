@@ -15,7 +15,7 @@ import Testing
             try s.appliedMigrations() == [
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
-                "v13-machine-site",
+                "v13-machine-site", "v14-site-events",
             ]
         )
     }
@@ -684,6 +684,67 @@ import Testing
         }
     }
 
+    /// A site's events are appended once and in order, only for its own machines, and only
+    /// under its current certificate, whatever is sent again.
+    @Test(arguments: StoreKind.allCases) func siteEventsOnceInOrder(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            try await s.createSite(Site(name: "site-1", created: t, joinTokenSHA256: "aa"))
+            #expect(
+                try await s.completeJoin(
+                    name: "site-1",
+                    joinTokenSHA256: "aa",
+                    certificateSerial: "0a",
+                    certificateNotAfter: t.addingTimeInterval(86400),
+                    at: t
+                )
+            )
+            let mine = MACAddress([0x52, 0x54, 0, 8, 1, 1])
+            let other = MACAddress([0x52, 0x54, 0, 8, 1, 2])
+            for (name, mac, site) in [("m1", mine, "site-1"), ("m2", other, nil)] {
+                let m = try await s.enroll(
+                    name: name,
+                    mac: mac,
+                    bmc: try BMCReference(url: "ipmi://admin@198.18.0.11"),
+                    sealedPassword: [1],
+                    at: t
+                )
+                _ = try await s.update(machineID: m.id, fence: nil) { x in
+                    x.site = site
+                    return []
+                }
+            }
+            func event(_ id: Int64, _ mac: MACAddress) -> SiteEvent {
+                SiteEvent(
+                    id: id,
+                    event: TimelineEvent(
+                        mac: mac,
+                        time: t.addingTimeInterval(Double(id)),
+                        stage: .dhcp,
+                        event: "ACK \(id)"
+                    )
+                )
+            }
+            let first = [event(1, mine), event(2, other), event(3, mine)]
+            #expect(try await s.appendSiteEvents(name: "site-1", certificateSerial: "0b", events: first) == nil)
+            #expect(try await s.appendSiteEvents(name: "site-9", certificateSerial: "0a", events: first) == nil)
+            #expect(try await s.timeline(mac: mine, limit: 10).isEmpty)
+            #expect(try await s.appendSiteEvents(name: "site-1", certificateSerial: "0a", events: []) == 0)
+            #expect(try await s.appendSiteEvents(name: "site-1", certificateSerial: "0a", events: first) == 3)
+            // Sent again (a lost answer) with one more: only the new one is appended.
+            #expect(
+                try await s.appendSiteEvents(name: "site-1", certificateSerial: "0a", events: first + [event(4, mine)])
+                    == 4
+            )
+            let got = try await s.timeline(mac: mine, limit: 10)
+            #expect(got.map(\.event) == ["ACK 1", "ACK 3", "ACK 4"], "\(got)")
+            // Another site's machine, or none's, gets nothing from this site.
+            #expect(try await s.timeline(mac: other, limit: 10).isEmpty)
+            #expect(try await under.reopen().appendSiteEvents(name: "site-1", certificateSerial: "0a", events: []) == 4)
+        }
+    }
+
     /// Projects, tokens and images: names are unique, and what is in use cannot be removed; the
     /// errors carry codes.
     @Test(arguments: StoreKind.allCases) func tenancyAndImagesKeepTheirRules(_ kind: StoreKind) async throws {
@@ -941,9 +1002,10 @@ import Testing
             #expect(
                 try await store.appliedMigrations() == [
                     "v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index", "v5-site", "v6-machine-site",
+                    "v7-site-events",
                 ]
             )
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "6\n")
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "7\n")
         }
     }
 
