@@ -379,6 +379,38 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         return r
     }
 
+    public func reportEvents(
+        request: Farrier_V1_ReportEventsRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_ReportEventsResponse {
+        let site = try identify(context, at: now())
+        guard request.events.count <= 1000 else {
+            throw RPCError(code: .invalidArgument, message: "at most 1000 events a call, not \(request.events.count)")
+        }
+        var events: [SiteEvent] = []
+        for e in request.events {
+            guard let mac = MACAddress(e.mac), let stage = TimelineEvent.Stage(rawValue: e.stage) else {
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "event \(e.id): bad MAC '\(e.mac)' or stage '\(e.stage)'"
+                )
+            }
+            let detail = e.detail.isEmpty ? "site=\(site.site)" : "\(e.detail) site=\(site.site)"
+            events.append(
+                SiteEvent(
+                    id: e.id,
+                    event: TimelineEvent(mac: mac, time: e.time.date, stage: stage, event: e.event, detail: detail)
+                )
+            )
+        }
+        guard
+            let mark = try await store.appendSiteEvents(name: site.site, certificateSerial: site.serial, events: events)
+        else { throw Self.revoked(site) }
+        var r = Farrier_V1_ReportEventsResponse()
+        r.mark = mark
+        return r
+    }
+
     public func heartbeat(
         request: Farrier_V1_HeartbeatRequest,
         context: ServerContext

@@ -10,6 +10,8 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import ServiceLifecycle
+import SwiftProtobuf
+import Synchronization
 import TFTPServer
 import UnixSignals
 
@@ -27,6 +29,8 @@ public struct SiteBoot: Sendable {
     public let services: [any Service]
     /// The site's leases and timeline (events wait here for the region).
     public let store: SQLiteStore
+    /// Records the boot timeline; the site's machines are marked known as their list comes.
+    public let recorder: TimelineRecorder
 
     /// `c` supplies the boot settings (dhcp.*, tftp.*, http.listen, ipxe.source); its data
     /// directory is the site's.
@@ -43,10 +47,11 @@ public struct SiteBoot: Sendable {
         logger: Logger
     ) async throws {
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
-        store = try SQLiteStore(path: c.dataDir + "/site.sqlite")
+        // Events wait here until the region has them: keep many, not the region's 500 a machine.
+        store = try SQLiteStore(path: c.dataDir + "/site.sqlite", timelineLimit: 100_000)
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
         if agent != nil { reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger) }
-        let recorder = TimelineRecorder(
+        recorder = TimelineRecorder(
             store: store,
             // Machines DHCP saw network-booting here: the region's list is not the site's
             // table, and a timeline needs a row to hang on.
@@ -74,7 +79,7 @@ public struct SiteBoot: Sendable {
             recorder: recorder,
             addressBook: addressBook,
             bootRoot: BootRoot(path: c.tftpRoot),
-            metrics: { renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }
+            metrics: { [recorder] in renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }
         )
         deps.siteBoot = machine
         var services: [any Service] = []
@@ -178,6 +183,56 @@ public struct LinkAgentBackend: AgentBackend {
             return false
         }
     }
+}
+
+/// Delivers the site's boot timeline (DHCP, TFTP, HTTP events in `site.sqlite`) to the region
+/// over the link, oldest first, each once: the region keeps the highest number it has and
+/// skips what it has, so what a lost answer makes the site send again is not doubled. Events
+/// wait in the site's database while the region is away.
+public final class SiteEventCourier: Sendable {
+    let store: SQLiteStore
+    let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    /// The region's mark as last answered; nil before the first answer.
+    let mark: Mutex<Int64?> = Mutex(nil)
+    static let batch = 500
+
+    public init(store: SQLiteStore, link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) {
+        self.store = store
+        self.link = link
+    }
+
+    func send(_ events: [SiteEvent], options: CallOptions) async throws -> Int64 {
+        var request = Farrier_V1_ReportEventsRequest()
+        request.events = events.map { e in
+            var v = Farrier_V1_SiteTimelineEvent()
+            v.id = e.id
+            v.mac = e.event.mac.description
+            v.time = Google_Protobuf_Timestamp(date: e.event.time)
+            v.stage = e.event.stage.rawValue
+            v.event = e.event.event
+            v.detail = e.event.detail
+            return v
+        }
+        let mark = try await link.reportEvents(request, options: options).mark
+        self.mark.withLock { $0 = mark }
+        return mark
+    }
+
+    /// Sends what the region does not have yet, in batches; returns how many events wait after.
+    public func deliver(options: CallOptions) async throws -> Int64 {
+        var current: Int64
+        if let known = mark.withLock({ $0 }) { current = known } else { current = try await send([], options: options) }
+        while true {
+            let events = try await store.timelineEvents(after: current, limit: Self.batch)
+            guard !events.isEmpty else { break }
+            current = try await send(events, options: options)
+            if events.count < Self.batch { break }
+        }
+        return try await store.timelineCount(after: current)
+    }
+
+    /// Events waiting for the region, as far as the site knows (all of them before its first answer).
+    public func depth() async -> Int64 { (try? await store.timelineCount(after: mark.withLock { $0 } ?? 0)) ?? 0 }
 }
 
 /// Runs `work` beside `services` until either ends, SIGTERM or SIGINT: a failure of either

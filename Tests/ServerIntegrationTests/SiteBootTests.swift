@@ -135,6 +135,30 @@ struct SiteBootTests {
         let status = try h.run([Harness.farrierBinary, "site", "status", "--data-dir", dir, "-o", "json"]).stdout
         let view = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
         #expect((view["link"] as? [String: Any])?["state"] as? String == "down", "\(status)")
+        // What happened meanwhile waits at the site, counted.
+        func queued() throws -> Int? {
+            let out = try h.run([Harness.farrierBinary, "site", "status", "--data-dir", dir, "-o", "json"]).stdout
+            let view = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+            return (view?["link"] as? [String: Any])?["queueDepth"] as? Int
+        }
+        try h.waitUntil("the site to count its queue", timeout: 20) { (try queued() ?? 0) > 0 }
+
+        // The region comes back: the site's timeline reaches it, each event once, in order.
+        try h.startFarrier(namespace: s, flags: ["--site-listen", "127.0.0.1:7800"], log: "region-2.log")
+        try h.waitUntil("the site to deliver its queue", timeout: 30, interval: 0.2) { try queued() == 0 }
+        func timeline(_ db: String) throws -> [String] {
+            let script = """
+                import sqlite3,sys
+                c=sqlite3.connect(sys.argv[1])
+                for s,e,d in c.execute("select stage,event,detail from timelineEvent where mac=? order by id", (sys.argv[2],)):
+                    print(s, e, d.replace(" site=site-a", "").replace("site=site-a", ""), sep="|")
+                """
+            return try h.run(["python3", "-c", script, db, Self.mac]).stdout.split(separator: "\n").map(String.init)
+        }
+        let atSite = try timeline(dir + "/site.sqlite")
+        let atRegion = try timeline(h.directory + "/data/farrier.sqlite")
+        #expect(atSite.count >= 6 && atSite.contains { $0.hasPrefix("dhcp|ACK") }, "\(atSite)")
+        #expect(atRegion == atSite, "site: \(atSite)\nregion: \(atRegion)")
         site.terminate()
         try h.waitUntil("the site agent to stop at SIGTERM", timeout: 20) { !site.isRunning }
     }

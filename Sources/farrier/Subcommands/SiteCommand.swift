@@ -281,6 +281,21 @@ struct SiteCommand: AsyncParsableCommand {
                         origin: origin
                     )
                 } catch { throw CLIError("opening the cache in \(dataDir)/cache: \(error)") }
+                var siteBoot: SiteBoot?
+                if let bootConfiguration {
+                    do {
+                        siteBoot = try await SiteBoot(
+                            configuration: bootConfiguration,
+                            machine: { machines.entry($0) },
+                            agent: LinkAgentBackend(link: link, logger: logger),
+                            images: CacheImageSource(cache: cache),
+                            logger: logger
+                        )
+                    } catch { throw CLIError("boot services: \(error)") }
+                    logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
+                }
+                let courier = siteBoot.map { SiteEventCourier(store: $0.store, link: link) }
+                let recorder = siteBoot?.recorder
                 let calls: @Sendable () async throws -> Void = {
                     try await Self.callIn(
                         link: link,
@@ -294,21 +309,12 @@ struct SiteCommand: AsyncParsableCommand {
                         syncImage: syncImage,
                         status: status,
                         machines: machines,
+                        courier: courier,
+                        recorder: recorder,
                         logger: logger
                     )
                 }
-                guard let bootConfiguration else { return try await calls() }
-                let siteBoot: SiteBoot
-                do {
-                    siteBoot = try await SiteBoot(
-                        configuration: bootConfiguration,
-                        machine: { machines.entry($0) },
-                        agent: LinkAgentBackend(link: link, logger: logger),
-                        images: CacheImageSource(cache: cache),
-                        logger: logger
-                    )
-                } catch { throw CLIError("boot services: \(error)") }
-                logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
+                guard let siteBoot else { return try await calls() }
                 try await runServices(siteBoot.services, alongside: calls, logger: logger)
             }
         }
@@ -327,8 +333,12 @@ struct SiteCommand: AsyncParsableCommand {
             syncImage: Set<String>,
             status: LinkStatusFile,
             machines: SiteMachinesFile,
+            courier: SiteEventCourier?,
+            recorder: TimelineRecorder?,
             logger: Logger
         ) async throws {
+            // The site's machines' DHCP traffic goes on their timelines too (not only network boots).
+            for mac in machines.macs { recorder?.markKnown(mac) }
             do {
                 let prefetcher = Prefetcher(cache: cache, origin: origin, logger: logger)
                 var up: Bool? = nil
@@ -338,6 +348,7 @@ struct SiteCommand: AsyncParsableCommand {
                     request.cachedFiles = Int64(cached.count)
                     request.cachedBytes = cached.reduce(0) { $0 + $1.size }
                     request.version = farrierVersion
+                    request.queueDepth = await courier?.depth() ?? 0
                     var options = CallOptions.defaults
                     options.timeout = .seconds(10)
                     /// A refusal ends the run: the certificate will not be accepted again.
@@ -366,7 +377,7 @@ struct SiteCommand: AsyncParsableCommand {
                             logger.warning("link down", metadata: ["region": "\(region)", "error": "\(error)"])
                         }
                         up = false
-                        status.record(up: false, error: "\(error)")
+                        status.record(up: false, error: "\(error)", queueDepth: await courier?.depth())
                         if once {
                             throw CLIError("the region at \(region) did not answer: \(error)", code: .unavailable)
                         }
@@ -377,6 +388,7 @@ struct SiteCommand: AsyncParsableCommand {
                         do {
                             let list = try await link.siteMachines(Farrier_V1_SiteMachinesRequest(), options: options)
                             try machines.record(list)
+                            for mac in machines.macs { recorder?.markKnown(mac) }
                             // What to keep cached: its machines' images first, then those named.
                             let sizes = Dictionary(
                                 list.images.map { ($0.sha256, $0.size) },
@@ -403,6 +415,18 @@ struct SiteCommand: AsyncParsableCommand {
                         } catch {
                             logger.warning("listing the site's machines failed", metadata: ["error": "\(error)"])
                             if once { throw CLIError("listing the site's machines: \(error)") }
+                        }
+                        // The boot timeline the region has not had yet, in order, once.
+                        if let courier {
+                            do {
+                                let depth = try await courier.deliver(options: options)
+                                status.record(up: true, error: nil, queueDepth: depth)
+                            } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
+                                throw refused(e)
+                            } catch {
+                                logger.warning("delivering events failed", metadata: ["error": "\(error)"])
+                                status.record(up: true, error: nil, queueDepth: await courier.depth())
+                            }
                         }
                         if once {
                             let failed = await pulling?.value ?? 0
@@ -484,6 +508,7 @@ struct SiteCommand: AsyncParsableCommand {
                         + (l.lastContact.map { ", last answer \(iso($0))" } ?? ", never answered")
                 )
                 if let e = l.lastError { lines.append("last error:   \(e)") }
+                if let q = l.queueDepth { lines.append("queue:        \(q) events for the region") }
             } else {
                 lines.append("link:         never run (farrier site run --region HOST:PORT)")
             }
@@ -627,6 +652,8 @@ final class SiteMachinesFile: Sendable {
 
     func entry(_ mac: MACAddress) -> SiteBootEntry? { last.withLock { $0?.boot[mac] } }
 
+    var macs: [MACAddress] { last.withLock { $0.map { Array($0.boot.keys) } ?? [] } }
+
     static func index(_ list: [SiteMachines.Machine]) -> [MACAddress: SiteBootEntry] {
         var boot: [MACAddress: SiteBootEntry] = [:]
         for m in list {
@@ -690,6 +717,8 @@ struct LinkStatus: Codable {
     /// The region's last answer.
     var lastContact: Date?
     var lastError: String?
+    /// Boot timeline events waiting for the region (with --boot), as of the last delivery.
+    var queueDepth: Int64?
 }
 
 /// DATA-DIR/link.json, replaced whole at each change of state and at each answer.
@@ -702,9 +731,10 @@ final class LinkStatusFile: Sendable {
         state = Mutex(LinkStatus(site: site, region: region, state: "down", since: Date()))
     }
 
-    func record(up: Bool, error: String?) {
+    func record(up: Bool, error: String?, queueDepth: Int64? = nil) {
         let now = Date()
         let snapshot = state.withLock { s -> LinkStatus in
+            if let queueDepth { s.queueDepth = queueDepth }
             let new = up ? "up" : "down"
             if s.state != new || (s.lastContact == nil && up) { s.since = now }
             s.state = new

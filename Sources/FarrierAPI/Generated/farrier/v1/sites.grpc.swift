@@ -1069,13 +1069,27 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReportEvents" metadata.
+        public enum ReportEvents: Sendable {
+            /// Request type for "ReportEvents".
+            public typealias Input = Farrier_V1_ReportEventsRequest
+            /// Response type for "ReportEvents".
+            public typealias Output = Farrier_V1_ReportEventsResponse
+            /// Descriptor for "ReportEvents".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "ReportEvents",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Heartbeat.descriptor,
             SiteMachines.descriptor,
             FetchFile.descriptor,
             AgentCall.descriptor,
-            ImageAccess.descriptor
+            ImageAccess.descriptor,
+            ReportEvents.descriptor
         ]
     }
 }
@@ -1204,6 +1218,27 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_ImageAccessRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ImageAccessResponse>
+
+        /// Handle the "ReportEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boot timeline events the site recorded (DHCP, TFTP, HTTP), with the site's own increasing
+        /// > numbers, oldest first. The region appends each once, in order, for the site's own machines,
+        /// > and answers the highest number it has: the site sends what follows. An empty request asks
+        /// > for that number.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ReportEventsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_ReportEventsResponse` messages.
+        func reportEvents(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ReportEventsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ReportEventsResponse>
     }
 
     /// Service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1316,6 +1351,27 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.ServerRequest<Farrier_V1_ImageAccessRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ImageAccessResponse>
+
+        /// Handle the "ReportEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boot timeline events the site recorded (DHCP, TFTP, HTTP), with the site's own increasing
+        /// > numbers, oldest first. The region appends each once, in order, for the site's own machines,
+        /// > and answers the highest number it has: the site sends what follows. An empty request asks
+        /// > for that number.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReportEventsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_ReportEventsResponse` message.
+        func reportEvents(
+            request: GRPCCore.ServerRequest<Farrier_V1_ReportEventsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ReportEventsResponse>
     }
 
     /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1427,6 +1483,27 @@ extension Farrier_V1_SiteLinkService {
             request: Farrier_V1_ImageAccessRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_ImageAccessResponse
+
+        /// Handle the "ReportEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boot timeline events the site recorded (DHCP, TFTP, HTTP), with the site's own increasing
+        /// > numbers, oldest first. The region appends each once, in order, for the site's own machines,
+        /// > and answers the highest number it has: the site sends what follows. An empty request asks
+        /// > for that number.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_ReportEventsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_ReportEventsResponse` to respond with.
+        func reportEvents(
+            request: Farrier_V1_ReportEventsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_ReportEventsResponse
     }
 }
 
@@ -1489,6 +1566,17 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.ReportEvents.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReportEventsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReportEventsResponse>(),
+            handler: { request, context in
+                try await self.reportEvents(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -1544,6 +1632,17 @@ extension Farrier_V1_SiteLinkService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ImageAccessResponse> {
         let response = try await self.imageAccess(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func reportEvents(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_ReportEventsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ReportEventsResponse> {
+        let response = try await self.reportEvents(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1616,6 +1715,19 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ImageAccessResponse> {
         return GRPCCore.ServerResponse<Farrier_V1_ImageAccessResponse>(
             message: try await self.imageAccess(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func reportEvents(
+        request: GRPCCore.ServerRequest<Farrier_V1_ReportEventsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ReportEventsResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_ReportEventsResponse>(
+            message: try await self.reportEvents(
                 request: request.message,
                 context: context
             ),
@@ -1759,6 +1871,32 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ImageAccessResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ImageAccessResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReportEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boot timeline events the site recorded (DHCP, TFTP, HTTP), with the site's own increasing
+        /// > numbers, oldest first. The region appends each once, in order, for the site's own machines,
+        /// > and answers the highest number it has: the site sends what follows. An empty request asks
+        /// > for that number.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReportEventsRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ReportEventsRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ReportEventsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func reportEvents<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ReportEventsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ReportEventsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ReportEventsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportEventsResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1958,6 +2096,43 @@ extension Farrier_V1_SiteLinkService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ReportEvents" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Boot timeline events the site recorded (DHCP, TFTP, HTTP), with the site's own increasing
+        /// > numbers, oldest first. The region appends each once, in order, for the site's own machines,
+        /// > and answers the highest number it has: the site sends what follows. An empty request asks
+        /// > for that number.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReportEventsRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ReportEventsRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ReportEventsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func reportEvents<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ReportEventsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ReportEventsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ReportEventsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportEventsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.ReportEvents.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2107,6 +2282,38 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ImageAccessRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ImageAccessResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportEvents" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Boot timeline events the site recorded (DHCP, TFTP, HTTP), with the site's own increasing
+    /// > numbers, oldest first. The region appends each once, in order, for the site's own machines,
+    /// > and answers the highest number it has: the site sends what follows. An empty request asks
+    /// > for that number.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_ReportEventsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportEvents<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_ReportEventsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportEventsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.reportEvents(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReportEventsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReportEventsResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2278,6 +2485,42 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             metadata: metadata
         )
         return try await self.imageAccess(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportEvents" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Boot timeline events the site recorded (DHCP, TFTP, HTTP), with the site's own increasing
+    /// > numbers, oldest first. The region appends each once, in order, for the site's own machines,
+    /// > and answers the highest number it has: the site sends what follows. An empty request asks
+    /// > for that number.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportEvents<Result>(
+        _ message: Farrier_V1_ReportEventsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportEventsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_ReportEventsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.reportEvents(
             request: request,
             options: options,
             onResponse: handleResponse
