@@ -170,7 +170,7 @@ public struct LinkAgentBackend: AgentBackend {
         _ = try await call("done", peer: peer, token: token, body: result)
     }
 
-    public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async -> Bool {
+    public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async throws -> Bool {
         guard let bearer, let peer else { return false }
         var request = Farrier_V1_ImageAccessRequest()
         request.sha256 = sha256
@@ -178,9 +178,14 @@ public struct LinkAgentBackend: AgentBackend {
         request.token = bearer
         var options = CallOptions.defaults
         options.timeout = .seconds(30)
-        do { return try await link.imageAccess(request, options: options).allowed } catch {
-            logger.warning("image access: the region did not answer", metadata: ["error": "\(error)"])
+        do { return try await link.imageAccess(request, options: options).allowed } catch let e as RPCError
+            where e.code == .permissionDenied || e.code == .invalidArgument
+        {
             return false
+        } catch {
+            // The region away: a 503 the agent retries, not a refusal it takes as final.
+            logger.warning("image access: the region did not answer", metadata: ["error": "\(error)"])
+            throw HTTPError(.serviceUnavailable, message: "the region cannot be reached; try again\n")
         }
     }
 }
@@ -235,8 +240,9 @@ public final class SiteEventCourier: Sendable {
     public func depth() async -> Int64 { (try? await store.timelineCount(after: mark.withLock { $0 } ?? 0)) ?? 0 }
 }
 
-/// Runs `work` beside `services` until either ends, SIGTERM or SIGINT: a failure of either
-/// is thrown, and the other is stopped.
+/// Runs `work` beside `services` until `work` returns (the services are then shut down
+/// gracefully, and this returns), fails (the services are cancelled, and its error thrown), or
+/// SIGTERM or SIGINT comes (`work` is stopped, the services shut down gracefully; this returns).
 public func runServices(
     _ services: [any Service],
     alongside work: @escaping @Sendable () async throws -> Void,
@@ -244,7 +250,9 @@ public func runServices(
 ) async throws {
     let group = ServiceGroup(
         configuration: .init(
-            services: services.map { .init(service: $0) } + [.init(service: Work(body: work))],
+            services: services.map { .init(service: $0) } + [
+                .init(service: Work(body: work), successTerminationBehavior: .gracefullyShutdownGroup)
+            ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         )
@@ -252,8 +260,14 @@ public func runServices(
     try await group.run()
 }
 
-/// A closure as a service that ends with it, and at a graceful shutdown.
+/// A closure as a service that ends with it, and at a graceful shutdown (which cancels it: its
+/// cancellation then is the end asked for, not a failure).
 private struct Work: Service {
     let body: @Sendable () async throws -> Void
-    func run() async throws { try await cancelWhenGracefulShutdown { try await body() } }
+    func run() async throws {
+        do { try await cancelWhenGracefulShutdown { try await body() } } catch {
+            if Task.isShuttingDownGracefully { return }
+            throw error
+        }
+    }
 }

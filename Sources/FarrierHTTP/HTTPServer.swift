@@ -41,7 +41,9 @@ public protocol AgentBackend: Sendable {
     func agentHello(peer: MACAddress?, hello: AgentHello) async throws -> AgentTask
     func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) async throws
     func agentDone(token: String, peer: MACAddress?, result: AgentResult) async throws
-    func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async -> Bool
+    /// False: refused (403). A thrown error answers with its own status (a site whose region
+    /// is away: 503).
+    func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async throws -> Bool
 }
 
 extension Controller: AgentBackend {}
@@ -112,10 +114,10 @@ extension HTTPDependencies {
     }
 
     /// Whether a request for `/images/<name>` may have it (see `Controller.imageAccess`).
-    func imageAllowed(name: String, authorization: String?, remote: SocketAddress?) async -> Bool {
+    func imageAllowed(name: String, authorization: String?, remote: SocketAddress?) async throws -> Bool {
         guard let backend, let h = authorization, h.lowercased().hasPrefix("bearer ") else { return false }
         let bearer = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
-        return await backend.imageAccess(sha256: name, bearer: bearer, peer: peerMAC(remote))
+        return try await backend.imageAccess(sha256: name, bearer: bearer, peer: peerMAC(remote))
     }
 }
 
@@ -204,8 +206,11 @@ public func buildRouter(
                     certificateSHA256: $0.fingerprint
                 )
             }
+            var known = entry
+            // The region has not seen the machine boot: the firmware it asks from now says.
+            if known.firmware == .unknown { known.firmware = client.firmware }
             return ipxe(
-                entry.script(selfURL: selfURL, mac: mac, pollSeconds: configuration.pollSeconds, ramdisk: ramdisk)
+                known.script(selfURL: selfURL, mac: mac, pollSeconds: configuration.pollSeconds, ramdisk: ramdisk)
             )
         }
         guard deps.peerMAC(context.remoteAddress) == mac,
@@ -344,7 +349,7 @@ struct ImageAccessMiddleware: RouterMiddleware {
             )
         }
         let name = String(path.dropFirst("/images/".count))
-        guard await deps.imageAllowed(name: name, authorization: auth, remote: context.remoteAddress) else {
+        guard try await deps.imageAllowed(name: name, authorization: auth, remote: context.remoteAddress) else {
             throw HTTPError(.forbidden, message: "this token does not open this image\n")
         }
         return try await next(request, context)

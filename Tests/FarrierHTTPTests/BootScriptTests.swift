@@ -79,7 +79,7 @@ import Testing
     /// At a site: scripts come from the region's last word on each machine (`siteBoot`), never
     /// from the store, and only to the MAC's leased address.
     @Test(arguments: [
-        (Lifecycle.NextBoot.disk, "boots its local disk"), (.wait, "m1 (deployed)"),
+        (Lifecycle.NextBoot.disk, "boots its local disk"), (.wait, "m1 (deployed); waiting"),
         (.ramdisk, "serves no agent channel"),
         (.rescue, "serves no agent channel"),
     ])

@@ -154,7 +154,10 @@ struct SiteAgentTests {
             )
             as? [String: Any]
         #expect(try image(token: try #require(task?["token"] as? String)) == "403")
+        // An admin token opens images at the region, never at a site.
+        #expect(try image(token: cp.adminToken) == "403")
         site.terminate()
         try h.waitUntil("the site agent to stop", timeout: 20) { !site.isRunning }
+        #expect(site.terminationStatus == 0, "\(h.read("site.log"))")
     }
 }

@@ -161,5 +161,9 @@ struct SiteBootTests {
         #expect(atRegion == atSite, "site: \(atSite)\nregion: \(atRegion)")
         site.terminate()
         try h.waitUntil("the site agent to stop at SIGTERM", timeout: 20) { !site.isRunning }
+        #expect(site.terminationStatus == 0, "\(h.read("site-2.log"))")
+        // Once, with boot services: they start, the region answers, all stop, status 0.
+        let once = try h.run(siteArgs + ["--once"], timeout: 60, check: false)
+        #expect(once.status == 0, "\(once.stderr)")
     }
 }

@@ -113,6 +113,10 @@ region_out=$(($(io "$region" wchar) - region0))
 site_out=$(($(io "$site" wchar) - site0))
 machines_in=$(($(image_bytes) - in0))
 echo "ready=$ready deployed=$deployed of $n"
+if [ "$ready" -lt "$n" ] || [ "$deployed" -lt "$n" ]; then
+    echo "site: not every machine got there (ready $ready, deployed $deployed of $n); no ratio" >&2
+    exit 1
+fi
 python3 - "$n" "$image_mib" "$region_out" "$machines_in" "$site_out" "$seconds" <<'PY'
 import sys
 n, mib, region, machines, site, seconds = sys.argv[1:]

@@ -373,6 +373,8 @@ struct SiteCommand: AsyncParsableCommand {
                     } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
                         throw refused(e)
                     } catch {
+                        // Stopping (SIGTERM): not an outage to record.
+                        if Task.isCancelled { throw CancellationError() }
                         if up != false {
                             logger.warning("link down", metadata: ["region": "\(region)", "error": "\(error)"])
                         }
@@ -680,9 +682,10 @@ final class SiteMachinesFile: Sendable {
             )
         }
         guard last.withLock({ $0?.list != list }) else { return }
-        try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: list))
+        // Booted from at once; a file that cannot be written costs only a restart's memory.
         let boot = Self.index(list)
         last.withLock { $0 = (list, boot) }
+        try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: list))
     }
 
     static func read(_ path: String) -> SiteMachines? { readStateFile(path) }
