@@ -387,24 +387,39 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         guard request.events.count <= 1000 else {
             throw RPCError(code: .invalidArgument, message: "at most 1000 events a call, not \(request.events.count)")
         }
+        guard request.events.allSatisfy({ $0.id > 0 }) else {
+            throw RPCError(code: .invalidArgument, message: "event numbers start at 1")
+        }
+        // An event the region cannot read (a MAC or stage it does not know: a newer site) is
+        // dropped but counted, so the site's queue moves on; text is cut to a bounded size.
         var events: [SiteEvent] = []
         for e in request.events {
             guard let mac = MACAddress(e.mac), let stage = TimelineEvent.Stage(rawValue: e.stage) else {
-                throw RPCError(
-                    code: .invalidArgument,
-                    message: "event \(e.id): bad MAC '\(e.mac)' or stage '\(e.stage)'"
-                )
+                logger.debug("site event dropped", metadata: ["site": "\(site.site)", "event.id": "\(e.id)"])
+                continue
             }
-            let detail = e.detail.isEmpty ? "site=\(site.site)" : "\(e.detail) site=\(site.site)"
+            let detail = String(e.detail.prefix(SiteEvent.maxDetail))
             events.append(
                 SiteEvent(
                     id: e.id,
-                    event: TimelineEvent(mac: mac, time: e.time.date, stage: stage, event: e.event, detail: detail)
+                    event: TimelineEvent(
+                        mac: mac,
+                        time: e.time.date,
+                        stage: stage,
+                        event: String(e.event.prefix(SiteEvent.maxEvent)),
+                        detail: detail.isEmpty ? "site=\(site.site)" : "\(detail) site=\(site.site)"
+                    )
                 )
             )
         }
         guard
-            let mark = try await store.appendSiteEvents(name: site.site, certificateSerial: site.serial, events: events)
+            let mark = try await store.appendSiteEvents(
+                name: site.site,
+                certificateSerial: site.serial,
+                after: request.after,
+                events: events,
+                through: request.events.map(\.id).max() ?? 0
+            )
         else { throw Self.revoked(site) }
         var r = Farrier_V1_ReportEventsResponse()
         r.mark = mark

@@ -12,6 +12,7 @@ import Logging
 import ServiceLifecycle
 import SwiftProtobuf
 import Synchronization
+import SystemSupport
 import TFTPServer
 import UnixSignals
 
@@ -197,46 +198,76 @@ public struct LinkAgentBackend: AgentBackend {
 public final class SiteEventCourier: Sendable {
     let store: SQLiteStore
     let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
-    /// The region's mark as last answered; nil before the first answer.
-    let mark: Mutex<Int64?> = Mutex(nil)
+    /// The region's mark as last answered, kept in `markFile` across restarts; nil before any.
+    let mark: Mutex<Int64?>
+    let markFile: String
     static let batch = 500
+    /// Batches in one delivery at most (100 000 events); the rest go at the next call.
+    static let maxBatches = 200
 
-    public init(store: SQLiteStore, link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) {
+    struct Mark: Codable { var mark: Int64 }
+
+    public init(
+        store: SQLiteStore,
+        link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        markFile: String
+    ) {
         self.store = store
         self.link = link
+        self.markFile = markFile
+        let saved: Mark? = readStateFile(markFile)
+        mark = Mutex(saved?.mark)
     }
 
-    func send(_ events: [SiteEvent], options: CallOptions) async throws -> Int64 {
+    /// Sends `events` (oldest first) as following `after`; returns the region's mark.
+    func send(_ events: [SiteEvent], after: Int64, options: CallOptions) async throws -> Int64 {
         var request = Farrier_V1_ReportEventsRequest()
+        request.after = after
         request.events = events.map { e in
             var v = Farrier_V1_SiteTimelineEvent()
             v.id = e.id
             v.mac = e.event.mac.description
             v.time = Google_Protobuf_Timestamp(date: e.event.time)
             v.stage = e.event.stage.rawValue
-            v.event = e.event.event
-            v.detail = e.event.detail
+            v.event = String(e.event.event.prefix(SiteEvent.maxEvent))
+            v.detail = String(e.event.detail.prefix(SiteEvent.maxDetail))
             return v
         }
         let mark = try await link.reportEvents(request, options: options).mark
-        self.mark.withLock { $0 = mark }
+        let changed = self.mark.withLock { old -> Bool in
+            defer { old = mark }
+            return old != mark
+        }
+        if changed { try? writeStateFile(markFile, Mark(mark: mark)) }
         return mark
     }
 
-    /// Sends what the region does not have yet, in batches; returns how many events wait after.
+    /// Sends what the region does not have yet, in batches, each as following the region's
+    /// mark: when the region's mark is not the one the site believed (its answer was lost, or
+    /// the region went back to an older backup), the region appends nothing and the site goes
+    /// on from the region's mark. Returns how many events wait after.
     public func deliver(options: CallOptions) async throws -> Int64 {
         var current: Int64
-        if let known = mark.withLock({ $0 }) { current = known } else { current = try await send([], options: options) }
-        while true {
+        if let known = mark.withLock({ $0 }) {
+            current = known
+        } else {
+            current = try await send([], after: 0, options: options)
+        }
+        for _ in 0..<Self.maxBatches {
             let events = try await store.timelineEvents(after: current, limit: Self.batch)
-            guard !events.isEmpty else { break }
-            current = try await send(events, options: options)
-            if events.count < Self.batch { break }
+            guard let last = events.last else { break }
+            let answered = try await send(events, after: current, options: options)
+            // Appended: go on after them. Not: the region's mark was another; go on from it.
+            let moved = answered != current
+            current = answered
+            if moved && answered == last.id && events.count < Self.batch { break }
+            if !moved { break }  // nothing appended and the same mark: it will not change now
         }
         return try await store.timelineCount(after: current)
     }
 
-    /// Events waiting for the region, as far as the site knows (all of them before its first answer).
+    /// Events waiting for the region, as far as the site knows (all of them before its first
+    /// answer ever).
     public func depth() async -> Int64 { (try? await store.timelineCount(after: mark.withLock { $0 } ?? 0)) ?? 0 }
 }
 

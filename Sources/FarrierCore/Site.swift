@@ -99,18 +99,30 @@ public protocol SiteStore: Sendable {
     /// site, or one joined again since with another key, is refused.
     func recordSiteLink(name: String, certificateSerial: String, link: SiteLink) async throws -> Bool
     /// Appends boot timeline events site `name` recorded, once and in order. Each carries the
-    /// site's own increasing number: those at or below the site's delivery mark (sent again
-    /// after a lost answer) are skipped, those for a MAC that is none of the site's machines are
-    /// dropped (a site speaks only for its own), the rest are appended, and the mark moves to the
-    /// highest number given, all in one transaction. Nil, with nothing written, unless
-    /// `certificateSerial` is the site's current certificate; else the mark after.
-    func appendSiteEvents(name: String, certificateSerial: String, events: [SiteEvent]) async throws -> Int64?
+    /// site's own increasing number, and the site says which mark it believes the region has
+    /// (`after`): unless that is the site's mark, nothing is written (the site sends again from
+    /// the mark returned, so a gap is filled, never skipped). Events at or below the mark are
+    /// skipped (sent again after a lost answer); those for a MAC that is none of the site's
+    /// machines are dropped (a site speaks only for its own); the rest are appended, and the
+    /// mark moves to `through` (at least every number given: events the caller could not read
+    /// count too), all in one transaction. Nil, with nothing written, unless `certificateSerial`
+    /// is the site's current certificate; else the mark after.
+    func appendSiteEvents(
+        name: String,
+        certificateSerial: String,
+        after: Int64,
+        events: [SiteEvent],
+        through: Int64
+    ) async throws -> Int64?
 }
 
 /// A boot timeline event as a site recorded it, with the site's own number for it.
 public struct SiteEvent: Sendable, Hashable {
     public var id: Int64
     public var event: TimelineEvent
+    /// The longest event and detail texts a site sends and a region keeps (characters).
+    public static let maxEvent = 128
+    public static let maxDetail = 1024
 
     public init(id: Int64, event: TimelineEvent) {
         self.id = id

@@ -899,7 +899,13 @@ extension PostgresStore {
         }
     }
 
-    public func appendSiteEvents(name: String, certificateSerial: String, events: [SiteEvent]) async throws -> Int64? {
+    public func appendSiteEvents(
+        name: String,
+        certificateSerial: String,
+        after: Int64,
+        events: [SiteEvent],
+        through: Int64
+    ) async throws -> Int64? {
         try await transaction { [self] conn in
             var mark: Int64?
             let rows = try await conn.query(
@@ -912,13 +918,18 @@ extension PostgresStore {
             for try await m in rows.decode(Int64.self) { mark = m }
             guard let mark else { return nil }
             let fresh = events.filter { $0.id > mark }.sorted { $0.id < $1.id }
-            guard let last = fresh.last else { return mark }
+            let next = max(through, fresh.last?.id ?? 0)
+            guard after == mark, next > mark else { return mark }
             var macs = Set<String>()
-            let machines = try await conn.query("SELECT mac FROM machine WHERE site = \(name)", logger: logger)
+            // FOR SHARE: a machine deleted meanwhile does not keep a timeline.
+            let machines = try await conn.query(
+                "SELECT mac FROM machine WHERE site = \(name) FOR SHARE",
+                logger: logger
+            )
             for try await mac in machines.decode(String.self) { macs.insert(mac) }
             try await insertTimeline(conn, fresh.map(\.event).filter { macs.contains($0.mac.description) })
-            try await conn.query("UPDATE site SET event_mark = \(last.id) WHERE name = \(name)", logger: logger)
-            return last.id
+            try await conn.query("UPDATE site SET event_mark = \(next) WHERE name = \(name)", logger: logger)
+            return next
         }
     }
 

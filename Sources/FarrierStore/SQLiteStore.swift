@@ -980,7 +980,13 @@ extension SQLiteStore {
         }
     }
 
-    public func appendSiteEvents(name: String, certificateSerial: String, events: [SiteEvent]) async throws -> Int64? {
+    public func appendSiteEvents(
+        name: String,
+        certificateSerial: String,
+        after: Int64,
+        events: [SiteEvent],
+        through: Int64
+    ) async throws -> Int64? {
         try await writing { [timelineLimit] db in
             guard
                 let mark = try Int64.fetchOne(
@@ -990,15 +996,16 @@ extension SQLiteStore {
                 )
             else { return nil }
             let fresh = events.filter { $0.id > mark }.sorted { $0.id < $1.id }
-            guard let last = fresh.last else { return mark }
+            let next = max(through, fresh.last?.id ?? 0)
+            guard after == mark, next > mark else { return mark }
             let macs = Set(try String.fetchAll(db, sql: "SELECT mac FROM machine WHERE site = ?", arguments: [name]))
             try Self.insertTimeline(
                 db,
                 fresh.map(\.event).filter { macs.contains($0.mac.description) },
                 limit: timelineLimit
             )
-            try db.execute(sql: "UPDATE site SET eventMark = ? WHERE name = ?", arguments: [last.id, name])
-            return last.id
+            try db.execute(sql: "UPDATE site SET eventMark = ? WHERE name = ?", arguments: [next, name])
+            return next
         }
     }
 

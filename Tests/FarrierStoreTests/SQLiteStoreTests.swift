@@ -684,13 +684,15 @@ import Testing
         }
     }
 
-    /// A site's events are appended once and in order, only for its own machines, and only
-    /// under its current certificate, whatever is sent again.
+    /// A site's events are appended once and in order, only for its own machines, only under
+    /// its current certificate, and only after the mark the site believes the region has.
     @Test(arguments: StoreKind.allCases) func siteEventsOnceInOrder(_ kind: StoreKind) async throws {
         try await withStore(kind) { under in
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
-            try await s.createSite(Site(name: "site-1", created: t, joinTokenSHA256: "aa"))
+            for (site, token) in [("site-1", "aa"), ("site-2", "bb")] {
+                try await s.createSite(Site(name: site, created: t, joinTokenSHA256: token))
+            }
             #expect(
                 try await s.completeJoin(
                     name: "site-1",
@@ -701,8 +703,9 @@ import Testing
                 )
             )
             let mine = MACAddress([0x52, 0x54, 0, 8, 1, 1])
-            let other = MACAddress([0x52, 0x54, 0, 8, 1, 2])
-            for (name, mac, site) in [("m1", mine, "site-1"), ("m2", other, nil)] {
+            let none = MACAddress([0x52, 0x54, 0, 8, 1, 2])
+            let theirs = MACAddress([0x52, 0x54, 0, 8, 1, 3])
+            for (name, mac, site) in [("m1", mine, "site-1"), ("m2", none, nil), ("m3", theirs, "site-2")] {
                 let m = try await s.enroll(
                     name: name,
                     mac: mac,
@@ -726,22 +729,58 @@ import Testing
                     )
                 )
             }
-            let first = [event(1, mine), event(2, other), event(3, mine)]
-            #expect(try await s.appendSiteEvents(name: "site-1", certificateSerial: "0b", events: first) == nil)
-            #expect(try await s.appendSiteEvents(name: "site-9", certificateSerial: "0a", events: first) == nil)
+            func append(
+                _ events: [SiteEvent],
+                after: Int64,
+                serial: String = "0a",
+                site: String = "site-1"
+            )
+                async throws -> Int64?
+            {
+                try await s.appendSiteEvents(
+                    name: site,
+                    certificateSerial: serial,
+                    after: after,
+                    events: events,
+                    through: events.map(\.id).max() ?? 0
+                )
+            }
+            let first = [event(1, mine), event(2, none), event(3, mine), event(4, theirs)]
+            #expect(try await append(first, after: 0, serial: "0b") == nil)
+            #expect(try await append(first, after: 0, site: "site-9") == nil)
             #expect(try await s.timeline(mac: mine, limit: 10).isEmpty)
-            #expect(try await s.appendSiteEvents(name: "site-1", certificateSerial: "0a", events: []) == 0)
-            #expect(try await s.appendSiteEvents(name: "site-1", certificateSerial: "0a", events: first) == 3)
-            // Sent again (a lost answer) with one more: only the new one is appended.
+            #expect(try await append([], after: 0) == 0)
+            // Sent as following a mark the region does not have: nothing is written.
+            #expect(try await append(first, after: 2) == 0)
+            #expect(try await s.timeline(mac: mine, limit: 10).isEmpty)
+            #expect(try await append(first, after: 0) == 4)
+            // Sent again (a lost answer) with one more: the mark is 4, not 0; nothing is written.
+            #expect(try await append(first + [event(5, mine)], after: 0) == 4)
+            #expect(try await append(first + [event(5, mine)], after: 4) == 5)
+            // Numbers the caller could not read still move the mark (`through`).
             #expect(
-                try await s.appendSiteEvents(name: "site-1", certificateSerial: "0a", events: first + [event(4, mine)])
-                    == 4
+                try await s.appendSiteEvents(
+                    name: "site-1",
+                    certificateSerial: "0a",
+                    after: 5,
+                    events: [event(6, mine)],
+                    through: 8
+                ) == 8
             )
             let got = try await s.timeline(mac: mine, limit: 10)
-            #expect(got.map(\.event) == ["ACK 1", "ACK 3", "ACK 4"], "\(got)")
-            // Another site's machine, or none's, gets nothing from this site.
-            #expect(try await s.timeline(mac: other, limit: 10).isEmpty)
-            #expect(try await under.reopen().appendSiteEvents(name: "site-1", certificateSerial: "0a", events: []) == 4)
+            #expect(got.map(\.event) == ["ACK 1", "ACK 3", "ACK 5", "ACK 6"], "\(got)")
+            // No site's machine, and another site's, get nothing from this site.
+            #expect(try await s.timeline(mac: none, limit: 10).isEmpty)
+            #expect(try await s.timeline(mac: theirs, limit: 10).isEmpty)
+            #expect(
+                try await under.reopen().appendSiteEvents(
+                    name: "site-1",
+                    certificateSerial: "0a",
+                    after: 0,
+                    events: [],
+                    through: 0
+                ) == 8
+            )
         }
     }
 

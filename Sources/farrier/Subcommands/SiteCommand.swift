@@ -294,7 +294,9 @@ struct SiteCommand: AsyncParsableCommand {
                     } catch { throw CLIError("boot services: \(error)") }
                     logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
                 }
-                let courier = siteBoot.map { SiteEventCourier(store: $0.store, link: link) }
+                let courier = siteBoot.map {
+                    SiteEventCourier(store: $0.store, link: link, markFile: dataDir + "/events-mark.json")
+                }
                 let recorder = siteBoot?.recorder
                 let calls: @Sendable () async throws -> Void = {
                     try await Self.callIn(
@@ -689,23 +691,6 @@ final class SiteMachinesFile: Sendable {
     }
 
     static func read(_ path: String) -> SiteMachines? { readStateFile(path) }
-}
-
-/// The site's state files (link.json, machines.json): JSON with ISO 8601 dates, replaced whole
-/// and synced, so a reader sees the old file or the new one.
-func writeStateFile(_ path: String, _ value: some Encodable) throws {
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    e.dateEncodingStrategy = .iso8601
-    try SecretFile.replace(path, Array(try e.encode(value)) + [0x0a], mode: 0o644)
-}
-
-/// A state file `writeStateFile` wrote; nil when it is missing or unreadable.
-func readStateFile<T: Decodable>(_ path: String) -> T? {
-    guard let data = FileManager.default.contents(atPath: path) else { return nil }
-    let d = JSONDecoder()
-    d.dateDecodingStrategy = .iso8601
-    return try? d.decode(T.self, from: data)
 }
 
 /// What `farrier site run` last knew of its link, for `farrier site status`.

@@ -66,8 +66,13 @@ public nonisolated struct Farrier_V1_ReportEventsRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// At most 1000.
+  /// At most 1000, numbered above 0, oldest first.
   public var events: [Farrier_V1_SiteTimelineEvent] = []
+
+  /// The mark the site believes the region has. When it is not the region's, nothing is
+  /// appended and the answer carries the region's mark, from which the site sends again: a
+  /// gap (a region restored from an older backup) is filled, not skipped.
+  public var after: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -79,6 +84,8 @@ public nonisolated struct Farrier_V1_ReportEventsResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// The highest event number the region has from the site (every event up to it is appended,
+  /// or was dropped as another site's, or unreadable).
   public var mark: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -593,7 +600,7 @@ nonisolated extension Farrier_V1_SiteTimelineEvent: SwiftProtobuf.Message, Swift
 
 nonisolated extension Farrier_V1_ReportEventsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportEventsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0\u{1}after\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -602,6 +609,7 @@ nonisolated extension Farrier_V1_ReportEventsRequest: SwiftProtobuf.Message, Swi
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.after) }()
       default: break
       }
     }
@@ -611,11 +619,15 @@ nonisolated extension Farrier_V1_ReportEventsRequest: SwiftProtobuf.Message, Swi
     if !self.events.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 1)
     }
+    if self.after != 0 {
+      try visitor.visitSingularInt64Field(value: self.after, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Farrier_V1_ReportEventsRequest, rhs: Farrier_V1_ReportEventsRequest) -> Bool {
     if lhs.events != rhs.events {return false}
+    if lhs.after != rhs.after {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
