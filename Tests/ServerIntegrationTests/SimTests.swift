@@ -49,7 +49,8 @@ struct SimTests {
             h.cleanup()
         }
         let url = try pg.createDatabase("farrier")
-        let base = Int.random(in: 300..<390) * 100
+        // Below Linux's ephemeral ports (32768 and up), which outgoing connections may hold.
+        let base = Int.random(in: 200..<260) * 100
         let (grpcA, grpcB, httpA, redfish) = ("127.0.0.1:\(base)", "127.0.0.1:\(base + 1)", base + 2, base + 10)
         let (sim, config, enroll, password) = try Self.startSim(
             h,
@@ -166,7 +167,7 @@ struct SimTests {
     @Test func aMembersReleaseWaitEndsInSuccess() throws {
         let h = try Harness("sim-member")
         defer { h.cleanup() }
-        let base = Int.random(in: 400..<490) * 100
+        let base = Int.random(in: 260..<320) * 100
         let (grpc, http, redfish) = ("127.0.0.1:\(base)", base + 2, base + 10)
         let (sim, config, enroll, password) = try Self.startSim(
             h,
