@@ -82,23 +82,14 @@ public struct FarrierServer: Sendable {
                 }
             }
         )
-        let addressBook = AddressBook()
-        // A reservation is where its machine is, whoever hands out the address (Farrier's DHCP in
-        // full mode; in proxy mode or with DHCP off, the operator vouches for it).
-        for r in c.dhcp.reservations { addressBook.record(r.address, r.mac) }
-        var tftpConfig = c.tftp
-        tftpConfig.root = c.tftpRoot
-        let (_, httpPort) = try splitHostPort(c.http.listen)
-        dhcp = try DHCPService(
-            configuration: c.dhcp,
-            httpPort: httpPort,
+        let addressBook: AddressBook
+        (addressBook, dhcp, tftp) = try makeBootPath(
+            c,
             store: store,
             recorder: recorder,
-            addressBook: addressBook,
             fence: (store as? PostgresStore)?.dhcpFence(),
             logger: logger
         )
-        tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
         let (vault, agentTLS, siteAuthority) = try Self.loadKeys(c)
         bmcPool = BMCPool(vault: vault)
@@ -222,6 +213,35 @@ public struct FarrierServer: Sendable {
         (store as? PostgresStore)?.close()
         try result.get()
     }
+}
+
+/// The boot path's address book (reservations recorded), DHCP and TFTP, from the configuration:
+/// the region's and a site's alike.
+func makeBootPath(
+    _ c: ServerConfiguration,
+    store: any MachineStore & LeaseStore,
+    recorder: TimelineRecorder,
+    fence: (any DHCPFence)? = nil,
+    logger: Logger
+) throws -> (AddressBook, DHCPService, TFTPService) {
+    let addressBook = AddressBook()
+    // A reservation is where its machine is, whoever hands out the address (Farrier's DHCP in
+    // full mode; in proxy mode or with DHCP off, the operator vouches for it).
+    for r in c.dhcp.reservations { addressBook.record(r.address, r.mac) }
+    var tftpConfig = c.tftp
+    tftpConfig.root = c.tftpRoot
+    let (_, httpPort) = try splitHostPort(c.http.listen)
+    let dhcp = try DHCPService(
+        configuration: c.dhcp,
+        httpPort: httpPort,
+        store: store,
+        recorder: recorder,
+        addressBook: addressBook,
+        fence: fence,
+        logger: logger
+    )
+    let tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
+    return (addressBook, dhcp, tftp)
 }
 
 /// Says whether the Farrier ramdisk is in the boot root, and how big it is: without it,

@@ -60,20 +60,8 @@ public struct SiteBoot: Sendable {
             maxDiscovered: c.discoveryMaxMachines,
             onError: { [logger] error in logger.error("timeline write failed", metadata: ["error": "\(error)"]) }
         )
-        let addressBook = AddressBook()
-        for r in c.dhcp.reservations { addressBook.record(r.address, r.mac) }
-        let (_, httpPort) = try splitHostPort(c.http.listen)
-        dhcp = try DHCPService(
-            configuration: c.dhcp,
-            httpPort: httpPort,
-            store: store,
-            recorder: recorder,
-            addressBook: addressBook,
-            logger: logger
-        )
-        var tftpConfig = c.tftp
-        tftpConfig.root = c.tftpRoot
-        tftp = TFTPService(configuration: tftpConfig, recorder: recorder, addressBook: addressBook, logger: logger)
+        let addressBook: AddressBook
+        (addressBook, dhcp, tftp) = try makeBootPath(c, store: store, recorder: recorder, logger: logger)
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
         var deps = HTTPDependencies(
             store: store,

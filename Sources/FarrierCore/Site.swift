@@ -128,6 +128,21 @@ public struct SiteEvent: Sendable, Hashable {
         self.id = id
         self.event = event
     }
+
+    /// The rule of `appendSiteEvents`, for both stores: given the site's `mark`, what to append
+    /// (numbered above it, oldest first) and the mark after; nil when nothing is to be written
+    /// (the site believed another mark, or nothing is past this one).
+    public static func delivery(
+        mark: Int64,
+        after: Int64,
+        events: [SiteEvent],
+        through: Int64
+    ) -> (fresh: [SiteEvent], next: Int64)? {
+        let fresh = events.filter { $0.id > mark }.sorted { $0.id < $1.id }
+        let next = max(through, fresh.last?.id ?? 0)
+        guard after == mark, next > mark else { return nil }
+        return (fresh, next)
+    }
 }
 
 /// What a site boots one of its machines with, as the region last said: enough to render the

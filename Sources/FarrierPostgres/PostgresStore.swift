@@ -917,9 +917,8 @@ extension PostgresStore {
             )
             for try await m in rows.decode(Int64.self) { mark = m }
             guard let mark else { return nil }
-            let fresh = events.filter { $0.id > mark }.sorted { $0.id < $1.id }
-            let next = max(through, fresh.last?.id ?? 0)
-            guard after == mark, next > mark else { return mark }
+            guard let (fresh, next) = SiteEvent.delivery(mark: mark, after: after, events: events, through: through)
+            else { return mark }
             var macs = Set<String>()
             // FOR SHARE: a machine deleted meanwhile does not keep a timeline.
             let machines = try await conn.query(

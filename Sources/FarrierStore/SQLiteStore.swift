@@ -995,9 +995,8 @@ extension SQLiteStore {
                     arguments: [name, certificateSerial]
                 )
             else { return nil }
-            let fresh = events.filter { $0.id > mark }.sorted { $0.id < $1.id }
-            let next = max(through, fresh.last?.id ?? 0)
-            guard after == mark, next > mark else { return mark }
+            guard let (fresh, next) = SiteEvent.delivery(mark: mark, after: after, events: events, through: through)
+            else { return mark }
             let macs = Set(try String.fetchAll(db, sql: "SELECT mac FROM machine WHERE site = ?", arguments: [name]))
             try Self.insertTimeline(
                 db,
