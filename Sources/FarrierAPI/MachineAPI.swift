@@ -128,12 +128,14 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         return v
     }
 
-    /// Current DHCP leases by MAC.
+    /// Current DHCP leases by MAC: the region's own, and those sites reported for their
+    /// machines (the later-expiring one where both have one).
     func addressBook(_ macs: [MACAddress]) async throws -> [MACAddress: String] {
         let now = Date()
-        var book: [MACAddress: String] = [:]
-        for l in try await store.currentLeases(macs: macs) where l.expires > now { book[l.mac] = l.address.description }
-        return book
+        var best: [MACAddress: Lease] = [:]
+        let leases = try await store.currentLeases(macs: macs) + store.siteLeases(macs: macs)
+        for l in leases where l.expires > now && l.expires > best[l.mac]?.expires ?? .distantPast { best[l.mac] = l }
+        return best.mapValues(\.address.description)
     }
 
     /// The machine named (or with this MAC), if the caller may see it. A machine of another

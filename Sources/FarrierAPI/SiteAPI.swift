@@ -426,6 +426,37 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         return r
     }
 
+    public func reportLeases(
+        request: Farrier_V1_ReportLeasesRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_ReportLeasesResponse {
+        let site = try identify(context, at: now())
+        guard request.leases.count <= 100_000 else {
+            throw RPCError(code: .invalidArgument, message: "at most 100000 leases a call, not \(request.leases.count)")
+        }
+        // A lease the region cannot read (a newer site's form) is dropped, not the report.
+        var leases: [Lease] = []
+        for l in request.leases {
+            guard let mac = MACAddress(l.mac), let address = IPv4Address(l.address) else { continue }
+            let hostname = String(l.hostname.prefix(253))
+            leases.append(
+                Lease(mac: mac, address: address, expires: l.expires.date, hostname: hostname.isEmpty ? nil : hostname)
+            )
+        }
+        if leases.count < request.leases.count {
+            logger.warning(
+                "site leases dropped: unreadable",
+                metadata: ["site": "\(site.site)", "dropped": "\(request.leases.count - leases.count)"]
+            )
+        }
+        guard
+            let kept = try await store.recordSiteLeases(name: site.site, certificateSerial: site.serial, leases: leases)
+        else { throw Self.revoked(site) }
+        var r = Farrier_V1_ReportLeasesResponse()
+        r.kept = Int64(kept)
+        return r
+    }
+
     public func heartbeat(
         request: Farrier_V1_HeartbeatRequest,
         context: ServerContext

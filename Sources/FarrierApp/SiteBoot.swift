@@ -259,6 +259,51 @@ public final class SiteEventCourier: Sendable {
     public func depth() async -> Int64 { (try? await store.timelineCount(after: mark.withLock { $0 } ?? 0)) ?? 0 }
 }
 
+/// Reports the leases the site holds for its machines to the region, which keeps them to show
+/// and reach the machines (`machine show`, `machine ssh`). Each report is the whole set, sent
+/// when it changed since the region last took it, or after `refresh` in any case (a region
+/// restored from a backup learns it again); while the region is away the site's own table is
+/// what counts.
+public final class SiteLeaseCourier: Sendable {
+    let store: SQLiteStore
+    let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    let refresh: Duration
+    /// What the region last took, and when.
+    let last: Mutex<(leases: Set<Lease>, at: ContinuousClock.Instant)?> = Mutex(nil)
+
+    public init(
+        store: SQLiteStore,
+        link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        refresh: Duration = .seconds(300)
+    ) {
+        self.store = store
+        self.link = link
+        self.refresh = refresh
+    }
+
+    /// Sends the current leases of `macs` if the region's copy may differ; returns how many the
+    /// region kept, or nil when nothing was sent.
+    @discardableResult
+    public func deliver(macs: Set<MACAddress>, options: CallOptions) async throws -> Int64? {
+        let now = Date()
+        let current = Set(try await store.currentLeases().filter { macs.contains($0.mac) && $0.expires > now })
+        let clock = ContinuousClock()
+        if let last = last.withLock({ $0 }), last.leases == current, clock.now - last.at < refresh { return nil }
+        var request = Farrier_V1_ReportLeasesRequest()
+        request.leases = current.sorted { $0.mac.description < $1.mac.description }.map { l in
+            var v = Farrier_V1_SiteLease()
+            v.mac = l.mac.description
+            v.address = l.address.description
+            v.expires = Google_Protobuf_Timestamp(date: l.expires)
+            v.hostname = l.hostname ?? ""
+            return v
+        }
+        let kept = try await link.reportLeases(request, options: options).kept
+        last.withLock { $0 = (current, clock.now) }
+        return kept
+    }
+}
+
 /// Runs `work` beside `services` until `work` returns (the services are then shut down
 /// gracefully, and this returns), fails (the services are cancelled, and its error thrown), or
 /// SIGTERM or SIGINT comes (`work` is stopped, the services shut down gracefully; this returns).

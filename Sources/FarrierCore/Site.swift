@@ -114,6 +114,14 @@ public protocol SiteStore: Sendable {
         events: [SiteEvent],
         through: Int64
     ) async throws -> Int64?
+    /// Replaces what site `name` last said its machines lease (the site decides its leases;
+    /// the region keeps them to show and reach the machines): leases for a MAC that is none of
+    /// the site's machines are dropped. Nil, with nothing written, unless `certificateSerial`
+    /// is the site's current certificate; else how many were kept.
+    func recordSiteLeases(name: String, certificateSerial: String, leases: [Lease]) async throws -> Int?
+    /// The leases sites reported for these MACs, each for a machine still at the site that
+    /// reported it.
+    func siteLeases(macs: [MACAddress]) async throws -> [Lease]
 }
 
 /// A boot timeline event as a site recorded it, with the site's own number for it.

@@ -288,6 +288,19 @@ public final class PostgresStore: StateStore {
                 "ALTER TABLE site ADD COLUMN event_mark bigint NOT NULL DEFAULT 0"
             ]
         ),
+        (
+            "v8-site-lease",
+            [
+                // What each site last said its machines lease (decided and kept at the site;
+                // here to show and reach the machines). Gone with the site.
+                """
+                CREATE TABLE site_lease (
+                  mac text PRIMARY KEY, site text NOT NULL REFERENCES site (name) ON DELETE CASCADE,
+                  address text NOT NULL, expires timestamptz NOT NULL, hostname text)
+                """,
+                "CREATE INDEX site_lease_site ON site_lease (site)",
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -1115,6 +1128,58 @@ extension PostgresStore {
             for try await _ in rows.decode(String.self) { return true }
             return false
         }
+    }
+
+    public func recordSiteLeases(name: String, certificateSerial: String, leases: [Lease]) async throws -> Int? {
+        try await transaction { [self] conn in
+            var found = false
+            let rows = try await conn.query(
+                """
+                SELECT name FROM site WHERE name = \(name) AND body->>'certificateSerial' = \(certificateSerial)
+                FOR UPDATE
+                """,
+                logger: logger
+            )
+            for try await _ in rows.decode(String.self) { found = true }
+            guard found else { return nil }
+            var macs = Set<String>()
+            let machines = try await conn.query(
+                "SELECT mac FROM machine WHERE site = \(name) FOR SHARE",
+                logger: logger
+            )
+            for try await mac in machines.decode(String.self) { macs.insert(mac) }
+            try await conn.query("DELETE FROM site_lease WHERE site = \(name)", logger: logger)
+            // The last lease a MAC is given wins, as in the site's table.
+            var byMAC: [String: Lease] = [:]
+            for l in leases where macs.contains(l.mac.description) { byMAC[l.mac.description] = l }
+            let kept = byMAC.values.sorted { $0.mac.description < $1.mac.description }
+            guard !kept.isEmpty else { return 0 }
+            // One statement for all of them (a site's few thousand leases, every few seconds).
+            try await conn.query(
+                """
+                INSERT INTO site_lease (mac, site, address, expires, hostname)
+                SELECT l.mac, \(name), l.address, l.expires, NULLIF(l.hostname, '')
+                FROM unnest(\(kept.map(\.mac.description))::text[], \(kept.map(\.address.description))::text[],
+                  \(kept.map(\.expires))::timestamptz[], \(kept.map { $0.hostname ?? "" })::text[])
+                  AS l (mac, address, expires, hostname)
+                ON CONFLICT (mac) DO UPDATE SET site = EXCLUDED.site, address = EXCLUDED.address,
+                  expires = EXCLUDED.expires, hostname = EXCLUDED.hostname
+                """,
+                logger: logger
+            )
+            return kept.count
+        }
+    }
+
+    public func siteLeases(macs: [MACAddress]) async throws -> [Lease] {
+        guard !macs.isEmpty else { return [] }
+        return try await pooledLeases(
+            """
+            SELECT l.mac, l.address, l.expires, l.hostname FROM site_lease l
+            JOIN machine m ON m.mac = l.mac AND m.site = l.site
+            WHERE l.mac = ANY(\(macs.map(\.description)))
+            """
+        )
     }
 
     public func deleteSite(name: String) async throws -> Bool {

@@ -231,6 +231,17 @@ public final class SQLiteStore: StateStore {
             // The highest number of the site's own timeline events appended here (delivery is once).
             try db.alter(table: "site") { t in t.add(column: "eventMark", .integer).notNull().defaults(to: 0) }
         }
+        m.registerMigration("v15-site-lease") { db in
+            // What each site last said its machines lease (decided and kept at the site; here
+            // to show and reach the machines). Gone with the site.
+            try db.create(table: "siteLease") { t in
+                t.primaryKey("mac", .text)
+                t.column("site", .text).notNull().indexed().references("site", onDelete: .cascade)
+                t.column("address", .text).notNull()
+                t.column("expires", .datetime).notNull()
+                t.column("hostname", .text)
+            }
+        }
         return m
     }
 
@@ -1006,6 +1017,40 @@ extension SQLiteStore {
             try db.execute(sql: "UPDATE site SET eventMark = ? WHERE name = ?", arguments: [next, name])
             return next
         }
+    }
+
+    public func recordSiteLeases(name: String, certificateSerial: String, leases: [Lease]) async throws -> Int? {
+        try await writing { db in
+            guard
+                try Row.fetchOne(
+                    db,
+                    sql: "SELECT 1 FROM site WHERE name = ? AND certificateSerial = ?",
+                    arguments: [name, certificateSerial]
+                ) != nil
+            else { return nil }
+            let macs = Set(try String.fetchAll(db, sql: "SELECT mac FROM machine WHERE site = ?", arguments: [name]))
+            try db.execute(sql: "DELETE FROM siteLease WHERE site = ?", arguments: [name])
+            let kept = leases.filter { macs.contains($0.mac.description) }
+            let insert = try db.cachedStatement(
+                sql: "INSERT OR REPLACE INTO siteLease (mac, site, address, expires, hostname) VALUES (?, ?, ?, ?, ?)"
+            )
+            for l in kept {
+                try insert.execute(arguments: [
+                    l.mac.description, name, l.address.description, l.expires, l.hostname,
+                ])
+            }
+            return kept.count
+        }
+    }
+
+    public func siteLeases(macs: [MACAddress]) async throws -> [Lease] {
+        guard !macs.isEmpty else { return [] }
+        let names = macs.map(\.description)
+        let sql = """
+            SELECT l.mac, l.address, l.expires, l.hostname FROM siteLease l JOIN machine m ON m.mac = l.mac AND m.site = l.site
+            WHERE l.mac IN (\(databaseQuestionMarks(count: names.count)))
+            """
+        return try await reading { db in try Self.leases(db, sql: sql, arguments: StatementArguments(names)) }
     }
 
     public func deleteSite(name: String) async throws -> Bool {

@@ -15,7 +15,7 @@ import Testing
             try s.appliedMigrations() == [
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
-                "v13-machine-site", "v14-site-events",
+                "v13-machine-site", "v14-site-events", "v15-site-lease",
             ]
         )
     }
@@ -686,38 +686,48 @@ import Testing
 
     /// A site's events are appended once and in order, only for its own machines, only under
     /// its current certificate, and only after the mark the site believes the region has.
+    /// Two sites, site-1 joined (certificate serial 0a) and site-2 not, and three machines: one
+    /// at site-1, one at no site, one at site-2.
+    static func siteFixture(
+        _ s: any StateStore,
+        at t: Date
+    ) async throws -> (mine: MACAddress, none: MACAddress, theirs: MACAddress) {
+        for (site, token) in [("site-1", "aa"), ("site-2", "bb")] {
+            try await s.createSite(Site(name: site, created: t, joinTokenSHA256: token))
+        }
+        #expect(
+            try await s.completeJoin(
+                name: "site-1",
+                joinTokenSHA256: "aa",
+                certificateSerial: "0a",
+                certificateNotAfter: t.addingTimeInterval(86400),
+                at: t
+            )
+        )
+        let mine = MACAddress([0x52, 0x54, 0, 8, 1, 1])
+        let none = MACAddress([0x52, 0x54, 0, 8, 1, 2])
+        let theirs = MACAddress([0x52, 0x54, 0, 8, 1, 3])
+        for (name, mac, site) in [("m1", mine, "site-1"), ("m2", none, nil), ("m3", theirs, "site-2")] {
+            let m = try await s.enroll(
+                name: name,
+                mac: mac,
+                bmc: try BMCReference(url: "ipmi://admin@198.18.0.11"),
+                sealedPassword: [1],
+                at: t
+            )
+            _ = try await s.update(machineID: m.id, fence: nil) { x in
+                x.site = site
+                return []
+            }
+        }
+        return (mine, none, theirs)
+    }
+
     @Test(arguments: StoreKind.allCases) func siteEventsOnceInOrder(_ kind: StoreKind) async throws {
         try await withStore(kind) { under in
             let s = under.store
             let t = Date(timeIntervalSince1970: 1_800_000_000)
-            for (site, token) in [("site-1", "aa"), ("site-2", "bb")] {
-                try await s.createSite(Site(name: site, created: t, joinTokenSHA256: token))
-            }
-            #expect(
-                try await s.completeJoin(
-                    name: "site-1",
-                    joinTokenSHA256: "aa",
-                    certificateSerial: "0a",
-                    certificateNotAfter: t.addingTimeInterval(86400),
-                    at: t
-                )
-            )
-            let mine = MACAddress([0x52, 0x54, 0, 8, 1, 1])
-            let none = MACAddress([0x52, 0x54, 0, 8, 1, 2])
-            let theirs = MACAddress([0x52, 0x54, 0, 8, 1, 3])
-            for (name, mac, site) in [("m1", mine, "site-1"), ("m2", none, nil), ("m3", theirs, "site-2")] {
-                let m = try await s.enroll(
-                    name: name,
-                    mac: mac,
-                    bmc: try BMCReference(url: "ipmi://admin@198.18.0.11"),
-                    sealedPassword: [1],
-                    at: t
-                )
-                _ = try await s.update(machineID: m.id, fence: nil) { x in
-                    x.site = site
-                    return []
-                }
-            }
+            let (mine, none, theirs) = try await Self.siteFixture(s, at: t)
             func event(_ id: Int64, _ mac: MACAddress) -> SiteEvent {
                 SiteEvent(
                     id: id,
@@ -781,6 +791,64 @@ import Testing
                     through: 0
                 ) == 8
             )
+        }
+    }
+
+    /// A site's report of its leases replaces its last one, keeps only its own machines', and
+    /// is refused with another certificate; the leases go with the site, or with a machine
+    /// that moves to another site.
+    @Test(arguments: StoreKind.allCases) func siteLeasesAreTheSitesLastWord(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let (mine, none, theirs) = try await Self.siteFixture(s, at: t)
+            let all = [mine, none, theirs]
+            func lease(_ mac: MACAddress, _ last: UInt8, host: String? = nil) -> Lease {
+                Lease(
+                    mac: mac,
+                    address: IPv4Address(10, 9, 0, last),
+                    expires: t.addingTimeInterval(600),
+                    hostname: host
+                )
+            }
+            let report = [lease(mine, 10, host: "m1"), lease(none, 11), lease(theirs, 12)]
+            #expect(try await s.recordSiteLeases(name: "site-1", certificateSerial: "0b", leases: report) == nil)
+            #expect(try await s.recordSiteLeases(name: "site-2", certificateSerial: "0a", leases: report) == nil)
+            #expect(try await s.siteLeases(macs: all).isEmpty)
+            #expect(try await s.recordSiteLeases(name: "site-1", certificateSerial: "0a", leases: report) == 1)
+            #expect(try await s.siteLeases(macs: all) == [lease(mine, 10, host: "m1")])
+            #expect(try await s.siteLeases(macs: [none, theirs]).isEmpty)
+            // The region's own lease table is not the sites'.
+            #expect(try await s.currentLeases(macs: all).isEmpty)
+            // The next report replaces the last: a new address, then none.
+            #expect(
+                try await s.recordSiteLeases(name: "site-1", certificateSerial: "0a", leases: [lease(mine, 20)]) == 1
+            )
+            #expect(try await under.reopen().siteLeases(macs: all) == [lease(mine, 20)])
+            #expect(try await s.recordSiteLeases(name: "site-1", certificateSerial: "0a", leases: []) == 0)
+            #expect(try await s.siteLeases(macs: all).isEmpty)
+            // A machine moved to another site no longer shows the old site's lease.
+            #expect(
+                try await s.recordSiteLeases(name: "site-1", certificateSerial: "0a", leases: [lease(mine, 30)]) == 1
+            )
+            let m = try #require(try await s.machine(mac: mine))
+            _ = try await s.update(machineID: m.id, fence: nil) { x in
+                x.site = "site-2"
+                return []
+            }
+            #expect(try await s.siteLeases(macs: all).isEmpty)
+            _ = try await s.update(machineID: m.id, fence: nil) { x in
+                x.site = "site-1"
+                return []
+            }
+            #expect(try await s.siteLeases(macs: all) == [lease(mine, 30)])
+            // Gone with the machine's site.
+            _ = try await s.update(machineID: m.id, fence: nil) { x in
+                x.site = nil
+                return []
+            }
+            #expect(try await s.deleteSite(name: "site-1"))
+            #expect(try await s.siteLeases(macs: all).isEmpty)
         }
     }
 
@@ -1041,10 +1109,10 @@ import Testing
             #expect(
                 try await store.appliedMigrations() == [
                     "v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index", "v5-site", "v6-machine-site",
-                    "v7-site-events",
+                    "v7-site-events", "v8-site-lease",
                 ]
             )
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "7\n")
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "8\n")
         }
     }
 

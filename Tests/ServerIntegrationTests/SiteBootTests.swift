@@ -79,6 +79,14 @@ struct SiteBootTests {
             )
         }
         #expect(try leases() == [address])
+        // The region learns the lease from the site: the machine's address, to show and reach it.
+        func addressAtRegion() throws -> String? {
+            let out = try cli(["machine", "show", "m1", "-o", "json"] + api).stdout
+            return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])?["address"] as? String
+        }
+        try h.waitUntil("the region to show the site's lease", timeout: 20, interval: 0.2) {
+            try addressAtRegion() == address
+        }
 
         // Its script, from its leased address; any other address gets the unknown wait loop.
         func script(from ns: String) throws -> String {
@@ -168,6 +176,22 @@ struct SiteBootTests {
         let atRegion = try timeline(h.directory + "/data/farrier.sqlite", tagged: false)
         #expect(atSite.count >= 6 && atSite.contains { $0.hasPrefix("dhcp|ACK") }, "\(atSite)")
         #expect(atRegion == atSite, "site: \(atSite)\nregion: \(atRegion)")
+        // The leases renewed while it was away reached it too (the latest expiry, to the second).
+        // (The site keeps a lease's expiry as a Unix time, the region as GRDB's date text.)
+        let expiry = "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchall())"
+        try h.waitUntil("the region to take the renewed lease", timeout: 20, interval: 0.2) {
+            let atSite = try h.run(
+                ["python3", "-c", expiry, dir + "/site.sqlite", "select datetime(expires, 'unixepoch') from lease"]
+            ).stdout
+            let atRegion = try h.run(
+                [
+                    "python3", "-c", expiry, h.directory + "/data/farrier.sqlite",
+                    "select substr(expires, 1, 19) from siteLease",
+                ]
+            ).stdout
+            return atSite == atRegion
+        }
+        #expect(try addressAtRegion() == address)
         site.terminate()
         try h.waitUntil("the site agent to stop at SIGTERM", timeout: 20) { !site.isRunning }
         #expect(site.terminationStatus == 0, "\(h.read("site-2.log"))")

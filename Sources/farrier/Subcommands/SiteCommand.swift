@@ -297,6 +297,7 @@ struct SiteCommand: AsyncParsableCommand {
                 let courier = siteBoot.map {
                     SiteEventCourier(store: $0.store, link: link, markFile: dataDir + "/events-mark.json")
                 }
+                let leases = siteBoot.map { SiteLeaseCourier(store: $0.store, link: link) }
                 let recorder = siteBoot?.recorder
                 let calls: @Sendable () async throws -> Void = {
                     try await Self.callIn(
@@ -312,6 +313,7 @@ struct SiteCommand: AsyncParsableCommand {
                         status: status,
                         machines: machines,
                         courier: courier,
+                        leases: leases,
                         recorder: recorder,
                         logger: logger
                     )
@@ -336,6 +338,7 @@ struct SiteCommand: AsyncParsableCommand {
             status: LinkStatusFile,
             machines: SiteMachinesFile,
             courier: SiteEventCourier?,
+            leases: SiteLeaseCourier?,
             recorder: TimelineRecorder?,
             logger: Logger
         ) async throws {
@@ -430,6 +433,16 @@ struct SiteCommand: AsyncParsableCommand {
                             } catch {
                                 logger.warning("delivering events failed", metadata: ["error": "\(error)"])
                                 status.record(up: true, error: nil, queueDepth: await courier.depth())
+                            }
+                        }
+                        // The leases of its machines, so the region can show and reach them.
+                        if let leases {
+                            do {
+                                try await leases.deliver(macs: Set(machines.macs), options: options)
+                            } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
+                                throw refused(e)
+                            } catch {
+                                logger.warning("reporting leases failed", metadata: ["error": "\(error)"])
                             }
                         }
                         if once {

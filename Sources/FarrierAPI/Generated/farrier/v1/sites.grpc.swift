@@ -1082,6 +1082,19 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReportLeases" metadata.
+        public enum ReportLeases: Sendable {
+            /// Request type for "ReportLeases".
+            public typealias Input = Farrier_V1_ReportLeasesRequest
+            /// Response type for "ReportLeases".
+            public typealias Output = Farrier_V1_ReportLeasesResponse
+            /// Descriptor for "ReportLeases".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "ReportLeases",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Heartbeat.descriptor,
@@ -1089,7 +1102,8 @@ public enum Farrier_V1_SiteLinkService: Sendable {
             FetchFile.descriptor,
             AgentCall.descriptor,
             ImageAccess.descriptor,
-            ReportEvents.descriptor
+            ReportEvents.descriptor,
+            ReportLeases.descriptor
         ]
     }
 }
@@ -1239,6 +1253,25 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_ReportEventsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ReportEventsResponse>
+
+        /// Handle the "ReportLeases" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leases the site holds for its machines now (all of them: each report replaces the
+        /// > last), so the region can show and reach them.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ReportLeasesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_ReportLeasesResponse` messages.
+        func reportLeases(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ReportLeasesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ReportLeasesResponse>
     }
 
     /// Service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1372,6 +1405,25 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.ServerRequest<Farrier_V1_ReportEventsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ReportEventsResponse>
+
+        /// Handle the "ReportLeases" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leases the site holds for its machines now (all of them: each report replaces the
+        /// > last), so the region can show and reach them.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReportLeasesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_ReportLeasesResponse` message.
+        func reportLeases(
+            request: GRPCCore.ServerRequest<Farrier_V1_ReportLeasesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ReportLeasesResponse>
     }
 
     /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1504,6 +1556,25 @@ extension Farrier_V1_SiteLinkService {
             request: Farrier_V1_ReportEventsRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_ReportEventsResponse
+
+        /// Handle the "ReportLeases" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leases the site holds for its machines now (all of them: each report replaces the
+        /// > last), so the region can show and reach them.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_ReportLeasesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_ReportLeasesResponse` to respond with.
+        func reportLeases(
+            request: Farrier_V1_ReportLeasesRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_ReportLeasesResponse
     }
 }
 
@@ -1577,6 +1648,17 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.ReportLeases.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReportLeasesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReportLeasesResponse>(),
+            handler: { request, context in
+                try await self.reportLeases(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -1643,6 +1725,17 @@ extension Farrier_V1_SiteLinkService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ReportEventsResponse> {
         let response = try await self.reportEvents(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func reportLeases(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_ReportLeasesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ReportLeasesResponse> {
+        let response = try await self.reportLeases(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1728,6 +1821,19 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ReportEventsResponse> {
         return GRPCCore.ServerResponse<Farrier_V1_ReportEventsResponse>(
             message: try await self.reportEvents(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func reportLeases(
+        request: GRPCCore.ServerRequest<Farrier_V1_ReportLeasesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ReportLeasesResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_ReportLeasesResponse>(
+            message: try await self.reportLeases(
                 request: request.message,
                 context: context
             ),
@@ -1897,6 +2003,30 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ReportEventsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportEventsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReportLeases" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leases the site holds for its machines now (all of them: each report replaces the
+        /// > last), so the region can show and reach them.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReportLeasesRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ReportLeasesRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ReportLeasesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func reportLeases<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ReportLeasesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ReportLeasesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ReportLeasesResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportLeasesResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2133,6 +2263,41 @@ extension Farrier_V1_SiteLinkService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ReportLeases" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leases the site holds for its machines now (all of them: each report replaces the
+        /// > last), so the region can show and reach them.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ReportLeasesRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ReportLeasesRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ReportLeasesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func reportLeases<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ReportLeasesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ReportLeasesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ReportLeasesResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportLeasesResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.ReportLeases.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2314,6 +2479,36 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReportEventsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReportEventsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportLeases" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The leases the site holds for its machines now (all of them: each report replaces the
+    /// > last), so the region can show and reach them.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_ReportLeasesRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportLeases<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_ReportLeasesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportLeasesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.reportLeases(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReportLeasesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReportLeasesResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2521,6 +2716,40 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             metadata: metadata
         )
         return try await self.reportEvents(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportLeases" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The leases the site holds for its machines now (all of them: each report replaces the
+    /// > last), so the region can show and reach them.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportLeases<Result>(
+        _ message: Farrier_V1_ReportLeasesRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportLeasesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_ReportLeasesRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.reportLeases(
             request: request,
             options: options,
             onResponse: handleResponse

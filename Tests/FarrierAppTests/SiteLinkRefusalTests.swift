@@ -1,0 +1,163 @@
+import FarrierAPI
+import FarrierCore
+import FarrierSite
+import FarrierStore
+import Foundation
+import GRPCCore
+import Logging
+import SwiftASN1
+import SwiftProtobuf
+import Testing
+import X509
+
+/// Every call on the site link, over real mutual TLS to the region's listener: answered for the
+/// site's current certificate, and refused (PermissionDenied, nothing written) once the site
+/// joined again with another key, whichever call it is.
+@Suite struct SiteLinkRefusalTests {
+    @Test func everyLinkCallRefusesAReplacedCertificate() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farrier-link-\(UUID())").path
+        let siteDir = dir + "/site"
+        try FileManager.default.createDirectory(atPath: siteDir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/region", withIntermediateDirectories: true)
+        let store = try SQLiteStore(path: dir + "/region.sqlite")
+        let authority = try SiteAuthority.loadOrMake(dataDir: dir + "/region")
+        let t = Date()
+
+        /// Adds site-1 and joins it with a new key: the key, certificate and CA are left in
+        /// `siteDir` as `farrier site join` leaves them.
+        func join(_ token: String) async throws {
+            try await store.createSite(Site(name: "site-1", created: t, joinTokenSHA256: token))
+            let (keyPEM, csrPEM) = try SiteAuthority.makeKeyAndRequest(site: "site-1")
+            let certificate = try authority.issue(csrPEM: csrPEM, site: "site-1", now: t)
+            #expect(
+                try await store.completeJoin(
+                    name: "site-1",
+                    joinTokenSHA256: token,
+                    certificateSerial: SiteAuthority.hex(certificate.serialNumber),
+                    certificateNotAfter: certificate.notValidAfter,
+                    at: t
+                )
+            )
+            try keyPEM.write(toFile: siteDir + "/site.key", atomically: true, encoding: .utf8)
+            try certificate.serializeAsPEM().pemString.write(
+                toFile: siteDir + "/site.crt",
+                atomically: true,
+                encoding: .utf8
+            )
+            try authority.certificate.serializeAsPEM().pemString.write(
+                toFile: siteDir + "/region-ca.crt",
+                atomically: true,
+                encoding: .utf8
+            )
+        }
+        try await join("aa")
+        let mac = MACAddress([0x52, 0x54, 0, 9, 0, 1])
+        let machine = try await store.enroll(
+            name: "m1",
+            mac: mac,
+            bmc: try BMCReference(url: "ipmi://admin@127.0.0.1"),
+            sealedPassword: [1],
+            at: t
+        )
+        func place(_ site: String?) async throws {
+            _ = try await store.update(machineID: machine.id, fence: nil) { m in
+                m.site = site
+                return []
+            }
+        }
+        try await place("site-1")
+        // The first key and certificate, kept aside: joining again replaces those in `siteDir`.
+        try FileManager.default.copyItem(atPath: siteDir, toPath: dir + "/old")
+        let old = try SiteCredentials(dataDir: dir + "/old")
+
+        let port = Int.random(in: 27000..<28000)
+        let listener = try SiteLinkAPI.listener(
+            listen: "127.0.0.1:\(port)",
+            names: ["127.0.0.1"],
+            authority: authority,
+            store: store,
+            imageDirectory: dir + "/images",
+            controller: nil,
+            logger: Logger(label: "test")
+        )
+        let serving = Task { try await listener.run() }
+        defer { serving.cancel() }
+
+        var lease = Farrier_V1_SiteLease()
+        lease.mac = mac.description
+        lease.address = "10.9.0.10"
+        lease.expires = Google_Protobuf_Timestamp(date: t.addingTimeInterval(600))
+        let leases = Farrier_V1_ReportLeasesRequest.with { $0.leases = [lease] }
+        var event = Farrier_V1_SiteTimelineEvent()
+        event.id = 1
+        event.mac = mac.description
+        event.time = Google_Protobuf_Timestamp(date: t)
+        event.stage = "dhcp"
+        event.event = "ACK"
+        let events = Farrier_V1_ReportEventsRequest.with { $0.events = [event] }
+
+        // The current certificate: each call is answered.
+        try await withSiteLink(region: "127.0.0.1:\(port)", credentials: old) { link in
+            // Polled: the listener binds in its own task.
+            let deadline = ContinuousClock.now + .seconds(20)
+            while true {
+                do {
+                    _ = try await link.heartbeat(Farrier_V1_HeartbeatRequest())
+                    break
+                } catch  where ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            #expect(try await link.siteMachines(Farrier_V1_SiteMachinesRequest()).machines.map(\.name) == ["m1"])
+            #expect(try await link.reportLeases(leases).kept == 1)
+            #expect(try await link.reportEvents(events).mark == 1)
+        }
+        #expect(try await store.siteLeases(macs: [mac]).map(\.address.description) == ["10.9.0.10"])
+
+        // Removed and joined again with another key: the old certificate still chains to the
+        // CA, and every call with it is refused.
+        try await place(nil)
+        #expect(try await store.deleteSite(name: "site-1"))
+        try await join("bb")
+        try await place("site-1")
+        #expect(try SiteCredentials(dataDir: siteDir).serial != old.serial)
+        try await withSiteLink(region: "127.0.0.1:\(port)", credentials: old) { link in
+            func refused(_ name: String, _ call: () async throws -> Void) async {
+                do {
+                    try await call()
+                    Issue.record("\(name) was answered for a replaced certificate")
+                } catch let e as RPCError {
+                    #expect(e.code == .permissionDenied, "\(name): \(e)")
+                    #expect(e.message.contains("not its current one"), "\(name): \(e.message)")
+                } catch {
+                    Issue.record("\(name): \(error)")
+                }
+            }
+            await refused("Heartbeat") { _ = try await link.heartbeat(Farrier_V1_HeartbeatRequest()) }
+            await refused("SiteMachines") { _ = try await link.siteMachines(Farrier_V1_SiteMachinesRequest()) }
+            await refused("ReportLeases") { _ = try await link.reportLeases(leases) }
+            await refused("ReportEvents") { _ = try await link.reportEvents(events) }
+            var access = Farrier_V1_ImageAccessRequest()
+            access.mac = mac.description
+            access.sha256 = String(repeating: "ab", count: 32)
+            access.token = "t"
+            await refused("ImageAccess") { _ = try await link.imageAccess(access) }
+            var call = Farrier_V1_AgentCallRequest()
+            call.call = "hello"
+            call.mac = mac.description
+            call.body = Data("{}".utf8)
+            await refused("AgentCall") { _ = try await link.agentCall(call) }
+            var fetch = Farrier_V1_FetchFileRequest()
+            fetch.sha256 = String(repeating: "ab", count: 32)
+            await refused("FetchFile") {
+                try await link.fetchFile(fetch) { response in
+                    for try await _ in response.messages {}
+                }
+            }
+        }
+        // Nothing the refused calls carried was written.
+        #expect(try await store.siteLeases(macs: [mac]).isEmpty)
+        #expect(try await store.timeline(mac: mac, limit: 10).map(\.event) == ["ACK"])
+    }
+}
