@@ -190,6 +190,8 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     let imageDirectory: String
     /// Agent calls and image access relayed by sites; nil refuses them (Unavailable).
     let controller: Controller?
+    /// The region's boot root's ramdisk and iPXE binaries, which sites install; nil: none.
+    let bootFiles: BootFileCatalog?
     let logger: Logger
     let now: @Sendable () -> Date
 
@@ -197,10 +199,12 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         store: any StateStore,
         authority: SiteAuthority,
         imageDirectory: String,
+        bootFiles: BootFileCatalog? = nil,
         controller: Controller? = nil,
         logger: Logger = Logger(label: "farrier.site-link"),
         now: @escaping @Sendable () -> Date = { Date() }
     ) {
+        self.bootFiles = bootFiles
         self.controller = controller
         self.store = store
         self.authority = authority
@@ -226,18 +230,23 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         guard SiteCache.isDigest(digest) else {
             throw RPCError(code: .invalidArgument, message: "a file is named by its SHA-256 (64 lowercase hex digits)")
         }
-        // Only what the image table names: the directory may hold uploads not yet committed.
-        guard try await store.images().contains(where: { $0.sha256 == digest }) else {
-            throw RPCError(code: .notFound, message: "the region has no image \(digest.prefix(12))…")
+        // Only what the image table names (the directory may hold uploads not yet committed),
+        // or a boot file as the boot root has it now.
+        let path: String
+        if try await store.images().contains(where: { $0.sha256 == digest }) {
+            path = imageDirectory + "/" + digest
+        } else if let bootFiles, let file = try await bootFiles.files().first(where: { $0.sha256 == digest }) {
+            path = bootFiles.root + "/" + file.path
+        } else {
+            throw RPCError(code: .notFound, message: "the region has no image or boot file \(digest.prefix(12))…")
         }
-        let path = imageDirectory + "/" + digest
         // Opens and reads run on NIO's blocking pool: a slow disk holds one of its threads, not
         // one of the few the async code shares.
         let pool = NIOThreadPool.singleton
         let (fd, size) = try await pool.runIfActive { () throws -> (CInt, Int64) in
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else {
-                throw RPCError(code: .notFound, message: "image \(digest.prefix(12))… is not on this replica")
+                throw RPCError(code: .notFound, message: "file \(digest.prefix(12))… is not on this replica")
             }
             let size = Int64(lseek(fd, 0, SEEK_END))
             guard size >= 0 else {
@@ -291,6 +300,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         authority: SiteAuthority,
         store: any StateStore,
         imageDirectory: String,
+        bootRoot: String? = nil,
         controller: Controller?,
         logger: Logger
     ) throws -> GRPCService {
@@ -311,6 +321,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                     store: store,
                     authority: authority,
                     imageDirectory: imageDirectory,
+                    bootFiles: bootRoot.map { BootFileCatalog(root: $0) },
                     controller: controller,
                     logger: logger
                 )
@@ -526,6 +537,14 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
             guard page.count == query.limit, let last = page.last else { break }
             query.after = last.name
         }
+        r.bootFiles =
+            try await bootFiles?.files().map { f in
+                var v = Farrier_V1_SiteBootFile()
+                v.path = f.path
+                v.sha256 = f.sha256
+                v.size = f.size
+                return v
+            } ?? []
         r.asOf = Google_Protobuf_Timestamp(date: at)
         return r
     }

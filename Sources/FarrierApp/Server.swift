@@ -164,6 +164,7 @@ public struct FarrierServer: Sendable {
                     authority: siteAuthority,
                     store: store,
                     imageDirectory: images.blobDirectory,
+                    bootRoot: c.tftpRoot,
                     controller: controller,
                     logger: logger
                 )

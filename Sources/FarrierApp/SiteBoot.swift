@@ -32,6 +32,8 @@ public struct SiteBoot: Sendable {
     public let store: SQLiteStore
     /// Records the boot timeline; the site's machines are marked known as their list comes.
     public let recorder: TimelineRecorder
+    /// Where the boot files are (iPXE, the ramdisk), served over TFTP and under /tftp.
+    public let bootRoot: String
 
     /// `c` supplies the boot settings (dhcp.*, tftp.*, http.listen, ipxe.source); its data
     /// directory is the site's.
@@ -50,6 +52,7 @@ public struct SiteBoot: Sendable {
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
         // Events wait here until the region has them: keep many, not the region's 500 a machine.
         store = try SQLiteStore(path: c.dataDir + "/site.sqlite", timelineLimit: 100_000)
+        bootRoot = c.tftpRoot
         try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
         if agent != nil { reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger) }
         recorder = TimelineRecorder(

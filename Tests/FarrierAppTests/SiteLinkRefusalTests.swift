@@ -1,3 +1,4 @@
+import Crypto
 import FarrierAPI
 import FarrierCore
 import FarrierSite
@@ -71,6 +72,13 @@ import X509
         try FileManager.default.copyItem(atPath: siteDir, toPath: dir + "/old")
         let old = try SiteCredentials(dataDir: dir + "/old")
 
+        // A boot root with a ramdisk kernel, and a file beside it that is no boot file.
+        try FileManager.default.createDirectory(atPath: dir + "/boot/ramdisk", withIntermediateDirectories: true)
+        let kernel = Data("a kernel".utf8)
+        try kernel.write(to: URL(fileURLWithPath: dir + "/boot/ramdisk/vmlinuz"))
+        let secret = Data("not for sites".utf8)
+        try secret.write(to: URL(fileURLWithPath: dir + "/boot/secret.txt"))
+        @Sendable func sha256(_ d: Data) -> String { SHA256.hash(data: d).map { String(format: "%02x", $0) }.joined() }
         let port = Int.random(in: 27000..<28000)
         let listener = try SiteLinkAPI.listener(
             listen: "127.0.0.1:\(port)",
@@ -78,6 +86,7 @@ import X509
             authority: authority,
             store: store,
             imageDirectory: dir + "/images",
+            bootRoot: dir + "/boot",
             controller: nil,
             logger: Logger(label: "test")
         )
@@ -112,6 +121,26 @@ import X509
             #expect(try await link.siteMachines(Farrier_V1_SiteMachinesRequest()).machines.map(\.name) == ["m1"])
             #expect(try await link.reportLeases(leases).kept == 1)
             #expect(try await link.reportEvents(events).mark == 1)
+            // Boot files: listed, and fetched by digest; a file beside them, and a digest the
+            // region has nothing for, are not found.
+            let listed = try await link.siteMachines(Farrier_V1_SiteMachinesRequest()).bootFiles
+            #expect(listed.map(\.path) == ["ramdisk/vmlinuz"] && listed.first?.sha256 == sha256(kernel))
+            func fetch(_ digest: String) async throws -> Data {
+                try await link.fetchFile(Farrier_V1_FetchFileRequest.with { $0.sha256 = digest }) { response in
+                    var got = Data()
+                    for try await chunk in response.messages { got += chunk.data }
+                    return got
+                }
+            }
+            #expect(try await fetch(sha256(kernel)) == kernel)
+            for digest in [sha256(secret), String(repeating: "0", count: 64)] {
+                do {
+                    _ = try await fetch(digest)
+                    Issue.record("\(digest) was fetched")
+                } catch let e as RPCError {
+                    #expect(e.code == .notFound, "\(e)")
+                }
+            }
         }
         #expect(try await store.siteLeases(macs: [mac]).map(\.address.description) == ["10.9.0.10"])
 

@@ -67,6 +67,26 @@ struct SiteBootTests {
             return (try? String(contentsOfFile: dir + "/machines.json", encoding: .utf8))?.contains("\"m1\"") == true
         }
 
+        // The region's ramdisk reaches the site's boot root over the link, byte for byte, and
+        // is served there; a new one replaces it.
+        let regionRamdisk = h.directory + "/data/boot/ramdisk"
+        try FileManager.default.createDirectory(atPath: regionRamdisk, withIntermediateDirectories: true)
+        func newRamdisk(_ tag: String) throws {
+            for name in ["vmlinuz", "initrd.img"] {
+                try h.run([
+                    "bash", "-c",
+                    "head -c 700000 /dev/urandom > '\(regionRamdisk)/\(name).new' && mv '\(regionRamdisk)/\(name).new' '\(regionRamdisk)/\(name)'",
+                ])
+            }
+        }
+        func ramdiskAtSite() throws -> Bool {
+            try ["vmlinuz", "initrd.img"].allSatisfy { name in
+                try h.run(["cmp", "-s", "\(regionRamdisk)/\(name)", "\(dir)/boot/ramdisk/\(name)"], check: false)
+                    .status == 0
+            }
+        }
+        try newRamdisk("1")
+        try h.waitUntil("the region's ramdisk at the site", timeout: 30, interval: 0.2) { try ramdiskAtSite() }
         // The site, not the region (whose DHCP is off), leases the machine its address.
         let (first, log1) = try h.dhclient(c, cif, tag: "d1", prefix: "198.18.20.")
         let address = try #require(first, "no lease: \(log1) \(h.read("site.log"))")
@@ -112,6 +132,20 @@ struct SiteBootTests {
             try h.run(["cmp", h.directory + "/undionly.kpxe", "/usr/lib/ipxe/undionly.kpxe"], check: false).status == 0
         )
 
+        // The ramdisk, served at the site; then a new one replaces it there.
+        let served = h.directory + "/initrd.served"
+        try h.run(
+            [
+                "ip", "netns", "exec", c, "curl", "-sf", "-o", served,
+                "http://198.18.20.1:8090/tftp/ramdisk/initrd.img",
+            ],
+            timeout: 10
+        )
+        #expect(try h.run(["cmp", served, regionRamdisk + "/initrd.img"], check: false).status == 0)
+        try newRamdisk("2")
+        try h.waitUntil("the region's new ramdisk at the site", timeout: 30, interval: 0.2) { try ramdiskAtSite() }
+        #expect(h.read("site.log").contains("boot file from the region"), "\(h.read("site.log"))")
+
         // The region goes away. The machine reboots: its lease is ACKed and its script served.
         kill(region.processIdentifier, SIGKILL)
         region.waitUntilExit()
@@ -126,6 +160,12 @@ struct SiteBootTests {
             #expect(s.contains("m1 (enrolled)"), "\(s)")
         }
         try reboot("d2")
+
+        // Each ramdisk was installed once, not again at every call.
+        let installs = h.read("site.log").split(separator: "\n").filter {
+            $0.contains("boot file from the region") && $0.contains("ramdisk/vmlinuz")
+        }
+        #expect(installs.count == 2, "\(installs)")
 
         // The site agent itself restarts while the region is away: it boots from what it kept
         // (the machine list, the leases), not from the region.

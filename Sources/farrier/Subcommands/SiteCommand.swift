@@ -298,6 +298,14 @@ struct SiteCommand: AsyncParsableCommand {
                     SiteEventCourier(store: $0.store, link: link, markFile: dataDir + "/events-mark.json")
                 }
                 let leases = siteBoot.map { SiteLeaseCourier(store: $0.store, link: link) }
+                let bootFiles = siteBoot.map {
+                    BootFileSync(
+                        cache: cache,
+                        root: $0.bootRoot,
+                        stateFile: dataDir + "/boot-files.json",
+                        logger: logger
+                    )
+                }
                 let recorder = siteBoot?.recorder
                 let calls: @Sendable () async throws -> Void = {
                     try await Self.callIn(
@@ -314,6 +322,7 @@ struct SiteCommand: AsyncParsableCommand {
                         machines: machines,
                         courier: courier,
                         leases: leases,
+                        bootFiles: bootFiles,
                         recorder: recorder,
                         logger: logger
                     )
@@ -339,6 +348,7 @@ struct SiteCommand: AsyncParsableCommand {
             machines: SiteMachinesFile,
             courier: SiteEventCourier?,
             leases: SiteLeaseCourier?,
+            bootFiles: BootFileSync?,
             recorder: TimelineRecorder?,
             logger: Logger
         ) async throws {
@@ -392,6 +402,7 @@ struct SiteCommand: AsyncParsableCommand {
                     if answered {
                         // The list the site boots from; a failure keeps the last one.
                         var pulling: Task<Int, Never>?
+                        var installing: Task<Int, Never>?
                         do {
                             let list = try await link.siteMachines(Farrier_V1_SiteMachinesRequest(), options: options)
                             try machines.record(list)
@@ -416,6 +427,10 @@ struct SiteCommand: AsyncParsableCommand {
                                     prefetcher.unknown(name)
                                 }
                             }
+                            // The region's ramdisk and iPXE binaries, before any image.
+                            installing = bootFiles?.start(
+                                list.bootFiles.map { BootFile(path: $0.path, sha256: $0.sha256, size: $0.size) }
+                            )
                             pulling = prefetcher.start(wanted)
                         } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
                             throw refused(e)
@@ -446,8 +461,10 @@ struct SiteCommand: AsyncParsableCommand {
                             }
                         }
                         if once {
-                            let failed = await pulling?.value ?? 0
-                            if failed > 0 { throw CLIError("\(failed) image(s) could not be cached (see the log)") }
+                            let failed = await (pulling?.value ?? 0) + (installing?.value ?? 0)
+                            if failed > 0 {
+                                throw CLIError("\(failed) image(s) or boot file(s) could not be cached (see the log)")
+                            }
                             return
                         }
                     }

@@ -1179,7 +1179,7 @@ extension Farrier_V1_SiteLinkService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > A file the region holds, named by its SHA-256 (an image or a boot file), for the site's cache: the first
         /// > message carries its size, the next its bytes in order. The site checks the digest.
         ///
         /// - Parameters:
@@ -1331,7 +1331,7 @@ extension Farrier_V1_SiteLinkService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > A file the region holds, named by its SHA-256 (an image or a boot file), for the site's cache: the first
         /// > message carries its size, the next its bytes in order. The site checks the digest.
         ///
         /// - Parameters:
@@ -1481,7 +1481,7 @@ extension Farrier_V1_SiteLinkService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > A file the region holds, named by its SHA-256 (an image or a boot file), for the site's cache: the first
         /// > message carries its size, the next its bytes in order. The site checks the digest.
         ///
         /// - Parameters:
@@ -1910,7 +1910,7 @@ extension Farrier_V1_SiteLinkService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > A file the region holds, named by its SHA-256 (an image or a boot file), for the site's cache: the first
         /// > message carries its size, the next its bytes in order. The site checks the digest.
         ///
         /// - Parameters:
@@ -2127,7 +2127,7 @@ extension Farrier_V1_SiteLinkService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+        /// > A file the region holds, named by its SHA-256 (an image or a boot file), for the site's cache: the first
         /// > message carries its size, the next its bytes in order. The site checks the digest.
         ///
         /// - Parameters:
@@ -2367,7 +2367,7 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+    /// > A file the region holds, named by its SHA-256 (an image or a boot file), for the site's cache: the first
     /// > message carries its size, the next its bytes in order. The site checks the digest.
     ///
     /// - Parameters:
@@ -2589,7 +2589,7 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > A file the region holds, named by its SHA-256 (an image), for the site's cache: the first
+    /// > A file the region holds, named by its SHA-256 (an image or a boot file), for the site's cache: the first
     /// > message carries its size, the next its bytes in order. The site checks the digest.
     ///
     /// - Parameters:

@@ -286,6 +286,24 @@ public nonisolated struct Farrier_V1_SiteMachine: Sendable {
   public init() {}
 }
 
+/// A file of the region's boot root that sites serve too (the ramdisk's kernel and initrd, the
+/// iPXE binaries), by its path there and its bytes' SHA-256 (FetchFile's name for it).
+public nonisolated struct Farrier_V1_SiteBootFile: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var path: String = String()
+
+  public var sha256: String = String()
+
+  public var size: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Farrier_V1_SiteMachinesResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -304,6 +322,9 @@ public nonisolated struct Farrier_V1_SiteMachinesResponse: Sendable {
 
   /// The region's images (names, digests and sizes), so that a site can keep some cached by name.
   public var images: [Farrier_V1_SiteImage] = []
+
+  /// The region's boot files, which each site installs in its own boot root.
+  public var bootFiles: [Farrier_V1_SiteBootFile] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1148,9 +1169,49 @@ nonisolated extension Farrier_V1_SiteMachine: SwiftProtobuf.Message, SwiftProtob
   }
 }
 
+nonisolated extension Farrier_V1_SiteBootFile: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SiteBootFile"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0\u{1}sha256\0\u{1}size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.size) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 1)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 2)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularInt64Field(value: self.size, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SiteBootFile, rhs: Farrier_V1_SiteBootFile) -> Bool {
+    if lhs.path != rhs.path {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Farrier_V1_SiteMachinesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SiteMachinesResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}machines\0\u{3}as_of\0\u{1}images\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}machines\0\u{3}as_of\0\u{1}images\0\u{3}boot_files\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1161,6 +1222,7 @@ nonisolated extension Farrier_V1_SiteMachinesResponse: SwiftProtobuf.Message, Sw
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.machines) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._asOf) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.images) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.bootFiles) }()
       default: break
       }
     }
@@ -1180,6 +1242,9 @@ nonisolated extension Farrier_V1_SiteMachinesResponse: SwiftProtobuf.Message, Sw
     if !self.images.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.images, fieldNumber: 3)
     }
+    if !self.bootFiles.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.bootFiles, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1187,6 +1252,7 @@ nonisolated extension Farrier_V1_SiteMachinesResponse: SwiftProtobuf.Message, Sw
     if lhs.machines != rhs.machines {return false}
     if lhs._asOf != rhs._asOf {return false}
     if lhs.images != rhs.images {return false}
+    if lhs.bootFiles != rhs.bootFiles {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
