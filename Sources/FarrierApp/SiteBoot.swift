@@ -2,6 +2,7 @@ import DHCPServer
 import FarrierAPI
 import FarrierCore
 import FarrierHTTP
+import FarrierSite
 import FarrierStore
 import Foundation
 import GRPCCore
@@ -110,29 +111,82 @@ public struct SiteBoot: Sendable {
 /// 400); a region that cannot be reached is 503, which agents retry.
 public struct LinkAgentBackend: AgentBackend {
     let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    /// Where progress and done reports wait while the region is away; nil: they get 503.
+    let queue: AgentReportQueue?
     let logger: Logger
 
-    public init(link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>, logger: Logger) {
+    public init(
+        link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        queue: AgentReportQueue? = nil,
+        logger: Logger
+    ) {
         self.link = link
+        self.queue = queue
         self.logger = logger
     }
 
-    func call(_ name: String, peer: MACAddress?, token: String = "", body: some Encodable) async throws -> Data {
+    func call(_ name: String, peer: MACAddress?, token: String = "", body: Data) async throws -> Data {
         guard let peer else {
             throw HTTPError(.forbidden, message: "agent calls come only from an address this site leased\n")
         }
-        var request = Farrier_V1_AgentCallRequest()
-        request.call = name
-        request.mac = peer.description
-        request.token = token
-        request.body = try JSONEncoder().encode(body)
-        var options = CallOptions.defaults
-        options.timeout = .seconds(30)
         do {
-            return try await link.agentCall(request, options: options).body
+            return try await Self.relay(link, call: name, mac: peer.description, token: token, body: body)
         } catch let e as RPCError {
             throw Self.httpError(e)
         }
+    }
+
+    /// One agent call over the link, as the site received it.
+    static func relay(
+        _ link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        call: String,
+        mac: String,
+        token: String,
+        body: Data
+    ) async throws -> Data {
+        var request = Farrier_V1_AgentCallRequest()
+        request.call = call
+        request.mac = mac
+        request.token = token
+        request.body = body
+        var options = CallOptions.defaults
+        options.timeout = .seconds(30)
+        return try await link.agentCall(request, options: options).body
+    }
+
+    /// Whether an error of the link means the region could not be reached (or could not
+    /// answer), rather than that it refused.
+    static func unreachable(_ e: RPCError) -> Bool {
+        [.unavailable, .deadlineExceeded, .unknown, .internalError, .cancelled].contains(e.code)
+    }
+
+    /// A progress or done report: relayed, or, while the region is away (or reports of the
+    /// machine already wait), kept in the queue if the site can vouch for it.
+    func report(_ name: String, peer: MACAddress?, token: String, body: Data) async throws {
+        guard let peer else {
+            throw HTTPError(.forbidden, message: "agent calls come only from an address this site leased\n")
+        }
+        if let queue, queue.waiting(mac: peer) {
+            try keep(queue, name, peer: peer, token: token, body: body)
+            return
+        }
+        do {
+            _ = try await Self.relay(link, call: name, mac: peer.description, token: token, body: body)
+        } catch let e as RPCError {
+            guard let queue, Self.unreachable(e) else { throw Self.httpError(e) }
+            try keep(queue, name, peer: peer, token: token, body: body)
+        }
+    }
+
+    func keep(_ queue: AgentReportQueue, _ name: String, peer: MACAddress, token: String, body: Data) throws {
+        guard queue.vouches(mac: peer, token: token) else {
+            throw HTTPError(.serviceUnavailable, message: "the region cannot be reached; try again\n")
+        }
+        do { try queue.enqueue(mac: peer, call: name, token: token, body: body) } catch {
+            logger.warning("agent report not kept", metadata: ["mac": "\(peer)", "error": "\(error)"])
+            throw HTTPError(.serviceUnavailable, message: "the region cannot be reached; try again\n")
+        }
+        logger.info("agent report kept for the region", metadata: ["mac": "\(peer)", "call": "\(name)"])
     }
 
     static func httpError(_ e: RPCError) -> HTTPError {
@@ -148,18 +202,29 @@ public struct LinkAgentBackend: AgentBackend {
     }
 
     public func agentHello(peer: MACAddress?, hello: AgentHello) async throws -> AgentTask {
-        let data = try await call("hello", peer: peer, body: hello)
-        do { return try JSONDecoder().decode(AgentTask.self, from: data) } catch {
+        // Reports of an earlier boot go first: the region hears them in the order they came.
+        if let peer, let queue, queue.waiting(mac: peer) {
+            throw HTTPError(.serviceUnavailable, message: "reports of this machine wait for the region; try again\n")
+        }
+        let data = try await call("hello", peer: peer, body: try JSONEncoder().encode(hello))
+        let task: AgentTask
+        do { task = try JSONDecoder().decode(AgentTask.self, from: data) } catch {
             throw HTTPError(.badGateway, message: "the region's answer was not a task: \(error)\n")
         }
+        if let peer, let queue, !task.token.isEmpty {
+            do { try queue.remember(mac: peer, token: task.token) } catch {
+                logger.warning("the agent's token was not kept", metadata: ["mac": "\(peer)", "error": "\(error)"])
+            }
+        }
+        return task
     }
 
     public func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) async throws {
-        _ = try await call("progress", peer: peer, token: token, body: report)
+        try await self.report("progress", peer: peer, token: token, body: try JSONEncoder().encode(report))
     }
 
     public func agentDone(token: String, peer: MACAddress?, result: AgentResult) async throws {
-        _ = try await call("done", peer: peer, token: token, body: result)
+        try await self.report("done", peer: peer, token: token, body: try JSONEncoder().encode(result))
     }
 
     public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async throws -> Bool {
@@ -305,6 +370,72 @@ public final class SiteLeaseCourier: Sendable {
         last.withLock { $0 = (current, clock.now) }
         return kept
     }
+}
+
+/// Delivers the agent reports a site kept while its region was away, oldest first; stops at
+/// the first the region cannot take now (it is away again), and drops one it refuses.
+public struct AgentReportCourier: Sendable {
+    let queue: AgentReportQueue
+    let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    let logger: Logger
+
+    public init(
+        queue: AgentReportQueue,
+        link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        logger: Logger
+    ) {
+        self.queue = queue
+        self.link = link
+        self.logger = logger
+    }
+
+    /// Returns how many were delivered (refused ones included).
+    @discardableResult
+    public func deliver() async throws -> Int {
+        var done = 0
+        for r in queue.pending() {
+            do {
+                _ = try await LinkAgentBackend.relay(link, call: r.call, mac: r.mac, token: r.token, body: r.body)
+                logger.info("agent report delivered", metadata: ["mac": "\(r.mac)", "call": "\(r.call)"])
+            } catch let e as RPCError where !LinkAgentBackend.unreachable(e) {
+                // The region refused it (the step ended meanwhile): it will not take it later.
+                logger.warning(
+                    "agent report refused by the region; dropped",
+                    metadata: ["mac": "\(r.mac)", "call": "\(r.call)", "error": "\(e.message)"]
+                )
+            }
+            queue.remove(r)
+            done += 1
+        }
+        return done
+    }
+}
+
+/// What a site with boot services exchanges with the region at each answered call: its
+/// timeline, its leases and the agent reports it kept go up; the region's boot files come down.
+public struct SiteDeliveries: Sendable {
+    public let events: SiteEventCourier
+    public let leases: SiteLeaseCourier
+    public let reports: AgentReportCourier
+    public let bootFiles: BootFileSync
+    public let recorder: TimelineRecorder
+
+    public init(
+        events: SiteEventCourier,
+        leases: SiteLeaseCourier,
+        reports: AgentReportCourier,
+        bootFiles: BootFileSync,
+        recorder: TimelineRecorder
+    ) {
+        self.events = events
+        self.leases = leases
+        self.reports = reports
+        self.bootFiles = bootFiles
+        self.recorder = recorder
+    }
+
+    /// Events and agent reports waiting for the region.
+    public func depth() async -> Int64 { await events.depth() + Int64(reports.queue.depth) }
 }
 
 /// Runs `work` beside `services` until `work` returns (the services are then shut down

@@ -163,18 +163,25 @@ final class ControlPlane: @unchecked Sendable {
     /// Whether the script boots the ramdisk (the agent or rescue).
     func offersRamdisk(mac: String) throws -> Bool { try script(mac: mac).contains("farrier.mode=") }
 
-    /// POSTs JSON to an agent endpoint over the agent channel, from the machine's reserved
-    /// address (or `from`); returns (HTTP status, body). The stand-in does not pin the
-    /// certificate (-k): the real agent's pinning is tested in AgentTests.
-    func agent(_ path: String, mac: String, token: String?, _ body: String, from: String? = nil) throws -> (Int, String)
-    {
+    /// POSTs JSON to an agent endpoint over the agent channel (the region's, or `url`: a
+    /// site's), from the machine's reserved address (or `from`); returns (HTTP status, body).
+    /// The stand-in does not pin the certificate (-k): the real agent's pinning is tested in
+    /// AgentTests.
+    func agent(
+        _ path: String,
+        mac: String,
+        token: String?,
+        _ body: String,
+        from: String? = nil,
+        url: String? = nil
+    ) throws -> (Int, String) {
         let out = try h.run(
             [
                 "curl", "-s", "-k", "--interface", from ?? Self.address(of: mac), "-X", "POST", "-H",
                 "Content-Type: application/json",
             ]
                 + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
-                + ["--data-binary", body, "-w", "\n%{http_code}", "\(agentURL)\(path)"],
+                + ["--data-binary", body, "-w", "\n%{http_code}", "\(url ?? agentURL)\(path)"],
             timeout: 15
         ).stdout
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false)

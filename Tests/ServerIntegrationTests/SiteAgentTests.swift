@@ -120,16 +120,9 @@ struct SiteAgentTests {
             "machine", "enroll", "a2", "--mac", Self.strangerMAC, "--bmc",
             "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)", "--bmc-password-file", sim.passwordFile,
         ])
+        let siteAgent = "https://127.0.0.1:\(agentPort)"
         func post(_ path: String, from: String, token: String? = nil, _ body: String) throws -> (Int, String) {
-            let out = try h.run(
-                [
-                    "curl", "-s", "-k", "--interface", from, "-X", "POST", "-H", "Content-Type: application/json",
-                ] + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
-                    + ["--data-binary", body, "-w", "\n%{http_code}", "https://127.0.0.1:\(agentPort)\(path)"],
-                timeout: 15
-            ).stdout
-            let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
-            return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+            try cp.agent(path, mac: Self.mac, token: token, body, from: from, url: siteAgent)
         }
         let hello = #"{"agentVersion":"stand-in","nonce":"0123456789abcdef0123"}"#
         let (strangerStatus, strangerBody) = try post("/agent/v1/hello", from: Self.strangerAddress, hello)
@@ -156,6 +149,57 @@ struct SiteAgentTests {
         #expect(try image(token: try #require(task?["token"] as? String)) == "403")
         // An admin token opens images at the region, never at a site.
         #expect(try image(token: cp.adminToken) == "403")
+
+        // Released, and the region goes away during the wipe: the agent's reports wait at the
+        // site (its token known from the hello the site relayed), and reach the region, in
+        // order, when it is back; the release then completes.
+        try cp.cli(["machine", "release", "a1"])
+        var (status, body) = (0, "")
+        try h.waitUntil("the wipe's hello through the site", timeout: 90, interval: 0.3) {
+            (status, body) = try post(
+                "/agent/v1/hello",
+                from: Self.address,
+                ControlPlane.hello(nonce: "fedcba9876543210fe")
+            )
+            return status != 503
+        }
+        let wipe = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+        #expect(status == 200 && wipe?["kind"] as? String == "wipe", "\(status) \(body)")
+        let wipeToken = try #require(wipe?["token"] as? String)
+        let region = try #require(cp.server)
+        kill(region.processIdentifier, SIGKILL)
+        region.waitUntilExit()
+        let progress = #"{"stage":"wipe","bytesDone":1048576,"bytesTotal":3145728}"#
+        // A token the site never saw is not kept: the region's absence, as before.
+        let (madeUp, _) = try post("/agent/v1/progress", from: Self.address, token: "a1.9.9.made-up", progress)
+        #expect(madeUp == 503)
+        // Nor the right token from another address.
+        let (elsewhere, _) = try post("/agent/v1/progress", from: "127.0.0.1", token: wipeToken, progress)
+        #expect(elsewhere == 403)
+        let (kept1, keptBody1) = try post("/agent/v1/progress", from: Self.address, token: wipeToken, progress)
+        #expect(kept1 == 200, "\(keptBody1)")
+        let (kept2, keptBody2) = try post("/agent/v1/done", from: Self.address, token: wipeToken, #"{"ok":true}"#)
+        #expect(kept2 == 200, "\(keptBody2)")
+        func waiting() throws -> [String] {
+            try FileManager.default.contentsOfDirectory(atPath: dir + "/agent-reports").filter { $0.hasSuffix(".json") }
+        }
+        #expect(try waiting().count == 2)
+        // A new boot's hello waits behind them (503, which agents retry).
+        let (behind, behindBody) = try post(
+            "/agent/v1/hello",
+            from: Self.address,
+            ControlPlane.hello(nonce: "fedcba9876543210fe")
+        )
+        #expect(behind == 503 && behindBody.contains("reports of this machine wait"), "\(behindBody)")
+        try cp.start(log: "server-2.log")
+        // Ready only once the wipe's done reached the region (nothing else finishes a release).
+        try cp.waitFor("a1", "ready", timeout: 90)
+        #expect(try waiting().isEmpty)
+        let delivered = h.read("site.log").split(separator: "\n").filter { $0.contains("agent report delivered") }
+        #expect(
+            delivered.count == 2 && delivered[0].contains("progress") && delivered[1].contains("done"),
+            "\(delivered)"
+        )
         site.terminate()
         try h.waitUntil("the site agent to stop", timeout: 20) { !site.isRunning }
         #expect(site.terminationStatus == 0, "\(h.read("site.log"))")

@@ -282,32 +282,41 @@ struct SiteCommand: AsyncParsableCommand {
                     )
                 } catch { throw CLIError("opening the cache in \(dataDir)/cache: \(error)") }
                 var siteBoot: SiteBoot?
+                var deliveries: SiteDeliveries?
                 if let bootConfiguration {
                     do {
-                        siteBoot = try await SiteBoot(
+                        let queue = try AgentReportQueue(
+                            directory: dataDir + "/agent-reports",
+                            tokensFile: dataDir + "/agent-tokens.json"
+                        )
+                        let boot = try await SiteBoot(
                             configuration: bootConfiguration,
                             machine: { machines.entry($0) },
-                            agent: LinkAgentBackend(link: link, logger: logger),
+                            agent: LinkAgentBackend(link: link, queue: queue, logger: logger),
                             images: CacheImageSource(cache: cache),
                             logger: logger
+                        )
+                        siteBoot = boot
+                        deliveries = SiteDeliveries(
+                            events: SiteEventCourier(
+                                store: boot.store,
+                                link: link,
+                                markFile: dataDir + "/events-mark.json"
+                            ),
+                            leases: SiteLeaseCourier(store: boot.store, link: link),
+                            reports: AgentReportCourier(queue: queue, link: link, logger: logger),
+                            bootFiles: BootFileSync(
+                                cache: cache,
+                                root: boot.bootRoot,
+                                stateFile: dataDir + "/boot-files.json",
+                                logger: logger
+                            ),
+                            recorder: boot.recorder
                         )
                     } catch { throw CLIError("boot services: \(error)") }
                     logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
                 }
-                let courier = siteBoot.map {
-                    SiteEventCourier(store: $0.store, link: link, markFile: dataDir + "/events-mark.json")
-                }
-                let leases = siteBoot.map { SiteLeaseCourier(store: $0.store, link: link) }
-                let bootFiles = siteBoot.map {
-                    BootFileSync(
-                        cache: cache,
-                        root: $0.bootRoot,
-                        stateFile: dataDir + "/boot-files.json",
-                        logger: logger
-                    )
-                }
-                let recorder = siteBoot?.recorder
-                let calls: @Sendable () async throws -> Void = {
+                let calls: @Sendable () async throws -> Void = { [deliveries] in
                     try await Self.callIn(
                         link: link,
                         region: region,
@@ -320,10 +329,7 @@ struct SiteCommand: AsyncParsableCommand {
                         syncImage: syncImage,
                         status: status,
                         machines: machines,
-                        courier: courier,
-                        leases: leases,
-                        bootFiles: bootFiles,
-                        recorder: recorder,
+                        deliveries: deliveries,
                         logger: logger
                     )
                 }
@@ -346,14 +352,11 @@ struct SiteCommand: AsyncParsableCommand {
             syncImage: Set<String>,
             status: LinkStatusFile,
             machines: SiteMachinesFile,
-            courier: SiteEventCourier?,
-            leases: SiteLeaseCourier?,
-            bootFiles: BootFileSync?,
-            recorder: TimelineRecorder?,
+            deliveries: SiteDeliveries?,
             logger: Logger
         ) async throws {
             // The site's machines' DHCP traffic goes on their timelines too (not only network boots).
-            for mac in machines.macs { recorder?.markKnown(mac) }
+            for mac in machines.macs { deliveries?.recorder.markKnown(mac) }
             do {
                 let prefetcher = Prefetcher(cache: cache, origin: origin, logger: logger)
                 var up: Bool? = nil
@@ -363,7 +366,7 @@ struct SiteCommand: AsyncParsableCommand {
                     request.cachedFiles = Int64(cached.count)
                     request.cachedBytes = cached.reduce(0) { $0 + $1.size }
                     request.version = farrierVersion
-                    request.queueDepth = await courier?.depth() ?? 0
+                    request.queueDepth = await deliveries?.depth() ?? 0
                     var options = CallOptions.defaults
                     options.timeout = .seconds(10)
                     /// A refusal ends the run: the certificate will not be accepted again.
@@ -394,7 +397,7 @@ struct SiteCommand: AsyncParsableCommand {
                             logger.warning("link down", metadata: ["region": "\(region)", "error": "\(error)"])
                         }
                         up = false
-                        status.record(up: false, error: "\(error)", queueDepth: await courier?.depth())
+                        status.record(up: false, error: "\(error)", queueDepth: await deliveries?.depth())
                         if once {
                             throw CLIError("the region at \(region) did not answer: \(error)", code: .unavailable)
                         }
@@ -406,7 +409,7 @@ struct SiteCommand: AsyncParsableCommand {
                         do {
                             let list = try await link.siteMachines(Farrier_V1_SiteMachinesRequest(), options: options)
                             try machines.record(list)
-                            for mac in machines.macs { recorder?.markKnown(mac) }
+                            for mac in machines.macs { deliveries?.recorder.markKnown(mac) }
                             // What to keep cached: its machines' images first, then those named.
                             let sizes = Dictionary(
                                 list.images.map { ($0.sha256, $0.size) },
@@ -428,7 +431,7 @@ struct SiteCommand: AsyncParsableCommand {
                                 }
                             }
                             // The region's ramdisk and iPXE binaries, before any image.
-                            installing = bootFiles?.start(
+                            installing = deliveries?.bootFiles.start(
                                 list.bootFiles.map { BootFile(path: $0.path, sha256: $0.sha256, size: $0.size) }
                             )
                             pulling = prefetcher.start(wanted)
@@ -438,27 +441,28 @@ struct SiteCommand: AsyncParsableCommand {
                             logger.warning("listing the site's machines failed", metadata: ["error": "\(error)"])
                             if once { throw CLIError("listing the site's machines: \(error)") }
                         }
-                        // The boot timeline the region has not had yet, in order, once.
-                        if let courier {
-                            do {
-                                let depth = try await courier.deliver(options: options)
-                                status.record(up: true, error: nil, queueDepth: depth)
-                            } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
-                                throw refused(e)
-                            } catch {
-                                logger.warning("delivering events failed", metadata: ["error": "\(error)"])
-                                status.record(up: true, error: nil, queueDepth: await courier.depth())
+                        if let deliveries {
+                            // Each in turn; a failure is logged and tried again at the next call.
+                            func attempt(_ what: String, _ work: () async throws -> Void) async throws {
+                                do { try await work() } catch let e as RPCError
+                                    where e.code == .permissionDenied || e.code == .unauthenticated
+                                {
+                                    throw refused(e)
+                                } catch {
+                                    logger.warning("\(what) failed", metadata: ["error": "\(error)"])
+                                }
                             }
-                        }
-                        // The leases of its machines, so the region can show and reach them.
-                        if let leases {
-                            do {
-                                try await leases.deliver(macs: Set(machines.macs), options: options)
-                            } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
-                                throw refused(e)
-                            } catch {
-                                logger.warning("reporting leases failed", metadata: ["error": "\(error)"])
+                            // The agent reports kept while the region was away, in order.
+                            try await attempt("delivering agent reports") { try await deliveries.reports.deliver() }
+                            // The boot timeline the region has not had yet, in order, once.
+                            try await attempt("delivering events") {
+                                _ = try await deliveries.events.deliver(options: options)
                             }
+                            // The leases of its machines, so the region can show and reach them.
+                            try await attempt("reporting leases") {
+                                try await deliveries.leases.deliver(macs: Set(machines.macs), options: options)
+                            }
+                            status.record(up: true, error: nil, queueDepth: await deliveries.depth())
                         }
                         if once {
                             let failed = await (pulling?.value ?? 0) + (installing?.value ?? 0)
