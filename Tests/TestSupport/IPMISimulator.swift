@@ -1,12 +1,15 @@
 import Foundation
 
-/// An OpenIPMI `ipmi_sim` BMC on 127.0.0.1, with a chassis_control program that keeps power and
-/// boot device in files, and a serial port (for SOL) that is a small TCP echo service.
+/// An OpenIPMI `ipmi_sim` BMC on 127.0.0.1 (of `namespace`, if given), with a chassis_control
+/// program that keeps power and boot device in files, and a serial port (for SOL) that is a
+/// small TCP echo service.
 public struct IPMISimulator: Sendable {
     public let h: Harness
     public let port: Int
     public let solPort: Int
     public let dir: String
+    /// The network namespace it runs in (nil: the test's own).
+    public let namespace: String?
     public static let user = "admin"
     public static let password = "s3cret-pw"
 
@@ -16,12 +19,14 @@ public struct IPMISimulator: Sendable {
     }
 
     public static func freePort(udp: Bool) -> Int {
-        // Ephemeral range, random: collisions are retried by the caller's start check.
-        Int.random(in: 20000..<40000) + (udp ? 0 : 1)
+        // Below Linux's ephemeral range (32768 on), random: collisions are retried by the
+        // caller's start check.
+        Int.random(in: 20000..<32000) + (udp ? 0 : 1)
     }
 
-    public init(_ h: Harness, name: String = "bmc") throws {
+    public init(_ h: Harness, name: String = "bmc", namespace: String? = nil) throws {
         self.h = h
+        self.namespace = namespace
         port = Self.freePort(udp: true)
         solPort = Self.freePort(udp: false)
         dir = h.directory + "/" + name
@@ -132,7 +137,7 @@ public struct IPMISimulator: Sendable {
     public func start(log: String? = nil) throws -> Process {
         let log = log ?? "ipmi_sim-\(port).log"
         let p = try h.start(
-            ["ipmi_sim", "-c", dir + "/lan.conf", "-f", dir + "/bmc.emu", "-s", dir + "/state", "-n"],
+            inNamespace + ["ipmi_sim", "-c", dir + "/lan.conf", "-f", dir + "/bmc.emu", "-s", dir + "/state", "-n"],
             log: log
         )
         // Up when ipmitool gets an answer.
@@ -144,14 +149,17 @@ public struct IPMISimulator: Sendable {
     }
 
     public func startSerial() throws {
-        try h.start(["python3", dir + "/serial.py", String(solPort)], log: "serial.log")
+        try h.start(inNamespace + ["python3", dir + "/serial.py", String(solPort)], log: "serial.log")
     }
+
+    /// The prefix that runs a command in `namespace`.
+    var inNamespace: [String] { namespace.map { ["ip", "netns", "exec", $0] } ?? [] }
 
     /// Runs ipmitool against the simulator with cipher suite 3, the independent check.
     @discardableResult
     public func ipmitool(_ args: [String], timeout: Double = 15) throws -> String {
         try h.run(
-            [
+            inNamespace + [
                 "ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", String(port), "-U", Self.user, "-f",
                 passwordFile,
                 "-R", "2", "-N", "1",
