@@ -49,28 +49,50 @@ public struct SiteCredentials: Sendable {
 /// Connects to the region's site link (`site.listen`) as the site in `credentials`, and runs
 /// `body` with a client. The region is verified against the CA the site got when it joined, and
 /// by the host name or IP address in `region`.
+///
+/// `region` may name several replicas' links, `HOST:PORT,HOST:PORT` (IPv4 literals): calls then
+/// go round-robin to those that are up, so a replica that dies costs the site at most the calls
+/// it had in flight.
 public func withSiteLink<R: Sendable>(
     region: String,
     credentials: SiteCredentials,
     _ body: @Sendable (Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) async throws -> R
 ) async throws -> R {
-    let (host, port) = try splitHostPort(region)
+    let regions = region.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     let security = HTTP2ClientTransport.Posix.TransportSecurity.mTLS(
         certificateChain: [.file(path: credentials.certificatePath, format: .pem)],
         privateKey: .file(path: credentials.keyPath, format: .pem)
     ) { tls in
         tls.trustRoots = .certificates([.file(path: credentials.regionCAPath, format: .pem)])
     }
-    // An IP literal connects as one, and TLS checks the link certificate's IP names for it.
-    let target: any ResolvableTarget =
-        if IPv4Address(host) != nil {
-            .ipv4(address: host, port: port)
-        } else if host.contains(":") {
-            .ipv6(address: host, port: port)
-        } else {
-            .dns(host: host, port: port)
+    let target: any ResolvableTarget
+    var serviceConfig = ServiceConfig()
+    if regions.count > 1 {
+        let pairs = try regions.map { try splitHostPort($0) }
+        guard pairs.allSatisfy({ IPv4Address($0.0) != nil }) else {
+            throw SiteAuthority.Failure(
+                "several region links are IPv4 HOST:PORT pairs (\(region)); a name that resolves to several addresses is given alone"
+            )
         }
-    let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security)
+        target = .ipv4(pairs: pairs.map { (host: $0.0, port: $0.1) })
+        serviceConfig.loadBalancingConfig = [.roundRobin]
+    } else {
+        let (host, port) = try splitHostPort(regions.first ?? region)
+        // An IP literal connects as one, and TLS checks the link certificate's IP names for it.
+        target =
+            if IPv4Address(host) != nil {
+                .ipv4(address: host, port: port)
+            } else if host.contains(":") {
+                .ipv6(address: host, port: port)
+            } else {
+                .dns(host: host, port: port)
+            }
+    }
+    let transport = try HTTP2ClientTransport.Posix(
+        target: target,
+        transportSecurity: security,
+        serviceConfig: serviceConfig
+    )
     return try await withGRPCClient(transport: transport) { client in
         try await body(Farrier_V1_SiteLinkService.Client(wrapping: client))
     }

@@ -186,7 +186,13 @@ struct SiteCommand: AsyncParsableCommand {
                 with status 17.
                 """
         )
-        @Option(help: "The region's site link, HOST:PORT (a name or IP in its link certificate).") var region: String
+        @Option(
+            help: """
+                The region's site link, HOST:PORT (a name or IP in its link certificate); several \
+                replicas' links as IPv4 HOST:PORT,HOST:PORT (calls go to those that are up).
+                """
+        )
+        var region: String
         @Option(help: "Where the site keeps its key and certificates.") var dataDir = "/var/lib/farrier-site"
         @Option(help: "Seconds between calls to the region (1 to 15; the region calls a link down after 30).")
         var interval = 10
