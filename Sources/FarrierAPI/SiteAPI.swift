@@ -524,16 +524,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                 )
             }
             let page = try await store.machines(query)
-            r.machines += page.map { m in
-                var v = Farrier_V1_SiteMachine()
-                v.name = m.name
-                v.mac = m.mac.description
-                v.state = m.state.rawValue
-                v.nextBoot = Lifecycle.nextBoot(m.state, phase: m.phase).rawValue
-                v.firmware = m.firmware.rawValue
-                v.imageSha256 = m.deployment?.imageSHA256 ?? ""
-                return v
-            }
+            r.machines += page.map(Self.siteMachine)
             guard page.count == query.limit, let last = page.last else { break }
             query.after = last.name
         }
@@ -547,6 +538,32 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
             } ?? []
         r.asOf = Google_Protobuf_Timestamp(date: at)
         return r
+    }
+
+    static func siteMachine(_ m: Machine) -> Farrier_V1_SiteMachine {
+        var v = Farrier_V1_SiteMachine()
+        v.name = m.name
+        v.mac = m.mac.description
+        v.state = m.state.rawValue
+        v.nextBoot = Lifecycle.nextBoot(m.state, phase: m.phase).rawValue
+        v.firmware = m.firmware.rawValue
+        v.imageSha256 = m.deployment?.imageSHA256 ?? ""
+        return v
+    }
+
+    public func siteMachineBoot(
+        request: Farrier_V1_SiteMachineBootRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_SiteMachine {
+        let site = try await authorize(context, at: now())
+        guard let mac = MACAddress(request.mac) else {
+            throw RPCError(code: .invalidArgument, message: "'\(request.mac.prefix(40))' is not a MAC address")
+        }
+        // Another site's machine, or none: the same answer, so nothing leaks.
+        guard let m = try await store.machine(mac: mac), m.site == site.site else {
+            throw RPCError(code: .notFound, message: "no machine of site \(site.site) has MAC \(mac)")
+        }
+        return Self.siteMachine(m)
     }
 
     static func revoked(_ site: SiteAuthority.SiteIdentity) -> RPCError {

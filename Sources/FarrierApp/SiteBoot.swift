@@ -45,7 +45,7 @@ public struct SiteBoot: Sendable {
     /// `images` (the site's cache) to those `agent` says may have them.
     public init(
         configuration c: ServerConfiguration,
-        machine: @escaping @Sendable (MACAddress) -> SiteBootEntry?,
+        machine: @escaping @Sendable (MACAddress) async -> SiteBootEntry?,
         agent: (any AgentBackend)? = nil,
         images: (any ImageSource)? = nil,
         logger: Logger
@@ -247,6 +247,55 @@ public struct LinkAgentBackend: AgentBackend {
     }
 }
 
+/// What a site boots a machine with: the region's answer now while the link is up (a list
+/// refreshed every few seconds can be older than the power cycle the region just made for a
+/// step, and a machine told to boot its disk then would never reach its agent), the region's
+/// last list while it is away or slow to answer.
+public final class SiteBootLookup: Sendable {
+    let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    let cached: @Sendable (MACAddress) -> SiteBootEntry?
+    let note: @Sendable (MACAddress, SiteBootEntry?) -> Void
+    /// Whether the last call to the region was answered: while not, the list answers at once.
+    let regionUp = Atomic<Bool>(false)
+    /// How long a script request waits for the region before the list answers.
+    let patience: Duration
+
+    public init(
+        link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        patience: Duration = .seconds(2),
+        cached: @escaping @Sendable (MACAddress) -> SiteBootEntry?,
+        note: @escaping @Sendable (MACAddress, SiteBootEntry?) -> Void
+    ) {
+        self.link = link
+        self.patience = patience
+        self.cached = cached
+        self.note = note
+    }
+
+    public func region(up: Bool) { regionUp.store(up, ordering: .relaxed) }
+
+    public func entry(_ mac: MACAddress) async -> SiteBootEntry? {
+        guard regionUp.load(ordering: .relaxed) else { return cached(mac) }
+        var options = CallOptions.defaults
+        options.timeout = patience
+        do {
+            let m = try await link.siteMachineBoot(
+                Farrier_V1_SiteMachineBootRequest.with { $0.mac = mac.description },
+                options: options
+            )
+            let entry = SiteBootEntry(name: m.name, state: m.state, nextBoot: m.nextBoot, firmware: m.firmware)
+            note(mac, entry)
+            return entry
+        } catch let e as RPCError where e.code == .notFound {
+            // Not (or no longer) one of this site's machines, says the region.
+            note(mac, nil)
+            return nil
+        } catch {
+            return cached(mac)
+        }
+    }
+}
+
 /// Delivers the site's boot timeline (DHCP, TFTP, HTTP events in `site.sqlite`) to the region
 /// over the link, oldest first, each once: the region keeps the highest number it has and
 /// skips what it has, so what a lost answer makes the site send again is not doubled. Events
@@ -419,14 +468,18 @@ public struct SiteDeliveries: Sendable {
     public let reports: AgentReportCourier
     public let bootFiles: BootFileSync
     public let recorder: TimelineRecorder
+    /// Told whether the region answers, so that script requests do not wait for one away.
+    public let lookup: SiteBootLookup
 
     public init(
         events: SiteEventCourier,
         leases: SiteLeaseCourier,
         reports: AgentReportCourier,
         bootFiles: BootFileSync,
-        recorder: TimelineRecorder
+        recorder: TimelineRecorder,
+        lookup: SiteBootLookup
     ) {
+        self.lookup = lookup
         self.events = events
         self.leases = leases
         self.reports = reports

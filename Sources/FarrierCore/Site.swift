@@ -169,6 +169,17 @@ public struct SiteBootEntry: Sendable, Hashable {
         self.firmware = firmware
     }
 
+    /// From the region's words for it. A next boot this site does not know (a newer region's)
+    /// waits: never the disk by accident.
+    public init(name: String, state: String, nextBoot: String, firmware: String) {
+        self.init(
+            name: name,
+            state: state,
+            nextBoot: Lifecycle.NextBoot(rawValue: nextBoot) ?? .wait,
+            firmware: Firmware(rawValue: firmware) ?? .unknown
+        )
+    }
+
     /// The machine's script. A deployed machine boots its disk; one waiting waits; a ramdisk
     /// step boots the ramdisk with the site's agent channel (`ramdisk`). Without one, such a
     /// machine waits, never falling through to its disk.

@@ -79,7 +79,7 @@ public struct HTTPDependencies: Sendable {
     /// At a site: what the region last said each of the site's machines boots next (nil: the
     /// MAC is not one of them). Set, it decides `/boot` scripts instead of the store and
     /// controller, so they keep coming while the region is away.
-    public var siteBoot: (@Sendable (MACAddress) -> SiteBootEntry?)?
+    public var siteBoot: (@Sendable (MACAddress) async -> SiteBootEntry?)?
     /// At a site: the agent channel's calls and image checks, relayed to the region (else the
     /// controller answers them).
     public var agentBackend: (any AgentBackend)?
@@ -189,7 +189,7 @@ public func buildRouter(
         )
         let selfURL = "\(base)?platform=\(platform)&buildarch=\(q["buildarch"].map(String.init) ?? "")"
         if let siteBoot = deps.siteBoot {
-            guard deps.peerMAC(context.remoteAddress) == mac, let entry = siteBoot(mac) else { return unknown }
+            guard deps.peerMAC(context.remoteAddress) == mac, let entry = await siteBoot(mac) else { return unknown }
             deps.recorder.record(
                 TimelineEvent(
                     mac: mac,

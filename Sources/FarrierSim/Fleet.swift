@@ -19,6 +19,9 @@ public struct SimConfiguration: Sendable {
     /// Where the machines' "iPXE" fetches its script: Farrier's boot HTTP (http://HOST:PORT).
     public var bootHost = "127.0.0.1"
     public var bootPort = 8080
+    /// Sites the machines are spread over, round-robin (machine i at `sites[i % count]`), each
+    /// with its boot HTTP; empty: all boot from `bootHost:bootPort`, at no site.
+    public var sites: [SimSite] = []
     /// The first machine's source address; machine i uses the i-th after it. On Linux every
     /// 127.0.0.0/8 address is the loopback, so N machines need no set-up.
     public var firstAddress = IPv4Address(127, 16, 0, 1)
@@ -45,6 +48,19 @@ public struct SimConfiguration: Sendable {
     public var pollSeconds = 5.0
 
     public init() {}
+}
+
+/// A site of the simulated fleet: its name (as `farrier site add` made it) and its boot HTTP.
+public struct SimSite: Sendable, Hashable {
+    public var name: String
+    public var bootHost: String
+    public var bootPort: Int
+
+    public init(name: String, bootHost: String, bootPort: Int) {
+        self.name = name
+        self.bootHost = bootHost
+        self.bootPort = bootPort
+    }
 }
 
 /// Counters of everything the simulated fleet did, for the bench and for tests.
@@ -130,21 +146,29 @@ public actor SimFleet {
         stats.machines = configuration.machines
     }
 
-    /// One machine as enrolled: its name, MAC, address, and BMC URL (password apart).
+    /// One machine as enrolled: its name, MAC, address, BMC URL (password apart) and site.
     public struct Entry: Sendable {
         public var name: String
         public var mac: MACAddress
         public var address: IPv4Address
         public var bmcURL: String
+        public var site: String?
+    }
+
+    /// Machine i's site, if the fleet is spread over sites.
+    func site(_ i: Int) -> SimSite? {
+        configuration.sites.isEmpty ? nil : configuration.sites[i % configuration.sites.count]
     }
 
     public func entries(port: Int) -> [Entry] {
-        machines.map { m in
-            Entry(
+        machines.indices.map { i in
+            let m = machines[i]
+            return Entry(
                 name: m.name,
                 mac: m.mac,
                 address: m.address,
-                bmcURL: "redfish+http://\(configuration.user)@\(configuration.redfishHost):\(port)/\(m.name)"
+                bmcURL: "redfish+http://\(configuration.user)@\(configuration.redfishHost):\(port)/\(m.name)",
+                site: site(i)?.name
             )
         }
     }
@@ -367,8 +391,8 @@ public actor SimFleet {
         }
         let m = machines[i]
         let client = SimHTTPClient(
-            host: configuration.bootHost,
-            port: configuration.bootPort,
+            host: site(i)?.bootHost ?? configuration.bootHost,
+            port: site(i)?.bootPort ?? configuration.bootPort,
             source: m.address.description,
             pin: nil
         )

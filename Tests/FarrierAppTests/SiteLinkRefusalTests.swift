@@ -119,6 +119,15 @@ import X509
                 }
             }
             #expect(try await link.siteMachines(Farrier_V1_SiteMachinesRequest()).machines.map(\.name) == ["m1"])
+            // One machine as the region has it now; any other MAC is not found.
+            let one = try await link.siteMachineBoot(.with { $0.mac = mac.description })
+            #expect(one.name == "m1" && one.nextBoot == "wait", "\(one)")
+            do {
+                _ = try await link.siteMachineBoot(.with { $0.mac = "52:54:00:09:00:09" })
+                Issue.record("another MAC was answered")
+            } catch let e as RPCError {
+                #expect(e.code == .notFound, "\(e)")
+            }
             #expect(try await link.reportLeases(leases).kept == 1)
             #expect(try await link.reportEvents(events).mark == 1)
             // Boot files: listed, and fetched by digest; a file beside them, and a digest the
@@ -165,6 +174,9 @@ import X509
             }
             await refused("Heartbeat") { _ = try await link.heartbeat(Farrier_V1_HeartbeatRequest()) }
             await refused("SiteMachines") { _ = try await link.siteMachines(Farrier_V1_SiteMachinesRequest()) }
+            await refused("SiteMachineBoot") {
+                _ = try await link.siteMachineBoot(.with { $0.mac = mac.description })
+            }
             await refused("ReportLeases") { _ = try await link.reportLeases(leases) }
             await refused("ReportEvents") { _ = try await link.reportEvents(events) }
             var access = Farrier_V1_ImageAccessRequest()

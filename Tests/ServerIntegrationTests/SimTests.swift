@@ -161,6 +161,122 @@ struct SimTests {
         _ = a
     }
 
+    /// A simulated fleet behind two sites: each machine boots, says hello and downloads its
+    /// image at its own site (`sim --site`), whose agent relays to the region (one server on
+    /// SQLite) over its link. Commissioned and deployed through the sites; each site pulled
+    /// the image once, and the region's timelines say which site each machine's boot went through.
+    @Test func aSimulatedFleetBootsBehindItsSites() throws {
+        let h = try Harness("sim-sites")
+        defer { h.cleanup() }
+        let base = Int.random(in: 200..<260) * 100
+        let (grpc, http, agent, link, redfish) = ("127.0.0.1:\(base)", base + 2, base + 3, base + 5, base + 10)
+        let sitePorts = [(base + 20, base + 30), (base + 21, base + 31)]
+        let (sim, config, enroll, password) = try Self.startSim(
+            h,
+            machines: 6,
+            redfish: redfish,
+            http: http,
+            firstAddress: "127.78.0.1",
+            flags: ["--agent-seconds", "0.3"]
+                + sitePorts.enumerated().flatMap {
+                    ["--site", "site-\($0.offset + 1)=http://127.0.0.1:\($0.element.0)"]
+                }
+        )
+        let enrollText = try String(contentsOfFile: enroll, encoding: .utf8)
+        #expect(enrollText.components(separatedBy: "site: site-1").count == 4, "\(enrollText)")
+        let data = h.directory + "/data"
+        let region = try h.start(
+            [
+                Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen", grpc, "--http-listen",
+                "127.0.0.1:\(http)", "--agent-listen", "127.0.0.1:\(agent)", "--tftp-listen", "", "--dhcp-mode", "off",
+                "--site-listen", "127.0.0.1:\(link)",
+            ],
+            log: "server.log"
+        )
+        try h.waitUntil("the region's admin token", timeout: 30) {
+            guard region.isRunning else { throw Harness.CommandError(description: h.read("server.log")) }
+            return (try? h.adminToken(dataDir: data)) != nil
+        }
+        let token = try h.adminToken(dataDir: data)
+        @discardableResult
+        func cli(_ args: [String]) throws -> Harness.Result {
+            try h.run([Self.bin] + args + ["--server", grpc, "--token", token], timeout: 60)
+        }
+        try h.waitUntil("the region to answer", timeout: 30, interval: 0.2) { (try? cli(["token", "whoami"])) != nil }
+        var sites: [Process] = []
+        for (k, ports) in sitePorts.enumerated() {
+            let name = "site-\(k + 1)"
+            let added = try cli(["site", "add", name, "-o", "json"]).stdout
+            let join = try #require(
+                (try JSONSerialization.jsonObject(with: Data(added.utf8)) as? [String: Any])?["joinToken"] as? String
+            )
+            try h.run([
+                "env", "-u", "FARRIER_TOKEN", "FARRIER_CONFIG_FILE=/nonexistent", Self.bin, "site", "join",
+                "--join-token", join, "--name", name, "--data-dir", h.directory + "/" + name, "--server", grpc,
+            ])
+            sites.append(
+                try h.start(
+                    [
+                        Self.bin, "site", "run", "--region", "127.0.0.1:\(link)", "--data-dir",
+                        h.directory + "/" + name,
+                        "--interval", "1", "--boot", "--config", config, "--dhcp-mode", "off", "--tftp-listen", "",
+                        "--http-listen", "127.0.0.1:\(ports.0)", "--agent-listen", "127.0.0.1:\(ports.1)",
+                    ],
+                    log: name + ".log"
+                )
+            )
+        }
+        try h.waitUntil("both sites' links", timeout: 30, interval: 0.3) {
+            let out = try cli(["site", "list", "-o", "json"]).stdout
+            let list = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+            return list.filter { $0["link"] as? String == "up" }.count == 2
+        }
+        func count(_ state: String, site: String? = nil) throws -> Int {
+            let out = try cli(
+                ["machine", "list", "--state", state, "-o", "json"] + (site.map { ["--site", $0] } ?? [])
+            )
+            .stdout
+            return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.count ?? 0
+        }
+        try cli(["machine", "enroll", "--from", enroll, "--bmc-password-file", password, "--commission"])
+        try h.waitUntil("6 machines ready", timeout: 120, interval: 1) { try count("ready") == 6 }
+        #expect(try count("ready", site: "site-1") == 3 && count("ready", site: "site-2") == 3)
+        let image = h.directory + "/img.raw"
+        try Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: image))
+        try cli(["image", "add", "img", image])
+        try cli(["project", "create", "p"])
+        try cli(["machine", "deploy", "--project", "p", "--image", "img", "--count", "6"])
+        try h.waitUntil("6 machines deployed", timeout: 120, interval: 1) { try count("deployed") == 6 }
+        let stats = try JSONSerialization.jsonObject(
+            with: Data(try h.run(["curl", "-sf", "http://127.0.0.1:\(redfish)/sim/v1/stats"]).stdout.utf8)
+        )
+        let s = try #require(stats as? [String: Any])
+        #expect(s["deployed"] as? Int == 6 && s["helloRefusals"] as? Int == 0, "\(s)")
+        #expect((s["imageBytes"] as? Int ?? 0) >= 6 * (1 << 20), "\(s)")
+        // Each site pulled the image from the region once (beside the region's iPXE binaries)
+        // and served its three machines from its cache.
+        let digest = String(try h.run(["sha256sum", image]).stdout.prefix(64))
+        for (k, _) in sitePorts.enumerated() {
+            let log = h.read("site-\(k + 1).log")
+            let pulls = log.split(separator: "\n").filter {
+                $0.contains("cached from the region") && $0.contains(digest)
+            }
+            #expect(pulls.count == 1, "\(log)")
+            let cache = try FileManager.default.contentsOfDirectory(atPath: h.directory + "/site-\(k + 1)/cache")
+            #expect(cache.contains(digest), "\(cache)")
+        }
+        // The region's timelines come from the sites: sim-00001's from site-1, sim-00002's from site-2.
+        for (name, site) in [("sim-00001", "site-1"), ("sim-00002", "site-2")] {
+            let out = try cli(["machine", "show", name, "-o", "json"]).stdout
+            #expect(out.contains("site=\(site)") && !out.contains("site=\(site == "site-1" ? "site-2" : "site-1")"))
+        }
+        sim.terminate()
+        for p in sites { p.terminate() }
+        try h.waitUntil("the simulator and the sites to end", timeout: 20) {
+            !sim.isRunning && sites.allSatisfy { !$0.isRunning }
+        }
+    }
+
     /// A member's `release --wait` follows the release to its end, though the machine leaves
     /// the project when its wipe completes: the member can read how it ended, and nothing else
     /// about the machine now in the pool. One server on SQLite, two simulated machines.

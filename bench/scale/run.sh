@@ -11,13 +11,19 @@
 # second (against both replicas, failing over), and so does the simulator (in_sim: its calls wait
 # behind its own agents), and then for 30 s with the fleet at rest (idle). Everything runs in a network namespace made
 # here (its own loopback); nothing leaves it.
+# A third run (sites) is the PostgreSQL run with the machines spread over SITES (default 20)
+# site agents (`farrier site run --boot`, each linked to both replicas): the machines boot, say
+# hello and download from their site's HTTP and agent channel, and the region serves none of
+# the boot path; the sites relay the agents' calls, deliver their timelines and pull the image
+# once each. It shows what the region's load and memory become behind sites.
 # Prints minutes per phase, machines stuck (not where they should be at the end), BMC resets per
 # machine and phase (the repeats after a kill show there), list/show p50/p99, peak RSS of each
-# server and the most malloc held in it at once (sampled), PostgreSQL's size. Last line:
-#   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M
+# server and the most malloc held in it at once (sampled), each server's CPU seconds, PostgreSQL's
+# size; with sites, the site agents' peak RSS (largest, sum) and CPU seconds. Last line:
+#   scale machines=N stuck=N minutes=M list_p99_ms=X rss_mb=R sqlite_minutes=M sites=K sites_stuck=N sites_minutes=M sites_rss_mb=R sites_region_cpu_s=C
 # Knobs: MACHINES, PROJECT_SIZE, MAX_DEPLOYS/MAX_WIPES (the caps, default 500), AGENT_SECONDS
 # (simulated agent work, default 5), IMAGE_MIB (default 4), PHASE_TIMEOUT (minutes, default 60),
-# SKIP_SQLITE=1, SKIP_POSTGRES=1, LOG_LEVEL (the servers', default warning), WRAP_A (a command to run replica A under, e.g. "heaptrack -o FILE": A's RSS is
+# SKIP_SQLITE=1, SKIP_POSTGRES=1, SKIP_SITES=1, SITES (default 20), LOG_LEVEL (the servers', default warning), WRAP_A (a command to run replica A under, e.g. "heaptrack -o FILE": A's RSS is
 # then the wrapper's). Every process is started by this shell (its child: reaped, killed by its
 # own PID). Needs root, postgresql-15, python3, and a release build (built if missing).
 set -euo pipefail
@@ -63,16 +69,23 @@ ip netns exec "$ns" setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$p
 for _ in $(seq 100); do inns "$pgbin/pg_isready" -h 127.0.0.1 -p 5432 -U farrier -t 1 >/dev/null 2>&1 && break; sleep 0.2; done
 psql_() { inns psql -h 127.0.0.1 -p 5432 -U farrier -At -v ON_ERROR_STOP=1 "$@"; }
 
-# $1: "postgres" or "sqlite"; prints "key=value" lines into $work/$1.result.
+# $1: "postgres", "sqlite" or "sites"; prints "key=value" lines into $work/$1.result.
 run_fleet() {
-    local kind=$1 dir="$work/$1" url="" replicas=1
+    local kind=$1 dir="$work/$1" url="" replicas=1 sites=0 db=scale
     mkdir -p "$dir/data"
-    if [ "$kind" = postgres ]; then
-        psql_ -d postgres -c "CREATE DATABASE scale" >/dev/null
-        url="postgres://farrier@127.0.0.1:5432/scale?sslmode=disable"
+    if [ "$kind" = postgres ] || [ "$kind" = sites ]; then
+        [ "$kind" = sites ] && db=scale_sites && sites=${SITES:-20}
+        psql_ -d postgres -c "CREATE DATABASE $db" >/dev/null
+        url="postgres://farrier@127.0.0.1:5432/$db?sslmode=disable"
         replicas=2
     fi
-    ip netns exec "$ns" "$farrier" sim --machines "$n" --redfish-listen 127.0.0.1:8200 --boot-url http://127.0.0.1:8080 \
+    # Where the machines boot: replica A, or their site (machine i at site (i mod SITES) + 1).
+    local boot=(--boot-url http://127.0.0.1:8080) k
+    if [ "$sites" -gt 0 ]; then
+        boot=()
+        for k in $(seq "$sites"); do boot+=(--site "site-$k=http://127.0.0.1:$((9000 + k))"); done
+    fi
+    ip netns exec "$ns" "$farrier" sim --machines "$n" --redfish-listen 127.0.0.1:8200 "${boot[@]}" \
         --boot-seconds 2 --agent-seconds "$agent_seconds" --poll-seconds 5 \
         --write-enroll "$dir/enroll.yaml" --write-config "$dir/sim.yaml" --write-password "$dir/bmc.pw" \
         --probe --server 127.0.0.1:7700,127.0.0.1:7701 --probe-token-file "$dir/data/admin.token" >"$dir/sim.log" 2>&1 & local sim=$!
@@ -91,6 +104,7 @@ run_fleet() {
             --http-listen "127.0.0.1:$((8080 + r))" --agent-listen "127.0.0.1:$((8443 + r))" --grpc-listen "127.0.0.1:$((7700 + r))"
             --api-insecure --log-level "${LOG_LEVEL:-warning}" --lifecycle-max-deploys "$max_deploys" --lifecycle-max-wipes "$max_wipes")
         [ -n "$url" ] && args+=(--database "$url")
+        [ "$sites" -gt 0 ] && args+=(--site-listen "127.0.0.1:$((7710 + r))")
         local wrap=()
         # WRAP_A: a command to run replica A under (heaptrack -o FILE, perf record …), to see where its time and memory go.
         [ "$r" = 0 ] && [ -n "${WRAP_A:-}" ] && read -r -a wrap <<<"$WRAP_A"
@@ -112,6 +126,36 @@ run_fleet() {
     token=$(cat "$dir/data/admin.token")
     cli() { inns "$farrier" "$@" --server "127.0.0.1:7700$( [ "$replicas" = 2 ] && echo ,127.0.0.1:7701)" --token "$token"; }
     for _ in $(seq 300); do cli token whoami >/dev/null 2>&1 && break; sleep 0.2; done
+    # The sites: each added, joined with its one-time token, and run with boot services for its
+    # machines (the simulator's reservations), linked to both replicas.
+    local site_pids=()
+    if [ "$sites" -gt 0 ]; then
+        for _ in $(seq 300); do
+            inns "$farrier" token whoami --server 127.0.0.1:7701 --token "$token" >/dev/null 2>&1 && break
+            sleep 0.2
+        done
+        for k in $(seq "$sites"); do
+            local join
+            join=$(cli site add "site-$k" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["joinToken"])')
+            inns env -u FARRIER_TOKEN FARRIER_CONFIG_FILE=/nonexistent "$farrier" site join --join-token "$join" \
+                --name "site-$k" --data-dir "$dir/site-$k" --server 127.0.0.1:7700 >/dev/null
+            ip netns exec "$ns" "$farrier" site run --region 127.0.0.1:7710,127.0.0.1:7711 --data-dir "$dir/site-$k" \
+                --interval 5 --log-level "${LOG_LEVEL:-warning}" --cache-size 1 --boot --config "$dir/sim.yaml" \
+                --dhcp-mode off --tftp-listen "" --http-listen "127.0.0.1:$((9000 + k))" \
+                --agent-listen "127.0.0.1:$((9500 + k))" >"$dir/site-$k.log" 2>&1 &
+            site_pids+=($!)
+            pids+=($!)
+        done
+        local up=0
+        for _ in $(seq 300); do
+            up=$(cli site list -o json | python3 -c 'import json,sys; print(sum(s["link"] == "up" for s in json.load(sys.stdin)))')
+            [ "$up" -ge "$sites" ] && break
+            sleep 1
+        done
+        echo "sites=$sites sites_up_at_start=$up" >>"$dir/result.pre"
+    fi
+    # CPU seconds a process has used (user + system), from /proc/PID/stat.
+    cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
     # Peak RSS (VmHWM) of each server process: read while it runs (a killed one's is its last reading).
     hwm() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
     # And the most malloc held for each at once (farrier_heap_in_use_bytes on its /metrics): what
@@ -151,8 +195,10 @@ run_fleet() {
         echo "$phase.done=$got" >>"$dir/result"
     }
     resets() { inns curl -sf http://127.0.0.1:8200/sim/v1/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["resets"])'; }
+    local cpu_b_before=0
     kill_b() {
         [ -n "$b" ] || return 0
+        cpu_b_before=$(cpu "$b")
         echo "killing replica B (pid $b) with SIGKILL" >&2
         kill -KILL "$b"; wait "$b" 2>/dev/null || true
         echo "killed_at_deployed=$(count_state deployed || echo unknown)" >>"$dir/result"
@@ -160,6 +206,7 @@ run_fleet() {
         restart_b_at=$((SECONDS + 60))
     }
     : >"$dir/result"
+    [ -f "$dir/result.pre" ] && cat "$dir/result.pre" >>"$dir/result"
     local r0 r1 r2 r3
     r0=$(resets)
     local t0=$SECONDS
@@ -229,9 +276,21 @@ print(f"agent_errors={sim['agentErrors']} hello_refusals={sim['helloRefusals']} 
 PY
     sample_rss
     echo "rss_mb.a=${peak[a]} rss_mb.b=${peak[b]}" >>"$dir/result"
+    # B's CPU is that before its kill and since its restart.
+    echo "cpu_seconds.a=$(cpu "$a") cpu_seconds.b=$((cpu_b_before + $( [ -n "$b" ] && cpu "$b" || echo 0)))" >>"$dir/result"
+    if [ "$sites" -gt 0 ]; then
+        local p site_rss_max=0 site_rss_sum=0 site_cpu=0 v
+        for p in "${site_pids[@]}"; do
+            v=$(hwm "$p"); site_rss_sum=$((site_rss_sum + v)); [ "$v" -gt "$site_rss_max" ] && site_rss_max=$v
+            site_cpu=$((site_cpu + $(cpu "$p")))
+        done
+        echo "site_rss_mb.max=$site_rss_max site_rss_mb.sum=$site_rss_sum site_cpu_seconds=$site_cpu" >>"$dir/result"
+        echo "site_queue_left=$(cli site list -o json | python3 -c 'import json,sys; print(sum(s.get("queueDepth", 0) for s in json.load(sys.stdin)))')" >>"$dir/result"
+    fi
     echo "heap_in_use_peak_mb.a=${heap_peak[a]} (in $heap_phase) heap_in_use_peak_mb.b=${heap_peak[b]}" >>"$dir/result"
-    if [ "$kind" = postgres ]; then echo "postgres_mb=$(psql_ -d scale -c "SELECT pg_database_size('scale') / 1048576")" >>"$dir/result"; fi
+    if [ -n "$url" ]; then echo "postgres_mb=$(psql_ -d "$db" -c "SELECT pg_database_size('$db') / 1048576")" >>"$dir/result"; fi
     stop_pid "$sim"
+    for p in "${site_pids[@]}"; do stop_pid "$p"; done
     stop_pid "$a"; [ -z "$b" ] || stop_pid "$b"
     sed "s/^/$kind: /" "$dir/result"
 }
@@ -249,4 +308,12 @@ if [ -z "${SKIP_SQLITE:-}" ]; then
     run_fleet sqlite
     sqlite_minutes=$(awk -F= '/^total.seconds=/ {printf "%.1f", $2 / 60}' "$work/sqlite/result")
 fi
-echo "scale machines=$n stuck=$stuck minutes=$pg_minutes list_p99_ms=$list_p99 rss_mb=$rss sqlite_minutes=$sqlite_minutes"
+sites_summary="sites=skipped"
+if [ -z "${SKIP_SITES:-}" ]; then
+    run_fleet sites
+    r=$work/sites/result
+    sites_summary="sites=${SITES:-20} sites_stuck=$(awk -F= '/^stuck=/ {print $2}' "$r") sites_minutes=$(awk -F= '/^total.seconds=/ {printf "%.1f", $2 / 60}' "$r")"
+    sites_summary+=" sites_rss_mb=$(grep -o 'rss_mb.a=[0-9]* rss_mb.b=[0-9]*' "$r" | awk '{split($1,a,"="); split($2,b,"="); print (a[2] > b[2] ? a[2] : b[2])}')"
+    sites_summary+=" sites_region_cpu_s=$(grep -o 'cpu_seconds.a=[0-9]* cpu_seconds.b=[0-9]*' "$r" | awk '{split($1,a,"="); split($2,b,"="); print a[2] + b[2]}')"
+fi
+echo "scale machines=$n stuck=$stuck minutes=$pg_minutes list_p99_ms=$list_p99 rss_mb=$rss sqlite_minutes=$sqlite_minutes $sites_summary"

@@ -34,6 +34,14 @@ struct SimCommand: AsyncParsableCommand {
     @Option(help: "Number of machines.") var machines = 100
     @Option(help: "HOST:PORT of the simulated Redfish service (loopback only).") var redfishListen = "127.0.0.1:8200"
     @Option(help: "The server's boot HTTP (where iPXE fetches /boot/<mac>.ipxe).") var bootURL = "http://127.0.0.1:8080"
+    @Option(
+        help: """
+            A site the machines are spread over, round-robin, as NAME=http://HOST:PORT (its \
+            `site run --boot` HTTP); repeat for more. The machines boot from their site's HTTP, \
+            not --boot-url, and --write-enroll gives each its site.
+            """
+    )
+    var site: [String] = []
     @Option(help: "The first machine's address (127.x.y.z).") var firstAddress = "127.16.0.1"
     @Option(help: "Machine names are PREFIX-00001, ….") var namePrefix = "sim"
     @Option(help: "Milliseconds every BMC answer takes.") var bmcLatencyMs = 2
@@ -68,6 +76,7 @@ struct SimCommand: AsyncParsableCommand {
             throw ValidationError("--probe-only needs --probe (and --server, --token or --probe-token-file)")
         }
         guard (1...60_000).contains(machines) else { throw ValidationError("--machines must be from 1 to 60000") }
+        _ = try Self.sites(site)
         guard let first = IPv4Address(firstAddress), first.value >> 24 == 127, (first.value & 0x00ff_ffff) >= 2 else {
             throw ValidationError("--first-address must be a loopback address above 127.0.0.1 (127.x.y.z)")
         }
@@ -84,6 +93,24 @@ struct SimCommand: AsyncParsableCommand {
         ] {
             guard (0...1).contains(rate) else { throw ValidationError("\(name) must be from 0 to 1") }
         }
+    }
+
+    /// The --site values: NAME=http://HOST:PORT each, names unique.
+    static func sites(_ values: [String]) throws -> [SimSite] {
+        var out: [SimSite] = []
+        for v in values {
+            guard let eq = v.firstIndex(of: "="), v[v.index(after: eq)...].hasPrefix("http://") else {
+                throw ValidationError("--site '\(v)': NAME=http://HOST:PORT")
+            }
+            let name = String(v[..<eq])
+            guard !name.isEmpty, !out.contains(where: { $0.name == name }) else {
+                throw ValidationError("--site '\(v)': a name, once")
+            }
+            let url = v[v.index(after: eq)...].dropFirst(7).prefix { $0 != "/" }
+            let (host, port) = try splitHostPort(String(url))
+            out.append(SimSite(name: name, bootHost: host, bootPort: port))
+        }
+        return out
     }
 
     /// Times a page of `machine list` and a `machine show` every `interval` over one connection,
@@ -145,6 +172,7 @@ struct SimCommand: AsyncParsableCommand {
         (c.redfishHost, c.redfishPort) = try splitHostPort(redfishListen)
         guard bootURL.hasPrefix("http://") else { throw ValidationError("--boot-url must be http://HOST:PORT") }
         (c.bootHost, c.bootPort) = try splitHostPort(String(bootURL.dropFirst(7).prefix { $0 != "/" }))
+        c.sites = try Self.sites(site)
         c.firstAddress = IPv4Address(firstAddress) ?? c.firstAddress
         c.namePrefix = namePrefix
         c.bmcLatency = .milliseconds(bmcLatencyMs)
@@ -178,11 +206,17 @@ struct SimCommand: AsyncParsableCommand {
             )
         }
         if let writeEnroll {
-            let text = entries.map { "- name: \($0.name)\n  mac: \"\($0.mac)\"\n  bmc: \($0.bmcURL)\n" }.joined()
+            let text = entries.map { e in
+                "- name: \(e.name)\n  mac: \"\(e.mac)\"\n  bmc: \(e.bmcURL)\n"
+                    + (e.site.map { "  site: \($0)\n" } ?? "")
+            }.joined()
             try text.write(toFile: writeEnroll, atomically: true, encoding: .utf8)
         }
         FileHandle.standardOutput.write(
-            Data("sim: \(machines) machines; Redfish on \(c.redfishHost):\(port); booting from \(bootURL)\n".utf8)
+            Data(
+                "sim: \(machines) machines; Redfish on \(c.redfishHost):\(port); booting from \(c.sites.isEmpty ? bootURL : "\(c.sites.count) sites")\n"
+                    .utf8
+            )
         )
 
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)

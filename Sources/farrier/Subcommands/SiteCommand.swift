@@ -295,9 +295,14 @@ struct SiteCommand: AsyncParsableCommand {
                             directory: dataDir + "/agent-reports",
                             tokensFile: dataDir + "/agent-tokens.json"
                         )
+                        let lookup = SiteBootLookup(
+                            link: link,
+                            cached: { machines.entry($0) },
+                            note: { machines.note($0, $1) }
+                        )
                         let boot = try await SiteBoot(
                             configuration: bootConfiguration,
-                            machine: { machines.entry($0) },
+                            machine: { await lookup.entry($0) },
                             agent: LinkAgentBackend(link: link, queue: queue, logger: logger),
                             images: CacheImageSource(cache: cache),
                             logger: logger
@@ -317,7 +322,8 @@ struct SiteCommand: AsyncParsableCommand {
                                 stateFile: dataDir + "/boot-files.json",
                                 logger: logger
                             ),
-                            recorder: boot.recorder
+                            recorder: boot.recorder,
+                            lookup: lookup
                         )
                     } catch { throw CLIError("boot services: \(error)") }
                     logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
@@ -392,6 +398,7 @@ struct SiteCommand: AsyncParsableCommand {
                             logger.info("link up", metadata: ["region": "\(region)", "site": "\(r.site)"])
                         }
                         up = true
+                        deliveries?.lookup.region(up: true)
                         answered = true
                         status.record(up: true, error: nil)
                     } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
@@ -403,6 +410,7 @@ struct SiteCommand: AsyncParsableCommand {
                             logger.warning("link down", metadata: ["region": "\(region)", "error": "\(error)"])
                         }
                         up = false
+                        deliveries?.lookup.region(up: false)
                         status.record(up: false, error: "\(error)", queueDepth: await deliveries?.depth())
                         if once {
                             throw CLIError("the region at \(region) did not answer: \(error)", code: .unavailable)
@@ -701,14 +709,8 @@ final class SiteMachinesFile: Sendable {
     static func index(_ list: [SiteMachines.Machine]) -> [MACAddress: SiteBootEntry] {
         var boot: [MACAddress: SiteBootEntry] = [:]
         for m in list {
-            // A value this site does not know (a newer region) waits: never the disk by accident.
             guard let mac = MACAddress(m.mac) else { continue }
-            boot[mac] = SiteBootEntry(
-                name: m.name,
-                state: m.state,
-                nextBoot: Lifecycle.NextBoot(rawValue: m.nextBoot) ?? .wait,
-                firmware: Firmware(rawValue: m.firmware) ?? .unknown
-            )
+            boot[mac] = SiteBootEntry(name: m.name, state: m.state, nextBoot: m.nextBoot, firmware: m.firmware)
         }
         return boot
     }
@@ -723,11 +725,22 @@ final class SiteMachinesFile: Sendable {
                 firmware: $0.firmware
             )
         }
-        guard last.withLock({ $0?.list != list }) else { return }
-        // Booted from at once; a file that cannot be written costs only a restart's memory.
+        // Booted from at once (over what single lookups noted meanwhile); a file that cannot
+        // be written costs only a restart's memory.
         let boot = Self.index(list)
-        last.withLock { $0 = (list, boot) }
-        try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: list))
+        let changed = last.withLock { last -> Bool in
+            defer { last = (list, boot) }
+            return last?.list != list
+        }
+        if changed { try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: list)) }
+    }
+
+    /// What the region just said of one machine (nil: none of this site's), until the next list.
+    func note(_ mac: MACAddress, _ entry: SiteBootEntry?) {
+        last.withLock { last in
+            if last == nil { last = ([], [:]) }
+            last?.boot[mac] = entry
+        }
     }
 
     static func read(_ path: String) -> SiteMachines? { readStateFile(path) }

@@ -1030,6 +1030,19 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "SiteMachineBoot" metadata.
+        public enum SiteMachineBoot: Sendable {
+            /// Request type for "SiteMachineBoot".
+            public typealias Input = Farrier_V1_SiteMachineBootRequest
+            /// Response type for "SiteMachineBoot".
+            public typealias Output = Farrier_V1_SiteMachine
+            /// Descriptor for "SiteMachineBoot".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "SiteMachineBoot",
+                type: .unary
+            )
+        }
         /// Namespace for "FetchFile" metadata.
         public enum FetchFile: Sendable {
             /// Request type for "FetchFile".
@@ -1099,6 +1112,7 @@ public enum Farrier_V1_SiteLinkService: Sendable {
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Heartbeat.descriptor,
             SiteMachines.descriptor,
+            SiteMachineBoot.descriptor,
             FetchFile.descriptor,
             AgentCall.descriptor,
             ImageAccess.descriptor,
@@ -1174,6 +1188,26 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteMachinesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteMachinesResponse>
+
+        /// Handle the "SiteMachineBoot" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One of the site's machines as the region has it now (NotFound for any other MAC): what
+        /// > the site boots it with while the region answers, so that a machine the region just powered
+        /// > for a step never gets a boot from an older list.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SiteMachineBootRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_SiteMachine` messages.
+        func siteMachineBoot(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteMachineBootRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteMachine>
 
         /// Handle the "FetchFile" method.
         ///
@@ -1327,6 +1361,26 @@ extension Farrier_V1_SiteLinkService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SiteMachinesResponse>
 
+        /// Handle the "SiteMachineBoot" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One of the site's machines as the region has it now (NotFound for any other MAC): what
+        /// > the site boots it with while the region answers, so that a machine the region just powered
+        /// > for a step never gets a boot from an older list.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SiteMachineBootRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_SiteMachine` message.
+        func siteMachineBoot(
+            request: GRPCCore.ServerRequest<Farrier_V1_SiteMachineBootRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SiteMachine>
+
         /// Handle the "FetchFile" method.
         ///
         /// > Source IDL Documentation:
@@ -1477,6 +1531,26 @@ extension Farrier_V1_SiteLinkService {
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_SiteMachinesResponse
 
+        /// Handle the "SiteMachineBoot" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One of the site's machines as the region has it now (NotFound for any other MAC): what
+        /// > the site boots it with while the region answers, so that a machine the region just powered
+        /// > for a step never gets a boot from an older list.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_SiteMachineBootRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_SiteMachine` to respond with.
+        func siteMachineBoot(
+            request: Farrier_V1_SiteMachineBootRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_SiteMachine
+
         /// Handle the "FetchFile" method.
         ///
         /// > Source IDL Documentation:
@@ -1605,6 +1679,17 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.SiteMachineBoot.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteMachineBootRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteMachine>(),
+            handler: { request, context in
+                try await self.siteMachineBoot(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Farrier_V1_SiteLinkService.Method.FetchFile.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_FetchFileRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_FileChunk>(),
@@ -1681,6 +1766,17 @@ extension Farrier_V1_SiteLinkService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteMachinesResponse> {
         let response = try await self.siteMachines(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func siteMachineBoot(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteMachineBootRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteMachine> {
+        let response = try await self.siteMachineBoot(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1765,6 +1861,19 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SiteMachinesResponse> {
         return GRPCCore.ServerResponse<Farrier_V1_SiteMachinesResponse>(
             message: try await self.siteMachines(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func siteMachineBoot(
+        request: GRPCCore.ServerRequest<Farrier_V1_SiteMachineBootRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_SiteMachine> {
+        return GRPCCore.ServerResponse<Farrier_V1_SiteMachine>(
+            message: try await self.siteMachineBoot(
                 request: request.message,
                 context: context
             ),
@@ -1904,6 +2013,31 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteMachinesResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachinesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SiteMachineBoot" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One of the site's machines as the region has it now (NotFound for any other MAC): what
+        /// > the site boots it with while the region answers, so that a machine the region just powered
+        /// > for a step never gets a boot from an older list.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SiteMachineBootRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SiteMachineBootRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteMachine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func siteMachineBoot<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SiteMachineBootRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteMachineBootRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteMachine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachine>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "FetchFile" method.
@@ -2116,6 +2250,42 @@ extension Farrier_V1_SiteLinkService {
             try await self.client.unary(
                 request: request,
                 descriptor: Farrier_V1_SiteLinkService.Method.SiteMachines.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "SiteMachineBoot" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One of the site's machines as the region has it now (NotFound for any other MAC): what
+        /// > the site boots it with while the region answers, so that a machine the region just powered
+        /// > for a step never gets a boot from an older list.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SiteMachineBootRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SiteMachineBootRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteMachine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func siteMachineBoot<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SiteMachineBootRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteMachineBootRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteMachine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.SiteMachineBoot.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2363,6 +2533,37 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
         )
     }
 
+    /// Call the "SiteMachineBoot" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One of the site's machines as the region has it now (NotFound for any other MAC): what
+    /// > the site boots it with while the region answers, so that a machine the region just powered
+    /// > for a step never gets a boot from an older list.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_SiteMachineBootRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func siteMachineBoot<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_SiteMachineBootRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.siteMachineBoot(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteMachineBootRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteMachine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "FetchFile" method.
     ///
     /// > Source IDL Documentation:
@@ -2579,6 +2780,41 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             metadata: metadata
         )
         return try await self.siteMachines(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SiteMachineBoot" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One of the site's machines as the region has it now (NotFound for any other MAC): what
+    /// > the site boots it with while the region answers, so that a machine the region just powered
+    /// > for a step never gets a boot from an older list.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func siteMachineBoot<Result>(
+        _ message: Farrier_V1_SiteMachineBootRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_SiteMachine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_SiteMachineBootRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.siteMachineBoot(
             request: request,
             options: options,
             onResponse: handleResponse
