@@ -44,7 +44,11 @@ public final class AgentReportQueue: Sendable {
     public init(directory: String, tokensFile: String) throws {
         self.directory = directory
         self.tokensFile = tokensFile
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: directory,
+            withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700]
+        )
         var waiting: [String: Int] = [:]
         var next: Int64 = 1
         for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
@@ -74,7 +78,7 @@ public final class AgentReportQueue: Sendable {
             s.tokens[mac.description] = h
             return s.tokens
         }
-        if let tokens { try writeStateFile(tokensFile, tokens) }
+        if let tokens { try writeStateFile(tokensFile, tokens, mode: 0o600) }
     }
 
     /// Whether `token` is the one the region last gave `mac`'s agent.
@@ -111,7 +115,8 @@ public final class AgentReportQueue: Sendable {
             return s.next
         }
         let report = Report(seq: seq, mac: mac.description, call: call, token: token, body: body, received: at)
-        do { try writeStateFile(directory + "/\(String(format: "%020lld", seq)).json", report) } catch {
+        // 0600: a report carries its agent's bearer token.
+        do { try writeStateFile(directory + "/\(String(format: "%020lld", seq)).json", report, mode: 0o600) } catch {
             state.withLock { $0.waiting[mac.description, default: 1] -= 1 }
             throw error
         }

@@ -275,7 +275,10 @@ public final class SiteBootLookup: Sendable {
     public func region(up: Bool) { regionUp.store(up, ordering: .relaxed) }
 
     public func entry(_ mac: MACAddress) async -> SiteBootEntry? {
-        guard regionUp.load(ordering: .relaxed) else { return cached(mac) }
+        // Only the site's own machines (as last listed) are asked about: a host polling for
+        // MACs the site does not know costs the region nothing.
+        guard let last = cached(mac) else { return nil }
+        guard regionUp.load(ordering: .relaxed) else { return last }
         var options = CallOptions.defaults
         options.timeout = patience
         do {
@@ -290,8 +293,16 @@ public final class SiteBootLookup: Sendable {
             // Not (or no longer) one of this site's machines, says the region.
             note(mac, nil)
             return nil
+        } catch let e as RPCError where e.code == .unavailable {
+            // The region went away (its next heartbeat will say so): the list, as in an outage.
+            return last
         } catch {
-            return cached(mac)
+            // Up but slow to answer: the list may be older than a power cycle the region just
+            // made for a step, so it never sends the machine to its disk now; the machine
+            // waits and asks again.
+            var waiting = last
+            if waiting.nextBoot == .disk { waiting.nextBoot = .wait }
+            return waiting
         }
     }
 }
@@ -422,11 +433,18 @@ public final class SiteLeaseCourier: Sendable {
 }
 
 /// Delivers the agent reports a site kept while its region was away, oldest first; stops at
-/// the first the region cannot take now (it is away again), and drops one it refuses.
-public struct AgentReportCourier: Sendable {
+/// the first the region cannot take now (it is away again), and drops one it refuses. A report
+/// the region keeps failing on (an internal error, ten times) is dropped too, so it cannot hold
+/// the others back for good; and a round ends after a few seconds, so a long queue does not
+/// hold the site's calls (heartbeats, events, leases) back.
+public final class AgentReportCourier: Sendable {
     let queue: AgentReportQueue
     let link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
     let logger: Logger
+    /// Failed deliveries of each report (by number), this run.
+    let failures: Mutex<[Int64: Int]> = Mutex([:])
+    static let maxFailures = 10
+    static let round: Duration = .seconds(5)
 
     public init(
         queue: AgentReportQueue,
@@ -442,17 +460,40 @@ public struct AgentReportCourier: Sendable {
     @discardableResult
     public func deliver() async throws -> Int {
         var done = 0
+        let end = ContinuousClock.now + Self.round
         for r in queue.pending() {
+            guard ContinuousClock.now < end else { break }
             do {
                 _ = try await LinkAgentBackend.relay(link, call: r.call, mac: r.mac, token: r.token, body: r.body)
                 logger.info("agent report delivered", metadata: ["mac": "\(r.mac)", "call": "\(r.call)"])
-            } catch let e as RPCError where !LinkAgentBackend.unreachable(e) {
-                // The region refused it (the step ended meanwhile): it will not take it later.
-                logger.warning(
-                    "agent report refused by the region; dropped",
-                    metadata: ["mac": "\(r.mac)", "call": "\(r.call)", "error": "\(e.message)"]
-                )
+            } catch let e as RPCError {
+                // The site's own certificate refused: no report is at fault; the run ends.
+                if e.code == .unauthenticated
+                    || (e.code == .permissionDenied && e.message.contains("not its current one"))
+                {
+                    throw e
+                }
+                if [.internalError, .unknown].contains(e.code) {
+                    let n = failures.withLock { f -> Int in
+                        f[r.seq, default: 0] += 1
+                        return f[r.seq]!
+                    }
+                    guard n >= Self.maxFailures else { throw e }
+                    logger.warning(
+                        "agent report failed at the region \(n) times; dropped",
+                        metadata: ["mac": "\(r.mac)", "call": "\(r.call)", "error": "\(e.message)"]
+                    )
+                } else if LinkAgentBackend.unreachable(e) {
+                    throw e  // the region is away: the rest wait, in order
+                } else {
+                    // The region refused it (the step ended meanwhile): it will not take it later.
+                    logger.warning(
+                        "agent report refused by the region; dropped",
+                        metadata: ["mac": "\(r.mac)", "call": "\(r.call)", "error": "\(e.message)"]
+                    )
+                }
             }
+            failures.withLock { _ = $0.removeValue(forKey: r.seq) }
             queue.remove(r)
             done += 1
         }

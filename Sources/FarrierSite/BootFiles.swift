@@ -46,6 +46,7 @@ public final class BootFileCatalog: Sendable {
         var mtime: Int64
     }
     let known: Mutex<[String: (stamp: Stamp, sha256: String)]> = Mutex([:])
+    let inflight: Mutex<[String: (Stamp, Task<String, any Error>)]> = Mutex([:])
 
     public init(root: String) { self.root = root }
 
@@ -72,7 +73,15 @@ public final class BootFileCatalog: Sendable {
                 out.append(BootFile(path: path, sha256: k.sha256, size: stamp.size))
                 continue
             }
-            let digest = try await NIOThreadPool.singleton.runIfActive { try Self.sha256(full) }
+            // One read of a changed file, however many sites ask at once.
+            let hashing = inflight.withLock { m -> Task<String, any Error> in
+                if let (s, t) = m[path], s == stamp { return t }
+                let t = Task { try await NIOThreadPool.singleton.runIfActive { try Self.sha256(full) } }
+                m[path] = (stamp, t)
+                return t
+            }
+            let digest = try await hashing.value
+            inflight.withLock { m in if m[path]?.0 == stamp { m[path] = nil } }
             // Changed while it was read: left out this time, listed at the next call.
             guard Self.stamp(full) == stamp else { continue }
             known.withLock { $0[path] = (stamp, digest) }
@@ -111,7 +120,8 @@ public final class BootFileSync: Sendable {
     let stateFile: String
     let logger: Logger
     let busy = Atomic<Bool>(false)
-    let retryAfter: Mutex<[String: ContinuousClock.Instant]> = Mutex([:])
+    /// When the next round may start, after a failed one.
+    let retryAfter: Mutex<ContinuousClock.Instant?> = Mutex(nil)
 
     struct Installed: Codable, Equatable {
         var sha256: String
@@ -137,50 +147,55 @@ public final class BootFileSync: Sendable {
     }
 
     /// Starts installing what `files` lists and the boot root lacks; the task (its value: how
-    /// many failed), or nil if one runs. Paths that are not boot files' are refused; a file
-    /// that failed is tried again after 5 minutes.
+    /// many failed), or nil if one runs. Paths that are not boot files' are refused. All the
+    /// missing files are pulled into the cache first, and placed only when every one of them
+    /// is there: a new kernel never goes out beside an old initrd. After a failure the round
+    /// is tried again after 5 minutes.
     public func start(_ files: [BootFile]) -> Task<Int, Never>? {
         let wanted = missing(files.filter { BootFile.isBootPath($0.path) && SiteCache.isDigest($0.sha256) })
         guard !wanted.isEmpty else { return nil }
+        if let after = retryAfter.withLock({ $0 }), ContinuousClock.now < after { return nil }
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
             return nil
         }
         return Task { [self] in
             defer { busy.store(false, ordering: .releasing) }
+            var held: [(BootFile, SiteCache.Lease)] = []
             var failures = 0
             for f in wanted {
-                if let after = retryAfter.withLock({ $0[f.path] }), ContinuousClock.now < after { continue }
-                do {
-                    try await install(f)
-                    retryAfter.withLock { $0[f.path] = nil }
-                    logger.info(
-                        "boot file from the region",
-                        metadata: ["path": "\(f.path)", "sha256": "\(f.sha256)", "bytes": "\(f.size)"]
-                    )
-                } catch {
+                do { held.append((f, try await cache.acquire(f.sha256))) } catch {
                     failures += 1
-                    retryAfter.withLock { $0[f.path] = ContinuousClock.now + .seconds(300) }
                     logger.warning(
                         "boot file from the region failed",
                         metadata: ["path": "\(f.path)", "error": "\(error)", "retry.seconds": "300"]
                     )
                 }
             }
+            if failures == 0 {
+                var state: [String: Installed] = readStateFile(stateFile) ?? [:]
+                for (f, lease) in held {
+                    do {
+                        state[f.path] = try await place(lease.path, f)
+                        logger.info(
+                            "boot file from the region",
+                            metadata: ["path": "\(f.path)", "sha256": "\(f.sha256)", "bytes": "\(f.size)"]
+                        )
+                    } catch {
+                        failures += 1
+                        logger.warning(
+                            "placing a boot file from the region failed",
+                            metadata: ["path": "\(f.path)", "error": "\(error)", "retry.seconds": "300"]
+                        )
+                    }
+                }
+                do { try writeStateFile(stateFile, state) } catch {
+                    logger.warning("recording the boot files failed", metadata: ["error": "\(error)"])
+                }
+            }
+            for (_, lease) in held { await cache.release(lease) }
+            retryAfter.withLock { $0 = failures > 0 ? ContinuousClock.now + .seconds(300) : nil }
             return failures
         }
-    }
-
-    func install(_ f: BootFile) async throws {
-        let lease = try await cache.acquire(f.sha256)
-        let installed: Installed
-        do { installed = try await place(lease.path, f) } catch {
-            await cache.release(lease)
-            throw error
-        }
-        await cache.release(lease)
-        var state: [String: Installed] = readStateFile(stateFile) ?? [:]
-        state[f.path] = installed
-        try writeStateFile(stateFile, state)
     }
 
     /// Links (or copies) the cached file at `source` to `f`'s place and renames it over the old.

@@ -2,11 +2,12 @@ import Foundation
 
 /// A site's state files (link.json, machines.json, events-mark.json): JSON with ISO 8601 dates,
 /// replaced whole and synced, so a reader sees the old file or the new one.
-public func writeStateFile(_ path: String, _ value: some Encodable) throws {
+/// `mode` 0600 for what only the site agent may read (agent tokens).
+public func writeStateFile(_ path: String, _ value: some Encodable, mode: mode_t = 0o644) throws {
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys]
     e.dateEncodingStrategy = .iso8601
-    try SecretFile.replace(path, Array(try e.encode(value)) + [0x0a], mode: 0o644)
+    try SecretFile.replace(path, Array(try e.encode(value)) + [0x0a], mode: mode)
 }
 
 /// A state file `writeStateFile` wrote; nil when it is missing or unreadable.

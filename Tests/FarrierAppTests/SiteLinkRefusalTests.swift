@@ -122,11 +122,26 @@ import X509
             // One machine as the region has it now; any other MAC is not found.
             let one = try await link.siteMachineBoot(.with { $0.mac = mac.description })
             #expect(one.name == "m1" && one.nextBoot == "wait", "\(one)")
-            do {
-                _ = try await link.siteMachineBoot(.with { $0.mac = "52:54:00:09:00:09" })
-                Issue.record("another MAC was answered")
-            } catch let e as RPCError {
-                #expect(e.code == .notFound, "\(e)")
+            // Another site's machine gets the same answer as a MAC nobody enrolled.
+            try await store.createSite(Site(name: "site-2", created: t, joinTokenSHA256: "zz"))
+            let theirs = try await store.enroll(
+                name: "m2",
+                mac: MACAddress([0x52, 0x54, 0, 9, 0, 2]),
+                bmc: try BMCReference(url: "ipmi://admin@127.0.0.1"),
+                sealedPassword: [1],
+                at: t
+            )
+            _ = try await store.update(machineID: theirs.id, fence: nil) { m in
+                m.site = "site-2"
+                return []
+            }
+            for other in ["52:54:00:09:00:09", "52:54:00:09:00:02"] {
+                do {
+                    _ = try await link.siteMachineBoot(.with { $0.mac = other })
+                    Issue.record("\(other) was answered")
+                } catch let e as RPCError {
+                    #expect(e.code == .notFound && e.message.contains("no machine of site site-1"), "\(e)")
+                }
             }
             #expect(try await link.reportLeases(leases).kept == 1)
             #expect(try await link.reportEvents(events).mark == 1)

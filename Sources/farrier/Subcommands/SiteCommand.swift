@@ -421,8 +421,9 @@ struct SiteCommand: AsyncParsableCommand {
                         var pulling: Task<Int, Never>?
                         var installing: Task<Int, Never>?
                         do {
+                            let asked = Date()
                             let list = try await link.siteMachines(Farrier_V1_SiteMachinesRequest(), options: options)
-                            try machines.record(list)
+                            try machines.record(list, asked: asked)
                             for mac in machines.macs { deliveries?.recorder.markKnown(mac) }
                             // What to keep cached: its machines' images first, then those named.
                             let sizes = Dictionary(
@@ -692,6 +693,8 @@ final class SiteMachinesFile: Sendable {
     let path: String
     /// The last list, and what it boots each MAC with.
     let last: Mutex<(list: [SiteMachines.Machine], boot: [MACAddress: SiteBootEntry])?>
+    /// What single lookups said of machines, and when (this site's clock).
+    let notes: Mutex<[MACAddress: (entry: SiteBootEntry?, at: Date)]> = Mutex([:])
 
     /// Starts from the list in `path`, if any: a site restarted while the region is away boots
     /// what it was last told.
@@ -715,28 +718,52 @@ final class SiteMachinesFile: Sendable {
         return boot
     }
 
-    func record(_ r: Farrier_V1_SiteMachinesResponse) throws {
-        let list = r.machines.map {
-            SiteMachines.Machine(
-                name: $0.name,
-                mac: $0.mac,
-                state: $0.state,
-                nextBoot: $0.nextBoot,
-                firmware: $0.firmware
+    /// The region's list, asked for at `asked`: what single lookups said after that is newer
+    /// than the list, and stays (in the file too).
+    func record(_ r: Farrier_V1_SiteMachinesResponse, asked: Date) throws {
+        let newer = notes.withLock { notes in
+            notes = notes.filter { $0.value.at > asked }
+            return notes
+        }
+        var list: [SiteMachines.Machine] = r.machines.compactMap { m in
+            var item = SiteMachines.Machine(
+                name: m.name,
+                mac: m.mac,
+                state: m.state,
+                nextBoot: m.nextBoot,
+                firmware: m.firmware
+            )
+            guard let mac = MACAddress(m.mac), let n = newer[mac] else { return item }
+            guard let e = n.entry else { return nil }  // gone from the site since
+            (item.state, item.nextBoot, item.firmware) = (e.state, e.nextBoot.rawValue, e.firmware.rawValue)
+            return item
+        }
+        let listed = Set(list.compactMap { MACAddress($0.mac) })
+        for (mac, n) in newer where !listed.contains(mac) {
+            guard let e = n.entry else { continue }
+            list.append(
+                SiteMachines.Machine(
+                    name: e.name,
+                    mac: mac.description,
+                    state: e.state,
+                    nextBoot: e.nextBoot.rawValue,
+                    firmware: e.firmware.rawValue
+                )
             )
         }
-        // Booted from at once (over what single lookups noted meanwhile); a file that cannot
-        // be written costs only a restart's memory.
-        let boot = Self.index(list)
+        // Booted from at once; a file that cannot be written costs only a restart's memory.
+        let merged = list
+        let boot = Self.index(merged)
         let changed = last.withLock { last -> Bool in
-            defer { last = (list, boot) }
-            return last?.list != list
+            defer { last = (merged, boot) }
+            return last?.list != merged
         }
-        if changed { try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: list)) }
+        if changed { try writeStateFile(path, SiteMachines(asOf: r.asOf.date, machines: merged)) }
     }
 
     /// What the region just said of one machine (nil: none of this site's), until the next list.
     func note(_ mac: MACAddress, _ entry: SiteBootEntry?) {
+        notes.withLock { $0[mac] = (entry, Date()) }
         last.withLock { last in
             if last == nil { last = ([], [:]) }
             last?.boot[mac] = entry
