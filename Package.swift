@@ -237,7 +237,7 @@ let package = Package(
             name: "FarrierAppTests",
             dependencies: [
                 "FarrierApp", "FarrierAPI", "FarrierStore", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log,
-                "FarrierSite",
+                "FarrierSite", "TestSupport",
                 "FarrierBMC", .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -41,12 +41,26 @@ public struct GRPCService: Service {
         services: [any RegistrableRPCService],
         interceptors: [any ServerInterceptor] = [],
         security: HTTP2ServerTransport.Posix.TransportSecurity,
+        keepalive: HTTP2ServerTransport.Config.Keepalive? = nil,
         name: String = "gRPC",
         logger: Logger
     ) throws {
         let (host, port) = try splitHostPort(listen)
+        var config = HTTP2ServerTransport.Posix.Config.defaults
+        if let keepalive {
+            config.connection.keepalive = keepalive
+            // A connection whose pings go unanswered is shut down gracefully: a GOAWAY, then
+            // (once the peer acknowledges it) this long at most for its streams to end. A peer
+            // that never acknowledges keeps it until TCP gives up: a long-lived stream on it
+            // needs a liveness check of its own (the site link's BMC channel has one).
+            config.connection.maxGraceTime = keepalive.timeout
+        }
         server = GRPCServer(
-            transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: security),
+            transport: .http2NIOPosix(
+                address: .ipv4(host: host, port: port),
+                transportSecurity: security,
+                config: config
+            ),
             services: services,
             interceptors: interceptors
         )

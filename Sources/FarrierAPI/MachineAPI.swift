@@ -250,7 +250,13 @@ extension MachineAPI {
             )
         }
         do {
-            return (machine, try await pool.bmc(machineID: machine.id, reference: reference, sealedPassword: sealed))
+            let bmc = try await pool.bmc(
+                machineID: machine.id,
+                reference: reference,
+                sealedPassword: sealed,
+                site: machine.site
+            )
+            return (machine, bmc)
         } catch {
             throw RPCError(code: .failedPrecondition, message: "\(error)")
         }
@@ -258,6 +264,13 @@ extension MachineAPI {
 
     /// Maps BMC errors to gRPC status codes a client can act on.
     static func rpcError(_ error: any Error, machine: String) -> any Error {
+        if let away = error as? SiteLinkAway {
+            return RPCError(
+                code: .unavailable,
+                message: "machine \(machine): \(away)",
+                metadata: [farrierErrorMetadataKey: "site-away"]
+            )
+        }
         guard let e = error as? BMCError else { return error }
         let code: RPCError.Code =
             switch e.kind {

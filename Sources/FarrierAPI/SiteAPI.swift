@@ -1,3 +1,4 @@
+import FarrierBMC
 import FarrierControl
 import FarrierCore
 import FarrierSite
@@ -8,6 +9,7 @@ import Logging
 import NIOPosix
 import SwiftASN1
 import SwiftProtobuf
+import Synchronization
 import X509
 
 /// `farrier.v1.SiteService` (issue 16): admin only, except JoinSite, whose one-time join token
@@ -192,6 +194,9 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
     let controller: Controller?
     /// The region's boot root's ramdisk and iPXE binaries, which sites install; nil: none.
     let bootFiles: BootFileCatalog?
+    /// Where BMC operations on sites' machines wait for their site's channel (BMCWork); nil
+    /// refuses the channel (Unavailable).
+    let bmcRelay: SiteBMCRelay?
     let logger: Logger
     let now: @Sendable () -> Date
 
@@ -201,9 +206,11 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         imageDirectory: String,
         bootFiles: BootFileCatalog? = nil,
         controller: Controller? = nil,
+        bmcRelay: SiteBMCRelay? = nil,
         logger: Logger = Logger(label: "farrier.site-link"),
         now: @escaping @Sendable () -> Date = { Date() }
     ) {
+        self.bmcRelay = bmcRelay
         self.bootFiles = bootFiles
         self.controller = controller
         self.store = store
@@ -302,6 +309,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         imageDirectory: String,
         bootRoot: String? = nil,
         controller: Controller?,
+        bmcRelay: SiteBMCRelay? = nil,
         logger: Logger
     ) throws -> GRPCService {
         let (certificate, keyPEM) = try authority.issueLinkCertificate(names: names)
@@ -323,10 +331,18 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                     imageDirectory: imageDirectory,
                     bootFiles: bootRoot.map { BootFileCatalog(root: $0) },
                     controller: controller,
+                    bmcRelay: bmcRelay,
                     logger: logger
                 )
             ],
             security: security,
+            // A site that stops answering (a partition leaves its TCP connection open) is found
+            // within 20 s, and its BMC channel closed: its machines' BMC actions then wait.
+            keepalive: .init(
+                time: .seconds(10),
+                timeout: .seconds(10),
+                clientBehavior: .init(minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: true)
+            ),
             name: "site link",
             logger: logger
         )
@@ -564,6 +580,67 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
             throw RPCError(code: .notFound, message: "no machine of site \(site.site) has MAC \(mac)")
         }
         return Self.siteMachine(m)
+    }
+
+    public func bmcWork(
+        request: RPCAsyncSequence<Farrier_V1_SiteBMCResult, any Error>,
+        response: RPCWriter<Farrier_V1_SiteBMCJob>,
+        context: ServerContext
+    ) async throws {
+        let site = try await authorize(context, at: now())
+        guard let relay = bmcRelay else {
+            throw RPCError(code: .unavailable, message: "this region relays no BMC operations")
+        }
+        let (channel, jobs) = await relay.open(site: site.site)
+        logger.info("site BMC channel open", metadata: ["site": "\(site.site)"])
+        let heard = LastHeard()
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                // The site's answers, by job number; number 0 says only that it is there.
+                group.addTask {
+                    for try await result in request {
+                        heard.now()
+                        guard result.id != 0 else { continue }
+                        await relay.answer(result.id, from: channel, SiteBMCWire.outcome(result))
+                    }
+                }
+                // A site silent for 15 s (it says it is there every 5) is taken for cut off: a
+                // partition leaves the stream open, and jobs sent down it would go nowhere.
+                group.addTask {
+                    while true {
+                        try await Task.sleep(for: .seconds(5))
+                        let silent = heard.since()
+                        if silent > .seconds(15) {
+                            throw RPCError(code: .unavailable, message: "site \(site.site) silent for \(silent)")
+                        }
+                    }
+                }
+                // The jobs, each only while the site's certificate is still its current one.
+                group.addTask {
+                    for await job in jobs {
+                        let current = try await store.site(name: site.site)?.certificateSerial == site.serial
+                        guard current else { throw Self.revoked(site) }
+                        try await response.write(SiteBMCWire.message(job))
+                    }
+                }
+                // Either side ending ends the channel.
+                try await group.next()
+                group.cancelAll()
+            }
+        } catch {
+            await relay.close(channel)
+            logger.info("site BMC channel closed", metadata: ["site": "\(site.site)", "error": "\(error)"])
+            throw error
+        }
+        await relay.close(channel)
+        logger.info("site BMC channel closed", metadata: ["site": "\(site.site)"])
+    }
+
+    /// When a channel last heard from its site.
+    final class LastHeard: Sendable {
+        let at = Mutex(ContinuousClock.now)
+        func now() { at.withLock { $0 = .now } }
+        func since() -> Duration { ContinuousClock.now - at.withLock { $0 } }
     }
 
     static func revoked(_ site: SiteAuthority.SiteIdentity) -> RPCError {

@@ -88,9 +88,14 @@ public func withSiteLink<R: Sendable>(
                 .dns(host: host, port: port)
             }
     }
+    // Pings every 10 s: a region that stops answering (a partition leaves the TCP connection
+    // open) is found within 20 s, and the connection made again.
+    var config = HTTP2ClientTransport.Posix.Config.defaults
+    config.connection.keepalive = .init(time: .seconds(10), timeout: .seconds(10), allowWithoutCalls: true)
     let transport = try HTTP2ClientTransport.Posix(
         target: target,
         transportSecurity: security,
+        config: config,
         serviceConfig: serviceConfig
     )
     return try await withGRPCClient(transport: transport) { client in

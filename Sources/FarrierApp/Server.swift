@@ -93,9 +93,11 @@ public struct FarrierServer: Sendable {
         let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
         let (vault, agentTLS, siteAuthority) = try Self.loadKeys(c)
         bmcPool = BMCPool(vault: vault)
+        // A site's machines' BMCs are reached through the site (their BMCs may sit where only it reaches).
+        let bmcRelay = SiteBMCRelay()
         let controller = Controller(
             store: store,
-            pool: bmcPool,
+            pool: SiteRoutedBMCs(local: bmcPool, relay: bmcRelay, vault: vault),
             agentKey: vault.derivedKey(purpose: "agent-token"),
             configuration: c.control,
             logger: logger
@@ -166,6 +168,7 @@ public struct FarrierServer: Sendable {
                     imageDirectory: images.blobDirectory,
                     bootRoot: c.tftpRoot,
                     controller: controller,
+                    bmcRelay: bmcRelay,
                     logger: logger
                 )
             )

@@ -468,11 +468,7 @@ public final class AgentReportCourier: Sendable {
                 logger.info("agent report delivered", metadata: ["mac": "\(r.mac)", "call": "\(r.call)"])
             } catch let e as RPCError {
                 // The site's own certificate refused: no report is at fault; the run ends.
-                if e.code == .unauthenticated
-                    || (e.code == .permissionDenied && e.message.contains("not its current one"))
-                {
-                    throw e
-                }
+                if e.isSiteRefusal { throw e }
                 if [.internalError, .unknown].contains(e.code) {
                     let n = failures.withLock { f -> Int in
                         f[r.seq, default: 0] += 1

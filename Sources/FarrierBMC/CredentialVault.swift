@@ -92,8 +92,15 @@ public struct CredentialVault: Sendable {
 /// Where the control plane gets a machine's BMC driver. `BMCPool` builds the real IPMI and
 /// Redfish drivers; tests inject fakes, and a fleet simulator simulated BMCs.
 public protocol BMCProvider: Sendable {
-    /// The driver for this machine's BMC, opened with its sealed password.
-    func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) async throws -> any BMC
+    /// The driver for this machine's BMC, opened with its sealed password. `site` is the
+    /// machine's site, if it has one: its BMC may be reachable only from there.
+    func bmc(
+        machineID: String,
+        reference: BMCReference,
+        sealedPassword: [UInt8],
+        site: String?
+    ) async throws
+        -> any BMC
     /// Drops (and closes) the cached driver of a machine, after it is deleted.
     func forget(machineID: String) async
 }
@@ -103,12 +110,14 @@ public protocol BMCProvider: Sendable {
 public actor BMCPool: BMCProvider {
     struct Entry {
         var reference: BMCReference
+        /// The sealed password it was opened with, or (`bmc(machineID:reference:password:)`)
+        /// the SHA-256 of the password it was given.
         var sealed: [UInt8]
         var bmc: any BMC
         var lastUsed: ContinuousClock.Instant
     }
     var entries: [String: Entry] = [:]
-    let vault: CredentialVault
+    let vault: CredentialVault?
     /// A driver not handed out for this long is closed (its Redfish session logged out, its
     /// HTTP client shut down) once the pool holds more than `keepIdle`: a fleet's machines use
     /// their BMCs at the start and end of a step, and 10 000 idle clients would hold memory
@@ -119,26 +128,55 @@ public actor BMCPool: BMCProvider {
     let keepIdle: Int
     var lastSweep = ContinuousClock.now
 
-    public init(vault: CredentialVault, idleLimit: Duration = .seconds(900), keepIdle: Int = 64) {
+    /// `vault` opens sealed passwords; a pool without one (a site's) takes passwords in the clear.
+    public init(vault: CredentialVault?, idleLimit: Duration = .seconds(900), keepIdle: Int = 64) {
         self.vault = vault
         self.idleLimit = idleLimit
         self.keepIdle = keepIdle
     }
 
-    public func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) throws -> any BMC {
+    /// The driver for this machine's BMC. The pool reaches every BMC itself, `site` or not:
+    /// the region routes a site's machines elsewhere (`SiteRoutedBMCs`).
+    public func bmc(
+        machineID: String,
+        reference: BMCReference,
+        sealedPassword: [UInt8],
+        site: String? = nil
+    ) throws -> any BMC {
+        if let bmc = cached(machineID, reference, sealedPassword) { return bmc }
+        guard let vault else {
+            throw BMCError(.rejected, address: reference.address, "this pool opens no sealed password")
+        }
+        return store(
+            machineID,
+            reference,
+            sealedPassword,
+            password: try vault.open(sealedPassword, machineID: machineID)
+        )
+    }
+
+    /// The driver for a BMC whose password came in the clear (a site's pool: the region sends
+    /// the password with each relayed operation, over the site link).
+    public func bmc(machineID: String, reference: BMCReference, password: String) -> any BMC {
+        let key = Array(SHA256.hash(data: Data(password.utf8)))
+        return cached(machineID, reference, key) ?? store(machineID, reference, key, password: password)
+    }
+
+    func cached(_ machineID: String, _ reference: BMCReference, _ key: [UInt8]) -> (any BMC)? {
         let now = ContinuousClock.now
         sweep(now)
-        if var e = entries[machineID], e.reference == reference, e.sealed == sealedPassword {
-            e.lastUsed = now
-            entries[machineID] = e
-            return e.bmc
-        }
+        guard var e = entries[machineID], e.reference == reference, e.sealed == key else { return nil }
+        e.lastUsed = now
+        entries[machineID] = e
+        return e.bmc
+    }
+
+    func store(_ machineID: String, _ reference: BMCReference, _ key: [UInt8], password: String) -> any BMC {
         if let old = entries.removeValue(forKey: machineID) {
             Task { await old.bmc.close() }
         }
-        let password = try vault.open(sealedPassword, machineID: machineID)
         let bmc = Self.make(reference, password: password)
-        entries[machineID] = Entry(reference: reference, sealed: sealedPassword, bmc: bmc, lastUsed: now)
+        entries[machineID] = Entry(reference: reference, sealed: key, bmc: bmc, lastUsed: .now)
         return bmc
     }
 

@@ -28,6 +28,10 @@ public actor Reconciler: Service {
     let controller: Controller
     let logger: Logger
     var active: Set<String> = []
+    /// Machines whose site's link is down (their BMCs are reached through it), and when their
+    /// worker may be tried again: a site away for an hour must not cost a claim and a BMC lookup
+    /// per machine per tick.
+    var waitingForSite: [String: ContinuousClock.Instant] = [:]
 
     public init(controller: Controller, logger: Logger = Logger(label: "farrier.reconciler")) {
         self.controller = controller
@@ -164,6 +168,10 @@ public actor Reconciler: Service {
             case .boot, .finish:
                 // At most `maxWorkers` BMC workers at once; the rest wait for the next scan.
                 guard slots > 0, !active.contains(m.id) else { continue }
+                if let until = waitingForSite[m.id] {
+                    guard ContinuousClock.now >= until else { continue }
+                    waitingForSite.removeValue(forKey: m.id)
+                }
                 slots -= 1
                 start(m.id, &group)
             case .agent, .none:
@@ -178,17 +186,22 @@ public actor Reconciler: Service {
         let controller = self.controller
         let logger = self.logger
         group.addTask {
-            let worked = await Worker(controller: controller, logger: logger).run(machineID: id)
-            await self.finished(id, worked: worked)
+            let outcome = await Worker(controller: controller, logger: logger).run(machineID: id)
+            await self.finished(id, outcome)
         }
     }
 
     /// A worker ended. Only one that worked (it held the claim) wakes the next scan at once:
     /// one that found the machine claimed by another replica waits for the next tick, or it
-    /// would be started again and again for as long as the other holds the claim.
-    func finished(_ id: String, worked: Bool) {
+    /// would be started again and again for as long as the other holds the claim; one whose
+    /// machine's site is away waits 5 s.
+    func finished(_ id: String, _ outcome: Worker.Outcome) {
         active.remove(id)
-        if worked { controller.wake() }
+        switch outcome {
+        case .worked: controller.wake()
+        case .notClaimed: break
+        case .waitingForSite: waitingForSite[id] = .now + .seconds(5)
+        }
     }
 }
 
@@ -198,8 +211,22 @@ struct Worker {
     let controller: Controller
     let logger: Logger
 
-    /// Works the machine's current phase if this replica gets its claim; returns whether it did.
-    func run(machineID: String) async -> Bool {
+    enum Outcome {
+        /// It held the claim and worked the phase (whatever came of it).
+        case worked
+        /// Another replica holds the machine.
+        case notClaimed
+        /// Its BMC action waits for the machine's site, whose link is down.
+        case waitingForSite
+    }
+
+    /// What a BMC action came to.
+    enum Action {
+        case done, failed, waitingForSite
+    }
+
+    /// Works the machine's current phase if this replica gets its claim.
+    func run(machineID: String) async -> Outcome {
         let config = controller.configuration
         let store = controller.store
         // Another replica working this machine holds its claim: leave it to that one.
@@ -208,7 +235,7 @@ struct Worker {
             guard let c = try await store.claimWork(machineID: machineID, owner: config.replica, ttl: config.claimTTL)
             else {
                 logger.debug("machine claimed by another replica", metadata: ["machine.id": "\(machineID)"])
-                return false
+                return .notClaimed
             }
             claim = c
             logger.debug("worker claimed machine", metadata: ["machine.id": "\(machineID)", "claim": "\(claim)"])
@@ -217,7 +244,7 @@ struct Worker {
                 "cannot claim a machine's work",
                 metadata: ["machine.id": "\(machineID)", "error": "\(error)"]
             )
-            return false
+            return .notClaimed
         }
         // Renewed every third of its lifetime while the worker runs (bounded by the worker). A
         // renewal that fails to reach the database is tried again at the next third; only an
@@ -230,18 +257,24 @@ struct Worker {
             }
         }
         // At most two phases per run (boot, or finish); bounded against surprises.
+        var outcome = Outcome.worked
         for _ in 0..<4 {
             guard let m = try? await store.machine(id: machineID), Lifecycle.steps.contains(m.state) else { break }
+            let action: Action
             switch m.phase {
-            case .boot: await boot(m, claim)
-            case .finish: await finish(m, claim)
-            default: break
+            case .boot: action = await boot(m, claim)
+            case .finish: action = await finish(m, claim)
+            default: action = .done
+            }
+            if action == .waitingForSite {
+                outcome = .waitingForSite
+                break
             }
             if m.phase != .boot && m.phase != .finish { break }
         }
         keeper.cancel()
         try? await store.releaseWork(claim)
-        return true
+        return outcome
     }
 
     /// Whether this worker still holds its claim, renewed now: asked right before every BMC
@@ -262,10 +295,11 @@ struct Worker {
     /// nothing from the old boot (a tenant's OS still up for the seconds a cycle takes, an old
     /// ramdisk) can say hello as the new boot's agent; and hello is accepted only once the
     /// machine is past this phase (`agent`).
-    func boot(_ m: Machine, _ claim: WorkClaim) async {
+    @discardableResult
+    func boot(_ m: Machine, _ claim: WorkClaim) async -> Action {
         let device: BootDevice = Lifecycle.nextBoot(m.state) == .disk ? .disk : .pxe
         Failpoint.hit("reconciler.boot.before-action")
-        let ok = await withBMC(m, claim, action: "set next boot to \(device.rawValue), power off and on") { bmc in
+        let action = await withBMC(m, claim, action: "set next boot to \(device.rawValue), power off and on") { bmc in
             try await bmc.setBootOverride(
                 BootOverride(device: device, persistent: device == .disk, efi: m.firmware == .uefi)
             )
@@ -277,7 +311,7 @@ struct Worker {
             guard await holds(claim, m) else { throw ClaimLost() }
             try await bmc.power(.on)
         }
-        guard ok else { return }
+        guard action == .done else { return action }
         Failpoint.hit("reconciler.boot.after-action")
         if m.state == .exitingRescue {
             _ = try? await controller.apply(
@@ -296,6 +330,7 @@ struct Worker {
                 fence: claim
             )
         }
+        return .done
     }
 
     /// Polls the power state until it reads off (a BMC may act on "off" after answering it):
@@ -312,25 +347,27 @@ struct Worker {
 
     /// The agent is done: deployed machines boot their disk (persistently), commissioned and
     /// wiped ones are powered off, rescued ones stay up.
-    func finish(_ m: Machine, _ claim: WorkClaim) async {
+    @discardableResult
+    func finish(_ m: Machine, _ claim: WorkClaim) async -> Action {
         Failpoint.hit("reconciler.finish.before-action")
-        let ok: Bool
+        let action: Action
         switch m.state {
         case .deploying:
-            ok = await withBMC(m, claim, action: "boot from disk") { bmc in
+            action = await withBMC(m, claim, action: "boot from disk") { bmc in
                 try await bmc.setBootOverride(BootOverride(device: .disk, persistent: true, efi: m.firmware == .uefi))
                 try await Self.powerOnOrCycle(bmc)
             }
         case .commissioning, .releasing:
             // Unconditional: a reading of "off" can be the transient off of a cycle still in
             // progress (ipmi_sim and real BMCs alike), after which the machine would come back on.
-            ok = await withBMC(m, claim, action: "power off") { bmc in try await bmc.power(.off) }
+            action = await withBMC(m, claim, action: "power off") { bmc in try await bmc.power(.off) }
         default:
-            ok = true
+            action = .done
         }
-        guard ok else { return }
+        guard action == .done else { return action }
         Failpoint.hit("reconciler.finish.after-action")
         _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation, fence: claim)
+        return .done
     }
 
     static func powerOnOrCycle(_ bmc: any BMC) async throws {
@@ -338,33 +375,52 @@ struct Worker {
     }
 
     /// Runs a BMC action with bounded retries; on the last failure the step fails with the
-    /// BMC's error. Returns whether it succeeded. Each attempt first renews the worker's claim:
-    /// a worker that lost it returns false at once, acting on nothing and failing nothing.
-    func withBMC(_ m: Machine, _ claim: WorkClaim, action: String, _ body: (any BMC) async throws -> Void) async -> Bool
+    /// BMC's error. Each attempt first renews the worker's claim: a worker that lost it returns
+    /// at once, acting on nothing and failing nothing. A machine at a site whose link is down
+    /// (its BMC is reached through the site) waits for it: the step is neither done nor failed,
+    /// and is tried again while its time lasts.
+    func withBMC(
+        _ m: Machine,
+        _ claim: WorkClaim,
+        action: String,
+        _ body: (any BMC) async throws -> Void
+    ) async
+        -> Action
     {
         let config = controller.configuration
         var lastError = ""
         for attempt in 1...max(1, config.bmcAttempts) {
-            guard await holds(claim, m) else { return false }
+            guard await holds(claim, m) else { return .failed }
             do {
                 guard let reference = m.bmc, let sealed = try await controller.store.sealedBMCPassword(machineID: m.id)
                 else {
                     lastError = "machine has no BMC"
                     break
                 }
-                let bmc = try await controller.pool.bmc(machineID: m.id, reference: reference, sealedPassword: sealed)
+                let bmc = try await controller.pool.bmc(
+                    machineID: m.id,
+                    reference: reference,
+                    sealedPassword: sealed,
+                    site: m.site
+                )
                 try await body(bmc)
                 _ = try? await controller.record("BMC: \(action)", machineID: m.id, fence: claim)
-                return true
+                return .done
             } catch is ClaimLost {
-                return false
+                return .failed
             } catch let e as StoreError where e.code == .fenced {
-                return false
+                return .failed
+            } catch let away as SiteLinkAway {
+                logger.info(
+                    "BMC action waits for the machine's site",
+                    metadata: ["machine": "\(m.name)", "action": "\(action)", "site": "\(away.site)"]
+                )
+                return .waitingForSite
             } catch {
                 // Shutting down (a graceful stop cancels the workers): the action was cut off,
                 // not refused. The step stays as it is for the next life or another replica;
                 // failing it here failed a deploy on every rolling restart.
-                if error is CancellationError || Task.isCancelled { return false }
+                if error is CancellationError || Task.isCancelled { return .failed }
                 // The reason is shown to the machine's project: it names what went wrong, not
                 // the BMC's address or its replies (those are in the server log).
                 lastError =
@@ -380,7 +436,7 @@ struct Worker {
             }
         }
         // A stop that came after the last attempt's answer: not the BMC's failure either.
-        guard !Task.isCancelled else { return false }
+        guard !Task.isCancelled else { return .failed }
         // Every attempt failed: the BMC has stopped answering (or refuses). Once per failed
         // step, at warning, with the BMC's address for whoever is paged.
         logger.warning(
@@ -397,7 +453,7 @@ struct Worker {
             failure: .bmc,
             fence: claim
         )
-        return false
+        return .failed
     }
 }
 

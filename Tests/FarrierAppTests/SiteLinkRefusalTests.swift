@@ -1,57 +1,23 @@
 import Crypto
 import FarrierAPI
+import FarrierBMC
 import FarrierCore
 import FarrierSite
 import FarrierStore
 import Foundation
 import GRPCCore
-import Logging
-import SwiftASN1
 import SwiftProtobuf
 import Testing
-import X509
 
 /// Every call on the site link, over real mutual TLS to the region's listener: answered for the
 /// site's current certificate, and refused (PermissionDenied, nothing written) once the site
 /// joined again with another key, whichever call it is.
 @Suite struct SiteLinkRefusalTests {
     @Test func everyLinkCallRefusesAReplacedCertificate() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farrier-link-\(UUID())").path
-        let siteDir = dir + "/site"
-        try FileManager.default.createDirectory(atPath: siteDir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try FileManager.default.createDirectory(atPath: dir + "/region", withIntermediateDirectories: true)
-        let store = try SQLiteStore(path: dir + "/region.sqlite")
-        let authority = try SiteAuthority.loadOrMake(dataDir: dir + "/region")
-        let t = Date()
-
-        /// Adds site-1 and joins it with a new key: the key, certificate and CA are left in
-        /// `siteDir` as `farrier site join` leaves them.
-        func join(_ token: String) async throws {
-            try await store.createSite(Site(name: "site-1", created: t, joinTokenSHA256: token))
-            let (keyPEM, csrPEM) = try SiteAuthority.makeKeyAndRequest(site: "site-1")
-            let certificate = try authority.issue(csrPEM: csrPEM, site: "site-1", now: t)
-            #expect(
-                try await store.completeJoin(
-                    name: "site-1",
-                    joinTokenSHA256: token,
-                    certificateSerial: SiteAuthority.hex(certificate.serialNumber),
-                    certificateNotAfter: certificate.notValidAfter,
-                    at: t
-                )
-            )
-            try keyPEM.write(toFile: siteDir + "/site.key", atomically: true, encoding: .utf8)
-            try certificate.serializeAsPEM().pemString.write(
-                toFile: siteDir + "/site.crt",
-                atomically: true,
-                encoding: .utf8
-            )
-            try authority.certificate.serializeAsPEM().pemString.write(
-                toFile: siteDir + "/region-ca.crt",
-                atomically: true,
-                encoding: .utf8
-            )
-        }
+        let f = try SiteLinkFixture("link")
+        defer { f.remove() }
+        let (dir, siteDir, store, t) = (f.dir, f.siteDir, f.store, f.t)
+        func join(_ token: String) async throws { try await f.join(token) }
         try await join("aa")
         let mac = MACAddress([0x52, 0x54, 0, 9, 0, 1])
         let machine = try await store.enroll(
@@ -61,12 +27,7 @@ import X509
             sealedPassword: [1],
             at: t
         )
-        func place(_ site: String?) async throws {
-            _ = try await store.update(machineID: machine.id, fence: nil) { m in
-                m.site = site
-                return []
-            }
-        }
+        func place(_ site: String?) async throws { try await f.place(machine.id, at: site) }
         try await place("site-1")
         // The first key and certificate, kept aside: joining again replaces those in `siteDir`.
         try FileManager.default.copyItem(atPath: siteDir, toPath: dir + "/old")
@@ -80,16 +41,7 @@ import X509
         try secret.write(to: URL(fileURLWithPath: dir + "/boot/secret.txt"))
         @Sendable func sha256(_ d: Data) -> String { SHA256.hash(data: d).map { String(format: "%02x", $0) }.joined() }
         let port = Int.random(in: 27000..<28000)
-        let listener = try SiteLinkAPI.listener(
-            listen: "127.0.0.1:\(port)",
-            names: ["127.0.0.1"],
-            authority: authority,
-            store: store,
-            imageDirectory: dir + "/images",
-            bootRoot: dir + "/boot",
-            controller: nil,
-            logger: Logger(label: "test")
-        )
+        let listener = try f.listener(port: port, bootRoot: dir + "/boot", bmcRelay: SiteBMCRelay())
         let serving = Task { try await listener.run() }
         defer { serving.cancel() }
 
@@ -208,6 +160,11 @@ import X509
             fetch.sha256 = String(repeating: "ab", count: 32)
             await refused("FetchFile") {
                 try await link.fetchFile(fetch) { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            await refused("BMCWork") {
+                try await link.bmcWork(request: StreamingClientRequest { _ in }) { response in
                     for try await _ in response.messages {}
                 }
             }

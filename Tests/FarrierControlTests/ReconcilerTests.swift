@@ -73,8 +73,19 @@ final class FakeBMC: BMC, Sendable {
 /// One fake BMC per machine, injected where the server has its BMCPool.
 final class FakeBMCs: BMCProvider, Sendable {
     let bmcs = Mutex<[String: FakeBMC]>([:])
-    func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8]) async throws -> any BMC {
-        fake(machineID)
+    /// Sites whose link is down, and how often a driver was asked for a machine at one.
+    let away = Mutex<(sites: Set<String>, asks: Int)>(([], 0))
+    func bmc(machineID: String, reference: BMCReference, sealedPassword: [UInt8], site: String?) async throws -> any BMC
+    {
+        if let site {
+            let isAway = away.withLock { a in
+                guard a.sites.contains(site) else { return false }
+                a.asks += 1
+                return true
+            }
+            if isAway { throw SiteLinkAway(site: site) }
+        }
+        return fake(machineID)
     }
     func fake(_ machineID: String) -> FakeBMC {
         bmcs.withLock { all in
@@ -170,6 +181,38 @@ final class FakeBMCs: BMCProvider, Sendable {
             try await Task.sleep(for: .milliseconds(10))
         }
         #expect(c.metrics.failures(.commissioning, .bmc) == 1)
+    }
+
+    /// A machine at a site whose link is down: its BMC action waits for the site (the step is
+    /// neither done nor failed, and the worker is not started again at every tick), then goes on.
+    @Test func aMachineAtAnAwaySiteWaitsForItInsteadOfFailing() async throws {
+        let c = controller()
+        let m = try await enrolled("s", 7)
+        try await store.createSite(Site(name: "site-a", created: Date(), joinTokenSHA256: "t"))
+        _ = try await store.update(machineID: m.id) { x in
+            x.site = "site-a"
+            return []
+        }
+        bmcs.away.withLock { $0.sites = ["site-a"] }
+        try await reconciling(c) {
+            _ = try await c.apply(.commission, machineID: m.id)
+            _ = try await waitFor(m.id, "a BMC driver asked for") { _ in bmcs.away.withLock { $0.asks } > 0 }
+            // Twenty ticks: it stays in its boot phase, asked again at most once (5 s apart).
+            let until = ContinuousClock.now + .seconds(2)
+            while ContinuousClock.now < until {
+                let x = try #require(try await store.machine(id: m.id))
+                #expect(x.state == .commissioning && x.phase == .boot, "\(x.state)/\(x.phase) \(x.reason)")
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(bmcs.away.withLock { $0.asks } <= 2)
+            #expect(bmcs.fake(m.id).calls.isEmpty)
+            // The site is back: the action runs and the step goes on.
+            bmcs.away.withLock { $0.sites = [] }
+            _ = try await waitFor(m.id, "the agent phase") { $0.phase == .agent }
+        }
+        #expect(bmcs.fake(m.id).calls.contains("boot pxe"))
+        let events = try await store.events(after: 0, machineID: m.id, limit: 50).map(\.message)
+        #expect(!events.contains { $0.contains("failed") }, "\(events)")
     }
 
     /// With a cap of one deploy, three deploys run one at a time.

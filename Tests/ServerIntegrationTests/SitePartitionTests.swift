@@ -2,15 +2,18 @@ import Foundation
 import TestSupport
 import Testing
 
-/// A site cut off from its region by a real network partition (issue 16). The region (with the
-/// machines' BMCs, OpenIPMI's ipmi_sim) runs in one namespace, the site agent in another,
-/// joined by a routed veth the test takes down and up again; two machines (dhclient, and a
-/// stand-in agent speaking HTTPS with curl) sit on the site's bridge in namespaces of their own.
+/// A site cut off from its region by a real network partition (issue 16). The region runs in one
+/// namespace, the site agent in another, joined by a routed veth the test takes down and up
+/// again; the machines' BMCs (OpenIPMI's ipmi_sim) are on the site's loopback, which only the
+/// site reaches, so every BMC action goes through the site's BMC channel. Two machines
+/// (dhclient, and a stand-in agent speaking HTTPS with curl) sit on the site's bridge in
+/// namespaces of their own.
 ///
 /// While the link is down, the deployed machine renews its lease and reboots: the renewal is
-/// ACKed and it boots its disk. A deploy issued at the region meanwhile waits (the site keeps
-/// the other machine waiting, as the region last said) and completes after the link is back.
-/// The region's timeline of each machine is then the site's, each event once, in order.
+/// ACKed and it boots its disk. A deploy issued at the region meanwhile waits (its BMC action
+/// waits for the site, and the site keeps the machine waiting, as the region last said) and
+/// completes after the link is back. The region's timeline of each machine is then the site's,
+/// each event once, in order.
 @Suite(.serialized, .enabled(if: IPMISimulator.available, "needs root, ipmi_sim, ipmitool, dhclient and curl"))
 struct SitePartitionTests {
     static let macs = ["52:54:00:5b:00:01", "52:54:00:5b:00:02"]
@@ -37,7 +40,7 @@ struct SitePartitionTests {
             try h.run(["ip", "-n", c, "link", "set", "eth0", "address", mac, "up"])
             clients.append(c)
         }
-        let bmcs = try (1...2).map { try IPMISimulator(h, name: "bmc\($0)", namespace: r) }
+        let bmcs = try (1...2).map { try IPMISimulator(h, name: "bmc\($0)", namespace: s) }
         for b in bmcs { try b.start() }
 
         let region = try h.startFarrier(namespace: r, flags: ["--site-listen", "198.18.32.1:7800"], log: "region.log")
@@ -192,20 +195,46 @@ struct SitePartitionTests {
         #expect(renewed == addresses[0], "\(renewLog)")
         #expect(renewLog.contains("DHCPACK of \(addresses[0]) from 198.18.33.1"), "\(renewLog)")
         #expect(try script(0).contains("boots its local disk"))
-        // A deploy issued at the region meanwhile: the region takes it and powers m2 (its BMC is
-        // the region's to reach), but the site still has m2 waiting, as the region last said.
-        try cli(["machine", "deploy", "m2", "--image", "img-1", "--project", "p"])
-        try h.waitUntil("the region to boot m2 for its deploy", timeout: 30, interval: 0.3) {
-            (try machine("m2")["phase"] as? String) == "agent"
+        // A deploy issued at the region meanwhile is taken, and its BMC action waits for the
+        // site (m2's BMC is reached only through it); the site still has m2 waiting.
+        // (What the BMC was told to set: chassis.log also has its readings.)
+        func sets(_ b: IPMISimulator) -> [Substring] {
+            b.chassisLog.split(separator: "\n").filter { $0.contains(" set ") }
         }
+        let chassisBefore = sets(bmcs[1])
+        try cli(["machine", "deploy", "m2", "--image", "img-1", "--project", "p"])
+        do {
+            try h.waitUntil("m2's BMC action to wait for the site", timeout: 40, interval: 0.3) {
+                h.read("region.log").contains("BMC action waits for the machine's site")
+            }
+        } catch {
+            let lines = h.read("region.log").split(separator: "\n").filter { $0.contains("m2") || $0.contains("BMC") }
+            throw Harness.CommandError(description: "\(error): \(lines.suffix(30).joined(separator: "\n"))")
+        }
+        let m2 = try machine("m2")
+        #expect(m2["state"] as? String == "deploying" && m2["phase"] as? String == "boot", "\(m2)")
+        #expect(sets(bmcs[1]) == chassisBefore)
         let waiting = try script(1)
         #expect(!waiting.contains("farrier.mode=") && waiting.contains("m2 (ready)"), "\(waiting)")
-        #expect(try machine("m2")["state"] as? String == "deploying")
+        // A power reading from the region says why it cannot have one now.
+        let reading = try h.run(
+            ["ip", "netns", "exec", r, "env", "-u", "FARRIER_TOKEN", "FARRIER_CONFIG_FILE=/nonexistent"]
+                + [Harness.farrierBinary, "machine", "power", "m2", "--server", "127.0.0.1:7700", "--token", token],
+            timeout: 30,
+            check: false
+        )
+        #expect(reading.status != 0 && reading.stderr.contains("site site-a"), "\(reading.stderr)")
 
-        // Healed: the site hears of the deploy, m2's agent runs through it, and it completes.
+        // Healed: the site's BMC channel comes back, the region powers m2 through it, m2's
+        // agent runs through the site, and the deploy completes.
         try h.run(["ip", "-n", r, "link", "set", "vr", "up"])
         try agent(1)
         try waitFor("m2", "deployed")
+        #expect(sets(bmcs[1]).count > chassisBefore.count)
+        // (A cycle's off and on are apart: polled.)
+        try h.waitUntil("m2 powered on", timeout: 30, interval: 0.5) {
+            try bmcs[1].ipmitool(["chassis", "power", "status"]).contains("is on")
+        }
 
         // Each machine's timeline at the region is the site's, tagged, each event once, in order.
         func queued() throws -> Int? {

@@ -329,24 +329,71 @@ struct SiteCommand: AsyncParsableCommand {
                     logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
                 }
                 let calls: @Sendable () async throws -> Void = { [deliveries] in
-                    try await Self.callIn(
-                        link: link,
-                        region: region,
-                        origin: origin,
-                        cache: cache,
-                        credentials: credentials,
-                        dataDir: dataDir,
-                        interval: interval,
-                        once: once,
-                        syncImage: syncImage,
-                        status: status,
-                        machines: machines,
-                        deliveries: deliveries,
-                        logger: logger
-                    )
+                    try await withThrowingTaskGroup(of: Bool.self) { group in
+                        // The BMC channels, while the site calls in (not for --once).
+                        if !once {
+                            group.addTask {
+                                await Self.bmcChannels(
+                                    region: region,
+                                    credentials: credentials,
+                                    link: link,
+                                    logger: logger
+                                )
+                                return false
+                            }
+                        }
+                        group.addTask {
+                            try await Self.callIn(
+                                link: link,
+                                region: region,
+                                origin: origin,
+                                cache: cache,
+                                credentials: credentials,
+                                dataDir: dataDir,
+                                interval: interval,
+                                once: once,
+                                syncImage: syncImage,
+                                status: status,
+                                machines: machines,
+                                deliveries: deliveries,
+                                logger: logger
+                            )
+                            return true
+                        }
+                        // Until the calls end (refused, or --once); the channels end with them.
+                        while let callsEnded = try await group.next(), !callsEnded {}
+                        group.cancelAll()
+                    }
                 }
                 guard let siteBoot else { return try await calls() }
                 try await runServices(siteBoot.services, alongside: calls, logger: logger)
+            }
+        }
+
+        /// The site's BMC channels: one on `link` to a region named alone, one to each replica
+        /// of a region named `HOST:PORT,HOST:PORT` (each replica sends its own BMC jobs).
+        static func bmcChannels(
+            region: String,
+            credentials: SiteCredentials,
+            link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+            logger: Logger
+        ) async {
+            let worker = SiteBMCWorker(logger: logger)
+            let replicas = region.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty }
+            guard replicas.count > 1 else { return await worker.run(link: link, region: region) }
+            await withDiscardingTaskGroup { group in
+                for replica in replicas {
+                    group.addTask {
+                        do {
+                            try await withSiteLink(region: replica, credentials: credentials) { link in
+                                await worker.run(link: link, region: replica)
+                            }
+                        } catch {
+                            logger.error("no BMC channel to \(replica)", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
             }
         }
 
@@ -401,7 +448,7 @@ struct SiteCommand: AsyncParsableCommand {
                         deliveries?.lookup.region(up: true)
                         answered = true
                         status.record(up: true, error: nil)
-                    } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
+                    } catch let e as RPCError where e.isSiteRefusal {
                         throw refused(e)
                     } catch {
                         // Stopping (SIGTERM): not an outage to record.
@@ -450,7 +497,7 @@ struct SiteCommand: AsyncParsableCommand {
                                 list.bootFiles.map { BootFile(path: $0.path, sha256: $0.sha256, size: $0.size) }
                             )
                             pulling = prefetcher.start(wanted)
-                        } catch let e as RPCError where e.code == .permissionDenied || e.code == .unauthenticated {
+                        } catch let e as RPCError where e.isSiteRefusal {
                             throw refused(e)
                         } catch {
                             logger.warning("listing the site's machines failed", metadata: ["error": "\(error)"])
@@ -459,9 +506,7 @@ struct SiteCommand: AsyncParsableCommand {
                         if let deliveries {
                             // Each in turn; a failure is logged and tried again at the next call.
                             func attempt(_ what: String, _ work: () async throws -> Void) async throws {
-                                do { try await work() } catch let e as RPCError
-                                    where e.code == .permissionDenied || e.code == .unauthenticated
-                                {
+                                do { try await work() } catch let e as RPCError where e.isSiteRefusal {
                                     throw refused(e)
                                 } catch {
                                     logger.warning("\(what) failed", metadata: ["error": "\(error)"])

@@ -1108,6 +1108,19 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "BMCWork" metadata.
+        public enum BMCWork: Sendable {
+            /// Request type for "BMCWork".
+            public typealias Input = Farrier_V1_SiteBMCResult
+            /// Response type for "BMCWork".
+            public typealias Output = Farrier_V1_SiteBMCJob
+            /// Descriptor for "BMCWork".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "BMCWork",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Heartbeat.descriptor,
@@ -1117,7 +1130,8 @@ public enum Farrier_V1_SiteLinkService: Sendable {
             AgentCall.descriptor,
             ImageAccess.descriptor,
             ReportEvents.descriptor,
-            ReportLeases.descriptor
+            ReportLeases.descriptor,
+            BMCWork.descriptor
         ]
     }
 }
@@ -1306,6 +1320,27 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_ReportLeasesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ReportLeasesResponse>
+
+        /// Handle the "BMCWork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's BMC channel: the region sends BMC operations on the site's machines (the BMCs
+        /// > sit on the site's networks, which the region may not reach), the site does each and answers
+        /// > with its result, by the job's number. A site keeps one open to each region replica; while
+        /// > none is open, the region's BMC actions on the site's machines wait.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SiteBMCResult` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_SiteBMCJob` messages.
+        func bmcWork(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteBMCResult>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteBMCJob>
     }
 
     /// Service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1478,6 +1513,27 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.ServerRequest<Farrier_V1_ReportLeasesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ReportLeasesResponse>
+
+        /// Handle the "BMCWork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's BMC channel: the region sends BMC operations on the site's machines (the BMCs
+        /// > sit on the site's networks, which the region may not reach), the site does each and answers
+        /// > with its result, by the job's number. A site keeps one open to each region replica; while
+        /// > none is open, the region's BMC actions on the site's machines wait.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SiteBMCResult` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_SiteBMCJob` messages.
+        func bmcWork(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteBMCResult>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteBMCJob>
     }
 
     /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1649,6 +1705,28 @@ extension Farrier_V1_SiteLinkService {
             request: Farrier_V1_ReportLeasesRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_ReportLeasesResponse
+
+        /// Handle the "BMCWork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's BMC channel: the region sends BMC operations on the site's machines (the BMCs
+        /// > sit on the site's networks, which the region may not reach), the site does each and answers
+        /// > with its result, by the job's number. A site keeps one open to each region replica; while
+        /// > none is open, the region's BMC actions on the site's machines wait.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Farrier_V1_SiteBMCResult` messages.
+        ///   - response: A response stream of `Farrier_V1_SiteBMCJob` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func bmcWork(
+            request: GRPCCore.RPCAsyncSequence<Farrier_V1_SiteBMCResult, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Farrier_V1_SiteBMCJob>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -1739,6 +1817,17 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReportLeasesResponse>(),
             handler: { request, context in
                 try await self.reportLeases(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.BMCWork.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteBMCResult>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteBMCJob>(),
+            handler: { request, context in
+                try await self.bmcWork(
                     request: request,
                     context: context
                 )
@@ -1947,6 +2036,23 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func bmcWork(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteBMCResult>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteBMCJob> {
+        return GRPCCore.StreamingServerResponse<Farrier_V1_SiteBMCJob>(
+            metadata: [:],
+            producer: { writer in
+                try await self.bmcWork(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -2161,6 +2267,32 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ReportLeasesResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ReportLeasesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "BMCWork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's BMC channel: the region sends BMC operations on the site's machines (the BMCs
+        /// > sit on the site's networks, which the region may not reach), the site does each and answers
+        /// > with its result, by the job's number. A site keeps one open to each region replica; while
+        /// > none is open, the region's BMC actions on the site's machines wait.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_SiteBMCResult` messages.
+        ///   - serializer: A serializer for `Farrier_V1_SiteBMCResult` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteBMCJob` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func bmcWork<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_SiteBMCResult>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteBMCResult>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteBMCJob>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteBMCJob>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2468,6 +2600,41 @@ extension Farrier_V1_SiteLinkService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "BMCWork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The site's BMC channel: the region sends BMC operations on the site's machines (the BMCs
+        /// > sit on the site's networks, which the region may not reach), the site does each and answers
+        /// > with its result, by the job's number. A site keeps one open to each region replica; while
+        /// > none is open, the region's BMC actions on the site's machines wait.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_SiteBMCResult` messages.
+        ///   - serializer: A serializer for `Farrier_V1_SiteBMCResult` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteBMCJob` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func bmcWork<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_SiteBMCResult>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteBMCResult>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteBMCJob>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteBMCJob>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.BMCWork.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2710,6 +2877,36 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ReportLeasesRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReportLeasesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "BMCWork" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The site's BMC channel: the region sends BMC operations on the site's machines (the BMCs
+    /// > sit on the site's networks, which the region may not reach), the site does each and answers
+    /// > with its result, by the job's number. A site keeps one open to each region replica; while
+    /// > none is open, the region's BMC actions on the site's machines wait.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Farrier_V1_SiteBMCResult` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func bmcWork<Result>(
+        request: GRPCCore.StreamingClientRequest<Farrier_V1_SiteBMCResult>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteBMCJob>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.bmcWork(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteBMCResult>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteBMCJob>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2986,6 +3183,41 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             metadata: metadata
         )
         return try await self.reportLeases(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "BMCWork" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The site's BMC channel: the region sends BMC operations on the site's machines (the BMCs
+    /// > sit on the site's networks, which the region may not reach), the site does each and answers
+    /// > with its result, by the job's number. A site keeps one open to each region replica; while
+    /// > none is open, the region's BMC actions on the site's machines wait.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func bmcWork<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Farrier_V1_SiteBMCResult>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteBMCJob>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Farrier_V1_SiteBMCResult>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.bmcWork(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -29,6 +29,113 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+/// One BMC operation on one of the site's machines.
+public nonisolated struct Farrier_V1_SiteBMCJob: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: UInt64 = 0
+
+  public var machineID: String = String()
+
+  /// The machine's BMC as `farrier machine enroll --bmc` takes it (ipmi://USER@HOST:PORT,
+  /// redfish://USER@HOST:PORT/SYSTEM, redfish+http://...), and whether to skip verifying a
+  /// Redfish BMC's certificate.
+  public var bmcURL: String = String()
+
+  public var insecureTls: Bool = false
+
+  /// The BMC's password, for the site to open its session with. Sent only over the mutual-TLS
+  /// link, only to the machine's site; the site keeps it in memory only.
+  public var password: String = String()
+
+  /// info, power-state, power, set-boot-override or boot-override.
+  public var operation: String = String()
+
+  /// power: on, off, cycle, reset or soft-off.
+  public var powerAction: String = String()
+
+  /// set-boot-override: the override.
+  public var bootOverride: Farrier_V1_SiteBootOverride {
+    get {_bootOverride ?? Farrier_V1_SiteBootOverride()}
+    set {_bootOverride = newValue}
+  }
+  /// Returns true if `bootOverride` has been explicitly set.
+  public var hasBootOverride: Bool {self._bootOverride != nil}
+  /// Clears the value of `bootOverride`. Subsequent reads from it will return its default value.
+  public mutating func clearBootOverride() {self._bootOverride = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _bootOverride: Farrier_V1_SiteBootOverride? = nil
+}
+
+public nonisolated struct Farrier_V1_SiteBootOverride: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// pxe or disk.
+  public var device: String = String()
+
+  public var persistent: Bool = false
+
+  public var efi: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_SiteBMCResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: UInt64 = 0
+
+  /// Empty when the operation succeeded; else the BMC error's kind (authenticationFailed,
+  /// timeout, unsupported, protocolError, rejected, unreachable) and message.
+  public var errorKind: String = String()
+
+  public var errorMessage: String = String()
+
+  /// power-state: on, off or unknown.
+  public var powerState: String = String()
+
+  /// boot-override: the current override, when the BMC reports one.
+  public var bootOverride: Farrier_V1_SiteBootOverride {
+    get {_bootOverride ?? Farrier_V1_SiteBootOverride()}
+    set {_bootOverride = newValue}
+  }
+  /// Returns true if `bootOverride` has been explicitly set.
+  public var hasBootOverride: Bool {self._bootOverride != nil}
+  /// Clears the value of `bootOverride`. Subsequent reads from it will return its default value.
+  public mutating func clearBootOverride() {self._bootOverride = nil}
+
+  /// info: what the BMC says about itself.
+  public var driver: String = String()
+
+  public var address: String = String()
+
+  public var manufacturer: String = String()
+
+  public var model: String = String()
+
+  public var firmware: String = String()
+
+  public var details: Dictionary<String,String> = [:]
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _bootOverride: Farrier_V1_SiteBootOverride? = nil
+}
+
 public nonisolated struct Farrier_V1_SiteLease: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -623,6 +730,199 @@ public nonisolated struct Farrier_V1_JoinSiteResponse: Sendable {
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "farrier.v1"
+
+nonisolated extension Farrier_V1_SiteBMCJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SiteBMCJob"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}machine_id\0\u{3}bmc_url\0\u{3}insecure_tls\0\u{1}password\0\u{1}operation\0\u{3}power_action\0\u{3}boot_override\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.machineID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.bmcURL) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.insecureTls) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.password) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.operation) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.powerAction) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._bootOverride) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    }
+    if !self.machineID.isEmpty {
+      try visitor.visitSingularStringField(value: self.machineID, fieldNumber: 2)
+    }
+    if !self.bmcURL.isEmpty {
+      try visitor.visitSingularStringField(value: self.bmcURL, fieldNumber: 3)
+    }
+    if self.insecureTls != false {
+      try visitor.visitSingularBoolField(value: self.insecureTls, fieldNumber: 4)
+    }
+    if !self.password.isEmpty {
+      try visitor.visitSingularStringField(value: self.password, fieldNumber: 5)
+    }
+    if !self.operation.isEmpty {
+      try visitor.visitSingularStringField(value: self.operation, fieldNumber: 6)
+    }
+    if !self.powerAction.isEmpty {
+      try visitor.visitSingularStringField(value: self.powerAction, fieldNumber: 7)
+    }
+    try { if let v = self._bootOverride {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SiteBMCJob, rhs: Farrier_V1_SiteBMCJob) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.machineID != rhs.machineID {return false}
+    if lhs.bmcURL != rhs.bmcURL {return false}
+    if lhs.insecureTls != rhs.insecureTls {return false}
+    if lhs.password != rhs.password {return false}
+    if lhs.operation != rhs.operation {return false}
+    if lhs.powerAction != rhs.powerAction {return false}
+    if lhs._bootOverride != rhs._bootOverride {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_SiteBootOverride: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SiteBootOverride"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{1}persistent\0\u{1}efi\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.persistent) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.efi) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 1)
+    }
+    if self.persistent != false {
+      try visitor.visitSingularBoolField(value: self.persistent, fieldNumber: 2)
+    }
+    if self.efi != false {
+      try visitor.visitSingularBoolField(value: self.efi, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SiteBootOverride, rhs: Farrier_V1_SiteBootOverride) -> Bool {
+    if lhs.device != rhs.device {return false}
+    if lhs.persistent != rhs.persistent {return false}
+    if lhs.efi != rhs.efi {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_SiteBMCResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SiteBMCResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}error_kind\0\u{3}error_message\0\u{3}power_state\0\u{3}boot_override\0\u{1}driver\0\u{1}address\0\u{1}manufacturer\0\u{1}model\0\u{1}firmware\0\u{1}details\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.errorKind) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.errorMessage) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.powerState) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._bootOverride) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.driver) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.manufacturer) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.model) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.firmware) }()
+      case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.details) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    }
+    if !self.errorKind.isEmpty {
+      try visitor.visitSingularStringField(value: self.errorKind, fieldNumber: 2)
+    }
+    if !self.errorMessage.isEmpty {
+      try visitor.visitSingularStringField(value: self.errorMessage, fieldNumber: 3)
+    }
+    if !self.powerState.isEmpty {
+      try visitor.visitSingularStringField(value: self.powerState, fieldNumber: 4)
+    }
+    try { if let v = self._bootOverride {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if !self.driver.isEmpty {
+      try visitor.visitSingularStringField(value: self.driver, fieldNumber: 6)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 7)
+    }
+    if !self.manufacturer.isEmpty {
+      try visitor.visitSingularStringField(value: self.manufacturer, fieldNumber: 8)
+    }
+    if !self.model.isEmpty {
+      try visitor.visitSingularStringField(value: self.model, fieldNumber: 9)
+    }
+    if !self.firmware.isEmpty {
+      try visitor.visitSingularStringField(value: self.firmware, fieldNumber: 10)
+    }
+    if !self.details.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.details, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SiteBMCResult, rhs: Farrier_V1_SiteBMCResult) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.errorKind != rhs.errorKind {return false}
+    if lhs.errorMessage != rhs.errorMessage {return false}
+    if lhs.powerState != rhs.powerState {return false}
+    if lhs._bootOverride != rhs._bootOverride {return false}
+    if lhs.driver != rhs.driver {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.manufacturer != rhs.manufacturer {return false}
+    if lhs.model != rhs.model {return false}
+    if lhs.firmware != rhs.firmware {return false}
+    if lhs.details != rhs.details {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
 
 nonisolated extension Farrier_V1_SiteLease: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SiteLease"

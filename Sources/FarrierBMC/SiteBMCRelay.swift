@@ -1,0 +1,317 @@
+import FarrierCore
+import Foundation
+
+/// One operation of the `BMC` interface, as a value: what the region asks a site to do on a
+/// BMC that only the site reaches.
+public enum BMCOperation: Sendable, Hashable {
+    case info
+    case powerState
+    case power(PowerAction)
+    case setBootOverride(BootOverride)
+    case bootOverride
+
+    /// The operation's name on the site link.
+    public var name: String {
+        switch self {
+        case .info: "info"
+        case .powerState: "power-state"
+        case .power: "power"
+        case .setBootOverride: "set-boot-override"
+        case .bootOverride: "boot-override"
+        }
+    }
+}
+
+/// What an operation answered.
+public enum BMCOutcome: Sendable, Hashable {
+    case done
+    case info(BMCInfo)
+    case powerState(PowerState)
+    case bootOverride(BootOverride?)
+}
+
+extension BMC {
+    /// Does `operation` on this BMC: the site's side of a relayed operation.
+    public func perform(_ operation: BMCOperation) async throws -> BMCOutcome {
+        switch operation {
+        case .info: return .info(try await info())
+        case .powerState: return .powerState(try await powerState())
+        case .power(let action):
+            try await power(action)
+            return .done
+        case .setBootOverride(let o):
+            try await setBootOverride(o)
+            return .done
+        case .bootOverride: return .bootOverride(try await bootOverride())
+        }
+    }
+}
+
+/// A BMC operation for a site to do on one of its machines' BMCs.
+public struct BMCRelayJob: Sendable {
+    public var id: UInt64
+    public var machineID: String
+    public var reference: BMCReference
+    /// In memory and on the mutual-TLS link only.
+    public var password: String
+    public var operation: BMCOperation
+
+    public init(id: UInt64, machineID: String, reference: BMCReference, password: String, operation: BMCOperation) {
+        self.id = id
+        self.machineID = machineID
+        self.reference = reference
+        self.password = password
+        self.operation = operation
+    }
+}
+
+/// A machine's site has no BMC channel open to this replica: the site is away (or cut off, or
+/// runs a Farrier without one). The operation was not done, or its answer was lost with the
+/// channel; BMC actions on the site's machines wait for it rather than fail.
+public struct SiteLinkAway: Error, Sendable, CustomStringConvertible {
+    public var site: String
+    public var inFlight: Bool
+
+    public init(site: String, inFlight: Bool = false) {
+        self.site = site
+        self.inFlight = inFlight
+    }
+
+    public var description: String {
+        inFlight
+            ? "site \(site)'s link to the region closed before the BMC answered; it is done again when the site is back"
+            : "site \(site) has no link to this region replica: its machines' BMCs are reached through it, when it is back"
+    }
+}
+
+/// The region's end of the sites' BMC channels (`BMCWork` on the site link). A site keeps one
+/// channel open to each replica; `perform` sends an operation down one of its site's channels
+/// (round-robin when the site has several open here) and waits for the answer, at most
+/// `timeout`. A channel that closes, or leaves an operation unanswered that long, fails the
+/// operations it carried with `SiteLinkAway`.
+public actor SiteBMCRelay {
+    struct Channel {
+        var site: String
+        var jobs: AsyncStream<BMCRelayJob>.Continuation
+    }
+    struct Pending {
+        var channel: UInt64
+        var site: String
+        var address: String
+        var continuation: CheckedContinuation<BMCOutcome, any Error>
+        var timer: Task<Void, Never>
+    }
+    var channels: [UInt64: Channel] = [:]
+    var pending: [UInt64: Pending] = [:]
+    var nextChannel: UInt64 = 1
+    var nextJob: UInt64 = 1
+    var turn: [String: Int] = [:]
+    let timeout: Duration
+
+    /// `timeout` bounds one operation end to end: longer than a site's driver takes to give up
+    /// on its BMC (`BMCTimeouts.operation`, 20 s), so the site's own answer (the BMC's error)
+    /// comes first.
+    public init(timeout: Duration = .seconds(45)) {
+        self.timeout = timeout
+    }
+
+    /// A site opened a channel: the jobs to send down it, until `close`.
+    public func open(site: String) -> (UInt64, AsyncStream<BMCRelayJob>) {
+        let id = nextChannel
+        nextChannel += 1
+        let (stream, continuation) = AsyncStream<BMCRelayJob>.makeStream()
+        channels[id] = Channel(site: site, jobs: continuation)
+        return (id, stream)
+    }
+
+    /// The channel closed: what it carried fails with `SiteLinkAway`.
+    public func close(_ channel: UInt64) {
+        guard let c = channels.removeValue(forKey: channel) else { return }
+        c.jobs.finish()
+        for (id, p) in pending where p.channel == channel {
+            pending.removeValue(forKey: id)
+            p.timer.cancel()
+            p.continuation.resume(throwing: SiteLinkAway(site: c.site, inFlight: true))
+        }
+    }
+
+    /// The site's answer to job `id`, from `channel` (an answer from another channel, or to
+    /// a job already ended, is ignored).
+    public func answer(_ id: UInt64, from channel: UInt64, _ result: Result<BMCOutcome, BMCError>) {
+        guard let p = pending[id], p.channel == channel else { return }
+        pending.removeValue(forKey: id)
+        p.timer.cancel()
+        p.continuation.resume(with: result.mapError { $0 as any Error })
+    }
+
+    /// The number of channels `site` has open here.
+    public func channelCount(site: String) -> Int { channels.values.filter { $0.site == site }.count }
+
+    /// Does `operation` on the BMC of `machineID` at `site`, through one of the site's channels.
+    public func perform(
+        site: String,
+        machineID: String,
+        reference: BMCReference,
+        password: String,
+        operation: BMCOperation
+    ) async throws -> BMCOutcome {
+        let open = channels.filter { $0.value.site == site }.keys.sorted()
+        guard !open.isEmpty else { throw SiteLinkAway(site: site) }
+        let n = turn[site, default: 0]
+        turn[site] = n &+ 1
+        let channel = open[n % open.count]
+        let id = nextJob
+        nextJob += 1
+        let job = BMCRelayJob(
+            id: id,
+            machineID: machineID,
+            reference: reference,
+            password: password,
+            operation: operation
+        )
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<BMCOutcome, any Error>) in
+                let timeout = self.timeout
+                let timer = Task { [weak self] in
+                    try? await Task.sleep(for: timeout)
+                    guard !Task.isCancelled else { return }
+                    await self?.expire(id)
+                }
+                pending[id] = Pending(
+                    channel: channel,
+                    site: site,
+                    address: reference.address,
+                    continuation: continuation,
+                    timer: timer
+                )
+                if case .terminated = channels[channel]?.jobs.yield(job) ?? .terminated {
+                    pending.removeValue(forKey: id)
+                    timer.cancel()
+                    continuation.resume(throwing: SiteLinkAway(site: site))
+                }
+            }
+        } onCancel: {
+            Task { await self.cancel(id) }
+        }
+    }
+
+    /// No answer in time: the site answers a BMC that does not (its driver gives up first), so
+    /// the channel is taken for dead and closed (a site that is still there opens another).
+    func expire(_ id: UInt64) {
+        guard let p = pending[id] else { return }
+        close(p.channel)
+    }
+
+    func cancel(_ id: UInt64) {
+        guard let p = pending.removeValue(forKey: id) else { return }
+        p.timer.cancel()
+        p.continuation.resume(throwing: CancellationError())
+    }
+}
+
+/// A machine's BMC reached through its site: each operation is a job on the site's channel.
+struct RelayedBMC: BMC {
+    let site: String
+    let machineID: String
+    let reference: BMCReference
+    let password: String
+    let relay: SiteBMCRelay
+
+    var address: String { reference.address }
+
+    func run(_ operation: BMCOperation) async throws -> BMCOutcome {
+        try await relay.perform(
+            site: site,
+            machineID: machineID,
+            reference: reference,
+            password: password,
+            operation: operation
+        )
+    }
+
+    func unexpected(_ outcome: BMCOutcome, _ operation: BMCOperation) -> BMCError {
+        BMCError(
+            .protocolError,
+            address: address,
+            "site \(site) answered \(operation.name) for BMC \(address) with \(outcome)"
+        )
+    }
+
+    func info() async throws -> BMCInfo {
+        let r = try await run(.info)
+        guard case .info(let i) = r else { throw unexpected(r, .info) }
+        return i
+    }
+
+    func powerState() async throws -> PowerState {
+        let r = try await run(.powerState)
+        guard case .powerState(let s) = r else { throw unexpected(r, .powerState) }
+        return s
+    }
+
+    func power(_ action: PowerAction) async throws {
+        _ = try await run(.power(action))
+    }
+
+    func setBootOverride(_ override: BootOverride) async throws {
+        _ = try await run(.setBootOverride(override))
+    }
+
+    func bootOverride() async throws -> BootOverride? {
+        switch try await run(.bootOverride) {
+        case .bootOverride(let o): return o
+        // An answer with no override in it: the BMC reports none.
+        case .done: return nil
+        case let r: throw unexpected(r, .bootOverride)
+        }
+    }
+
+    func openConsole() async throws -> any ConsoleSession {
+        throw BMCError.unsupported(
+            address,
+            operation: "a serial console from the region",
+            detail: "the machine is at site \(site), and consoles are not relayed through sites yet"
+        )
+    }
+
+    func close() async {}
+}
+
+/// The region's BMC provider: a machine at a site gets its BMC through the site's channel
+/// (`SiteBMCRelay`), any other machine a driver of its own from `local`.
+public struct SiteRoutedBMCs: BMCProvider {
+    let local: any BMCProvider
+    let relay: SiteBMCRelay
+    let vault: CredentialVault
+
+    public init(local: any BMCProvider, relay: SiteBMCRelay, vault: CredentialVault) {
+        self.local = local
+        self.relay = relay
+        self.vault = vault
+    }
+
+    public func bmc(
+        machineID: String,
+        reference: BMCReference,
+        sealedPassword: [UInt8],
+        site: String?
+    ) async throws -> any BMC {
+        guard let site else {
+            return try await local.bmc(
+                machineID: machineID,
+                reference: reference,
+                sealedPassword: sealedPassword,
+                site: nil
+            )
+        }
+        return RelayedBMC(
+            site: site,
+            machineID: machineID,
+            reference: reference,
+            password: try vault.open(sealedPassword, machineID: machineID),
+            relay: relay
+        )
+    }
+
+    public func forget(machineID: String) async { await local.forget(machineID: machineID) }
+}
