@@ -20,6 +20,9 @@ public struct Lab {
         /// farrier servers on the lab's PostgreSQL (more than 1 needs database postgres).
         public var replicas = 1
         public var accelerator = "auto"  // auto, tcg or kvm
+        /// Lab sites (0-4): each a namespace with its own bridge, site agent, VMs and BMCs; the
+        /// region then serves no boot network itself. VMs go round-robin over the sites.
+        public var sites = 0
         public var powerOn = true
         /// Boot the Farrier ramdisk to commission every VM (inventory, then `ready`).
         public var commission = true
@@ -73,6 +76,10 @@ public struct Lab {
                     "--replicas must be 1 to 4, and more than 1 needs --database postgres (replicas share one database)"
             )
         }
+        guard (0...4).contains(o.sites) else { throw Spawn.Failure(description: "--sites must be 0 to 4") }
+        guard o.sites == 0 || o.dhcpMode == "full" else {
+            throw Spawn.Failure(description: "--sites needs --dhcp-mode full (each site serves its own network)")
+        }
         if let running = LabState.loadIfRunning() {
             log("lab is already up (server pid \(running.serverPID ?? 0)); `farrier lab down` first to change it")
             return running
@@ -104,6 +111,17 @@ public struct Lab {
             let commission = try o.commission && prepareRamdisk(o, dir: dir)
             if let image = o.image { try buildImageIfMissing(o, image: image) }
             try network()
+            for k in stride(from: 1, through: o.sites, by: 1) {
+                state.sites = (state.sites ?? []) + [try siteNetwork(k, dir: dir)]
+                try state.save()
+                state.sites?[k - 1].dnsmasqPID = try startDnsmasq(
+                    "full",
+                    dir: dir,
+                    namespace: Self.siteNamespace(k),
+                    tag: "-site-\(k)"
+                )
+                try state.save()
+            }
             state.accelerator = try chooseAccelerator(o.accelerator, dir: dir)
             log("accelerator: \(state.accelerator)\(state.accelerator == "tcg" ? " (software emulation)" : "")")
             let password = String((0..<16).map { _ in "abcdefghijkmnpqrstuvwxyz23456789".randomElement()! })
@@ -132,6 +150,7 @@ public struct Lab {
                 state.vms.append(
                     try makeVM(
                         i,
+                        site: o.sites == 0 ? 0 : (i - 1) % o.sites + 1,
                         firmware: fw,
                         diskBus: bus,
                         accelerator: state.accelerator,
@@ -142,6 +161,12 @@ public struct Lab {
                 try state.save()
             }
             try waitForServer(replicas: Array(0..<o.replicas))
+            // Each site joins the region with a one-time token, as an operator's would, and
+            // starts serving its network.
+            for k in stride(from: 1, through: o.sites, by: 1) {
+                state.sites?[k - 1].agentPID = try startSite(k, o, server: state.serverAddress, dir: dir)
+                try state.save()
+            }
             // Each VM is enrolled with its BMC as an operator would, through the CLI and the API;
             // the server then drives the BMC itself.
             for vm in state.vms {
@@ -151,6 +176,7 @@ public struct Lab {
                         "--bmc", "ipmi://\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)", "--bmc-password-file",
                         dir + "/bmc-password",
                     ]
+                        + (vm.site.map { ["--site", $0] } ?? [])
                         + (commission ? ["--commission"] : []),
                     timeout: 30
                 )
@@ -168,7 +194,8 @@ public struct Lab {
         } catch {
             log("lab up failed: \(error)")
             // The logs go with the lab: show their ends first, or the error points at removed files.
-            for name in ["server.log", "server-2.log", "server-3.log", "server-4.log", "postgres.log"] {
+            let siteLogs = (state.sites ?? []).map { "\($0.name).log" }
+            for name in ["server.log", "server-2.log", "server-3.log", "server-4.log", "postgres.log"] + siteLogs {
                 let path = dir + "/" + name
                 guard let data = FileManager.default.contents(atPath: path) else { continue }
                 let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").suffix(30)
@@ -249,11 +276,12 @@ public struct Lab {
 
     /// dnsmasq sends IPv6 router advertisements (iPXE otherwise waits ~13 s for IPv6 after its
     /// DHCPv4 ACK); in proxy mode it also plays the site's existing DHCP server.
-    func startDnsmasq(_ mode: String, dir: String) throws -> Int32 {
+    func startDnsmasq(_ mode: String, dir: String, namespace: String = Lab.namespace, tag: String = "") throws -> Int32
+    {
         var args = [
             "dnsmasq", "--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces", "--no-resolv",
-            "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only,64,1h", "--log-facility=\(dir)/dnsmasq.log",
-            "--dhcp-leasefile=\(dir)/dnsmasq.leases", "--pid-file=",
+            "--enable-ra", "--dhcp-range=::,constructor:br0,ra-only,64,1h", "--log-facility=\(dir)/dnsmasq\(tag).log",
+            "--dhcp-leasefile=\(dir)/dnsmasq\(tag).leases", "--pid-file=",
         ]
         if mode == "proxy" {
             args += [
@@ -261,12 +289,12 @@ public struct Lab {
                 "--log-dhcp",
             ]
         }
-        let pid = try Spawn.detached(Self.inNS(args), log: dir + "/dnsmasq.out")
+        let out = dir + "/dnsmasq\(tag).out"
+        let pid = try Spawn.detached(["ip", "netns", "exec", namespace] + args, log: out)
         usleep(300_000)
         guard Spawn.isAlive(pid) else {
             throw Spawn.Failure(
-                description:
-                    "dnsmasq exited: \((try? String(contentsOfFile: dir + "/dnsmasq.out", encoding: .utf8)) ?? "")"
+                description: "dnsmasq exited: \((try? String(contentsOfFile: out, encoding: .utf8)) ?? "")"
             )
         }
         return pid
@@ -330,7 +358,12 @@ public struct Lab {
             // host's demo, so its API goes without TLS, as asked for here.
             "--api-insecure",
         ]
-        if replica == 0 {
+        if o.sites > 0 {
+            // The sites serve the boot networks; the region serves them the site link, on the
+            // region's end of each site's routed link.
+            args += ["--tftp-listen", "", "--dhcp-mode", "off", "--site-listen", "0.0.0.0:\(7710 + replica)"]
+            for k in 1...o.sites { args += ["--site-link-name", Self.regionLinkIP(k)] }
+        } else if replica == 0 {
             args += ["--tftp-listen", "0.0.0.0:69", "--dhcp-interface", "br0", "--dhcp-mode", o.dhcpMode]
             if o.dhcpMode == "full" {
                 args += [
@@ -440,6 +473,7 @@ public struct Lab {
 
     func makeVM(
         _ i: Int,
+        site k: Int,
         firmware: String,
         diskBus: String,
         accelerator: String,
@@ -449,13 +483,15 @@ public struct Lab {
         let name = "lab-\(i)"
         let vmDir = dir + "/" + name
         try FileManager.default.createDirectory(atPath: vmDir, withIntermediateDirectories: true)
-        let mac = String(format: "52:54:00:18:00:%02x", i)
-        let bmcIP = "198.18.0.\(10 + i)"
+        // At site k (0: the region's network), in its namespace and network 198.18.k.0/24.
+        let ns = k == 0 ? Self.namespace : Self.siteNamespace(k)
+        let mac = String(format: "52:54:00:18:%02x:%02x", k, i)
+        let bmcIP = "198.18.\(k).\(10 + i)"
         let solPort = 9000 + i
         let tap = "frtap\(i)"
-        try Self.ip("-n", Self.namespace, "tuntap", "add", "dev", tap, "mode", "tap")
-        try Self.ip("-n", Self.namespace, "link", "set", tap, "master", "br0", "up")
-        try Self.ip("-n", Self.namespace, "addr", "add", "\(bmcIP)/24", "dev", "br0")
+        try Self.ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
+        try Self.ip("-n", ns, "link", "set", tap, "master", "br0", "up")
+        try Self.ip("-n", ns, "addr", "add", "\(bmcIP)/24", "dev", "br0")
         try Spawn.run(["qemu-img", "create", "-q", "-f", "qcow2", vmDir + "/disk.qcow2", "8G"])
         let bios = firmware == "uefi" ? " -bios /usr/share/ovmf/OVMF.fd" : ""
         let accel = accelerator == "kvm" ? "kvm" : "tcg"
@@ -553,9 +589,10 @@ public struct Lab {
         )
         try FileManager.default.createDirectory(atPath: vmDir + "/bmc-state", withIntermediateDirectories: true)
         let bmcPID = try Spawn.detached(
-            Self.inNS([
-                "ipmi_sim", "-c", vmDir + "/lan.conf", "-f", vmDir + "/bmc.emu", "-s", vmDir + "/bmc-state", "-n",
-            ]),
+            [
+                "ip", "netns", "exec", ns, "ipmi_sim", "-c", vmDir + "/lan.conf", "-f", vmDir + "/bmc.emu", "-s",
+                vmDir + "/bmc-state", "-n",
+            ],
             log: vmDir + "/bmc.log"
         )
         let vm = LabState.VM(
@@ -567,7 +604,8 @@ public struct Lab {
             bmcUser: Self.bmcUser,
             disk: vmDir + "/disk.qcow2",
             serialLog: vmDir + "/serial.log",
-            bmcPID: bmcPID
+            bmcPID: bmcPID,
+            site: k == 0 ? nil : "site-\(k)"
         )
         // The BMC answers once its LAN channel is up.
         let deadline = Date().addingTimeInterval(15)
@@ -621,6 +659,7 @@ public struct Lab {
         var o = Options(farrierBinary: farrierBinary)
         o.dhcpMode = state.dhcpMode
         o.database = state.database ?? "sqlite"
+        o.sites = state.sites?.count ?? 0
         var started: [String] = []
         for replica in 0..<count where only == nil || only == replica {
             let old = replica == 0 ? state.serverPID : state.extraReplicas?[replica - 1].pid
@@ -665,6 +704,10 @@ public struct Lab {
             }
             if let pid = vm.bmcPID { Spawn.stop(pid) }
         }
+        for site in state?.sites ?? [] {
+            if let pid = site.agentPID { Spawn.stop(pid, grace: 15) }
+            if let pid = site.dnsmasqPID { Spawn.stop(pid) }
+        }
         if let pid = state?.serverPID { Spawn.stop(pid, grace: 15) }
         for r in state?.extraReplicas ?? [] { if let pid = r.pid { Spawn.stop(pid, grace: 15) } }
         // After the servers, so no client holds it open: a clean shutdown.
@@ -681,6 +724,12 @@ public struct Lab {
             }
         }
         _ = try? Spawn.run(["ip", "netns", "del", Self.namespace], check: false)
+        // Every site the lab can make, recorded or not (a lab that died half-way).
+        for k in 1...4 {
+            _ = try? Spawn.run(["ip", "netns", "del", Self.siteNamespace(k)], check: false)
+            _ = try? Spawn.run(["ip", "link", "del", Self.siteHostLink(k)], check: false)
+            _ = try? Spawn.run(["ip", "route", "del", Self.siteNetwork(k)], check: false)
+        }
         _ = try? Spawn.run(["ip", "link", "del", Self.hostLink.0], check: false)
         _ = try? Spawn.run(["ip", "route", "del", Self.network], check: false)
         _ = try? Spawn.run(["ip", "route", "del", "blackhole", Self.labRange], check: false)

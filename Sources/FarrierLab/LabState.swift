@@ -14,6 +14,24 @@ public struct LabState: Codable, Sendable {
         public var disk: String
         public var serialLog: String
         public var bmcPID: Int32?
+        /// The site it belongs to (its tap and BMC are in the site's namespace), or nil: the
+        /// region's own boot network.
+        public var site: String?
+    }
+
+    /// A lab site (`lab up --sites N`): a namespace with its own bridge, network, site agent
+    /// (`farrier site run --boot`) and VMs with their BMCs, linked to the region's namespace by
+    /// a routed veth (`regionLink`, in the region's namespace, which `lab partition` takes down)
+    /// and to the host by another (`hostLink`), for the CLI's ssh and ipmitool.
+    public struct Site: Codable, Sendable {
+        public var name: String
+        public var namespace: String
+        public var network: String
+        public var regionLink: String
+        public var hostLink: String
+        public var dataDir: String
+        public var agentPID: Int32?
+        public var dnsmasqPID: Int32?
     }
 
     /// A `farrier server` of the lab: the first serves the boot network (DHCP, TFTP, boot
@@ -43,6 +61,8 @@ public struct LabState: Codable, Sendable {
     public var postgresPID: Int32?
     /// The servers beyond the first (with `database` postgres).
     public var extraReplicas: [Replica]?
+    /// The lab's sites, with `lab up --sites N` (nil or empty: none; the region serves the boot network).
+    public var sites: [Site]?
 
     /// The lab's files live here while it is up: VM disks (8 GiB each, filled by deploys), the
     /// server's data directory with its images, logs. On disk, not in /run: /run is a tmpfs on

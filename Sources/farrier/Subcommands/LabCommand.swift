@@ -7,7 +7,7 @@ struct LabCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab",
         abstract: "A virtual lab of QEMU VMs with virtual BMCs on this host (root only).",
-        subcommands: [Up.self, Status.self, RestartServer.self, Down.self]
+        subcommands: [Up.self, Status.self, RestartServer.self, Partition.self, Heal.self, Down.self]
     )
 
     static func selfPath() -> String {
@@ -28,6 +28,13 @@ struct LabCommand: ParsableCommand {
         @Option(help: "farrier servers sharing the lab's PostgreSQL (1-4; more than 1 needs --database postgres).")
         var replicas = 1
         @Option(help: "auto (KVM only if a probe boot works), tcg or kvm.") var accel = "auto"
+        @Option(
+            help: """
+                Lab sites (0-4): each a namespace with its own network, site agent, VMs and BMCs, linked \
+                to the region (which then serves no boot network); the VMs go round-robin over them.
+                """
+        )
+        var sites = 0
         @Flag(help: "Leave the VMs powered off (power them on through their BMCs).") var noPowerOn = false
         @Flag(help: "Enroll only: do not commission (no ramdisk boot).") var noCommission = false
         @Option(
@@ -62,6 +69,10 @@ struct LabCommand: ParsableCommand {
             guard replicas == 1 || database == "postgres" else {
                 throw ValidationError("--replicas \(replicas) needs --database postgres: replicas share one database")
             }
+            guard (0...4).contains(sites) else { throw ValidationError("--sites must be 0 to 4") }
+            guard sites == 0 || dhcpMode == "full" else {
+                throw ValidationError("--sites needs --dhcp-mode full: each site serves its own network")
+            }
         }
 
         func run() throws {
@@ -73,6 +84,7 @@ struct LabCommand: ParsableCommand {
             o.database = database
             o.replicas = replicas
             o.accelerator = accel
+            o.sites = sites
             o.powerOn = !noPowerOn
             o.commission = !noCommission
             o.ramdisk = ramdisk
@@ -82,6 +94,11 @@ struct LabCommand: ParsableCommand {
             print(
                 "server \(state.serverAddress) (the CLI finds it with no flags while the lab is up)\(state.database == "postgres" ? "; state in PostgreSQL" : "")"
             )
+            for site in state.sites ?? [] {
+                print(
+                    "\(site.name): \(site.network), agent pid \(site.agentPID.map(String.init) ?? "-"), data \(site.dataDir)"
+                )
+            }
             print(LabCommand.table(state, power: nil))
             print("BMC password: \(state.directory)/bmc-password; serial consoles: \(state.directory)/lab-N/serial.log")
         }
@@ -93,7 +110,8 @@ struct LabCommand: ParsableCommand {
 
         static let columns: [Column<StatusView.VM>] = [
             Column("NAME") { $0.name }, Column("MAC") { $0.mac }, Column("FIRMWARE") { $0.firmware },
-            Column("BMC") { "\($0.bmcUser)@\($0.bmcAddress)" }, Column("POWER") { $0.power },
+            Column("BMC") { "\($0.bmcUser)@\($0.bmcAddress)" }, Column("SITE", byDefault: false) { $0.site ?? "-" },
+            Column("POWER") { $0.power },
             Column("SERIAL LOG", byDefault: false) { $0.serialLog }, Column("DISK", byDefault: false) { $0.disk },
         ]
 
@@ -103,7 +121,7 @@ struct LabCommand: ParsableCommand {
             let printer = try output.printer(Self.columns, name: \.name)
             guard let state = LabState.load() else {
                 switch output.output {
-                case .json: print("{\"up\": false, \"vms\": []}")
+                case .json: print("{\"up\": false, \"vms\": [], \"sites\": []}")
                 case .yaml: print("up: false\nvms: []")
                 case .name: break
                 case .table: if !printer.shaped { print("the lab is down") }
@@ -148,7 +166,18 @@ struct LabCommand: ParsableCommand {
                         bmcUser: $0.bmcUser,
                         power: power[$0.name] ?? "unknown",
                         serialLog: $0.serialLog,
-                        disk: $0.disk
+                        disk: $0.disk,
+                        site: $0.site
+                    )
+                },
+                sites: (state.sites ?? []).map {
+                    .init(
+                        name: $0.name,
+                        network: $0.network,
+                        partitioned: Lab.isPartitioned($0, namespace: state.namespace),
+                        agentPID: $0.agentPID,
+                        agentUp: $0.agentPID.map { kill($0, 0) == 0 } ?? false,
+                        dataDir: $0.dataDir
                     )
                 }
             )
@@ -171,8 +200,41 @@ struct LabCommand: ParsableCommand {
                         )
                     )
                 }
+                if !view.sites.isEmpty {
+                    print(
+                        farrier.table(
+                            ["SITE", "NETWORK", "LINK", "AGENT"],
+                            view.sites.map {
+                                [
+                                    $0.name, $0.network, $0.partitioned ? "partitioned" : "up",
+                                    $0.agentUp ? "pid \($0.agentPID ?? 0)" : "down",
+                                ]
+                            }
+                        )
+                    )
+                }
                 print(LabCommand.table(state, power: power))
             }
+        }
+    }
+
+    struct Partition: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Cut a lab site's link to the region; the site goes on serving its machines."
+        )
+        @Argument(help: "The site (site-1, site-2, …).") var site: String
+        func run() throws {
+            let s = try Lab(log: { print($0) }).partition(site, cut: true)
+            print("\(s.name): its link to the region is cut (farrier lab heal \(s.name) restores it)")
+        }
+    }
+
+    struct Heal: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Restore a lab site's link to the region.")
+        @Argument(help: "The site (site-1, site-2, …).") var site: String
+        func run() throws {
+            let s = try Lab(log: { print($0) }).partition(site, cut: false)
+            print("\(s.name): its link to the region is back")
         }
     }
 
@@ -212,6 +274,14 @@ struct LabCommand: ParsableCommand {
     struct StatusView: Codable {
         struct VM: Codable {
             var name, mac, firmware, bmcAddress, bmcUser, power, serialLog, disk: String
+            var site: String?
+        }
+        struct Site: Codable {
+            var name, network: String
+            var partitioned: Bool
+            var agentPID: Int32?
+            var agentUp: Bool
+            var dataDir: String
         }
         struct Replica: Codable {
             var address: String
@@ -241,9 +311,10 @@ struct LabCommand: ParsableCommand {
         var adminTokenFile: String
         var replicas: [Replica]
         var vms: [VM]
+        var sites: [Site]
 
         enum CodingKeys: String, CodingKey {
-            case up, accelerator, dhcpMode, server, directory, database, replicas, vms
+            case up, accelerator, dhcpMode, server, directory, database, replicas, vms, sites
             case metricsURL = "metrics_url"
             case adminTokenFile = "admin_token_file"
         }
@@ -258,12 +329,15 @@ struct LabCommand: ParsableCommand {
     }
 
     static func table(_ s: LabState, power: [String: String]?) -> String {
+        let sites = !(s.sites ?? []).isEmpty
         var header = ["NAME", "MAC", "FIRMWARE", "BMC"]
+        if sites { header.append("SITE") }
         if power != nil { header.append("POWER") }
         return farrier.table(
             header,
             s.vms.map { vm in
                 var row = [vm.name, vm.mac, vm.firmware, "\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)"]
+                if sites { row.append(vm.site ?? "-") }
                 if let power { row.append(power[vm.name] ?? "unknown") }
                 return row
             }
