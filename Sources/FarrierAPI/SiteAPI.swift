@@ -615,24 +615,28 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                         }
                     }
                 }
-                // The jobs, each only while the site's certificate is still its current one.
+                // The jobs still awaited, each only while the site's certificate is still its
+                // current one and valid.
                 group.addTask {
-                    for await job in jobs {
-                        let current = try await store.site(name: site.site)?.certificateSerial == site.serial
-                        guard current else { throw Self.revoked(site) }
+                    for await job in jobs where await relay.isPending(job.id) {
+                        _ = try await authorize(context, at: now())
                         try await response.write(SiteBMCWire.message(job))
                     }
                 }
-                // Either side ending ends the channel.
-                try await group.next()
-                group.cancelAll()
+                // Either side ending ends the channel: closed in the relay at once (no job goes
+                // to it from then on), then its tasks are ended.
+                defer { group.cancelAll() }
+                do { try await group.next() } catch {
+                    await relay.close(channel)
+                    throw error
+                }
+                await relay.close(channel)
             }
         } catch {
             await relay.close(channel)
             logger.info("site BMC channel closed", metadata: ["site": "\(site.site)", "error": "\(error)"])
             throw error
         }
-        await relay.close(channel)
         logger.info("site BMC channel closed", metadata: ["site": "\(site.site)"])
     }
 

@@ -4,6 +4,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
+import Synchronization
 
 /// BMC jobs and their results as the site link's messages (`BMCWork`), both ways.
 enum SiteBMCWire {
@@ -142,7 +143,9 @@ public struct SiteBMCWorker: Sendable {
     let logger: Logger
 
     public init(logger: Logger) {
-        drivers = BMCPool(vault: nil)
+        // Any driver idle for 15 minutes is closed, however few there are: with it go the
+        // password and the BMC session of a machine the region no longer asks about.
+        drivers = BMCPool(vault: nil, keepIdle: 0)
         self.logger = logger
     }
 
@@ -152,9 +155,9 @@ public struct SiteBMCWorker: Sendable {
         var delay = Duration.seconds(1)
         var failing = false
         while !Task.isCancelled {
+            let opened = Flag()
             do {
-                let jobs = try await session(link)
-                if failing || jobs > 0 { delay = .seconds(1) }
+                try await session(link, opened: opened, region: region)
                 failing = false
             } catch let e as RPCError where e.isSiteRefusal {
                 logger.error(
@@ -164,11 +167,13 @@ public struct SiteBMCWorker: Sendable {
                 break
             } catch {
                 if Task.isCancelled { break }
-                if !failing {
+                if !failing || opened.isSet {
                     logger.warning("BMC channel down", metadata: ["region": "\(region)", "error": "\(error)"])
                 }
                 failing = true
             }
+            // A channel that was open starts the back-off again.
+            if opened.isSet { delay = .seconds(1) }
             do { try await Task.sleep(for: delay) } catch { break }
             delay = min(delay * 2, .seconds(5))
         }
@@ -176,8 +181,13 @@ public struct SiteBMCWorker: Sendable {
     }
 
     /// One channel, until the region ends it: each job is done as it comes, concurrently (a
-    /// machine's own driver does one operation at a time). Returns the number of jobs done.
-    func session(_ link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) async throws -> Int {
+    /// machine's own driver does one operation at a time). `opened` is set once the region
+    /// accepted the channel.
+    func session(
+        _ link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        opened: Flag,
+        region: String
+    ) async throws {
         let (results, sink) = AsyncStream<Farrier_V1_SiteBMCResult>.makeStream()
         let request = StreamingClientRequest<Farrier_V1_SiteBMCResult> { writer in
             for await result in results { try await writer.write(result) }
@@ -190,17 +200,23 @@ public struct SiteBMCWorker: Sendable {
             }
         }
         defer { presence.cancel() }
-        return try await link.bmcWork(request: request) { response in
+        try await link.bmcWork(request: request) { response in
             defer { sink.finish() }
-            var count = 0
+            // (Called once the region answered the call's opening: the channel is open.)
+            opened.set()
+            logger.info("BMC channel open", metadata: ["region": "\(region)"])
             try await withThrowingDiscardingTaskGroup { group in
                 for try await job in response.messages {
-                    count += 1
                     group.addTask { sink.yield(await self.perform(job)) }
                 }
             }
-            return count
         }
+    }
+
+    final class Flag: Sendable {
+        let value = Atomic(false)
+        var isSet: Bool { value.load(ordering: .relaxed) }
+        func set() { value.store(true, ordering: .relaxed) }
     }
 
     /// Does one job; any failure is its answer.

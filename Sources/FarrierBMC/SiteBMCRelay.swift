@@ -87,8 +87,8 @@ public struct SiteLinkAway: Error, Sendable, CustomStringConvertible {
 /// The region's end of the sites' BMC channels (`BMCWork` on the site link). A site keeps one
 /// channel open to each replica; `perform` sends an operation down one of its site's channels
 /// (round-robin when the site has several open here) and waits for the answer, at most
-/// `timeout`. A channel that closes, or leaves an operation unanswered that long, fails the
-/// operations it carried with `SiteLinkAway`.
+/// `timeout`. A channel that closes fails the operations it carried with `SiteLinkAway` (the
+/// site link's handler closes one whose site has gone silent).
 public actor SiteBMCRelay {
     struct Channel {
         var site: String
@@ -108,10 +108,11 @@ public actor SiteBMCRelay {
     var turn: [String: Int] = [:]
     let timeout: Duration
 
-    /// `timeout` bounds one operation end to end: longer than a site's driver takes to give up
-    /// on its BMC (`BMCTimeouts.operation`, 20 s), so the site's own answer (the BMC's error)
-    /// comes first.
-    public init(timeout: Duration = .seconds(45)) {
+    /// `timeout` bounds one operation end to end, its wait behind the BMC's other operations at
+    /// the site included: longer than the slowest driver takes to give up (Redfish: 60 s, and as
+    /// long again following a task), so the site's own answer (the BMC's error) comes first. An
+    /// operation still unanswered then fails alone, as the BMC's timeout.
+    public init(timeout: Duration = .seconds(300)) {
         self.timeout = timeout
     }
 
@@ -195,12 +196,17 @@ public actor SiteBMCRelay {
         }
     }
 
-    /// No answer in time: the site answers a BMC that does not (its driver gives up first), so
-    /// the channel is taken for dead and closed (a site that is still there opens another).
+    /// No answer in time (the channel itself is alive: its handler closes a silent one).
     func expire(_ id: UInt64) {
-        guard let p = pending[id] else { return }
-        close(p.channel)
+        guard let p = pending.removeValue(forKey: id) else { return }
+        p.continuation.resume(
+            throwing: BMCError.timeout(p.address, after: timeout, doing: "an operation through site \(p.site)")
+        )
     }
+
+    /// Whether job `id` still waits for its answer: one whose caller has gone (cancelled,
+    /// timed out, its channel closed) is not sent.
+    public func isPending(_ id: UInt64) -> Bool { pending[id] != nil }
 
     func cancel(_ id: UInt64) {
         guard let p = pending.removeValue(forKey: id) else { return }

@@ -113,6 +113,11 @@ public actor Reconciler: Service {
         // free while it awaits admissions wait for the next scan, which offers them to finishes
         // first; a scan that kept admitting into them ran for minutes while finishes waited.
         var slots = max(0, config.maxWorkers - active.count)
+        // Waits for sites are kept only for machines still in a BMC phase.
+        if !waitingForSite.isEmpty {
+            let inBMCPhase = Set(machines.lazy.filter { $0.phase == .boot || $0.phase == .finish }.map(\.id))
+            waitingForSite = waitingForSite.filter { inBMCPhase.contains($0.key) }
+        }
         for m in inSteps {
             let limit = config.timeout(m.state)
             // A step with no recorded start cannot escape its limit: it counts as started long ago.

@@ -175,13 +175,26 @@ final class ControlPlane: @unchecked Sendable {
         from: String? = nil,
         url: String? = nil
     ) throws -> (Int, String) {
+        try Self.agentCall(h, url: url ?? agentURL, path, token: token, body, interface: from ?? Self.address(of: mac))
+    }
+
+    /// POSTs an agent call with curl, as a stand-in agent: from the address `interface` or
+    /// inside `namespace`, to `url` + `path`. Answers the HTTP status and the body.
+    static func agentCall(
+        _ h: Harness,
+        url: String,
+        _ path: String,
+        token: String?,
+        _ body: String,
+        interface: String? = nil,
+        namespace: String? = nil
+    ) throws -> (Int, String) {
         let out = try h.run(
-            [
-                "curl", "-s", "-k", "--interface", from ?? Self.address(of: mac), "-X", "POST", "-H",
-                "Content-Type: application/json",
-            ]
+            (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + ["curl", "-s", "-k"]
+                + (interface.map { ["--interface", $0] } ?? [])
+                + ["-X", "POST", "-H", "Content-Type: application/json"]
                 + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
-                + ["--data-binary", body, "-w", "\n%{http_code}", "\(url ?? agentURL)\(path)"],
+                + ["--data-binary", body, "-w", "\n%{http_code}", url + path],
             timeout: 15
         ).stdout
         let lines = out.split(separator: "\n", omittingEmptySubsequences: false)

@@ -193,16 +193,7 @@ struct SiteBootTests {
         /// The machine's timeline in a database: stage|event|detail, oldest first; at the site
         /// with the tag the region adds (`tagged`).
         func timeline(_ db: String, tagged: Bool) throws -> [String] {
-            let script = """
-                import sqlite3,sys
-                c=sqlite3.connect(sys.argv[1])
-                for s,e,d in c.execute("select stage,event,detail from timelineEvent where mac=? order by id", (sys.argv[2],)):
-                    if sys.argv[3] == "1": d = (d + " " if d else "") + "site=site-a"
-                    print(s, e, d, sep="|")
-                """
-            return try h.run(["python3", "-c", script, db, Self.mac, tagged ? "1" : "0"]).stdout.split(
-                separator: "\n"
-            ).map(String.init)
+            try h.sqliteTimeline(db, mac: Self.mac, taggedAs: tagged ? "site-a" : nil)
         }
         // Only what the region has not had waits: what went before the outage was delivered
         // (and the mark the region answered was kept across the agent's restart).

@@ -123,16 +123,14 @@ struct SitePartitionTests {
             ).stdout
         }
         func post(_ i: Int, _ path: String, token: String? = nil, _ body: String) throws -> (Int, String) {
-            let out = try h.run(
-                [
-                    "ip", "netns", "exec", clients[i], "curl", "-s", "-k", "-X", "POST", "-H",
-                    "Content-Type: application/json",
-                ] + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
-                    + ["--data-binary", body, "-w", "\n%{http_code}", "https://198.18.33.1:8444\(path)"],
-                timeout: 15
-            ).stdout
-            let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
-            return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+            try ControlPlane.agentCall(
+                h,
+                url: "https://198.18.33.1:8444",
+                path,
+                token: token,
+                body,
+                namespace: clients[i]
+            )
         }
         /// Plays machine i's agent for its step, through the site: waits for the ramdisk
         /// script, says hello (503 until the region booted it), reports progress and success.
@@ -244,15 +242,7 @@ struct SitePartitionTests {
         }
         try h.waitUntil("the site to deliver its queue", timeout: 30, interval: 0.2) { try queued() == 0 }
         func timeline(_ db: String, _ mac: String, tagged: Bool) throws -> [String] {
-            let script = """
-                import sqlite3,sys
-                c=sqlite3.connect(sys.argv[1])
-                for s,e,d in c.execute("select stage,event,detail from timelineEvent where mac=? order by id", (sys.argv[2],)):
-                    if sys.argv[3] == "1": d = (d + " " if d else "") + "site=site-a"
-                    print(s, e, d, sep="|")
-                """
-            return try h.run(["python3", "-c", script, db, mac, tagged ? "1" : "0"]).stdout.split(separator: "\n")
-                .map(String.init)
+            try h.sqliteTimeline(db, mac: mac, taggedAs: tagged ? "site-a" : nil)
         }
         // (Polled: the site may record a last script fetch after its queue was counted.)
         for mac in Self.macs {

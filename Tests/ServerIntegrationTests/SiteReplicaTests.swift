@@ -131,18 +131,11 @@ struct SiteReplicaTests {
         let sql = """
             SELECT stage || '|' || event || '|' || detail FROM timeline_event WHERE mac = '\(Self.mac)' ORDER BY id
             """
-        let script = """
-            import sqlite3,sys
-            c=sqlite3.connect(sys.argv[1])
-            for s,e,d in c.execute("select stage,event,detail from timelineEvent where mac=? order by id", (sys.argv[2],)):
-                print(s, e, (d + " " if d else "") + "site=site-a", sep="|")
-            """
         // (Polled: the site may record a last script fetch after its queue was counted.)
         var (atSite, atRegion) = ([String](), [String]())
         try? h.waitUntil("the machine's timeline at the region", timeout: 30, interval: 0.3) {
             atRegion = try pg.psql("farrier", sql).split(separator: "\n").map(String.init)
-            atSite = try h.run(["python3", "-c", script, dir + "/site.sqlite", Self.mac]).stdout.split(separator: "\n")
-                .map(String.init)
+            atSite = try h.sqliteTimeline(dir + "/site.sqlite", mac: Self.mac, taggedAs: "site-a")
             return atRegion == atSite
         }
         #expect(atSite.contains { $0.contains("state=deploying") }, "\(atSite)")

@@ -1,0 +1,106 @@
+import FarrierBMC
+import FarrierCore
+import Foundation
+import Testing
+
+/// The region's end of the sites' BMC channels, on its own: which channel a job goes down, and
+/// what a caller gets when the answer comes, never comes, or its channel closes.
+@Suite struct SiteBMCRelayTests {
+    let reference = try! BMCReference(url: "ipmi://admin@10.0.0.9:623")
+
+    func perform(
+        _ relay: SiteBMCRelay,
+        site: String = "s1",
+        _ operation: BMCOperation = .powerState
+    ) async throws
+        -> BMCOutcome
+    {
+        try await relay.perform(site: site, machineID: "m", reference: reference, password: "pw", operation: operation)
+    }
+
+    /// The next job sent down `jobs` (bounded: 5 s).
+    func next(_ jobs: AsyncStream<BMCRelayJob>) async throws -> BMCRelayJob {
+        try await withThrowingTaskGroup(of: BMCRelayJob?.self) { group in
+            group.addTask {
+                var it = jobs.makeAsyncIterator()
+                return await it.next()
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(5))
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let job = try await group.next() ?? nil else { throw CancellationError() }
+            return job
+        }
+    }
+
+    @Test func jobsGoRoundRobinToTheSitesChannelsAndTheirAnswersComeBack() async throws {
+        let relay = SiteBMCRelay(timeout: .seconds(10))
+        let (a, jobsA) = await relay.open(site: "s1")
+        let (b, jobsB) = await relay.open(site: "s1")
+        let (_, jobsOther) = await relay.open(site: "s2")
+        #expect(await relay.channelCount(site: "s1") == 2)
+        async let first = perform(relay, .power(.cycle))
+        let j1 = try await next(jobsA)
+        #expect(j1.operation == .power(.cycle) && j1.password == "pw" && j1.reference == reference)
+        await relay.answer(j1.id, from: a, .success(.done))
+        #expect(try await first == .done)
+        async let second = perform(relay)
+        let j2 = try await next(jobsB)
+        // An answer from another channel is not the job's.
+        await relay.answer(j2.id, from: a, .success(.powerState(.off)))
+        #expect(await relay.isPending(j2.id))
+        await relay.answer(j2.id, from: b, .success(.powerState(.on)))
+        #expect(try await second == .powerState(.on))
+        // Nothing went to the other site.
+        await relay.close(a)
+        await relay.close(b)
+        #expect(await relay.channelCount(site: "s1") == 0)
+        _ = jobsOther
+    }
+
+    @Test func anUnansweredJobFailsAloneAsATimeoutAndAClosedChannelFailsWhatItCarried() async throws {
+        let relay = SiteBMCRelay(timeout: .milliseconds(300))
+        let (channel, jobs) = await relay.open(site: "s1")
+        async let slow = perform(relay)
+        let j1 = try await next(jobs)
+        do {
+            _ = try await slow
+            Issue.record("an unanswered job succeeded")
+        } catch let e as BMCError {
+            #expect(e.kind == .timeout && e.address == "10.0.0.9:623", "\(e)")
+        }
+        #expect(await !relay.isPending(j1.id))
+        // The channel stays open: the next job on it is answered.
+        #expect(await relay.channelCount(site: "s1") == 1)
+        async let next2 = perform(relay, .bootOverride)
+        let j2 = try await next(jobs)
+        await relay.answer(j2.id, from: channel, .failure(BMCError.authenticationFailed("10.0.0.9:623")))
+        do {
+            _ = try await next2
+            Issue.record("a refused job succeeded")
+        } catch let e as BMCError {
+            #expect(e.kind == .authenticationFailed)
+        }
+        // Closed with a job in flight: it fails as the site's, not the BMC's.
+        let relay2 = SiteBMCRelay(timeout: .seconds(10))
+        let (c2, jobs2) = await relay2.open(site: "s1")
+        async let cut = perform(relay2)
+        _ = try await next(jobs2)
+        await relay2.close(c2)
+        do {
+            _ = try await cut
+            Issue.record("a job on a closed channel succeeded")
+        } catch let away as SiteLinkAway {
+            #expect(away.site == "s1" && away.inFlight)
+        }
+        // And with no channel, at once.
+        do {
+            _ = try await perform(relay2)
+            Issue.record("a job with no channel succeeded")
+        } catch let away as SiteLinkAway {
+            #expect(!away.inFlight)
+        }
+    }
+}
