@@ -640,6 +640,50 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         logger.info("site BMC channel closed", metadata: ["site": "\(site.site)"])
     }
 
+    public func bmcConsole(
+        request: RPCAsyncSequence<Farrier_V1_SiteConsoleFrame, any Error>,
+        response: RPCWriter<Farrier_V1_SiteConsoleFrame>,
+        context: ServerContext
+    ) async throws {
+        let site = try await authorize(context, at: now())
+        guard let relay = bmcRelay else {
+            throw RPCError(code: .unavailable, message: "this region relays no BMC operations")
+        }
+        let frames = FrameBox(request.makeAsyncIterator())
+        guard let first = try await frames.next() else { return }
+        guard let console = await relay.attachConsole(first.session, site: site.site) else {
+            throw RPCError(code: .notFound, message: "no console \(first.session) waits for site \(site.site)")
+        }
+        defer { console.end() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // The machine's output, from the site, to the user.
+            group.addTask {
+                if !first.data.isEmpty { console.deliver(Array(first.data)) }
+                while let frame = try await frames.next() {
+                    if !frame.data.isEmpty { console.deliver(Array(frame.data)) }
+                }
+            }
+            // What the user types, to the site.
+            group.addTask {
+                for await bytes in console.toSite {
+                    var frame = Farrier_V1_SiteConsoleFrame()
+                    frame.data = Data(bytes)
+                    try await response.write(frame)
+                }
+            }
+            // Either side ending ends the console.
+            defer { group.cancelAll() }
+            try await group.next()
+        }
+    }
+
+    /// A stream's iterator, for the one task that reads it.
+    final class FrameBox: @unchecked Sendable {
+        var iterator: RPCAsyncSequence<Farrier_V1_SiteConsoleFrame, any Error>.AsyncIterator
+        init(_ i: RPCAsyncSequence<Farrier_V1_SiteConsoleFrame, any Error>.AsyncIterator) { iterator = i }
+        func next() async throws -> Farrier_V1_SiteConsoleFrame? { try await iterator.next() }
+    }
+
     /// When a channel last heard from its site.
     final class LastHeard: Sendable {
         let at = Mutex(ContinuousClock.now)

@@ -23,7 +23,7 @@ enum SiteBMCWire {
         switch job.operation {
         case .power(let action): m.powerAction = action.rawValue
         case .setBootOverride(let o): m.bootOverride = message(o)
-        case .info, .powerState, .bootOverride: break
+        case .info, .powerState, .bootOverride, .openConsole: break
         }
         return m
     }
@@ -60,6 +60,7 @@ enum SiteBMCWire {
             operation = .power(action)
         case "set-boot-override": operation = .setBootOverride(try bootOverride(m.bootOverride))
         case "boot-override": operation = .bootOverride
+        case "open-console": operation = .openConsole
         default: throw Malformed(description: "operation '\(m.operation.prefix(20))'")
         }
         return BMCRelayJob(
@@ -207,7 +208,7 @@ public struct SiteBMCWorker: Sendable {
             logger.info("BMC channel open", metadata: ["region": "\(region)"])
             try await withThrowingDiscardingTaskGroup { group in
                 for try await job in response.messages {
-                    group.addTask { sink.yield(await self.perform(job)) }
+                    group.addTask { await self.handle(job, link: link, answer: { sink.yield($0) }) }
                 }
             }
         }
@@ -217,6 +218,50 @@ public struct SiteBMCWorker: Sendable {
         let value = Atomic(false)
         var isSet: Bool { value.load(ordering: .relaxed) }
         func set() { value.store(true, ordering: .relaxed) }
+    }
+
+    /// Answers one job; an open-console job is answered once the console is open, which is
+    /// then carried on its own stream until either side ends it.
+    func handle(
+        _ message: Farrier_V1_SiteBMCJob,
+        link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
+        answer: @Sendable (Farrier_V1_SiteBMCResult) -> Void
+    ) async {
+        guard message.operation == "open-console" else { return answer(await perform(message)) }
+        let console: any ConsoleSession
+        do {
+            let job = try SiteBMCWire.job(message)
+            let bmc = await drivers.bmc(machineID: job.machineID, reference: job.reference, password: job.password)
+            console = try await bmc.openConsole()
+        } catch {
+            logger.warning("console not opened", metadata: ["job": "\(message.id)", "error": "\(error)"])
+            let e = error as? BMCError ?? BMCError(.protocolError, address: "", "\(error)")
+            return answer(SiteBMCWire.result(message.id, .failure(e)))
+        }
+        logger.info("console open", metadata: ["machine.id": "\(message.machineID)", "session": "\(message.id)"])
+        answer(SiteBMCWire.result(message.id, .success(.done)))
+        let session = message.id
+        do {
+            let request = StreamingClientRequest<Farrier_V1_SiteConsoleFrame> { writer in
+                var first = Farrier_V1_SiteConsoleFrame()
+                first.session = session
+                try await writer.write(first)
+                for await chunk in console.output {
+                    var frame = Farrier_V1_SiteConsoleFrame()
+                    frame.data = Data(chunk)
+                    try await writer.write(frame)
+                }
+            }
+            try await link.bmcConsole(request: request) { response in
+                for try await frame in response.messages where !frame.data.isEmpty {
+                    try await console.write(Array(frame.data))
+                }
+            }
+        } catch {
+            logger.info("console stream ended", metadata: ["session": "\(session)", "error": "\(error)"])
+        }
+        await console.close()
+        logger.info("console closed", metadata: ["machine.id": "\(message.machineID)", "session": "\(session)"])
     }
 
     /// Does one job; any failure is its answer.

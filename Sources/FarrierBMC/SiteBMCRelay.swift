@@ -1,5 +1,6 @@
 import FarrierCore
 import Foundation
+import Synchronization
 
 /// One operation of the `BMC` interface, as a value: what the region asks a site to do on a
 /// BMC that only the site reaches.
@@ -9,6 +10,9 @@ public enum BMCOperation: Sendable, Hashable {
     case power(PowerAction)
     case setBootOverride(BootOverride)
     case bootOverride
+    /// Opens the serial console: the site answers once it is open, and carries it on a stream
+    /// of its own (`SiteBMCRelay.openConsole`); it has no outcome of its own.
+    case openConsole
 
     /// The operation's name on the site link.
     public var name: String {
@@ -18,6 +22,7 @@ public enum BMCOperation: Sendable, Hashable {
         case .power: "power"
         case .setBootOverride: "set-boot-override"
         case .bootOverride: "boot-override"
+        case .openConsole: "open-console"
         }
     }
 }
@@ -43,6 +48,12 @@ extension BMC {
             try await setBootOverride(o)
             return .done
         case .bootOverride: return .bootOverride(try await bootOverride())
+        case .openConsole:
+            throw BMCError.unsupported(
+                address,
+                operation: "open-console as a single operation",
+                detail: "use openConsole()"
+            )
         }
     }
 }
@@ -103,6 +114,8 @@ public actor SiteBMCRelay {
     }
     var channels: [UInt64: Channel] = [:]
     var pending: [UInt64: Pending] = [:]
+    /// Consoles opened (or being opened) through a site, by their open-console job's id.
+    var consoles: [UInt64: RelayedConsole] = [:]
     var nextChannel: UInt64 = 1
     var nextJob: UInt64 = 1
     var turn: [String: Int] = [:]
@@ -156,13 +169,32 @@ public actor SiteBMCRelay {
         password: String,
         operation: BMCOperation
     ) async throws -> BMCOutcome {
+        let id = nextJob
+        nextJob += 1
+        return try await dispatch(
+            id,
+            site: site,
+            machineID: machineID,
+            reference: reference,
+            password: password,
+            operation: operation
+        )
+    }
+
+    /// Sends job `id` down one of the site's channels and waits for its answer.
+    func dispatch(
+        _ id: UInt64,
+        site: String,
+        machineID: String,
+        reference: BMCReference,
+        password: String,
+        operation: BMCOperation
+    ) async throws -> BMCOutcome {
         let open = channels.filter { $0.value.site == site }.keys.sorted()
         guard !open.isEmpty else { throw SiteLinkAway(site: site) }
         let n = turn[site, default: 0]
         turn[site] = n &+ 1
         let channel = open[n % open.count]
-        let id = nextJob
-        nextJob += 1
         let job = BMCRelayJob(
             id: id,
             machineID: machineID,
@@ -208,11 +240,133 @@ public actor SiteBMCRelay {
     /// timed out, its channel closed) is not sent.
     public func isPending(_ id: UInt64) -> Bool { pending[id] != nil }
 
+    /// Opens the serial console of a machine at `site`: an open-console job, answered once the
+    /// site has it open, then the site's `BMCConsole` stream for it (10 s at most).
+    public func openConsole(
+        site: String,
+        machineID: String,
+        reference: BMCReference,
+        password: String
+    ) async throws -> any ConsoleSession {
+        let id = nextJob
+        nextJob += 1
+        let console = RelayedConsole(id: id, site: site, relay: self)
+        consoles[id] = console
+        do {
+            _ = try await dispatch(
+                id,
+                site: site,
+                machineID: machineID,
+                reference: reference,
+                password: password,
+                operation: .openConsole
+            )
+            try await console.waitAttached(within: .seconds(10), address: reference.address)
+        } catch {
+            console.end()
+            consoles.removeValue(forKey: id)
+            throw error
+        }
+        return console
+    }
+
+    /// The site's stream for console `id`, which only that console's site may carry, once.
+    public func attachConsole(_ id: UInt64, site: String) -> RelayedConsole? {
+        guard let console = consoles[id], console.site == site, console.attach() else { return nil }
+        return console
+    }
+
+    func forgetConsole(_ id: UInt64) { consoles.removeValue(forKey: id) }
+
+    /// The consoles open through sites (or being opened).
+    public var consoleCount: Int { consoles.count }
+
     func cancel(_ id: UInt64) {
         guard let p = pending.removeValue(forKey: id) else { return }
         p.timer.cancel()
         p.continuation.resume(throwing: CancellationError())
     }
+}
+
+/// A serial console carried by a site: the machine's output comes in on the site's
+/// `BMCConsole` stream (`deliver`), what is typed goes out on it (`toSite`).
+public final class RelayedConsole: ConsoleSession, Sendable {
+    public let id: UInt64
+    public let site: String
+    let relay: SiteBMCRelay
+    public let output: AsyncStream<[UInt8]>
+    let outputSink: AsyncStream<[UInt8]>.Continuation
+    /// What the user typed, for the site's stream to send.
+    public let toSite: AsyncStream<[UInt8]>
+    let toSiteSink: AsyncStream<[UInt8]>.Continuation
+    let attached: AsyncStream<Void>
+    let attachedSink: AsyncStream<Void>.Continuation
+    let state = Mutex((attached: false, ended: false))
+
+    init(id: UInt64, site: String, relay: SiteBMCRelay) {
+        self.id = id
+        self.site = site
+        self.relay = relay
+        (output, outputSink) = AsyncStream<[UInt8]>.makeStream()
+        (toSite, toSiteSink) = AsyncStream<[UInt8]>.makeStream()
+        (attached, attachedSink) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Marks the site's stream as this console's; false if one already was, or it ended.
+    func attach() -> Bool {
+        let ok = state.withLock { s in
+            guard !s.attached, !s.ended else { return false }
+            s.attached = true
+            return true
+        }
+        if ok { attachedSink.yield() }
+        return ok
+    }
+
+    func waitAttached(within limit: Duration, address: String) async throws {
+        let attached = self.attached
+        let came = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                for await _ in attached { return true }
+                return false
+            }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        guard came else {
+            throw BMCError.timeout(address, after: limit, doing: "opening the console through site \(site)")
+        }
+    }
+
+    /// Output from the machine, from the site.
+    public func deliver(_ bytes: [UInt8]) { outputSink.yield(bytes) }
+
+    public func write(_ bytes: [UInt8]) async throws {
+        guard !state.withLock({ $0.ended }) else {
+            throw BMCError(.unreachable, address: site, "the console through site \(site) has ended")
+        }
+        toSiteSink.yield(bytes)
+    }
+
+    /// Ends the console on both sides (the user's output, the site's input).
+    public func end() {
+        let first = state.withLock { s in
+            defer { s.ended = true }
+            return !s.ended
+        }
+        guard first else { return }
+        outputSink.finish()
+        toSiteSink.finish()
+        attachedSink.finish()
+        Task { [relay, id] in await relay.forgetConsole(id) }
+    }
+
+    public func close() async { end() }
 }
 
 /// A machine's BMC reached through its site: each operation is a job on the site's channel.
@@ -273,11 +427,7 @@ struct RelayedBMC: BMC {
     }
 
     func openConsole() async throws -> any ConsoleSession {
-        throw BMCError.unsupported(
-            address,
-            operation: "a serial console from the region",
-            detail: "the machine is at site \(site), and consoles are not relayed through sites yet"
-        )
+        try await relay.openConsole(site: site, machineID: machineID, reference: reference, password: password)
     }
 
     func close() async {}

@@ -6,13 +6,14 @@ import FarrierSite
 import FarrierStore
 import Foundation
 import Logging
+import Synchronization
 import TestSupport
 import Testing
 
 /// The sites' BMC channel (BMCWork), in process over real mutual TLS, with OpenIPMI's ipmi_sim
 /// as the BMC: the region's BMC provider sends a site's machine's operations down its site's
 /// channel, the site's worker does them with its own IPMI driver, and the answers (and the
-/// BMC's errors) come back. A site with no channel open is away: operations say so at once.
+/// BMC's errors) come back; the serial console is carried on the site's console stream. A site with no channel open is away: operations say so at once.
 @Suite(.serialized, .enabled(if: IPMISimulator.available, "needs root, ipmi_sim and ipmitool"))
 struct SiteBMCChannelTests {
     @Test func aSitesMachineIsReachedThroughItsChannel() async throws {
@@ -21,6 +22,7 @@ struct SiteBMCChannelTests {
         let h = try Harness("bmc-channel")
         defer { h.cleanup() }
         let sim = try IPMISimulator(h)
+        try sim.startSerial()
         try sim.start()
         try await f.join("aa")
 
@@ -86,6 +88,36 @@ struct SiteBMCChannelTests {
             #expect(told.contains("set power 0") && told.contains("set power 1"), "\(told)")
             #expect(try sim.ipmitool(["chassis", "power", "status"]).contains("is on"))
 
+            // The serial console, through the site: ipmi_sim's SOL, to a serial port that echoes.
+            let console = try await b.openConsole()
+            let relayed = try #require(console as? RelayedConsole)
+            #expect(await relay.consoleCount == 1)
+            // Its stream is site-1's, once: neither another site nor a second stream takes it.
+            #expect(await relay.attachConsole(relayed.id, site: "site-2") == nil)
+            #expect(await relay.attachConsole(relayed.id, site: "site-1") == nil)
+            let collected = Output()
+            let reader = Task {
+                for await chunk in console.output { collected.append(chunk) }
+            }
+            // ipmi_sim connects to the serial port on its own schedule (every 10 s until it
+            // succeeds) and drops input meanwhile: typed again every 2 s until the echo comes
+            // (polled without blocking a thread: the unit suite runs beside this on two cores).
+            let typing = ContinuousClock.now + .seconds(40)
+            while !collected.text.contains("echo:HELLO FARRIER"), ContinuousClock.now < typing {
+                try await console.write(Array("hello farrier\r".utf8))
+                try? await eventually("the echo through the site", within: .seconds(2)) {
+                    collected.text.contains("echo:HELLO FARRIER")
+                }
+            }
+            #expect(collected.text.contains("echo:HELLO FARRIER"), "\(collected.text)")
+            await console.close()
+            reader.cancel()
+            let closedBy = ContinuousClock.now + .seconds(10)
+            while await relay.consoleCount != 0, ContinuousClock.now < closedBy {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(await relay.consoleCount == 0)
+
             // The BMC's refusal comes back as it is: a wrong password is the BMC's to refuse.
             let wrong = try vault.seal("not-the-password", machineID: m.id)
             do {
@@ -111,5 +143,23 @@ struct SiteBMCChannelTests {
                 Issue.record("a power reading was had after the channel closed")
             } catch is SiteLinkAway {}
         }
+    }
+}
+
+/// What a console printed, gathered by one task and read by another.
+final class Output: Sendable {
+    let bytes = Mutex<[UInt8]>([])
+    func append(_ chunk: [UInt8]) { bytes.withLock { $0 += chunk } }
+    var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }
+}
+
+/// Polls `condition` every 100 ms until it holds, or throws after `limit`.
+func eventually(_ what: String, within limit: Duration, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + limit
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            throw Harness.CommandError(description: "timed out after \(limit) waiting for \(what)")
+        }
+        try await Task.sleep(for: .milliseconds(100))
     }
 }

@@ -109,6 +109,17 @@ import Testing
                 }
             }
             #expect(try await fetch(sha256(kernel)) == kernel)
+            // A console stream for a console nobody asked this site to open.
+            do {
+                try await link.bmcConsole(
+                    request: StreamingClientRequest { try await $0.write(.with { $0.session = 999 }) }
+                ) { response in
+                    for try await _ in response.messages {}
+                }
+                Issue.record("a console stream nobody asked for was taken")
+            } catch let e as RPCError {
+                #expect(e.code == .notFound, "\(e)")
+            }
             for digest in [sha256(secret), String(repeating: "0", count: 64)] {
                 do {
                     _ = try await fetch(digest)
@@ -160,6 +171,11 @@ import Testing
             fetch.sha256 = String(repeating: "ab", count: 32)
             await refused("FetchFile") {
                 try await link.fetchFile(fetch) { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            await refused("BMCConsole") {
+                try await link.bmcConsole(request: StreamingClientRequest { try await $0.write(.init()) }) { response in
                     for try await _ in response.messages {}
                 }
             }

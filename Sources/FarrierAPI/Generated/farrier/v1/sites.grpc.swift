@@ -1121,6 +1121,19 @@ public enum Farrier_V1_SiteLinkService: Sendable {
                 type: .bidirectionalStreaming
             )
         }
+        /// Namespace for "BMCConsole" metadata.
+        public enum BMCConsole: Sendable {
+            /// Request type for "BMCConsole".
+            public typealias Input = Farrier_V1_SiteConsoleFrame
+            /// Response type for "BMCConsole".
+            public typealias Output = Farrier_V1_SiteConsoleFrame
+            /// Descriptor for "BMCConsole".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.SiteLinkService"),
+                method: "BMCConsole",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Descriptors for all methods in the "farrier.v1.SiteLinkService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Heartbeat.descriptor,
@@ -1131,7 +1144,8 @@ public enum Farrier_V1_SiteLinkService: Sendable {
             ImageAccess.descriptor,
             ReportEvents.descriptor,
             ReportLeases.descriptor,
-            BMCWork.descriptor
+            BMCWork.descriptor,
+            BMCConsole.descriptor
         ]
     }
 }
@@ -1341,6 +1355,27 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteBMCResult>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteBMCJob>
+
+        /// Handle the "BMCConsole" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The serial console of one of the site's machines, which an open-console job on BMCWork
+        /// > asked for: the site opens it (SOL) and then this call, whose first message names the job
+        /// > (session); from then on the machine's output goes to the region and what the user types
+        /// > comes back, until either side ends it.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_SiteConsoleFrame` messages.
+        func bmcConsole(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteConsoleFrame>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteConsoleFrame>
     }
 
     /// Service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1534,6 +1569,27 @@ extension Farrier_V1_SiteLinkService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteBMCResult>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteBMCJob>
+
+        /// Handle the "BMCConsole" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The serial console of one of the site's machines, which an open-console job on BMCWork
+        /// > asked for: the site opens it (SOL) and then this call, whose first message names the job
+        /// > (session); from then on the machine's output goes to the region and what the user types
+        /// > comes back, until either side ends it.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_SiteConsoleFrame` messages.
+        func bmcConsole(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteConsoleFrame>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteConsoleFrame>
     }
 
     /// Simple service protocol for the "farrier.v1.SiteLinkService" service.
@@ -1727,6 +1783,28 @@ extension Farrier_V1_SiteLinkService {
             response: GRPCCore.RPCWriter<Farrier_V1_SiteBMCJob>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "BMCConsole" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The serial console of one of the site's machines, which an open-console job on BMCWork
+        /// > asked for: the site opens it (SOL) and then this call, whose first message names the job
+        /// > (session); from then on the machine's output goes to the region and what the user types
+        /// > comes back, until either side ends it.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - response: A response stream of `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func bmcConsole(
+            request: GRPCCore.RPCAsyncSequence<Farrier_V1_SiteConsoleFrame, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Farrier_V1_SiteConsoleFrame>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -1828,6 +1906,17 @@ extension Farrier_V1_SiteLinkService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteBMCJob>(),
             handler: { request, context in
                 try await self.bmcWork(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_SiteLinkService.Method.BMCConsole.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteConsoleFrame>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteConsoleFrame>(),
+            handler: { request, context in
+                try await self.bmcConsole(
                     request: request,
                     context: context
                 )
@@ -2047,6 +2136,23 @@ extension Farrier_V1_SiteLinkService.SimpleServiceProtocol {
             metadata: [:],
             producer: { writer in
                 try await self.bmcWork(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
+    public func bmcConsole(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_SiteConsoleFrame>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_SiteConsoleFrame> {
+        return GRPCCore.StreamingServerResponse<Farrier_V1_SiteConsoleFrame>(
+            metadata: [:],
+            producer: { writer in
+                try await self.bmcConsole(
                     request: request.messages,
                     response: writer,
                     context: context
@@ -2293,6 +2399,32 @@ extension Farrier_V1_SiteLinkService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteBMCJob>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteBMCJob>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "BMCConsole" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The serial console of one of the site's machines, which an open-console job on BMCWork
+        /// > asked for: the site opens it (SOL) and then this call, whose first message names the job
+        /// > (session); from then on the machine's output goes to the region and what the user types
+        /// > comes back, until either side ends it.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - serializer: A serializer for `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func bmcConsole<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_SiteConsoleFrame>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteConsoleFrame>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteConsoleFrame>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteConsoleFrame>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2635,6 +2767,41 @@ extension Farrier_V1_SiteLinkService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "BMCConsole" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The serial console of one of the site's machines, which an open-console job on BMCWork
+        /// > asked for: the site opens it (SOL) and then this call, whose first message names the job
+        /// > (session); from then on the machine's output goes to the region and what the user types
+        /// > comes back, until either side ends it.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - serializer: A serializer for `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_SiteConsoleFrame` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func bmcConsole<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_SiteConsoleFrame>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SiteConsoleFrame>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_SiteConsoleFrame>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteConsoleFrame>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Farrier_V1_SiteLinkService.Method.BMCConsole.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2907,6 +3074,36 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteBMCResult>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteBMCJob>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "BMCConsole" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The serial console of one of the site's machines, which an open-console job on BMCWork
+    /// > asked for: the site opens it (SOL) and then this call, whose first message names the job
+    /// > (session); from then on the machine's output goes to the region and what the user types
+    /// > comes back, until either side ends it.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Farrier_V1_SiteConsoleFrame` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func bmcConsole<Result>(
+        request: GRPCCore.StreamingClientRequest<Farrier_V1_SiteConsoleFrame>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteConsoleFrame>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.bmcConsole(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SiteConsoleFrame>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SiteConsoleFrame>(),
             options: options,
             onResponse: handleResponse
         )
@@ -3218,6 +3415,41 @@ extension Farrier_V1_SiteLinkService.ClientProtocol {
             producer: producer
         )
         return try await self.bmcWork(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "BMCConsole" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The serial console of one of the site's machines, which an open-console job on BMCWork
+    /// > asked for: the site opens it (SOL) and then this call, whose first message names the job
+    /// > (session); from then on the machine's output goes to the region and what the user types
+    /// > comes back, until either side ends it.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func bmcConsole<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Farrier_V1_SiteConsoleFrame>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Farrier_V1_SiteConsoleFrame>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Farrier_V1_SiteConsoleFrame>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.bmcConsole(
             request: request,
             options: options,
             onResponse: handleResponse

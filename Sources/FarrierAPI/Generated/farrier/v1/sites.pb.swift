@@ -29,6 +29,21 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated struct Farrier_V1_SiteConsoleFrame: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The open-console job's id (the site's first message only).
+  public var session: UInt64 = 0
+
+  public var data: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// One BMC operation on one of the site's machines.
 public nonisolated struct Farrier_V1_SiteBMCJob: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -50,7 +65,8 @@ public nonisolated struct Farrier_V1_SiteBMCJob: Sendable {
   /// link, only to the machine's site; the site keeps it in memory only.
   public var password: String = String()
 
-  /// info, power-state, power, set-boot-override or boot-override.
+  /// info, power-state, power, set-boot-override, boot-override, or open-console (the site
+  /// answers once the console is open, and carries it on BMCConsole).
   public var operation: String = String()
 
   /// power: on, off, cycle, reset or soft-off.
@@ -730,6 +746,41 @@ public nonisolated struct Farrier_V1_JoinSiteResponse: Sendable {
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "farrier.v1"
+
+nonisolated extension Farrier_V1_SiteConsoleFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SiteConsoleFrame"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}data\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.session) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.data) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.session != 0 {
+      try visitor.visitSingularUInt64Field(value: self.session, fieldNumber: 1)
+    }
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SiteConsoleFrame, rhs: Farrier_V1_SiteConsoleFrame) -> Bool {
+    if lhs.session != rhs.session {return false}
+    if lhs.data != rhs.data {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
 
 nonisolated extension Farrier_V1_SiteBMCJob: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SiteBMCJob"
