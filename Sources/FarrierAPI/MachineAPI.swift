@@ -165,11 +165,12 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
 
 // MARK: BMC operations
 
-/// The request iterator, handed to the one child task that reads it after the first message.
-final class InputBox: @unchecked Sendable {
-    var iterator: RPCAsyncSequence<Farrier_V1_ConsoleInput, any Error>.AsyncIterator
-    init(_ i: RPCAsyncSequence<Farrier_V1_ConsoleInput, any Error>.AsyncIterator) { iterator = i }
-    func next() async throws -> Farrier_V1_ConsoleInput? { try await iterator.next() }
+/// A request stream's iterator, handed to the one child task that reads it after the first
+/// message (the console calls: the user's, and a site's).
+final class InputBox<Element: Sendable>: @unchecked Sendable {
+    var iterator: RPCAsyncSequence<Element, any Error>.AsyncIterator
+    init(_ i: RPCAsyncSequence<Element, any Error>.AsyncIterator) { iterator = i }
+    func next() async throws -> Element? { try await iterator.next() }
 }
 
 extension MachineAPI {

@@ -588,9 +588,7 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         let site = try await authorize(context, at: now())
-        guard let relay = bmcRelay else {
-            throw RPCError(code: .unavailable, message: "this region relays no BMC operations")
-        }
+        let relay = try relay()
         let (channel, jobs) = await relay.open(site: site.site)
         logger.info("site BMC channel open", metadata: ["site": "\(site.site)"])
         let heard = LastHeard()
@@ -626,14 +624,12 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
                 // Either side ending ends the channel: closed in the relay at once (no job goes
                 // to it from then on), then its tasks are ended.
                 defer { group.cancelAll() }
-                do { try await group.next() } catch {
-                    await relay.close(channel)
-                    throw error
-                }
+                var ending: (any Error)?
+                do { try await group.next() } catch { ending = error }
                 await relay.close(channel)
+                if let ending { throw ending }
             }
         } catch {
-            await relay.close(channel)
             logger.info("site BMC channel closed", metadata: ["site": "\(site.site)", "error": "\(error)"])
             throw error
         }
@@ -646,10 +642,8 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         let site = try await authorize(context, at: now())
-        guard let relay = bmcRelay else {
-            throw RPCError(code: .unavailable, message: "this region relays no BMC operations")
-        }
-        let frames = FrameBox(request.makeAsyncIterator())
+        let relay = try relay()
+        let frames = InputBox(request.makeAsyncIterator())
         guard let first = try await frames.next() else { return }
         guard let console = await relay.attachConsole(first.session, site: site.site) else {
             throw RPCError(code: .notFound, message: "no console \(first.session) waits for site \(site.site)")
@@ -677,11 +671,10 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         }
     }
 
-    /// A stream's iterator, for the one task that reads it.
-    final class FrameBox: @unchecked Sendable {
-        var iterator: RPCAsyncSequence<Farrier_V1_SiteConsoleFrame, any Error>.AsyncIterator
-        init(_ i: RPCAsyncSequence<Farrier_V1_SiteConsoleFrame, any Error>.AsyncIterator) { iterator = i }
-        func next() async throws -> Farrier_V1_SiteConsoleFrame? { try await iterator.next() }
+    /// The relay BMC channels and consoles go through; without one, they are refused.
+    func relay() throws -> SiteBMCRelay {
+        guard let bmcRelay else { throw RPCError(code: .unavailable, message: "this region relays no BMC operations") }
+        return bmcRelay
     }
 
     /// When a channel last heard from its site.

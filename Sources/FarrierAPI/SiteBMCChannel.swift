@@ -227,20 +227,23 @@ public struct SiteBMCWorker: Sendable {
         link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
         answer: @Sendable (Farrier_V1_SiteBMCResult) -> Void
     ) async {
-        guard message.operation == "open-console" else { return answer(await perform(message)) }
-        let console: any ConsoleSession
-        do {
-            let job = try SiteBMCWire.job(message)
-            let bmc = await drivers.bmc(machineID: job.machineID, reference: job.reference, password: job.password)
-            console = try await bmc.openConsole()
-        } catch {
-            logger.warning("console not opened", metadata: ["job": "\(message.id)", "error": "\(error)"])
-            let e = error as? BMCError ?? BMCError(.protocolError, address: "", "\(error)")
+        let job: BMCRelayJob
+        do { job = try SiteBMCWire.job(message) } catch {
+            logger.warning("BMC job refused", metadata: ["job": "\(message.id)", "error": "\(error)"])
+            let e = BMCError(.protocolError, address: "", "the site could not read the job: \(error)")
             return answer(SiteBMCWire.result(message.id, .failure(e)))
         }
-        logger.info("console open", metadata: ["machine.id": "\(message.machineID)", "session": "\(message.id)"])
-        answer(SiteBMCWire.result(message.id, .success(.done)))
-        let session = message.id
+        let bmc = await drivers.bmc(machineID: job.machineID, reference: job.reference, password: job.password)
+        guard job.operation == .openConsole else { return answer(await perform(job, on: bmc)) }
+        let console: any ConsoleSession
+        do { console = try await bmc.openConsole() } catch {
+            logger.warning("console not opened", metadata: ["job": "\(job.id)", "error": "\(error)"])
+            let e = error as? BMCError ?? BMCError(.protocolError, address: bmc.address, "\(error)")
+            return answer(SiteBMCWire.result(job.id, .failure(e)))
+        }
+        logger.info("console open", metadata: ["machine.id": "\(job.machineID)", "session": "\(job.id)"])
+        answer(SiteBMCWire.result(job.id, .success(.done)))
+        let session = job.id
         do {
             let request = StreamingClientRequest<Farrier_V1_SiteConsoleFrame> { writer in
                 var first = Farrier_V1_SiteConsoleFrame()
@@ -261,34 +264,25 @@ public struct SiteBMCWorker: Sendable {
             logger.info("console stream ended", metadata: ["session": "\(session)", "error": "\(error)"])
         }
         await console.close()
-        logger.info("console closed", metadata: ["machine.id": "\(message.machineID)", "session": "\(session)"])
+        logger.info("console closed", metadata: ["machine.id": "\(job.machineID)", "session": "\(session)"])
     }
 
-    /// Does one job; any failure is its answer.
-    func perform(_ message: Farrier_V1_SiteBMCJob) async -> Farrier_V1_SiteBMCResult {
-        let job: BMCRelayJob
-        do { job = try SiteBMCWire.job(message) } catch {
-            logger.warning("BMC job refused", metadata: ["job": "\(message.id)", "error": "\(error)"])
-            return SiteBMCWire.result(
-                message.id,
-                .failure(BMCError(.protocolError, address: "", "the site could not read the job: \(error)"))
-            )
-        }
-        let bmc = await drivers.bmc(machineID: job.machineID, reference: job.reference, password: job.password)
+    /// Does one operation; any failure is its answer.
+    func perform(_ job: BMCRelayJob, on bmc: any BMC) async -> Farrier_V1_SiteBMCResult {
         do {
             let outcome = try await bmc.perform(job.operation)
             logger.debug(
                 "BMC operation",
                 metadata: ["machine.id": "\(job.machineID)", "operation": "\(job.operation)", "bmc": "\(bmc.address)"]
             )
-            return SiteBMCWire.result(message.id, .success(outcome))
+            return SiteBMCWire.result(job.id, .success(outcome))
         } catch {
             let e = error as? BMCError ?? BMCError(.protocolError, address: bmc.address, "\(error)")
             logger.warning(
                 "BMC operation failed",
                 metadata: ["machine.id": "\(job.machineID)", "operation": "\(job.operation)", "error": "\(e)"]
             )
-            return SiteBMCWire.result(message.id, .failure(e))
+            return SiteBMCWire.result(job.id, .failure(e))
         }
     }
 }

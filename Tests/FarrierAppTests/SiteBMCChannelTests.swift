@@ -59,13 +59,8 @@ struct SiteBMCChannelTests {
         try await withSiteLink(region: "127.0.0.1:\(port)", credentials: credentials) { link in
             let worker = Task { await SiteBMCWorker(logger: Logger(label: "test")).run(link: link, region: "test") }
             func channels(_ n: Int) async throws {
-                let deadline = ContinuousClock.now + .seconds(20)
-                while await relay.channelCount(site: "site-1") != n {
-                    guard ContinuousClock.now < deadline else {
-                        Issue.record("site-1 did not get to \(n) channel(s)")
-                        return
-                    }
-                    try await Task.sleep(for: .milliseconds(100))
+                try await eventually("site-1 at \(n) channel(s)", within: .seconds(20)) {
+                    await relay.channelCount(site: "site-1") == n
                 }
             }
             try await channels(1)
@@ -112,10 +107,7 @@ struct SiteBMCChannelTests {
             #expect(collected.text.contains("echo:HELLO FARRIER"), "\(collected.text)")
             await console.close()
             reader.cancel()
-            let closedBy = ContinuousClock.now + .seconds(10)
-            while await relay.consoleCount != 0, ContinuousClock.now < closedBy {
-                try await Task.sleep(for: .milliseconds(100))
-            }
+            try await eventually("the console forgotten", within: .seconds(10)) { await relay.consoleCount == 0 }
             #expect(await relay.consoleCount == 0)
 
             // The BMC's refusal comes back as it is: a wrong password is the BMC's to refuse.
