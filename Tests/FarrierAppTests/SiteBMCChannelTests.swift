@@ -58,6 +58,8 @@ struct SiteBMCChannelTests {
         let credentials = try SiteCredentials(dataDir: f.siteDir)
         try await withSiteLink(region: "127.0.0.1:\(port)", credentials: credentials) { link in
             let worker = Task { await SiteBMCWorker(logger: Logger(label: "test")).run(link: link, region: "test") }
+            // Stopped on every way out, a failed expectation's included.
+            defer { worker.cancel() }
             func channels(_ n: Int) async throws {
                 try await eventually("site-1 at \(n) channel(s)", within: .seconds(20)) {
                     await relay.channelCount(site: "site-1") == n
