@@ -46,6 +46,11 @@ public struct SiteCredentials: Sendable {
     }
 }
 
+/// The region links in `--region`: one address, or several replicas' `HOST:PORT,HOST:PORT`.
+public func siteLinkRegions(_ region: String) -> [String] {
+    region.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+}
+
 /// Connects to the region's site link (`site.listen`) as the site in `credentials`, and runs
 /// `body` with a client. The region is verified against the CA the site got when it joined, and
 /// by the host name or IP address in `region`.
@@ -58,7 +63,7 @@ public func withSiteLink<R: Sendable>(
     credentials: SiteCredentials,
     _ body: @Sendable (Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) async throws -> R
 ) async throws -> R {
-    let regions = region.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    let regions = siteLinkRegions(region)
     let security = HTTP2ClientTransport.Posix.TransportSecurity.mTLS(
         certificateChain: [.file(path: credentials.certificatePath, format: .pem)],
         privateKey: .file(path: credentials.keyPath, format: .pem)

@@ -379,8 +379,7 @@ struct SiteCommand: AsyncParsableCommand {
             logger: Logger
         ) async {
             let worker = SiteBMCWorker(logger: logger)
-            let replicas = region.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-                .filter { !$0.isEmpty }
+            let replicas = siteLinkRegions(region)
             guard replicas.count > 1 else { return await worker.run(link: link, region: region) }
             await withDiscardingTaskGroup { group in
                 for replica in replicas {
