@@ -176,6 +176,7 @@ extension Farrier_V1_Site {
             cachedFiles = l.cachedFiles
             cachedBytes = l.cachedBytes
             version = l.version
+            if let n = l.bmcChannels { bmcChannels = n }
         }
     }
 }
@@ -498,7 +499,8 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
             queueDepth: max(0, request.queueDepth),
             cachedFiles: max(0, request.cachedFiles),
             cachedBytes: max(0, request.cachedBytes),
-            version: String(request.version.prefix(64))
+            version: String(request.version.prefix(64)),
+            bmcChannels: request.hasBmcChannels ? max(0, request.bmcChannels) : nil
         )
         guard try await store.recordSiteLink(name: site.site, certificateSerial: site.serial, link: link) else {
             logger.warning(

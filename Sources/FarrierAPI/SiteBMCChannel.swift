@@ -142,17 +142,119 @@ extension RPCError {
 public struct SiteBMCWorker: Sendable {
     let drivers: BMCPool
     let logger: Logger
+    let memory = SiteJobMemory()
+    let channels = OpenCount()
+    /// How the region's name is resolved to its replicas' addresses (a test's stand-in for DNS).
+    let resolve: @Sendable (String, Int) async throws -> [String]
+    /// How often a region named by a DNS name is resolved again, to follow its replicas.
+    let reresolve: Duration
 
-    public init(logger: Logger) {
+    public init(
+        logger: Logger,
+        reresolve: Duration = .seconds(30),
+        resolve: @escaping @Sendable (String, Int) async throws -> [String] = resolveSiteLinkAddresses
+    ) {
         // Any driver idle for 15 minutes is closed, however few there are: with it go the
         // password and the BMC session of a machine the region no longer asks about.
         drivers = BMCPool(vault: nil, keepIdle: 0)
         self.logger = logger
+        self.resolve = resolve
+        self.reresolve = reresolve
+    }
+
+    /// The channels open now (accepted by the region and not yet ended), for the heartbeat.
+    public var openChannels: Int { channels.value.load(ordering: .relaxed) }
+
+    /// The site's BMC channels to the region in `--region` (each replica sends its own BMC jobs,
+    /// on channels to itself), until cancelled or refused:
+    /// - several `HOST:PORT` replicas: one channel to each;
+    /// - an IP address: one channel, on `link`;
+    /// - a DNS name: one channel to each address it resolves to, reached as that name (TLS
+    ///   checks the region's certificate for it), resolved again every `reresolve` so that a
+    ///   replica added behind the name gets its channel and a removed one loses it.
+    public func run(
+        region: String,
+        credentials: SiteCredentials,
+        link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
+    ) async {
+        let replicas = siteLinkRegions(region)
+        if replicas.count > 1 {
+            await withDiscardingTaskGroup { group in
+                for replica in replicas {
+                    group.addTask { await channel(to: replica, credentials: credentials, authority: nil) }
+                }
+            }
+        } else if let (host, port) = try? splitHostPort(replicas.first ?? region), IPv4Address(host) == nil,
+            !host.contains(":")
+        {
+            await follow(name: host, port: port, credentials: credentials)
+        } else {
+            await serve(link: link, region: region)
+        }
+        await drivers.closeAll()
+    }
+
+    /// Keeps a channel to each address `name` resolves to, until cancelled. A failed resolution
+    /// keeps the channels there are (and is tried again within 5 s while there are none).
+    func follow(name: String, port: Int, credentials: SiteCredentials) async {
+        var running: [String: Task<Void, Never>] = [:]
+        var failing = false
+        while !Task.isCancelled {
+            do {
+                let addresses = try await resolve(name, port)
+                if failing || Set(addresses) != Set(running.keys) {
+                    logger.info("region resolved", metadata: ["region": "\(name)", "addresses": "\(addresses)"])
+                }
+                failing = false
+                for (address, task) in running where !addresses.contains(address) {
+                    logger.info(
+                        "BMC channel dropped: gone from DNS",
+                        metadata: ["region": "\(name)", "address": "\(address)"]
+                    )
+                    task.cancel()
+                    await task.value
+                    running[address] = nil
+                }
+                for address in addresses where running[address] == nil {
+                    running[address] = Task {
+                        await channel(to: address, credentials: credentials, authority: name)
+                    }
+                }
+            } catch {
+                if !failing {
+                    logger.warning("region not resolved", metadata: ["region": "\(name)", "error": "\(error)"])
+                }
+                failing = true
+            }
+            do { try await Task.sleep(for: running.isEmpty ? min(reresolve, .seconds(5)) : reresolve) } catch { break }
+        }
+        for task in running.values { task.cancel() }
+        for task in running.values { await task.value }
+    }
+
+    /// A channel over a link of its own to `address` (a replica, or one address of a name).
+    func channel(to address: String, credentials: SiteCredentials, authority: String?) async {
+        let shown = authority.map { "\(address) (\($0))" } ?? address
+        do {
+            try await withSiteLink(region: address, credentials: credentials, authority: authority) { link in
+                await serve(link: link, region: shown)
+            }
+        } catch {
+            logger.error("no BMC channel to \(shown)", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Keeps a channel open on `link` (reopened 1 to 5 s after it drops) until cancelled, or
-    /// until the region refuses the site (the heartbeat then ends the site agent).
+    /// until the region refuses the site (the heartbeat then ends the site agent); then closes
+    /// the site's BMC drivers.
     public func run(link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>, region: String) async {
+        await serve(link: link, region: region)
+        await drivers.closeAll()
+    }
+
+    /// Keeps a channel open on `link`, as `run` does, leaving the drivers to the caller (other
+    /// channels may be using them).
+    func serve(link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>, region: String) async {
         var delay = Duration.seconds(1)
         var failing = false
         while !Task.isCancelled {
@@ -178,7 +280,6 @@ public struct SiteBMCWorker: Sendable {
             do { try await Task.sleep(for: delay) } catch { break }
             delay = min(delay * 2, .seconds(5))
         }
-        await drivers.closeAll()
     }
 
     /// One channel, until the region ends it: each job is done as it comes, concurrently (a
@@ -205,6 +306,8 @@ public struct SiteBMCWorker: Sendable {
             defer { sink.finish() }
             // (Called once the region answered the call's opening: the channel is open.)
             opened.set()
+            channels.value.add(1, ordering: .relaxed)
+            defer { channels.value.subtract(1, ordering: .relaxed) }
             logger.info("BMC channel open", metadata: ["region": "\(region)"])
             try await withThrowingDiscardingTaskGroup { group in
                 for try await job in response.messages {
@@ -212,6 +315,10 @@ public struct SiteBMCWorker: Sendable {
                 }
             }
         }
+    }
+
+    final class OpenCount: Sendable {
+        let value = Atomic(0)
     }
 
     final class Flag: Sendable {
@@ -233,8 +340,8 @@ public struct SiteBMCWorker: Sendable {
             let e = BMCError(.protocolError, address: "", "the site could not read the job: \(error)")
             return answer(SiteBMCWire.result(message.id, .failure(e)))
         }
+        guard job.operation == .openConsole else { return answer(await result(of: job)) }
         let bmc = await drivers.bmc(machineID: job.machineID, reference: job.reference, password: job.password)
-        guard job.operation == .openConsole else { return answer(await perform(job, on: bmc)) }
         let console: any ConsoleSession
         do { console = try await bmc.openConsole() } catch {
             logger.warning("console not opened", metadata: ["job": "\(job.id)", "error": "\(error)"])
@@ -267,6 +374,24 @@ public struct SiteBMCWorker: Sendable {
         logger.info("console closed", metadata: ["machine.id": "\(job.machineID)", "session": "\(session)"])
     }
 
+    /// Does a job other than opening the console, and gives its answer. A changing job the
+    /// region sends again (its answer was lost) is answered as it was the first time, not done
+    /// twice.
+    func result(of job: BMCRelayJob) async -> Farrier_V1_SiteBMCResult {
+        let bmc = await drivers.bmc(machineID: job.machineID, reference: job.reference, password: job.password)
+        guard job.operation.changes else { return await perform(job, on: bmc) }
+        if let before = await memory.begin(job) {
+            logger.info(
+                "BMC job sent again: answered as before",
+                metadata: ["machine.id": "\(job.machineID)", "operation": "\(job.operation)", "job": "\(job.id)"]
+            )
+            return before
+        }
+        let result = await perform(job, on: bmc)
+        await memory.finish(job, result)
+        return result
+    }
+
     /// Does one operation; any failure is its answer.
     func perform(_ job: BMCRelayJob, on bmc: any BMC) async -> Farrier_V1_SiteBMCResult {
         do {
@@ -285,4 +410,83 @@ public struct SiteBMCWorker: Sendable {
             return SiteBMCWire.result(job.id, .failure(e))
         }
     }
+}
+
+/// What a site did for the region's changing BMC jobs (power, boot override) in the last
+/// `SiteBMCRelay.rememberFor`, by job id. The region sends a job again under its id when its
+/// answer was lost (the channel closed, or it timed out), not knowing whether it was done: the
+/// site answers it from here (waiting for it if it is still being done) instead of doing it
+/// twice. Held in memory: a restarted site does a job sent again.
+actor SiteJobMemory {
+    enum State {
+        case running([CheckedContinuation<Farrier_V1_SiteBMCResult, Never>])
+        case done(Farrier_V1_SiteBMCResult)
+    }
+    struct Entry {
+        var machineID: String
+        var operation: BMCOperation
+        var received: ContinuousClock.Instant
+        var state: State
+    }
+    var entries: [UInt64: Entry] = [:]
+    var pruned = ContinuousClock.now
+    let keep: Duration
+    let limit: Int
+
+    /// `limit` bounds the memory at about 20 MB (two changing jobs for each of 50 000 machines).
+    init(keep: Duration = SiteBMCRelay.rememberFor, limit: Int = 100_000) {
+        self.keep = keep
+        self.limit = limit
+    }
+
+    /// nil: `job` is new, and is now being done (`finish` must follow). Otherwise the answer it
+    /// had when it was done before, once it is done.
+    func begin(_ job: BMCRelayJob) async -> Farrier_V1_SiteBMCResult? {
+        let now = ContinuousClock.now
+        prune(now)
+        if let e = entries[job.id] {
+            // (Another machine's or operation's job under the same id is not this one: done,
+            // and not remembered.)
+            guard e.machineID == job.machineID, e.operation == job.operation else { return nil }
+            switch e.state {
+            case .done(let result): return result
+            case .running(let waiting):
+                return await withCheckedContinuation { c in
+                    entries[job.id]?.state = .running(waiting + [c])
+                }
+            }
+        }
+        entries[job.id] = Entry(machineID: job.machineID, operation: job.operation, received: now, state: .running([]))
+        return nil
+    }
+
+    /// `job` was done, with `result`: kept, and given to any who waited for it.
+    func finish(_ job: BMCRelayJob, _ result: Farrier_V1_SiteBMCResult) {
+        guard let e = entries[job.id], e.machineID == job.machineID, e.operation == job.operation,
+            case .running(let waiting) = e.state
+        else { return }
+        entries[job.id]?.state = .done(result)
+        for c in waiting { c.resume(returning: result) }
+    }
+
+    /// Forgets jobs done longer ago than `keep`, and past `limit` the oldest done ones (a job
+    /// still being done is kept: someone may wait for it).
+    func prune(_ now: ContinuousClock.Instant) {
+        // At most once a second, unless full.
+        guard now - pruned >= .seconds(1) || entries.count >= limit else { return }
+        pruned = now
+        entries = entries.filter { e in
+            if case .running = e.value.state { return true }
+            return now - e.value.received < keep
+        }
+        guard entries.count >= limit else { return }
+        let oldest = entries.filter { e in
+            if case .done = e.value.state { return true }
+            return false
+        }.sorted { $0.value.received < $1.value.received }
+        for (id, _) in oldest.prefix(entries.count - limit + 1) { entries[id] = nil }
+    }
+
+    /// The jobs remembered (for tests).
+    var count: Int { entries.count }
 }

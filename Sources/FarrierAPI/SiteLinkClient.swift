@@ -3,9 +3,14 @@ import FarrierSite
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NIOPosix
 import SwiftASN1
 import Synchronization
 import X509
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The site's side of its link to the region (issue 16): the key, certificate and region CA that
 /// `farrier site join` left in the site's data directory, and a mutual-TLS connection with them.
@@ -51,6 +56,42 @@ public func siteLinkRegions(_ region: String) -> [String] {
     region.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
 }
 
+/// The addresses `host` resolves to (getaddrinfo, on NIO's blocking pool), IPv4 and IPv6, as
+/// `HOST:PORT` links (IPv6 bracketed), in the resolver's order without repeats. A name that
+/// does not resolve is an error that names it.
+public func resolveSiteLinkAddresses(host: String, port: Int) async throws -> [String] {
+    try await NIOThreadPool.singleton.runIfActive {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var found: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &found)
+        guard rc == 0 else {
+            throw SiteAuthority.Failure("cannot resolve \(host): \(String(cString: gai_strerror(rc)))")
+        }
+        defer { freeaddrinfo(found) }
+        var links: [String] = []
+        var next = found
+        while let info = next {
+            next = info.pointee.ai_next
+            guard let address = info.pointee.ai_addr else { continue }
+            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+            let link: String?
+            switch info.pointee.ai_family {
+            case AF_INET:
+                var a = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                link = inet_ntop(AF_INET, &a, &text, socklen_t(text.count)).map { "\(String(cString: $0)):\(port)" }
+            case AF_INET6:
+                var a = address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                link = inet_ntop(AF_INET6, &a, &text, socklen_t(text.count)).map { "[\(String(cString: $0))]:\(port)" }
+            default: link = nil
+            }
+            if let link, !links.contains(link) { links.append(link) }
+        }
+        return links
+    }
+}
+
 /// Connects to the region's site link (`site.listen`) as the site in `credentials`, and runs
 /// `body` with a client. The region is verified against the CA the site got when it joined, and
 /// by the host name or IP address in `region`.
@@ -58,9 +99,14 @@ public func siteLinkRegions(_ region: String) -> [String] {
 /// `region` may name several replicas' links, `HOST:PORT,HOST:PORT` (IPv4 literals): calls then
 /// go round-robin to those that are up, so a replica that dies costs the site at most the calls
 /// it had in flight.
+///
+/// `authority`, when given, is the name TLS checks the region's certificate for and sends as the
+/// server name, in place of the host in `region`: one address a name resolved to is reached
+/// as that name.
 public func withSiteLink<R: Sendable>(
     region: String,
     credentials: SiteCredentials,
+    authority: String? = nil,
     _ body: @Sendable (Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>) async throws -> R
 ) async throws -> R {
     let regions = siteLinkRegions(region)
@@ -97,6 +143,7 @@ public func withSiteLink<R: Sendable>(
     // open) is found within 20 s, and the connection made again.
     var config = HTTP2ClientTransport.Posix.Config.defaults
     config.connection.keepalive = .init(time: .seconds(10), timeout: .seconds(10), allowWithoutCalls: true)
+    config.http2.authority = authority
     let transport = try HTTP2ClientTransport.Posix(
         target: target,
         transportSecurity: security,

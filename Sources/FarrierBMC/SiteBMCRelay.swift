@@ -14,6 +14,15 @@ public enum BMCOperation: Sendable, Hashable {
     /// of its own (`SiteBMCRelay.openConsole`); it has no outcome of its own.
     case openConsole
 
+    /// It changes the BMC (power, the boot override): done twice, it is not the same as done
+    /// once, so a site remembers what it did for it (`SiteBMCRelay.rememberFor`).
+    public var changes: Bool {
+        switch self {
+        case .power, .setBootOverride: true
+        case .info, .powerState, .bootOverride, .openConsole: false
+        }
+    }
+
     /// The operation's name on the site link.
     public var name: String {
         switch self {
@@ -109,15 +118,30 @@ public actor SiteBMCRelay {
         var channel: UInt64
         var site: String
         var address: String
+        var machineID: String
+        var operation: BMCOperation
+        var sent: ContinuousClock.Instant
         var continuation: CheckedContinuation<BMCOutcome, any Error>
         var timer: Task<Void, Never>
     }
+    /// A changing operation on a machine whose answer was lost.
+    struct Lost: Hashable {
+        var machineID: String
+        var operation: BMCOperation
+    }
     var channels: [UInt64: Channel] = [:]
     var pending: [UInt64: Pending] = [:]
+    /// Changing operations whose answer was lost (their channel closed, or no answer came in
+    /// time), with their job's id and when it was sent: the same operation on the same machine
+    /// is sent again under that id while the site still remembers it, and the site answers
+    /// what it did then instead of doing it again (a power cycle is not done twice).
+    var lost: [Lost: (id: UInt64, sent: ContinuousClock.Instant)] = [:]
     /// Consoles opened (or being opened) through a site, by their open-console job's id.
     var consoles: [UInt64: RelayedConsole] = [:]
     var nextChannel: UInt64 = 1
-    var nextJob: UInt64 = 1
+    /// Job ids start anywhere below 2^62: a site tells a job sent again from a new one by its
+    /// id, so a restarted region (or another replica) must not reuse the ids it saw.
+    var nextJob = UInt64.random(in: 1..<(1 << 62))
     var turn: [String: Int] = [:]
     let timeout: Duration
 
@@ -128,6 +152,12 @@ public actor SiteBMCRelay {
     public init(timeout: Duration = .seconds(300)) {
         self.timeout = timeout
     }
+
+    /// How long a site remembers what it did for a changing job.
+    public static let rememberFor = Duration.seconds(600)
+    /// How long after sending it a lost changing job is sent again under its id: a minute less
+    /// than the site remembers it (the site counts from when it came).
+    static let resendWithin = rememberFor - .seconds(60)
 
     /// A site opened a channel: the jobs to send down it, until `close`.
     public func open(site: String) -> (UInt64, AsyncStream<BMCRelayJob>) {
@@ -145,9 +175,21 @@ public actor SiteBMCRelay {
         for (id, p) in pending where p.channel == channel {
             pending.removeValue(forKey: id)
             p.timer.cancel()
+            noteLost(id, p)
             p.continuation.resume(throwing: SiteLinkAway(site: c.site, inFlight: true))
         }
     }
+
+    /// Keeps a changing job whose answer was lost, to send again under its id.
+    func noteLost(_ id: UInt64, _ p: Pending) {
+        guard p.operation.changes else { return }
+        let now = ContinuousClock.now
+        lost = lost.filter { now - $0.value.sent < Self.resendWithin }
+        lost[Lost(machineID: p.machineID, operation: p.operation)] = (id, p.sent)
+    }
+
+    /// The machine's changing operations lost and not yet sent again (for tests).
+    public func lostCount(machineID: String) -> Int { lost.keys.filter { $0.machineID == machineID }.count }
 
     /// The site's answer to job `id`, from `channel` (an answer from another channel, or to
     /// a job already ended, is ignored).
@@ -169,8 +211,16 @@ public actor SiteBMCRelay {
         password: String,
         operation: BMCOperation
     ) async throws -> BMCOutcome {
-        let id = nextJob
-        nextJob += 1
+        let id: UInt64
+        if operation.changes, let l = lost.removeValue(forKey: Lost(machineID: machineID, operation: operation)),
+            ContinuousClock.now - l.sent < Self.resendWithin
+        {
+            // The same operation again after its answer was lost: under the lost job's id.
+            id = l.id
+        } else {
+            id = nextJob
+            nextJob += 1
+        }
         return try await dispatch(
             id,
             site: site,
@@ -214,6 +264,9 @@ public actor SiteBMCRelay {
                     channel: channel,
                     site: site,
                     address: reference.address,
+                    machineID: machineID,
+                    operation: operation,
+                    sent: .now,
                     continuation: continuation,
                     timer: timer
                 )
@@ -231,6 +284,7 @@ public actor SiteBMCRelay {
     /// No answer in time (the channel itself is alive: its handler closes a silent one).
     func expire(_ id: UInt64) {
         guard let p = pending.removeValue(forKey: id) else { return }
+        noteLost(id, p)
         p.continuation.resume(
             throwing: BMCError.timeout(p.address, after: timeout, doing: "an operation through site \(p.site)")
         )

@@ -51,6 +51,8 @@ public struct SiteLink: Codable, Sendable, Hashable {
     public var cachedBytes: Int64
     /// The site agent's Farrier version.
     public var version: String
+    /// The BMC channels the site had open to the region's replicas (nil: it did not say).
+    public var bmcChannels: Int64?
 
     public init(
         lastSeen: Date,
@@ -58,7 +60,8 @@ public struct SiteLink: Codable, Sendable, Hashable {
         queueDepth: Int64 = 0,
         cachedFiles: Int64 = 0,
         cachedBytes: Int64 = 0,
-        version: String = ""
+        version: String = "",
+        bmcChannels: Int64? = nil
     ) {
         self.lastSeen = lastSeen
         self.address = address
@@ -66,6 +69,7 @@ public struct SiteLink: Codable, Sendable, Hashable {
         self.cachedFiles = cachedFiles
         self.cachedBytes = cachedBytes
         self.version = version
+        self.bmcChannels = bmcChannels
     }
 
     /// A link is up while heartbeats keep coming; after this long without one it is down.

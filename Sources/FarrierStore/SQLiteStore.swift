@@ -242,6 +242,10 @@ public final class SQLiteStore: StateStore {
                 t.column("hostname", .text)
             }
         }
+        m.registerMigration("v16-site-bmc-channels") { db in
+            // The BMC channels the site said it had open at its last heartbeat (NULL: not said).
+            try db.alter(table: "site") { t in t.add(column: "linkBMCChannels", .integer) }
+        }
         return m
     }
 
@@ -948,7 +952,8 @@ extension SQLiteStore {
                     queueDepth: row["linkQueueDepth"] ?? 0,
                     cachedFiles: row["linkCachedFiles"] ?? 0,
                     cachedBytes: row["linkCachedBytes"] ?? 0,
-                    version: row["linkVersion"] ?? ""
+                    version: row["linkVersion"] ?? "",
+                    bmcChannels: row["linkBMCChannels"]
                 )
             }
         )
@@ -959,12 +964,12 @@ extension SQLiteStore {
             try db.execute(
                 sql: """
                     UPDATE site SET linkSeen = ?, linkAddress = ?, linkQueueDepth = ?, linkCachedFiles = ?,
-                      linkCachedBytes = ?, linkVersion = ?
+                      linkCachedBytes = ?, linkVersion = ?, linkBMCChannels = ?
                     WHERE name = ? AND certificateSerial = ?
                     """,
                 arguments: [
                     link.lastSeen, link.address, link.queueDepth, link.cachedFiles, link.cachedBytes, link.version,
-                    name, certificateSerial,
+                    link.bmcChannels, name, certificateSerial,
                 ]
             )
             return db.changesCount == 1

@@ -1,5 +1,4 @@
 import Crypto
-import FarrierAPI
 import FarrierBMC
 import FarrierCore
 import FarrierSite
@@ -9,6 +8,8 @@ import Logging
 import Synchronization
 import TestSupport
 import Testing
+
+@testable import FarrierAPI
 
 /// The sites' BMC channel (BMCWork), in process over real mutual TLS, with OpenIPMI's ipmi_sim
 /// as the BMC: the region's BMC provider sends a site's machine's operations down its site's
@@ -137,6 +138,154 @@ struct SiteBMCChannelTests {
                 Issue.record("a power reading was had after the channel closed")
             } catch is SiteLinkAway {}
         }
+    }
+}
+
+extension SiteBMCChannelTests {
+    /// A region named by one DNS name in front of several replicas: the site opens a BMC
+    /// channel to each address the name resolves to, checking each replica's certificate for
+    /// the name, and follows the name as its addresses change. (The resolver is the test's: the
+    /// name is made up, its addresses are loopback ones; resolveSiteLinkAddresses is the real
+    /// one, checked on localhost.)
+    @Test func aRegionNamedByDNSGetsAChannelToEachAddress() async throws {
+        #expect(try await resolveSiteLinkAddresses(host: "localhost", port: 7710).contains("127.0.0.1:7710"))
+        await #expect(throws: (any Error).self) {
+            _ = try await resolveSiteLinkAddresses(host: "no-such-region.invalid", port: 7710)
+        }
+
+        let f = try SiteLinkFixture("bmc-dns")
+        defer { f.remove() }
+        try await f.join("aa")
+        let port = Int.random(in: 29000..<30000)
+        let name = "region.farrier.test"
+        // Replicas A and B have link certificates for the name; C's names another name (and
+        // not its address, which TLS would accept as the address dialled).
+        let (a, b, c) = (
+            SiteBMCRelay(timeout: .seconds(15)), SiteBMCRelay(timeout: .seconds(15)),
+            SiteBMCRelay(timeout: .seconds(15))
+        )
+        let listeners = [
+            try f.listener(port: port, host: "127.0.0.1", names: [name], bmcRelay: a),
+            try f.listener(port: port, host: "127.0.0.2", names: [name], bmcRelay: b),
+            try f.listener(port: port, host: "127.0.0.3", names: ["other.farrier.test"], bmcRelay: c),
+        ]
+        let serving = listeners.map { l in Task { try await l.run() } }
+        defer { for s in serving { s.cancel() } }
+        let addresses = Mutex(["127.0.0.1:\(port)", "127.0.0.2:\(port)"])
+        let asked = Mutex<[String]>([])
+        let worker = SiteBMCWorker(logger: Logger(label: "test"), reresolve: .milliseconds(300)) { host, p in
+            asked.withLock { $0.append("\(host):\(p)") }
+            return addresses.withLock { $0 }
+        }
+        let credentials = try SiteCredentials(dataDir: f.siteDir)
+        try await withSiteLink(region: "127.0.0.1:\(port)", credentials: credentials) { link in
+            let running = Task { await worker.run(region: "\(name):\(port)", credentials: credentials, link: link) }
+            defer { running.cancel() }
+            try await eventually("a channel to each of the name's addresses", within: .seconds(20)) {
+                let (x, y) = (await a.channelCount(site: "site-1"), await b.channelCount(site: "site-1"))
+                return x == 1 && y == 1
+            }
+            #expect(worker.openChannels == 2)
+            #expect(asked.withLock { $0.first } == "\(name):\(port)")
+
+            // B leaves the name and C (whose certificate names neither it nor C's address)
+            // joins: B's channel closes, C's is refused by the site's TLS check.
+            addresses.withLock { $0 = ["127.0.0.1:\(port)", "127.0.0.3:\(port)"] }
+            try await eventually("B's channel closed", within: .seconds(20)) {
+                await b.channelCount(site: "site-1") == 0
+            }
+            let watch = ContinuousClock.now + .seconds(2)
+            while ContinuousClock.now < watch {
+                #expect(
+                    await c.channelCount(site: "site-1") == 0,
+                    "a replica not named by the certificate got a channel"
+                )
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(await a.channelCount(site: "site-1") == 1)
+            #expect(worker.openChannels == 1)
+
+            // B back: its channel again.
+            addresses.withLock { $0 = ["127.0.0.1:\(port)", "127.0.0.2:\(port)"] }
+            try await eventually("B's channel back", within: .seconds(20)) { await b.channelCount(site: "site-1") == 1 }
+            running.cancel()
+            await running.value
+            try await eventually("every channel closed", within: .seconds(20)) {
+                let (x, y) = (await a.channelCount(site: "site-1"), await b.channelCount(site: "site-1"))
+                return x == 0 && y == 0
+            }
+            #expect(worker.openChannels == 0)
+        }
+    }
+}
+
+extension SiteBMCChannelTests {
+    /// A changing job the region sends again under its id (its answer was lost) is answered as
+    /// before, not done twice, against ipmi_sim: the chassis is told to power off once for two
+    /// sends of one job (the second while the first is being done), and again for a new job.
+    @Test func aChangingJobSentAgainIsDoneOnce() async throws {
+        let h = try Harness("bmc-job-again")
+        defer { h.cleanup() }
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let worker = SiteBMCWorker(logger: Logger(label: "test"))
+        let reference = try BMCReference(url: "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)")
+        func job(_ id: UInt64, _ operation: BMCOperation) -> BMCRelayJob {
+            BMCRelayJob(
+                id: id,
+                machineID: "m1",
+                reference: reference,
+                password: IPMISimulator.password,
+                operation: operation
+            )
+        }
+        func offs() -> Int { sim.chassisLog.components(separatedBy: "set power 0").count - 1 }
+        let before = offs()
+        async let first = worker.result(of: job(41, .power(.off)))
+        async let again = worker.result(of: job(41, .power(.off)))
+        let (a, b) = await (first, again)
+        #expect(a.errorKind.isEmpty && a == b, "\(a) \(b)")
+        #expect(offs() == before + 1, "\(sim.chassisLog)")
+        // Sent a third time, later: still once.
+        #expect(await worker.result(of: job(41, .power(.off))) == a)
+        #expect(offs() == before + 1)
+        // A new job is done: the chassis is told again.
+        #expect(await worker.result(of: job(42, .power(.off))).errorKind.isEmpty)
+        #expect(offs() == before + 2, "\(sim.chassisLog)")
+        // Readings are not remembered: each is asked of the BMC.
+        let state = await worker.result(of: job(43, .powerState))
+        #expect(state.powerState == "off")
+        #expect(await worker.memory.count == 2)
+        await worker.drivers.closeAll()
+    }
+
+    /// The site's memory of changing jobs on its own: one being done is waited for; another
+    /// machine's job under the same id is not taken for it; old ones are forgotten.
+    @Test func theSitesMemoryOfJobs() async throws {
+        let reference = try BMCReference(url: "ipmi://admin@10.0.0.9:623")
+        func job(_ id: UInt64, _ machine: String = "m1") -> BMCRelayJob {
+            BMCRelayJob(id: id, machineID: machine, reference: reference, password: "pw", operation: .power(.cycle))
+        }
+        let memory = SiteJobMemory(keep: .milliseconds(200), limit: 3)
+        #expect(await memory.begin(job(1)) == nil)
+        let waiting = Task { await memory.begin(job(1)) }
+        // Another machine's job with that id is its own.
+        #expect(await memory.begin(job(1, "m2")) == nil)
+        var done = Farrier_V1_SiteBMCResult()
+        done.id = 1
+        await memory.finish(job(1), done)
+        #expect(await waiting.value == done)
+        #expect(await memory.begin(job(1)) == done)
+        // Past `keep`, forgotten: done again.
+        try await Task.sleep(for: .milliseconds(1100))
+        #expect(await memory.begin(job(1)) == nil)
+        await memory.finish(job(1), done)
+        // Past `limit`, the oldest done ones go.
+        for id in UInt64(2)...6 {
+            #expect(await memory.begin(job(id)) == nil)
+            await memory.finish(job(id), done)
+        }
+        #expect(await memory.count <= 3)
     }
 }
 

@@ -63,11 +63,18 @@ struct SiteLinkFixture {
         }
     }
 
-    /// The region's site link listener on 127.0.0.1:`port`, as `farrier server` runs it.
-    func listener(port: Int, bootRoot: String? = nil, bmcRelay: SiteBMCRelay? = nil) throws -> GRPCService {
+    /// The region's site link listener on `host`:`port`, as `farrier server` runs it, its
+    /// certificate for `names` (default: `host`).
+    func listener(
+        port: Int,
+        host: String = "127.0.0.1",
+        names: [String]? = nil,
+        bootRoot: String? = nil,
+        bmcRelay: SiteBMCRelay? = nil
+    ) throws -> GRPCService {
         try SiteLinkAPI.listener(
-            listen: "127.0.0.1:\(port)",
-            names: ["127.0.0.1"],
+            listen: "\(host):\(port)",
+            names: names ?? [host],
             authority: authority,
             store: store,
             imageDirectory: dir + "/images",

@@ -95,6 +95,7 @@ import Testing
         } catch let away as SiteLinkAway {
             #expect(away.site == "s1" && away.inFlight)
         }
+        #expect(await relay2.lostCount(machineID: "m") == 0, "a lost reading is asked again, as a new job")
         // And with no channel, at once.
         do {
             _ = try await perform(relay2)
@@ -102,5 +103,50 @@ import Testing
         } catch let away as SiteLinkAway {
             #expect(!away.inFlight)
         }
+    }
+
+    /// A changing operation whose answer was lost (its channel closed, or it timed out) goes
+    /// again under its job's id, so the site answers it as before instead of doing it twice;
+    /// a new one after that is a new job.
+    @Test func aLostChangingJobIsSentAgainUnderItsID() async throws {
+        let relay = SiteBMCRelay(timeout: .milliseconds(500))
+        let (a, jobsA) = await relay.open(site: "s1")
+        async let cut = perform(relay, .power(.cycle))
+        let j1 = try await next(jobsA)
+        await relay.close(a)
+        do {
+            _ = try await cut
+            Issue.record("a job on a closed channel succeeded")
+        } catch is SiteLinkAway {}
+        #expect(await relay.lostCount(machineID: "m") == 1)
+        let (b, jobsB) = await relay.open(site: "s1")
+        async let again = perform(relay, .power(.cycle))
+        let j2 = try await next(jobsB)
+        #expect(j2.id == j1.id && j2.operation == .power(.cycle))
+        await relay.answer(j2.id, from: b, .success(.done))
+        #expect(try await again == .done)
+        #expect(await relay.lostCount(machineID: "m") == 0)
+        // Another cycle is a new job.
+        async let third = perform(relay, .power(.cycle))
+        let j3 = try await next(jobsB)
+        #expect(j3.id != j1.id)
+        await relay.answer(j3.id, from: b, .success(.done))
+        _ = try await third
+        // A timed-out one too: another operation between does not change that.
+        async let slow = perform(relay, .setBootOverride(BootOverride(device: .pxe)))
+        let j4 = try await next(jobsB)
+        do {
+            _ = try await slow
+            Issue.record("an unanswered job succeeded")
+        } catch is BMCError {}
+        async let reading = perform(relay, .powerState)
+        let j5 = try await next(jobsB)
+        await relay.answer(j5.id, from: b, .success(.powerState(.on)))
+        _ = try await reading
+        async let retried = perform(relay, .setBootOverride(BootOverride(device: .pxe)))
+        let j6 = try await next(jobsB)
+        #expect(j6.id == j4.id)
+        await relay.answer(j6.id, from: b, .success(.done))
+        #expect(try await retried == .done)
     }
 }

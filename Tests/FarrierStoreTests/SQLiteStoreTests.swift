@@ -15,7 +15,7 @@ import Testing
             try s.appliedMigrations() == [
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
-                "v13-machine-site", "v14-site-events", "v15-site-lease",
+                "v13-machine-site", "v14-site-events", "v15-site-lease", "v16-site-bmc-channels",
             ]
         )
     }
@@ -657,7 +657,8 @@ import Testing
                 queueDepth: 3,
                 cachedFiles: 2,
                 cachedBytes: 1 << 33,
-                version: "test"
+                version: "test",
+                bmcChannels: 2
             )
             #expect(try await !s.recordSiteLink(name: "site-1", certificateSerial: "", link: link))
             #expect(

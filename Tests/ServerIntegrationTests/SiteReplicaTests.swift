@@ -97,6 +97,15 @@ struct SiteReplicaTests {
         try report("/agent/v1/done", token: commissionToken, #"{"ok":true,"inventory":\#(ControlPlane.inventory)}"#)
         try b.waitFor("m1", "ready")
 
+        func listed() throws -> [String: Any]? {
+            let out = try b.cli(["site", "list", "-o", "json"]).stdout
+            return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first
+        }
+        // The site says it has a BMC channel open to each replica.
+        try h.waitUntil("two BMC channels in the site's heartbeat", timeout: 30, interval: 0.3) {
+            try listed()?["bmcChannels"] as? Int == 2
+        }
+
         // A deploy through the site; replica A dies (SIGKILL) after the agent's hello.
         let raw = h.directory + "/img.raw"
         try h.run(["bash", "-c", "head -c 4194304 /dev/urandom > '\(raw)'"])
@@ -120,13 +129,13 @@ struct SiteReplicaTests {
         try h.waitUntil("the site's disk script", timeout: 30, interval: 0.3) {
             try script().contains("boots its local disk")
         }
-        func listed() throws -> [String: Any]? {
-            let out = try b.cli(["site", "list", "-o", "json"]).stdout
-            return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first
-        }
         try h.waitUntil("the site's queue delivered to the replica left", timeout: 30, interval: 0.3) {
             let s = try listed()
             return s?["link"] as? String == "up" && (s?["queueDepth"] as? Int ?? -1) == 0
+        }
+        // One BMC channel left, to B (the site's channel to A ended with it).
+        try h.waitUntil("one BMC channel in the site's heartbeat", timeout: 60, interval: 0.3) {
+            try listed()?["bmcChannels"] as? Int == 1
         }
         let sql = """
             SELECT stage || '|' || event || '|' || detail FROM timeline_event WHERE mac = '\(Self.mac)' ORDER BY id

@@ -37,6 +37,7 @@ struct SiteCommand: AsyncParsableCommand {
         var cachedFiles: Int64
         var cachedBytes: Int64
         var version: String?
+        var bmcChannels: Int64?
         init(_ s: Farrier_V1_Site) {
             name = s.name
             status = s.status
@@ -52,12 +53,14 @@ struct SiteCommand: AsyncParsableCommand {
             cachedFiles = s.cachedFiles
             cachedBytes = s.cachedBytes
             version = s.version.isEmpty ? nil : s.version
+            bmcChannels = s.hasBmcChannels ? s.bmcChannels : nil
         }
     }
 
     static let columns: [Column<SiteView>] = [
         Column("NAME") { $0.name }, Column("STATUS") { $0.status }, Column("LINK") { $0.link },
         Column("LAST-SEEN") { $0.lastSeen.map(iso) ?? "-" }, Column("QUEUE") { "\($0.queueDepth)" },
+        Column("BMC-CHANNELS") { $0.bmcChannels.map { "\($0)" } ?? "-" },
         Column("CACHED") { $0.lastSeen == nil ? "-" : "\($0.cachedFiles) files, \(bytes($0.cachedBytes))" },
         Column("JOINED") { $0.joined.map(iso) ?? "-" },
         Column("JOIN-EXPIRES") { $0.joinExpires.map(iso) ?? "-" },
@@ -328,17 +331,13 @@ struct SiteCommand: AsyncParsableCommand {
                     } catch { throw CLIError("boot services: \(error)") }
                     logger.info("boot from the region's last list", metadata: ["machines": "\(machines.count)"])
                 }
+                // The BMC channels, while the site calls in (not for --once).
+                let bmcWorker = once ? nil : SiteBMCWorker(logger: logger)
                 let calls: @Sendable () async throws -> Void = { [deliveries] in
                     try await withThrowingTaskGroup(of: Bool.self) { group in
-                        // The BMC channels, while the site calls in (not for --once).
-                        if !once {
+                        if let bmcWorker {
                             group.addTask {
-                                await Self.bmcChannels(
-                                    region: region,
-                                    credentials: credentials,
-                                    link: link,
-                                    logger: logger
-                                )
+                                await bmcWorker.run(region: region, credentials: credentials, link: link)
                                 return false
                             }
                         }
@@ -356,6 +355,7 @@ struct SiteCommand: AsyncParsableCommand {
                                 status: status,
                                 machines: machines,
                                 deliveries: deliveries,
+                                bmcWorker: bmcWorker,
                                 logger: logger
                             )
                             return true
@@ -367,32 +367,6 @@ struct SiteCommand: AsyncParsableCommand {
                 }
                 guard let siteBoot else { return try await calls() }
                 try await runServices(siteBoot.services, alongside: calls, logger: logger)
-            }
-        }
-
-        /// The site's BMC channels: one on `link` to a region named alone, one to each replica
-        /// of a region named `HOST:PORT,HOST:PORT` (each replica sends its own BMC jobs).
-        static func bmcChannels(
-            region: String,
-            credentials: SiteCredentials,
-            link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>,
-            logger: Logger
-        ) async {
-            let worker = SiteBMCWorker(logger: logger)
-            let replicas = siteLinkRegions(region)
-            guard replicas.count > 1 else { return await worker.run(link: link, region: region) }
-            await withDiscardingTaskGroup { group in
-                for replica in replicas {
-                    group.addTask {
-                        do {
-                            try await withSiteLink(region: replica, credentials: credentials) { link in
-                                await worker.run(link: link, region: replica)
-                            }
-                        } catch {
-                            logger.error("no BMC channel to \(replica)", metadata: ["error": "\(error)"])
-                        }
-                    }
-                }
             }
         }
 
@@ -411,6 +385,7 @@ struct SiteCommand: AsyncParsableCommand {
             status: LinkStatusFile,
             machines: SiteMachinesFile,
             deliveries: SiteDeliveries?,
+            bmcWorker: SiteBMCWorker?,
             logger: Logger
         ) async throws {
             // The site's machines' DHCP traffic goes on their timelines too (not only network boots).
@@ -425,6 +400,7 @@ struct SiteCommand: AsyncParsableCommand {
                     request.cachedBytes = cached.reduce(0) { $0 + $1.size }
                     request.version = farrierVersion
                     request.queueDepth = await deliveries?.depth() ?? 0
+                    if let bmcWorker { request.bmcChannels = Int64(bmcWorker.openChannels) }
                     var options = CallOptions.defaults
                     options.timeout = .seconds(10)
                     /// A refusal ends the run: the certificate will not be accepted again.

@@ -484,9 +484,22 @@ public nonisolated struct Farrier_V1_HeartbeatRequest: Sendable {
   /// The site agent's Farrier version.
   public var version: String = String()
 
+  /// The BMC channels (BMCWork) the site has open to the region's replicas; unset from a site
+  /// that keeps none (`site run --once`) or predates them.
+  public var bmcChannels: Int64 {
+    get {_bmcChannels ?? 0}
+    set {_bmcChannels = newValue}
+  }
+  /// Returns true if `bmcChannels` has been explicitly set.
+  public var hasBmcChannels: Bool {self._bmcChannels != nil}
+  /// Clears the value of `bmcChannels`. Subsequent reads from it will return its default value.
+  public mutating func clearBmcChannels() {self._bmcChannels = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _bmcChannels: Int64? = nil
 }
 
 public nonisolated struct Farrier_V1_HeartbeatResponse: Sendable {
@@ -611,6 +624,16 @@ public nonisolated struct Farrier_V1_Site: @unchecked Sendable {
     get {_storage._version}
     set {_uniqueStorage()._version = newValue}
   }
+
+  /// The BMC channels the site had open at its last heartbeat, if it said.
+  public var bmcChannels: Int64 {
+    get {_storage._bmcChannels ?? 0}
+    set {_uniqueStorage()._bmcChannels = newValue}
+  }
+  /// Returns true if `bmcChannels` has been explicitly set.
+  public var hasBmcChannels: Bool {_storage._bmcChannels != nil}
+  /// Clears the value of `bmcChannels`. Subsequent reads from it will return its default value.
+  public mutating func clearBmcChannels() {_uniqueStorage()._bmcChannels = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1653,7 +1676,7 @@ nonisolated extension Farrier_V1_SiteMachinesResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Farrier_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}queue_depth\0\u{3}cached_files\0\u{3}cached_bytes\0\u{1}version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}queue_depth\0\u{3}cached_files\0\u{3}cached_bytes\0\u{1}version\0\u{3}bmc_channels\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1665,12 +1688,17 @@ nonisolated extension Farrier_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftP
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.cachedFiles) }()
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.cachedBytes) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.version) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self._bmcChannels) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.queueDepth != 0 {
       try visitor.visitSingularInt64Field(value: self.queueDepth, fieldNumber: 1)
     }
@@ -1683,6 +1711,9 @@ nonisolated extension Farrier_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftP
     if !self.version.isEmpty {
       try visitor.visitSingularStringField(value: self.version, fieldNumber: 4)
     }
+    try { if let v = self._bmcChannels {
+      try visitor.visitSingularInt64Field(value: v, fieldNumber: 5)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1691,6 +1722,7 @@ nonisolated extension Farrier_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftP
     if lhs.cachedFiles != rhs.cachedFiles {return false}
     if lhs.cachedBytes != rhs.cachedBytes {return false}
     if lhs.version != rhs.version {return false}
+    if lhs._bmcChannels != rhs._bmcChannels {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1737,7 +1769,7 @@ nonisolated extension Farrier_V1_HeartbeatResponse: SwiftProtobuf.Message, Swift
 
 nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Site"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}created\0\u{1}status\0\u{3}join_expires\0\u{1}joined\0\u{3}certificate_serial\0\u{3}certificate_not_after\0\u{1}link\0\u{3}last_seen\0\u{3}link_address\0\u{3}queue_depth\0\u{3}cached_files\0\u{3}cached_bytes\0\u{1}version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}created\0\u{1}status\0\u{3}join_expires\0\u{1}joined\0\u{3}certificate_serial\0\u{3}certificate_not_after\0\u{1}link\0\u{3}last_seen\0\u{3}link_address\0\u{3}queue_depth\0\u{3}cached_files\0\u{3}cached_bytes\0\u{1}version\0\u{3}bmc_channels\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1754,6 +1786,7 @@ nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._Mes
     var _cachedFiles: Int64 = 0
     var _cachedBytes: Int64 = 0
     var _version: String = String()
+    var _bmcChannels: Int64? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1778,6 +1811,7 @@ nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._Mes
       _cachedFiles = source._cachedFiles
       _cachedBytes = source._cachedBytes
       _version = source._version
+      _bmcChannels = source._bmcChannels
     }
   }
 
@@ -1810,6 +1844,7 @@ nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._Mes
         case 12: try { try decoder.decodeSingularInt64Field(value: &_storage._cachedFiles) }()
         case 13: try { try decoder.decodeSingularInt64Field(value: &_storage._cachedBytes) }()
         case 14: try { try decoder.decodeSingularStringField(value: &_storage._version) }()
+        case 15: try { try decoder.decodeSingularInt64Field(value: &_storage._bmcChannels) }()
         default: break
         }
       }
@@ -1864,6 +1899,9 @@ nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._Mes
       if !_storage._version.isEmpty {
         try visitor.visitSingularStringField(value: _storage._version, fieldNumber: 14)
       }
+      try { if let v = _storage._bmcChannels {
+        try visitor.visitSingularInt64Field(value: v, fieldNumber: 15)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1887,6 +1925,7 @@ nonisolated extension Farrier_V1_Site: SwiftProtobuf.Message, SwiftProtobuf._Mes
         if _storage._cachedFiles != rhs_storage._cachedFiles {return false}
         if _storage._cachedBytes != rhs_storage._cachedBytes {return false}
         if _storage._version != rhs_storage._version {return false}
+        if _storage._bmcChannels != rhs_storage._bmcChannels {return false}
         return true
       }
       if !storagesAreEqual {return false}
