@@ -206,20 +206,26 @@ public struct SiteBMCWorker: Sendable {
                     logger.info("region resolved", metadata: ["region": "\(name)", "addresses": "\(addresses)"])
                 }
                 failing = false
+                // Those gone are cancelled, the new ones started, and only then are the gone
+                // ones waited for.
+                var gone: [Task<Void, Never>] = []
                 for (address, task) in running where !addresses.contains(address) {
                     logger.info(
                         "BMC channel dropped: gone from DNS",
                         metadata: ["region": "\(name)", "address": "\(address)"]
                     )
                     task.cancel()
-                    await task.value
+                    gone.append(task)
                     running[address] = nil
                 }
-                for address in addresses where running[address] == nil {
-                    running[address] = Task {
-                        await channel(to: address, credentials: credentials, authority: name)
+                if !Task.isCancelled {
+                    for address in addresses where running[address] == nil {
+                        running[address] = Task {
+                            await channel(to: address, credentials: credentials, authority: name)
+                        }
                     }
                 }
+                for task in gone { await task.value }
             } catch {
                 if !failing {
                     logger.warning("region not resolved", metadata: ["region": "\(name)", "error": "\(error)"])
@@ -311,6 +317,13 @@ public struct SiteBMCWorker: Sendable {
             logger.info("BMC channel open", metadata: ["region": "\(region)"])
             try await withThrowingDiscardingTaskGroup { group in
                 for try await job in response.messages {
+                    guard job.operation == BMCOperation.openConsole.name else {
+                        // Not cut off with the channel: an operation the BMC may already have
+                        // taken runs to its end, and the site remembers what it did if it
+                        // changes the BMC (its answer, if the channel is gone, is dropped).
+                        Task { await self.handle(job, link: link, answer: { sink.yield($0) }) }
+                        continue
+                    }
                     group.addTask { await self.handle(job, link: link, answer: { sink.yield($0) }) }
                 }
             }
@@ -388,7 +401,8 @@ public struct SiteBMCWorker: Sendable {
             return before
         }
         let result = await perform(job, on: bmc)
-        await memory.finish(job, result)
+        // Cut off (the site is stopping): not what the BMC did, so not kept for a resend.
+        await memory.finish(job, result, keep: !Task.isCancelled)
         return result
     }
 
@@ -460,13 +474,20 @@ actor SiteJobMemory {
         return nil
     }
 
-    /// `job` was done, with `result`: kept, and given to any who waited for it.
-    func finish(_ job: BMCRelayJob, _ result: Farrier_V1_SiteBMCResult) {
+    /// `job` was done, with `result`: given to any who waited for it, and kept (unless not
+    /// `keep`: then a resend does it again).
+    func finish(_ job: BMCRelayJob, _ result: Farrier_V1_SiteBMCResult, keep: Bool = true) {
         guard let e = entries[job.id], e.machineID == job.machineID, e.operation == job.operation,
             case .running(let waiting) = e.state
         else { return }
-        entries[job.id]?.state = .done(result)
+        if keep { entries[job.id]?.state = .done(result) } else { entries[job.id] = nil }
         for c in waiting { c.resume(returning: result) }
+    }
+
+    /// How many wait for job `id` to be done (for tests).
+    func waiting(_ id: UInt64) -> Int {
+        guard case .running(let waiting) = entries[id]?.state else { return 0 }
+        return waiting.count
     }
 
     /// Forgets jobs done longer ago than `keep`, and past `limit` the oldest done ones (a job

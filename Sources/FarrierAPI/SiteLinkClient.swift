@@ -56,9 +56,10 @@ public func siteLinkRegions(_ region: String) -> [String] {
     region.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
 }
 
-/// The addresses `host` resolves to (getaddrinfo, on NIO's blocking pool), IPv4 and IPv6, as
-/// `HOST:PORT` links (IPv6 bracketed), in the resolver's order without repeats. A name that
-/// does not resolve is an error that names it.
+/// The addresses `host` resolves to (getaddrinfo, on NIO's blocking pool), as `HOST:PORT`
+/// links (IPv6 bracketed), in the resolver's order without repeats: its IPv4 addresses if it
+/// has any (a dual-stack replica, with an A and an AAAA record, is one replica), else its IPv6
+/// ones. A name that does not resolve is an error that names it.
 public func resolveSiteLinkAddresses(host: String, port: Int) async throws -> [String] {
     try await NIOThreadPool.singleton.runIfActive {
         var hints = addrinfo()
@@ -88,7 +89,8 @@ public func resolveSiteLinkAddresses(host: String, port: Int) async throws -> [S
             }
             if let link, !links.contains(link) { links.append(link) }
         }
-        return links
+        let v4 = links.filter { !$0.hasPrefix("[") }
+        return v4.isEmpty ? links : v4
     }
 }
 

@@ -36,6 +36,15 @@ public enum BMCOperation: Sendable, Hashable {
     }
 }
 
+/// Which retry of which request the BMC operations of this task serve, for the lifecycle's
+/// BMC actions (`Reconciler.withBMC`: the machine's step generation and the action): a changing
+/// operation through a site whose answer was lost is sent again under its job's id only by a
+/// retry in the same scope, so the site answers what it did instead of doing it twice. Outside
+/// a scope (a user's `machine power`) an operation is always a new one.
+public enum BMCRetryScope {
+    @TaskLocal public static var current: String?
+}
+
 /// What an operation answered.
 public enum BMCOutcome: Sendable, Hashable {
     case done
@@ -120,21 +129,26 @@ public actor SiteBMCRelay {
         var address: String
         var machineID: String
         var operation: BMCOperation
-        var sent: ContinuousClock.Instant
+        var scope: String?
+        /// When this job id was first sent (a lost job sent again keeps its first time).
+        var firstSent: ContinuousClock.Instant
         var continuation: CheckedContinuation<BMCOutcome, any Error>
         var timer: Task<Void, Never>
     }
-    /// A changing operation on a machine whose answer was lost.
+    /// A changing operation on a machine, in a retry scope, whose answer was lost.
     struct Lost: Hashable {
         var machineID: String
+        var scope: String
         var operation: BMCOperation
     }
     var channels: [UInt64: Channel] = [:]
     var pending: [UInt64: Pending] = [:]
-    /// Changing operations whose answer was lost (their channel closed, or no answer came in
-    /// time), with their job's id and when it was sent: the same operation on the same machine
-    /// is sent again under that id while the site still remembers it, and the site answers
-    /// what it did then instead of doing it again (a power cycle is not done twice).
+    /// Changing operations in a retry scope whose answer was lost (their channel closed, no
+    /// answer came in time, or their caller went), with their job's id and when it was first
+    /// sent: the same operation on the same machine in the same scope is sent again under that
+    /// id while the site still remembers it, and the site answers what it did then instead of
+    /// doing it again (a retried power cycle is not done twice). An entry goes once its job is
+    /// on a channel again (a retry that finds the site away keeps it).
     var lost: [Lost: (id: UInt64, sent: ContinuousClock.Instant)] = [:]
     /// Consoles opened (or being opened) through a site, by their open-console job's id.
     var consoles: [UInt64: RelayedConsole] = [:]
@@ -155,8 +169,8 @@ public actor SiteBMCRelay {
 
     /// How long a site remembers what it did for a changing job.
     public static let rememberFor = Duration.seconds(600)
-    /// How long after sending it a lost changing job is sent again under its id: a minute less
-    /// than the site remembers it (the site counts from when it came).
+    /// How long after first sending it a lost changing job is sent again under its id: a minute
+    /// less than the site remembers it (the site counts from when it first came).
     static let resendWithin = rememberFor - .seconds(60)
 
     /// A site opened a channel: the jobs to send down it, until `close`.
@@ -180,12 +194,12 @@ public actor SiteBMCRelay {
         }
     }
 
-    /// Keeps a changing job whose answer was lost, to send again under its id.
+    /// Keeps a changing job in a retry scope whose answer was lost, to send again under its id.
     func noteLost(_ id: UInt64, _ p: Pending) {
-        guard p.operation.changes else { return }
+        guard p.operation.changes, let scope = p.scope else { return }
         let now = ContinuousClock.now
         lost = lost.filter { now - $0.value.sent < Self.resendWithin }
-        lost[Lost(machineID: p.machineID, operation: p.operation)] = (id, p.sent)
+        lost[Lost(machineID: p.machineID, scope: scope, operation: p.operation)] = (id, p.firstSent)
     }
 
     /// The machine's changing operations lost and not yet sent again (for tests).
@@ -209,14 +223,22 @@ public actor SiteBMCRelay {
         machineID: String,
         reference: BMCReference,
         password: String,
-        operation: BMCOperation
+        operation: BMCOperation,
+        scope: String? = nil
     ) async throws -> BMCOutcome {
-        let id: UInt64
-        if operation.changes, let l = lost.removeValue(forKey: Lost(machineID: machineID, operation: operation)),
+        var again: (id: UInt64, sent: ContinuousClock.Instant)?
+        if operation.changes, let scope,
+            let l = lost[Lost(machineID: machineID, scope: scope, operation: operation)],
             ContinuousClock.now - l.sent < Self.resendWithin
         {
-            // The same operation again after its answer was lost: under the lost job's id.
-            id = l.id
+            // The same operation again, in the same scope, after its answer was lost: under
+            // the lost job's id.
+            again = l
+        }
+        let id: UInt64
+        // (Not while the lost id is still out: two sends of one job at once would share it.)
+        if let again, pending[again.id] == nil {
+            id = again.id
         } else {
             id = nextJob
             nextJob += 1
@@ -227,7 +249,9 @@ public actor SiteBMCRelay {
             machineID: machineID,
             reference: reference,
             password: password,
-            operation: operation
+            operation: operation,
+            scope: scope,
+            firstSent: again?.sent ?? .now
         )
     }
 
@@ -238,7 +262,9 @@ public actor SiteBMCRelay {
         machineID: String,
         reference: BMCReference,
         password: String,
-        operation: BMCOperation
+        operation: BMCOperation,
+        scope: String? = nil,
+        firstSent: ContinuousClock.Instant = .now
     ) async throws -> BMCOutcome {
         let open = channels.filter { $0.value.site == site }.keys.sorted()
         guard !open.isEmpty else { throw SiteLinkAway(site: site) }
@@ -266,7 +292,8 @@ public actor SiteBMCRelay {
                     address: reference.address,
                     machineID: machineID,
                     operation: operation,
-                    sent: .now,
+                    scope: scope,
+                    firstSent: firstSent,
                     continuation: continuation,
                     timer: timer
                 )
@@ -274,6 +301,11 @@ public actor SiteBMCRelay {
                     pending.removeValue(forKey: id)
                     timer.cancel()
                     continuation.resume(throwing: SiteLinkAway(site: site))
+                } else if let scope {
+                    // On its way: a lost job sent again is no longer lost (if it is lost again,
+                    // it is noted again, with its first time).
+                    let key = Lost(machineID: machineID, scope: scope, operation: operation)
+                    if lost[key]?.id == id { lost[key] = nil }
                 }
             }
         } onCancel: {
@@ -338,6 +370,8 @@ public actor SiteBMCRelay {
     func cancel(_ id: UInt64) {
         guard let p = pending.removeValue(forKey: id) else { return }
         p.timer.cancel()
+        // The caller went: the job may have been done, and its answer is lost to a retry.
+        noteLost(id, p)
         p.continuation.resume(throwing: CancellationError())
     }
 }
@@ -439,7 +473,8 @@ struct RelayedBMC: BMC {
             machineID: machineID,
             reference: reference,
             password: password,
-            operation: operation
+            operation: operation,
+            scope: BMCRetryScope.current
         )
     }
 

@@ -408,7 +408,11 @@ struct Worker {
                     sealedPassword: sealed,
                     site: m.site
                 )
-                try await body(bmc)
+                // Retries of this step's action are one request: a change through a site whose
+                // answer was lost is not done twice.
+                try await BMCRetryScope.$current.withValue("\(m.id) generation \(m.generation): \(action)") {
+                    try await body(bmc)
+                }
                 _ = try? await controller.record("BMC: \(action)", machineID: m.id, fence: claim)
                 return .done
             } catch is ClaimLost {

@@ -105,13 +105,24 @@ import Testing
         }
     }
 
-    /// A changing operation whose answer was lost (its channel closed, or it timed out) goes
-    /// again under its job's id, so the site answers it as before instead of doing it twice;
-    /// a new one after that is a new job.
-    @Test func aLostChangingJobIsSentAgainUnderItsID() async throws {
+    /// A changing operation in a retry scope whose answer was lost (its channel closed, it
+    /// timed out) goes again under its job's id when retried in that scope, so the site answers
+    /// it as before instead of doing it twice; a retry that finds the site away keeps it for the
+    /// next; outside a scope, or in another, an operation is a new job.
+    @Test func aLostChangingJobIsSentAgainUnderItsIDInItsScope() async throws {
         let relay = SiteBMCRelay(timeout: .milliseconds(500))
+        @Sendable func perform(_ operation: BMCOperation, scope: String?) async throws -> BMCOutcome {
+            try await relay.perform(
+                site: "s1",
+                machineID: "m",
+                reference: reference,
+                password: "pw",
+                operation: operation,
+                scope: scope
+            )
+        }
         let (a, jobsA) = await relay.open(site: "s1")
-        async let cut = perform(relay, .power(.cycle))
+        async let cut = perform(.power(.cycle), scope: "step 1")
         let j1 = try await next(jobsA)
         await relay.close(a)
         do {
@@ -119,34 +130,61 @@ import Testing
             Issue.record("a job on a closed channel succeeded")
         } catch is SiteLinkAway {}
         #expect(await relay.lostCount(machineID: "m") == 1)
+        // Retried while the site is away: refused at once, and still kept for the next retry.
+        do {
+            _ = try await perform(.power(.cycle), scope: "step 1")
+            Issue.record("a job with no channel succeeded")
+        } catch let away as SiteLinkAway {
+            #expect(!away.inFlight)
+        }
+        #expect(await relay.lostCount(machineID: "m") == 1)
         let (b, jobsB) = await relay.open(site: "s1")
-        async let again = perform(relay, .power(.cycle))
+        // Another request (no scope, or another scope) is a new job, and leaves the lost one be.
+        for scope in [nil, "step 2"] {
+            async let other = perform(.power(.cycle), scope: scope)
+            let j = try await next(jobsB)
+            #expect(j.id != j1.id)
+            await relay.answer(j.id, from: b, .success(.done))
+            _ = try await other
+        }
+        #expect(await relay.lostCount(machineID: "m") == 1)
+        // The retry in its scope: the lost job's id.
+        async let again = perform(.power(.cycle), scope: "step 1")
         let j2 = try await next(jobsB)
         #expect(j2.id == j1.id && j2.operation == .power(.cycle))
         await relay.answer(j2.id, from: b, .success(.done))
         #expect(try await again == .done)
         #expect(await relay.lostCount(machineID: "m") == 0)
-        // Another cycle is a new job.
-        async let third = perform(relay, .power(.cycle))
+        // Another cycle in that scope after it was answered is a new job.
+        async let third = perform(.power(.cycle), scope: "step 1")
         let j3 = try await next(jobsB)
         #expect(j3.id != j1.id)
         await relay.answer(j3.id, from: b, .success(.done))
         _ = try await third
-        // A timed-out one too: another operation between does not change that.
-        async let slow = perform(relay, .setBootOverride(BootOverride(device: .pxe)))
+        // A timed-out one too, with a reading between.
+        async let slow = perform(.setBootOverride(BootOverride(device: .pxe)), scope: "step 1")
         let j4 = try await next(jobsB)
         do {
             _ = try await slow
             Issue.record("an unanswered job succeeded")
         } catch is BMCError {}
-        async let reading = perform(relay, .powerState)
+        async let reading = perform(.powerState, scope: "step 1")
         let j5 = try await next(jobsB)
         await relay.answer(j5.id, from: b, .success(.powerState(.on)))
         _ = try await reading
-        async let retried = perform(relay, .setBootOverride(BootOverride(device: .pxe)))
+        async let retried = perform(.setBootOverride(BootOverride(device: .pxe)), scope: "step 1")
         let j6 = try await next(jobsB)
         #expect(j6.id == j4.id)
         await relay.answer(j6.id, from: b, .success(.done))
         #expect(try await retried == .done)
+        // A lost job without a scope is not kept.
+        async let unscoped = perform(.power(.off), scope: nil)
+        _ = try await next(jobsB)
+        await relay.close(b)
+        do {
+            _ = try await unscoped
+            Issue.record("a job on a closed channel succeeded")
+        } catch is SiteLinkAway {}
+        #expect(await relay.lostCount(machineID: "m") == 0)
     }
 }

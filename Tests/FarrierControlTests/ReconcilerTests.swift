@@ -16,6 +16,8 @@ final class FakeBMC: BMC, Sendable {
     struct State {
         var power = PowerState.off
         var calls: [String] = []
+        /// The retry scope each call was made in (BMCRetryScope).
+        var scopes: [String?] = []
         var failNext = 0
         /// Boot-device calls wait until cancelled (a BMC call in flight when the server stops).
         var hang = false
@@ -27,10 +29,13 @@ final class FakeBMC: BMC, Sendable {
     init(address: String) { self.address = address }
 
     var calls: [String] { state.withLock { $0.calls } }
+    var scopes: [String?] { state.withLock { $0.scopes } }
     func failNext(_ n: Int) { state.withLock { $0.failNext = n } }
 
     func record(_ call: String) throws {
+        let scope = BMCRetryScope.current
         try state.withLock { s in
+            s.scopes.append(scope)
             if s.failNext > 0 {
                 s.failNext -= 1
                 s.calls.append("failed " + call)
@@ -158,6 +163,11 @@ final class FakeBMCs: BMCProvider, Sendable {
         let calls = bmcs.fake(m.id).calls
         #expect(calls.prefix(2) == ["failed boot pxe", "failed boot pxe"], "\(calls)")
         #expect(calls.contains("boot pxe") && calls.last == "power on", "\(calls)")
+        // Every attempt of the step's action was one request (the retry scope a site uses to
+        // answer a lost change as before): the machine, its step generation and the action.
+        let scopes = Set(bmcs.fake(m.id).scopes)
+        #expect(scopes.count == 1, "\(scopes)")
+        #expect(scopes.first??.hasPrefix("\(m.id) generation ") == true, "\(scopes)")
         let events = try await store.events(after: 0, machineID: m.id, limit: 50).map(\.message)
         #expect(events.contains { $0.hasPrefix("BMC: set next boot to pxe") })
     }
