@@ -364,6 +364,10 @@ public actor SimFleet {
         return m.disk != nil ? "Hdd" : "Pxe"
     }
 
+    /// How many times a simulated agent sends a report or asks for the image while the answer
+    /// is 5xx (the real agent's `attempts`).
+    static let attempts = 60
+
     nonisolated static func jittered(_ seconds: Double) -> Duration {
         var rng = SystemRandomNumberGenerator()
         return .milliseconds(Int(max(0, seconds * Double.random(in: 0.8...1.2, using: &rng)) * 1000))
@@ -464,6 +468,17 @@ public actor SimFleet {
                     if !token.isEmpty { headers.append(("Authorization", "Bearer \(token)")) }
                     return try await send(.POST, path, headers, Array(try JSONEncoder().encode(body)), 1 << 20)
                 }
+                /// A report, tried again while the answer is 5xx (a site whose region is away,
+                /// a replica killed), as the real agent does: at most 60 times, a second apart.
+                func report<B: Encodable>(_ path: String, _ body: B, token: String) async throws -> SimReply {
+                    var r = try await post(path, body, token: token)
+                    for _ in 1..<Self.attempts where r.status >= 500 {
+                        guard await self.current(i, epoch) else { break }
+                        try await Task.sleep(for: .seconds(1))
+                        r = try await post(path, body, token: token)
+                    }
+                    return r
+                }
                 // Hello, until Farrier has moved the machine to its agent phase (503 until then).
                 var task: AgentTask?
                 for _ in 0..<60 {
@@ -486,7 +501,7 @@ public actor SimFleet {
                 }
                 guard let task else { throw SimHTTPError("no task after 60 hellos") }
                 await self.tookTask(task.kind.rawValue)
-                _ = try await post(
+                _ = try await report(
                     AgentAPI.progress,
                     AgentProgress(stage: "started", bytesDone: 0, bytesTotal: 0),
                     token: task.token
@@ -495,7 +510,7 @@ public actor SimFleet {
                 var error: String?
                 if task.kind == .deploy, let image = task.image {
                     let bytes = try await self.download(client, image, token: task.token)
-                    _ = try await post(
+                    _ = try await report(
                         AgentAPI.progress,
                         AgentProgress(stage: "write", bytesDone: bytes, bytesTotal: image.size),
                         token: task.token
@@ -516,7 +531,7 @@ public actor SimFleet {
                     inventory: task.kind == .commission ? inventory : nil,
                     seconds: seconds
                 )
-                let r = try await post(AgentAPI.done, result, token: task.token)
+                let r = try await report(AgentAPI.done, result, token: task.token)
                 guard r.status == 200 else { throw SimHTTPError("done answered \(r.status): \(r.text.prefix(200))") }
                 await self.count(\.dones)
             }
@@ -545,8 +560,15 @@ public actor SimFleet {
         let want = Int(Double(image.size) * share)
         // A share below all of it stops reading there (the connection is dropped).
         let limit = share >= 1 ? 0 : -max(1, want)
-        let reply = try await client.session { send in
-            try await send(.GET, image.path, [("Authorization", "Bearer \(token)")], nil, limit)
+        // Tried again while the answer is 5xx (the image's access check needs the region), as
+        // the real agent does.
+        var reply = SimReply(status: 0, body: [])
+        for attempt in 1...Self.attempts {
+            reply = try await client.session { send in
+                try await send(.GET, image.path, [("Authorization", "Bearer \(token)")], nil, limit)
+            }
+            guard reply.status >= 500, attempt < Self.attempts else { break }
+            try await Task.sleep(for: .seconds(1))
         }
         guard reply.status == 200 else { throw SimHTTPError("image download answered \(reply.status)") }
         let got = Int64(share >= 1 ? image.size : Int64(want))
