@@ -57,7 +57,12 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
             )
         }
         let ttl = request.joinTtlSeconds == 0 ? 3600 : request.joinTtlSeconds
+        // The token carries the site CA's pin: the joining site checks the CA it is given.
         let secret = TokenSecret.generate()
+        let token: String
+        do { token = try authority.joinToken(secret: secret) } catch {
+            throw RPCError(code: .internalError, message: "the site CA's certificate: \(error)")
+        }
         let created = now()
         let site = Site(
             name: request.name,
@@ -74,7 +79,7 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
         logger.info("site added", metadata: ["site": "\(site.name)", "by": "\(caller.tokenName)"])
         var r = Farrier_V1_AddSiteResponse()
         r.site = Farrier_V1_Site(site)
-        r.joinToken = secret
+        r.joinToken = token
         return r
     }
 
@@ -121,7 +126,8 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
     ) async throws
         -> Farrier_V1_JoinSiteResponse
     {
-        let hash = TokenSecret.hash(request.joinToken)
+        // (The token's pin is the site's to check; the region checks its secret.)
+        let hash = TokenSecret.hash(SiteAuthority.joinTokenSecret(request.joinToken))
         let refused = RPCError(
             code: .unauthenticated,
             message: "the join token is not valid: used already, never made, or its site was removed"
@@ -134,27 +140,56 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
                 message: "the join token expired at \(expires); make a new one (site remove, then site add)"
             )
         }
+        func answer(_ certificatePEM: String) async throws -> Farrier_V1_JoinSiteResponse {
+            var r = Farrier_V1_JoinSiteResponse()
+            if let joined = try await store.site(name: site.name) { r.site = Farrier_V1_Site(joined) }
+            r.certificatePem = certificatePEM
+            r.caPem = try authority.certificate.serializeAsPEM().pemString + "\n"
+            return r
+        }
+        guard site.joinTokenSHA256 == hash else {
+            // Spent: a join sent again with the same key (its first answer was lost) gets the
+            // certificate it was given, the same one; any other key gets nothing.
+            guard site.spentTokenSHA256 == hash, let pem = site.certificatePEM,
+                Self.sameKey(request.csrPem, issued: pem, serial: site.certificateSerial)
+            else { throw refused }
+            logger.info(
+                "site join sent again: answered with its certificate",
+                metadata: ["site": "\(site.name)", "certificate.serial": "\(site.certificateSerial ?? "")"]
+            )
+            return try await answer(pem)
+        }
         let certificate: Certificate
         do { certificate = try authority.issue(csrPEM: request.csrPem, site: site.name, now: at) } catch {
             throw RPCError(code: .invalidArgument, message: "certificate signing request: \(error)")
         }
         let serial = SiteAuthority.hex(certificate.serialNumber)
-        // Spent here, once: of two joins racing with one token, the other finds it gone.
+        let pem = try certificate.serializeAsPEM().pemString + "\n"
+        // Spent here, once: of two joins racing with one token, the other finds it gone (and
+        // is answered only if it holds the winner's key).
         guard
             try await store.completeJoin(
                 name: site.name,
                 joinTokenSHA256: hash,
                 certificateSerial: serial,
                 certificateNotAfter: certificate.notValidAfter,
+                certificatePEM: pem,
                 at: at
             )
         else { throw refused }
         logger.info("site joined", metadata: ["site": "\(site.name)", "certificate.serial": "\(serial)"])
-        var r = Farrier_V1_JoinSiteResponse()
-        if let joined = try await store.site(name: site.name) { r.site = Farrier_V1_Site(joined) }
-        r.certificatePem = try certificate.serializeAsPEM().pemString + "\n"
-        r.caPem = try authority.certificate.serializeAsPEM().pemString + "\n"
-        return r
+        return try await answer(pem)
+    }
+
+    /// Whether `csrPEM` is a request signed by the key certificate `issued` (the site's current
+    /// one, `serial`) was given for.
+    static func sameKey(_ csrPEM: String, issued: String, serial: String?) -> Bool {
+        guard let csr = try? CertificateSigningRequest(pemEncoded: csrPEM),
+            csr.publicKey.isValidSignature(csr.signature, for: csr),
+            let certificate = try? Certificate(pemEncoded: issued),
+            SiteAuthority.hex(certificate.serialNumber) == serial
+        else { return false }
+        return csr.publicKey == certificate.publicKey
     }
 }
 
@@ -164,7 +199,8 @@ extension Farrier_V1_Site {
         name = s.name
         created = Google_Protobuf_Timestamp(date: s.created)
         status = s.certificateSerial == nil ? "waiting" : "joined"
-        if let e = s.joinExpires { joinExpires = Google_Protobuf_Timestamp(date: e) }
+        // (A joined site's token expiry bounds only a join sent again: not shown.)
+        if s.certificateSerial == nil, let e = s.joinExpires { joinExpires = Google_Protobuf_Timestamp(date: e) }
         if let j = s.joined { joined = Google_Protobuf_Timestamp(date: j) }
         certificateSerial = s.certificateSerial ?? ""
         if let n = s.certificateNotAfter { certificateNotAfter = Google_Protobuf_Timestamp(date: n) }

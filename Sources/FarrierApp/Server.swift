@@ -21,8 +21,14 @@ public func bootstrapLogging(level: Logger.Level, format: LineLogHandler.Format)
 }
 
 /// Copies the iPXE binaries into the boot root (when missing or changed), so TFTP and HTTP serve
-/// them from a directory Farrier owns rather than through links leading out of it.
-public func prepareBootRoot(_ root: String, ipxeSource: String, logger: Logger) throws {
+/// them from a directory Farrier owns rather than through links leading out of it. Names in
+/// `keep` are left as they are.
+public func prepareBootRoot(
+    _ root: String,
+    ipxeSource: String,
+    keep: Set<String> = [],
+    logger: Logger
+) throws {
     let fm = FileManager.default
     try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
     guard let names = try? fm.contentsOfDirectory(atPath: ipxeSource) else {
@@ -34,6 +40,8 @@ public func prepareBootRoot(_ root: String, ipxeSource: String, logger: Logger) 
     }
     var copied = 0
     for name in names where name.hasSuffix(".kpxe") || name.hasSuffix(".efi") || name.hasSuffix(".pxe") {
+        // (A site keeps the region's build of a file it installed, over the local one.)
+        guard !keep.contains(name) else { continue }
         let src = ipxeSource + "/" + name
         let dst = root + "/" + name
         let srcSize = (try? fm.attributesOfItem(atPath: src)[.size] as? Int) ?? -1

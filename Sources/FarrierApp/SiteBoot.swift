@@ -42,19 +42,24 @@ public struct SiteBoot: Sendable {
     /// With `agent`, the site also serves the agent channel (HTTPS on agent.listen, with a
     /// certificate made at first start in the data directory, which its ramdisk scripts pin):
     /// the agents' calls go to `agent` (the region, over the link) and images come from
-    /// `images` (the site's cache) to those `agent` says may have them.
+    /// `images` (the site's cache) to those `agent` says may have them. `regionBootFiles` are
+    /// the boot root's files the region's own builds of which are installed there
+    /// (`BootFileSync.installed`): the local iPXE is not copied over them.
     public init(
         configuration c: ServerConfiguration,
         machine: @escaping @Sendable (MACAddress) async -> SiteBootEntry?,
         agent: (any AgentBackend)? = nil,
         images: (any ImageSource)? = nil,
+        regionBootFiles: Set<String> = [],
         logger: Logger
     ) async throws {
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
         // Events wait here until the region has them: keep many, not the region's 500 a machine.
         store = try SQLiteStore(path: c.dataDir + "/site.sqlite", timelineLimit: 100_000)
         bootRoot = c.tftpRoot
-        try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, logger: logger)
+        // The region's builds installed here stay: a restart while the region is away does not
+        // put the local iPXE back in their place.
+        try prepareBootRoot(c.tftpRoot, ipxeSource: c.ipxeSource, keep: regionBootFiles, logger: logger)
         if agent != nil { reportRamdisk(c.tftpRoot + "/ramdisk", logger: logger) }
         recorder = TimelineRecorder(
             store: store,

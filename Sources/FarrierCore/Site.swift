@@ -8,8 +8,13 @@ public struct Site: Codable, Sendable, Hashable {
     public var created: Date
     /// SHA-256 (hex) of the join token not yet used; nil once the site joined.
     public var joinTokenSHA256: String?
-    /// When the unused join token stops working.
+    /// When the join token stops working: unused, or for a join sent again (below).
     public var joinExpires: Date?
+    /// SHA-256 (hex) of the join token the site joined with, and the certificate it was given
+    /// (PEM): a join that presents that token and the same key again before `joinExpires` (its
+    /// first answer was lost) is given that certificate again, and nothing else is.
+    public var spentTokenSHA256: String?
+    public var certificatePEM: String?
     /// Serial (lowercase hex) of the certificate issued when the site joined: the one
     /// certificate the region accepts from it.
     public var certificateSerial: String?
@@ -26,7 +31,9 @@ public struct Site: Codable, Sendable, Hashable {
         certificateSerial: String? = nil,
         certificateNotAfter: Date? = nil,
         joined: Date? = nil,
-        link: SiteLink? = nil
+        link: SiteLink? = nil,
+        spentTokenSHA256: String? = nil,
+        certificatePEM: String? = nil
     ) {
         self.name = name
         self.created = created
@@ -36,6 +43,8 @@ public struct Site: Codable, Sendable, Hashable {
         self.certificateNotAfter = certificateNotAfter
         self.joined = joined
         self.link = link
+        self.spentTokenSHA256 = spentTokenSHA256
+        self.certificatePEM = certificatePEM
     }
 }
 
@@ -84,16 +93,18 @@ public protocol SiteStore: Sendable {
     func createSite(_ site: Site) async throws
     func sites() async throws -> [Site]
     func site(name: String) async throws -> Site?
-    /// The site whose unused join token has this hash (expiry is the caller's to check).
+    /// The site whose unused join token has this hash, or whose join spent it (`spentTokenSHA256`;
+    /// expiry is the caller's to check).
     func site(joinTokenSHA256: String) async throws -> Site?
-    /// Spends a join token: the site still waiting on it records its certificate and forgets
-    /// the token, in one write. False when the token was spent (or the site removed) meanwhile,
-    /// so of two joins racing with one token, one wins.
+    /// Spends a join token: the site still waiting on it records its certificate (serial and
+    /// PEM) and moves the token's hash to `spentTokenSHA256`, in one write. False when the token
+    /// was spent (or the site removed) meanwhile, so of two joins racing with one token, one wins.
     func completeJoin(
         name: String,
         joinTokenSHA256: String,
         certificateSerial: String,
         certificateNotAfter: Date,
+        certificatePEM: String,
         at: Date
     ) async throws -> Bool
     /// Forgets a site (its certificate is refused from then on); false if there was none.

@@ -1083,7 +1083,13 @@ extension PostgresStore {
     }
 
     public func site(joinTokenSHA256: String) async throws -> Site? {
-        try await one(Site.self, "SELECT body::text FROM site WHERE join_token_sha256 = \(joinTokenSHA256)")
+        try await one(
+            Site.self,
+            """
+            SELECT body::text FROM site
+            WHERE join_token_sha256 = \(joinTokenSHA256) OR body->>'spentTokenSHA256' = \(joinTokenSHA256)
+            """
+        )
     }
 
     public func completeJoin(
@@ -1091,6 +1097,7 @@ extension PostgresStore {
         joinTokenSHA256: String,
         certificateSerial: String,
         certificateNotAfter: Date,
+        certificatePEM: String,
         at: Date
     ) async throws -> Bool {
         try await transaction { [self] conn in
@@ -1103,9 +1110,10 @@ extension PostgresStore {
             }
             guard var s = site else { return false }
             s.joinTokenSHA256 = nil
-            s.joinExpires = nil
+            s.spentTokenSHA256 = joinTokenSHA256
             s.certificateSerial = certificateSerial
             s.certificateNotAfter = certificateNotAfter
+            s.certificatePEM = certificatePEM
             s.joined = at
             try await conn.query(
                 "UPDATE site SET join_token_sha256 = NULL, body = \(try Self.json(s))::jsonb WHERE name = \(name)",

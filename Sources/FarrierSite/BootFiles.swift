@@ -136,6 +136,18 @@ public final class BootFileSync: Sendable {
         self.logger = logger
     }
 
+    /// The paths in `root` that hold what `stateFile` says was installed from the region (the
+    /// same inode and size): the region's builds, which a restart leaves in place.
+    public static func installed(stateFile: String, root: String) -> Set<String> {
+        let installed: [String: Installed] = readStateFile(stateFile) ?? [:]
+        return Set(
+            installed.filter { path, i in
+                guard let s = BootFileCatalog.stamp(root + "/" + path) else { return false }
+                return s.inode == i.inode && s.size == i.size
+            }.keys
+        )
+    }
+
     /// The files of `files` not installed as listed.
     public func missing(_ files: [BootFile]) -> [BootFile] {
         let installed: [String: Installed] = readStateFile(stateFile) ?? [:]

@@ -216,6 +216,36 @@ public struct SiteAuthority: Sendable {
         } ?? []
     }
 
+    /// The SHA-256 of this CA's certificate (DER), in lowercase hex: the pin a join token
+    /// carries (`joinToken(secret:)`), so that a joining site tells the region's CA from one put
+    /// in its way.
+    public func pin() throws -> String { try Self.pin(pem: certificate.serializeAsPEM().pemString) }
+
+    /// The pin of the certificate in `pem`.
+    public static func pin(pem: String) throws -> String {
+        let der = try PEMDocument(pemString: pem).derBytes
+        return SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// A join token as `site add` prints it: the secret, a '.', and this CA's pin (as kubeadm's
+    /// token and CA certificate hash, in one string the operator copies).
+    public func joinToken(secret: String) throws -> String { secret + "." + (try pin()) }
+
+    /// A join token's secret: what the region keeps the SHA-256 of and checks (the token
+    /// without its pin).
+    public static func joinTokenSecret(_ token: String) -> String {
+        guard joinTokenPin(token) != nil, let dot = token.lastIndex(of: ".") else { return token }
+        return String(token[..<dot])
+    }
+
+    /// The region CA pin in a join token (after its last '.'), or nil if it carries none.
+    public static func joinTokenPin(_ token: String) -> String? {
+        guard let dot = token.lastIndex(of: ".") else { return nil }
+        let pin = token[token.index(after: dot)...]
+        guard pin.count == 64, pin.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
+        return String(pin)
+    }
+
     /// A certificate's serial as the sites table and `verify` name it: lowercase hex.
     public static func hex(_ serial: Certificate.SerialNumber) -> String {
         serial.bytes.map { String(format: "%02x", $0) }.joined()
@@ -230,8 +260,20 @@ public struct SiteAuthority: Sendable {
     /// The site's side of joining: a fresh P-256 key (PEM, to keep 0600) and a signing request
     /// for it naming `site`.
     public static func makeKeyAndRequest(site: String) throws -> (keyPEM: String, csrPEM: String) {
+        let keyPEM = makeKey()
+        return (keyPEM, try makeRequest(site: site, keyPEM: keyPEM))
+    }
+
+    /// A fresh P-256 key, PEM.
+    public static func makeKey() -> String { P256.Signing.PrivateKey().pemRepresentation }
+
+    /// A signing request naming `site` for the key in `keyPEM`.
+    public static func makeRequest(site: String, keyPEM: String) throws -> String {
         guard validName(site) else { throw Failure("\(site.prefix(80)) is not a site name") }
-        let key = P256.Signing.PrivateKey()
+        let key: P256.Signing.PrivateKey
+        do { key = try P256.Signing.PrivateKey(pemRepresentation: keyPEM) } catch {
+            throw Failure("not a P-256 private key in PEM (\(error))")
+        }
         let csr = try CertificateSigningRequest(
             version: .v1,
             subject: try DistinguishedName { CommonName(site) },
@@ -239,6 +281,6 @@ public struct SiteAuthority: Sendable {
             attributes: .init(),
             signatureAlgorithm: .ecdsaWithSHA256
         )
-        return (key.pemRepresentation, try csr.serializeAsPEM().pemString)
+        return try csr.serializeAsPEM().pemString
     }
 }

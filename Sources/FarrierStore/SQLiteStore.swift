@@ -246,6 +246,14 @@ public final class SQLiteStore: StateStore {
             // The BMC channels the site said it had open at its last heartbeat (NULL: not said).
             try db.alter(table: "site") { t in t.add(column: "linkBMCChannels", .integer) }
         }
+        m.registerMigration("v17-site-join-again") { db in
+            // The spent join token's hash and the certificate it got: a join whose answer was
+            // lost is answered again for the same token and key, until the token's expiry.
+            try db.alter(table: "site") { t in
+                t.add(column: "spentTokenSHA256", .text)
+                t.add(column: "certificatePEM", .text)
+            }
+        }
         return m
     }
 
@@ -931,8 +939,11 @@ extension SQLiteStore {
 
     public func site(joinTokenSHA256: String) async throws -> Site? {
         try await reading { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM site WHERE joinTokenSHA256 = ?", arguments: [joinTokenSHA256])
-                .map(Self.site)
+            try Row.fetchOne(
+                db,
+                sql: "SELECT * FROM site WHERE joinTokenSHA256 = ? OR spentTokenSHA256 = ?",
+                arguments: [joinTokenSHA256, joinTokenSHA256]
+            ).map(Self.site)
         }
     }
 
@@ -955,7 +966,9 @@ extension SQLiteStore {
                     version: row["linkVersion"] ?? "",
                     bmcChannels: row["linkBMCChannels"]
                 )
-            }
+            },
+            spentTokenSHA256: row["spentTokenSHA256"],
+            certificatePEM: row["certificatePEM"]
         )
     }
 
@@ -981,16 +994,17 @@ extension SQLiteStore {
         joinTokenSHA256: String,
         certificateSerial: String,
         certificateNotAfter: Date,
+        certificatePEM: String,
         at: Date
     ) async throws -> Bool {
         try await writing { db in
             try db.execute(
                 sql: """
-                    UPDATE site SET joinTokenSHA256 = NULL, joinExpires = NULL, certificateSerial = ?,
-                      certificateNotAfter = ?, joined = ?
+                    UPDATE site SET joinTokenSHA256 = NULL, spentTokenSHA256 = joinTokenSHA256, certificateSerial = ?,
+                      certificateNotAfter = ?, certificatePEM = ?, joined = ?
                     WHERE name = ? AND joinTokenSHA256 = ?
                     """,
-                arguments: [certificateSerial, certificateNotAfter, at, name, joinTokenSHA256]
+                arguments: [certificateSerial, certificateNotAfter, certificatePEM, at, name, joinTokenSHA256]
             )
             return db.changesCount == 1
         }

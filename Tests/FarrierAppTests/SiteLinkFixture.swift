@@ -39,6 +39,7 @@ struct SiteLinkFixture {
             joinTokenSHA256: token,
             certificateSerial: SiteAuthority.hex(certificate.serialNumber),
             certificateNotAfter: certificate.notValidAfter,
+            certificatePEM: try certificate.serializeAsPEM().pemString,
             at: t
         )
         guard joined else { throw SiteAuthority.Failure("joining \(site) with token \(token) failed") }

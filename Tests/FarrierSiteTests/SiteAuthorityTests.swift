@@ -132,6 +132,29 @@ import X509
 
     /// The region's link certificate: OpenSSL verifies it against the CA for a server, under the
     /// names and addresses given and no other; it is not one a site could present as a client.
+    /// A join token is its secret, a '.', and the CA certificate's SHA-256 (of its DER, as
+    /// OpenSSL computes it): the site finds the pin, the region the secret.
+    @Test func joinTokensCarryTheCAsPin() throws {
+        let h = try Harness("join-pin")
+        defer { h.cleanup() }
+        let dir = h.directory
+        let ca = try SiteAuthority.loadOrMake(dataDir: dir)
+        let token = try ca.joinToken(secret: "fa_secret-part_1")
+        let pin = try #require(SiteAuthority.joinTokenPin(token))
+        #expect(token == "fa_secret-part_1." + pin)
+        #expect(SiteAuthority.joinTokenSecret(token) == "fa_secret-part_1")
+        let fingerprint = try openssl(h, ["x509", "-in", dir + "/site-ca.crt", "-noout", "-fingerprint", "-sha256"])
+        #expect(
+            fingerprint.split(separator: "=").last?.replacingOccurrences(of: ":", with: "").lowercased()
+                .trimmingCharacters(in: .whitespacesAndNewlines) == pin
+        )
+        // No pin: none found, and the whole token is the secret.
+        for unpinned in ["fa_abc", "fa_abc.", "fa_abc." + pin.dropLast(), "fa_abc." + pin.uppercased()] {
+            #expect(SiteAuthority.joinTokenPin(unpinned) == nil, "\(unpinned)")
+            #expect(SiteAuthority.joinTokenSecret(unpinned) == unpinned)
+        }
+    }
+
     @Test func linkCertificateForTheRegionsNames() throws {
         let h = try Harness("site-link-cert")
         defer { h.cleanup() }

@@ -16,6 +16,7 @@ import Testing
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
                 "v13-machine-site", "v14-site-events", "v15-site-lease", "v16-site-bmc-channels",
+                "v17-site-join-again",
             ]
         )
     }
@@ -576,6 +577,7 @@ import Testing
                             joinTokenSHA256: "aa",
                             certificateSerial: "0\(i)",
                             certificateNotAfter: t.addingTimeInterval(86400),
+                            certificatePEM: "pem-0\(i)",
                             at: t.addingTimeInterval(60)
                         )
                     }
@@ -584,10 +586,25 @@ import Testing
             }
             #expect(wins == 1)
             let joined = try #require(try await s.site(name: "site-1"))
-            #expect(joined.joinTokenSHA256 == nil && joined.joinExpires == nil)
+            #expect(joined.joinTokenSHA256 == nil && joined.joinExpires == site.joinExpires)
             #expect(joined.certificateSerial?.hasPrefix("0") == true && joined.joined == t.addingTimeInterval(60))
             #expect(joined.certificateNotAfter == t.addingTimeInterval(86400))
-            #expect(try await s.site(joinTokenSHA256: "aa") == nil)
+            // The spent token still finds the site, with the certificate it got (for a join sent
+            // again), and cannot be spent again.
+            #expect(
+                joined.spentTokenSHA256 == "aa" && joined.certificatePEM == "pem-" + (joined.certificateSerial ?? "")
+            )
+            #expect(try await s.site(joinTokenSHA256: "aa") == joined)
+            #expect(
+                try await !s.completeJoin(
+                    name: "site-1",
+                    joinTokenSHA256: "aa",
+                    certificateSerial: "0z",
+                    certificateNotAfter: t,
+                    certificatePEM: "pem-z",
+                    at: t
+                )
+            )
             // The wrong token for a site spends nothing.
             #expect(
                 try await !s.completeJoin(
@@ -595,6 +612,7 @@ import Testing
                     joinTokenSHA256: "aa",
                     certificateSerial: "ff",
                     certificateNotAfter: t,
+                    certificatePEM: "pem-ff",
                     at: t
                 )
             )
@@ -667,6 +685,7 @@ import Testing
                     joinTokenSHA256: "aa",
                     certificateSerial: "0a",
                     certificateNotAfter: t.addingTimeInterval(86400),
+                    certificatePEM: "pem-0a",
                     at: t
                 )
             )
@@ -702,6 +721,7 @@ import Testing
                 joinTokenSHA256: "aa",
                 certificateSerial: "0a",
                 certificateNotAfter: t.addingTimeInterval(86400),
+                certificatePEM: "pem-0a",
                 at: t
             )
         )

@@ -17,7 +17,15 @@ struct SiteBootTests {
         defer { h.cleanup() }
         let (s, sif, c, cif) = try h.veth(serverIP: "198.18.20.1/24")
         try h.run(["ip", "-n", c, "link", "set", cif, "address", Self.mac])
-        let region = try h.startFarrier(namespace: s, flags: ["--site-listen", "127.0.0.1:7800"], log: "region.log")
+        // The region's own build of undionly.kpxe (Debian's with bytes after it: to a site, what
+        // a region that builds its own iPXE looks like), which its sites serve in place of theirs.
+        let regionIPXE = h.directory + "/region-ipxe"
+        try FileManager.default.createDirectory(atPath: regionIPXE, withIntermediateDirectories: true)
+        var build = try Data(contentsOf: URL(fileURLWithPath: "/usr/lib/ipxe/undionly.kpxe"))
+        build.append(contentsOf: Array("farrier region build\n".utf8))
+        try build.write(to: URL(fileURLWithPath: regionIPXE + "/undionly.kpxe"))
+        let regionFlags = ["--site-listen", "127.0.0.1:7800", "--ipxe-source", regionIPXE]
+        let region = try h.startFarrier(namespace: s, flags: regionFlags, log: "region.log")
         try h.waitUntil("the site link to listen", timeout: 20) { h.read("region.log").contains("site link listening") }
         let token = try h.adminToken()
         @discardableResult func cli(_ args: [String], check: Bool = true) throws -> Harness.Result {
@@ -120,17 +128,21 @@ struct SiteBootTests {
         #expect(mine.contains("m1 (enrolled)") && mine.contains("chain --replace"), "\(mine)")
         let other = try script(from: s)
         #expect(other.contains("not known to Farrier") && !other.contains("m1"), "\(other)")
-        // A boot file over TFTP, byte for byte.
-        try h.run(
-            [
-                "ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "6969", "-c", "get", "undionly.kpxe",
-                h.directory + "/undionly.kpxe",
-            ],
-            timeout: 20
-        )
-        #expect(
-            try h.run(["cmp", h.directory + "/undionly.kpxe", "/usr/lib/ipxe/undionly.kpxe"], check: false).status == 0
-        )
+        // A boot file over TFTP, byte for byte: the region's build, once the site has it.
+        func undionly() throws -> Data {
+            try? FileManager.default.removeItem(atPath: h.directory + "/undionly.kpxe")
+            try h.run(
+                [
+                    "ip", "netns", "exec", c, "tftp", "-m", "binary", "198.18.20.1", "6969", "-c", "get",
+                    "undionly.kpxe", h.directory + "/undionly.kpxe",
+                ],
+                timeout: 20
+            )
+            return try Data(contentsOf: URL(fileURLWithPath: h.directory + "/undionly.kpxe"))
+        }
+        try h.waitUntil("the region's undionly.kpxe over TFTP at the site", timeout: 30, interval: 0.3) {
+            try undionly() == build
+        }
 
         // The ramdisk, served at the site; then a new one replaces it there.
         let served = h.directory + "/initrd.served"
@@ -178,6 +190,8 @@ struct SiteBootTests {
             }
             return (try? script(from: c))?.contains("m1 (enrolled)") == true
         }
+        // It kept the region's build of undionly.kpxe: the local one was not copied over it.
+        #expect(try undionly() == build, "\(h.read("site-2.log"))")
         try reboot("d3")
         #expect(try leases() == [address])
         let status = try h.run([Harness.farrierBinary, "site", "status", "--data-dir", dir, "-o", "json"]).stdout
@@ -201,7 +215,7 @@ struct SiteBootTests {
         #expect(try queued() ?? 0 < total, "\(total)")
 
         // The region comes back: the site's timeline reaches it, each event once, in order.
-        try h.startFarrier(namespace: s, flags: ["--site-listen", "127.0.0.1:7800"], log: "region-2.log")
+        try h.startFarrier(namespace: s, flags: regionFlags, log: "region-2.log")
         try h.waitUntil("the site to deliver its queue", timeout: 30, interval: 0.2) { try queued() == 0 }
         // (Polled: the site may record an event after its queue was counted.)
         var (atSite, atRegion) = ([String](), [String]())

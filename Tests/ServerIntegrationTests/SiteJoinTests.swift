@@ -52,13 +52,62 @@ struct SiteJoinTests {
         let listed = try cp.cli(["site", "list", "-o", "json"]).stdout
         #expect(listed.contains("\"joined\"") && listed.contains("site-1"), "\(listed)")
 
-        // Once: the same token again, from another directory, gets nothing.
+        #expect(!FileManager.default.fileExists(atPath: dir + "/site.key.joining"))
+
+        // A join whose answer was lost (the region committed it; the site kept its key as
+        // site.key.joining and nothing else): the same command again gets the same certificate.
+        let lost = h.directory + "/lost"
+        try FileManager.default.createDirectory(atPath: lost, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: dir + "/site.key", toPath: lost + "/site.key.joining")
+        let retried = try join("site-1", token, lost)
+        #expect(retried.status == 0, "\(retried.stderr)")
+        #expect(
+            try String(contentsOfFile: lost + "/site.crt", encoding: .utf8)
+                == String(contentsOfFile: dir + "/site.crt", encoding: .utf8)
+        )
+        #expect(FileManager.default.fileExists(atPath: lost + "/site.key"))
+        #expect(!FileManager.default.fileExists(atPath: lost + "/site.key.joining"))
+
+        // Once: the same token again, from another directory (another key), gets nothing.
         let again = try join("site-1", token, h.directory + "/again")
         #expect(again.status == 26 && again.stderr.contains("not valid"), "\(again.status) \(again.stderr)")
         #expect(!FileManager.default.fileExists(atPath: h.directory + "/again/site.key"))
-        // A made-up token, and an empty one.
-        #expect(try join("site-1", "fa_made-up", h.directory + "/x").status == 26)
-        #expect(try join("site-1", "", h.directory + "/y").status == 26)
+        // A made-up token (with the region's pin, so that the region is asked), and an empty one.
+        let pin = try #require(token.split(separator: ".").last.map(String.init))
+        #expect(pin.count == 64)
+        #expect(try join("site-1", "fa_made-up." + pin, h.directory + "/x").status == 26)
+        #expect(try join("site-1", "", h.directory + "/y").status == 13)
+
+        // The token names the region's site CA. Without its pin the site refuses to join (and
+        // the region is not asked: the token still works after).
+        let token4 = try #require(try cp.json(["site", "add", "site-4"])["joinToken"] as? String)
+        let secret4 = String(token4.dropLast(65))
+        #expect(token4 == secret4 + "." + pin)
+        let unpinned = try join("site-4", secret4, h.directory + "/unpinned")
+        #expect(unpinned.status == 13 && unpinned.stderr.contains("no region CA pin"), "\(unpinned.stderr)")
+        // Another region answers (as something between the site and its region could): its CA
+        // is not the token's, and the site keeps nothing.
+        let h2 = try Harness("site-join-other")
+        defer { h2.cleanup() }
+        let other = ControlPlane(h2)
+        try other.start()
+        let otherToken = try #require(try other.json(["site", "add", "site-4"])["joinToken"] as? String)
+        let misled = try h.run(
+            [
+                "env", "-u", "FARRIER_TOKEN", "FARRIER_CONFIG_FILE=/nonexistent", ControlPlane.bin, "site", "join",
+                "--join-token", String(otherToken.dropLast(65)) + "." + pin, "--name", "site-4",
+                "--data-dir", h.directory + "/misled", "--server", other.grpc,
+            ],
+            check: false
+        )
+        #expect(
+            misled.status == 17 && misled.stderr.contains("is not the one the join token names"),
+            "\(misled.status) \(misled.stderr)"
+        )
+        for file in ["site.key", "site.crt", "region-ca.crt"] {
+            #expect(!FileManager.default.fileExists(atPath: h.directory + "/misled/" + file))
+        }
+        #expect(try join("site-4", token4, h.directory + "/site-4").status == 0)
 
         // A request naming another site: refused, and the token still works for its own site.
         let token2 = try #require(try cp.json(["site", "add", "site-2"])["joinToken"] as? String)

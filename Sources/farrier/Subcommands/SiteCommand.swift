@@ -141,8 +141,9 @@ struct SiteCommand: AsyncParsableCommand {
             discussion: """
                 Makes the site's key in DATA-DIR (site.key, mode 0600; it never leaves the site), sends \
                 a signing request for it with the join token, and keeps what the region answers: the \
-                site's certificate (site.crt) and the region's site CA (region-ca.crt). The token \
-                works once.
+                site's certificate (site.crt) and the region's site CA (region-ca.crt), only if that CA \
+                is the one the token names (its SHA-256, after the token's last '.'). The token works \
+                once.
                 """
         )
         @OptionGroup var client: ClientOptions
@@ -157,7 +158,31 @@ struct SiteCommand: AsyncParsableCommand {
             guard !fm.fileExists(atPath: keyPath) else {
                 throw CLIError("\(keyPath) exists: this data directory has joined already (remove it to join again)")
             }
-            let (keyPEM, csrPEM) = try SiteAuthority.makeKeyAndRequest(site: name)
+            // The token names the region's site CA (its SHA-256): what the region answers is
+            // kept only if its CA is that one, so nothing between here and the region can put
+            // its own CA in this site's trust.
+            guard let pin = SiteAuthority.joinTokenPin(joinToken) else {
+                throw CLIError(
+                    "the join token carries no region CA pin (64 hex digits after its last '.'): copy it whole from `farrier site add`",
+                    code: .invalidArgument
+                )
+            }
+            // The key is kept (site.key.joining, 0600) before the request goes: if the answer is
+            // lost, the same command again sends the same key, and the region answers with the
+            // certificate it gave it (until the token expires).
+            let pendingPath = dataDir + "/site.key.joining"
+            let keyPEM: String
+            if fm.fileExists(atPath: pendingPath) {
+                do { keyPEM = try String(contentsOfFile: pendingPath, encoding: .utf8) } catch {
+                    throw CLIError("reading \(pendingPath): \(error)")
+                }
+            } else {
+                keyPEM = SiteAuthority.makeKey()
+                do { try SecretFile.replace(pendingPath, Array((keyPEM + "\n").utf8), mode: 0o600) } catch {
+                    throw CLIError("writing the site's key to \(pendingPath): \(error)")
+                }
+            }
+            let csrPEM = try SiteAuthority.makeRequest(site: name, keyPEM: keyPEM)
             var req = Farrier_V1_JoinSiteRequest()
             req.joinToken = joinToken
             req.csrPem = csrPEM
@@ -165,10 +190,21 @@ struct SiteCommand: AsyncParsableCommand {
             // Not retried on another replica by a probe first (the probe needs an API token,
             // which a joining site has not): a join sent twice finds its token spent.
             let r = try await rpc(client, idempotent: true) { try await $0.sites.joinSite(request) }
+            let answered = (try? SiteAuthority.pin(pem: r.caPem)) ?? "none (not a PEM certificate)"
+            guard answered == pin else {
+                throw CLIError(
+                    """
+                    the site CA the region answered with (SHA-256 \(answered)) is not the one the join token names \
+                    (\(pin)): nothing kept. Something between this site and the region may have answered; \
+                    make a new token (site remove, site add) and join over a path you trust
+                    """,
+                    code: .permissionDenied
+                )
+            }
             do {
-                try SecretFile.replace(keyPath, Array((keyPEM + "\n").utf8), mode: 0o600)
                 try SecretFile.replace(dataDir + "/site.crt", Array(r.certificatePem.utf8), mode: 0o644)
                 try SecretFile.replace(dataDir + "/region-ca.crt", Array(r.caPem.utf8), mode: 0o644)
+                try fm.moveItem(atPath: pendingPath, toPath: keyPath)
             } catch {
                 throw CLIError("writing the site's key and certificates to \(dataDir): \(error)")
             }
@@ -308,6 +344,10 @@ struct SiteCommand: AsyncParsableCommand {
                             machine: { await lookup.entry($0) },
                             agent: LinkAgentBackend(link: link, queue: queue, logger: logger),
                             images: CacheImageSource(cache: cache),
+                            regionBootFiles: BootFileSync.installed(
+                                stateFile: dataDir + "/boot-files.json",
+                                root: bootConfiguration.tftpRoot
+                            ),
                             logger: logger
                         )
                         siteBoot = boot
