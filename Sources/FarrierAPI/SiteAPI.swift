@@ -151,7 +151,7 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
             // Spent: a join sent again with the same key (its first answer was lost) gets the
             // certificate it was given, the same one; any other key gets nothing.
             guard site.spentTokenSHA256 == hash, let pem = site.certificatePEM,
-                Self.sameKey(request.csrPem, issued: pem, serial: site.certificateSerial)
+                Self.sameKey(request.csrPem, issued: pem, serial: site.certificateSerial, site: site.name)
             else { throw refused }
             logger.info(
                 "site join sent again: answered with its certificate",
@@ -176,16 +176,27 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
                 certificatePEM: pem,
                 at: at
             )
-        else { throw refused }
+        else {
+            // Another join with this token won meanwhile: the same request sent twice (to two
+            // replicas) holds the winner's key, and gets its certificate.
+            if let now = try await store.site(name: site.name), now.spentTokenSHA256 == hash,
+                let issued = now.certificatePEM,
+                Self.sameKey(request.csrPem, issued: issued, serial: now.certificateSerial, site: site.name)
+            {
+                return try await answer(issued)
+            }
+            throw refused
+        }
         logger.info("site joined", metadata: ["site": "\(site.name)", "certificate.serial": "\(serial)"])
         return try await answer(pem)
     }
 
-    /// Whether `csrPEM` is a request signed by the key certificate `issued` (the site's current
-    /// one, `serial`) was given for.
-    static func sameKey(_ csrPEM: String, issued: String, serial: String?) -> Bool {
+    /// Whether `csrPEM` is a request naming `site`, signed by the key certificate `issued` (the
+    /// site's current one, `serial`) was given for.
+    static func sameKey(_ csrPEM: String, issued: String, serial: String?, site: String) -> Bool {
         guard let csr = try? CertificateSigningRequest(pemEncoded: csrPEM),
             csr.publicKey.isValidSignature(csr.signature, for: csr),
+            SiteAuthority.commonNames(csr.subject) == [site],
             let certificate = try? Certificate(pemEncoded: issued),
             SiteAuthority.hex(certificate.serialNumber) == serial
         else { return false }

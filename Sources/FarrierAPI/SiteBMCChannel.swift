@@ -143,6 +143,7 @@ public struct SiteBMCWorker: Sendable {
     let drivers: BMCPool
     let logger: Logger
     let memory = SiteJobMemory()
+    let jobs = JobRunner()
     let channels = OpenCount()
     /// How the region's name is resolved to its replicas' addresses (a test's stand-in for DNS).
     let resolve: @Sendable (String, Int) async throws -> [String]
@@ -177,19 +178,21 @@ public struct SiteBMCWorker: Sendable {
         credentials: SiteCredentials,
         link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>
     ) async {
-        let replicas = siteLinkRegions(region)
-        if replicas.count > 1 {
-            await withDiscardingTaskGroup { group in
-                for replica in replicas {
-                    group.addTask { await channel(to: replica, credentials: credentials, authority: nil) }
+        await jobs.running {
+            let replicas = siteLinkRegions(region)
+            if replicas.count > 1 {
+                await withDiscardingTaskGroup { group in
+                    for replica in replicas {
+                        group.addTask { await channel(to: replica, credentials: credentials, authority: nil) }
+                    }
                 }
+            } else if let (host, port) = try? splitHostPort(replicas.first ?? region), IPv4Address(host) == nil,
+                !host.contains(":")
+            {
+                await follow(name: host, port: port, credentials: credentials)
+            } else {
+                await serve(link: link, region: region)
             }
-        } else if let (host, port) = try? splitHostPort(replicas.first ?? region), IPv4Address(host) == nil,
-            !host.contains(":")
-        {
-            await follow(name: host, port: port, credentials: credentials)
-        } else {
-            await serve(link: link, region: region)
         }
         await drivers.closeAll()
     }
@@ -254,7 +257,7 @@ public struct SiteBMCWorker: Sendable {
     /// until the region refuses the site (the heartbeat then ends the site agent); then closes
     /// the site's BMC drivers.
     public func run(link: Farrier_V1_SiteLinkService.Client<HTTP2ClientTransport.Posix>, region: String) async {
-        await serve(link: link, region: region)
+        await jobs.running { await serve(link: link, region: region) }
         await drivers.closeAll()
     }
 
@@ -321,11 +324,44 @@ public struct SiteBMCWorker: Sendable {
                         // Not cut off with the channel: an operation the BMC may already have
                         // taken runs to its end, and the site remembers what it did if it
                         // changes the BMC (its answer, if the channel is gone, is dropped).
-                        Task { await self.handle(job, link: link, answer: { sink.yield($0) }) }
+                        // Cut off only when the worker stops.
+                        jobs.submit { await self.handle(job, link: link, answer: { sink.yield($0) }) }
                         continue
                     }
                     group.addTask { await self.handle(job, link: link, answer: { sink.yield($0) }) }
                 }
+            }
+        }
+    }
+
+    /// Runs the jobs the channels hand over in one task group for the worker's whole run: a job
+    /// is not cut off when its channel closes, and those still running are cancelled (and
+    /// waited for) when the worker stops. One run per worker.
+    final class JobRunner: Sendable {
+        enum Item: Sendable {
+            case job(@Sendable () async -> Void)
+            case end
+        }
+        let items: AsyncStream<Item>
+        let sink: AsyncStream<Item>.Continuation
+
+        init() { (items, sink) = AsyncStream<Item>.makeStream() }
+
+        func submit(_ job: @escaping @Sendable () async -> Void) { sink.yield(.job(job)) }
+
+        /// Runs `channels` and the jobs submitted meanwhile, until `channels` returns (or this
+        /// is cancelled); then cancels the jobs still running and waits for them.
+        func running(_ channels: @escaping @Sendable () async -> Void) async {
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    await channels()
+                    self.sink.yield(.end)
+                }
+                for await item in items {
+                    guard case .job(let job) = item else { break }
+                    group.addTask { await job() }
+                }
+                group.cancelAll()
             }
         }
     }

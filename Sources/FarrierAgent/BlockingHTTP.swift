@@ -209,10 +209,27 @@ final class ResumableDownload {
         self.headers = headers
         self.attempts = max(1, attempts)
         self.log = log
-        let first = try BlockingHTTP.request("GET", url, headers: headers, timeoutSeconds: 60)
-        guard first.status == 200 else { throw BlockingHTTP.Failure(description: "GET \(url): HTTP \(first.status)") }
-        total = first.remaining
-        response = first
+        // The first request too is asked again, 2 s apart, while it fails on the way or is
+        // answered 5xx (a site whose region is away for a moment, a replica killed); a refusal
+        // (4xx) is final.
+        for attempt in 1...self.attempts {
+            var failure: any Error = BlockingHTTP.Failure(description: "GET \(url): no answer")
+            var refused = false
+            do {
+                let r = try BlockingHTTP.request("GET", url, headers: headers, timeoutSeconds: 60)
+                if r.status == 200 {
+                    total = r.remaining
+                    response = r
+                    return
+                }
+                failure = BlockingHTTP.Failure(description: "GET \(url): HTTP \(r.status)")
+                refused = r.status < 500
+            } catch { failure = error }
+            guard !refused, attempt < self.attempts else { throw failure }
+            log("GET \(url) attempt \(attempt) failed (\(failure)); again in \(delaySeconds) s")
+            sleep(delaySeconds)
+        }
+        throw BlockingHTTP.Failure(description: "GET \(url): no attempt made")
     }
 
     /// Reads up to `buffer.count` bytes; 0 at the end of the body.

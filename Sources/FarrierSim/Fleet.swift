@@ -367,6 +367,7 @@ public actor SimFleet {
     /// How many times a simulated agent sends a report or asks for the image while the answer
     /// is 5xx (the real agent's `attempts`).
     static let attempts = 60
+    static let retryDelay = Duration.seconds(2)
 
     nonisolated static func jittered(_ seconds: Double) -> Duration {
         var rng = SystemRandomNumberGenerator()
@@ -468,13 +469,13 @@ public actor SimFleet {
                     if !token.isEmpty { headers.append(("Authorization", "Bearer \(token)")) }
                     return try await send(.POST, path, headers, Array(try JSONEncoder().encode(body)), 1 << 20)
                 }
-                /// A report, tried again while the answer is 5xx (a site whose region is away,
-                /// a replica killed), as the real agent does: at most 60 times, a second apart.
+                /// The done report, tried again while the answer is 5xx (a site whose region is
+                /// away, a replica killed), as the real agent does: at most 60 times, 2 s apart.
                 func report<B: Encodable>(_ path: String, _ body: B, token: String) async throws -> SimReply {
                     var r = try await post(path, body, token: token)
                     for _ in 1..<Self.attempts where r.status >= 500 {
                         guard await self.current(i, epoch) else { break }
-                        try await Task.sleep(for: .seconds(1))
+                        try await Task.sleep(for: Self.retryDelay)
                         r = try await post(path, body, token: token)
                     }
                     return r
@@ -501,7 +502,8 @@ public actor SimFleet {
                 }
                 guard let task else { throw SimHTTPError("no task after 60 hellos") }
                 await self.tookTask(task.kind.rawValue)
-                _ = try await report(
+                // (Progress is sent once, as the real agent sends it: best effort.)
+                _ = try await post(
                     AgentAPI.progress,
                     AgentProgress(stage: "started", bytesDone: 0, bytesTotal: 0),
                     token: task.token
@@ -510,7 +512,7 @@ public actor SimFleet {
                 var error: String?
                 if task.kind == .deploy, let image = task.image {
                     let bytes = try await self.download(client, image, token: task.token)
-                    _ = try await report(
+                    _ = try await post(
                         AgentAPI.progress,
                         AgentProgress(stage: "write", bytesDone: bytes, bytesTotal: image.size),
                         token: task.token
@@ -561,14 +563,14 @@ public actor SimFleet {
         // A share below all of it stops reading there (the connection is dropped).
         let limit = share >= 1 ? 0 : -max(1, want)
         // Tried again while the answer is 5xx (the image's access check needs the region), as
-        // the real agent does.
+        // the real agent's first request is.
         var reply = SimReply(status: 0, body: [])
         for attempt in 1...Self.attempts {
             reply = try await client.session { send in
                 try await send(.GET, image.path, [("Authorization", "Bearer \(token)")], nil, limit)
             }
             guard reply.status >= 500, attempt < Self.attempts else { break }
-            try await Task.sleep(for: .seconds(1))
+            try await Task.sleep(for: Self.retryDelay)
         }
         guard reply.status == 200 else { throw SimHTTPError("image download answered \(reply.status)") }
         let got = Int64(share >= 1 ? image.size : Int64(want))

@@ -208,6 +208,32 @@ public struct SiteAuthority: Sendable {
         return SiteIdentity(site: site, serial: Self.hex(leaf.serialNumber), notAfter: leaf.notValidAfter)
     }
 
+    /// The site's check of what a join answered, besides the CA's pin: the certificate is
+    /// signed by that CA, names `site` alone, and is for the site's own key (`keyPEM`). A
+    /// certificate for another key means someone else joined with the token (it was read on
+    /// the way): that identity is theirs, and the site must be removed at the region.
+    public static func checkJoinAnswer(certificatePEM: String, caPEM: String, keyPEM: String, site: String) throws {
+        let ca: Certificate
+        let leaf: Certificate
+        do {
+            ca = try Certificate(pemEncoded: caPEM)
+            leaf = try Certificate(pemEncoded: certificatePEM)
+        } catch { throw Failure("the answer is not a PEM certificate and CA (\(error))") }
+        guard leaf.issuer == ca.subject, ca.publicKey.isValidSignature(leaf.signature, for: leaf) else {
+            throw Failure("the certificate was not issued by the pinned CA")
+        }
+        guard siteNames(leaf) == [site] else {
+            throw Failure("the certificate names \(siteNames(leaf)), not \(site)")
+        }
+        let key: P256.Signing.PrivateKey
+        do { key = try P256.Signing.PrivateKey(pemRepresentation: keyPEM) } catch {
+            throw Failure("the site's key is not a P-256 private key in PEM (\(error))")
+        }
+        guard leaf.publicKey == Certificate.PublicKey(key.publicKey) else {
+            throw Failure("the certificate is for another key than this site's")
+        }
+    }
+
     /// The sites a certificate names: its `farrier-site:NAME` subject alternative names.
     public static func siteNames(_ certificate: Certificate) -> [String] {
         (try? certificate.extensions.subjectAlternativeNames)?.compactMap { name -> String? in
@@ -251,7 +277,7 @@ public struct SiteAuthority: Sendable {
         serial.bytes.map { String(format: "%02x", $0) }.joined()
     }
 
-    static func commonNames(_ name: DistinguishedName) -> [String] {
+    public static func commonNames(_ name: DistinguishedName) -> [String] {
         name.flatMap { rdn in
             rdn.compactMap { $0.type == .RDNAttributeType.commonName ? String($0.value) : nil }
         }
@@ -262,6 +288,11 @@ public struct SiteAuthority: Sendable {
     public static func makeKeyAndRequest(site: String) throws -> (keyPEM: String, csrPEM: String) {
         let keyPEM = makeKey()
         return (keyPEM, try makeRequest(site: site, keyPEM: keyPEM))
+    }
+
+    /// Whether `keyPEM` is a P-256 private key.
+    public static func validKey(_ keyPEM: String) -> Bool {
+        (try? P256.Signing.PrivateKey(pemRepresentation: keyPEM)) != nil
     }
 
     /// A fresh P-256 key, PEM.

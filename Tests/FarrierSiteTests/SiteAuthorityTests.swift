@@ -155,6 +155,40 @@ import X509
         }
     }
 
+    /// The site's check of a join's answer: a certificate from the pinned CA, for this site,
+    /// for the site's own key; a certificate someone else got with the token (their key) is
+    /// refused, as is another CA's or another site's.
+    @Test func aJoinAnswerMustBeForTheSitesOwnKey() throws {
+        let h = try Harness("join-answer")
+        defer { h.cleanup() }
+        try FileManager.default.createDirectory(atPath: h.directory + "/a", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: h.directory + "/b", withIntermediateDirectories: true)
+        let ca = try SiteAuthority.loadOrMake(dataDir: h.directory + "/a")
+        let other = try SiteAuthority.loadOrMake(dataDir: h.directory + "/b")
+        let caPEM = try ca.certificate.serializeAsPEM().pemString
+        let mine = SiteAuthority.makeKey()
+        let theirs = SiteAuthority.makeKey()
+        func issued(_ key: String, site: String = "site-1", by authority: SiteAuthority? = nil) throws -> String {
+            let csr = try SiteAuthority.makeRequest(site: site, keyPEM: key)
+            return try (authority ?? ca).issue(csrPEM: csr, site: site).serializeAsPEM().pemString
+        }
+        try SiteAuthority.checkJoinAnswer(certificatePEM: try issued(mine), caPEM: caPEM, keyPEM: mine, site: "site-1")
+        for (certificate, why) in [
+            (try issued(theirs), "another key"), (try issued(mine, site: "site-2"), "site-2"),
+            (try issued(mine, by: other), "not issued"),
+        ] {
+            #expect(throws: SiteAuthority.Failure.self, "\(why)") {
+                try SiteAuthority.checkJoinAnswer(
+                    certificatePEM: certificate,
+                    caPEM: caPEM,
+                    keyPEM: mine,
+                    site: "site-1"
+                )
+            }
+        }
+        #expect(!SiteAuthority.validKey("not a key") && SiteAuthority.validKey(mine))
+    }
+
     @Test func linkCertificateForTheRegionsNames() throws {
         let h = try Harness("site-link-cert")
         defer { h.cleanup() }

@@ -71,7 +71,8 @@ struct SiteCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Add a site; prints its one-time join token once.",
             discussion: """
-                Run `farrier site join --token TOKEN` at the site before the token expires. The table \
+                Run `farrier site join --name NAME --join-token TOKEN` at the site before the token expires \
+                (the token carries the region's site CA pin: copy it whole). The table \
                 output (the default) and -o name print the token alone, on stdout.
                 """
         )
@@ -163,7 +164,10 @@ struct SiteCommand: AsyncParsableCommand {
             // its own CA in this site's trust.
             guard let pin = SiteAuthority.joinTokenPin(joinToken) else {
                 throw CLIError(
-                    "the join token carries no region CA pin (64 hex digits after its last '.'): copy it whole from `farrier site add`",
+                    """
+                    the join token carries no region CA pin (64 hex digits after its last '.'): copy it whole from \
+                    `farrier site add` (a token made before pins: site remove, site add)
+                    """,
                     code: .invalidArgument
                 )
             }
@@ -175,6 +179,11 @@ struct SiteCommand: AsyncParsableCommand {
             if fm.fileExists(atPath: pendingPath) {
                 do { keyPEM = try String(contentsOfFile: pendingPath, encoding: .utf8) } catch {
                     throw CLIError("reading \(pendingPath): \(error)")
+                }
+                guard SiteAuthority.validKey(keyPEM) else {
+                    throw CLIError(
+                        "\(pendingPath) (a key kept by an earlier join) is not a P-256 key: delete it and join again"
+                    )
                 }
             } else {
                 keyPEM = SiteAuthority.makeKey()
@@ -197,6 +206,23 @@ struct SiteCommand: AsyncParsableCommand {
                     the site CA the region answered with (SHA-256 \(answered)) is not the one the join token names \
                     (\(pin)): nothing kept. Something between this site and the region may have answered; \
                     make a new token (site remove, site add) and join over a path you trust
+                    """,
+                    code: .permissionDenied
+                )
+            }
+            do {
+                try SiteAuthority.checkJoinAnswer(
+                    certificatePEM: r.certificatePem,
+                    caPEM: r.caPem,
+                    keyPEM: keyPEM,
+                    site: name
+                )
+            } catch {
+                throw CLIError(
+                    """
+                    the region's answer is not a certificate for this site's key (\(error)): nothing kept. \
+                    Someone else may have joined as \(name) with this token (read on its way): remove the site \
+                    at the region (site remove \(name)) and add it again
                     """,
                     code: .permissionDenied
                 )
