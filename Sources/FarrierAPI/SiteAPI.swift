@@ -147,12 +147,17 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
             r.caPem = try authority.certificate.serializeAsPEM().pemString + "\n"
             return r
         }
+        /// The certificate `s` was given when this token was spent, if this request holds its key:
+        /// a join sent again (its first answer lost, or sent to two replicas) gets the same one;
+        /// any other key gets nothing.
+        func givenBefore(_ s: Site) -> String? {
+            guard s.spentTokenSHA256 == hash, let pem = s.certificatePEM,
+                Self.sameKey(request.csrPem, issued: pem, serial: s.certificateSerial, site: s.name)
+            else { return nil }
+            return pem
+        }
         guard site.joinTokenSHA256 == hash else {
-            // Spent: a join sent again with the same key (its first answer was lost) gets the
-            // certificate it was given, the same one; any other key gets nothing.
-            guard site.spentTokenSHA256 == hash, let pem = site.certificatePEM,
-                Self.sameKey(request.csrPem, issued: pem, serial: site.certificateSerial, site: site.name)
-            else { throw refused }
+            guard let pem = givenBefore(site) else { throw refused }
             logger.info(
                 "site join sent again: answered with its certificate",
                 metadata: ["site": "\(site.name)", "certificate.serial": "\(site.certificateSerial ?? "")"]
@@ -177,15 +182,9 @@ public struct SiteAPI: Farrier_V1_SiteService.SimpleServiceProtocol {
                 at: at
             )
         else {
-            // Another join with this token won meanwhile: the same request sent twice (to two
-            // replicas) holds the winner's key, and gets its certificate.
-            if let now = try await store.site(name: site.name), now.spentTokenSHA256 == hash,
-                let issued = now.certificatePEM,
-                Self.sameKey(request.csrPem, issued: issued, serial: now.certificateSerial, site: site.name)
-            {
-                return try await answer(issued)
-            }
-            throw refused
+            // Another join with this token won meanwhile.
+            guard let now = try await store.site(name: site.name), let issued = givenBefore(now) else { throw refused }
+            return try await answer(issued)
         }
         logger.info("site joined", metadata: ["site": "\(site.name)", "certificate.serial": "\(serial)"])
         return try await answer(pem)
