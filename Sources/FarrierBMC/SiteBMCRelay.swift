@@ -227,17 +227,17 @@ public actor SiteBMCRelay {
         scope: String? = nil
     ) async throws -> BMCOutcome {
         var again: (id: UInt64, sent: ContinuousClock.Instant)?
+        // The same operation again, in the same scope, after its answer was lost: under the
+        // lost job's id (not while that id is still out: two sends of one job at once would
+        // share it).
         if operation.changes, let scope,
             let l = lost[Lost(machineID: machineID, scope: scope, operation: operation)],
-            ContinuousClock.now - l.sent < Self.resendWithin
+            ContinuousClock.now - l.sent < Self.resendWithin, pending[l.id] == nil
         {
-            // The same operation again, in the same scope, after its answer was lost: under
-            // the lost job's id.
             again = l
         }
         let id: UInt64
-        // (Not while the lost id is still out: two sends of one job at once would share it.)
-        if let again, pending[again.id] == nil {
+        if let again {
             id = again.id
         } else {
             id = nextJob
