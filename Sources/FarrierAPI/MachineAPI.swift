@@ -303,6 +303,10 @@ extension MachineAPI {
             )
         }
         let (machine, bmc) = try await bmc(for: request.name)
+        // In maintenance the machine is the admins': a tenant's power action would undo their work.
+        if action != nil, let hold = machine.maintenance, !(Caller.principal?.isAdmin ?? false) {
+            throw RPCError(code: .failedPrecondition, message: Controller.inMaintenance(machine.name, hold))
+        }
         // During a step the power is Farrier's: a tenant cycling a wipe or a deploy would restart
         // its boot under the agent's feet. Admins may (a hung machine), which starts a new boot.
         if action != nil, Lifecycle.steps.contains(machine.state), !(Caller.principal?.isAdmin ?? false) {
@@ -474,6 +478,23 @@ extension Farrier_V1_Machine {
             deployment = x
         }
         if let p = m.progress { progress = Farrier_V1_Progress(p) }
+        if let hold = m.maintenance {
+            var x = Farrier_V1_Maintenance()
+            x.reason = hold.reason
+            x.since = Google_Protobuf_Timestamp(date: hold.since)
+            if admin { x.by = hold.by }
+            maintenance = x
+        }
+        if let p = m.power {
+            var x = Farrier_V1_PowerReading()
+            x.state = p.state.rawValue
+            if let read = p.read { x.read = Google_Protobuf_Timestamp(date: read) }
+            // The BMC's error names its address: the fleet's plumbing, for admins only.
+            if admin, let e = p.error { x.error = e }
+            if let f = p.failingSince { x.failingSince = Google_Protobuf_Timestamp(date: f) }
+            x.expected = p.expected?.rawValue ?? ""
+            power = x
+        }
         let since = admin ? Date.distantPast : (m.deployment?.allocated ?? .distantFuture)
         self.timeline = timeline.filter { $0.time >= since }.map { e in
             var t = Farrier_V1_TimelineEvent()

@@ -319,6 +319,10 @@ extension MachineAPI {
         context: ServerContext
     ) async throws -> Farrier_V1_Machine {
         let m = try await visibleMachine(request.name)
+        // Restart is the lifecycle's power cycle: in maintenance, only an admin's `machine power`.
+        if let hold = m.maintenance {
+            throw RPCError(code: .failedPrecondition, message: Controller.inMaintenance(m.name, hold))
+        }
         guard m.state == .deployed || m.state == .rescue else {
             throw RPCError(
                 code: .failedPrecondition,
@@ -339,6 +343,28 @@ extension MachineAPI {
         let caller = try Caller.current()
         return Farrier_V1_Machine(
             try await controller.record("restarted by \(caller.tokenName)", machineID: m.id),
+            timeline: []
+        )
+    }
+
+    public func setMaintenance(
+        request: Farrier_V1_SetMaintenanceRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
+        let caller = try Caller.admin("maintenance")
+        let m = try await visibleMachine(request.name)
+        var hold: Maintenance?
+        if request.on {
+            if let p = Maintenance.reasonProblem(request.reason) {
+                throw RPCError(code: .invalidArgument, message: p)
+            }
+            // Changing only the reason keeps when it began.
+            hold = Maintenance(reason: request.reason, since: m.maintenance?.since ?? Date(), by: caller.tokenName)
+        } else if !request.reason.isEmpty {
+            throw RPCError(code: .invalidArgument, message: "a reason is for turning maintenance on, not off")
+        }
+        return Farrier_V1_Machine(
+            try await controller.setMaintenance(machineID: m.id, hold, by: caller.tokenName),
             timeline: []
         )
     }

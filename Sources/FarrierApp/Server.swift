@@ -118,6 +118,12 @@ public struct FarrierServer: Sendable {
                 "replica": "\(c.control.replica)", "claim-ttl.seconds": "\(c.control.claimTTL.components.seconds)",
             ]
         )
+        // One replica reads the BMCs' power (PostgreSQL: the holder of its lock).
+        let powerSync = PowerSync(
+            controller: controller,
+            fence: (store as? PostgresStore)?.dhcpFence(),
+            logger: logger
+        )
         let images = try ImageRepository(root: c.dataDir + "/images", maxVirtualSize: c.imageMaxVirtualSize)
         logger.info(
             "agent channel",
@@ -128,8 +134,9 @@ public struct FarrierServer: Sendable {
             recorder: recorder,
             addressBook: addressBook,
             bootRoot: BootRoot(path: c.tftpRoot),
-            metrics: { [lifecycle = controller.metrics] in
+            metrics: { [lifecycle = controller.metrics, power = powerSync.metrics] in
                 renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) + lifecycle.render()
+                    + power.render()
             },
             controller: controller,
             imageDirectory: images.blobDirectory
@@ -186,7 +193,8 @@ public struct FarrierServer: Sendable {
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
         services =
             [
-                http, agentChannel, tftp, dhcp, grpc, reconciler, pruner, MemoryTrimmer(interval: c.memoryTrimInterval),
+                http, agentChannel, tftp, dhcp, grpc, reconciler, powerSync, pruner,
+                MemoryTrimmer(interval: c.memoryTrimInterval),
             ] + siteLink
     }
 

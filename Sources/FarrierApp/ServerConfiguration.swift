@@ -67,6 +67,10 @@ import Yams
 /// - `lifecycle.max-wipes` / `FARRIER_LIFECYCLE_MAX_WIPES` / `--lifecycle-max-wipes`: wipes at once. Default 8.
 /// - `lifecycle.max-workers` / `FARRIER_LIFECYCLE_MAX_WORKERS` / `--lifecycle-max-workers`: BMC workers (a step's
 ///   boot and finish actions) at once on this server; more wait for the next scan. Default 100.
+/// - `power-sync.interval` / `FARRIER_POWER_SYNC_INTERVAL` / `--power-sync-interval`: seconds between two reads of
+///   each enrolled BMC's power state (each machine at its own jittered time within it), 0 for none. Default 300.
+/// - `power-sync.concurrency` / `FARRIER_POWER_SYNC_CONCURRENCY` / `--power-sync-concurrency`: BMC reads in
+///   flight at once. Default 16.
 /// - `lifecycle.claim-ttl` / `FARRIER_LIFECYCLE_CLAIM_TTL` / `--lifecycle-claim-ttl`: seconds a replica's claim on a
 ///   machine's work lasts unrenewed (3–600): with several replicas on one database, how long a
 ///   dead replica's machines wait before another takes them over. Default 20.
@@ -134,6 +138,7 @@ public struct ServerConfiguration: Sendable {
         "discovery.max-machines",
         "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
         "lifecycle.claim-ttl", "lifecycle.step-timeouts", "memory.arenas", "memory.trim-interval",
+        "power-sync.interval", "power-sync.concurrency",
     ].map {
         (
             $0,
@@ -345,6 +350,16 @@ public struct ServerConfiguration: Sendable {
                 throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 10000")
             }
             control.maxWorkers = n
+        case "power-sync.interval":
+            guard let n = Int(v), (0...86400).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 0 (off) to 86400")
+            }
+            control.powerSyncInterval = .seconds(n)
+        case "power-sync.concurrency":
+            guard let n = Int(v), (1...1000).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 1000")
+            }
+            control.powerSyncConcurrency = n
         case "lifecycle.claim-ttl":
             guard let n = Int(v), (3...600).contains(n) else {
                 throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 3 to 600")

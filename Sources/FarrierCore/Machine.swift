@@ -90,6 +90,11 @@ public struct Machine: Codable, Sendable, Hashable {
     /// SHA-256 (hex) of the nonce the first agent of this boot said hello with: that agent,
     /// and only it, holds the boot's token. Nil until then.
     public var agentNonce: String?
+    /// Set while an admin holds the machine in maintenance: the reconciler and the power sync
+    /// leave it alone, and it is not allocatable.
+    public var maintenance: Maintenance?
+    /// The power sync's last reading of the BMC (nil until the first).
+    public var power: PowerReading?
 
     public init(
         id: String = UUID().uuidString.lowercased(),
@@ -139,6 +144,72 @@ public struct Machine: Codable, Sendable, Hashable {
     /// The name a discovered machine gets until an operator names it: `m-` and the MAC's hex digits.
     public static func defaultName(for mac: MACAddress) -> String {
         "m-" + mac.formatted(separator: "-").replacingOccurrences(of: "-", with: "")
+    }
+}
+
+/// An admin's hold on a machine (`farrier machine maintenance on`).
+public struct Maintenance: Codable, Sendable, Hashable {
+    public var reason: String
+    public var since: Date
+    /// The token name of the admin who set it.
+    public var by: String
+
+    public init(reason: String, since: Date, by: String) {
+        self.reason = reason
+        self.since = since
+        self.by = by
+    }
+
+    /// A reason is required, one line, at most 256 characters. Returns why not, or nil.
+    public static func reasonProblem(_ reason: String) -> String? {
+        if reason.trimmingCharacters(in: .whitespaces).isEmpty { return "maintenance needs a reason (--reason)" }
+        if reason.count > 256 { return "a maintenance reason is at most 256 characters" }
+        if reason.contains(where: { $0.isNewline }) { return "a maintenance reason is one line" }
+        return nil
+    }
+}
+
+/// What a BMC last said about a machine's power, as the power sync read it.
+public struct PowerReading: Codable, Sendable, Hashable {
+    public enum State: String, Codable, Sendable, CaseIterable {
+        case on
+        case off
+        case unknown
+    }
+    /// The last state the BMC answered (unknown until it has answered once).
+    public var state: State
+    /// When the BMC last answered (nil: never).
+    public var read: Date?
+    /// The last attempt's error; nil when it answered.
+    public var error: String?
+    /// Since when the BMC has failed to answer; nil while it answers.
+    public var failingSince: Date?
+    /// What the machine's state expects, when the reading differs from it (drift).
+    public var expected: State?
+
+    public init(
+        state: State,
+        read: Date?,
+        error: String? = nil,
+        failingSince: Date? = nil,
+        expected: State? = nil
+    ) {
+        self.state = state
+        self.read = read
+        self.error = error
+        self.failingSince = failingSince
+        self.expected = expected
+    }
+
+    /// The power a machine in `state` should have, if its state says: a deployed machine (or
+    /// one in rescue) runs; a ready one, wiped and powered off by its last step, is off. Others
+    /// (discovered, enrolled before Farrier touched it, failed, in a step) expect nothing.
+    public static func expected(for state: MachineState) -> State? {
+        switch state {
+        case .deployed, .rescue: .on
+        case .ready: .off
+        default: nil
+        }
     }
 }
 

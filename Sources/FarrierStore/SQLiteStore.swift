@@ -254,6 +254,13 @@ public final class SQLiteStore: StateStore {
                 t.add(column: "certificatePEM", .text)
             }
         }
+        m.registerMigration("v18-maintenance-power") { db in
+            // An admin's maintenance hold and the power sync's last reading (JSON; NULL: none).
+            try db.alter(table: "machine") { t in
+                t.add(column: "maintenance", .text)
+                t.add(column: "power", .text)
+            }
+        }
         return m
     }
 
@@ -1187,6 +1194,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var releasedFrom: String?
     var agentBoot: Int
     var agentNonce: String?
+    var maintenance: String?
+    var power: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] {
@@ -1198,7 +1207,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
             Column("deployment"), Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"),
             Column("diskDirty"),
             Column("dirtyFor"), Column("releasedFrom"),
-            Column("agentBoot"), Column("agentNonce"),
+            Column("agentBoot"), Column("agentNonce"), Column("maintenance"), Column("power"),
         ]
     }
 
@@ -1231,6 +1240,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         releasedFrom = m.releasedFrom
         agentBoot = m.agentBoot
         agentNonce = m.agentNonce
+        maintenance = try? m.maintenance.map(jsonText)
+        power = try? m.power.map(jsonText)
     }
 
     func machine() throws -> Machine {
@@ -1275,6 +1286,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.releasedFrom = releasedFrom
         m.agentBoot = agentBoot
         m.agentNonce = agentNonce
+        m.maintenance = try jsonValue(Maintenance.self, maintenance)
+        m.power = try jsonValue(PowerReading.self, power)
         return m
     }
 }

@@ -1,5 +1,6 @@
 import DHCPServer
 import FarrierApp
+import FarrierControl
 import FarrierCore
 import FarrierHTTP
 import Foundation
@@ -68,7 +69,11 @@ import Testing
             ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
                 == "FARRIER_TFTP_MAX_TRANSFERS"
         )
-        #expect(ServerConfiguration.keys.count == 38)
+        #expect(ServerConfiguration.keys.count == 40)
+        #expect(
+            ServerConfiguration.keys.first(where: { $0.key == "power-sync.interval" })?.env
+                == "FARRIER_POWER_SYNC_INTERVAL"
+        )
         #expect(ServerConfiguration.keys.first(where: { $0.key == "memory.arenas" })?.env == "FARRIER_MEMORY_ARENAS")
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "lifecycle.max-workers" })?.env
@@ -160,9 +165,19 @@ import Testing
         )
         #expect(c.memoryArenas == 0)
         #expect(c.memoryTrimInterval == .zero)
+        // The power sync: every 300 s, 16 reads at once, unless told otherwise.
+        #expect(d.control.powerSyncInterval == .seconds(300) && d.control.powerSyncConcurrency == 16)
+        let p = try ServerConfiguration.load(
+            file: nil,
+            environment: ["FARRIER_POWER_SYNC_INTERVAL": "0"],
+            flags: ["power-sync.concurrency": ["64"]]
+        )
+        #expect(p.control.powerSyncInterval == .zero && p.control.powerSyncConcurrency == 64)
         for (key, value, message) in [
             ("memory.arenas", "65", "memory.arenas: '65' is not a number from 0"),
             ("memory.trim-interval", "-1", "memory.trim-interval: '-1' is not a number of seconds"),
+            ("power-sync.interval", "86401", "power-sync.interval: '86401' is not a number of seconds from 0 (off)"),
+            ("power-sync.concurrency", "0", "power-sync.concurrency: '0' is not a number from 1 to 1000"),
         ] {
             let error = #expect(throws: (any Error).self) {
                 try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]])

@@ -16,7 +16,7 @@ import Testing
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
                 "v13-machine-site", "v14-site-events", "v15-site-lease", "v16-site-bmc-channels",
-                "v17-site-join-again",
+                "v17-site-join-again", "v18-maintenance-power",
             ]
         )
     }

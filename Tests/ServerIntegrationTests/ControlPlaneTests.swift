@@ -346,6 +346,113 @@ struct ControlPlaneTests {
     /// kill -9 of the server at every step of a deploy and a release: after a restart the work
     /// resumes, the machine ends where it should, and the only action ever repeated is the one
     /// that was in flight.
+    /// Issue 18 points 2 and 3 against ipmi_sim: the power sync reads every enrolled BMC, marks a
+    /// ready machine powered on behind Farrier's back (an event and a metric, nothing done), and
+    /// a BMC that does not answer; maintenance holds a machine out of every step, the power sync
+    /// and allocation, only admins set it, and it starts only between steps.
+    @Test(arguments: Self.databases) func powerSyncAndMaintenance(_ databaseKind: String) throws {
+        let h = try Harness("power-sync")
+        let (pg, dbFlags) = try database(databaseKind, h)
+        defer {
+            pg?.stop()
+            h.cleanup()
+        }
+        let (cp, s1, _) = try setUp(h, flags: ["--power-sync-interval", "1"] + dbFlags)
+        func power(_ name: String) throws -> [String: Any] { try cp.machine(name)["power"] as? [String: Any] ?? [:] }
+        func metrics() throws -> String { try h.run(["curl", "-sf", cp.http + "/metrics"]).stdout }
+
+        // Read: ready machines are off, as their state expects.
+        try h.waitUntil("m1's power read", timeout: 30, interval: 0.5) {
+            try power("m1")["state"] as? String == "off" && power("m1")["read"] != nil
+        }
+        #expect(try power("m1")["expected"] == nil)
+
+        // Powered on behind Farrier's back: drift, an event, a metric; nothing is done about it.
+        _ = try s1.ipmitool(["chassis", "power", "on"])
+        try h.waitUntil("m1's drift", timeout: 30, interval: 0.5) { try power("m1")["expected"] as? String == "off" }
+        #expect(try power("m1")["state"] as? String == "on")
+        #expect(try cp.cli(["machine", "list"]).stdout.contains("on, expected off"))
+        #expect(try cp.cli(["machine", "show", "m1"]).stdout.contains("DRIFT: its state expects off"))
+        try h.waitUntil("the drift metric", timeout: 10, interval: 0.5) {
+            try metrics().contains("farrier_power_drift_machines 1\n")
+        }
+        let watched = try h.run(
+            [
+                "timeout", "5", ControlPlane.bin, "machine", "watch", "m1", "--after", "1", "--server", cp.grpc,
+                "--token",
+                cp.adminToken,
+            ],
+            timeout: 15,
+            check: false
+        ).stdout
+        #expect(watched.contains("power drift: found on, but a ready machine should be off"), "\(watched)")
+        #expect(try s1.ipmitool(["chassis", "power", "status"]).contains("on"))
+        #expect(try cp.state("m1") == "ready")
+
+        // A BMC nobody answers for: marked, with the error and since when (the error for admins).
+        try cp.cli([
+            "machine", "enroll", "m3", "--mac", "52:54:00:cc:00:09", "--bmc", "ipmi://admin@127.0.0.1:9",
+            "--bmc-password-file", s1.passwordFile,
+        ])
+        try h.waitUntil("m3's BMC marked", timeout: 60, interval: 0.5) { try power("m3")["failingSince"] != nil }
+        #expect(try (power("m3")["error"] as? String ?? "").contains("127.0.0.1:9"))
+        #expect(try power("m3")["state"] as? String == "unknown")
+        try h.waitUntil("the unreachable metric", timeout: 10, interval: 0.5) {
+            try metrics().contains("farrier_bmc_unreachable_machines 1\n")
+        }
+
+        // Maintenance: bad requests are refused with what to do, and change nothing.
+        try cp.cli(["project", "create", "team-a"])
+        let member = try cp.cli(["token", "create", "--project", "team-a"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let noReason = try cp.cli(["machine", "maintenance", "on", "m1"], check: false)
+        #expect(noReason.status == 64 && noReason.stderr.contains("maintenance needs a reason"), "\(noReason.stderr)")
+        let asMember = try cp.cli(["machine", "maintenance", "on", "m1", "--reason", "x"], token: member, check: false)
+        #expect(
+            asMember.status != 0 && asMember.stderr.contains("maintenance needs an admin token"),
+            "\(asMember.stderr)"
+        )
+        let unknown = try cp.cli(["machine", "maintenance", "on", "nope", "--reason", "x"], check: false)
+        #expect(unknown.status != 0 && unknown.stderr.contains("no machine named or with MAC 'nope'"))
+        #expect(try cp.machine("m1")["maintenance"] == nil)
+
+        // On: shown by list and show; no step starts on it; the power sync leaves it alone.
+        #expect(
+            try cp.cli(["machine", "maintenance", "on", "m1", "--reason", "DIMM swap in slot B2"]).stdout
+                == "machine m1 maintenance on: DIMM swap in slot B2\n"
+        )
+        let held = try cp.machine("m1")["maintenance"] as? [String: Any]
+        #expect(held?["reason"] as? String == "DIMM swap in slot B2" && held?["since"] != nil && held?["by"] != nil)
+        #expect(try cp.cli(["machine", "list"]).stdout.contains("DIMM swap in slot B2"))
+        let commission = try cp.cli(["machine", "commission", "m1"], check: false)
+        #expect(commission.stderr.contains("m1 is in maintenance (DIMM swap in slot B2"), "\(commission.stderr)")
+        #expect(try cp.state("m1") == "ready")
+        let readBefore = try power("m1")["read"] as? String
+        // Two of m2's reads (2 rounds at least) while m1's stays as it was.
+        var m2Reads: Set<String> = []
+        try h.waitUntil("two power sync rounds", timeout: 30, interval: 0.3) {
+            if let r = try power("m2")["read"] as? String { m2Reads.insert(r) }
+            return m2Reads.count >= 3
+        }
+        #expect(try power("m1")["read"] as? String == readBefore)
+        // An admin's own power action still works.
+        #expect(try cp.cli(["machine", "power", "m1", "off"]).stdout.contains("off: ok"))
+
+        // Off: read again (the admin's power off ended the drift), and steps may start.
+        #expect(try cp.cli(["machine", "maintenance", "off", "m1"]).stdout == "machine m1 maintenance off\n")
+        try h.waitUntil("m1 read again", timeout: 30, interval: 0.5) {
+            try power("m1")["read"] as? String != readBefore && power("m1")["expected"] == nil
+        }
+        #expect(try cp.machine("m1")["maintenance"] == nil)
+
+        // Only between steps: refused while m2 commissions.
+        try cp.cli(["machine", "commission", "m2"])
+        let duringStep = try cp.cli(["machine", "maintenance", "on", "m2", "--reason", "x"], check: false)
+        #expect(duringStep.status != 0 && duringStep.stderr.contains("only between steps"), "\(duringStep.stderr)")
+        #expect(try cp.machine("m2")["maintenance"] == nil)
+    }
+
     @Test(arguments: Self.databases) func killNineAtEveryStepResumes(_ databaseKind: String) throws {
         let h = try Harness("kill-nine")
         let (pg, dbFlags) = try database(databaseKind, h)

@@ -328,6 +328,44 @@ extension MachineCommand {
         }
     }
 
+    struct MaintenanceCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "maintenance",
+            abstract: "Put a machine in maintenance, or take it out (admin).",
+            discussion: """
+                In maintenance nothing is done to the machine: no lifecycle step starts on it, the power \
+                sync does not read its BMC, it is not allocatable, and tenants' restarts and power actions \
+                are refused (an admin's `machine power` still works). list and show show the reason. It \
+                starts only between steps: wait for a running step to end, or to fail.
+                """
+        )
+        enum Mode: String, ExpressibleByArgument, CaseIterable { case on, off }
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var output: OutputOptions
+        @Argument(help: "on or off.") var mode: Mode
+        @Argument(help: "Machine name or MAC.") var name: String
+        @Option(help: "Why (required with on; one line, at most 256 characters).") var reason: String?
+
+        func validate() throws {
+            if mode == .on, let p = Maintenance.reasonProblem(reason ?? "") { throw ValidationError(p) }
+            if mode == .off, reason != nil { throw ValidationError("--reason is for maintenance on") }
+        }
+
+        func run() async throws {
+            let printer = try MachineView.printer(output)
+            var req = Farrier_V1_SetMaintenanceRequest()
+            req.name = name
+            req.on = mode == .on
+            req.reason = reason ?? ""
+            let request = req
+            let m = try await rpc(client) { c in try await c.machines.setMaintenance(request) }
+            let view = MachineView(m)
+            try printer.one(view) {
+                "machine \(view.name) maintenance \(mode.rawValue)\(view.maintenance.map { ": \($0.reason)" } ?? "")"
+            }
+        }
+    }
+
     struct Retry: MachineVerb {
         static let configuration = CommandConfiguration(abstract: "Run the failed step of a failed machine again.")
         static let verb = "retry"

@@ -14,7 +14,7 @@ struct MachineCommand: AsyncParsableCommand {
             List.self, Show.self, Enroll.self, Commission.self, Deploy.self, Release.self, Rescue.self, ExitRescue.self,
             Restart.self, Power.self, Console.self, SSH.self, Retry.self, Abort.self, Update.self, Delete.self,
             Watch.self,
-            Bootdev.self,
+            Bootdev.self, MaintenanceCommand.self,
         ]
     )
 
@@ -80,6 +80,8 @@ struct MachineCommand: AsyncParsableCommand {
                     "MAC:           \(view.mac)",
                     "State:         \(view.stateLine)" + (view.failedStep.map { " (failed step: \($0))" } ?? ""),
                     "Reason:        \(view.reason ?? "-")",
+                    "Maintenance:   \(view.maintenanceDetail ?? "off")",
+                    "Power:         \(view.powerDetail ?? "- (not read yet)")",
                     "Next boot:     \(view.nextBoot)",
                     "Project:       \(view.project ?? "-")",
                     "Address:       \(view.address ?? "-")",
@@ -214,7 +216,27 @@ struct MachineView: Codable {
     var deployment: DeploymentView?
     var progress: ProgressView?
     var inventory: InventoryView?
+    var maintenance: MaintenanceView?
+    var power: PowerView?
     var timeline: [Event]
+
+    struct MaintenanceView: Codable {
+        var reason: String
+        var since: Date
+        /// The admin token that set it (admins only).
+        var by: String?
+    }
+    struct PowerView: Codable {
+        /// on, off or unknown.
+        var state: String
+        /// When the BMC last answered.
+        var read: Date?
+        /// The last attempt's error (admins only).
+        var error: String?
+        var failingSince: Date?
+        /// What the machine's state expects, when the reading differs.
+        var expected: String?
+    }
 
     init(_ m: Farrier_V1_Machine) {
         func opt(_ s: String) -> String? { s.isEmpty ? nil : s }
@@ -267,6 +289,22 @@ struct MachineView: Codable {
                 serial: m.inventory.serial,
                 firmware: m.inventory.firmware
             ) : nil
+        maintenance =
+            m.hasMaintenance
+            ? MaintenanceView(
+                reason: m.maintenance.reason,
+                since: m.maintenance.since.date,
+                by: opt(m.maintenance.by)
+            ) : nil
+        power =
+            m.hasPower
+            ? PowerView(
+                state: m.power.state,
+                read: m.power.hasRead ? m.power.read.date : nil,
+                error: opt(m.power.error),
+                failingSince: m.power.hasFailingSince ? m.power.failingSince.date : nil,
+                expected: opt(m.power.expected)
+            ) : nil
         timeline = m.timeline.map { Event(time: $0.time.date, stage: $0.stage, event: $0.event, detail: $0.detail) }
     }
 
@@ -275,6 +313,7 @@ struct MachineView: Codable {
         Column("NAME") { $0.name }, Column("MAC") { $0.mac }, Column("STATE") { $0.stateLine },
         Column("PROJECT") { $0.project ?? "-" }, Column("ADDRESS") { $0.address ?? "-" },
         Column("ARCH") { $0.architecture }, Column("FIRMWARE") { $0.firmware }, Column("TAGS") { tagsLine($0.tags) },
+        Column("POWER") { $0.powerLine }, Column("MAINTENANCE") { $0.maintenance?.reason ?? "-" },
         Column("LAST SEEN") { ago($0.lastSeen) }, Column("REASON", byDefault: false) { $0.reason ?? "-" },
         Column("SITE", byDefault: false) { $0.site ?? "-" }, Column("ZONE", byDefault: false) { $0.zone ?? "-" },
         Column("RACK", byDefault: false) { $0.rack ?? "-" },
@@ -286,6 +325,32 @@ struct MachineView: Codable {
 
     static func printer(_ output: OutputOptions) throws -> Printer<MachineView> {
         try output.printer(columns, name: \.name)
+    }
+
+    /// `on (2m ago)`, `off, expected on (10s ago)`, `unknown, BMC failing 5m`; `-` until read.
+    var powerLine: String {
+        guard let p = power else { return "-" }
+        var line = p.state
+        if let e = p.expected { line += ", expected \(e)" }
+        if let f = p.failingSince { line += ", BMC failing since \(ago(f))" }
+        if let r = p.read { line += " (\(ago(r)))" }
+        return line
+    }
+
+    var powerDetail: String? {
+        guard let p = power else { return nil }
+        var line = p.state
+        if let e = p.expected { line += " (DRIFT: its state expects \(e))" }
+        if let r = p.read { line += ", read \(iso(r)) (\(ago(r)))" }
+        if let f = p.failingSince {
+            line += "; the BMC has not answered since \(iso(f))" + (p.error.map { ": \($0)" } ?? "")
+        }
+        return line
+    }
+
+    var maintenanceDetail: String? {
+        guard let h = maintenance else { return nil }
+        return "on since \(iso(h.since))\(h.by.map { " by \($0)" } ?? ""): \(h.reason)"
     }
 
     /// State with its phase, e.g. `deploying/agent`.

@@ -162,6 +162,17 @@ struct ServerCommand: AsyncParsableCommand {
     var lifecycleMaxWorkers: Int?
 
     @Option(
+        help:
+            "Seconds between two reads of each enrolled BMC's power state; 0: none. [power-sync.interval, FARRIER_POWER_SYNC_INTERVAL; default 300]"
+    )
+    var powerSyncInterval: Int?
+
+    @Option(
+        help: "BMC power reads in flight at once. [power-sync.concurrency, FARRIER_POWER_SYNC_CONCURRENCY; default 16]"
+    )
+    var powerSyncConcurrency: Int?
+
+    @Option(
         name: .customLong("lifecycle-claim-ttl"),
         help:
             "Seconds a replica's claim on a machine's work lasts unrenewed: how soon another replica takes over a dead one's machines. [lifecycle.claim-ttl, FARRIER_LIFECYCLE_CLAIM_TTL; default 20]"
@@ -249,6 +260,8 @@ struct ServerCommand: AsyncParsableCommand {
             ("lifecycle.max-wipes", lifecycleMaxWipes.map(String.init)),
             ("lifecycle.claim-ttl", lifecycleClaimTTL.map(String.init)),
             ("lifecycle.max-workers", lifecycleMaxWorkers.map(String.init)),
+            ("power-sync.interval", powerSyncInterval.map(String.init)),
+            ("power-sync.concurrency", powerSyncConcurrency.map(String.init)),
             ("memory.arenas", memoryArenas.map(String.init)),
             ("memory.trim-interval", memoryTrimInterval.map(String.init)),
         ]

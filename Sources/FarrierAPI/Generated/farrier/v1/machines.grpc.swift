@@ -220,6 +220,19 @@ public enum Farrier_V1_MachineService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "SetMaintenance" metadata.
+        public enum SetMaintenance: Sendable {
+            /// Request type for "SetMaintenance".
+            public typealias Input = Farrier_V1_SetMaintenanceRequest
+            /// Response type for "SetMaintenance".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "SetMaintenance".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "SetMaintenance",
+                type: .unary
+            )
+        }
         /// Namespace for "DeleteMachine" metadata.
         public enum DeleteMachine: Sendable {
             /// Request type for "DeleteMachine".
@@ -263,6 +276,7 @@ public enum Farrier_V1_MachineService: Sendable {
             RestartMachine.descriptor,
             RetryMachine.descriptor,
             AbortMachine.descriptor,
+            SetMaintenance.descriptor,
             DeleteMachine.descriptor,
             WatchEvents.descriptor
         ]
@@ -565,6 +579,25 @@ extension Farrier_V1_MachineService {
         /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
         func abortMachine(
             request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "SetMaintenance" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Puts a machine in maintenance or takes it out. In maintenance nothing is done to it by the
+        /// > reconciler or the power sync, and it is not allocatable. Refused while a step runs. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SetMaintenanceRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func setMaintenance(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SetMaintenanceRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
 
@@ -891,6 +924,25 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
 
+        /// Handle the "SetMaintenance" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Puts a machine in maintenance or takes it out. In maintenance nothing is done to it by the
+        /// > reconciler or the power sync, and it is not allocatable. Refused while a step runs. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetMaintenanceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func setMaintenance(
+            request: GRPCCore.ServerRequest<Farrier_V1_SetMaintenanceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
         /// Handle the "DeleteMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -1213,6 +1265,25 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_Machine
 
+        /// Handle the "SetMaintenance" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Puts a machine in maintenance or takes it out. In maintenance nothing is done to it by the
+        /// > reconciler or the power sync, and it is not allocatable. Refused while a step runs. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_SetMaintenanceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func setMaintenance(
+            request: Farrier_V1_SetMaintenanceRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
         /// Handle the "DeleteMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -1423,6 +1494,17 @@ extension Farrier_V1_MachineService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.SetMaintenance.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SetMaintenanceRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.setMaintenance(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Farrier_V1_MachineService.Method.DeleteMachine.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_DeleteMachineResponse>(),
@@ -1598,6 +1680,17 @@ extension Farrier_V1_MachineService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
         let response = try await self.abortMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func setMaintenance(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_SetMaintenanceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.setMaintenance(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1822,6 +1915,19 @@ extension Farrier_V1_MachineService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
         return GRPCCore.ServerResponse<Farrier_V1_Machine>(
             message: try await self.abortMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func setMaintenance(
+        request: GRPCCore.ServerRequest<Farrier_V1_SetMaintenanceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.setMaintenance(
                 request: request.message,
                 context: context
             ),
@@ -2216,6 +2322,30 @@ extension Farrier_V1_MachineService {
         func abortMachine<Result>(
             request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
             serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SetMaintenance" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Puts a machine in maintenance or takes it out. In maintenance nothing is done to it by the
+        /// > reconciler or the power sync, and it is not allocatable. Refused while a step runs. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetMaintenanceRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SetMaintenanceRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func setMaintenance<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SetMaintenanceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SetMaintenanceRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
@@ -2800,6 +2930,41 @@ extension Farrier_V1_MachineService {
             )
         }
 
+        /// Call the "SetMaintenance" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Puts a machine in maintenance or takes it out. In maintenance nothing is done to it by the
+        /// > reconciler or the power sync, and it is not allocatable. Refused while a step runs. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetMaintenanceRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SetMaintenanceRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func setMaintenance<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SetMaintenanceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SetMaintenanceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.SetMaintenance.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "DeleteMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -3302,6 +3467,36 @@ extension Farrier_V1_MachineService.ClientProtocol {
         try await self.abortMachine(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetMaintenance" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Puts a machine in maintenance or takes it out. In maintenance nothing is done to it by the
+    /// > reconciler or the power sync, and it is not allocatable. Refused while a step runs. Admin.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_SetMaintenanceRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setMaintenance<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_SetMaintenanceRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.setMaintenance(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SetMaintenanceRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
             options: options,
             onResponse: handleResponse
@@ -3860,6 +4055,40 @@ extension Farrier_V1_MachineService.ClientProtocol {
             metadata: metadata
         )
         return try await self.abortMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetMaintenance" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Puts a machine in maintenance or takes it out. In maintenance nothing is done to it by the
+    /// > reconciler or the power sync, and it is not allocatable. Refused while a step runs. Admin.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setMaintenance<Result>(
+        _ message: Farrier_V1_SetMaintenanceRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_SetMaintenanceRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.setMaintenance(
             request: request,
             options: options,
             onResponse: handleResponse

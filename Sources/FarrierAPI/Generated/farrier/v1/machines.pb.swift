@@ -192,11 +192,100 @@ public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
     set {_uniqueStorage()._site = newValue}
   }
 
+  /// Set while the machine is in maintenance.
+  public var maintenance: Farrier_V1_Maintenance {
+    get {_storage._maintenance ?? Farrier_V1_Maintenance()}
+    set {_uniqueStorage()._maintenance = newValue}
+  }
+  /// Returns true if `maintenance` has been explicitly set.
+  public var hasMaintenance: Bool {_storage._maintenance != nil}
+  /// Clears the value of `maintenance`. Subsequent reads from it will return its default value.
+  public mutating func clearMaintenance() {_uniqueStorage()._maintenance = nil}
+
+  /// The power sync's last reading of its BMC; unset until the first.
+  public var power: Farrier_V1_PowerReading {
+    get {_storage._power ?? Farrier_V1_PowerReading()}
+    set {_uniqueStorage()._power = newValue}
+  }
+  /// Returns true if `power` has been explicitly set.
+  public var hasPower: Bool {_storage._power != nil}
+  /// Clears the value of `power`. Subsequent reads from it will return its default value.
+  public mutating func clearPower() {_uniqueStorage()._power = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Farrier_V1_Maintenance: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Why, as the admin who set it wrote it.
+  public var reason: String = String()
+
+  public var since: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_since ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_since = newValue}
+  }
+  /// Returns true if `since` has been explicitly set.
+  public var hasSince: Bool {self._since != nil}
+  /// Clears the value of `since`. Subsequent reads from it will return its default value.
+  public mutating func clearSince() {self._since = nil}
+
+  /// The token name of the admin who set it.
+  public var by: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _since: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Farrier_V1_PowerReading: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// on, off or unknown (unknown: the BMC did not answer; see error).
+  public var state: String = String()
+
+  /// When the BMC last answered.
+  public var read: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_read ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_read = newValue}
+  }
+  /// Returns true if `read` has been explicitly set.
+  public var hasRead: Bool {self._read != nil}
+  /// Clears the value of `read`. Subsequent reads from it will return its default value.
+  public mutating func clearRead() {self._read = nil}
+
+  /// Why the last attempt failed; empty when the BMC answered.
+  public var error: String = String()
+
+  /// Since when the BMC has failed to answer; unset while it answers.
+  public var failingSince: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_failingSince ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_failingSince = newValue}
+  }
+  /// Returns true if `failingSince` has been explicitly set.
+  public var hasFailingSince: Bool {self._failingSince != nil}
+  /// Clears the value of `failingSince`. Subsequent reads from it will return its default value.
+  public mutating func clearFailingSince() {self._failingSince = nil}
+
+  /// What the machine's state expects (on or off) when the reading differs; empty otherwise.
+  public var expected: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _read: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _failingSince: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 public nonisolated struct Farrier_V1_Inventory: Sendable {
@@ -695,6 +784,25 @@ public nonisolated struct Farrier_V1_ReleaseMachineRequest: Sendable {
   public init() {}
 }
 
+public nonisolated struct Farrier_V1_SetMaintenanceRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A machine name or MAC.
+  public var name: String = String()
+
+  /// true: into maintenance (reason required); false: out of it.
+  public var on: Bool = false
+
+  /// Why (at most 256 characters); shown by list and show.
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Farrier_V1_DeleteMachineResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -775,7 +883,7 @@ fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -802,6 +910,8 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     var _progress: Farrier_V1_Progress? = nil
     var _address: String = String()
     var _site: String = String()
+    var _maintenance: Farrier_V1_Maintenance? = nil
+    var _power: Farrier_V1_PowerReading? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -836,6 +946,8 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       _progress = source._progress
       _address = source._address
       _site = source._site
+      _maintenance = source._maintenance
+      _power = source._power
     }
   }
 
@@ -878,6 +990,8 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         case 22: try { try decoder.decodeSingularMessageField(value: &_storage._progress) }()
         case 23: try { try decoder.decodeSingularStringField(value: &_storage._address) }()
         case 24: try { try decoder.decodeSingularStringField(value: &_storage._site) }()
+        case 25: try { try decoder.decodeSingularMessageField(value: &_storage._maintenance) }()
+        case 26: try { try decoder.decodeSingularMessageField(value: &_storage._power) }()
         default: break
         }
       }
@@ -962,6 +1076,12 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._site.isEmpty {
         try visitor.visitSingularStringField(value: _storage._site, fieldNumber: 24)
       }
+      try { if let v = _storage._maintenance {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      } }()
+      try { if let v = _storage._power {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -995,10 +1115,110 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._progress != rhs_storage._progress {return false}
         if _storage._address != rhs_storage._address {return false}
         if _storage._site != rhs_storage._site {return false}
+        if _storage._maintenance != rhs_storage._maintenance {return false}
+        if _storage._power != rhs_storage._power {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Maintenance: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Maintenance"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0\u{1}since\0\u{1}by\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._since) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.by) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
+    }
+    try { if let v = self._since {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.by.isEmpty {
+      try visitor.visitSingularStringField(value: self.by, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Maintenance, rhs: Farrier_V1_Maintenance) -> Bool {
+    if lhs.reason != rhs.reason {return false}
+    if lhs._since != rhs._since {return false}
+    if lhs.by != rhs.by {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_PowerReading: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PowerReading"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0\u{1}read\0\u{1}error\0\u{3}failing_since\0\u{1}expected\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._read) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._failingSince) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.expected) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 1)
+    }
+    try { if let v = self._read {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 3)
+    }
+    try { if let v = self._failingSince {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.expected.isEmpty {
+      try visitor.visitSingularStringField(value: self.expected, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_PowerReading, rhs: Farrier_V1_PowerReading) -> Bool {
+    if lhs.state != rhs.state {return false}
+    if lhs._read != rhs._read {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs._failingSince != rhs._failingSince {return false}
+    if lhs.expected != rhs.expected {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2004,6 +2224,46 @@ nonisolated extension Farrier_V1_ReleaseMachineRequest: SwiftProtobuf.Message, S
   public static func ==(lhs: Farrier_V1_ReleaseMachineRequest, rhs: Farrier_V1_ReleaseMachineRequest) -> Bool {
     if lhs.name != rhs.name {return false}
     if lhs.wipe != rhs.wipe {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_SetMaintenanceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetMaintenanceRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}on\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.on) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.on != false {
+      try visitor.visitSingularBoolField(value: self.on, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SetMaintenanceRequest, rhs: Farrier_V1_SetMaintenanceRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.on != rhs.on {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,272 @@
+import FarrierBMC
+import FarrierCore
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// Reads every enrolled BMC's power state, on `ControlConfiguration.powerSyncInterval`, and keeps
+/// the reading on the machine (`Machine.power`): what `machine list` shows as POWER.
+///
+/// - Each machine is read at its own random time within the interval (jitter: 10 000 BMCs are
+///   not all asked in the same second), at most `powerSyncConcurrency` at once.
+/// - A BMC that fails is read again only every 2, 4, 8… intervals (per-BMC backoff, at most an
+///   hour apart), and is marked on the machine with the error and since when.
+/// - A machine whose power differs from what its state expects (`PowerReading.expected`) gets an
+///   event and counts in a metric. Nothing acts on it: the operator decides.
+/// - Machines in maintenance or in a step are not read: the step's worker owns the BMC.
+/// - Replicas on one PostgreSQL database read through one of them, the holder of an advisory
+///   lock (`DHCPFence` with the key `power-sync`); another takes over when it goes.
+public actor PowerSync: Service {
+    let controller: Controller
+    let fence: (any DHCPFence)?
+    let logger: Logger
+    public nonisolated let metrics = PowerSyncMetrics()
+    /// Consecutive failed reads per machine: its backoff.
+    var failures: [String: Int] = [:]
+    var round = 0
+    var holding = false
+
+    public init(controller: Controller, fence: (any DHCPFence)?, logger: Logger) {
+        self.controller = controller
+        self.fence = fence
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let interval = controller.configuration.powerSyncInterval
+        guard interval > .zero else {
+            // Off: wait for the shutdown (a service that returns would end the server).
+            try? await gracefulShutdown()
+            return
+        }
+        var next = ContinuousClock.now
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            let until = next
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(until: until) }
+            if Task.isShuttingDownGracefully || Task.isCancelled { break }
+            next = ContinuousClock.now + interval
+            guard await leads() else { continue }
+            await cancelWhenGracefulShutdown { await self.sweep(within: interval) }
+            round += 1
+        }
+        if holding { await fence?.release() }
+    }
+
+    /// Whether this replica reads the BMCs this round: always with one database file, and with
+    /// PostgreSQL while it holds the power sync's lock.
+    func leads() async -> Bool {
+        guard let fence else { return true }
+        if holding {
+            do {
+                try await fence.check()
+                return true
+            } catch {
+                holding = false
+                await fence.release()
+                logger.warning("power sync: lost its lock; another replica may read the BMCs now")
+            }
+        }
+        holding = (try? await fence.acquire(["power-sync"])) ?? false
+        if holding { logger.info("power sync: this replica reads the BMCs") }
+        return holding
+    }
+
+    /// One round: every machine due is read once, at a random moment within 80% of `interval`.
+    func sweep(within interval: Duration) async {
+        let machines: [Machine]
+        do { machines = try await controller.store.machines() } catch {
+            logger.error("power sync cannot read machines", metadata: ["error": "\(error)"])
+            return
+        }
+        let ids = Set(machines.map(\.id))
+        failures = failures.filter { ids.contains($0.key) }
+        // Backoff in rounds: after n failures, every 2^n rounds, at most an hour apart.
+        let cap = max(1, Int(3600 / max(1, interval.components.seconds)))
+        let targets = machines.filter { m in
+            guard Self.readable(m) else { return false }
+            let n = failures[m.id] ?? 0
+            return n == 0 || round % min(1 << min(n, 16), cap) == 0
+        }
+        let spread = Double(interval.components.seconds) * 0.8
+        let start = ContinuousClock.now
+        let planned = targets.map { (m: $0, at: start + .milliseconds(Int64(Double.random(in: 0..<spread) * 1000))) }
+            .sorted { $0.at < $1.at }
+        let width = max(1, controller.configuration.powerSyncConcurrency)
+        await withTaskGroup(of: (String, Bool).self) { group in
+            var inFlight = 0
+            for p in planned {
+                if Task.isCancelled { break }
+                try? await Task.sleep(until: p.at)
+                if inFlight >= width, let (id, ok) = await group.next() {
+                    inFlight -= 1
+                    failures[id] = ok ? nil : (failures[id] ?? 0) + 1
+                }
+                inFlight += 1
+                group.addTask { [self] in (p.m.id, await self.read(p.m)) }
+            }
+            for await (id, ok) in group { failures[id] = ok ? nil : (failures[id] ?? 0) + 1 }
+        }
+        metrics.set(machines: machines.filter(Self.readable).count)
+    }
+
+    /// Whether the power sync reads this machine at all.
+    static func readable(_ m: Machine) -> Bool {
+        m.bmc != nil && m.maintenance == nil && m.phase == .none && !Lifecycle.steps.contains(m.state)
+    }
+
+    /// Reads one machine's power and records it; true when the BMC answered (or was not asked).
+    nonisolated func read(_ m: Machine) async -> Bool {
+        let result: Result<PowerState, any Error>
+        do {
+            guard let reference = m.bmc, let sealed = try await controller.store.sealedBMCPassword(machineID: m.id)
+            else { return true }
+            let bmc = try await controller.pool.bmc(
+                machineID: m.id,
+                reference: reference,
+                sealedPassword: sealed,
+                site: m.site
+            )
+            result = .success(try await bmc.powerState())
+        } catch let away as SiteLinkAway {
+            // The site's link is down, not the BMC: nothing is known, nothing is marked.
+            logger.debug("power sync: site away", metadata: ["machine": "\(m.name)", "site": "\(away.site)"])
+            return true
+        } catch {
+            result = .failure(error)
+        }
+        do {
+            try await record(machineID: m.id, result)
+        } catch {
+            logger.warning(
+                "power sync cannot record a reading",
+                metadata: ["machine": "\(m.name)", "error": "\(error)"]
+            )
+        }
+        if case .success = result { return true }
+        return false
+    }
+
+    /// Writes a reading onto the machine, with an event where something began or ended (drift,
+    /// a BMC that stopped answering). A machine that went into maintenance or a step since it
+    /// was listed keeps what it had.
+    nonisolated func record(machineID: String, _ result: Result<PowerState, any Error>) async throws {
+        let now = Date()
+        // What the commit wrote: the reading (nil: the machine was left alone) and whether it
+        // carried events (only then are watchers woken: a reading alone is no news).
+        let note = TransactionNote<(PowerReading?, Bool)>((nil, false))
+        _ = try await controller.store.update(machineID: machineID) { x in
+            guard Self.readable(x) else {
+                note.set((nil, false))
+                return []
+            }
+            let (reading, messages) = Self.next(x.power, state: x.state, result, now: now)
+            x.power = reading
+            note.set((reading, !messages.isEmpty))
+            return messages.map { MachineEvent(x, kind: .action, message: $0) }
+        }
+        let (reading, news) = note.value
+        guard let reading else { return }
+        if case .success = result { metrics.read(ok: true) } else { metrics.read(ok: false) }
+        metrics.note(machineID: machineID, drifting: reading.expected != nil, failing: reading.failingSince != nil)
+        if news { controller.wake() }
+    }
+
+    /// The pure part of a reading: the machine's next `PowerReading` and the events it deserves.
+    static func next(
+        _ previous: PowerReading?,
+        state: MachineState,
+        _ result: Result<PowerState, any Error>,
+        now: Date
+    ) -> (PowerReading, [String]) {
+        var p = previous ?? PowerReading(state: .unknown, read: nil)
+        var events: [String] = []
+        switch result {
+        case .success(let answered):
+            let s = PowerReading.State(rawValue: answered.rawValue) ?? .unknown
+            if p.failingSince != nil { events.append("power sync: the BMC answers again (power \(s.rawValue))") }
+            p.state = s
+            p.read = now
+            p.error = nil
+            p.failingSince = nil
+            let expected = PowerReading.expected(for: state)
+            let drift = s != .unknown && expected != nil && s != expected
+            if drift, p.expected == nil, let expected {
+                events.append(
+                    "power drift: found \(s.rawValue), but a \(state.rawValue) machine should be \(expected.rawValue); nothing was done (look at it, or restart or power it)"
+                )
+            } else if !drift, let was = p.expected {
+                events.append("power as expected again: \(s.rawValue) (the drift from \(was.rawValue) ended)")
+            }
+            p.expected = drift ? expected : nil
+        case .failure(let error):
+            let text = String(describing: error)
+            if p.failingSince == nil {
+                p.failingSince = now
+                events.append("power sync: the BMC stopped answering: \(text)")
+            }
+            p.error = String(text.prefix(512))
+        }
+        return (p, events)
+    }
+}
+
+/// The power sync's numbers for `/metrics`.
+public final class PowerSyncMetrics: Sendable {
+    struct Counts {
+        var readsOK = 0
+        var readsFailed = 0
+        var driftEvents = 0
+        var machines = 0
+        var drifting: Set<String> = []
+        var failing: Set<String> = []
+    }
+    let counts = Mutex(Counts())
+
+    public init() {}
+
+    func read(ok: Bool) {
+        counts.withLock { if ok { $0.readsOK += 1 } else { $0.readsFailed += 1 } }
+    }
+
+    func set(machines: Int) { counts.withLock { $0.machines = machines } }
+
+    func note(machineID: String, drifting: Bool, failing: Bool) {
+        counts.withLock { c in
+            if drifting {
+                if c.drifting.insert(machineID).inserted { c.driftEvents += 1 }
+            } else {
+                c.drifting.remove(machineID)
+            }
+            if failing { c.failing.insert(machineID) } else { c.failing.remove(machineID) }
+        }
+    }
+
+    /// Machines whose power differs from what their state expects, as last read.
+    public var drifting: Int { counts.withLock { $0.drifting.count } }
+    /// Machines whose BMC did not answer at its last read.
+    public var failing: Int { counts.withLock { $0.failing.count } }
+
+    public func render() -> String {
+        let c = counts.withLock { $0 }
+        return """
+            # HELP farrier_power_sync_reads_total BMC power reads by the power sync, by result
+            # TYPE farrier_power_sync_reads_total counter
+            farrier_power_sync_reads_total{result="ok"} \(c.readsOK)
+            farrier_power_sync_reads_total{result="error"} \(c.readsFailed)
+            # HELP farrier_power_sync_machines Machines the power sync reads (enrolled with a BMC, not in maintenance or a step)
+            # TYPE farrier_power_sync_machines gauge
+            farrier_power_sync_machines \(c.machines)
+            # HELP farrier_power_drift_machines Machines whose power differs from what their state expects, as last read
+            # TYPE farrier_power_drift_machines gauge
+            farrier_power_drift_machines \(c.drifting.count)
+            # HELP farrier_power_drift_total Times a machine was found with power its state does not expect
+            # TYPE farrier_power_drift_total counter
+            farrier_power_drift_total \(c.driftEvents)
+            # HELP farrier_bmc_unreachable_machines Machines whose BMC did not answer the power sync's last read
+            # TYPE farrier_bmc_unreachable_machines gauge
+            farrier_bmc_unreachable_machines \(c.failing.count)
+
+            """
+    }
+}
