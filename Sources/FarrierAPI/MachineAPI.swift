@@ -186,27 +186,60 @@ extension MachineAPI {
                 message: "mac '\(request.mac)' is not a MAC address (like 52:54:00:12:34:56)"
             )
         }
+        // The password: the request's, or a named credential's (whose user the URL may leave out).
+        var url = request.bmcURL
+        let password: String
+        var credential: String?
+        switch (request.bmcPassword.isEmpty, request.bmcCredential.isEmpty) {
+        case (true, true):
+            throw RPCError(code: .invalidArgument, message: "bmc_password or bmc_credential is required")
+        case (false, false):
+            throw RPCError(code: .invalidArgument, message: "give bmc_password or bmc_credential, not both")
+        case (false, true): password = request.bmcPassword
+        case (true, false):
+            guard let (c, secret) = try await openCredential(request.bmcCredential) else {
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "no BMC credential named '\(request.bmcCredential)' (farrier bmc credential list)"
+                )
+            }
+            switch Self.urlUser(url) {
+            case nil: url = Self.url(url, user: c.user)
+            case c.user?: break
+            case let other?:
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "the BMC URL's user '\(other)' is not credential \(c.name)'s ('\(c.user)'); leave it out"
+                )
+            }
+            password = secret
+            credential = c.name
+        }
         let reference: BMCReference
         do {
-            reference = try BMCReference(url: request.bmcURL, insecureTLS: request.bmcInsecureTls)
+            reference = try BMCReference(url: url, insecureTLS: request.bmcInsecureTls)
         } catch {
             throw RPCError(code: .invalidArgument, message: error.description)
-        }
-        guard !request.bmcPassword.isEmpty else {
-            throw RPCError(code: .invalidArgument, message: "bmc_password is required")
         }
         let site = try await knownSite(request.site)
         // The password is sealed to the machine's ID: the existing one for a known MAC.
         let id = try await store.machine(mac: mac)?.id ?? UUID().uuidString.lowercased()
-        let sealed = try vault.seal(request.bmcPassword, machineID: id)
-        var machine = try await controller.enroll(name: request.name, mac: mac, bmc: reference, sealedPassword: sealed)
+        let sealed = try vault.seal(password, machineID: id)
+        var machine = try await controller.enroll(
+            name: request.name,
+            mac: mac,
+            bmc: reference,
+            sealedPassword: sealed,
+            credential: credential
+        )
         if machine.id != id {
             // A new machine got a new ID in the store: seal again under it.
             machine = try await controller.enroll(
                 name: request.name,
                 mac: mac,
                 bmc: reference,
-                sealedPassword: try vault.seal(request.bmcPassword, machineID: machine.id)
+                sealedPassword: try vault.seal(password, machineID: machine.id),
+                credential: credential
             )
         }
         // Enrolling again without a site keeps the machine's (`update --site ''` clears it).
@@ -478,6 +511,8 @@ extension Farrier_V1_Machine {
             deployment = x
         }
         if let p = m.progress { progress = Farrier_V1_Progress(p) }
+        if admin, let c = m.bmcCredential { bmcCredential = c }
+        otherMacs = m.otherMACs ?? []
         if let hold = m.maintenance {
             var x = Farrier_V1_Maintenance()
             x.reason = hold.reason

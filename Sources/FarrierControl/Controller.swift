@@ -169,11 +169,27 @@ public final class Controller: Sendable {
         name: String,
         mac: MACAddress,
         bmc: BMCReference,
-        sealedPassword: [UInt8]
+        sealedPassword: [UInt8],
+        credential: String? = nil
     ) async throws -> Machine {
-        let m = try await store.enroll(name: name, mac: mac, bmc: bmc, sealedPassword: sealedPassword, at: Date())
+        let m = try await store.enroll(
+            name: name,
+            mac: mac,
+            bmc: bmc,
+            sealedPassword: sealedPassword,
+            credential: credential,
+            at: Date()
+        )
         hub.notify()
         return m
+    }
+
+    /// Enrolls every machine of `batch`, or none (see `MachineStore.enroll(_:at:)`).
+    public func enroll(_ batch: [Enrollment]) async throws -> [Machine] {
+        let machines = try await store.enroll(batch, at: Date())
+        logger.info("machines enrolled", metadata: ["count": "\(machines.count)"])
+        hub.notify()
+        return machines
     }
 
     /// Removes a machine with its timeline and events, and forgets its BMC driver.

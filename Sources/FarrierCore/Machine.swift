@@ -95,6 +95,11 @@ public struct Machine: Codable, Sendable, Hashable {
     public var maintenance: Maintenance?
     /// The power sync's last reading of the BMC (nil until the first).
     public var power: PowerReading?
+    /// The named BMC credential its BMC password comes from (`bmc credential add`), if any:
+    /// replacing that credential's password re-seals this machine's copy.
+    public var bmcCredential: String?
+    /// Its other NICs' MACs (bulk enrollment's `macs`, after the first, which it boots from).
+    public var otherMACs: [String]?
 
     public init(
         id: String = UUID().uuidString.lowercased(),

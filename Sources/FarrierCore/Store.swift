@@ -27,13 +27,22 @@ public protocol MachineStore: Sendable {
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
     /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
     /// Throws `StoreError.Code.alreadyExists` when the name belongs to a machine with another MAC.
+    /// `credential` names the BMC credential the password was copied from (nil: its own).
     func enroll(
         name: String,
         mac: MACAddress,
         bmc: BMCReference,
         sealedPassword: [UInt8],
+        credential: String?,
         at: Date
     ) async throws -> Machine
+    /// Enrolls every machine of `batch` in one transaction, or none: as `enroll` does for one
+    /// (a machine already known by its MAC keeps its ID, which must be the entry's, and is
+    /// renamed; others are made with the entry's ID), with zone, rack, tags, site, other MACs and
+    /// named credential. Throws `StoreError.Code.alreadyExists` when a name belongs to a machine
+    /// with another MAC, and `.inUse` when a MAC's machine is not the one the entry's ID names
+    /// (it was made or deleted meanwhile: check and send the batch again).
+    func enroll(_ batch: [Enrollment], at: Date) async throws -> [Machine]
     /// The encrypted BMC password of a machine, as `enroll` stored it.
     func sealedBMCPassword(machineID: String) async throws -> [UInt8]?
     /// Reads the machine, lets `body` change it, and writes it back with the events `body`
@@ -73,6 +82,94 @@ public protocol MachineStore: Sendable {
     func appendTimeline(_ events: [TimelineEvent]) async throws
     /// The most recent `limit` events of a machine, oldest first.
     func timeline(mac: MACAddress, limit: Int) async throws -> [TimelineEvent]
+}
+
+/// One machine of a bulk enrollment (`MachineStore.enroll(_:at:)`), checked by the caller.
+public struct Enrollment: Sendable, Hashable {
+    /// The machine's ID: the existing one for a MAC already known, else a new one. The password
+    /// is sealed to it.
+    public var id: String
+    public var name: String
+    public var mac: MACAddress
+    public var otherMACs: [String]
+    public var bmc: BMCReference
+    public var sealedPassword: [UInt8]
+    public var credential: String?
+    public var zone: String
+    public var rack: String
+    public var tags: [String: String]
+    public var site: String?
+
+    public init(
+        id: String,
+        name: String,
+        mac: MACAddress,
+        otherMACs: [String] = [],
+        bmc: BMCReference,
+        sealedPassword: [UInt8],
+        credential: String? = nil,
+        zone: String = "",
+        rack: String = "",
+        tags: [String: String] = [:],
+        site: String? = nil
+    ) {
+        self.id = id
+        self.name = name
+        self.mac = mac
+        self.otherMACs = otherMACs
+        self.bmc = bmc
+        self.sealedPassword = sealedPassword
+        self.credential = credential
+        self.zone = zone
+        self.rack = rack
+        self.tags = tags
+        self.site = site
+    }
+}
+
+/// A named BMC credential (`farrier bmc credential add`): a user and a password, sealed under
+/// the credential's name, that many machines' BMCs share.
+public struct BMCCredential: Sendable, Hashable {
+    public var name: String
+    public var user: String
+    public var sealedPassword: [UInt8]
+    public var created: Date
+    /// How many machines use it (filled when listed).
+    public var machines: Int
+
+    public init(name: String, user: String, sealedPassword: [UInt8], created: Date, machines: Int = 0) {
+        self.name = name
+        self.user = user
+        self.sealedPassword = sealedPassword
+        self.created = created
+        self.machines = machines
+    }
+
+    /// Credential names follow machine names' rules. Returns why not, or nil.
+    public static func nameProblem(_ name: String) -> String? {
+        Machine.nameProblem(name).map { $0.replacingOccurrences(of: "machine name", with: "credential name") }
+    }
+
+    /// What its password is sealed to: never a machine's ID, so one cannot open the other's.
+    public static func sealingContext(_ name: String) -> String { "bmc-credential:" + name }
+}
+
+/// Named BMC credentials.
+public protocol BMCCredentialStore: Sendable {
+    /// Throws `StoreError.Code.alreadyExists` when the name is taken.
+    func addBMCCredential(_ credential: BMCCredential) async throws
+    /// Replaces a credential's user and password, and every machine's copy that uses it (their
+    /// sealed passwords, by machine ID, and their BMC's user), in one transaction. Throws
+    /// `.notFound` for no such credential, and `.inUse` when the machines using it are not
+    /// exactly those given (one enrolled meanwhile: read them again).
+    func replaceBMCCredential(_ credential: BMCCredential, machineSecrets: [String: [UInt8]]) async throws
+    func bmcCredential(name: String) async throws -> BMCCredential?
+    /// Every credential, by name, with how many machines use it.
+    func bmcCredentials() async throws -> [BMCCredential]
+    /// The IDs of the machines whose BMC password comes from this credential.
+    func machines(usingCredential name: String) async throws -> [String]
+    /// Throws `.inUse` while machines use it; false when there was none.
+    func removeBMCCredential(name: String) async throws -> Bool
 }
 
 /// Which machines a `MachineStore.machines(_:)` call reads: every field set narrows it.
@@ -216,6 +313,7 @@ public protocol WorkClaimStore: Sendable {
 }
 
 public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore & WorkClaimStore & SiteStore
+    & BMCCredentialStore
 
 extension MachineStore {
     /// `update` without a fence: API requests, agents' reports, timeouts (each guarded by the
@@ -225,6 +323,17 @@ extension MachineStore {
         _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine {
         try await update(machineID: machineID, fence: nil, body)
+    }
+
+    /// `enroll` with a password of the machine's own.
+    public func enroll(
+        name: String,
+        mac: MACAddress,
+        bmc: BMCReference,
+        sealedPassword: [UInt8],
+        at: Date
+    ) async throws -> Machine {
+        try await enroll(name: name, mac: mac, bmc: bmc, sealedPassword: sealedPassword, credential: nil, at: at)
     }
 
     /// Looks a machine up by MAC (any common notation) or by name.

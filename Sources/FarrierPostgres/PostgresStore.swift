@@ -301,6 +301,22 @@ public final class PostgresStore: StateStore {
                 "CREATE INDEX site_lease_site ON site_lease (site)",
             ]
         ),
+        (
+            "v9-bulk-enroll",
+            [
+                // Named BMC credentials, the password sealed under the name; a machine's link to
+                // one is a column of its body the database checks (one in use cannot be removed).
+                """
+                CREATE TABLE bmc_credential (
+                  name text PRIMARY KEY, username text NOT NULL, secret bytea NOT NULL, created timestamptz NOT NULL)
+                """,
+                """
+                ALTER TABLE machine ADD COLUMN bmc_credential text
+                  GENERATED ALWAYS AS (body->>'bmcCredential') STORED REFERENCES bmc_credential (name)
+                """,
+                "CREATE INDEX machine_bmc_credential ON machine (bmc_credential)",
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -547,6 +563,7 @@ extension PostgresStore {
         mac: MACAddress,
         bmc: BMCReference,
         sealedPassword: [UInt8],
+        credential: String?,
         at time: Date
     ) async throws -> Machine {
         try await transaction { [self] conn in
@@ -583,12 +600,194 @@ extension PostgresStore {
                 insert = true
             }
             m.bmc = bmc
+            m.bmcCredential = credential
             try await write(m, conn: conn, insert: insert)
             try await conn.query(
                 "UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: sealedPassword)) WHERE id = \(m.id)",
                 logger: logger
             )
             return m
+        }
+    }
+
+    public func enroll(_ batch: [Enrollment], at time: Date) async throws -> [Machine] {
+        try await transaction { [self] conn in
+            var out: [Machine] = []
+            for e in batch {
+                if let byName = try await machines(
+                    conn,
+                    "SELECT body::text FROM machine WHERE name = \(e.name) FOR UPDATE"
+                ).first, byName.mac != e.mac {
+                    throw StoreError(
+                        .alreadyExists,
+                        "machine name '\(e.name)' is already used by the machine with MAC \(byName.mac)"
+                    )
+                }
+                var m: Machine
+                let insert: Bool
+                if let existing = try await machines(
+                    conn,
+                    "SELECT body::text FROM machine WHERE mac = \(e.mac.description) FOR UPDATE"
+                ).first {
+                    guard existing.id == e.id else {
+                        throw StoreError(.inUse, "the machine with MAC \(e.mac) changed while enrolling; enroll again")
+                    }
+                    m = existing
+                    m.name = e.name
+                    if m.state == .discovered { m.state = .enrolled }
+                    insert = false
+                } else {
+                    m = Machine(
+                        id: e.id,
+                        name: e.name,
+                        mac: e.mac,
+                        architecture: .unknown,
+                        firmware: .unknown,
+                        state: .enrolled,
+                        firstSeen: time,
+                        lastSeen: time
+                    )
+                    insert = true
+                }
+                m.bmc = e.bmc
+                m.bmcCredential = e.credential
+                m.otherMACs = e.otherMACs.isEmpty ? nil : e.otherMACs
+                m.zone = e.zone
+                m.rack = e.rack
+                m.tags = e.tags
+                m.site = e.site
+                try await write(m, conn: conn, insert: insert)
+                try await conn.query(
+                    "UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: e.sealedPassword)) WHERE id = \(m.id)",
+                    logger: logger
+                )
+                out.append(m)
+            }
+            return out
+        }
+    }
+
+    public func addBMCCredential(_ c: BMCCredential) async throws {
+        try await transaction { [self] conn in
+            var taken = false
+            for try await _ in try await conn.query(
+                "SELECT 1 FROM bmc_credential WHERE name = \(c.name) FOR UPDATE",
+                logger: logger
+            ) { taken = true }
+            if taken {
+                throw StoreError(
+                    .alreadyExists,
+                    "BMC credential '\(c.name)' already exists; replace it (--replace) or pick another name"
+                )
+            }
+            try await conn.query(
+                """
+                INSERT INTO bmc_credential (name, username, secret, created)
+                VALUES (\(c.name), \(c.user), \(ByteBuffer(bytes: c.sealedPassword)), \(c.created))
+                """,
+                logger: logger
+            )
+        }
+    }
+
+    public func replaceBMCCredential(_ c: BMCCredential, machineSecrets: [String: [UInt8]]) async throws {
+        try await transaction { [self] conn in
+            var found = false
+            for try await _ in try await conn.query(
+                "SELECT 1 FROM bmc_credential WHERE name = \(c.name) FOR UPDATE",
+                logger: logger
+            ) { found = true }
+            guard found else { throw StoreError(.notFound, "no BMC credential named '\(c.name)'") }
+            let users = try await machines(
+                conn,
+                "SELECT body::text FROM machine WHERE bmc_credential = \(c.name) FOR UPDATE"
+            )
+            guard Set(users.map(\.id)) == Set(machineSecrets.keys) else {
+                throw StoreError(.inUse, "the machines using BMC credential '\(c.name)' changed meanwhile; try again")
+            }
+            try await conn.query(
+                """
+                UPDATE bmc_credential SET username = \(c.user), secret = \(ByteBuffer(bytes: c.sealedPassword))
+                WHERE name = \(c.name)
+                """,
+                logger: logger
+            )
+            for var m in users {
+                m.bmc?.user = c.user
+                try await write(m, conn: conn, insert: false)
+                try await conn.query(
+                    "UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: machineSecrets[m.id] ?? [])) WHERE id = \(m.id)",
+                    logger: logger
+                )
+            }
+        }
+    }
+
+    public func bmcCredential(name: String) async throws -> BMCCredential? {
+        try await read { [self] conn in
+            for try await (n, user, secret, created) in try await conn.query(
+                "SELECT name, username, secret, created FROM bmc_credential WHERE name = \(name)",
+                logger: logger
+            ).decode((String, String, ByteBuffer, Date).self) {
+                return BMCCredential(
+                    name: n,
+                    user: user,
+                    sealedPassword: Array(secret.readableBytesView),
+                    created: created
+                )
+            }
+            return nil
+        }
+    }
+
+    public func bmcCredentials() async throws -> [BMCCredential] {
+        try await read { [self] conn in
+            var out: [BMCCredential] = []
+            for try await (n, user, created, count) in try await conn.query(
+                """
+                SELECT c.name, c.username, c.created, (SELECT count(*) FROM machine m WHERE m.bmc_credential = c.name)
+                FROM bmc_credential c ORDER BY c.name COLLATE "C"
+                """,
+                logger: logger
+            ).decode((String, String, Date, Int64).self) {
+                out.append(
+                    BMCCredential(name: n, user: user, sealedPassword: [], created: created, machines: Int(count))
+                )
+            }
+            return out
+        }
+    }
+
+    public func machines(usingCredential name: String) async throws -> [String] {
+        try await read { [self] conn in
+            var out: [String] = []
+            for try await id in try await conn.query(
+                "SELECT id FROM machine WHERE bmc_credential = \(name) ORDER BY id",
+                logger: logger
+            ).decode(String.self) { out.append(id) }
+            return out
+        }
+    }
+
+    public func removeBMCCredential(name: String) async throws -> Bool {
+        try await transaction { [self] conn in
+            var n: Int64 = 0
+            for try await c in try await conn.query(
+                "SELECT count(*) FROM machine WHERE bmc_credential = \(name)",
+                logger: logger
+            ).decode(Int64.self) { n = c }
+            if n > 0 {
+                throw StoreError(
+                    .inUse,
+                    "BMC credential '\(name)' is used by \(n) machine(s); enroll them with another password or credential first"
+                )
+            }
+            var removed = false
+            for try await _ in try await conn.query(
+                "DELETE FROM bmc_credential WHERE name = \(name) RETURNING name",
+                logger: logger
+            ) { removed = true }
+            return removed
         }
     }
 
@@ -714,14 +913,16 @@ extension PostgresStore {
                 after = (Int64(last.inventory?.cores ?? 0), last.inventory?.memoryBytes ?? 0, last.name)
             }
             guard let picked else { return nil }
-            // Lock the chosen row and make sure nothing changed it since it was read (a transition
-            // by name, on this replica or another, does not take the allocation lock).
+            // Lock the chosen row and make sure it is still in the pool and still taken (a
+            // transition by name, on this replica or another, does not take the allocation lock).
+            // Whatever else changed meanwhile (a power reading, a label) does not matter.
             guard
                 let current = try await machines(
                     conn,
                     "SELECT body::text FROM machine WHERE id = \(picked.id) FOR UPDATE"
                 ).first,
-                current == picked
+                current.state == .ready, current.project == nil, current.generation == picked.generation,
+                accept(current)
             else {
                 throw StoreError(.unavailable, "machine \(picked.name) changed while it was being allocated; try again")
             }

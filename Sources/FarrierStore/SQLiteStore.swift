@@ -261,6 +261,21 @@ public final class SQLiteStore: StateStore {
                 t.add(column: "power", .text)
             }
         }
+        m.registerMigration("v19-bulk-enroll") { db in
+            // Named BMC credentials (the password sealed under the name), the machines' link to
+            // one (a foreign key: a credential in use cannot be removed), and other NICs' MACs.
+            try db.create(table: "bmcCredential") { t in
+                t.primaryKey("name", .text)
+                t.column("user", .text).notNull()
+                t.column("secret", .blob).notNull()
+                t.column("created", .datetime).notNull()
+            }
+            try db.alter(table: "machine") { t in
+                t.add(column: "bmcCredential", .text).references("bmcCredential", onDelete: .restrict)
+                t.add(column: "otherMACs", .text)
+            }
+            try db.create(index: "machine_bmc_credential", on: "machine", columns: ["bmcCredential"])
+        }
         return m
     }
 
@@ -419,6 +434,7 @@ public final class SQLiteStore: StateStore {
         mac: MACAddress,
         bmc: BMCReference,
         sealedPassword: [UInt8],
+        credential: String?,
         at time: Date
     ) async throws -> Machine {
         let bmcJSON = String(decoding: try JSONEncoder().encode(bmc), as: UTF8.self)
@@ -450,12 +466,66 @@ public final class SQLiteStore: StateStore {
                 )
             }
             row.bmc = bmcJSON
+            row.bmcCredential = credential
             try row.save(db)
             try db.execute(
                 sql: "UPDATE machine SET bmcSecret = ? WHERE id = ?",
                 arguments: [Data(sealedPassword), row.id]
             )
             return try row.machine()
+        }
+    }
+
+    public func enroll(_ batch: [Enrollment], at time: Date) async throws -> [Machine] {
+        let bmcJSON = try batch.map { String(decoding: try JSONEncoder().encode($0.bmc), as: UTF8.self) }
+        return try await writing { db in
+            var out: [Machine] = []
+            for (e, bmc) in zip(batch, bmcJSON) {
+                let byName = try MachineRecord.filter(Column("name") == e.name).fetchOne(db)
+                if let byName, byName.mac != e.mac.description {
+                    throw StoreError(
+                        .alreadyExists,
+                        "machine name '\(e.name)' is already used by the machine with MAC \(byName.mac)"
+                    )
+                }
+                var m: Machine
+                if let existing = try MachineRecord.filter(Column("mac") == e.mac.description).fetchOne(db) {
+                    guard existing.id == e.id else {
+                        throw StoreError(.inUse, "the machine with MAC \(e.mac) changed while enrolling; enroll again")
+                    }
+                    m = try existing.machine()
+                    m.name = e.name
+                    // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
+                    if m.state == .discovered { m.state = .enrolled }
+                } else {
+                    m = Machine(
+                        id: e.id,
+                        name: e.name,
+                        mac: e.mac,
+                        architecture: .unknown,
+                        firmware: .unknown,
+                        state: .enrolled,
+                        firstSeen: time,
+                        lastSeen: time
+                    )
+                }
+                m.bmc = e.bmc
+                m.bmcCredential = e.credential
+                m.otherMACs = e.otherMACs.isEmpty ? nil : e.otherMACs
+                m.zone = e.zone
+                m.rack = e.rack
+                m.tags = e.tags
+                m.site = e.site
+                var row = MachineRecord(m)
+                row.bmc = bmc
+                try row.save(db)
+                try db.execute(
+                    sql: "UPDATE machine SET bmcSecret = ? WHERE id = ?",
+                    arguments: [Data(e.sealedPassword), m.id]
+                )
+                out.append(m)
+            }
+            return out
         }
     }
 
@@ -1086,6 +1156,105 @@ extension SQLiteStore {
         }
     }
 
+    public func addBMCCredential(_ c: BMCCredential) async throws {
+        try await writing { db in
+            if try Row.fetchOne(db, sql: "SELECT 1 FROM bmcCredential WHERE name = ?", arguments: [c.name]) != nil {
+                throw StoreError(
+                    .alreadyExists,
+                    "BMC credential '\(c.name)' already exists; replace it (--replace) or pick another name"
+                )
+            }
+            try db.execute(
+                sql: "INSERT INTO bmcCredential (name, user, secret, created) VALUES (?, ?, ?, ?)",
+                arguments: [c.name, c.user, Data(c.sealedPassword), c.created]
+            )
+        }
+    }
+
+    public func replaceBMCCredential(_ c: BMCCredential, machineSecrets: [String: [UInt8]]) async throws {
+        try await writing { db in
+            guard try Row.fetchOne(db, sql: "SELECT 1 FROM bmcCredential WHERE name = ?", arguments: [c.name]) != nil
+            else { throw StoreError(.notFound, "no BMC credential named '\(c.name)'") }
+            let users = try MachineRecord.filter(Column("bmcCredential") == c.name).fetchAll(db)
+            guard Set(users.map(\.id)) == Set(machineSecrets.keys) else {
+                throw StoreError(.inUse, "the machines using BMC credential '\(c.name)' changed meanwhile; try again")
+            }
+            try db.execute(
+                sql: "UPDATE bmcCredential SET user = ?, secret = ? WHERE name = ?",
+                arguments: [c.user, Data(c.sealedPassword), c.name]
+            )
+            for var row in users {
+                var m = try row.machine()
+                m.bmc?.user = c.user
+                row = MachineRecord(m)
+                try row.update(db)
+                try db.execute(
+                    sql: "UPDATE machine SET bmcSecret = ? WHERE id = ?",
+                    arguments: [Data(machineSecrets[m.id] ?? []), m.id]
+                )
+            }
+        }
+    }
+
+    public func bmcCredential(name: String) async throws -> BMCCredential? {
+        try await reading { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM bmcCredential WHERE name = ?", arguments: [name]).map {
+                BMCCredential(
+                    name: $0["name"],
+                    user: $0["user"],
+                    sealedPassword: Array($0["secret"] as Data),
+                    created: $0["created"]
+                )
+            }
+        }
+    }
+
+    public func bmcCredentials() async throws -> [BMCCredential] {
+        try await reading { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT c.name, c.user, c.created, (SELECT COUNT(*) FROM machine m WHERE m.bmcCredential = c.name) AS n
+                    FROM bmcCredential c ORDER BY c.name
+                    """
+            ).map {
+                BMCCredential(
+                    name: $0["name"],
+                    user: $0["user"],
+                    sealedPassword: [],
+                    created: $0["created"],
+                    machines: $0["n"]
+                )
+            }
+        }
+    }
+
+    public func machines(usingCredential name: String) async throws -> [String] {
+        try await reading { db in
+            try String.fetchAll(
+                db,
+                sql: "SELECT id FROM machine WHERE bmcCredential = ? ORDER BY id",
+                arguments: [name]
+            )
+        }
+    }
+
+    public func removeBMCCredential(name: String) async throws -> Bool {
+        try await writing { db in
+            let n =
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM machine WHERE bmcCredential = ?", arguments: [name])
+                ?? 0
+            if n > 0 {
+                throw StoreError(
+                    .inUse,
+                    "BMC credential '\(name)' is used by \(n) machine(s); enroll them with another password or credential first"
+                )
+            }
+            try db.execute(sql: "DELETE FROM bmcCredential WHERE name = ?", arguments: [name])
+            return db.changesCount > 0
+        }
+    }
+
     public func addImage(_ i: ImageInfo) async throws {
         try await writing { db in
             if try Row.fetchOne(db, sql: "SELECT 1 FROM image WHERE name = ?", arguments: [i.name]) != nil {
@@ -1196,6 +1365,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var agentNonce: String?
     var maintenance: String?
     var power: String?
+    var bmcCredential: String?
+    var otherMACs: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] {
@@ -1207,7 +1378,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
             Column("deployment"), Column("phase"), Column("generation"), Column("stepStarted"), Column("progress"),
             Column("diskDirty"),
             Column("dirtyFor"), Column("releasedFrom"),
-            Column("agentBoot"), Column("agentNonce"), Column("maintenance"), Column("power"),
+            Column("agentBoot"), Column("agentNonce"), Column("maintenance"), Column("power"), Column("bmcCredential"),
+            Column("otherMACs"),
         ]
     }
 
@@ -1242,6 +1414,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         agentNonce = m.agentNonce
         maintenance = try? m.maintenance.map(jsonText)
         power = try? m.power.map(jsonText)
+        bmcCredential = m.bmcCredential
+        otherMACs = try? m.otherMACs.map(jsonText)
     }
 
     func machine() throws -> Machine {
@@ -1288,6 +1462,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.agentNonce = agentNonce
         m.maintenance = try jsonValue(Maintenance.self, maintenance)
         m.power = try jsonValue(PowerReading.self, power)
+        m.bmcCredential = bmcCredential
+        m.otherMACs = try jsonValue([String].self, otherMACs)
         return m
     }
 }

@@ -16,7 +16,7 @@ import Testing
                 "v1", "v2-bmc", "v3-lifecycle", "v4-disk-dirty", "v5-agent-boot", "v6-seen-address", "v7-work-claim",
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
                 "v13-machine-site", "v14-site-events", "v15-site-lease", "v16-site-bmc-channels",
-                "v17-site-join-again", "v18-maintenance-power",
+                "v17-site-join-again", "v18-maintenance-power", "v19-bulk-enroll",
             ]
         )
     }
@@ -74,6 +74,87 @@ import Testing
             #expect(try await s.machine(nameOrMAC: "52-54-00-12-34-56")?.id == a.id)
             #expect(try await s.machine(nameOrMAC: "m-525400123456")?.id == a.id)
             #expect(try await s.machine(nameOrMAC: "nope") == nil)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases) func batchEnrollmentIsAllOrNoneAndCredentialsAreShared(
+        _ kind: StoreKind
+    ) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let t = Date(timeIntervalSince1970: 1_800_000_000)
+            let bmc = try BMCReference(url: "ipmi://ops@198.18.0.11")
+            let cred = BMCCredential(name: "rack-ops", user: "ops", sealedPassword: [7], created: t)
+            try await s.addBMCCredential(cred)
+            await #expect(throws: StoreError.self) { try await s.addBMCCredential(cred) }
+            let taken = try await s.enroll(
+                name: "taken",
+                mac: MACAddress("52:54:00:00:00:09")!,
+                bmc: bmc,
+                sealedPassword: [1],
+                at: t
+            )
+            func entry(_ n: Int, name: String? = nil) -> Enrollment {
+                Enrollment(
+                    id: "id-\(n)",
+                    name: name ?? "node-\(n)",
+                    mac: MACAddress("52:54:00:00:01:0\(n)")!,
+                    otherMACs: ["52:54:00:00:02:0\(n)"],
+                    bmc: bmc,
+                    sealedPassword: [UInt8(n)],
+                    credential: "rack-ops",
+                    zone: "z1",
+                    rack: "r\(n)",
+                    tags: ["gpu": "a100"]
+                )
+            }
+            // The third entry takes a name another MAC holds: none of the three is written.
+            let refused = await #expect(throws: StoreError.self) {
+                try await s.enroll([entry(1), entry(2), entry(3, name: "taken")], at: t)
+            }
+            #expect(refused?.code == .alreadyExists)
+            #expect(try await s.machines().map(\.name) == ["taken"])
+            // All three: made with the entries' IDs, fields and sealed passwords.
+            let made = try await s.enroll([entry(1), entry(2), entry(3)], at: t)
+            #expect(made.map(\.id) == ["id-1", "id-2", "id-3"])
+            let one = try #require(try await s.machine(name: "node-1"))
+            #expect(one.id == "id-1" && one.state == .enrolled && one.rack == "r1" && one.zone == "z1")
+            #expect(
+                one.tags == ["gpu": "a100"] && one.otherMACs == ["52:54:00:00:02:01"] && one.bmcCredential == "rack-ops"
+            )
+            #expect(try await s.sealedBMCPassword(machineID: "id-2") == [2])
+            // An entry whose MAC's machine has another ID (made meanwhile) refuses the batch.
+            var stale = entry(1)
+            stale.id = "id-other"
+            await #expect(throws: StoreError.self) { try await s.enroll([stale], at: t) }
+            // The credential: counted, its users listed; replacing it re-seals every machine's copy
+            // and sets their BMC user, or refuses when the machines are not exactly those given.
+            #expect(try await s.bmcCredentials().map(\.machines) == [3])
+            #expect(try await s.machines(usingCredential: "rack-ops") == ["id-1", "id-2", "id-3"])
+            let rotated = BMCCredential(name: "rack-ops", user: "ops2", sealedPassword: [8], created: t)
+            await #expect(throws: StoreError.self) {
+                try await s.replaceBMCCredential(rotated, machineSecrets: ["id-1": [11], "id-2": [12]])
+            }
+            try await s.replaceBMCCredential(rotated, machineSecrets: ["id-1": [11], "id-2": [12], "id-3": [13]])
+            #expect(try await s.sealedBMCPassword(machineID: "id-3") == [13])
+            #expect(try await s.machine(id: "id-1")?.bmc?.user == "ops2")
+            #expect(try await s.bmcCredential(name: "rack-ops")?.sealedPassword == [8])
+            #expect(try await s.sealedBMCPassword(machineID: taken.id) == [1])
+            // In use: not removed. A machine enrolled again with its own password leaves it.
+            let inUse = await #expect(throws: StoreError.self) { try await s.removeBMCCredential(name: "rack-ops") }
+            #expect(inUse?.code == .inUse)
+            for n in 1...3 {
+                _ = try await s.enroll(
+                    name: "node-\(n)",
+                    mac: MACAddress("52:54:00:00:01:0\(n)")!,
+                    bmc: bmc,
+                    sealedPassword: [1],
+                    at: t
+                )
+            }
+            #expect(try await s.machine(id: "id-1")?.bmcCredential == nil)
+            #expect(try await s.removeBMCCredential(name: "rack-ops"))
+            #expect(try await s.removeBMCCredential(name: "rack-ops") == false)
         }
     }
 
@@ -1130,10 +1211,10 @@ import Testing
             #expect(
                 try await store.appliedMigrations() == [
                     "v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index", "v5-site", "v6-machine-site",
-                    "v7-site-events", "v8-site-lease",
+                    "v7-site-events", "v8-site-lease", "v9-bulk-enroll",
                 ]
             )
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "8\n")
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "9\n")
         }
     }
 

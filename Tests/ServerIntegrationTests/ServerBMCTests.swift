@@ -116,4 +116,149 @@ struct ServerBMCTests {
         let keyMode = try FileManager.default.attributesOfItem(atPath: data + "/bmc.key")[.posixPermissions] as? Int
         #expect(keyMode == 0o600)
     }
+
+    /// Issue 18 point 1: fleet files (YAML and CSV) enroll all or none through one
+    /// EnrollMachines call, every problem named by its line; named BMC credentials are shared by
+    /// many machines, replaced for all of them at once, refused to members and while in use.
+    @Test func fleetFilesEnrollAllOrNoneWithNamedCredentials() throws {
+        let h = try Harness("fleet-enroll")
+        defer { h.cleanup() }
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let cp = ControlPlane(h)
+        try cp.start()
+        let bmc = "ipmi://127.0.0.1:\(sim.port)"
+        try cp.cli(["project", "create", "team-a"])
+        let member = try cp.cli(["token", "create", "--project", "team-a"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let asMember = try cp.cli(
+            ["bmc", "credential", "add", "x", "--user", "u", "--password-file", sim.passwordFile],
+            token: member,
+            check: false
+        )
+        #expect(asMember.status == 17 && asMember.stderr.contains("needs an admin token"), "\(asMember.stderr)")
+        #expect(
+            try cp.cli([
+                "bmc", "credential", "add", "lab-ops", "--user", IPMISimulator.user, "--password-file",
+                sim.passwordFile,
+            ]).stdout.contains("BMC credential lab-ops added")
+        )
+
+        // A file the CLI can tell is wrong: nothing is sent, the line is named.
+        let typo = h.directory + "/typo.yaml"
+        try "machines:\n  - name: n1\n    mac: 52:54:00:aa:10:01\n    bmc: \(bmc)\n    colour: blue\n".write(
+            toFile: typo,
+            atomically: true,
+            encoding: .utf8
+        )
+        let typoed = try cp.cli(["machine", "enroll", "-f", typo], check: false)
+        #expect(
+            typoed.status == 64 && typoed.stderr.contains("typo.yaml line 5: unknown key 'colour'"),
+            "\(typoed.stderr)"
+        )
+
+        // Problems only the server can see (names, MACs, credentials): every one by line, and
+        // nothing enrolled, not even the good first entry.
+        let bad = h.directory + "/bad.yaml"
+        try """
+        machines:
+          - name: rack1-n1
+            mac: 52:54:00:aa:10:01
+            bmc: \(bmc)
+            bmc-credential: lab-ops
+          - name: Bad_Name
+            mac: nope
+            bmc: \(bmc)
+            bmc-credential: missing
+          - name: rack1-n3
+            mac: 52:54:00:aa:10:01
+            bmc: \(bmc)
+            bmc-credential: lab-ops
+
+        """.write(toFile: bad, atomically: true, encoding: .utf8)
+        let refused = try cp.cli(["machine", "enroll", "-f", bad], check: false)
+        #expect(refused.status == 13, "\(refused.stderr)")
+        for expected in [
+            "nothing was enrolled: 4 problems in 3 machines",
+            "bad.yaml line 6 (Bad_Name): machine name 'Bad_Name' may only contain",
+            "bad.yaml line 6 (Bad_Name): mac 'nope' is not a MAC address",
+            "bad.yaml line 6 (Bad_Name): no BMC credential named 'missing'",
+            "bad.yaml line 10 (rack1-n3): mac 52:54:00:aa:10:01 is also given by \(bad) line 2",
+        ] {
+            #expect(refused.stderr.contains(expected), "missing '\(expected)' in \(refused.stderr)")
+        }
+        #expect(try cp.cli(["machine", "list", "-o", "name"]).stdout.isEmpty)
+
+        // A good YAML (two machines sharing the credential, one with two NICs) and a CSV (its own
+        // password file): enrolled with zone, rack and tags.
+        let good = h.directory + "/fleet.yaml"
+        try """
+        machines:
+          - name: rack1-n1
+            macs: [52:54:00:aa:10:01, 52:54:00:aa:20:01]
+            bmc: \(bmc)
+            bmc-credential: lab-ops
+            zone: z1
+            rack: r1
+            tags: {gpu: a100, tier: gold}
+          - name: rack1-n2
+            mac: 52:54:00:aa:10:02
+            bmc: \(bmc)
+            bmc-credential: lab-ops
+            zone: z1
+            rack: r1
+
+        """.write(toFile: good, atomically: true, encoding: .utf8)
+        #expect(try cp.cli(["machine", "enroll", "-f", good]).stdout == "enrolled 2 of 2 machines from \(good)\n")
+        let csv = h.directory + "/fleet.csv"
+        try """
+        name,mac,bmc,bmc-password-file,zone,rack,tags
+        rack2-n1,52:54:00:aa:10:03,"ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",\(sim.passwordFile),z2,r2,role=db tier=silver
+
+        """.write(toFile: csv, atomically: true, encoding: .utf8)
+        #expect(try cp.cli(["machine", "enroll", "-f", csv]).stdout.contains("enrolled 1 of 1 machines"))
+        let n1 = try cp.machine("rack1-n1")
+        #expect(n1["zone"] as? String == "z1" && n1["rack"] as? String == "r1")
+        #expect(n1["tags"] as? [String: String] == ["gpu": "a100", "tier": "gold"])
+        #expect(n1["otherMACs"] as? [String] == ["52:54:00:aa:20:01"] && n1["bmcCredential"] as? String == "lab-ops")
+        #expect(n1["bmc"] as? String == "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)")
+        #expect(try cp.machine("rack2-n1")["tags"] as? [String: String] == ["role": "db", "tier": "silver"])
+        // The same file again: the same machines, nothing else.
+        #expect(try cp.cli(["machine", "enroll", "-f", good]).stdout.contains("enrolled 2 of 2"))
+        #expect(try cp.cli(["machine", "list", "-o", "name"]).stdout == "rack1-n1\nrack1-n2\nrack2-n1\n")
+
+        // The credential works, and replacing it changes every machine's at once.
+        #expect(try cp.cli(["machine", "power", "rack1-n2", "on"]).stdout.contains("on: ok"))
+        #expect(try sim.ipmitool(["chassis", "power", "status"]).contains("Chassis Power is on"))
+        let listed = try cp.cli(["bmc", "credential", "list"]).stdout
+        #expect(listed.contains("lab-ops") && listed.contains(" 2 "), "\(listed)")
+        let wrong = h.directory + "/wrong"
+        try "not-it\n".write(toFile: wrong, atomically: true, encoding: .utf8)
+        let replaced = try cp.cli([
+            "bmc", "credential", "add", "lab-ops", "--user", IPMISimulator.user, "--password-file", wrong, "--replace",
+        ])
+        #expect(replaced.stdout.contains("replaced (2 machine(s) updated)"))
+        for name in ["rack1-n1", "rack1-n2"] {
+            let r = try cp.cli(["machine", "power", name], check: false)
+            #expect(r.status != 0 && r.stderr.contains("authentication failed"), "\(name): \(r.stderr)")
+        }
+        #expect(try cp.cli(["machine", "power", "rack2-n1"]).stdout == "power on\n")
+        try cp.cli([
+            "bmc", "credential", "add", "lab-ops", "--user", IPMISimulator.user, "--password-file", sim.passwordFile,
+            "--replace",
+        ])
+        #expect(try cp.cli(["machine", "power", "rack1-n1"]).stdout == "power on\n")
+
+        // In use: not removed; unknown: NotFound. The password is in no answer or log.
+        let inUse = try cp.cli(["bmc", "credential", "remove", "lab-ops"], check: false)
+        #expect(inUse.status != 0 && inUse.stderr.contains("is used by 2 machine(s)"), "\(inUse.stderr)")
+        let unknown = try cp.cli(["bmc", "credential", "remove", "nope"], check: false)
+        #expect(unknown.status == 15 && unknown.stderr.contains("no BMC credential named 'nope'"), "\(unknown.stderr)")
+        let everything =
+            try cp.cli(["machine", "list", "-o", "yaml"]).stdout
+            + (try cp.cli(["bmc", "credential", "list", "-o", "json"]).stdout)
+            + h.read("server.log")
+        #expect(!everything.contains(IPMISimulator.password) && !everything.contains("not-it"))
+    }
 }

@@ -8,8 +8,8 @@ import Foundation
 struct BMCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bmc",
-        abstract: "Talk to a BMC directly (no server): power, boot device, console, info.",
-        subcommands: [Power.self, Bootdev.self, Console.self, Info.self]
+        abstract: "Talk to a BMC directly (no server): power, boot device, console, info; named credentials.",
+        subcommands: [Power.self, Bootdev.self, Console.self, Info.self, Credential.self]
     )
 
     struct Target: ParsableArguments {

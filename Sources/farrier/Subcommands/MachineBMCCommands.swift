@@ -27,19 +27,22 @@ func readPasswordFile(_ path: String) throws -> String {
 extension MachineCommand {
     struct Enroll: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Enroll a machine with its BMC, or many from a file.",
+            abstract: "Enroll a machine with its BMC, or many from a fleet file.",
             discussion: """
                 The BMC is a URL: ipmi://USER@HOST[:PORT], redfish://USER@HOST[:PORT][/SYSTEM-ID] (HTTPS, \
-                certificate verified) or redfish+http://USER@HOST[:PORT]. The password comes from a file and \
-                is stored encrypted; no command or API answer ever shows it. A machine already discovered \
-                with this MAC takes the new name.
+                certificate verified) or redfish+http://USER@HOST[:PORT]. The password comes from a file, or \
+                from a named credential (`farrier bmc credential add`; the URL may then leave the user out), \
+                and is stored encrypted; no command or API answer ever shows it. A machine already \
+                discovered with this MAC takes the new name.
 
-                --from FILE enrolls every machine a YAML or JSON list names, 16 at a time: each entry has \
-                name, mac and bmc, and optionally bmc-password-file (else --bmc-password-file's), \
-                bmc-insecure-tls and site (else --site's). Enrolling a machine again with the same name and MAC keeps it as it is \
-                (its BMC password is stored again), so a file can be enrolled again after a failure; with \
-                --commission, machines already ready are commissioned again. The failures are listed and \
-                the exit status is 1.
+                -f FILE (also --from) enrolls every machine a fleet file names, in one transaction: all of \
+                them or, if any entry is wrong, none, with every problem listed by line. YAML (or JSON) lists \
+                the machines under `machines:`, each with name, mac (or macs: a list, the first the one it \
+                boots from), bmc, bmc-password-file or bmc-credential (else --bmc-password-file's or \
+                --bmc-credential's), and optionally bmc-insecure-tls, zone, rack, tags (a mapping) and site \
+                (else --site's). A .csv file has the same keys as its header; there macs are separated by \
+                spaces and tags are KEY=VALUE pairs separated by spaces. An entry's zone, rack, tags and \
+                site replace the machine's, so enrolling a file again restores what it says.
                 """
         )
         @OptionGroup var client: ClientOptions
@@ -48,32 +51,47 @@ extension MachineCommand {
         @Option(help: "MAC of the NIC the machine network-boots from.") var mac: String?
         @Option(help: "BMC URL, e.g. ipmi://admin@10.0.0.5 or redfish://root@bmc1/System.Embedded.1") var bmc: String?
         @Option(help: "File holding the BMC password ('-' for stdin).") var bmcPasswordFile: String?
+        @Option(help: "A named BMC credential (farrier bmc credential add) instead of a password file.")
+        var bmcCredential: String?
         @Flag(help: "Redfish over HTTPS: do not verify this BMC's certificate (self-signed).") var bmcInsecureTLS =
             false
         @Flag(help: "Commission right away: boot the ramdisk, take the inventory, end ready.") var commission = false
-        @Option(help: "Enroll every machine this YAML or JSON list names (see above).") var from: String?
+        @Option(
+            name: [.customShort("f"), .customLong("file"), .customLong("from")],
+            help: "Enroll every machine this fleet file (YAML, JSON or CSV) names, all or none (see above)."
+        )
+        var file: String?
         @Option(help: "The site whose boot network the machine is on (default: the region's own).") var site: String?
 
         func validate() throws {
-            if from != nil {
+            if bmcPasswordFile != nil, bmcCredential != nil {
+                throw ValidationError("give --bmc-password-file or --bmc-credential, not both")
+            }
+            if file != nil {
                 guard name == nil, mac == nil, bmc == nil else {
-                    throw ValidationError("--from takes no machine name, --mac or --bmc: the file names them")
+                    throw ValidationError("-f takes no machine name, --mac or --bmc: the file names them")
                 }
             } else {
-                guard name != nil, mac != nil, bmc != nil, bmcPasswordFile != nil else {
-                    throw ValidationError("enroll needs NAME, --mac, --bmc and --bmc-password-file (or --from FILE)")
+                guard name != nil, mac != nil, bmc != nil, bmcPasswordFile != nil || bmcCredential != nil else {
+                    throw ValidationError(
+                        "enroll needs NAME, --mac, --bmc and --bmc-password-file or --bmc-credential (or -f FILE)"
+                    )
                 }
             }
         }
 
         func run() async throws {
             let printer = try MachineView.printer(output)
-            if let from { return try await enrollAll(from, output) }
+            if let file { return try await enrollAll(file, output) }
             var req = Farrier_V1_EnrollMachineRequest()
             req.name = name ?? ""
             req.mac = mac ?? ""
             req.bmcURL = bmc ?? ""
-            req.bmcPassword = try readPasswordFile(bmcPasswordFile ?? "-")
+            if let bmcCredential {
+                req.bmcCredential = bmcCredential
+            } else {
+                req.bmcPassword = try readPasswordFile(bmcPasswordFile ?? "-")
+            }
             req.bmcInsecureTls = bmcInsecureTLS
             req.commission = commission
             req.site = site ?? ""
@@ -83,28 +101,14 @@ extension MachineCommand {
             try printer.one(view) { "machine \(view.name) enrolled (\(view.mac), BMC \(view.bmc ?? "-"))" }
         }
 
-        struct FileEntry: Decodable {
-            var name: String
-            var mac: String
-            var bmc: String
-            var bmcPasswordFile: String?
-            var bmcInsecureTLS: Bool?
-            var site: String?
-            enum CodingKeys: String, CodingKey {
-                case name, mac, bmc, site
-                case bmcPasswordFile = "bmc-password-file"
-                case bmcInsecureTLS = "bmc-insecure-tls"
-            }
-        }
-
-        /// What `enroll --from` did, for -o json|yaml|name.
+        /// What `enroll -f` did, for -o json|yaml|name.
         struct Summary: Codable {
             var file: String
             var enrolled: [String]
-            var failed: [String: String]
+            var commissioning: [String]
             static let columns: [Column<Summary>] = [
                 Column("FILE") { $0.file }, Column("ENROLLED") { "\($0.enrolled.count)" },
-                Column("FAILED") { "\($0.failed.count)" },
+                Column("COMMISSIONING") { "\($0.commissioning.count)" },
             ]
         }
 
@@ -113,71 +117,65 @@ extension MachineCommand {
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                 throw CLIError("cannot read \(path)")
             }
-            let entries: [FileEntry]
-            do { entries = try YAMLDecoder().decode([FileEntry].self, from: text) } catch {
-                throw CLIError(
-                    "\(path): expected a list of {name, mac, bmc[, bmc-password-file, bmc-insecure-tls, site]}: \(error)"
-                )
-            }
+            let fleet = FleetFile.parse(text, path: path)
+            var problems = fleet.problems
             var passwords: [String: String] = [:]
-            var requests: [Farrier_V1_EnrollMachineRequest] = []
-            for (n, e) in entries.enumerated() {
-                guard let file = e.bmcPasswordFile ?? bmcPasswordFile else {
-                    throw CLIError(
-                        "\(path): entry \(n + 1) (\(e.name)) has no bmc-password-file, and --bmc-password-file is not given"
-                    )
-                }
-                if passwords[file] == nil { passwords[file] = try readPasswordFile(file) }
-                var req = Farrier_V1_EnrollMachineRequest()
-                req.name = e.name
-                req.mac = e.mac
-                req.bmcURL = e.bmc
-                req.bmcPassword = passwords[file] ?? ""
-                req.bmcInsecureTls = e.bmcInsecureTLS ?? bmcInsecureTLS
-                req.commission = commission
-                req.site = e.site ?? site ?? ""
-                requests.append(req)
-            }
-            let all = requests
-            // Re-enrolling the same name and MAC keeps the machine, so the batch may be retried on
-            // another replica; commissioning is not, so with --commission it is sent once.
-            let failures = try await rpc(client, idempotent: !commission) { clients in
-                try await withThrowingTaskGroup(of: (String, String?).self) { group in
-                    var failures: [String: String] = [:]
-                    var next = 0
-                    func add() {
-                        guard next < all.count else { return }
-                        let req = all[next]
-                        next += 1
-                        group.addTask {
-                            do {
-                                _ = try await clients.machines.enrollMachine(req)
-                                return (req.name, nil)
-                            } catch let e as RPCError where e.code != .unavailable {
-                                return (req.name, "\(e.code): \(e.message)")
-                            }
+            var entries: [Farrier_V1_EnrollMachinesEntry] = []
+            for e in fleet.entries {
+                var r = Farrier_V1_EnrollMachinesEntry()
+                r.name = e.name
+                r.macs = e.macs
+                r.bmcURL = e.bmc
+                r.bmcInsecureTls = e.bmcInsecureTLS || bmcInsecureTLS
+                r.zone = e.zone
+                r.rack = e.rack
+                r.tags = e.tags
+                r.site = e.site ?? site ?? ""
+                r.source = "\(path) line \(e.line)"
+                r.commission = commission
+                // The entry's own password file or credential, else the command line's.
+                let passwordFile = e.bmcPasswordFile ?? (e.bmcCredential == nil ? bmcPasswordFile : nil)
+                if let passwordFile {
+                    if passwords[passwordFile] == nil {
+                        do { passwords[passwordFile] = try readPasswordFile(passwordFile) } catch {
+                            problems.append("\(r.source) (\(e.name)): \(error)")
                         }
                     }
-                    for _ in 0..<16 { add() }
-                    while let (name, failure) = try await group.next() {
-                        if let failure { failures[name] = failure }
-                        add()
+                    r.bmcPassword = passwords[passwordFile] ?? ""
+                    if e.bmcCredential != nil {
+                        problems.append("\(r.source) (\(e.name)): give bmc-password-file or bmc-credential, not both")
                     }
-                    return failures
+                } else if let c = e.bmcCredential ?? bmcCredential {
+                    r.bmcCredential = c
                 }
+                entries.append(r)
             }
-            for (name, f) in failures.sorted(by: { $0.key < $1.key }) {
-                FileHandle.standardError.write(Data("enroll failed: \(name): \(f)\n".utf8))
+            if fleet.entries.isEmpty, problems.isEmpty { problems.append("\(path): no machines") }
+            guard problems.isEmpty else {
+                throw CLIError(
+                    "nothing was enrolled: \(problems.count) problem\(problems.count == 1 ? "" : "s") in \(path)\n"
+                        + problems.joined(separator: "\n"),
+                    status: ExitStatus.usage
+                )
+            }
+            let all = entries
+            // One transaction on the server: sent again (another replica), it enrolls the same
+            // machines the same way; commissioning is not, so with --commission it is sent once.
+            let response = try await rpc(client, idempotent: !commission) { c in
+                let request = StreamingClientRequest<Farrier_V1_EnrollMachinesEntry> { writer in
+                    for r in all { try await writer.write(r) }
+                }
+                return try await c.machines.enrollMachines(request: request) { try $0.message }
             }
             let summary = Summary(
                 file: path,
-                enrolled: entries.map(\.name).filter { failures[$0] == nil },
-                failed: failures
+                enrolled: response.machines.map(\.name),
+                commissioning: response.machines.filter { $0.state == "commissioning" }.map(\.name)
             )
             try printer.one(summary) {
-                "enrolled \(entries.count - failures.count) of \(entries.count) machines from \(path)"
+                "enrolled \(summary.enrolled.count) of \(entries.count) machines from \(path)"
+                    + (commission ? " (\(summary.commissioning.count) commissioning)" : "")
             }
-            if !failures.isEmpty { throw ExitCode(1) }
         }
     }
 

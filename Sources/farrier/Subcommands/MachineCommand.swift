@@ -93,8 +93,12 @@ struct MachineCommand: AsyncParsableCommand {
                     "Labels:        \(tagsLine(view.labels))",
                     "First seen:    \(iso(view.firstSeen))",
                     "Last seen:     \(iso(view.lastSeen)) (\(ago(view.lastSeen)))",
-                    "BMC:           \(view.bmc ?? "-")",
+                    "BMC:           \(view.bmc ?? "-")"
+                        + (view.bmcCredential.map { " (credential \($0))" } ?? ""),
                 ]
+                if let other = view.otherMACs, !other.isEmpty {
+                    lines.insert("Other MACs:    \(other.joined(separator: ", "))", at: 2)
+                }
                 if let d = view.deployment {
                     lines.append(
                         "Deployment:    image \(d.image), hostname \(d.hostname), \(d.sshKeys) SSH key(s), by \(d.requestedBy)"
@@ -218,6 +222,10 @@ struct MachineView: Codable {
     var inventory: InventoryView?
     var maintenance: MaintenanceView?
     var power: PowerView?
+    /// The named BMC credential its password comes from (admins only).
+    var bmcCredential: String?
+    /// Its other NICs' MACs.
+    var otherMACs: [String]?
     var timeline: [Event]
 
     struct MaintenanceView: Codable {
@@ -289,6 +297,8 @@ struct MachineView: Codable {
                 serial: m.inventory.serial,
                 firmware: m.inventory.firmware
             ) : nil
+        bmcCredential = opt(m.bmcCredential)
+        otherMACs = m.otherMacs.isEmpty ? nil : m.otherMacs
         maintenance =
             m.hasMaintenance
             ? MaintenanceView(

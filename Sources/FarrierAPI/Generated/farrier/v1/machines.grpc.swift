@@ -64,6 +64,58 @@ public enum Farrier_V1_MachineService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "EnrollMachines" metadata.
+        public enum EnrollMachines: Sendable {
+            /// Request type for "EnrollMachines".
+            public typealias Input = Farrier_V1_EnrollMachinesEntry
+            /// Response type for "EnrollMachines".
+            public typealias Output = Farrier_V1_EnrollMachinesResponse
+            /// Descriptor for "EnrollMachines".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "EnrollMachines",
+                type: .clientStreaming
+            )
+        }
+        /// Namespace for "AddBMCCredential" metadata.
+        public enum AddBMCCredential: Sendable {
+            /// Request type for "AddBMCCredential".
+            public typealias Input = Farrier_V1_AddBMCCredentialRequest
+            /// Response type for "AddBMCCredential".
+            public typealias Output = Farrier_V1_BMCCredential
+            /// Descriptor for "AddBMCCredential".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "AddBMCCredential",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListBMCCredentials" metadata.
+        public enum ListBMCCredentials: Sendable {
+            /// Request type for "ListBMCCredentials".
+            public typealias Input = Farrier_V1_ListBMCCredentialsRequest
+            /// Response type for "ListBMCCredentials".
+            public typealias Output = Farrier_V1_ListBMCCredentialsResponse
+            /// Descriptor for "ListBMCCredentials".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "ListBMCCredentials",
+                type: .unary
+            )
+        }
+        /// Namespace for "RemoveBMCCredential" metadata.
+        public enum RemoveBMCCredential: Sendable {
+            /// Request type for "RemoveBMCCredential".
+            public typealias Input = Farrier_V1_RemoveBMCCredentialRequest
+            /// Response type for "RemoveBMCCredential".
+            public typealias Output = Farrier_V1_RemoveBMCCredentialResponse
+            /// Descriptor for "RemoveBMCCredential".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "RemoveBMCCredential",
+                type: .unary
+            )
+        }
         /// Namespace for "Power" metadata.
         public enum Power: Sendable {
             /// Request type for "Power".
@@ -264,6 +316,10 @@ public enum Farrier_V1_MachineService: Sendable {
             ListMachines.descriptor,
             GetMachine.descriptor,
             EnrollMachine.descriptor,
+            EnrollMachines.descriptor,
+            AddBMCCredential.descriptor,
+            ListBMCCredentials.descriptor,
+            RemoveBMCCredential.descriptor,
             Power.descriptor,
             SetBootDevice.descriptor,
             Console.descriptor,
@@ -363,6 +419,77 @@ extension Farrier_V1_MachineService {
             request: GRPCCore.StreamingServerRequest<Farrier_V1_EnrollMachineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "EnrollMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls many machines in one transaction, all or none. The entries stream in (one message
+        /// > each, at most 100 000); every entry is checked before anything is written, and each error
+        /// > names the entry's `source` (its file and line). Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_EnrollMachinesEntry` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_EnrollMachinesResponse` messages.
+        func enrollMachines(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_EnrollMachinesEntry>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_EnrollMachinesResponse>
+
+        /// Handle the "AddBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Named BMC credentials: a user and a password many machines share. Passwords are stored
+        /// > encrypted and never returned. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_AddBMCCredentialRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_BMCCredential` messages.
+        func addBMCCredential(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_AddBMCCredentialRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_BMCCredential>
+
+        /// Handle the "ListBMCCredentials" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ListBMCCredentialsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_ListBMCCredentialsResponse` messages.
+        func listBMCCredentials(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ListBMCCredentialsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ListBMCCredentialsResponse>
+
+        /// Handle the "RemoveBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Refused while machines use it.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_RemoveBMCCredentialRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_RemoveBMCCredentialResponse` messages.
+        func removeBMCCredential(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_RemoveBMCCredentialRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_RemoveBMCCredentialResponse>
 
         /// Handle the "Power" method.
         ///
@@ -706,6 +833,77 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
 
+        /// Handle the "EnrollMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls many machines in one transaction, all or none. The entries stream in (one message
+        /// > each, at most 100 000); every entry is checked before anything is written, and each error
+        /// > names the entry's `source` (its file and line). Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_EnrollMachinesEntry` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_EnrollMachinesResponse` message.
+        func enrollMachines(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_EnrollMachinesEntry>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_EnrollMachinesResponse>
+
+        /// Handle the "AddBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Named BMC credentials: a user and a password many machines share. Passwords are stored
+        /// > encrypted and never returned. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AddBMCCredentialRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_BMCCredential` message.
+        func addBMCCredential(
+            request: GRPCCore.ServerRequest<Farrier_V1_AddBMCCredentialRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_BMCCredential>
+
+        /// Handle the "ListBMCCredentials" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ListBMCCredentialsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_ListBMCCredentialsResponse` message.
+        func listBMCCredentials(
+            request: GRPCCore.ServerRequest<Farrier_V1_ListBMCCredentialsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ListBMCCredentialsResponse>
+
+        /// Handle the "RemoveBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Refused while machines use it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_RemoveBMCCredentialRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_RemoveBMCCredentialResponse` message.
+        func removeBMCCredential(
+            request: GRPCCore.ServerRequest<Farrier_V1_RemoveBMCCredentialRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_RemoveBMCCredentialResponse>
+
         /// Handle the "Power" method.
         ///
         /// > Source IDL Documentation:
@@ -1046,6 +1244,77 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_Machine
 
+        /// Handle the "EnrollMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls many machines in one transaction, all or none. The entries stream in (one message
+        /// > each, at most 100 000); every entry is checked before anything is written, and each error
+        /// > names the entry's `source` (its file and line). Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Farrier_V1_EnrollMachinesEntry` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_EnrollMachinesResponse` to respond with.
+        func enrollMachines(
+            request: GRPCCore.RPCAsyncSequence<Farrier_V1_EnrollMachinesEntry, any Swift.Error>,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_EnrollMachinesResponse
+
+        /// Handle the "AddBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Named BMC credentials: a user and a password many machines share. Passwords are stored
+        /// > encrypted and never returned. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_AddBMCCredentialRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_BMCCredential` to respond with.
+        func addBMCCredential(
+            request: Farrier_V1_AddBMCCredentialRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_BMCCredential
+
+        /// Handle the "ListBMCCredentials" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_ListBMCCredentialsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_ListBMCCredentialsResponse` to respond with.
+        func listBMCCredentials(
+            request: Farrier_V1_ListBMCCredentialsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_ListBMCCredentialsResponse
+
+        /// Handle the "RemoveBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Refused while machines use it.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_RemoveBMCCredentialRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_RemoveBMCCredentialResponse` to respond with.
+        func removeBMCCredential(
+            request: Farrier_V1_RemoveBMCCredentialRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_RemoveBMCCredentialResponse
+
         /// Handle the "Power" method.
         ///
         /// > Source IDL Documentation:
@@ -1362,6 +1631,50 @@ extension Farrier_V1_MachineService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.EnrollMachines.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_EnrollMachinesEntry>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_EnrollMachinesResponse>(),
+            handler: { request, context in
+                try await self.enrollMachines(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.AddBMCCredential.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_AddBMCCredentialRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_BMCCredential>(),
+            handler: { request, context in
+                try await self.addBMCCredential(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.ListBMCCredentials.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ListBMCCredentialsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ListBMCCredentialsResponse>(),
+            handler: { request, context in
+                try await self.listBMCCredentials(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.RemoveBMCCredential.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_RemoveBMCCredentialRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_RemoveBMCCredentialResponse>(),
+            handler: { request, context in
+                try await self.removeBMCCredential(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Farrier_V1_MachineService.Method.Power.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_PowerRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_PowerResponse>(),
@@ -1565,6 +1878,50 @@ extension Farrier_V1_MachineService.ServiceProtocol {
         return GRPCCore.StreamingServerResponse(single: response)
     }
 
+    public func enrollMachines(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_EnrollMachinesEntry>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_EnrollMachinesResponse> {
+        let response = try await self.enrollMachines(
+            request: request,
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func addBMCCredential(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_AddBMCCredentialRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_BMCCredential> {
+        let response = try await self.addBMCCredential(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listBMCCredentials(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_ListBMCCredentialsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ListBMCCredentialsResponse> {
+        let response = try await self.listBMCCredentials(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func removeBMCCredential(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_RemoveBMCCredentialRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_RemoveBMCCredentialResponse> {
+        let response = try await self.removeBMCCredential(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
     public func power(
         request: GRPCCore.StreamingServerRequest<Farrier_V1_PowerRequest>,
         context: GRPCCore.ServerContext
@@ -1755,6 +2112,58 @@ extension Farrier_V1_MachineService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
         return GRPCCore.ServerResponse<Farrier_V1_Machine>(
             message: try await self.enrollMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func enrollMachines(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_EnrollMachinesEntry>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_EnrollMachinesResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_EnrollMachinesResponse>(
+            message: try await self.enrollMachines(
+                request: request.messages,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func addBMCCredential(
+        request: GRPCCore.ServerRequest<Farrier_V1_AddBMCCredentialRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_BMCCredential> {
+        return GRPCCore.ServerResponse<Farrier_V1_BMCCredential>(
+            message: try await self.addBMCCredential(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listBMCCredentials(
+        request: GRPCCore.ServerRequest<Farrier_V1_ListBMCCredentialsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ListBMCCredentialsResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_ListBMCCredentialsResponse>(
+            message: try await self.listBMCCredentials(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func removeBMCCredential(
+        request: GRPCCore.ServerRequest<Farrier_V1_RemoveBMCCredentialRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_RemoveBMCCredentialResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_RemoveBMCCredentialResponse>(
+            message: try await self.removeBMCCredential(
                 request: request.message,
                 context: context
             ),
@@ -2047,6 +2456,97 @@ extension Farrier_V1_MachineService {
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "EnrollMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls many machines in one transaction, all or none. The entries stream in (one message
+        /// > each, at most 100 000); every entry is checked before anything is written, and each error
+        /// > names the entry's `source` (its file and line). Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_EnrollMachinesEntry` messages.
+        ///   - serializer: A serializer for `Farrier_V1_EnrollMachinesEntry` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_EnrollMachinesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func enrollMachines<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_EnrollMachinesEntry>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_EnrollMachinesEntry>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_EnrollMachinesResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_EnrollMachinesResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AddBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Named BMC credentials: a user and a password many machines share. Passwords are stored
+        /// > encrypted and never returned. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AddBMCCredentialRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_AddBMCCredentialRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_BMCCredential` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func addBMCCredential<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_AddBMCCredentialRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_AddBMCCredentialRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_BMCCredential>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_BMCCredential>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListBMCCredentials" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ListBMCCredentialsRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ListBMCCredentialsRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ListBMCCredentialsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listBMCCredentials<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ListBMCCredentialsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ListBMCCredentialsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ListBMCCredentialsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListBMCCredentialsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RemoveBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Refused while machines use it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_RemoveBMCCredentialRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_RemoveBMCCredentialRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_RemoveBMCCredentialResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func removeBMCCredential<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_RemoveBMCCredentialRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_RemoveBMCCredentialRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_RemoveBMCCredentialResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_RemoveBMCCredentialResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Power" method.
@@ -2515,6 +3015,141 @@ extension Farrier_V1_MachineService {
             try await self.client.unary(
                 request: request,
                 descriptor: Farrier_V1_MachineService.Method.EnrollMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "EnrollMachines" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Enrolls many machines in one transaction, all or none. The entries stream in (one message
+        /// > each, at most 100 000); every entry is checked before anything is written, and each error
+        /// > names the entry's `source` (its file and line). Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Farrier_V1_EnrollMachinesEntry` messages.
+        ///   - serializer: A serializer for `Farrier_V1_EnrollMachinesEntry` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_EnrollMachinesResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func enrollMachines<Result>(
+            request: GRPCCore.StreamingClientRequest<Farrier_V1_EnrollMachinesEntry>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_EnrollMachinesEntry>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_EnrollMachinesResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_EnrollMachinesResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.clientStreaming(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.EnrollMachines.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "AddBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Named BMC credentials: a user and a password many machines share. Passwords are stored
+        /// > encrypted and never returned. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AddBMCCredentialRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_AddBMCCredentialRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_BMCCredential` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func addBMCCredential<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_AddBMCCredentialRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_AddBMCCredentialRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_BMCCredential>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_BMCCredential>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.AddBMCCredential.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListBMCCredentials" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ListBMCCredentialsRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ListBMCCredentialsRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ListBMCCredentialsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listBMCCredentials<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ListBMCCredentialsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ListBMCCredentialsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ListBMCCredentialsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListBMCCredentialsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.ListBMCCredentials.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RemoveBMCCredential" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Refused while machines use it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_RemoveBMCCredentialRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_RemoveBMCCredentialRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_RemoveBMCCredentialResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func removeBMCCredential<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_RemoveBMCCredentialRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_RemoveBMCCredentialRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_RemoveBMCCredentialResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_RemoveBMCCredentialResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.RemoveBMCCredential.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -3125,6 +3760,121 @@ extension Farrier_V1_MachineService.ClientProtocol {
         )
     }
 
+    /// Call the "EnrollMachines" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Enrolls many machines in one transaction, all or none. The entries stream in (one message
+    /// > each, at most 100 000); every entry is checked before anything is written, and each error
+    /// > names the entry's `source` (its file and line). Admin.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Farrier_V1_EnrollMachinesEntry` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func enrollMachines<Result>(
+        request: GRPCCore.StreamingClientRequest<Farrier_V1_EnrollMachinesEntry>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_EnrollMachinesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.enrollMachines(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_EnrollMachinesEntry>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_EnrollMachinesResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AddBMCCredential" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Named BMC credentials: a user and a password many machines share. Passwords are stored
+    /// > encrypted and never returned. Admin.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_AddBMCCredentialRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func addBMCCredential<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_AddBMCCredentialRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_BMCCredential>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.addBMCCredential(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_AddBMCCredentialRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_BMCCredential>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListBMCCredentials" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_ListBMCCredentialsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listBMCCredentials<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_ListBMCCredentialsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListBMCCredentialsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listBMCCredentials(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ListBMCCredentialsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ListBMCCredentialsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RemoveBMCCredential" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Refused while machines use it.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_RemoveBMCCredentialRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func removeBMCCredential<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_RemoveBMCCredentialRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_RemoveBMCCredentialResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.removeBMCCredential(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_RemoveBMCCredentialRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_RemoveBMCCredentialResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Power" method.
     ///
     /// > Source IDL Documentation:
@@ -3658,6 +4408,138 @@ extension Farrier_V1_MachineService.ClientProtocol {
             metadata: metadata
         )
         return try await self.enrollMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "EnrollMachines" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Enrolls many machines in one transaction, all or none. The entries stream in (one message
+    /// > each, at most 100 000); every entry is checked before anything is written, and each error
+    /// > names the entry's `source` (its file and line). Admin.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func enrollMachines<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Farrier_V1_EnrollMachinesEntry>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_EnrollMachinesResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Farrier_V1_EnrollMachinesEntry>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.enrollMachines(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AddBMCCredential" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Named BMC credentials: a user and a password many machines share. Passwords are stored
+    /// > encrypted and never returned. Admin.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func addBMCCredential<Result>(
+        _ message: Farrier_V1_AddBMCCredentialRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_BMCCredential>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_AddBMCCredentialRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.addBMCCredential(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListBMCCredentials" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listBMCCredentials<Result>(
+        _ message: Farrier_V1_ListBMCCredentialsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListBMCCredentialsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_ListBMCCredentialsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listBMCCredentials(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RemoveBMCCredential" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Refused while machines use it.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func removeBMCCredential<Result>(
+        _ message: Farrier_V1_RemoveBMCCredentialRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_RemoveBMCCredentialResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_RemoveBMCCredentialRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.removeBMCCredential(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -192,6 +192,18 @@ public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
     set {_uniqueStorage()._site = newValue}
   }
 
+  /// The named BMC credential its password comes from, if any (admins only).
+  public var bmcCredential: String {
+    get {_storage._bmcCredential}
+    set {_uniqueStorage()._bmcCredential = newValue}
+  }
+
+  /// Its other NICs' MACs (the first MAC is `mac`).
+  public var otherMacs: [String] {
+    get {_storage._otherMacs}
+    set {_uniqueStorage()._otherMacs = newValue}
+  }
+
   /// Set while the machine is in maintenance.
   public var maintenance: Farrier_V1_Maintenance {
     get {_storage._maintenance ?? Farrier_V1_Maintenance()}
@@ -536,6 +548,156 @@ public nonisolated struct Farrier_V1_EnrollMachineRequest: Sendable {
 
   /// The site whose boot network it is on (one `farrier site add` made); empty: the region's own.
   public var site: String = String()
+
+  /// A named BMC credential (`bmc credential add`) instead of bmc_password; the URL's user may
+  /// then be left out (ipmi://HOST), and must otherwise be the credential's.
+  public var bmcCredential: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_EnrollMachinesEntry: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Machine name: lower-case letters, digits and '-', at most 63 characters.
+  public var name: String = String()
+
+  /// Its NICs' MACs; the first is the one it network-boots from.
+  public var macs: [String] = []
+
+  /// As EnrollMachineRequest's bmc_url.
+  public var bmcURL: String = String()
+
+  /// Its BMC password, or else bmc_credential.
+  public var bmcPassword: String = String()
+
+  public var bmcCredential: String = String()
+
+  public var bmcInsecureTls: Bool = false
+
+  public var zone: String = String()
+
+  public var rack: String = String()
+
+  /// Placement tags (key=value), as `machine update --tag`.
+  public var tags: Dictionary<String,String> = [:]
+
+  public var site: String = String()
+
+  /// Where the entry came from, named in its errors (e.g. "fleet.yaml line 12"); empty: "entry N".
+  public var source: String = String()
+
+  /// Read from the first entry only: commission every machine once all are enrolled.
+  public var commission: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_EnrollMachinesResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var machines: [Farrier_V1_Machine] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_BMCCredential: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var user: String = String()
+
+  public var created: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_created ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_created = newValue}
+  }
+  /// Returns true if `created` has been explicitly set.
+  public var hasCreated: Bool {self._created != nil}
+  /// Clears the value of `created`. Subsequent reads from it will return its default value.
+  public mutating func clearCreated() {self._created = nil}
+
+  /// How many machines use it.
+  public var machines: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _created: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Farrier_V1_AddBMCCredentialRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Lower-case letters, digits and '-', at most 63 characters.
+  public var name: String = String()
+
+  public var user: String = String()
+
+  /// Stored encrypted; never returned.
+  public var password: String = String()
+
+  /// Replace an existing credential's user and password, and every machine's that uses it.
+  public var replace: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_ListBMCCredentialsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_ListBMCCredentialsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var credentials: [Farrier_V1_BMCCredential] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_RemoveBMCCredentialRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_RemoveBMCCredentialResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -883,7 +1045,7 @@ fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0\u{3}bmc_credential\0\u{3}other_macs\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -910,6 +1072,8 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     var _progress: Farrier_V1_Progress? = nil
     var _address: String = String()
     var _site: String = String()
+    var _bmcCredential: String = String()
+    var _otherMacs: [String] = []
     var _maintenance: Farrier_V1_Maintenance? = nil
     var _power: Farrier_V1_PowerReading? = nil
 
@@ -946,6 +1110,8 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       _progress = source._progress
       _address = source._address
       _site = source._site
+      _bmcCredential = source._bmcCredential
+      _otherMacs = source._otherMacs
       _maintenance = source._maintenance
       _power = source._power
     }
@@ -992,6 +1158,8 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         case 24: try { try decoder.decodeSingularStringField(value: &_storage._site) }()
         case 25: try { try decoder.decodeSingularMessageField(value: &_storage._maintenance) }()
         case 26: try { try decoder.decodeSingularMessageField(value: &_storage._power) }()
+        case 27: try { try decoder.decodeSingularStringField(value: &_storage._bmcCredential) }()
+        case 28: try { try decoder.decodeRepeatedStringField(value: &_storage._otherMacs) }()
         default: break
         }
       }
@@ -1082,6 +1250,12 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       try { if let v = _storage._power {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
       } }()
+      if !_storage._bmcCredential.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._bmcCredential, fieldNumber: 27)
+      }
+      if !_storage._otherMacs.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._otherMacs, fieldNumber: 28)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1115,6 +1289,8 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._progress != rhs_storage._progress {return false}
         if _storage._address != rhs_storage._address {return false}
         if _storage._site != rhs_storage._site {return false}
+        if _storage._bmcCredential != rhs_storage._bmcCredential {return false}
+        if _storage._otherMacs != rhs_storage._otherMacs {return false}
         if _storage._maintenance != rhs_storage._maintenance {return false}
         if _storage._power != rhs_storage._power {return false}
         return true
@@ -1709,7 +1885,7 @@ nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnrollMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0\u{1}commission\0\u{1}site\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0\u{1}commission\0\u{1}site\0\u{3}bmc_credential\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1724,6 +1900,7 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
       case 5: try { try decoder.decodeSingularBoolField(value: &self.bmcInsecureTls) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.commission) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.site) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.bmcCredential) }()
       default: break
       }
     }
@@ -1751,6 +1928,9 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if !self.site.isEmpty {
       try visitor.visitSingularStringField(value: self.site, fieldNumber: 7)
     }
+    if !self.bmcCredential.isEmpty {
+      try visitor.visitSingularStringField(value: self.bmcCredential, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1762,6 +1942,314 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if lhs.bmcInsecureTls != rhs.bmcInsecureTls {return false}
     if lhs.commission != rhs.commission {return false}
     if lhs.site != rhs.site {return false}
+    if lhs.bmcCredential != rhs.bmcCredential {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_EnrollMachinesEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EnrollMachinesEntry"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}macs\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_credential\0\u{3}bmc_insecure_tls\0\u{1}zone\0\u{1}rack\0\u{1}tags\0\u{1}site\0\u{1}source\0\u{1}commission\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.macs) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.bmcURL) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.bmcPassword) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.bmcCredential) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.bmcInsecureTls) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.zone) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.rack) }()
+      case 9: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.site) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      case 12: try { try decoder.decodeSingularBoolField(value: &self.commission) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.macs.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.macs, fieldNumber: 2)
+    }
+    if !self.bmcURL.isEmpty {
+      try visitor.visitSingularStringField(value: self.bmcURL, fieldNumber: 3)
+    }
+    if !self.bmcPassword.isEmpty {
+      try visitor.visitSingularStringField(value: self.bmcPassword, fieldNumber: 4)
+    }
+    if !self.bmcCredential.isEmpty {
+      try visitor.visitSingularStringField(value: self.bmcCredential, fieldNumber: 5)
+    }
+    if self.bmcInsecureTls != false {
+      try visitor.visitSingularBoolField(value: self.bmcInsecureTls, fieldNumber: 6)
+    }
+    if !self.zone.isEmpty {
+      try visitor.visitSingularStringField(value: self.zone, fieldNumber: 7)
+    }
+    if !self.rack.isEmpty {
+      try visitor.visitSingularStringField(value: self.rack, fieldNumber: 8)
+    }
+    if !self.tags.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.tags, fieldNumber: 9)
+    }
+    if !self.site.isEmpty {
+      try visitor.visitSingularStringField(value: self.site, fieldNumber: 10)
+    }
+    if !self.source.isEmpty {
+      try visitor.visitSingularStringField(value: self.source, fieldNumber: 11)
+    }
+    if self.commission != false {
+      try visitor.visitSingularBoolField(value: self.commission, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_EnrollMachinesEntry, rhs: Farrier_V1_EnrollMachinesEntry) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.macs != rhs.macs {return false}
+    if lhs.bmcURL != rhs.bmcURL {return false}
+    if lhs.bmcPassword != rhs.bmcPassword {return false}
+    if lhs.bmcCredential != rhs.bmcCredential {return false}
+    if lhs.bmcInsecureTls != rhs.bmcInsecureTls {return false}
+    if lhs.zone != rhs.zone {return false}
+    if lhs.rack != rhs.rack {return false}
+    if lhs.tags != rhs.tags {return false}
+    if lhs.site != rhs.site {return false}
+    if lhs.source != rhs.source {return false}
+    if lhs.commission != rhs.commission {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_EnrollMachinesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EnrollMachinesResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}machines\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.machines) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.machines.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.machines, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_EnrollMachinesResponse, rhs: Farrier_V1_EnrollMachinesResponse) -> Bool {
+    if lhs.machines != rhs.machines {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_BMCCredential: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BMCCredential"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}user\0\u{1}created\0\u{1}machines\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.user) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._created) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.machines) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.user.isEmpty {
+      try visitor.visitSingularStringField(value: self.user, fieldNumber: 2)
+    }
+    try { if let v = self._created {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if self.machines != 0 {
+      try visitor.visitSingularInt32Field(value: self.machines, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_BMCCredential, rhs: Farrier_V1_BMCCredential) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.user != rhs.user {return false}
+    if lhs._created != rhs._created {return false}
+    if lhs.machines != rhs.machines {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_AddBMCCredentialRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AddBMCCredentialRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}user\0\u{1}password\0\u{1}replace\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.user) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.password) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.replace) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.user.isEmpty {
+      try visitor.visitSingularStringField(value: self.user, fieldNumber: 2)
+    }
+    if !self.password.isEmpty {
+      try visitor.visitSingularStringField(value: self.password, fieldNumber: 3)
+    }
+    if self.replace != false {
+      try visitor.visitSingularBoolField(value: self.replace, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_AddBMCCredentialRequest, rhs: Farrier_V1_AddBMCCredentialRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.user != rhs.user {return false}
+    if lhs.password != rhs.password {return false}
+    if lhs.replace != rhs.replace {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_ListBMCCredentialsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListBMCCredentialsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_ListBMCCredentialsRequest, rhs: Farrier_V1_ListBMCCredentialsRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_ListBMCCredentialsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListBMCCredentialsResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}credentials\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.credentials) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.credentials.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.credentials, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_ListBMCCredentialsResponse, rhs: Farrier_V1_ListBMCCredentialsResponse) -> Bool {
+    if lhs.credentials != rhs.credentials {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_RemoveBMCCredentialRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemoveBMCCredentialRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_RemoveBMCCredentialRequest, rhs: Farrier_V1_RemoveBMCCredentialRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_RemoveBMCCredentialResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemoveBMCCredentialResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_RemoveBMCCredentialResponse, rhs: Farrier_V1_RemoveBMCCredentialResponse) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,278 @@
+import FarrierBMC
+import FarrierControl
+import FarrierCore
+import Foundation
+import GRPCCore
+import Logging
+import SwiftProtobuf
+
+/// Bulk enrollment and named BMC credentials (issue 18 point 1).
+extension MachineAPI {
+    /// The most entries one `EnrollMachines` call takes.
+    static let maxEnrollEntries = 100_000
+    /// The most problems one refused enrollment lists (it says how many there were).
+    static let maxListedProblems = 50
+
+    public func enrollMachines(
+        request: RPCAsyncSequence<Farrier_V1_EnrollMachinesEntry, any Error>,
+        context: ServerContext
+    ) async throws -> Farrier_V1_EnrollMachinesResponse {
+        _ = try Caller.admin("enrolling machines")
+        var entries: [Farrier_V1_EnrollMachinesEntry] = []
+        for try await e in request {
+            entries.append(e)
+            if entries.count > Self.maxEnrollEntries {
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "at most \(Self.maxEnrollEntries) machines in one enrollment; nothing was enrolled"
+                )
+            }
+        }
+        guard let first = entries.first else {
+            throw RPCError(code: .invalidArgument, message: "no machines to enroll")
+        }
+        let batch = try await checkEnrollment(entries)
+        let enrolled = try await controller.enroll(batch)
+        logger.info("machines enrolled", metadata: ["count": "\(enrolled.count)"])
+        var response = Farrier_V1_EnrollMachinesResponse()
+        for m in enrolled {
+            if first.commission, m.state == .enrolled || m.state == .ready {
+                // Each its own commit, after the enrollment's: one that cannot start (a machine
+                // another caller moved meanwhile) leaves that machine enrolled, and says so.
+                do {
+                    response.machines.append(
+                        Farrier_V1_Machine(try await controller.apply(.commission, machineID: m.id), timeline: [])
+                    )
+                    continue
+                } catch {
+                    logger.warning(
+                        "enrolled, not commissioned",
+                        metadata: ["machine": "\(m.name)", "error": "\(error)"]
+                    )
+                }
+            }
+            response.machines.append(Farrier_V1_Machine(m, timeline: []))
+        }
+        return response
+    }
+
+    /// Checks every entry against the others and the fleet, and seals each password to its
+    /// machine's ID. Throws one `invalidArgument` listing every problem, each naming its entry's
+    /// source, when there is any: then nothing is written.
+    func checkEnrollment(_ entries: [Farrier_V1_EnrollMachinesEntry]) async throws -> [Enrollment] {
+        let fleet = try await store.machines()
+        let byMAC = Dictionary(fleet.map { ($0.mac, $0) }, uniquingKeysWith: { a, _ in a })
+        let byName = Dictionary(fleet.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        // Other NICs' MACs already recorded: no entry may claim one as its own.
+        var otherOwner: [String: String] = [:]
+        for m in fleet { for o in m.otherMACs ?? [] { otherOwner[o] = m.name } }
+        var credentials: [String: (BMCCredential, String)?] = [:]
+        var sites: [String: Bool] = [:]
+        var names: [String: String] = [:]
+        var macs: [String: String] = [:]
+        var problems: [String] = []
+        var batch: [Enrollment] = []
+        for (i, e) in entries.enumerated() {
+            let source = e.source.isEmpty ? "entry \(i + 1)" : String(e.source.prefix(200))
+            var mine: [String] = []
+            func bad(_ p: String) { mine.append("\(source) (\(e.name.isEmpty ? "no name" : e.name)): \(p)") }
+            defer { problems += mine }
+            if let p = Machine.nameProblem(e.name) { bad(p) }
+            if let other = names[e.name] { bad("name '\(e.name)' is also given by \(other)") }
+            names[e.name] = names[e.name] ?? source
+            // MACs: at least one, each a MAC, none given twice, none another machine's.
+            var parsed: [MACAddress] = []
+            if e.macs.isEmpty { bad("a mac is required") }
+            for text in e.macs {
+                guard let mac = MACAddress(text) else {
+                    bad("mac '\(text)' is not a MAC address (like 52:54:00:12:34:56)")
+                    continue
+                }
+                if let other = macs[mac.description] {
+                    bad("mac \(mac) is also given by \(other)")
+                } else if parsed.isEmpty, let owner = otherOwner[mac.description], owner != e.name {
+                    bad("mac \(mac) is a NIC of machine \(owner)")
+                } else if !parsed.isEmpty, let owner = byMAC[mac], owner.name != e.name {
+                    bad("mac \(mac) is the boot MAC of machine \(owner.name)")
+                }
+                macs[mac.description] = source
+                parsed.append(mac)
+            }
+            if let boot = parsed.first, let named = byName[e.name], named.mac != boot {
+                bad("name '\(e.name)' is already used by the machine with MAC \(named.mac)")
+            }
+            // The BMC: a URL, and a password or a named credential (not both).
+            var password: String?
+            var credentialName: String?
+            var url = e.bmcURL
+            switch (e.bmcPassword.isEmpty, e.bmcCredential.isEmpty) {
+            case (true, true): bad("a bmc-password-file or a bmc-credential is required")
+            case (false, false): bad("give a bmc-password-file or a bmc-credential, not both")
+            case (false, true): password = e.bmcPassword
+            case (true, false):
+                if credentials[e.bmcCredential] == nil {
+                    credentials[e.bmcCredential] = try await openCredential(e.bmcCredential)
+                }
+                if let (c, secret) = credentials[e.bmcCredential] ?? nil {
+                    credentialName = c.name
+                    password = secret
+                    switch Self.urlUser(e.bmcURL) {
+                    case nil: url = Self.url(e.bmcURL, user: c.user)
+                    case c.user?: break
+                    case let other?:
+                        bad("the BMC URL's user '\(other)' is not credential \(c.name)'s ('\(c.user)'); leave it out")
+                    }
+                } else {
+                    bad("no BMC credential named '\(e.bmcCredential)' (farrier bmc credential list)")
+                }
+            }
+            // (With an unknown credential the URL's missing user is no problem of its own.)
+            var reference: BMCReference?
+            if e.bmcCredential.isEmpty || credentialName != nil {
+                do { reference = try BMCReference(url: url, insecureTLS: e.bmcInsecureTls) } catch {
+                    bad(error.description)
+                }
+            }
+            // Placement: zone, rack, tags; the site must exist.
+            for (field, value) in [("zone", e.zone), ("rack", e.rack)] where value.count > Validation.maxFieldLength {
+                bad("\(field) is longer than \(Validation.maxFieldLength) characters")
+            }
+            if e.tags.count > Validation.maxTags { bad("at most \(Validation.maxTags) tags") }
+            for (k, v) in e.tags.sorted(by: { $0.key < $1.key }) {
+                if let p = Validation.tagProblem(key: k, value: v) { bad(p) }
+            }
+            if !e.site.isEmpty {
+                if sites[e.site] == nil { sites[e.site] = try await store.site(name: e.site) != nil }
+                if sites[e.site] != true { bad("no site named '\(e.site)' (farrier site list)") }
+            }
+            guard mine.isEmpty, let boot = parsed.first, let reference, let password else { continue }
+            // The password is sealed to the machine's ID: the existing one for a known MAC.
+            let id = byMAC[boot]?.id ?? UUID().uuidString.lowercased()
+            batch.append(
+                Enrollment(
+                    id: id,
+                    name: e.name,
+                    mac: boot,
+                    otherMACs: parsed.dropFirst().map(\.description),
+                    bmc: reference,
+                    sealedPassword: try vault.seal(password, machineID: id),
+                    credential: credentialName,
+                    zone: e.zone,
+                    rack: e.rack,
+                    tags: e.tags,
+                    site: e.site.isEmpty ? nil : e.site
+                )
+            )
+        }
+        if !problems.isEmpty {
+            let listed = problems.prefix(Self.maxListedProblems).joined(separator: "\n")
+            let more =
+                problems.count > Self.maxListedProblems ? "\n… and \(problems.count - Self.maxListedProblems) more" : ""
+            throw RPCError(
+                code: .invalidArgument,
+                message:
+                    "nothing was enrolled: \(problems.count) problem\(problems.count == 1 ? "" : "s") in \(entries.count) machines\n\(listed)\(more)"
+            )
+        }
+        return batch
+    }
+
+    /// A credential and its password, or nil when there is none by that name.
+    func openCredential(_ name: String) async throws -> (BMCCredential, String)? {
+        guard let c = try await store.bmcCredential(name: name) else { return nil }
+        return (c, try vault.open(c.sealedPassword, machineID: BMCCredential.sealingContext(c.name)))
+    }
+
+    /// The user a BMC URL names, or nil when it names none (`ipmi://HOST`).
+    static func urlUser(_ url: String) -> String? {
+        guard let scheme = url.range(of: "://") else { return nil }
+        let authority = url[scheme.upperBound...].prefix { $0 != "/" }
+        guard let at = authority.lastIndex(of: "@") else { return nil }
+        let user = String(authority[..<at])
+        return user.removingPercentEncoding ?? user
+    }
+
+    /// The URL with `user` put in (it named none).
+    static func url(_ url: String, user: String) -> String {
+        guard let scheme = url.range(of: "://") else { return url }
+        let encoded = user.addingPercentEncoding(withAllowedCharacters: .urlUserAllowed) ?? user
+        return String(url[..<scheme.upperBound]) + encoded + "@" + url[scheme.upperBound...]
+    }
+
+    public func addBMCCredential(
+        request: Farrier_V1_AddBMCCredentialRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_BMCCredential {
+        let caller = try Caller.admin("managing BMC credentials")
+        if let p = BMCCredential.nameProblem(request.name) { throw RPCError(code: .invalidArgument, message: p) }
+        guard !request.user.isEmpty, request.user.count <= 64,
+            !request.user.contains(where: { $0 == ":" || $0 == "@" || $0 == "/" || $0.isNewline })
+        else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "a BMC user is required: at most 64 characters, without ':', '@', '/' or line breaks"
+            )
+        }
+        guard !request.password.isEmpty, request.password.utf8.count <= 1024 else {
+            throw RPCError(code: .invalidArgument, message: "a password is required (at most 1024 bytes)")
+        }
+        let credential = BMCCredential(
+            name: request.name,
+            user: request.user,
+            sealedPassword: try vault.seal(request.password, machineID: BMCCredential.sealingContext(request.name)),
+            created: Date()
+        )
+        if request.replace {
+            // Every machine using it gets the new password, sealed to its own ID, in the same
+            // transaction; its cached BMC session is dropped so the next call uses the new one.
+            let users = try await store.machines(usingCredential: request.name)
+            var secrets: [String: [UInt8]] = [:]
+            for id in users { secrets[id] = try vault.seal(request.password, machineID: id) }
+            try await store.replaceBMCCredential(credential, machineSecrets: secrets)
+            logger.info(
+                "BMC credential replaced",
+                metadata: ["credential": "\(request.name)", "machines": "\(users.count)", "by": "\(caller.tokenName)"]
+            )
+        } else {
+            try await store.addBMCCredential(credential)
+            logger.info(
+                "BMC credential added",
+                metadata: ["credential": "\(request.name)", "by": "\(caller.tokenName)"]
+            )
+        }
+        let stored = try await store.bmcCredentials().first { $0.name == request.name } ?? credential
+        return Farrier_V1_BMCCredential(stored)
+    }
+
+    public func listBMCCredentials(
+        request: Farrier_V1_ListBMCCredentialsRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_ListBMCCredentialsResponse {
+        _ = try Caller.admin("managing BMC credentials")
+        var response = Farrier_V1_ListBMCCredentialsResponse()
+        response.credentials = try await store.bmcCredentials().map(Farrier_V1_BMCCredential.init)
+        return response
+    }
+
+    public func removeBMCCredential(
+        request: Farrier_V1_RemoveBMCCredentialRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_RemoveBMCCredentialResponse {
+        let caller = try Caller.admin("managing BMC credentials")
+        guard try await store.removeBMCCredential(name: request.name) else {
+            throw RPCError(code: .notFound, message: "no BMC credential named '\(request.name)'")
+        }
+        logger.info("BMC credential removed", metadata: ["credential": "\(request.name)", "by": "\(caller.tokenName)"])
+        return Farrier_V1_RemoveBMCCredentialResponse()
+    }
+}
+
+extension Farrier_V1_BMCCredential {
+    init(_ c: BMCCredential) {
+        self.init()
+        name = c.name
+        user = c.user
+        created = Google_Protobuf_Timestamp(date: c.created)
+        machines = Int32(clamping: c.machines)
+    }
+}
