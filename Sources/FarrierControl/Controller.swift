@@ -221,6 +221,8 @@ public final class Controller: Sendable {
             status.reason += reasonSuffix
             m.status = status
         }
+        // A new state expects its own power: the power sync judges it again at its next read.
+        m.power?.expected = nil
         if Lifecycle.steps.contains(m.state) {
             m.generation += 1
             m.agentNonce = nil
@@ -251,7 +253,7 @@ public final class Controller: Sendable {
 
     /// Why a machine in maintenance refuses what was asked, and how to end it.
     public static func inMaintenance(_ name: String, _ hold: Maintenance) -> String {
-        "machine \(name) is in maintenance (\(hold.reason); set by \(hold.by)): nothing is done to it until an admin runs 'farrier machine maintenance off \(name)'"
+        "machine \(name) is in maintenance (\(hold.reason)): nothing is done to it until an admin runs 'farrier machine maintenance off \(name)'"
     }
 
     /// Puts a machine in maintenance (`hold`) or takes it out (nil), with an action event.
@@ -260,6 +262,13 @@ public final class Controller: Sendable {
     @discardableResult
     public func setMaintenance(machineID: String, _ hold: Maintenance?, by caller: String) async throws -> Machine {
         let m = try await store.update(machineID: machineID) { x in
+            // A discovered machine is pruned when unseen: a hold on it would go with it.
+            if hold != nil, x.state == .discovered {
+                throw ControlError(
+                    .conflict,
+                    "machine \(x.name) is only discovered; enroll it first (maintenance is for enrolled machines)"
+                )
+            }
             if hold != nil, Lifecycle.steps.contains(x.state) {
                 throw ControlError(
                     .conflict,
@@ -269,11 +278,14 @@ public final class Controller: Sendable {
             let message: String
             switch (x.maintenance, hold) {
             case (nil, nil): return []
-            case (nil, let h?): message = "maintenance on by \(caller): \(h.reason)"
-            case (_?, let h?): message = "maintenance reason changed by \(caller): \(h.reason)"
-            case (_?, nil): message = "maintenance off by \(caller)"
+            // (Who: in the hold, for admins, and in the log; events reach the project too.)
+            case (nil, let h?): message = "maintenance on: \(h.reason)"
+            case (_?, let h?): message = "maintenance reason changed: \(h.reason)"
+            case (_?, nil): message = "maintenance off"
             }
             x.maintenance = hold
+            // Not read while held: a drift shown from before would go stale.
+            x.power?.expected = nil
             return [MachineEvent(x, kind: .action, message: message)]
         }
         logger.info(

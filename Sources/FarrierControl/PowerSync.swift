@@ -68,6 +68,8 @@ public actor PowerSync: Service {
             }
         }
         holding = (try? await fence.acquire(["power-sync"])) ?? false
+        // Only the reading replica exports the fleet's gauges: two would count every machine twice.
+        if !holding { metrics.set(machines: 0, drifting: 0, failing: 0) }
         if holding { logger.info("power sync: this replica reads the BMCs") }
         return holding
     }
@@ -81,6 +83,14 @@ public actor PowerSync: Service {
         }
         let ids = Set(machines.map(\.id))
         failures = failures.filter { ids.contains($0.key) }
+        // The gauges, from what the machines hold now: a machine deleted, held in maintenance
+        // or in a step counts no more.
+        let readable = machines.filter(Self.readable)
+        metrics.set(
+            machines: readable.count,
+            drifting: readable.count { $0.power?.expected != nil },
+            failing: readable.count { $0.power?.failingSince != nil }
+        )
         // Backoff in rounds: after n failures, every 2^n rounds, at most an hour apart.
         let cap = max(1, Int(3600 / max(1, interval.components.seconds)))
         let targets = machines.filter { m in
@@ -107,7 +117,6 @@ public actor PowerSync: Service {
             }
             for await (id, ok) in group { failures[id] = ok ? nil : (failures[id] ?? 0) + 1 }
         }
-        metrics.set(machines: machines.filter(Self.readable).count)
     }
 
     /// Whether the power sync reads this machine at all.
@@ -116,11 +125,27 @@ public actor PowerSync: Service {
     }
 
     /// Reads one machine's power and records it; true when the BMC answered (or was not asked).
-    nonisolated func read(_ m: Machine) async -> Bool {
+    /// The machine is read again first: one that went into maintenance or a step since the
+    /// round's list was made (up to 80% of an interval ago) is not asked.
+    nonisolated func read(_ listed: Machine) async -> Bool {
+        let m: Machine
+        let reference: BMCReference
+        let sealed: [UInt8]
+        do {
+            guard let fresh = try await controller.store.machine(id: listed.id), Self.readable(fresh),
+                let r = fresh.bmc, let s = try await controller.store.sealedBMCPassword(machineID: fresh.id)
+            else { return true }
+            (m, reference, sealed) = (fresh, r, s)
+        } catch {
+            // The database, not the BMC: nothing is marked; the next round tries again.
+            logger.warning(
+                "power sync cannot read a machine",
+                metadata: ["machine": "\(listed.name)", "error": "\(error)"]
+            )
+            return true
+        }
         let result: Result<PowerState, any Error>
         do {
-            guard let reference = m.bmc, let sealed = try await controller.store.sealedBMCPassword(machineID: m.id)
-            else { return true }
             let bmc = try await controller.pool.bmc(
                 machineID: m.id,
                 reference: reference,
@@ -130,17 +155,20 @@ public actor PowerSync: Service {
             result = .success(try await bmc.powerState())
         } catch let away as SiteLinkAway {
             // The site's link is down, not the BMC: nothing is known, nothing is marked.
-            logger.debug("power sync: site away", metadata: ["machine": "\(m.name)", "site": "\(away.site)"])
+            logger.debug("power sync: site away", metadata: ["machine": "\(listed.name)", "site": "\(away.site)"])
+            return true
+        } catch  where error is CancellationError || Task.isCancelled {
+            // Shutting down (or the round was cut short): the BMC did nothing wrong.
             return true
         } catch {
             result = .failure(error)
         }
         do {
-            try await record(machineID: m.id, result)
+            try await record(machineID: listed.id, generation: m.generation, result)
         } catch {
             logger.warning(
                 "power sync cannot record a reading",
-                metadata: ["machine": "\(m.name)", "error": "\(error)"]
+                metadata: ["machine": "\(listed.name)", "error": "\(error)"]
             )
         }
         if case .success = result { return true }
@@ -150,25 +178,31 @@ public actor PowerSync: Service {
     /// Writes a reading onto the machine, with an event where something began or ended (drift,
     /// a BMC that stopped answering). A machine that went into maintenance or a step since it
     /// was listed keeps what it had.
-    nonisolated func record(machineID: String, _ result: Result<PowerState, any Error>) async throws {
+    nonisolated func record(
+        machineID: String,
+        generation: Int,
+        _ result: Result<PowerState, any Error>
+    ) async throws {
         let now = Date()
-        // What the commit wrote: the reading (nil: the machine was left alone) and whether it
-        // carried events (only then are watchers woken: a reading alone is no news).
-        let note = TransactionNote<(PowerReading?, Bool)>((nil, false))
+        // What the commit did: whether it wrote the reading, whether the reading carried events
+        // (only then are watchers woken: a reading alone is no news), and whether a drift began.
+        let note = TransactionNote<(wrote: Bool, news: Bool, driftBegan: Bool)>((false, false, false))
         _ = try await controller.store.update(machineID: machineID) { x in
-            guard Self.readable(x) else {
-                note.set((nil, false))
+            // Moved on since it was read (a step, maintenance): the reading is not its state's.
+            guard Self.readable(x), x.generation == generation else {
+                note.set((false, false, false))
                 return []
             }
             let (reading, messages) = Self.next(x.power, state: x.state, result, now: now)
+            let began = reading.expected != nil && x.power?.expected == nil
             x.power = reading
-            note.set((reading, !messages.isEmpty))
+            note.set((true, !messages.isEmpty, began))
             return messages.map { MachineEvent(x, kind: .action, message: $0) }
         }
-        let (reading, news) = note.value
-        guard let reading else { return }
+        let (wrote, news, began) = note.value
+        guard wrote else { return }
         if case .success = result { metrics.read(ok: true) } else { metrics.read(ok: false) }
-        metrics.note(machineID: machineID, drifting: reading.expected != nil, failing: reading.failingSince != nil)
+        if began { metrics.driftBegan() }
         if news { controller.wake() }
     }
 
@@ -203,7 +237,9 @@ public actor PowerSync: Service {
             let text = String(describing: error)
             if p.failingSince == nil {
                 p.failingSince = now
-                events.append("power sync: the BMC stopped answering: \(text)")
+                // The error names the BMC: it stays on the machine, for admins (machine show);
+                // events reach the machine's project too.
+                events.append("power sync: the BMC stopped answering (an admin's machine show has the error)")
             }
             p.error = String(text.prefix(512))
         }
@@ -218,8 +254,8 @@ public final class PowerSyncMetrics: Sendable {
         var readsFailed = 0
         var driftEvents = 0
         var machines = 0
-        var drifting: Set<String> = []
-        var failing: Set<String> = []
+        var drifting = 0
+        var failing = 0
     }
     let counts = Mutex(Counts())
 
@@ -229,23 +265,21 @@ public final class PowerSyncMetrics: Sendable {
         counts.withLock { if ok { $0.readsOK += 1 } else { $0.readsFailed += 1 } }
     }
 
-    func set(machines: Int) { counts.withLock { $0.machines = machines } }
-
-    func note(machineID: String, drifting: Bool, failing: Bool) {
-        counts.withLock { c in
-            if drifting {
-                if c.drifting.insert(machineID).inserted { c.driftEvents += 1 }
-            } else {
-                c.drifting.remove(machineID)
-            }
-            if failing { c.failing.insert(machineID) } else { c.failing.remove(machineID) }
+    /// The gauges, from the machines as a round begins.
+    func set(machines: Int, drifting: Int, failing: Int) {
+        counts.withLock {
+            $0.machines = machines
+            $0.drifting = drifting
+            $0.failing = failing
         }
     }
 
+    func driftBegan() { counts.withLock { $0.driftEvents += 1 } }
+
     /// Machines whose power differs from what their state expects, as last read.
-    public var drifting: Int { counts.withLock { $0.drifting.count } }
+    public var drifting: Int { counts.withLock { $0.drifting } }
     /// Machines whose BMC did not answer at its last read.
-    public var failing: Int { counts.withLock { $0.failing.count } }
+    public var failing: Int { counts.withLock { $0.failing } }
 
     public func render() -> String {
         let c = counts.withLock { $0 }
@@ -259,13 +293,13 @@ public final class PowerSyncMetrics: Sendable {
             farrier_power_sync_machines \(c.machines)
             # HELP farrier_power_drift_machines Machines whose power differs from what their state expects, as last read
             # TYPE farrier_power_drift_machines gauge
-            farrier_power_drift_machines \(c.drifting.count)
+            farrier_power_drift_machines \(c.drifting)
             # HELP farrier_power_drift_total Times a machine was found with power its state does not expect
             # TYPE farrier_power_drift_total counter
             farrier_power_drift_total \(c.driftEvents)
             # HELP farrier_bmc_unreachable_machines Machines whose BMC did not answer the power sync's last read
             # TYPE farrier_bmc_unreachable_machines gauge
-            farrier_bmc_unreachable_machines \(c.failing.count)
+            farrier_bmc_unreachable_machines \(c.failing)
 
             """
     }

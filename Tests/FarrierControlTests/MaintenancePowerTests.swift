@@ -55,7 +55,7 @@ import Testing
         try await controller.setMaintenance(machineID: a.id, nil, by: "admin")
         #expect(try await controller.allocate({ _ in true }, fill: { _ in })?.id == a.id)
         let events = try await store.events(after: 0, machineID: a.id, limit: 10).map(\.message)
-        #expect(Array(events.prefix(2)) == ["maintenance on by admin: DIMM swap", "maintenance off by admin"])
+        #expect(Array(events.prefix(2)) == ["maintenance on: DIMM swap", "maintenance off"])
     }
 
     @Test func maintenanceStartsOnlyBetweenSteps() async throws {
@@ -69,6 +69,21 @@ import Testing
         // Turning it off (when it is not on) is no change and no event.
         try await controller.setMaintenance(machineID: a.id, nil, by: "admin")
         #expect(try await store.events(after: 0, machineID: a.id, limit: 10).count == 1)
+    }
+
+    @Test func aDiscoveredMachineCannotBeHeld() async throws {
+        let m = try #require(
+            try await store.recordSighting(
+                mac: MACAddress("52:54:00:00:00:07")!,
+                platform: .init(architecture: .x86_64, firmware: .bios),
+                at: Date(),
+                create: 10
+            )
+        )
+        let refused = await #expect(throws: ControlError.self) {
+            try await controller.setMaintenance(machineID: m.id, hold, by: "admin")
+        }
+        #expect(refused?.description.contains("only discovered; enroll it first") == true)
     }
 
     struct NoAnswer: Error, CustomStringConvertible {
@@ -90,7 +105,10 @@ import Testing
         // The BMC stops answering: marked with the error and since when, once; the last answer stays.
         (p, events) = PowerSync.next(p, state: .ready, .failure(NoAnswer()), now: t0 + 3)
         #expect(p.failingSince == t0 + 3 && p.error == "no answer from 127.0.0.1:9623" && p.read == t0 + 2)
-        #expect(p.state == .on && events == ["power sync: the BMC stopped answering: no answer from 127.0.0.1:9623"])
+        #expect(
+            p.state == .on
+                && events == ["power sync: the BMC stopped answering (an admin's machine show has the error)"]
+        )
         (p, events) = PowerSync.next(p, state: .ready, .failure(NoAnswer()), now: t0 + 4)
         #expect(p.failingSince == t0 + 3 && events.isEmpty)
         // It answers again, off: both the failure and the drift end, each with its event.

@@ -425,6 +425,11 @@ struct ControlPlaneTests {
         let held = try cp.machine("m1")["maintenance"] as? [String: Any]
         #expect(held?["reason"] as? String == "DIMM swap in slot B2" && held?["since"] != nil && held?["by"] != nil)
         #expect(try cp.cli(["machine", "list"]).stdout.contains("DIMM swap in slot B2"))
+        // Held, it is no longer counted as drifting (its drift is cleared: it is not read).
+        #expect(try power("m1")["expected"] == nil)
+        try h.waitUntil("the drift gauge back to 0", timeout: 10, interval: 0.5) {
+            try metrics().contains("farrier_power_drift_machines 0\n")
+        }
         let commission = try cp.cli(["machine", "commission", "m1"], check: false)
         #expect(commission.stderr.contains("m1 is in maintenance (DIMM swap in slot B2"), "\(commission.stderr)")
         #expect(try cp.state("m1") == "ready")
