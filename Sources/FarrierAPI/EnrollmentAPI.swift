@@ -34,24 +34,31 @@ extension MachineAPI {
         let batch = try await checkEnrollment(entries)
         let enrolled = try await controller.enroll(batch)
         logger.info("machines enrolled", metadata: ["count": "\(enrolled.count)"])
+        // The answer is small whatever the fleet: name, MAC, state and reason of each machine
+        // (10 000 whole machines, inventories and all, would pass the client's 4 MiB limit).
+        func slim(_ m: Machine, _ reason: String? = nil) -> Farrier_V1_Machine {
+            var v = Farrier_V1_Machine()
+            v.id = m.id
+            v.name = m.name
+            v.mac = m.mac.description
+            v.state = m.state.rawValue
+            v.reason = reason ?? m.reason
+            return v
+        }
         var response = Farrier_V1_EnrollMachinesResponse()
         for m in enrolled {
-            if first.commission, m.state == .enrolled || m.state == .ready {
-                // Each its own commit, after the enrollment's: one that cannot start (a machine
-                // another caller moved meanwhile) leaves that machine enrolled, and says so.
-                do {
-                    response.machines.append(
-                        Farrier_V1_Machine(try await controller.apply(.commission, machineID: m.id), timeline: [])
-                    )
-                    continue
-                } catch {
-                    logger.warning(
-                        "enrolled, not commissioned",
-                        metadata: ["machine": "\(m.name)", "error": "\(error)"]
-                    )
-                }
+            guard first.commission, m.state == .enrolled || m.state == .ready, !Task.isCancelled else {
+                response.machines.append(slim(m))
+                continue
             }
-            response.machines.append(Farrier_V1_Machine(m, timeline: []))
+            // Each its own commit, after the enrollment's: one that cannot start (a machine
+            // another caller moved meanwhile) stays as it is, and its reason says why.
+            do {
+                response.machines.append(slim(try await controller.apply(.commission, machineID: m.id)))
+            } catch {
+                logger.warning("enrolled, not commissioned", metadata: ["machine": "\(m.name)", "error": "\(error)"])
+                response.machines.append(slim(m, "enrolled, not commissioned: \(error)"))
+            }
         }
         return response
     }
@@ -90,7 +97,7 @@ extension MachineAPI {
                 }
                 if let other = macs[mac.description] {
                     bad("mac \(mac) is also given by \(other)")
-                } else if parsed.isEmpty, let owner = otherOwner[mac.description], owner != e.name {
+                } else if let owner = otherOwner[mac.description], owner != e.name {
                     bad("mac \(mac) is a NIC of machine \(owner)")
                 } else if !parsed.isEmpty, let owner = byMAC[mac], owner.name != e.name {
                     bad("mac \(mac) is the boot MAC of machine \(owner.name)")
@@ -100,6 +107,10 @@ extension MachineAPI {
             }
             if let boot = parsed.first, let named = byName[e.name], named.mac != boot {
                 bad("name '\(e.name)' is already used by the machine with MAC \(named.mac)")
+            }
+            // A machine in a step keeps its BMC and placement until the step ends.
+            if let boot = parsed.first, let known = byMAC[boot], Lifecycle.steps.contains(known.state) {
+                bad("machine \(known.name) is \(known.state.rawValue); enroll it again once the step ends")
             }
             // The BMC: a URL, and a password or a named credential (not both).
             var password: String?
@@ -119,6 +130,8 @@ extension MachineAPI {
                     switch Self.urlUser(e.bmcURL) {
                     case nil: url = Self.url(e.bmcURL, user: c.user)
                     case c.user?: break
+                    case let other? where other.contains(":"):
+                        bad("BMC URL must not contain a password; the credential holds it")
                     case let other?:
                         bad("the BMC URL's user '\(other)' is not credential \(c.name)'s ('\(c.user)'); leave it out")
                     }
@@ -157,6 +170,7 @@ extension MachineAPI {
                     bmc: reference,
                     sealedPassword: try vault.seal(password, machineID: id),
                     credential: credentialName,
+                    credentialSecret: credentialName.flatMap { credentials[$0]??.0.sealedPassword },
                     zone: e.zone,
                     rack: e.rack,
                     tags: e.tags,

@@ -206,6 +206,11 @@ extension MachineAPI {
             switch Self.urlUser(url) {
             case nil: url = Self.url(url, user: c.user)
             case c.user?: break
+            case let other? where other.contains(":"):
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "BMC URL must not contain a password; the credential holds it"
+                )
             case let other?:
                 throw RPCError(
                     code: .invalidArgument,

@@ -347,6 +347,99 @@ extension MachineAPI {
         )
     }
 
+    public func adoptMachine(
+        request: Farrier_V1_AdoptMachineRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
+        let caller = try Caller.admin("adopting a machine")
+        let m = try await visibleMachine(request.name)
+        guard m.state == .enrolled else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message:
+                    "machine \(m.name) is \(m.state.rawValue); only an enrolled machine (never commissioned: its disk untouched) can be adopted"
+            )
+        }
+        if let hold = m.maintenance {
+            throw RPCError(code: .failedPrecondition, message: Controller.inMaintenance(m.name, hold))
+        }
+        guard !request.project.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "a project is required (--project NAME)")
+        }
+        guard let project = try await store.project(name: request.project) else {
+            throw RPCError(code: .notFound, message: "no project named '\(request.project)'")
+        }
+        guard !request.image.isEmpty else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "an image is required (--image NAME): what the machine runs"
+            )
+        }
+        guard let image = try await store.image(name: request.image) else {
+            let known = try await store.images().map(\.name)
+            throw RPCError(
+                code: .notFound,
+                message:
+                    "no image named '\(request.image)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))"
+            )
+        }
+        if !request.hostname.isEmpty, let p = Machine.nameProblem(request.hostname) {
+            throw RPCError(code: .invalidArgument, message: "hostname: \(p)")
+        }
+        for (k, v) in request.tags {
+            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
+        }
+        let missing = project.requiredTags.filter { (request.tags[$0] ?? "").isEmpty }
+        if !missing.isEmpty {
+            throw RPCError(
+                code: .failedPrecondition,
+                message:
+                    "project \(project.name) requires the tags \(missing.joined(separator: ", ")) on every machine it holds; add --tag \(missing[0])=VALUE"
+            )
+        }
+        // Verified through the BMC before anything is recorded: it answers, the machine runs,
+        // and from now on it boots its disk (also when the network offers it a script).
+        let (_, bmc) = try await bmc(for: request.name)
+        let power: PowerState
+        do {
+            power = try await bmc.powerState()
+            if power == .on {
+                try await bmc.setBootOverride(BootOverride(device: .disk, persistent: true, efi: m.firmware == .uefi))
+            }
+        } catch {
+            throw Self.rpcError(error, machine: m.name)
+        }
+        guard power == .on else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message:
+                    "machine \(m.name)'s BMC says its power is \(power.rawValue); adopt a running machine (farrier machine power \(m.name) on, once it boots its disk)"
+            )
+        }
+        let now = Date()
+        let adopted = try await controller.apply(.adopt, machineID: m.id, guardGeneration: m.generation) { x in
+            x.project = project.name
+            var d = Deployment(
+                image: image.name,
+                imageSHA256: image.sha256,
+                sshKeys: [],
+                userData: "",
+                hostname: request.hostname.isEmpty ? x.name : request.hostname,
+                requestedBy: caller.tokenName,
+                tags: request.tags,
+                wipe: project.wipePolicy
+            )
+            d.allocated = now
+            x.deployment = d
+            x.power = PowerReading(state: .on, read: now)
+        }
+        logger.info(
+            "machine adopted",
+            metadata: ["machine": "\(m.name)", "project": "\(project.name)", "image": "\(image.name)"]
+        )
+        return Farrier_V1_Machine(adopted, timeline: [])
+    }
+
     public func setMaintenance(
         request: Farrier_V1_SetMaintenanceRequest,
         context: ServerContext

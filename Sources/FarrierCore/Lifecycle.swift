@@ -24,6 +24,9 @@ public enum Lifecycle {
         case release
         case rescue
         case exitRescue
+        /// An enrolled machine already running an OS Farrier did not install is recorded as
+        /// deployed, its disk untouched.
+        case adopt
         /// The current step finished (agent reported success, power and boot applied).
         case stepSucceeded
         /// The current step failed or timed out.
@@ -41,6 +44,7 @@ public enum Lifecycle {
             case .release: "release"
             case .rescue: "rescue"
             case .exitRescue: "exit-rescue"
+            case .adopt: "adopt"
             case .stepSucceeded: "step-succeeded"
             case .stepFailed: "step-failed"
             case .retry: "retry"
@@ -50,8 +54,8 @@ public enum Lifecycle {
 
         /// One of each event, for exhaustive tests.
         public static let all: [Event] = [
-            .enroll, .commission, .deploy, .release, .rescue, .exitRescue, .stepSucceeded, .stepFailed(reason: "x"),
-            .retry, .abort,
+            .enroll, .commission, .deploy, .release, .rescue, .exitRescue, .adopt, .stepSucceeded,
+            .stepFailed(reason: "x"), .retry, .abort,
         ]
     }
 
@@ -113,6 +117,12 @@ public enum Lifecycle {
             return refuse("it must be commissioned and ready first")
         case (.deployed, .deploy):
             return refuse("it is already deployed; release it first")
+
+        // The disk holds an OS and whatever its users wrote: dirty, as after a deploy.
+        case (.enrolled, .adopt):
+            return to(.deployed, "adopted: deployed outside Farrier, disk untouched", dirty: true)
+        case (_, .adopt):
+            return refuse("only an enrolled machine (never commissioned: its disk untouched) can be adopted")
 
         case (.deployed, .release), (.rescue, .release):
             return to(.releasing, "releasing: wiping the disks")

@@ -38,8 +38,10 @@ public protocol MachineStore: Sendable {
     ) async throws -> Machine
     /// Enrolls every machine of `batch` in one transaction, or none: as `enroll` does for one
     /// (a machine already known by its MAC keeps its ID, which must be the entry's, and is
-    /// renamed; others are made with the entry's ID), with zone, rack, tags, site, other MACs and
-    /// named credential. Throws `StoreError.Code.alreadyExists` when a name belongs to a machine
+    /// renamed; others are made with the entry's ID), with zone, rack, tags, other MACs, named
+    /// credential and site (an entry with no site keeps the machine's). Refuses the batch with
+    /// `.inUse` when a named credential's password is no longer `credentialSecret` (replaced
+    /// meanwhile) or a machine is in a step. Throws `StoreError.Code.alreadyExists` when a name belongs to a machine
     /// with another MAC, and `.inUse` when a MAC's machine is not the one the entry's ID names
     /// (it was made or deleted meanwhile: check and send the batch again).
     func enroll(_ batch: [Enrollment], at: Date) async throws -> [Machine]
@@ -95,6 +97,9 @@ public struct Enrollment: Sendable, Hashable {
     public var bmc: BMCReference
     public var sealedPassword: [UInt8]
     public var credential: String?
+    /// The credential's sealed password as it was when this entry's copy was made: the store
+    /// refuses the batch if the credential was replaced meanwhile.
+    public var credentialSecret: [UInt8]?
     public var zone: String
     public var rack: String
     public var tags: [String: String]
@@ -108,6 +113,7 @@ public struct Enrollment: Sendable, Hashable {
         bmc: BMCReference,
         sealedPassword: [UInt8],
         credential: String? = nil,
+        credentialSecret: [UInt8]? = nil,
         zone: String = "",
         rack: String = "",
         tags: [String: String] = [:],
@@ -120,6 +126,7 @@ public struct Enrollment: Sendable, Hashable {
         self.bmc = bmc
         self.sealedPassword = sealedPassword
         self.credential = credential
+        self.credentialSecret = credentialSecret
         self.zone = zone
         self.rack = rack
         self.tags = tags

@@ -614,6 +614,16 @@ extension PostgresStore {
         try await transaction { [self] conn in
             var out: [Machine] = []
             for e in batch {
+                if let c = e.credential {
+                    var now: [UInt8]?
+                    for try await secret in try await conn.query(
+                        "SELECT secret FROM bmc_credential WHERE name = \(c) FOR SHARE",
+                        logger: logger
+                    ).decode(ByteBuffer.self) { now = Array(secret.readableBytesView) }
+                    guard let now, now == e.credentialSecret else {
+                        throw StoreError(.inUse, "BMC credential '\(c)' changed while enrolling; enroll again")
+                    }
+                }
                 if let byName = try await machines(
                     conn,
                     "SELECT body::text FROM machine WHERE name = \(e.name) FOR UPDATE"
@@ -633,6 +643,12 @@ extension PostgresStore {
                         throw StoreError(.inUse, "the machine with MAC \(e.mac) changed while enrolling; enroll again")
                     }
                     m = existing
+                    guard !Lifecycle.steps.contains(m.state) else {
+                        throw StoreError(
+                            .inUse,
+                            "machine \(m.name) is \(m.state.rawValue); enroll it again once the step ends"
+                        )
+                    }
                     m.name = e.name
                     if m.state == .discovered { m.state = .enrolled }
                     insert = false
@@ -655,7 +671,7 @@ extension PostgresStore {
                 m.zone = e.zone
                 m.rack = e.rack
                 m.tags = e.tags
-                m.site = e.site
+                if let site = e.site { m.site = site }
                 try await write(m, conn: conn, insert: insert)
                 try await conn.query(
                     "UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: e.sealedPassword)) WHERE id = \(m.id)",

@@ -481,6 +481,16 @@ public final class SQLiteStore: StateStore {
         return try await writing { db in
             var out: [Machine] = []
             for (e, bmc) in zip(batch, bmcJSON) {
+                if let c = e.credential {
+                    let now = try Data.fetchOne(
+                        db,
+                        sql: "SELECT secret FROM bmcCredential WHERE name = ?",
+                        arguments: [c]
+                    )
+                    guard let now, Array(now) == e.credentialSecret else {
+                        throw StoreError(.inUse, "BMC credential '\(c)' changed while enrolling; enroll again")
+                    }
+                }
                 let byName = try MachineRecord.filter(Column("name") == e.name).fetchOne(db)
                 if let byName, byName.mac != e.mac.description {
                     throw StoreError(
@@ -494,6 +504,12 @@ public final class SQLiteStore: StateStore {
                         throw StoreError(.inUse, "the machine with MAC \(e.mac) changed while enrolling; enroll again")
                     }
                     m = try existing.machine()
+                    guard !Lifecycle.steps.contains(m.state) else {
+                        throw StoreError(
+                            .inUse,
+                            "machine \(m.name) is \(m.state.rawValue); enroll it again once the step ends"
+                        )
+                    }
                     m.name = e.name
                     // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
                     if m.state == .discovered { m.state = .enrolled }
@@ -515,7 +531,7 @@ public final class SQLiteStore: StateStore {
                 m.zone = e.zone
                 m.rack = e.rack
                 m.tags = e.tags
-                m.site = e.site
+                if let site = e.site { m.site = site }
                 var row = MachineRecord(m)
                 row.bmc = bmc
                 try row.save(db)

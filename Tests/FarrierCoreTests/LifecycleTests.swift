@@ -8,7 +8,7 @@ import Testing
     /// The allowed transitions: (from, event) → to. Everything else must be refused.
     static let allowed: [S: [String: S]] = [
         .discovered: ["enroll": .enrolled],
-        .enrolled: ["enroll": .enrolled, "commission": .commissioning],
+        .enrolled: ["enroll": .enrolled, "commission": .commissioning, "adopt": .deployed],
         .commissioning: ["step-succeeded": .ready, "step-failed": .failed],
         .ready: ["commission": .commissioning, "deploy": .deploying],
         .deploying: ["step-succeeded": .deployed, "step-failed": .failed],
@@ -44,6 +44,11 @@ import Testing
             }
         }
         #expect(checked == S.allCases.count * Lifecycle.Event.all.count)
+    }
+
+    @Test func adoptionMarksTheDiskDirty() throws {
+        let adopted = try Lifecycle.apply(.adopt, to: .init(state: .enrolled)).get()
+        #expect(adopted.state == .deployed && adopted.diskDirty)
     }
 
     @Test func failureRecordsTheStepAndRetryOrAbortLeaveIt() throws {

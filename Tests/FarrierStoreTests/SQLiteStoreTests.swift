@@ -103,6 +103,7 @@ import Testing
                     bmc: bmc,
                     sealedPassword: [UInt8(n)],
                     credential: "rack-ops",
+                    credentialSecret: [7],
                     zone: "z1",
                     rack: "r\(n)",
                     tags: ["gpu": "a100"]
@@ -140,6 +141,10 @@ import Testing
             #expect(try await s.machine(id: "id-1")?.bmc?.user == "ops2")
             #expect(try await s.bmcCredential(name: "rack-ops")?.sealedPassword == [8])
             #expect(try await s.sealedBMCPassword(machineID: taken.id) == [1])
+            // A batch whose copies were made from the credential's old password is refused.
+            let staleSecret = await #expect(throws: StoreError.self) { try await s.enroll([entry(1)], at: t) }
+            #expect(staleSecret?.code == .inUse)
+            #expect(try await s.sealedBMCPassword(machineID: "id-1") == [11])
             // In use: not removed. A machine enrolled again with its own password leaves it.
             let inUse = await #expect(throws: StoreError.self) { try await s.removeBMCCredential(name: "rack-ops") }
             #expect(inUse?.code == .inUse)

@@ -211,12 +211,13 @@ struct ServerBMCTests {
 
         """.write(toFile: good, atomically: true, encoding: .utf8)
         #expect(try cp.cli(["machine", "enroll", "-f", good]).stdout == "enrolled 2 of 2 machines from \(good)\n")
+        // (CRLF line ends, as a spreadsheet on Windows writes them.)
         let csv = h.directory + "/fleet.csv"
         try """
         name,mac,bmc,bmc-password-file,zone,rack,tags
         rack2-n1,52:54:00:aa:10:03,"ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",\(sim.passwordFile),z2,r2,role=db tier=silver
 
-        """.write(toFile: csv, atomically: true, encoding: .utf8)
+        """.replacingOccurrences(of: "\n", with: "\r\n").write(toFile: csv, atomically: true, encoding: .utf8)
         #expect(try cp.cli(["machine", "enroll", "-f", csv]).stdout.contains("enrolled 1 of 1 machines"))
         let n1 = try cp.machine("rack1-n1")
         #expect(n1["zone"] as? String == "z1" && n1["rack"] as? String == "r1")
@@ -260,5 +261,72 @@ struct ServerBMCTests {
             + (try cp.cli(["bmc", "credential", "list", "-o", "json"]).stdout)
             + h.read("server.log")
         #expect(!everything.contains(IPMISimulator.password) && !everything.contains("not-it"))
+    }
+
+    /// Issue 18 point 8: an enrolled machine already running an OS is adopted as deployed in a
+    /// project without its disk being touched: verified through the BMC (found on), its next
+    /// boot set to disk; refused while off, for members, and from any other state.
+    @Test func adoptRecordsARunningMachine() throws {
+        let h = try Harness("adopt")
+        defer { h.cleanup() }
+        let sim = try IPMISimulator(h)
+        try sim.start()
+        let cp = ControlPlane(h)
+        try cp.start()
+        try cp.cli(["project", "create", "team-a", "--require-tag", "env"])
+        let member = try cp.cli(["token", "create", "--project", "team-a"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        let image = h.directory + "/img.raw"
+        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
+        try cp.cli(["image", "add", "debian-12", image, "--os", "debian-12"])
+        try cp.cli([
+            "machine", "enroll", "legacy-1", "--mac", "52:54:00:aa:00:01", "--bmc",
+            "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)", "--bmc-password-file", sim.passwordFile,
+        ])
+        _ = try sim.ipmitool(["chassis", "power", "off"])
+        let adopt = [
+            "machine", "adopt", "legacy-1", "--image", "debian-12", "--project", "team-a", "--tag", "env=prod",
+        ]
+
+        // Refused, changing nothing: off, a member, a missing tag, an unknown image.
+        let off = try cp.cli(adopt, check: false)
+        #expect(
+            off.status == 19 && off.stderr.contains("BMC says its power is off; adopt a running machine"),
+            "\(off.stderr)"
+        )
+        let asMember = try cp.cli(adopt, token: member, check: false)
+        #expect(asMember.status == 17 && asMember.stderr.contains("adopting a machine needs an admin token"))
+        _ = try sim.ipmitool(["chassis", "power", "on"])
+        let untagged = try cp.cli(Array(adopt.dropLast(2)), check: false)
+        #expect(untagged.stderr.contains("requires the tags env"), "\(untagged.stderr)")
+        let unknown = try cp.cli(
+            ["machine", "adopt", "legacy-1", "--image", "nope", "--project", "team-a"],
+            check: false
+        )
+        #expect(unknown.status == 15 && unknown.stderr.contains("no image named 'nope'; known: debian-12"))
+        #expect(try cp.state("legacy-1") == "enrolled")
+
+        // Adopted: deployed in the project, the image recorded, its next boot the disk (the BMC
+        // says so too), power read; the member sees it. Its power was read, never set (the
+        // chassis log's power changes are the test's own off and on).
+        func powerChanges() -> Int { sim.chassisLog.components(separatedBy: "set power").count - 1 }
+        let changesBefore = powerChanges()
+        #expect(changesBefore == 2)
+        #expect(
+            try cp.cli(adopt).stdout.contains("machine legacy-1 adopted: deployed (adopted: deployed outside Farrier")
+        )
+        let m = try cp.machine("legacy-1")
+        #expect(m["state"] as? String == "deployed" && m["project"] as? String == "team-a")
+        #expect((m["deployment"] as? [String: Any])?["image"] as? String == "debian-12")
+        #expect(m["nextBoot"] as? String == "disk")
+        #expect((m["power"] as? [String: Any])?["state"] as? String == "on")
+        #expect(try sim.ipmitool(["chassis", "bootparam", "get", "5"]).contains("Hard-Drive"))
+        #expect(powerChanges() == changesBefore, "power actions during adopt: \(sim.chassisLog)")
+        #expect(sim.chassisLog.contains("get power"))
+        #expect(try cp.cli(["machine", "list", "-o", "name"], token: member).stdout == "legacy-1\n")
+        // Only once, and only from enrolled.
+        let again = try cp.cli(adopt, check: false)
+        #expect(again.status == 19 && again.stderr.contains("machine legacy-1 is deployed; only an enrolled machine"))
     }
 }

@@ -126,9 +126,10 @@ struct FleetFile {
     static func parseCSV(_ text: String, path: String) -> FleetFile {
         var out = FleetFile()
         var header: [String]?
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // ("\r\n" is one Character in Swift: a Windows file splits on it as on "\n".)
+        for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = n + 1
-            let row = raw.hasSuffix("\r") ? String(raw.dropLast()) : String(raw)
+            let row = String(raw)
             if row.trimmingCharacters(in: .whitespaces).isEmpty || row.hasPrefix("#") { continue }
             let fields: [String]
             switch splitCSV(row) {

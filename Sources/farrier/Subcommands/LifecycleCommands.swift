@@ -328,6 +328,40 @@ extension MachineCommand {
         }
     }
 
+    struct Adopt: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Record an enrolled machine already running an OS as deployed, without touching its disk (admin).",
+            discussion: """
+                For machines installed before Farrier, or by hand: the machine becomes deployed in the \
+                project, with the image recorded as what it runs (its bytes are not written). The BMC \
+                must answer and find the machine on; its next boot is set to disk, persistently. Its \
+                disk counts as holding the project's data: releasing it wipes it, like any deployed \
+                machine.
+                """
+        )
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var output: OutputOptions
+        @Argument(help: "Machine name or MAC (enrolled).") var name: String
+        @Option(help: "The image it runs (farrier image list).") var image: String
+        @Option(help: "The project it belongs to.") var project: String
+        @Option(help: "Its hostname (default: the machine name).") var hostname: String?
+        @Option(help: "A deploy tag (KEY=VALUE), as the project requires; repeat for more.") var tag: [String] = []
+
+        func run() async throws {
+            let printer = try MachineView.printer(output)
+            var req = Farrier_V1_AdoptMachineRequest()
+            req.name = name
+            req.image = image
+            req.project = project
+            req.hostname = hostname ?? ""
+            req.tags = try parseTags(tag)
+            let request = req
+            let m = try await rpc(client) { c in try await c.machines.adoptMachine(request) }
+            try printMachine(m, printer, verb: "adopted")
+        }
+    }
+
     struct MaintenanceCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "maintenance",

@@ -18,7 +18,10 @@ func readPasswordFile(_ path: String) throws -> String {
         data = d
     }
     let text = String(decoding: data, as: UTF8.self)
-    let line = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+    // ("\r\n" is one Character in Swift: split on both, or a CRLF file keeps its "\r".)
+    let line =
+        text.split(maxSplits: 1, omittingEmptySubsequences: false, whereSeparator: \.isNewline).first.map(String.init)
+        ?? ""
     let password = line.hasSuffix("\r") ? String(line.dropLast()) : line
     guard !password.isEmpty else { throw CLIError("password file \(path) is empty") }
     return password
@@ -176,6 +179,11 @@ extension MachineCommand {
                 "enrolled \(summary.enrolled.count) of \(entries.count) machines from \(path)"
                     + (commission ? " (\(summary.commissioning.count) commissioning)" : "")
             }
+            // Machines already further along (deployed) are not commissioned, and say so; one
+            // the server could not start is a failure.
+            let notStarted = response.machines.filter { $0.reason.hasPrefix("enrolled, not commissioned") }
+            for m in notStarted { FileHandle.standardError.write(Data("\(m.name): \(m.reason)\n".utf8)) }
+            if commission, !notStarted.isEmpty { throw ExitCode(ExitStatus.failed) }
         }
     }
 

@@ -14,7 +14,7 @@ struct MachineCommand: AsyncParsableCommand {
             List.self, Show.self, Enroll.self, Commission.self, Deploy.self, Release.self, Rescue.self, ExitRescue.self,
             Restart.self, Power.self, Console.self, SSH.self, Retry.self, Abort.self, Update.self, Delete.self,
             Watch.self,
-            Bootdev.self, MaintenanceCommand.self,
+            Bootdev.self, MaintenanceCommand.self, Adopt.self,
         ]
     )
 

@@ -194,6 +194,19 @@ public enum Farrier_V1_MachineService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "AdoptMachine" metadata.
+        public enum AdoptMachine: Sendable {
+            /// Request type for "AdoptMachine".
+            public typealias Input = Farrier_V1_AdoptMachineRequest
+            /// Response type for "AdoptMachine".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "AdoptMachine".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "AdoptMachine",
+                type: .unary
+            )
+        }
         /// Namespace for "ReleaseMachine" metadata.
         public enum ReleaseMachine: Sendable {
             /// Request type for "ReleaseMachine".
@@ -326,6 +339,7 @@ public enum Farrier_V1_MachineService: Sendable {
             UpdateMachine.descriptor,
             CommissionMachine.descriptor,
             DeployMachine.descriptor,
+            AdoptMachine.descriptor,
             ReleaseMachine.descriptor,
             RescueMachine.descriptor,
             ExitRescueMachine.descriptor,
@@ -598,6 +612,26 @@ extension Farrier_V1_MachineService {
         /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
         func deployMachine(
             request: GRPCCore.StreamingServerRequest<Farrier_V1_DeployMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "AdoptMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records an enrolled machine already running an OS (installed outside Farrier) as deployed
+        /// > to a project, without touching its disk: the BMC must answer and find it on; its next boot
+        /// > is set to disk. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_AdoptMachineRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func adoptMachine(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_AdoptMachineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
 
@@ -1014,6 +1048,26 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
 
+        /// Handle the "AdoptMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records an enrolled machine already running an OS (installed outside Farrier) as deployed
+        /// > to a project, without touching its disk: the BMC must answer and find it on; its next boot
+        /// > is set to disk. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AdoptMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func adoptMachine(
+            request: GRPCCore.ServerRequest<Farrier_V1_AdoptMachineRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
         /// Handle the "ReleaseMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -1426,6 +1480,26 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_Machine
 
+        /// Handle the "AdoptMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records an enrolled machine already running an OS (installed outside Farrier) as deployed
+        /// > to a project, without touching its disk: the BMC must answer and find it on; its next boot
+        /// > is set to disk. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_AdoptMachineRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func adoptMachine(
+            request: Farrier_V1_AdoptMachineRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
         /// Handle the "ReleaseMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -1741,6 +1815,17 @@ extension Farrier_V1_MachineService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.AdoptMachine.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_AdoptMachineRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.adoptMachine(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Farrier_V1_MachineService.Method.ReleaseMachine.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ReleaseMachineRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
@@ -1971,6 +2056,17 @@ extension Farrier_V1_MachineService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
         let response = try await self.deployMachine(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func adoptMachine(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_AdoptMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.adoptMachine(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -2246,6 +2342,19 @@ extension Farrier_V1_MachineService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
         return GRPCCore.ServerResponse<Farrier_V1_Machine>(
             message: try await self.deployMachine(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func adoptMachine(
+        request: GRPCCore.ServerRequest<Farrier_V1_AdoptMachineRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.adoptMachine(
                 request: request.message,
                 context: context
             ),
@@ -2684,6 +2793,31 @@ extension Farrier_V1_MachineService {
         func deployMachine<Result>(
             request: GRPCCore.ClientRequest<Farrier_V1_DeployMachineRequest>,
             serializer: some GRPCCore.MessageSerializer<Farrier_V1_DeployMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AdoptMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records an enrolled machine already running an OS (installed outside Farrier) as deployed
+        /// > to a project, without touching its disk: the BMC must answer and find it on; its next boot
+        /// > is set to disk. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AdoptMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_AdoptMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func adoptMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_AdoptMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_AdoptMachineRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
@@ -3354,6 +3488,42 @@ extension Farrier_V1_MachineService {
             try await self.client.unary(
                 request: request,
                 descriptor: Farrier_V1_MachineService.Method.DeployMachine.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "AdoptMachine" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Records an enrolled machine already running an OS (installed outside Farrier) as deployed
+        /// > to a project, without touching its disk: the BMC must answer and find it on; its next boot
+        /// > is set to disk. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_AdoptMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_AdoptMachineRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func adoptMachine<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_AdoptMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_AdoptMachineRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.AdoptMachine.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -4043,6 +4213,37 @@ extension Farrier_V1_MachineService.ClientProtocol {
         try await self.deployMachine(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_DeployMachineRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AdoptMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Records an enrolled machine already running an OS (installed outside Farrier) as deployed
+    /// > to a project, without touching its disk: the BMC must answer and find it on; its next boot
+    /// > is set to disk. Admin.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_AdoptMachineRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func adoptMachine<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_AdoptMachineRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.adoptMachine(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_AdoptMachineRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
             options: options,
             onResponse: handleResponse
@@ -4739,6 +4940,41 @@ extension Farrier_V1_MachineService.ClientProtocol {
             metadata: metadata
         )
         return try await self.deployMachine(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AdoptMachine" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Records an enrolled machine already running an OS (installed outside Farrier) as deployed
+    /// > to a project, without touching its disk: the BMC must answer and find it on; its next boot
+    /// > is set to disk. Admin.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func adoptMachine<Result>(
+        _ message: Farrier_V1_AdoptMachineRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_AdoptMachineRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.adoptMachine(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -604,6 +604,8 @@ public nonisolated struct Farrier_V1_EnrollMachinesResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// Each machine's id, name, mac, state and reason only (whatever the fleet's size, the answer
+  /// stays small). With commission: state commissioning, or the reason it was not started.
   public var machines: [Farrier_V1_Machine] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -928,6 +930,31 @@ public nonisolated struct Farrier_V1_DeployMachineRequest: Sendable {
   public init() {}
 
   fileprivate var _constraints: Farrier_V1_Constraints? = nil
+}
+
+public nonisolated struct Farrier_V1_AdoptMachineRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A machine name or MAC (enrolled).
+  public var name: String = String()
+
+  /// The project it belongs to.
+  public var project: String = String()
+
+  /// The image it runs, as recorded (farrier image list); its bytes are not written.
+  public var image: String = String()
+
+  /// Defaults to the machine name.
+  public var hostname: String = String()
+
+  /// Deploy tags: checked against the project's required tags, kept while deployed.
+  public var tags: Dictionary<String,String> = [:]
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Farrier_V1_ReleaseMachineRequest: Sendable {
@@ -2675,6 +2702,56 @@ nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, Sw
     if lhs.image != rhs.image {return false}
     if lhs.sshKeys != rhs.sshKeys {return false}
     if lhs.userData != rhs.userData {return false}
+    if lhs.hostname != rhs.hostname {return false}
+    if lhs.tags != rhs.tags {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_AdoptMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AdoptMachineRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}project\0\u{1}image\0\u{1}hostname\0\u{1}tags\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.project) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.image) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
+      case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.project.isEmpty {
+      try visitor.visitSingularStringField(value: self.project, fieldNumber: 2)
+    }
+    if !self.image.isEmpty {
+      try visitor.visitSingularStringField(value: self.image, fieldNumber: 3)
+    }
+    if !self.hostname.isEmpty {
+      try visitor.visitSingularStringField(value: self.hostname, fieldNumber: 4)
+    }
+    if !self.tags.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.tags, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_AdoptMachineRequest, rhs: Farrier_V1_AdoptMachineRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.project != rhs.project {return false}
+    if lhs.image != rhs.image {return false}
     if lhs.hostname != rhs.hostname {return false}
     if lhs.tags != rhs.tags {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
