@@ -87,6 +87,8 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         response.machines = page.map { m in
             var v = Farrier_V1_Machine(m, timeline: [])
             v.address = addresses[m.mac] ?? ""
+            // Hundreds of PCI functions a server, a thousand servers a page: GetMachine has them.
+            if v.hasInventory { v.inventory.pciDevices = [] }
             return v
         }
         if machines.count > pageSize, let last = response.machines.last {
@@ -487,6 +489,23 @@ extension Farrier_V1_Machine {
             i.product = inv.product
             i.serial = inv.serial
             i.firmware = inv.firmware.rawValue
+            i.threads = Int32(clamping: inv.threads ?? 0)
+            i.numaNodes = Int32(clamping: inv.numaNodes ?? 0)
+            i.pciDevices = (inv.pciDevices ?? []).map { d in
+                var x = Farrier_V1_PCIDevice()
+                x.address = d.address
+                x.vendor = d.vendor
+                x.device = d.device
+                x.classCode = d.pciClass
+                x.driver = d.driver ?? ""
+                return x
+            }
+            i.gpus = inv.gpus.map(\.name)
+            i.biosVendor = inv.biosVendor ?? ""
+            i.biosVersion = inv.biosVersion ?? ""
+            i.biosDate = inv.biosDate ?? ""
+            i.boardSerial = inv.boardSerial ?? ""
+            i.chassisSerial = inv.chassisSerial ?? ""
             i.disks = inv.disks.map { d in
                 var x = Farrier_V1_Disk()
                 x.name = d.name
@@ -494,6 +513,7 @@ extension Farrier_V1_Machine {
                 x.model = d.model
                 x.serial = d.serial
                 x.rotational = d.rotational
+                x.wwn = d.wwn ?? ""
                 return x
             }
             i.nics = inv.nics.map { n in
@@ -502,6 +522,8 @@ extension Farrier_V1_Machine {
                 x.mac = n.mac
                 x.driver = n.driver
                 x.link = n.link
+                x.speedMbps = Int32(clamping: n.speedMbps ?? 0)
+                x.pciAddress = n.pciAddress ?? ""
                 return x
             }
             inventory = i

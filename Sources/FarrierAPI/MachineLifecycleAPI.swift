@@ -231,9 +231,14 @@ extension MachineAPI {
             }
             p.firmware = f
         }
-        guard c.minCores >= 0, c.minMemoryBytes >= 0, c.minDiskBytes >= 0 else {
-            throw RPCError(code: .invalidArgument, message: "minimum cores, memory and disk must not be negative")
+        guard c.minCores >= 0, c.minMemoryBytes >= 0, c.minDiskBytes >= 0, c.minThreads >= 0, c.minGpus >= 0 else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "minimum cores, threads, GPUs, memory and disk must not be negative"
+            )
         }
+        p.minThreads = Int(c.minThreads)
+        p.minGPUs = Int(c.minGpus)
         p.minCores = Int(c.minCores)
         p.minMemoryBytes = c.minMemoryBytes
         p.minDiskBytes = c.minDiskBytes
@@ -252,6 +257,8 @@ extension MachineAPI {
         if let a = p.architecture { parts.append("arch=\(a.rawValue)") }
         if let f = p.firmware { parts.append("firmware=\(f.rawValue)") }
         if p.minCores > 0 { parts.append("cores>=\(p.minCores)") }
+        if p.minThreads > 0 { parts.append("threads>=\(p.minThreads)") }
+        if p.minGPUs > 0 { parts.append("gpus>=\(p.minGPUs)") }
         if p.minMemoryBytes > 0 { parts.append("memory>=\(p.minMemoryBytes)") }
         if p.minDiskBytes > 0 { parts.append("disk>=\(p.minDiskBytes)") }
         if let z = p.zone { parts.append("zone=\(z)") }

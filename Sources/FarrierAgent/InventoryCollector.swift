@@ -22,13 +22,13 @@ public struct InventoryCollector {
         let model =
             lines.first { $0.hasPrefix("model name") }.flatMap { $0.split(separator: ":", maxSplits: 1).last }
             .map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
-        let cores = max(1, lines.filter { $0.hasPrefix("processor") }.count)
+        let threads = max(1, lines.filter { $0.hasPrefix("processor") }.count)
         let memKB =
             (read("/proc/meminfo") ?? "").split(separator: "\n").first { $0.hasPrefix("MemTotal:") }
             .flatMap { $0.split(separator: " ").dropFirst().first }.flatMap { Int64($0) } ?? 0
-        return Inventory(
+        var inv = Inventory(
             cpuModel: model,
-            cores: cores,
+            cores: physicalCores() ?? threads,
             memoryBytes: memKB * 1024,
             disks: disks(),
             nics: nics(),
@@ -37,6 +37,54 @@ public struct InventoryCollector {
             serial: read("/sys/class/dmi/id/product_serial") ?? "",
             firmware: FileManager.default.fileExists(atPath: root + "/sys/firmware/efi") ? .uefi : .bios
         )
+        inv.threads = threads
+        let nodes = list("/sys/devices/system/node").filter { $0.hasPrefix("node") && Int($0.dropFirst(4)) != nil }
+        inv.numaNodes = max(1, nodes.count)
+        inv.pciDevices = pciDevices()
+        func dmi(_ name: String) -> String? { read("/sys/class/dmi/id/" + name).flatMap { $0.isEmpty ? nil : $0 } }
+        inv.biosVendor = dmi("bios_vendor")
+        inv.biosVersion = dmi("bios_version")
+        inv.biosDate = dmi("bios_date")
+        inv.boardSerial = dmi("board_serial")
+        inv.chassisSerial = dmi("chassis_serial")
+        return inv
+    }
+
+    /// Physical cores: distinct (package, core) pairs of the CPUs' topology; nil without one.
+    public func physicalCores() -> Int? {
+        let cpus = list("/sys/devices/system/cpu").filter { $0.hasPrefix("cpu") && Int($0.dropFirst(3)) != nil }
+        var cores = Set<String>()
+        for cpu in cpus {
+            let base = "/sys/devices/system/cpu/\(cpu)/topology/"
+            guard let core = read(base + "core_id") else { continue }
+            cores.insert((read(base + "physical_package_id") ?? "0") + "/" + core)
+        }
+        return cores.isEmpty ? nil : cores.count
+    }
+
+    /// Every PCI function, with its IDs, class and driver.
+    public func pciDevices() -> [Inventory.PCIDevice] {
+        list("/sys/bus/pci/devices").compactMap { address in
+            let base = "/sys/bus/pci/devices/\(address)/"
+            func hex(_ name: String) -> String? {
+                read(base + name).map { $0.hasPrefix("0x") ? String($0.dropFirst(2)) : $0 }
+            }
+            guard let vendor = hex("vendor"), let device = hex("device") else { return nil }
+            return Inventory.PCIDevice(
+                address: address,
+                vendor: vendor,
+                device: device,
+                pciClass: hex("class") ?? "",
+                driver: link(base + "driver")
+            )
+        }
+    }
+
+    /// The last path component of a symbolic link's target (a driver's name).
+    func link(_ path: String) -> String? {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: root + path)).map {
+            ($0 as NSString).lastPathComponent
+        }
     }
 
     /// Whole disks: not partitions, loop, RAM, optical, zram or device-mapper devices.
@@ -53,7 +101,8 @@ public struct InventoryCollector {
                 sizeBytes: sectors * 512,
                 model: read(base + "/device/model") ?? "",
                 serial: read(base + "/serial") ?? read(base + "/device/serial") ?? read(base + "/device/wwid") ?? "",
-                rotational: read(base + "/queue/rotational") == "1"
+                rotational: read(base + "/queue/rotational") == "1",
+                wwn: read(base + "/device/wwid") ?? read(base + "/wwid")
             )
         }
     }
@@ -62,14 +111,25 @@ public struct InventoryCollector {
         list("/sys/class/net").compactMap { name in
             let base = "/sys/class/net/\(name)"
             guard name != "lo", FileManager.default.fileExists(atPath: root + base + "/device") else { return nil }
-            let driver =
-                (try? FileManager.default.destinationOfSymbolicLink(atPath: root + base + "/device/driver"))
-                .map { ($0 as NSString).lastPathComponent } ?? ""
+            let up = read(base + "/carrier") == "1"
+            // A PCI NIC's device is the PCI function (…/0000:00:03.0); a virtio NIC's is a child
+            // of one (…/0000:00:03.0/virtio0). Others (USB: a BMC's host interface) have none,
+            // though a PCI controller sits higher in their path.
+            let real = URL(fileURLWithPath: root + base + "/device").resolvingSymlinksInPath().pathComponents
+            let pci: String? =
+                switch link(base + "/device/subsystem") {
+                case "pci": real.last
+                case "virtio": real.dropLast().last
+                default: nil
+                }
             return Inventory.NIC(
                 name: name,
                 mac: read(base + "/address") ?? "",
-                driver: driver,
-                link: read(base + "/carrier") == "1"
+                driver: link(base + "/device/driver") ?? "",
+                link: up,
+                // -1 or an error without a link; some drivers say nothing.
+                speedMbps: up ? read(base + "/speed").flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil } : nil,
+                pciAddress: pci
             )
         }
     }

@@ -414,12 +414,22 @@ public struct Inventory: Codable, Sendable, Hashable {
         public var model: String
         public var serial: String
         public var rotational: Bool
-        public init(name: String, sizeBytes: Int64, model: String, serial: String, rotational: Bool) {
+        /// The World Wide Name (or the kernel's `wwid`), when the device reports one.
+        public var wwn: String?
+        public init(
+            name: String,
+            sizeBytes: Int64,
+            model: String,
+            serial: String,
+            rotational: Bool,
+            wwn: String? = nil
+        ) {
             self.name = name
             self.sizeBytes = sizeBytes
             self.model = model
             self.serial = serial
             self.rotational = rotational
+            self.wwn = wwn
         }
     }
     public struct NIC: Codable, Sendable, Hashable {
@@ -427,11 +437,59 @@ public struct Inventory: Codable, Sendable, Hashable {
         public var mac: String
         public var driver: String
         public var link: Bool
-        public init(name: String, mac: String, driver: String, link: Bool) {
+        /// Link speed in Mb/s, when the link is up and the driver says.
+        public var speedMbps: Int?
+        /// The PCI device behind it (`0000:00:03.0`), if it is one.
+        public var pciAddress: String?
+        public init(
+            name: String,
+            mac: String,
+            driver: String,
+            link: Bool,
+            speedMbps: Int? = nil,
+            pciAddress: String? = nil
+        ) {
             self.name = name
             self.mac = mac
             self.driver = driver
             self.link = link
+            self.speedMbps = speedMbps
+            self.pciAddress = pciAddress
+        }
+    }
+    /// A PCI function, as sysfs lists it.
+    public struct PCIDevice: Codable, Sendable, Hashable {
+        /// `0000:00:02.0`.
+        public var address: String
+        /// Vendor and device IDs, `10de` and `2330`.
+        public var vendor: String
+        public var device: String
+        /// The class code, `030200` (a 3D controller).
+        public var pciClass: String
+        /// The kernel driver bound to it, if any.
+        public var driver: String?
+        public init(address: String, vendor: String, device: String, pciClass: String, driver: String? = nil) {
+            self.address = address
+            self.vendor = vendor
+            self.device = device
+            self.pciClass = pciClass
+            self.driver = driver
+        }
+
+        /// A GPU or compute accelerator: a 3D controller (class 0302) or a processing accelerator
+        /// (12xx) from anyone; a display controller (03xx) from NVIDIA or AMD; Intel's "other
+        /// display controller" (0380, its data-centre GPUs). A server's BMC VGA and a VM's
+        /// emulated display are not GPUs.
+        public var isGPU: Bool {
+            pciClass.hasPrefix("0302") || pciClass.hasPrefix("12")
+                || (pciClass.hasPrefix("03") && ["10de", "1002"].contains(vendor))
+                || (pciClass.hasPrefix("0380") && vendor == "8086")
+        }
+
+        /// `NVIDIA 10de:2330`: the vendor's name where known, and the IDs.
+        public var name: String {
+            let vendors = ["10de": "NVIDIA", "1002": "AMD", "8086": "Intel", "1af4": "Red Hat", "1234": "QEMU"]
+            return (vendors[vendor].map { $0 + " " } ?? "") + "\(vendor):\(device)"
         }
     }
     public var cpuModel: String
@@ -443,6 +501,19 @@ public struct Inventory: Codable, Sendable, Hashable {
     public var product: String
     public var serial: String
     public var firmware: Firmware
+    /// Hardware threads (logical CPUs); `cores` counts physical cores. Nil in inventories taken
+    /// before both were counted, whose `cores` counted threads.
+    public var threads: Int?
+    public var numaNodes: Int?
+    public var pciDevices: [PCIDevice]?
+    public var biosVendor: String?
+    public var biosVersion: String?
+    public var biosDate: String?
+    public var boardSerial: String?
+    public var chassisSerial: String?
+
+    /// The GPUs among the PCI devices.
+    public var gpus: [PCIDevice] { (pciDevices ?? []).filter(\.isGPU) }
 
     public init(
         cpuModel: String,

@@ -139,6 +139,10 @@ public struct Placement: Sendable, Hashable {
     public var minDiskBytes: Int64
     public var tags: [String: String]
     public var zone: String?
+    /// At least this many hardware threads (logical CPUs).
+    public var minThreads: Int = 0
+    /// At least this many GPUs (`Inventory.PCIDevice.isGPU`).
+    public var minGPUs: Int = 0
 
     public init(
         architecture: Architecture? = nil,
@@ -165,9 +169,11 @@ public struct Placement: Sendable, Hashable {
         if let firmware, m.firmware != firmware { return false }
         if let zone, m.zone != zone { return false }
         for (k, v) in tags where m.tags[k] != v { return false }
-        if minCores > 0 || minMemoryBytes > 0 || minDiskBytes > 0 {
+        if minCores > 0 || minMemoryBytes > 0 || minDiskBytes > 0 || minThreads > 0 || minGPUs > 0 {
             guard let inv = m.inventory else { return false }
             if inv.cores < minCores || inv.memoryBytes < minMemoryBytes { return false }
+            // An inventory from before threads were counted apart counted them as cores.
+            if (inv.threads ?? inv.cores) < minThreads || inv.gpus.count < minGPUs { return false }
             if minDiskBytes > 0, !inv.disks.contains(where: { $0.sizeBytes >= minDiskBytes }) { return false }
         }
         return true

@@ -61,18 +61,89 @@ import Testing
         try put("/sys/class/dmi/id/sys_vendor", "QEMU\n")
         try put("/sys/class/dmi/id/product_name", "Standard PC (i440FX + PIIX, 1996)\n")
         try put("/sys/class/dmi/id/product_serial", "lab-1\n")
+        // Two threads of one core; one NUMA node; BIOS and board from DMI.
+        for cpu in ["cpu0", "cpu1"] {
+            try put("/sys/devices/system/cpu/\(cpu)/topology/core_id", "0\n")
+            try put("/sys/devices/system/cpu/\(cpu)/topology/physical_package_id", "0\n")
+        }
+        try put("/sys/devices/system/cpu/online", "0-1\n")
+        try put("/sys/devices/system/node/node0/cpulist", "0-1\n")
+        try put("/sys/devices/system/node/possible", "0\n")
+        try put("/sys/class/dmi/id/bios_vendor", "SeaBIOS\n")
+        try put("/sys/class/dmi/id/bios_version", "1.16.2-debian-1.16.2-1\n")
+        try put("/sys/class/dmi/id/bios_date", "04/01/2014\n")
+        try put("/sys/class/dmi/id/board_serial", "\n")
+        try put("/sys/class/dmi/id/chassis_serial", "CH-9\n")
+        try put("/sys/block/vda/device/wwid", "naa.5000c500a1b2c3d4\n")
+        try put("/sys/class/net/ens3/speed", "10000\n")
+        // PCI: the emulated VGA (not a GPU), an NVIDIA 3D controller with its driver, a NIC.
+        for (address, vendor, device, cls) in [
+            ("0000:00:02.0", "0x1234", "0x1111", "0x030000"), ("0000:00:05.0", "0x10de", "0x2330", "0x030200"),
+            ("0000:00:03.0", "0x1af4", "0x1000", "0x020000"),
+        ] {
+            try put("/sys/bus/pci/devices/\(address)/vendor", vendor + "\n")
+            try put("/sys/bus/pci/devices/\(address)/device", device + "\n")
+            try put("/sys/bus/pci/devices/\(address)/class", cls + "\n")
+        }
+        try FileManager.default.createDirectory(
+            atPath: root + "/sys/bus/pci/drivers/nvidia",
+            withIntermediateDirectories: true
+        )
+        try FileManager.default.createSymbolicLink(
+            atPath: root + "/sys/bus/pci/devices/0000:00:05.0/driver",
+            withDestinationPath: "../../../bus/pci/drivers/nvidia"
+        )
         let inv = InventoryCollector(root: root).collect()
         #expect(inv.cpuModel == "QEMU Virtual CPU version 2.5+")
-        #expect(inv.cores == 2)
+        #expect(inv.cores == 1 && inv.threads == 2)
+        #expect(inv.numaNodes == 1)
+        #expect(inv.biosVendor == "SeaBIOS" && inv.biosDate == "04/01/2014" && inv.chassisSerial == "CH-9")
+        #expect(inv.boardSerial == nil)
+        #expect(inv.pciDevices?.map(\.address) == ["0000:00:02.0", "0000:00:03.0", "0000:00:05.0"])
+        #expect(inv.gpus.map(\.name) == ["NVIDIA 10de:2330"] && inv.gpus.first?.driver == "nvidia")
+        #expect(inv.disks.first { $0.name == "vda" }?.wwn == "naa.5000c500a1b2c3d4")
         #expect(inv.memoryBytes == 2_014_520 * 1024)
         #expect(inv.disks.map(\.name) == ["sda", "vda"])
         #expect(inv.disks.first { $0.name == "vda" }?.sizeBytes == Int64(41_943_040) * 512)
         #expect(inv.disks.first { $0.name == "vda" }?.serial == "farrier-disk-1")
         #expect(inv.disks.first { $0.name == "sda" }?.model == "QEMU HARDDISK")
         #expect(inv.disks.first { $0.name == "sda" }?.rotational == true)
-        #expect(inv.nics == [Inventory.NIC(name: "ens3", mac: "52:54:00:18:00:01", driver: "virtio_net", link: true)])
+        #expect(
+            inv.nics == [
+                Inventory.NIC(
+                    name: "ens3",
+                    mac: "52:54:00:18:00:01",
+                    driver: "virtio_net",
+                    link: true,
+                    speedMbps: 10000
+                )
+            ]
+        )
         #expect(inv.vendor == "QEMU" && inv.serial == "lab-1")
         #expect(inv.firmware == .bios)
+    }
+}
+
+/// The collector on this machine's own /proc and /sys (the kernel, a real peer): what it says
+/// agrees with what the system says by other means.
+@Suite struct HostInventoryTests {
+    @Test func theHostsOwnInventory() throws {
+        let inv = InventoryCollector().collect()
+        let online = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8).components(separatedBy: "\nprocessor")
+            .count
+        #expect(inv.threads == online)
+        #expect(inv.cores >= 1 && inv.cores <= online)
+        #expect((inv.numaNodes ?? 0) >= 1)
+        let pci = try FileManager.default.contentsOfDirectory(atPath: "/sys/bus/pci/devices")
+        #expect(inv.pciDevices?.count == pci.count && !pci.isEmpty)
+        #expect(inv.pciDevices?.allSatisfy { $0.vendor.count == 4 && $0.pciClass.count == 6 } == true)
+        if FileManager.default.fileExists(atPath: "/sys/class/dmi/id/bios_vendor") {
+            #expect(inv.biosVendor != nil)
+        }
+        // A NIC on PCI names its function, which is in the PCI list.
+        for nic in inv.nics {
+            if let a = nic.pciAddress { #expect(pci.contains(a), "\(nic.name) at \(a)") }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 import FarrierCore
+import Foundation
 import Testing
 
 /// Every state × event pair of the lifecycle, against an explicit table of what is allowed.
@@ -174,5 +175,58 @@ import Testing
         #expect(!ConstantTime.equal("", "a"))
         // A length that differs by 256 still differs (the count is not only compared mod 256).
         #expect(!ConstantTime.equal(String(repeating: "a", count: 256), ""))
+    }
+}
+
+/// Placement on the deeper inventory: physical cores, threads and GPUs.
+@Suite struct PlacementInventoryTests {
+    func ready(cores: Int, threads: Int?, gpus: Int) -> Machine {
+        var m = Machine(
+            name: "m",
+            mac: MACAddress("52:54:00:00:00:01")!,
+            architecture: .x86_64,
+            firmware: .bios,
+            state: .ready,
+            firstSeen: Date(),
+            lastSeen: Date()
+        )
+        var inv = Inventory(
+            cpuModel: "x",
+            cores: cores,
+            memoryBytes: 1 << 30,
+            disks: [],
+            nics: [],
+            vendor: "",
+            product: "",
+            serial: "",
+            firmware: .bios
+        )
+        inv.threads = threads
+        inv.pciDevices =
+            (0..<gpus).map {
+                Inventory.PCIDevice(address: "0000:0\($0):00.0", vendor: "10de", device: "2330", pciClass: "030200")
+            } + [Inventory.PCIDevice(address: "0000:00:02.0", vendor: "1234", device: "1111", pciClass: "030000")]
+        m.inventory = inv
+        return m
+    }
+
+    @Test func coresThreadsAndGPUs() {
+        let m = ready(cores: 8, threads: 16, gpus: 2)
+        #expect(Placement(minCores: 8).matches(m) && !Placement(minCores: 9).matches(m))
+        var p = Placement()
+        p.minThreads = 16
+        #expect(p.matches(m))
+        p.minThreads = 17
+        #expect(!p.matches(m))
+        p = Placement()
+        p.minGPUs = 2
+        #expect(p.matches(m))
+        p.minGPUs = 3
+        #expect(!p.matches(m))
+        // An emulated VGA is no GPU; an inventory from before threads were counted counts cores.
+        #expect(ready(cores: 4, threads: nil, gpus: 0).inventory?.gpus.isEmpty == true)
+        p = Placement()
+        p.minThreads = 4
+        #expect(p.matches(ready(cores: 4, threads: nil, gpus: 0)))
     }
 }

@@ -78,6 +78,20 @@ struct LabDeployTests {
                 (inv["nics"] as? [[String: Any]])?.first?["mac"] as? String
                     == (name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02")
             )
+            // The deeper inventory (issue 18 point 6), as the VM's firmware and kernel report it:
+            // SeaBIOS for the BIOS VM, "EFI Development Kit II / OVMF" for the UEFI one; one NUMA node; PCI devices
+            // with the NIC on one of them; no GPU (QEMU's VGA is none).
+            #expect(
+                (inv["biosVendor"] as? String)?.hasPrefix(name == "lab-1" ? "SeaBIOS" : "EFI Development Kit II")
+                    == true,
+                "\(inv)"
+            )
+            #expect(inv["numaNodes"] as? Int == 1 && (inv["threads"] as? Int ?? 0) >= 1, "\(inv)")
+            let pci = (inv["pciDevices"] as? [[String: Any]] ?? []).compactMap { $0["address"] as? String }
+            #expect(pci.count >= 3, "\(inv)")
+            let nicAddress = (inv["nics"] as? [[String: Any]])?.first?["pciAddress"] as? String
+            #expect(nicAddress.map(pci.contains) == true, "\(inv)")
+            #expect((inv["gpus"] as? [String])?.isEmpty == true, "\(inv)")
         }
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         let key = h.directory + "/id"

@@ -132,7 +132,8 @@ extension MachineCommand {
             abstract: "Deploy an image onto a machine (create).",
             discussion: """
                 Names a machine, or lets Farrier pick a ready one that meets the constraints (--arch, \
-                --firmware, --min-cores, --min-memory-gib, --min-disk-gib, --match-tag). The machine is \
+                --firmware, --min-cores (physical), --min-threads, --gpu N, --min-memory-gib, --min-disk-gib, \
+                --match-tag). The machine is \
                 allocated to the project (a member token's own; admins give --project). --count N picks N \
                 machines that way, one after another over one connection, and prints each (a failure \
                 stops it, saying how many were deployed).
@@ -150,7 +151,9 @@ extension MachineCommand {
         @Option(help: "Deploy tag KEY=VALUE (a project may require some); repeat for more.") var tag: [String] = []
         @Option(help: "Constraint: architecture.") var arch: Architecture?
         @Option(help: "Constraint: firmware.") var firmware: Firmware?
-        @Option(help: "Constraint: at least this many cores.") var minCores: Int?
+        @Option(help: "Constraint: at least this many physical cores.") var minCores: Int?
+        @Option(help: "Constraint: at least this many hardware threads (logical CPUs).") var minThreads: Int?
+        @Option(name: .customLong("gpu"), help: "Constraint: at least this many GPUs.") var minGPUs: Int?
         @Option(help: "Constraint: at least this much memory, GiB.") var minMemoryGib: Int?
         @Option(help: "Constraint: a disk of at least this size, GiB.") var minDiskGib: Int?
         @Option(help: "Constraint: the machine carries tag KEY=VALUE; repeat for more.") var matchTag: [String] = []
@@ -198,6 +201,8 @@ extension MachineCommand {
             c.architecture = arch?.rawValue ?? ""
             c.firmware = firmware?.rawValue ?? ""
             c.minCores = Int32(minCores ?? 0)
+            c.minThreads = Int32(minThreads ?? 0)
+            c.minGpus = Int32(minGPUs ?? 0)
             c.minMemoryBytes = Int64(minMemoryGib ?? 0) << 30
             c.minDiskBytes = Int64(minDiskGib ?? 0) << 30
             c.tags = try parseTags(matchTag)

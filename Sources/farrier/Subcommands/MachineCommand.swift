@@ -109,14 +109,28 @@ struct MachineCommand: AsyncParsableCommand {
                     lines.append(
                         "Inventory:     \(inv.vendor) \(inv.product) (serial \(inv.serial.isEmpty ? "-" : inv.serial)), \(inv.firmware)"
                     )
-                    lines.append("  CPU:         \(inv.cpuModel), \(inv.cores) cores; memory \(bytes(inv.memoryBytes))")
+                    lines.append(
+                        "  CPU:         \(inv.cpuModel), \(inv.cores) cores\(inv.threads.map { ", \($0) threads" } ?? ""); memory \(bytes(inv.memoryBytes))\(inv.numaNodes.map { "; \($0) NUMA node(s)" } ?? "")"
+                    )
+                    if inv.biosVendor != nil || inv.boardSerial != nil {
+                        lines.append(
+                            "  BIOS:        \(inv.biosVendor ?? "-") \(inv.biosVersion ?? "-") (\(inv.biosDate ?? "-")); board serial \(inv.boardSerial ?? "-"), chassis serial \(inv.chassisSerial ?? "-")"
+                        )
+                    }
                     for d in inv.disks {
                         lines.append(
-                            "  Disk:        \(d.name) \(bytes(d.sizeBytes)) \(d.model) serial \(d.serial.isEmpty ? "-" : d.serial)\(d.rotational ? " (rotational)" : "")"
+                            "  Disk:        \(d.name) \(bytes(d.sizeBytes)) \(d.model) serial \(d.serial.isEmpty ? "-" : d.serial)\(d.wwn.map { " wwn \($0)" } ?? "")\(d.rotational ? " (rotational)" : "")"
                         )
                     }
                     for n in inv.nics {
-                        lines.append("  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")")
+                        lines.append(
+                            "  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")\(n.speedMbps.map { " \($0) Mb/s" } ?? "")\(n.pciAddress.map { " at \($0)" } ?? "")"
+                        )
+                    }
+                    if !inv.pciDevices.isEmpty {
+                        lines.append(
+                            "  PCI:         \(inv.pciDevices.count) devices; GPUs: \(inv.gpus.isEmpty ? "none" : inv.gpus.joined(separator: ", "))"
+                        )
                     }
                 }
                 let boot = Waterfall.lastBoot(view.timeline, time: \.time)
@@ -179,12 +193,22 @@ struct MachineView: Codable {
             var model: String
             var serial: String
             var rotational: Bool
+            var wwn: String?
         }
         struct NIC: Codable {
             var name: String
             var mac: String
             var driver: String
             var link: Bool
+            var speedMbps: Int?
+            var pciAddress: String?
+        }
+        struct PCI: Codable {
+            var address: String
+            var vendor: String
+            var device: String
+            var pciClass: String
+            var driver: String?
         }
         var cpuModel: String
         var cores: Int
@@ -195,6 +219,15 @@ struct MachineView: Codable {
         var product: String
         var serial: String
         var firmware: String
+        var threads: Int?
+        var numaNodes: Int?
+        var gpus: [String]
+        var pciDevices: [PCI]
+        var biosVendor: String?
+        var biosVersion: String?
+        var biosDate: String?
+        var boardSerial: String?
+        var chassisSerial: String?
     }
 
     var name: String
@@ -288,14 +321,41 @@ struct MachineView: Codable {
                         sizeBytes: $0.sizeBytes,
                         model: $0.model,
                         serial: $0.serial,
-                        rotational: $0.rotational
+                        rotational: $0.rotational,
+                        wwn: opt($0.wwn)
                     )
                 },
-                nics: m.inventory.nics.map { .init(name: $0.name, mac: $0.mac, driver: $0.driver, link: $0.link) },
+                nics: m.inventory.nics.map {
+                    .init(
+                        name: $0.name,
+                        mac: $0.mac,
+                        driver: $0.driver,
+                        link: $0.link,
+                        speedMbps: $0.speedMbps > 0 ? Int($0.speedMbps) : nil,
+                        pciAddress: opt($0.pciAddress)
+                    )
+                },
                 vendor: m.inventory.vendor,
                 product: m.inventory.product,
                 serial: m.inventory.serial,
-                firmware: m.inventory.firmware
+                firmware: m.inventory.firmware,
+                threads: m.inventory.threads > 0 ? Int(m.inventory.threads) : nil,
+                numaNodes: m.inventory.numaNodes > 0 ? Int(m.inventory.numaNodes) : nil,
+                gpus: m.inventory.gpus,
+                pciDevices: m.inventory.pciDevices.map {
+                    .init(
+                        address: $0.address,
+                        vendor: $0.vendor,
+                        device: $0.device,
+                        pciClass: $0.classCode,
+                        driver: opt($0.driver)
+                    )
+                },
+                biosVendor: opt(m.inventory.biosVendor),
+                biosVersion: opt(m.inventory.biosVersion),
+                biosDate: opt(m.inventory.biosDate),
+                boardSerial: opt(m.inventory.boardSerial),
+                chassisSerial: opt(m.inventory.chassisSerial)
             ) : nil
         bmcCredential = opt(m.bmcCredential)
         otherMACs = m.otherMacs.isEmpty ? nil : m.otherMacs

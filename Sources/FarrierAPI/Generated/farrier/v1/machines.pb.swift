@@ -300,28 +300,128 @@ public nonisolated struct Farrier_V1_PowerReading: Sendable {
   fileprivate var _failingSince: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
-public nonisolated struct Farrier_V1_Inventory: Sendable {
+public nonisolated struct Farrier_V1_Inventory: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var cpuModel: String = String()
+  public var cpuModel: String {
+    get {_storage._cpuModel}
+    set {_uniqueStorage()._cpuModel = newValue}
+  }
 
-  public var cores: Int32 = 0
+  public var cores: Int32 {
+    get {_storage._cores}
+    set {_uniqueStorage()._cores = newValue}
+  }
 
-  public var memoryBytes: Int64 = 0
+  public var memoryBytes: Int64 {
+    get {_storage._memoryBytes}
+    set {_uniqueStorage()._memoryBytes = newValue}
+  }
 
-  public var disks: [Farrier_V1_Disk] = []
+  public var disks: [Farrier_V1_Disk] {
+    get {_storage._disks}
+    set {_uniqueStorage()._disks = newValue}
+  }
 
-  public var nics: [Farrier_V1_NIC] = []
+  public var nics: [Farrier_V1_NIC] {
+    get {_storage._nics}
+    set {_uniqueStorage()._nics = newValue}
+  }
 
+  public var vendor: String {
+    get {_storage._vendor}
+    set {_uniqueStorage()._vendor = newValue}
+  }
+
+  public var product: String {
+    get {_storage._product}
+    set {_uniqueStorage()._product = newValue}
+  }
+
+  public var serial: String {
+    get {_storage._serial}
+    set {_uniqueStorage()._serial = newValue}
+  }
+
+  public var firmware: String {
+    get {_storage._firmware}
+    set {_uniqueStorage()._firmware = newValue}
+  }
+
+  /// Hardware threads (logical CPUs); cores counts physical cores.
+  public var threads: Int32 {
+    get {_storage._threads}
+    set {_uniqueStorage()._threads = newValue}
+  }
+
+  public var numaNodes: Int32 {
+    get {_storage._numaNodes}
+    set {_uniqueStorage()._numaNodes = newValue}
+  }
+
+  /// Every PCI function: only in GetMachine (a list would carry hundreds per server).
+  public var pciDevices: [Farrier_V1_PCIDevice] {
+    get {_storage._pciDevices}
+    set {_uniqueStorage()._pciDevices = newValue}
+  }
+
+  /// The GPUs among the PCI devices, named (e.g. "NVIDIA 10de:2330").
+  public var gpus: [String] {
+    get {_storage._gpus}
+    set {_uniqueStorage()._gpus = newValue}
+  }
+
+  public var biosVendor: String {
+    get {_storage._biosVendor}
+    set {_uniqueStorage()._biosVendor = newValue}
+  }
+
+  public var biosVersion: String {
+    get {_storage._biosVersion}
+    set {_uniqueStorage()._biosVersion = newValue}
+  }
+
+  public var biosDate: String {
+    get {_storage._biosDate}
+    set {_uniqueStorage()._biosDate = newValue}
+  }
+
+  public var boardSerial: String {
+    get {_storage._boardSerial}
+    set {_uniqueStorage()._boardSerial = newValue}
+  }
+
+  public var chassisSerial: String {
+    get {_storage._chassisSerial}
+    set {_uniqueStorage()._chassisSerial = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Farrier_V1_PCIDevice: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 0000:00:02.0
+  public var address: String = String()
+
+  /// Vendor and device IDs, hex: 10de, 2330.
   public var vendor: String = String()
 
-  public var product: String = String()
+  public var device: String = String()
 
-  public var serial: String = String()
+  /// Class code, hex: 030200.
+  public var classCode: String = String()
 
-  public var firmware: String = String()
+  public var driver: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -343,6 +443,9 @@ public nonisolated struct Farrier_V1_Disk: Sendable {
 
   public var rotational: Bool = false
 
+  /// World Wide Name (or the kernel's wwid), when reported.
+  public var wwn: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -360,6 +463,11 @@ public nonisolated struct Farrier_V1_NIC: Sendable {
   public var driver: String = String()
 
   public var link: Bool = false
+
+  /// Link speed in Mb/s; 0 when unknown or down.
+  public var speedMbps: Int32 = 0
+
+  public var pciAddress: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -884,6 +992,12 @@ public nonisolated struct Farrier_V1_Constraints: Sendable {
   public var tags: Dictionary<String,String> = [:]
 
   public var zone: String = String()
+
+  /// At least this many hardware threads (min_cores counts physical cores).
+  public var minThreads: Int32 = 0
+
+  /// At least this many GPUs.
+  public var minGpus: Int32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1429,7 +1543,192 @@ nonisolated extension Farrier_V1_PowerReading: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Farrier_V1_Inventory: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Inventory"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cpu_model\0\u{1}cores\0\u{3}memory_bytes\0\u{1}disks\0\u{1}nics\0\u{1}vendor\0\u{1}product\0\u{1}serial\0\u{1}firmware\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cpu_model\0\u{1}cores\0\u{3}memory_bytes\0\u{1}disks\0\u{1}nics\0\u{1}vendor\0\u{1}product\0\u{1}serial\0\u{1}firmware\0\u{1}threads\0\u{3}numa_nodes\0\u{3}pci_devices\0\u{1}gpus\0\u{3}bios_vendor\0\u{3}bios_version\0\u{3}bios_date\0\u{3}board_serial\0\u{3}chassis_serial\0")
+
+  fileprivate class _StorageClass {
+    var _cpuModel: String = String()
+    var _cores: Int32 = 0
+    var _memoryBytes: Int64 = 0
+    var _disks: [Farrier_V1_Disk] = []
+    var _nics: [Farrier_V1_NIC] = []
+    var _vendor: String = String()
+    var _product: String = String()
+    var _serial: String = String()
+    var _firmware: String = String()
+    var _threads: Int32 = 0
+    var _numaNodes: Int32 = 0
+    var _pciDevices: [Farrier_V1_PCIDevice] = []
+    var _gpus: [String] = []
+    var _biosVendor: String = String()
+    var _biosVersion: String = String()
+    var _biosDate: String = String()
+    var _boardSerial: String = String()
+    var _chassisSerial: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _cpuModel = source._cpuModel
+      _cores = source._cores
+      _memoryBytes = source._memoryBytes
+      _disks = source._disks
+      _nics = source._nics
+      _vendor = source._vendor
+      _product = source._product
+      _serial = source._serial
+      _firmware = source._firmware
+      _threads = source._threads
+      _numaNodes = source._numaNodes
+      _pciDevices = source._pciDevices
+      _gpus = source._gpus
+      _biosVendor = source._biosVendor
+      _biosVersion = source._biosVersion
+      _biosDate = source._biosDate
+      _boardSerial = source._boardSerial
+      _chassisSerial = source._chassisSerial
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._cpuModel) }()
+        case 2: try { try decoder.decodeSingularInt32Field(value: &_storage._cores) }()
+        case 3: try { try decoder.decodeSingularInt64Field(value: &_storage._memoryBytes) }()
+        case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._disks) }()
+        case 5: try { try decoder.decodeRepeatedMessageField(value: &_storage._nics) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._vendor) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._product) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._serial) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._firmware) }()
+        case 10: try { try decoder.decodeSingularInt32Field(value: &_storage._threads) }()
+        case 11: try { try decoder.decodeSingularInt32Field(value: &_storage._numaNodes) }()
+        case 12: try { try decoder.decodeRepeatedMessageField(value: &_storage._pciDevices) }()
+        case 13: try { try decoder.decodeRepeatedStringField(value: &_storage._gpus) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._biosVendor) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._biosVersion) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._biosDate) }()
+        case 17: try { try decoder.decodeSingularStringField(value: &_storage._boardSerial) }()
+        case 18: try { try decoder.decodeSingularStringField(value: &_storage._chassisSerial) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._cpuModel.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._cpuModel, fieldNumber: 1)
+      }
+      if _storage._cores != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._cores, fieldNumber: 2)
+      }
+      if _storage._memoryBytes != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._memoryBytes, fieldNumber: 3)
+      }
+      if !_storage._disks.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._disks, fieldNumber: 4)
+      }
+      if !_storage._nics.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._nics, fieldNumber: 5)
+      }
+      if !_storage._vendor.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._vendor, fieldNumber: 6)
+      }
+      if !_storage._product.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._product, fieldNumber: 7)
+      }
+      if !_storage._serial.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._serial, fieldNumber: 8)
+      }
+      if !_storage._firmware.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._firmware, fieldNumber: 9)
+      }
+      if _storage._threads != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._threads, fieldNumber: 10)
+      }
+      if _storage._numaNodes != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._numaNodes, fieldNumber: 11)
+      }
+      if !_storage._pciDevices.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._pciDevices, fieldNumber: 12)
+      }
+      if !_storage._gpus.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._gpus, fieldNumber: 13)
+      }
+      if !_storage._biosVendor.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._biosVendor, fieldNumber: 14)
+      }
+      if !_storage._biosVersion.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._biosVersion, fieldNumber: 15)
+      }
+      if !_storage._biosDate.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._biosDate, fieldNumber: 16)
+      }
+      if !_storage._boardSerial.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._boardSerial, fieldNumber: 17)
+      }
+      if !_storage._chassisSerial.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._chassisSerial, fieldNumber: 18)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Inventory, rhs: Farrier_V1_Inventory) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._cpuModel != rhs_storage._cpuModel {return false}
+        if _storage._cores != rhs_storage._cores {return false}
+        if _storage._memoryBytes != rhs_storage._memoryBytes {return false}
+        if _storage._disks != rhs_storage._disks {return false}
+        if _storage._nics != rhs_storage._nics {return false}
+        if _storage._vendor != rhs_storage._vendor {return false}
+        if _storage._product != rhs_storage._product {return false}
+        if _storage._serial != rhs_storage._serial {return false}
+        if _storage._firmware != rhs_storage._firmware {return false}
+        if _storage._threads != rhs_storage._threads {return false}
+        if _storage._numaNodes != rhs_storage._numaNodes {return false}
+        if _storage._pciDevices != rhs_storage._pciDevices {return false}
+        if _storage._gpus != rhs_storage._gpus {return false}
+        if _storage._biosVendor != rhs_storage._biosVendor {return false}
+        if _storage._biosVersion != rhs_storage._biosVersion {return false}
+        if _storage._biosDate != rhs_storage._biosDate {return false}
+        if _storage._boardSerial != rhs_storage._boardSerial {return false}
+        if _storage._chassisSerial != rhs_storage._chassisSerial {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_PCIDevice: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PCIDevice"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}vendor\0\u{1}device\0\u{3}class_code\0\u{1}driver\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1437,61 +1736,41 @@ nonisolated extension Farrier_V1_Inventory: SwiftProtobuf.Message, SwiftProtobuf
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.cpuModel) }()
-      case 2: try { try decoder.decodeSingularInt32Field(value: &self.cores) }()
-      case 3: try { try decoder.decodeSingularInt64Field(value: &self.memoryBytes) }()
-      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.disks) }()
-      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.nics) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.vendor) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self.product) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.serial) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.firmware) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.vendor) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.classCode) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.driver) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.cpuModel.isEmpty {
-      try visitor.visitSingularStringField(value: self.cpuModel, fieldNumber: 1)
-    }
-    if self.cores != 0 {
-      try visitor.visitSingularInt32Field(value: self.cores, fieldNumber: 2)
-    }
-    if self.memoryBytes != 0 {
-      try visitor.visitSingularInt64Field(value: self.memoryBytes, fieldNumber: 3)
-    }
-    if !self.disks.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.disks, fieldNumber: 4)
-    }
-    if !self.nics.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.nics, fieldNumber: 5)
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 1)
     }
     if !self.vendor.isEmpty {
-      try visitor.visitSingularStringField(value: self.vendor, fieldNumber: 6)
+      try visitor.visitSingularStringField(value: self.vendor, fieldNumber: 2)
     }
-    if !self.product.isEmpty {
-      try visitor.visitSingularStringField(value: self.product, fieldNumber: 7)
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 3)
     }
-    if !self.serial.isEmpty {
-      try visitor.visitSingularStringField(value: self.serial, fieldNumber: 8)
+    if !self.classCode.isEmpty {
+      try visitor.visitSingularStringField(value: self.classCode, fieldNumber: 4)
     }
-    if !self.firmware.isEmpty {
-      try visitor.visitSingularStringField(value: self.firmware, fieldNumber: 9)
+    if !self.driver.isEmpty {
+      try visitor.visitSingularStringField(value: self.driver, fieldNumber: 5)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Farrier_V1_Inventory, rhs: Farrier_V1_Inventory) -> Bool {
-    if lhs.cpuModel != rhs.cpuModel {return false}
-    if lhs.cores != rhs.cores {return false}
-    if lhs.memoryBytes != rhs.memoryBytes {return false}
-    if lhs.disks != rhs.disks {return false}
-    if lhs.nics != rhs.nics {return false}
+  public static func ==(lhs: Farrier_V1_PCIDevice, rhs: Farrier_V1_PCIDevice) -> Bool {
+    if lhs.address != rhs.address {return false}
     if lhs.vendor != rhs.vendor {return false}
-    if lhs.product != rhs.product {return false}
-    if lhs.serial != rhs.serial {return false}
-    if lhs.firmware != rhs.firmware {return false}
+    if lhs.device != rhs.device {return false}
+    if lhs.classCode != rhs.classCode {return false}
+    if lhs.driver != rhs.driver {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1499,7 +1778,7 @@ nonisolated extension Farrier_V1_Inventory: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Farrier_V1_Disk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Disk"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{1}model\0\u{1}serial\0\u{1}rotational\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}size_bytes\0\u{1}model\0\u{1}serial\0\u{1}rotational\0\u{1}wwn\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1512,6 +1791,7 @@ nonisolated extension Farrier_V1_Disk: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case 3: try { try decoder.decodeSingularStringField(value: &self.model) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.serial) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.rotational) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.wwn) }()
       default: break
       }
     }
@@ -1533,6 +1813,9 @@ nonisolated extension Farrier_V1_Disk: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if self.rotational != false {
       try visitor.visitSingularBoolField(value: self.rotational, fieldNumber: 5)
     }
+    if !self.wwn.isEmpty {
+      try visitor.visitSingularStringField(value: self.wwn, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1542,6 +1825,7 @@ nonisolated extension Farrier_V1_Disk: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs.model != rhs.model {return false}
     if lhs.serial != rhs.serial {return false}
     if lhs.rotational != rhs.rotational {return false}
+    if lhs.wwn != rhs.wwn {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1549,7 +1833,7 @@ nonisolated extension Farrier_V1_Disk: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NIC"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{1}driver\0\u{1}link\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{1}driver\0\u{1}link\0\u{3}speed_mbps\0\u{3}pci_address\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1561,6 +1845,8 @@ nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 2: try { try decoder.decodeSingularStringField(value: &self.mac) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.driver) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.link) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.speedMbps) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.pciAddress) }()
       default: break
       }
     }
@@ -1579,6 +1865,12 @@ nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if self.link != false {
       try visitor.visitSingularBoolField(value: self.link, fieldNumber: 4)
     }
+    if self.speedMbps != 0 {
+      try visitor.visitSingularInt32Field(value: self.speedMbps, fieldNumber: 5)
+    }
+    if !self.pciAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.pciAddress, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1587,6 +1879,8 @@ nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.mac != rhs.mac {return false}
     if lhs.driver != rhs.driver {return false}
     if lhs.link != rhs.link {return false}
+    if lhs.speedMbps != rhs.speedMbps {return false}
+    if lhs.pciAddress != rhs.pciAddress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2582,7 +2876,7 @@ nonisolated extension Farrier_V1_UpdateMachineRequest: SwiftProtobuf.Message, Sw
 
 nonisolated extension Farrier_V1_Constraints: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Constraints"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}architecture\0\u{1}firmware\0\u{3}min_cores\0\u{3}min_memory_bytes\0\u{3}min_disk_bytes\0\u{1}tags\0\u{1}zone\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}architecture\0\u{1}firmware\0\u{3}min_cores\0\u{3}min_memory_bytes\0\u{3}min_disk_bytes\0\u{1}tags\0\u{1}zone\0\u{3}min_threads\0\u{3}min_gpus\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2597,6 +2891,8 @@ nonisolated extension Farrier_V1_Constraints: SwiftProtobuf.Message, SwiftProtob
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.minDiskBytes) }()
       case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.zone) }()
+      case 8: try { try decoder.decodeSingularInt32Field(value: &self.minThreads) }()
+      case 9: try { try decoder.decodeSingularInt32Field(value: &self.minGpus) }()
       default: break
       }
     }
@@ -2624,6 +2920,12 @@ nonisolated extension Farrier_V1_Constraints: SwiftProtobuf.Message, SwiftProtob
     if !self.zone.isEmpty {
       try visitor.visitSingularStringField(value: self.zone, fieldNumber: 7)
     }
+    if self.minThreads != 0 {
+      try visitor.visitSingularInt32Field(value: self.minThreads, fieldNumber: 8)
+    }
+    if self.minGpus != 0 {
+      try visitor.visitSingularInt32Field(value: self.minGpus, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2635,6 +2937,8 @@ nonisolated extension Farrier_V1_Constraints: SwiftProtobuf.Message, SwiftProtob
     if lhs.minDiskBytes != rhs.minDiskBytes {return false}
     if lhs.tags != rhs.tags {return false}
     if lhs.zone != rhs.zone {return false}
+    if lhs.minThreads != rhs.minThreads {return false}
+    if lhs.minGpus != rhs.minGpus {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
