@@ -127,13 +127,9 @@ extension MachineAPI {
                 if let (c, secret) = credentials[e.bmcCredential] ?? nil {
                     credentialName = c.name
                     password = secret
-                    switch Self.urlUser(e.bmcURL) {
-                    case nil: url = Self.url(e.bmcURL, user: c.user)
-                    case c.user?: break
-                    case let other? where other.contains(":"):
-                        bad("BMC URL must not contain a password; the credential holds it")
-                    case let other?:
-                        bad("the BMC URL's user '\(other)' is not credential \(c.name)'s ('\(c.user)'); leave it out")
+                    switch Self.url(e.bmcURL, credential: c) {
+                    case .success(let u): url = u
+                    case .failure(let p): bad(p.description)
                     }
                 } else {
                     bad("no BMC credential named '\(e.bmcCredential)' (farrier bmc credential list)")
@@ -197,20 +193,25 @@ extension MachineAPI {
         return (c, try vault.open(c.sealedPassword, machineID: BMCCredential.sealingContext(c.name)))
     }
 
-    /// The user a BMC URL names, or nil when it names none (`ipmi://HOST`).
-    static func urlUser(_ url: String) -> String? {
-        guard let scheme = url.range(of: "://") else { return nil }
+    /// A BMC URL used with credential `c`: as given when it names the credential's user, with
+    /// that user put in when it names none (`ipmi://HOST`); any other user (or a password,
+    /// never echoed) is a problem. Single and bulk enrollment both ask this.
+    static func url(_ url: String, credential c: BMCCredential) -> Result<String, InputProblem> {
+        guard let scheme = url.range(of: "://") else { return .success(url) }
         let authority = url[scheme.upperBound...].prefix { $0 != "/" }
-        guard let at = authority.lastIndex(of: "@") else { return nil }
-        let user = String(authority[..<at])
-        return user.removingPercentEncoding ?? user
-    }
-
-    /// The URL with `user` put in (it named none).
-    static func url(_ url: String, user: String) -> String {
-        guard let scheme = url.range(of: "://") else { return url }
-        let encoded = user.addingPercentEncoding(withAllowedCharacters: .urlUserAllowed) ?? user
-        return String(url[..<scheme.upperBound]) + encoded + "@" + url[scheme.upperBound...]
+        guard let at = authority.lastIndex(of: "@") else {
+            let encoded = c.user.addingPercentEncoding(withAllowedCharacters: .urlUserAllowed) ?? c.user
+            return .success(String(url[..<scheme.upperBound]) + encoded + "@" + url[scheme.upperBound...])
+        }
+        let raw = String(authority[..<at])
+        let user = raw.removingPercentEncoding ?? raw
+        if user == c.user { return .success(url) }
+        if user.contains(":") {
+            return .failure(InputProblem("BMC URL must not contain a password; the credential holds it"))
+        }
+        return .failure(
+            InputProblem("the BMC URL's user '\(user)' is not credential \(c.name)'s ('\(c.user)'); leave it out")
+        )
     }
 
     public func addBMCCredential(

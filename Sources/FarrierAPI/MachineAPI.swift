@@ -205,19 +205,9 @@ extension MachineAPI {
                     message: "no BMC credential named '\(request.bmcCredential)' (farrier bmc credential list)"
                 )
             }
-            switch Self.urlUser(url) {
-            case nil: url = Self.url(url, user: c.user)
-            case c.user?: break
-            case let other? where other.contains(":"):
-                throw RPCError(
-                    code: .invalidArgument,
-                    message: "BMC URL must not contain a password; the credential holds it"
-                )
-            case let other?:
-                throw RPCError(
-                    code: .invalidArgument,
-                    message: "the BMC URL's user '\(other)' is not credential \(c.name)'s ('\(c.user)'); leave it out"
-                )
+            switch Self.url(url, credential: c) {
+            case .success(let u): url = u
+            case .failure(let p): throw RPCError(code: .invalidArgument, message: p.description)
             }
             password = secret
             credential = c.name

@@ -98,14 +98,7 @@ extension MachineAPI {
         guard !request.image.isEmpty else {
             throw RPCError(code: .invalidArgument, message: "an image is required (--image NAME)")
         }
-        guard let image = try await store.image(name: request.image) else {
-            let known = try await store.images().map(\.name)
-            throw RPCError(
-                code: .notFound,
-                message:
-                    "no image named '\(request.image)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))"
-            )
-        }
+        let image = try await knownImage(request.image)
         // Keys, user-data, hostname, tags.
         guard request.sshKeys.count <= Validation.maxSSHKeys else {
             throw RPCError(code: .invalidArgument, message: "at most \(Validation.maxSSHKeys) SSH keys")
@@ -131,20 +124,7 @@ extension MachineAPI {
                 message: "user_data is \(request.userData.utf8.count) bytes; at most \(Validation.maxUserData)"
             )
         }
-        if !request.hostname.isEmpty, let p = Machine.nameProblem(request.hostname) {
-            throw RPCError(code: .invalidArgument, message: "hostname: \(p)")
-        }
-        for (k, v) in request.tags {
-            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
-        }
-        let missing = project.requiredTags.filter { (request.tags[$0] ?? "").isEmpty }
-        if !missing.isEmpty {
-            throw RPCError(
-                code: .failedPrecondition,
-                message:
-                    "project \(project.name) requires the tags \(missing.joined(separator: ", ")) on every deploy; add --tag \(missing[0])=VALUE"
-            )
-        }
+        try Self.checkDeployment(hostname: request.hostname, tags: request.tags, project: project, on: "deploy")
         let placement = try Self.placement(request.constraints)
         if let a = placement.architecture, image.architecture != .unknown, a != image.architecture {
             throw RPCError(
@@ -250,6 +230,38 @@ extension MachineAPI {
         p.tags = c.tags
         p.zone = c.zone.isEmpty ? nil : c.zone
         return p
+    }
+
+    /// The image a deploy or an adoption names; an unknown one is NotFound, listing the known.
+    func knownImage(_ name: String) async throws -> ImageInfo {
+        guard let image = try await store.image(name: name) else {
+            let known = try await store.images().map(\.name)
+            throw RPCError(
+                code: .notFound,
+                message:
+                    "no image named '\(name)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))"
+            )
+        }
+        return image
+    }
+
+    /// A deployment's hostname and tags, and the project's required tags among them (a deploy
+    /// and an adoption alike; `on` names which in the refusal).
+    static func checkDeployment(hostname: String, tags: [String: String], project: Project, on: String) throws {
+        if !hostname.isEmpty, let p = Machine.nameProblem(hostname) {
+            throw RPCError(code: .invalidArgument, message: "hostname: \(p)")
+        }
+        for (k, v) in tags {
+            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
+        }
+        let missing = project.requiredTags.filter { (tags[$0] ?? "").isEmpty }
+        if !missing.isEmpty {
+            throw RPCError(
+                code: .failedPrecondition,
+                message:
+                    "project \(project.name) requires the tags \(missing.joined(separator: ", ")) on every \(on); add --tag \(missing[0])=VALUE"
+            )
+        }
     }
 
     static func describe(_ p: Placement) -> String {
@@ -382,28 +394,13 @@ extension MachineAPI {
                 message: "an image is required (--image NAME): what the machine runs"
             )
         }
-        guard let image = try await store.image(name: request.image) else {
-            let known = try await store.images().map(\.name)
-            throw RPCError(
-                code: .notFound,
-                message:
-                    "no image named '\(request.image)'; known: \(known.isEmpty ? "none (farrier image add NAME FILE)" : known.joined(separator: ", "))"
-            )
-        }
-        if !request.hostname.isEmpty, let p = Machine.nameProblem(request.hostname) {
-            throw RPCError(code: .invalidArgument, message: "hostname: \(p)")
-        }
-        for (k, v) in request.tags {
-            if let p = Validation.tagProblem(key: k, value: v) { throw RPCError(code: .invalidArgument, message: p) }
-        }
-        let missing = project.requiredTags.filter { (request.tags[$0] ?? "").isEmpty }
-        if !missing.isEmpty {
-            throw RPCError(
-                code: .failedPrecondition,
-                message:
-                    "project \(project.name) requires the tags \(missing.joined(separator: ", ")) on every machine it holds; add --tag \(missing[0])=VALUE"
-            )
-        }
+        let image = try await knownImage(request.image)
+        try Self.checkDeployment(
+            hostname: request.hostname,
+            tags: request.tags,
+            project: project,
+            on: "machine it holds"
+        )
         // Verified through the BMC before anything is recorded: it answers, the machine runs,
         // and from now on it boots its disk (also when the network offers it a script).
         let (_, bmc) = try await bmc(for: request.name)

@@ -134,6 +134,66 @@ public struct Enrollment: Sendable, Hashable {
     }
 }
 
+extension Enrollment {
+    /// Refuses the entry when the named credential's password is no longer `credentialSecret`
+    /// (`current` is its sealed password now, nil when it is gone).
+    public func checkCredential(current: [UInt8]?) throws {
+        guard let c = credential else { return }
+        guard let current, current == credentialSecret else {
+            throw StoreError(.inUse, "BMC credential '\(c)' changed while enrolling; enroll again")
+        }
+    }
+
+    /// Refuses the entry's name when `holder`, the MAC of the machine holding it, is another.
+    public func checkName(heldBy holder: MACAddress?) throws {
+        if let holder, holder != mac {
+            throw StoreError(.alreadyExists, "machine name '\(name)' is already used by the machine with MAC \(holder)")
+        }
+    }
+
+    /// The machine as this entry leaves it, from `existing` (the machine its MAC names, if any),
+    /// the one rule both stores write: a known machine keeps its ID (which must be the
+    /// entry's), its state unless discovered (then enrolled), and its site unless the entry
+    /// names one; a machine in a step is refused. A new one is enrolled with the entry's ID.
+    public func machine(replacing existing: Machine?, at time: Date) throws -> Machine {
+        var m: Machine
+        if let existing {
+            guard existing.id == id else {
+                throw StoreError(.inUse, "the machine with MAC \(mac) changed while enrolling; enroll again")
+            }
+            guard !Lifecycle.steps.contains(existing.state) else {
+                throw StoreError(
+                    .inUse,
+                    "machine \(existing.name) is \(existing.state.rawValue); enroll it again once the step ends"
+                )
+            }
+            m = existing
+            m.name = name
+            // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
+            if m.state == .discovered { m.state = .enrolled }
+        } else {
+            m = Machine(
+                id: id,
+                name: name,
+                mac: mac,
+                architecture: .unknown,
+                firmware: .unknown,
+                state: .enrolled,
+                firstSeen: time,
+                lastSeen: time
+            )
+        }
+        m.bmc = bmc
+        m.bmcCredential = credential
+        m.otherMACs = otherMACs.isEmpty ? nil : otherMACs
+        m.zone = zone
+        m.rack = rack
+        m.tags = tags
+        if let site { m.site = site }
+        return m
+    }
+}
+
 /// A named BMC credential (`farrier bmc credential add`): a user and a password, sealed under
 /// the credential's name, that many machines' BMCs share.
 public struct BMCCredential: Sendable, Hashable {

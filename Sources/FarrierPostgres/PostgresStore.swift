@@ -620,58 +620,18 @@ extension PostgresStore {
                         "SELECT secret FROM bmc_credential WHERE name = \(c) FOR SHARE",
                         logger: logger
                     ).decode(ByteBuffer.self) { now = Array(secret.readableBytesView) }
-                    guard let now, now == e.credentialSecret else {
-                        throw StoreError(.inUse, "BMC credential '\(c)' changed while enrolling; enroll again")
-                    }
+                    try e.checkCredential(current: now)
                 }
-                if let byName = try await machines(
-                    conn,
-                    "SELECT body::text FROM machine WHERE name = \(e.name) FOR UPDATE"
-                ).first, byName.mac != e.mac {
-                    throw StoreError(
-                        .alreadyExists,
-                        "machine name '\(e.name)' is already used by the machine with MAC \(byName.mac)"
-                    )
-                }
-                var m: Machine
-                let insert: Bool
-                if let existing = try await machines(
+                try e.checkName(
+                    heldBy: try await machines(conn, "SELECT body::text FROM machine WHERE name = \(e.name) FOR UPDATE")
+                        .first?.mac
+                )
+                let existing = try await machines(
                     conn,
                     "SELECT body::text FROM machine WHERE mac = \(e.mac.description) FOR UPDATE"
-                ).first {
-                    guard existing.id == e.id else {
-                        throw StoreError(.inUse, "the machine with MAC \(e.mac) changed while enrolling; enroll again")
-                    }
-                    m = existing
-                    guard !Lifecycle.steps.contains(m.state) else {
-                        throw StoreError(
-                            .inUse,
-                            "machine \(m.name) is \(m.state.rawValue); enroll it again once the step ends"
-                        )
-                    }
-                    m.name = e.name
-                    if m.state == .discovered { m.state = .enrolled }
-                    insert = false
-                } else {
-                    m = Machine(
-                        id: e.id,
-                        name: e.name,
-                        mac: e.mac,
-                        architecture: .unknown,
-                        firmware: .unknown,
-                        state: .enrolled,
-                        firstSeen: time,
-                        lastSeen: time
-                    )
-                    insert = true
-                }
-                m.bmc = e.bmc
-                m.bmcCredential = e.credential
-                m.otherMACs = e.otherMACs.isEmpty ? nil : e.otherMACs
-                m.zone = e.zone
-                m.rack = e.rack
-                m.tags = e.tags
-                if let site = e.site { m.site = site }
+                ).first
+                let m = try e.machine(replacing: existing, at: time)
+                let insert = existing == nil
                 try await write(m, conn: conn, insert: insert)
                 try await conn.query(
                     "UPDATE machine SET bmc_secret = \(ByteBuffer(bytes: e.sealedPassword)) WHERE id = \(m.id)",

@@ -487,51 +487,13 @@ public final class SQLiteStore: StateStore {
                         sql: "SELECT secret FROM bmcCredential WHERE name = ?",
                         arguments: [c]
                     )
-                    guard let now, Array(now) == e.credentialSecret else {
-                        throw StoreError(.inUse, "BMC credential '\(c)' changed while enrolling; enroll again")
-                    }
+                    try e.checkCredential(current: now.map { Array($0) })
                 }
-                let byName = try MachineRecord.filter(Column("name") == e.name).fetchOne(db)
-                if let byName, byName.mac != e.mac.description {
-                    throw StoreError(
-                        .alreadyExists,
-                        "machine name '\(e.name)' is already used by the machine with MAC \(byName.mac)"
-                    )
-                }
-                var m: Machine
-                if let existing = try MachineRecord.filter(Column("mac") == e.mac.description).fetchOne(db) {
-                    guard existing.id == e.id else {
-                        throw StoreError(.inUse, "the machine with MAC \(e.mac) changed while enrolling; enroll again")
-                    }
-                    m = try existing.machine()
-                    guard !Lifecycle.steps.contains(m.state) else {
-                        throw StoreError(
-                            .inUse,
-                            "machine \(m.name) is \(m.state.rawValue); enroll it again once the step ends"
-                        )
-                    }
-                    m.name = e.name
-                    // discovered ─enroll─▶ enrolled; a machine further along keeps its state.
-                    if m.state == .discovered { m.state = .enrolled }
-                } else {
-                    m = Machine(
-                        id: e.id,
-                        name: e.name,
-                        mac: e.mac,
-                        architecture: .unknown,
-                        firmware: .unknown,
-                        state: .enrolled,
-                        firstSeen: time,
-                        lastSeen: time
-                    )
-                }
-                m.bmc = e.bmc
-                m.bmcCredential = e.credential
-                m.otherMACs = e.otherMACs.isEmpty ? nil : e.otherMACs
-                m.zone = e.zone
-                m.rack = e.rack
-                m.tags = e.tags
-                if let site = e.site { m.site = site }
+                try e.checkName(
+                    heldBy: try MachineRecord.filter(Column("name") == e.name).fetchOne(db)?.machine().mac
+                )
+                let existing = try MachineRecord.filter(Column("mac") == e.mac.description).fetchOne(db)?.machine()
+                let m = try e.machine(replacing: existing, at: time)
                 var row = MachineRecord(m)
                 row.bmc = bmc
                 try row.save(db)

@@ -45,11 +45,10 @@ struct FleetFile {
         switch root {
         case .sequence(let s)?: list = s
         case .mapping(let m)?:
-            for (k, v) in m where k.string != "machines" {
+            for (k, _) in m where k.string != "machines" {
                 out.problems.append(
                     "\(path) line \(k.mark?.line ?? 0): unknown key '\(k.string ?? "?")'; expected machines:"
                 )
-                _ = v
             }
             if case .sequence(let s)? = m["machines"] { list = s }
         default: break
