@@ -138,6 +138,10 @@ struct ServerBMCTests {
             check: false
         )
         #expect(asMember.status == 17 && asMember.stderr.contains("needs an admin token"), "\(asMember.stderr)")
+        for verb in [["list"], ["remove", "x"]] {
+            let r = try cp.cli(["bmc", "credential"] + verb, token: member, check: false)
+            #expect(r.status == 17 && r.stderr.contains("needs an admin token"), "\(verb): \(r.stderr)")
+        }
         #expect(
             try cp.cli([
                 "bmc", "credential", "add", "lab-ops", "--user", IPMISimulator.user, "--password-file",
@@ -210,6 +214,13 @@ struct ServerBMCTests {
             rack: r1
 
         """.write(toFile: good, atomically: true, encoding: .utf8)
+        // EnrollMachines needs an admin token: a member's stream is refused, nothing enrolled.
+        let memberEnroll = try cp.cli(["machine", "enroll", "-f", good], token: member, check: false)
+        #expect(
+            memberEnroll.status == 17 && memberEnroll.stderr.contains("enrolling machines needs an admin token"),
+            "\(memberEnroll.stderr)"
+        )
+        #expect(try cp.cli(["machine", "list", "-o", "name"]).stdout.isEmpty)
         #expect(try cp.cli(["machine", "enroll", "-f", good]).stdout == "enrolled 2 of 2 machines from \(good)\n")
         // (CRLF line ends, as a spreadsheet on Windows writes them.)
         let csv = h.directory + "/fleet.csv"
