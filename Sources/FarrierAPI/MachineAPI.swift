@@ -525,11 +525,13 @@ extension Farrier_V1_Machine {
             x.hostname = d.hostname
             x.sshKeyCount = Int32(d.sshKeys.count)
             x.requestedBy = d.requestedBy
+            x.rootDevice = d.rootDevice?.items ?? []
             deployment = x
         }
         if let p = m.progress { progress = Farrier_V1_Progress(p) }
         if admin, let c = m.bmcCredential { bmcCredential = c }
         otherMacs = m.otherMACs ?? []
+        rootDevice = m.rootDevice?.items ?? []
         if let hold = m.maintenance {
             var x = Farrier_V1_Maintenance()
             x.reason = hold.reason

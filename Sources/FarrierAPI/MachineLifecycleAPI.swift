@@ -126,6 +126,7 @@ extension MachineAPI {
         }
         try Self.checkDeployment(hostname: request.hostname, tags: request.tags, project: project, on: "deploy")
         let placement = try Self.placement(request.constraints)
+        let hints = try Self.rootDeviceHints(request.rootDevice)
         if let a = placement.architecture, image.architecture != .unknown, a != image.architecture {
             throw RPCError(
                 code: .invalidArgument,
@@ -143,6 +144,7 @@ extension MachineAPI {
                 requestedBy: caller.tokenName,
                 tags: request.tags
             )
+            m.deployment?.rootDevice = hints
         }
         @Sendable func compatible(_ m: Machine) -> String? {
             // A quick-wiped machine still holds its last project's data: only that project gets it.
@@ -158,6 +160,7 @@ extension MachineAPI {
                 return
                     "image \(image.name) needs \(image.firmware.rawValue) but machine \(m.name) boots \(m.firmware.rawValue)"
             }
+            if let why = Self.rootDeviceProblem(m, hints: hints ?? m.rootDevice, image: image) { return why }
             return nil
         }
         let deployed: Machine
@@ -178,11 +181,19 @@ extension MachineAPI {
                 fill(&x)
             }
         } else {
-            let chosen = try await controller.allocate({ placement.matches($0) && compatible($0) == nil }, fill: fill)
+            // A deploy's root device hints are a constraint: only a machine whose inventory
+            // lists a matching disk is picked (one never commissioned lists none).
+            let chosen = try await controller.allocate(
+                { placement.matches($0) && compatible($0) == nil && (hints == nil || $0.inventory != nil) },
+                fill: fill
+            )
             guard let chosen else {
                 throw RPCError(
                     code: .resourceExhausted,
                     message: "no ready machine in the pool meets the constraints \(Self.describe(placement))"
+                        + (hints.map {
+                            " with a disk matching the root device hints \($0.items.joined(separator: " "))"
+                        } ?? "")
                 )
             }
             deployed = chosen
@@ -442,6 +453,48 @@ extension MachineAPI {
             metadata: ["machine": "\(m.name)", "project": "\(project.name)", "image": "\(image.name)"]
         )
         return Farrier_V1_Machine(adopted, timeline: [])
+    }
+
+    public func setRootDevice(
+        request: Farrier_V1_SetRootDeviceRequest,
+        context: ServerContext
+    ) async throws -> Farrier_V1_Machine {
+        let caller = try Caller.admin("setting root device hints")
+        let m = try await visibleMachine(request.name)
+        let hints = try Self.rootDeviceHints(request.hints)
+        if let why = Self.rootDeviceProblem(m, hints: hints, image: nil) {
+            throw RPCError(code: .failedPrecondition, message: why)
+        }
+        let message =
+            hints.map { "root device hints set to \($0.items.joined(separator: " ")) by \(caller.tokenName)" }
+            ?? "root device hints cleared by \(caller.tokenName)"
+        let updated = try await controller.record(message, machineID: m.id) { x in
+            // Checked again against the inventory as it is now (a commissioning may have ended).
+            if let why = Self.rootDeviceProblem(x, hints: hints, image: nil) { throw ControlError(.conflict, why) }
+            x.rootDevice = hints
+        }
+        return Farrier_V1_Machine(updated, timeline: [])
+    }
+
+    /// Root device hints from their text form; InvalidArgument names the first bad one. None: nil.
+    static func rootDeviceHints(_ texts: [String]) throws -> RootDeviceHints? {
+        guard !texts.isEmpty else { return nil }
+        do {
+            return try RootDeviceHints.parse(texts)
+        } catch {
+            throw RPCError(code: .invalidArgument, message: error.description)
+        }
+    }
+
+    /// Why the machine's disks, as its inventory lists them, leave no disk for these hints (and
+    /// a raw image's bytes); nil when one is left, without hints, or before any inventory.
+    static func rootDeviceProblem(_ m: Machine, hints: RootDeviceHints?, image: ImageInfo?) -> String? {
+        guard let hints, !hints.isEmpty, let inventory = m.inventory else { return nil }
+        let bytes = image.map { $0.format == .raw ? $0.size : 0 } ?? 0
+        switch RootDeviceHints.choose(inventory.disks, hints: hints, imageBytes: bytes) {
+        case .success: return nil
+        case .failure(let why): return "machine \(m.name): \(why.description)"
+        }
     }
 
     public func setMaintenance(

@@ -302,7 +302,11 @@ public final class Agent: Sendable {
     /// partition table and points cloud-init at the metadata service.
     func deploy(_ task: AgentTask, inventory: Inventory) throws {
         guard let image = task.image else { throw AgentFailure("deploy task without an image") }
-        let target = try targetDisk(inventory, minimum: image.format == .raw ? image.size : 0)
+        let target = try targetDisk(
+            inventory,
+            hints: task.rootDevice,
+            imageBytes: image.format == .raw ? image.size : 0
+        )
         log("writing \(image.path) (\(image.format.rawValue), \(image.size) bytes) to \(target)")
         let response = try ResumableDownload(
             url: base.withLock { $0 } + image.path,
@@ -411,17 +415,19 @@ public final class Agent: Sendable {
         }
     }
 
-    /// The disk to deploy onto: the configured device, or the first whole disk (by name) big
-    /// enough for the image.
-    func targetDisk(_ inventory: Inventory, minimum: Int64) throws -> String {
+    /// The disk to deploy onto: the configured device (tests), else the one the root device
+    /// hints pick (`RootDeviceHints.choose`: without hints, the smallest of at least 4 GiB that
+    /// holds the image). A compressed image's size is not known before it is written: 0.
+    func targetDisk(_ inventory: Inventory, hints: RootDeviceHints?, imageBytes: Int64) throws -> String {
         if let d = configuration.device { return d }
-        guard let disk = inventory.disks.sorted(by: { $0.name < $1.name }).first(where: { $0.sizeBytes >= minimum })
-        else {
-            throw AgentFailure(
-                "no disk of at least \(minimum) bytes (disks: \(inventory.disks.map { "\($0.name) \($0.sizeBytes)" }))"
+        switch RootDeviceHints.choose(inventory.disks, hints: hints, imageBytes: imageBytes) {
+        case .success(let disk):
+            log(
+                "target disk: \(RootDeviceHints.describe(disk))\(hints.map { " by the hints \($0.items.joined(separator: " "))" } ?? " (default: the smallest of at least 4 GiB that holds the image)")"
             )
+            return "/dev/" + disk.name
+        case .failure(let why): throw AgentFailure(why.description)
         }
-        return "/dev/" + disk.name
     }
 
     /// Starts a program in a session of its own, with clean signal state (`ProcessSpawn`).

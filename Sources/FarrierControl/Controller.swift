@@ -515,7 +515,7 @@ public final class Controller: Sendable {
             guard let d = m.deployment, let image = try await store.image(name: d.image) else {
                 throw ControlError(.conflict, "machine \(m.name) has no deployable image")
             }
-            return AgentTask(
+            var task = AgentTask(
                 kind: .deploy,
                 machine: m.name,
                 image: .init(
@@ -528,6 +528,8 @@ public final class Controller: Sendable {
                 hostname: d.hostname,
                 seed: seed(for: m)
             )
+            task.rootDevice = d.rootDevice ?? m.rootDevice
+            return task
         case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .full)
         case .rescuing: return AgentTask(kind: .rescue, machine: m.name, sshKeys: m.deployment?.sshKeys ?? [])
         default: throw ControlError(.conflict, "machine \(m.name) has no agent work (it is \(m.state.rawValue))")

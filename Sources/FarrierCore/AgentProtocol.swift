@@ -72,6 +72,8 @@ public struct AgentTask: Codable, Sendable, Equatable {
     public var seed: NoCloudSeed?
     /// This boot's agent token, for every later call.
     public var token: String
+    /// Which disk a deploy writes to (nil: the default choice, `RootDeviceHints.choose`).
+    public var rootDevice: RootDeviceHints?
 
     public init(
         kind: Kind,

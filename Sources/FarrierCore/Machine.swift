@@ -100,6 +100,8 @@ public struct Machine: Codable, Sendable, Hashable {
     public var bmcCredential: String?
     /// Its other NICs' MACs (bulk enrollment's `macs`, after the first, which it boots from).
     public var otherMACs: [String]?
+    /// An admin's root device hints: which disk a deploy writes to (a deploy's own hints win).
+    public var rootDevice: RootDeviceHints?
 
     public init(
         id: String = UUID().uuidString.lowercased(),
@@ -382,6 +384,8 @@ public struct Deployment: Codable, Sendable, Hashable {
     public var instanceID: String?
     /// When the machine was given to the project: its members see nothing from before.
     public var allocated: Date?
+    /// The deploy's root device hints, over the machine's own (`Machine.rootDevice`).
+    public var rootDevice: RootDeviceHints?
 
     public init(
         image: String,

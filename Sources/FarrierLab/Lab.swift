@@ -493,10 +493,16 @@ public struct Lab {
         try Self.ip("-n", ns, "link", "set", tap, "master", "br0", "up")
         try Self.ip("-n", ns, "addr", "add", "\(bmcIP)/24", "dev", "br0")
         try Spawn.run(["qemu-img", "create", "-q", "-f", "qcow2", vmDir + "/disk.qcow2", "8G"])
+        // A second, smaller disk (a spare or boot-media disk, as servers have) on the other bus,
+        // so that the root device choice is tested: its kernel name sorts before the 8 GiB one's
+        // on a virtio VM (nvme0n1 < vda), yet a deploy takes the 8 GiB disk (too small for the
+        // default's 4 GiB floor).
+        try Spawn.run(["qemu-img", "create", "-q", "-f", "qcow2", vmDir + "/spare.qcow2", "1G"])
         let bios = firmware == "uefi" ? " -bios /usr/share/ovmf/OVMF.fd" : ""
         let accel = accelerator == "kvm" ? "kvm" : "tcg"
         // NVMe: the ramdisk's release wipe then formats it with a secure erase (NVMe Format NVM).
-        let disk = diskBus == "nvme" ? "nvme,serial=farrier-\(name)" : "virtio-blk-pci"
+        let disk = diskBus == "nvme" ? "nvme,serial=farrier-\(name)" : "virtio-blk-pci,serial=farrier-\(name)"
+        let spare = diskBus == "nvme" ? "virtio-blk-pci" : "nvme"
         try write(
             vmDir + "/start-vm.sh",
             mode: 0o755,
@@ -509,6 +515,7 @@ public struct Lab {
             case "$(cat $D/bootdev 2>/dev/null)" in disk|default) DI=0 NI=1;; *) DI=1 NI=0;; esac
             exec qemu-system-x86_64 -name \(name) -accel \(accel) -m 1024 -nographic -monitor none\(bios) \\
               -drive file=$D/disk.qcow2,if=none,id=d0,format=qcow2 -device \(disk),drive=d0,bootindex=$DI \\
+              -drive file=$D/spare.qcow2,if=none,id=d1,format=qcow2 -device \(spare),drive=d1,serial=farrier-spare-\(name) \\
               -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac),bootindex=$NI \\
               -chardev socket,id=ser0,host=127.0.0.1,port=\(solPort),server=on,wait=off,logfile=$D/serial.log,logappend=on \\
               -serial chardev:ser0 -qmp unix:$D/qmp.sock,server=on,wait=off -pidfile $D/qemu.pid

@@ -276,6 +276,10 @@ public final class SQLiteStore: StateStore {
             }
             try db.create(index: "machine_bmc_credential", on: "machine", columns: ["bmcCredential"])
         }
+        m.registerMigration("v20-root-device") { db in
+            // An admin's root device hints for the machine (JSON; NULL: the default choice).
+            try db.alter(table: "machine") { t in t.add(column: "rootDevice", .text) }
+        }
         return m
     }
 
@@ -1345,6 +1349,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var power: String?
     var bmcCredential: String?
     var otherMACs: String?
+    var rootDevice: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] {
@@ -1357,7 +1362,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
             Column("diskDirty"),
             Column("dirtyFor"), Column("releasedFrom"),
             Column("agentBoot"), Column("agentNonce"), Column("maintenance"), Column("power"), Column("bmcCredential"),
-            Column("otherMACs"),
+            Column("otherMACs"), Column("rootDevice"),
         ]
     }
 
@@ -1394,6 +1399,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         power = try? m.power.map(jsonText)
         bmcCredential = m.bmcCredential
         otherMACs = try? m.otherMACs.map(jsonText)
+        rootDevice = try? m.rootDevice.map(jsonText)
     }
 
     func machine() throws -> Machine {
@@ -1442,6 +1448,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.power = try jsonValue(PowerReading.self, power)
         m.bmcCredential = bmcCredential
         m.otherMACs = try jsonValue([String].self, otherMACs)
+        m.rootDevice = try jsonValue(RootDeviceHints.self, rootDevice)
         return m
     }
 }

@@ -183,6 +183,110 @@ import Testing
         }
     }
 
+    /// Root device hints (issue 18 point 5): admins set them, checked against the inventory;
+    /// bad ones are refused naming the hint and change nothing; deploys carry their own, and
+    /// a deploy picking by constraints takes only a machine with a matching disk.
+    @Test func rootDeviceHintsAreCheckedAgainstTheInventory() async throws {
+        let gib: Int64 = 1 << 30
+        @Sendable func disks(_ serial: String) -> [Inventory.Disk] {
+            [
+                .init(name: "sda", sizeBytes: gib, model: "DOM", serial: "dom-\(serial)", rotational: false),
+                .init(name: "sdb", sizeBytes: 100 * gib, model: "SSD", serial: serial, rotational: false),
+            ]
+        }
+        // m10 and m12 ready with inventories (serials S10, S12); m11 ready without one.
+        for (name, serial) in [("m10", "S10"), ("m12", "S12")] {
+            let m = try #require(try await store.machine(nameOrMAC: name))
+            _ = try await store.update(machineID: m.id) { x in
+                x.inventory = Inventory(
+                    cpuModel: "c",
+                    cores: 1,
+                    memoryBytes: gib,
+                    disks: disks(serial),
+                    nics: [],
+                    vendor: "v",
+                    product: "p",
+                    serial: "",
+                    firmware: .bios
+                )
+                return []
+            }
+        }
+        try await store.addImage(
+            ImageInfo(
+                name: "raw-50g",
+                sha256: String(repeating: "a", count: 64),
+                size: 50 * gib,
+                format: .raw,
+                os: "linux",
+                architecture: .unknown,
+                firmware: .unknown,
+                created: Date()
+            )
+        )
+        let blue = try await member(of: "blue")
+        @Sendable func request(_ name: String, _ hints: [String]) -> Farrier_V1_SetRootDeviceRequest {
+            var r = Farrier_V1_SetRootDeviceRequest()
+            r.name = name
+            r.hints = hints
+            return r
+        }
+        try await withAPI(token: blue) { machines, _, _ in
+            #expect(
+                await code { _ = try await machines.setRootDevice(request("m00", ["serial=x"])) } == .permissionDenied
+            )
+        }
+        try await withAPI(token: adminSecret) { machines, _, _ in
+            let bad = await refusal { _ = try await machines.setRootDevice(request("m10", ["serial>=3"])) }
+            #expect(bad?.code == .invalidArgument && bad?.message.contains("root device hint 'serial>=3'") == true)
+            let none = await refusal { _ = try await machines.setRootDevice(request("m10", ["serial=S12"])) }
+            #expect(none?.code == .failedPrecondition, "\(String(describing: none))")
+            #expect(
+                none?.message.contains("machine m10: no disk matches the root device hints serial=S12") == true
+                    && none?.message.contains("sdb 107374182400 bytes model=SSD serial=S10") == true,
+                "\(String(describing: none))"
+            )
+            // The 1 GiB disk can be named (below the default's floor), then cleared.
+            let set = try await machines.setRootDevice(request("m10", ["serial=DOM-s10"]))
+            #expect(set.rootDevice == ["serial=DOM-s10"])
+            #expect(try await machines.setRootDevice(request("m10", [])).rootDevice == [])
+            // No inventory yet: accepted as given (the agent checks at deploy time).
+            #expect(try await machines.setRootDevice(request("m11", ["wwn=0x5000"])).rootDevice == ["wwn=0x5000"])
+            #expect(try await store.machine(nameOrMAC: "m11")?.rootDevice == RootDeviceHints(wwn: "0x5000"))
+        }
+        #expect(try await store.machine(nameOrMAC: "m00")?.rootDevice == nil)
+        #expect(try await store.machine(nameOrMAC: "m10")?.rootDevice == nil)
+
+        try await withAPI(token: adminSecret) { machines, _, _ in
+            var deploy = Farrier_V1_DeployMachineRequest()
+            deploy.project = "blue"
+            deploy.image = "raw-50g"
+            deploy.name = "m10"
+            // Matching, but the 50 GiB raw image does not fit the 1 GiB disk.
+            deploy.rootDevice = ["serial=dom-S10"]
+            let small = await refusal { _ = try await machines.deployMachine(deploy) }
+            #expect(
+                small?.code == .failedPrecondition
+                    && small?.message.contains("no disk matching serial=dom-S10 holds 53687091200 bytes") == true,
+                "\(String(describing: small))"
+            )
+            deploy.rootDevice = ["size<=0"]
+            #expect(await code { _ = try await machines.deployMachine(deploy) } == .failedPrecondition)
+            deploy.rootDevice = ["bogus"]
+            #expect(await code { _ = try await machines.deployMachine(deploy) } == .invalidArgument)
+            #expect(try await store.machine(nameOrMAC: "m10")?.state == .ready)
+            // By constraints: only m12 has a disk with serial S12.
+            deploy.name = ""
+            deploy.rootDevice = ["serial=s12", "size>=50"]
+            let picked = try await machines.deployMachine(deploy)
+            #expect(picked.name == "m12" && picked.deployment.rootDevice == ["serial=s12", "size>=50"])
+            let task = try await controller.task(forTesting: try #require(try await store.machine(nameOrMAC: "m12")))
+            #expect(task.rootDevice == RootDeviceHints(serial: "s12", size: .init(.atLeast, gib: 50)))
+            deploy.rootDevice = ["serial=S12"]
+            #expect(await code { _ = try await machines.deployMachine(deploy) } == .resourceExhausted)
+        }
+    }
+
     /// Each kind of refusal has its code: the CLI and scripts branch on them.
     @Test func refusalsCarryTheirStatusCodes() async throws {
         try await withAPI(token: adminSecret) { machines, projects, tokens in

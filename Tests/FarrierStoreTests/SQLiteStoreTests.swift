@@ -17,6 +17,7 @@ import Testing
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
                 "v13-machine-site", "v14-site-events", "v15-site-lease", "v16-site-bmc-channels",
                 "v17-site-join-again", "v18-maintenance-power", "v19-bulk-enroll",
+                "v20-root-device",
             ]
         )
     }

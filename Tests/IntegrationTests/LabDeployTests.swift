@@ -70,9 +70,14 @@ struct LabDeployTests {
         }
         for name in ["lab-1", "lab-2"] {
             let inv = try #require(try machine(name)["inventory"] as? [String: Any], "\(name) has no inventory")
-            // lab-1's disk is virtio, lab-2's NVMe.
+            // lab-1's 8 GiB disk is virtio, lab-2's NVMe; each has a 1 GiB spare on the other bus.
+            let disks = (inv["disks"] as? [[String: Any]] ?? []).map {
+                "\($0["name"] ?? "?") \($0["sizeBytes"] ?? "?") \($0["serial"] ?? "?")"
+            }
+            let (root, spare) = name == "lab-1" ? ("vda", "nvme0n1") : ("nvme0n1", "vda")
             #expect(
-                (inv["disks"] as? [[String: Any]])?.first?["name"] as? String == (name == "lab-1" ? "vda" : "nvme0n1")
+                Set(disks) == ["\(root) \(8 << 30) farrier-\(name)", "\(spare) \(1 << 30) farrier-spare-\(name)"],
+                "\(name)'s disks: \(disks)"
             )
             #expect(
                 (inv["nics"] as? [[String: Any]])?.first?["mac"] as? String
@@ -93,6 +98,17 @@ struct LabDeployTests {
             #expect(nicAddress.map(pci.contains) == true, "\(inv)")
             #expect((inv["gpus"] as? [String])?.isEmpty == true, "\(inv)")
         }
+        // Root device hints (issue 18 point 5) against the inventory the ramdisk took: hints no
+        // disk matches are refused, listing the disks; lab-2 then deploys by its disk's serial,
+        // lab-1 by the default (the smallest disk of at least 4 GiB: vda, although nvme0n1, the
+        // 1 GiB spare, sorts first).
+        let unmatched = try h.run([bin, "machine", "root-device", "lab-2", "serial=nope"], timeout: 30, check: false)
+        #expect(
+            unmatched.status == 19 && unmatched.stderr.contains("serial=farrier-spare-lab-2"),
+            "\(unmatched.status) \(unmatched.stderr)"
+        )
+        try h.run([bin, "machine", "root-device", "lab-2", "serial=FARRIER-lab-2", "size>=4"], timeout: 30)
+        #expect(try machine("lab-2")["rootDevice"] as? [String] == ["serial=FARRIER-lab-2", "size>=4"])
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
         let key = h.directory + "/id"
 
@@ -277,6 +293,14 @@ struct LabDeployTests {
             // 3. Login: the deployed OS has the machine's name.
             let hostname = try phase("\(firmware) first boot to ssh") { try ssh(name, "hostname", timeout: 600) }
             #expect(hostname.trimmingCharacters(in: .whitespacesAndNewlines) == name)
+            // The OS runs from the 8 GiB disk; the spare has no partition table.
+            let (root, spare) = name == "lab-1" ? ("vda", "nvme0n1") : ("nvme0n1", "vda")
+            let disks = try ssh(name, "findmnt -no SOURCE /; lsblk -rno NAME /dev/\(spare) | wc -l", timeout: 60)
+                .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            #expect(
+                disks.count == 2 && disks[0].hasPrefix("/dev/\(root)") && disks[1] == "1",
+                "\(name): root and the spare's partitions: \(disks)"
+            )
             // 4. Restart through the BMC; ssh works again. First a hard power cycle right after the
             // first boot (the OS has not written out what cloud-init just made), then the default:
             // the OS is asked to shut down (ACPI, through the BMC), then powered on.

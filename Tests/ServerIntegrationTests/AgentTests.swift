@@ -106,6 +106,21 @@ struct AgentTests {
         let cpus = try h.run(["nproc", "--all"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect("\(inventory["cores"] ?? "")" == cpus)
         #expect((inventory["memoryBytes"] as? Int ?? 0) > 0)
+        // Root device hints against this host's inventory (issue 18 point 5): hints no disk
+        // matches are refused, listing the disks; the machine's hints reach the agent's task.
+        let hostDisk = try #require(
+            (inventory["disks"] as? [[String: Any]])?.first?["name"] as? String,
+            "the host's inventory lists no disk: \(inventory)"
+        )
+        let unmatched = try cp.cli(["machine", "root-device", "a1", "serial=no-such-disk"], check: false)
+        #expect(
+            unmatched.status == 19
+                && unmatched.stderr.contains("no disk matches the root device hints serial=no-such-disk")
+                && unmatched.stderr.contains(hostDisk),
+            "\(unmatched.status): \(unmatched.stderr)"
+        )
+        try cp.cli(["machine", "root-device", "a1", "name=/dev/\(hostDisk)"])
+        #expect(try cp.machine("a1")["rootDevice"] as? [String] == ["name=\(hostDisk)"])
 
         // Three encodings of one 8 MiB raw image.
         let raw = h.directory + "/img.raw"
@@ -194,6 +209,7 @@ struct AgentTests {
                 (task?["seed"] as? [String: Any])?["userData"] as? String
                     == "#cloud-config\nruncmd: [ [ touch, /farrier-was-here ] ]\n"
             )
+            #expect((task?["rootDevice"] as? [String: Any])?["name"] as? String == hostDisk, "\(image)")
             let token = try #require(task?["token"] as? String)
             #expect(
                 !run.stderr.contains(token) && !run.stderr.contains("farrier-was-here"),

@@ -133,7 +133,7 @@ extension MachineCommand {
             discussion: """
                 Names a machine, or lets Farrier pick a ready one that meets the constraints (--arch, \
                 --firmware, --min-cores (physical), --min-threads, --gpu N, --min-memory-gib, --min-disk-gib, \
-                --match-tag). The machine is \
+                --match-tag, --root-device). The machine is \
                 allocated to the project (a member token's own; admins give --project). --count N picks N \
                 machines that way, one after another over one connection, and prints each (a failure \
                 stops it, saying how many were deployed).
@@ -158,10 +158,15 @@ extension MachineCommand {
         @Option(help: "Constraint: a disk of at least this size, GiB.") var minDiskGib: Int?
         @Option(help: "Constraint: the machine carries tag KEY=VALUE; repeat for more.") var matchTag: [String] = []
         @Option(help: "Constraint: zone.") var zone: String?
+        @Option(
+            help:
+                "Root device hint KEY=VALUE (name, model, serial, wwn, rotational, size>=GIB): the disk to write; over the machine's own hints; repeat for more. See `machine root-device --help`."
+        ) var rootDevice: [String] = []
         @Option(help: "Deploy this many machines picked by the constraints (no machine name).") var count: Int = 1
 
         func validate() throws {
             guard (1...10_000).contains(count) else { throw ValidationError("--count must be from 1 to 10000") }
+            do { _ = try RootDeviceHints.parse(rootDevice) } catch { throw ValidationError(error.description) }
             if count > 1 {
                 guard name == nil else {
                     throw ValidationError("--count picks machines by constraints; give no machine name")
@@ -183,6 +188,7 @@ extension MachineCommand {
             req.project = project ?? ""
             req.hostname = hostname ?? ""
             req.tags = try parseTags(tag)
+            req.rootDevice = rootDevice
             for path in sshKey {
                 guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                     throw CLIError("cannot read SSH key file \(path)")
@@ -401,6 +407,47 @@ extension MachineCommand {
             let view = MachineView(m)
             try printer.one(view) {
                 "machine \(view.name) maintenance \(mode.rawValue)\(view.maintenance.map { ": \($0.reason)" } ?? "")"
+            }
+        }
+    }
+
+    struct RootDevice: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "root-device",
+            abstract: "Set which disk deploys write to: root device hints (admin).",
+            discussion: """
+                Each HINT is KEY=VALUE, all must match: name (the kernel's name: sda, nvme0n1), model, \
+                serial, wwn (with or without 0x), rotational (true or false), or size in GiB with =, \
+                >=, <=, > or < (size>=100). Model and serial match whole, ignoring case. Of the disks \
+                that match, a deploy takes the smallest that holds the image. Without hints (--clear) it \
+                takes the smallest disk of at least 4 GiB that does. Hints are checked against the \
+                machine's inventory when it has one; a deploy's own --root-device hints win over these. \
+                Quote size hints in a shell: 'size>=100'.
+                """
+        )
+        @OptionGroup var client: ClientOptions
+        @OptionGroup var output: OutputOptions
+        @Argument(help: "Machine name or MAC.") var name: String
+        @Argument(help: "Hints, KEY=VALUE (e.g. serial=S3Z1NB0K 'size>=100').") var hints: [String] = []
+        @Flag(help: "Remove the hints: back to the default choice.") var clear = false
+
+        func validate() throws {
+            if clear == !hints.isEmpty {
+                throw ValidationError(clear ? "--clear takes no hints" : "give hints (KEY=VALUE), or --clear")
+            }
+            do { _ = try RootDeviceHints.parse(hints) } catch { throw ValidationError(error.description) }
+        }
+
+        func run() async throws {
+            let printer = try MachineView.printer(output)
+            var req = Farrier_V1_SetRootDeviceRequest()
+            req.name = name
+            req.hints = hints
+            let request = req
+            let m = try await rpc(client) { c in try await c.machines.setRootDevice(request) }
+            let view = MachineView(m)
+            try printer.one(view) {
+                "machine \(view.name) root device: \(view.rootDevice.map { $0.joined(separator: " ") } ?? "default")"
             }
         }
     }

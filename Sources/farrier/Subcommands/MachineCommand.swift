@@ -14,7 +14,7 @@ struct MachineCommand: AsyncParsableCommand {
             List.self, Show.self, Enroll.self, Commission.self, Deploy.self, Release.self, Rescue.self, ExitRescue.self,
             Restart.self, Power.self, Console.self, SSH.self, Retry.self, Abort.self, Update.self, Delete.self,
             Watch.self,
-            Bootdev.self, MaintenanceCommand.self, Adopt.self,
+            Bootdev.self, MaintenanceCommand.self, Adopt.self, RootDevice.self,
         ]
     )
 
@@ -102,8 +102,14 @@ struct MachineCommand: AsyncParsableCommand {
                 if let d = view.deployment {
                     lines.append(
                         "Deployment:    image \(d.image), hostname \(d.hostname), \(d.sshKeys) SSH key(s), by \(d.requestedBy)"
+                            + (d.rootDevice.map { ", root device \($0.joined(separator: " "))" } ?? "")
                     )
                 }
+                lines.append(
+                    "Root device:   "
+                        + (view.rootDevice.map { $0.joined(separator: " ") }
+                            ?? "default (the smallest disk of at least 4 GiB that holds the image)")
+                )
                 if let p = view.progressLine { lines.append("Progress:      \(p)") }
                 if let inv = view.inventory {
                     lines.append(
@@ -185,6 +191,8 @@ struct MachineView: Codable {
         var hostname: String
         var sshKeys: Int
         var requestedBy: String
+        /// The deploy's own root device hints, if it gave any.
+        var rootDevice: [String]?
     }
     struct InventoryView: Codable {
         struct Disk: Codable {
@@ -259,6 +267,8 @@ struct MachineView: Codable {
     var bmcCredential: String?
     /// Its other NICs' MACs.
     var otherMACs: [String]?
+    /// Its root device hints (`machine root-device`); nil: the default choice.
+    var rootDevice: [String]?
     var timeline: [Event]
 
     struct MaintenanceView: Codable {
@@ -306,7 +316,8 @@ struct MachineView: Codable {
                 image: m.deployment.image,
                 hostname: m.deployment.hostname,
                 sshKeys: Int(m.deployment.sshKeyCount),
-                requestedBy: m.deployment.requestedBy
+                requestedBy: m.deployment.requestedBy,
+                rootDevice: m.deployment.rootDevice.isEmpty ? nil : m.deployment.rootDevice
             ) : nil
         progress = m.hasProgress ? ProgressView(m.progress) : nil
         inventory =
@@ -359,6 +370,7 @@ struct MachineView: Codable {
             ) : nil
         bmcCredential = opt(m.bmcCredential)
         otherMACs = m.otherMacs.isEmpty ? nil : m.otherMacs
+        rootDevice = m.rootDevice.isEmpty ? nil : m.rootDevice
         maintenance =
             m.hasMaintenance
             ? MaintenanceView(

@@ -298,6 +298,19 @@ public enum Farrier_V1_MachineService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "SetRootDevice" metadata.
+        public enum SetRootDevice: Sendable {
+            /// Request type for "SetRootDevice".
+            public typealias Input = Farrier_V1_SetRootDeviceRequest
+            /// Response type for "SetRootDevice".
+            public typealias Output = Farrier_V1_Machine
+            /// Descriptor for "SetRootDevice".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.MachineService"),
+                method: "SetRootDevice",
+                type: .unary
+            )
+        }
         /// Namespace for "DeleteMachine" metadata.
         public enum DeleteMachine: Sendable {
             /// Request type for "DeleteMachine".
@@ -347,6 +360,7 @@ public enum Farrier_V1_MachineService: Sendable {
             RetryMachine.descriptor,
             AbortMachine.descriptor,
             SetMaintenance.descriptor,
+            SetRootDevice.descriptor,
             DeleteMachine.descriptor,
             WatchEvents.descriptor
         ]
@@ -759,6 +773,25 @@ extension Farrier_V1_MachineService {
         /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
         func setMaintenance(
             request: GRPCCore.StreamingServerRequest<Farrier_V1_SetMaintenanceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
+
+        /// Handle the "SetRootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the machine's root device hints (which disk a deploy writes to), or clears them with
+        /// > none. Checked against its inventory when it has one. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_SetRootDeviceRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
+        func setRootDevice(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_SetRootDeviceRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
 
@@ -1195,6 +1228,25 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
 
+        /// Handle the "SetRootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the machine's root device hints (which disk a deploy writes to), or clears them with
+        /// > none. Checked against its inventory when it has one. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetRootDeviceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Machine` message.
+        func setRootDevice(
+            request: GRPCCore.ServerRequest<Farrier_V1_SetRootDeviceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
+
         /// Handle the "DeleteMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -1627,6 +1679,25 @@ extension Farrier_V1_MachineService {
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_Machine
 
+        /// Handle the "SetRootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the machine's root device hints (which disk a deploy writes to), or clears them with
+        /// > none. Checked against its inventory when it has one. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_SetRootDeviceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Machine` to respond with.
+        func setRootDevice(
+            request: Farrier_V1_SetRootDeviceRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Machine
+
         /// Handle the "DeleteMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -1903,6 +1974,17 @@ extension Farrier_V1_MachineService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Farrier_V1_MachineService.Method.SetRootDevice.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_SetRootDeviceRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
+            handler: { request, context in
+                try await self.setRootDevice(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Farrier_V1_MachineService.Method.DeleteMachine.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_DeleteMachineResponse>(),
@@ -2144,6 +2226,17 @@ extension Farrier_V1_MachineService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
         let response = try await self.setMaintenance(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func setRootDevice(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_SetRootDeviceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
+        let response = try await self.setRootDevice(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -2446,6 +2539,19 @@ extension Farrier_V1_MachineService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
         return GRPCCore.ServerResponse<Farrier_V1_Machine>(
             message: try await self.setMaintenance(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func setRootDevice(
+        request: GRPCCore.ServerRequest<Farrier_V1_SetRootDeviceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
+        return GRPCCore.ServerResponse<Farrier_V1_Machine>(
+            message: try await self.setRootDevice(
                 request: request.message,
                 context: context
             ),
@@ -2980,6 +3086,30 @@ extension Farrier_V1_MachineService {
         func setMaintenance<Result>(
             request: GRPCCore.ClientRequest<Farrier_V1_SetMaintenanceRequest>,
             serializer: some GRPCCore.MessageSerializer<Farrier_V1_SetMaintenanceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SetRootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the machine's root device hints (which disk a deploy writes to), or clears them with
+        /// > none. Checked against its inventory when it has one. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetRootDeviceRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SetRootDeviceRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func setRootDevice<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SetRootDeviceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SetRootDeviceRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
@@ -3770,6 +3900,41 @@ extension Farrier_V1_MachineService {
             )
         }
 
+        /// Call the "SetRootDevice" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets the machine's root device hints (which disk a deploy writes to), or clears them with
+        /// > none. Checked against its inventory when it has one. Admin.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_SetRootDeviceRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_SetRootDeviceRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func setRootDevice<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_SetRootDeviceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_SetRootDeviceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_MachineService.Method.SetRootDevice.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "DeleteMachine" method.
         ///
         /// > Source IDL Documentation:
@@ -4448,6 +4613,36 @@ extension Farrier_V1_MachineService.ClientProtocol {
         try await self.setMaintenance(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SetMaintenanceRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetRootDevice" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets the machine's root device hints (which disk a deploy writes to), or clears them with
+    /// > none. Checked against its inventory when it has one. Admin.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_SetRootDeviceRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setRootDevice<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_SetRootDeviceRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.setRootDevice(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_SetRootDeviceRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
             options: options,
             onResponse: handleResponse
@@ -5207,6 +5402,40 @@ extension Farrier_V1_MachineService.ClientProtocol {
             metadata: metadata
         )
         return try await self.setMaintenance(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetRootDevice" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets the machine's root device hints (which disk a deploy writes to), or clears them with
+    /// > none. Checked against its inventory when it has one. Admin.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setRootDevice<Result>(
+        _ message: Farrier_V1_SetRootDeviceRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_SetRootDeviceRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.setRootDevice(
             request: request,
             options: options,
             onResponse: handleResponse

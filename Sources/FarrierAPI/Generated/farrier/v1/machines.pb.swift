@@ -224,6 +224,13 @@ public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
   /// Clears the value of `power`. Subsequent reads from it will return its default value.
   public mutating func clearPower() {_uniqueStorage()._power = nil}
 
+  /// Its root device hints (farrier machine root-device), e.g. "serial=S3Z1NB0K", "size>=100";
+  /// empty: a deploy takes the smallest disk of at least 4 GiB that holds the image.
+  public var rootDevice: [String] {
+    get {_storage._rootDevice}
+    set {_uniqueStorage()._rootDevice = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -489,6 +496,9 @@ public nonisolated struct Farrier_V1_Deployment: Sendable {
 
   /// The token name of whoever deployed it.
   public var requestedBy: String = String()
+
+  /// The deploy's own root device hints, if it gave any (they win over the machine's).
+  public var rootDevice: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1004,46 +1014,75 @@ public nonisolated struct Farrier_V1_Constraints: Sendable {
   public init() {}
 }
 
-public nonisolated struct Farrier_V1_DeployMachineRequest: Sendable {
+public nonisolated struct Farrier_V1_DeployMachineRequest: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// The machine to deploy; empty to let Farrier pick one that meets `constraints`.
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
   public var constraints: Farrier_V1_Constraints {
-    get {_constraints ?? Farrier_V1_Constraints()}
-    set {_constraints = newValue}
+    get {_storage._constraints ?? Farrier_V1_Constraints()}
+    set {_uniqueStorage()._constraints = newValue}
   }
   /// Returns true if `constraints` has been explicitly set.
-  public var hasConstraints: Bool {self._constraints != nil}
+  public var hasConstraints: Bool {_storage._constraints != nil}
   /// Clears the value of `constraints`. Subsequent reads from it will return its default value.
-  public mutating func clearConstraints() {self._constraints = nil}
+  public mutating func clearConstraints() {_uniqueStorage()._constraints = nil}
 
   /// The project to allocate it to: required for admin tokens, implied for members.
-  public var project: String = String()
+  public var project: String {
+    get {_storage._project}
+    set {_uniqueStorage()._project = newValue}
+  }
 
   /// An image name (farrier image list).
-  public var image: String = String()
+  public var image: String {
+    get {_storage._image}
+    set {_uniqueStorage()._image = newValue}
+  }
 
   /// OpenSSH public keys for the default user and root.
-  public var sshKeys: [String] = []
+  public var sshKeys: [String] {
+    get {_storage._sshKeys}
+    set {_uniqueStorage()._sshKeys = newValue}
+  }
 
   /// cloud-init user-data (at most 64 KiB).
-  public var userData: String = String()
+  public var userData: String {
+    get {_storage._userData}
+    set {_uniqueStorage()._userData = newValue}
+  }
 
   /// Defaults to the machine name.
-  public var hostname: String = String()
+  public var hostname: String {
+    get {_storage._hostname}
+    set {_uniqueStorage()._hostname = newValue}
+  }
 
   /// Deploy tags: checked against the project's required tags, kept while deployed.
-  public var tags: Dictionary<String,String> = [:]
+  public var tags: Dictionary<String,String> {
+    get {_storage._tags}
+    set {_uniqueStorage()._tags = newValue}
+  }
+
+  /// Root device hints for this deploy, over the machine's own: KEY=VALUE with KEY one of
+  /// name, model, serial, wwn, rotational, or size with =, >=, <=, >, < and GiB (size>=100).
+  /// Without a machine name, only machines with a matching disk are chosen.
+  public var rootDevice: [String] {
+    get {_storage._rootDevice}
+    set {_uniqueStorage()._rootDevice = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _constraints: Farrier_V1_Constraints? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Farrier_V1_AdoptMachineRequest: Sendable {
@@ -1081,6 +1120,22 @@ public nonisolated struct Farrier_V1_ReleaseMachineRequest: Sendable {
   /// Empty: the project's wipe policy. "full" (erase and verify every byte) or "quick" (first
   /// and last MiB; only where the project's policy is quick).
   public var wipe: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_SetRootDeviceRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A machine name or MAC.
+  public var name: String = String()
+
+  /// The hints, as in DeployMachineRequest.root_device; none clears them.
+  public var hints: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1186,7 +1241,7 @@ fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0\u{3}bmc_credential\0\u{3}other_macs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0\u{3}bmc_credential\0\u{3}other_macs\0\u{3}root_device\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1217,6 +1272,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     var _otherMacs: [String] = []
     var _maintenance: Farrier_V1_Maintenance? = nil
     var _power: Farrier_V1_PowerReading? = nil
+    var _rootDevice: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1255,6 +1311,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       _otherMacs = source._otherMacs
       _maintenance = source._maintenance
       _power = source._power
+      _rootDevice = source._rootDevice
     }
   }
 
@@ -1301,6 +1358,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         case 26: try { try decoder.decodeSingularMessageField(value: &_storage._power) }()
         case 27: try { try decoder.decodeSingularStringField(value: &_storage._bmcCredential) }()
         case 28: try { try decoder.decodeRepeatedStringField(value: &_storage._otherMacs) }()
+        case 29: try { try decoder.decodeRepeatedStringField(value: &_storage._rootDevice) }()
         default: break
         }
       }
@@ -1397,6 +1455,9 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._otherMacs.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._otherMacs, fieldNumber: 28)
       }
+      if !_storage._rootDevice.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._rootDevice, fieldNumber: 29)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1434,6 +1495,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._otherMacs != rhs_storage._otherMacs {return false}
         if _storage._maintenance != rhs_storage._maintenance {return false}
         if _storage._power != rhs_storage._power {return false}
+        if _storage._rootDevice != rhs_storage._rootDevice {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1888,7 +1950,7 @@ nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Deployment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}image\0\u{3}image_sha256\0\u{1}hostname\0\u{3}ssh_key_count\0\u{3}requested_by\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}image\0\u{3}image_sha256\0\u{1}hostname\0\u{3}ssh_key_count\0\u{3}requested_by\0\u{3}root_device\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1901,6 +1963,7 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
       case 3: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
       case 4: try { try decoder.decodeSingularInt32Field(value: &self.sshKeyCount) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.requestedBy) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.rootDevice) }()
       default: break
       }
     }
@@ -1922,6 +1985,9 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
     if !self.requestedBy.isEmpty {
       try visitor.visitSingularStringField(value: self.requestedBy, fieldNumber: 5)
     }
+    if !self.rootDevice.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.rootDevice, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1931,6 +1997,7 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
     if lhs.hostname != rhs.hostname {return false}
     if lhs.sshKeyCount != rhs.sshKeyCount {return false}
     if lhs.requestedBy != rhs.requestedBy {return false}
+    if lhs.rootDevice != rhs.rootDevice {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2946,68 +3013,125 @@ nonisolated extension Farrier_V1_Constraints: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeployMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}constraints\0\u{1}project\0\u{1}image\0\u{3}ssh_keys\0\u{3}user_data\0\u{1}hostname\0\u{1}tags\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}constraints\0\u{1}project\0\u{1}image\0\u{3}ssh_keys\0\u{3}user_data\0\u{1}hostname\0\u{1}tags\0\u{3}root_device\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _constraints: Farrier_V1_Constraints? = nil
+    var _project: String = String()
+    var _image: String = String()
+    var _sshKeys: [String] = []
+    var _userData: String = String()
+    var _hostname: String = String()
+    var _tags: Dictionary<String,String> = [:]
+    var _rootDevice: [String] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _constraints = source._constraints
+      _project = source._project
+      _image = source._image
+      _sshKeys = source._sshKeys
+      _userData = source._userData
+      _hostname = source._hostname
+      _tags = source._tags
+      _rootDevice = source._rootDevice
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._constraints) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.project) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.image) }()
-      case 5: try { try decoder.decodeRepeatedStringField(value: &self.sshKeys) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.userData) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
-      case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.tags) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._constraints) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._project) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._image) }()
+        case 5: try { try decoder.decodeRepeatedStringField(value: &_storage._sshKeys) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._userData) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._hostname) }()
+        case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._tags) }()
+        case 9: try { try decoder.decodeRepeatedStringField(value: &_storage._rootDevice) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
-    }
-    try { if let v = self._constraints {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
-    if !self.project.isEmpty {
-      try visitor.visitSingularStringField(value: self.project, fieldNumber: 3)
-    }
-    if !self.image.isEmpty {
-      try visitor.visitSingularStringField(value: self.image, fieldNumber: 4)
-    }
-    if !self.sshKeys.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.sshKeys, fieldNumber: 5)
-    }
-    if !self.userData.isEmpty {
-      try visitor.visitSingularStringField(value: self.userData, fieldNumber: 6)
-    }
-    if !self.hostname.isEmpty {
-      try visitor.visitSingularStringField(value: self.hostname, fieldNumber: 7)
-    }
-    if !self.tags.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.tags, fieldNumber: 8)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      try { if let v = _storage._constraints {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      if !_storage._project.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._project, fieldNumber: 3)
+      }
+      if !_storage._image.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._image, fieldNumber: 4)
+      }
+      if !_storage._sshKeys.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._sshKeys, fieldNumber: 5)
+      }
+      if !_storage._userData.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._userData, fieldNumber: 6)
+      }
+      if !_storage._hostname.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._hostname, fieldNumber: 7)
+      }
+      if !_storage._tags.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._tags, fieldNumber: 8)
+      }
+      if !_storage._rootDevice.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._rootDevice, fieldNumber: 9)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Farrier_V1_DeployMachineRequest, rhs: Farrier_V1_DeployMachineRequest) -> Bool {
-    if lhs.name != rhs.name {return false}
-    if lhs._constraints != rhs._constraints {return false}
-    if lhs.project != rhs.project {return false}
-    if lhs.image != rhs.image {return false}
-    if lhs.sshKeys != rhs.sshKeys {return false}
-    if lhs.userData != rhs.userData {return false}
-    if lhs.hostname != rhs.hostname {return false}
-    if lhs.tags != rhs.tags {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._constraints != rhs_storage._constraints {return false}
+        if _storage._project != rhs_storage._project {return false}
+        if _storage._image != rhs_storage._image {return false}
+        if _storage._sshKeys != rhs_storage._sshKeys {return false}
+        if _storage._userData != rhs_storage._userData {return false}
+        if _storage._hostname != rhs_storage._hostname {return false}
+        if _storage._tags != rhs_storage._tags {return false}
+        if _storage._rootDevice != rhs_storage._rootDevice {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3093,6 +3217,41 @@ nonisolated extension Farrier_V1_ReleaseMachineRequest: SwiftProtobuf.Message, S
   public static func ==(lhs: Farrier_V1_ReleaseMachineRequest, rhs: Farrier_V1_ReleaseMachineRequest) -> Bool {
     if lhs.name != rhs.name {return false}
     if lhs.wipe != rhs.wipe {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_SetRootDeviceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetRootDeviceRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}hints\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.hints) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.hints.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.hints, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_SetRootDeviceRequest, rhs: Farrier_V1_SetRootDeviceRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.hints != rhs.hints {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
