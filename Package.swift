@@ -130,7 +130,7 @@ let package = Package(
         .target(
             name: "FarrierAgent",
             dependencies: [
-                "FarrierCore", "SystemSupport", .product(name: "Crypto", package: "swift-crypto"),
+                "FarrierCore", "SystemSupport", "CFarrierNet", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ] + nio,
             swiftSettings: swiftSettings

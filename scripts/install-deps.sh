@@ -20,20 +20,21 @@ packages=(
     python3-venv              # the sushy-emulator venv (Redfish tests)
     kea-dhcp4-server tftpd-hpa nginx-light   # reference servers for bench/dhcp, bench/tftp, bench/http
     postgresql-15 postgresql-client-15       # the replicas' shared store (tests start their own server)
+    lldpd                     # the lab's "switch": LLDP on the VMs' taps (inventory's LLDP neighbours)
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q
     # The reference servers are for benchmarks, run by hand in namespaces: never let their
-    # packages start them as system services answering DHCP or TFTP on this machine.
+    # packages start them as system services answering DHCP or TFTP (or sending LLDP) on this machine.
     policy=/usr/sbin/policy-rc.d
     made_policy=0
     if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod 755 $policy; made_policy=1; fi
     apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ $made_policy = 1 ] && rm -f $policy; exit 1; }
     [ $made_policy = 1 ] && rm -f $policy
     if command -v systemctl >/dev/null; then
-        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql >/dev/null 2>&1 || true
+        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql lldpd >/dev/null 2>&1 || true
     fi
 fi
 

@@ -514,6 +514,18 @@ extension Farrier_V1_Machine {
                 x.link = n.link
                 x.speedMbps = Int32(clamping: n.speedMbps ?? 0)
                 x.pciAddress = n.pciAddress ?? ""
+                x.firmware = n.firmware ?? ""
+                if let l = n.lldp {
+                    var y = Farrier_V1_LLDPNeighbour()
+                    y.chassisID = l.chassisID
+                    y.portID = l.portID
+                    y.systemName = l.systemName ?? ""
+                    y.portDescription = l.portDescription ?? ""
+                    y.systemDescription = l.systemDescription ?? ""
+                    y.vlan = Int32(l.vlan ?? 0)
+                    y.managementAddress = l.managementAddress ?? ""
+                    x.lldp = y
+                }
                 return x
             }
             inventory = i

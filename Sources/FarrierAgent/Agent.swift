@@ -178,7 +178,13 @@ public final class Agent: Sendable {
             switch task.kind {
             case .commission:
                 report("inventory", 0, 0)
-                result = AgentResult(ok: true, inventory: inventory)
+                var taken = inventory
+                if let seconds = task.lldpSeconds {
+                    report("lldp", 0, 0)
+                    let heard = LLDPListener(log: log).listen(on: taken.nics, seconds: seconds)
+                    for i in taken.nics.indices { taken.nics[i].lldp = heard.neighbours[taken.nics[i].name] }
+                }
+                result = AgentResult(ok: true, inventory: taken)
             case .deploy:
                 try deploy(task, inventory: inventory)
                 result = AgentResult(ok: true)

@@ -1,3 +1,4 @@
+import CFarrierNet
 import FarrierCore
 import Foundation
 
@@ -107,6 +108,15 @@ public struct InventoryCollector {
         }
     }
 
+    /// A NIC's firmware version through ethtool's driver info; nil when none or "N/A".
+    static func firmware(of name: String) -> String? {
+        var text = [CChar](repeating: 0, count: 64)
+        guard farrier_nic_firmware(name, &text, 64) == 0 else { return nil }
+        let v = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            .trimmingCharacters(in: .whitespaces)
+        return v.isEmpty || v == "N/A" ? nil : v
+    }
+
     public func nics() -> [Inventory.NIC] {
         list("/sys/class/net").compactMap { name in
             let base = "/sys/class/net/\(name)"
@@ -122,7 +132,7 @@ public struct InventoryCollector {
                 case "virtio": real.dropLast().last
                 default: nil
                 }
-            return Inventory.NIC(
+            var nic = Inventory.NIC(
                 name: name,
                 mac: read(base + "/address") ?? "",
                 driver: link(base + "/device/driver") ?? "",
@@ -131,6 +141,9 @@ public struct InventoryCollector {
                 speedMbps: up ? read(base + "/speed").flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil } : nil,
                 pciAddress: pci
             )
+            // Only of this machine's own interfaces (not of a copy of /sys under `root`).
+            if root.isEmpty { nic.firmware = Self.firmware(of: name) }
+            return nic
         }
     }
 }

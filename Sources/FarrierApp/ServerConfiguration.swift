@@ -138,7 +138,7 @@ public struct ServerConfiguration: Sendable {
         "discovery.max-machines",
         "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
         "lifecycle.claim-ttl", "lifecycle.step-timeouts", "memory.arenas", "memory.trim-interval",
-        "power-sync.interval", "power-sync.concurrency",
+        "power-sync.interval", "power-sync.concurrency", "commission.lldp-wait",
     ].map {
         (
             $0,
@@ -355,6 +355,11 @@ public struct ServerConfiguration: Sendable {
                 throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 0 (off) to 86400")
             }
             control.powerSyncInterval = .seconds(n)
+        case "commission.lldp-wait":
+            guard let n = Int(v), (0...300).contains(n) else {
+                throw ConfigurationError("\(key): '\(v)' is not a number of seconds from 0 (off) to 300")
+            }
+            control.lldpWait = .seconds(n)
         case "power-sync.concurrency":
             guard let n = Int(v), (1...1000).contains(n) else {
                 throw ConfigurationError("\(key): '\(v)' is not a number from 1 to 1000")

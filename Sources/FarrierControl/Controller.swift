@@ -39,6 +39,9 @@ public struct ControlConfiguration: Sendable, Hashable {
     public var powerSyncInterval: Duration = .seconds(300)
     /// BMC reads the power sync has in flight at once.
     public var powerSyncConcurrency = 16
+    /// How long a commissioning agent listens for LLDP on each NIC with a link (zero: not at
+    /// all). Switches send every 30 s by default; it stops as soon as every NIC heard one.
+    public var lldpWait: Duration = .zero
 
     public init() {}
 
@@ -510,7 +513,11 @@ public final class Controller: Sendable {
 
     func task(for m: Machine) async throws -> AgentTask {
         switch m.state {
-        case .commissioning: return AgentTask(kind: .commission, machine: m.name)
+        case .commissioning:
+            var task = AgentTask(kind: .commission, machine: m.name)
+            let lldp = Int(configuration.lldpWait.components.seconds)
+            task.lldpSeconds = lldp > 0 ? lldp : nil
+            return task
         case .deploying:
             guard let d = m.deployment, let image = try await store.image(name: d.image) else {
                 throw ControlError(.conflict, "machine \(m.name) has no deployable image")

@@ -74,6 +74,8 @@ public struct AgentTask: Codable, Sendable, Equatable {
     public var token: String
     /// Which disk a deploy writes to (nil: the default choice, `RootDeviceHints.choose`).
     public var rootDevice: RootDeviceHints?
+    /// Commissioning: how long to listen for LLDP on the NICs with a link (nil: not at all).
+    public var lldpSeconds: Int?
 
     public init(
         kind: Kind,

@@ -445,6 +445,11 @@ public struct Inventory: Codable, Sendable, Hashable {
         public var speedMbps: Int?
         /// The PCI device behind it (`0000:00:03.0`), if it is one.
         public var pciAddress: String?
+        /// Its firmware version, as the driver reports it to ethtool (nil: none reported).
+        public var firmware: String?
+        /// The switch port it is cabled to, from the LLDP frame it heard at commissioning
+        /// (nil: none heard, or listening was off: `commission.lldp-wait`).
+        public var lldp: LLDPNeighbour?
         public init(
             name: String,
             mac: String,

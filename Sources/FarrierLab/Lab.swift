@@ -121,12 +121,21 @@ public struct Lab {
                     tag: "-site-\(k)"
                 )
                 try state.save()
+                state.sites?[k - 1].lldpdPID = try startLLDPD(
+                    dir: dir,
+                    machines: o.machines,
+                    namespace: Self.siteNamespace(k),
+                    tag: "-site-\(k)"
+                )
+                try state.save()
             }
             state.accelerator = try chooseAccelerator(o.accelerator, dir: dir)
             log("accelerator: \(state.accelerator)\(state.accelerator == "tcg" ? " (software emulation)" : "")")
             let password = String((0..<16).map { _ in "abcdefghijkmnpqrstuvwxyz23456789".randomElement()! })
             try write(dir + "/bmc-password", mode: 0o600, password)
             state.dnsmasqPID = try startDnsmasq(o.dhcpMode, dir: dir)
+            try state.save()
+            state.lldpdPID = try startLLDPD(dir: dir, machines: o.machines)
             try state.save()
             if o.database == "postgres" {
                 state.postgresPID = try startPostgres(dir: dir)
@@ -274,6 +283,53 @@ public struct Lab {
         return ok ? "kvm" : "tcg"
     }
 
+    /// lldpd on the bridge side of the VMs' taps, as the switch they are cabled to: each VM's
+    /// NIC hears, every second, the system name `farrier-lab-switch` (with the site's tag at a
+    /// site) and its tap's name as the port ID, which commissioning records (`--commission-lldp-wait`).
+    func startLLDPD(dir: String, machines: Int, namespace: String = Lab.namespace, tag: String = "") throws -> Int32 {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/lldpd") else {
+            throw Spawn.Failure(
+                description: "the lab needs lldpd (apt-get install lldpd; scripts/install-deps.sh does)"
+            )
+        }
+        // lldpd drops its privileges into this directory (the Debian package's unit makes it).
+        try FileManager.default.createDirectory(atPath: "/run/lldpd", withIntermediateDirectories: true)
+        let socket = dir + "/lldpd\(tag).socket"
+        let out = dir + "/lldpd\(tag).out"
+        let pid = try Spawn.detached(
+            [
+                "ip", "netns", "exec", namespace, "/usr/sbin/lldpd", "-d", "-u", socket, "-p", dir + "/lldpd\(tag).pid",
+                // Each tap by its exact name: lldpd passes over a tap a pattern matches.
+                "-I", (1...max(1, machines)).map { "frtap\($0)" }.joined(separator: ","),
+            ],
+            log: out
+        )
+        // Configured once its socket answers (at most 10 s).
+        let settings = [
+            ["configure", "system", "hostname", "farrier-lab-switch\(tag)"],
+            ["configure", "lldp", "portidsubtype", "ifname"],
+            ["configure", "lldp", "tx-interval", "1"],
+        ]
+        var configured = 0
+        for _ in 0..<100 where configured < settings.count {
+            guard Spawn.isAlive(pid) else { break }
+            let r = try? Spawn.run(
+                ["ip", "netns", "exec", namespace, "lldpcli", "-u", socket] + settings[configured],
+                timeout: 10,
+                check: false
+            )
+            if r?.status == 0 { configured += 1 } else { usleep(100_000) }
+        }
+        guard configured == settings.count, Spawn.isAlive(pid) else {
+            Spawn.stop(pid)
+            throw Spawn.Failure(
+                description:
+                    "lldpd did not start or take its settings: \((try? String(contentsOfFile: out, encoding: .utf8)) ?? "")"
+            )
+        }
+        return pid
+    }
+
     /// dnsmasq sends IPv6 router advertisements (iPXE otherwise waits ~13 s for IPv6 after its
     /// DHCPv4 ACK); in proxy mode it also plays the site's existing DHCP server.
     func startDnsmasq(_ mode: String, dir: String, namespace: String = Lab.namespace, tag: String = "") throws -> Int32
@@ -357,6 +413,8 @@ public struct Lab {
             // The CLI on the host reaches the API over the lab's host link; the lab is one
             // host's demo, so its API goes without TLS, as asked for here.
             "--api-insecure",
+            // lldpd on the taps sends every second: commissioning hears it at once.
+            "--commission-lldp-wait", "10",
         ]
         if o.sites > 0 {
             // The sites serve the boot networks; the region serves them the site link, on the
@@ -714,12 +772,14 @@ public struct Lab {
         for site in state?.sites ?? [] {
             if let pid = site.agentPID { Spawn.stop(pid, grace: 15) }
             if let pid = site.dnsmasqPID { Spawn.stop(pid) }
+            if let pid = site.lldpdPID { Spawn.stop(pid) }
         }
         if let pid = state?.serverPID { Spawn.stop(pid, grace: 15) }
         for r in state?.extraReplicas ?? [] { if let pid = r.pid { Spawn.stop(pid, grace: 15) } }
         // After the servers, so no client holds it open: a clean shutdown.
         if let pid = state?.postgresPID { Spawn.stop(pid, grace: 15) }
         if let pid = state?.dnsmasqPID { Spawn.stop(pid) }
+        if let pid = state?.lldpdPID { Spawn.stop(pid) }
         // QEMUs started by a BMC that died before recording a pid: find them by their lab pidfiles.
         for directory in directories {
             for n in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where n.hasPrefix("lab-") {

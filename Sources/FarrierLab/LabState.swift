@@ -32,6 +32,7 @@ public struct LabState: Codable, Sendable {
         public var dataDir: String
         public var agentPID: Int32?
         public var dnsmasqPID: Int32?
+        public var lldpdPID: Int32?
     }
 
     /// A `farrier server` of the lab: the first serves the boot network (DHCP, TFTP, boot
@@ -54,6 +55,8 @@ public struct LabState: Codable, Sendable {
     public var blackholeRoute: String
     public var serverPID: Int32?
     public var dnsmasqPID: Int32?
+    /// lldpd on the VMs' taps (their "switch"); nil in a state from an older binary.
+    public var lldpdPID: Int32?
     public var vms: [VM]
     /// sqlite (the default) or postgres; nil in a state from an older binary.
     public var database: String?

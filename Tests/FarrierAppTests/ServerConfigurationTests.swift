@@ -69,7 +69,11 @@ import Testing
             ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
                 == "FARRIER_TFTP_MAX_TRANSFERS"
         )
-        #expect(ServerConfiguration.keys.count == 40)
+        #expect(ServerConfiguration.keys.count == 41)
+        #expect(
+            ServerConfiguration.keys.first(where: { $0.key == "commission.lldp-wait" })?.env
+                == "FARRIER_COMMISSION_LLDP_WAIT"
+        )
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "power-sync.interval" })?.env
                 == "FARRIER_POWER_SYNC_INTERVAL"
@@ -173,11 +177,19 @@ import Testing
             flags: ["power-sync.concurrency": ["64"]]
         )
         #expect(p.control.powerSyncInterval == .zero && p.control.powerSyncConcurrency == 64)
+        // LLDP: not listened for unless asked.
+        #expect(d.control.lldpWait == .zero)
+        let l = try ServerConfiguration.load(file: nil, environment: ["FARRIER_COMMISSION_LLDP_WAIT": "35"], flags: [:])
+        #expect(l.control.lldpWait == .seconds(35))
         for (key, value, message) in [
             ("memory.arenas", "65", "memory.arenas: '65' is not a number from 0"),
             ("memory.trim-interval", "-1", "memory.trim-interval: '-1' is not a number of seconds"),
             ("power-sync.interval", "86401", "power-sync.interval: '86401' is not a number of seconds from 0 (off)"),
             ("power-sync.concurrency", "0", "power-sync.concurrency: '0' is not a number from 1 to 1000"),
+            (
+                "commission.lldp-wait", "301",
+                "commission.lldp-wait: '301' is not a number of seconds from 0 (off) to 300"
+            ),
         ] {
             let error = #expect(throws: (any Error).self) {
                 try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]])

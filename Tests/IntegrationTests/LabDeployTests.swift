@@ -97,6 +97,13 @@ struct LabDeployTests {
             let nicAddress = (inv["nics"] as? [[String: Any]])?.first?["pciAddress"] as? String
             #expect(nicAddress.map(pci.contains) == true, "\(inv)")
             #expect((inv["gpus"] as? [String])?.isEmpty == true, "\(inv)")
+            // LLDP: the lab's lldpd on the VM's tap is its switch, the tap its port.
+            let lldp = (inv["nics"] as? [[String: Any]])?.first?["lldp"] as? [String: Any]
+            #expect(
+                lldp?["systemName"] as? String == "farrier-lab-switch"
+                    && lldp?["portID"] as? String == (name == "lab-1" ? "frtap1" : "frtap2"),
+                "\(name)'s LLDP neighbour: \(String(describing: lldp))"
+            )
         }
         // Root device hints (issue 18 point 5) against the inventory the ramdisk took: hints no
         // disk matches are refused, listing the disks; lab-2 then deploys by its disk's serial,

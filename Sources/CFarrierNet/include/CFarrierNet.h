@@ -19,4 +19,13 @@ int farrier_recvmmsg_nowait(int fd, farrier_mmsghdr *msgvec, unsigned int vlen);
 
 int farrier_sendmmsg(int fd, farrier_mmsghdr *msgvec, unsigned int vlen);
 
+// An AF_PACKET socket receiving the LLDP frames (EtherType 0x88cc) that arrive on one
+// interface, whole, with LLDP's nearest-bridge group address joined (the agent's inventory).
+// -1 with errno on failure. Swift's Glibc module has neither sockaddr_ll nor packet_mreq.
+int farrier_lldp_open(const char *ifname);
+
+// The NIC's firmware version as its driver reports it to ethtool (ETHTOOL_GDRVINFO's
+// fw_version), NUL-terminated in out. 0, or -1 with errno.
+int farrier_nic_firmware(const char *ifname, char *out, unsigned long len);
+
 #endif

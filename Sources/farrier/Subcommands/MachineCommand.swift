@@ -130,8 +130,13 @@ struct MachineCommand: AsyncParsableCommand {
                     }
                     for n in inv.nics {
                         lines.append(
-                            "  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")\(n.speedMbps.map { " \($0) Mb/s" } ?? "")\(n.pciAddress.map { " at \($0)" } ?? "")"
+                            "  NIC:         \(n.name) \(n.mac) \(n.driver) link \(n.link ? "up" : "down")\(n.speedMbps.map { " \($0) Mb/s" } ?? "")\(n.pciAddress.map { " at \($0)" } ?? "")\(n.firmware.map { " firmware \($0)" } ?? "")"
                         )
+                        if let l = n.lldp {
+                            lines.append(
+                                "    LLDP:      switch \(l.systemName ?? l.chassisID) port \(l.portID)\(l.portDescription.map { " (\($0))" } ?? "")\(l.vlan.map { " vlan \($0)" } ?? "")\(l.managementAddress.map { " mgmt \($0)" } ?? "")"
+                            )
+                        }
                     }
                     if !inv.pciDevices.isEmpty {
                         lines.append(
@@ -210,6 +215,8 @@ struct MachineView: Codable {
             var link: Bool
             var speedMbps: Int?
             var pciAddress: String?
+            var firmware: String?
+            var lldp: LLDPNeighbour?
         }
         struct PCI: Codable {
             var address: String
@@ -343,7 +350,18 @@ struct MachineView: Codable {
                         driver: $0.driver,
                         link: $0.link,
                         speedMbps: $0.speedMbps > 0 ? Int($0.speedMbps) : nil,
-                        pciAddress: opt($0.pciAddress)
+                        pciAddress: opt($0.pciAddress),
+                        firmware: opt($0.firmware),
+                        lldp: $0.hasLldp
+                            ? LLDPNeighbour(
+                                chassisID: $0.lldp.chassisID,
+                                portID: $0.lldp.portID,
+                                systemName: opt($0.lldp.systemName),
+                                portDescription: opt($0.lldp.portDescription),
+                                systemDescription: opt($0.lldp.systemDescription),
+                                vlan: $0.lldp.vlan > 0 ? Int($0.lldp.vlan) : nil,
+                                managementAddress: opt($0.lldp.managementAddress)
+                            ) : nil
                     )
                 },
                 vendor: m.inventory.vendor,

@@ -168,6 +168,13 @@ struct ServerCommand: AsyncParsableCommand {
     var powerSyncInterval: Int?
 
     @Option(
+        name: .customLong("commission-lldp-wait"),
+        help:
+            "Seconds a commissioning agent listens for LLDP (switch and port) on each NIC with a link; 0: not at all. [commission.lldp-wait, FARRIER_COMMISSION_LLDP_WAIT; default 0]"
+    )
+    var commissionLLDPWait: Int?
+
+    @Option(
         help: "BMC power reads in flight at once. [power-sync.concurrency, FARRIER_POWER_SYNC_CONCURRENCY; default 16]"
     )
     var powerSyncConcurrency: Int?
@@ -262,6 +269,7 @@ struct ServerCommand: AsyncParsableCommand {
             ("lifecycle.max-workers", lifecycleMaxWorkers.map(String.init)),
             ("power-sync.interval", powerSyncInterval.map(String.init)),
             ("power-sync.concurrency", powerSyncConcurrency.map(String.init)),
+            ("commission.lldp-wait", commissionLLDPWait.map(String.init)),
             ("memory.arenas", memoryArenas.map(String.init)),
             ("memory.trim-interval", memoryTrimInterval.map(String.init)),
         ]

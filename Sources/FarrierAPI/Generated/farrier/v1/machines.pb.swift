@@ -476,6 +476,48 @@ public nonisolated struct Farrier_V1_NIC: Sendable {
 
   public var pciAddress: String = String()
 
+  /// Its firmware version, as its driver reports it to ethtool; empty when none.
+  public var firmware: String = String()
+
+  /// The switch port it heard LLDP from at commissioning; unset when none (or not listened).
+  public var lldp: Farrier_V1_LLDPNeighbour {
+    get {_lldp ?? Farrier_V1_LLDPNeighbour()}
+    set {_lldp = newValue}
+  }
+  /// Returns true if `lldp` has been explicitly set.
+  public var hasLldp: Bool {self._lldp != nil}
+  /// Clears the value of `lldp`. Subsequent reads from it will return its default value.
+  public mutating func clearLldp() {self._lldp = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _lldp: Farrier_V1_LLDPNeighbour? = nil
+}
+
+public nonisolated struct Farrier_V1_LLDPNeighbour: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The switch's chassis ID (a MAC, an address or its own name for itself).
+  public var chassisID: String = String()
+
+  /// The switch's port ID (an interface name such as Ethernet1/7, a MAC, or a local name).
+  public var portID: String = String()
+
+  public var systemName: String = String()
+
+  public var portDescription: String = String()
+
+  public var systemDescription: String = String()
+
+  /// The port's VLAN ID, 0 when not sent.
+  public var vlan: Int32 = 0
+
+  public var managementAddress: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1895,7 +1937,7 @@ nonisolated extension Farrier_V1_Disk: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NIC"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{1}driver\0\u{1}link\0\u{3}speed_mbps\0\u{3}pci_address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{1}driver\0\u{1}link\0\u{3}speed_mbps\0\u{3}pci_address\0\u{1}firmware\0\u{1}lldp\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1909,12 +1951,18 @@ nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 4: try { try decoder.decodeSingularBoolField(value: &self.link) }()
       case 5: try { try decoder.decodeSingularInt32Field(value: &self.speedMbps) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.pciAddress) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.firmware) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._lldp) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
@@ -1933,6 +1981,12 @@ nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if !self.pciAddress.isEmpty {
       try visitor.visitSingularStringField(value: self.pciAddress, fieldNumber: 6)
     }
+    if !self.firmware.isEmpty {
+      try visitor.visitSingularStringField(value: self.firmware, fieldNumber: 7)
+    }
+    try { if let v = self._lldp {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1943,6 +1997,68 @@ nonisolated extension Farrier_V1_NIC: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.link != rhs.link {return false}
     if lhs.speedMbps != rhs.speedMbps {return false}
     if lhs.pciAddress != rhs.pciAddress {return false}
+    if lhs.firmware != rhs.firmware {return false}
+    if lhs._lldp != rhs._lldp {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_LLDPNeighbour: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LLDPNeighbour"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}chassis_id\0\u{3}port_id\0\u{3}system_name\0\u{3}port_description\0\u{3}system_description\0\u{1}vlan\0\u{3}management_address\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.chassisID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.portID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.systemName) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.portDescription) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.systemDescription) }()
+      case 6: try { try decoder.decodeSingularInt32Field(value: &self.vlan) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.managementAddress) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.chassisID.isEmpty {
+      try visitor.visitSingularStringField(value: self.chassisID, fieldNumber: 1)
+    }
+    if !self.portID.isEmpty {
+      try visitor.visitSingularStringField(value: self.portID, fieldNumber: 2)
+    }
+    if !self.systemName.isEmpty {
+      try visitor.visitSingularStringField(value: self.systemName, fieldNumber: 3)
+    }
+    if !self.portDescription.isEmpty {
+      try visitor.visitSingularStringField(value: self.portDescription, fieldNumber: 4)
+    }
+    if !self.systemDescription.isEmpty {
+      try visitor.visitSingularStringField(value: self.systemDescription, fieldNumber: 5)
+    }
+    if self.vlan != 0 {
+      try visitor.visitSingularInt32Field(value: self.vlan, fieldNumber: 6)
+    }
+    if !self.managementAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.managementAddress, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_LLDPNeighbour, rhs: Farrier_V1_LLDPNeighbour) -> Bool {
+    if lhs.chassisID != rhs.chassisID {return false}
+    if lhs.portID != rhs.portID {return false}
+    if lhs.systemName != rhs.systemName {return false}
+    if lhs.portDescription != rhs.portDescription {return false}
+    if lhs.systemDescription != rhs.systemDescription {return false}
+    if lhs.vlan != rhs.vlan {return false}
+    if lhs.managementAddress != rhs.managementAddress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

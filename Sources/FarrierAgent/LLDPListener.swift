@@ -1,0 +1,70 @@
+import CFarrierNet
+import FarrierCore
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Listens for the switches' LLDP frames on the NICs with a link (AF_PACKET, EtherType 0x88cc),
+/// until each has heard one or the time is up: which switch and port each NIC is cabled to. A
+/// frame that does not decode is logged and counted, and listening goes on.
+struct LLDPListener {
+    let log: @Sendable (String) -> Void
+
+    struct Outcome {
+        var neighbours: [String: LLDPNeighbour] = [:]
+        var malformed = 0
+    }
+
+    func listen(on nics: [Inventory.NIC], seconds: Int) -> Outcome {
+        var out = Outcome()
+        guard seconds > 0 else { return out }
+        var sockets: [(name: String, fd: Int32)] = []
+        for n in nics where n.link {
+            let fd = farrier_lldp_open(n.name)
+            if fd < 0 {
+                log("lldp: cannot listen on \(n.name): \(String(cString: strerror(errno)))")
+                continue
+            }
+            sockets.append((n.name, fd))
+        }
+        defer { for s in sockets { close(s.fd) } }
+        guard !sockets.isEmpty else { return out }
+        log("lldp: listening on \(sockets.map(\.name).joined(separator: ", ")) for at most \(seconds) s")
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        var buffer = [UInt8](repeating: 0, count: 9216)
+        // Bounded by the deadline: every pass waits at most until it.
+        while out.neighbours.count < sockets.count {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { break }
+            let waiting = sockets.filter { out.neighbours[$0.name] == nil }
+            var fds = waiting.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            let ms =
+                Int32(min(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000, 1000))
+                + 1
+            let ready = poll(&fds, nfds_t(fds.count), ms)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                log("lldp: poll failed: \(String(cString: strerror(errno)))")
+                break
+            }
+            for (i, p) in fds.enumerated() where p.revents & Int16(POLLIN) != 0 {
+                let n = recv(p.fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                guard n > 0 else { continue }
+                do {
+                    let neighbour = try LLDPNeighbour.decode(frame: Array(buffer[0..<n]))
+                    out.neighbours[waiting[i].name] = neighbour
+                    log(
+                        "lldp: \(waiting[i].name) is on \(neighbour.systemName ?? neighbour.chassisID) port \(neighbour.portID)"
+                    )
+                } catch {
+                    out.malformed += 1
+                    log("lldp: dropped a frame on \(waiting[i].name): \(error.description)")
+                }
+            }
+        }
+        for s in sockets where out.neighbours[s.name] == nil { log("lldp: nothing heard on \(s.name)") }
+        return out
+    }
+}
