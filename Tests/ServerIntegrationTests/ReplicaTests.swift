@@ -134,6 +134,74 @@ struct ReplicaTests {
         #expect(try b.state("m1") == "ready")
     }
 
+    /// The power sync runs on one replica at a time, the holder of the `power-sync` advisory
+    /// lock: with two replicas each BMC is read once a round, not twice (counted by the BMCs
+    /// themselves, ipmi_sim's chassis log, and by both replicas' metrics); the other replica's
+    /// gauges read zero, so a sum over replicas counts each machine once; and when the holder
+    /// dies, the other takes the reads over.
+    @Test func onlyOneReplicaReadsTheBMCsAndTheOtherTakesOver() throws {
+        let h = try Harness("replicas-power")
+        let pg = try PostgresServer(h)
+        defer {
+            pg.stop()
+            h.cleanup()
+        }
+        let flags = ["--database", try pg.createDatabase("farrier"), "--power-sync-interval", "1"]
+        let (a, s1, s2) = try ControlPlaneTests().setUp(h, flags: flags)
+        let b = ControlPlane(h, flags: flags)
+        try b.start(log: "server-b.log")
+        /// A replica's power sync counters: successful reads so far, and machines it reads.
+        func sync(_ cp: ControlPlane) throws -> (reads: Int, machines: Int) {
+            let text = try h.run(["curl", "-sf", cp.http + "/metrics"]).stdout
+            func value(_ prefix: String) -> Int {
+                text.split(separator: "\n").first { $0.hasPrefix(prefix) }
+                    .flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
+            }
+            return (value("farrier_power_sync_reads_total{result=\"ok\"} "), value("farrier_power_sync_machines "))
+        }
+        /// Power reads the two BMCs have answered so far.
+        func bmcReads() -> Int {
+            [s1, s2].map { $0.chassisLog.components(separatedBy: "get power").count - 1 }.reduce(0, +)
+        }
+        // A started first and holds the lock: it reads both machines; B reads none.
+        try h.waitUntil("A's power sync to read both machines", timeout: 30, interval: 0.5) {
+            try sync(a).machines == 2 && sync(a).reads >= 2
+        }
+        let (a0, b0, bmc0) = (try sync(a).reads, try sync(b).reads, bmcReads())
+        let window = Date()
+        try h.waitUntil("six seconds of power sync rounds", timeout: 20, interval: 0.5) {
+            Date().timeIntervalSince(window) >= 6
+        }
+        let (a1, b1, bmc1) = (try sync(a), try sync(b), bmcReads())
+        let seconds = Date().timeIntervalSince(window)
+        print(
+            "replicas: in \(String(format: "%.1f", seconds)) s A read \(a1.reads - a0), B \(b1.reads - b0); the BMCs answered \(bmc1 - bmc0) power reads"
+        )
+        #expect(b1.reads == b0 && b1.machines == 0, "B read BMCs while A held the power sync: \(b1)")
+        // Two machines, one read each a second (jittered within the interval): about 12, never twice that.
+        #expect(
+            (a1.reads - a0) >= 6 && (a1.reads - a0) <= 2 * Int(seconds.rounded(.up)) + 2,
+            "A's reads: \(a1.reads - a0)"
+        )
+        // The BMCs saw exactly the reads A counted (nothing else reads a ready machine's power),
+        // give or take the one in flight per machine at each end.
+        #expect(abs((bmc1 - bmc0) - (a1.reads - a0)) <= 4, "BMC reads \(bmc1 - bmc0), A's \(a1.reads - a0)")
+
+        // A dies: its database session ends with it, and B takes the lock and the reads.
+        let aPid = try #require(a.server?.processIdentifier)
+        kill(aPid, SIGKILL)
+        try h.waitUntil("A to be gone", timeout: 10) { !a.server!.isRunning || kill(aPid, 0) != 0 }
+        let died = Date()
+        try h.waitUntil("B's power sync to read both machines", timeout: 60, interval: 0.5) {
+            try sync(b).machines == 2 && sync(b).reads >= b1.reads + 2
+        }
+        let takeover = Date().timeIntervalSince(died)
+        print("replicas: B took the power sync over \(String(format: "%.1f", takeover)) s after A died")
+        #expect(takeover < 30)
+        // And its readings are what the machines show.
+        #expect((try b.machine("m1")["power"] as? [String: Any])?["state"] as? String == "off")
+    }
+
     /// A replica killed at every failpoint of a deploy leaves it to the other: A, armed to
     /// SIGKILL itself at one point, dies there holding the machine's claim (B is stopped
     /// meanwhile, so the work is A's); B starts, waits out the claim, and finishes the deploy,
