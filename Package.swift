@@ -212,7 +212,8 @@ let package = Package(
         .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire", "WireSupport"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "FarrierCoreTests", dependencies: ["FarrierCore"], swiftSettings: swiftSettings),
         .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "FarrierAgentTests", dependencies: ["FarrierAgent", "FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FarrierAgentTests", dependencies: ["FarrierAgent", "FarrierCore", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierControlTests",
             dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "TestSupport", log],

@@ -33,7 +33,9 @@ int farrier_sendmmsg(int fd, farrier_mmsghdr *msgvec, unsigned int vlen) {
 int farrier_lldp_open(const char *ifname) {
     unsigned int index = if_nametoindex(ifname);
     if (index == 0) return -1;
-    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(0x88cc));
+    // Protocol 0 receives nothing until bind names the protocol and the interface: a socket
+    // made with 0x88cc would take frames from every interface until then.
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
     struct sockaddr_ll sll;
     memset(&sll, 0, sizeof sll);

@@ -515,7 +515,8 @@ extension Farrier_V1_Machine {
                 x.speedMbps = Int32(clamping: n.speedMbps ?? 0)
                 x.pciAddress = n.pciAddress ?? ""
                 x.firmware = n.firmware ?? ""
-                if let l = n.lldp {
+                // The network's layout (switches, ports, VLANs, addresses) is for admins.
+                if admin, let l = n.lldp {
                     var y = Farrier_V1_LLDPNeighbour()
                     y.chassisID = l.chassisID
                     y.portID = l.portID

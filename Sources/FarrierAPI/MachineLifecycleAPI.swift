@@ -160,7 +160,11 @@ extension MachineAPI {
                 return
                     "image \(image.name) needs \(image.firmware.rawValue) but machine \(m.name) boots \(m.firmware.rawValue)"
             }
-            if let why = Self.rootDeviceProblem(m, hints: hints ?? m.rootDevice, image: image) { return why }
+            // A member may deploy a pool machine it cannot see: it is told no more than that.
+            if let why = Self.rootDeviceProblem(m, hints: hints ?? m.rootDevice, image: image, detailed: caller.isAdmin)
+            {
+                return why
+            }
             return nil
         }
         let deployed: Machine
@@ -488,12 +492,17 @@ extension MachineAPI {
 
     /// Why the machine's disks, as its inventory lists them, leave no disk for these hints (and
     /// a raw image's bytes); nil when one is left, without hints, or before any inventory.
-    static func rootDeviceProblem(_ m: Machine, hints: RootDeviceHints?, image: ImageInfo?) -> String? {
+    static func rootDeviceProblem(
+        _ m: Machine,
+        hints: RootDeviceHints?,
+        image: ImageInfo?,
+        detailed: Bool = true
+    ) -> String? {
         guard let hints, !hints.isEmpty, let inventory = m.inventory else { return nil }
         let bytes = image.map { $0.format == .raw ? $0.size : 0 } ?? 0
         switch RootDeviceHints.choose(inventory.disks, hints: hints, imageBytes: bytes) {
         case .success: return nil
-        case .failure(let why): return "machine \(m.name): \(why.description)"
+        case .failure(let why): return "machine \(m.name): \(detailed ? why.description : why.summary)"
         }
     }
 

@@ -101,11 +101,23 @@ public struct InventoryCollector {
                 name: name,
                 sizeBytes: sectors * 512,
                 model: read(base + "/device/model") ?? "",
-                serial: read(base + "/serial") ?? read(base + "/device/serial") ?? read(base + "/device/wwid") ?? "",
+                serial: read(base + "/serial") ?? read(base + "/device/serial") ?? unitSerial(base)
+                    ?? read(base + "/device/wwid") ?? "",
                 rotational: read(base + "/queue/rotational") == "1",
                 wwn: read(base + "/device/wwid") ?? read(base + "/wwid")
             )
         }
+    }
+
+    /// A SCSI or SATA disk's serial: its Unit Serial Number VPD page (0x80), which sysfs has
+    /// for them in place of a `serial` file: a 4-byte header, then the serial, space-padded.
+    func unitSerial(_ base: String) -> String? {
+        guard let page = FileManager.default.contents(atPath: root + base + "/device/vpd_pg80"), page.count > 4,
+            page[page.startIndex + 1] == 0x80
+        else { return nil }
+        let serial = String(decoding: page.dropFirst(4).filter { $0 >= 0x20 && $0 < 0x7f }, as: UTF8.self)
+            .trimmingCharacters(in: .whitespaces)
+        return serial.isEmpty ? nil : serial
     }
 
     /// A NIC's firmware version through ethtool's driver info; nil when none or "N/A".

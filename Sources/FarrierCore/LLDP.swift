@@ -41,10 +41,17 @@ public struct LLDPNeighbour: Codable, Sendable, Hashable {
     }
 
     /// Decodes a whole Ethernet frame (destination, source, EtherType 0x88cc, then the LLDPDU);
-    /// an 802.1Q tag before the EtherType is skipped. Anything else, or an LLDPDU without its
-    /// mandatory chassis, port and TTL TLVs in that order, is an error.
+    /// an 802.1Q tag before the EtherType is skipped. Only a frame to the nearest-bridge group
+    /// address, which no bridge forwards, can come from the switch port itself: one to any other
+    /// address (another host on the segment, say a tenant's machine, posing as the switch) is
+    /// an error, as is an LLDPDU without its chassis, port and TTL TLVs in that order.
     public static func decode(frame: [UInt8]) throws(DecodeError) -> LLDPNeighbour {
         guard frame.count >= 14 else { throw DecodeError(description: "frame of \(frame.count) bytes") }
+        guard Array(frame[0..<6]) == multicast else {
+            throw DecodeError(
+                description: "sent to \(mac(frame[0..<6])), not the nearest-bridge address 01:80:c2:00:00:0e"
+            )
+        }
         var at = 12
         var type = UInt16(frame[at]) << 8 | UInt16(frame[at + 1])
         if type == 0x8100, frame.count >= 18 {

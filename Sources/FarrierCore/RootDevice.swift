@@ -165,7 +165,10 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
         imageBytes: Int64
     ) -> Result<Inventory.Disk, ChoiceError> {
         let hints = hints?.isEmpty == true ? nil : hints
-        let minimum = hints == nil ? max(imageBytes, defaultMinimumBytes) : imageBytes
+        // Hints that pin a disk (a name, serial or WWN) or bound its size may take one under
+        // the floor; others (rotational, model) only narrow the default's choice.
+        let pinned = hints.map { $0.name != nil || $0.serial != nil || $0.wwn != nil || $0.size != nil } ?? false
+        let minimum = pinned ? imageBytes : max(imageBytes, defaultMinimumBytes)
         let candidates = disks.filter { hints?.matches($0) ?? true }
         let fitting = candidates.filter { $0.sizeBytes >= minimum }
         if let best = fitting.min(by: { ($0.sizeBytes, $0.name) < ($1.sizeBytes, $1.name) }) {
@@ -174,29 +177,28 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
         let seen = disks.sorted { $0.name < $1.name }.map(Self.describe).joined(separator: "; ")
         let disksText = disks.isEmpty ? "none seen" : seen
         if let hints, candidates.isEmpty {
-            return .failure(
-                ChoiceError(
-                    description:
-                        "no disk matches the root device hints \(hints.items.joined(separator: " ")) (disks: \(disksText))"
-                )
-            )
+            let summary = "no disk matches the root device hints \(hints.items.joined(separator: " "))"
+            return .failure(ChoiceError(summary: summary, disks: disksText))
         }
         let which = hints.map { "matching \($0.items.joined(separator: " ")) " } ?? ""
-        return .failure(
-            ChoiceError(
-                description:
-                    "no disk \(which)holds \(minimum) bytes\(hints == nil ? " (the default takes disks of at least 4 GiB; a root device hint can name a smaller one)" : "") (disks: \(disksText))"
-            )
-        )
+        let floor =
+            pinned
+            ? ""
+            : " (disks under 4 GiB are taken only by a name, serial, WWN or size hint)"
+        return .failure(ChoiceError(summary: "no disk \(which)holds \(minimum) bytes\(floor)", disks: disksText))
     }
 
     public struct ChoiceError: Error, Sendable, Equatable, CustomStringConvertible {
-        public var description: String
+        /// What is wrong, without the machine's disks (what a member may be told).
+        public var summary: String
+        /// The disks the choice was made from, as `describe` shows them.
+        public var disks: String
+        public var description: String { "\(summary) (disks: \(disks))" }
     }
 
     /// One disk as a choice's error shows it: name, size, model, serial, WWN, rotational.
     public static func describe(_ d: Inventory.Disk) -> String {
-        var s = "\(d.name) \(d.sizeBytes) bytes"
+        var s = "\(d.name) \(d.sizeBytes) bytes (\(d.sizeBytes >> 30) GiB)"
         if !d.model.isEmpty { s += " model=\(d.model)" }
         if !d.serial.isEmpty { s += " serial=\(d.serial)" }
         if let w = d.wwn, !w.isEmpty { s += " wwn=\(w)" }

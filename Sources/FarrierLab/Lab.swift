@@ -296,31 +296,37 @@ public struct Lab {
         try FileManager.default.createDirectory(atPath: "/run/lldpd", withIntermediateDirectories: true)
         let socket = dir + "/lldpd\(tag).socket"
         let out = dir + "/lldpd\(tag).out"
+        // Settings lldpd has lldpcli apply before it sends anything: set afterwards, a frame
+        // with the host's name could reach a VM first.
+        let name = "farrier-lab-switch\(tag)"
+        let conf = dir + "/lldpd\(tag).conf"
+        try write(
+            conf,
+            mode: 0o644,
+            "configure system hostname \(name)\nconfigure lldp portidsubtype ifname\nconfigure lldp tx-interval 1\n"
+        )
         let pid = try Spawn.detached(
             [
                 "ip", "netns", "exec", namespace, "/usr/sbin/lldpd", "-d", "-u", socket, "-p", dir + "/lldpd\(tag).pid",
+                "-O", conf,
                 // Each tap by its exact name: lldpd passes over a tap a pattern matches.
                 "-I", (1...max(1, machines)).map { "frtap\($0)" }.joined(separator: ","),
             ],
             log: out
         )
-        // Configured once its socket answers (at most 10 s).
-        let settings = [
-            ["configure", "system", "hostname", "farrier-lab-switch\(tag)"],
-            ["configure", "lldp", "portidsubtype", "ifname"],
-            ["configure", "lldp", "tx-interval", "1"],
-        ]
-        var configured = 0
-        for _ in 0..<100 where configured < settings.count {
+        // Up once it answers with its settings (at most 10 s).
+        var ready = false
+        for _ in 0..<100 where !ready {
             guard Spawn.isAlive(pid) else { break }
             let r = try? Spawn.run(
-                ["ip", "netns", "exec", namespace, "lldpcli", "-u", socket] + settings[configured],
+                ["ip", "netns", "exec", namespace, "lldpcli", "-u", socket, "show", "chassis"],
                 timeout: 10,
                 check: false
             )
-            if r?.status == 0 { configured += 1 } else { usleep(100_000) }
+            ready = r?.status == 0 && r?.output.contains(name) == true
+            if !ready { usleep(100_000) }
         }
-        guard configured == settings.count, Spawn.isAlive(pid) else {
+        guard ready, Spawn.isAlive(pid) else {
             Spawn.stop(pid)
             throw Spawn.Failure(
                 description:

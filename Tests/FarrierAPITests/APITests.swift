@@ -243,7 +243,7 @@ import Testing
             #expect(none?.code == .failedPrecondition, "\(String(describing: none))")
             #expect(
                 none?.message.contains("machine m10: no disk matches the root device hints serial=S12") == true
-                    && none?.message.contains("sdb 107374182400 bytes model=SSD serial=S10") == true,
+                    && none?.message.contains("sdb 107374182400 bytes (100 GiB) model=SSD serial=S10") == true,
                 "\(String(describing: none))"
             )
             // The 1 GiB disk can be named (below the default's floor), then cleared.
@@ -285,6 +285,56 @@ import Testing
             deploy.rootDevice = ["serial=S12"]
             #expect(await code { _ = try await machines.deployMachine(deploy) } == .resourceExhausted)
         }
+        // A member may deploy a pool machine by name without seeing it: a refusal names no disk.
+        try await withAPI(token: blue) { machines, _, _ in
+            var deploy = Farrier_V1_DeployMachineRequest()
+            deploy.image = "raw-50g"
+            deploy.name = "m10"
+            deploy.rootDevice = ["size<0"]
+            let probe = await refusal { _ = try await machines.deployMachine(deploy) }
+            #expect(
+                probe?.code == .failedPrecondition
+                    && probe?.message == "machine m10: no disk matches the root device hints size<0",
+                "\(String(describing: probe))"
+            )
+        }
+        #expect(try await store.machine(nameOrMAC: "m10")?.state == .ready)
+    }
+
+    /// LLDP neighbours (the network's switches, ports, VLANs and addresses) are for admins: a
+    /// member sees its machine's NICs without them.
+    @Test func lldpNeighboursAreShownToAdminsOnly() async throws {
+        let m = try #require(try await store.machine(nameOrMAC: "m00"))
+        var nic = Inventory.NIC(name: "eno1", mac: "52:54:00:00:0a:00", driver: "ixgbe", link: true)
+        nic.lldp = LLDPNeighbour(chassisID: "0c:42:a1:00:11:22", portID: "Ethernet1/7", systemName: "leaf-12a")
+        nic.firmware = "0x800009e0"
+        let inventory = Inventory(
+            cpuModel: "c",
+            cores: 1,
+            memoryBytes: 1 << 30,
+            disks: [],
+            nics: [nic],
+            vendor: "v",
+            product: "p",
+            serial: "",
+            firmware: .bios
+        )
+        _ = try await store.update(machineID: m.id) { x in
+            x.inventory = inventory
+            return []
+        }
+        let blue = try await member(of: "blue")
+        var get = Farrier_V1_GetMachineRequest()
+        get.nameOrMac = "m00"
+        let request = get
+        let asMember = try await withAPI(token: blue) { machines, _, _ in try await machines.getMachine(request) }
+        #expect(asMember.inventory.nics.count == 1 && !asMember.inventory.nics[0].hasLldp)
+        #expect(asMember.inventory.nics[0].firmware == "0x800009e0")
+        let asAdmin = try await withAPI(token: adminSecret) { machines, _, _ in try await machines.getMachine(request) }
+        #expect(
+            asAdmin.inventory.nics[0].lldp.systemName == "leaf-12a"
+                && asAdmin.inventory.nics[0].lldp.portID == "Ethernet1/7"
+        )
     }
 
     /// Each kind of refusal has its code: the CLI and scripts branch on them.

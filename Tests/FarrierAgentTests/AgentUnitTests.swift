@@ -41,6 +41,10 @@ import Testing
         try put("/sys/block/sda/size", "2097152\n")
         try put("/sys/block/sda/device/model", "QEMU HARDDISK   \n")
         try put("/sys/block/sda/queue/rotational", "1\n")
+        // A SCSI disk's serial is in its Unit Serial Number VPD page: a 4-byte header, then padded text.
+        try Data([0x00, 0x80, 0x00, 0x0c] + Array("   QM00005  ".utf8)).write(
+            to: URL(fileURLWithPath: root + "/sys/block/sda/device/vpd_pg80")
+        )
         try put("/sys/block/loop0/size", "100\n")
         try put("/sys/block/sr0/size", "100\n")
         try put("/sys/class/net/ens3/address", "52:54:00:18:00:01\n")
@@ -108,6 +112,7 @@ import Testing
         #expect(inv.disks.first { $0.name == "vda" }?.serial == "farrier-disk-1")
         #expect(inv.disks.first { $0.name == "sda" }?.model == "QEMU HARDDISK")
         #expect(inv.disks.first { $0.name == "sda" }?.rotational == true)
+        #expect(inv.disks.first { $0.name == "sda" }?.serial == "QM00005")
         #expect(
             inv.nics == [
                 Inventory.NIC(

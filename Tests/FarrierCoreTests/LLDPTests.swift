@@ -92,6 +92,11 @@ struct LLDPTests {
             (Self.header + Self.tlv(1, [4]) + Self.tlv(2, [5, 0x31]) + Self.tlv(3, [0, 1]), "without a value"),
             (Self.header + Self.tlv(1, [4, 1]) + Self.tlv(2, [5, 0x31]) + Self.tlv(3, [0]), "TTL not of 2 bytes"),
             (Self.header, "begins with the chassis ID"),
+            // To a unicast address (a host on the segment posing as the switch): not the switch port's.
+            (
+                [0x52, 0x54, 0, 0x18, 0, 1] + Array(Self.switchFrame[6...]),
+                "sent to 52:54:00:18:00:01, not the nearest-bridge address 01:80:c2:00:00:0e"
+            ),
         ]
         for (frame, reason) in cases {
             do {

@@ -38,7 +38,8 @@ struct RootDeviceTests {
         let small = [Self.disks[0]]
         let e = try chosen([], disks: small)
         #expect(
-            e.contains("at least 4 GiB") && e.contains("sda 1073741824 bytes model=SATADOM-ML 3ME serial=DOM1"),
+            e.contains("disks under 4 GiB are taken only by a name, serial, WWN or size hint")
+                && e.contains("sda 1073741824 bytes (1 GiB) model=SATADOM-ML 3ME serial=DOM1"),
             "\(e)"
         )
         // A tie in size goes to the first by name.
@@ -53,7 +54,13 @@ struct RootDeviceTests {
         #expect(try chosen(["serial=dom1"]) == "sda")  // below the default's floor: named, so taken
         #expect(try chosen(["model=  Samsung MZ7LH960 "]) == "sdb")
         #expect(try chosen(["rotational=true"]) == "sdd")
-        #expect(try chosen(["rotational=false"]) == "sda")
+        // Hints that pin no disk (rotational, model) keep the default's 4 GiB floor: not sda.
+        #expect(try chosen(["rotational=false"]) == "sdc")
+        #expect(
+            try chosen(["model=SATADOM-ML 3ME"]).hasPrefix(
+                "error: no disk matching model=SATADOM-ML 3ME holds 4294967296 bytes (disks under 4 GiB"
+            )
+        )
         #expect(try chosen(["rotational=false", "size>=100"]) == "sdc")
         #expect(try chosen(["size>=500"]) == "sdb")
         #expect(try chosen(["size>900"]) == "sdb")
@@ -109,8 +116,11 @@ struct RootDeviceTests {
             try RootDeviceHints.parse(["serial=a", "serial=b"])
         }
         #expect(twice?.description == "root device hint 'serial=b': serial is given twice")
-        #expect(throws: RootDeviceHints.ParseError.self) {
-            try RootDeviceHints.parse(Array(repeating: "size>=1", count: 7))
+        let many = #expect(throws: RootDeviceHints.ParseError.self) {
+            try RootDeviceHints.parse([
+                "name=a", "model=b", "serial=c", "wwn=d", "rotational=true", "size>=1", "size<=9",
+            ])
         }
+        #expect(many?.description == "at most 6 root device hints, one per key")
     }
 }
