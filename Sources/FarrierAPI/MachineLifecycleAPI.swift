@@ -502,7 +502,11 @@ extension MachineAPI {
         let bytes = image.map { $0.format == .raw ? $0.size : 0 } ?? 0
         switch RootDeviceHints.choose(inventory.disks, hints: hints, imageBytes: bytes) {
         case .success: return nil
-        case .failure(let why): return "machine \(m.name): \(detailed ? why.description : why.summary)"
+        case .failure(let why):
+            // A member is told neither the disks nor the hints, nor which of them failed.
+            return detailed
+                ? "machine \(m.name): \(why.description)"
+                : "machine \(m.name) has no disk for this deploy's root device hints"
         }
     }
 

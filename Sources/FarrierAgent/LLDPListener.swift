@@ -73,7 +73,9 @@ public struct LLDPListener {
                 }
             }
         }
-        for s in sockets where out.neighbours[s.name] == nil { log("lldp: nothing heard on \(s.name)") }
+        for s in sockets where out.neighbours[s.name] == nil && !dead.contains(s.name) {
+            log("lldp: nothing heard on \(s.name)")
+        }
         if out.malformed > 5 { log("lldp: \(out.malformed) frames dropped in all") }
         return out
     }

@@ -57,7 +57,8 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
         self.size = size
     }
 
-    /// The default's floor: disks smaller than 4 GiB are not chosen without a hint.
+    /// The default's floor: disks smaller than 4 GiB are chosen only by hints that pin a disk
+    /// (`pinsADisk`).
     public static let defaultMinimumBytes: Int64 = 4 << 30
     /// The hints a machine or a deploy may carry.
     public static let keys = ["name", "model", "serial", "wwn", "rotational", "size"]
@@ -156,18 +157,29 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
         return true
     }
 
+    /// Whether the hints may take a disk under the default's 4 GiB floor: they name one disk
+    /// (name, serial, WWN), or bound its size so that only a disk under 4 GiB can match. Others
+    /// (rotational, model, a size that a bigger disk meets) only narrow the default's choice.
+    public var pinsADisk: Bool {
+        if name != nil || serial != nil || wwn != nil { return true }
+        guard let size else { return false }
+        switch size.op {
+        case .below: return size.gib <= 4
+        case .atMost, .equal: return size.gib < 4
+        case .atLeast, .above: return false
+        }
+    }
+
     /// The disk a deploy writes to: among the disks matching the hints (all, without hints)
-    /// that hold `imageBytes` (and, without hints, `defaultMinimumBytes`), the smallest; a tie
-    /// goes to the first by name. Nil and why when none does.
+    /// that hold `imageBytes` (and `defaultMinimumBytes`, unless the hints pin a disk), the
+    /// smallest; a tie goes to the first by name. Nil and why when none does.
     public static func choose(
         _ disks: [Inventory.Disk],
         hints: RootDeviceHints?,
         imageBytes: Int64
     ) -> Result<Inventory.Disk, ChoiceError> {
         let hints = hints?.isEmpty == true ? nil : hints
-        // Hints that pin a disk (a name, serial or WWN) or bound its size may take one under
-        // the floor; others (rotational, model) only narrow the default's choice.
-        let pinned = hints.map { $0.name != nil || $0.serial != nil || $0.wwn != nil || $0.size != nil } ?? false
+        let pinned = hints?.pinsADisk ?? false
         let minimum = pinned ? imageBytes : max(imageBytes, defaultMinimumBytes)
         let candidates = disks.filter { hints?.matches($0) ?? true }
         let fitting = candidates.filter { $0.sizeBytes >= minimum }
@@ -181,10 +193,9 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
             return .failure(ChoiceError(summary: summary, disks: disksText))
         }
         let which = hints.map { "matching \($0.items.joined(separator: " ")) " } ?? ""
-        let floor =
-            pinned
-            ? ""
-            : " (disks under 4 GiB are taken only by a name, serial, WWN or size hint)"
+        // The floor is named only when it is what left no disk.
+        let floorMattered = !pinned && candidates.contains { $0.sizeBytes >= imageBytes }
+        let floor = floorMattered ? " (disks under 4 GiB are taken only by a name, serial, WWN or size hint)" : ""
         return .failure(ChoiceError(summary: "no disk \(which)holds \(minimum) bytes\(floor)", disks: disksText))
     }
 

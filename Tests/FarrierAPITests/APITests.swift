@@ -294,7 +294,7 @@ import Testing
             let probe = await refusal { _ = try await machines.deployMachine(deploy) }
             #expect(
                 probe?.code == .failedPrecondition
-                    && probe?.message == "machine m10: no disk matches the root device hints size<0",
+                    && probe?.message == "machine m10 has no disk for this deploy's root device hints",
                 "\(String(describing: probe))"
             )
         }

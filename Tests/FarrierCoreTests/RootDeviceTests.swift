@@ -64,6 +64,15 @@ struct RootDeviceTests {
         #expect(try chosen(["rotational=false", "size>=100"]) == "sdc")
         #expect(try chosen(["size>=500"]) == "sdb")
         #expect(try chosen(["size>900"]) == "sdb")
+        // A size that a disk of 4 GiB or more meets keeps the floor; one only a smaller disk meets pins it.
+        #expect(try chosen(["size<=500"]) == "sdc")
+        #expect(try chosen(["size<=3"]) == "sda" && chosen(["size<4"]) == "sda" && chosen(["size=1"]) == "sda")
+        #expect(RootDeviceHints(size: .init(.below, gib: 5)).pinsADisk == false)
+        #expect(RootDeviceHints(rotational: false).pinsADisk == false && RootDeviceHints(serial: "x").pinsADisk)
+        // The floor is named only when it mattered: not for an image no disk holds.
+        #expect(
+            try chosen([], image: 5000 * Self.gib) == "error: no disk holds 5368709120000 bytes (disks: \(Self.all))"
+        )
         #expect(try chosen(["size=480"]) == "sdc")
         #expect(try chosen(["size==480"]) == "sdc")
         #expect(try chosen(["size<2"]) == "sda")

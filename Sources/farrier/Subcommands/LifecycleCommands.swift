@@ -419,8 +419,9 @@ extension MachineCommand {
                 Each HINT is KEY=VALUE, all must match: name (the kernel's name: sda, nvme0n1), model, \
                 serial, wwn (with or without 0x), rotational (true or false), or size in GiB with =, \
                 >=, <=, > or < (size>=100). Model and serial match whole, ignoring case. Of the disks \
-                that match, a deploy takes the smallest that holds the image. Without hints (--clear) it \
-                takes the smallest disk of at least 4 GiB that does. Hints are checked against the \
+                that match, a deploy takes the smallest that holds the image and, unless the hints pin a \
+                disk (name, serial, wwn, or a size only a smaller disk meets), is at least 4 GiB. Without \
+                hints (--clear) it takes the smallest disk of at least 4 GiB that holds the image. Hints are checked against the \
                 machine's inventory when it has one; a deploy's own --root-device hints win over these. \
                 Quote size hints in a shell: 'size>=100'.
                 """
