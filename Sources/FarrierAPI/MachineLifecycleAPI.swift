@@ -466,14 +466,12 @@ extension MachineAPI {
         let caller = try Caller.admin("setting root device hints")
         let m = try await visibleMachine(request.name)
         let hints = try Self.rootDeviceHints(request.hints)
-        if let why = Self.rootDeviceProblem(m, hints: hints, image: nil) {
-            throw RPCError(code: .failedPrecondition, message: why)
-        }
         let message =
             hints.map { "root device hints set to \($0.items.joined(separator: " ")) by \(caller.tokenName)" }
             ?? "root device hints cleared by \(caller.tokenName)"
         let updated = try await controller.record(message, machineID: m.id) { x in
-            // Checked again against the inventory as it is now (a commissioning may have ended).
+            // Checked against the inventory in the write's own transaction (a commissioning may
+            // have just ended); a refusal is FailedPrecondition and writes nothing.
             if let why = Self.rootDeviceProblem(x, hints: hints, image: nil) { throw ControlError(.conflict, why) }
             x.rootDevice = hints
         }

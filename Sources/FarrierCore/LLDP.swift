@@ -1,3 +1,5 @@
+import Foundation
+
 /// A switch port's LLDP advertisement (IEEE 802.1AB), as a NIC heard it: which switch and
 /// which port it is cabled to. A pure decoder of the frame's TLVs; the agent does the listening.
 public struct LLDPNeighbour: Codable, Sendable, Hashable {
@@ -143,9 +145,6 @@ public struct LLDPNeighbour: Codable, Sendable, Hashable {
     /// Printable text: UTF-8 with control characters dropped and spaces trimmed, at most 255.
     static func text(_ bytes: ArraySlice<UInt8>) -> String {
         let s = String(decoding: bytes, as: UTF8.self).unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7f }
-        var out = String(String.UnicodeScalarView(s))
-        while out.last == " " { out.removeLast() }
-        while out.first == " " { out.removeFirst() }
-        return String(out.prefix(255))
+        return String(String(String.UnicodeScalarView(s)).trimmingCharacters(in: .whitespaces).prefix(255))
     }
 }

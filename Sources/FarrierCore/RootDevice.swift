@@ -1,3 +1,5 @@
+import Foundation
+
 /// Which disk a deploy writes the image to, as Ironic's root device hints: every hint given
 /// must match. Text form, one hint each: `name=sdb`, `model=…`, `serial=…`, `wwn=…`,
 /// `rotational=false`, `size>=100` (GiB; also `=`, `<=`, `>`, `<`).
@@ -93,7 +95,7 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
             let key = String(text.prefix { $0.isASCII && $0.isLetter })
             let rest = text.dropFirst(key.count)
             let opText = String(rest.prefix { "=<>!".contains($0) })
-            let value = String(rest.dropFirst(opText.count)).trimmingSpaces
+            let value = String(rest.dropFirst(opText.count)).trimmingCharacters(in: .whitespacesAndNewlines)
             guard keys.contains(key) else {
                 throw fail("unknown key '\(key)'; valid: \(keys.joined(separator: ", ")) (KEY=VALUE, size>=GIB)")
             }
@@ -139,10 +141,11 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
     /// or surrounding spaces, a WWN with or without its `0x`, `naa.` or `eui.` prefix.
     public func matches(_ d: Inventory.Disk) -> Bool {
         func same(_ a: String, _ b: String) -> Bool {
-            a.trimmingSpaces.lowercased() == b.trimmingSpaces.lowercased()
+            a.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+                == b.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
         }
         func bareWWN(_ s: String) -> String {
-            let l = s.trimmingSpaces.lowercased()
+            let l = s.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
             for p in ["0x", "naa.", "eui.", "t10."] where l.hasPrefix(p) { return String(l.dropFirst(p.count)) }
             return l
         }
@@ -215,14 +218,5 @@ public struct RootDeviceHints: Codable, Sendable, Hashable {
         if let w = d.wwn, !w.isEmpty { s += " wwn=\(w)" }
         s += d.rotational ? " rotational" : " non-rotational"
         return s
-    }
-}
-
-extension String {
-    fileprivate var trimmingSpaces: String {
-        var s = Substring(self)
-        while s.first?.isWhitespace == true { s.removeFirst() }
-        while s.last?.isWhitespace == true { s.removeLast() }
-        return String(s)
     }
 }

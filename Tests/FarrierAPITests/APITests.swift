@@ -183,6 +183,21 @@ import Testing
         }
     }
 
+    /// A minimal inventory (one core, 1 GiB) with these disks and NICs.
+    static func inventory(disks: [Inventory.Disk] = [], nics: [Inventory.NIC] = []) -> Inventory {
+        Inventory(
+            cpuModel: "c",
+            cores: 1,
+            memoryBytes: 1 << 30,
+            disks: disks,
+            nics: nics,
+            vendor: "v",
+            product: "p",
+            serial: "",
+            firmware: .bios
+        )
+    }
+
     /// Root device hints (issue 18 point 5): admins set them, checked against the inventory;
     /// bad ones are refused naming the hint and change nothing; deploys carry their own, and
     /// a deploy picking by constraints takes only a machine with a matching disk.
@@ -198,17 +213,7 @@ import Testing
         for (name, serial) in [("m10", "S10"), ("m12", "S12")] {
             let m = try #require(try await store.machine(nameOrMAC: name))
             _ = try await store.update(machineID: m.id) { x in
-                x.inventory = Inventory(
-                    cpuModel: "c",
-                    cores: 1,
-                    memoryBytes: gib,
-                    disks: disks(serial),
-                    nics: [],
-                    vendor: "v",
-                    product: "p",
-                    serial: "",
-                    firmware: .bios
-                )
+                x.inventory = Self.inventory(disks: disks(serial))
                 return []
             }
         }
@@ -308,17 +313,7 @@ import Testing
         var nic = Inventory.NIC(name: "eno1", mac: "52:54:00:00:0a:00", driver: "ixgbe", link: true)
         nic.lldp = LLDPNeighbour(chassisID: "0c:42:a1:00:11:22", portID: "Ethernet1/7", systemName: "leaf-12a")
         nic.firmware = "0x800009e0"
-        let inventory = Inventory(
-            cpuModel: "c",
-            cores: 1,
-            memoryBytes: 1 << 30,
-            disks: [],
-            nics: [nic],
-            vendor: "v",
-            product: "p",
-            serial: "",
-            firmware: .bios
-        )
+        let inventory = Self.inventory(nics: [nic])
         _ = try await store.update(machineID: m.id) { x in
             x.inventory = inventory
             return []
