@@ -170,11 +170,17 @@ public final class PostgresStore: StateStore {
         )
     }
 
-    /// A `StoreError` for any error: store errors pass, a unique violation (SQLSTATE 23505) is
+    /// An error a caller's closure threw inside a transaction; `storeError` unwraps it.
+    struct CallerError: Error {
+        let error: any Error
+    }
+
+    /// A `StoreError` for any error: store errors and a caller's own errors pass, a unique violation (SQLSTATE 23505) is
     /// `alreadyExists`, a foreign key violation (23503) `inUse`, everything else from the
     /// database is `unavailable`.
     static func storeError(_ error: any Error) -> any Error {
         if error is StoreError { return error }
+        if let e = error as? CallerError { return e.error }
         if let e = error as? PSQLError {
             if e.serverInfo?[.sqlState] == "23503" {
                 return StoreError(.inUse, "still referred to: \(e.serverInfo?[.detail] ?? "a foreign key")")
@@ -912,7 +918,14 @@ extension PostgresStore {
         conn: PostgresConnection
     ) async throws -> Machine {
         var m = machine
-        let events = try body(&m)
+        let events: [MachineEvent]
+        do {
+            events = try body(&m)
+        } catch {
+            // The caller's own refusal (a state check, a hint no disk meets) is theirs to
+            // report: it passes through the transaction's error mapping unchanged.
+            throw CallerError(error: error)
+        }
         if m.name != machine.name {
             for try await _ in try await conn.query("SELECT 1 FROM machine WHERE name = \(m.name)", logger: logger)
                 .decode(Int.self)

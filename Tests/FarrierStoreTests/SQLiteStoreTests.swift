@@ -1053,6 +1053,51 @@ import Testing
         }
     }
 
+    /// A refusal the caller's closure throws inside an update comes back as that same error
+    /// (not as the store being unavailable), on every kind of update, and writes nothing.
+    @Test(arguments: StoreKind.allCases) func aCallersRefusalPassesThroughAndWritesNothing(
+        _ kind: StoreKind
+    ) async throws {
+        struct Refusal: Error, Equatable { let why: String }
+        try await withStore(kind) { under in
+            let s = under.store
+            let m = try await s.enroll(
+                name: "r1",
+                mac: mac,
+                bmc: try BMCReference(url: "ipmi://a@198.18.0.9"),
+                sealedPassword: [1],
+                at: Date()
+            )
+            _ = try await s.update(machineID: m.id, fence: nil) { x in
+                x.state = .ready
+                return []
+            }
+            let plain = await #expect(throws: Refusal.self) {
+                _ = try await s.update(machineID: m.id, fence: nil) { x in
+                    x.labels["by"] = "refused"
+                    throw Refusal(why: "no disk")
+                }
+            }
+            #expect(plain == Refusal(why: "no disk"))
+            let counting = await #expect(throws: Refusal.self) {
+                _ = try await s.updateCounting(machineID: m.id, fence: nil) { x, _ in
+                    x.labels["by"] = "refused"
+                    throw Refusal(why: "over the cap")
+                }
+            }
+            #expect(counting == Refusal(why: "over the cap"))
+            let allocating = await #expect(throws: Refusal.self) {
+                _ = try await s.allocate({ _ in true }) { x in
+                    x.labels["by"] = "refused"
+                    throw Refusal(why: "not now")
+                }
+            }
+            #expect(allocating == Refusal(why: "not now"))
+            #expect(try await s.machine(id: m.id)?.labels["by"] == nil)
+            #expect(try await s.events(after: 0, machineID: m.id, limit: 10).isEmpty)
+        }
+    }
+
     /// Work claims: one live holder; renewal keeps the token, a takeover after the lapse bumps
     /// it; a commit fenced with a lost claim writes nothing.
     @Test(arguments: StoreKind.allCases) func workClaimsHaveOneHolderAndFenceCommits(_ kind: StoreKind) async throws {
