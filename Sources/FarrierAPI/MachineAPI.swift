@@ -539,6 +539,11 @@ extension Farrier_V1_Machine {
             x.sshKeyCount = Int32(d.sshKeys.count)
             x.requestedBy = d.requestedBy
             x.rootDevice = d.rootDevice?.items ?? []
+            if let os = d.os {
+                x.osTracked = true
+                x.osAwaiting = os.awaiting
+                if let t = os.reported { x.osReported = Google_Protobuf_Timestamp(date: t) }
+            }
             deployment = x
         }
         if let p = m.progress { progress = Farrier_V1_Progress(p) }

@@ -376,7 +376,10 @@ extension MachineAPI {
         }
         let caller = try Caller.current()
         return Farrier_V1_Machine(
-            try await controller.record("restarted by \(caller.tokenName)", machineID: m.id),
+            try await controller.record("restarted by \(caller.tokenName)", machineID: m.id) { x in
+                // A deployed OS reports in again once it is up: `restart --wait` waits for it.
+                if x.state == .deployed { x.deployment?.os?.awaiting = true }
+            },
             timeline: []
         )
     }
@@ -449,6 +452,8 @@ extension MachineAPI {
                 wipe: project.wipePolicy
             )
             d.allocated = now
+            // Nothing of Farrier's runs in an adopted OS: it never reports in.
+            d.os = nil
             x.deployment = d
             x.power = PowerReading(state: .on, read: now)
         }

@@ -432,6 +432,9 @@ public struct SiteLinkAPI: Farrier_V1_SiteLinkService.SimpleServiceProtocol {
         case "done":
             try await controller.agentDone(token: request.token, peer: mac, result: try decode(AgentResult.self))
             answer = Empty()
+        case "os-ready":
+            try await controller.osReady(token: request.token, peer: mac, report: try decode(OSReady.self))
+            answer = Empty()
         default: throw RPCError(code: .invalidArgument, message: "unknown agent call '\(request.call)'")
         }
         var r = Farrier_V1_AgentCallResponse()

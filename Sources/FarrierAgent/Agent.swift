@@ -415,8 +415,22 @@ public final class Agent: Sendable {
             throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))")
         }
         _ = ioctl(fd, 0x125F)  // BLKRRPART: the kernel re-reads the new partition table (not for files)
-        if let seed = task.seed {
+        if var seed = task.seed {
             report("configure", downloaded, image.size)
+            // The installed OS reports in to the channel this agent talks to (the region's, or
+            // its site's), pinning the same certificate.
+            if let token = task.osToken {
+                do {
+                    seed.vendorData = try OSReportScript.vendorData(
+                        cloudConfig: seed.vendorData,
+                        url: configuration.serverURL,
+                        certificateSHA256: configuration.certificateSHA256,
+                        token: token
+                    )
+                } catch {
+                    throw AgentFailure("the OS's report-in script: \(error.description)")
+                }
+            }
             try ConfigDrive(disk: target, log: log).write(seed)
         }
     }

@@ -232,6 +232,12 @@ public struct LinkAgentBackend: AgentBackend {
         try await self.report("done", peer: peer, token: token, body: try JSONEncoder().encode(result))
     }
 
+    /// Relayed, never queued: the site cannot vouch for an OS token (the region made it and
+    /// the site never saw it), so while the region is away the OS is told 503 and tries again.
+    public func osReady(token: String, peer: MACAddress?, report: OSReady) async throws {
+        _ = try await call("os-ready", peer: peer, token: token, body: try JSONEncoder().encode(report))
+    }
+
     public func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async throws -> Bool {
         guard let bearer, let peer else { return false }
         var request = Farrier_V1_ImageAccessRequest()

@@ -392,6 +392,65 @@ public final class Controller: Sendable {
         .replacingOccurrences(of: "=", with: "")
     }
 
+    /// The installed OS's token for reporting in: the machine, the deployment's instance ID, and
+    /// their MAC under the agent key. It serves every boot of the deployment and dies with it
+    /// (a new deploy has a new instance ID). Never stored. Nil when the deployment is not tracked.
+    func osToken(for m: Machine) -> String? {
+        guard let d = m.deployment, d.os != nil, let instance = d.instanceID else { return nil }
+        return "\(m.id).\(instance).\(Self.mac(agentKey, "farrier-os-v1:\(m.id):\(instance)"))"
+    }
+
+    /// The installed OS reports in, from the machine's leased address, with its deployment's
+    /// OS token. A deploy (or leaving rescue) waiting in phase `os` succeeds; a deployed
+    /// machine records the boot (a restart waits for it). The same boot again changes nothing.
+    public func osReady(token: String, peer: MACAddress?, report: OSReady) async throws {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, let m = try await store.machine(id: parts[0]),
+            m.deployment?.instanceID == parts[1], let expected = osToken(for: m),
+            ConstantTime.equal(expected, token)
+        else {
+            throw ControlError(.permission, "OS token is not valid (or no longer: its deployment is over)")
+        }
+        try requireLeasedAddress(m, peer: peer)
+        guard (1...64).contains(report.bootID.utf8.count) else {
+            throw ControlError(.invalid, "bootID must be 1 to 64 characters")
+        }
+        let instance = parts[1]
+        let now = Date()
+        let updated = try await store.update(machineID: m.id) { x in
+            guard x.deployment?.instanceID == instance, var os = x.deployment?.os else {
+                throw ControlError(.permission, "OS token is not valid (or no longer: its deployment is over)")
+            }
+            if os.bootID == report.bootID { return [] }
+            os.bootID = report.bootID
+            os.reported = now
+            os.awaiting = false
+            switch (x.state, x.phase) {
+            case (.deploying, .os), (.exitingRescue, .os):
+                try Self.transition(&x, .stepSucceeded)
+                x.deployment?.os = os
+                return [
+                    MachineEvent(x, kind: .action, message: "the OS reported in (boot \(report.bootID))"),
+                    MachineEvent(x, kind: .transition, message: x.reason),
+                ]
+            case (.deployed, _):
+                x.deployment?.os = os
+                return [MachineEvent(x, kind: .action, message: "the OS reported in (boot \(report.bootID))")]
+            default:
+                throw ControlError(
+                    .conflict,
+                    "machine \(x.name) is \(x.state.rawValue) (phase \(x.phase.rawValue)); its OS reports in once it boots its disk"
+                )
+            }
+        }
+        Failpoint.hit("controller.after-commit.\(updated.state.rawValue)")
+        logger.info(
+            "the OS reported in",
+            metadata: ["machine": "\(updated.name)", "state": "\(updated.state.rawValue)", "boot": "\(report.bootID)"]
+        )
+        hub.notify()
+    }
+
     /// Agent calls come only from the address Farrier's DHCP leased to the machine's MAC:
     /// `peer` is the MAC that holds the request's source address, if any.
     func requireLeasedAddress(_ m: Machine, peer: MACAddress?) throws {
@@ -449,7 +508,7 @@ public final class Controller: Sendable {
         }
         // The step's agent work is done (the disk written, the wipe finished): a ramdisk that
         // booted again anyway gets no task, so nothing is done twice.
-        guard m.phase != .finish else {
+        guard m.phase != .finish && m.phase != .os else {
             throw ControlError(.conflict, "machine \(m.name): the agent already finished \(m.state.rawValue)")
         }
         // A queued step has no slot yet: its agent may not start (the deploy and wipe caps, and
@@ -536,6 +595,7 @@ public final class Controller: Sendable {
                 seed: seed(for: m)
             )
             task.rootDevice = d.rootDevice ?? m.rootDevice
+            task.osToken = osToken(for: m)
             return task
         case .releasing: return AgentTask(kind: .wipe, machine: m.name, wipe: m.deployment?.wipe ?? .full)
         case .rescuing: return AgentTask(kind: .rescue, machine: m.name, sshKeys: m.deployment?.sshKeys ?? [])

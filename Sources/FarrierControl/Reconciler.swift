@@ -102,7 +102,7 @@ public actor Reconciler: Service {
             case .finish: 0
             case .boot: 1
             case .queued: 2
-            case .agent, .none: 3
+            case .agent, .os, .none: 3
             }
         }
         let inSteps = machines.sorted {
@@ -179,7 +179,7 @@ public actor Reconciler: Service {
                 }
                 slots -= 1
                 start(m.id, &group)
-            case .agent, .none:
+            case .agent, .os, .none:
                 break
             }
         }
@@ -319,12 +319,7 @@ struct Worker {
         guard action == .done else { return action }
         Failpoint.hit("reconciler.boot.after-action")
         if m.state == .exitingRescue {
-            _ = try? await controller.apply(
-                .stepSucceeded,
-                machineID: m.id,
-                guardGeneration: m.generation,
-                fence: claim
-            )
+            await succeedOrAwaitOS(m, claim, from: .boot)
         } else {
             _ = try? await controller.advance(
                 machineID: m.id,
@@ -371,8 +366,40 @@ struct Worker {
         }
         guard action == .done else { return action }
         Failpoint.hit("reconciler.finish.after-action")
-        _ = try? await controller.apply(.stepSucceeded, machineID: m.id, guardGeneration: m.generation, fence: claim)
+        if m.state == .deploying {
+            await succeedOrAwaitOS(m, claim, from: .finish)
+        } else {
+            _ = try? await controller.apply(
+                .stepSucceeded,
+                machineID: m.id,
+                guardGeneration: m.generation,
+                fence: claim
+            )
+        }
         return .done
+    }
+
+    /// The machine boots its disk: a tracked deployment's step waits in phase `os` for the
+    /// installed OS to report in (`Controller.osReady`), or times out naming the phase; an
+    /// untracked one succeeds now.
+    func succeedOrAwaitOS(_ m: Machine, _ claim: WorkClaim, from phase: StepPhase) async {
+        if m.deployment?.os != nil {
+            _ = try? await controller.advance(
+                machineID: m.id,
+                generation: m.generation,
+                from: phase,
+                to: .os,
+                message: "booting the disk; waiting for the OS to report in",
+                fence: claim
+            )
+        } else {
+            _ = try? await controller.apply(
+                .stepSucceeded,
+                machineID: m.id,
+                guardGeneration: m.generation,
+                fence: claim
+            )
+        }
     }
 
     static func powerOnOrCycle(_ bmc: any BMC) async throws {

@@ -17,6 +17,15 @@ public enum AgentAPI {
     public static let hello = "/agent/v1/hello"
     public static let progress = "/agent/v1/progress"
     public static let done = "/agent/v1/done"
+    /// The installed OS's report (`OSReady`), with the deployment's OS token.
+    public static let osReady = "/os/v1/ready"
+}
+
+/// The installed OS reports in: cloud-init has finished and SSH answers on this boot.
+public struct OSReady: Codable, Sendable {
+    /// The kernel's boot ID (`/proc/sys/kernel/random/boot_id`): a repeat is a no-op.
+    public var bootID: String
+    public init(bootID: String) { self.bootID = bootID }
 }
 
 public struct AgentHello: Codable, Sendable {
@@ -76,6 +85,9 @@ public struct AgentTask: Codable, Sendable, Equatable {
     public var rootDevice: RootDeviceHints?
     /// Commissioning: how long to listen for LLDP on the NICs with a link (nil: not at all).
     public var lldpSeconds: Int?
+    /// Deploy: the installed OS's token for reporting in (nil: not tracked). The agent puts it,
+    /// with the agent channel's URL and certificate, into the vendor-data (`OSReportScript`).
+    public var osToken: String?
 
     public init(
         kind: Kind,

@@ -197,7 +197,8 @@ public enum Lifecycle {
     /// loop: it gets no ramdisk, so its agent cannot start ahead of the concurrency cap.
     public static func nextBoot(_ state: MachineState, phase: StepPhase) -> NextBoot {
         if phase == .queued, steps.contains(state), nextBoot(state) != .disk { return .wait }
-        guard phase == .finish else { return nextBoot(state) }
+        // Once the agent is done (and while the OS comes up) a deploy boots its disk.
+        guard phase == .finish || phase == .os else { return nextBoot(state) }
         switch state {
         case .deploying: return .disk
         case .commissioning, .releasing: return .wait

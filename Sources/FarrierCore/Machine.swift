@@ -293,6 +293,9 @@ public enum StepPhase: String, Codable, Sendable, CaseIterable {
     case agent
     /// The agent finished; apply the final boot/power (disk and cycle, or power off).
     case finish
+    /// The machine boots its disk; the step ends when the installed OS reports in (its
+    /// cloud-init has run and SSH answers), or fails at the step's timeout.
+    case os
 }
 
 /// What the reconciler's scan reads of a machine in a step: enough to time the step out, admit
@@ -386,6 +389,9 @@ public struct Deployment: Codable, Sendable, Hashable {
     public var allocated: Date?
     /// The deploy's root device hints, over the machine's own (`Machine.rootDevice`).
     public var rootDevice: RootDeviceHints?
+    /// Whether the installed OS has reported in, and for which boot; nil: not tracked (an
+    /// adopted machine, or user-data that turns vendor-data off).
+    public var os: OSReport?
 
     public init(
         image: String,
@@ -407,6 +413,33 @@ public struct Deployment: Codable, Sendable, Hashable {
         self.userData = userData
         self.hostname = hostname
         self.requestedBy = requestedBy
+        // Tracked unless the user-data turns cloud-init's vendor-data (which carries the
+        // reporter) off: then nothing would ever report in.
+        self.os = OSReport.reporterRuns(userData: userData) ? OSReport() : nil
+    }
+}
+
+/// The installed OS's reports: it calls in once cloud-init has finished and SSH answers, on
+/// every boot (`OSReportScript`). "Deployed" waits for the first; a restart for a new boot's.
+public struct OSReport: Codable, Sendable, Hashable {
+    /// The kernel's boot ID of the last boot that reported in.
+    public var bootID: String?
+    /// When it did.
+    public var reported: Date?
+    /// A report is awaited: the deploy's first, or one from the boot after a restart.
+    public var awaiting: Bool
+
+    public init(bootID: String? = nil, reported: Date? = nil, awaiting: Bool = true) {
+        self.bootID = bootID
+        self.reported = reported
+        self.awaiting = awaiting
+    }
+
+    /// Whether cloud-init will run the vendor-data reporter under this user-data: not when it
+    /// turns vendor-data off (`vendor_data: {enabled: false}`, which cloud-init honours from
+    /// cloud-config user-data).
+    public static func reporterRuns(userData: String) -> Bool {
+        !userData.contains("vendor_data")
     }
 }
 

@@ -41,6 +41,8 @@ public protocol AgentBackend: Sendable {
     func agentHello(peer: MACAddress?, hello: AgentHello) async throws -> AgentTask
     func agentProgress(token: String, peer: MACAddress?, report: AgentProgress) async throws
     func agentDone(token: String, peer: MACAddress?, result: AgentResult) async throws
+    /// The installed OS reports in, with its deployment's OS token.
+    func osReady(token: String, peer: MACAddress?, report: OSReady) async throws
     /// False: refused (403). A thrown error answers with its own status (a site whose region
     /// is away: 503).
     func imageAccess(sha256: String, bearer: String?, peer: MACAddress?) async throws -> Bool
@@ -323,6 +325,15 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: any Age
         let peer = deps.peerMAC(context.remoteAddress)
         return try await run {
             try await controller.agentDone(token: t, peer: peer, result: result)
+            return Empty()
+        }
+    }
+    router.post(RouterPath(AgentAPI.osReady)) { request, context -> Response in
+        let t = try token(request)
+        let report = try decode(OSReady.self, try await body(request))
+        let peer = deps.peerMAC(context.remoteAddress)
+        return try await run {
+            try await controller.osReady(token: t, peer: peer, report: report)
             return Empty()
         }
     }

@@ -42,6 +42,8 @@ public struct SimConfiguration: Sendable {
     public var agentSeconds = 2.0
     /// Share of agent tasks that report failure.
     public var agentFailRate = 0.0
+    /// From a disk boot of a deployed OS to its report (cloud-init, SSH up), seconds; ±20 %.
+    public var osSeconds = 2.0
     /// Share of an image's bytes a deploy downloads (1: all of it).
     public var imageShare = 1.0
     /// Longest wait between script fetches while Farrier holds a machine in its wait loop.
@@ -73,6 +75,8 @@ public struct SimStats: Codable, Sendable, Equatable {
     public var boots = 0
     public var scriptFetches = 0
     public var diskBoots = 0
+    /// Reports of a deployed OS that Farrier took (200).
+    public var osReports = 0
     public var hellos = 0
     public var helloRefusals = 0
     public var tasks: [String: Int] = [:]
@@ -115,6 +119,9 @@ public actor SimFleet {
         var epoch = 0
         /// The image on the disk (its SHA-256), nil when blank.
         var disk: String?
+        /// The deployed OS's token for reporting in, and the channel it reports to (the deploy's
+        /// agent channel), as its vendor-data would hold them.
+        var os: (token: String, channel: AgentConfiguration)?
         var wrongPassword = false
     }
 
@@ -390,6 +397,7 @@ public actor SimFleet {
         if device == "Hdd" {
             if machines[i].disk != nil {
                 stats.diskBoots += 1
+                await reportOS(i, epoch: epoch)
                 return
             }
             device = "Pxe"  // a blank disk: the firmware falls through to the network
@@ -422,6 +430,7 @@ public actor SimFleet {
             }
             if script.contains("sanboot") || script.contains("\nexit") {
                 stats.diskBoots += 1
+                await reportOS(i, epoch: epoch)
                 return
             }
             let wait = Self.sleepSeconds(script).map { min($0, configuration.pollSeconds) } ?? configuration.pollSeconds
@@ -525,7 +534,7 @@ public actor SimFleet {
                     await self.count(\.failuresInjected)
                 }
                 guard await self.current(i, epoch) else { return }
-                if ok { await self.finished(i, task) }
+                if ok { await self.finished(i, task, channel: channel) }
                 let seconds = (ContinuousClock.now - started) / .seconds(1)
                 let result = AgentResult(
                     ok: ok,
@@ -548,11 +557,55 @@ public actor SimFleet {
     }
 
     /// The disk as the task left it.
-    func finished(_ i: Int, _ task: AgentTask) {
+    func finished(_ i: Int, _ task: AgentTask, channel: AgentConfiguration) {
         switch task.kind {
-        case .deploy: machines[i].disk = task.image?.sha256
-        case .wipe: machines[i].disk = nil
+        case .deploy:
+            machines[i].disk = task.image?.sha256
+            machines[i].os = task.osToken.map { ($0, channel) }
+        case .wipe:
+            machines[i].disk = nil
+            machines[i].os = nil
         default: break
+        }
+    }
+
+    /// The deployed OS of this boot reports in once it is up (`osSeconds`), as its vendor-data's
+    /// reporter does: the boot ID, with the deployment's OS token, over the pinned channel from
+    /// the machine's address; tried again while the answer is 5xx, and while it is 409 (the
+    /// reconciler has not yet moved the step to its OS phase).
+    func reportOS(_ i: Int, epoch: Int) async {
+        guard let os = machines[i].os else { return }
+        let m = machines[i]
+        try? await Task.sleep(for: Self.jittered(configuration.osSeconds))
+        guard current(i, epoch) else { return }
+        do {
+            let (host, port) = try os.channel.channelAddress()
+            let client = SimHTTPClient(
+                host: host,
+                port: port,
+                source: m.address.description,
+                pin: try CertificatePin.normalized(os.channel.certificateSHA256)
+            )
+            let body = Array(try JSONEncoder().encode(OSReady(bootID: "sim-\(m.name)-\(epoch)")))
+            var status = 0
+            for attempt in 1...Self.attempts {
+                guard current(i, epoch) else { return }
+                let reply = try await client.session { send in
+                    try await send(
+                        .POST,
+                        AgentAPI.osReady,
+                        [("Content-Type", "application/json"), ("Authorization", "Bearer \(os.token)")],
+                        body,
+                        1 << 16
+                    )
+                }
+                status = reply.status
+                guard status >= 500 || status == 409, attempt < Self.attempts else { break }
+                try await Task.sleep(for: Self.retryDelay)
+            }
+            if status == 200 { stats.osReports += 1 } else { note("\(m.name): OS report answered \(status)") }
+        } catch {
+            note("\(m.name): OS report: \(error)")
         }
     }
 

@@ -131,6 +131,19 @@ struct HostileTenant {
             ])
             #expect(plain == 404, "\(phase): the agent API answers on plain HTTP: \(plain)")
         }
+        // The OS's report-in (which ends a deploy or exit-rescue waiting for it): without a
+        // token, and with a forged OS token for the victim (its id, a made-up instance and MAC).
+        for (token, status) in [
+            (nil, 401), ("\(id).i-0123456789abcdef0.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 403),
+        ] {
+            let (s, b) = try curl(
+                ["-X", "POST", "-H", "Content-Type: application/json"]
+                    + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
+                    + ["--data-binary", #"{"bootID":"tenant"}"#, "\(agent)/os/v1/ready"]
+            )
+            #expect(s == status, "\(phase): OS report-in with token \(token ?? "none"): \(s) \(b)")
+            try unchanged("an OS report-in from the tenant")
+        }
         // Image bytes: without a token (however the path is spelled), with a forged one; and
         // never on plain HTTP.
         #expect(try curl(["-o", "/dev/null", "\(agent)/images/\(image)"]).0 == 401, "\(phase): image without a token")

@@ -152,7 +152,8 @@ struct AgentTests {
             ])
             let run = try agent(cp, disk: disk, log: "agent-\(image).log")
             #expect(run.status == 0, "\(image): \(run.stderr)")
-            try cp.waitFor("a1", "deployed")
+            // The disk is written and booted; "deployed" waits for its OS to report in.
+            try cp.waitFor("a1", "deploying/os")
             #expect(
                 try sha(h, disk, from: 1 << 20, count: 6 << 20) == rawSHA,
                 "\(image): the disk does not hold the image"
@@ -199,7 +200,46 @@ struct AgentTests {
                 )
             )
             #expect(try file("user-data").contains("/farrier-was-here"))
-            #expect(try file("vendor-data").contains("disable_root: false"))
+            // vendor-data: Farrier's cloud-config and the OS's reporter (a shell script, with
+            // the deployment's OS token, this agent channel's URL and its certificate's pin).
+            let vendor = try file("vendor-data")
+            #expect(vendor.hasPrefix("Content-Type: multipart/mixed"), "\(vendor)")
+            #expect(vendor.contains("disable_root: false"))
+            let reporter = try #require(
+                vendor.components(separatedBy: "Content-Type: text/x-shellscript; charset=\"us-ascii\"\n\n").last?
+                    .components(separatedBy: "\n--==farrier-vendor-data==--").first
+            )
+            try reporter.write(toFile: h.directory + "/os-report.sh", atomically: true, encoding: .utf8)
+            let syntax = try h.run(["sh", "-n", h.directory + "/os-report.sh"], check: false)
+            #expect(syntax.status == 0, "\(syntax.stderr)")
+            func between(_ start: String) -> String? {
+                reporter.components(separatedBy: start + " <<'FARRIER_EOF'\n").dropFirst().first?
+                    .components(separatedBy: "\nFARRIER_EOF").first
+            }
+            let python = try #require(between("cat > /usr/local/lib/farrier/os-report"))
+            try python.write(toFile: h.directory + "/os-report.py", atomically: true, encoding: .utf8)
+            let compiled = try h.run(
+                [
+                    "python3", "-c", "import ast,sys; ast.parse(open(sys.argv[1]).read())",
+                    h.directory + "/os-report.py",
+                ],
+                check: false
+            )
+            #expect(compiled.status == 0, "\(compiled.stderr)")
+            let settingsText = try #require(between("cat > /etc/farrier/os-report.json"))
+            let settings = try #require(
+                try JSONSerialization.jsonObject(with: Data(settingsText.utf8)) as? [String: String]
+            )
+            // The kernel line the agent ran with (saved by `cmdline`).
+            let kernel = try String(contentsOfFile: h.directory + "/cmdline", encoding: .utf8)
+            #expect(kernel.contains("farrier.url=\(settings["url"] ?? "?") "), "\(settings) \(kernel)")
+            #expect(kernel.contains("farrier.cert=sha256:\(settings["sha256"] ?? "?") "), "\(settings) \(kernel)")
+            // The OS reports in with what its vendor-data holds (the stand-in OS: curl, from the
+            // machine's address); then the machine is deployed.
+            let osToken = try #require(settings["token"])
+            let (status, answer) = try cp.agent("/os/v1/ready", mac: Self.mac, token: osToken, #"{"bootID":"b1"}"#)
+            #expect(status == 200, "\(answer)")
+            try cp.waitFor("a1", "deployed")
             // The seed came in the task over the agent channel; the console never shows it.
             let task =
                 try JSONSerialization.jsonObject(
@@ -211,8 +251,10 @@ struct AgentTests {
             )
             #expect((task?["rootDevice"] as? [String: Any])?["name"] as? String == hostDisk, "\(image)")
             let token = try #require(task?["token"] as? String)
+            #expect(task?["osToken"] as? String == osToken)
             #expect(
-                !run.stderr.contains(token) && !run.stderr.contains("farrier-was-here"),
+                !run.stderr.contains(token) && !run.stderr.contains(osToken)
+                    && !run.stderr.contains("farrier-was-here"),
                 "the agent printed a secret"
             )
 
@@ -300,6 +342,7 @@ struct AgentTests {
             [
                 ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "30",
                 "--bind", ControlPlane.address(of: Self.mac), "--state-dir", h.directory + "/agent-state",
+                "--task-file", h.directory + "/task.json",
             ],
             log: "agent.log"
         )
@@ -319,6 +362,13 @@ struct AgentTests {
         #expect(agent.terminationStatus == 0, "agent: \(log)")
         #expect(at < size, "the image was already written when the server was killed")
         #expect(log.contains("resumed"), "the download was not resumed: \(log)")
+        // Written and booted; its OS (the stand-in, with the task's OS token) reports in.
+        try cp.waitFor("a1", "deploying/os")
+        let task =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task.json")))
+            as? [String: Any]
+        let osToken = try #require(task?["osToken"] as? String)
+        #expect(try cp.agent("/os/v1/ready", mac: Self.mac, token: osToken, #"{"bootID":"b1"}"#).0 == 200)
         try cp.waitFor("a1", "deployed")
         // The image's bytes, between its GPT and the backup header the config drive moved.
         #expect(

@@ -116,7 +116,8 @@ struct CLITests {
         defer { h.cleanup() }
         let sim = try IPMISimulator(h)
         try sim.start()
-        let cp = ControlPlane(h)
+        // A short deploy step: the last deploy's OS never reports in.
+        let cp = ControlPlane(h, flags: ["--lifecycle-step-timeout", "deploying=45"])
         try cp.start()
         let mac = "52:54:00:dd:00:01"
         try cp.cli([
@@ -139,17 +140,76 @@ struct CLITests {
             log: "wait.log"
         )
         // The agent reports its progress, and says done only once --wait has shown it.
-        try cp.runAgent(mac: mac) {
+        try cp.runAgent(mac: mac, reportsOS: false) {
             try h.waitUntil("--wait to show the progress", timeout: 20) {
                 h.read("wait.log").contains("write 1.0 MiB / 3.0 MiB (33%)")
             }
         }
+        // Deployed means usable (issue 18 point 10): with the disk written and booted, --wait
+        // still waits, until the installed OS reports in. Shown as waiting meanwhile.
+        try h.waitUntil("--wait to show the OS phase", timeout: 30) { h.read("wait.log").contains("deploying/os") }
+        #expect(waiter.isRunning, "\(h.read("wait.log"))")
+        #expect(try cp.cli(["machine", "show", "w1"]).stdout.contains("OS:            waiting for it to report in"))
+        #expect(try cp.cli(["machine", "list", "--columns", "name,os"]).stdout.contains("waiting"))
+        let token = try #require(cp.osTokens[mac])
+        let report = #"{"bootID":"b-1"}"#
+        // Only the machine's own address, with the deployment's token, reports in.
+        let elsewhere = try cp.agent("/os/v1/ready", mac: mac, token: token, report, from: "127.0.0.1")
+        #expect(elsewhere.0 == 403, "\(elsewhere)")
+        let forged = try cp.agent("/os/v1/ready", mac: mac, token: String(token.dropLast()) + "A", report)
+        #expect(forged.0 == 403, "\(forged)")
+        let none = try cp.agent("/os/v1/ready", mac: mac, token: nil, report)
+        #expect(none.0 == 401, "\(none)")
+        #expect(try cp.state("w1") == "deploying/os")
+        let first = try cp.reportOS(mac: mac, before: { #expect(waiter.isRunning) })
         try h.waitUntil("deploy --wait to end", timeout: 60) { !waiter.isRunning }
         #expect(waiter.terminationStatus == 0, "\(h.read("wait.log"))")
         let out = h.read("wait.log")
         #expect(out.contains("deploying/agent  write"), "\(out)")
         #expect(out.contains("write 1.0 MiB / 3.0 MiB (33%)"), "\(out)")
         #expect(out.contains("machine w1 deployed: deployed"), "\(out)")
+        func os() throws -> [String: Any] { try cp.machine("w1")["deployment"] as? [String: Any] ?? [:] }
+        let reported = try #require(try os()["osReported"] as? String)
+        #expect(try os()["osAwaiting"] as? Bool == false)
+        #expect(try cp.cli(["machine", "show", "w1"]).stdout.contains("OS:            up: reported in at"))
+        // The same boot again (a reporter whose answer was lost) changes nothing.
+        let again = try cp.agent("/os/v1/ready", mac: mac, token: token, #"{"bootID":"\#(first)"}"#)
+        let reportedAgain = try os()["osReported"] as? String
+        #expect(again.0 == 200 && reportedAgain == reported, "\(again)")
+
+        // restart --wait waits for the restarted OS to report in again (a new boot).
+        let restarter = try h.start(
+            [
+                ControlPlane.bin, "machine", "restart", "w1", "--hard", "--wait", "--timeout", "60",
+                "--server", cp.grpc, "--token", cp.adminToken,
+            ],
+            log: "restart.log"
+        )
+        try cp.reportOS(
+            mac: mac,
+            awaited: { ($0["deployment"] as? [String: Any])?["osAwaiting"] as? Bool == true },
+            before: { #expect(restarter.isRunning, "\(h.read("restart.log"))") }
+        )
+        try h.waitUntil("restart --wait to end", timeout: 60) { !restarter.isRunning }
+        #expect(restarter.terminationStatus == 0, "\(h.read("restart.log"))")
+        let afterRestart = try os()
+        #expect(afterRestart["osAwaiting"] as? Bool == false && afterRestart["osReported"] as? String != reported)
+
+        // Released, the deployment's token is worth nothing.
+        try cp.cli(["machine", "release", "w1"])
+        try cp.runAgent(mac: mac)
+        try cp.waitFor("w1", "ready")
+        let stale = try cp.agent("/os/v1/ready", mac: mac, token: token, #"{"bootID":"b-2"}"#)
+        #expect(stale.0 == 403, "\(stale)")
+
+        // An OS that never reports in fails the deploy at the step's timeout, naming the phase.
+        try cp.cli(["machine", "deploy", "w1", "--image", "img", "--project", "p"])
+        try cp.runAgent(mac: mac, reportsOS: false)
+        try cp.waitFor("w1", "deploying/os")
+        try cp.waitFor("w1", "failed", timeout: 90)
+        let failed = try cp.machine("w1")
+        #expect(failed["failedStep"] as? String == "deploying")
+        #expect((failed["reason"] as? String ?? "").contains("in phase os"), "\(failed)")
     }
 
     /// One output group on every command (-o name, --no-headers, --columns), exit statuses a

@@ -202,6 +202,31 @@ final class ControlPlane: @unchecked Sendable {
     }
 
     var nonces: [String: String] = [:]
+    /// The deployed OS's token, by MAC, from the deploy tasks the stand-in took (as the agent
+    /// puts it into the OS's vendor-data).
+    var osTokens: [String: String] = [:]
+
+    /// Plays the installed OS reporting in: waits until `awaited` holds of the machine (by
+    /// default: it boots its disk for its step, phase `os`), runs `before`, then posts a new
+    /// boot ID with the deployment's OS token from the machine's reserved address. Answers the
+    /// boot ID.
+    @discardableResult
+    func reportOS(
+        mac: String,
+        timeout: Double = 60,
+        awaited: ([String: Any]) -> Bool = { $0["phase"] as? String == "os" },
+        before: () throws -> Void = {}
+    ) throws -> String {
+        guard let token = osTokens[mac] else {
+            throw Harness.CommandError(description: "no deploy task of \(mac) carried an OS token")
+        }
+        try h.waitUntil("\(mac) to wait for its OS", timeout: timeout, interval: 0.2) { awaited(try machine(mac)) }
+        try before()
+        let boot = UUID().uuidString.lowercased()
+        let (status, body) = try agent("/os/v1/ready", mac: mac, token: token, #"{"bootID":"\#(boot)"}"#)
+        guard status == 200 else { throw Harness.CommandError(description: "OS report: \(status) \(body)") }
+        return boot
+    }
 
     static func hello(nonce: String) -> String { #"{"agentVersion":"stand-in","nonce":"\#(nonce)"}"# }
 
@@ -212,12 +237,14 @@ final class ControlPlane: @unchecked Sendable {
         """
 
     /// Plays the agent for one step: waits for the ramdisk script, says hello, reports progress,
-    /// and reports success (with the inventory when commissioning). Returns the task it got.
+    /// and reports success (with the inventory when commissioning); after a deploy, plays its
+    /// OS reporting in (`reportOS`) unless `reportsOS` is false. Returns the task it got.
     @discardableResult
     func runAgent(
         mac: String,
         timeout: Double = 60,
         fail: String? = nil,
+        reportsOS: Bool = true,
         beforeDone: () throws -> Void = {},
         withTask: ([String: Any]) throws -> Void = { _ in }
     ) throws -> [String: Any] {
@@ -237,6 +264,7 @@ final class ControlPlane: @unchecked Sendable {
         else {
             throw Harness.CommandError(description: "hello: \(status) \(body)")
         }
+        if let os = task["osToken"] as? String { osTokens[mac] = os }
         try withTask(task)
         _ = try agent(
             "/agent/v1/progress",
@@ -255,6 +283,10 @@ final class ControlPlane: @unchecked Sendable {
         try beforeDone()
         let (s2, b2) = try agent("/agent/v1/done", mac: mac, token: t, result)
         guard s2 == 200 else { throw Harness.CommandError(description: "done: \(s2) \(b2)") }
+        // The deployed OS boots and reports in, as its vendor-data's reporter would.
+        if task["kind"] as? String == "deploy", fail == nil, reportsOS, task["osToken"] != nil {
+            try reportOS(mac: mac, timeout: timeout)
+        }
         return task
     }
 

@@ -306,7 +306,17 @@ struct ControlPlaneTests {
         #expect(try cp.runAgent(mac: macA)["kind"] as? String == "rescue")
         try cp.waitFor(nameA, "rescue")
         #expect(try cp.script(mac: macA).contains("farrier.mode=rescue"))
-        try cp.cli(["machine", "exit-rescue", nameA, "--wait", "--timeout", "60"], token: tokenA)
+        // Leaving rescue boots the disk; --wait waits for the OS to report in from it.
+        let exiting = try h.start(
+            [
+                ControlPlane.bin, "machine", "exit-rescue", nameA, "--wait", "--timeout", "60", "--server", cp.grpc,
+                "--token", tokenA,
+            ] + cp.clientFlags,
+            log: "exit-rescue.log"
+        )
+        try cp.reportOS(mac: macA, before: { #expect(exiting.isRunning, "\(h.read("exit-rescue.log"))") })
+        try h.waitUntil("exit-rescue --wait to end", timeout: 60) { !exiting.isRunning }
+        #expect(exiting.terminationStatus == 0, "\(h.read("exit-rescue.log"))")
         #expect(try cp.state(nameA) == "deployed")
         try cp.cli(["machine", "release", nameA], token: tokenA)
         #expect(try cp.runAgent(mac: macA)["kind"] as? String == "wipe")
@@ -553,9 +563,13 @@ struct ControlPlaneTests {
                 continue
             }
             if try cp.state("m1") != "deployed" {
-                if try cp.machine("m1")["phase"] as? String != "finish" {
+                let phase = try cp.machine("m1")["phase"] as? String
+                if phase != "finish" && phase != "os" {
                     _ = try? cp.runAgent(mac: Self.mac1, timeout: 30)
                 }
+                // The agent's part was done before the kill: the OS reports in once the disk
+                // boots (a report the dead server took down with it is sent again).
+                if try cp.state("m1") != "deployed" { try cp.reportOS(mac: Self.mac1) }
                 try cp.waitFor("m1", "deployed", timeout: 60)
             }
             #expect(try s1.ipmitool(["chassis", "bootparam", "get", "5"]).contains("Hard-Drive"), "\(point)")

@@ -238,6 +238,7 @@ struct ReplicaTests {
             // The machine's agent is one process whichever replica answers it: it keeps its nonce
             // (so a hello whose answer A took down with it is answered again by B).
             b.nonces = a.nonces
+            b.osTokens = a.osTokens
             try b.start(log: "server-b-\(i).log")
             if (try? b.state("m1")) == "ready" {
                 Issue.record("\(point): the committed deploy was lost (\(deploy.stderr))")
@@ -245,8 +246,12 @@ struct ReplicaTests {
             }
             if try b.state("m1") != "deployed" {
                 var agent = ""
-                if try b.machine("m1")["phase"] as? String != "finish" {
+                let phase = try b.machine("m1")["phase"] as? String
+                if phase != "finish" && phase != "os" {
                     do { _ = try b.runAgent(mac: mac, timeout: 60) } catch { agent = "\(error)" }
+                } else {
+                    // The agent was done with A: the OS reports in once B has booted the disk.
+                    do { try b.reportOS(mac: mac, timeout: 60) } catch { agent = "\(error)" }
                 }
                 do { try b.waitFor("m1", "deployed", timeout: 60) } catch {
                     let log = h.read("server-b-\(i).log").split(separator: "\n").suffix(40).joined(separator: "\n")

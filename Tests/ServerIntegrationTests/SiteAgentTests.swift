@@ -97,6 +97,34 @@ struct SiteAgentTests {
         try cp.cli(["machine", "deploy", "a1", "--image", "img-1", "--project", "p"])
         let deploy = try agent("deploy")
         #expect(deploy.status == 0, "\(deploy.stderr)")
+        // Booted from its disk, the OS reports in through the site (relayed, as the agent's
+        // calls are): from another address of the site it is refused; from its own, deployed.
+        try cp.waitFor("a1", "deploying/os")
+        let deployTask =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: h.directory + "/task-deploy.json"))
+            ) as? [String: Any]
+        let osToken = try #require(deployTask?["osToken"] as? String)
+        let osReady = #"{"bootID":"b1"}"#
+        let siteChannel = "https://127.0.0.1:\(agentPort)"
+        let stranger = try cp.agent(
+            "/os/v1/ready",
+            mac: Self.mac,
+            token: osToken,
+            osReady,
+            from: Self.strangerAddress,
+            url: siteChannel
+        )
+        #expect(stranger.0 == 403, "\(stranger)")
+        let reported = try cp.agent(
+            "/os/v1/ready",
+            mac: Self.mac,
+            token: osToken,
+            osReady,
+            from: Self.address,
+            url: siteChannel
+        )
+        #expect(reported.0 == 200, "\(reported)")
         try cp.waitFor("a1", "deployed")
         let imageSHA = String(try h.run(["sha256sum", raw]).stdout.prefix(64))
         let partition = String(

@@ -162,6 +162,14 @@ struct SitePartitionTests {
                 : #"{"ok":true}"#
             let (d, db) = try post(i, "/agent/v1/done", token: t, result)
             #expect(d == 200, "\(db)")
+            // A deploy's OS reports in through the site once the region has booted the disk.
+            if task?["kind"] as? String == "deploy", let os = task?["osToken"] as? String {
+                try h.waitUntil("m\(i + 1) to wait for its OS", timeout: timeout, interval: 0.3) {
+                    try machine("m\(i + 1)")["phase"] as? String == "os"
+                }
+                let (o, ob) = try post(i, "/os/v1/ready", token: os, #"{"bootID":"boot-of-m\#(i)"}"#)
+                #expect(o == 200, "\(ob)")
+            }
         }
         for i in 0..<2 {
             try agent(i)

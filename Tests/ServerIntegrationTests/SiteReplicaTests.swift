@@ -121,6 +121,10 @@ struct SiteReplicaTests {
         killed.waitUntilExit()
         try report("/agent/v1/progress", token: deployToken, #"{"stage":"write","bytesDone":1,"bytesTotal":2}"#)
         try report("/agent/v1/done", token: deployToken, #"{"ok":true}"#)
+        // The replica left boots the disk; the OS reports in through the site.
+        try b.waitFor("m1", "deploying/os", timeout: 90)
+        let osToken = try #require(deploy["osToken"] as? String)
+        try report("/os/v1/ready", token: osToken, #"{"bootID":"b1"}"#)
         try b.waitFor("m1", "deployed", timeout: 90)
 
         // Nothing changed at the site: it runs, it links to the replica left, it boots the

@@ -531,15 +531,29 @@ extension MachineCommand {
             }
             // Powers on a machine that is off, cycles one that is on; a deployed one boots its disk.
             let m = try await rpc(client) { try await $0.machines.restartMachine(request) }
+            var shown = m
             if waitOptions.wait {
-                // Restarted means powered on again; the BMC says so.
+                // A deployed OS that reports in is restarted once it has (SSH answers); else,
+                // once the BMC says it is on again.
                 let deadline = Date().addingTimeInterval(Double(waitOptions.timeout))
-                while Date() < deadline {
-                    if try await rpc(client, { try await $0.machines.power(status) }).powerState == "on" { break }
-                    try await Task.sleep(for: .milliseconds(500))
+                var done = false
+                while !done, Date() < deadline {
+                    if m.state == "deployed", m.deployment.osTracked {
+                        shown = try await rpc(client, idempotent: true) { try await $0.machines.getMachine(get) }
+                        done = !shown.deployment.osAwaiting || shown.state != "deployed"
+                    } else {
+                        done = try await rpc(client, { try await $0.machines.power(status) }).powerState == "on"
+                    }
+                    if !done { try await Task.sleep(for: .milliseconds(500)) }
+                }
+                if !done {
+                    FileHandle.standardError.write(
+                        Data("machine \(name) was restarted, but is not back within \(waitOptions.timeout) s\n".utf8)
+                    )
+                    throw ExitCode(2)
                 }
             }
-            try printMachine(m, printer, verb: "restarted")
+            try printMachine(shown, printer, verb: "restarted")
         }
     }
 

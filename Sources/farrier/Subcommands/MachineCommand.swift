@@ -104,6 +104,14 @@ struct MachineCommand: AsyncParsableCommand {
                         "Deployment:    image \(d.image), hostname \(d.hostname), \(d.sshKeys) SSH key(s), by \(d.requestedBy)"
                             + (d.rootDevice.map { ", root device \($0.joined(separator: " "))" } ?? "")
                     )
+                    let os =
+                        switch (d.osTracked, d.osAwaiting, d.osReported) {
+                        case (false, _, _): "not tracked (Farrier does not wait for it to report in)"
+                        case (true, true, nil): "waiting for it to report in"
+                        case (true, true, let t?): "waiting for it to report in again (last reported \(iso(t)))"
+                        case (true, false, let t): "up: reported in at \(t.map(iso) ?? "-")"
+                        }
+                    lines.append("OS:            \(os)")
                 }
                 lines.append(
                     "Root device:   "
@@ -198,6 +206,12 @@ struct MachineView: Codable {
         var requestedBy: String
         /// The deploy's own root device hints, if it gave any.
         var rootDevice: [String]?
+        /// Whether Farrier waits for the installed OS to report in.
+        var osTracked: Bool
+        /// When it last did (nil: not yet).
+        var osReported: Date?
+        /// A report is awaited (the deploy's first, or the one after a restart).
+        var osAwaiting: Bool
     }
     struct InventoryView: Codable {
         struct Disk: Codable {
@@ -324,7 +338,10 @@ struct MachineView: Codable {
                 hostname: m.deployment.hostname,
                 sshKeys: Int(m.deployment.sshKeyCount),
                 requestedBy: m.deployment.requestedBy,
-                rootDevice: m.deployment.rootDevice.isEmpty ? nil : m.deployment.rootDevice
+                rootDevice: m.deployment.rootDevice.isEmpty ? nil : m.deployment.rootDevice,
+                osTracked: m.deployment.osTracked,
+                osReported: m.deployment.hasOsReported ? m.deployment.osReported.date : nil,
+                osAwaiting: m.deployment.osAwaiting
             ) : nil
         progress = m.hasProgress ? ProgressView(m.progress) : nil
         inventory =
@@ -413,7 +430,8 @@ struct MachineView: Codable {
         Column("NAME") { $0.name }, Column("MAC") { $0.mac }, Column("STATE") { $0.stateLine },
         Column("PROJECT") { $0.project ?? "-" }, Column("ADDRESS") { $0.address ?? "-" },
         Column("ARCH") { $0.architecture }, Column("FIRMWARE") { $0.firmware }, Column("TAGS") { tagsLine($0.tags) },
-        Column("POWER") { $0.powerLine }, Column("MAINTENANCE") { $0.maintenance?.reason ?? "-" },
+        Column("POWER") { $0.powerLine }, Column("OS") { $0.osLine },
+        Column("MAINTENANCE") { $0.maintenance?.reason ?? "-" },
         Column("LAST SEEN") { ago($0.lastSeen) }, Column("REASON", byDefault: false) { $0.reason ?? "-" },
         Column("SITE", byDefault: false) { $0.site ?? "-" }, Column("ZONE", byDefault: false) { $0.zone ?? "-" },
         Column("RACK", byDefault: false) { $0.rack ?? "-" },
@@ -425,6 +443,15 @@ struct MachineView: Codable {
 
     static func printer(_ output: OutputOptions) throws -> Printer<MachineView> {
         try output.printer(columns, name: \.name)
+    }
+
+    /// Whether the installed OS has reported in: `up (2m ago)`, `waiting`, `not tracked`; `-`
+    /// without a deployment.
+    var osLine: String {
+        guard let d = deployment else { return "-" }
+        guard d.osTracked else { return "not tracked" }
+        if d.osAwaiting { return d.osReported.map { "waiting (last up \(ago($0)))" } ?? "waiting" }
+        return d.osReported.map { "up (\(ago($0)))" } ?? "waiting"
     }
 
     /// `on (2m ago)`, `off, expected on (10s ago)`, `unknown, BMC failing 5m`; `-` until read.

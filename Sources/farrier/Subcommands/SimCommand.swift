@@ -51,6 +51,7 @@ struct SimCommand: AsyncParsableCommand {
     @Option(help: "Seconds from power on to the script fetch (±20 %).") var bootSeconds = 2.0
     @Option(help: "Seconds of agent work besides downloads (±20 %).") var agentSeconds = 2.0
     @Option(help: "Share of agent tasks that report failure.") var agentFailRate = 0.0
+    @Option(help: "Seconds from a deployed OS's disk boot to its report (±20 %).") var osSeconds = 2.0
     @Option(help: "Share of each image a deploy downloads (0 to 1).") var imageShare = 1.0
     @Option(help: "Longest wait between script fetches in Farrier's wait loop, seconds.") var pollSeconds = 5.0
     @Option(help: "Write the machines for `farrier machine enroll --from` here.") var writeEnroll: String?
@@ -182,6 +183,7 @@ struct SimCommand: AsyncParsableCommand {
         c.bootSeconds = bootSeconds
         c.agentSeconds = agentSeconds
         c.agentFailRate = agentFailRate
+        c.osSeconds = osSeconds
         c.imageShare = imageShare
         c.pollSeconds = pollSeconds
         var rng = SystemRandomNumberGenerator()

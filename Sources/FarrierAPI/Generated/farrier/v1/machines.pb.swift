@@ -542,9 +542,28 @@ public nonisolated struct Farrier_V1_Deployment: Sendable {
   /// The deploy's own root device hints, if it gave any (they win over the machine's).
   public var rootDevice: [String] = []
 
+  /// Whether Farrier waits for the installed OS to report in (false: adopted, or user-data
+  /// that turns vendor-data off).
+  public var osTracked: Bool = false
+
+  /// When the OS last reported in (unset: not yet), and whether a report is awaited (the
+  /// deploy's first, or one from the boot after a restart).
+  public var osReported: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_osReported ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_osReported = newValue}
+  }
+  /// Returns true if `osReported` has been explicitly set.
+  public var hasOsReported: Bool {self._osReported != nil}
+  /// Clears the value of `osReported`. Subsequent reads from it will return its default value.
+  public mutating func clearOsReported() {self._osReported = nil}
+
+  public var osAwaiting: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _osReported: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 public nonisolated struct Farrier_V1_Progress: Sendable {
@@ -2066,7 +2085,7 @@ nonisolated extension Farrier_V1_LLDPNeighbour: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Deployment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}image\0\u{3}image_sha256\0\u{1}hostname\0\u{3}ssh_key_count\0\u{3}requested_by\0\u{3}root_device\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}image\0\u{3}image_sha256\0\u{1}hostname\0\u{3}ssh_key_count\0\u{3}requested_by\0\u{3}root_device\0\u{3}os_tracked\0\u{3}os_reported\0\u{3}os_awaiting\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2080,12 +2099,19 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
       case 4: try { try decoder.decodeSingularInt32Field(value: &self.sshKeyCount) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.requestedBy) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.rootDevice) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.osTracked) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._osReported) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.osAwaiting) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.image.isEmpty {
       try visitor.visitSingularStringField(value: self.image, fieldNumber: 1)
     }
@@ -2104,6 +2130,15 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
     if !self.rootDevice.isEmpty {
       try visitor.visitRepeatedStringField(value: self.rootDevice, fieldNumber: 6)
     }
+    if self.osTracked != false {
+      try visitor.visitSingularBoolField(value: self.osTracked, fieldNumber: 7)
+    }
+    try { if let v = self._osReported {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
+    if self.osAwaiting != false {
+      try visitor.visitSingularBoolField(value: self.osAwaiting, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2114,6 +2149,9 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
     if lhs.sshKeyCount != rhs.sshKeyCount {return false}
     if lhs.requestedBy != rhs.requestedBy {return false}
     if lhs.rootDevice != rhs.rootDevice {return false}
+    if lhs.osTracked != rhs.osTracked {return false}
+    if lhs._osReported != rhs._osReported {return false}
+    if lhs.osAwaiting != rhs.osAwaiting {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -273,7 +273,7 @@ public nonisolated struct Farrier_V1_AgentCallRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// "hello", "progress" or "done".
+  /// "hello", "progress", "done", or "os-ready" (the installed OS reports in).
   public var call: String = String()
 
   /// The MAC the site leased the caller's address to.
