@@ -365,6 +365,12 @@ extension MachineAPI {
             )
         }
         let (_, bmc) = try await bmc(for: request.name)
+        // A deployed OS reports in again once it is up, and `restart --wait` waits for that:
+        // awaited from before the cycle, so a quick new boot's report is not missed. Put back
+        // if the BMC fails (no new boot comes).
+        let tracked = m.state == .deployed && m.deployment?.os != nil
+        let before = m.deployment?.os
+        if tracked { try await setAwaitingOS(m.id, true) }
         do {
             // A deployed machine boots its disk: make sure of it before cycling.
             if m.state == .deployed {
@@ -372,16 +378,29 @@ extension MachineAPI {
             }
             if try await bmc.powerState() == .off { try await bmc.power(.on) } else { try await bmc.power(.cycle) }
         } catch {
+            // Put back only what this restart changed: not a report another restart awaits, and
+            // not once a new boot has reported in meanwhile.
+            if tracked, before?.awaiting == false {
+                try? await setAwaitingOS(m.id, false, unlessBootChangedFrom: before?.bootID)
+            }
             throw Self.rpcError(error, machine: m.name)
         }
         let caller = try Caller.current()
         return Farrier_V1_Machine(
-            try await controller.record("restarted by \(caller.tokenName)", machineID: m.id) { x in
-                // A deployed OS reports in again once it is up: `restart --wait` waits for it.
-                if x.state == .deployed { x.deployment?.os?.awaiting = true }
-            },
+            try await controller.record("restarted by \(caller.tokenName)", machineID: m.id),
             timeline: []
         )
+    }
+
+    /// Marks a deployed machine's OS report as awaited (or not), without an event; with
+    /// `unlessBootChangedFrom`, only while the last reported boot is still that one.
+    func setAwaitingOS(_ id: String, _ awaiting: Bool, unlessBootChangedFrom boot: String?? = nil) async throws {
+        _ = try await store.update(machineID: id, fence: nil) { x in
+            guard x.state == .deployed, x.deployment?.os != nil else { return [] }
+            if let boot, x.deployment?.os?.bootID != boot { return [] }
+            x.deployment?.os?.awaiting = awaiting
+            return []
+        }
     }
 
     public func adoptMachine(

@@ -186,8 +186,9 @@ public final class Agent: Sendable {
                 }
                 result = AgentResult(ok: true, inventory: taken)
             case .deploy:
-                try deploy(task, inventory: inventory)
+                let installed = try deploy(task, inventory: inventory)
                 result = AgentResult(ok: true)
+                result.osReporter = installed
             case .wipe:
                 try wipe(task.wipe ?? .full, inventory: inventory)
                 result = AgentResult(ok: true)
@@ -305,8 +306,10 @@ public final class Agent: Sendable {
 
     /// Streams the image from the server onto the disk: compressed images through `gzip -dc`
     /// or `zstd -dc`, hashing the bytes as they arrive, then checks the SHA-256, re-reads the
-    /// partition table and points cloud-init at the metadata service.
-    func deploy(_ task: AgentTask, inventory: Inventory) throws {
+    /// partition table and points cloud-init at the metadata service. True when the config
+    /// drive's vendor-data carries the OS's report-in script (`OSReportScript`).
+    @discardableResult
+    func deploy(_ task: AgentTask, inventory: Inventory) throws -> Bool {
         guard let image = task.image else { throw AgentFailure("deploy task without an image") }
         let target = try targetDisk(
             inventory,
@@ -415,6 +418,7 @@ public final class Agent: Sendable {
             throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))")
         }
         _ = ioctl(fd, 0x125F)  // BLKRRPART: the kernel re-reads the new partition table (not for files)
+        var reporter = false
         if var seed = task.seed {
             report("configure", downloaded, image.size)
             // The installed OS reports in to the channel this agent talks to (the region's, or
@@ -424,15 +428,17 @@ public final class Agent: Sendable {
                     seed.vendorData = try OSReportScript.vendorData(
                         cloudConfig: seed.vendorData,
                         url: configuration.serverURL,
-                        certificateSHA256: configuration.certificateSHA256,
+                        certificateSHA256: try CertificatePin.normalized(configuration.certificateSHA256),
                         token: token
                     )
-                } catch {
-                    throw AgentFailure("the OS's report-in script: \(error.description)")
+                } catch let e as OSReportScript.Refusal {
+                    throw AgentFailure("the OS's report-in script: \(e.description)")
                 }
+                reporter = true
             }
             try ConfigDrive(disk: target, log: log).write(seed)
         }
+        return reporter
     }
 
     /// The disk to deploy onto: the configured device (tests), else the one the root device
@@ -563,12 +569,15 @@ public final class Agent: Sendable {
             withIntermediateDirectories: true,
             attributes: [.posixPermissions: 0o700]
         )
-        try (keys.joined(separator: "\n") + "\n").write(
-            toFile: configuration.authorizedKeysPath,
-            atomically: true,
-            encoding: .utf8
-        )
-        chmod(configuration.authorizedKeysPath, 0o600)
+        do {
+            try SecretFile.replace(
+                configuration.authorizedKeysPath,
+                Array((keys.joined(separator: "\n") + "\n").utf8),
+                mode: 0o600
+            )
+        } catch {
+            throw AgentFailure("rescue: \(error.description)")
+        }
         // Started with a clean signal mask and default dispositions, in a session of its own:
         // inheriting this process's blocked SIGCHLD, the SSH server would never notice a
         // session's command ending, and every ssh would hang after its output.

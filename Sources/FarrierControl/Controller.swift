@@ -252,6 +252,8 @@ public final class Controller: Sendable {
             m.deployment = nil
         }
         if m.state != .failed { m.failedStep = nil }
+        // The OS is not up in rescue: its next report (leaving rescue) is awaited.
+        if m.state == .rescuing { m.deployment?.os?.awaiting = true }
     }
 
     /// Why a machine in maintenance refuses what was asked, and how to end it.
@@ -324,7 +326,7 @@ public final class Controller: Sendable {
     }
 
     /// Admits a queued step (moves it to `boot`) if its step has a free slot: fewer than `cap`
-    /// machines in the same step past `queued`, counted across all replicas in the commit's own
+    /// machines in the same step past `queued` (phase `os` aside), counted across all replicas in the commit's own
     /// transaction. Returns the machine when admitted.
     func admit(machineID: String, generation: Int, cap: Int?) async throws -> Machine? {
         let admitted = TransactionNote(false)
@@ -384,12 +386,7 @@ public final class Controller: Sendable {
     }
 
     static func mac(_ key: SymmetricKey, _ message: String) -> String {
-        let code = HMAC<SHA256>.authenticationCode(for: Data(message.utf8), using: key)
-        return Data(code).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(
-            of: "/",
-            with: "_"
-        )
-        .replacingOccurrences(of: "=", with: "")
+        TokenSecret.base64url(HMAC<SHA256>.authenticationCode(for: Data(message.utf8), using: key))
     }
 
     /// The installed OS's token for reporting in: the machine, the deployment's instance ID, and
@@ -412,8 +409,14 @@ public final class Controller: Sendable {
             throw ControlError(.permission, "OS token is not valid (or no longer: its deployment is over)")
         }
         try requireLeasedAddress(m, peer: peer)
-        guard (1...64).contains(report.bootID.utf8.count) else {
-            throw ControlError(.invalid, "bootID must be 1 to 64 characters")
+        // The kernel's boot ID is 36 characters of hex digits and dashes; anything else
+        // (which would go into events and logs) is refused.
+        guard (1...64).contains(report.bootID.utf8.count),
+            report.bootID.unicodeScalars.allSatisfy({
+                $0.isASCII && ($0 == "-" || $0.properties.isAlphabetic || ("0"..."9").contains($0))
+            })
+        else {
+            throw ControlError(.invalid, "bootID must be 1 to 64 letters, digits and dashes")
         }
         let instance = parts[1]
         let now = Date()
@@ -434,6 +437,13 @@ public final class Controller: Sendable {
                     MachineEvent(x, kind: .transition, message: x.reason),
                 ]
             case (.deployed, _):
+                // Unawaited reports of new boots are recorded at most every 10 s (no real boot
+                // is quicker): a tenant's OS cannot fill the timeline with made-up boots.
+                if x.deployment?.os?.awaiting == false, let last = x.deployment?.os?.reported,
+                    now.timeIntervalSince(last) < 10
+                {
+                    return []
+                }
                 x.deployment?.os = os
                 return [MachineEvent(x, kind: .action, message: "the OS reported in (boot \(report.bootID))")]
             default:
@@ -688,6 +698,8 @@ public final class Controller: Sendable {
                 if inv.firmware != .unknown { x.firmware = inv.firmware }
             }
             x.phase = .finish
+            // Only an OS that was given the reporter is waited for.
+            if x.state == .deploying, result.osReporter != true { x.deployment?.os = nil }
             var note = ""
             if let s = result.seconds { note += String(format: " in %.1f s", s) }
             if let rss = result.peakRSSBytes {

@@ -15,7 +15,7 @@ import ServiceLifecycle
 /// device set twice is the same; a power cycle before the agent said hello only restarts a
 /// boot that had not begun its work), so after a crash the reconciler repeats at most the one
 /// action in flight. One worker per machine, at most `maxWorkers` at once; at most N deploys
-/// and N wipes past `queued`.
+/// and N wipes past `queued` (a deploy waiting for its OS, phase `os`, holds no slot).
 ///
 /// Several replicas on one database share the work through it: a worker first claims its
 /// machine (`WorkClaimStore`), renews the claim while it works, renews it again right before
@@ -90,7 +90,9 @@ public actor Reconciler: Service {
         let now = Date()
         let config = controller.configuration
         var running: [MachineState: Int] = [:]
-        for m in machines where m.phase != .queued {
+        // A step waiting for its OS (phase os) does no work of Farrier's and holds no slot: how
+        // long it waits is up to the tenant's OS (its cloud-init), and must not stall others'.
+        for m in machines where m.phase != .queued && m.phase != .os {
             running[m.state, default: 0] += 1
         }
         // Steps nearest their end first (finish, then boot, then admissions), so a worker slot

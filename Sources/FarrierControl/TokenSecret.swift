@@ -7,8 +7,12 @@ public enum TokenSecret {
     public static func generate() -> String {
         var rng = SystemRandomNumberGenerator()
         let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
-        return "fa_"
-            + Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+        return "fa_" + base64url(bytes)
+    }
+
+    /// Base64url without padding (RFC 4648 §5): what tokens and MACs are written in.
+    public static func base64url(_ bytes: some Sequence<UInt8>) -> String {
+        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
             .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 

@@ -142,6 +142,10 @@ public struct AgentResult: Codable, Sendable {
     public var peakRSSBytes: Int64?
     /// How long the task's data phase took (download and write, or wipe), in seconds.
     public var seconds: Double?
+    /// Deploy: the config drive's vendor-data carries the OS's report-in script (the task had
+    /// an OS token). Nil or false: Farrier does not wait for the OS (an agent from before the
+    /// report existed, or no config drive), and the deploy ends once the disk boots.
+    public var osReporter: Bool?
     public init(
         ok: Bool,
         error: String? = nil,

@@ -435,11 +435,12 @@ public struct OSReport: Codable, Sendable, Hashable {
         self.awaiting = awaiting
     }
 
-    /// Whether cloud-init will run the vendor-data reporter under this user-data: not when it
-    /// turns vendor-data off (`vendor_data: {enabled: false}`, which cloud-init honours from
-    /// cloud-config user-data).
+    /// Whether cloud-init will run the vendor-data reporter under this user-data: not when a
+    /// cloud-config turns vendor-data off (a top-level `vendor_data:` key, as in
+    /// `vendor_data: {enabled: false}`; any such key counts). User-data that turns it off
+    /// another way (MIME parts, `#include`) is still waited for, and fails at the step timeout.
     public static func reporterRuns(userData: String) -> Bool {
-        !userData.contains("vendor_data")
+        !userData.split(separator: "\n").contains { $0.hasPrefix("vendor_data:") }
     }
 }
 

@@ -2,10 +2,18 @@
 /// vendor-data as MIME multipart, Farrier's cloud-config as before plus a shell script that
 /// cloud-init runs once per instance (scripts-vendor, in cloud-final). The script installs a
 /// root-only file with the OS token, the agent channel's URL and its certificate's SHA-256, a
-/// small python3 reporter, and a oneshot systemd unit ordered after cloud-final and SSH that
-/// runs it on every boot. The reporter waits for SSH to answer on port 22, then posts the boot
-/// ID to `AgentAPI.osReady` over TLS, pinning the certificate as the agent does (no CA: the
-/// channel's certificate is self-issued), and retries for at most ten minutes.
+/// small python3 reporter, and a systemd unit ordered after cloud-final and SSH that runs it
+/// on every boot (`Type=simple`: nothing waits for it, and the boot is finished while it
+/// retries). The reporter waits (at most five minutes) for SSH to answer on port
+/// 22, then posts the boot ID to `AgentAPI.osReady` over TLS, pinning the certificate as the
+/// agent does (no CA: the channel's certificate is self-issued), retrying with a growing pause
+/// (5 s up to 30 s) for at most an hour, the deploy step's default timeout: a region or a site
+/// link away for a while delays the report, it does not lose it.
+///
+/// The unit is also ordered after `multi-user.target`: it is wanted by that target, which
+/// would otherwise be ordered after it, while Debian's and Ubuntu's `cloud-final.service` is
+/// ordered after `multi-user.target`, a cycle systemd breaks by dropping a job, on every boot
+/// after the first.
 ///
 /// cloud-init's own `phone_home` is not used: it runs once per instance, posts fixed fields,
 /// and verifies TLS against CAs, which the agent channel's certificate is not signed by.
@@ -82,13 +90,13 @@ public enum OSReportScript {
         cat > /etc/systemd/system/farrier-os-report.service <<'FARRIER_EOF'
         [Unit]
         Description=Report to Farrier that this OS is up
-        After=cloud-final.service ssh.service network-online.target
+        After=multi-user.target cloud-final.service ssh.service network-online.target
         Wants=network-online.target
 
         [Service]
-        Type=oneshot
+        Type=simple
         ExecStart=/usr/bin/python3 /usr/local/lib/farrier/os-report
-        TimeoutStartSec=900
+        RuntimeMaxSec=4200
 
         [Install]
         WantedBy=multi-user.target
@@ -101,21 +109,26 @@ public enum OSReportScript {
     }
 
     /// The reporter (python3, which cloud-init itself needs). Exit 0 once Farrier has the
-    /// report; 1 when ten minutes pass without it.
+    /// report; 1 when an hour passes without it.
     static let reporter = """
         import hashlib, http.client, json, socket, ssl, sys, time, urllib.parse
         settings = json.load(open("/etc/farrier/os-report.json"))
         target = urllib.parse.urlsplit(settings["url"])
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
-        deadline = time.monotonic() + 600
-        # Reported once SSH answers: that is what "deployed" promises.
-        while time.monotonic() < deadline:
+        # Reported once SSH answers: that is what "deployed" promises. An SSH server that
+        # listens elsewhere only delays the report by the five minutes.
+        ssh_deadline = time.monotonic() + 300
+        while time.monotonic() < ssh_deadline:
             try:
                 socket.create_connection(("127.0.0.1", 22), timeout=2).close()
                 break
             except OSError:
                 time.sleep(1)
+        else:
+            print("farrier: nothing answers on 127.0.0.1:22; reporting anyway", file=sys.stderr)
+        deadline = time.monotonic() + 3600
+        pause = 5
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # pinned below, as the agent pins it
@@ -137,7 +150,8 @@ public enum OSReportScript {
                 print("farrier: report refused: %d %s" % (r.status, answer), file=sys.stderr)
             except (OSError, http.client.HTTPException) as e:
                 print("farrier: report failed: %s" % e, file=sys.stderr)
-            time.sleep(5)
+            time.sleep(pause)
+            pause = min(30, pause * 2)
         sys.exit(1)
         """
 }

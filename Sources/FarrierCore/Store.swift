@@ -58,7 +58,8 @@ public protocol MachineStore: Sendable {
         fence: WorkClaim?,
         _ body: @escaping @Sendable (inout Machine) throws -> [MachineEvent]
     ) async throws -> Machine
-    /// Like `update`, with `running`: how many machines are in each step past `queued`, counted
+    /// Like `update`, with `running`: how many machines are in each step past `queued` (and not
+    /// waiting for their OS, phase `os`), counted
     /// in the same transaction under a lock that every such update takes, so two replicas
     /// admitting at once cannot both take the last slot of a cap.
     func updateCounting(

@@ -823,7 +823,7 @@ extension PostgresStore {
             if let fence { try await check(fence, conn: conn) }
             var running: [MachineState: Int] = [:]
             let rows = try await conn.query(
-                "SELECT state, count(*)::bigint FROM machine WHERE body->>'phase' NOT IN ('queued', 'none') GROUP BY state",
+                "SELECT state, count(*)::bigint FROM machine WHERE body->>'phase' NOT IN ('queued', 'none') AND body->>'phase' <> 'os' GROUP BY state",
                 logger: logger
             )
             for try await (state, n) in rows.decode((String, Int64).self) {

@@ -536,12 +536,14 @@ public actor SimFleet {
                 guard await self.current(i, epoch) else { return }
                 if ok { await self.finished(i, task, channel: channel) }
                 let seconds = (ContinuousClock.now - started) / .seconds(1)
-                let result = AgentResult(
+                var result = AgentResult(
                     ok: ok,
                     error: error,
                     inventory: task.kind == .commission ? inventory : nil,
                     seconds: seconds
                 )
+                // As the real agent: it put the OS token into the vendor-data.
+                result.osReporter = task.kind == .deploy && task.osToken != nil ? true : nil
                 let r = try await report(AgentAPI.done, result, token: task.token)
                 guard r.status == 200 else { throw SimHTTPError("done answered \(r.status): \(r.text.prefix(200))") }
                 await self.count(\.dones)
@@ -586,7 +588,7 @@ public actor SimFleet {
                 source: m.address.description,
                 pin: try CertificatePin.normalized(os.channel.certificateSHA256)
             )
-            let body = Array(try JSONEncoder().encode(OSReady(bootID: "sim-\(m.name)-\(epoch)")))
+            let body = Array(try JSONEncoder().encode(OSReady(bootID: "sim-\(i)-\(epoch)")))
             var status = 0
             for attempt in 1...Self.attempts {
                 guard current(i, epoch) else { return }

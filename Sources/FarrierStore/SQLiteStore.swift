@@ -547,7 +547,8 @@ public final class SQLiteStore: StateStore {
             var running: [MachineState: Int] = [:]
             for r in try Row.fetchAll(
                 db,
-                sql: "SELECT state, COUNT(*) AS n FROM machine WHERE phase NOT IN ('queued', 'none') GROUP BY state"
+                sql:
+                    "SELECT state, COUNT(*) AS n FROM machine WHERE phase NOT IN ('queued', 'none') AND phase != 'os' GROUP BY state"
             ) {
                 if let s = MachineState(rawValue: r["state"]) { running[s] = r["n"] }
             }

@@ -40,8 +40,10 @@ struct OSReportTests {
         let lines = parts[2].split(separator: "\n", omittingEmptySubsequences: false)
         #expect(lines.filter { $0.hasSuffix("<<'FARRIER_EOF'") }.count == 3)
         #expect(lines.filter { $0 == "FARRIER_EOF" }.count == 3)
-        #expect(parts[2].contains("After=cloud-final.service ssh.service network-online.target"))
-        #expect(parts[2].contains("WantedBy=multi-user.target"))
+        // Wanted by multi-user.target and ordered after it: Debian's cloud-final is ordered
+        // after multi-user.target, so without it the unit would close an ordering cycle.
+        #expect(parts[2].contains("\nAfter=multi-user.target cloud-final.service ssh.service network-online.target\n"))
+        #expect(parts[2].contains("\nWantedBy=multi-user.target\n"))
         #expect(parts[2].contains("systemctl start --no-block farrier-os-report.service"))
         #expect(parts[2].contains("chmod 0700 /usr/local/lib/farrier/os-report"))
         #expect(parts[2].contains("umask 077\n"))
@@ -85,6 +87,7 @@ struct OSReportTests {
         #expect(deployment("").os == OSReport(bootID: nil, reported: nil, awaiting: true))
         #expect(deployment("#cloud-config\nruncmd: [ls]\n").os != nil)
         #expect(deployment("#cloud-config\nvendor_data: {enabled: false}\n").os == nil)
+        #expect(deployment("#cloud-config\n# no vendor_data here\nruncmd: [ls]\n").os != nil)
     }
 
     @Test func aDeployWaitingForItsOSBootsTheDisk() {

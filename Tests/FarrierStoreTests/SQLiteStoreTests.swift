@@ -1194,6 +1194,23 @@ import Testing
             }
             #expect(admitted == cap)
             #expect(try await b.machines().filter { $0.phase == .boot }.count == cap)
+            // A deploy waiting for its OS (phase os) holds no slot: with one of the three moved
+            // there, one more is admitted, and no other.
+            let booted = try await b.machines().filter { $0.phase == .boot }
+            _ = try await a.update(machineID: booted[0].id) { x in
+                x.phase = .os
+                return []
+            }
+            var more = 0
+            for id in ids {
+                let m = try await b.updateCounting(machineID: id, fence: nil) { x, running in
+                    guard x.phase == .queued, running[.deploying, default: 0] < cap else { return [] }
+                    x.phase = .boot
+                    return [MachineEvent(x, kind: .action, message: "admitted")]
+                }
+                if m.phase == .boot, !booted.contains(where: { $0.id == id }) { more += 1 }
+            }
+            #expect(more == 1)
         }
     }
 

@@ -81,7 +81,15 @@ struct HostileTenant {
 
     /// Every attack, each followed by the check that nothing changed. `mac` and `id` are the
     /// victim's (the id too, as if it had leaked), `image` an image's SHA-256.
-    func attack(victim name: String, mac: String, id: String, generation: Int, image: String, phase: String) throws {
+    func attack(
+        victim name: String,
+        mac: String,
+        id: String,
+        generation: Int,
+        instance: String,
+        image: String,
+        phase: String
+    ) throws {
         let dashed = mac.replacingOccurrences(of: ":", with: "-")
         let http = "http://\(Self.server):8080"
         let agent = "https://\(Self.server):8443"
@@ -132,16 +140,21 @@ struct HostileTenant {
             #expect(plain == 404, "\(phase): the agent API answers on plain HTTP: \(plain)")
         }
         // The OS's report-in (which ends a deploy or exit-rescue waiting for it): without a
-        // token, and with a forged OS token for the victim (its id, a made-up instance and MAC).
+        // token, and with a forged OS token for the victim (its id and deployment's instance ID,
+        // leaked, and a made-up MAC: refused by the MAC's check, and by the address).
         for (token, status) in [
-            (nil, 401), ("\(id).i-0123456789abcdef0.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 403),
+            (nil, 401), ("\(id).\(instance).\(String(repeating: "A", count: 43))", 403),
         ] {
             let (s, b) = try curl(
                 ["-X", "POST", "-H", "Content-Type: application/json"]
                     + (token.map { ["-H", "Authorization: Bearer \($0)"] } ?? [])
                     + ["--data-binary", #"{"bootID":"tenant"}"#, "\(agent)/os/v1/ready"]
             )
-            #expect(s == status, "\(phase): OS report-in with token \(token ?? "none"): \(s) \(b)")
+            // (A forged token is refused by its own check, before the address's.)
+            #expect(
+                s == status && (token == nil || b.contains("OS token is not valid")),
+                "\(phase): OS report-in with token \(token ?? "none"): \(s) \(b)"
+            )
             try unchanged("an OS report-in from the tenant")
         }
         // Image bytes: without a token (however the path is spelled), with a forged one; and

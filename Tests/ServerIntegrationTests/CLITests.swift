@@ -117,7 +117,7 @@ struct CLITests {
         let sim = try IPMISimulator(h)
         try sim.start()
         // A short deploy step: the last deploy's OS never reports in.
-        let cp = ControlPlane(h, flags: ["--lifecycle-step-timeout", "deploying=45"])
+        let cp = ControlPlane(h, flags: ["--lifecycle-step-timeout", "deploying=60"])
         try cp.start()
         let mac = "52:54:00:dd:00:01"
         try cp.cli([
@@ -140,7 +140,7 @@ struct CLITests {
             log: "wait.log"
         )
         // The agent reports its progress, and says done only once --wait has shown it.
-        try cp.runAgent(mac: mac, reportsOS: false) {
+        try cp.runAgent(mac: mac, osReports: false) {
             try h.waitUntil("--wait to show the progress", timeout: 20) {
                 h.read("wait.log").contains("write 1.0 MiB / 3.0 MiB (33%)")
             }
@@ -156,7 +156,13 @@ struct CLITests {
         // Only the machine's own address, with the deployment's token, reports in.
         let elsewhere = try cp.agent("/os/v1/ready", mac: mac, token: token, report, from: "127.0.0.1")
         #expect(elsewhere.0 == 403, "\(elsewhere)")
-        let forged = try cp.agent("/os/v1/ready", mac: mac, token: String(token.dropLast()) + "A", report)
+        // (The last character changed to another: a forgery, never the token by chance.)
+        let forged = try cp.agent(
+            "/os/v1/ready",
+            mac: mac,
+            token: String(token.dropLast()) + (token.hasSuffix("A") ? "B" : "A"),
+            report
+        )
         #expect(forged.0 == 403, "\(forged)")
         let none = try cp.agent("/os/v1/ready", mac: mac, token: nil, report)
         #expect(none.0 == 401, "\(none)")
@@ -202,9 +208,20 @@ struct CLITests {
         let stale = try cp.agent("/os/v1/ready", mac: mac, token: token, #"{"bootID":"b-2"}"#)
         #expect(stale.0 == 403, "\(stale)")
 
-        // An OS that never reports in fails the deploy at the step's timeout, naming the phase.
+        // An agent that does not say it gave the OS the reporter (one from before it existed):
+        // nothing would report in, so the deploy ends once the disk boots, untracked.
         try cp.cli(["machine", "deploy", "w1", "--image", "img", "--project", "p"])
         try cp.runAgent(mac: mac, reportsOS: false)
+        try cp.waitFor("w1", "deployed")
+        #expect(try os()["osTracked"] as? Bool == false)
+        #expect(try cp.cli(["machine", "show", "w1"]).stdout.contains("OS:            not tracked"))
+        try cp.cli(["machine", "release", "w1"])
+        try cp.runAgent(mac: mac)
+        try cp.waitFor("w1", "ready")
+
+        // An OS that never reports in fails the deploy at the step's timeout, naming the phase.
+        try cp.cli(["machine", "deploy", "w1", "--image", "img", "--project", "p"])
+        try cp.runAgent(mac: mac, osReports: false)
         try cp.waitFor("w1", "deploying/os")
         try cp.waitFor("w1", "failed", timeout: 90)
         let failed = try cp.machine("w1")

@@ -238,13 +238,17 @@ final class ControlPlane: @unchecked Sendable {
 
     /// Plays the agent for one step: waits for the ramdisk script, says hello, reports progress,
     /// and reports success (with the inventory when commissioning); after a deploy, plays its
-    /// OS reporting in (`reportOS`) unless `reportsOS` is false. Returns the task it got.
+    /// OS reporting in (`reportOS`). With `reportsOS` false the deploy's agent does not say it
+    /// installed the reporter (an agent from before it existed), so nothing reports in and the
+    /// deploy ends once the disk boots; `osReports` false keeps the agent's word but no OS
+    /// reports in (the test plays it, or it never does). Returns the task it got.
     @discardableResult
     func runAgent(
         mac: String,
         timeout: Double = 60,
         fail: String? = nil,
         reportsOS: Bool = true,
+        osReports: Bool = true,
         beforeDone: () throws -> Void = {},
         withTask: ([String: Any]) throws -> Void = { _ in }
     ) throws -> [String: Any] {
@@ -277,6 +281,9 @@ final class ControlPlane: @unchecked Sendable {
             result = #"{"ok":false,"error":"\#(fail)"}"#
         } else if task["kind"] as? String == "commission" {
             result = #"{"ok":true,"inventory":\#(Self.inventory)}"#
+        } else if task["kind"] as? String == "deploy", reportsOS, task["osToken"] != nil {
+            // The agent says it gave the OS the reporter (as the real one does with the token).
+            result = #"{"ok":true,"osReporter":true}"#
         } else {
             result = #"{"ok":true}"#
         }
@@ -284,7 +291,7 @@ final class ControlPlane: @unchecked Sendable {
         let (s2, b2) = try agent("/agent/v1/done", mac: mac, token: t, result)
         guard s2 == 200 else { throw Harness.CommandError(description: "done: \(s2) \(b2)") }
         // The deployed OS boots and reports in, as its vendor-data's reporter would.
-        if task["kind"] as? String == "deploy", fail == nil, reportsOS, task["osToken"] != nil {
+        if task["kind"] as? String == "deploy", fail == nil, reportsOS, osReports, task["osToken"] != nil {
             try reportOS(mac: mac, timeout: timeout)
         }
         return task

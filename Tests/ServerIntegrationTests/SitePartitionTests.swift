@@ -159,7 +159,7 @@ struct SitePartitionTests {
             let result =
                 task?["kind"] as? String == "commission"
                 ? #"{"ok":true,"inventory":{"cpuModel":"QEMU","cores":2,"memoryBytes":2147483648,"vendor":"QEMU","product":"PC","serial":"S\#(i)","firmware":"bios","disks":[{"name":"vda","sizeBytes":10737418240,"model":"D","serial":"D\#(i)","rotational":false}],"nics":[]}}"#
-                : #"{"ok":true}"#
+                : #"{"ok":true,"osReporter":true}"#
             let (d, db) = try post(i, "/agent/v1/done", token: t, result)
             #expect(d == 200, "\(db)")
             // A deploy's OS reports in through the site once the region has booted the disk.

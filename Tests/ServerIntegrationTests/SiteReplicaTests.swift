@@ -120,7 +120,7 @@ struct SiteReplicaTests {
         kill(killed.processIdentifier, SIGKILL)
         killed.waitUntilExit()
         try report("/agent/v1/progress", token: deployToken, #"{"stage":"write","bytesDone":1,"bytesTotal":2}"#)
-        try report("/agent/v1/done", token: deployToken, #"{"ok":true}"#)
+        try report("/agent/v1/done", token: deployToken, #"{"ok":true,"osReporter":true}"#)
         // The replica left boots the disk; the OS reports in through the site.
         try b.waitFor("m1", "deploying/os", timeout: 90)
         let osToken = try #require(deploy["osToken"] as? String)

@@ -5,6 +5,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Synchronization
+import SystemSupport
 import Yams
 
 /// `~/.config/farrier/config.yaml` (or `$XDG_CONFIG_HOME/farrier/config.yaml`):
@@ -74,17 +75,7 @@ struct CLIConfig: Codable {
             attributes: [.posixPermissions: 0o700]
         )
         let text = try YAMLEncoder().encode(self)
-        let temporary = path + ".new"
-        guard
-            FileManager.default.createFile(
-                atPath: temporary,
-                contents: Data(text.utf8),
-                attributes: [.posixPermissions: 0o600]
-            )
-        else { throw CLIError("cannot write \(temporary)") }
-        guard rename(temporary, path) == 0 else {
-            throw CLIError("cannot replace \(path): \(String(cString: strerror(errno)))")
-        }
+        do { try SecretFile.replace(path, Array(text.utf8), mode: 0o600) } catch { throw CLIError(error.description) }
     }
 
     /// The context `name` names, or (nil) the current one; nil when neither is set.

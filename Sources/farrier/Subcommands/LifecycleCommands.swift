@@ -540,7 +540,10 @@ extension MachineCommand {
                 while !done, Date() < deadline {
                     if m.state == "deployed", m.deployment.osTracked {
                         shown = try await rpc(client, idempotent: true) { try await $0.machines.getMachine(get) }
-                        done = !shown.deployment.osAwaiting || shown.state != "deployed"
+                        guard shown.state == "deployed" else {
+                            throw CLIError("machine \(name) was restarted, then became \(shown.state)")
+                        }
+                        done = !shown.deployment.osAwaiting
                     } else {
                         done = try await rpc(client, { try await $0.machines.power(status) }).powerState == "on"
                     }

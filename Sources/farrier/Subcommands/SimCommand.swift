@@ -4,6 +4,7 @@ import FarrierCore
 import FarrierSim
 import Foundation
 import Synchronization
+import SystemSupport
 import UnixSignals
 import WireSupport
 
@@ -201,11 +202,7 @@ struct SimCommand: AsyncParsableCommand {
             try text.write(toFile: writeConfig, atomically: true, encoding: .utf8)
         }
         if let writePassword {
-            _ = FileManager.default.createFile(
-                atPath: writePassword,
-                contents: Data((c.password + "\n").utf8),
-                attributes: [.posixPermissions: 0o600]
-            )
+            try SecretFile.replace(writePassword, Array((c.password + "\n").utf8), mode: 0o600)
         }
         if let writeEnroll {
             let text = entries.map { e in
