@@ -368,24 +368,16 @@ struct Worker {
         }
         guard action == .done else { return action }
         Failpoint.hit("reconciler.finish.after-action")
-        if m.state == .deploying {
-            await succeedOrAwaitOS(m, claim, from: .finish)
-        } else {
-            _ = try? await controller.apply(
-                .stepSucceeded,
-                machineID: m.id,
-                guardGeneration: m.generation,
-                fence: claim
-            )
-        }
+        await succeedOrAwaitOS(m, claim, from: .finish)
         return .done
     }
 
-    /// The machine boots its disk: a tracked deployment's step waits in phase `os` for the
-    /// installed OS to report in (`Controller.osReady`), or times out naming the phase; an
-    /// untracked one succeeds now.
+    /// The step's last action is done. A deploy or an exit from rescue boots the disk: with a
+    /// tracked deployment its step waits in phase `os` for the installed OS to report in
+    /// (`Controller.osReady`), or times out naming the phase. Any other step, and an untracked
+    /// deployment, succeeds now.
     func succeedOrAwaitOS(_ m: Machine, _ claim: WorkClaim, from phase: StepPhase) async {
-        if m.deployment?.os != nil {
+        if m.state == .deploying || m.state == .exitingRescue, m.deployment?.os != nil {
             _ = try? await controller.advance(
                 machineID: m.id,
                 generation: m.generation,

@@ -310,33 +310,27 @@ func addAgentRoutes(_ router: Router<FarrierRequestContext>, controller: any Age
         let peer = deps.peerMAC(context.remoteAddress)
         return try await run { try await controller.agentHello(peer: peer, hello: hello) }
     }
-    router.post(RouterPath(AgentAPI.progress)) { request, context -> Response in
-        let t = try token(request)
-        let report = try decode(AgentProgress.self, try await body(request))
-        let peer = deps.peerMAC(context.remoteAddress)
-        return try await run {
-            try await controller.agentProgress(token: t, peer: peer, report: report)
-            return Empty()
+    /// A report with a bearer token and a JSON body, answered with an empty object.
+    func report<B: Decodable & Sendable>(
+        _ path: String,
+        _ call: @escaping @Sendable (_ token: String, _ peer: MACAddress?, _ body: B) async throws -> Void
+    ) {
+        router.post(RouterPath(path)) { request, context -> Response in
+            let t = try token(request)
+            let value = try decode(B.self, try await body(request))
+            let peer = deps.peerMAC(context.remoteAddress)
+            return try await run {
+                try await call(t, peer, value)
+                return Empty()
+            }
         }
     }
-    router.post(RouterPath(AgentAPI.done)) { request, context -> Response in
-        let t = try token(request)
-        let result = try decode(AgentResult.self, try await body(request))
-        let peer = deps.peerMAC(context.remoteAddress)
-        return try await run {
-            try await controller.agentDone(token: t, peer: peer, result: result)
-            return Empty()
-        }
+    report(AgentAPI.progress) { (t, peer, r: AgentProgress) in
+        try await controller.agentProgress(token: t, peer: peer, report: r)
     }
-    router.post(RouterPath(AgentAPI.osReady)) { request, context -> Response in
-        let t = try token(request)
-        let report = try decode(OSReady.self, try await body(request))
-        let peer = deps.peerMAC(context.remoteAddress)
-        return try await run {
-            try await controller.osReady(token: t, peer: peer, report: report)
-            return Empty()
-        }
+    report(AgentAPI.done) { (t, peer, r: AgentResult) in try await controller.agentDone(token: t, peer: peer, result: r)
     }
+    report(AgentAPI.osReady) { (t, peer, r: OSReady) in try await controller.osReady(token: t, peer: peer, report: r) }
 }
 
 /// Refuses `/images/...` to a request without the right token (see `Controller.imageAccess`):
