@@ -13,6 +13,9 @@ let nio: [Target.Dependency] = [
 ]
 let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let lifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let metrics: [Target.Dependency] = [
+    .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Metrics", package: "swift-metrics"),
+]
 
 let package = Package(
     name: "farrier",
@@ -43,6 +46,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         // The shared store for several server replicas (issue 15); SQLite stays the default.
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        // Metrics (issue 17): swift-metrics is already built for Hummingbird; swift-prometheus
+        // (on it and swift-atomics) is one small module.
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
@@ -60,6 +67,13 @@ let package = Package(
                 "WireSupport", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+
+        // The process's metrics registry: swift-metrics handlers exported as Prometheus text.
+        .target(
+            name: "FarrierTelemetry",
+            dependencies: metrics + [.product(name: "Prometheus", package: "swift-prometheus")],
             swiftSettings: swiftSettings
         ),
 
@@ -112,7 +126,8 @@ let package = Package(
         // The lifecycle: transitions, the reconciler, agent tokens, the image repository.
         .target(
             name: "FarrierControl",
-            dependencies: ["FarrierCore", "FarrierBMC", log, lifecycle, .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["FarrierCore", "FarrierBMC", log, lifecycle, .product(name: "Crypto", package: "swift-crypto")]
+                + metrics,
             swiftSettings: swiftSettings
         ),
         // `farrier sim`: simulated machines (a Redfish service, iPXE script fetches, agents) that
@@ -144,7 +159,7 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
-            ] + nio,
+            ] + nio + metrics,
             swiftSettings: swiftSettings
         ),
         .target(
@@ -156,7 +171,7 @@ let package = Package(
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-            ] + nio,
+            ] + nio + metrics,
             exclude: ["Generated/README.md"],
             swiftSettings: swiftSettings
         ),
@@ -178,12 +193,12 @@ let package = Package(
             name: "FarrierApp",
             dependencies: [
                 "FarrierCore", "FarrierStore", "FarrierPostgres", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
-                "FarrierSite",
+                "FarrierSite", "FarrierTelemetry",
                 "SystemSupport", log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
-            ] + nio,
+            ] + nio + metrics,
             swiftSettings: swiftSettings
         ),
         .target(
@@ -216,7 +231,7 @@ let package = Package(
             name: "FarrierAgentTests", dependencies: ["FarrierAgent", "FarrierCore", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierControlTests",
-            dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "TestSupport", log],
+            dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "FarrierTelemetry", "TestSupport", log],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierSiteTests",
@@ -238,7 +253,7 @@ let package = Package(
             name: "FarrierAppTests",
             dependencies: [
                 "FarrierApp", "FarrierAPI", "FarrierStore", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log,
-                "FarrierSite", "TestSupport",
+                "FarrierSite", "FarrierTelemetry", "TestSupport",
                 "FarrierBMC", .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -17,7 +17,26 @@ public final class DHCPMetrics: Sendable {
     public let sendErrors = Atomic<Int>(0)
     /// DISCOVERs unanswered because their subnet's pool had no free address.
     public let poolExhausted = Atomic<Int>(0)
+    /// Requests decoded, by message type: DISCOVER, REQUEST, DECLINE, RELEASE, INFORM, and any
+    /// other (a reply type, an unknown one, or none: BOOTP).
+    public let discovers = Atomic<Int>(0)
+    public let requests = Atomic<Int>(0)
+    public let declines = Atomic<Int>(0)
+    public let releases = Atomic<Int>(0)
+    public let informs = Atomic<Int>(0)
+    public let otherTypes = Atomic<Int>(0)
     public init() {}
+
+    func decoded(_ type: DHCPMessageType?) {
+        switch type {
+        case .discover?: discovers.add(1, ordering: .relaxed)
+        case .request?: requests.add(1, ordering: .relaxed)
+        case .decline?: declines.add(1, ordering: .relaxed)
+        case .release?: releases.add(1, ordering: .relaxed)
+        case .inform?: informs.add(1, ordering: .relaxed)
+        default: otherTypes.add(1, ordering: .relaxed)
+        }
+    }
 }
 
 /// Lets one warning per key through per interval, and says how many occurrences it stands for.
@@ -122,6 +141,7 @@ final class DHCPEngine: Sendable {
             dropMalformed("dropped malformed DHCP packet", reason: "\(error)", ingress: ingress, count: bytes.count)
             return
         }
+        metrics.decoded(request.messageType)
         let now = Date()
         let outcome = responder.withLock { $0.handle(request, ingress: ingress, now: now) }
         let mac = request.clientMAC
@@ -261,6 +281,8 @@ public final class DHCPService: Service, Sendable {
     /// Built at start (in init) when there is no fence; with one, at each takeover, on a thread of
     /// its own.
     let engine: DHCPEngine?
+    /// The engine answering now, if any (with a fence, only while this replica holds it).
+    let answering = Mutex<DHCPEngine?>(nil)
     let fence: (any DHCPFence)?
     let logger: Logger
     public let metrics: DHCPMetrics
@@ -424,6 +446,15 @@ public final class DHCPService: Service, Sendable {
         await fence.release()
     }
 
+    /// Each subnet's pool: its size, and how many of its addresses an unexpired lease holds
+    /// (offered or bound). Empty while no engine answers (DHCP off, or another replica holds
+    /// the fence).
+    public func poolUsage() -> [(network: IPv4Network, size: Int, leased: Int)] {
+        guard let engine = answering.withLock({ $0 }) else { return [] }
+        let now = Date()
+        return engine.responder.withLock { $0.leases.poolUsage(now: now) }
+    }
+
     /// Runs a blocking call (making the engine reads every lease synchronously) on a thread of
     /// its own: a task that blocks holds one of the cooperative pool's threads, as many as the
     /// machine has cores, and the tasks it waits on may need them.
@@ -501,10 +532,12 @@ public final class DHCPService: Service, Sendable {
             for t in threads { await t.stop() }
             throw error
         }
+        answering.withLock { $0 = engine }
         return threads
     }
 
     func stop(_ threads: [DHCPSocketThread], _ engine: DHCPEngine) async {
+        answering.withLock { $0 = nil }
         for t in threads { await t.stop() }
         await engine.recorder.drain()
         logger.info("DHCP stopped")

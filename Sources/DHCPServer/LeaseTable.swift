@@ -68,6 +68,15 @@ public struct LeaseTable: Sendable {
 
     func inPool(_ ip: IPv4Address, _ pool: Pool) -> Bool { pool.ranges.contains { $0.contains(ip.value) } }
 
+    /// Each subnet's pool: its size, and how many of its addresses an unexpired lease holds.
+    public func poolUsage(now: Date) -> [(network: IPv4Network, size: Int, leased: Int)] {
+        var leased = Array(repeating: 0, count: pools.count)
+        for entry in byMAC.values where entry.expires > now {
+            if let i = pools.firstIndex(where: { inPool(entry.address, $0) }) { leased[i] += 1 }
+        }
+        return pools.indices.map { (pools[$0].subnet.network, pools[$0].size, leased[$0]) }
+    }
+
     /// Whether `mac` may be given `ip` now.
     public func isAvailable(_ ip: IPv4Address, for mac: MACAddress, now: Date) -> Bool {
         if let r = reservationsByMAC[mac], r.address == ip { return ownerAllows(ip, mac, now) }

@@ -7,6 +7,7 @@ import FarrierHTTP
 import FarrierPostgres
 import FarrierSite
 import FarrierStore
+import FarrierTelemetry
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -66,6 +67,8 @@ public struct FarrierServer: Sendable {
 
     public init(configuration c: ServerConfiguration, logger: Logger) async throws {
         self.logger = logger
+        // Before anything makes a metric: one made earlier would record nowhere.
+        Telemetry.bootstrap()
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
         if c.databaseURL.isEmpty {
             store = try SQLiteStore(path: c.databasePath)
@@ -98,14 +101,17 @@ public struct FarrierServer: Sendable {
             fence: (store as? PostgresStore)?.dhcpFence(),
             logger: logger
         )
-        let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
+        let collectors = ScrapeCollectors(
+            boot: BootPathMetrics(dhcp: dhcp, tftp: tftp.metrics, recorder: recorder),
+            fleet: FleetMetrics(store: store, logger: logger)
+        )
         let (vault, agentTLS, siteAuthority) = try Self.loadKeys(c)
         bmcPool = BMCPool(vault: vault)
         // A site's machines' BMCs are reached through the site (their BMCs may sit where only it reaches).
         let bmcRelay = SiteBMCRelay()
         let controller = Controller(
             store: store,
-            pool: SiteRoutedBMCs(local: bmcPool, relay: bmcRelay, vault: vault),
+            pool: MeasuredBMCs(SiteRoutedBMCs(local: bmcPool, relay: bmcRelay, vault: vault)),
             agentKey: vault.derivedKey(purpose: "agent-token"),
             configuration: c.control,
             logger: logger
@@ -134,10 +140,6 @@ public struct FarrierServer: Sendable {
             recorder: recorder,
             addressBook: addressBook,
             bootRoot: BootRoot(path: c.tftpRoot),
-            metrics: { [lifecycle = controller.metrics, power = powerSync.metrics] in
-                renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) + lifecycle.render()
-                    + power.render()
-            },
             controller: controller,
             imageDirectory: images.blobDirectory
         )
@@ -168,7 +170,7 @@ public struct FarrierServer: Sendable {
                 ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
                 TokenAPI(store: store, logger: logger), SiteAPI(store: store, authority: siteAuthority, logger: logger),
             ],
-            interceptors: [AuthInterceptor(store: store)],
+            interceptors: [MetricsInterceptor(), AuthInterceptor(store: store)],
             tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey),
             logger: logger
         )
@@ -195,7 +197,7 @@ public struct FarrierServer: Sendable {
             [
                 http, agentChannel, tftp, dhcp, grpc, reconciler, powerSync, pruner,
                 MemoryTrimmer(interval: c.memoryTrimInterval),
-            ] + siteLink
+            ] + siteLink + (try makeMetricsListener(c, collectors: collectors, logger: logger))
     }
 
     /// The keys kept in the data directory: the BMC vault's, the agent channel's TLS identity and
@@ -313,100 +315,39 @@ struct DiscoveryPruner: Service {
     }
 }
 
-func renderMetrics(dhcp: DHCPMetrics, tftp: TFTPMetrics, recorder: TimelineRecorder) -> String {
-    let rows: [(String, String, Int)] = [
-        (
-            "farrier_discovery_refused_total", "new MACs not recorded: discovered machines at discovery.max-machines",
-            recorder.refusedDiscoveries.load(ordering: .relaxed)
-        ),
-        ("farrier_dhcp_packets_received_total", "DHCP datagrams received", dhcp.received.load(ordering: .relaxed)),
-        (
-            "farrier_dhcp_packets_malformed_total", "DHCP datagrams dropped as malformed",
-            dhcp.malformed.load(ordering: .relaxed)
-        ),
-        ("farrier_dhcp_packets_dropped_total", "DHCP requests not answered", dhcp.dropped.load(ordering: .relaxed)),
-        ("farrier_dhcp_offers_total", "DHCPOFFERs sent", dhcp.offers.load(ordering: .relaxed)),
-        ("farrier_dhcp_acks_total", "DHCPACKs sent", dhcp.acks.load(ordering: .relaxed)),
-        ("farrier_dhcp_naks_total", "DHCPNAKs sent", dhcp.naks.load(ordering: .relaxed)),
-        (
-            "farrier_dhcp_lease_commit_failures_total", "lease commits that failed (ACK withheld)",
-            dhcp.commitFailures.load(ordering: .relaxed)
-        ),
-        (
-            "farrier_dhcp_send_errors_total", "DHCP replies the kernel refused to send",
-            dhcp.sendErrors.load(ordering: .relaxed)
-        ),
-        (
-            "farrier_dhcp_pool_exhausted_total", "DHCPDISCOVERs unanswered: their subnet's pool had no free address",
-            dhcp.poolExhausted.load(ordering: .relaxed)
-        ),
-        ("farrier_tftp_requests_total", "TFTP read requests", tftp.requests.load(ordering: .relaxed)),
-        (
-            "farrier_tftp_packets_malformed_total", "TFTP datagrams dropped as malformed",
-            tftp.malformed.load(ordering: .relaxed)
-        ),
-        ("farrier_tftp_transfers_completed_total", "TFTP transfers completed", tftp.completed.load(ordering: .relaxed)),
-        (
-            "farrier_tftp_transfers_failed_total", "TFTP transfers that timed out or were aborted",
-            tftp.failed.load(ordering: .relaxed)
-        ),
-        (
-            "farrier_tftp_requests_refused_total", "TFTP requests answered with an error",
-            tftp.refused.load(ordering: .relaxed)
-        ),
-        (
-            "farrier_tftp_retransmissions_total", "TFTP packets retransmitted on timeout",
-            tftp.retransmissions.load(ordering: .relaxed)
-        ),
-        ("farrier_tftp_transfers_active", "TFTP transfers in progress", tftp.active.load(ordering: .relaxed)),
-        (
-            "farrier_tftp_refused_per_client_total",
-            "TFTP requests refused: their client address had its share of transfers",
-            tftp.refusedPerClient.load(ordering: .relaxed)
-        ),
-        ("farrier_tftp_bytes_sent_total", "TFTP payload bytes sent", tftp.bytesSent.load(ordering: .relaxed)),
-        (
-            "farrier_tftp_poll_hits_total", "TFTP waits whose packet arrived while polling",
-            tftp.pollHits.load(ordering: .relaxed)
-        ),
-        (
-            "farrier_tftp_poll_misses_total", "TFTP waits that polled, then slept",
-            tftp.pollMisses.load(ordering: .relaxed)
-        ),
+/// The metrics listener (`metrics.listen`, none when empty), with its token if one is set.
+func makeMetricsListener(
+    _ c: ServerConfiguration,
+    collectors: ScrapeCollectors,
+    logger: Logger
+) throws -> [any Service] {
+    guard !c.metricsListen.isEmpty else { return [] }
+    var token: String?
+    if !c.metricsTokenFile.isEmpty {
+        let text: String
+        do { text = try String(contentsOfFile: c.metricsTokenFile, encoding: .utf8) } catch {
+            throw ConfigurationError("metrics.token-file: cannot read \(c.metricsTokenFile): \(error)")
+        }
+        let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard t.count >= 16, !t.contains(where: \.isWhitespace) else {
+            throw ConfigurationError(
+                "metrics.token-file: \(c.metricsTokenFile) must hold one token of at least 16 characters, no spaces"
+            )
+        }
+        token = t
+    }
+    logger.info(
+        "metrics",
+        metadata: ["metrics.listen": "\(c.metricsListen)", "metrics.token": "\(token == nil ? "none" : "required")"]
+    )
+    return [
+        try makeMetricsApplication(
+            listen: c.metricsListen,
+            token: token,
+            scrape: { await collectors.scrape() },
+            logger: logger
+        )
     ]
-    let counters = rows.map { ($0.0, $0.1, $0.0.hasSuffix("_active") ? "gauge" : "counter", "\($0.2)") }
-    return (counters + processMetrics()).map { name, help, type, value in
-        "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
-    }.joined()
-}
-
-/// The process's own gauges and counters, named as Prometheus's process collectors name them,
-/// plus what malloc holds (resident memory is mostly malloc's arenas; see `ProcessMemory`).
-func processMetrics() -> [(name: String, help: String, type: String, value: String)] {
-    var rows: [(String, String, String, String)] = []
-    if let rss = ProcessMemory.resident() {
-        rows.append(("process_resident_memory_bytes", "Resident memory size in bytes", "gauge", "\(rss.current)"))
-        rows.append(
-            ("farrier_process_resident_memory_peak_bytes", "Peak resident memory size in bytes", "gauge", "\(rss.peak)")
-        )
-    }
-    let heap = ProcessMemory.heap()
-    rows.append(("farrier_heap_in_use_bytes", "Bytes malloc has handed out and not had back", "gauge", "\(heap.inUse)"))
-    rows.append(("farrier_heap_arena_bytes", "Bytes malloc's arenas span, in use or free", "gauge", "\(heap.arenas)"))
-    if let fds = ProcessMemory.fileDescriptors() {
-        rows.append(("process_open_fds", "Number of open file descriptors", "gauge", "\(fds.open)"))
-        rows.append(("process_max_fds", "Maximum number of open file descriptors", "gauge", "\(fds.limit)"))
-    }
-    var usage = rusage()
-    if getrusage(RUSAGE_SELF.rawValue, &usage) == 0 {
-        let seconds =
-            Double(usage.ru_utime.tv_sec) + Double(usage.ru_stime.tv_sec)
-            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-        rows.append(
-            ("process_cpu_seconds_total", "Total user and system CPU time spent in seconds", "counter", "\(seconds)")
-        )
-    }
-    return rows
 }
 
 /// Returns malloc's free pages to the kernel every `interval`. Memory freed inside an arena stays

@@ -78,6 +78,10 @@ import Yams
 ///   `STEP=SECONDS`, STEP one of commissioning, deploying, releasing, rescuing, exiting-rescue.
 ///   Defaults 1800, 3600, 86400, 1800, 900. Whatever the limit, an agent that reported progress and then
 ///   nothing for 900 s fails its step.
+/// - `metrics.listen` / `FARRIER_METRICS_LISTEN` / `--metrics-listen`: HOST:PORT for `GET /metrics` (Prometheus
+///   text) and `/healthz`, a listener of its own; empty disables it. Default 127.0.0.1:7790 (a site's 127.0.0.1:7791).
+/// - `metrics.token-file` / `FARRIER_METRICS_TOKEN_FILE` / `--metrics-token-file`: a file holding a token (16 or more
+///   characters) that scrapes must present as `Authorization: Bearer TOKEN`. Default empty: none asked for.
 /// - `memory.arenas` / `FARRIER_MEMORY_ARENAS` / `--memory-arenas`: at most this many malloc arenas (glibc makes
 ///   up to eight per core, and memory freed in one stays resident); 0 keeps glibc's default. Default 2.
 /// - `memory.trim-interval` / `FARRIER_MEMORY_TRIM_INTERVAL` / `--memory-trim-interval`: seconds between returns of
@@ -113,7 +117,15 @@ public struct ServerConfiguration: Sendable {
     /// Cap on malloc arenas (0: glibc's default) and the interval between trims (zero: none).
     public var memoryArenas = 2
     public var memoryTrimInterval: Duration = .seconds(30)
+    /// nil: the role's default (`metricsListen(default:)`); empty: no metrics listener.
+    public var metricsListenSet: String?
+    public var metricsTokenFile = ""
     var tftpRootSet = false
+
+    /// The server's metrics address; a site agent's default differs, so the two can share a host.
+    public static let defaultMetricsListen = "127.0.0.1:7790"
+    public static let defaultSiteMetricsListen = "127.0.0.1:7791"
+    public var metricsListen: String { metricsListenSet ?? Self.defaultMetricsListen }
 
     public init() { dhcp.mode = .full }
 
@@ -138,7 +150,8 @@ public struct ServerConfiguration: Sendable {
         "discovery.max-machines",
         "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
         "lifecycle.claim-ttl", "lifecycle.step-timeouts", "memory.arenas", "memory.trim-interval",
-        "power-sync.interval", "power-sync.concurrency", "commission.lldp-wait",
+        "power-sync.interval", "power-sync.concurrency", "commission.lldp-wait", "metrics.listen",
+        "metrics.token-file",
     ].map {
         (
             $0,
@@ -278,6 +291,12 @@ public struct ServerConfiguration: Sendable {
             logFormat = f
         case "http.listen": http.listen = v
         case "agent.listen": http.agentListen = v
+        case "metrics.listen":
+            if !v.isEmpty {
+                do { _ = try splitHostPort(v) } catch { throw ConfigurationError("metrics.listen: \(error)") }
+            }
+            metricsListenSet = v
+        case "metrics.token-file": metricsTokenFile = v
         case "agent.tls-cert": agentTLSCert = v
         case "agent.tls-key": agentTLSKey = v
         case "grpc.listen": grpcListen = v

@@ -4,6 +4,7 @@ import FarrierCore
 import FarrierHTTP
 import FarrierSite
 import FarrierStore
+import FarrierTelemetry
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -53,6 +54,7 @@ public struct SiteBoot: Sendable {
         regionBootFiles: Set<String> = [],
         logger: Logger
     ) async throws {
+        Telemetry.bootstrap()
         try FileManager.default.createDirectory(atPath: c.dataDir, withIntermediateDirectories: true)
         // Events wait here until the region has them: keep many, not the region's 500 a machine.
         store = try SQLiteStore(path: c.dataDir + "/site.sqlite", timelineLimit: 100_000)
@@ -71,13 +73,12 @@ public struct SiteBoot: Sendable {
         )
         let addressBook: AddressBook
         (addressBook, dhcp, tftp) = try makeBootPath(c, store: store, recorder: recorder, logger: logger)
-        let (dhcpMetrics, tftpMetrics) = (dhcp.metrics, tftp.metrics)
+        let collectors = ScrapeCollectors(boot: BootPathMetrics(dhcp: dhcp, tftp: tftp.metrics, recorder: recorder))
         var deps = HTTPDependencies(
             store: store,
             recorder: recorder,
             addressBook: addressBook,
-            bootRoot: BootRoot(path: c.tftpRoot),
-            metrics: { [recorder] in renderMetrics(dhcp: dhcpMetrics, tftp: tftpMetrics, recorder: recorder) }
+            bootRoot: BootRoot(path: c.tftpRoot)
         )
         deps.siteBoot = machine
         var services: [any Service] = []
@@ -100,7 +101,8 @@ public struct SiteBoot: Sendable {
             )
         }
         let http = try makeHTTPApplication(configuration: c.http, dependencies: deps, logger: logger)
-        self.services = [http] + services + [tftp, dhcp]
+        self.services =
+            [http] + services + [tftp, dhcp] + (try makeMetricsListener(c, collectors: collectors, logger: logger))
         logger.info(
             "boot services",
             metadata: [

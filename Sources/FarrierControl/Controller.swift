@@ -101,11 +101,14 @@ public final class Controller: Sendable {
         fence: WorkClaim? = nil,
         change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Machine {
+        // The step a success or failure ends, and when it began: for its duration's histogram.
+        let ended = TransactionNote<(step: MachineState, started: Date)?>(nil)
         let m = try await store.update(machineID: machineID, fence: fence) { m in
             if let g = guardGeneration, m.generation != g {
                 throw ControlError(.conflict, "machine \(m.name) moved on to another step")
             }
             let project = m.project
+            ended.set(Lifecycle.steps.contains(m.state) ? m.stepStarted.map { (m.state, $0) } : nil)
             try Self.transition(&m, event, reasonSuffix: reasonSuffix)
             try change(&m)
             // A transition out of a project (the end of a release, an abort) is that project's
@@ -115,6 +118,15 @@ public final class Controller: Sendable {
             return [e]
         }
         Failpoint.hit("controller.after-commit.\(m.state.rawValue)")
+        if let (step, started) = ended.value {
+            switch event {
+            case .stepSucceeded:
+                metrics.stepEnded(step, succeeded: true, seconds: Date().timeIntervalSince(started))
+            case .stepFailed:
+                metrics.stepEnded(step, succeeded: false, seconds: Date().timeIntervalSince(started))
+            default: break
+            }
+        }
         logger.info(
             "transition",
             metadata: [
@@ -691,8 +703,11 @@ public final class Controller: Sendable {
         if m.state == .commissioning, result.inventory == nil {
             throw ControlError(.invalid, "commissioning needs the inventory in the result")
         }
+        let finished = TransactionNote(false)
         _ = try await store.update(machineID: m.id) { x in
+            finished.set(false)
             guard x.generation == m.generation, x.agentBoot == m.agentBoot, x.phase == .agent else { return [] }
+            finished.set(true)
             if let inv = result.inventory, x.state == .commissioning {
                 x.inventory = inv
                 if inv.firmware != .unknown { x.firmware = inv.firmware }
@@ -708,6 +723,12 @@ public final class Controller: Sendable {
             return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")]
         }
         Failpoint.hit("agent.done.after-commit")
+        // The image's size, as the agent's last progress report gave it, over the whole task.
+        if finished.value, m.state == .deploying, let seconds = result.seconds, let bytes = m.progress?.bytesTotal,
+            bytes > 0
+        {
+            metrics.deployed(bytes: bytes, seconds: seconds)
+        }
         hub.notify()
     }
 }

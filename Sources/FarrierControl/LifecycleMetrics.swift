@@ -1,5 +1,7 @@
+import CoreMetrics
 import FarrierCore
 import Foundation
+import Metrics
 import Synchronization
 
 /// Why a step failed, by class: a label small and fixed enough for Prometheus (the reason
@@ -17,40 +19,55 @@ public enum FailureClass: String, Sendable, CaseIterable {
     case wipeNotVerified = "wipe-not-verified"
 }
 
-/// The lifecycle's counters for `/metrics`: failed steps by step and class. Counted where a
-/// failure is committed, so a failure that lost a race (the step had moved on) is not counted.
+/// The lifecycle's metrics: failed steps by step and class (counted where a failure is
+/// committed, so a failure that lost a race, the step having moved on, is not counted), how
+/// long steps took by step and outcome, and the agents' deploy throughput.
 public final class LifecycleMetrics: Sendable {
     struct Key: Hashable {
         var step: MachineState
         var failure: FailureClass
     }
     let failures = Mutex<[Key: Int]>([:])
+    /// Every step and class, made up front so each series reads 0 from the start (a rate works).
+    let failureCounters: [Key: CoreMetrics.Counter]
+    let deployBytes = CoreMetrics.Counter(label: "farrier_agent_deploy_bytes_total")
+    let deployThroughput = CoreMetrics.Recorder(label: "farrier_agent_deploy_throughput_bytes_per_second")
 
-    public init() {}
+    public init() {
+        var counters: [Key: CoreMetrics.Counter] = [:]
+        for step in Lifecycle.steps {
+            for failure in FailureClass.allCases {
+                counters[Key(step: step, failure: failure)] = CoreMetrics.Counter(
+                    label: "farrier_lifecycle_step_failures_total",
+                    dimensions: [("step", step.rawValue), ("failure", failure.rawValue)]
+                )
+            }
+        }
+        failureCounters = counters
+    }
 
     func failed(_ step: MachineState, _ failure: FailureClass) {
-        failures.withLock { $0[Key(step: step, failure: failure), default: 0] += 1 }
+        let key = Key(step: step, failure: failure)
+        failures.withLock { $0[key, default: 0] += 1 }
+        failureCounters[key]?.increment()
+    }
+
+    /// A step ended (succeeded or failed) after `seconds` from its start.
+    func stepEnded(_ step: MachineState, succeeded: Bool, seconds: Double) {
+        CoreMetrics.Timer(
+            label: "farrier_lifecycle_step_duration_seconds",
+            dimensions: [("step", step.rawValue), ("outcome", succeeded ? "succeeded" : "failed")]
+        ).recordSeconds(max(0, seconds))
+    }
+
+    /// An agent's deploy wrote `bytes` in `seconds` (download, write and verify).
+    func deployed(bytes: Int64, seconds: Double) {
+        deployBytes.increment(by: bytes)
+        if seconds > 0 { deployThroughput.record(Double(bytes) / seconds) }
     }
 
     /// How many steps failed in `step` for `failure`.
     public func failures(_ step: MachineState, _ failure: FailureClass) -> Int {
         failures.withLock { $0[Key(step: step, failure: failure)] ?? 0 }
-    }
-
-    /// Prometheus text: every step and class, zeros included, so a rate works from the start.
-    public func render() -> String {
-        let counts = failures.withLock { $0 }
-        var text = """
-            # HELP farrier_lifecycle_step_failures_total Lifecycle steps that failed, by step and class of failure
-            # TYPE farrier_lifecycle_step_failures_total counter
-
-            """
-        for step in Lifecycle.steps.sorted(by: { $0.rawValue < $1.rawValue }) {
-            for failure in FailureClass.allCases {
-                text +=
-                    "farrier_lifecycle_step_failures_total{step=\"\(step.rawValue)\",failure=\"\(failure.rawValue)\"} \(counts[Key(step: step, failure: failure)] ?? 0)\n"
-            }
-        }
-        return text
     }
 }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import FarrierBMC
 import FarrierCore
 import Foundation
@@ -247,22 +248,27 @@ public actor PowerSync: Service {
     }
 }
 
-/// The power sync's numbers for `/metrics`.
+/// The power sync's numbers for the metrics.
 public final class PowerSyncMetrics: Sendable {
     struct Counts {
-        var readsOK = 0
-        var readsFailed = 0
-        var driftEvents = 0
         var machines = 0
         var drifting = 0
         var failing = 0
     }
     let counts = Mutex(Counts())
+    let readsOK = CoreMetrics.Counter(label: "farrier_power_sync_reads_total", dimensions: [("result", "ok")])
+    let readsFailed = CoreMetrics.Counter(label: "farrier_power_sync_reads_total", dimensions: [("result", "error")])
+    let driftEvents = CoreMetrics.Counter(label: "farrier_power_drift_total")
+    let machinesGauge = CoreMetrics.Gauge(label: "farrier_power_sync_machines")
+    let driftingGauge = CoreMetrics.Gauge(label: "farrier_power_drift_machines")
+    let failingGauge = CoreMetrics.Gauge(label: "farrier_bmc_unreachable_machines")
 
-    public init() {}
+    public init() {
+        set(machines: 0, drifting: 0, failing: 0)
+    }
 
     func read(ok: Bool) {
-        counts.withLock { if ok { $0.readsOK += 1 } else { $0.readsFailed += 1 } }
+        (ok ? readsOK : readsFailed).increment()
     }
 
     /// The gauges, from the machines as a round begins.
@@ -272,35 +278,15 @@ public final class PowerSyncMetrics: Sendable {
             $0.drifting = drifting
             $0.failing = failing
         }
+        machinesGauge.record(machines)
+        driftingGauge.record(drifting)
+        failingGauge.record(failing)
     }
 
-    func driftBegan() { counts.withLock { $0.driftEvents += 1 } }
+    func driftBegan() { driftEvents.increment() }
 
     /// Machines whose power differs from what their state expects, as last read.
     public var drifting: Int { counts.withLock { $0.drifting } }
     /// Machines whose BMC did not answer at its last read.
     public var failing: Int { counts.withLock { $0.failing } }
-
-    public func render() -> String {
-        let c = counts.withLock { $0 }
-        return """
-            # HELP farrier_power_sync_reads_total BMC power reads by the power sync, by result
-            # TYPE farrier_power_sync_reads_total counter
-            farrier_power_sync_reads_total{result="ok"} \(c.readsOK)
-            farrier_power_sync_reads_total{result="error"} \(c.readsFailed)
-            # HELP farrier_power_sync_machines Machines the power sync reads (enrolled with a BMC, not in maintenance or a step)
-            # TYPE farrier_power_sync_machines gauge
-            farrier_power_sync_machines \(c.machines)
-            # HELP farrier_power_drift_machines Machines whose power differs from what their state expects, as last read
-            # TYPE farrier_power_drift_machines gauge
-            farrier_power_drift_machines \(c.drifting)
-            # HELP farrier_power_drift_total Times a machine was found with power its state does not expect
-            # TYPE farrier_power_drift_total counter
-            farrier_power_drift_total \(c.driftEvents)
-            # HELP farrier_bmc_unreachable_machines Machines whose BMC did not answer the power sync's last read
-            # TYPE farrier_bmc_unreachable_machines gauge
-            farrier_bmc_unreachable_machines \(c.failing)
-
-            """
-    }
 }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import FarrierBMC
 import FarrierCore
 import Foundation
@@ -32,6 +33,7 @@ public actor Reconciler: Service {
     /// worker may be tried again: a site away for an hour must not cost a claim and a BMC lookup
     /// per machine per tick.
     var waitingForSite: [String: ContinuousClock.Instant] = [:]
+    let gauges = ReconcilerGauges()
 
     public init(controller: Controller, logger: Logger = Logger(label: "farrier.reconciler")) {
         self.controller = controller
@@ -89,6 +91,7 @@ public actor Reconciler: Service {
         }
         let now = Date()
         let config = controller.configuration
+        gauges.scanned(machines, now: now, workers: active.count)
         var running: [MachineState: Int] = [:]
         // A step waiting for its OS (phase os) does no work of Farrier's and holds no slot: how
         // long it waits is up to the tenant's OS (its cloud-init), and must not stall others'.
@@ -209,6 +212,58 @@ public actor Reconciler: Service {
         case .notClaimed: break
         case .waitingForSite: waitingForSite[id] = .now + .seconds(5)
         }
+    }
+}
+
+/// What each scan finds: machines in each step and phase, the steps waiting for a slot and
+/// how long the oldest has waited, and this replica's BMC workers.
+final class ReconcilerGauges: Sendable {
+    let phases: [MachineState: [StepPhase: CoreMetrics.Gauge]]
+    let queued: [MachineState: CoreMetrics.Gauge]
+    let oldest: [MachineState: CoreMetrics.Gauge]
+    let workers = CoreMetrics.Gauge(label: "farrier_reconciler_workers_active")
+    static let phasesInSteps: [StepPhase] = [.queued, .boot, .agent, .finish, .os]
+
+    init() {
+        var phases: [MachineState: [StepPhase: CoreMetrics.Gauge]] = [:]
+        var queued: [MachineState: CoreMetrics.Gauge] = [:]
+        var oldest: [MachineState: CoreMetrics.Gauge] = [:]
+        for step in Lifecycle.steps {
+            for p in Self.phasesInSteps {
+                phases[step, default: [:]][p] = CoreMetrics.Gauge(
+                    label: "farrier_reconciler_steps",
+                    dimensions: [("step", step.rawValue), ("phase", p.rawValue)]
+                )
+            }
+            queued[step] = CoreMetrics.Gauge(
+                label: "farrier_reconciler_queued_steps",
+                dimensions: [("step", step.rawValue)]
+            )
+            oldest[step] = CoreMetrics.Gauge(
+                label: "farrier_reconciler_oldest_queued_step_seconds",
+                dimensions: [("step", step.rawValue)]
+            )
+        }
+        self.phases = phases
+        self.queued = queued
+        self.oldest = oldest
+    }
+
+    func scanned(_ machines: [MachineStep], now: Date, workers active: Int) {
+        var counts: [MachineState: [StepPhase: Int]] = [:]
+        var oldestStart: [MachineState: Date] = [:]
+        for m in machines {
+            counts[m.state, default: [:]][m.phase, default: 0] += 1
+            if m.phase == .queued, let s = m.stepStarted {
+                oldestStart[m.state] = min(oldestStart[m.state] ?? s, s)
+            }
+        }
+        for (step, byPhase) in phases {
+            for (p, g) in byPhase { g.record(counts[step]?[p] ?? 0) }
+            queued[step]?.record(counts[step]?[.queued] ?? 0)
+            oldest[step]?.record(oldestStart[step].map { max(0, now.timeIntervalSince($0)) } ?? 0)
+        }
+        workers.record(active)
     }
 }
 

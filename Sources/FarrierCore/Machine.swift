@@ -302,6 +302,23 @@ public enum StepPhase: String, Codable, Sendable, CaseIterable {
 /// it or start its worker, and no more. (At 10 000 machines in steps, decoding whole machines,
 /// inventories and all, on every scan was most of a replica's CPU and its peak memory.) The
 /// keys are `Machine`'s, so a store can decode it from the same JSON.
+/// How many machines share a state, site, zone and project (`MachineStore.machineCounts`).
+public struct MachineCount: Codable, Sendable, Hashable {
+    public var state: MachineState
+    public var site: String?
+    public var zone: String
+    public var project: String?
+    public var count: Int
+
+    public init(state: MachineState, site: String?, zone: String, project: String?, count: Int) {
+        self.state = state
+        self.site = site
+        self.zone = zone
+        self.project = project
+        self.count = count
+    }
+}
+
 public struct MachineStep: Codable, Sendable, Hashable {
     public var id: String
     public var name: String

@@ -24,6 +24,9 @@ public protocol MachineStore: Sendable {
     func machines(_ query: MachineQuery) async throws -> [Machine]
     /// Every machine in a lifecycle step (`Lifecycle.steps`), as the reconciler's scan reads it.
     func machineSteps() async throws -> [MachineStep]
+    /// How many machines there are in each state, site, zone and project: one grouped query,
+    /// for the metrics.
+    func machineCounts() async throws -> [MachineCount]
     /// Enrolls a machine with its BMC: the machine with this MAC is renamed, gets the BMC and
     /// goes from `discovered` to `enrolled`; or a new `enrolled` machine is made. `sealedPassword` is stored as given (already encrypted).
     /// Throws `StoreError.Code.alreadyExists` when the name belongs to a machine with another MAC.

@@ -71,7 +71,6 @@ public struct HTTPDependencies: Sendable {
     public var recorder: TimelineRecorder
     public var addressBook: AddressBook
     public var bootRoot: BootRoot
-    public var metrics: @Sendable () -> String
     /// Agent endpoints and next-boot decisions; nil serves only the wait script (tests).
     public var controller: Controller?
     /// Content-addressed image bytes, served under /images/<sha256>.
@@ -95,7 +94,6 @@ public struct HTTPDependencies: Sendable {
         recorder: TimelineRecorder,
         addressBook: AddressBook,
         bootRoot: BootRoot,
-        metrics: @escaping @Sendable () -> String,
         controller: Controller? = nil,
         imageDirectory: String? = nil
     ) {
@@ -105,7 +103,6 @@ public struct HTTPDependencies: Sendable {
         self.recorder = recorder
         self.addressBook = addressBook
         self.bootRoot = bootRoot
-        self.metrics = metrics
     }
 }
 
@@ -124,7 +121,8 @@ extension HTTPDependencies {
 }
 
 /// Builds a router. The plain-HTTP one (`agentChannel` false) serves iPXE scripts under
-/// `/boot`, boot-root files under `/tftp`, `/healthz` and `/metrics`: nothing secret. The HTTPS
+/// `/boot`, boot-root files under `/tftp` and `/healthz`: nothing secret (the metrics have a
+/// listener of their own, `makeMetricsApplication`). The HTTPS
 /// one (`agentChannel` true) serves the agent's calls and images, to those who may have them.
 public func buildRouter(
     configuration: HTTPConfiguration,
@@ -152,14 +150,6 @@ public func buildRouter(
     )
 
     router.get("/healthz") { _, _ in "ok\n" }
-
-    router.get("/metrics") { _, _ in
-        Response(
-            status: .ok,
-            headers: [.contentType: "text/plain; version=0.0.4"],
-            body: .init(byteBuffer: ByteBuffer(string: deps.metrics()))
-        )
-    }
 
     // The per-machine iPXE script, keyed by MAC: /boot/52-54-00-12-34-56.ipxe
     router.get("/boot/:script") { request, context -> Response in

@@ -1,3 +1,4 @@
+import CoreMetrics
 import FarrierCore
 import Foundation
 import Hummingbird
@@ -146,7 +147,9 @@ enum ImageStream {
                     let buffer = try await pending.value
                     offset += Int64(buffer.readableBytes)
                     next = offset <= range.upperBound ? read(at: offset) : nil
+                    let n = buffer.readableBytes
                     try await writer.write(buffer)
+                    ImageMetrics.bytes.increment(by: n)
                 }
             } catch {
                 // The read in flight uses the descriptor: it ends before the descriptor closes.
@@ -158,6 +161,7 @@ enum ImageStream {
             // as the body ended) must not close the number again, by then maybe another file's.
             close(fd)
             try await writer.finish(nil)
+            ImageMetrics.completed.increment()
         }
     }
 
@@ -233,4 +237,10 @@ enum ByteRange: Equatable {
         guard end >= start else { return .whole }  // "5-2" is invalid syntax, not unsatisfiable
         return .part(start...end)
     }
+}
+
+/// Image bytes sent (each chunk once the connection took it) and bodies sent to their end.
+enum ImageMetrics {
+    static let bytes = CoreMetrics.Counter(label: "farrier_http_image_bytes_sent_total")
+    static let completed = CoreMetrics.Counter(label: "farrier_http_image_transfers_total")
 }

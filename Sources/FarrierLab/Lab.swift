@@ -411,11 +411,13 @@ public struct Lab {
     }
 
     /// Starts replica `replica` (0: the one on the boot network, with DHCP and TFTP; others:
-    /// the API and the reconciler only, on ports 7700+N, 8080+N and 8443+N).
+    /// the API and the reconciler only, on ports 7700+N, 8080+N and 8443+N; metrics on 7790+N).
     func startServer(_ o: Options, dir: String, replica: Int = 0) throws -> Int32 {
         var args = [
             o.farrierBinary, "server", "--data-dir", dir + "/data", "--http-listen", "0.0.0.0:\(8080 + replica)",
             "--agent-listen", "0.0.0.0:\(8443 + replica)", "--grpc-listen", "0.0.0.0:\(7700 + replica)",
+            // The metrics only on the host link, not on the boot network.
+            "--metrics-listen", "\(Self.nsIP):\(7790 + replica)",
             // The CLI on the host reaches the API over the lab's host link; the lab is one
             // host's demo, so its API goes without TLS, as asked for here.
             "--api-insecure",

@@ -550,6 +550,17 @@ extension PostgresStore {
         return try await all(Machine.self, PostgresQuery(unsafeSQL: sql, binds: binds))
     }
 
+    public func machineCounts() async throws -> [MachineCount] {
+        try await all(
+            MachineCount.self,
+            """
+            SELECT json_build_object('state', state, 'site', site, 'zone', coalesce(body->>'zone', ''),
+                'project', project, 'count', count(*))::text
+            FROM machine GROUP BY state, site, body->>'zone', project
+            """
+        )
+    }
+
     public func machineSteps() async throws -> [MachineStep] {
         // Only the scan's fields, built into JSON with Machine's keys (and its encoding of
         // dates): the database sends a few hundred bytes a machine, not its inventory.

@@ -405,6 +405,28 @@ public final class SQLiteStore: StateStore {
         }
     }
 
+    public func machineCounts() async throws -> [MachineCount] {
+        try await reading { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT state, site, zone, project, COUNT(*) AS n FROM machine GROUP BY state, site, zone, project"
+            )
+            return try rows.map { row in
+                let raw: String = row["state"]
+                guard let state = MachineState(rawValue: raw) else {
+                    throw StoreError(.corrupt, "corrupt row: machine state '\(raw)'")
+                }
+                return MachineCount(
+                    state: state,
+                    site: row["site"],
+                    zone: row["zone"],
+                    project: row["project"],
+                    count: row["n"]
+                )
+            }
+        }
+    }
+
     public func machineSteps() async throws -> [MachineStep] {
         let states = Lifecycle.steps.map(\.rawValue).sorted()
         return try await reading { db in

@@ -69,7 +69,11 @@ import Testing
             ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
                 == "FARRIER_TFTP_MAX_TRANSFERS"
         )
-        #expect(ServerConfiguration.keys.count == 41)
+        #expect(ServerConfiguration.keys.count == 43)
+        #expect(
+            ServerConfiguration.keys.first(where: { $0.key == "metrics.token-file" })?.env
+                == "FARRIER_METRICS_TOKEN_FILE"
+        )
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "commission.lldp-wait" })?.env
                 == "FARRIER_COMMISSION_LLDP_WAIT"

@@ -37,7 +37,6 @@ import Testing
             recorder: TimelineRecorder(store: store, known: []),
             addressBook: book,
             bootRoot: BootRoot(path: NSTemporaryDirectory()),
-            metrics: { "" },
             controller: controller
         )
         deps.agentTLS = AgentTLS(certificateChainPEM: "", privateKeyPEM: "", fingerprint: Self.fingerprint, port: 8443)
@@ -90,8 +89,7 @@ import Testing
             store: store,
             recorder: TimelineRecorder(store: store, known: []),
             addressBook: book,
-            bootRoot: BootRoot(path: NSTemporaryDirectory()),
-            metrics: { "" }
+            bootRoot: BootRoot(path: NSTemporaryDirectory())
         )
         deps.siteBoot = { [mac] in $0 == mac ? entry : nil }
         let router = buildRouter(configuration: HTTPConfiguration(), dependencies: deps, logger: Logger(label: "test"))
@@ -208,7 +206,6 @@ import Testing
             recorder: TimelineRecorder(store: store, known: []),
             addressBook: book,
             bootRoot: BootRoot(path: NSTemporaryDirectory()),
-            metrics: { "" },
             controller: controller,
             imageDirectory: NSTemporaryDirectory()
         )

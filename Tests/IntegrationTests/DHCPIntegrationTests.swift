@@ -86,7 +86,8 @@ struct DHCPIntegrationTests {
                     "ip", "netns", "exec", s, Harness.farrierBinary, "server", "--data-dir", h.directory + "/data",
                     "--log-level", "debug", "--database", url, "--http-listen", "0.0.0.0:\(8080 + n)",
                     "--agent-listen", "127.0.0.1:\(8443 + n)", "--grpc-listen", "127.0.0.1:\(7700 + n)",
-                    "--tftp-listen", "", "--dhcp-interface", sif, "--dhcp-subnet", Self.subnet,
+                    "--metrics-listen", "127.0.0.1:\(7790 + n)", "--tftp-listen", "", "--dhcp-interface", sif,
+                    "--dhcp-subnet", Self.subnet,
                 ],
                 log: "replica-\(n).log"
             )

@@ -69,6 +69,7 @@ struct CLITests {
                 ControlPlane.bin, "server", "--data-dir", cp.data, "--grpc-listen", other.grpc, "--http-listen",
                 "127.0.0.1:\(other.httpPort)", "--agent-listen", "127.0.0.1:\(other.agentPort)",
                 "--tftp-listen", "", "--api-tls-cert", d + "/other.pem", "--api-tls-key", d + "/server.key",
+                "--metrics-listen", "",
             ],
             log: "server3.log"
         )

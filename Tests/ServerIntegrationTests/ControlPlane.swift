@@ -13,6 +13,7 @@ final class ControlPlane: @unchecked Sendable {
     private(set) var grpc: String
     private(set) var httpPort: Int
     private(set) var agentPort: Int
+    private(set) var metricsPort: Int
     let data: String
     var server: Process?
     let extraFlags: [String]
@@ -22,7 +23,7 @@ final class ControlPlane: @unchecked Sendable {
 
     init(_ h: Harness, flags: [String] = []) {
         self.h = h
-        (grpc, httpPort, agentPort) = Self.randomPorts()
+        (grpc, httpPort, agentPort, metricsPort) = Self.randomPorts()
         data = h.directory + "/data"
         extraFlags = flags
     }
@@ -30,11 +31,16 @@ final class ControlPlane: @unchecked Sendable {
     /// Below Linux's ephemeral range (32768–60999 by default), where any outgoing connection
     /// (a PostgreSQL client's, a curl's) may hold a port for a while: a server told to listen on
     /// one such port failed its first start in CI (`Address already in use`).
-    static func randomPorts() -> (String, Int, Int) {
-        ("127.0.0.1:\(Int.random(in: 20000..<24000))", Int.random(in: 24000..<28000), Int.random(in: 28000..<32000))
+    static func randomPorts() -> (String, Int, Int, Int) {
+        (
+            "127.0.0.1:\(Int.random(in: 20000..<24000))", Int.random(in: 24000..<28000), Int.random(in: 28000..<32000),
+            Int.random(in: 32000..<32700)
+        )
     }
 
     var http: String { "http://127.0.0.1:\(httpPort)" }
+    /// The metrics listener's scrape URL.
+    var metricsURL: String { "http://127.0.0.1:\(metricsPort)/metrics" }
     var agentURL: String { "https://127.0.0.1:\(agentPort)" }
 
     /// Every MAC the control-plane tests use: each gets a reservation (see `address(of:)`).
@@ -60,7 +66,7 @@ final class ControlPlane: @unchecked Sendable {
         for attempt in 1...3 {
             do { return try startOnce(failpoints: failpoints, log: log) } catch {
                 guard first, attempt < 3, h.read(log).contains("Address already in use") else { throw error }
-                (grpc, httpPort, agentPort) = Self.randomPorts()
+                (grpc, httpPort, agentPort, metricsPort) = Self.randomPorts()
                 server = nil
             }
         }
@@ -73,7 +79,7 @@ final class ControlPlane: @unchecked Sendable {
             env + [
                 Self.bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
                 "--http-listen", "127.0.0.1:\(httpPort)", "--agent-listen", "127.0.0.1:\(agentPort)", "--tftp-listen",
-                "",
+                "", "--metrics-listen", "127.0.0.1:\(metricsPort)",
                 "--dhcp-mode", "off",
             ] + Self.testMACs.flatMap { ["--dhcp-reservation", "\($0)=\(Self.address(of: $0))"] }
                 + extraFlags,

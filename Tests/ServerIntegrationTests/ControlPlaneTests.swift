@@ -369,7 +369,9 @@ struct ControlPlaneTests {
         }
         let (cp, s1, _) = try setUp(h, flags: ["--power-sync-interval", "1"] + dbFlags)
         func power(_ name: String) throws -> [String: Any] { try cp.machine(name)["power"] as? [String: Any] ?? [:] }
-        func metrics() throws -> String { try h.run(["curl", "-sf", cp.http + "/metrics"]).stdout }
+        func metric(_ series: String) throws -> Int? {
+            Harness.metric(try h.run(["curl", "-sf", cp.metricsURL]).stdout, series)
+        }
 
         // Read: ready machines are off, as their state expects.
         try h.waitUntil("m1's power read", timeout: 30, interval: 0.5) {
@@ -384,7 +386,7 @@ struct ControlPlaneTests {
         #expect(try cp.cli(["machine", "list"]).stdout.contains("on, expected off"))
         #expect(try cp.cli(["machine", "show", "m1"]).stdout.contains("DRIFT: its state expects off"))
         try h.waitUntil("the drift metric", timeout: 10, interval: 0.5) {
-            try metrics().contains("farrier_power_drift_machines 1\n")
+            try metric("farrier_power_drift_machines") == 1
         }
         let watched = try h.run(
             [
@@ -408,7 +410,7 @@ struct ControlPlaneTests {
         #expect(try (power("m3")["error"] as? String ?? "").contains("127.0.0.1:9"))
         #expect(try power("m3")["state"] as? String == "unknown")
         try h.waitUntil("the unreachable metric", timeout: 10, interval: 0.5) {
-            try metrics().contains("farrier_bmc_unreachable_machines 1\n")
+            try metric("farrier_bmc_unreachable_machines") == 1
         }
 
         // Maintenance: bad requests are refused with what to do, and change nothing.
@@ -438,7 +440,7 @@ struct ControlPlaneTests {
         // Held, it is no longer counted as drifting (its drift is cleared: it is not read).
         #expect(try power("m1")["expected"] == nil)
         try h.waitUntil("the drift gauge back to 0", timeout: 10, interval: 0.5) {
-            try metrics().contains("farrier_power_drift_machines 0\n")
+            try metric("farrier_power_drift_machines") == 0
         }
         let commission = try cp.cli(["machine", "commission", "m1"], check: false)
         #expect(commission.stderr.contains("m1 is in maintenance (DIMM swap in slot B2"), "\(commission.stderr)")

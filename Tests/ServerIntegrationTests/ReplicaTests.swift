@@ -152,12 +152,11 @@ struct ReplicaTests {
         try b.start(log: "server-b.log")
         /// A replica's power sync counters: successful reads so far, and machines it reads.
         func sync(_ cp: ControlPlane) throws -> (reads: Int, machines: Int) {
-            let text = try h.run(["curl", "-sf", cp.http + "/metrics"]).stdout
-            func value(_ prefix: String) -> Int {
-                text.split(separator: "\n").first { $0.hasPrefix(prefix) }
-                    .flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
-            }
-            return (value("farrier_power_sync_reads_total{result=\"ok\"} "), value("farrier_power_sync_machines "))
+            let text = try h.run(["curl", "-sf", cp.metricsURL]).stdout
+            return (
+                Harness.metric(text, "farrier_power_sync_reads_total{result=\"ok\"}") ?? -1,
+                Harness.metric(text, "farrier_power_sync_machines") ?? -1
+            )
         }
         /// Power reads the two BMCs have answered so far.
         func bmcReads() -> Int {

@@ -21,7 +21,7 @@ struct ServerBMCTests {
                 bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,
                 "--http-listen", "127.0.0.1:\(Int.random(in: 40000..<45000))", "--agent-listen",
                 "127.0.0.1:\(Int.random(in: 45000..<50000))",
-                "--tftp-listen", "",
+                "--tftp-listen", "", "--metrics-listen", "",
             ],
             log: "server.log"
         )

@@ -69,7 +69,7 @@ struct SimTests {
                     Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen",
                     r == 0 ? grpcA : grpcB,
                     "--http-listen", "127.0.0.1:\(httpA + r * 3)", "--agent-listen", "127.0.0.1:\(httpA + 1 + r * 3)",
-                    "--tftp-listen", "",
+                    "--metrics-listen", "127.0.0.1:\(httpA + 2 + r * 3)", "--tftp-listen", "",
                     "--dhcp-mode", "off", "--config", config, "--database", url, "--lifecycle-max-deploys", "4",
                     "--lifecycle-max-wipes", "4", "--lifecycle-claim-ttl", "5",
                 ],
@@ -189,7 +189,7 @@ struct SimTests {
             [
                 Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen", grpc, "--http-listen",
                 "127.0.0.1:\(http)", "--agent-listen", "127.0.0.1:\(agent)", "--tftp-listen", "", "--dhcp-mode", "off",
-                "--site-listen", "127.0.0.1:\(link)",
+                "--site-listen", "127.0.0.1:\(link)", "--metrics-listen", "",
             ],
             log: "server.log"
         )
@@ -221,6 +221,7 @@ struct SimTests {
                         h.directory + "/" + name,
                         "--interval", "1", "--boot", "--config", config, "--dhcp-mode", "off", "--tftp-listen", "",
                         "--http-listen", "127.0.0.1:\(ports.0)", "--agent-listen", "127.0.0.1:\(ports.1)",
+                        "--metrics-listen", "",
                     ],
                     log: name + ".log"
                 )
@@ -300,7 +301,7 @@ struct SimTests {
             [
                 Self.bin, "server", "--data-dir", data, "--log-level", "info", "--grpc-listen", grpc,
                 "--http-listen", "127.0.0.1:\(http)", "--agent-listen", "127.0.0.1:\(http + 1)", "--tftp-listen", "",
-                "--dhcp-mode", "off", "--config", config,
+                "--dhcp-mode", "off", "--config", config, "--metrics-listen", "",
             ],
             log: "server.log"
         )

@@ -25,12 +25,15 @@ struct SiteAgentTests {
         try cp.start()
         let dir = h.directory + "/site-a"
         try cp.joinSite("site-a", dir: dir)
-        let (httpPort, agentPort) = (Int.random(in: 20000..<24000), Int.random(in: 28000..<32000))
+        let (httpPort, agentPort, metricsPort) = (
+            Int.random(in: 20000..<24000), Int.random(in: 28000..<32000), Int.random(in: 32000..<32700)
+        )
         let site = try h.start(
             [
                 ControlPlane.bin, "site", "run", "--region", link, "--data-dir", dir, "--interval", "1", "--log-level",
                 "debug", "--boot", "--http-listen", "127.0.0.1:\(httpPort)", "--agent-listen",
-                "127.0.0.1:\(agentPort)", "--tftp-listen", "", "--dhcp-mode", "off", "--dhcp-reservation",
+                "127.0.0.1:\(agentPort)", "--metrics-listen", "127.0.0.1:\(metricsPort)", "--tftp-listen", "",
+                "--dhcp-mode", "off", "--dhcp-reservation",
                 "\(Self.mac)=\(Self.address)", "--dhcp-reservation", "\(Self.strangerMAC)=\(Self.strangerAddress)",
             ],
             log: "site.log"
@@ -39,6 +42,15 @@ struct SiteAgentTests {
             guard site.isRunning else { throw Harness.CommandError(description: "site exited: \(h.read("site.log"))") }
             return h.read("site.log").contains("link up")
         }
+        // The site's metrics are on their own listener, not on the boot network's HTTP port.
+        let siteMetrics = try h.run(["curl", "-sf", "http://127.0.0.1:\(metricsPort)/metrics"], timeout: 10).stdout
+        #expect(siteMetrics.contains("# TYPE farrier_dhcp_packets_received_total counter\n"))
+        #expect(siteMetrics.contains("\nprocess_resident_memory_bytes "))
+        let onBootPort = try h.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(httpPort)/metrics"],
+            timeout: 10
+        ).stdout
+        #expect(onBootPort == "404")
 
         func script(_ mac: String, from: String) throws -> String {
             try h.run(

@@ -36,7 +36,7 @@ struct SiteReplicaTests {
                 ControlPlane.bin, "site", "run", "--region", "127.0.0.1:\(linkPorts.0),127.0.0.1:\(linkPorts.1)",
                 "--data-dir", dir, "--interval", "1", "--log-level", "debug", "--boot", "--http-listen",
                 "127.0.0.1:\(httpPort)", "--agent-listen", "127.0.0.1:\(agentPort)", "--tftp-listen", "",
-                "--dhcp-mode", "off", "--dhcp-reservation", "\(Self.mac)=\(Self.address)",
+                "--dhcp-mode", "off", "--dhcp-reservation", "\(Self.mac)=\(Self.address)", "--metrics-listen", "",
             ],
             log: "site.log"
         )

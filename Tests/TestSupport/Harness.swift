@@ -266,16 +266,23 @@ public final class Harness: @unchecked Sendable {
         return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
     }
 
-    /// Reads one counter from the server's /metrics.
-    public func metric(namespace: String, _ name: String) throws -> Int {
+    /// Reads one unlabelled counter or gauge from the server's metrics listener (its default,
+    /// 127.0.0.1:7790, in `namespace`); -1 when it is not there.
+    public func metric(namespace: String, _ name: String, port: Int = 7790) throws -> Int {
         let text = try run(
-            ["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:8080/metrics"],
+            ["ip", "netns", "exec", namespace, "curl", "-sf", "http://127.0.0.1:\(port)/metrics"],
             timeout: 10
         ).stdout
-        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-            return Int(line.split(separator: " ")[1]) ?? -1
+        return Harness.metric(text, name) ?? -1
+    }
+
+    /// The value of the series `series` (a name, with its labels as exposed: `name{a="b"}`) in
+    /// Prometheus text, as a whole number; nil when it is not there.
+    public static func metric(_ text: String, _ series: String) -> Int? {
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.split(separator: " ")[1]).map { Int($0) }
         }
-        return -1
+        return nil
     }
 
     /// The IPv4 address `ifname` in `namespace` has in `prefix` (e.g. "198.18.10."), if any.

@@ -102,6 +102,7 @@ run_fleet() {
         local r=$1 args
         args=(--data-dir "$dir/data" --config "$dir/sim.yaml" --dhcp-mode off --tftp-listen ""
             --http-listen "127.0.0.1:$((8080 + r))" --agent-listen "127.0.0.1:$((8443 + r))" --grpc-listen "127.0.0.1:$((7700 + r))"
+            --metrics-listen "127.0.0.1:$((7790 + r))"
             --api-insecure --log-level "${LOG_LEVEL:-warning}" --lifecycle-max-deploys "$max_deploys" --lifecycle-max-wipes "$max_wipes")
         [ -n "$url" ] && args+=(--database "$url")
         [ "$sites" -gt 0 ] && args+=(--site-listen "127.0.0.1:$((7710 + r))")
@@ -142,7 +143,7 @@ run_fleet() {
             ip netns exec "$ns" "$farrier" site run --region 127.0.0.1:7710,127.0.0.1:7711 --data-dir "$dir/site-$k" \
                 --interval 5 --log-level "${LOG_LEVEL:-warning}" --cache-size 1 --boot --config "$dir/sim.yaml" \
                 --dhcp-mode off --tftp-listen "" --http-listen "127.0.0.1:$((9000 + k))" \
-                --agent-listen "127.0.0.1:$((9500 + k))" >"$dir/site-$k.log" 2>&1 &
+                --agent-listen "127.0.0.1:$((9500 + k))" --metrics-listen "127.0.0.1:$((9800 + k))" >"$dir/site-$k.log" 2>&1 &
             site_pids+=($!)
             pids+=($!)
         done
@@ -158,7 +159,7 @@ run_fleet() {
     cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
     # Peak RSS (VmHWM) of each server process: read while it runs (a killed one's is its last reading).
     hwm() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
-    # And the most malloc held for each at once (farrier_heap_in_use_bytes on its /metrics): what
+    # And the most malloc held for each at once (farrier_heap_in_use_bytes on its metrics port): what
     # of the RSS is live memory, and what is arenas, stacks and the binary.
     heap() { inns curl -sf "http://127.0.0.1:$1/metrics" | awk '/^farrier_heap_in_use_bytes / {print int($2 / 1048576)}' || echo 0; }
     declare -A peak=([a]=0 [b]=0) heap_peak=([a]=0 [b]=0)
@@ -166,10 +167,10 @@ run_fleet() {
     sample_rss() {
         local v
         v=$(hwm "$a"); [ "$v" -gt "${peak[a]}" ] && peak[a]=$v
-        v=$(heap 8080); [ "${v:-0}" -gt "${heap_peak[a]}" ] && heap_peak[a]=$v && heap_phase=$phase
+        v=$(heap 7790); [ "${v:-0}" -gt "${heap_peak[a]}" ] && heap_peak[a]=$v && heap_phase=$phase
         if [ -n "$b" ]; then
             v=$(hwm "$b"); [ "$v" -gt "${peak[b]}" ] && peak[b]=$v
-            v=$(heap 8081); [ "${v:-0}" -gt "${heap_peak[b]}" ] && heap_peak[b]=$v
+            v=$(heap 7791); [ "${v:-0}" -gt "${heap_peak[b]}" ] && heap_peak[b]=$v
         fi
         return 0
     }

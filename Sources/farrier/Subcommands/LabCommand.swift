@@ -319,12 +319,12 @@ struct LabCommand: ParsableCommand {
             case adminTokenFile = "admin_token_file"
         }
 
-        /// A replica's /metrics, from its gRPC address: its HTTP port is 8080+N to gRPC's 7700+N.
+        /// A replica's /metrics, from its gRPC address: its metrics port is 7790+N to gRPC's 7700+N.
         static func metricsURL(_ grpcAddress: String) -> String {
             guard let colon = grpcAddress.lastIndex(of: ":"),
                 let port = Int(grpcAddress[grpcAddress.index(after: colon)...])
             else { return "" }
-            return "http://\(grpcAddress[..<colon]):\(port - 7700 + 8080)/metrics"
+            return "http://\(grpcAddress[..<colon]):\(port - 7700 + 7790)/metrics"
         }
     }
 

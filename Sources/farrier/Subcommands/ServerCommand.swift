@@ -58,6 +58,18 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "HOST:PORT for the gRPC API. [grpc.listen, FARRIER_GRPC_LISTEN; default 127.0.0.1:7700]")
     var grpcListen: String?
 
+    @Option(
+        help:
+            "HOST:PORT for GET /metrics (Prometheus); empty disables it. [metrics.listen, FARRIER_METRICS_LISTEN; default 127.0.0.1:7790]"
+    )
+    var metricsListen: String?
+
+    @Option(
+        help:
+            "A file holding the token scrapes must present (Authorization: Bearer). [metrics.token-file, FARRIER_METRICS_TOKEN_FILE]"
+    )
+    var metricsTokenFile: String?
+
     @Option(help: "HOST:PORT for TFTP; empty disables it. [tftp.listen, FARRIER_TFTP_LISTEN; default 0.0.0.0:69]")
     var tftpListen: String?
 
@@ -252,6 +264,7 @@ struct ServerCommand: AsyncParsableCommand {
             ("http.listen", httpListen), ("agent.listen", agentListen),
             ("agent.tls-cert", agentTLSCert), ("agent.tls-key", agentTLSKey),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
+            ("metrics.listen", metricsListen), ("metrics.token-file", metricsTokenFile),
             ("tftp.max-transfers", tftpMaxTransfers.map(String.init)),
             ("tftp.busy-poll", tftpBusyPoll.map(String.init)),
             ("tftp.max-transfers-per-client", tftpMaxTransfersPerClient.map(String.init)),

@@ -295,6 +295,15 @@ struct SiteCommand: AsyncParsableCommand {
         var dhcpSubnet: [String] = []
         @Option(help: "With --boot: fixed address MAC=IP[,HOSTNAME]; repeat for more. [dhcp.reservations]")
         var dhcpReservation: [String] = []
+        @Option(
+            help: """
+                With --boot: HOST:PORT for the site's metrics (GET /metrics); empty disables them. \
+                [metrics.listen; default 127.0.0.1:7791]
+                """
+        )
+        var metricsListen: String?
+        @Option(help: "With --boot: a file holding the token scrapes must present. [metrics.token-file]")
+        var metricsTokenFile: String?
 
         /// The boot settings given on the command line, as `farrier server`'s keys.
         var bootFlags: [String: [String]] {
@@ -307,13 +316,15 @@ struct SiteCommand: AsyncParsableCommand {
             if !dhcpInterface.isEmpty { f["dhcp.interfaces"] = dhcpInterface }
             if !dhcpSubnet.isEmpty { f["dhcp.subnets"] = dhcpSubnet }
             if !dhcpReservation.isEmpty { f["dhcp.reservations"] = dhcpReservation }
+            if let metricsListen { f["metrics.listen"] = [metricsListen] }
+            if let metricsTokenFile { f["metrics.token-file"] = [metricsTokenFile] }
             return f
         }
 
         func validate() throws {
             if !boot, config != nil || bootFlags.count > 1 {
                 throw ValidationError(
-                    "--config, --http-listen, --agent-listen, --tftp-listen, --ipxe-source and --dhcp-* need --boot"
+                    "--config, --http-listen, --agent-listen, --tftp-listen, --ipxe-source, --dhcp-* and --metrics-* need --boot"
                 )
             }
             guard (1...15).contains(interval) else { throw ValidationError("--interval is 1 to 15 seconds") }
@@ -339,7 +350,9 @@ struct SiteCommand: AsyncParsableCommand {
             var bootConfiguration: ServerConfiguration?
             if boot {
                 do {
-                    bootConfiguration = try ServerConfiguration.load(file: config, environment: [:], flags: bootFlags)
+                    var c = try ServerConfiguration.load(file: config, environment: [:], flags: bootFlags)
+                    if c.metricsListenSet == nil { c.metricsListenSet = ServerConfiguration.defaultSiteMetricsListen }
+                    bootConfiguration = c
                 } catch { throw CLIError("boot services: \(error)") }
             }
             try await withSiteLink(region: region, credentials: credentials) { [bootConfiguration] link in

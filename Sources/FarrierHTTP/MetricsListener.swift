@@ -1,0 +1,55 @@
+import FarrierCore
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+
+/// The metrics listener: `GET /metrics` (Prometheus text format 0.0.4) and `GET /healthz`, on
+/// an address of its own, loopback by default, never the boot network's HTTP port. With a
+/// token, a scrape must present it (`Authorization: Bearer TOKEN`, as Prometheus's
+/// `authorization.credentials_file` sends it); anything else gets 401 and no numbers.
+public func makeMetricsApplication(
+    listen: String,
+    token: String?,
+    scrape: @escaping @Sendable () async -> [UInt8],
+    logger: Logger
+) throws -> some ApplicationProtocol {
+    let (host, port) = try splitHostPort(listen)
+    let router = Router()
+    let expected = token.map { Array("Bearer \($0)".utf8) }
+    router.get("/metrics") { request, _ -> Response in
+        if let expected {
+            let given = request.headers[.authorization].map { Array($0.utf8) } ?? []
+            guard constantTimeEqual(given, expected) else {
+                return Response(
+                    status: .unauthorized,
+                    headers: [.wwwAuthenticate: "Bearer", .contentType: "text/plain; charset=utf-8"],
+                    body: .init(
+                        byteBuffer: ByteBuffer(string: "the metrics need the bearer token (metrics.token-file)\n")
+                    )
+                )
+            }
+        }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: await scrape()))
+        )
+    }
+    router.get("/healthz") { _, _ in "ok\n" }
+    return Application(
+        router: router,
+        server: .http1(),
+        configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
+        logger: logger
+    )
+}
+
+/// Compares without stopping at the first difference, so the time taken tells nothing about
+/// how much of a guess was right (the length, which the token's is, aside).
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var difference: UInt8 = 0
+    for i in a.indices { difference |= a[i] ^ b[i] }
+    return difference == 0
+}
