@@ -21,6 +21,7 @@ packages=(
     kea-dhcp4-server tftpd-hpa nginx-light   # reference servers for bench/dhcp, bench/tftp, bench/http
     postgresql-15 postgresql-client-15       # the replicas' shared store (tests start their own server)
     lldpd                     # the lab's "switch": LLDP on the VMs' taps (inventory's LLDP neighbours)
+    prometheus                # promtool: the SLO rules' checks and unit tests (deploy/prometheus)
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
@@ -34,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ $made_policy = 1 ] && rm -f $policy; exit 1; }
     [ $made_policy = 1 ] && rm -f $policy
     if command -v systemctl >/dev/null; then
-        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql lldpd >/dev/null 2>&1 || true
+        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql lldpd prometheus >/dev/null 2>&1 || true
     fi
 fi
 
