@@ -374,17 +374,35 @@ public final class Controller: Sendable {
     ) async {
         do {
             let step = TransactionNote<MachineState?>(nil)
-            try await apply(
+            let m = try await apply(
                 .stepFailed(reason: reason),
                 machineID: machineID,
                 guardGeneration: generation,
                 fence: fence,
                 change: { m in step.set(m.failedStep) }
             )
-            if let s = step.value { metrics.failed(s, failure) }
+            if let s = step.value {
+                metrics.failed(s, failure)
+                logFailure(m.name, s, failure, reason)
+            }
         } catch {
             logger.debug("fail not applied", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
         }
+    }
+
+    /// The one log line of each failed step, at warning: machine, step, class and reason, as
+    /// a log pipeline counts them (README: Logs). A wipe whose read-back found data says so:
+    /// the machine would go to the next tenant with the last one's data, and stays failed.
+    func logFailure(_ machine: String, _ step: MachineState, _ failure: FailureClass, _ reason: String) {
+        logger.warning(
+            failure == .wipeNotVerified
+                ? "lifecycle step failed: wipe verification failed, the machine's disks are not clean"
+                : "lifecycle step failed",
+            metadata: [
+                "machine": "\(machine)", "step": "\(step.rawValue)", "failure": "\(failure.rawValue)",
+                "reason": "\(reason)",
+            ]
+        )
     }
 
     // MARK: Agent
@@ -432,7 +450,10 @@ public final class Controller: Sendable {
         }
         let instance = parts[1]
         let now = Date()
+        // The step this report ends, and when it began: for its duration's histogram.
+        let ended = TransactionNote<(step: MachineState, started: Date)?>(nil)
         let updated = try await store.update(machineID: m.id) { x in
+            ended.set(nil)
             guard x.deployment?.instanceID == instance, var os = x.deployment?.os else {
                 throw ControlError(.permission, "OS token is not valid (or no longer: its deployment is over)")
             }
@@ -442,6 +463,7 @@ public final class Controller: Sendable {
             os.awaiting = false
             switch (x.state, x.phase) {
             case (.deploying, .os), (.exitingRescue, .os):
+                ended.set(x.stepStarted.map { (x.state, $0) })
                 try Self.transition(&x, .stepSucceeded)
                 x.deployment?.os = os
                 return [
@@ -466,6 +488,9 @@ public final class Controller: Sendable {
             }
         }
         Failpoint.hit("controller.after-commit.\(updated.state.rawValue)")
+        if let (step, started) = ended.value {
+            metrics.stepEnded(step, succeeded: true, seconds: now.timeIntervalSince(started))
+        }
         logger.info(
             "the OS reported in",
             metadata: ["machine": "\(updated.name)", "state": "\(updated.state.rawValue)", "boot": "\(report.bootID)"]
@@ -691,13 +716,7 @@ public final class Controller: Sendable {
                 guardGeneration: m.generation
             )
             metrics.failed(m.state, failure)
-            if failure == .wipeNotVerified {
-                // A machine that would go to the next tenant with the last one's data: worth a page.
-                logger.warning(
-                    "wipe verification failed: the machine's disks are not clean; it stays failed",
-                    metadata: ["machine": "\(m.name)", "reason": "\(result.error ?? "")"]
-                )
-            }
+            logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")")
             return
         }
         if m.state == .commissioning, result.inventory == nil {

@@ -187,23 +187,34 @@ public actor PowerSync: Service {
         let now = Date()
         // What the commit did: whether it wrote the reading, whether the reading carried events
         // (only then are watchers woken: a reading alone is no news), and whether a drift began.
-        let note = TransactionNote<(wrote: Bool, news: Bool, driftBegan: Bool)>((false, false, false))
+        // And whether the BMC just stopped answering (once a failing spell: it is logged).
+        let note = TransactionNote<(wrote: Bool, news: Bool, driftBegan: Bool, failingBegan: String?)>(
+            (false, false, false, nil)
+        )
         _ = try await controller.store.update(machineID: machineID) { x in
             // Moved on since it was read (a step, maintenance): the reading is not its state's.
             guard Self.readable(x), x.generation == generation else {
-                note.set((false, false, false))
+                note.set((false, false, false, nil))
                 return []
             }
             let (reading, messages) = Self.next(x.power, state: x.state, result, now: now)
             let began = reading.expected != nil && x.power?.expected == nil
+            let failing = reading.failingSince != nil && x.power?.failingSince == nil
             x.power = reading
-            note.set((true, !messages.isEmpty, began))
+            note.set((true, !messages.isEmpty, began, failing ? x.name : nil))
             return messages.map { MachineEvent(x, kind: .action, message: $0) }
         }
-        let (wrote, news, began) = note.value
+        let (wrote, news, began, failingBegan) = note.value
         guard wrote else { return }
         if case .success = result { metrics.read(ok: true) } else { metrics.read(ok: false) }
         if began { metrics.driftBegan() }
+        if let name = failingBegan, case .failure(let error) = result {
+            // Worth a page: a BMC that stopped answering cannot power-cycle or rescue its machine.
+            logger.warning(
+                "BMC stopped answering the power sync; it is read again each round",
+                metadata: ["machine": "\(name)", "error": "\(error)"]
+            )
+        }
         if news { controller.wake() }
     }
 

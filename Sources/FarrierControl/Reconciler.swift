@@ -128,10 +128,7 @@ public actor Reconciler: Service {
             // A step with no recorded start cannot escape its limit: it counts as started long ago.
             let started = m.stepStarted ?? .distantPast
             if now.timeIntervalSince(started) > Double(limit.components.seconds) {
-                logger.warning(
-                    "step timed out",
-                    metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "phase": "\(m.phase.rawValue)"]
-                )
+                // Logged by the failure (Controller.logFailure), with the phase in its reason.
                 await controller.fail(
                     machineID: m.id,
                     generation: m.generation,
@@ -143,10 +140,6 @@ public actor Reconciler: Service {
             if m.phase == .agent, let p = m.progress,
                 now.timeIntervalSince(p.updated) > Double(config.progressStall.components.seconds)
             {
-                logger.warning(
-                    "agent stalled",
-                    metadata: ["machine": "\(m.name)", "step": "\(m.state.rawValue)", "stage": "\(p.stage)"]
-                )
                 await controller.fail(
                     machineID: m.id,
                     generation: m.generation,

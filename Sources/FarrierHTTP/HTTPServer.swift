@@ -1,3 +1,4 @@
+import CoreMetrics
 import FarrierControl
 import FarrierCore
 import Foundation
@@ -384,6 +385,15 @@ struct TimelineMiddleware: RouterMiddleware {
         next: (Request, FarrierRequestContext) async throws -> Response
     ) async throws -> Response {
         let response = try await next(request, context)
+        // Boot files (iPXE, the ramdisk's kernel and initrd) answered: their bodies' sizes.
+        if request.uri.path.hasPrefix("/tftp/"), request.method == .get,
+            response.status == .ok || response.status == .partialContent
+        {
+            BootFileMetrics.transfers.increment()
+            if let length = response.headers[.contentLength].flatMap({ Int($0) }) {
+                BootFileMetrics.bytes.increment(by: length)
+            }
+        }
         if request.uri.path.hasPrefix("/tftp/"), let mac = deps.peerMAC(context.remoteAddress) {
             deps.recorder.record(
                 TimelineEvent(
@@ -397,6 +407,12 @@ struct TimelineMiddleware: RouterMiddleware {
         }
         return response
     }
+}
+
+/// Boot files answered over HTTP (`/tftp/…`): how many, and their bodies' bytes.
+enum BootFileMetrics {
+    static let transfers = CoreMetrics.Counter(label: "farrier_http_boot_transfers_total")
+    static let bytes = CoreMetrics.Counter(label: "farrier_http_boot_bytes_total")
 }
 
 /// The HTTP server as a lifecycle service.

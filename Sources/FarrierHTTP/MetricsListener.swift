@@ -16,10 +16,13 @@ public func makeMetricsApplication(
 ) throws -> some ApplicationProtocol {
     let (host, port) = try splitHostPort(listen)
     let router = Router()
-    let expected = token.map { Array("Bearer \($0)".utf8) }
+    let expected = token.map { Array($0.utf8) }
     router.get("/metrics") { request, _ -> Response in
         if let expected {
-            let given = request.headers[.authorization].map { Array($0.utf8) } ?? []
+            // The scheme in any case (RFC 9110 11.1), then the token itself.
+            let header = request.headers[.authorization] ?? ""
+            let parts = header.split(separator: " ", maxSplits: 1)
+            let given = parts.count == 2 && parts[0].lowercased() == "bearer" ? Array(parts[1].utf8) : []
             guard constantTimeEqual(given, expected) else {
                 return Response(
                     status: .unauthorized,

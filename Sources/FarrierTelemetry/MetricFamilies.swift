@@ -30,6 +30,9 @@ public enum MetricFamilies {
         "farrier_tftp_poll_hits_total": "TFTP waits whose packet arrived while polling",
         "farrier_tftp_poll_misses_total": "TFTP waits that polled, then slept",
         "farrier_http_image_transfers_total": "Images (or ranges of them) sent to their end over the agent channel",
+        "farrier_http_boot_transfers_total": "Boot files (iPXE, kernel, initrd) answered over HTTP under /tftp",
+        "farrier_http_boot_bytes_total":
+            "Bytes of the boot files answered over HTTP under /tftp (their bodies' lengths)",
         "farrier_http_image_bytes_sent_total": "Image bytes sent over the agent channel",
         // The process.
         "process_resident_memory_bytes": "Resident memory size in bytes",
@@ -49,8 +52,8 @@ public enum MetricFamilies {
         "farrier_reconciler_steps": "Machines in a step, by step and phase",
         "farrier_reconciler_workers_active": "BMC workers running on this replica",
         "farrier_agent_deploy_throughput_bytes_per_second":
-            "Image bytes an agent wrote a second over a whole deploy (download, write, verify)",
-        "farrier_agent_deploy_bytes_total": "Image bytes agents wrote in deploys that succeeded",
+            "Image bytes an agent wrote a second over its whole task (download, write, verify), when its work succeeded",
+        "farrier_agent_deploy_bytes_total": "Image bytes agents wrote in deploys whose agent work succeeded",
         // BMCs.
         "farrier_bmc_operation_duration_seconds": "BMC operations, by driver and operation, whatever their result",
         "farrier_bmc_operation_errors_total": "BMC operations that failed, by driver and operation",

@@ -150,6 +150,22 @@ struct CLITests {
         // still waits, until the installed OS reports in. Shown as waiting meanwhile.
         try h.waitUntil("--wait to show the OS phase", timeout: 30) { h.read("wait.log").contains("deploying/os") }
         #expect(waiter.isRunning, "\(h.read("wait.log"))")
+        // --wait follows the machine's event stream (issue 17 point 7): with nothing happening
+        // it reads the machine once every 5 s, not twice a second (counted by the server).
+        func machineReads() throws -> Int {
+            let text = try h.run(["curl", "-sf", cp.metricsURL]).stdout
+            return Harness.metric(
+                text,
+                #"grpc_server_handled_total{grpc_service="farrier.v1.MachineService",grpc_method="GetMachine",grpc_code="OK"}"#
+            ) ?? 0
+        }
+        let readsBefore = try machineReads()
+        let quiet = Date()
+        try h.waitUntil("eight quiet seconds", timeout: 20, interval: 0.5) { Date().timeIntervalSince(quiet) >= 8 }
+        let readsDuring = try machineReads() - readsBefore
+        #expect(readsDuring >= 1 && readsDuring <= 3, "--wait read the machine \(readsDuring) times in 8 s")
+        // Its one stream is still open (a call is counted when it ends).
+        #expect(try h.run(["curl", "-sf", cp.metricsURL]).stdout.contains(#"grpc_method="WatchEvents""#) == false)
         #expect(try cp.cli(["machine", "show", "w1"]).stdout.contains("OS:            waiting for it to report in"))
         #expect(try cp.cli(["machine", "list", "--columns", "name,os"]).stdout.contains("waiting"))
         let token = try #require(cp.osTokens[mac])

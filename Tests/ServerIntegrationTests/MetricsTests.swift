@@ -39,22 +39,46 @@ import Testing
         // An API call with a bad token, counted by its status code.
         let refusedCall = try cp.cli(["machine", "list"], token: "not-a-token", check: false)
         #expect(refusedCall.status != 0)
-        // Both machines ready: the fleet gauge is read from the store at the scrape.
+        // A deploy of m1, to its end: the installed OS reporting in (the stand-in plays it).
+        try cp.cli(["project", "create", "p"])
+        let image = h.directory + "/img.raw"
+        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
+        try cp.cli(["image", "add", "img", image])
+        try cp.cli(["machine", "deploy", "m1", "--image", "img", "--project", "p"])
+        try cp.runAgent(mac: ControlPlaneTests.mac1)
+        try cp.waitFor("m1", "deployed")
+        // A boot file over HTTP, as iPXE fetches the ramdisk.
+        let bootFile = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: cp.data + "/boot").filter { $0.hasSuffix(".kpxe") }
+                .first,
+            "no iPXE binary in the boot root (Debian's ipxe package)"
+        )
+        let bootSize = try #require(
+            try FileManager.default.attributesOfItem(atPath: cp.data + "/boot/" + bootFile)[.size] as? Int
+        )
+        #expect(try get(cp.http + "/tftp/" + bootFile, ["-o", "/dev/null"]).status == "200")
+        // The fleet gauge is read from the store at the scrape (at most every 5 s); a step's
+        // duration is recorded just after its commit.
         var text = ""
-        try h.waitUntil("the fleet gauge", timeout: 30, interval: 0.5) {
+        func value(_ series: String) -> Int? { Harness.metric(text, series) }
+        try h.waitUntil("the fleet gauge and the deploy's duration", timeout: 30, interval: 0.5) {
             let r = try get(cp.metricsURL, bearer)
             text = r.body
             return r.status == "200"
-                && Harness.metric(text, #"farrier_machines{state="ready",site="",zone="",project=""}"#) == 2
+                && value(#"farrier_machines{state="ready",site="",zone="",project=""}"#) == 1
+                && value(#"farrier_machines{state="deployed",site="",zone="",project="p"}"#) == 1
+                && value(#"farrier_lifecycle_step_duration_seconds_count{step="deploying",outcome="succeeded"}"#) == 1
         }
-        func value(_ series: String) -> Int? { Harness.metric(text, series) }
-        // The commissions: their durations by step and outcome, and none failed.
+        // The commissions and the deploy: their durations by step and outcome, and none failed.
         #expect(value(#"farrier_lifecycle_step_duration_seconds_count{step="commissioning",outcome="succeeded"}"#) == 2)
         #expect(value(#"farrier_lifecycle_step_failures_total{step="commissioning",failure="timeout"}"#) == 0)
-        // The BMC operations they took (PXE, power on; power off), timed by driver and operation.
-        #expect((value(#"farrier_bmc_operation_duration_seconds_count{driver="ipmi",operation="power"}"#) ?? 0) >= 2)
-        #expect((value(#"farrier_bmc_operation_duration_seconds_count{driver="ipmi",operation="set-boot"}"#) ?? 0) >= 2)
-        #expect(value(#"farrier_bmc_operation_errors_total{driver="ipmi",operation="power"}"#) == nil)
+        #expect(value(#"farrier_lifecycle_step_failures_total{step="deploying",failure="agent"}"#) == 0)
+        // The BMC operations they took (PXE, power on; power off; disk, cycle), by driver and operation.
+        #expect((value(#"farrier_bmc_operation_duration_seconds_count{driver="ipmi",operation="power"}"#) ?? 0) >= 3)
+        #expect((value(#"farrier_bmc_operation_duration_seconds_count{driver="ipmi",operation="set-boot"}"#) ?? 0) >= 3)
+        // The boot file.
+        #expect(value("farrier_http_boot_transfers_total") == 1)
+        #expect(value("farrier_http_boot_bytes_total") == bootSize)
         // The API: calls by method and status code, the refused one too.
         let machines = #"grpc_service="farrier.v1.MachineService""#
         #expect(value(#"grpc_server_handled_total{\#(machines),grpc_method="EnrollMachine",grpc_code="OK"}"#) == 2)
@@ -65,6 +89,7 @@ import Testing
         #expect((value(#"grpc_server_handling_seconds_count{\#(machines),grpc_method="EnrollMachine"}"#) ?? 0) == 2)
         // The reconciler: nothing waits.
         #expect(value(#"farrier_reconciler_queued_steps{step="deploying"}"#) == 0)
+        #expect(value(#"farrier_reconciler_steps{step="deploying",phase="os"}"#) == 0)
         #expect(value(#"farrier_reconciler_steps{step="commissioning",phase="agent"}"#) == 0)
         #expect(value("farrier_reconciler_workers_active") != nil)
         // The boot path's counters (DHCP is off here) and the process.

@@ -26,7 +26,7 @@ struct SiteAgentTests {
         let dir = h.directory + "/site-a"
         try cp.joinSite("site-a", dir: dir)
         let (httpPort, agentPort, metricsPort) = (
-            Int.random(in: 20000..<24000), Int.random(in: 28000..<32000), Int.random(in: 32000..<32700)
+            Int.random(in: 20000..<24000), Int.random(in: 28000..<32000), Int.random(in: 10000..<12000)
         )
         let site = try h.start(
             [
