@@ -170,6 +170,7 @@ let package = Package(
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ] + nio + metrics,
             exclude: ["Generated/README.md"],
@@ -188,12 +189,29 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // The web console (issue 17): server-rendered pages over the API, called in process as
+        // the logged-in user.
+        .target(
+            name: "FarrierConsole",
+            dependencies: [
+                "FarrierAPI", "FarrierCore", "FarrierControl", log, lifecycle,
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ] + nio,
+            swiftSettings: swiftSettings
+        ),
+
         // Wiring: configuration, logging, the service group; and the lab harness.
         .target(
             name: "FarrierApp",
             dependencies: [
                 "FarrierCore", "FarrierStore", "FarrierPostgres", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
-                "FarrierSite", "FarrierTelemetry",
+                "FarrierSite", "FarrierTelemetry", "FarrierConsole",
                 "SystemSupport", log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -284,7 +302,9 @@ let package = Package(
             swiftSettings: swiftSettings),
         // The server binary with its real peers (ipmi_sim, sushy-emulator, PostgreSQL, curl): the
         // control plane, the CLI, the agent, image serving, replicas and the simulator.
-        .testTarget(name: "ServerIntegrationTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ServerIntegrationTests", dependencies: ["TestSupport"], exclude: ["console_browser.py"],
+            swiftSettings: swiftSettings),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -22,6 +22,7 @@ packages=(
     postgresql-15 postgresql-client-15       # the replicas' shared store (tests start their own server)
     lldpd                     # the lab's "switch": LLDP on the VMs' taps (inventory's LLDP neighbours)
     prometheus                # promtool: the SLO rules' checks and unit tests (deploy/prometheus)
+    chromium chromium-driver python3-selenium   # the web console's browser test (headless)
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -1,5 +1,6 @@
 import FarrierCore
 import GRPCCore
+import GRPCInProcessTransport
 import GRPCNIOTransportHTTP2
 import Logging
 import ServiceLifecycle
@@ -78,6 +79,32 @@ public struct GRPCService: Service {
                 }
             }
         } onGracefulShutdown: {
+            server.beginGracefulShutdown()
+        }
+    }
+}
+
+/// The API served in process, for the web console: the same services and interceptors as the
+/// network listener (authentication, metrics), and a client of it. Runs inside a ServiceGroup;
+/// graceful shutdown lets calls in flight finish.
+public struct InProcessAPI: Service {
+    let server: GRPCServer<InProcessTransport.Server>
+    public let client: GRPCClient<InProcessTransport.Client>
+
+    public init(services: [any RegistrableRPCService], interceptors: [any ServerInterceptor]) {
+        let transport = InProcessTransport()
+        server = GRPCServer(transport: transport.server, services: services, interceptors: interceptors)
+        client = GRPCClient(transport: transport.client)
+    }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await server.serve() }
+                group.addTask { try await client.runConnections() }
+            }
+        } onGracefulShutdown: {
+            client.beginGracefulShutdown()
             server.beginGracefulShutdown()
         }
     }

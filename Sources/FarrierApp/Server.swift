@@ -1,6 +1,7 @@
 import DHCPServer
 import FarrierAPI
 import FarrierBMC
+import FarrierConsole
 import FarrierControl
 import FarrierCore
 import FarrierHTTP
@@ -9,6 +10,7 @@ import FarrierSite
 import FarrierStore
 import FarrierTelemetry
 import Foundation
+import GRPCCore
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -163,17 +165,34 @@ public struct FarrierServer: Sendable {
                 )
             )
         }
+        let apiServices: [any RegistrableRPCService] = [
+            MachineAPI(controller: controller, vault: vault, logger: logger),
+            ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
+            TokenAPI(store: store, logger: logger), SiteAPI(store: store, authority: siteAuthority, logger: logger),
+        ]
+        let apiInterceptors: [any ServerInterceptor] = [MetricsInterceptor(), AuthInterceptor(store: store)]
         let grpc = try GRPCService(
             listen: c.grpcListen,
-            services: [
-                MachineAPI(controller: controller, vault: vault, logger: logger),
-                ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
-                TokenAPI(store: store, logger: logger), SiteAPI(store: store, authority: siteAuthority, logger: logger),
-            ],
-            interceptors: [MetricsInterceptor(), AuthInterceptor(store: store)],
+            services: apiServices,
+            interceptors: apiInterceptors,
             tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey),
             logger: logger
         )
+        // The web console calls the same API, in process, as the user who logged in.
+        var console: [any Service] = []
+        if !c.consoleListen.isEmpty {
+            let inProcess = InProcessAPI(services: apiServices, interceptors: apiInterceptors)
+            console = [
+                inProcess,
+                try makeConsoleApplication(
+                    listen: c.consoleListen,
+                    api: ConsoleAPI(client: inProcess.client),
+                    tls: c.apiTLSCert.isEmpty ? nil : (c.apiTLSCert, c.apiTLSKey),
+                    logger: logger
+                ),
+            ]
+            logger.info("web console", metadata: ["console.listen": "\(c.consoleListen)"])
+        }
         var siteLink: [any Service] = []
         if !c.siteListen.isEmpty {
             siteLink.append(
@@ -197,7 +216,7 @@ public struct FarrierServer: Sendable {
             [
                 http, agentChannel, tftp, dhcp, grpc, reconciler, powerSync, pruner,
                 MemoryTrimmer(interval: c.memoryTrimInterval),
-            ] + siteLink + (try makeMetricsListener(c, collectors: collectors, logger: logger))
+            ] + siteLink + console + (try makeMetricsListener(c, collectors: collectors, logger: logger))
     }
 
     /// The keys kept in the data directory: the BMC vault's, the agent channel's TLS identity and
@@ -340,6 +359,12 @@ func makeMetricsListener(
         "metrics",
         metadata: ["metrics.listen": "\(c.metricsListen)", "metrics.token": "\(token == nil ? "none" : "required")"]
     )
+    if token == nil, !ServerConfiguration.isLoopback(c.metricsListen) {
+        logger.warning(
+            "metrics listen off loopback with no token: anyone who reaches it reads the fleet's numbers; set metrics.token-file",
+            metadata: ["metrics.listen": "\(c.metricsListen)"]
+        )
+    }
     return [
         try makeMetricsApplication(
             listen: c.metricsListen,

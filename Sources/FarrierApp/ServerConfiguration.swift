@@ -82,6 +82,9 @@ import Yams
 ///   text) and `/healthz`, a listener of its own; empty disables it. Default 127.0.0.1:7790 (a site's 127.0.0.1:7791).
 /// - `metrics.token-file` / `FARRIER_METRICS_TOKEN_FILE` / `--metrics-token-file`: a file holding a token (16 or more
 ///   characters) that scrapes must present as `Authorization: Bearer TOKEN`. Default empty: none asked for.
+/// - `console.listen` / `FARRIER_CONSOLE_LISTEN` / `--console-listen`: HOST:PORT for the web console (log in with an
+///   API token). Default empty: no console. Off loopback it needs TLS (api.tls-cert/api.tls-key, which it then
+///   serves) or api.insecure.
 /// - `memory.arenas` / `FARRIER_MEMORY_ARENAS` / `--memory-arenas`: at most this many malloc arenas (glibc makes
 ///   up to eight per core, and memory freed in one stays resident); 0 keeps glibc's default. Default 2.
 /// - `memory.trim-interval` / `FARRIER_MEMORY_TRIM_INTERVAL` / `--memory-trim-interval`: seconds between returns of
@@ -120,6 +123,8 @@ public struct ServerConfiguration: Sendable {
     /// nil: the role's default (`metricsListen(default:)`); empty: no metrics listener.
     public var metricsListenSet: String?
     public var metricsTokenFile = ""
+    /// The web console's listener; empty: none.
+    public var consoleListen = ""
     var tftpRootSet = false
 
     /// The server's metrics address; a site agent's default differs, so the two can share a host.
@@ -151,7 +156,7 @@ public struct ServerConfiguration: Sendable {
         "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
         "lifecycle.claim-ttl", "lifecycle.step-timeouts", "memory.arenas", "memory.trim-interval",
         "power-sync.interval", "power-sync.concurrency", "commission.lldp-wait", "metrics.listen",
-        "metrics.token-file",
+        "metrics.token-file", "console.listen",
     ].map {
         (
             $0,
@@ -297,6 +302,11 @@ public struct ServerConfiguration: Sendable {
             }
             metricsListenSet = v
         case "metrics.token-file": metricsTokenFile = v
+        case "console.listen":
+            if !v.isEmpty {
+                do { _ = try splitHostPort(v) } catch { throw ConfigurationError("console.listen: \(error)") }
+            }
+            consoleListen = v
         case "agent.tls-cert": agentTLSCert = v
         case "agent.tls-key": agentTLSKey = v
         case "grpc.listen": grpcListen = v
@@ -523,6 +533,11 @@ public struct ServerConfiguration: Sendable {
         if apiTLSCert.isEmpty, !apiInsecure, !Self.isLoopback(grpcListen) {
             throw ConfigurationError(
                 "grpc.listen \(grpcListen) is not loopback and the API has no TLS: API tokens would cross the network in the clear. Give api.tls-cert and api.tls-key, listen on 127.0.0.1, or pass --api-insecure to accept it"
+            )
+        }
+        if !consoleListen.isEmpty, apiTLSCert.isEmpty, !apiInsecure, !Self.isLoopback(consoleListen) {
+            throw ConfigurationError(
+                "console.listen \(consoleListen) is not loopback and there is no TLS: session cookies would cross the network in the clear. Give api.tls-cert and api.tls-key (the console serves them too), listen on 127.0.0.1, or pass --api-insecure to accept it"
             )
         }
         if !siteListen.isEmpty, siteLinkNamesOrDefault.isEmpty {

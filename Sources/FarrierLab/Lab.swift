@@ -416,7 +416,7 @@ public struct Lab {
         var args = [
             o.farrierBinary, "server", "--data-dir", dir + "/data", "--http-listen", "0.0.0.0:\(8080 + replica)",
             "--agent-listen", "0.0.0.0:\(8443 + replica)", "--grpc-listen", "0.0.0.0:\(7700 + replica)",
-            // The metrics only on the host link, not on the boot network.
+            // The metrics (and replica A's web console) only on the host link, not on the boot network.
             "--metrics-listen", "\(Self.nsIP):\(7790 + replica)",
             // The CLI on the host reaches the API over the lab's host link; the lab is one
             // host's demo, so its API goes without TLS, as asked for here.
@@ -424,6 +424,7 @@ public struct Lab {
             // lldpd on the taps sends every second: commissioning hears it at once.
             "--commission-lldp-wait", "10",
         ]
+        if replica == 0 { args += ["--console-listen", "\(Self.nsIP):7780"] }
         if o.sites > 0 {
             // The sites serve the boot networks; the region serves them the site link, on the
             // region's end of each site's routed link.

@@ -69,7 +69,7 @@ import Testing
             ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
                 == "FARRIER_TFTP_MAX_TRANSFERS"
         )
-        #expect(ServerConfiguration.keys.count == 43)
+        #expect(ServerConfiguration.keys.count == 44)
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "metrics.token-file" })?.env
                 == "FARRIER_METRICS_TOKEN_FILE"

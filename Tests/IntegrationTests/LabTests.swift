@@ -41,6 +41,11 @@ struct LabTests {
         // A script finds the metrics and the admin token of the running lab in its status.
         let metricsURL = try #require(status?["metrics_url"] as? String)
         #expect(try h.run(["curl", "-sf", metricsURL]).stdout.contains("farrier_heap_in_use_bytes"))
+        // And its web console, whose login page answers.
+        let consoleURL = try #require(status?["console_url"] as? String)
+        #expect(
+            try h.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", consoleURL + "login"]).stdout == "200"
+        )
         let tokenFile = try #require(status?["admin_token_file"] as? String)
         let adminToken = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(
             in: .whitespacesAndNewlines

@@ -34,7 +34,7 @@ final class ControlPlane: @unchecked Sendable {
     static func randomPorts() -> (String, Int, Int, Int) {
         (
             "127.0.0.1:\(Int.random(in: 20000..<24000))", Int.random(in: 24000..<28000), Int.random(in: 28000..<32000),
-            Int.random(in: 32000..<32700)
+            Int.random(in: 15000..<20000)
         )
     }
 
@@ -255,6 +255,7 @@ final class ControlPlane: @unchecked Sendable {
         fail: String? = nil,
         reportsOS: Bool = true,
         osReports: Bool = true,
+        progress: String = #"{"stage":"write","bytesDone":1048576,"bytesTotal":3145728}"#,
         beforeDone: () throws -> Void = {},
         withTask: ([String: Any]) throws -> Void = { _ in }
     ) throws -> [String: Any] {
@@ -276,12 +277,7 @@ final class ControlPlane: @unchecked Sendable {
         }
         if let os = task["osToken"] as? String { osTokens[mac] = os }
         try withTask(task)
-        _ = try agent(
-            "/agent/v1/progress",
-            mac: mac,
-            token: t,
-            #"{"stage":"write","bytesDone":1048576,"bytesTotal":3145728}"#
-        )
+        _ = try agent("/agent/v1/progress", mac: mac, token: t, progress)
         let result: String
         if let fail {
             result = #"{"ok":false,"error":"\#(fail)"}"#

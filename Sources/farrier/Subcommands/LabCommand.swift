@@ -101,6 +101,10 @@ struct LabCommand: ParsableCommand {
             }
             print(LabCommand.table(state, power: nil))
             print("BMC password: \(state.directory)/bmc-password; serial consoles: \(state.directory)/lab-N/serial.log")
+            let first = state.serverAddress.split(separator: ",").first.map(String.init) ?? ""
+            print(
+                "web console: \(StatusView.consoleURL(first)) (log in with \(state.directory)/data/admin.token); metrics: \(StatusView.metricsURL(first))"
+            )
         }
     }
 
@@ -138,6 +142,9 @@ struct LabCommand: ParsableCommand {
                 directory: state.directory,
                 database: state.database ?? "sqlite",
                 metricsURL: StatusView.metricsURL(
+                    state.serverAddress.split(separator: ",").first.map(String.init) ?? ""
+                ),
+                consoleURL: StatusView.consoleURL(
                     state.serverAddress.split(separator: ",").first.map(String.init) ?? ""
                 ),
                 adminTokenFile: state.directory + "/data/admin.token",
@@ -308,6 +315,8 @@ struct LabCommand: ParsableCommand {
         /// Replica A's Prometheus endpoint (each replica's is in `replicas`), and the admin token
         /// the lab's CLI uses: for a script that scrapes or calls a running lab.
         var metricsURL: String
+        /// Replica A's web console (log in with the admin token).
+        var consoleURL: String
         var adminTokenFile: String
         var replicas: [Replica]
         var vms: [VM]
@@ -316,7 +325,14 @@ struct LabCommand: ParsableCommand {
         enum CodingKeys: String, CodingKey {
             case up, accelerator, dhcpMode, server, directory, database, replicas, vms, sites
             case metricsURL = "metrics_url"
+            case consoleURL = "console_url"
             case adminTokenFile = "admin_token_file"
+        }
+
+        /// Replica A's console, from its gRPC address: port 7780 to gRPC's 7700.
+        static func consoleURL(_ grpcAddress: String) -> String {
+            guard let colon = grpcAddress.lastIndex(of: ":") else { return "" }
+            return "http://\(grpcAddress[..<colon]):7780/"
         }
 
         /// A replica's /metrics, from its gRPC address: its metrics port is 7790+N to gRPC's 7700+N.

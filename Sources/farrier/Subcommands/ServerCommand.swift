@@ -70,6 +70,12 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var metricsTokenFile: String?
 
+    @Option(
+        help:
+            "HOST:PORT for the web console; empty (the default) for none. Off loopback it needs --api-tls-cert or --api-insecure. [console.listen, FARRIER_CONSOLE_LISTEN]"
+    )
+    var consoleListen: String?
+
     @Option(help: "HOST:PORT for TFTP; empty disables it. [tftp.listen, FARRIER_TFTP_LISTEN; default 0.0.0.0:69]")
     var tftpListen: String?
 
@@ -265,6 +271,7 @@ struct ServerCommand: AsyncParsableCommand {
             ("agent.tls-cert", agentTLSCert), ("agent.tls-key", agentTLSKey),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
             ("metrics.listen", metricsListen), ("metrics.token-file", metricsTokenFile),
+            ("console.listen", consoleListen),
             ("tftp.max-transfers", tftpMaxTransfers.map(String.init)),
             ("tftp.busy-poll", tftpBusyPoll.map(String.init)),
             ("tftp.max-transfers-per-client", tftpMaxTransfersPerClient.map(String.init)),

@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+"""Drives Farrier's web console in headless Chromium (Debian's chromium, chromium-driver and
+python3-selenium), as ConsoleTests.browser asks: log in, see both machines, watch a deploy's
+progress arrive live, open the timeline, act behind a confirm, and as a member neither see nor
+act on another project's machine, in the page or by a crafted request.
+
+argv: BASE_URL ADMIN_TOKEN MEMBER_TOKEN DIR. Hand-offs with the test are files in DIR: this
+script writes `fleet-seen`, `watching` (the machine page is open) and `seen-progress`; the test
+writes `deploying`. Screenshots go to DIR/*.png. Exits 0 when every check held, else prints why and 1.
+Every wait is bounded."""
+import os
+import sys
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+base, admin_token, member_token, out = sys.argv[1:5]
+
+
+def fail(why):
+    print("FAIL: " + why, flush=True)
+    sys.exit(1)
+
+
+def wait_file(name, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(out, name)):
+            return
+        time.sleep(0.1)
+    fail("the test did not write " + name)
+
+
+def touch(name):
+    with open(os.path.join(out, name), "w") as f:
+        f.write("1")
+
+
+def text_of(driver, element_id):
+    return driver.find_element(By.ID, element_id).text
+
+
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]:
+    options.add_argument(flag)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+driver.set_page_load_timeout(30)
+try:
+    wait = WebDriverWait(driver, 30)
+
+    def login(token):
+        driver.delete_all_cookies()
+        driver.get(base + "/login")
+        driver.find_element(By.ID, "token").send_keys(token)
+        driver.find_element(By.CSS_SELECTOR, "#login button").click()
+        wait.until(lambda d: d.current_url.rstrip("/") == base)
+
+    # Log in; both machines, by state.
+    login(admin_token)
+    cells = {c.get_attribute("data-machine"): c.get_attribute("class") for c in driver.find_elements(By.CSS_SELECTOR, ".cell")}
+    if set(cells) != {"m1", "m2"}:
+        fail("the fleet shows %r, not m1 and m2" % sorted(cells))
+    if "s-ready" not in cells["m1"] or "s-ready" not in cells["m2"]:
+        fail("both machines should be ready: %r" % cells)
+    if driver.get_cookie("farrier_session") is None or not driver.get_cookie("farrier_session").get("httpOnly"):
+        fail("no HttpOnly session cookie")
+    if driver.execute_script("return document.cookie").find("farrier_session") >= 0:
+        fail("the session cookie is readable by scripts")
+    touch("fleet-seen")
+
+    # A deploy's progress, live: the page is open before the agent reports.
+    wait_file("deploying")
+    driver.get(base + "/")
+    wait.until(lambda d: "s-deploying" in d.find_element(By.ID, "m-m1").get_attribute("class"))
+    driver.save_screenshot(os.path.join(out, "console-fleet.png"))
+    driver.get(base + "/machines/m1")
+    touch("watching")
+    try:
+        wait.until(lambda d: "write 2.0 MiB / 3.0 MiB (66%)" in text_of(d, "progress"))
+    except TimeoutException:
+        fail("the progress never arrived live: %r" % text_of(driver, "progress"))
+    touch("seen-progress")
+    if driver.find_elements(By.CSS_SELECTOR, "#events tr[id^=event-]") == []:
+        fail("no events on the machine's page")
+    try:
+        wait.until(lambda d: text_of(d, "fact-state").startswith("deployed"))
+    except TimeoutException:
+        fail("m1 never showed deployed: %r" % text_of(driver, "fact-state"))
+    # The timeline: its last boot as a waterfall, with a bar for each stage.
+    driver.get(base + "/machines/m1")
+    bars = driver.find_elements(By.CSS_SELECTOR, "svg#waterfall rect")
+    if len(bars) < 2:
+        fail("the waterfall has %d bars" % len(bars))
+    driver.save_screenshot(os.path.join(out, "console-machine.png"))
+
+    # An action behind a confirm: dismissed, nothing; accepted, done.
+    driver.get(base + "/machines/m2")
+    driver.find_element(By.ID, "do-power-on").click()
+    driver.switch_to.alert.dismiss()
+    if driver.find_elements(By.ID, "notice"):
+        fail("a dismissed confirm still acted")
+    driver.find_element(By.ID, "do-power-on").click()
+    driver.switch_to.alert.accept()
+    wait.until(lambda d: d.find_elements(By.ID, "notice"))
+    if "Power on sent." not in text_of(driver, "notice"):
+        fail("no notice after the power on")
+
+    # A member: their project's machine only, in the page and by a crafted request.
+    login(member_token)
+    seen = [c.get_attribute("data-machine") for c in driver.find_elements(By.CSS_SELECTOR, ".cell")]
+    if seen != ["m1"]:
+        fail("the member sees %r" % seen)
+    csrf = driver.find_element(By.CSS_SELECTOR, "input[name=csrf]").get_attribute("value")
+    driver.get(base + "/machines/m2")
+    if "m2" in driver.title and driver.find_elements(By.ID, "facts"):
+        fail("the member opened m2's page")
+    status = driver.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        fetch('/machines/m2/actions', {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+          body: 'csrf=' + encodeURIComponent(arguments[0]) + '&action=power-off'}).then(r => done(r.status), e => done(String(e)));""",
+        csrf,
+    )
+    if status != 404:
+        fail("a member's crafted power-off of m2 answered %r" % status)
+    print("OK", flush=True)
+finally:
+    driver.quit()
