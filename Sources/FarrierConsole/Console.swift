@@ -108,7 +108,7 @@ struct Console: Sendable {
             let (id, s) = try await signedIn(request)
             guard let s, let id else { return Self.redirect("/login") }
             let form = try await Self.form(request)
-            guard try checkPost(request, form, s) else { return forbidden() }
+            guard checkPost(request, form, s) else { return forbidden() }
             await sessions.close(id)
             return Self.redirect("/login", extra: [.setCookie: cookie("", maxAge: 0)])
         }
@@ -152,7 +152,7 @@ struct Console: Sendable {
             let (id, signed) = try await signedIn(request)
             guard let s = signed else { return Self.redirect("/login") }
             let form = try await Self.form(request)
-            guard try checkPost(request, form, s) else { return forbidden() }
+            guard checkPost(request, form, s) else { return forbidden() }
             let action = form["action"] ?? ""
             guard Self.notices[action] != nil else {
                 return Self.html(
@@ -301,7 +301,7 @@ struct Console: Sendable {
     }
 
     func signedIn(_ request: Request) async throws -> (String?, ConsoleSessions.Session?) {
-        guard let id = Self.cookieValue(request, Self.cookie), !id.isEmpty else { return (nil, nil) }
+        guard let id = request.cookies[Self.cookie]?.value, !id.isEmpty else { return (nil, nil) }
         return (id, await sessions.session(id))
     }
 
@@ -354,10 +354,9 @@ struct Console: Sendable {
 
     /// A POST from a signed-in page: its session's CSRF token, and its own origin if the
     /// browser names one.
-    func checkPost(_ request: Request, _ form: [String: String], _ s: ConsoleSessions.Session) throws -> Bool {
+    func checkPost(_ request: Request, _ form: [String: String], _ s: ConsoleSessions.Session) -> Bool {
         guard sameOrigin(request), let given = form["csrf"] else { return false }
-        return Array(given.utf8).count == Array(s.csrf.utf8).count
-            && zip(given.utf8, s.csrf.utf8).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+        return ConstantTime.equal(given, s.csrf)
     }
 
     func sameOrigin(_ request: Request) -> Bool {
@@ -422,16 +421,6 @@ struct Console: Sendable {
             req.pageToken = page.nextPageToken
         }
         return out
-    }
-
-    static func cookieValue(_ request: Request, _ name: String) -> String? {
-        for header in request.headers[values: .cookie] {
-            for part in header.split(separator: ";") {
-                let kv = part.trimmingCharacters(in: .whitespaces)
-                if kv.hasPrefix(name + "=") { return String(kv.dropFirst(name.count + 1)) }
-            }
-        }
-        return nil
     }
 
     /// An application/x-www-form-urlencoded body (at most 64 KiB).

@@ -163,17 +163,6 @@ enum Pages {
         """
     }
 
-    static func bytes(_ n: Int64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n)
-        var u = 0
-        while v >= 1024, u < units.count - 1 {
-            v /= 1024
-            u += 1
-        }
-        return u == 0 ? "\(n) B" : String(format: "%.1f ", v) + units[u]
-    }
-
     static func machine(
         _ m: Farrier_V1_Machine,
         images: [String],
@@ -209,8 +198,9 @@ enum Pages {
         if m.hasMaintenance, !m.maintenance.reason.isEmpty { facts.append(("Maintenance", m.maintenance.reason)) }
         if m.hasInventory {
             let i = m.inventory
-            let disks = i.disks.map { "\($0.name) \(bytes($0.sizeBytes))" }.joined(separator: ", ")
-            var summary = "\(i.cpuModel), \(i.cores) cores / \(i.threads) threads, \(bytes(i.memoryBytes)) memory, "
+            let disks = i.disks.map { "\($0.name) \(ByteCount.text($0.sizeBytes))" }.joined(separator: ", ")
+            var summary =
+                "\(i.cpuModel), \(i.cores) cores / \(i.threads) threads, \(ByteCount.text(i.memoryBytes)) memory, "
             summary += "\(i.disks.count) disks (\(disks)), \(i.nics.count) NICs"
             if !i.gpus.isEmpty { summary += ", GPUs: \(i.gpus.joined(separator: ", "))" }
             facts.append(("Inventory", summary))
@@ -227,7 +217,9 @@ enum Pages {
             let p = m.progress
             let pct = p.bytesTotal > 0 ? Int(Double(p.bytesDone) * 100 / Double(p.bytesTotal)) : 0
             progress =
-                "\(p.stage)" + (p.bytesTotal > 0 ? " \(bytes(p.bytesDone)) / \(bytes(p.bytesTotal)) (\(pct)%)" : "")
+                "\(p.stage)"
+                + (p.bytesTotal > 0
+                    ? " \(ByteCount.text(p.bytesDone)) / \(ByteCount.text(p.bytesTotal)) (\(pct)%)" : "")
         }
         let body = """
             <h1>\(h(m.name))</h1>

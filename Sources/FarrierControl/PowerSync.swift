@@ -4,7 +4,6 @@ import FarrierCore
 import Foundation
 import Logging
 import ServiceLifecycle
-import Synchronization
 
 /// Reads every enrolled BMC's power state, on `ControlConfiguration.powerSyncInterval`, and keeps
 /// the reading on the machine (`Machine.power`): what `machine list` shows as POWER.
@@ -261,12 +260,6 @@ public actor PowerSync: Service {
 
 /// The power sync's numbers for the metrics.
 public final class PowerSyncMetrics: Sendable {
-    struct Counts {
-        var machines = 0
-        var drifting = 0
-        var failing = 0
-    }
-    let counts = Mutex(Counts())
     let readsOK = CoreMetrics.Counter(label: "farrier_power_sync_reads_total", dimensions: [("result", "ok")])
     let readsFailed = CoreMetrics.Counter(label: "farrier_power_sync_reads_total", dimensions: [("result", "error")])
     let driftEvents = CoreMetrics.Counter(label: "farrier_power_drift_total")
@@ -284,20 +277,10 @@ public final class PowerSyncMetrics: Sendable {
 
     /// The gauges, from the machines as a round begins.
     func set(machines: Int, drifting: Int, failing: Int) {
-        counts.withLock {
-            $0.machines = machines
-            $0.drifting = drifting
-            $0.failing = failing
-        }
         machinesGauge.record(machines)
         driftingGauge.record(drifting)
         failingGauge.record(failing)
     }
 
     func driftBegan() { driftEvents.increment() }
-
-    /// Machines whose power differs from what their state expects, as last read.
-    public var drifting: Int { counts.withLock { $0.drifting } }
-    /// Machines whose BMC did not answer at its last read.
-    public var failing: Int { counts.withLock { $0.failing } }
 }

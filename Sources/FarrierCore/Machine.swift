@@ -377,6 +377,20 @@ public struct StepProgress: Codable, Sendable, Hashable {
     public var percent: Double? { bytesTotal > 0 ? min(100, Double(bytesDone) * 100 / Double(bytesTotal)) : nil }
 }
 
+/// A byte count as people read it: `512 B`, `1.5 KiB`, `496.3 MiB` (powers of 1024, one decimal).
+public enum ByteCount {
+    public static func text(_ n: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(n)
+        var u = 0
+        while v >= 1024, u < units.count - 1 {
+            v /= 1024
+            u += 1
+        }
+        return u == 0 ? "\(n) B" : String(format: "%.1f ", v) + units[u]
+    }
+}
+
 /// How a release wipes a machine's disks.
 public enum WipeMode: String, Codable, Sendable, CaseIterable {
     /// Unsafe between tenants: discard where supported, then zero the first and last MiB of

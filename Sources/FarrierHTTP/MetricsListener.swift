@@ -16,14 +16,13 @@ public func makeMetricsApplication(
 ) throws -> some ApplicationProtocol {
     let (host, port) = try splitHostPort(listen)
     let router = Router()
-    let expected = token.map { Array($0.utf8) }
     router.get("/metrics") { request, _ -> Response in
-        if let expected {
+        if let token {
             // The scheme in any case (RFC 9110 11.1), then the token itself.
             let header = request.headers[.authorization] ?? ""
             let parts = header.split(separator: " ", maxSplits: 1)
-            let given = parts.count == 2 && parts[0].lowercased() == "bearer" ? Array(parts[1].utf8) : []
-            guard constantTimeEqual(given, expected) else {
+            let given = parts.count == 2 && parts[0].lowercased() == "bearer" ? String(parts[1]) : ""
+            guard ConstantTime.equal(given, token) else {
                 return Response(
                     status: .unauthorized,
                     headers: [.wwwAuthenticate: "Bearer", .contentType: "text/plain; charset=utf-8"],
@@ -46,13 +45,4 @@ public func makeMetricsApplication(
         configuration: .init(address: .hostname(host, port: port), serverName: "farrier"),
         logger: logger
     )
-}
-
-/// Compares without stopping at the first difference, so the time taken tells nothing about
-/// how much of a guess was right (the length, which the token's is, aside).
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    var difference: UInt8 = 0
-    for i in a.indices { difference |= a[i] ^ b[i] }
-    return difference == 0
 }

@@ -96,11 +96,7 @@ public final class ScrapedCounter: Sendable {
     }
 
     public func update(_ value: Int) {
-        let grew = last.withLock { last -> Int in
-            let d = value - last
-            last = max(last, value)
-            return d
-        }
+        let grew = growth(last, to: value)
         if grew > 0 { counter.increment(by: grew) }
     }
 }
@@ -115,12 +111,19 @@ public final class ScrapedSeconds: Sendable {
     }
 
     public func update(_ value: Double) {
-        let grew = last.withLock { last -> Double in
-            let d = value - last
-            last = max(last, value)
-            return d
-        }
+        let grew = growth(last, to: value)
         if grew > 0 { counter.increment(by: grew) }
+    }
+}
+
+/// What a source that only grows grew by since the reading `last` holds, which it then holds
+/// (a source that went back does not take it back, and counts as no growth).
+func growth<Value: Comparable & AdditiveArithmetic & Sendable>(_ last: borrowing Mutex<Value>, to value: Value) -> Value
+{
+    last.withLock { last -> Value in
+        let grew = value > last ? value - last : .zero
+        last = max(last, value)
+        return grew
     }
 }
 

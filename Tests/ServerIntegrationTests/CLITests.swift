@@ -128,9 +128,7 @@ struct CLITests {
         try cp.runAgent(mac: mac)
         try cp.waitFor("w1", "ready")
         try cp.cli(["project", "create", "p"])
-        let image = h.directory + "/img.raw"
-        try Data(repeating: 1, count: 1 << 20).write(to: URL(fileURLWithPath: image))
-        try cp.cli(["image", "add", "img", image])
+        try cp.addTestImage(byte: 1)
         // `deploy --wait` in the background, the agent in the foreground.
         let waiter = try h.start(
             [

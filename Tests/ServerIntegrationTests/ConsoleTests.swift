@@ -47,9 +47,7 @@ import Testing
         let member = try cp.cli(["token", "create", "--project", "p"]).stdout.trimmingCharacters(
             in: .whitespacesAndNewlines
         )
-        let image = h.directory + "/img.raw"
-        try Data(repeating: 3, count: 1 << 20).write(to: URL(fileURLWithPath: image))
-        try cp.cli(["image", "add", "img", image])
+        try cp.addTestImage(byte: 3)
         try cp.cli(["machine", "deploy", "m1", "--image", "img", "--project", "p"])
         try cp.runAgent(mac: ControlPlaneTests.mac1)
         try cp.waitFor("m1", "deployed")
@@ -174,9 +172,7 @@ import Testing
         let member = try cp.cli(["token", "create", "--project", "p"]).stdout.trimmingCharacters(
             in: .whitespacesAndNewlines
         )
-        let image = h.directory + "/img.raw"
-        try Data(repeating: 5, count: 1 << 20).write(to: URL(fileURLWithPath: image))
-        try cp.cli(["image", "add", "img", image])
+        try cp.addTestImage(byte: 5)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
             "console_browser.py"
         ).path

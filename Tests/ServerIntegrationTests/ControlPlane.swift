@@ -299,6 +299,13 @@ final class ControlPlane: @unchecked Sendable {
         return task
     }
 
+    /// Adds the image `img` that tests deploy: 1 MiB of one repeated byte.
+    func addTestImage(byte: UInt8) throws {
+        let path = h.directory + "/img.raw"
+        try Data(repeating: byte, count: 1 << 20).write(to: URL(fileURLWithPath: path))
+        try cli(["image", "add", "img", path])
+    }
+
     /// Adds site `name` at the region and joins it with its key in `dir`, as an operator would.
     func joinSite(_ name: String, dir: String) throws {
         let token = try #require(try json(["site", "add", name])["joinToken"] as? String)

@@ -479,9 +479,7 @@ struct ControlPlaneTests {
         }
         let (cp, s1, _) = try setUp(h, flags: dbFlags)
         try cp.cli(["project", "create", "p"])
-        let image = h.directory + "/img.raw"
-        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
-        try cp.cli(["image", "add", "img", image])
+        try cp.addTestImage(byte: 7)
         // The first round has no failpoint: it measures the power-offs of one clean deploy (the
         // off edge of a cycle is logged when commanded; the on edge comes later, so it is not counted).
         let points = [

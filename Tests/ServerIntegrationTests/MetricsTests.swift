@@ -41,9 +41,7 @@ import Testing
         #expect(refusedCall.status != 0)
         // A deploy of m1, to its end: the installed OS reporting in (the stand-in plays it).
         try cp.cli(["project", "create", "p"])
-        let image = h.directory + "/img.raw"
-        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
-        try cp.cli(["image", "add", "img", image])
+        try cp.addTestImage(byte: 7)
         try cp.cli(["machine", "deploy", "m1", "--image", "img", "--project", "p"])
         try cp.runAgent(mac: ControlPlaneTests.mac1)
         try cp.waitFor("m1", "deployed")

@@ -65,9 +65,7 @@ struct ReplicaTests {
 
         // Work spans replicas: a deploy asked of B, its agent answering A.
         try a.cli(["project", "create", "p"])
-        let image = h.directory + "/img.raw"
-        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
-        try a.cli(["image", "add", "img", image])
+        try a.addTestImage(byte: 7)
         try b.cli(["machine", "deploy", "m2", "--image", "img", "--project", "p"])
         try a.runAgent(mac: ControlPlaneTests.mac2)
         try a.waitFor("m2", "deployed")
@@ -217,9 +215,7 @@ struct ReplicaTests {
         let (a, s1, _) = try ControlPlaneTests().setUp(h, flags: flags)
         let b = ControlPlane(h, flags: flags)
         try a.cli(["project", "create", "p"])
-        let image = h.directory + "/img.raw"
-        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: image))
-        try a.cli(["image", "add", "img", image])
+        try a.addTestImage(byte: 7)
         let mac = ControlPlaneTests.mac1
         let points = [
             "controller.after-commit.deploying", "reconciler.boot.before-action", "reconciler.boot.after-action",

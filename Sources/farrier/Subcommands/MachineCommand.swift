@@ -493,16 +493,7 @@ struct MachineView: Codable {
     }
 }
 
-func bytes(_ n: Int64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = Double(n)
-    var i = 0
-    while v >= 1024, i < units.count - 1 {
-        v /= 1024
-        i += 1
-    }
-    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
-}
+func bytes(_ n: Int64) -> String { ByteCount.text(n) }
 
 func tagsLine(_ t: [String: String]) -> String {
     t.isEmpty ? "-" : t.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
