@@ -12,6 +12,7 @@ let nio: [Target.Dependency] = [
     .product(name: "NIOPosix", package: "swift-nio"),
 ]
 let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let tracing: Target.Dependency = .product(name: "Tracing", package: "swift-distributed-tracing")
 let lifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
 let metrics: [Target.Dependency] = [
     .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Metrics", package: "swift-metrics"),
@@ -50,6 +51,10 @@ let package = Package(
         // (on it and swift-atomics) is one small module.
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // Traces (issue 17): swift-distributed-tracing is already built for Hummingbird and
+        // async-http-client; swift-otel exports them over OTLP/HTTP (its gRPC exporter is left out).
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
@@ -126,8 +131,9 @@ let package = Package(
         // The lifecycle: transitions, the reconciler, agent tokens, the image repository.
         .target(
             name: "FarrierControl",
-            dependencies: ["FarrierCore", "FarrierBMC", log, lifecycle, .product(name: "Crypto", package: "swift-crypto")]
-                + metrics,
+            dependencies: [
+                "FarrierCore", "FarrierBMC", log, lifecycle, tracing, .product(name: "Crypto", package: "swift-crypto"),
+            ] + metrics,
             swiftSettings: swiftSettings
         ),
         // `farrier sim`: simulated machines (a Redfish service, iPXE script fetches, agents) that
@@ -158,7 +164,7 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"), tracing,
             ] + nio + metrics,
             swiftSettings: swiftSettings
         ),
@@ -171,7 +177,7 @@ let package = Package(
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
-                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"), tracing,
             ] + nio + metrics,
             exclude: ["Generated/README.md"],
             swiftSettings: swiftSettings
@@ -215,7 +221,7 @@ let package = Package(
                 "SystemSupport", log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Crypto", package: "swift-crypto"), tracing, .product(name: "OTel", package: "swift-otel"),
             ] + nio + metrics,
             swiftSettings: swiftSettings
         ),
@@ -249,7 +255,9 @@ let package = Package(
             name: "FarrierAgentTests", dependencies: ["FarrierAgent", "FarrierCore", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierControlTests",
-            dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "FarrierTelemetry", "TestSupport", log],
+            dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "FarrierTelemetry", "TestSupport", log,
+                tracing, .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+            ],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "FarrierSiteTests",
@@ -285,7 +293,8 @@ let package = Package(
                 "FarrierAPI", "FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
-                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
+                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"), tracing,
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings),
         .testTarget(

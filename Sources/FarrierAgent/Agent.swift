@@ -117,6 +117,8 @@ public final class Agent: Sendable {
     let token = Mutex<String>("")
     /// Where BlockingHTTP sends requests: the local end of the pinned TLS tunnel.
     let base = Mutex<String>("")
+    /// What the current task's time goes to.
+    let phases = PhaseClock()
     let log: @Sendable (String) -> Void
 
     public init(
@@ -174,6 +176,7 @@ public final class Agent: Sendable {
         reporter.start()
         var result: AgentResult
         let started = Date()
+        phases.begin()
         do {
             switch task.kind {
             case .commission:
@@ -181,7 +184,9 @@ public final class Agent: Sendable {
                 var taken = inventory
                 if let seconds = task.lldpSeconds {
                     report("lldp", 0, 0)
-                    let heard = LLDPListener(log: log).listen(on: taken.nics, seconds: seconds)
+                    let heard = phases.measure("lldp") {
+                        LLDPListener(log: log).listen(on: taken.nics, seconds: seconds)
+                    }
                     for i in taken.nics.indices { taken.nics[i].lldp = heard.neighbours[taken.nics[i].name] }
                 }
                 result = AgentResult(ok: true, inventory: taken)
@@ -190,10 +195,10 @@ public final class Agent: Sendable {
                 result = AgentResult(ok: true)
                 result.osReporter = installed
             case .wipe:
-                try wipe(task.wipe ?? .full, inventory: inventory)
+                try phases.measure("wipe") { try wipe(task.wipe ?? .full, inventory: inventory) }
                 result = AgentResult(ok: true)
             case .rescue:
-                try rescue(keys: task.sshKeys)
+                try phases.measure("rescue") { try rescue(keys: task.sshKeys) }
                 result = AgentResult(ok: true)
             }
         } catch {
@@ -201,6 +206,8 @@ public final class Agent: Sendable {
             result = AgentResult(ok: false, error: "\(error)", failure: (error as? AgentFailure)?.code)
         }
         result.seconds = Date().timeIntervalSince(started)
+        result.trace = task.trace
+        result.phases = phases.phases
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         result.peakRSSBytes = Int64(usage.ru_maxrss) * 1024
@@ -317,9 +324,13 @@ public final class Agent: Sendable {
             imageBytes: image.format == .raw ? image.size : 0
         )
         log("writing \(image.path) (\(image.format.rawValue), \(image.size) bytes) to \(target)")
+        // The download joins the step's trace, the W3C way.
+        var headers = ["Authorization": "Bearer \(token.withLock { $0 })"]
+        for key in ["traceparent", "tracestate"] { if let v = task.trace?[key] { headers[key] = v } }
+        let downloadStart = ContinuousClock.now
         let response = try ResumableDownload(
             url: base.withLock { $0 } + image.path,
-            headers: ["Authorization": "Bearer \(token.withLock { $0 })"],
+            headers: headers,
             attempts: configuration.attempts,
             log: log
         )
@@ -331,14 +342,28 @@ public final class Agent: Sendable {
         report("write", 0, image.size)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
         defer { buffer.deallocate() }
+        // Time in the network's reads and the disk's writes: they overlap, and the busier one
+        // is what held the deploy back.
+        var readBusy = Duration.zero
+        let writeBusy = Mutex(Duration.zero)
+        var writeStart: ContinuousClock.Instant?
+        var downloadEnd = ContinuousClock.now
+        func timedRead() throws -> Int {
+            let t = ContinuousClock.now
+            defer { readBusy += ContinuousClock.now - t }
+            return try response.read(into: buffer)
+        }
         switch image.format {
         case .raw:
             var offset: Int64 = 0
             while true {
-                let n = try response.read(into: buffer)
+                let n = try timedRead()
                 if n == 0 { break }
                 hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                let t = ContinuousClock.now
+                if writeStart == nil { writeStart = t }
                 try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: offset)
+                writeBusy.withLock { $0 += ContinuousClock.now - t }
                 offset += Int64(n)
                 downloaded += Int64(n)
                 report("write", downloaded, image.size)
@@ -367,18 +392,21 @@ public final class Agent: Sendable {
                     let n = Glibc.read(outFD, out.baseAddress, out.count)
                     if n < 0, errno == EINTR { continue }
                     if n <= 0 { break }
+                    let t = ContinuousClock.now
                     do { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: out[0..<n]), at: offset) } catch {
                         writeError.withLock { $0 = "\(error)" }
                         break
                     }
+                    writeBusy.withLock { $0 += ContinuousClock.now - t }
                     offset += Int64(n)
                 }
             }
             writer.start()
+            writeStart = .now
             let inFD = input.fileHandleForWriting.fileDescriptor
             var failure: String?
             while failure == nil {
-                let n = try response.read(into: buffer)
+                let n = try timedRead()
                 if n == 0 { break }
                 hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
                 var off = 0
@@ -406,17 +434,23 @@ public final class Agent: Sendable {
                 )
             }
         }
+        downloadEnd = .now
+        phases.add("download", from: downloadStart, to: downloadEnd, bytes: downloaded, busy: readBusy)
         guard downloaded == image.size else {
             throw AgentFailure("downloaded \(downloaded) bytes, expected \(image.size)")
         }
         report("verify", downloaded, image.size)
-        let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
-        guard digest == image.sha256 else {
-            throw AgentFailure("image sha256 \(digest) does not match \(image.sha256)")
+        try phases.measure("verify") {
+            let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+            guard digest == image.sha256 else {
+                throw AgentFailure("image sha256 \(digest) does not match \(image.sha256)")
+            }
         }
         guard fsync(fd) == 0 || errno == EINVAL else {
             throw AgentFailure("fsync \(target): \(String(cString: strerror(errno)))")
         }
+        // Writing ends once the disk has it all (fsync), which the digest's check did not wait for.
+        phases.add("write", from: writeStart ?? downloadEnd, bytes: downloaded, busy: writeBusy.withLock { $0 })
         _ = ioctl(fd, 0x125F)  // BLKRRPART: the kernel re-reads the new partition table (not for files)
         var reporter = false
         if var seed = task.seed {
@@ -436,7 +470,7 @@ public final class Agent: Sendable {
                 }
                 reporter = true
             }
-            try ConfigDrive(disk: target, log: log).write(seed)
+            try phases.measure("configure") { try ConfigDrive(disk: target, log: log).write(seed) }
         }
         return reporter
     }

@@ -10,6 +10,8 @@ public struct LineLogHandler: LogHandler {
     }
 
     public var metadata: Logger.Metadata = [:]
+    /// Metadata of the moment (the current span's IDs), between the handler's and the event's.
+    public var metadataProvider: Logger.MetadataProvider?
     public var logLevel: Logger.Level
     let label: String
     let format: Format
@@ -31,6 +33,7 @@ public struct LineLogHandler: LogHandler {
             ("time", Self.timestamp()), ("level", event.level.rawValue), ("logger", label), ("msg", "\(event.message)"),
         ]
         var all = metadata
+        if let p = metadataProvider?.get(), !p.isEmpty { all.merge(p) { $1 } }
         if let m = event.metadata { all.merge(m) { $1 } }
         for key in all.keys.sorted() { fields.append((key, "\(all[key]!)")) }
         let line: String

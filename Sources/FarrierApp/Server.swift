@@ -19,8 +19,20 @@ import TFTPServer
 import UnixSignals
 
 /// Bootstraps logging for the process. Call once, from the executable only.
-public func bootstrapLogging(level: Logger.Level, format: LineLogHandler.Format) {
-    LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: level, format: format) }
+/// `metadataProvider` adds to every line (the current span's `trace_id`, `span_id`).
+public func bootstrapLogging(
+    level: Logger.Level,
+    format: LineLogHandler.Format,
+    metadataProvider: Logger.MetadataProvider? = nil
+) {
+    LoggingSystem.bootstrap(
+        { label, provider in
+            var h = LineLogHandler(label: label, level: level, format: format)
+            h.metadataProvider = provider
+            return h
+        },
+        metadataProvider: metadataProvider
+    )
 }
 
 /// Copies the iPXE binaries into the boot root (when missing or changed), so TFTP and HTTP serve
@@ -170,7 +182,9 @@ public struct FarrierServer: Sendable {
             ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
             TokenAPI(store: store, logger: logger), SiteAPI(store: store, authority: siteAuthority, logger: logger),
         ]
-        let apiInterceptors: [any ServerInterceptor] = [MetricsInterceptor(), AuthInterceptor(store: store)]
+        let apiInterceptors: [any ServerInterceptor] = [
+            TracingInterceptor(), MetricsInterceptor(), AuthInterceptor(store: store),
+        ]
         let grpc = try GRPCService(
             listen: c.grpcListen,
             services: apiServices,
@@ -239,11 +253,12 @@ public struct FarrierServer: Sendable {
         }
     }
 
-    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
-    public func run() async throws {
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully. `first` start before the
+    /// server's services and stop after them (the tracer's exporter, which flushes their spans).
+    public func run(first: [any Service] = []) async throws {
         let group = ServiceGroup(
             configuration: .init(
-                services: services.map { .init(service: $0) },
+                services: (first + services).map { .init(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

@@ -85,6 +85,14 @@ import Yams
 /// - `console.listen` / `FARRIER_CONSOLE_LISTEN` / `--console-listen`: HOST:PORT for the web console (log in with an
 ///   API token). Default empty: no console. Off loopback it needs TLS (api.tls-cert/api.tls-key, which it then
 ///   serves) or api.insecure.
+/// - `otel.endpoint` / `FARRIER_OTEL_ENDPOINT` / `--otel-endpoint`: an OTLP/HTTP receiver's base URL
+///   (`http://collector:4318`; `/v1/traces` is added) to export traces to, as protobuf. Default empty: none
+///   exported (spans still get IDs, which the logs carry). `OTEL_EXPORTER_OTLP_*` variables (headers, TLS,
+///   timeout) and `OTEL_BSP_*` apply over it.
+/// - `otel.service-name` / `FARRIER_OTEL_SERVICE_NAME` / `--otel-service-name`: the traces' `service.name`.
+///   Default farrier.
+/// - `otel.sample-ratio` / `FARRIER_OTEL_SAMPLE_RATIO` / `--otel-sample-ratio`: the share of new traces
+///   recorded, 0 to 1 (a step's later parts follow its first's decision). Default 1.
 /// - `memory.arenas` / `FARRIER_MEMORY_ARENAS` / `--memory-arenas`: at most this many malloc arenas (glibc makes
 ///   up to eight per core, and memory freed in one stays resident); 0 keeps glibc's default. Default 2.
 /// - `memory.trim-interval` / `FARRIER_MEMORY_TRIM_INTERVAL` / `--memory-trim-interval`: seconds between returns of
@@ -125,6 +133,10 @@ public struct ServerConfiguration: Sendable {
     public var metricsTokenFile = ""
     /// The web console's listener; empty: none.
     public var consoleListen = ""
+    /// Where traces go (OTLP/HTTP); empty: nowhere.
+    public var otelEndpoint = ""
+    public var otelServiceName = "farrier"
+    public var otelSampleRatio = 1.0
     var tftpRootSet = false
 
     /// The server's metrics address; a site agent's default differs, so the two can share a host.
@@ -156,7 +168,7 @@ public struct ServerConfiguration: Sendable {
         "discovery.prune-after", "lifecycle.max-deploys", "lifecycle.max-wipes", "lifecycle.max-workers",
         "lifecycle.claim-ttl", "lifecycle.step-timeouts", "memory.arenas", "memory.trim-interval",
         "power-sync.interval", "power-sync.concurrency", "commission.lldp-wait", "metrics.listen",
-        "metrics.token-file", "console.listen",
+        "metrics.token-file", "console.listen", "otel.endpoint", "otel.service-name", "otel.sample-ratio",
     ].map {
         (
             $0,
@@ -302,6 +314,21 @@ public struct ServerConfiguration: Sendable {
             }
             metricsListenSet = v
         case "metrics.token-file": metricsTokenFile = v
+        case "otel.endpoint":
+            if !v.isEmpty {
+                guard let url = URL(string: v), ["http", "https"].contains(url.scheme ?? ""), url.host != nil else {
+                    throw ConfigurationError("otel.endpoint: '\(v)' is not an http:// or https:// URL")
+                }
+            }
+            otelEndpoint = v
+        case "otel.service-name":
+            guard !v.isEmpty else { throw ConfigurationError("otel.service-name: empty") }
+            otelServiceName = v
+        case "otel.sample-ratio":
+            guard let r = Double(v), (0...1).contains(r) else {
+                throw ConfigurationError("otel.sample-ratio: '\(v)' is not a number from 0 to 1")
+            }
+            otelSampleRatio = r
         case "console.listen":
             if !v.isEmpty {
                 do { _ = try splitHostPort(v) } catch { throw ConfigurationError("console.listen: \(error)") }

@@ -66,6 +66,9 @@ public final class RedfishClient: BMC, Sendable {
     static let sharedHTTP: HTTPClient = {
         var config = HTTPClient.Configuration(redirectConfiguration: .disallow)
         config.connectionPool = .init(idleTimeout: .seconds(10), concurrentHTTP1ConnectionsPerHostSoftLimit: 16)
+        // The BMC spans (bmc.*) cover these calls; AHC's own would make every power-sync read
+        // a trace of its own.
+        config.tracing.tracer = nil
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }()
     let tls: TLSConfiguration

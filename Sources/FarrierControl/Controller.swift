@@ -4,6 +4,7 @@ import FarrierCore
 import Foundation
 import Logging
 import Synchronization
+import Tracing
 
 /// Lifecycle settings of the server.
 public struct ControlConfiguration: Sendable, Hashable {
@@ -101,15 +102,20 @@ public final class Controller: Sendable {
         fence: WorkClaim? = nil,
         change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
     ) async throws -> Machine {
-        // The step a success or failure ends, and when it began: for its duration's histogram.
-        let ended = TransactionNote<(step: MachineState, started: Date)?>(nil)
+        // The step a success or failure ends, when it began and its trace: for its duration's
+        // histogram and its span.
+        let ended = TransactionNote<EndedStep?>(nil)
+        let begun = Self.beginTrace(event)
+        defer { begun.root?.end() }
         let m = try await store.update(machineID: machineID, fence: fence) { m in
             if let g = guardGeneration, m.generation != g {
                 throw ControlError(.conflict, "machine \(m.name) moved on to another step")
             }
             let project = m.project
-            ended.set(Lifecycle.steps.contains(m.state) ? m.stepStarted.map { (m.state, $0) } : nil)
-            try Self.transition(&m, event, reasonSuffix: reasonSuffix)
+            ended.set(
+                Lifecycle.steps.contains(m.state) ? m.stepStarted.map { EndedStep(m.state, $0, m.trace) } : nil
+            )
+            try Self.transition(&m, event, reasonSuffix: reasonSuffix, trace: begun.trace)
             try change(&m)
             // A transition out of a project (the end of a release, an abort) is that project's
             // event: its members' watches see how their machine left them.
@@ -118,12 +124,16 @@ public final class Controller: Sendable {
             return [e]
         }
         Failpoint.hit("controller.after-commit.\(m.state.rawValue)")
-        if let (step, started) = ended.value {
+        if let step = ended.value {
             switch event {
             case .stepSucceeded:
-                metrics.stepEnded(step, succeeded: true, seconds: Date().timeIntervalSince(started))
-            case .stepFailed:
-                metrics.stepEnded(step, succeeded: false, seconds: Date().timeIntervalSince(started))
+                metrics.stepEnded(step.state, succeeded: true, seconds: Date().timeIntervalSince(step.started))
+                step.record(m, error: nil)
+            case .stepFailed(let reason):
+                metrics.stepEnded(step.state, succeeded: false, seconds: Date().timeIntervalSince(step.started))
+                step.record(m, error: reason)
+            case .abort:
+                step.record(m, error: "aborted")
             default: break
             }
         }
@@ -162,8 +172,10 @@ public final class Controller: Sendable {
     ) async throws -> Machine? {
         // A machine in maintenance is never picked.
         let pick: @Sendable (Machine) -> Bool = { $0.maintenance == nil && accept($0) }
+        let begun = Self.beginTrace(.deploy)
+        defer { begun.root?.end() }
         let m = try await store.allocate(pick) { x in
-            try Self.transition(&x, .deploy)
+            try Self.transition(&x, .deploy, trace: begun.trace)
             fill(&x)
             return [MachineEvent(x, kind: .transition, message: x.reason)]
         }
@@ -217,11 +229,13 @@ public final class Controller: Sendable {
     /// Wakes the reconciler and watchers without a commit (a worker finished).
     func wake() { hub.notify() }
 
-    /// The pure part of a transition, on a machine value: state, and the step bookkeeping.
+    /// The pure part of a transition, on a machine value: state, and the step bookkeeping. A
+    /// step that begins keeps `trace`, the context it began in.
     static func transition(
         _ m: inout Machine,
         _ event: Lifecycle.Event,
         reasonSuffix: String = "",
+        trace: StepTrace? = nil,
         now: Date = Date()
     ) throws {
         let from = m.state
@@ -245,6 +259,8 @@ public final class Controller: Sendable {
             // The step's clock starts now: a step that waits for a slot times out like any other.
             m.stepStarted = now
             m.progress = nil
+            if let trace { m.trace = trace }
+            m.trace?.phaseSince = now
         } else {
             m.phase = .none
             m.stepStarted = nil
@@ -266,6 +282,20 @@ public final class Controller: Sendable {
         if m.state != .failed { m.failedStep = nil }
         // The OS is not up in rescue: its next report (leaving rescue) is awaited.
         if m.state == .rescuing { m.deployment?.os?.awaiting = true }
+    }
+
+    /// The context a step begins in: the caller's (the API call's span), or, for a step begun
+    /// outside any span, a new root span for it (`root`, ended once the step is committed).
+    /// Nil for an event that begins no step, or when no tracer is bootstrapped.
+    static func beginTrace(_ event: Lifecycle.Event) -> (trace: StepTrace?, root: (any Span)?) {
+        guard event.beginsStep else { return (nil, nil) }
+        if let carrier = StepTracing.carrier() { return (StepTrace(carrier: carrier), nil) }
+        let root = InstrumentationSystem.tracer.startSpan("lifecycle.\(event)", context: .topLevel)
+        guard let carrier = StepTracing.carrier(root.context) else {
+            root.end()
+            return (nil, nil)
+        }
+        return (StepTrace(carrier: carrier), root)
     }
 
     /// Why a machine in maintenance refuses what was asked, and how to end it.
@@ -330,6 +360,7 @@ public final class Controller: Sendable {
                 return []
             }
             m.phase = to
+            m.trace?.phaseSince = Date()
             moved.set(true)
             return [MachineEvent(m, kind: .action, message: message)]
         }
@@ -347,6 +378,7 @@ public final class Controller: Sendable {
             guard m.generation == generation, m.phase == .queued, Lifecycle.steps.contains(m.state) else { return [] }
             if let cap, running[m.state, default: 0] >= cap { return [] }
             m.phase = .boot
+            m.trace?.phaseSince = Date()
             admitted.set(true)
             return [MachineEvent(m, kind: .action, message: "started \(m.state.rawValue)")]
         }
@@ -359,8 +391,21 @@ public final class Controller: Sendable {
             } else {
                 try await store.updateCounting(machineID: machineID, fence: nil) { m, running in start(&m, running) }
             }
-        if admitted.value { hub.notify() }
-        return admitted.value ? m : nil
+        guard admitted.value else { return nil }
+        hub.notify()
+        // Time spent waiting for a slot: a span only when it was noticeable.
+        if let started = m.stepStarted, Date().timeIntervalSince(started) >= 1,
+            let parent = StepTracing.context(m.trace)
+        {
+            StepTracing.record(
+                "step.queued",
+                parent: parent,
+                from: started,
+                to: Date(),
+                attributes: StepTracing.machineAttributes(m)
+            )
+        }
+        return m
     }
 
     /// Fails the current step (if it is still `generation`) with a reason, and counts it by its
@@ -383,7 +428,7 @@ public final class Controller: Sendable {
             )
             if let s = step.value {
                 metrics.failed(s, failure)
-                logFailure(m.name, s, failure, reason)
+                logFailure(m.name, s, failure, reason, trace: m.trace)
             }
         } catch {
             logger.debug("fail not applied", metadata: ["machine.id": "\(machineID)", "error": "\(error)"])
@@ -393,14 +438,20 @@ public final class Controller: Sendable {
     /// The one log line of each failed step, at warning: machine, step, class and reason, as
     /// a log pipeline counts them (README: Logs). A wipe whose read-back found data says so:
     /// the machine would go to the next tenant with the last one's data, and stays failed.
-    func logFailure(_ machine: String, _ step: MachineState, _ failure: FailureClass, _ reason: String) {
+    func logFailure(
+        _ machine: String,
+        _ step: MachineState,
+        _ failure: FailureClass,
+        _ reason: String,
+        trace: StepTrace?
+    ) {
         logger.warning(
             failure == .wipeNotVerified
                 ? "lifecycle step failed: wipe verification failed, the machine's disks are not clean"
                 : "lifecycle step failed",
             metadata: [
                 "machine": "\(machine)", "step": "\(step.rawValue)", "failure": "\(failure.rawValue)",
-                "reason": "\(reason)",
+                "reason": "\(reason)", "trace_id": "\(trace?.traceID ?? "-")",
             ]
         )
     }
@@ -450,8 +501,9 @@ public final class Controller: Sendable {
         }
         let instance = parts[1]
         let now = Date()
-        // The step this report ends, and when it began: for its duration's histogram.
-        let ended = TransactionNote<(step: MachineState, started: Date)?>(nil)
+        // The step this report ends, when it began and its trace: for its duration's histogram
+        // and its spans.
+        let ended = TransactionNote<EndedStep?>(nil)
         let updated = try await store.update(machineID: m.id) { x in
             ended.set(nil)
             guard x.deployment?.instanceID == instance, var os = x.deployment?.os else {
@@ -463,7 +515,7 @@ public final class Controller: Sendable {
             os.awaiting = false
             switch (x.state, x.phase) {
             case (.deploying, .os), (.exitingRescue, .os):
-                ended.set(x.stepStarted.map { (x.state, $0) })
+                ended.set(x.stepStarted.map { EndedStep(x.state, $0, x.trace) })
                 try Self.transition(&x, .stepSucceeded)
                 x.deployment?.os = os
                 return [
@@ -488,8 +540,20 @@ public final class Controller: Sendable {
             }
         }
         Failpoint.hit("controller.after-commit.\(updated.state.rawValue)")
-        if let (step, started) = ended.value {
-            metrics.stepEnded(step, succeeded: true, seconds: now.timeIntervalSince(started))
+        if let step = ended.value {
+            metrics.stepEnded(step.state, succeeded: true, seconds: now.timeIntervalSince(step.started))
+            // The disk's boot (from Farrier booting it to this report), the report, the step.
+            if let parent = StepTracing.context(step.trace) {
+                let attributes = StepTracing.machineAttributes(m)
+                if let since = step.trace?.phaseSince {
+                    StepTracing.record("boot.disk", parent: parent, from: since, to: now, attributes: attributes)
+                }
+                StepTracing.record("os.ready", parent: parent, from: now, to: Date(), kind: .server) { a in
+                    attributes(&a)
+                    a["farrier.os.boot_id"] = report.bootID
+                }
+            }
+            step.record(updated, error: nil)
         }
         logger.info(
             "the OS reported in",
@@ -578,8 +642,10 @@ public final class Controller: Sendable {
         _ = try await task(for: m)
         let nonceHash = TokenSecret.hash(hello.nonce)
         let refusal = TransactionNote<ControlError?>(nil)
+        let bound = TransactionNote(false)
         let updated = try await store.update(machineID: m.id) { x in
             refusal.set(nil)
+            bound.set(false)
             guard x.generation == m.generation, x.phase == .agent else {
                 refusal.set(ControlError(.conflict, "machine \(x.name) moved on to another step or phase"))
                 return []
@@ -597,6 +663,7 @@ public final class Controller: Sendable {
                 return []
             }
             x.agentNonce = nonceHash
+            bound.set(true)
             x.progress = StepProgress(stage: "started", updated: Date())
             return [MachineEvent(x, kind: .action, message: "agent \(hello.agentVersion) started")]
         }
@@ -611,7 +678,32 @@ public final class Controller: Sendable {
         hub.notify()
         var t = try await task(for: updated)
         t.token = agentToken(for: updated, nonceHash: nonceHash)
+        t.trace = Self.traceHello(updated, firstOfBoot: bound.value, version: hello.agentVersion)
         return t
+    }
+
+    /// The hello's part of the step's trace: the ramdisk's boot (from Farrier powering the
+    /// machine on to this hello) once per boot, and the hello itself, whose context the agent
+    /// carries on (its download, its result).
+    static func traceHello(_ m: Machine, firstOfBoot: Bool, version: String) -> [String: String]? {
+        guard let parent = StepTracing.context(m.trace) else { return nil }
+        let now = Date()
+        if firstOfBoot, let since = m.trace?.phaseSince {
+            StepTracing.record(
+                "boot.ramdisk",
+                parent: parent,
+                from: since,
+                to: now,
+                attributes: StepTracing.machineAttributes(m)
+            )
+        }
+        let span = InstrumentationSystem.tracer.startSpan("agent.hello", context: parent, ofKind: .server)
+        var a = span.attributes
+        StepTracing.machineAttributes(m)(&a)
+        a["farrier.agent.version"] = version
+        span.attributes = a
+        defer { span.end() }
+        return StepTracing.carrier(span.context)
     }
 
     /// The task an agent would get for this machine now (tests).
@@ -716,7 +808,8 @@ public final class Controller: Sendable {
                 guardGeneration: m.generation
             )
             metrics.failed(m.state, failure)
-            logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")")
+            traceAgentTask(m, result)
+            logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")", trace: m.trace)
             return
         }
         if m.state == .commissioning, result.inventory == nil {
@@ -732,6 +825,7 @@ public final class Controller: Sendable {
                 if inv.firmware != .unknown { x.firmware = inv.firmware }
             }
             x.phase = .finish
+            x.trace?.phaseSince = Date()
             // Only an OS that was given the reporter is waited for.
             if x.state == .deploying, result.osReporter != true { x.deployment?.os = nil }
             var note = ""
@@ -742,6 +836,7 @@ public final class Controller: Sendable {
             return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")]
         }
         Failpoint.hit("agent.done.after-commit")
+        if finished.value { traceAgentTask(m, result) }
         // The image's size, as the agent's last progress report gave it, over the whole task.
         if finished.value, m.state == .deploying, let seconds = result.seconds, let bytes = m.progress?.bytesTotal,
             bytes > 0

@@ -2,6 +2,7 @@ import CoreMetrics
 import FarrierBMC
 import FarrierCore
 import Metrics
+import Tracing
 
 /// A BMC provider whose drivers time every operation and count its failures, by driver and
 /// operation, for the metrics. A site whose link is down, and a cancelled call, are not the
@@ -35,7 +36,19 @@ struct MeasuredBMC: BMC {
 
     var address: String { inner.address }
 
+    /// Times the operation for the metrics; in a trace (a step's BMC action, an API call), it is
+    /// a client span too. The power sync's reads run in no trace and make no span.
     func measured<T: Sendable>(_ operation: String, _ body: () async throws -> T) async throws -> T {
+        guard InstrumentationContext.current != nil else { return try await timed(operation, body) }
+        return try await withSpan("bmc.\(operation)", ofKind: .client) { span in
+            span.attributes["farrier.bmc.driver"] = driver
+            span.attributes["farrier.bmc.operation"] = operation
+            span.attributes["server.address"] = inner.address
+            return try await timed(operation, body)
+        }
+    }
+
+    func timed<T: Sendable>(_ operation: String, _ body: () async throws -> T) async throws -> T {
         let dimensions = [("driver", driver), ("operation", operation)]
         let began = ContinuousClock.now
         defer {

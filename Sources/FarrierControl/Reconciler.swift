@@ -4,6 +4,7 @@ import FarrierCore
 import Foundation
 import Logging
 import ServiceLifecycle
+import Tracing
 
 /// Drives every machine in a step (commissioning, deploying, releasing, rescuing,
 /// exiting-rescue) through its phases:
@@ -317,8 +318,18 @@ struct Worker {
             guard let m = try? await store.machine(id: machineID), Lifecycle.steps.contains(m.state) else { break }
             let action: Action
             switch m.phase {
-            case .boot: action = await boot(m, claim)
-            case .finish: action = await finish(m, claim)
+            case .boot:
+                action = await StepTracing.withStepSpan(
+                    "reconciler.boot",
+                    trace: m.trace,
+                    attributes: StepTracing.machineAttributes(m)
+                ) { await boot(m, claim) }
+            case .finish:
+                action = await StepTracing.withStepSpan(
+                    "reconciler.finish",
+                    trace: m.trace,
+                    attributes: StepTracing.machineAttributes(m)
+                ) { await finish(m, claim) }
             default: action = .done
             }
             if action == .waitingForSite {
@@ -454,6 +465,26 @@ struct Worker {
     /// (its BMC is reached through the site) waits for it: the step is neither done nor failed,
     /// and is tried again while its time lasts.
     func withBMC(
+        _ m: Machine,
+        _ claim: WorkClaim,
+        action: String,
+        _ body: (any BMC) async throws -> Void
+    ) async
+        -> Action
+    {
+        // In a step's trace, the action is a span over its attempts (each BMC call in it one more).
+        guard InstrumentationContext.current != nil else { return await attempts(m, claim, action: action, body) }
+        return await withSpan("bmc.action") { span in
+            span.attributes["farrier.bmc.action"] = action
+            span.attributes["farrier.bmc.driver"] = m.bmc?.driver.rawValue ?? "-"
+            let outcome = await attempts(m, claim, action: action, body)
+            span.attributes["farrier.bmc.outcome"] = "\(outcome)"
+            if outcome == .failed { span.setStatus(SpanStatus(code: .error, message: "BMC could not \(action)")) }
+            return outcome
+        }
+    }
+
+    func attempts(
         _ m: Machine,
         _ claim: WorkClaim,
         action: String,

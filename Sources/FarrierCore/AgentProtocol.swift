@@ -88,6 +88,9 @@ public struct AgentTask: Codable, Sendable, Equatable {
     /// Deploy: the installed OS's token for reporting in (nil: not tracked). The agent puts it,
     /// with the agent channel's URL and certificate, into the vendor-data (`OSReportScript`).
     public var osToken: String?
+    /// The trace context of the server's answer to hello (W3C `traceparent`, `tracestate`):
+    /// the agent echoes it in its result, and sends it with its image download.
+    public var trace: [String: String]?
 
     public init(
         kind: Kind,
@@ -146,6 +149,10 @@ public struct AgentResult: Codable, Sendable {
     /// an OS token). Nil or false: Farrier does not wait for the OS (an agent from before the
     /// report existed, or no config drive), and the deploy ends once the disk boots.
     public var osReporter: Bool?
+    /// The task's trace context, as the task gave it (`AgentTask.trace`).
+    public var trace: [String: String]?
+    /// What the task's time went to, for its trace.
+    public var phases: [AgentPhase]?
     public init(
         ok: Bool,
         error: String? = nil,
@@ -161,6 +168,33 @@ public struct AgentResult: Codable, Sendable {
         self.peakRSSBytes = peakRSSBytes
         self.seconds = seconds
     }
+}
+
+/// One part of an agent's task, in seconds after the task began, on the ramdisk's monotonic
+/// clock (its wall clock may not be set). Parts may overlap: a deploy downloads and writes at once.
+public struct AgentPhase: Codable, Sendable, Hashable {
+    /// download, write, verify, configure, wipe, inventory, lldp or rescue.
+    public var name: String
+    public var start: Double
+    public var end: Double
+    /// Bytes the phase moved, if it moved any.
+    public var bytes: Int64?
+    /// Time spent inside the phase's own calls (reading the network, writing the disk): with
+    /// phases that overlap, which side was the slow one.
+    public var busySeconds: Double?
+
+    public init(name: String, start: Double, end: Double, bytes: Int64? = nil, busySeconds: Double? = nil) {
+        self.name = name
+        self.start = start
+        self.end = end
+        self.bytes = bytes
+        self.busySeconds = busySeconds
+    }
+
+    /// The names a server records; anything else an agent sends is dropped.
+    public static let names: Set<String> = [
+        "download", "write", "verify", "configure", "wipe", "inventory", "lldp", "rescue",
+    ]
 }
 
 /// Named crash points for the kill -9 tests: `FARRIER_FAILPOINTS=reconciler.boot.after-action,…`

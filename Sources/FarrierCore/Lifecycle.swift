@@ -52,6 +52,16 @@ public enum Lifecycle {
             }
         }
 
+        /// Whether the event is a request that begins a step (its trace starts here). A step
+        /// can also follow another's end (a dirty machine's commissioning goes on to a release):
+        /// that one continues the ended step's trace.
+        public var beginsStep: Bool {
+            switch self {
+            case .commission, .deploy, .release, .rescue, .exitRescue, .retry: true
+            default: false
+            }
+        }
+
         /// One of each event, for exhaustive tests.
         public static let all: [Event] = [
             .enroll, .commission, .deploy, .release, .rescue, .exitRescue, .adopt, .stepSucceeded,

@@ -102,6 +102,8 @@ public struct Machine: Codable, Sendable, Hashable {
     public var otherMACs: [String]?
     /// An admin's root device hints: which disk a deploy writes to (a deploy's own hints win).
     public var rootDevice: RootDeviceHints?
+    /// The trace of its current (or last) step: every replica adds its part of the step to it.
+    public var trace: StepTrace?
 
     public init(
         id: String = UUID().uuidString.lowercased(),

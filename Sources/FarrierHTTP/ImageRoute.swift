@@ -1,10 +1,12 @@
 import CoreMetrics
 import FarrierCore
 import Foundation
+import HTTPTypes
 import Hummingbird
 import NIOCore
 import NIOPosix
 import Synchronization
+import Tracing
 
 /// Where `/images/<sha256>` finds its bytes: the region's blob directory, or a site's cache of
 /// the region's files.
@@ -58,9 +60,15 @@ public func addImageRoute(_ router: Router<some RequestContext>, source: any Ima
             throw HTTPError(.badGateway, message: "image \(name.prefix(12))…: \(error)\n")
         }
         guard let file = opened else { throw HTTPError(.notFound, message: "no such image\n") }
+        // An agent's download in a step's trace (it sends the step's `traceparent`): a span
+        // until the file is let go.
+        let span = imageSpan(request, name: name, size: file.size)
         // Released when the last holder lets go: at the end of this function for an answer
         // without a body; for a body, once it is sent or cut off, or dropped unsent.
-        let hold = ReleaseOnce(file.release)
+        let hold = ReleaseOnce {
+            await file.release()
+            span?.end()
+        }
         let path = file.path
         let size = file.size
         let etag = "\"\(name)\""
@@ -96,6 +104,20 @@ public func addImageRoute(_ router: Router<some RequestContext>, source: any Ima
         let loop = (context as? FarrierRequestContext)?.eventLoop
         let body = ImageStream.body(path: path, range: range, eventLoop: loop, hold: hold)
         return Response(status: status, headers: headers, body: body)
+    }
+    @Sendable func imageSpan(_ request: Request, name: String, size: Int64) -> (any Span)? {
+        guard let traceparent = request.headers[HTTPField.Name("traceparent")!] else { return nil }
+        var carrier = ["traceparent": traceparent]
+        if let state = request.headers[HTTPField.Name("tracestate")!] { carrier["tracestate"] = state }
+        var parent = InstrumentationContext.topLevel
+        InstrumentationSystem.instrument.extract(carrier, into: &parent, using: HeaderExtractor())
+        let span = InstrumentationSystem.tracer.startSpan("GET /images/:name", context: parent, ofKind: .server)
+        span.attributes["http.request.method"] = request.method.rawValue
+        span.attributes["http.route"] = "/images/:name"
+        span.attributes["farrier.image.sha256"] = name
+        span.attributes["farrier.image.size"] = Int(size)
+        if let range = request.headers[.range] { span.attributes["http.request.header.range"] = range }
+        return span
     }
     router.get("/images/:name") { request, context in try await answer(request, context, head: false) }
     router.head("/images/:name") { request, context in try await answer(request, context, head: true) }
@@ -183,6 +205,10 @@ enum ImageStream {
 
 /// Runs a file's release once: when asked, or when the last reference goes (a response dropped
 /// before its body ran).
+struct HeaderExtractor: Extractor {
+    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+}
+
 final class ReleaseOnce: Sendable {
     let action: @Sendable () async -> Void
     let done = Atomic<Bool>(false)

@@ -21,6 +21,8 @@ public final class HTTPOrigin: CacheOrigin {
         var config = HTTPClient.Configuration(redirectConfiguration: .disallow)
         config.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
         config.timeout = .init(connect: .seconds(10), read: .seconds(60))
+        // No span per request (a root one outside any trace); Farrier traces its own steps.
+        config.tracing.tracer = nil
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }()
 

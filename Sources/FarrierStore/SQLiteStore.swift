@@ -280,6 +280,10 @@ public final class SQLiteStore: StateStore {
             // An admin's root device hints for the machine (JSON; NULL: the default choice).
             try db.alter(table: "machine") { t in t.add(column: "rootDevice", .text) }
         }
+        m.registerMigration("v21-step-trace") { db in
+            // The step's trace context (JSON; NULL: none recorded).
+            try db.alter(table: "machine") { t in t.add(column: "trace", .text) }
+        }
         return m
     }
 
@@ -1373,6 +1377,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var bmcCredential: String?
     var otherMACs: String?
     var rootDevice: String?
+    var trace: String?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] {
@@ -1385,7 +1390,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
             Column("diskDirty"),
             Column("dirtyFor"), Column("releasedFrom"),
             Column("agentBoot"), Column("agentNonce"), Column("maintenance"), Column("power"), Column("bmcCredential"),
-            Column("otherMACs"), Column("rootDevice"),
+            Column("otherMACs"), Column("rootDevice"), Column("trace"),
         ]
     }
 
@@ -1423,6 +1428,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         bmcCredential = m.bmcCredential
         otherMACs = try? m.otherMACs.map(jsonText)
         rootDevice = try? m.rootDevice.map(jsonText)
+        trace = try? m.trace.map(jsonText)
     }
 
     func machine() throws -> Machine {
@@ -1472,6 +1478,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.bmcCredential = bmcCredential
         m.otherMACs = try jsonValue([String].self, otherMACs)
         m.rootDevice = try jsonValue(RootDeviceHints.self, rootDevice)
+        m.trace = try jsonValue(StepTrace.self, trace)
         return m
     }
 }

@@ -69,7 +69,10 @@ import Testing
             ServerConfiguration.keys.first(where: { $0.key == "tftp.max-transfers" })?.env
                 == "FARRIER_TFTP_MAX_TRANSFERS"
         )
-        #expect(ServerConfiguration.keys.count == 44)
+        #expect(ServerConfiguration.keys.count == 47)
+        #expect(
+            ServerConfiguration.keys.first(where: { $0.key == "otel.sample-ratio" })?.env == "FARRIER_OTEL_SAMPLE_RATIO"
+        )
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "metrics.token-file" })?.env
                 == "FARRIER_METRICS_TOKEN_FILE"
@@ -111,6 +114,43 @@ import Testing
                 try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]])
             }
             #expect("\(error.map { "\($0)" } ?? "")".contains(key), "\(key)=\(value): \(String(describing: error))")
+        }
+    }
+
+    /// Traces (issue 17 point 3): exported only when an endpoint is set, to its /v1/traces, over
+    /// http/protobuf; anything else is refused with the key that was wrong.
+    @Test func otelSettingsAreCheckedAndTheTracesPathAdded() throws {
+        let d = try ServerConfiguration.load(file: nil, environment: [:], flags: [:])
+        #expect(d.otelEndpoint == "" && d.otelServiceName == "farrier" && d.otelSampleRatio == 1)
+        let c = try ServerConfiguration.load(
+            file: nil,
+            environment: ["FARRIER_OTEL_ENDPOINT": "http://collector:4318", "FARRIER_OTEL_SAMPLE_RATIO": "0.25"],
+            flags: ["otel.service-name": ["farrier-eu"]]
+        )
+        #expect(
+            c.otelEndpoint == "http://collector:4318" && c.otelSampleRatio == 0.25 && c.otelServiceName == "farrier-eu"
+        )
+        #expect(FarrierTracing.tracesURL("http://collector:4318") == "http://collector:4318/v1/traces")
+        #expect(FarrierTracing.tracesURL("https://c:4318/") == "https://c:4318/v1/traces")
+        #expect(FarrierTracing.tracesURL("http://c:4318/v1/traces") == "http://c:4318/v1/traces")
+        for (key, value) in [
+            ("otel.endpoint", "collector:4318"), ("otel.endpoint", "grpc://c:4317"), ("otel.sample-ratio", "1.5"),
+            ("otel.sample-ratio", "x"), ("otel.service-name", ""),
+        ] {
+            let error = #expect(throws: (any Error).self) {
+                try ServerConfiguration.load(file: nil, environment: [:], flags: [key: [value]])
+            }
+            #expect("\(error.map { "\($0)" } ?? "")".contains(key), "\(key)=\(value): \(String(describing: error))")
+        }
+        // The gRPC exporter is not built in, and OTLP/JSON would send the IDs wrong.
+        #expect(throws: Never.self) {
+            try FarrierTracing.check(environment: ["OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"])
+        }
+        for (key, value) in [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ] {
+            let error = #expect(throws: ConfigurationError.self) { try FarrierTracing.check(environment: [key: value]) }
+            #expect(error?.description.contains(key) == true)
         }
     }
 

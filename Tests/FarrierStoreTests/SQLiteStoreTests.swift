@@ -17,7 +17,7 @@ import Testing
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
                 "v13-machine-site", "v14-site-events", "v15-site-lease", "v16-site-bmc-channels",
                 "v17-site-join-again", "v18-maintenance-power", "v19-bulk-enroll",
-                "v20-root-device",
+                "v20-root-device", "v21-step-trace",
             ]
         )
     }
@@ -26,6 +26,29 @@ import Testing
 /// The store contract: every test runs against SQLite and against a real PostgreSQL 15.
 @Suite struct StoreContractTests {
     let mac = MACAddress("52:54:00:12:34:56")!
+
+    /// A step's trace context is kept with the machine, in both stores, and read back whole.
+    @Test(arguments: StoreKind.allCases) func aStepsTraceIsStored(_ kind: StoreKind) async throws {
+        try await withStore(kind) { under in
+            let s = under.store
+            let bmc = try BMCReference(url: "ipmi://admin@127.0.0.1:623")
+            let m = try await s.enroll(name: "n1", mac: mac, bmc: bmc, sealedPassword: [1], at: Date())
+            #expect(m.trace == nil)
+            let trace = StepTrace(
+                carrier: [
+                    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "x=1",
+                ],
+                phaseSince: Date(timeIntervalSince1970: 1_800_000_000.5)
+            )
+            _ = try await s.update(machineID: m.id) { x in
+                x.trace = trace
+                return []
+            }
+            let read = try #require(try await s.machine(id: m.id))
+            #expect(read.trace == trace)
+            #expect(try await s.machine(mac: mac)?.trace?.traceID == "4bf92f3577b34da6a3ce929d0e0e4736")
+        }
+    }
 
     /// Proxy mode's seen addresses: one per MAC (the newest wins), apart from leases, and pruned
     /// by age when read.

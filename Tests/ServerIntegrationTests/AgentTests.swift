@@ -53,10 +53,16 @@ struct AgentTests {
 
     /// A server and an ipmi_sim BMC, with machine a1 enrolled and commissioned by the real agent
     /// (its disk is the file `disk`): a1 is ready when this returns.
-    func commissioned(_ h: Harness, disk: String) throws -> ControlPlane {
+    func commissioned(
+        _ h: Harness,
+        disk: String,
+        flags: [String] = [],
+        environment: [String] = []
+    ) throws -> ControlPlane {
         let sim = try IPMISimulator(h)
         try sim.start()
-        let cp = ControlPlane(h)
+        let cp = ControlPlane(h, flags: flags)
+        cp.environment = environment
         try cp.start()
         try cp.cli([
             "machine", "enroll", "a1", "--mac", Self.mac, "--bmc", "ipmi://\(IPMISimulator.user)@127.0.0.1:\(sim.port)",

@@ -19,6 +19,8 @@ final class ControlPlane: @unchecked Sendable {
     let extraFlags: [String]
     /// Flags every CLI call gets (e.g. --ca-file for a TLS server).
     var clientFlags: [String] = []
+    /// NAME=VALUE pairs in the server's environment.
+    var environment: [String] = []
     static let bin = Harness.farrierBinary
 
     init(_ h: Harness, flags: [String] = []) {
@@ -74,7 +76,8 @@ final class ControlPlane: @unchecked Sendable {
     }
 
     func startOnce(failpoints: [String], log: String) throws -> Process {
-        let env = failpoints.isEmpty ? [] : ["FARRIER_FAILPOINTS=" + failpoints.joined(separator: ",")]
+        let env =
+            environment + (failpoints.isEmpty ? [] : ["FARRIER_FAILPOINTS=" + failpoints.joined(separator: ",")])
         let p = try h.start(
             env + [
                 Self.bin, "server", "--data-dir", data, "--log-level", "debug", "--grpc-listen", grpc,

@@ -1,7 +1,9 @@
 import ArgumentParser
 import FarrierApp
+import FarrierCore
 import Foundation
 import Logging
+import ServiceLifecycle
 import SystemSupport
 
 struct ServerCommand: AsyncParsableCommand {
@@ -75,6 +77,20 @@ struct ServerCommand: AsyncParsableCommand {
             "HOST:PORT for the web console; empty (the default) for none. Off loopback it needs --api-tls-cert or --api-insecure. [console.listen, FARRIER_CONSOLE_LISTEN]"
     )
     var consoleListen: String?
+
+    @Option(
+        help:
+            "An OTLP/HTTP receiver's base URL to export traces to (protobuf; /v1/traces is added); empty (the default) for none. [otel.endpoint, FARRIER_OTEL_ENDPOINT]"
+    )
+    var otelEndpoint: String?
+
+    @Option(help: "The traces' service.name. [otel.service-name, FARRIER_OTEL_SERVICE_NAME; default farrier]")
+    var otelServiceName: String?
+
+    @Option(
+        help: "The share of new traces recorded, 0 to 1. [otel.sample-ratio, FARRIER_OTEL_SAMPLE_RATIO; default 1]"
+    )
+    var otelSampleRatio: String?
 
     @Option(help: "HOST:PORT for TFTP; empty disables it. [tftp.listen, FARRIER_TFTP_LISTEN; default 0.0.0.0:69]")
     var tftpListen: String?
@@ -271,7 +287,8 @@ struct ServerCommand: AsyncParsableCommand {
             ("agent.tls-cert", agentTLSCert), ("agent.tls-key", agentTLSKey),
             ("grpc.listen", grpcListen), ("tftp.listen", tftpListen), ("tftp.root", tftpRoot),
             ("metrics.listen", metricsListen), ("metrics.token-file", metricsTokenFile),
-            ("console.listen", consoleListen),
+            ("console.listen", consoleListen), ("otel.endpoint", otelEndpoint),
+            ("otel.service-name", otelServiceName), ("otel.sample-ratio", otelSampleRatio),
             ("tftp.max-transfers", tftpMaxTransfers.map(String.init)),
             ("tftp.busy-poll", tftpBusyPoll.map(String.init)),
             ("tftp.max-transfers-per-client", tftpMaxTransfersPerClient.map(String.init)),
@@ -316,11 +333,22 @@ struct ServerCommand: AsyncParsableCommand {
         }
         // Before the server starts its threads: arenas made before the cap stay.
         if configuration.memoryArenas > 0 { ProcessMemory.limitArenas(configuration.memoryArenas) }
-        bootstrapLogging(level: configuration.logLevel, format: configuration.logFormat)
+        bootstrapLogging(
+            level: configuration.logLevel,
+            format: configuration.logFormat,
+            metadataProvider: FarrierTracing.loggingMetadata
+        )
         let logger = Logger(label: "farrier")
         logger.info("starting", metadata: ["data-dir": "\(configuration.dataDir)", "pid": "\(getpid())"])
+        // (Nil: OpenTelemetry turned off by OTEL_SDK_DISABLED; the server runs untraced.)
+        let tracing: (any Service)?
+        do {
+            tracing = try FarrierTracing.bootstrap(configuration, environment: env, logger: logger)
+        } catch {
+            throw ValidationError("\(error)")
+        }
         let server = try await FarrierServer(configuration: configuration, logger: logger)
-        try await server.run()
+        try await server.run(first: tracing.map { [$0] } ?? [])
         logger.info("stopped")
     }
 }

@@ -1,0 +1,190 @@
+import FarrierCore
+import Foundation
+import Tracing
+
+/// Writes a context's fields into a dictionary (a stored step's carrier, a JSON body's field).
+public struct DictionaryInjector: Injector {
+    public init() {}
+    public func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) {
+        carrier[key] = value
+    }
+}
+
+/// Reads a context's fields from a dictionary.
+public struct DictionaryExtractor: Extractor {
+    public init() {}
+    public func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+}
+
+/// A step's trace across replicas: the context it began in is stored with the machine
+/// (`Machine.trace`), and each later part of it becomes that context's child on whichever
+/// replica does it. No span stays open across a step (a span cannot outlive its process); a
+/// part that ends somewhere else than it began is recorded, with its own start and end, when
+/// it ends.
+public enum StepTracing {
+    /// The context injected (W3C `traceparent` under OpenTelemetry); nil when there is none, or
+    /// the tracer injects nothing (no tracer bootstrapped).
+    public static func carrier(_ context: InstrumentationContext? = InstrumentationContext.current) -> [String: String]?
+    {
+        guard let context else { return nil }
+        var carrier: [String: String] = [:]
+        InstrumentationSystem.instrument.inject(context, into: &carrier, using: DictionaryInjector())
+        return carrier.isEmpty ? nil : carrier
+    }
+
+    /// The context a carrier holds; nil for none.
+    public static func context(_ carrier: [String: String]?) -> InstrumentationContext? {
+        guard let carrier, !carrier.isEmpty else { return nil }
+        var context = InstrumentationContext.topLevel
+        InstrumentationSystem.instrument.extract(carrier, into: &context, using: DictionaryExtractor())
+        return context
+    }
+
+    /// The stored step's context; nil for none.
+    public static func context(_ trace: StepTrace?) -> InstrumentationContext? { context(trace?.carrier) }
+
+    static func instant(_ date: Date) -> DefaultTracerClock.Timestamp {
+        .init(nanosecondsSinceEpoch: UInt64(max(0, date.timeIntervalSince1970) * 1_000_000_000))
+    }
+
+    /// Records a span that already happened: `from` to `to`, under `parent`. An `error` marks it
+    /// failed with that message.
+    public static func record(
+        _ name: String,
+        parent: InstrumentationContext,
+        from: Date,
+        to: Date,
+        kind: SpanKind = .internal,
+        error: String? = nil,
+        attributes: (inout SpanAttributes) -> Void = { _ in }
+    ) {
+        let span = InstrumentationSystem.tracer.startSpan(
+            name,
+            context: parent,
+            ofKind: kind,
+            at: instant(from)
+        )
+        var a = span.attributes
+        attributes(&a)
+        span.attributes = a
+        if let error { span.setStatus(SpanStatus(code: .error, message: error)) }
+        span.end(at: instant(max(from, to)))
+    }
+
+    /// Runs `body` in a span that is the child of the step's stored context; with none stored,
+    /// runs it untraced.
+    public static func withStepSpan<T>(
+        _ name: String,
+        trace: StepTrace?,
+        ofKind kind: SpanKind = .internal,
+        attributes: (inout SpanAttributes) -> Void = { _ in },
+        _ body: () async throws -> T
+    ) async rethrows -> T {
+        guard let parent = context(trace) else { return try await body() }
+        return try await withSpan(name, context: parent, ofKind: kind) { span in
+            var a = span.attributes
+            attributes(&a)
+            span.attributes = a
+            return try await body()
+        }
+    }
+
+    /// The attributes every span of a machine's step carries.
+    public static func machineAttributes(_ m: Machine) -> (inout SpanAttributes) -> Void {
+        let name = m.name
+        let id = m.id
+        let step = m.state.rawValue
+        let generation = m.generation
+        let phase = m.phase.rawValue
+        return { a in
+            a["farrier.machine.name"] = name
+            a["farrier.machine.id"] = id
+            a["farrier.step"] = step
+            a["farrier.generation"] = generation
+            a["farrier.phase"] = phase
+        }
+    }
+}
+
+/// A step that an event ended: its state, start and trace, read in the commit's transaction.
+struct EndedStep: Sendable {
+    var state: MachineState
+    var started: Date
+    var trace: StepTrace?
+
+    init(_ state: MachineState, _ started: Date, _ trace: StepTrace?) {
+        self.state = state
+        self.started = started
+        self.trace = trace
+    }
+
+    /// The step's span, `step.<state>`, from its start to now; failed with `error`.
+    func record(_ m: Machine, error: String?) {
+        guard let parent = StepTracing.context(trace) else { return }
+        let step = state.rawValue
+        let name = m.name
+        let id = m.id
+        let outcome = error == nil ? "succeeded" : "failed"
+        StepTracing.record("step.\(step)", parent: parent, from: started, to: Date(), error: error) { a in
+            a["farrier.machine.name"] = name
+            a["farrier.machine.id"] = id
+            a["farrier.step"] = step
+            a["farrier.outcome"] = outcome
+        }
+    }
+}
+
+extension Controller {
+    /// The parent of an agent's task: the context it echoed (the hello's span) when that is in
+    /// the step's own trace, else the step's stored context.
+    static func agentParent(
+        stored: StepTrace,
+        echoed: [String: String]?
+    ) -> (carrier: [String: String], fromAgent: Bool) {
+        guard let echoed, let id = StepTrace(carrier: echoed).traceID, id == stored.traceID else {
+            return (stored.carrier, false)
+        }
+        return (echoed, true)
+    }
+
+    /// The agent's task in the step's trace: `agent.task` over the task's seconds, ending now,
+    /// with the phases the agent timed. The agent's echo of the hello's context is its parent
+    /// only when it is this step's trace: an agent cannot graft spans onto another trace.
+    func traceAgentTask(_ m: Machine, _ result: AgentResult) {
+        guard let stored = m.trace else { return }
+        let (carrier, fromAgent) = Self.agentParent(stored: stored, echoed: result.trace)
+        guard let parent = StepTracing.context(carrier) else { return }
+        let end = Date()
+        // The agent's own measure of the task, bounded by the step's life.
+        let stepSeconds = m.stepStarted.map { max(0, end.timeIntervalSince($0)) } ?? 0
+        let seconds = min(max(0, result.seconds ?? 0), stepSeconds)
+        let start = end.addingTimeInterval(-seconds)
+        let span = InstrumentationSystem.tracer.startSpan(
+            "agent.task",
+            context: parent,
+            ofKind: .internal,
+            at: StepTracing.instant(start)
+        )
+        var a = span.attributes
+        StepTracing.machineAttributes(m)(&a)
+        a["farrier.agent.ok"] = result.ok
+        a["farrier.trace.from_agent"] = fromAgent
+        if let rss = result.peakRSSBytes { a["farrier.agent.peak_rss_bytes"] = Int(rss) }
+        span.attributes = a
+        if !result.ok { span.setStatus(SpanStatus(code: .error, message: result.error ?? "agent failed")) }
+        for phase in (result.phases ?? []).prefix(16) where AgentPhase.names.contains(phase.name) {
+            let from = min(max(0, phase.start), seconds)
+            let to = min(max(from, phase.end), seconds)
+            StepTracing.record(
+                "agent.\(phase.name)",
+                parent: span.context,
+                from: start.addingTimeInterval(from),
+                to: start.addingTimeInterval(to)
+            ) { a in
+                if let b = phase.bytes { a["farrier.agent.bytes"] = Int(b) }
+                if let s = phase.busySeconds { a["farrier.agent.busy_seconds"] = s }
+            }
+        }
+        span.end(at: StepTracing.instant(end))
+    }
+}
