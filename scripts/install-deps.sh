@@ -22,6 +22,7 @@ packages=(
     postgresql-15 postgresql-client-15       # the replicas' shared store (tests start their own server)
     lldpd                     # the lab's "switch": LLDP on the VMs' taps (inventory's LLDP neighbours)
     prometheus                # promtool: the SLO rules' checks and unit tests (deploy/prometheus)
+    mtail                     # the log-based SLO: deploy/mtail's program over the server's log lines
     chromium chromium-driver python3-selenium   # the web console's browser test (headless)
 )
 missing=()
@@ -36,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ $made_policy = 1 ] && rm -f $policy; exit 1; }
     [ $made_policy = 1 ] && rm -f $policy
     if command -v systemctl >/dev/null; then
-        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql lldpd prometheus >/dev/null 2>&1 || true
+        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql lldpd prometheus mtail >/dev/null 2>&1 || true
     fi
 fi
 

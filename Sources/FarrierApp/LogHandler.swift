@@ -29,21 +29,10 @@ public struct LineLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var fields: [(String, String)] = [
-            ("time", Self.timestamp()), ("level", event.level.rawValue), ("logger", label), ("msg", "\(event.message)"),
-        ]
         var all = metadata
         if let p = metadataProvider?.get(), !p.isEmpty { all.merge(p) { $1 } }
         if let m = event.metadata { all.merge(m) { $1 } }
-        for key in all.keys.sorted() { fields.append((key, "\(all[key]!)")) }
-        let line: String
-        switch format {
-        case .logfmt:
-            line = fields.map { "\($0.0)=\(Self.logfmtValue($0.1))" }.joined(separator: " ")
-        case .json:
-            line = "{" + fields.map { "\(Self.jsonString($0.0)):\(Self.jsonString($0.1))" }.joined(separator: ",") + "}"
-        }
-        let data = Array((line + "\n").utf8)
+        let data = Array((line(level: event.level, message: "\(event.message)", metadata: all) + "\n").utf8)
         Self.lock.withLock { _ in
             data.withUnsafeBufferPointer { buf in
                 var done = 0
@@ -53,6 +42,21 @@ public struct LineLogHandler: LogHandler {
                     done += n
                 }
             }
+        }
+    }
+
+    /// One event's line, without its newline: time, level, logger and msg, then the metadata
+    /// in key order (what deploy/mtail's program and a log shipper read).
+    public func line(level: Logger.Level, message: String, metadata: Logger.Metadata) -> String {
+        var fields: [(String, String)] = [
+            ("time", Self.timestamp()), ("level", level.rawValue), ("logger", label), ("msg", message),
+        ]
+        for key in metadata.keys.sorted() { fields.append((key, "\(metadata[key]!)")) }
+        switch format {
+        case .logfmt:
+            return fields.map { "\($0.0)=\(Self.logfmtValue($0.1))" }.joined(separator: " ")
+        case .json:
+            return "{" + fields.map { "\(Self.jsonString($0.0)):\(Self.jsonString($0.1))" }.joined(separator: ",") + "}"
         }
     }
 

@@ -128,12 +128,10 @@ public final class Controller: Sendable {
             switch event {
             case .stepSucceeded:
                 metrics.stepEnded(step.state, succeeded: true, seconds: Date().timeIntervalSince(step.started))
-                step.record(m, error: nil)
+                step.ended(m, outcome: "succeeded", error: nil, logger: logger)
             case .stepFailed(let reason):
                 metrics.stepEnded(step.state, succeeded: false, seconds: Date().timeIntervalSince(step.started))
-                step.record(m, error: reason)
-            case .abort:
-                step.record(m, error: "aborted")
+                step.ended(m, outcome: "failed", error: reason, logger: logger)
             default: break
             }
         }
@@ -553,7 +551,7 @@ public final class Controller: Sendable {
                     a["farrier.os.boot_id"] = report.bootID
                 }
             }
-            step.record(updated, error: nil)
+            step.ended(updated, outcome: "succeeded", error: nil, logger: logger)
         }
         logger.info(
             "the OS reported in",

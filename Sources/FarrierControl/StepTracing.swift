@@ -1,5 +1,6 @@
 import FarrierCore
 import Foundation
+import Logging
 import Tracing
 
 /// Writes a context's fields into a dictionary (a stored step's carrier, a JSON body's field).
@@ -118,14 +119,24 @@ struct EndedStep: Sendable {
         self.trace = trace
     }
 
-    /// The step's span, `step.<state>`, from its start to now; failed with `error`.
-    func record(_ m: Machine, error: String?) {
+    /// The step's end: one log line, `lifecycle step ended`, with its outcome (`succeeded` or
+    /// `failed`) and seconds (what the log-based SLO counts, README: Logs), and its
+    /// span, `step.<state>`, from its start to now, an error unless it succeeded.
+    func ended(_ m: Machine, outcome: String, error: String?, logger: Logger) {
+        let now = Date()
+        logger.info(
+            "lifecycle step ended",
+            metadata: [
+                "machine": "\(m.name)", "step": "\(state.rawValue)", "outcome": "\(outcome)",
+                "seconds": "\(String(format: "%.3f", max(0, now.timeIntervalSince(started))))",
+                "trace_id": "\(trace?.traceID ?? "-")",
+            ]
+        )
         guard let parent = StepTracing.context(trace) else { return }
         let step = state.rawValue
         let name = m.name
         let id = m.id
-        let outcome = error == nil ? "succeeded" : "failed"
-        StepTracing.record("step.\(step)", parent: parent, from: started, to: Date(), error: error) { a in
+        StepTracing.record("step.\(step)", parent: parent, from: started, to: now, error: error) { a in
             a["farrier.machine.name"] = name
             a["farrier.machine.id"] = id
             a["farrier.step"] = step

@@ -141,5 +141,62 @@ struct TracingTests {
         }
         #expect(line.contains("reason=") && line.contains("does not match"), "\(line)")
         #expect(receiver.problems.isEmpty, "\(receiver.problems)")
+
+        // The log-based SLO's program (deploy/mtail) counts this server's own lines: each
+        // step's end once, and the failure.
+        let program = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("deploy/mtail").path
+        let counted = try h.run([
+            "mtail", "--progs", program, "--logs", h.directory + "/server.log", "--one_shot", "--one_shot_format",
+            "prometheus",
+        ]).stdout
+        for series in [
+            #"farrier_log_lifecycle_steps_ended_total{outcome="succeeded",prog="farrier.mtail",step="commissioning"} 1"#,
+            #"farrier_log_lifecycle_steps_ended_total{outcome="succeeded",prog="farrier.mtail",step="deploying"} 1"#,
+            #"farrier_log_lifecycle_steps_ended_total{outcome="succeeded",prog="farrier.mtail",step="releasing"} 1"#,
+            #"farrier_log_lifecycle_steps_ended_total{outcome="failed",prog="farrier.mtail",step="deploying"} 1"#,
+            #"farrier_log_lifecycle_step_failures_total{failure="agent",prog="farrier.mtail",step="deploying"} 1"#,
+        ] {
+            #expect(counted.contains(series + "\n"), "mtail: \(series) missing from\n\(counted)")
+        }
+    }
+
+    /// A deploy crosses replicas: the API call to replica A, the agent's hello and result to
+    /// B, on one PostgreSQL. Its trace is still one, and shows which replica did what.
+    @Test func aDeployCrossesReplicas() throws {
+        let receiver = try OTLPReceiver()
+        defer { receiver.stop() }
+        let h = try Harness("tracing-replicas")
+        let pg = try PostgresServer(h)
+        defer {
+            pg.stop()
+            h.cleanup()
+        }
+        let flags = ["--database", try pg.createDatabase("farrier"), "--otel-endpoint", receiver.endpoint]
+        let (a, _, _) = try ControlPlaneTests().setUp(h, flags: flags)
+        let b = ControlPlane(h, flags: flags)
+        try b.start(log: "server-b.log")
+        try a.addTestImage(byte: 7)
+        try a.cli(["project", "create", "p"])
+        try a.cli(["machine", "deploy", "m1", "--image", "img", "--project", "p"])
+        try b.runAgent(mac: ControlPlaneTests.mac1)
+        try a.waitFor("m1", "deployed")
+        let spans = try trace(h, receiver, holding: "step.deploying")
+        let summary = spans.map(\.description).joined(separator: "\n")
+        let root = try #require(spans.first { $0.parentSpanID.isEmpty }, "\(summary)")
+        #expect(
+            root.name == "farrier.v1.MachineService/DeployMachine" && spans.filter(\.parentSpanID.isEmpty).count == 1
+        )
+        let hello = try #require(spans.first { $0.name == "agent.hello" }, "\(summary)")
+        let agentTask = try #require(spans.first { $0.name == "agent.task" }, "\(summary)")
+        let replicaA = root.resource["service.instance.id"] ?? ""
+        let replicaB = hello.resource["service.instance.id"] ?? ""
+        #expect(!replicaA.isEmpty && !replicaB.isEmpty && replicaA != replicaB, "\(replicaA) \(replicaB)")
+        #expect(agentTask.resource["service.instance.id"] == replicaB)
+        // The stand-in agent echoes nothing: its task hangs under the stored step's context.
+        #expect(agentTask.attributes["farrier.trace.from_agent"] == "false", "\(agentTask)")
+        let byID = Set(spans.map(\.spanID))
+        #expect(spans.allSatisfy { $0.parentSpanID.isEmpty || byID.contains($0.parentSpanID) }, "\(summary)")
+        #expect(receiver.problems.isEmpty, "\(receiver.problems)")
     }
 }
