@@ -271,9 +271,9 @@ enum Pages {
         return out.joined()
     }
 
-    /// The last boot as an SVG waterfall: one row per timeline event (DHCP, TFTP, HTTP), a bar
-    /// from it to the next on the boot's time scale, with its duration; the agent's current
-    /// stage, if the step has one, as the last bar.
+    /// The last boot as an SVG waterfall: one row per timeline event (DHCP, TFTP, HTTP, the
+    /// agent's phases), a bar from it to the next on the boot's time scale, with its duration;
+    /// while the agent works, its current stage as the last bar.
     static func waterfall(_ m: Farrier_V1_Machine) -> String {
         struct Row {
             var time: Date
@@ -282,9 +282,13 @@ enum Pages {
         }
         var rows = Waterfall.lastBoot(
             m.timeline.map { Row(time: $0.time.date, stage: $0.stage, label: "\($0.stage) \($0.event)") },
-            time: \.time
+            time: \.time,
+            continues: { $0.stage == "agent" }
         )
-        if m.hasProgress, !m.progress.stage.isEmpty, let last = rows.last, m.progress.updated.date > last.time {
+        // The agent's current stage, while it works (its phases are in the timeline once it is done).
+        if m.hasProgress, !m.progress.stage.isEmpty, let last = rows.last, last.stage != "agent",
+            m.progress.updated.date > last.time
+        {
             rows.append(Row(time: m.progress.updated.date, stage: "agent", label: "agent \(m.progress.stage)"))
         }
         guard let first = rows.first?.time, let end = rows.last?.time else {

@@ -806,7 +806,9 @@ public final class Controller: Sendable {
                 guardGeneration: m.generation
             )
             metrics.failed(m.state, failure)
-            traceAgentTask(m, result)
+            let end = Date()
+            traceAgentTask(m, result, end: end)
+            await recordAgentTimeline(m, result, end: end)
             logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")", trace: m.trace)
             return
         }
@@ -834,7 +836,11 @@ public final class Controller: Sendable {
             return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")]
         }
         Failpoint.hit("agent.done.after-commit")
-        if finished.value { traceAgentTask(m, result) }
+        if finished.value {
+            let end = Date()
+            traceAgentTask(m, result, end: end)
+            await recordAgentTimeline(m, result, end: end)
+        }
         // The image's size, as the agent's last progress report gave it, over the whole task.
         if finished.value, m.state == .deploying, let seconds = result.seconds, let bytes = m.progress?.bytesTotal,
             bytes > 0

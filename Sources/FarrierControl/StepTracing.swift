@@ -158,14 +158,55 @@ extension Controller {
         return (echoed, true)
     }
 
+    /// The agent's phases in the machine's boot timeline (the waterfall's rows): each at its
+    /// start, and `done` at the task's end, on the same anchor as the trace. Diagnostics: a
+    /// store that cannot take them loses only them.
+    func recordAgentTimeline(_ m: Machine, _ result: AgentResult, end: Date) async {
+        let stepSeconds = m.stepStarted.map { max(0, end.timeIntervalSince($0)) } ?? 0
+        let seconds = min(max(0, result.seconds ?? 0), stepSeconds)
+        let start = end.addingTimeInterval(-seconds)
+        var events: [TimelineEvent] = []
+        for phase in (result.phases ?? []).prefix(16) where AgentPhase.names.contains(phase.name) {
+            let from = min(max(0, phase.start), seconds)
+            let to = min(max(from, phase.end), seconds)
+            var detail = String(format: "%.3f s", to - from)
+            if let b = phase.bytes, b >= 0 { detail += ", \(b) bytes" }
+            if let busy = phase.busySeconds, busy.isFinite, busy >= 0 {
+                detail += String(format: ", busy %.3f s", busy)
+            }
+            events.append(
+                TimelineEvent(
+                    mac: m.mac,
+                    time: start.addingTimeInterval(from),
+                    stage: .agent,
+                    event: phase.name,
+                    detail: detail
+                )
+            )
+        }
+        guard !events.isEmpty else { return }
+        events.sort { $0.time < $1.time }
+        events.append(
+            TimelineEvent(
+                mac: m.mac,
+                time: end,
+                stage: .agent,
+                event: "done",
+                detail: result.ok ? "\(m.state.rawValue) succeeded" : "\(m.state.rawValue) failed"
+            )
+        )
+        do { try await store.appendTimeline(events) } catch {
+            logger.debug("agent phases not recorded", metadata: ["machine": "\(m.name)", "error": "\(error)"])
+        }
+    }
+
     /// The agent's task in the step's trace: `agent.task` over the task's seconds, ending now,
     /// with the phases the agent timed. The agent's echo of the hello's context is its parent
     /// only when it is this step's trace: an agent cannot graft spans onto another trace.
-    func traceAgentTask(_ m: Machine, _ result: AgentResult) {
+    func traceAgentTask(_ m: Machine, _ result: AgentResult, end: Date) {
         guard let stored = m.trace else { return }
         let (carrier, fromAgent) = Self.agentParent(stored: stored, echoed: result.trace)
         guard let parent = StepTracing.context(carrier) else { return }
-        let end = Date()
         // The agent's own measure of the task, bounded by the step's life.
         let stepSeconds = m.stepStarted.map { max(0, end.timeIntervalSince($0)) } ?? 0
         let seconds = min(max(0, result.seconds ?? 0), stepSeconds)

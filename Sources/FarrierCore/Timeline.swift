@@ -8,6 +8,8 @@ public struct TimelineEvent: Codable, Sendable, Hashable {
         case proxyDHCP = "proxydhcp"
         case tftp
         case http
+        /// The agent's task, from its result: one event per phase at its start, and `done`.
+        case agent
     }
 
     public var mac: MACAddress
@@ -32,11 +34,18 @@ public struct TimelineEvent: Codable, Sendable, Hashable {
 public enum Waterfall {
     /// The events of the last boot: from the last event that follows a quiet spell of more than
     /// `gap` seconds (a boot's stages, ROM DHCP to the ramdisk's, follow each other within
-    /// seconds), in time order.
-    public static func lastBoot<E>(_ events: [E], time: (E) -> Date, gap: TimeInterval = 30) -> [E] {
+    /// seconds), in time order. An event that `continues` its boot never starts one: the
+    /// agent's phases can be minutes (a download) or hours (a wipe) apart.
+    public static func lastBoot<E>(
+        _ events: [E],
+        time: (E) -> Date,
+        gap: TimeInterval = 30,
+        continues: (E) -> Bool = { _ in false }
+    ) -> [E] {
         let sorted = events.sorted { time($0) < time($1) }
         guard var start = sorted.indices.first else { return [] }
-        for i in sorted.indices.dropFirst() where time(sorted[i]).timeIntervalSince(time(sorted[i - 1])) > gap {
+        for i in sorted.indices.dropFirst()
+        where !continues(sorted[i]) && time(sorted[i]).timeIntervalSince(time(sorted[i - 1])) > gap {
             start = i
         }
         return Array(sorted[start...])

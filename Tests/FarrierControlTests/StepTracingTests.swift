@@ -206,6 +206,10 @@ struct W3CTestTracer: Tracer {
             #expect(p.spanContext.parentSpanID == agentTask.spanContext.spanID)
             #expect(p.startInstant.nanosecondsSinceEpoch >= start && p.endInstant.nanosecondsSinceEpoch <= end)
         }
+        // The same phases in the boot timeline (the waterfall), at their starts, and the end.
+        let timeline = try await store.timeline(mac: m.mac, limit: 10).filter { $0.stage == .agent }
+        #expect(timeline.map(\.event).sorted() == ["done", "lldp", "lldp"], "\(timeline)")
+        #expect(timeline.first { $0.event == "done" }?.detail == "commissioning succeeded")
         let nanos = phases.map { $0.endInstant.nanosecondsSinceEpoch - $0.startInstant.nanosecondsSinceEpoch }
         #expect(nanos.map { ($0 + 500_000) / 1_000_000 } == [1000, 2000], "\(nanos)")
     }

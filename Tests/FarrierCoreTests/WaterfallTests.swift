@@ -12,6 +12,23 @@ import Testing
         #expect(Waterfall.lastBoot([Date](), time: { $0 }).isEmpty)
     }
 
+    /// The agent's phases belong to the boot they follow, however far apart: a download of
+    /// minutes, a wipe of hours.
+    @Test func theAgentsPhasesNeverStartABoot() {
+        let events: [(Double, String)] = [
+            (0, "dhcp"), (1, "tftp"), (3, "http"), (5, "agent"), (400, "agent"), (4000, "agent"), (5000, "dhcp"),
+            (5001, "http"),
+        ]
+        let boot = Waterfall.lastBoot(events.shuffled(), time: { t0.addingTimeInterval($0.0) }) { $0.1 == "agent" }
+        #expect(boot.map(\.0) == [5000, 5001])
+        let deploy = Waterfall.lastBoot(Array(events.prefix(6)), time: { t0.addingTimeInterval($0.0) }) {
+            $0.1 == "agent"
+        }
+        #expect(deploy.map(\.0) == [0, 1, 3, 5, 400, 4000])
+        // Without the rule, the quiet spells would split it.
+        #expect(Waterfall.lastBoot(Array(events.prefix(6)), time: { t0.addingTimeInterval($0.0) }).map(\.0) == [4000])
+    }
+
     @Test func barsRunFromEachEventToTheNextOnTheBootsScale() {
         // 0 s, 1 s, 9 s, 10 s: on a 11-column scale the bars start at 0, 1, 9 and 10.
         let events = [(0.0, "dhcp DISCOVER"), (1, "tftp RRQ undionly.kpxe"), (9, "http script"), (10, "http GET")].map {

@@ -107,6 +107,11 @@ struct TracingTests {
         for s in spans where s.name.hasPrefix("agent.") && s.name != "agent.hello" {
             #expect(s.start + second >= hello.start && s.end <= step.end + second, "\(s.name) outside the agent's time")
         }
+        // The agent's phases are rows of the boot's waterfall too (the console's and `machine show`'s).
+        let shown = try cp.cli(["machine", "show", "a1"]).stdout
+        for row in ["agent download", "agent write", "agent verify", "agent configure", "agent done"] {
+            #expect(shown.contains(row), "\(row) missing from the waterfall:\n\(shown)")
+        }
         let download = try #require(spans.first { $0.name == "agent.download" })
         #expect(download.attributes["farrier.agent.bytes"] == "8388608", "\(download)")
         #expect(step.statusCode != 2, "\(step)")

@@ -152,7 +152,7 @@ struct MachineCommand: AsyncParsableCommand {
                         )
                     }
                 }
-                let boot = Waterfall.lastBoot(view.timeline, time: \.time)
+                let boot = Waterfall.lastBoot(view.timeline, time: \.time, continues: { $0.stage == "agent" })
                 if boot.count > 1, let first = boot.first, let last = boot.last {
                     lines.append(
                         String(
