@@ -19,11 +19,10 @@ import Testing
             (0, "dhcp"), (1, "tftp"), (3, "http"), (5, "agent"), (400, "agent"), (4000, "agent"), (5000, "dhcp"),
             (5001, "http"),
         ]
-        let boot = Waterfall.lastBoot(events.shuffled(), time: { t0.addingTimeInterval($0.0) }) { $0.1 == "agent" }
+        let time: ((Double, String)) -> Date = { t0.addingTimeInterval($0.0) }
+        let boot = Waterfall.lastBoot(events.shuffled(), time: time, continues: { $0.1 == "agent" })
         #expect(boot.map(\.0) == [5000, 5001])
-        let deploy = Waterfall.lastBoot(Array(events.prefix(6)), time: { t0.addingTimeInterval($0.0) }) {
-            $0.1 == "agent"
-        }
+        let deploy = Waterfall.lastBoot(Array(events.prefix(6)), time: time, continues: { $0.1 == "agent" })
         #expect(deploy.map(\.0) == [0, 1, 3, 5, 400, 4000])
         // Without the rule, the quiet spells would split it.
         #expect(Waterfall.lastBoot(Array(events.prefix(6)), time: { t0.addingTimeInterval($0.0) }).map(\.0) == [4000])
