@@ -309,6 +309,48 @@ struct LabDeployTests {
             #expect(deployStatus == 0, "\(deployOut)")
             #expect(deployOut.contains("write"), "no progress shown: \(deployOut)")
             #expect(try state(name) == "deployed")
+            // The agent's phases, timed in the VM's ramdisk, are in the machine's boot timeline.
+            let timeline = try h.run([bin, "machine", "show", name]).stdout
+            for phase in ["download", "write", "verify", "configure", "done"] {
+                #expect(
+                    timeline.range(of: #"agent +\#(phase) "#, options: .regularExpression) != nil,
+                    "\(name): no agent \(phase) in the timeline:\n\(timeline)"
+                )
+            }
+            if name == "lab-2" {
+                // The web console of the lab (issue 17 point 5), in headless Chromium: both VMs,
+                // and the deployed one's page with its boot waterfall.
+                try phase("console in a browser") {
+                    let status =
+                        try JSONSerialization.jsonObject(
+                            with: Data(try h.run([bin, "lab", "status", "-o", "json"], timeout: 30).stdout.utf8)
+                        ) as? [String: Any]
+                    let url = try #require(
+                        status?["console_url"] as? String,
+                        "lab status: \(String(describing: status))"
+                    )
+                    let tokenFile = try #require(status?["admin_token_file"] as? String)
+                    let token = try String(contentsOfFile: tokenFile, encoding: .utf8)
+                        .trimmingCharacters(in: .whitespacesAndNewlines)
+                    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                        .appendingPathComponent("ServerIntegrationTests/console_browser.py").path
+                    let browser = try h.run(
+                        ["/usr/bin/python3", script, "--lab", url, token, h.directory, name],
+                        timeout: 180,
+                        check: false
+                    )
+                    #expect(
+                        browser.status == 0 && browser.stdout.contains("OK"),
+                        "the lab's console in a browser: \(browser.stdout) \(browser.stderr.suffix(2000))"
+                    )
+                    print("lab-deploy console: \(browser.stdout.split(separator: "\n").first ?? "")")
+                    let shot = try Data(contentsOf: URL(fileURLWithPath: h.directory + "/console-lab-machine.png"))
+                    #expect(shot.starts(with: [0x89, 0x50, 0x4E, 0x47]) && shot.count > 10_000)
+                    if let keep = ProcessInfo.processInfo.environment["FARRIER_CONSOLE_SCREENSHOTS"] {
+                        try shot.write(to: URL(fileURLWithPath: keep + "/console-lab-machine.png"))
+                    }
+                }
+            }
             // 3. Login: the deployed OS has the machine's name.
             // The OS reported in (its reporter, installed by Farrier's vendor-data, is enabled and
             // its settings are root's alone): ssh gets in at once.

@@ -7,7 +7,11 @@ act on another project's machine, in the page or by a crafted request.
 argv: BASE_URL ADMIN_TOKEN MEMBER_TOKEN DIR. Hand-offs with the test are files in DIR: this
 script writes `fleet-seen`, `watching` (the machine page is open) and `seen-progress`; the test
 writes `deploying`. Screenshots go to DIR/*.png. Exits 0 when every check held, else prints why and 1.
-Every wait is bounded."""
+Every wait is bounded.
+
+With `--lab BASE_URL ADMIN_TOKEN DIR MACHINE` (LabDeployTests, against `farrier lab`'s console):
+log in, see both lab VMs, open MACHINE's page (just deployed by the real agent) and its boot
+waterfall; screenshot DIR/console-lab-machine.png."""
 import os
 import sys
 import time
@@ -18,7 +22,12 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, admin_token, member_token, out = sys.argv[1:5]
+lab = len(sys.argv) > 1 and sys.argv[1] == "--lab"
+if lab:
+    base, admin_token, out, lab_machine = sys.argv[2:6]
+    member_token = None
+else:
+    base, admin_token, member_token, out = sys.argv[1:5]
 
 
 def fail(why):
@@ -59,6 +68,29 @@ try:
         driver.find_element(By.ID, "token").send_keys(token)
         driver.find_element(By.CSS_SELECTOR, "#login button").click()
         wait.until(lambda d: d.current_url.rstrip("/") == base)
+
+    if lab:
+        login(admin_token)
+        cells = {c.get_attribute("data-machine"): c.get_attribute("class") for c in driver.find_elements(By.CSS_SELECTOR, ".cell")}
+        if set(cells) != {"lab-1", "lab-2"}:
+            fail("the lab's fleet shows %r, not lab-1 and lab-2" % sorted(cells))
+        if "s-deployed" not in cells[lab_machine]:
+            fail("%s should show deployed: %r" % (lab_machine, cells))
+        driver.get(base + "/machines/" + lab_machine)
+        if not text_of(driver, "fact-state").startswith("deployed"):
+            fail("%s's page shows %r" % (lab_machine, text_of(driver, "fact-state")))
+        rows = driver.execute_script(
+            "return Array.from(document.querySelectorAll('svg#waterfall g.row')).map(g => g.getAttribute('class') + ' ' + g.querySelector('text').textContent)"
+        )
+        stages = {r.split(" ")[1] for r in rows}
+        if len(rows) < 3 or "stage-dhcp" not in stages:
+            fail("%s's waterfall: %r" % (lab_machine, rows))
+        if driver.find_elements(By.CSS_SELECTOR, "#events tr[id^=event-]") == []:
+            fail("no events on %s's page" % lab_machine)
+        driver.save_screenshot(os.path.join(out, "console-lab-machine.png"))
+        print("waterfall rows: %r" % rows, flush=True)
+        print("OK", flush=True)
+        sys.exit(0)
 
     # Log in; both machines, by state.
     login(admin_token)
