@@ -5,6 +5,7 @@ import Foundation
 import GRPCCore
 import Logging
 import SwiftProtobuf
+import Tracing
 
 /// Bulk enrollment and named BMC credentials (issue 18 point 1).
 extension MachineAPI {
@@ -54,7 +55,15 @@ extension MachineAPI {
             // Each its own commit, after the enrollment's: one that cannot start (a machine
             // another caller moved meanwhile) stays as it is, and its reason says why.
             do {
-                response.machines.append(slim(try await controller.apply(.commission, machineID: m.id)))
+                // A batch's commissions are traces of their own (10 000 steps in one trace would
+                // be one sampling decision and a trace no backend shows); one machine's is the call's.
+                let commissioned =
+                    enrolled.count > 1
+                    ? try await InstrumentationContext.$current.withValue(nil) {
+                        try await controller.apply(.commission, machineID: m.id)
+                    }
+                    : try await controller.apply(.commission, machineID: m.id)
+                response.machines.append(slim(commissioned))
             } catch {
                 logger.warning("enrolled, not commissioned", metadata: ["machine": "\(m.name)", "error": "\(error)"])
                 response.machines.append(slim(m, "enrolled, not commissioned: \(error)"))

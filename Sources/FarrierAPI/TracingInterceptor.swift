@@ -1,4 +1,6 @@
+import FarrierCore
 import GRPCCore
+import Synchronization
 import Tracing
 
 /// Makes every RPC a server span, the child of the caller's W3C `traceparent` when it sent one,
@@ -8,10 +10,18 @@ import Tracing
 public struct TracingInterceptor: ServerInterceptor {
     public init() {}
 
-    struct MetadataExtractor: Extractor {
-        func extract(key: String, from carrier: Metadata) -> String? {
-            carrier[stringValues: key].first(where: { _ in true })
+    struct CarrierExtractor: Extractor {
+        func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+    }
+
+    /// Only the W3C fields, checked (`StepTrace.sanitized`): the rest of the metadata, the
+    /// caller's token among it, never reaches the tracer (which may quote what it cannot read).
+    static func carrier(_ metadata: Metadata) -> [String: String]? {
+        var c: [String: String] = [:]
+        for key in ["traceparent", "tracestate"] {
+            if let v = metadata[stringValues: key].first(where: { _ in true }) { c[key] = v }
         }
+        return StepTrace.sanitized(c)
     }
 
     public func intercept<Input: Sendable, Output: Sendable>(
@@ -20,20 +30,24 @@ public struct TracingInterceptor: ServerInterceptor {
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
         var parent = InstrumentationContext.current ?? .topLevel
-        InstrumentationSystem.instrument.extract(request.metadata, into: &parent, using: MetadataExtractor())
+        if let carrier = Self.carrier(request.metadata) {
+            InstrumentationSystem.instrument.extract(carrier, into: &parent, using: CarrierExtractor())
+        }
         let method = context.descriptor
-        let span = InstrumentationSystem.tracer.startSpan(method.fullyQualifiedMethod, context: parent, ofKind: .server)
-        span.attributes["rpc.system"] = "grpc"
-        span.attributes["rpc.service"] = method.service.fullyQualifiedService
-        span.attributes["rpc.method"] = method.method
-        let spanContext = span.context
+        let span = SpanBox(
+            InstrumentationSystem.tracer.startSpan(method.fullyQualifiedMethod, context: parent, ofKind: .server)
+        )
+        span.span.attributes["rpc.system"] = "grpc"
+        span.span.attributes["rpc.service"] = method.service.fullyQualifiedService
+        span.span.attributes["rpc.method"] = method.method
+        let spanContext = span.span.context
         var response: StreamingServerResponse<Output>
         do {
             response = try await InstrumentationContext.$current.withValue(spanContext) {
                 try await next(request, context)
             }
         } catch {
-            Self.end(span, error)
+            span.end(error)
             throw error
         }
         switch response.accepted {
@@ -44,18 +58,35 @@ public struct TracingInterceptor: ServerInterceptor {
                     let trailers = try await InstrumentationContext.$current.withValue(spanContext) {
                         try await producer(writer)
                     }
-                    Self.end(span, nil)
+                    span.end(nil)
                     return trailers
                 } catch {
-                    Self.end(span, error)
+                    span.end(error)
                     throw error
                 }
             }
             response.accepted = .success(contents)
         case .failure(let error):
-            Self.end(span, error)
+            span.end(error)
         }
         return response
+    }
+
+    /// A call's span, ended once: with the call's status, or, when the transport dropped the
+    /// response before its producer ran (the client reset the stream), as cancelled once the
+    /// last reference goes.
+    final class SpanBox: Sendable {
+        let span: any Span
+        let ended = Atomic<Bool>(false)
+
+        init(_ span: any Span) { self.span = span }
+
+        func end(_ error: (any Error)?) {
+            guard !ended.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            TracingInterceptor.end(span, error)
+        }
+
+        deinit { end(CancellationError()) }
     }
 
     static func end(_ span: any Span, _ error: (any Error)?) {

@@ -175,7 +175,6 @@ public final class Agent: Sendable {
         }
         reporter.start()
         var result: AgentResult
-        let started = Date()
         phases.begin()
         do {
             switch task.kind {
@@ -205,7 +204,8 @@ public final class Agent: Sendable {
             log("task failed: \(error)")
             result = AgentResult(ok: false, error: "\(error)", failure: (error as? AgentFailure)?.code)
         }
-        result.seconds = Date().timeIntervalSince(started)
+        // On the monotonic clock: the ramdisk's wall clock may be stepped mid-task (NTP).
+        result.seconds = phases.offset(.now)
         result.trace = task.trace
         result.phases = phases.phases
         var usage = rusage()

@@ -49,14 +49,16 @@ public enum FarrierTracing {
         config.serviceName = c.otelServiceName
         config.resourceAttributes["service.instance.id"] = c.control.replica
         config.diagnosticLogger = .custom(Logger(label: "farrier.otel"))
-        config.diagnosticLogLevel = .warning
+        // (Its warnings quote the carriers it could not read: never let them reach the log.)
+        config.diagnosticLogLevel = .error
         // Farrier's metrics are Prometheus's and its logs are lines: only traces go here.
         config.metrics.enabled = false
         config.logs.enabled = false
         config.traces.enabled = true
         if c.otelEndpoint.isEmpty {
+            // IDs for every span, and none recorded, whatever a caller's flags say.
             config.traces.exporter = .none
-            config.traces.sampler = .parentBasedTraceIDRatio(ratio: 0)!
+            config.traces.sampler = .traceIDRatio(ratio: 0)!
         } else {
             config.traces.exporter = .otlp
             config.traces.otlpExporter.endpoint = tracesURL(c.otelEndpoint)
@@ -64,7 +66,11 @@ public enum FarrierTracing {
             config.traces.sampler = .parentBasedTraceIDRatio(ratio: c.otelSampleRatio)!
         }
         do {
-            let service = try OTel.bootstrap(configuration: config, environment: environment)
+            // Traces only: `OTel.bootstrap` would bootstrap logging and metrics too when an
+            // OTEL_SDK_DISABLED=false in the environment turns them back on (both are Farrier's).
+            let backend = try OTel.makeTracingBackend(configuration: config)
+            InstrumentationSystem.bootstrap(backend.factory)
+            let service = backend.service
             if !c.otelEndpoint.isEmpty {
                 logger.info(
                     "exporting traces",

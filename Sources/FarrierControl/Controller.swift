@@ -287,9 +287,10 @@ public final class Controller: Sendable {
     /// Nil for an event that begins no step, or when no tracer is bootstrapped.
     static func beginTrace(_ event: Lifecycle.Event) -> (trace: StepTrace?, root: (any Span)?) {
         guard event.beginsStep else { return (nil, nil) }
-        if let carrier = StepTracing.carrier() { return (StepTrace(carrier: carrier), nil) }
+        // (Kept within the W3C bounds: a caller's tracestate is stored and goes to the agent.)
+        if let carrier = StepTrace.sanitized(StepTracing.carrier()) { return (StepTrace(carrier: carrier), nil) }
         let root = InstrumentationSystem.tracer.startSpan("lifecycle.\(event)", context: .topLevel)
-        guard let carrier = StepTracing.carrier(root.context) else {
+        guard let carrier = StepTrace.sanitized(StepTracing.carrier(root.context)) else {
             root.end()
             return (nil, nil)
         }
@@ -553,10 +554,15 @@ public final class Controller: Sendable {
             }
             step.ended(updated, outcome: "succeeded", error: nil, logger: logger)
         }
-        logger.info(
-            "the OS reported in",
-            metadata: ["machine": "\(updated.name)", "state": "\(updated.state.rawValue)", "boot": "\(report.bootID)"]
-        )
+        // In the step's trace: the line carries its trace_id, on whichever replica took the report.
+        InstrumentationContext.$current.withValue(StepTracing.context(ended.value?.trace ?? updated.trace)) {
+            logger.info(
+                "the OS reported in",
+                metadata: [
+                    "machine": "\(updated.name)", "state": "\(updated.state.rawValue)", "boot": "\(report.bootID)",
+                ]
+            )
+        }
         hub.notify()
     }
 
@@ -800,16 +806,20 @@ public final class Controller: Sendable {
         guard m.phase == .agent else { return }
         guard result.ok else {
             let failure: FailureClass = result.failure == .wipeNotVerified ? .wipeNotVerified : .agent
-            try await apply(
-                .stepFailed(reason: "agent: \(result.error ?? "no reason given")"),
-                machineID: m.id,
-                guardGeneration: m.generation
-            )
-            metrics.failed(m.state, failure)
+            // The agent's part first (its spans end before the step's), and the failure's lines
+            // in the step's trace.
             let end = Date()
             traceAgentTask(m, result, end: end)
+            try await InstrumentationContext.$current.withValue(StepTracing.context(m.trace)) {
+                try await apply(
+                    .stepFailed(reason: "agent: \(result.error ?? "no reason given")"),
+                    machineID: m.id,
+                    guardGeneration: m.generation
+                )
+                metrics.failed(m.state, failure)
+                logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")", trace: m.trace)
+            }
             await recordAgentTimeline(m, result, end: end)
-            logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")", trace: m.trace)
             return
         }
         if m.state == .commissioning, result.inventory == nil {

@@ -33,12 +33,13 @@ public enum StepTracing {
         return carrier.isEmpty ? nil : carrier
     }
 
-    /// The context a carrier holds; nil for none.
+    /// The context a carrier holds; nil for none, or one the tracer could not read (a new root
+    /// is never made of it).
     public static func context(_ carrier: [String: String]?) -> InstrumentationContext? {
         guard let carrier, !carrier.isEmpty else { return nil }
         var context = InstrumentationContext.topLevel
         InstrumentationSystem.instrument.extract(carrier, into: &context, using: DictionaryExtractor())
-        return context
+        return Self.carrier(context) == nil ? nil : context
     }
 
     /// The stored step's context; nil for none.
@@ -146,23 +147,29 @@ struct EndedStep: Sendable {
 }
 
 extension Controller {
-    /// The parent of an agent's task: the context it echoed (the hello's span) when that is in
-    /// the step's own trace, else the step's stored context.
+    /// The parent of an agent's task: the context it echoed (the hello's span) when that is a
+    /// valid `traceparent` in the step's own trace, with the step's own `tracestate`; else the
+    /// step's stored context.
     static func agentParent(
         stored: StepTrace,
         echoed: [String: String]?
     ) -> (carrier: [String: String], fromAgent: Bool) {
-        guard let echoed, let id = StepTrace(carrier: echoed).traceID, id == stored.traceID else {
+        guard let parent = StepTrace.sanitized(echoed)?["traceparent"],
+            let id = StepTrace(carrier: ["traceparent": parent]).traceID, id == stored.traceID
+        else {
             return (stored.carrier, false)
         }
-        return (echoed, true)
+        var carrier = ["traceparent": parent]
+        if let state = stored.carrier["tracestate"] { carrier["tracestate"] = state }
+        return (carrier, true)
     }
 
     /// The agent's phases in the machine's boot timeline (the waterfall's rows): each at its
     /// start, and `done` at the task's end, on the same anchor as the trace. Diagnostics: a
     /// store that cannot take them loses only them.
     func recordAgentTimeline(_ m: Machine, _ result: AgentResult, end: Date) async {
-        let stepSeconds = m.stepStarted.map { max(0, end.timeIntervalSince($0)) } ?? 0
+        // The agent's own measure, bounded by its phase (from Farrier powering the machine on).
+        let stepSeconds = (m.trace?.phaseSince ?? m.stepStarted).map { max(0, end.timeIntervalSince($0)) } ?? 0
         let seconds = min(max(0, result.seconds ?? 0), stepSeconds)
         let start = end.addingTimeInterval(-seconds)
         var events: [TimelineEvent] = []
@@ -202,13 +209,13 @@ extension Controller {
 
     /// The agent's task in the step's trace: `agent.task` over the task's seconds, ending now,
     /// with the phases the agent timed. The agent's echo of the hello's context is its parent
-    /// only when it is this step's trace: an agent cannot graft spans onto another trace.
+    /// only when it is this step's trace: its result cannot graft spans onto another trace.
     func traceAgentTask(_ m: Machine, _ result: AgentResult, end: Date) {
         guard let stored = m.trace else { return }
         let (carrier, fromAgent) = Self.agentParent(stored: stored, echoed: result.trace)
         guard let parent = StepTracing.context(carrier) else { return }
-        // The agent's own measure of the task, bounded by the step's life.
-        let stepSeconds = m.stepStarted.map { max(0, end.timeIntervalSince($0)) } ?? 0
+        // The agent's own measure, bounded by its phase (from Farrier powering the machine on).
+        let stepSeconds = (m.trace?.phaseSince ?? m.stepStarted).map { max(0, end.timeIntervalSince($0)) } ?? 0
         let seconds = min(max(0, result.seconds ?? 0), stepSeconds)
         let start = end.addingTimeInterval(-seconds)
         let span = InstrumentationSystem.tracer.startSpan(
@@ -223,7 +230,9 @@ extension Controller {
         a["farrier.trace.from_agent"] = fromAgent
         if let rss = result.peakRSSBytes { a["farrier.agent.peak_rss_bytes"] = Int(rss) }
         span.attributes = a
-        if !result.ok { span.setStatus(SpanStatus(code: .error, message: result.error ?? "agent failed")) }
+        if !result.ok {
+            span.setStatus(SpanStatus(code: .error, message: String((result.error ?? "agent failed").prefix(1024))))
+        }
         for phase in (result.phases ?? []).prefix(16) where AgentPhase.names.contains(phase.name) {
             let from = min(max(0, phase.start), seconds)
             let to = min(max(from, phase.end), seconds)

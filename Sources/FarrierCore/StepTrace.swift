@@ -15,6 +15,27 @@ public struct StepTrace: Codable, Sendable, Hashable {
         self.phaseSince = phaseSince
     }
 
+    /// Whether `s` is a W3C `traceparent` Farrier takes: version 00, a trace ID of 32 and a
+    /// span ID of 16 lowercase hex digits, neither all zeros, and 2 hex digits of flags.
+    public static func isTraceparent(_ s: String) -> Bool {
+        let parts = s.split(separator: "-", omittingEmptySubsequences: false)
+        func hex(_ p: Substring, _ n: Int) -> Bool {
+            p.utf8.count == n && p.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+        }
+        return parts.count == 4 && parts[0] == "00" && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+            && parts[1].contains { $0 != "0" } && parts[2].contains { $0 != "0" }
+    }
+
+    /// The W3C fields of a carrier from outside (a caller's metadata, an agent's echo, a request's
+    /// headers), within bounds: a valid `traceparent`, and its `tracestate` up to 512 characters
+    /// (the W3C limit). Nil without a valid `traceparent`.
+    public static func sanitized(_ carrier: [String: String]?) -> [String: String]? {
+        guard let parent = carrier?["traceparent"], isTraceparent(parent) else { return nil }
+        var out = ["traceparent": parent]
+        if let state = carrier?["tracestate"], !state.isEmpty, state.utf8.count <= 512 { out["tracestate"] = state }
+        return out
+    }
+
     /// The trace ID (32 hex digits) of a W3C `traceparent` (`00-TRACEID-SPANID-FLAGS`); nil for
     /// anything else.
     public var traceID: String? {

@@ -100,15 +100,16 @@ public func addImageRoute(_ router: Router<some RequestContext>, source: any Ima
             headers[.contentRange] = "bytes \(r.lowerBound)-\(r.upperBound)/\(size)"
             headers[.contentLength] = "\(r.count)"
         }
+        span?.attributes["http.response.status_code"] = Int(status.code)
         guard !head, let range else { return Response(status: status, headers: headers, body: .init()) }
         let loop = (context as? FarrierRequestContext)?.eventLoop
         let body = ImageStream.body(path: path, range: range, eventLoop: loop, hold: hold)
         return Response(status: status, headers: headers, body: body)
     }
     @Sendable func imageSpan(_ request: Request, name: String, size: Int64) -> (any Span)? {
-        guard let traceparent = request.headers[HTTPField.Name("traceparent")!] else { return nil }
-        var carrier = ["traceparent": traceparent]
-        if let state = request.headers[HTTPField.Name("tracestate")!] { carrier["tracestate"] = state }
+        var headers: [String: String] = [:]
+        for key in ["traceparent", "tracestate"] { headers[key] = request.headers[HTTPField.Name(key)!] }
+        guard let carrier = StepTrace.sanitized(headers) else { return nil }
         var parent = InstrumentationContext.topLevel
         InstrumentationSystem.instrument.extract(carrier, into: &parent, using: HeaderExtractor())
         let span = InstrumentationSystem.tracer.startSpan("GET /images/:name", context: parent, ofKind: .server)

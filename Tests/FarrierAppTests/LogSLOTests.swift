@@ -97,9 +97,13 @@ import Testing
         var samples: [String: String] = [:]
         for line in out.split(separator: "\n") where line.hasPrefix("farrier_log_") {
             let parts = line.split(separator: " ")
-            samples[String(parts[0]).replacingOccurrences(of: #",prog="farrier.mtail""#, with: "")] = String(parts[1])
+            samples[
+                String(parts[0]).replacingOccurrences(of: #",prog="farrier.mtail""#, with: "")
+                    .replacingOccurrences(of: #"{prog="farrier.mtail"}"#, with: "")
+            ] = String(parts[1])
         }
         let expected: [String: String] = [
+            "farrier_log_deploys_succeeded_total": "1", "farrier_log_deploys_failed_total": "1",
             #"farrier_log_lifecycle_steps_ended_total{outcome="succeeded",step="deploying"}"#: "1",
             #"farrier_log_lifecycle_steps_ended_total{outcome="failed",step="deploying"}"#: "1",
             #"farrier_log_lifecycle_steps_ended_total{outcome="failed",step="releasing"}"#: "1",
@@ -137,7 +141,7 @@ import Testing
                 return words.count > 1 && ["counter", "histogram"].contains(words[0]) ? String(words[1]) : nil
             }
         )
-        #expect(exported.count == 3, "\(exported)")
+        #expect(exported.count == 5, "\(exported)")
         let text = try String(contentsOfFile: Self.rules, encoding: .utf8)
         let recorded = Set(
             text.split(separator: "\n").compactMap { line -> String? in

@@ -146,7 +146,23 @@ struct W3CTestTracer: Tracer {
         let same = ["traceparent": "00-\(String(repeating: "ab", count: 16))-\(String(repeating: "02", count: 8))-01"]
         let other = ["traceparent": "00-\(String(repeating: "cd", count: 16))-\(String(repeating: "02", count: 8))-01"]
         #expect(Controller.agentParent(stored: stored, echoed: same) == (same, true))
-        for echoed in [other, [:], ["traceparent": "garbage"], nil] {
+        // The agent's own tracestate is not taken: the step's is.
+        let withState = StepTrace(carrier: stored.carrier.merging(["tracestate": "farrier=1"]) { $1 })
+        let echoedState = same.merging(["tracestate": String(repeating: "x", count: 100)]) { $1 }
+        #expect(
+            Controller.agentParent(stored: withState, echoed: echoedState)
+                == (same.merging(["tracestate": "farrier=1"]) { $1 }, true)
+        )
+        // The step's own trace ID with a span ID that is not one, another version, or flags
+        // that are not hex: not a context at all.
+        let id = String(repeating: "ab", count: 16)
+        for echoed in [
+            other, [:], ["traceparent": "garbage"], nil,
+            ["traceparent": "00-\(id)-zz\(String(repeating: "0", count: 14))-01"],
+            ["traceparent": "00-\(id)-\(String(repeating: "0", count: 16))-01"],
+            ["traceparent": "01-\(id)-\(String(repeating: "02", count: 8))-01"],
+            ["traceparent": "00-\(id)-\(String(repeating: "02", count: 8))-0g"],
+        ] {
             #expect(
                 Controller.agentParent(stored: stored, echoed: echoed) == (stored.carrier, false),
                 "\(String(describing: echoed))"
@@ -163,6 +179,7 @@ struct W3CTestTracer: Tracer {
         _ = try await store.update(machineID: m.id) { x in
             x.phase = .agent
             x.stepStarted = Date().addingTimeInterval(-60)
+            x.trace?.phaseSince = Date().addingTimeInterval(-60)
             return []
         }
         let task = try await withTracer(tracer) {
@@ -212,5 +229,33 @@ struct W3CTestTracer: Tracer {
         #expect(timeline.first { $0.event == "done" }?.detail == "commissioning succeeded")
         let nanos = phases.map { $0.endInstant.nanosecondsSinceEpoch - $0.startInstant.nanosecondsSinceEpoch }
         #expect(nanos.map { ($0 + 500_000) / 1_000_000 } == [1000, 2000], "\(nanos)")
+    }
+
+    /// An agent that claims more time than its phase has had, or none, or a negative time,
+    /// gets only what the phase had: its task never starts before Farrier booted the machine.
+    @Test(arguments: [1000.0, nil, -5.0]) func anAgentsClaimedTimeIsBoundedByItsPhase(_ seconds: Double?) async throws {
+        let m = try await enrolled("e", "52:54:00:00:01:05")
+        _ = try await withTracer(tracer) { try await controller.apply(.commission, machineID: m.id) }
+        let phaseStart = Date().addingTimeInterval(-1)
+        _ = try await store.update(machineID: m.id) { x in
+            x.phase = .agent
+            x.trace?.phaseSince = phaseStart
+            return []
+        }
+        let task = try await controller.agentHello(
+            peer: m.mac,
+            hello: AgentHello(agentVersion: "test", inventory: nil, nonce: String(repeating: "n", count: 32))
+        )
+        var result = AgentResult(ok: false, error: String(repeating: "e", count: 5000), seconds: seconds)
+        result.phases = [AgentPhase(name: "lldp", start: -1e300, end: 1e300)]
+        try await withTracer(tracer) { try await controller.agentDone(token: task.token, peer: m.mac, result: result) }
+        let agentTask = try #require(tracer.named("agent.task").first)
+        let start = agentTask.startInstant.nanosecondsSinceEpoch
+        let end = agentTask.endInstant.nanosecondsSinceEpoch
+        #expect(start >= UInt64(phaseStart.timeIntervalSince1970 * 1e9) - 1_000_000, "\(start)")
+        #expect(end - start <= (seconds.map { $0 > 0 } == true ? 2_000_000_000 : 0), "\(end - start)")
+        #expect((agentTask.status?.message?.count ?? 0) <= 1024)
+        let phase = try #require(tracer.named("agent.lldp").first)
+        #expect(phase.startInstant.nanosecondsSinceEpoch >= start && phase.endInstant.nanosecondsSinceEpoch <= end)
     }
 }

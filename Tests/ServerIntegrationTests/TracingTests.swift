@@ -118,6 +118,13 @@ struct TracingTests {
         // The server's log lines for the deploy carry its trace ID.
         let log = h.read("server.log")
         #expect(log.contains("trace_id=\(root.traceID)"), "no log line carries the deploy's trace ID")
+        // A line logged in the step's context (not given its trace_id by hand) carries both IDs:
+        // the OS's report, taken by whichever replica it reached.
+        let osLine = log.split(separator: "\n").first { $0.contains(#"msg="the OS reported in""#) }.map(String.init)
+        #expect(
+            osLine?.contains("trace_id=\(root.traceID)") == true && osLine?.contains("span_id=") == true,
+            "\(osLine ?? "no line for the OS's report")"
+        )
         #expect(receiver.problems.isEmpty, "\(receiver.problems)")
 
         // A failed deploy (a stored image whose bytes changed): one warning line names the
@@ -161,6 +168,8 @@ struct TracingTests {
             #"farrier_log_lifecycle_steps_ended_total{outcome="succeeded",prog="farrier.mtail",step="releasing"} 1"#,
             #"farrier_log_lifecycle_steps_ended_total{outcome="failed",prog="farrier.mtail",step="deploying"} 1"#,
             #"farrier_log_lifecycle_step_failures_total{failure="agent",prog="farrier.mtail",step="deploying"} 1"#,
+            #"farrier_log_deploys_succeeded_total{prog="farrier.mtail"} 1"#,
+            #"farrier_log_deploys_failed_total{prog="farrier.mtail"} 1"#,
         ] {
             #expect(counted.contains(series + "\n"), "mtail: \(series) missing from\n\(counted)")
         }

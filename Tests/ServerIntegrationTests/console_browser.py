@@ -28,6 +28,8 @@ if lab:
     member_token = None
 else:
     base, admin_token, member_token, out = sys.argv[1:5]
+# (`lab status` gives the console's URL with its trailing slash.)
+base = base.rstrip("/")
 
 
 def fail(why):
