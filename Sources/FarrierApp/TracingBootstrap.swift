@@ -49,8 +49,9 @@ public enum FarrierTracing {
         config.serviceName = c.otelServiceName
         config.resourceAttributes["service.instance.id"] = c.control.replica
         config.diagnosticLogger = .custom(Logger(label: "farrier.otel"))
-        // (Its warnings quote the carriers it could not read: never let them reach the log.)
-        config.diagnosticLogLevel = .error
+        // Export failures and dropped spans are warnings. (Its warnings about a carrier it
+        // could not read quote it; only checked W3C fields ever reach it, never a token.)
+        config.diagnosticLogLevel = .warning
         // Farrier's metrics are Prometheus's and its logs are lines: only traces go here.
         config.metrics.enabled = false
         config.logs.enabled = false

@@ -555,7 +555,8 @@ public final class Controller: Sendable {
             step.ended(updated, outcome: "succeeded", error: nil, logger: logger)
         }
         // In the step's trace: the line carries its trace_id, on whichever replica took the report.
-        InstrumentationContext.$current.withValue(StepTracing.context(ended.value?.trace ?? updated.trace)) {
+        // (A deployed machine's later boots are in no trace: its deploy's is long over.)
+        InstrumentationContext.$current.withValue(StepTracing.context(ended.value?.trace)) {
             logger.info(
                 "the OS reported in",
                 metadata: [
@@ -806,10 +807,9 @@ public final class Controller: Sendable {
         guard m.phase == .agent else { return }
         guard result.ok else {
             let failure: FailureClass = result.failure == .wipeNotVerified ? .wipeNotVerified : .agent
-            // The agent's part first (its spans end before the step's), and the failure's lines
-            // in the step's trace.
+            // The failure's lines in the step's trace; the agent's spans once the failure is
+            // committed, ending when its result arrived (before the step's).
             let end = Date()
-            traceAgentTask(m, result, end: end)
             try await InstrumentationContext.$current.withValue(StepTracing.context(m.trace)) {
                 try await apply(
                     .stepFailed(reason: "agent: \(result.error ?? "no reason given")"),
@@ -819,6 +819,7 @@ public final class Controller: Sendable {
                 metrics.failed(m.state, failure)
                 logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")", trace: m.trace)
             }
+            traceAgentTask(m, result, end: end)
             await recordAgentTimeline(m, result, end: end)
             return
         }

@@ -49,6 +49,11 @@ public enum StepTracing {
         .init(nanosecondsSinceEpoch: UInt64(max(0, date.timeIntervalSince1970) * 1_000_000_000))
     }
 
+    /// A message for a span's status: at most 1 KiB of UTF-8 (an agent's error can be long).
+    public static func bounded(_ message: String) -> String {
+        message.utf8.count <= 1024 ? message : String(decoding: Array(message.utf8.prefix(1024)), as: UTF8.self)
+    }
+
     /// Records a span that already happened: `from` to `to`, under `parent`. An `error` marks it
     /// failed with that message.
     public static func record(
@@ -69,7 +74,7 @@ public enum StepTracing {
         var a = span.attributes
         attributes(&a)
         span.attributes = a
-        if let error { span.setStatus(SpanStatus(code: .error, message: error)) }
+        if let error { span.setStatus(SpanStatus(code: .error, message: bounded(error))) }
         span.end(at: instant(max(from, to)))
     }
 
@@ -231,7 +236,7 @@ extension Controller {
         if let rss = result.peakRSSBytes { a["farrier.agent.peak_rss_bytes"] = Int(rss) }
         span.attributes = a
         if !result.ok {
-            span.setStatus(SpanStatus(code: .error, message: String((result.error ?? "agent failed").prefix(1024))))
+            span.setStatus(SpanStatus(code: .error, message: StepTracing.bounded(result.error ?? "agent failed")))
         }
         for phase in (result.phases ?? []).prefix(16) where AgentPhase.names.contains(phase.name) {
             let from = min(max(0, phase.start), seconds)

@@ -26,13 +26,33 @@ public struct StepTrace: Codable, Sendable, Hashable {
             && parts[1].contains { $0 != "0" } && parts[2].contains { $0 != "0" }
     }
 
+    /// Whether `s` is a W3C `tracestate` within its bounds: at most 32 comma-separated
+    /// `key=value` members and 512 characters, keys of lowercase letters, digits and `_-*/@`,
+    /// values of printable ASCII without `,` and `=`.
+    public static func isTracestate(_ s: String) -> Bool {
+        guard !s.isEmpty, s.utf8.count <= 512 else { return false }
+        let members = s.split(separator: ",", omittingEmptySubsequences: false).map {
+            $0.trimmingCharacters(in: CharacterSet(charactersIn: " \t"))
+        }
+        guard members.count <= 32 else { return false }
+        return members.allSatisfy { m in
+            guard let eq = m.firstIndex(of: "=") else { return false }
+            let key = m[..<eq].utf8
+            let value = m[m.index(after: eq)...].utf8
+            return !key.isEmpty && key.count <= 256
+                && key.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || "_-*/@".utf8.contains($0) }
+                && !value.isEmpty && value.count <= 256
+                && value.allSatisfy { (0x20...0x7e).contains($0) && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "=") }
+        }
+    }
+
     /// The W3C fields of a carrier from outside (a caller's metadata, an agent's echo, a request's
-    /// headers), within bounds: a valid `traceparent`, and its `tracestate` up to 512 characters
-    /// (the W3C limit). Nil without a valid `traceparent`.
+    /// headers), checked: a valid `traceparent`, and its `tracestate` when that is valid too (a
+    /// bad one is dropped, the `traceparent` kept, as W3C asks). Nil without a valid `traceparent`.
     public static func sanitized(_ carrier: [String: String]?) -> [String: String]? {
         guard let parent = carrier?["traceparent"], isTraceparent(parent) else { return nil }
         var out = ["traceparent": parent]
-        if let state = carrier?["tracestate"], !state.isEmpty, state.utf8.count <= 512 { out["tracestate"] = state }
+        if let state = carrier?["tracestate"], isTracestate(state) { out["tracestate"] = state }
         return out
     }
 

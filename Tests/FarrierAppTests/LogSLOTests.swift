@@ -91,7 +91,11 @@ import Testing
         try (Self.lines(format).joined(separator: "\n") + "\n").write(toFile: log, atomically: true, encoding: .utf8)
         let (status, out, err) = try Self.run(
             "/usr/bin/mtail",
-            ["--progs", Self.program, "--logs", log, "--one_shot", "--one_shot_format", "prometheus"]
+            // (Port 0: even one_shot binds its HTTP port, and the two formats run at once.)
+            [
+                "--progs", Self.program, "--logs", log, "--one_shot", "--one_shot_format", "prometheus", "--address",
+                "127.0.0.1", "--port", "0",
+            ]
         )
         #expect(status == 0, "\(err)")
         var samples: [String: String] = [:]

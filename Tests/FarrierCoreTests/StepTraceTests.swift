@@ -18,6 +18,38 @@ struct StepTraceTests {
         }
     }
 
+    /// What comes from outside keeps only the W3C fields, checked: a bad tracestate is dropped
+    /// and the traceparent kept; a bad traceparent keeps nothing.
+    @Test func carriersFromOutsideAreSanitized() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        #expect(
+            StepTrace.sanitized([
+                "traceparent": parent, "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+                "authorization": "Bearer x",
+            ])
+                == ["traceparent": parent, "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"]
+        )
+        for state in [
+            "", "no-equals", "Upper=1", "a=b,c", String(repeating: "a=b,", count: 40) + "a=b",
+            "k=" + String(repeating: "v", count: 600), "k=a=b",
+        ] {
+            #expect(
+                StepTrace.sanitized(["traceparent": parent, "tracestate": state]) == ["traceparent": parent],
+                "\(state)"
+            )
+        }
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", "",
+        ] {
+            #expect(StepTrace.sanitized(["traceparent": bad, "tracestate": "a=b"]) == nil, "\(bad)")
+        }
+        #expect(StepTrace.sanitized(nil) == nil)
+    }
+
     @Test func aStepTraceSurvivesJSON() throws {
         let t = StepTrace(
             carrier: ["traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "a=b"],

@@ -160,7 +160,7 @@ struct TracingTests {
             .deletingLastPathComponent().appendingPathComponent("deploy/mtail").path
         let counted = try h.run([
             "mtail", "--progs", program, "--logs", h.directory + "/server.log", "--one_shot", "--one_shot_format",
-            "prometheus",
+            "prometheus", "--address", "127.0.0.1", "--port", "0",
         ]).stdout
         for series in [
             #"farrier_log_lifecycle_steps_ended_total{outcome="succeeded",prog="farrier.mtail",step="commissioning"} 1"#,
