@@ -819,8 +819,9 @@ public final class Controller: Sendable {
                 metrics.failed(m.state, failure)
                 logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")", trace: m.trace)
             }
-            traceAgentTask(m, result, end: end)
-            await recordAgentTimeline(m, result, end: end)
+            let times = AgentTimes(m, result, end: end)
+            traceAgentTask(m, result, times)
+            await recordAgentTimeline(m, result, times)
             return
         }
         if m.state == .commissioning, result.inventory == nil {
@@ -849,8 +850,9 @@ public final class Controller: Sendable {
         Failpoint.hit("agent.done.after-commit")
         if finished.value {
             let end = Date()
-            traceAgentTask(m, result, end: end)
-            await recordAgentTimeline(m, result, end: end)
+            let times = AgentTimes(m, result, end: end)
+            traceAgentTask(m, result, times)
+            await recordAgentTimeline(m, result, times)
         }
         // The image's size, as the agent's last progress report gave it, over the whole task.
         if finished.value, m.state == .deploying, let seconds = result.seconds, let bytes = m.progress?.bytesTotal,

@@ -172,16 +172,10 @@ extension Controller {
     /// The agent's phases in the machine's boot timeline (the waterfall's rows): each at its
     /// start, and `done` at the task's end, on the same anchor as the trace. Diagnostics: a
     /// store that cannot take them loses only them.
-    func recordAgentTimeline(_ m: Machine, _ result: AgentResult, end: Date) async {
-        // The agent's own measure, bounded by its phase (from Farrier powering the machine on).
-        let stepSeconds = (m.trace?.phaseSince ?? m.stepStarted).map { max(0, end.timeIntervalSince($0)) } ?? 0
-        let seconds = min(max(0, result.seconds ?? 0), stepSeconds)
-        let start = end.addingTimeInterval(-seconds)
+    func recordAgentTimeline(_ m: Machine, _ result: AgentResult, _ times: AgentTimes) async {
         var events: [TimelineEvent] = []
-        for phase in (result.phases ?? []).prefix(16) where AgentPhase.names.contains(phase.name) {
-            let from = min(max(0, phase.start), seconds)
-            let to = min(max(from, phase.end), seconds)
-            var detail = String(format: "%.3f s", to - from)
+        for (phase, from, to) in times.phases {
+            var detail = String(format: "%.3f s", to.timeIntervalSince(from))
             if let b = phase.bytes, b >= 0 { detail += ", \(b) bytes" }
             if let busy = phase.busySeconds, busy.isFinite, busy >= 0 {
                 detail += String(format: ", busy %.3f s", busy)
@@ -189,7 +183,7 @@ extension Controller {
             events.append(
                 TimelineEvent(
                     mac: m.mac,
-                    time: start.addingTimeInterval(from),
+                    time: from,
                     stage: .agent,
                     event: phase.name,
                     detail: detail
@@ -201,7 +195,7 @@ extension Controller {
         events.append(
             TimelineEvent(
                 mac: m.mac,
-                time: end,
+                time: times.end,
                 stage: .agent,
                 event: "done",
                 detail: result.ok ? "\(m.state.rawValue) succeeded" : "\(m.state.rawValue) failed"
@@ -215,19 +209,15 @@ extension Controller {
     /// The agent's task in the step's trace: `agent.task` over the task's seconds, ending now,
     /// with the phases the agent timed. The agent's echo of the hello's context is its parent
     /// only when it is this step's trace: its result cannot graft spans onto another trace.
-    func traceAgentTask(_ m: Machine, _ result: AgentResult, end: Date) {
+    func traceAgentTask(_ m: Machine, _ result: AgentResult, _ times: AgentTimes) {
         guard let stored = m.trace else { return }
         let (carrier, fromAgent) = Self.agentParent(stored: stored, echoed: result.trace)
         guard let parent = StepTracing.context(carrier) else { return }
-        // The agent's own measure, bounded by its phase (from Farrier powering the machine on).
-        let stepSeconds = (m.trace?.phaseSince ?? m.stepStarted).map { max(0, end.timeIntervalSince($0)) } ?? 0
-        let seconds = min(max(0, result.seconds ?? 0), stepSeconds)
-        let start = end.addingTimeInterval(-seconds)
         let span = InstrumentationSystem.tracer.startSpan(
             "agent.task",
             context: parent,
             ofKind: .internal,
-            at: StepTracing.instant(start)
+            at: StepTracing.instant(times.start)
         )
         var a = span.attributes
         StepTracing.machineAttributes(m)(&a)
@@ -238,19 +228,35 @@ extension Controller {
         if !result.ok {
             span.setStatus(SpanStatus(code: .error, message: StepTracing.bounded(result.error ?? "agent failed")))
         }
-        for phase in (result.phases ?? []).prefix(16) where AgentPhase.names.contains(phase.name) {
-            let from = min(max(0, phase.start), seconds)
-            let to = min(max(from, phase.end), seconds)
-            StepTracing.record(
-                "agent.\(phase.name)",
-                parent: span.context,
-                from: start.addingTimeInterval(from),
-                to: start.addingTimeInterval(to)
-            ) { a in
+        for (phase, from, to) in times.phases {
+            StepTracing.record("agent.\(phase.name)", parent: span.context, from: from, to: to) { a in
                 if let b = phase.bytes { a["farrier.agent.bytes"] = Int(b) }
                 if let s = phase.busySeconds { a["farrier.agent.busy_seconds"] = s }
             }
         }
-        span.end(at: StepTracing.instant(end))
+        span.end(at: StepTracing.instant(times.end))
+    }
+}
+
+/// An agent task's times on the server's clock, for its spans and its timeline rows: anchored
+/// at its result's arrival (`end`), over the agent's own measure bounded by its phase (from
+/// Farrier powering the machine on), with at most 16 phases of known names, each clamped
+/// into the task.
+struct AgentTimes {
+    var start: Date
+    var end: Date
+    var phases: [(phase: AgentPhase, from: Date, to: Date)]
+
+    init(_ m: Machine, _ result: AgentResult, end: Date) {
+        let bound = (m.trace?.phaseSince ?? m.stepStarted).map { max(0, end.timeIntervalSince($0)) } ?? 0
+        let seconds = min(max(0, result.seconds ?? 0), bound)
+        let start = end.addingTimeInterval(-seconds)
+        self.start = start
+        self.end = end
+        phases = (result.phases ?? []).prefix(16).filter { AgentPhase.names.contains($0.name) }.map { phase in
+            let from = min(max(0, phase.start), seconds)
+            let to = min(max(from, phase.end), seconds)
+            return (phase, start.addingTimeInterval(from), start.addingTimeInterval(to))
+        }
     }
 }
