@@ -1,127 +1,164 @@
 import NIOCore
 import NIOPosix
 import Synchronization
-import SystemSupport
 
 /// A connected UDP socket: datagrams from one peer, received by awaiting `next(timeout:)`.
+///
+/// One reader task owns the socket's `NIOAsyncChannel` and iterates its inbound stream until the
+/// channel closes; callers never touch that stream. A read cancelled on an `NIOAsyncChannel` ends
+/// its inbound stream for good (the socket would stay open and deaf), so a caller's deadline or
+/// cancellation must end only a wait of its own: each `next` waits on a one-element stream that
+/// the reader fills, a datagram or the deadline first (docs/ipmi-transport-design.md).
 final class UDPEndpoint: Sendable {
     let channel: any Channel
-    let inbox: Inbox
+    let mailbox: Mailbox
     let remote: SocketAddress
+    private let reader: Task<Void, Never>
 
-    final class Inbox: Sendable {
+    /// What the reader hands over and callers wait for: a backlog while nobody waits, else the one
+    /// waiter's stream.
+    final class Mailbox: Sendable {
+        typealias Waiter = AsyncStream<[UInt8]>.Continuation
         struct State {
-            var buffered: [[UInt8]] = []
-            var waiter: (id: UInt64, continuation: CheckedContinuation<[UInt8]?, Never>)?
+            var backlog: [[UInt8]] = []
+            var waiter: (id: UInt64, continuation: Waiter)?
             var nextID: UInt64 = 0
             var closed = false
         }
         let state = Mutex(State())
+        /// Datagrams kept while nobody waits: a flood from the BMC cannot grow memory without limit.
+        static let backlogLimit = 256
 
         func deliver(_ bytes: [UInt8]) {
-            let waiter: CheckedContinuation<[UInt8]?, Never>? = state.withLock { s in
-                if let w = s.waiter {
-                    s.waiter = nil
-                    return w.continuation
+            // A waiter that ended at the instant its datagram came (its deadline, or its task
+            // cancelled) passes it on to the next waiter or the backlog; the third pass keeps it.
+            for pass in 1...3 {
+                let waiter: Waiter? = state.withLock { s in
+                    if pass < 3, let w = s.waiter {
+                        s.waiter = nil
+                        return w.continuation
+                    }
+                    if s.backlog.count < Self.backlogLimit { s.backlog.append(bytes) }
+                    return nil
                 }
-                // Bounded: a flood from the BMC cannot grow memory without limit.
-                if s.buffered.count < 256 { s.buffered.append(bytes) }
-                return nil
+                guard let waiter else { return }
+                if case .enqueued = waiter.yield(bytes) {
+                    waiter.finish()
+                    return
+                }
             }
-            waiter?.resume(returning: bytes)
         }
 
         func close() {
-            let waiter = state.withLock { s -> CheckedContinuation<[UInt8]?, Never>? in
+            let waiter = state.withLock { s -> Waiter? in
                 s.closed = true
                 defer { s.waiter = nil }
                 return s.waiter?.continuation
             }
-            waiter?.resume(returning: nil)
+            waiter?.finish()
         }
 
-        func next(timeout: Duration, on loop: any EventLoop) async -> [UInt8]? {
-            let id = state.withLock { s -> UInt64 in
+        func next(timeout: Duration) async -> [UInt8]? {
+            let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
+            let (id, immediate, displaced): (UInt64, [UInt8]??, Waiter?) = state.withLock { s in
+                if !s.backlog.isEmpty { return (0, .some(s.backlog.removeFirst()), nil) }
+                if s.closed || Task.isCancelled { return (0, .some(nil), nil) }
                 s.nextID += 1
-                return s.nextID
+                // One wait at a time: a second one (a session closed under a late user) ends the
+                // first, which gets nil, rather than leaving it parked forever.
+                let displaced = s.waiter?.continuation
+                s.waiter = (s.nextID, continuation)
+                return (s.nextID, nil, displaced)
             }
-            return await withTaskCancellationHandler {
-                await withCheckedContinuation { (c: CheckedContinuation<[UInt8]?, Never>) in
-                    let immediate: [UInt8]?? = state.withLock { s in
-                        if !s.buffered.isEmpty { return .some(s.buffered.removeFirst()) }
-                        if s.closed || Task.isCancelled { return .some(nil) }
-                        s.waiter = (id, c)
-                        return .none
-                    }
-                    if let immediate {
-                        c.resume(returning: immediate)
-                        return
-                    }
-                    loop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) { [self] in
-                        self.expire(id)
-                    }
+            displaced?.finish()
+            if let immediate {
+                continuation.finish()
+                return immediate
+            }
+            let bytes = await withTaskGroup(of: Void.self) { group -> [UInt8]? in
+                group.addTask {
+                    try? await Task.sleep(for: timeout)
+                    continuation.finish()
                 }
-            } onCancel: {
-                self.expire(id)
+                // Nil at the deadline, when displaced or closed, or when this task is cancelled
+                // (an AsyncStream ends its wait on cancellation): the socket's stream is untouched.
+                var waiting = stream.makeAsyncIterator()
+                let first = await waiting.next()
+                group.cancelAll()
+                return first
             }
-        }
-
-        func expire(_ id: UInt64) {
-            let waiter = state.withLock { s -> CheckedContinuation<[UInt8]?, Never>? in
-                guard let w = s.waiter, w.id == id else { return nil }
-                s.waiter = nil
-                return w.continuation
+            state.withLock { s in
+                if s.waiter?.id == id { s.waiter = nil }
             }
-            waiter?.resume(returning: nil)
+            return bytes
         }
     }
 
-    final class Handler: ChannelInboundHandler, Sendable {
+    /// Each datagram's bytes, copied on the event loop. Errors stop here: the `ECONNREFUSED` of an
+    /// ICMP port unreachable on the connected socket is not fatal to it, and passed on it would end
+    /// the inbound stream; the wait times out instead. A fatal error closes the channel, which
+    /// ends the stream.
+    final class DatagramInbound: ChannelInboundHandler, Sendable {
         typealias InboundIn = AddressedEnvelope<ByteBuffer>
-        let inbox: Inbox
-        init(inbox: Inbox) { self.inbox = inbox }
+        typealias InboundOut = [UInt8]
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let envelope = unwrapInboundIn(data)
-            inbox.deliver(Array(envelope.data.readableBytesView))
+            context.fireChannelRead(wrapInboundOut(Array(envelope.data.readableBytesView)))
         }
 
-        func channelInactive(context: ChannelHandlerContext) { inbox.close() }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {}
     }
 
-    private init(channel: any Channel, inbox: Inbox, remote: SocketAddress) {
+    private init(channel: any Channel, mailbox: Mailbox, remote: SocketAddress, reader: Task<Void, Never>) {
         self.channel = channel
-        self.inbox = inbox
+        self.mailbox = mailbox
         self.remote = remote
+        self.reader = reader
     }
 
     static func connect(host: String, port: Int) async throws -> UDPEndpoint {
         let remote = try SocketAddress.makeAddressResolvingHost(host, port: port)
-        let inbox = Inbox()
-        let bind = remote.protocol == .inet6 ? "::" : "0.0.0.0"
-        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(Handler(inbox: inbox)) }
+        // Connected: the kernel drops datagrams from any other address (and binds an ephemeral
+        // port). On a failure the bootstrap closes the channel it made.
+        let wrapped = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(to: remote) {
+            ch in
+            ch.eventLoop.makeCompletedFuture {
+                try ch.pipeline.syncOperations.addHandler(DatagramInbound())
+                return try NIOAsyncChannel<[UInt8], AddressedEnvelope<ByteBuffer>>(wrappingChannelSynchronously: ch)
             }
-            .bind(host: bind, port: 0).get()
-        // Connected: the kernel drops datagrams from any other address, and ICMP port
-        // unreachable surfaces as an error rather than silence.
-        try await channel.connect(to: remote).get()
-        return UDPEndpoint(channel: channel, inbox: inbox, remote: remote)
+        }
+        let mailbox = Mailbox()
+        // Detached: the reader outlives the call that connected, and must inherit neither its
+        // cancellation nor its task-locals (a trace context). Only closing the channel ends it.
+        let reader = Task.detached {
+            _ = try? await wrapped.executeThenClose { inbound, _ in
+                for try await bytes in inbound { mailbox.deliver(bytes) }
+            }
+            mailbox.close()
+        }
+        return UDPEndpoint(channel: wrapped.channel, mailbox: mailbox, remote: remote, reader: reader)
     }
 
+    /// Written through the channel itself, not the async writer, so that a write error (EMSGSIZE,
+    /// EHOSTUNREACH, a closed channel) is thrown here.
     func send(_ bytes: [UInt8]) async throws {
         let buffer = channel.allocator.buffer(bytes: bytes)
         try await channel.writeAndFlush(AddressedEnvelope(remoteAddress: remote, data: buffer))
     }
 
+    /// The next datagram (the oldest kept first), or nil at the deadline, on cancellation, or once
+    /// closed.
     func next(timeout: Duration) async -> [UInt8]? {
-        await inbox.next(timeout: timeout, on: channel.eventLoop)
+        await mailbox.next(timeout: timeout)
     }
 
+    /// Closes the socket and waits for its reader to end: a parked `next` gets nil, later ones nil
+    /// at once, and `send` throws.
     func close() async {
         try? await channel.close()
-        inbox.close()
+        mailbox.close()
+        await reader.value
     }
 }
 

@@ -1,0 +1,215 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import NIOPosix
+import Synchronization
+import Testing
+
+@testable import FarrierBMC
+
+/// The IPMI transport (`UDPEndpoint`) against a scripted UDP responder on 127.0.0.1, without a
+/// BMC: order, the bounded backlog, deadlines, a late datagram, cancellation and a closed port that
+/// leave the socket working, close, write errors, and two waits at once.
+@Suite struct UDPEndpointTests {
+    /// Answers each request `[count, tag, delay in 10 ms]` with `count` datagrams `[tag, i]`, after
+    /// the delay; counts what it sent.
+    final class Responder: ChannelInboundHandler, Sendable {
+        typealias InboundIn = AddressedEnvelope<ByteBuffer>
+        typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+        let sent = Atomic<Int>(0)
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let request = unwrapInboundIn(data)
+            let bytes = Array(request.data.readableBytesView)
+            guard bytes.count >= 3 else { return }
+            let (count, tag, delay) = (Int(bytes[0]), bytes[1], Int64(bytes[2]) * 10)
+            let channel = context.channel
+            let answer: @Sendable () -> Void = { [self] in
+                for i in 0..<count {
+                    let reply = channel.allocator.buffer(bytes: [tag, UInt8(i)])
+                    channel.write(AddressedEnvelope(remoteAddress: request.remoteAddress, data: reply), promise: nil)
+                    self.sent.add(1, ordering: .relaxed)
+                }
+                channel.flush()
+            }
+            if delay == 0 {
+                answer()
+            } else {
+                context.eventLoop.scheduleTask(in: .milliseconds(delay), answer)
+            }
+        }
+    }
+
+    static func responder(port: Int = 0) async throws -> (any Channel, Responder) {
+        let handler = Responder()
+        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(handler) }
+            }
+            .bind(host: "127.0.0.1", port: port).get()
+        return (channel, handler)
+    }
+
+    /// A responder and an endpoint connected to it, both closed after `body`, even when it throws.
+    func withPair(_ body: (UDPEndpoint, Responder) async throws -> Void) async throws {
+        let (server, handler) = try await Self.responder()
+        let endpoint = try await UDPEndpoint.connect(host: "127.0.0.1", port: server.localAddress!.port!)
+        do {
+            try await body(endpoint, handler)
+        } catch {
+            await endpoint.close()
+            try? await server.close()
+            throw error
+        }
+        await endpoint.close()
+        try await server.close()
+    }
+
+    /// Polls `condition` every 5 ms for at most `seconds`.
+    func eventually(_ seconds: Double = 5, _ condition: () -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return condition()
+    }
+
+    @Test func repliesArriveInOrder() async throws {
+        try await withPair { ep, _ in
+            try await ep.send([3, 7, 0])
+            for i: UInt8 in 0..<3 {
+                #expect(await ep.next(timeout: .seconds(2)) == [7, i])
+            }
+        }
+    }
+
+    @Test func theBacklogIsBounded() async throws {
+        try await withPair { ep, responder in
+            // 300 datagrams with nobody waiting, 100 at a time so the kernel's buffer never fills.
+            for tag: UInt8 in 1...3 {
+                try await ep.send([100, tag, 0])
+                #expect(try await eventually { responder.sent.load(ordering: .relaxed) == Int(tag) * 100 })
+                let kept = min(Int(tag) * 100, UDPEndpoint.Mailbox.backlogLimit)
+                #expect(try await eventually { ep.mailbox.state.withLock { $0.backlog.count } == kept })
+            }
+            var got: [[UInt8]] = []
+            while let bytes = await ep.next(timeout: .milliseconds(100)) { got.append(bytes) }
+            #expect(got.count == 256, "kept \(got.count) of 300")
+            // The oldest are kept, in order; the newest were dropped.
+            #expect(got.first == [1, 0] && got.last == [3, 55])
+        }
+    }
+
+    @Test func silenceEndsAtTheDeadline() async throws {
+        try await withPair { ep, _ in
+            let start = ContinuousClock.now
+            #expect(await ep.next(timeout: .milliseconds(200)) == nil)
+            let waited = ContinuousClock.now - start
+            #expect(waited >= .milliseconds(200) && waited < .seconds(2), "\(waited)")
+        }
+    }
+
+    @Test func aLateDatagramGoesToTheNextWait() async throws {
+        try await withPair { ep, _ in
+            try await ep.send([1, 4, 30])  // answered after 300 ms
+            #expect(await ep.next(timeout: .milliseconds(50)) == nil)
+            #expect(await ep.next(timeout: .seconds(3)) == [4, 0])
+        }
+    }
+
+    /// A cancelled wait must end only that wait: on an NIOAsyncChannel a cancelled read would end
+    /// the socket's inbound stream for good.
+    @Test func aCancelledWaitLeavesTheSocketWorking() async throws {
+        try await withPair { ep, _ in
+            for round: UInt8 in 1...3 {
+                let waiting = Task { await ep.next(timeout: .seconds(30)) }
+                #expect(try await eventually { ep.mailbox.state.withLock { $0.waiter != nil } })
+                let start = ContinuousClock.now
+                waiting.cancel()
+                #expect(await waiting.value == nil)
+                #expect(ContinuousClock.now - start < .seconds(2))
+                // Already cancelled when it starts: nil at once.
+                let early = Task {
+                    withUnsafeCurrentTask { $0?.cancel() }
+                    return await ep.next(timeout: .seconds(30))
+                }
+                #expect(await early.value == nil)
+                try await ep.send([1, round, 0])
+                #expect(await ep.next(timeout: .seconds(2)) == [round, 0], "round \(round)")
+            }
+        }
+    }
+
+    /// ICMP port unreachable on the connected socket is a timeout, not the end of it: once
+    /// something listens on the port, the same endpoint gets its answer.
+    @Test func aClosedPortTimesOutAndTheSocketStillWorks() async throws {
+        let (probe, _) = try await Self.responder()
+        let port = probe.localAddress!.port!
+        try await probe.close()
+        let ep = try await UDPEndpoint.connect(host: "127.0.0.1", port: port)
+        for _ in 0..<2 {
+            try? await ep.send([1, 1, 0])  // a refusal may surface on the send as well
+            #expect(await ep.next(timeout: .milliseconds(200)) == nil)
+        }
+        let server: any Channel
+        do {
+            server = try await Self.responder(port: port).0
+        } catch {
+            await ep.close()
+            throw error
+        }
+        try? await ep.send([1, 2, 0])
+        #expect(await ep.next(timeout: .seconds(2)) == [2, 0])
+        await ep.close()
+        try await server.close()
+    }
+
+    @Test func closeEndsAWaitAndLaterCalls() async throws {
+        let (server, _) = try await Self.responder()
+        let ep = try await UDPEndpoint.connect(host: "127.0.0.1", port: server.localAddress!.port!)
+        let waiting = Task { await ep.next(timeout: .seconds(30)) }
+        #expect(try await eventually { ep.mailbox.state.withLock { $0.waiter != nil } })
+        let start = ContinuousClock.now
+        await ep.close()
+        #expect(await waiting.value == nil)
+        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(await ep.next(timeout: .seconds(30)) == nil)
+        await #expect(throws: (any Error).self) { try await ep.send([1, 1, 0]) }
+        try await server.close()
+    }
+
+    @Test func aWriteErrorIsThrown() async throws {
+        try await withPair { ep, _ in
+            await #expect(throws: (any Error).self) { try await ep.send([UInt8](repeating: 0, count: 70_000)) }
+            // And the socket still works.
+            try await ep.send([1, 5, 0])
+            #expect(await ep.next(timeout: .seconds(2)) == [5, 0])
+        }
+    }
+
+    /// A second wait on one endpoint (a session closed under a late user) ends the first with nil;
+    /// the second gets the datagram.
+    @Test func aSecondWaitEndsTheFirst() async throws {
+        try await withPair { ep, _ in
+            let first = Task { await ep.next(timeout: .seconds(30)) }
+            #expect(try await eventually { ep.mailbox.state.withLock { $0.waiter != nil } })
+            let firstID = ep.mailbox.state.withLock { $0.waiter?.id }
+            let second = Task { await ep.next(timeout: .seconds(10)) }
+            #expect(await first.value == nil)
+            #expect(try await eventually { ep.mailbox.state.withLock { $0.waiter.map { $0.id != firstID } ?? false } })
+            try await ep.send([1, 6, 0])
+            #expect(await second.value == [6, 0])
+        }
+    }
+
+    @Test func theInboundHandlerCopiesDatagramsAndStopsErrors() throws {
+        let channel = EmbeddedChannel(handler: UDPEndpoint.DatagramInbound())
+        let from = try SocketAddress(ipAddress: "127.0.0.1", port: 623)
+        try channel.writeInbound(AddressedEnvelope(remoteAddress: from, data: ByteBuffer(bytes: [1, 2, 3])))
+        #expect(try channel.readInbound(as: [UInt8].self) == [1, 2, 3])
+        channel.pipeline.fireErrorCaught(IOError(errnoCode: ECONNREFUSED, reason: "read"))
+        #expect(throws: Never.self) { try channel.throwIfErrorCaught() }
+        _ = try channel.finish()
+    }
+}
