@@ -24,6 +24,8 @@ final class UDPEndpoint: Sendable {
             var waiter: (id: UInt64, continuation: Waiter)?
             var nextID: UInt64 = 0
             var closed = false
+            /// Datagrams dropped because the backlog was full.
+            var dropped = 0
         }
         let state = Mutex(State())
         /// Datagrams kept while nobody waits: a flood from the BMC cannot grow memory without limit.
@@ -38,7 +40,11 @@ final class UDPEndpoint: Sendable {
                         s.waiter = nil
                         return w.continuation
                     }
-                    if s.backlog.count < Self.backlogLimit { s.backlog.append(bytes) }
+                    if s.backlog.count < Self.backlogLimit {
+                        s.backlog.append(bytes)
+                    } else {
+                        s.dropped += 1
+                    }
                     return nil
                 }
                 guard let waiter else { return }

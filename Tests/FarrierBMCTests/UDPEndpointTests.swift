@@ -10,7 +10,7 @@ import Testing
 /// The IPMI transport (`UDPEndpoint`) against a scripted UDP responder on 127.0.0.1, without a
 /// BMC: order, the bounded backlog, deadlines, a late datagram, cancellation and a closed port that
 /// leave the socket working, close, write errors, and two waits at once.
-@Suite struct UDPEndpointTests {
+@Suite(.timeLimit(.minutes(1))) struct UDPEndpointTests {
     /// Answers each request `[count, tag, delay in 10 ms]` with `count` datagrams `[tag, i]`, after
     /// the delay; counts what it sent.
     final class Responder: ChannelInboundHandler, Sendable {
@@ -90,8 +90,13 @@ import Testing
             for tag: UInt8 in 1...3 {
                 try await ep.send([100, tag, 0])
                 #expect(try await eventually { responder.sent.load(ordering: .relaxed) == Int(tag) * 100 })
+                // Every datagram sent has reached the mailbox, kept or dropped.
                 let kept = min(Int(tag) * 100, UDPEndpoint.Mailbox.backlogLimit)
-                #expect(try await eventually { ep.mailbox.state.withLock { $0.backlog.count } == kept })
+                #expect(
+                    try await eventually {
+                        ep.mailbox.state.withLock { $0.backlog.count == kept && kept + $0.dropped == Int(tag) * 100 }
+                    }
+                )
             }
             var got: [[UInt8]] = []
             while let bytes = await ep.next(timeout: .milliseconds(100)) { got.append(bytes) }
@@ -149,7 +154,7 @@ import Testing
         try await probe.close()
         let ep = try await UDPEndpoint.connect(host: "127.0.0.1", port: port)
         for _ in 0..<2 {
-            try? await ep.send([1, 1, 0])  // a refusal may surface on the send as well
+            try await ep.send([1, 1, 0])
             #expect(await ep.next(timeout: .milliseconds(200)) == nil)
         }
         let server: any Channel
@@ -159,7 +164,7 @@ import Testing
             await ep.close()
             throw error
         }
-        try? await ep.send([1, 2, 0])
+        try await ep.send([1, 2, 0])
         #expect(await ep.next(timeout: .seconds(2)) == [2, 0])
         await ep.close()
         try await server.close()
@@ -201,6 +206,29 @@ import Testing
             try await ep.send([1, 6, 0])
             #expect(await second.value == [6, 0])
         }
+    }
+
+    /// A wait that ended at the instant its datagram came (its stream finished, its slot not yet
+    /// cleared) hands the datagram on: to the next waiter, or to the backlog.
+    @Test func aDatagramMeetingAnEndedWaitIsKept() async throws {
+        let mailbox = UDPEndpoint.Mailbox()
+        func ended() -> UDPEndpoint.Mailbox.Waiter {
+            let (_, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
+            continuation.finish()
+            return continuation
+        }
+        mailbox.state.withLock { $0.waiter = (1, ended()) }
+        mailbox.deliver([1])
+        #expect(mailbox.state.withLock { $0.backlog } == [[1]] && mailbox.state.withLock { $0.waiter == nil })
+        #expect(await mailbox.next(timeout: .zero) == [1])
+        // A live waiter gets the datagram, and its slot is emptied.
+        let (stream, live) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
+        mailbox.state.withLock { $0.waiter = (2, live) }
+        mailbox.deliver([2])
+        #expect(mailbox.state.withLock { $0.backlog.isEmpty && $0.waiter == nil })
+        var waiting = stream.makeAsyncIterator()
+        #expect(await waiting.next() == [2])
+        #expect(await waiting.next() == nil)
     }
 
     @Test func theInboundHandlerCopiesDatagramsAndStopsErrors() throws {
