@@ -271,20 +271,22 @@ enum Pages {
         return out.joined()
     }
 
-    /// The last boot as an SVG waterfall: one row per timeline event (DHCP, TFTP, HTTP, the
-    /// agent's phases), a bar from it to the next on the boot's time scale, with its duration;
-    /// while the agent works, its current stage as the last bar.
+    /// The last boot as an SVG waterfall (`Waterfall.lastStep`: with a step's earlier boots, so a
+    /// deployed machine shows its ramdisk boot, agent phases and disk boot): one row per timeline
+    /// event (DHCP, TFTP, HTTP, the agent's phases), a bar from it to the next on the boot's time
+    /// scale, with its duration; while the agent works, its current stage as the last bar.
     static func waterfall(_ m: Farrier_V1_Machine) -> String {
         struct Row {
             var time: Date
             var stage: String
             var label: String
         }
-        var rows = Waterfall.lastBoot(
-            m.timeline.map { Row(time: $0.time.date, stage: $0.stage, label: "\($0.stage) \($0.event)") },
-            time: \.time,
-            continues: { $0.stage == "agent" }
-        )
+        var rows = Waterfall.lastStep(
+            m.timeline,
+            time: \.time.date,
+            continues: { $0.stage == "agent" },
+            scriptState: { Waterfall.scriptState(stage: $0.stage, event: $0.event, detail: $0.detail) }
+        ).map { Row(time: $0.time.date, stage: $0.stage, label: "\($0.stage) \($0.event)") }
         // The agent's current stage, while it works (its phases are in the timeline once it is done).
         if m.hasProgress, !m.progress.stage.isEmpty, let last = rows.last, last.stage != "agent",
             m.progress.updated.date > last.time

@@ -32,23 +32,52 @@ public struct TimelineEvent: Codable, Sendable, Hashable {
 /// A boot's timeline drawn as text: one row per event, a bar from the event to the next one on a
 /// scale of the whole boot, so the slow stage stands out at a glance (`farrier machine show`).
 public enum Waterfall {
-    /// The events of the last boot: from the last event that follows a quiet spell of more than
-    /// `gap` seconds (a boot's stages, ROM DHCP to the ramdisk's, follow each other within
-    /// seconds), in time order. An event that `continues` its boot never starts one: the
-    /// agent's phases can be minutes (a download) or hours (a wipe) apart.
-    public static func lastBoot<E>(
+    /// The machine states whose work takes more than one boot: a deploy boots the ramdisk, then
+    /// the disk; both ask for their iPXE script in the same state.
+    static let stepStates: Set<String> = ["commissioning", "deploying", "releasing", "rescuing", "exiting-rescue"]
+
+    /// The state an iPXE script was asked in, from its timeline event (`http script` with
+    /// `state=…` in its detail); nil for any other event.
+    public static func scriptState(stage: String, event: String, detail: String) -> String? {
+        guard stage == TimelineEvent.Stage.http.rawValue, event == "script" else { return nil }
+        return detail.split(separator: " ").first { $0.hasPrefix("state=") }.map { String($0.dropFirst(6)) }
+    }
+
+    /// What the waterfall draws, in time order. Boots are split at quiet spells of more than `gap`
+    /// seconds (a boot's stages, ROM DHCP to the ramdisk's, follow each other within seconds); an
+    /// event that `continues` its boot never starts one (the agent's phases can be minutes, a
+    /// download, or hours, a wipe, apart). The last boot is drawn, with the boot before it when
+    /// the last asked for no script (the installed OS asking for its address) within `follow`
+    /// seconds of it, and with the boots before those that served the same step (scripts asked
+    /// in the same step state, each within `follow` seconds of the next: a deploy's ramdisk boot
+    /// and its agent's phases, then its boot from disk).
+    public static func lastStep<E>(
         _ events: [E],
         time: (E) -> Date,
         gap: TimeInterval = 30,
-        continues: (E) -> Bool = { _ in false }
+        follow: TimeInterval = 600,
+        continues: (E) -> Bool = { _ in false },
+        scriptState: (E) -> String?
     ) -> [E] {
         let sorted = events.sorted { time($0) < time($1) }
-        guard var start = sorted.indices.first else { return [] }
+        guard !sorted.isEmpty else { return [] }
+        var starts = [0]
         for i in sorted.indices.dropFirst()
         where !continues(sorted[i]) && time(sorted[i]).timeIntervalSince(time(sorted[i - 1])) > gap {
-            start = i
+            starts.append(i)
         }
-        return Array(sorted[start...])
+        let boots = zip(starts, starts.dropFirst() + [sorted.count]).map { $0..<$1 }
+        func state(_ boot: Range<Int>) -> String? { sorted[boot].lazy.compactMap(scriptState).first }
+        /// Whether boot `b` follows the one before it within `follow` seconds.
+        func soon(_ b: Int) -> Bool {
+            time(sorted[boots[b].lowerBound]).timeIntervalSince(time(sorted[boots[b - 1].upperBound - 1])) <= follow
+        }
+        var first = boots.count - 1
+        if first > 0, state(boots[first]) == nil, soon(first) { first -= 1 }
+        if let step = state(boots[first]), stepStates.contains(step) {
+            while first > 0, state(boots[first - 1]) == step, soon(first) { first -= 1 }
+        }
+        return Array(sorted[boots[first].lowerBound...])
     }
 
     /// Rows for events already in time order: offset from the first, label, the bar (`width`

@@ -5,27 +5,78 @@ import Testing
 @Suite struct WaterfallTests {
     let t0 = Date(timeIntervalSince1970: 1_800_000_000)
 
+    /// A timeline event as the tests write it: seconds from t0, stage, event, detail.
+    typealias Event = (t: Double, stage: String, event: String, detail: String)
+
+    func drawn(_ events: [Event]) -> [Double] {
+        Waterfall.lastStep(
+            events.shuffled(),
+            time: { t0.addingTimeInterval($0.t) },
+            continues: { $0.stage == "agent" },
+            scriptState: { Waterfall.scriptState(stage: $0.stage, event: $0.event, detail: $0.detail) }
+        ).map(\.t)
+    }
+
+    static func boot(at t: Double, state: String) -> [Event] {
+        [
+            (t, "dhcp", "DISCOVER", "client=pxe-bios"), (t + 1, "dhcp", "ACK", "address=198.18.0.100"),
+            (t + 2, "http", "script", "state=\(state) platform=pcbios"), (t + 3, "http", "GET", "vmlinuz"),
+        ]
+    }
+
     @Test func theLastBootStartsAfterTheLastQuietSpell() {
-        let times = [0.0, 1, 2, 100, 100.5, 103, 120].map { t0.addingTimeInterval($0) }
-        let boot = Waterfall.lastBoot(times.shuffled(), time: { $0 })
-        #expect(boot == Array(times[3...]))
-        #expect(Waterfall.lastBoot([Date](), time: { $0 }).isEmpty)
+        #expect(
+            drawn(Self.boot(at: 0, state: "deployed") + Self.boot(at: 100, state: "deployed")) == [100, 101, 102, 103]
+        )
+        #expect(drawn([]).isEmpty)
+        #expect(
+            Waterfall.scriptState(stage: "http", event: "script", detail: "state=ready platform=efi at=site") == "ready"
+        )
+        #expect(Waterfall.scriptState(stage: "http", event: "GET", detail: "state=ready") == nil)
     }
 
     /// The agent's phases belong to the boot they follow, however far apart: a download of
     /// minutes, a wipe of hours.
     @Test func theAgentsPhasesNeverStartABoot() {
-        let events: [(Double, String)] = [
-            (0, "dhcp"), (1, "tftp"), (3, "http"), (5, "agent"), (400, "agent"), (4000, "agent"), (5000, "dhcp"),
-            (5001, "http"),
+        let events: [Event] = [
+            (0, "dhcp", "DISCOVER", ""), (1, "tftp", "RRQ", ""), (3, "http", "GET", ""), (5, "agent", "wipe", ""),
+            (400, "agent", "verify", ""), (4000, "agent", "done", ""), (5000, "dhcp", "DISCOVER", ""),
+            (5001, "http", "GET", ""),
         ]
-        let time: ((Double, String)) -> Date = { t0.addingTimeInterval($0.0) }
-        let boot = Waterfall.lastBoot(events.shuffled(), time: time, continues: { $0.1 == "agent" })
-        #expect(boot.map(\.0) == [5000, 5001])
-        let deploy = Waterfall.lastBoot(Array(events.prefix(6)), time: time, continues: { $0.1 == "agent" })
-        #expect(deploy.map(\.0) == [0, 1, 3, 5, 400, 4000])
+        #expect(drawn(events) == [5000, 5001])
+        #expect(drawn(Array(events.prefix(6))) == [0, 1, 3, 5, 400, 4000])
         // Without the rule, the quiet spells would split it.
-        #expect(Waterfall.lastBoot(Array(events.prefix(6)), time: { t0.addingTimeInterval($0.0) }).map(\.0) == [4000])
+        let split = Waterfall.lastStep(
+            Array(events.prefix(6)),
+            time: { t0.addingTimeInterval($0.t) },
+            scriptState: { _ in nil }
+        )
+        #expect(split.map(\.t) == [4000])
+    }
+
+    /// A deployed machine shows its deploy: the ramdisk boot, the agent's phases, the boot from
+    /// disk (asked in the same step's state) and the installed OS's DHCP a minute later; not the
+    /// commission before it. A restart later is a boot of its own.
+    @Test func aDeploysBootsAreDrawnTogether() {
+        let commission = Self.boot(at: -2000, state: "commissioning") + [(-1990, "agent", "done", "")]
+        let ramdisk =
+            Self.boot(at: 0, state: "deploying") + [
+                (10, "dhcp", "DISCOVER", "client=plain"), (11, "dhcp", "ACK", "address=198.18.0.100"),
+                (15, "agent", "download", ""), (15, "agent", "write", ""), (200, "agent", "verify", ""),
+                (230, "agent", "done", ""),
+            ]
+        let disk = Self.boot(at: 280, state: "deploying").prefix(3)
+        let os: [Event] = [(340, "dhcp", "DISCOVER", "client=plain"), (341, "dhcp", "ACK", "address=198.18.0.100")]
+        let deploy = commission + ramdisk + disk + os
+        #expect(drawn(deploy) == (ramdisk + disk + os).map(\.t).sorted())
+        // The OS's DHCP long after its boot (a lease renewal) is not part of it.
+        #expect(drawn(deploy + [(4000, "dhcp", "REQUEST", "client=plain")]) == [4000])
+        // A restart: its boot from disk (state deployed) and its OS, and nothing of the deploy.
+        let restart =
+            Array(Self.boot(at: 9000, state: "deployed").prefix(3)) + [(9060, "dhcp", "DISCOVER", "client=plain")]
+        #expect(drawn(deploy + restart) == restart.map(\.t))
+        // A step's boots far apart (a deploy retried the next day) are not joined.
+        #expect(drawn(Array(ramdisk) + Self.boot(at: 90_000, state: "deploying")) == [90_000, 90_001, 90_002, 90_003])
     }
 
     @Test func barsRunFromEachEventToTheNextOnTheBootsScale() {

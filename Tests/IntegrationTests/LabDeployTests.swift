@@ -16,6 +16,11 @@ import Testing
 /// and while lab-2 deploys, the replica off the boot network is killed with SIGKILL; the
 /// `--wait` and the deploy carry on (its claims taken over by the other). The kill -9 and lab
 /// suites run the same lab on SQLite.
+///
+/// The web console, in headless Chromium (console_browser.py), watches lab-2's deploy live on its
+/// page from before the deploy starts, then opens its boot waterfall; lab-2 deploys into a
+/// project, whose member sees lab-2 alone and is refused lab-1, and another project's member
+/// sees nothing and is refused lab-2, in the page and by a crafted request.
 @Suite(
     .serialized,
     .enabled(
@@ -199,6 +204,41 @@ struct LabDeployTests {
                 with: Data(contentsOf: URL(fileURLWithPath: "/run/farrier-lab/state.json"))
             ) as? [String: Any] ?? [:]
         }
+        /// Starts console_browser.py against the lab's console as its admin, with a member token
+        /// of project `owner` (made here) and one of another project; returns once the browser
+        /// has `machine`'s page open.
+        func startConsoleBrowser(owner: String, machine: String, other: String) throws -> Process {
+            let status =
+                try JSONSerialization.jsonObject(
+                    with: Data(try h.run([bin, "lab", "status", "-o", "json"], timeout: 30).stdout.utf8)
+                ) as? [String: Any]
+            let url = try #require(status?["console_url"] as? String, "lab status: \(String(describing: status))")
+            let tokenFile = try #require(status?["admin_token_file"] as? String)
+            let admin = try String(contentsOfFile: tokenFile, encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            var members: [String] = []
+            for project in [owner, owner + "-other"] {
+                try h.run([bin, "project", "create", project], timeout: 30)
+                members.append(
+                    try h.run([bin, "token", "create", "--project", project], timeout: 30).stdout
+                        .trimmingCharacters(in: .whitespacesAndNewlines)
+                )
+            }
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("ServerIntegrationTests/console_browser.py").path
+            let p = try h.start(
+                ["/usr/bin/python3", script, "--lab", url, admin] + members + [h.directory, machine, other],
+                log: "console-browser.log"
+            )
+            let watching = h.directory + "/watching"
+            try h.waitUntil("the browser to open \(machine)'s page", timeout: 120, interval: 0.2) {
+                guard p.isRunning || FileManager.default.fileExists(atPath: watching) else {
+                    throw Harness.CommandError(description: "the browser ended: \(h.read("console-browser.log"))")
+                }
+                return FileManager.default.fileExists(atPath: watching)
+            }
+            return p
+        }
         /// While `name`'s VM is paused: every attack, and its disk file unchanged around them.
         func hostile(_ name: String, mac: String, during: String) throws {
             try LabVM.qmp(h, name, "stop")
@@ -250,6 +290,10 @@ struct LabDeployTests {
 
         /// Where the tenant's pattern was checked on lab-1 (the first and last MiB, then 4 KiB blocks), checked again after the release.
         var patterned: [Int64] = []
+        /// The web console in headless Chromium, watching lab-2's deploy (issue 17 point 5).
+        var browser: Process?
+        defer { if let browser, browser.isRunning { browser.terminate() } }
+        let consoleOwner = "tenant-a"
         for (name, firmware) in [("lab-1", "bios"), ("lab-2", "uefi")] {
             let mac = name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"
             // 2. Deploy with --wait: progress, then deployed. lab-1 deploys under attack.
@@ -273,8 +317,12 @@ struct LabDeployTests {
                 // the other. (In this phase no work claim is held; LabKillNineTests covers those.)
                 let servers = (try labState()["serverAddress"] as? String ?? "").split(separator: ",")
                 try #require(servers.count == 2, "the lab's servers: \(servers)")
+                // The console, open on lab-2's page before its deploy starts, watches it live;
+                // lab-2 deploys into a project of its own, whose member, and another project's,
+                // the browser then checks (replica 1 serves the console; replica 2 is killed).
+                browser = try startConsoleBrowser(owner: consoleOwner, machine: name, other: "lab-1")
                 let p = try h.start(
-                    deployArgs + ["--server", "\(servers[1]),\(servers[0])"],
+                    deployArgs + ["--project", consoleOwner, "--server", "\(servers[1]),\(servers[0])"],
                     log: "\(name)-deploy.log"
                 )
                 try h.waitUntil("\(name) to be deploying/agent with its agent at work", timeout: 1300, interval: 1) {
@@ -303,7 +351,8 @@ struct LabDeployTests {
                 print("lab-deploy: replica 2 (pid \(pid)) killed while \(name) deployed")
                 try h.waitUntil("the deploy --wait to finish", timeout: 1300, interval: 1) { !p.isRunning }
                 // Both replicas again for the rest.
-                try h.run([bin, "lab", "restart-server"], timeout: 300)
+                // (Replica 2 alone: replica 1 keeps the console's sessions, in memory.)
+                try h.run([bin, "lab", "restart-server", "--replica", "2"], timeout: 300)
                 return (p.terminationStatus, h.read("\(name)-deploy.log"))
             }
             #expect(deployStatus == 0, "\(deployOut)")
@@ -317,37 +366,37 @@ struct LabDeployTests {
                     "\(name): no agent \(phase) in the timeline:\n\(timeline)"
                 )
             }
-            if name == "lab-2" {
-                // The web console of the lab (issue 17 point 5), in headless Chromium: both VMs,
-                // and the deployed one's page with its boot waterfall.
-                try phase("console in a browser") {
-                    let status =
-                        try JSONSerialization.jsonObject(
-                            with: Data(try h.run([bin, "lab", "status", "-o", "json"], timeout: 30).stdout.utf8)
-                        ) as? [String: Any]
-                    let url = try #require(
-                        status?["console_url"] as? String,
-                        "lab status: \(String(describing: status))"
-                    )
-                    let tokenFile = try #require(status?["admin_token_file"] as? String)
-                    let token = try String(contentsOfFile: tokenFile, encoding: .utf8)
-                        .trimmingCharacters(in: .whitespacesAndNewlines)
-                    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-                        .appendingPathComponent("ServerIntegrationTests/console_browser.py").path
-                    let browser = try h.run(
-                        ["/usr/bin/python3", script, "--lab", url, token, h.directory, name],
-                        timeout: 180,
-                        check: false
-                    )
+            // And its waterfall draws the deploy: the ramdisk boot, the agent, then the installed
+            // OS's DHCP (from disk: Farrier set the boot device, so no network boot before it).
+            let waterfall =
+                timeline.components(separatedBy: "\nBoot timeline").first?
+                .components(separatedBy: "\nLast boot").dropFirst().first ?? ""
+            for row in ["dhcp DISCOVER", "http script", "agent write", "agent done"] {
+                #expect(waterfall.contains(row), "\(name): no \(row) in the waterfall:\n\(timeline)")
+            }
+            #expect(
+                waterfall.components(separatedBy: "agent done").last?.contains("dhcp DISCOVER") == true,
+                "\(name): the waterfall should end with the installed OS's DHCP:\n\(timeline)"
+            )
+            if name == "lab-2", let browser {
+                // The web console of the lab (issue 17 point 5): its checks after the deploy (the
+                // timeline; each member's view) end the browser's run.
+                try phase("console in a browser, after the deploy") {
+                    try h.waitUntil("the browser's checks", timeout: 300, interval: 1) { !browser.isRunning }
+                    let log = h.read("console-browser.log")
                     #expect(
-                        browser.status == 0 && browser.stdout.contains("OK"),
-                        "the lab's console in a browser: \(browser.stdout) \(browser.stderr.suffix(2000))"
+                        browser.terminationStatus == 0 && log.contains("OK"),
+                        "the lab's console in a browser: \(log.suffix(3000))"
                     )
-                    print("lab-deploy console: \(browser.stdout.split(separator: "\n").first ?? "")")
-                    let shot = try Data(contentsOf: URL(fileURLWithPath: h.directory + "/console-lab-machine.png"))
-                    #expect(shot.starts(with: [0x89, 0x50, 0x4E, 0x47]) && shot.count > 10_000)
-                    if let keep = ProcessInfo.processInfo.environment["FARRIER_CONSOLE_SCREENSHOTS"] {
-                        try shot.write(to: URL(fileURLWithPath: keep + "/console-lab-machine.png"))
+                    for line in log.split(separator: "\n") where line.hasPrefix("live:") {
+                        print("lab-deploy console \(line)")
+                    }
+                    for shot in ["console-lab-progress.png", "console-lab-machine.png", "console-lab-fleet.png"] {
+                        let data = try Data(contentsOf: URL(fileURLWithPath: h.directory + "/" + shot))
+                        #expect(data.starts(with: [0x89, 0x50, 0x4E, 0x47]) && data.count > 10_000, "\(shot)")
+                        if let keep = ProcessInfo.processInfo.environment["FARRIER_CONSOLE_SCREENSHOTS"] {
+                            try data.write(to: URL(fileURLWithPath: keep + "/" + shot))
+                        }
                     }
                 }
             }

@@ -152,7 +152,12 @@ struct MachineCommand: AsyncParsableCommand {
                         )
                     }
                 }
-                let boot = Waterfall.lastBoot(view.timeline, time: \.time, continues: { $0.stage == "agent" })
+                let boot = Waterfall.lastStep(
+                    view.timeline,
+                    time: \.time,
+                    continues: { $0.stage == "agent" },
+                    scriptState: { Waterfall.scriptState(stage: $0.stage, event: $0.event, detail: $0.detail) }
+                )
                 if boot.count > 1, let first = boot.first, let last = boot.last {
                     lines.append(
                         String(
