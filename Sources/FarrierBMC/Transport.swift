@@ -65,6 +65,13 @@ final class UDPEndpoint: Sendable {
         }
 
         func next(timeout: Duration) async -> [UInt8]? {
+            // Fast path: a datagram already kept, or nothing to wait for.
+            let ready: [UInt8]?? = state.withLock { s in
+                if !s.backlog.isEmpty { return .some(s.backlog.removeFirst()) }
+                if s.closed || Task.isCancelled { return .some(nil) }
+                return .none
+            }
+            if let ready { return ready }
             let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
             let (id, immediate, displaced): (UInt64, [UInt8]??, Waiter?) = state.withLock { s in
                 if !s.backlog.isEmpty { return (0, .some(s.backlog.removeFirst()), nil) }
@@ -81,18 +88,18 @@ final class UDPEndpoint: Sendable {
                 continuation.finish()
                 return immediate
             }
-            let bytes = await withTaskGroup(of: Void.self) { group -> [UInt8]? in
-                group.addTask {
-                    try? await Task.sleep(for: timeout)
-                    continuation.finish()
-                }
-                // Nil at the deadline, when displaced or closed, or when this task is cancelled
-                // (an AsyncStream ends its wait on cancellation): the socket's stream is untouched.
-                var waiting = stream.makeAsyncIterator()
-                let first = await waiting.next()
-                group.cancelAll()
-                return first
+            // The deadline ends this wait's own stream. Not a child task: a group would have the
+            // caller wait for the cancelled sleeper to wake before it resumes (two more task hops
+            // per datagram; bench/bmc measured the sweep 18 % slower that way).
+            let deadline = Task {
+                try? await Task.sleep(for: timeout)
+                continuation.finish()
             }
+            // Nil at the deadline, when displaced or closed, or when this task is cancelled (an
+            // AsyncStream ends its wait on cancellation): the socket's stream is untouched.
+            var waiting = stream.makeAsyncIterator()
+            let bytes = await waiting.next()
+            deadline.cancel()
             state.withLock { s in
                 if s.waiter?.id == id { s.waiter = nil }
             }

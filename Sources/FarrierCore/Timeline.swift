@@ -49,8 +49,9 @@ public enum Waterfall {
     /// download, or hours, a wipe, apart). The last boot is drawn, with the boot before it when
     /// the last asked for no script (the installed OS asking for its address) within `follow`
     /// seconds of it, and with the boots before those that served the same step (scripts asked
-    /// in the same step state, each within `follow` seconds of the next: a deploy's ramdisk boot
-    /// and its agent's phases, then its boot from disk).
+    /// in the same step state, or no script within `follow` seconds of such a boot; each within
+    /// `follow` seconds of the next: a deploy's ramdisk boot, the ramdisk's own DHCP and its
+    /// agent's phases, then its boot from disk), back to an iPXE wait loop's poll.
     public static func lastStep<E>(
         _ events: [E],
         time: (E) -> Date,
@@ -67,15 +68,27 @@ public enum Waterfall {
             starts.append(i)
         }
         let boots = zip(starts, starts.dropFirst() + [sorted.count]).map { $0..<$1 }
-        func state(_ boot: Range<Int>) -> String? { sorted[boot].lazy.compactMap(scriptState).first }
         /// Whether boot `b` follows the one before it within `follow` seconds.
         func soon(_ b: Int) -> Bool {
-            time(sorted[boots[b].lowerBound]).timeIntervalSince(time(sorted[boots[b - 1].upperBound - 1])) <= follow
+            b > 0
+                && time(sorted[boots[b].lowerBound]).timeIntervalSince(time(sorted[boots[b - 1].upperBound - 1]))
+                    <= follow
         }
+        // Each boot's step state: its script's, or, for a boot that asked for none (a ramdisk's or
+        // an installed OS's DHCP), the state of the boot it soon follows.
+        var states: [String?] = []
+        for b in boots.indices {
+            let own = sorted[boots[b]].lazy.compactMap(scriptState).first
+            states.append(own ?? (soon(b) ? states[b - 1] : nil))
+        }
+        /// An iPXE wait loop's poll: nothing but the script (a deploy queued for a slot asks again
+        /// and again); a step's earlier boots are joined only up to one.
+        func poll(_ b: Int) -> Bool { sorted[boots[b]].allSatisfy { scriptState($0) != nil } }
         var first = boots.count - 1
-        if first > 0, state(boots[first]) == nil, soon(first) { first -= 1 }
-        if let step = state(boots[first]), stepStates.contains(step) {
-            while first > 0, state(boots[first - 1]) == step, soon(first) { first -= 1 }
+        // The last boot asked for no script: drawn with the boot it soon follows.
+        if sorted[boots[first]].allSatisfy({ scriptState($0) == nil }), soon(first) { first -= 1 }
+        if let step = states[first], stepStates.contains(step) {
+            while soon(first), states[first - 1] == step, !poll(first - 1) { first -= 1 }
         }
         return Array(sorted[boots[first].lowerBound...])
     }

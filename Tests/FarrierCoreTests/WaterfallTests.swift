@@ -75,6 +75,18 @@ import Testing
         let restart =
             Array(Self.boot(at: 9000, state: "deployed").prefix(3)) + [(9060, "dhcp", "DISCOVER", "client=plain")]
         #expect(drawn(deploy + restart) == restart.map(\.t))
+        // A ramdisk slow to ask for its address (a switch port without portfast: 45 s after the
+        // initrd's GET) is still the deploy's, and so is what follows it.
+        let slow =
+            Self.boot(at: 0, state: "deploying") + [
+                (48, "dhcp", "DISCOVER", "client=plain"), (60, "agent", "write", ""), (230, "agent", "done", ""),
+            ]
+        #expect(drawn(commission + slow + os) == (slow + os).map(\.t).sorted())
+        // A deploy queued for a slot polls its script from iPXE's wait loop: the polls are not drawn.
+        let polls: [Event] = (1...5).map {
+            (Double(-400 + 60 * $0), "http", "script", "state=deploying platform=pcbios")
+        }
+        #expect(drawn(polls + ramdisk + os) == (ramdisk + os).map(\.t).sorted())
         // A step's boots far apart (a deploy retried the next day) are not joined.
         #expect(drawn(Array(ramdisk) + Self.boot(at: 90_000, state: "deploying")) == [90_000, 90_001, 90_002, 90_003])
     }

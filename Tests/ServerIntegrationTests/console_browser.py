@@ -62,7 +62,9 @@ def text_of(driver, element_id):
 
 
 # A test that gives up sends SIGTERM: quit the browser (the `finally` below) rather than leave it.
+# A process started from a test thread may inherit that thread's blocked signals: unblock it.
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
@@ -122,6 +124,8 @@ try:
                     shot = True
             if state.startswith("deployed"):
                 break
+            if state.startswith("failed"):
+                fail("%s's deploy failed; states %r, progress %r" % (lab_machine, states, seen[-5:]))
             time.sleep(0.25)
         else:
             fail("%s never showed deployed; states %r, progress %r" % (lab_machine, states, seen[-5:]))
