@@ -79,7 +79,7 @@ import Testing
         try await withPair { ep, _ in
             try await ep.send([3, 7, 0])
             for i: UInt8 in 0..<3 {
-                #expect(await ep.next(timeout: .seconds(2)) == [7, i])
+                #expect(await ep.next(timeout: .seconds(10)) == [7, i])
             }
         }
     }
@@ -111,13 +111,13 @@ import Testing
             let start = ContinuousClock.now
             #expect(await ep.next(timeout: .milliseconds(200)) == nil)
             let waited = ContinuousClock.now - start
-            #expect(waited >= .milliseconds(200) && waited < .seconds(2), "\(waited)")
+            #expect(waited >= .milliseconds(200) && waited < .seconds(10), "\(waited)")
         }
     }
 
     @Test func aLateDatagramGoesToTheNextWait() async throws {
         try await withPair { ep, _ in
-            try await ep.send([1, 4, 30])  // answered after 300 ms
+            try await ep.send([1, 4, 100])  // answered after 1 s
             #expect(await ep.next(timeout: .milliseconds(50)) == nil)
             #expect(await ep.next(timeout: .seconds(3)) == [4, 0])
         }
@@ -133,7 +133,7 @@ import Testing
                 let start = ContinuousClock.now
                 waiting.cancel()
                 #expect(await waiting.value == nil)
-                #expect(ContinuousClock.now - start < .seconds(2))
+                #expect(ContinuousClock.now - start < .seconds(10), "a 30 s wait should end at once")
                 // Already cancelled when it starts: nil at once.
                 let early = Task {
                     withUnsafeCurrentTask { $0?.cancel() }
@@ -141,7 +141,7 @@ import Testing
                 }
                 #expect(await early.value == nil)
                 try await ep.send([1, round, 0])
-                #expect(await ep.next(timeout: .seconds(2)) == [round, 0], "round \(round)")
+                #expect(await ep.next(timeout: .seconds(10)) == [round, 0], "round \(round)")
             }
         }
     }
@@ -165,7 +165,7 @@ import Testing
             throw error
         }
         try await ep.send([1, 2, 0])
-        #expect(await ep.next(timeout: .seconds(2)) == [2, 0])
+        #expect(await ep.next(timeout: .seconds(10)) == [2, 0])
         await ep.close()
         try await server.close()
     }
@@ -178,7 +178,7 @@ import Testing
         let start = ContinuousClock.now
         await ep.close()
         #expect(await waiting.value == nil)
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(10), "a 30 s wait should end at once")
         #expect(await ep.next(timeout: .seconds(30)) == nil)
         await #expect(throws: (any Error).self) { try await ep.send([1, 1, 0]) }
         try await server.close()
@@ -189,7 +189,7 @@ import Testing
             await #expect(throws: (any Error).self) { try await ep.send([UInt8](repeating: 0, count: 70_000)) }
             // And the socket still works.
             try await ep.send([1, 5, 0])
-            #expect(await ep.next(timeout: .seconds(2)) == [5, 0])
+            #expect(await ep.next(timeout: .seconds(10)) == [5, 0])
         }
     }
 
