@@ -64,18 +64,21 @@ final class UDPEndpoint: Sendable {
             waiter?.finish()
         }
 
+        /// What a wait gets without waiting: the oldest datagram kept, or nil once closed or when
+        /// the task is cancelled; `.none` when it must wait.
+        private static func ready(_ s: inout State) -> [UInt8]?? {
+            if !s.backlog.isEmpty { return .some(s.backlog.removeFirst()) }
+            if s.closed || Task.isCancelled { return .some(nil) }
+            return .none
+        }
+
         func next(timeout: Duration) async -> [UInt8]? {
             // Fast path: a datagram already kept, or nothing to wait for.
-            let ready: [UInt8]?? = state.withLock { s in
-                if !s.backlog.isEmpty { return .some(s.backlog.removeFirst()) }
-                if s.closed || Task.isCancelled { return .some(nil) }
-                return .none
-            }
-            if let ready { return ready }
+            if let ready = state.withLock({ Self.ready(&$0) }) { return ready }
             let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
             let (id, immediate, displaced): (UInt64, [UInt8]??, Waiter?) = state.withLock { s in
-                if !s.backlog.isEmpty { return (0, .some(s.backlog.removeFirst()), nil) }
-                if s.closed || Task.isCancelled { return (0, .some(nil), nil) }
+                // Again under the lock that installs the wait: a datagram may have come meanwhile.
+                if let ready = Self.ready(&s) { return (0, ready, nil) }
                 s.nextID += 1
                 // One wait at a time: a second one (a session closed under a late user) ends the
                 // first, which gets nil, rather than leaving it parked forever.

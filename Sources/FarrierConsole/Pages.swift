@@ -281,12 +281,8 @@ enum Pages {
             var stage: String
             var label: String
         }
-        var rows = Waterfall.lastStep(
-            m.timeline,
-            time: \.time.date,
-            continues: { $0.stage == "agent" },
-            scriptState: { Waterfall.scriptState(stage: $0.stage, event: $0.event, detail: $0.detail) }
-        ).map { Row(time: $0.time.date, stage: $0.stage, label: "\($0.stage) \($0.event)") }
+        var rows = Waterfall.lastStep(m.timeline, time: \.time.date, stage: \.stage, event: \.event, detail: \.detail)
+            .map { Row(time: $0.time.date, stage: $0.stage, label: "\($0.stage) \($0.event)") }
         // The agent's current stage, while it works (its phases are in the timeline once it is done).
         if m.hasProgress, !m.progress.stage.isEmpty, let last = rows.last, last.stage != "agent",
             m.progress.updated.date > last.time

@@ -93,6 +93,23 @@ public enum Waterfall {
         return Array(sorted[boots[first].lowerBound...])
     }
 
+    /// `lastStep` for timeline events as the API gives them: the agent's phases continue their
+    /// boot, and an `http script` event's detail names its step state.
+    public static func lastStep<E>(
+        _ events: [E],
+        time: (E) -> Date,
+        stage: (E) -> String,
+        event: (E) -> String,
+        detail: (E) -> String
+    ) -> [E] {
+        lastStep(
+            events,
+            time: time,
+            continues: { stage($0) == TimelineEvent.Stage.agent.rawValue },
+            scriptState: { scriptState(stage: stage($0), event: event($0), detail: detail($0)) }
+        )
+    }
+
     /// Rows for events already in time order: offset from the first, label, the bar (`width`
     /// columns for the whole span), and the time to the next event.
     public static func render(_ events: [(time: Date, label: String)], width: Int = 40) -> [String] {

@@ -12,8 +12,9 @@ import Testing
         Waterfall.lastStep(
             events.shuffled(),
             time: { t0.addingTimeInterval($0.t) },
-            continues: { $0.stage == "agent" },
-            scriptState: { Waterfall.scriptState(stage: $0.stage, event: $0.event, detail: $0.detail) }
+            stage: \.stage,
+            event: \.event,
+            detail: \.detail
         ).map(\.t)
     }
 

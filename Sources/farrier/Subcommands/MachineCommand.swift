@@ -155,8 +155,9 @@ struct MachineCommand: AsyncParsableCommand {
                 let boot = Waterfall.lastStep(
                     view.timeline,
                     time: \.time,
-                    continues: { $0.stage == "agent" },
-                    scriptState: { Waterfall.scriptState(stage: $0.stage, event: $0.event, detail: $0.detail) }
+                    stage: \.stage,
+                    event: \.event,
+                    detail: \.detail
                 )
                 if boot.count > 1, let first = boot.first, let last = boot.last {
                     lines.append(
