@@ -109,8 +109,16 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             )
         }
         let machine: Machine
+        let lastEvent: Int64
         do {
-            machine = try await visibleMachine(request.nameOrMac)
+            let found = try await visibleMachine(request.nameOrMac)
+            // The machine is read again after its newest event: whatever that event did is in
+            // the reply, and anything the reply misses comes after it (last_event_id).
+            lastEvent = try await store.lastEventID(machineID: found.id)
+            guard let again = try await store.machine(id: found.id), try Caller.current().canSee(again) else {
+                throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.nameOrMac)'")
+            }
+            machine = again
         } catch let error as RPCError where error.code == .notFound {
             // Released from the caller's project and not moved since: how the release ended,
             // and nothing about the machine now in the pool.
@@ -127,6 +135,7 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         }
         var v = Farrier_V1_Machine(machine, timeline: try await store.timeline(mac: machine.mac, limit: limit))
         v.address = try await addressBook([machine.mac])[machine.mac] ?? ""
+        v.lastEventID = lastEvent
         return v
     }
 

@@ -598,7 +598,7 @@ extension MachineAPI {
         }
         let (wakeups, cancel) = controller.hub.subscribe()
         defer { cancel() }
-        var last = request.afterID == 0 ? try await store.lastEventID() : request.afterID
+        var last = request.afterID == 0 ? try await store.lastEventID(machineID: nil) : request.afterID
         // Read what is stored after `last`, then sleep until the next commit; a wake-up that
         // races a read only causes one more (empty) read. Ends when the client cancels.
         var iterator = wakeups.makeAsyncIterator()

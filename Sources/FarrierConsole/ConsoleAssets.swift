@@ -61,6 +61,9 @@ enum ConsoleAssets {
             const table = document.getElementById("events");
             const state = document.getElementById("fact-state");
             const progress = document.getElementById("progress");
+            // The stored events replay into the table; only those after what the page was
+            // drawn from change its state and progress (else an old one would show for a while).
+            const after = Number(facts.dataset.after || 0);
             const size = (n) => n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";
             const events = new EventSource("/events?machine=" + encodeURIComponent(facts.dataset.machine));
             events.addEventListener("refused", () => events.close());
@@ -71,6 +74,7 @@ enum ConsoleAssets {
               for (const text of [e.time, e.state + (e.phase ? "/" + e.phase : ""), e.kind, e.message]) {
                 row.insertCell().textContent = text;
               }
+              if (e.id <= after) return;
               if (state) state.textContent = e.state + (e.phase ? " / " + e.phase : "");
               if (e.kind === "progress" && progress) {
                 progress.textContent = e.stage + (e.bytesTotal ? " " + size(e.bytesDone) + " / " + size(e.bytesTotal) +

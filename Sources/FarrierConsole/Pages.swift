@@ -225,7 +225,7 @@ enum Pages {
             <h1>\(h(m.name))</h1>
             \(notice.map { "<p class=\"notice\" id=\"notice\">\(h($0))</p>" } ?? "")
             \(error.map { "<p class=\"error\" id=\"error\">\(h($0))</p>" } ?? "")
-            <dl class="facts" id="facts" data-live="machine" data-machine="\(h(m.name))">\(dl)</dl>
+            <dl class="facts" id="facts" data-live="machine" data-machine="\(h(m.name))" data-after="\(m.lastEventID)">\(dl)</dl>
             <p class="progress">Progress: <span id="progress">\(h(progress.isEmpty ? "-" : progress))</span></p>
             <h2>Actions</h2>
             <div class="actions">\(actions(m, images: images, session: session))</div>

@@ -83,8 +83,8 @@ public protocol MachineStore: Sendable {
     func deleteMachine(id: String) async throws
     /// Events with an id above `after`, oldest first; of one machine, or of all when nil.
     func events(after: Int64, machineID: String?, limit: Int) async throws -> [MachineEvent]
-    /// The id of the newest event, 0 when there is none.
-    func lastEventID() async throws -> Int64
+    /// The id of the newest event, of one machine or of all when nil; 0 when there is none.
+    func lastEventID(machineID: String?) async throws -> Int64
     func appendTimeline(_ events: [TimelineEvent]) async throws
     /// The most recent `limit` events of a machine, oldest first.
     func timeline(mac: MACAddress, limit: Int) async throws -> [TimelineEvent]

@@ -1075,11 +1075,15 @@ extension PostgresStore {
         }
     }
 
-    public func lastEventID() async throws -> Int64 {
+    public func lastEventID(machineID: String?) async throws -> Int64 {
         try await run { [self] conn in
-            for try await id in try await conn.query("SELECT max(id) FROM machine_event", logger: logger).decode(
-                Int64?.self
-            ) {
+            let query: PostgresQuery =
+                if let machineID {
+                    "SELECT max(id) FROM machine_event WHERE machine_id = \(machineID)"
+                } else {
+                    "SELECT max(id) FROM machine_event"
+                }
+            for try await id in try await conn.query(query, logger: logger).decode(Int64?.self) {
                 return id ?? 0
             }
             return 0

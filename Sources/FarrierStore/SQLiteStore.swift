@@ -735,8 +735,17 @@ public final class SQLiteStore: StateStore {
         }
     }
 
-    public func lastEventID() async throws -> Int64 {
-        try await reading { try Int64.fetchOne($0, sql: "SELECT MAX(id) FROM machineEvent") ?? 0 }
+    public func lastEventID(machineID: String?) async throws -> Int64 {
+        try await reading { db in
+            if let machineID {
+                return try Int64.fetchOne(
+                    db,
+                    sql: "SELECT MAX(id) FROM machineEvent WHERE machineID = ?",
+                    arguments: [machineID]
+                ) ?? 0
+            }
+            return try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM machineEvent") ?? 0
+        }
     }
 
     public func appendTimeline(_ events: [TimelineEvent]) async throws {

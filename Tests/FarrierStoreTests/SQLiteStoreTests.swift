@@ -600,8 +600,15 @@ import Testing
             #expect(events.suffix(30).map(\.message) == (1...30).map { "bump \(before + $0)" })
             #expect(try await b.events(after: events[9].id, machineID: nil, limit: 1000).count >= 21)
             #expect(
-                try await b.lastEventID() == (try await a.events(after: 0, machineID: nil, limit: 1000).last?.id ?? -1)
+                try await b.lastEventID(machineID: nil)
+                    == (try await a.events(after: 0, machineID: nil, limit: 1000).last?.id ?? -1)
             )
+            // Of one machine: its own newest event, not the newest of all.
+            #expect(try await b.lastEventID(machineID: target) == events.last?.id)
+            let other = try await a.events(after: 0, machineID: ids[1], limit: 100).last?.id
+            #expect(other != nil && other! < events.last!.id)
+            #expect(try await b.lastEventID(machineID: ids[1]) == other)
+            #expect(try await b.lastEventID(machineID: "nope") == 0)
             // A machine that does not exist is notFound.
             let missing = await #expect(throws: StoreError.self) { try await b.update(machineID: "nope") { _ in [] } }
             #expect(missing?.code == .notFound)

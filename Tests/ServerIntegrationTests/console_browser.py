@@ -72,6 +72,19 @@ for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-s
     options.add_argument(flag)
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 driver.set_page_load_timeout(30)
+# Every text the state fact shows, from the moment a page loads (before its own script runs).
+driver.execute_cdp_cmd(
+    "Page.addScriptToEvaluateOnNewDocument",
+    {
+        "source": """window.farrierStates = [];
+        document.addEventListener('DOMContentLoaded', () => {
+          const s = document.getElementById('fact-state');
+          if (!s) return;
+          window.farrierStates.push(s.textContent);
+          new MutationObserver(() => window.farrierStates.push(s.textContent)).observe(s, {childList: true, characterData: true, subtree: true});
+        });"""
+    },
+)
 try:
     wait = WebDriverWait(driver, 30)
 
@@ -92,6 +105,18 @@ try:
             csrf,
             machine,
         )
+
+    def reopen(machine, state, events):
+        """Opens a machine's page again once `events` are stored: while they replay into its table,
+        the state fact shows `state`, as drawn, and never an older one."""
+        driver.get(base + "/machines/" + machine)
+        try:
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tr[id^=event-]")) >= events)
+        except TimeoutException:
+            fail("%s's page replayed %d of %d events" % (machine, len(driver.find_elements(By.CSS_SELECTOR, "#events tr[id^=event-]")), events))
+        shown = driver.execute_script("return window.farrierStates")
+        if not shown or any(not s.startswith(state) for s in shown):
+            fail("%s's page, opened again, showed %r (its events replaying), not %r" % (machine, shown, state))
 
     def fleet():
         return {c.get_attribute("data-machine"): c.get_attribute("class") for c in driver.find_elements(By.CSS_SELECTOR, ".cell")}
@@ -142,9 +167,7 @@ try:
         print("live: %d progress updates (%s .. %s), states %r, %d events" % (len(seen), seen[0], seen[-1], states, live_events), flush=True)
 
         # The timeline, drawn once the page is opened again.
-        driver.get(base + "/machines/" + lab_machine)
-        if not text_of(driver, "fact-state").startswith("deployed"):
-            fail("%s's page shows %r" % (lab_machine, text_of(driver, "fact-state")))
+        reopen(lab_machine, "deployed", live_events)
         rows = driver.execute_script(
             "return Array.from(document.querySelectorAll('svg#waterfall g.row')).map(g => g.getAttribute('class') + ' ' + g.querySelector('text').textContent)"
         )
@@ -217,7 +240,7 @@ try:
     except TimeoutException:
         fail("m1 never showed deployed: %r" % text_of(driver, "fact-state"))
     # The timeline: its last boot as a waterfall, with a bar for each stage.
-    driver.get(base + "/machines/m1")
+    reopen("m1", "deployed", len(driver.find_elements(By.CSS_SELECTOR, "#events tr[id^=event-]")))
     bars = driver.find_elements(By.CSS_SELECTOR, "svg#waterfall rect")
     if len(bars) < 2:
         fail("the waterfall has %d bars" % len(bars))

@@ -231,6 +231,15 @@ public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
     set {_uniqueStorage()._rootDevice = newValue}
   }
 
+  /// GetMachine only: the id of this machine's newest event, read before the machine itself.
+  /// Every event the reply does not reflect has a greater id, so WatchEvents from after_id =
+  /// last_event_id follows on from the reply and misses nothing (its first events may be ones
+  /// the reply already shows). 0: no event yet.
+  public var lastEventID: Int64 {
+    get {_storage._lastEventID}
+    set {_uniqueStorage()._lastEventID = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1302,7 +1311,7 @@ fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0\u{3}bmc_credential\0\u{3}other_macs\0\u{3}root_device\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0\u{3}bmc_credential\0\u{3}other_macs\0\u{3}root_device\0\u{3}last_event_id\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1334,6 +1343,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     var _maintenance: Farrier_V1_Maintenance? = nil
     var _power: Farrier_V1_PowerReading? = nil
     var _rootDevice: [String] = []
+    var _lastEventID: Int64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1373,6 +1383,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       _maintenance = source._maintenance
       _power = source._power
       _rootDevice = source._rootDevice
+      _lastEventID = source._lastEventID
     }
   }
 
@@ -1420,6 +1431,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         case 27: try { try decoder.decodeSingularStringField(value: &_storage._bmcCredential) }()
         case 28: try { try decoder.decodeRepeatedStringField(value: &_storage._otherMacs) }()
         case 29: try { try decoder.decodeRepeatedStringField(value: &_storage._rootDevice) }()
+        case 30: try { try decoder.decodeSingularInt64Field(value: &_storage._lastEventID) }()
         default: break
         }
       }
@@ -1519,6 +1531,9 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._rootDevice.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._rootDevice, fieldNumber: 29)
       }
+      if _storage._lastEventID != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._lastEventID, fieldNumber: 30)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1557,6 +1572,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._maintenance != rhs_storage._maintenance {return false}
         if _storage._power != rhs_storage._power {return false}
         if _storage._rootDevice != rhs_storage._rootDevice {return false}
+        if _storage._lastEventID != rhs_storage._lastEventID {return false}
         return true
       }
       if !storagesAreEqual {return false}
