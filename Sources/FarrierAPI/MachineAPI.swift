@@ -113,7 +113,8 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         do {
             let found = try await visibleMachine(request.nameOrMac)
             // The machine is read again after its newest event: whatever that event did is in
-            // the reply, and anything the reply misses comes after it (last_event_id).
+            // the reply, and anything the reply misses comes after it (last_event_id). That holds
+            // because event ids commit in order: one writer in SQLite, PostgresStore's event lock.
             lastEvent = try await store.lastEventID(machineID: found.id)
             guard let again = try await store.machine(id: found.id), try Caller.current().canSee(again) else {
                 throw RPCError(code: .notFound, message: "no machine named or with MAC '\(request.nameOrMac)'")

@@ -21,11 +21,18 @@ final class UDPEndpoint: Sendable {
         typealias Waiter = AsyncStream<[UInt8]>.Continuation
         struct State {
             var backlog: [[UInt8]] = []
-            var waiter: (id: UInt64, continuation: Waiter)?
+            var waiter: (id: UInt64, continuation: Waiter, deadline: ContinuousClock.Instant)?
             var nextID: UInt64 = 0
             var closed = false
             /// Datagrams dropped because the backlog was full.
             var dropped = 0
+            /// The instant the live timer task sleeps until (nil: none runs), and its number: a
+            /// timer whose number is no longer the current one has been replaced and just ends.
+            var timerUntil: ContinuousClock.Instant?
+            var timerNumber: UInt64 = 0
+            /// The live timer, cancelled when a new one replaces it or the socket closes, so that
+            /// none sleeps on towards a deadline nobody waits for.
+            var timer: Task<Void, Never>?
         }
         let state = Mutex(State())
         /// Datagrams kept while nobody waits: a flood from the BMC cannot grow memory without limit.
@@ -56,12 +63,16 @@ final class UDPEndpoint: Sendable {
         }
 
         func close() {
-            let waiter = state.withLock { s -> Waiter? in
+            let (waiter, timer) = state.withLock { s -> (Waiter?, Task<Void, Never>?) in
                 s.closed = true
-                defer { s.waiter = nil }
-                return s.waiter?.continuation
+                defer {
+                    s.waiter = nil
+                    s.timer = nil
+                }
+                return (s.waiter?.continuation, s.timer)
             }
             waiter?.finish()
+            timer?.cancel()
         }
 
         /// What a wait gets without waiting: the oldest datagram kept, or nil once closed or when
@@ -76,37 +87,75 @@ final class UDPEndpoint: Sendable {
             // Fast path: a datagram already kept, or nothing to wait for.
             if let ready = state.withLock({ Self.ready(&$0) }) { return ready }
             let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
-            let (id, immediate, displaced): (UInt64, [UInt8]??, Waiter?) = state.withLock { s in
-                // Again under the lock that installs the wait: a datagram may have come meanwhile.
-                if let ready = Self.ready(&s) { return (0, ready, nil) }
-                s.nextID += 1
-                // One wait at a time: a second one (a session closed under a late user) ends the
-                // first, which gets nil, rather than leaving it parked forever.
-                let displaced = s.waiter?.continuation
-                s.waiter = (s.nextID, continuation)
-                return (s.nextID, nil, displaced)
-            }
+            let deadline = ContinuousClock.now + timeout
+            let (id, immediate, displaced, timer, replaced): (UInt64, [UInt8]??, Waiter?, UInt64?, Task<Void, Never>?) =
+                state.withLock { s in
+                    // Again under the lock that installs the wait: a datagram may have come meanwhile.
+                    if let ready = Self.ready(&s) { return (0, ready, nil, nil, nil) }
+                    s.nextID += 1
+                    // One wait at a time: a second one (a session closed under a late user) ends the
+                    // first, which gets nil, rather than leaving it parked forever.
+                    let displaced = s.waiter?.continuation
+                    s.waiter = (s.nextID, continuation, deadline)
+                    // A timer already sleeping until no later than this deadline will see to it.
+                    if let until = s.timerUntil, until <= deadline { return (s.nextID, nil, displaced, nil, nil) }
+                    s.timerNumber += 1
+                    s.timerUntil = deadline
+                    defer { s.timer = nil }
+                    return (s.nextID, nil, displaced, s.timerNumber, s.timer)
+                }
             displaced?.finish()
+            replaced?.cancel()
             if let immediate {
                 continuation.finish()
                 return immediate
             }
-            // The deadline ends this wait's own stream. Not a child task: a group would have the
-            // caller wait for the cancelled sleeper to wake before it resumes (two more task hops
-            // per datagram; bench/bmc measured the sweep 18 % slower that way).
-            let deadline = Task {
-                try? await Task.sleep(for: timeout)
-                continuation.finish()
+            if let timer {
+                // Detached: it outlives this wait and must not keep its task-locals (a trace context).
+                let task = Task.detached { await self.expire(timer: timer, from: deadline) }
+                // Kept unless a newer timer or close came first, in which case it is not needed.
+                let stale = state.withLock { s in
+                    guard s.timerNumber == timer, !s.closed else { return true }
+                    s.timer = task
+                    return false
+                }
+                if stale { task.cancel() }
             }
             // Nil at the deadline, when displaced or closed, or when this task is cancelled (an
             // AsyncStream ends its wait on cancellation): the socket's stream is untouched.
             var waiting = stream.makeAsyncIterator()
             let bytes = await waiting.next()
-            deadline.cancel()
             state.withLock { s in
                 if s.waiter?.id == id { s.waiter = nil }
             }
             return bytes
+        }
+
+        /// The deadlines, kept by one task per socket rather than one per wait (a task started
+        /// for each wait and cancelled when its datagram came cost two more task runs per
+        /// datagram). It sleeps until the earliest deadline it knows, ends the wait then due, and
+        /// sleeps on until the current wait's deadline; with no wait left it ends. A wait due
+        /// before the timer would wake (a shorter timeout than the one before) starts a new timer,
+        /// which replaces it; a replaced or closed timer is cancelled and ends at once.
+        func expire(timer: UInt64, from first: ContinuousClock.Instant) async {
+            var until = first
+            // Each pass either ends or moves `until` to a later wait's deadline.
+            while true {
+                try? await Task.sleep(until: until, clock: .continuous)
+                let (due, next): (Waiter?, ContinuousClock.Instant?) = state.withLock { s in
+                    guard s.timerNumber == timer else { return (nil, nil) }
+                    var due: Waiter?
+                    if let w = s.waiter, w.deadline <= .now {
+                        due = w.continuation
+                        s.waiter = nil
+                    }
+                    s.timerUntil = s.closed ? nil : s.waiter?.deadline
+                    return (due, s.timerUntil)
+                }
+                due?.finish()
+                guard let next, !Task.isCancelled else { return }
+                until = next
+            }
         }
     }
 

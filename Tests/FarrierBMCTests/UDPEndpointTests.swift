@@ -116,6 +116,48 @@ import Testing
         }
     }
 
+    /// A wait on `ep` with `timeout`, started and parked before `request` is sent (so that it
+    /// waits, and starts the timer, rather than finding the reply already kept).
+    func parkedWait(_ ep: UDPEndpoint, _ timeout: Duration, then request: [UInt8]) async throws -> [UInt8]? {
+        let wait = Task { await ep.next(timeout: timeout) }
+        #expect(try await eventually { ep.mailbox.state.withLock { $0.waiter != nil } })
+        try await ep.send(request)
+        return await wait.value
+    }
+
+    /// One timer per socket keeps the deadlines. A wait with a shorter timeout than the one before
+    /// still ends on time: a new timer replaces the one sleeping towards the longer deadline.
+    @Test func aShorterTimeoutAfterALongerOneEndsOnTime() async throws {
+        try await withPair { ep, _ in
+            let reply = try await parkedWait(ep, .seconds(30), then: [1, 7, 0])
+            #expect(reply == [7, 0])
+            let first = ep.mailbox.state.withLock { $0.timerNumber }
+            let start = ContinuousClock.now
+            #expect(await ep.next(timeout: .milliseconds(200)) == nil)
+            let waited = ContinuousClock.now - start
+            #expect(waited >= .milliseconds(200) && waited < .seconds(10), "\(waited)")
+            // The new timer found no wait left and ended.
+            #expect(ep.mailbox.state.withLock { $0.timerNumber == first + 1 })
+            #expect(try await eventually { ep.mailbox.state.withLock { $0.timerUntil == nil } })
+        }
+    }
+
+    /// The timer wakes at the first wait's deadline to find a later wait not yet due: it sleeps on
+    /// until that one's deadline, and ends it then.
+    @Test func theTimerSleepsOnToTheNextWaitsDeadline() async throws {
+        try await withPair { ep, _ in
+            for round: UInt8 in 1...3 {
+                let reply = try await parkedWait(ep, .milliseconds(300), then: [1, round, 0])
+                #expect(reply == [round, 0])
+                let start = ContinuousClock.now
+                #expect(await ep.next(timeout: .milliseconds(300)) == nil)
+                let waited = ContinuousClock.now - start
+                #expect(waited >= .milliseconds(300) && waited < .seconds(10), "round \(round): \(waited)")
+            }
+            #expect(try await eventually { ep.mailbox.state.withLock { $0.timerUntil == nil } })
+        }
+    }
+
     @Test func aLateDatagramGoesToTheNextWait() async throws {
         try await withPair { ep, _ in
             try await ep.send([1, 4, 100])  // answered after 1 s
@@ -218,13 +260,13 @@ import Testing
             continuation.finish()
             return continuation
         }
-        mailbox.state.withLock { $0.waiter = (1, ended()) }
+        mailbox.state.withLock { $0.waiter = (1, ended(), .now + .seconds(60)) }
         mailbox.deliver([1])
         #expect(mailbox.state.withLock { $0.backlog } == [[1]] && mailbox.state.withLock { $0.waiter == nil })
         #expect(await mailbox.next(timeout: .zero) == [1])
         // A live waiter gets the datagram, and its slot is emptied.
         let (stream, live) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
-        mailbox.state.withLock { $0.waiter = (2, live) }
+        mailbox.state.withLock { $0.waiter = (2, live, .now + .seconds(60)) }
         mailbox.deliver([2])
         #expect(mailbox.state.withLock { $0.backlog.isEmpty && $0.waiter == nil })
         var waiting = stream.makeAsyncIterator()
