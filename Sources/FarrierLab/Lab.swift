@@ -754,49 +754,52 @@ public struct Lab {
     /// Whether `pid` is still a farrier server of this lab (and not a process that reused its pid).
     /// `directory` is the lab's, from its state: a lab started by an older binary may live elsewhere.
     static func isLabServer(_ pid: Int32, directory: String) -> Bool {
-        guard pid > 1, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
-        let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        let args = LabState.commandLine(pid)
         return args.contains("server") && args.contains(directory + "/data") && !Spawn.isZombie(pid)
     }
 
     // MARK: down
 
     /// Removes every process, namespace, interface, route and file the lab made. Safe with
-    /// nothing up.
-    public func down() throws {
+    /// nothing up. A recorded pid is ended only while it is still the lab's process
+    /// (`LabState.isOwn`): after a reboot or a killed session another program may hold it.
+    /// `ifDead`: remove only the state of a lab none of whose processes is alive, and fail,
+    /// changing nothing, while one is.
+    public func down(ifDead: Bool = false) throws {
         let state = LabState.load()
+        if ifDead, let live = state?.liveProcesses, !live.isEmpty {
+            throw Spawn.Failure(
+                description:
+                    "the lab is not dead: its processes \(live.map(String.init).joined(separator: ", ")) are alive; `farrier lab down` ends them"
+            )
+        }
         // The lab's own directory, from its state (one made by an older binary lived in /run);
         // both are searched for QEMUs below.
         let home = state?.directory ?? LabState.defaultDirectory
         let directories = Array(Set([home, LabState.defaultDirectory]))
+        func stop(_ pid: Int32?, in directory: String = home, grace: Double = 5) {
+            guard let pid, LabState.isOwn(pid, directory: directory) else { return }
+            Spawn.stop(pid, grace: grace)
+        }
         for vm in state?.vms ?? [] {
-            let dir = home + "/" + vm.name
-            if let text = try? String(contentsOfFile: dir + "/qemu.pid", encoding: .utf8),
-                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-            {
-                Spawn.stop(pid)
-            }
-            if let pid = vm.bmcPID { Spawn.stop(pid) }
+            stop(LabState.pidFile(home + "/" + vm.name + "/qemu.pid"))
+            stop(vm.bmcPID)
         }
         for site in state?.sites ?? [] {
-            if let pid = site.agentPID { Spawn.stop(pid, grace: 15) }
-            if let pid = site.dnsmasqPID { Spawn.stop(pid) }
-            if let pid = site.lldpdPID { Spawn.stop(pid) }
+            stop(site.agentPID, grace: 15)
+            stop(site.dnsmasqPID)
+            stop(site.lldpdPID)
         }
-        if let pid = state?.serverPID { Spawn.stop(pid, grace: 15) }
-        for r in state?.extraReplicas ?? [] { if let pid = r.pid { Spawn.stop(pid, grace: 15) } }
+        stop(state?.serverPID, grace: 15)
+        for r in state?.extraReplicas ?? [] { stop(r.pid, grace: 15) }
         // After the servers, so no client holds it open: a clean shutdown.
-        if let pid = state?.postgresPID { Spawn.stop(pid, grace: 15) }
-        if let pid = state?.dnsmasqPID { Spawn.stop(pid) }
-        if let pid = state?.lldpdPID { Spawn.stop(pid) }
+        stop(state?.postgresPID, grace: 15)
+        stop(state?.dnsmasqPID)
+        stop(state?.lldpdPID)
         // QEMUs started by a BMC that died before recording a pid: find them by their lab pidfiles.
         for directory in directories {
             for n in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where n.hasPrefix("lab-") {
-                if let text = try? String(contentsOfFile: directory + "/\(n)/qemu.pid", encoding: .utf8),
-                    let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-                {
-                    Spawn.stop(pid)
-                }
+                stop(LabState.pidFile(directory + "/\(n)/qemu.pid"), in: directory)
             }
         }
         _ = try? Spawn.run(["ip", "netns", "del", Self.namespace], check: false)

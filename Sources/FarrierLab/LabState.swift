@@ -85,8 +85,44 @@ public struct LabState: Codable, Sendable {
     public static func loadIfRunning() -> LabState? {
         guard let s = load() else { return nil }
         let pids = [s.serverPID] + (s.extraReplicas ?? []).map(\.pid)
-        guard pids.contains(where: { $0.map { kill($0, 0) == 0 } ?? false }) else { return nil }
+        guard pids.contains(where: { $0.map { s.isOwn($0) } ?? false }) else { return nil }
         return s
+    }
+
+    /// Every process this state records: the servers, dnsmasq, lldpd, PostgreSQL, the BMCs, the
+    /// sites' agents and peers, and each VM's QEMU (from the pidfile in its directory).
+    public var recordedPIDs: [Int32] {
+        var pids = [serverPID, dnsmasqPID, lldpdPID, postgresPID] + (extraReplicas ?? []).map(\.pid)
+        pids += vms.map(\.bmcPID)
+        for site in sites ?? [] { pids += [site.agentPID, site.dnsmasqPID, site.lldpdPID] }
+        pids += vms.map { Self.pidFile(directory + "/" + $0.name + "/qemu.pid") }
+        return pids.compactMap { $0 }
+    }
+
+    /// The recorded processes still alive as this lab's (`isOwn`).
+    public var liveProcesses: [Int32] { recordedPIDs.filter(isOwn) }
+
+    /// Whether `pid` is a live process of this lab: every program the lab starts names a file
+    /// under the lab's directory on its command line (its data, configuration, pidfile or log).
+    /// A pid that another program took after the lab died (a reboot, a killed session) is not
+    /// the lab's, and `lab down` leaves it alone.
+    public func isOwn(_ pid: Int32) -> Bool { Self.isOwn(pid, directory: directory) }
+
+    /// Whether `pid` is a live process of the lab in `directory`.
+    static func isOwn(_ pid: Int32, directory: String) -> Bool {
+        commandLine(pid).contains { $0.contains(directory + "/") } && !Spawn.isZombie(pid)
+    }
+
+    /// The arguments of process `pid` (empty if there is none).
+    static func commandLine(_ pid: Int32) -> [String] {
+        guard pid > 1, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return [] }
+        return data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    static func pidFile(_ path: String) -> Int32? {
+        (try? String(contentsOfFile: path, encoding: .utf8)).flatMap {
+            Int32($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
     }
 
     public func save(to path: String = statePath) throws {

@@ -234,4 +234,59 @@ struct LabTests {
             return vm?["power"] as? String == "off"
         }
     }
+
+    /// `lab down` ends a recorded pid only while it is still the lab's: a pid another program
+    /// took after the lab died (a reboot, a run killed at its time limit) is left alone.
+    /// `lab down --if-dead` refuses, changing nothing, while a process of the lab lives, and
+    /// removes the state of a lab that died. A state written here stands in for a real lab's:
+    /// `lab` is a process naming a file under the lab's directory, as every process `lab up`
+    /// starts does; `other` is a `sleep` that names nothing of the lab's.
+    @Test func labDownEndsOnlyTheLabsProcesses() throws {
+        try Harness.requireNoLab()
+        let h = try Harness("lab-dead")
+        let bin = Harness.farrierBinary
+        let statePath = Harness.labStatePath
+        defer {
+            try? FileManager.default.removeItem(atPath: statePath)
+            h.cleanup()
+        }
+        let dir = h.directory + "/lab"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let lab = try h.start(["python3", "-c", "import time; time.sleep(600)", "\(dir)/marker"], log: "lab.out")
+        let other = try h.start(["sleep", "600"], log: "other.out")
+        func writeState(server: Int32, dnsmasq: Int32) throws {
+            let state: [String: Any] = [
+                "directory": dir, "namespace": "farrier-lab", "bridge": "br0", "dhcpMode": "full",
+                "accelerator": "tcg", "network": "198.18.0.0/24", "serverAddress": "198.18.0.1:7700",
+                "hostLink": "frlab0", "blackholeRoute": "198.18.0.0/15", "vms": [Any](),
+                "serverPID": server, "dnsmasqPID": dnsmasq,
+            ]
+            try FileManager.default.createDirectory(
+                atPath: (statePath as NSString).deletingLastPathComponent,
+                withIntermediateDirectories: true
+            )
+            try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: statePath))
+        }
+        func alive(_ p: Process) -> Bool { kill(p.processIdentifier, 0) == 0 && p.isRunning }
+
+        try writeState(server: lab.processIdentifier, dnsmasq: other.processIdentifier)
+        let refused = try h.run([bin, "lab", "down", "--if-dead"], timeout: 60, check: false)
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("not dead") && refused.stderr.contains("\(lab.processIdentifier)"))
+        #expect(!refused.stderr.contains("\(other.processIdentifier)"))
+        #expect(FileManager.default.fileExists(atPath: statePath) && FileManager.default.fileExists(atPath: dir))
+        #expect(alive(lab) && alive(other))
+
+        try h.run([bin, "lab", "down"], timeout: 60)
+        try h.waitUntil("the lab's process to end", timeout: 10) { !alive(lab) }
+        #expect(alive(other), "lab down ended a process that was not the lab's")
+        #expect(!FileManager.default.fileExists(atPath: statePath) && !FileManager.default.fileExists(atPath: dir))
+
+        // The lab died; its server's pid now belongs to another program.
+        try writeState(server: other.processIdentifier, dnsmasq: lab.processIdentifier)
+        let removed = try h.run([bin, "lab", "down", "--if-dead"], timeout: 60, check: false)
+        #expect(removed.status == 0, "\(removed.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: statePath))
+        #expect(alive(other), "lab down --if-dead ended a process that was not the lab's")
+    }
 }

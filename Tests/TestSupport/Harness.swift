@@ -32,16 +32,27 @@ public final class Harness: @unchecked Sendable {
     /// Where `farrier lab up` records a running lab.
     public static let labStatePath = "/run/farrier-lab/state.json"
 
-    /// The lab suites need the lab to themselves. A state file left by a lab that is up, or by
-    /// one that died without `lab down`, is a clear failure, never a silent skip.
+    /// The lab suites need the lab to themselves: a lab that is up (any of its processes alive)
+    /// is a clear failure, never a silent skip, and is left as it is. What a lab that died left
+    /// behind (a reboot, a run killed at its time limit: its state, namespaces, routes and
+    /// files, with none of its processes alive) is removed with `farrier lab down --if-dead`,
+    /// which refuses, changing nothing, while any process of the lab is alive.
     public static func requireNoLab() throws {
         guard FileManager.default.fileExists(atPath: labStatePath) else { return }
         let text = (try? String(contentsOfFile: labStatePath, encoding: .utf8)) ?? ""
+        let summary = text.prefix(200).replacingOccurrences(of: "\n", with: " ")
+        let h = try Harness("lab-stale")
+        defer { h.cleanup() }
+        let r = try h.run([farrierBinary, "lab", "down", "--if-dead"], timeout: 180, check: false)
+        if r.status == 0 && !FileManager.default.fileExists(atPath: labStatePath) {
+            print("removed what a lab that died left behind (\(summary))")
+            return
+        }
         throw CommandError(
             description: """
-                a lab is up, or a stale lab state is left behind: \(labStatePath) exists \
-                (\(text.prefix(200).replacingOccurrences(of: "\n", with: " "))). Run `farrier lab down` \
-                (it removes the state of a lab that died), then run the tests again.
+                a lab is up: \(labStatePath) exists (\(summary)) and `farrier lab down --if-dead` \
+                refused (\(r.status)): \(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines)). \
+                Run `farrier lab down`, then run the tests again.
                 """
         )
     }

@@ -271,9 +271,17 @@ struct LabCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Remove every process, namespace, interface and file the lab made."
         )
+        @Flag(
+            help: """
+                Only remove what a lab that died left behind (after a reboot or a killed run); \
+                fail, changing nothing, while any process of the lab is alive.
+                """
+        )
+        var ifDead = false
+
         func run() throws {
             guard getuid() == 0 else { throw ValidationError("farrier lab needs root") }
-            try Lab(log: { print($0) }).down()
+            try Lab(log: { print($0) }).down(ifDead: ifDead)
             print("lab is down")
         }
     }
