@@ -7,8 +7,9 @@ import Synchronization
 /// One reader task owns the socket's `NIOAsyncChannel` and iterates its inbound stream until the
 /// channel closes; callers never touch that stream. A read cancelled on an `NIOAsyncChannel` ends
 /// its inbound stream for good (the socket would stay open and deaf), so a caller's deadline or
-/// cancellation must end only a wait of its own: each `next` waits on a one-element stream that
-/// the reader fills, a datagram or the deadline first (docs/ipmi-transport-design.md).
+/// cancellation must end only a wait of its own: each `next` waits on a continuation that the
+/// reader resumes with a datagram, or the socket's timer with nil at the deadline
+/// (docs/ipmi-transport-design.md).
 final class UDPEndpoint: Sendable {
     let channel: any Channel
     let mailbox: Mailbox
@@ -16,13 +17,14 @@ final class UDPEndpoint: Sendable {
     private let reader: Task<Void, Never>
 
     /// What the reader hands over and callers wait for: a backlog while nobody waits, else the one
-    /// waiter's stream.
+    /// waiter's continuation.
     final class Mailbox: Sendable {
-        typealias Waiter = AsyncStream<[UInt8]>.Continuation
+        /// Resumed exactly once, by whoever takes it out of `State.waiter` under the lock: the
+        /// datagram, the deadline, a newer wait, close, or the waiting task's cancellation.
+        typealias Waiter = CheckedContinuation<[UInt8]?, Never>
         struct State {
             var backlog: [[UInt8]] = []
             var waiter: (id: UInt64, continuation: Waiter, deadline: ContinuousClock.Instant)?
-            var nextID: UInt64 = 0
             var closed = false
             /// Datagrams dropped because the backlog was full.
             var dropped = 0
@@ -35,31 +37,26 @@ final class UDPEndpoint: Sendable {
             var timer: Task<Void, Never>?
         }
         let state = Mutex(State())
+        let waits = Atomic<UInt64>(0)
         /// Datagrams kept while nobody waits: a flood from the BMC cannot grow memory without limit.
         static let backlogLimit = 256
 
         func deliver(_ bytes: [UInt8]) {
-            // A waiter that ended at the instant its datagram came (its deadline, or its task
-            // cancelled) passes it on to the next waiter or the backlog; the third pass keeps it.
-            for pass in 1...3 {
-                let waiter: Waiter? = state.withLock { s in
-                    if pass < 3, let w = s.waiter {
-                        s.waiter = nil
-                        return w.continuation
-                    }
-                    if s.backlog.count < Self.backlogLimit {
-                        s.backlog.append(bytes)
-                    } else {
-                        s.dropped += 1
-                    }
-                    return nil
+            // A wait that ended at the instant its datagram came (its deadline, or its task
+            // cancelled) is no longer in the state: the datagram is kept for the next.
+            let waiter: Waiter? = state.withLock { s in
+                if let w = s.waiter {
+                    s.waiter = nil
+                    return w.continuation
                 }
-                guard let waiter else { return }
-                if case .enqueued = waiter.yield(bytes) {
-                    waiter.finish()
-                    return
+                if s.backlog.count < Self.backlogLimit {
+                    s.backlog.append(bytes)
+                } else {
+                    s.dropped += 1
                 }
+                return nil
             }
+            waiter?.resume(returning: bytes)
         }
 
         func close() {
@@ -71,7 +68,7 @@ final class UDPEndpoint: Sendable {
                 }
                 return (s.waiter?.continuation, s.timer)
             }
-            waiter?.finish()
+            waiter?.resume(returning: nil)
             timer?.cancel()
         }
 
@@ -86,49 +83,57 @@ final class UDPEndpoint: Sendable {
         func next(timeout: Duration) async -> [UInt8]? {
             // Fast path: a datagram already kept, or nothing to wait for.
             if let ready = state.withLock({ Self.ready(&$0) }) { return ready }
-            let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingOldest(1))
-            let deadline = ContinuousClock.now + timeout
-            let (id, immediate, displaced, timer, replaced): (UInt64, [UInt8]??, Waiter?, UInt64?, Task<Void, Never>?) =
+            let id = waits.wrappingAdd(1, ordering: .relaxed).newValue
+            return await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: Waiter) in
+                    park(continuation, id: id, deadline: ContinuousClock.now + timeout)
+                }
+            } onCancel: {
+                // Installed before the cancellation: ended here. Installed after it: `ready` saw
+                // the task cancelled under the lock, and it never waited.
+                let waiter: Waiter? = state.withLock { s in
+                    guard let w = s.waiter, w.id == id else { return nil }
+                    s.waiter = nil
+                    return w.continuation
+                }
+                waiter?.resume(returning: nil)
+            }
+        }
+
+        /// Installs a wait (or ends it at once: a datagram came meanwhile, or the socket closed,
+        /// or the task is cancelled), and sees that a timer will end it at its deadline.
+        private func park(_ continuation: Waiter, id: UInt64, deadline: ContinuousClock.Instant) {
+            let (immediate, displaced, timer, replaced): ([UInt8]??, Waiter?, UInt64?, Task<Void, Never>?) =
                 state.withLock { s in
                     // Again under the lock that installs the wait: a datagram may have come meanwhile.
-                    if let ready = Self.ready(&s) { return (0, ready, nil, nil, nil) }
-                    s.nextID += 1
+                    if let ready = Self.ready(&s) { return (ready, nil, nil, nil) }
                     // One wait at a time: a second one (a session closed under a late user) ends the
                     // first, which gets nil, rather than leaving it parked forever.
                     let displaced = s.waiter?.continuation
-                    s.waiter = (s.nextID, continuation, deadline)
+                    s.waiter = (id, continuation, deadline)
                     // A timer already sleeping until no later than this deadline will see to it.
-                    if let until = s.timerUntil, until <= deadline { return (s.nextID, nil, displaced, nil, nil) }
+                    if let until = s.timerUntil, until <= deadline { return (nil, displaced, nil, nil) }
                     s.timerNumber += 1
                     s.timerUntil = deadline
                     defer { s.timer = nil }
-                    return (s.nextID, nil, displaced, s.timerNumber, s.timer)
+                    return (nil, displaced, s.timerNumber, s.timer)
                 }
-            displaced?.finish()
+            displaced?.resume(returning: nil)
             replaced?.cancel()
             if let immediate {
-                continuation.finish()
-                return immediate
+                continuation.resume(returning: immediate)
+                return
             }
-            if let timer {
-                // Detached: it outlives this wait and must not keep its task-locals (a trace context).
-                let task = Task.detached { await self.expire(timer: timer, from: deadline) }
-                // Kept unless a newer timer or close came first, in which case it is not needed.
-                let stale = state.withLock { s in
-                    guard s.timerNumber == timer, !s.closed else { return true }
-                    s.timer = task
-                    return false
-                }
-                if stale { task.cancel() }
+            guard let timer else { return }
+            // Detached: it outlives this wait and must not keep its task-locals (a trace context).
+            let task = Task.detached { await self.expire(timer: timer, from: deadline) }
+            // Kept unless a newer timer or close came first, in which case it is not needed.
+            let stale = state.withLock { s in
+                guard s.timerNumber == timer, !s.closed else { return true }
+                s.timer = task
+                return false
             }
-            // Nil at the deadline, when displaced or closed, or when this task is cancelled (an
-            // AsyncStream ends its wait on cancellation): the socket's stream is untouched.
-            var waiting = stream.makeAsyncIterator()
-            let bytes = await waiting.next()
-            state.withLock { s in
-                if s.waiter?.id == id { s.waiter = nil }
-            }
-            return bytes
+            if stale { task.cancel() }
         }
 
         /// The deadlines, kept by one task per socket rather than one per wait (a task started
@@ -152,7 +157,7 @@ final class UDPEndpoint: Sendable {
                     s.timerUntil = s.closed ? nil : s.waiter?.deadline
                     return (due, s.timerUntil)
                 }
-                due?.finish()
+                due?.resume(returning: nil)
                 guard let next, !Task.isCancelled else { return }
                 until = next
             }
