@@ -6,6 +6,9 @@
 # Farrier asks the BMC (v1.5 framing, which ipmi_sim answers) and settles on suite 3 itself.
 # The BMCs listen on 127.0.0.1 inside a namespace made here.
 # Last line: ratio ipmitool/farrier=<wall-time ratio> p99_ms=<Farrier's p99 per-BMC latency>
+# FARRIER_BIN_B=<another farrier build>: compares two builds of Farrier instead (no ipmitool): the
+# same BMCs, ROUNDS (default 8) alternated sweeps of each, medians of wall and user+system CPU
+# time; last line: ratio b/a=<wall-time ratio> (over 1: B is slower).
 # Needs root, openipmi (ipmi_sim), ipmitool, and a release build of farrier (built if missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -70,6 +73,37 @@ farrier_sweep() {
         --parallel "$parallel" >"$work/farrier.out" 2>"$work/farrier.err"
     [ "$(grep -c ' off \| on ' "$work/farrier.out")" = "$n" ] || { echo "farrier: not every BMC answered" >&2; cat "$work/farrier.err" >&2; exit 1; }
 }
+if [ -n "${FARRIER_BIN_B:-}" ]; then
+    # Two builds, alternated; /usr/bin/time gives each sweep's CPU time.
+    : > "$work/ab"
+    for _ in $(seq "${ROUNDS:-8}"); do
+        for side in a b; do
+            bin=$farrier
+            [ "$side" = b ] && bin=$FARRIER_BIN_B
+            t0=$(now)
+            inns /usr/bin/time -o "$work/time" -f "%U %S" "$bin" bmc power status --targets-file "$work/targets" \
+                --password-file "$work/password" --parallel "$parallel" >"$work/farrier.out" 2>"$work/farrier.err"
+            t1=$(now)
+            [ "$(grep -c ' off \| on ' "$work/farrier.out")" = "$n" ] || { echo "$bin: not every BMC answered" >&2; cat "$work/farrier.err" >&2; exit 1; }
+            echo "$side $t0 $t1 $(cat "$work/time")" >> "$work/ab"
+        done
+    done
+    python3 - "$work/ab" "$farrier" "$FARRIER_BIN_B" "$n" "$parallel" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+names = {"a": sys.argv[2], "b": sys.argv[3]}
+wall = {}
+print(f"power status of {sys.argv[4]} ipmi_sim BMCs, {sys.argv[5]} at a time, {len(rows) // 2} alternated sweeps each, medians:")
+for side in "ab":
+    mine = [r for r in rows if r[0] == side]
+    w = [float(r[2]) - float(r[1]) for r in mine]
+    cpu = [float(r[3]) + float(r[4]) for r in mine]
+    wall[side] = statistics.median(w)
+    print(f"  {side} {names[side]}: {wall[side]:.3f} s wall, {statistics.median(cpu):.3f} s CPU   runs {' '.join(f'{x:.2f}' for x in w)}")
+print(f"ratio b/a={wall['b'] / wall['a']:.3f}")
+PY
+    exit 0
+fi
 # Alternate, REPEAT times; medians count.
 ti=() tf=() p99s=()
 for _ in $(seq "$repeat"); do
