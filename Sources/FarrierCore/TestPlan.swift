@@ -170,20 +170,15 @@ public struct TestScript: Codable, Sendable, Hashable {
 
 /// What `--tests` and `--param` asked for, checked for form; scripts are resolved later.
 public struct TestRequest: Sendable, Hashable {
+    /// A test asked for: a built-in, or a script at a version (nil: its newest).
+    public struct Test: Sendable, Hashable {
+        public var name: String
+        public var version: Int?
+    }
     /// In the order asked, aliases expanded, each once.
-    public var tests: [(name: String, version: Int?)]
+    public var tests: [Test]
     /// Per built-in test, the parameters given (checked).
     public var parameters: [String: [String: String]]
-
-    public static func == (a: TestRequest, b: TestRequest) -> Bool {
-        a.tests.map(\.name) == b.tests.map(\.name) && a.tests.map(\.version) == b.tests.map(\.version)
-            && a.parameters == b.parameters
-    }
-    public func hash(into h: inout Hasher) {
-        h.combine(tests.map(\.name))
-        h.combine(tests.map(\.version))
-        h.combine(parameters)
-    }
 }
 
 /// The built-in tests, their parameters and limits, and the checks on what a request names.
@@ -286,7 +281,7 @@ public enum TestPlan {
     /// and `--param TEST.KEY=VALUE`: aliases expanded, each test once, parameters only for
     /// built-ins asked for, with known keys and values in range.
     public static func parse(tests: [String], parameters: [String]) -> Result<TestRequest, InputProblem> {
-        var asked: [(name: String, version: Int?)] = []
+        var asked: [TestRequest.Test] = []
         for token in tests.flatMap({ $0.split(separator: ",") }) {
             let text = token.trimmingCharacters(in: .whitespaces)
             if text.isEmpty { continue }
@@ -299,25 +294,24 @@ public enum TestPlan {
                 }
                 version = v
             }
-            if let alias = aliases.first(where: { $0.name == name }) {
-                guard version == nil else {
-                    return .failure(InputProblem("test '\(text)': built-in tests have no versions"))
+            let alias = aliases.first { $0.name == name }
+            if alias != nil || builtin(name) != nil, version != nil {
+                return .failure(InputProblem("test '\(text)': built-in tests have no versions"))
+            }
+            if let alias {
+                for t in alias.tests where !asked.contains(where: { $0.name == t }) {
+                    asked.append(TestRequest.Test(name: t))
                 }
-                for t in alias.tests where !asked.contains(where: { $0.name == t }) { asked.append((t, nil)) }
                 continue
             }
-            if builtin(name) != nil {
-                guard version == nil else {
-                    return .failure(InputProblem("test '\(text)': built-in tests have no versions"))
-                }
-            } else if let problem = labelProblem(name) {
+            if builtin(name) == nil, let problem = labelProblem(name) {
                 return .failure(InputProblem("test '\(text)': \(problem)"))
             }
             if let other = asked.first(where: { $0.name == name }) {
                 if other.version == version { continue }
                 return .failure(InputProblem("test '\(name)' is asked for twice, at different versions"))
             }
-            asked.append((name, version))
+            asked.append(TestRequest.Test(name: name, version: version))
         }
         guard asked.count <= maxTests else {
             return .failure(InputProblem("\(asked.count) tests: at most \(maxTests) in one commissioning"))
@@ -361,7 +355,8 @@ public enum TestPlan {
         scripts: [String: [TestScript]]
     ) -> Result<[TestSpec], InputProblem> {
         var specs: [TestSpec] = []
-        for (name, version) in request.tests {
+        for test in request.tests {
+            let (name, version) = (test.name, test.version)
             if let b = builtin(name) {
                 var p: [String: String] = [:]
                 for parameter in b.parameters { if let d = parameter.defaultValue { p[parameter.key] = d } }

@@ -85,7 +85,9 @@ public struct LabState: Codable, Sendable {
     public static func loadIfRunning() -> LabState? {
         guard let s = load() else { return nil }
         let pids = [s.serverPID] + (s.extraReplicas ?? []).map(\.pid)
-        guard pids.contains(where: { $0.map { s.isOwn($0) } ?? false }) else { return nil }
+        guard pids.contains(where: { $0.map { Lab.isLabServer($0, directory: s.directory) } ?? false }) else {
+            return nil
+        }
         return s
     }
 

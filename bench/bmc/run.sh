@@ -69,23 +69,22 @@ ipmitool_sweep() {
     [ "$(grep -c 'Chassis Power is' "$work/ipmitool.out")" = "$n" ] || { echo "ipmitool: not every BMC answered" >&2; exit 1; }
 }
 farrier_sweep() {
-    inns "$farrier" bmc power status --targets-file "$work/targets" --password-file "$work/password" \
+    inns "${1:-$farrier}" bmc power status --targets-file "$work/targets" --password-file "$work/password" \
         --parallel "$parallel" >"$work/farrier.out" 2>"$work/farrier.err"
     [ "$(grep -c ' off \| on ' "$work/farrier.out")" = "$n" ] || { echo "farrier: not every BMC answered" >&2; cat "$work/farrier.err" >&2; exit 1; }
 }
 if [ -n "${FARRIER_BIN_B:-}" ]; then
-    # Two builds, alternated; /usr/bin/time gives each sweep's CPU time.
+    # Two builds, alternated. A sweep's CPU time: this shell's waited-for children's ticks
+    # (cpu_ticks) before and after it.
     : > "$work/ab"
     for _ in $(seq "${ROUNDS:-8}"); do
         for side in a b; do
             bin=$farrier
             [ "$side" = b ] && bin=$FARRIER_BIN_B
-            t0=$(now)
-            inns /usr/bin/time -o "$work/time" -f "%U %S" "$bin" bmc power status --targets-file "$work/targets" \
-                --password-file "$work/password" --parallel "$parallel" >"$work/farrier.out" 2>"$work/farrier.err"
-            t1=$(now)
-            [ "$(grep -c ' off \| on ' "$work/farrier.out")" = "$n" ] || { echo "$bin: not every BMC answered" >&2; cat "$work/farrier.err" >&2; exit 1; }
-            echo "$side $t0 $t1 $(cat "$work/time")" >> "$work/ab"
+            read -r _ kids0 < <(cpu_ticks $$)
+            t0=$(now); farrier_sweep "$bin"; t1=$(now)
+            read -r _ kids1 < <(cpu_ticks $$)
+            echo "$side $t0 $t1 $(( kids1 - kids0 )) $(getconf CLK_TCK)" >> "$work/ab"
         done
     done
     python3 - "$work/ab" "$farrier" "$FARRIER_BIN_B" "$n" "$parallel" <<'PY'
@@ -97,7 +96,7 @@ print(f"power status of {sys.argv[4]} ipmi_sim BMCs, {sys.argv[5]} at a time, {l
 for side in "ab":
     mine = [r for r in rows if r[0] == side]
     w = [float(r[2]) - float(r[1]) for r in mine]
-    cpu = [float(r[3]) + float(r[4]) for r in mine]
+    cpu = [int(r[3]) / int(r[4]) for r in mine]
     wall[side] = statistics.median(w)
     print(f"  {side} {names[side]}: {wall[side]:.3f} s wall, {statistics.median(cpu):.3f} s CPU   runs {' '.join(f'{x:.2f}' for x in w)}")
 print(f"ratio b/a={wall['b'] / wall['a']:.3f}")
