@@ -117,7 +117,12 @@ public enum Waterfall {
         let span = max(last.timeIntervalSince(first), 0.001)
         let width = max(width, 10)
         let labelWidth = min(32, events.map(\.label.count).max() ?? 0)
-        func column(_ t: Date) -> Int { min(width - 1, Int(t.timeIntervalSince(first) / span * Double(width - 1))) }
+        // Clamped: an event timed before the first (clocks of the VM and the server differ) is drawn
+        // at the start, not at a negative column.
+        func column(_ t: Date) -> Int {
+            let at = (t.timeIntervalSince(first) / span * Double(width - 1)).rounded(.down)
+            return at.isFinite ? Int(min(max(at, 0), Double(width - 1))) : 0
+        }
         return events.indices.map { i in
             let e = events[i]
             let next = i + 1 < events.count ? events[i + 1].time : e.time

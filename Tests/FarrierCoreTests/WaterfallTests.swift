@@ -114,4 +114,18 @@ import Testing
         #expect(rows[3].hasSuffix("|  end"))
         #expect(Waterfall.render([]).isEmpty)
     }
+
+    @Test func anEventBeforeTheFirstIsDrawnAtTheStart() {
+        // The agent's phases are timed by the VM's clock, which can be behind the server's.
+        let events = [(0.0, "dhcp DISCOVER"), (-5, "agent write"), (10, "agent done")].map {
+            (time: t0.addingTimeInterval($0.0), label: $0.1)
+        }
+        let rows = Waterfall.render(events, width: 11)
+        #expect(rows.count == 3)
+        for row in rows {
+            let bar = row.split(separator: "|", omittingEmptySubsequences: false)[1]
+            #expect(bar.count == 11, "\(row)")
+        }
+        #expect(rows[1].split(separator: "|")[1].hasPrefix("#"), "\(rows[1])")
+    }
 }
