@@ -94,7 +94,7 @@ struct LabKillNineTests {
             (serverLogs + ["/var/lib/farrier-lab/lab-1/serial.log"]).map { path in
                 // Lossy: firmware writes bytes that are not UTF-8 to the serial log.
                 let text = String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
-                return "--- \(path)\n" + text.split(separator: "\n").suffix(25).joined(separator: "\n")
+                return "--- \(path)\n" + Harness.logExcerpt(text, lines: 25)
             }.joined(separator: "\n")
         }
         // Which replica lives each point's life (1: the one on the boot network). On SQLite the

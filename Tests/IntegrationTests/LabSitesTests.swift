@@ -41,7 +41,7 @@ struct LabSitesTests {
         func labLogs() -> String {
             ["site-1.log", "site-2.log", "server.log"].map { file in
                 let text = (try? String(contentsOfFile: "/var/lib/farrier-lab/" + file, encoding: .utf8)) ?? ""
-                return "--- \(file)\n" + text.split(separator: "\n").suffix(15).joined(separator: "\n")
+                return "--- \(file)\n" + Harness.logExcerpt(text)
             }.joined(separator: "\n")
         }
 

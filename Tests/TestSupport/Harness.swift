@@ -159,14 +159,28 @@ public final class Harness: @unchecked Sendable {
         throw CommandError(description: "timed out after \(timeout)s waiting for \(what)")
     }
 
-    /// Makes a network namespace (deleted at cleanup) with loopback up.
+    /// Makes a network namespace (deleted at cleanup) with loopback up, and a resolv.conf of its
+    /// own: `ip netns exec` mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf, so a DHCP
+    /// client in it (dhclient-script writes the DNS servers it was offered there) does not
+    /// overwrite the host's. One such run once left a lab address as this machine's only DNS
+    /// server, and apt failed.
     public func namespace(_ suffix: String) throws -> String {
         let name = "frt\(id.prefix(6))\(suffix)"
         try run(["ip", "netns", "add", name])
         lock.withLock { $0.namespaces.append(name) }
+        // Twice at most: another test's cleanup may remove /etc/netns between the two calls.
+        var made = false
+        for _ in 0..<2 where !made {
+            try? FileManager.default.createDirectory(atPath: Self.netnsEtc(name), withIntermediateDirectories: true)
+            made = FileManager.default.createFile(atPath: Self.netnsEtc(name) + "/resolv.conf", contents: Data())
+        }
+        guard made else { throw CommandError(description: "cannot write \(Self.netnsEtc(name))/resolv.conf") }
         try run(["ip", "-n", name, "link", "set", "lo", "up"])
         return name
     }
+
+    /// The files `ip netns exec` puts over /etc's in namespace `name`.
+    static func netnsEtc(_ name: String) -> String { "/etc/netns/" + name }
 
     /// Two namespaces joined by a veth pair: the server side gets `serverIP/len`, the client side
     /// none (DHCP clients configure it). Returns (server ns, server if, client ns, client if).
@@ -230,7 +244,12 @@ public final class Harness: @unchecked Sendable {
             if Self.isLiveChild(pid) { kill(pid, SIGKILL) }
             p.waitUntilExit()
         }
-        for ns in namespaces.reversed() { _ = try? run(["ip", "netns", "del", ns], check: false) }
+        for ns in namespaces.reversed() {
+            _ = try? run(["ip", "netns", "del", ns], check: false)
+            try? FileManager.default.removeItem(atPath: Self.netnsEtc(ns))
+        }
+        // /etc/netns too, once no test's namespace has files there (rmdir refuses otherwise).
+        if !namespaces.isEmpty { rmdir("/etc/netns") }
         lock.withLock { $0 = ([], []) }
         try? FileManager.default.removeItem(atPath: directory)
     }
@@ -309,6 +328,9 @@ public final class Harness: @unchecked Sendable {
     /// dhclient's log.
     public func dhclient(_ namespace: String, _ ifname: String, tag: String, prefix: String) throws -> (String?, String)
     {
+        // dhclient-script writes the offered DNS servers to /etc/resolv.conf: in a namespace made
+        // by `namespace(_:)` that is the namespace's own. The host's must come out unchanged.
+        let hostResolver = FileManager.default.contents(atPath: "/etc/resolv.conf")
         let p = try start(
             [
                 "ip", "netns", "exec", namespace, "dhclient", "-d", "-1", "-v", "-lf", "\(directory)/\(tag).leases",
@@ -323,6 +345,37 @@ public final class Harness: @unchecked Sendable {
         }
         p.terminate()
         try? waitUntil("dhclient to stop", timeout: 5) { !p.isRunning }
+        if let hostResolver, FileManager.default.contents(atPath: "/etc/resolv.conf") != hostResolver {
+            // Put back, then fail the test: a test must not change the host's DNS.
+            try? hostResolver.write(to: URL(fileURLWithPath: "/etc/resolv.conf"))
+            throw CommandError(description: "dhclient in \(namespace) changed the host's /etc/resolv.conf (put back)")
+        }
         return (address, read("\(tag).log"))
+    }
+}
+
+extension Harness {
+    /// The end of a log for a failure message: its last `lines` lines, and before them, when the
+    /// process crashed, the runtime's reason ("Fatal error: …") and the crashed thread's first
+    /// frames from Swift's backtrace. CI shows only part of the output, and a crash's register
+    /// dump and image list alone (what the tail holds) say nothing about its cause.
+    public static func logExcerpt(_ text: String, lines: Int = 15) -> String {
+        let all = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let tail = all.suffix(lines).joined(separator: "\n")
+        guard let crashed = all.firstIndex(where: { $0.hasPrefix("*** Program crashed:") }) else { return tail }
+        let reasons = all[..<crashed].filter { line in
+            ["Fatal error", "Precondition failed", "Assertion failed", "MISUSE"].contains { line.contains($0) }
+        }.suffix(3)
+        // The crashed thread's header and its frames, up to the blank line that ends them.
+        let thread = all[crashed...].firstIndex { $0.hasPrefix("Thread ") && $0.hasSuffix("crashed:") }
+        var frames: [Substring] = []
+        if let thread {
+            for line in all[thread...].prefix(40) {
+                if line.isEmpty && frames.count > 2 { break }
+                frames.append(line)
+            }
+        }
+        return (["(crashed) " + all[crashed]] + reasons + frames + ["(last lines)", Substring(tail)])
+            .joined(separator: "\n")
     }
 }
