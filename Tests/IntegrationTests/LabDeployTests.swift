@@ -430,10 +430,12 @@ struct LabDeployTests {
                 disks.count == 2 && disks[0].hasPrefix("/dev/\(root)") && disks[1] == "1",
                 "\(name): root and the spare's partitions: \(disks)"
             )
-            // 4. Restart through the BMC; ssh works again. First a hard power cycle right after the
-            // first boot (the OS has not written out what cloud-init just made), then the default:
-            // the OS is asked to shut down (ACPI, through the BMC), then powered on.
-            for hard in [true, false] {
+            // 4. Restart through the BMC; ssh works again. On lab-1 a hard power cycle right after
+            // the first boot (the OS has not written out what cloud-init just made); on lab-2 the
+            // default: the OS is asked to shut down (ACPI, through the BMC), then powered on. One
+            // of each, not both on each: a restart is two minutes of TCG boot, and neither path
+            // depends on the firmware (the BMC and the OS do the work).
+            for hard in [name == "lab-1"] {
                 try phase("\(firmware) restart\(hard ? " --hard" : "")") {
                     let restarted = Date()
                     let r = try h.run(
