@@ -143,6 +143,16 @@ ExecStartPre=/bin/sh -c 'for k in /etc/ssh/ssh_host_*_key; do [ -e "$$k" ] || co
 ExecStartPre=/usr/sbin/sshd -t
 UNIT
 : > "$mnt/etc/machine-id"
+# Free blocks still hold what debootstrap and apt unpacked and deleted (their .debs: about 230 MB
+# that zstd cannot shrink). Discarding them punches holes in the image file through the loop
+# device, so they read as zeros. sync first: ext4 does not trim blocks freed in a transaction not
+# yet committed. Where discard is refused, a file of zeros fills the free space (written out before
+# it is removed: delayed allocation would otherwise never write it).
+sync
+if ! fstrim -v "$mnt"; then
+    dd if=/dev/zero of="$mnt/zero.fill" bs=1M conv=fsync status=none 2>/dev/null || true
+    rm -f "$mnt/zero.fill"
+fi
 sync
 for m in dev/pts dev proc sys ""; do umount "$mnt/$m"; done
 for l in "${loops[@]}"; do losetup -d "$l"; done
