@@ -435,34 +435,33 @@ struct LabDeployTests {
             // default: the OS is asked to shut down (ACPI, through the BMC), then powered on. One
             // of each, not both on each: a restart is two minutes of TCG boot, and neither path
             // depends on the firmware (the BMC and the OS do the work).
-            for hard in [name == "lab-1"] {
-                try phase("\(firmware) restart\(hard ? " --hard" : "")") {
-                    let restarted = Date()
-                    let r = try h.run(
-                        [bin, "machine", "restart", name, "--wait"] + (hard ? ["--hard"] : []),
-                        timeout: 300
-                    )
-                    #expect(!r.stderr.contains("did not shut down"), "the OS ignored the BMC's soft off: \(r.stderr)")
-                    let up = try sshAtOnce(name, "cut -d' ' -f1 /proc/uptime", after: "restart --wait")
-                    // This boot's report came from the unit, and systemd found no ordering cycle
-                    // (which it would break by dropping the unit, or cloud-final).
-                    let unit = try ssh(
-                        name,
-                        "journalctl -b -u farrier-os-report -o cat | grep -c 'reported in' || true; journalctl -b -o cat | grep -c 'ordering cycle' || true",
-                        timeout: 60
-                    )
-                    #expect(
-                        unit.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) } == [
-                            "1", "0",
-                        ],
-                        "\(name) after restart: \(unit)"
-                    )
-                    let since = Date().timeIntervalSince(restarted)
-                    #expect(
-                        (Double(up.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .infinity) < since,
-                        "\(name) did not reboot: up \(up) s, restarted \(since) s ago"
-                    )
-                }
+            let hard = name == "lab-1"
+            try phase("\(firmware) restart\(hard ? " --hard" : "")") {
+                let restarted = Date()
+                let r = try h.run(
+                    [bin, "machine", "restart", name, "--wait"] + (hard ? ["--hard"] : []),
+                    timeout: 300
+                )
+                #expect(!r.stderr.contains("did not shut down"), "the OS ignored the BMC's soft off: \(r.stderr)")
+                let up = try sshAtOnce(name, "cut -d' ' -f1 /proc/uptime", after: "restart --wait")
+                // This boot's report came from the unit, and systemd found no ordering cycle
+                // (which it would break by dropping the unit, or cloud-final).
+                let unit = try ssh(
+                    name,
+                    "journalctl -b -u farrier-os-report -o cat | grep -c 'reported in' || true; journalctl -b -o cat | grep -c 'ordering cycle' || true",
+                    timeout: 60
+                )
+                #expect(
+                    unit.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) } == [
+                        "1", "0",
+                    ],
+                    "\(name) after restart: \(unit)"
+                )
+                let since = Date().timeIntervalSince(restarted)
+                #expect(
+                    (Double(up.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .infinity) < since,
+                    "\(name) did not reboot: up \(up) s, restarted \(since) s ago"
+                )
             }
             // 5. Rescue: the ramdisk's SSH sees the disk.
             try phase("\(firmware) rescue") {
