@@ -30,7 +30,7 @@ import Testing
     )
 )
 struct LabDeployTests {
-    @Test func createLoginRestartDebugDestroy() throws {
+    @Test func createLoginRestartDebugDestroy() async throws {
         try Harness.requireNoLab()
         let h = try Harness("lab-deploy")
         let bin = Harness.farrierBinary
@@ -38,12 +38,22 @@ struct LabDeployTests {
             _ = try? h.run([bin, "lab", "down"], timeout: 120, check: false)
             h.cleanup()
         }
+        // The two machines' steps run at once, each on a task of its own: under TCG each VM keeps
+        // one core busy, and one after the other they left the second core idle for 35 minutes.
+        // What they share is kept under `shared`. Two moments must not overlap, so they are
+        // ordered: lab-2's deploy (in which a replica is killed) starts once the tenant has
+        // attacked lab-1's deploy (`lab1Attacked`), and the kill, up to the replica's restart,
+        // holds `exclusive`, as each of lab-1's attacks does (a step of lab-1's taken over from
+        // the killed replica would change what the attacks must leave unchanged).
+        let shared = NSLock()
+        var lab1Attacked = false
+        let exclusive = NSLock()
         var phases: [(String, Double)] = []
         @discardableResult func phase<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
             let start = Date()
             defer {
                 let seconds = Date().timeIntervalSince(start)
-                phases.append((name, seconds))
+                shared.withLock { phases.append((name, seconds)) }
                 print("lab-deploy phase \(name): \(String(format: "%.1f", seconds)) s")
             }
             return try body()
@@ -241,6 +251,9 @@ struct LabDeployTests {
         }
         /// While `name`'s VM is paused: every attack, and its disk file unchanged around them.
         func hostile(_ name: String, mac: String, during: String) throws {
+            // Not while lab-2's flow kills a replica: a step taken over then would change lab-1.
+            exclusive.lock()
+            defer { exclusive.unlock() }
             try LabVM.qmp(h, name, "stop")
             defer { _ = try? LabVM.qmp(h, name, "cont") }
             let disk = try LabVM.diskDigest(h, name)
@@ -277,6 +290,7 @@ struct LabDeployTests {
             }
             if p.isRunning {
                 try hostile(name, mac: mac, during: during)
+                if during == "deploying" { shared.withLock { lab1Attacked = true } }
             } else {
                 Issue.record("\(during): the step ended before the tenant could attack")
             }
@@ -294,7 +308,10 @@ struct LabDeployTests {
         var browser: Process?
         defer { if let browser, browser.isRunning { browser.terminate() } }
         let consoleOwner = "tenant-a"
-        for (name, firmware) in [("lab-1", "bios"), ("lab-2", "uefi")] {
+        /// Each machine's steps, lab-1's and lab-2's at once (see `shared`).
+        func steps(_ name: String, _ firmware: String) throws {
+            // lab-2 waits for lab-1's deploy attack: if lab-1's steps fail first, not for long.
+            defer { if name == "lab-1" { shared.withLock { lab1Attacked = true } } }
             let mac = name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"
             // 2. Deploy with --wait: progress, then deployed. lab-1 deploys under attack.
             let deployArgs = [
@@ -315,6 +332,9 @@ struct LabDeployTests {
                 // The replica off the boot network dies while the agent writes. The CLI is given
                 // it first, so the deploy and its --wait talk to it: the --wait must move on to
                 // the other. (In this phase no work claim is held; LabKillNineTests covers those.)
+                try h.waitUntil("the tenant's attack on lab-1's deploy", timeout: 1500, interval: 1) {
+                    shared.withLock { lab1Attacked }
+                }
                 let servers = (try labState()["serverAddress"] as? String ?? "").split(separator: ",")
                 try #require(servers.count == 2, "the lab's servers: \(servers)")
                 // The console, open on lab-2's page before its deploy starts, watches it live;
@@ -331,6 +351,8 @@ struct LabDeployTests {
                     return try state(name) == "deploying/agent"
                         && ((m["progress"] as? [String: Any])?["bytesDone"] as? Int ?? 0) > 0
                 }
+                exclusive.lock()
+                defer { exclusive.unlock() }
                 #expect(
                     p.isRunning,
                     "the deploy ended before a replica could be killed: \(h.read("\(name)-deploy.log"))"
@@ -610,6 +632,13 @@ struct LabDeployTests {
                     "lab-1: the tenant's pattern survived the release (\(zeroed) of \(patterned.count) zero): \(erased.prefix(400))"
                 )
             }
+        }
+        nonisolated(unsafe) let each = steps
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (name, firmware) in [("lab-1", "bios"), ("lab-2", "uefi")] {
+                group.addTask { try each(name, firmware) }
+            }
+            try await group.waitForAll()
         }
         print("lab-deploy phases: " + phases.map { "\($0.0)=\(String(format: "%.1f", $0.1))s" }.joined(separator: " "))
     }

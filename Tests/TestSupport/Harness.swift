@@ -144,7 +144,9 @@ public final class Harness: @unchecked Sendable {
         (try? String(contentsOfFile: directory + "/" + log, encoding: .utf8)) ?? ""
     }
 
-    /// Polls `condition` every `interval` until it holds or `timeout` passes.
+    /// Polls `condition` every `interval` until it holds or `timeout` passes. It ends early, with
+    /// an error, when the task it runs in is cancelled: a test running two machines' steps as
+    /// child tasks stops the second one's wait when the first fails.
     public func waitUntil(
         _ what: String,
         timeout: Double = 30,
@@ -154,6 +156,7 @@ public final class Harness: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if try condition() { return }
+            if Task.isCancelled { throw CommandError(description: "cancelled while waiting for \(what)") }
             usleep(UInt32(interval * 1_000_000))
         }
         throw CommandError(description: "timed out after \(timeout)s waiting for \(what)")
