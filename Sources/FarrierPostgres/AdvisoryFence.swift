@@ -70,7 +70,8 @@ final class AdvisoryFence: DHCPFence {
                 return c
             })
         else { return }
-        // Awaited, so the keys are free when this returns, but bounded: a close the server
+        // Awaited, so the session has ended when this returns (the database lets go of its keys
+        // as the session's backend exits, an instant later), but bounded: a close the server
         // never answers must not hold a replica stepping down.
         _ = try? await bounded(conn) { try await conn.close() }
     }

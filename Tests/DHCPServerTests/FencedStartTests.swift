@@ -61,7 +61,7 @@ import WireSupport
         // The holder gives the address to B (A's lease expired and went).
         try store.deleteLease(mac: a)
         try store.commit([Lease(mac: b, address: address, expires: Date().addingTimeInterval(3600))])
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(30)
         while Date() < deadline, book.mac(for: address) != b { try await Task.sleep(for: .milliseconds(50)) }
         await group.triggerGracefulShutdown()
         try await running.value

@@ -18,7 +18,8 @@ import Testing
         try await relay.perform(site: site, machineID: "m", reference: reference, password: "pw", operation: operation)
     }
 
-    /// The next job sent down `jobs` (bounded: 5 s).
+    /// The next job sent down `jobs` (bounded: 30 s, only against a hang: on a busy machine the
+    /// task that sends it may wait its turn for seconds).
     func next(_ jobs: AsyncStream<BMCRelayJob>) async throws -> BMCRelayJob {
         try await withThrowingTaskGroup(of: BMCRelayJob?.self) { group in
             group.addTask {
@@ -26,11 +27,13 @@ import Testing
                 return await it.next()
             }
             group.addTask {
-                try await Task.sleep(for: .seconds(5))
+                try await Task.sleep(for: .seconds(30))
                 return nil
             }
             defer { group.cancelAll() }
-            guard let job = try await group.next() ?? nil else { throw CancellationError() }
+            guard let job = try await group.next() ?? nil else {
+                throw BMCError(.timeout, address: "site channel", "no job came down the site's channel within 30 s")
+            }
             return job
         }
     }

@@ -201,7 +201,7 @@ import Testing
         let reconciler = Reconciler(controller: controller)
         let task = Task { try await reconciler.run() }
         defer { task.cancel() }
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(30)
         var seen = m
         while Date() < deadline {
             seen = try #require(try await store.machine(id: m.id))

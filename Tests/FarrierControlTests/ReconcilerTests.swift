@@ -186,7 +186,7 @@ final class FakeBMCs: BMCProvider, Sendable {
             "\(failed.reason)"
         )
         #expect(bmcs.fake(m.id).calls == ["failed boot pxe", "failed boot pxe", "failed boot pxe"])  // bmcAttempts = 3
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(30)
         while Date() < deadline, c.metrics.failures(.commissioning, .bmc) == 0 {
             try await Task.sleep(for: .milliseconds(10))
         }
