@@ -99,7 +99,7 @@ import Testing
         #expect(m1.body.contains(#"id="do-release""#) && m1.body.contains(#"data-confirm="Release m1?""#))
         let csrf = try #require(admin.csrf(m1.body))
         // Its events, replayed then followed, as server-sent events.
-        let stream = try admin.go("/events?machine=m1", maxTime: 3)
+        let stream = try admin.go("/events?machine=m1", maxTime: 8)
         #expect(stream.headers.contains("content-type: text/event-stream"))
         #expect(stream.body.contains(#""machine":"m1""#) && stream.body.contains(#""state":"deployed""#), "\(stream)")
         // An action: an API call as the admin (a browser's form names the console as its origin).
@@ -139,7 +139,7 @@ import Testing
         // Another session's CSRF token is not this one's.
         let swapped = try other.go("/machines/m1/actions", form: [("csrf", csrf), ("action", "power-off")])
         #expect(swapped.status == 403)
-        let events = try other.go("/events?machine=m2", maxTime: 3)
+        let events = try other.go("/events?machine=m2", maxTime: 8)
         #expect(!events.body.contains(#""machine":"m2""#) && events.body.contains("event: refused"), "\(events)")
         // The failed view, empty here.
         #expect(try other.go("/failed").body.contains("No machine has failed."))

@@ -26,11 +26,11 @@ struct ReplicaTests {
         try b.start(log: "server-b.log")
         #expect(try b.state("m1") == "ready" && b.state("m2") == "ready")
 
-        /// m1's events after `id`, as B streams them for a few seconds; and the last id.
+        /// m1's events after `id`, as B streams them for 6 s; and the last id.
         func eventsSince(_ id: Int64, on cp: ControlPlane) throws -> (text: String, last: Int64) {
             let text = try h.run(
                 [
-                    "timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server",
+                    "timeout", "6", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server",
                     cp.grpc, "--token", cp.adminToken,
                 ],
                 timeout: 20,
@@ -175,9 +175,10 @@ struct ReplicaTests {
             "replicas: in \(String(format: "%.1f", seconds)) s A read \(a1.reads - a0), B \(b1.reads - b0); the BMCs answered \(bmc1 - bmc0) power reads"
         )
         #expect(b1.reads == b0 && b1.machines == 0, "B read BMCs while A held the power sync: \(b1)")
-        // Two machines, one read each a second (jittered within the interval): about 12, never twice that.
+        // Two machines, one read each a second (jittered within the interval): about 12, never twice
+        // that; at least 4 on two cores shared with the lab's VMs.
         #expect(
-            (a1.reads - a0) >= 6 && (a1.reads - a0) <= 2 * Int(seconds.rounded(.up)) + 2,
+            (a1.reads - a0) >= 4 && (a1.reads - a0) <= 2 * Int(seconds.rounded(.up)) + 2,
             "A's reads: \(a1.reads - a0)"
         )
         // The BMCs saw exactly the reads A counted (nothing else reads a ready machine's power),
@@ -260,7 +261,7 @@ struct ReplicaTests {
             // ran more than twice (A's in flight, then B's).
             let events = try h.run(
                 [
-                    "timeout", "3", ControlPlane.bin, "machine", "watch", "m1", "--after", String(lastEvent),
+                    "timeout", "6", ControlPlane.bin, "machine", "watch", "m1", "--after", String(lastEvent),
                     "--server", b.grpc, "--token", b.adminToken,
                 ],
                 timeout: 20,
