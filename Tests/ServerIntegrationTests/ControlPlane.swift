@@ -135,6 +135,24 @@ final class ControlPlane: @unchecked Sendable {
 
     func machine(_ name: String) throws -> [String: Any] { try json(["machine", "show", name]) }
 
+    /// m1's stored events after `id`, as this server streams them (the watch replays them, then
+    /// `timeout` ends it: 6 s, for a CLI started on two cores shared with the lab's VMs); and the
+    /// last event id seen (`id` when none).
+    func eventsSince(_ id: Int64) throws -> (text: String, last: Int64) {
+        let text = try h.run(
+            [
+                "timeout", "6", Self.bin, "machine", "watch", "m1", "--after", String(id), "--server", grpc,
+                "--token", adminToken,
+            ],
+            timeout: 20,
+            check: false
+        ).stdout
+        let ids = text.split(separator: "\n").compactMap { line in
+            line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
+        }
+        return (text, ids.max() ?? id)
+    }
+
     func state(_ name: String) throws -> String {
         let m = try machine(name)
         let phase = m["phase"] as? String

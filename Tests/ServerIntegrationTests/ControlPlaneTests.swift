@@ -506,23 +506,6 @@ struct ControlPlaneTests {
         func powerActions(since start: Int) throws -> Int {
             try quietLog().dropFirst(start).components(separatedBy: "set power").count - 1
         }
-        /// The stored events of m1 after `id` (the watch replays them, then `timeout` ends it: 6 s,
-        /// for a CLI started on two cores shared with the lab's VMs).
-        func eventsSince(_ id: Int64) throws -> (text: String, last: Int64) {
-            let text = try h.run(
-                [
-                    "timeout", "6", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server",
-                    cp.grpc,
-                    "--token", cp.adminToken,
-                ],
-                timeout: 20,
-                check: false
-            ).stdout
-            let ids = text.split(separator: "\n").compactMap { line in
-                line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
-            }
-            return (text, ids.max() ?? id)
-        }
         var cleanOps = 0
         var lastEvent: Int64 = 1
         for point in points {
@@ -536,7 +519,7 @@ struct ControlPlaneTests {
                 try cp.waitFor("m1", "ready")
                 cleanOps = try powerActions(since: logStart)
                 #expect(cleanOps >= 3)  // on for the ramdisk, cycle to the disk, on and off for the wipe
-                lastEvent = try eventsSince(lastEvent).last
+                lastEvent = try cp.eventsSince(lastEvent).last
                 continue
             }
             // Deploy with the server armed to SIGKILL itself at `point`.
@@ -584,7 +567,7 @@ struct ControlPlaneTests {
             // At most the action in flight at the kill runs twice (ipmi_sim's asynchronous cycle
             // makes the exact count vary by one), and the deploy was entered exactly once.
             #expect(ops <= 2 * cleanOps, "\(point): \(ops) power actions, a clean round takes \(cleanOps)")
-            let (events, last) = try eventsSince(lastEvent)
+            let (events, last) = try cp.eventsSince(lastEvent)
             let entered = events.split(separator: "\n").filter { $0.contains("deploying/queued  transition:") }.count
             #expect(entered == 1, "\(point): deploy entered \(entered) times:\n\(events)")
             lastEvent = last

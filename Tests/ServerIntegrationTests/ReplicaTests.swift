@@ -26,26 +26,10 @@ struct ReplicaTests {
         try b.start(log: "server-b.log")
         #expect(try b.state("m1") == "ready" && b.state("m2") == "ready")
 
-        /// m1's events after `id`, as B streams them for 6 s; and the last id.
-        func eventsSince(_ id: Int64, on cp: ControlPlane) throws -> (text: String, last: Int64) {
-            let text = try h.run(
-                [
-                    "timeout", "6", ControlPlane.bin, "machine", "watch", "m1", "--after", String(id), "--server",
-                    cp.grpc, "--token", cp.adminToken,
-                ],
-                timeout: 20,
-                check: false
-            ).stdout
-            let ids = text.split(separator: "\n").compactMap { line in
-                line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
-            }
-            return (text, ids.max() ?? id)
-        }
-
         // B's watchers see what A commits, as it is committed (nothing on B wakes them but the
         // notification: A's change to a ready machine gives B's reconciler nothing to do). The
         // watch follows from the last event it was shown, so it cannot miss the change.
-        let before = try eventsSince(1, on: b).last
+        let before = try b.eventsSince(1).last
         let watch = try h.start(
             [
                 "timeout", "60", ControlPlane.bin, "machine", "watch", "m1", "--after", String(before), "--server",
@@ -76,7 +60,7 @@ struct ReplicaTests {
         b.stop()
         a.stop()
         try a.start(failpoints: ["reconciler.boot.after-action"], log: "server-a2.log")
-        let beforeDeploy = try eventsSince(1, on: a).last
+        let beforeDeploy = try a.eventsSince(1).last
         try a.cli(["machine", "deploy", "m1", "--image", "img", "--project", "p"])
         try a.waitForCrash()
         let died = Date()
@@ -88,7 +72,7 @@ struct ReplicaTests {
         #expect(takeover < 30)
         // A committed its boot action, then died; B did it once more (the one action in flight),
         // and nothing else twice.
-        let events = try eventsSince(beforeDeploy, on: b).text
+        let events = try b.eventsSince(beforeDeploy).text
         let boots = events.components(separatedBy: "BMC: set next boot to pxe").count - 1
         #expect(boots == 2, "boot actions committed since the deploy: \(boots)\n\(events)")
         _ = s1
@@ -259,14 +243,7 @@ struct ReplicaTests {
             #expect(try b.script(mac: mac).contains("sanboot"), "\(point)")
             // B followed what A had committed: the deploy was entered once, and no boot action
             // ran more than twice (A's in flight, then B's).
-            let events = try h.run(
-                [
-                    "timeout", "6", ControlPlane.bin, "machine", "watch", "m1", "--after", String(lastEvent),
-                    "--server", b.grpc, "--token", b.adminToken,
-                ],
-                timeout: 20,
-                check: false
-            ).stdout
+            let (events, last) = try b.eventsSince(lastEvent)
             let entered = events.split(separator: "\n").filter { $0.contains("deploying/queued  transition:") }.count
             #expect(entered == 1, "\(point): deploy entered \(entered) times:\n\(events)")
             // This deploy's events only (the watch also replays the last round's release).
@@ -276,10 +253,7 @@ struct ReplicaTests {
             try b.cli(["machine", "release", "m1"])
             try b.runAgent(mac: mac)
             try b.waitFor("m1", "ready")
-            lastEvent =
-                events.split(separator: "\n").compactMap { line in
-                    line.split(separator: " ").first(where: { $0.hasPrefix("#") }).flatMap { Int64($0.dropFirst()) }
-                }.max() ?? lastEvent
+            lastEvent = last
         }
     }
 }
