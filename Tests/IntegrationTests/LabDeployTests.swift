@@ -461,8 +461,8 @@ struct LabDeployTests {
             try phase("\(firmware) restart\(hard ? " --hard" : "")") {
                 let restarted = Date()
                 let r = try h.run(
-                    [bin, "machine", "restart", name, "--wait"] + (hard ? ["--hard"] : []),
-                    timeout: 300
+                    [bin, "machine", "restart", name, "--wait", "--timeout", "600"] + (hard ? ["--hard"] : []),
+                    timeout: 700
                 )
                 #expect(!r.stderr.contains("did not shut down"), "the OS ignored the BMC's soft off: \(r.stderr)")
                 let up = try sshAtOnce(name, "cut -d' ' -f1 /proc/uptime", after: "restart --wait")

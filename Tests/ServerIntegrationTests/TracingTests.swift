@@ -12,7 +12,10 @@ struct TracingTests {
     let agentTests = AgentTests()
 
     /// The spans of the trace that holds a span named `name` (the last such trace), once the
-    /// receiver has it.
+    /// receiver has it, and has had the time to get the rest of it: each process exports its
+    /// spans in batches of its own, so a span can come before its parent from another
+    /// replica. The trace is taken once it has a root and every span's parent, or after 30 s
+    /// as it is then (the callers' checks say what is missing).
     func trace(
         _ h: Harness,
         _ receiver: OTLPReceiver,
@@ -26,7 +29,14 @@ struct TracingTests {
             id = receiver.spans.last { $0.name == name && !known.contains($0.traceID) }?.traceID
             return id != nil
         }
-        return receiver.spans.filter { $0.traceID == id }
+        var spans: [OTLPReceiver.Span] = []
+        try? h.waitUntil("the whole trace \(id ?? "")", timeout: 30, interval: 0.2) {
+            spans = receiver.spans.filter { $0.traceID == id }
+            let ids = Set(spans.map(\.spanID))
+            return spans.contains { $0.parentSpanID.isEmpty }
+                && spans.allSatisfy { $0.parentSpanID.isEmpty || ids.contains($0.parentSpanID) }
+        }
+        return spans
     }
 
     @Test func oneDeployIsOneTrace() throws {
