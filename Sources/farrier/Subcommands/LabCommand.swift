@@ -44,7 +44,7 @@ struct LabCommand: ParsableCommand {
         var ramdisk: String?
         @Option(
             help:
-                "Test image added as debian-12, built on first use. [default: /var/cache/farrier/images/debian-12.raw.zst]"
+                "Test image added as debian-12, built on first use (the default's again when its script changes). [default: /var/cache/farrier/images/debian-12.raw.zst]"
         )
         var image: String?
         @Flag(help: "Add no image.") var noImage = false
