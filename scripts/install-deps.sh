@@ -6,6 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
     ipxe                      # undionly.kpxe, ipxe.efi, snponly.efi served over TFTP/HTTP
     iproute2 curl python3 procps
+    python3-yaml              # network-config YAML read back as cloud-init reads it (unit tests)
     isc-dhcp-client udhcpc    # DHCP clients (tests)
     kea-admin                 # perfdhcp (tests, bench)
     tftp-hpa atftp            # TFTP clients (tests, bench)

@@ -22,6 +22,7 @@ extension StoreError: RPCErrorConvertible {
         case .unavailable: .unavailable
         case .corrupt: .internalError
         case .fenced: .aborted
+        case .exhausted: .resourceExhausted
         }
     }
     public var rpcErrorMessage: String { message }

@@ -323,7 +323,7 @@ struct Console: Sendable {
             case .notFound: .notFound
             case .permissionDenied: .forbidden
             case .invalidArgument: .badRequest
-            case .failedPrecondition, .alreadyExists, .aborted: .conflict
+            case .failedPrecondition, .alreadyExists, .aborted, .resourceExhausted: .conflict
             case .unavailable: .serviceUnavailable
             default: .internalServerError
             }

@@ -47,10 +47,14 @@ public struct NoCloudSeed: Codable, Sendable, Equatable {
     public var metaData: String
     public var userData: String
     public var vendorData: String
-    public init(metaData: String, userData: String, vendorData: String) {
+    /// cloud-init's network-config (version 2) for the deploy's network plan; nil: none (the
+    /// OS configures its boot NIC by DHCP, as cloud-init does without one).
+    public var networkConfig: String?
+    public init(metaData: String, userData: String, vendorData: String, networkConfig: String? = nil) {
         self.metaData = metaData
         self.userData = userData
         self.vendorData = vendorData
+        self.networkConfig = networkConfig
     }
 }
 
@@ -149,6 +153,9 @@ public struct AgentResult: Codable, Sendable {
     /// an OS token). Nil or false: Farrier does not wait for the OS (an agent from before the
     /// report existed, or no config drive), and the deploy ends once the disk boots.
     public var osReporter: Bool?
+    /// Deploy: the config drive carries the task's network-config. A deploy with a network
+    /// plan fails without it (a ramdisk from before network-config would drop the plan).
+    public var networkConfig: Bool?
     /// The task's trace context, as the task gave it (`AgentTask.trace`).
     public var trace: [String: String]?
     /// What the task's time went to, for its trace.

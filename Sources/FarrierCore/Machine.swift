@@ -425,6 +425,9 @@ public struct Deployment: Codable, Sendable, Hashable {
     /// Whether the installed OS has reported in, and for which boot; nil: not tracked (an
     /// adopted machine, or user-data that turns vendor-data off).
     public var os: OSReport?
+    /// The deploy's network plan (bonds, VLANs, static addresses); nil: the boot NIC's DHCP
+    /// alone, as cloud-init does without a network-config.
+    public var networking: DeployedNetworking?
 
     public init(
         image: String,

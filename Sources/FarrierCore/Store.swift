@@ -384,7 +384,39 @@ public protocol WorkClaimStore: Sendable {
 }
 
 public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore & WorkClaimStore & SiteStore
-    & BMCCredentialStore
+    & BMCCredentialStore & NetworkStore
+
+/// Networks for deployed machines (issue 18 point 4) and the static addresses machines hold on
+/// them. Machines take and give back addresses only in their own writes (`AddressAllocation`
+/// runs inside each); these calls define networks and read who holds what.
+public protocol NetworkStore: Sendable {
+    /// Adds a network; `alreadyExists` if its name is taken, `notFound` if its site is not.
+    func createNetwork(_ network: Network) async throws
+    /// Every network, by name.
+    func networks() async throws -> [Network]
+    func network(name: String) async throws -> Network?
+    /// Removes a network: `notFound` if there is none, `inUse` (naming the machines) while
+    /// any machine holds an address on it.
+    func deleteNetwork(name: String) async throws
+    /// The addresses held on a network, lowest first, with the machine holding each.
+    func networkAddresses(network: String) async throws -> [HeldAddress]
+}
+
+/// A static address a machine holds on a network.
+public struct HeldAddress: Sendable, Hashable {
+    public var network: String
+    public var address: IPAddress
+    public var machineID: String
+    public var machine: String
+    public var mac: MACAddress
+    public init(network: String, address: IPAddress, machineID: String, machine: String, mac: MACAddress) {
+        self.network = network
+        self.address = address
+        self.machineID = machineID
+        self.machine = machine
+        self.mac = mac
+    }
+}
 
 extension MachineStore {
     /// `update` without a fence: API requests, agents' reports, timeouts (each guarded by the
@@ -432,6 +464,8 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         /// The caller's claim on the machine lapsed or was taken over (`WorkClaim`): it must not
         /// act on the machine any more.
         case fenced
+        /// A pool has nothing left to give (a network's static addresses).
+        case exhausted
     }
     public var code: Code
     public var message: String

@@ -15,6 +15,7 @@ extension StoreError: ResponseGenerator, HTTPResponseError {
         case .unavailable: .serviceUnavailable
         case .corrupt: .internalServerError
         case .fenced: .conflict
+        case .exhausted: .conflict
         }
     }
     public func response(from request: Request, context: some RequestContext) throws -> Response {

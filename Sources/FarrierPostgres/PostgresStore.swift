@@ -323,6 +323,24 @@ public final class PostgresStore: StateStore {
                 "CREATE INDEX machine_bmc_credential ON machine (bmc_credential)",
             ]
         ),
+        (
+            "v10-networks",
+            [
+                // Networks for deployed machines (a site with networks cannot be removed), and
+                // the static addresses machines hold on them: one row per address, so no two
+                // machines hold one; gone with their machine; a network with any cannot be
+                // removed. Allocations lock the network's row (FOR UPDATE) around reading what
+                // is used and inserting.
+                "CREATE TABLE network (name text PRIMARY KEY, site text REFERENCES site (name), body jsonb NOT NULL)",
+                """
+                CREATE TABLE network_address (
+                  network text NOT NULL REFERENCES network (name), address text NOT NULL,
+                  machine_id text NOT NULL REFERENCES machine (id) ON DELETE CASCADE,
+                  PRIMARY KEY (network, address))
+                """,
+                "CREATE INDEX network_address_machine ON network_address (machine_id)",
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -349,9 +367,11 @@ public final class PostgresStore: StateStore {
         }
     }
 
-    /// The names of the migrations applied, in order.
+    /// The names of the migrations applied, in the order they run (`migrations`' order: the
+    /// pending ones apply in one transaction, so their times tie, and "v10" sorts before "v2"
+    /// by name). A name this release does not know comes last.
     public func appliedMigrations() async throws -> [String] {
-        try await run { [self] conn in
+        let names = try await run { [self] conn in
             var names: [String] = []
             for try await n in try await conn.query(
                 "SELECT name FROM farrier_migration ORDER BY applied, name",
@@ -362,6 +382,10 @@ public final class PostgresStore: StateStore {
             }
             return names
         }
+        let rank = Dictionary(uniqueKeysWithValues: Self.migrations.enumerated().map { ($1.name, $0) })
+        return names.enumerated().sorted { a, b in
+            (rank[a.element] ?? Int.max, a.offset) < (rank[b.element] ?? Int.max, b.offset)
+        }.map(\.element)
     }
 
     // MARK: JSON bodies
@@ -929,7 +953,7 @@ extension PostgresStore {
         conn: PostgresConnection
     ) async throws -> Machine {
         var m = machine
-        let events: [MachineEvent]
+        var events: [MachineEvent]
         do {
             events = try body(&m)
         } catch {
@@ -958,6 +982,7 @@ extension PostgresStore {
             }
             guard exists else { throw StoreError(.notFound, "no project named '\(project)'") }
         }
+        events += try await syncAddresses(from: machine, to: &m, conn: conn)
         try await write(m, conn: conn, insert: false)
         // Event ids are handed out at insert, and a watcher reads "after the last id it saw": so
         // transactions that insert events take this lock first and hold it to their commit,
@@ -985,6 +1010,67 @@ extension PostgresStore {
             )
         }
         return m
+    }
+
+    /// Keeps the machine's static addresses those of its deployment's plan, in its write (as
+    /// `SQLiteStore.syncAddresses`). The rows of the networks it takes addresses on are locked
+    /// first, in name order, so two writes allocating on one network take turns (what one
+    /// reads as used stays so to its commit), and writes on {A, B} and {B, A} cannot deadlock.
+    /// No query for a machine that holds none before or after.
+    func syncAddresses(from old: Machine, to m: inout Machine, conn: PostgresConnection) async throws -> [MachineEvent]
+    {
+        let before = AddressAllocation.held(old)
+        let pending = AddressAllocation.pending(m)
+        let asked = Set(pending + AddressAllocation.held(m).subtracting(before).map(\.network))
+        var networks: [String: Network] = [:]
+        for name in asked.sorted() {
+            let rows = try await conn.query(
+                "SELECT body::text FROM network WHERE name = \(name) FOR UPDATE",
+                logger: logger
+            )
+            for try await body in rows.decode(String.self) { networks[name] = try Self.decode(Network.self, body) }
+        }
+        var events: [MachineEvent] = []
+        if !pending.isEmpty {
+            var used: [String: Set<IPAddress>] = [:]
+            for name in pending where networks[name] != nil {
+                let rows = try await conn.query(
+                    "SELECT address FROM network_address WHERE network = \(name) AND machine_id <> \(m.id)",
+                    logger: logger
+                )
+                for try await address in rows.decode(String.self) {
+                    if let a = IPAddress(address) { used[name, default: []].insert(a) }
+                }
+            }
+            events += try AddressAllocation.allocate(&m, networks: networks, used: used)
+        }
+        let after = AddressAllocation.held(m)
+        guard before != after else { return events }
+        for k in before.subtracting(after) {
+            try await conn.query(
+                """
+                DELETE FROM network_address
+                WHERE network = \(k.network) AND address = \(k.address.description) AND machine_id = \(m.id)
+                """,
+                logger: logger
+            )
+        }
+        for k in after.subtracting(before).sorted() {
+            guard networks[k.network] != nil else { throw StoreError(.notFound, "no network named '\(k.network)'") }
+            let rows = try await conn.query(
+                """
+                INSERT INTO network_address (network, address, machine_id)
+                VALUES (\(k.network), \(k.address.description), \(m.id))
+                ON CONFLICT (network, address) DO UPDATE SET machine_id = network_address.machine_id
+                RETURNING machine_id
+                """,
+                logger: logger
+            )
+            for try await holder in rows.decode(String.self) where holder != m.id {
+                throw StoreError(.alreadyExists, "address \(k.address) on network \(k.network) is already taken")
+            }
+        }
+        return events + AddressAllocation.released(before.subtracting(after), by: m)
     }
 
     public func claimWork(machineID: String, owner: String, ttl: Duration) async throws -> WorkClaim? {
@@ -1400,6 +1486,79 @@ extension PostgresStore {
             let rows = try await conn.query("DELETE FROM site WHERE name = \(name) RETURNING name", logger: logger)
             for try await _ in rows.decode(String.self) { return true }
             return false
+        }
+    }
+
+    // MARK: NetworkStore
+
+    public func createNetwork(_ network: Network) async throws {
+        try await transaction { [self] conn in
+            if try await count(conn, "SELECT count(*) FROM network WHERE name = \(network.name)") > 0 {
+                throw StoreError(.alreadyExists, "network '\(network.name)' already exists")
+            }
+            // The site's row is share-locked to the commit: a delete of the site waits, then
+            // finds the network and is refused.
+            if let site = network.site,
+                try await count(conn, "SELECT count(*) FROM (SELECT 1 FROM site WHERE name = \(site) FOR SHARE) s") == 0
+            {
+                throw StoreError(.notFound, "no site named '\(site)'")
+            }
+            try await conn.query(
+                "INSERT INTO network (name, site, body) VALUES (\(network.name), \(network.site), \(try Self.json(network))::jsonb)",
+                logger: logger
+            )
+        }
+    }
+
+    public func networks() async throws -> [Network] {
+        try await all(Network.self, "SELECT body::text FROM network ORDER BY name COLLATE \"C\"")
+    }
+
+    public func network(name: String) async throws -> Network? {
+        try await one(Network.self, "SELECT body::text FROM network WHERE name = \(name)")
+    }
+
+    public func deleteNetwork(name: String) async throws {
+        try await transaction { [self] conn in
+            // Locked as an allocation locks it: none can start on it until this commits.
+            guard
+                try await count(conn, "SELECT count(*) FROM (SELECT 1 FROM network WHERE name = \(name) FOR UPDATE) n")
+                    > 0
+            else { throw StoreError(.notFound, "no network named '\(name)'") }
+            var holders: [String] = []
+            let rows = try await conn.query(
+                """
+                SELECT DISTINCT m.name FROM network_address a JOIN machine m ON m.id = a.machine_id
+                WHERE a.network = \(name) ORDER BY m.name
+                """,
+                logger: logger
+            )
+            for try await holder in rows.decode(String.self) { holders.append(holder) }
+            if !holders.isEmpty {
+                throw StoreError(
+                    .inUse,
+                    "network '\(name)' has addresses held by \(holders.joined(separator: ", ")); release them first"
+                )
+            }
+            try await conn.query("DELETE FROM network WHERE name = \(name)", logger: logger)
+        }
+    }
+
+    public func networkAddresses(network: String) async throws -> [HeldAddress] {
+        try await read { [self] conn in
+            var out: [HeldAddress] = []
+            let rows = try await conn.query(
+                """
+                SELECT a.address, a.machine_id, m.name, m.mac FROM network_address a JOIN machine m ON m.id = a.machine_id
+                WHERE a.network = \(network)
+                """,
+                logger: logger
+            )
+            for try await (address, id, name, mac) in rows.decode((String, String, String, String).self) {
+                guard let a = IPAddress(address), let mac = MACAddress(mac) else { continue }
+                out.append(HeldAddress(network: network, address: a, machineID: id, machine: name, mac: mac))
+            }
+            return out.sorted { $0.address < $1.address }
         }
     }
 

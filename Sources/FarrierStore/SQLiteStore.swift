@@ -284,6 +284,24 @@ public final class SQLiteStore: StateStore {
             // The step's trace context (JSON; NULL: none recorded).
             try db.alter(table: "machine") { t in t.add(column: "trace", .text) }
         }
+        m.registerMigration("v22-networks") { db in
+            // Networks for deployed machines (the definition as JSON; a site with networks
+            // cannot be removed), and the static addresses machines hold on them: one row per
+            // address, so no two machines hold one; gone with their machine; a network with
+            // any cannot be removed.
+            try db.create(table: "network") { t in
+                t.primaryKey("name", .text)
+                t.column("site", .text).references("site", onDelete: .restrict)
+                t.column("body", .text).notNull()
+            }
+            try db.create(table: "networkAddress") { t in
+                t.column("network", .text).notNull().references("network", onDelete: .restrict)
+                t.column("address", .text).notNull()
+                t.column("machineID", .text).notNull().references("machine", onDelete: .cascade)
+                t.primaryKey(["network", "address"])
+            }
+            try db.create(index: "networkAddress_machine", on: "networkAddress", columns: ["machineID"])
+        }
         return m
     }
 
@@ -688,15 +706,70 @@ public final class SQLiteStore: StateStore {
         {
             throw StoreError(.notFound, "no project named '\(project)'")
         }
+        let addressEvents = try syncAddresses(from: machine, to: &m, db: db)
         try MachineRecord(m).update(db)
         let encoder = JSONEncoder()
-        for e in events {
+        for e in events + addressEvents {
             try db.execute(
                 sql: "INSERT INTO machineEvent (machineID, body) VALUES (?, ?)",
                 arguments: [e.machineID, String(decoding: try encoder.encode(e), as: UTF8.self)]
             )
         }
         return m
+    }
+
+    /// Keeps the machine's static addresses those of its deployment's plan, in its write:
+    /// allocates the ones its plan waits for (`AddressAllocation`), adds the rows of those it
+    /// now holds and removes the rows of those it gave back. No query for a machine that holds
+    /// none before or after. Writes are serialised, so what it reads as used stays so.
+    static func syncAddresses(from old: Machine, to m: inout Machine, db: Database) throws -> [MachineEvent] {
+        var events: [MachineEvent] = []
+        let pending = AddressAllocation.pending(m)
+        if !pending.isEmpty {
+            var networks: [String: Network] = [:]
+            var used: [String: Set<IPAddress>] = [:]
+            for name in pending {
+                guard
+                    let body = try String.fetchOne(
+                        db,
+                        sql: "SELECT body FROM network WHERE name = ?",
+                        arguments: [name]
+                    )
+                else { throw StoreError(.notFound, "no network named '\(name)'") }
+                networks[name] = try JSONDecoder().decode(Network.self, from: Data(body.utf8))
+                used[name] = Set(
+                    try String.fetchAll(
+                        db,
+                        sql: "SELECT address FROM networkAddress WHERE network = ? AND machineID != ?",
+                        arguments: [name, m.id]
+                    ).compactMap { IPAddress($0) }
+                )
+            }
+            events += try AddressAllocation.allocate(&m, networks: networks, used: used)
+        }
+        let before = AddressAllocation.held(old)
+        let after = AddressAllocation.held(m)
+        guard before != after else { return events }
+        for k in before.subtracting(after) {
+            try db.execute(
+                sql: "DELETE FROM networkAddress WHERE network = ? AND address = ? AND machineID = ?",
+                arguments: [k.network, k.address.description, m.id]
+            )
+        }
+        for k in after.subtracting(before).sorted() {
+            if let holder = try String.fetchOne(
+                db,
+                sql: "SELECT machineID FROM networkAddress WHERE network = ? AND address = ?",
+                arguments: [k.network, k.address.description]
+            ), holder != m.id {
+                throw StoreError(.alreadyExists, "address \(k.address) on network \(k.network) is already taken")
+            }
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO networkAddress (network, address, machineID) VALUES (?, ?, ?)",
+                arguments: [k.network, k.address.description, m.id]
+            )
+        }
+        return events + AddressAllocation.released(before.subtracting(after), by: m)
     }
 
     public func deleteMachine(id: String) async throws {
@@ -1171,6 +1244,83 @@ extension SQLiteStore {
         try await writing { db in
             try db.execute(sql: "DELETE FROM site WHERE name = ?", arguments: [name])
             return db.changesCount > 0
+        }
+    }
+
+    // MARK: NetworkStore
+
+    public func createNetwork(_ network: Network) async throws {
+        let body = String(decoding: try JSONEncoder().encode(network), as: UTF8.self)
+        try await writing { db in
+            if try Row.fetchOne(db, sql: "SELECT 1 FROM network WHERE name = ?", arguments: [network.name]) != nil {
+                throw StoreError(.alreadyExists, "network '\(network.name)' already exists")
+            }
+            if let site = network.site,
+                try Row.fetchOne(db, sql: "SELECT 1 FROM site WHERE name = ?", arguments: [site]) == nil
+            {
+                throw StoreError(.notFound, "no site named '\(site)'")
+            }
+            try db.execute(
+                sql: "INSERT INTO network (name, site, body) VALUES (?, ?, ?)",
+                arguments: [network.name, network.site, body]
+            )
+        }
+    }
+
+    public func networks() async throws -> [Network] {
+        try await reading { db in
+            try String.fetchAll(db, sql: "SELECT body FROM network ORDER BY name").map {
+                try JSONDecoder().decode(Network.self, from: Data($0.utf8))
+            }
+        }
+    }
+
+    public func network(name: String) async throws -> Network? {
+        try await reading { db in
+            try String.fetchOne(db, sql: "SELECT body FROM network WHERE name = ?", arguments: [name]).map {
+                try JSONDecoder().decode(Network.self, from: Data($0.utf8))
+            }
+        }
+    }
+
+    public func deleteNetwork(name: String) async throws {
+        try await writing { db in
+            guard try Row.fetchOne(db, sql: "SELECT 1 FROM network WHERE name = ?", arguments: [name]) != nil else {
+                throw StoreError(.notFound, "no network named '\(name)'")
+            }
+            let holders = try String.fetchAll(
+                db,
+                sql: """
+                    SELECT DISTINCT m.name FROM networkAddress a JOIN machine m ON m.id = a.machineID
+                    WHERE a.network = ? ORDER BY m.name
+                    """,
+                arguments: [name]
+            )
+            if !holders.isEmpty {
+                throw StoreError(
+                    .inUse,
+                    "network '\(name)' has addresses held by \(holders.joined(separator: ", ")); release them first"
+                )
+            }
+            try db.execute(sql: "DELETE FROM network WHERE name = ?", arguments: [name])
+        }
+    }
+
+    public func networkAddresses(network: String) async throws -> [HeldAddress] {
+        try await reading { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT a.address, a.machineID, m.name, m.mac FROM networkAddress a JOIN machine m ON m.id = a.machineID
+                    WHERE a.network = ?
+                    """,
+                arguments: [network]
+            ).compactMap { row -> HeldAddress? in
+                guard let address = IPAddress(row[0] as String), let mac = MACAddress(row[3] as String) else {
+                    return nil
+                }
+                return HeldAddress(network: network, address: address, machineID: row[1], machine: row[2], mac: mac)
+            }.sorted { $0.address < $1.address }
         }
     }
 
