@@ -554,6 +554,21 @@ extension Farrier_V1_Machine {
                 x.osAwaiting = os.awaiting
                 if let t = os.reported { x.osReported = Google_Protobuf_Timestamp(date: t) }
             }
+            x.interfaces = (d.networking?.interfaces ?? []).map { i in
+                var o = Farrier_V1_DeployedInterface()
+                o.name = i.name
+                o.kind = i.kind.rawValue
+                o.mac = i.mac?.description ?? ""
+                o.members = i.members
+                o.mode = i.mode?.rawValue ?? ""
+                o.parent = i.parent ?? ""
+                o.vlan = Int32(i.vlan)
+                o.mtu = Int32(i.mtu ?? 0)
+                o.addresses = i.addresses
+                o.network = i.network ?? ""
+                o.dhcp4 = i.dhcp4
+                return o
+            }
             deployment = x
         }
         if let p = m.progress { progress = Farrier_V1_Progress(p) }

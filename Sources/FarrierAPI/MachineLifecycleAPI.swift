@@ -127,6 +127,7 @@ extension MachineAPI {
         try Self.checkDeployment(hostname: request.hostname, tags: request.tags, project: project, on: "deploy")
         let placement = try Self.placement(request.constraints)
         let hints = try Self.rootDeviceHints(request.rootDevice)
+        let (networkRequest, networks) = try await networkPlan(request, caller: caller, project: project.name)
         if let a = placement.architecture, image.architecture != .unknown, a != image.architecture {
             throw RPCError(
                 code: .invalidArgument,
@@ -145,6 +146,16 @@ extension MachineAPI {
                 tags: request.tags
             )
             m.deployment?.rootDevice = hints
+            // `compatible` has resolved the same plan on the same machine.
+            if !networkRequest.isEmpty {
+                let plan = try? DeployedNetworking.resolve(
+                    networkRequest,
+                    machine: m,
+                    networks: networks,
+                    project: project.name
+                ).get()
+                m.deployment?.networking = plan
+            }
         }
         @Sendable func compatible(_ m: Machine) -> String? {
             // A quick-wiped machine still holds its last project's data: only that project gets it.
@@ -164,6 +175,17 @@ extension MachineAPI {
             if let why = Self.rootDeviceProblem(m, hints: hints ?? m.rootDevice, image: image, detailed: caller.isAdmin)
             {
                 return why
+            }
+            if !networkRequest.isEmpty,
+                case .failure(let p) = DeployedNetworking.resolve(
+                    networkRequest,
+                    machine: m,
+                    networks: networks,
+                    project: project.name
+                )
+            {
+                // A member deploying a pool machine by name learns no more of its NICs than this.
+                return caller.canSee(m) ? p.description : "machine \(m.name)'s NICs do not fit the network plan"
             }
             return nil
         }
@@ -207,6 +229,39 @@ extension MachineAPI {
             metadata: ["machine": "\(deployed.name)", "project": "\(project.name)", "image": "\(image.name)"]
         )
         return Farrier_V1_Machine(deployed, timeline: [])
+    }
+
+    /// A deploy's network plan as asked (`bonds`, `networks`, `mtus`), and the networks it
+    /// names, each open to the project (a closed or missing one is refused here, before any
+    /// machine is chosen, as one that does not exist).
+    func networkPlan(
+        _ request: Farrier_V1_DeployMachineRequest,
+        caller: Principal,
+        project: String
+    ) async throws -> (NetworkRequest, [String: Network]) {
+        let asked = request.bonds.count + request.networks.count + request.mtus.count
+        guard asked <= 64, (request.bonds + request.networks + request.mtus).allSatisfy({ $0.count <= 512 }) else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "at most 64 bonds, networks and MTUs, of 512 characters each"
+            )
+        }
+        let parsed: NetworkRequest
+        switch NetworkRequest.parse(bonds: request.bonds, networks: request.networks, mtus: request.mtus) {
+        case .success(let r): parsed = r
+        case .failure(let p): throw RPCError(code: .invalidArgument, message: p.description)
+        }
+        var networks: [String: Network] = [:]
+        for (i, a) in parsed.attachments.enumerated() where networks[a.network] == nil {
+            guard let n = try await store.network(name: a.network), n.isOpen(to: project) else {
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "networks[\(i)].network: no network named '\(a.network)'"
+                )
+            }
+            networks[n.name] = n
+        }
+        return (parsed, networks)
     }
 
     static func placement(_ c: Farrier_V1_Constraints) throws -> Placement {

@@ -193,6 +193,8 @@ public final class Agent: Sendable {
                 let installed = try deploy(task, inventory: inventory)
                 result = AgentResult(ok: true)
                 result.osReporter = installed
+                // deploy() wrote the seed whole, network-config with it, or threw.
+                if task.seed?.networkConfig != nil { result.networkConfig = true }
             case .wipe:
                 try phases.measure("wipe") { try wipe(task.wipe ?? .full, inventory: inventory) }
                 result = AgentResult(ok: true)

@@ -77,14 +77,15 @@ struct ConfigDrive {
         )
         defer { try? FileManager.default.removeItem(atPath: staging) }
         var names: [String] = []
-        for (name, text) in [
-            ("meta-data", seed.metaData), ("user-data", seed.userData), ("vendor-data", seed.vendorData),
-        ] {
+        var files = [("meta-data", seed.metaData), ("user-data", seed.userData), ("vendor-data", seed.vendorData)]
+        // NoCloud reads network-config at init-local, before any network is up.
+        if let network = seed.networkConfig { files.append(("network-config", network)) }
+        for (name, text) in files {
             try text.write(toFile: staging + "/" + name, atomically: false, encoding: .utf8)
             names.append(staging + "/" + name)
         }
         _ = try Self.output(["env", "MTOOLS_SKIP_CHECK=1", "mcopy", "-o", "-i", device] + names + ["::"])
-        log("config drive: NoCloud seed (meta-data, user-data, vendor-data) written on \(device), label CIDATA")
+        log("config drive: NoCloud seed (\(files.map(\.0).joined(separator: ", "))) written on \(device), label CIDATA")
     }
 
     /// /dev/vda3, /dev/nvme0n1p3…: waits (bounded, 10 s) for the kernel to make it.

@@ -779,7 +779,8 @@ public final class Controller: Sendable {
             userData: d.userData.isEmpty ? "#cloud-config\n{}\n" : d.userData,
             // Root may log in with the deploy keys (meta-data's public-keys go to the default
             // user, and to root when disable_root is false); no passwords over SSH.
-            vendorData: "#cloud-config\ndisable_root: false\nssh_pwauth: false\n"
+            vendorData: "#cloud-config\ndisable_root: false\nssh_pwauth: false\n",
+            networkConfig: d.networking.map { NetworkConfigV2($0).yaml }
         )
     }
 
@@ -799,12 +800,28 @@ public final class Controller: Sendable {
         hub.notify()
     }
 
+    /// The result as the step takes it: an agent that did not write the plan's network-config
+    /// (a ramdisk from before it) failed.
+    static func checked(_ result: AgentResult, for m: Machine) -> AgentResult {
+        guard result.ok, m.state == .deploying, m.deployment?.networking != nil, result.networkConfig != true else {
+            return result
+        }
+        var failed = result
+        failed.ok = false
+        failed.error =
+            "the ramdisk wrote no network-config for the deploy's network plan; rebuild it (scripts/build-ramdisk.sh)"
+        return failed
+    }
+
     /// The agent finished its task: on success the step moves to its finish phase (the
     /// reconciler then sets the final boot device and power), on failure the step fails.
     public func agentDone(token: String, peer: MACAddress?, result: AgentResult) async throws {
         let m = try await agentMachine(token: token, peer: peer)
         // Said again after the step's agent work was committed (its answer lost): already done.
         guard m.phase == .agent else { return }
+        // An agent that did not write the plan's network-config (a ramdisk from before it)
+        // fails the deploy, rather than leave an OS without the addresses it was given.
+        let result = Self.checked(result, for: m)
         guard result.ok else {
             let failure: FailureClass = result.failure == .wipeNotVerified ? .wipeNotVerified : .agent
             // The failure's lines in the step's trace; the agent's spans once the failure is

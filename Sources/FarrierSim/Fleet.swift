@@ -544,6 +544,7 @@ public actor SimFleet {
                 )
                 // As the real agent: it put the OS token into the vendor-data.
                 result.osReporter = task.kind == .deploy && task.osToken != nil ? true : nil
+                result.networkConfig = task.kind == .deploy && task.seed?.networkConfig != nil ? true : nil
                 let r = try await report(AgentAPI.done, result, token: task.token)
                 guard r.status == 200 else { throw SimHTTPError("done answered \(r.status): \(r.text.prefix(200))") }
                 await self.count(\.dones)

@@ -247,6 +247,91 @@ struct CLITests {
     /// One output group on every command (-o name, --no-headers, --columns), exit statuses a
     /// script can tell apart (`farrier exit-codes`), enumerated arguments refused with their
     /// valid values, and named contexts.
+    /// `farrier network` against the real server (issue 18 point 4): an admin defines and
+    /// removes networks, a member lists those open to its project and is refused the rest, and
+    /// bad input is refused naming its field, with the exit status of its gRPC code.
+    @Test func networksThroughTheCLI() throws {
+        let h = try Harness("cli-networks")
+        defer { h.cleanup() }
+        let cp = ControlPlane(h)
+        try cp.start()
+        try cp.cli(["project", "create", "alpha"])
+        try cp.cli(["project", "create", "beta"])
+        let made = try cp.cli([
+            "network", "create", "lab-vlan", "--cidr", "198.18.100.0/24", "--cidr", "fd98:18:100::/64",
+            "--gateway", "198.18.100.1", "--pool", "198.18.100.10-198.18.100.19", "--pool",
+            "fd98:18:100::10-fd98:18:100::1f", "--dns", "198.18.100.1", "--vlan", "100", "--mtu", "1400",
+        ])
+        #expect(made.stdout.contains("lab-vlan") && made.stdout.contains("198.18.100.0/24"), "\(made.stdout)")
+        try cp.cli([
+            "network", "create", "beta-only", "--cidr", "198.18.101.0/24", "--pool", "198.18.101.10-198.18.101.20",
+            "--vlan", "101", "--project", "beta",
+        ])
+        let shown = try cp.cli(["network", "show", "lab-vlan"]).stdout
+        #expect(
+            shown.contains("VLAN:        100") && shown.contains("Subnet:      198.18.100.0/24 via 198.18.100.1"),
+            "\(shown)"
+        )
+        #expect(shown.contains("Pool:      198.18.100.10-198.18.100.19 (0 of 10 held)"), "\(shown)")
+        let json = try #require(
+            try JSONSerialization.jsonObject(
+                with: Data(try cp.cli(["network", "show", "lab-vlan", "-o", "json"]).stdout.utf8)
+            )
+                as? [String: Any]
+        )
+        #expect(json["vlan"] as? Int == 100 && json["mtu"] as? Int == 1400, "\(json)")
+        #expect(try cp.cli(["network", "list", "-o", "name"]).stdout == "beta-only\nlab-vlan\n")
+
+        // Bad input: the field named, the exit status of InvalidArgument (13), nothing made.
+        let badCIDR = try cp.cli(
+            ["network", "create", "bad", "--cidr", "10.0.0.5/24", "--pool", "10.0.0.9"],
+            check: false
+        )
+        #expect(
+            badCIDR.status == 13 && badCIDR.stderr.contains("cidr: '10.0.0.5/24' has host bits set"),
+            "\(badCIDR.stderr)"
+        )
+        let outside = try cp.cli(
+            ["network", "create", "bad", "--cidr", "10.0.0.0/24", "--gateway", "10.1.0.1", "--pool", "10.0.0.9"],
+            check: false
+        )
+        #expect(outside.status == 13 && outside.stderr.contains("gateway: 10.1.0.1 is outside cidr 10.0.0.0/24"))
+        #expect(
+            try cp.cli(["network", "create", "lab-vlan", "--cidr", "10.0.0.0/24", "--pool", "10.0.0.9"], check: false)
+                .status == 16
+        )
+        // A deploy's network plan is checked before anything is sent.
+        let typo = try cp.cli(
+            [
+                "machine", "deploy", "--image", "img", "--project", "alpha", "--network",
+                "lab-vlan,adress=198.18.100.12",
+            ],
+            check: false
+        )
+        #expect(
+            typo.status == 64 && typo.stderr.contains("unknown key 'adress' (valid: on, address, default-route, mtu)"),
+            "\(typo.stderr)"
+        )
+
+        // A member of alpha: sees lab-vlan (open to all), not beta's; defines and removes nothing.
+        let member = try cp.cli(["token", "create", "--project", "alpha"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        #expect(try cp.cli(["network", "list", "-o", "name"], token: member).stdout == "lab-vlan\n")
+        #expect(try cp.cli(["network", "show", "beta-only"], token: member, check: false).status == 15)
+        let denied = try cp.cli(
+            ["network", "create", "mine", "--cidr", "10.9.0.0/24", "--pool", "10.9.0.9"],
+            token: member,
+            check: false
+        )
+        #expect(denied.status == 17 && denied.stderr.contains("needs an admin token"), "\(denied.stderr)")
+        #expect(try cp.cli(["network", "delete", "lab-vlan"], token: member, check: false).status == 17)
+
+        #expect(try cp.cli(["network", "delete", "beta-only"]).stdout == "network beta-only removed\n")
+        #expect(try cp.cli(["network", "delete", "beta-only"], check: false).status == 15)
+        #expect(try cp.cli(["network", "list", "-o", "name"]).stdout == "lab-vlan\n")
+    }
+
     @Test func outputExitStatusesArgumentsAndContexts() throws {
         let h = try Harness("cli-output")
         defer { h.cleanup() }

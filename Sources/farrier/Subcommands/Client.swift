@@ -190,6 +190,7 @@ struct Clients: Sendable {
     let projects: Farrier_V1_ProjectService.Client<HTTP2ClientTransport.Posix>
     let tokens: Farrier_V1_TokenService.Client<HTTP2ClientTransport.Posix>
     let sites: Farrier_V1_SiteService.Client<HTTP2ClientTransport.Posix>
+    let networks: Farrier_V1_NetworkService.Client<HTTP2ClientTransport.Posix>
 }
 
 /// The replica that answered last (an index into the server list): later calls of this process
@@ -227,7 +228,8 @@ func rpc<R: Sendable>(
                     images: .init(wrapping: client),
                     projects: .init(wrapping: client),
                     tokens: .init(wrapping: client),
-                    sites: .init(wrapping: client)
+                    sites: .init(wrapping: client),
+                    networks: .init(wrapping: client)
                 )
                 if !idempotent, servers.count > 1 { _ = try await clients.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) }
                 sent.withLock { $0 = true }

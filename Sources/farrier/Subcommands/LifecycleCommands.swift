@@ -193,10 +193,26 @@ extension MachineCommand {
                 "Root device hint KEY=VALUE (name, model, serial, wwn, rotational, size>=GIB): the disk to write; over the machine's own hints; repeat for more. See `machine root-device --help`."
         ) var rootDevice: [String] = []
         @Option(help: "Deploy this many machines picked by the constraints (no machine name).") var count: Int = 1
+        @Option(
+            help:
+                "A bond: NAME,mode=active-backup|802.3ad,nics=eth0+eth1[,primary=eth0][,mtu=N] (or nics=2@link, 2@speed>=25000, 2@driver=ice); repeat for more."
+        ) var bond: [String] = []
+        @Option(
+            help:
+                "A network (farrier network list) on the machine: NAME[,on=NIC-OR-BOND][,address=IP]...[,default-route][,mtu=N]; on a VLAN it gets a sub-interface; repeat for more."
+        ) var network: [String] = []
+        @Option(help: "A NIC's MTU, NIC=N (bonds take mtu= in --bond); repeat for more.") var mtu: [String] = []
 
         func validate() throws {
             guard (1...10_000).contains(count) else { throw ValidationError("--count must be from 1 to 10000") }
             do { _ = try RootDeviceHints.parse(rootDevice) } catch { throw ValidationError(error.description) }
+            switch NetworkRequest.parse(bonds: bond, networks: network, mtus: mtu) {
+            case .success(let r):
+                if count > 1, r.attachments.contains(where: { !$0.addresses.isEmpty }) {
+                    throw ValidationError("--count deploys several machines; a fixed address= would go to them all")
+                }
+            case .failure(let p): throw ValidationError(p.description)
+            }
             if count > 1 {
                 guard name == nil else {
                     throw ValidationError("--count picks machines by constraints; give no machine name")
@@ -219,6 +235,9 @@ extension MachineCommand {
             req.hostname = hostname ?? ""
             req.tags = try parseTags(tag)
             req.rootDevice = rootDevice
+            req.bonds = bond
+            req.networks = network
+            req.mtus = mtu
             for path in sshKey {
                 guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                     throw CLIError("cannot read SSH key file \(path)")

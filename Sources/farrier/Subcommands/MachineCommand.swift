@@ -112,6 +112,9 @@ struct MachineCommand: AsyncParsableCommand {
                         case (true, false, let t): "up: reported in at \(t.map(iso) ?? "-")"
                         }
                     lines.append("OS:            \(os)")
+                    for (k, i) in (d.interfaces ?? []).enumerated() {
+                        lines.append((k == 0 ? "Network:       " : "               ") + i.line)
+                    }
                 }
                 lines.append(
                     "Root device:   "
@@ -218,6 +221,48 @@ struct MachineView: Codable {
         var osReported: Date?
         /// A report is awaited (the deploy's first, or the one after a restart).
         var osAwaiting: Bool
+        /// The network plan's interfaces (nil: the boot NIC's DHCP alone).
+        var interfaces: [InterfaceView]?
+    }
+    struct InterfaceView: Codable {
+        var name: String
+        var kind: String
+        var mac: String?
+        var members: [String]?
+        var mode: String?
+        var parent: String?
+        var vlan: Int32?
+        var mtu: Int32?
+        var addresses: [String]?
+        var network: String?
+        var dhcp4: Bool
+        init(_ i: Farrier_V1_DeployedInterface) {
+            name = i.name
+            kind = i.kind
+            mac = i.mac.isEmpty ? nil : i.mac
+            members = i.members.isEmpty ? nil : i.members
+            mode = i.mode.isEmpty ? nil : i.mode
+            parent = i.parent.isEmpty ? nil : i.parent
+            vlan = i.vlan == 0 ? nil : i.vlan
+            mtu = i.mtu == 0 ? nil : i.mtu
+            addresses = i.addresses.isEmpty ? nil : i.addresses
+            network = i.network.isEmpty ? nil : i.network
+            dhcp4 = i.dhcp4
+        }
+        /// `bond0.100 vlan 100 on bond0 mtu 1400 198.18.100.10/24 (lab-vlan)`.
+        var line: String {
+            var parts = [name]
+            switch kind {
+            case "bond": parts += [mode ?? "", (members ?? []).joined(separator: "+")]
+            case "vlan": parts.append("vlan \(vlan ?? 0) on \(parent ?? "-")")
+            default: if let mac { parts.append(mac) }
+            }
+            if let mtu { parts.append("mtu \(mtu)") }
+            if dhcp4 { parts.append("dhcp4") }
+            parts += addresses ?? []
+            if let network { parts.append("(\(network))") }
+            return parts.joined(separator: " ")
+        }
     }
     struct InventoryView: Codable {
         struct Disk: Codable {
@@ -347,7 +392,8 @@ struct MachineView: Codable {
                 rootDevice: m.deployment.rootDevice.isEmpty ? nil : m.deployment.rootDevice,
                 osTracked: m.deployment.osTracked,
                 osReported: m.deployment.hasOsReported ? m.deployment.osReported.date : nil,
-                osAwaiting: m.deployment.osAwaiting
+                osAwaiting: m.deployment.osAwaiting,
+                interfaces: m.deployment.interfaces.isEmpty ? nil : m.deployment.interfaces.map(InterfaceView.init)
             ) : nil
         progress = m.hasProgress ? ProgressView(m.progress) : nil
         inventory =

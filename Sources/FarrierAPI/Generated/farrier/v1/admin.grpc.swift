@@ -1,4 +1,5 @@
-/// Images, projects and tokens. Image listing and reading are open to every token; everything
+/// Images, projects, tokens and networks. Image listing and reading (and members' reading of the
+/// networks open to their project) are open to every token; everything
 /// else here is for admin tokens.
 
 // DO NOT EDIT.
@@ -2808,6 +2809,1016 @@ extension Farrier_V1_TokenService.ClientProtocol {
             metadata: metadata
         )
         return try await self.whoAmI(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// MARK: - farrier.v1.NetworkService
+
+/// Namespace containing generated types for the "farrier.v1.NetworkService" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Farrier_V1_NetworkService: Sendable {
+    /// Service descriptor for the "farrier.v1.NetworkService" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.NetworkService")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "CreateNetwork" metadata.
+        public enum CreateNetwork: Sendable {
+            /// Request type for "CreateNetwork".
+            public typealias Input = Farrier_V1_CreateNetworkRequest
+            /// Response type for "CreateNetwork".
+            public typealias Output = Farrier_V1_Network
+            /// Descriptor for "CreateNetwork".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.NetworkService"),
+                method: "CreateNetwork",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListNetworks" metadata.
+        public enum ListNetworks: Sendable {
+            /// Request type for "ListNetworks".
+            public typealias Input = Farrier_V1_ListNetworksRequest
+            /// Response type for "ListNetworks".
+            public typealias Output = Farrier_V1_ListNetworksResponse
+            /// Descriptor for "ListNetworks".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.NetworkService"),
+                method: "ListNetworks",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetNetwork" metadata.
+        public enum GetNetwork: Sendable {
+            /// Request type for "GetNetwork".
+            public typealias Input = Farrier_V1_GetNetworkRequest
+            /// Response type for "GetNetwork".
+            public typealias Output = Farrier_V1_Network
+            /// Descriptor for "GetNetwork".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.NetworkService"),
+                method: "GetNetwork",
+                type: .unary
+            )
+        }
+        /// Namespace for "DeleteNetwork" metadata.
+        public enum DeleteNetwork: Sendable {
+            /// Request type for "DeleteNetwork".
+            public typealias Input = Farrier_V1_GetNetworkRequest
+            /// Response type for "DeleteNetwork".
+            public typealias Output = Farrier_V1_DeleteNetworkResponse
+            /// Descriptor for "DeleteNetwork".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.NetworkService"),
+                method: "DeleteNetwork",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "farrier.v1.NetworkService" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            CreateNetwork.descriptor,
+            ListNetworks.descriptor,
+            GetNetwork.descriptor,
+            DeleteNetwork.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "farrier.v1.NetworkService" service.
+    public static let farrier_v1_NetworkService = GRPCCore.ServiceDescriptor(fullyQualifiedService: "farrier.v1.NetworkService")
+}
+
+// MARK: farrier.v1.NetworkService (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_NetworkService {
+    /// Streaming variant of the service protocol for the "farrier.v1.NetworkService" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Networks for deployed machines (issue 18 point 4): one L2 segment at one site, untagged or
+    /// > on a VLAN, with at most one IPv4 and one IPv6 subnet whose pools Farrier gives static
+    /// > addresses from. Admins define them; members deploy onto those open to their project.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "CreateNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Each field is checked; the error names the first bad one.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_CreateNetworkRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Network` messages.
+        func createNetwork(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_CreateNetworkRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Network>
+
+        /// Handle the "ListNetworks" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admins see every network with its allocations; members only those open to their project,
+        /// > without allocations.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_ListNetworksRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_ListNetworksResponse` messages.
+        func listNetworks(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_ListNetworksRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ListNetworksResponse>
+
+        /// Handle the "GetNetwork" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_GetNetworkRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_Network` messages.
+        func getNetwork(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_GetNetworkRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Network>
+
+        /// Handle the "DeleteNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Refused (FAILED_PRECONDITION, naming the machines) while any machine holds an
+        /// > address on it.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Farrier_V1_GetNetworkRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Farrier_V1_DeleteNetworkResponse` messages.
+        func deleteNetwork(
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_GetNetworkRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_DeleteNetworkResponse>
+    }
+
+    /// Service protocol for the "farrier.v1.NetworkService" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Networks for deployed machines (issue 18 point 4): one L2 segment at one site, untagged or
+    /// > on a VLAN, with at most one IPv4 and one IPv6 subnet whose pools Farrier gives static
+    /// > addresses from. Admins define them; members deploy onto those open to their project.
+    public protocol ServiceProtocol: Farrier_V1_NetworkService.StreamingServiceProtocol {
+        /// Handle the "CreateNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Each field is checked; the error names the first bad one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_CreateNetworkRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Network` message.
+        func createNetwork(
+            request: GRPCCore.ServerRequest<Farrier_V1_CreateNetworkRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Network>
+
+        /// Handle the "ListNetworks" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admins see every network with its allocations; members only those open to their project,
+        /// > without allocations.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ListNetworksRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_ListNetworksResponse` message.
+        func listNetworks(
+            request: GRPCCore.ServerRequest<Farrier_V1_ListNetworksRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ListNetworksResponse>
+
+        /// Handle the "GetNetwork" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_Network` message.
+        func getNetwork(
+            request: GRPCCore.ServerRequest<Farrier_V1_GetNetworkRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Network>
+
+        /// Handle the "DeleteNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Refused (FAILED_PRECONDITION, naming the machines) while any machine holds an
+        /// > address on it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Farrier_V1_DeleteNetworkResponse` message.
+        func deleteNetwork(
+            request: GRPCCore.ServerRequest<Farrier_V1_GetNetworkRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Farrier_V1_DeleteNetworkResponse>
+    }
+
+    /// Simple service protocol for the "farrier.v1.NetworkService" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Networks for deployed machines (issue 18 point 4): one L2 segment at one site, untagged or
+    /// > on a VLAN, with at most one IPv4 and one IPv6 subnet whose pools Farrier gives static
+    /// > addresses from. Admins define them; members deploy onto those open to their project.
+    public protocol SimpleServiceProtocol: Farrier_V1_NetworkService.ServiceProtocol {
+        /// Handle the "CreateNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Each field is checked; the error names the first bad one.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_CreateNetworkRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Network` to respond with.
+        func createNetwork(
+            request: Farrier_V1_CreateNetworkRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Network
+
+        /// Handle the "ListNetworks" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admins see every network with its allocations; members only those open to their project,
+        /// > without allocations.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_ListNetworksRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_ListNetworksResponse` to respond with.
+        func listNetworks(
+            request: Farrier_V1_ListNetworksRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_ListNetworksResponse
+
+        /// Handle the "GetNetwork" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_GetNetworkRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_Network` to respond with.
+        func getNetwork(
+            request: Farrier_V1_GetNetworkRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_Network
+
+        /// Handle the "DeleteNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Refused (FAILED_PRECONDITION, naming the machines) while any machine holds an
+        /// > address on it.
+        ///
+        /// - Parameters:
+        ///   - request: A `Farrier_V1_GetNetworkRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Farrier_V1_DeleteNetworkResponse` to respond with.
+        func deleteNetwork(
+            request: Farrier_V1_GetNetworkRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Farrier_V1_DeleteNetworkResponse
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_NetworkService.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Farrier_V1_NetworkService.Method.CreateNetwork.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_CreateNetworkRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Network>(),
+            handler: { request, context in
+                try await self.createNetwork(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_NetworkService.Method.ListNetworks.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ListNetworksRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ListNetworksResponse>(),
+            handler: { request, context in
+                try await self.listNetworks(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_NetworkService.Method.GetNetwork.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_GetNetworkRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Network>(),
+            handler: { request, context in
+                try await self.getNetwork(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Farrier_V1_NetworkService.Method.DeleteNetwork.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_GetNetworkRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_DeleteNetworkResponse>(),
+            handler: { request, context in
+                try await self.deleteNetwork(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_NetworkService.ServiceProtocol {
+    public func createNetwork(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_CreateNetworkRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Network> {
+        let response = try await self.createNetwork(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listNetworks(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_ListNetworksRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_ListNetworksResponse> {
+        let response = try await self.listNetworks(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getNetwork(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_GetNetworkRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Network> {
+        let response = try await self.getNetwork(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func deleteNetwork(
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_GetNetworkRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_DeleteNetworkResponse> {
+        let response = try await self.deleteNetwork(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_NetworkService.SimpleServiceProtocol {
+    public func createNetwork(
+        request: GRPCCore.ServerRequest<Farrier_V1_CreateNetworkRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Network> {
+        return GRPCCore.ServerResponse<Farrier_V1_Network>(
+            message: try await self.createNetwork(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listNetworks(
+        request: GRPCCore.ServerRequest<Farrier_V1_ListNetworksRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_ListNetworksResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_ListNetworksResponse>(
+            message: try await self.listNetworks(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getNetwork(
+        request: GRPCCore.ServerRequest<Farrier_V1_GetNetworkRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Network> {
+        return GRPCCore.ServerResponse<Farrier_V1_Network>(
+            message: try await self.getNetwork(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func deleteNetwork(
+        request: GRPCCore.ServerRequest<Farrier_V1_GetNetworkRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Farrier_V1_DeleteNetworkResponse> {
+        return GRPCCore.ServerResponse<Farrier_V1_DeleteNetworkResponse>(
+            message: try await self.deleteNetwork(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: farrier.v1.NetworkService (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_NetworkService {
+    /// Generated client protocol for the "farrier.v1.NetworkService" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Networks for deployed machines (issue 18 point 4): one L2 segment at one site, untagged or
+    /// > on a VLAN, with at most one IPv4 and one IPv6 subnet whose pools Farrier gives static
+    /// > addresses from. Admins define them; members deploy onto those open to their project.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "CreateNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Each field is checked; the error names the first bad one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_CreateNetworkRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_CreateNetworkRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Network` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func createNetwork<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_CreateNetworkRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_CreateNetworkRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Network>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListNetworks" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admins see every network with its allocations; members only those open to their project,
+        /// > without allocations.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ListNetworksRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ListNetworksRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ListNetworksResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listNetworks<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ListNetworksRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ListNetworksRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ListNetworksResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListNetworksResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetNetwork" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_GetNetworkRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Network` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getNetwork<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_GetNetworkRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Network>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DeleteNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Refused (FAILED_PRECONDITION, naming the machines) while any machine holds an
+        /// > address on it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_GetNetworkRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_DeleteNetworkResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func deleteNetwork<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_GetNetworkRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_DeleteNetworkResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteNetworkResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "farrier.v1.NetworkService" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Networks for deployed machines (issue 18 point 4): one L2 segment at one site, untagged or
+    /// > on a VLAN, with at most one IPv4 and one IPv6 subnet whose pools Farrier gives static
+    /// > addresses from. Admins define them; members deploy onto those open to their project.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "CreateNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Each field is checked; the error names the first bad one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_CreateNetworkRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_CreateNetworkRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Network` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func createNetwork<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_CreateNetworkRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_CreateNetworkRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Network>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_NetworkService.Method.CreateNetwork.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListNetworks" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admins see every network with its allocations; members only those open to their project,
+        /// > without allocations.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_ListNetworksRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_ListNetworksRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_ListNetworksResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listNetworks<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_ListNetworksRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_ListNetworksRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_ListNetworksResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListNetworksResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_NetworkService.Method.ListNetworks.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetNetwork" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_GetNetworkRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_Network` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getNetwork<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_GetNetworkRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Network>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_NetworkService.Method.GetNetwork.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "DeleteNetwork" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Admin only. Refused (FAILED_PRECONDITION, naming the machines) while any machine holds an
+        /// > address on it.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_GetNetworkRequest` messages.
+        ///   - deserializer: A deserializer for `Farrier_V1_DeleteNetworkResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func deleteNetwork<Result>(
+            request: GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_GetNetworkRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_DeleteNetworkResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteNetworkResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Farrier_V1_NetworkService.Method.DeleteNetwork.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_NetworkService.ClientProtocol {
+    /// Call the "CreateNetwork" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Admin only. Each field is checked; the error names the first bad one.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_CreateNetworkRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createNetwork<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_CreateNetworkRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.createNetwork(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_CreateNetworkRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Network>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListNetworks" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Admins see every network with its allocations; members only those open to their project,
+    /// > without allocations.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_ListNetworksRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listNetworks<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_ListNetworksRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListNetworksResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listNetworks(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_ListNetworksRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_ListNetworksResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetNetwork" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getNetwork<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getNetwork(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_GetNetworkRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Network>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteNetwork" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Admin only. Refused (FAILED_PRECONDITION, naming the machines) while any machine holds an
+    /// > address on it.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Farrier_V1_GetNetworkRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteNetwork<Result>(
+        request: GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteNetworkResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.deleteNetwork(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_GetNetworkRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_DeleteNetworkResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Farrier_V1_NetworkService.ClientProtocol {
+    /// Call the "CreateNetwork" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Admin only. Each field is checked; the error names the first bad one.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createNetwork<Result>(
+        _ message: Farrier_V1_CreateNetworkRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_CreateNetworkRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.createNetwork(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListNetworks" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Admins see every network with its allocations; members only those open to their project,
+    /// > without allocations.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listNetworks<Result>(
+        _ message: Farrier_V1_ListNetworksRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_ListNetworksResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_ListNetworksRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listNetworks(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetNetwork" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getNetwork<Result>(
+        _ message: Farrier_V1_GetNetworkRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Network>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getNetwork(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteNetwork" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Admin only. Refused (FAILED_PRECONDITION, naming the machines) while any machine holds an
+    /// > address on it.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteNetwork<Result>(
+        _ message: Farrier_V1_GetNetworkRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_DeleteNetworkResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Farrier_V1_GetNetworkRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.deleteNetwork(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -8,7 +8,8 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// Images, projects and tokens. Image listing and reading are open to every token; everything
+/// Images, projects, tokens and networks. Image listing and reading (and members' reading of the
+/// networks open to their project) are open to every token; everything
 /// else here is for admin tokens.
 
 #if canImport(FoundationEssentials)
@@ -386,6 +387,173 @@ public nonisolated struct Farrier_V1_RevokeTokenResponse: Sendable {
 }
 
 public nonisolated struct Farrier_V1_WhoAmIRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_Network: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// Empty: the region's own boot network.
+  public var site: String = String()
+
+  /// 0: untagged.
+  public var vlan: Int32 = 0
+
+  /// 0: not set (the interface's own).
+  public var mtu: Int32 = 0
+
+  public var subnets: [Farrier_V1_NetworkSubnet] = []
+
+  public var dns: [String] = []
+
+  public var searchDomains: [String] = []
+
+  /// Empty: open to every project.
+  public var projects: [String] = []
+
+  public var description_p: String = String()
+
+  public var created: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_created ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_created = newValue}
+  }
+  /// Returns true if `created` has been explicitly set.
+  public var hasCreated: Bool {self._created != nil}
+  /// Clears the value of `created`. Subsequent reads from it will return its default value.
+  public mutating func clearCreated() {self._created = nil}
+
+  public var createdBy: String = String()
+
+  /// Admins only: who holds which address, lowest first.
+  public var allocations: [Farrier_V1_NetworkAllocation] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _created: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Farrier_V1_NetworkSubnet: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var cidr: String = String()
+
+  public var gateway: String = String()
+
+  /// FIRST-LAST ranges.
+  public var pool: [String] = []
+
+  /// How many addresses the pools hold (saturating at 2^64-1).
+  public var poolSize: UInt64 = 0
+
+  /// How many of them machines hold (admins only; 0 for members).
+  public var allocated: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_NetworkAllocation: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var address: String = String()
+
+  public var machine: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_CreateNetworkRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// One IPv4 and/or one IPv6 network, host bits clear.
+  public var cidrs: [String] = []
+
+  /// At most one per family, inside its cidr.
+  public var gateways: [String] = []
+
+  /// FIRST-LAST ranges (or one address), inside their cidr; each cidr needs one.
+  public var pools: [String] = []
+
+  public var dns: [String] = []
+
+  public var searchDomains: [String] = []
+
+  public var vlan: Int32 = 0
+
+  public var mtu: Int32 = 0
+
+  public var site: String = String()
+
+  public var projects: [String] = []
+
+  public var description_p: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_ListNetworksRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Only this site's ("-": the region's own); empty: all.
+  public var site: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_ListNetworksResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var networks: [Farrier_V1_Network] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_GetNetworkRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farrier_V1_DeleteNetworkResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
@@ -1135,6 +1303,369 @@ nonisolated extension Farrier_V1_WhoAmIRequest: SwiftProtobuf.Message, SwiftProt
   }
 
   public static func ==(lhs: Farrier_V1_WhoAmIRequest, rhs: Farrier_V1_WhoAmIRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_Network: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Network"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}site\0\u{1}vlan\0\u{1}mtu\0\u{1}subnets\0\u{1}dns\0\u{3}search_domains\0\u{1}projects\0\u{1}description\0\u{1}created\0\u{3}created_by\0\u{1}allocations\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.site) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.vlan) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.mtu) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.subnets) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.dns) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.searchDomains) }()
+      case 8: try { try decoder.decodeRepeatedStringField(value: &self.projects) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.description_p) }()
+      case 10: try { try decoder.decodeSingularMessageField(value: &self._created) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.createdBy) }()
+      case 12: try { try decoder.decodeRepeatedMessageField(value: &self.allocations) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.site.isEmpty {
+      try visitor.visitSingularStringField(value: self.site, fieldNumber: 2)
+    }
+    if self.vlan != 0 {
+      try visitor.visitSingularInt32Field(value: self.vlan, fieldNumber: 3)
+    }
+    if self.mtu != 0 {
+      try visitor.visitSingularInt32Field(value: self.mtu, fieldNumber: 4)
+    }
+    if !self.subnets.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.subnets, fieldNumber: 5)
+    }
+    if !self.dns.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.dns, fieldNumber: 6)
+    }
+    if !self.searchDomains.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.searchDomains, fieldNumber: 7)
+    }
+    if !self.projects.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.projects, fieldNumber: 8)
+    }
+    if !self.description_p.isEmpty {
+      try visitor.visitSingularStringField(value: self.description_p, fieldNumber: 9)
+    }
+    try { if let v = self._created {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    } }()
+    if !self.createdBy.isEmpty {
+      try visitor.visitSingularStringField(value: self.createdBy, fieldNumber: 11)
+    }
+    if !self.allocations.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.allocations, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_Network, rhs: Farrier_V1_Network) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.site != rhs.site {return false}
+    if lhs.vlan != rhs.vlan {return false}
+    if lhs.mtu != rhs.mtu {return false}
+    if lhs.subnets != rhs.subnets {return false}
+    if lhs.dns != rhs.dns {return false}
+    if lhs.searchDomains != rhs.searchDomains {return false}
+    if lhs.projects != rhs.projects {return false}
+    if lhs.description_p != rhs.description_p {return false}
+    if lhs._created != rhs._created {return false}
+    if lhs.createdBy != rhs.createdBy {return false}
+    if lhs.allocations != rhs.allocations {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_NetworkSubnet: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NetworkSubnet"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cidr\0\u{1}gateway\0\u{1}pool\0\u{3}pool_size\0\u{1}allocated\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.cidr) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.gateway) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.pool) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.poolSize) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.allocated) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.cidr.isEmpty {
+      try visitor.visitSingularStringField(value: self.cidr, fieldNumber: 1)
+    }
+    if !self.gateway.isEmpty {
+      try visitor.visitSingularStringField(value: self.gateway, fieldNumber: 2)
+    }
+    if !self.pool.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.pool, fieldNumber: 3)
+    }
+    if self.poolSize != 0 {
+      try visitor.visitSingularUInt64Field(value: self.poolSize, fieldNumber: 4)
+    }
+    if self.allocated != 0 {
+      try visitor.visitSingularUInt64Field(value: self.allocated, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_NetworkSubnet, rhs: Farrier_V1_NetworkSubnet) -> Bool {
+    if lhs.cidr != rhs.cidr {return false}
+    if lhs.gateway != rhs.gateway {return false}
+    if lhs.pool != rhs.pool {return false}
+    if lhs.poolSize != rhs.poolSize {return false}
+    if lhs.allocated != rhs.allocated {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_NetworkAllocation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NetworkAllocation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}machine\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.machine) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 1)
+    }
+    if !self.machine.isEmpty {
+      try visitor.visitSingularStringField(value: self.machine, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_NetworkAllocation, rhs: Farrier_V1_NetworkAllocation) -> Bool {
+    if lhs.address != rhs.address {return false}
+    if lhs.machine != rhs.machine {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_CreateNetworkRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CreateNetworkRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}cidrs\0\u{1}gateways\0\u{1}pools\0\u{1}dns\0\u{3}search_domains\0\u{1}vlan\0\u{1}mtu\0\u{1}site\0\u{1}projects\0\u{1}description\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.cidrs) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.gateways) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.pools) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.dns) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.searchDomains) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self.vlan) }()
+      case 8: try { try decoder.decodeSingularInt32Field(value: &self.mtu) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.site) }()
+      case 10: try { try decoder.decodeRepeatedStringField(value: &self.projects) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.description_p) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.cidrs.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.cidrs, fieldNumber: 2)
+    }
+    if !self.gateways.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.gateways, fieldNumber: 3)
+    }
+    if !self.pools.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.pools, fieldNumber: 4)
+    }
+    if !self.dns.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.dns, fieldNumber: 5)
+    }
+    if !self.searchDomains.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.searchDomains, fieldNumber: 6)
+    }
+    if self.vlan != 0 {
+      try visitor.visitSingularInt32Field(value: self.vlan, fieldNumber: 7)
+    }
+    if self.mtu != 0 {
+      try visitor.visitSingularInt32Field(value: self.mtu, fieldNumber: 8)
+    }
+    if !self.site.isEmpty {
+      try visitor.visitSingularStringField(value: self.site, fieldNumber: 9)
+    }
+    if !self.projects.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.projects, fieldNumber: 10)
+    }
+    if !self.description_p.isEmpty {
+      try visitor.visitSingularStringField(value: self.description_p, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_CreateNetworkRequest, rhs: Farrier_V1_CreateNetworkRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.cidrs != rhs.cidrs {return false}
+    if lhs.gateways != rhs.gateways {return false}
+    if lhs.pools != rhs.pools {return false}
+    if lhs.dns != rhs.dns {return false}
+    if lhs.searchDomains != rhs.searchDomains {return false}
+    if lhs.vlan != rhs.vlan {return false}
+    if lhs.mtu != rhs.mtu {return false}
+    if lhs.site != rhs.site {return false}
+    if lhs.projects != rhs.projects {return false}
+    if lhs.description_p != rhs.description_p {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_ListNetworksRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListNetworksRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}site\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.site) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.site.isEmpty {
+      try visitor.visitSingularStringField(value: self.site, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_ListNetworksRequest, rhs: Farrier_V1_ListNetworksRequest) -> Bool {
+    if lhs.site != rhs.site {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_ListNetworksResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListNetworksResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}networks\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.networks) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.networks.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.networks, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_ListNetworksResponse, rhs: Farrier_V1_ListNetworksResponse) -> Bool {
+    if lhs.networks != rhs.networks {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_GetNetworkRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetNetworkRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_GetNetworkRequest, rhs: Farrier_V1_GetNetworkRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_DeleteNetworkResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeleteNetworkResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_DeleteNetworkResponse, rhs: Farrier_V1_DeleteNetworkResponse) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -568,11 +568,54 @@ public nonisolated struct Farrier_V1_Deployment: Sendable {
 
   public var osAwaiting: Bool = false
 
+  /// The deploy's network plan, one interface a line (empty: the boot NIC's DHCP alone):
+  /// NICs, bonds and VLANs with their addresses and networks.
+  public var interfaces: [Farrier_V1_DeployedInterface] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _osReported: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Farrier_V1_DeployedInterface: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// nic, bond or vlan.
+  public var kind: String = String()
+
+  /// A NIC's MAC; a bond's members; a VLAN's parent.
+  public var mac: String = String()
+
+  public var members: [String] = []
+
+  /// A bond's mode (active-backup or 802.3ad).
+  public var mode: String = String()
+
+  public var parent: String = String()
+
+  public var vlan: Int32 = 0
+
+  /// 0: not set.
+  public var mtu: Int32 = 0
+
+  /// CIDR form (198.18.100.10/24).
+  public var addresses: [String] = []
+
+  /// The network its addresses are on.
+  public var network: String = String()
+
+  /// Whether it asks DHCP for an IPv4 address.
+  public var dhcp4: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Farrier_V1_Progress: Sendable {
@@ -1146,6 +1189,27 @@ public nonisolated struct Farrier_V1_DeployMachineRequest: @unchecked Sendable {
   public var rootDevice: [String] {
     get {_storage._rootDevice}
     set {_uniqueStorage()._rootDevice = newValue}
+  }
+
+  /// The network plan (issue 18 point 4), in the CLI's syntax. Bonds:
+  /// NAME,mode=active-backup|802.3ad,nics=eth0+eth1[,primary=eth0][,mtu=N], or nics=COUNT@FILTER
+  /// with FILTER one of any, link, speed>=MBPS, driver=NAME (the boot NIC first, then inventory
+  /// order). Networks: NETWORK[,on=NIC-OR-BOND][,address=IP]...[,default-route][,mtu=N]; a
+  /// network on a VLAN gets a sub-interface; addresses not given come from its pools. MTUs:
+  /// NIC=N. NICs are named as the machine's inventory names them, or by MAC.
+  public var bonds: [String] {
+    get {_storage._bonds}
+    set {_uniqueStorage()._bonds = newValue}
+  }
+
+  public var networks: [String] {
+    get {_storage._networks}
+    set {_uniqueStorage()._networks = newValue}
+  }
+
+  public var mtus: [String] {
+    get {_storage._mtus}
+    set {_uniqueStorage()._mtus = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -2101,7 +2165,7 @@ nonisolated extension Farrier_V1_LLDPNeighbour: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Deployment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}image\0\u{3}image_sha256\0\u{1}hostname\0\u{3}ssh_key_count\0\u{3}requested_by\0\u{3}root_device\0\u{3}os_tracked\0\u{3}os_reported\0\u{3}os_awaiting\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}image\0\u{3}image_sha256\0\u{1}hostname\0\u{3}ssh_key_count\0\u{3}requested_by\0\u{3}root_device\0\u{3}os_tracked\0\u{3}os_reported\0\u{3}os_awaiting\0\u{1}interfaces\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2118,6 +2182,7 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
       case 7: try { try decoder.decodeSingularBoolField(value: &self.osTracked) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._osReported) }()
       case 9: try { try decoder.decodeSingularBoolField(value: &self.osAwaiting) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.interfaces) }()
       default: break
       }
     }
@@ -2155,6 +2220,9 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
     if self.osAwaiting != false {
       try visitor.visitSingularBoolField(value: self.osAwaiting, fieldNumber: 9)
     }
+    if !self.interfaces.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.interfaces, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2168,6 +2236,87 @@ nonisolated extension Farrier_V1_Deployment: SwiftProtobuf.Message, SwiftProtobu
     if lhs.osTracked != rhs.osTracked {return false}
     if lhs._osReported != rhs._osReported {return false}
     if lhs.osAwaiting != rhs.osAwaiting {return false}
+    if lhs.interfaces != rhs.interfaces {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_DeployedInterface: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeployedInterface"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}kind\0\u{1}mac\0\u{1}members\0\u{1}mode\0\u{1}parent\0\u{1}vlan\0\u{1}mtu\0\u{1}addresses\0\u{1}network\0\u{1}dhcp4\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.mac) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.members) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.mode) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.parent) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self.vlan) }()
+      case 8: try { try decoder.decodeSingularInt32Field(value: &self.mtu) }()
+      case 9: try { try decoder.decodeRepeatedStringField(value: &self.addresses) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.network) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.dhcp4) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 2)
+    }
+    if !self.mac.isEmpty {
+      try visitor.visitSingularStringField(value: self.mac, fieldNumber: 3)
+    }
+    if !self.members.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.members, fieldNumber: 4)
+    }
+    if !self.mode.isEmpty {
+      try visitor.visitSingularStringField(value: self.mode, fieldNumber: 5)
+    }
+    if !self.parent.isEmpty {
+      try visitor.visitSingularStringField(value: self.parent, fieldNumber: 6)
+    }
+    if self.vlan != 0 {
+      try visitor.visitSingularInt32Field(value: self.vlan, fieldNumber: 7)
+    }
+    if self.mtu != 0 {
+      try visitor.visitSingularInt32Field(value: self.mtu, fieldNumber: 8)
+    }
+    if !self.addresses.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.addresses, fieldNumber: 9)
+    }
+    if !self.network.isEmpty {
+      try visitor.visitSingularStringField(value: self.network, fieldNumber: 10)
+    }
+    if self.dhcp4 != false {
+      try visitor.visitSingularBoolField(value: self.dhcp4, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_DeployedInterface, rhs: Farrier_V1_DeployedInterface) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.mac != rhs.mac {return false}
+    if lhs.members != rhs.members {return false}
+    if lhs.mode != rhs.mode {return false}
+    if lhs.parent != rhs.parent {return false}
+    if lhs.vlan != rhs.vlan {return false}
+    if lhs.mtu != rhs.mtu {return false}
+    if lhs.addresses != rhs.addresses {return false}
+    if lhs.network != rhs.network {return false}
+    if lhs.dhcp4 != rhs.dhcp4 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3183,7 +3332,7 @@ nonisolated extension Farrier_V1_Constraints: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeployMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}constraints\0\u{1}project\0\u{1}image\0\u{3}ssh_keys\0\u{3}user_data\0\u{1}hostname\0\u{1}tags\0\u{3}root_device\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}constraints\0\u{1}project\0\u{1}image\0\u{3}ssh_keys\0\u{3}user_data\0\u{1}hostname\0\u{1}tags\0\u{3}root_device\0\u{1}bonds\0\u{1}networks\0\u{1}mtus\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -3195,6 +3344,9 @@ nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, Sw
     var _hostname: String = String()
     var _tags: Dictionary<String,String> = [:]
     var _rootDevice: [String] = []
+    var _bonds: [String] = []
+    var _networks: [String] = []
+    var _mtus: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3214,6 +3366,9 @@ nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, Sw
       _hostname = source._hostname
       _tags = source._tags
       _rootDevice = source._rootDevice
+      _bonds = source._bonds
+      _networks = source._networks
+      _mtus = source._mtus
     }
   }
 
@@ -3241,6 +3396,9 @@ nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, Sw
         case 7: try { try decoder.decodeSingularStringField(value: &_storage._hostname) }()
         case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._tags) }()
         case 9: try { try decoder.decodeRepeatedStringField(value: &_storage._rootDevice) }()
+        case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._bonds) }()
+        case 11: try { try decoder.decodeRepeatedStringField(value: &_storage._networks) }()
+        case 12: try { try decoder.decodeRepeatedStringField(value: &_storage._mtus) }()
         default: break
         }
       }
@@ -3280,6 +3438,15 @@ nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, Sw
       if !_storage._rootDevice.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._rootDevice, fieldNumber: 9)
       }
+      if !_storage._bonds.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._bonds, fieldNumber: 10)
+      }
+      if !_storage._networks.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._networks, fieldNumber: 11)
+      }
+      if !_storage._mtus.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._mtus, fieldNumber: 12)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3298,6 +3465,9 @@ nonisolated extension Farrier_V1_DeployMachineRequest: SwiftProtobuf.Message, Sw
         if _storage._hostname != rhs_storage._hostname {return false}
         if _storage._tags != rhs_storage._tags {return false}
         if _storage._rootDevice != rhs_storage._rootDevice {return false}
+        if _storage._bonds != rhs_storage._bonds {return false}
+        if _storage._networks != rhs_storage._networks {return false}
+        if _storage._mtus != rhs_storage._mtus {return false}
         return true
       }
       if !storagesAreEqual {return false}
