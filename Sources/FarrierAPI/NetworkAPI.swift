@@ -53,21 +53,13 @@ public struct NetworkAPI: Farrier_V1_NetworkService.SimpleServiceProtocol {
             throw RPCError(code: .invalidArgument, message: "project: no project named '\(project)'")
         }
         // Another network on the same segment (site and VLAN) must not hand out the same
-        // addresses.
-        for other in try await store.networks() where other.site == network.site && other.vlan == network.vlan {
-            for s in network.subnets {
-                for r in s.pool {
-                    if let clash = other.subnets.flatMap(\.pool).first(where: { $0.overlaps(r) }) {
-                        throw RPCError(
-                            code: .invalidArgument,
-                            message: "pool: \(r) overlaps network \(other.name)'s pool \(clash) (same site and VLAN)"
-                        )
-                    }
-                }
-            }
+        // addresses. Checked here for a precise refusal; the store checks again in its write,
+        // so two creates at once cannot both pass.
+        if let clash = network.overlap(with: try await store.networks()) {
+            throw RPCError(code: .invalidArgument, message: clash)
         }
         try await store.createNetwork(network)
-        return try await view(network, admin: true)
+        return try await view(network, for: caller)
     }
 
     public func listNetworks(
@@ -78,7 +70,7 @@ public struct NetworkAPI: Farrier_V1_NetworkService.SimpleServiceProtocol {
         var r = Farrier_V1_ListNetworksResponse()
         for n in try await store.networks() where Self.visible(n, to: caller) {
             if !request.site.isEmpty, (n.site ?? "-") != request.site { continue }
-            r.networks.append(try await view(n, admin: caller.isAdmin))
+            r.networks.append(try await view(n, for: caller))
         }
         return r
     }
@@ -91,7 +83,7 @@ public struct NetworkAPI: Farrier_V1_NetworkService.SimpleServiceProtocol {
         guard let n = try await store.network(name: request.name), Self.visible(n, to: caller) else {
             throw RPCError(code: .notFound, message: "no network named '\(request.name)'")
         }
-        return try await view(n, admin: caller.isAdmin)
+        return try await view(n, for: caller)
     }
 
     public func deleteNetwork(
@@ -108,9 +100,11 @@ public struct NetworkAPI: Farrier_V1_NetworkService.SimpleServiceProtocol {
         caller.isAdmin || caller.project.map { n.isOpen(to: $0) } == true
     }
 
-    /// The API's view: with the allocations for an admin, without for a member.
-    func view(_ n: Network, admin: Bool) async throws -> Farrier_V1_Network {
-        let held = admin ? try await store.networkAddresses(network: n.name) : []
+    /// The API's view. A member sees how many addresses are held, not by whom, and of the
+    /// projects it is open to only its own (other projects' names are not a member's to read).
+    func view(_ n: Network, for caller: Principal) async throws -> Farrier_V1_Network {
+        let admin = caller.isAdmin
+        let held = try await store.networkAddresses(network: n.name)
         var v = Farrier_V1_Network()
         v.name = n.name
         v.site = n.site ?? ""
@@ -127,11 +121,11 @@ public struct NetworkAPI: Farrier_V1_NetworkService.SimpleServiceProtocol {
         }
         v.dns = n.dns.map(\.description)
         v.searchDomains = n.searchDomains
-        v.projects = n.projects
+        v.projects = admin ? n.projects : n.projects.filter { $0 == caller.project }
         v.description_p = n.description
         v.created = Google_Protobuf_Timestamp(date: n.created)
         v.createdBy = admin ? n.createdBy : ""
-        v.allocations = held.map { h in
+        v.allocations = (admin ? held : []).map { h in
             var a = Farrier_V1_NetworkAllocation()
             a.address = h.address.description
             a.machine = h.machine

@@ -284,8 +284,9 @@ public struct Network: Codable, Sendable, Hashable {
         }
         var subnets: [Subnet] = []
         if cidrs.isEmpty { return .failure(InputProblem("cidr: at least one (IPv4 or IPv6) is required")) }
-        for text in cidrs {
-            guard let cidr = IPNetwork(text.trimmingCharacters(in: .whitespaces)) else {
+        for raw in cidrs {
+            let text = raw.trimmingCharacters(in: .whitespaces)
+            guard let cidr = IPNetwork(text) else {
                 return .failure(InputProblem("cidr: '\(text)' is not an IPv4 or IPv6 network (like 198.18.100.0/24)"))
             }
             let bare = text.split(separator: "/").first.flatMap { IPAddress($0) }
@@ -420,6 +421,19 @@ public struct Network: Codable, Sendable, Hashable {
                 created: created
             )
         )
+    }
+
+    /// The first pool of this network that overlaps a pool of another on the same segment (the
+    /// same site and VLAN), as the refusal names it; nil: none.
+    public func overlap(with others: [Network]) -> String? {
+        for other in others where other.name != name && other.site == site && other.vlan == vlan {
+            for r in subnets.flatMap(\.pool) {
+                if let clash = other.subnets.flatMap(\.pool).first(where: { $0.overlaps(r) }) {
+                    return "pool: \(r) overlaps network \(other.name)'s pool \(clash) (same site and VLAN)"
+                }
+            }
+        }
+        return nil
     }
 
     /// RFC 1123 host-name syntax, dot separated: labels of 1-63 letters, digits and hyphens, not

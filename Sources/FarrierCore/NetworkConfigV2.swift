@@ -47,8 +47,13 @@ public struct NetworkConfigV2: Sendable, Hashable {
                 lines.append("nameservers: {\(parts.joined(separator: ", "))}")
             }
         }
+        // Another network carrying the IPv4 default route: the boot interface's DHCP must not
+        // add one too (netplan honours this; cloud-init's ifupdown output does not).
+        let staticDefault = plan.attachments.contains { $0.defaultRoute && $0.gateways.contains(where: \.isIPv4) }
         func dhcp(_ interface: String, into lines: inout [String]) {
-            lines.append("dhcp4: \(interface == bootInterface && plan.bootDHCP)")
+            let dhcp4 = interface == bootInterface && plan.bootDHCP
+            lines.append("dhcp4: \(dhcp4)")
+            if dhcp4, staticDefault { lines.append("dhcp4-overrides: {use-routes: false}") }
             lines.append("dhcp6: false")
         }
         func section(_ title: String, _ entries: [(String, [String])]) {
@@ -116,7 +121,7 @@ public struct NetworkConfigV2: Sendable, Hashable {
     }
 
     /// A YAML double-quoted scalar (JSON's string syntax, which YAML reads the same).
-    func quote(_ s: String) -> String {
+    public func quote(_ s: String) -> String {
         var out = "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -125,8 +130,12 @@ public struct NetworkConfigV2: Sendable, Hashable {
             case "\n": out += "\\n"
             case "\t": out += "\\t"
             default:
-                if scalar.value < 0x20 || scalar.value == 0x7F {
-                    out += String(format: "\\u%04x", scalar.value)
+                // Anything outside printable ASCII as an escape (YAML reads \u and \U as JSON
+                // does), so no control or non-character can make cloud-init refuse the file.
+                if scalar.value < 0x20 || scalar.value >= 0x7F {
+                    out +=
+                        scalar.value > 0xFFFF
+                        ? String(format: "\\U%08x", scalar.value) : String(format: "\\u%04x", scalar.value)
                 } else {
                     out.unicodeScalars.append(scalar)
                 }

@@ -344,7 +344,11 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
         }
         var nics: [NIC] = []
         for n in inventory.nics {
-            guard let mac = MACAddress(n.mac) else { continue }
+            // A name the kernel would not give (the inventory is the agent's word) is not used.
+            guard let mac = MACAddress(n.mac), n.name.count <= 15,
+                n.name.allSatisfy({ $0.isASCII && !$0.isWhitespace }),
+                n.name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F && $0 != "/" })
+            else { continue }
             nics.append(NIC(name: n.name, mac: mac, mtu: nil))
         }
         guard let boot = nics.first(where: { $0.mac == machine.mac }) else {
@@ -468,10 +472,15 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
             }
             if let other = attachments.first(where: { $0.interface == interface }) {
                 return fail(
-                    network.vlan > 0
-                        ? "\(field): \(interface) already carries network \(other.network) (VLAN \(network.vlan))"
-                        : "\(field): \(parent) already carries network \(other.network) untagged"
+                    other.parent != parent
+                        ? "\(field): its VLAN interface would be named \(interface), as \(other.network)'s on \(other.parent) is; give \(parent) a shorter name"
+                        : network.vlan > 0
+                            ? "\(field): \(interface) already carries network \(other.network) (VLAN \(network.vlan))"
+                            : "\(field): \(parent) already carries network \(other.network) untagged"
                 )
+            }
+            if network.vlan > 0, nic(interface) != nil || bonds.contains(where: { $0.name == interface }) {
+                return fail("\(field): its VLAN interface would be named \(interface), which a NIC or bond already is")
             }
             var requested: [IPAddress] = []
             for ip in a.addresses {
@@ -490,16 +499,16 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
                 requested.append(ip)
             }
             if a.defaultRoute {
-                for family in network.subnets.map(\.cidr.family) {
+                // Only the families it has a gateway for: those are the routes it carries.
+                let families = network.subnets.filter { $0.gateway != nil }.map(\.cidr.family)
+                if families.isEmpty { return fail("\(field).default-route: network \(network.name) has no gateway") }
+                for family in families {
                     if defaultRoutes.contains(family) {
                         return fail(
                             "\(field).default-route: another network already has the \(family.rawValue) default route"
                         )
                     }
                     defaultRoutes.insert(family)
-                }
-                if !network.subnets.contains(where: { $0.gateway != nil }) {
-                    return fail("\(field).default-route: network \(network.name) has no gateway")
                 }
             }
             let attachmentMTU = a.mtu ?? network.mtu
@@ -611,6 +620,11 @@ public enum AddressAllocation {
             for subnet in network.subnets {
                 let address: IPAddress
                 if let asked = a.requested.first(where: { $0.family == subnet.cidr.family }) {
+                    // The network as the store has it now (it may have been made again since the
+                    // deploy was checked).
+                    guard subnet.pool.contains(where: { $0.contains(asked) }), asked != subnet.gateway else {
+                        throw StoreError(.notFound, "address \(asked) is not in network \(a.network)'s pools")
+                    }
                     if taken[a.network, default: []].contains(asked) {
                         throw StoreError(.alreadyExists, "address \(asked) on network \(a.network) is already taken")
                     }
@@ -636,6 +650,16 @@ public enum AddressAllocation {
         return fresh.map {
             MachineEvent(machine, kind: .action, message: "address \($0.address) (\($0.network)) allocated", time: time)
         }
+    }
+
+    /// A write that moves a machine holding addresses to another site: refused, since its
+    /// addresses are on the old site's networks.
+    public static func siteChangeProblem(from old: Machine, to m: Machine) -> StoreError? {
+        guard old.site != m.site, let key = held(m).sorted().first else { return nil }
+        return StoreError(
+            .inUse,
+            "machine \(m.name) holds address \(key.address) on network \(key.network); release it before moving it to another site"
+        )
     }
 
     /// The events for addresses a write gave back.

@@ -1019,6 +1019,7 @@ extension PostgresStore {
     /// No query for a machine that holds none before or after.
     func syncAddresses(from old: Machine, to m: inout Machine, conn: PostgresConnection) async throws -> [MachineEvent]
     {
+        if let refusal = AddressAllocation.siteChangeProblem(from: old, to: m) { throw refusal }
         let before = AddressAllocation.held(old)
         let pending = AddressAllocation.pending(m)
         let asked = Set(pending + AddressAllocation.held(m).subtracting(before).map(\.network))
@@ -1491,8 +1492,13 @@ extension PostgresStore {
 
     // MARK: NetworkStore
 
+    /// The advisory lock network creates take around their overlap check and insert.
+    static let networkLock: Int64 = 0x4641_5252_4945_5206
+
     public func createNetwork(_ network: Network) async throws {
         try await transaction { [self] conn in
+            // Creates take turns: the overlap check below sees every network committed before.
+            try await conn.query("SELECT pg_advisory_xact_lock(\(Self.networkLock))", logger: logger)
             if try await count(conn, "SELECT count(*) FROM network WHERE name = \(network.name)") > 0 {
                 throw StoreError(.alreadyExists, "network '\(network.name)' already exists")
             }
@@ -1503,6 +1509,13 @@ extension PostgresStore {
             {
                 throw StoreError(.notFound, "no site named '\(site)'")
             }
+            var others: [Network] = []
+            for try await body in try await conn.query("SELECT body::text FROM network", logger: logger).decode(
+                String.self
+            ) {
+                others.append(try Self.decode(Network.self, body))
+            }
+            if let clash = network.overlap(with: others) { throw StoreError(.alreadyExists, clash) }
             try await conn.query(
                 "INSERT INTO network (name, site, body) VALUES (\(network.name), \(network.site), \(try Self.json(network))::jsonb)",
                 logger: logger

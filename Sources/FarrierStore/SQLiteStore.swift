@@ -723,6 +723,7 @@ public final class SQLiteStore: StateStore {
     /// now holds and removes the rows of those it gave back. No query for a machine that holds
     /// none before or after. Writes are serialised, so what it reads as used stays so.
     static func syncAddresses(from old: Machine, to m: inout Machine, db: Database) throws -> [MachineEvent] {
+        if let refusal = AddressAllocation.siteChangeProblem(from: old, to: m) { throw refusal }
         var events: [MachineEvent] = []
         let pending = AddressAllocation.pending(m)
         if !pending.isEmpty {
@@ -757,6 +758,10 @@ public final class SQLiteStore: StateStore {
             )
         }
         for k in after.subtracting(before).sorted() {
+            guard try Row.fetchOne(db, sql: "SELECT 1 FROM network WHERE name = ?", arguments: [k.network]) != nil
+            else {
+                throw StoreError(.notFound, "no network named '\(k.network)'")
+            }
             if let holder = try String.fetchOne(
                 db,
                 sql: "SELECT machineID FROM networkAddress WHERE network = ? AND address = ?",
@@ -1260,6 +1265,11 @@ extension SQLiteStore {
             {
                 throw StoreError(.notFound, "no site named '\(site)'")
             }
+            // Writes are serialised: no other network can be added between this check and the insert.
+            let others = try String.fetchAll(db, sql: "SELECT body FROM network").map {
+                try JSONDecoder().decode(Network.self, from: Data($0.utf8))
+            }
+            if let clash = network.overlap(with: others) { throw StoreError(.alreadyExists, clash) }
             try db.execute(
                 sql: "INSERT INTO network (name, site, body) VALUES (?, ?, ?)",
                 arguments: [network.name, network.site, body]

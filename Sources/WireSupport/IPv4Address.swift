@@ -12,7 +12,9 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
     public init?(_ text: some StringProtocol) {
         var parts: [UInt32] = []
         for piece in text.split(separator: ".", omittingEmptySubsequences: false) {
-            guard !piece.isEmpty, piece.count <= 3, piece.allSatisfy(\.isASCII), let n = UInt32(piece), n <= 255
+            guard !piece.isEmpty, piece.count <= 3, piece.allSatisfy({ ("0"..."9").contains($0) }),
+                let n = UInt32(piece),
+                n <= 255
             else { return nil }
             parts.append(n)
         }

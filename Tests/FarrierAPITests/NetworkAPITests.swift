@@ -113,6 +113,7 @@ extension APITests {
         try await withNetworks(token: blue) { networks, _ in
             let listed = try await networks.listNetworks(.init()).networks
             #expect(listed.map(\.name) == ["lab-vlan"] && listed[0].createdBy.isEmpty && listed[0].allocations.isEmpty)
+            #expect(listed[0].projects.isEmpty)
             var ref = Farrier_V1_GetNetworkRequest()
             ref.name = "red-only"
             #expect(await code { _ = try await networks.getNetwork(ref) } == .notFound)
@@ -198,11 +199,22 @@ extension APITests {
                 n.allocations.map { "\($0.address) \($0.machine)" } == ["198.18.100.12 m10", "fd98:18:100::10 m10"]
             )
             #expect(n.subnets.map(\.allocated) == [1, 1])
+            _ = try await networks.createNetwork(Self.create("shared", vlan: 50, projects: ["red", "blue"]))
             let held = await refusal { _ = try await networks.deleteNetwork(ref) }
             #expect(
                 held?.code == .failedPrecondition
                     && held?.message == "network 'lab-vlan' has addresses held by m10; release them first"
             )
+        }
+        // A member sees how many addresses are held, not by whom, and of a network's projects
+        // only its own.
+        try await withNetworks(token: blue) { networks, _ in
+            var ref = Farrier_V1_GetNetworkRequest()
+            ref.name = "lab-vlan"
+            let n = try await networks.getNetwork(ref)
+            #expect(n.subnets.map(\.allocated) == [1, 1] && n.allocations.isEmpty)
+            ref.name = "shared"
+            #expect(try await networks.getNetwork(ref).projects == ["blue"])
         }
         // An agent that writes no network-config (a ramdisk from before it) fails the deploy.
         _ = try await store.update(machineID: deployed.id) { x in

@@ -90,11 +90,13 @@ import Testing
             // 300 datagrams with nobody waiting, 100 at a time so the kernel's buffer never fills.
             for tag: UInt8 in 1...3 {
                 try await ep.send([100, tag, 0])
-                #expect(try await eventually { responder.sent.load(ordering: .relaxed) == Int(tag) * 100 })
+                // 30 s: bounds against a hang only (each returns once its condition holds); a unit
+                // run sharing two busy cores once took over 10 s to deliver a hundred.
+                #expect(try await eventually(30) { responder.sent.load(ordering: .relaxed) == Int(tag) * 100 })
                 // Every datagram sent has reached the mailbox, kept or dropped.
                 let kept = min(Int(tag) * 100, UDPEndpoint.Mailbox.backlogLimit)
                 #expect(
-                    try await eventually {
+                    try await eventually(30) {
                         ep.mailbox.state.withLock { $0.backlog.count == kept && kept + $0.dropped == Int(tag) * 100 }
                     }
                 )

@@ -29,6 +29,7 @@ struct NetworkTests {
             #expect(a.description == canonical, "\(text)")
             #expect(IPv6Address(canonical) == a)
         }
+        #expect(IPv4Address("+1.2.3.4") == nil && IPv6Address("::ffff:+1.2.3.4") == nil)
         for bad in [
             "", ":", ":::", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "::g", "1.2.3.4",
             "fe80::1%eth0", "1:2:3:4:5:6:7:8::", ":1::", "1::2:", "::1.2.3", "::1.2.3.4:5", "2001:db8::/64",
@@ -458,6 +459,43 @@ struct NetworkTests {
             try problem(networks: ["lab-vlan,default-route", "lab-vlan,on=eth1,default-route"])
                 == "networks[1].default-route: another network already has the IPv4 default route"
         )
+        // A default route claims only the families its network has a gateway for: a dual-stack
+        // network with an IPv4 gateway and an IPv6-only one with an IPv6 gateway both carry one.
+        let v6 = try Network.make(
+            name: "v6",
+            cidrs: ["fd98:18:500::/64"],
+            gateways: ["fd98:18:500::1"],
+            pools: ["fd98:18:500::10-fd98:18:500::1f"],
+            vlan: 500,
+            created: Self.epoch
+        ).get()
+        let dual = try Network.make(
+            name: "dual",
+            cidrs: ["198.18.60.0/24", "fd98:18:600::/64"],
+            gateways: ["198.18.60.1"],
+            pools: ["198.18.60.10-198.18.60.19", "fd98:18:600::10-fd98:18:600::1f"],
+            vlan: 600,
+            created: Self.epoch
+        ).get()
+        #expect(try problem(networks: ["dual,default-route", "v6,default-route"], known: [dual, v6]) == "ok")
+        // VLAN interface names: a long parent's fallback name is unique or refused.
+        #expect(
+            try problem(
+                bonds: [
+                    "bond-uplink-a,mode=active-backup,nics=eth0+eth1",
+                    "bond-uplink-b,mode=active-backup,nics=eth2+eth3",
+                ],
+                networks: ["lab-vlan,on=bond-uplink-a", "lab-vlan,on=bond-uplink-b"]
+            )
+                == "networks[1]: its VLAN interface would be named vlan100, as lab-vlan's on bond-uplink-a is; give bond-uplink-b a shorter name"
+        )
+        #expect(
+            try problem(
+                bonds: ["vlan100,mode=active-backup,nics=eth2", "bond-uplink-a,mode=active-backup,nics=eth0+eth1"],
+                networks: ["lab-vlan"]
+            )
+                == "networks[0]: its VLAN interface would be named vlan100, which a NIC or bond already is"
+        )
         // A VLAN's MTU is never above its parent's.
         #expect(try problem(networks: ["lab-vlan,mtu=9000"]) == "networks[0].mtu: 9000 is above eth0's 1500")
         #expect(try problem(networks: ["lab-vlan,mtu=9000"], mtus: ["eth0=9000"]) == "ok")
@@ -491,6 +529,7 @@ struct NetworkTests {
             macaddress: "52:54:00:18:00:01"
             parameters: {mode: "active-backup", primary: "eth0", mii-monitor-interval: 100}
             dhcp4: true
+            dhcp4-overrides: {use-routes: false}
             dhcp6: false
         vlans:
           "bond0.100":
@@ -514,6 +553,8 @@ struct NetworkTests {
         let yaml = NetworkConfigV2(plan).yaml
         #expect(yaml == Self.example, "\(yaml)")
         try expectLoads(yaml)
+        // Anything outside printable ASCII is escaped, so the file always loads.
+        #expect(NetworkConfigV2(plan).quote("a\u{85}b\u{FFFE}\u{1F600}\"") == #""a\u0085b\ufffe\U0001f600\"""#)
     }
 
     @Test func networkConfigForLACPAnMTUAndAStaticNIC() throws {
@@ -546,6 +587,7 @@ struct NetworkTests {
                 match: {macaddress: "52:54:00:18:00:01"}
                 set-name: "eth0"
                 dhcp4: true
+                dhcp4-overrides: {use-routes: false}
                 dhcp6: false
               "eth1":
                 match: {macaddress: "52:54:00:28:00:01"}

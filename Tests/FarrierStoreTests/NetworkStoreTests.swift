@@ -116,6 +116,25 @@ import Testing
                     "address fd98:18:100::10 (lab-vlan) allocated",
                 ]
             )
+            // A machine holding addresses does not move to another site.
+            let moved = await #expect(throws: StoreError.self) {
+                try await s.update(machineID: m.id) { x in
+                    x.site = "a"
+                    return []
+                }
+            }
+            #expect(
+                moved?.code == .inUse
+                    && moved?.message
+                        == "machine n1 holds address 198.18.100.10 on network lab-vlan; release it before moving it to another site"
+            )
+            // The store refuses a pool that overlaps another network's on the same site and VLAN.
+            let overlap = await #expect(throws: StoreError.self) { try await s.createNetwork(Self.network("again")) }
+            #expect(
+                overlap?.code == .alreadyExists
+                    && overlap?.message
+                        == "pool: 198.18.100.10-198.18.100.17 overlaps network lab-vlan's pool 198.18.100.10-198.18.100.17 (same site and VLAN)"
+            )
             let inUse = await #expect(throws: StoreError.self) { try await s.deleteNetwork(name: "lab-vlan") }
             #expect(
                 inUse?.code == .inUse
