@@ -28,11 +28,7 @@ public struct NetworkConfigV2: Sendable, Hashable {
         // Addresses, routes and DNS of the interface that holds an attachment's addresses.
         func layer3(_ interface: String, into lines: inout [String]) {
             let held = plan.attachments.filter { $0.interface == interface }
-            let addresses = held.flatMap { a in
-                (a.addresses ?? a.requested).compactMap { ip in
-                    a.subnets.first { $0.family == ip.family }.map { quote("\(ip)/\($0.prefixLength)") }
-                }
-            }
+            let addresses = held.flatMap(\.cidrs).map(quote)
             if !addresses.isEmpty { lines.append("addresses: [\(addresses.joined(separator: ", "))]") }
             let routes = held.filter(\.defaultRoute).flatMap { a in
                 a.gateways.map { g in "{to: \(quote(g.isIPv4 ? "0.0.0.0/0" : "::/0")), via: \(quote(g.description))}" }

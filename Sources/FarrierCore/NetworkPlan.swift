@@ -60,6 +60,7 @@ public struct NetworkRequest: Sendable, Hashable {
         public var addresses: [IPAddress]
         public var defaultRoute: Bool
         public var mtu: Int?
+
         public init(
             network: String,
             on: String? = nil,
@@ -276,6 +277,14 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
         public var addresses: [IPAddress]?
         public var defaultRoute: Bool
         public var mtu: Int?
+
+        /// Its addresses (allocated, else asked) with their subnets' prefixes: `198.18.100.10/24`.
+        public var cidrs: [String] {
+            (addresses ?? requested).compactMap { ip in
+                subnets.first { $0.family == ip.family }.map { "\(ip)/\($0.prefixLength)" }
+            }
+        }
+
         public init(
             network: String,
             interface: String,
@@ -696,21 +705,6 @@ public struct DeployedInterface: Sendable, Hashable {
     public var addresses: [String] = []
     public var network: String?
     public var dhcp4: Bool = false
-
-    /// `bond0 active-backup eth0+eth1 dhcp4`, `bond0.100 vlan 100 mtu 1400 198.18.100.10/24 (lab-vlan)`.
-    public var summary: String {
-        var parts = [name]
-        switch kind {
-        case .nic: if let mac { parts.append(mac.description) }
-        case .bond: parts += [mode?.rawValue ?? "", members.joined(separator: "+")]
-        case .vlan: parts.append("vlan \(vlan) on \(parent ?? "")")
-        }
-        if let mtu { parts.append("mtu \(mtu)") }
-        if dhcp4 { parts.append("dhcp4") }
-        parts += addresses
-        if let network { parts.append("(\(network))") }
-        return parts.joined(separator: " ")
-    }
 }
 
 extension DeployedNetworking {
@@ -722,9 +716,7 @@ extension DeployedNetworking {
         func layer3(_ i: inout DeployedInterface) {
             for a in attachments where a.interface == i.name {
                 i.network = a.network
-                i.addresses += (a.addresses ?? a.requested).compactMap { ip in
-                    a.subnets.first { $0.family == ip.family }.map { "\(ip)/\($0.prefixLength)" }
-                }
+                i.addresses += a.cidrs
             }
             i.dhcp4 = i.name == bootInterface && bootDHCP
         }
