@@ -20,9 +20,8 @@ public struct NetworkConfigV2: Sendable, Hashable {
     public init(_ plan: DeployedNetworking) { self.plan = plan }
 
     public var yaml: String {
-        let bootInterface = plan.bonds.first { $0.members.contains(plan.bootNIC) }?.name ?? plan.bootNIC
+        let bootInterface = plan.bootInterface
         let members = Set(plan.bonds.flatMap(\.members))
-        let parents = Set(plan.attachments.map(\.parent))
         var out = "version: 2\n"
 
         // Addresses, routes and DNS of the interface that holds an attachment's addresses.
@@ -61,12 +60,9 @@ public struct NetworkConfigV2: Sendable, Hashable {
             }
         }
 
-        let listed = plan.nics.filter { n in
-            n.name == plan.bootNIC || members.contains(n.name) || parents.contains(n.name) || n.mtu != nil
-        }
         section(
             "ethernets",
-            listed.map { n in
+            plan.configuredNICs.map { n in
                 var lines = [
                     "match: {macaddress: \(quote(n.mac.description))}",
                     "set-name: \(quote(n.name))",

@@ -329,6 +329,19 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
         self.bootDHCP = bootDHCP
     }
 
+    /// The boot NIC, or the bond it is in: the interface that keeps DHCPv4.
+    public var bootInterface: String { bonds.first { $0.members.contains(bootNIC) }?.name ?? bootNIC }
+
+    /// The NICs the plan touches, in inventory order: the boot NIC, bond members, NICs that
+    /// carry a network or are given an MTU. network-config lists these; the others stay down.
+    public var configuredNICs: [NIC] {
+        let members = Set(bonds.flatMap(\.members))
+        let parents = Set(attachments.map(\.parent))
+        return nics.filter { n in
+            n.name == bootNIC || members.contains(n.name) || parents.contains(n.name) || n.mtu != nil
+        }
+    }
+
     /// The MACs of bond members other than the boot NIC: the installed OS may speak from them.
     public var memberMACs: Set<MACAddress> {
         let byName = Dictionary(nics.map { ($0.name, $0.mac) }, uniquingKeysWith: { a, _ in a })
@@ -710,9 +723,8 @@ public struct DeployedInterface: Sendable, Hashable {
 extension DeployedNetworking {
     /// Its interfaces in the order network-config lists them: the NICs it touches, bonds, VLANs.
     public var interfaces: [DeployedInterface] {
-        let bootInterface = bonds.first { $0.members.contains(bootNIC) }?.name ?? bootNIC
+        let bootInterface = bootInterface
         let members = Set(bonds.flatMap(\.members))
-        let parents = Set(attachments.map(\.parent))
         func layer3(_ i: inout DeployedInterface) {
             for a in attachments where a.interface == i.name {
                 i.network = a.network
@@ -721,7 +733,7 @@ extension DeployedNetworking {
             i.dhcp4 = i.name == bootInterface && bootDHCP
         }
         var out: [DeployedInterface] = []
-        for n in nics where n.name == bootNIC || members.contains(n.name) || parents.contains(n.name) || n.mtu != nil {
+        for n in configuredNICs {
             var i = DeployedInterface(name: n.name, kind: .nic, mac: n.mac, mtu: n.mtu)
             if !members.contains(n.name) { layer3(&i) }
             out.append(i)
