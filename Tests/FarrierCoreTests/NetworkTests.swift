@@ -639,8 +639,9 @@ struct NetworkTests {
             print(json.dumps(yaml.safe_load(sys.stdin.read())))
             """
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        p.arguments = ["-c", script]
+        // timeout(1) bounds the run, and so the reads below: a python3 that hung is killed.
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+        p.arguments = ["30", "python3", "-c", script]
         let input = Pipe()
         let output = Pipe()
         p.standardInput = input
