@@ -9,8 +9,13 @@ import SwiftProtobuf
 /// exist.
 public struct NetworkAPI: Farrier_V1_NetworkService.SimpleServiceProtocol {
     let store: any StateStore
+    /// What this server's DHCP hands out: networks on its boot segment must keep clear of it.
+    let dhcp: DHCPAddressSpace
 
-    public init(store: any StateStore) { self.store = store }
+    public init(store: any StateStore, dhcp: DHCPAddressSpace = .init()) {
+        self.store = store
+        self.dhcp = dhcp
+    }
 
     public func createNetwork(
         request: Farrier_V1_CreateNetworkRequest,
@@ -55,7 +60,7 @@ public struct NetworkAPI: Farrier_V1_NetworkService.SimpleServiceProtocol {
         // Another network on the same segment (site and VLAN) must not hand out the same
         // addresses. Checked here for a precise refusal; the store checks again in its write,
         // so two creates at once cannot both pass.
-        if let clash = network.overlap(with: try await store.networks()) {
+        if let clash = network.overlap(with: try await store.networks()) ?? network.clash(with: dhcp) {
             throw RPCError(code: .invalidArgument, message: clash)
         }
         try await store.createNetwork(network)

@@ -177,10 +177,22 @@ public struct FarrierServer: Sendable {
                 )
             )
         }
+        // Networks on the boot segment keep clear of what this server's DHCP hands out: new ones
+        // are refused (NetworkAPI); one that a changed DHCP configuration now meets is logged at
+        // every start, for the operator to fix (DHCP could lease an address a machine holds).
+        let dhcpSpace = Self.dhcpAddressSpace(c.dhcp)
+        for n in try await store.networks() {
+            if let clash = n.clash(with: dhcpSpace) {
+                logger.error(
+                    "a network's pool meets this server's DHCP: change one of them",
+                    metadata: ["network": "\(n.name)", "clash": "\(clash)"]
+                )
+            }
+        }
         let apiServices: [any RegistrableRPCService] = [
             MachineAPI(controller: controller, vault: vault, logger: logger),
             ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
-            NetworkAPI(store: store),
+            NetworkAPI(store: store, dhcp: dhcpSpace),
             TokenAPI(store: store, logger: logger), SiteAPI(store: store, authority: siteAuthority, logger: logger),
         ]
         let apiInterceptors: [any ServerInterceptor] = [
@@ -269,6 +281,22 @@ public struct FarrierServer: Sendable {
         await bmcPool.closeAll()
         (store as? PostgresStore)?.close()
         try result.get()
+    }
+}
+
+extension FarrierServer {
+    /// What DHCP hands out on this server's boot segment: its pools and reservations in full
+    /// mode on some interface; nothing otherwise (in proxy mode another server hands out
+    /// addresses, and Farrier does not know its pools).
+    public static func dhcpAddressSpace(_ d: DHCPConfiguration) -> DHCPAddressSpace {
+        guard d.mode == .full, !d.interfaces.isEmpty else { return .init() }
+        return DHCPAddressSpace(
+            pools: d.subnets.flatMap(\.pools).map { IPRange(first: .v4($0.lowerBound), last: .v4($0.upperBound)) },
+            reservations: Dictionary(
+                d.reservations.map { (IPAddress.v4($0.address), $0.mac.description) },
+                uniquingKeysWith: { a, _ in a }
+            )
+        )
     }
 }
 

@@ -488,7 +488,7 @@ public final class Controller: Sendable {
         else {
             throw ControlError(.permission, "OS token is not valid (or no longer: its deployment is over)")
         }
-        try requireLeasedAddress(m, peer: peer)
+        try requireOwnAddress(m, peer: peer)
         // The kernel's boot ID is 36 characters of hex digits and dashes; anything else
         // (which would go into events and logs) is refused.
         guard (1...64).contains(report.bootID.utf8.count),
@@ -574,6 +574,18 @@ public final class Controller: Sendable {
             throw ControlError(
                 .permission,
                 "agent calls for a machine are accepted only from the address leased to its MAC"
+            )
+        }
+    }
+
+    /// The installed OS reports in from an address leased to one of its own MACs: the boot NIC's,
+    /// or a NIC its deployment bonds with it (a bond may speak with a member's MAC, and get its
+    /// lease under it). Agent calls stay with the boot MAC alone.
+    func requireOwnAddress(_ m: Machine, peer: MACAddress?) throws {
+        guard let peer, m.osMayReport(from: peer) else {
+            throw ControlError(
+                .permission,
+                "the OS reports in only from an address leased to its machine's MAC (or a NIC bonded with it)"
             )
         }
     }

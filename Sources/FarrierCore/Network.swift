@@ -436,6 +436,24 @@ public struct Network: Codable, Sendable, Hashable {
         return nil
     }
 
+    /// Where a pool of this network meets what the server's own DHCP hands out: nil when it
+    /// does not, or when the network is not the server's untagged boot segment (another site,
+    /// or a VLAN: DHCP answers untagged frames on its own interfaces only).
+    public func clash(with dhcp: DHCPAddressSpace) -> String? {
+        guard site == nil, vlan == 0 else { return nil }
+        for r in subnets.flatMap(\.pool) {
+            if let p = dhcp.pools.first(where: { $0.overlaps(r) }) {
+                return "pool: \(r) overlaps this server's DHCP pool \(p)"
+            }
+            if let (address, mac) = dhcp.reservations.sorted(by: { $0.key < $1.key }).first(where: {
+                r.contains($0.key)
+            }) {
+                return "pool: \(r) includes \(address), reserved by this server's DHCP for \(mac)"
+            }
+        }
+        return nil
+    }
+
     /// RFC 1123 host-name syntax, dot separated: labels of 1-63 letters, digits and hyphens, not
     /// starting or ending with one; 253 characters at most.
     static func isDomainName(_ s: String) -> Bool {
@@ -460,5 +478,18 @@ public struct Network: Codable, Sendable, Hashable {
             }
         }
         return nil
+    }
+}
+
+/// The addresses a server's DHCP (full mode) hands out on its untagged boot network: its pools,
+/// and its reservations (address to the MAC's text). Networks' pools there must stay clear of
+/// them, or DHCP could lease an address Farrier has given a deployed machine.
+public struct DHCPAddressSpace: Sendable, Hashable {
+    public var pools: [IPRange]
+    public var reservations: [IPAddress: String]
+
+    public init(pools: [IPRange] = [], reservations: [IPAddress: String] = [:]) {
+        self.pools = pools
+        self.reservations = reservations
     }
 }

@@ -692,6 +692,14 @@ public enum AddressAllocation {
     }
 }
 
+extension Machine {
+    /// Whether the installed OS may report in from an address leased to `mac`: the boot NIC's,
+    /// or a NIC its deployment bonds with it (a bond can take a member's MAC, and its lease).
+    public func osMayReport(from mac: MACAddress) -> Bool {
+        mac == self.mac || deployment?.networking?.memberMACs.contains(mac) == true
+    }
+}
+
 /// An address on a network: the key of the stores' address table (no two machines hold one).
 public struct NetworkAddressKey: Hashable, Sendable, Comparable {
     public var network: String

@@ -61,6 +61,28 @@ import Testing
         }
     }
 
+    /// What the server's DHCP hands out, for the networks' check: pools and reservations in
+    /// full mode on an interface; nothing in proxy mode or with no interface.
+    @Test func theDHCPAddressSpaceNetworksKeepClearOf() throws {
+        var c = try ServerConfiguration.load(
+            file: nil,
+            environment: [:],
+            flags: [
+                "dhcp.interfaces": ["br0"],
+                "dhcp.subnets": ["198.18.0.0/24,pool=198.18.0.100-198.18.0.199,pool=198.18.0.220-198.18.0.229"],
+                "dhcp.reservations": ["52:54:00:18:00:07=198.18.0.7"],
+            ]
+        )
+        let space = FarrierServer.dhcpAddressSpace(c.dhcp)
+        #expect(space.pools.map(\.description) == ["198.18.0.100-198.18.0.199", "198.18.0.220-198.18.0.229"])
+        #expect(space.reservations == [IPAddress("198.18.0.7")!: "52:54:00:18:00:07"])
+        c.dhcp.mode = .proxy
+        #expect(FarrierServer.dhcpAddressSpace(c.dhcp) == DHCPAddressSpace())
+        c.dhcp.mode = .full
+        c.dhcp.interfaces = []
+        #expect(FarrierServer.dhcpAddressSpace(c.dhcp) == DHCPAddressSpace())
+    }
+
     @Test func everyKeyHasAnEnvironmentVariable() {
         #expect(
             ServerConfiguration.keys.first(where: { $0.key == "dhcp.proxy-port" })?.env == "FARRIER_DHCP_PROXY_PORT"

@@ -161,6 +161,42 @@ struct NetworkTests {
         )
     }
 
+    /// A network on the server's untagged boot segment keeps clear of its DHCP's pools and
+    /// reservations; one on a VLAN or at a site is another segment, and may reuse the numbers.
+    @Test func aBootSegmentNetworkKeepsClearOfDHCP() throws {
+        let dhcp = DHCPAddressSpace(
+            pools: [IPRange("198.18.0.100-198.18.0.199")!],
+            reservations: [IPAddress("198.18.0.7")!: "52:54:00:18:00:07"]
+        )
+        func flat(_ pool: String, vlan: Int = 0, site: String? = nil) throws -> Network {
+            try Network.make(
+                name: "flat",
+                cidrs: ["198.18.0.0/24"],
+                gateways: [],
+                pools: [pool],
+                dns: [],
+                searchDomains: [],
+                vlan: vlan,
+                mtu: nil,
+                site: site,
+                projects: [],
+                created: Self.epoch
+            ).get()
+        }
+        #expect(
+            try flat("198.18.0.190-198.18.0.210").clash(with: dhcp)
+                == "pool: 198.18.0.190-198.18.0.210 overlaps this server's DHCP pool 198.18.0.100-198.18.0.199"
+        )
+        #expect(
+            try flat("198.18.0.2-198.18.0.20").clash(with: dhcp)
+                == "pool: 198.18.0.2-198.18.0.20 includes 198.18.0.7, reserved by this server's DHCP for 52:54:00:18:00:07"
+        )
+        #expect(try flat("198.18.0.200-198.18.0.210").clash(with: dhcp) == nil)
+        #expect(try flat("198.18.0.100-198.18.0.110", vlan: 100).clash(with: dhcp) == nil)
+        #expect(try flat("198.18.0.100-198.18.0.110", site: "site-1").clash(with: dhcp) == nil)
+        #expect(try flat("198.18.0.100-198.18.0.110").clash(with: DHCPAddressSpace()) == nil)
+    }
+
     @Test func theLowestFreeAddressOfThePools() throws {
         let n = try Self.labVLAN()
         let v4 = try #require(n.subnet(.v4))
@@ -348,6 +384,23 @@ struct NetworkTests {
         #expect(a.interface == "bond0.100" && a.parent == "bond0" && a.vlan == 100 && a.mtu == 1400)
         #expect(a.subnets.map(\.description) == ["198.18.100.0/24", "fd98:18:100::/64"] && a.addresses == nil)
         #expect(plan.memberMACs == [MACAddress("52:54:00:28:00:01")!])
+        // The installed OS reports in from its boot MAC's lease, or a bond member's (the bond
+        // may take its MAC); never from another NIC's, nor before the deploy has the plan.
+        var m = Self.machine()
+        #expect(m.osMayReport(from: Self.boot) && !m.osMayReport(from: MACAddress("52:54:00:28:00:01")!))
+        m.deployment = Deployment(
+            image: "debian-12",
+            imageSHA256: "",
+            sshKeys: [],
+            userData: "",
+            hostname: "lab-1",
+            requestedBy: "admin",
+            tags: [:],
+            wipe: .full
+        )
+        m.deployment?.networking = plan
+        #expect(m.osMayReport(from: Self.boot) && m.osMayReport(from: MACAddress("52:54:00:28:00:01")!))
+        #expect(!m.osMayReport(from: MACAddress("0c:42:a1:00:00:02")!))
         // Stored in a deployment, it comes back the same.
         #expect(try JSONDecoder().decode(DeployedNetworking.self, from: JSONEncoder().encode(plan)) == plan)
 
