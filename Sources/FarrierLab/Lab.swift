@@ -14,6 +14,10 @@ public struct Lab {
         public var firmware = "mixed"  // bios, uefi or mixed
         /// The VMs' disk controller: virtio, nvme, or mixed (odd VMs virtio, even VMs NVMe).
         public var diskBus = "virtio"
+        /// NICs per VM on the lab's bridge, 1 or 2. The second (tap `frtap<i>b`, MAC
+        /// 52:54:00:28:<site>:<i>) has no option ROM, so it never network-boots: it is there for
+        /// bonds (issue 18 point 4).
+        public var nics = 1
         public var dhcpMode = "full"  // full or proxy
         /// sqlite, or postgres: a PostgreSQL 15 the lab starts in its namespace (and removes).
         public var database = "sqlite"
@@ -126,6 +130,7 @@ public struct Lab {
                 state.sites?[k - 1].lldpdPID = try startLLDPD(
                     dir: dir,
                     machines: o.machines,
+                    nics: o.nics,
                     namespace: Self.siteNamespace(k),
                     tag: "-site-\(k)"
                 )
@@ -137,7 +142,7 @@ public struct Lab {
             try write(dir + "/bmc-password", mode: 0o600, password)
             state.dnsmasqPID = try startDnsmasq(o.dhcpMode, dir: dir)
             try state.save()
-            state.lldpdPID = try startLLDPD(dir: dir, machines: o.machines)
+            state.lldpdPID = try startLLDPD(dir: dir, machines: o.machines, nics: o.nics)
             try state.save()
             if o.database == "postgres" {
                 state.postgresPID = try startPostgres(dir: dir)
@@ -164,6 +169,7 @@ public struct Lab {
                         site: o.sites == 0 ? 0 : (i - 1) % o.sites + 1,
                         firmware: fw,
                         diskBus: bus,
+                        nics: o.nics,
                         accelerator: state.accelerator,
                         password: password,
                         dir: dir
@@ -288,7 +294,13 @@ public struct Lab {
     /// lldpd on the bridge side of the VMs' taps, as the switch they are cabled to: each VM's
     /// NIC hears, every second, the system name `farrier-lab-switch` (with the site's tag at a
     /// site) and its tap's name as the port ID, which commissioning records (`--commission-lldp-wait`).
-    func startLLDPD(dir: String, machines: Int, namespace: String = Lab.namespace, tag: String = "") throws -> Int32 {
+    func startLLDPD(
+        dir: String,
+        machines: Int,
+        nics: Int,
+        namespace: String = Lab.namespace,
+        tag: String = ""
+    ) throws -> Int32 {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/lldpd") else {
             throw Spawn.Failure(
                 description: "the lab needs lldpd (apt-get install lldpd; scripts/install-deps.sh does)"
@@ -312,7 +324,9 @@ public struct Lab {
                 "ip", "netns", "exec", namespace, "/usr/sbin/lldpd", "-d", "-u", socket, "-p", dir + "/lldpd\(tag).pid",
                 "-O", conf,
                 // Each tap by its exact name: lldpd passes over a tap a pattern matches.
-                "-I", (1...max(1, machines)).map { "frtap\($0)" }.joined(separator: ","),
+                "-I",
+                (1...max(1, machines)).flatMap { nics > 1 ? ["frtap\($0)", "frtap\($0)b"] : ["frtap\($0)"] }
+                    .joined(separator: ","),
             ],
             log: out
         )
@@ -551,6 +565,7 @@ public struct Lab {
         site k: Int,
         firmware: String,
         diskBus: String,
+        nics: Int,
         accelerator: String,
         password: String,
         dir: String
@@ -567,6 +582,18 @@ public struct Lab {
         try Self.ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
         try Self.ip("-n", ns, "link", "set", tap, "master", "br0", "up")
         try Self.ip("-n", ns, "addr", "add", "\(bmcIP)/24", "dev", "br0")
+        // A second NIC on the same bridge, after the first on the PCI bus (so the guest names it
+        // eth1), without a ROM: the firmware never network-boots from it. br0 does not filter
+        // VLANs, so tagged frames between VMs pass.
+        let secondMAC = nics > 1 ? String(format: "52:54:00:28:%02x:%02x", k, i) : nil
+        var secondNIC = ""
+        if let secondMAC {
+            let tap2 = tap + "b"
+            try Self.ip("-n", ns, "tuntap", "add", "dev", tap2, "mode", "tap")
+            try Self.ip("-n", ns, "link", "set", tap2, "master", "br0", "up")
+            secondNIC =
+                " \\\n  -netdev tap,id=n1,ifname=\(tap2),script=no,downscript=no -device e1000,netdev=n1,mac=\(secondMAC),romfile="
+        }
         try Spawn.run(["qemu-img", "create", "-q", "-f", "qcow2", vmDir + "/disk.qcow2", "8G"])
         // A second, smaller disk (a spare or boot-media disk, as servers have) on the other bus,
         // so that the root device choice is tested: its kernel name sorts before the 8 GiB one's
@@ -600,7 +627,7 @@ public struct Lab {
             exec qemu-system-x86_64 -name \(name) -accel \(accel)\(cpu)\(noFloppy) -m 1024 -nographic -monitor none\(bios) \\
               -drive file=$D/disk.qcow2,if=none,id=d0,format=qcow2 -device \(disk),drive=d0,bootindex=$DI \\
               -drive file=$D/spare.qcow2,if=none,id=d1,format=qcow2 -device \(spare),drive=d1,serial=farrier-spare-\(name) \\
-              -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac),bootindex=$NI \\
+              -netdev tap,id=n0,ifname=\(tap),script=no,downscript=no -device e1000,netdev=n0,mac=\(mac),bootindex=$NI\(secondNIC) \\
               -chardev socket,id=ser0,host=127.0.0.1,port=\(solPort),server=on,wait=off,logfile=$D/serial.log,logappend=on \\
               -serial chardev:ser0 -qmp unix:$D/qmp.sock,server=on,wait=off -pidfile $D/qemu.pid
 
@@ -689,6 +716,7 @@ public struct Lab {
         let vm = LabState.VM(
             name: name,
             mac: mac,
+            secondMAC: secondMAC,
             firmware: firmware,
             bmcAddress: bmcIP,
             bmcPort: 623,

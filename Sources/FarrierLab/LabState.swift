@@ -7,6 +7,8 @@ public struct LabState: Codable, Sendable {
     public struct VM: Codable, Sendable {
         public var name: String
         public var mac: String
+        /// The second NIC's MAC (`lab up --nics 2`).
+        public var secondMAC: String?
         public var firmware: String
         public var bmcAddress: String
         public var bmcPort: Int

@@ -21,6 +21,10 @@ struct LabCommand: ParsableCommand {
         @Option(help: "Number of VMs (1-50).") var machines = 2
         @Option(help: "bios, uefi or mixed (odd VMs BIOS, even VMs UEFI).") var firmware = "mixed"
         @Option(help: "The VMs' disks: virtio, nvme or mixed (odd VMs virtio, even VMs NVMe).") var diskBus = "virtio"
+        @Option(
+            help: "NICs per VM on the lab's bridge (1 or 2): the second (MAC 52:54:00:28:…) never network-boots."
+        )
+        var nics = 1
         @Option(help: "full (Farrier hands out addresses) or proxy (dnsmasq does; Farrier answers PXE).") var dhcpMode =
             "full"
         @Option(help: "sqlite, or postgres: a PostgreSQL 15 the lab starts in its namespace and `lab down` removes.")
@@ -56,6 +60,7 @@ struct LabCommand: ParsableCommand {
             guard ["virtio", "nvme", "mixed"].contains(diskBus) else {
                 throw ValidationError("--disk-bus must be virtio, nvme or mixed")
             }
+            guard (1...2).contains(nics) else { throw ValidationError("--nics must be 1 or 2") }
             guard ["full", "proxy"].contains(dhcpMode) else {
                 throw ValidationError("--dhcp-mode must be full or proxy")
             }
@@ -80,6 +85,7 @@ struct LabCommand: ParsableCommand {
             o.machines = machines
             o.firmware = firmware
             o.diskBus = diskBus
+            o.nics = nics
             o.dhcpMode = dhcpMode
             o.database = database
             o.replicas = replicas
