@@ -69,10 +69,16 @@ printf '#!/bin/sh\nexit 101\n' > "$mnt/usr/sbin/policy-rc.d"
 chmod 755 "$mnt/usr/sbin/policy-rc.d"
 echo "build-test-image: installing the kernel, cloud-init, openssh-server"
 chroot "$mnt" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    linux-image-amd64 initramfs-tools systemd-sysv udev cloud-init openssh-server isc-dhcp-client ifupdown netbase \
-    iproute2 grub-efi-amd64-bin e2fsprogs dosfstools ca-certificates python3-requests \
-    dbus libpam-systemd >"$work/apt.log" 2>&1 || {  # logind: the BMC's soft off (ACPI power button) shuts down
+    linux-image-amd64 initramfs-tools systemd-sysv udev cloud-init openssh-server netplan.io systemd-resolved \
+    netbase iproute2 grub-efi-amd64-bin e2fsprogs dosfstools ca-certificates python3-requests \
+    dbus libpam-systemd iputils-ping >"$work/apt.log" 2>&1 || {
     tail -30 "$work/apt.log" >&2; exit 1; }
+# logind (libpam-systemd, dbus): the BMC's soft off (ACPI power button) shuts down. The network, as
+# in Debian's own cloud images: cloud-init hands the network-config to netplan, which has
+# systemd-networkd carry it out (resolved for its DNS servers). Not ifupdown: with it, cloud-init
+# 22.4 drops a bond's MAC, and ifenslave brings a bond that has DHCP up (and runs dhclient on it,
+# with a random MAC) before it enslaves any NIC, so the bond got no lease at first boot (seen in
+# the lab, issue 18 point 4). ping is for the lab's test of the networks (minbase has none).
 rm -f "$mnt/usr/sbin/policy-rc.d"
 root_uuid=$(blkid -s UUID -o value "$rootdev")
 efi_uuid=$(blkid -s UUID -o value "$efi")
@@ -84,11 +90,6 @@ UUID=$root_uuid / ext4 errors=remount-ro 0 1
 UUID=$efi_uuid /boot/efi vfat umask=0077,nofail 0 2
 FSTAB
 echo debian > "$mnt/etc/hostname"
-cat > "$mnt/etc/network/interfaces" <<'IFACES'
-auto lo
-iface lo inet loopback
-source /etc/network/interfaces.d/*
-IFACES
 # BIOS: gptmbr, then extlinux on the root partition.
 mkdir -p "$mnt/boot/extlinux"
 extlinux --install "$mnt/boot/extlinux" >/dev/null 2>&1

@@ -47,6 +47,12 @@ struct LabDeployTests {
         // the killed replica would change what the attacks must leave unchanged).
         let shared = NSLock()
         var lab1Attacked = false
+        // The networks' check (issue 18 point 4) needs both OSes up at once: lab-1, deployed
+        // first, waits for lab-2's login (`lab2Up`), and lab-2 holds its restart until lab-2 has
+        // pinged lab-1 on the VLAN (`networksChecked`). Each is also set when its machine's steps
+        // end early, so neither waits on a failed other.
+        var lab2Up = false
+        var networksChecked = false
         let exclusive = NSLock()
         var phases: [(String, Double)] = []
         @discardableResult func phase<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
@@ -73,7 +79,7 @@ struct LabDeployTests {
             try h.run(
                 [
                     bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--disk-bus", "mixed",
-                    "--database", "postgres", "--replicas", "2",
+                    "--database", "postgres", "--replicas", "2", "--nics", "2",
                 ],
                 timeout: 3600
             )
@@ -94,9 +100,14 @@ struct LabDeployTests {
                 Set(disks) == ["\(root) \(8 << 30) farrier-\(name)", "\(spare) \(1 << 30) farrier-spare-\(name)"],
                 "\(name)'s disks: \(disks)"
             )
+            // Two NICs on the lab's bridge (`lab up --nics 2`), the boot NIC first.
+            let macs = (inv["nics"] as? [[String: Any]] ?? []).compactMap { $0["mac"] as? String }
             #expect(
-                (inv["nics"] as? [[String: Any]])?.first?["mac"] as? String
-                    == (name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02")
+                macs
+                    == (name == "lab-1"
+                        ? ["52:54:00:18:00:01", "52:54:00:28:00:01"]
+                        : ["52:54:00:18:00:02", "52:54:00:28:00:02"]),
+                "\(name)'s NICs: \(macs)"
             )
             // The deeper inventory (issue 18 point 6), as the VM's firmware and kernel report it:
             // SeaBIOS for the BIOS VM, "EFI Development Kit II / OVMF" for the UEFI one; one NUMA node; PCI devices
@@ -132,6 +143,31 @@ struct LabDeployTests {
         try h.run([bin, "machine", "root-device", "lab-2", "serial=FARRIER-lab-2", "size>=4"], timeout: 30)
         #expect(try machine("lab-2")["rootDevice"] as? [String] == ["serial=FARRIER-lab-2", "size>=4"])
         try h.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.directory + "/id"])
+        // A tagged network for the deploys (issue 18 point 4): VLAN 100 on the lab's bridge,
+        // which does not filter VLANs, with an IPv4 and an IPv6 pool (inside the lab's
+        // blackholed 198.18.0.0/15; fd98:18::/32 is unique-local).
+        try h.run(
+            [
+                bin, "network", "create", "lab-vlan", "--cidr", "198.18.100.0/24", "--cidr", "fd98:18:100::/64",
+                "--pool", "198.18.100.10-198.18.100.19", "--pool", "fd98:18:100::10-fd98:18:100::1f", "--vlan",
+                "100", "--mtu", "1400",
+            ],
+            timeout: 30
+        )
+        // An untagged network on the boot segment whose pool meets the lab server's DHCP pool is
+        // refused: DHCP could lease what a machine holds.
+        let clash = try h.run(
+            [bin, "network", "create", "lab-boot", "--cidr", "198.18.0.0/24", "--pool", "198.18.0.150-198.18.0.160"],
+            timeout: 30,
+            check: false
+        )
+        #expect(
+            clash.status == 13
+                && clash.stderr.contains(
+                    "pool: 198.18.0.150-198.18.0.160 overlaps this server's DHCP pool 198.18.0.100-198.18.0.199"
+                ),
+            "\(clash.status) \(clash.stderr)"
+        )
         let key = h.directory + "/id"
 
         /// The last lines of the lab's logs for a VM, for a failure message. CI shows only the
@@ -308,16 +344,98 @@ struct LabDeployTests {
         var browser: Process?
         defer { if let browser, browser.isRunning { browser.terminate() } }
         let consoleOwner = "tenant-a"
+        /// The deployed OS's networks (issue 18 point 4), read with `ip -j addr` over ssh: on
+        /// lab-1 the active-backup bond of eth0 and eth1 (with the boot NIC's MAC and its DHCP
+        /// lease) and VLAN 100 on it at the addresses Farrier allocated; lab-2, with VLAN 100 on
+        /// eth0, then pings both of them.
+        func networks(_ name: String) throws {
+            let vlan = name == "lab-1" ? "bond0.100" : "eth0.100"
+            let planned = ((try machine(name)["deployment"] as? [String: Any])?["interfaces"] as? [[String: Any]]) ?? []
+            let allocated = planned.first { $0["name"] as? String == vlan }?["addresses"] as? [String] ?? []
+            #expect(
+                allocated.count == 2 && allocated[0].hasPrefix("198.18.100.1") && allocated[0].hasSuffix("/24")
+                    && allocated[1].hasPrefix("fd98:18:100::1") && allocated[1].hasSuffix("/64"),
+                "\(name)'s planned interfaces: \(planned)"
+            )
+            if name == "lab-2" {
+                shared.withLock { lab2Up = true }
+                try h.waitUntil("lab-1's networks checked", timeout: 1500, interval: 1) {
+                    shared.withLock { networksChecked }
+                }
+                return
+            }
+            defer { shared.withLock { networksChecked = true } }
+            let mac = "52:54:00:18:00:01"
+            try phase("lab-1 bond and VLAN, pinged from lab-2") {
+                let out = try ssh(
+                    name,
+                    "ip -j addr; cat /sys/class/net/bond0/bonding/mode /sys/class/net/bond0/bonding/slaves /sys/class/net/bond0/bonding/active_slave",
+                    timeout: 120
+                )
+                let lines = out.split(separator: "\n").map(String.init)
+                let links =
+                    (lines.first.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [[String: Any]])
+                    ?? []
+                func link(_ n: String) -> [String: Any] { links.first { $0["ifname"] as? String == n } ?? [:] }
+                func addresses(_ n: String) -> [String] {
+                    (link(n)["addr_info"] as? [[String: Any]] ?? []).compactMap { a in
+                        guard let local = a["local"] as? String, let prefix = a["prefixlen"] as? Int else { return nil }
+                        return "\(local)/\(prefix)"
+                    }
+                }
+                #expect(
+                    link("eth0")["master"] as? String == "bond0" && link("eth1")["master"] as? String == "bond0",
+                    "eth0 and eth1 are not bond0's: \(out)"
+                )
+                #expect(link("bond0")["address"] as? String == mac, "bond0's MAC: \(out)")
+                #expect(
+                    addresses("bond0").contains { $0.hasPrefix("198.18.0.") && $0.hasSuffix("/24") },
+                    "bond0 has no DHCP lease on the boot network: \(out)"
+                )
+                #expect(Set(allocated).isSubset(of: addresses(vlan)), "\(vlan): \(addresses(vlan)), not \(allocated)")
+                #expect(link(vlan)["mtu"] as? Int == 1400, "\(vlan)'s MTU: \(out)")
+                // Its slaves in the order networkd enslaved them (seen: eth1 first).
+                let bonding = Array(lines.dropFirst())
+                #expect(
+                    bonding.count == 3 && bonding[0] == "active-backup 1"
+                        && Set(bonding[1].split(separator: " ")) == ["eth0", "eth1"] && bonding[2] == "eth0",
+                    "bond0's mode, slaves and active slave: \(bonding)"
+                )
+                // lab-2, on VLAN 100 too, pings both addresses (bounded; lab-2's steps may have
+                // ended early, and then nothing answers).
+                try h.waitUntil("lab-2 up", timeout: 1500, interval: 1) { shared.withLock { lab2Up } }
+                for address in allocated.map({ String($0.prefix { $0 != "/" }) }) {
+                    let ping = try ssh(
+                        "lab-2",
+                        "ping -c 3 -w 30 \(address)",
+                        timeout: 180
+                    )
+                    #expect(ping.contains("3 packets transmitted, 3 received"), "lab-2 → \(address): \(ping)")
+                }
+            }
+        }
         /// Each machine's steps, lab-1's and lab-2's at once (see `shared`).
         func steps(_ name: String, _ firmware: String) throws {
             // lab-2 waits for lab-1's deploy attack: if lab-1's steps fail first, not for long.
-            defer { if name == "lab-1" { shared.withLock { lab1Attacked = true } } }
+            defer {
+                shared.withLock {
+                    if name == "lab-1" { (lab1Attacked, networksChecked) = (true, true) } else { lab2Up = true }
+                }
+            }
             let mac = name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"
             // 2. Deploy with --wait: progress, then deployed. lab-1 deploys under attack.
-            let deployArgs = [
-                bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait",
-                "--timeout", "1200",
-            ]
+            // Networks: lab-1 bonds its two NICs (active-backup, the boot NIC primary, keeping
+            // DHCP) with VLAN 100 on the bond; lab-2 has VLAN 100 on its boot NIC. Each gets a
+            // static address of each family from lab-vlan's pools.
+            let networkArgs =
+                name == "lab-1"
+                ? ["--bond", "bond0,mode=active-backup,nics=eth0+eth1,primary=eth0", "--network", "lab-vlan,on=bond0"]
+                : ["--network", "lab-vlan"]
+            let deployArgs =
+                [
+                    bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait",
+                    "--timeout", "1200",
+                ] + networkArgs
             let (deployStatus, deployOut) = try phase("\(firmware) deploy --wait") {
                 if name == "lab-1" {
                     return try underAttack(
@@ -445,6 +563,7 @@ struct LabDeployTests {
                 "\(login)"
             )
             // The OS runs from the 8 GiB disk; the spare has no partition table.
+            try networks(name)
             let (root, spare) = name == "lab-1" ? ("vda", "nvme0n1") : ("nvme0n1", "vda")
             let disks = try ssh(name, "findmnt -no SOURCE /; lsblk -rno NAME /dev/\(spare) | wc -l", timeout: 60)
                 .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
@@ -640,6 +759,9 @@ struct LabDeployTests {
             }
             try await group.waitForAll()
         }
+        // Both released: lab-vlan's addresses are back in its pools.
+        let pools = try h.run([bin, "network", "show", "lab-vlan"], timeout: 30).stdout
+        #expect(pools.contains("(0 of 10 held)") && pools.contains("(0 of 16 held)"), "\(pools)")
         print("lab-deploy phases: " + phases.map { "\($0.0)=\(String(format: "%.1f", $0.1))s" }.joined(separator: " "))
     }
 }
