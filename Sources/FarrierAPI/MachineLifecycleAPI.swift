@@ -648,12 +648,16 @@ extension MachineAPI {
     ) async throws {
         let caller = try Caller.current()
         let machineID = request.name.isEmpty ? nil : try await visibleMachine(request.name).id
-        guard request.afterID >= 0 else {
-            throw RPCError(code: .invalidArgument, message: "after_id must not be negative")
+        guard request.afterID >= -1 else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "after_id must be an event id, 0 (only new events) or -1 (every stored event first)"
+            )
         }
         let (wakeups, cancel) = controller.hub.subscribe()
         defer { cancel() }
-        var last = request.afterID == 0 ? try await store.lastEventID(machineID: nil) : request.afterID
+        // Event ids start at 1: -1 replays from the first.
+        var last = request.afterID == 0 ? try await store.lastEventID(machineID: nil) : max(0, request.afterID)
         // Read what is stored after `last`, then sleep until the next commit; a wake-up that
         // races a read only causes one more (empty) read. Ends when the client cancels.
         var iterator = wakeups.makeAsyncIterator()

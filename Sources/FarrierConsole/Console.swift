@@ -178,8 +178,8 @@ struct Console: Sendable {
             var watch = Farrier_V1_WatchEventsRequest()
             if let name = request.uri.queryParameters["machine"], !name.isEmpty {
                 watch.name = String(name)
-                // A machine's page replays its stored events first, then follows.
-                watch.afterID = 1
+                // A machine's page replays its stored events first (all of them: -1), then follows.
+                watch.afterID = -1
             }
             // A browser that reconnects goes on after the last event it had.
             if let last = request.headers[HTTPField.Name("Last-Event-ID")!].flatMap({ Int64($0) }), last > 0 {

@@ -332,6 +332,47 @@ import Testing
         )
     }
 
+    /// WatchEvents replays a machine's stored events from its very first with after_id -1 (the
+    /// web console's machine page: with 1 it skipped event 1), after a given id with that id, and
+    /// refuses anything below -1.
+    @Test(.timeLimit(.minutes(1))) func watchingReplaysFromTheFirstStoredEvent() async throws {
+        let m = try #require(try await store.machine(nameOrMAC: "m03"))
+        _ = try await store.update(machineID: m.id) { x in
+            [MachineEvent(x, kind: .action, message: "one"), MachineEvent(x, kind: .action, message: "two")]
+        }
+        let stored = try await store.events(after: 0, machineID: m.id, limit: 100).map(\.id)
+        try #require(stored.count >= 2)
+        @Sendable func watched(after: Int64, count: Int) async throws -> [Int64] {
+            var r = Farrier_V1_WatchEventsRequest()
+            r.name = "m03"
+            r.afterID = after
+            let request = r
+            return try await withAPI(token: adminSecret) { machines, _, _ in
+                try await machines.watchEvents(request) { response in
+                    var ids: [Int64] = []
+                    for try await e in response.messages {
+                        ids.append(e.id)
+                        if ids.count == count { break }
+                    }
+                    return ids
+                }
+            }
+        }
+        #expect(try await watched(after: -1, count: stored.count) == stored)
+        #expect(try await watched(after: stored[0], count: stored.count - 1) == Array(stored.dropFirst()))
+        let refused = await refusal {
+            var r = Farrier_V1_WatchEventsRequest()
+            r.afterID = -2
+            let request = r
+            _ = try await withAPI(token: adminSecret) { machines, _, _ in
+                try await machines.watchEvents(request) { response in
+                    for try await _ in response.messages {}
+                }
+            }
+        }
+        #expect(refused?.code == .invalidArgument, "\(String(describing: refused))")
+    }
+
     /// Each kind of refusal has its code: the CLI and scripts branch on them.
     @Test func refusalsCarryTheirStatusCodes() async throws {
         try await withAPI(token: adminSecret) { machines, projects, tokens in

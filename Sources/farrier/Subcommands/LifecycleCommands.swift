@@ -670,7 +670,10 @@ extension MachineCommand {
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC; omit for all you may see.") var name: String?
-        @Option(help: "Replay the stored events with an id above this one first (0, the default: only new events).")
+        @Option(
+            help:
+                "Replay the stored events with an id above this one first (0, the default: only new events; -1: every stored event)."
+        )
         var after: Int64 = 0
 
         func run() async throws {

@@ -818,7 +818,7 @@ extension Farrier_V1_MachineService {
         /// > Source IDL Documentation:
         /// >
         /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
-        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        /// > caller may see. Starts after `after_id` (0: only new events; -1: from the first), then follows live.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Farrier_V1_WatchEventsRequest` messages.
@@ -1270,7 +1270,7 @@ extension Farrier_V1_MachineService {
         /// > Source IDL Documentation:
         /// >
         /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
-        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        /// > caller may see. Starts after `after_id` (0: only new events; -1: from the first), then follows live.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
@@ -1721,7 +1721,7 @@ extension Farrier_V1_MachineService {
         /// > Source IDL Documentation:
         /// >
         /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
-        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        /// > caller may see. Starts after `after_id` (0: only new events; -1: from the first), then follows live.
         ///
         /// - Parameters:
         ///   - request: A `Farrier_V1_WatchEventsRequest` message.
@@ -3143,7 +3143,7 @@ extension Farrier_V1_MachineService {
         /// > Source IDL Documentation:
         /// >
         /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
-        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        /// > caller may see. Starts after `after_id` (0: only new events; -1: from the first), then follows live.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
@@ -3974,7 +3974,7 @@ extension Farrier_V1_MachineService {
         /// > Source IDL Documentation:
         /// >
         /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
-        /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+        /// > caller may see. Starts after `after_id` (0: only new events; -1: from the first), then follows live.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
@@ -4683,7 +4683,7 @@ extension Farrier_V1_MachineService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
-    /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+    /// > caller may see. Starts after `after_id` (0: only new events; -1: from the first), then follows live.
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Farrier_V1_WatchEventsRequest` message.
@@ -5480,7 +5480,7 @@ extension Farrier_V1_MachineService.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Streams lifecycle events: transitions, progress and actions, of one machine or of all the
-    /// > caller may see. Starts after `after_id` (0: only new events), then follows live.
+    /// > caller may see. Starts after `after_id` (0: only new events; -1: from the first), then follows live.
     ///
     /// - Parameters:
     ///   - message: request message to send.

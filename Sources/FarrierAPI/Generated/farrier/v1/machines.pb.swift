@@ -1313,7 +1313,7 @@ public nonisolated struct Farrier_V1_WatchEventsRequest: Sendable {
   /// A machine name or MAC; empty for every machine the caller may see.
   public var name: String = String()
 
-  /// Replay stored events after this id first (0: none, only new ones).
+  /// Replay stored events after this id first (0: none, only new ones; -1: every stored one).
   public var afterID: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
