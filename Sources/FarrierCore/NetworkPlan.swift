@@ -342,10 +342,12 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
         }
     }
 
-    /// The MACs of bond members other than the boot NIC: the installed OS may speak from them.
+    /// The MACs of the boot NIC's bond's other members: the bond, which keeps DHCP, may take
+    /// one of their MACs and speak from its lease. Empty when the boot NIC is in no bond.
     public var memberMACs: Set<MACAddress> {
         let byName = Dictionary(nics.map { ($0.name, $0.mac) }, uniquingKeysWith: { a, _ in a })
-        return Set(bonds.flatMap(\.members).compactMap { byName[$0] }).subtracting(byName[bootNIC].map { [$0] } ?? [])
+        let bootBond = bonds.first { $0.members.contains(bootNIC) }?.members ?? []
+        return Set(bootBond.filter { $0 != bootNIC }.compactMap { byName[$0] })
     }
 
     /// Resolves `request` on `machine` (its inventory's NICs), with `networks` by name as a
