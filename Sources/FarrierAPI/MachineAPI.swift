@@ -86,7 +86,7 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         let addresses = try await addressBook(page.map(\.mac))
         response.machines = page.map { m in
             var v = Farrier_V1_Machine(m, timeline: [])
-            v.address = addresses[m.mac] ?? ""
+            v.address = m.staticBootAddress?.description ?? addresses[m.mac] ?? ""
             // Hundreds of PCI functions a server, a thousand servers a page: GetMachine has them.
             if v.hasInventory { v.inventory.pciDevices = [] }
             return v
@@ -135,7 +135,11 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             return v
         }
         var v = Farrier_V1_Machine(machine, timeline: try await store.timeline(mac: machine.mac, limit: limit))
-        v.address = try await addressBook([machine.mac])[machine.mac] ?? ""
+        if let fixed = machine.staticBootAddress {
+            v.address = fixed.description
+        } else {
+            v.address = try await addressBook([machine.mac])[machine.mac] ?? ""
+        }
         v.lastEventID = lastEvent
         return v
     }

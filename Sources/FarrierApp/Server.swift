@@ -238,10 +238,11 @@ public struct FarrierServer: Sendable {
         }
         let reconciler = Reconciler(controller: controller, logger: logger)
         let pruner = DiscoveryPruner(store: store, recorder: recorder, unseenFor: c.discoveryPruneAfter, logger: logger)
+        let networkSync = NetworkSync(store: store, addressBook: addressBook, interval: .seconds(2), logger: logger)
         // ServiceGroup starts in order and stops in reverse: the reconciler and API go first, the boot path last.
         services =
             [
-                http, agentChannel, tftp, dhcp, grpc, reconciler, powerSync, pruner,
+                http, agentChannel, tftp, dhcp, grpc, reconciler, powerSync, pruner, networkSync,
                 MemoryTrimmer(interval: c.memoryTrimInterval),
             ] + siteLink + console + (try makeMetricsListener(c, collectors: collectors, logger: logger))
     }
@@ -374,6 +375,44 @@ struct DiscoveryPruner: Service {
                 logger.error("pruning discovered machines failed", metadata: ["error": "\(error)"])
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(60)) }
+        }
+    }
+}
+
+/// Keeps the address book's static layer in step with the static IPv4 addresses deployed
+/// machines hold on the region's untagged networks (issue 18 point 4), every `interval`: the
+/// installed OS of a machine given one on its boot interface reports in from it. Every replica
+/// runs it, so whichever one the report reaches knows the address; an address taken by a deploy
+/// is known long before that machine's OS boots.
+struct NetworkSync: Service {
+    let store: any NetworkStore
+    let addressBook: AddressBook
+    let interval: Duration
+    let logger: Logger
+
+    func sync() async throws {
+        var table: [IPv4Address: MACAddress] = [:]
+        for n in try await store.networks() where n.site == nil && n.vlan == 0 && n.subnet(.v4) != nil {
+            for held in try await store.networkAddresses(network: n.name) {
+                if case .v4(let ip) = held.address { table[ip] = held.mac }
+            }
+        }
+        addressBook.assign(table)
+    }
+
+    func run() async throws {
+        var failing = false
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            do {
+                try await sync()
+                if failing { logger.info("static addresses read again") }
+                failing = false
+            } catch {
+                // Logged once per run of failures: the last table stays in use meanwhile.
+                if !failing { logger.error("reading the static addresses failed", metadata: ["error": "\(error)"]) }
+                failing = true
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
     }
 }

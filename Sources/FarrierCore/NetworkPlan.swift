@@ -458,6 +458,7 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
         let bootInterface = bondOf[boot.name] ?? boot.name
         var attachments: [Attachment] = []
         var defaultRoutes: Set<IPFamily> = []
+        var staticBoot = false
         for (i, a) in request.attachments.enumerated() {
             let field = "networks[\(i)]"
             guard let network = networks[a.network], network.isOpen(to: project) else {
@@ -482,12 +483,16 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
                     return fail("\(field).on: no NIC or bond \(on) (\(names))")
                 }
             }
-            // The installed OS reports in over IPv4 from the address Farrier's DHCP leased to
-            // the boot MAC: its boot interface keeps DHCPv4.
+            // An untagged IPv4 network on the boot interface gives it a static address instead
+            // of DHCPv4. The installed OS reports in from it: every replica's address book
+            // learns the boot network's static addresses (NetworkSync); a site's does not yet.
             if network.vlan == 0, parent == bootInterface, network.subnet(.v4) != nil {
-                return fail(
-                    "\(field): network \(network.name) is untagged IPv4, and the boot interface \(bootInterface) keeps DHCP (the installed OS reports in from its lease); put it on another NIC or bond (on=…)"
-                )
+                if let site = machine.site {
+                    return fail(
+                        "\(field): network \(network.name) is untagged IPv4 on the boot interface \(bootInterface), and at site \(site) that interface keeps DHCP (the site relays the installed OS's report from its lease only); put it on another NIC or bond (on=…)"
+                    )
+                }
+                staticBoot = true
             }
             var interface = parent
             if network.vlan > 0 {
@@ -583,7 +588,13 @@ public struct DeployedNetworking: Codable, Sendable, Hashable {
             }
         }
         return .success(
-            DeployedNetworking(nics: nics, bonds: bonds, attachments: attachments, bootNIC: boot.name, bootDHCP: true)
+            DeployedNetworking(
+                nics: nics,
+                bonds: bonds,
+                attachments: attachments,
+                bootNIC: boot.name,
+                bootDHCP: !staticBoot
+            )
         )
     }
 
@@ -694,7 +705,26 @@ public enum AddressAllocation {
     }
 }
 
+extension DeployedNetworking {
+    /// The boot interface's static IPv4 address, when the plan gives it one instead of DHCPv4
+    /// (nil before the store allocates it).
+    public var bootAddress: IPv4Address? {
+        guard !bootDHCP else { return nil }
+        for a in attachments where a.interface == bootInterface && a.vlan == 0 {
+            for case .v4(let ip) in a.addresses ?? [] { return ip }
+        }
+        return nil
+    }
+}
+
 extension Machine {
+    /// The static address its installed OS answers on, while that OS runs (deployed, or
+    /// waiting for it to report in): in the ramdisk (rescue, a wipe) it has a DHCP lease.
+    public var staticBootAddress: IPv4Address? {
+        guard state == .deployed || phase == .os else { return nil }
+        return deployment?.networking?.bootAddress
+    }
+
     /// Whether the installed OS may report in from an address leased to `mac`: the boot NIC's,
     /// or a NIC its deployment bonds with it (a bond can take a member's MAC, and its lease).
     public func osMayReport(from mac: MACAddress) -> Bool {

@@ -417,8 +417,7 @@ struct NetworkTests {
         // A VLAN whose dotted name would pass IFNAMSIZ is named vlanVID.
         let long = try resolve(bonds: ["bond-uplink-a,mode=active-backup,nics=eth0+eth1"], networks: ["lab-vlan"]).get()
         #expect(long.attachments[0].interface == "vlan100")
-        // A static IPv4 on another NIC, untagged; the boot NIC keeps its DHCP (the OS reports
-        // in from that lease), so an untagged IPv4 network is refused there.
+        // A static IPv4 on another NIC, untagged, and the boot NIC keeps its DHCP.
         let flat = try Network.make(
             name: "flat",
             cidrs: ["198.18.0.0/24"],
@@ -431,9 +430,64 @@ struct NetworkTests {
             s.bootDHCP && s.attachments[0].interface == "eth1"
                 && s.attachments[0].requested == [IPAddress("198.18.0.55")!]
         )
+        // On the boot NIC, at the region: a static address instead of DHCPv4 (the OS reports in
+        // from it; every replica's address book learns it).
+        var onBoot = try resolve(networks: ["flat,default-route"], known: [flat]).get()
+        #expect(!onBoot.bootDHCP && onBoot.attachments[0].interface == "eth0" && onBoot.attachments[0].parent == "eth0")
+        onBoot.attachments[0].addresses = [IPAddress("198.18.0.50")!]
+        let yaml = NetworkConfigV2(onBoot).yaml
         #expect(
-            try problem(networks: ["flat"], known: [flat])
-                == "networks[0]: network flat is untagged IPv4, and the boot interface eth0 keeps DHCP (the installed OS reports in from its lease); put it on another NIC or bond (on=…)"
+            yaml.contains(
+                """
+                  "eth0":
+                    match: {macaddress: "52:54:00:18:00:01"}
+                    set-name: "eth0"
+                    dhcp4: false
+                    dhcp6: false
+                    addresses: ["198.18.0.50/24"]
+                    routes: [{to: "0.0.0.0/0", via: "198.18.0.1"}]
+                """
+            ),
+            "\(yaml)"
+        )
+        // Its OS answers on that address while it runs (deployed, or booting into it); in the
+        // ramdisk it has a DHCP lease instead.
+        var booted = Self.machine()
+        booted.deployment = Deployment(
+            image: "debian-12",
+            imageSHA256: "",
+            sshKeys: [],
+            userData: "",
+            hostname: "lab-1",
+            requestedBy: "admin"
+        )
+        booted.deployment?.networking = onBoot
+        booted.state = .deployed
+        #expect(
+            onBoot.bootAddress == IPv4Address("198.18.0.50") && booted.staticBootAddress == IPv4Address("198.18.0.50")
+        )
+        booted.state = .rescue
+        #expect(booted.staticBootAddress == nil)
+        booted.deployment?.networking = s
+        booted.state = .deployed
+        #expect(s.bootAddress == nil && booted.staticBootAddress == nil)
+        // The address book: a static address is the machine's, whatever a stale lease said;
+        // replaced whole.
+        let book = AddressBook()
+        let other = MACAddress("52:54:00:18:00:09")!
+        book.record(IPv4Address("198.18.0.50")!, other)
+        book.record(IPv4Address("198.18.0.101")!, Self.boot)
+        book.assign([IPv4Address("198.18.0.50")!: Self.boot])
+        #expect(book.mac(for: IPv4Address("198.18.0.50")!) == Self.boot)
+        #expect(book.mac(for: IPv4Address("198.18.0.101")!) == Self.boot)
+        book.assign([:])
+        #expect(book.mac(for: IPv4Address("198.18.0.50")!) == other)
+        // At a site, the site relays reports from the boot MAC's lease only: refused there.
+        var siteFlat = flat
+        siteFlat.site = "site-1"
+        #expect(
+            try problem(networks: ["flat"], on: Self.machine(site: "site-1"), known: [siteFlat])
+                == "networks[0]: network flat is untagged IPv4 on the boot interface eth0, and at site site-1 that interface keeps DHCP (the site relays the installed OS's report from its lease only); put it on another NIC or bond (on=…)"
         )
     }
 
