@@ -93,10 +93,16 @@ echo debian > "$mnt/etc/hostname"
 # BIOS: gptmbr, then extlinux on the root partition.
 mkdir -p "$mnt/boot/extlinux"
 extlinux --install "$mnt/boot/extlinux" >/dev/null 2>&1
+# No waiting for a key at either boot loader: the BMC's SOL (ipmi_sim) connects to the VM's
+# serial port with telnet, and its negotiation bytes reach the guest as input. Seen in CI: they
+# came during GRUB's 1 s countdown, which stopped it, and lab-2 sat at the menu until its deploy
+# timed out. extlinux: PROMPT 0 (its prompt only for a held Shift or Alt), TIMEOUT 1 (0.1 s; 0
+# would wait for ever); GRUB: no countdown at all.
 cat > "$mnt/boot/extlinux/extlinux.conf" <<EXTLINUX
 SERIAL 0 115200
 DEFAULT debian
-TIMEOUT 10
+PROMPT 0
+TIMEOUT 1
 LABEL debian
   KERNEL /boot/vmlinuz-$kver
   INITRD /boot/initrd.img-$kver
@@ -105,7 +111,8 @@ EXTLINUX
 # UEFI: a standalone GRUB that finds the root filesystem by its UUID.
 mkdir -p "$mnt/boot/grub"
 cat > "$mnt/boot/grub/grub.cfg" <<GRUBCFG
-set timeout=1
+set timeout=0
+set timeout_style=hidden
 serial --speed=115200
 terminal_input console serial
 terminal_output console serial

@@ -169,6 +169,15 @@ struct LabDeployTests {
                 ),
             "\(clash.status) \(clash.stderr)"
         )
+        // The boot network itself, for static addresses instead of DHCP (outside the lab's DHCP
+        // pool, 198.18.0.100-199, and the hostile tenant's 198.18.0.250).
+        try h.run(
+            [
+                bin, "network", "create", "lab-flat", "--cidr", "198.18.0.0/24", "--gateway", "198.18.0.1", "--pool",
+                "198.18.0.200-198.18.0.209", "--dns", "198.18.0.1",
+            ],
+            timeout: 30
+        )
         let key = h.directory + "/id"
 
         /// The last lines of the lab's logs for a VM, for a failure message. CI shows only the
@@ -359,6 +368,18 @@ struct LabDeployTests {
                 "\(name)'s planned interfaces: \(planned)"
             )
             if name == "lab-2" {
+                // Its boot NIC holds the static address Farrier allocated on lab-flat, which
+                // `machine show` gives as its address (the CLI's ssh came in through it), with
+                // no DHCP lease beside it.
+                let eth0 = planned.first { $0["name"] as? String == "eth0" }?["addresses"] as? [String] ?? []
+                let shown = try machine(name)["address"] as? String ?? ""
+                let held = try ssh(name, "ip -4 -o addr show dev eth0 | awk '{print $4}'", timeout: 120)
+                    .split(separator: "\n").map(String.init)
+                #expect(
+                    eth0.count == 1 && eth0[0].hasPrefix("198.18.0.20") && held == eth0
+                        && eth0[0] == shown + "/24",
+                    "lab-2's eth0: planned \(eth0), shown \(shown), in the OS \(held)"
+                )
                 shared.withLock { lab2Up = true }
                 try h.waitUntil("lab-1's networks checked", timeout: 2000, interval: 1) {
                     shared.withLock { networksChecked }
@@ -435,12 +456,13 @@ struct LabDeployTests {
             let mac = name == "lab-1" ? "52:54:00:18:00:01" : "52:54:00:18:00:02"
             // 2. Deploy with --wait: progress, then deployed. lab-1 deploys under attack.
             // Networks: lab-1 bonds its two NICs (active-backup, the boot NIC primary, keeping
-            // DHCP) with VLAN 100 on the bond; lab-2 has VLAN 100 on its boot NIC. Each gets a
-            // static address of each family from lab-vlan's pools.
+            // DHCP) with VLAN 100 on the bond; lab-2's boot NIC has a static address on the boot
+            // network instead of DHCP (lab-flat), and VLAN 100. Each gets a static address of each
+            // family from lab-vlan's pools.
             let networkArgs =
                 name == "lab-1"
                 ? ["--bond", "bond0,mode=active-backup,nics=eth0+eth1,primary=eth0", "--network", "lab-vlan,on=bond0"]
-                : ["--network", "lab-vlan"]
+                : ["--network", "lab-flat,default-route", "--network", "lab-vlan"]
             let deployArgs =
                 [
                     bin, "machine", "deploy", name, "--image", "debian-12", "--ssh-key", key + ".pub", "--wait",
@@ -516,8 +538,9 @@ struct LabDeployTests {
                     "\(name): no agent \(phase) in the timeline:\n\(timeline)"
                 )
             }
-            // And its waterfall draws the deploy: the ramdisk boot, the agent, then the installed
-            // OS's DHCP (from disk: Farrier set the boot device, so no network boot before it).
+            // And its waterfall draws the deploy: the ramdisk boot, the agent, then (lab-1) the
+            // installed OS's DHCP (from disk: Farrier set the boot device, so no network boot
+            // before it); lab-2's OS has a static address, and asks DHCP for nothing.
             let waterfall =
                 timeline.components(separatedBy: "\nBoot timeline").first?
                 .components(separatedBy: "\nLast boot").dropFirst().first ?? ""
@@ -525,8 +548,8 @@ struct LabDeployTests {
                 #expect(waterfall.contains(row), "\(name): no \(row) in the waterfall:\n\(timeline)")
             }
             #expect(
-                waterfall.components(separatedBy: "agent done").last?.contains("dhcp DISCOVER") == true,
-                "\(name): the waterfall should end with the installed OS's DHCP:\n\(timeline)"
+                waterfall.components(separatedBy: "agent done").last?.contains("dhcp DISCOVER") == (name == "lab-1"),
+                "\(name): the waterfall should end with the installed OS's DHCP on lab-1 alone:\n\(timeline)"
             )
             if name == "lab-2", let browser {
                 // The web console of the lab (issue 17 point 5): its checks after the deploy (the
@@ -772,6 +795,8 @@ struct LabDeployTests {
         // Both released: lab-vlan's addresses are back in its pools.
         let pools = try h.run([bin, "network", "show", "lab-vlan"], timeout: 30).stdout
         #expect(pools.contains("(0 of 10 held)") && pools.contains("(0 of 16 held)"), "\(pools)")
+        let flat = try h.run([bin, "network", "show", "lab-flat"], timeout: 30).stdout
+        #expect(flat.contains("(0 of 10 held)"), "\(flat)")
         print("lab-deploy phases: " + phases.map { "\($0.0)=\(String(format: "%.1f", $0.1))s" }.joined(separator: " "))
     }
 }
