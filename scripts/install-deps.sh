@@ -22,6 +22,7 @@ packages=(
     kea-dhcp4-server tftpd-hpa nginx-light   # reference servers for bench/dhcp, bench/tftp, bench/http
     postgresql-15 postgresql-client-15       # the replicas' shared store (tests start their own server)
     lldpd                     # the lab's "switch": LLDP on the VMs' taps (inventory's LLDP neighbours)
+    stress-ng memtester smartmontools   # commissioning tests: the agent runs them (tests), the ramdisk's burn-in overlay
     prometheus                # promtool: the SLO rules' checks and unit tests (deploy/prometheus)
     mtail                     # the log-based SLO: deploy/mtail's program over the server's log lines
     chromium chromium-driver python3-selenium   # the web console's browser test (headless)
@@ -38,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ $made_policy = 1 ] && rm -f $policy; exit 1; }
     [ $made_policy = 1 ] && rm -f $policy
     if command -v systemctl >/dev/null; then
-        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql lldpd prometheus mtail >/dev/null 2>&1 || true
+        systemctl disable --now tftpd-hpa kea-dhcp4-server nginx postgresql lldpd prometheus mtail smartmontools >/dev/null 2>&1 || true
     fi
 fi
 

@@ -32,6 +32,14 @@ extension MachineAPI {
         guard let first = entries.first else {
             throw RPCError(code: .invalidArgument, message: "no machines to enroll")
         }
+        if !first.commission, !first.commissionTests.isEmpty || !first.commissionParameters.isEmpty {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "commission_tests and commission_parameters need commission"
+            )
+        }
+        // Checked before anything is written; each machine's run gets its own ID.
+        let run = try await testRun(tests: first.commissionTests, parameters: first.commissionParameters)
         let batch = try await checkEnrollment(entries)
         let enrolled = try await controller.enroll(batch)
         logger.info("machines enrolled", metadata: ["count": "\(enrolled.count)"])
@@ -54,15 +62,18 @@ extension MachineAPI {
             }
             // Each its own commit, after the enrollment's: one that cannot start (a machine
             // another caller moved meanwhile) stays as it is, and its reason says why.
+            var own = run
+            own?.runID = UUID().uuidString.lowercased()
+            let opening = Self.opening(own)
             do {
                 // A batch's commissions are traces of their own (10 000 steps in one trace would
                 // be one sampling decision and a trace no backend shows); one machine's is the call's.
                 let commissioned =
                     enrolled.count > 1
                     ? try await InstrumentationContext.$current.withValue(nil) {
-                        try await controller.apply(.commission, machineID: m.id)
+                        try await controller.apply(.commission, machineID: m.id, change: opening)
                     }
-                    : try await controller.apply(.commission, machineID: m.id)
+                    : try await controller.apply(.commission, machineID: m.id, change: opening)
                 response.machines.append(slim(commissioned))
             } catch {
                 logger.warning("enrolled, not commissioned", metadata: ["machine": "\(m.name)", "error": "\(error)"])

@@ -141,6 +141,16 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
             v.address = try await addressBook([machine.mac])[machine.mac] ?? ""
         }
         v.lastEventID = lastEvent
+        if request.testOutput, let run = machine.burnIn {
+            _ = try Caller.admin("reading test output")
+            let outputs = try await store.testOutputs(machineID: machine.id, runID: run.runID)
+            for i in v.burnIn.results.indices {
+                let r = v.burnIn.results[i]
+                if let o = outputs.first(where: { $0.name == r.name && $0.target == r.target }) {
+                    v.burnIn.results[i].output = o.output
+                }
+            }
+        }
         return v
     }
 
@@ -196,6 +206,14 @@ extension MachineAPI {
     ) async throws -> Farrier_V1_Machine {
         _ = try Caller.admin("enrolling a machine")
         if let problem = Machine.nameProblem(request.name) { throw RPCError(code: .invalidArgument, message: problem) }
+        if !request.commission, !request.commissionTests.isEmpty || !request.commissionParameters.isEmpty {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "commission_tests and commission_parameters need commission"
+            )
+        }
+        // Checked before anything is written.
+        let run = try await testRun(tests: request.commissionTests, parameters: request.commissionParameters)
         guard let mac = MACAddress(request.mac) else {
             throw RPCError(
                 code: .invalidArgument,
@@ -266,7 +284,7 @@ extension MachineAPI {
             ]
         )
         if request.commission, machine.state == .enrolled || machine.state == .ready {
-            return try await transition(.commission, machine)
+            return try await transition(.commission, machine, change: Self.opening(run))
         }
         return Farrier_V1_Machine(machine, timeline: [])
     }
@@ -544,6 +562,29 @@ extension Farrier_V1_Machine {
                 return x
             }
             inventory = i
+        }
+        if let run = m.burnIn {
+            var x = Farrier_V1_BurnInRun()
+            x.runID = run.runID
+            x.tests = run.tests.map(\.label)
+            x.requestedBy = run.requestedBy
+            x.requested = Google_Protobuf_Timestamp(date: run.requested)
+            if let f = run.finished { x.finished = Google_Protobuf_Timestamp(date: f) }
+            x.results = run.results.map { r in
+                var y = Farrier_V1_TestResult()
+                y.name = r.name
+                y.version = Int32(clamping: r.version ?? 0)
+                y.target = r.target ?? ""
+                y.status = r.status.rawValue
+                y.seconds = r.seconds
+                y.exitCode = r.exitCode ?? -1
+                y.metrics = r.metrics
+                y.summary = r.summary
+                // How much a test wrote is the admins' (output itself: GetMachine's test_output).
+                if admin { y.outputBytes = r.outputBytes ?? 0 }
+                return y
+            }
+            burnIn = x
         }
         if let d = m.deployment {
             var x = Farrier_V1_Deployment()

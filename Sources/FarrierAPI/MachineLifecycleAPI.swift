@@ -55,11 +55,13 @@ extension MachineAPI {
     }
 
     public func commissionMachine(
-        request: Farrier_V1_MachineRef,
+        request: Farrier_V1_CommissionMachineRequest,
         context: ServerContext
     ) async throws -> Farrier_V1_Machine {
         _ = try Caller.admin("commissioning")
-        return try await transition(.commission, try await visibleMachine(request.name))
+        let m = try await visibleMachine(request.name)
+        let run = try await testRun(tests: request.tests, parameters: request.parameters)
+        return try await transition(.commission, m, change: Self.opening(run))
     }
 
     public func deployMachine(

@@ -34,6 +34,8 @@ public struct AgentConfiguration: Sendable {
     public var stateDirectory: String
     /// The source address of connections to the server (a machine with several addresses).
     public var sourceAddress: String?
+    /// A directory searched before the standard ones for the tests' tools (tests).
+    public var toolPath: String?
 
     public init(
         serverURL: String,
@@ -189,6 +191,9 @@ public final class Agent: Sendable {
                     for i in taken.nics.indices { taken.nics[i].lldp = heard.neighbours[taken.nics[i].name] }
                 }
                 result = AgentResult(ok: true, inventory: taken)
+                if let tests = task.tests, !tests.isEmpty {
+                    result.tests = phases.measure("tests") { runTests(tests, task: task, inventory: taken) }
+                }
             case .deploy:
                 let installed = try deploy(task, inventory: inventory)
                 result = AgentResult(ok: true)
@@ -523,6 +528,34 @@ public final class Agent: Sendable {
         guard (try? p.run()) != nil else { return false }
         p.waitUntilExit()
         return p.terminationStatus == 0
+    }
+
+    // MARK: Tests
+
+    /// Runs a commissioning's tests, after the inventory: every one, each under its own limit.
+    /// The agent makes itself the OOM killer's last choice first (each test makes itself its
+    /// first), so a memory test that overreaches ends as that test's failure, not the agent's.
+    func runTests(_ tests: [TestSpec], task: AgentTask, inventory: Inventory) -> [TestResult] {
+        _ = try? "-1000".write(toFile: "/proc/self/oom_score_adj", atomically: false, encoding: .utf8)
+        let disks = configuration.device.map { [$0] } ?? inventory.disks.map { "/dev/" + $0.name }
+        let clock = phases
+        let runner = TestRunner(
+            toolPath: configuration.toolPath,
+            scratchRoot: configuration.stateDirectory + "/tests",
+            log: log,
+            clock: { clock.offset(.now) }
+        )
+        let results = runner.run(
+            tests,
+            machine: task.machine,
+            disks: disks,
+            memoryBytes: inventory.memoryBytes,
+            threads: inventory.threads ?? inventory.cores
+        ) { stage in report(stage, 0, 0) }
+        for r in results {
+            log("test \(r.name)\(r.target.map { " " + $0 } ?? ""): \(r.status) \(r.summary)")
+        }
+        return results
     }
 
     // MARK: Wipe

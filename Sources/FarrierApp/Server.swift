@@ -192,7 +192,7 @@ public struct FarrierServer: Sendable {
         let apiServices: [any RegistrableRPCService] = [
             MachineAPI(controller: controller, vault: vault, logger: logger),
             ImageAPI(store: store, repository: images, logger: logger), ProjectAPI(store: store),
-            NetworkAPI(store: store, dhcp: dhcpSpace),
+            NetworkAPI(store: store, dhcp: dhcpSpace), TestScriptAPI(store: store),
             TokenAPI(store: store, logger: logger), SiteAPI(store: store, authority: siteAuthority, logger: logger),
         ]
         let apiInterceptors: [any ServerInterceptor] = [

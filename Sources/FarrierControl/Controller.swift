@@ -100,7 +100,8 @@ public final class Controller: Sendable {
         guardGeneration: Int? = nil,
         reasonSuffix: String = "",
         fence: WorkClaim? = nil,
-        change: @escaping @Sendable (inout Machine) throws -> Void = { _ in }
+        change: @escaping @Sendable (inout Machine) throws -> Void = { _ in },
+        events: @escaping @Sendable (Machine) -> [MachineEvent] = { _ in [] }
     ) async throws -> Machine {
         // The step a success or failure ends, when it began and its trace: for its duration's
         // histogram and its span.
@@ -121,7 +122,7 @@ public final class Controller: Sendable {
             // event: its members' watches see how their machine left them.
             var e = MachineEvent(m, kind: .transition, message: m.reason)
             e.project = m.project ?? project
-            return [e]
+            return events(m) + [e]
         }
         Failpoint.hit("controller.after-commit.\(m.state.rawValue)")
         if let step = ended.value {
@@ -250,8 +251,10 @@ public final class Controller: Sendable {
         }
         // A new state expects its own power: the power sync judges it again at its next read.
         m.power?.expected = nil
+        let stepBefore = m.generation
         if Lifecycle.steps.contains(m.state) {
             m.generation += 1
+            m.testAllowance = nil
             m.agentNonce = nil
             m.phase = .queued
             // The step's clock starts now: a step that waits for a slot times out like any other.
@@ -262,6 +265,7 @@ public final class Controller: Sendable {
         } else {
             m.phase = .none
             m.stepStarted = nil
+            m.testAllowance = nil
         }
         // A quick wipe completed the step but erased almost nothing: the disk stays dirty and
         // the machine stays the project's to reuse, never another's.
@@ -280,6 +284,23 @@ public final class Controller: Sendable {
         if m.state != .failed { m.failedStep = nil }
         // The OS is not up in rescue: its next report (leaving rescue) is awaited.
         if m.state == .rescuing { m.deployment?.os?.awaiting = true }
+        Self.carryTests(&m, event, failedStep: stepBefore, now: now)
+    }
+
+    /// A test run across a transition. A retry of the commissioning step that ran it runs it
+    /// again, as a new run; any other commission or an abort closes a run left open (the
+    /// commission's own request, if it has tests, then opens its run).
+    static func carryTests(_ m: inout Machine, _ event: Lifecycle.Event, failedStep: Int, now: Date) {
+        guard var run = m.burnIn else { return }
+        switch event {
+        case .retry where m.state == .commissioning && run.step == failedStep:
+            run = BurnIn(tests: run.tests, requestedBy: run.requestedBy, requested: now, step: m.generation)
+            m.testAllowance = TestPlan.allowance(run.tests, disks: m.inventory?.disks.count)
+        case .commission, .retry, .abort:
+            if run.open { run.finished = now }
+        default: return
+        }
+        m.burnIn = run
     }
 
     /// The context a step begins in: the caller's (the API call's span), or, for a step begun
@@ -732,6 +753,20 @@ public final class Controller: Sendable {
             var task = AgentTask(kind: .commission, machine: m.name)
             let lldp = Int(configuration.lldpWait.components.seconds)
             task.lldpSeconds = lldp > 0 ? lldp : nil
+            if let run = m.burnIn, run.open, !run.tests.isEmpty {
+                var tests: [TestSpec] = []
+                for var spec in run.tests {
+                    // A script removed since the request goes without content: the agent
+                    // reports it as an error, and the step fails; it never passes unrun.
+                    if spec.kind == .script, let sha = spec.sha256,
+                        let content = try await store.testScriptContent(sha256: sha)
+                    {
+                        spec.script = String(decoding: content, as: UTF8.self)
+                    }
+                    tests.append(spec)
+                }
+                task.tests = tests
+            }
             return task
         case .deploying:
             guard let d = m.deployment, let image = try await store.image(name: d.image) else {
@@ -812,6 +847,15 @@ public final class Controller: Sendable {
         hub.notify()
     }
 
+    /// One test's result as its machine event says it: `test smart vda passed in 2.1 s: …`.
+    static func resultLine(_ r: TestResult) -> String {
+        let name = [r.version.map { "\(r.name)@\($0)" } ?? r.name, r.target].compactMap { $0 }.joined(separator: " ")
+        let numbers = r.metrics.sorted { $0.key < $1.key }.map { "\($0.key)=\(TestPlan.format($0.value))" }
+        let detail = ([r.summary] + numbers).filter { !$0.isEmpty }.joined(separator: " ")
+        return "test \(name) \(r.status) in \(String(format: "%.1f", r.seconds)) s"
+            + (detail.isEmpty ? "" : ": \(detail)")
+    }
+
     /// The result as the step takes it: an agent that did not write the plan's network-config
     /// (a ramdisk from before it) failed.
     static func checked(_ result: AgentResult, for m: Machine) -> AgentResult {
@@ -856,6 +900,43 @@ public final class Controller: Sendable {
         if m.state == .commissioning, result.inventory == nil {
             throw ControlError(.invalid, "commissioning needs the inventory in the result")
         }
+        // A commissioning with tests: their results decide the step.
+        var kept: [TestResult]?
+        if m.state == .commissioning, let run = m.burnIn, run.open, !run.tests.isEmpty {
+            let (results, outputs, verdict) = TestPlan.accept(result.tests ?? [], for: run)
+            // Its own write, keyed by the run: a retried answer overwrites it.
+            try await store.putTestOutputs(machineID: m.id, runID: run.runID, outputs)
+            let events: @Sendable (Machine) -> [MachineEvent] = { x in
+                results.map { MachineEvent(x, kind: .action, message: Self.resultLine($0)) }
+            }
+            let record: @Sendable (inout Machine) -> Void = { x in
+                if let inv = result.inventory { x.inventory = inv }
+                x.burnIn?.results = results
+                x.burnIn?.finished = Date()
+            }
+            switch verdict {
+            case .passed: kept = results
+            case .hardware(let reason), .agent(let reason):
+                let failure: FailureClass = if case .hardware = verdict { .hardwareTest } else { .agent }
+                let end = Date()
+                try await InstrumentationContext.$current.withValue(StepTracing.context(m.trace)) {
+                    try await apply(
+                        .stepFailed(reason: reason),
+                        machineID: m.id,
+                        guardGeneration: m.generation,
+                        change: { x in record(&x) },
+                        events: events
+                    )
+                    metrics.failed(m.state, failure)
+                    logFailure(m.name, m.state, failure, reason, trace: m.trace)
+                }
+                let times = AgentTimes(m, result, end: end)
+                traceAgentTask(m, result, times)
+                await recordAgentTimeline(m, result, times)
+                return
+            }
+        }
+        let testResults = kept
         let finished = TransactionNote(false)
         _ = try await store.update(machineID: m.id) { x in
             finished.set(false)
@@ -864,6 +945,10 @@ public final class Controller: Sendable {
             if let inv = result.inventory, x.state == .commissioning {
                 x.inventory = inv
                 if inv.firmware != .unknown { x.firmware = inv.firmware }
+            }
+            if let testResults {
+                x.burnIn?.results = testResults
+                x.burnIn?.finished = Date()
             }
             x.phase = .finish
             x.trace?.phaseSince = Date()
@@ -874,7 +959,9 @@ public final class Controller: Sendable {
             if let rss = result.peakRSSBytes {
                 note += String(format: ", agent peak RSS %.1f MiB", Double(rss) / 1_048_576)
             }
-            return [MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")]
+            return (testResults ?? []).map { MachineEvent(x, kind: .action, message: Self.resultLine($0)) } + [
+                MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")
+            ]
         }
         Failpoint.hit("agent.done.after-commit")
         if finished.value {

@@ -17,6 +17,8 @@ public enum FailureClass: String, Sendable, CaseIterable {
     case agent
     /// The agent read back a non-zero byte after erasing a disk: the machine is not clean.
     case wipeNotVerified = "wipe-not-verified"
+    /// A commissioning test found a hardware fault (a test failed or ran past its limit).
+    case hardwareTest = "hardware-test"
 }
 
 /// The lifecycle's metrics: failed steps by step and class (counted where a failure is

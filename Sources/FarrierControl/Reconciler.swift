@@ -125,7 +125,9 @@ public actor Reconciler: Service {
             waitingForSite = waitingForSite.filter { inBMCPhase.contains($0.key) }
         }
         for m in inSteps {
-            let limit = config.timeout(m.state)
+            // A commissioning's tests add their own limits to the step's (at most a week).
+            let base = config.timeout(m.state)
+            let limit = m.testAllowance.map { min(base + .seconds($0), max(base, TestPlan.maxStepLimit)) } ?? base
             // A step with no recorded start cannot escape its limit: it counts as started long ago.
             let started = m.stepStarted ?? .distantPast
             if now.timeIntervalSince(started) > Double(limit.components.seconds) {

@@ -95,6 +95,9 @@ public struct AgentTask: Codable, Sendable, Equatable {
     /// The trace context of the server's answer to hello (W3C `traceparent`, `tracestate`):
     /// the agent echoes it in its result, and sends it with its image download.
     public var trace: [String: String]?
+    /// Commissioning: the tests to run after the inventory, scripts with their content (nil or
+    /// empty: none). An agent from before burn-in drops them; the server then fails the step.
+    public var tests: [TestSpec]?
 
     public init(
         kind: Kind,
@@ -160,6 +163,8 @@ public struct AgentResult: Codable, Sendable {
     public var trace: [String: String]?
     /// What the task's time went to, for its trace.
     public var phases: [AgentPhase]?
+    /// Commissioning: every test's result, when the task had tests.
+    public var tests: [TestResult]?
     public init(
         ok: Bool,
         error: String? = nil,
@@ -180,7 +185,7 @@ public struct AgentResult: Codable, Sendable {
 /// One part of an agent's task, in seconds after the task began, on the ramdisk's monotonic
 /// clock (its wall clock may not be set). Parts may overlap: a deploy downloads and writes at once.
 public struct AgentPhase: Codable, Sendable, Hashable {
-    /// download, write, verify, configure, wipe, inventory, lldp or rescue.
+    /// download, write, verify, configure, wipe, inventory, lldp, tests or rescue.
     public var name: String
     public var start: Double
     public var end: Double
@@ -200,7 +205,7 @@ public struct AgentPhase: Codable, Sendable, Hashable {
 
     /// The names a server records; anything else an agent sends is dropped.
     public static let names: Set<String> = [
-        "download", "write", "verify", "configure", "wipe", "inventory", "lldp", "rescue",
+        "download", "write", "verify", "configure", "wipe", "inventory", "lldp", "tests", "rescue",
     ]
 }
 

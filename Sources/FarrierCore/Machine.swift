@@ -104,6 +104,11 @@ public struct Machine: Codable, Sendable, Hashable {
     public var rootDevice: RootDeviceHints?
     /// The trace of its current (or last) step: every replica adds its part of the step to it.
     public var trace: StepTrace?
+    /// Its last commissioning test run (burn-in): what was asked and what came back.
+    public var burnIn: BurnIn?
+    /// Seconds the current step's tests add to its configured time limit (a commissioning
+    /// with tests: `TestPlan.allowance`); nil: none.
+    public var testAllowance: Int?
 
     public init(
         id: String = UUID().uuidString.lowercased(),
@@ -329,6 +334,8 @@ public struct MachineStep: Codable, Sendable, Hashable {
     public var generation: Int
     public var stepStarted: Date?
     public var progress: StepProgress?
+    /// Seconds its tests add to the step's limit (`Machine.testAllowance`).
+    public var testAllowance: Int?
 
     public init(
         id: String,
@@ -337,7 +344,8 @@ public struct MachineStep: Codable, Sendable, Hashable {
         phase: StepPhase,
         generation: Int,
         stepStarted: Date?,
-        progress: StepProgress?
+        progress: StepProgress?,
+        testAllowance: Int? = nil
     ) {
         self.id = id
         self.name = name
@@ -346,6 +354,7 @@ public struct MachineStep: Codable, Sendable, Hashable {
         self.generation = generation
         self.stepStarted = stepStarted
         self.progress = progress
+        self.testAllowance = testAllowance
     }
 
     public init(_ m: Machine) {
@@ -356,7 +365,8 @@ public struct MachineStep: Codable, Sendable, Hashable {
             phase: m.phase,
             generation: m.generation,
             stepStarted: m.stepStarted,
-            progress: m.progress
+            progress: m.progress,
+            testAllowance: m.testAllowance
         )
     }
 }

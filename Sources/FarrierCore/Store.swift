@@ -384,7 +384,7 @@ public protocol WorkClaimStore: Sendable {
 }
 
 public typealias StateStore = MachineStore & LeaseStore & TenancyStore & ImageStore & WorkClaimStore & SiteStore
-    & BMCCredentialStore & NetworkStore
+    & BMCCredentialStore & NetworkStore & TestScriptStore
 
 /// Networks for deployed machines (issue 18 point 4) and the static addresses machines hold on
 /// them. Machines take and give back addresses only in their own writes (`AddressAllocation`
@@ -400,6 +400,53 @@ public protocol NetworkStore: Sendable {
     func deleteNetwork(name: String) async throws
     /// The addresses held on a network, lowest first, with the machine holding each.
     func networkAddresses(network: String) async throws -> [HeldAddress]
+}
+
+/// Admins' commissioning test scripts (every version kept, content by hash), and the output of
+/// each machine's last test run (kept apart from the machine: admins only read it).
+public protocol TestScriptStore: Sendable {
+    /// Stores `content` as the next version of `script.name` (`script.version` is ignored) and
+    /// returns it. If the newest version has the same content, limit and description, that
+    /// version is returned and nothing is written: a retried add is harmless.
+    func addTestScript(_ script: TestScript, content: [UInt8]) async throws -> TestScript
+    /// Every version of every script, by name then version.
+    func testScripts() async throws -> [TestScript]
+    func testScriptContent(sha256: String) async throws -> [UInt8]?
+    /// Removes every version of a script and returns how many: `notFound` if it has none,
+    /// `inUse` (naming them) while a machine commissioning, or failed in commissioning, has
+    /// it among its tests (a retry would need it).
+    func removeTestScript(name: String) async throws -> Int
+    /// Keeps these outputs as the machine's run `runID`, replacing any of that run's and
+    /// dropping other runs' (only the last run's output is kept).
+    func putTestOutputs(machineID: String, runID: String, _ outputs: [TestOutput]) async throws
+    func testOutputs(machineID: String, runID: String) async throws -> [TestOutput]
+}
+
+/// One test's output from a machine's run (a per-disk test has one for each disk).
+public struct TestOutput: Sendable, Hashable {
+    public var name: String
+    /// The disk, or "" for a test that is not per disk.
+    public var target: String
+    public var output: String
+    public init(name: String, target: String, output: String) {
+        self.name = name
+        self.target = target
+        self.output = output
+    }
+}
+
+extension BurnIn {
+    /// The scripts this run names, for a script's removal (one a retry would need is in use).
+    public var scriptNames: Set<String> { Set(tests.filter { $0.kind == .script }.map(\.name)) }
+}
+
+extension Machine {
+    /// Whether removing the script `name` would leave this machine's run without it: it is
+    /// commissioning, or failed in commissioning (a retry runs the same tests), with it.
+    public func needsTestScript(_ name: String) -> Bool {
+        guard state == .commissioning || (state == .failed && failedStep == .commissioning) else { return false }
+        return burnIn?.scriptNames.contains(name) == true
+    }
 }
 
 /// A static address a machine holds on a network.

@@ -118,14 +118,18 @@ public struct BurnIn: Codable, Sendable, Hashable {
     public var finished: Date?
     /// Without their output.
     public var results: [TestResult]
+    /// The generation of the commissioning step that runs it (a retry of that step runs it
+    /// again; a later step's retry does not).
+    public var step: Int?
 
     public init(
-        runID: String,
+        runID: String = UUID().uuidString.lowercased(),
         tests: [TestSpec],
         requestedBy: String,
         requested: Date,
         finished: Date? = nil,
-        results: [TestResult] = []
+        results: [TestResult] = [],
+        step: Int? = nil
     ) {
         self.runID = runID
         self.tests = tests
@@ -133,6 +137,22 @@ public struct BurnIn: Codable, Sendable, Hashable {
         self.requested = requested
         self.finished = finished
         self.results = results
+        self.step = step
+    }
+
+    /// Whether the agent still has this run to do.
+    public var open: Bool { finished == nil }
+
+    /// Counts of the results by status, for one line (`5 passed, 1 failed`).
+    public var tally: String {
+        let order: [TestStatus] = [.passed, .failed, .timedOut, .skipped, .error]
+        var parts = order.compactMap { status -> String? in
+            let n = results.filter { $0.status == status }.count
+            return n > 0 ? "\(n) \(status)" : nil
+        }
+        let others = results.filter { !order.contains($0.status) }.count
+        if others > 0 { parts.append("\(others) other") }
+        return parts.isEmpty ? "no results" : parts.joined(separator: ", ")
     }
 }
 
@@ -406,6 +426,11 @@ public enum TestPlan {
         return min(base + .seconds(seconds), maxStepLimit)
     }
 
+    /// Seconds a run of `specs` adds to its commissioning step's configured limit.
+    public static func allowance(_ specs: [TestSpec], disks: Int?) -> Int {
+        Int(stepLimit(specs, disks: disks, base: .zero).components.seconds)
+    }
+
     /// Why `name` cannot name an admin's script, or nil: a DNS label (1–63 of a–z, 0–9 and
     /// `-`, not at either end) that no built-in or alias has.
     public static func nameProblem(_ name: String) -> String? {
@@ -431,5 +456,84 @@ public enum TestPlan {
             return "a metric's name is 1-40 of a-z, 0-9 and '_'"
         }
         return nil
+    }
+
+    /// What a commissioning makes of its run's results.
+    public enum Verdict: Sendable, Hashable {
+        case passed
+        /// A test failed or ran past its limit: the hardware is at fault.
+        case hardware(String)
+        /// A test could not run, or has no result: the agent (or its ramdisk) is at fault.
+        case agent(String)
+    }
+
+    /// A metric's value for people: whole numbers without a fraction, others to 2 places.
+    public static func format(_ value: Double) -> String {
+        if value.rounded() == value, abs(value) < 1e15 { return String(Int64(value)) }
+        return String(format: "%.2f", value)
+    }
+
+    public static let maxResults = 256
+    public static let maxOutputBytes = 16_384
+    public static let maxReason = 512
+
+    /// An agent's results as the server keeps them: only for tests of `run` (by name and, for
+    /// scripts, version), at most `maxResults`, metrics and summary bounded, without their
+    /// output (returned apart, each at most `maxOutputBytes`); and what they add up to.
+    public static func accept(
+        _ reported: [TestResult],
+        for run: BurnIn
+    ) -> (results: [TestResult], outputs: [TestOutput], verdict: Verdict) {
+        var results: [TestResult] = []
+        var outputs: [TestOutput] = []
+        for var r in reported.prefix(maxResults) {
+            guard let spec = run.tests.first(where: { $0.name == r.name }), spec.version == r.version else { continue }
+            r.target = r.target.map { String($0.prefix(64)) }
+            r.metrics = Dictionary(
+                uniqueKeysWithValues: r.metrics.filter { metricKeyProblem($0.key) == nil && $0.value.isFinite }
+                    .sorted { $0.key < $1.key }.prefix(maxMetrics).map { ($0.key, $0.value) }
+            )
+            r.summary = String(r.summary.prefix(maxSummary))
+            if let text = r.output {
+                var bytes = Array(text.utf8)
+                if bytes.count > maxOutputBytes { bytes = Array(bytes.suffix(maxOutputBytes)) }
+                outputs.append(
+                    TestOutput(name: r.name, target: r.target ?? "", output: String(decoding: bytes, as: UTF8.self))
+                )
+            }
+            r.output = nil
+            results.append(r)
+        }
+        for spec in run.tests where !results.contains(where: { $0.name == spec.name }) {
+            return (
+                results, outputs,
+                .agent(
+                    "the agent reported no result for test \(spec.label) (a ramdisk or site from before burn-in, "
+                        + "or no disk to test)"
+                )
+            )
+        }
+        func line(_ r: TestResult) -> String {
+            let what = [r.version.map { "\(r.name)@\($0)" } ?? r.name, r.target].compactMap { $0 }.joined(
+                separator: " "
+            )
+            return "\(what) \(r.status)" + (r.summary.isEmpty ? "" : ": \(r.summary)")
+        }
+        let faults = results.filter { $0.status.failsHardware }
+        if !faults.isEmpty {
+            return (
+                results, outputs,
+                .hardware(String(("test " + faults.map(line).joined(separator: "; test ")).prefix(maxReason)))
+            )
+        }
+        // An error, or a status this server does not know, is not a pass.
+        let broken = results.filter { ![.passed, .skipped].contains($0.status) }
+        if !broken.isEmpty {
+            return (
+                results, outputs,
+                .agent(String(("test " + broken.map(line).joined(separator: "; test ")).prefix(maxReason)))
+            )
+        }
+        return (results, outputs, .passed)
     }
 }

@@ -341,6 +341,27 @@ public final class PostgresStore: StateStore {
                 "CREATE INDEX network_address_machine ON network_address (machine_id)",
             ]
         ),
+        (
+            "v11-burn-in",
+            [
+                // Admins' test scripts, every version (the version's fields in body), their
+                // content by hash; the output of each machine's last run, gone with the
+                // machine. A machine's run and step limit ride in its body.
+                "CREATE TABLE test_script_content (sha256 text PRIMARY KEY, content bytea NOT NULL)",
+                """
+                CREATE TABLE test_script (
+                  name text NOT NULL, version integer NOT NULL,
+                  sha256 text NOT NULL REFERENCES test_script_content (sha256), body jsonb NOT NULL,
+                  PRIMARY KEY (name, version))
+                """,
+                """
+                CREATE TABLE test_output (
+                  machine_id text NOT NULL REFERENCES machine (id) ON DELETE CASCADE, run_id text NOT NULL,
+                  name text NOT NULL, target text NOT NULL DEFAULT '', seq integer NOT NULL, output text NOT NULL,
+                  PRIMARY KEY (machine_id, run_id, name, target))
+                """,
+            ]
+        ),
     ]
 
     /// An arbitrary constant: the advisory lock migrations take.
@@ -593,7 +614,8 @@ extension PostgresStore {
             MachineStep.self,
             """
             SELECT json_build_object('id', id, 'name', name, 'state', state, 'phase', body->'phase',
-                'generation', body->'generation', 'stepStarted', body->'stepStarted', 'progress', body->'progress')::text
+                'generation', body->'generation', 'stepStarted', body->'stepStarted', 'progress', body->'progress',
+                'testAllowance', body->'testAllowance')::text
             FROM machine WHERE state = ANY(\(states))
             """
         )
@@ -1488,6 +1510,134 @@ extension PostgresStore {
             for try await _ in rows.decode(String.self) { return true }
             return false
         }
+    }
+
+    // MARK: TestScriptStore
+
+    public func addTestScript(_ script: TestScript, content: [UInt8]) async throws -> TestScript {
+        try await transaction { [self] conn in
+            // Adds of one name take turns: each sees the version the one before it added.
+            try await conn.query(
+                "SELECT pg_advisory_xact_lock(hashtext(\("test-script:" + script.name)))",
+                logger: logger
+            )
+            let newest = try await firstBody(
+                TestScript.self,
+                conn,
+                "SELECT body::text FROM test_script WHERE name = \(script.name) ORDER BY version DESC LIMIT 1"
+            )
+            if let newest, newest.sha256 == script.sha256, newest.limitSeconds == script.limitSeconds,
+                newest.description == script.description
+            {
+                return newest
+            }
+            var stored = script
+            stored.version = (newest?.version ?? 0) + 1
+            try await conn.query(
+                """
+                INSERT INTO test_script_content (sha256, content) VALUES (\(script.sha256), \(ByteBuffer(bytes: content)))
+                ON CONFLICT (sha256) DO NOTHING
+                """,
+                logger: logger
+            )
+            try await conn.query(
+                """
+                INSERT INTO test_script (name, version, sha256, body)
+                VALUES (\(stored.name), \(stored.version), \(stored.sha256), \(try Self.json(stored))::jsonb)
+                """,
+                logger: logger
+            )
+            return stored
+        }
+    }
+
+    public func testScripts() async throws -> [TestScript] {
+        try await all(TestScript.self, "SELECT body::text FROM test_script ORDER BY name COLLATE \"C\", version")
+    }
+
+    public func testScriptContent(sha256: String) async throws -> [UInt8]? {
+        try await run { [self] conn in
+            for try await content in try await conn.query(
+                "SELECT content FROM test_script_content WHERE sha256 = \(sha256)",
+                logger: logger
+            ).decode(ByteBuffer.self) {
+                return Array(content.readableBytesView)
+            }
+            return nil
+        }
+    }
+
+    public func removeTestScript(name: String) async throws -> Int {
+        try await transaction { [self] conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("test-script:" + name)))", logger: logger)
+            let versions = try await count(conn, "SELECT count(*) FROM test_script WHERE name = \(name)")
+            guard versions > 0 else { throw StoreError(.notFound, "no test script named '\(name)'") }
+            // The machines that could need it are locked to the commit, as an image's delete
+            // locks its users: a commissioning of one of them waits, then finds no content
+            // and reports that test as an error, never a pass.
+            let users = try await machines(
+                conn,
+                """
+                SELECT body::text FROM machine WHERE body->'burnIn' IS NOT NULL AND state IN ('commissioning', 'failed')
+                ORDER BY name COLLATE "C" FOR UPDATE
+                """
+            ).filter { $0.needsTestScript(name) }
+            if !users.isEmpty {
+                throw StoreError(
+                    .inUse,
+                    "test script '\(name)' is among the tests of \(users.map(\.name).joined(separator: ", ")) "
+                        + "(commissioning, or failed in it); let them finish or abort them first"
+                )
+            }
+            try await conn.query("DELETE FROM test_script WHERE name = \(name)", logger: logger)
+            try await conn.query(
+                """
+                DELETE FROM test_script_content c WHERE NOT EXISTS (SELECT 1 FROM test_script s WHERE s.sha256 = c.sha256)
+                """,
+                logger: logger
+            )
+            return versions
+        }
+    }
+
+    public func putTestOutputs(machineID: String, runID: String, _ outputs: [TestOutput]) async throws {
+        try await transaction { [self] conn in
+            try await conn.query("DELETE FROM test_output WHERE machine_id = \(machineID)", logger: logger)
+            for (i, o) in outputs.enumerated() {
+                try await conn.query(
+                    """
+                    INSERT INTO test_output (machine_id, run_id, name, target, seq, output)
+                    VALUES (\(machineID), \(runID), \(o.name), \(o.target), \(i), \(o.output))
+                    ON CONFLICT (machine_id, run_id, name, target) DO UPDATE SET output = EXCLUDED.output
+                    """,
+                    logger: logger
+                )
+            }
+        }
+    }
+
+    public func testOutputs(machineID: String, runID: String) async throws -> [TestOutput] {
+        try await run { [self] conn in
+            var out: [TestOutput] = []
+            for try await (name, target, output) in try await conn.query(
+                """
+                SELECT name, target, output FROM test_output WHERE machine_id = \(machineID) AND run_id = \(runID)
+                ORDER BY seq
+                """,
+                logger: logger
+            ).decode((String, String, String).self) {
+                out.append(TestOutput(name: name, target: target, output: output))
+            }
+            return out
+        }
+    }
+
+    func firstBody<T: Decodable>(_ type: T.Type, _ conn: PostgresConnection, _ query: PostgresQuery) async throws -> T?
+    {
+        for try await body in try await conn.query(query, logger: logger).decode(String.self) {
+            return try Self.decode(T.self, body)
+        }
+        return nil
     }
 
     // MARK: NetworkStore

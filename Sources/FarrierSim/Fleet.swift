@@ -545,6 +545,22 @@ public actor SimFleet {
                 // As the real agent: it put the OS token into the vendor-data.
                 result.osReporter = task.kind == .deploy && task.osToken != nil ? true : nil
                 result.networkConfig = task.kind == .deploy && task.seed?.networkConfig != nil ? true : nil
+                // Every test passes at once (per-disk ones on the one simulated disk).
+                result.tests = task.tests.map { specs in
+                    specs.map { s in
+                        let perDisk = TestPlan.builtin(s.name)?.perDisk == true
+                        return TestResult(
+                            name: s.name,
+                            version: s.version,
+                            target: perDisk ? "sda" : nil,
+                            status: .passed,
+                            start: 0,
+                            end: 0,
+                            exitCode: 0,
+                            summary: "simulated"
+                        )
+                    }
+                }
                 let r = try await report(AgentAPI.done, result, token: task.token)
                 guard r.status == 200 else { throw SimHTTPError("done answered \(r.status): \(r.text.prefix(200))") }
                 await self.count(\.dones)

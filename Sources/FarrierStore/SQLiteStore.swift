@@ -302,6 +302,34 @@ public final class SQLiteStore: StateStore {
             }
             try db.create(index: "networkAddress_machine", on: "networkAddress", columns: ["machineID"])
         }
+        m.registerMigration("v23-burn-in") { db in
+            // A machine's last test run (JSON) and its step's own limit (seconds); admins'
+            // test scripts, every version, their content by hash (shared by versions that
+            // have the same); the output of each machine's last run, gone with the machine.
+            try db.alter(table: "machine") { t in
+                t.add(column: "burnIn", .text)
+                t.add(column: "testAllowance", .integer)
+            }
+            try db.create(table: "testScriptContent") { t in
+                t.primaryKey("sha256", .text)
+                t.column("content", .blob).notNull()
+            }
+            try db.create(table: "testScript") { t in
+                t.column("name", .text).notNull()
+                t.column("version", .integer).notNull()
+                t.column("sha256", .text).notNull().references("testScriptContent", onDelete: .restrict)
+                t.column("body", .text).notNull()
+                t.primaryKey(["name", "version"])
+            }
+            try db.create(table: "testOutput") { t in
+                t.column("machineID", .text).notNull().references("machine", onDelete: .cascade)
+                t.column("runID", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("target", .text).notNull().defaults(to: "")
+                t.column("output", .text).notNull()
+                t.primaryKey(["machineID", "runID", "name", "target"])
+            }
+        }
         return m
     }
 
@@ -455,7 +483,7 @@ public final class SQLiteStore: StateStore {
             let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT id, name, state, phase, generation, stepStarted, progress FROM machine
+                    SELECT id, name, state, phase, generation, stepStarted, progress, testAllowance FROM machine
                     WHERE state IN (\(states.map { _ in "?" }.joined(separator: ", ")))
                     """,
                 arguments: StatementArguments(states)
@@ -471,7 +499,8 @@ public final class SQLiteStore: StateStore {
                     phase: phase,
                     generation: row["generation"],
                     stepStarted: row["stepStarted"],
-                    progress: try jsonValue(StepProgress.self, row["progress"])
+                    progress: try jsonValue(StepProgress.self, row["progress"]),
+                    testAllowance: row["testAllowance"]
                 )
             }
         }
@@ -1252,6 +1281,100 @@ extension SQLiteStore {
         }
     }
 
+    // MARK: TestScriptStore
+
+    public func addTestScript(_ script: TestScript, content: [UInt8]) async throws -> TestScript {
+        try await writing { db in
+            let newest = try String.fetchOne(
+                db,
+                sql: "SELECT body FROM testScript WHERE name = ? ORDER BY version DESC LIMIT 1",
+                arguments: [script.name]
+            ).map { try JSONDecoder().decode(TestScript.self, from: Data($0.utf8)) }
+            if let newest, newest.sha256 == script.sha256, newest.limitSeconds == script.limitSeconds,
+                newest.description == script.description
+            {
+                return newest
+            }
+            var stored = script
+            stored.version = (newest?.version ?? 0) + 1
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO testScriptContent (sha256, content) VALUES (?, ?)",
+                arguments: [script.sha256, Data(content)]
+            )
+            try db.execute(
+                sql: "INSERT INTO testScript (name, version, sha256, body) VALUES (?, ?, ?, ?)",
+                arguments: [stored.name, stored.version, stored.sha256, try jsonText(stored)]
+            )
+            return stored
+        }
+    }
+
+    public func testScripts() async throws -> [TestScript] {
+        try await reading { db in
+            try String.fetchAll(db, sql: "SELECT body FROM testScript ORDER BY name, version").map {
+                try JSONDecoder().decode(TestScript.self, from: Data($0.utf8))
+            }
+        }
+    }
+
+    public func testScriptContent(sha256: String) async throws -> [UInt8]? {
+        try await reading { db in
+            try Data.fetchOne(db, sql: "SELECT content FROM testScriptContent WHERE sha256 = ?", arguments: [sha256])
+                .map { Array($0) }
+        }
+    }
+
+    public func removeTestScript(name: String) async throws -> Int {
+        try await writing { db in
+            let versions =
+                try Int.fetchOne(
+                    db,
+                    sql: "SELECT count(*) FROM testScript WHERE name = ?",
+                    arguments: [name]
+                ) ?? 0
+            guard versions > 0 else { throw StoreError(.notFound, "no test script named '\(name)'") }
+            // A commissioning that resolved the script before this and commits after it finds
+            // no content when its task is made: that test ends as an error, not a pass.
+            let users = try MachineRecord.filter(sql: "burnIn IS NOT NULL AND state IN ('commissioning', 'failed')")
+                .order(Column("name")).fetchAll(db).map { try $0.machine() }.filter { $0.needsTestScript(name) }
+            if !users.isEmpty {
+                throw StoreError(
+                    .inUse,
+                    "test script '\(name)' is among the tests of \(users.map(\.name).joined(separator: ", ")) "
+                        + "(commissioning, or failed in it); let them finish or abort them first"
+                )
+            }
+            try db.execute(sql: "DELETE FROM testScript WHERE name = ?", arguments: [name])
+            try db.execute(
+                sql: "DELETE FROM testScriptContent WHERE sha256 NOT IN (SELECT sha256 FROM testScript)"
+            )
+            return versions
+        }
+    }
+
+    public func putTestOutputs(machineID: String, runID: String, _ outputs: [TestOutput]) async throws {
+        try await writing { db in
+            try db.execute(sql: "DELETE FROM testOutput WHERE machineID = ?", arguments: [machineID])
+            for o in outputs {
+                try db.execute(
+                    sql:
+                        "INSERT OR REPLACE INTO testOutput (machineID, runID, name, target, output) VALUES (?, ?, ?, ?, ?)",
+                    arguments: [machineID, runID, o.name, o.target, o.output]
+                )
+            }
+        }
+    }
+
+    public func testOutputs(machineID: String, runID: String) async throws -> [TestOutput] {
+        try await reading { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT name, target, output FROM testOutput WHERE machineID = ? AND runID = ? ORDER BY rowid",
+                arguments: [machineID, runID]
+            ).map { TestOutput(name: $0[0], target: $0[1], output: $0[2]) }
+        }
+    }
+
     // MARK: NetworkStore
 
     public func createNetwork(_ network: Network) async throws {
@@ -1547,6 +1670,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
     var otherMACs: String?
     var rootDevice: String?
     var trace: String?
+    var burnIn: String?
+    var testAllowance: Int?
 
     /// bmcSecret is read and written only by its own queries, never with the record.
     static var databaseSelection: [any SQLSelectable] {
@@ -1559,7 +1684,7 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
             Column("diskDirty"),
             Column("dirtyFor"), Column("releasedFrom"),
             Column("agentBoot"), Column("agentNonce"), Column("maintenance"), Column("power"), Column("bmcCredential"),
-            Column("otherMACs"), Column("rootDevice"), Column("trace"),
+            Column("otherMACs"), Column("rootDevice"), Column("trace"), Column("burnIn"), Column("testAllowance"),
         ]
     }
 
@@ -1598,6 +1723,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         otherMACs = try? m.otherMACs.map(jsonText)
         rootDevice = try? m.rootDevice.map(jsonText)
         trace = try? m.trace.map(jsonText)
+        burnIn = try? m.burnIn.map(jsonText)
+        testAllowance = m.testAllowance
     }
 
     func machine() throws -> Machine {
@@ -1648,6 +1775,8 @@ struct MachineRecord: Codable, FetchableRecord, PersistableRecord {
         m.otherMACs = try jsonValue([String].self, otherMACs)
         m.rootDevice = try jsonValue(RootDeviceHints.self, rootDevice)
         m.trace = try jsonValue(StepTrace.self, trace)
+        m.burnIn = try jsonValue(BurnIn.self, burnIn)
+        m.testAllowance = testAllowance
         return m
     }
 }

@@ -12,7 +12,7 @@ struct Farrier: AsyncParsableCommand {
         version: farrierVersion,
         subcommands: [
             ServerCommand.self, MachineCommand.self, ImageCommand.self, ProjectCommand.self, TokenCommand.self,
-            BMCCommand.self, SiteCommand.self, NetworkCommand.self,
+            BMCCommand.self, SiteCommand.self, NetworkCommand.self, TestScriptCommand.self,
             LabCommand.self, AgentCommand.self, SimCommand.self, CompletionCommand.self, ContextCommand.self,
             ExitCodesCommand.self,
         ]

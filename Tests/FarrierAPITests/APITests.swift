@@ -387,7 +387,7 @@ import Testing
             delete.name = "blue"
             #expect(await code { _ = try await projects.deleteProject(delete) } == .failedPrecondition)
             // A transition the lifecycle does not allow: commissioning a deployed machine.
-            var ref = Farrier_V1_MachineRef()
+            var ref = Farrier_V1_CommissionMachineRequest()
             ref.name = "m00"
             #expect(await code { _ = try await machines.commissionMachine(ref) } == .failedPrecondition)
             var enroll = Farrier_V1_EnrollMachineRequest()

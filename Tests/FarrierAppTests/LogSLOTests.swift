@@ -30,7 +30,8 @@ import Testing
     }
 
     /// The lines of a small day: two deploys (one failed, by its agent), a release whose wipe
-    /// failed verification, a commission; with a reason that looks like other fields.
+    /// failed verification, a commission and one that failed a hardware test; with a reason
+    /// that looks like other fields.
     static func lines(_ format: LineLogHandler.Format) -> [String] {
         let h = LineLogHandler(label: "farrier.control", level: .info, format: format)
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -74,6 +75,14 @@ import Testing
             ),
             ended("a3", "releasing", "failed", "901.500"),
             ended("a4", "commissioning", "succeeded", "61.000"),
+            failed(
+                "a5",
+                "commissioning",
+                "hardware-test",
+                "test memtester failed: 3 errors",
+                msg: "lifecycle step failed"
+            ),
+            ended("a5", "commissioning", "failed", "812.400"),
         ]
     }
 
@@ -112,6 +121,8 @@ import Testing
             #"farrier_log_lifecycle_steps_ended_total{outcome="failed",step="deploying"}"#: "1",
             #"farrier_log_lifecycle_steps_ended_total{outcome="failed",step="releasing"}"#: "1",
             #"farrier_log_lifecycle_steps_ended_total{outcome="succeeded",step="commissioning"}"#: "1",
+            #"farrier_log_lifecycle_steps_ended_total{outcome="failed",step="commissioning"}"#: "1",
+            #"farrier_log_lifecycle_step_failures_total{failure="hardware-test",step="commissioning"}"#: "1",
             #"farrier_log_lifecycle_step_failures_total{failure="agent",step="deploying"}"#: "1",
             #"farrier_log_lifecycle_step_failures_total{failure="wipe-not-verified",step="releasing"}"#: "1",
             #"farrier_log_lifecycle_step_duration_seconds_sum{outcome="succeeded",step="deploying"}"#: "412.25",
@@ -123,7 +134,7 @@ import Testing
         }
         // Nothing else: a reason that looks like fields counted nothing.
         let counted = samples.filter { $0.key.contains("_total{") }
-        #expect(counted.count == 6, "\(format): \(counted)")
+        #expect(counted.count == 8, "\(format): \(counted)")
     }
 
     @Test func promtoolTestsTheLogRulesOnWhatMtailExports() throws {

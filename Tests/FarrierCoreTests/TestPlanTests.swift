@@ -181,4 +181,59 @@ struct TestPlanTests {
         #expect(!TestStatus.error.failsHardware && !TestStatus.skipped.failsHardware)
         #expect(String(decoding: try JSONEncoder().encode(TestStatus.timedOut), as: UTF8.self) == "\"timed-out\"")
     }
+
+    @Test func resultsAreBoundedAndAddUpToAVerdict() throws {
+        let run = BurnIn(
+            runID: "r1",
+            tests: try resolved(["cpu", "disk"]).get(),
+            requestedBy: "admin",
+            requested: Self.created
+        )
+        func r(_ name: String, _ status: TestStatus, target: String? = nil, summary: String = "") -> TestResult {
+            TestResult(name: name, target: target, status: status, start: 0, end: 1, summary: summary)
+        }
+        var big = r("cpu-stress", .passed, summary: String(repeating: "s", count: 1000))
+        big.metrics = Dictionary(uniqueKeysWithValues: (0..<40).map { ("m\($0)", Double($0)) })
+        big.metrics["Bad-Key"] = 1
+        big.metrics["nan"] = .nan
+        big.output = String(repeating: "o", count: 100_000)
+        let passing = [big, r("smart", .skipped, target: "vda"), r("disk-read", .passed, target: "vda")]
+        let ok = TestPlan.accept(passing, for: run)
+        #expect(ok.verdict == .passed)
+        #expect(
+            ok.results[0].summary.count == TestPlan.maxSummary && ok.results[0].metrics.count == TestPlan.maxMetrics
+        )
+        #expect(ok.results[0].metrics["Bad-Key"] == nil && ok.results[0].metrics["nan"] == nil)
+        #expect(ok.results.allSatisfy { $0.output == nil })
+        #expect(
+            ok.outputs == [TestOutput(name: "cpu-stress", target: "", output: String(repeating: "o", count: 16_384))]
+        )
+        // A test not asked for is dropped; one asked for without a result is the agent's fault.
+        let missing = TestPlan.accept([r("cpu-stress", .passed), r("memtester", .failed)], for: run)
+        #expect(missing.results.map(\.name) == ["cpu-stress"])
+        guard case .agent(let why) = missing.verdict else {
+            Issue.record("\(missing.verdict)")
+            return
+        }
+        #expect(why.hasPrefix("the agent reported no result for test smart"))
+        // Failures name every failed test; an error or an unknown status is never a pass.
+        let bad = TestPlan.accept(
+            passing + [
+                r("smart", .failed, target: "nvme0n1", summary: "critical warning 0x4"),
+                r("disk-read", .timedOut, target: "nvme0n1"),
+            ],
+            for: run
+        )
+        #expect(
+            bad.verdict
+                == .hardware("test smart nvme0n1 failed: critical warning 0x4; test disk-read nvme0n1 timed-out")
+        )
+        let odd = TestPlan.accept(passing + [r("disk-read", TestStatus(rawValue: "flaky"), target: "sdb")], for: run)
+        #expect(odd.verdict == .agent("test disk-read sdb flaky"))
+        #expect(TestPlan.format(3) == "3" && TestPlan.format(48210.456) == "48210.46")
+        #expect(run.tally == "no results")
+        var tallied = run
+        tallied.results = bad.results
+        #expect(tallied.tally == "2 passed, 1 failed, 1 timed-out, 1 skipped")
+    }
 }

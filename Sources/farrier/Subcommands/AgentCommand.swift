@@ -30,6 +30,8 @@ struct AgentCommand: ParsableCommand {
             "Also write the task the server gave, secrets included, to this file (mode 0600), for debugging; never on the console."
     )
     var taskFile: String?
+    @Option(help: "Look for the commissioning tests' tools (stress-ng, memtester, smartctl) here first (tests).")
+    var toolPath: String?
 
     func run() throws {
         var c: AgentConfiguration
@@ -54,6 +56,7 @@ struct AgentCommand: ParsableCommand {
         c.authorizedKeysPath = authorizedKeys
         c.attempts = attempts
         c.taskFile = taskFile
+        c.toolPath = toolPath
         guard try Agent(c).run() else { throw ExitCode(1) }
     }
 }

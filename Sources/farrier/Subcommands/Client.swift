@@ -191,6 +191,7 @@ struct Clients: Sendable {
     let tokens: Farrier_V1_TokenService.Client<HTTP2ClientTransport.Posix>
     let sites: Farrier_V1_SiteService.Client<HTTP2ClientTransport.Posix>
     let networks: Farrier_V1_NetworkService.Client<HTTP2ClientTransport.Posix>
+    let testScripts: Farrier_V1_TestScriptService.Client<HTTP2ClientTransport.Posix>
 }
 
 /// The replica that answered last (an index into the server list): later calls of this process
@@ -229,7 +230,8 @@ func rpc<R: Sendable>(
                     projects: .init(wrapping: client),
                     tokens: .init(wrapping: client),
                     sites: .init(wrapping: client),
-                    networks: .init(wrapping: client)
+                    networks: .init(wrapping: client),
+                    testScripts: .init(wrapping: client)
                 )
                 if !idempotent, servers.count > 1 { _ = try await clients.tokens.whoAmI(Farrier_V1_WhoAmIRequest()) }
                 sent.withLock { $0 = true }

@@ -126,7 +126,7 @@ func follow(_ name: String, client: ClientOptions, timeout: Int) async throws ->
     throw ExitCode(2)
 }
 
-/// The shape shared by release, rescue, exit-rescue, retry, abort, commission: one machine, an
+/// The shape shared by release, rescue, exit-rescue, retry, abort: one machine, an
 /// RPC, optionally --wait.
 protocol MachineVerb: AsyncParsableCommand, Sendable {
     var client: ClientOptions { get }
@@ -345,17 +345,47 @@ extension MachineCommand {
         }
     }
 
-    struct Commission: MachineVerb {
+    struct Commission: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Commission a machine: inventory in the ramdisk, then ready."
+            abstract: "Commission a machine: inventory in the ramdisk, then the tests asked for, then ready.",
+            discussion: """
+                --tests runs hardware tests in the ramdisk after the inventory, one after another: the \
+                built-ins cpu-stress, memory-stress, memtester, smart and disk-read (aliases: cpu, memory, \
+                disk), and admins' scripts (`farrier test-script add`), as NAME or NAME@VERSION. A test \
+                that fails or runs past its limit leaves the machine failed, naming the test; `machine \
+                show` lists every result. --param sets a built-in's parameter, TEST.KEY=VALUE (see \
+                `farrier test-script list`), e.g. --param cpu-stress.seconds=60.
+                """
         )
-        static let verb = "commissioning"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
-        func call(_ c: Clients, _ r: Farrier_V1_MachineRef) async throws -> Farrier_V1_Machine {
-            try await c.machines.commissionMachine(r)
+        @Option(help: "Tests to run, comma-separated; repeat for more.") var tests: [String] = []
+        @Option(name: .customLong("param"), help: "A built-in test's parameter TEST.KEY=VALUE; repeat for more.")
+        var parameters: [String] = []
+
+        func validate() throws {
+            if tests.isEmpty, !parameters.isEmpty { throw ValidationError("--param needs --tests") }
+        }
+
+        func run() async throws {
+            let printer = try MachineView.printer(output)
+            var req = Farrier_V1_CommissionMachineRequest()
+            req.name = name
+            req.tests = tests
+            req.parameters = parameters
+            let request = req
+            let m = try await rpc(client) { try await $0.machines.commissionMachine(request) }
+            if waitOptions.wait {
+                try printMachine(
+                    try await follow(m.name, client: client, timeout: waitOptions.timeout),
+                    printer,
+                    verb: "commissioning"
+                )
+            } else {
+                try printMachine(m, printer, verb: "commissioning")
+            }
         }
     }
 

@@ -59,6 +59,9 @@ extension MachineCommand {
         @Flag(help: "Redfish over HTTPS: do not verify this BMC's certificate (self-signed).") var bmcInsecureTLS =
             false
         @Flag(help: "Commission right away: boot the ramdisk, take the inventory, end ready.") var commission = false
+        @Option(help: "With --commission: tests to run (as `machine commission --tests`).") var tests: [String] = []
+        @Option(name: .customLong("param"), help: "With --commission: a built-in test's parameter TEST.KEY=VALUE.")
+        var parameters: [String] = []
         @Option(
             name: [.customShort("f"), .customLong("file"), .customLong("from")],
             help: "Enroll every machine this fleet file (YAML, JSON or CSV) names, all or none (see above)."
@@ -67,6 +70,9 @@ extension MachineCommand {
         @Option(help: "The site whose boot network the machine is on (default: the region's own).") var site: String?
 
         func validate() throws {
+            if !commission, !tests.isEmpty || !parameters.isEmpty {
+                throw ValidationError("--tests and --param need --commission")
+            }
             if bmcPasswordFile != nil, bmcCredential != nil {
                 throw ValidationError("give --bmc-password-file or --bmc-credential, not both")
             }
@@ -97,6 +103,8 @@ extension MachineCommand {
             }
             req.bmcInsecureTls = bmcInsecureTLS
             req.commission = commission
+            req.commissionTests = tests
+            req.commissionParameters = parameters
             req.site = site ?? ""
             let request = req
             let m = try await rpc(client) { try await $0.machines.enrollMachine(request) }
@@ -136,6 +144,10 @@ extension MachineCommand {
                 r.site = e.site ?? site ?? ""
                 r.source = "\(path) line \(e.line)"
                 r.commission = commission
+                if entries.isEmpty {
+                    r.commissionTests = tests
+                    r.commissionParameters = parameters
+                }
                 // The entry's own password file or credential, else the command line's.
                 let passwordFile = e.bmcPasswordFile ?? (e.bmcCredential == nil ? bmcPasswordFile : nil)
                 if let passwordFile {

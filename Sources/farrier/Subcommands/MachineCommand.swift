@@ -3,6 +3,7 @@ import FarrierAPI
 import FarrierCore
 import FarrierLab
 import Foundation
+import GRPCCore
 import SwiftProtobuf
 import Yams
 
@@ -63,17 +64,31 @@ struct MachineCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var machine: String
+        @Option(help: "Print the output of this test of the last run, TEST or TEST:DISK (admins).")
+        var testOutput: String?
 
         func run() async throws {
             let printer = try MachineView.printer(output)
             let key = machine
+            let withOutput = testOutput != nil
             let m = try await rpc(client, idempotent: true) { c in
                 var req = Farrier_V1_GetMachineRequest()
                 req.nameOrMac = key
                 req.timelineLimit = 200
+                req.testOutput = withOutput
                 return try await c.machines.getMachine(req)
             }
             let view = MachineView(m)
+            var outputs: [MachineView.TestResultView] = []
+            if let wanted = testOutput {
+                let parts = wanted.split(separator: ":", maxSplits: 1).map(String.init)
+                outputs = (view.burnIn?.results ?? []).filter {
+                    $0.name == parts.first && (parts.count == 1 || $0.target == parts[1])
+                }
+                if outputs.isEmpty {
+                    throw CLIError("no result of test '\(wanted)' in the last run", status: ExitStatus.of(.notFound))
+                }
+            }
             try printer.one(view) {
                 var lines = [
                     "Name:          \(view.name)",
@@ -153,6 +168,19 @@ struct MachineCommand: AsyncParsableCommand {
                         lines.append(
                             "  PCI:         \(inv.pciDevices.count) devices; GPUs: \(inv.gpus.isEmpty ? "none" : inv.gpus.joined(separator: ", "))"
                         )
+                    }
+                }
+                if let run = view.burnIn {
+                    let runLines = run.lines
+                    lines.append("Tests:         " + runLines[0])
+                    lines += runLines.dropFirst()
+                }
+                if testOutput != nil {
+                    for r in outputs {
+                        lines.append(
+                            "\nOutput of \(r.name)\(r.target.map { " " + $0 } ?? "") (\(r.outputBytes ?? 0) bytes in all):"
+                        )
+                        lines.append(r.output ?? "(none)")
                     }
                 }
                 let boot = Waterfall.lastStep(
@@ -341,7 +369,94 @@ struct MachineView: Codable {
     var otherMACs: [String]?
     /// Its root device hints (`machine root-device`); nil: the default choice.
     var rootDevice: [String]?
+    /// Its last commissioning test run.
+    var burnIn: BurnInView?
     var timeline: [Event]
+
+    struct BurnInView: Codable {
+        var runID: String
+        var tests: [String]
+        var requestedBy: String
+        var requested: Date
+        var finished: Date?
+        var results: [TestResultView]
+
+        init(_ r: Farrier_V1_BurnInRun) {
+            runID = r.runID
+            tests = r.tests
+            requestedBy = r.requestedBy
+            requested = r.requested.date
+            finished = r.hasFinished ? r.finished.date : nil
+            results = r.results.map(TestResultView.init)
+        }
+
+        /// `run 3f2a1b0c by admin at …, 14m10s: 5 passed, 1 failed`, then one line a result.
+        var lines: [String] {
+            var counts: [String: Int] = [:]
+            for r in results { counts[r.status, default: 0] += 1 }
+            let order = ["passed", "failed", "timed-out", "skipped", "error"]
+            let tally = (order + counts.keys.filter { !order.contains($0) }.sorted()).compactMap { status in
+                counts[status].map { "\($0) \(status)" }
+            }
+            let took = finished.map { ", " + duration($0.timeIntervalSince(requested)) } ?? ""
+            var out = [
+                "run \(runID.prefix(8)) by \(requestedBy) at \(iso(requested))\(took): "
+                    + (finished == nil
+                        ? "running \(tests.joined(separator: ", "))"
+                        : tally.isEmpty ? "no results" : tally.joined(separator: ", "))
+            ]
+            for r in results {
+                let name = [r.version.map { "\(r.name)@\($0)" } ?? r.name, r.target].compactMap { $0 }.joined(
+                    separator: " "
+                )
+                let numbers = r.metrics.sorted { $0.key < $1.key }.map { "\($0.key)=\(number($0.value))" }
+                var line =
+                    name.padding(toLength: max(18, name.count), withPad: " ", startingAt: 0) + " "
+                    + r.status.padding(toLength: 10, withPad: " ", startingAt: 0)
+                    + String(format: "%8.1f s", r.seconds)
+                if !numbers.isEmpty { line += "  " + numbers.joined(separator: " ") }
+                if !r.summary.isEmpty { line += "  (\(r.summary))" }
+                out.append("  " + line)
+            }
+            return out
+        }
+
+        func number(_ v: Double) -> String {
+            v.rounded() == v && abs(v) < 1e15 ? String(Int64(v)) : String(format: "%.2f", v)
+        }
+
+        func duration(_ seconds: TimeInterval) -> String {
+            let s = Int(seconds.rounded())
+            return s >= 3600 ? "\(s / 3600)h\(s % 3600 / 60)m" : s >= 60 ? "\(s / 60)m\(s % 60)s" : "\(s)s"
+        }
+    }
+
+    struct TestResultView: Codable {
+        var name: String
+        var version: Int?
+        var target: String?
+        var status: String
+        var seconds: Double
+        var exitCode: Int?
+        var metrics: [String: Double]
+        var summary: String
+        /// Admins, with `show --test-output`.
+        var output: String?
+        var outputBytes: Int64?
+
+        init(_ r: Farrier_V1_TestResult) {
+            name = r.name
+            version = r.version > 0 ? Int(r.version) : nil
+            target = r.target.isEmpty ? nil : r.target
+            status = r.status
+            seconds = r.seconds
+            exitCode = r.exitCode >= 0 ? Int(r.exitCode) : nil
+            metrics = r.metrics
+            summary = r.summary
+            output = r.output.isEmpty ? nil : r.output
+            outputBytes = r.outputBytes > 0 ? r.outputBytes : nil
+        }
+    }
 
     struct MaintenanceView: Codable {
         var reason: String
@@ -382,6 +497,7 @@ struct MachineView: Codable {
         firstSeen = m.firstSeen.date
         lastSeen = m.lastSeen.date
         bmc = m.hasBmc ? m.bmc.url : nil
+        burnIn = m.hasBurnIn ? BurnInView(m.burnIn) : nil
         deployment =
             m.hasDeployment
             ? DeploymentView(

@@ -171,7 +171,7 @@ public enum Farrier_V1_MachineService: Sendable {
         /// Namespace for "CommissionMachine" metadata.
         public enum CommissionMachine: Sendable {
             /// Request type for "CommissionMachine".
-            public typealias Input = Farrier_V1_MachineRef
+            public typealias Input = Farrier_V1_CommissionMachineRequest
             /// Response type for "CommissionMachine".
             public typealias Output = Farrier_V1_Machine
             /// Descriptor for "CommissionMachine".
@@ -596,17 +596,18 @@ extension Farrier_V1_MachineService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        /// > Starts commissioning (inventory in the ramdisk, then the tests asked for) of an enrolled
+        /// > or ready machine. Admin.
         ///
         /// - Parameters:
-        ///   - request: A streaming request of `Farrier_V1_MachineRef` messages.
+        ///   - request: A streaming request of `Farrier_V1_CommissionMachineRequest` messages.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
         /// - Returns: A streaming response of `Farrier_V1_Machine` messages.
         func commissionMachine(
-            request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+            request: GRPCCore.StreamingServerRequest<Farrier_V1_CommissionMachineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine>
 
@@ -1048,17 +1049,18 @@ extension Farrier_V1_MachineService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        /// > Starts commissioning (inventory in the ramdisk, then the tests asked for) of an enrolled
+        /// > or ready machine. Admin.
         ///
         /// - Parameters:
-        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+        ///   - request: A request containing a single `Farrier_V1_CommissionMachineRequest` message.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
         /// - Returns: A response containing a single `Farrier_V1_Machine` message.
         func commissionMachine(
-            request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+            request: GRPCCore.ServerRequest<Farrier_V1_CommissionMachineRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine>
 
@@ -1499,17 +1501,18 @@ extension Farrier_V1_MachineService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        /// > Starts commissioning (inventory in the ramdisk, then the tests asked for) of an enrolled
+        /// > or ready machine. Admin.
         ///
         /// - Parameters:
-        ///   - request: A `Farrier_V1_MachineRef` message.
+        ///   - request: A `Farrier_V1_CommissionMachineRequest` message.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
         /// - Returns: A `Farrier_V1_Machine` to respond with.
         func commissionMachine(
-            request: Farrier_V1_MachineRef,
+            request: Farrier_V1_CommissionMachineRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Farrier_V1_Machine
 
@@ -1865,7 +1868,7 @@ extension Farrier_V1_MachineService.StreamingServiceProtocol {
         )
         router.registerHandler(
             forMethod: Farrier_V1_MachineService.Method.CommissionMachine.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_MachineRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_CommissionMachineRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_Machine>(),
             handler: { request, context in
                 try await self.commissionMachine(
@@ -2123,7 +2126,7 @@ extension Farrier_V1_MachineService.ServiceProtocol {
     }
 
     public func commissionMachine(
-        request: GRPCCore.StreamingServerRequest<Farrier_V1_MachineRef>,
+        request: GRPCCore.StreamingServerRequest<Farrier_V1_CommissionMachineRequest>,
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Farrier_V1_Machine> {
         let response = try await self.commissionMachine(
@@ -2417,7 +2420,7 @@ extension Farrier_V1_MachineService.SimpleServiceProtocol {
     }
 
     public func commissionMachine(
-        request: GRPCCore.ServerRequest<Farrier_V1_MachineRef>,
+        request: GRPCCore.ServerRequest<Farrier_V1_CommissionMachineRequest>,
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.ServerResponse<Farrier_V1_Machine> {
         return GRPCCore.ServerResponse<Farrier_V1_Machine>(
@@ -2861,11 +2864,12 @@ extension Farrier_V1_MachineService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        /// > Starts commissioning (inventory in the ramdisk, then the tests asked for) of an enrolled
+        /// > or ready machine. Admin.
         ///
         /// - Parameters:
-        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
-        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - request: A request containing a single `Farrier_V1_CommissionMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_CommissionMachineRequest` messages.
         ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
         ///   - options: Options to apply to this RPC.
         ///   - handleResponse: A closure which handles the response and returns its result to
@@ -2873,8 +2877,8 @@ extension Farrier_V1_MachineService {
         ///       already finished.
         /// - Returns: The result of `handleResponse`.
         func commissionMachine<Result>(
-            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
-            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            request: GRPCCore.ClientRequest<Farrier_V1_CommissionMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_CommissionMachineRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result
@@ -3560,11 +3564,12 @@ extension Farrier_V1_MachineService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+        /// > Starts commissioning (inventory in the ramdisk, then the tests asked for) of an enrolled
+        /// > or ready machine. Admin.
         ///
         /// - Parameters:
-        ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
-        ///   - serializer: A serializer for `Farrier_V1_MachineRef` messages.
+        ///   - request: A request containing a single `Farrier_V1_CommissionMachineRequest` message.
+        ///   - serializer: A serializer for `Farrier_V1_CommissionMachineRequest` messages.
         ///   - deserializer: A deserializer for `Farrier_V1_Machine` messages.
         ///   - options: Options to apply to this RPC.
         ///   - handleResponse: A closure which handles the response and returns its result to
@@ -3572,8 +3577,8 @@ extension Farrier_V1_MachineService {
         ///       already finished.
         /// - Returns: The result of `handleResponse`.
         public func commissionMachine<Result>(
-            request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
-            serializer: some GRPCCore.MessageSerializer<Farrier_V1_MachineRef>,
+            request: GRPCCore.ClientRequest<Farrier_V1_CommissionMachineRequest>,
+            serializer: some GRPCCore.MessageSerializer<Farrier_V1_CommissionMachineRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Farrier_V1_Machine>,
             options: GRPCCore.CallOptions = .defaults,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
@@ -4329,17 +4334,18 @@ extension Farrier_V1_MachineService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+    /// > Starts commissioning (inventory in the ramdisk, then the tests asked for) of an enrolled
+    /// > or ready machine. Admin.
     ///
     /// - Parameters:
-    ///   - request: A request containing a single `Farrier_V1_MachineRef` message.
+    ///   - request: A request containing a single `Farrier_V1_CommissionMachineRequest` message.
     ///   - options: Options to apply to this RPC.
     ///   - handleResponse: A closure which handles the response and returns its result to
     ///       the caller. Returning from the closure will cancel the RPC if it hasn't
     ///       already finished.
     /// - Returns: The result of `handleResponse`.
     public func commissionMachine<Result>(
-        request: GRPCCore.ClientRequest<Farrier_V1_MachineRef>,
+        request: GRPCCore.ClientRequest<Farrier_V1_CommissionMachineRequest>,
         options: GRPCCore.CallOptions = .defaults,
         onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
             try response.message
@@ -4347,7 +4353,7 @@ extension Farrier_V1_MachineService.ClientProtocol {
     ) async throws -> Result where Result: Sendable {
         try await self.commissionMachine(
             request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_MachineRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Farrier_V1_CommissionMachineRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Farrier_V1_Machine>(),
             options: options,
             onResponse: handleResponse
@@ -5078,7 +5084,8 @@ extension Farrier_V1_MachineService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Starts commissioning (inventory in the ramdisk) of an enrolled or ready machine. Admin.
+    /// > Starts commissioning (inventory in the ramdisk, then the tests asked for) of an enrolled
+    /// > or ready machine. Admin.
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -5089,14 +5096,14 @@ extension Farrier_V1_MachineService.ClientProtocol {
     ///       already finished.
     /// - Returns: The result of `handleResponse`.
     public func commissionMachine<Result>(
-        _ message: Farrier_V1_MachineRef,
+        _ message: Farrier_V1_CommissionMachineRequest,
         metadata: GRPCCore.Metadata = [:],
         options: GRPCCore.CallOptions = .defaults,
         onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Farrier_V1_Machine>) async throws -> Result = { response in
             try response.message
         }
     ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.ClientRequest<Farrier_V1_MachineRef>(
+        let request = GRPCCore.ClientRequest<Farrier_V1_CommissionMachineRequest>(
             message: message,
             metadata: metadata
         )

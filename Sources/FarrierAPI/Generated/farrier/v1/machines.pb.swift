@@ -240,11 +240,122 @@ public nonisolated struct Farrier_V1_Machine: @unchecked Sendable {
     set {_uniqueStorage()._lastEventID = newValue}
   }
 
+  /// Its last commissioning test run; unset if it never had one.
+  public var burnIn: Farrier_V1_BurnInRun {
+    get {_storage._burnIn ?? Farrier_V1_BurnInRun()}
+    set {_uniqueStorage()._burnIn = newValue}
+  }
+  /// Returns true if `burnIn` has been explicitly set.
+  public var hasBurnIn: Bool {_storage._burnIn != nil}
+  /// Clears the value of `burnIn`. Subsequent reads from it will return its default value.
+  public mutating func clearBurnIn() {_uniqueStorage()._burnIn = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Farrier_V1_CommissionMachineRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// As MachineRef's name (a MachineRef's bytes are a valid request without tests).
+  public var name: String = String()
+
+  /// Tests to run after the inventory: built-ins (cpu-stress, memory-stress, memtester, smart,
+  /// disk-read), aliases (cpu, memory, disk) and admins' scripts (NAME or NAME@VERSION); each
+  /// entry may be a comma-separated list.
+  public var tests: [String] = []
+
+  /// Built-in tests' parameters, TEST.KEY=VALUE (e.g. cpu-stress.seconds=60).
+  public var parameters: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A machine's commissioning test run: what was asked and what came back.
+public nonisolated struct Farrier_V1_BurnInRun: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var runID: String = String()
+
+  /// The tests as resolved when asked: built-in names, scripts as NAME@VERSION.
+  public var tests: [String] = []
+
+  /// The token name of the admin who asked.
+  public var requestedBy: String = String()
+
+  public var requested: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_requested ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_requested = newValue}
+  }
+  /// Returns true if `requested` has been explicitly set.
+  public var hasRequested: Bool {self._requested != nil}
+  /// Clears the value of `requested`. Subsequent reads from it will return its default value.
+  public mutating func clearRequested() {self._requested = nil}
+
+  /// Unset while the run is open (the agent has not reported).
+  public var finished: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_finished ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_finished = newValue}
+  }
+  /// Returns true if `finished` has been explicitly set.
+  public var hasFinished: Bool {self._finished != nil}
+  /// Clears the value of `finished`. Subsequent reads from it will return its default value.
+  public mutating func clearFinished() {self._finished = nil}
+
+  public var results: [Farrier_V1_TestResult] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _requested: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _finished: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Farrier_V1_TestResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// A script's version; 0 for a built-in.
+  public var version: Int32 = 0
+
+  /// The disk of a per-disk test (vda, nvme0n1); empty otherwise.
+  public var target: String = String()
+
+  /// passed, failed, skipped, timed-out or error.
+  public var status: String = String()
+
+  public var seconds: Double = 0
+
+  /// The process's exit status; -1 when it had none (killed, or not run).
+  public var exitCode: Int32 = 0
+
+  public var metrics: Dictionary<String,Double> = [:]
+
+  public var summary: String = String()
+
+  /// Admins only, when asked for (GetMachineRequest.test_output): the head and tail of what
+  /// the test wrote.
+  public var output: String = String()
+
+  /// How many bytes it wrote in all (admins only).
+  public var outputBytes: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Farrier_V1_Maintenance: Sendable {
@@ -749,6 +860,9 @@ public nonisolated struct Farrier_V1_GetMachineRequest: Sendable {
   /// How many timeline events to return (default 100, at most 500).
   public var timelineLimit: Int32 = 0
 
+  /// Admins only: fill in the output of the last test run's results.
+  public var testOutput: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -783,6 +897,11 @@ public nonisolated struct Farrier_V1_EnrollMachineRequest: Sendable {
   /// A named BMC credential (`bmc credential add`) instead of bmc_password; the URL's user may
   /// then be left out (ipmi://HOST), and must otherwise be the credential's.
   public var bmcCredential: String = String()
+
+  /// With commission: tests and parameters as CommissionMachineRequest's.
+  public var commissionTests: [String] = []
+
+  public var commissionParameters: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -824,6 +943,12 @@ public nonisolated struct Farrier_V1_EnrollMachinesEntry: Sendable {
 
   /// Read from the first entry only: commission every machine once all are enrolled.
   public var commission: Bool = false
+
+  /// Read from the first entry only: the commissioning's tests and parameters, as
+  /// CommissionMachineRequest's.
+  public var commissionTests: [String] = []
+
+  public var commissionParameters: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1375,7 +1500,7 @@ fileprivate nonisolated let _protobuf_package = "farrier.v1"
 
 nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Machine"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0\u{3}bmc_credential\0\u{3}other_macs\0\u{3}root_device\0\u{3}last_event_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}mac\0\u{1}architecture\0\u{1}firmware\0\u{1}state\0\u{3}first_seen\0\u{3}last_seen\0\u{1}timeline\0\u{1}bmc\0\u{1}reason\0\u{3}failed_step\0\u{1}phase\0\u{1}project\0\u{1}tags\0\u{1}labels\0\u{1}zone\0\u{1}rack\0\u{3}next_boot\0\u{1}inventory\0\u{1}deployment\0\u{1}progress\0\u{1}address\0\u{1}site\0\u{1}maintenance\0\u{1}power\0\u{3}bmc_credential\0\u{3}other_macs\0\u{3}root_device\0\u{3}last_event_id\0\u{3}burn_in\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1408,6 +1533,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
     var _power: Farrier_V1_PowerReading? = nil
     var _rootDevice: [String] = []
     var _lastEventID: Int64 = 0
+    var _burnIn: Farrier_V1_BurnInRun? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1448,6 +1574,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       _power = source._power
       _rootDevice = source._rootDevice
       _lastEventID = source._lastEventID
+      _burnIn = source._burnIn
     }
   }
 
@@ -1496,6 +1623,7 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         case 28: try { try decoder.decodeRepeatedStringField(value: &_storage._otherMacs) }()
         case 29: try { try decoder.decodeRepeatedStringField(value: &_storage._rootDevice) }()
         case 30: try { try decoder.decodeSingularInt64Field(value: &_storage._lastEventID) }()
+        case 31: try { try decoder.decodeSingularMessageField(value: &_storage._burnIn) }()
         default: break
         }
       }
@@ -1598,6 +1726,9 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._lastEventID != 0 {
         try visitor.visitSingularInt64Field(value: _storage._lastEventID, fieldNumber: 30)
       }
+      try { if let v = _storage._burnIn {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1637,10 +1768,185 @@ nonisolated extension Farrier_V1_Machine: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._power != rhs_storage._power {return false}
         if _storage._rootDevice != rhs_storage._rootDevice {return false}
         if _storage._lastEventID != rhs_storage._lastEventID {return false}
+        if _storage._burnIn != rhs_storage._burnIn {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_CommissionMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommissionMachineRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}tests\0\u{1}parameters\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.tests) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.parameters) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.tests.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.tests, fieldNumber: 2)
+    }
+    if !self.parameters.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.parameters, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_CommissionMachineRequest, rhs: Farrier_V1_CommissionMachineRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.tests != rhs.tests {return false}
+    if lhs.parameters != rhs.parameters {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_BurnInRun: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BurnInRun"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}run_id\0\u{1}tests\0\u{3}requested_by\0\u{1}requested\0\u{1}finished\0\u{1}results\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.runID) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.tests) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.requestedBy) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._requested) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._finished) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.results) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.runID.isEmpty {
+      try visitor.visitSingularStringField(value: self.runID, fieldNumber: 1)
+    }
+    if !self.tests.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.tests, fieldNumber: 2)
+    }
+    if !self.requestedBy.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestedBy, fieldNumber: 3)
+    }
+    try { if let v = self._requested {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    try { if let v = self._finished {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if !self.results.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.results, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_BurnInRun, rhs: Farrier_V1_BurnInRun) -> Bool {
+    if lhs.runID != rhs.runID {return false}
+    if lhs.tests != rhs.tests {return false}
+    if lhs.requestedBy != rhs.requestedBy {return false}
+    if lhs._requested != rhs._requested {return false}
+    if lhs._finished != rhs._finished {return false}
+    if lhs.results != rhs.results {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farrier_V1_TestResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TestResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}version\0\u{1}target\0\u{1}status\0\u{1}seconds\0\u{3}exit_code\0\u{1}metrics\0\u{1}summary\0\u{1}output\0\u{3}output_bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.version) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.target) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.status) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.seconds) }()
+      case 6: try { try decoder.decodeSingularInt32Field(value: &self.exitCode) }()
+      case 7: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &self.metrics) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.summary) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.output) }()
+      case 10: try { try decoder.decodeSingularInt64Field(value: &self.outputBytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularInt32Field(value: self.version, fieldNumber: 2)
+    }
+    if !self.target.isEmpty {
+      try visitor.visitSingularStringField(value: self.target, fieldNumber: 3)
+    }
+    if !self.status.isEmpty {
+      try visitor.visitSingularStringField(value: self.status, fieldNumber: 4)
+    }
+    if self.seconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.seconds, fieldNumber: 5)
+    }
+    if self.exitCode != 0 {
+      try visitor.visitSingularInt32Field(value: self.exitCode, fieldNumber: 6)
+    }
+    if !self.metrics.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: self.metrics, fieldNumber: 7)
+    }
+    if !self.summary.isEmpty {
+      try visitor.visitSingularStringField(value: self.summary, fieldNumber: 8)
+    }
+    if !self.output.isEmpty {
+      try visitor.visitSingularStringField(value: self.output, fieldNumber: 9)
+    }
+    if self.outputBytes != 0 {
+      try visitor.visitSingularInt64Field(value: self.outputBytes, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farrier_V1_TestResult, rhs: Farrier_V1_TestResult) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.target != rhs.target {return false}
+    if lhs.status != rhs.status {return false}
+    if lhs.seconds != rhs.seconds {return false}
+    if lhs.exitCode != rhs.exitCode {return false}
+    if lhs.metrics != rhs.metrics {return false}
+    if lhs.summary != rhs.summary {return false}
+    if lhs.output != rhs.output {return false}
+    if lhs.outputBytes != rhs.outputBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2557,7 +2863,7 @@ nonisolated extension Farrier_V1_ListMachinesResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}name_or_mac\0\u{3}timeline_limit\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}name_or_mac\0\u{3}timeline_limit\0\u{3}test_output\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2567,6 +2873,7 @@ nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, Swift
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.nameOrMac) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.timelineLimit) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.testOutput) }()
       default: break
       }
     }
@@ -2579,12 +2886,16 @@ nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, Swift
     if self.timelineLimit != 0 {
       try visitor.visitSingularInt32Field(value: self.timelineLimit, fieldNumber: 2)
     }
+    if self.testOutput != false {
+      try visitor.visitSingularBoolField(value: self.testOutput, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Farrier_V1_GetMachineRequest, rhs: Farrier_V1_GetMachineRequest) -> Bool {
     if lhs.nameOrMac != rhs.nameOrMac {return false}
     if lhs.timelineLimit != rhs.timelineLimit {return false}
+    if lhs.testOutput != rhs.testOutput {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2592,7 +2903,7 @@ nonisolated extension Farrier_V1_GetMachineRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnrollMachineRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0\u{1}commission\0\u{1}site\0\u{3}bmc_credential\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mac\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_insecure_tls\0\u{1}commission\0\u{1}site\0\u{3}bmc_credential\0\u{3}commission_tests\0\u{3}commission_parameters\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2608,6 +2919,8 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
       case 6: try { try decoder.decodeSingularBoolField(value: &self.commission) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.site) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.bmcCredential) }()
+      case 9: try { try decoder.decodeRepeatedStringField(value: &self.commissionTests) }()
+      case 10: try { try decoder.decodeRepeatedStringField(value: &self.commissionParameters) }()
       default: break
       }
     }
@@ -2638,6 +2951,12 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if !self.bmcCredential.isEmpty {
       try visitor.visitSingularStringField(value: self.bmcCredential, fieldNumber: 8)
     }
+    if !self.commissionTests.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.commissionTests, fieldNumber: 9)
+    }
+    if !self.commissionParameters.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.commissionParameters, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2650,6 +2969,8 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
     if lhs.commission != rhs.commission {return false}
     if lhs.site != rhs.site {return false}
     if lhs.bmcCredential != rhs.bmcCredential {return false}
+    if lhs.commissionTests != rhs.commissionTests {return false}
+    if lhs.commissionParameters != rhs.commissionParameters {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2657,7 +2978,7 @@ nonisolated extension Farrier_V1_EnrollMachineRequest: SwiftProtobuf.Message, Sw
 
 nonisolated extension Farrier_V1_EnrollMachinesEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnrollMachinesEntry"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}macs\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_credential\0\u{3}bmc_insecure_tls\0\u{1}zone\0\u{1}rack\0\u{1}tags\0\u{1}site\0\u{1}source\0\u{1}commission\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}macs\0\u{3}bmc_url\0\u{3}bmc_password\0\u{3}bmc_credential\0\u{3}bmc_insecure_tls\0\u{1}zone\0\u{1}rack\0\u{1}tags\0\u{1}site\0\u{1}source\0\u{1}commission\0\u{3}commission_tests\0\u{3}commission_parameters\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2677,6 +2998,8 @@ nonisolated extension Farrier_V1_EnrollMachinesEntry: SwiftProtobuf.Message, Swi
       case 10: try { try decoder.decodeSingularStringField(value: &self.site) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.source) }()
       case 12: try { try decoder.decodeSingularBoolField(value: &self.commission) }()
+      case 13: try { try decoder.decodeRepeatedStringField(value: &self.commissionTests) }()
+      case 14: try { try decoder.decodeRepeatedStringField(value: &self.commissionParameters) }()
       default: break
       }
     }
@@ -2719,6 +3042,12 @@ nonisolated extension Farrier_V1_EnrollMachinesEntry: SwiftProtobuf.Message, Swi
     if self.commission != false {
       try visitor.visitSingularBoolField(value: self.commission, fieldNumber: 12)
     }
+    if !self.commissionTests.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.commissionTests, fieldNumber: 13)
+    }
+    if !self.commissionParameters.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.commissionParameters, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2735,6 +3064,8 @@ nonisolated extension Farrier_V1_EnrollMachinesEntry: SwiftProtobuf.Message, Swi
     if lhs.site != rhs.site {return false}
     if lhs.source != rhs.source {return false}
     if lhs.commission != rhs.commission {return false}
+    if lhs.commissionTests != rhs.commissionTests {return false}
+    if lhs.commissionParameters != rhs.commissionParameters {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
