@@ -27,13 +27,13 @@ struct AgentTests {
     }
 
     /// Runs the agent with the kernel line the iPXE script would boot, once a step wants it.
-    func agent(_ cp: ControlPlane, disk: String, log: String) throws -> Harness.Result {
+    func agent(_ cp: ControlPlane, disk: String, log: String, extra: [String] = []) throws -> Harness.Result {
         try cp.h.run(
             [
                 ControlPlane.bin, "agent", "--cmdline", try cmdline(cp), "--device", disk, "--attempts", "3",
                 "--task-file", cp.h.directory + "/task.json", "--bind", ControlPlane.address(of: Self.mac),
                 "--state-dir", cp.h.directory + "/agent-state",
-            ],
+            ] + extra,
             timeout: 120,
             check: false
         )
@@ -92,6 +92,144 @@ struct AgentTests {
         #expect(commission.status == 0, "\(commission.stderr)")
         try cp.waitFor("a1", "ready")
         return cp
+    }
+
+    /// The last test run's results by name (and disk), from `machine show -o json`.
+    func results(_ cp: ControlPlane, _ name: String = "a1") throws -> [String: [String: Any]] {
+        let run = try #require(try cp.machine(name)["burnIn"] as? [String: Any], "no test run")
+        var out: [String: [String: Any]] = [:]
+        for r in run["results"] as? [[String: Any]] ?? [] {
+            out[[r["name"] as? String, r["target"] as? String].compactMap { $0 }.joined(separator: " ")] = r
+        }
+        return out
+    }
+
+    /// Commissioning tests (issue 18 point 7) with the real agent and this host's stress-ng,
+    /// memtester and smartctl, on a file for a disk: the built-ins and an admin's script pass
+    /// with their numbers; a failing script fails the step naming it, counted as a hardware
+    /// fault, with its output for admins; retry runs it again, abort ends it; a stand-in
+    /// stress-ng that finds an error fails cpu-stress. Members add and read no scripts.
+    @Test func burnInWithTheRealAgent() throws {
+        let h = try Harness("agent-burn-in")
+        defer { h.cleanup() }
+        let disk = h.directory + "/disk.img"
+        try h.run(["truncate", "-s", "\(64 << 20)", disk])
+        let cp = try commissioned(h, disk: disk)
+
+        let ok = h.directory + "/ok-check.sh"
+        try "echo \"checking $FARRIER_MACHINE: $FARRIER_DISKS\"\necho link_mbps=25000 > \"$FARRIER_RESULT\"\n".write(
+            toFile: ok,
+            atomically: true,
+            encoding: .utf8
+        )
+        let fail = h.directory + "/fail-check.sh"
+        try "echo 'fan 2: 0 RPM'\nexit 3\n".write(toFile: fail, atomically: true, encoding: .utf8)
+        let added = try cp.cli(["test-script", "add", "ok-check", ok, "--timeout", "30", "--description", "links"])
+        #expect(added.stdout.hasPrefix("ok-check version 1 sha256 "), "\(added.stdout)")
+        // The same again is the same version; a built-in's name is refused.
+        #expect(
+            try cp.cli(["test-script", "add", "ok-check", ok, "--timeout", "30", "--description", "links"]).stdout
+                == added.stdout
+        )
+        let builtinName = try cp.cli(["test-script", "add", "memtester", ok, "--timeout", "30"], check: false)
+        #expect(builtinName.status == 13 && builtinName.stderr.contains("built-in"), "\(builtinName.stderr)")
+        try cp.cli(["test-script", "add", "fail-check", fail, "--timeout", "30"])
+        let listed = try cp.cli(["test-script", "list", "-o", "name"]).stdout
+        #expect(listed == "cpu-stress\nmemory-stress\nmemtester\nsmart\ndisk-read\nfail-check\nok-check\n", "\(listed)")
+        // A bad parameter or test name changes nothing.
+        let badParam = try cp.cli(
+            ["machine", "commission", "a1", "--tests", "cpu", "--param", "cpu-stress.seconds=0"],
+            check: false
+        )
+        #expect(badParam.status == 13 && badParam.stderr.contains("must be 1-86400"), "\(badParam.stderr)")
+        let unknown = try cp.cli(["machine", "commission", "a1", "--tests", "cpux"], check: false)
+        #expect(unknown.status == 13 && unknown.stderr.contains("unknown test 'cpux'"), "\(unknown.stderr)")
+        #expect(try cp.state("a1") == "ready")
+
+        // Members: no adding, no content, no output.
+        try cp.cli(["project", "create", "p"])
+        let member = try cp.cli(["token", "create", "--project", "p"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        #expect(
+            try cp.cli(["test-script", "add", "x", ok, "--timeout", "5"], token: member, check: false).status == 17
+        )
+        #expect(try cp.cli(["test-script", "show", "ok-check", "--content"], token: member, check: false).status == 17)
+        #expect(try cp.cli(["test-script", "remove", "ok-check"], token: member, check: false).status == 17)
+        #expect(try cp.cli(["test-script", "show", "ok-check", "--content"]).stdout.contains("link_mbps=25000"))
+
+        // Everything passes.
+        try cp.cli([
+            "machine", "commission", "a1", "--tests", "cpu,memory,disk,ok-check", "--param", "cpu-stress.seconds=2",
+            "--param", "memory-stress.seconds=2", "--param", "memory-stress.percent=10", "--param", "memtester.mib=8",
+            "--param", "disk-read.seconds=2",
+        ])
+        let passed = try agent(cp, disk: disk, log: "agent-tests.log")
+        #expect(passed.status == 0, "\(passed.stderr)")
+        try cp.waitFor("a1", "ready")
+        let r = try results(cp)
+        func metric(_ key: String, _ name: String) -> Double {
+            (r[key]?["metrics"] as? [String: Any])?[name] as? Double ?? -1
+        }
+        func status(_ key: String) -> String { r[key]?["status"] as? String ?? "absent" }
+        #expect(status("cpu-stress") == "passed" && metric("cpu-stress", "bogo_ops") > 0, "\(r["cpu-stress"] ?? [:])")
+        #expect(status("memory-stress") == "passed", "\(r["memory-stress"] ?? [:])")
+        #expect(status("memtester") == "passed" && metric("memtester", "mib") >= 8, "\(r["memtester"] ?? [:])")
+        #expect(status("smart disk.img") == "skipped", "\(r)")
+        #expect(status("disk-read disk.img") == "passed" && metric("disk-read disk.img", "read_mb_per_s") > 0, "\(r)")
+        #expect(status("ok-check") == "passed" && metric("ok-check", "link_mbps") == 25000, "\(r["ok-check"] ?? [:])")
+        let shown = try cp.cli(["machine", "show", "a1"]).stdout
+        #expect(shown.contains("Tests:") && shown.contains("5 passed, 1 skipped"), "\(shown)")
+        #expect(shown.contains("ok-check@1") && shown.contains("link_mbps=25000"), "\(shown)")
+        let okOutput = try cp.cli(["machine", "show", "a1", "--test-output", "ok-check"]).stdout
+        #expect(okOutput.contains("checking a1: \(disk)"), "\(okOutput)")
+        #expect(
+            try cp.cli(["machine", "show", "a1", "--test-output", "ok-check"], token: member, check: false).status != 0
+        )
+
+        // A failing script fails the step, naming it, as a hardware fault.
+        try cp.cli(["machine", "commission", "a1", "--tests", "fail-check"])
+        let failing = try agent(cp, disk: disk, log: "agent-fail.log")
+        #expect(failing.status == 0, "the agent did its task; the test failed: \(failing.stderr)")
+        try cp.waitFor("a1", "failed")
+        let reason = try cp.machine("a1")["reason"] as? String ?? ""
+        #expect(reason == "commissioning failed: test fail-check@1 failed: exit 3: fan 2: 0 RPM", "\(reason)")
+        let failOutput = try cp.cli(["machine", "show", "a1", "--test-output", "fail-check"]).stdout
+        #expect(failOutput.contains("fan 2: 0 RPM"), "\(failOutput)")
+        let metrics = try h.run(["curl", "-sf", cp.metricsURL]).stdout
+        #expect(
+            metrics.contains(#"farrier_lifecycle_step_failures_total{step="commissioning",failure="hardware-test"} 1"#),
+            "\(metrics.split(separator: "\n").filter { $0.contains("step_failures") })"
+        )
+        // In use by a failed commissioning (a retry needs it): not removed.
+        let inUse = try cp.cli(["test-script", "remove", "fail-check"], check: false)
+        #expect(inUse.status == 19 && inUse.stderr.contains("a1"), "\(inUse.status) \(inUse.stderr)")
+        // Retry runs it again; abort ends the step, and then it can go.
+        try cp.cli(["machine", "retry", "a1"])
+        let again = try agent(cp, disk: disk, log: "agent-retry.log")
+        #expect(again.status == 0, "\(again.stderr)")
+        try cp.waitFor("a1", "failed")
+        try cp.cli(["machine", "abort", "a1"])
+        try cp.waitFor("a1", "enrolled")
+        #expect(
+            try cp.cli(["test-script", "remove", "fail-check"]).stdout == "test script fail-check removed (1 version)\n"
+        )
+
+        // A stress-ng that finds an error (exit 2) fails cpu-stress.
+        let tools = h.directory + "/tools"
+        try FileManager.default.createDirectory(atPath: tools, withIntermediateDirectories: true)
+        try "#!/bin/sh\necho 'stress-ng: fail: [1] cpu: computation error'\nexit 2\n".write(
+            toFile: tools + "/stress-ng",
+            atomically: true,
+            encoding: .utf8
+        )
+        try h.run(["chmod", "755", tools + "/stress-ng"])
+        try cp.cli(["machine", "commission", "a1", "--tests", "cpu", "--param", "cpu-stress.seconds=1"])
+        let broken = try agent(cp, disk: disk, log: "agent-stand-in.log", extra: ["--tool-path", tools])
+        #expect(broken.status == 0, "\(broken.stderr)")
+        try cp.waitFor("a1", "failed")
+        let why = try cp.machine("a1")["reason"] as? String ?? ""
+        #expect(why.hasPrefix("commissioning failed: test cpu-stress failed"), "\(why)")
     }
 
     func sha(_ h: Harness, _ path: String, bytes: Int? = nil) throws -> String {
