@@ -5,8 +5,10 @@
 #
 #   bash scripts/build-ramdisk.sh [OUT-DIR]      (default: .build/ramdisk)
 #
-# Output: OUT-DIR/vmlinuz, OUT-DIR/initrd.img, OUT-DIR/manifest.txt (package versions, sizes,
-# sha256). Cached: when the inputs (this script, the package versions, the farrier binary) are
+# Output: OUT-DIR/vmlinuz, OUT-DIR/initrd.img, OUT-DIR/burnin.img (the commissioning tests'
+# tools: stress-ng, memtester, smartctl and their libraries, an archive the boot script loads
+# after initrd.img only for commissionings that run them), OUT-DIR/manifest.txt (package
+# versions, sizes, sha256). Cached: when the inputs (this script, the package versions, the farrier binary) are
 # unchanged, nothing is rebuilt. Reproducible: sorted cpio, fixed timestamps, gzip -n.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +16,7 @@ out=${1:-$root/.build/ramdisk}
 bin=${FARRIER_BIN:-$root/.build/debug/farrier}
 cache=${FARRIER_RAMDISK_CACHE:-/var/cache/farrier/ramdisk-debs}
 [ -x "$bin" ] || { echo "build-ramdisk: $bin not found; run swift build --product farrier first" >&2; exit 1; }
-for tool in apt-get dpkg-deb cpio depmod ldd strip gzip zstd mtools; do
+for tool in apt-get dpkg-deb cpio depmod ldd strip gzip zstd mtools stress-ng memtester smartctl; do
     command -v $tool >/dev/null || { echo "build-ramdisk: needs $tool (bash scripts/install-deps.sh)" >&2; exit 1; }
 done
 
@@ -24,8 +26,10 @@ kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0
 [ -n "$kernel_pkg" ] || { echo "build-ramdisk: cannot resolve linux-image-amd64" >&2; exit 1; }
 pkgs=("$kernel_pkg" busybox-static dropbear-bin libtomcrypt1 libtommath1)
 versions=$(for p in "${pkgs[@]}"; do printf '%s=%s\n' "$p" "$(apt-cache policy "$p" | awk '/Candidate:/ {print $2}')"; done)
-key=$( { cat "$0"; echo "$versions"; sha256sum "$bin" | cut -d' ' -f1; } | sha256sum | cut -c1-16)
-if [ -f "$out/manifest.txt" ] && grep -q "^key=$key$" "$out/manifest.txt" && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ]; then
+# The tests' tools come from this host's packages (scripts/install-deps.sh installs them).
+tools=$(dpkg-query -W -f='${Package}=${Version}\n' stress-ng memtester smartmontools)
+key=$( { cat "$0"; echo "$versions"; echo "$tools"; sha256sum "$bin" | cut -d' ' -f1; } | sha256sum | cut -c1-16)
+if [ -f "$out/manifest.txt" ] && grep -q "^key=$key$" "$out/manifest.txt" && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ -s "$out/burnin.img" ]; then
     echo "build-ramdisk: up to date ($out, key $key)"
     exit 0
 fi
@@ -62,16 +66,26 @@ done
 depmod -b "$rd" "$kver"
 
 # farrier and dropbear with their shared libraries (from this Debian 12 host and the packages).
+# ROOT (default: the ramdisk's) is where they go; a library the ramdisk already has is not
+# copied again into another root.
 copy_with_libs() {
-    local file=$1 dest=$2
-    cp "$file" "$rd$dest"
-    strip --strip-debug "$rd$dest" 2>/dev/null || true
-    LD_LIBRARY_PATH="$ex/usr/lib/x86_64-linux-gnu" ldd "$file" | awk '/=> \// {print $3} /^\s*\/lib64/ {print $1}' | while read -r lib; do
+    local file=$1 dest=$2 into=${3:-$rd}
+    mkdir -p "$into$(dirname "$dest")"
+    cp "$file" "$into$dest"
+    strip --strip-debug "$into$dest" 2>/dev/null || true
+    local libs
+    libs=$(LD_LIBRARY_PATH="$ex/usr/lib/x86_64-linux-gnu" ldd "$file")
+    if echo "$libs" | grep -q "not found"; then
+        echo "build-ramdisk: $file needs a library this host lacks: $(echo "$libs" | grep "not found")" >&2
+        exit 1
+    fi
+    echo "$libs" | awk '/=> \// {print $3} /^\s*\/lib64/ {print $1}' | while read -r lib; do
         local target=${lib#"$ex"}  # libraries from the unpacked packages go where the package puts them
         [ -e "$rd$target" ] && continue
-        mkdir -p "$rd$(dirname "$target")"
-        cp -L "$lib" "$rd$target"
-        strip --strip-debug "$rd$target" 2>/dev/null || true
+        [ -e "$into$target" ] && continue
+        mkdir -p "$into$(dirname "$target")"
+        cp -L "$lib" "$into$target"
+        strip --strip-debug "$into$target" 2>/dev/null || true
     done
 }
 copy_with_libs "$bin" /usr/bin/farrier
@@ -140,16 +154,36 @@ while true; do setsid -c sh </dev/console >/dev/console 2>&1; done
 INIT
 chmod 755 "$rd/init"
 
-# Reproducible archive: sorted names, fixed times, no owners but root.
-find "$rd" -exec touch -h -d @0 {} +
-(cd "$rd" && find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) | gzip -n -6 > "$work/initrd.img"
+# The tests' tools, a second archive over the first: only what the ramdisk lacks.
+bi="$work/burnin"
+mkdir -p "$bi"
+copy_with_libs "$(command -v stress-ng)" /usr/bin/stress-ng "$bi"
+copy_with_libs "$(command -v memtester)" /usr/sbin/memtester "$bi"
+copy_with_libs "$(command -v smartctl)" /usr/sbin/smartctl "$bi"
+# smartctl names drives from its database; without it only the generic names.
+[ -f /usr/share/smartmontools/drivedb.h ] && { mkdir -p "$bi/usr/share/smartmontools"; cp /usr/share/smartmontools/drivedb.h "$bi/usr/share/smartmontools/"; }
+
+# Reproducible archives: sorted names, fixed times, no owners but root.
+archive() {
+    find "$1" -exec touch -h -d @0 {} +
+    (cd "$1" && find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) | gzip -n -6 > "$2"
+}
+archive "$rd" "$work/initrd.img"
+archive "$bi" "$work/burnin.img"
+# A heavy tool must be seen, not shipped on every commissioning boot silently.
+budget=$((30 << 20))
+[ "$(stat -c %s "$work/burnin.img")" -le $budget ] || { echo "build-ramdisk: burnin.img is over its 30 MiB budget: $(stat -c %s "$work/burnin.img") bytes" >&2; exit 1; }
 install -m 0644 "$work/vmlinuz" "$out/vmlinuz"
 install -m 0644 "$work/initrd.img" "$out/initrd.img"
+install -m 0644 "$work/burnin.img" "$out/burnin.img"
 {
     echo "key=$key"
     echo "kernel=$kver"
     echo "$versions"
     echo "vmlinuz_bytes=$(stat -c %s "$out/vmlinuz") sha256=$(sha256sum "$out/vmlinuz" | cut -d' ' -f1)"
     echo "initrd_bytes=$(stat -c %s "$out/initrd.img") sha256=$(sha256sum "$out/initrd.img" | cut -d' ' -f1)"
+    echo "$tools"
+    echo "burnin_bytes=$(stat -c %s "$out/burnin.img") sha256=$(sha256sum "$out/burnin.img" | cut -d' ' -f1)"
+    for f in usr/bin/stress-ng usr/sbin/memtester usr/sbin/smartctl; do echo "burnin_${f##*/}_bytes=$(stat -c %s "$bi/$f")"; done
 } > "$out/manifest.txt"
 echo "build-ramdisk: built $out (kernel $kver, initrd $(du -h "$out/initrd.img" | cut -f1))"

@@ -545,17 +545,14 @@ public final class Agent: Sendable {
             log: log,
             clock: { clock.offset(.now) }
         )
-        let results = runner.run(
+        // (The runner logs each test's start and end to the console.)
+        return runner.run(
             tests,
             machine: task.machine,
             disks: disks,
             memoryBytes: inventory.memoryBytes,
             threads: inventory.threads ?? inventory.cores
         ) { stage in report(stage, 0, 0) }
-        for r in results {
-            log("test \(r.name)\(r.target.map { " " + $0 } ?? ""): \(r.status) \(r.summary)")
-        }
-        return results
     }
 
     // MARK: Wipe

@@ -338,9 +338,13 @@ func reportRamdisk(_ dir: String, logger: Logger) {
         (try? fm.attributesOfItem(atPath: dir + "/" + $0)[.size] as? Int) ?? nil
     }
     if let kernel = sizes[0], let initrd = sizes[1] {
+        let tools = (try? fm.attributesOfItem(atPath: dir + "/" + BurnIn.overlay)[.size] as? Int) ?? nil
         logger.info(
             "ramdisk ready",
-            metadata: ["ramdisk.dir": "\(dir)", "vmlinuz.bytes": "\(kernel)", "initrd.bytes": "\(initrd)"]
+            metadata: [
+                "ramdisk.dir": "\(dir)", "vmlinuz.bytes": "\(kernel)", "initrd.bytes": "\(initrd)",
+                "burnin.bytes": "\(tools.map(String.init) ?? "none: commissioning runs no tool-based test")",
+            ]
         )
     } else {
         logger.warning(

@@ -930,9 +930,13 @@ public final class Controller: Sendable {
                     metrics.failed(m.state, failure)
                     logFailure(m.name, m.state, failure, reason, trace: m.trace)
                 }
-                let times = AgentTimes(m, result, end: end)
-                traceAgentTask(m, result, times)
-                await recordAgentTimeline(m, result, times)
+                // The agent did its task; the step failed on what its tests found.
+                var judged = result
+                judged.ok = false
+                judged.error = reason
+                let times = AgentTimes(m, judged, end: end)
+                traceAgentTask(m, judged, times)
+                await recordAgentTimeline(m, judged, times)
                 return
             }
         }

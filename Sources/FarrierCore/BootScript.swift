@@ -24,7 +24,8 @@ public enum BootScript {
     /// carries the agent channel's HTTPS URL and the SHA-256 fingerprint of its certificate,
     /// which the agent pins: no credential (the agent gets its token at its first hello). When
     /// the ramdisk cannot be loaded the script retries through itself, never falling through
-    /// to a local disk.
+    /// to a local disk. `overlays`: more archives of the ramdisk directory loaded after the
+    /// initrd (`burnin.img`, the commissioning tests' tools); Linux unpacks each over the last.
     public static func ramdisk(
         serverURL: String,
         scriptURL: String,
@@ -32,22 +33,27 @@ public enum BootScript {
         agentURL: String,
         certificateSHA256: String,
         mode: String,
-        consoleArgs: String = "console=tty0 console=ttyS0,115200n8"
+        consoleArgs: String = "console=tty0 console=ttyS0,115200n8",
+        overlays: [String] = []
     ) -> String {
-        """
-        #!ipxe
-        echo Farrier: ${mac} (\(machine)) boots the Farrier ramdisk (\(mode)).
-        :load
-        kernel \(serverURL)/tftp/ramdisk/vmlinuz initrd=initrd.img farrier.url=\(agentURL) farrier.cert=sha256:\(certificateSHA256) farrier.mode=\(mode) \(consoleArgs) || goto fail
-        initrd --name initrd.img \(serverURL)/tftp/ramdisk/initrd.img || goto fail
-        boot || goto fail
-        :fail
-        echo Farrier: could not boot the ramdisk; trying again in 10 s.
-        sleep 10
-        chain --replace --autofree \(scriptURL) || goto fail
-        goto fail
+        let names = (["initrd.img"] + overlays).map { "initrd=\($0)" }.joined(separator: " ")
+        let loads = (["initrd.img"] + overlays).map {
+            "initrd --name \($0) \(serverURL)/tftp/ramdisk/\($0) || goto fail"
+        }.joined(separator: "\n")
+        return """
+            #!ipxe
+            echo Farrier: ${mac} (\(machine)) boots the Farrier ramdisk (\(mode)).
+            :load
+            kernel \(serverURL)/tftp/ramdisk/vmlinuz \(names) farrier.url=\(agentURL) farrier.cert=sha256:\(certificateSHA256) farrier.mode=\(mode) \(consoleArgs) || goto fail
+            \(loads)
+            boot || goto fail
+            :fail
+            echo Farrier: could not boot the ramdisk; trying again in 10 s.
+            sleep 10
+            chain --replace --autofree \(scriptURL) || goto fail
+            goto fail
 
-        """
+            """
     }
 
     /// Boots the local disk: BIOS through INT 13h drive 0x80, UEFI by handing control back to

@@ -143,6 +143,16 @@ public struct BurnIn: Codable, Sendable, Hashable {
     /// Whether the agent still has this run to do.
     public var open: Bool { finished == nil }
 
+    /// The ramdisk archive with the built-ins' tools (stress-ng, memtester, smartctl), loaded
+    /// beside the initrd only by a commissioning boot whose open run needs one of them.
+    public static let overlay = "burnin.img"
+
+    /// Whether the agent needs the tools' archive for this run: it is open and has a built-in
+    /// other than disk-read (the agent's own code); scripts use what busybox has.
+    public var needsTools: Bool {
+        open && tests.contains { $0.kind == .builtin && $0.name != "disk-read" }
+    }
+
     /// Counts of the results by status, for one line (`5 passed, 1 failed`).
     public var tally: String {
         let order: [TestStatus] = [.passed, .failed, .timedOut, .skipped, .error]

@@ -224,6 +224,13 @@ public func buildRouter(
             case .ramdisk, .rescue:
                 guard let tls = deps.agentTLS else { break }
                 let mode = Lifecycle.nextBoot(machine.state, phase: machine.phase) == .rescue ? "rescue" : "agent"
+                // The tests' tools only for a commissioning that runs them, when the boot root
+                // has them (without, those tests end as errors and the step fails saying so).
+                let toolsWanted = machine.state == .commissioning && machine.burnIn?.needsTools == true
+                let overlays =
+                    toolsWanted
+                        && FileManager.default.fileExists(atPath: deps.bootRoot.path + "/ramdisk/" + BurnIn.overlay)
+                    ? [BurnIn.overlay] : []
                 return ipxe(
                     BootScript.ramdisk(
                         serverURL: "http://\(host)",
@@ -231,7 +238,8 @@ public func buildRouter(
                         machine: machine.name,
                         agentURL: "https://\(hostOnly(host)):\(tls.port)",
                         certificateSHA256: tls.fingerprint,
-                        mode: mode
+                        mode: mode,
+                        overlays: overlays
                     )
                 )
             case .disk:

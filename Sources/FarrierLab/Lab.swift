@@ -30,6 +30,9 @@ public struct Lab {
         public var powerOn = true
         /// Boot the Farrier ramdisk to commission every VM (inventory, then `ready`).
         public var commission = true
+        /// The commissioning's tests and their parameters (`machine commission --tests --param`).
+        public var commissionTests: [String] = []
+        public var commissionParameters: [String] = []
         /// The ramdisk (vmlinuz, initrd.img); built with scripts/build-ramdisk.sh when missing.
         public var ramdisk: String?
         /// The test image, added as `debian-12`; built with scripts/build-test-image.sh when missing
@@ -186,15 +189,20 @@ public struct Lab {
             }
             // Each VM is enrolled with its BMC as an operator would, through the CLI and the API;
             // the server then drives the BMC itself.
+            var commissioning: [String] = []
+            if commission {
+                commissioning = ["--commission"]
+                for t in o.commissionTests { commissioning += ["--tests", t] }
+                for p in o.commissionParameters { commissioning += ["--param", p] }
+            }
             for vm in state.vms {
+                let site: [String] = vm.site.map { ["--site", $0] } ?? []
                 try Spawn.run(
                     [
                         o.farrierBinary, "machine", "enroll", vm.name, "--server", state.serverAddress, "--mac", vm.mac,
                         "--bmc", "ipmi://\(vm.bmcUser)@\(vm.bmcAddress):\(vm.bmcPort)", "--bmc-password-file",
                         dir + "/bmc-password",
-                    ]
-                        + (vm.site.map { ["--site", $0] } ?? [])
-                        + (commission ? ["--commission"] : []),
+                    ] + site + commissioning,
                     timeout: 30
                 )
             }
@@ -399,8 +407,10 @@ public struct Lab {
         }
         let target = dir + "/data/boot/ramdisk"
         try fm.createDirectory(atPath: target, withIntermediateDirectories: true)
-        for f in ["vmlinuz", "initrd.img"] {
+        for f in ["vmlinuz", "initrd.img", "burnin.img"] {
             try? fm.removeItem(atPath: target + "/" + f)
+            // The tests' tools are optional: a ramdisk built without them runs no built-in test.
+            if f == "burnin.img", !fm.fileExists(atPath: source + "/" + f) { continue }
             try fm.copyItem(atPath: source + "/" + f, toPath: target + "/" + f)
         }
         return true

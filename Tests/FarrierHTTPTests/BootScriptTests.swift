@@ -31,12 +31,15 @@ import Testing
         )
     }
 
-    func withServer(_ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    func withServer(
+        bootRoot: String = NSTemporaryDirectory(),
+        _ test: @escaping @Sendable (any TestClientProtocol) async throws -> Void
+    ) async throws {
         var deps = HTTPDependencies(
             store: store,
             recorder: TimelineRecorder(store: store, known: []),
             addressBook: book,
-            bootRoot: BootRoot(path: NSTemporaryDirectory()),
+            bootRoot: BootRoot(path: bootRoot),
             controller: controller
         )
         deps.agentTLS = AgentTLS(certificateChainPEM: "", privateKeyPEM: "", fingerprint: Self.fingerprint, port: 8443)
@@ -162,6 +165,49 @@ import Testing
         let after = try #require(try await store.machine(mac: mac))
         #expect(after.state == state && after.phase == phase && after.generation == before.generation)
         #expect(after.project == before.project && after.deployment == before.deployment)
+    }
+
+    /// The tests' tools (`burnin.img`) are loaded after the initrd only by a commissioning
+    /// boot whose open run needs them, and only when the boot root has them.
+    @Test func theTestsToolsGoOnlyToACommissioningThatRunsThem() async throws {
+        try await machine(.commissioning, .boot)
+        let root = NSTemporaryDirectory() + "farrier-boot-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: root + "/ramdisk", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        func run(_ tests: [String], finished: Bool = false) async throws {
+            let specs = try TestPlan.resolve(TestPlan.parse(tests: tests, parameters: []).get(), scripts: [:]).get()
+            _ = try await store.update(machineID: try #require(try await store.machine(mac: mac)).id) { x in
+                x.burnIn = BurnIn(
+                    tests: specs,
+                    requestedBy: "admin",
+                    requested: Date(),
+                    finished: finished ? Date() : nil
+                )
+                return []
+            }
+        }
+        let loaded = "initrd --name burnin.img http://localhost/tftp/ramdisk/burnin.img || goto fail"
+        try await run(["cpu"])
+        try await withServer(bootRoot: root) { client in
+            // Not in the boot root: the boot goes on without it (those tests end as errors).
+            let text = try await script(client)
+            #expect(!text.contains("burnin.img"), "\(text)")
+        }
+        #expect(FileManager.default.createFile(atPath: root + "/ramdisk/burnin.img", contents: Data([0x1f, 0x8b])))
+        try await withServer(bootRoot: root) { client in
+            let text = try await script(client)
+            #expect(text.contains("/tftp/ramdisk/vmlinuz initrd=initrd.img initrd=burnin.img farrier.url="), "\(text)")
+            #expect(text.contains("initrd --name initrd.img") && text.contains(loaded), "\(text)")
+            #expect(text.contains("/tftp/ramdisk/burnin.img || goto fail"), "\(text)")
+        }
+        // disk-read is the agent's own code; a finished run needs nothing.
+        for (tests, finished) in [(["disk-read"], false), (["cpu"], true)] {
+            try await run(tests, finished: finished)
+            try await withServer(bootRoot: root) { client in
+                let text = try await script(client)
+                #expect(!text.contains("burnin.img"), "\(tests) \(finished): \(text)")
+            }
+        }
     }
 
     /// From an address that does not hold the MAC's lease, a script names no machine and no

@@ -17,7 +17,7 @@ import Testing
                 "v8-machine-state-index", "v9-released-from", "v10-running-index", "v11-site", "v12-site-link",
                 "v13-machine-site", "v14-site-events", "v15-site-lease", "v16-site-bmc-channels",
                 "v17-site-join-again", "v18-maintenance-power", "v19-bulk-enroll",
-                "v20-root-device", "v21-step-trace", "v22-networks",
+                "v20-root-device", "v21-step-trace", "v22-networks", "v23-burn-in",
             ]
         )
     }
@@ -1309,10 +1309,10 @@ import Testing
             #expect(
                 try await store.appliedMigrations() == [
                     "v1", "v2-work-claim", "v3-pages-and-pool", "v4-running-index", "v5-site", "v6-machine-site",
-                    "v7-site-events", "v8-site-lease", "v9-bulk-enroll", "v10-networks",
+                    "v7-site-events", "v8-site-lease", "v9-bulk-enroll", "v10-networks", "v11-burn-in",
                 ]
             )
-            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "10\n")
+            #expect(try under.postgres?.psql("farrier", "SELECT count(*) FROM farrier_migration") == "11\n")
         }
     }
 

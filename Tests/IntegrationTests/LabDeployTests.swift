@@ -81,16 +81,39 @@ struct LabDeployTests {
                 [
                     bin, "lab", "up", "--machines", "2", "--firmware", "mixed", "--disk-bus", "mixed",
                     "--database", "postgres", "--replicas", "2", "--nics", "2",
+                    // Commissioning tests (issue 18 point 7), short, with the tools' archive.
+                    "--commission-tests", "cpu,memory,disk", "--commission-param", "cpu-stress.seconds=5",
+                    "--commission-param", "memory-stress.seconds=5", "--commission-param",
+                    "memory-stress.percent=10", "--commission-param", "memtester.mib=4", "--commission-param",
+                    "disk-read.seconds=4",
                 ],
                 timeout: 3600
             )
         }
         try phase("commissioned") {
-            try h.waitUntil("both machines ready", timeout: 300, interval: 2) {
+            try h.waitUntil("both machines ready", timeout: 600, interval: 2) {
                 try state("lab-1") == "ready" && state("lab-2") == "ready"
             }
         }
         for name in ["lab-1", "lab-2"] {
+            // The tests ran in the ramdisk with the real tools (burnin.img): stress-ng and
+            // memtester passed with their numbers, SMART has nothing on virtio and passed the
+            // NVMe disk's health, and both disks were read.
+            let run = try #require(try machine(name)["burnIn"] as? [String: Any], "\(name) ran no tests")
+            var results: [String: [String: Any]] = [:]
+            for r in run["results"] as? [[String: Any]] ?? [] {
+                results[[r["name"] as? String, r["target"] as? String].compactMap { $0 }.joined(separator: " ")] = r
+            }
+            let expected = [
+                "cpu-stress": "passed", "memory-stress": "passed", "memtester": "passed", "smart vda": "skipped",
+                "smart nvme0n1": "passed", "disk-read vda": "passed", "disk-read nvme0n1": "passed",
+            ]
+            #expect(results.mapValues { $0["status"] as? String ?? "?" } == expected, "\(name): \(results)")
+            func metric(_ key: String, _ m: String) -> Double {
+                (results[key]?["metrics"] as? [String: Any])?[m] as? Double ?? -1
+            }
+            #expect(metric("cpu-stress", "bogo_ops") > 0 && metric("memtester", "errors") == 0, "\(name): \(results)")
+            #expect(metric("disk-read vda", "read_mb_per_s") > 0, "\(name): \(results)")
             let inv = try #require(try machine(name)["inventory"] as? [String: Any], "\(name) has no inventory")
             // lab-1's 8 GiB disk is virtio, lab-2's NVMe; each has a 1 GiB spare on the other bus.
             let disks = (inv["disks"] as? [[String: Any]] ?? []).map {

@@ -41,6 +41,10 @@ struct LabCommand: ParsableCommand {
         var sites = 0
         @Flag(help: "Leave the VMs powered off (power them on through their BMCs).") var noPowerOn = false
         @Flag(help: "Enroll only: do not commission (no ramdisk boot).") var noCommission = false
+        @Option(help: "Run these commissioning tests (as `machine commission --tests`); repeat for more.")
+        var commissionTests: [String] = []
+        @Option(help: "A commissioning test's parameter TEST.KEY=VALUE (as `machine commission --param`).")
+        var commissionParam: [String] = []
         @Option(
             help:
                 "Ramdisk directory (vmlinuz, initrd.img). [default: the checkout's .build/ramdisk, built when missing]"
@@ -61,6 +65,12 @@ struct LabCommand: ParsableCommand {
                 throw ValidationError("--disk-bus must be virtio, nvme or mixed")
             }
             guard (1...2).contains(nics) else { throw ValidationError("--nics must be 1 or 2") }
+            if noCommission, !commissionTests.isEmpty || !commissionParam.isEmpty {
+                throw ValidationError("--commission-tests and --commission-param need commissioning")
+            }
+            if commissionTests.isEmpty, !commissionParam.isEmpty {
+                throw ValidationError("--commission-param needs --commission-tests")
+            }
             guard ["full", "proxy"].contains(dhcpMode) else {
                 throw ValidationError("--dhcp-mode must be full or proxy")
             }
@@ -93,6 +103,8 @@ struct LabCommand: ParsableCommand {
             o.sites = sites
             o.powerOn = !noPowerOn
             o.commission = !noCommission
+            o.commissionTests = commissionTests
+            o.commissionParameters = commissionParam
             o.ramdisk = ramdisk
             if noImage { o.image = nil } else if let image { o.image = image }
             let state = try Lab(log: { print($0) }).up(o)
