@@ -32,12 +32,11 @@ extension MachineAPI {
         guard let first = entries.first else {
             throw RPCError(code: .invalidArgument, message: "no machines to enroll")
         }
-        if !first.commission, !first.commissionTests.isEmpty || !first.commissionParameters.isEmpty {
-            throw RPCError(
-                code: .invalidArgument,
-                message: "commission_tests and commission_parameters need commission"
-            )
-        }
+        try Self.checkCommissionTests(
+            commission: first.commission,
+            tests: first.commissionTests,
+            parameters: first.commissionParameters
+        )
         // Checked before anything is written; each machine's run gets its own ID.
         let run = try await testRun(tests: first.commissionTests, parameters: first.commissionParameters)
         let batch = try await checkEnrollment(entries)

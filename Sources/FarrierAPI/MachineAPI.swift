@@ -101,6 +101,8 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         request: Farrier_V1_GetMachineRequest,
         context: ServerContext
     ) async throws -> Farrier_V1_Machine {
+        // Tests' output is the admins': asked for by a member, refused before anything is read.
+        if request.testOutput { _ = try Caller.admin("reading test output") }
         let limit = Int(request.timelineLimit == 0 ? 100 : request.timelineLimit)
         guard (1...500).contains(limit) else {
             throw RPCError(
@@ -142,7 +144,6 @@ public struct MachineAPI: Farrier_V1_MachineService.SimpleServiceProtocol {
         }
         v.lastEventID = lastEvent
         if request.testOutput, let run = machine.burnIn {
-            _ = try Caller.admin("reading test output")
             let outputs = try await store.testOutputs(machineID: machine.id, runID: run.runID)
             for i in v.burnIn.results.indices {
                 let r = v.burnIn.results[i]
@@ -206,12 +207,11 @@ extension MachineAPI {
     ) async throws -> Farrier_V1_Machine {
         _ = try Caller.admin("enrolling a machine")
         if let problem = Machine.nameProblem(request.name) { throw RPCError(code: .invalidArgument, message: problem) }
-        if !request.commission, !request.commissionTests.isEmpty || !request.commissionParameters.isEmpty {
-            throw RPCError(
-                code: .invalidArgument,
-                message: "commission_tests and commission_parameters need commission"
-            )
-        }
+        try Self.checkCommissionTests(
+            commission: request.commission,
+            tests: request.commissionTests,
+            parameters: request.commissionParameters
+        )
         // Checked before anything is written.
         let run = try await testRun(tests: request.commissionTests, parameters: request.commissionParameters)
         guard let mac = MACAddress(request.mac) else {
@@ -567,7 +567,8 @@ extension Farrier_V1_Machine {
             var x = Farrier_V1_BurnInRun()
             x.runID = run.runID
             x.tests = run.tests.map(\.label)
-            x.requestedBy = run.requestedBy
+            // Members see their machine's hardware results: no admin's name, no script's words.
+            if admin { x.requestedBy = run.requestedBy }
             x.requested = Google_Protobuf_Timestamp(date: run.requested)
             if let f = run.finished { x.finished = Google_Protobuf_Timestamp(date: f) }
             x.results = run.results.map { r in
@@ -579,7 +580,8 @@ extension Farrier_V1_Machine {
                 y.seconds = r.seconds
                 y.exitCode = r.exitCode ?? -1
                 y.metrics = r.metrics
-                y.summary = r.summary
+                // A script's summary is its last line of output: admins' only.
+                if admin || r.version == nil { y.summary = r.summary }
                 // How much a test wrote is the admins' (output itself: GetMachine's test_output).
                 if admin { y.outputBytes = r.outputBytes ?? 0 }
                 return y

@@ -1,4 +1,5 @@
 import Crypto
+import FarrierControl
 import FarrierCore
 import Foundation
 import GRPCCore
@@ -164,22 +165,16 @@ extension MachineAPI {
         }
     }
 
-    /// What the commission's commit adds for its run: the run, for this step, and the time
-    /// its tests add to the step's limit. Scripts are refused on a machine whose disks hold a
-    /// tenant's bytes (a script could send them away; built-ins only read and report numbers).
-    static func opening(_ run: BurnIn?) -> @Sendable (inout Machine) throws -> Void {
-        { m in
-            guard var run else { return }
-            if m.diskDirty, run.tests.contains(where: { $0.kind == .script }) {
-                throw RPCError(
-                    code: .failedPrecondition,
-                    message:
-                        "machine \(m.name) holds a tenant's data: commission it without scripts first (that wipes it)"
-                )
-            }
-            run.step = m.generation
-            m.burnIn = run
-            m.testAllowance = TestPlan.allowance(run.tests, disks: m.inventory?.disks.count)
+    /// What the commission's commit adds for its run (`Controller.openTestRun`).
+    static func opening(_ run: BurnIn?) -> @Sendable (inout Machine) throws -> Void { Controller.openTestRun(run) }
+
+    /// `commission_tests` and `commission_parameters` need `commission`.
+    static func checkCommissionTests(commission: Bool, tests: [String], parameters: [String]) throws {
+        if !commission, !tests.isEmpty || !parameters.isEmpty {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "commission_tests and commission_parameters need commission"
+            )
         }
     }
 }

@@ -546,13 +546,35 @@ public final class Agent: Sendable {
             clock: { clock.offset(.now) }
         )
         // (The runner logs each test's start and end to the console.)
-        return runner.run(
+        let results = runner.run(
             tests,
             machine: task.machine,
             disks: disks,
             memoryBytes: inventory.memoryBytes,
             threads: inventory.threads ?? inventory.cores
         ) { stage in report(stage, 0, 0) }
+        return Self.withinBudget(results)
+    }
+
+    /// All the outputs a result may carry: the server takes 1 MiB a body, the inventory and
+    /// the results' numbers included (a machine with 40 disks has 80 per-disk results).
+    static let outputBudget = 768 * 1024
+
+    /// The results with their outputs cut to `outputBudget` in all: the first results keep
+    /// theirs whole, the one that meets the limit keeps its tail, the rest none (their
+    /// `outputBytes` still say how much there was).
+    static func withinBudget(_ results: [TestResult], budget: Int = outputBudget) -> [TestResult] {
+        var left = budget
+        return results.map { r in
+            guard let output = r.output else { return r }
+            var cut = r
+            let bytes = Array(output.utf8)
+            if bytes.count > left {
+                cut.output = left > 0 ? String(decoding: bytes.suffix(left), as: UTF8.self) : nil
+            }
+            left = max(0, left - bytes.count)
+            return cut
+        }
     }
 
     // MARK: Wipe

@@ -556,7 +556,11 @@ public final class TestRunner: Sendable {
         } catch {
             return TestOutcome(.error, "script \(spec.label) cannot be put in place: \(error)")
         }
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        // Neither the script nor its scratch directory outlives its run.
+        defer {
+            try? FileManager.default.removeItem(atPath: scratch)
+            unlink(file)
+        }
         let resultFile = scratch + "/result"
         let environment = CommandRunner.environment(
             toolPath: toolPath,

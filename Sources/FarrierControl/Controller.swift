@@ -287,6 +287,25 @@ public final class Controller: Sendable {
         Self.carryTests(&m, event, failedStep: stepBefore, now: now)
     }
 
+    /// What a commission's commit adds for its test run (nil: none): the run, for the step
+    /// just begun, and the time its tests add to the step's limit. Scripts are refused on a
+    /// machine whose disks may hold a tenant's data (a script could send them away; the
+    /// built-ins only read and report numbers).
+    public static func openTestRun(_ run: BurnIn?) -> @Sendable (inout Machine) throws -> Void {
+        { m in
+            guard var run else { return }
+            if m.diskDirty, run.tests.contains(where: { $0.kind == .script }) {
+                throw ControlError(
+                    .conflict,
+                    "machine \(m.name) may hold a tenant's data: commission it without scripts first (that wipes it)"
+                )
+            }
+            run.step = m.generation
+            m.burnIn = run
+            m.testAllowance = TestPlan.allowance(run.tests, disks: m.inventory?.disks.count)
+        }
+    }
+
     /// A test run across a transition. A retry of the commissioning step that ran it runs it
     /// again, as a new run; any other commission or an abort closes a run left open (the
     /// commission's own request, if it has tests, then opens its run).
@@ -847,9 +866,16 @@ public final class Controller: Sendable {
         hub.notify()
     }
 
+    /// A commissioning's inventory, and the firmware it found.
+    static func keepInventory(_ m: inout Machine, _ inventory: Inventory?) {
+        guard let inventory else { return }
+        m.inventory = inventory
+        if inventory.firmware != .unknown { m.firmware = inventory.firmware }
+    }
+
     /// One test's result as its machine event says it: `test smart vda passed in 2.1 s: …`.
     static func resultLine(_ r: TestResult) -> String {
-        let name = [r.version.map { "\(r.name)@\($0)" } ?? r.name, r.target].compactMap { $0 }.joined(separator: " ")
+        let name = r.label
         let numbers = r.metrics.sorted { $0.key < $1.key }.map { "\($0.key)=\(TestPlan.format($0.value))" }
         let detail = ([r.summary] + numbers).filter { !$0.isEmpty }.joined(separator: " ")
         return "test \(name) \(r.status) in \(String(format: "%.1f", r.seconds)) s"
@@ -909,8 +935,9 @@ public final class Controller: Sendable {
             let events: @Sendable (Machine) -> [MachineEvent] = { x in
                 results.map { MachineEvent(x, kind: .action, message: Self.resultLine($0)) }
             }
+            // (Its token bound the agent to this step and boot; the commit is this step's only.)
             let record: @Sendable (inout Machine) -> Void = { x in
-                if let inv = result.inventory { x.inventory = inv }
+                Self.keepInventory(&x, result.inventory)
                 x.burnIn?.results = results
                 x.burnIn?.finished = Date()
             }
@@ -946,10 +973,7 @@ public final class Controller: Sendable {
             finished.set(false)
             guard x.generation == m.generation, x.agentBoot == m.agentBoot, x.phase == .agent else { return [] }
             finished.set(true)
-            if let inv = result.inventory, x.state == .commissioning {
-                x.inventory = inv
-                if inv.firmware != .unknown { x.firmware = inv.firmware }
-            }
+            if x.state == .commissioning { Self.keepInventory(&x, result.inventory) }
             if let testResults {
                 x.burnIn?.results = testResults
                 x.burnIn?.finished = Date()

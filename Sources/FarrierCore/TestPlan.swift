@@ -4,8 +4,9 @@ import Foundation
 // agent to run, as pure values. The agent, the stores and the API use these; nothing here does
 // I/O.
 
-/// One test as the agent gets it: a built-in (Farrier's code around stress-ng, memtester,
-/// smartctl or fio) with its checked parameters, or an admin's script at one version.
+/// One test as the agent gets it: a built-in (Farrier's code around stress-ng, memtester or
+/// smartctl, or its own disk reader) with its checked parameters, or an admin's script at one
+/// version.
 public struct TestSpec: Codable, Sendable, Hashable {
     public enum Kind: String, Codable, Sendable { case builtin, script }
     public var name: String
@@ -105,6 +106,11 @@ public struct TestResult: Codable, Sendable, Hashable {
     }
 
     public var seconds: Double { max(0, end - start) }
+
+    /// `name`, `name@version` for a script, then the disk of a per-disk test: `smart nvme0n1`.
+    public var label: String {
+        [version.map { "\(name)@\($0)" } ?? name, target].compactMap { $0 }.joined(separator: " ")
+    }
 }
 
 /// A machine's last test run: what was asked, by whom, and what came back.
@@ -151,18 +157,6 @@ public struct BurnIn: Codable, Sendable, Hashable {
     /// other than disk-read (the agent's own code); scripts use what busybox has.
     public var needsTools: Bool {
         open && tests.contains { $0.kind == .builtin && $0.name != "disk-read" }
-    }
-
-    /// Counts of the results by status, for one line (`5 passed, 1 failed`).
-    public var tally: String {
-        let order: [TestStatus] = [.passed, .failed, .timedOut, .skipped, .error]
-        var parts = order.compactMap { status -> String? in
-            let n = results.filter { $0.status == status }.count
-            return n > 0 ? "\(n) \(status)" : nil
-        }
-        let others = results.filter { !order.contains($0.status) }.count
-        if others > 0 { parts.append("\(others) other") }
-        return parts.isEmpty ? "no results" : parts.joined(separator: ", ")
     }
 }
 
@@ -484,8 +478,32 @@ public enum TestPlan {
     }
 
     public static let maxResults = 256
-    public static let maxOutputBytes = 16_384
+    /// The agent keeps 4 KiB of head and 12 KiB of tail, and a line between them.
+    public static let maxOutputBytes = 16_384 + 256
     public static let maxReason = 512
+
+    /// Text from the boot network, made safe to store (PostgreSQL refuses NUL) and to print:
+    /// control characters other than newline and tab (and those too, unless `lines`) become
+    /// spaces.
+    public static func printable(_ text: String, lines: Bool = false) -> String {
+        String(
+            String.UnicodeScalarView(
+                text.unicodeScalars.map { c in
+                    let control = c.value < 0x20 || (0x7f...0x9f).contains(c.value)
+                    let kept = lines && (c == "\n" || c == "\t")
+                    return control && !kept ? " " : c
+                }
+            )
+        )
+    }
+
+    /// A disk's name as a result may give it (`nvme0n1`, `disk.img`): at most 64 of letters,
+    /// digits, `.`, `_` and `-`, else nil.
+    static func deviceName(_ text: String) -> String? {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        guard (1...64).contains(text.count), text.allSatisfy(allowed.contains) else { return nil }
+        return text
+    }
 
     /// An agent's results as the server keeps them: only for tests of `run` (by name and, for
     /// scripts, version), at most `maxResults`, metrics and summary bounded, without their
@@ -498,18 +516,20 @@ public enum TestPlan {
         var outputs: [TestOutput] = []
         for var r in reported.prefix(maxResults) {
             guard let spec = run.tests.first(where: { $0.name == r.name }), spec.version == r.version else { continue }
-            r.target = r.target.map { String($0.prefix(64)) }
+            if let target = r.target {
+                guard let name = deviceName(target) else { continue }
+                r.target = name
+            }
             r.metrics = Dictionary(
                 uniqueKeysWithValues: r.metrics.filter { metricKeyProblem($0.key) == nil && $0.value.isFinite }
                     .sorted { $0.key < $1.key }.prefix(maxMetrics).map { ($0.key, $0.value) }
             )
-            r.summary = String(r.summary.prefix(maxSummary))
+            r.summary = printable(String(r.summary.prefix(maxSummary)))
             if let text = r.output {
                 var bytes = Array(text.utf8)
                 if bytes.count > maxOutputBytes { bytes = Array(bytes.suffix(maxOutputBytes)) }
-                outputs.append(
-                    TestOutput(name: r.name, target: r.target ?? "", output: String(decoding: bytes, as: UTF8.self))
-                )
+                let output = printable(String(decoding: bytes, as: UTF8.self), lines: true)
+                outputs.append(TestOutput(name: r.name, target: r.target ?? "", output: output))
             }
             r.output = nil
             results.append(r)
@@ -524,10 +544,7 @@ public enum TestPlan {
             )
         }
         func line(_ r: TestResult) -> String {
-            let what = [r.version.map { "\(r.name)@\($0)" } ?? r.name, r.target].compactMap { $0 }.joined(
-                separator: " "
-            )
-            return "\(what) \(r.status)" + (r.summary.isEmpty ? "" : ": \(r.summary)")
+            "\(r.label) \(r.status)" + (r.summary.isEmpty ? "" : ": \(r.summary)")
         }
         let faults = results.filter { $0.status.failsHardware }
         if !faults.isEmpty {

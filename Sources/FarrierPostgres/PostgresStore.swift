@@ -1572,9 +1572,10 @@ extension PostgresStore {
             try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("test-script:" + name)))", logger: logger)
             let versions = try await count(conn, "SELECT count(*) FROM test_script WHERE name = \(name)")
             guard versions > 0 else { throw StoreError(.notFound, "no test script named '\(name)'") }
-            // The machines that could need it are locked to the commit, as an image's delete
-            // locks its users: a commissioning of one of them waits, then finds no content
-            // and reports that test as an error, never a pass.
+            // The machines that need it now are locked to the commit, as an image's delete
+            // locks its users. A commissioning that resolved the script before this and
+            // commits after it finds no content when its task is made: that test ends as an
+            // error, never a pass.
             let users = try await machines(
                 conn,
                 """
@@ -1632,6 +1633,7 @@ extension PostgresStore {
         }
     }
 
+    /// The first row's JSON body, inside a transaction (`one` reads on a connection of its own).
     func firstBody<T: Decodable>(_ type: T.Type, _ conn: PostgresConnection, _ query: PostgresQuery) async throws -> T?
     {
         for try await body in try await conn.query(query, logger: logger).decode(String.self) {

@@ -303,7 +303,7 @@ public final class SQLiteStore: StateStore {
             try db.create(index: "networkAddress_machine", on: "networkAddress", columns: ["machineID"])
         }
         m.registerMigration("v23-burn-in") { db in
-            // A machine's last test run (JSON) and its step's own limit (seconds); admins'
+            // A machine's last test run (JSON) and the seconds its tests add to its step's limit; admins'
             // test scripts, every version, their content by hash (shared by versions that
             // have the same); the output of each machine's last run, gone with the machine.
             try db.alter(table: "machine") { t in

@@ -203,6 +203,25 @@ import Glibc
         #expect(r.summary.count == TestPlan.maxSummary && r.summary.hasPrefix("line one line two x"))
         #expect(r.version == 3 && r.target == "vda" && r.end == 2 && r.output == "out\n" && r.outputBytes == 4)
     }
+
+    /// The outputs of a run stay under the server's body limit: the first results keep theirs,
+    /// the one that meets the budget keeps its tail, the rest none.
+    @Test func theRunsOutputsStayWithinTheBudget() {
+        func r(_ name: String, _ bytes: Int) -> TestResult {
+            TestResult(
+                name: name,
+                status: .passed,
+                start: 0,
+                end: 1,
+                output: String(repeating: "x", count: bytes - 1) + "!",
+                outputBytes: Int64(bytes)
+            )
+        }
+        let cut = Agent.withinBudget([r("a", 600), r("b", 600), r("c", 600), r("d", 10)], budget: 1000)
+        #expect(cut.map { $0.output?.utf8.count ?? 0 } == [600, 400, 0, 0])
+        #expect(cut[1].output?.hasSuffix("!") == true && cut.map(\.outputBytes) == [600, 600, 600, 10])
+        #expect(Agent.outputBudget == 786_432)
+    }
 }
 
 /// The runner on this host, with /bin/sh scripts and the real tools (skipped where a tool is
@@ -329,9 +348,8 @@ import Glibc
         let expected: [String: Double] = ["link_mbps": 25000, "temp_c": 41.5]
         #expect(result.metrics == expected, "\(result.metrics)")
         #expect(result.output == "checked\n" && result.outputBytes == 8)
-        // The script stays (0700); its scratch directory is gone.
-        var st = stat()
-        #expect(stat(dir + "/tests/probe", &st) == 0 && st.st_mode & 0o7777 == 0o700)
+        // Neither the script nor its scratch directory is left.
+        #expect(!FileManager.default.fileExists(atPath: dir + "/tests/probe"))
         #expect(!FileManager.default.fileExists(atPath: dir + "/tests/probe.scratch"))
     }
 

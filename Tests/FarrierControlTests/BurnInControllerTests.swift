@@ -51,12 +51,7 @@ import Testing
             requestedBy: "admin",
             requested: Date()
         )
-        let started = try await controller.apply(.commission, machineID: m.id) { x in
-            var r = run
-            r.step = x.generation
-            x.burnIn = r
-            x.testAllowance = TestPlan.allowance(r.tests, disks: x.inventory?.disks.count)
-        }
+        let started = try await controller.apply(.commission, machineID: m.id, change: Controller.openTestRun(run))
         let admitted = try await store.update(machineID: started.id) { x in
             x.phase = .agent
             return []
@@ -239,5 +234,74 @@ import Testing
         #expect(again.state == .failed && again.reason.contains("disk-read vda error: cannot open"), "\(again.reason)")
         #expect(controller.metrics.failures(.commissioning, .agent) == 2)
         #expect(controller.metrics.failures(.commissioning, .hardwareTest) == 0)
+    }
+
+    @Test func scriptsAreRefusedOnAMachineThatMayHoldATenantsData() async throws {
+        let content = "exit 0\n"
+        let sha = SHA256.hash(data: Array(content.utf8)).map { String(format: "%02x", $0) }.joined()
+        _ = try await store.addTestScript(
+            TestScript(
+                name: "peek",
+                version: 0,
+                sha256: sha,
+                size: content.utf8.count,
+                limitSeconds: 30,
+                description: "",
+                createdBy: "admin",
+                created: Date()
+            ),
+            content: Array(content.utf8)
+        )
+        let m = try await store.enroll(
+            name: "d1",
+            mac: MACAddress("52:54:00:00:0c:02")!,
+            bmc: try BMCReference(url: "ipmi://admin@127.0.0.1:9623"),
+            sealedPassword: [1],
+            at: Date()
+        )
+        let dirty = try await store.update(machineID: m.id) { x in
+            x.state = .ready
+            x.diskDirty = true
+            x.dirtyFor = "p"
+            return []
+        }
+        func run(_ tests: String) throws -> BurnIn {
+            let scripts = [
+                "peek": [
+                    TestScript(
+                        name: "peek",
+                        version: 1,
+                        sha256: sha,
+                        size: 7,
+                        limitSeconds: 30,
+                        description: "",
+                        createdBy: "admin",
+                        created: Date()
+                    )
+                ]
+            ]
+            let specs = try TestPlan.resolve(TestPlan.parse(tests: [tests], parameters: []).get(), scripts: scripts)
+                .get()
+            return BurnIn(tests: specs, requestedBy: "admin", requested: Date())
+        }
+        let refused = await #expect(throws: ControlError.self) {
+            try await controller.apply(
+                .commission,
+                machineID: m.id,
+                change: Controller.openTestRun(try run("disk,peek"))
+            )
+        }
+        #expect(refused?.kind == .conflict && refused?.description.contains("without scripts first") == true)
+        // Nothing changed: still ready, the same step, no run.
+        let after = try #require(try await store.machine(id: m.id))
+        #expect(after.state == .ready && after.generation == dirty.generation && after.burnIn == nil)
+        // Built-ins only read: allowed (the commissioning then wipes it).
+        let started = try await controller.apply(
+            .commission,
+            machineID: m.id,
+            change: Controller.openTestRun(try run("disk"))
+        )
+        #expect(started.state == .commissioning && started.burnIn?.tests.map(\.name) == ["smart", "disk-read"])
+        #expect(started.burnIn?.step == started.generation && started.testAllowance == (600 + 120) * 8)
     }
 }

@@ -12,7 +12,8 @@ import Testing
         TestScript(
             name: name,
             version: 0,
-            sha256: String(content.hashValue, radix: 16) + "-\(content.utf8.count)",
+            // A stand-in for the hash: one per content, the same in every process.
+            sha256: content.utf8.map { String(format: "%02x", $0) }.joined(),
             size: content.utf8.count,
             limitSeconds: limit,
             description: description,
@@ -40,16 +41,20 @@ import Testing
             let three = try await s.addTestScript(Self.script("nic-check", "exit 1\n"), content: Array("exit 1\n".utf8))
             #expect(three.version == 3)
             _ = try await s.addTestScript(Self.script("a-first", "true\n"), content: Array("true\n".utf8))
+            // Another script with the first one's content: it keeps that content.
+            _ = try await s.addTestScript(Self.script("z-same", "exit 0\n"), content: Array("exit 0\n".utf8))
             let all = try await s.testScripts()
             #expect(
-                all.map { "\($0.name)@\($0.version)" } == ["a-first@1", "nic-check@1", "nic-check@2", "nic-check@3"]
+                all.map { "\($0.name)@\($0.version)" } == [
+                    "a-first@1", "nic-check@1", "nic-check@2", "nic-check@3", "z-same@1",
+                ]
             )
             #expect(try await s.testScriptContent(sha256: three.sha256) == Array("exit 1\n".utf8))
             #expect(try await s.testScriptContent(sha256: "none") == nil)
             // Every version goes, and content no version names.
             #expect(try await s.removeTestScript(name: "nic-check") == 3)
-            #expect(try await s.testScripts().map(\.name) == ["a-first"])
-            #expect(try await s.testScriptContent(sha256: one.sha256) == nil)
+            #expect(try await s.testScripts().map(\.name) == ["a-first", "z-same"])
+            #expect(try await s.testScriptContent(sha256: one.sha256) == Array("exit 0\n".utf8))
             #expect(try await s.testScriptContent(sha256: three.sha256) == nil)
             let gone = await #expect(throws: StoreError.self) { try await s.removeTestScript(name: "nic-check") }
             #expect(gone?.code == .notFound && gone?.message == "no test script named 'nic-check'")

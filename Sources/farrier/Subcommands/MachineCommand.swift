@@ -409,7 +409,7 @@ struct MachineView: Codable {
                 let name = [r.version.map { "\(r.name)@\($0)" } ?? r.name, r.target].compactMap { $0 }.joined(
                     separator: " "
                 )
-                let numbers = r.metrics.sorted { $0.key < $1.key }.map { "\($0.key)=\(number($0.value))" }
+                let numbers = r.metrics.sorted { $0.key < $1.key }.map { "\($0.key)=\(TestPlan.format($0.value))" }
                 var line =
                     name.padding(toLength: max(18, name.count), withPad: " ", startingAt: 0) + " "
                     + r.status.padding(toLength: 10, withPad: " ", startingAt: 0)
@@ -419,10 +419,6 @@ struct MachineView: Codable {
                 out.append("  " + line)
             }
             return out
-        }
-
-        func number(_ v: Double) -> String {
-            v.rounded() == v && abs(v) < 1e15 ? String(Int64(v)) : String(format: "%.2f", v)
         }
 
         func duration(_ seconds: TimeInterval) -> String {

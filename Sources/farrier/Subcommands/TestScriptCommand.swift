@@ -11,12 +11,12 @@ struct TestScriptCommand: AsyncParsableCommand {
         commandName: "test-script",
         abstract: "Commissioning test scripts: admins' own hardware tests, stored and versioned (admin).",
         discussion: """
-            A script runs in the ramdisk as root with busybox /bin/sh, when a commissioning asks for it \\
-            (`machine commission --tests NAME` or NAME@VERSION), with FARRIER_MACHINE, FARRIER_TEST, \\
-            FARRIER_DISKS (the disks' /dev paths), FARRIER_SCRATCH (an empty directory) and \\
-            FARRIER_RESULT (a file: its KEY=NUMBER lines, up to 16, become the result's numbers). Exit \\
-            0 passes, 77 skips, anything else fails; past its timeout it is killed and fails. Adding \\
-            a name again stores a new version; every version is kept until the script is removed. \\
+            A script runs in the ramdisk as root with busybox /bin/sh, when a commissioning asks for it \
+            (`machine commission --tests NAME` or NAME@VERSION), with FARRIER_MACHINE, FARRIER_TEST, \
+            FARRIER_DISKS (the disks' /dev paths), FARRIER_SCRATCH (an empty directory) and \
+            FARRIER_RESULT (a file: its KEY=NUMBER lines, up to 16, become the result's numbers). Exit \
+            0 passes, 77 skips, anything else fails; past its timeout it is killed and fails. Adding \
+            a name again stores a new version; every version is kept until the script is removed. \
             Scripts never run on a machine whose disks hold a tenant's data.
             """,
         subcommands: [Add.self, List.self, Show.self, Remove.self]
