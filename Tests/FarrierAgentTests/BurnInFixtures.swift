@@ -1080,4 +1080,373 @@ enum BurnInFixtures {
           }
         }
         """
+
+    // Captured from QEMU 7.2's ATA emulation (an ide-hd on AHCI), by smartctl 7.3 in the Farrier
+    // ramdisk with burnin.img (scripts/build-ramdisk.sh), booted under TCG: a real SAT device,
+    // its health, and a short self-test it ran and logged.
+    static let qemuATAInfo = """
+        {
+          "json_format_version": [
+            1,
+            0
+          ],
+          "smartctl": {
+            "version": [
+              7,
+              3
+            ],
+            "svn_revision": "5338",
+            "platform_info": "x86_64-linux-6.1.0-57-amd64",
+            "build_info": "(local build)",
+            "argv": [
+              "smartctl",
+              "-j",
+              "-H",
+              "-A",
+              "-i",
+              "/dev/sda"
+            ],
+            "drive_database_version": {
+              "string": "7.3/5319"
+            },
+            "exit_status": 0
+          },
+          "local_time": {
+            "time_t": 1796564817,
+            "asctime": "Sun Dec  6 13:46:57 2026 UTC"
+          },
+          "device": {
+            "name": "/dev/sda",
+            "info_name": "/dev/sda [SAT]",
+            "type": "sat",
+            "protocol": "ATA"
+          },
+          "model_name": "QEMU SATA",
+          "serial_number": "FARRIER-SATA",
+          "firmware_version": "2.5+",
+          "user_capacity": {
+            "blocks": 524288,
+            "bytes": 268435456
+          },
+          "logical_block_size": 512,
+          "physical_block_size": 512,
+          "trim": {
+            "supported": true,
+            "deterministic": true,
+            "zeroed": false
+          },
+          "in_smartctl_database": false,
+          "ata_version": {
+            "string": "ATA/ATAPI-7, ATA/ATAPI-5 published, ANSI NCITS 340-2000",
+            "major_value": 240,
+            "minor_value": 22
+          },
+          "smart_support": {
+            "available": true,
+            "enabled": true
+          },
+          "smart_status": {
+            "passed": true
+          },
+          "ata_smart_attributes": {
+            "revision": 1,
+            "table": [
+              {
+                "id": 1,
+                "name": "Raw_Read_Error_Rate",
+                "value": 100,
+                "worst": 100,
+                "thresh": 6,
+                "when_failed": "",
+                "flags": {
+                  "value": 3,
+                  "string": "PO---- ",
+                  "prefailure": true,
+                  "updated_online": true,
+                  "performance": false,
+                  "error_rate": false,
+                  "event_count": false,
+                  "auto_keep": false
+                },
+                "raw": {
+                  "value": 0,
+                  "string": "0"
+                }
+              },
+              {
+                "id": 3,
+                "name": "Spin_Up_Time",
+                "value": 100,
+                "worst": 100,
+                "thresh": 0,
+                "when_failed": "",
+                "flags": {
+                  "value": 3,
+                  "string": "PO---- ",
+                  "prefailure": true,
+                  "updated_online": true,
+                  "performance": false,
+                  "error_rate": false,
+                  "event_count": false,
+                  "auto_keep": false
+                },
+                "raw": {
+                  "value": 16,
+                  "string": "16"
+                }
+              },
+              {
+                "id": 4,
+                "name": "Start_Stop_Count",
+                "value": 100,
+                "worst": 100,
+                "thresh": 20,
+                "when_failed": "",
+                "flags": {
+                  "value": 2,
+                  "string": "-O---- ",
+                  "prefailure": false,
+                  "updated_online": true,
+                  "performance": false,
+                  "error_rate": false,
+                  "event_count": false,
+                  "auto_keep": false
+                },
+                "raw": {
+                  "value": 100,
+                  "string": "100"
+                }
+              },
+              {
+                "id": 5,
+                "name": "Reallocated_Sector_Ct",
+                "value": 100,
+                "worst": 100,
+                "thresh": 36,
+                "when_failed": "",
+                "flags": {
+                  "value": 3,
+                  "string": "PO---- ",
+                  "prefailure": true,
+                  "updated_online": true,
+                  "performance": false,
+                  "error_rate": false,
+                  "event_count": false,
+                  "auto_keep": false
+                },
+                "raw": {
+                  "value": 0,
+                  "string": "0"
+                }
+              },
+              {
+                "id": 9,
+                "name": "Power_On_Hours",
+                "value": 100,
+                "worst": 100,
+                "thresh": 0,
+                "when_failed": "",
+                "flags": {
+                  "value": 3,
+                  "string": "PO---- ",
+                  "prefailure": true,
+                  "updated_online": true,
+                  "performance": false,
+                  "error_rate": false,
+                  "event_count": false,
+                  "auto_keep": false
+                },
+                "raw": {
+                  "value": 1,
+                  "string": "1"
+                }
+              },
+              {
+                "id": 12,
+                "name": "Power_Cycle_Count",
+                "value": 100,
+                "worst": 100,
+                "thresh": 0,
+                "when_failed": "",
+                "flags": {
+                  "value": 3,
+                  "string": "PO---- ",
+                  "prefailure": true,
+                  "updated_online": true,
+                  "performance": false,
+                  "error_rate": false,
+                  "event_count": false,
+                  "auto_keep": false
+                },
+                "raw": {
+                  "value": 0,
+                  "string": "0"
+                }
+              },
+              {
+                "id": 190,
+                "name": "Airflow_Temperature_Cel",
+                "value": 69,
+                "worst": 69,
+                "thresh": 50,
+                "when_failed": "",
+                "flags": {
+                  "value": 3,
+                  "string": "PO---- ",
+                  "prefailure": true,
+                  "updated_online": true,
+                  "performance": false,
+                  "error_rate": false,
+                  "event_count": false,
+                  "auto_keep": false
+                },
+                "raw": {
+                  "value": 522125343,
+                  "string": "31 (Min/Max 31/31)"
+                }
+              }
+            ]
+          },
+          "power_on_time": {
+            "hours": 1
+          },
+          "power_cycle_count": 0,
+          "temperature": {
+            "current": 31
+          }
+        }
+        """
+    static let qemuATACapabilities = """
+        {
+          "json_format_version": [
+            1,
+            0
+          ],
+          "smartctl": {
+            "version": [
+              7,
+              3
+            ],
+            "svn_revision": "5338",
+            "platform_info": "x86_64-linux-6.1.0-57-amd64",
+            "build_info": "(local build)",
+            "argv": [
+              "smartctl",
+              "-j",
+              "-c",
+              "/dev/sda"
+            ],
+            "drive_database_version": {
+              "string": "7.3/5319"
+            },
+            "exit_status": 0
+          },
+          "local_time": {
+            "time_t": 1796564823,
+            "asctime": "Sun Dec  6 13:47:03 2026 UTC"
+          },
+          "device": {
+            "name": "/dev/sda",
+            "info_name": "/dev/sda [SAT]",
+            "type": "sat",
+            "protocol": "ATA"
+          },
+          "ata_smart_data": {
+            "offline_data_collection": {
+              "status": {
+                "value": 130,
+                "string": "was completed without error",
+                "passed": true
+              },
+              "completion_seconds": 288
+            },
+            "self_test": {
+              "status": {
+                "value": 0,
+                "string": "completed without error",
+                "passed": true
+              },
+              "polling_minutes": {
+                "short": 2,
+                "extended": 54
+              }
+            },
+            "capabilities": {
+              "values": [
+                25,
+                3
+              ],
+              "exec_offline_immediate_supported": true,
+              "offline_is_aborted_upon_new_cmd": false,
+              "offline_surface_scan_supported": true,
+              "self_tests_supported": true,
+              "conveyance_self_test_supported": false,
+              "selective_self_test_supported": false,
+              "attribute_autosave_enabled": true,
+              "error_logging_supported": true,
+              "gp_logging_supported": false
+            }
+          }
+        }
+        """
+    static let qemuATASelfTestLog = """
+        {
+          "json_format_version": [
+            1,
+            0
+          ],
+          "smartctl": {
+            "version": [
+              7,
+              3
+            ],
+            "svn_revision": "5338",
+            "platform_info": "x86_64-linux-6.1.0-57-amd64",
+            "build_info": "(local build)",
+            "argv": [
+              "smartctl",
+              "-j",
+              "-l",
+              "selftest",
+              "/dev/sda"
+            ],
+            "drive_database_version": {
+              "string": "7.3/5319"
+            },
+            "exit_status": 0
+          },
+          "local_time": {
+            "time_t": 1796564823,
+            "asctime": "Sun Dec  6 13:47:03 2026 UTC"
+          },
+          "device": {
+            "name": "/dev/sda",
+            "info_name": "/dev/sda [SAT]",
+            "type": "sat",
+            "protocol": "ATA"
+          },
+          "ata_smart_self_test_log": {
+            "standard": {
+              "revision": 1,
+              "table": [
+                {
+                  "type": {
+                    "value": 1,
+                    "string": "Short offline"
+                  },
+                  "status": {
+                    "value": 0,
+                    "string": "Completed without error",
+                    "passed": true
+                  },
+                  "lifetime_hours": 4660
+                }
+              ],
+              "count": 1,
+              "error_count_total": 0,
+              "error_count_outdated": 0
+            }
+          }
+        }
+        """
 }

@@ -142,6 +142,19 @@ import Glibc
         #expect(SmartctlOutput.newestSelfTest(json: json(BurnInFixtures.smartctlATAPass)) == nil)
     }
 
+    /// The same parsers on a real ATA device: QEMU's emulated SATA disk, as smartctl 7.3 in the
+    /// ramdisk read it (health passed, the attributes' numbers, a short self-test done and logged).
+    @Test func smartctlOnQEMUsATADisk() {
+        let health = SmartctlOutput.health(json: json(BurnInFixtures.qemuATAInfo), exitStatus: 0)
+        #expect(health.noSMART == nil && health.unreadable == nil && health.problems.isEmpty, "\(health)")
+        #expect(health.protocolName == "ATA" && !health.isNVMe)
+        #expect(health.metrics["power_on_hours"] == 1 && health.metrics["temp_c"] == 31, "\(health.metrics)")
+        #expect(health.metrics["reallocated"] == 0, "\(health.metrics)")
+        #expect(SmartctlOutput.selfTestInProgress(json: json(BurnInFixtures.qemuATACapabilities)) == false)
+        let newest = SmartctlOutput.newestSelfTest(json: json(BurnInFixtures.qemuATASelfTestLog))
+        #expect(newest == SmartctlOutput.SelfTest(passed: true, description: "Short offline: Completed without error"))
+    }
+
     @Test func smartctlSCSISelfTestLog() {
         #expect(SmartctlOutput.selfTestInProgress(json: json(BurnInFixtures.smartctlSCSIRunning)) == true)
         #expect(SmartctlOutput.selfTestInProgress(json: json(BurnInFixtures.smartctlSCSIDone)) == false)

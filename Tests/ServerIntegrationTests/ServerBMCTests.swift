@@ -274,6 +274,31 @@ struct ServerBMCTests {
             + (try cp.cli(["bmc", "credential", "list", "-o", "json"]).stdout)
             + h.read("server.log")
         #expect(!everything.contains(IPMISimulator.password) && !everything.contains("not-it"))
+
+        // Commissioning tests with a fleet file (issue 18 point 7): checked before anything is
+        // written, then each machine gets its own run of the same tests.
+        let noCommission = try cp.cli(["machine", "enroll", "-f", good, "--tests", "cpu"], check: false)
+        #expect(
+            noCommission.status == 64 && noCommission.stderr.contains("need --commission"),
+            "\(noCommission.stderr)"
+        )
+        let unknownTest = try cp.cli(
+            ["machine", "enroll", "-f", good, "--commission", "--tests", "cpux"],
+            check: false
+        )
+        #expect(unknownTest.status == 13 && unknownTest.stderr.contains("unknown test 'cpux'"), "\(unknownTest.stderr)")
+        #expect(try cp.state("rack1-n1") == "enrolled" && cp.machine("rack1-n1")["burnIn"] == nil)
+        let started = try cp.cli([
+            "machine", "enroll", "-f", good, "--commission", "--tests", "cpu", "--param", "cpu-stress.seconds=1",
+        ])
+        #expect(started.stdout.contains("(2 commissioning)"), "\(started.stdout)")
+        var runs: Set<String> = []
+        for name in ["rack1-n1", "rack1-n2"] {
+            let run = try #require(try cp.machine(name)["burnIn"] as? [String: Any], "\(name) has no test run")
+            #expect(run["tests"] as? [String] == ["cpu-stress"] && run["finished"] == nil, "\(name): \(run)")
+            runs.insert(run["runID"] as? String ?? "")
+        }
+        #expect(runs.count == 2 && !runs.contains(""), "\(runs)")
     }
 
     /// Issue 18 point 8: an enrolled machine already running an OS is adopted as deployed in a
