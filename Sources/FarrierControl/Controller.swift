@@ -873,6 +873,46 @@ public final class Controller: Sendable {
         if inventory.firmware != .unknown { m.firmware = inventory.firmware }
     }
 
+    /// Fails the step of the agent's task with `reason`, counted and logged by its class, in
+    /// the step's trace, with `change` and `events` in the failure's commit; then the agent's
+    /// spans and timeline rows, ending when its result arrived (before the step's).
+    func agentTaskFailed(
+        _ m: Machine,
+        _ result: AgentResult,
+        reason: String,
+        _ failure: FailureClass,
+        change: @escaping @Sendable (inout Machine) -> Void = { _ in },
+        events: @escaping @Sendable (Machine) -> [MachineEvent] = { _ in [] }
+    ) async throws {
+        let end = Date()
+        try await InstrumentationContext.$current.withValue(StepTracing.context(m.trace)) {
+            // (Its token bound the agent to this step and boot; the commit is this step's only.)
+            try await apply(
+                .stepFailed(reason: reason),
+                machineID: m.id,
+                guardGeneration: m.generation,
+                change: change,
+                events: events
+            )
+            metrics.failed(m.state, failure)
+            logFailure(m.name, m.state, failure, reason, trace: m.trace)
+        }
+        let times = AgentTimes(m, result, end: end)
+        traceAgentTask(m, result, times)
+        await recordAgentTimeline(m, result, times)
+    }
+
+    /// A test run's results are in: kept (without output), and the run closed.
+    static func closeRun(_ m: inout Machine, _ results: [TestResult]) {
+        m.burnIn?.results = results
+        m.burnIn?.finished = Date()
+    }
+
+    /// One event per test result, in the commit that keeps them.
+    static func resultEvents(_ m: Machine, _ results: [TestResult]) -> [MachineEvent] {
+        results.map { MachineEvent(m, kind: .action, message: resultLine($0)) }
+    }
+
     /// One test's result as its machine event says it: `test smart vda passed in 2.1 s: …`.
     static func resultLine(_ r: TestResult) -> String {
         let name = r.label
@@ -906,21 +946,7 @@ public final class Controller: Sendable {
         let result = Self.checked(result, for: m)
         guard result.ok else {
             let failure: FailureClass = result.failure == .wipeNotVerified ? .wipeNotVerified : .agent
-            // The failure's lines in the step's trace; the agent's spans once the failure is
-            // committed, ending when its result arrived (before the step's).
-            let end = Date()
-            try await InstrumentationContext.$current.withValue(StepTracing.context(m.trace)) {
-                try await apply(
-                    .stepFailed(reason: "agent: \(result.error ?? "no reason given")"),
-                    machineID: m.id,
-                    guardGeneration: m.generation
-                )
-                metrics.failed(m.state, failure)
-                logFailure(m.name, m.state, failure, "agent: \(result.error ?? "no reason given")", trace: m.trace)
-            }
-            let times = AgentTimes(m, result, end: end)
-            traceAgentTask(m, result, times)
-            await recordAgentTimeline(m, result, times)
+            try await agentTaskFailed(m, result, reason: "agent: \(result.error ?? "no reason given")", failure)
             return
         }
         if m.state == .commissioning, result.inventory == nil {
@@ -932,38 +958,25 @@ public final class Controller: Sendable {
             let (results, outputs, verdict) = TestPlan.accept(result.tests ?? [], for: run)
             // Its own write, keyed by the run: a retried answer overwrites it.
             try await store.putTestOutputs(machineID: m.id, runID: run.runID, outputs)
-            let events: @Sendable (Machine) -> [MachineEvent] = { x in
-                results.map { MachineEvent(x, kind: .action, message: Self.resultLine($0)) }
-            }
-            // (Its token bound the agent to this step and boot; the commit is this step's only.)
-            let record: @Sendable (inout Machine) -> Void = { x in
-                Self.keepInventory(&x, result.inventory)
-                x.burnIn?.results = results
-                x.burnIn?.finished = Date()
-            }
             switch verdict {
             case .passed: kept = results
             case .hardware(let reason), .agent(let reason):
-                let failure: FailureClass = if case .hardware = verdict { .hardwareTest } else { .agent }
-                let end = Date()
-                try await InstrumentationContext.$current.withValue(StepTracing.context(m.trace)) {
-                    try await apply(
-                        .stepFailed(reason: reason),
-                        machineID: m.id,
-                        guardGeneration: m.generation,
-                        change: { x in record(&x) },
-                        events: events
-                    )
-                    metrics.failed(m.state, failure)
-                    logFailure(m.name, m.state, failure, reason, trace: m.trace)
-                }
-                // The agent did its task; the step failed on what its tests found.
+                // The agent did its task; the step failed on what its tests found, and keeps them.
                 var judged = result
                 judged.ok = false
                 judged.error = reason
-                let times = AgentTimes(m, judged, end: end)
-                traceAgentTask(m, judged, times)
-                await recordAgentTimeline(m, judged, times)
+                let failure: FailureClass = if case .hardware = verdict { .hardwareTest } else { .agent }
+                try await agentTaskFailed(
+                    m,
+                    judged,
+                    reason: reason,
+                    failure,
+                    change: { x in
+                        Self.keepInventory(&x, result.inventory)
+                        Self.closeRun(&x, results)
+                    },
+                    events: { x in Self.resultEvents(x, results) }
+                )
                 return
             }
         }
@@ -974,10 +987,7 @@ public final class Controller: Sendable {
             guard x.generation == m.generation, x.agentBoot == m.agentBoot, x.phase == .agent else { return [] }
             finished.set(true)
             if x.state == .commissioning { Self.keepInventory(&x, result.inventory) }
-            if let testResults {
-                x.burnIn?.results = testResults
-                x.burnIn?.finished = Date()
-            }
+            if let testResults { Self.closeRun(&x, testResults) }
             x.phase = .finish
             x.trace?.phaseSince = Date()
             // Only an OS that was given the reporter is waited for.
@@ -987,7 +997,7 @@ public final class Controller: Sendable {
             if let rss = result.peakRSSBytes {
                 note += String(format: ", agent peak RSS %.1f MiB", Double(rss) / 1_048_576)
             }
-            return (testResults ?? []).map { MachineEvent(x, kind: .action, message: Self.resultLine($0)) } + [
+            return Self.resultEvents(x, testResults ?? []) + [
                 MachineEvent(x, kind: .action, message: "agent finished \(x.state.rawValue)\(note)")
             ]
         }

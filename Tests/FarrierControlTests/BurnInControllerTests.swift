@@ -59,6 +59,23 @@ import Testing
         return (admitted, try #require(admitted.burnIn))
     }
 
+    /// Stores `content` as the script `name` (30 s limit), as `test-script add` does.
+    func addScript(_ name: String, _ content: String) async throws -> TestScript {
+        try await store.addTestScript(
+            TestScript(
+                name: name,
+                version: 0,
+                sha256: SHA256.hash(data: Array(content.utf8)).map { String(format: "%02x", $0) }.joined(),
+                size: content.utf8.count,
+                limitSeconds: 30,
+                description: "",
+                createdBy: "admin",
+                created: Date()
+            ),
+            content: Array(content.utf8)
+        )
+    }
+
     func hello(_ nonce: String = String(repeating: "n", count: 32)) -> AgentHello {
         AgentHello(agentVersion: "test", inventory: nil, nonce: nonce)
     }
@@ -71,20 +88,7 @@ import Testing
 
     @Test func theTaskCarriesTheTestsAndPassesDecideTheStep() async throws {
         let content = "echo link_mbps=25000 > \"$FARRIER_RESULT\"\n"
-        let sha = SHA256.hash(data: Array(content.utf8)).map { String(format: "%02x", $0) }.joined()
-        _ = try await store.addTestScript(
-            TestScript(
-                name: "nic-check",
-                version: 0,
-                sha256: sha,
-                size: content.utf8.count,
-                limitSeconds: 30,
-                description: "",
-                createdBy: "admin",
-                created: Date()
-            ),
-            content: Array(content.utf8)
-        )
+        let sha = try await addScript("nic-check", content).sha256
         let (m, run) = try await commissioned(["cpu,nic-check"], parameters: ["cpu-stress.seconds=5"])
         // The step's limit grows by the tests' own: 5 + 120 for cpu-stress, 30 for the script.
         #expect(m.testAllowance == 155)
@@ -237,21 +241,7 @@ import Testing
     }
 
     @Test func scriptsAreRefusedOnAMachineThatMayHoldATenantsData() async throws {
-        let content = "exit 0\n"
-        let sha = SHA256.hash(data: Array(content.utf8)).map { String(format: "%02x", $0) }.joined()
-        _ = try await store.addTestScript(
-            TestScript(
-                name: "peek",
-                version: 0,
-                sha256: sha,
-                size: content.utf8.count,
-                limitSeconds: 30,
-                description: "",
-                createdBy: "admin",
-                created: Date()
-            ),
-            content: Array(content.utf8)
-        )
+        let peek = try await addScript("peek", "exit 0\n")
         let m = try await store.enroll(
             name: "d1",
             mac: MACAddress("52:54:00:00:0c:02")!,
@@ -266,20 +256,7 @@ import Testing
             return []
         }
         func run(_ tests: String) throws -> BurnIn {
-            let scripts = [
-                "peek": [
-                    TestScript(
-                        name: "peek",
-                        version: 1,
-                        sha256: sha,
-                        size: 7,
-                        limitSeconds: 30,
-                        description: "",
-                        createdBy: "admin",
-                        created: Date()
-                    )
-                ]
-            ]
+            let scripts = ["peek": [peek]]
             let specs = try TestPlan.resolve(TestPlan.parse(tests: [tests], parameters: []).get(), scripts: scripts)
                 .get()
             return BurnIn(tests: specs, requestedBy: "admin", requested: Date())
