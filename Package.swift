@@ -60,9 +60,9 @@ let package = Package(
         // Wire codecs: pure value types, no I/O, no dependencies (so fuzz targets compile them directly).
         .target(name: "WireSupport", swiftSettings: swiftSettings),
         // POSIX helpers shared by the server, the agent and the lab: secret files, durations,
-        // process memory (glibc's malloc controls through a small C shim).
-        .target(name: "CFarrierMemory"),
-        .target(name: "SystemSupport", dependencies: ["CFarrierMemory"], swiftSettings: swiftSettings),
+        // process memory, random bytes (glibc's malloc controls and getrandom through a small C shim).
+        .target(name: "CSystemSupport"),
+        .target(name: "SystemSupport", dependencies: ["CSystemSupport"], swiftSettings: swiftSettings),
         .target(name: "DHCPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
         .target(name: "TFTPWire", dependencies: ["WireSupport"], swiftSettings: swiftSettings),
         // IPMI v2.0 / RMCP+: pure value types too, with swift-crypto for HMAC and AES-CBC-128.
@@ -132,7 +132,8 @@ let package = Package(
         .target(
             name: "FarrierControl",
             dependencies: [
-                "FarrierCore", "FarrierBMC", log, lifecycle, tracing, .product(name: "Crypto", package: "swift-crypto"),
+                "FarrierCore", "FarrierBMC", "SystemSupport", "WireSupport", log, lifecycle, tracing,
+                .product(name: "Crypto", package: "swift-crypto"),
             ] + metrics,
             swiftSettings: swiftSettings
         ),
@@ -141,7 +142,7 @@ let package = Package(
         .target(
             name: "FarrierSim",
             dependencies: [
-                "FarrierCore", "FarrierAgent", "WireSupport", log,
+                "FarrierCore", "FarrierAgent", "SystemSupport", "WireSupport", log,
                 .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ] + nio,
             swiftSettings: swiftSettings
@@ -151,8 +152,8 @@ let package = Package(
         .target(
             name: "FarrierAgent",
             dependencies: [
-                "FarrierCore", "SystemSupport", "CFarrierNet", .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                "FarrierCore", "SystemSupport", "WireSupport", "CFarrierNet",
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ] + nio,
             swiftSettings: swiftSettings
         ),
@@ -171,8 +172,10 @@ let package = Package(
         .target(
             name: "FarrierAPI",
             dependencies: [
-                "FarrierCore", "FarrierBMC", "FarrierControl", "FarrierSite", "SystemSupport", log, lifecycle,
-                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+                "FarrierCore", "FarrierBMC", "FarrierControl", "FarrierSite", "SystemSupport", "WireSupport", log,
+                lifecycle,
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -187,8 +190,10 @@ let package = Package(
         .target(
             name: "FarrierSite",
             dependencies: [
-                "FarrierCore", "FarrierHTTP", "SystemSupport", log, .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+                "FarrierCore", "FarrierHTTP", "SystemSupport", "WireSupport", log,
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ] + nio,
@@ -200,7 +205,7 @@ let package = Package(
         .target(
             name: "FarrierConsole",
             dependencies: [
-                "FarrierAPI", "FarrierCore", "FarrierControl", log, lifecycle,
+                "FarrierAPI", "FarrierCore", "FarrierControl", "SystemSupport", log, lifecycle,
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -216,12 +221,16 @@ let package = Package(
         .target(
             name: "FarrierApp",
             dependencies: [
-                "FarrierCore", "FarrierStore", "FarrierPostgres", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP", "FarrierAPI", "FarrierBMC", "FarrierControl",
+                "FarrierCore", "FarrierStore", "FarrierPostgres", "DHCPServer", "TFTPServer", "TFTPWire", "FarrierHTTP",
+                "FarrierAPI", "FarrierBMC", "FarrierControl",
                 "FarrierSite", "FarrierTelemetry", "FarrierConsole",
-                "SystemSupport", log, lifecycle, .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                "SystemSupport", "WireSupport", log, lifecycle,
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
-                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
-                .product(name: "Crypto", package: "swift-crypto"), tracing, .product(name: "OTel", package: "swift-otel"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"), tracing,
+                .product(name: "OTel", package: "swift-otel"),
             ] + nio + metrics,
             swiftSettings: swiftSettings
         ),
@@ -233,7 +242,8 @@ let package = Package(
         .executableTarget(
             name: "farrier",
             dependencies: [
-                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent", "FarrierSim", "WireSupport",
+                "FarrierApp", "FarrierLab", "FarrierAPI", "FarrierCore", "FarrierBMC", "FarrierAgent", "FarrierSim",
+                "WireSupport",
                 "FarrierSite",
                 "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -248,48 +258,78 @@ let package = Package(
 
         // Tests.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
-        .testTarget(name: "DHCPWireTests", dependencies: ["DHCPWire", "WireSupport"], resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
-        .testTarget(name: "FarrierCoreTests", dependencies: ["FarrierCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "FarrierAgentTests", dependencies: ["FarrierAgent", "FarrierCore", "TestSupport"], swiftSettings: swiftSettings),
+            name: "DHCPWireTests",
+            dependencies: ["DHCPWire", "WireSupport"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "FarrierCoreTests", dependencies: ["FarrierCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "SystemSupportTests",
+            dependencies: ["SystemSupport", "WireSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FarrierAgentTests",
+            dependencies: ["FarrierAgent", "FarrierCore", "TestSupport"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "FarrierControlTests",
-            dependencies: ["FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "FarrierTelemetry", "TestSupport", log,
+            dependencies: [
+                "FarrierControl", "FarrierCore", "FarrierStore", "FarrierBMC", "FarrierPostgres", "FarrierTelemetry",
+                "TestSupport", log,
                 tracing, .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ],
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "FarrierSiteTests",
             dependencies: [
                 "FarrierSite", "FarrierHTTP", "TestSupport", .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "FarrierBMCTests",
             dependencies: ["FarrierBMC", "FarrierCore", .product(name: "NIOEmbedded", package: "swift-nio")] + nio,
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "IPMIWireTests", dependencies: ["IPMIWire", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPWireTests", dependencies: ["TFTPWire", "WireSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TFTPServerTests", dependencies: ["TFTPServer", "TFTPWire"], swiftSettings: swiftSettings),
-        .testTarget(name: "DHCPServerTests", dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "FarrierStore", "WireSupport", log, lifecycle], swiftSettings: swiftSettings),
         .testTarget(
-            name: "FarrierStoreTests", dependencies: ["FarrierStore", "FarrierPostgres", "FarrierCore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")],
-            swiftSettings: swiftSettings),
+            name: "DHCPServerTests",
+            dependencies: ["DHCPServer", "DHCPWire", "FarrierCore", "FarrierStore", "WireSupport", log, lifecycle],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FarrierStoreTests",
+            dependencies: [
+                "FarrierStore", "FarrierPostgres", "FarrierCore", "TestSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "FarrierAppTests",
             dependencies: [
-                "FarrierApp", "FarrierAPI", "FarrierStore", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer", "TFTPWire", "FarrierControl", log,
+                "FarrierApp", "FarrierAPI", "FarrierStore", "FarrierCore", "DHCPServer", "FarrierHTTP", "TFTPServer",
+                "TFTPWire", "FarrierControl", log,
                 "FarrierSite", "FarrierTelemetry", "TestSupport",
                 "FarrierBMC", .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "FarrierAPITests",
             dependencies: [
@@ -299,7 +339,8 @@ let package = Package(
                 .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"), tracing,
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ],
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "FarrierHTTPTests",
             dependencies: [
@@ -308,15 +349,22 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
-            name: "BMCIntegrationTests", dependencies: ["FarrierBMC", "TestSupport"], exclude: ["redfish_strict.py", "lossy_udp_proxy.py"],
-            swiftSettings: swiftSettings),
+            name: "BMCIntegrationTests",
+            dependencies: ["FarrierBMC", "TestSupport"],
+            exclude: ["redfish_strict.py", "lossy_udp_proxy.py"],
+            swiftSettings: swiftSettings
+        ),
         // The server binary with its real peers (ipmi_sim, sushy-emulator, PostgreSQL, curl): the
         // control plane, the CLI, the agent, image serving, replicas and the simulator.
         .testTarget(
-            name: "ServerIntegrationTests", dependencies: ["TestSupport"], exclude: ["console_browser.py"],
-            swiftSettings: swiftSettings),
+            name: "ServerIntegrationTests",
+            dependencies: ["TestSupport"],
+            exclude: ["console_browser.py"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -4,6 +4,7 @@ import FarrierCore
 import Foundation
 import GRPCCore
 import SwiftProtobuf
+import WireSupport
 
 /// `farrier.v1.TestScriptService` (issue 18 point 7): admins add and remove commissioning test
 /// scripts, every version kept; every token may list them and read their fields (a member sees
@@ -46,7 +47,7 @@ public struct TestScriptAPI: Farrier_V1_TestScriptService.SimpleServiceProtocol 
         let script = TestScript(
             name: request.name,
             version: 0,
-            sha256: SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined(),
+            sha256: SHA256.hash(data: bytes).hexString,
             size: bytes.count,
             limitSeconds: Int(request.timeoutSeconds),
             description: request.description_p,

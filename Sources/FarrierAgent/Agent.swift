@@ -3,6 +3,7 @@ import FarrierCore
 import Foundation
 import Synchronization
 import SystemSupport
+import WireSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -268,8 +269,7 @@ public final class Agent: Sendable {
             withIntermediateDirectories: true,
             attributes: [.posixPermissions: 0o700]
         )
-        var rng = SystemRandomNumberGenerator()
-        let nonce = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+        let nonce = SecureRandom.bytes(32).hexString
         do { try SecretFile.create(path, Array(nonce.utf8), exclusive: true) } catch {
             throw AgentFailure("cannot keep the boot nonce: \(error)")
         }
@@ -448,7 +448,7 @@ public final class Agent: Sendable {
         }
         report("verify", downloaded, image.size)
         try phases.measure("verify") {
-            let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+            let digest = hasher.finalize().hexString
             guard digest == image.sha256 else {
                 throw AgentFailure("image sha256 \(digest) does not match \(image.sha256)")
             }

@@ -1,5 +1,6 @@
 import FarrierCore
 import Foundation
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -221,8 +222,7 @@ struct PartitionTableEdit {
         let e = slot * entrySize
         for i in 0..<entrySize { entries[e + i] = 0 }
         entries.replaceSubrange(e..<e + 16, with: basicDataType)
-        var rng = SystemRandomNumberGenerator()
-        var unique = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        var unique = SecureRandom.bytes(16)
         unique[7] = (unique[7] & 0x0F) | 0x40  // version 4 (mixed-endian field 3)
         unique[8] = (unique[8] & 0x3F) | 0x80
         entries.replaceSubrange(e + 16..<e + 32, with: unique)

@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import NIOSSL
+import WireSupport
 
 /// The agent's HTTPS: a local TLS tunnel. It listens on 127.0.0.1 (an ephemeral port) inside
 /// the ramdisk, and carries each connection to the server over TLS, accepting only the
@@ -112,7 +113,7 @@ public enum CertificatePin {
     /// Whether the server's leaf certificate has the pinned SHA-256; and the one it has.
     public static func check(_ certificates: [NIOSSLCertificate], pin: String) -> (ok: Bool, seen: String) {
         let der = certificates.first.flatMap { try? $0.toDERBytes() } ?? []
-        let seen = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+        let seen = SHA256.hash(data: der).hexString
         return (!der.isEmpty && seen == pin, seen)
     }
 }

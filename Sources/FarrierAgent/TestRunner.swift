@@ -2,6 +2,7 @@ import Crypto
 import FarrierCore
 import Foundation
 import SystemSupport
+import WireSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -622,7 +623,7 @@ public final class TestRunner: Sendable {
     }
 
     static func sha256Hex(_ bytes: [UInt8]) -> String {
-        SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+        SHA256.hash(data: bytes).hexString
     }
 
     /// A hash as the server may write it (`sha256:` first, capitals), as `sha256Hex` writes it.

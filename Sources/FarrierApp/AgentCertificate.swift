@@ -4,6 +4,7 @@ import FarrierHTTP
 import Foundation
 import SwiftASN1
 import SystemSupport
+import WireSupport
 import X509
 
 /// The agent channel's TLS identity. Given as `agent.tls-cert` and `agent.tls-key` (PEM), or
@@ -47,7 +48,7 @@ enum AgentCertificate {
     static func fingerprint(_ certificate: Certificate) throws -> String {
         var serializer = DER.Serializer()
         try serializer.serialize(certificate)
-        return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        return SHA256.hash(data: serializer.serializedBytes).hexString
     }
 
     static func make(certificatePath: String, keyPath: String, now: Date) throws {

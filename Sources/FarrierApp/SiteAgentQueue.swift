@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Synchronization
 import SystemSupport
+import WireSupport
 
 /// Agent reports (progress, done) a site holds while its region cannot be reached, so that an
 /// agent that finished its work during an outage does not fail its step: each is kept in a file
@@ -67,7 +68,7 @@ public final class AgentReportQueue: Sendable {
     }
 
     static func hash(_ token: String) -> String {
-        SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        SHA256.hash(data: Data(token.utf8)).hexString
     }
 
     /// The token the region gave `mac`'s agent in a hello the site relayed.

@@ -1,6 +1,7 @@
 import Foundation
 import IPMIWire
 import Logging
+import SystemSupport
 
 // Session setup: the driver of `IPMISessionStateMachine`, which makes every decision; here
 // are only the socket, the clock and the mapping of its failures to BMC errors.
@@ -71,10 +72,7 @@ extension IPMIClient {
                 cipherSuite: ep.cipherSuite,
                 retries: ep.timeouts.retries
             ),
-            random: { n in
-                var rng = SystemRandomNumberGenerator()
-                return (0..<n).map { _ in rng.next() }
-            }
+            random: SecureRandom.bytes
         )
         var action = machine.start()
         var attempt = 0

@@ -1,6 +1,7 @@
 import Foundation
 import IPMIWire
 import Synchronization
+import SystemSupport
 
 /// An established RMCP+ session on its own UDP socket.
 final class IPMISession: Sendable {
@@ -37,9 +38,7 @@ final class IPMISession: Sendable {
     }
 
     func seal(_ type: IPMIPayloadType, _ payload: [UInt8]) -> [UInt8] {
-        var iv = [UInt8](repeating: 0, count: 16)
-        var rng = SystemRandomNumberGenerator()
-        for i in 0..<16 { iv[i] = rng.next() }
+        let iv = SecureRandom.bytes(16)
         return crypto.withLock { $0.seal(type, payload: payload, iv: iv) }
     }
 

@@ -1,5 +1,6 @@
 import FarrierControl
 import Foundation
+import SystemSupport
 
 /// The console's logins: a random session ID (the cookie) for each, held in memory only, with
 /// the API token it was opened with (never sent back to the browser), who that is, and the
@@ -56,7 +57,6 @@ actor ConsoleSessions {
 
     /// 32 bytes from the system's CSPRNG, base64url.
     static func random() -> String {
-        var rng = SystemRandomNumberGenerator()
-        return TokenSecret.base64url((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        TokenSecret.base64url(SecureRandom.bytes(32))
     }
 }

@@ -1,6 +1,7 @@
 import Crypto
 import FarrierCore
 import Foundation
+import WireSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -191,7 +192,7 @@ public struct ImageRepository: Sendable {
             hasher.update(data: chunk)
             size += Int64(chunk.count)
         }
-        return (hasher.finalize().map { String(format: "%02x", $0) }.joined(), size)
+        return (hasher.finalize().hexString, size)
     }
 
     /// Runs a command; returns its standard output (small: qemu-img's JSON). Standard error
@@ -263,7 +264,7 @@ public final class ImageUpload: @unchecked Sendable {
         guard fsync(fd) == 0 else {
             throw ControlError(.unavailable, "cannot fsync image: \(String(cString: strerror(errno)))")
         }
-        return (hasher.finalize().map { String(format: "%02x", $0) }.joined(), size)
+        return (hasher.finalize().hexString, size)
     }
 
     /// Abandons the upload.

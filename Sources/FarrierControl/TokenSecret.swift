@@ -1,13 +1,13 @@
 import Crypto
 import Foundation
+import SystemSupport
+import WireSupport
 
 /// Bearer-token secrets: 32 random bytes, base64url, with a `fa_` prefix so they are easy to
 /// recognise in logs and secret scanners. Only their SHA-256 is stored.
 public enum TokenSecret {
     public static func generate() -> String {
-        var rng = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
-        return "fa_" + base64url(bytes)
+        "fa_" + base64url(SecureRandom.bytes(32))
     }
 
     /// Base64url without padding (RFC 4648 §5): what tokens and MACs are written in.
@@ -17,6 +17,6 @@ public enum TokenSecret {
     }
 
     public static func hash(_ secret: String) -> String {
-        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+        SHA256.hash(data: Data(secret.utf8)).hexString
     }
 }

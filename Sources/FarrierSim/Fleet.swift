@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Synchronization
+import SystemSupport
 import WireSupport
 
 /// What `farrier sim` simulates, and how its machines behave.
@@ -467,8 +468,7 @@ public actor SimFleet {
             await note("\(m.name): \(error)")
             return
         }
-        var rng = SystemRandomNumberGenerator()
-        let nonce = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+        let nonce = SecureRandom.bytes(32).hexString
         let inventory = Self.inventory(i, m)
         let started = ContinuousClock.now
         do {

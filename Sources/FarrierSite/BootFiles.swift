@@ -5,6 +5,7 @@ import Logging
 import NIOPosix
 import Synchronization
 import SystemSupport
+import WireSupport
 
 /// A file of a boot root that sites serve as the region does: the ramdisk's kernel and initrd,
 /// and the iPXE binaries. Named by its path under the boot root, and by the SHA-256 of its bytes.
@@ -105,7 +106,7 @@ public final class BootFileCatalog: Sendable {
             if n == 0 { break }
             buffer.withUnsafeBytes { hasher.update(data: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hasher.finalize().hexString
     }
 }
 

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import SwiftASN1
 import SystemSupport
+import WireSupport
 import X509
 
 /// The region's certificate authority for its sites (issue 16).
@@ -250,7 +251,7 @@ public struct SiteAuthority: Sendable {
     /// The pin of the certificate in `pem`.
     public static func pin(pem: String) throws -> String {
         let der = try PEMDocument(pemString: pem).derBytes
-        return SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+        return SHA256.hash(data: der).hexString
     }
 
     /// A join token as `site add` prints it: the secret, a '.', and this CA's pin (as kubeadm's
@@ -274,7 +275,7 @@ public struct SiteAuthority: Sendable {
 
     /// A certificate's serial as the sites table and `verify` name it: lowercase hex.
     public static func hex(_ serial: Certificate.SerialNumber) -> String {
-        serial.bytes.map { String(format: "%02x", $0) }.joined()
+        serial.bytes.hexString
     }
 
     public static func commonNames(_ name: DistinguishedName) -> [String] {

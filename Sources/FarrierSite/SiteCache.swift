@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Glibc
 import NIOPosix
+import WireSupport
 
 /// Where a site's cache gets a file it does not hold: the region. The file is named by the
 /// SHA-256 of its bytes, so whoever serves it, the cache checks what it got.
@@ -267,7 +268,7 @@ public actor SiteCache {
             try await origin.fetch(digest, into: sink)
             guard let expected = sink.expected else { throw Failure.origin("no size announced") }
             guard sink.written == expected else { throw Failure.short(expected: expected, got: sink.written) }
-            let got = sink.hasher.finalize().map { String(format: "%02x", $0) }.joined()
+            let got = sink.hasher.finalize().hexString
             guard got == digest else { throw Failure.mismatch(expected: digest, got: got) }
             let dir = directory
             try await NIOThreadPool.singleton.runIfActive {

@@ -1,4 +1,4 @@
-import CFarrierMemory
+import CSystemSupport
 import Foundation
 
 /// The process's memory as the kernel and malloc see it, and glibc's knobs over it.

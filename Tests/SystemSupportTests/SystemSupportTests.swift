@@ -1,6 +1,7 @@
 import Foundation
 import SystemSupport
 import Testing
+import WireSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -113,6 +114,31 @@ import Glibc
         #expect(Duration.seconds(-3).nanosecondsClamped == 0)
         #expect(Duration.seconds(Int64.max).nanosecondsClamped == .max)
         #expect(Duration.nanoseconds(7).nanosecondsClamped == 7)
+    }
+
+    @Test func randomBytesFillTheWholeBufferAndDiffer() {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(SecureRandom.bytes(0).isEmpty)
+        #expect(SecureRandom.bytes(16).count == 16)
+        // 64 draws of 32 bytes: a repeat would mean a stuck or constant source.
+        let draws = (0..<64).map { _ in SecureRandom.bytes(32) }
+        #expect(Set(draws).count == 64)
+        // 64 KiB in one buffer (several getrandom calls of 256 bytes or more): every byte value
+        // appears (each misses with a chance of about e^-256), and no 256-byte stretch is all
+        // zero, so no part of the buffer was left unfilled.
+        let big = SecureRandom.bytes(65_536)
+        #expect(Set(big).count == 256)
+        let stretches = stride(from: 0, to: big.count, by: 256).map { big[$0..<$0 + 256] }
+        #expect(stretches.allSatisfy { $0.contains { $0 != 0 } })
+    }
+
+    @Test func hexIsTwoLowerCaseDigitsAByte() {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect([UInt8]().hexString == "")
+        #expect([0x00, 0x0F, 0xA5, 0xFF].hexString == "000fa5ff")
+        let all = (0...255).map { UInt8($0) }
+        #expect(all.hexString == all.map { String(format: "%02x", $0) }.joined())
+        #expect(all[250...].hexString == "fafbfcfdfeff")
     }
 
     @Test func heapAndResidentMemoryMoveWithWhatTheProcessHolds() throws {

@@ -5,6 +5,7 @@ import FarrierCore
 import Foundation
 import GRPCCore
 import SwiftProtobuf
+import WireSupport
 import Yams
 
 struct ImageCommand: AsyncParsableCommand {
@@ -76,7 +77,7 @@ struct ImageCommand: AsyncParsableCommand {
                 hasher.update(data: chunk)
                 size += Int64(chunk.count)
             }
-            let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+            let digest = hasher.finalize().hexString
             try handle.seek(toOffset: 0)
             var header = Farrier_V1_ImageHeader()
             header.name = name

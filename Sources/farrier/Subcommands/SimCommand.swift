@@ -187,8 +187,7 @@ struct SimCommand: AsyncParsableCommand {
         c.osSeconds = osSeconds
         c.imageShare = imageShare
         c.pollSeconds = pollSeconds
-        var rng = SystemRandomNumberGenerator()
-        c.password = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+        c.password = SecureRandom.bytes(16).hexString
 
         let fleet = SimFleet(c)
         if probeOnly {

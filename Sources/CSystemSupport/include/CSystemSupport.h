@@ -1,9 +1,16 @@
-#ifndef C_FARRIER_MEMORY_H
-#define C_FARRIER_MEMORY_H
+#ifndef C_SYSTEM_SUPPORT_H
+#define C_SYSTEM_SUPPORT_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
-/// glibc's malloc controls from <malloc.h>, which Swift's Glibc module does not export.
+// What SystemSupport needs from glibc that Swift's Glibc module does not export.
+
+/// getrandom(2), from <sys/random.h>: up to `length` random bytes into `buffer`; the count, or
+/// -1 with errno set.
+ssize_t farrier_getrandom(void *buffer, size_t length, unsigned int flags);
+
+/// glibc's malloc controls, from <malloc.h>.
 
 /// What malloc holds, in bytes (mallinfo2): in use by the program (chunks mapped on their own
 /// included), and what its arenas span (in use or free).
