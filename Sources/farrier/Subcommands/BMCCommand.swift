@@ -66,6 +66,7 @@ struct BMCCommand: AsyncParsableCommand {
 
     struct Power: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "power",
             abstract: "Power status or action. With several BMCs, runs them in parallel and prints one line each."
         )
         @OptionGroup var target: Target
@@ -130,7 +131,10 @@ struct BMCCommand: AsyncParsableCommand {
     }
 
     struct Bootdev: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Set the boot device override.")
+        static let configuration = CommandConfiguration(
+            commandName: "bootdev",
+            abstract: "Set the boot device override."
+        )
         @OptionGroup var target: Target
         @Argument(help: "The device to boot from.") var device: BootDevice
         @Flag(help: "Every boot, not only the next one.") var persistent = false
@@ -153,7 +157,10 @@ struct BMCCommand: AsyncParsableCommand {
     }
 
     struct Info: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "What the BMC says about itself.")
+        static let configuration = CommandConfiguration(
+            commandName: "info",
+            abstract: "What the BMC says about itself."
+        )
         @OptionGroup var target: Target
 
         func run() async throws {
@@ -170,6 +177,7 @@ struct BMCCommand: AsyncParsableCommand {
 
     struct Console: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "console",
             abstract: "Attach to the serial console (IPMI SOL). ~. detaches."
         )
         @OptionGroup var target: Target

@@ -37,7 +37,10 @@ extension BMCCommand {
         }
 
         struct Add: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Add a named BMC credential (or replace one).")
+            static let configuration = CommandConfiguration(
+                commandName: "add",
+                abstract: "Add a named BMC credential (or replace one)."
+            )
             @OptionGroup var client: ClientOptions
             @OptionGroup var output: OutputOptions
             @Argument(help: "Its name (lower-case letters, digits, '-').") var name: String
@@ -62,7 +65,10 @@ extension BMCCommand {
         }
 
         struct List: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "List the named BMC credentials.")
+            static let configuration = CommandConfiguration(
+                commandName: "list",
+                abstract: "List the named BMC credentials."
+            )
             @OptionGroup var client: ClientOptions
             @OptionGroup var output: OutputOptions
 
@@ -76,7 +82,10 @@ extension BMCCommand {
         }
 
         struct Remove: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Remove a named BMC credential no machine uses.")
+            static let configuration = CommandConfiguration(
+                commandName: "remove",
+                abstract: "Remove a named BMC credential no machine uses."
+            )
             @OptionGroup var client: ClientOptions
             @Argument(help: "Its name.") var name: String
 

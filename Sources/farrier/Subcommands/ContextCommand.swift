@@ -57,6 +57,7 @@ struct ContextCommand: ParsableCommand {
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "add",
             abstract: "Add a context (or replace one of the same name).",
             discussion:
                 "Example: farrier context add eu --server eu-a:7700,eu-b:7700 --token-file ~/.farrier/eu.token --use"
@@ -99,7 +100,7 @@ struct ContextCommand: ParsableCommand {
     }
 
     struct Use: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Make a context the current one.")
+        static let configuration = CommandConfiguration(commandName: "use", abstract: "Make a context the current one.")
         @Argument(help: "Context name.") var name: String
 
         func run() throws {
@@ -112,7 +113,10 @@ struct ContextCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the contexts; * marks the current one.")
+        static let configuration = CommandConfiguration(
+            commandName: "list",
+            abstract: "List the contexts; * marks the current one."
+        )
         @OptionGroup var output: OutputOptions
 
         func run() throws {
@@ -127,7 +131,10 @@ struct ContextCommand: ParsableCommand {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a context (default: the current one).")
+        static let configuration = CommandConfiguration(
+            commandName: "show",
+            abstract: "Show a context (default: the current one)."
+        )
         @OptionGroup var output: OutputOptions
         @Argument(help: "Context name.") var name: String?
 

@@ -16,6 +16,7 @@ struct LabCommand: ParsableCommand {
 
     struct Up: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "up",
             abstract: "Start the lab: a namespace with a bridge, farrier server, VMs and their BMCs."
         )
         @Option(help: "Number of VMs (1-50).") var machines = 2
@@ -127,7 +128,10 @@ struct LabCommand: ParsableCommand {
     }
 
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show the lab's VMs, MACs, firmware and BMCs.")
+        static let configuration = CommandConfiguration(
+            commandName: "status",
+            abstract: "Show the lab's VMs, MACs, firmware and BMCs."
+        )
         @OptionGroup var output: OutputOptions
 
         static let columns: [Column<StatusView.VM>] = [
@@ -245,6 +249,7 @@ struct LabCommand: ParsableCommand {
 
     struct Partition: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "partition",
             abstract: "Cut a lab site's link to the region; the site goes on serving its machines."
         )
         @Argument(help: "The site (site-1, site-2, …).") var site: String
@@ -255,7 +260,10 @@ struct LabCommand: ParsableCommand {
     }
 
     struct Heal: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Restore a lab site's link to the region.")
+        static let configuration = CommandConfiguration(
+            commandName: "heal",
+            abstract: "Restore a lab site's link to the region."
+        )
         @Argument(help: "The site (site-1, site-2, …).") var site: String
         func run() throws {
             let s = try Lab(log: { print($0) }).partition(site, cut: false)
@@ -287,6 +295,7 @@ struct LabCommand: ParsableCommand {
 
     struct Down: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "down",
             abstract: "Remove every process, namespace, interface and file the lab made."
         )
         @Flag(

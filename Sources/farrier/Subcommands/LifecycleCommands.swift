@@ -159,6 +159,7 @@ extension MachineVerb {
 extension MachineCommand {
     struct Deploy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "deploy",
             abstract: "Deploy an image onto a machine (create).",
             discussion: """
                 Names a machine, or lets Farrier pick a ready one that meets the constraints (--arch, \
@@ -291,7 +292,10 @@ extension MachineCommand {
     }
 
     struct Release: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Wipe a machine and return it to the pool (destroy).")
+        static let configuration = CommandConfiguration(
+            commandName: "release",
+            abstract: "Wipe a machine and return it to the pool (destroy)."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
         @OptionGroup var output: OutputOptions
@@ -347,6 +351,7 @@ extension MachineCommand {
 
     struct Commission: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "commission",
             abstract: "Commission a machine: inventory in the ramdisk, then the tests asked for, then ready.",
             discussion: """
                 --tests runs hardware tests in the ramdisk after the inventory, one after another: the \
@@ -391,6 +396,7 @@ extension MachineCommand {
 
     struct Rescue: MachineVerb {
         static let configuration = CommandConfiguration(
+            commandName: "rescue",
             abstract: "Boot a deployed machine into the rescue ramdisk (debug)."
         )
         static let verb = "rescue"
@@ -420,6 +426,7 @@ extension MachineCommand {
 
     struct Adopt: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "adopt",
             abstract:
                 "Record an enrolled machine already running an OS as deployed, without touching its disk (admin).",
             discussion: """
@@ -533,7 +540,10 @@ extension MachineCommand {
     }
 
     struct Retry: MachineVerb {
-        static let configuration = CommandConfiguration(abstract: "Run the failed step of a failed machine again.")
+        static let configuration = CommandConfiguration(
+            commandName: "retry",
+            abstract: "Run the failed step of a failed machine again."
+        )
         static let verb = "retry"
         @OptionGroup var client: ClientOptions
         @OptionGroup var waitOptions: WaitOptions
@@ -546,6 +556,7 @@ extension MachineCommand {
 
     struct Abort: MachineVerb {
         static let configuration = CommandConfiguration(
+            commandName: "abort",
             abstract: "Take a failed machine back to the safe state before its failed step."
         )
         static let verb = "aborted"
@@ -560,6 +571,7 @@ extension MachineCommand {
 
     struct Restart: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "restart",
             abstract:
                 "Restart a deployed or rescued machine through its BMC (it boots its disk, or the rescue ramdisk).",
             discussion: """
@@ -641,6 +653,7 @@ extension MachineCommand {
 
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "delete",
             abstract: "Forget a machine (admin; not while allocated or in a step)."
         )
         @OptionGroup var client: ClientOptions
@@ -657,6 +670,7 @@ extension MachineCommand {
 
     struct Update: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "update",
             abstract: "Set or remove labels; tags, zone, rack and name (admin).",
             discussion: "Examples: farrier machine update lab-1 --tag rack-row=a --label owner=ops --remove-tag old"
         )
@@ -695,6 +709,7 @@ extension MachineCommand {
 
     struct Watch: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "watch",
             abstract: "Stream lifecycle events: transitions, progress, BMC actions."
         )
         @OptionGroup var client: ClientOptions

@@ -30,6 +30,7 @@ func readPasswordFile(_ path: String) throws -> String {
 extension MachineCommand {
     struct Enroll: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "enroll",
             abstract: "Enroll a machine with its BMC, or many from a fleet file.",
             discussion: """
                 The BMC is a URL: ipmi://USER@HOST[:PORT], redfish://USER@HOST[:PORT][/SYSTEM-ID] (HTTPS, \
@@ -209,7 +210,10 @@ extension MachineCommand {
     }
 
     struct Power: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Power status or action through the machine's BMC.")
+        static let configuration = CommandConfiguration(
+            commandName: "power",
+            abstract: "Power status or action through the machine's BMC."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
@@ -241,7 +245,10 @@ extension MachineCommand {
     }
 
     struct Bootdev: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Set the boot device through the machine's BMC.")
+        static let configuration = CommandConfiguration(
+            commandName: "bootdev",
+            abstract: "Set the boot device through the machine's BMC."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var name: String
@@ -267,6 +274,7 @@ extension MachineCommand {
 
     struct Console: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "console",
             abstract: "Attach to the machine's serial console (IPMI SOL, through the server). ~. detaches."
         )
         @OptionGroup var client: ClientOptions

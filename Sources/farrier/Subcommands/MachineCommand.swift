@@ -20,7 +20,7 @@ struct MachineCommand: AsyncParsableCommand {
     )
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List machines.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List machines.")
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Option(help: "Only machines in this state.") var state: MachineState?
@@ -60,7 +60,10 @@ struct MachineCommand: AsyncParsableCommand {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a machine and its boot timeline.")
+        static let configuration = CommandConfiguration(
+            commandName: "show",
+            abstract: "Show a machine and its boot timeline."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Machine name or MAC.") var machine: String

@@ -79,6 +79,7 @@ struct NetworkCommand: AsyncParsableCommand {
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Define a network (admin).",
             discussion: """
                 One IPv4 and/or one IPv6 subnet (--cidr twice), each with its pools: the static addresses \
@@ -124,7 +125,10 @@ struct NetworkCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the networks you may deploy onto.")
+        static let configuration = CommandConfiguration(
+            commandName: "list",
+            abstract: "List the networks you may deploy onto."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Option(help: "Only this site's ('-': the region's own).") var site: String?
@@ -143,6 +147,7 @@ struct NetworkCommand: AsyncParsableCommand {
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "show",
             abstract: "Show a network; admins also see which machine holds which address."
         )
         @OptionGroup var client: ClientOptions
@@ -182,6 +187,7 @@ struct NetworkCommand: AsyncParsableCommand {
 
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "delete",
             abstract: "Remove a network (admin); refused while any machine holds an address on it."
         )
         @OptionGroup var client: ClientOptions

@@ -69,6 +69,7 @@ struct SiteCommand: AsyncParsableCommand {
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "add",
             abstract: "Add a site; prints its one-time join token once.",
             discussion: """
                 Run `farrier site join --name NAME --join-token TOKEN` at the site before the token expires \
@@ -108,7 +109,7 @@ struct SiteCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List sites.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List sites.")
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         func run() async throws {
@@ -123,6 +124,7 @@ struct SiteCommand: AsyncParsableCommand {
 
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "remove",
             abstract: "Remove a site: its certificate is refused from then on."
         )
         @OptionGroup var client: ClientOptions
@@ -138,6 +140,7 @@ struct SiteCommand: AsyncParsableCommand {
 
     struct Join: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "join",
             abstract: "At the site: join the region with a join token (no API token needed).",
             discussion: """
                 Makes the site's key in DATA-DIR (site.key, mode 0600; it never leaves the site), sends \
@@ -240,6 +243,7 @@ struct SiteCommand: AsyncParsableCommand {
 
     struct Run: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "run",
             abstract: "At the site: run the site agent, linked to the region over mutual TLS.",
             discussion: """
                 Connects to the region's site link (its site.listen) with the key and certificate \
@@ -594,6 +598,7 @@ struct SiteCommand: AsyncParsableCommand {
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "status",
             abstract: "At the site: its identity, its link to the region, and what its cache holds."
         )
         @Option(help: "Where the site keeps its key and certificates.") var dataDir = "/var/lib/farrier-site"

@@ -58,7 +58,10 @@ struct TestScriptCommand: AsyncParsableCommand {
     }
 
     struct Add: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Add a script, or a new version of one.")
+        static let configuration = CommandConfiguration(
+            commandName: "add",
+            abstract: "Add a script, or a new version of one."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Its name (lower-case letters, digits, '-'; not a built-in test's).") var name: String
@@ -88,6 +91,7 @@ struct TestScriptCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "list",
             abstract: "List the built-in tests and the scripts (each script's newest version)."
         )
         @OptionGroup var client: ClientOptions
@@ -105,7 +109,10 @@ struct TestScriptCommand: AsyncParsableCommand {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a test: a script's version, or a built-in.")
+        static let configuration = CommandConfiguration(
+            commandName: "show",
+            abstract: "Show a test: a script's version, or a built-in."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Its name.") var name: String
@@ -138,6 +145,7 @@ struct TestScriptCommand: AsyncParsableCommand {
 
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "remove",
             abstract: "Remove a script, every version (refused while a commissioning needs it)."
         )
         @OptionGroup var client: ClientOptions
