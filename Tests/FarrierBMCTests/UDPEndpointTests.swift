@@ -272,6 +272,25 @@ import Testing
         }
     }
 
+    /// A connect the kernel refuses throws, and leaves no socket open. Connecting a UDP socket to
+    /// the broadcast address without SO_BROADCAST fails with EACCES in connect(2) itself, so no
+    /// datagram is sent. 40 failures: a socket left open by each would add 40 descriptors;
+    /// other tests running meanwhile open and close only a few.
+    @Test func aRefusedConnectLeavesNoSocketOpen() async throws {
+        func descriptors() -> Int {
+            (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? .max
+        }
+        let before = descriptors()
+        #expect(before < .max, "/proc/self/fd is readable")
+        for _ in 0..<40 {
+            await #expect(throws: (any Error).self) {
+                _ = try await UDPEndpoint.connect(host: "255.255.255.255", port: 623)
+            }
+        }
+        // A channel closes on its event loop: poll (bounded) rather than read the count once.
+        #expect(try await eventually { descriptors() < before + 20 })
+    }
+
     /// A second wait on one endpoint (a session closed under a late user) ends the first with nil;
     /// the second gets the datagram.
     @Test func aSecondWaitEndsTheFirst() async throws {
