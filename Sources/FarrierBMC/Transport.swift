@@ -206,15 +206,22 @@ final class UDPEndpoint: Sendable {
             channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .channelInitializer { ch in
                     ch.eventLoop.makeCompletedFuture {
-                        try ch.pipeline.syncOperations.addHandler(DatagramInbound())
-                        let wrapped = try NIOAsyncChannel<[UInt8], Never>(wrappingChannelSynchronously: ch)
-                        made.channel.withLock { $0 = wrapped }
+                        // The future-returning connect does not close a channel whose
+                        // initializer failed: closed here.
+                        do {
+                            try ch.pipeline.syncOperations.addHandler(DatagramInbound())
+                            let wrapped = try NIOAsyncChannel<[UInt8], Never>(wrappingChannelSynchronously: ch)
+                            made.channel.withLock { $0 = wrapped }
+                        } catch {
+                            ch.close(promise: nil)
+                            throw error
+                        }
                     }
                 }
                 .connect(to: remote).get()
         } catch {
-            // NIO closes a channel whose connect(2) failed; this closes one that failed at any
-            // other step after the initializer (test aRefusedConnectLeavesNoSocketOpen).
+            // NIO closes a channel whose connect(2) failed (test aRefusedConnectLeavesNoSocketOpen);
+            // this closes one that failed at any other step after the initializer.
             if let wrapped = made.channel.withLock({ $0 }) { try? await wrapped.channel.close() }
             throw error
         }

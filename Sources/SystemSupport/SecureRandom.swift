@@ -22,21 +22,31 @@ public enum SecureRandom {
         }
     }
 
-    /// Fills `buffer` with random bytes. Like the standard library's generator, it stops the
-    /// process if the kernel cannot give randomness (never on Linux ≥ 3.17 once booted).
+    /// Fills `buffer` with random bytes. If getrandom(2) is refused (ENOSYS, or EPERM under a
+    /// seccomp profile), the rest comes from the standard library's generator, which falls back
+    /// to /dev/urandom, as it would have before.
     public static func fill(_ buffer: UnsafeMutableRawBufferPointer) {
         guard let base = buffer.baseAddress else { return }
         var done = 0
-        // Each pass gets at least one byte or is an EINTR; getrandom(2) returns up to 256 bytes
-        // whole from an initialised pool, so one pass is the rule.
+        // Each pass gets at least one byte, or is an EINTR, or ends the loop; getrandom(2)
+        // returns up to 256 bytes whole from an initialised pool, so one pass is the rule.
         while done < buffer.count {
             let n = farrier_getrandom(base + done, buffer.count - done, 0)
-            if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                fatalError("getrandom failed: errno \(e)")
+            if n > 0 {
+                done += n
+            } else if n < 0, errno == EINTR {
+                continue
+            } else {
+                break
             }
-            done += n
+        }
+        var rng = SystemRandomNumberGenerator()
+        while done < buffer.count {
+            withUnsafeBytes(of: rng.next() as UInt64) { word in
+                let take = min(word.count, buffer.count - done)
+                (base + done).copyMemory(from: word.baseAddress!, byteCount: take)
+                done += take
+            }
         }
     }
 }

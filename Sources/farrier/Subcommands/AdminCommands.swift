@@ -54,6 +54,7 @@ struct ImageCommand: AsyncParsableCommand {
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "add",
             abstract: "Upload an image: raw, raw.gz, raw.zst or qcow2 (converted to raw by the server, once)."
         )
         @OptionGroup var client: ClientOptions
@@ -121,7 +122,7 @@ struct ImageCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List images.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List images.")
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         func run() async throws {
@@ -134,7 +135,7 @@ struct ImageCommand: AsyncParsableCommand {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show an image.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show an image.")
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Image name.") var name: String
@@ -209,7 +210,7 @@ struct ProjectCommand: AsyncParsableCommand {
     }
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a project.")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a project.")
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Project name.") var name: String
@@ -233,7 +234,7 @@ struct ProjectCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List projects.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List projects.")
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         func run() async throws {
@@ -247,7 +248,7 @@ struct ProjectCommand: AsyncParsableCommand {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a project.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a project.")
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Project name.") var name: String
@@ -309,6 +310,7 @@ struct TokenCommand: AsyncParsableCommand {
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Create a token; prints its secret once.",
             discussion: "The table output (the default) and -o name print the secret alone, on stdout."
         )
@@ -351,7 +353,10 @@ struct TokenCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List tokens (never their secrets).")
+        static let configuration = CommandConfiguration(
+            commandName: "list",
+            abstract: "List tokens (never their secrets)."
+        )
         @OptionGroup var client: ClientOptions
         @OptionGroup var output: OutputOptions
         func run() async throws {
@@ -365,7 +370,10 @@ struct TokenCommand: AsyncParsableCommand {
     }
 
     struct Revoke: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke a token by id (or a unique prefix).")
+        static let configuration = CommandConfiguration(
+            commandName: "revoke",
+            abstract: "Revoke a token by id (or a unique prefix)."
+        )
         @OptionGroup var client: ClientOptions
         @Argument(help: "Token id.") var id: String
         func run() async throws {
